@@ -1,0 +1,1 @@
+"""hcbpg: executable runbooks for moving HCB's PostgreSQL off Heroku onto Hetzner Cloud."""

@@ -1,0 +1,142 @@
+"""The one exception tree of hcbpg; every error tells the operator what to do next.
+
+    HcbpgError                      base: ``str(exc)`` is one clear paragraph
+    ├── ParamsError                 bad or contradictory params (exit 2)
+    ├── SecretError                 a secret reference cannot be resolved (exit 2)
+    ├── UsageError                  bad command-line input, unknown run or step (exit 2)
+    ├── RemoteCommandError          a command on a host failed (host, command, exit code, output tail)
+    ├── HostUnreachable             SSH cannot reach a host
+    ├── DatabaseError               a PostgreSQL operation failed (wraps psycopg errors)
+    ├── CloudError                  a Hetzner Cloud API call failed (wraps hcloud errors)
+    ├── PgBackRestError             pgBackRest failed (its own error code and message)
+    ├── SafetyCheckFailed           a destructive action was refused: preconditions not met
+    ├── VerificationFailed          a check after a change did not pass (names what failed)
+    ├── WaitTimeout                 polling gave up at its deadline
+    ├── GateRequired                a manual approval gate is not yet approved (exit 3 headless)
+    ├── AuditError                  the audit trail does not verify (names the first bad file)
+    └── LabError                    the rehearsal lab cannot be built or torn down
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+
+class HcbpgError(Exception):
+    """Base of every error hcbpg raises on purpose."""
+
+    exit_code: int = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        self.message = message
+        self.hint = hint
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message}\n{self.hint}"
+        return self.message
+
+
+class ParamsError(HcbpgError):
+    """Params do not validate; ``problems`` lists each one with its key."""
+
+    exit_code = 2
+
+    def __init__(self, source: str, problems: Sequence[str]) -> None:
+        self.source = source
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(
+            f"{source}: {len(self.problems)} problem(s) in params, nothing was run:\n{lines}",
+            hint="Fix the params file and run `hcbpg params check ENV` again.",
+        )
+
+
+class SecretError(HcbpgError):
+    exit_code = 2
+
+
+class UsageError(HcbpgError):
+    exit_code = 2
+
+
+class RemoteCommandError(HcbpgError):
+    """A command on a host exited non-zero (secrets already scrubbed from every field)."""
+
+    def __init__(self, host: str, command: str, exit_code: int | None, output_tail: str,
+                 *, hint: str | None = None) -> None:
+        self.host = host
+        self.command = command
+        self.exit_status = exit_code
+        self.output_tail = output_tail
+        tail = "\n".join("    " + line for line in output_tail.rstrip().splitlines()[-20:])
+        super().__init__(
+            f"on {host}: command failed with exit code {exit_code}: {command}\n{tail}",
+            hint=hint,
+        )
+
+
+class HostUnreachable(HcbpgError):
+    def __init__(self, host: str, address: str, reason: str) -> None:
+        self.host = host
+        self.address = address
+        super().__init__(
+            f"cannot reach host {host} ({address}) over SSH: {reason}",
+            hint="Check that the server is up, that its address in params is right and that "
+                 "your SSH key is authorized; nothing was changed on any host.",
+        )
+
+
+class DatabaseError(HcbpgError):
+    pass
+
+
+class CloudError(HcbpgError):
+    pass
+
+
+class PgBackRestError(HcbpgError):
+    def __init__(self, message: str, *, code: int | None = None, host: str | None = None,
+                 hint: str | None = None) -> None:
+        self.code = code
+        self.host = host
+        super().__init__(message, hint=hint)
+
+
+class SafetyCheckFailed(HcbpgError):
+    pass
+
+
+class VerificationFailed(HcbpgError):
+    def __init__(self, message: str, *, failures: Sequence[str] = (), hint: str | None = None) -> None:
+        self.failures = list(failures)
+        super().__init__(message, hint=hint)
+
+
+class WaitTimeout(HcbpgError):
+    pass
+
+
+class GateRequired(HcbpgError):
+    """Raised inside a headless notebook when a gate has no approval yet."""
+
+    exit_code = 3
+
+    def __init__(self, gate: str, question: str, run_id: str | None) -> None:
+        self.gate = gate
+        self.question = question
+        self.run_id = run_id
+        super().__init__(
+            f"approval gate '{gate}' is waiting: {question}",
+            hint=f"When it holds, run: hcbpg approve {run_id or 'RUN_ID'} {gate} --note '...'"
+                 f" && hcbpg resume {run_id or 'RUN_ID'}",
+        )
+
+
+class AuditError(HcbpgError):
+    pass
+
+
+class LabError(HcbpgError):
+    pass

@@ -1,0 +1,265 @@
+"""Run directories and their ``manifest.json``: the tamper-evident audit record of every run.
+
+Layout: ``outputs/<env>/<UTC timestamp>_<run id>/`` holds one executed notebook per step
+(earlier attempts kept as ``NN_name.attempt-K.ipynb``), ``manifest.json`` and ``run.log``.
+Each manifest names the previous run of its environment and the sha256 of that run's
+manifest, so the runs of one environment form a hash chain; ``outputs/<env>/HEAD`` names
+the newest run so that removing it is noticed too.  Every write goes through the scrubber.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import fcntl
+import getpass
+import hashlib
+import json
+import os
+import secrets as _stdlib_secrets
+import socket
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from hcbpg import secrets as hsecrets
+from hcbpg.errors import AuditError, UsageError
+
+FORMAT = 1
+TERMINAL = {"succeeded", "failed"}
+
+
+def utcnow() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(s: str) -> _dt.datetime:
+    return _dt.datetime.strptime(s, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=_dt.timezone.utc)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def atomic_write_text(path: Path, text: str, mode: int = 0o644) -> None:
+    """Scrub *text* and write it atomically (tmp file + rename)."""
+    text = hsecrets.scrub(text)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def operator_name() -> str:
+    return os.environ.get("HCBPG_OPERATOR") or getpass.getuser()
+
+
+def git_state(repo: Path) -> dict[str, Any]:
+    def git(*args: str) -> str | None:
+        try:
+            proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return proc.stdout.strip() if proc.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+
+
+def outputs_dir(home: Path) -> Path:
+    return home / "outputs"
+
+
+def env_dir(home: Path, env: str) -> Path:
+    return outputs_dir(home) / env
+
+
+def new_run_id() -> str:
+    return _stdlib_secrets.token_hex(4)
+
+
+@dataclass
+class Run:
+    """One run directory and its manifest."""
+
+    path: Path
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / "manifest.json"
+
+    @property
+    def run_id(self) -> str:
+        return self.path.name.split("_", 1)[1]
+
+    @property
+    def env(self) -> str:
+        return self.path.parent.name
+
+    def read(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.manifest_path.read_text())
+        except FileNotFoundError:
+            raise AuditError(f"{self.manifest_path} is missing") from None
+        except json.JSONDecodeError as exc:
+            raise AuditError(f"{self.manifest_path} is not valid JSON: {exc}") from None
+
+    def write(self, data: dict[str, Any]) -> None:
+        atomic_write_text(self.manifest_path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+    @contextlib.contextmanager
+    def update(self) -> Iterator[dict[str, Any]]:
+        """Read-modify-write the manifest under an exclusive lock (runner and kernels share it)."""
+        lock = self.path / ".manifest.lock"
+        with open(lock, "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                data = self.read()
+                yield data
+                self.write(data)
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def step(self, data: dict[str, Any], key: str) -> dict[str, Any]:
+        for s in data["steps"]:
+            if s["key"] == key:
+                return s
+        raise UsageError(f"run {self.run_id} has no step {key}")
+
+    def log(self, line: str) -> None:
+        """Append a (scrubbed) line to the run's log."""
+        with open(self.path / "run.log", "a") as fh:
+            fh.write(f"{utcnow()} {hsecrets.scrub(line)}\n")
+
+
+def list_runs(home: Path, env: str | None = None) -> list[Run]:
+    """Runs, oldest first (directory names start with a UTC timestamp)."""
+    base = outputs_dir(home)
+    envs = [env] if env else sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+    runs: list[Run] = []
+    for e in envs:
+        d = base / e
+        if d.is_dir():
+            runs += [Run(p) for p in sorted(d.iterdir()) if p.is_dir() and "_" in p.name
+                     and not p.name.startswith(".")]
+    return runs
+
+
+def find_run(home: Path, run_id: str) -> Run:
+    matches = [r for r in list_runs(home) if r.run_id == run_id or r.path.name == run_id]
+    if not matches:
+        raise UsageError(f"no run with id {run_id} under {outputs_dir(home)}",
+                         hint="`hcbpg runs` lists the runs.")
+    if len(matches) > 1:
+        raise UsageError(f"run id {run_id} is ambiguous: " + ", ".join(str(m.path) for m in matches))
+    return matches[0]
+
+
+def create_run(home: Path, env: str, *, steps: list[dict[str, Any]], mode: str, dry_run: bool,
+               params_sha256: str, selection: dict[str, Any], repo: Path) -> Run:
+    """Create the run directory and its first manifest, linked to the previous run."""
+    edir = env_dir(home, env)
+    edir.mkdir(parents=True, exist_ok=True)
+    with open(edir / ".chain.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        previous = list_runs(home, env)
+        prev = None
+        if previous:
+            p = previous[-1]
+            prev = {"run_id": p.run_id, "dir": p.path.name, "manifest_sha256": sha256_file(p.manifest_path)}
+        run_id = new_run_id()
+        stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        run = Run(edir / f"{stamp}_{run_id}")
+        run.path.mkdir()
+        data = {
+            "format": FORMAT,
+            "run_id": run_id,
+            "environment": env,
+            "mode": mode,
+            "dry_run": dry_run,
+            "status": "created",
+            "created": utcnow(),
+            "finished": None,
+            "operator": operator_name(),
+            "machine": socket.gethostname(),
+            "git": git_state(repo),
+            "params_sha256": params_sha256,
+            "selection": selection,
+            "previous": prev,
+            "gates": {},
+            "runner": None,
+            "steps": [
+                {"key": s["key"], "title": s["title"], "notebook": s["notebook"], "status": "pending",
+                 "attempts": [], "changes": None, "sha256": None}
+                for s in steps
+            ],
+        }
+        run.write(data)
+        atomic_write_text(edir / "HEAD", run.path.name + "\n")
+    return run
+
+
+def is_newest(run: Run, home: Path) -> bool:
+    runs = list_runs(home, run.env)
+    return bool(runs) and runs[-1].path == run.path
+
+
+# verification -----------------------------------------------------------------------
+
+def verify_env(home: Path, env: str) -> list[str]:
+    """Recompute every hash and the chain of one environment; returns problems, first first."""
+    problems: list[str] = []
+    runs = list_runs(home, env)
+    by_dir = {r.path.name: r for r in runs}
+    head = env_dir(home, env) / "HEAD"
+    if runs:
+        if not head.is_file():
+            problems.append(f"{head} is missing: the chain head of {env} was removed")
+        else:
+            name = head.read_text().strip()
+            if name not in by_dir:
+                problems.append(f"{env_dir(home, env) / name}: the newest run named by HEAD was removed")
+            elif name != runs[-1].path.name:
+                problems.append(f"{head}: names {name}, but the newest run is {runs[-1].path.name}")
+    for i, run in enumerate(runs):
+        try:
+            data = run.read()
+        except AuditError as exc:
+            problems.append(str(exc))
+            continue
+        prev = data.get("previous")
+        expected_prev = runs[i - 1] if i else None
+        if prev is None and expected_prev is not None:
+            problems.append(f"{run.manifest_path}: has no link to the previous run {expected_prev.path.name}")
+        elif prev is not None:
+            if prev["dir"] not in by_dir:
+                problems.append(f"{env_dir(home, env) / prev['dir']}: run {prev['run_id']} was removed "
+                                f"(named as previous by {run.manifest_path})")
+            else:
+                actual = sha256_file(by_dir[prev["dir"]].manifest_path)
+                if actual != prev["manifest_sha256"]:
+                    problems.append(f"{by_dir[prev['dir']].manifest_path}: changed after the next run "
+                                    f"started (sha256 {actual[:12]}…, recorded {prev['manifest_sha256'][:12]}…)")
+                if expected_prev is not None and prev["dir"] != expected_prev.path.name:
+                    problems.append(f"{run.manifest_path}: links to {prev['dir']} but the run before it "
+                                    f"is {expected_prev.path.name}")
+        for step in data.get("steps", []):
+            for att in step.get("attempts", []):
+                if not att.get("notebook") or not att.get("sha256"):
+                    continue
+                f = run.path / att["notebook"]
+                if not f.is_file():
+                    problems.append(f"{f}: removed (recorded in {run.manifest_path})")
+                elif sha256_file(f) != att["sha256"]:
+                    problems.append(f"{f}: changed since it was recorded (sha256 mismatch)")
+    return problems

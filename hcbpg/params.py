@@ -1,0 +1,339 @@
+"""Typed params for one environment (``params/<env>.yaml``), validated before anything runs.
+
+Secrets are never values here, only references (see :mod:`hcbpg.secrets`).  Every
+problem is reported with its dotted key, and all problems are reported at once.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import ipaddress
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional
+
+import yaml
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError,
+                      field_validator, model_validator)
+
+from hcbpg.errors import ParamsError
+from hcbpg.secrets import is_secret_ref
+
+
+def _secret_ref(v: str) -> str:
+    if not is_secret_ref(v):
+        raise ValueError(
+            f"{v!r} is not a secret reference; secrets are never written into params: "
+            "use env:NAME, file:/path or op://vault/item/field")
+    return v
+
+
+SecretRef = Annotated[str, AfterValidator(_secret_ref)]
+
+
+def _network(v: str) -> str:
+    try:
+        return str(ipaddress.ip_network(v, strict=True))
+    except ValueError as exc:
+        try:
+            loose = ipaddress.ip_network(v, strict=False)
+        except ValueError:
+            raise ValueError(f"{v!r} is not a network in CIDR notation (e.g. 10.0.1.0/24)") from exc
+        addr = v.split("/")[0]
+        raise ValueError(
+            f"{v!r} has host bits set: a /{loose.prefixlen} that contains {addr} is {loose}, "
+            f"so it means the whole of {loose}. Write {loose} if you mean that whole network, "
+            f"or the smaller network you meant (for the subnet of {addr}, most likely "
+            f"{ipaddress.ip_network(addr + '/24', strict=False)})") from None
+
+
+Network = Annotated[str, AfterValidator(_network)]
+
+
+def _address(v: str) -> str:
+    try:
+        return str(ipaddress.ip_address(v))
+    except ValueError:
+        raise ValueError(f"{v!r} is not an IP address") from None
+
+
+Address = Annotated[str, AfterValidator(_address)]
+Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]*[a-z0-9]$", max_length=63)]
+Ident = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]*$", max_length=63)]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Hetzner(Model):
+    token: SecretRef
+    api_endpoint: str = "https://api.hetzner.cloud/v1"
+    location: str = "ash"
+    network_zone: str = "us-east"
+    server_type: str = "ccx13"
+    image: str = "ubuntu-24.04"
+    placement_group: Name = "hcb-postgres-placement"
+    firewall: Name = "hcb-postgres-ssh-only"
+    ssh_key_name: str = "hcb-postgres-ops"
+    ssh_public_key_file: str
+    admin_source_ranges: list[Network] = Field(default_factory=lambda: ["0.0.0.0/0", "::/0"])
+    labels: dict[str, str] = Field(default_factory=lambda: {"app": "hcb", "service": "postgres"})
+
+
+class NetworkParams(Model):
+    name: Name = "hcb-private"
+    ip_range: Network = "10.0.0.0/16"
+    subnet: Network = "10.0.1.0/24"
+
+    @model_validator(mode="after")
+    def _subnet_inside(self) -> "NetworkParams":
+        rng, sub = ipaddress.ip_network(self.ip_range), ipaddress.ip_network(self.subnet)
+        if not sub.subnet_of(rng):  # type: ignore[arg-type]
+            raise ValueError(f"subnet {sub} is not inside ip_range {rng}")
+        return self
+
+
+class Server(Model):
+    name: Name
+    private_ip: Address
+    role: Literal["primary", "replica"]
+    #: address the operator's SSH reaches; defaults to the public IP recorded by provisioning
+    ssh_host: Optional[str] = None
+
+
+class Host(Model):
+    name: Name
+    private_ip: Address
+    ssh_host: Optional[str] = None
+
+
+class Ssh(Model):
+    user: str = "root"
+    key_file: str = "~/.ssh/id_ed25519"
+    connect_timeout: float = 10.0
+    port: int = 22
+
+
+class Postgres(Model):
+    version: Literal[15] = 15
+    cluster: Ident = "main"
+    port: int = 5432
+    database: Ident = "hcb_production"
+    app_role: Ident = "rails"
+    app_role_connection_limit: int = Field(500, ge=1)
+    app_role_password: SecretRef
+    settings: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+
+class PgBackRest(Model):
+    stanza: Ident = "hcb_production"
+    repo_type: Literal["s3"] = "s3"
+    s3_bucket: str = "hcb-production-postgres"
+    s3_endpoint: str = "fsn1.your-objectstorage.com"
+    s3_region: str = "fsn1"
+    s3_uri_style: Literal["host", "path"] = "host"
+    s3_verify_tls: bool = True
+    s3_ca_file: Optional[str] = None
+    s3_key: SecretRef
+    s3_key_secret: SecretRef
+    repo_path_prefix: str = "/pgbackrest"
+    cipher_type: Literal["aes-256-cbc", "none"] = "aes-256-cbc"
+    cipher_pass: Optional[SecretRef] = None
+    process_max: int = Field(4, ge=1, le=64)
+    retention_full_type: Literal["time", "count"] = "time"
+    retention_full: int = Field(30, ge=1)
+    bundle: bool = True
+    block: bool = False
+    compress_type: Literal["zst", "lz4", "gz", "bz2", "none"] = "zst"
+    start_fast: bool = True
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "PgBackRest":
+        if self.block and not self.bundle:
+            raise ValueError("block: block incremental (block: true) needs bundling: set bundle: true "
+                             "or block: false")
+        if self.cipher_type != "none" and self.cipher_pass is None:
+            raise ValueError(f"cipher_pass: cipher_type {self.cipher_type} needs cipher_pass "
+                             "(a secret reference)")
+        if not self.repo_path_prefix.startswith("/"):
+            raise ValueError("repo_path_prefix: must be an absolute path such as /pgbackrest")
+        return self
+
+
+class Params(Model):
+    environment: Name
+    hetzner: Hetzner
+    network: NetworkParams = NetworkParams()
+    servers: list[Server] = Field(min_length=1)
+    app_host: Optional[Host] = None
+    ssh: Ssh = Ssh()
+    postgres: Postgres
+    pgbackrest: Optional[PgBackRest] = None
+    #: steps that may run destructive actions (wipe a data directory, drop a database)
+    allow_destructive: bool = False
+
+    @field_validator("servers")
+    @classmethod
+    def _unique_names(cls, v: list[Server]) -> list[Server]:
+        names = [s.name for s in v]
+        dups = sorted({n for n in names if names.count(n) > 1})
+        if dups:
+            raise ValueError(f"server names must be unique; repeated: {', '.join(dups)}")
+        ips = [s.private_ip for s in v]
+        dups = sorted({n for n in ips if ips.count(n) > 1})
+        if dups:
+            raise ValueError(f"private IPs must be unique; repeated: {', '.join(dups)}")
+        if sum(1 for s in v if s.role == "primary") != 1:
+            raise ValueError("exactly one server must have role: primary")
+        return v
+
+    @model_validator(mode="after")
+    def _addresses_inside(self) -> "Params":
+        subnet = ipaddress.ip_network(self.network.subnet)
+        problems = []
+        for i, s in enumerate(self.servers):
+            ip = ipaddress.ip_address(s.private_ip)
+            if ip not in subnet:
+                problems.append(f"servers[{i}].private_ip: {ip} ({s.name}) is outside the subnet {subnet}")
+            elif ip in (subnet.network_address, subnet.broadcast_address):
+                problems.append(f"servers[{i}].private_ip: {ip} is the network or broadcast address of {subnet}")
+        if self.app_host and ipaddress.ip_address(self.app_host.private_ip) not in subnet:
+            problems.append(f"app_host.private_ip: {self.app_host.private_ip} is outside the subnet {subnet}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    # convenience -------------------------------------------------------------
+    @property
+    def primary(self) -> Server:
+        return next(s for s in self.servers if s.role == "primary")
+
+    @property
+    def replicas(self) -> list[Server]:
+        return [s for s in self.servers if s.role == "replica"]
+
+    def server(self, name: str) -> Server:
+        for s in self.servers:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def secret_refs(self) -> dict[str, str]:
+        """Every secret reference in these params, by dotted key."""
+        out: dict[str, str] = {}
+
+        def walk(obj: Any, prefix: str) -> None:
+            if isinstance(obj, BaseModel):
+                for name in type(obj).model_fields:
+                    walk(getattr(obj, name), f"{prefix}.{name}" if prefix else name)
+            elif isinstance(obj, list):
+                for i, x in enumerate(obj):
+                    walk(x, f"{prefix}[{i}]")
+            elif isinstance(obj, str) and is_secret_ref(obj):
+                out[prefix] = obj
+
+        walk(self, "")
+        return out
+
+
+# loading ------------------------------------------------------------------------
+
+def home() -> Path:
+    """Where ``params/`` and ``outputs/`` live: ``HCBPG_HOME`` or the repository root."""
+    env = os.environ.get("HCBPG_HOME")
+    if env:
+        return Path(env).resolve()
+    return Path(__file__).resolve().parent.parent
+
+
+def params_path(env: str, base: Path | None = None) -> Path:
+    return (base or home()) / "params" / f"{env}.yaml"
+
+
+def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Known field names of the model at *loc* (for 'did you mean')."""
+    cur: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        try:
+            ann = cur.model_fields[part].annotation
+        except (AttributeError, KeyError):
+            return []
+        for cand in getattr(ann, "__args__", ()) or (ann,):
+            inner = getattr(cand, "__args__", None)
+            if isinstance(cand, type) and issubclass(cand, BaseModel):
+                cur = cand
+                break
+            if inner:
+                sub = [a for a in inner if isinstance(a, type) and issubclass(a, BaseModel)]
+                if sub:
+                    cur = sub[0]
+                    break
+        else:
+            return []
+    return list(getattr(cur, "model_fields", {}))
+
+
+def _key(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif not str(part).startswith("function-after") and "[" not in str(part):
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def format_validation_error(exc: ValidationError) -> list[str]:
+    problems = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        key = _key(loc)
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            known = _fields_at(Params, loc)
+            close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; known keys here: {', '.join(known)}"
+            problems.append(f"{key}: unknown key{hint}")
+        elif err["type"] == "missing":
+            problems.append(f"{key}: required key is missing")
+        elif msg.split(":")[0] in ("block", "cipher_pass", "repo_path_prefix") and ":" in msg:
+            sub, rest = msg.split(":", 1)
+            problems.append(f"{key + '.' if key else ''}{sub}:{rest}")
+        else:
+            problems.append(f"{key or '(top level)'}: {msg}")
+    return problems
+
+
+def parse_params(data: Any, *, source: str = "params") -> Params:
+    """Validate already-loaded params data; raises ParamsError listing every problem."""
+    if not isinstance(data, dict):
+        raise ParamsError(source, ["the file must hold a mapping of keys (YAML), not "
+                                   f"{type(data).__name__}"])
+    try:
+        return Params.model_validate(data)
+    except ValidationError as exc:
+        raise ParamsError(source, format_validation_error(exc)) from None
+
+
+def load_params(env: str, base: Path | None = None) -> Params:
+    """Load and validate ``params/<env>.yaml``."""
+    path = params_path(env, base)
+    if not path.is_file():
+        available = sorted(p.stem for p in path.parent.glob("*.yaml")) if path.parent.is_dir() else []
+        raise ParamsError(str(path), [f"no params for environment '{env}' (have: {', '.join(available) or 'none'})"])
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ParamsError(str(path), [f"not valid YAML: {exc}"]) from None
+    params = parse_params(data, source=str(path))
+    if params.environment != env:
+        raise ParamsError(str(path), [f"environment: says '{params.environment}' but the file is for '{env}'"])
+    return params
+
+
+def params_sha256(env: str, base: Path | None = None) -> str:
+    return hashlib.sha256(params_path(env, base).read_bytes()).hexdigest()

@@ -1,0 +1,293 @@
+"""The notebook side of a run: ``rb = runbook.start(...)`` in the cell after the parameters.
+
+It loads params, installs the kernel's output scrubbing, and gives the notebook a small
+surface: ``secret``, ``gate``, ``track``/``show``, ``verify``, ``record``/``recall`` and
+``finish``.  Notebooks call this and the operations modules; they hold no logic.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+from hcbpg import manifest as mf
+from hcbpg import secrets as hsecrets
+from hcbpg.errors import GateRequired, HcbpgError, VerificationFailed
+from hcbpg.outcome import Check, Outcome
+from hcbpg.params import Params, home, load_params
+
+HEADLESS_ENV = "HCBPG_HEADLESS"
+AUTO_APPROVE_ENV = "HCBPG_AUTO_APPROVE"
+_MISSING = object()
+
+
+def _in_ipython():  # noqa: ANN202
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return None
+    return get_ipython()
+
+
+class _ScrubbingStream:
+    """A stdout/stderr proxy that scrubs secrets before they reach the kernel's output."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def write(self, s: str) -> int:
+        self._inner.write(hsecrets.scrub(s))
+        return len(s)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def _install_kernel_scrubbing() -> None:
+    """Scrub stdout, stderr, rich display data and tracebacks inside this kernel."""
+    if not isinstance(sys.stdout, _ScrubbingStream):
+        sys.stdout = _ScrubbingStream(sys.stdout)
+    if not isinstance(sys.stderr, _ScrubbingStream):
+        sys.stderr = _ScrubbingStream(sys.stderr)
+    ip = _in_ipython()
+    if ip is None or getattr(ip, "_hcbpg_scrubbing", False):
+        return
+    pub = getattr(ip, "display_pub", None)
+    if pub is not None and hasattr(pub, "register_hook"):
+        def hook(msg: dict[str, Any]) -> dict[str, Any]:
+            msg["content"] = hsecrets.SCRUBBER.scrub_obj(msg.get("content", {}))
+            return msg
+        pub.register_hook(hook)
+    original = ip._showtraceback
+
+    class _Scrubbed:
+        def __init__(self, text: str) -> None:
+            self.text = text
+
+        def __str__(self) -> str:
+            return self.text
+
+    def showtraceback(etype, evalue, stb):  # noqa: ANN001, ANN202
+        return original(etype, _Scrubbed(hsecrets.scrub(str(evalue))), [hsecrets.scrub(s) for s in stb])
+
+    ip._showtraceback = showtraceback
+    ip._hcbpg_scrubbing = True
+
+
+def _display_html(markup: str, text: str) -> None:
+    ip = _in_ipython()
+    if ip is not None:
+        from IPython.display import HTML, display
+        display(HTML(markup))
+    else:
+        print(text)
+
+
+def render_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> tuple[str, str]:
+    """An HTML table and its plain-text twin (for logs)."""
+    cols = columns or (list(rows[0]) if rows else [])
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    body = ""
+    for r in rows:
+        cells = ""
+        for c in cols:
+            v = r.get(c, "")
+            style = ""
+            if c == "status":
+                style = {"pass": "color:#137333", "warn": "color:#b06000", "fail": "color:#c5221f;font-weight:bold"}.get(str(v), "")
+            cells += f"<td style='{style}'>{html.escape(str(v))}</td>"
+        body += f"<tr>{cells}</tr>"
+    markup = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    widths = {c: max([len(c)] + [len(str(r.get(c, ""))) for r in rows]) for c in cols}
+    lines = ["  ".join(c.ljust(widths[c]) for c in cols)]
+    lines += ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in cols) for r in rows]
+    return markup, "\n".join(lines)
+
+
+def show_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> None:
+    markup, text = render_table(rows, columns)
+    _display_html(markup, text)
+
+
+class Runbook:
+    """What a notebook holds for the run it is part of."""
+
+    def __init__(self, env: str, *, run_id: str, run_dir: str, dry_run: bool, step: str,
+                 params: Params, base: Path) -> None:
+        self.env = env
+        self.run_id = run_id or None
+        self.run = mf.Run(Path(run_dir)) if run_dir else None
+        self.dry_run = bool(dry_run)
+        self.step = step
+        self.params = params
+        self.home = base
+        self.outcomes: list[Outcome] = []
+        self.checks: list[Check] = []
+        self.started = time.monotonic()
+        self._recorded: dict[str, Any] = {}
+
+    # secrets -----------------------------------------------------------------
+    def secret(self, key: str) -> str:
+        """Resolve the secret referenced at dotted params *key* (e.g. ``postgres.app_role_password``)."""
+        obj: Any = self.params
+        for part in key.split("."):
+            obj = getattr(obj, part)
+        return hsecrets.resolve(obj, key=key)
+
+    def check_secrets(self) -> list[Check]:
+        """Resolve every secret the params reference; one check row per key."""
+        rows = []
+        for key, ref in self.params.secret_refs().items():
+            try:
+                hsecrets.resolve(ref, key=key)
+                rows.append(Check(f"secret {key}", "pass", f"resolved from {ref.split(':', 1)[0]}:"))
+            except HcbpgError as exc:
+                rows.append(Check(f"secret {key}", "fail", exc.message))
+        return rows
+
+    # gates -------------------------------------------------------------------
+    def gate(self, name: str, question: str) -> None:
+        """A manual approval the run waits for; headless runs stop here until `hcbpg approve`."""
+        if self.dry_run:
+            print(f"[dry run] gate '{name}' would wait here for approval: {question}")
+            return
+        approval = None
+        if self.run is not None:
+            approval = self.run.read().get("gates", {}).get(name)
+        if approval and approval.get("approved_at"):
+            print(f"gate '{name}' approved by {approval['approved_by']} at {approval['approved_at']}"
+                  + (f": {approval['note']}" if approval.get("note") else ""))
+            return
+        auto = os.environ.get(AUTO_APPROVE_ENV)
+        if auto:
+            self._approve(name, question, by=auto, note="approved automatically", via="auto")
+            print(f"gate '{name}' approved automatically by {auto}: {question}")
+            return
+        if os.environ.get(HEADLESS_ENV):
+            if self.run is not None:
+                with self.run.update() as data:
+                    data.setdefault("gates", {})[name] = {"question": question, "step": self.step,
+                                                          "requested_at": mf.utcnow(), "approved_at": None}
+            raise GateRequired(name, question, self.run_id)
+        answer = input(f"GATE {name}: {question}\nType '{name}' to confirm it holds (anything else stops): ")
+        if answer.strip() != name:
+            raise GateRequired(name, question, self.run_id)
+        self._approve(name, question, by=mf.operator_name(), note="confirmed in the notebook", via="notebook")
+        print(f"gate '{name}' approved in the notebook by {mf.operator_name()}")
+
+    def _approve(self, name: str, question: str, *, by: str, note: str, via: str) -> None:
+        if self.run is None:
+            return
+        with self.run.update() as data:
+            g = data.setdefault("gates", {}).get(name) or {"question": question, "step": self.step,
+                                                            "requested_at": mf.utcnow()}
+            g.update({"approved_by": by, "approved_at": mf.utcnow(), "note": note, "via": via})
+            data["gates"][name] = g
+
+    # changes -----------------------------------------------------------------
+    def track(self, outcome: Outcome | Iterable[Outcome], *, show: bool = True) -> Outcome | list[Outcome]:
+        """Count an operation's outcome(s) toward this step's changes and show them."""
+        items = [outcome] if isinstance(outcome, Outcome) else list(outcome)
+        for o in items:
+            self.outcomes.append(o)
+            if show:
+                print(str(o))
+        return outcome if isinstance(outcome, Outcome) else items
+
+    @property
+    def changes(self) -> int:
+        return sum(1 for o in self.outcomes if o.changed)
+
+    # verification ------------------------------------------------------------
+    def verify(self, checks: Iterable[Check], *, title: str = "checks") -> list[Check]:
+        """Show checks as a table; fail the step if any failed."""
+        rows = list(checks)
+        self.checks += rows
+        show_table([{"check": c.name, "target": c.target, "status": c.status, "detail": c.detail} for c in rows])
+        failed = [c for c in rows if c.status == "fail"]
+        if failed:
+            raise VerificationFailed(
+                f"{len(failed)} of {len(rows)} {title} failed: " + "; ".join(
+                    f"{c.name}{' on ' + c.target if c.target else ''}: {c.detail}" for c in failed),
+                failures=[c.name for c in failed])
+        return rows
+
+    # values between steps -----------------------------------------------------
+    def record(self, name: str, value: Any) -> None:
+        """Glue a (non-secret) value into this notebook for later steps (scrapbook)."""
+        import scrapbook as sb
+        json.dumps(value)  # fail here, not in a later step, if it is not JSON
+        self._recorded[name] = value
+        if _in_ipython() is not None:
+            sb.glue(name, value)
+
+    def recall(self, name: str, default: Any = _MISSING) -> Any:
+        """A value recorded by an earlier step: this run first, then earlier runs of this environment."""
+        if name in self._recorded:
+            return self._recorded[name]
+        import scrapbook as sb
+        runs = mf.list_runs(self.home, self.env)
+        if self.run is not None:
+            runs = [r for r in runs if r.path != self.run.path] + [self.run]
+        for run in reversed(runs):
+            for nb in sorted(run.path.glob("[0-9]*.ipynb"), reverse=True):
+                if ".attempt-" in nb.name or nb.stem == self.step:
+                    continue
+                try:
+                    scraps = sb.read_notebook(str(nb)).scraps
+                except Exception:  # noqa: BLE001 - a partial notebook of a crashed run
+                    continue
+                if name in scraps:
+                    return scraps[name].data
+        if default is _MISSING:
+            raise HcbpgError(f"no earlier step of {self.env} recorded '{name}'",
+                             hint="Run the step that records it first (see `hcbpg runs`).")
+        return default
+
+    # the end -----------------------------------------------------------------
+    def finish(self) -> dict[str, Any]:
+        """Record this step's summary (changes, checks, duration) for the runner's manifest."""
+        summary = {
+            "step": self.step,
+            "dry_run": self.dry_run,
+            "changes": self.changes,
+            "changed": [o.what for o in self.outcomes if o.changed],
+            "checks": {"pass": sum(c.status == "pass" for c in self.checks),
+                       "warn": sum(c.status == "warn" for c in self.checks),
+                       "fail": sum(c.status == "fail" for c in self.checks)},
+            "duration_s": round(time.monotonic() - self.started, 3),
+        }
+        self.record("hcbpg_summary", summary)
+        verb = "would change" if self.dry_run else "changed"
+        print(f"{self.step}: {verb} {self.changes} thing(s)" if self.changes else
+              f"{self.step}: nothing to change" + (" (dry run)" if self.dry_run else ""))
+        if self.run is not None:
+            with self.run.update() as data:
+                step = self.run.step(data, self.step)
+                step["changes"] = self.changes
+                step["summary"] = summary
+        return summary
+
+
+def start(env: str, *, step: str, run_id: str = "", run_dir: str = "", dry_run: bool = False) -> Runbook:
+    """Begin a step inside a notebook: scrub outputs, load params, return the run context."""
+    _install_kernel_scrubbing()
+    if run_dir:
+        os.environ.setdefault(hsecrets.SCRUB_FILE_ENV, str(scrub_file_for(Path(run_dir))))
+    base = home()
+    params = load_params(env, base)
+    rb = Runbook(env, run_id=run_id, run_dir=run_dir, dry_run=dry_run, step=step, params=params, base=base)
+    mode = "DRY RUN: nothing will be changed" if rb.dry_run else "changes will be applied"
+    print(f"{step} on {env} ({mode}); run {run_id or '(ad hoc, no run record)'}")
+    return rb
+
+
+def scrub_file_for(run_dir: Path) -> Path:
+    """The run's scrub registry: outside outputs/, 0600, removed when the run closes."""
+    base = Path(os.environ.get("HCBPG_STATE_DIR") or (home() / ".hcbpg"))
+    return base / "scrub" / f"{run_dir.name}.jsonl"

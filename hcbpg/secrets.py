@@ -1,0 +1,221 @@
+"""Secret references (``env:``, ``file:``, ``op://``) and the scrubber that keeps their values out of every output.
+
+A secret is resolved inside the library at the moment it is used, never passed as a
+papermill parameter.  Every resolved or generated value is registered with the process
+scrubber and appended to the run's scrub registry (a 0600 file outside ``outputs/``,
+named by ``HCBPG_SCRUB_FILE``) so that the runner, which writes the executed notebooks,
+the manifest, the logs and the HTML, can remove it too.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import secrets as _stdlib_secrets
+import shutil
+import stat
+import subprocess
+import threading
+import urllib.parse
+from pathlib import Path
+from typing import Iterable
+
+from hcbpg.errors import SecretError
+
+REDACTED = "[secret]"
+MIN_SECRET_LENGTH = 8
+SCRUB_FILE_ENV = "HCBPG_SCRUB_FILE"
+_REF_RE = re.compile(r"^(env:[A-Za-z_][A-Za-z0-9_]*|file:.+|op://[^/]+/[^/]+/.+)$")
+
+
+def is_secret_ref(value: str) -> bool:
+    """True when *value* has the shape of a secret reference."""
+    return bool(_REF_RE.match(value))
+
+
+def _variants(value: str) -> set[str]:
+    """The spellings under which a secret may show up in text we write."""
+    out = {value}
+    out.add(urllib.parse.quote(value, safe=""))
+    out.add(urllib.parse.quote_plus(value))
+    out.add(json.dumps(value)[1:-1])
+    out.add(repr(value)[1:-1])
+    out.add(value.replace("'", "''"))
+    out.add(value.replace("\\", "\\\\").replace("'", "\\'"))
+    out.add(base64.b64encode(value.encode()).decode().rstrip("="))
+    return {v for v in out if len(v) >= MIN_SECRET_LENGTH}
+
+
+class Scrubber:
+    """Replaces every registered secret (and its common encodings) with a marker."""
+
+    def __init__(self) -> None:
+        self._values: set[str] = set()
+        self._pattern: re.Pattern[str] | None = None
+        self._lock = threading.Lock()
+        self._file_state: tuple[str, float, int] | None = None
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def add(self, value: str) -> None:
+        if not value:
+            return
+        with self._lock:
+            new = _variants(value) - self._values
+            if new:
+                self._values |= new
+                self._pattern = None
+
+    def add_many(self, values: Iterable[str]) -> None:
+        for v in values:
+            self.add(v)
+
+    def load_file(self, path: str | os.PathLike[str]) -> None:
+        """Register the values in a scrub registry file (one JSON string per line)."""
+        p = Path(path)
+        try:
+            st = p.stat()
+        except FileNotFoundError:
+            return
+        key = (str(p), st.st_mtime, st.st_size)
+        if self._file_state == key:
+            return
+        for line in p.read_text().splitlines():
+            if line.strip():
+                self.add(json.loads(line))
+        self._file_state = key
+
+    def scrub(self, text: str) -> str:
+        if not self._values or not text:
+            return text
+        with self._lock:
+            if self._pattern is None:
+                alts = sorted(self._values, key=len, reverse=True)
+                self._pattern = re.compile("|".join(re.escape(a) for a in alts))
+            pattern = self._pattern
+        return pattern.sub(REDACTED, text)
+
+    def scrub_obj(self, obj):  # noqa: ANN001 - JSON-like structures
+        if isinstance(obj, str):
+            return self.scrub(obj)
+        if isinstance(obj, list):
+            return [self.scrub_obj(x) for x in obj]
+        if isinstance(obj, dict):
+            return {k: self.scrub_obj(v) for k, v in obj.items()}
+        return obj
+
+
+#: the scrubber of this process (kernel or runner)
+SCRUBBER = Scrubber()
+
+
+def register(value: str) -> str:
+    """Register a secret value with this process's scrubber and the run's registry; returns it."""
+    if not value:
+        return value
+    SCRUBBER.add(value)
+    path = os.environ.get(SCRUB_FILE_ENV)
+    if path:
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, (json.dumps(value) + "\n").encode())
+        finally:
+            os.close(fd)
+    return value
+
+
+def scrub(text: str) -> str:
+    """Scrub *text* with this process's scrubber (and the run's registry, if any)."""
+    path = os.environ.get(SCRUB_FILE_ENV)
+    if path:
+        SCRUBBER.load_file(path)
+    return SCRUBBER.scrub(text)
+
+
+def resolve(ref: str, *, key: str = "secret") -> str:
+    """Resolve a secret reference to its value and register it for scrubbing.
+
+    ``key`` is the params key the reference came from; it is named in every error.
+    """
+    if not isinstance(ref, str) or not is_secret_ref(ref):
+        raise SecretError(
+            f"{key}: {ref!r} is not a secret reference",
+            hint="Write env:NAME, file:/path/to/file or op://vault/item/field.",
+        )
+    if ref.startswith("env:"):
+        name = ref[4:]
+        value = os.environ.get(name)
+        if value is None:
+            raise SecretError(f"{key}: environment variable {name} is not set (from {ref})",
+                              hint=f"Export {name} in the shell that runs hcbpg.")
+    elif ref.startswith("file:"):
+        path = Path(os.path.expanduser(ref[5:]))
+        try:
+            value = path.read_text().rstrip("\r\n")
+        except FileNotFoundError:
+            raise SecretError(f"{key}: secret file {path} does not exist (from {ref})",
+                              hint="Create it with mode 0600, or fix the reference.") from None
+        except OSError as exc:
+            raise SecretError(f"{key}: cannot read secret file {path}: {exc.strerror}") from None
+    else:
+        op = shutil.which("op")
+        if op is None:
+            raise SecretError(
+                f"{key}: {ref} needs the 1Password CLI, and `op` is not installed",
+                hint="Install the 1Password CLI and sign in (eval $(op signin)), "
+                     "or point the key at env:NAME or file:PATH.",
+            )
+        proc = subprocess.run([op, "read", "--no-newline", ref], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SecretError(f"{key}: `op read` failed for {ref}: {proc.stderr.strip()[:300]}",
+                              hint="Sign in with `eval $(op signin)` and check the vault, item and field.")
+        value = proc.stdout
+    if len(value) < MIN_SECRET_LENGTH:
+        raise SecretError(
+            f"{key}: the secret from {ref} is shorter than {MIN_SECRET_LENGTH} characters",
+            hint="Use a longer secret; short values cannot be scrubbed from outputs safely.",
+        )
+    return register(value)
+
+
+def generate_password(length: int = 32) -> str:
+    """A new random password (URL-safe), registered for scrubbing before it is returned."""
+    alphabet = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789"
+    return register("".join(_stdlib_secrets.choice(alphabet) for _ in range(length)))
+
+
+def store_secret(ref: str, value: str, *, key: str = "secret") -> None:
+    """Store a new secret value through its backend (``file:`` written 0600; ``op://`` via `op item edit`)."""
+    register(value)
+    if ref.startswith("file:"):
+        path = Path(os.path.expanduser(ref[5:]))
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = path.with_name(path.name + ".new")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, (value + "\n").encode())
+        finally:
+            os.close(fd)
+        os.chmod(tmp, stat.S_IRUSR | stat.S_IWUSR)
+        os.replace(tmp, path)
+        return
+    if ref.startswith("op://"):
+        _vault, item, field = ref[5:].split("/", 2)
+        vault = ref[5:].split("/", 1)[0]
+        op = shutil.which("op")
+        if op is None:
+            raise SecretError(f"{key}: cannot store the new secret: `op` is not installed")
+        proc = subprocess.run([op, "item", "edit", item, f"--vault={vault}", f"{field}[password]={value}"],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SecretError(f"{key}: `op item edit` failed: {scrub(proc.stderr.strip())[:300]}")
+        return
+    raise SecretError(
+        f"{key}: {ref} cannot store a new value (environment variables are read-only)",
+        hint="Point this key at file:PATH or op://vault/item/field to rotate it.",
+    )

@@ -1,0 +1,69 @@
+"""The ordered runbook: read from ``steps.yaml`` in the notebooks directory, the one place steps are listed."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from hcbpg.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Step:
+    key: str          # "02_install_postgres": also the notebook's file stem
+    title: str
+    notebook: str     # file name inside the notebooks directory
+    #: steps like failover or rotation run only when asked for with --only
+    on_demand: bool = False
+
+    @property
+    def number(self) -> str:
+        return self.key.split("_", 1)[0]
+
+    def as_dict(self) -> dict[str, str]:
+        return {"key": self.key, "title": self.title, "notebook": self.notebook}
+
+
+def notebooks_dir() -> Path:
+    """``HCBPG_NOTEBOOKS`` or the package's sibling ``notebooks/`` directory."""
+    env = os.environ.get("HCBPG_NOTEBOOKS")
+    if env:
+        return Path(env).resolve()
+    return Path(__file__).resolve().parent.parent / "notebooks"
+
+
+def load_steps(directory: Path | None = None) -> list[Step]:
+    d = directory or notebooks_dir()
+    path = d / "steps.yaml"
+    data = yaml.safe_load(path.read_text())
+    steps = []
+    for entry in data["steps"]:
+        nb = entry["notebook"]
+        steps.append(Step(key=Path(nb).stem, title=entry["title"], notebook=nb,
+                          on_demand=bool(entry.get("on_demand", False))))
+    return steps
+
+
+def match(steps: list[Step], spec: str) -> int:
+    """Index of the step named by *spec*: its number ("02"), its key, or the name after the number."""
+    for i, s in enumerate(steps):
+        if spec in (s.key, s.number, s.key.split("_", 1)[-1], s.notebook):
+            return i
+    raise UsageError(f"no step '{spec}'; steps are: {', '.join(s.key for s in steps)}")
+
+
+def select(steps: list[Step], *, start: str | None = None, until: str | None = None,
+           only: str | None = None) -> list[Step]:
+    """The steps a run executes, in order."""
+    if only:
+        if start or until:
+            raise UsageError("--only cannot be combined with --from or --until")
+        return [steps[match(steps, o)] for o in only.split(",")]
+    lo = match(steps, start) if start else 0
+    hi = match(steps, until) if until else len(steps) - 1
+    if lo > hi:
+        raise UsageError(f"--from {start} comes after --until {until}")
+    return [s for s in steps[lo:hi + 1] if not s.on_demand]
