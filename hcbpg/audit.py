@@ -1,0 +1,82 @@
+"""Reading the audit trail: list runs, verify the hash chain, render a run to HTML."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+from hcbpg import manifest as mf
+from hcbpg import secrets as hsecrets
+from hcbpg.errors import AuditError
+
+
+def runs_table(base: Path, env: str | None = None) -> list[dict[str, str]]:
+    rows = []
+    for run in mf.list_runs(base, env):
+        try:
+            d = run.read()
+        except AuditError as exc:
+            rows.append({"run": run.run_id, "env": run.env, "status": f"unreadable: {exc}"})
+            continue
+        done = sum(1 for s in d["steps"] if s["status"] == "succeeded")
+        current = next((s["key"] for s in d["steps"] if s["status"] != "succeeded"), "")
+        rows.append({
+            "run": d["run_id"], "env": d["environment"], "mode": d["mode"], "status": d["status"],
+            "steps": f"{done}/{len(d['steps'])}", "at": current, "operator": d["operator"],
+            "created": d["created"][:19].replace("T", " "),
+            "changes": str(sum(s.get("changes") or 0 for s in d["steps"])),
+        })
+    return rows
+
+
+def verify(base: Path, env: str | None = None) -> list[str]:
+    """Problems in the audit trail of one or every environment (empty: all verified)."""
+    outputs = mf.outputs_dir(base)
+    envs = [env] if env else sorted(p.name for p in outputs.iterdir() if p.is_dir()) if outputs.is_dir() else []
+    problems: list[str] = []
+    for e in envs:
+        problems += mf.verify_env(base, e)
+    return problems
+
+
+def render_html(run: mf.Run) -> Path:
+    """Render every executed notebook of a run with nbconvert, plus an index page; returns the index."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    data = run.read()
+    out_dir = run.path / "html"
+    out_dir.mkdir(exist_ok=True)
+    exporter = HTMLExporter()
+    rows = []
+    for s in data["steps"]:
+        for att in s["attempts"]:
+            nb_path = run.path / att["notebook"]
+            link = ""
+            if nb_path.is_file():
+                body, _ = exporter.from_notebook_node(nbformat.read(nb_path, as_version=4))
+                target = out_dir / (Path(att["notebook"]).stem + ".html")
+                target.write_text(hsecrets.scrub(body))
+                link = f"<a href='{html.escape(target.name)}'>{html.escape(att['notebook'])}</a>"
+            rows.append(
+                f"<tr><td>{html.escape(s['key'])}</td><td>{att['n']}</td><td>{html.escape(att['status'])}</td>"
+                f"<td>{html.escape(att.get('start') or '')}</td><td>{att.get('duration_s') or ''}</td>"
+                f"<td>{'' if s.get('changes') is None else s['changes']}</td><td>{link}</td></tr>")
+    gates = "".join(
+        f"<tr><td>{html.escape(g)}</td><td>{html.escape(v.get('question', ''))}</td>"
+        f"<td>{html.escape(str(v.get('approved_by') or 'waiting'))}</td><td>{html.escape(str(v.get('approved_at') or ''))}</td>"
+        f"<td>{html.escape(str(v.get('note') or ''))}</td></tr>" for g, v in data.get("gates", {}).items())
+    git = data.get("git") or {}
+    index = f"""<!doctype html><html><head><meta charset="utf-8"><title>hcbpg run {data['run_id']}</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}</style></head><body>
+<h1>Run {html.escape(data['run_id'])} — {html.escape(data['environment'])} ({html.escape(data['mode'])})</h1>
+<p>Status <b>{html.escape(data['status'])}</b>; operator {html.escape(data['operator'])} on {html.escape(data['machine'])};
+created {html.escape(data['created'])}; git {html.escape(str(git.get('commit')))}{' (dirty)' if git.get('dirty') else ''};
+params sha256 {html.escape(data['params_sha256'])}.</p>
+<h2>Steps</h2><table><tr><th>step</th><th>attempt</th><th>status</th><th>start</th><th>seconds</th><th>changes</th><th>notebook</th></tr>
+{''.join(rows)}</table>
+<h2>Gates</h2><table><tr><th>gate</th><th>question</th><th>approved by</th><th>at</th><th>note</th></tr>{gates}</table>
+</body></html>"""
+    index_path = out_dir / "index.html"
+    index_path.write_text(hsecrets.scrub(index))
+    return index_path

@@ -1,0 +1,366 @@
+"""Runs the runbook's notebooks with papermill, in order, and keeps the run's manifest.
+
+Pipeline of one run: select steps → create the run directory (linked into the env's
+hash chain) → for each step: mark running, execute the notebook into the run directory
+through the scrubbing writer, hash it, record status/changes → close the run.  Only
+non-secret parameters reach papermill: ``env``, ``run_id``, ``run_dir``, ``dry_run``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from hcbpg import manifest as mf
+from hcbpg import secrets as hsecrets
+from hcbpg.errors import HcbpgError, UsageError
+from hcbpg.params import Params, home, load_params, params_sha256
+from hcbpg.runbook import AUTO_APPROVE_ENV, HEADLESS_ENV, scrub_file_for
+from hcbpg.steps import Step, load_steps, notebooks_dir, select
+
+SCHEME = "hcbpg-scrubbed://"
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_WAITING, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+log = logging.getLogger("hcbpg.runner")
+
+
+class ScrubbingWriter:
+    """papermill I/O handler: every save of an executed notebook is scrubbed and written atomically."""
+
+    @classmethod
+    def _path(cls, path: str) -> Path:
+        return Path(path[len(SCHEME):])
+
+    @classmethod
+    def read(cls, path: str) -> str:
+        return cls._path(path).read_text()
+
+    @classmethod
+    def listdir(cls, path: str) -> list[str]:
+        return [str(p) for p in cls._path(path).iterdir()]
+
+    @classmethod
+    def write(cls, buf: str, path: str) -> None:
+        p = cls._path(path)
+        mf.atomic_write_text(p, buf)
+
+    @classmethod
+    def pretty_path(cls, path: str) -> str:
+        return str(cls._path(path))
+
+
+def _register_writer() -> None:
+    from papermill.iorw import papermill_io
+    if not any(s == SCHEME for s, _ in papermill_io._handlers):
+        papermill_io.register(SCHEME, ScrubbingWriter)
+
+
+class _ScrubFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = hsecrets.scrub(record.getMessage())
+        record.args = ()
+        return True
+
+
+@dataclass
+class RunResult:
+    run: mf.Run
+    status: str
+    exit_code: int
+    message: str = ""
+
+
+def _resolve_param_secrets(params: Params) -> None:
+    """Resolve every secret the params reference, so the runner can scrub them too.
+
+    A secret that does not resolve is not an error here: the step that needs it will say
+    so with its key (preflight checks them all first)."""
+    for key, ref in params.secret_refs().items():
+        try:
+            hsecrets.resolve(ref, key=key)
+        except HcbpgError:
+            pass
+
+
+def _pid_alive(pid: int | None, machine: str | None) -> bool:
+    if not pid or machine != socket.gethostname():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Runner:
+    """Executes the steps of one run; ``progress`` receives one line per event."""
+
+    def __init__(self, *, base: Path | None = None, nb_dir: Path | None = None,
+                 progress: Callable[[str], None] | None = None, progress_bar: bool = True,
+                 log_output: bool = False, auto_approve: str | None = None,
+                 kernel_name: str = "python3") -> None:
+        self.home = base or home()
+        self.nb_dir = nb_dir or notebooks_dir()
+        self.progress = progress or (lambda line: print(line, flush=True))
+        self.progress_bar = progress_bar
+        self.log_output = log_output
+        self.auto_approve = auto_approve
+        self.kernel_name = kernel_name
+
+    # -- entry points -----------------------------------------------------------------
+    def start(self, env: str, *, dry_run: bool = False, start: str | None = None,
+              until: str | None = None, only: str | None = None) -> RunResult:
+        params = load_params(env, self.home)  # validates before anything runs
+        steps = select(load_steps(self.nb_dir), start=start, until=until, only=only)
+        if not steps:
+            raise UsageError("no steps selected")
+        for s in steps:
+            if not (self.nb_dir / s.notebook).is_file():
+                raise UsageError(f"step {s.key}: notebook {self.nb_dir / s.notebook} is missing")
+        run = mf.create_run(self.home, env, steps=[s.as_dict() for s in steps],
+                            mode="plan" if dry_run else "run", dry_run=dry_run,
+                            params_sha256=params_sha256(env, self.home),
+                            selection={"from": start, "until": until, "only": only},
+                            repo=self.nb_dir.parent)
+        kind = "plan (dry run: nothing is changed)" if dry_run else "run"
+        self.progress(f"hcbpg {kind} of {env}: {len(steps)} step(s), run {run.run_id}\n"
+                      f"  record: {run.path}")
+        return self._execute(run, params)
+
+    def resume(self, run_id: str) -> RunResult:
+        run = mf.find_run(self.home, run_id)
+        data = run.read()
+        if data["status"] == "succeeded":
+            raise UsageError(f"run {run.run_id} already succeeded; nothing to resume")
+        if not mf.is_newest(run, self.home):
+            raise UsageError(f"run {run.run_id} is not the newest run of {run.env}: resuming it would "
+                             "rewrite a manifest that a later run's hash chain covers",
+                             hint=f"Start a new run instead: hcbpg run {run.env} --from STEP")
+        runner = data.get("runner") or {}
+        if data["status"] == "running" and _pid_alive(runner.get("pid"), runner.get("machine")):
+            raise UsageError(f"run {run.run_id} is still running (pid {runner['pid']})")
+        params = load_params(run.env, self.home)
+        sha = params_sha256(run.env, self.home)
+        if sha != data["params_sha256"]:
+            self.progress(f"note: params/{run.env}.yaml changed since this run started; "
+                          "the new params are used and recorded")
+            with run.update() as d:
+                d.setdefault("params_history", []).append({"at": mf.utcnow(), "params_sha256": sha})
+                d["params_sha256"] = sha
+        self.progress(f"hcbpg resume of run {run.run_id} ({run.env})\n  record: {run.path}")
+        return self._execute(run, params)
+
+    # -- the loop ---------------------------------------------------------------------
+    def _execute(self, run: mf.Run, params: Params) -> RunResult:
+        _register_writer()
+        scrub_file = scrub_file_for(run.path)
+        os.environ[hsecrets.SCRUB_FILE_ENV] = str(scrub_file)
+        os.environ[HEADLESS_ENV] = "1"
+        if self.auto_approve:
+            os.environ[AUTO_APPROVE_ENV] = self.auto_approve
+        else:
+            os.environ.pop(AUTO_APPROVE_ENV, None)
+        _resolve_param_secrets(params)
+        handler = logging.FileHandler(run.path / "run.log")
+        handler.addFilter(_ScrubFilter())
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        pm_logger = logging.getLogger("papermill")
+        pm_logger.addHandler(handler)
+        pm_logger.setLevel(logging.INFO)
+        for h in logging.getLogger().handlers:
+            h.addFilter(_ScrubFilter())
+        try:
+            with run.update() as data:
+                # attempts left "running" by a runner that died (SIGKILL, power loss)
+                for s in data["steps"]:
+                    if s["status"] == "running":
+                        s["status"] = "interrupted"
+                        for a in s["attempts"]:
+                            if a["status"] == "running":
+                                a["status"] = "interrupted"
+                                a["note"] = "the runner stopped without recording an end (killed?)"
+                                self._hash_attempt(run, a)
+                data["status"] = "running"
+                data["runner"] = {"pid": os.getpid(), "machine": socket.gethostname(),
+                                  "started": mf.utcnow(), "operator": mf.operator_name()}
+                data.setdefault("sessions", []).append(dict(data["runner"]))
+                steps = [dict(s) for s in data["steps"]]
+            todo = [s for s in steps if s["status"] != "succeeded"]
+            done = len(steps) - len(todo)
+            if done:
+                self.progress(f"  {done} step(s) already succeeded, not run again")
+            for i, s in enumerate(steps, 1):
+                if s["status"] == "succeeded":
+                    continue
+                result = self._run_step(run, s, i, len(steps))
+                if result is not None:
+                    return result
+            with run.update() as data:
+                data["status"] = "succeeded"
+                data["finished"] = mf.utcnow()
+            self._close(run)
+            return RunResult(run, "succeeded", EXIT_OK, self._summary(run))
+        finally:
+            pm_logger.removeHandler(handler)
+            handler.close()
+
+    def _run_step(self, run: mf.Run, s: dict[str, Any], i: int, n: int) -> RunResult | None:
+        import papermill as pm
+        from papermill.exceptions import PapermillExecutionError
+
+        key = s["key"]
+        out = run.path / s["notebook"]
+        with run.update() as data:
+            step = run.step(data, key)
+            if out.exists() and step["attempts"]:
+                prev = step["attempts"][-1]
+                kept = out.with_name(f"{out.stem}.attempt-{prev['n']}{out.suffix}")
+                os.replace(out, kept)
+                prev["notebook"] = kept.name
+                prev["sha256"] = mf.sha256_file(kept)
+            attempt = {"n": len(step["attempts"]) + 1, "status": "running", "start": mf.utcnow(),
+                       "end": None, "duration_s": None, "notebook": s["notebook"], "sha256": None,
+                       "pid": os.getpid()}
+            step["attempts"].append(attempt)
+            step["status"] = "running"
+            step["start"] = step.get("start") or attempt["start"]
+            dry_run = data["dry_run"]
+            env = data["environment"]
+        label = f"[{i}/{n}] {key}: {s['title']}"
+        self.progress(label + (" (attempt %d)" % attempt["n"] if attempt["n"] > 1 else ""))
+        run.log(f"step {key} attempt {attempt['n']} started")
+        t0 = time.monotonic()
+        status, error, exit_code = "succeeded", None, None
+        interrupted = False
+        try:
+            pm.execute_notebook(
+                str(self.nb_dir / s["notebook"]), SCHEME + str(out),
+                parameters={"env": env, "run_id": run.run_id, "run_dir": str(run.path), "dry_run": dry_run},
+                kernel_name=self.kernel_name, progress_bar=self.progress_bar,
+                log_output=self.log_output, cwd=str(run.path), request_save_on_cell_execute=True,
+            )
+        except PapermillExecutionError as exc:
+            error = {"ename": exc.ename, "evalue": hsecrets.scrub(str(exc.evalue))[:2000],
+                     "cell_index": exc.cell_index}
+            if exc.ename == "GateRequired":
+                status, exit_code = "awaiting-approval", EXIT_WAITING
+            else:
+                status, exit_code = "failed", EXIT_FAILED
+        except KeyboardInterrupt:
+            status, exit_code, interrupted = "interrupted", EXIT_INTERRUPTED, True
+            error = {"ename": "KeyboardInterrupt", "evalue": "interrupted by the operator (Ctrl-C)"}
+        except Exception as exc:  # noqa: BLE001 - kernel died, I/O error: record, then report
+            status, exit_code = "failed", EXIT_FAILED
+            error = {"ename": type(exc).__name__, "evalue": hsecrets.scrub(str(exc))[:2000]}
+        duration = round(time.monotonic() - t0, 3)
+        with run.update() as data:
+            step = run.step(data, key)
+            att = step["attempts"][-1]
+            att.update({"status": status, "end": mf.utcnow(), "duration_s": duration})
+            if error:
+                att["error"] = error
+            self._hash_attempt(run, att)
+            step["status"] = status
+            step["end"] = att["end"]
+            step["duration_s"] = round(sum(a.get("duration_s") or 0 for a in step["attempts"]), 3)
+            step["sha256"] = att["sha256"]
+            if step.get("changes") is None and status == "succeeded":
+                step["changes"] = self._changes_from_notebook(out)
+            if status != "succeeded":
+                data["status"] = status
+                data["finished"] = None if status != "failed" else mf.utcnow()
+            changes = step.get("changes")
+            gates = data.get("gates", {})
+        run.log(f"step {key} attempt {attempt['n']} {status} in {duration}s")
+        if status == "succeeded":
+            self.progress(f"      done in {duration:.1f}s, "
+                          + ("no changes" if not changes else f"{changes} change(s)"))
+            return None
+        if status == "awaiting-approval":
+            waiting = [g for g, v in gates.items() if not v.get("approved_at") and v.get("step") == key]
+            gate = waiting[-1] if waiting else "GATE"
+            q = gates.get(gate, {}).get("question", "")
+            msg = (f"Run {run.run_id} is waiting for approval of gate '{gate}' in step {key}:\n"
+                   f"  {q}\nWhen it holds, approve and resume:\n"
+                   f"  hcbpg approve {run.run_id} {gate} --note 'what you checked'\n"
+                   f"  hcbpg resume {run.run_id}")
+            return RunResult(run, status, exit_code, msg)
+        if interrupted:
+            return RunResult(run, status, exit_code,
+                             f"Interrupted in step {key}; the record is kept in {run.path}.\n"
+                             f"Continue with: hcbpg resume {run.run_id}")
+        msg = (f"Step {key} failed ({error['ename']}): {error['evalue']}\n"
+               f"The executed notebook is {out}.\n"
+               f"Fix the cause, then: hcbpg resume {run.run_id}")
+        return RunResult(run, status, exit_code, msg)
+
+    @staticmethod
+    def _hash_attempt(run: mf.Run, att: dict[str, Any]) -> None:
+        f = run.path / att["notebook"]
+        if f.is_file():
+            att["sha256"] = mf.sha256_file(f)
+
+    @staticmethod
+    def _changes_from_notebook(path: Path) -> int | None:
+        try:
+            import scrapbook as sb
+            scraps = sb.read_notebook(str(path)).scraps
+            return scraps["hcbpg_summary"].data["changes"] if "hcbpg_summary" in scraps else None
+        except Exception:  # noqa: BLE001
+            return None
+
+    def _close(self, run: mf.Run) -> None:
+        scrub_file = scrub_file_for(run.path)
+        try:
+            scrub_file.unlink()
+        except FileNotFoundError:
+            pass
+
+    def _summary(self, run: mf.Run) -> str:
+        data = run.read()
+        lines = [f"Run {run.run_id} of {run.env} {data['status']}:"]
+        for s in data["steps"]:
+            ch = s.get("changes")
+            lines.append(f"  {s['key']:<28} {s['status']:<10} {s.get('duration_s') or 0:>7.1f}s  "
+                         + ("-" if ch is None else f"{ch} change(s)"))
+        lines.append(f"Audit record: {run.path}")
+        if run.env not in ("lab",) and not run.env.startswith("test"):
+            lines.append(f"This is a {run.env} run: commit {run.path} as the record of the change "
+                         f"(git add {run.path.relative_to(self.home) if run.path.is_relative_to(self.home) else run.path}).")
+        return "\n".join(lines)
+
+
+def approve(run_id: str, gate: str, *, note: str | None, base: Path | None = None) -> mf.Run:
+    """Record who approved a gate of a waiting run, and when."""
+    b = base or home()
+    run = mf.find_run(b, run_id)
+    if not mf.is_newest(run, b):
+        raise UsageError(f"run {run.run_id} is not the newest run of {run.env}; it cannot be approved")
+    with run.update() as data:
+        gates = data.setdefault("gates", {})
+        if gate not in gates:
+            waiting = [g for g, v in gates.items() if not v.get("approved_at")]
+            raise UsageError(f"run {run.run_id} has no gate '{gate}' waiting"
+                             + (f"; waiting: {', '.join(waiting)}" if waiting else ""))
+        g = gates[gate]
+        if g.get("approved_at"):
+            raise UsageError(f"gate '{gate}' was already approved by {g['approved_by']} at {g['approved_at']}")
+        g.update({"approved_by": mf.operator_name(), "approved_at": mf.utcnow(),
+                  "note": note, "via": "hcbpg approve", "machine": socket.gethostname()})
+    run.log(f"gate {gate} approved by {mf.operator_name()}")
+    return run
+
+
+def install_sigterm_as_interrupt() -> None:
+    """Treat SIGTERM like Ctrl-C so the step is marked interrupted and the record kept."""
+    def handler(signum, frame):  # noqa: ANN001, ARG001
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, handler)

@@ -1,0 +1,210 @@
+"""The runner with real papermill kernels: records, resume after SIGKILL, gates, tamper evidence."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import hcbpg
+from nbutil import make_params, write_notebook, write_steps
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture
+def env(home, monkeypatch):
+    monkeypatch.setenv("HCBPG_TEST_APP_PW", "app-password-0123456789")
+    monkeypatch.setenv("HCBPG_TEST_TOKEN", "hcloud-token-0123456789")
+    (home / "params" / "test.yaml").write_text(make_params("test"))
+    return "test"
+
+
+def manifest(run_dir: Path) -> dict:
+    return json.loads((run_dir / "manifest.json").read_text())
+
+
+def only_run(home: Path, env: str) -> Path:
+    (run,) = [p for p in (home / "outputs" / env).iterdir() if p.is_dir()]
+    return run
+
+
+def test_run_records_every_step_and_passes_values_between_them(home, env):
+    nb = home / "notebooks"
+    write_notebook(nb / "00_first.ipynb", "00_first",
+                   "from hcbpg.outcome import Outcome\n"
+                   "rb.track(Outcome('thing on host', changed=True, dry_run=dry_run))\n"
+                   "rb.record('answer', {'ip': '10.0.1.5', 'n': 42})")
+    write_notebook(nb / "01_second.ipynb", "01_second",
+                   "v = rb.recall('answer')\nassert v == {'ip': '10.0.1.5', 'n': 42}, v\nprint('recalled', v)")
+    write_steps(nb, [("00_first.ipynb", "first"), ("01_second.ipynb", "second")])
+    r = hcbpg("run", env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    run = only_run(home, env)
+    m = manifest(run)
+    assert m["status"] == "succeeded" and m["operator"] == "test-operator"
+    assert [s["status"] for s in m["steps"]] == ["succeeded", "succeeded"]
+    assert [s["changes"] for s in m["steps"]] == [1, 0]
+    for s in m["steps"]:
+        assert len(s["attempts"]) == 1 and s["sha256"] and s["duration_s"] > 0
+        assert (run / s["notebook"]).is_file()
+    assert set(m["git"]) == {"commit", "dirty"} and len(m["params_sha256"]) == 64
+    assert "recalled" in (run / "01_second.ipynb").read_text()
+    # papermill got only the four non-secret parameters
+    params = json.loads((run / "00_first.ipynb").read_text())["metadata"]["papermill"]["parameters"]
+    assert set(params) == {"env", "run_id", "run_dir", "dry_run"}
+    # a plan is a dry run: the same notebook reports "would change" and the manifest says plan
+    r = hcbpg("plan", env, "--only", "00")
+    assert r.returncode == 0, r.stdout + r.stderr
+    plan = sorted(p for p in (home / "outputs" / env).iterdir() if p.is_dir())[-1]
+    pm = manifest(plan)
+    assert pm["mode"] == "plan" and pm["dry_run"] is True and pm["previous"]["run_id"] == m["run_id"]
+    assert "would change" in (plan / "00_first.ipynb").read_text()
+    r = hcbpg("runs", env)
+    assert m["run_id"] in r.stdout and pm["run_id"] in r.stdout
+    r = hcbpg("audit", "html", m["run_id"])
+    assert r.returncode == 0 and (run / "html" / "index.html").is_file()
+    assert "00_first.html" in (run / "html" / "index.html").read_text()
+
+
+def test_killed_run_resumes_without_repeating_finished_steps(home, env):
+    nb = home / "notebooks"
+    write_notebook(nb / "00_fast.ipynb", "00_fast", "print('fast step ran')")
+    write_notebook(nb / "01_slow.ipynb", "01_slow",
+                   "import os, time\nprint('slow step started', flush=True)\n"
+                   "time.sleep(float(os.environ.get('HCBPG_TEST_SLEEP', '0')))\nprint('slow step finished')")
+    write_steps(nb, [("00_fast.ipynb", "fast"), ("01_slow.ipynb", "slow")])
+    proc = subprocess.Popen([sys.executable, "-m", "hcbpg.cli", "run", env],
+                            env={**os.environ, "HCBPG_TEST_SLEEP": "120"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 120
+    run = None
+    while time.time() < deadline:
+        runs = list((home / "outputs" / env).glob("*_*")) if (home / "outputs" / env).exists() else []
+        if runs:
+            run = runs[0]
+            out = run / "01_slow.ipynb"
+            if out.exists() and "slow step started" in out.read_text():
+                break
+        time.sleep(0.3)
+    else:
+        proc.kill()
+        pytest.fail("the slow step never started")
+    os.kill(proc.pid, signal.SIGKILL)          # the runner only; its kernel is left as an orphan would be
+    proc.wait()
+    m = manifest(run)
+    assert m["steps"][0]["status"] == "succeeded" and m["steps"][1]["status"] == "running"
+    assert (run / "01_slow.ipynb").is_file()   # the partial record survived the crash
+    r = hcbpg("resume", m["run_id"], env={"HCBPG_TEST_SLEEP": "0"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "already succeeded" in r.stdout
+    m = manifest(run)
+    assert m["status"] == "succeeded"
+    assert len(m["steps"][0]["attempts"]) == 1                     # not repeated
+    a1, a2 = m["steps"][1]["attempts"]
+    assert (a1["status"], a2["status"]) == ("interrupted", "succeeded")
+    assert (run / a1["notebook"]).is_file() and a1["notebook"] == "01_slow.attempt-1.ipynb"
+    assert "slow step started" in (run / a1["notebook"]).read_text()
+    assert len(m["sessions"]) == 2
+    assert hcbpg("audit", "verify", env).returncode == 0
+    # the orphaned kernel of the killed run must not be left running forever: it notices its parent died
+    subprocess.run(["pkill", "-f", str(run)], check=False)
+
+
+def test_gate_stops_headless_run_until_approved(home, env):
+    nb = home / "notebooks"
+    write_notebook(nb / "00_gate.ipynb", "00_gate",
+                   "rb.gate('maintenance-on', 'Maintenance mode is on in Hatchbox and Sidekiq is stopped')\n"
+                   "print('past the gate')")
+    write_notebook(nb / "01_after.ipynb", "01_after", "print('after')")
+    write_steps(nb, [("00_gate.ipynb", "gate"), ("01_after.ipynb", "after")])
+    r = hcbpg("run", env)
+    assert r.returncode == 3, r.stdout + r.stderr
+    run = only_run(home, env)
+    m = manifest(run)
+    assert m["status"] == "awaiting-approval"
+    assert f"hcbpg approve {m['run_id']} maintenance-on" in r.stdout
+    assert m["steps"][1]["status"] == "pending"
+    assert hcbpg("resume", m["run_id"]).returncode == 3            # still waiting: nothing approved
+    r = hcbpg("approve", m["run_id"], "no-such-gate")
+    assert r.returncode == 2 and "maintenance-on" in r.stderr
+    r = hcbpg("approve", m["run_id"], "maintenance-on", "--note", "checked Hatchbox")
+    assert r.returncode == 0, r.stderr
+    r = hcbpg("resume", m["run_id"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    m = manifest(run)
+    g = m["gates"]["maintenance-on"]
+    assert g["approved_by"] == "test-operator" and g["note"] == "checked Hatchbox" and g["approved_at"]
+    assert m["status"] == "succeeded" and "past the gate" in (run / "00_gate.ipynb").read_text()
+
+
+def test_audit_verify_names_a_changed_byte_and_a_removed_run(home, env):
+    nb = home / "notebooks"
+    write_notebook(nb / "00_a.ipynb", "00_a", "print('a')")
+    write_steps(nb, [("00_a.ipynb", "a")])
+    for _ in range(3):
+        assert hcbpg("run", env).returncode == 0
+    runs = sorted(p for p in (home / "outputs" / env).iterdir() if p.is_dir())
+    r = hcbpg("audit", "verify", env)
+    assert r.returncode == 0 and "3 run(s)" in r.stdout, r.stdout
+    target = runs[1] / "00_a.ipynb"
+    data = bytearray(target.read_bytes())
+    i = data.index(b"print")
+    data[i] = ord("P")
+    target.write_bytes(bytes(data))
+    r = hcbpg("audit", "verify", env)
+    assert r.returncode == 1 and str(target) in r.stdout.splitlines()[0], r.stdout
+    data[i] = ord("p")
+    target.write_bytes(bytes(data))
+    assert hcbpg("audit", "verify", env).returncode == 0
+    # editing an older manifest breaks the chain at the next run
+    mpath = runs[0] / "manifest.json"
+    mpath.write_text(mpath.read_text().replace("test-operator", "someone-else"))
+    r = hcbpg("audit", "verify", env)
+    assert r.returncode == 1 and str(mpath) in r.stdout
+    import shutil
+    shutil.rmtree(runs[0])
+    shutil.rmtree(runs[1])
+    r = hcbpg("audit", "verify", env)
+    assert r.returncode == 1 and runs[1].name in r.stdout and "removed" in r.stdout, r.stdout
+
+
+def test_newest_run_removed_is_reported(home, env):
+    nb = home / "notebooks"
+    write_notebook(nb / "00_a.ipynb", "00_a", "print('a')")
+    write_steps(nb, [("00_a.ipynb", "a")])
+    for _ in range(2):
+        assert hcbpg("run", env).returncode == 0
+    runs = sorted(p for p in (home / "outputs" / env).iterdir() if p.is_dir())
+    import shutil
+    shutil.rmtree(runs[-1])
+    r = hcbpg("audit", "verify", env)
+    assert r.returncode == 1 and runs[-1].name in r.stdout
+
+
+def test_failed_step_exits_1_and_stops_the_run(home, env):
+    nb = home / "notebooks"
+    write_notebook(nb / "00_bad.ipynb", "00_bad", "raise RuntimeError('the check failed on server-postgres-1')")
+    write_notebook(nb / "01_never.ipynb", "01_never", "print('never')")
+    write_steps(nb, [("00_bad.ipynb", "bad"), ("01_never.ipynb", "never")])
+    r = hcbpg("run", env)
+    assert r.returncode == 1
+    assert "the check failed on server-postgres-1" in r.stdout and "hcbpg resume" in r.stdout
+    m = manifest(only_run(home, env))
+    assert [s["status"] for s in m["steps"]] == ["failed", "pending"]
+    assert not (only_run(home, env) / "01_never.ipynb").exists()
+
+
+def test_plain_papermill_cli_runs_a_step_without_a_run_record(home, env, tmp_path):
+    nb = write_notebook(home / "notebooks" / "00_a.ipynb", "00_a", "print('hello from', env)")
+    out = tmp_path / "out.ipynb"
+    r = subprocess.run([sys.executable, "-m", "papermill", str(nb), str(out), "-p", "env", env],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "hello from test" in out.read_text()
