@@ -1,0 +1,208 @@
+"""The SSH adapter: one :class:`Host` per machine, over fabric, that runs commands and reads and writes files.
+
+Every command that changes something is printed as one line (host, command, exit status,
+duration) with secrets scrubbed, so an executed notebook says exactly what was done where.
+Secrets never go on a command line (process lists are visible to every user): they are
+fed through stdin.
+"""
+
+from __future__ import annotations
+
+import io
+import shlex
+import socket
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+from hcbpg.errors import HostUnreachable, RemoteCommandError
+from hcbpg.secrets import scrub
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hcbpg.params import Params
+
+#: exit status our read_text uses to say "no such file" (cat itself exits 1)
+_MISSING_EXIT = 44
+#: how many characters of output an error keeps
+_TAIL_CHARS = 4000
+
+
+@dataclass
+class Result:
+    """What one remote command did (stdout and stderr are raw; scrub before showing)."""
+
+    host: str
+    command: str
+    exit_code: int
+    stdout: str
+    stderr: str
+    duration: float
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def _tail(text: str) -> str:
+    return scrub(text[-_TAIL_CHARS:])
+
+
+def _connect_errors() -> tuple[type[BaseException], ...]:
+    import paramiko
+    from paramiko.ssh_exception import NoValidConnectionsError
+    return (socket.timeout, socket.gaierror, ConnectionError, OSError, EOFError,
+            NoValidConnectionsError, paramiko.SSHException)
+
+
+class Host:
+    """One machine reached over SSH (fabric 3 ``Connection``)."""
+
+    def __init__(self, name: str, address: str, *, user: str = "root", key_file: str | None = None,
+                 port: int = 22, connect_timeout: float = 10.0, command_timeout: float = 900.0,
+                 echo: Callable[[str], None] = print) -> None:
+        self.name = name
+        self.address = address
+        self.user = user
+        self.key_file = key_file
+        self.port = port
+        self.connect_timeout = connect_timeout
+        self.command_timeout = command_timeout
+        self.echo = echo
+        #: every command run on this host, in order (scrubbed), for tests and the record
+        self.history: list[Result] = []
+        self._conn: Any = None
+
+    @classmethod
+    def from_params(cls, params: "Params", name: str, address: str, **kw: Any) -> "Host":
+        """A Host with user, key, port and connect timeout from ``params.ssh``."""
+        import os
+        return cls(name, address, user=params.ssh.user, key_file=os.path.expanduser(params.ssh.key_file),
+                   port=params.ssh.port, connect_timeout=params.ssh.connect_timeout, **kw)
+
+    def __repr__(self) -> str:
+        return f"Host({self.name!r}, {self.user}@{self.address}:{self.port})"
+
+    # connection --------------------------------------------------------------
+    @property
+    def connection(self) -> Any:
+        """The open fabric Connection (opened on first use)."""
+        if self._conn is None:
+            from fabric import Connection
+            kwargs: dict[str, Any] = {"allow_agent": False, "look_for_keys": False,
+                                      "banner_timeout": self.connect_timeout,
+                                      "auth_timeout": self.connect_timeout}
+            if self.key_file:
+                kwargs["key_filename"] = [self.key_file]
+            conn = Connection(self.address, user=self.user, port=self.port,
+                              connect_timeout=self.connect_timeout, connect_kwargs=kwargs)
+            try:
+                conn.open()
+            except _connect_errors() as exc:
+                raise HostUnreachable(self.name, f"{self.user}@{self.address}:{self.port}",
+                                      scrub(f"{type(exc).__name__}: {exc}")) from exc
+            self._conn = conn
+        return self._conn
+
+    def connect(self) -> "Host":
+        """Open the SSH connection now (raises HostUnreachable naming this host)."""
+        _ = self.connection
+        return self
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> "Host":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # commands ----------------------------------------------------------------
+    def _wrap(self, cmd: str, sudo_user: str | None) -> str:
+        if sudo_user and sudo_user != self.user:
+            # cd / so that tools run as another user do not complain about root's home
+            return f"sudo -n -H -u {shlex.quote(sudo_user)} -- sh -c {shlex.quote('cd / && ' + cmd)}"
+        if self.user != "root" and sudo_user is None:
+            return f"sudo -n -- sh -c {shlex.quote(cmd)}"
+        return cmd
+
+    def run(self, cmd: str, *, sudo_user: str | None = None, check: bool = True, stdin: str | None = None,
+            quiet: bool = False, display: str | None = None, timeout: float | None = None,
+            hint: str | None = None) -> Result:
+        """Run *cmd* (a shell command line) as root, or as *sudo_user*; feed *stdin* if given.
+
+        Prints one line (host, command or *display*, exit status, duration) unless *quiet*;
+        raises RemoteCommandError when it fails and *check* is true.
+        """
+        full = self._wrap(cmd, sudo_user)
+        shown = scrub(display if display is not None else (cmd if not sudo_user else f"[as {sudo_user}] {cmd}"))
+        conn = self.connection
+        started = time.monotonic()
+        try:
+            res = conn.run(full, hide=True, warn=True, pty=False, echo_stdin=False,
+                           in_stream=io.StringIO(stdin) if stdin is not None else False,
+                           timeout=timeout or self.command_timeout)
+            code, out, err = res.exited, res.stdout, res.stderr
+        except _connect_errors() as exc:
+            self.close()
+            raise HostUnreachable(self.name, f"{self.user}@{self.address}:{self.port}",
+                                  scrub(f"connection lost while running `{shown}`: {type(exc).__name__}: {exc}")) from exc
+        except Exception as exc:  # invoke's CommandTimedOut and friends
+            from invoke.exceptions import CommandTimedOut
+            if isinstance(exc, CommandTimedOut):
+                duration = time.monotonic() - started
+                if not quiet:
+                    self.echo(f"[{self.name}] $ {shown}  -> timed out after {duration:.2f}s")
+                raise RemoteCommandError(self.name, shown, None, _tail(exc.result.stdout + exc.result.stderr),
+                                         hint=hint or "The command did not finish in time.") from exc
+            raise
+        duration = time.monotonic() - started
+        result = Result(self.name, shown, code, out, err, duration)
+        self.history.append(Result(self.name, shown, code, scrub(out), scrub(err), duration))
+        if not quiet:
+            self.echo(f"[{self.name}] $ {shown}  -> exit {code} in {duration:.2f}s")
+        if check and code != 0:
+            raise RemoteCommandError(self.name, shown, code, _tail(out + err), hint=hint)
+        return result
+
+    def probe(self, cmd: str, **kw: Any) -> Result:
+        """A read-only command: quiet, never raises on a non-zero exit."""
+        return self.run(cmd, quiet=True, check=False, **kw)
+
+    # files -------------------------------------------------------------------
+    def exists(self, path: str) -> bool:
+        return self.probe(f"test -e {shlex.quote(path)}").ok
+
+    def read_text(self, path: str, *, sudo_user: str | None = None) -> str | None:
+        """The file's text, or None when it does not exist."""
+        q = shlex.quote(path)
+        res = self.probe(f"if [ -e {q} ]; then cat -- {q}; else exit {_MISSING_EXIT}; fi", sudo_user=sudo_user)
+        if res.exit_code == _MISSING_EXIT:
+            return None
+        if not res.ok:
+            raise RemoteCommandError(self.name, f"cat {path}", res.exit_code, _tail(res.output))
+        return res.stdout
+
+    def put_text(self, path: str, text: str, *, mode: int = 0o644, owner: str = "root",
+                 group: str | None = None, dry_run: bool = False) -> None:
+        """Write *text* to *path* whole and atomically (temp file in the same directory, then mv).
+
+        The content travels on stdin, so a file holding secrets never shows in a process list.
+        """
+        grp = group or owner
+        q = shlex.quote(path)
+        directory = shlex.quote(path.rsplit("/", 1)[0] or "/")
+        cmd = (f"umask 077 && tmp=$(mktemp {directory}/.hcbpg.XXXXXX) && cat > \"$tmp\" && "
+               f"chown {shlex.quote(owner)}:{shlex.quote(grp)} \"$tmp\" && chmod {mode:04o} \"$tmp\" && "
+               f"mv -f \"$tmp\" {q} || {{ rc=$?; rm -f \"$tmp\"; exit $rc; }}")
+        shown = f"write {path} ({len(text.encode())} bytes, mode {mode:04o}, owner {owner}:{grp})"
+        if dry_run:
+            self.echo(f"[{self.name}] [dry run] would {shown}")
+            return
+        self.run(cmd, stdin=text, display=shown)
