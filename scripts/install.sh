@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Install everything hcbpg, its lab and its tests need on a fresh Debian 12 / Ubuntu machine (as root).
+# Idempotent: packages already present are not fetched again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  python3 python3-venv python3-dev git ca-certificates openssl
+  postgresql-15 postgresql-contrib pgbackrest openssh-server openssh-client sudo iproute2 util-linux
+  pgcopydb prometheus-postgres-exporter chromium chromium-driver
+)
+
+if [ "$(id -u)" != 0 ]; then
+  echo "scripts/install.sh: run as root (it installs packages and the lab needs network namespaces)" >&2
+  exit 2
+fi
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  if ! apt-cache show postgresql-15 >/dev/null 2>&1; then
+    # Ubuntu releases without PostgreSQL 15: add the PGDG repository with the key postgresql-common ships
+    apt-get install -y -qq postgresql-common
+    . /etc/os-release
+    printf 'Types: deb\nURIs: https://apt.postgresql.org/pub/repos/apt\nSuites: %s-pgdg\nComponents: main\nSigned-By: /usr/share/postgresql-common/pgdg/apt.postgresql.org.asc\n' \
+      "$VERSION_CODENAME" > /etc/apt/sources.list.d/pgdg.sources
+    apt-get update -qq
+  fi
+  apt-get install -y -qq -o Dpkg::Options::=--force-confold "${missing[@]}"
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+if ! .venv/bin/python -c "import hcbpg, papermill, scrapbook, fabric, psycopg, hcloud, playwright" 2>/dev/null \
+   || [ pyproject.toml -nt .venv/.installed ]; then
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -e '.[test]'
+  touch .venv/.installed
+fi
+echo "hcbpg installed: $(.venv/bin/hcbpg --help >/dev/null && echo .venv/bin/hcbpg)"
