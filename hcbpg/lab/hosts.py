@@ -1,0 +1,401 @@
+"""Lab hosts: one 'server' per network namespace, with its own hostname, address on the
+lab bridge, overlay of / and sshd, so the runbook's commands run on it verbatim.
+
+How a host is made (all names derive from :class:`~hcbpg.lab.core.LabConfig`):
+
+* ``ip netns add <bridge>-<name>``; a veth pair joins the bridge and shows up inside
+  as ``ens10`` (the interface name of a Hetzner private network) with the host's IP;
+* a *holder* process runs ``unshare --mount --uts --ipc --pid`` inside that netns,
+  mounts an overlay of / (upper layer ``hosts/<name>/upper``), fresh /proc, /sys,
+  /dev/pts, tmpfs on /dev/shm, /run and /tmp, sets the hostname and ``chroot``s into
+  the overlay; it stays as PID 1 of the host and reaps orphans.  Mounts live only in
+  the host's mount namespace: the machine sees none of them;
+* before mounting, the upper layer gets what a freshly installed server has:
+  its own /etc/hostname, /etc/hosts, SSH host keys and root's authorized_keys; the
+  machine's PostgreSQL clusters, pgBackRest repo/logs, SSH host keys and the lab dir
+  (but its CA) are hidden by overlay whiteouts / opaque directories;
+* commands enter with ``nsenter`` into the holder's namespaces and root.
+
+Teardown ends processes by namespace (``ip netns pids``): killing a launcher does not
+end what runs inside.  :func:`create_server_host` / :func:`destroy_server_host` are the
+hooks the Hetzner Cloud API stand-in calls; they are safe from any process (the lab
+lock serializes them).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import stat
+import subprocess
+import time
+import ipaddress
+from pathlib import Path
+from typing import Any, Sequence
+
+from hcbpg.errors import LabError, RemoteCommandError
+from hcbpg.lab.core import (LabConfig, check_host_name, editing_state, kill_netns_processes,
+                            locked, netns_list, pid_alive, proc_starttime, read_state, run,
+                            tcp_open, wait_tcp, write_state, atomic_write)
+
+HOST_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME": "/root", "USER": "root", "LOGNAME": "root", "LANG": "C.UTF-8", "SHELL": "/bin/bash",
+}
+INTERFACE = "ens10"
+
+# PID 1 of a host: mount the host's view of the filesystem, then chroot into it and reap.
+_HOLDER = r"""
+set -e
+M=$1; U=$2; W=$3; N=$4; R=$5
+mount -t overlay overlay -o "lowerdir=/,upperdir=$U,workdir=$W" "$M"
+mount -t proc proc "$M/proc"
+mount -t sysfs sysfs "$M/sys"
+mount --bind /dev "$M/dev"
+mount -t devpts -o newinstance,ptmxmode=0666,mode=620 devpts "$M/dev/pts"
+mount --bind "$M/dev/pts/ptmx" "$M/dev/ptmx"
+mount -t tmpfs -o mode=1777 shm "$M/dev/shm"
+mount -t tmpfs -o mode=755 run "$M/run"
+mount -t tmpfs -o mode=1777 tmp "$M/tmp"
+mkdir -p "$M/run/sshd" "$M/run/lock" && chmod 1777 "$M/run/lock"
+hostname "$N"
+: > "$R"
+exec chroot "$M" /bin/sh -c 'trap "" HUP INT TERM; while :; do sleep 86400 & wait; done' hcbpg-lab-host "$U"
+"""
+
+# machine paths a fresh server does not have (hidden by an empty opaque directory)
+_FRESH_DIRS = ("etc/postgresql", "var/lib/postgresql", "var/log/postgresql",
+               "var/lib/pgbackrest", "var/log/pgbackrest", "var/spool/pgbackrest",
+               "root/.ssh")
+
+
+# the host's upper layer -------------------------------------------------------------
+
+def _mkdir_like(upper: Path, rel: str) -> Path:
+    """Create upper/rel (and parents) with the owner and mode of /rel, so the merged view
+    keeps the machine's permissions."""
+    cur = upper
+    lower = Path("/")
+    for part in Path(rel).parts:
+        cur, lower = cur / part, lower / part
+        if not cur.exists():
+            cur.mkdir()
+            try:
+                st = lower.stat()
+                os.chown(cur, st.st_uid, st.st_gid)
+                os.chmod(cur, stat.S_IMODE(st.st_mode))
+            except FileNotFoundError:
+                os.chmod(cur, 0o755)
+    return cur
+
+
+def _whiteout(upper: Path, rel: str) -> None:
+    """Hide /rel in the merged view (an overlayfs whiteout: a 0/0 character device)."""
+    parent = _mkdir_like(upper, str(Path(rel).parent))
+    target = parent / Path(rel).name
+    if not target.exists() and not target.is_symlink():
+        os.mknod(target, stat.S_IFCHR | 0o600, os.makedev(0, 0))
+
+
+def _opaque(upper: Path, rel: str) -> Path:
+    """Make /rel an empty directory in the merged view (opaque over the machine's)."""
+    d = _mkdir_like(upper, rel)
+    os.setxattr(d, "trusted.overlay.opaque", b"y")
+    return d
+
+
+def _put(path: Path, text: str, mode: int = 0o644, uid: int = 0, gid: int = 0) -> None:
+    path.write_text(text)
+    os.chown(path, uid, gid)
+    os.chmod(path, mode)
+
+
+def prepare_upper(cfg: LabConfig, name: str, ip: str, upper: Path,
+                  authorized_keys: Sequence[str]) -> None:
+    """Lay the files of a freshly installed server into the host's upper layer."""
+    etc = _mkdir_like(upper, "etc")
+    _put(etc / "hostname", name + "\n")
+    _put(etc / "hosts", f"127.0.0.1\tlocalhost\n127.0.1.1\t{name}\n{ip}\t{name}\n"
+         "::1\tlocalhost ip6-localhost ip6-loopback\n")
+    _put(etc / "machine-id", os.urandom(16).hex() + "\n", 0o444)
+    # the machine's clusters, repos and keys are not on a fresh server
+    for rel in _FRESH_DIRS:
+        if Path("/", rel).is_dir() or rel == "root/.ssh":
+            _opaque(upper, rel)
+    if Path("/etc/postgresql").is_dir():
+        for ver in os.listdir("/etc/postgresql"):
+            if ver.isdigit():
+                _mkdir_like(upper, f"etc/postgresql/{ver}")
+    if Path("/var/lib/postgresql").is_dir():
+        for ver in os.listdir("/var/lib/postgresql"):
+            if ver.isdigit():
+                d = upper / "var/lib/postgresql" / ver
+                d.mkdir(exist_ok=True)
+                st = Path("/var/lib/postgresql", ver).stat()
+                os.chown(d, st.st_uid, st.st_gid)
+                os.chmod(d, 0o755)
+    ssh_etc = _mkdir_like(upper, "etc/ssh")
+    for entry in os.listdir("/etc/ssh"):
+        if entry.startswith("ssh_host_"):
+            _whiteout(upper, f"etc/ssh/{entry}")  # replaced below (ed25519, ecdsa) or hidden
+    for kind in ("ed25519", "ecdsa"):
+        key = ssh_etc / f"ssh_host_{kind}_key"
+        for p in (key, key.with_name(key.name + ".pub")):
+            if p.exists() or p.is_symlink():
+                p.unlink()
+        run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", f"root@{name}", "-f", str(key)])
+    root_ssh = upper / "root/.ssh"
+    os.chmod(root_ssh, 0o700)
+    _put(root_ssh / "authorized_keys", "".join(k.strip() + "\n" for k in authorized_keys), 0o600)
+    # the lab dir (secrets, other hosts' layers) is not on a server; its CA is
+    lab_rel = str(cfg.lab_dir).lstrip("/")
+    _opaque(upper, lab_rel)
+    if cfg.ca_cert.is_file():
+        tls = upper / lab_rel / "tls"
+        tls.mkdir(exist_ok=True)
+        shutil.copyfile(cfg.ca_cert, tls / "ca.crt")
+        os.chmod(tls / "ca.crt", 0o644)
+
+
+# network ------------------------------------------------------------------------------
+
+def ensure_bridge(cfg: LabConfig) -> None:
+    """The lab bridge with the operator's address (idempotent)."""
+    if run(["ip", "link", "show", cfg.bridge], check=False).returncode != 0:
+        run(["ip", "link", "add", cfg.bridge, "type", "bridge"])
+    addr = f"{cfg.gateway_ip}/{cfg.prefixlen}"
+    if addr not in run(["ip", "-o", "addr", "show", "dev", cfg.bridge]).stdout:
+        run(["ip", "addr", "add", addr, "dev", cfg.bridge])
+    run(["ip", "link", "set", cfg.bridge, "up"])
+
+
+def _attach(cfg: LabConfig, ns: str, ip: str, ifname: str = INTERFACE) -> None:
+    veth = cfg.veth(ip)
+    run(["ip", "link", "del", veth], check=False)
+    run(["ip", "link", "add", veth, "type", "veth", "peer", "name", ifname, "netns", ns])
+    batch = (f"link set {veth} master {cfg.bridge}\nlink set {veth} up\n")
+    run(["ip", "-batch", "-"], input=batch)
+    nsbatch = (f"link set lo up\naddr add {ip}/{cfg.prefixlen} dev {ifname}\n"
+               f"link set {ifname} up\n")
+    run(["ip", "-n", ns, "-batch", "-"], input=nsbatch)
+
+
+def ensure_outsider(cfg: LabConfig) -> None:
+    """A router namespace on the lab subnet and an 'outsider' namespace behind it, on
+    another subnet: traffic from the outsider reaches lab hosts from outside the subnet."""
+    have = set(netns_list())
+    if cfg.router_netns in have and cfg.outsider_netns in have:
+        return
+    for ns in (cfg.router_netns, cfg.outsider_netns):
+        if ns in have:
+            kill_netns_processes(ns)
+            run(["ip", "netns", "del", ns], check=False)
+        run(["ip", "netns", "add", ns])
+    _attach(cfg, cfg.router_netns, cfg.router_ip, "eth0")
+    r, o = cfg.router_netns, cfg.outsider_netns
+    run(["ip", "-n", r, "link", "add", "eth1", "type", "veth", "peer", "name", "eth0", "netns", o])
+    plen = cfg.outsider_subnet.split("/")[1]
+    run(["ip", "-n", r, "-batch", "-"],
+        input=f"addr add {cfg.outsider_gateway_ip}/{plen} dev eth1\nlink set eth1 up\n")
+    run(["ip", "-n", o, "-batch", "-"],
+        input=(f"link set lo up\naddr add {cfg.outsider_ip}/{plen} dev eth0\nlink set eth0 up\n"
+               f"route add {cfg.subnet} via {cfg.outsider_gateway_ip}\n"))
+    # forwarding is a per-namespace setting: the machine's own stays as it is
+    run(["ip", "netns", "exec", r, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
+
+
+# lifecycle of one host ------------------------------------------------------------------
+
+def _host_dir(cfg: LabConfig, name: str) -> Path:
+    return cfg.hosts_dir / name
+
+
+def host_alive(cfg: LabConfig, name: str, state: dict[str, Any] | None = None) -> bool:
+    """True when the host's PID 1 runs and its namespace exists."""
+    state = state if state is not None else read_state(cfg)
+    h = state["hosts"].get(name)
+    return bool(h) and pid_alive(h.get("pid"), h.get("starttime")) and h["netns"] in netns_list()
+
+
+def _holder_pid(launcher: int, deadline: float) -> int:
+    while time.monotonic() < deadline:
+        try:
+            kids = Path(f"/proc/{launcher}/task/{launcher}/children").read_text().split()
+        except OSError:
+            kids = []
+        if kids:
+            return int(kids[0])
+        time.sleep(0.01)
+    raise LabError(f"host PID 1 did not appear under launcher {launcher}")
+
+
+def create_host(cfg: LabConfig, name: str, role: str, ip: str,
+                authorized_keys: Sequence[str], *, sshd: bool = True) -> dict[str, Any]:
+    """Bring up one lab host (idempotent: a live host with the same IP is kept)."""
+    check_host_name(name)
+    addr = ipaddress.ip_address(ip)
+    subnet = ipaddress.ip_network(cfg.subnet)
+    if addr not in subnet or ip in (cfg.gateway_ip, cfg.router_ip) or addr in (
+            subnet.network_address, subnet.broadcast_address):
+        raise LabError(f"cannot give host {name} the address {ip}: use a free address inside "
+                       f"{cfg.subnet} other than {cfg.gateway_ip} and {cfg.router_ip}")
+    with locked(cfg):
+        state = read_state(cfg)
+        cur = state["hosts"].get(name)
+        if cur and cur["ip"] == ip and host_alive(cfg, name, state) and (
+                not sshd or tcp_open(ip, 22)):
+            return _describe(cur)
+        for other, h in state["hosts"].items():
+            if other != name and h["ip"] == ip:
+                raise LabError(f"address {ip} is already used by lab host {other}",
+                               hint="Pick another private IP or delete that server first.")
+        destroy_host(cfg, name)
+        state = read_state(cfg)
+        ns = cfg.netns(name)
+        hdir = _host_dir(cfg, name)
+        upper, work, merged = hdir / "upper", hdir / "work", hdir / "merged"
+        for d in (upper, work, merged):
+            d.mkdir(parents=True, exist_ok=True)
+        os.chmod(hdir, 0o700)
+        record = {"name": name, "role": role, "ip": ip, "netns": ns, "pid": None,
+                  "starttime": None, "dir": str(hdir), "created": time.time()}
+        # recorded before anything exists, so a killed `up` is torn down by name anyway
+        state["hosts"][name] = record
+        write_state(cfg, state)
+        prepare_upper(cfg, name, ip, upper, authorized_keys)
+        run(["ip", "netns", "add", ns])
+        _attach(cfg, ns, ip)
+        if cfg.router_netns in netns_list():
+            run(["ip", "-n", ns, "route", "add", cfg.outsider_subnet, "via", cfg.router_ip])
+        cfg.logs_dir.mkdir(parents=True, exist_ok=True)
+        ready = hdir / "ready"
+        ready.unlink(missing_ok=True)
+        with open(cfg.logs_dir / f"host-{name}.log", "ab") as log:
+            launcher = subprocess.Popen(
+                ["ip", "netns", "exec", ns, "unshare", "--mount", "--uts", "--ipc", "--pid",
+                 "--fork", "--propagation", "private", "--", "/bin/sh", "-c", _HOLDER,
+                 "hcbpg-lab-host", str(merged), str(upper), str(work), name, str(ready)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                close_fds=True)
+        deadline = time.monotonic() + 15
+        while not ready.exists():
+            if launcher.poll() is not None or time.monotonic() > deadline:
+                tail = (cfg.logs_dir / f"host-{name}.log").read_text()[-1500:]
+                raise LabError(f"host {name} did not start (exit {launcher.poll()}):\n{tail}")
+            time.sleep(0.01)
+        pid = _holder_pid(launcher.pid, deadline)
+        record.update(pid=pid, starttime=proc_starttime(pid), launcher=launcher.pid)
+        state["hosts"][name] = record
+        write_state(cfg, state)
+        if sshd:
+            host_exec(cfg, name, "/usr/sbin/sshd -E /var/log/sshd-hcbpg-lab.log", check=True)
+            wait_tcp(ip, 22, 10, f"sshd of lab host {name}")
+            _add_known_host(cfg, name, ip, upper)
+        return _describe(record)
+
+
+def _describe(h: dict[str, Any]) -> dict[str, Any]:
+    # the lab has no public network: the operator reaches hosts at their private IP
+    return {"name": h["name"], "role": h["role"], "ip": h["ip"], "public_ip": h["ip"],
+            "netns": h["netns"]}
+
+
+def _add_known_host(cfg: LabConfig, name: str, ip: str, upper: Path) -> None:
+    pub = (upper / "etc/ssh/ssh_host_ed25519_key.pub").read_text().split()[:2]
+    lines = []
+    if cfg.known_hosts.exists():
+        lines = [ln for ln in cfg.known_hosts.read_text().splitlines()
+                 if ln.split(" ", 1)[0] not in (ip, name, f"{ip},{name}", f"{name},{ip}")]
+    lines.append(f"{ip},{name} {' '.join(pub)}")
+    atomic_write(cfg.known_hosts, "\n".join(lines) + "\n", 0o644)
+
+
+def destroy_host(cfg: LabConfig, name: str) -> None:
+    """End every process of host *name*, delete its namespace, veth and directory."""
+    with locked(cfg):
+        state = read_state(cfg)
+        h = state["hosts"].get(name)
+        ns = cfg.netns(name)
+        if ns in netns_list():
+            kill_netns_processes(ns)
+            run(["ip", "netns", "del", ns], check=False)
+        if h:
+            run(["ip", "link", "del", cfg.veth(h["ip"])], check=False)
+            lp = h.get("launcher")
+            if lp and pid_alive(lp):
+                os.kill(lp, 9)
+        remove_tree(_host_dir(cfg, name))
+        if cfg.known_hosts.exists() and h:
+            keep = [ln for ln in cfg.known_hosts.read_text().splitlines()
+                    if ln.split(" ", 1)[0] != f"{h['ip']},{name}"]
+            atomic_write(cfg.known_hosts, "".join(k + "\n" for k in keep), 0o644)
+        if name in state["hosts"]:
+            del state["hosts"][name]
+            write_state(cfg, state)
+
+
+def remove_tree(path: Path) -> None:
+    """rm -rf, also through overlay 'work' dirs that the kernel leaves mode 000."""
+    if not path.exists():
+        return
+    for _ in range(3):
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists():
+            return
+        run(["chmod", "-R", "u+rwx", str(path)], check=False)
+    if path.exists():
+        raise LabError(f"cannot remove {path}", hint="Is something still mounted there? See `findmnt`.")
+
+
+# running commands on a host ---------------------------------------------------------------
+
+def host_exec(cfg: LabConfig, name: str, command: str | Sequence[str], *, input: str | None = None,
+              check: bool = False, timeout: float | None = 600, user: str | None = None,
+              state: dict[str, Any] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run *command* on lab host *name* as root (or *user*), like over SSH: inside its
+    namespaces and chroot, with a clean login-like environment.  A string runs with
+    ``/bin/sh -c``; a list is an argv."""
+    state = state if state is not None else read_state(cfg)
+    h = state["hosts"].get(name)
+    if not h or not pid_alive(h.get("pid"), h.get("starttime")):
+        raise LabError(f"lab host {name} is not running", hint="Run `hcbpg lab up` (or create the "
+                       "server through the Hetzner Cloud API stand-in) first.")
+    argv = ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
+    if user and user != "root":
+        argv = ["runuser", "-u", user, "--"] + argv
+    full = (["nsenter", "-t", str(h["pid"]), "-m", "-u", "-i", "-n", "-p", "-r", "-w", "--",
+             "/usr/bin/env", "-i"] + [f"{k}={v}" for k, v in HOST_ENV.items()] + argv)
+    try:
+        cp = subprocess.run(full, input=input, capture_output=True, text=True, timeout=timeout,
+                            cwd="/")
+    except subprocess.TimeoutExpired as exc:
+        raise LabError(f"on lab host {name}: timed out after {timeout}s: {command}") from exc
+    if check and cp.returncode != 0:
+        shown = command if isinstance(command, str) else shlex.join(command)
+        raise RemoteCommandError(name, shown, cp.returncode, (cp.stdout + cp.stderr)[-4000:])
+    return cp
+
+
+# hooks for the Hetzner Cloud API stand-in -------------------------------------------------
+
+def create_server_host(name: str, private_ip: str, authorized_keys: list[str],
+                       lab_dir: str | None = None) -> dict:
+    """Bring up a lab host with role "server" (a fresh server: no PostgreSQL cluster).
+
+    Returns {"name", "role", "ip", "public_ip", "netns"}; ``public_ip`` is the private IP
+    because the lab has no public network.  Idempotent for the same name and IP.
+    """
+    cfg = LabConfig.load(lab_dir)
+    return create_host(cfg, name, "server", private_ip, authorized_keys)
+
+
+def destroy_server_host(name: str, lab_dir: str | None = None) -> None:
+    """Tear down lab server *name* (no-op when it does not exist)."""
+    cfg = LabConfig.load(lab_dir)
+    with locked(cfg):
+        h = read_state(cfg)["hosts"].get(name)
+        if h and h.get("role") != "server":
+            raise LabError(f"lab host {name} is the lab's {h.get('role')} host, not a server; "
+                           "only servers are deleted through the API")
+        destroy_host(cfg, name)
