@@ -162,6 +162,46 @@ class PgBackRest(Model):
         return self
 
 
+class Sentinel(Model):
+    """The row the runbook writes last on the source and reads back on the new primary."""
+
+    table: Ident = "users"
+    id: int = 1803
+    column: Ident = "full_name"
+
+
+class Source(Model):
+    """Where the data comes from: Heroku Postgres (or any PostgreSQL reachable from the primary)."""
+
+    method: Literal["heroku", "pg_dump"] = "pg_dump"
+    #: the source's postgres:// URL (Heroku: DATABASE_URL); used on the primary, never printed
+    url: SecretRef
+    heroku_app: Optional[str] = None
+    #: parallel jobs for pg_dump (directory format) and pg_restore
+    jobs: int = Field(2, ge=1, le=64)
+    dump_dir: str = "/var/tmp/hcbpg-dump"
+    events_table: Ident = "events"
+    sentinel: Sentinel = Sentinel()
+
+    @model_validator(mode="after")
+    def _method(self) -> "Source":
+        if self.method == "heroku" and not self.heroku_app:
+            raise ValueError("heroku_app: method heroku needs heroku_app (the Heroku app name)")
+        return self
+
+
+class Replication(Model):
+    role: Ident = "repuser"
+    password: SecretRef
+    connection_limit: int = Field(2, ge=1)
+    #: caps the WAL a slot may hold back, so a dead replica cannot fill the primary's disk
+    max_slot_wal_keep_size: str = Field("10GB", pattern=r"^\d+(kB|MB|GB|TB)$")
+    #: a row written on the primary must be visible on the replica within this many seconds
+    catch_up_timeout_s: float = Field(30.0, gt=0)
+    #: name of a host whose data directory may be wiped even though it is not in recovery
+    allow_wipe_host: Optional[Name] = None
+
+
 class Params(Model):
     environment: Name
     hetzner: Hetzner
@@ -171,6 +211,8 @@ class Params(Model):
     ssh: Ssh = Ssh()
     postgres: Postgres
     pgbackrest: Optional[PgBackRest] = None
+    source: Optional[Source] = None
+    replication: Optional[Replication] = None
     #: steps that may run destructive actions (wipe a data directory, drop a database)
     allow_destructive: bool = False
 
