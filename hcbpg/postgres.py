@@ -671,3 +671,64 @@ def require(checks: Sequence[Check], what: str) -> None:
     if failed:
         raise VerificationFailed(f"{what}: " + "; ".join(f"{c.name} on {c.target}: {c.detail}" for c in failed),
                                  failures=[c.name for c in failed])
+
+
+# what steps 02 and 03 do on one server ---------------------------------------------------
+
+def install_server(host: "Host | None", params: "Params", server: "Server", *, dry_run: bool) -> list[Outcome]:
+    """Step 02 on one server: packages (only what is missing), cluster, cluster_name, running.
+
+    cluster_name is written before the first start, so a fresh cluster needs no restart.
+    """
+    outcomes = ensure_packages(host, params, dry_run=dry_run)
+    outcomes.append(ensure_cluster_exists(host, params, dry_run=dry_run))
+    outcomes.append(ensure_settings(host, params, server, "identity", dry_run=dry_run))
+    outcomes.append(ensure_cluster_running(host, params, dry_run=dry_run))
+    return outcomes
+
+
+def allow_connections(host: "Host | None", params: "Params", server: "Server", *, dry_run: bool,
+                      extra_settings: Mapping[str, SettingValue] | None = None,
+                      extra_rules: Sequence[HbaRule] = ()) -> list[Outcome]:
+    """Step 03 on one server: pg_hba.conf first (so the new listener never meets the old rules), then settings."""
+    if host is not None and not dry_run and not get_cluster_running(host, params):
+        raise SafetyCheckFailed(f"on {server.name}: cluster {params.postgres.version}/{params.postgres.cluster} "
+                                "is not running", hint="Run step 02 (install PostgreSQL) first.")
+    return [ensure_pg_hba(host, params, server, dry_run=dry_run, extra=extra_rules),
+            ensure_settings(host, params, server, "connections", dry_run=dry_run, extra=extra_settings)]
+
+
+def check_connections(host: "Host", params: "Params", server: "Server", app: "Host | None" = None) -> list[Check]:
+    """Step 03's checks: settings in force, pg_hba ours and loaded, and the port open from the app host."""
+    out = check_settings(host, params, server, "connections") + check_pg_hba(host, params, server)
+    if app is not None:
+        port = params.postgres.port
+        res = app.probe(f"timeout 5 bash -c '</dev/tcp/{server.private_ip}/{port}'")
+        out.append(Check.of(f"port {port} open from {app.name}", res.ok,
+                            f"{server.private_ip}:{port} accepts TCP" if res.ok else
+                            f"{server.private_ip}:{port} does not accept TCP (exit {res.exit_code})", server.name))
+    return out
+
+
+def get_server_facts(host: "Host", params: "Params") -> dict[str, Any]:
+    """Non-secret facts about a server's PostgreSQL, for the step's record."""
+    cluster = get_cluster(host, params) or {}
+    installed = get_installed_packages(host, packages(params))
+    facts: dict[str, Any] = {"packages": installed, "cluster": f"{params.postgres.version}/{params.postgres.cluster}",
+                             "running": bool(cluster.get("running")), "port": cluster.get("port"),
+                             "data_directory": cluster.get("pgdata")}
+    if cluster.get("running"):
+        facts["server_version"] = psql_for(host, params).value("SELECT current_setting('server_version') AS v")
+    return facts
+
+
+def show_plan(outcomes: Sequence[Outcome]) -> int:
+    """Print a plan (each outcome with its actions and diff) and a summary table; returns how many change."""
+    from hcbpg.runbook import show_table
+    for o in outcomes:
+        if o.changed:
+            print(str(o))
+            print()
+    show_table([{"what": o.what, "change": o.verb if o.changed else "unchanged",
+                 "actions": "; ".join(o.actions) if o.changed else ""} for o in outcomes])
+    return sum(1 for o in outcomes if o.changed)

@@ -7,7 +7,9 @@ that step 01 recorded (``rb.recall("servers")``).  The app host is reached at
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+import shutil
+import subprocess
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from hcbpg.errors import HcbpgError, HostUnreachable, ParamsError
 from hcbpg.host import Host
@@ -82,3 +84,34 @@ def app_host(rb: "Runbook") -> Host:
     address = app_ssh_address(params)
     assert params.app_host is not None
     return Host.from_params(params, params.app_host.name, address).connect()
+
+
+def outsider_runner(rb: "Runbook") -> "Callable[[str, str], tuple[int, str]] | None":
+    """How to run a command from an address outside the private subnet (None: not available here).
+
+    In the lab: the lab's outsider network namespace (another subnet, routed to the lab's).
+    Elsewhere: the operator's own machine, which is not on the private network, so a
+    connection from it must fail.
+    """
+    def local(argv_prefix: list[str]) -> "Callable[[str, str], tuple[int, str]]":
+        def run(cmd: str, stdin: str) -> tuple[int, str]:
+            try:
+                proc = subprocess.run([*argv_prefix, "sh", "-c", cmd], input=stdin, capture_output=True,
+                                      text=True, timeout=60)
+            except subprocess.TimeoutExpired:
+                return 124, "timed out"
+            return proc.returncode, proc.stdout + proc.stderr
+        return run
+
+    if rb.params.environment == "lab":
+        try:
+            from hcbpg.lab.core import LabConfig, netns_list
+            ns = LabConfig.load().outsider_netns
+            if ns in netns_list():
+                return local(["ip", "netns", "exec", ns])
+        except Exception:  # noqa: BLE001 - no lab here: fall through to "not available"
+            pass
+        return None
+    if shutil.which("psql"):
+        return local([])
+    return None

@@ -1,0 +1,134 @@
+"""Step 00's checks: params valid, secrets resolvable, every target reachable over SSH, the operator's
+tools present; and the table of what the run will touch.  Nothing here changes anything.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import stat
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hcbpg import targets
+from hcbpg.errors import HcbpgError, HostUnreachable
+from hcbpg.host import Host
+from hcbpg.outcome import Check
+from hcbpg.params import params_path, params_sha256
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hcbpg.runbook import Runbook
+
+#: Python packages the steps import on the operator's side (module name, what needs it)
+OPERATOR_MODULES = (
+    ("fabric", "SSH to the servers"),
+    ("paramiko", "SSH to the servers"),
+    ("psycopg", "SQL checks from the app host"),
+    ("hcloud", "Hetzner Cloud API (step 01)"),
+    ("papermill", "running the notebooks"),
+    ("scrapbook", "passing results between steps"),
+)
+
+
+def check_params(rb: "Runbook") -> list[Check]:
+    """The params file validated (runbook.start already refused an invalid one)."""
+    path = params_path(rb.env, rb.home)
+    return [Check("params valid", "pass", f"{path.name} sha256 {params_sha256(rb.env, rb.home)[:12]}",
+                  str(path))]
+
+
+def _key_file_check(label: str, path_text: str, *, private: bool) -> Check:
+    path = Path(os.path.expanduser(path_text))
+    if not path.is_file():
+        return Check(label, "fail", f"{path} does not exist", "operator")
+    if not os.access(path, os.R_OK):
+        return Check(label, "fail", f"{path} is not readable", "operator")
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if private and mode & 0o077:
+        return Check(label, "fail", f"{path} has mode {mode:04o}; a private key must be 0600 (chmod 600 {path})",
+                     "operator")
+    return Check(label, "pass", f"{path} (mode {mode:04o})", "operator")
+
+
+def check_tools(rb: "Runbook") -> list[Check]:
+    """What the operator's machine needs: Python packages and the SSH key pair named in params."""
+    out = []
+    for module, why in OPERATOR_MODULES:
+        try:
+            mod = importlib.import_module(module)
+            out.append(Check(f"python package {module}", "pass",
+                             f"{getattr(mod, '__version__', 'installed')} ({why})", "operator"))
+        except ImportError as exc:
+            out.append(Check(f"python package {module}", "fail", f"missing ({why}): {exc}", "operator"))
+    out.append(_key_file_check("ssh.key_file", rb.params.ssh.key_file, private=True))
+    out.append(_key_file_check("hetzner.ssh_public_key_file", rb.params.hetzner.ssh_public_key_file, private=False))
+    return out
+
+
+def _reach(name: str, address: str, rb: "Runbook") -> Check:
+    host = Host.from_params(rb.params, name, address)
+    try:
+        res = host.probe(". /etc/os-release && echo \"$PRETTY_NAME\" && id -un")
+        lines = res.stdout.strip().splitlines()
+        if not res.ok or len(lines) < 2:
+            return Check("reachable over SSH", "fail", f"{address}: shell did not answer (exit {res.exit_code})", name)
+        return Check("reachable over SSH", "pass", f"{lines[1]}@{address}: {lines[0]}", name)
+    except HostUnreachable as exc:
+        return Check("reachable over SSH", "fail", exc.message, name)
+    finally:
+        host.close()
+
+
+def check_reachable(rb: "Runbook") -> list[Check]:
+    """The app host, and every server step 01 has already provisioned, answer over SSH."""
+    params = rb.params
+    recorded = targets.recorded_servers(rb)
+    out = []
+    for server in params.servers:
+        rec = targets.recorded_server(recorded, server.name)
+        address = targets.ssh_address(params, server.name, recorded)
+        if rec is None:
+            out.append(Check("reachable over SSH", "warn",
+                             "not provisioned by an earlier run: step 01 creates it, step 02 connects"
+                             + (f" at {address}" if address else ""), server.name))
+            continue
+        if address is None:
+            out.append(Check("reachable over SSH", "fail", "step 01 recorded no public IP and params set no "
+                             "ssh_host", server.name))
+            continue
+        out.append(_reach(server.name, address, rb))
+    if params.app_host is not None:
+        out.append(_reach(params.app_host.name, targets.app_ssh_address(params), rb))
+    return out
+
+
+def plan_targets(rb: "Runbook") -> list[dict[str, Any]]:
+    """One row per machine the run touches: role, private IP, where SSH goes, what happens there."""
+    params = rb.params
+    recorded = targets.recorded_servers(rb)
+    rows = []
+    for s in params.servers:
+        address = targets.ssh_address(params, s.name, recorded)
+        rows.append({"host": s.name, "role": s.role, "private_ip": s.private_ip,
+                     "ssh": f"{params.ssh.user}@{address}" if address else "(public IP from step 01)",
+                     "what happens": "provisioned (01); PostgreSQL 15 installed and configured (02, 03)"
+                                     + ("; role and database created (04)" if s.role == "primary" else "")})
+    if params.app_host is not None:
+        rows.append({"host": params.app_host.name, "role": "app", "private_ip": params.app_host.private_ip,
+                     "ssh": f"{params.ssh.user}@{targets.app_ssh_address(params)}",
+                     "what happens": "read-only: connection checks as "
+                                     f"{params.postgres.app_role} (04); scratch table created and dropped"})
+    rows.append({"host": "Hetzner Cloud API", "role": "cloud", "private_ip": "",
+                 "ssh": params.hetzner.api_endpoint,
+                 "what happens": f"servers, network {params.network.name}, firewall, placement group (01)"})
+    return rows
+
+
+def preflight(rb: "Runbook") -> list[Check]:
+    """Every preflight check (params, secrets, tools, reachability), in that order."""
+    checks = check_params(rb) + rb.check_secrets() + check_tools(rb)
+    try:
+        checks += check_reachable(rb)
+    except HcbpgError as exc:
+        checks.append(Check("reachable over SSH", "fail", exc.message))
+    return checks
