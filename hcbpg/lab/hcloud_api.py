@@ -1054,7 +1054,7 @@ def _public(item: dict[str, Any]) -> dict[str, Any]:
 def _finish_action(st: dict[str, Any], action: dict[str, Any], *, error: str | None = None) -> None:
     action["finished"] = _now()
     if error is not None:
-        action.update(status="error", error={"code": "action_failed", "message": error})
+        action.update(status="error", error={"code": "action_failed", "message": error, "details": {}})
         return
     action.update(status="success", progress=100)
     for effect in action.get("_effects", []):
@@ -1381,6 +1381,7 @@ class RunningStandin:
 
         self.app = app
         self._server = wsgi.Server((host, port), app, numthreads=threads, server_name="hcloud-standin")
+        self._server.expiration_interval = 0.05  # how often serve() looks at the stop flag: fast shutdown
         self._server.prepare()
         self.host, self.port = self._server.bind_addr[0], self._server.bind_addr[1]
         self.url = f"http://{self.host}:{self.port}/v1"
