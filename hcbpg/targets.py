@@ -105,13 +105,17 @@ def outsider_runner(rb: "Runbook") -> "Callable[[str, str], tuple[int, str]] | N
 
     if rb.params.environment == "lab":
         try:
-            from hcbpg.lab.core import LabConfig, netns_list
-            ns = LabConfig.load().outsider_netns
-            if ns in netns_list():
-                return local(["ip", "netns", "exec", ns])
-        except Exception:  # noqa: BLE001 - no lab here: fall through to "not available"
-            pass
-        return None
+            from hcbpg.lab import Lab
+            lab = Lab()
+            if lab.cfg.outsider_netns not in __import__("hcbpg.lab.core", fromlist=["netns_list"]).netns_list():
+                return None
+        except Exception:  # noqa: BLE001 - no lab on this machine: "not available"
+            return None
+
+        def via_lab(cmd: str, stdin: str) -> tuple[int, str]:
+            proc = lab.outsider_exec(cmd, input=stdin, timeout=60)
+            return proc.returncode, proc.stdout + proc.stderr
+        return via_lab
     if shutil.which("psql"):
         return local([])
     return None
