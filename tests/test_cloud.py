@@ -1,0 +1,360 @@
+"""Provisioning (hcbpg.cloud): pure planning, and the real hcloud client against the lab's API stand-in."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import replace
+from pathlib import Path
+
+import hcloud
+import pytest
+import yaml
+from hcloud.firewalls.domain import FirewallRule
+from hcloud.images.domain import Image
+from hcloud.locations.domain import Location
+from hcloud.networks.domain import NetworkSubnet
+from hcloud.server_types.domain import ServerType
+
+from hcbpg import cloud
+from hcbpg.errors import CloudError, ParamsError, WaitTimeout
+from hcbpg.lab.hcloud_api import HcloudStandin, RunningStandin, read_state
+from hcbpg.params import parse_params
+
+REPO = Path(__file__).resolve().parent.parent
+TOKEN = "lab-token-0123456789abcdef"
+
+
+def public_key(seed: int = 1) -> str:
+    blob = b"\x00\x00\x00\x0bssh-ed25519" + b"\x00\x00\x00\x20" + bytes([seed]) * 32
+    return f"ssh-ed25519 {base64.b64encode(blob).decode()} ops@lab"
+
+
+def lab_params(tmp_path: Path, endpoint: str = "http://127.0.0.1:9/v1", **hetzner):
+    data = yaml.safe_load((REPO / "params" / "lab.yaml").read_text())
+    key_file = tmp_path / "id_ed25519.pub"
+    key_file.write_text(public_key() + "\n")
+    data["hetzner"].update({"api_endpoint": endpoint, "ssh_public_key_file": str(key_file), **hetzner})
+    return parse_params(data, source="lab test params")
+
+
+class Hooks:
+    def __init__(self) -> None:
+        self.created: list[tuple[str, str | None, list[str]]] = []
+
+    def on_created(self, name, private_ip, keys):
+        self.created.append((name, private_ip, keys))
+        return {"public_ip": f"10.99.0.{len(self.created)}"}
+
+
+@pytest.fixture
+def hooks() -> Hooks:
+    return Hooks()
+
+
+@pytest.fixture
+def api(tmp_path, hooks):
+    app = HcloudStandin(tmp_path / "hcloud.json", TOKEN, on_server_created=hooks.on_created,
+                        on_server_deleted=lambda name: None, reserved_ips=["10.0.1.1"])
+    with RunningStandin(app) as running:
+        yield running
+
+
+@pytest.fixture
+def params(tmp_path, api):
+    return lab_params(tmp_path, api.url)
+
+
+@pytest.fixture
+def client(params) -> hcloud.Client:
+    return cloud.make_client(params, TOKEN, poll_interval=0.01)
+
+
+def provision(client, params, *, dry_run=False):
+    return cloud.ensure_provisioned(client, params, dry_run=dry_run, ssh_public_key=cloud.read_ssh_public_key(params))
+
+
+def state_ids(path: Path) -> dict[str, list[int]]:
+    st = read_state(path)
+    return {k: sorted(x["id"] for x in st[k]) for k in ("ssh_keys", "networks", "firewalls", "placement_groups",
+                                                        "servers")}
+
+
+# against the stand-in -----------------------------------------------------------------------------
+
+def test_first_run_creates_everything_and_second_run_changes_nothing(api, params, client, hooks, tmp_path):
+    outcomes, servers = provision(client, params)
+    assert all(o.changed and not o.dry_run for o in outcomes)
+    assert {o.what for o in outcomes} == {"SSH key hcb-lab", "network hcb-private", "firewall hcb-postgres-ssh-only",
+                                          "placement group hcb-postgres-placement", "server server-postgres-1",
+                                          "server server-postgres-2"}
+    assert [(s.name, s.private_ip, s.status) for s in servers] == [
+        ("server-postgres-1", "10.0.1.5", "running"), ("server-postgres-2", "10.0.1.6", "running")]
+    assert sorted(h[:2] for h in hooks.created) == [("server-postgres-1", "10.0.1.5"), ("server-postgres-2", "10.0.1.6")]
+    assert all(h[2] == [public_key()] for h in hooks.created)
+    by_name = {s.name: s for s in servers}
+    assert {by_name[n].public_ip for n in by_name} == {"10.99.0.1", "10.99.0.2"}  # what the lab hook reported
+    assert all(set(s.as_dict()) == {"name", "public_ip", "private_ip", "id"} and s.id for s in servers)
+    checks = cloud.get_provision_checks(client, params)
+    assert [c for c in checks if c.status != "pass"] == []
+
+    before = state_ids(tmp_path / "hcloud.json")
+    outcomes2, servers2 = provision(client, params)
+    assert [o for o in outcomes2 if o.changed] == []
+    assert state_ids(tmp_path / "hcloud.json") == before
+    assert servers2 == servers
+    assert len(hooks.created) == 2
+
+
+def test_dry_run_on_a_fresh_project_lists_changes_and_changes_nothing(api, params, client, tmp_path, hooks):
+    outcomes, servers = provision(client, params, dry_run=True)
+    assert outcomes and all(o.changed and o.dry_run and o.verb == "would change" for o in outcomes)
+    assert [(s.name, s.id, s.public_ip, s.private_ip) for s in servers] == [
+        ("server-postgres-1", None, None, "10.0.1.5"), ("server-postgres-2", None, None, "10.0.1.6")]
+    checks = cloud.get_provision_checks(client, params, dry_run=True)
+    assert checks and all(c.status == "warn" for c in checks)
+    assert not (tmp_path / "hcloud.json").exists()  # not one write reached the API's state
+    assert hooks.created == []
+
+
+def test_dry_run_after_provisioning_records_what_exists(api, params, client):
+    _, servers = provision(client, params)
+    outcomes, dry = provision(client, params, dry_run=True)
+    assert not any(o.changed for o in outcomes)
+    assert dry == servers
+
+
+def test_existing_server_of_another_type_is_refused_before_any_change(api, params, client, tmp_path):
+    client.servers.create(name="server-postgres-2", server_type=ServerType(name="cpx11"),
+                          image=Image(name="ubuntu-24.04"), location=Location(name="ash")).action.wait_until_finished()
+    before = read_state(tmp_path / "hcloud.json")
+    with pytest.raises(CloudError) as exc:
+        provision(client, params)
+    msg = str(exc.value)
+    assert "server server-postgres-2" in msg and "type cpx11 (params: ccx13)" in msg and "nothing was changed" in msg
+    after = read_state(tmp_path / "hcloud.json")
+    assert [k for k in ("ssh_keys", "networks", "firewalls", "placement_groups") if after[k] != before[k]] == []
+    assert [s["name"] for s in after["servers"]] == ["server-postgres-2"]
+
+
+def test_server_attached_with_another_private_ip_is_refused(api, params, client):
+    provision(client, params)
+    s = client.servers.get_by_name("server-postgres-2")
+    net = client.networks.get_by_name("hcb-private")
+    client.servers.detach_from_network(s, net).wait_until_finished()
+    client.servers.attach_to_network(s, net, ip="10.0.1.66").wait_until_finished()
+    with pytest.raises(CloudError, match=r"private IP 10.0.1.66 in hcb-private \(params: 10.0.1.6\)"):
+        provision(client, params)
+
+
+def test_private_ip_outside_the_subnet_is_refused(api, params, client, tmp_path):
+    # params never allow it ...
+    data = yaml.safe_load((REPO / "params" / "lab.yaml").read_text())
+    data["servers"][1]["private_ip"] = "10.0.2.6"
+    with pytest.raises(ParamsError, match="outside the subnet 10.0.1.0/24"):
+        parse_params(data)
+    # ... and the API refuses it too, as a CloudError that says what to do
+    provision(client, params)
+    s = client.servers.get_by_name("server-postgres-2")
+    net = client.networks.get_by_name("hcb-private")
+    client.servers.detach_from_network(s, net).wait_until_finished()
+    with pytest.raises(CloudError) as exc:
+        with cloud.api_call("attaching server-postgres-2"):
+            client.servers.attach_to_network(s, net, ip="10.0.2.6")
+    assert "ip_not_available" in str(exc.value) and "servers[].private_ip" in str(exc.value)
+
+
+def test_missing_network_attachment_and_firewall_rules_are_fixed(api, params, client):
+    provision(client, params)
+    s = client.servers.get_by_name("server-postgres-2")
+    net = client.networks.get_by_name("hcb-private")
+    client.servers.detach_from_network(s, net).wait_until_finished()
+    fw = client.firewalls.get_by_name("hcb-postgres-ssh-only")
+    for a in client.firewalls.set_rules(fw, [FirewallRule("in", "tcp", ["0.0.0.0/0"], "5432")]):
+        a.wait_until_finished()
+    outcomes, servers = provision(client, params)
+    changed = {o.what: o.actions for o in outcomes if o.changed}
+    assert set(changed) == {"firewall hcb-postgres-ssh-only", "server server-postgres-2"}
+    assert "in tcp port 5432 from 0.0.0.0/0" in changed["firewall hcb-postgres-ssh-only"][0]
+    assert client.servers.get_by_name("server-postgres-2").private_net[0].ip == "10.0.1.6"
+    rules = client.firewalls.get_by_name("hcb-postgres-ssh-only").rules
+    assert [(r.direction, r.protocol, r.port, r.source_ips) for r in rules] == [("in", "tcp", "22", ["10.0.1.0/24"])]
+    assert not any(o.changed for o in provision(client, params)[0])
+
+
+def test_private_ip_held_by_another_server_is_refused(api, params, client):
+    net = client.networks.create(name="hcb-private", ip_range="10.0.0.0/16", subnets=[
+        NetworkSubnet(ip_range="10.0.1.0/24", network_zone="us-east", type="cloud")])
+    web = client.servers.create(name="hcb-web", server_type=ServerType(name="ccx13"), image=Image(name="ubuntu-24.04"),
+                                location=Location(name="ash"))
+    web.action.wait_until_finished()
+    client.servers.attach_to_network(web.server, net, ip="10.0.1.5").wait_until_finished()
+    with pytest.raises(CloudError, match="private IP 10.0.1.5 is already held by server hcb-web"):
+        provision(client, params)
+    assert client.ssh_keys.get_all() == []
+
+
+def test_bad_input_is_refused_with_what_exists(api, tmp_path, client):
+    bad = lab_params(tmp_path, api.url, server_type="ccx99", location="ash")
+    with pytest.raises(CloudError) as exc:
+        provision(client, bad)
+    assert "no server type 'ccx99'" in str(exc.value) and "ccx13" in str(exc.value)
+    wrong_zone = lab_params(tmp_path, api.url, network_zone="eu-central")
+    with pytest.raises(CloudError, match="location ash is in network zone us-east"):
+        provision(client, wrong_zone)
+    assert not (tmp_path / "hcloud.json").exists()
+
+
+def test_duplicate_name_and_bad_token_become_cloud_errors(api, params, client):
+    client.ssh_keys.create(name="dup", public_key=public_key(5))
+    with pytest.raises(CloudError) as exc:
+        with cloud.api_call("creating SSH key dup"):
+            client.ssh_keys.create(name="dup", public_key=public_key(6))
+    assert exc.value.code == "uniqueness_error" and "run the step again" in str(exc.value)
+    wrong = cloud.make_client(params, "not-the-token")
+    with pytest.raises(CloudError, match="unauthorized") as exc:
+        provision(wrong, params)
+    assert "hetzner.token" in str(exc.value)
+
+
+def test_ssh_key_with_the_same_name_but_another_key_is_refused(api, params, client):
+    client.ssh_keys.create(name="hcb-lab", public_key=public_key(9))
+    with pytest.raises(CloudError, match="SSH key named hcb-lab exists with fingerprint"):
+        provision(client, params)
+
+
+def test_ssh_key_uploaded_under_another_name_is_reused(api, params, client):
+    client.ssh_keys.create(name="someones-laptop", public_key=public_key())
+    outcomes, _ = provision(client, params)
+    assert "SSH key hcb-lab" not in {o.what for o in outcomes if o.changed}
+    assert [k.name for k in client.ssh_keys.get_all()] == ["someones-laptop"]
+
+
+def test_label_selector_finds_the_provisioned_servers(api, params, client):
+    provision(client, params)
+    client.ssh_keys.max_per_page = 1   # and the client pages through one item at a time
+    client.servers.max_per_page = 1
+    found = client.servers.get_all(label_selector="app=hcb,service=postgres,env=lab")
+    assert sorted(s.name for s in found) == ["server-postgres-1", "server-postgres-2"]
+    assert client.servers.get_all(label_selector="env=production") == []
+
+
+# pure ---------------------------------------------------------------------------------------------
+
+CATALOG = cloud.Catalog(server_type="ccx13", architecture="x86", server_type_locations=("ash", "fsn1"),
+                        location="ash", location_zone="us-east", image_id=1)
+
+
+def _everything(params) -> cloud.Existing:
+    fp = cloud.ssh_key_fingerprint(public_key())
+    servers = {s.name: cloud.SeenServer(i + 1, s.name, "running", "ccx13", "ash", "ubuntu-24.04",
+                                        dict(params.hetzner.labels), {10: s.private_ip}, f"203.0.113.{i + 2}",
+                                        (20,), 30)
+               for i, s in enumerate(params.servers)}
+    return cloud.Existing(
+        catalog=CATALOG, ssh_key=cloud.SeenKey(5, "hcb-lab", fp),
+        network=cloud.SeenNetwork(10, "hcb-private", "10.0.0.0/16", (("10.0.1.0/24", "us-east", "cloud"),),
+                                  {"10.0.1.5": "server-postgres-1", "10.0.1.6": "server-postgres-2"}),
+        firewall=cloud.SeenFirewall(20, "hcb-postgres-ssh-only", tuple(cloud.render_firewall_rules(params)), (1, 2)),
+        placement_group=cloud.SeenPlacementGroup(30, "hcb-postgres-placement", "spread", (1, 2)),
+        servers=servers)
+
+
+def _actions(plan) -> list[tuple[str, str, str]]:
+    return [(a.kind, a.name, a.action) for a in plan]
+
+
+def test_plan_on_an_empty_project_creates_everything(tmp_path):
+    params = lab_params(tmp_path)
+    plan = cloud.plan_provision(params, cloud.Existing(catalog=CATALOG), ssh_public_key=public_key())
+    assert _actions(plan) == [
+        ("ssh_key", "hcb-lab", "create"), ("network", "hcb-private", "create"),
+        ("firewall", "hcb-postgres-ssh-only", "create"), ("placement_group", "hcb-postgres-placement", "create"),
+        ("server", "server-postgres-1", "create"), ("server", "server-postgres-2", "create")]
+    assert "10.0.1.5" in plan[4].detail and "ccx13" in plan[4].detail
+    assert plan[2].detail == "in tcp port 22 from 10.0.1.0/24"
+    assert plan[0].row()["action"] == "create"
+
+
+def test_plan_when_everything_matches_changes_nothing(tmp_path):
+    params = lab_params(tmp_path)
+    plan = cloud.plan_provision(params, _everything(params), ssh_public_key=public_key())
+    assert [a for a in plan if a.action != "none"] == []
+
+
+def test_plan_fixes_what_is_safe_and_refuses_the_rest(tmp_path):
+    params = lab_params(tmp_path)
+    ex = _everything(params)
+    s1, s2 = ex.servers["server-postgres-1"], ex.servers["server-postgres-2"]
+    drift = replace(ex,
+                    network=replace(ex.network, subnets=()),
+                    firewall=replace(ex.firewall, rules=(cloud.Rule("in", "tcp", "22", ("0.0.0.0/0",)),)),
+                    servers={s1.name: replace(s1, private_ips={}, labels={}, firewall_ids=()),
+                             s2.name: replace(s2, server_type="cpx11", private_ips={10: "10.0.1.66"})})
+    plan = cloud.plan_provision(params, drift, ssh_public_key=public_key())
+    got = {(a.kind, a.name): a.action for a in plan}
+    assert got[("subnet", "10.0.1.0/24")] == "add"
+    assert got[("firewall", "hcb-postgres-ssh-only")] == "update"
+    assert got[("server_network", "server-postgres-1")] == "attach"
+    assert got[("server_firewall", "server-postgres-1")] == "apply"
+    assert got[("server_labels", "server-postgres-1")] == "update"
+    assert got[("server", "server-postgres-2")] == "refuse"
+    detail = next(a.detail for a in plan if a.name == "server-postgres-2")
+    assert "type cpx11 (params: ccx13)" in detail and "private IP 10.0.1.66" in detail
+
+
+def test_plan_refuses_a_network_with_another_range_and_an_overlapping_subnet(tmp_path):
+    params = lab_params(tmp_path)
+    ex = _everything(params)
+    plan = cloud.plan_provision(params, replace(ex, network=replace(ex.network, ip_range="10.1.0.0/16")))
+    assert ("network", "hcb-private", "refuse") in _actions(plan)
+    overlap = replace(ex.network, subnets=(("10.0.0.0/20", "us-east", "cloud"),))
+    plan = cloud.plan_provision(params, replace(ex, network=overlap))
+    assert ("subnet", "10.0.1.0/24", "refuse") in _actions(plan)
+
+
+def test_plan_refuses_a_server_outside_its_placement_group(tmp_path):
+    params = lab_params(tmp_path)
+    ex = _everything(params)
+    s1 = ex.servers["server-postgres-1"]
+    plan = cloud.plan_provision(params, replace(ex, servers={**ex.servers, s1.name: replace(s1, placement_group_id=None)}))
+    refused = [a for a in plan if a.action == "refuse"]
+    assert [(a.kind, a.name) for a in refused] == [("server_placement", "server-postgres-1")]
+    assert "powered off" in refused[0].detail
+
+
+def test_firewall_rules_render_from_admin_ranges(tmp_path):
+    params = lab_params(tmp_path, admin_source_ranges=["::/0", "0.0.0.0/0"])
+    (rule,) = cloud.render_firewall_rules(params)
+    assert (rule.direction, rule.protocol, rule.port, rule.source_ips) == ("in", "tcp", "22", ("0.0.0.0/0", "::/0"))
+
+
+def test_ssh_public_key_file_problems_are_params_errors(tmp_path):
+    params = lab_params(tmp_path, ssh_public_key_file=str(tmp_path / "missing.pub"))
+    with pytest.raises(ParamsError, match="hetzner.ssh_public_key_file: cannot read"):
+        cloud.read_ssh_public_key(params)
+    (tmp_path / "private").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n")
+    params = lab_params(tmp_path, ssh_public_key_file=str(tmp_path / "private"))
+    with pytest.raises(ParamsError, match="private key"):
+        cloud.read_ssh_public_key(params)
+
+
+class FakeAction:
+    def __init__(self, statuses, error=None):
+        self.id, self.command, self.error = 7, "create_server", error
+        self._statuses = list(statuses)
+        self.status = "running"
+
+    def reload(self):
+        self.status = self._statuses.pop(0) if self._statuses else self.status
+
+
+def test_wait_for_actions_has_a_deadline_and_reports_failures():
+    now = [0.0]
+    with pytest.raises(WaitTimeout, match="create_server"):
+        cloud.wait_for_actions([FakeAction([])], what="creating", timeout=5, interval=1,
+                               sleep=lambda s: now.__setitem__(0, now[0] + s), clock=lambda: now[0])
+    assert now[0] == 5
+    failed = FakeAction(["error"], error={"code": "action_failed", "message": "host did not boot"})
+    with pytest.raises(CloudError, match="host did not boot"):
+        cloud.wait_for_actions([failed], what="creating", sleep=lambda s: None)
+    cloud.wait_for_actions([FakeAction(["running", "success"])], what="creating", interval=0, sleep=lambda s: None)
