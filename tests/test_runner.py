@@ -208,3 +208,30 @@ def test_plain_papermill_cli_runs_a_step_without_a_run_record(home, env, tmp_pat
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "hello from test" in out.read_text()
+
+
+def test_ctrl_c_marks_the_step_interrupted_and_keeps_the_record(home, env):
+    nb = home / "notebooks"
+    write_notebook(nb / "00_slow.ipynb", "00_slow",
+                   "import time\nprint('slow step started', flush=True)\ntime.sleep(120)")
+    write_steps(nb, [("00_slow.ipynb", "slow")])
+    proc = subprocess.Popen([sys.executable, "-m", "hcbpg.cli", "run", env],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        outs = list((home / "outputs" / env).glob("*_*/00_slow.ipynb")) if (home / "outputs" / env).exists() else []
+        if outs and "slow step started" in outs[0].read_text():
+            break
+        time.sleep(0.3)
+    else:
+        proc.kill()
+        pytest.fail("the step never started")
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out
+    assert "hcbpg resume" in out
+    m = manifest(only_run(home, env))
+    assert m["status"] == "interrupted"
+    assert m["steps"][0]["attempts"][0]["status"] == "interrupted"
+    assert m["steps"][0]["attempts"][0]["sha256"]
+    assert "slow step started" in (only_run(home, env) / "00_slow.ipynb").read_text()
