@@ -358,3 +358,31 @@ def test_wait_for_actions_has_a_deadline_and_reports_failures():
     with pytest.raises(CloudError, match="host did not boot"):
         cloud.wait_for_actions([failed], what="creating", sleep=lambda s: None)
     cloud.wait_for_actions([FakeAction(["running", "success"])], what="creating", interval=0, sleep=lambda s: None)
+
+
+# the notebook -------------------------------------------------------------------------------------
+
+def test_notebook_dry_run_on_a_fresh_lab_plans_and_changes_nothing(api, tmp_path, monkeypatch):
+    import papermill as pm
+    import scrapbook as sb
+
+    home = tmp_path / "home"
+    (home / "params").mkdir(parents=True)
+    (home / "token").write_text(TOKEN + "\n")
+    data = yaml.safe_load((REPO / "params" / "lab.yaml").read_text())
+    key_file = tmp_path / "id.pub"
+    key_file.write_text(public_key() + "\n")
+    data["hetzner"].update(api_endpoint=api.url, token=f"file:{home / 'token'}", ssh_public_key_file=str(key_file))
+    (home / "params" / "lab.yaml").write_text(yaml.safe_dump(data))
+    monkeypatch.setenv("HCBPG_HOME", str(home))
+    monkeypatch.setenv("HCBPG_STATE_DIR", str(tmp_path / "state"))
+    out = tmp_path / "01_provision.ipynb"
+    pm.execute_notebook(str(REPO / "notebooks" / "01_provision.ipynb"), str(out), cwd=str(home),
+                        parameters={"env": "lab", "dry_run": True}, progress_bar=False)
+    scraps = sb.read_notebook(str(out)).scraps
+    assert [s["id"] for s in scraps["servers"].data] == [None, None]
+    assert [s["private_ip"] for s in scraps["servers"].data] == ["10.0.1.5", "10.0.1.6"]
+    summary = scraps["hcbpg_summary"].data
+    assert summary["dry_run"] and summary["changes"] == 6 and summary["checks"]["fail"] == 0
+    assert not (tmp_path / "hcloud.json").exists()   # the API's state was never written
+    assert TOKEN not in out.read_text()
