@@ -140,7 +140,9 @@ class Lab:
         c = self.cfg
         return [sys.executable, "-m", "hcbpg.lab.hcloud_api", "--bind", c.gateway_ip,
                 "--port", str(HCLOUD_PORT), "--state", str(c.hcloud_state),
-                "--token-file", str(c.secret_path("hcloud-token"))]
+                "--token-file", str(c.secret_path("hcloud-token")),
+                # addresses the stand-in must never hand to a new server
+                "--reserve-ip", c.app_ip, "--reserve-ip", c.source_ip, "--reserve-ip", c.router_ip]
 
     def _service_markers(self) -> dict[str, list[str]]:
         return {"s3": ["hcbpg.lab.s3", "--lab-dir", str(self.cfg.lab_dir)],

@@ -69,13 +69,16 @@ def issue_cert(cfg: LabConfig, name: str, ips: list[str]) -> tuple[bytes, bytes]
     key = _key()
     now = dt.datetime.now(dt.timezone.utc)
     cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ips[0] if ips else name)]))
             .issuer_name(ca.subject).public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(days=1))
             .not_valid_after(now + dt.timedelta(days=_DAYS))
             .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address(i)) for i in ips] + [x509.DNSName(name)]),
+                # pgBackRest 2.45 matches the host only against DNS names (and the CN),
+                # so each IP is also written as a DNS name
+                [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
+                + [x509.DNSName(i) for i in ips] + [x509.DNSName(name)]),
                 critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
@@ -86,11 +89,21 @@ def issue_cert(cfg: LabConfig, name: str, ips: list[str]) -> tuple[bytes, bytes]
 def ensure_s3_cert(cfg: LabConfig) -> tuple[Path, Path]:
     """``tls/s3.crt`` + ``tls/s3.key`` with SAN IP:<bridge address>."""
     crt, key = cfg.tls_dir / "s3.crt", cfg.tls_dir / "s3.key"
-    if not (crt.is_file() and key.is_file()):
+    if not (crt.is_file() and key.is_file() and _has_dns_san(crt, cfg.gateway_ip)):
         c, k = issue_cert(cfg, "s3.lab", [cfg.gateway_ip])
         atomic_write(key, k, 0o600)
         atomic_write(crt, c, 0o644)
     return crt, key
+
+
+def _has_dns_san(crt: Path, ip: str) -> bool:
+    from cryptography import x509
+    try:
+        cert = x509.load_pem_x509_certificate(crt.read_bytes())
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (ValueError, x509.ExtensionNotFound):
+        return False
+    return ip in san.get_values_for_type(x509.DNSName)
 
 
 def s3_argv(cfg: LabConfig) -> list[str]:

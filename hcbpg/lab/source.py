@@ -31,7 +31,7 @@ SOURCE_DB = "hcb_heroku"
 SOURCE_USER = "heroku_owner"
 DEFAULT_SOURCE_ROWS = 20_000
 #: measured on PostgreSQL 15 (table + indexes + TOAST) for this generator
-BYTES_PER_ROW = 420
+BYTES_PER_ROW = 630
 SEED = 20240615
 
 

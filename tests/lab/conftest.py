@@ -1,0 +1,83 @@
+"""Fixtures for lab tests.
+
+``lab`` (session scope) brings up a rehearsal lab and tears it down at the end of the
+session.  By default it is a lab of its own, beside any lab the operator keeps: its
+own dir (``/var/lib/hcbpg-lab-test-*``; not under /tmp, which hosts do not share),
+bridge ``hcbt<N>`` and subnets ``10.0.<N>.0/24`` (hosts) and ``10.1.<N>.0/24``
+(outsider), with N picked free.  Addresses keep their offsets: app ``.10``, source
+``.20``, servers where you create them (``lab.cfg.address(5)``).
+
+With ``HCBPG_LAB_TEST_DEFAULT=1`` it uses the default lab (``/var/lib/hcbpg-lab``,
+10.0.1.0/24, what ``params/lab.yaml`` points at) instead, and leaves it up if it was
+up before.  Tests using it are skipped (with the reason) when not root or when
+``ip netns`` does not work.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from hcbpg.lab import Lab, LabConfig, lab_unavailable_reason
+
+
+def free_lab_number() -> int:
+    """A number N such that 10.0.N.0/24 and 10.1.N.0/24 and bridge hcbtN are unused."""
+    addrs = subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True).stdout
+    routes = subprocess.run(["ip", "route"], capture_output=True, text=True).stdout
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    used = {int(m) for m in re.findall(r"\b10\.[01]\.(\d+)\.", addrs + routes)}
+    candidates = [n for n in range(100, 250) if n not in used and f"hcbt{n}:" not in links]
+    if not candidates:
+        pytest.skip("no free 10.0.N.0/24 for a test lab")
+    return random.choice(candidates)
+
+
+def new_test_lab(prefix: str = "hcbpg-lab-test-") -> Lab:
+    """A Lab in a fresh dir with its own bridge and subnets (not yet up)."""
+    n = free_lab_number()
+    d = Path(tempfile.mkdtemp(prefix=prefix, dir="/var/lib"))
+    LabConfig(lab_dir=d, bridge=f"hcbt{n}", subnet=f"10.0.{n}.0/24",
+              outsider_subnet=f"10.1.{n}.0/24").save()
+    return Lab(d)
+
+
+def skip_unless_lab_possible() -> None:
+    reason = lab_unavailable_reason()
+    if reason:
+        pytest.skip(f"lab tests need root and network namespaces: {reason}")
+
+
+@pytest.fixture
+def make_test_lab():
+    """``make_test_lab(prefix)`` -> a new Lab with its own dir, bridge and subnets (not up;
+    the test brings it up and must ``down(purge=True)`` it)."""
+    skip_unless_lab_possible()
+    return new_test_lab
+
+
+@pytest.fixture(scope="session")
+def lab() -> Iterator[Lab]:
+    """A running rehearsal lab (app, source, S3, API stand-in) for the whole session."""
+    skip_unless_lab_possible()
+    if os.environ.get("HCBPG_LAB_TEST_DEFAULT") == "1":
+        the_lab = Lab()
+        was_up = the_lab.status()["up"]
+        the_lab.up()
+        yield the_lab
+        if not was_up:
+            the_lab.down()
+        return
+    the_lab = new_test_lab()
+    try:
+        the_lab.up(source_rows=20_000)
+        yield the_lab
+    finally:
+        the_lab.down(purge=True)

@@ -1,0 +1,85 @@
+"""Lab hosts look like separate servers to SSH and to the runbook's commands."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+import pytest
+from fabric import Connection
+
+from hcbpg.lab import create_server_host, destroy_server_host
+
+pytestmark = pytest.mark.lab
+
+
+def ssh(lab, ip: str) -> Connection:
+    return Connection(ip, user="root", connect_timeout=5,
+                      connect_kwargs={"key_filename": str(lab.ssh_key), "look_for_keys": False,
+                                      "allow_agent": False})
+
+
+@pytest.fixture(scope="module")
+def server(lab):
+    """A fresh 'server' host made through the API stand-in's hook, at .5."""
+    name, ip = "server-postgres-t1", lab.cfg.address(5)
+    key = lab.ssh_key.with_suffix(".pub").read_text()
+    info = create_server_host(name, ip, [key], lab_dir=str(lab.lab_dir))
+    yield info
+    destroy_server_host(name, lab_dir=str(lab.lab_dir))
+
+
+def test_hosts_have_distinct_hostnames_and_private_ips(lab, server):
+    seen = {}
+    for name, ip in (("app", lab.cfg.app_ip), ("source", lab.cfg.source_ip), (server["name"], server["ip"])):
+        with ssh(lab, ip) as c:
+            out = c.run("hostname; ip -4 -o addr show dev ens10", in_stream=False, hide=True).stdout
+        hostname, addr_line = out.splitlines()[0], out.splitlines()[1]
+        assert hostname == name
+        assert f"inet {ip}/24" in addr_line
+        seen[name] = ip
+    assert len(set(seen.values())) == 3
+
+
+def test_file_written_to_etc_stays_on_its_host(lab, server):
+    probe = f"/etc/hcbpg-lab-probe-{secrets.token_hex(4)}"
+    with ssh(lab, lab.cfg.app_ip) as c:
+        c.run(f"echo written-on-app > {probe}", in_stream=False, hide=True)
+        assert c.run(f"cat {probe}", in_stream=False, hide=True).stdout.strip() == "written-on-app"
+    for ip in (lab.cfg.source_ip, server["ip"]):
+        with ssh(lab, ip) as c:
+            assert c.run(f"test -e {probe}", in_stream=False, hide=True, warn=True).exited == 1
+    assert not Path(probe).exists(), "the write reached the machine's own /etc"
+
+
+def test_server_starts_like_a_freshly_installed_one(lab, server):
+    with ssh(lab, server["ip"]) as c:
+        r = c.run("pg_lsclusters -h; test -e /etc/postgresql/15/main || echo no-conf; "
+                  "test -e /var/lib/postgresql/15/main || echo no-data; "
+                  "cat /etc/ssh/ssh_host_ed25519_key.pub; command -v sudo pgbackrest pg_createcluster",
+                  in_stream=False, hide=True)
+    lines = r.stdout.splitlines()
+    assert "no-conf" in lines and "no-data" in lines
+    assert not any(line.startswith("15 ") for line in lines), "a machine cluster is visible"
+    machine_key = Path("/etc/ssh/ssh_host_ed25519_key.pub").read_text().split()[1]
+    assert machine_key not in r.stdout
+    assert "/usr/bin/sudo" in r.stdout and "/usr/bin/pgbackrest" in r.stdout
+
+
+def test_runbook_commands_run_verbatim_on_a_server(lab, server):
+    machine_had = Path("/var/lib/postgresql/15/main").exists()
+    with ssh(lab, server["ip"]) as c:
+        c.run("pg_createcluster 15 main >/dev/null && pg_ctlcluster 15 main start", in_stream=False, hide=True)
+        out = c.run("sudo -u postgres psql -Atc 'select 1'", in_stream=False, hide=True).stdout
+        assert out.strip() == "1"
+        c.run("pg_ctlcluster 15 main stop && rm -rf /var/lib/postgresql/15/main", in_stream=False, hide=True)
+    assert Path("/var/lib/postgresql/15/main").exists() == machine_had
+
+
+def test_outsider_connects_from_outside_the_subnet(lab):
+    url = lab.secret("source-url")
+    r = lab.outsider_exec(["psql", url, "-Atc", "select inet_client_addr()"], check=True)
+    client = r.stdout.strip()
+    assert client == lab.status()["outsider"]["ip"]
+    import ipaddress
+    assert ipaddress.ip_address(client) not in ipaddress.ip_network(lab.cfg.subnet)
