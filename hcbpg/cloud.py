@@ -40,7 +40,7 @@ PLACEMENT_TYPE = "spread"
 SSH_RULE_DESCRIPTION = "SSH from the admin source ranges (hcbpg)"
 DEFAULT_WAIT_TIMEOUT = 600.0
 
-ActionKind = Literal["create", "add", "update", "attach", "apply", "none", "refuse"]
+ActionKind = Literal["create", "add", "update", "attach", "apply", "start", "none", "refuse"]
 
 
 # plain data: what exists, what is planned, what was provisioned ------------------------------------
@@ -524,6 +524,8 @@ def plan_provision(params: Params, existing: Existing, *, ssh_public_key: str | 
             continue
         out.append(PlannedAction("server", s.name, "none",
                                  f"exists (id {seen.id}, {seen.status}, public IP {seen.public_ip})"))
+        if seen.status == "off":
+            out.append(PlannedAction("server_power", s.name, "start", "the server is off: power it on"))
         if ip_now is None:
             if taken:
                 out.append(PlannedAction("server_network", s.name, "refuse",
@@ -654,6 +656,10 @@ def ensure_provisioned(client: hcloud.Client, params: Params, *, dry_run: bool, 
                 labels = {**existing.servers[s.name].labels, **h.labels}
                 with api_call(f"setting labels on {s.name}"):
                     client.servers.update(Server(id=server_id), labels=labels)
+        if planned("server_power", s.name) == "start":
+            with api_call(f"powering on {s.name}"):
+                action = client.servers.power_on(Server(id=server_id))
+            wait([action], f"powering on {s.name}")
         if attach:
             # a fixed private IP needs attach_to_network: create(networks=...) assigns one itself
             with api_call(f"attaching {s.name} to {n.name} as {s.private_ip}"):

@@ -181,6 +181,14 @@ def test_missing_network_attachment_and_firewall_rules_are_fixed(api, params, cl
     assert not any(o.changed for o in provision(client, params)[0])
 
 
+def test_a_server_that_is_off_is_powered_on(api, params, client):
+    provision(client, params)
+    client.servers.get_by_name("server-postgres-1").power_off().wait_until_finished()
+    outcomes, servers = provision(client, params)
+    assert [o.actions for o in outcomes if o.changed] == [["start server_power: the server is off: power it on"]]
+    assert [s.status for s in servers] == ["running", "running"]
+
+
 def test_private_ip_held_by_another_server_is_refused(api, params, client):
     net = client.networks.create(name="hcb-private", ip_range="10.0.0.0/16", subnets=[
         NetworkSubnet(ip_range="10.0.1.0/24", network_zone="us-east", type="cloud")])

@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import hcloud
 import pytest
@@ -285,7 +284,12 @@ def test_a_failing_hook_fails_the_action(client, hooks):
     with pytest.raises(ActionFailedException) as exc:
         resp.action.wait_until_finished()
     assert "cannot build lab host broken" in str(exc.value)
-    assert client.servers.get_by_name("broken").status == "off"
+    broken = client.servers.get_by_name("broken")
+    assert broken.status == "off" and hooks.created == []
+    hooks.fail.clear()
+    broken.power_on().wait_until_finished()   # powering on builds the lab host again
+    assert client.servers.get_by_name("broken").status == "running"
+    assert hooks.created == [("broken", "10.0.1.2", [])]
 
 
 def test_firewall_rules_apply_and_set_rules(client):

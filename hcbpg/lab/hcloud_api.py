@@ -993,8 +993,14 @@ class HcloudStandin:
         server = _get(st, "servers", ident, "server")
         target = "running" if verb == "poweron" else "off"
         command = {"poweron": "start_server", "poweroff": "stop_server", "shutdown": "shutdown_server"}[verb]
+        work = None
+        if (verb == "poweron" and server["private_net"] and not server.get("host_created")
+                and not _host_work_pending(st, server["id"])):
+            work = self._create_host_work(server)  # its lab host failed to build before: try again
         action = self._new_action(st, command, [("server", server["id"])],
-                                  effects=[["server_status", server["id"], target]])
+                                  effects=[["server_status", server["id"], target]], work=work, req=req)
+        if work is not None and not action["_pending"]:
+            server["host_created"] = True
         return 201, {"action": _public(action)}
 
 
