@@ -352,3 +352,15 @@ def test_command_line_entry_point_serves_with_a_token_file(tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_concurrent_requests_keep_state_consistent(client, api, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def make(i: int) -> int:
+        return client.ssh_keys.create(name=f"k{i}", public_key=fake_public_key(i + 1)).id
+
+    with ThreadPoolExecutor(8) as pool:
+        ids = list(pool.map(make, range(16)))
+    assert len(set(ids)) == 16
+    assert sorted(k["id"] for k in read_state(tmp_path / "state.json")["ssh_keys"]) == sorted(ids)
