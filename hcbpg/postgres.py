@@ -412,7 +412,9 @@ def ensure_settings(host: "Host | None", params: "Params", server: "Server", par
         host.put_text(path, desired, **file_kw)
         if running:
             errors = psql.query(sql.SQL("SELECT sourceline, name, error FROM pg_file_settings "
-                                        "WHERE sourcefile = {} AND error IS NOT NULL").format(sql.Literal(path)))
+                                        "WHERE sourcefile = {} AND error IS NOT NULL "
+                                        # a changed postmaster-level setting reports this until the restart
+                                        "AND error <> 'setting could not be applied'").format(sql.Literal(path)))
             if errors:
                 _restore(host, path, current, **file_kw)
                 raise DatabaseError(

@@ -13,9 +13,11 @@ import contextlib
 import hashlib
 import hmac
 import secrets as _stdlib_secrets
+import select
 import shlex
 import socket
 import stringprep
+import threading
 import time
 import unicodedata
 from typing import TYPE_CHECKING, Any, Callable, Iterator
@@ -325,18 +327,60 @@ def check_wrong_password_refused(app: "Host", params: "Params", *, server_ip: st
     return Check.of("wrong password refused", refused, detail, app.name)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _pump(a: Any, b: Any, stop: threading.Event) -> None:
+    """Copy bytes both ways between a local socket and an SSH channel until either side closes."""
+    try:
+        while not stop.is_set():
+            ready, _, _ = select.select([a, b], [], [], 0.2)
+            for src, dst in ((a, b), (b, a)):
+                if src in ready:
+                    data = src.recv(65536)
+                    if not data:
+                        return
+                    dst.sendall(data)
+    except OSError:
+        return
+    finally:
+        a.close()
+        b.close()
 
 
 @contextlib.contextmanager
 def tunnel_via(app: "Host", server_ip: str, port: int) -> Iterator[int]:
-    """A local port forwarded through the app host's sshd to server_ip:port (the server sees the app host)."""
-    local = _free_port()
-    with app.connection.forward_local(local, remote_port=port, remote_host=server_ip, local_host="127.0.0.1"):
-        yield local
+    """A local port forwarded through the app host's sshd to server_ip:port (the server sees the app host).
+
+    The listener is bound before this yields (fabric's forward_local binds in a thread,
+    so a client connecting at once can be refused).
+    """
+    transport = app.connection.client.get_transport()
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    listener.settimeout(0.2)
+    stop = threading.Event()
+    workers: list[threading.Thread] = []
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                client, addr = listener.accept()
+            except (socket.timeout, OSError):
+                continue
+            chan = transport.open_channel("direct-tcpip", (server_ip, port), addr)
+            t = threading.Thread(target=_pump, args=(client, chan, stop), daemon=True)
+            t.start()
+            workers.append(t)
+
+    acceptor = threading.Thread(target=accept, daemon=True)
+    acceptor.start()
+    try:
+        yield int(listener.getsockname()[1])
+    finally:
+        stop.set()
+        acceptor.join(2)
+        listener.close()
+        for t in workers:
+            t.join(2)
 
 
 def check_psycopg_from_app(app: "Host", params: "Params", password: str, *, server_ip: str) -> Check:
