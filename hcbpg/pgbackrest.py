@@ -1,0 +1,728 @@
+"""pgBackRest on the primary: its directories and config file, the archiving settings, the
+stanza, ``check``, backups and ``info`` (steps 05_pgbackrest and 08_start_archiving).
+
+The config file has to hold the repository key, key secret and cipher passphrase for
+pgBackRest to work.  :func:`render_pgbackrest_conf` therefore renders ``<secret>`` in their
+place for everything shown (plan, diff, record); the values are resolved from their
+secret references and substituted only in the bytes written over SSH, which travel on
+stdin (:meth:`hcbpg.host.Host.put_text`), never on a command line.
+
+The runbook's hand-written config had three mistakes this module does not repeat:
+``start-fast=compress-type=zsty`` (two options run together: ``start-fast=y`` and
+``compress-type=zst``), ``repo1-block=y4`` (``y``; and block incremental needs pgBackRest
+2.46: see :func:`check_block_incremental`) and an ``archive_command`` naming the stanza
+``demo`` (it is rendered from params: :func:`archive_command`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+
+from psycopg import sql
+
+from hcbpg import secrets as hsecrets
+from hcbpg.errors import DatabaseError, ParamsError, PgBackRestError, SafetyCheckFailed
+from hcbpg.outcome import Check, Outcome, unified_diff
+from hcbpg.postgres import (MANAGED_HEADER, _restore, config_dir, get_cluster_running,
+                            get_installed_packages, get_pending_restart, get_restart_contexts,
+                            parse_settings, plan_settings, psql_for, quote_setting, reload, restart)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hcbpg.host import Host, Result
+    from hcbpg.params import Params, PgBackRest, Server
+
+CONF_PATH = "/etc/pgbackrest/pgbackrest.conf"
+SECRET_PLACEHOLDER = "<secret>"
+#: config options whose values are secrets, and the params key of their secret reference
+SECRET_OPTIONS = {
+    "repo1-cipher-pass": "pgbackrest.cipher_pass",
+    "repo1-s3-key": "pgbackrest.s3_key",
+    "repo1-s3-key-secret": "pgbackrest.s3_key_secret",
+}
+#: the first release in which block incremental is no longer beta (2.45 has it as beta only)
+BLOCK_INCREMENTAL_SINCE = (2, 46, 0)
+#: pgBackRest's error code for "archive_mode must be enabled", the expected ``check``
+#: failure between step 05 and the cutover restore (archive_mode stays off until then)
+ARCHIVE_MODE_DISABLED = 87
+#: the conf.d include file hcbpg owns for archiving (read after 10-identity and 20-connections)
+ARCHIVING_FILE = "30-hcbpg-archiving.conf"
+
+
+@dataclass(frozen=True)
+class PathSpec:
+    """A directory or file pgBackRest needs, with the owner and mode the runbook gives it."""
+
+    path: str
+    kind: str  # "directory" | "file"
+    mode: int
+    owner: str
+    group: str
+
+
+#: the runbook's "Install" block, as data (the conf file's content is ensure_pgbackrest_conf's)
+PATHS = (
+    PathSpec("/var/log/pgbackrest", "directory", 0o770, "postgres", "postgres"),
+    PathSpec("/etc/pgbackrest", "directory", 0o755, "root", "root"),
+    PathSpec("/etc/pgbackrest/conf.d", "directory", 0o755, "root", "root"),
+    PathSpec(CONF_PATH, "file", 0o640, "postgres", "postgres"),
+)
+
+
+def _pb(params: "Params") -> "PgBackRest":
+    if params.pgbackrest is None:
+        raise ParamsError("params", ["pgbackrest: required for this step (the backup repository)"])
+    return params.pgbackrest
+
+
+# versions ------------------------------------------------------------------------
+
+def parse_version(text: str) -> tuple[int, int, int]:
+    """``(2, 45, 0)`` from ``pgbackrest version`` output (``pgBackRest 2.45``, ``pgBackRest 2.54.2``)."""
+    m = re.search(r"pgBackRest\s+(\d+)\.(\d+)(?:\.(\d+))?", text)
+    if not m:
+        raise PgBackRestError(f"cannot read a pgBackRest version from {text.strip()[:200]!r}",
+                              hint="Is pgbackrest installed (`pgbackrest version`)?")
+    return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
+
+
+def format_version(version: tuple[int, int, int]) -> str:
+    return ".".join(str(p) for p in (version if version[2] else version[:2]))
+
+
+def check_block_incremental(params: "Params", version: tuple[int, int, int]) -> None:
+    """Refuse block incremental (``block: true``) unless bundling is on and pgBackRest is 2.46 or newer.
+
+    pgBackRest 2.45 knows ``repo1-block`` only as a beta option and rejects it without
+    ``beta=y``; a config that fails at the first backup is worse than no config.
+    """
+    pb = _pb(params)
+    if not pb.block:
+        return
+    problems = []
+    if not pb.bundle:
+        problems.append("pgbackrest.block: block incremental needs bundling: set bundle: true or block: false")
+    if version < BLOCK_INCREMENTAL_SINCE:
+        problems.append(
+            f"pgbackrest.block: block incremental needs pgBackRest {format_version(BLOCK_INCREMENTAL_SINCE)} "
+            f"or newer, and the server has {format_version(version)} (where it is a beta option that "
+            "pgBackRest refuses): set block: false, or install pgBackRest 2.46+ (the PGDG repository "
+            "has it) and run this step again")
+    if problems:
+        raise ParamsError("params", problems)
+
+
+# the config file -------------------------------------------------------------------
+
+def split_endpoint(endpoint: str) -> tuple[str, int | None]:
+    """``("10.0.1.1", 9443)`` from ``10.0.1.1:9443``; ``(host, None)`` when there is no port."""
+    ep = re.sub(r"^https?://", "", endpoint.strip()).rstrip("/")
+    m = re.fullmatch(r"(\[[0-9a-fA-F:]+\]|[^:/\s]+)(?::(\d{1,5}))?", ep)
+    if not m:
+        raise ParamsError("params", [f"pgbackrest.s3_endpoint: {endpoint!r} is not host or host:port"])
+    return m.group(1), int(m.group(2)) if m.group(2) else None
+
+
+def pg_data_path(params: "Params") -> str:
+    """The cluster's data directory on Debian/Ubuntu (``/var/lib/postgresql/15/main``)."""
+    return f"/var/lib/postgresql/{params.postgres.version}/{params.postgres.cluster}"
+
+
+def repo_path(params: "Params", server: "Server") -> str:
+    """The repository path for *server*'s backups: ``<repo_path_prefix>/<server name>``."""
+    return f"{_pb(params).repo_path_prefix.rstrip('/')}/{server.name}"
+
+
+def conf_options(params: "Params", server: "Server", *, version: tuple[int, int, int]) -> dict[str, dict[str, str]]:
+    """The options of pgbackrest.conf by section (secrets as ``<secret>``), for *server*'s repository."""
+    check_block_incremental(params, version)
+    pb = _pb(params)
+    host, port = split_endpoint(pb.s3_endpoint)
+    yn = lambda b: "y" if b else "n"  # noqa: E731
+    g: dict[str, str] = {
+        "compress-type": pb.compress_type,
+        "process-max": str(pb.process_max),
+        "repo1-bundle": yn(pb.bundle),
+        "repo1-cipher-type": pb.cipher_type,
+        "repo1-path": repo_path(params, server),
+        "repo1-retention-full": str(pb.retention_full),
+        "repo1-retention-full-type": pb.retention_full_type,
+        "repo1-s3-bucket": pb.s3_bucket,
+        "repo1-s3-endpoint": host,
+        "repo1-s3-key": SECRET_PLACEHOLDER,
+        "repo1-s3-key-secret": SECRET_PLACEHOLDER,
+        "repo1-s3-region": pb.s3_region,
+        "repo1-type": pb.repo_type,
+        "start-fast": yn(pb.start_fast),
+    }
+    if pb.block:
+        g["repo1-block"] = "y"
+    if pb.cipher_type != "none":
+        g["repo1-cipher-pass"] = SECRET_PLACEHOLDER
+    if port is not None:
+        g["repo1-storage-port"] = str(port)
+    if pb.s3_uri_style != "host":
+        g["repo1-s3-uri-style"] = pb.s3_uri_style
+    if pb.s3_ca_file:
+        g["repo1-storage-ca-file"] = pb.s3_ca_file
+    if not pb.s3_verify_tls:
+        g["repo1-storage-verify-tls"] = "n"
+    stanza: dict[str, str] = {"pg1-path": pg_data_path(params)}
+    if params.postgres.port != 5432:
+        stanza["pg1-port"] = str(params.postgres.port)
+    return {pb.stanza: stanza, "global": g}
+
+
+def render_pgbackrest_conf(params: "Params", server: "Server", *, version: tuple[int, int, int],
+                           secrets: Mapping[str, str] | None = None) -> str:
+    """pgbackrest.conf for *server*'s repository, whole: header, ``[stanza]``, ``[global]``, keys sorted.
+
+    Without *secrets* the secret options read ``<secret>`` (for plans and diffs); with
+    *secrets* (option name -> value, see :func:`resolve_conf_secrets`) they hold the values,
+    for the bytes written to the server only.
+    """
+    sections = conf_options(params, server, version=version)
+    lines = [
+        MANAGED_HEADER,
+        f"# pgBackRest for {server.name}, rendered from params ({params.environment}) for "
+        f"pgBackRest {format_version(version)}.",
+        "# Holds the repository credentials and cipher passphrase: mode 0640, owner postgres.",
+    ]
+    for name, options in sections.items():
+        lines += ["", f"[{name}]"]
+        for key in sorted(options):
+            value = options[key]
+            if value == SECRET_PLACEHOLDER and secrets is not None:
+                value = secrets[key]
+                if not value or "\n" in value or "\r" in value or value != value.strip():
+                    raise SafetyCheckFailed(f"the secret for {key} ({SECRET_OPTIONS[key]}) cannot be written "
+                                            "to pgbackrest.conf: it is empty, spans lines or has outer spaces")
+            lines.append(f"{key}={value}")
+    return "\n".join(lines) + "\n"
+
+
+def resolve_conf_secrets(params: "Params") -> dict[str, str]:
+    """The secret option values from their references (each registered with the scrubber)."""
+    pb = _pb(params)
+    refs = {"repo1-s3-key": pb.s3_key, "repo1-s3-key-secret": pb.s3_key_secret}
+    if pb.cipher_type != "none" and pb.cipher_pass:
+        refs["repo1-cipher-pass"] = pb.cipher_pass
+    return {opt: hsecrets.resolve(ref, key=SECRET_OPTIONS[opt]) for opt, ref in refs.items()}
+
+
+def redact_conf(text: str) -> str:
+    """*text* (an INI file) with every secret option's value replaced by ``<secret>``."""
+    out = []
+    for line in text.splitlines(keepends=True):
+        m = re.match(r"^(\s*)([A-Za-z0-9-]+)(\s*=\s*)(.*?)(\r?\n?)$", line)
+        if m and m.group(2) in SECRET_OPTIONS:
+            line = f"{m.group(1)}{m.group(2)}{m.group(3)}{SECRET_PLACEHOLDER}{m.group(5)}"
+        out.append(line)
+    return "".join(out)
+
+
+def parse_conf(text: str) -> dict[str, dict[str, str]]:
+    """The options of a pgBackRest INI file by section (comments and blank lines dropped)."""
+    out: dict[str, dict[str, str]] = {}
+    section = ""
+    for line in text.splitlines():
+        s = line.strip()
+        if not s or s.startswith("#"):
+            continue
+        if s.startswith("[") and s.endswith("]"):
+            section = s[1:-1].strip()
+            out.setdefault(section, {})
+            continue
+        if "=" in s:
+            k, v = s.split("=", 1)
+            out.setdefault(section, {})[k.strip()] = v.strip()
+    return out
+
+
+# archiving settings (a conf.d include file of PostgreSQL) ---------------------------
+
+def archive_command(params: "Params") -> str:
+    """``pgbackrest --stanza=<stanza> archive-push %p``, with the stanza from params."""
+    return f"pgbackrest --stanza={_pb(params).stanza} archive-push %p"
+
+
+def archiving_settings(params: "Params", *, archive_mode: bool) -> dict[str, Any]:
+    """The settings of the archiving include file; archive_mode stays off until after the cutover restore."""
+    return {
+        "archive_command": archive_command(params),
+        "archive_mode": bool(archive_mode),
+        "max_wal_senders": 10,
+        "wal_level": "replica",
+    }
+
+
+def archiving_path(params: "Params") -> str:
+    return f"{config_dir(params)}/conf.d/{ARCHIVING_FILE}"
+
+
+def render_archiving(params: "Params", server: "Server", *, archive_mode: bool) -> str:
+    """The conf.d include file with archive_command (right stanza), archive_mode, wal_level, max_wal_senders."""
+    settings = archiving_settings(params, archive_mode=archive_mode)
+    when = ("on: every WAL segment goes to the repository (step 08_start_archiving)" if archive_mode else
+            "off until after the cutover restore (step 08_start_archiving turns it on)")
+    lines = [
+        MANAGED_HEADER,
+        f"# {server.name}: WAL archiving to pgBackRest (steps 05_pgbackrest and 08_start_archiving).",
+        f"# archive_mode is {when}.",
+        "",
+    ]
+    lines += [f"{k} = {quote_setting(settings[k])}" for k in sorted(settings)]
+    return "\n".join(lines) + "\n"
+
+
+def ensure_archiving(host: "Host | None", params: "Params", server: "Server", *, archive_mode: bool,
+                     dry_run: bool) -> Outcome:
+    """The archiving include file is ours and in force: reload, and restart only when PostgreSQL says so.
+
+    archive_mode, wal_level and max_wal_senders need a restart (``pending_restart``);
+    archive_command only a reload.
+    """
+    path = archiving_path(params)
+    what = f"settings {ARCHIVING_FILE} on {server.name}"
+    desired = render_archiving(params, server, archive_mode=archive_mode)
+    file_kw = dict(mode=0o644, owner="postgres", group="postgres")
+    if host is None:
+        return Outcome(what, True, dry_run, diff=unified_diff("", desired, path), actions=[f"write {path}"])
+    current = host.read_text(path)
+    running = get_cluster_running(host, params)
+    psql = psql_for(host, params)
+    names = list(parse_settings(desired))
+    changed = list(plan_settings(current, desired))
+    actions: list[str] = []
+    if current != desired:
+        actions.append(f"write {path}" + (f" ({', '.join(changed)})" if changed else ""))
+    if dry_run:
+        if running:
+            if current != desired:
+                needs = get_restart_contexts(psql, changed)
+                actions.append(f"restart the cluster ({', '.join(needs)} need it)" if needs else "reload")
+            elif get_pending_restart(psql, names):
+                actions.append(f"restart the cluster ({', '.join(get_pending_restart(psql, names))} pending)")
+        return Outcome(what, bool(actions), dry_run, diff=unified_diff(current or "", desired, path),
+                       actions=actions)
+    if current != desired:
+        host.put_text(path, desired, **file_kw)
+        if running:
+            errors = psql.query(sql.SQL("SELECT sourceline, name, error FROM pg_file_settings "
+                                        "WHERE sourcefile = {} AND error IS NOT NULL").format(sql.Literal(path)))
+            if errors:
+                _restore(host, path, current, **file_kw)
+                raise DatabaseError(
+                    f"on {server.name}: PostgreSQL rejects {path}, so the previous version was put back: "
+                    + "; ".join(f"line {e['sourceline']} {e['name']}: {e['error']}" for e in errors))
+    if running:
+        if current != desired:
+            reload(host, params)
+            actions.append("reload")
+        pending = get_pending_restart(psql, names)
+        if pending:
+            restart(host, params)
+            actions.append(f"restart the cluster ({', '.join(pending)} need it)")
+    return Outcome(what, bool(actions), dry_run, diff=unified_diff(current or "", desired, path), actions=actions)
+
+
+def check_archiving(host: "Host", params: "Params", server: "Server", *, archive_mode: bool) -> list[Check]:
+    """One row per archiving setting: in force, from our file, no restart pending."""
+    path = archiving_path(params)
+    desired = parse_settings(render_archiving(params, server, archive_mode=archive_mode))
+    rows = {r["name"]: r for r in psql_for(host, params).query(
+        sql.SQL("SELECT name, setting, sourcefile, pending_restart FROM pg_settings WHERE name = ANY({})")
+        .format(sql.Literal(list(desired))))}
+    out = []
+    for name, written in desired.items():
+        r = rows.get(name) or {}
+        ok = r.get("sourcefile") == path and not r.get("pending_restart")
+        detail = f"{name} = {r.get('setting')}"
+        if r.get("sourcefile") != path:
+            detail += f" (from {r.get('sourcefile') or 'default'}, expected {path}: wanted {written})"
+        if r.get("pending_restart"):
+            detail += " (restart pending)"
+        out.append(Check.of(f"setting {name}", ok, detail, server.name))
+    return out
+
+
+# packages, directories, config file -------------------------------------------------------
+
+def get_version(host: "Host") -> tuple[int, int, int]:
+    """The installed pgBackRest's version (``pgbackrest version``)."""
+    res = host.probe("pgbackrest version")
+    if not res.ok:
+        raise PgBackRestError(f"on {host.name}: `pgbackrest version` failed (exit {res.exit_code}): "
+                              f"{hsecrets.scrub(res.output.strip()[-300:])}", host=host.name,
+                              hint="Install pgbackrest (step 02 installs it with PostgreSQL).")
+    return parse_version(res.stdout)
+
+
+def ensure_installed(host: "Host | None", *, dry_run: bool, packages: Sequence[str] = ("pgbackrest", "curl")) -> Outcome:
+    """pgbackrest (and curl, which the backup job pings with) are installed; only what is missing."""
+    name = host.name if host else "(new server)"
+    if host is None:
+        return Outcome(f"packages {', '.join(packages)} on {name}", True, dry_run,
+                       actions=[f"apt-get install {' '.join(packages)}"])
+    installed = get_installed_packages(host, packages)
+    missing = [p for p in packages if p not in installed]
+    what = f"packages {', '.join(packages)} on {name}"
+    if not missing:
+        return Outcome(what, False, dry_run, actions=[f"{p} {installed[p]}" for p in packages])
+    cmd = ("DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "
+           + " ".join(shlex.quote(p) for p in missing))
+    if not dry_run:
+        host.run("DEBIAN_FRONTEND=noninteractive apt-get update -q", timeout=600)
+        host.run(cmd, timeout=1200)
+    return Outcome(what, True, dry_run, actions=[cmd])
+
+
+def parse_stat(text: str) -> dict[str, dict[str, Any]]:
+    """``stat -c '%n|%F|%a|%U|%G'`` lines by path: kind, mode, owner, group."""
+    out: dict[str, dict[str, Any]] = {}
+    for line in text.splitlines():
+        parts = line.rsplit("|", 4)
+        if len(parts) == 5:
+            p, kind, mode, owner, group = parts
+            out[p] = {"kind": "directory" if kind == "directory" else "file", "mode": int(mode, 8),
+                      "owner": owner, "group": group}
+    return out
+
+
+def get_paths(host: "Host", specs: Iterable[PathSpec] = PATHS) -> dict[str, dict[str, Any]]:
+    res = host.probe("stat -c '%n|%F|%a|%U|%G' " + " ".join(shlex.quote(s.path) for s in specs))
+    return parse_stat(res.stdout)
+
+
+def plan_paths(current: Mapping[str, Mapping[str, Any]], specs: Iterable[PathSpec] = PATHS) -> list[str]:
+    """Shell commands that give each path its kind, owner and mode (empty when all are right)."""
+    cmds = []
+    for s in specs:
+        cur = current.get(s.path)
+        q = shlex.quote(s.path)
+        if cur is None:
+            if s.kind == "directory":
+                cmds.append(f"install -d -m {s.mode:04o} -o {s.owner} -g {s.group} {q}")
+            else:
+                cmds.append(f"install -m {s.mode:04o} -o {s.owner} -g {s.group} /dev/null {q}")
+            continue
+        if cur["kind"] != s.kind:
+            raise SafetyCheckFailed(f"{s.path} is a {cur['kind']}, expected a {s.kind}",
+                                    hint="Move it aside by hand; hcbpg does not delete it.")
+        if (cur["owner"], cur["group"]) != (s.owner, s.group):
+            cmds.append(f"chown {s.owner}:{s.group} {q}")
+        if cur["mode"] != s.mode:
+            cmds.append(f"chmod {s.mode:04o} {q}")
+    return cmds
+
+
+def ensure_paths(host: "Host | None", *, dry_run: bool) -> Outcome:
+    """/var/log/pgbackrest, /etc/pgbackrest, its conf.d and pgbackrest.conf exist with the runbook's owners and modes."""
+    what = f"pgBackRest directories on {host.name if host else '(new server)'}"
+    cmds = plan_paths({} if host is None else get_paths(host))
+    if not cmds:
+        return Outcome(what, False, dry_run)
+    if host is not None and not dry_run:
+        for c in cmds:
+            host.run(c)
+    return Outcome(what, True, dry_run, actions=cmds)
+
+
+def ensure_pgbackrest_conf(host: "Host | None", params: "Params", server: "Server", *,
+                           version: tuple[int, int, int], dry_run: bool,
+                           repo_server: "Server | None" = None) -> Outcome:
+    """pgbackrest.conf is ours (0640 postgres); the diff shows ``<secret>``, never a value.
+
+    *repo_server* names whose repository the file points at (default: *server*; a restore
+    drill host reads the primary's).
+    """
+    repo_for = repo_server or server
+    shown = render_pgbackrest_conf(params, repo_for, version=version)
+    shown = shown.replace(f"# pgBackRest for {repo_for.name},", f"# pgBackRest for {server.name} "
+                          f"(repository of {repo_for.name}),") if repo_for is not server else shown
+    what = f"{CONF_PATH} on {server.name}"
+    if host is None:
+        return Outcome(what, True, dry_run, diff=unified_diff("", shown, CONF_PATH), actions=[f"write {CONF_PATH}"])
+    values = resolve_conf_secrets(params)
+    real = render_pgbackrest_conf(params, repo_for, version=version, secrets=values)
+    if repo_for is not server:
+        real = real.replace(f"# pgBackRest for {repo_for.name},", f"# pgBackRest for {server.name} "
+                            f"(repository of {repo_for.name}),")
+    current = host.read_text(CONF_PATH)
+    if current == real:
+        return Outcome(what, False, dry_run)
+    diff = unified_diff(redact_conf(current or ""), shown, CONF_PATH)
+    actions = [f"write {CONF_PATH} (mode 0640, owner postgres:postgres)"]
+    if not diff:
+        actions.append("only secret values change (not shown)")
+    host.put_text(CONF_PATH, real, mode=0o640, owner="postgres", group="postgres", dry_run=dry_run)
+    return Outcome(what, True, dry_run, diff=diff, actions=actions)
+
+
+# running pgBackRest ---------------------------------------------------------------------------
+
+_ERROR_RE = re.compile(r"(?:^|\s)ERROR:\s*\[(\d{3})\]:\s*(.*)$")
+_LOG_PREFIX_RE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+ P\d+\s+[A-Z]+:")
+_ABORTED_RE = re.compile(r"aborted with exception \[(\d{3})\]")
+
+
+def parse_pgbackrest_error(output: str) -> tuple[int, str] | None:
+    """``(87, "archive_mode must be enabled")`` from pgBackRest's output; None when it shows no error.
+
+    Reads console lines (``2025-... P00  ERROR: [087]: ...``) and stderr lines
+    (``ERROR: [087]: ...``); indented lines after the error are part of its message.
+    """
+    lines = output.splitlines()
+    for i, line in enumerate(lines):
+        m = _ERROR_RE.search(line)
+        if not m:
+            continue
+        msg = [m.group(2).strip()]
+        for nxt in lines[i + 1:]:
+            if not nxt.strip() or _LOG_PREFIX_RE.match(nxt) or _ERROR_RE.search(nxt) or not nxt[:1].isspace():
+                break
+            msg.append(nxt.strip())
+        return int(m.group(1)), "\n".join(msg)
+    m = _ABORTED_RE.search(output)
+    if m:
+        return int(m.group(1)), f"aborted with exception [{m.group(1)}]"
+    return None
+
+
+def pgbackrest_cmd(params: "Params", command: str, *options: str) -> str:
+    """A pgbackrest command line for the stanza (no secrets: those are in the config file)."""
+    opts = " ".join(shlex.quote(o) for o in options)
+    return f"pgbackrest --stanza={shlex.quote(_pb(params).stanza)} {opts + ' ' if opts else ''}{command}"
+
+
+def run_pgbackrest(host: "Host", params: "Params", command: str, *options: str, check: bool = True,
+                   quiet: bool = False, timeout: float | None = None) -> "Result":
+    """Run a pgbackrest command as postgres; a failure raises PgBackRestError with pgBackRest's own code and message."""
+    cmd = pgbackrest_cmd(params, command, *options)
+    res = host.run(cmd, sudo_user="postgres", check=False, quiet=quiet, timeout=timeout)
+    if check and not res.ok:
+        raise pgbackrest_error(host, cmd, res)
+    return res
+
+
+def pgbackrest_error(host: "Host", cmd: str, res: "Result") -> PgBackRestError:
+    parsed = parse_pgbackrest_error(res.output)
+    code, message = parsed if parsed else (None, hsecrets.scrub(res.output.strip()[-1500:]) or "no output")
+    return PgBackRestError(
+        f"on {host.name}: `{cmd}` failed (exit {res.exit_code}): "
+        + (f"[{code:03d}] " if code is not None else "") + hsecrets.scrub(message),
+        code=code, host=host.name,
+        hint="pgBackRest's log is /var/log/pgbackrest/ on the server; fix the cause and run the step again.")
+
+
+def get_info_json(host: "Host", params: "Params") -> str:
+    """``pgbackrest info --output=json`` for the stanza (read-only)."""
+    return run_pgbackrest(host, params, "info", "--output=json", quiet=True).stdout
+
+
+def parse_stanza_status(text: str, stanza: str) -> tuple[int, str] | None:
+    """The stanza's status (code, message) from ``info --output=json``; None when it is not listed.
+
+    Codes: 0 ok, 1 missing stanza path, 2 no valid backups, 3 missing stanza data, ...
+    """
+    for st in json.loads(text or "[]"):
+        if st.get("name") == stanza:
+            s = st.get("status") or {}
+            return int(s.get("code", -1)), str(s.get("message", ""))
+    return None
+
+
+def ensure_stanza(host: "Host | None", params: "Params", *, dry_run: bool) -> Outcome:
+    """The stanza exists in the repository (``stanza-create`` only when info says it is missing)."""
+    pb = _pb(params)
+    what = f"stanza {pb.stanza} on {host.name if host else '(new server)'}"
+    cmd = pgbackrest_cmd(params, "stanza-create", "--log-level-console=info")
+    if host is None:
+        return Outcome(what, True, dry_run, actions=[cmd])
+    status = parse_stanza_status(get_info_json(host, params), pb.stanza)
+    if status is not None and status[0] not in (1, 3):  # 1 missing stanza path, 3 missing stanza data
+        return Outcome(what, False, dry_run, actions=[f"info: {status[1]}"])
+    if not dry_run:
+        run_pgbackrest(host, params, "stanza-create", "--log-level-console=info")
+    return Outcome(what, True, dry_run, actions=[cmd])
+
+
+def check_stanza(host: "Host", params: "Params", server: "Server", *, archiving: bool) -> Check:
+    """``pgbackrest check``: passes; before the cutover (*archiving* false) [087] is the expected answer.
+
+    Any other failure raises PgBackRestError with pgBackRest's own message.
+    """
+    cmd = pgbackrest_cmd(params, "check", "--log-level-console=info")
+    res = run_pgbackrest(host, params, "check", "--log-level-console=info", check=False)
+    if res.ok:
+        return Check("pgbackrest check", "pass", "archiving and the repository work", server.name)
+    parsed = parse_pgbackrest_error(res.output)
+    if not archiving and parsed and parsed[0] == ARCHIVE_MODE_DISABLED:
+        return Check("pgbackrest check", "pass",
+                     f"[087] {parsed[1]}: expected until archive_mode is on (step 08)", server.name)
+    raise pgbackrest_error(host, cmd, res)
+
+
+# info -------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BackupRow:
+    """One backup from ``info --output=json``."""
+
+    label: str
+    type: str
+    start: str            # ISO 8601, UTC
+    stop: str
+    duration_s: int
+    size: int             # database size
+    delta: int            # changed since the prior backup
+    repo_size: int        # stored in the repository (compressed, encrypted)
+    repo_delta: int
+    wal_start: str
+    wal_stop: str
+    prior: str | None
+    error: bool = False
+
+    def row(self) -> dict[str, Any]:
+        """For a table: sizes human-readable, duration in seconds."""
+        return {"label": self.label, "type": self.type, "start": self.start, "duration": f"{self.duration_s}s",
+                "size": format_bytes(self.size), "delta": format_bytes(self.delta),
+                "repo size": format_bytes(self.repo_size), "WAL start": self.wal_start,
+                "WAL stop": self.wal_stop, "prior": self.prior or "", "error": "yes" if self.error else ""}
+
+    def asdict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def format_bytes(n: int | None) -> str:
+    if n is None:
+        return ""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def _iso(ts: int | None) -> str:
+    if ts is None:
+        return ""
+    return datetime.fromtimestamp(int(ts), tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def parse_info_json(text: str, stanza: str | None = None) -> list[BackupRow]:
+    """The backups in ``pgbackrest info --output=json`` (of *stanza*, or of every stanza), oldest first."""
+    out = []
+    for st in json.loads(text or "[]"):
+        if stanza is not None and st.get("name") != stanza:
+            continue
+        for b in st.get("backup") or []:
+            ts = b.get("timestamp") or {}
+            info = b.get("info") or {}
+            repo = info.get("repository") or {}
+            arch = b.get("archive") or {}
+            start, stop = ts.get("start"), ts.get("stop")
+            out.append(BackupRow(
+                label=b["label"], type=b.get("type", ""), start=_iso(start), stop=_iso(stop),
+                duration_s=int(stop - start) if start is not None and stop is not None else 0,
+                size=int(info.get("size") or 0), delta=int(info.get("delta") or 0),
+                repo_size=int(repo.get("size") or 0), repo_delta=int(repo.get("delta") or 0),
+                wal_start=arch.get("start") or "", wal_stop=arch.get("stop") or "",
+                prior=b.get("prior"), error=bool(b.get("error", False))))
+    return sorted(out, key=lambda r: (r.start, r.label))
+
+
+def get_backups(host: "Host", params: "Params") -> list[BackupRow]:
+    return parse_info_json(get_info_json(host, params), _pb(params).stanza)
+
+
+def run_backup(host: "Host", params: "Params", *, type: str = "full", timeout: float = 3600) -> BackupRow:
+    """Take one backup (``--type=full|diff|incr``) and return its row from ``info``."""
+    if type not in ("full", "diff", "incr"):
+        raise ValueError(f"backup type must be full, diff or incr, not {type!r}")
+    before = {b.label for b in get_backups(host, params)}
+    run_pgbackrest(host, params, "backup", f"--type={type}", "--log-level-console=info", timeout=timeout)
+    new = [b for b in get_backups(host, params) if b.label not in before]
+    if not new:
+        raise PgBackRestError(f"on {host.name}: the {type} backup finished but info lists no new backup",
+                              host=host.name)
+    return new[-1]
+
+
+def ensure_full_backup(host: "Host | None", params: "Params", *, dry_run: bool,
+                       before: "Any | None" = None) -> tuple[Outcome, BackupRow | None]:
+    """A full backup exists in the repository: take one only when there is none.
+
+    *before* (optional) is called just before the backup starts (the restore drill's
+    fingerprint of the primary is taken there).
+    """
+    what = f"first full backup on {host.name if host else '(new server)'}"
+    cmd = pgbackrest_cmd(params, "backup", "--type=full", "--log-level-console=info")
+    if host is None:
+        return Outcome(what, True, dry_run, actions=[cmd]), None
+    fulls = [b for b in get_backups(host, params) if b.type == "full" and not b.error]
+    if fulls:
+        return Outcome(what, False, dry_run, actions=[f"{fulls[-1].label} exists"]), fulls[-1]
+    if dry_run:
+        return Outcome(what, True, dry_run, actions=[cmd]), None
+    if before is not None:
+        before()
+    row = run_backup(host, params, type="full")
+    return Outcome(what, True, dry_run, actions=[cmd, f"took {row.label} in {row.duration_s}s"]), row
+
+
+def check_backups(rows: Sequence[BackupRow], server: "Server", *, types: Iterable[str] = ("full",)) -> list[Check]:
+    """A good backup of each of *types* exists, and none is marked as having errors."""
+    out = []
+    for t in types:
+        have = [r for r in rows if r.type == t and not r.error]
+        out.append(Check.of(f"a {t} backup exists", bool(have),
+                            f"{have[-1].label} ({format_bytes(have[-1].repo_size)} in the repository)" if have
+                            else f"no {t} backup in info", server.name))
+    bad = [r.label for r in rows if r.error]
+    out.append(Check.of("no backup has errors", not bad, ", ".join(bad) or f"{len(rows)} backup(s)", server.name))
+    return out
+
+
+def get_repo_files(host: "Host", params: "Params") -> list[dict[str, Any]]:
+    """Objects in the bucket under this stanza, as pgBackRest's S3 client lists them (``repo-ls``)."""
+    res = run_pgbackrest(host, params, "repo-ls", "--recurse", "--output=json", quiet=True)
+    data = json.loads(res.stdout or "{}")
+    return [{"path": k, "type": v.get("type"), "size": v.get("size")} for k, v in sorted(data.items())
+            if v.get("type") == "file"]
+
+
+def check_repo_objects(files: Sequence[Mapping[str, Any]], rows: Sequence[BackupRow], server: "Server") -> list[Check]:
+    """The bucket holds the stanza's info files, WAL, and a directory of files for every backup."""
+    paths = [str(f["path"]) for f in files]
+    out = [
+        Check.of("archive.info in the bucket", any(p.startswith("archive/") and p.endswith("archive.info") for p in paths),
+                 "archive/<stanza>/archive.info", server.name),
+        Check.of("backup.info in the bucket", any(p.startswith("backup/") and p.endswith("backup.info") for p in paths),
+                 "backup/<stanza>/backup.info", server.name),
+    ]
+    wal = [p for p in paths if p.startswith("archive/") and re.search(r"/[0-9A-F]{24}", p)]
+    out.append(Check.of("WAL segments in the bucket", bool(wal), f"{len(wal)} WAL file(s)", server.name))
+    for r in rows:
+        n = sum(1 for p in paths if f"/{r.label}/" in p)
+        out.append(Check.of(f"backup {r.label} in the bucket", n > 0, f"{n} object(s)", server.name))
+    return out
+
+
+# timing ---------------------------------------------------------------------------------------------
+
+class Stopwatch:
+    """Seconds since start (monotonic)."""
+
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+
+    @property
+    def seconds(self) -> float:
+        return round(time.monotonic() - self.t0, 2)
