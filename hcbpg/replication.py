@@ -916,7 +916,9 @@ def rebuild_replica(host: "Host", params: "Params", target: ServerState, plan: P
     t0 = time.monotonic()
     if plan.method == "rewind":
         run_stop(host, params)
-        run_write_recovery(host, params, primary, standby, pgdata)   # fence: if it starts, it starts as a standby
+        # pg_rewind recovers an uncleanly stopped target in single-user mode, which refuses to run with
+        # standby.signal; the fence file comes back right after (nothing else starts the cluster meanwhile)
+        host.run(f"rm -f {shlex.quote(pgdata)}/standby.signal")
         try:
             run_rewind(host, params, primary, standby, pgdata)
             run_write_recovery(host, params, primary, standby, pgdata)
