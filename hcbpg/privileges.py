@@ -1,0 +1,1034 @@
+"""The roles model of step 13: who may do what in hcb_production, as desired grants from params,
+the SQL that gets there, and a check that reads effective privileges back and compares.
+
+Roles (names from params ``roles:``; defaults in :class:`RolesConfig`):
+
+* a NOLOGIN **group role** (``hcb_app``) holds the app's privileges: CONNECT and TEMPORARY on the
+  database, USAGE on the app schemas, SELECT/INSERT/UPDATE/DELETE on every table and view,
+  USAGE/SELECT/UPDATE on every sequence, and default privileges so that tables the migrations
+  role creates later are covered too;
+* the app's **login role** (``rails``) is a member of it (INHERIT) and holds nothing itself, so
+  its password can be rotated (or the role replaced) without re-granting anything;
+* a **migrations role** (``hcb_migrations``, LOGIN) owns the database and every object in it;
+  objects restored from Heroku (owned by ``rails`` or ``postgres``) are re-owned to it;
+* **extensions** (PostgreSQL 15 rule): a role that is not a superuser may ``CREATE EXTENSION``
+  only for extensions marked *trusted* in their control file (citext, pgcrypto, hstore,
+  pg_trgm, uuid-ossp, ...), and needs CREATE on the database (the database owner has it).
+  The extension is then owned by that role, and only its owner (or a superuser) may
+  ``ALTER EXTENSION ... UPDATE`` it.  Untrusted extensions (pg_stat_statements, postgis, ...)
+  need a superuser to create and to update: hcbpg creates them as ``postgres`` and the check
+  says so.  So the migrations role, as database owner, creates and updates the trusted
+  extensions the app uses (Rails ``enable_extension``);
+* a read-only **metabase** role: CONNECT, USAGE on ``public``, SELECT on the tables listed in
+  params and nothing else; pg_hba admits it only from the jumpbox's private IP;
+* a **monitoring** role (``vector``): SELECT on pg_stat_database, pg_stat_database_conflicts
+  and pg_stat_bgwriter, nothing else; pg_hba admits it only from the server's own private IP,
+  to the ``postgres`` database (Vector's postgresql_metrics endpoint);
+* an **exporter** role (``postgres_exporter``) for prometheus-postgres-exporter: member of
+  ``pg_monitor`` (replication figures need it), same pg_hba scope as ``vector``.
+
+Pure parts: :func:`roles_config`, :func:`parse_observed`, :func:`effective_privileges`,
+:func:`plan_privileges` (psycopg.sql statements), :func:`compare`.  I/O: :func:`get_observed`,
+:func:`ensure_privileges`, :func:`check_privileges` and the connection checks.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
+
+from psycopg import sql
+
+from hcbpg import secrets as hsecrets
+from hcbpg.errors import SafetyCheckFailed
+from hcbpg.outcome import Check, Outcome
+from hcbpg.pgsql import Psql, render
+from hcbpg.postgres import HbaRule, hba_name
+from hcbpg.roles import get_role, scram_matches, scram_verifier
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hcbpg.host import Host
+    from hcbpg.params import Params, Server
+
+#: what the app needs on tables/views (no TRUNCATE, REFERENCES, TRIGGER: those are the owner's)
+APP_TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
+APP_SEQUENCE_PRIVILEGES = ("USAGE", "SELECT", "UPDATE")
+APP_DATABASE_PRIVILEGES = ("CONNECT", "TEMPORARY")
+MONITORING_VIEWS = ("pg_stat_database", "pg_stat_database_conflicts", "pg_stat_bgwriter")
+ALL_TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
+ALL_SEQUENCE_PRIVILEGES = ("USAGE", "SELECT", "UPDATE")
+PUBLIC = "PUBLIC"
+#: the pseudo-role that owns ``public`` in PostgreSQL 15: its member is the database owner
+DB_OWNER_PSEUDO = "pg_database_owner"
+SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "pg_toast")
+_KIND_KEYWORD = {"r": "TABLE", "p": "TABLE", "v": "VIEW", "m": "MATERIALIZED VIEW", "f": "FOREIGN TABLE",
+                 "S": "SEQUENCE"}
+
+
+# configuration (params ``roles:``) -------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LoginRole:
+    """A login role hcbpg creates, with the params key of its password's secret reference."""
+
+    name: str
+    password_key: str
+    password_ref: str
+    connection_limit: int
+
+
+@dataclass(frozen=True)
+class RolesConfig:
+    """Params ``roles:`` as this module uses it (see the report for the pydantic model)."""
+
+    database: str
+    app_role: str
+    group_role: str = "hcb_app"
+    schemas: tuple[str, ...] = ("public",)
+    migrations: LoginRole | None = None
+    metabase: LoginRole | None = None
+    metabase_tables: tuple[str, ...] = ()
+    jumpbox_ip: str | None = None
+    jumpbox_ssh_host: str | None = None
+    monitoring: LoginRole | None = None
+    exporter: LoginRole | None = None
+    extensions: tuple[str, ...] = ()
+
+    def login_roles(self) -> list[LoginRole]:
+        return [r for r in (self.migrations, self.metabase, self.monitoring, self.exporter) if r is not None]
+
+    @property
+    def owner(self) -> str:
+        """Who owns the database and its objects: the migrations role (else the app role, as before)."""
+        return self.migrations.name if self.migrations else self.app_role
+
+
+#: Until params.py has a ``roles:`` section, the lab's values (jumpbox and listed tables) live
+#: here; every other environment must set ``roles:`` in params to get a metabase role.
+_INTERIM_ENV_DEFAULTS: dict[str, dict[str, Any]] = {
+    "lab": {"metabase_tables": ("events", "transactions"), "jumpbox_ip_offset": 40,
+            "extensions": ("citext", "pg_stat_statements")},
+}
+
+
+def _default_ref(params: "Params", name: str) -> str | None:
+    """A secret file beside the app role's (``file:`` refs only): ``<dir>/<role>-password``."""
+    ref = params.postgres.app_role_password
+    if ref.startswith("file:"):
+        directory = ref[5:].rsplit("/", 1)[0]
+        return f"file:{directory}/{name}-password"
+    return None
+
+
+def roles_config(params: "Params") -> RolesConfig:
+    """The roles model for *params*: params ``roles:`` when present, else the defaults (see module doc)."""
+    pg = params.postgres
+    section = getattr(params, "roles", None)
+    if section is not None:
+        def login(sub: Any, key: str) -> LoginRole | None:
+            if sub is None:
+                return None
+            return LoginRole(sub.name, f"roles.{key}.password", sub.password, sub.connection_limit)
+        mb = getattr(section, "metabase", None)
+        return RolesConfig(
+            database=pg.database, app_role=pg.app_role, group_role=section.group_role,
+            schemas=tuple(getattr(section, "schemas", ("public",))),
+            migrations=login(section.migrations, "migrations"),
+            metabase=login(mb, "metabase"),
+            metabase_tables=tuple(mb.tables) if mb else (),
+            jumpbox_ip=mb.jumpbox_ip if mb else None,
+            jumpbox_ssh_host=getattr(mb, "jumpbox_ssh_host", None) if mb else None,
+            monitoring=login(section.monitoring, "monitoring"),
+            exporter=login(getattr(section, "exporter", None), "exporter"),
+            extensions=tuple(section.extensions))
+    interim = _INTERIM_ENV_DEFAULTS.get(params.environment, {})
+
+    def default_login(name: str, key: str, limit: int) -> LoginRole | None:
+        ref = _default_ref(params, name)
+        return LoginRole(name, f"roles.{key}.password", ref, limit) if ref else None
+
+    jumpbox_ip = None
+    if "jumpbox_ip_offset" in interim:
+        import ipaddress
+        net = ipaddress.ip_network(params.network.subnet)
+        jumpbox_ip = str(net.network_address + int(interim["jumpbox_ip_offset"]))
+    metabase = default_login("metabase", "metabase", 10) if jumpbox_ip else None
+    return RolesConfig(
+        database=pg.database, app_role=pg.app_role,
+        migrations=default_login("hcb_migrations", "migrations", 10),
+        metabase=metabase, metabase_tables=tuple(interim.get("metabase_tables", ())) if metabase else (),
+        jumpbox_ip=jumpbox_ip if metabase else None,
+        monitoring=default_login("vector", "monitoring", 5),
+        exporter=default_login("postgres_exporter", "exporter", 5),
+        extensions=tuple(interim.get("extensions", ())))
+
+
+def with_jumpbox(cfg: RolesConfig, jumpbox_ip: str, ssh_host: str | None = None) -> RolesConfig:
+    """*cfg* with another jumpbox address (tests and labs with their own subnet)."""
+    from dataclasses import replace
+    return replace(cfg, jumpbox_ip=jumpbox_ip, jumpbox_ssh_host=ssh_host)
+
+
+def ensure_role_secrets(cfg: RolesConfig, *, dry_run: bool) -> list[Outcome]:
+    """Every login role's secret exists: a missing ``file:`` secret gets a new password (0600), never shown."""
+    out = []
+    for role in cfg.login_roles():
+        what = f"secret {role.password_key} ({role.password_ref.split(':', 1)[0]}:)"
+        try:
+            hsecrets.resolve(role.password_ref, key=role.password_key)
+            out.append(Outcome(what, False, dry_run))
+            continue
+        except hsecrets.SecretError:
+            if not role.password_ref.startswith("file:"):
+                raise
+        if not dry_run:
+            hsecrets.store_secret(role.password_ref, hsecrets.generate_password(), key=role.password_key)
+        out.append(Outcome(what, True, dry_run, actions=[f"generate a password for {role.name} and store it "
+                                                          f"at {role.password_ref} (0600)"]))
+    return out
+
+
+def role_password(cfg: RolesConfig, name: str) -> str:
+    """The password of login role *name* from its secret reference (registered for scrubbing)."""
+    for role in cfg.login_roles():
+        if role.name == name:
+            return hsecrets.resolve(role.password_ref, key=role.password_key)
+    raise KeyError(name)
+
+
+# pg_hba rules ----------------------------------------------------------------------------------
+
+def hba_rules(cfg: RolesConfig, params: "Params", server: "Server") -> list[HbaRule]:
+    """The pg_hba lines step 13 adds (``extra`` for :func:`hcbpg.postgres.ensure_pg_hba`)."""
+    db = hba_name(cfg.database)
+    out = []
+    if cfg.migrations:
+        out.append(HbaRule("host", db, hba_name(cfg.migrations.name), "scram-sha-256", params.network.subnet,
+                           comment="migrations (Rails db:migrate) from the private subnet"))
+    if cfg.metabase and cfg.jumpbox_ip:
+        out.append(HbaRule("host", db, hba_name(cfg.metabase.name), "scram-sha-256", f"{cfg.jumpbox_ip}/32",
+                           comment="Metabase, read-only, only through the jumpbox"))
+    for role, what in ((cfg.monitoring, "Vector postgresql_metrics"), (cfg.exporter, "prometheus-postgres-exporter")):
+        if role:
+            out.append(HbaRule("host", "postgres", hba_name(role.name), "scram-sha-256", f"{server.private_ip}/32",
+                               comment=f"{what}, on this server, to its private IP"))
+    return out
+
+
+def all_hba_extra(params: "Params", server: "Server", cfg: RolesConfig | None = None) -> list[HbaRule]:
+    """Every step's extra pg_hba rules for *server*: replication's (when that module has them) and ours.
+
+    pg_hba.conf is rendered whole, so a step that rendered only its own rules would drop the others'.
+    """
+    rules: list[HbaRule] = []
+    try:
+        from hcbpg import replication  # noqa: PLC0415 - optional: written by another step
+        fn = getattr(replication, "hba_rules", None) or getattr(replication, "replication_hba_rules", None)
+        if fn is not None and params.replication is not None:
+            rules += list(fn(params, server))
+    except ImportError:
+        pass
+    rules += hba_rules(cfg or roles_config(params), params, server)
+    return rules
+
+
+# what the catalogs say -----------------------------------------------------------------------
+
+@dataclass
+class Relation:
+    schema: str
+    name: str
+    kind: str                              # pg_class.relkind
+    owner: str
+    acl: dict[str, set[str]] | None        # grantee -> privileges; None: default ACL (owner only)
+    owned_by_table: bool = False           # a sequence owned by a column (re-owned with its table)
+    extension: bool = False                # member of an extension
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+
+@dataclass
+class Observed:
+    """The catalogs of the database and the cluster, reduced to what the model compares."""
+
+    roles: dict[str, dict[str, Any]] = field(default_factory=dict)      # name -> attrs + member_of
+    database_owner: str | None = None
+    database_acl: dict[str, set[str]] | None = None
+    schemas: dict[str, dict[str, Any]] = field(default_factory=dict)    # name -> {owner, acl}
+    relations: list[Relation] = field(default_factory=list)
+    routines: list[dict[str, Any]] = field(default_factory=list)        # {schema, signature, owner}
+    types: list[dict[str, Any]] = field(default_factory=list)           # {schema, name, owner}
+    default_acl: set[tuple[str, str, str, str, str]] = field(default_factory=set)  # (for, schema, objtype, grantee, priv)
+    extensions: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {owner, version, schema}
+    available_extensions: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {trusted, superuser}
+    catalog_view_acl: dict[str, dict[str, set[str]]] = field(default_factory=dict)  # view -> grantee -> privs
+
+
+_CODE = {"r": "SELECT", "a": "INSERT", "w": "UPDATE", "d": "DELETE", "D": "TRUNCATE", "x": "REFERENCES",
+         "t": "TRIGGER", "U": "USAGE", "C": "CREATE", "c": "CONNECT", "T": "TEMPORARY", "X": "EXECUTE"}
+
+
+def parse_acl(items: Sequence[str] | None) -> dict[str, set[str]] | None:
+    """An aclitem[] as text (``{rails=arwd/postgres,=U/postgres}``'s elements) -> grantee -> privileges."""
+    if items is None:
+        return None
+    out: dict[str, set[str]] = {}
+    for item in items:
+        grantee, rest = item.rsplit("=", 1) if "=" in item else ("", item)
+        codes = rest.split("/", 1)[0]
+        grantee = grantee.strip('"').replace('""', '"') or PUBLIC
+        out.setdefault(grantee, set()).update(_CODE[c] for c in codes if c in _CODE)
+    return out
+
+
+def _acl_text(value: Any) -> list[str] | None:
+    """aclitem[] as json_agg returns it (a JSON array of strings, or a '{...}' string, or null)."""
+    if value is None:
+        return None
+    if isinstance(value, list):
+        return [str(v) for v in value]
+    text = str(value).strip("{}")
+    if not text:
+        return []
+    items, cur, quoted = [], "", False
+    for ch in text:
+        if ch == '"':
+            quoted = not quoted
+            continue
+        if ch == "," and not quoted:
+            items.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    items.append(cur)
+    return [i.replace('\\"', '"') for i in items]
+
+
+def parse_observed(rows: Mapping[str, Sequence[Mapping[str, Any]]]) -> Observed:
+    """Build :class:`Observed` from the rows of the catalog queries in :data:`CATALOG_QUERIES`."""
+    obs = Observed()
+    for r in rows.get("roles", ()):
+        obs.roles[r["rolname"]] = dict(r, member_of=list(r.get("member_of") or []))
+    db = (rows.get("database") or [None])[0]
+    if db:
+        obs.database_owner = db["owner"]
+        obs.database_acl = parse_acl(_acl_text(db["acl"]))
+    for r in rows.get("schemas", ()):
+        obs.schemas[r["nspname"]] = {"owner": r["owner"], "acl": parse_acl(_acl_text(r["acl"]))}
+    for r in rows.get("relations", ()):
+        obs.relations.append(Relation(r["schema"], r["name"], r["kind"], r["owner"], parse_acl(_acl_text(r["acl"])),
+                                      bool(r.get("owned_by_table")), bool(r.get("extension"))))
+    obs.routines = [dict(r) for r in rows.get("routines", ())]
+    obs.types = [dict(r) for r in rows.get("types", ())]
+    for r in rows.get("default_acl", ()):
+        for grantee, privs in (parse_acl(_acl_text(r["acl"])) or {}).items():
+            for p in privs:
+                obs.default_acl.add((r["for_role"], r["schema"] or "", r["objtype"], grantee, p))
+    for r in rows.get("extensions", ()):
+        obs.extensions[r["extname"]] = {"owner": r["owner"], "version": r["version"], "schema": r["schema"]}
+    for r in rows.get("available_extensions", ()):
+        obs.available_extensions[r["name"]] = {"trusted": bool(r["trusted"]), "superuser": bool(r["superuser"]),
+                                               "default_version": r.get("default_version")}
+    for r in rows.get("catalog_views", ()):
+        obs.catalog_view_acl[r["name"]] = parse_acl(_acl_text(r["acl"])) or {}
+    return obs
+
+
+def _ext_member(catalog: str, oid: str) -> str:
+    """SQL text: the object is a member of an extension (constant text, no input in it)."""
+    return (f"EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = '{catalog}'::regclass AND d.objid = {oid} "
+            "AND d.deptype = 'e')")
+
+
+_APP_SCHEMAS = ("n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%' "
+                "AND n.nspname NOT LIKE 'pg\\_temp\\_%'")
+
+
+def catalog_queries(role_names: Iterable[str], database: str) -> dict[str, tuple[sql.Composable, str]]:
+    """name -> (query, database it runs in); the monitoring views are read where ``vector`` connects."""
+    names = sql.Literal(sorted(set(role_names)))
+    return {
+        "roles": (sql.SQL(
+            "SELECT r.rolname, r.rolcanlogin, r.rolinherit, r.rolsuper, r.rolcreatedb, r.rolcreaterole, "
+            "r.rolreplication, r.rolbypassrls, r.rolconnlimit, "
+            "ARRAY(SELECT g.rolname FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid "
+            "WHERE m.member = r.oid ORDER BY 1) AS member_of "
+            "FROM pg_roles r WHERE r.rolname = ANY({})").format(names), "postgres"),
+        "database": (sql.SQL(
+            "SELECT pg_get_userbyid(d.datdba) AS owner, d.datacl::text[] AS acl FROM pg_database d "
+            "WHERE d.datname = {}").format(sql.Literal(database)), "postgres"),
+        "schemas": (sql.SQL(
+            "SELECT n.nspname, pg_get_userbyid(n.nspowner) AS owner, n.nspacl::text[] AS acl "
+            "FROM pg_namespace n WHERE " + _APP_SCHEMAS + " AND NOT " + _ext_member("pg_namespace", "n.oid")
+            + " ORDER BY 1"), database),
+        "relations": (sql.SQL(
+            "SELECT n.nspname AS schema, c.relname AS name, c.relkind AS kind, "
+            "pg_get_userbyid(c.relowner) AS owner, c.relacl::text[] AS acl, "
+            "EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid "
+            "AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')) AS owned_by_table, "
+            + _ext_member("pg_class", "c.oid") + " AS extension "
+            "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') AND " + _APP_SCHEMAS + " ORDER BY 1, 2"), database),
+        "routines": (sql.SQL(
+            "SELECT n.nspname AS schema, p.oid::regprocedure::text AS signature, p.prokind AS kind, "
+            "pg_get_userbyid(p.proowner) AS owner FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+            "WHERE " + _APP_SCHEMAS + " AND NOT " + _ext_member("pg_proc", "p.oid") + " ORDER BY 1, 2"), database),
+        "types": (sql.SQL(
+            "SELECT n.nspname AS schema, format_type(t.oid, NULL) AS name, pg_get_userbyid(t.typowner) AS owner "
+            "FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace "
+            "WHERE " + _APP_SCHEMAS + " AND t.typtype IN ('e', 'd', 'r', 'm') AND NOT "
+            + _ext_member("pg_type", "t.oid") + " ORDER BY 1, 2"), database),
+        "default_acl": (sql.SQL(
+            "SELECT pg_get_userbyid(d.defaclrole) AS for_role, n.nspname AS schema, d.defaclobjtype AS objtype, "
+            "d.defaclacl::text[] AS acl FROM pg_default_acl d LEFT JOIN pg_namespace n ON n.oid = d.defaclnamespace"),
+            database),
+        "extensions": (sql.SQL(
+            "SELECT e.extname, pg_get_userbyid(e.extowner) AS owner, e.extversion AS version, n.nspname AS schema "
+            "FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace ORDER BY 1"), database),
+        "available_extensions": (sql.SQL(
+            "SELECT DISTINCT ON (v.name) v.name, v.trusted, v.superuser, a.default_version "
+            "FROM pg_available_extension_versions v JOIN pg_available_extensions a ON a.name = v.name "
+            "AND a.default_version = v.version ORDER BY v.name"), database),
+        "catalog_views": (sql.SQL(
+            "SELECT c.relname AS name, c.relacl::text[] AS acl FROM pg_class c "
+            "WHERE c.relnamespace = 'pg_catalog'::regnamespace AND c.relname = ANY({})")
+            .format(sql.Literal(list(MONITORING_VIEWS))), "postgres"),
+    }
+
+
+def model_role_names(cfg: RolesConfig) -> list[str]:
+    return [cfg.group_role, cfg.app_role, *(r.name for r in cfg.login_roles()), "pg_monitor", "postgres"]
+
+
+def get_observed(psql: Psql, cfg: RolesConfig) -> Observed:
+    """Read the catalogs (read-only; the database's part only when the database exists)."""
+    queries = catalog_queries(model_role_names(cfg), cfg.database)
+    exists = psql.value(sql.SQL("SELECT count(*) AS n FROM pg_database WHERE datname = {}")
+                        .format(sql.Literal(cfg.database)))
+    rows: dict[str, Any] = {}
+    for name, (query, db) in queries.items():
+        if db != "postgres" and not exists:
+            continue
+        rows[name] = psql.query(query, dbname=db)
+    return parse_observed(rows)
+
+
+# effective privileges (pure) ----------------------------------------------------------------
+
+def memberships(obs: Observed, role: str) -> set[str]:
+    """*role* and every role whose privileges it inherits (recursively; INHERIT roles only pass on)."""
+    seen, todo = {role}, [role]
+    while todo:
+        r = todo.pop()
+        attrs = obs.roles.get(r)
+        if attrs is None or not attrs.get("rolinherit", True):
+            continue
+        for g in attrs.get("member_of", []):
+            if g not in seen:
+                seen.add(g)
+                todo.append(g)
+    return seen
+
+
+def _owner_of(obs: Observed, owner: str) -> str:
+    return obs.database_owner or owner if owner == DB_OWNER_PSEUDO else owner
+
+
+def _effective(obs: Observed, role: str, owner: str, acl: dict[str, set[str]] | None,
+               default: dict[str, set[str]], all_privs: Sequence[str]) -> set[str]:
+    attrs = obs.roles.get(role, {})
+    if attrs.get("rolsuper"):
+        return set(all_privs)
+    mine = memberships(obs, role)
+    if _owner_of(obs, owner) in mine:
+        return set(all_privs)
+    acl = default if acl is None else acl
+    out: set[str] = set(acl.get(PUBLIC, set()))
+    for r in mine:
+        out |= acl.get(r, set())
+    return out & set(all_privs)
+
+
+def effective_privileges(obs: Observed, role: str) -> dict[str, Any]:
+    """What *role* may do, computed from the catalogs: database, schemas, each relation, catalog views."""
+    db = _effective(obs, role, obs.database_owner or "", obs.database_acl,
+                    {PUBLIC: {"CONNECT", "TEMPORARY"}}, ("CONNECT", "CREATE", "TEMPORARY"))
+    schemas = {s: _effective(obs, role, v["owner"], v["acl"], {}, ("USAGE", "CREATE"))
+               for s, v in obs.schemas.items()}
+    rels = {}
+    for rel in obs.relations:
+        if rel.extension:
+            continue
+        privs = ALL_SEQUENCE_PRIVILEGES if rel.kind == "S" else ALL_TABLE_PRIVILEGES
+        rels[rel.qualified] = _effective(obs, role, rel.owner, rel.acl, {}, privs)
+    views = {v: _effective(obs, role, "postgres", acl, {}, ("SELECT",)) for v, acl in obs.catalog_view_acl.items()}
+    return {"database": db, "schemas": schemas, "relations": rels, "catalog_views": views}
+
+
+# the desired state and the plan (pure) -------------------------------------------------------
+
+@dataclass(frozen=True)
+class Statement:
+    """One planned change: the SQL, the database it runs in, and why."""
+
+    sql: sql.Composable
+    dbname: str
+    why: str
+
+    def text(self) -> str:
+        return " ".join(render(self.sql).split())
+
+
+def _ident(*parts: str) -> sql.Composable:
+    return sql.Identifier(*parts)
+
+
+def app_schemas(cfg: RolesConfig, obs: Observed) -> list[str]:
+    """The schemas the app uses: params ``roles.schemas`` plus any other non-system schema in the database."""
+    return sorted(set(cfg.schemas) | set(obs.schemas))
+
+
+def _role_statements(cfg: RolesConfig, obs: Observed, passwords: Mapping[str, str]) -> list[Statement]:
+    out: list[Statement] = []
+    g = cfg.group_role
+    if g not in obs.roles:
+        out.append(Statement(sql.SQL("CREATE ROLE {} WITH NOLOGIN INHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE "
+                                     "NOREPLICATION").format(_ident(g)), "postgres",
+                             f"the group role that holds the app's privileges"))
+    elif obs.roles[g]["rolcanlogin"]:
+        out.append(Statement(sql.SQL("ALTER ROLE {} WITH NOLOGIN").format(_ident(g)), "postgres",
+                             "the group role must not log in"))
+    for role in cfg.login_roles():
+        current = obs.roles.get(role.name)
+        if current is None:
+            password = passwords.get(role.name)
+            pw = (sql.SQL(" PASSWORD {}").format(sql.Literal(scram_verifier(password))) if password
+                  else sql.SQL(" PASSWORD NULL"))
+            out.append(Statement(sql.SQL("CREATE ROLE {} WITH LOGIN NOINHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE "
+                                         "NOREPLICATION CONNECTION LIMIT {}{}").format(
+                _ident(role.name), sql.Literal(role.connection_limit), pw), "postgres", f"login role {role.name}"))
+            continue
+        fixes = []
+        if not current["rolcanlogin"]:
+            fixes.append("LOGIN")
+        for col, word in (("rolsuper", "NOSUPERUSER"), ("rolcreatedb", "NOCREATEDB"),
+                          ("rolcreaterole", "NOCREATEROLE"), ("rolreplication", "NOREPLICATION"),
+                          ("rolbypassrls", "NOBYPASSRLS")):
+            if current.get(col):
+                fixes.append(word)
+        parts = [sql.SQL(f) for f in fixes]
+        if int(current["rolconnlimit"]) != role.connection_limit:
+            parts.append(sql.SQL("CONNECTION LIMIT {}").format(sql.Literal(role.connection_limit)))
+        if parts:
+            out.append(Statement(sql.SQL("ALTER ROLE {} WITH ").format(_ident(role.name)) + sql.SQL(" ").join(parts),
+                                 "postgres", f"attributes of {role.name}"))
+    app = obs.roles.get(cfg.app_role)
+    if app is not None and g not in app["member_of"]:
+        out.append(Statement(sql.SQL("GRANT {} TO {}").format(_ident(g), _ident(cfg.app_role)), "postgres",
+                             f"{cfg.app_role} gets the app's privileges through {g}"))
+    if app is not None and not app["rolinherit"]:
+        out.append(Statement(sql.SQL("ALTER ROLE {} WITH INHERIT").format(_ident(cfg.app_role)), "postgres",
+                             f"{cfg.app_role} must inherit {g}'s privileges"))
+    # memberships nobody asked for: only the exporter is in pg_monitor, nobody else in anything
+    wanted_member = {cfg.app_role: {g}}
+    if cfg.exporter:
+        wanted_member[cfg.exporter.name] = {"pg_monitor"}
+        if cfg.exporter.name in obs.roles and "pg_monitor" not in obs.roles[cfg.exporter.name]["member_of"]:
+            out.append(Statement(sql.SQL("GRANT pg_monitor TO {}").format(_ident(cfg.exporter.name)), "postgres",
+                                 "the exporter reads replication and activity figures (pg_monitor)"))
+    for role in [r.name for r in cfg.login_roles()] + [g]:
+        current = obs.roles.get(role)
+        if current is None:
+            continue
+        for extra in sorted(set(current["member_of"]) - wanted_member.get(role, set())):
+            out.append(Statement(sql.SQL("REVOKE {} FROM {}").format(_ident(extra), _ident(role)), "postgres",
+                                 f"{role} is not meant to be a member of {extra}"))
+    return out
+
+
+def _ownership_statements(cfg: RolesConfig, obs: Observed) -> list[Statement]:
+    owner = cfg.owner
+    db = cfg.database
+    out: list[Statement] = []
+    if obs.database_owner is not None and obs.database_owner != owner:
+        out.append(Statement(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(_ident(db), _ident(owner)), "postgres",
+                             f"{owner} owns the database (CREATE on it: trusted extensions)"))
+    for name, s in sorted(obs.schemas.items()):
+        if s["owner"] not in (owner, DB_OWNER_PSEUDO):
+            out.append(Statement(sql.SQL("ALTER SCHEMA {} OWNER TO {}").format(_ident(name), _ident(owner)), db,
+                                 f"re-own schema {name} (was {s['owner']})"))
+    for rel in obs.relations:
+        if rel.extension or rel.owner == owner or (rel.kind == "S" and rel.owned_by_table):
+            continue
+        out.append(Statement(sql.SQL("ALTER {} {} OWNER TO {}").format(
+            sql.SQL(_KIND_KEYWORD[rel.kind]), _ident(rel.schema, rel.name), _ident(owner)), db,
+            f"re-own {rel.qualified} (was {rel.owner})"))
+    for r in obs.routines:
+        if r["owner"] != owner:
+            kw = "PROCEDURE" if r.get("kind") == "p" else ("AGGREGATE" if r.get("kind") == "a" else "FUNCTION")
+            # regprocedure text is already a quoted, schema-qualified signature from the server
+            out.append(Statement(sql.SQL("ALTER {} {} OWNER TO {}").format(sql.SQL(kw), sql.SQL(r["signature"]),
+                                                                            _ident(owner)), db,
+                                 f"re-own {r['signature']} (was {r['owner']})"))
+    for t in obs.types:
+        if t["owner"] != owner:
+            out.append(Statement(sql.SQL("ALTER TYPE {} OWNER TO {}").format(sql.SQL(t["name"]), _ident(owner)), db,
+                                 f"re-own type {t['name']} (was {t['owner']})"))
+    return out
+
+
+def _acl_statements(cfg: RolesConfig, obs: Observed) -> list[Statement]:
+    db, g, owner = cfg.database, cfg.group_role, cfg.owner
+    out: list[Statement] = []
+    add = lambda s, why: out.append(Statement(s, db, why))  # noqa: E731
+    # the database: PUBLIC loses its default CONNECT and TEMPORARY; the group and metabase get what they need
+    dacl = obs.database_acl if obs.database_acl is not None else {PUBLIC: {"CONNECT", "TEMPORARY"}}
+    if dacl.get(PUBLIC):
+        out.append(Statement(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(_ident(db)), "postgres",
+                             "only the roles of the model connect"))
+    wanted_db = {g: set(APP_DATABASE_PRIVILEGES)}
+    if cfg.metabase:
+        wanted_db[cfg.metabase.name] = {"CONNECT"}
+    for role, privs in wanted_db.items():
+        missing = privs - dacl.get(role, set())
+        if missing:
+            out.append(Statement(sql.SQL("GRANT {} ON DATABASE {} TO {}").format(
+                sql.SQL(", ").join(sql.SQL(p) for p in sorted(missing)), _ident(db), _ident(role)), "postgres",
+                f"{role} connects"))
+    for grantee, privs in sorted(dacl.items()):
+        if grantee in (PUBLIC, owner) or grantee == obs.database_owner:
+            continue
+        extra = privs - wanted_db.get(grantee, set())
+        if extra:
+            out.append(Statement(sql.SQL("REVOKE {} ON DATABASE {} FROM {}").format(
+                sql.SQL(", ").join(sql.SQL(p) for p in sorted(extra)), _ident(db), _ident(grantee)), "postgres",
+                f"{grantee} is not meant to have {', '.join(sorted(extra))} on the database"))
+    schemas = app_schemas(cfg, obs)
+    for s in schemas:
+        cur = obs.schemas.get(s, {"acl": None, "owner": owner})
+        acl = cur["acl"] or {}
+        wanted = {g: {"USAGE"}}
+        if cfg.metabase and s == "public":
+            wanted[cfg.metabase.name] = {"USAGE"}
+        if acl.get(PUBLIC):
+            add(sql.SQL("REVOKE ALL ON SCHEMA {} FROM PUBLIC").format(_ident(s)), f"PUBLIC loses {s}")
+        for role, privs in wanted.items():
+            if privs - acl.get(role, set()):
+                add(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(_ident(s), _ident(role)), f"{role} uses {s}")
+        for grantee, privs in sorted(acl.items()):
+            if grantee in (PUBLIC, owner, DB_OWNER_PSEUDO, cur["owner"]):
+                continue
+            extra = privs - wanted.get(grantee, set())
+            if extra:
+                add(sql.SQL("REVOKE {} ON SCHEMA {} FROM {}").format(
+                    sql.SQL(", ").join(sql.SQL(p) for p in sorted(extra)), _ident(s), _ident(grantee)),
+                    f"{grantee} is not meant to have {', '.join(sorted(extra))} on {s}")
+    # relations: the group gets the app's privileges on all of them (one statement per schema),
+    # metabase SELECT on the listed tables; every other grant is revoked
+    listed = {t if "." in t else f"public.{t}" for t in cfg.metabase_tables}
+    need_tables: set[str] = set()
+    need_seqs: set[str] = set()
+    for rel in obs.relations:
+        if rel.extension:
+            continue
+        acl = rel.acl or {}
+        seq = rel.kind == "S"
+        app_privs = set(APP_SEQUENCE_PRIVILEGES if seq else APP_TABLE_PRIVILEGES)
+        if rel.kind == "m":
+            app_privs = {"SELECT"}
+        if app_privs - acl.get(g, set()):
+            (need_seqs if seq else need_tables).add(rel.schema)
+        wanted = {g: app_privs}
+        if cfg.metabase and not seq and rel.qualified in listed:
+            wanted[cfg.metabase.name] = {"SELECT"}
+        for grantee, privs in sorted(acl.items()):
+            if grantee in (owner, rel.owner):
+                continue
+            extra = privs - wanted.get(grantee, set())
+            if extra:
+                add(sql.SQL("REVOKE {} ON {} {} FROM {}").format(
+                    sql.SQL(", ").join(sql.SQL(p) for p in sorted(extra)),
+                    sql.SQL("SEQUENCE" if seq else "TABLE"), _ident(rel.schema, rel.name),
+                    sql.SQL("PUBLIC") if grantee == PUBLIC else _ident(grantee)),
+                    f"{grantee} is not meant to have {', '.join(sorted(extra))} on {rel.qualified}")
+        if cfg.metabase and rel.qualified in listed and "SELECT" not in acl.get(cfg.metabase.name, set()):
+            add(sql.SQL("GRANT SELECT ON TABLE {} TO {}").format(_ident(rel.schema, rel.name),
+                                                                  _ident(cfg.metabase.name)),
+                f"metabase reads {rel.qualified} (listed in params)")
+    for s in sorted(need_tables):
+        add(sql.SQL("GRANT {} ON ALL TABLES IN SCHEMA {} TO {}").format(
+            sql.SQL(", ").join(sql.SQL(p) for p in APP_TABLE_PRIVILEGES), _ident(s), _ident(g)),
+            f"{g} gets the app's privileges on the tables in {s}")
+    for s in sorted(need_seqs):
+        add(sql.SQL("GRANT {} ON ALL SEQUENCES IN SCHEMA {} TO {}").format(
+            sql.SQL(", ").join(sql.SQL(p) for p in APP_SEQUENCE_PRIVILEGES), _ident(s), _ident(g)),
+            f"{g} gets the app's privileges on the sequences in {s}")
+    # default privileges: what the migrations role creates later is the app's too
+    for s in schemas:
+        for objtype, privs, word in (("r", APP_TABLE_PRIVILEGES, "TABLES"), ("S", APP_SEQUENCE_PRIVILEGES, "SEQUENCES")):
+            have = {p for (f, sch, o, gr, p) in obs.default_acl if f == owner and sch == s and o == objtype and gr == g}
+            if set(privs) - have:
+                add(sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA {} GRANT {} ON {} TO {}").format(
+                    _ident(owner), _ident(s), sql.SQL(", ").join(sql.SQL(p) for p in privs), sql.SQL(word), _ident(g)),
+                    f"{word.lower()} {owner} creates in {s} later are the app's too")
+    # the monitoring role: SELECT on the three statistics views, explicitly
+    if cfg.monitoring:
+        for view in MONITORING_VIEWS:
+            if "SELECT" not in obs.catalog_view_acl.get(view, {}).get(cfg.monitoring.name, set()):
+                out.append(Statement(sql.SQL("GRANT SELECT ON pg_catalog.{} TO {}").format(
+                    _ident(view), _ident(cfg.monitoring.name)), "postgres",
+                    f"{cfg.monitoring.name} reads {view} (in database postgres, where it connects)"))
+    return out
+
+
+def _extension_statements(cfg: RolesConfig, obs: Observed) -> list[Statement]:
+    out = []
+    for ext in cfg.extensions:
+        if ext in obs.extensions:
+            continue
+        avail = obs.available_extensions.get(ext)
+        if avail is None:
+            continue  # reported by compare(): the package is missing
+        if avail["trusted"]:
+            stmt = sql.SQL("SET ROLE {}; CREATE EXTENSION IF NOT EXISTS {}; RESET ROLE").format(
+                _ident(cfg.owner), _ident(ext))
+            why = f"trusted extension {ext}, created by {cfg.owner} (its owner may update it)"
+        else:
+            stmt = sql.SQL("CREATE EXTENSION IF NOT EXISTS {}").format(_ident(ext))
+            why = f"untrusted extension {ext}: only a superuser may create and update it"
+        out.append(Statement(stmt, cfg.database, why))
+    return out
+
+
+def plan_privileges(cfg: RolesConfig, obs: Observed, passwords: Mapping[str, str] | None = None) -> list[Statement]:
+    """Every statement that brings the catalogs to the model, in order (roles, owners, extensions, grants)."""
+    passwords = passwords or {}
+    out = _role_statements(cfg, obs, passwords)
+    if obs.database_owner is None:
+        return out  # no database yet: step 04 creates it, then this step runs again
+    return out + _ownership_statements(cfg, obs) + _extension_statements(cfg, obs) + _acl_statements(cfg, obs)
+
+
+# compare (pure) ----------------------------------------------------------------------------
+
+def _fmt(privs: Iterable[str]) -> str:
+    return ",".join(sorted(privs)) or "none"
+
+
+def _summarise(mismatch: list[str], limit: int = 4) -> str:
+    if len(mismatch) <= limit:
+        return "; ".join(mismatch)
+    return "; ".join(mismatch[:limit]) + f"; and {len(mismatch) - limit} more"
+
+
+def compare(cfg: RolesConfig, obs: Observed, target: str = "") -> list[Check]:
+    """One row per role (and aspect): effective privileges against the model from params."""
+    checks: list[Check] = []
+    g, owner = cfg.group_role, cfg.owner
+    listed = {t if "." in t else f"public.{t}" for t in cfg.metabase_tables}
+    rels = [r for r in obs.relations if not r.extension]
+
+    def role_row(name: str, expect_login: bool, member_of: set[str]) -> bool:
+        r = obs.roles.get(name)
+        if r is None:
+            checks.append(Check(f"role {name}", "fail", "does not exist", target))
+            return False
+        problems = []
+        if bool(r["rolcanlogin"]) != expect_login:
+            problems.append("LOGIN" if r["rolcanlogin"] else "NOLOGIN")
+        for col in ("rolsuper", "rolcreatedb", "rolcreaterole", "rolreplication", "rolbypassrls"):
+            if r.get(col):
+                problems.append(col[3:].upper())
+        if set(r["member_of"]) != member_of:
+            problems.append(f"member of {_fmt(r['member_of'])} (want {_fmt(member_of)})")
+        checks.append(Check.of(f"role {name}", not problems,
+                               ("LOGIN" if expect_login else "NOLOGIN") + (f", member of {_fmt(member_of)}"
+                                                                            if member_of else "")
+                               if not problems else "; ".join(problems), target))
+        return True
+
+    def table_row(name: str, want: Callable[[Relation], set[str]], label: str) -> None:
+        eff = effective_privileges(obs, name)
+        mismatch = []
+        for rel in rels:
+            have = eff["relations"].get(rel.qualified, set())
+            w = want(rel)
+            if have != w:
+                mismatch.append(f"{rel.qualified}: has {_fmt(have)}, want {_fmt(w)}")
+        checks.append(Check.of(f"{name}: {label}", not mismatch,
+                               f"{len(rels)} relation(s) as in params" if not mismatch else _summarise(mismatch),
+                               target))
+
+    def db_schema_row(name: str, want_db: set[str], want_schemas: Callable[[str], set[str]]) -> None:
+        eff = effective_privileges(obs, name)
+        problems = []
+        if eff["database"] != want_db:
+            problems.append(f"database {_fmt(eff['database'])} (want {_fmt(want_db)})")
+        for s, have in sorted(eff["schemas"].items()):
+            if have != want_schemas(s):
+                problems.append(f"schema {s} {_fmt(have)} (want {_fmt(want_schemas(s))})")
+        checks.append(Check.of(f"{name}: database and schemas", not problems,
+                               f"database {_fmt(want_db)}; schemas as in params" if not problems
+                               else _summarise(problems), target))
+
+    def app_privs(rel: Relation) -> set[str]:
+        if rel.kind == "S":
+            return set(APP_SEQUENCE_PRIVILEGES)
+        return {"SELECT"} if rel.kind == "m" else set(APP_TABLE_PRIVILEGES)
+
+    # the group role and the app role
+    if role_row(g, False, set()):
+        db_schema_row(g, set(APP_DATABASE_PRIVILEGES), lambda s: {"USAGE"})
+        table_row(g, app_privs, "app privileges on every table and sequence")
+    if role_row(cfg.app_role, True, {g}):
+        db_schema_row(cfg.app_role, set(APP_DATABASE_PRIVILEGES), lambda s: {"USAGE"})
+        table_row(cfg.app_role, app_privs, f"only what {g} gives")
+        app = obs.roles[cfg.app_role]
+        owned = [r.qualified for r in rels if r.owner == cfg.app_role]
+        checks.append(Check.of(f"{cfg.app_role}: owns nothing", not owned and obs.database_owner != cfg.app_role,
+                               "owns no object" if not owned and obs.database_owner != cfg.app_role
+                               else _summarise((["the database"] if obs.database_owner == cfg.app_role else [])
+                                               + owned), target))
+        del app
+    # the migrations role owns everything
+    if cfg.migrations and role_row(cfg.migrations.name, True, set()):
+        not_owned = [r.qualified for r in rels if r.owner != owner]
+        not_owned += [r["signature"] for r in obs.routines if r["owner"] != owner]
+        not_owned += [t["name"] for t in obs.types if t["owner"] != owner]
+        not_owned += [f"schema {s}" for s, v in obs.schemas.items() if _owner_of(obs, v["owner"]) != owner]
+        if obs.database_owner != owner:
+            not_owned.insert(0, f"the database (owner {obs.database_owner})")
+        checks.append(Check.of(f"{owner}: owns the database and every object", not not_owned,
+                               f"{len(rels)} relation(s), {len(obs.routines)} routine(s), {len(obs.types)} type(s)"
+                               if not not_owned else _summarise(not_owned), target))
+        for s in app_schemas(cfg, obs):
+            for objtype, privs, word in (("r", APP_TABLE_PRIVILEGES, "tables"),
+                                         ("S", APP_SEQUENCE_PRIVILEGES, "sequences")):
+                have = {p for (f, sch, o, gr, p) in obs.default_acl
+                        if f == owner and sch == s and o == objtype and gr == g}
+                checks.append(Check.of(f"default privileges: {word} {owner} creates in {s}",
+                                       have == set(privs), f"{g} gets {_fmt(have)}"
+                                       + ("" if have == set(privs) else f" (want {_fmt(privs)})"), target))
+    # extensions
+    for ext in cfg.extensions:
+        avail = obs.available_extensions.get(ext)
+        inst = obs.extensions.get(ext)
+        name = f"extension {ext}"
+        if avail is None:
+            checks.append(Check(name, "fail", "not available on this server (install its package)", target))
+        elif inst is None:
+            checks.append(Check(name, "fail", "not installed in the database", target))
+        elif avail["trusted"]:
+            ok = inst["owner"] == owner
+            checks.append(Check(name, "pass" if ok else "warn",
+                                f"trusted, {inst['version']} in {inst['schema']}, owned by {inst['owner']}: "
+                                + (f"{owner} may create and update it" if ok else
+                                   f"only {inst['owner']} or a superuser may update it (no ALTER EXTENSION OWNER "
+                                   "in PostgreSQL 15: drop and re-create it as "
+                                   f"{owner} to hand it over)"), target))
+        else:
+            checks.append(Check(name, "pass",
+                                f"untrusted, {inst['version']} in {inst['schema']}, owned by {inst['owner']}: "
+                                "only a superuser may create or update it (hcbpg does, as postgres)", target))
+    # metabase
+    if cfg.metabase and role_row(cfg.metabase.name, True, set()):
+        db_schema_row(cfg.metabase.name, {"CONNECT"}, lambda s: {"USAGE"} if s == "public" else set())
+        table_row(cfg.metabase.name, lambda rel: {"SELECT"} if rel.qualified in listed else set(),
+                  f"SELECT on the {len(listed)} listed table(s) only")
+        missing = sorted(listed - {r.qualified for r in rels})
+        if missing:
+            checks.append(Check("metabase: listed tables exist", "fail", f"not in the database: {', '.join(missing)}",
+                                target))
+    # monitoring
+    if cfg.monitoring and role_row(cfg.monitoring.name, True, set()):
+        name = cfg.monitoring.name
+        explicit = {v: "SELECT" in acl.get(name, set()) for v, acl in obs.catalog_view_acl.items()}
+        missing = [v for v in MONITORING_VIEWS if not explicit.get(v)]
+        checks.append(Check.of(f"{name}: SELECT on {', '.join(MONITORING_VIEWS)}", not missing,
+                               "granted" if not missing else f"not granted on {', '.join(missing)}", target))
+        db_schema_row(name, set(), lambda s: set())
+        table_row(name, lambda rel: set(), "no privilege on any table")
+    if cfg.exporter:
+        role_row(cfg.exporter.name, True, {"pg_monitor"})
+    return checks
+
+
+# I/O ----------------------------------------------------------------------------------------
+
+def _batches(statements: Sequence[Statement], size: int = 200) -> list[tuple[str, list[Statement]]]:
+    """Consecutive statements of one database in batches (one psql call, one transaction each)."""
+    out: list[tuple[str, list[Statement]]] = []
+    for st in statements:
+        if out and out[-1][0] == st.dbname and len(out[-1][1]) < size and "CREATE EXTENSION" not in st.text():
+            out[-1][1].append(st)
+        else:
+            out.append((st.dbname, [st]))
+    return out
+
+
+def ensure_privileges(psql: "Psql | None", cfg: RolesConfig, *, dry_run: bool, host_name: str = "") -> Outcome:
+    """Roles, owners, extensions, grants and default privileges as the model says (only what differs).
+
+    New login roles get their password from their secret (the SCRAM verifier is computed here);
+    an existing role's password is never changed here (that is step 14).
+    """
+    host_name = host_name or (psql.host.name if psql else "(primary)")
+    what = f"roles and privileges in {cfg.database} on {host_name}"
+    if psql is None:
+        return Outcome(what, True, dry_run, actions=["(server not reachable yet: the whole model will be applied)"])
+    obs = get_observed(psql, cfg)
+    passwords = {}
+    for role in cfg.login_roles():
+        if role.name not in obs.roles:
+            try:
+                passwords[role.name] = role_password(cfg, role.name)
+            except hsecrets.SecretError:
+                if not dry_run:
+                    raise
+    statements = plan_privileges(cfg, obs, passwords)
+    if not statements:
+        return Outcome(what, False, dry_run)
+    actions = [hsecrets.scrub(st.text()) for st in statements]
+    if not dry_run:
+        for dbname, batch in _batches(statements):
+            body = sql.SQL(";\n").join(st.sql for st in batch)
+            if len(batch) > 1:
+                body = sql.SQL("BEGIN;\n") + body + sql.SQL(";\nCOMMIT")
+            psql.execute(body, dbname=dbname)
+    return Outcome(what, True, dry_run, actions=actions)
+
+
+def check_privileges(psql: Psql, cfg: RolesConfig) -> list[Check]:
+    """Read effective privileges back from the catalogs and compare them with params (one row per role/aspect)."""
+    return compare(cfg, get_observed(psql, cfg), psql.host.name)
+
+
+def privileges_table(psql: Psql, cfg: RolesConfig) -> list[dict[str, str]]:
+    """Each role's effective privileges, for the operator (database, schemas, relations summarised)."""
+    obs = get_observed(psql, cfg)
+    rows = []
+    for name in [cfg.group_role, cfg.app_role, *(r.name for r in cfg.login_roles())]:
+        if name not in obs.roles:
+            rows.append({"role": name, "database": "(missing)", "schemas": "", "relations": ""})
+            continue
+        eff = effective_privileges(obs, name)
+        by_privs: dict[str, int] = {}
+        for privs in eff["relations"].values():
+            key = _fmt(privs)
+            by_privs[key] = by_privs.get(key, 0) + 1
+        rows.append({"role": name, "database": _fmt(eff["database"]),
+                     "schemas": "; ".join(f"{s}: {_fmt(p)}" for s, p in sorted(eff["schemas"].items())),
+                     "relations": "; ".join(f"{n}× {k}" for k, n in sorted(by_privs.items()))})
+    return rows
+
+
+def check_passwords(psql: Psql, cfg: RolesConfig) -> list[Check]:
+    """Each login role's stored SCRAM verifier was made from its secret."""
+    out = []
+    for role in cfg.login_roles():
+        current = get_role(psql, role.name)
+        if current is None:
+            out.append(Check(f"{role.name} password", "fail", "role does not exist", psql.host.name))
+            continue
+        ok = scram_matches(role_password(cfg, role.name), current.get("rolpassword") or "")
+        out.append(Check.of(f"{role.name} password", ok, f"matches {role.password_key}" if ok
+                            else f"stored password is not the secret {role.password_key}", psql.host.name))
+    return out
+
+
+# connection checks (from the app host, the jumpbox, outside) -----------------------------------
+
+def psql_as(host: "Host", *, role: str, password: str, server_ip: str, port: int, dbname: str, script: str,
+            display: str) -> "tuple[bool, str]":
+    """Run *script* with psql on *host* as *role* over the network; the password goes on stdin only."""
+    conninfo = f"host={server_ip} port={port} dbname={dbname} user={role} connect_timeout=10"
+    cmd = ("IFS= read -r PGPASSWORD && export PGPASSWORD && exec psql -X -q -A -t -v ON_ERROR_STOP=1 "
+           f"-d {shlex.quote(conninfo)} -f -")
+    res = host.run(cmd, stdin=password + "\n" + script, check=False, display=display)
+    return res.ok, hsecrets.scrub(res.output.strip())
+
+
+def check_metabase_access(jumpbox: "Host", others: Sequence["Host"], cfg: RolesConfig, params: "Params", *,
+                          server_ip: str, unlisted_table: str) -> list[Check]:
+    """From the jumpbox metabase reads a listed table and not *unlisted_table*; from *others* it is refused."""
+    if not cfg.metabase or not cfg.metabase_tables:
+        return [Check("metabase", "warn", "no metabase role or no listed tables in params", server_ip)]
+    name, pw, port = cfg.metabase.name, role_password(cfg, cfg.metabase.name), params.postgres.port
+    listed = cfg.metabase_tables[0]
+    out = []
+
+    def q(table: str) -> str:
+        return sql.SQL("SELECT count(*) FROM {};\n").format(sql.Identifier(*table.split("."))).as_string(None)
+
+    ok, output = psql_as(jumpbox, role=name, password=pw, server_ip=server_ip, port=port, dbname=cfg.database,
+                         script=q(listed), display=f"psql as {name}@{server_ip}: SELECT count(*) FROM {listed}")
+    out.append(Check.of(f"{name} reads listed table {listed} from the jumpbox", ok,
+                        f"{output.splitlines()[-1] if ok and output else output[-200:]} row(s)" if ok
+                        else output[-200:], jumpbox.name))
+    ok, output = psql_as(jumpbox, role=name, password=pw, server_ip=server_ip, port=port, dbname=cfg.database,
+                         script=q(unlisted_table),
+                         display=f"psql as {name}@{server_ip}: SELECT count(*) FROM {unlisted_table} (must be refused)")
+    denied = not ok and "permission denied" in output
+    out.append(Check.of(f"{name} cannot read unlisted table {unlisted_table}", denied,
+                        "permission denied" if denied else ("READ IT" if ok else output[-200:]), jumpbox.name))
+    for other in others:
+        ok, output = psql_as(other, role=name, password=pw, server_ip=server_ip, port=port, dbname=cfg.database,
+                             script="SELECT 1;\n", display=f"psql as {name}@{server_ip} from {other.name} "
+                                                          "(must be refused)")
+        refused = not ok and "no pg_hba.conf entry" in output
+        out.append(Check.of(f"{name} refused from {other.name}", refused,
+                            "refused by pg_hba.conf" if refused else ("CONNECTED" if ok else output[-200:]),
+                            other.name))
+    return out
+
+
+def check_migrations_then_app(app: "Host", cfg: RolesConfig, params: "Params", *, server_ip: str,
+                              app_password: str) -> list[Check]:
+    """The migrations role creates a table; the app role then writes and reads it; the migrations role drops it."""
+    if not cfg.migrations:
+        return [Check("migrations role", "warn", "no migrations role in params", server_ip)]
+    import secrets as _s
+    table = f"hcbpg_migration_check_{_s.token_hex(3)}"
+    t = sql.Identifier(table)
+    port = params.postgres.port
+    mig, mig_pw = cfg.migrations.name, role_password(cfg, cfg.migrations.name)
+    create = sql.SQL("CREATE TABLE {} (id bigserial PRIMARY KEY, note text NOT NULL);\n").format(t).as_string(None)
+    ok, output = psql_as(app, role=mig, password=mig_pw, server_ip=server_ip, port=port, dbname=cfg.database,
+                         script=create, display=f"psql as {mig}@{server_ip}: CREATE TABLE {table}")
+    out = [Check.of(f"{mig} creates a table", ok, f"created {table}" if ok else output[-200:], app.name)]
+    if not ok:
+        return out
+    try:
+        use = sql.SQL("INSERT INTO {t} (note) VALUES ('written by the app');\n"
+                      "UPDATE {t} SET note = note || ' and updated';\n"
+                      "SELECT note FROM {t};\n").format(t=t).as_string(None)
+        ok, output = psql_as(app, role=cfg.app_role, password=app_password, server_ip=server_ip, port=port,
+                             dbname=cfg.database, script=use,
+                             display=f"psql as {cfg.app_role}@{server_ip}: write and read {table}")
+        good = ok and "written by the app and updated" in output
+        out.append(Check.of(f"{cfg.app_role} uses the table {mig} created", good,
+                            "inserted (sequence), updated and read it (default privileges)" if good else output[-200:],
+                            app.name))
+        ok, output = psql_as(app, role=cfg.app_role, password=app_password, server_ip=server_ip, port=port,
+                             dbname=cfg.database, script=sql.SQL("DROP TABLE {};\n").format(t).as_string(None),
+                             display=f"psql as {cfg.app_role}@{server_ip}: DROP TABLE {table} (must be refused)")
+        out.append(Check.of(f"{cfg.app_role} cannot drop it", not ok and "must be owner" in output,
+                            "must be owner" if not ok else "DROPPED IT", app.name))
+    finally:
+        psql_as(app, role=mig, password=mig_pw, server_ip=server_ip, port=port, dbname=cfg.database,
+                script=sql.SQL("DROP TABLE IF EXISTS {};\n").format(t).as_string(None),
+                display=f"psql as {mig}@{server_ip}: DROP TABLE {table}")
+    return out
+
+
+def show_plan(outcome: Outcome) -> None:
+    """Print the planned statements (secrets scrubbed)."""
+    print(str(outcome))
+
+
+def require_database(obs: Observed, cfg: RolesConfig) -> None:
+    if obs.database_owner is None:
+        raise SafetyCheckFailed(f"database {cfg.database} does not exist", hint="Run step 04 first.")
