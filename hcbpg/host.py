@@ -86,8 +86,10 @@ class Host:
     def from_params(cls, params: "Params", name: str, address: str, **kw: Any) -> "Host":
         """A Host with user, key, port and connect timeout from ``params.ssh``."""
         import os
-        return cls(name, address, user=params.ssh.user, key_file=os.path.expanduser(params.ssh.key_file),
-                   port=params.ssh.port, connect_timeout=params.ssh.connect_timeout, **kw)
+        opts: dict[str, Any] = dict(user=params.ssh.user, key_file=os.path.expanduser(params.ssh.key_file),
+                                    port=params.ssh.port, connect_timeout=params.ssh.connect_timeout)
+        opts.update(kw)
+        return cls(name, address, **opts)
 
     def __repr__(self) -> str:
         return f"Host({self.name!r}, {self.user}@{self.address}:{self.port})"

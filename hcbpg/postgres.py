@@ -404,8 +404,8 @@ def ensure_settings(host: "Host | None", params: "Params", server: "Server", par
                 actions.append(f"restart the cluster ({', '.join(needs)} need it)" if needs else "reload")
             else:
                 actions.append("(cluster not running: read at its first start)")
-        elif running and get_pending_restart(psql, names):
-            actions.append(f"restart the cluster ({', '.join(get_pending_restart(psql, names))} pending)")
+        elif running and get_pending_restart(psql):
+            actions.append(f"restart the cluster ({', '.join(get_pending_restart(psql))} pending)")
         return Outcome(what, bool(actions), dry_run, diff=unified_diff(current or "", desired, path),
                        actions=actions)
     if current != desired:
@@ -433,7 +433,9 @@ def ensure_settings(host: "Host | None", params: "Params", server: "Server", par
         if current != desired:
             reload(host, params)
             actions.append("reload")
-        pending = get_pending_restart(psql, names)
+        # any pending restart, not only of this file's names: a setting removed from the file goes
+        # back to its default (which may need a restart too), possibly in an earlier, interrupted run
+        pending = get_pending_restart(psql)
         if pending:
             restart(host, params)
             actions.append(f"restart the cluster ({', '.join(pending)} need it)")

@@ -1,0 +1,161 @@
+"""Steps 02-04 (install, allow connections, app role and database) against real lab hosts over SSH.
+
+Two fresh servers are made through the lab's hook; the tests run in file order and build
+on each other: plan on fresh servers, apply, apply again (zero changes), then the bad inputs.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from hcbpg import postgres as pg
+from hcbpg import roles
+from hcbpg.errors import HostUnreachable, SafetyCheckFailed
+from hcbpg.host import Host
+from hcbpg.lab import create_server_host, destroy_server_host
+from hcbpg.params import parse_params
+from hcbpg.secrets import resolve
+
+pytestmark = pytest.mark.lab
+
+#: what a run may change on a server, hashed before and after a dry run
+SNAPSHOT = ("pg_lsclusters -h; find /etc/postgresql /etc/apt/sources.list.d /var/lib/postgresql -xdev "
+            "-type f -print0 2>/dev/null | sort -z | xargs -0 -r sha256sum")
+
+
+@pytest.fixture(scope="module")
+def params(lab):
+    cfg = lab.cfg
+    servers = [("server-postgres-1", cfg.address(31), "primary"), ("server-postgres-2", cfg.address(32), "replica")]
+    key = lab.ssh_key.with_suffix(".pub").read_text()
+    for name, ip, _role in servers:
+        create_server_host(name, ip, [key], lab_dir=str(lab.lab_dir))
+    p = parse_params({
+        "environment": "lab",
+        "hetzner": {"token": f"file:{cfg.secret_path('hcloud-token')}",
+                    "ssh_public_key_file": str(lab.ssh_key.with_suffix(".pub"))},
+        "network": {"ip_range": "10.0.0.0/8", "subnet": cfg.subnet},
+        "servers": [{"name": n, "private_ip": ip, "role": r, "ssh_host": ip} for n, ip, r in servers],
+        "app_host": {"name": "app", "private_ip": cfg.app_ip},
+        "ssh": {"user": "root", "key_file": str(lab.ssh_key), "connect_timeout": 5},
+        "postgres": {"app_role_password": f"file:{cfg.secret_path('rails-password')}"},
+    })
+    yield p
+    for name, _ip, _role in servers:
+        destroy_server_host(name, lab_dir=str(lab.lab_dir))
+
+
+@pytest.fixture(scope="module")
+def hosts(params):
+    hs = {s.name: Host.from_params(params, s.name, s.ssh_host) for s in params.servers}
+    yield hs
+    for h in hs.values():
+        h.close()
+
+
+@pytest.fixture(scope="module")
+def password(params):
+    return resolve(params.postgres.app_role_password, key="postgres.app_role_password")
+
+
+def run_steps(params, hosts, password, *, dry_run):
+    outcomes = []
+    for s in params.servers:
+        outcomes += pg.install_server(hosts[s.name], params, s, dry_run=dry_run)
+    for s in params.servers:
+        outcomes += pg.allow_connections(hosts[s.name], params, s, dry_run=dry_run)
+    primary = hosts[params.primary.name]
+    psql = pg.psql_for(primary, params) if pg.get_cluster_running(primary, params) else None
+    outcomes += roles.app_role_database(psql, params, password, dry_run=dry_run, host_name=params.primary.name)
+    return outcomes
+
+
+def snapshot(hosts):
+    return {name: h.probe(SNAPSHOT).stdout for name, h in hosts.items()}
+
+
+def test_dry_run_on_fresh_servers_lists_changes_and_changes_nothing(params, hosts, password):
+    before = snapshot(hosts)
+    outcomes = run_steps(params, hosts, password, dry_run=True)
+    assert snapshot(hosts) == before
+    changed = {o.what for o in outcomes if o.changed}
+    assert "cluster 15/main on server-postgres-1" in changed
+    assert "pg_hba.conf on server-postgres-2" in changed
+    assert "role rails on server-postgres-1" in changed
+    assert all(o.verb in ("would change", "unchanged") for o in outcomes)
+    # the lab's servers already have the packages: dpkg says so, nothing to download
+    assert not any(o.changed for o in outcomes if o.what.startswith("packages"))
+
+
+def test_apply_leaves_postgres_configured_and_rails_working_from_the_app_host(lab, params, hosts, password):
+    t0 = time.monotonic()
+    outcomes = run_steps(params, hosts, password, dry_run=False)
+    assert any(o.changed for o in outcomes)
+    app = Host.from_params(params, "app", params.app_host.private_ip)
+    checks = []
+    for s in params.servers:
+        checks += pg.check_server(hosts[s.name], params, s) + pg.check_connections(hosts[s.name], params, s, app)
+    primary = hosts[params.primary.name]
+    psql = pg.psql_for(primary, params)
+
+    def outsider(cmd, stdin):
+        cp = lab.outsider_exec(cmd, input=stdin, timeout=60)
+        return cp.returncode, cp.stdout + cp.stderr
+
+    checks += roles.check_role_database(psql, params, password)
+    checks += roles.verify_app_access(app, psql, params, password, server_ip=params.primary.private_ip,
+                                      outsider=outsider)
+    failed = [f"{c.target} {c.name}: {c.detail}" for c in checks if c.status != "pass"]
+    assert not failed, failed
+    outsider_row = next(c for c in checks if c.name.startswith("rails refused from"))
+    assert "pg_hba" in outsider_row.detail
+    print(f"apply + verify in {time.monotonic() - t0:.1f}s")
+
+
+def test_second_run_changes_nothing(params, hosts, password):
+    outcomes = run_steps(params, hosts, password, dry_run=False)
+    assert [o.what for o in outcomes if o.changed] == []
+
+
+def test_no_secret_reaches_any_command_line_or_output(params, hosts, password):
+    for h in hosts.values():
+        for r in h.history:
+            assert password not in r.command + r.stdout + r.stderr
+
+
+def test_setting_that_needs_a_restart_restarts_and_one_that_does_not_only_reloads(params, hosts):
+    server = params.replicas[0]
+    host = hosts[server.name]
+    pid = lambda: host.probe(f"head -1 /var/lib/postgresql/15/main/postmaster.pid").stdout.strip()  # noqa: E731
+    before = pid()
+    o = pg.ensure_settings(host, params, server, "connections", dry_run=False, extra={"work_mem": "8MB"})
+    assert o.changed and "reload" in o.actions and not any("restart" in a for a in o.actions)
+    assert pid() == before
+    o = pg.ensure_settings(host, params, server, "connections", dry_run=False, extra={"max_connections": 120})
+    assert any(a.startswith("restart") and "max_connections" in a for a in o.actions)
+    assert pid() != before
+    before = pid()
+    o = pg.ensure_settings(host, params, server, "connections", dry_run=False)
+    # back to what params say: max_connections returns to its default, which needs a restart too
+    assert any(a.startswith("restart") and "max_connections" in a for a in o.actions)
+    assert pid() != before
+    assert not pg.ensure_settings(host, params, server, "connections", dry_run=False).changed
+
+
+def test_wrong_rails_secret_is_refused_naming_key_and_host(params, hosts):
+    primary = hosts[params.primary.name]
+    psql = pg.psql_for(primary, params)
+    stored = roles.get_role(psql, "rails")["rolpassword"]
+    with pytest.raises(SafetyCheckFailed) as info:
+        roles.app_role_database(psql, params, "a-different-password", dry_run=False, host_name=params.primary.name)
+    assert "postgres.app_role_password" in str(info.value) and params.primary.name in str(info.value)
+    assert roles.get_role(psql, "rails")["rolpassword"] == stored
+
+
+def test_unreachable_host_error_names_the_host(lab, params):
+    host = Host.from_params(params, "server-postgres-9", lab.cfg.address(99), connect_timeout=2)
+    with pytest.raises(HostUnreachable) as info:
+        host.run("true")
+    assert "server-postgres-9" in str(info.value) and lab.cfg.address(99) in str(info.value)
