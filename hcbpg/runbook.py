@@ -3,6 +3,11 @@
 It loads params, installs the kernel's output scrubbing, and gives the notebook a small
 surface: ``secret``, ``gate``, ``track``/``show``, ``verify``, ``record``/``recall`` and
 ``finish``.  Notebooks call this and the operations modules; they hold no logic.
+
+In a guided run (``hcbpg guide``: the manifest says ``mode: guided`` and no headless
+runner drives the kernel) the kernel keeps its step's record itself: ``start`` opens an
+attempt (``running``), a cell that raises marks it ``failed`` (``awaiting-approval`` for a
+refused gate), ``finish`` marks it ``succeeded``; ``hcbpg guide finish`` hashes the notebook.
 """
 
 from __future__ import annotations
@@ -17,12 +22,14 @@ from typing import Any, Iterable
 
 from hcbpg import manifest as mf
 from hcbpg import secrets as hsecrets
-from hcbpg.errors import GateRequired, HcbpgError, VerificationFailed
+from hcbpg.errors import GateRequired, HcbpgError, UsageError, VerificationFailed
 from hcbpg.outcome import Check, Outcome
 from hcbpg.params import Params, home, load_params
 
 HEADLESS_ENV = "HCBPG_HEADLESS"
 AUTO_APPROVE_ENV = "HCBPG_AUTO_APPROVE"
+#: set by ``hcbpg guide`` for its Jupyter server (and so for every kernel it starts)
+GUIDED_ENV = "HCBPG_GUIDED"
 _MISSING = object()
 
 
@@ -130,6 +137,8 @@ class Runbook:
         self.checks: list[Check] = []
         self.started = time.monotonic()
         self._recorded: dict[str, Any] = {}
+        #: the attempt number this kernel keeps in the manifest (guided runs only)
+        self.guided_attempt: int | None = None
 
     # secrets -----------------------------------------------------------------
     def secret(self, key: str) -> str:
@@ -168,11 +177,11 @@ class Runbook:
             self._approve(name, question, by=auto, note="approved automatically", via="auto")
             print(f"gate '{name}' approved automatically by {auto}: {question}")
             return
+        if self.run is not None:
+            with self.run.update() as data:
+                data.setdefault("gates", {})[name] = {"question": question, "step": self.step,
+                                                      "requested_at": mf.utcnow(), "approved_at": None}
         if os.environ.get(HEADLESS_ENV):
-            if self.run is not None:
-                with self.run.update() as data:
-                    data.setdefault("gates", {})[name] = {"question": question, "step": self.step,
-                                                          "requested_at": mf.utcnow(), "approved_at": None}
             raise GateRequired(name, question, self.run_id)
         answer = input(f"GATE {name}: {question}\nType '{name}' to confirm it holds (anything else stops): ")
         if answer.strip() != name:
@@ -271,7 +280,92 @@ class Runbook:
                 step = self.run.step(data, self.step)
                 step["changes"] = self.changes
                 step["summary"] = summary
+                att = self._guided_attempt(step)
+                if att is not None:
+                    end = mf.utcnow()
+                    duration = round(time.monotonic() - self.started, 3)
+                    att.update({"status": "succeeded", "end": end, "duration_s": duration})
+                    step.update({"status": "succeeded", "end": end,
+                                 "duration_s": round(sum(a.get("duration_s") or 0 for a in step["attempts"]), 3)})
         return summary
+
+    # guided runs -------------------------------------------------------------
+    def _guided_attempt(self, step: dict[str, Any]) -> dict[str, Any] | None:
+        if self.guided_attempt is None:
+            return None
+        for a in step["attempts"]:
+            if a["n"] == self.guided_attempt:
+                return a
+        return None
+
+    def _begin_guided(self) -> None:
+        """Open this step's attempt in the manifest of a guided run (the kernel is the runner here)."""
+        assert self.run is not None
+        data = self.run.read()
+        if data.get("status") != "running":
+            raise UsageError(
+                f"guided run {self.run_id} is closed ({data.get('status')}): its record was hashed "
+                "and nothing may be added to it",
+                hint=f"Start a new guided run: hcbpg guide {self.env} --from {self.step}")
+        if not mf.is_newest(self.run, self.home):
+            raise UsageError(
+                f"run {self.run_id} is no longer the newest run of {self.env}: recording this step "
+                "would rewrite a manifest that a later run's hash chain covers",
+                hint=f"Finish this run (hcbpg guide finish {self.run_id}) and start a new one.")
+        with self.run.update() as data:
+            step = self.run.step(data, self.step)
+            for a in step["attempts"]:
+                # an earlier start in this same notebook file (kernel restarted, Run All again)
+                if a.get("notebook") == step["notebook"] and not a.get("sha256"):
+                    if a["status"] == "running":
+                        a["status"] = "interrupted"
+                        a["end"] = a.get("end") or mf.utcnow()
+                    a["note"] = "superseded: the step was started again in the same notebook"
+                    a["notebook"] = None
+            attempt = {"n": len(step["attempts"]) + 1, "status": "running", "start": mf.utcnow(),
+                       "end": None, "duration_s": None, "notebook": step["notebook"], "sha256": None,
+                       "pid": os.getpid(), "via": "notebook", "operator": mf.operator_name()}
+            step["attempts"].append(attempt)
+            step["status"] = "running"
+            step["start"] = step.get("start") or attempt["start"]
+        self.guided_attempt = attempt["n"]
+        self.run.log(f"step {self.step} attempt {attempt['n']} started in the notebook by {mf.operator_name()}")
+        ip = _in_ipython()
+        if ip is not None:
+            ip._hcbpg_guided_rb = self
+            if not getattr(ip, "_hcbpg_guided_hook", False):
+                ip.events.register("post_run_cell", _record_cell_error)
+                ip._hcbpg_guided_hook = True
+
+    def _record_error(self, exc: BaseException) -> None:
+        if self.run is None or self.guided_attempt is None:
+            return
+        status = "awaiting-approval" if isinstance(exc, GateRequired) else "failed"
+        error = {"ename": type(exc).__name__, "evalue": hsecrets.scrub(str(exc))[:2000], "at": mf.utcnow()}
+        with self.run.update() as data:
+            step = self.run.step(data, self.step)
+            att = self._guided_attempt(step)
+            if att is None or att["status"] == "succeeded":
+                return
+            att["status"] = status
+            att["error"] = error
+            att.setdefault("errors", []).append(error)
+            step["status"] = status
+        self.run.log(f"step {self.step} attempt {self.guided_attempt} {status}: {error['ename']}")
+
+
+def _record_cell_error(result: Any) -> None:
+    """IPython post_run_cell hook of a guided kernel: a failed cell marks the step's attempt."""
+    exc = getattr(result, "error_in_exec", None)
+    if exc is None:
+        return
+    ip = _in_ipython()
+    rb = getattr(ip, "_hcbpg_guided_rb", None) if ip is not None else None
+    if rb is not None:
+        try:
+            rb._record_error(exc)
+        except Exception as err:  # noqa: BLE001 - never hide the operator's own error behind ours
+            print(f"hcbpg: could not record the failure in the manifest: {err}", file=sys.stderr)
 
 
 def start(env: str, *, step: str, run_id: str = "", run_dir: str = "", dry_run: bool = False) -> Runbook:
@@ -282,9 +376,22 @@ def start(env: str, *, step: str, run_id: str = "", run_dir: str = "", dry_run: 
     base = home()
     params = load_params(env, base)
     rb = Runbook(env, run_id=run_id, run_dir=run_dir, dry_run=dry_run, step=step, params=params, base=base)
+    if rb.run is not None and is_guided(rb.run):
+        rb._begin_guided()
     mode = "DRY RUN: nothing will be changed" if rb.dry_run else "changes will be applied"
-    print(f"{step} on {env} ({mode}); run {run_id or '(ad hoc, no run record)'}")
+    print(f"{step} on {env} ({mode}); run {run_id or '(ad hoc, no run record)'}"
+          + (" (guided: this step is recorded as you go)" if rb.guided_attempt else ""))
     return rb
+
+
+def is_guided(run: mf.Run) -> bool:
+    """True in a kernel that keeps the record of a guided run itself (not under the headless runner)."""
+    if os.environ.get(HEADLESS_ENV):
+        return False
+    try:
+        return run.read().get("mode") == "guided"
+    except HcbpgError:
+        return False
 
 
 def scrub_file_for(run_dir: Path) -> Path:

@@ -147,6 +147,10 @@ class Runner:
         runner = data.get("runner") or {}
         if data["status"] == "running" and _pid_alive(runner.get("pid"), runner.get("machine")):
             raise UsageError(f"run {run.run_id} is still running (pid {runner['pid']})")
+        if _pid_alive(runner.get("jupyter_pid"), runner.get("machine")):
+            raise UsageError(f"run {run.run_id} is open in JupyterLab (server pid {runner['jupyter_pid']})",
+                             hint=f"Shut JupyterLab down (File > Shut Down, or Ctrl-C in `hcbpg guide`), "
+                                  f"or run `hcbpg guide finish {run.run_id}`; then resume.")
         params = load_params(run.env, self.home)
         sha = params_sha256(run.env, self.home)
         if sha != data["params_sha256"]:
