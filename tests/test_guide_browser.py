@@ -1,0 +1,235 @@
+"""A guided run driven in a real JupyterLab by headless Chromium leaves a verified, secret-free record.
+
+The operator's path end to end: `hcbpg guide` prepares the run and serves it, the browser
+runs the notebook and answers its gate in place, JupyterLab is shut down (which finishes
+the run), `hcbpg audit verify` passes, the executed notebook holds what the browser showed,
+and `hcbpg resume` finishes the remaining step headless.  The screenshot in the README
+(docs/guided-run.png) is taken here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, hcbpg
+from nbutil import make_params, write_notebook, write_steps
+
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOT = REPO / "docs" / "guided-run.png"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run",
+                 "--disable-dev-shm-usage"]
+
+pytestmark = pytest.mark.timeout(240)
+
+GUIDED_STEP = '''import hashlib
+pw = rb.secret("postgres.app_role_password")
+print("app password in use:", pw)
+print("fingerprint", hashlib.sha256(pw.encode()).hexdigest()[:12])
+print("BROWSER-MARK", 6 * 7)'''
+GATE = '''rb.gate("maintenance-on", "Maintenance mode is on in Hatchbox and Sidekiq is stopped")
+print("past the gate")'''
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _variants(value: str) -> list[bytes]:
+    forms = {value, urllib.parse.quote(value, safe=""), json.dumps(value)[1:-1]}
+    return [f.encode() for f in forms]
+
+
+class _Lines:
+    """Collects a child's stdout lines in a thread, so the test can wait for one with a deadline."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        self._t = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        self._t.start()
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            self.lines.append(line)
+
+    def wait_for(self, pattern: str, deadline_s: float, proc: subprocess.Popen[str]) -> re.Match[str]:
+        deadline = time.monotonic() + deadline_s
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                m = re.search(pattern, line)
+                if m:
+                    return m
+            if proc.poll() is not None and not self._t.is_alive():
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"no line matching {pattern!r} within {deadline_s}s:\n" + "".join(self.lines))
+
+    @property
+    def text(self) -> str:
+        return "".join(self.lines)
+
+
+@pytest.fixture
+def guided_env(home, monkeypatch, tmp_path):
+    if not CHROMIUM.exists():
+        pytest.skip("needs the Debian chromium package at /usr/bin/chromium")
+    pytest.importorskip("playwright.sync_api", reason="needs the playwright Python package")
+    app_pw = "guide-app-" + secrets.token_hex(10)
+    token = "guide-tok-" + secrets.token_hex(10)
+    monkeypatch.setenv("HCBPG_TEST_APP_PW", app_pw)
+    monkeypatch.setenv("HCBPG_TEST_TOKEN", token)
+    # Jupyter's own runtime and UI settings for this test only (a clean, reproducible screenshot)
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "jupyter-runtime"))
+    monkeypatch.setenv("JUPYTERLAB_SETTINGS_DIR", str(tmp_path / "jupyterlab-settings"))
+    (home / "params" / "test.yaml").write_text(make_params("test"))
+    nb = home / "notebooks"
+    write_notebook(nb / "00_guided.ipynb", "00_guided", GUIDED_STEP, GATE, title="A guided step")
+    write_notebook(nb / "01_after.ipynb", "01_after", "print('after ran headless')", title="The next step")
+    write_steps(nb, [("00_guided.ipynb", "guided step"), ("01_after.ipynb", "after")])
+    return {"env": "test", "secrets": [app_pw, token]}
+
+
+def _drive_jupyterlab(url: str, run_dir: Path, home: Path) -> dict[str, float]:
+    """Open the step in JupyterLab, Run All, answer the gate, save, screenshot; returns timings."""
+    from playwright.sync_api import sync_playwright
+
+    t: dict[str, float] = {}
+    t0 = time.monotonic()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.set_default_timeout(60_000)
+            page.goto(url)
+            page.wait_for_selector(".jp-NotebookPanel .jp-Cell")
+            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']")
+            t["lab_open_s"] = time.monotonic() - t0
+            page.get_by_role("menuitem", name="Run", exact=True).click()
+            page.locator(".lm-Menu-item:visible", has_text="Run All Cells").first.click()
+            stdin = page.locator(".jp-Stdin-input")
+            stdin.wait_for()
+            # mid-run: the kernel already recorded the step as running
+            r = hcbpg("runs", "test")
+            assert "guided" in r.stdout and "running" in r.stdout and "00_guided" in r.stdout, r.stdout
+            stdin.fill("maintenance-on")
+            stdin.press("Enter")
+            page.locator(".jp-OutputArea-output", has_text="00_guided: nothing to change").wait_for()
+            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']")
+            t["cells_s"] = time.monotonic() - t0 - t["lab_open_s"]
+            page.keyboard.press("Control+s")
+            nb = run_dir / "00_guided.ipynb"
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                text = nb.read_text()
+                if "BROWSER-MARK 42" in text and "nothing to change" in text:
+                    break
+                time.sleep(0.2)
+            else:
+                raise AssertionError("JupyterLab did not save the executed notebook")
+            page.locator(".jp-OutputArea-output", has_text="past the gate").scroll_into_view_if_needed()
+            SCREENSHOT.parent.mkdir(exist_ok=True)
+            page.screenshot(path=str(SCREENSHOT))
+        except Exception:
+            page.screenshot(path="/tmp/hcbpg-guide-failure.png")  # for whoever reads the failure
+            raise
+        finally:
+            browser.close()
+    t["browser_total_s"] = time.monotonic() - t0
+    return t
+
+
+def test_guided_run_in_jupyterlab_is_recorded_verified_and_resumable(home, guided_env, capsys):
+    env = guided_env["env"]
+    committed = {p.name: _sha(p) for p in sorted((home / "notebooks").iterdir())}
+    repo_notebooks = {p.name: _sha(p) for p in sorted((REPO / "notebooks").glob("*.ipynb"))}
+    t0 = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "hcbpg.cli", "guide", env],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    out = _Lines(proc)
+    try:
+        url = out.wait_for(r"open: (http://127\.0\.0\.1:\d+/lab/tree/00_guided\.ipynb\?token=\w+)",
+                           120, proc).group(1)
+        t_ready = time.monotonic() - t0
+        jupyter_token = url.rsplit("token=", 1)[1]
+        run_dir = Path(out.wait_for(r"record: (\S+)", 5, proc).group(1))
+        m = json.loads((run_dir / "manifest.json").read_text())
+        assert m["mode"] == "guided" and m["status"] == "running"
+        assert [s["status"] for s in m["steps"]] == ["pending", "pending"]
+        # the parameterized copies exist before anything ran; papermill got only non-secret parameters
+        prepared = json.loads((run_dir / "01_after.ipynb").read_text())
+        assert set(prepared["metadata"]["papermill"]["parameters"]) == {"env", "run_id", "run_dir", "dry_run"}
+        timings = _drive_jupyterlab(url, run_dir, home)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)  # Ctrl-C: stops JupyterLab, then finishes the run
+        rc = proc.wait(timeout=60)
+    t_session = time.monotonic() - t0
+    assert rc == 0, out.text
+    assert "finished: interrupted" in out.text, out.text       # 01 was not run in the browser
+    run_id = m["run_id"]
+
+    r = hcbpg("guide", "finish", run_id)                        # idempotent once the session finished it
+    assert r.returncode == 0 and "already finished" in r.stdout, r.stdout + r.stderr
+    r = hcbpg("audit", "verify", env)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+    m = json.loads((run_dir / "manifest.json").read_text())
+    s0, s1 = m["steps"]
+    assert s0["status"] == "succeeded" and s1["status"] == "pending"
+    (att,) = s0["attempts"]
+    assert att["via"] == "notebook" and att["operator"] == "test-operator" and att["status"] == "succeeded"
+    assert att["sha256"] == _sha(run_dir / "00_guided.ipynb") == s0["sha256"]
+    gate = m["gates"]["maintenance-on"]
+    assert gate["via"] == "notebook" and gate["approved_by"] == "test-operator" and gate["approved_at"]
+    # the executed notebook holds what the browser produced, with the secret scrubbed by the kernel
+    executed = json.loads((run_dir / "00_guided.ipynb").read_text())
+    outputs = json.dumps([c.get("outputs", []) for c in executed["cells"] if c["cell_type"] == "code"])
+    for expected in ("BROWSER-MARK 42", "past the gate", "app password in use: [secret]",
+                     "00_guided: nothing to change"):
+        assert expected in outputs, expected
+    assert not list(run_dir.rglob(".ipynb_checkpoints")) and not list(run_dir.rglob(".virtual_documents"))
+    state = Path(os.environ["HCBPG_STATE_DIR"])
+    assert not (state / "scrub" / f"{run_dir.name}.jsonl").exists()   # the registry is gone: run closed
+
+    # the rest of the guided run, headless
+    t1 = time.monotonic()
+    r = hcbpg("resume", run_id)
+    t_resume = time.monotonic() - t1
+    assert r.returncode == 0, r.stdout + r.stderr
+    m = json.loads((run_dir / "manifest.json").read_text())
+    assert m["status"] == "succeeded" and [s["status"] for s in m["steps"]] == ["succeeded", "succeeded"]
+    assert len(m["steps"][0]["attempts"]) == 1                           # the guided step is not repeated
+    assert "after ran headless" in (run_dir / "01_after.ipynb").read_text()
+    r = hcbpg("audit", "verify", env)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+    # no secret (nor the Jupyter token) in any byte of the run; committed notebooks untouched
+    planted = guided_env["secrets"] + [jupyter_token]
+    for f in run_dir.rglob("*"):
+        if f.is_file():
+            data = f.read_bytes()
+            for v in planted:
+                for form in _variants(v):
+                    assert form not in data, f"secret leaked into {f}"
+    assert {p.name: _sha(p) for p in sorted((home / "notebooks").iterdir())} == committed
+    assert {p.name: _sha(p) for p in sorted((REPO / "notebooks").glob("*.ipynb"))} == repo_notebooks
+    assert SCREENSHOT.is_file() and SCREENSHOT.stat().st_mtime > time.time() - 300
+    with capsys.disabled():
+        print(f"\n  guide timings: server ready {t_ready:.1f}s, lab open {timings['lab_open_s']:.1f}s, "
+              f"cells {timings['cells_s']:.1f}s, browser {timings['browser_total_s']:.1f}s, "
+              f"session {t_session:.1f}s, headless resume {t_resume:.1f}s")
