@@ -221,14 +221,8 @@ def all_hba_extra(params: "Params", server: "Server", cfg: RolesConfig | None = 
 
     pg_hba.conf is rendered whole, so a step that rendered only its own rules would drop the others'.
     """
-    rules: list[HbaRule] = []
-    try:
-        from hcbpg import replication  # noqa: PLC0415 - optional: written by another step
-        fn = getattr(replication, "hba_rules", None) or getattr(replication, "replication_hba_rules", None)
-        if fn is not None and params.replication is not None:
-            rules += list(fn(params, server))
-    except ImportError:
-        pass
+    from hcbpg import replication  # noqa: PLC0415 - step 10's lines: each peer's /32
+    rules: list[HbaRule] = list(replication.hba_rules_for(params, server))
     rules += hba_rules(cfg or roles_config(params), params, server)
     return rules
 
