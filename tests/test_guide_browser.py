@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -103,6 +104,25 @@ def guided_env(home, monkeypatch, tmp_path):
     return {"env": "test", "secrets": [app_pw, token]}
 
 
+def _wait_for_kernel(page, url: str, notebook: str, deadline_s: float = 90) -> None:  # noqa: ANN001
+    """Until the server reports an idle kernel for *notebook*; accept the "Select Kernel" dialog
+    JupyterLab shows when the notebook opened before the kernel specs had loaded (a slow machine)."""
+    base, token = url.split("/lab/", 1)[0], url.rsplit("token=", 1)[1]
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        dialog = page.locator(".jp-Dialog")
+        if dialog.count() and "Select Kernel" in dialog.first.inner_text():
+            page.locator(".jp-Dialog .jp-mod-accept").first.click()
+        req = urllib.request.Request(f"{base}/api/sessions", headers={"Authorization": f"token {token}"})
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            sessions = json.load(resp)
+        if any(s["path"].endswith(notebook) and (s.get("kernel") or {}).get("execution_state") == "idle"
+               for s in sessions):
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"no idle kernel for {notebook} within {deadline_s}s")
+
+
 def _drive_jupyterlab(url: str, run_dir: Path, home: Path) -> dict[str, float]:
     """Open the step in JupyterLab, Run All, answer the gate, save, screenshot; returns timings."""
     from playwright.sync_api import sync_playwright
@@ -116,7 +136,7 @@ def _drive_jupyterlab(url: str, run_dir: Path, home: Path) -> dict[str, float]:
             page.set_default_timeout(60_000)
             page.goto(url)
             page.wait_for_selector(".jp-NotebookPanel .jp-Cell")
-            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']")
+            _wait_for_kernel(page, url, "00_guided.ipynb")
             t["lab_open_s"] = time.monotonic() - t0
             page.get_by_role("menuitem", name="Run", exact=True).click()
             page.locator(".lm-Menu-item:visible", has_text="Run All Cells").first.click()
@@ -145,6 +165,9 @@ def _drive_jupyterlab(url: str, run_dir: Path, home: Path) -> dict[str, float]:
             page.screenshot(path=str(SCREENSHOT))
         except Exception:
             page.screenshot(path="/tmp/hcbpg-guide-failure.png")  # for whoever reads the failure
+            logs = list(Path(os.environ["HCBPG_STATE_DIR"]).glob("guide/*/jupyter.log"))
+            print("JupyterLab page at the failure:\n" + page.inner_text("body")[-3000:]
+                  + "\n--- jupyter.log ---\n" + "".join(f.read_text()[-4000:] for f in logs))
             raise
         finally:
             browser.close()
