@@ -1,0 +1,357 @@
+"""Day-two operations against real lab servers: roles and privileges (13), password rotation (14),
+the health report and ``hcbpg status`` (15), and the monitoring hookup (exporter for real, Vector
+config on disk).
+
+The tests run in file order and build on each other: two servers set up with steps 02-04,
+objects "restored from Heroku" (owned by rails, extensions in heroku_ext), pgBackRest with a
+full backup and a streaming replica (steps 05/08/10, from their modules); then step 13 twice,
+the access checks, the exporter, rotation, and ``hcbpg status`` healthy, with the replica
+stopped, and with archiving broken.  A jumpbox host is created for metabase.
+
+Run under the machine's lab lock: ``flock /tmp/hcbpg-lab.lock python -m pytest tests/lab/test_day_two.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets as stdlib_secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hcbpg import failover as fo
+from hcbpg import health, monitoring, privileges, rotation
+from hcbpg import postgres as pg
+from hcbpg import replication as rep
+from hcbpg import roles
+from hcbpg.host import Host
+from hcbpg.lab import create_server_host, destroy_server_host
+from hcbpg.lab.core import S3_BUCKET
+from hcbpg.params import parse_params
+from hcbpg.secrets import resolve
+
+pytestmark = pytest.mark.lab
+
+TIMINGS: dict[str, float] = {}
+REPO = Path(__file__).resolve().parents[2]
+OUTPUT: list[str] = []          # everything an operator would see, scanned for passwords at the end
+
+
+def ensure_secret_file(path) -> None:
+    if not path.is_file() or not path.read_text().strip():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, (stdlib_secrets.token_urlsafe(24) + "\n").encode())
+        finally:
+            os.close(fd)
+
+
+def params_data(lab) -> dict:
+    cfg = lab.cfg
+    servers = [("server-postgres-1", cfg.address(5), "primary"), ("server-postgres-2", cfg.address(6), "replica")]
+    ensure_secret_file(cfg.secret_path("repuser-password"))
+    return {
+        "environment": "lab",
+        "hetzner": {"token": f"file:{cfg.secret_path('hcloud-token')}",
+                    "ssh_public_key_file": str(lab.ssh_key.with_suffix(".pub"))},
+        "network": {"ip_range": "10.0.0.0/8", "subnet": cfg.subnet},
+        "servers": [{"name": n, "private_ip": ip, "role": r, "ssh_host": ip} for n, ip, r in servers],
+        "app_host": {"name": "app", "private_ip": cfg.app_ip},
+        "ssh": {"user": "root", "key_file": str(lab.ssh_key), "connect_timeout": 5},
+        "postgres": {"app_role_password": f"file:{cfg.secret_path('rails-password')}"},
+        "pgbackrest": {"s3_bucket": S3_BUCKET, "s3_endpoint": cfg.s3_endpoint.removeprefix("https://"),
+                       "s3_region": "fsn1", "s3_uri_style": "path", "s3_ca_file": str(cfg.ca_cert),
+                       "s3_key": f"file:{cfg.secret_path('s3-key')}",
+                       "s3_key_secret": f"file:{cfg.secret_path('s3-key-secret')}",
+                       "cipher_pass": f"file:{cfg.secret_path('cipher-pass')}", "process_max": 2,
+                       "block": False, "repo_path_prefix": "/pgbackrest-day-two-test"},
+        "replication": {"password": f"file:{cfg.secret_path('repuser-password')}",
+                        "max_slot_wal_keep_size": "1GB", "catch_up_timeout_s": 30},
+        "allow_destructive": True,
+    }
+
+
+@pytest.fixture(scope="module")
+def params(lab):
+    p = parse_params(params_data(lab))
+    key = lab.ssh_key.with_suffix(".pub").read_text()
+    for s in p.servers:
+        create_server_host(s.name, s.private_ip, [key], lab_dir=str(lab.lab_dir))
+    create_server_host("jumpbox", lab.cfg.address(40), [key], lab_dir=str(lab.lab_dir))
+    yield p
+    for name in [s.name for s in p.servers] + ["jumpbox"]:
+        destroy_server_host(name, lab_dir=str(lab.lab_dir))
+
+
+@pytest.fixture(scope="module")
+def hosts(params, lab):
+    hs = {s.name: Host.from_params(params, s.name, s.ssh_host) for s in params.servers}
+    hs["app"] = Host.from_params(params, "app", params.app_host.private_ip)
+    hs["jumpbox"] = Host.from_params(params, "jumpbox", lab.cfg.address(40))
+    for h in hs.values():
+        h.echo = OUTPUT.append
+    yield hs
+    for h in hs.values():
+        h.close()
+
+
+@pytest.fixture(scope="module")
+def cfg(params, lab):
+    c = privileges.roles_config(params)
+    assert c.jumpbox_ip == lab.cfg.address(40), "the lab's interim default puts the jumpbox at .40"
+    return c
+
+
+@pytest.fixture(scope="module")
+def home(params, lab, tmp_path_factory):
+    """An HCBPG_HOME whose params/lab.yaml is this lab's, for the real CLI."""
+    h = tmp_path_factory.mktemp("home")
+    (h / "params").mkdir()
+    (h / "params" / "lab.yaml").write_text(yaml.safe_dump(params_data(lab)))
+    return h
+
+
+def primary_psql(hosts, params):
+    return pg.psql_for(hosts[params.primary.name], params)
+
+
+def app_password(params) -> str:
+    return resolve(params.postgres.app_role_password, key="postgres.app_role_password")
+
+
+def hcbpg_cli(home, *args, timeout=180):
+    env = dict(os.environ, HCBPG_HOME=str(home), HCBPG_STATE_DIR=str(home / "state"))
+    env.pop("HCBPG_SCRUB_FILE", None)
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "hcbpg.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=timeout, cwd=REPO)
+    OUTPUT.append(proc.stdout + proc.stderr)
+    return proc, time.monotonic() - t0
+
+
+RESTORED_AS_RAILS = """
+CREATE SCHEMA heroku_ext;
+CREATE EXTENSION citext WITH SCHEMA heroku_ext;
+CREATE TYPE public.event_kind AS ENUM ('created', 'updated');
+CREATE TABLE public.users (id bigserial PRIMARY KEY, email heroku_ext.citext UNIQUE, full_name text);
+CREATE TABLE public.events (id bigserial PRIMARY KEY, user_id bigint REFERENCES public.users, kind public.event_kind);
+CREATE TABLE public.transactions (id bigserial PRIMARY KEY, event_id bigint REFERENCES public.events, amount numeric);
+CREATE VIEW public.recent_events AS SELECT * FROM public.events ORDER BY id DESC LIMIT 10;
+CREATE FUNCTION public.touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
+INSERT INTO public.users (email, full_name) SELECT 'u' || g || '@hcb.invalid', 'User ' || g FROM generate_series(1, 50) g;
+INSERT INTO public.events (user_id, kind) SELECT g, 'created' FROM generate_series(1, 50) g;
+INSERT INTO public.transactions (event_id, amount) SELECT g, g * 1.5 FROM generate_series(1, 50) g;
+"""
+
+
+def test_setup_servers_restored_objects_backups_and_replica(params, hosts):
+    """Steps 02-04, a Heroku-like restore as rails, pgBackRest (05/08) and the replica (10), from their modules."""
+    t0 = time.monotonic()
+    for s in params.servers:
+        pg.install_server(hosts[s.name], params, s, dry_run=False)
+        pg.allow_connections(hosts[s.name], params, s, dry_run=False,
+                             extra_rules=privileges.all_hba_extra(params, s))
+    primary = params.primary
+    ppsql = primary_psql(hosts, params)
+    roles.app_role_database(ppsql, params, app_password(params), dry_run=False, host_name=primary.name)
+    # what pg_restore --no-owner as rails leaves behind, plus an untrusted extension made by a superuser
+    res = roles._psql_on(hosts["app"], params, app_password(params), RESTORED_AS_RAILS, server_ip=primary.private_ip)
+    assert res.ok, res.output
+    ppsql.execute("CREATE EXTENSION pg_stat_statements WITH SCHEMA heroku_ext", dbname=params.postgres.database)
+    rep.ensure_replication_settings(hosts[primary.name], params, primary, dry_run=False)
+    outcomes, checks = fo.point_backups_at(hosts[primary.name], params, primary, archive_mode=True)
+    assert not [c for c in checks if not c.ok], [f"{c.name}: {c.detail}" for c in checks if not c.ok]
+    TIMINGS["setup_primary_s"] = round(time.monotonic() - t0, 1)
+    t1 = time.monotonic()
+    rep.setup_replication({s.name: hosts[s.name] for s in params.servers}, params,
+                          resolve(params.replication.password, key="replication.password"),
+                          allow_destructive=True, dry_run=False, echo=OUTPUT.append)
+    TIMINGS["setup_replica_s"] = round(time.monotonic() - t1, 1)
+
+
+def test_roles_step_applies_the_model_and_second_run_changes_nothing(params, hosts, cfg):
+    t0 = time.monotonic()
+    privileges.ensure_role_secrets(cfg, dry_run=False)
+    for s in params.servers:  # step 10 rendered pg_hba with its lines only; ours go beside them
+        o = pg.ensure_pg_hba(hosts[s.name], params, s, dry_run=False, extra=privileges.all_hba_extra(params, s, cfg))
+        OUTPUT.append(str(o))
+    ppsql = primary_psql(hosts, params)
+    plan = privileges.ensure_privileges(ppsql, cfg, dry_run=True)
+    OUTPUT.append(str(plan))
+    assert plan.changed and any("ALTER TABLE public.users OWNER TO hcb_migrations" in a for a in plan.actions), plan
+    applied = privileges.ensure_privileges(ppsql, cfg, dry_run=False)
+    OUTPUT.append(str(applied))
+    TIMINGS["step13_apply_s"] = round(time.monotonic() - t0, 1)
+    t1 = time.monotonic()
+    again = privileges.ensure_privileges(ppsql, cfg, dry_run=False)
+    TIMINGS["step13_second_run_s"] = round(time.monotonic() - t1, 1)
+    assert not again.changed, str(again)
+    for s in params.servers:
+        assert not pg.ensure_pg_hba(hosts[s.name], params, s, dry_run=True,
+                                    extra=privileges.all_hba_extra(params, s, cfg)).changed
+
+
+def test_privilege_check_matches_params_for_every_role(params, hosts, cfg):
+    ppsql = primary_psql(hosts, params)
+    t0 = time.monotonic()
+    checks = privileges.check_privileges(ppsql, cfg) + privileges.check_passwords(ppsql, cfg)
+    TIMINGS["privilege_check_s"] = round(time.monotonic() - t0, 1)
+    OUTPUT.append("\n".join(f"{c.status} {c.name}: {c.detail}" for c in checks))
+    failed = [f"{c.name}: {c.detail}" for c in checks if c.status == "fail"]
+    assert not failed, failed
+    names = {c.name for c in checks}
+    for role in ("hcb_app", "rails", "hcb_migrations", "metabase", "vector", "postgres_exporter"):
+        assert f"role {role}" in names
+    ext = {c.name: c for c in checks if c.name.startswith("extension ")}
+    assert ext["extension citext"].status == "pass" and "hcb_migrations may create and update" in ext["extension citext"].detail
+    assert "only a superuser" in ext["extension pg_stat_statements"].detail
+    # the replica has the same catalogs (physical replication)
+    rpsql = pg.psql_for(hosts["server-postgres-2"], params)
+    time.sleep(1)
+    assert not [c for c in privileges.check_privileges(rpsql, cfg) if c.status == "fail"]
+
+
+def test_metabase_reads_listed_tables_only_and_only_through_the_jumpbox(params, hosts, cfg):
+    checks = privileges.check_metabase_access(hosts["jumpbox"], [hosts["app"]], cfg, params,
+                                              server_ip=params.primary.private_ip, unlisted_table="users")
+    OUTPUT.append("\n".join(f"{c.status} {c.name}: {c.detail}" for c in checks))
+    assert all(c.status == "pass" for c in checks), [f"{c.name}: {c.detail}" for c in checks]
+
+
+def test_migrations_role_creates_a_table_rails_can_use(params, hosts, cfg):
+    checks = privileges.check_migrations_then_app(hosts["app"], cfg, params, server_ip=params.primary.private_ip,
+                                                  app_password=app_password(params))
+    OUTPUT.append("\n".join(f"{c.status} {c.name}: {c.detail}" for c in checks))
+    assert all(c.status == "pass" for c in checks), [f"{c.name}: {c.detail}" for c in checks]
+
+
+def test_exporter_runs_on_each_server_with_the_server_up_and_replication_figures(params, hosts, cfg):
+    pw = privileges.role_password(cfg, cfg.exporter.name)
+    t0 = time.monotonic()
+    for s in params.servers:
+        o = monitoring.ensure_exporter(hosts[s.name], params, s, cfg, pw, dry_run=False)
+        OUTPUT.append(str(o))
+        assert "write /etc/default/prometheus-postgres-exporter (0600)" in o.actions
+        assert monitoring.PLACEHOLDER in o.diff
+        mode = hosts[s.name].probe(f"stat -c '%a %U' {monitoring.EXPORTER_ENV}").stdout.strip()
+        assert mode == "600 root"
+    for s in params.servers:
+        checks = monitoring.check_exporter(hosts[s.name], s)
+        OUTPUT.append("\n".join(f"{c.status} {c.name}: {c.detail}" for c in checks))
+        assert all(c.status == "pass" for c in checks), [f"{c.name}: {c.detail}" for c in checks]
+    TIMINGS["exporter_s"] = round(time.monotonic() - t0, 1)
+    for s in params.servers:
+        assert not monitoring.ensure_exporter(hosts[s.name], params, s, cfg, pw, dry_run=False).changed
+
+
+def test_vector_config_installed_without_secrets_in_outputs(params, hosts, cfg):
+    pw = privileges.role_password(cfg, cfg.monitoring.name)
+    for s in params.servers:
+        o = monitoring.ensure_vector_config(hosts[s.name], params, s, cfg, pw, dry_run=False)
+        OUTPUT.append(str(o))
+        assert o.changed and "(vector is not installed here: config only)" in o.actions
+        checks = monitoring.check_vector_files(hosts[s.name], params, s, cfg)
+        assert all(c.ok for c in checks), [f"{c.name}: {c.detail}" for c in checks]
+        assert not monitoring.ensure_vector_config(hosts[s.name], params, s, cfg, pw, dry_run=False).changed
+    # the vector role really reads what the source reads, from the server, on its private IP
+    p = params.primary
+    ok, out = privileges.psql_as(hosts[p.name], role=cfg.monitoring.name, password=pw, server_ip=p.private_ip,
+                                 port=5432, dbname="postgres",
+                                 script="SELECT count(*) FROM pg_stat_database; SELECT count(*) FROM "
+                                        "pg_stat_database_conflicts; SELECT buffers_clean FROM pg_stat_bgwriter;\n",
+                                 display="psql as vector: the three statistics views")
+    assert ok, out
+
+
+def test_rotation_leaves_old_password_refused_and_new_working(params, hosts, cfg, monkeypatch):
+    monkeypatch.delenv(rotation.ROTATE_ENV, raising=False)
+    rots = rotation.roles_to_rotate(params, cfg)
+    assert [r.role for r in rots] == ["rails"]
+    ppsql = primary_psql(hosts, params)
+    t0 = time.monotonic()
+    outcome, old, new = rotation.run_rotation(ppsql, params, rots[0])
+    OUTPUT.append(str(outcome))
+    checks = rotation.verify_rotation(hosts["app"], params, rots[0], old, new, server_ip=params.primary.private_ip)
+    checks.append(rotation.check_secret_matches(ppsql, rots[0]))
+    TIMINGS["rotation_s"] = round(time.monotonic() - t0, 1)
+    OUTPUT.append("\n".join(f"{c.status} {c.name}: {c.detail}" for c in checks))
+    assert all(c.status == "pass" for c in checks), [f"{c.name}: {c.detail}" for c in checks]
+    assert app_password(params) == new != old
+    assert not rotation.pending_path(params, "rails").exists()
+    OUTPUT.append(str(rotation.dependents_table(rots)))
+    # a generic login role too: the exporter's, through the server itself
+    monkeypatch.setenv(rotation.ROTATE_ENV, cfg.exporter.name)
+    (rot,) = rotation.roles_to_rotate(params, cfg)
+    _, old, new = rotation.run_rotation(ppsql, params, rot)
+    checks = rotation.verify_rotation(hosts[params.primary.name], params, rot, old, new,
+                                      server_ip=params.primary.private_ip)
+    assert all(c.status == "pass" for c in checks), [f"{c.name}: {c.detail}" for c in checks]
+    s = params.primary
+    assert monitoring.ensure_exporter(hosts[s.name], params, s, cfg, new, dry_run=False).changed
+    assert all(c.ok for c in monitoring.check_exporter(hosts[s.name], s))
+
+
+def test_status_shows_every_item_for_both_servers_and_exits_0(params, home):
+    proc, took = hcbpg_cli(home, "status", "lab")
+    TIMINGS["status_healthy_s"] = round(took, 1)
+    print(proc.stdout)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for s in params.servers:
+        for item in health.ITEMS:
+            assert any(line.startswith(s.name) and item in line for line in proc.stdout.splitlines()), (s.name, item)
+    js, _ = hcbpg_cli(home, "status", "lab", "--json")
+    assert js.returncode == 0
+    assert '"measurements"' in js.stdout
+
+
+def test_status_fails_naming_the_item_when_the_replica_is_stopped(params, hosts, home):
+    replica = params.server("server-postgres-2")
+    hosts[replica.name].run("pg_ctlcluster 15 main stop -m fast")
+    try:
+        proc, took = hcbpg_cli(home, "status", "lab")
+        TIMINGS["status_replica_stopped_s"] = round(took, 1)
+        print(proc.stdout)
+        assert proc.returncode == 1
+        assert "server-postgres-2: PostgreSQL running" in proc.stdout
+        assert "server-postgres-1: replication" in proc.stdout.split("FAIL:")[-1]
+    finally:
+        hosts[replica.name].run("pg_ctlcluster 15 main start")
+    rep.wait_for_streaming(hosts[params.primary.name], params, replica, timeout=60)
+
+
+def test_status_fails_naming_archiving_when_archiving_breaks(params, hosts, home):
+    p = params.primary
+    ppsql = primary_psql(hosts, params)
+    ppsql.execute("ALTER SYSTEM SET archive_command = '/bin/false'")
+    pg.reload(hosts[p.name], params)
+    try:
+        ppsql.execute("CREATE TABLE IF NOT EXISTS hcbpg_wal_push (x int)", dbname="postgres")
+        ppsql.execute("INSERT INTO hcbpg_wal_push VALUES (1)", dbname="postgres")
+        ppsql.value("SELECT pg_switch_wal()::text AS l")
+        deadline = time.monotonic() + 30
+        while not int(ppsql.value("SELECT failed_count FROM pg_stat_archiver") or 0):
+            assert time.monotonic() < deadline, "archiving never failed"
+            time.sleep(0.5)
+        proc, took = hcbpg_cli(home, "status", "lab")
+        TIMINGS["status_archiving_broken_s"] = round(took, 1)
+        print(proc.stdout)
+        assert proc.returncode == 1
+        assert "server-postgres-1: archiving" in proc.stdout
+    finally:
+        ppsql.execute("ALTER SYSTEM RESET archive_command")
+        pg.reload(hosts[p.name], params)
+        ppsql.execute("DROP TABLE IF EXISTS hcbpg_wal_push", dbname="postgres")
+
+
+def test_no_password_appears_in_any_output(params, cfg, lab):
+    values = [lab.cfg.read_secret(n) for n in ("rails-password", "repuser-password")]
+    values += [privileges.role_password(cfg, r.name) for r in cfg.login_roles()]
+    text = "\n".join(OUTPUT)
+    assert len(text) > 1000
+    for v in values:
+        assert v and v not in text
+    print("TIMINGS", TIMINGS)
