@@ -87,16 +87,13 @@ def check_reachable(rb: "Runbook") -> list[Check]:
     for server in params.servers:
         rec = targets.recorded_server(recorded, server.name)
         address = targets.ssh_address(params, server.name, recorded)
-        if rec is None:
+        if rec is None or not (rec.get("id") and rec.get("public_ip")):
+            # nothing recorded, or only what a dry run of step 01 planned
             out.append(Check("reachable over SSH", "warn",
                              "not provisioned by an earlier run: step 01 creates it, step 02 connects"
                              + (f" at {address}" if address else ""), server.name))
             continue
-        if address is None:
-            out.append(Check("reachable over SSH", "fail", "step 01 recorded no public IP and params set no "
-                             "ssh_host", server.name))
-            continue
-        out.append(_reach(server.name, address, rb))
+        out.append(_reach(server.name, address or str(rec["public_ip"]), rb))
     if params.app_host is not None:
         out.append(_reach(params.app_host.name, targets.app_ssh_address(params), rb))
     return out
