@@ -1026,3 +1026,37 @@ def show_plan(outcome: Outcome) -> None:
 def require_database(obs: Observed, cfg: RolesConfig) -> None:
     if obs.database_owner is None:
         raise SafetyCheckFailed(f"database {cfg.database} does not exist", hint="Run step 04 first.")
+
+
+def jumpbox_host(params: "Params", cfg: RolesConfig) -> "Host | None":
+    """An open Host for the jumpbox (``jumpbox_ssh_host``, else its private IP); None when SSH cannot reach it."""
+    from hcbpg.errors import HostUnreachable  # noqa: PLC0415
+    from hcbpg.host import Host  # noqa: PLC0415
+    if not cfg.jumpbox_ip:
+        return None
+    host = Host.from_params(params, "jumpbox", cfg.jumpbox_ssh_host or cfg.jumpbox_ip)
+    try:
+        return host.connect()
+    except HostUnreachable:
+        return None
+
+
+def verify_access(app: "Host", jumpbox: "Host | None", cfg: RolesConfig, params: "Params", *, server_ip: str,
+                  app_password: str, unlisted_table: str = "users") -> list[Check]:
+    """Step 13's checks over the network: migrations → app, metabase from the jumpbox only."""
+    out = check_migrations_then_app(app, cfg, params, server_ip=server_ip, app_password=app_password)
+    if not cfg.metabase:
+        return out
+    if jumpbox is None:
+        out.append(Check("metabase from the jumpbox", "warn",
+                         f"the jumpbox ({cfg.jumpbox_ip}) is not reachable over SSH from here: not checked",
+                         cfg.jumpbox_ip or ""))
+        pw = role_password(cfg, cfg.metabase.name)
+        ok, output = psql_as(app, role=cfg.metabase.name, password=pw, server_ip=server_ip,
+                             port=params.postgres.port, dbname=cfg.database, script="SELECT 1;\n",
+                             display=f"psql as {cfg.metabase.name}@{server_ip} from {app.name} (must be refused)")
+        refused = not ok and "no pg_hba.conf entry" in output
+        out.append(Check.of(f"{cfg.metabase.name} refused from {app.name}", refused,
+                            "refused by pg_hba.conf" if refused else ("CONNECTED" if ok else output[-200:]), app.name))
+        return out
+    return out + check_metabase_access(jumpbox, [app], cfg, params, server_ip=server_ip, unlisted_table=unlisted_table)

@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.host import Host
     from hcbpg.params import Params
     from hcbpg.pgsql import Psql
+    from hcbpg.runbook import Runbook
 
 ROTATE_ENV = "HCBPG_ROTATE_ROLES"
 
@@ -190,3 +191,57 @@ def check_secret_matches(psql: "Psql", rot: Rotatable) -> Check:
 def dependents_table(rots: Sequence[Rotatable]) -> list[dict[str, str]]:
     """What must be updated with the new password(s), one row each (no password in it)."""
     return [{"role": r.role, "update": d} for r in rots for d in r.dependents]
+
+
+def verify_host(rb: "Runbook", rot: Rotatable, cfg: RolesConfig, hosts: Mapping[str, "Host | None"]) -> "Host | None":
+    """The host "old refused / new works" is tried from (None: not reachable, the check is a warning)."""
+    from hcbpg import targets  # noqa: PLC0415
+    from hcbpg.privileges import jumpbox_host  # noqa: PLC0415
+    params = rb.params
+    if rot.verify_from == "app":
+        return targets.app_host(rb)
+    if rot.verify_from == "jumpbox":
+        return jumpbox_host(params, cfg)
+    if rot.verify_from == "replica":
+        return next((hosts.get(s.name) for s in params.replicas if hosts.get(s.name) is not None), None)
+    return hosts.get(params.primary.name)
+
+
+def update_hcbpg_dependents(rot: Rotatable, new: str, params: "Params", cfg: RolesConfig,
+                            hosts: Mapping[str, "Host | None"], *, dry_run: bool) -> list[Outcome]:
+    """What hcbpg itself keeps with the password: exporter / Vector env files, replication passfiles,
+    and for the app role a 0600 handoff file with the new DATABASE_URL (outside outputs/)."""
+    from hcbpg import monitoring  # noqa: PLC0415
+    out: list[Outcome] = []
+    servers = [s for s in params.servers if hosts.get(s.name) is not None]
+    if cfg.exporter and rot.role == cfg.exporter.name:
+        out += [monitoring.ensure_exporter(hosts[s.name], params, s, cfg, new, dry_run=dry_run) for s in servers]
+    if cfg.monitoring and rot.role == cfg.monitoring.name:
+        out += [monitoring.ensure_vector_config(hosts[s.name], params, s, cfg, new, dry_run=dry_run) for s in servers]
+    if params.replication is not None and rot.role == params.replication.role:
+        from hcbpg import replication  # noqa: PLC0415
+        out += [replication.ensure_passfile(hosts[s.name], params, s, new, dry_run=dry_run) for s in servers]
+    if rot.role == params.postgres.app_role:
+        from hcbpg import migration  # noqa: PLC0415
+        path = migration.handoff_path(params)
+        if not dry_run:
+            migration.write_private_file(path, migration.render_env_file(
+                {"DATABASE_URL": migration.render_database_url(params, new)}))
+        out.append(Outcome(f"new DATABASE_URL for the app in {path} (0600)", True, dry_run,
+                           actions=["paste it into Hatchbox, restart the app's processes, then delete the file"]))
+    return out
+
+
+def verify_all(rb: "Runbook", rots: Sequence[Rotatable], rotated: Mapping[str, tuple[str, str]], cfg: RolesConfig,
+               hosts: Mapping[str, "Host | None"], psql: "Psql") -> list[Check]:
+    """For every rotated role: new works, old refused (from its host), and the secret matches the server."""
+    out: list[Check] = []
+    for rot in rots:
+        old, new = rotated[rot.role]
+        host = verify_host(rb, rot, cfg, hosts)
+        if host is None:
+            out.append(Check(f"{rot.role}: login checks", "warn", f"no SSH to the {rot.verify_from} host: not checked"))
+        else:
+            out += verify_rotation(host, rb.params, rot, old, new, server_ip=rb.params.primary.private_ip)
+        out.append(check_secret_matches(psql, rot))
+    return out
