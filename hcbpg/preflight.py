@@ -99,6 +99,37 @@ def check_reachable(rb: "Runbook") -> list[Check]:
     return out
 
 
+def check_app_role_password(rb: "Runbook") -> list[Check]:
+    """When the primary already has the app role, its password is the secret's (else step 04 would refuse).
+
+    Checked here so that a wrong ``postgres.app_role_password`` stops the run before any step
+    changes anything.  Read-only; skipped (no row) while the primary or its role does not exist.
+    """
+    from hcbpg import postgres, roles
+    params = rb.params
+    primary = params.primary
+    rec = targets.recorded_server(targets.recorded_servers(rb), primary.name)
+    address = targets.ssh_address(params, primary.name, targets.recorded_servers(rb))
+    if address is None or not (primary.ssh_host or (rec and rec.get("id"))):
+        return []
+    try:
+        password = rb.secret(roles.PASSWORD_KEY)
+        with Host.from_params(params, primary.name, address) as host:
+            if not postgres.get_cluster_running(host, params):
+                return []
+            role = roles.get_role(postgres.psql_for(host, params), params.postgres.app_role)
+    except HcbpgError:
+        return []  # unreachable or no secret: the rows above already say so
+    if role is None:
+        return []
+    stored = role.get("rolpassword") or ""
+    ok = roles.scram_matches(password, stored) or roles.md5_matches(password, params.postgres.app_role, stored)
+    detail = (f"role {params.postgres.app_role} exists; its password is the secret's" if ok else
+              f"role {params.postgres.app_role} exists with a different password than {roles.PASSWORD_KEY}: "
+              "step 04 would refuse; point the key at the password the role has")
+    return [Check.of(f"{roles.PASSWORD_KEY} matches the role", ok, detail, primary.name)]
+
+
 def plan_targets(rb: "Runbook") -> list[dict[str, Any]]:
     """One row per machine the run touches: role, private IP, where SSH goes, what happens there."""
     params = rb.params
@@ -122,10 +153,11 @@ def plan_targets(rb: "Runbook") -> list[dict[str, Any]]:
 
 
 def preflight(rb: "Runbook") -> list[Check]:
-    """Every preflight check (params, secrets, tools, reachability), in that order."""
+    """Every preflight check (params, secrets, tools, reachability, the app role's password), in that order."""
     checks = check_params(rb) + rb.check_secrets() + check_tools(rb)
     try:
         checks += check_reachable(rb)
     except HcbpgError as exc:
         checks.append(Check("reachable over SSH", "fail", exc.message))
+    checks += check_app_role_password(rb)
     return checks
