@@ -22,6 +22,7 @@ import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -123,46 +124,50 @@ def _wait_for_kernel(page, url: str, notebook: str, deadline_s: float = 90) -> N
     raise AssertionError(f"no idle kernel for {notebook} within {deadline_s}s")
 
 
-def _drive_jupyterlab(url: str, run_dir: Path, home: Path) -> dict[str, float]:
-    """Open the step in JupyterLab, Run All, answer the gate, save, screenshot; returns timings."""
+def _drive_jupyterlab(url: str, run_dir: Path, notebook: str, *, gate: str | None, saved: list[str],
+                      screenshot: Path, scroll_to: str | None = None,
+                      mid_run: Callable[[], None] | None = None) -> dict[str, float]:
+    """Open *notebook* in JupyterLab, Run All Cells, answer *gate* in place, wait for
+    ``rb.finish()``, save, screenshot; returns timings.  *saved*: texts the file must then hold."""
     from playwright.sync_api import sync_playwright
 
+    step = Path(notebook).stem
     t: dict[str, float] = {}
     t0 = time.monotonic()
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.set_default_timeout(60_000)
+            page.set_default_timeout(90_000)
             page.goto(url)
             page.wait_for_selector(".jp-NotebookPanel .jp-Cell")
-            _wait_for_kernel(page, url, "00_guided.ipynb")
+            _wait_for_kernel(page, url, notebook)
             t["lab_open_s"] = time.monotonic() - t0
             page.get_by_role("menuitem", name="Run", exact=True).click()
             page.locator(".lm-Menu-item:visible", has_text="Run All Cells").first.click()
-            stdin = page.locator(".jp-Stdin-input")
-            stdin.wait_for()
-            # mid-run: the kernel already recorded the step as running
-            r = hcbpg("runs", "test")
-            assert "guided" in r.stdout and "running" in r.stdout and "00_guided" in r.stdout, r.stdout
-            stdin.fill("maintenance-on")
-            stdin.press("Enter")
-            page.locator(".jp-OutputArea-output", has_text="00_guided: nothing to change").wait_for()
+            if gate:
+                stdin = page.locator(".jp-Stdin-input")
+                stdin.wait_for()
+                if mid_run:
+                    mid_run()
+                stdin.fill(gate)
+                stdin.press("Enter")
+            page.locator(".jp-OutputArea-output", has_text=f"{step}: nothing to change").wait_for()
             page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']")
             t["cells_s"] = time.monotonic() - t0 - t["lab_open_s"]
             page.keyboard.press("Control+s")
-            nb = run_dir / "00_guided.ipynb"
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
-                text = nb.read_text()
-                if "BROWSER-MARK 42" in text and "nothing to change" in text:
+                text = (run_dir / notebook).read_text()
+                if all(x in text for x in saved):
                     break
                 time.sleep(0.2)
             else:
-                raise AssertionError("JupyterLab did not save the executed notebook")
-            page.locator(".jp-OutputArea-output", has_text="past the gate").scroll_into_view_if_needed()
-            SCREENSHOT.parent.mkdir(exist_ok=True)
-            page.screenshot(path=str(SCREENSHOT))
+                raise AssertionError(f"JupyterLab did not save the executed notebook with {saved}")
+            if scroll_to:
+                page.locator(".jp-OutputArea-output", has_text=scroll_to).first.scroll_into_view_if_needed()
+            screenshot.parent.mkdir(exist_ok=True)
+            page.screenshot(path=str(screenshot))
         except Exception:
             page.screenshot(path="/tmp/hcbpg-guide-failure.png")  # for whoever reads the failure
             logs = list(Path(os.environ["HCBPG_STATE_DIR"]).glob("guide/*/jupyter.log"))
@@ -175,35 +180,67 @@ def _drive_jupyterlab(url: str, run_dir: Path, home: Path) -> dict[str, float]:
     return t
 
 
+class _Guide:
+    """`hcbpg guide ARGS` as a child process: its URL, run directory and output."""
+
+    def __init__(self, *args: str) -> None:
+        self.t0 = time.monotonic()
+        self.proc = subprocess.Popen([sys.executable, "-m", "hcbpg.cli", "guide", *args],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.out = _Lines(self.proc)
+
+    def wait_ready(self, notebook: str) -> tuple[str, Path]:
+        url = self.out.wait_for(rf"open: (http://127\.0\.0\.1:\d+/lab/tree/{re.escape(notebook)}\?token=\w+)",
+                                150, self.proc).group(1)
+        self.ready_s = time.monotonic() - self.t0
+        run_dir = Path(self.out.wait_for(r"record: (\S+)", 5, self.proc).group(1))
+        return url, run_dir
+
+    def stop(self) -> int:
+        """Ctrl-C: stops JupyterLab, then the guide finishes the run."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        rc = self.proc.wait(timeout=90)
+        self.session_s = time.monotonic() - self.t0
+        return rc
+
+
+def _assert_no_secret(run_dir: Path, planted: list[str]) -> None:
+    for f in run_dir.rglob("*"):
+        if f.is_file():
+            data = f.read_bytes()
+            for v in planted:
+                for form in _variants(v):
+                    assert form not in data, f"secret leaked into {f}"
+
+
 def test_guided_run_in_jupyterlab_is_recorded_verified_and_resumable(home, guided_env, capsys):
     env = guided_env["env"]
     committed = {p.name: _sha(p) for p in sorted((home / "notebooks").iterdir())}
     repo_notebooks = {p.name: _sha(p) for p in sorted((REPO / "notebooks").glob("*.ipynb"))}
-    t0 = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "hcbpg.cli", "guide", env],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    out = _Lines(proc)
+    guide = _Guide(env)
     try:
-        url = out.wait_for(r"open: (http://127\.0\.0\.1:\d+/lab/tree/00_guided\.ipynb\?token=\w+)",
-                           120, proc).group(1)
-        t_ready = time.monotonic() - t0
+        url, run_dir = guide.wait_ready("00_guided.ipynb")
         jupyter_token = url.rsplit("token=", 1)[1]
-        run_dir = Path(out.wait_for(r"record: (\S+)", 5, proc).group(1))
         m = json.loads((run_dir / "manifest.json").read_text())
         assert m["mode"] == "guided" and m["status"] == "running"
         assert [s["status"] for s in m["steps"]] == ["pending", "pending"]
         # the parameterized copies exist before anything ran; papermill got only non-secret parameters
         prepared = json.loads((run_dir / "01_after.ipynb").read_text())
         assert set(prepared["metadata"]["papermill"]["parameters"]) == {"env", "run_id", "run_dir", "dry_run"}
-        timings = _drive_jupyterlab(url, run_dir, home)
+
+        def mid_run() -> None:  # waiting at the gate: `hcbpg runs` shows the step running
+            r = hcbpg("runs", env)
+            assert "guided" in r.stdout and "running" in r.stdout and "00_guided" in r.stdout, r.stdout
+
+        timings = _drive_jupyterlab(url, run_dir, "00_guided.ipynb", gate="maintenance-on",
+                                    saved=["BROWSER-MARK 42", "nothing to change"], screenshot=SCREENSHOT,
+                                    scroll_to="past the gate", mid_run=mid_run)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)  # Ctrl-C: stops JupyterLab, then finishes the run
-        rc = proc.wait(timeout=60)
-    t_session = time.monotonic() - t0
-    assert rc == 0, out.text
-    assert "finished: interrupted" in out.text, out.text       # 01 was not run in the browser
+        rc = guide.stop()
+    assert rc == 0, guide.out.text
+    assert "finished: interrupted" in guide.out.text, guide.out.text     # 01 was not run in the browser
     run_id = m["run_id"]
 
     r = hcbpg("guide", "finish", run_id)                        # idempotent once the session finished it
@@ -242,17 +279,109 @@ def test_guided_run_in_jupyterlab_is_recorded_verified_and_resumable(home, guide
     assert r.returncode == 0, r.stdout + r.stderr
 
     # no secret (nor the Jupyter token) in any byte of the run; committed notebooks untouched
-    planted = guided_env["secrets"] + [jupyter_token]
-    for f in run_dir.rglob("*"):
-        if f.is_file():
-            data = f.read_bytes()
-            for v in planted:
-                for form in _variants(v):
-                    assert form not in data, f"secret leaked into {f}"
+    _assert_no_secret(run_dir, guided_env["secrets"] + [jupyter_token])
     assert {p.name: _sha(p) for p in sorted((home / "notebooks").iterdir())} == committed
     assert {p.name: _sha(p) for p in sorted((REPO / "notebooks").glob("*.ipynb"))} == repo_notebooks
     assert SCREENSHOT.is_file() and SCREENSHOT.stat().st_mtime > time.time() - 300
     with capsys.disabled():
-        print(f"\n  guide timings: server ready {t_ready:.1f}s, lab open {timings['lab_open_s']:.1f}s, "
+        print(f"\n  guide timings: server ready {guide.ready_s:.1f}s, lab open {timings['lab_open_s']:.1f}s, "
               f"cells {timings['cells_s']:.1f}s, browser {timings['browser_total_s']:.1f}s, "
-              f"session {t_session:.1f}s, headless resume {t_resume:.1f}s")
+              f"session {guide.session_s:.1f}s, headless resume {t_resume:.1f}s")
+
+
+# -- against the rehearsal lab ------------------------------------------------------------
+
+LAB_LOCK = Path("/tmp/hcbpg-lab.lock")
+
+
+def _lock_held_by_an_ancestor(path: Path) -> bool:
+    """True when flock(1) in our ancestry holds *path* (``flock /tmp/hcbpg-lab.lock pytest ...``)."""
+    ino = str(path.stat().st_ino)
+    holders = set()
+    for line in Path("/proc/locks").read_text().splitlines():
+        f = line.split()
+        if "->" in f or len(f) < 6 or f[1] != "FLOCK":
+            continue  # "->" marks a waiter, not a holder
+        if f[5].rsplit(":", 1)[-1] == ino:
+            holders.add(int(f[4]))
+    pid = os.getpid()
+    while pid > 1:
+        if pid in holders:
+            return True
+        pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    return False
+
+
+@pytest.fixture
+def lab_lock():
+    """The machine's lab lock: held by our caller's flock(1), or taken here; skip when someone else has it."""
+    import fcntl
+    LAB_LOCK.touch(exist_ok=True)
+    if _lock_held_by_an_ancestor(LAB_LOCK):
+        yield
+        return
+    fd = os.open(LAB_LOCK, os.O_RDWR)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pytest.skip("another process uses the lab (it holds /tmp/hcbpg-lab.lock); run: "
+                        "flock /tmp/hcbpg-lab.lock python -m pytest tests/test_guide_browser.py")
+        yield
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.lab
+def test_guided_preflight_against_the_lab(home, monkeypatch, tmp_path, lab_lock, capsys):
+    """`hcbpg guide lab --until 00` with the real preflight notebook against the rehearsal lab."""
+    if not CHROMIUM.exists():
+        pytest.skip("needs the Debian chromium package at /usr/bin/chromium")
+    pytest.importorskip("playwright.sync_api", reason="needs the playwright Python package")
+    from hcbpg.lab import Lab, lab_unavailable_reason
+    reason = lab_unavailable_reason()
+    if reason:
+        pytest.skip(f"the lab needs root and network namespaces: {reason}")
+    lab = Lab()                                   # the default lab: what params/lab.yaml points at
+    was_up = lab.status()["up"]
+    t0 = time.monotonic()
+    lab.up()
+    t_lab = time.monotonic() - t0
+    monkeypatch.setenv("HCBPG_NOTEBOOKS", str(REPO / "notebooks"))   # the real, committed runbook
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "jupyter-runtime"))
+    monkeypatch.setenv("JUPYTERLAB_SETTINGS_DIR", str(tmp_path / "jupyterlab-settings"))
+    (home / "params" / "lab.yaml").write_text((REPO / "params" / "lab.yaml").read_text())
+    committed = {p.name: _sha(p) for p in sorted((REPO / "notebooks").iterdir()) if p.is_file()}
+    planted = []
+    for f in lab.cfg.secrets_dir.iterdir():
+        for line in f.read_text().splitlines():
+            value = line.split("=", 1)[1] if f.name.endswith(".env") and "=" in line else line
+            if len(value.strip()) >= 8 and not line.startswith("#"):
+                planted.append(value.strip())
+    try:
+        guide = _Guide("lab", "--until", "00")
+        try:
+            url, run_dir = guide.wait_ready("00_preflight.ipynb")
+            timings = _drive_jupyterlab(url, run_dir, "00_preflight.ipynb", gate=None,
+                                        saved=["00_preflight: nothing to change"],
+                                        screenshot=tmp_path / "guided-preflight.png")
+        finally:
+            rc = guide.stop()
+    finally:
+        if not was_up:
+            lab.down()
+    assert rc == 0 and "finished: succeeded" in guide.out.text, guide.out.text
+    r = hcbpg("audit", "verify", "lab")
+    assert r.returncode == 0, r.stdout + r.stderr
+    m = json.loads((run_dir / "manifest.json").read_text())
+    assert m["mode"] == "guided" and m["status"] == "succeeded"
+    (step,) = m["steps"]
+    assert step["key"] == "00_preflight" and step["attempts"][0]["via"] == "notebook"
+    assert step["sha256"] == _sha(run_dir / "00_preflight.ipynb")
+    executed = (run_dir / "00_preflight.ipynb").read_text()
+    assert "preflight" in executed and "secret postgres.app_role_password" in executed
+    _assert_no_secret(run_dir, planted + [url.rsplit("token=", 1)[1]])
+    assert {p.name: _sha(p) for p in sorted((REPO / "notebooks").iterdir()) if p.is_file()} == committed
+    with capsys.disabled():
+        print(f"\n  guide lab timings: lab up {t_lab:.1f}s, server ready {guide.ready_s:.1f}s, "
+              f"browser {timings['browser_total_s']:.1f}s, session {guide.session_s:.1f}s")
