@@ -367,11 +367,13 @@ def catalog_queries(role_names: Iterable[str], database: str) -> dict[str, tuple
             "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
             "WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') AND " + _APP_SCHEMAS + " ORDER BY 1, 2"), database),
         "routines": (sql.SQL(
-            "SELECT n.nspname AS schema, p.oid::regprocedure::text AS signature, p.prokind AS kind, "
+            "SELECT n.nspname AS schema, quote_ident(n.nspname) || '.' || quote_ident(p.proname) || '(' || "
+            "pg_get_function_identity_arguments(p.oid) || ')' AS signature, p.prokind AS kind, "
             "pg_get_userbyid(p.proowner) AS owner FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
             "WHERE " + _APP_SCHEMAS + " AND NOT " + _ext_member("pg_proc", "p.oid") + " ORDER BY 1, 2"), database),
         "types": (sql.SQL(
-            "SELECT n.nspname AS schema, format_type(t.oid, NULL) AS name, pg_get_userbyid(t.typowner) AS owner "
+            "SELECT n.nspname AS schema, quote_ident(n.nspname) || '.' || quote_ident(t.typname) AS name, "
+            "pg_get_userbyid(t.typowner) AS owner "
             "FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace "
             "WHERE " + _APP_SCHEMAS + " AND t.typtype IN ('e', 'd', 'r', 'm') AND NOT "
             + _ext_member("pg_type", "t.oid") + " ORDER BY 1, 2"), database),
@@ -530,7 +532,7 @@ def _role_statements(cfg: RolesConfig, obs: Observed, passwords: Mapping[str, st
     wanted_member = {cfg.app_role: {g}}
     if cfg.exporter:
         wanted_member[cfg.exporter.name] = {"pg_monitor"}
-        if cfg.exporter.name in obs.roles and "pg_monitor" not in obs.roles[cfg.exporter.name]["member_of"]:
+        if "pg_monitor" not in obs.roles.get(cfg.exporter.name, {}).get("member_of", []):
             out.append(Statement(sql.SQL("GRANT pg_monitor TO {}").format(_ident(cfg.exporter.name)), "postgres",
                                  "the exporter reads replication and activity figures (pg_monitor)"))
     for role in [r.name for r in cfg.login_roles()] + [g]:
@@ -550,6 +552,13 @@ def _ownership_statements(cfg: RolesConfig, obs: Observed) -> list[Statement]:
     if obs.database_owner is not None and obs.database_owner != owner:
         out.append(Statement(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(_ident(db), _ident(owner)), "postgres",
                              f"{owner} owns the database (CREATE on it: trusted extensions)"))
+    # extensions cannot change owner (no ALTER EXTENSION ... OWNER TO); REASSIGN OWNED can, and in this
+    # model nobody but the owner owns anything, so a trusted extension restored as rails moves with it
+    for role in sorted({e["owner"] for name, e in obs.extensions.items()
+                        if e["owner"] != owner and obs.available_extensions.get(name, {}).get("trusted")
+                        and not obs.roles.get(e["owner"], {}).get("rolsuper", e["owner"] == "postgres")}):
+        out.append(Statement(sql.SQL("REASSIGN OWNED BY {} TO {}").format(_ident(role), _ident(owner)), db,
+                             f"everything {role} owns in {db} (extensions too) moves to {owner}"))
     for name, s in sorted(obs.schemas.items()):
         if s["owner"] not in (owner, DB_OWNER_PSEUDO):
             out.append(Statement(sql.SQL("ALTER SCHEMA {} OWNER TO {}").format(_ident(name), _ident(owner)), db,
@@ -563,7 +572,7 @@ def _ownership_statements(cfg: RolesConfig, obs: Observed) -> list[Statement]:
     for r in obs.routines:
         if r["owner"] != owner:
             kw = "PROCEDURE" if r.get("kind") == "p" else ("AGGREGATE" if r.get("kind") == "a" else "FUNCTION")
-            # regprocedure text is already a quoted, schema-qualified signature from the server
+            # the signature comes from the server already quoted (quote_ident) and schema-qualified
             out.append(Statement(sql.SQL("ALTER {} {} OWNER TO {}").format(sql.SQL(kw), sql.SQL(r["signature"]),
                                                                             _ident(owner)), db,
                                  f"re-own {r['signature']} (was {r['owner']})"))
