@@ -222,13 +222,12 @@ def update_hcbpg_dependents(rot: Rotatable, new: str, params: "Params", cfg: Rol
         from hcbpg import replication  # noqa: PLC0415
         out += [replication.ensure_passfile(hosts[s.name], params, s, new, dry_run=dry_run) for s in servers]
     if rot.role == params.postgres.app_role:
-        from hcbpg import migration  # noqa: PLC0415
+        from hcbpg import migration  # noqa: PLC0415 - step 09's hand-off file: same place, same format
         path = migration.handoff_path(params)
         if not dry_run:
-            migration.write_private_file(path, migration.render_env_file(
-                {"DATABASE_URL": migration.render_database_url(params, new)}))
-        out.append(Outcome(f"new DATABASE_URL for the app in {path} (0600)", True, dry_run,
-                           actions=["paste it into Hatchbox, restart the app's processes, then delete the file"]))
+            path, _shown = migration.write_app_urls(params, new)
+        out.append(Outcome(f"new DATABASE_URL and BLAZER_DATABASE_URL for the app in {path} (0600)", True, dry_run,
+                           actions=["paste them into Hatchbox, restart the app's processes, then delete the file"]))
     return out
 
 
