@@ -124,7 +124,11 @@ def app_password(params) -> str:
 
 
 def hcbpg_cli(home, *args, timeout=180):
-    env = dict(os.environ, HCBPG_HOME=str(home), HCBPG_STATE_DIR=str(home / "state"))
+    return hcbpg_cli_env(home, {}, *args, timeout=timeout)
+
+
+def hcbpg_cli_env(home, extra, *args, timeout=180):
+    env = dict(os.environ, HCBPG_HOME=str(home), HCBPG_STATE_DIR=str(home / "state"), **extra)
     env.pop("HCBPG_SCRUB_FILE", None)
     t0 = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "hcbpg.cli", *args], capture_output=True, text=True, env=env,
@@ -293,6 +297,32 @@ def test_rotation_leaves_old_password_refused_and_new_working(params, hosts, cfg
     s = params.primary
     assert monitoring.ensure_exporter(hosts[s.name], params, s, cfg, new, dry_run=False).changed
     assert all(c.ok for c in monitoring.check_exporter(hosts[s.name], s))
+
+
+def test_notebooks_run_by_the_real_runner_with_no_password_in_outputs(params, home, cfg, tmp_path):
+    """Steps 13 (a second time: nothing to change), 14 and 15 as notebooks, headless, gates auto-approved."""
+    import shutil
+    nbdir = tmp_path / "notebooks"
+    nbdir.mkdir()
+    for name in ("13_roles", "14_password_rotation", "15_health"):
+        shutil.copy(REPO / "notebooks" / f"{name}.ipynb", nbdir)
+    (nbdir / "steps.yaml").write_text(yaml.safe_dump({"steps": [
+        {"notebook": "13_roles.ipynb", "title": "Roles and privileges, monitoring hookup"},
+        {"notebook": "14_password_rotation.ipynb", "title": "Password rotation", "on_demand": True},
+        {"notebook": "15_health.ipynb", "title": "Health report"}]}))
+    env = {"HCBPG_NOTEBOOKS": str(nbdir), "HCBPG_AUTO_APPROVE": "day-two-test", "HCBPG_OPERATOR": "day-two-test"}
+    t0 = time.monotonic()
+    proc, took = hcbpg_cli_env(home, env, "run", "lab", "--only", "13_roles,14_password_rotation,15_health",
+                               timeout=900)
+    TIMINGS["notebooks_13_14_15_s"] = round(took, 1)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = "".join(p.read_text() for p in (home / "outputs").rglob("*.json"))
+    assert "13_roles" in summary
+    text = "".join(p.read_text(errors="replace") for p in (home / "outputs").rglob("*") if p.is_file())
+    OUTPUT.append(text)
+    for value in [app_password(params)] + [privileges.role_password(cfg, r.name) for r in cfg.login_roles()]:
+        assert value not in text
+    del t0
 
 
 def test_status_shows_every_item_for_both_servers_and_exits_0(params, home):
