@@ -237,3 +237,9 @@ def test_figures_draw_lag_backup_age_and_connections():
     fig = health.plot(healthy(), health.Thresholds())
     assert [ax.get_title() for ax in fig.axes] == ["replay lag (s)", "age of the last backup (h)",
                                                    "connections in use / limit"]
+
+
+def test_status_command_exits_2_on_an_unknown_environment():
+    from conftest import hcbpg
+    proc = hcbpg("status", "no-such-env", timeout=60)
+    assert proc.returncode == 2 and "no params for environment 'no-such-env'" in proc.stderr + proc.stdout
