@@ -49,6 +49,8 @@ DEFAULT_DATABASES = ("postgres", "template0", "template1")
 DEFAULT_DATABASE_OIDS = ("1", "4", "5")
 #: the conf.d include file for replication settings (see :func:`ensure_replication_settings`)
 SETTINGS_FILE = "30-hcbpg-replication.conf"
+#: until params has ``replication.wal_keep_size``
+DEFAULT_WAL_KEEP_SIZE = "512MB"
 #: the functions pg_rewind needs on its source server (pg_rewind docs: non-superuser source)
 REWIND_FUNCTIONS = (
     "pg_catalog.pg_ls_dir(text, boolean, boolean)",
@@ -201,10 +203,15 @@ def settings_for(params: "Params", server: "Server") -> dict[str, pgmod.SettingV
     * ``max_slot_wal_keep_size`` from params, so a dead replica's slot cannot fill the disk;
     * ``wal_log_hints = on`` so pg_rewind can rejoin a former primary after a failover
       (clusters are created without data checksums);
-    * ``hot_standby = on`` so a replica answers read-only queries (the checks need it).
+    * ``hot_standby = on`` so a replica answers read-only queries (the checks need it);
+    * ``wal_keep_size`` (``replication.wal_keep_size``, default 512MB) so a crashed former primary
+      still has the WAL back to the fork point after its crash recovery (which recycles archived
+      segments): without it pg_rewind fails with "could not find previous WAL record" and the
+      rejoin falls back to a full base backup.
     """
     rep = replication_params(params)
-    return {"max_slot_wal_keep_size": rep.max_slot_wal_keep_size, "wal_log_hints": True, "hot_standby": True}
+    return {"max_slot_wal_keep_size": rep.max_slot_wal_keep_size, "wal_log_hints": True, "hot_standby": True,
+            "wal_keep_size": getattr(rep, "wal_keep_size", DEFAULT_WAL_KEEP_SIZE)}
 
 
 def render_settings(params: "Params", server: "Server") -> str:
@@ -372,7 +379,9 @@ def ensure_replication_settings(host: "Host | None", params: "Params", server: "
         host.put_text(path, desired, mode=0o644, owner="postgres", group="postgres")
         if running:
             errors = psql.query(sql.SQL("SELECT sourceline, name, error FROM pg_file_settings "
-                                        "WHERE sourcefile = {} AND error IS NOT NULL").format(sql.Literal(path)))
+                                        "WHERE sourcefile = {} AND error IS NOT NULL "
+                                        # a postmaster setting that changed reads so until the restart below
+                                        "AND error <> 'setting could not be applied'").format(sql.Literal(path)))
             if errors:
                 if current is None:
                     host.run(f"rm -f {shlex.quote(path)}")
@@ -837,7 +846,7 @@ def render_basebackup_command(params: "Params", primary: "Server", standby: "Ser
 
 
 def run_base_backup(host: "Host", primary_psql: Psql, params: "Params", primary: "Server", standby: "Server",
-                    pgdata: str, *, timeout: float = 6 * 3600, poll: float = 2.0,
+                    pgdata: str, *, timeout: float = 6 * 3600, poll: float = 1.0,
                     echo: Callable[[str], None] = print,
                     sleep: Callable[[float], None] = time.sleep) -> float:
     """Run pg_basebackup on *standby* (detached, so a dropped SSH session does not kill it) and print
@@ -852,6 +861,7 @@ def run_base_backup(host: "Host", primary_psql: Psql, params: "Params", primary:
     started = time.monotonic()
     last_line = ""
     last_print = 0.0
+    seen_progress = False
     while True:
         elapsed = time.monotonic() - started
         code_text = host.read_text(done)
@@ -863,7 +873,11 @@ def run_base_backup(host: "Host", primary_psql: Psql, params: "Params", primary:
         prog = get_basebackup_progress(primary_psql)
         tail = host.probe(f"tail -c 400 {log}").stdout.replace("\r", "\n").strip().splitlines()
         own = tail[-1].strip() if tail else ""
-        line = (prog.line(elapsed) if prog else f"starting after {elapsed:.1f}s") + (f" | {own}" if own else "")
+        if prog is not None:
+            seen_progress = True
+        state = (prog.line(elapsed) if prog else
+                 f"{'finishing (last WAL, sync to disk)' if seen_progress else 'starting'} after {elapsed:.1f}s")
+        line = state + (f" | {own}" if own else "")
         if line != last_line and (elapsed - last_print >= poll or not last_line):
             echo(f"[{standby.name}] base backup {scrub(line)}")
             last_line, last_print = line, elapsed
@@ -1188,3 +1202,35 @@ def replica_cleanup_outcomes(host: "Host | None", params: "Params", standby: "Se
     """After a replica streams: drop inactive hcbpg slots it carried over from an earlier life."""
     psql = pgmod.psql_for(host, params) if host is not None and pgmod.get_cluster_running(host, params) else None
     return [ensure_no_stale_slots(psql, params, keep=[], dry_run=dry_run, host_name=standby.name)]
+
+
+def setup_replication(hosts: Mapping[str, "Host | None"], params: "Params", password: str, *,
+                      allow_destructive: bool, dry_run: bool,
+                      echo: Callable[[str], None] = print) -> tuple[list[Outcome], Topology, dict[str, Any]]:
+    """Step 10, whole: discover the current primary, set it up, make every other server its streaming replica.
+
+    Returns the outcomes, the topology found before any change, and per replica its plan
+    (as text) and timings.
+    """
+    topo, _states = get_topology(hosts, params)
+    if topo.primary is None:
+        raise SafetyCheckFailed(topo.reason, hint="Start the primary (or promote a replica with step 11), then run "
+                                                  "this step again. Nothing was changed.")
+    primary = params.server(topo.primary)
+    primary_host = hosts.get(primary.name)
+    if primary_host is None:
+        raise SafetyCheckFailed(f"cannot reach the primary {primary.name}")
+    replicas = [params.server(n) for n in topo.replicas]
+    outcomes = primary_outcomes(primary_host, params, primary, replicas, password, dry_run=dry_run)
+    results: dict[str, Any] = {}
+    for r in replicas:
+        host = hosts.get(r.name)
+        outcomes += replica_config_outcomes(host, params, r, password, dry_run=dry_run)
+        outcome, plan, result = ensure_replica(host, params, r, primary_host=primary_host, primary=primary,
+                                               allow_destructive=allow_destructive, dry_run=dry_run, echo=echo)
+        echo(str(plan))
+        outcomes.append(outcome)
+        if not dry_run:
+            outcomes += replica_cleanup_outcomes(host, params, r, dry_run=dry_run)
+        results[r.name] = {"plan": plan.action, "method": plan.method, **result}
+    return outcomes, topo, results

@@ -99,7 +99,7 @@ def test_recovery_settings_replace_earlier_lines_and_keep_others():
 
 def test_settings_file_caps_slot_wal_and_enables_rewind():
     text = rep.render_settings(P, S1)
-    assert "max_slot_wal_keep_size = '1GB'" in text
+    assert "max_slot_wal_keep_size = '1GB'" in text and "wal_keep_size = '512MB'" in text
     assert "wal_log_hints = on" in text
     assert text.startswith("# Managed by hcbpg")
 

@@ -1,0 +1,283 @@
+"""Steps 10 (replication) and 11 (failover) against two real lab servers over SSH.
+
+The tests run in file order and build on each other: steps 02-04 and pgBackRest on the
+primary; the refusals (destructive steps not allowed, the current primary, a writable
+server with data); the replica built while pgbench writes to the primary; a second run that
+changes nothing; a planned switchover and an unplanned failover back, each with the old
+primary rejoining as a replica, row counts compared and pgBackRest checked on the new primary.
+
+Run under the machine's lab lock: ``flock /tmp/hcbpg-lab.lock python -m pytest tests/lab/test_replication.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets as stdlib_secrets
+import shlex
+import time
+
+import pytest
+
+from hcbpg import failover as fo
+from hcbpg import postgres as pg
+from hcbpg import replication as rep
+from hcbpg import roles
+from hcbpg.errors import SafetyCheckFailed
+from hcbpg.host import Host
+from hcbpg.lab import create_server_host, destroy_server_host
+from hcbpg.lab.core import S3_BUCKET
+from hcbpg.params import parse_params
+from hcbpg.secrets import resolve
+
+pytestmark = pytest.mark.lab
+
+BENCH_DB = "hcbpg_bench"
+PGBENCH = "/usr/lib/postgresql/15/bin/pgbench"
+TIMINGS: dict[str, float] = {}
+
+
+def ensure_secret_file(path) -> None:
+    """The lab's `lab up` does not create repuser-password (yet): create it 0600, random."""
+    if not path.is_file() or not path.read_text().strip():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, (stdlib_secrets.token_urlsafe(24) + "\n").encode())
+        finally:
+            os.close(fd)
+
+
+def make_params(lab, *, allow_destructive: bool = True, **replication):
+    cfg = lab.cfg
+    servers = [("server-postgres-1", cfg.address(41), "primary"), ("server-postgres-2", cfg.address(42), "replica")]
+    ensure_secret_file(cfg.secret_path("repuser-password"))
+    return parse_params({
+        "environment": "lab",
+        "hetzner": {"token": f"file:{cfg.secret_path('hcloud-token')}",
+                    "ssh_public_key_file": str(lab.ssh_key.with_suffix(".pub"))},
+        "network": {"ip_range": "10.0.0.0/8", "subnet": cfg.subnet},
+        "servers": [{"name": n, "private_ip": ip, "role": r, "ssh_host": ip} for n, ip, r in servers],
+        "app_host": {"name": "app", "private_ip": cfg.app_ip},
+        "ssh": {"user": "root", "key_file": str(lab.ssh_key), "connect_timeout": 5},
+        "postgres": {"app_role_password": f"file:{cfg.secret_path('rails-password')}"},
+        "pgbackrest": {"s3_bucket": S3_BUCKET, "s3_endpoint": cfg.s3_endpoint.removeprefix("https://"),
+                       "s3_region": "fsn1", "s3_uri_style": "path", "s3_ca_file": str(cfg.ca_cert),
+                       "s3_key": f"file:{cfg.secret_path('s3-key')}",
+                       "s3_key_secret": f"file:{cfg.secret_path('s3-key-secret')}",
+                       "cipher_pass": f"file:{cfg.secret_path('cipher-pass')}", "process_max": 2,
+                       "block": False, "repo_path_prefix": "/pgbackrest-replication-test"},
+        "replication": {"password": f"file:{cfg.secret_path('repuser-password')}",
+                        "max_slot_wal_keep_size": "1GB", "catch_up_timeout_s": 30, **replication},
+        "allow_destructive": allow_destructive,
+    })
+
+
+@pytest.fixture(scope="module")
+def params(lab):
+    p = make_params(lab)
+    key = lab.ssh_key.with_suffix(".pub").read_text()
+    for s in p.servers:
+        create_server_host(s.name, s.private_ip, [key], lab_dir=str(lab.lab_dir))
+    yield p
+    for s in p.servers:
+        destroy_server_host(s.name, lab_dir=str(lab.lab_dir))
+
+
+@pytest.fixture(scope="module")
+def hosts(params):
+    hs = {s.name: Host.from_params(params, s.name, s.ssh_host) for s in params.servers}
+    yield hs
+    for h in hs.values():
+        h.close()
+
+
+@pytest.fixture(scope="module")
+def passwords(params):
+    return {"app": resolve(params.postgres.app_role_password, key="postgres.app_role_password"),
+            "rep": resolve(params.replication.password, key="replication.password")}
+
+
+def psql(hosts, params, name):
+    return pg.psql_for(hosts[name], params)
+
+
+def start_pgbench(host: Host, seconds: int) -> None:
+    home = rep.postgres_home()
+    inner = (f"{PGBENCH} -h /var/run/postgresql -n -c 2 -j 1 -T {seconds} {BENCH_DB}; "
+             f"echo $? > {home}/pgbench.exit")
+    host.run(f"rm -f {home}/pgbench.exit && nohup setsid sh -c {shlex.quote(inner)} > {home}/pgbench.log 2>&1 "
+             "< /dev/null &", sudo_user="postgres")
+
+
+def pgbench_running(host: Host) -> bool:
+    return host.read_text(f"{rep.postgres_home()}/pgbench.exit") is None
+
+
+def wait_pgbench(host: Host, timeout: float = 300) -> str:
+    deadline = time.monotonic() + timeout
+    while pgbench_running(host):
+        assert time.monotonic() < deadline, "pgbench did not finish"
+        time.sleep(1)
+    code = host.read_text(f"{rep.postgres_home()}/pgbench.exit").strip()
+    log = host.read_text(f"{rep.postgres_home()}/pgbench.log") or ""
+    assert code == "0", log[-2000:]
+    return log
+
+
+def counts(hosts, params, name):
+    return rep.get_table_counts(psql(hosts, params, name), BENCH_DB)
+
+
+def test_servers_set_up_with_steps_02_to_04_and_pgbackrest_on_the_primary(params, hosts, passwords):
+    t0 = time.monotonic()
+    for s in params.servers:
+        pg.install_server(hosts[s.name], params, s, dry_run=False)
+        pg.allow_connections(hosts[s.name], params, s, dry_run=False)
+    primary = params.primary
+    ppsql = psql(hosts, params, primary.name)
+    roles.app_role_database(ppsql, params, passwords["app"], dry_run=False, host_name=primary.name)
+    # the restart wal_log_hints needs happens here, before the load starts (see the report: step 02 should own it)
+    rep.ensure_replication_settings(hosts[primary.name], params, primary, dry_run=False)
+    ppsql.execute(f"CREATE DATABASE {BENCH_DB}")
+    hosts[primary.name].run(f"{PGBENCH} -h /var/run/postgresql -i -s 5 -q {BENCH_DB}", sudo_user="postgres")
+    outcomes, checks = fo.point_backups_at(hosts[primary.name], params, primary, archive_mode=True)
+    failed = [f"{c.name}: {c.detail}" for c in checks if not c.ok]
+    assert not failed, failed
+    TIMINGS["setup_s"] = round(time.monotonic() - t0, 1)
+
+
+def test_wipe_refused_when_destructive_steps_are_not_allowed(lab, params, hosts, passwords):
+    strict = make_params(lab, allow_destructive=False)
+    r = strict.server("server-postgres-2")
+    with pytest.raises(SafetyCheckFailed, match="destructive steps are not allowed for this run") as exc:
+        rep.ensure_replica(hosts[r.name], strict, r, primary_host=hosts[strict.primary.name], primary=strict.primary,
+                           allow_destructive=strict.allow_destructive, dry_run=False)
+    assert "allow_destructive" in str(exc.value)
+    assert pg.get_cluster_running(hosts[r.name], params), "the refused target must not have been stopped"
+
+
+def test_wipe_refused_when_the_target_is_the_current_primary(params, hosts):
+    p = params.primary
+    with pytest.raises(SafetyCheckFailed, match="it is the current primary"):
+        rep.ensure_replica(hosts[p.name], params, p, primary_host=hosts[p.name], primary=p,
+                           allow_destructive=True, dry_run=False)
+    assert pg.get_cluster_running(hosts[p.name], params)
+
+
+def test_wipe_refused_for_a_writable_server_holding_data(params, hosts):
+    r = params.server("server-postgres-2")
+    rpsql = psql(hosts, params, r.name)
+    rpsql.execute("CREATE DATABASE precious")
+    try:
+        with pytest.raises(SafetyCheckFailed, match="not in recovery and holds databases precious"):
+            rep.ensure_replica(hosts[r.name], params, r, primary_host=hosts[params.primary.name],
+                               primary=params.primary, allow_destructive=True, dry_run=False)
+        assert rpsql.value("SELECT count(*) AS n FROM pg_database WHERE datname = 'precious'") == 1
+    finally:
+        rpsql.execute("DROP DATABASE precious")
+
+
+def test_replica_streams_and_catches_up_while_pgbench_writes(params, hosts, passwords, capsys):
+    primary, replica = params.primary, params.server("server-postgres-2")
+    start_pgbench(hosts[primary.name], 50)
+    time.sleep(2)
+    t0 = time.monotonic()
+    outcomes, topo, results = rep.setup_replication(hosts, params, passwords["rep"], allow_destructive=True,
+                                                    dry_run=False)
+    TIMINGS["step10_s"] = round(time.monotonic() - t0, 1)
+    TIMINGS.update({f"step10_{k}": v for k, v in results[replica.name].items() if k.endswith("_s")})
+    assert topo.primary == primary.name
+    assert results[replica.name]["method"] == "base_backup"
+    assert pgbench_running(hosts[primary.name]), "pgbench must still write after the base backup"
+    out = capsys.readouterr().out
+    assert "base backup" in out and "%" in out, "progress lines are shown while pg_basebackup runs"
+    checks = rep.check_replication(hosts[primary.name], hosts[replica.name], params, replica, primary,
+                                   passwords["rep"])
+    failed = [f"{c.name}: {c.detail}" for c in checks if not c.ok]
+    assert not failed, failed
+    wait_pgbench(hosts[primary.name])
+    c = rep.check_counts_match(psql(hosts, params, primary.name), psql(hosts, params, replica.name), BENCH_DB,
+                               timeout=60)
+    assert c.ok, c.detail
+    TIMINGS["catch_up_detail"] = c.detail  # type: ignore[assignment]
+    assert counts(hosts, params, primary.name)["public.pgbench_history"] > 0
+    out += capsys.readouterr().out
+    assert passwords["rep"] not in out
+
+
+def test_second_run_changes_nothing(params, hosts, passwords, capsys):
+    outcomes, _topo, results = rep.setup_replication(hosts, params, passwords["rep"], allow_destructive=True,
+                                                     dry_run=False)
+    assert [str(o) for o in outcomes if o.changed] == []
+    assert results["server-postgres-2"]["plan"] == "none"
+    assert passwords["rep"] not in capsys.readouterr().out
+
+
+def test_no_replication_password_on_the_replica_outside_the_passfile(params, hosts, passwords):
+    r = hosts["server-postgres-2"]
+    hits = r.probe(f"grep -rlF -- {shlex.quote(passwords['rep'])} /etc/postgresql /var/lib/postgresql "
+                   "/var/log/postgresql 2>/dev/null").stdout.split()
+    assert hits == [rep.passfile_path()]
+
+
+def _failover(params, hosts, passwords, *, expect_kind):
+    topo, states = rep.get_topology(hosts, params)
+    plan = fo.plan_failover(topo, states, params, previous_primary=topo.primary)
+    assert plan.kind == expect_kind, str(plan)
+    t0 = time.monotonic()
+    result = fo.run_failover(plan, hosts, params, app_password=passwords["app"])
+    new = params.server(plan.new_primary)
+    assert fo.check_accepts_writes(psql(hosts, params, new.name), new).ok
+    t1 = time.monotonic()
+    outcomes, rejoin = fo.rejoin_old_primary(hosts, params, plan, allow_destructive=True)
+    t2 = time.monotonic()
+    b_outcomes, b_checks = fo.point_backups_at(hosts[new.name], params, new, archive_mode=True)
+    t3 = time.monotonic()
+    return plan, result, rejoin, b_checks, {"promote_s": round(t1 - t0, 1), "rejoin_s": round(t2 - t1, 1),
+                                            "pgbackrest_s": round(t3 - t2, 1)}
+
+
+def test_planned_switchover_loses_nothing_and_the_old_primary_streams_again(params, hosts, passwords):
+    old, new = params.server("server-postgres-1"), params.server("server-postgres-2")
+    start_pgbench(hosts[old.name], 8)
+    wait_pgbench(hosts[old.name])
+    before = counts(hosts, params, old.name)
+    plan, result, rejoin, b_checks, t = _failover(params, hosts, passwords, expect_kind="switchover")
+    TIMINGS.update({f"switchover_{k}": v for k, v in t.items()})
+    TIMINGS.update({f"switchover_rejoin_{k}": v for k, v in rejoin.items() if k.endswith("_s")})
+    assert (plan.old_primary, plan.new_primary) == (old.name, new.name)
+    assert "[secret]" in result["database_url"] and passwords["app"] not in str(result)
+    url_file = fo.database_url_path(params)
+    assert oct(url_file.stat().st_mode & 0o777) == "0o600" and new.private_ip in url_file.read_text()
+    assert counts(hosts, params, new.name) == before
+    assert rejoin["method"] == "rewind", rejoin
+    checks = rep.check_replication(hosts[new.name], hosts[old.name], params, old, new, passwords["rep"])
+    failed = [f"{c.name}: {c.detail}" for c in checks + b_checks if not c.ok]
+    assert not failed, failed
+    topo, _ = rep.get_topology(hosts, params)
+    assert topo.primary == new.name
+    # the new primary takes pgbench writes and the rejoined replica follows
+    start_pgbench(hosts[new.name], 5)
+    wait_pgbench(hosts[new.name])
+    c = rep.check_counts_match(psql(hosts, params, new.name), psql(hosts, params, old.name), BENCH_DB, timeout=60)
+    assert c.ok, c.detail
+
+
+def test_unplanned_failover_back_after_the_primary_crashes(params, hosts, passwords):
+    crashed, survivor = params.server("server-postgres-2"), params.server("server-postgres-1")
+    start_pgbench(hosts[crashed.name], 5)
+    wait_pgbench(hosts[crashed.name])
+    before = counts(hosts, params, crashed.name)
+    rep.wait_for_catch_up(psql(hosts, params, survivor.name), rep.get_wal_lsn(psql(hosts, params, crashed.name)),
+                          timeout=30)
+    hosts[crashed.name].run("pg_ctlcluster 15 main stop -m immediate")
+    plan, result, rejoin, b_checks, t = _failover(params, hosts, passwords, expect_kind="failover")
+    TIMINGS.update({f"failover_{k}": v for k, v in t.items()})
+    TIMINGS.update({f"failover_rejoin_{k}": v for k, v in rejoin.items() if k.endswith("_s")})
+    assert plan.new_primary == survivor.name and plan.old_reachable
+    assert rejoin["method"] == "rewind", rejoin  # wal_keep_size keeps the WAL back to the fork point
+    assert counts(hosts, params, survivor.name) == before
+    checks = rep.check_replication(hosts[survivor.name], hosts[crashed.name], params, crashed, survivor,
+                                   passwords["rep"])
+    failed = [f"{c.name}: {c.detail}" for c in checks + b_checks if not c.ok]
+    assert not failed, failed
+    print("timings:", TIMINGS)
