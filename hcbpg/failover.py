@@ -330,6 +330,14 @@ def run_failover(plan: FailoverPlan, hosts: Mapping[str, "Host | None"], params:
     return result
 
 
+def promotion_outcome(plan: FailoverPlan, result: Mapping[str, Any]) -> Outcome:
+    """The promotion as an Outcome for the step's record (the DATABASE_URL redacted, its file named)."""
+    return Outcome(f"{plan.new_primary} promoted ({plan.kind} from {plan.old_primary})", True,
+                   actions=[f"fenced {plan.old_primary}: {result.get('fence', {}).get('state', 'unreachable')}",
+                            f"promoted in {result.get('promote_s')}s",
+                            f"new DATABASE_URL {result.get('database_url')} written to {result.get('database_url_file')}"])
+
+
 def rejoin_old_primary(hosts: Mapping[str, "Host | None"], params: "Params", plan: FailoverPlan, *,
                        allow_destructive: bool, echo: Callable[[str], None] = print) -> tuple[list[Outcome], dict[str, Any]]:
     """The old primary becomes a replica of the new one: slot on the new primary, then ensure_replica

@@ -955,11 +955,17 @@ def rebuild_replica(host: "Host", params: "Params", target: ServerState, plan: P
     return result
 
 
-def ensure_replica(host: "Host | None", params: "Params", standby: "Server", *, primary_host: "Host",
+def ensure_replica(host: "Host | None", params: "Params", standby: "Server", *, primary_host: "Host | None",
                    primary: "Server", allow_destructive: bool, dry_run: bool,
                    echo: Callable[[str], None] = print) -> tuple[Outcome, Plan, dict[str, Any]]:
     """*standby* streams from *primary*: inspect it live, plan (wipe safety), then start or rebuild it."""
     what = f"{standby.name} as a replica of {primary.name}"
+    if dry_run and (host is None or primary_host is None):
+        plan = Plan(standby.name, primary.name, "rebuild", "base_backup", ["the server is not reachable yet"],
+                    steps=["inspect it live (wipe safety) before anything is stopped",
+                           f"pg_basebackup -R -P -X stream --slot {slot_name(standby.name)} from {primary.name}",
+                           "start it and wait until it streams"])
+        return Outcome(what, True, dry_run, actions=plan.steps), plan, {}
     target = get_server_state(host, params, standby)
     pstate = get_server_state(primary_host, params, primary)
     plan = plan_replica_rebuild(target, params, standby.name, allow_destructive, primary=pstate)
@@ -1213,13 +1219,17 @@ def setup_replication(hosts: Mapping[str, "Host | None"], params: "Params", pass
     (as text) and timings.
     """
     topo, _states = get_topology(hosts, params)
+    if topo.primary is None and dry_run and all(hosts.get(s.name) is None for s in params.servers):
+        # a plan before provisioning (`hcbpg plan` on a fresh environment): the intended layout
+        topo = Topology(params.primary.name, [s.name for s in params.replicas], [s.name for s in params.servers],
+                        "no server is reachable yet: planning the intended layout from params", {})
     if topo.primary is None:
         raise SafetyCheckFailed(topo.reason, hint="Start the primary (or promote a replica with step 11), then run "
                                                   "this step again. Nothing was changed.")
     primary = params.server(topo.primary)
     primary_host = hosts.get(primary.name)
-    if primary_host is None:
-        raise SafetyCheckFailed(f"cannot reach the primary {primary.name}")
+    if primary_host is None and not dry_run:
+        raise SafetyCheckFailed(f"cannot reach the primary {primary.name}", hint="Nothing was changed.")
     replicas = [params.server(n) for n in topo.replicas]
     outcomes = primary_outcomes(primary_host, params, primary, replicas, password, dry_run=dry_run)
     results: dict[str, Any] = {}
@@ -1234,3 +1244,42 @@ def setup_replication(hosts: Mapping[str, "Host | None"], params: "Params", pass
             outcomes += replica_cleanup_outcomes(host, params, r, dry_run=dry_run)
         results[r.name] = {"plan": plan.action, "method": plan.method, **result}
     return outcomes, topo, results
+
+
+def topology_rows(states: Mapping[str, ServerState], topology: Topology) -> list[dict[str, Any]]:
+    """One row per server for the notebook's table: what it is now and what params intended."""
+    rows = []
+    for name, s in states.items():
+        now = ("primary" if name == topology.primary else
+               "replica" if s.in_recovery and s.running else
+               "unreachable" if not s.reachable else "stopped" if not s.running else "not a replica yet")
+        rows.append({"server": name, "now": now, "params role": "", "running": s.running,
+                     "in recovery": s.in_recovery, "timeline": s.timeline,
+                     "databases": ", ".join(s.databases) or "(defaults)",
+                     "streams from": s.receiver_host or "", "streaming to": ", ".join(s.streaming_to)})
+    return rows
+
+
+def show_topology(params: "Params", topology: Topology, states: Mapping[str, ServerState]) -> None:
+    """Print how the current primary was chosen and a table of every server."""
+    from hcbpg.runbook import show_table
+    rows = topology_rows(states, topology)
+    for r in rows:
+        r["params role"] = params.server(r["server"]).role
+    print(f"current primary: {topology.primary or 'none'} ({topology.reason})")
+    show_table(rows)
+
+
+def check_all(hosts: Mapping[str, "Host | None"], params: "Params", password: str) -> list[Check]:
+    """Step 10's checks for every replica of the current primary (a failing row per unreachable one)."""
+    topo, states = get_topology(hosts, params)
+    if topo.primary is None or hosts.get(topo.primary) is None:
+        return [Check("a primary is running", "fail", topo.reason)]
+    primary = params.server(topo.primary)
+    out: list[Check] = []
+    for name in topo.replicas:
+        if hosts.get(name) is None:
+            out.append(Check("replica reachable", "fail", states[name].error or "unreachable", name))
+            continue
+        out += check_replication(hosts[topo.primary], hosts[name], params, params.server(name), primary, password)  # type: ignore[arg-type]
+    return out
