@@ -6,7 +6,9 @@ on each other: plan on fresh servers, apply, apply again (zero changes), then th
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -159,3 +161,75 @@ def test_unreachable_host_error_names_the_host(lab, params):
     with pytest.raises(HostUnreachable) as info:
         host.run("true")
     assert "server-postgres-9" in str(info.value) and lab.cfg.address(99) in str(info.value)
+
+
+# the real notebooks through the real runner ---------------------------------------------------
+
+RUN_SERVERS = (("pg-run-1", 41, "primary"), ("pg-run-2", 42, "replica"))
+
+
+@pytest.fixture(scope="module")
+def run_home(lab, tmp_path_factory):
+    """An HCBPG_HOME whose params point at this lab (servers made by step 01 through the API stand-in)."""
+    import yaml
+    cfg = lab.cfg
+    home = tmp_path_factory.mktemp("server-steps-home")
+    (home / "params").mkdir()
+    (home / "params" / "lab.yaml").write_text(yaml.safe_dump({
+        "environment": "lab",
+        "hetzner": {"token": f"file:{cfg.secret_path('hcloud-token')}", "api_endpoint": lab.status()["hcloud_endpoint"],
+                    "ssh_public_key_file": str(lab.ssh_key.with_suffix(".pub")), "ssh_key_name": "hcb-lab",
+                    "admin_source_ranges": [cfg.subnet]},
+        "network": {"ip_range": "10.0.0.0/8", "subnet": cfg.subnet},
+        "servers": [{"name": n, "private_ip": cfg.address(off), "role": r} for n, off, r in RUN_SERVERS],
+        "app_host": {"name": "app", "private_ip": cfg.app_ip},
+        "ssh": {"user": "root", "key_file": str(lab.ssh_key), "connect_timeout": 5},
+        "postgres": {"app_role_password": f"file:{cfg.secret_path('rails-password')}"},
+    }, sort_keys=False))
+    env = {"HCBPG_HOME": str(home), "HCBPG_STATE_DIR": str(home / "state"), "HCBPG_LAB_DIR": str(lab.lab_dir),
+           "HCBPG_NOTEBOOKS": str(Path(__file__).resolve().parents[2] / "notebooks")}
+    yield home, env
+    import hcloud
+    client = hcloud.Client(token=cfg.read_secret("hcloud-token"), api_endpoint=lab.status()["hcloud_endpoint"])
+    for name, _off, _role in RUN_SERVERS:
+        server = client.servers.get_by_name(name)
+        if server is not None:
+            server.delete()
+
+
+def cli(env, *args):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "hcbpg.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=900)
+
+
+def latest_manifest(home):
+    import json
+    runs = sorted((home / "outputs" / "lab").glob("*_*/manifest.json"))
+    return json.loads(runs[-1].read_text())
+
+
+def test_plan_then_run_until_04_then_run_again_changes_nothing(lab, run_home):
+    home, env = run_home
+    hosts_before = sorted(h["name"] for h in lab.status()["hosts"])
+    plan = cli(env, "plan", "lab", "--only", "00,01,02,03,04")
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    assert sorted(h["name"] for h in lab.status()["hosts"]) == hosts_before, "a plan created hosts"
+    planned = {s["key"]: s["changes"] for s in latest_manifest(home)["steps"]}
+    assert planned["02_install_postgres"] > 0 and planned["04_app_role_database"] > 0
+
+    first = cli(env, "run", "lab", "--until", "04")
+    assert first.returncode == 0, first.stdout + first.stderr
+    second = cli(env, "run", "lab", "--until", "04")
+    assert second.returncode == 0, second.stdout + second.stderr
+    again = {s["key"]: s["changes"] for s in latest_manifest(home)["steps"]}
+    assert set(again) >= {"00_preflight", "02_install_postgres", "03_allow_connections", "04_app_role_database"}
+    assert all(n == 0 for n in again.values()), again
+
+    secrets = [lab.cfg.read_secret(n) for n in ("rails-password", "hcloud-token")]
+    for path in (home / "outputs").rglob("*"):
+        if path.is_file():
+            text = path.read_text(errors="replace")
+            assert not any(s in text for s in secrets), f"a secret in {path}"
+            assert "SCRAM-SHA-256$" not in text, f"a password verifier in {path}"
