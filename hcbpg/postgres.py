@@ -151,15 +151,12 @@ def ensure_packages(host: "Host | None", params: "Params", *, dry_run: bool) -> 
                         actions=[f"apt-get install {' '.join(wanted[1:])} (PGDG repository)"])]
     installed = get_installed_packages(host, wanted)
     outcomes: list[Outcome] = []
-    apt_updated = False
 
     def install(pkgs: list[str], origin: str) -> Outcome:
-        nonlocal apt_updated
         o = Outcome(f"packages {', '.join(pkgs)} on {name}", True, dry_run,
                     actions=[f"apt-get install {' '.join(pkgs)} ({origin})"])
         if not dry_run:
             host.run(f"{APT_ENV} apt-get update -q", timeout=600)
-            apt_updated = True
             host.run(f"{APT_ENV} apt-get install -y -q --no-install-recommends "
                      + " ".join(shlex.quote(p) for p in pkgs), timeout=1800)
         return o
@@ -174,7 +171,6 @@ def ensure_packages(host: "Host | None", params: "Params", *, dry_run: bool) -> 
     else:
         outcomes.append(Outcome(f"packages {', '.join(wanted)} on {name}", False, dry_run,
                                 actions=[f"{p} {installed[p]} already installed" for p in wanted]))
-    del apt_updated
     return outcomes
 
 
