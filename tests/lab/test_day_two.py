@@ -186,7 +186,8 @@ def test_roles_step_applies_the_model_and_second_run_changes_nothing(params, hos
     ppsql = primary_psql(hosts, params)
     plan = privileges.ensure_privileges(ppsql, cfg, dry_run=True)
     OUTPUT.append(str(plan))
-    assert plan.changed and any("ALTER TABLE public.users OWNER TO hcb_migrations" in a for a in plan.actions), plan
+    assert plan.changed and any('ALTER TABLE "public"."users" OWNER TO "hcb_migrations"' in a for a in plan.actions), plan
+    assert 'REASSIGN OWNED BY "rails" TO "hcb_migrations"' in plan.actions, "citext moves with it"
     applied = privileges.ensure_privileges(ppsql, cfg, dry_run=False)
     OUTPUT.append(str(applied))
     TIMINGS["step13_apply_s"] = round(time.monotonic() - t0, 1)
