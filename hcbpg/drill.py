@@ -203,8 +203,7 @@ def get_fingerprint(host: "Host", params: "Params", *, checksum_tables: Sequence
     if not res.ok:
         raise DatabaseError(f"on {host.name}: the fingerprint query failed in {db}: {res.output.strip()[-1500:]}",
                             hint="It only reads; nothing changed.")
-    line = next((ln for ln in res.stdout.splitlines() if ln.strip().startswith("[")), "[]")
-    fp = parse_fingerprint_rows(json.loads(line))
+    fp = parse_fingerprint_rows(json.loads(res.stdout.strip() or "[]"))
     fp["database"] = db
     fp["host"] = host.name
     return fp

@@ -138,9 +138,15 @@ def repo_path(params: "Params", server: "Server") -> str:
     return f"{_pb(params).repo_path_prefix.rstrip('/')}/{server.name}"
 
 
-def conf_options(params: "Params", server: "Server", *, version: tuple[int, int, int]) -> dict[str, dict[str, str]]:
-    """The options of pgbackrest.conf by section (secrets as ``<secret>``), for *server*'s repository."""
-    check_block_incremental(params, version)
+def conf_options(params: "Params", server: "Server", *,
+                 version: tuple[int, int, int] | None) -> dict[str, dict[str, str]]:
+    """The options of pgbackrest.conf by section (secrets as ``<secret>``), for *server*'s repository.
+
+    *version* None (pgBackRest not installed yet, in a plan) skips the version rule; the
+    apply checks it once pgBackRest is installed.
+    """
+    if version is not None:
+        check_block_incremental(params, version)
     pb = _pb(params)
     host, port = split_endpoint(pb.s3_endpoint)
     yn = lambda b: "y" if b else "n"  # noqa: E731
@@ -178,7 +184,7 @@ def conf_options(params: "Params", server: "Server", *, version: tuple[int, int,
     return {pb.stanza: stanza, "global": g}
 
 
-def render_pgbackrest_conf(params: "Params", server: "Server", *, version: tuple[int, int, int],
+def render_pgbackrest_conf(params: "Params", server: "Server", *, version: tuple[int, int, int] | None,
                            secrets: Mapping[str, str] | None = None) -> str:
     """pgbackrest.conf for *server*'s repository, whole: header, ``[stanza]``, ``[global]``, keys sorted.
 
@@ -190,7 +196,7 @@ def render_pgbackrest_conf(params: "Params", server: "Server", *, version: tuple
     lines = [
         MANAGED_HEADER,
         f"# pgBackRest for {server.name}, rendered from params ({params.environment}) for "
-        f"pgBackRest {format_version(version)}.",
+        f"pgBackRest {format_version(version) if version else '(not installed yet)'}.",
         "# Holds the repository credentials and cipher passphrase: mode 0640, owner postgres.",
     ]
     for name, options in sections.items():
@@ -314,7 +320,9 @@ def ensure_archiving(host: "Host | None", params: "Params", server: "Server", *,
         host.put_text(path, desired, **file_kw)
         if running:
             errors = psql.query(sql.SQL("SELECT sourceline, name, error FROM pg_file_settings "
-                                        "WHERE sourcefile = {} AND error IS NOT NULL").format(sql.Literal(path)))
+                                        "WHERE sourcefile = {} AND error IS NOT NULL "
+                                        # a postmaster setting that changed reads so until the restart
+                                        "AND error <> 'setting could not be applied'").format(sql.Literal(path)))
             if errors:
                 _restore(host, path, current, **file_kw)
                 raise DatabaseError(
@@ -332,19 +340,39 @@ def ensure_archiving(host: "Host | None", params: "Params", server: "Server", *,
 
 
 def check_archiving(host: "Host", params: "Params", server: "Server", *, archive_mode: bool) -> list[Check]:
-    """One row per archiving setting: in force, from our file, no restart pending."""
+    """One row per archiving setting: our file's entry is applied, the value is in force, no restart pending.
+
+    (pg_settings names a file as the source only when its value differs from the built-in
+    default, so wal_level = replica shows as "default": pg_file_settings says whether our
+    entry is the one applied.)
+    """
     path = archiving_path(params)
     desired = parse_settings(render_archiving(params, server, archive_mode=archive_mode))
-    rows = {r["name"]: r for r in psql_for(host, params).query(
-        sql.SQL("SELECT name, setting, sourcefile, pending_restart FROM pg_settings WHERE name = ANY({})")
+    psql = psql_for(host, params)
+    live = {r["name"]: r for r in psql.query(
+        sql.SQL("SELECT name, setting, pending_restart FROM pg_settings WHERE name = ANY({})")
         .format(sql.Literal(list(desired))))}
+    filed = {r["name"]: r for r in psql.query(
+        sql.SQL("SELECT name, setting, applied, error FROM pg_file_settings WHERE sourcefile = {}")
+        .format(sql.Literal(path)))}
     out = []
     for name, written in desired.items():
-        r = rows.get(name) or {}
-        ok = r.get("sourcefile") == path and not r.get("pending_restart")
-        detail = f"{name} = {r.get('setting')}"
-        if r.get("sourcefile") != path:
-            detail += f" (from {r.get('sourcefile') or 'default'}, expected {path}: wanted {written})"
+        r, f = live.get(name) or {}, filed.get(name)
+        if f is None:
+            out.append(Check(f"setting {name}", "fail", f"not in {path} as PostgreSQL reads it (wanted {written})",
+                             server.name))
+            continue
+        value = r.get("setting")
+        shown = value
+        if name == "archive_command" and value == "(disabled)" and not archive_mode:
+            # PostgreSQL shows archive_command as "(disabled)" while archive_mode is off
+            value, shown = f["setting"], f"{f['setting']} (shown as (disabled) while archive_mode is off)"
+        ok = bool(f["applied"]) and not f["error"] and not r.get("pending_restart") and value == f["setting"]
+        detail = f"{name} = {shown}"
+        if not f["applied"]:
+            detail += f" (the entry in {path} is not applied: a later file overrides it?)"
+        if f["error"]:
+            detail += f" ({f['error']})"
         if r.get("pending_restart"):
             detail += " (restart pending)"
         out.append(Check.of(f"setting {name}", ok, detail, server.name))
@@ -434,7 +462,7 @@ def ensure_paths(host: "Host | None", *, dry_run: bool) -> Outcome:
 
 
 def ensure_pgbackrest_conf(host: "Host | None", params: "Params", server: "Server", *,
-                           version: tuple[int, int, int], dry_run: bool,
+                           version: tuple[int, int, int] | None, dry_run: bool,
                            repo_server: "Server | None" = None) -> Outcome:
     """pgbackrest.conf is ours (0640 postgres); the diff shows ``<secret>``, never a value.
 
@@ -726,3 +754,82 @@ class Stopwatch:
     @property
     def seconds(self) -> float:
         return round(time.monotonic() - self.t0, 2)
+
+
+# what steps 05 and 08 do on the primary --------------------------------------------------------
+
+def get_installed_version(host: "Host | None") -> tuple[int, int, int] | None:
+    """The installed pgBackRest's version, or None when it is not installed (or there is no host yet)."""
+    if host is None or "pgbackrest" not in get_installed_packages(host, ["pgbackrest"]):
+        return None
+    return get_version(host)
+
+
+def configure_pgbackrest(host: "Host | None", params: "Params", server: "Server", *, dry_run: bool) -> list[Outcome]:
+    """Step 05 on the primary: install, directories, pgbackrest.conf, archiving settings (archive_mode off), stanza.
+
+    The block-incremental rule is checked against the installed version before anything
+    is written; the stanza is created only when ``info`` says it is missing.
+    """
+    outcomes = [ensure_installed(host, dry_run=dry_run)]
+    version = get_installed_version(host)
+    if version is not None:
+        check_block_incremental(params, version)
+    outcomes.append(ensure_paths(host, dry_run=dry_run))
+    conf = ensure_pgbackrest_conf(host, params, server, version=version, dry_run=dry_run)
+    outcomes.append(conf)
+    outcomes.append(ensure_archiving(host, params, server, archive_mode=False, dry_run=dry_run))
+    if dry_run and (host is None or conf.changed or version is None):
+        pb = _pb(params)
+        outcomes.append(Outcome(f"stanza {pb.stanza} on {server.name}", True, dry_run,
+                                actions=[pgbackrest_cmd(params, "stanza-create", "--log-level-console=info")
+                                         + " (unless info lists it)"]))
+    else:
+        outcomes.append(ensure_stanza(host, params, dry_run=dry_run))
+    return outcomes
+
+
+def check_conf(host: "Host", params: "Params", server: "Server", *, repo_server: "Server | None" = None) -> list[Check]:
+    """pgbackrest.conf on the server is what hcbpg renders (secrets compared, never shown) with mode 0640 postgres."""
+    version = get_version(host)
+    repo_for = repo_server or server
+    real = render_pgbackrest_conf(params, repo_for, version=version, secrets=resolve_conf_secrets(params))
+    if repo_for is not server:
+        real = real.replace(f"# pgBackRest for {repo_for.name},", f"# pgBackRest for {server.name} "
+                            f"(repository of {repo_for.name}),")
+    current = host.read_text(CONF_PATH)
+    paths = get_paths(host)
+    out = [Check("pgBackRest version", "pass", format_version(version), server.name),
+           Check("block incremental", "pass",
+                 "on (pgBackRest 2.46+, bundling on)" if _pb(params).block else "off", server.name),
+           Check.of("pgbackrest.conf is hcbpg's", current == real,
+                    "matches the rendered file (secret values compared, not shown)" if current == real else
+                    "differs from the rendered file", server.name)]
+    for spec in PATHS:
+        cur = paths.get(spec.path)
+        want = f"{spec.kind} {spec.mode:04o} {spec.owner}:{spec.group}"
+        got = f"{cur['kind']} {cur['mode']:04o} {cur['owner']}:{cur['group']}" if cur else "missing"
+        out.append(Check.of(f"{spec.path}", got == want, got if got == want else f"{got}, expected {want}", server.name))
+    return out
+
+
+def check_configured(host: "Host", params: "Params", server: "Server") -> list[Check]:
+    """Step 05's checks: conf and paths, archiving settings (archive_mode off), stanza, ``check`` ([087] expected)."""
+    out = check_conf(host, params, server)
+    out += check_archiving(host, params, server, archive_mode=False)
+    status = parse_stanza_status(get_info_json(host, params), _pb(params).stanza)
+    out.append(Check.of(f"stanza {_pb(params).stanza}", status is not None and status[0] in (0, 2),
+                        status[1] if status else "not in info", server.name))
+    out.append(check_stanza(host, params, server, archiving=False))
+    return out
+
+
+def start_archiving(host: "Host | None", params: "Params", server: "Server", *, dry_run: bool) -> list[Outcome]:
+    """Step 08's first change: archive_mode on (a restart), so every WAL segment goes to the repository."""
+    return [ensure_archiving(host, params, server, archive_mode=True, dry_run=dry_run)]
+
+
+def check_archiving_started(host: "Host", params: "Params", server: "Server") -> list[Check]:
+    """Step 08's checks on archiving: settings in force (archive_mode on) and ``pgbackrest check`` passes."""
+    return (check_conf(host, params, server) + check_archiving(host, params, server, archive_mode=True)
+            + [check_stanza(host, params, server, archiving=True)])

@@ -1,0 +1,40 @@
+#!/bin/sh
+# Managed by hcbpg: do not edit by hand; hcbpg rewrites this file whole on its next run.
+# Scheduled pgBackRest backup of stanza hcb_production (cron: /etc/cron.d/hcbpg-backup), then a ping to the
+# dead-man's switch: URL/start before, URL on success, URL/fail?status=N on failure.
+# The outside service alerts when the pings stop: a failed backup, a stopped cron, a server
+# that is down.  Run by hand as postgres:  sudo -u postgres /usr/local/sbin/hcbpg-backup diff
+set -u
+STANZA=hcb_production
+PING_URL=http://10.0.1.1:8781/ping/hcbpg-backup-lab
+LOG=/var/log/pgbackrest/hcbpg-backup.log
+
+type="${1:-}"
+case "$type" in
+  full|diff|incr) ;;
+  *) echo "usage: $0 full|diff|incr" >&2; exit 64 ;;
+esac
+if [ "$(id -un)" != postgres ]; then
+  echo "$0: run this as postgres (sudo -u postgres $0 $type)" >&2
+  exit 77
+fi
+
+send_ping() {
+  # $1: URL; stdin: the body (the tail of pgBackRest's output)
+  [ -n "$PING_URL" ] || return 0
+  curl -fsS -m 10 --retry 5 --retry-delay 2 --retry-connrefused -o /dev/null --data-binary @- "$1"
+}
+
+out=$(mktemp) || exit 75
+trap 'rm -f "$out"' EXIT
+echo "hcbpg-backup $type starting" | send_ping "$PING_URL/start" || echo "$0: start ping failed" >&2
+pgbackrest --stanza="$STANZA" --type="$type" --log-level-console=info backup >"$out" 2>&1
+status=$?
+cat "$out"
+{ echo "$(date -u +%FT%TZ) $type exit $status"; tail -n 5 "$out"; } >>"$LOG" 2>/dev/null
+if [ "$status" -eq 0 ]; then
+  tail -n 20 "$out" | send_ping "$PING_URL" || echo "$0: success ping failed" >&2
+else
+  tail -n 20 "$out" | send_ping "$PING_URL/fail?status=$status" || echo "$0: failure ping failed" >&2
+fi
+exit "$status"

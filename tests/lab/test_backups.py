@@ -1,0 +1,255 @@
+"""Backups that are proven: steps 05 (pgBackRest), 08 (start archiving), the scheduled job with
+its dead-man pings, and the restore drill (12) onto a fresh lab host, against the lab's S3 store.
+
+The tests run in file order and build on each other, on one fresh primary made through the
+lab's hook (steps 02-04 are called directly to give it a cluster and the app database).
+Run with ``flock /tmp/hcbpg-lab.lock pytest tests/lab/test_backups.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from hcbpg import drill
+from hcbpg import pgbackrest as pgb
+from hcbpg import postgres as pg
+from hcbpg import roles, schedule
+from hcbpg.errors import PgBackRestError
+from hcbpg.host import Host
+from hcbpg.lab import create_server_host, destroy_server_host
+from hcbpg.lab import deadman
+from hcbpg.lab.core import read_state
+from hcbpg.params import parse_params
+from hcbpg.secrets import resolve
+
+pytestmark = pytest.mark.lab
+
+PRIMARY_OFFSET = 41
+SEED_SQL = """
+CREATE EXTENSION IF NOT EXISTS pgcrypto;
+CREATE TABLE users (id bigserial PRIMARY KEY, email text NOT NULL, created_at timestamptz NOT NULL DEFAULT now());
+CREATE TABLE transactions (id bigserial PRIMARY KEY, user_id bigint REFERENCES users, amount_cents bigint,
+                           memo text, uuid uuid DEFAULT gen_random_uuid());
+INSERT INTO users (email) SELECT 'user' || g || '@example.com' FROM generate_series(1, 2000) g;
+INSERT INTO transactions (user_id, amount_cents, memo)
+  SELECT 1 + g % 2000, g * 7 % 100000, repeat(md5(g::text), 4) FROM generate_series(1, 30000) g;
+CREATE TABLE "Mixed Case" (k text PRIMARY KEY, v jsonb);
+INSERT INTO "Mixed Case" VALUES ('a', '{"x": 1}'), ('b''s', '{"y": [1, 2]}');
+"""
+#: what earlier tests leave for later ones (the tests run in file order)
+STATE: dict = {}
+LATER_SQL = "INSERT INTO users (email) SELECT 'later' || g || '@example.com' FROM generate_series(1, 50) g;"
+
+
+@pytest.fixture(scope="module")
+def params(lab, monkeypatch_module):
+    cfg = lab.cfg
+    monkeypatch_module.setenv("HCBPG_LAB_DIR", str(lab.lab_dir))  # drill.scratch_host finds this lab
+    ip = cfg.address(PRIMARY_OFFSET)
+    key = lab.ssh_key.with_suffix(".pub").read_text()
+    create_server_host("server-postgres-1", ip, [key], lab_dir=str(lab.lab_dir))
+    p = parse_params({
+        "environment": "lab",
+        "hetzner": {"token": f"file:{cfg.secret_path('hcloud-token')}",
+                    "ssh_public_key_file": str(lab.ssh_key.with_suffix(".pub"))},
+        "network": {"ip_range": "10.0.0.0/8", "subnet": cfg.subnet},
+        "servers": [{"name": "server-postgres-1", "private_ip": ip, "role": "primary", "ssh_host": ip}],
+        "app_host": {"name": "app", "private_ip": cfg.app_ip},
+        "ssh": {"user": "root", "key_file": str(lab.ssh_key), "connect_timeout": 5},
+        "postgres": {"app_role_password": f"file:{cfg.secret_path('rails-password')}"},
+        "pgbackrest": {
+            "s3_endpoint": f"{cfg.gateway_ip}:9443", "s3_uri_style": "path", "s3_region": "fsn1",
+            "s3_ca_file": str(cfg.ca_cert),
+            "s3_key": f"file:{cfg.secret_path('s3-key')}", "s3_key_secret": f"file:{cfg.secret_path('s3-key-secret')}",
+            "cipher_pass": f"file:{cfg.secret_path('cipher-pass')}", "process_max": 2, "block": False,
+        },
+    })
+    yield p
+    destroy_server_host("server-postgres-1", lab_dir=str(lab.lab_dir))
+    destroy_server_host(drill.LAB_DRILL_NAME, lab_dir=str(lab.lab_dir))
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def secrets(params):
+    return [v for k, v in pgb.resolve_conf_secrets(params).items()]
+
+
+@pytest.fixture(scope="module")
+def primary(params):
+    server = params.primary
+    host = Host.from_params(params, server.name, server.ssh_host)
+    pg.install_server(host, params, server, dry_run=False)
+    pg.allow_connections(host, params, server, dry_run=False)
+    password = resolve(params.postgres.app_role_password, key="postgres.app_role_password")
+    roles.app_role_database(pg.psql_for(host, params), params, password, dry_run=False, host_name=server.name)
+    host.run("psql -X -q -v ON_ERROR_STOP=1 -d hcb_production", sudo_user="postgres", stdin=SEED_SQL)
+    yield host
+    host.close()
+
+
+@pytest.fixture(scope="module")
+def receiver(lab, tmp_path_factory):
+    log = tmp_path_factory.mktemp("deadman") / "pings.jsonl"
+    proc = deadman.start(lab.cfg.gateway_ip, schedule.LAB_DEADMAN_PORT, log)
+    yield log
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_step05_dry_run_plans_and_changes_nothing(params, primary):
+    before = primary.probe("ls -la /etc/pgbackrest /var/log/pgbackrest 2>&1; "
+                           "cat /etc/postgresql/15/main/conf.d/* 2>&1").stdout
+    outcomes = pgb.configure_pgbackrest(primary, params, params.primary, dry_run=True)
+    changed = {o.what for o in outcomes if o.changed}
+    assert f"{pgb.CONF_PATH} on server-postgres-1" in changed
+    assert "stanza hcb_production on server-postgres-1" in changed
+    assert primary.probe("ls -la /etc/pgbackrest /var/log/pgbackrest 2>&1; "
+                         "cat /etc/postgresql/15/main/conf.d/* 2>&1").stdout == before
+
+
+def test_step05_configures_pgbackrest_and_check_expects_archive_mode(params, primary, secrets):
+    t0 = time.monotonic()
+    outcomes = pgb.configure_pgbackrest(primary, params, params.primary, dry_run=False)
+    conf = next(o for o in outcomes if o.what.startswith(pgb.CONF_PATH))
+    assert conf.changed and "repo1-s3-key=<secret>" in conf.diff
+    for value in secrets:
+        assert value not in conf.diff and value not in str(outcomes)
+    written = primary.read_text(pgb.CONF_PATH)
+    assert all(v in written for v in secrets)  # pgBackRest needs them in the file itself
+    checks = pgb.check_configured(primary, params, params.primary)
+    failed = [f"{c.name}: {c.detail}" for c in checks if c.status != "pass"]
+    assert not failed, failed
+    row = next(c for c in checks if c.name == "pgbackrest check")
+    assert "[087]" in row.detail
+    print(f"step 05 apply + verify in {time.monotonic() - t0:.1f}s")
+
+
+def test_step05_second_run_changes_nothing(params, primary):
+    outcomes = pgb.configure_pgbackrest(primary, params, params.primary, dry_run=False)
+    assert [o.what for o in outcomes if o.changed] == []
+
+
+def test_other_pgbackrest_errors_raise_with_pgbackrests_message(params, primary):
+    with pytest.raises(PgBackRestError) as info:
+        pgb.run_pgbackrest(primary, params, "backup", "--type=full", "--set=20990101-000000F")
+    assert info.value.code is not None and f"[{info.value.code:03d}]" in str(info.value)
+
+
+def test_step08_archiving_on_check_passes_and_first_full_backup(params, primary, lab):
+    t0 = time.monotonic()
+    outcomes = pgb.start_archiving(primary, params, params.primary, dry_run=False)
+    assert any(a.startswith("restart") for o in outcomes for a in o.actions)
+    checks = pgb.check_archiving_started(primary, params, params.primary)
+    failed = [f"{c.name}: {c.detail}" for c in checks if c.status != "pass"]
+    assert not failed, failed
+    outcome, backup, fp = drill.ensure_baseline_backup(primary, params, dry_run=False)
+    assert outcome.changed and backup is not None and backup.type == "full"
+    assert fp["backup_label"] == backup.label and fp["tables"]["public.users"] == 2000
+    assert fp["tables"]["public.transactions"] == 30000 and "pgcrypto" in fp["extensions"]
+    STATE["fingerprint"] = fp  # for the drill below
+    print(f"step 08: full backup {backup.label}: {pgb.format_bytes(backup.size)} database, "
+          f"{pgb.format_bytes(backup.repo_size)} in the repository, {backup.duration_s}s "
+          f"(WAL {backup.wal_start}..{backup.wal_stop}); step total {time.monotonic() - t0:.1f}s")
+    again, same, fp2 = drill.ensure_baseline_backup(primary, params, dry_run=False)
+    assert not again.changed and same.label == backup.label and fp2 is None
+    rows = pgb.get_backups(primary, params)
+    files = pgb.get_repo_files(primary, params)
+    repo_checks = pgb.check_repo_objects(files, rows, params.primary) + pgb.check_backups(rows, params.primary)
+    failed = [f"{c.name}: {c.detail}" for c in repo_checks if c.status != "pass"]
+    assert not failed, failed
+
+
+def _bucket_keys(lab, params):
+    import boto3
+    from botocore.config import Config
+    pb = params.pgbackrest
+    s3 = boto3.client("s3", endpoint_url=f"https://{pb.s3_endpoint}", region_name="us-east-1",
+                      aws_access_key_id=resolve(pb.s3_key), aws_secret_access_key=resolve(pb.s3_key_secret),
+                      verify=str(lab.cfg.ca_cert), config=Config(s3={"addressing_style": "path"}))
+    keys = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=pb.s3_bucket, Prefix="pgbackrest/server-postgres-1/"):
+        keys += [o["Key"] for o in page.get("Contents", [])]
+    return keys
+
+
+def test_scheduled_job_takes_a_diff_and_pings_success(params, primary, receiver, lab):
+    outcomes = schedule.ensure_backup_schedule(primary, params, params.primary, dry_run=False)
+    assert all(o.changed for o in outcomes)
+    assert not any(o.changed for o in schedule.ensure_backup_schedule(primary, params, params.primary, dry_run=False))
+    checks = schedule.check_backup_schedule(primary, params, params.primary)
+    assert not [c for c in checks if c.status == "fail"], checks
+    primary.run("psql -X -q -v ON_ERROR_STOP=1 -d hcb_production", sudo_user="postgres", stdin=LATER_SQL)
+    t0 = time.monotonic()
+    res = schedule.run_backup_job(primary, "diff")
+    assert res.exit_code == 0, res.output[-2000:]
+    print(f"scheduled diff job in {time.monotonic() - t0:.1f}s")
+    pings = deadman.read_pings(receiver)
+    assert [p["kind"] for p in pings] == ["start", "success"], pings
+    assert pings[-1]["path"] == "/ping/hcbpg-backup-lab" and "backup command end: completed" in pings[-1]["body"]
+    rows = pgb.get_backups(primary, params)
+    assert [r.type for r in rows] == ["full", "diff"]
+    keys = _bucket_keys(lab, params)
+    for r in rows:
+        assert any(f"/backup/hcb_production/{r.label}/" in k for k in keys), (r.label, keys[:20])
+    assert any("/archive/hcb_production/15-1/" in k for k in keys)
+
+
+def test_unreachable_repo_makes_the_job_ping_failure_and_exit_nonzero(params, primary, receiver, lab):
+    ns = read_state(lab.cfg)["hosts"]["server-postgres-1"]["netns"]
+    rule = ["ip", "-n", ns, "rule", "add", "ipproto", "tcp", "dport", "9443", "prohibit"]
+    import subprocess
+    subprocess.run(rule, check=True)
+    try:
+        before = len(deadman.read_pings(receiver))
+        t0 = time.monotonic()
+        res = schedule.run_backup_job(primary, "diff", timeout=600)
+        print(f"failing job in {time.monotonic() - t0:.1f}s: exit {res.exit_code}")
+    finally:
+        subprocess.run([*rule[:4], "del", *rule[5:]], check=True)
+    assert res.exit_code != 0
+    pings = deadman.read_pings(receiver)[before:]
+    assert [p["kind"] for p in pings] == ["start", "fail"], pings
+    assert pings[-1]["status"] == res.exit_code and pings[-1]["query"] == f"status={res.exit_code}"
+
+
+def test_restore_drill_on_a_fresh_host_matches_the_primary_at_the_backup_point(params, primary):
+    fp = drill.require_fingerprint(STATE.get("fingerprint"))
+    target = drill.drill_target(params)
+    history_before = len(primary.history)
+    host = drill.scratch_host(params, target, dry_run=False)
+    prepared = drill.prepare_scratch(host, params, target, version=None, dry_run=False)
+    assert any(o.changed for o in prepared)
+    t0 = time.monotonic()
+    result = drill.run_restore(host, params, target, set_label=fp["backup_label"], dry_run=False)
+    print(f"restore drill: {result.backup_label}: pgbackrest restore {result.restore_s}s, recovery "
+          f"{result.recovery_s}s, total {result.total_s}s (wall {time.monotonic() - t0:.1f}s)")
+    checks, restored = drill.verify_restore(host, params, target, fp, result)
+    failed = [f"{c.name}: {c.detail}" for c in checks if c.status == "fail"]
+    assert not failed, failed
+    assert restored["tables"]["public.users"] == 2000  # the backup's point, not the 50 rows added later
+    assert result.auto_conf.get("archive_mode") == "'off'" and "restore_command" in result.auto_conf
+    assert len(primary.history) == history_before  # the drill never touched the primary
+    again = drill.run_restore(host, params, target, set_label=fp["backup_label"], dry_run=False)
+    assert not again.restored_now and again.total_s == result.total_s
+    host.close()
+
+
+def test_fingerprint_and_info_golden_sources_are_real(params, primary, tmp_path):
+    """Keep a real `info --output=json` for the unit tests' golden file when asked (HCBPG_WRITE_GOLDEN)."""
+    import os
+    text = pgb.get_info_json(primary, params)
+    rows = pgb.parse_info_json(text, "hcb_production")
+    assert [r.type for r in rows][:2] == ["full", "diff"]
+    if os.environ.get("HCBPG_WRITE_GOLDEN"):
+        from pathlib import Path
+        Path(os.environ["HCBPG_WRITE_GOLDEN"]).write_text(json.dumps(json.loads(text), indent=2) + "\n")

@@ -1,0 +1,268 @@
+"""pgBackRest's pure functions against golden files in tests/golden/: the config renderer (with the
+block-incremental version rule), archiving settings, the backup schedule and job script, and the
+parsing of ``info --output=json`` and of pgBackRest's errors.
+
+Regenerate the golden files after an intended change with HCBPG_UPDATE_GOLDEN=1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from hcbpg import drill
+from hcbpg import pgbackrest as pgb
+from hcbpg import schedule
+from hcbpg.errors import ParamsError, SafetyCheckFailed
+from hcbpg.lab.deadman import classify
+from hcbpg.params import parse_params
+
+GOLDEN = Path(__file__).parent / "golden"
+
+BASE = {
+    "environment": "lab",
+    "hetzner": {"token": "env:HCBPG_TEST_TOKEN", "ssh_public_key_file": "/dev/null"},
+    "network": {"ip_range": "10.0.0.0/16", "subnet": "10.0.1.0/24"},
+    "servers": [{"name": "server-postgres-1", "private_ip": "10.0.1.5", "role": "primary"},
+                {"name": "server-postgres-2", "private_ip": "10.0.1.6", "role": "replica"}],
+    "postgres": {"app_role_password": "env:HCBPG_TEST_APP_PW"},
+}
+LAB_PB = {
+    "s3_endpoint": "10.0.1.1:9443", "s3_uri_style": "path", "s3_ca_file": "/var/lib/hcbpg-lab/tls/ca.crt",
+    "s3_key": "env:HCBPG_TEST_S3_KEY", "s3_key_secret": "env:HCBPG_TEST_S3_SECRET",
+    "cipher_pass": "env:HCBPG_TEST_CIPHER", "process_max": 2, "block": False,
+}
+PRODUCTION_PB = {
+    "s3_key": "op://HCB Engineering/Hetzner Object Storage pgbackrest/access key",
+    "s3_key_secret": "op://HCB Engineering/Hetzner Object Storage pgbackrest/secret key",
+    "cipher_pass": "op://HCB Engineering/pgBackRest repo cipher/password", "block": True,
+}
+
+
+def params(pb: dict, environment: str = "lab"):
+    return parse_params({**BASE, "environment": environment, "pgbackrest": pb})
+
+
+def golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("HCBPG_UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert path.is_file(), f"no golden file {name}: run with HCBPG_UPDATE_GOLDEN=1"
+    assert text == path.read_text(), f"{name} differs from the golden file"
+
+
+# pgbackrest.conf ----------------------------------------------------------------------------
+
+def test_lab_conf_matches_golden_and_splits_endpoint_port():
+    p = params(LAB_PB)
+    text = pgb.render_pgbackrest_conf(p, p.primary, version=(2, 45, 0))
+    golden("pgbackrest.lab.conf", text)
+    opts = pgb.parse_conf(text)["global"]
+    assert opts["repo1-s3-endpoint"] == "10.0.1.1" and opts["repo1-storage-port"] == "9443"
+    assert opts["repo1-s3-uri-style"] == "path" and "repo1-block" not in opts
+
+
+def test_production_conf_with_block_incremental_on_2_46_matches_golden():
+    p = params(PRODUCTION_PB, "production")
+    text = pgb.render_pgbackrest_conf(p, p.primary, version=(2, 54, 2))
+    golden("pgbackrest.production.conf", text)
+    opts = pgb.parse_conf(text)
+    assert opts["hcb_production"] == {"pg1-path": "/var/lib/postgresql/15/main"}
+    g = opts["global"]
+    # the runbook's mistakes are not repeated
+    assert g["start-fast"] == "y" and g["compress-type"] == "zst" and g["repo1-block"] == "y"
+    assert g["repo1-path"] == "/pgbackrest/server-postgres-1" and "repo1-storage-port" not in g
+    assert "repo1-s3-uri-style" not in g and "repo1-storage-ca-file" not in g
+
+
+def test_block_incremental_on_2_45_is_refused_with_what_to_do():
+    p = params(PRODUCTION_PB, "production")
+    with pytest.raises(ParamsError) as info:
+        pgb.render_pgbackrest_conf(p, p.primary, version=(2, 45, 0))
+    msg = str(info.value)
+    assert "2.46" in msg and "2.45" in msg and "block: false" in msg
+
+
+def test_block_incremental_without_bundling_is_refused_by_the_params_model():
+    with pytest.raises(ParamsError) as info:
+        params({**PRODUCTION_PB, "bundle": False}, "production")
+    assert "bundle" in str(info.value)
+
+
+def test_secrets_are_placeholders_unless_values_are_given():
+    p = params(LAB_PB)
+    shown = pgb.render_pgbackrest_conf(p, p.primary, version=(2, 45, 0))
+    assert shown.count(pgb.SECRET_PLACEHOLDER) == 3
+    values = {"repo1-s3-key": "AKIAEXAMPLEKEY0001", "repo1-s3-key-secret": "s3cr3t-value-xyz",
+              "repo1-cipher-pass": "cipher-pass-abcdef"}
+    real = pgb.render_pgbackrest_conf(p, p.primary, version=(2, 45, 0), secrets=values)
+    assert pgb.SECRET_PLACEHOLDER not in real and all(v in real for v in values.values())
+    assert pgb.redact_conf(real) == shown
+    with pytest.raises(SafetyCheckFailed):
+        pgb.render_pgbackrest_conf(p, p.primary, version=(2, 45, 0), secrets={**values, "repo1-s3-key": "a\nb"})
+
+
+def test_no_cipher_means_no_passphrase_line():
+    p = params({**LAB_PB, "cipher_type": "none", "cipher_pass": None})
+    opts = pgb.parse_conf(pgb.render_pgbackrest_conf(p, p.primary, version=(2, 45, 0)))["global"]
+    assert opts["repo1-cipher-type"] == "none" and "repo1-cipher-pass" not in opts
+
+
+@pytest.mark.parametrize("endpoint, expected", [
+    ("fsn1.your-objectstorage.com", ("fsn1.your-objectstorage.com", None)),
+    ("10.0.1.1:9443", ("10.0.1.1", 9443)),
+    ("https://s3.example.com:8443/", ("s3.example.com", 8443)),
+])
+def test_split_endpoint(endpoint, expected):
+    assert pgb.split_endpoint(endpoint) == expected
+
+
+@pytest.mark.parametrize("text, version", [
+    ("pgBackRest 2.45\n", (2, 45, 0)),
+    ("pgBackRest 2.54.2\n", (2, 54, 2)),
+])
+def test_parse_version(text, version):
+    assert pgb.parse_version(text) == version
+
+
+def test_archiving_settings_name_the_stanza_and_keep_archive_mode_off():
+    p = params(LAB_PB)
+    text = pgb.render_archiving(p, p.primary, archive_mode=False)
+    golden("pgbackrest.archiving.off.conf", text)
+    assert "archive_command = 'pgbackrest --stanza=hcb_production archive-push %p'" in text
+    assert "archive_mode = off" in text and "demo" not in text
+    assert "archive_mode = on" in pgb.render_archiving(p, p.primary, archive_mode=True)
+
+
+def test_paths_plan_follows_the_runbook():
+    cmds = pgb.plan_paths({})
+    assert cmds[0] == "install -d -m 0770 -o postgres -g postgres /var/log/pgbackrest"
+    assert cmds[-1] == "install -m 0640 -o postgres -g postgres /dev/null /etc/pgbackrest/pgbackrest.conf"
+    current = pgb.parse_stat("/var/log/pgbackrest|directory|770|postgres|postgres\n"
+                             "/etc/pgbackrest|directory|755|root|root\n"
+                             "/etc/pgbackrest/conf.d|directory|755|root|root\n"
+                             "/etc/pgbackrest/pgbackrest.conf|regular file|644|root|root\n")
+    assert pgb.plan_paths(current) == ["chown postgres:postgres /etc/pgbackrest/pgbackrest.conf",
+                                       "chmod 0640 /etc/pgbackrest/pgbackrest.conf"]
+
+
+# schedule ---------------------------------------------------------------------------------------
+
+def test_cron_and_job_script_match_golden():
+    p = params(LAB_PB)
+    golden("pgbackrest.cron", schedule.render_cron(p))
+    script = schedule.render_backup_job_script(p)
+    golden("pgbackrest.backup-job.sh", script)
+    assert "PING_URL=http://10.0.1.1:8781/ping/hcbpg-backup-lab" in script
+    assert '"$PING_URL/fail?status=$status"' in script and 'exit "$status"' in script
+
+
+def test_schedule_times_are_validated():
+    p = params(LAB_PB)
+    assert "30 6 * * 0 postgres /usr/local/sbin/hcbpg-backup full" in schedule.render_cron(p)
+    assert "30 6 * * 1-6 postgres /usr/local/sbin/hcbpg-backup diff" in schedule.render_cron(p)
+    prod = params(PRODUCTION_PB, "production")
+    assert schedule.get_schedule(prod).deadman_url is None  # production must set it: the check fails
+
+
+@pytest.mark.parametrize("path, query, expected", [
+    ("/ping/abc", "", ("success", None)),
+    ("/ping/abc/start", "", ("start", None)),
+    ("/ping/abc/fail", "status=28", ("fail", 28)),
+    ("/ping/abc/0", "", ("success", 0)),
+    ("/ping/abc/3", "", ("fail", 3)),
+])
+def test_deadman_classifies_pings(path, query, expected):
+    assert classify(path, query) == expected
+
+
+# info --output=json ----------------------------------------------------------------------------
+
+def test_parse_info_json_matches_golden():
+    text = (GOLDEN / "pgbackrest.info.json").read_text()
+    rows = pgb.parse_info_json(text, "hcb_production")
+    golden("pgbackrest.info.rows.json", json.dumps([r.asdict() for r in rows], indent=2) + "\n")
+    assert [r.type for r in rows] == ["full", "diff"]
+    assert rows[1].prior == rows[0].label and rows[0].duration_s >= 0
+    assert pgb.parse_stanza_status(text, "hcb_production") == (0, "ok")
+    assert pgb.parse_stanza_status(text, "other") is None
+    assert pgb.check_backups(rows, parse_params({**BASE, "pgbackrest": LAB_PB}).primary,
+                             types=("full", "diff"))[-1].status == "pass"
+
+
+def test_parse_info_json_of_a_missing_stanza():
+    text = json.dumps([{"name": "hcb_production", "backup": [], "status": {"code": 1, "message": "missing stanza path"}}])
+    assert pgb.parse_info_json(text) == []
+    assert pgb.parse_stanza_status(text, "hcb_production") == (1, "missing stanza path")
+
+
+# errors -----------------------------------------------------------------------------------------
+
+RUNBOOK_CHECK = """\
+2025-03-26 05:58:11.771 P00   INFO: check command begin 2.54.2: --exec-id=5676-95949e22 --log-level-console=info --repo1-cipher-pass=<redacted>
+2025-03-26 05:58:11.798 P00  ERROR: [087]: archive_mode must be enabled
+2025-03-26 05:58:11.798 P00   INFO: check command end: aborted with exception [087]
+"""
+
+
+@pytest.mark.parametrize("output, expected", [
+    (RUNBOOK_CHECK, (87, "archive_mode must be enabled")),
+    ("ERROR: [087]: archive_mode must be enabled\n", (87, "archive_mode must be enabled")),
+    ("2026-11-25 10:00:00.000 P00  ERROR: [028]: backup and archive info files exist but do not match the database\n"
+     "                                    HINT: is this the correct stanza?\n"
+     "                                    HINT: did an error occur during stanza-upgrade?\n"
+     "2026-11-25 10:00:00.000 P00   INFO: backup command end: aborted with exception [028]\n",
+     (28, "backup and archive info files exist but do not match the database\nHINT: is this the correct stanza?\n"
+          "HINT: did an error occur during stanza-upgrade?")),
+    ("P00   INFO: backup command end: aborted with exception [039]\n", (39, "aborted with exception [039]")),
+    ("P00   INFO: check command end: completed successfully\n", None),
+])
+def test_parse_pgbackrest_error(output, expected):
+    assert pgb.parse_pgbackrest_error(output) == expected
+
+
+# the drill's pure parts ----------------------------------------------------------------------------
+
+def test_restore_options_never_archive_and_stop_at_the_backup_or_the_time():
+    assert drill.restore_options(set_label="20261125-100507F") == [
+        "--archive-mode=off", "--log-level-console=info", "--set=20261125-100507F", "--type=immediate",
+        "--target-action=promote"]
+    opts = drill.restore_options(target_time="2026-11-25 10:00:00+00")
+    assert "--type=time" in opts and "--target=2026-11-25 10:00:00+00" in opts and "--archive-mode=off" in opts
+
+
+def test_fingerprint_query_quotes_identifiers():
+    q = drill.render_fingerprint_query([("public", "Mixed Case")], [("public", "Mixed Case")])
+    assert '"public"."Mixed Case"' in q and "'public.Mixed Case'" in q
+
+
+def test_compare_fingerprints_allows_sequences_ahead_but_not_behind():
+    base = {"tables": {"public.users": 2000}, "checksums": {"public.users": "a" * 32},
+            "sequences": {"public.users_id_seq": 2000}, "extensions": {"plpgsql": "1.0"}, "databases": ["postgres"]}
+    ahead = {**base, "sequences": {"public.users_id_seq": 2032}}
+    assert all(c.status == "pass" for c in drill.compare_fingerprints(base, ahead))
+    behind = {**base, "sequences": {"public.users_id_seq": 1999}, "tables": {"public.users": 1999}}
+    failed = {c.name for c in drill.compare_fingerprints(base, behind) if c.status == "fail"}
+    assert failed == {"row counts match", "sequences not behind"}
+
+
+def test_drill_target_refuses_a_real_server():
+    p = parse_params({**BASE, "pgbackrest": LAB_PB})
+    assert drill.drill_target(p).name == "drill-1" and drill.drill_target(p).private_ip == "10.0.1.30"
+    bad = parse_params({**BASE, "servers": [{"name": "server-postgres-1", "private_ip": "10.0.1.30", "role": "primary"}],
+                        "pgbackrest": LAB_PB})
+    with pytest.raises(SafetyCheckFailed):
+        drill.drill_target(bad)
+
+
+def test_auto_conf_check_explains_extra_settings():
+    p = parse_params({**BASE, "pgbackrest": LAB_PB})
+    auto = {"restore_command": "'pgbackrest --stanza=hcb_production archive-get %f \"%p\"'", "archive_mode": "'off'",
+            "work_mem": "'64MB'"}
+    rows = {c.name: c for c in drill.check_auto_conf(auto, p)}
+    assert rows["restore_command from pgBackRest"].status == "pass"
+    assert rows["archive_mode off in postgresql.auto.conf"].status == "pass"
+    assert rows["no other settings (ALTER SYSTEM on the primary)"].status == "warn"
