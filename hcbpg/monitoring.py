@@ -163,7 +163,8 @@ def get_exporter_running(host: "Host") -> bool:
 def _start_cmd() -> str:
     # no systemd (the lab): what the unit does, with start-stop-daemon; the env file is sourced
     # inside the shell, so the password never shows on a command line
-    return (f"set -a && . {EXPORTER_ENV} && set +a && "
+    return (f"touch {EXPORTER_LOG} && chown {EXPORTER_USER} {EXPORTER_LOG} && chmod 0640 {EXPORTER_LOG} && "
+            f"set -a && . {EXPORTER_ENV} && set +a && "
             f"start-stop-daemon --start --background --make-pidfile --pidfile {EXPORTER_PIDFILE} "
             f"--chuid {EXPORTER_USER} --output {EXPORTER_LOG} --exec {EXPORTER_BIN} -- $ARGS")
 

@@ -272,8 +272,9 @@ def test_vector_config_installed_without_secrets_in_outputs(params, hosts, cfg):
     assert ok, out
 
 
-def test_rotation_leaves_old_password_refused_and_new_working(params, hosts, cfg, monkeypatch):
+def test_rotation_leaves_old_password_refused_and_new_working(params, hosts, cfg, monkeypatch, tmp_path):
     monkeypatch.delenv(rotation.ROTATE_ENV, raising=False)
+    monkeypatch.setenv("HCBPG_STATE_DIR", str(tmp_path / "state"))
     rots = rotation.roles_to_rotate(params, cfg)
     assert [r.role for r in rots] == ["rails"]
     ppsql = primary_psql(hosts, params)
