@@ -121,7 +121,7 @@ def prepare_scratch(host: "Host | None", params: "Params", target: DrillTarget, 
     server = as_server(params, target)
     outcomes = install_server(host, params, server, dry_run=dry_run)
     outcomes.append(pgb.ensure_paths(host, dry_run=dry_run))
-    v = version or (pgb.get_version(host) if host is not None else (2, 45, 0))
+    v = version or pgb.get_installed_version(host)
     outcomes.append(pgb.ensure_pgbackrest_conf(host, params, server, version=v, dry_run=dry_run,
                                                repo_server=params.primary))
     return outcomes
@@ -315,6 +315,17 @@ class RestoreResult:
     def record(self) -> dict[str, Any]:
         return asdict(self)
 
+    def outcome(self, dry_run: bool) -> Outcome:
+        what = f"restore of {self.backup_label or 'the latest backup'} onto {self.host}"
+        cmd = "pgbackrest restore " + " ".join(self.options)
+        if dry_run:
+            return Outcome(what, True, True, actions=["stop the scratch cluster, empty its data directory", cmd,
+                                                      "start it and wait for promotion"])
+        if not self.restored_now:
+            return Outcome(what, False, False, actions=[f"already restored at {self.finished_at} (marker {MARKER})"])
+        return Outcome(what, True, False, actions=[cmd, f"restore {self.restore_s}s, recovery {self.recovery_s}s, "
+                                                        f"time to recover {self.total_s}s"])
+
 
 def _utcnow() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -404,6 +415,11 @@ def get_auto_conf(host: "Host", params: "Params") -> dict[str, str]:
     return parse_settings(text)
 
 
+def read_auto_conf_text(host: "Host", params: "Params") -> str:
+    """The restored postgresql.auto.conf, as it is on the scratch host."""
+    return host.read_text(f"{pgb.pg_data_path(params)}/postgresql.auto.conf", sudo_user="postgres") or "(missing)"
+
+
 def check_auto_conf(auto: Mapping[str, str], params: "Params", *, target: str = "") -> list[Check]:
     """postgresql.auto.conf holds what pgBackRest's restore wrote: restore_command for this stanza and
     archive_mode = off; anything else came from ALTER SYSTEM on the primary and is shown as a warning."""
@@ -446,8 +462,11 @@ def verify_restore(host: "Host", params: "Params", target: DrillTarget, fingerpr
     return checks, restored
 
 
-def require_fingerprint(fp: Any) -> dict[str, Any]:
-    """The fingerprint recorded by step 08, or a clear error."""
+def require_fingerprint(fp: Any, *, dry_run: bool = False) -> dict[str, Any]:
+    """The fingerprint recorded by step 08, or a clear error (a dry run plans without one)."""
+    if dry_run and not (isinstance(fp, dict) and fp.get("backup_label")):
+        print("no backup fingerprint recorded yet (step 08 records it): the plan restores the latest backup")
+        return {"backup_label": None}
     if not isinstance(fp, dict) or not fp.get("backup_label"):
         raise HcbpgError("no backup fingerprint recorded: step 08_start_archiving records the primary's "
                          "fingerprint with the first full backup",
