@@ -1,0 +1,178 @@
+"""Cutover time on the lab: the runbook's procedure vs ours (as 06/07 run it) vs pgcopydb clone.
+
+Builds a lab whose Heroku-like source has about ``--source-mb`` MB (default 1024), a primary
+prepared by steps 02-04, then in one run, on the same lab:
+
+* runbook: ``pg_dump -Fc`` with one process on the operator's machine, the file copied to the
+  primary (scp), ``pg_restore`` with one job (``--no-owner --no-acl``, as rails);
+* ours: :func:`hcbpg.migration.run_migration` exactly as the notebooks call it (dump on the
+  primary in directory format with parallel jobs, restore with parallel jobs and restore-time
+  settings, ANALYZE); verification is timed on its own;
+* pgcopydb: ``pgcopydb clone`` (Debian package) on the primary with the same number of jobs.
+
+Prints each time, the ratios ours/runbook and ours/pgcopydb, and checks the row counts of every
+table after each.  Only one lab may exist on the machine, so run it under the lab lock:
+
+    flock /tmp/hcbpg-lab.lock python bench/cutover.py [--source-mb 1024] [--rounds 1] [--keep-lab]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from hcbpg import migration, postgres, roles  # noqa: E402
+from hcbpg.host import Host  # noqa: E402
+from hcbpg.lab import Lab, create_server_host  # noqa: E402
+from hcbpg.params import load_params  # noqa: E402
+from hcbpg.secrets import register  # noqa: E402
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+def counts(tgt: migration.Endpoint) -> dict[str, int]:
+    return {k: int(v) for k, v in tgt.json(migration.COUNTS_SQL).items()}
+
+
+def fresh_db(psql: postgres.Psql, params) -> None:  # noqa: ANN001
+    db, role = params.postgres.database, params.postgres.app_role
+    psql.execute([f'DROP DATABASE IF EXISTS "{db}"', f'CREATE DATABASE "{db}" OWNER "{role}" TEMPLATE template0'])
+
+
+def run_runbook(lab: Lab, host: Host, params, url: str, work: Path) -> float:  # noqa: ANN001
+    """The manual runbook: dump -Fc (one process) on the laptop, scp, pg_restore one job as rails."""
+    fresh_db(postgres.psql_for(host, params), params)
+    dump = work / "latest.dump"
+    conn = migration.parse_source_url(url)
+    env = {**os.environ, "PGPASSWORD": conn.pop("password")}
+    conninfo = " ".join(f"{k}={v}" for k, v in conn.items())
+    t0 = time.monotonic()
+    subprocess.run(["pg_dump", "-Fc", "-d", conninfo, "-f", str(dump)], env=env, check=True)
+    t1 = time.monotonic()
+    subprocess.run(["scp", "-q", "-i", str(lab.ssh_key), "-o", f"UserKnownHostsFile={lab.cfg.known_hosts}",
+                    "-o", "StrictHostKeyChecking=no", str(dump), f"root@{params.primary.private_ip}:/tmp/latest.dump"],
+                   check=True)
+    t2 = time.monotonic()
+    # the runbook ignores pg_restore's errors (it cannot create pg_stat_statements as rails): so do we
+    host.run(f"chown postgres /tmp/latest.dump && sudo -u postgres pg_restore --no-owner --no-acl "
+             f"--role={params.postgres.app_role} -d {params.postgres.database} /tmp/latest.dump", check=False)
+    t3 = time.monotonic()
+    host.run("rm -f /tmp/latest.dump", quiet=True)
+    dump.unlink()
+    print(f"  runbook: pg_dump -Fc {t1 - t0:.1f}s, scp {t2 - t1:.1f}s, pg_restore -j1 {t3 - t2:.1f}s")
+    return t3 - t0
+
+
+def run_ours(host: Host, app: Host, params, url: str, password: str) -> tuple[float, float, dict]:  # noqa: ANN001
+    with migration.Source(host, url) as source:
+        plan = migration.plan_migration(host, params, source)
+        t0 = time.monotonic()
+        res = migration.run_migration(host, params, source, plan.facts, tag="bench", run_label="bench",
+                                      live_source=True, app=app, password=password,
+                                      sentinel_write="hcbpg bench sentinel")
+    failed = [c for c in res.verification.checks if c.status == "fail"]
+    if failed:
+        raise SystemExit(f"ours: verification failed: {failed}")
+    total = res.phases["dump_s"] + res.phases["restore_s"]
+    print(f"  ours: dump {res.phases['dump_s']:.1f}s, restore {res.phases['restore_s']:.1f}s "
+          f"(ANALYZE {res.restore.analyze_seconds:.1f}s), verify {res.phases['verify_s']:.1f}s "
+          f"({len(res.verification.checks)} checks pass)")
+    return total, res.phases["verify_s"], res.phases
+
+
+def run_pgcopydb(host: Host, params, url: str) -> float:  # noqa: ANN001
+    """pgcopydb clone on the primary; the source URL goes in through stdin into the environment."""
+    fresh_db(postgres.psql_for(host, params), params)
+    jobs = params.source.jobs
+    target = f"postgres:///{params.postgres.database}?host=/var/run/postgresql"
+    cmd = ("IFS= read -r PGCOPYDB_SOURCE_PGURI && export PGCOPYDB_SOURCE_PGURI && "
+           f"export PGCOPYDB_TARGET_PGURI={shlex.quote(target)} && rm -rf /var/tmp/pgcopydb && "
+           f"pgcopydb clone --dir /var/tmp/pgcopydb --table-jobs {jobs} --index-jobs {jobs} --no-owner --no-acl")
+    t0 = time.monotonic()
+    host.run(cmd, sudo_user="postgres", stdin=url + "\n", display=f"pgcopydb clone --table-jobs {jobs} --index-jobs {jobs}",
+             timeout=24 * 3600)
+    t = time.monotonic() - t0
+    host.run("rm -rf /var/tmp/pgcopydb", quiet=True)
+    print(f"  pgcopydb clone: {t:.1f}s")
+    return t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--source-mb", type=float, default=1024)
+    ap.add_argument("--rounds", type=int, default=1, help="repeat the three and take medians")
+    ap.add_argument("--keep-lab", action="store_true", help="leave the lab up afterwards")
+    ap.add_argument("--json", help="write the figures to this file")
+    args = ap.parse_args()
+
+    lab = Lab()
+    t = time.monotonic()
+    st = lab.up(source_mb=args.source_mb)
+    print(f"lab up in {time.monotonic() - t:.1f}s; source {st['source'].get('rows')} rows "
+          f"(users {st['source'].get('users')}, events {st['source'].get('events')}, "
+          f"transactions {st['source'].get('transactions')})")
+    try:
+        key = lab.ssh_key.with_suffix(".pub").read_text()
+        params = load_params("lab")
+        create_server_host(params.primary.name, params.primary.private_ip, [key])
+        host = Host(params.primary.name, params.primary.private_ip, key_file=str(lab.ssh_key), echo=quiet).connect()
+        app = Host("app", params.app_host.private_ip, key_file=str(lab.ssh_key), echo=quiet).connect()
+        password = register(lab.secret("rails-password"))
+        url = register(lab.secret("source-url"))
+        srv = params.primary
+        postgres.install_server(host, params, srv, dry_run=False)
+        postgres.allow_connections(host, params, srv, dry_run=False)
+        roles.app_role_database(postgres.psql_for(host, params), params, password, dry_run=False)
+        with migration.Source(host, url) as source:
+            src_counts = source.json(migration.COUNTS_SQL)
+            size = migration.get_source_facts(source)["size_bytes"]
+        print(f"source database: {size / 1024 ** 2:.0f} MB on disk, {sum(src_counts.values())} rows "
+              f"in {len(src_counts)} tables; jobs {params.source.jobs}; {os.cpu_count()} CPUs")
+        tgt = migration.target(host, params)
+        work = Path(tempfile.mkdtemp(prefix="hcbpg-bench-cutover-"))
+        figures: dict[str, list[float]] = {"runbook": [], "ours": [], "ours_verify": [], "pgcopydb": []}
+        for r in range(args.rounds):
+            print(f"round {r + 1}:")
+            figures["runbook"].append(run_runbook(lab, host, params, url, work))
+            assert counts(tgt) == src_counts, "runbook: row counts differ from the source"
+            ours, ver, _ = run_ours(host, app, params, url, password)
+            figures["ours"].append(ours)
+            figures["ours_verify"].append(ver)
+            assert counts(tgt) == src_counts, "ours: row counts differ from the source"
+            figures["pgcopydb"].append(run_pgcopydb(host, params, url))
+            assert counts(tgt) == src_counts, "pgcopydb: row counts differ from the source"
+            print("  row counts match the source after each of the three")
+        med = {k: statistics.median(v) for k, v in figures.items()}
+        print()
+        print(f"source {size / 1024 ** 2:.0f} MB, {sum(src_counts.values())} rows; median of {args.rounds} round(s):")
+        print(f"  runbook (pg_dump -Fc, scp, pg_restore -j1): {med['runbook']:7.1f}s")
+        print(f"  ours (dump + restore, as 06/07 run it):     {med['ours']:7.1f}s   (+ verify {med['ours_verify']:.1f}s)")
+        print(f"  pgcopydb clone:                             {med['pgcopydb']:7.1f}s")
+        print(f"  ours/runbook  = {med['ours'] / med['runbook']:.2f}   (target <= 0.60)")
+        print(f"  ours/pgcopydb = {med['ours'] / med['pgcopydb']:.2f}   (target <= 1.00)")
+        print(f"  with verification: ours/runbook = {(med['ours'] + med['ours_verify']) / med['runbook']:.2f}")
+        if args.json:
+            Path(args.json).write_text(json.dumps({"source_mb": size / 1024 ** 2, "rows": sum(src_counts.values()),
+                                                   "figures": figures, "median": med}, indent=2))
+        host.close()
+        app.close()
+    finally:
+        if not args.keep_lab:
+            lab.down()
+            print("lab down")
+
+
+if __name__ == "__main__":
+    main()
