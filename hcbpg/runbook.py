@@ -139,6 +139,8 @@ class Runbook:
         self._recorded: dict[str, Any] = {}
         #: the attempt number this kernel keeps in the manifest (guided runs only)
         self.guided_attempt: int | None = None
+        #: cells that raised and have not run cleanly since (guided runs): the step cannot succeed
+        self.failed_cells: dict[str, str] = {}
 
     # secrets -----------------------------------------------------------------
     def secret(self, key: str) -> str:
@@ -261,6 +263,14 @@ class Runbook:
     # the end -----------------------------------------------------------------
     def finish(self) -> dict[str, Any]:
         """Record this step's summary (changes, checks, duration) for the runner's manifest."""
+        if self.failed_cells:
+            exc = HcbpgError(
+                f"{self.step} is not finished: {len(self.failed_cells)} cell(s) failed and have not run "
+                "cleanly since: " + "; ".join(self.failed_cells.values()),
+                hint="Fix the cause and run the failed cell(s) again, then this cell; "
+                     "the step stays recorded as failed until then.")
+            exc._hcbpg_unfinished = True  # type: ignore[attr-defined]
+            raise exc
         summary = {
             "step": self.step,
             "dry_run": self.dry_run,
@@ -340,7 +350,10 @@ class Runbook:
     def _record_error(self, exc: BaseException) -> None:
         if self.run is None or self.guided_attempt is None:
             return
-        status = "awaiting-approval" if isinstance(exc, GateRequired) else "failed"
+        status = ("awaiting-approval" if isinstance(exc, GateRequired)
+                  else "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
+        if self.run.read().get("status") != "running":
+            return  # the run was closed (guide finish): its record takes nothing more
         error = {"ename": type(exc).__name__, "evalue": hsecrets.scrub(str(exc))[:2000], "at": mf.utcnow()}
         with self.run.update() as data:
             step = self.run.step(data, self.step)
@@ -356,16 +369,24 @@ class Runbook:
 
 def _record_cell_error(result: Any) -> None:
     """IPython post_run_cell hook of a guided kernel: a failed cell marks the step's attempt."""
-    exc = getattr(result, "error_in_exec", None)
-    if exc is None:
-        return
     ip = _in_ipython()
     rb = getattr(ip, "_hcbpg_guided_rb", None) if ip is not None else None
-    if rb is not None:
-        try:
-            rb._record_error(exc)
-        except Exception as err:  # noqa: BLE001 - never hide the operator's own error behind ours
-            print(f"hcbpg: could not record the failure in the manifest: {err}", file=sys.stderr)
+    if rb is None:
+        return
+    info = getattr(result, "info", None)
+    cell = getattr(info, "cell_id", None) or getattr(info, "raw_cell", "") or ""
+    exc = getattr(result, "error_in_exec", None)
+    if exc is None:
+        rb.failed_cells.pop(cell, None)
+        return
+    first_line = (getattr(info, "raw_cell", "") or "").strip().splitlines()[:1]
+    if getattr(exc, "_hcbpg_unfinished", False):
+        return  # finish() refused: the failure it names is already recorded
+    rb.failed_cells[cell] = f"{type(exc).__name__} in `{first_line[0][:60] if first_line else '?'}`"
+    try:
+        rb._record_error(exc)
+    except Exception as err:  # noqa: BLE001 - never hide the operator's own error behind ours
+        print(f"hcbpg: could not record the failure in the manifest: {err}", file=sys.stderr)
 
 
 def start(env: str, *, step: str, run_id: str = "", run_dir: str = "", dry_run: bool = False) -> Runbook:

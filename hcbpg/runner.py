@@ -100,6 +100,23 @@ def _pid_alive(pid: int | None, machine: str | None) -> bool:
     return True
 
 
+def refuse_if_open_in_jupyterlab(base: Path, env: str) -> None:
+    """A new run would hash the newest manifest into its chain while a guided run still writes it."""
+    runs = mf.list_runs(base, env)
+    if not runs:
+        return
+    try:
+        data = runs[-1].read()
+    except HcbpgError:
+        return
+    runner = data.get("runner") or {}
+    if data.get("mode") == "guided" and _pid_alive(runner.get("jupyter_pid"), runner.get("machine")):
+        raise UsageError(f"guided run {data['run_id']} of {env} is still open in JupyterLab "
+                         f"(server pid {runner['jupyter_pid']}); a new run now would break the hash chain",
+                         hint="Shut that JupyterLab down (File > Shut Down, or Ctrl-C in `hcbpg guide`); "
+                              "it finishes the run. Then start the new one.")
+
+
 class Runner:
     """Executes the steps of one run; ``progress`` receives one line per event."""
 
@@ -119,6 +136,7 @@ class Runner:
     def start(self, env: str, *, dry_run: bool = False, start: str | None = None,
               until: str | None = None, only: str | None = None) -> RunResult:
         params = load_params(env, self.home)  # validates before anything runs
+        refuse_if_open_in_jupyterlab(self.home, env)
         steps = select(load_steps(self.nb_dir), start=start, until=until, only=only)
         if not steps:
             raise UsageError("no steps selected")
