@@ -72,9 +72,12 @@ def prepare(env: str, *, start: str | None = None, until: str | None = None,
 
     from hcbpg.runner import SCHEME, _register_writer, _resolve_param_secrets
 
+    from hcbpg.runner import refuse_if_open_in_jupyterlab
+
     b = base or home()
     nbd = nb_dir or notebooks_dir()
     params = load_params(env, b)  # validates before anything is created
+    refuse_if_open_in_jupyterlab(b, env)
     steps = select(load_steps(nbd), start=start, until=until)
     if not steps:
         raise UsageError("no steps selected")
@@ -144,10 +147,13 @@ def _server_env(g: GuidedRun, token: str, config_path: Path) -> dict[str, str]:
     return env
 
 
-def _wait_ready(proc: subprocess.Popen[bytes], port: int, token: str, deadline_s: float) -> None:
+def _wait_ready(proc: subprocess.Popen[bytes], port: int, token: str, deadline_s: float,
+                stop: Callable[[], bool] = lambda: False) -> None:
     deadline = time.monotonic() + deadline_s
     url = f"http://127.0.0.1:{port}/api/status"
     while time.monotonic() < deadline:
+        if stop():
+            raise HcbpgError("stopped by the operator before JupyterLab was up")
         if proc.poll() is not None:
             raise HcbpgError(f"JupyterLab exited during startup with code {proc.returncode}")
         req = urllib.request.Request(url, headers={"Authorization": f"token {token}"})
@@ -192,10 +198,14 @@ def serve(g: GuidedRun, *, port: int | None = None, progress: Callable[[str], No
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         try:
-            _wait_ready(proc, port, token, deadline_s)
-        except HcbpgError:
+            _wait_ready(proc, port, token, deadline_s, stop=lambda: stopping["signal"] is not None)
+        except HcbpgError as exc:
             _stop(proc)
-            raise
+            g.run.log(f"JupyterLab did not start: {exc}")
+            finish(g.run.run_id, base=home(), progress=progress)
+            raise HcbpgError(f"{exc}; the run was closed with its steps pending",
+                             hint=f"See {g.run.path / 'jupyter.log'}, fix the cause and start a new guided run, "
+                                  f"or run the steps headless: hcbpg resume {g.run.run_id}") from None
         first = g.notebooks[0]
         progress(f"JupyterLab is serving guided run {g.run.run_id} ({g.run.env}) from {g.run.path}\n"
                  f"  open: http://127.0.0.1:{port}/lab/tree/{first}?token={token}\n"
@@ -299,7 +309,14 @@ def finish(run_id: str, *, base: Path | None = None, progress: Callable[[str], N
             d["status"], d["finished"] = "awaiting-approval", None
         else:
             d["status"], d["finished"] = "interrupted", None
-        d["guide_finished"] = {"at": now, "by": mf.operator_name(), "scrubbed_files": scrubbed}
+        recorded = {a["notebook"] for st in d["steps"] for a in st["attempts"] if a.get("notebook")}
+        recorded |= {st["notebook"] for st in d["steps"]}
+        # files the operator made in JupyterLab (or a notebook wrote): named and hashed, for the reader
+        other = {str(f.relative_to(run.path)): mf.sha256_file(f) for f in sorted(run.path.rglob("*"))
+                 if f.is_file() and f.name not in ("manifest.json", ".manifest.lock", "run.log", "jupyter.log")
+                 and str(f.relative_to(run.path)) not in recorded}
+        d["guide_finished"] = {"at": now, "by": mf.operator_name(), "scrubbed_files": scrubbed,
+                               "other_files": other}
         if d.get("sessions"):
             d["sessions"][-1]["ended"] = now
         steps = [dict(s) for s in d["steps"]]

@@ -22,7 +22,7 @@ import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import pytest
 
@@ -126,13 +126,15 @@ def _wait_for_kernel(page, url: str, notebook: str, deadline_s: float = 90) -> N
 
 def _drive_jupyterlab(url: str, run_dir: Path, notebook: str, *, gate: str | None, saved: list[str],
                       screenshot: Path, scroll_to: str | None = None,
-                      mid_run: Callable[[], None] | None = None) -> dict[str, float]:
+                      mid_run: Callable[[], None] | None = None,
+                      allow_failure: bool = False) -> dict[str, Any]:
     """Open *notebook* in JupyterLab, Run All Cells, answer *gate* in place, wait for
-    ``rb.finish()``, save, screenshot; returns timings.  *saved*: texts the file must then hold."""
+    ``rb.finish()`` (or, with *allow_failure*, a traceback), save, screenshot.  Returns timings
+    and ``outcome`` ("succeeded" or "failed").  *saved*: texts the file must then hold."""
     from playwright.sync_api import sync_playwright
 
     step = Path(notebook).stem
-    t: dict[str, float] = {}
+    t: dict[str, Any] = {}
     t0 = time.monotonic()
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
@@ -152,9 +154,19 @@ def _drive_jupyterlab(url: str, run_dir: Path, notebook: str, *, gate: str | Non
                     mid_run()
                 stdin.fill(gate)
                 stdin.press("Enter")
-            page.locator(".jp-OutputArea-output", has_text=f"{step}: nothing to change").wait_for()
+            done = f"{step}: nothing to change"
+            ends = re.compile(re.escape(done) + r"|Traceback \(most recent call last\)")
+            page.locator(".jp-OutputArea-output", has_text=ends).first.wait_for()
             page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']")
             t["cells_s"] = time.monotonic() - t0 - t["lab_open_s"]
+            if page.locator(".jp-OutputArea-output", has_text=done).count():
+                t["outcome"] = "succeeded"
+            elif allow_failure:
+                t["outcome"] = "failed"
+                t["failure"] = page.locator(".jp-OutputArea-output", has_text="Traceback").first.inner_text()
+                saved = ['"output_type": "error"']
+            else:
+                raise AssertionError("a cell failed in JupyterLab")
             page.keyboard.press("Control+s")
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
@@ -364,24 +376,88 @@ def test_guided_preflight_against_the_lab(home, monkeypatch, tmp_path, lab_lock,
             url, run_dir = guide.wait_ready("00_preflight.ipynb")
             timings = _drive_jupyterlab(url, run_dir, "00_preflight.ipynb", gate=None,
                                         saved=["00_preflight: nothing to change"],
-                                        screenshot=tmp_path / "guided-preflight.png")
+                                        screenshot=tmp_path / "guided-preflight.png", allow_failure=True)
         finally:
             rc = guide.stop()
     finally:
         if not was_up:
             lab.down()
-    assert rc == 0 and "finished: succeeded" in guide.out.text, guide.out.text
+    # whether the lab passes its preflight is the lab's business; the record must match what the browser saw
+    outcome = timings["outcome"]
+    assert f"finished: {outcome}" in guide.out.text, guide.out.text
+    assert rc == (0 if outcome == "succeeded" else 1), guide.out.text
     r = hcbpg("audit", "verify", "lab")
     assert r.returncode == 0, r.stdout + r.stderr
     m = json.loads((run_dir / "manifest.json").read_text())
-    assert m["mode"] == "guided" and m["status"] == "succeeded"
+    assert m["mode"] == "guided" and m["status"] == outcome
     (step,) = m["steps"]
-    assert step["key"] == "00_preflight" and step["attempts"][0]["via"] == "notebook"
+    (att,) = step["attempts"]
+    assert step["key"] == "00_preflight" and att["via"] == "notebook" and att["status"] == outcome
     assert step["sha256"] == _sha(run_dir / "00_preflight.ipynb")
     executed = (run_dir / "00_preflight.ipynb").read_text()
-    assert "preflight" in executed and "secret postgres.app_role_password" in executed
+    assert "secret postgres.app_role_password" in executed          # the checks table the browser showed
+    if outcome == "failed":
+        assert att["error"]["ename"] in timings["failure"] and f'"ename": "{att["error"]["ename"]}"' in executed
     _assert_no_secret(run_dir, planted + [url.rsplit("token=", 1)[1]])
     assert {p.name: _sha(p) for p in sorted((REPO / "notebooks").iterdir()) if p.is_file()} == committed
     with capsys.disabled():
-        print(f"\n  guide lab timings: lab up {t_lab:.1f}s, server ready {guide.ready_s:.1f}s, "
+        print(f"\n  guide lab: preflight {outcome}"
+              + (f" ({att['error']['evalue'][:160]})" if outcome == "failed" else "")
+              + f"; lab up {t_lab:.1f}s, server ready {guide.ready_s:.1f}s, "
               f"browser {timings['browser_total_s']:.1f}s, session {guide.session_s:.1f}s")
+
+
+# -- the kernel's side of the record, without a browser ---------------------------------------
+
+def _run_as_operator(path: Path) -> str:
+    """Execute a notebook of the run in place, in a kernel like JupyterLab's (not headless)."""
+    import nbclient
+    import nbformat
+    nb = nbformat.read(path, as_version=4)
+    nbclient.NotebookClient(nb, kernel_name="python3", allow_errors=True, timeout=120,
+                            resources={"metadata": {"path": str(path.parent)}}).execute()
+    nbformat.write(nb, path)
+    return json.dumps([c.get("outputs", []) for c in nb.cells if c.cell_type == "code"])
+
+
+def test_guided_kernel_records_a_failed_cell_and_a_closed_run_takes_nothing_more(home, monkeypatch):
+    from hcbpg import guide
+    app_pw = "guide-app-" + secrets.token_hex(10)
+    monkeypatch.setenv("HCBPG_TEST_APP_PW", app_pw)
+    monkeypatch.setenv("HCBPG_TEST_TOKEN", "guide-tok-" + secrets.token_hex(10))
+    monkeypatch.setenv("HCBPG_SCRUB_FILE", "")          # prepare() points it at the run's registry
+    (home / "params" / "test.yaml").write_text(make_params("test"))
+    nb = home / "notebooks"
+    write_notebook(nb / "00_fails.ipynb", "00_fails",
+                   "print('before the failure')",
+                   "pw = rb.secret('postgres.app_role_password')\n"
+                   "raise RuntimeError(f'cannot connect as rails:{pw}@10.0.1.5')")
+    write_steps(nb, [("00_fails.ipynb", "fails")])
+    g = guide.prepare("test")
+    run = g.run
+    with run.update() as data:                           # what `serve` records once JupyterLab is up
+        data["status"] = "running"
+        data["runner"] = {"pid": os.getpid(), "machine": os.uname().nodename, "kind": "guide",
+                          "jupyter_pid": None}
+    outputs = _run_as_operator(run.path / "00_fails.ipynb")
+    assert "before the failure" in outputs and "RuntimeError" in outputs and app_pw not in outputs
+    # rb.finish() after a failed cell (allow_errors ran it anyway) refuses to call the step done
+    assert "00_fails is not finished: 1 cell(s) failed" in outputs, outputs
+    m = json.loads(run.manifest_path.read_text())
+    (att,) = m["steps"][0]["attempts"]
+    assert m["steps"][0]["status"] == "failed" and att["status"] == "failed"   # visible while it happens
+    assert att["error"]["ename"] == "RuntimeError" and "[secret]" in att["error"]["evalue"]
+    assert app_pw not in run.manifest_path.read_text()
+
+    assert guide.finish(run.run_id, progress=lambda line: None) == 1
+    m = json.loads(run.manifest_path.read_text())
+    assert m["status"] == "failed" and m["steps"][0]["sha256"] == _sha(run.path / "00_fails.ipynb")
+    assert hcbpg("audit", "verify", "test").returncode == 0
+    assert not Path(os.environ["HCBPG_SCRUB_FILE"]).exists()
+
+    # a closed run takes nothing more: starting the step again in a kernel is refused, the record unchanged
+    before = _sha(run.manifest_path)
+    outputs = _run_as_operator(run.path / "00_fails.ipynb")
+    assert "is closed" in outputs, outputs
+    assert _sha(run.manifest_path) == before
+    _assert_no_secret(run.path, [app_pw])
