@@ -38,6 +38,10 @@ from hcbpg.params import load_params  # noqa: E402
 from hcbpg.secrets import register  # noqa: E402
 
 
+#: pg_database_size / rows of the lab source, measured (the lab's own estimate is 420)
+BYTES_PER_ROW = 200
+
+
 def quiet(_: str) -> None:
     pass
 
@@ -119,7 +123,9 @@ def main() -> None:
 
     lab = Lab()
     t = time.monotonic()
-    st = lab.up(source_mb=args.source_mb)
+    # the lab's generator asks for MB through its own bytes-per-row estimate; we want the size on
+    # disk, measured at about 200 bytes a row (pg_database_size) for this generator
+    st = lab.up(source_rows=int(args.source_mb * 1024 ** 2 / BYTES_PER_ROW))
     print(f"lab up in {time.monotonic() - t:.1f}s; source {st['source'].get('rows')} rows "
           f"(users {st['source'].get('users')}, events {st['source'].get('events')}, "
           f"transactions {st['source'].get('transactions')})")

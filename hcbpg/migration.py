@@ -1241,14 +1241,27 @@ def check_passwords(app: "Host", params: "Params", *, old: str, new: str, server
 
 # start traffic --------------------------------------------------------------------------------
 
-def write_app_urls(params: "Params", password: str) -> tuple[Path, dict[str, str]]:
-    """DATABASE_URL and BLAZER_DATABASE_URL into a 0600 file for the operator; returns the path and redacted URLs."""
-    url = render_database_url(params, password)
-    hsecrets.register(url)
+@dataclass
+class AppUrls:
+    path: Path
+    shown: dict[str, str]      # redacted: postgres://rails:[secret]@10.0.1.5:5432/hcb_production
+    written: bool
+
+
+def write_app_urls(params: "Params", password: str, *, dry_run: bool = False) -> AppUrls:
+    """DATABASE_URL and BLAZER_DATABASE_URL into a 0600 file for the operator (nothing printed but redacted URLs)."""
+    url = hsecrets.register(render_database_url(params, password))
     values = {"DATABASE_URL": url, "BLAZER_DATABASE_URL": url}
     path = handoff_path(params)
-    write_private_file(path, render_env_file(values))
-    return path, {k: redact_url(v) for k, v in values.items()}
+    if not dry_run:
+        write_private_file(path, render_env_file(values))
+    return AppUrls(path, {k: redact_url(v) for k, v in values.items()}, not dry_run)
+
+
+def show_urls(urls: AppUrls) -> None:
+    for k, v in urls.shown.items():
+        print(f"{k}={v}")
+    print(f"the real values are {'in' if urls.written else 'would be written to'} {urls.path} (mode 0600)")
 
 
 def check_url_from_app(app: "Host", params: "Params", url: str) -> Check:
@@ -1429,3 +1442,62 @@ def run_migration(host: "Host", params: "Params", source: Source, facts: Mapping
                                               f"skipped from the dump (created beforehand): {len(restore.skipped_toc)} "
                                               "entries"])]
     return MigrationResult(dump, restore, ver, phases, outcomes)
+
+
+# small helpers for the notebooks ----------------------------------------------------------------
+
+def dump_tag(rb: "Runbook") -> str:
+    """The dump's directory name under source.dump_dir: run and step."""
+    return f"{rb.run_id or 'adhoc'}-{rb.step}"
+
+
+def run_label(rb: "Runbook") -> str:
+    return f"run {rb.run_id or 'ad hoc'}, step {rb.step}"
+
+
+def dry_run_sentinel() -> str:
+    """The value 06 writes on the restored copy (never on the source)."""
+    return f"hcbpg dry run {mf.utcnow()}"
+
+
+def plan_without_primary(params: "Params") -> list[Outcome]:
+    """The plan when the primary does not exist yet (a dry run before provisioning)."""
+    return [Outcome(f"dump of the source into {params.postgres.database} on {params.primary.name}", True, True,
+                    actions=["the primary is not provisioned yet: dump, restore and verify would run after 01-04"])]
+
+
+def show_comparison(result: MigrationResult) -> None:
+    """The source/target table of objects and rows (each kind pass or fail)."""
+    from hcbpg.runbook import show_table
+    show_table(result.verification.table, ["what", "source", "target", "status"])
+
+
+def check_source_quiet_step(rb: "Runbook", source: "Source | None", *, timeout: float = 120.0) -> Check:
+    """07: wait until the source has no other connections (a dry run only looks: the app still runs)."""
+    if source is None:
+        return Check("no other connections on the source", "warn", "no primary yet: not checked", "source")
+    if rb.dry_run:
+        c = check_source_quiet(get_source_sessions(source))
+        if not c.ok:
+            c = Check(c.name, "warn", c.detail + " (dry run: the app still runs; the real run waits for them to go)",
+                      c.target)
+        return c
+    return wait_for_source_quiet(source, timeout=timeout)
+
+
+def record_phases(rb: "Runbook", phases: Mapping[str, float]) -> None:
+    """07: the phase durations into the manifest's ``downtime`` (09 adds start, end and total)."""
+    if rb.run is None or rb.dry_run:
+        return
+    with rb.run.update() as data:
+        dt = data.setdefault("downtime", {})
+        dt["phases_s"] = {k: round(float(v), 3) for k, v in phases.items()}
+
+
+def show_downtime(dt: Mapping[str, Any]) -> None:
+    from hcbpg.runbook import show_table
+    rows = [{"what": "maintenance on (approved)", "value": dt.get("maintenance_on_at") or "-"},
+            {"what": "traffic on (approved)", "value": dt.get("traffic_on_at") or "-"},
+            {"what": "downtime", "value": f"{dt['total_s']:.1f} s" if dt.get("total_s") is not None else "-"}]
+    rows += [{"what": k, "value": f"{v:.1f} s"} for k, v in (dt.get("phases_s") or {}).items()]
+    show_table(rows, ["what", "value"])

@@ -1,0 +1,384 @@
+"""The migration's pure parts: URLs and their scrubbing, the service file, command rendering,
+TOC filtering, restore settings, the comparison, the safety rules, the downtime.
+
+Regenerate the golden files after a deliberate change with ``HCBPG_UPDATE_GOLDEN=1``.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hcbpg import migration
+from hcbpg.errors import SafetyCheckFailed, SecretError, VerificationFailed
+from hcbpg.outcome import Check
+from hcbpg.params import parse_params
+from hcbpg.secrets import REDACTED, SCRUBBER, register, scrub
+
+REPO = Path(__file__).resolve().parent.parent
+GOLDEN = Path(__file__).parent / "golden"
+PASSWORD = "s3cr3t/with+chars@and:colon"
+
+
+def golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("HCBPG_UPDATE_GOLDEN") == "1" or not path.exists():
+        path.write_text(text)
+    assert text == path.read_text(), f"{name} differs from its golden file"
+
+
+@pytest.fixture
+def params():
+    return parse_params(yaml.safe_load((REPO / "params" / "lab.yaml").read_text()))
+
+
+# URLs ------------------------------------------------------------------------------------
+
+def test_source_url_parses_into_libpq_parameters_with_decoded_password():
+    url = "postgres://u%40x:p%2Fw%3Ad@ec2-1-2-3-4.compute-1.amazonaws.com:5432/d8abc?sslmode=require"
+    conn = migration.parse_source_url(url)
+    assert conn == {"host": "ec2-1-2-3-4.compute-1.amazonaws.com", "port": "5432", "dbname": "d8abc",
+                    "user": "u@x", "password": "p/w:d", "sslmode": "require"}
+    assert "p/w:d" not in migration.describe_source(conn)
+
+
+@pytest.mark.parametrize("bad", ["mysql://u:p@h/d", "postgres://u:p@h", "not a url"])
+def test_source_url_that_is_not_a_postgres_url_is_refused_without_echoing_it(bad):
+    with pytest.raises(SecretError) as exc:
+        migration.parse_source_url(bad)
+    assert bad not in str(exc.value)
+
+
+def test_service_file_holds_the_password_defaults_to_tls_and_refuses_newlines():
+    text = migration.render_service_file({"host": "db.example", "dbname": "d", "user": "u", "password": "pw"})
+    assert "[hcbpg_source]" in text and "password=pw" in text and "sslmode=require" in text
+    assert "application_name=hcbpg-migration" in text
+    local = migration.render_service_file({"host": "localhost", "dbname": "d"})
+    assert "sslmode" not in local
+    with pytest.raises(SecretError):
+        migration.render_service_file({"host": "h", "dbname": "d\nhost=evil"})
+
+
+def test_database_url_quotes_the_password_and_prints_only_redacted(params):
+    register(PASSWORD)
+    url = migration.render_database_url(params, PASSWORD)
+    assert url.startswith("postgres://rails:") and url.endswith("@10.0.1.5:5432/hcb_production")
+    assert migration.parse_source_url(url)["password"] == PASSWORD
+    assert migration.redact_url(url) == f"postgres://rails:{REDACTED}@10.0.1.5:5432/hcb_production"
+    assert PASSWORD not in scrub(url) and "s3cr3t" not in scrub(url)
+
+
+def test_app_urls_go_to_a_0600_file_and_only_redacted_urls_are_shown(params, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    urls = migration.write_app_urls(params, PASSWORD)
+    migration.show_urls(urls)
+    out = capsys.readouterr().out
+    assert PASSWORD not in out and "s3cr3t" not in out
+    assert f"DATABASE_URL=postgres://rails:{REDACTED}@10.0.1.5:5432/hcb_production" in out
+    assert "BLAZER_DATABASE_URL=" in out
+    assert urls.path == tmp_path / "state" / "hcbpg" / "lab" / "app-database-urls.env"
+    assert stat.S_IMODE(urls.path.stat().st_mode) == 0o600
+    text = urls.path.read_text()
+    assert text.count("DATABASE_URL=postgres://rails:") == 2
+    assert "outputs" not in str(urls.path)
+
+
+def test_app_urls_dry_run_writes_nothing(params, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    urls = migration.write_app_urls(params, PASSWORD, dry_run=True)
+    assert not urls.path.exists() and not urls.written
+
+
+# commands ----------------------------------------------------------------------------------
+
+def test_dump_session_uses_the_exported_snapshot_and_no_secret(params):
+    text = migration.render_dump_session(params, "/var/tmp/hcbpg-dump/r1-06_dry_run_restore")
+    golden("migration.dump-session.psql", text)
+    assert "pg_export_snapshot()" in text and '--snapshot="$HCBPG_SNAPSHOT"' in text
+    assert "REPEATABLE READ" in text and "-Fd -j 2 -Z 0" in text
+    assert "PGSERVICEFILE=/run/hcbpg-migration/source.pgservice" in text
+    assert "postgres://" not in text and "password" not in text.lower()
+
+
+def test_pg_restore_runs_as_postgres_with_set_role_rails_and_no_owner_no_acl(params):
+    cmd = migration.render_pg_restore(params, "/d/x", "/d/x.list", jobs=4)
+    assert cmd == ("pg_restore --cluster 15/main -j 4 --no-owner --no-acl --role=rails --exit-on-error "
+                   "-L /d/x.list -d hcb_production /d/x")
+    assert migration.restore_jobs(params) == 2 * params.source.jobs
+
+
+def test_heroku_url_travels_on_stdin_not_on_the_command_line():
+    capture, url = migration.render_heroku_commands("hcb-production")
+    assert capture == ["heroku", "pg:backups:capture", "--app", "hcb-production"]
+    assert url == ["heroku", "pg:backups:url", "--app", "hcb-production"]
+    cmd, cfg = migration.render_download("/var/tmp/hcbpg-dump/x.dump")
+    assert "--config -" in cmd and "{url}" not in cmd and "{url}" in cfg
+
+
+def test_heroku_dump_downloads_on_the_primary_with_the_url_on_stdin(params):
+    p = params.model_copy(update={"source": params.source.model_copy(update={"method": "heroku",
+                                                                             "heroku_app": "hcb-production"})})
+    signed = "https://xfrtu.s3.amazonaws.com/abc/latest.dump?X-Amz-Signature=deadbeefdeadbeef"
+    calls: list[list[str]] = []
+
+    class Proc:
+        def __init__(self, out: str) -> None:
+            self.returncode, self.stdout, self.stderr = 0, out, ""
+
+    def local(argv):
+        calls.append(list(argv))
+        return Proc(signed + "\n" if "pg:backups:url" in argv else "Backing up DATABASE to b001... done\n")
+
+    host = FakeHost()
+    dump = migration.run_heroku_dump(host, p, "r1-07_cutover", local=local)
+    assert [c[1] for c in calls] == ["pg:backups:capture", "pg:backups:url"]
+    curl = [r for r in host.runs if "curl" in r["cmd"]][0]
+    assert signed not in curl["cmd"] and signed in curl["stdin"]
+    assert dump.format == "custom" and dump.path.endswith("r1-07_cutover.dump")
+    assert signed not in scrub(f"got {signed}")
+
+
+class FakeHost:
+    """Records commands; answers the few probes run_heroku_dump makes."""
+
+    name = "server-postgres-1"
+
+    def __init__(self) -> None:
+        self.runs: list[dict] = []
+        self.echo = print
+
+    def run(self, cmd, **kw):
+        self.runs.append({"cmd": cmd, "stdin": kw.get("stdin")})
+        return type("R", (), {"ok": True, "stdout": "", "stderr": "", "exit_code": 0, "output": ""})()
+
+    def probe(self, cmd, **kw):
+        r = self.run(cmd, **kw)
+        r.stdout = "12345"
+        return r
+
+
+# the dump's list --------------------------------------------------------------------------
+
+TOC = """;
+; Archive created at 2026-11-25 10:00:00 UTC
+;
+2; 3079 16385 EXTENSION - citext
+3; 0 0 COMMENT - EXTENSION citext
+4; 3079 16490 EXTENSION - pg_stat_statements
+5; 0 0 COMMENT - EXTENSION pg_stat_statements
+6; 2615 16384 SCHEMA - heroku_ext heroku_owner
+218; 1259 16531 TABLE public users heroku_owner
+219; 1259 16530 SEQUENCE public users_id_seq heroku_owner
+3400; 0 16531 TABLE DATA public users heroku_owner
+3410; 2606 16540 CONSTRAINT public users users_pkey heroku_owner
+"""
+
+
+def test_toc_filter_drops_extensions_their_comments_and_precreated_schemas_only():
+    listed, dropped = migration.filter_toc(TOC, precreated_schemas=["heroku_ext"])
+    assert len(dropped) == 5
+    assert all(line.startswith(";2;") or line.startswith(";3;") or line.startswith(";4;") or line.startswith(";5;")
+               or line.startswith(";6;") for line in listed.splitlines() if line.startswith(";") and line[1:2].isdigit())
+    for keep in ("218; 1259 16531 TABLE public users", "3400; 0 16531 TABLE DATA", "3410; 2606 16540 CONSTRAINT"):
+        assert any(line.startswith(keep) for line in listed.splitlines())
+    listed2, dropped2 = migration.filter_toc(TOC, precreated_schemas=[])
+    assert "6; 2615 16384 SCHEMA - heroku_ext heroku_owner" in listed2.splitlines()
+    assert len(dropped2) == 4
+
+
+def test_prerequisites_create_heroku_ext_when_extensions_live_there():
+    facts = {"extensions": [{"name": "citext", "schema": "heroku_ext", "version": "1.6"},
+                            {"name": "pg_stat_statements", "schema": "heroku_ext", "version": "1.10"}]}
+    schemas, exts = migration.plan_prerequisites(facts)
+    assert schemas == ["heroku_ext"] and [e["name"] for e in exts] == ["citext", "pg_stat_statements"]
+    schemas, _ = migration.plan_prerequisites({"extensions": [{"name": "citext", "schema": "public", "version": "1.6"}]},
+                                              toc="7; 1259 1 TABLE heroku_ext thing owner")
+    assert schemas == ["heroku_ext"]
+    schemas, _ = migration.plan_prerequisites({"extensions": [{"name": "citext", "schema": "public", "version": "1.6"}]})
+    assert schemas == []
+
+
+def test_database_search_path_is_copied_as_identifiers():
+    st = migration.render_db_setting("hcb_production", 'search_path="$user", public, heroku_ext')
+    assert migration.render(st) == 'ALTER DATABASE "hcb_production" SET search_path = "$user", "public", "heroku_ext"'
+    st = migration.render_db_setting("hcb_production", "statement_timeout=30s")
+    assert migration.render(st) == "ALTER DATABASE \"hcb_production\" SET \"statement_timeout\" = '30s'"
+
+
+# restore settings -------------------------------------------------------------------------
+
+def test_restore_settings_use_minimal_wal_only_while_nothing_is_archived_or_replicated():
+    s, notes = migration.plan_restore_settings(mem_bytes=8 * 1024 ** 3, jobs=4, archive_mode="off",
+                                               wal_senders_busy=0, replication_slots=0)
+    assert s["wal_level"] == "minimal" and s["max_wal_senders"] == 0 and s["full_page_writes"] is False
+    assert s["maintenance_work_mem"] == "512MB" and s["autovacuum"] is False
+    golden("migration.restore-settings.conf", migration.render_restore_settings(s, server="server-postgres-1"))
+    for kw in ({"archive_mode": "on", "wal_senders_busy": 0, "replication_slots": 0},
+               {"archive_mode": "off", "wal_senders_busy": 1, "replication_slots": 0},
+               {"archive_mode": "off", "wal_senders_busy": 0, "replication_slots": 1}):
+        s2, notes2 = migration.plan_restore_settings(mem_bytes=8 * 1024 ** 3, jobs=4, **kw)
+        assert "wal_level" not in s2 and "full_page_writes" not in s2
+        assert any("wal_level stays" in n for n in notes2)
+    s3, _ = migration.plan_restore_settings(mem_bytes=64 * 1024 ** 3, jobs=2, archive_mode="off",
+                                            wal_senders_busy=0, replication_slots=0)
+    assert s3["maintenance_work_mem"] == "2048MB"
+    assert "fsync" not in s and "fsync" not in s3
+
+
+# comparison -------------------------------------------------------------------------------
+
+def inv(rows=None, **objects) -> migration.Inventory:
+    base = {k: {} for k in migration.KIND_LABELS}
+    base.update(objects)
+    return migration.Inventory(base, rows or {})
+
+
+def test_a_missing_row_fails_and_names_the_table():
+    src = {"public.users": 2000, "public.events": 12000}
+    tgt = {"public.users": 1999, "public.events": 12000}
+    checks = migration.compare_rows(src, tgt)
+    failed = [c for c in checks if c.status == "fail"]
+    assert [c.name for c in failed] == ["rows public.users"]
+    assert failed[0].detail == "source 2000, target 1999 (-1)"
+
+
+def test_row_differences_are_warnings_only_for_an_approximate_heroku_dry_run():
+    checks = migration.compare_rows({"public.users": 2}, {"public.users": 1}, approximate=True)
+    assert checks[0].status == "warn"
+    checks = migration.compare_rows({"public.users": 2}, {})
+    assert checks[0].status == "fail" and "missing on target" in checks[0].detail
+
+
+def test_objects_compare_by_name_and_definition():
+    src = inv(indexes={"public.a": "CREATE INDEX a ON public.t USING btree (x)",
+                       "public.b": "CREATE INDEX b ON public.t USING btree (y)"},
+              tables={"public.t": "3 columns"})
+    tgt = inv(indexes={"public.a": "CREATE INDEX a ON public.t USING hash (x)"}, tables={"public.t": "3 columns"})
+    checks = {c.name: c for c in migration.compare_objects(src, tgt)}
+    assert checks["indexes"].status == "fail"
+    assert "missing on target: public.b" in checks["indexes"].detail
+    assert "definitions differ: public.a" in checks["indexes"].detail
+    assert checks["tables"].status == "pass"
+
+
+def test_sequences_ahead_on_a_live_source_warn_but_fail_in_the_cutover():
+    src = inv(sequences={"public.users_id_seq": "2010"})
+    tgt = inv(sequences={"public.users_id_seq": "2000"})
+    live = {c.name: c for c in migration.compare_objects(src, tgt, live_source=True)}
+    cut = {c.name: c for c in migration.compare_objects(src, tgt, live_source=False)}
+    assert live["sequences (values)"].status == "warn" and cut["sequences (values)"].status == "fail"
+    behind = {c.name: c for c in migration.compare_objects(tgt, src, live_source=True)}
+    assert behind["sequences (values)"].status == "fail"
+
+
+def test_comparison_table_counts_every_kind_and_all_rows():
+    src = inv({"public.t": 3}, tables={"public.t": "1 columns"})
+    tgt = inv({"public.t": 2}, tables={"public.t": "1 columns"})
+    table = {r["what"]: r for r in migration.comparison_table(src, tgt)}
+    assert table["tables"]["status"] == "pass"
+    assert table["rows (all tables)"] == {"what": "rows (all tables)", "source": 3, "target": 2, "status": "fail"}
+
+
+def test_inventory_round_trips_through_json():
+    i = inv({"public.t": 3}, tables={"public.t": "1 columns"})
+    i.newest_event = 42
+    assert migration.Inventory.from_json(i.to_json()) == i
+
+
+# safety -----------------------------------------------------------------------------------
+
+def recreate(state, **kw):
+    args = dict(database="hcb_production", server="server-postgres-1", allow_destructive=False,
+                same_server_as_source=False)
+    args.update(kw)
+    return migration.plan_recreate(state, **args)
+
+
+def test_dropping_is_refused_when_the_source_is_this_server():
+    with pytest.raises(SafetyCheckFailed, match="server-postgres-1.*source URL leads to this very server"):
+        recreate(migration.TargetState(True, migration.MARKER_RESTORE), same_server_as_source=True,
+                 allow_destructive=True)
+
+
+def test_dropping_is_refused_while_clients_are_connected_even_with_allow_destructive():
+    state = migration.TargetState(True, migration.MARKER_RESTORE, other_sessions=[
+        {"pid": 7, "usename": "rails", "client": "10.0.1.10", "application_name": "puma"}])
+    with pytest.raises(SafetyCheckFailed, match="1 client.*pid 7 rails@10.0.1.10"):
+        recreate(state, allow_destructive=True)
+
+
+def test_dropping_a_foreign_database_with_tables_needs_allow_destructive():
+    state = migration.TargetState(True, "someone's data", user_tables=12)
+    with pytest.raises(SafetyCheckFailed, match="12 table.*not an hcbpg restore target") as exc:
+        recreate(state)
+    assert "allow_destructive" in str(exc.value)
+    assert "allow_destructive is true" in recreate(state, allow_destructive=True)[0]
+
+
+def test_the_live_database_is_never_dropped_without_allow_destructive():
+    state = migration.TargetState(True, f"{migration.MARKER_LIVE}: traffic started", user_tables=191)
+    with pytest.raises(SafetyCheckFailed, match="live database"):
+        recreate(state)
+
+
+@pytest.mark.parametrize("state, why", [
+    (migration.TargetState(False), "create database"),
+    (migration.TargetState(True, None, user_tables=0), "no tables"),
+    (migration.TargetState(True, f"{migration.MARKER_RESTORE}: restored", user_tables=191), "earlier hcbpg restore"),
+])
+def test_dropping_is_allowed_for_empty_or_earlier_restore_targets(state, why):
+    assert why in " ".join(recreate(state))
+
+
+# the cutover ---------------------------------------------------------------------------
+
+def test_other_sessions_on_the_source_fail_the_quiet_check():
+    assert migration.check_source_quiet([]).status == "pass"
+    c = migration.check_source_quiet([{"pid": 9, "usename": "u", "client": "3.3.3.3", "application_name": "sidekiq",
+                                       "state": "idle in transaction", "writing": True}])
+    assert c.status == "fail" and "sidekiq" in c.detail and "WRITING" in c.detail
+
+
+def test_waiting_for_a_quiet_source_gives_up_at_its_deadline(monkeypatch):
+    monkeypatch.setattr(migration, "get_source_sessions",
+                        lambda source: [{"pid": 1, "usename": "u", "client": None, "application_name": "web",
+                                         "state": "idle", "writing": False}])
+    clock = iter(range(0, 1000, 10))
+    monkeypatch.setattr(migration.time, "monotonic", lambda: next(clock))
+    with pytest.raises(migration.WaitTimeout, match="other connections after 30s") as exc:
+        migration.wait_for_source_quiet(None, timeout=30, sleep=lambda s: None)
+    assert "maintenance mode off" in exc.value.hint.lower() or "Turn maintenance mode" in exc.value.hint
+
+
+def test_verification_failure_carries_the_rollback_instructions():
+    class RB:
+        def verify(self, checks):
+            raise VerificationFailed("1 of 1 checks failed: rows public.users: source 2, target 1",
+                                     failures=["rows public.users"])
+    with pytest.raises(VerificationFailed) as exc:
+        migration.verify(RB(), [Check("rows public.users", "fail", "source 2, target 1")], rollback=migration.ROLLBACK)
+    text = str(exc.value)
+    assert "rows public.users" in text and "before any traffic gate" in text
+    assert "Turn maintenance mode off" in text and "Do NOT change DATABASE_URL" in text
+
+
+def test_downtime_runs_from_maintenance_on_to_maintenance_off_with_phases():
+    gates = {"maintenance-on": {"approved_at": "2026-11-25T10:00:00.000000Z"},
+             "maintenance-off": {"approved_at": "2026-11-25T10:07:30.500000Z"}}
+    dt = migration.compute_downtime(gates, {"dump_s": 10.04, "restore_s": 40.0, "verify_s": 2.5})
+    assert dt == {"maintenance_on_at": "2026-11-25T10:00:00.000000Z",
+                  "traffic_on_at": "2026-11-25T10:07:30.500000Z", "total_s": 450.5,
+                  "phases_s": {"dump_s": 10.04, "restore_s": 40.0, "verify_s": 2.5}}
+    assert migration.compute_downtime({}, {})["total_s"] is None
+
+
+def test_env_file_quotes_values_for_a_shell(tmp_path):
+    text = migration.render_env_file({"DATABASE_URL": "postgres://r:a'b@h/d"})
+    assert "DATABASE_URL='postgres://r:a'\"'\"'b@h/d'" in text
+    p = tmp_path / "x" / "f.env"
+    migration.write_private_file(p, text)
+    assert stat.S_IMODE(p.stat().st_mode) == 0o600 and stat.S_IMODE(p.parent.stat().st_mode) == 0o700
