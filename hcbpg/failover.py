@@ -192,9 +192,10 @@ def run_promote(psql: Psql, *, timeout: float = 60.0, sleep: Callable[[float], N
                               hint="Look at its server log (/var/log/postgresql/).")
         sleep(0.1)
     took = time.monotonic() - started
-    # a primary ignores these, but pg_rewind and base backups copy postgresql.auto.conf to the next replica
+    # a primary ignores these, but pg_rewind and base backups copy postgresql.auto.conf to the next replica;
+    # the checkpoint writes the new timeline into pg_control, which pg_rewind reads from its source
     psql.execute(["ALTER SYSTEM RESET primary_conninfo", "ALTER SYSTEM RESET primary_slot_name",
-                  "SELECT pg_reload_conf()"])
+                  "SELECT pg_reload_conf()", "CHECKPOINT"])
     return took
 
 

@@ -934,11 +934,21 @@ def rebuild_replica(host: "Host", params: "Params", target: ServerState, plan: P
         # standby.signal; the fence file comes back right after (nothing else starts the cluster meanwhile)
         host.run(f"rm -f {shlex.quote(pgdata)}/standby.signal")
         try:
+            # pg_rewind takes the source's timeline from its control file, which a just-promoted primary
+            # updates only at its next checkpoint; before that it sees "the same timeline" and does nothing
+            primary_psql.execute("CHECKPOINT")
             run_rewind(host, params, primary, standby, pgdata)
             run_write_recovery(host, params, primary, standby, pgdata)
             result["rewind_s"] = round(time.monotonic() - t0, 2)
-        except RemoteCommandError as exc:
-            echo(f"[{standby.name}] pg_rewind failed ({scrub(exc.output_tail.strip().splitlines()[-1] if exc.output_tail.strip() else '?')}); "
+            t1 = time.monotonic()
+            pgmod.ensure_cluster_running(host, params, dry_run=False)
+            wait_for_streaming(primary_host, params, standby)
+            result["start_to_streaming_s"] = round(time.monotonic() - t1, 2)
+            return result
+        except (RemoteCommandError, WaitTimeout) as exc:
+            detail = exc.output_tail if isinstance(exc, RemoteCommandError) else exc.message
+            last = [ln for ln in detail.strip().splitlines() if "FATAL" in ln or "error" in ln] or detail.strip().splitlines() or ["?"]
+            echo(f"[{standby.name}] rewind did not bring it back ({scrub(last[-1].strip())}); "
                  "falling back to a new base backup")
             result["method"] = "base_backup (after pg_rewind failed)"
             plan = Plan(plan.target, plan.primary, "rebuild", "base_backup", plan.reasons,

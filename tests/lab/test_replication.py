@@ -15,6 +15,7 @@ import os
 import secrets as stdlib_secrets
 import shlex
 import time
+from pathlib import Path
 
 import pytest
 
@@ -28,6 +29,8 @@ from hcbpg.lab import create_server_host, destroy_server_host
 from hcbpg.lab.core import S3_BUCKET
 from hcbpg.params import parse_params
 from hcbpg.secrets import resolve
+
+REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.lab
 
@@ -47,10 +50,15 @@ def ensure_secret_file(path) -> None:
 
 
 def make_params(lab, *, allow_destructive: bool = True, **replication):
+    return parse_params(params_data(lab, allow_destructive=allow_destructive, **replication))
+
+
+def params_data(lab, *, allow_destructive: bool = True, **replication):
     cfg = lab.cfg
-    servers = [("server-postgres-1", cfg.address(41), "primary"), ("server-postgres-2", cfg.address(42), "replica")]
+    # .51/.52: other lab tests use .31/.32 (steps 02-04), .40 (jumpbox) and .41/.42 (runner)
+    servers = [("server-postgres-1", cfg.address(51), "primary"), ("server-postgres-2", cfg.address(52), "replica")]
     ensure_secret_file(cfg.secret_path("repuser-password"))
-    return parse_params({
+    return {
         "environment": "lab",
         "hetzner": {"token": f"file:{cfg.secret_path('hcloud-token')}",
                     "ssh_public_key_file": str(lab.ssh_key.with_suffix(".pub"))},
@@ -68,7 +76,7 @@ def make_params(lab, *, allow_destructive: bool = True, **replication):
         "replication": {"password": f"file:{cfg.secret_path('repuser-password')}",
                         "max_slot_wal_keep_size": "1GB", "catch_up_timeout_s": 30, **replication},
         "allow_destructive": allow_destructive,
-    })
+    }
 
 
 @pytest.fixture(scope="module")
@@ -280,4 +288,75 @@ def test_unplanned_failover_back_after_the_primary_crashes(params, hosts, passwo
                                    passwords["rep"])
     failed = [f"{c.name}: {c.detail}" for c in checks + b_checks if not c.ok]
     assert not failed, failed
+    print("timings:", TIMINGS)
+
+
+# the real notebooks through the real runner -------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def run_home(lab, tmp_path_factory):
+    """An HCBPG_HOME with this lab's params and a notebooks dir listing steps 10 and 11 (11 on demand)."""
+    import shutil
+
+    import yaml
+    home = tmp_path_factory.mktemp("replication-home")
+    (home / "params").mkdir()
+    (home / "params" / "lab.yaml").write_text(yaml.safe_dump(params_data(lab), sort_keys=False))
+    nbs = home / "notebooks"
+    nbs.mkdir()
+    for nb in ("10_replication.ipynb", "11_failover.ipynb"):
+        shutil.copy(REPO / "notebooks" / nb, nbs / nb)
+    (nbs / "steps.yaml").write_text(
+        "steps:\n"
+        "  - {notebook: 10_replication.ipynb, title: \"Streaming replication\"}\n"
+        "  - {notebook: 11_failover.ipynb, title: \"Failover: switchover or unplanned\", on_demand: true}\n")
+    env = {"HCBPG_HOME": str(home), "HCBPG_STATE_DIR": str(home / "state"), "HCBPG_LAB_DIR": str(lab.lab_dir),
+           "HCBPG_NOTEBOOKS": str(nbs)}
+    return home, env
+
+
+def cli(env, *args, timeout=900):
+    import subprocess
+    import sys
+    e = {k: v for k, v in os.environ.items()
+         if k not in ("HCBPG_SCRUB_FILE", "HCBPG_HEADLESS", "HCBPG_AUTO_APPROVE")}
+    return subprocess.run([sys.executable, "-m", "hcbpg.cli", *args], capture_output=True, text=True,
+                          env={**e, **env}, timeout=timeout, cwd=REPO)
+
+
+def latest_manifest(home):
+    import json
+    runs = sorted((home / "outputs" / "lab").glob("*_*/manifest.json"))
+    return json.loads(runs[-1].read_text())
+
+
+def test_notebook_10_on_a_streaming_pair_changes_nothing(lab, run_home, passwords):
+    home, env = run_home
+    proc = cli(env, "run", "lab", "--only", "10")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    steps = {s["key"]: s["changes"] for s in latest_manifest(home)["steps"]}
+    assert steps == {"10_replication": 0}, steps
+
+
+def test_notebook_11_waits_at_the_gate_then_switches_over_when_approved(lab, params, hosts, run_home, passwords):
+    home, env = run_home
+    before = rep.get_topology(hosts, params)[0].primary
+    waiting = cli(env, "run", "lab", "--only", "11")
+    assert waiting.returncode == 3, waiting.stdout + waiting.stderr
+    assert rep.get_topology(hosts, params)[0].primary == before, "nothing may change before the gate"
+    run_id = latest_manifest(home)["run_id"]
+    approved = cli(env, "approve", run_id, "switchover", "--note", "lab test")
+    assert approved.returncode == 0, approved.stdout + approved.stderr
+    t0 = time.monotonic()
+    done = cli(env, "resume", run_id)
+    TIMINGS["notebook_switchover_s"] = round(time.monotonic() - t0, 1)
+    assert done.returncode == 0, done.stdout + done.stderr
+    after = rep.get_topology(hosts, params)[0]
+    assert after.primary != before and after.replicas == [before]
+    secrets = [passwords["rep"], passwords["app"], lab.cfg.read_secret("cipher-pass"), lab.cfg.read_secret("s3-key-secret")]
+    for path in (home / "outputs").rglob("*"):
+        if path.is_file():
+            text = path.read_text(errors="replace")
+            assert not any(s in text for s in secrets), f"a secret in {path}"
+            assert "SCRAM-SHA-256$" not in text, f"a password verifier in {path}"
     print("timings:", TIMINGS)
