@@ -127,7 +127,7 @@ def _wait_for_kernel(page, url: str, notebook: str, deadline_s: float = 90) -> N
 def _drive_jupyterlab(url: str, run_dir: Path, notebook: str, *, gate: str | None, saved: list[str],
                       screenshot: Path, scroll_to: str | None = None,
                       mid_run: Callable[[], None] | None = None,
-                      allow_failure: bool = False) -> dict[str, Any]:
+                      allow_failure: bool = False, shut_down: bool = False) -> dict[str, Any]:
     """Open *notebook* in JupyterLab, Run All Cells, answer *gate* in place, wait for
     ``rb.finish()`` (or, with *allow_failure*, a traceback), save, screenshot.  Returns timings
     and ``outcome`` ("succeeded" or "failed").  *saved*: texts the file must then hold."""
@@ -180,6 +180,11 @@ def _drive_jupyterlab(url: str, run_dir: Path, notebook: str, *, gate: str | Non
                 page.locator(".jp-OutputArea-output", has_text=scroll_to).first.scroll_into_view_if_needed()
             screenshot.parent.mkdir(exist_ok=True)
             page.screenshot(path=str(screenshot))
+            if shut_down:  # File > Shut Down, as an operator ends the session
+                page.get_by_role("menuitem", name="File", exact=True).click()
+                page.locator(".lm-Menu-itemLabel:visible", has_text=re.compile(r"^Shut Down$")).click()
+                page.locator(".jp-Dialog .jp-mod-accept").click()
+                page.get_by_text("Server stopped").first.wait_for()
         except Exception:
             page.screenshot(path="/tmp/hcbpg-guide-failure.png")  # for whoever reads the failure
             logs = list(Path(os.environ["HCBPG_STATE_DIR"]).glob("guide/*/jupyter.log"))
@@ -209,9 +214,11 @@ class _Guide:
         run_dir = Path(self.out.wait_for(r"record: (\S+)", 5, self.proc).group(1))
         return url, run_dir
 
-    def stop(self) -> int:
-        """Ctrl-C: stops JupyterLab, then the guide finishes the run."""
-        if self.proc.poll() is None:
+    def stop(self, *, wait_s: float = 0) -> int:
+        """Wait *wait_s* for the guide to end by itself, then Ctrl-C: it stops JupyterLab and finishes the run."""
+        try:
+            self.proc.wait(timeout=wait_s)
+        except subprocess.TimeoutExpired:
             self.proc.send_signal(signal.SIGINT)
         rc = self.proc.wait(timeout=90)
         self.session_s = time.monotonic() - self.t0
@@ -232,6 +239,7 @@ def test_guided_run_in_jupyterlab_is_recorded_verified_and_resumable(home, guide
     committed = {p.name: _sha(p) for p in sorted((home / "notebooks").iterdir())}
     repo_notebooks = {p.name: _sha(p) for p in sorted((REPO / "notebooks").glob("*.ipynb"))}
     guide = _Guide(env)
+    shut_down_in_lab = False
     try:
         url, run_dir = guide.wait_ready("00_guided.ipynb")
         jupyter_token = url.rsplit("token=", 1)[1]
@@ -248,10 +256,12 @@ def test_guided_run_in_jupyterlab_is_recorded_verified_and_resumable(home, guide
 
         timings = _drive_jupyterlab(url, run_dir, "00_guided.ipynb", gate="maintenance-on",
                                     saved=["BROWSER-MARK 42", "nothing to change"], screenshot=SCREENSHOT,
-                                    scroll_to="past the gate", mid_run=mid_run)
+                                    scroll_to="past the gate", mid_run=mid_run, shut_down=True)
+        shut_down_in_lab = True
     finally:
-        rc = guide.stop()
+        rc = guide.stop(wait_s=60 if shut_down_in_lab else 0)
     assert rc == 0, guide.out.text
+    assert "stopping JupyterLab" not in guide.out.text, "File > Shut Down did not end the session"
     assert "finished: interrupted" in guide.out.text, guide.out.text     # 01 was not run in the browser
     run_id = m["run_id"]
 
