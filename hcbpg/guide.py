@@ -70,9 +70,7 @@ def prepare(env: str, *, start: str | None = None, until: str | None = None,
     """Create a guided run and its parameterized (not executed) notebook copies."""
     import papermill as pm
 
-    from hcbpg.runner import SCHEME, _register_writer, _resolve_param_secrets
-
-    from hcbpg.runner import refuse_if_open_in_jupyterlab
+    from hcbpg.runner import SCHEME, _register_writer, _resolve_param_secrets, refuse_if_open_in_jupyterlab
 
     b = base or home()
     nbd = nb_dir or notebooks_dir()
