@@ -4,7 +4,9 @@ The operator's path end to end: `hcbpg guide` prepares the run and serves it, th
 runs the notebook and answers its gate in place, JupyterLab is shut down (which finishes
 the run), `hcbpg audit verify` passes, the executed notebook holds what the browser showed,
 and `hcbpg resume` finishes the remaining step headless.  The screenshot in the README
-(docs/guided-run.png) is taken here.
+(docs/guided-run.png) is taken here: ``HCBPG_UPDATE_DOCS=1 python -m pytest
+tests/test_guide_browser.py -k recorded`` rewrites it.  The lab variant needs the machine's
+lab lock: ``flock /tmp/hcbpg-lab.lock python -m pytest tests/test_guide_browser.py``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from conftest import REPO, hcbpg
 from nbutil import make_params, write_notebook, write_steps
 
 CHROMIUM = Path("/usr/bin/chromium")
+#: the README's screenshot; rewritten only when asked (HCBPG_UPDATE_DOCS=1), so a test run leaves the tree clean
 SCREENSHOT = REPO / "docs" / "guided-run.png"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run",
@@ -234,10 +237,11 @@ def _assert_no_secret(run_dir: Path, planted: list[str]) -> None:
                     assert form not in data, f"secret leaked into {f}"
 
 
-def test_guided_run_in_jupyterlab_is_recorded_verified_and_resumable(home, guided_env, capsys):
+def test_guided_run_in_jupyterlab_is_recorded_verified_and_resumable(home, guided_env, capsys, tmp_path):
     env = guided_env["env"]
     committed = {p.name: _sha(p) for p in sorted((home / "notebooks").iterdir())}
     repo_notebooks = {p.name: _sha(p) for p in sorted((REPO / "notebooks").glob("*.ipynb"))}
+    shot = SCREENSHOT if os.environ.get("HCBPG_UPDATE_DOCS") == "1" else tmp_path / "guided-run.png"
     guide = _Guide(env)
     shut_down_in_lab = False
     try:
@@ -255,7 +259,7 @@ def test_guided_run_in_jupyterlab_is_recorded_verified_and_resumable(home, guide
             assert "guided" in r.stdout and "running" in r.stdout and "00_guided" in r.stdout, r.stdout
 
         timings = _drive_jupyterlab(url, run_dir, "00_guided.ipynb", gate="maintenance-on",
-                                    saved=["BROWSER-MARK 42", "nothing to change"], screenshot=SCREENSHOT,
+                                    saved=["BROWSER-MARK 42", "nothing to change"], screenshot=shot,
                                     scroll_to="past the gate", mid_run=mid_run, shut_down=True)
         shut_down_in_lab = True
     finally:
@@ -304,7 +308,7 @@ def test_guided_run_in_jupyterlab_is_recorded_verified_and_resumable(home, guide
     _assert_no_secret(run_dir, guided_env["secrets"] + [jupyter_token])
     assert {p.name: _sha(p) for p in sorted((home / "notebooks").iterdir())} == committed
     assert {p.name: _sha(p) for p in sorted((REPO / "notebooks").glob("*.ipynb"))} == repo_notebooks
-    assert SCREENSHOT.is_file() and SCREENSHOT.stat().st_mtime > time.time() - 300
+    assert shot.is_file() and shot.stat().st_mtime > time.time() - 300
     with capsys.disabled():
         print(f"\n  guide timings: server ready {guide.ready_s:.1f}s, lab open {timings['lab_open_s']:.1f}s, "
               f"cells {timings['cells_s']:.1f}s, browser {timings['browser_total_s']:.1f}s, "
