@@ -1307,7 +1307,7 @@ def record_downtime(rb: "Runbook", phases: Mapping[str, float]) -> dict[str, Any
         if not (gates.get("maintenance-on") or {}).get("approved_at"):
             gates = _gates_from_earlier_runs(rb) or gates
     dt = compute_downtime(gates, phases)
-    if rb.run is not None:
+    if rb.run is not None and not rb.dry_run:
         with rb.run.update() as data:
             data["downtime"] = dt
     rb.record("downtime", dt)

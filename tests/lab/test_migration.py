@@ -1,0 +1,296 @@
+"""The migration against the lab: 06 (dry run), 07 (cutover) and 09 (start traffic) run by the real
+runner from the Heroku-like source into a fresh primary, every gate approved with ``approve`` and
+``resume``; then a deleted row that must fail verification, and the production schema (191 tables).
+
+The tests run in file order and build on each other, on one primary made through the lab's
+hook (steps 02-04 are called directly).  Run under the lab lock:
+
+    flock /tmp/hcbpg-lab.lock pytest tests/lab/test_migration.py
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from hcbpg import migration, postgres, roles
+from hcbpg import runbook as rbmod
+from hcbpg.errors import SafetyCheckFailed, VerificationFailed
+from hcbpg.host import Host
+from hcbpg.lab import create_server_host, destroy_server_host
+from hcbpg.params import parse_params
+from hcbpg.runner import Runner, approve
+from hcbpg.secrets import register
+
+pytestmark = pytest.mark.lab
+
+REPO = Path(__file__).resolve().parents[2]
+SCHEMA = REPO.parent / "shared" / "datasets" / "hcb_schema.sql"
+PRIMARY_OFFSET = 51
+STEPS = ["06_dry_run_restore", "07_cutover", "09_start_traffic"]
+GATES = ["maintenance-on", "processes-stopped", "traffic-switch", "database-url-set", "processes-enabled",
+         "maintenance-off"]
+#: what the tests learn and later tests use
+STATE: dict = {}
+
+#: fills every table of public with 5 rows: NOT NULL columns get values of their type, ids and
+#: integer columns 1..5, so NOT NULL foreign keys point at rows that exist
+FILL_SQL = r"""
+SET session_replication_role = replica;
+DO $fill$
+DECLARE
+  t record; c record; cols text; vals text; failed text := '';
+BEGIN
+  FOR t IN SELECT cl.oid, cl.relname FROM pg_class cl JOIN pg_namespace ns ON ns.oid = cl.relnamespace
+           WHERE ns.nspname = 'public' AND cl.relkind = 'r' ORDER BY cl.relname LOOP
+    cols := ''; vals := '';
+    FOR c IN SELECT a.attname, format_type(a.atttypid, a.atttypmod) AS typ, ty.typcategory AS cat
+             FROM pg_attribute a JOIN pg_type ty ON ty.oid = a.atttypid
+             WHERE a.attrelid = t.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attnotnull
+               AND (NOT a.atthasdef OR a.attname = 'id') ORDER BY a.attnum LOOP
+      cols := cols || CASE WHEN cols = '' THEN '' ELSE ', ' END || quote_ident(c.attname);
+      vals := vals || CASE WHEN vals = '' THEN '' ELSE ', ' END || CASE
+        WHEN c.cat = 'N' THEN 'i' WHEN c.cat = 'B' THEN 'false' WHEN c.cat = 'D' THEN 'now()'
+        WHEN c.typ IN ('jsonb', 'json') OR c.cat = 'A' THEN '''{}'''
+        WHEN c.typ = 'uuid' THEN 'gen_random_uuid()' WHEN c.typ = 'inet' THEN '''10.0.0.1'''
+        ELSE quote_literal(t.relname || '-' || c.attname || '-') || ' || i' END || '::' || c.typ;
+    END LOOP;
+    BEGIN
+      IF cols = '' THEN
+        EXECUTE format('INSERT INTO %I SELECT FROM generate_series(1, 5) i', t.relname);
+      ELSE
+        EXECUTE format('INSERT INTO %I (%s) SELECT %s FROM generate_series(1, 5) i', t.relname, cols, vals);
+      END IF;
+    EXCEPTION WHEN OTHERS THEN failed := failed || t.relname || ': ' || SQLERRM || '; ';
+    END;
+  END LOOP;
+  IF failed <> '' THEN RAISE EXCEPTION 'not filled: %', failed; END IF;
+END
+$fill$;
+RESET session_replication_role;
+SELECT setval(format('%I.%I', schemaname, sequencename), 100) FROM pg_sequences WHERE schemaname = 'public';
+"""
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def env(lab, tmp_path_factory, monkeypatch_module):
+    """A home with params for this lab, a notebooks dir with 06/07/09, and a primary after steps 02-04."""
+    cfg = lab.cfg
+    ip = cfg.address(PRIMARY_OFFSET)
+    key = lab.ssh_key.with_suffix(".pub").read_text()
+    create_server_host("server-postgres-1", ip, [key], lab_dir=str(lab.lab_dir))
+    tmp = tmp_path_factory.mktemp("migration")
+    # the rotation rewrites the password's secret: use a copy, not the lab's own file
+    pw_file = tmp / "secrets" / "rails-password"
+    pw_file.parent.mkdir(mode=0o700)
+    shutil.copy(cfg.secret_path("rails-password"), pw_file)
+    pw_file.chmod(0o600)
+    data = {
+        "environment": "lab",
+        "hetzner": {"token": f"file:{cfg.secret_path('hcloud-token')}",
+                    "ssh_public_key_file": str(lab.ssh_key.with_suffix(".pub"))},
+        "network": {"ip_range": "10.0.0.0/8", "subnet": cfg.subnet},
+        "servers": [{"name": "server-postgres-1", "private_ip": ip, "role": "primary", "ssh_host": ip}],
+        "app_host": {"name": "app", "private_ip": cfg.app_ip},
+        "ssh": {"user": "root", "key_file": str(lab.ssh_key), "connect_timeout": 5},
+        "postgres": {"app_role_password": f"file:{pw_file}"},
+        "source": {"method": "pg_dump", "url": f"file:{cfg.secret_path('source-url')}", "jobs": 2,
+                   "sentinel": {"table": "users", "id": 1803, "column": "full_name"}},
+        "allow_destructive": False,
+    }
+    home = tmp / "home"
+    (home / "params").mkdir(parents=True)
+    (home / "params" / "lab.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    nb_dir = home / "notebooks"
+    nb_dir.mkdir()
+    for s in STEPS:
+        shutil.copy(REPO / "notebooks" / f"{s}.ipynb", nb_dir)
+    (nb_dir / "steps.yaml").write_text(yaml.safe_dump(
+        {"steps": [{"notebook": f"{s}.ipynb", "title": s} for s in STEPS]}))
+    for k, v in {"HCBPG_HOME": str(home), "HCBPG_NOTEBOOKS": str(nb_dir), "HCBPG_STATE_DIR": str(tmp / "state"),
+                 "HCBPG_OPERATOR": "lab-test", "XDG_STATE_HOME": str(tmp / "xdg")}.items():
+        monkeypatch_module.setenv(k, v)
+    for k in ("HCBPG_SCRUB_FILE", "HCBPG_HEADLESS", "HCBPG_AUTO_APPROVE"):
+        monkeypatch_module.delenv(k, raising=False)
+    params = parse_params(data)
+    host = Host.from_params(params, "server-postgres-1", ip)
+    app = Host.from_params(params, "app", cfg.app_ip)
+    password = register(pw_file.read_text().strip())
+    postgres.install_server(host, params, params.primary, dry_run=False)
+    postgres.allow_connections(host, params, params.primary, dry_run=False)
+    roles.app_role_database(postgres.psql_for(host, params), params, password, dry_run=False)
+    yield SimpleNamespace(lab=lab, params=params, data=data, home=home, nb_dir=nb_dir, host=host, app=app,
+                          pw_file=pw_file, tmp=tmp, source_url=register(lab.secret("source-url")))
+    host.close()
+    app.close()
+    destroy_server_host("server-postgres-1", lab_dir=str(lab.lab_dir))
+
+
+def snapshot(host: Host) -> str:
+    return host.probe("ls -la /var/tmp /run; ls /etc/postgresql/15/main/conf.d; "
+                      "sudo -u postgres psql -X -At -c 'SELECT datname, shobj_description(oid, $$pg_database$$) "
+                      "FROM pg_database ORDER BY 1'").stdout
+
+
+def test_plan_reads_only_and_shows_what_would_be_dropped(env):
+    before = snapshot(env.host)
+    source = migration.Source(env.host, env.source_url)
+    plan = migration.plan_migration(env.host, env.params, source)
+    assert [c for c in plan.checks if c.status != "pass"] == []
+    actions = " ".join(a for o in plan.outcomes for a in o.actions)
+    assert "drop database hcb_production (it has no tables (as step 04 created it))" in actions
+    assert "CREATE SCHEMA heroku_ext AUTHORIZATION rails" in actions
+    assert "wal_level minimal" in actions
+    assert snapshot(env.host) == before
+
+
+def test_runner_does_dry_run_cutover_and_traffic_switch_through_every_gate(env):
+    t0 = time.monotonic()
+    old_password = env.pw_file.read_text().strip()
+    runner = Runner(base=env.home, nb_dir=env.nb_dir, progress_bar=False)
+    result = runner.start("lab")
+    seen = []
+    while result.exit_code == 3:
+        gates = result.run.read()["gates"]
+        waiting = [g for g, v in gates.items() if not v.get("approved_at")]
+        assert len(waiting) == 1, gates
+        seen.append(waiting[0])
+        approve(result.run.run_id, waiting[0], note="lab test", base=env.home)
+        result = runner.resume(result.run.run_id)
+    assert result.status == "succeeded", result.message
+    assert seen == GATES
+    manifest = result.run.read()
+    dt = manifest["downtime"]
+    assert dt["maintenance_on_at"] == manifest["gates"]["maintenance-on"]["approved_at"]
+    assert dt["traffic_on_at"] == manifest["gates"]["maintenance-off"]["approved_at"]
+    assert dt["total_s"] > 0 and set(dt["phases_s"]) == {"dump_s", "restore_s", "verify_s"}
+    new_password = register(env.pw_file.read_text().strip())
+    assert new_password != old_password
+    STATE.update(run=result.run, old=old_password, new=new_password)
+    print(f"06 + 07 + 09 through 6 gates in {time.monotonic() - t0:.1f}s; downtime record {dt}")
+
+
+def test_every_verification_row_matched_in_the_dry_run_and_the_cutover(env):
+    import scrapbook as sb
+    run = STATE["run"]
+    for step, key in (("06_dry_run_restore", "dry_run_restore"), ("07_cutover", "cutover")):
+        data = sb.read_notebook(str(run.path / f"{step}.ipynb")).scraps[key].data
+        assert data["checks"]["fail"] == 0 and data["checks"]["warn"] == 0, (step, data["checks"])
+        assert data["tables"] == 5 and data["rows"] > 20_000
+        STATE[key] = data
+
+
+def test_the_sentinel_written_last_on_the_source_is_read_back_on_the_primary_from_the_app_host(env):
+    sentinel = STATE["cutover"]["sentinel"]
+    assert sentinel.startswith("hcbpg last write ")
+    checks = migration.check_from_app(env.app, env.params, STATE["new"], server_ip=env.params.primary.private_ip,
+                                      newest_event=None, expect=sentinel)
+    assert all(c.status == "pass" for c in checks), checks
+    with migration.Source(env.host, env.source_url) as source:
+        on_source = source.json("SELECT full_name FROM public.users WHERE id = 1803")
+    assert on_source == sentinel
+
+
+def test_after_the_cutover_the_old_password_is_refused_and_the_new_one_works(env):
+    checks = migration.check_passwords(env.app, env.params, old=STATE["old"], new=STATE["new"],
+                                       server_ip=env.params.primary.private_ip)
+    assert [c.status for c in checks] == ["pass", "pass"], checks
+
+
+def test_no_secret_in_any_output_of_the_run(env):
+    secrets = [STATE["old"], STATE["new"], env.source_url, migration.parse_source_url(env.source_url)["password"]]
+    for f in STATE["run"].path.rglob("*"):
+        if f.is_file():
+            text = f.read_text(errors="replace")
+            for s in secrets:
+                assert s not in text, f"a secret is in {f}"
+    urls = (env.tmp / "xdg" / "hcbpg" / "lab" / "app-database-urls.env")
+    assert oct(urls.stat().st_mode & 0o777) == "0o600" and STATE["new"] in urls.read_text()
+    nb09 = (STATE["run"].path / "09_start_traffic.ipynb").read_text()
+    assert f"postgres://rails:[secret]@{env.params.primary.private_ip}:5432/hcb_production" in nb09
+
+
+def test_the_live_database_is_not_dropped_again(env):
+    with pytest.raises(SafetyCheckFailed, match="live database"):
+        migration.ensure_fresh_database(env.host, env.params, {"postmaster_start": "x"}, dry_run=True)
+
+
+def _rb(params, step: str) -> rbmod.Runbook:
+    return rbmod.Runbook("lab", run_id="", run_dir="", dry_run=False, step=step, params=params, base=Path("/nonexistent"))
+
+
+def test_a_row_deleted_from_the_target_before_verification_fails_the_step_naming_the_table(env):
+    params = env.params.model_copy(update={"allow_destructive": True})  # the target is live now
+    host = env.host
+    with migration.Source(host, env.source_url) as source:
+        facts = migration.get_source_facts(source)
+        dump = migration.run_dump(host, params, source, "deleted-row")
+        migration.run_restore(host, params, dump, facts, run_label="lab test")
+        migration.remove_dump(host, dump)
+        migration.target(host, params).execute(["DELETE FROM public.transactions WHERE id = 17"])
+        ver = migration.verify_restore(host, params, source, dump, live_source=True)
+    with pytest.raises(VerificationFailed) as exc:
+        migration.verify(_rb(params, "06_dry_run_restore"), ver.checks, rollback=migration.ROLLBACK)
+    assert exc.value.failures == ["rows public.transactions"]
+    assert "rows public.transactions" in str(exc.value) and "(-1)" in str(exc.value)
+    assert "Turn maintenance mode off" in str(exc.value)
+
+
+def test_the_production_schema_dry_run_accounts_for_every_object(env):
+    if not SCHEMA.is_file():
+        pytest.skip(f"{SCHEMA} is not here")
+    lab = env.lab
+    setup = ("DROP DATABASE IF EXISTS hcb_schema;\nCREATE DATABASE hcb_schema OWNER heroku_owner;\n\\connect hcb_schema\n"
+             "CREATE SCHEMA heroku_ext AUTHORIZATION heroku_owner;\nCREATE EXTENSION citext SCHEMA heroku_ext;\n"
+             "CREATE EXTENSION pg_stat_statements SCHEMA heroku_ext;\n"
+             "ALTER DATABASE hcb_schema SET search_path = \"$user\", public, heroku_ext;\n"
+             "\\connect hcb_schema\nSET ROLE heroku_owner;\nBEGIN;\n" + SCHEMA.read_text() + "\nCOMMIT;\nRESET ROLE;\n"
+             + FILL_SQL)
+    t0 = time.monotonic()
+    cp = lab.exec("source", ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "postgres"], input=setup,
+                  user="postgres", timeout=300)
+    assert cp.returncode == 0, cp.stderr[-2000:]
+    url = register(env.source_url.split("?")[0].rsplit("/", 1)[0] + "/hcb_schema?sslmode=require")
+    url_file = env.tmp / "secrets" / "schema-url"
+    url_file.write_text(url + "\n")
+    url_file.chmod(0o600)
+    src = env.params.source.model_copy(update={"url": f"file:{url_file}",
+                                               "sentinel": env.params.source.sentinel.model_copy(update={"id": 1})})
+    params = env.params.model_copy(update={"source": src, "allow_destructive": True})
+    source = migration.Source(env.host, url)
+    plan = migration.plan_migration(env.host, params, source)
+    res = migration.run_migration(env.host, params, source, plan.facts, tag="schema", run_label="lab test",
+                                  live_source=True, app=env.app, password=STATE["new"],
+                                  sentinel_write="hcbpg schema sentinel")
+    bad = [c for c in res.verification.checks if c.status != "pass"]
+    assert not bad, bad
+    counts = {r["what"]: (r["source"], r["target"]) for r in res.verification.table}
+    assert counts["tables"] == (191, 191)
+    assert counts["indexes"] == (649, 649)
+    assert counts["constraints"] == (401, 401)   # 188 primary keys + 211 foreign keys + 2 checks
+    assert counts["sequences (values)"] == (188, 188)
+    assert counts["functions"] == (1, 1)
+    assert counts["extensions"] == (3, 3)
+    assert counts["rows (all tables)"] == (955, 955)
+    print(f"hcb_schema: load, fill, dump, restore, verify in {time.monotonic() - t0:.1f}s; {json.dumps(res.phases)}")
+
+
+def test_no_secret_on_any_command_line_or_output_of_the_hosts(env):
+    secrets = [STATE["old"], STATE["new"], migration.parse_source_url(env.source_url)["password"]]
+    for h in (env.host, env.app):
+        for r in h.history:
+            for s in secrets:
+                assert s not in r.command and s not in r.stdout and s not in r.stderr, r.command
