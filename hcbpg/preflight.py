@@ -79,27 +79,57 @@ def _reach(name: str, address: str, rb: "Runbook") -> Check:
         host.close()
 
 
-def check_reachable(rb: "Runbook") -> list[Check]:
-    """The app host, and every server step 01 has already provisioned, answer over SSH."""
+def get_cloud_servers(rb: "Runbook") -> tuple[dict[str, str | None] | None, Check]:
+    """Which params servers exist in the Hetzner Cloud project (name -> public IPv4), and a check row.
+
+    Asking the API, not earlier runs' records, keeps a rebuilt project (or lab) from sending
+    preflight after servers that are gone.  None when the API cannot be asked.
+    """
     params = rb.params
-    recorded = targets.recorded_servers(rb)
-    out = []
+    try:
+        from hcbpg import cloud
+        client = cloud.make_client(params, rb.secret("hetzner.token"), timeout=params.ssh.connect_timeout * 3)
+        found: dict[str, str | None] = {}
+        for server in params.servers:
+            seen = client.servers.get_by_name(server.name)
+            if seen is not None:
+                ipv4 = seen.public_net.ipv4 if seen.public_net else None
+                found[server.name] = ipv4.ip if ipv4 else None
+    except Exception as exc:  # noqa: BLE001 - any failure here is one failed row, with its reason
+        reason = exc.message if isinstance(exc, HcbpgError) else f"{type(exc).__name__}: {exc}"
+        return None, Check("Hetzner Cloud API reachable", "fail", reason[:300], params.hetzner.api_endpoint)
+    return found, Check("Hetzner Cloud API reachable", "pass",
+                        f"{len(found)} of {len(params.servers)} server(s) exist", params.hetzner.api_endpoint)
+
+
+def _address(rb: "Runbook", name: str, existing: dict[str, str | None] | None) -> str | None:
+    server = rb.params.server(name)
+    return server.ssh_host or (existing or {}).get(name) or targets.ssh_address(
+        rb.params, name, targets.recorded_servers(rb))
+
+
+def check_reachable(rb: "Runbook", cloud_servers: tuple[dict[str, str | None] | None, Check] | None = None
+                    ) -> list[Check]:
+    """The Hetzner Cloud API, the app host, and every server that exists already answer."""
+    params = rb.params
+    existing, api_row = cloud_servers or get_cloud_servers(rb)
+    out = [api_row]
     for server in params.servers:
-        rec = targets.recorded_server(recorded, server.name)
-        address = targets.ssh_address(params, server.name, recorded)
-        if rec is None or not (rec.get("id") and rec.get("public_ip")):
-            # nothing recorded, or only what a dry run of step 01 planned
-            out.append(Check("reachable over SSH", "warn",
-                             "not provisioned by an earlier run: step 01 creates it, step 02 connects"
-                             + (f" at {address}" if address else ""), server.name))
+        if existing is not None and server.name not in existing:
+            out.append(Check("reachable over SSH", "warn", "does not exist yet: step 01 creates it, "
+                             "step 02 connects", server.name))
             continue
-        out.append(_reach(server.name, address or str(rec["public_ip"]), rb))
+        address = _address(rb, server.name, existing)
+        if address is None:
+            out.append(Check("reachable over SSH", "warn", "no address known yet (step 01 records it)", server.name))
+            continue
+        out.append(_reach(server.name, address, rb))
     if params.app_host is not None:
         out.append(_reach(params.app_host.name, targets.app_ssh_address(params), rb))
     return out
 
 
-def check_app_role_password(rb: "Runbook") -> list[Check]:
+def check_app_role_password(rb: "Runbook", existing: dict[str, str | None] | None = None) -> list[Check]:
     """When the primary already has the app role, its password is the secret's (else step 04 would refuse).
 
     Checked here so that a wrong ``postgres.app_role_password`` stops the run before any step
@@ -108,9 +138,10 @@ def check_app_role_password(rb: "Runbook") -> list[Check]:
     from hcbpg import postgres, roles
     params = rb.params
     primary = params.primary
-    rec = targets.recorded_server(targets.recorded_servers(rb), primary.name)
-    address = targets.ssh_address(params, primary.name, targets.recorded_servers(rb))
-    if address is None or not (primary.ssh_host or (rec and rec.get("id"))):
+    if existing is not None and primary.name not in existing:
+        return []
+    address = _address(rb, primary.name, existing)
+    if address is None:
         return []
     try:
         password = rb.secret(roles.PASSWORD_KEY)
@@ -155,9 +186,10 @@ def plan_targets(rb: "Runbook") -> list[dict[str, Any]]:
 def preflight(rb: "Runbook") -> list[Check]:
     """Every preflight check (params, secrets, tools, reachability, the app role's password), in that order."""
     checks = check_params(rb) + rb.check_secrets() + check_tools(rb)
+    cloud_servers = get_cloud_servers(rb)
     try:
-        checks += check_reachable(rb)
+        checks += check_reachable(rb, cloud_servers)
     except HcbpgError as exc:
         checks.append(Check("reachable over SSH", "fail", exc.message))
-    checks += check_app_role_password(rb)
+    checks += check_app_role_password(rb, cloud_servers[0])
     return checks
