@@ -694,7 +694,14 @@ def ensure_full_backup(host: "Host | None", params: "Params", *, dry_run: bool,
     cmd = pgbackrest_cmd(params, "backup", "--type=full", "--log-level-console=info")
     if host is None:
         return Outcome(what, True, dry_run, actions=[cmd]), None
-    fulls = [b for b in get_backups(host, params) if b.type == "full" and not b.error]
+    try:
+        rows = get_backups(host, params)
+    except PgBackRestError:
+        if not dry_run:
+            raise
+        # planning before step 05 has configured pgBackRest: there is no repository to ask yet
+        return Outcome(what, True, dry_run, actions=[cmd + " (pgBackRest is not configured yet)"]), None
+    fulls = [b for b in rows if b.type == "full" and not b.error]
     if fulls:
         return Outcome(what, False, dry_run, actions=[f"{fulls[-1].label} exists"]), fulls[-1]
     if dry_run:

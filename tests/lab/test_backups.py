@@ -212,7 +212,9 @@ def test_unreachable_repo_makes_the_job_ping_failure_and_exit_nonzero(params, pr
     try:
         before = len(deadman.read_pings(receiver))
         t0 = time.monotonic()
-        res = schedule.run_backup_job(primary, "diff", timeout=600)
+        # pgBackRest retries a repository it cannot reach for minutes (io-timeout 60s per try);
+        # a shorter io-timeout, through its environment, shows the same failure in seconds
+        res = schedule.run_backup_job(primary, "diff", env={"PGBACKREST_IO_TIMEOUT": "3"}, timeout=600)
         print(f"failing job in {time.monotonic() - t0:.1f}s: exit {res.exit_code}")
     finally:
         subprocess.run([*rule[:4], "del", *rule[5:]], check=True)
@@ -253,3 +255,107 @@ def test_fingerprint_and_info_golden_sources_are_real(params, primary, tmp_path)
     if os.environ.get("HCBPG_WRITE_GOLDEN"):
         from pathlib import Path
         Path(os.environ["HCBPG_WRITE_GOLDEN"]).write_text(json.dumps(json.loads(text), indent=2) + "\n")
+
+
+# the notebooks, run by the real runner -----------------------------------------------------------
+
+NB_STEPS = [("05_pgbackrest.ipynb", "pgBackRest"), ("08_start_archiving.ipynb", "Start archiving"),
+            ("12_restore_drill.ipynb", "Restore drill")]
+
+
+@pytest.fixture(scope="module")
+def nb_home(lab, tmp_path_factory, secrets):
+    """An HCBPG_HOME whose lab params point at a second fresh primary (steps 02-04 done, data seeded)
+    and a notebooks dir listing steps 05, 08 and 12."""
+    import shutil
+    from pathlib import Path
+
+    import yaml
+    cfg = lab.cfg
+    home = tmp_path_factory.mktemp("nbhome")
+    (home / "params").mkdir()
+    nbdir = home / "notebooks"
+    nbdir.mkdir()
+    repo_nb = Path(__file__).resolve().parents[2] / "notebooks"
+    for nb, _title in NB_STEPS:
+        shutil.copy(repo_nb / nb, nbdir / nb)
+    (nbdir / "steps.yaml").write_text(yaml.safe_dump({"steps": [{"notebook": n, "title": t} for n, t in NB_STEPS]}))
+    ip = cfg.address(51)
+    key = lab.ssh_key.with_suffix(".pub").read_text()
+    destroy_server_host(drill.LAB_DRILL_NAME, lab_dir=str(lab.lab_dir))  # a fresh scratch host for this drill
+    create_server_host("nb-postgres-1", ip, [key], lab_dir=str(lab.lab_dir))
+    data = {
+        "environment": "lab",
+        "hetzner": {"token": f"file:{cfg.secret_path('hcloud-token')}",
+                    "ssh_public_key_file": str(lab.ssh_key.with_suffix(".pub"))},
+        "network": {"ip_range": "10.0.0.0/8", "subnet": cfg.subnet},
+        "servers": [{"name": "nb-postgres-1", "private_ip": ip, "role": "primary", "ssh_host": ip}],
+        "app_host": {"name": "app", "private_ip": cfg.app_ip},
+        "ssh": {"user": "root", "key_file": str(lab.ssh_key), "connect_timeout": 5},
+        "postgres": {"app_role_password": f"file:{cfg.secret_path('rails-password')}"},
+        "pgbackrest": {
+            "s3_endpoint": f"{cfg.gateway_ip}:9443", "s3_uri_style": "path", "s3_region": "fsn1",
+            "s3_ca_file": str(cfg.ca_cert),
+            "s3_key": f"file:{cfg.secret_path('s3-key')}", "s3_key_secret": f"file:{cfg.secret_path('s3-key-secret')}",
+            "cipher_pass": f"file:{cfg.secret_path('cipher-pass')}", "process_max": 2, "block": False,
+        },
+    }
+    (home / "params" / "lab.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    p = parse_params(data)
+    host = Host.from_params(p, "nb-postgres-1", ip)
+    pg.install_server(host, p, p.primary, dry_run=False)
+    pg.allow_connections(host, p, p.primary, dry_run=False)
+    password = resolve(p.postgres.app_role_password, key="postgres.app_role_password")
+    roles.app_role_database(pg.psql_for(host, p), p, password, dry_run=False, host_name="nb-postgres-1")
+    host.run("psql -X -q -v ON_ERROR_STOP=1 -d hcb_production", sudo_user="postgres", stdin=SEED_SQL)
+    host.close()
+    env = {"HCBPG_HOME": str(home), "HCBPG_STATE_DIR": str(home / "state"), "HCBPG_LAB_DIR": str(lab.lab_dir),
+           "HCBPG_NOTEBOOKS": str(nbdir)}
+    yield home, env
+    destroy_server_host("nb-postgres-1", lab_dir=str(lab.lab_dir))
+
+
+def _cli(env, *args):
+    import os
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "hcbpg.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=1200)
+
+
+def _manifest(home):
+    runs = sorted((home / "outputs" / "lab").glob("*_*/manifest.json"))
+    return json.loads(runs[-1].read_text()), runs[-1].parent
+
+
+def test_notebooks_plan_run_and_run_again_with_no_secret_in_outputs(lab, nb_home, secrets):
+    import scrapbook as sb
+    home, env = nb_home
+    plan = _cli(env, "plan", "lab")
+    assert plan.returncode == 0, plan.stdout[-3000:] + plan.stderr[-3000:]
+    assert drill.LAB_DRILL_NAME not in read_state(lab.cfg)["hosts"], "a plan created the scratch host"
+    t0 = time.monotonic()
+    first = _cli(env, "run", "lab")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    print(f"notebooks 05, 08, 12 in {time.monotonic() - t0:.1f}s")
+    manifest, run_dir = _manifest(home)
+    assert all(s["changes"] > 0 for s in manifest["steps"]), manifest["steps"]
+    drill_rec = sb.read_notebook(str(run_dir / "12_restore_drill.ipynb")).scraps["restore_drill"].data
+    fp = sb.read_notebook(str(run_dir / "08_start_archiving.ipynb")).scraps["backup_fingerprint"].data
+    assert drill_rec["backup_label"] == fp["backup_label"] and drill_rec["total_s"] > 0
+    print(f"notebook drill: {drill_rec['backup_label']} restored in {drill_rec['restore_s']}s, "
+          f"recovered in {drill_rec['recovery_s']}s, time to recover {drill_rec['total_s']}s")
+    second = _cli(env, "run", "lab")
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    again, _ = _manifest(home)
+    assert {s["key"]: s["changes"] for s in again["steps"]} == {
+        "05_pgbackrest": 0, "08_start_archiving": 0, "12_restore_drill": 0}
+    import base64
+    needles = [s.encode() for s in secrets] + [base64.b64encode(s.encode()).rstrip(b"=") for s in secrets]
+    scanned = 0
+    for path in (home / "outputs").rglob("*"):
+        if path.is_file():
+            scanned += 1
+            data = path.read_bytes()
+            assert not any(n in data for n in needles), f"a pgBackRest secret in {path}"
+    assert scanned >= 6
