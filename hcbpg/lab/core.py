@@ -447,6 +447,27 @@ def tcp_open(ip: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
+def scratch_config(prefix: str = "hcbpg-lab-scratch-") -> LabConfig:
+    """A saved config for a throwaway lab beside any other: a fresh dir under /var/lib
+    (not /tmp, which lab hosts do not share), bridge ``hcbt<N>``, subnets
+    ``10.0.<N>.0/24`` and ``10.1.<N>.0/24`` with N unused on this machine."""
+    import random
+    import tempfile
+    text = "".join(run(cmd, check=False).stdout for cmd in
+                   (["ip", "-o", "addr"], ["ip", "route"], ["ip", "-o", "link"]))
+    used = {int(m) for m in re.findall(r"\b10\.[01]\.(\d+)\.", text)}
+    free = [n for n in range(100, 250) if n not in used and f"hcbt{n}:" not in text]
+    if not free:
+        raise LabError("no free 10.0.N.0/24 (N in 100..249) for a scratch lab")
+    n = random.choice(free)
+    d = Path(tempfile.mkdtemp(prefix=prefix, dir="/var/lib"))
+    cfg = LabConfig(lab_dir=d, bridge=f"hcbt{n}", subnet=f"10.0.{n}.0/24",
+                    outsider_subnet=f"10.1.{n}.0/24")
+    cfg.validate()
+    cfg.save()
+    return cfg
+
+
 def check_host_name(name: str) -> None:
     if not _HOST_RE.match(name):
         raise LabError(f"host name {name!r} is not a valid hostname (lowercase letters, digits, '-')")

@@ -173,7 +173,12 @@ def ensure_bridge(cfg: LabConfig) -> None:
 def _attach(cfg: LabConfig, ns: str, ip: str, ifname: str = INTERFACE) -> None:
     veth = cfg.veth(ip)
     run(["ip", "link", "del", veth], check=False)
-    run(["ip", "link", "add", veth, "type", "veth", "peer", "name", ifname, "netns", ns])
+    # a MAC derived from the IP: a host made again at the same address is not hidden
+    # behind stale ARP entries of the machine or of the other hosts
+    mac = "02:00:" + ":".join(f"{int(o):02x}" for o in ip.split("."))
+    run(["ip", "link", "add", veth, "type", "veth", "peer", "name", ifname, "address", mac,
+         "netns", ns])
+    run(["ip", "neigh", "flush", "to", ip, "dev", cfg.bridge], check=False)
     batch = (f"link set {veth} master {cfg.bridge}\nlink set {veth} up\n")
     run(["ip", "-batch", "-"], input=batch)
     nsbatch = (f"link set lo up\naddr add {ip}/{cfg.prefixlen} dev {ifname}\n"
@@ -289,8 +294,9 @@ def create_host(cfg: LabConfig, name: str, role: str, ip: str,
         state["hosts"][name] = record
         write_state(cfg, state)
         if sshd:
-            host_exec(cfg, name, "/usr/sbin/sshd -E /var/log/sshd-hcbpg-lab.log", check=True)
-            wait_tcp(ip, 22, 10, f"sshd of lab host {name}")
+            host_exec(cfg, name, "mkdir -p -m 755 /run/sshd && /usr/sbin/sshd -E /var/log/sshd-hcbpg-lab.log",
+                      check=True)
+            wait_tcp(ip, 22, 30, f"sshd of lab host {name}")
             _add_known_host(cfg, name, ip, upper)
         return _describe(record)
 

@@ -95,6 +95,12 @@ class Lab:
             key = [cfg.ssh_key.with_suffix(".pub").read_text()]
             h.create_host(cfg, "app", "app", cfg.app_ip, key)
             self._log(f"host app at {cfg.app_ip}")
+            state = read_state(cfg)
+            src = state["hosts"].get("source")
+            seeded = state.get("source") or {}
+            if src and not (seeded.get("seeded") and seeded.get("host_starttime") == src.get("starttime")):
+                # a source whose seeding did not finish (e.g. `up` was killed): start over
+                h.destroy_host(cfg, "source")
             h.create_host(cfg, "source", "source", cfg.source_ip, key)
             self._log(f"host source at {cfg.source_ip}")
         self._ensure_source(size)

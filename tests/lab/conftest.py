@@ -16,37 +16,17 @@ up before.  Tests using it are skipped (with the reason) when not root or when
 from __future__ import annotations
 
 import os
-import random
-import re
-import subprocess
-import tempfile
-from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from hcbpg.lab import Lab, LabConfig, lab_unavailable_reason
-
-
-def free_lab_number() -> int:
-    """A number N such that 10.0.N.0/24 and 10.1.N.0/24 and bridge hcbtN are unused."""
-    addrs = subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True).stdout
-    routes = subprocess.run(["ip", "route"], capture_output=True, text=True).stdout
-    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
-    used = {int(m) for m in re.findall(r"\b10\.[01]\.(\d+)\.", addrs + routes)}
-    candidates = [n for n in range(100, 250) if n not in used and f"hcbt{n}:" not in links]
-    if not candidates:
-        pytest.skip("no free 10.0.N.0/24 for a test lab")
-    return random.choice(candidates)
+from hcbpg.lab import Lab, lab_unavailable_reason
+from hcbpg.lab.core import scratch_config
 
 
 def new_test_lab(prefix: str = "hcbpg-lab-test-") -> Lab:
     """A Lab in a fresh dir with its own bridge and subnets (not yet up)."""
-    n = free_lab_number()
-    d = Path(tempfile.mkdtemp(prefix=prefix, dir="/var/lib"))
-    LabConfig(lab_dir=d, bridge=f"hcbt{n}", subnet=f"10.0.{n}.0/24",
-              outsider_subnet=f"10.1.{n}.0/24").save()
-    return Lab(d)
+    return Lab(scratch_config(prefix).lab_dir)
 
 
 def skip_unless_lab_possible() -> None:

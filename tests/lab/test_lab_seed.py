@@ -27,3 +27,4 @@ def test_size_in_mb_scales_rows():
 def test_rows_and_mb_are_exclusive():
     with pytest.raises(LabError):
         source.plan_size(rows=10, mb=10)
+
