@@ -24,7 +24,7 @@ Python API (all need root on Linux; errors are :class:`hcbpg.errors.LabError`)::
 
 Layout of the lab dir: ``lab.json`` (bridge/subnets), ``state.json``, ``ssh/id_ed25519``
 (+ ``.pub``, ``known_hosts``), ``secrets/`` (0700; 0600 files hcloud-token,
-rails-password, s3-key, s3-key-secret, cipher-pass, source-password, source-url and
+rails-password, repuser-password, s3-key, s3-key-secret, cipher-pass, source-password, source-url and
 ``secrets.env`` with all of them), ``tls/ca.crt`` (lab CA; S3 cert has SAN IP:10.0.1.1),
 ``hosts/<name>/`` (overlay layers), ``logs/``.
 

@@ -48,6 +48,7 @@ APP_OFFSET, SOURCE_OFFSET = 10, 20
 SECRET_FILES = {
     "hcloud-token": "HCLOUD_TOKEN",
     "rails-password": "RAILS_PASSWORD",
+    "repuser-password": "REPUSER_PASSWORD",
     "s3-key": "S3_KEY",
     "s3-key-secret": "S3_KEY_SECRET",
     "cipher-pass": "CIPHER_PASS",

@@ -125,6 +125,7 @@ class Lab:
         gen = {
             "hcloud-token": lambda: _rand(64),
             "rails-password": lambda: secrets.token_urlsafe(24),
+            "repuser-password": lambda: secrets.token_urlsafe(24),
             "s3-key": lambda: _rand(20, string.ascii_uppercase + string.digits),
             "s3-key-secret": lambda: _rand(40),
             "cipher-pass": lambda: secrets.token_urlsafe(36),
