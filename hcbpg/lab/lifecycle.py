@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import hcbpg
 from hcbpg.errors import LabError
 from hcbpg.lab import hosts as h
 from hcbpg.lab import s3, source
@@ -168,7 +167,7 @@ class Lab:
         self._stop_service(name)
         env = dict(os.environ)
         env["HCBPG_LAB_DIR"] = str(cfg.lab_dir)
-        root = str(Path(hcbpg.__file__).resolve().parent.parent)
+        root = str(Path(__file__).resolve().parents[2])  # the dir holding hcbpg/
         env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
         with open(cfg.logs_dir / f"{name}.log", "ab") as log:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,

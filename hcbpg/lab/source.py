@@ -30,8 +30,10 @@ SENTINEL_EMAIL = "sentinel@hcb.invalid"
 SOURCE_DB = "hcb_heroku"
 SOURCE_USER = "heroku_owner"
 DEFAULT_SOURCE_ROWS = 20_000
-#: measured on PostgreSQL 15 (table + indexes + TOAST) for this generator
-BYTES_PER_ROW = 630
+#: measured on PostgreSQL 15 for this generator: database size ~ BASE_BYTES + rows * BYTES_PER_ROW
+#: (333k rows -> 79 MB, 20k rows -> 12 MB)
+BYTES_PER_ROW = 216
+BASE_BYTES = 7_800_000
 SEED = 20240615
 
 
@@ -54,7 +56,7 @@ def plan_size(rows: int | None = None, mb: float | None = None) -> SourceSize:
     if mb is not None:
         if mb <= 0:
             raise LabError("--source-mb must be positive")
-        rows = math.ceil(mb * 1024 * 1024 / BYTES_PER_ROW)
+        rows = max(math.ceil((mb * 1024 * 1024 - BASE_BYTES) / BYTES_PER_ROW), 1)
     rows = DEFAULT_SOURCE_ROWS if rows is None else rows
     if rows <= 0:
         raise LabError("--source-rows must be positive")
