@@ -37,6 +37,7 @@ EXPORTER_BIN = "/usr/bin/prometheus-postgres-exporter"
 EXPORTER_PORT = 9187
 EXPORTER_PIDFILE = "/run/hcbpg-postgres-exporter.pid"
 EXPORTER_LOG = "/var/log/hcbpg-postgres-exporter.log"
+EXPORTER_QUERIES = "/etc/prometheus/hcbpg-postgres-queries.yaml"
 EXPORTER_USER = "prometheus"
 
 
@@ -132,7 +133,7 @@ def render_exporter_env(params: "Params", server: "Server", cfg: "RolesConfig", 
     # the exporter's lib/pq has no sslmode=prefer; the connection never leaves the host
     dsn = postgres_url(role, password, server.private_ip, params.postgres.port, "postgres", sslmode="disable")
     # pg_hba admits the exporter to the postgres database only: the statistics it reads are cluster-wide
-    args = f"--web.listen-address={exporter_listen(server)}"
+    args = f"--web.listen-address={exporter_listen(server)} --extend.query-path={EXPORTER_QUERIES}"
     return "\n".join([
         MANAGED_HEADER,
         f"# prometheus-postgres-exporter on {server.name}: connects as {role} to the private IP, serves",
@@ -140,6 +141,46 @@ def render_exporter_env(params: "Params", server: "Server", cfg: "RolesConfig", 
         f"DATA_SOURCE_NAME={_shell_value(dsn)}",
         f"ARGS={_shell_value(args)}",
     ]) + "\n"
+
+
+def render_exporter_queries() -> str:
+    """Custom queries: replication lag and role on every server, WAL each slot holds back (0.11 has no
+    replication collector of its own; pg_stat_replication_* comes built in, on the primary)."""
+    return MANAGED_HEADER + """
+# Read by prometheus-postgres-exporter through --extend.query-path.
+pg_replication:
+  query: >-
+    SELECT pg_is_in_recovery()::int AS is_replica,
+    CASE WHEN NOT pg_is_in_recovery() THEN 0
+         WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
+         ELSE GREATEST(0, EXTRACT(EPOCH FROM (now() - pg_last_xact_replay_timestamp()))) END AS lag
+  master: true
+  metrics:
+    - is_replica:
+        usage: "GAUGE"
+        description: "1 on a replica (in recovery), 0 on the primary"
+    - lag:
+        usage: "GAUGE"
+        description: "Replay lag behind the primary in seconds (0 when all received WAL is replayed)"
+
+pg_replication_slots:
+  query: >-
+    SELECT slot_name, active::int AS active,
+    (CASE WHEN pg_is_in_recovery() THEN pg_wal_lsn_diff(pg_last_wal_receive_lsn(), restart_lsn)
+          ELSE pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn) END)::float8 AS retained_bytes
+    FROM pg_replication_slots
+  master: true
+  metrics:
+    - slot_name:
+        usage: "LABEL"
+        description: "Name of the replication slot"
+    - active:
+        usage: "GAUGE"
+        description: "1 when a client streams through the slot"
+    - retained_bytes:
+        usage: "GAUGE"
+        description: "WAL the slot holds back, in bytes"
+"""
 
 
 def redact(text: str, password: str | None) -> str:
@@ -189,18 +230,26 @@ def ensure_exporter(host: "Host | None", params: "Params", server: "Server", cfg
                      f"{EXPORTER_PACKAGE}", timeout=900)
             if _has_systemd(host):  # the package starts it with an empty DSN; ours comes next
                 host.run(f"systemctl stop {EXPORTER_PACKAGE}", check=False)
+    queries = render_exporter_queries()
+    current_queries = host.read_text(EXPORTER_QUERIES)
+    if current_queries != queries:
+        actions.append(f"write {EXPORTER_QUERIES}")
     current = host.read_text(EXPORTER_ENV)
     desired = render_exporter_env(params, server, cfg, password) if password is not None else None
-    changed_file = desired is None or current != desired
-    diff = unified_diff(redact(current or "", password), shown, EXPORTER_ENV) if changed_file else ""
-    if changed_file:
+    changed_file = desired is None or current != desired or current_queries != queries
+    diff = unified_diff(redact(current or "", password), shown, EXPORTER_ENV) if current != desired else ""
+    diff += unified_diff(current_queries or "", queries, EXPORTER_QUERIES)
+    if desired is None or current != desired:
         actions.append(f"write {EXPORTER_ENV} (0600)")
     running = get_exporter_running(host)
     if changed_file or not running:
         actions.append("restart" if running else "start")
     if dry_run or not actions:
         return Outcome(what, bool(actions), dry_run, diff=diff, actions=actions)
-    if changed_file:
+    if current_queries != queries:
+        host.run(f"mkdir -p {EXPORTER_QUERIES.rsplit('/', 1)[0]}")
+        host.put_text(EXPORTER_QUERIES, queries, mode=0o644, owner="root")
+    if desired is None or current != desired:
         assert desired is not None, "the exporter's password is needed to write its env file"
         host.put_text(EXPORTER_ENV, desired, mode=0o600, owner="root")
     if _has_systemd(host):
@@ -263,7 +312,8 @@ def evaluate_exporter_metrics(text: str, server: "Server") -> list[Check]:
     out = [Check.of("exporter: pg_up", up == [1.0], f"pg_up {up[0]:g}" if up else "no pg_up metric", target)]
     is_replica = [v for _, v in m.get("pg_replication_is_replica", [])]
     lag = [v for _, v in m.get("pg_replication_lag", [])] or [v for _, v in m.get("pg_replication_lag_seconds", [])]
-    senders = m.get("pg_stat_replication_pg_wal_lsn_diff", []) or m.get("pg_stat_replication_pg_current_wal_lsn_bytes", [])
+    senders = (m.get("pg_stat_replication_pg_wal_lsn_diff", []) or m.get("pg_stat_replication_pg_current_wal_lsn_bytes", [])
+               or [x for k, v in m.items() if k.startswith("pg_stat_replication_") for x in v][:1])
     if is_replica == [1.0]:
         out.append(Check.of("exporter: replication figures", bool(lag),
                             f"replica, pg_replication_lag {lag[0]:g}s" if lag else "no pg_replication_lag", target))
@@ -271,6 +321,9 @@ def evaluate_exporter_metrics(text: str, server: "Server") -> list[Check]:
         detail = (f"primary, {len(senders)} standby(s) in pg_stat_replication: "
                   + ", ".join(f"{lab.get('application_name', '?')} {v:g} bytes behind" for lab, v in senders)
                   if senders else "primary, no standby connected (pg_stat_replication is empty)")
+        slots = m.get("pg_replication_slots_retained_bytes", [])
+        if slots:
+            detail += "; slots: " + ", ".join(f"{lab.get('slot_name', '?')} holds {v:g} bytes" for lab, v in slots)
         out.append(Check("exporter: replication figures", "pass" if senders or is_replica else "warn", detail, target))
     return out
 
@@ -340,4 +393,5 @@ def files_shown(params: "Params", server: "Server", cfg: "RolesConfig") -> Mappi
     """What the operator sees of each file (passwords as the placeholder)."""
     return {VECTOR_CONFIG: render_vector_config(params, server, cfg),
             VECTOR_ENV: render_vector_env(params, server, cfg, None),
-            EXPORTER_ENV: render_exporter_env(params, server, cfg, None)}
+            EXPORTER_ENV: render_exporter_env(params, server, cfg, None),
+            EXPORTER_QUERIES: render_exporter_queries()}

@@ -78,6 +78,14 @@ def test_exporter_env_golden(params, cfg, server_name):
     assert monitoring.redact(real, FAKE_PASSWORD) == shown
 
 
+def test_exporter_queries_golden():
+    text = monitoring.render_exporter_queries()
+    golden("exporter.queries.yaml", text)
+    doc = yaml.safe_load(text)
+    assert set(doc) == {"pg_replication", "pg_replication_slots"}
+    assert [next(iter(m)) for m in doc["pg_replication"]["metrics"]] == ["is_replica", "lag"]
+
+
 def test_env_file_refuses_values_that_break_quoting(params, cfg):
     with pytest.raises(ValueError):
         monitoring._shell_value("it's")
@@ -91,6 +99,7 @@ pg_up 1
 pg_replication_is_replica{server="10.0.1.5:5432"} 0
 pg_replication_lag{server="10.0.1.5:5432"} 0
 pg_stat_replication_pg_wal_lsn_diff{application_name="server-postgres-2",client_addr="10.0.1.6",server="10.0.1.5:5432",slot_name="server_postgres_2_slot",state="streaming"} 0
+pg_replication_slots_retained_bytes{server="10.0.1.5:5432",slot_name="server_postgres_2_slot"} 232
 """
 EXPORTER_REPLICA = """pg_up 1
 pg_replication_is_replica{server="10.0.1.6:5432"} 1
@@ -100,7 +109,9 @@ pg_replication_lag{server="10.0.1.6:5432"} 0.5
 
 def test_exporter_metrics_show_up_and_replication(params):
     p, r = params.primary, params.server("server-postgres-2")
-    assert [c.status for c in monitoring.evaluate_exporter_metrics(EXPORTER_PRIMARY, p)] == ["pass", "pass"]
+    checks = monitoring.evaluate_exporter_metrics(EXPORTER_PRIMARY, p)
+    assert [c.status for c in checks] == ["pass", "pass"]
+    assert "server_postgres_2_slot holds 232 bytes" in checks[1].detail
     checks = monitoring.evaluate_exporter_metrics(EXPORTER_REPLICA, r)
     assert [c.status for c in checks] == ["pass", "pass"] and "0.5s" in checks[1].detail
     down = monitoring.evaluate_exporter_metrics("pg_up 0\n", p)
