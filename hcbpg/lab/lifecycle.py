@@ -19,7 +19,7 @@ from hcbpg.errors import LabError
 from hcbpg.lab import hosts as h
 from hcbpg.lab import s3, source
 from hcbpg.lab.core import (HCLOUD_PORT, S3_BUCKET, S3_PORT, SECRET_FILES, LabConfig,
-                            atomic_write, check_platform, kill_netns_processes, kill_pids,
+                            atomic_write, check_platform, editing_state, kill_netns_processes, kill_pids,
                             locked, netns_list, pid_alive, proc_starttime, processes_with_args,
                             read_state, run, tcp_open, wait_tcp, write_state)
 
@@ -235,12 +235,11 @@ class Lab:
                + source.render_seed_sql(size).replace("ANALYZE;", "RESET ROLE;\nANALYZE;"))
         ex(["psql", "-q", "-X", "-v", "ON_ERROR_STOP=1", "-d", "postgres"], input=sql,
            user="postgres", timeout=None)
-        state = read_state(cfg)
-        state["source"] = {"seeded": True, "host_starttime": host["starttime"],
-                           "users": size.users, "events": size.events,
-                           "transactions": size.transactions, "rows": size.rows,
-                           "seconds": round(time.monotonic() - t, 2)}
-        write_state(cfg, state)
+        with editing_state(cfg) as state:  # servers may be added meanwhile: re-read under the lock
+            state["source"] = {"seeded": True, "host_starttime": host["starttime"],
+                               "users": size.users, "events": size.events,
+                               "transactions": size.transactions, "rows": size.rows,
+                               "seconds": round(time.monotonic() - t, 2)}
         self._log(f"source seeded with {size.rows} rows in {time.monotonic() - t:.1f}s")
 
     # status -------------------------------------------------------------------------------

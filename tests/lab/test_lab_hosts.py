@@ -21,8 +21,8 @@ def ssh(lab, ip: str) -> Connection:
 
 @pytest.fixture(scope="module")
 def server(lab):
-    """A fresh 'server' host made through the API stand-in's hook, at .5."""
-    name, ip = "server-postgres-t1", lab.cfg.address(5)
+    """A fresh 'server' host made through the API stand-in's hook (at .55, clear of others)."""
+    name, ip = "server-postgres-t1", lab.cfg.address(55)
     key = lab.ssh_key.with_suffix(".pub").read_text()
     info = create_server_host(name, ip, [key], lab_dir=str(lab.lab_dir))
     yield info
