@@ -83,3 +83,39 @@ def test_outsider_connects_from_outside_the_subnet(lab):
     assert client == lab.status()["outsider"]["ip"]
     import ipaddress
     assert ipaddress.ip_address(client) not in ipaddress.ip_network(lab.cfg.subnet)
+
+
+def test_server_created_through_the_api_stand_in_is_a_lab_host(lab):
+    hcloud = pytest.importorskip("hcloud")
+    from hcloud.images import Image
+    from hcloud.locations import Location
+    from hcloud.networks.domain import NetworkSubnet
+    from hcloud.server_types import ServerType
+    st = lab.status()
+    if not st["services"]["hcloud"]["running"]:
+        pytest.skip("the Hetzner Cloud API stand-in is not part of this lab")
+    c = hcloud.Client(token=lab.secret("hcloud-token"), api_endpoint=st["hcloud_endpoint"], poll_interval=0.2)
+    net = c.networks.create(name="lab-test-net", ip_range=_range16(lab),
+                            subnets=[NetworkSubnet(type="cloud", ip_range=lab.cfg.subnet, network_zone="us-east")])
+    key = c.ssh_keys.create(name="lab-test-key", public_key=lab.ssh_key.with_suffix(".pub").read_text().strip())
+    try:
+        made = c.servers.create(name="api-made-1", server_type=ServerType(name="ccx13"),
+                                image=Image(name="ubuntu-24.04"), location=Location(name="ash"),
+                                ssh_keys=[key], networks=[net])
+        made.action.wait_until_finished(max_retries=300)
+        for a in made.next_actions:
+            a.wait_until_finished(max_retries=300)
+        hosts = {h["name"]: h for h in lab.status()["hosts"]}
+        assert hosts["api-made-1"]["role"] == "server" and hosts["api-made-1"]["running"]
+        with ssh(lab, hosts["api-made-1"]["ip"]) as conn:
+            assert conn.run("hostname", in_stream=False, hide=True).stdout.strip() == "api-made-1"
+        c.servers.delete(made.server).wait_until_finished(max_retries=300)
+        assert "api-made-1" not in {h["name"] for h in lab.status()["hosts"]}
+    finally:
+        c.ssh_keys.delete(key)
+        c.networks.delete(net)
+
+
+def _range16(lab) -> str:
+    import ipaddress
+    return str(ipaddress.ip_network(lab.cfg.subnet).supernet(new_prefix=16))
