@@ -466,7 +466,28 @@ def scratch_config(prefix: str = "hcbpg-lab-scratch-") -> LabConfig:
                     outsider_subnet=f"10.1.{n}.0/24")
     cfg.validate()
     cfg.save()
+    # who made it: a scratch lab whose maker is gone can be swept (see Lab.sweep_scratch)
+    owner = {"pid": os.getpid(), "starttime": proc_starttime(os.getpid())}
+    atomic_write(d / "owner.json", json.dumps(owner) + "\n", 0o644)
     return cfg
+
+
+SCRATCH_PREFIXES = ("hcbpg-lab-test-", "hcbpg-lab-bench-", "hcbpg-lab-killed-", "hcbpg-lab-scratch-")
+
+
+def stale_scratch_dirs() -> list[Path]:
+    """Scratch lab dirs under /var/lib whose maker process is gone (a killed test run)."""
+    out = []
+    for d in sorted(Path("/var/lib").glob("hcbpg-lab-*")):
+        if not d.name.startswith(SCRATCH_PREFIXES) or not (d / "owner.json").is_file():
+            continue
+        try:
+            owner = json.loads((d / "owner.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if not pid_alive(owner.get("pid"), owner.get("starttime")):
+            out.append(d)
+    return out
 
 
 def check_host_name(name: str) -> None:

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from hcbpg.errors import LabError, RemoteCommandError
-from hcbpg.lab.core import (LabConfig, check_host_name, editing_state, kill_netns_processes,
+from hcbpg.lab.core import (LabConfig, check_host_name, kill_netns_processes,
                             locked, netns_list, pid_alive, proc_starttime, read_state, run,
                             tcp_open, wait_tcp, write_state, atomic_write)
 

@@ -21,7 +21,7 @@ from hcbpg.lab import s3, source
 from hcbpg.lab.core import (HCLOUD_PORT, S3_BUCKET, S3_PORT, SECRET_FILES, LabConfig,
                             atomic_write, check_platform, editing_state, kill_netns_processes, kill_pids,
                             locked, netns_list, pid_alive, proc_starttime, processes_with_args,
-                            read_state, run, tcp_open, wait_tcp, write_state)
+                            read_state, run, tcp_open, write_state)
 
 Log = Callable[[str], None]
 
@@ -343,6 +343,19 @@ class Lab:
                 h.remove_tree(cfg.lab_dir)
                 removed.append(f"dir {cfg.lab_dir}")
         return removed
+
+    @classmethod
+    def sweep_scratch(cls) -> list[str]:
+        """Tear down scratch labs (tests, bench) whose maker was killed; returns their dirs."""
+        from hcbpg.lab.core import stale_scratch_dirs
+        swept = []
+        for d in stale_scratch_dirs():
+            try:
+                cls(d).down(purge=True)
+                swept.append(str(d))
+            except LabError:
+                pass
+        return swept
 
     def leftovers(self) -> list[str]:
         """Anything of this lab that still exists (namespaces, links, mounts, processes,

@@ -55,6 +55,7 @@ def lab() -> Iterator[Lab]:
         if not was_up:
             the_lab.down()
         return
+    Lab.sweep_scratch()  # labs of earlier test runs that were killed before their teardown
     the_lab = new_test_lab()
     try:
         the_lab.up(source_rows=20_000)
