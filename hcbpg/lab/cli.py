@@ -50,8 +50,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     st = lab.status()
     if args.json:
         print(json.dumps(st, indent=2))
-    else:
-        _print_status(st)
+        return 0  # the JSON says whether the lab is up
+    _print_status(st)
     return 0 if st["up"] else 1
 
 
@@ -80,8 +80,9 @@ def register(subparsers: Any) -> None:
     size.add_argument("--source-mb", type=float, default=None,
                       help="approximate size of the source database in MB")
     up.set_defaults(func=cmd_up)
-    st = sub.add_parser("status", help="hosts, addresses and services")
-    st.add_argument("--json", action="store_true", help="machine-readable")
+    st = sub.add_parser("status", help="hosts, addresses and services (exit 1 when not up)")
+    st.add_argument("--json", action="store_true",
+                    help="machine-readable; exits 0 and says \"up\": true/false")
     st.set_defaults(func=cmd_status)
     down = sub.add_parser("down", help="remove everything the lab made")
     down.add_argument("--purge", action="store_true",

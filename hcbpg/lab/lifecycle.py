@@ -218,7 +218,9 @@ class Lab:
         host = state["hosts"]["source"]
         done = state.get("source") or {}
         if done.get("seeded") and done.get("host_starttime") == host["starttime"]:
-            self._log("source already seeded")
+            note = "" if done.get("rows") == size.rows else (
+                f" (asked for {size.rows} rows; `hcbpg lab down` first to change the size)")
+            self._log(f"source already seeded with {done.get('rows')} rows{note}")
             return
         t = time.monotonic()
         password = cfg.read_secret("source-password")
