@@ -531,13 +531,15 @@ def plan_prerequisites(facts: Mapping[str, Any], *, toc: str | None = None) -> t
 # restore-time settings ------------------------------------------------------------------
 
 def plan_restore_settings(*, mem_bytes: int, jobs: int, archive_mode: str, wal_senders_busy: int,
-                          replication_slots: int) -> tuple[dict[str, Any], list[str]]:
+                          replication_slots: int, wal_minimal: bool = False) -> tuple[dict[str, Any], list[str]]:
     """Settings for the restore, and why each (or why a fast one is left out).
 
-    ``wal_level = minimal`` makes COPY into a table created in the same transaction and the
-    index builds skip WAL (pg_restore -j truncates before COPY in the same transaction for
-    exactly this); it needs ``max_wal_senders = 0`` and a restart, and it cannot be used once
-    archiving is on or a replica or slot exists: the backup chain would break.
+    All of them take effect on a reload.  ``wal_level = minimal`` (*wal_minimal*) lets COPY into a
+    table created in the same transaction and the index builds skip WAL (pg_restore -j truncates
+    before COPY in the same transaction for exactly this), but it needs ``max_wal_senders = 0``
+    and a restart before and after the restore, and it cannot be used once archiving is on or a
+    replica or slot exists: the backup chain would break.  Measured on the lab's 2 cores with a
+    1 GB database, the two restarts cost more than the WAL it saves, so it is opt-in.
     """
     mwm = max(64 * 1024 ** 2, min(2 * GIB, mem_bytes // (4 * max(jobs, 1))))
     settings: dict[str, Any] = {
@@ -552,15 +554,22 @@ def plan_restore_settings(*, mem_bytes: int, jobs: int, archive_mode: str, wal_s
              "max_wal_size 16GB, checkpoint_timeout 1h: no checkpoint in the middle of the load",
              "synchronous_commit off: a crash loses the last commits of a restore we would redo anyway",
              "autovacuum off: it would compete with the load; ANALYZE runs right after the restore"]
-    if archive_mode in ("on", "always") or wal_senders_busy or replication_slots:
-        notes.append("wal_level stays as it is: archiving, a replica or a replication slot is already "
-                     "there, so WAL must be complete")
-    else:
-        settings.update({"wal_level": "minimal", "max_wal_senders": 0, "full_page_writes": False})
+    busy = archive_mode in ("on", "always") or wal_senders_busy or replication_slots
+    if busy:
+        notes.append("WAL stays complete (full_page_writes on, wal_level as it is): archiving, a replica or a "
+                     "replication slot is already there")
+        return settings, notes
+    settings["full_page_writes"] = False
+    notes.append("full_page_writes off: nothing is archived or replicated yet, and a crash during the restore "
+                 "means restoring again anyway")
+    if wal_minimal:
+        settings.update({"wal_level": "minimal", "max_wal_senders": 0})
         notes.append("wal_level minimal (max_wal_senders 0): tables and indexes created by the restore are "
-                     "written without WAL and synced at commit; safe because nothing is archived or "
-                     "replicated yet, and 08_start_archiving takes the first full backup after it")
-        notes.append("full_page_writes off: a crash during the restore means restoring again anyway")
+                     "written without WAL and synced at commit; costs a restart before and after")
+    else:
+        notes.append("wal_level stays replica: wal_level minimal would skip the WAL of the load but needs a "
+                     "restart before and after, which cost more than it saved in the lab "
+                     "(set source.restore_wal_minimal: true for a large database on slow disks)")
     return settings, notes
 
 
@@ -568,7 +577,7 @@ def render_restore_settings(settings: Mapping[str, Any], *, server: str) -> str:
     from hcbpg.postgres import MANAGED_HEADER, quote_setting
     lines = [MANAGED_HEADER,
              f"# {server}: restore-time settings (06/07 migration). Removed when the restore ends;",
-             "# if you find this file after a crash, delete it and restart PostgreSQL.", ""]
+             "# if you find this file after a crash, delete it and reload PostgreSQL (restart if it sets wal_level).", ""]
     lines += [f"{k} = {quote_setting(settings[k])}" for k in sorted(settings)]
     return "\n".join(lines) + "\n"
 
@@ -638,7 +647,8 @@ def check_restore_settings_gone(host: "Host", params: "Params") -> Check:
     path = restore_part_path(params)
     row = psql.query("SELECT current_setting('wal_level') AS wal_level, current_setting('fsync') AS fsync, "
                      "current_setting('full_page_writes') AS fpw, current_setting('autovacuum') AS autovacuum")[0]
-    ok = not host.exists(path) and row["wal_level"] != "minimal" and row["fpw"] == "on" and row["autovacuum"] == "on"
+    ok = (not host.exists(path) and row["wal_level"] != "minimal" and row["fpw"] == "on"
+          and row["autovacuum"] == "on" and row["fsync"] == "on")
     return Check.of("restore-time settings removed", ok,
                     f"wal_level {row['wal_level']}, full_page_writes {row['fpw']}, autovacuum {row['autovacuum']}"
                     + ("" if not host.exists(path) else f"; {path} still there"), host.name)
@@ -979,7 +989,8 @@ def run_restore(host: "Host", params: "Params", dump: DumpResult, facts: Mapping
     settings, notes = plan_restore_settings(mem_bytes=state["mem_bytes"], jobs=restore_jobs(params),
                                             archive_mode=state["archive_mode"],
                                             wal_senders_busy=int(state["senders"]),
-                                            replication_slots=int(state["slots"]))
+                                            replication_slots=int(state["slots"]),
+                                            wal_minimal=bool(getattr(src, "restore_wal_minimal", False)))
     started = time.monotonic()
     toc = host.run(f"pg_restore -l {shlex.quote(dump.path)}", sudo_user="postgres", quiet=True).stdout
     schemas, exts = plan_prerequisites(facts, toc=toc)
@@ -1359,7 +1370,8 @@ def plan_migration(host: "Host", params: "Params", source: Source, *, dry_run: b
     settings, notes = plan_restore_settings(mem_bytes=state["mem_bytes"], jobs=restore_jobs(params),
                                             archive_mode=state["archive_mode"],
                                             wal_senders_busy=int(state["senders"]),
-                                            replication_slots=int(state["slots"]))
+                                            replication_slots=int(state["slots"]),
+                                            wal_minimal=bool(getattr(src, "restore_wal_minimal", False)))
     d = dump_path(params, "<run>")
     if src.method == "heroku":
         capture, url = render_heroku_commands(src.heroku_app or "?")

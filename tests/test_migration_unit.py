@@ -211,21 +211,23 @@ def test_database_search_path_is_copied_as_identifiers():
 
 # restore settings -------------------------------------------------------------------------
 
-def test_restore_settings_use_minimal_wal_only_while_nothing_is_archived_or_replicated():
+def test_restore_settings_reload_only_by_default_and_keep_wal_whole_once_archiving_or_replication_exists():
     s, notes = migration.plan_restore_settings(mem_bytes=8 * 1024 ** 3, jobs=4, archive_mode="off",
                                                wal_senders_busy=0, replication_slots=0)
-    assert s["wal_level"] == "minimal" and s["max_wal_senders"] == 0 and s["full_page_writes"] is False
-    assert s["maintenance_work_mem"] == "512MB" and s["autovacuum"] is False
+    assert "wal_level" not in s and "max_wal_senders" not in s  # both need a restart
+    assert s["full_page_writes"] is False and s["synchronous_commit"] is False and s["autovacuum"] is False
+    assert s["maintenance_work_mem"] == "512MB"
     golden("migration.restore-settings.conf", migration.render_restore_settings(s, server="server-postgres-1"))
     for kw in ({"archive_mode": "on", "wal_senders_busy": 0, "replication_slots": 0},
                {"archive_mode": "off", "wal_senders_busy": 1, "replication_slots": 0},
                {"archive_mode": "off", "wal_senders_busy": 0, "replication_slots": 1}):
-        s2, notes2 = migration.plan_restore_settings(mem_bytes=8 * 1024 ** 3, jobs=4, **kw)
+        s2, notes2 = migration.plan_restore_settings(mem_bytes=8 * 1024 ** 3, jobs=4, wal_minimal=True, **kw)
         assert "wal_level" not in s2 and "full_page_writes" not in s2
-        assert any("wal_level stays" in n for n in notes2)
+        assert any("WAL stays complete" in n for n in notes2)
     s3, _ = migration.plan_restore_settings(mem_bytes=64 * 1024 ** 3, jobs=2, archive_mode="off",
-                                            wal_senders_busy=0, replication_slots=0)
+                                            wal_senders_busy=0, replication_slots=0, wal_minimal=True)
     assert s3["maintenance_work_mem"] == "2048MB"
+    assert s3["wal_level"] == "minimal" and s3["max_wal_senders"] == 0
     assert "fsync" not in s and "fsync" not in s3
 
 

@@ -153,7 +153,7 @@ def test_plan_reads_only_and_shows_what_would_be_dropped(env):
     actions = " ".join(a for o in plan.outcomes for a in o.actions)
     assert "drop database hcb_production (it has no tables (as step 04 created it))" in actions
     assert "CREATE SCHEMA heroku_ext AUTHORIZATION rails" in actions
-    assert "wal_level minimal" in actions
+    assert "full_page_writes off" in actions and "wal_level stays replica" in actions
     assert snapshot(env.host) == before
 
 
