@@ -410,9 +410,12 @@ def check_psycopg_from_app(app: "Host", params: "Params", password: str, *, serv
     app.echo(f"[{app.name}] psycopg via ssh tunnel to {server_ip}:{pg.port} as {pg.app_role}: "
              f"create, write, read, drop {table}  -> ok in {duration:.2f}s")
     seen_from = client[0] if client else "?"
-    ok = bool(got and got[0] == "via psycopg")
-    return Check.of(name, ok, f"read back {got[0]!r}; the server saw the client at {seen_from}" if ok
-                    else f"read back {got!r}", app.name)
+    expected_from = params.app_host.private_ip if params.app_host else seen_from
+    ok = bool(got and got[0] == "via psycopg") and seen_from == expected_from
+    detail = f"read back {got[0]!r}; the server saw the client at {seen_from}" if got else "read back nothing"
+    if seen_from != expected_from:
+        detail += f", not at the app host's private IP {expected_from}"
+    return Check.of(name, ok, detail, app.name)
 
 
 #: how the "outside the subnet" check reaches the server: run a shell command from an address outside
