@@ -503,13 +503,16 @@ def _role_statements(cfg: RolesConfig, obs: Observed, passwords: Mapping[str, st
             password = passwords.get(role.name)
             pw = (sql.SQL(" PASSWORD {}").format(sql.Literal(scram_verifier(password))) if password
                   else sql.SQL(" PASSWORD NULL"))
-            out.append(Statement(sql.SQL("CREATE ROLE {} WITH LOGIN NOINHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE "
+            # INHERIT: the owner's rights on public come through pg_database_owner, the exporter's through pg_monitor
+            out.append(Statement(sql.SQL("CREATE ROLE {} WITH LOGIN INHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE "
                                          "NOREPLICATION CONNECTION LIMIT {}{}").format(
                 _ident(role.name), sql.Literal(role.connection_limit), pw), "postgres", f"login role {role.name}"))
             continue
         fixes = []
         if not current["rolcanlogin"]:
             fixes.append("LOGIN")
+        if not current["rolinherit"]:
+            fixes.append("INHERIT")
         for col, word in (("rolsuper", "NOSUPERUSER"), ("rolcreatedb", "NOCREATEDB"),
                           ("rolcreaterole", "NOCREATEROLE"), ("rolreplication", "NOREPLICATION"),
                           ("rolbypassrls", "NOBYPASSRLS")):
@@ -742,6 +745,8 @@ def compare(cfg: RolesConfig, obs: Observed, target: str = "") -> list[Check]:
         problems = []
         if bool(r["rolcanlogin"]) != expect_login:
             problems.append("LOGIN" if r["rolcanlogin"] else "NOLOGIN")
+        if not r["rolinherit"]:
+            problems.append("NOINHERIT (privileges of its groups and of pg_database_owner would not apply)")
         for col in ("rolsuper", "rolcreatedb", "rolcreaterole", "rolreplication", "rolbypassrls"):
             if r.get(col):
                 problems.append(col[3:].upper())

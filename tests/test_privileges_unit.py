@@ -228,3 +228,12 @@ def test_rotation_targets_and_refusals(params, cfg):
         rotation.check_storable(replace(rots[0], password_ref="env:RAILS_PASSWORD"))
     plan = rotation.plan_rotation(rots[0])
     assert any("SCRAM-SHA-256 verifier computed here" in a for a in plan.actions)
+
+
+def test_noinherit_login_role_is_fixed_and_flagged(cfg):
+    rows = model_rows()
+    rows["roles"][2]["rolinherit"] = False      # hcb_migrations: pg_database_owner's CREATE on public would not apply
+    obs = pv.parse_observed(rows)
+    assert texts(pv.plan_privileges(cfg, obs)) == ['ALTER ROLE "hcb_migrations" WITH INHERIT']
+    failed = {c.name: c.detail for c in pv.compare(cfg, obs) if c.status == "fail"}
+    assert "NOINHERIT" in failed["role hcb_migrations"]
