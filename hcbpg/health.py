@@ -383,8 +383,12 @@ def measure(host: "Host | None", params: "Params", server: "Server", *, expected
 def get_measurements(hosts: Mapping[str, "Host | None"], params: "Params", *,
                      expected_roles: Mapping[str, str] | None = None) -> list[Measurement]:
     """Measure every server in params (hosts by server name; a missing host is 'unreachable')."""
+    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415 - one SSH connection per server, in parallel
     roles = expected_roles or {}
-    return [measure(hosts.get(s.name), params, s, expected_role=roles.get(s.name)) for s in params.servers]
+    with ThreadPoolExecutor(max_workers=max(1, len(params.servers))) as pool:
+        futures = [pool.submit(measure, hosts.get(s.name), params, s, expected_role=roles.get(s.name))
+                   for s in params.servers]
+        return [f.result() for f in futures]
 
 
 def report_rows(checks: Sequence[Check]) -> list[dict[str, str]]:
