@@ -51,7 +51,12 @@ set -e
 M=$1; U=$2; W=$3; N=$4; R=$5
 mount -t overlay overlay -o "lowerdir=/,upperdir=$U,workdir=$W" "$M"
 mount -t proc proc "$M/proc"
-mount -t sysfs sysfs "$M/sys"
+# kernel-wide knobs stay the machine's: /proc/sys and /sys are read-only, except the
+# per-namespace network sysctls
+mount --bind "$M/proc/sys" "$M/proc/sys" && mount -o remount,bind,ro "$M/proc/sys"
+mount --bind "$M/proc/sys/net" "$M/proc/sys/net" && mount -o remount,bind,rw "$M/proc/sys/net"
+mount --bind "$M/proc/sysrq-trigger" "$M/proc/sysrq-trigger" && mount -o remount,bind,ro "$M/proc/sysrq-trigger"
+mount -t sysfs -o ro sysfs "$M/sys"
 mount --bind /dev "$M/dev"
 mount -t devpts -o newinstance,ptmxmode=0666,mode=620 devpts "$M/dev/pts"
 mount --bind "$M/dev/pts/ptmx" "$M/dev/ptmx"
