@@ -836,6 +836,18 @@ def get_basebackup_progress(psql: Psql) -> BaseBackupProgress | None:
                               int(r["backup_total"]) if r["backup_total"] is not None else None)
 
 
+_PROGRESS_RE = re.compile(r"\d+/\d+ kB \(\d+%\), \d+/\d+ tablespaces?")
+
+
+def _own_progress(log_tail: str) -> str:
+    """pg_basebackup's last -P line (``34567/115800 kB (29%), 0/1 tablespace``), else its last line."""
+    found = _PROGRESS_RE.findall(log_tail)
+    if found:
+        return found[-1]
+    lines = log_tail.replace("\r", "\n").strip().splitlines()
+    return lines[-1].strip() if lines else ""
+
+
 def render_basebackup_command(params: "Params", primary: "Server", standby: "Server", pgdata: str) -> str:
     """pg_basebackup as postgres on the standby: -R (recovery config), -P (progress), WAL streamed, our slot."""
     rep = replication_params(params)
@@ -871,8 +883,7 @@ def run_base_backup(host: "Host", primary_psql: Psql, params: "Params", primary:
             raise WaitTimeout(f"on {standby.name}: pg_basebackup did not finish within {timeout:.0f}s",
                               hint=f"It may still run: look at {log} on {standby.name}.")
         prog = get_basebackup_progress(primary_psql)
-        tail = host.probe(f"tail -c 400 {log}").stdout.replace("\r", "\n").strip().splitlines()
-        own = tail[-1].strip() if tail else ""
+        own = _own_progress(host.probe(f"tail -c 2000 {log}").stdout)
         if prog is not None:
             seen_progress = True
         state = (prog.line(elapsed) if prog else
@@ -887,7 +898,8 @@ def run_base_backup(host: "Host", primary_psql: Psql, params: "Params", primary:
     output = host.read_text(log) or ""
     final = output.replace("\r", "\n").strip().splitlines()
     echo(f"[{standby.name}] base backup finished with exit code {code} in {duration:.1f}s"
-         + (f": {scrub(final[-1])}" if final else ""))
+         + (f": {scrub(_own_progress(output))}" if _own_progress(output) else "")
+         + (f"; {scrub(final[-1])}" if final else ""))
     if code != 0:
         raise RemoteCommandError(standby.name, cmd, code, scrub(output[-3000:]),
                                  hint="The data directory is incomplete; fix the cause and run the step again "

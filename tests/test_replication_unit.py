@@ -280,3 +280,12 @@ def test_database_url_is_registered_and_redacted():
     assert url == "postgres://rails:app-password-123456@10.0.1.6:5432/hcb_production"
     assert "app-password-123456" not in scrub(url)
     assert fo.redacted_database_url(P, S2) == "postgres://rails:[secret]@10.0.1.6:5432/hcb_production"
+
+
+def test_pg_basebackup_progress_is_read_from_its_log():
+    log = ("pg_basebackup: initiating base backup, waiting for checkpoint to complete\n"
+           "     0/115800 kB (0%), 0/1 tablespace\r34567/115800 kB (29%), 0/1 tablespace\r"
+           "pg_basebackup: syncing data to disk ...\n")
+    assert rep._own_progress(log) == "34567/115800 kB (29%), 0/1 tablespace"
+    assert rep._own_progress("pg_basebackup: starting background WAL receiver\n") == \
+        "pg_basebackup: starting background WAL receiver"
