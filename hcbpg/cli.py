@@ -52,7 +52,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    return _finish(_runner(args).start(args.env, dry_run=True, only=args.only))
+    return _finish(_runner(args).start(args.env, dry_run=True, start=args.start, until=args.until,
+                                       only=args.only))
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -103,9 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  ("plan", cmd_plan, "dry run: show what every step would change")):
         r = sub.add_parser(name, help=helptext)
         r.add_argument("env")
-        if name == "run":
-            r.add_argument("--from", dest="start", metavar="STEP")
-            r.add_argument("--until", metavar="STEP")
+        r.add_argument("--from", dest="start", metavar="STEP")
+        r.add_argument("--until", metavar="STEP")
         r.add_argument("--only", metavar="STEP")
         r.add_argument("-v", "--verbose", action="store_true", help="stream cell outputs")
         r.set_defaults(func=func)
