@@ -119,3 +119,12 @@ def test_server_created_through_the_api_stand_in_is_a_lab_host(lab):
 def _range16(lab) -> str:
     import ipaddress
     return str(ipaddress.ip_network(lab.cfg.subnet).supernet(new_prefix=16))
+
+
+def test_kernel_wide_settings_stay_the_machines(lab):
+    before = Path("/proc/sys/vm/swappiness").read_text()
+    r = lab.exec("app", "sysctl -w vm.swappiness=7")
+    assert r.returncode != 0
+    assert Path("/proc/sys/vm/swappiness").read_text() == before
+    # network sysctls belong to the host's own namespace and stay writable
+    assert lab.exec("app", "sysctl -w net.ipv4.tcp_keepalive_time=60").returncode == 0
