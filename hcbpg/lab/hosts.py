@@ -212,7 +212,7 @@ def ensure_outsider(cfg: LabConfig) -> None:
         input=(f"link set lo up\naddr add {cfg.outsider_ip}/{plen} dev eth0\nlink set eth0 up\n"
                f"route add {cfg.subnet} via {cfg.outsider_gateway_ip}\n"))
     # forwarding is a per-namespace setting: the machine's own stays as it is
-    run(["ip", "netns", "exec", r, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
+    run(["ip", "netns", "exec", r, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"])
 
 
 # lifecycle of one host ------------------------------------------------------------------
