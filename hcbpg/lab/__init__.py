@@ -32,6 +32,13 @@ Environment (read only when a lab dir is first brought up; then kept in lab.json
 ``HCBPG_LAB_DIR``, ``HCBPG_LAB_BRIDGE`` (default hcbpg0), ``HCBPG_LAB_SUBNET``
 (10.0.1.0/24), ``HCBPG_LAB_OUTSIDER_SUBNET`` (10.0.2.0/24).
 
+Hosts: each is a network namespace (``<bridge>-<name>``, interface ``ens10``) with its own
+hostname, an overlay of / (writes stay in ``hosts/<name>/upper``), tmpfs /run, /tmp,
+/dev/shm, its own PID/IPC namespaces, sshd for root with the lab key, and no machine
+PostgreSQL clusters or SSH host keys.  /proc/sys (but net.*) and /sys are read-only:
+kernel-wide settings stay the machine's.  Hosts route the outsider subnet via the lab
+router (.254) and nothing else: no traffic leaves the lab.
+
 Fixed hosts: ``app`` at .10 and ``source`` at .20 (see :mod:`hcbpg.lab.source` for the
 database and its sentinel user 1803).  Servers come from the API stand-in.
 """
