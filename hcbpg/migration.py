@@ -879,7 +879,9 @@ def check_disk_space(host: "Host", params: "Params", facts: Mapping[str, Any]) -
     """The dump dir and the data directory have room for the dump plus the restored database (2x the source + 10%)."""
     src = params.source
     assert src is not None
-    res = host.probe(f"mkdir -p {shlex.quote(src.dump_dir)} && df -B1 --output=avail {shlex.quote(src.dump_dir)} | tail -1")
+    # read-only: df on the dump dir, or on its nearest existing parent
+    res = host.probe(f"d={shlex.quote(src.dump_dir)}; while [ ! -d \"$d\" ]; do d=$(dirname \"$d\"); done; "
+                     "df -B1 --output=avail \"$d\" | tail -1")
     avail = int((res.stdout.strip() or "0"))
     need = int(int(facts.get("size_bytes") or 0) * 2.2)
     return Check.of("disk space for dump and restore", avail >= need,
@@ -1494,7 +1496,8 @@ def check_source_quiet_step(rb: "Runbook", source: "Source | None", *, timeout: 
             c = Check(c.name, "warn", c.detail + " (dry run: the app still runs; the real run waits for them to go)",
                       c.target)
         return c
-    return wait_for_source_quiet(source, timeout=timeout)
+    src = rb.params.source
+    return wait_for_source_quiet(source, timeout=float(getattr(src, "quiet_timeout_s", None) or timeout))
 
 
 def record_phases(rb: "Runbook", phases: Mapping[str, float]) -> None:
