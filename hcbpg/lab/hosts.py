@@ -153,9 +153,14 @@ def prepare_upper(cfg: LabConfig, name: str, ip: str, upper: Path,
     root_ssh = upper / "root/.ssh"
     os.chmod(root_ssh, 0o700)
     _put(root_ssh / "authorized_keys", "".join(k.strip() + "\n" for k in authorized_keys), 0o600)
-    # the lab dir (secrets, other hosts' layers) is not on a server; its CA is
+    # the lab dir (secrets, other hosts' layers) is not on a server; its CA is.  Other
+    # labs' dirs beside it (tests, benchmarks) are hidden too.
     lab_rel = str(cfg.lab_dir).lstrip("/")
     _opaque(upper, lab_rel)
+    parent = cfg.lab_dir.parent
+    for sibling in parent.glob("hcbpg-lab*"):
+        if sibling != cfg.lab_dir:
+            _whiteout(upper, str(sibling).lstrip("/"))
     if cfg.ca_cert.is_file():
         tls = upper / lab_rel / "tls"
         tls.mkdir(exist_ok=True)
