@@ -254,7 +254,8 @@ class Source(Endpoint):
     def close(self) -> None:
         self._depth = max(0, self._depth - 1)
         if self._depth == 0:
-            self.host.run(f"rm -f {shlex.quote(self.service_file)}", quiet=True, check=False)
+            self.host.run(f"rm -f {shlex.quote(self.service_file)}; rmdir {SECRET_DIR} 2>/dev/null || true",
+                          quiet=True, check=False)
 
     def __enter__(self) -> "Source":
         return self.open()
