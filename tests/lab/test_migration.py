@@ -140,7 +140,7 @@ def env(lab, tmp_path_factory, monkeypatch_module):
 
 
 def snapshot(host: Host) -> str:
-    return host.probe("ls -la /var/tmp /run; ls /etc/postgresql/15/main/conf.d; "
+    return host.probe("ls /var/tmp /run; ls -l /etc/postgresql/15/main/conf.d; "
                       "sudo -u postgres psql -X -At -c 'SELECT datname, shobj_description(oid, $$pg_database$$) "
                       "FROM pg_database ORDER BY 1'").stdout
 
@@ -200,7 +200,7 @@ def test_the_sentinel_written_last_on_the_source_is_read_back_on_the_primary_fro
                                       newest_event=None, expect=sentinel)
     assert all(c.status == "pass" for c in checks), checks
     with migration.Source(env.host, env.source_url) as source:
-        on_source = source.json("SELECT full_name FROM public.users WHERE id = 1803")
+        on_source = source.json("SELECT to_json(full_name) FROM public.users WHERE id = 1803")
     assert on_source == sentinel
 
 
