@@ -294,3 +294,50 @@ def test_no_secret_on_any_command_line_or_output_of_the_hosts(env):
         for r in h.history:
             for s in secrets:
                 assert s not in r.command and s not in r.stdout and s not in r.stderr, r.command
+
+
+def test_the_heroku_method_downloads_the_backup_on_the_primary_and_restores_it(env, tmp_path):
+    """`heroku pg:backups:capture` / `pg:backups:url` faked on this machine: the backup is a pg_dump -Fc
+    of the lab source served over HTTP from the lab gateway; the primary downloads it itself."""
+    import http.server
+    import subprocess
+    import threading
+    conn = migration.parse_source_url(env.source_url)
+    served = tmp_path / "served"
+    served.mkdir()
+    server = http.server.ThreadingHTTPServer(
+        (env.lab.cfg.gateway_ip, 0),
+        lambda *a, **kw: http.server.SimpleHTTPRequestHandler(*a, directory=str(served), **kw))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    signed = register(f"http://{env.lab.cfg.gateway_ip}:{server.server_address[1]}/b001.dump?X-Amz-Signature="
+                      + "f00dfeed" * 4)
+    calls = []
+
+    def heroku(argv):
+        calls.append(list(argv))
+        if argv[1] == "pg:backups:capture":
+            pw = conn.pop("password")
+            conninfo = " ".join(f"{k}={v}" for k, v in conn.items())
+            cp = subprocess.run(["pg_dump", "-Fc", "-d", conninfo, "-f", str(served / "b001.dump")],
+                                env={"PGPASSWORD": pw, "PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
+            conn["password"] = pw
+            return cp
+        return subprocess.CompletedProcess(argv, 0, signed + "\n", "")
+
+    src = env.params.source.model_copy(update={"method": "heroku", "heroku_app": "hcb-lab"})
+    params = env.params.model_copy(update={"source": src, "allow_destructive": True})
+    try:
+        with migration.Source(env.host, env.source_url) as source:
+            facts = migration.get_source_facts(source)
+            dump = migration.run_heroku_dump(env.host, params, "heroku", local=heroku)
+            migration.run_restore(env.host, params, dump, facts, run_label="lab test heroku")
+            migration.remove_dump(env.host, dump)
+            ver = migration.verify_restore(env.host, params, source, dump, live_source=False, app=env.app,
+                                           password=STATE["new"], sentinel_expect=STATE["cutover"]["sentinel"])
+    finally:
+        server.shutdown()
+    assert [c[1] for c in calls] == ["pg:backups:capture", "pg:backups:url"]
+    bad = [c for c in ver.checks if c.status != "pass"]
+    assert not bad, bad
+    curl = [r for r in env.host.history if "curl the Heroku backup" in r.command]
+    assert curl and signed not in curl[0].command
