@@ -785,7 +785,9 @@ def configure_pgbackrest(host: "Host | None", params: "Params", server: "Server"
     outcomes.append(ensure_paths(host, dry_run=dry_run))
     conf = ensure_pgbackrest_conf(host, params, server, version=version, dry_run=dry_run)
     outcomes.append(conf)
-    outcomes.append(ensure_archiving(host, params, server, archive_mode=False, dry_run=dry_run))
+    # once step 08 has started archiving, running this step again must not stop it
+    on = get_archive_mode_written(host, params)
+    outcomes.append(ensure_archiving(host, params, server, archive_mode=on, dry_run=dry_run))
     if dry_run and (host is None or conf.changed or version is None):
         pb = _pb(params)
         outcomes.append(Outcome(f"stanza {pb.stanza} on {server.name}", True, dry_run,
@@ -820,14 +822,23 @@ def check_conf(host: "Host", params: "Params", server: "Server", *, repo_server:
     return out
 
 
+def get_archive_mode_written(host: "Host | None", params: "Params") -> bool:
+    """True when hcbpg's archiving include file already says archive_mode = on (step 08 ran)."""
+    if host is None:
+        return False
+    text = host.read_text(archiving_path(params)) or ""
+    return parse_settings(text).get("archive_mode", "off").strip("'") == "on"
+
+
 def check_configured(host: "Host", params: "Params", server: "Server") -> list[Check]:
-    """Step 05's checks: conf and paths, archiving settings (archive_mode off), stanza, ``check`` ([087] expected)."""
+    """Step 05's checks: conf and paths, archiving settings, stanza, ``check`` ([087] expected until step 08)."""
+    on = get_archive_mode_written(host, params)
     out = check_conf(host, params, server)
-    out += check_archiving(host, params, server, archive_mode=False)
+    out += check_archiving(host, params, server, archive_mode=on)
     status = parse_stanza_status(get_info_json(host, params), _pb(params).stanza)
     out.append(Check.of(f"stanza {_pb(params).stanza}", status is not None and status[0] in (0, 2),
                         status[1] if status else "not in info", server.name))
-    out.append(check_stanza(host, params, server, archiving=False))
+    out.append(check_stanza(host, params, server, archiving=on))
     return out
 
 

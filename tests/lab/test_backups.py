@@ -169,6 +169,14 @@ def test_step08_archiving_on_check_passes_and_first_full_backup(params, primary,
     assert not failed, failed
 
 
+def test_step05_again_after_archiving_started_keeps_archiving_on(params, primary):
+    outcomes = pgb.configure_pgbackrest(primary, params, params.primary, dry_run=False)
+    assert [o.what for o in outcomes if o.changed] == []
+    assert pgb.get_archive_mode_written(primary, params)
+    checks = pgb.check_configured(primary, params, params.primary)
+    assert next(c for c in checks if c.name == "pgbackrest check").detail == "archiving and the repository work"
+
+
 def _bucket_keys(lab, params):
     import boto3
     from botocore.config import Config
