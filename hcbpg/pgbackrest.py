@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import re
 import shlex
-import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
@@ -748,19 +747,6 @@ def check_repo_objects(files: Sequence[Mapping[str, Any]], rows: Sequence[Backup
         n = sum(1 for p in paths if f"/{r.label}/" in p)
         out.append(Check.of(f"backup {r.label} in the bucket", n > 0, f"{n} object(s)", server.name))
     return out
-
-
-# timing ---------------------------------------------------------------------------------------------
-
-class Stopwatch:
-    """Seconds since start (monotonic)."""
-
-    def __init__(self) -> None:
-        self.t0 = time.monotonic()
-
-    @property
-    def seconds(self) -> float:
-        return round(time.monotonic() - self.t0, 2)
 
 
 # what steps 05 and 08 do on the primary --------------------------------------------------------

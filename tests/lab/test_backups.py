@@ -254,6 +254,26 @@ def test_restore_drill_on_a_fresh_host_matches_the_primary_at_the_backup_point(p
     host.close()
 
 
+def test_point_in_time_restore_replays_archived_wal_up_to_the_target(params, primary):
+    """--type=time: the latest backup before the target plus archived WAL, stopping before a later commit."""
+    psql = pg.psql_for(primary, params)
+    users = psql.value("SELECT count(*) AS n FROM users", dbname="hcb_production")
+    target_time = psql.value("SELECT now()::text AS t")
+    time.sleep(1.2)
+    primary.run("psql -X -q -v ON_ERROR_STOP=1 -d hcb_production", sudo_user="postgres",
+                stdin="INSERT INTO users (email) VALUES ('after-the-target@example.com');")
+    pgb.run_pgbackrest(primary, params, "check")  # switches WAL and waits until it is archived
+    target = drill.drill_target(params)
+    host = drill.scratch_host(params, target, dry_run=False)
+    result = drill.run_restore(host, params, target, target_time=target_time, dry_run=False)
+    assert result.restored_now and "--type=time" in result.options
+    restored = pg.psql_for(host, params).value("SELECT count(*) AS n FROM users", dbname="hcb_production")
+    assert restored == users, f"restored {restored} users, {users} at {target_time}"
+    assert "recovery_target_time" in result.auto_conf
+    print(f"point-in-time restore to {target_time}: time to recover {result.total_s}s")
+    host.close()
+
+
 def test_fingerprint_and_info_golden_sources_are_real(params, primary, tmp_path):
     """Keep a real `info --output=json` for the unit tests' golden file when asked (HCBPG_WRITE_GOLDEN)."""
     import os
