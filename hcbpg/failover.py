@@ -252,7 +252,8 @@ def write_database_url(params: "Params", server: "Server", password: str) -> Pat
 
 def point_backups_at(host: "Host", params: "Params", server: "Server", *, archive_mode: bool = True,
                      full_backup: bool = True) -> tuple[list[Outcome], list[Check]]:
-    """pgBackRest on the new primary: config (its own repository path), archiving, stanza, check, a full backup.
+    """pgBackRest on the new primary: config (its own repository path), archiving, stanza, check, a backup
+    (full when its repository has none, else incremental).
 
     Uses :mod:`hcbpg.pgbackrest` (steps 05/08); the repository path is per server, so the
     new primary gets its own stanza and first full backup.
@@ -269,6 +270,12 @@ def point_backups_at(host: "Host", params: "Params", server: "Server", *, archiv
     if full_backup:
         o, row = pb.ensure_full_backup(host, params, dry_run=False)
         outcomes.append(o)
+        if not o.changed:
+            # the repository already had a full backup (of an earlier term as primary): prove that backing
+            # up works from this primary now, cheaply
+            incr = pb.run_backup(host, params, type="incr")
+            outcomes.append(Outcome(f"incremental backup on {server.name}", True,
+                                    actions=[f"took {incr.label} (proves backups work on the new primary)"]))
         checks += pb.check_backups(pb.get_backups(host, params), server)
     return outcomes, checks
 

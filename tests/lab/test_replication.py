@@ -338,6 +338,18 @@ def test_notebook_10_on_a_streaming_pair_changes_nothing(lab, run_home, password
     assert steps == {"10_replication": 0}, steps
 
 
+def test_dry_runs_of_notebooks_10_and_11_change_nothing(lab, params, hosts, run_home):
+    home, env = run_home
+    before = rep.get_topology(hosts, params)[0]
+    proc = cli(env, "plan", "lab", "--only", "10")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = cli(env, "plan", "lab", "--only", "11")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    after = rep.get_topology(hosts, params)[0]
+    assert (after.primary, after.replicas) == (before.primary, before.replicas)
+    assert pg.get_cluster_running(hosts[before.primary], params)
+
+
 def test_notebook_11_waits_at_the_gate_then_switches_over_when_approved(lab, params, hosts, run_home, passwords):
     home, env = run_home
     before = rep.get_topology(hosts, params)[0].primary
