@@ -1301,7 +1301,10 @@ def check_all(hosts: Mapping[str, "Host | None"], params: "Params", password: st
     out: list[Check] = []
     for name in topo.replicas:
         if hosts.get(name) is None:
-            out.append(Check("replica reachable", "fail", states[name].error or "unreachable", name))
+            # after an unplanned failover the old primary may be gone for good: the pair is not whole,
+            # which the operator must see, but the new primary is fine
+            out.append(Check("replica reachable", "warn", f"{states[name].error or 'unreachable'}: not a replica "
+                             "yet; run step 10 when it is back (or replace it)", name))
             continue
         out += check_replication(hosts[topo.primary], hosts[name], params, params.server(name), primary, password)  # type: ignore[arg-type]
     return out
