@@ -699,6 +699,15 @@ def plan_replica_rebuild(target: ServerState, params: "Params", target_name: str
         plan.allowed_by = "it holds only the default databases (postgres, template0, template1) and has no clients"
     elif rep.allow_wipe_host == target_name:
         plan.allowed_by = f"replication.allow_wipe_host names {target_name}"
+    elif (not target.running and target.system_identifier == primary.system_identifier
+          and (target.timeline or 0) < (primary.timeline or 0)):
+        raise SafetyCheckFailed(
+            f"refusing to rewind {target_name} ({target.pgdata}): it is a former primary (timeline {target.timeline}; "
+            f"{primary.name} is on timeline {primary.timeline}) that was never fenced, so it may hold transactions "
+            f"committed after the failover, which a rewind discards",
+            hint=f"Save what you need from it first (start it with standby.signal absent on another port, or copy "
+                 f"{target.pgdata}); then set replication.allow_wipe_host: {target_name} in "
+                 f"params/{params.environment}.yaml and run the step again. Nothing was stopped or deleted.")
     else:
         held = []
         if target.databases:

@@ -289,3 +289,14 @@ def test_pg_basebackup_progress_is_read_from_its_log():
     assert rep._own_progress(log) == "34567/115800 kB (29%), 0/1 tablespace"
     assert rep._own_progress("pg_basebackup: starting background WAL receiver\n") == \
         "pg_basebackup: starting background WAL receiver"
+
+
+def test_unfenced_former_primary_is_not_rewound_without_allow_wipe_host():
+    old = primary_state(running=False, in_recovery=False, client_connections=0, streaming_to=[], databases=["oid 16384"],
+                        control_state="in production", timeline=2)
+    new_primary = streaming_replica(in_recovery=False, timeline=3)
+    with pytest.raises(SafetyCheckFailed, match="former primary .* never fenced") as exc:
+        rep.plan_replica_rebuild(old, P, "server-postgres-1", True, primary=new_primary)
+    assert "allow_wipe_host: server-postgres-1" in str(exc.value)
+    params = lab_params(**{"replication.allow_wipe_host": "server-postgres-1"})
+    assert rep.plan_replica_rebuild(old, params, "server-postgres-1", True, primary=new_primary).method == "rewind"
