@@ -403,8 +403,18 @@ def ensure_replication_settings(host: "Host | None", params: "Params", server: "
 
 
 def ensure_hba(host: "Host | None", params: "Params", server: "Server", *, dry_run: bool) -> Outcome:
-    """pg_hba.conf with the replication lines of :func:`hba_rules_for` (through postgres.ensure_pg_hba)."""
-    return pgmod.ensure_pg_hba(host, params, server, dry_run=dry_run, extra=hba_rules_for(params, server))
+    """pg_hba.conf with the replication lines of :func:`hba_rules_for` (through postgres.ensure_pg_hba).
+
+    Only the lines postgres.hba_rules does not render itself yet are passed as extra, so this
+    keeps working once step 03 renders them from params too.
+    """
+    return pgmod.ensure_pg_hba(host, params, server, dry_run=dry_run, extra=hba_extra(params, server))
+
+
+def hba_extra(params: "Params", server: "Server") -> list[pgmod.HbaRule]:
+    """The replication lines that postgres.hba_rules does not already render for *server*."""
+    existing = pgmod.hba_rules(params, server)
+    return [r for r in hba_rules_for(params, server) if r not in existing]
 
 
 # what a server is right now --------------------------------------------------------------
