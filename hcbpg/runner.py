@@ -68,6 +68,24 @@ class _ScrubFilter(logging.Filter):
         return True
 
 
+def _kernel_manager_class():  # noqa: ANN202
+    """Kernels talk to the runner over Unix sockets in Jupyter's runtime dir, not loopback TCP."""
+    import secrets as _secrets
+
+    from jupyter_client.manager import KernelManager
+    from jupyter_core.paths import jupyter_runtime_dir
+
+    class IpcKernelManager(KernelManager):
+        def __init__(self, **kw: Any) -> None:
+            runtime = Path(jupyter_runtime_dir())
+            runtime.mkdir(parents=True, exist_ok=True, mode=0o700)
+            kw.setdefault("transport", "ipc")
+            kw.setdefault("ip", str(runtime / f"hcbpg-kernel-{_secrets.token_hex(6)}"))
+            super().__init__(**kw)
+
+    return IpcKernelManager
+
+
 @dataclass
 class RunResult:
     run: mf.Run
@@ -268,6 +286,7 @@ class Runner:
                 parameters={"env": env, "run_id": run.run_id, "run_dir": str(run.path), "dry_run": dry_run},
                 kernel_name=self.kernel_name, progress_bar=self.progress_bar,
                 log_output=self.log_output, cwd=str(run.path), request_save_on_cell_execute=True,
+                kernel_manager_class=_kernel_manager_class(),
             )
         except PapermillExecutionError as exc:
             error = {"ename": exc.ename, "evalue": hsecrets.scrub(str(exc.evalue))[:2000],
