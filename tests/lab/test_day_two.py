@@ -296,9 +296,12 @@ def test_rotation_leaves_old_password_refused_and_new_working(params, hosts, cfg
     checks = rotation.verify_rotation(hosts[params.primary.name], params, rot, old, new,
                                       server_ip=params.primary.private_ip)
     assert all(c.status == "pass" for c in checks), [f"{c.name}: {c.detail}" for c in checks]
-    s = params.primary
-    assert monitoring.ensure_exporter(hosts[s.name], params, s, cfg, new, dry_run=False).changed
-    assert all(c.ok for c in monitoring.check_exporter(hosts[s.name], s))
+    servers = {s.name: hosts[s.name] for s in params.servers}
+    updated = rotation.update_hcbpg_dependents(rot, new, params, cfg, servers, dry_run=False)
+    OUTPUT.append("\n".join(str(o) for o in updated))
+    assert [o.changed for o in updated] == [True, True], "the exporter's env file on every server"
+    for s in params.servers:
+        assert all(c.ok for c in monitoring.check_exporter(hosts[s.name], s))
 
 
 def test_notebooks_run_by_the_real_runner_with_no_password_in_outputs(params, home, cfg, tmp_path):
@@ -312,12 +315,22 @@ def test_notebooks_run_by_the_real_runner_with_no_password_in_outputs(params, ho
         {"notebook": "13_roles.ipynb", "title": "Roles and privileges, monitoring hookup"},
         {"notebook": "14_password_rotation.ipynb", "title": "Password rotation", "on_demand": True},
         {"notebook": "15_health.ipynb", "title": "Health report"}]}))
-    env = {"HCBPG_NOTEBOOKS": str(nbdir), "HCBPG_AUTO_APPROVE": "day-two-test", "HCBPG_OPERATOR": "day-two-test"}
-    t0 = time.monotonic()
+    env = {"HCBPG_NOTEBOOKS": str(nbdir), "HCBPG_OPERATOR": "day-two-test"}
     proc, took = hcbpg_cli_env(home, env, "run", "lab", "--only", "13_roles,14_password_rotation,15_health",
                                timeout=900)
+    out = proc.stdout + proc.stderr
+    assert "13_roles" in out and "no changes" in out.split("14_password_rotation")[0], out[-3000:]
+    # step 14 stops at each gate; the operator approves and resumes
+    for gate in ("rotate_passwords", "dependents_updated"):
+        assert proc.returncode == 3 and f"gate '{gate}'" in out, out[-3000:]
+        run_id = out.split("hcbpg resume ")[-1].split()[0]
+        approved, _ = hcbpg_cli_env(home, env, "approve", run_id, gate, "--note", "day-two test")
+        assert approved.returncode == 0, approved.stdout + approved.stderr
+        proc, more = hcbpg_cli_env(home, env, "resume", run_id, timeout=900)
+        took += more
+        out = proc.stdout + proc.stderr
     TIMINGS["notebooks_13_14_15_s"] = round(took, 1)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, out[-3000:]
     summary = "".join(p.read_text() for p in (home / "outputs").rglob("*.json"))
     assert "13_roles" in summary
     text = "".join(p.read_text(errors="replace") for p in (home / "outputs").rglob("*") if p.is_file())
