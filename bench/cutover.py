@@ -42,6 +42,11 @@ from hcbpg.secrets import register  # noqa: E402
 BYTES_PER_ROW = 200
 
 
+def migration_lab_rows(rows: int) -> int:
+    from hcbpg.lab.source import plan_size
+    return plan_size(rows).rows
+
+
 def quiet(_: str) -> None:
     pass
 
@@ -125,7 +130,13 @@ def main() -> None:
     t = time.monotonic()
     # the lab's generator asks for MB through its own bytes-per-row estimate; we want the size on
     # disk, measured at about 200 bytes a row (pg_database_size) for this generator
-    st = lab.up(source_rows=int(args.source_mb * 1024 ** 2 / BYTES_PER_ROW))
+    rows = int(args.source_mb * 1024 ** 2 / BYTES_PER_ROW)
+    st = lab.status()
+    if st["up"] and st["source"].get("rows") != migration_lab_rows(rows):
+        # a lab left up with another source size: the source is seeded once, so start over
+        print(f"the lab is up with a {st['source'].get('rows')}-row source; taking it down to seed {rows} rows")
+        lab.down()
+    st = lab.up(source_rows=rows)
     print(f"lab up in {time.monotonic() - t:.1f}s; source {st['source'].get('rows')} rows "
           f"(users {st['source'].get('users')}, events {st['source'].get('events')}, "
           f"transactions {st['source'].get('transactions')})")
