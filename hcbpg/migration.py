@@ -1215,7 +1215,7 @@ def run_sentinel_write(source: Source, params: "Params", value: str) -> Outcome:
                    actions=[f"set to {value!r} and read back"])
 
 
-def run_rotate_password(host: "Host", params: "Params", *, dry_run: bool) -> tuple[Outcome, str | None, str | None]:
+def run_rotate_password(host: "Host | None", params: "Params", *, dry_run: bool) -> tuple[Outcome, str | None, str | None]:
     """A new password for the app role: stored through the secret backend first, then set (as a verifier).
 
     Returns the outcome, the old and the new password (both registered with the scrubber).
@@ -1223,11 +1223,13 @@ def run_rotate_password(host: "Host", params: "Params", *, dry_run: bool) -> tup
     from hcbpg import postgres, roles
     pg = params.postgres
     old = hsecrets.resolve(pg.app_role_password, key=roles.PASSWORD_KEY)
-    what = f"password of role {pg.app_role} on {host.name} rolled"
+    what = f"password of role {pg.app_role} on {host.name if host else params.primary.name} rolled"
     where = pg.app_role_password.split(":", 1)[0] + ":"
     if dry_run:
         return Outcome(what, True, True, actions=[f"generate a new password, store it at {roles.PASSWORD_KEY} "
                                                   f"({where}...), ALTER ROLE {pg.app_role} PASSWORD (verifier)"]), old, None
+    if host is None:
+        raise SafetyCheckFailed(f"{params.primary.name} is not reachable: cannot roll the password")
     new = hsecrets.generate_password()
     # stored before it is set: a password that is set but stored nowhere would lock everyone out
     hsecrets.store_secret(pg.app_role_password, new, key=roles.PASSWORD_KEY)
@@ -1358,10 +1360,19 @@ class Plan:
 
 
 def plan_migration(host: "Host", params: "Params", source: Source, *, dry_run: bool = True) -> Plan:
-    """What the dump and restore will do, and their preconditions (read-only)."""
+    """What the dump and restore will do, and their preconditions (read-only; outcomes say "would change").
+
+    *dry_run*: a primary without a running cluster gives a plan that says so instead of an error.
+    """
     src = params.source
     if src is None:
         raise ParamsError("params", ["source: required for the migration steps (method, url, ...)"])
+    from hcbpg import postgres
+    if not postgres.get_cluster_running(host, params):
+        if dry_run:
+            return Plan(plan_without_primary(params, why=f"PostgreSQL is not running on {host.name} yet"), [], {})
+        raise SafetyCheckFailed(f"on {host.name}: PostgreSQL {params.postgres.version}/{params.postgres.cluster} "
+                                "is not running", hint="Run steps 02-04 first (install, connections, app role).")
     with source:
         facts = get_source_facts(source)
     state = get_server_state(host, params)
@@ -1385,14 +1396,14 @@ def plan_migration(host: "Host", params: "Params", source: Source, *, dry_run: b
                         + render_pg_dump(params, d) + ", then inventory and row counts in that snapshot"]
     outcomes = [
         Outcome(f"dump of the source {describe_source(source.conn)} ({facts['size_bytes'] / GIB:.2f} GiB, "
-                f"PostgreSQL {facts['version']})", True, dry_run, actions=dump_actions),
-        Outcome(f"database {params.postgres.database} on {host.name}", True, dry_run,
+                f"PostgreSQL {facts['version']})", True, True, actions=dump_actions),
+        Outcome(f"database {params.postgres.database} on {host.name}", True, True,
                 actions=why + [f"CREATE SCHEMA {s} AUTHORIZATION {params.postgres.app_role}" for s in schemas]
                 + [f"CREATE EXTENSION {e['name']} WITH SCHEMA {e['schema']} (source has {e['version']})" for e in exts]
                 + [f"ALTER DATABASE ... SET {s}" for s in facts.get("db_settings", [])]),
-        Outcome(f"restore-time settings {RESTORE_PART} on {host.name}", True, dry_run,
+        Outcome(f"restore-time settings {RESTORE_PART} on {host.name}", True, True,
                 diff=render_restore_settings(settings, server=host.name), actions=notes),
-        Outcome(f"restore into {params.postgres.database}", True, dry_run,
+        Outcome(f"restore into {params.postgres.database}", True, True,
                 actions=[render_pg_restore(params, d, d + ".list", jobs=restore_jobs(params)),
                          "vacuumdb --analyze-only", f"remove {RESTORE_PART} (restart if wal_level changed)"]),
     ]
@@ -1475,10 +1486,10 @@ def dry_run_sentinel() -> str:
     return f"hcbpg dry run {mf.utcnow()}"
 
 
-def plan_without_primary(params: "Params") -> list[Outcome]:
-    """The plan when the primary does not exist yet (a dry run before provisioning)."""
+def plan_without_primary(params: "Params", *, why: str = "the primary is not provisioned yet") -> list[Outcome]:
+    """The plan when the primary is not ready (a dry run before provisioning or before 02-04)."""
     return [Outcome(f"dump of the source into {params.postgres.database} on {params.primary.name}", True, True,
-                    actions=["the primary is not provisioned yet: dump, restore and verify would run after 01-04"])]
+                    actions=[f"{why}: dump, restore and verify would run after steps 01-04"])]
 
 
 def show_comparison(result: MigrationResult) -> None:
@@ -1492,7 +1503,11 @@ def check_source_quiet_step(rb: "Runbook", source: "Source | None", *, timeout: 
     if source is None:
         return Check("no other connections on the source", "warn", "no primary yet: not checked", "source")
     if rb.dry_run:
-        c = check_source_quiet(get_source_sessions(source))
+        try:
+            c = check_source_quiet(get_source_sessions(source))
+        except HcbpgError as exc:
+            return Check("no other connections on the source", "warn",
+                         f"dry run: could not look ({exc.message.splitlines()[0][:200]})", "source")
         if not c.ok:
             c = Check(c.name, "warn", c.detail + " (dry run: the app still runs; the real run waits for them to go)",
                       c.target)
