@@ -148,6 +148,11 @@ class PgBackRest(Model):
     block: bool = False
     compress_type: Literal["zst", "lz4", "gz", "bz2", "none"] = "zst"
     start_fast: bool = True
+    #: cron schedules in the server's time zone (UTC on Hetzner images)
+    schedule_full: str = Field("30 6 * * 0", pattern=r"^[0-9A-Za-z*/,\-]+( [0-9A-Za-z*/,\-]+){4}$")
+    schedule_diff: str = Field("30 6 * * 1-6", pattern=r"^[0-9A-Za-z*/,\-]+( [0-9A-Za-z*/,\-]+){4}$")
+    #: dead-man's-switch ping URL (healthchecks.io style); the job adds /start and /fail?status=N
+    deadman_url: Optional[str] = Field(None, pattern=r"^https?://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._~\-/%]*)?$")
 
     @model_validator(mode="after")
     def _consistent(self) -> "PgBackRest":
@@ -202,6 +207,16 @@ class Replication(Model):
     allow_wipe_host: Optional[Name] = None
 
 
+class Drill(Model):
+    """The scratch host restore drills restore onto (never a server of the pair)."""
+
+    name: Name = "drill-1"
+    private_ip: Address
+    ssh_host: Optional[str] = None
+    #: schema.table names to checksum; None = every table
+    checksum_tables: Optional[list[str]] = None
+
+
 class Params(Model):
     environment: Name
     hetzner: Hetzner
@@ -213,6 +228,7 @@ class Params(Model):
     pgbackrest: Optional[PgBackRest] = None
     source: Optional[Source] = None
     replication: Optional[Replication] = None
+    drill: Optional[Drill] = None
     #: steps that may run destructive actions (wipe a data directory, drop a database)
     allow_destructive: bool = False
 

@@ -39,6 +39,7 @@ DEFAULT_OUTSIDER_SUBNET = "10.0.2.0/24"
 
 S3_PORT = 9443
 HCLOUD_PORT = 8780
+DEADMAN_PORT = 8781
 S3_BUCKET = "hcb-production-postgres"
 
 #: host offsets inside the lab subnet (10.0.1.<offset> by default)

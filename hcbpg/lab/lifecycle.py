@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 from hcbpg.errors import LabError
 from hcbpg.lab import hosts as h
 from hcbpg.lab import s3, source
-from hcbpg.lab.core import (HCLOUD_PORT, S3_BUCKET, S3_PORT, SECRET_FILES, LabConfig,
+from hcbpg.lab.core import (DEADMAN_PORT, HCLOUD_PORT, S3_BUCKET, S3_PORT, SECRET_FILES, LabConfig,
                             atomic_write, check_platform, editing_state, kill_netns_processes, kill_pids,
                             locked, netns_list, pid_alive, proc_starttime, processes_with_args,
                             read_state, run, tcp_open, write_state)
@@ -88,6 +88,7 @@ class Lab:
             s3_proc = self._start_service("s3", s3.s3_argv(cfg), S3_PORT, wait=False)
             want_hcloud = hcloud if hcloud is not None else (
                 importlib.util.find_spec("hcbpg.lab.hcloud_api") is not None)
+            dm_proc = self._start_service("deadman", self._deadman_argv(), DEADMAN_PORT, wait=False)
             hc_proc = None
             if want_hcloud:
                 hc_proc = self._start_service("hcloud", self._hcloud_argv(), HCLOUD_PORT, wait=False)
@@ -105,6 +106,7 @@ class Lab:
         self._ensure_source(size)
         with locked(cfg):
             self._wait_service("s3", s3_proc, S3_PORT)
+            self._wait_service("deadman", dm_proc, DEADMAN_PORT)
             if hc_proc is not None or want_hcloud:
                 self._wait_service("hcloud", hc_proc, HCLOUD_PORT)
             state = read_state(cfg)
@@ -150,9 +152,16 @@ class Lab:
                 # addresses the stand-in must never hand to a new server
                 "--reserve-ip", c.app_ip, "--reserve-ip", c.source_ip, "--reserve-ip", c.router_ip]
 
+    def _deadman_argv(self) -> list[str]:
+        """The dead-man's-switch receiver the scheduled backups ping (pgbackrest.deadman_url)."""
+        c = self.cfg
+        return [sys.executable, "-m", "hcbpg.lab.deadman", "--bind", c.gateway_ip,
+                "--port", str(DEADMAN_PORT), "--log", str(c.logs_dir / "deadman.jsonl")]
+
     def _service_markers(self) -> dict[str, list[str]]:
         return {"s3": ["hcbpg.lab.s3", "--lab-dir", str(self.cfg.lab_dir)],
-                "hcloud": ["--state", str(self.cfg.hcloud_state)]}
+                "hcloud": ["--state", str(self.cfg.hcloud_state)],
+                "deadman": ["hcbpg.lab.deadman", "--log", str(self.cfg.logs_dir / "deadman.jsonl")]}
 
     def _service_running(self, name: str, port: int, state: dict[str, Any]) -> bool:
         svc = state["services"].get(name) or {}
@@ -259,7 +268,7 @@ class Lab:
             hosts.append({"name": name, "role": hst["role"], "ip": hst["ip"], "netns": hst["netns"],
                           "pid": hst.get("pid"), "running": alive, "services": services})
         svcs = {}
-        for name, port in (("s3", S3_PORT), ("hcloud", HCLOUD_PORT)):
+        for name, port in (("s3", S3_PORT), ("hcloud", HCLOUD_PORT), ("deadman", DEADMAN_PORT)):
             svc = state["services"].get(name)
             svcs[name] = {"running": bool(svc) and self._service_running(name, port, state),
                           "pid": (svc or {}).get("pid"), "port": port}
@@ -273,6 +282,8 @@ class Lab:
             "secrets_dir": str(cfg.secrets_dir), "secrets_file": str(cfg.secrets_file),
             "ca_file": str(cfg.ca_cert),
             "hcloud_endpoint": cfg.hcloud_endpoint, "s3_endpoint": cfg.s3_endpoint,
+            "deadman_endpoint": f"http://{cfg.gateway_ip}:{DEADMAN_PORT}",
+            "deadman_log": str(cfg.logs_dir / "deadman.jsonl"),
             "s3_bucket": S3_BUCKET, "services": svcs,
             "source": {"ip": cfg.source_ip, "database": source.SOURCE_DB, "user": source.SOURCE_USER,
                        "url_file": str(cfg.secret_path("source-url")),
@@ -312,7 +323,7 @@ class Lab:
         cfg = self.cfg
         removed: list[str] = []
         with locked(cfg):
-            for name in ("hcloud", "s3"):  # no new servers while tearing down
+            for name in ("hcloud", "s3", "deadman"):  # hcloud first: no new servers while tearing down
                 before = processes_with_args(self._service_markers()[name])
                 self._stop_service(name)
                 removed += [f"process {p} ({name})" for p in before]

@@ -98,12 +98,11 @@ def primary(params):
 
 
 @pytest.fixture(scope="module")
-def receiver(lab, tmp_path_factory):
-    log = tmp_path_factory.mktemp("deadman") / "pings.jsonl"
-    proc = deadman.start(lab.cfg.gateway_ip, schedule.LAB_DEADMAN_PORT, log)
-    yield log
-    proc.terminate()
-    proc.wait(10)
+def receiver(lab):
+    """The lab's own dead-man's-switch receiver (started by `lab up`): its JSON-lines log."""
+    status = lab.status()
+    assert status["services"]["deadman"]["running"], status["services"]
+    return Path(status["deadman_log"])
 
 
 def test_step05_dry_run_plans_and_changes_nothing(params, primary):
