@@ -372,3 +372,49 @@ def test_notebook_11_waits_at_the_gate_then_switches_over_when_approved(lab, par
             assert not any(s in text for s in secrets), f"a secret in {path}"
             assert "SCRAM-SHA-256$" not in text, f"a password verifier in {path}"
     print("timings:", TIMINGS)
+
+
+def test_unplanned_failover_with_the_primary_unreachable_then_step_10_rejoins_it_only_when_allowed(
+        lab, params, hosts, passwords):
+    from hcbpg.errors import HostUnreachable
+    topo, _ = rep.get_topology(hosts, params)
+    gone, survivor = params.server(topo.primary), params.server(topo.replicas[0])
+    start_pgbench(hosts[gone.name], 5)
+    wait_pgbench(hosts[gone.name])
+    before = counts(hosts, params, gone.name)
+    rep.wait_for_catch_up(psql(hosts, params, survivor.name), rep.get_wal_lsn(psql(hosts, params, gone.name)),
+                          timeout=30)
+    # the primary dies and SSH cannot reach it any more
+    hosts[gone.name].run("pg_ctlcluster 15 main stop -m immediate")
+    hosts[gone.name].close()
+    lab.exec(gone.name, "pkill -x sshd")
+    with pytest.raises(HostUnreachable):
+        Host.from_params(params, gone.name, gone.ssh_host).connect()
+    reachable = {gone.name: None, survivor.name: hosts[survivor.name]}
+
+    topo, states = rep.get_topology(reachable, params)
+    plan = fo.plan_failover(topo, states, params, previous_primary=gone.name)
+    assert (plan.kind, plan.old_reachable, plan.new_primary) == ("failover", False, survivor.name)
+    assert "Power it off" in plan.question
+    fo.run_failover(plan, reachable, params, app_password=passwords["app"])
+    outcomes, rejoin = fo.rejoin_old_primary(reachable, params, plan, allow_destructive=True)
+    assert rejoin == {"skipped": "unreachable"}
+    _, b_checks = fo.point_backups_at(hosts[survivor.name], params, survivor, archive_mode=True)
+    checks = rep.check_all(reachable, params, passwords["rep"]) + b_checks
+    assert [c.name for c in checks if c.status == "fail"] == []
+    assert [c.target for c in checks if c.status == "warn"] == [gone.name]
+    assert counts(hosts, params, survivor.name) == before
+
+    # it comes back: step 10 refuses to rewind an unfenced former primary until params allow it
+    lab.exec(gone.name, "/usr/sbin/sshd -E /var/log/sshd-hcbpg-lab.log", check=True)
+    hosts[gone.name] = Host.from_params(params, gone.name, gone.ssh_host).connect()
+    with pytest.raises(SafetyCheckFailed, match="former primary .* never fenced"):
+        rep.setup_replication(hosts, params, passwords["rep"], allow_destructive=True, dry_run=False)
+    assert not pg.get_cluster_running(hosts[gone.name], params), "the refused server must be left as it was"
+    allowed = make_params(lab, allow_wipe_host=gone.name)
+    _, topo, results = rep.setup_replication(hosts, allowed, passwords["rep"], allow_destructive=True, dry_run=False)
+    assert topo.primary == survivor.name and results[gone.name]["method"] == "rewind", results
+    checks = rep.check_all(hosts, allowed, passwords["rep"])
+    assert [f"{c.name}: {c.detail}" for c in checks if not c.ok] == []
+    c = rep.check_counts_match(psql(hosts, params, survivor.name), psql(hosts, params, gone.name), BENCH_DB, timeout=60)
+    assert c.ok, c.detail
