@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, Mapping, Seq
 from psycopg import sql
 
 from hcbpg import postgres as pgmod
-from hcbpg.errors import (DatabaseError, HcbpgError, HostUnreachable, RemoteCommandError,
+from hcbpg.errors import (DatabaseError, HostUnreachable, RemoteCommandError,
                           SafetyCheckFailed, WaitTimeout)
 from hcbpg.outcome import Check, Outcome, unified_diff
 from hcbpg.pgsql import Psql, render
