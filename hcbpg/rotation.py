@@ -225,7 +225,8 @@ def update_hcbpg_dependents(rot: Rotatable, new: str, params: "Params", cfg: Rol
         from hcbpg import migration  # noqa: PLC0415 - step 09's hand-off file: same place, same format
         path = migration.handoff_path(params)
         if not dry_run:
-            path, _shown = migration.write_app_urls(params, new)
+            urls = migration.write_app_urls(params, new)
+            path = getattr(urls, "path", path)
         out.append(Outcome(f"new DATABASE_URL and BLAZER_DATABASE_URL for the app in {path} (0600)", True, dry_run,
                            actions=["paste them into Hatchbox, restart the app's processes, then delete the file"]))
     return out
