@@ -18,7 +18,6 @@ the app host's read/write and the sentinel).  The cutover adds :func:`wait_for_s
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -28,7 +27,7 @@ import time
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 from psycopg import sql
 
@@ -37,7 +36,7 @@ from hcbpg import secrets as hsecrets
 from hcbpg.errors import (DatabaseError, HcbpgError, ParamsError, RemoteCommandError, SafetyCheckFailed,
                           SecretError, VerificationFailed, WaitTimeout)
 from hcbpg.outcome import Check, Outcome, unified_diff
-from hcbpg.pgsql import Psql, render
+from hcbpg.pgsql import render
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.host import Host

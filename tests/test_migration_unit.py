@@ -17,7 +17,7 @@ from hcbpg import migration
 from hcbpg.errors import SafetyCheckFailed, SecretError, VerificationFailed
 from hcbpg.outcome import Check
 from hcbpg.params import parse_params
-from hcbpg.secrets import REDACTED, SCRUBBER, register, scrub
+from hcbpg.secrets import REDACTED, register, scrub
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).parent / "golden"
