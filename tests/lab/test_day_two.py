@@ -337,7 +337,6 @@ def test_notebooks_run_by_the_real_runner_with_no_password_in_outputs(params, ho
     OUTPUT.append(text)
     for value in [app_password(params)] + [privileges.role_password(cfg, r.name) for r in cfg.login_roles()]:
         assert value not in text
-    del t0
 
 
 def test_status_shows_every_item_for_both_servers_and_exits_0(params, home):
