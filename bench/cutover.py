@@ -84,18 +84,24 @@ def run_runbook(lab: Lab, host: Host, params, url: str, work: Path) -> float:  #
     return t3 - t0
 
 
-def run_ours(host: Host, app: Host, params, url: str, password: str) -> tuple[float, float, dict]:  # noqa: ANN001
-    with migration.Source(host, url) as source:
-        plan = migration.plan_migration(host, params, source)
-        t0 = time.monotonic()
-        res = migration.run_migration(host, params, source, plan.facts, tag="bench", run_label="bench",
-                                      live_source=True, app=app, password=password,
-                                      sentinel_write="hcbpg bench sentinel")
+def run_ours(host: Host, app: Host, params, url: str, password: str,  # noqa: ANN001
+             transfer: str | None = None) -> tuple[float, float, dict]:
+    default = migration.transfer_method
+    if transfer:  # what source.transfer: stream in params selects
+        migration.transfer_method = lambda p: transfer
+    try:
+        with migration.Source(host, url) as source:
+            plan = migration.plan_migration(host, params, source)
+            res = migration.run_migration(host, params, source, plan.facts, tag="bench", run_label="bench",
+                                          live_source=True, app=app, password=password,
+                                          sentinel_write="hcbpg bench sentinel")
+    finally:
+        migration.transfer_method = default
     failed = [c for c in res.verification.checks if c.status == "fail"]
     if failed:
         raise SystemExit(f"ours: verification failed: {failed}")
     total = res.phases["dump_s"] + res.phases["restore_s"]
-    print(f"  ours: dump {res.phases['dump_s']:.1f}s, restore {res.phases['restore_s']:.1f}s "
+    print(f"  ours{' (' + transfer + ')' if transfer else ''}: dump {res.phases['dump_s']:.1f}s, restore {res.phases['restore_s']:.1f}s "
           f"(ANALYZE {res.restore.analyze_seconds:.1f}s), verify {res.phases['verify_s']:.1f}s "
           f"({len(res.verification.checks)} checks pass)")
     return total, res.phases["verify_s"], res.phases
@@ -124,6 +130,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1, help="repeat the three and take medians")
     ap.add_argument("--keep-lab", action="store_true", help="leave the lab up afterwards")
     ap.add_argument("--json", help="write the figures to this file")
+    ap.add_argument("--stream", action="store_true", help="also time the opt-in streamed transfer (source.transfer)")
     args = ap.parse_args()
 
     lab = Lab()
@@ -159,7 +166,8 @@ def main() -> None:
               f"in {len(src_counts)} tables; jobs {params.source.jobs}; {os.cpu_count()} CPUs")
         tgt = migration.target(host, params)
         work = Path(tempfile.mkdtemp(prefix="hcbpg-bench-cutover-"))
-        figures: dict[str, list[float]] = {"runbook": [], "ours": [], "ours_verify": [], "pgcopydb": []}
+        figures: dict[str, list[float]] = {"runbook": [], "ours": [], "ours_verify": [], "pgcopydb": [],
+                                           "ours_stream": []}
         for r in range(args.rounds):
             print(f"round {r + 1}:")
             figures["runbook"].append(run_runbook(lab, host, params, url, work))
@@ -170,8 +178,11 @@ def main() -> None:
             assert counts(tgt) == src_counts, "ours: row counts differ from the source"
             figures["pgcopydb"].append(run_pgcopydb(host, params, url))
             assert counts(tgt) == src_counts, "pgcopydb: row counts differ from the source"
+            if args.stream:
+                figures["ours_stream"].append(run_ours(host, app, params, url, password, transfer="stream")[0])
+                assert counts(tgt) == src_counts, "ours (stream): row counts differ from the source"
             print("  row counts match the source after each of the three")
-        med = {k: statistics.median(v) for k, v in figures.items()}
+        med = {k: statistics.median(v) for k, v in figures.items() if v}
         print()
         print(f"source {size / 1024 ** 2:.0f} MB, {sum(src_counts.values())} rows; median of {args.rounds} round(s):")
         print(f"  runbook (pg_dump -Fc, scp, pg_restore -j1): {med['runbook']:7.1f}s")
@@ -180,6 +191,9 @@ def main() -> None:
         print(f"  ours/runbook  = {med['ours'] / med['runbook']:.2f}   (target <= 0.60)")
         print(f"  ours/pgcopydb = {med['ours'] / med['pgcopydb']:.2f}   (target <= 1.00)")
         print(f"  with verification: ours/runbook = {(med['ours'] + med['ours_verify']) / med['runbook']:.2f}")
+        if "ours_stream" in med:
+            print(f"  opt-in source.transfer: stream: {med['ours_stream']:.1f}s = {med['ours_stream'] / med['runbook']:.2f} "
+                  f"x runbook, {med['ours_stream'] / med['pgcopydb']:.2f} x pgcopydb")
         if args.json:
             Path(args.json).write_text(json.dumps({"source_mb": size / 1024 ** 2, "rows": sum(src_counts.values()),
                                                    "figures": figures, "median": med}, indent=2))

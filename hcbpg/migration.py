@@ -11,7 +11,9 @@ A run is: :func:`plan_migration` (read-only, the dry run shows it) →
 snapshot, the same session counts every table's rows in it) →
 :func:`run_restore` (fresh database, extensions first, ``pg_restore -j N`` with restore-time
 settings) → :func:`verify_restore` (object inventory, per-table row counts, sequences,
-the app host's read/write and the sentinel).  The cutover adds :func:`wait_for_source_quiet`,
+the app host's read/write and the sentinel).  With ``source.transfer: stream`` (opt-in),
+:func:`run_stream` replaces dump and restore: schema in the snapshot, rows piped table by
+table in that snapshot, then indexes and constraints.  The cutover adds :func:`wait_for_source_quiet`,
 :func:`run_sentinel_write` and :func:`run_rotate_password`; starting traffic adds
 :func:`render_database_url` and :func:`record_downtime`.
 """
@@ -909,6 +911,139 @@ def run_dump(host: "Host", params: "Params", source: Source, tag: str, *, with_c
     return DumpResult(path, "directory", seconds, size, inv)
 
 
+# stream: no dump files for the data -----------------------------------------------------------
+
+def transfer_method(params: "Params") -> str:
+    """How the data moves for method pg_dump: ``directory`` (pg_dump -Fd, then pg_restore) or ``stream``."""
+    src = params.source
+    return str(getattr(src, "transfer", None) or "directory")
+
+
+def render_toc_filter(schemas: Iterable[str]) -> str:
+    """A sed program doing what :func:`filter_toc` does, for a list made on the primary."""
+    alts = ["EXTENSION - ", "COMMENT - EXTENSION "]
+    for sch in schemas:
+        if not re.fullmatch(r"[A-Za-z0-9_]+", sch):
+            raise ValueError(f"schema name {sch!r} cannot go into the list filter")
+        alts += [f"SCHEMA - {sch} ", f"COMMENT - SCHEMA {sch} "]
+    return "s/^([0-9]+; [0-9]+ [0-9]+ (" + "|".join(alts) + "))/;\\1/"
+
+
+def render_stream_scripts(params: "Params", work: str, schemas: Iterable[str]) -> tuple[str, str]:
+    """The shell scripts of a streamed transfer: the whole of it, and the copy of one table.
+
+    Schema in the snapshot (pg_dump --schema-only), pre-data restored as the app role, then
+    each table's rows piped ``COPY TO STDOUT | COPY FROM STDIN`` in the same snapshot, N at a
+    time, largest first; then sequence values, then post-data with pg_restore -j.
+    """
+    pg = params.postgres
+    w = shlex.quote(work)
+    cl = f"--cluster {pg.version}/{shlex.quote(pg.cluster)}"
+    restore = (f"pg_restore {cl} --no-owner --no-acl --role={shlex.quote(pg.app_role)} --exit-on-error "
+               f"-L {w}/schema.list -d {shlex.quote(pg.database)}")
+    # psql's pg_wrapper exports PGCLUSTER/PGPORT/PGHOST for the source session: not ours to inherit
+    main = "\n".join([
+        "set -euo pipefail",
+        "unset PGCLUSTER PGPORT PGHOST PGDATABASE PGUSER",
+        f"export PGSERVICEFILE={SECRET_DIR}/source.pgservice",
+        f'pg_dump -d service={SERVICE_NAME} --schema-only -Fc --lock-wait-timeout=60s --snapshot="$HCBPG_SNAPSHOT" '
+        f"-f {w}/schema.dump",
+        f"pg_restore -l {w}/schema.dump | sed -E {shlex.quote(render_toc_filter(schemas))} > {w}/schema.list",
+        f"{restore} --section=pre-data {w}/schema.dump",
+        f"xargs -d '\\n' -P {restore_jobs(params)} -n 1 bash {w}/copy-one.sh < {w}/tables",
+        f"psql {cl} -X -q -v ON_ERROR_STOP=1 -d {shlex.quote(pg.database)} -f {w}/sequences.sql",
+        f"{restore} --section=post-data -j {restore_jobs(params)} {w}/schema.dump",
+        ""])
+    one = "\n".join([
+        "set -euo pipefail",
+        "unset PGCLUSTER PGPORT PGHOST PGDATABASE PGUSER",
+        f"export PGSERVICEFILE={SECRET_DIR}/source.pgservice",
+        't="$1"',
+        f'psql -X -q -v ON_ERROR_STOP=1 -d service={SERVICE_NAME} -c "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY" '
+        '-c "SET TRANSACTION SNAPSHOT \'$HCBPG_SNAPSHOT\'" -c "COPY $t TO STDOUT" -c "COMMIT" '
+        f'| psql {cl} -X -q -v ON_ERROR_STOP=1 -d {shlex.quote(pg.database)} -c "COPY $t FROM STDIN"',
+        ""])
+    return main, one
+
+
+def render_stream_session(params: "Params", work: str) -> str:
+    """The source session of a streamed transfer: snapshot, table list and sequences, the transfer, counts."""
+    status = f"{work}/stream.exit"
+    tables = (f"SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n "
+              f"ON n.oid = c.relnamespace WHERE c.relkind = 'r' AND {_USER_NS} AND "
+              f"{_not_ext_member('pg_class', 'c.oid')} ORDER BY pg_relation_size(c.oid) DESC, 1;")
+    seqs = ("SELECT format('SELECT pg_catalog.setval(%L, %s, %s);', format('%I.%I', schemaname, sequencename), "
+            "coalesce(last_value, start_value), (last_value IS NOT NULL)::text) FROM pg_sequences "
+            "WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1;")
+    return "\n".join([
+        "\\set ON_ERROR_STOP 1",
+        "SET statement_timeout = 0;",
+        "SET idle_in_transaction_session_timeout = 0;",
+        "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;",
+        "SELECT pg_export_snapshot() AS hcbpg_snapshot \\gset",
+        "\\setenv HCBPG_SNAPSHOT :hcbpg_snapshot",
+        "SET search_path = pg_catalog;",
+        f"\\o {work}/tables", tables,
+        f"\\o {work}/sequences.sql", seqs,
+        "\\o",
+        f"\\! bash {shlex.quote(work)}/stream.sh > {shlex.quote(work)}/stream.log 2>&1; echo $? > {shlex.quote(status)}",
+        f"SELECT '{_JSON_MARK}' || json_build_object('objects', ({INVENTORY_SQL}), "
+        f"'rows', ({COUNTS_SQL}), 'newest_event', ({newest_event_sql(params)}))::text;",
+        "COMMIT;", ""])
+
+
+def run_stream(host: "Host", params: "Params", source: "Source", facts: Mapping[str, Any], tag: str, *,
+               run_label: str = "") -> tuple[DumpResult, RestoreResult]:
+    """Fresh database and settings, then schema, rows and indexes straight from the source (no dump files)."""
+    src = params.source
+    assert src is not None
+    state = get_server_state(host, params)
+    settings, notes = plan_restore_settings(mem_bytes=state["mem_bytes"], jobs=restore_jobs(params),
+                                            archive_mode=state["archive_mode"],
+                                            wal_senders_busy=int(state["senders"]),
+                                            replication_slots=int(state["slots"]),
+                                            wal_minimal=bool(getattr(src, "restore_wal_minimal", False)))
+    schemas, exts = plan_prerequisites(facts)
+    work = prepare_dump_dir(host, params, tag, dry_run=False)
+    host.run(f"install -d -m 0700 -o postgres -g postgres {shlex.quote(work)}", quiet=True)
+    main, one = render_stream_scripts(params, work, schemas)
+    started = time.monotonic()
+    ensure_fresh_database(host, params, facts, dry_run=False, run_label=run_label)
+    analyze = 0.0
+    try:
+        ensure_restore_settings(host, params, settings, dry_run=False)
+        ensure_prerequisites(host, params, schemas, exts, dry_run=False)
+        host.put_text(f"{work}/stream.sh", main, mode=0o700, owner="postgres")
+        host.put_text(f"{work}/copy-one.sh", one, mode=0o700, owner="postgres")
+        res = source.script(render_stream_session(params, work),
+                            display=f"stream {source.label} into {params.postgres.database}: schema, then rows "
+                                    f"({restore_jobs(params)} tables at a time, in one exported snapshot), then "
+                                    "indexes and constraints; then inventory and row counts in that snapshot",
+                            timeout=24 * 3600)
+        status = (host.read_text(f"{work}/stream.exit") or "").strip()
+        if status != "0":
+            log = host.read_text(f"{work}/stream.log") or ""
+            raise RemoteCommandError(host.name, f"streamed transfer from {source.label}",
+                                     int(status) if status.isdigit() else None, hsecrets.scrub(log[-3000:]),
+                                     hint="The database is half restored; run the step again (it starts over).")
+        inv = Inventory.from_json(parse_marked_json(res.stdout))
+        transfer_s = time.monotonic() - started
+        t = time.monotonic()
+        pg = params.postgres
+        host.run(f"vacuumdb --cluster {pg.version}/{shlex.quote(pg.cluster)} --analyze-only -j {src.jobs} "
+                 f"-d {shlex.quote(pg.database)} -q", sudo_user="postgres", timeout=24 * 3600)
+        analyze = time.monotonic() - t
+    finally:
+        remove_restore_settings(host, params, dry_run=False)
+    host.run(f"rm -rf {shlex.quote(work)}", quiet=True, check=False)  # kept after a failure: its logs
+    target(host, params).execute([sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+        sql.Identifier(params.postgres.database),
+        sql.Literal(f"{MARKER_RESTORE}: restored by hcbpg at {mf.utcnow()} ({run_label})"))])
+    total = time.monotonic() - started
+    dump = DumpResult(work, "stream", 0.0, 0, inv)
+    return dump, RestoreResult(total, analyze, [], settings, notes + [f"streamed in {transfer_s:.1f}s"])
+
+
 # heroku -------------------------------------------------------------------------------------
 
 LocalRunner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
@@ -1447,17 +1582,22 @@ def run_migration(host: "Host", params: "Params", source: Source, facts: Mapping
     src = params.source
     assert src is not None
     with source:
-        if src.method == "heroku":
-            dump = run_heroku_dump(host, params, tag)
+        if src.method == "pg_dump" and transfer_method(params) == "stream":
+            dump, restore = run_stream(host, params, source, facts, tag, run_label=run_label)
+            print(f"streamed (schema, rows, indexes) in {restore.seconds:.1f}s "
+                  f"(of which ANALYZE {restore.analyze_seconds:.1f}s)")
         else:
-            dump = run_dump(host, params, source, tag)
-        print(f"dump: {dump.bytes / GIB:.2f} GiB in {dump.seconds:.1f}s ({dump.format} format)")
-        try:
-            restore = run_restore(host, params, dump, facts, run_label=run_label)
-        finally:
-            if not keep_dump:
-                remove_dump(host, dump)
-        print(f"restore: {restore.seconds:.1f}s (of which ANALYZE {restore.analyze_seconds:.1f}s)")
+            if src.method == "heroku":
+                dump = run_heroku_dump(host, params, tag)
+            else:
+                dump = run_dump(host, params, source, tag)
+            print(f"dump: {dump.bytes / GIB:.2f} GiB in {dump.seconds:.1f}s ({dump.format} format)")
+            try:
+                restore = run_restore(host, params, dump, facts, run_label=run_label)
+            finally:
+                if not keep_dump:
+                    remove_dump(host, dump)
+            print(f"restore: {restore.seconds:.1f}s (of which ANALYZE {restore.analyze_seconds:.1f}s)")
         ver = verify_restore(host, params, source, dump, live_source=live_source, app=app, password=password,
                              sentinel_write=sentinel_write, sentinel_expect=sentinel_expect)
     print(f"verify: {ver.seconds:.1f}s")

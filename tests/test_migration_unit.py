@@ -384,3 +384,27 @@ def test_env_file_quotes_values_for_a_shell(tmp_path):
     p = tmp_path / "x" / "f.env"
     migration.write_private_file(p, text)
     assert stat.S_IMODE(p.stat().st_mode) == 0o600 and stat.S_IMODE(p.parent.stat().st_mode) == 0o700
+
+
+# the streamed transfer -----------------------------------------------------------------
+
+def test_stream_list_filter_matches_filter_toc():
+    import subprocess
+    prog = migration.render_toc_filter(["heroku_ext"])
+    out = subprocess.run(["sed", "-E", prog], input=TOC, capture_output=True, text=True, check=True).stdout
+    assert out == migration.filter_toc(TOC, precreated_schemas=["heroku_ext"])[0]
+    with pytest.raises(ValueError):
+        migration.render_toc_filter(["evil/name"])
+
+
+def test_stream_scripts_use_the_snapshot_the_service_file_and_no_secret(params):
+    main, one = migration.render_stream_scripts(params, "/var/tmp/hcbpg-dump/r1-07_cutover", ["heroku_ext"])
+    assert "unset PGCLUSTER" in main and "unset PGCLUSTER" in one
+    assert '--snapshot="$HCBPG_SNAPSHOT"' in main and "SET TRANSACTION SNAPSHOT '$HCBPG_SNAPSHOT'" in one
+    assert "--section=pre-data" in main and "--section=post-data -j 4" in main and "xargs -d '\\n' -P 4" in main
+    assert 'COPY $t TO STDOUT' in one and 'COPY $t FROM STDIN' in one
+    session = migration.render_stream_session(params, "/var/tmp/hcbpg-dump/r1-07_cutover")
+    assert "pg_export_snapshot()" in session and "pg_relation_size(c.oid) DESC" in session
+    for text in (main, one, session):
+        assert "postgres://" not in text and "password" not in text.lower()
+    assert migration.transfer_method(params) == "directory"

@@ -341,3 +341,18 @@ def test_the_heroku_method_downloads_the_backup_on_the_primary_and_restores_it(e
     assert not bad, bad
     curl = [r for r in env.host.history if "curl the Heroku backup" in r.command]
     assert curl and signed not in curl[0].command
+
+
+def test_the_opt_in_streamed_transfer_restores_the_same(env, monkeypatch):
+    """source.transfer: stream (no dump files: COPY piped table by table in the exported snapshot)."""
+    monkeypatch.setattr(migration, "transfer_method", lambda params: "stream")
+    params = env.params.model_copy(update={"allow_destructive": True})
+    source = migration.Source(env.host, env.source_url)
+    plan = migration.plan_migration(env.host, params, source)
+    res = migration.run_migration(env.host, params, source, plan.facts, tag="stream", run_label="lab test stream",
+                                  live_source=False, app=env.app, password=STATE["new"],
+                                  sentinel_expect=STATE["cutover"]["sentinel"])
+    bad = [c for c in res.verification.checks if c.status != "pass"]
+    assert not bad, bad
+    assert res.dump.format == "stream" and res.verification.table[-1]["target"] > 20_000
+    assert not env.host.exists(res.dump.path)
