@@ -201,6 +201,8 @@ class Replication(Model):
     connection_limit: int = Field(2, ge=1)
     #: caps the WAL a slot may hold back, so a dead replica cannot fill the primary's disk
     max_slot_wal_keep_size: str = Field("10GB", pattern=r"^\d+(kB|MB|GB|TB)$")
+    #: WAL kept regardless of slots, so pg_rewind can rejoin a crashed former primary
+    wal_keep_size: str = Field("512MB", pattern=r"^\d+(kB|MB|GB|TB)$")
     #: a row written on the primary must be visible on the replica within this many seconds
     catch_up_timeout_s: float = Field(30.0, gt=0)
     #: name of a host whose data directory may be wiped even though it is not in recovery

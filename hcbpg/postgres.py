@@ -52,6 +52,7 @@ def hba_path(params: "Params") -> str:
 SETTINGS_FILES = {
     "identity": "10-hcbpg-identity.conf",        # step 02: cluster_name
     "connections": "20-hcbpg-connections.conf",  # step 03: listen_addresses, password_encryption, postgres.settings
+    "replication": "30-hcbpg-replication.conf",  # step 10: slot WAL cap, hot_standby, wal_keep_size
 }
 
 
@@ -256,7 +257,14 @@ def quote_setting(value: SettingValue) -> str:
 def settings_for(params: "Params", server: "Server", part: str) -> dict[str, SettingValue]:
     """The settings hcbpg owns in the include file *part* (see SETTINGS_FILES) for *server*."""
     if part == "identity":
-        return {"cluster_name": server.name}
+        # wal_log_hints needs a restart: set it before the first start so that step 10 (replication,
+        # pg_rewind after a failover) never has to restart the primary for it
+        return {"cluster_name": server.name, "wal_log_hints": True}
+    if part == "replication":
+        if params.replication is None:
+            return {}
+        from hcbpg import replication  # noqa: PLC0415 - it builds on this module
+        return replication.settings_for(params, server)
     if part == "connections":
         out: dict[str, SettingValue] = {
             "listen_addresses": f"localhost,{server.private_ip}",
@@ -282,6 +290,7 @@ def settings_for(params: "Params", server: "Server", part: str) -> dict[str, Set
 _PART_TITLES = {
     "identity": "identity (step 02_install_postgres)",
     "connections": "connections (step 03_allow_connections; postgres.settings from params)",
+    "replication": "replication (step 10_replication; replication.* from params)",
 }
 
 
@@ -501,15 +510,29 @@ class HbaRule:
         return line
 
 
+def params_hba_rules(params: "Params", server: "Server") -> list[HbaRule]:
+    """Every rule a later step owns, derived from params alone, so that every step renders the same file.
+
+    pg_hba.conf is written whole: if step 03 rendered only its own lines, re-running it would
+    drop step 10's replication lines and step 13's role lines (and the other way round).
+    """
+    from hcbpg import privileges, replication  # noqa: PLC0415 - they build on this module
+    return [*replication.hba_rules_for(params, server),
+            *privileges.hba_rules(privileges.roles_config(params), params, server)]
+
+
 def hba_rules(params: "Params", server: "Server", extra: Sequence[HbaRule] = ()) -> list[HbaRule]:
-    """The rules for *server* in order: postgres over peer first, then the app, *extra*, then local scram."""
+    """The rules for *server* in order: postgres over peer first, the app, the rules params imply
+    for replication and roles, *extra* (minus duplicates), then local scram."""
     pg = params.postgres
+    owned = params_hba_rules(params, server)
     rules = [
         HbaRule("local", "all", "postgres", "peer",
                 comment="administration: the postgres OS user over the Unix socket"),
         HbaRule("host", hba_name(pg.database), hba_name(pg.app_role), "scram-sha-256", params.network.subnet,
                 comment=f"the app ({pg.app_role}) from the private subnet"),
-        *extra,
+        *owned,
+        *[r for r in dict.fromkeys(extra) if r not in owned],
         HbaRule("local", "all", "all", "scram-sha-256", comment="everyone else on the socket: with a password"),
     ]
     for r in rules:

@@ -49,8 +49,6 @@ DEFAULT_DATABASES = ("postgres", "template0", "template1")
 DEFAULT_DATABASE_OIDS = ("1", "4", "5")
 #: the conf.d include file for replication settings (see :func:`ensure_replication_settings`)
 SETTINGS_FILE = "30-hcbpg-replication.conf"
-#: until params has ``replication.wal_keep_size``
-DEFAULT_WAL_KEEP_SIZE = "512MB"
 #: the functions pg_rewind needs on its source server (pg_rewind docs: non-superuser source)
 REWIND_FUNCTIONS = (
     "pg_catalog.pg_ls_dir(text, boolean, boolean)",
@@ -211,7 +209,7 @@ def settings_for(params: "Params", server: "Server") -> dict[str, pgmod.SettingV
     """
     rep = replication_params(params)
     return {"max_slot_wal_keep_size": rep.max_slot_wal_keep_size, "wal_log_hints": True, "hot_standby": True,
-            "wal_keep_size": getattr(rep, "wal_keep_size", DEFAULT_WAL_KEEP_SIZE)}
+            "wal_keep_size": rep.wal_keep_size}
 
 
 def render_settings(params: "Params", server: "Server") -> str:

@@ -179,9 +179,9 @@ def test_quote_setting_refuses_newlines():
 def test_plan_settings_names_what_changes():
     p = params()
     new = pg.render_settings(p, p.primary, "identity")
-    assert pg.plan_settings(None, new) == {"cluster_name": (None, "'server-postgres-1'")}
+    assert pg.plan_settings(None, new) == {"cluster_name": (None, "'server-postgres-1'"), "wal_log_hints": (None, "on")}
     assert pg.plan_settings(new, new) == {}
-    assert pg.plan_settings("cluster_name = '15/main'\n", new) == {
+    assert pg.plan_settings("cluster_name = '15/main'\nwal_log_hints = on\n", new) == {
         "cluster_name": ("'15/main'", "'server-postgres-1'")}
 
 
