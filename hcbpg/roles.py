@@ -185,12 +185,28 @@ def get_database(psql: Psql, name: str) -> dict[str, Any] | None:
     return rows[0] if rows else None
 
 
+def handed_over_to(current_db: dict[str, Any] | None, params: "Params") -> str | None:
+    """The migrations role, when step 13 has re-owned the database to it (then 13's model governs).
+
+    Step 04 sets up the runbook's first state (rails owns the database and holds ALL); step 13
+    replaces it with roles built for rotation.  Re-running 04 afterwards must not undo 13.
+    """
+    from hcbpg.privileges import roles_config  # noqa: PLC0415 - privileges builds on this module
+    owner = roles_config(params).owner
+    if current_db is not None and owner != params.postgres.app_role and current_db["owner"] == owner:
+        return owner
+    return None
+
+
 def ensure_database(psql: "Psql | None", params: "Params", *, dry_run: bool, host_name: str = "") -> Outcome:
-    """Database hcb_production exists, owned by the app role (UTF8, from template0)."""
+    """Database hcb_production exists, owned by the app role (UTF8, from template0) — or by the
+    migrations role once step 13 has handed it over."""
     pg = params.postgres
     host_name = host_name or (psql.host.name if psql else params.primary.name)
     what = f"database {pg.database} on {host_name}"
     current = get_database(psql, pg.database) if psql is not None else None
+    if handed_over_to(current, params):
+        return Outcome(what, False, dry_run)
     if current is None:
         stmt = sql.SQL("CREATE DATABASE {} WITH OWNER {} ENCODING 'UTF8' TEMPLATE template0").format(
             sql.Identifier(pg.database), sql.Identifier(pg.app_role))
@@ -237,7 +253,10 @@ def ensure_grants(psql: "Psql | None", params: "Params", *, dry_run: bool, host_
     host_name = host_name or (psql.host.name if psql else params.primary.name)
     db = params.postgres.database
     what = f"grants to {params.postgres.app_role} in {db} on {host_name}"
-    exists = psql is not None and get_database(psql, db) is not None
+    current = get_database(psql, db) if psql is not None else None
+    exists = current is not None
+    if handed_over_to(current, params):
+        return Outcome(what, False, dry_run)  # step 13's group role holds the app's privileges
     statements = plan_grants(psql, params, database_exists=exists)
     if not statements:
         return Outcome(what, False, dry_run)
@@ -265,9 +284,12 @@ def check_role_database(psql: Psql, params: "Params", password: str) -> list[Che
                         f"SCRAM-SHA-256 verifier matches {PASSWORD_KEY}" if scram_matches(password, stored)
                         else "stored password is not the secret's SCRAM-SHA-256 verifier", name))
     db = get_database(psql, pg.database)
-    out.append(Check.of(f"database {pg.database}", db is not None and db["owner"] == pg.app_role,
-                        f"owner {db['owner']}, encoding {db['encoding']}" if db else "does not exist", name))
-    if db is not None:
+    successor = handed_over_to(db, params)
+    out.append(Check.of(f"database {pg.database}", db is not None and db["owner"] in (pg.app_role, successor),
+                        (f"owner {db['owner']}, encoding {db['encoding']}"
+                         + (" (handed over to the migrations role by step 13)" if successor else ""))
+                        if db else "does not exist", name))
+    if db is not None and not successor:
         missing = plan_grants(psql, params, database_exists=True)
         out.append(Check.of("grants on schema public", not missing,
                             "all granted" if not missing else f"{len(missing)} grant(s) missing", name))
@@ -291,10 +313,15 @@ def _scratch_table() -> str:
     return f"hcbpg_scratch_{int(time.time())}_{_stdlib_secrets.token_hex(3)}"
 
 
-def _scratch_sql(table: str) -> tuple[str, str]:
+def _create_scratch(temp: bool) -> str:
+    """A scratch table in public; a TEMP one once step 13 took CREATE on public away from the app."""
+    return "CREATE TEMP TABLE" if temp else "CREATE TABLE"
+
+
+def _scratch_sql(table: str, temp: bool = False) -> tuple[str, str]:
     ident = sql.Identifier(table)
     script = sql.SQL(
-        "CREATE TABLE {t} (id int PRIMARY KEY, note text NOT NULL);\n"
+        _create_scratch(temp) + " {t} (id int PRIMARY KEY, note text NOT NULL);\n"
         "INSERT INTO {t} VALUES (1, 'written by hcbpg');\n"
         "UPDATE {t} SET note = note || ' and updated' WHERE id = 1;\n"
         "SELECT note FROM {t} WHERE id = 1;\n"
@@ -302,13 +329,14 @@ def _scratch_sql(table: str) -> tuple[str, str]:
     return script, "written by hcbpg and updated"
 
 
-def check_psql_from_app(app: "Host", params: "Params", password: str, *, server_ip: str) -> Check:
+def check_psql_from_app(app: "Host", params: "Params", password: str, *, server_ip: str,
+                        temp: bool = False) -> Check:
     """As the app role with psql on the app host: create, write, read and drop a scratch table."""
     name = "psql as rails from the app host (read, write)"
     if not app.probe("command -v psql").ok:
         return Check(name, "warn", "psql is not installed on the app host; the psycopg check covers it", app.name)
     table = _scratch_table()
-    script, expected = _scratch_sql(table)
+    script, expected = _scratch_sql(table, temp)
     res = _psql_on(app, params, password, script, server_ip=server_ip,
                    display=f"psql as {params.postgres.app_role}@{server_ip}: create, write, read, drop {table}")
     ok = res.ok and expected in res.stdout
@@ -383,7 +411,8 @@ def tunnel_via(app: "Host", server_ip: str, port: int) -> Iterator[int]:
             t.join(2)
 
 
-def check_psycopg_from_app(app: "Host", params: "Params", password: str, *, server_ip: str) -> Check:
+def check_psycopg_from_app(app: "Host", params: "Params", password: str, *, server_ip: str,
+                           temp: bool = False) -> Check:
     """As the app role with psycopg, tunnelled through the app host: read and write a scratch table."""
     import psycopg
     pg = params.postgres
@@ -395,7 +424,8 @@ def check_psycopg_from_app(app: "Host", params: "Params", password: str, *, serv
             with psycopg.connect(host="127.0.0.1", port=local, dbname=pg.database, user=pg.app_role,
                                  password=password, connect_timeout=10, autocommit=True) as conn:
                 ident = sql.Identifier(table)
-                conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, note text NOT NULL)").format(ident))
+                conn.execute(sql.SQL(_create_scratch(temp) + " {} (id int PRIMARY KEY, note text NOT NULL)")
+                             .format(ident))
                 try:
                     conn.execute(sql.SQL("INSERT INTO {} VALUES (%s, %s)").format(ident), (1, "via psycopg"))
                     got = conn.execute(sql.SQL("SELECT note FROM {} WHERE id = 1").format(ident)).fetchone()
@@ -470,9 +500,10 @@ def check_hba_scope(psql: Psql, params: "Params") -> Check:
 def verify_app_access(app: "Host", psql: Psql, params: "Params", password: str, *, server_ip: str,
                       outsider: OutsiderRunner | None = None) -> list[Check]:
     """Step 04's checks from the app host: psql and psycopg read/write, wrong password refused, outsiders refused."""
+    temp = handed_over_to(get_database(psql, params.postgres.database), params) is not None
     return [
-        check_psql_from_app(app, params, password, server_ip=server_ip),
-        check_psycopg_from_app(app, params, password, server_ip=server_ip),
+        check_psql_from_app(app, params, password, server_ip=server_ip, temp=temp),
+        check_psycopg_from_app(app, params, password, server_ip=server_ip, temp=temp),
         check_wrong_password_refused(app, params, server_ip=server_ip),
         check_hba_scope(psql, params),
         check_outsider_refused(params, server_ip=server_ip, password=password, outsider=outsider),
