@@ -41,6 +41,10 @@ def _in_ipython():  # noqa: ANN202
     return get_ipython()
 
 
+class StepAlreadyDone(Exception):
+    """Raised by :meth:`Runbook.skip`: the step has nothing left to do (the runner records success)."""
+
+
 class _ScrubbingStream:
     """A stdout/stderr proxy that scrubs secrets before they reach the kernel's output."""
 
@@ -274,6 +278,7 @@ class Runbook:
         summary = {
             "step": self.step,
             "dry_run": self.dry_run,
+            "skipped": getattr(self, "skipped", None),
             "changes": self.changes,
             "changed": [o.what for o in self.outcomes if o.changed],
             "checks": {"pass": sum(c.status == "pass" for c in self.checks),
@@ -298,6 +303,16 @@ class Runbook:
                     step.update({"status": "succeeded", "end": end,
                                  "duration_s": round(sum(a.get("duration_s") or 0 for a in step["attempts"]), 3)})
         return summary
+
+    def skip(self, reason: str) -> None:
+        """End the step here, recorded as done with nothing changed (e.g. the migration is complete).
+
+        The remaining cells do not run: the kernel raises StepAlreadyDone, which the runner
+        records as a success, not a failure."""
+        print(f"{self.step}: nothing to do: {reason}")
+        self.skipped = reason
+        self.finish()
+        raise StepAlreadyDone(reason)
 
     # guided runs -------------------------------------------------------------
     def _guided_attempt(self, step: dict[str, Any]) -> dict[str, Any] | None:

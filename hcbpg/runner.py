@@ -291,7 +291,10 @@ class Runner:
         except PapermillExecutionError as exc:
             error = {"ename": exc.ename, "evalue": hsecrets.scrub(str(exc.evalue))[:2000],
                      "cell_index": exc.cell_index}
-            if exc.ename == "GateRequired":
+            if exc.ename == "StepAlreadyDone":  # rb.skip(): nothing to do, recorded as done
+                status, error = "succeeded", None
+                self.progress(f"      nothing to do: {hsecrets.scrub(str(exc.evalue))}")
+            elif exc.ename == "GateRequired":
                 status, exit_code = "awaiting-approval", EXIT_WAITING
             else:
                 status, exit_code = "failed", EXIT_FAILED

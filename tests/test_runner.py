@@ -235,3 +235,22 @@ def test_ctrl_c_marks_the_step_interrupted_and_keeps_the_record(home, env):
     assert m["steps"][0]["attempts"][0]["status"] == "interrupted"
     assert m["steps"][0]["attempts"][0]["sha256"]
     assert "slow step started" in (only_run(home, env) / "00_slow.ipynb").read_text()
+
+
+def test_a_step_with_nothing_left_to_do_ends_early_as_done(home, env):
+    nb = home / "notebooks"
+    write_notebook(nb / "00_done.ipynb", "00_done",
+                   "rb.skip('the migration is complete (live since yesterday)')",
+                   "raise RuntimeError('must not run after skip')")
+    write_notebook(nb / "01_next.ipynb", "01_next", "print('next ran')")
+    write_steps(nb, [("00_done.ipynb", "done"), ("01_next.ipynb", "next")])
+    r = hcbpg("run", env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "nothing to do: the migration is complete" in r.stdout
+    m = manifest(only_run(home, env))
+    assert [s["status"] for s in m["steps"]] == ["succeeded", "succeeded"]
+    assert m["steps"][0]["changes"] == 0
+    assert m["steps"][0]["summary"]["skipped"].startswith("the migration is complete")
+    cells = json.loads((only_run(home, env) / "00_done.ipynb").read_text())["cells"]
+    after = next(c for c in cells if "must not run after skip" in "".join(c["source"]))
+    assert not after.get("outputs"), "a cell after rb.skip() ran"
