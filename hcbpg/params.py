@@ -219,6 +219,65 @@ class Drill(Model):
     checksum_tables: Optional[list[str]] = None
 
 
+class LoginRoleParams(Model):
+    name: Ident
+    password: SecretRef
+    connection_limit: int = Field(10, ge=1)
+
+
+class MetabaseParams(Model):
+    name: Ident = "metabase"
+    password: SecretRef
+    connection_limit: int = Field(10, ge=1)
+    #: pg_hba admits metabase only from this address (/32)
+    jumpbox_ip: Address
+    #: SSH address for the checks (default: jumpbox_ip)
+    jumpbox_ssh_host: Optional[str] = None
+    tables: list[Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)?$")]] = Field(default_factory=list)
+
+
+class Roles(Model):
+    """Roles built for rotation (step 13): the app's privileges live in a NOLOGIN group role."""
+
+    group_role: Ident = "hcb_app"
+    schemas: list[Ident] = Field(default_factory=lambda: ["public"])
+    migrations: LoginRoleParams
+    metabase: Optional[MetabaseParams] = None
+    monitoring: Optional[LoginRoleParams] = None     # Vector's postgresql_metrics
+    exporter: Optional[LoginRoleParams] = None       # prometheus-postgres-exporter
+    extensions: list[Ident] = Field(default_factory=list)
+
+
+class Health(Model):
+    """Thresholds of `hcbpg status` and step 15: each item is pass, warn or fail."""
+
+    replay_lag_warn_s: float = 30.0
+    replay_lag_fail_s: float = 300.0
+    slot_retained_warn_mb: float = 1024.0
+    slot_retained_fail_mb: float = 4096.0
+    backup_age_warn_h: float = 26.0
+    backup_age_fail_h: float = 50.0
+    archive_age_warn_s: Optional[float] = None
+    connections_warn_pct: float = 80.0
+    connections_fail_pct: float = 95.0
+    disk_warn_pct: float = 80.0
+    disk_fail_pct: float = 90.0
+    wal_warn_mb: float = 2048.0
+    wal_fail_mb: float = 8192.0
+    pending_restart: Literal["warn", "fail"] = "warn"
+    require_archiving: bool = True
+
+    @model_validator(mode="after")
+    def _warn_below_fail(self) -> "Health":
+        for item in ("replay_lag", "slot_retained", "backup_age", "connections", "disk", "wal"):
+            unit = {"replay_lag": "s", "slot_retained": "mb", "backup_age": "h", "connections": "pct",
+                    "disk": "pct", "wal": "mb"}[item]
+            warn, fail = getattr(self, f"{item}_warn_{unit}"), getattr(self, f"{item}_fail_{unit}")
+            if warn >= fail:
+                raise ValueError(f"{item}_warn_{unit}: {warn} must be below {item}_fail_{unit} ({fail})")
+        return self
+
+
 class Params(Model):
     environment: Name
     hetzner: Hetzner
@@ -231,6 +290,8 @@ class Params(Model):
     source: Optional[Source] = None
     replication: Optional[Replication] = None
     drill: Optional[Drill] = None
+    roles: Optional[Roles] = None
+    health: Health = Health()
     #: steps that may run destructive actions (wipe a data directory, drop a database)
     allow_destructive: bool = False
 
@@ -261,6 +322,20 @@ class Params(Model):
                 problems.append(f"servers[{i}].private_ip: {ip} is the network or broadcast address of {subnet}")
         if self.app_host and ipaddress.ip_address(self.app_host.private_ip) not in subnet:
             problems.append(f"app_host.private_ip: {self.app_host.private_ip} is outside the subnet {subnet}")
+        rng = ipaddress.ip_network(self.network.ip_range)
+        if self.roles and self.roles.metabase and ipaddress.ip_address(self.roles.metabase.jumpbox_ip) not in rng:
+            problems.append(f"roles.metabase.jumpbox_ip: {self.roles.metabase.jumpbox_ip} is outside the "
+                            f"private network {rng}")
+        if self.roles:
+            names = [self.postgres.app_role, self.roles.group_role] + [
+                r.name for r in (self.roles.migrations, self.roles.metabase, self.roles.monitoring,
+                                 self.roles.exporter) if r is not None]
+            if self.replication:
+                names.append(self.replication.role)
+            dups = sorted({n for n in names if names.count(n) > 1})
+            if dups:
+                problems.append(f"roles: role names must differ from each other, postgres.app_role and "
+                                f"replication.role; repeated: {', '.join(dups)}")
         if problems:
             raise ValueError("; ".join(problems))
         return self
