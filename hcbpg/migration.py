@@ -1430,6 +1430,28 @@ def check_url_from_app(app: "Host", params: "Params", url: str) -> Check:
                     app.name)
 
 
+def live_since(host: "Host | None", params: "Params") -> str | None:
+    """The live marker of the target database (step 09 sets it when traffic starts), or None."""
+    if host is None:
+        return None
+    state = get_target_state(host, params)
+    comment = state.comment or "" if state.exists else ""
+    return comment if comment.startswith(MARKER_LIVE) else None
+
+
+def skip_if_live(rb: Any, host: "Host | None") -> None:
+    """End a migration step early when the migration is complete: the app already runs on the target.
+
+    Re-running the runbook must never restore over the live database; with nothing left to
+    do the step is recorded as done with no change (the runbook's second run changes nothing).
+    """
+    marker = live_since(host, rb.params)
+    if marker:
+        rb.skip(f"{rb.params.postgres.database} on {host.name} is live ({marker}): the migration is "
+                "complete, there is nothing to restore or switch. Replacing a live database is not a "
+                "re-run of this step: it is a new migration with its own plan.")
+
+
 def mark_live(host: "Host", params: "Params", *, dry_run: bool) -> Outcome:
     """Mark the database live: later migration runs refuse to drop it without allow_destructive."""
     st = sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(params.postgres.database),

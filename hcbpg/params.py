@@ -125,6 +125,9 @@ class Postgres(Model):
     app_role_connection_limit: int = Field(500, ge=1)
     app_role_password: SecretRef
     settings: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    #: where step 09 writes DATABASE_URL / BLAZER_DATABASE_URL (0600);
+    #: default ~/.local/state/hcbpg/<env>/app-database-urls.env
+    app_url_file: Optional[str] = None
 
 
 class PgBackRest(Model):
@@ -185,6 +188,14 @@ class Source(Model):
     #: parallel jobs for pg_dump (directory format) and pg_restore
     jobs: int = Field(2, ge=1, le=64)
     dump_dir: str = "/var/tmp/hcbpg-dump"
+    #: pg_restore jobs; None = 2 x jobs
+    restore_jobs: Optional[int] = Field(None, ge=1, le=64)
+    #: wal_level=minimal during the restore (a restart before and after); only while archiving is off
+    restore_wal_minimal: bool = False
+    #: how the data moves for method pg_dump
+    transfer: Literal["directory", "stream"] = "directory"
+    #: how long 07 waits for the app's connections to the source to go
+    quiet_timeout_s: float = Field(120.0, gt=0)
     events_table: Ident = "events"
     sentinel: Sentinel = Sentinel()
 

@@ -43,7 +43,7 @@ DEADMAN_PORT = 8781
 S3_BUCKET = "hcb-production-postgres"
 
 #: host offsets inside the lab subnet (10.0.1.<offset> by default)
-APP_OFFSET, SOURCE_OFFSET = 10, 20
+APP_OFFSET, SOURCE_OFFSET, JUMPBOX_OFFSET = 10, 20, 40
 
 #: secrets files under ``secrets/`` and their variable names in ``secrets.env``
 SECRET_FILES = {
@@ -172,6 +172,11 @@ class LabConfig:
     @property
     def app_ip(self) -> str:
         return self.address(APP_OFFSET)
+
+    @property
+    def jumpbox_ip(self) -> str:
+        """The jumpbox Metabase reaches the database through (roles.metabase.jumpbox_ip)."""
+        return self.address(JUMPBOX_OFFSET)
 
     @property
     def s3_endpoint(self) -> str:

@@ -95,6 +95,8 @@ class Lab:
             key = [cfg.ssh_key.with_suffix(".pub").read_text()]
             h.create_host(cfg, "app", "app", cfg.app_ip, key)
             self._log(f"host app at {cfg.app_ip}")
+            h.create_host(cfg, "jumpbox", "jumpbox", cfg.jumpbox_ip, key)
+            self._log(f"host jumpbox at {cfg.jumpbox_ip}")
             state = read_state(cfg)
             src = state["hosts"].get("source")
             seeded = state.get("source") or {}
@@ -150,7 +152,7 @@ class Lab:
                 "--port", str(HCLOUD_PORT), "--state", str(c.hcloud_state),
                 "--token-file", str(c.secret_path("hcloud-token")),
                 # addresses the stand-in must never hand to a new server
-                "--reserve-ip", c.app_ip, "--reserve-ip", c.source_ip, "--reserve-ip", c.router_ip]
+                "--reserve-ip", c.app_ip, "--reserve-ip", c.source_ip, "--reserve-ip", c.jumpbox_ip, "--reserve-ip", c.router_ip]
 
     def _deadman_argv(self) -> list[str]:
         """The dead-man's-switch receiver the scheduled backups ping (pgbackrest.deadman_url)."""
