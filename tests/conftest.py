@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-REPO = Path(__file__).resolve().parent.parent
+from nbutil import REPO, hcbpg  # noqa: E402,F401 - re-exported for older imports
 
 
 @pytest.fixture
@@ -26,10 +26,3 @@ def home(tmp_path, monkeypatch):
         monkeypatch.delenv(var, raising=False)
     return h
 
-
-def hcbpg(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run the real CLI in a subprocess (exit codes and stdout as an operator sees them)."""
-    e = dict(os.environ)
-    e.update(env or {})
-    return subprocess.run([sys.executable, "-m", "hcbpg.cli", *args], capture_output=True, text=True,
-                          env=e, timeout=timeout)

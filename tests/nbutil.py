@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def hcbpg(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the real CLI in a subprocess (exit codes and stdout as an operator sees them)."""
+    e = dict(os.environ)
+    e.update(env or {})
+    return subprocess.run([sys.executable, "-m", "hcbpg.cli", *args], capture_output=True, text=True,
+                          env=e, timeout=timeout)
+
 
 PARAMS_CELL = 'env = "lab"\nrun_id = ""\nrun_dir = ""\ndry_run = False\n'
 

@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 import pytest
 
-from conftest import REPO, hcbpg
+from nbutil import REPO, hcbpg
 from nbutil import make_params, write_notebook, write_steps
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -251,6 +251,6 @@ def test_figures_draw_lag_backup_age_and_connections():
 
 
 def test_status_command_exits_2_on_an_unknown_environment():
-    from conftest import hcbpg
+    from nbutil import hcbpg
     proc = hcbpg("status", "no-such-env", timeout=60)
     assert proc.returncode == 2 and "no params for environment 'no-such-env'" in proc.stderr + proc.stdout

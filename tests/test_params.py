@@ -7,7 +7,7 @@ import shutil
 import pytest
 import yaml
 
-from conftest import REPO, hcbpg
+from nbutil import REPO, hcbpg
 from hcbpg.errors import ParamsError
 from hcbpg.params import load_params, parse_params
 

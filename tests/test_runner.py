@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import hcbpg
+from nbutil import hcbpg
 from nbutil import make_params, write_notebook, write_steps
 
 pytestmark = pytest.mark.timeout(300)

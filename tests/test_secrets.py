@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import hcbpg
+from nbutil import hcbpg
 from hcbpg.errors import SecretError
 from hcbpg.secrets import Scrubber, resolve
 from nbutil import make_params, write_notebook, write_steps
