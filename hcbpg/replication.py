@@ -199,7 +199,7 @@ def settings_for(params: "Params", server: "Server") -> dict[str, pgmod.SettingV
     """The replication settings every server gets (primary and replicas alike: roles change).
 
     * ``max_slot_wal_keep_size`` from params, so a dead replica's slot cannot fill the disk;
-    * ``wal_log_hints = on`` so pg_rewind can rejoin a former primary after a failover
+    * (``wal_log_hints = on``, which pg_rewind needs, is in step 02's identity part)
       (clusters are created without data checksums);
     * ``hot_standby = on`` so a replica answers read-only queries (the checks need it);
     * ``wal_keep_size`` (``replication.wal_keep_size``, default 512MB) so a crashed former primary
@@ -208,7 +208,8 @@ def settings_for(params: "Params", server: "Server") -> dict[str, pgmod.SettingV
       rejoin falls back to a full base backup.
     """
     rep = replication_params(params)
-    return {"max_slot_wal_keep_size": rep.max_slot_wal_keep_size, "wal_log_hints": True, "hot_standby": True,
+    # wal_log_hints (needed by pg_rewind) is in step 02's identity part: set before the first start
+    return {"max_slot_wal_keep_size": rep.max_slot_wal_keep_size, "hot_standby": True,
             "wal_keep_size": rep.wal_keep_size}
 
 

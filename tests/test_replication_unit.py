@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from hcbpg import postgres as pg
+
 from dataclasses import replace
 from pathlib import Path
 
@@ -100,7 +102,8 @@ def test_recovery_settings_replace_earlier_lines_and_keep_others():
 def test_settings_file_caps_slot_wal_and_enables_rewind():
     text = rep.render_settings(P, S1)
     assert "max_slot_wal_keep_size = '1GB'" in text and "wal_keep_size = '512MB'" in text
-    assert "wal_log_hints = on" in text
+    assert "wal_log_hints" not in text            # step 02's identity part owns it (one owner per setting)
+    assert "wal_log_hints = on" in pg.render_settings(P, S1, "identity")
     assert text.startswith("# Managed by hcbpg")
 
 
