@@ -304,11 +304,31 @@ def create_host(cfg: LabConfig, name: str, role: str, ip: str,
         state["hosts"][name] = record
         write_state(cfg, state)
         if sshd:
-            host_exec(cfg, name, "mkdir -p -m 755 /run/sshd && /usr/sbin/sshd -E /var/log/sshd-hcbpg-lab.log",
-                      check=True)
-            wait_tcp(ip, 22, 30, f"sshd of lab host {name}")
+            start_sshd(cfg, name, ip, state=state)
             _add_known_host(cfg, name, ip, upper)
         return _describe(record)
+
+
+#: where a lab host's sshd logs (inside the host: its upper layer keeps it)
+SSHD_LOG = "/var/log/sshd-hcbpg-lab.log"
+
+
+def start_sshd(cfg: LabConfig, name: str, ip: str, *, state: dict[str, Any] | None = None) -> None:
+    """Start the sshd of lab host *name* and wait until it accepts connections.
+
+    sshd daemonizes before it binds its port, so its exit status alone does not mean it listens.
+    """
+    host_exec(cfg, name, f"mkdir -p -m 755 /run/sshd && /usr/sbin/sshd -E {SSHD_LOG}", check=True, state=state)
+    wait_tcp(ip, 22, 30, f"sshd of lab host {name}")
+
+
+def sshd_log_tail(cfg: LabConfig, name: str, lines: int = 30) -> str:
+    """The last lines of a lab host's sshd log (from its upper layer), for a failed test's report."""
+    log = _host_dir(cfg, name) / "upper" / SSHD_LOG.lstrip("/")
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
 
 
 def _describe(h: dict[str, Any]) -> dict[str, Any]:

@@ -303,6 +303,11 @@ class Lab:
         return h.host_exec(self.cfg, host, command, input=input, check=check, timeout=timeout,
                            user=user)
 
+    def start_sshd(self, host: str) -> None:
+        """(Re)start the sshd of lab host *host* and return once it accepts connections."""
+        ip = read_state(self.cfg)["hosts"][host]["ip"]
+        h.start_sshd(self.cfg, host, ip)
+
     def outsider_exec(self, command: str | Sequence[str], *, input: str | None = None,
                       check: bool = False, timeout: float | None = 120,
                       env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

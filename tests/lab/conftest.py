@@ -62,3 +62,26 @@ def lab() -> Iterator[Lab]:
         yield the_lab
     finally:
         the_lab.down(purge=True)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """When a lab test fails because SSH to a lab host failed, add what that host's sshd logged
+    (an auth refusal says why there: bad modes, wrong key...) to the test's report."""
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.when != "call" or not rep.failed or call.excinfo is None:
+        return
+    from hcbpg.errors import HostUnreachable
+    exc = call.excinfo.value
+    while exc is not None and not isinstance(exc, HostUnreachable):
+        exc = exc.__cause__ or exc.__context__
+    the_lab = item.funcargs.get("lab")
+    if exc is None or the_lab is None:
+        return
+    from hcbpg.lab.core import read_state
+    from hcbpg.lab.hosts import sshd_log_tail
+    state = read_state(the_lab.cfg)
+    names = [n for n, h in state.get("hosts", {}).items() if n == exc.host or f"@{h.get('ip')}:" in exc.address]
+    for name in names:
+        rep.sections.append((f"sshd log of lab host {name}", sshd_log_tail(the_lab.cfg, name) or "(empty)"))

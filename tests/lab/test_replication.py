@@ -406,7 +406,7 @@ def test_unplanned_failover_with_the_primary_unreachable_then_step_10_rejoins_it
     assert counts(hosts, params, survivor.name) == before
 
     # it comes back: step 10 refuses to rewind an unfenced former primary until params allow it
-    lab.exec(gone.name, "/usr/sbin/sshd -E /var/log/sshd-hcbpg-lab.log", check=True)
+    lab.start_sshd(gone.name)  # waits for port 22: sshd daemonizes before it listens
     hosts[gone.name] = Host.from_params(params, gone.name, gone.ssh_host).connect()
     with pytest.raises(SafetyCheckFailed, match="former primary .* never fenced"):
         rep.setup_replication(hosts, params, passwords["rep"], allow_destructive=True, dry_run=False)
