@@ -5,6 +5,8 @@ tools present; and the table of what the run will touch.  Nothing here changes a
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+import importlib.util
 import os
 import stat
 from pathlib import Path
@@ -54,12 +56,20 @@ def check_tools(rb: "Runbook") -> list[Check]:
     """What the operator's machine needs: Python packages and the SSH key pair named in params."""
     out = []
     for module, why in OPERATOR_MODULES:
+        # found, not imported: importing papermill and scrapbook costs seconds and proves no more
         try:
-            mod = importlib.import_module(module)
-            out.append(Check(f"python package {module}", "pass",
-                             f"{getattr(mod, '__version__', 'installed')} ({why})", "operator"))
-        except ImportError as exc:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError) as exc:
             out.append(Check(f"python package {module}", "fail", f"missing ({why}): {exc}", "operator"))
+            continue
+        if not found:
+            out.append(Check(f"python package {module}", "fail", f"missing ({why})", "operator"))
+            continue
+        try:
+            version = importlib.metadata.version(module)
+        except importlib.metadata.PackageNotFoundError:
+            version = "installed"
+        out.append(Check(f"python package {module}", "pass", f"{version} ({why})", "operator"))
     out.append(_key_file_check("ssh.key_file", rb.params.ssh.key_file, private=True))
     out.append(_key_file_check("hetzner.ssh_public_key_file", rb.params.hetzner.ssh_public_key_file, private=False))
     return out

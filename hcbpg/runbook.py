@@ -125,6 +125,21 @@ def show_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> 
     _display_html(markup, text)
 
 
+def _scrapbook() -> Any:
+    """scrapbook, imported in a step's kernel without jsonschema's optional RFC 3987 parser.
+
+    scrapbook imports papermill, nbformat and so jsonschema, which imports ``rfc3987_syntax``
+    when it is installed (a jupyter-events extra); that module builds a grammar at import time,
+    measured at about 1 s of every step's kernel here (``python -X importtime``).  It only checks
+    the ``iri`` string formats, which nbformat's notebook schema does not use.
+    """
+    if "jsonschema" not in sys.modules:
+        sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[assignment]
+    import scrapbook
+
+    return scrapbook
+
+
 class Runbook:
     """What a notebook holds for the run it is part of."""
 
@@ -235,7 +250,7 @@ class Runbook:
     # values between steps -----------------------------------------------------
     def record(self, name: str, value: Any) -> None:
         """Glue a (non-secret) value into this notebook for later steps (scrapbook)."""
-        import scrapbook as sb
+        sb = _scrapbook()
         json.dumps(value)  # fail here, not in a later step, if it is not JSON
         self._recorded[name] = value
         if _in_ipython() is not None:
@@ -245,7 +260,7 @@ class Runbook:
         """A value recorded by an earlier step: this run first, then earlier runs of this environment."""
         if name in self._recorded:
             return self._recorded[name]
-        import scrapbook as sb
+        sb = _scrapbook()
         runs = mf.list_runs(self.home, self.env)
         if self.run is not None:
             runs = [r for r in runs if r.path != self.run.path] + [self.run]
