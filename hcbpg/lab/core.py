@@ -460,21 +460,31 @@ def scratch_config(prefix: str = "hcbpg-lab-scratch-") -> LabConfig:
     ``10.0.<N>.0/24`` and ``10.1.<N>.0/24`` with N unused on this machine."""
     import random
     import tempfile
-    text = "".join(run(cmd, check=False).stdout for cmd in
-                   (["ip", "-o", "addr"], ["ip", "route"], ["ip", "-o", "link"]))
-    used = {int(m) for m in re.findall(r"\b10\.[01]\.(\d+)\.", text)}
-    free = [n for n in range(100, 250) if n not in used and f"hcbt{n}:" not in text]
-    if not free:
-        raise LabError("no free 10.0.N.0/24 (N in 100..249) for a scratch lab")
-    n = random.choice(free)
-    d = Path(tempfile.mkdtemp(prefix=prefix, dir="/var/lib"))
-    cfg = LabConfig(lab_dir=d, bridge=f"hcbt{n}", subnet=f"10.0.{n}.0/24",
-                    outsider_subnet=f"10.1.{n}.0/24")
-    cfg.validate()
-    cfg.save()
-    # who made it: a scratch lab whose maker is gone can be swept (see Lab.sweep_scratch)
-    owner = {"pid": os.getpid(), "starttime": proc_starttime(os.getpid())}
-    atomic_write(d / "owner.json", json.dumps(owner) + "\n", 0o644)
+    # picking N and saving the config that claims it happen under one machine-wide lock, so
+    # two processes making scratch labs at once (parallel test workers) never pick the same N
+    fd = os.open("/var/lib/hcbpg-lab-scratch.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        text = "".join(run(cmd, check=False).stdout for cmd in
+                       (["ip", "-o", "addr"], ["ip", "route"], ["ip", "-o", "link"]))
+        used = {int(m) for m in re.findall(r"\b10\.[01]\.(\d+)\.", text)}
+        for saved in Path("/var/lib").glob("hcbpg-lab*/lab.json"):  # labs made but not up yet
+            used |= {int(m) for m in re.findall(r"\b10\.[01]\.(\d+)\.", saved.read_text(errors="replace"))}
+        free = [n for n in range(100, 250) if n not in used and f"hcbt{n}:" not in text]
+        if not free:
+            raise LabError("no free 10.0.N.0/24 (N in 100..249) for a scratch lab")
+        n = random.choice(free)
+        d = Path(tempfile.mkdtemp(prefix=prefix, dir="/var/lib"))
+        cfg = LabConfig(lab_dir=d, bridge=f"hcbt{n}", subnet=f"10.0.{n}.0/24",
+                        outsider_subnet=f"10.1.{n}.0/24")
+        cfg.validate()
+        # who made it: a scratch lab whose maker is gone can be swept (see Lab.sweep_scratch);
+        # written before lab.json, so a sweep never sees a claimed lab without its owner
+        owner = {"pid": os.getpid(), "starttime": proc_starttime(os.getpid())}
+        atomic_write(d / "owner.json", json.dumps(owner) + "\n", 0o644)
+        cfg.save()
+    finally:
+        os.close(fd)
     return cfg
 
 

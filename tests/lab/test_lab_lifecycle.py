@@ -61,3 +61,23 @@ def _hosts(lab: Lab) -> list[dict]:
         return list(json.loads(lab.cfg.state_file.read_text())["hosts"].values())
     except (OSError, ValueError, KeyError):
         return []
+
+
+def test_scratch_labs_made_at_the_same_time_get_different_subnets():
+    """Parallel test workers each make a scratch lab at session start: no two may pick one N."""
+    import shutil
+    from concurrent.futures import ThreadPoolExecutor
+
+    from hcbpg.lab import lab_unavailable_reason
+    from hcbpg.lab.core import scratch_config
+    reason = lab_unavailable_reason()
+    if reason:
+        pytest.skip(f"lab tests need root and network namespaces: {reason}")
+    with ThreadPoolExecutor(6) as pool:
+        cfgs = list(pool.map(lambda _: scratch_config("hcbpg-lab-scratch-"), range(6)))
+    try:
+        assert len({c.subnet for c in cfgs}) == 6, [c.subnet for c in cfgs]
+        assert len({c.bridge for c in cfgs}) == 6
+    finally:
+        for c in cfgs:
+            shutil.rmtree(c.lab_dir, ignore_errors=True)
