@@ -26,11 +26,10 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 from psycopg import sql
 
 from hcbpg import secrets as hsecrets
-from hcbpg.errors import DatabaseError, ParamsError, PgBackRestError, SafetyCheckFailed
+from hcbpg.errors import ParamsError, PgBackRestError, SafetyCheckFailed
 from hcbpg.outcome import Check, Outcome, unified_diff
-from hcbpg.postgres import (MANAGED_HEADER, _restore, config_dir, get_cluster_running,
-                            get_installed_packages, get_pending_restart, get_restart_contexts,
-                            parse_settings, plan_settings, psql_for, quote_setting, reload, restart)
+from hcbpg.postgres import (MANAGED_HEADER, apply_settings_file, config_dir, get_installed_packages, parse_settings,
+                            psql_for, quote_setting)
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.host import Host, Result
@@ -292,50 +291,10 @@ def ensure_archiving(host: "Host | None", params: "Params", server: "Server", *,
     archive_mode, wal_level and max_wal_senders need a restart (``pending_restart``);
     archive_command only a reload.
     """
-    path = archiving_path(params)
-    what = f"settings {ARCHIVING_FILE} on {server.name}"
-    desired = render_archiving(params, server, archive_mode=archive_mode)
-    file_kw = dict(mode=0o644, owner="postgres", group="postgres")
-    if host is None:
-        return Outcome(what, True, dry_run, diff=unified_diff("", desired, path), actions=[f"write {path}"])
-    current = host.read_text(path)
-    running = get_cluster_running(host, params)
-    psql = psql_for(host, params)
-    names = list(parse_settings(desired))
-    changed = list(plan_settings(current, desired))
-    actions: list[str] = []
-    if current != desired:
-        actions.append(f"write {path}" + (f" ({', '.join(changed)})" if changed else ""))
-    if dry_run:
-        if running:
-            if current != desired:
-                needs = get_restart_contexts(psql, changed)
-                actions.append(f"restart the cluster ({', '.join(needs)} need it)" if needs else "reload")
-            elif get_pending_restart(psql, names):
-                actions.append(f"restart the cluster ({', '.join(get_pending_restart(psql, names))} pending)")
-        return Outcome(what, bool(actions), dry_run, diff=unified_diff(current or "", desired, path),
-                       actions=actions)
-    if current != desired:
-        host.put_text(path, desired, **file_kw)
-        if running:
-            errors = psql.query(sql.SQL("SELECT sourceline, name, error FROM pg_file_settings "
-                                        "WHERE sourcefile = {} AND error IS NOT NULL "
-                                        # a postmaster setting that changed reads so until the restart
-                                        "AND error <> 'setting could not be applied'").format(sql.Literal(path)))
-            if errors:
-                _restore(host, path, current, **file_kw)
-                raise DatabaseError(
-                    f"on {server.name}: PostgreSQL rejects {path}, so the previous version was put back: "
-                    + "; ".join(f"line {e['sourceline']} {e['name']}: {e['error']}" for e in errors))
-    if running:
-        if current != desired:
-            reload(host, params)
-            actions.append("reload")
-        pending = get_pending_restart(psql, names)
-        if pending:
-            restart(host, params)
-            actions.append(f"restart the cluster ({', '.join(pending)} need it)")
-    return Outcome(what, bool(actions), dry_run, diff=unified_diff(current or "", desired, path), actions=actions)
+    return apply_settings_file(host, params, server, archiving_path(params),
+                               render_archiving(params, server, archive_mode=archive_mode),
+                               what=f"settings {ARCHIVING_FILE} on {server.name}", dry_run=dry_run,
+                               own_pending_only=True)
 
 
 def check_archiving(host: "Host", params: "Params", server: "Server", *, archive_mode: bool) -> list[Check]:

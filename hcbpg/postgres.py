@@ -388,9 +388,22 @@ def ensure_settings(host: "Host | None", params: "Params", server: "Server", par
 
     When the cluster is not running yet the file is only written; the first start reads it.
     """
-    path = settings_path(params, part)
-    what = f"settings {SETTINGS_FILES[part]} on {server.name}"
-    desired = render_settings(params, server, part, extra=extra)
+    return apply_settings_file(host, params, server, settings_path(params, part),
+                               render_settings(params, server, part, extra=extra),
+                               what=f"settings {SETTINGS_FILES[part]} on {server.name}", dry_run=dry_run)
+
+
+def apply_settings_file(host: "Host | None", params: "Params", server: "Server", path: str, desired: str, *,
+                        what: str, dry_run: bool, own_pending_only: bool = False) -> Outcome:
+    """Write the include file *path* whole as *desired* and put it in force.
+
+    Written only when it differs; then PostgreSQL must accept it (``pg_file_settings`` shows no
+    error, else the previous version goes back) and read it (an active ``include_dir``); then a
+    reload, and a restart only when ``pending_restart`` says so.  Pending restarts count for any
+    setting (one removed from a file goes back to its default, which may need a restart too,
+    possibly since an earlier, interrupted run), or with *own_pending_only* for this file's only.
+    A dry run says what it would do.  *host* None: the server does not exist yet.
+    """
     file_kw = dict(mode=0o644, owner="postgres", group="postgres")
     if host is None:
         return Outcome(what, True, dry_run, diff=unified_diff("", desired, path), actions=[f"write {path}"])
@@ -398,6 +411,7 @@ def ensure_settings(host: "Host | None", params: "Params", server: "Server", par
     running = get_cluster_running(host, params)
     psql = psql_for(host, params)
     names = list(parse_settings(desired))
+    pending_of = names if own_pending_only else None
     actions: list[str] = []
     changed_names = list(plan_settings(current, desired))
     if current != desired:
@@ -409,8 +423,8 @@ def ensure_settings(host: "Host | None", params: "Params", server: "Server", par
                 actions.append(f"restart the cluster ({', '.join(needs)} need it)" if needs else "reload")
             else:
                 actions.append("(cluster not running: read at its first start)")
-        elif running and get_pending_restart(psql):
-            actions.append(f"restart the cluster ({', '.join(get_pending_restart(psql))} pending)")
+        elif running and get_pending_restart(psql, pending_of):
+            actions.append(f"restart the cluster ({', '.join(get_pending_restart(psql, pending_of))} pending)")
         return Outcome(what, bool(actions), dry_run, diff=unified_diff(current or "", desired, path),
                        actions=actions)
     if current != desired:
@@ -425,7 +439,7 @@ def ensure_settings(host: "Host | None", params: "Params", server: "Server", par
                 raise DatabaseError(
                     f"on {server.name}: PostgreSQL rejects {path}, so the previous version was put back: "
                     + "; ".join(f"line {e['sourceline']} {e['name']}: {e['error']}" for e in errors),
-                    hint="Fix postgres.settings in params (or the value hcbpg renders) and run the step again.")
+                    hint="Fix the settings in params (or the value hcbpg renders) and run the step again.")
             seen = psql.value(sql.SQL("SELECT count(*) AS n FROM pg_file_settings WHERE sourcefile = {}")
                               .format(sql.Literal(path)))
             if not seen and names:
@@ -438,9 +452,7 @@ def ensure_settings(host: "Host | None", params: "Params", server: "Server", par
         if current != desired:
             reload(host, params)
             actions.append("reload")
-        # any pending restart, not only of this file's names: a setting removed from the file goes
-        # back to its default (which may need a restart too), possibly in an earlier, interrupted run
-        pending = get_pending_restart(psql)
+        pending = get_pending_restart(psql, pending_of)
         if pending:
             restart(host, params)
             actions.append(f"restart the cluster ({', '.join(pending)} need it)")
