@@ -68,19 +68,41 @@ class _ScrubFilter(logging.Filter):
         return True
 
 
+#: a Unix socket's path holds at most 107 bytes, and zmq appends "-<port>" to the base we give it
+_IPC_PATH_MAX = 100
+_short_runtime: list[Path] = []
+
+
+def _ipc_base(token: str) -> Path:
+    """Where a kernel's sockets go: Jupyter's runtime dir, or, when that path is too long for a
+    Unix socket (a deep home or test dir), a private dir of this process under the temp dir."""
+    from jupyter_core.paths import jupyter_runtime_dir
+
+    runtime = Path(jupyter_runtime_dir())
+    runtime.mkdir(parents=True, exist_ok=True, mode=0o700)
+    base = runtime / f"hcbpg-kernel-{token}"
+    if len(os.fsencode(base)) + 4 <= _IPC_PATH_MAX:
+        return base
+    if not _short_runtime:
+        import atexit
+        import shutil
+        import tempfile
+        d = Path(tempfile.mkdtemp(prefix="hcbpg-rt-"))  # mode 0700, ours alone
+        atexit.register(shutil.rmtree, d, True)
+        _short_runtime.append(d)
+    return _short_runtime[0] / f"k-{token}"
+
+
 def _kernel_manager_class():  # noqa: ANN202
-    """Kernels talk to the runner over Unix sockets in Jupyter's runtime dir, not loopback TCP."""
+    """Kernels talk to the runner over Unix sockets (see :func:`_ipc_base`), not loopback TCP."""
     import secrets as _secrets
 
     from jupyter_client.manager import KernelManager
-    from jupyter_core.paths import jupyter_runtime_dir
 
     class IpcKernelManager(KernelManager):
         def __init__(self, **kw: Any) -> None:
-            runtime = Path(jupyter_runtime_dir())
-            runtime.mkdir(parents=True, exist_ok=True, mode=0o700)
             kw.setdefault("transport", "ipc")
-            kw.setdefault("ip", str(runtime / f"hcbpg-kernel-{_secrets.token_hex(6)}"))
+            kw.setdefault("ip", str(_ipc_base(_secrets.token_hex(6))))
             super().__init__(**kw)
 
     return IpcKernelManager

@@ -254,3 +254,17 @@ def test_a_step_with_nothing_left_to_do_ends_early_as_done(home, env):
     cells = json.loads((only_run(home, env) / "00_done.ipynb").read_text())["cells"]
     after = next(c for c in cells if "must not run after skip" in "".join(c["source"]))
     assert not after.get("outputs"), "a cell after rb.skip() ran"
+
+
+def test_a_runtime_dir_too_deep_for_a_unix_socket_still_runs_kernels(home, env, monkeypatch, tmp_path):
+    """Kernels use Unix sockets; a path past the 107-byte limit (a deep home dir) must not break a run."""
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(deep))
+    nb = home / "notebooks"
+    write_notebook(nb / "00_only.ipynb", "00_only", "print('kernel answered')")
+    write_steps(nb, [("00_only.ipynb", "only")])
+    r = hcbpg("run", env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "kernel answered" in (only_run(home, env) / "00_only.ipynb").read_text()
+    from hcbpg.runner import _IPC_PATH_MAX, _ipc_base
+    assert len(os.fsencode(_ipc_base("0" * 12))) < _IPC_PATH_MAX
