@@ -25,6 +25,7 @@ from hcbpg.lab import deadman
 from hcbpg.lab.core import read_state
 from hcbpg.params import parse_params
 from hcbpg.secrets import resolve
+from labparams import lab_params, pgbackrest_section
 
 pytestmark = pytest.mark.lab
 
@@ -52,22 +53,7 @@ def params(lab, monkeypatch_module):
     ip = cfg.address(PRIMARY_OFFSET)
     key = lab.ssh_key.with_suffix(".pub").read_text()
     create_server_host("server-postgres-1", ip, [key], lab_dir=str(lab.lab_dir))
-    p = parse_params({
-        "environment": "lab",
-        "hetzner": {"token": f"file:{cfg.secret_path('hcloud-token')}",
-                    "ssh_public_key_file": str(lab.ssh_key.with_suffix(".pub"))},
-        "network": {"ip_range": "10.0.0.0/8", "subnet": cfg.subnet},
-        "servers": [{"name": "server-postgres-1", "private_ip": ip, "role": "primary", "ssh_host": ip}],
-        "app_host": {"name": "app", "private_ip": cfg.app_ip},
-        "ssh": {"user": "root", "key_file": str(lab.ssh_key), "connect_timeout": 5},
-        "postgres": {"app_role_password": f"file:{cfg.secret_path('rails-password')}"},
-        "pgbackrest": {
-            "s3_endpoint": f"{cfg.gateway_ip}:9443", "s3_uri_style": "path", "s3_region": "fsn1",
-            "s3_ca_file": str(cfg.ca_cert),
-            "s3_key": f"file:{cfg.secret_path('s3-key')}", "s3_key_secret": f"file:{cfg.secret_path('s3-key-secret')}",
-            "cipher_pass": f"file:{cfg.secret_path('cipher-pass')}", "process_max": 2, "block": False,
-        },
-    })
+    p = parse_params(lab_params(lab, [("server-postgres-1", ip, "primary")], pgbackrest=pgbackrest_section(lab)))
     yield p
     destroy_server_host("server-postgres-1", lab_dir=str(lab.lab_dir))
     destroy_server_host(drill.LAB_DRILL_NAME, lab_dir=str(lab.lab_dir))
@@ -312,22 +298,7 @@ def nb_home(lab, tmp_path_factory, secrets):
     key = lab.ssh_key.with_suffix(".pub").read_text()
     destroy_server_host(drill.LAB_DRILL_NAME, lab_dir=str(lab.lab_dir))  # a fresh scratch host for this drill
     create_server_host("nb-postgres-1", ip, [key], lab_dir=str(lab.lab_dir))
-    data = {
-        "environment": "lab",
-        "hetzner": {"token": f"file:{cfg.secret_path('hcloud-token')}",
-                    "ssh_public_key_file": str(lab.ssh_key.with_suffix(".pub"))},
-        "network": {"ip_range": "10.0.0.0/8", "subnet": cfg.subnet},
-        "servers": [{"name": "nb-postgres-1", "private_ip": ip, "role": "primary", "ssh_host": ip}],
-        "app_host": {"name": "app", "private_ip": cfg.app_ip},
-        "ssh": {"user": "root", "key_file": str(lab.ssh_key), "connect_timeout": 5},
-        "postgres": {"app_role_password": f"file:{cfg.secret_path('rails-password')}"},
-        "pgbackrest": {
-            "s3_endpoint": f"{cfg.gateway_ip}:9443", "s3_uri_style": "path", "s3_region": "fsn1",
-            "s3_ca_file": str(cfg.ca_cert),
-            "s3_key": f"file:{cfg.secret_path('s3-key')}", "s3_key_secret": f"file:{cfg.secret_path('s3-key-secret')}",
-            "cipher_pass": f"file:{cfg.secret_path('cipher-pass')}", "process_max": 2, "block": False,
-        },
-    }
+    data = lab_params(lab, [("nb-postgres-1", ip, "primary")], pgbackrest=pgbackrest_section(lab))
     (home / "params" / "lab.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     p = parse_params(data)
     host = Host.from_params(p, "nb-postgres-1", ip)

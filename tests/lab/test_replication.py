@@ -12,7 +12,6 @@ Run under the machine's lab lock: ``flock /tmp/hcbpg-lab.lock python -m pytest t
 from __future__ import annotations
 
 import os
-import secrets as stdlib_secrets
 import shlex
 import time
 from pathlib import Path
@@ -26,9 +25,9 @@ from hcbpg import roles
 from hcbpg.errors import SafetyCheckFailed
 from hcbpg.host import Host
 from hcbpg.lab import create_server_host, destroy_server_host
-from hcbpg.lab.core import S3_BUCKET
 from hcbpg.params import parse_params
 from hcbpg.secrets import resolve
+from labparams import lab_params, pgbackrest_section, replication_section
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -39,16 +38,6 @@ PGBENCH = "/usr/lib/postgresql/15/bin/pgbench"
 TIMINGS: dict[str, float] = {}
 
 
-def ensure_secret_file(path) -> None:
-    """The lab's `lab up` does not create repuser-password (yet): create it 0600, random."""
-    if not path.is_file() or not path.read_text().strip():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, (stdlib_secrets.token_urlsafe(24) + "\n").encode())
-        finally:
-            os.close(fd)
-
-
 def make_params(lab, *, allow_destructive: bool = True, **replication):
     return parse_params(params_data(lab, allow_destructive=allow_destructive, **replication))
 
@@ -57,26 +46,9 @@ def params_data(lab, *, allow_destructive: bool = True, **replication):
     cfg = lab.cfg
     # .51/.52: other lab tests use .31/.32 (steps 02-04), .40 (jumpbox) and .41/.42 (runner)
     servers = [("server-postgres-1", cfg.address(51), "primary"), ("server-postgres-2", cfg.address(52), "replica")]
-    ensure_secret_file(cfg.secret_path("repuser-password"))
-    return {
-        "environment": "lab",
-        "hetzner": {"token": f"file:{cfg.secret_path('hcloud-token')}",
-                    "ssh_public_key_file": str(lab.ssh_key.with_suffix(".pub"))},
-        "network": {"ip_range": "10.0.0.0/8", "subnet": cfg.subnet},
-        "servers": [{"name": n, "private_ip": ip, "role": r, "ssh_host": ip} for n, ip, r in servers],
-        "app_host": {"name": "app", "private_ip": cfg.app_ip},
-        "ssh": {"user": "root", "key_file": str(lab.ssh_key), "connect_timeout": 5},
-        "postgres": {"app_role_password": f"file:{cfg.secret_path('rails-password')}"},
-        "pgbackrest": {"s3_bucket": S3_BUCKET, "s3_endpoint": cfg.s3_endpoint.removeprefix("https://"),
-                       "s3_region": "fsn1", "s3_uri_style": "path", "s3_ca_file": str(cfg.ca_cert),
-                       "s3_key": f"file:{cfg.secret_path('s3-key')}",
-                       "s3_key_secret": f"file:{cfg.secret_path('s3-key-secret')}",
-                       "cipher_pass": f"file:{cfg.secret_path('cipher-pass')}", "process_max": 2,
-                       "block": False, "repo_path_prefix": "/pgbackrest-replication-test"},
-        "replication": {"password": f"file:{cfg.secret_path('repuser-password')}",
-                        "max_slot_wal_keep_size": "1GB", "catch_up_timeout_s": 30, **replication},
-        "allow_destructive": allow_destructive,
-    }
+    return lab_params(lab, servers,
+                      pgbackrest=pgbackrest_section(lab, repo_path_prefix="/pgbackrest-replication-test"),
+                      replication=replication_section(lab, **replication), allow_destructive=allow_destructive)
 
 
 @pytest.fixture(scope="module")

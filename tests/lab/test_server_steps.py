@@ -19,6 +19,7 @@ from hcbpg.host import Host
 from hcbpg.lab import create_server_host, destroy_server_host
 from hcbpg.params import parse_params
 from hcbpg.secrets import resolve
+from labparams import lab_params
 
 pytestmark = pytest.mark.lab
 
@@ -34,16 +35,7 @@ def params(lab):
     key = lab.ssh_key.with_suffix(".pub").read_text()
     for name, ip, _role in servers:
         create_server_host(name, ip, [key], lab_dir=str(lab.lab_dir))
-    p = parse_params({
-        "environment": "lab",
-        "hetzner": {"token": f"file:{cfg.secret_path('hcloud-token')}",
-                    "ssh_public_key_file": str(lab.ssh_key.with_suffix(".pub"))},
-        "network": {"ip_range": "10.0.0.0/8", "subnet": cfg.subnet},
-        "servers": [{"name": n, "private_ip": ip, "role": r, "ssh_host": ip} for n, ip, r in servers],
-        "app_host": {"name": "app", "private_ip": cfg.app_ip},
-        "ssh": {"user": "root", "key_file": str(lab.ssh_key), "connect_timeout": 5},
-        "postgres": {"app_role_password": f"file:{cfg.secret_path('rails-password')}"},
-    })
+    p = parse_params(lab_params(lab, servers))
     yield p
     for name, _ip, _role in servers:
         destroy_server_host(name, lab_dir=str(lab.lab_dir))

@@ -1,0 +1,58 @@
+"""Params for lab tests: the parts every lab test module shares, built from the test's lab.
+
+Each module picks its own server addresses (offsets in the lab subnet) so that modules never
+share a server; the rest (API token, SSH key, app host, secrets) is the lab's.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets as stdlib_secrets
+from typing import Any, Sequence
+
+from hcbpg.lab.core import S3_BUCKET
+
+
+def ensure_secret_file(path) -> None:  # noqa: ANN001 - a Path
+    """A 0600 file with a random secret, unless it holds one already."""
+    if not path.is_file() or not path.read_text().strip():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, (stdlib_secrets.token_urlsafe(24) + "\n").encode())
+        finally:
+            os.close(fd)
+
+
+def lab_params(lab, servers: Sequence[tuple[str, str, str]], **sections: Any) -> dict:  # noqa: ANN001
+    """A params dict for *servers* ``(name, private_ip, role)`` in *lab*; *sections* add or replace keys."""
+    cfg = lab.cfg
+    data: dict[str, Any] = {
+        "environment": "lab",
+        "hetzner": {"token": f"file:{cfg.secret_path('hcloud-token')}",
+                    "ssh_public_key_file": str(lab.ssh_key.with_suffix(".pub"))},
+        "network": {"ip_range": "10.0.0.0/8", "subnet": cfg.subnet},
+        "servers": [{"name": n, "private_ip": ip, "role": r, "ssh_host": ip} for n, ip, r in servers],
+        "app_host": {"name": "app", "private_ip": cfg.app_ip},
+        "ssh": {"user": "root", "key_file": str(lab.ssh_key), "connect_timeout": 5},
+        "postgres": {"app_role_password": f"file:{cfg.secret_path('rails-password')}"},
+    }
+    data.update(sections)
+    return data
+
+
+def pgbackrest_section(lab, **overrides: Any) -> dict:  # noqa: ANN001
+    """pgBackRest against the lab's S3 store (TLS with the lab CA, path-style), secrets from the lab."""
+    cfg = lab.cfg
+    return {"s3_bucket": S3_BUCKET, "s3_endpoint": cfg.s3_endpoint.removeprefix("https://"),
+            "s3_region": "fsn1", "s3_uri_style": "path", "s3_ca_file": str(cfg.ca_cert),
+            "s3_key": f"file:{cfg.secret_path('s3-key')}",
+            "s3_key_secret": f"file:{cfg.secret_path('s3-key-secret')}",
+            "cipher_pass": f"file:{cfg.secret_path('cipher-pass')}", "process_max": 2, "block": False,
+            **overrides}
+
+
+def replication_section(lab, **overrides: Any) -> dict:  # noqa: ANN001
+    """repuser's password from a lab secret file (made here when missing), a small slot WAL cap."""
+    ensure_secret_file(lab.cfg.secret_path("repuser-password"))
+    return {"password": f"file:{lab.cfg.secret_path('repuser-password')}",
+            "max_slot_wal_keep_size": "1GB", "catch_up_timeout_s": 30, **overrides}
