@@ -197,7 +197,8 @@ class Endpoint:
 
     def rows(self, select: "sql.Composable | str") -> list[dict[str, Any]]:
         text = render(select).strip().rstrip(";")
-        return self.json(f"SELECT coalesce(json_agg(q), '[]'::json) FROM ({text}) AS q") or []
+        # jsonb prints on one line (json_agg puts a newline between rows; the marker line must hold all)
+        return self.json(f"SELECT coalesce(jsonb_agg(q), '[]'::jsonb) FROM ({text}) AS q") or []
 
     def execute(self, statements: Sequence["sql.Composable | str"], *, dry_run: bool = False) -> None:
         """Statements that change something, shown (scrubbed) one line each."""
@@ -339,6 +340,7 @@ SELECT json_build_object(
  'collate', (SELECT datcollate FROM pg_database WHERE datname = current_database()),
  'ctype', (SELECT datctype FROM pg_database WHERE datname = current_database()),
  'size_bytes', pg_database_size(current_database()),
+ 'large_objects', (SELECT count(*) FROM pg_largeobject_metadata),
  'version', current_setting('server_version_num')::int,
  'postmaster_start', pg_postmaster_start_time()::text,
  'user', current_user
@@ -589,12 +591,27 @@ def restore_part_path(params: "Params") -> str:
     return f"{config_dir(params)}/conf.d/{RESTORE_PART}"
 
 
+def render_reload_and_wait(params: "Params", *, timeout_s: int = 30) -> str:
+    """One command (as postgres): reload, wait until the postmaster has read the files
+    (``pg_conf_load_time`` moves), then print the settings that need a restart (comma-separated)."""
+    pg = params.postgres
+    q = f"psql --cluster {pg.version}/{shlex.quote(pg.cluster)} -X -q -A -t -d postgres -c"
+    loaded = f"$({q} 'SELECT pg_conf_load_time()')"
+    return (f'before="{loaded}" && pg_ctlcluster {pg.version} {shlex.quote(pg.cluster)} reload && '
+            f'for i in $(seq {timeout_s * 10}); do [ "{loaded}" != "$before" ] && break; sleep 0.1; done && '
+            f'if [ "{loaded}" = "$before" ]; then echo "the config reload was not picked up within {timeout_s}s" >&2; '
+            f"exit 1; fi && {q} \"SELECT coalesce(string_agg(name, ',' ORDER BY name), '') FROM pg_settings "
+            'WHERE pending_restart"')
+
+
 def _apply_config(host: "Host", params: "Params") -> list[str]:
-    """Reload, then restart if a changed setting needs it; returns what was done."""
+    """Reload (one round trip), then restart if a changed setting needs it; returns what was done."""
     from hcbpg import postgres
-    psql = postgres.psql_for(host, params)
-    postgres.reload(host, params)
-    pending = postgres.get_pending_restart(psql)
+    res = host.run(render_reload_and_wait(params), sudo_user="postgres",
+                   display=f"pg_ctlcluster {params.postgres.version} {params.postgres.cluster} reload, "
+                           "wait until it is read", timeout=60,
+                   hint="Look at the server log under /var/log/postgresql/.")
+    pending = [n for n in res.stdout.strip().split(",") if n]
     if pending:
         postgres.restart(host, params)
         return [f"restart ({', '.join(pending)})"]
@@ -760,13 +777,34 @@ def plan_create_statements(params: "Params", facts: Mapping[str, Any], *, locale
     return out
 
 
+def run_statements(host: "Host", params: "Params", statements: Sequence["sql.Composable | str"], *, dbname: str,
+                   dry_run: bool = False) -> None:
+    """Statements in one psql call as postgres (each its own transaction, so CREATE DATABASE may be one),
+    all shown; it stops at the first error."""
+    from hcbpg import postgres
+    texts = [render(st).strip().rstrip(";") + ";" for st in statements]
+    if dry_run:
+        postgres.psql_for(host, params).execute(texts, dbname=dbname, dry_run=True)
+        return
+    pg = params.postgres
+    shown = f"psql -d {dbname}: " + " ".join(" ".join(t.split()) for t in texts)
+    res = host.run(f"psql --cluster {pg.version}/{shlex.quote(pg.cluster)} -X -q -v ON_ERROR_STOP=1 "
+                   f"-d {shlex.quote(dbname)} -f -", sudo_user="postgres", stdin="\n".join(texts) + "\n",
+                   display=hsecrets.scrub(shown), check=False)
+    if not res.ok:
+        raise DatabaseError(f"on {host.name}: SQL failed in database {dbname}: {hsecrets.scrub(shown)}\n    "
+                            + hsecrets.scrub(res.output.strip()[-2000:]),
+                            hint="The statements before the failing one were applied; fix the cause and "
+                                 "run the step again (it only does what is still missing).")
+
+
 def ensure_fresh_database(host: "Host", params: "Params", facts: Mapping[str, Any], *, dry_run: bool,
-                          run_label: str = "") -> Outcome:
+                          run_label: str = "", server_state: Mapping[str, Any] | None = None) -> Outcome:
     """Drop (when allowed) and recreate the target database, owned by the app role."""
     from hcbpg import postgres
     pg = params.postgres
     state = get_target_state(host, params)
-    server_start = get_server_state(host, params)["postmaster_start"]
+    server_start = (server_state or get_server_state(host, params))["postmaster_start"]
     actions = plan_recreate(state, database=pg.database, server=host.name,
                             allow_destructive=params.allow_destructive,
                             same_server_as_source=facts.get("postmaster_start") == server_start)
@@ -778,8 +816,7 @@ def ensure_fresh_database(host: "Host", params: "Params", facts: Mapping[str, An
     if not locale_ok:
         actions.append(f"the source's locale {facts.get('collate')} is not on {host.name}: the database gets "
                        "the cluster's default (text sorts may differ)")
-    psql = postgres.psql_for(host, params)
-    psql.execute(statements, dry_run=dry_run)
+    run_statements(host, params, statements, dbname="postgres", dry_run=dry_run)
     return Outcome(f"database {pg.database} on {host.name} (fresh, owner {pg.app_role})", True, dry_run,
                    actions=actions + [" ".join(render(s).split()) for s in statements[1 if state.exists else 0:]])
 
@@ -787,14 +824,13 @@ def ensure_fresh_database(host: "Host", params: "Params", facts: Mapping[str, An
 def ensure_prerequisites(host: "Host", params: "Params", schemas: Sequence[str],
                          extensions: Sequence[Mapping[str, str]], *, dry_run: bool) -> Outcome:
     """Schemas the extensions live in (heroku_ext, owned by the app role) and the extensions, as superuser."""
-    tgt = target(host, params)
     role = sql.Identifier(params.postgres.app_role)
     st: list[sql.Composable] = [sql.SQL("CREATE SCHEMA IF NOT EXISTS {} AUTHORIZATION {}").format(
         sql.Identifier(s), role) for s in schemas]
     st += [sql.SQL("CREATE EXTENSION IF NOT EXISTS {} WITH SCHEMA {}").format(
         sql.Identifier(e["name"]), sql.Identifier(e["schema"])) for e in extensions]
     if st:
-        tgt.execute(st, dry_run=dry_run)
+        run_statements(host, params, st, dbname=params.postgres.database, dry_run=dry_run)
     return Outcome(f"schemas and extensions in {params.postgres.database} on {host.name}", bool(st), dry_run,
                    actions=[" ".join(render(s).split()) for s in st])
 
@@ -914,9 +950,9 @@ def run_dump(host: "Host", params: "Params", source: Source, tag: str, *, with_c
 # stream: no dump files for the data -----------------------------------------------------------
 
 def transfer_method(params: "Params") -> str:
-    """How the data moves for method pg_dump: ``directory`` (pg_dump -Fd, then pg_restore) or ``stream``."""
+    """How the data moves for method pg_dump: ``stream`` (the default) or ``directory`` (pg_dump -Fd, then pg_restore)."""
     src = params.source
-    return str(getattr(src, "transfer", None) or "directory")
+    return str(getattr(src, "transfer", None) or "stream")
 
 
 def render_toc_filter(schemas: Iterable[str]) -> str:
@@ -929,49 +965,208 @@ def render_toc_filter(schemas: Iterable[str]) -> str:
     return "s/^([0-9]+; [0-9]+ [0-9]+ (" + "|".join(alts) + "))/;\\1/"
 
 
-def render_stream_scripts(params: "Params", work: str, schemas: Iterable[str]) -> tuple[str, str]:
-    """The shell scripts of a streamed transfer: the whole of it, and the copy of one table.
+#: separates the fields of the build plan (names with control characters are left to the final pass)
+_US = "\x1f"
 
-    Schema in the snapshot (pg_dump --schema-only), pre-data restored as the app role, then
-    each table's rows piped ``COPY TO STDOUT | COPY FROM STDIN`` in the same snapshot, N at a
-    time, largest first; then sequence values, then post-data with pg_restore -j.
+#: the build plan, in the source's snapshot: for each plain table, the entries built right after its
+#: rows.  One line per entry: table oid, kind, "classid objid" of its TOC entry, the start of that
+#: TOC entry's text (desc, schema, tag) and, for keys, the unique index and the ALTER TABLE.
+#:   I: a plain index (not a constraint's), restored from the dump by pg_restore as it is;
+#:   K: a primary key or unique constraint: its unique index is built like any other index (so at
+#:      the same time as the table's other indexes), then ADD CONSTRAINT ... USING INDEX.  Keys that
+#:      are deferrable, clustered on, or the replica identity stay with pg_restore;
+#:   F: a (validated) foreign key between plain tables, once every table is loaded: added NOT VALID
+#:      (no scan), then VALIDATE CONSTRAINT, N at a time.  VALIDATE checks every row as ADD does, but
+#:      locks the referenced table only in ROW SHARE mode, so the checks of different tables run at once.
+BUILDS_SQL = f"""
+SELECT b FROM (
+  SELECT concat_ws(E'\\x1f', t.oid, 'I', '1259 ' || ic.oid, format('INDEX %s %s ', n.nspname, ic.relname)) AS b,
+         n.nspname || t.relname || ic.relname AS names
+  FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid JOIN pg_class t ON t.oid = i.indrelid
+  JOIN pg_namespace n ON n.oid = t.relnamespace
+  WHERE t.relkind = 'r' AND NOT t.relispartition AND {_USER_NS} AND {_not_ext_member('pg_class', 't.oid')}
+    AND i.indisvalid AND ic.relnamespace = t.relnamespace
+    AND NOT EXISTS (SELECT 1 FROM pg_constraint co WHERE co.conindid = ic.oid AND co.conrelid = t.oid
+                    AND co.contype IN ('p', 'u', 'x'))
+  UNION ALL
+  SELECT concat_ws(E'\\x1f', t.oid, 'K', '2606 ' || co.oid,
+                   format('CONSTRAINT %s %s %s ', n.nspname, t.relname, co.conname),
+                   pg_get_indexdef(co.conindid) || ';',
+                   format('ALTER TABLE ONLY %I.%I ADD CONSTRAINT %I %s USING INDEX %I;', n.nspname, t.relname,
+                          co.conname, CASE co.contype WHEN 'p' THEN 'PRIMARY KEY' ELSE 'UNIQUE' END, co.conname)),
+         n.nspname || t.relname || co.conname || pg_get_indexdef(co.conindid)
+  FROM pg_constraint co JOIN pg_class t ON t.oid = co.conrelid JOIN pg_namespace n ON n.oid = t.relnamespace
+  JOIN pg_class ic ON ic.oid = co.conindid JOIN pg_index i ON i.indexrelid = ic.oid
+  WHERE co.contype IN ('p', 'u') AND t.relkind = 'r' AND NOT t.relispartition AND {_USER_NS}
+    AND {_not_ext_member('pg_class', 't.oid')} AND ic.relname = co.conname AND ic.relnamespace = t.relnamespace
+    AND NOT co.condeferrable AND NOT i.indisclustered AND NOT i.indisreplident AND i.indisvalid
+  UNION ALL
+  SELECT concat_ws(E'\\x1f', t.oid, 'F', '2606 ' || co.oid,
+                   format('FK CONSTRAINT %s %s %s ', n.nspname, t.relname, co.conname),
+                   format('ALTER TABLE ONLY %I.%I ADD CONSTRAINT %I %s NOT VALID;', n.nspname, t.relname, co.conname,
+                          pg_get_constraintdef(co.oid)),
+                   format('ALTER TABLE ONLY %I.%I VALIDATE CONSTRAINT %I;', n.nspname, t.relname, co.conname),
+                   -- the TOC entry of the referenced key: the foreign key waits for pg_restore unless it was built
+                   coalesce((SELECT '2606 ' || k.oid FROM pg_constraint k WHERE k.conindid = co.conindid
+                             AND k.conrelid = co.confrelid AND k.contype IN ('p', 'u', 'x')),
+                            '1259 ' || co.conindid)),
+         n.nspname || t.relname || co.conname || pg_get_constraintdef(co.oid)
+  FROM pg_constraint co JOIN pg_class t ON t.oid = co.conrelid JOIN pg_namespace n ON n.oid = t.relnamespace
+  JOIN pg_class r ON r.oid = co.confrelid
+  WHERE co.contype = 'f' AND co.convalidated AND co.conparentid = 0 AND t.relkind = 'r' AND NOT t.relispartition
+    AND r.relkind = 'r' AND NOT r.relispartition AND {_USER_NS} AND {_not_ext_member('pg_class', 't.oid')}
+) q WHERE names !~ '[[:cntrl:]]' ORDER BY 1;"""
+
+#: the tables to copy, largest first: oid, COPY format, name.  Binary when every column's type (its
+#: base type for a domain, and its element type for an array) is a base or enum type, or a built-in
+#: one, whose send and receive functions are the server's own (internal language, as citext's
+#: are): then both ends read and write the same bytes on any server; text otherwise.
+TABLES_SQL = f"""
+SELECT c.oid || ' ' || CASE WHEN coalesce(b.ok, true) THEN 'binary' ELSE 'text' END || ' '
+       || format('%I.%I', n.nspname, c.relname)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN LATERAL (
+  SELECT bool_and(x.typsend <> 0 AND x.typreceive <> 0 AND (x.typtype IN ('b', 'e') OR x.oid < 16384)
+                  AND (SELECT bool_and(p.prolang = 12) FROM pg_proc p
+                       WHERE p.oid IN (x.typsend::oid, x.typreceive::oid))) AS ok
+  FROM pg_attribute a JOIN pg_type ty ON ty.oid = a.atttypid
+  JOIN pg_type bt ON bt.oid = CASE WHEN ty.typtype = 'd' THEN ty.typbasetype ELSE ty.oid END
+  CROSS JOIN LATERAL (VALUES (bt.oid), (CASE WHEN bt.typcategory = 'A' THEN nullif(bt.typelem, 0) END)) v(t)
+  JOIN pg_type x ON x.oid = v.t
+  WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped) b ON true
+WHERE c.relkind = 'r' AND {_USER_NS} AND {_not_ext_member('pg_class', 'c.oid')}
+ORDER BY pg_relation_size(c.oid) DESC, 1;"""
+
+#: splits the build plan over the tables (argv: the plan, then the filtered ``pg_restore -l`` list):
+#: each matched TOC entry (same classid and oid, and its text starts with the same desc, schema and
+#: tag) becomes ``build/<table oid>.<n>.list`` (I) or ``.sql`` plus a line of ``<table oid>.keys`` (K),
+#: and is commented out of the list printed for the final pass.  Anything unmatched stays in it, and
+#: so does a foreign key whose referenced key stays with pg_restore (F lines name that key's entry).
+SPLIT_AWK = r"""BEGIN { FS = "\037" }
+FILENAME == ARGV[1] {
+    want[$3] = FNR; tbl[FNR] = $1; kind[FNR] = $2; toc[FNR] = $4; mk[FNR] = $5; alt[FNR] = $6; dep[FNR] = $7
+    next
+}
+{
+    i = 0
+    if (match($0, /^[0-9]+; [0-9]+ [0-9]+ /)) {
+        split(substr($0, 1, RLENGTH), h, " ")
+        k = h[2] " " h[3]
+        if ((k in want) && index(substr($0, RLENGTH + 1), toc[want[k]]) == 1) i = want[k]
+        # a foreign key only when its referenced key is built before it (pg_dump lists keys first)
+        if (i && kind[i] == "F" && !(dep[i] in built)) i = 0
+    }
+    if (!i) { print; next }
+    built[k] = 1
+    print ";" $0
+    f = W "/build/" tbl[i] "." i
+    if (kind[i] == "I") { print $0 > (f ".list"); close(f ".list") }
+    else if (kind[i] == "F") {
+        a = W "/fk-add.sql"; print mk[i] >> a; close(a)
+        a = W "/fk-validate"; print alt[i] >> a; close(a)
+    } else {
+        print mk[i] > (f ".sql"); close(f ".sql")
+        a = W "/build/" tbl[i] ".keys"; print alt[i] >> a; close(a)
+    }
+}
+"""
+
+
+def render_stream_scripts(params: "Params", work: str, schemas: Iterable[str], *,
+                          remove_part: str | None = None) -> tuple[str, str]:
+    """The shell scripts of a streamed transfer: the whole of it, and the work on one table.
+
+    Schema in the snapshot (pg_dump --schema-only), pre-data restored as the app role, then N
+    tables at a time, largest first: the table's rows piped ``COPY TO STDOUT | COPY FROM STDIN``
+    in the same snapshot, then right away all of that table's indexes at once (primary keys and
+    unique constraints as a unique index, then ``ADD CONSTRAINT ... USING INDEX``) and ANALYZE.
+    Then sequence values, then the rest of post-data (foreign keys, triggers, what the build plan
+    did not match) with pg_restore -j N.  Each phase leaves an ``hcbpg-time`` line.
+
+    The inventory and exact row counts are taken meanwhile by one more session in the same
+    snapshot (``counts.out``).  *remove_part*: the restore-time settings file, removed (and the
+    server reloaded) as soon as the load is done; only for settings that need no restart.
     """
     pg = params.postgres
     w = shlex.quote(work)
+    jobs = restore_jobs(params)
     cl = f"--cluster {pg.version}/{shlex.quote(pg.cluster)}"
-    restore = (f"pg_restore {cl} --no-owner --no-acl --role={shlex.quote(pg.app_role)} --exit-on-error "
-               f"-L {w}/schema.list -d {shlex.quote(pg.database)}")
-    # psql's pg_wrapper exports PGCLUSTER/PGPORT/PGHOST for the source session: not ours to inherit
-    main = "\n".join([
-        "set -euo pipefail",
-        "unset PGCLUSTER PGPORT PGHOST PGDATABASE PGUSER",
-        f"export PGSERVICEFILE={SECRET_DIR}/source.pgservice",
+    role = shlex.quote(pg.app_role)
+    restore = f"pg_restore {cl} --no-owner --no-acl --role={role} --exit-on-error"
+    tgt = f"psql {cl} -X -q -v ON_ERROR_STOP=1 -d {shlex.quote(pg.database)}"
+    head = ["set -euo pipefail",
+            # psql's pg_wrapper exports PGCLUSTER/PGPORT/PGHOST for the source session: not ours to inherit
+            "unset PGCLUSTER PGPORT PGHOST PGDATABASE PGUSER",
+            f"export PGSERVICEFILE={SECRET_DIR}/source.pgservice"]
+    main = "\n".join(head + [
+        'stamp() { echo "hcbpg-time $1 - $(date +%s.%N)"; }',
+        "stamp start",
+        # the inventory and exact row counts, in the same snapshot, while the data moves
+        f"cat > {w}/counts.sql <<'HCBPG_COUNTS_SQL'",
+        "SET search_path = pg_catalog;",
+        f"SELECT '{_JSON_MARK}' || json_build_object('objects', ({INVENTORY_SQL}), "
+        f"'rows', ({COUNTS_SQL}), 'newest_event', ({newest_event_sql(params)}))::text;",
+        "HCBPG_COUNTS_SQL",
+        f'psql -X -q -A -t -v ON_ERROR_STOP=1 -d service={SERVICE_NAME} -c "BEGIN ISOLATION LEVEL REPEATABLE READ, '
+        'READ ONLY" -c "SET TRANSACTION SNAPSHOT \'$HCBPG_SNAPSHOT\'" '
+        f'-f {w}/counts.sql -c "COMMIT" > {w}/counts.out & countspid=$!',
         f'pg_dump -d service={SERVICE_NAME} --schema-only -Fc --lock-wait-timeout=60s --snapshot="$HCBPG_SNAPSHOT" '
         f"-f {w}/schema.dump",
         f"pg_restore -l {w}/schema.dump | sed -E {shlex.quote(render_toc_filter(schemas))} > {w}/schema.list",
-        f"{restore} --section=pre-data {w}/schema.dump",
-        f"xargs -d '\\n' -P {restore_jobs(params)} -n 1 bash {w}/copy-one.sh < {w}/tables",
-        f"psql {cl} -X -q -v ON_ERROR_STOP=1 -d {shlex.quote(pg.database)} -f {w}/sequences.sql",
-        f"{restore} --section=post-data -j {restore_jobs(params)} {w}/schema.dump",
-        ""])
-    one = "\n".join([
-        "set -euo pipefail",
-        "unset PGCLUSTER PGPORT PGHOST PGDATABASE PGUSER",
-        f"export PGSERVICEFILE={SECRET_DIR}/source.pgservice",
-        't="$1"',
+        f"mkdir -p {w}/build",
+        f"awk -v W={w} -f {w}/split.awk {w}/builds {w}/schema.list > {w}/post.list",
+        f"{restore} -L {w}/schema.list --section=pre-data -d {shlex.quote(pg.database)} {w}/schema.dump",
+        "stamp pre-data",
+        # largest first: the largest table's chain (its rows, then its indexes, the GIN one above all)
+        # is the critical path, and the smaller tables fill the other jobs around it
+        f"xargs -r -d '\\n' -P {jobs} -n 1 bash {w}/copy-one.sh < {w}/tables",
+        "stamp tables",
+        f"{tgt} -f {w}/sequences.sql",
+        f"if [ -f {w}/fk-add.sql ]; then",
+        f"  {tgt} -c \"SET ROLE {pg.app_role}\" -f {w}/fk-add.sql",
+        f"  xargs -r -d '\\n' -P {jobs} -n 1 {tgt} -c \"SET ROLE {pg.app_role}\" -c < {w}/fk-validate",
+        "fi",
+        "stamp foreign-keys",
+        f"{restore} -L {w}/post.list --section=post-data -j {jobs} -d {shlex.quote(pg.database)} {w}/schema.dump",
+        "stamp post-data",
+        # what the workers did not ANALYZE: partitioned tables and materialized views
+        f"{tgt} -c \"SET ROLE {pg.app_role}\" -At -c \"SELECT format('ANALYZE %I.%I;', n.nspname, c.relname) "
+        "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('p', 'm') AND "
+        f"{_USER_NS}\" > {w}/analyze.sql",
+        f"{tgt} -c \"SET ROLE {pg.app_role}\" -f {w}/analyze.sql",
+        "stamp end"]
+        + ([f"rm -f {shlex.quote(remove_part)}", render_reload_and_wait(params) + " > /dev/null",
+            "stamp settings"] if remove_part else [])
+        + ['wait "$countspid"', "stamp counted", ""])
+    one = "\n".join(head + [
+        f"W={w}",
+        'read -r oid fmt t <<< "$1"',
+        'stamp() { echo "hcbpg-time $1 $oid $(date +%s.%N)" >> "$W/times"; }',
         f'psql -X -q -v ON_ERROR_STOP=1 -d service={SERVICE_NAME} -c "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY" '
-        '-c "SET TRANSACTION SNAPSHOT \'$HCBPG_SNAPSHOT\'" -c "COPY $t TO STDOUT" -c "COMMIT" '
-        f'| psql {cl} -X -q -v ON_ERROR_STOP=1 -d {shlex.quote(pg.database)} -c "COPY $t FROM STDIN"',
+        '-c "SET TRANSACTION SNAPSHOT \'$HCBPG_SNAPSHOT\'" -c "COPY $t TO STDOUT (FORMAT $fmt)" -c "COMMIT" '
+        # FREEZE (the table truncated in the same transaction, as pg_restore -j does): the rows are
+        # loaded frozen and the visibility map set, so nothing rewrites their pages for hint bits,
+        # foreign-key checks can read indexes only, and no VACUUM is owed after the cutover
+        f'| {tgt} -c "BEGIN" -c "TRUNCATE ONLY $t" -c "COPY $t FROM STDIN (FORMAT $fmt, FREEZE)" -c "COMMIT"',
+        "stamp copied",
+        "shopt -s nullglob",
+        "pids=()",
+        f'for f in "$W/build/$oid".*.list; do {restore} -L "$f" -d {shlex.quote(pg.database)} "$W/schema.dump" & '
+        "pids+=($!); done",
+        f'for f in "$W/build/$oid".*.sql; do {tgt} -c "SET ROLE {pg.app_role}" -f "$f" & pids+=($!); done',
+        'rc=0; for p in "${pids[@]}"; do wait "$p" || rc=1; done; [ "$rc" = 0 ]',
+        f'if [ -f "$W/build/$oid.keys" ]; then {tgt} -c "SET ROLE {pg.app_role}" -f "$W/build/$oid.keys"; fi',
+        f'{tgt} -c "SET ROLE {pg.app_role}" -c "ANALYZE $t"',
+        "stamp built",
         ""])
     return main, one
 
 
 def render_stream_session(params: "Params", work: str) -> str:
-    """The source session of a streamed transfer: snapshot, table list and sequences, the transfer, counts."""
+    """The source session of a streamed transfer: it exports the snapshot and holds it while the transfer
+    runs; tables, sequences and the build plan are read in it first."""
     status = f"{work}/stream.exit"
-    tables = (f"SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n "
-              f"ON n.oid = c.relnamespace WHERE c.relkind = 'r' AND {_USER_NS} AND "
-              f"{_not_ext_member('pg_class', 'c.oid')} ORDER BY pg_relation_size(c.oid) DESC, 1;")
+    tables = TABLES_SQL.strip()
     seqs = ("SELECT format('SELECT pg_catalog.setval(%L, %s, %s);', format('%I.%I', schemaname, sequencename), "
             "coalesce(last_value, start_value), (last_value IS NOT NULL)::text) FROM pg_sequences "
             "WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1;")
@@ -985,16 +1180,101 @@ def render_stream_session(params: "Params", work: str) -> str:
         "SET search_path = pg_catalog;",
         f"\\o {work}/tables", tables,
         f"\\o {work}/sequences.sql", seqs,
+        f"\\o {work}/builds", BUILDS_SQL.strip(),
         "\\o",
         f"\\! bash {shlex.quote(work)}/stream.sh > {shlex.quote(work)}/stream.log 2>&1; echo $? > {shlex.quote(status)}",
-        f"SELECT '{_JSON_MARK}' || json_build_object('objects', ({INVENTORY_SQL}), "
-        f"'rows', ({COUNTS_SQL}), 'newest_event', ({newest_event_sql(params)}))::text;",
         "COMMIT;", ""])
+
+
+def summarize_stream_times(log: str, tables: str = "") -> list[str]:
+    """The phases of a streamed transfer from its ``hcbpg-time`` lines (and each table's copy and build)."""
+    names = {}
+    for line in tables.splitlines():
+        oid, _, rest = line.partition(" ")
+        names[oid] = rest.partition(" ")[2]
+    marks: dict[tuple[str, str], float] = {}
+    for line in log.splitlines():
+        parts = line.split()
+        if len(parts) == 4 and parts[0] == "hcbpg-time":
+            try:
+                marks[(parts[1], parts[2])] = float(parts[3])
+            except ValueError:
+                continue
+    start = marks.get(("start", "-"))
+    if start is None:
+        return []
+    out = []
+    prev = start
+    for phase, what in (("pre-data", "schema dumped and pre-data restored"),
+                        ("tables", "rows copied, indexes and keys built, tables analyzed"),
+                        ("foreign-keys", "sequences set, foreign keys added and validated"),
+                        ("post-data", "the rest of post-data (triggers, comments, what was not matched)"),
+                        ("end", "ANALYZE of partitioned tables and materialized views"),
+                        ("settings", "restore-time settings removed"),
+                        ("counted", "waited for the inventory and row counts (taken meanwhile)")):
+        t = marks.get((phase, "-"))
+        if t is not None:
+            out.append(f"{what}: {t - prev:.1f}s")
+            prev = t
+    per_table = sorted(((marks.get(("copied", oid)), marks.get(("built", oid)), oid)
+                        for (kind, oid) in marks if kind == "copied"), key=lambda x: -(x[1] or x[0] or 0))
+    for copied, built, oid in per_table[:3]:
+        name = names.get(oid, f"table {oid}")
+        out.append(f"{name}: rows copied at +{(copied or start) - start:.1f}s"
+                   + (f", indexes built at +{built - start:.1f}s" if built is not None else ""))
+    return out
+
+
+_FILE_MARK = "----- hcbpg file "
+
+
+def read_files(host: "Host", directory: str, names: Sequence[str]) -> dict[str, str]:
+    """Several small files of one directory in one round trip ('' for a missing one)."""
+    d = shlex.quote(directory)
+    cmd = "; ".join(f"echo {shlex.quote(_FILE_MARK + n)}; cat {d}/{shlex.quote(n)} 2>/dev/null" for n in names)
+    text = host.run(cmd, quiet=True, check=False).stdout
+    out = {n: "" for n in names}
+    current: str | None = None
+    lines: list[str] = []
+    for line in text.splitlines(keepends=True):
+        if line.startswith(_FILE_MARK) and line.strip()[len(_FILE_MARK):] in out:
+            if current is not None:
+                out[current] = "".join(lines)
+            current, lines = line.strip()[len(_FILE_MARK):], []
+        else:
+            lines.append(line)
+    if current is not None:
+        out[current] = "".join(lines)
+    return out
+
+
+def use_stream(params: "Params", facts: Mapping[str, Any]) -> bool:
+    """The streamed transfer applies: method pg_dump, ``source.transfer: stream``, and no large objects
+    on the source (their data is not in a schema-only dump: such a source moves as a directory dump)."""
+    src = params.source
+    return (src is not None and src.method == "pg_dump" and transfer_method(params) == "stream"
+            and not int(facts.get("large_objects") or 0))
+
+
+def stream_plan_actions(params: "Params") -> list[str]:
+    """What the streamed transfer does, for the plan."""
+    jobs = restore_jobs(params)
+    return [f"pg_restore --section=pre-data of the schema (as {params.postgres.app_role}, --no-owner --no-acl)",
+            f"{jobs} tables at a time, largest first: COPY ... TO STDOUT (binary when every column type allows) "
+            "| COPY ... FROM STDIN (FREEZE, in the snapshot), then that table's indexes at once (keys as a unique "
+            "index, then ADD CONSTRAINT ... USING INDEX), then ANALYZE",
+            "sequence values from the snapshot",
+            f"foreign keys: ADD CONSTRAINT ... NOT VALID, then VALIDATE CONSTRAINT, {jobs} at a time",
+            f"pg_restore --section=post-data -j {jobs} of the rest (triggers, comments, anything not matched)"]
 
 
 def run_stream(host: "Host", params: "Params", source: "Source", facts: Mapping[str, Any], tag: str, *,
                run_label: str = "") -> tuple[DumpResult, RestoreResult]:
-    """Fresh database and settings, then schema, rows and indexes straight from the source (no dump files)."""
+    """Fresh database and settings, then schema, rows and indexes straight from the source (no dump files).
+
+    Each table is analyzed by the worker that loaded it, right after its indexes: the restore's
+    ``analyze_seconds`` is then the ANALYZE of what no worker loaded (partitioned tables, materialized views).
+    """
     src = params.source
     assert src is not None
     state = get_server_state(host, params)
@@ -1006,33 +1286,32 @@ def run_stream(host: "Host", params: "Params", source: "Source", facts: Mapping[
     schemas, exts = plan_prerequisites(facts)
     work = prepare_dump_dir(host, params, tag, dry_run=False)
     host.run(f"install -d -m 0700 -o postgres -g postgres {shlex.quote(work)}", quiet=True)
-    main, one = render_stream_scripts(params, work, schemas)
+    # settings that need a restart to go (wal_level) are removed by remove_restore_settings below
+    main, one = render_stream_scripts(params, work, schemas,
+                                      remove_part=None if "wal_level" in settings else restore_part_path(params))
     started = time.monotonic()
-    ensure_fresh_database(host, params, facts, dry_run=False, run_label=run_label)
-    analyze = 0.0
+    ensure_fresh_database(host, params, facts, dry_run=False, run_label=run_label, server_state=state)
     try:
         ensure_restore_settings(host, params, settings, dry_run=False)
         ensure_prerequisites(host, params, schemas, exts, dry_run=False)
         host.put_text(f"{work}/stream.sh", main, mode=0o700, owner="postgres")
         host.put_text(f"{work}/copy-one.sh", one, mode=0o700, owner="postgres")
-        res = source.script(render_stream_session(params, work),
-                            display=f"stream {source.label} into {params.postgres.database}: schema, then rows "
-                                    f"({restore_jobs(params)} tables at a time, in one exported snapshot), then "
-                                    "indexes and constraints; then inventory and row counts in that snapshot",
+        host.put_text(f"{work}/split.awk", SPLIT_AWK, mode=0o600, owner="postgres")
+        source.script(render_stream_session(params, work),
+                            display=f"stream {source.label} into {params.postgres.database}: schema, then "
+                                    f"{restore_jobs(params)} tables at a time in one exported snapshot (rows, then "
+                                    "that table's indexes and keys, ANALYZE), then foreign keys and the rest; "
+                                    "then inventory and row counts in that snapshot",
                             timeout=24 * 3600)
-        status = (host.read_text(f"{work}/stream.exit") or "").strip()
+        out = read_files(host, work, ["stream.exit", "stream.log", "times", "tables", "counts.out"])
+        status, log = out["stream.exit"].strip(), out["stream.log"]
         if status != "0":
-            log = host.read_text(f"{work}/stream.log") or ""
             raise RemoteCommandError(host.name, f"streamed transfer from {source.label}",
                                      int(status) if status.isdigit() else None, hsecrets.scrub(log[-3000:]),
                                      hint="The database is half restored; run the step again (it starts over).")
-        inv = Inventory.from_json(parse_marked_json(res.stdout))
+        inv = Inventory.from_json(parse_marked_json(out["counts.out"]))
+        phases = summarize_stream_times(log + out["times"], out["tables"])
         transfer_s = time.monotonic() - started
-        t = time.monotonic()
-        pg = params.postgres
-        host.run(f"vacuumdb --cluster {pg.version}/{shlex.quote(pg.cluster)} --analyze-only -j {src.jobs} "
-                 f"-d {shlex.quote(pg.database)} -q", sudo_user="postgres", timeout=24 * 3600)
-        analyze = time.monotonic() - t
     finally:
         remove_restore_settings(host, params, dry_run=False)
     host.run(f"rm -rf {shlex.quote(work)}", quiet=True, check=False)  # kept after a failure: its logs
@@ -1040,8 +1319,10 @@ def run_stream(host: "Host", params: "Params", source: "Source", facts: Mapping[
         sql.Identifier(params.postgres.database),
         sql.Literal(f"{MARKER_RESTORE}: restored by hcbpg at {mf.utcnow()} ({run_label})"))])
     total = time.monotonic() - started
+    analyze = next((float(p.rsplit(": ", 1)[1].rstrip("s")) for p in phases if p.startswith("ANALYZE of")), 0.0)
     dump = DumpResult(work, "stream", 0.0, 0, inv)
-    return dump, RestoreResult(total, analyze, [], settings, notes + [f"streamed in {transfer_s:.1f}s"])
+    return dump, RestoreResult(total, analyze, [], settings,
+                               notes + [f"streamed in {transfer_s:.1f}s"] + phases)
 
 
 # heroku -------------------------------------------------------------------------------------
@@ -1135,7 +1416,7 @@ def run_restore(host: "Host", params: "Params", dump: DumpResult, facts: Mapping
     schemas, exts = plan_prerequisites(facts, toc=toc)
     listed, skipped = filter_toc(toc, precreated_schemas=schemas)
     list_file = f"{dump.path}.list"
-    ensure_fresh_database(host, params, facts, dry_run=False, run_label=run_label)
+    ensure_fresh_database(host, params, facts, dry_run=False, run_label=run_label, server_state=state)
     try:
         ensure_restore_settings(host, params, settings, dry_run=False)
         ensure_prerequisites(host, params, schemas, exts, dry_run=False)
@@ -1549,6 +1830,9 @@ def plan_migration(host: "Host", params: "Params", source: Source, *, dry_run: b
         capture, url = render_heroku_commands(src.heroku_app or "?")
         dump_actions = [" ".join(capture) + "   (on this machine)", " ".join(url) + "   (on this machine)",
                         render_download(d + ".dump")[0] + "   (on the primary, URL on stdin)"]
+    elif use_stream(params, facts):
+        dump_actions = ["in one REPEATABLE READ session on the source: pg_export_snapshot(), pg_dump --schema-only "
+                        "in that snapshot, then inventory and row counts in it (source.transfer: stream)"]
     else:
         dump_actions = ["in one REPEATABLE READ session on the source: pg_export_snapshot(), then "
                         + render_pg_dump(params, d) + ", then inventory and row counts in that snapshot"]
@@ -1562,8 +1846,9 @@ def plan_migration(host: "Host", params: "Params", source: Source, *, dry_run: b
         Outcome(f"restore-time settings {RESTORE_PART} on {host.name}", True, True,
                 diff=render_restore_settings(settings, server=host.name), actions=notes),
         Outcome(f"restore into {params.postgres.database}", True, True,
-                actions=[render_pg_restore(params, d, d + ".list", jobs=restore_jobs(params)),
-                         "vacuumdb --analyze-only", f"remove {RESTORE_PART} (restart if wal_level changed)"]),
+                actions=(stream_plan_actions(params) if use_stream(params, facts) else
+                         [render_pg_restore(params, d, d + ".list", jobs=restore_jobs(params)), "vacuumdb --analyze-only"])
+                + [f"remove {RESTORE_PART} (restart if wal_level changed)"]),
     ]
     checks = [Check("source reachable from the primary", "pass",
                     f"{describe_source(source.conn)}: {facts['encoding']}, collation {facts['collate']}", host.name),
@@ -1604,10 +1889,15 @@ def run_migration(host: "Host", params: "Params", source: Source, facts: Mapping
     src = params.source
     assert src is not None
     with source:
-        if src.method == "pg_dump" and transfer_method(params) == "stream":
+        if src.method == "pg_dump" and transfer_method(params) == "stream" and not use_stream(params, facts):
+            print(f"the source has {facts.get('large_objects')} large objects: they move with a directory dump "
+                  "(source.transfer: directory), not streamed")
+        if use_stream(params, facts):
             dump, restore = run_stream(host, params, source, facts, tag, run_label=run_label)
-            print(f"streamed (schema, rows, indexes) in {restore.seconds:.1f}s "
-                  f"(of which ANALYZE {restore.analyze_seconds:.1f}s)")
+            print(f"streamed (schema, rows, indexes, ANALYZE) in {restore.seconds:.1f}s")
+            for note in restore.notes[restore.notes.index(next(n for n in restore.notes
+                                                               if n.startswith("streamed in"))) + 1:]:
+                print(f"  {note}")
         else:
             if src.method == "heroku":
                 dump = run_heroku_dump(host, params, tag)

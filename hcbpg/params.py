@@ -192,8 +192,9 @@ class Source(Model):
     restore_jobs: Optional[int] = Field(None, ge=1, le=64)
     #: wal_level=minimal during the restore (a restart before and after); only while archiving is off
     restore_wal_minimal: bool = False
-    #: how the data moves for method pg_dump
-    transfer: Literal["directory", "stream"] = "directory"
+    #: how the data moves for method pg_dump: stream (no dump files; each table's indexes right after
+    #: its rows) or directory (pg_dump -Fd -j N on the primary, then pg_restore -j N)
+    transfer: Literal["directory", "stream"] = "stream"
     #: how long 07 waits for the app's connections to the source to go
     quiet_timeout_s: float = Field(120.0, gt=0)
     events_table: Ident = "events"

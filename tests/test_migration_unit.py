@@ -399,12 +399,147 @@ def test_stream_list_filter_matches_filter_toc():
 
 def test_stream_scripts_use_the_snapshot_the_service_file_and_no_secret(params):
     main, one = migration.render_stream_scripts(params, "/var/tmp/hcbpg-dump/r1-07_cutover", ["heroku_ext"])
+    golden("migration.stream.sh", main)
+    golden("migration.stream-one.sh", one)
     assert "unset PGCLUSTER" in main and "unset PGCLUSTER" in one
     assert '--snapshot="$HCBPG_SNAPSHOT"' in main and "SET TRANSACTION SNAPSHOT '$HCBPG_SNAPSHOT'" in one
-    assert "--section=pre-data" in main and "--section=post-data -j 4" in main and "xargs -d '\\n' -P 4" in main
-    assert 'COPY $t TO STDOUT' in one and 'COPY $t FROM STDIN' in one
+    assert "--section=pre-data" in main and "-L /var/tmp/hcbpg-dump/r1-07_cutover/post.list --section=post-data -j 4" in main
+    assert "xargs -r -d '\\n' -P 4 -n 1 bash /var/tmp/hcbpg-dump/r1-07_cutover/copy-one.sh" in main
+    assert 'COPY $t TO STDOUT (FORMAT $fmt)' in one
+    # loaded frozen: truncated in the same transaction, as pg_restore -j does
+    assert '-c "BEGIN" -c "TRUNCATE ONLY $t" -c "COPY $t FROM STDIN (FORMAT $fmt, FREEZE)" -c "COMMIT"' in one
+    # the table's indexes at once, then its keys, then ANALYZE, all as the app role
+    assert one.index("stamp copied") < one.index('.*.list; do pg_restore') < one.index('wait "$p"') \
+        < one.index('$oid.keys') < one.index('ANALYZE $t')
+    assert one.count('SET ROLE rails') == 3 and "--role=rails" in one
+    # foreign keys: added NOT VALID in one session, then validated N at a time, before the rest of post-data
+    assert main.index("fk-add.sql") < main.index("fk-validate") < main.index("post.list --section=post-data")
     session = migration.render_stream_session(params, "/var/tmp/hcbpg-dump/r1-07_cutover")
+    golden("migration.stream-session.psql", session)
     assert "pg_export_snapshot()" in session and "pg_relation_size(c.oid) DESC" in session
+    assert session.index("\\o /var/tmp/hcbpg-dump/r1-07_cutover/builds") < session.index("\\! bash")
     for text in (main, one, session):
         assert "postgres://" not in text and "password" not in text.lower()
-    assert migration.transfer_method(params) == "directory"
+
+
+def test_the_transfer_is_streamed_by_default_and_directory_stays_selectable(params):
+    assert params.source.transfer == "stream" and migration.transfer_method(params) == "stream"
+    p = params.model_copy(update={"source": params.source.model_copy(update={"transfer": "directory"})})
+    assert migration.transfer_method(p) == "directory"
+
+
+#: a build plan as the source session writes it (fields separated by \x1f)
+BUILDS = "\n".join("\x1f".join(f) for f in [
+    ["16549", "I", "1259 16571", "INDEX public index_events_on_properties "],
+    ["16549", "I", "1259 16570", "INDEX public index_events_on_user_id "],
+    ["16549", "K", "2606 16556", "CONSTRAINT public events events_pkey ",
+     "CREATE UNIQUE INDEX events_pkey ON public.events USING btree (id);",
+     "ALTER TABLE ONLY public.events ADD CONSTRAINT events_pkey PRIMARY KEY USING INDEX events_pkey;"],
+    ["16549", "F", "2606 16580", "FK CONSTRAINT public events fk_rails_0cb5590091 ",
+     "ALTER TABLE ONLY public.events ADD CONSTRAINT fk_rails_0cb5590091 FOREIGN KEY (user_id) "
+     "REFERENCES public.users(id) NOT VALID;",
+     "ALTER TABLE ONLY public.events VALIDATE CONSTRAINT fk_rails_0cb5590091;", "2606 16540"],
+    # references a key pg_restore makes (not in the plan): left to pg_restore
+    ["16559", "F", "2606 16581", "FK CONSTRAINT public transactions fk_rails_8b0ab6d2f1 ",
+     "ALTER TABLE ONLY public.transactions ADD CONSTRAINT fk_rails_8b0ab6d2f1 FOREIGN KEY (event_id) "
+     "REFERENCES public.events(id) NOT VALID;",
+     "ALTER TABLE ONLY public.transactions VALIDATE CONSTRAINT fk_rails_8b0ab6d2f1;", "2606 16999"],
+    ["16538", "K", "2606 16540", "CONSTRAINT public users users_pkey ",
+     "CREATE UNIQUE INDEX users_pkey ON public.users USING btree (id);",
+     "ALTER TABLE ONLY public.users ADD CONSTRAINT users_pkey PRIMARY KEY USING INDEX users_pkey;"],
+    # same oid, other name: not matched, stays with pg_restore
+    ["16538", "I", "1259 16545", "INDEX public index_users_on_email "],
+]) + "\n"
+
+STREAM_TOC = """;
+; Archive created at 2026-11-25 10:00:00 UTC
+;
+;2; 3079 16385 EXTENSION - citext
+224; 1259 16549 TABLE public events heroku_owner
+3356; 2606 16556 CONSTRAINT public events events_pkey heroku_owner
+3360; 1259 16570 INDEX public index_events_on_user_id heroku_owner
+3361; 1259 16571 INDEX public index_events_on_properties heroku_owner
+3362; 1259 16545 INDEX public index_users_on_created_at heroku_owner
+3363; 2606 16540 CONSTRAINT public users users_pkey heroku_owner
+3370; 2606 16580 FK CONSTRAINT public events fk_rails_0cb5590091 heroku_owner
+3372; 2606 16581 FK CONSTRAINT public transactions fk_rails_8b0ab6d2f1 heroku_owner
+3371; 2620 16590 TRIGGER public events audit heroku_owner
+"""
+
+
+def test_the_build_plan_goes_to_each_table_and_the_rest_to_the_final_pass(tmp_path):
+    import subprocess
+    (tmp_path / "build").mkdir()
+    (tmp_path / "builds").write_text(BUILDS)
+    (tmp_path / "schema.list").write_text(STREAM_TOC)
+    (tmp_path / "split.awk").write_text(migration.SPLIT_AWK)
+    out = subprocess.run(["awk", "-v", f"W={tmp_path}", "-f", str(tmp_path / "split.awk"), str(tmp_path / "builds"),
+                          str(tmp_path / "schema.list")], capture_output=True, text=True, check=True).stdout
+    lines = out.splitlines()
+    # the table, the unmatched index (same oid, other name) and the trigger stay; the matched ones are commented
+    for keep in ("224; 1259 16549 TABLE", "3362; 1259 16545 INDEX", "3371; 2620 16590 TRIGGER", ";2; 3079",
+                 "3372; 2606 16581 FK CONSTRAINT"):
+        assert any(line.startswith(keep) for line in lines), keep
+    for done in ("3356; 2606", "3360; 1259", "3361; 1259", "3370; 2606"):
+        assert any(line.startswith(";" + done) for line in lines) and not any(line.startswith(done) for line in lines)
+    assert len(lines) == len(STREAM_TOC.splitlines())
+    files = sorted(p.name for p in (tmp_path / "build").iterdir())
+    assert files == ["16538.6.sql", "16538.keys", "16549.1.list", "16549.2.list", "16549.3.sql", "16549.keys"]
+    assert (tmp_path / "build" / "16549.1.list").read_text().startswith("3361; 1259 16571 INDEX public "
+                                                                       "index_events_on_properties")
+    assert (tmp_path / "build" / "16549.3.sql").read_text() == \
+        "CREATE UNIQUE INDEX events_pkey ON public.events USING btree (id);\n"
+    assert "PRIMARY KEY USING INDEX events_pkey" in (tmp_path / "build" / "16549.keys").read_text()
+    assert (tmp_path / "fk-add.sql").read_text().count("NOT VALID") == 1
+    assert (tmp_path / "fk-validate").read_text() == \
+        "ALTER TABLE ONLY public.events VALIDATE CONSTRAINT fk_rails_0cb5590091;\n"
+
+
+def test_an_empty_build_plan_leaves_everything_to_pg_restore(tmp_path):
+    import subprocess
+    (tmp_path / "build").mkdir()
+    (tmp_path / "builds").write_text("")
+    (tmp_path / "schema.list").write_text(STREAM_TOC)
+    out = subprocess.run(["awk", "-v", f"W={tmp_path}", "-f", "-", str(tmp_path / "builds"),
+                          str(tmp_path / "schema.list")], input=migration.SPLIT_AWK, capture_output=True,
+                         text=True, check=True).stdout
+    assert out == STREAM_TOC and not list((tmp_path / "build").iterdir())
+
+
+def test_the_build_plan_and_table_list_are_made_in_the_snapshot_with_exact_matches():
+    sql_text = migration.BUILDS_SQL
+    # keys only when the index has the constraint's name and nothing pg_dump adds to the key is lost
+    for cond in ("ic.relname = co.conname", "NOT co.condeferrable", "NOT i.indisclustered", "NOT i.indisreplident",
+                 "co.convalidated", "NOT t.relispartition", "[[:cntrl:]]"):
+        assert cond in sql_text
+    assert "prolang = 12" in migration.TABLES_SQL and "'binary' ELSE 'text'" in migration.TABLES_SQL
+
+
+def test_stream_times_become_phase_notes():
+    log = "\n".join(["hcbpg-time start - 100.0", "hcbpg-time pre-data - 100.5", "noise",
+                     "hcbpg-time copied 16549 108.5", "hcbpg-time copied 16538 110.0", "hcbpg-time built 16538 112.0",
+                     "hcbpg-time built 16549 124.0", "hcbpg-time tables - 124.1", "hcbpg-time foreign-keys - 127.1",
+                     "hcbpg-time post-data - 127.3", "hcbpg-time end - 127.4"])
+    notes = migration.summarize_stream_times(log, "16549 binary public.events\n16538 text public.users\n")
+    assert notes[0] == "schema dumped and pre-data restored: 0.5s"
+    assert notes[1] == "rows copied, indexes and keys built, tables analyzed: 23.6s"
+    assert notes[2] == "sequences set, foreign keys added and validated: 3.0s"
+    assert notes[-2] == "public.events: rows copied at +8.5s, indexes built at +24.0s"
+    assert notes[-1] == "public.users: rows copied at +10.0s, indexes built at +12.0s"
+    assert migration.summarize_stream_times("nothing") == []
+
+
+def test_a_reload_is_one_round_trip_that_waits_and_names_what_needs_a_restart(params):
+    cmd = migration.render_reload_and_wait(params)
+    assert cmd.index("pg_conf_load_time") < cmd.index("pg_ctlcluster 15 main reload") < cmd.index("sleep 0.1")
+    assert "seq 300" in cmd and "pending_restart" in cmd and "exit 1" in cmd
+    import subprocess
+    assert subprocess.run(["bash", "-n", "-c", cmd]).returncode == 0
+
+
+def test_statements_run_in_one_psql_call_and_stop_at_the_first_error(params):
+    host = FakeHost()
+    migration.run_statements(host, params, ["DROP DATABASE x", "CREATE DATABASE x;"], dbname="postgres")
+    assert len(host.runs) == 1
+    assert "ON_ERROR_STOP=1" in host.runs[0]["cmd"] and host.runs[0]["cmd"].endswith("-f -")
+    assert host.runs[0]["stdin"] == "DROP DATABASE x;\nCREATE DATABASE x;\n"

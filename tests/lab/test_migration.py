@@ -27,6 +27,7 @@ from hcbpg.lab import create_server_host, destroy_server_host
 from hcbpg.params import parse_params
 from hcbpg.runner import Runner, approve
 from hcbpg.secrets import register
+from labparams import lab_params
 
 pytestmark = pytest.mark.lab
 
@@ -98,19 +99,11 @@ def env(lab, tmp_path_factory, monkeypatch_module):
     pw_file.parent.mkdir(mode=0o700)
     shutil.copy(cfg.secret_path("rails-password"), pw_file)
     pw_file.chmod(0o600)
-    data = {
-        "environment": "lab",
-        "hetzner": {"token": f"file:{cfg.secret_path('hcloud-token')}",
-                    "ssh_public_key_file": str(lab.ssh_key.with_suffix(".pub"))},
-        "network": {"ip_range": "10.0.0.0/8", "subnet": cfg.subnet},
-        "servers": [{"name": "server-postgres-1", "private_ip": ip, "role": "primary", "ssh_host": ip}],
-        "app_host": {"name": "app", "private_ip": cfg.app_ip},
-        "ssh": {"user": "root", "key_file": str(lab.ssh_key), "connect_timeout": 5},
-        "postgres": {"app_role_password": f"file:{pw_file}"},
-        "source": {"method": "pg_dump", "url": f"file:{cfg.secret_path('source-url')}", "jobs": 2,
-                   "sentinel": {"table": "users", "id": 1803, "column": "full_name"}},
-        "allow_destructive": False,
-    }
+    data = lab_params(lab, [("server-postgres-1", ip, "primary")],
+                      postgres={"app_role_password": f"file:{pw_file}"},
+                      source={"method": "pg_dump", "url": f"file:{cfg.secret_path('source-url')}", "jobs": 2,
+                              "sentinel": {"table": "users", "id": 1803, "column": "full_name"}},
+                      allow_destructive=False)
     home = tmp / "home"
     (home / "params").mkdir(parents=True)
     (home / "params" / "lab.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
@@ -208,6 +201,20 @@ def test_after_the_cutover_the_old_password_is_refused_and_the_new_one_works(env
     checks = migration.check_passwords(env.app, env.params, old=STATE["old"], new=STATE["new"],
                                        server_ip=env.params.primary.private_ip)
     assert [c.status for c in checks] == ["pass", "pass"], checks
+
+
+def test_the_streamed_transfer_builds_each_tables_indexes_and_validates_its_foreign_keys(env):
+    """The default transfer as 07 ran it: keys are real constraints, foreign keys validated, rows frozen."""
+    tgt = migration.target(env.host, env.params)
+    rows = tgt.rows("SELECT c.conname, c.contype::text AS contype, c.convalidated, i.indisprimary, i.indisunique "
+                    "FROM pg_constraint c LEFT JOIN pg_index i ON i.indexrelid = c.conindid AND c.contype IN ('p', 'u') "
+                    "WHERE c.connamespace = 'public'::regnamespace AND c.contype IN ('p', 'u', 'f') ORDER BY 1")
+    keys = [r for r in rows if r["contype"] in ("p", "u")]
+    fks = [r for r in rows if r["contype"] == "f"]
+    assert keys and all(r["indisunique"] and (r["indisprimary"] == (r["contype"] == "p")) for r in keys), keys
+    assert len(fks) == 3 and all(r["convalidated"] for r in fks), fks
+    frozen = tgt.json("SELECT (SELECT relallvisible FROM pg_class WHERE oid = 'public.events'::regclass) > 0")
+    assert frozen is True
 
 
 def test_no_secret_in_any_output_of_the_run(env):
@@ -343,16 +350,16 @@ def test_the_heroku_method_downloads_the_backup_on_the_primary_and_restores_it(e
     assert curl and signed not in curl[0].command
 
 
-def test_the_opt_in_streamed_transfer_restores_the_same(env, monkeypatch):
-    """source.transfer: stream (no dump files: COPY piped table by table in the exported snapshot)."""
-    monkeypatch.setattr(migration, "transfer_method", lambda params: "stream")
-    params = env.params.model_copy(update={"allow_destructive": True})
+def test_the_directory_transfer_restores_the_same(env):
+    """source.transfer: directory (pg_dump -Fd -j N, then pg_restore -j N); 06 and 07 above streamed (the default)."""
+    src = env.params.source.model_copy(update={"transfer": "directory"})
+    params = env.params.model_copy(update={"source": src, "allow_destructive": True})
     source = migration.Source(env.host, env.source_url)
     plan = migration.plan_migration(env.host, params, source)
-    res = migration.run_migration(env.host, params, source, plan.facts, tag="stream", run_label="lab test stream",
-                                  live_source=False, app=env.app, password=STATE["new"],
-                                  sentinel_expect=STATE["cutover"]["sentinel"])
+    res = migration.run_migration(env.host, params, source, plan.facts, tag="directory",
+                                  run_label="lab test directory", live_source=False, app=env.app,
+                                  password=STATE["new"], sentinel_expect=STATE["cutover"]["sentinel"])
     bad = [c for c in res.verification.checks if c.status != "pass"]
     assert not bad, bad
-    assert res.dump.format == "stream" and res.verification.table[-1]["target"] > 20_000
+    assert res.dump.format == "directory" and res.verification.table[-1]["target"] > 20_000
     assert not env.host.exists(res.dump.path)
