@@ -26,3 +26,17 @@ def home(tmp_path, monkeypatch):
         monkeypatch.delenv(var, raising=False)
     return h
 
+
+
+#: the longest test files (minutes each, measured with --durations), started first so that
+#: with parallel workers (scripts/test) the longest file does not start last
+LONGEST_FIRST = ("test_replication.py", "test_server_steps.py", "test_migration.py", "test_backups.py",
+                 "test_day_two.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Order files longest first (the order inside a file stays: its tests build on each other)."""
+    def rank(item) -> int:  # noqa: ANN001
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+    items.sort(key=rank)  # stable
