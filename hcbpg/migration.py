@@ -6,14 +6,16 @@ Everything runs on the primary itself: ``pg_dump`` pulls from the source over th
 reaches a command line or an output: it becomes a 0600 libpq service file on the
 primary (in ``/run``, a tmpfs) that is removed when the step ends.
 
-A run is: :func:`plan_migration` (read-only, the dry run shows it) →
-:func:`run_dump` (one source session exports a snapshot, ``pg_dump -Fd -j N`` dumps that
-snapshot, the same session counts every table's rows in it) →
+A run is: :func:`plan_migration` (read-only, the dry run shows it) → the transfer →
+:func:`verify_restore` (object inventory, per-table row counts, sequences, the app host's
+read/write and the sentinel).  For method ``pg_dump`` the transfer is :func:`run_stream` by
+default (``source.transfer: stream``): one source session exports a snapshot; in it the schema
+is dumped, each table's rows are piped into a fresh database and that table's indexes and keys
+built right after them, then the foreign keys are checked; the inventory and every table's row
+count are taken in the same snapshot.  ``source.transfer: directory`` (and method ``heroku``)
+is :func:`run_dump` (``pg_dump -Fd -j N`` of that snapshot, counts in it) then
 :func:`run_restore` (fresh database, extensions first, ``pg_restore -j N`` with restore-time
-settings) → :func:`verify_restore` (object inventory, per-table row counts, sequences,
-the app host's read/write and the sentinel).  With ``source.transfer: stream`` (opt-in),
-:func:`run_stream` replaces dump and restore: schema in the snapshot, rows piped table by
-table in that snapshot, then indexes and constraints.  The cutover adds :func:`wait_for_source_quiet`,
+settings).  The cutover adds :func:`wait_for_source_quiet`,
 :func:`run_sentinel_write` and :func:`run_rotate_password`; starting traffic adds
 :func:`render_database_url` and :func:`record_downtime`.
 """
@@ -798,10 +800,10 @@ def run_statements(host: "Host", params: "Params", statements: Sequence["sql.Com
                                  "run the step again (it only does what is still missing).")
 
 
-def ensure_fresh_database(host: "Host", params: "Params", facts: Mapping[str, Any], *, dry_run: bool,
-                          run_label: str = "", server_state: Mapping[str, Any] | None = None) -> Outcome:
-    """Drop (when allowed) and recreate the target database, owned by the app role."""
-    from hcbpg import postgres
+def plan_fresh_database(host: "Host", params: "Params", facts: Mapping[str, Any], *, run_label: str = "",
+                        server_state: Mapping[str, Any] | None = None) -> tuple[list[sql.Composable], list[str]]:
+    """The statements that drop (when allowed) and recreate the target database, and why (read-only:
+    SafetyCheckFailed when it may not be dropped)."""
     pg = params.postgres
     state = get_target_state(host, params)
     server_start = (server_state or get_server_state(host, params))["postmaster_start"]
@@ -812,27 +814,53 @@ def ensure_fresh_database(host: "Host", params: "Params", facts: Mapping[str, An
     statements: list[sql.Composable] = []
     if state.exists:
         statements.append(sql.SQL("DROP DATABASE {}").format(sql.Identifier(pg.database)))
-    statements += plan_create_statements(params, facts, locale_ok=locale_ok, run_label=run_label)
+    created = plan_create_statements(params, facts, locale_ok=locale_ok, run_label=run_label)
+    statements += created
     if not locale_ok:
         actions.append(f"the source's locale {facts.get('collate')} is not on {host.name}: the database gets "
                        "the cluster's default (text sorts may differ)")
+    return statements, actions + [" ".join(render(s).split()) for s in created]
+
+
+def ensure_fresh_database(host: "Host", params: "Params", facts: Mapping[str, Any], *, dry_run: bool,
+                          run_label: str = "", server_state: Mapping[str, Any] | None = None) -> Outcome:
+    """Drop (when allowed) and recreate the target database, owned by the app role."""
+    pg = params.postgres
+    statements, actions = plan_fresh_database(host, params, facts, run_label=run_label, server_state=server_state)
     run_statements(host, params, statements, dbname="postgres", dry_run=dry_run)
     return Outcome(f"database {pg.database} on {host.name} (fresh, owner {pg.app_role})", True, dry_run,
-                   actions=actions + [" ".join(render(s).split()) for s in statements[1 if state.exists else 0:]])
+                   actions=actions)
 
 
-def ensure_prerequisites(host: "Host", params: "Params", schemas: Sequence[str],
-                         extensions: Sequence[Mapping[str, str]], *, dry_run: bool) -> Outcome:
-    """Schemas the extensions live in (heroku_ext, owned by the app role) and the extensions, as superuser."""
+def prerequisite_statements(params: "Params", schemas: Sequence[str],
+                            extensions: Sequence[Mapping[str, str]]) -> list[sql.Composable]:
     role = sql.Identifier(params.postgres.app_role)
     st: list[sql.Composable] = [sql.SQL("CREATE SCHEMA IF NOT EXISTS {} AUTHORIZATION {}").format(
         sql.Identifier(s), role) for s in schemas]
     st += [sql.SQL("CREATE EXTENSION IF NOT EXISTS {} WITH SCHEMA {}").format(
         sql.Identifier(e["name"]), sql.Identifier(e["schema"])) for e in extensions]
+    return st
+
+
+def ensure_prerequisites(host: "Host", params: "Params", schemas: Sequence[str],
+                         extensions: Sequence[Mapping[str, str]], *, dry_run: bool) -> Outcome:
+    """Schemas the extensions live in (heroku_ext, owned by the app role) and the extensions, as superuser."""
+    st = prerequisite_statements(params, schemas, extensions)
     if st:
         run_statements(host, params, st, dbname=params.postgres.database, dry_run=dry_run)
     return Outcome(f"schemas and extensions in {params.postgres.database} on {host.name}", bool(st), dry_run,
                    actions=[" ".join(render(s).split()) for s in st])
+
+
+def render_prepare_sql(params: "Params", database_statements: Sequence["sql.Composable | str"],
+                       object_statements: Sequence["sql.Composable | str"]) -> str:
+    """One psql script (run against ``postgres``): the fresh database, then in it the schemas and extensions."""
+    db = params.postgres.database
+    lines = ["\\set ON_ERROR_STOP 1"]
+    lines += [render(st).strip().rstrip(";") + ";" for st in database_statements]
+    lines.append("\\connect '" + db.replace("'", "''") + "'")
+    lines += [render(st).strip().rstrip(";") + ";" for st in object_statements]
+    return "\n".join(lines) + "\n"
 
 
 def check_extensions_available(host: "Host", params: "Params", extensions: Sequence[Mapping[str, str]]) -> Check:
@@ -1072,24 +1100,28 @@ FILENAME == ARGV[1] {
 """
 
 
-def render_stream_scripts(params: "Params", work: str, schemas: Iterable[str], *,
-                          remove_part: str | None = None) -> tuple[str, str]:
-    """The shell scripts of a streamed transfer: the whole of it, and the work on one table.
+def render_stream_scripts(params: "Params", work: str, schemas: Iterable[str], *, prepare: str | None = None,
+                          reload_settings: bool = False, remove_part: str | None = None) -> tuple[str, str, str]:
+    """The shell scripts of a streamed transfer: the whole of it, the work on one table, one index build.
 
     Schema in the snapshot (pg_dump --schema-only), pre-data restored as the app role, then N
     tables at a time, largest first: the table's rows piped ``COPY TO STDOUT | COPY FROM STDIN``
-    in the same snapshot, then right away all of that table's indexes at once (primary keys and
-    unique constraints as a unique index, then ``ADD CONSTRAINT ... USING INDEX``) and ANALYZE.
+    in the same snapshot, then right away that table's indexes, ``source.jobs`` at a time (primary
+    keys and unique constraints as a unique index, then ``ADD CONSTRAINT ... USING INDEX``) and ANALYZE.
     Then sequence values, then the rest of post-data (foreign keys, triggers, what the build plan
     did not match) with pg_restore -j N.  Each phase leaves an ``hcbpg-time`` line.
 
-    The inventory and exact row counts are taken meanwhile by one more session in the same
-    snapshot (``counts.out``).  *remove_part*: the restore-time settings file, removed (and the
-    server reloaded) as soon as the load is done; only for settings that need no restart.
+    The inventory and exact row counts are taken by one more session in the same snapshot
+    (``counts.out``) once every table is loaded, while the foreign keys are checked.  While the schema is dumped: *prepare* (:func:`render_prepare_sql`:
+    the fresh database, its schemas and extensions) runs, and with *reload_settings* the server
+    reloads the restore-time settings already written.  *remove_part*: the restore-time settings
+    file, removed (and the server reloaded) as soon as the load is done.  Both only for settings
+    that need no restart.
     """
     pg = params.postgres
     w = shlex.quote(work)
     jobs = restore_jobs(params)
+    src_jobs = params.source.jobs if params.source is not None else 2
     cl = f"--cluster {pg.version}/{shlex.quote(pg.cluster)}"
     role = shlex.quote(pg.app_role)
     restore = f"pg_restore {cl} --no-owner --no-acl --role={role} --exit-on-error"
@@ -1100,8 +1132,25 @@ def render_stream_scripts(params: "Params", work: str, schemas: Iterable[str], *
             f"export PGSERVICEFILE={SECRET_DIR}/source.pgservice"]
     main = "\n".join(head + [
         'stamp() { echo "hcbpg-time $1 - $(date +%s.%N)"; }',
-        "stamp start",
-        # the inventory and exact row counts, in the same snapshot, while the data moves
+        "stamp start"]
+        + ([f"cat > {w}/prepare.sql <<'HCBPG_PREPARE_SQL'", prepare.rstrip("\n"), "HCBPG_PREPARE_SQL",
+            f"psql {cl} -X -q -v ON_ERROR_STOP=1 -d postgres -f {w}/prepare.sql & preppid=$!"] if prepare else [])
+        + ([f"{render_reload_and_wait(params)} > /dev/null & reloadpid=$!"] if reload_settings else [])
+        + [
+        f'pg_dump -d service={SERVICE_NAME} --schema-only -Fc --lock-wait-timeout=60s --snapshot="$HCBPG_SNAPSHOT" '
+        f"-f {w}/schema.dump",
+        f"pg_restore -l {w}/schema.dump | sed -E {shlex.quote(render_toc_filter(schemas))} > {w}/schema.list",
+        f"mkdir -p {w}/build",
+        f"awk -v W={w} -f {w}/split.awk {w}/builds {w}/schema.list > {w}/post.list"]
+        + (['wait "$preppid"'] if prepare else []) + (['wait "$reloadpid"'] if reload_settings else []) + [
+        f"{restore} -L {w}/schema.list --section=pre-data -d {shlex.quote(pg.database)} {w}/schema.dump",
+        "stamp pre-data",
+        # largest first: the largest table's chain (its rows, then its indexes: the GIN one above all)
+        # is the critical path, and the smaller tables fill the other jobs around it.  (Measured on the
+        # lab's 2 cores: its rows first on their own, and the other lanes reniced, did not finish sooner.)
+        f"xargs -r -d '\\n' -P {jobs} -n 1 bash {w}/copy-one.sh < {w}/tables",
+        "stamp tables",
+        # the inventory and exact row counts, in the same snapshot, while the foreign keys are checked
         f"cat > {w}/counts.sql <<'HCBPG_COUNTS_SQL'",
         "SET search_path = pg_catalog;",
         f"SELECT '{_JSON_MARK}' || json_build_object('objects', ({INVENTORY_SQL}), "
@@ -1110,17 +1159,6 @@ def render_stream_scripts(params: "Params", work: str, schemas: Iterable[str], *
         f'psql -X -q -A -t -v ON_ERROR_STOP=1 -d service={SERVICE_NAME} -c "BEGIN ISOLATION LEVEL REPEATABLE READ, '
         'READ ONLY" -c "SET TRANSACTION SNAPSHOT \'$HCBPG_SNAPSHOT\'" '
         f'-f {w}/counts.sql -c "COMMIT" > {w}/counts.out & countspid=$!',
-        f'pg_dump -d service={SERVICE_NAME} --schema-only -Fc --lock-wait-timeout=60s --snapshot="$HCBPG_SNAPSHOT" '
-        f"-f {w}/schema.dump",
-        f"pg_restore -l {w}/schema.dump | sed -E {shlex.quote(render_toc_filter(schemas))} > {w}/schema.list",
-        f"mkdir -p {w}/build",
-        f"awk -v W={w} -f {w}/split.awk {w}/builds {w}/schema.list > {w}/post.list",
-        f"{restore} -L {w}/schema.list --section=pre-data -d {shlex.quote(pg.database)} {w}/schema.dump",
-        "stamp pre-data",
-        # largest first: the largest table's chain (its rows, then its indexes, the GIN one above all)
-        # is the critical path, and the smaller tables fill the other jobs around it
-        f"xargs -r -d '\\n' -P {jobs} -n 1 bash {w}/copy-one.sh < {w}/tables",
-        "stamp tables",
         f"{tgt} -f {w}/sequences.sql",
         f"if [ -f {w}/fk-add.sql ]; then",
         f"  {tgt} -c \"SET ROLE {pg.app_role}\" -f {w}/fk-add.sql",
@@ -1150,16 +1188,34 @@ def render_stream_scripts(params: "Params", work: str, schemas: Iterable[str], *
         f'| {tgt} -c "BEGIN" -c "TRUNCATE ONLY $t" -c "COPY $t FROM STDIN (FORMAT $fmt, FREEZE)" -c "COMMIT"',
         "stamp copied",
         "shopt -s nullglob",
-        "pids=()",
-        f'for f in "$W/build/$oid".*.list; do {restore} -L "$f" -d {shlex.quote(pg.database)} "$W/schema.dump" & '
-        "pids+=($!); done",
-        f'for f in "$W/build/$oid".*.sql; do {tgt} -c "SET ROLE {pg.app_role}" -f "$f" & pids+=($!); done',
-        'rc=0; for p in "${pids[@]}"; do wait "$p" || rc=1; done; [ "$rc" = 0 ]',
+        'items=("$W/build/$oid".*.list "$W/build/$oid".*.sql)',
+        f'if [ "${{#items[@]}}" -gt 0 ]; then printf \'%s\\n\' "${{items[@]}}" | '
+        f"xargs -d '\\n' -P {src_jobs} -n 1 bash \"$W/build-one.sh\"; fi",
         f'if [ -f "$W/build/$oid.keys" ]; then {tgt} -c "SET ROLE {pg.app_role}" -f "$W/build/$oid.keys"; fi',
         f'{tgt} -c "SET ROLE {pg.app_role}" -c "ANALYZE $t"',
         "stamp built",
         ""])
-    return main, one
+    build = "\n".join(head + [
+        f"W={w}",
+        'case "$1" in',
+        f'  *.list) {restore} -L "$1" -d {shlex.quote(pg.database)} "$W/schema.dump" ;;',
+        f'  *.sql) {tgt} -c "SET ROLE {pg.app_role}" -f "$1" ;;',
+        '  *) echo "build-one.sh: what is $1?" >&2; exit 2 ;;',
+        "esac",
+        ""])
+    return main, one, build
+
+
+def render_bundle(files: Mapping[str, tuple[str, str]]) -> str:
+    """Shell lines that write each file (path -> (mode, text)) from a quoted here-document, so that one
+    upload carries them all."""
+    lines = []
+    for n, (path, (mode, text)) in enumerate(files.items()):
+        end = f"HCBPG_FILE_{n}"
+        if any(line == end for line in text.splitlines()):
+            raise ValueError(f"{path}: holds the line {end}")
+        lines += [f"cat > {shlex.quote(path)} <<'{end}'", text.rstrip("\n"), end, f"chmod {mode} {shlex.quote(path)}"]
+    return "\n".join(lines) + "\n"
 
 
 def render_stream_session(params: "Params", work: str) -> str:
@@ -1182,7 +1238,8 @@ def render_stream_session(params: "Params", work: str) -> str:
         f"\\o {work}/sequences.sql", seqs,
         f"\\o {work}/builds", BUILDS_SQL.strip(),
         "\\o",
-        f"\\! bash {shlex.quote(work)}/stream.sh > {shlex.quote(work)}/stream.log 2>&1; echo $? > {shlex.quote(status)}",
+        f"\\! bash {shlex.quote(work)}/files.sh > {shlex.quote(work)}/stream.log 2>&1 && "
+        f"bash {shlex.quote(work)}/stream.sh >> {shlex.quote(work)}/stream.log 2>&1; echo $? > {shlex.quote(status)}",
         "COMMIT;", ""])
 
 
@@ -1286,19 +1343,29 @@ def run_stream(host: "Host", params: "Params", source: "Source", facts: Mapping[
     schemas, exts = plan_prerequisites(facts)
     work = prepare_dump_dir(host, params, tag, dry_run=False)
     host.run(f"install -d -m 0700 -o postgres -g postgres {shlex.quote(work)}", quiet=True)
-    # settings that need a restart to go (wal_level) are removed by remove_restore_settings below
-    main, one = render_stream_scripts(params, work, schemas,
-                                      remove_part=None if "wal_level" in settings else restore_part_path(params))
     started = time.monotonic()
-    ensure_fresh_database(host, params, facts, dry_run=False, run_label=run_label, server_state=state)
+    # nothing changes yet: the safety checks (SafetyCheckFailed) and the statements
+    fresh, fresh_actions = plan_fresh_database(host, params, facts, run_label=run_label, server_state=state)
+    # settings that need a restart (wal_level) come and go from here; the others by a reload in the script
+    # (while the schema is dumped) and are removed as soon as the load is done
+    restart = "wal_level" in settings
+    main, one, build = render_stream_scripts(params, work, schemas,
+                                      prepare=render_prepare_sql(params, fresh,
+                                                                 prerequisite_statements(params, schemas, exts)),
+                                      reload_settings=not restart,
+                                      remove_part=None if restart else restore_part_path(params))
+    files = {f"{work}/stream.sh": ("0700", main), f"{work}/copy-one.sh": ("0700", one),
+             f"{work}/build-one.sh": ("0700", build), f"{work}/split.awk": ("0600", SPLIT_AWK)}
     try:
-        ensure_restore_settings(host, params, settings, dry_run=False)
-        ensure_prerequisites(host, params, schemas, exts, dry_run=False)
-        host.put_text(f"{work}/stream.sh", main, mode=0o700, owner="postgres")
-        host.put_text(f"{work}/copy-one.sh", one, mode=0o700, owner="postgres")
-        host.put_text(f"{work}/split.awk", SPLIT_AWK, mode=0o600, owner="postgres")
+        if restart:
+            ensure_restore_settings(host, params, settings, dry_run=False)
+        else:  # the script reloads them
+            host.put_text(restore_part_path(params), render_restore_settings(settings, server=host.name),
+                          mode=0o644, owner="postgres")
+        host.put_text(f"{work}/files.sh", render_bundle(files), mode=0o700, owner="postgres")  # one upload
         source.script(render_stream_session(params, work),
-                            display=f"stream {source.label} into {params.postgres.database}: schema, then "
+                            display=f"stream {source.label} into {params.postgres.database} "
+                                    f"({'; '.join(fresh_actions[:1])}; restore-time settings): schema, then "
                                     f"{restore_jobs(params)} tables at a time in one exported snapshot (rows, then "
                                     "that table's indexes and keys, ANALYZE), then foreign keys and the rest; "
                                     "then inventory and row counts in that snapshot",
@@ -1322,7 +1389,7 @@ def run_stream(host: "Host", params: "Params", source: "Source", facts: Mapping[
     analyze = next((float(p.rsplit(": ", 1)[1].rstrip("s")) for p in phases if p.startswith("ANALYZE of")), 0.0)
     dump = DumpResult(work, "stream", 0.0, 0, inv)
     return dump, RestoreResult(total, analyze, [], settings,
-                               notes + [f"streamed in {transfer_s:.1f}s"] + phases)
+                               notes + fresh_actions + [f"streamed in {transfer_s:.1f}s"] + phases)
 
 
 # heroku -------------------------------------------------------------------------------------

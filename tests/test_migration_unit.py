@@ -398,9 +398,10 @@ def test_stream_list_filter_matches_filter_toc():
 
 
 def test_stream_scripts_use_the_snapshot_the_service_file_and_no_secret(params):
-    main, one = migration.render_stream_scripts(params, "/var/tmp/hcbpg-dump/r1-07_cutover", ["heroku_ext"])
+    main, one, build = migration.render_stream_scripts(params, "/var/tmp/hcbpg-dump/r1-07_cutover", ["heroku_ext"])
     golden("migration.stream.sh", main)
     golden("migration.stream-one.sh", one)
+    golden("migration.stream-build.sh", build)
     assert "unset PGCLUSTER" in main and "unset PGCLUSTER" in one
     assert '--snapshot="$HCBPG_SNAPSHOT"' in main and "SET TRANSACTION SNAPSHOT '$HCBPG_SNAPSHOT'" in one
     assert "--section=pre-data" in main and "-L /var/tmp/hcbpg-dump/r1-07_cutover/post.list --section=post-data -j 4" in main
@@ -408,17 +409,20 @@ def test_stream_scripts_use_the_snapshot_the_service_file_and_no_secret(params):
     assert 'COPY $t TO STDOUT (FORMAT $fmt)' in one
     # loaded frozen: truncated in the same transaction, as pg_restore -j does
     assert '-c "BEGIN" -c "TRUNCATE ONLY $t" -c "COPY $t FROM STDIN (FORMAT $fmt, FREEZE)" -c "COMMIT"' in one
-    # the table's indexes at once, then its keys, then ANALYZE, all as the app role
-    assert one.index("stamp copied") < one.index('.*.list; do pg_restore') < one.index('wait "$p"') \
+    # the table's indexes source.jobs at a time, then its keys, then ANALYZE, all as the app role
+    assert one.index("stamp copied") < one.index('xargs -d \'\\n\' -P 2 -n 1 bash "$W/build-one.sh"') \
         < one.index('$oid.keys') < one.index('ANALYZE $t')
-    assert one.count('SET ROLE rails') == 3 and "--role=rails" in one
+    assert one.count('SET ROLE rails') == 2 and build.count('SET ROLE rails') == 1 and "--role=rails" in build
+    # the inventory and counts in the snapshot, once the tables are loaded, waited for at the end
+    assert main.index("stamp tables") < main.index("counts.out & countspid=$!") < main.index("fk-add.sql") \
+        < main.index('wait "$countspid"')
     # foreign keys: added NOT VALID in one session, then validated N at a time, before the rest of post-data
     assert main.index("fk-add.sql") < main.index("fk-validate") < main.index("post.list --section=post-data")
     session = migration.render_stream_session(params, "/var/tmp/hcbpg-dump/r1-07_cutover")
     golden("migration.stream-session.psql", session)
     assert "pg_export_snapshot()" in session and "pg_relation_size(c.oid) DESC" in session
     assert session.index("\\o /var/tmp/hcbpg-dump/r1-07_cutover/builds") < session.index("\\! bash")
-    for text in (main, one, session):
+    for text in (main, one, build, session):
         assert "postgres://" not in text and "password" not in text.lower()
 
 
@@ -543,3 +547,42 @@ def test_statements_run_in_one_psql_call_and_stop_at_the_first_error(params):
     assert len(host.runs) == 1
     assert "ON_ERROR_STOP=1" in host.runs[0]["cmd"] and host.runs[0]["cmd"].endswith("-f -")
     assert host.runs[0]["stdin"] == "DROP DATABASE x;\nCREATE DATABASE x;\n"
+
+
+def test_the_fresh_database_and_settings_are_made_while_the_schema_is_dumped_and_go_right_after_the_load(params):
+    prepare = migration.render_prepare_sql(params, ['DROP DATABASE "hcb_production"',
+                                                    'CREATE DATABASE "hcb_production" WITH OWNER "rails"'],
+                                           ['CREATE EXTENSION IF NOT EXISTS "citext" WITH SCHEMA "heroku_ext"'])
+    assert prepare.splitlines() == ["\\set ON_ERROR_STOP 1", 'DROP DATABASE "hcb_production";',
+                                    'CREATE DATABASE "hcb_production" WITH OWNER "rails";',
+                                    "\\connect 'hcb_production'",
+                                    'CREATE EXTENSION IF NOT EXISTS "citext" WITH SCHEMA "heroku_ext";']
+    part = "/etc/postgresql/15/main/conf.d/90-hcbpg-restore.conf"
+    main, _, _ = migration.render_stream_scripts(params, "/w", ["heroku_ext"], prepare=prepare,
+                                                 reload_settings=True, remove_part=part)
+    assert "<<'HCBPG_PREPARE_SQL'\n" + prepare + "HCBPG_PREPARE_SQL\n" in main
+    assert main.index("-d postgres -f /w/prepare.sql & preppid=$!") < main.index("pg_dump -d service=") \
+        < main.index('wait "$preppid"') < main.index("--section=pre-data")
+    assert main.index("reload") < main.index("& reloadpid=$!") < main.index('wait "$reloadpid"') \
+        < main.index("--section=pre-data")
+    assert main.index("stamp end") < main.index(f"rm -f {part}") < main.rindex("pg_ctlcluster 15 main reload") \
+        < main.index('wait "$countspid"')
+    import subprocess
+    assert subprocess.run(["bash", "-n"], input=main, text=True).returncode == 0
+
+
+def test_one_upload_carries_every_script(tmp_path):
+    import subprocess
+    files = {str(tmp_path / "a.sh"): ("0700", "echo 'it''s'\nEOF\n"), str(tmp_path / "s.awk"): ("0600", migration.SPLIT_AWK)}
+    subprocess.run(["bash", "-c", migration.render_bundle(files)], check=True)
+    assert (tmp_path / "a.sh").read_text() == "echo 'it''s'\nEOF\n"
+    assert (tmp_path / "s.awk").read_text() == migration.SPLIT_AWK
+    assert oct((tmp_path / "s.awk").stat().st_mode & 0o777) == "0o600"
+    with pytest.raises(ValueError):
+        migration.render_bundle({"/x": ("0600", "HCBPG_FILE_0\n")})
+    session = migration.render_stream_session(migration_params(), "/w")
+    assert "\\! bash /w/files.sh > /w/stream.log 2>&1 && bash /w/stream.sh >> /w/stream.log 2>&1; echo $? > /w/stream.exit" in session
+
+
+def migration_params():
+    return parse_params(yaml.safe_load((REPO / "params" / "lab.yaml").read_text()))

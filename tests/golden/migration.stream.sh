@@ -3,6 +3,14 @@ unset PGCLUSTER PGPORT PGHOST PGDATABASE PGUSER
 export PGSERVICEFILE=/run/hcbpg-migration/source.pgservice
 stamp() { echo "hcbpg-time $1 - $(date +%s.%N)"; }
 stamp start
+pg_dump -d service=hcbpg_source --schema-only -Fc --lock-wait-timeout=60s --snapshot="$HCBPG_SNAPSHOT" -f /var/tmp/hcbpg-dump/r1-07_cutover/schema.dump
+pg_restore -l /var/tmp/hcbpg-dump/r1-07_cutover/schema.dump | sed -E 's/^([0-9]+; [0-9]+ [0-9]+ (EXTENSION - |COMMENT - EXTENSION |SCHEMA - heroku_ext |COMMENT - SCHEMA heroku_ext ))/;\1/' > /var/tmp/hcbpg-dump/r1-07_cutover/schema.list
+mkdir -p /var/tmp/hcbpg-dump/r1-07_cutover/build
+awk -v W=/var/tmp/hcbpg-dump/r1-07_cutover -f /var/tmp/hcbpg-dump/r1-07_cutover/split.awk /var/tmp/hcbpg-dump/r1-07_cutover/builds /var/tmp/hcbpg-dump/r1-07_cutover/schema.list > /var/tmp/hcbpg-dump/r1-07_cutover/post.list
+pg_restore --cluster 15/main --no-owner --no-acl --role=rails --exit-on-error -L /var/tmp/hcbpg-dump/r1-07_cutover/schema.list --section=pre-data -d hcb_production /var/tmp/hcbpg-dump/r1-07_cutover/schema.dump
+stamp pre-data
+xargs -r -d '\n' -P 4 -n 1 bash /var/tmp/hcbpg-dump/r1-07_cutover/copy-one.sh < /var/tmp/hcbpg-dump/r1-07_cutover/tables
+stamp tables
 cat > /var/tmp/hcbpg-dump/r1-07_cutover/counts.sql <<'HCBPG_COUNTS_SQL'
 SET search_path = pg_catalog;
 SELECT 'HCBPG-JSON ' || json_build_object('objects', (
@@ -55,14 +63,6 @@ SELECT coalesce(json_object_agg(name, n), '{}') FROM (
   ORDER BY 1) q), 'newest_event', (SELECT CASE WHEN to_regclass('public.events') IS NOT NULL THEN (xpath('/row/n/text()', query_to_xml('SELECT max(id) AS n FROM public."events"', false, true, '')))[1]::text::bigint END))::text;
 HCBPG_COUNTS_SQL
 psql -X -q -A -t -v ON_ERROR_STOP=1 -d service=hcbpg_source -c "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY" -c "SET TRANSACTION SNAPSHOT '$HCBPG_SNAPSHOT'" -f /var/tmp/hcbpg-dump/r1-07_cutover/counts.sql -c "COMMIT" > /var/tmp/hcbpg-dump/r1-07_cutover/counts.out & countspid=$!
-pg_dump -d service=hcbpg_source --schema-only -Fc --lock-wait-timeout=60s --snapshot="$HCBPG_SNAPSHOT" -f /var/tmp/hcbpg-dump/r1-07_cutover/schema.dump
-pg_restore -l /var/tmp/hcbpg-dump/r1-07_cutover/schema.dump | sed -E 's/^([0-9]+; [0-9]+ [0-9]+ (EXTENSION - |COMMENT - EXTENSION |SCHEMA - heroku_ext |COMMENT - SCHEMA heroku_ext ))/;\1/' > /var/tmp/hcbpg-dump/r1-07_cutover/schema.list
-mkdir -p /var/tmp/hcbpg-dump/r1-07_cutover/build
-awk -v W=/var/tmp/hcbpg-dump/r1-07_cutover -f /var/tmp/hcbpg-dump/r1-07_cutover/split.awk /var/tmp/hcbpg-dump/r1-07_cutover/builds /var/tmp/hcbpg-dump/r1-07_cutover/schema.list > /var/tmp/hcbpg-dump/r1-07_cutover/post.list
-pg_restore --cluster 15/main --no-owner --no-acl --role=rails --exit-on-error -L /var/tmp/hcbpg-dump/r1-07_cutover/schema.list --section=pre-data -d hcb_production /var/tmp/hcbpg-dump/r1-07_cutover/schema.dump
-stamp pre-data
-xargs -r -d '\n' -P 4 -n 1 bash /var/tmp/hcbpg-dump/r1-07_cutover/copy-one.sh < /var/tmp/hcbpg-dump/r1-07_cutover/tables
-stamp tables
 psql --cluster 15/main -X -q -v ON_ERROR_STOP=1 -d hcb_production -f /var/tmp/hcbpg-dump/r1-07_cutover/sequences.sql
 if [ -f /var/tmp/hcbpg-dump/r1-07_cutover/fk-add.sql ]; then
   psql --cluster 15/main -X -q -v ON_ERROR_STOP=1 -d hcb_production -c "SET ROLE rails" -f /var/tmp/hcbpg-dump/r1-07_cutover/fk-add.sql
