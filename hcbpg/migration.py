@@ -1104,8 +1104,8 @@ def render_stream_scripts(params: "Params", work: str, schemas: Iterable[str], *
                           reload_settings: bool = False, remove_part: str | None = None) -> tuple[str, str, str]:
     """The shell scripts of a streamed transfer: the whole of it, the work on one table, one index build.
 
-    Schema in the snapshot (pg_dump --schema-only), pre-data restored as the app role, then N
-    tables at a time, largest first: the table's rows piped ``COPY TO STDOUT | COPY FROM STDIN``
+    Schema in the snapshot (pg_dump --schema-only), pre-data restored as the app role, then
+    ``source.jobs`` tables at a time, largest first: the table's rows piped ``COPY TO STDOUT | COPY FROM STDIN``
     in the same snapshot, then right away that table's indexes, ``source.jobs`` at a time (primary
     keys and unique constraints as a unique index, then ``ADD CONSTRAINT ... USING INDEX``) and ANALYZE.
     Then sequence values, then the rest of post-data (foreign keys, triggers, what the build plan
@@ -1145,10 +1145,12 @@ def render_stream_scripts(params: "Params", work: str, schemas: Iterable[str], *
         + (['wait "$preppid"'] if prepare else []) + (['wait "$reloadpid"'] if reload_settings else []) + [
         f"{restore} -L {w}/schema.list --section=pre-data -d {shlex.quote(pg.database)} {w}/schema.dump",
         "stamp pre-data",
-        # largest first: the largest table's chain (its rows, then its indexes: the GIN one above all)
-        # is the critical path, and the smaller tables fill the other jobs around it.  (Measured on the
-        # lab's 2 cores: its rows first on their own, and the other lanes reniced, did not finish sooner.)
-        f"xargs -r -d '\\n' -P {jobs} -n 1 bash {w}/copy-one.sh < {w}/tables",
+        # source.jobs tables at a time, largest first: the largest table's chain (its rows, then its
+        # indexes: the GIN one above all) is the critical path, and the smaller tables fill the other
+        # lanes around it.  Measured on the lab's 2 cores: 2 lanes got the largest table's rows in
+        # sooner than 4 (fewer sessions share the CPU with it); its rows first on their own, or the
+        # other lanes reniced, did not finish sooner.
+        f"xargs -r -d '\\n' -P {src_jobs} -n 1 bash {w}/copy-one.sh < {w}/tables",
         "stamp tables",
         # the inventory and exact row counts, in the same snapshot, while the foreign keys are checked
         f"cat > {w}/counts.sql <<'HCBPG_COUNTS_SQL'",
@@ -1317,7 +1319,7 @@ def stream_plan_actions(params: "Params") -> list[str]:
     """What the streamed transfer does, for the plan."""
     jobs = restore_jobs(params)
     return [f"pg_restore --section=pre-data of the schema (as {params.postgres.app_role}, --no-owner --no-acl)",
-            f"{jobs} tables at a time, largest first: COPY ... TO STDOUT (binary when every column type allows) "
+            f"{params.source.jobs if params.source else 2} tables at a time, largest first: COPY ... TO STDOUT (binary when every column type allows) "
             "| COPY ... FROM STDIN (FREEZE, in the snapshot), then that table's indexes at once (keys as a unique "
             "index, then ADD CONSTRAINT ... USING INDEX), then ANALYZE",
             "sequence values from the snapshot",
@@ -1366,7 +1368,7 @@ def run_stream(host: "Host", params: "Params", source: "Source", facts: Mapping[
         source.script(render_stream_session(params, work),
                             display=f"stream {source.label} into {params.postgres.database} "
                                     f"({'; '.join(fresh_actions[:1])}; restore-time settings): schema, then "
-                                    f"{restore_jobs(params)} tables at a time in one exported snapshot (rows, then "
+                                    f"{src.jobs} tables at a time in one exported snapshot (rows, then "
                                     "that table's indexes and keys, ANALYZE), then foreign keys and the rest; "
                                     "then inventory and row counts in that snapshot",
                             timeout=24 * 3600)

@@ -405,7 +405,8 @@ def test_stream_scripts_use_the_snapshot_the_service_file_and_no_secret(params):
     assert "unset PGCLUSTER" in main and "unset PGCLUSTER" in one
     assert '--snapshot="$HCBPG_SNAPSHOT"' in main and "SET TRANSACTION SNAPSHOT '$HCBPG_SNAPSHOT'" in one
     assert "--section=pre-data" in main and "-L /var/tmp/hcbpg-dump/r1-07_cutover/post.list --section=post-data -j 4" in main
-    assert "xargs -r -d '\\n' -P 4 -n 1 bash /var/tmp/hcbpg-dump/r1-07_cutover/copy-one.sh" in main
+    # source.jobs tables at a time; foreign keys and the final pass with restore_jobs
+    assert "xargs -r -d '\\n' -P 2 -n 1 bash /var/tmp/hcbpg-dump/r1-07_cutover/copy-one.sh" in main
     assert 'COPY $t TO STDOUT (FORMAT $fmt)' in one
     # loaded frozen: truncated in the same transaction, as pg_restore -j does
     assert '-c "BEGIN" -c "TRUNCATE ONLY $t" -c "COPY $t FROM STDIN (FORMAT $fmt, FREEZE)" -c "COMMIT"' in one
