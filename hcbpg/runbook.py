@@ -170,14 +170,26 @@ class Runbook:
         return hsecrets.resolve(obj, key=key)
 
     def check_secrets(self) -> list[Check]:
-        """Resolve every secret the params reference; one check row per key."""
+        """Resolve every secret the params reference; one check row per key.
+
+        A login role's password whose ``file:`` does not exist yet is not missing: step 13
+        generates it (0600) when it creates the role, so on a first run it is a warning that
+        says so.  An existing file that cannot be read, or any other reference, must resolve.
+        """
+        from hcbpg.privileges import roles_config
+        generated = {r.password_key for r in roles_config(self.params).login_roles()}
         rows = []
         for key, ref in self.params.secret_refs().items():
             try:
                 hsecrets.resolve(ref, key=key)
                 rows.append(Check(f"secret {key}", "pass", f"resolved from {ref.split(':', 1)[0]}:"))
             except HcbpgError as exc:
-                rows.append(Check(f"secret {key}", "fail", exc.message))
+                if key in generated and ref.startswith("file:") and not os.path.lexists(
+                        os.path.expanduser(ref[5:])):
+                    rows.append(Check(f"secret {key}", "warn",
+                                      f"{ref} does not exist yet: step 13 generates the password there (0600)"))
+                else:
+                    rows.append(Check(f"secret {key}", "fail", exc.message))
         return rows
 
     # gates -------------------------------------------------------------------

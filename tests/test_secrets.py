@@ -106,3 +106,25 @@ def test_scrubber_catches_encoded_forms():
     text = "a p@ss w/rd'1234 b p%40ss%20w%2Frd%271234 c p@ss+w/rd''1234"
     out = s.scrub(text)
     assert "rd'1234" not in out and "%2Frd" not in out and out.count("[secret]") >= 2
+
+
+def test_preflight_warns_about_role_passwords_step_13_generates_and_fails_on_the_rest(home, monkeypatch, tmp_path):
+    """A first run: the login roles' password files do not exist yet (step 13 makes them), so
+    preflight says so as a warning; an empty one, or a missing app password, still fails."""
+    from hcbpg import runbook
+    monkeypatch.setenv("HCBPG_TEST_APP_PW", "app-password-0123456789")
+    monkeypatch.setenv("HCBPG_TEST_TOKEN", "hcloud-token-0123456789")
+    (tmp_path / "empty-password").write_text("")
+    (home / "params" / "test.yaml").write_text(make_params("test") + f"""roles:
+  migrations: {{name: hcb_migrations, password: "file:{tmp_path}/not-yet"}}
+  monitoring: {{name: vector, password: "file:{tmp_path}/empty-password"}}
+""")
+    rb = runbook.start("test", step="00_preflight", run_id="", run_dir="", dry_run=True)
+    rows = {c.name: c for c in rb.check_secrets()}
+    assert rows["secret roles.migrations.password"].status == "warn"
+    assert "step 13 generates" in rows["secret roles.migrations.password"].detail
+    assert rows["secret roles.monitoring.password"].status == "fail"
+    assert rows["secret postgres.app_role_password"].status == "pass"
+    monkeypatch.delenv("HCBPG_TEST_APP_PW")
+    rows = {c.name: c for c in rb.check_secrets()}
+    assert rows["secret postgres.app_role_password"].status == "fail"
