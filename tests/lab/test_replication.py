@@ -82,8 +82,8 @@ def psql(hosts, params, name):
 
 def start_pgbench(host: Host, seconds: int) -> None:
     home = rep.postgres_home()
-    inner = (f"{PGBENCH} -h /var/run/postgresql -n -c 2 -j 1 -T {seconds} {BENCH_DB}; "
-             f"echo $? > {home}/pgbench.exit")
+    inner = (f"{PGBENCH} -h /var/run/postgresql -n -c 2 -j 1 -T {seconds} {BENCH_DB} & "
+             f"echo $! > {home}/pgbench.pid; wait $!; echo $? > {home}/pgbench.exit")
     host.run(f"rm -f {home}/pgbench.exit && nohup setsid sh -c {shlex.quote(inner)} > {home}/pgbench.log 2>&1 "
              "< /dev/null &", sudo_user="postgres")
 
@@ -101,6 +101,18 @@ def wait_pgbench(host: Host, timeout: float = 300) -> str:
     log = host.read_text(f"{rep.postgres_home()}/pgbench.log") or ""
     assert code == "0", log[-2000:]
     return log
+
+
+def stop_pgbench(host: Host, timeout: float = 60) -> None:
+    """End a pgbench started with a long -T now and wait until it exited (SIGTERM: a background job of
+    a non-interactive shell ignores SIGINT)."""
+    home = rep.postgres_home()
+    host.run(f"kill -TERM $(cat {home}/pgbench.pid)", sudo_user="postgres")
+    deadline = time.monotonic() + timeout
+    while pgbench_running(host):
+        assert time.monotonic() < deadline, "pgbench did not stop"
+        time.sleep(0.5)
+    assert host.read_text(f"{home}/pgbench.exit").strip() == "143", host.read_text(f"{home}/pgbench.log")
 
 
 def counts(hosts, params, name):
@@ -158,7 +170,8 @@ def test_wipe_refused_for_a_writable_server_holding_data(params, hosts):
 
 def test_replica_streams_and_catches_up_while_pgbench_writes(params, hosts, passwords, capsys):
     primary, replica = params.primary, params.server("server-postgres-2")
-    start_pgbench(hosts[primary.name], 50)
+    # writes before, during and after the base backup, however long a loaded machine takes: stopped below
+    start_pgbench(hosts[primary.name], 900)
     time.sleep(2)
     t0 = time.monotonic()
     outcomes, topo, results = rep.setup_replication(hosts, params, passwords["rep"], allow_destructive=True,
@@ -174,7 +187,8 @@ def test_replica_streams_and_catches_up_while_pgbench_writes(params, hosts, pass
                                    passwords["rep"])
     failed = [f"{c.name}: {c.detail}" for c in checks if not c.ok]
     assert not failed, failed
-    wait_pgbench(hosts[primary.name])
+    time.sleep(2)  # streaming while pgbench writes
+    stop_pgbench(hosts[primary.name])
     c = rep.check_counts_match(psql(hosts, params, primary.name), psql(hosts, params, replica.name), BENCH_DB,
                                timeout=60)
     assert c.ok, c.detail
