@@ -31,7 +31,7 @@ def home(tmp_path, monkeypatch):
 #: the longest test files (minutes each, measured with --durations), started first so that
 #: with parallel workers (scripts/test) the longest file does not start last
 LONGEST_FIRST = ("test_replication.py", "test_server_steps.py", "test_migration.py", "test_backups.py",
-                 "test_day_two.py")
+                 "test_day_two.py", "test_rehearse.py")
 
 
 def pytest_collection_modifyitems(session, config, items):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -57,3 +58,53 @@ servers:
 postgres:
   app_role_password: {app_password_ref}
 """
+
+
+LAB_LOCK = Path("/tmp/hcbpg-lab.lock")
+
+
+def _lock_held_by_an_ancestor(path: Path) -> bool:
+    """True when flock(1) in our ancestry holds *path* (``flock /tmp/hcbpg-lab.lock pytest ...``)."""
+    ino = str(path.stat().st_ino)
+    holders = set()
+    for line in Path("/proc/locks").read_text().splitlines():
+        f = line.split()
+        if "->" in f or len(f) < 6 or f[1] != "FLOCK":
+            continue  # "->" marks a waiter, not a holder
+        if f[5].rsplit(":", 1)[-1] == ino:
+            holders.add(int(f[4]))
+    pid = os.getpid()
+    while pid > 1:
+        if pid in holders:
+            return True
+        pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    return False
+
+
+@contextlib.contextmanager
+def default_lab_lock(timeout: float = 1200):
+    """Hold the machine's lab lock while a test uses the default lab (what params/lab.yaml points
+    at): held already by our caller's flock(1), or waited for here, so that tests on parallel
+    workers take turns; skip when another process keeps it longer than *timeout*."""
+    import fcntl
+    import time
+
+    import pytest
+    LAB_LOCK.touch(exist_ok=True)
+    if _lock_held_by_an_ancestor(LAB_LOCK):
+        yield
+        return
+    fd = os.open(LAB_LOCK, os.O_RDWR)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    pytest.skip(f"another process has used the lab for {timeout:.0f}s (it holds {LAB_LOCK})")
+                time.sleep(1)
+        yield
+    finally:
+        os.close(fd)

@@ -29,7 +29,7 @@ from typing import Any, Callable
 import pytest
 
 from nbutil import REPO, hcbpg
-from nbutil import make_params, write_notebook, write_steps
+from nbutil import default_lab_lock, make_params, write_notebook, write_steps
 
 CHROMIUM = Path("/usr/bin/chromium")
 #: the README's screenshot; rewritten only when asked (HCBPG_UPDATE_DOCS=1), so a test run leaves the tree clean
@@ -317,45 +317,11 @@ def test_guided_run_in_jupyterlab_is_recorded_verified_and_resumable(home, guide
 
 # -- against the rehearsal lab ------------------------------------------------------------
 
-LAB_LOCK = Path("/tmp/hcbpg-lab.lock")
-
-
-def _lock_held_by_an_ancestor(path: Path) -> bool:
-    """True when flock(1) in our ancestry holds *path* (``flock /tmp/hcbpg-lab.lock pytest ...``)."""
-    ino = str(path.stat().st_ino)
-    holders = set()
-    for line in Path("/proc/locks").read_text().splitlines():
-        f = line.split()
-        if "->" in f or len(f) < 6 or f[1] != "FLOCK":
-            continue  # "->" marks a waiter, not a holder
-        if f[5].rsplit(":", 1)[-1] == ino:
-            holders.add(int(f[4]))
-    pid = os.getpid()
-    while pid > 1:
-        if pid in holders:
-            return True
-        pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    return False
-
-
 @pytest.fixture
 def lab_lock():
-    """The machine's lab lock: held by our caller's flock(1), or taken here; skip when someone else has it."""
-    import fcntl
-    LAB_LOCK.touch(exist_ok=True)
-    if _lock_held_by_an_ancestor(LAB_LOCK):
+    """The machine's lab lock (the default lab is shared): see nbutil.default_lab_lock."""
+    with default_lab_lock():
         yield
-        return
-    fd = os.open(LAB_LOCK, os.O_RDWR)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pytest.skip("another process uses the lab (it holds /tmp/hcbpg-lab.lock); run: "
-                        "flock /tmp/hcbpg-lab.lock python -m pytest tests/test_guide_browser.py")
-        yield
-    finally:
-        os.close(fd)
 
 
 @pytest.mark.lab

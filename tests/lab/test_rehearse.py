@@ -1,0 +1,71 @@
+"""The README's main job: `hcbpg rehearse` brings up the default lab, runs every step of the
+runbook with params/lab.yaml, prints the summary and takes the lab down again.
+
+It uses the default lab (what params/lab.yaml points at), so it holds the machine's lab lock
+(tests on other workers that use that lab wait for it) and is skipped when that lab is already
+up: an operator's lab is not ours to take down.  The record goes to a home of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hcbpg.lab import Lab, lab_unavailable_reason
+from nbutil import default_lab_lock
+
+pytestmark = pytest.mark.lab
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_rehearse_runs_the_whole_runbook_in_a_fresh_lab_and_leaves_nothing(tmp_path):
+    reason = lab_unavailable_reason()
+    if reason:
+        pytest.skip(f"lab tests need root and network namespaces: {reason}")
+    with default_lab_lock():
+        lab = Lab()
+        if lab.status()["up"]:
+            pytest.skip("the default lab is up (an operator's): `hcbpg rehearse` would take it down")
+        home = tmp_path / "home"
+        (home / "params").mkdir(parents=True)
+        shutil.copy(REPO / "params" / "lab.yaml", home / "params" / "lab.yaml")
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("HCBPG_SCRUB_FILE", "HCBPG_HEADLESS", "HCBPG_AUTO_APPROVE", "HCBPG_LAB_DIR")}
+        env.update(HCBPG_HOME=str(home), HCBPG_NOTEBOOKS=str(REPO / "notebooks"),
+                   HCBPG_STATE_DIR=str(tmp_path / "state"))
+        try:
+            proc = subprocess.run([sys.executable, "-m", "hcbpg.cli", "rehearse"], capture_output=True, text=True,
+                                  env=env, timeout=1500, cwd=REPO)
+        finally:
+            if lab.status()["up"]:
+                lab.down()
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 0, out[-4000:]
+        (run,) = [p for p in (home / "outputs" / "lab").iterdir() if p.is_dir()]
+        manifest = json.loads((run / "manifest.json").read_text())
+        steps = manifest["steps"]
+        assert len(steps) >= 14 and all(s["status"] == "succeeded" for s in steps), \
+            [(s["key"], s["status"]) for s in steps]
+        assert f"Rehearsal summary: {len(steps)}/{len(steps)} steps succeeded" in out
+        approvals = manifest.get("gates", {})
+        assert approvals and all(g.get("approved_by", "").startswith("hcbpg rehearse") for g in approvals.values())
+        assert "lab down in" in out and not lab.status()["up"]
+        verify = subprocess.run([sys.executable, "-m", "hcbpg.cli", "audit", "verify", "lab"], capture_output=True,
+                                text=True, env=env, timeout=120, cwd=REPO)
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+        # every secret the lab generated, scanned for in every byte of the record
+        secrets = [lab.cfg.read_secret(p.name) for p in lab.cfg.secrets_dir.iterdir() if p.is_file()]
+        secrets = [s for s in secrets if s and len(s) >= 8]
+        assert secrets
+        for path in (home / "outputs").rglob("*"):
+            if path.is_file():
+                data = path.read_bytes()
+                assert not [s for s in secrets if s.encode() in data], f"a lab secret in {path}"
+        print(out[-1500:])
