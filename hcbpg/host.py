@@ -25,6 +25,8 @@ if TYPE_CHECKING:  # pragma: no cover
 _MISSING_EXIT = 44
 #: how many characters of output an error keeps
 _TAIL_CHARS = 4000
+#: pauses before trying SSH authentication again after the server refused our key
+AUTH_RETRY_WAITS = (1.0, 3.0)
 
 
 @dataclass
@@ -105,13 +107,26 @@ class Host:
                                       "auth_timeout": self.connect_timeout}
             if self.key_file:
                 kwargs["key_filename"] = [self.key_file]
-            conn = Connection(self.address, user=self.user, port=self.port,
-                              connect_timeout=self.connect_timeout, connect_kwargs=kwargs)
-            try:
-                conn.open()
-            except _connect_errors() as exc:
-                raise HostUnreachable(self.name, f"{self.user}@{self.address}:{self.port}",
-                                      scrub(f"{type(exc).__name__}: {exc}")) from exc
+            from paramiko.ssh_exception import AuthenticationException
+            for wait in (*AUTH_RETRY_WAITS, None):
+                conn = Connection(self.address, user=self.user, port=self.port,
+                                  connect_timeout=self.connect_timeout, connect_kwargs=kwargs)
+                try:
+                    conn.open()
+                    break
+                except AuthenticationException as exc:
+                    # a server just provisioned may run sshd before cloud-init has put the key in
+                    # place; a wrong key fails the same way a few seconds later
+                    conn.close()
+                    if wait is None:
+                        raise HostUnreachable(self.name, f"{self.user}@{self.address}:{self.port}",
+                                              scrub(f"{type(exc).__name__}: {exc} (tried "
+                                                    f"{len(AUTH_RETRY_WAITS) + 1} times)")) from exc
+                    self.echo(f"[{self.name}] SSH key refused by {self.address}; trying again in {wait:.0f}s")
+                    time.sleep(wait)
+                except _connect_errors() as exc:
+                    raise HostUnreachable(self.name, f"{self.user}@{self.address}:{self.port}",
+                                          scrub(f"{type(exc).__name__}: {exc}")) from exc
             self._conn = conn
         return self._conn
 

@@ -128,3 +128,31 @@ def test_kernel_wide_settings_stay_the_machines(lab):
     assert Path("/proc/sys/vm/swappiness").read_text() == before
     # network sysctls belong to the host's own namespace and stay writable
     assert lab.exec("app", "echo 60 > /proc/sys/net/ipv4/tcp_keepalive_time").returncode == 0
+
+
+def test_ssh_waits_for_a_key_that_is_put_in_place_late_and_refuses_a_wrong_key(lab):
+    """A server just provisioned may run sshd before cloud-init has written the key: Host tries
+    again for a few seconds; a key that never comes is refused, naming the host and the tries."""
+    import threading
+    import time
+
+    from hcbpg.errors import HostUnreachable
+    from hcbpg.host import Host
+    name, ip = "server-postgres-t2", lab.cfg.address(56)
+    create_server_host(name, ip, [], lab_dir=str(lab.lab_dir))  # no key authorized yet
+    try:
+        seen: list[str] = []
+        with pytest.raises(HostUnreachable, match=f"{name}.*tried 3 times"):
+            Host(name, ip, key_file=str(lab.ssh_key), connect_timeout=5, echo=seen.append).connect()
+        assert len(seen) == 2 and all("SSH key refused" in s for s in seen), seen
+        key = lab.ssh_key.with_suffix(".pub").read_text()
+        timer = threading.Timer(0.5, lambda: lab.exec(name, "cat > /root/.ssh/authorized_keys", input=key,
+                                                       check=True))
+        timer.start()
+        t0 = time.monotonic()
+        host = Host(name, ip, key_file=str(lab.ssh_key), connect_timeout=5, echo=seen.append).connect()
+        timer.join()
+        assert host.probe("hostname").stdout.strip() == name and time.monotonic() - t0 < 10
+        host.close()
+    finally:
+        destroy_server_host(name, lab_dir=str(lab.lab_dir))
