@@ -86,25 +86,17 @@ def default_lab_lock(timeout: float = 1200):
     """Hold the machine's lab lock while a test uses the default lab (what params/lab.yaml points
     at): held already by our caller's flock(1), or waited for here, so that tests on parallel
     workers take turns; skip when another process keeps it longer than *timeout*."""
-    import fcntl
-    import time
-
     import pytest
+
+    from hcbpg.lab.core import flock_within
     LAB_LOCK.touch(exist_ok=True)
     if _lock_held_by_an_ancestor(LAB_LOCK):
         yield
         return
     fd = os.open(LAB_LOCK, os.O_RDWR)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    pytest.skip(f"another process has used the lab for {timeout:.0f}s (it holds {LAB_LOCK})")
-                time.sleep(1)
+        if not flock_within(fd, timeout, interval=1.0):
+            pytest.skip(f"another process has used the lab for {timeout:.0f}s (it holds {LAB_LOCK})")
         yield
     finally:
         os.close(fd)

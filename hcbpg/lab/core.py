@@ -284,6 +284,19 @@ _flock_fds: dict[str, tuple[int, int]] = {}
 _guard = threading.Lock()
 
 
+def flock_within(fd: int, timeout: float, interval: float = 0.05) -> bool:
+    """Take an exclusive flock on *fd*, waiting up to *timeout* seconds; False when it stayed taken."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(interval)
+
+
 @contextlib.contextmanager
 def locked(cfg: LabConfig, timeout: float = 600.0) -> Iterator[None]:
     """Hold the lab lock (re-entrant in this process, exclusive across processes)."""
@@ -297,18 +310,11 @@ def locked(cfg: LabConfig, timeout: float = 600.0) -> Iterator[None]:
         fd, depth = _flock_fds.get(key, (-1, 0))
         if depth == 0:
             fd = os.open(cfg.lab_dir / "lab.lock", os.O_RDWR | os.O_CREAT, 0o600)
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        os.close(fd)
-                        raise LabError(f"another process holds the lab lock of {cfg.lab_dir} "
-                                       f"for more than {timeout:.0f}s",
-                                       hint="Wait for the other `hcbpg lab` command to finish.")
-                    time.sleep(0.05)
+            if not flock_within(fd, timeout):
+                os.close(fd)
+                raise LabError(f"another process holds the lab lock of {cfg.lab_dir} "
+                               f"for more than {timeout:.0f}s",
+                               hint="Wait for the other `hcbpg lab` command to finish.")
         _flock_fds[key] = (fd, depth + 1)
         try:
             yield
