@@ -993,12 +993,21 @@ def render_toc_filter(schemas: Iterable[str]) -> str:
     return "s/^([0-9]+; [0-9]+ [0-9]+ (" + "|".join(alts) + "))/;\\1/"
 
 
+#: the niceness of the sessions off the critical path (see :func:`render_stream_scripts`)
+LOW_PRIORITY = 10
+
 #: separates the fields of the build plan (names with control characters are left to the final pass)
 _US = "\x1f"
 
+#: how costly an index build is, for the order of a table's builds: GIN, GiST and SP-GiST first (they
+#: build on one CPU, several times slower per row than a B-tree: the lab's GIN over jsonb took 13 s
+#: where the same table's primary key took 2), then the largest
+_BUILD_COST = ("CASE WHEN (SELECT a.amname FROM pg_am a WHERE a.oid = {index}.relam) IN ('gin', 'gist', 'spgist') "
+               "THEN 0 ELSE 1 END AS slow, pg_relation_size({index}.oid) AS size")
+
 #: the build plan, in the source's snapshot: for each plain table, the entries built right after its
-#: rows.  One line per entry: table oid, kind, "classid objid" of its TOC entry, the start of that
-#: TOC entry's text (desc, schema, tag) and, for keys, the unique index and the ALTER TABLE.
+#: rows, the costliest first.  One line per entry: table oid, kind, "classid objid" of its TOC entry,
+#: the start of that TOC entry's text (desc, schema, tag) and, for keys, the unique index and the ALTER TABLE.
 #:   I: a plain index (not a constraint's), restored from the dump by pg_restore as it is;
 #:   K: a primary key or unique constraint: its unique index is built like any other index (so at
 #:      the same time as the table's other indexes), then ADD CONSTRAINT ... USING INDEX.  Keys that
@@ -1009,7 +1018,7 @@ _US = "\x1f"
 BUILDS_SQL = f"""
 SELECT b FROM (
   SELECT concat_ws(E'\\x1f', t.oid, 'I', '1259 ' || ic.oid, format('INDEX %s %s ', n.nspname, ic.relname)) AS b,
-         n.nspname || t.relname || ic.relname AS names
+         n.nspname || t.relname || ic.relname AS names, t.oid AS tbl, {_BUILD_COST.format(index='ic')}
   FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid JOIN pg_class t ON t.oid = i.indrelid
   JOIN pg_namespace n ON n.oid = t.relnamespace
   WHERE t.relkind = 'r' AND NOT t.relispartition AND {_USER_NS} AND {_not_ext_member('pg_class', 't.oid')}
@@ -1022,7 +1031,8 @@ SELECT b FROM (
                    pg_get_indexdef(co.conindid) || ';',
                    format('ALTER TABLE ONLY %I.%I ADD CONSTRAINT %I %s USING INDEX %I;', n.nspname, t.relname,
                           co.conname, CASE co.contype WHEN 'p' THEN 'PRIMARY KEY' ELSE 'UNIQUE' END, co.conname)),
-         n.nspname || t.relname || co.conname || pg_get_indexdef(co.conindid)
+         n.nspname || t.relname || co.conname || pg_get_indexdef(co.conindid), t.oid,
+         {_BUILD_COST.format(index='ic')}
   FROM pg_constraint co JOIN pg_class t ON t.oid = co.conrelid JOIN pg_namespace n ON n.oid = t.relnamespace
   JOIN pg_class ic ON ic.oid = co.conindid JOIN pg_index i ON i.indexrelid = ic.oid
   WHERE co.contype IN ('p', 'u') AND t.relkind = 'r' AND NOT t.relispartition AND {_USER_NS}
@@ -1038,12 +1048,12 @@ SELECT b FROM (
                    coalesce((SELECT '2606 ' || k.oid FROM pg_constraint k WHERE k.conindid = co.conindid
                              AND k.conrelid = co.confrelid AND k.contype IN ('p', 'u', 'x')),
                             '1259 ' || co.conindid)),
-         n.nspname || t.relname || co.conname || pg_get_constraintdef(co.oid)
+         n.nspname || t.relname || co.conname || pg_get_constraintdef(co.oid), t.oid, 2, 0
   FROM pg_constraint co JOIN pg_class t ON t.oid = co.conrelid JOIN pg_namespace n ON n.oid = t.relnamespace
   JOIN pg_class r ON r.oid = co.confrelid
   WHERE co.contype = 'f' AND co.convalidated AND co.conparentid = 0 AND t.relkind = 'r' AND NOT t.relispartition
     AND r.relkind = 'r' AND NOT r.relispartition AND {_USER_NS} AND {_not_ext_member('pg_class', 't.oid')}
-) q WHERE names !~ '[[:cntrl:]]' ORDER BY 1;"""
+) q WHERE names !~ '[[:cntrl:]]' ORDER BY tbl, slow, size DESC, b;"""
 
 #: the tables to copy, largest first: oid, COPY format, name.  Binary when every column's type (its
 #: base type for a domain, and its element type for an array) is a base or enum type, or a built-in
@@ -1087,7 +1097,7 @@ FILENAME == ARGV[1] {
     if (!i) { print; next }
     built[k] = 1
     print ";" $0
-    f = W "/build/" tbl[i] "." i
+    f = W "/build/" tbl[i] "." sprintf("%06d", i)
     if (kind[i] == "I") { print $0 > (f ".list"); close(f ".list") }
     else if (kind[i] == "F") {
         a = W "/fk-add.sql"; print mk[i] >> a; close(a)
@@ -1100,14 +1110,40 @@ FILENAME == ARGV[1] {
 """
 
 
+def render_on_target(params: "Params") -> list[str]:
+    """The shell function ``on_target N psql-args...``: psql against the target database, its server
+    process at niceness N (0: left as it is).
+
+    The postgres OS user may lower its own processes' CPU priority, never raise it: the session
+    prints its backend's pid first, and that process is reniced, and so is its autogroup (PostgreSQL
+    starts each backend in a session of its own, and with autogroup scheduling, on by default on
+    Ubuntu, a nice value counts only within its session).  A lowered session starts no parallel
+    workers: the postmaster would fork them at normal priority.
+    """
+    pg = params.postgres
+    tgt = (f"psql --cluster {pg.version}/{shlex.quote(pg.cluster)} -X -q -v ON_ERROR_STOP=1 "
+           f"-d {shlex.quote(pg.database)}")
+    return [
+        "on_target() {",
+        '  local n=$1; shift',
+        f'  if [ "$n" = 0 ]; then {tgt} "$@"; return; fi',
+        f'  PGOPTIONS="-c max_parallel_maintenance_workers=0" nice -n "$n" {tgt} -A -t -c "SELECT pg_backend_pid()" '
+        '"$@" | { IFS= read -r pid || true; renice -n "$n" -p "$pid" > /dev/null 2>&1 || true; '
+        '{ echo "$n" > "/proc/$pid/autogroup"; } 2> /dev/null || true; cat > /dev/null; }',
+        "}"]
+
+
 def render_stream_scripts(params: "Params", work: str, schemas: Iterable[str], *, prepare: str | None = None,
                           reload_settings: bool = False, remove_part: str | None = None) -> tuple[str, str, str]:
     """The shell scripts of a streamed transfer: the whole of it, the work on one table, one index build.
 
     Schema in the snapshot (pg_dump --schema-only), pre-data restored as the app role, then
     ``source.jobs`` tables at a time, largest first: the table's rows piped ``COPY TO STDOUT | COPY FROM STDIN``
-    in the same snapshot, then right away that table's indexes, ``source.jobs`` at a time (primary
-    keys and unique constraints as a unique index, then ``ADD CONSTRAINT ... USING INDEX``) and ANALYZE.
+    in the same snapshot, then right away that table's indexes, the costliest first, ``source.jobs`` at
+    a time (primary keys and unique constraints as a unique index, then ``ADD CONSTRAINT ... USING
+    INDEX``) and ANALYZE.  The critical path (the largest table's rows, then its costliest index)
+    keeps its CPU priority; every other session's server process runs at :data:`LOW_PRIORITY`
+    (:func:`render_on_target`), so the other tables take the CPU the chain leaves.
     Then sequence values, then the rest of post-data (foreign keys, triggers, what the build plan
     did not match) with pg_restore -j N.  Each phase leaves an ``hcbpg-time`` line.
 
@@ -1146,10 +1182,11 @@ def render_stream_scripts(params: "Params", work: str, schemas: Iterable[str], *
         f"{restore} -L {w}/schema.list --section=pre-data -d {shlex.quote(pg.database)} {w}/schema.dump",
         "stamp pre-data",
         # source.jobs tables at a time, largest first: the largest table's chain (its rows, then its
-        # indexes: the GIN one above all) is the critical path, and the smaller tables fill the other
-        # lanes around it.  Measured on the lab's 2 cores: 2 lanes got the largest table's rows in
-        # sooner than 4 (fewer sessions share the CPU with it); its rows first on their own, or the
-        # other lanes reniced, did not finish sooner.
+        # costliest index: a GIN one builds on one CPU) is the critical path.  Its sessions keep their
+        # CPU priority; every other session runs reniced (copy-one.sh), so the smaller tables fill
+        # the CPU the chain leaves instead of slowing it.  Measured on the lab's 2 cores: 2 lanes got
+        # the largest table's rows in sooner than 4; the largest table's rows first on their own
+        # finished no sooner (the lab's source shares the CPU; on a remote source it would idle a core).
         f"xargs -r -d '\\n' -P {src_jobs} -n 1 bash {w}/copy-one.sh < {w}/tables",
         "stamp tables",
         # the inventory and exact row counts, in the same snapshot, while the foreign keys are checked
@@ -1178,31 +1215,42 @@ def render_stream_scripts(params: "Params", work: str, schemas: Iterable[str], *
         + ([f"rm -f {shlex.quote(remove_part)}", render_reload_and_wait(params) + " > /dev/null",
             "stamp settings"] if remove_part else [])
         + ['wait "$countspid"', "stamp counted", ""])
+    on_target = render_on_target(params)
     one = "\n".join(head + [
         f"W={w}",
         'read -r oid fmt t <<< "$1"',
         'stamp() { echo "hcbpg-time $1 $oid $(date +%s.%N)" >> "$W/times"; }',
-        f'psql -X -q -v ON_ERROR_STOP=1 -d service={SERVICE_NAME} -c "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY" '
+        *on_target,
+        # the largest table (the first) is the critical path: its rows, then its costliest index; its
+        # sessions keep their priority, every other table's run reniced, so they take the CPU it leaves
+        f'if [ "$1" = "$(head -n 1 "$W/tables")" ]; then n=0; else n={LOW_PRIORITY}; fi',
+        f'nice -n "$n" psql -X -q -v ON_ERROR_STOP=1 -d service={SERVICE_NAME} '
+        '-c "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY" '
         '-c "SET TRANSACTION SNAPSHOT \'$HCBPG_SNAPSHOT\'" -c "COPY $t TO STDOUT (FORMAT $fmt)" -c "COMMIT" '
         # FREEZE (the table truncated in the same transaction, as pg_restore -j does): the rows are
         # loaded frozen and the visibility map set, so nothing rewrites their pages for hint bits,
         # foreign-key checks can read indexes only, and no VACUUM is owed after the cutover
-        f'| {tgt} -c "BEGIN" -c "TRUNCATE ONLY $t" -c "COPY $t FROM STDIN (FORMAT $fmt, FREEZE)" -c "COMMIT"',
+        '| on_target "$n" -c "BEGIN" -c "TRUNCATE ONLY $t" -c "COPY $t FROM STDIN (FORMAT $fmt, FREEZE)" -c "COMMIT"',
         "stamp copied",
         "shopt -s nullglob",
-        'items=("$W/build/$oid".*.list "$W/build/$oid".*.sql)',
+        # in plan order, the costliest first: that one at the table's priority, the others reniced
+        'items=("$W/build/$oid".[0-9]*)',
         f'if [ "${{#items[@]}}" -gt 0 ]; then printf \'%s\\n\' "${{items[@]}}" | '
+        f'awk -v n="$n" \'{{ print (NR == 1 ? n : {LOW_PRIORITY}), $0 }}\' | '
         f"xargs -d '\\n' -P {src_jobs} -n 1 bash \"$W/build-one.sh\"; fi",
-        f'if [ -f "$W/build/$oid.keys" ]; then {tgt} -c "SET ROLE {pg.app_role}" -f "$W/build/$oid.keys"; fi',
-        f'{tgt} -c "SET ROLE {pg.app_role}" -c "ANALYZE $t"',
+        f'if [ -f "$W/build/$oid.keys" ]; then on_target "$n" -c "SET ROLE {pg.app_role}" -f "$W/build/$oid.keys"; fi',
+        f'on_target "$n" -c "SET ROLE {pg.app_role}" -c "ANALYZE $t"',
         "stamp built",
         ""])
     build = "\n".join(head + [
         f"W={w}",
-        'case "$1" in',
-        f'  *.list) {restore} -L "$1" -d {shlex.quote(pg.database)} "$W/schema.dump" ;;',
-        f'  *.sql) {tgt} -c "SET ROLE {pg.app_role}" -f "$1" ;;',
-        '  *) echo "build-one.sh: what is $1?" >&2; exit 2 ;;',
+        *on_target,
+        'read -r n f <<< "$1"',
+        'case "$f" in',
+        # the index's statement as pg_restore writes it (with its SET lines), run by psql
+        f'  *.list) {restore} -L "$f" -f - "$W/schema.dump" | on_target "$n" -f - ;;',
+        f'  *.sql) on_target "$n" -c "SET ROLE {pg.app_role}" -f "$f" ;;',
+        '  *) echo "build-one.sh: what is $f?" >&2; exit 2 ;;',
         "esac",
         ""])
     return main, one, build
@@ -1320,8 +1368,10 @@ def stream_plan_actions(params: "Params") -> list[str]:
     jobs = restore_jobs(params)
     return [f"pg_restore --section=pre-data of the schema (as {params.postgres.app_role}, --no-owner --no-acl)",
             f"{params.source.jobs if params.source else 2} tables at a time, largest first: COPY ... TO STDOUT (binary when every column type allows) "
-            "| COPY ... FROM STDIN (FREEZE, in the snapshot), then that table's indexes at once (keys as a unique "
-            "index, then ADD CONSTRAINT ... USING INDEX), then ANALYZE",
+            "| COPY ... FROM STDIN (FREEZE, in the snapshot), then that table's indexes, the costliest first (keys "
+            "as a unique index, then ADD CONSTRAINT ... USING INDEX), then ANALYZE",
+            f"the largest table's rows and its costliest index keep their CPU priority; every other session is "
+            f"reniced to {LOW_PRIORITY} and starts no parallel workers",
             "sequence values from the snapshot",
             f"foreign keys: ADD CONSTRAINT ... NOT VALID, then VALIDATE CONSTRAINT, {jobs} at a time",
             f"pg_restore --section=post-data -j {jobs} of the rest (triggers, comments, anything not matched)"]

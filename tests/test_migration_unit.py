@@ -414,6 +414,12 @@ def test_stream_scripts_use_the_snapshot_the_service_file_and_no_secret(params):
     assert one.index("stamp copied") < one.index('xargs -d \'\\n\' -P 2 -n 1 bash "$W/build-one.sh"') \
         < one.index('$oid.keys') < one.index('ANALYZE $t')
     assert one.count('SET ROLE rails') == 2 and build.count('SET ROLE rails') == 1 and "--role=rails" in build
+    # the largest table (the first line) keeps its priority for its rows and its first (costliest) build;
+    # everything else runs reniced, without parallel workers
+    assert 'if [ "$1" = "$(head -n 1 "$W/tables")" ]; then n=0; else n=10; fi' in one
+    assert "print (NR == 1 ? n : 10), $0" in one and '| on_target "$n" -c "BEGIN"' in one
+    assert 'renice -n "$n" -p "$pid"' in one and '"/proc/$pid/autogroup"' in one
+    assert "max_parallel_maintenance_workers=0" in build and '-f - "$W/schema.dump" | on_target "$n" -f -' in build
     # the inventory and counts in the snapshot, once the tables are loaded, waited for at the end
     assert main.index("stamp tables") < main.index("counts.out & countspid=$!") < main.index("fk-add.sql") \
         < main.index('wait "$countspid"')
@@ -489,10 +495,12 @@ def test_the_build_plan_goes_to_each_table_and_the_rest_to_the_final_pass(tmp_pa
         assert any(line.startswith(";" + done) for line in lines) and not any(line.startswith(done) for line in lines)
     assert len(lines) == len(STREAM_TOC.splitlines())
     files = sorted(p.name for p in (tmp_path / "build").iterdir())
-    assert files == ["16538.6.sql", "16538.keys", "16549.1.list", "16549.2.list", "16549.3.sql", "16549.keys"]
-    assert (tmp_path / "build" / "16549.1.list").read_text().startswith("3361; 1259 16571 INDEX public "
-                                                                       "index_events_on_properties")
-    assert (tmp_path / "build" / "16549.3.sql").read_text() == \
+    # numbered in plan order (zero-padded, so that a glob lists them in that order: the costliest first)
+    assert files == ["16538.000006.sql", "16538.keys", "16549.000001.list", "16549.000002.list", "16549.000003.sql",
+                     "16549.keys"]
+    assert (tmp_path / "build" / "16549.000001.list").read_text().startswith("3361; 1259 16571 INDEX public "
+                                                                             "index_events_on_properties")
+    assert (tmp_path / "build" / "16549.000003.sql").read_text() == \
         "CREATE UNIQUE INDEX events_pkey ON public.events USING btree (id);\n"
     assert "PRIMARY KEY USING INDEX events_pkey" in (tmp_path / "build" / "16549.keys").read_text()
     assert (tmp_path / "fk-add.sql").read_text().count("NOT VALID") == 1
@@ -517,6 +525,8 @@ def test_the_build_plan_and_table_list_are_made_in_the_snapshot_with_exact_match
     for cond in ("ic.relname = co.conname", "NOT co.condeferrable", "NOT i.indisclustered", "NOT i.indisreplident",
                  "co.convalidated", "NOT t.relispartition", "[[:cntrl:]]"):
         assert cond in sql_text
+    # each table's builds: GIN, GiST and SP-GiST first, then the largest
+    assert "ORDER BY tbl, slow, size DESC, b" in sql_text and "IN ('gin', 'gist', 'spgist')" in sql_text
     assert "prolang = 12" in migration.TABLES_SQL and "'binary' ELSE 'text'" in migration.TABLES_SQL
 
 
