@@ -165,10 +165,10 @@ class Host:
         """
         full = self._wrap(cmd, sudo_user)
         shown = scrub(display if display is not None else (cmd if not sudo_user else f"[as {sudo_user}] {cmd}"))
-        conn = self.connection
+        chan = self._open_channel(shown)
         started = time.monotonic()
         try:
-            code, out, err = self._exec(conn, full, stdin, timeout or self.command_timeout)
+            code, out, err = self._exec(chan, full, stdin, timeout or self.command_timeout)
         except _connect_errors() as exc:
             self.close()
             raise HostUnreachable(self.name, f"{self.user}@{self.address}:{self.port}",
@@ -188,14 +188,35 @@ class Host:
             raise RemoteCommandError(self.name, shown, code, _tail(out + err), hint=hint)
         return result
 
+    def _open_channel(self, shown: str) -> Any:
+        """A new SSH channel for one command.  A connection found dead here (it dropped while idle:
+        a restarted sshd, a NAT timeout) is opened again once: nothing of the command has been sent
+        yet, so this never runs anything twice.  A connection lost while a command runs is not
+        retried (see :meth:`run`)."""
+        for attempt in (1, 2):
+            conn = self.connection
+            try:
+                transport = conn.client.get_transport()
+                if transport is None or not transport.is_active():
+                    raise EOFError("the SSH connection is closed")
+                return transport.open_session(timeout=conn.connect_timeout)
+            except _connect_errors() as exc:
+                self.close()
+                if attempt == 2:
+                    raise HostUnreachable(self.name, f"{self.user}@{self.address}:{self.port}",
+                                          scrub(f"could not open a channel for `{shown}`: "
+                                                f"{type(exc).__name__}: {exc}")) from exc
+                self.echo(scrub(f"[{self.name}] SSH connection to {self.address} was lost while idle "
+                                f"({type(exc).__name__}: {exc}); connecting again"))
+        raise AssertionError("unreachable")
+
     @staticmethod
-    def _exec(conn: Any, command: str, stdin: str | None, timeout: float) -> tuple[int, str, str]:
-        """Run *command* on its own SSH channel; returns (exit code, stdout, stderr).
+    def _exec(chan: Any, command: str, stdin: str | None, timeout: float) -> tuple[int, str, str]:
+        """Run *command* on the SSH channel *chan*; returns (exit code, stdout, stderr).
 
         Used instead of ``Connection.run`` because invoke feeds an in-memory stdin one byte
         per 10 ms (a 1 kB file took 10 s); here stdin is sent whole, then closed.
         """
-        chan = conn.client.get_transport().open_session(timeout=conn.connect_timeout)
         try:
             chan.exec_command(command)
             if stdin is not None:
@@ -214,6 +235,9 @@ class Host:
                 if time.monotonic() > deadline:
                     raise _TimedOut((out + err).decode(errors="replace"))
             code = chan.recv_exit_status()
+            if code == -1 and not chan.get_transport().is_active():
+                # no exit status, and the connection is gone: the command was cut off, it did not fail
+                raise EOFError("the connection closed before the command's exit status arrived")
             return code, out.decode(errors="replace"), err.decode(errors="replace")
         finally:
             chan.close()

@@ -156,3 +156,27 @@ def test_ssh_waits_for_a_key_that_is_put_in_place_late_and_refuses_a_wrong_key(l
         host.close()
     finally:
         destroy_server_host(name, lab_dir=str(lab.lab_dir))
+
+
+def test_a_connection_lost_while_idle_is_opened_again_but_a_command_cut_off_is_not_run_twice(lab, server):
+    """A connection that died between commands (here its socket closed under it, as a pytest run once
+    saw: "Socket exception: Bad file descriptor") is opened again once before the next command, which
+    has not been sent yet.  A connection lost while a command runs raises HostUnreachable: that
+    command is never run a second time."""
+    from hcbpg.errors import HostUnreachable
+    from hcbpg.host import Host
+    seen: list[str] = []
+    host = Host(server["name"], server["ip"], key_file=str(lab.ssh_key), connect_timeout=5, echo=seen.append)
+    try:
+        assert host.probe("hostname").stdout.strip() == server["name"]
+        host.connection.client.get_transport().sock.close()
+        assert host.run("echo again", quiet=True).stdout == "again\n"
+        assert len(seen) == 1 and "lost while idle" in seen[0], seen
+        marker = f"/root/cut-{secrets.token_hex(4)}"
+        # the shell's parent is the sshd process of this connection: killing it cuts the command off
+        with pytest.raises(HostUnreachable, match="connection lost while running"):
+            host.run(f"echo x >> {marker}; kill -9 $PPID; sleep 5", quiet=True, timeout=30)
+        assert lab.exec(server["name"], f"cat {marker}", check=True).stdout == "x\n"
+        assert host.run("true", quiet=True).ok  # and the next command connects again
+    finally:
+        host.close()
