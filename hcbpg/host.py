@@ -230,7 +230,10 @@ class Host:
                     out += chan.recv(65536)
                 while chan.recv_stderr_ready():
                     err += chan.recv_stderr(65536)
-                if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+                # sshd sends the exit status as soon as the process ends, and the rest of its output
+                # as the window allows, then EOF: the output is whole only once EOF (or the close) is in
+                if (chan.exit_status_ready() and (chan.eof_received or chan.closed)
+                        and not chan.recv_ready() and not chan.recv_stderr_ready()):
                     break
                 if time.monotonic() > deadline:
                     raise _TimedOut((out + err).decode(errors="replace"))

@@ -180,3 +180,20 @@ def test_a_connection_lost_while_idle_is_opened_again_but_a_command_cut_off_is_n
         assert host.run("true", quiet=True).ok  # and the next command connects again
     finally:
         host.close()
+
+
+
+def test_a_command_s_whole_output_arrives_even_when_its_exit_status_comes_first(lab, server):
+    """sshd sends the exit status as soon as the process ends, and output still buffered (or written
+    by a child that outlives it) afterwards, then EOF: all of it is read, on stdout and stderr (a
+    JSON document cut short at 156 kB was seen on a loaded machine)."""
+    from hcbpg.host import Host
+    host = Host(server["name"], server["ip"], key_file=str(lab.ssh_key), connect_timeout=5, echo=lambda _: None)
+    try:
+        res = host.run("echo first; (sleep 1; echo late; echo late-err >&2) & exit 0", quiet=True, timeout=60)
+        assert (res.stdout, res.stderr, res.exit_code) == ("first\nlate\n", "late-err\n", 0)
+        res = host.run("head -c 18000000 /dev/zero | base64 -w 0; head -c 300000 /dev/zero | base64 -w 0 >&2",
+                       quiet=True, timeout=120)
+        assert (len(res.stdout), len(res.stderr)) == (24000000, 400000)
+    finally:
+        host.close()
