@@ -245,6 +245,26 @@ def _holder_pid(launcher: int, deadline: float) -> int:
     raise LabError(f"host PID 1 did not appear under launcher {launcher}")
 
 
+def _wait_for_chroot(pid: int, merged: Path, deadline: float) -> None:
+    """Wait until the host's PID 1 has chrooted into its overlay.
+
+    The ready marker is written just before ``exec chroot``: a command entered into the host
+    (``nsenter -r``) before the chroot ran with the machine's own root, in the host's network.
+    That is how an sshd once served a lab host's address with the machine's /root/.ssh (every key
+    refused) and logged to the machine's /var/log."""
+    want = str(merged)
+    root = None
+    while time.monotonic() < deadline:
+        try:
+            root = os.readlink(f"/proc/{pid}/root")
+        except OSError:
+            root = None
+        if root == want:
+            return
+        time.sleep(0.005)
+    raise LabError(f"host PID 1 ({pid}) did not chroot into {want} (its root: {root})")
+
+
 def create_host(cfg: LabConfig, name: str, role: str, ip: str,
                 authorized_keys: Sequence[str], *, sshd: bool = True) -> dict[str, Any]:
     """Bring up one lab host (idempotent: a live host with the same IP is kept)."""
@@ -300,6 +320,7 @@ def create_host(cfg: LabConfig, name: str, role: str, ip: str,
                 raise LabError(f"host {name} did not start (exit {launcher.poll()}):\n{tail}")
             time.sleep(0.01)
         pid = _holder_pid(launcher.pid, deadline)
+        _wait_for_chroot(pid, merged, deadline)
         record.update(pid=pid, starttime=proc_starttime(pid), launcher=launcher.pid)
         state["hosts"][name] = record
         write_state(cfg, state)

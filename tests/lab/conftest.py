@@ -85,3 +85,12 @@ def pytest_runtest_makereport(item, call):
     names = [n for n, h in state.get("hosts", {}).items() if n == exc.host or f"@{h.get('ip')}:" in exc.address]
     for name in names:
         rep.sections.append((f"sshd log of lab host {name}", sshd_log_tail(the_lab.cfg, name) or "(empty)"))
+        # who listens on port 22 there, whether its sshd runs, and which keys it would accept
+        probe = ("ss -tlnp 'sport = :22'; ps -eo pid,args | grep '[s]shd'; ls -la /root/.ssh; "
+                 "cut -c1-60 /root/.ssh/authorized_keys; ip -4 -o addr show")
+        try:
+            cp = the_lab.exec(name, probe)
+            seen = (cp.stdout + cp.stderr).strip()
+        except Exception as e:  # noqa: BLE001 - a diagnostic must not hide the failure
+            seen = f"could not look: {type(e).__name__}: {e}"
+        rep.sections.append((f"sshd and keys on lab host {name}", seen or "(nothing)"))

@@ -197,3 +197,15 @@ def test_a_command_s_whole_output_arrives_even_when_its_exit_status_comes_first(
         assert (len(res.stdout), len(res.stderr)) == (24000000, 400000)
     finally:
         host.close()
+
+
+def test_every_host_runs_in_its_own_overlay_and_no_sshd_ran_with_the_machine_s_root(lab, server):
+    """A host's PID 1 has chrooted into its overlay before anything is entered into it: an sshd once
+    started in the window before the chroot served a host's address with the machine's own files
+    (every key refused, its log in the machine's /var/log)."""
+    import json
+    import os
+    state = json.loads(lab.cfg.state_file.read_text())
+    for name, h in state["hosts"].items():
+        assert os.readlink(f"/proc/{h['pid']}/root") == str(Path(h["dir"]) / "merged"), name
+    assert not Path("/var/log/sshd-hcbpg-lab.log").exists()
