@@ -1110,6 +1110,12 @@ FILENAME == ARGV[1] {
 """
 
 
+def _target_psql(params: "Params") -> str:
+    """psql against the target database on the primary, as the scripts run it (as postgres)."""
+    pg = params.postgres
+    return f"psql --cluster {pg.version}/{shlex.quote(pg.cluster)} -X -q -v ON_ERROR_STOP=1 -d {shlex.quote(pg.database)}"
+
+
 def render_on_target(params: "Params") -> list[str]:
     """The shell function ``on_target N psql-args...``: psql against the target database, its server
     process at niceness N (0: left as it is).
@@ -1120,9 +1126,7 @@ def render_on_target(params: "Params") -> list[str]:
     Ubuntu, a nice value counts only within its session).  A lowered session starts no parallel
     workers: the postmaster would fork them at normal priority.
     """
-    pg = params.postgres
-    tgt = (f"psql --cluster {pg.version}/{shlex.quote(pg.cluster)} -X -q -v ON_ERROR_STOP=1 "
-           f"-d {shlex.quote(pg.database)}")
+    tgt = _target_psql(params)
     return [
         "on_target() {",
         '  local n=$1; shift',
@@ -1161,7 +1165,7 @@ def render_stream_scripts(params: "Params", work: str, schemas: Iterable[str], *
     cl = f"--cluster {pg.version}/{shlex.quote(pg.cluster)}"
     role = shlex.quote(pg.app_role)
     restore = f"pg_restore {cl} --no-owner --no-acl --role={role} --exit-on-error"
-    tgt = f"psql {cl} -X -q -v ON_ERROR_STOP=1 -d {shlex.quote(pg.database)}"
+    tgt = _target_psql(params)
     head = ["set -euo pipefail",
             # psql's pg_wrapper exports PGCLUSTER/PGPORT/PGHOST for the source session: not ours to inherit
             "unset PGCLUSTER PGPORT PGHOST PGDATABASE PGUSER",
