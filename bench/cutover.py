@@ -33,8 +33,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hcbpg import migration, postgres, roles  # noqa: E402
-from hcbpg.host import Host  # noqa: E402
+from hcbpg.ops import migration  # noqa: E402
+from hcbpg.ops import postgres
+from hcbpg.ops import app_database as roles
+from hcbpg.adapters.host import Host  # noqa: E402
 from hcbpg.lab import Lab, create_server_host  # noqa: E402
 from hcbpg.params import load_params  # noqa: E402
 from hcbpg.secrets import register  # noqa: E402

@@ -44,7 +44,7 @@ def main() -> None:
         names.append((f"{name}.ipynb", f"step {i}"))
     write_steps(nb_dir, names)
 
-    from hcbpg.runner import Runner
+    from hcbpg.engine.runner import Runner
     runner = Runner(progress=lambda line: None, progress_bar=False)
 
     bare_times, ours_times = [], []

@@ -32,7 +32,7 @@ def write_notebook(path: Path, step: str, *cells: str, title: str = "test step")
     params = new_code_cell(PARAMS_CELL)
     params.metadata["tags"] = ["parameters"]
     nb.cells = [new_markdown_cell(f"# {title}"), params,
-                new_code_cell(f"from hcbpg import runbook\nrb = runbook.start(env, step={step!r}, "
+                new_code_cell(f"from hcbpg.engine import runbook\nrb = runbook.start(env, step={step!r}, "
                               "run_id=run_id, run_dir=run_dir, dry_run=dry_run)")]
     nb.cells += [new_code_cell(c) for c in cells]
     nb.cells.append(new_code_cell("rb.finish()"))

@@ -15,7 +15,7 @@ from hcloud.locations.domain import Location
 from hcloud.networks.domain import NetworkSubnet
 from hcloud.server_types.domain import ServerType
 
-from hcbpg import cloud
+from hcbpg.ops import provisioning as cloud
 from hcbpg.errors import CloudError, ParamsError, WaitTimeout
 from hcbpg.lab.hcloud_api import HcloudStandin, RunningStandin, read_state
 from hcbpg.params import parse_params

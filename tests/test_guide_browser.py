@@ -401,7 +401,7 @@ def _run_as_operator(path: Path) -> str:
 
 
 def test_guided_kernel_records_a_failed_cell_and_a_closed_run_takes_nothing_more(home, monkeypatch):
-    from hcbpg import guide
+    from hcbpg.engine import guide
     app_pw = "guide-app-" + secrets.token_hex(10)
     monkeypatch.setenv("HCBPG_TEST_APP_PW", app_pw)
     monkeypatch.setenv("HCBPG_TEST_TOKEN", "guide-tok-" + secrets.token_hex(10))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hcbpg import migration
+from hcbpg.ops import migration
 from hcbpg.errors import SafetyCheckFailed, SecretError, VerificationFailed
 from hcbpg.outcome import Check
 from hcbpg.params import parse_params

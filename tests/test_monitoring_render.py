@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hcbpg import health, monitoring, privileges
+from hcbpg.ops import health
+from hcbpg.ops import monitoring
+from hcbpg.ops import privileges
 from hcbpg.params import parse_params
 
 REPO = Path(__file__).resolve().parent.parent

@@ -8,7 +8,7 @@ from pathlib import Path
 import papermill as pm
 import pytest
 
-from hcbpg.steps import load_steps, notebooks_dir
+from hcbpg.engine.catalogue import load_steps, notebooks_dir
 
 NOTEBOOKS = sorted(notebooks_dir().glob("*.ipynb"))
 RUNNER_PARAMS = {"env", "run_id", "run_dir", "dry_run"}

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from hcbpg import drill
-from hcbpg import pgbackrest as pgb
-from hcbpg import schedule
+from hcbpg.ops import drill
+from hcbpg.ops import pgbackrest as pgb
+from hcbpg.ops import schedule
 from hcbpg.errors import ParamsError, SafetyCheckFailed
 from hcbpg.lab.deadman import classify
 from hcbpg.params import parse_params

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hcbpg import privileges as pv
-from hcbpg import rotation
+from hcbpg.ops import privileges as pv
+from hcbpg.ops import rotation
 from hcbpg.errors import SecretError, UsageError
 from hcbpg.params import parse_params
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from hcbpg import postgres as pg
+from hcbpg.ops import postgres as pg
 from hcbpg.errors import ParamsError, SafetyCheckFailed
 from hcbpg.params import parse_params
 

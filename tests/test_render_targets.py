@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from hcbpg import postgres as pg
-from hcbpg import targets
+from hcbpg.ops import postgres as pg
+from hcbpg.steps import targets
 from hcbpg.errors import ParamsError
-from hcbpg.host import Result
+from hcbpg.adapters.host import Result
 from hcbpg.params import parse_params
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hcbpg import postgres as pg
+from hcbpg.ops import postgres as pg
 
 from dataclasses import replace
 from pathlib import Path
@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hcbpg import failover as fo
-from hcbpg import replication as rep
+from hcbpg.ops import failover as fo
+from hcbpg.ops import replication as rep
 from hcbpg.errors import SafetyCheckFailed
 from hcbpg.params import parse_params
-from hcbpg.pgsql import render
-from hcbpg.roles import scram_verifier
+from hcbpg.adapters.psql import render
+from hcbpg.ops.app_database import scram_verifier
 from hcbpg.secrets import scrub
 
 REPO = Path(__file__).resolve().parent.parent

@@ -266,5 +266,5 @@ def test_a_runtime_dir_too_deep_for_a_unix_socket_still_runs_kernels(home, env, 
     r = hcbpg("run", env)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "kernel answered" in (only_run(home, env) / "00_only.ipynb").read_text()
-    from hcbpg.runner import _IPC_PATH_MAX, _ipc_base
+    from hcbpg.engine.runner import _IPC_PATH_MAX, _ipc_base
     assert len(os.fsencode(_ipc_base("0" * 12))) < _IPC_PATH_MAX

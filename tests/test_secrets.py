@@ -111,7 +111,7 @@ def test_scrubber_catches_encoded_forms():
 def test_preflight_warns_about_role_passwords_step_13_generates_and_fails_on_the_rest(home, monkeypatch, tmp_path):
     """A first run: the login roles' password files do not exist yet (step 13 makes them), so
     preflight says so as a warning; an empty one, or a missing app password, still fails."""
-    from hcbpg import runbook
+    from hcbpg.engine import runbook
     monkeypatch.setenv("HCBPG_TEST_APP_PW", "app-password-0123456789")
     monkeypatch.setenv("HCBPG_TEST_TOKEN", "hcloud-token-0123456789")
     (tmp_path / "empty-password").write_text("")

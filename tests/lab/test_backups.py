@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from hcbpg import drill
-from hcbpg import pgbackrest as pgb
-from hcbpg import postgres as pg
-from hcbpg import roles, schedule
+from hcbpg.ops import drill
+from hcbpg.ops import pgbackrest as pgb
+from hcbpg.ops import postgres as pg
+from hcbpg.ops import app_database as roles
+from hcbpg.ops import schedule
 from hcbpg.errors import PgBackRestError
-from hcbpg.host import Host
+from hcbpg.adapters.host import Host
 from hcbpg.lab import create_server_host, destroy_server_host
 from hcbpg.lab import deadman
 from hcbpg.lab.core import read_state

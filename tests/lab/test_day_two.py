@@ -22,12 +22,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hcbpg import failover as fo
-from hcbpg import health, monitoring, privileges, rotation
-from hcbpg import postgres as pg
-from hcbpg import replication as rep
-from hcbpg import roles
-from hcbpg.host import Host
+from hcbpg.ops import failover as fo
+from hcbpg.ops import health
+from hcbpg.ops import monitoring
+from hcbpg.ops import privileges
+from hcbpg.ops import rotation
+from hcbpg.ops import postgres as pg
+from hcbpg.ops import replication as rep
+from hcbpg.ops import app_database as roles
+from hcbpg.adapters.host import Host
 from hcbpg.lab import create_server_host, destroy_server_host
 from hcbpg.params import parse_params
 from hcbpg.secrets import resolve

@@ -137,7 +137,7 @@ def test_ssh_waits_for_a_key_that_is_put_in_place_late_and_refuses_a_wrong_key(l
     import time
 
     from hcbpg.errors import HostUnreachable
-    from hcbpg.host import Host
+    from hcbpg.adapters.host import Host
     name, ip = "server-postgres-t2", lab.cfg.address(56)
     create_server_host(name, ip, [], lab_dir=str(lab.lab_dir))  # no key authorized yet
     try:
@@ -164,7 +164,7 @@ def test_a_connection_lost_while_idle_is_opened_again_but_a_command_cut_off_is_n
     has not been sent yet.  A connection lost while a command runs raises HostUnreachable: that
     command is never run a second time."""
     from hcbpg.errors import HostUnreachable
-    from hcbpg.host import Host
+    from hcbpg.adapters.host import Host
     seen: list[str] = []
     host = Host(server["name"], server["ip"], key_file=str(lab.ssh_key), connect_timeout=5, echo=seen.append)
     try:
@@ -187,7 +187,7 @@ def test_a_command_s_whole_output_arrives_even_when_its_exit_status_comes_first(
     """sshd sends the exit status as soon as the process ends, and output still buffered (or written
     by a child that outlives it) afterwards, then EOF: all of it is read, on stdout and stderr (a
     JSON document cut short at 156 kB was seen on a loaded machine)."""
-    from hcbpg.host import Host
+    from hcbpg.adapters.host import Host
     host = Host(server["name"], server["ip"], key_file=str(lab.ssh_key), connect_timeout=5, echo=lambda _: None)
     try:
         res = host.run("echo first; (sleep 1; echo late; echo late-err >&2) & exit 0", quiet=True, timeout=60)

@@ -17,14 +17,14 @@ pytestmark = pytest.mark.lab
 
 
 def cli(lab: Lab, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hcbpg.lab.cli", "lab", "--lab-dir", str(lab.lab_dir), *args],
+    return subprocess.run([sys.executable, "-m", "hcbpg.cli.lab", "lab", "--lab-dir", str(lab.lab_dir), *args],
                           capture_output=True, text=True, timeout=timeout)
 
 
 def test_down_after_killed_up_leaves_nothing(make_test_lab):
     lab = make_test_lab("hcbpg-lab-killed-")
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "hcbpg.lab.cli", "lab", "--lab-dir", str(lab.lab_dir),
+        proc = subprocess.Popen([sys.executable, "-m", "hcbpg.cli.lab", "lab", "--lab-dir", str(lab.lab_dir),
                                  "up", "--source-rows", "2000"], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         # kill it once a host exists: namespaces, mounts and services are half made
@@ -45,7 +45,7 @@ def test_down_after_killed_up_leaves_nothing(make_test_lab):
         again = cli(lab, "up", "--source-rows", "2000")
         assert again.returncode == 0 and "already seeded" in again.stderr
 
-        proc = subprocess.Popen([sys.executable, "-m", "hcbpg.lab.cli", "lab", "--lab-dir", str(lab.lab_dir),
+        proc = subprocess.Popen([sys.executable, "-m", "hcbpg.cli.lab", "lab", "--lab-dir", str(lab.lab_dir),
                                  "down"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         proc.wait(timeout=120)
         assert proc.returncode == 0

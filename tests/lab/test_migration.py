@@ -19,13 +19,15 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from hcbpg import migration, postgres, roles
-from hcbpg import runbook as rbmod
+from hcbpg.ops import migration
+from hcbpg.ops import postgres
+from hcbpg.ops import app_database as roles
+from hcbpg.engine import runbook as rbmod
 from hcbpg.errors import SafetyCheckFailed, VerificationFailed
-from hcbpg.host import Host
+from hcbpg.adapters.host import Host
 from hcbpg.lab import create_server_host, destroy_server_host
 from hcbpg.params import parse_params
-from hcbpg.runner import Runner, approve
+from hcbpg.engine.runner import Runner, approve
 from hcbpg.secrets import register
 from labparams import lab_params
 

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from hcbpg import failover as fo
-from hcbpg import postgres as pg
-from hcbpg import replication as rep
-from hcbpg import roles
+from hcbpg.ops import failover as fo
+from hcbpg.ops import postgres as pg
+from hcbpg.ops import replication as rep
+from hcbpg.ops import app_database as roles
 from hcbpg.errors import SafetyCheckFailed
-from hcbpg.host import Host
+from hcbpg.adapters.host import Host
 from hcbpg.lab import create_server_host, destroy_server_host
 from hcbpg.params import parse_params
 from hcbpg.secrets import resolve

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from hcbpg import postgres as pg
-from hcbpg import roles
+from hcbpg.ops import postgres as pg
+from hcbpg.ops import app_database as roles
 from hcbpg.errors import HostUnreachable, SafetyCheckFailed
-from hcbpg.host import Host
+from hcbpg.adapters.host import Host
 from hcbpg.lab import create_server_host, destroy_server_host
 from hcbpg.params import parse_params
 from hcbpg.secrets import resolve

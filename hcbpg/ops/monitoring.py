@@ -19,12 +19,12 @@ import urllib.parse
 from typing import TYPE_CHECKING, Mapping
 
 from hcbpg.outcome import Check, Outcome, unified_diff
-from hcbpg.postgres import MANAGED_HEADER, get_installed_packages
+from hcbpg.ops.postgres import MANAGED_HEADER, get_installed_packages
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hcbpg.host import Host
+    from hcbpg.adapters.host import Host
     from hcbpg.params import Params, Server
-    from hcbpg.privileges import RolesConfig
+    from hcbpg.ops.privileges import RolesConfig
 
 PLACEHOLDER = "<secret>"
 VECTOR_CONFIG = "/etc/vector/hcbpg-postgresql.toml"

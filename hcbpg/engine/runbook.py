@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from hcbpg import manifest as mf
+from hcbpg.engine import manifest as mf
 from hcbpg import secrets as hsecrets
 from hcbpg.errors import GateRequired, HcbpgError, UsageError, VerificationFailed
 from hcbpg.outcome import Check, Outcome
@@ -176,7 +176,7 @@ class Runbook:
         generates it (0600) when it creates the role, so on a first run it is a warning that
         says so.  An existing file that cannot be read, or any other reference, must resolve.
         """
-        from hcbpg.privileges import roles_config
+        from hcbpg.ops.privileges import roles_config
         generated = {r.password_key for r in roles_config(self.params).login_roles()}
         rows = []
         for key, ref in self.params.secret_refs().items():

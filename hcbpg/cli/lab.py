@@ -91,7 +91,7 @@ def register(subparsers: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Standalone entry (``python -m hcbpg.lab.cli``) until the main CLI registers us."""
+    """Standalone entry (``python -m hcbpg.cli.lab``) until the main CLI registers us."""
     ap = argparse.ArgumentParser(prog="hcbpg")
     register(ap.add_subparsers(dest="command", required=True))
     args = ap.parse_args(argv)

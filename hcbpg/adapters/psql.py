@@ -16,7 +16,7 @@ from typing import Any, Sequence
 from psycopg import sql
 
 from hcbpg.errors import DatabaseError, RemoteCommandError
-from hcbpg.host import Host
+from hcbpg.adapters.host import Host
 from hcbpg.secrets import scrub
 
 Composable = sql.Composable

@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from hcbpg import manifest as mf
+from hcbpg.engine import manifest as mf
 from hcbpg import secrets as hsecrets
 from hcbpg.errors import AuditError
 

@@ -30,16 +30,16 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, Mapping, Seq
 
 from psycopg import sql
 
-from hcbpg import postgres as pgmod
+from hcbpg.ops import postgres as pgmod
 from hcbpg.errors import (DatabaseError, HostUnreachable, RemoteCommandError,
                           SafetyCheckFailed, WaitTimeout)
 from hcbpg.outcome import Check, Outcome, unified_diff
-from hcbpg.pgsql import Psql, render
-from hcbpg.roles import get_role, scram_matches, scram_verifier
+from hcbpg.adapters.psql import Psql, render
+from hcbpg.ops.app_database import get_role, scram_matches, scram_verifier
 from hcbpg.secrets import register, scrub
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hcbpg.host import Host
+    from hcbpg.adapters.host import Host
     from hcbpg.params import Params, Replication, Server
 
 PASSWORD_KEY = "replication.password"
@@ -1302,7 +1302,7 @@ def topology_rows(states: Mapping[str, ServerState], topology: Topology) -> list
 
 def show_topology(params: "Params", topology: Topology, states: Mapping[str, ServerState]) -> None:
     """Print how the current primary was chosen and a table of every server."""
-    from hcbpg.runbook import show_table
+    from hcbpg.engine.runbook import show_table
     rows = topology_rows(states, topology)
     for r in rows:
         r["params role"] = params.server(r["server"]).role

@@ -8,8 +8,8 @@ import json
 import sys
 from typing import Callable, Sequence
 
-from hcbpg import audit
-from hcbpg import manifest as mf
+from hcbpg.engine import audit
+from hcbpg.engine import manifest as mf
 from hcbpg import secrets as hsecrets
 from hcbpg.errors import HcbpgError
 from hcbpg.params import home, load_params
@@ -36,7 +36,7 @@ def cmd_params_check(args: argparse.Namespace) -> int:
 
 
 def _runner(args: argparse.Namespace, **kw):  # noqa: ANN202
-    from hcbpg.runner import Runner, install_sigterm_as_interrupt
+    from hcbpg.engine.runner import Runner, install_sigterm_as_interrupt
     install_sigterm_as_interrupt()
     return Runner(progress_bar=not getattr(args, "quiet", False) and sys.stderr.isatty(),
                   log_output=getattr(args, "verbose", False), **kw)
@@ -61,7 +61,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_approve(args: argparse.Namespace) -> int:
-    from hcbpg.runner import approve
+    from hcbpg.engine.runner import approve
     run = approve(args.run_id, args.gate, note=args.note)
     print(f"gate '{args.gate}' of run {run.run_id} approved by {mf.operator_name()}.\n"
           f"Continue with: hcbpg resume {run.run_id}")
@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("run_id")
     h.set_defaults(func=cmd_audit_html)
 
-    for mod in ("hcbpg.lab.cli", "hcbpg.rehearse", "hcbpg.status", "hcbpg.guide"):
+    for mod in ("hcbpg.cli.lab", "hcbpg.cli.rehearse", "hcbpg.engine.status", "hcbpg.engine.guide"):
         try:
             module = importlib.import_module(mod)
         except ModuleNotFoundError as exc:

@@ -28,11 +28,11 @@ from psycopg import sql
 from hcbpg import secrets as hsecrets
 from hcbpg.errors import ParamsError, PgBackRestError, SafetyCheckFailed
 from hcbpg.outcome import Check, Outcome, unified_diff
-from hcbpg.postgres import (MANAGED_HEADER, apply_settings_file, config_dir, get_installed_packages, parse_settings,
+from hcbpg.ops.postgres import (MANAGED_HEADER, apply_settings_file, config_dir, get_installed_packages, parse_settings,
                             psql_for, quote_setting)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hcbpg.host import Host, Result
+    from hcbpg.adapters.host import Host, Result
     from hcbpg.params import Params, PgBackRest, Server
 
 CONF_PATH = "/etc/pgbackrest/pgbackrest.conf"

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Mapping
 
 from hcbpg.errors import ParamsError
 from hcbpg.outcome import Check, Outcome, unified_diff
-from hcbpg.postgres import MANAGED_HEADER, get_installed_packages
+from hcbpg.ops.postgres import MANAGED_HEADER, get_installed_packages
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hcbpg.host import Host, Result
+    from hcbpg.adapters.host import Host, Result
     from hcbpg.params import Params, Server
 
 JOB_PATH = "/usr/local/sbin/hcbpg-backup"

@@ -12,11 +12,11 @@ import subprocess
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from hcbpg.errors import HcbpgError, HostUnreachable, ParamsError
-from hcbpg.host import Host
+from hcbpg.adapters.host import Host
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.params import Params, Server
-    from hcbpg.runbook import Runbook
+    from hcbpg.engine.runbook import Runbook
 
 
 def recorded_server(recorded: Iterable[Mapping[str, Any]] | None, name: str) -> Mapping[str, Any] | None:

@@ -32,7 +32,7 @@ def notebooks_dir() -> Path:
     env = os.environ.get("HCBPG_NOTEBOOKS")
     if env:
         return Path(env).resolve()
-    return Path(__file__).resolve().parent.parent / "notebooks"
+    return Path(__file__).resolve().parents[2] / "notebooks"
 
 
 def load_steps(directory: Path | None = None) -> list[Step]:

@@ -25,14 +25,14 @@ from psycopg import sql
 from hcbpg import secrets as hsecrets
 from hcbpg.errors import SafetyCheckFailed, SecretError, UsageError
 from hcbpg.outcome import Check, Outcome
-from hcbpg.privileges import RolesConfig, psql_as
-from hcbpg.roles import PASSWORD_KEY, get_role, scram_matches, scram_verifier
+from hcbpg.ops.privileges import RolesConfig, psql_as
+from hcbpg.ops.app_database import PASSWORD_KEY, get_role, scram_matches, scram_verifier
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hcbpg.host import Host
+    from hcbpg.adapters.host import Host
     from hcbpg.params import Params
-    from hcbpg.pgsql import Psql
-    from hcbpg.runbook import Runbook
+    from hcbpg.adapters.psql import Psql
+    from hcbpg.engine.runbook import Runbook
 
 ROTATE_ENV = "HCBPG_ROTATE_ROLES"
 
@@ -195,8 +195,8 @@ def dependents_table(rots: Sequence[Rotatable]) -> list[dict[str, str]]:
 
 def verify_host(rb: "Runbook", rot: Rotatable, cfg: RolesConfig, hosts: Mapping[str, "Host | None"]) -> "Host | None":
     """The host "old refused / new works" is tried from (None: not reachable, the check is a warning)."""
-    from hcbpg import targets  # noqa: PLC0415
-    from hcbpg.privileges import jumpbox_host  # noqa: PLC0415
+    from hcbpg.steps import targets  # noqa: PLC0415
+    from hcbpg.ops.privileges import jumpbox_host  # noqa: PLC0415
     params = rb.params
     if rot.verify_from == "app":
         return targets.app_host(rb)
@@ -211,7 +211,7 @@ def update_hcbpg_dependents(rot: Rotatable, new: str, params: "Params", cfg: Rol
                             hosts: Mapping[str, "Host | None"], *, dry_run: bool) -> list[Outcome]:
     """What hcbpg itself keeps with the password: exporter / Vector env files, replication passfiles,
     and for the app role a 0600 handoff file with the new DATABASE_URL (outside outputs/)."""
-    from hcbpg import monitoring  # noqa: PLC0415
+    from hcbpg.ops import monitoring  # noqa: PLC0415
     out: list[Outcome] = []
     servers = [s for s in params.servers if hosts.get(s.name) is not None]
     if cfg.exporter and rot.role == cfg.exporter.name:
@@ -219,10 +219,10 @@ def update_hcbpg_dependents(rot: Rotatable, new: str, params: "Params", cfg: Rol
     if cfg.monitoring and rot.role == cfg.monitoring.name:
         out += [monitoring.ensure_vector_config(hosts[s.name], params, s, cfg, new, dry_run=dry_run) for s in servers]
     if params.replication is not None and rot.role == params.replication.role:
-        from hcbpg import replication  # noqa: PLC0415
+        from hcbpg.ops import replication  # noqa: PLC0415
         out += [replication.ensure_passfile(hosts[s.name], params, s, new, dry_run=dry_run) for s in servers]
     if rot.role == params.postgres.app_role:
-        from hcbpg import migration  # noqa: PLC0415 - step 09's hand-off file: same place, same format
+        from hcbpg.ops import migration  # noqa: PLC0415 - step 09's hand-off file: same place, same format
         path = migration.handoff_path(params)
         if not dry_run:
             urls = migration.write_app_urls(params, new)

@@ -12,14 +12,14 @@ import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hcbpg import targets
+from hcbpg.steps import targets
 from hcbpg.errors import HcbpgError, HostUnreachable
-from hcbpg.host import Host
+from hcbpg.adapters.host import Host
 from hcbpg.outcome import Check
 from hcbpg.params import params_path, params_sha256
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hcbpg.runbook import Runbook
+    from hcbpg.engine.runbook import Runbook
 
 #: Python packages the steps import on the operator's side (module name, what needs it)
 OPERATOR_MODULES = (
@@ -97,7 +97,7 @@ def get_cloud_servers(rb: "Runbook") -> tuple[dict[str, str | None] | None, Chec
     """
     params = rb.params
     try:
-        from hcbpg import cloud
+        from hcbpg.ops import provisioning as cloud
         client = cloud.make_client(params, rb.secret("hetzner.token"), timeout=params.ssh.connect_timeout * 3)
         found: dict[str, str | None] = {}
         for server in params.servers:
@@ -145,7 +145,8 @@ def check_app_role_password(rb: "Runbook", existing: dict[str, str | None] | Non
     Checked here so that a wrong ``postgres.app_role_password`` stops the run before any step
     changes anything.  Read-only; skipped (no row) while the primary or its role does not exist.
     """
-    from hcbpg import postgres, roles
+    from hcbpg.ops import postgres
+    from hcbpg.ops import app_database as roles
     params = rb.params
     primary = params.primary
     if existing is not None and primary.name not in existing:

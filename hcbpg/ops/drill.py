@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from psycopg import sql
 
-from hcbpg import pgbackrest as pgb
+from hcbpg.ops import pgbackrest as pgb
 from hcbpg.errors import DatabaseError, HcbpgError, ParamsError, SafetyCheckFailed, WaitTimeout
 from hcbpg.outcome import Check, Outcome
-from hcbpg.pgsql import Psql, render
-from hcbpg.postgres import get_cluster, psql_for
+from hcbpg.adapters.psql import Psql, render
+from hcbpg.ops.postgres import get_cluster, psql_for
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hcbpg.host import Host
+    from hcbpg.adapters.host import Host
     from hcbpg.params import Params, Server
 
 #: where the drill notes what it restored (outside the data directory, which the restore replaces)
@@ -89,7 +89,7 @@ def scratch_host(params: "Params", target: DrillTarget, *, dry_run: bool) -> "Ho
     In a dry run a scratch host that does not exist yet is None (the plan assumes a fresh one).
     """
     from hcbpg.errors import HostUnreachable
-    from hcbpg.host import Host
+    from hcbpg.adapters.host import Host
     address = target.ssh_host or target.private_ip
     if params.environment == "lab":
         from hcbpg.lab.core import LabConfig, read_state
@@ -117,7 +117,7 @@ def scratch_host(params: "Params", target: DrillTarget, *, dry_run: bool) -> "Ho
 def prepare_scratch(host: "Host | None", params: "Params", target: DrillTarget, *, version: tuple[int, int, int] | None,
                     dry_run: bool) -> list[Outcome]:
     """PostgreSQL (step 02's install) and pgBackRest pointed at the primary's repository (read only: restore)."""
-    from hcbpg.postgres import install_server
+    from hcbpg.ops.postgres import install_server
     server = as_server(params, target)
     outcomes = install_server(host, params, server, dry_run=dry_run)
     outcomes.append(pgb.ensure_paths(host, dry_run=dry_run))
@@ -410,7 +410,7 @@ def run_restore(host: "Host | None", params: "Params", target: DrillTarget, *, s
 
 def get_auto_conf(host: "Host", params: "Params") -> dict[str, str]:
     """The settings in the restored data directory's postgresql.auto.conf."""
-    from hcbpg.postgres import parse_settings
+    from hcbpg.ops.postgres import parse_settings
     text = host.read_text(f"{pgb.pg_data_path(params)}/postgresql.auto.conf", sudo_user="postgres") or ""
     return parse_settings(text)
 

@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from hcbpg import manifest as mf
+from hcbpg.engine import manifest as mf
 from hcbpg import secrets as hsecrets
 from hcbpg.errors import HcbpgError, UsageError
 from hcbpg.params import Params, home, load_params, params_sha256
-from hcbpg.runbook import AUTO_APPROVE_ENV, HEADLESS_ENV, scrub_file_for
-from hcbpg.steps import Step, load_steps, notebooks_dir, select
+from hcbpg.engine.runbook import AUTO_APPROVE_ENV, HEADLESS_ENV, scrub_file_for
+from hcbpg.engine.catalogue import Step, load_steps, notebooks_dir, select
 
 SCHEME = "hcbpg-scrubbed://"
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_WAITING, EXIT_INTERRUPTED = 0, 1, 2, 3, 130

@@ -43,12 +43,12 @@ from psycopg import sql
 from hcbpg import secrets as hsecrets
 from hcbpg.errors import SafetyCheckFailed
 from hcbpg.outcome import Check, Outcome
-from hcbpg.pgsql import Psql, render
-from hcbpg.postgres import HbaRule, hba_name
-from hcbpg.roles import get_role, scram_matches, scram_verifier
+from hcbpg.adapters.psql import Psql, render
+from hcbpg.ops.postgres import HbaRule, hba_name
+from hcbpg.ops.app_database import get_role, scram_matches, scram_verifier
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hcbpg.host import Host
+    from hcbpg.adapters.host import Host
     from hcbpg.params import Params, Server
 
 #: what the app needs on tables/views (no TRUNCATE, REFERENCES, TRIGGER: those are the owner's)
@@ -221,7 +221,7 @@ def all_hba_extra(params: "Params", server: "Server", cfg: RolesConfig | None = 
 
     pg_hba.conf is rendered whole, so a step that rendered only its own rules would drop the others'.
     """
-    from hcbpg import replication  # noqa: PLC0415 - step 10's lines: each peer's /32
+    from hcbpg.ops import replication  # noqa: PLC0415 - step 10's lines: each peer's /32
     rules: list[HbaRule] = list(replication.hba_rules_for(params, server))
     rules += hba_rules(cfg or roles_config(params), params, server)
     return rules
@@ -1045,7 +1045,7 @@ def require_database(obs: Observed, cfg: RolesConfig) -> None:
 def jumpbox_host(params: "Params", cfg: RolesConfig) -> "Host | None":
     """An open Host for the jumpbox (``jumpbox_ssh_host``, else its private IP); None when SSH cannot reach it."""
     from hcbpg.errors import HostUnreachable  # noqa: PLC0415
-    from hcbpg.host import Host  # noqa: PLC0415
+    from hcbpg.adapters.host import Host  # noqa: PLC0415
     if not cfg.jumpbox_ip:
         return None
     host = Host.from_params(params, "jumpbox", cfg.jumpbox_ssh_host or cfg.jumpbox_ip)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from hcbpg import manifest as mf
+from hcbpg.engine import manifest as mf
 from hcbpg.params import home
 
 APPROVER = "hcbpg rehearse (automatic)"
@@ -18,7 +18,7 @@ APPROVER = "hcbpg rehearse (automatic)"
 def rehearse(*, keep: bool = False, source_rows: int | None = None, source_mb: int | None = None,
              start: str | None = None, until: str | None = None, verbose: bool = False) -> int:
     from hcbpg.lab import Lab
-    from hcbpg.runner import Runner, install_sigterm_as_interrupt
+    from hcbpg.engine.runner import Runner, install_sigterm_as_interrupt
 
     install_sigterm_as_interrupt()
     lab = Lab()

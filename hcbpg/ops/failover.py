@@ -31,25 +31,25 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping
 
 from psycopg import sql
 
-from hcbpg import postgres as pgmod
-from hcbpg import replication as rep
+from hcbpg.ops import postgres as pgmod
+from hcbpg.ops import replication as rep
 from hcbpg.errors import DatabaseError, HcbpgError, HostUnreachable, SafetyCheckFailed, WaitTimeout
 from hcbpg.outcome import Check, Outcome
-from hcbpg.pgsql import Psql
+from hcbpg.adapters.psql import Psql
 from hcbpg.secrets import register, scrub
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hcbpg.host import Host
+    from hcbpg.adapters.host import Host
     from hcbpg.params import Params, Server
-    from hcbpg.runbook import Runbook
+    from hcbpg.engine.runbook import Runbook
 
 
 # connecting to every server --------------------------------------------------------------------
 
 def connect_servers(rb: "Runbook") -> dict[str, "Host | None"]:
     """An open Host per server, None for a server SSH cannot reach (a failover must go on without it)."""
-    from hcbpg import targets
-    from hcbpg.host import Host
+    from hcbpg.steps import targets
+    from hcbpg.adapters.host import Host
     out: dict[str, Host | None] = {}
     recorded = targets.recorded_servers(rb)
     for s in rb.params.servers:
@@ -258,7 +258,7 @@ def point_backups_at(host: "Host", params: "Params", server: "Server", *, archiv
     Uses :mod:`hcbpg.pgbackrest` (steps 05/08); the repository path is per server, so the
     new primary gets its own stanza and first full backup.
     """
-    from hcbpg import pgbackrest as pb
+    from hcbpg.ops import pgbackrest as pb
     if params.pgbackrest is None:
         return [], [Check("pgBackRest on the new primary", "warn", "no pgbackrest section in params", server.name)]
     version = pb.get_version(host)
@@ -285,7 +285,7 @@ def get_archive_mode(host: "Host | None", params: "Params") -> bool | None:
     if host is None:
         return None
     try:
-        from hcbpg import pgbackrest as pb
+        from hcbpg.ops import pgbackrest as pb
         text = host.read_text(pb.archiving_path(params))
     except HcbpgError:
         return None

@@ -26,11 +26,11 @@ from psycopg import sql
 
 from hcbpg.errors import SafetyCheckFailed
 from hcbpg.outcome import Check, Outcome
-from hcbpg.pgsql import Psql
+from hcbpg.adapters.psql import Psql
 from hcbpg.secrets import register, scrub
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hcbpg.host import Host
+    from hcbpg.adapters.host import Host
     from hcbpg.params import Params
 
 PASSWORD_KEY = "postgres.app_role_password"
@@ -169,7 +169,7 @@ def ensure_role(psql: "Psql | None", params: "Params", password: str, *, dry_run
     statements = plan_role(params, current, password, host_name=host_name)
     if not statements:
         return Outcome(what, False, dry_run)
-    from hcbpg.pgsql import render
+    from hcbpg.adapters.psql import render
     actions = [scrub(" ".join(render(s).split())) for s in statements]
     if psql is not None:
         psql.execute(statements, dry_run=dry_run)
@@ -191,7 +191,7 @@ def handed_over_to(current_db: dict[str, Any] | None, params: "Params") -> str |
     Step 04 sets up the runbook's first state (rails owns the database and holds ALL); step 13
     replaces it with roles built for rotation.  Re-running 04 afterwards must not undo 13.
     """
-    from hcbpg.privileges import roles_config  # noqa: PLC0415 - privileges builds on this module
+    from hcbpg.ops.privileges import roles_config  # noqa: PLC0415 - privileges builds on this module
     owner = roles_config(params).owner
     if current_db is not None and owner != params.postgres.app_role and current_db["owner"] == owner:
         return owner
@@ -214,7 +214,7 @@ def ensure_database(psql: "Psql | None", params: "Params", *, dry_run: bool, hos
         stmt = sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(pg.database), sql.Identifier(pg.app_role))
     else:
         return Outcome(what, False, dry_run)
-    from hcbpg.pgsql import render
+    from hcbpg.adapters.psql import render
     if psql is not None:
         psql.execute(stmt, dry_run=dry_run)
     return Outcome(what, True, dry_run, actions=[" ".join(render(stmt).split())])
@@ -260,7 +260,7 @@ def ensure_grants(psql: "Psql | None", params: "Params", *, dry_run: bool, host_
     statements = plan_grants(psql, params, database_exists=exists)
     if not statements:
         return Outcome(what, False, dry_run)
-    from hcbpg.pgsql import render
+    from hcbpg.adapters.psql import render
     if psql is not None and (exists or not dry_run):
         psql.execute(statements, dbname=db, dry_run=dry_run)
     return Outcome(what, True, dry_run, actions=[" ".join(render(s).split()) for s in statements])

@@ -21,10 +21,10 @@ from psycopg import sql
 from hcbpg.errors import (DatabaseError, ParamsError, RemoteCommandError, SafetyCheckFailed,
                           VerificationFailed, WaitTimeout)
 from hcbpg.outcome import Check, Outcome, unified_diff
-from hcbpg.pgsql import Psql
+from hcbpg.adapters.psql import Psql
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hcbpg.host import Host
+    from hcbpg.adapters.host import Host
     from hcbpg.params import Params, Server
 
 MANAGED_HEADER = "# Managed by hcbpg: do not edit by hand; hcbpg rewrites this file whole on its next run."
@@ -263,7 +263,7 @@ def settings_for(params: "Params", server: "Server", part: str) -> dict[str, Set
     if part == "replication":
         if params.replication is None:
             return {}
-        from hcbpg import replication  # noqa: PLC0415 - it builds on this module
+        from hcbpg.ops import replication  # noqa: PLC0415 - it builds on this module
         return replication.settings_for(params, server)
     if part == "connections":
         out: dict[str, SettingValue] = {
@@ -528,7 +528,8 @@ def params_hba_rules(params: "Params", server: "Server") -> list[HbaRule]:
     pg_hba.conf is written whole: if step 03 rendered only its own lines, re-running it would
     drop step 10's replication lines and step 13's role lines (and the other way round).
     """
-    from hcbpg import privileges, replication  # noqa: PLC0415 - they build on this module
+    from hcbpg.ops import privileges  # noqa: PLC0415 - they build on this module
+    from hcbpg.ops import replication
     return [*replication.hba_rules_for(params, server),
             *privileges.hba_rules(privileges.roles_config(params), params, server)]
 
@@ -759,7 +760,7 @@ def get_server_facts(host: "Host", params: "Params") -> dict[str, Any]:
 
 def show_plan(outcomes: Sequence[Outcome]) -> int:
     """Print a plan (each outcome with its actions and diff) and a summary table; returns how many change."""
-    from hcbpg.runbook import show_table
+    from hcbpg.engine.runbook import show_table
     for o in outcomes:
         if o.changed:
             print(str(o))

@@ -24,7 +24,7 @@ from hcbpg.outcome import Check
 from hcbpg.secrets import scrub
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hcbpg.host import Host
+    from hcbpg.adapters.host import Host
     from hcbpg.params import Params, Server
 
 ITEMS = ("PostgreSQL running", "role", "replication", "replay lag", "slot retained WAL", "last backup",
@@ -323,7 +323,7 @@ def _backup(host: "Host", params: "Params", m: Measurement) -> None:
     if params.pgbackrest is None:
         m.backup_error = "pgbackrest is not configured in params"
         return
-    from hcbpg import pgbackrest  # noqa: PLC0415
+    from hcbpg.ops import pgbackrest  # noqa: PLC0415
     try:
         rows = pgbackrest.get_backups(host, params)
     except HcbpgError as exc:
@@ -340,7 +340,7 @@ def _backup(host: "Host", params: "Params", m: Measurement) -> None:
 
 def measure(host: "Host | None", params: "Params", server: "Server", *, expected_role: str | None = None) -> Measurement:
     """Measure one server (never raises for a server that is down: the measurement says so)."""
-    from hcbpg import postgres  # noqa: PLC0415
+    from hcbpg.ops import postgres  # noqa: PLC0415
     m = Measurement(server.name, server.private_ip, expected_role or server.role, now=time.time())
     if host is None:
         m.error = "no SSH connection"
@@ -480,8 +480,8 @@ def open_hosts(params: "Params", *, recorded: Sequence[Mapping[str, Any]] | None
                echo: Callable[[str], None] = lambda s: None) -> dict[str, "Host | None"]:
     """A Host per server: ``ssh_host``, else the public IP step 01 recorded, else the private IP."""
     import os
-    from hcbpg.host import Host  # noqa: PLC0415
-    from hcbpg.targets import ssh_address  # noqa: PLC0415
+    from hcbpg.adapters.host import Host  # noqa: PLC0415
+    from hcbpg.steps.targets import ssh_address  # noqa: PLC0415
     out: dict[str, Host | None] = {}
     for s in params.servers:
         address = ssh_address(params, s.name, recorded) or s.private_ip

@@ -35,17 +35,17 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 from psycopg import sql
 
-from hcbpg import manifest as mf
+from hcbpg.engine import manifest as mf
 from hcbpg import secrets as hsecrets
 from hcbpg.errors import (DatabaseError, HcbpgError, ParamsError, RemoteCommandError, SafetyCheckFailed,
                           SecretError, VerificationFailed, WaitTimeout)
 from hcbpg.outcome import Check, Outcome, unified_diff
-from hcbpg.pgsql import render
+from hcbpg.adapters.psql import render
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hcbpg.host import Host
+    from hcbpg.adapters.host import Host
     from hcbpg.params import Params
-    from hcbpg.runbook import Runbook
+    from hcbpg.engine.runbook import Runbook
 
 #: the conf.d part that holds the restore-time settings; read last, removed after the restore
 RESTORE_PART = "90-hcbpg-restore.conf"
@@ -580,7 +580,7 @@ def plan_restore_settings(*, mem_bytes: int, jobs: int, archive_mode: str, wal_s
 
 
 def render_restore_settings(settings: Mapping[str, Any], *, server: str) -> str:
-    from hcbpg.postgres import MANAGED_HEADER, quote_setting
+    from hcbpg.ops.postgres import MANAGED_HEADER, quote_setting
     lines = [MANAGED_HEADER,
              f"# {server}: restore-time settings (06/07 migration). Removed when the restore ends;",
              "# if you find this file after a crash, delete it and reload PostgreSQL (restart if it sets wal_level).", ""]
@@ -589,7 +589,7 @@ def render_restore_settings(settings: Mapping[str, Any], *, server: str) -> str:
 
 
 def restore_part_path(params: "Params") -> str:
-    from hcbpg.postgres import config_dir
+    from hcbpg.ops.postgres import config_dir
     return f"{config_dir(params)}/conf.d/{RESTORE_PART}"
 
 
@@ -608,7 +608,7 @@ def render_reload_and_wait(params: "Params", *, timeout_s: int = 30) -> str:
 
 def _apply_config(host: "Host", params: "Params") -> list[str]:
     """Reload (one round trip), then restart if a changed setting needs it; returns what was done."""
-    from hcbpg import postgres
+    from hcbpg.ops import postgres
     res = host.run(render_reload_and_wait(params), sudo_user="postgres",
                    display=f"pg_ctlcluster {params.postgres.version} {params.postgres.cluster} reload, "
                            "wait until it is read", timeout=60,
@@ -621,7 +621,7 @@ def _apply_config(host: "Host", params: "Params") -> list[str]:
 
 
 def get_server_state(host: "Host", params: "Params") -> dict[str, Any]:
-    from hcbpg import postgres
+    from hcbpg.ops import postgres
     psql = postgres.psql_for(host, params)
     row = psql.query("SELECT current_setting('archive_mode') AS archive_mode, "
                      "(SELECT count(*) FROM pg_stat_replication) AS senders, "
@@ -663,7 +663,7 @@ def remove_restore_settings(host: "Host", params: "Params", *, dry_run: bool) ->
 
 
 def check_restore_settings_gone(host: "Host", params: "Params") -> Check:
-    from hcbpg import postgres
+    from hcbpg.ops import postgres
     psql = postgres.psql_for(host, params)
     path = restore_part_path(params)
     row = psql.query("SELECT current_setting('wal_level') AS wal_level, current_setting('fsync') AS fsync, "
@@ -688,7 +688,7 @@ class TargetState:
 
 def get_target_state(host: "Host", params: "Params") -> TargetState:
     """The target database as it is now: exists, hcbpg's marker, who is connected, how many tables."""
-    from hcbpg import postgres
+    from hcbpg.ops import postgres
     psql = postgres.psql_for(host, params)
     db = params.postgres.database
     rows = psql.query(sql.SQL(
@@ -783,7 +783,7 @@ def run_statements(host: "Host", params: "Params", statements: Sequence["sql.Com
                    dry_run: bool = False) -> None:
     """Statements in one psql call as postgres (each its own transaction, so CREATE DATABASE may be one),
     all shown; it stops at the first error."""
-    from hcbpg import postgres
+    from hcbpg.ops import postgres
     texts = [render(st).strip().rstrip(";") + ";" for st in statements]
     if dry_run:
         postgres.psql_for(host, params).execute(texts, dbname=dbname, dry_run=True)
@@ -864,7 +864,7 @@ def render_prepare_sql(params: "Params", database_statements: Sequence["sql.Comp
 
 
 def check_extensions_available(host: "Host", params: "Params", extensions: Sequence[Mapping[str, str]]) -> Check:
-    from hcbpg import postgres
+    from hcbpg.ops import postgres
     names = [e["name"] for e in extensions]
     have = {r["name"] for r in postgres.psql_for(host, params).query(
         sql.SQL("SELECT name FROM pg_available_extensions WHERE name = ANY({})").format(sql.Literal(names)))}
@@ -1760,7 +1760,8 @@ def run_rotate_password(host: "Host | None", params: "Params", *, dry_run: bool)
 
     Returns the outcome, the old and the new password (both registered with the scrubber).
     """
-    from hcbpg import postgres, roles
+    from hcbpg.ops import postgres
+    from hcbpg.ops import app_database as roles
     pg = params.postgres
     old = hsecrets.resolve(pg.app_role_password, key=roles.PASSWORD_KEY)
     what = f"password of role {pg.app_role} on {host.name if host else params.primary.name} rolled"
@@ -1929,7 +1930,7 @@ def plan_migration(host: "Host", params: "Params", source: Source, *, dry_run: b
     src = params.source
     if src is None:
         raise ParamsError("params", ["source: required for the migration steps (method, url, ...)"])
-    from hcbpg import postgres
+    from hcbpg.ops import postgres
     if not postgres.get_cluster_running(host, params):
         if dry_run:
             return Plan(plan_without_primary(params, why=f"PostgreSQL is not running on {host.name} yet"), [], {})
@@ -2070,7 +2071,7 @@ def plan_without_primary(params: "Params", *, why: str = "the primary is not pro
 
 def show_comparison(result: MigrationResult) -> None:
     """The source/target table of objects and rows (each kind pass or fail)."""
-    from hcbpg.runbook import show_table
+    from hcbpg.engine.runbook import show_table
     show_table(result.verification.table, ["what", "source", "target", "status"])
 
 
@@ -2102,7 +2103,7 @@ def record_phases(rb: "Runbook", phases: Mapping[str, float]) -> None:
 
 
 def show_downtime(dt: Mapping[str, Any]) -> None:
-    from hcbpg.runbook import show_table
+    from hcbpg.engine.runbook import show_table
     rows = [{"what": "maintenance on (approved)", "value": dt.get("maintenance_on_at") or "-"},
             {"what": "traffic on (approved)", "value": dt.get("traffic_on_at") or "-"},
             {"what": "downtime", "value": f"{dt['total_s']:.1f} s" if dt.get("total_s") is not None else "-"}]
