@@ -89,7 +89,16 @@ class HostUnreachable(HcbpgError):
 
 
 class DatabaseError(HcbpgError):
-    pass
+    """A PostgreSQL operation failed: on which host, in which database, which statement, and
+    PostgreSQL's SQLSTATE when it gave one (secrets already scrubbed from every field)."""
+
+    def __init__(self, message: str, *, host: str | None = None, database: str | None = None,
+                 statement: str | None = None, sqlstate: str | None = None, hint: str | None = None) -> None:
+        self.host = host
+        self.database = database
+        self.statement = statement
+        self.sqlstate = sqlstate
+        super().__init__(message, hint=hint)
 
 
 class CloudError(HcbpgError):
@@ -105,7 +114,14 @@ class PgBackRestError(HcbpgError):
 
 
 class SafetyCheckFailed(HcbpgError):
-    pass
+    """A destructive or risky action was refused; *target* is the machine or object it would
+    have changed, *reasons* each precondition that did not hold."""
+
+    def __init__(self, message: str, *, target: str | None = None, reasons: Sequence[str] = (),
+                 hint: str | None = None) -> None:
+        self.target = target
+        self.reasons = list(reasons)
+        super().__init__(message, hint=hint)
 
 
 class VerificationFailed(HcbpgError):
@@ -115,7 +131,16 @@ class VerificationFailed(HcbpgError):
 
 
 class WaitTimeout(HcbpgError):
-    pass
+    """Polling gave up: *what* was awaited, the *timeout*, how long it ran (*elapsed*) and the
+    *last* value seen (see :func:`hcbpg.wait.wait_until`)."""
+
+    def __init__(self, message: str, *, what: str | None = None, timeout: float | None = None,
+                 elapsed: float | None = None, last: object = None, hint: str | None = None) -> None:
+        self.what = what
+        self.timeout = timeout
+        self.elapsed = elapsed
+        self.last = last
+        super().__init__(message, hint=hint)
 
 
 class GateRequired(HcbpgError):

@@ -18,11 +18,12 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 from hcbpg.engine import manifest as mf
 from hcbpg import secrets as hsecrets
 from hcbpg.errors import GateRequired, HcbpgError, UsageError, VerificationFailed
+from hcbpg.display import _in_ipython, render_table, show_plan, show_table  # noqa: F401 - the notebooks' display helpers
 from hcbpg.outcome import Check, Outcome
 from hcbpg.params import Params, home, load_params
 
@@ -31,14 +32,6 @@ AUTO_APPROVE_ENV = "HCBPG_AUTO_APPROVE"
 #: set by ``hcbpg guide`` for its Jupyter server (and so for every kernel it starts)
 GUIDED_ENV = "HCBPG_GUIDED"
 _MISSING = object()
-
-
-def _in_ipython():  # noqa: ANN202
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return None
-    return get_ipython()
 
 
 class StepAlreadyDone(Exception):
@@ -88,41 +81,6 @@ def _install_kernel_scrubbing() -> None:
 
     ip._showtraceback = showtraceback
     ip._hcbpg_scrubbing = True
-
-
-def _display_html(markup: str, text: str) -> None:
-    ip = _in_ipython()
-    if ip is not None:
-        from IPython.display import HTML, display
-        display(HTML(markup))
-    else:
-        print(text)
-
-
-def render_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> tuple[str, str]:
-    """An HTML table and its plain-text twin (for logs)."""
-    cols = columns or (list(rows[0]) if rows else [])
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
-    body = ""
-    for r in rows:
-        cells = ""
-        for c in cols:
-            v = r.get(c, "")
-            style = ""
-            if c == "status":
-                style = {"pass": "color:#137333", "warn": "color:#b06000", "fail": "color:#c5221f;font-weight:bold"}.get(str(v), "")
-            cells += f"<td style='{style}'>{html.escape(str(v))}</td>"
-        body += f"<tr>{cells}</tr>"
-    markup = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-    widths = {c: max([len(c)] + [len(str(r.get(c, ""))) for r in rows]) for c in cols}
-    lines = ["  ".join(c.ljust(widths[c]) for c in cols)]
-    lines += ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in cols) for r in rows]
-    return markup, "\n".join(lines)
-
-
-def show_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> None:
-    markup, text = render_table(rows, columns)
-    _display_html(markup, text)
 
 
 def _scrapbook() -> Any:
@@ -240,6 +198,24 @@ class Runbook:
             if show:
                 print(str(o))
         return outcome if isinstance(outcome, Outcome) else items
+
+    def apply(self, ensure: Callable[..., "Outcome | Sequence[Outcome]"]) -> list[Outcome]:
+        """Plan, show the plan, then apply it unless this is a dry run: the shape of every step.
+
+        *ensure* is an idempotent ``ensure_*`` taking ``dry_run`` (keyword) and returning its
+        outcome(s).  It is called once with ``dry_run=True`` (the plan, shown with its diffs);
+        in a dry run that plan is what is tracked, else *ensure* runs again for real and its
+        outcomes are tracked and shown.  Returns the tracked outcomes.
+        """
+        planned = ensure(dry_run=True)
+        plan = [planned] if isinstance(planned, Outcome) else list(planned)
+        show_plan(plan)
+        if self.dry_run:
+            self.track(plan, show=False)
+            print("dry run: nothing was changed")
+            return plan
+        applied = ensure(dry_run=False)
+        return list(self.track([applied] if isinstance(applied, Outcome) else list(applied)))
 
     @property
     def changes(self) -> int:

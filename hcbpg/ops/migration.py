@@ -2071,7 +2071,7 @@ def plan_without_primary(params: "Params", *, why: str = "the primary is not pro
 
 def show_comparison(result: MigrationResult) -> None:
     """The source/target table of objects and rows (each kind pass or fail)."""
-    from hcbpg.engine.runbook import show_table
+    from hcbpg.display import show_table
     show_table(result.verification.table, ["what", "source", "target", "status"])
 
 
@@ -2103,7 +2103,7 @@ def record_phases(rb: "Runbook", phases: Mapping[str, float]) -> None:
 
 
 def show_downtime(dt: Mapping[str, Any]) -> None:
-    from hcbpg.engine.runbook import show_table
+    from hcbpg.display import show_table
     rows = [{"what": "maintenance on (approved)", "value": dt.get("maintenance_on_at") or "-"},
             {"what": "traffic on (approved)", "value": dt.get("traffic_on_at") or "-"},
             {"what": "downtime", "value": f"{dt['total_s']:.1f} s" if dt.get("total_s") is not None else "-"}]

@@ -760,7 +760,7 @@ def get_server_facts(host: "Host", params: "Params") -> dict[str, Any]:
 
 def show_plan(outcomes: Sequence[Outcome]) -> int:
     """Print a plan (each outcome with its actions and diff) and a summary table; returns how many change."""
-    from hcbpg.engine.runbook import show_table
+    from hcbpg.display import show_table
     for o in outcomes:
         if o.changed:
             print(str(o))

@@ -1302,7 +1302,7 @@ def topology_rows(states: Mapping[str, ServerState], topology: Topology) -> list
 
 def show_topology(params: "Params", topology: Topology, states: Mapping[str, ServerState]) -> None:
     """Print how the current primary was chosen and a table of every server."""
-    from hcbpg.engine.runbook import show_table
+    from hcbpg.display import show_table
     rows = topology_rows(states, topology)
     for r in rows:
         r["params role"] = params.server(r["server"]).role
