@@ -8,15 +8,14 @@ Regenerate the golden files after a deliberate change with ``HCBPG_UPDATE_GOLDEN
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 
-from hcbpg.ops import health
-from hcbpg.ops import monitoring
-from hcbpg.ops import privileges
+from hcbpg.desired import roles as desired_roles
+from hcbpg.ops import health, monitoring
 from hcbpg.params import parse_params
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,7 +30,7 @@ def params():
 
 @pytest.fixture
 def cfg(params):
-    return privileges.roles_config(params)
+    return desired_roles.roles_config(params)
 
 
 def golden(name: str, text: str) -> None:

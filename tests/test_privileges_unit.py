@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from hcbpg.desired import roles as desired_roles
+from hcbpg.desired import server as desired_server
+from hcbpg.errors import SecretError, UsageError
 from hcbpg.ops import privileges as pv
 from hcbpg.ops import rotation
-from hcbpg.errors import SecretError, UsageError
 from hcbpg.params import parse_params
 
 REPO = Path(__file__).resolve().parent.parent
@@ -25,7 +27,7 @@ def params():
 
 @pytest.fixture
 def cfg(params):
-    return pv.roles_config(params)
+    return desired_roles.roles_config(params)
 
 
 def role(name, login=True, member_of=(), inherit=True, **kw):
@@ -208,11 +210,11 @@ def test_missing_trusted_extension_is_created_as_the_migrations_role(cfg):
 
 
 def test_hba_lines_for_metabase_monitoring_and_migrations(params, cfg):
-    rules = [r.render() for r in pv.hba_rules(cfg, params, params.primary)]
+    rules = [r.render() for r in desired_roles.roles_hba_rules(cfg, params, params.primary)]
     assert any(r.startswith("host    hcb_production  metabase        10.0.1.40/32") for r in rules)
     assert any(r.startswith("host    postgres        vector          10.0.1.5/32") for r in rules)
     assert any(r.startswith("host    hcb_production  hcb_migrations  10.0.1.0/24") for r in rules)
-    extra = pv.all_hba_extra(params, params.primary, cfg)
+    extra = desired_server.all_hba_extra(params, params.primary, cfg)
     assert any(r.user == "repuser" for r in extra), "step 10's lines are kept beside ours"
 
 

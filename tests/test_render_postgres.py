@@ -10,9 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from hcbpg.ops import postgres as pg
+from hcbpg.desired import server as desired_server
 from hcbpg.errors import ParamsError, SafetyCheckFailed
+from hcbpg.ops import postgres as pg
 from hcbpg.params import parse_params
+from hcbpg.pg import conf as pgconf
+from hcbpg.pg import hba as pghba
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -58,12 +61,12 @@ def golden(name: str, text: str) -> None:
 def test_pg_hba_matches_golden_for_each_server():
     p = params()
     for s in p.servers:
-        golden(f"pg_hba.{s.name}.conf", pg.render_pg_hba(p, s))
+        golden(f"pg_hba.{s.name}.conf", desired_server.render_pg_hba(p, s))
 
 
 def test_pg_hba_has_exactly_the_three_rules_in_order():
     p = params()
-    rules = pg.parse_pg_hba(pg.render_pg_hba(p, p.primary))
+    rules = pghba.parse_pg_hba(desired_server.render_pg_hba(p, p.primary))
     assert [(r.type, r.database, r.user, r.address, r.method) for r in rules] == [
         ("local", "all", "postgres", None, "peer"),
         ("host", "hcb_production", "rails", "10.0.1.0/24", "scram-sha-256"),
@@ -73,16 +76,16 @@ def test_pg_hba_has_exactly_the_three_rules_in_order():
 
 def test_pg_hba_says_hcbpg_manages_it():
     p = params()
-    assert pg.render_pg_hba(p, p.primary).startswith("# Managed by hcbpg: do not edit by hand")
+    assert desired_server.render_pg_hba(p, p.primary).startswith("# Managed by hcbpg: do not edit by hand")
 
 
 def test_pg_hba_takes_extra_rules_before_the_local_catch_all():
     p = params()
-    extra = [pg.HbaRule("host", "replication", "repuser", "scram-sha-256", "10.0.1.6/32",
+    extra = [pghba.HbaRule("host", "replication", "repuser", "scram-sha-256", "10.0.1.6/32",
                         comment="streaming replication from server-postgres-2")]
-    text = pg.render_pg_hba(p, p.primary, extra=extra)
+    text = desired_server.render_pg_hba(p, p.primary, extra=extra)
     golden("pg_hba.with-replication.conf", text)
-    rules = pg.parse_pg_hba(text)
+    rules = pghba.parse_pg_hba(text)
     assert rules[2].database == "replication" and rules[-1].user == "all"
 
 
@@ -90,36 +93,36 @@ def test_pg_hba_takes_extra_rules_before_the_local_catch_all():
 def test_pg_hba_refuses_weak_methods(method):
     p = params()
     with pytest.raises(SafetyCheckFailed, match=method):
-        pg.render_pg_hba(p, p.primary, extra=[pg.HbaRule("host", "all", "all", method, "10.0.1.0/24")])
+        desired_server.render_pg_hba(p, p.primary, extra=[pghba.HbaRule("host", "all", "all", method, "10.0.1.0/24")])
 
 
 def test_pg_hba_refuses_a_cidr_with_host_bits():
     p = params()
     with pytest.raises(ValueError, match="host bits"):
-        pg.render_pg_hba(p, p.primary, extra=[pg.HbaRule("host", "all", "x", "scram-sha-256", "10.0.1.0/16")])
+        desired_server.render_pg_hba(p, p.primary, extra=[pghba.HbaRule("host", "all", "x", "scram-sha-256", "10.0.1.0/16")])
 
 
 def test_pg_hba_quotes_names_that_read_as_keywords():
-    assert pg.hba_name("all") == '"all"'
-    assert pg.hba_name("replication") == '"replication"'
-    assert pg.hba_name("hcb_production") == "hcb_production"
+    assert pghba.hba_name("all") == '"all"'
+    assert pghba.hba_name("replication") == '"replication"'
+    assert pghba.hba_name("hcb_production") == "hcb_production"
 
 
 def test_parse_pg_hba_reads_debian_default_and_netmask_form():
-    rules = pg.parse_pg_hba(DEBIAN_DEFAULT_HBA + 'host "my db" all 10.0.0.0 255.255.0.0 scram-sha-256 # x\n')
+    rules = pghba.parse_pg_hba(DEBIAN_DEFAULT_HBA + 'host "my db" all 10.0.0.0 255.255.0.0 scram-sha-256 # x\n')
     assert len(rules) == 8
-    assert rules[0] == pg.HbaRule("local", "all", "postgres", "peer")
-    assert rules[-1] == pg.HbaRule("host", '"my db"', "all", "scram-sha-256", "10.0.0.0/16")
+    assert rules[0] == pghba.HbaRule("local", "all", "postgres", "peer")
+    assert rules[-1] == pghba.HbaRule("host", '"my db"', "all", "scram-sha-256", "10.0.0.0/16")
 
 
 def test_parse_of_render_gives_back_the_rules():
     p = params()
-    assert pg.parse_pg_hba(pg.render_pg_hba(p, p.primary)) == pg.hba_rules(p, p.primary)
+    assert pghba.parse_pg_hba(desired_server.render_pg_hba(p, p.primary)) == desired_server.hba_rules(p, p.primary)
 
 
 def test_plan_pg_hba_from_debian_default_lists_added_and_removed_rules():
     p = params()
-    added, removed = pg.plan_pg_hba(DEBIAN_DEFAULT_HBA, pg.render_pg_hba(p, p.primary))
+    added, removed = pghba.plan_pg_hba(DEBIAN_DEFAULT_HBA, desired_server.render_pg_hba(p, p.primary))
     assert [r.render().split() for r in added] == [
         ["host", "hcb_production", "rails", "10.0.1.0/24", "scram-sha-256"],
         ["local", "all", "all", "scram-sha-256"]]
@@ -128,8 +131,8 @@ def test_plan_pg_hba_from_debian_default_lists_added_and_removed_rules():
 
 def test_plan_pg_hba_of_the_same_file_is_empty():
     p = params()
-    text = pg.render_pg_hba(p, p.primary)
-    assert pg.plan_pg_hba(text, text) == ([], [])
+    text = desired_server.render_pg_hba(p, p.primary)
+    assert pghba.plan_pg_hba(text, text) == ([], [])
 
 
 # settings ------------------------------------------------------------------------
@@ -137,30 +140,30 @@ def test_plan_pg_hba_of_the_same_file_is_empty():
 def test_settings_match_golden_for_each_part_and_server():
     p = params()
     for s in p.servers:
-        for part in pg.SETTINGS_FILES:
-            golden(f"settings.{part}.{s.name}.conf", pg.render_settings(p, s, part))
+        for part in desired_server.SETTINGS_FILES:
+            golden(f"settings.{part}.{s.name}.conf", desired_server.render_settings(p, s, part))
 
 
 def test_connection_settings_listen_on_localhost_and_the_private_ip_with_scram():
     p = params()
-    parsed = pg.parse_settings(pg.render_settings(p, p.servers[1], "connections"))
+    parsed = pgconf.parse_settings(desired_server.render_settings(p, p.servers[1], "connections"))
     assert parsed == {"listen_addresses": "'localhost,10.0.1.6'", "password_encryption": "'scram-sha-256'"}
 
 
 def test_settings_take_params_and_extra_entries_sorted_and_quoted():
     p = params(settings={"work_mem": "64MB", "log_connections": True, "max_connections": 600})
-    text = pg.render_settings(p, p.primary, "connections",
+    text = desired_server.render_settings(p, p.primary, "connections",
                               extra={"archive_command": "pgbackrest --stanza=hcb_production archive-push %p",
                                      "wal_level": "replica"})
     golden("settings.connections.with-extra.conf", text)
-    names = list(pg.parse_settings(text))
+    names = list(pgconf.parse_settings(text))
     assert names == sorted(names)
 
 
 def test_settings_from_params_cannot_override_what_hcbpg_owns():
     with pytest.raises(ParamsError, match=r"postgres\.settings\.listen_addresses"):
         p = params(settings={"listen_addresses": "*"})
-        pg.render_settings(p, p.primary, "connections")
+        desired_server.render_settings(p, p.primary, "connections")
 
 
 @pytest.mark.parametrize("value, expected", [
@@ -168,20 +171,20 @@ def test_settings_from_params_cannot_override_what_hcbpg_owns():
     ("it's", "'it''s'"), ("C:\\path", "'C:\\\\path'"),
 ])
 def test_quote_setting(value, expected):
-    assert pg.quote_setting(value) == expected
+    assert pgconf.quote_setting(value) == expected
 
 
 def test_quote_setting_refuses_newlines():
     with pytest.raises(ValueError):
-        pg.quote_setting("a\nb")
+        pgconf.quote_setting("a\nb")
 
 
 def test_plan_settings_names_what_changes():
     p = params()
-    new = pg.render_settings(p, p.primary, "identity")
-    assert pg.plan_settings(None, new) == {"cluster_name": (None, "'server-postgres-1'"), "wal_log_hints": (None, "on")}
-    assert pg.plan_settings(new, new) == {}
-    assert pg.plan_settings("cluster_name = '15/main'\nwal_log_hints = on\n", new) == {
+    new = desired_server.render_settings(p, p.primary, "identity")
+    assert pgconf.plan_settings(None, new) == {"cluster_name": (None, "'server-postgres-1'"), "wal_log_hints": (None, "on")}
+    assert pgconf.plan_settings(new, new) == {}
+    assert pgconf.plan_settings("cluster_name = '15/main'\nwal_log_hints = on\n", new) == {
         "cluster_name": ("'15/main'", "'server-postgres-1'")}
 
 

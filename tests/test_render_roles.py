@@ -8,10 +8,11 @@ import hmac
 
 import pytest
 
-from hcbpg.ops import app_database as roles
-from hcbpg.errors import SafetyCheckFailed
-from hcbpg.params import parse_params
 from hcbpg.adapters.psql import render
+from hcbpg.errors import SafetyCheckFailed
+from hcbpg.ops import app_database as roles
+from hcbpg.params import parse_params
+from hcbpg.pg import scram as scram
 from hcbpg.secrets import scrub
 
 PARAMS = parse_params({
@@ -26,7 +27,7 @@ PASSWORD = "correct horse battery staple"
 def existing(**kw):
     role = {"rolname": "rails", "rolcanlogin": True, "rolinherit": True, "rolconnlimit": 500, "rolsuper": False,
             "rolcreatedb": False, "rolcreaterole": False, "rolreplication": False, "rolbypassrls": False,
-            "rolpassword": roles.scram_verifier(PASSWORD)}
+            "rolpassword": scram.scram_verifier(PASSWORD)}
     role.update(kw)
     return role
 
@@ -34,7 +35,7 @@ def existing(**kw):
 def test_scram_keys_match_rfc_7677_example():
     # RFC 7677 section 3: user "user", password "pencil"; the server signature proves the ServerKey
     salt = base64.b64decode("W22ZaJ0SNY7soEsUEjb6gQ==")
-    _stored, server_key = roles._scram_keys("pencil", salt, 4096)
+    _stored, server_key = scram._scram_keys("pencil", salt, 4096)
     nonce = "rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0"
     auth = f"n=user,r=rOprNGfwEbeRWgbNEkqO,r={nonce},s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096,c=biws,r={nonce}"
     sig = base64.b64encode(hmac.new(server_key, auth.encode(), hashlib.sha256).digest()).decode()
@@ -42,17 +43,17 @@ def test_scram_keys_match_rfc_7677_example():
 
 
 def test_verifier_has_postgres_format_and_checks_its_password():
-    v = roles.scram_verifier(PASSWORD)
+    v = scram.scram_verifier(PASSWORD)
     mech, iter_salt, keys = v.split("$")
     assert mech == "SCRAM-SHA-256" and iter_salt.startswith("4096:") and len(keys.split(":")) == 2
     assert len(base64.b64decode(iter_salt.split(":")[1])) == 16
-    assert roles.scram_matches(PASSWORD, v)
-    assert not roles.scram_matches(PASSWORD + "x", v)
-    assert not roles.scram_matches(PASSWORD, "md5abc") and not roles.scram_matches(PASSWORD, "garbage")
+    assert scram.scram_matches(PASSWORD, v)
+    assert not scram.scram_matches(PASSWORD + "x", v)
+    assert not scram.scram_matches(PASSWORD, "md5abc") and not scram.scram_matches(PASSWORD, "garbage")
 
 
 def test_verifiers_are_salted_and_scrubbed():
-    a, b = roles.scram_verifier(PASSWORD), roles.scram_verifier(PASSWORD)
+    a, b = scram.scram_verifier(PASSWORD), scram.scram_verifier(PASSWORD)
     assert a != b
     assert scrub(f"PASSWORD '{a}'") == "PASSWORD '[secret]'"
 
@@ -77,7 +78,7 @@ def test_role_attributes_are_corrected_without_touching_the_password():
 
 def test_role_with_another_password_is_refused_naming_key_and_host():
     with pytest.raises(SafetyCheckFailed) as info:
-        roles.plan_role(PARAMS, existing(rolpassword=roles.scram_verifier("another password")), PASSWORD,
+        roles.plan_role(PARAMS, existing(rolpassword=scram.scram_verifier("another password")), PASSWORD,
                         host_name="server-postgres-1")
     msg = str(info.value)
     assert "postgres.app_role_password" in msg and "server-postgres-1" in msg and PASSWORD not in msg
@@ -97,9 +98,9 @@ def test_md5_password_that_matches_is_rehashed_as_scram_and_one_that_differs_is_
 
 
 def test_saslprep_leaves_ascii_alone_and_normalises_unicode():
-    assert roles.saslprep("plain ascii") == "plain ascii"
-    assert roles.saslprep("I\u00adX") == "IX"          # soft hyphen maps to nothing
-    assert roles.saslprep("\u2168") == "IX"            # NFKC
+    assert scram.saslprep("plain ascii") == "plain ascii"
+    assert scram.saslprep("I\u00adX") == "IX"          # soft hyphen maps to nothing
+    assert scram.saslprep("\u2168") == "IX"            # NFKC
 
 
 def test_fresh_primary_plan_creates_role_database_and_grants():

@@ -134,7 +134,7 @@ class Runbook:
         generates it (0600) when it creates the role, so on a first run it is a warning that
         says so.  An existing file that cannot be read, or any other reference, must resolve.
         """
-        from hcbpg.ops.privileges import roles_config
+        from hcbpg.desired.roles import roles_config
         generated = {r.password_key for r in roles_config(self.params).login_roles()}
         rows = []
         for key, ref in self.params.secret_refs().items():

@@ -410,7 +410,7 @@ def run_restore(host: "Host | None", params: "Params", target: DrillTarget, *, s
 
 def get_auto_conf(host: "Host", params: "Params") -> dict[str, str]:
     """The settings in the restored data directory's postgresql.auto.conf."""
-    from hcbpg.ops.postgres import parse_settings
+    from hcbpg.pg.conf import parse_settings
     text = host.read_text(f"{pgb.pg_data_path(params)}/postgresql.auto.conf", sudo_user="postgres") or ""
     return parse_settings(text)
 

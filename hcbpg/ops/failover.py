@@ -31,25 +31,35 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping
 
 from psycopg import sql
 
+from hcbpg.adapters.psql import Psql
+from hcbpg.desired import replication as desired_replication
+from hcbpg.desired import server as desired_server
+from hcbpg.errors import (
+    DatabaseError,
+    HcbpgError,
+    HostUnreachable,
+    SafetyCheckFailed,
+    WaitTimeout,
+)
 from hcbpg.ops import postgres as pgmod
 from hcbpg.ops import replication as rep
-from hcbpg.errors import DatabaseError, HcbpgError, HostUnreachable, SafetyCheckFailed, WaitTimeout
 from hcbpg.outcome import Check, Outcome
-from hcbpg.adapters.psql import Psql
+from hcbpg.pg import conf as pgconf
+from hcbpg.pg import conninfo as conninfo
 from hcbpg.secrets import register, scrub
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.host import Host
-    from hcbpg.params import Params, Server
     from hcbpg.engine.runbook import Runbook
+    from hcbpg.params import Params, Server
 
 
 # connecting to every server --------------------------------------------------------------------
 
 def connect_servers(rb: "Runbook") -> dict[str, "Host | None"]:
     """An open Host per server, None for a server SSH cannot reach (a failover must go on without it)."""
-    from hcbpg.steps import targets
     from hcbpg.adapters.host import Host
+    from hcbpg.steps import targets
     out: dict[str, Host | None] = {}
     recorded = targets.recorded_servers(rb)
     for s in rb.params.servers:
@@ -126,7 +136,7 @@ def plan_failover(topology: rep.Topology, states: Mapping[str, rep.ServerState],
             + ", ".join(f"{n}: {'running' if s.running else 'stopped'}"
                         f"{', in recovery' if s.in_recovery else ''}" for n, s in states.items()) + ")",
             hint="Start the replica (or rebuild it with step 10) first. Nothing was changed.")
-    following = [s for s in candidates if rep.parse_conninfo(s.primary_conninfo).get("host") ==
+    following = [s for s in candidates if conninfo.parse_conninfo(s.primary_conninfo).get("host") ==
                  params.server(old).private_ip]
     new = (following or candidates)[0]
     ostate = states[old]
@@ -158,7 +168,7 @@ def plan_failover(topology: rep.Topology, states: Mapping[str, rep.ServerState],
 # fencing, promotion ---------------------------------------------------------------------------------
 
 def start_conf_path(params: "Params") -> str:
-    return f"{pgmod.config_dir(params)}/start.conf"
+    return f"{desired_server.config_dir(params)}/start.conf"
 
 
 def run_fence(host: "Host", params: "Params", server: "Server", *, planned: bool) -> dict[str, Any]:
@@ -291,7 +301,7 @@ def get_archive_mode(host: "Host | None", params: "Params") -> bool | None:
         return None
     if not text:
         return None
-    value = pgmod.parse_settings(text).get("archive_mode")
+    value = pgconf.parse_settings(text).get("archive_mode")
     return None if value is None else value.strip("'") in ("on", "true", "1", "yes")
 
 
@@ -305,7 +315,7 @@ def run_failover(plan: FailoverPlan, hosts: Mapping[str, "Host | None"], params:
     Rejoining the old primary and pgBackRest are separate calls (:func:`rejoin_old_primary`,
     :func:`point_backups_at`) so the notebook shows each.
     """
-    r = rep.replication_params(params)
+    r = desired_replication.replication_params(params)
     timeout = catch_up_timeout or r.catch_up_timeout_s
     old, new = params.server(plan.old_primary), params.server(plan.new_primary)
     old_host, new_host = hosts.get(old.name), hosts.get(new.name)
@@ -364,6 +374,6 @@ def rejoin_old_primary(hosts: Mapping[str, "Host | None"], params: "Params", pla
     outcomes.append(outcome)
     run_unfence(old_host, params)
     outcomes += rep.replica_cleanup_outcomes(old_host, params, old, dry_run=False)
-    outcomes.append(rep.ensure_no_stale_slots(new_psql, params, keep=[rep.slot_name(old.name)], dry_run=False,
+    outcomes.append(rep.ensure_no_stale_slots(new_psql, params, keep=[desired_replication.slot_name(old.name)], dry_run=False,
                                               host_name=new.name))
     return outcomes, result

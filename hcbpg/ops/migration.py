@@ -580,7 +580,7 @@ def plan_restore_settings(*, mem_bytes: int, jobs: int, archive_mode: str, wal_s
 
 
 def render_restore_settings(settings: Mapping[str, Any], *, server: str) -> str:
-    from hcbpg.ops.postgres import MANAGED_HEADER, quote_setting
+    from hcbpg.pg.conf import MANAGED_HEADER, quote_setting
     lines = [MANAGED_HEADER,
              f"# {server}: restore-time settings (06/07 migration). Removed when the restore ends;",
              "# if you find this file after a crash, delete it and reload PostgreSQL (restart if it sets wal_level).", ""]
@@ -589,7 +589,7 @@ def render_restore_settings(settings: Mapping[str, Any], *, server: str) -> str:
 
 
 def restore_part_path(params: "Params") -> str:
-    from hcbpg.ops.postgres import config_dir
+    from hcbpg.desired.server import config_dir
     return f"{config_dir(params)}/conf.d/{RESTORE_PART}"
 
 

@@ -19,12 +19,13 @@ import urllib.parse
 from typing import TYPE_CHECKING, Mapping
 
 from hcbpg.outcome import Check, Outcome, unified_diff
-from hcbpg.ops.postgres import MANAGED_HEADER, get_installed_packages
+from hcbpg.ops.postgres import get_installed_packages
+from hcbpg.pg.conf import MANAGED_HEADER
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.host import Host
     from hcbpg.params import Params, Server
-    from hcbpg.ops.privileges import RolesConfig
+    from hcbpg.desired.roles import RolesConfig
 
 PLACEHOLDER = "<secret>"
 VECTOR_CONFIG = "/etc/vector/hcbpg-postgresql.toml"

@@ -28,8 +28,10 @@ from psycopg import sql
 from hcbpg import secrets as hsecrets
 from hcbpg.errors import ParamsError, PgBackRestError, SafetyCheckFailed
 from hcbpg.outcome import Check, Outcome, unified_diff
-from hcbpg.ops.postgres import (MANAGED_HEADER, apply_settings_file, config_dir, get_installed_packages, parse_settings,
-                            psql_for, quote_setting)
+from hcbpg.ops.postgres import apply_settings_file, get_installed_packages, psql_for
+from hcbpg.pg.conf import MANAGED_HEADER, parse_settings
+from hcbpg.desired.server import config_dir
+from hcbpg.pg.conf import quote_setting
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.host import Host, Result

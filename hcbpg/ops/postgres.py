@@ -9,25 +9,36 @@ cluster is restarted only when ``pg_settings.pending_restart`` says a setting ne
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import shlex
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 from psycopg import sql
 
-from hcbpg.errors import (DatabaseError, ParamsError, RemoteCommandError, SafetyCheckFailed,
-                          VerificationFailed, WaitTimeout)
-from hcbpg.outcome import Check, Outcome, unified_diff
 from hcbpg.adapters.psql import Psql
+from hcbpg.desired.server import (
+    SETTINGS_FILES,
+    hba_path,
+    render_pg_hba,
+    render_settings,
+    settings_path,
+)
+from hcbpg.errors import (
+    DatabaseError,
+    RemoteCommandError,
+    SafetyCheckFailed,
+    VerificationFailed,
+    WaitTimeout,
+)
+from hcbpg.outcome import Check, Outcome, unified_diff
+from hcbpg.pg.conf import MANAGED_HEADER, SettingValue, parse_settings, plan_settings
+from hcbpg.pg.hba import HbaRule, plan_pg_hba
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.host import Host
     from hcbpg.params import Params, Server
 
-MANAGED_HEADER = "# Managed by hcbpg: do not edit by hand; hcbpg rewrites this file whole on its next run."
 PGDG_KEY = "/usr/share/postgresql-common/pgdg/apt.postgresql.org.asc"
 PGDG_SOURCES = "/etc/apt/sources.list.d/pgdg.sources"
 PGDG_URI = "https://apt.postgresql.org/pub/repos/apt"
@@ -35,30 +46,7 @@ PGDG_URI = "https://apt.postgresql.org/pub/repos/apt"
 CLUSTER_LOCALE = "C.UTF-8"
 APT_ENV = "DEBIAN_FRONTEND=noninteractive"
 
-SettingValue = Union[str, int, float, bool]
-
-
 # paths -------------------------------------------------------------------------
-
-def config_dir(params: "Params") -> str:
-    return f"/etc/postgresql/{params.postgres.version}/{params.postgres.cluster}"
-
-
-def hba_path(params: "Params") -> str:
-    return f"{config_dir(params)}/pg_hba.conf"
-
-
-#: the conf.d include files hcbpg owns, one per concern, read in name order after postgresql.conf
-SETTINGS_FILES = {
-    "identity": "10-hcbpg-identity.conf",        # step 02: cluster_name
-    "connections": "20-hcbpg-connections.conf",  # step 03: listen_addresses, password_encryption, postgres.settings
-    "replication": "30-hcbpg-replication.conf",  # step 10: slot WAL cap, hot_standby, wal_keep_size
-}
-
-
-def settings_path(params: "Params", part: str) -> str:
-    return f"{config_dir(params)}/conf.d/{SETTINGS_FILES[part]}"
-
 
 def psql_for(host: "Host", params: "Params") -> Psql:
     return Psql(host, version=params.postgres.version, cluster=params.postgres.cluster)
@@ -239,104 +227,6 @@ def get_cluster_running(host: "Host | None", params: "Params") -> bool:
 
 # settings (conf.d include files) -------------------------------------------------
 
-_SETTING_NAME = re.compile(r"^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)?$")
-
-
-def quote_setting(value: SettingValue) -> str:
-    """A value as postgresql.conf wants it: numbers bare, booleans on/off, strings single-quoted."""
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if isinstance(value, (int, float)):
-        return str(value)
-    text = str(value)
-    if "\n" in text or "\r" in text:
-        raise ValueError(f"a setting value cannot span lines: {text!r}")
-    return "'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
-
-
-def settings_for(params: "Params", server: "Server", part: str) -> dict[str, SettingValue]:
-    """The settings hcbpg owns in the include file *part* (see SETTINGS_FILES) for *server*."""
-    if part == "identity":
-        # wal_log_hints needs a restart: set it before the first start so that step 10 (replication,
-        # pg_rewind after a failover) never has to restart the primary for it
-        return {"cluster_name": server.name, "wal_log_hints": True}
-    if part == "replication":
-        if params.replication is None:
-            return {}
-        from hcbpg.ops import replication  # noqa: PLC0415 - it builds on this module
-        return replication.settings_for(params, server)
-    if part == "connections":
-        out: dict[str, SettingValue] = {
-            "listen_addresses": f"localhost,{server.private_ip}",
-            "password_encryption": "scram-sha-256",
-        }
-        problems = []
-        owned = set(out) | {"cluster_name", "port", "data_directory", "hba_file", "ident_file",
-                            "external_pid_file", "include_dir"}
-        for key, value in params.postgres.settings.items():
-            if not _SETTING_NAME.match(key):
-                problems.append(f"postgres.settings.{key}: not a PostgreSQL setting name")
-            elif key in owned:
-                problems.append(f"postgres.settings.{key}: hcbpg sets {key} itself (or it belongs in "
-                                "postgresql.conf); remove it from postgres.settings")
-            else:
-                out[key] = value
-        if problems:
-            raise ParamsError("params", problems)
-        return out
-    raise ValueError(f"unknown settings part {part!r}; known: {', '.join(SETTINGS_FILES)}")
-
-
-_PART_TITLES = {
-    "identity": "identity (step 02_install_postgres)",
-    "connections": "connections (step 03_allow_connections; postgres.settings from params)",
-    "replication": "replication (step 10_replication; replication.* from params)",
-}
-
-
-def render_settings(params: "Params", server: "Server", part: str = "connections", *,
-                    extra: Mapping[str, SettingValue] | None = None) -> str:
-    """The conf.d include file *part* for *server*: header, then ``name = value`` sorted by name.
-
-    *extra* lets later steps add settings (archive_command, wal_level, ...) to a part.
-    """
-    settings = dict(settings_for(params, server, part))
-    for key, value in (extra or {}).items():
-        if not _SETTING_NAME.match(key):
-            raise ValueError(f"not a PostgreSQL setting name: {key!r}")
-        settings[key] = value
-    lines = [
-        MANAGED_HEADER,
-        f"# {server.name}: {_PART_TITLES.get(part, part)}.",
-        "# Read through include_dir = 'conf.d' at the end of postgresql.conf, so these values win over it.",
-        "",
-    ]
-    lines += [f"{key} = {quote_setting(settings[key])}" for key in sorted(settings)]
-    return "\n".join(lines) + "\n"
-
-
-def parse_settings(text: str) -> dict[str, str]:
-    """``name = value`` lines of a config file (values as written, quotes kept); comments skipped."""
-    out: dict[str, str] = {}
-    for line in text.splitlines():
-        s = line.strip()
-        if not s or s.startswith("#"):
-            continue
-        m = re.match(r"^([A-Za-z_][A-Za-z0-9_.]*)\s*=?\s*(.*?)\s*$", s)
-        if m:
-            value = m.group(2)
-            if not value.startswith("'") and "#" in value:
-                value = value.split("#", 1)[0].strip()
-            out[m.group(1)] = value
-    return out
-
-
-def plan_settings(current: str | None, desired: str) -> dict[str, tuple[str | None, str | None]]:
-    """Settings whose written value changes: name -> (old, new); None means absent."""
-    old, new = parse_settings(current or ""), parse_settings(desired)
-    return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
-
-
 def _conf_load_time(psql: Psql) -> str:
     return str(psql.value("SELECT pg_conf_load_time()::text AS t"))
 
@@ -485,139 +375,6 @@ def check_settings(host: "Host", params: "Params", server: "Server", part: str,
 
 
 # pg_hba.conf -------------------------------------------------------------------
-
-_HBA_KEYWORDS = {"all", "sameuser", "samerole", "samegroup", "replication"}
-ALLOWED_METHODS = {"peer", "scram-sha-256", "reject", "cert"}
-
-
-def hba_name(name: str) -> str:
-    """A database or role name as a pg_hba token: double-quoted when it would read as a keyword."""
-    if name in _HBA_KEYWORDS or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*", name):
-        return '"' + name.replace('"', '""') + '"'
-    return name
-
-
-@dataclass(frozen=True)
-class HbaRule:
-    """One pg_hba.conf line; database and user are tokens as written (see :func:`hba_name`)."""
-
-    type: str
-    database: str
-    user: str
-    method: str
-    address: str | None = None
-    options: tuple[str, ...] = ()
-    comment: str = field(default="", compare=False)
-
-    def __post_init__(self) -> None:
-        if self.type not in ("local", "host", "hostssl", "hostnossl", "hostgssenc", "hostnogssenc"):
-            raise ValueError(f"unknown pg_hba connection type {self.type!r}")
-        if (self.type == "local") != (self.address is None):
-            raise ValueError(f"pg_hba {self.type} rule {'needs' if self.address is None else 'takes no'} address")
-
-    def render(self) -> str:
-        cols = [self.type.ljust(7), self.database.ljust(15), self.user.ljust(15), (self.address or "").ljust(23),
-                " ".join((self.method, *self.options))]
-        line = " ".join(cols).rstrip()
-        return line
-
-
-def params_hba_rules(params: "Params", server: "Server") -> list[HbaRule]:
-    """Every rule a later step owns, derived from params alone, so that every step renders the same file.
-
-    pg_hba.conf is written whole: if step 03 rendered only its own lines, re-running it would
-    drop step 10's replication lines and step 13's role lines (and the other way round).
-    """
-    from hcbpg.ops import privileges  # noqa: PLC0415 - they build on this module
-    from hcbpg.ops import replication
-    return [*replication.hba_rules_for(params, server),
-            *privileges.hba_rules(privileges.roles_config(params), params, server)]
-
-
-def hba_rules(params: "Params", server: "Server", extra: Sequence[HbaRule] = ()) -> list[HbaRule]:
-    """The rules for *server* in order: postgres over peer first, the app, the rules params imply
-    for replication and roles, *extra* (minus duplicates), then local scram."""
-    pg = params.postgres
-    owned = params_hba_rules(params, server)
-    rules = [
-        HbaRule("local", "all", "postgres", "peer",
-                comment="administration: the postgres OS user over the Unix socket"),
-        HbaRule("host", hba_name(pg.database), hba_name(pg.app_role), "scram-sha-256", params.network.subnet,
-                comment=f"the app ({pg.app_role}) from the private subnet"),
-        *owned,
-        *[r for r in dict.fromkeys(extra) if r not in owned],
-        HbaRule("local", "all", "all", "scram-sha-256", comment="everyone else on the socket: with a password"),
-    ]
-    for r in rules:
-        if r.address is not None:
-            ipaddress.ip_network(r.address, strict=True)  # a CIDR without host bits, never a host name
-        if r.method not in ALLOWED_METHODS:
-            raise SafetyCheckFailed(f"pg_hba rule for {r.user}@{r.database}: method {r.method} is not allowed "
-                                    f"(allowed: {', '.join(sorted(ALLOWED_METHODS))}; never trust or md5)")
-    return rules
-
-
-def render_pg_hba(params: "Params", server: "Server", *, extra: Sequence[HbaRule] = ()) -> str:
-    """pg_hba.conf for *server*, whole: header, then the rules of :func:`hba_rules`, each with its comment."""
-    lines = [
-        MANAGED_HEADER,
-        f"# pg_hba.conf of {server.name}, rendered from params ({params.environment}).",
-        "# First match wins. Only peer and scram-sha-256: never trust, never md5.",
-        "#",
-        "# TYPE  DATABASE        USER            ADDRESS                 METHOD",
-    ]
-    for r in hba_rules(params, server, extra):
-        lines.append("")
-        if r.comment:
-            lines.append(f"# {r.comment}")
-        lines.append(r.render())
-    return "\n".join(lines) + "\n"
-
-
-def _hba_tokens(line: str) -> list[str]:
-    tokens, cur, quoted, i = [], "", False, 0
-    while i < len(line):
-        ch = line[i]
-        if ch == '"':
-            quoted = not quoted
-            cur += ch
-        elif ch == "#" and not quoted:
-            break
-        elif ch.isspace() and not quoted:
-            if cur:
-                tokens.append(cur)
-                cur = ""
-        else:
-            cur += ch
-        i += 1
-    if cur:
-        tokens.append(cur)
-    return tokens
-
-
-def parse_pg_hba(text: str) -> list[HbaRule]:
-    """The rules of a pg_hba.conf text (comments and blank lines dropped; IP + netmask form normalised)."""
-    rules = []
-    for line in text.splitlines():
-        t = _hba_tokens(line)
-        if not t:
-            continue
-        if t[0] == "local":
-            rules.append(HbaRule("local", t[1], t[2], t[3], None, tuple(t[4:])))
-            continue
-        address, rest = t[3], t[4:]
-        if "/" not in address and rest and re.fullmatch(r"[0-9.:a-fA-F]+", rest[0]) and ("." in rest[0] or ":" in rest[0]):
-            address = str(ipaddress.ip_network(f"{address}/{rest[0]}", strict=False))
-            rest = rest[1:]
-        rules.append(HbaRule(t[0], t[1], t[2], rest[0] if rest else "", address, tuple(rest[1:])))
-    return rules
-
-
-def plan_pg_hba(current: str | None, desired: str) -> tuple[list[HbaRule], list[HbaRule]]:
-    """Rules that the desired file adds and removes compared with the current one (order aside)."""
-    old, new = parse_pg_hba(current or ""), parse_pg_hba(desired)
-    return [r for r in new if r not in old], [r for r in old if r not in new]
-
 
 def ensure_pg_hba(host: "Host | None", params: "Params", server: "Server", *, dry_run: bool,
                   extra: Sequence[HbaRule] = ()) -> Outcome:

@@ -12,11 +12,12 @@ import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hcbpg.steps import targets
-from hcbpg.errors import HcbpgError, HostUnreachable
 from hcbpg.adapters.host import Host
+from hcbpg.errors import HcbpgError, HostUnreachable
 from hcbpg.outcome import Check
 from hcbpg.params import params_path, params_sha256
+from hcbpg.pg import scram as scram
+from hcbpg.steps import targets
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.engine.runbook import Runbook
@@ -145,8 +146,8 @@ def check_app_role_password(rb: "Runbook", existing: dict[str, str | None] | Non
     Checked here so that a wrong ``postgres.app_role_password`` stops the run before any step
     changes anything.  Read-only; skipped (no row) while the primary or its role does not exist.
     """
-    from hcbpg.ops import postgres
     from hcbpg.ops import app_database as roles
+    from hcbpg.ops import postgres
     params = rb.params
     primary = params.primary
     if existing is not None and primary.name not in existing:
@@ -165,7 +166,7 @@ def check_app_role_password(rb: "Runbook", existing: dict[str, str | None] | Non
     if role is None:
         return []
     stored = role.get("rolpassword") or ""
-    ok = roles.scram_matches(password, stored) or roles.md5_matches(password, params.postgres.app_role, stored)
+    ok = scram.scram_matches(password, stored) or scram.md5_matches(password, params.postgres.app_role, stored)
     detail = (f"role {params.postgres.app_role} exists; its password is the secret's" if ok else
               f"role {params.postgres.app_role} exists with a different password than {roles.PASSWORD_KEY}: "
               "step 04 would refuse; point the key at the password the role has")

@@ -30,17 +30,38 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, Mapping, Seq
 
 from psycopg import sql
 
-from hcbpg.ops import postgres as pgmod
-from hcbpg.errors import (DatabaseError, HostUnreachable, RemoteCommandError,
-                          SafetyCheckFailed, WaitTimeout)
-from hcbpg.outcome import Check, Outcome, unified_diff
 from hcbpg.adapters.psql import Psql, render
-from hcbpg.ops.app_database import get_role, scram_matches, scram_verifier
+from hcbpg.desired import server as desired_server
+from hcbpg.desired.replication import (
+    bin_path,
+    hba_rules_for,
+    passfile_path,
+    peers,
+    postgres_home,
+    replication_params,
+    slot_name,
+)
+from hcbpg.desired.server import render_settings
+from hcbpg.errors import (
+    DatabaseError,
+    HostUnreachable,
+    RemoteCommandError,
+    SafetyCheckFailed,
+    WaitTimeout,
+)
+from hcbpg.ops import postgres as pgmod
+from hcbpg.ops.app_database import get_role
+from hcbpg.pg.scram import scram_matches, scram_verifier
+from hcbpg.outcome import Check, Outcome, unified_diff
+from hcbpg.pg import conf as pgconf
+from hcbpg.pg import hba as pghba
+from hcbpg.pg.conf import parse_auto_conf
+from hcbpg.pg.conninfo import _pgpass_field, conninfo_quote, parse_conninfo
 from hcbpg.secrets import register, scrub
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.host import Host
-    from hcbpg.params import Params, Replication, Server
+    from hcbpg.params import Params, Server
 
 PASSWORD_KEY = "replication.password"
 #: databases every fresh cluster has; anything else means the cluster holds data
@@ -63,47 +84,7 @@ BASEBACKUP_EXIT = "hcbpg-basebackup.exit"
 
 # names and paths ---------------------------------------------------------------------
 
-def slot_name(server_name: str) -> str:
-    """The physical slot a replica streams through: ``server-postgres-2`` → ``server_postgres_2_slot``."""
-    name = re.sub(r"[^a-z0-9_]", "_", server_name.lower()) + "_slot"
-    if len(name) > 63:
-        raise ValueError(f"slot name for {server_name} is longer than 63 characters")
-    return name
-
-
-def replication_params(params: "Params") -> "Replication":
-    """``params.replication``, or a ParamsError naming the missing section."""
-    from hcbpg.errors import ParamsError
-    if params.replication is None:
-        raise ParamsError("params", ["replication: required for steps 10 and 11 (role, password, "
-                                     "max_slot_wal_keep_size, ...)"])
-    return params.replication
-
-
-def bin_path(params: "Params", tool: str) -> str:
-    """The versioned binary (pg_wrapper in /usr/bin might pick another major version)."""
-    return f"/usr/lib/postgresql/{params.postgres.version}/bin/{tool}"
-
-
-def postgres_home() -> str:
-    return "/var/lib/postgresql"
-
-
-def passfile_path() -> str:
-    """``~postgres/.pgpass``: libpq's default for the postgres OS user, named explicitly in conninfo."""
-    return f"{postgres_home()}/.pgpass"
-
-
-def peers(params: "Params", server: "Server") -> list["Server"]:
-    """Every other server: the ones that may stream from *server* or that it may stream from."""
-    return [s for s in params.servers if s.name != server.name]
-
-
 # rendering (pure) -----------------------------------------------------------------------
-
-def _pgpass_field(value: str) -> str:
-    return value.replace("\\", "\\\\").replace(":", "\\:")
-
 
 def render_passfile(params: "Params", server: "Server", password: str) -> str:
     """``~postgres/.pgpass`` on *server*: the replication role's password for each peer.
@@ -122,60 +103,12 @@ def render_passfile(params: "Params", server: "Server", password: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def conninfo_quote(value: str) -> str:
-    """A libpq keyword value: bare when simple, else single-quoted with \\ and ' escaped."""
-    if value and re.fullmatch(r"[A-Za-z0-9_.\-/]+", value):
-        return value
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 def render_primary_conninfo(params: "Params", primary: "Server", standby: "Server") -> str:
     """primary_conninfo for *standby*: host, port, role, passfile, application_name; never a password."""
     rep = replication_params(params)
     parts = {"host": primary.private_ip, "port": str(params.postgres.port), "user": rep.role,
              "passfile": passfile_path(), "application_name": standby.name, "sslmode": "prefer"}
     return " ".join(f"{k}={conninfo_quote(v)}" for k, v in parts.items())
-
-
-def parse_conninfo(text: str) -> dict[str, str]:
-    """keyword=value pairs of a libpq connection string (quoted values unescaped)."""
-    out: dict[str, str] = {}
-    i, n = 0, len(text)
-    while i < n:
-        while i < n and text[i].isspace():
-            i += 1
-        m = re.match(r"([A-Za-z_]+)\s*=\s*", text[i:])
-        if not m:
-            break
-        key = m.group(1)
-        i += m.end()
-        if i < n and text[i] == "'":
-            i += 1
-            val = ""
-            while i < n and text[i] != "'":
-                if text[i] == "\\" and i + 1 < n:
-                    i += 1
-                val += text[i]
-                i += 1
-            i += 1
-        else:
-            start = i
-            while i < n and not text[i].isspace():
-                i += 1
-            val = text[start:i]
-        out[key] = val
-    return out
-
-
-def _unquote_setting(value: str) -> str:
-    if len(value) >= 2 and value[0] == "'" and value[-1] == "'":
-        return value[1:-1].replace("''", "'").replace("\\\\", "\\")
-    return value
-
-
-def parse_auto_conf(text: str) -> dict[str, str]:
-    """Settings of postgresql.auto.conf, values unquoted (later lines win, as in PostgreSQL)."""
-    return {k: _unquote_setting(v) for k, v in pgmod.parse_settings(text).items()}
 
 
 def render_recovery_settings(current_auto_conf: str, params: "Params", primary: "Server",
@@ -191,56 +124,8 @@ def render_recovery_settings(current_auto_conf: str, params: "Params", primary: 
         kept.append(line)
     if not kept:
         kept = ["# Do not edit this file manually!", "# It will be overwritten by the ALTER SYSTEM command."]
-    kept += [f"{k} = {pgmod.quote_setting(v)}" for k, v in want.items()]
+    kept += [f"{k} = {pgconf.quote_setting(v)}" for k, v in want.items()]
     return "\n".join(kept) + "\n"
-
-
-def settings_for(params: "Params", server: "Server") -> dict[str, pgmod.SettingValue]:
-    """The replication settings every server gets (primary and replicas alike: roles change).
-
-    * ``max_slot_wal_keep_size`` from params, so a dead replica's slot cannot fill the disk;
-    * (``wal_log_hints = on``, which pg_rewind needs, is in step 02's identity part)
-      (clusters are created without data checksums);
-    * ``hot_standby = on`` so a replica answers read-only queries (the checks need it);
-    * ``wal_keep_size`` (``replication.wal_keep_size``, default 512MB) so a crashed former primary
-      still has the WAL back to the fork point after its crash recovery (which recycles archived
-      segments): without it pg_rewind fails with "could not find previous WAL record" and the
-      rejoin falls back to a full base backup.
-    """
-    rep = replication_params(params)
-    # wal_log_hints (needed by pg_rewind) is in step 02's identity part: set before the first start
-    return {"max_slot_wal_keep_size": rep.max_slot_wal_keep_size, "hot_standby": True,
-            "wal_keep_size": rep.wal_keep_size}
-
-
-def render_settings(params: "Params", server: "Server") -> str:
-    """conf.d/30-hcbpg-replication.conf for *server* (header, sorted ``name = value`` lines)."""
-    settings = settings_for(params, server)
-    lines = [pgmod.MANAGED_HEADER,
-             f"# {server.name}: replication (step 10_replication; replication.* from params).",
-             "# Read through include_dir = 'conf.d' at the end of postgresql.conf, so these values win over it.",
-             ""]
-    lines += [f"{k} = {pgmod.quote_setting(settings[k])}" for k in sorted(settings)]
-    return "\n".join(lines) + "\n"
-
-
-def hba_rules_for(params: "Params", server: "Server") -> list[pgmod.HbaRule]:
-    """pg_hba lines on *server* for the replication role: each peer's private IP as a /32 only.
-
-    ``replication`` (the keyword: walreceiver, pg_basebackup) and database ``postgres``
-    (pg_rewind reads files through SQL functions there).  Every server gets them, so the
-    pair needs no pg_hba change when the roles swap.
-    """
-    if params.replication is None:
-        return []
-    role = pgmod.hba_name(params.replication.role)
-    out = []
-    for peer in peers(params, server):
-        out.append(pgmod.HbaRule("host", "replication", role, "scram-sha-256", f"{peer.private_ip}/32",
-                                 comment=f"streaming replication from {peer.name}"))
-        out.append(pgmod.HbaRule("host", "postgres", role, "scram-sha-256", f"{peer.private_ip}/32",
-                                 comment=f"pg_rewind from {peer.name} (reads files through SQL functions)"))
-    return out
 
 
 # the replication role ------------------------------------------------------------------
@@ -339,7 +224,7 @@ def ensure_passfile(host: "Host | None", params: "Params", server: "Server", pas
 
 
 def settings_path(params: "Params") -> str:
-    return f"{pgmod.config_dir(params)}/conf.d/{SETTINGS_FILE}"
+    return f"{desired_server.config_dir(params)}/conf.d/{SETTINGS_FILE}"
 
 
 def ensure_replication_settings(host: "Host | None", params: "Params", server: "Server", *,
@@ -349,7 +234,7 @@ def ensure_replication_settings(host: "Host | None", params: "Params", server: "
     Delegates to :func:`hcbpg.postgres.ensure_settings` once postgres.py knows the
     ``replication`` part; until then the same contract is kept here.
     """
-    if "replication" in pgmod.SETTINGS_FILES:
+    if "replication" in desired_server.SETTINGS_FILES:
         return pgmod.ensure_settings(host, params, server, "replication", dry_run=dry_run)
     path = settings_path(params)
     what = f"settings {SETTINGS_FILE} on {server.name}"
@@ -359,8 +244,8 @@ def ensure_replication_settings(host: "Host | None", params: "Params", server: "
     current = host.read_text(path)
     running = pgmod.get_cluster_running(host, params)
     psql = pgmod.psql_for(host, params)
-    names = list(pgmod.parse_settings(desired))
-    changed_names = list(pgmod.plan_settings(current, desired))
+    names = list(pgconf.parse_settings(desired))
+    changed_names = list(pgconf.plan_settings(current, desired))
     actions: list[str] = []
     diff = unified_diff(current or "", desired, path)
     if current != desired:
@@ -410,9 +295,9 @@ def ensure_hba(host: "Host | None", params: "Params", server: "Server", *, dry_r
     return pgmod.ensure_pg_hba(host, params, server, dry_run=dry_run, extra=hba_extra(params, server))
 
 
-def hba_extra(params: "Params", server: "Server") -> list[pgmod.HbaRule]:
+def hba_extra(params: "Params", server: "Server") -> list[pghba.HbaRule]:
     """The replication lines that postgres.hba_rules does not already render for *server*."""
-    existing = pgmod.hba_rules(params, server)
+    existing = desired_server.hba_rules(params, server)
     return [r for r in hba_rules_for(params, server) if r not in existing]
 
 
@@ -941,7 +826,7 @@ def run_rewind(host: "Host", params: "Params", primary: "Server", standby: "Serv
     rep = replication_params(params)
     source = (f"host={primary.private_ip} port={params.postgres.port} user={rep.role} dbname=postgres "
               f"passfile={passfile_path()}")
-    conf = f"{pgmod.config_dir(params)}/postgresql.conf"
+    conf = f"{desired_server.config_dir(params)}/postgresql.conf"
     host.run(f"{bin_path(params, 'pg_rewind')} -D {shlex.quote(pgdata)} --source-server={shlex.quote(source)} "
              f"--config-file={shlex.quote(conf)} -P", sudo_user="postgres", timeout=6 * 3600,
              hint="pg_rewind failed; the step falls back to a new base backup.")

@@ -25,8 +25,10 @@ from psycopg import sql
 from hcbpg import secrets as hsecrets
 from hcbpg.errors import SafetyCheckFailed, SecretError, UsageError
 from hcbpg.outcome import Check, Outcome
-from hcbpg.ops.privileges import RolesConfig, psql_as
-from hcbpg.ops.app_database import PASSWORD_KEY, get_role, scram_matches, scram_verifier
+from hcbpg.ops.privileges import psql_as
+from hcbpg.desired.roles import RolesConfig
+from hcbpg.ops.app_database import PASSWORD_KEY, get_role
+from hcbpg.pg.scram import scram_matches, scram_verifier
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.host import Host

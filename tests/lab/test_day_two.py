@@ -21,20 +21,19 @@ from pathlib import Path
 
 import pytest
 import yaml
+from labparams import lab_params, pgbackrest_section, replication_section
 
+from hcbpg.adapters.host import Host
+from hcbpg.desired import roles as desired_roles
+from hcbpg.desired import server as desired_server
+from hcbpg.lab import create_server_host, destroy_server_host
+from hcbpg.ops import app_database as roles
 from hcbpg.ops import failover as fo
-from hcbpg.ops import health
-from hcbpg.ops import monitoring
-from hcbpg.ops import privileges
-from hcbpg.ops import rotation
+from hcbpg.ops import health, monitoring, privileges, rotation
 from hcbpg.ops import postgres as pg
 from hcbpg.ops import replication as rep
-from hcbpg.ops import app_database as roles
-from hcbpg.adapters.host import Host
-from hcbpg.lab import create_server_host, destroy_server_host
 from hcbpg.params import parse_params
 from hcbpg.secrets import resolve
-from labparams import lab_params, pgbackrest_section, replication_section
 
 pytestmark = pytest.mark.lab
 
@@ -77,7 +76,7 @@ def hosts(params, lab):
 
 @pytest.fixture(scope="module")
 def cfg(params, lab):
-    c = privileges.roles_config(params)
+    c = desired_roles.roles_config(params)
     assert c.jumpbox_ip == lab.cfg.address(40), "the lab's interim default puts the jumpbox at .40"
     return c
 
@@ -134,7 +133,7 @@ def test_setup_servers_restored_objects_backups_and_replica(params, hosts):
     for s in params.servers:
         pg.install_server(hosts[s.name], params, s, dry_run=False)
         pg.allow_connections(hosts[s.name], params, s, dry_run=False,
-                             extra_rules=privileges.all_hba_extra(params, s))
+                             extra_rules=desired_server.all_hba_extra(params, s))
     primary = params.primary
     ppsql = primary_psql(hosts, params)
     roles.app_role_database(ppsql, params, app_password(params), dry_run=False, host_name=primary.name)
@@ -157,7 +156,7 @@ def test_roles_step_applies_the_model_and_second_run_changes_nothing(params, hos
     t0 = time.monotonic()
     privileges.ensure_role_secrets(cfg, dry_run=False)
     for s in params.servers:  # step 10 rendered pg_hba with its lines only; ours go beside them
-        o = pg.ensure_pg_hba(hosts[s.name], params, s, dry_run=False, extra=privileges.all_hba_extra(params, s, cfg))
+        o = pg.ensure_pg_hba(hosts[s.name], params, s, dry_run=False, extra=desired_server.all_hba_extra(params, s, cfg))
         OUTPUT.append(str(o))
     ppsql = primary_psql(hosts, params)
     plan = privileges.ensure_privileges(ppsql, cfg, dry_run=True)
@@ -173,7 +172,7 @@ def test_roles_step_applies_the_model_and_second_run_changes_nothing(params, hos
     assert not again.changed, str(again)
     for s in params.servers:
         assert not pg.ensure_pg_hba(hosts[s.name], params, s, dry_run=True,
-                                    extra=privileges.all_hba_extra(params, s, cfg)).changed
+                                    extra=desired_server.all_hba_extra(params, s, cfg)).changed
 
 
 def test_privilege_check_matches_params_for_every_role(params, hosts, cfg):

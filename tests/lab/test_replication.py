@@ -17,17 +17,18 @@ import time
 from pathlib import Path
 
 import pytest
+from labparams import lab_params, pgbackrest_section, replication_section
 
+from hcbpg.adapters.host import Host
+from hcbpg.desired import replication as desired_replication
+from hcbpg.errors import SafetyCheckFailed
+from hcbpg.lab import create_server_host, destroy_server_host
+from hcbpg.ops import app_database as roles
 from hcbpg.ops import failover as fo
 from hcbpg.ops import postgres as pg
 from hcbpg.ops import replication as rep
-from hcbpg.ops import app_database as roles
-from hcbpg.errors import SafetyCheckFailed
-from hcbpg.adapters.host import Host
-from hcbpg.lab import create_server_host, destroy_server_host
 from hcbpg.params import parse_params
 from hcbpg.secrets import resolve
-from labparams import lab_params, pgbackrest_section, replication_section
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -81,7 +82,7 @@ def psql(hosts, params, name):
 
 
 def start_pgbench(host: Host, seconds: int) -> None:
-    home = rep.postgres_home()
+    home = desired_replication.postgres_home()
     inner = (f"{PGBENCH} -h /var/run/postgresql -n -c 2 -j 1 -T {seconds} {BENCH_DB} & "
              f"echo $! > {home}/pgbench.pid; wait $!; echo $? > {home}/pgbench.exit")
     host.run(f"rm -f {home}/pgbench.exit && nohup setsid sh -c {shlex.quote(inner)} > {home}/pgbench.log 2>&1 "
@@ -89,7 +90,7 @@ def start_pgbench(host: Host, seconds: int) -> None:
 
 
 def pgbench_running(host: Host) -> bool:
-    return host.read_text(f"{rep.postgres_home()}/pgbench.exit") is None
+    return host.read_text(f"{desired_replication.postgres_home()}/pgbench.exit") is None
 
 
 def wait_pgbench(host: Host, timeout: float = 300) -> str:
@@ -97,8 +98,8 @@ def wait_pgbench(host: Host, timeout: float = 300) -> str:
     while pgbench_running(host):
         assert time.monotonic() < deadline, "pgbench did not finish"
         time.sleep(1)
-    code = host.read_text(f"{rep.postgres_home()}/pgbench.exit").strip()
-    log = host.read_text(f"{rep.postgres_home()}/pgbench.log") or ""
+    code = host.read_text(f"{desired_replication.postgres_home()}/pgbench.exit").strip()
+    log = host.read_text(f"{desired_replication.postgres_home()}/pgbench.log") or ""
     assert code == "0", log[-2000:]
     return log
 
@@ -106,7 +107,7 @@ def wait_pgbench(host: Host, timeout: float = 300) -> str:
 def stop_pgbench(host: Host, timeout: float = 60) -> None:
     """End a pgbench started with a long -T now and wait until it exited (SIGTERM: a background job of
     a non-interactive shell ignores SIGINT)."""
-    home = rep.postgres_home()
+    home = desired_replication.postgres_home()
     host.run(f"kill -TERM $(cat {home}/pgbench.pid)", sudo_user="postgres")
     deadline = time.monotonic() + timeout
     while pgbench_running(host):
@@ -210,7 +211,7 @@ def test_no_replication_password_on_the_replica_outside_the_passfile(params, hos
     r = hosts["server-postgres-2"]
     hits = r.probe(f"grep -rlF -- {shlex.quote(passwords['rep'])} /etc/postgresql /var/lib/postgresql "
                    "/var/log/postgresql 2>/dev/null").stdout.split()
-    assert hits == [rep.passfile_path()]
+    assert hits == [desired_replication.passfile_path()]
 
 
 def _failover(params, hosts, passwords, *, expect_kind):
