@@ -33,8 +33,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from hcbpg.adapters.psql import Psql
+from hcbpg.ops import cluster as pg_cluster
+from hcbpg.ops import server as pg_server
 from hcbpg.ops import migration  # noqa: E402
-from hcbpg.ops import postgres
 from hcbpg.ops import app_database as roles
 from hcbpg.adapters.host import Host  # noqa: E402
 from hcbpg.lab import Lab, create_server_host  # noqa: E402
@@ -59,14 +61,14 @@ def counts(tgt: migration.Endpoint) -> dict[str, int]:
     return {k: int(v) for k, v in tgt.json(migration.COUNTS_SQL).items()}
 
 
-def fresh_db(psql: postgres.Psql, params) -> None:  # noqa: ANN001
+def fresh_db(psql: "Psql", params) -> None:  # noqa: ANN001
     db, role = params.postgres.database, params.postgres.app_role
     psql.execute([f'DROP DATABASE IF EXISTS "{db}"', f'CREATE DATABASE "{db}" OWNER "{role}" TEMPLATE template0'])
 
 
 def run_runbook(lab: Lab, host: Host, params, url: str, work: Path) -> float:  # noqa: ANN001
     """The manual runbook: dump -Fc (one process) on the laptop, scp, pg_restore one job as rails."""
-    fresh_db(postgres.psql_for(host, params), params)
+    fresh_db(pg_cluster.psql_for(host, params), params)
     dump = work / "latest.dump"
     conn = migration.parse_source_url(url)
     env = {**os.environ, "PGPASSWORD": conn.pop("password")}
@@ -113,7 +115,7 @@ def run_ours(host: Host, app: Host, params, url: str, password: str,  # noqa: AN
 
 def run_pgcopydb(host: Host, params, url: str) -> float:  # noqa: ANN001
     """pgcopydb clone on the primary; the source URL goes in through stdin into the environment."""
-    fresh_db(postgres.psql_for(host, params), params)
+    fresh_db(pg_cluster.psql_for(host, params), params)
     jobs = params.source.jobs
     target = f"postgres:///{params.postgres.database}?host=/var/run/postgresql"
     cmd = ("IFS= read -r PGCOPYDB_SOURCE_PGURI && export PGCOPYDB_SOURCE_PGURI && "
@@ -161,9 +163,9 @@ def main() -> None:
         password = register(lab.secret("rails-password"))
         url = register(lab.secret("source-url"))
         srv = params.primary
-        postgres.install_server(host, params, srv, dry_run=False)
-        postgres.allow_connections(host, params, srv, dry_run=False)
-        roles.app_role_database(postgres.psql_for(host, params), params, password, dry_run=False)
+        pg_server.install_server(host, params, srv, dry_run=False)
+        pg_server.allow_connections(host, params, srv, dry_run=False)
+        roles.app_role_database(pg_cluster.psql_for(host, params), params, password, dry_run=False)
         with migration.Source(host, url) as source:
             src_counts = source.json(migration.COUNTS_SQL)
             size = migration.get_source_facts(source)["size_bytes"]

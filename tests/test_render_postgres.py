@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from hcbpg.ops import packages as pg_packages
+from hcbpg.ops import server as pg_server
 from hcbpg.desired import server as desired_server
 from hcbpg.errors import ParamsError, SafetyCheckFailed
-from hcbpg.ops import postgres as pg
 from hcbpg.params import parse_params
 from hcbpg.pg import conf as pgconf
 from hcbpg.pg import hba as pghba
@@ -191,20 +192,20 @@ def test_plan_settings_names_what_changes():
 # packages and PGDG ------------------------------------------------------------------
 
 def test_pgdg_sources_match_golden():
-    golden("pgdg.noble.sources", pg.render_pgdg_sources("noble"))
-    assert "Signed-By: /usr/share/postgresql-common/pgdg/apt.postgresql.org.asc" in pg.render_pgdg_sources("bookworm")
+    golden("pgdg.noble.sources", pg_packages.render_pgdg_sources("noble"))
+    assert "Signed-By: /usr/share/postgresql-common/pgdg/apt.postgresql.org.asc" in pg_packages.render_pgdg_sources("bookworm")
 
 
 def test_parse_dpkg_query_keeps_only_installed_packages():
     text = ("postgresql-common\tii \t248+deb12u1\npostgresql-15\tii \t15.18-0+deb12u1\n"
             "libpq-dev\trc \t15.1\npgbackrest\tun \t\n")
-    assert pg.parse_dpkg_query(text) == {"postgresql-common": "248+deb12u1", "postgresql-15": "15.18-0+deb12u1"}
+    assert pg_packages.parse_dpkg_query(text) == {"postgresql-common": "248+deb12u1", "postgresql-15": "15.18-0+deb12u1"}
 
 
 def test_fresh_server_plan_changes_everything_without_a_host():
     p = params()
-    outcomes = pg.install_server(None, p, p.primary, dry_run=True)
-    outcomes += pg.allow_connections(None, p, p.primary, dry_run=True)
+    outcomes = pg_server.install_server(None, p, p.primary, dry_run=True)
+    outcomes += pg_server.allow_connections(None, p, p.primary, dry_run=True)
     assert outcomes and all(o.changed and o.dry_run and o.verb == "would change" for o in outcomes)
     hba = next(o for o in outcomes if o.what.startswith("pg_hba"))
     assert "+host    hcb_production  rails" in hba.diff

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hcbpg.ops import postgres as pg
+from hcbpg.ops import packages as pg_packages
 from hcbpg.steps import targets
 from hcbpg.errors import ParamsError
 from hcbpg.adapters.host import Result
@@ -90,16 +90,16 @@ OS_RELEASE = {"/etc/os-release": 'PRETTY_NAME="Ubuntu 24.04 LTS"\nVERSION_CODENA
 
 def test_host_with_every_package_needs_no_apt_at_all():
     installed = {"postgresql-common": "1", "postgresql-15": "15.8", "libpq-dev": "16", "pgbackrest": "2.5"}
-    files = {**OS_RELEASE, pg.PGDG_SOURCES: pg.render_pgdg_sources("noble"), pg.PGDG_KEY: "key"}
+    files = {**OS_RELEASE, pg_packages.PGDG_SOURCES: pg_packages.render_pgdg_sources("noble"), pg_packages.PGDG_KEY: "key"}
     host = ScriptedHost(installed, files)
-    outcomes = pg.ensure_packages(host, make_params(), dry_run=False)
+    outcomes = pg_packages.ensure_packages(host, make_params(), dry_run=False)
     assert not any(o.changed for o in outcomes)
     assert host.ran == []
 
 
 def test_missing_packages_plan_lists_them_and_a_dry_run_runs_nothing():
-    host = ScriptedHost({"postgresql-common": "1"}, {**OS_RELEASE, pg.PGDG_KEY: "key"})
-    outcomes = pg.ensure_packages(host, make_params(), dry_run=True)
+    host = ScriptedHost({"postgresql-common": "1"}, {**OS_RELEASE, pg_packages.PGDG_KEY: "key"})
+    outcomes = pg_packages.ensure_packages(host, make_params(), dry_run=True)
     assert [o.verb for o in outcomes] == ["would change", "would change"]
     assert "Suites: noble-pgdg" in outcomes[0].diff
     assert outcomes[1].actions == ["apt-get install postgresql-15 libpq-dev pgbackrest (PGDG repository)"]
@@ -112,14 +112,14 @@ def test_fresh_host_installs_postgresql_common_first_then_the_repo_then_the_rest
     def run(cmd: str, **kw) -> Result:
         host.ran.append(cmd)
         if "install" in cmd and "postgresql-common" in cmd:
-            host.files[pg.PGDG_KEY] = "key"   # postgresql-common ships the signing key
+            host.files[pg_packages.PGDG_KEY] = "key"   # postgresql-common ships the signing key
         return Result(host.name, cmd, 0, "", "", 0.0)
 
     host.run = run
-    outcomes = pg.ensure_packages(host, make_params(), dry_run=False)
+    outcomes = pg_packages.ensure_packages(host, make_params(), dry_run=False)
     assert all(o.changed for o in outcomes)
     steps = [" ".join(c.replace("DEBIAN_FRONTEND=noninteractive ", "").split()[:2]) for c in host.ran]
-    assert steps == ["apt-get update", "apt-get install", f"write {pg.PGDG_SOURCES}", "apt-get update",
+    assert steps == ["apt-get update", "apt-get install", f"write {pg_packages.PGDG_SOURCES}", "apt-get update",
                      "apt-get install"]
     assert host.ran[1].endswith("postgresql-common")
     assert host.ran[4].endswith("postgresql-15 libpq-dev pgbackrest")

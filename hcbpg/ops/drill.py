@@ -23,7 +23,7 @@ from hcbpg.ops import pgbackrest as pgb
 from hcbpg.errors import DatabaseError, HcbpgError, ParamsError, SafetyCheckFailed, WaitTimeout
 from hcbpg.outcome import Check, Outcome
 from hcbpg.adapters.psql import Psql, render
-from hcbpg.ops.postgres import get_cluster, psql_for
+from hcbpg.ops.cluster import get_cluster, psql_for
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.host import Host
@@ -117,7 +117,7 @@ def scratch_host(params: "Params", target: DrillTarget, *, dry_run: bool) -> "Ho
 def prepare_scratch(host: "Host | None", params: "Params", target: DrillTarget, *, version: tuple[int, int, int] | None,
                     dry_run: bool) -> list[Outcome]:
     """PostgreSQL (step 02's install) and pgBackRest pointed at the primary's repository (read only: restore)."""
-    from hcbpg.ops.postgres import install_server
+    from hcbpg.ops.server import install_server
     server = as_server(params, target)
     outcomes = install_server(host, params, server, dry_run=dry_run)
     outcomes.append(pgb.ensure_paths(host, dry_run=dry_run))

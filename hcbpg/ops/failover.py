@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping
 
 from psycopg import sql
 
+from hcbpg.ops import cluster as pg_cluster
 from hcbpg.adapters.psql import Psql
 from hcbpg.desired import replication as desired_replication
 from hcbpg.desired import server as desired_server
@@ -41,7 +42,6 @@ from hcbpg.errors import (
     SafetyCheckFailed,
     WaitTimeout,
 )
-from hcbpg.ops import postgres as pgmod
 from hcbpg.ops import replication as rep
 from hcbpg.outcome import Check, Outcome
 from hcbpg.pg import conf as pgconf
@@ -176,7 +176,7 @@ def run_fence(host: "Host", params: "Params", server: "Server", *, planned: bool
 
     Returns pg_controldata's state and final checkpoint location (what the replica must replay).
     """
-    cluster = pgmod.get_cluster(host, params) or {}
+    cluster = pg_cluster.get_cluster(host, params) or {}
     pgdata = cluster.get("pgdata") or f"/var/lib/postgresql/{params.postgres.version}/{params.postgres.cluster}"
     rep.run_stop(host, params, mode="fast" if planned else "immediate")
     host.put_text(f"{pgdata}/standby.signal", "", mode=0o600, owner="postgres", group="postgres")
@@ -321,7 +321,7 @@ def run_failover(plan: FailoverPlan, hosts: Mapping[str, "Host | None"], params:
     old_host, new_host = hosts.get(old.name), hosts.get(new.name)
     if new_host is None:
         raise SafetyCheckFailed(f"cannot reach {new.name}, the replica to promote", hint="Nothing was changed.")
-    new_psql = pgmod.psql_for(new_host, params)
+    new_psql = pg_cluster.psql_for(new_host, params)
     result: dict[str, Any] = {"kind": plan.kind, "old_primary": old.name, "new_primary": new.name}
     t0 = time.monotonic()
     if old_host is not None:
@@ -366,7 +366,7 @@ def rejoin_old_primary(hosts: Mapping[str, "Host | None"], params: "Params", pla
         return [Outcome(f"{old.name} as a replica of {new.name}", False,
                         actions=[f"{old.name} is unreachable: run step 10 when it is back"])], {"skipped": "unreachable"}
     assert new_host is not None
-    new_psql = pgmod.psql_for(new_host, params)
+    new_psql = pg_cluster.psql_for(new_host, params)
     outcomes = [rep.ensure_slot(new_psql, params, old, dry_run=False, host_name=new.name)]
     outcome, rplan, result = rep.ensure_replica(old_host, params, old, primary_host=new_host, primary=new,
                                                 allow_destructive=allow_destructive, dry_run=False, echo=echo)

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
+from hcbpg.ops import cluster as pg_cluster
 from hcbpg.errors import DatabaseError, HcbpgError, HostUnreachable
 from hcbpg.outcome import Check
 from hcbpg.secrets import scrub
@@ -340,7 +341,6 @@ def _backup(host: "Host", params: "Params", m: Measurement) -> None:
 
 def measure(host: "Host | None", params: "Params", server: "Server", *, expected_role: str | None = None) -> Measurement:
     """Measure one server (never raises for a server that is down: the measurement says so)."""
-    from hcbpg.ops import postgres  # noqa: PLC0415
     m = Measurement(server.name, server.private_ip, expected_role or server.role, now=time.time())
     if host is None:
         m.error = "no SSH connection"
@@ -348,10 +348,10 @@ def measure(host: "Host | None", params: "Params", server: "Server", *, expected
     try:
         host.connect()
         m.reachable = True
-        if not postgres.get_cluster_running(host, params):
+        if not pg_cluster.get_cluster_running(host, params):
             m.error = "PostgreSQL is not running (pg_lsclusters)"
             return m
-        row = postgres.psql_for(host, params).query(_QUERY)[0]
+        row = pg_cluster.psql_for(host, params).query(_QUERY)[0]
     except HostUnreachable as exc:
         m.error = exc.message
         return m

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 from psycopg import sql
 
+from hcbpg.ops import cluster as pg_cluster
 from hcbpg.engine import manifest as mf
 from hcbpg import secrets as hsecrets
 from hcbpg.errors import (DatabaseError, HcbpgError, ParamsError, RemoteCommandError, SafetyCheckFailed,
@@ -608,21 +609,19 @@ def render_reload_and_wait(params: "Params", *, timeout_s: int = 30) -> str:
 
 def _apply_config(host: "Host", params: "Params") -> list[str]:
     """Reload (one round trip), then restart if a changed setting needs it; returns what was done."""
-    from hcbpg.ops import postgres
     res = host.run(render_reload_and_wait(params), sudo_user="postgres",
                    display=f"pg_ctlcluster {params.postgres.version} {params.postgres.cluster} reload, "
                            "wait until it is read", timeout=60,
                    hint="Look at the server log under /var/log/postgresql/.")
     pending = [n for n in res.stdout.strip().split(",") if n]
     if pending:
-        postgres.restart(host, params)
+        pg_cluster.restart(host, params)
         return [f"restart ({', '.join(pending)})"]
     return ["reload"]
 
 
 def get_server_state(host: "Host", params: "Params") -> dict[str, Any]:
-    from hcbpg.ops import postgres
-    psql = postgres.psql_for(host, params)
+    psql = pg_cluster.psql_for(host, params)
     row = psql.query("SELECT current_setting('archive_mode') AS archive_mode, "
                      "(SELECT count(*) FROM pg_stat_replication) AS senders, "
                      "(SELECT count(*) FROM pg_replication_slots) AS slots, "
@@ -663,8 +662,7 @@ def remove_restore_settings(host: "Host", params: "Params", *, dry_run: bool) ->
 
 
 def check_restore_settings_gone(host: "Host", params: "Params") -> Check:
-    from hcbpg.ops import postgres
-    psql = postgres.psql_for(host, params)
+    psql = pg_cluster.psql_for(host, params)
     path = restore_part_path(params)
     row = psql.query("SELECT current_setting('wal_level') AS wal_level, current_setting('fsync') AS fsync, "
                      "current_setting('full_page_writes') AS fpw, current_setting('autovacuum') AS autovacuum")[0]
@@ -688,8 +686,7 @@ class TargetState:
 
 def get_target_state(host: "Host", params: "Params") -> TargetState:
     """The target database as it is now: exists, hcbpg's marker, who is connected, how many tables."""
-    from hcbpg.ops import postgres
-    psql = postgres.psql_for(host, params)
+    psql = pg_cluster.psql_for(host, params)
     db = params.postgres.database
     rows = psql.query(sql.SQL(
         "SELECT shobj_description(d.oid, 'pg_database') AS comment, r.rolname AS owner FROM pg_database d "
@@ -783,10 +780,9 @@ def run_statements(host: "Host", params: "Params", statements: Sequence["sql.Com
                    dry_run: bool = False) -> None:
     """Statements in one psql call as postgres (each its own transaction, so CREATE DATABASE may be one),
     all shown; it stops at the first error."""
-    from hcbpg.ops import postgres
     texts = [render(st).strip().rstrip(";") + ";" for st in statements]
     if dry_run:
-        postgres.psql_for(host, params).execute(texts, dbname=dbname, dry_run=True)
+        pg_cluster.psql_for(host, params).execute(texts, dbname=dbname, dry_run=True)
         return
     pg = params.postgres
     shown = f"psql -d {dbname}: " + " ".join(" ".join(t.split()) for t in texts)
@@ -864,9 +860,8 @@ def render_prepare_sql(params: "Params", database_statements: Sequence["sql.Comp
 
 
 def check_extensions_available(host: "Host", params: "Params", extensions: Sequence[Mapping[str, str]]) -> Check:
-    from hcbpg.ops import postgres
     names = [e["name"] for e in extensions]
-    have = {r["name"] for r in postgres.psql_for(host, params).query(
+    have = {r["name"] for r in pg_cluster.psql_for(host, params).query(
         sql.SQL("SELECT name FROM pg_available_extensions WHERE name = ANY({})").format(sql.Literal(names)))}
     missing = [n for n in names if n not in have]
     return Check.of("extensions available on the primary", not missing,
@@ -1760,7 +1755,6 @@ def run_rotate_password(host: "Host | None", params: "Params", *, dry_run: bool)
 
     Returns the outcome, the old and the new password (both registered with the scrubber).
     """
-    from hcbpg.ops import postgres
     from hcbpg.ops import app_database as roles
     pg = params.postgres
     old = hsecrets.resolve(pg.app_role_password, key=roles.PASSWORD_KEY)
@@ -1776,7 +1770,7 @@ def run_rotate_password(host: "Host | None", params: "Params", *, dry_run: bool)
     hsecrets.store_secret(pg.app_role_password, new, key=roles.PASSWORD_KEY)
     stmt = sql.SQL("ALTER ROLE {} WITH PASSWORD {}").format(sql.Identifier(pg.app_role),
                                                             sql.Literal(roles.scram_verifier(new)))
-    postgres.psql_for(host, params).execute(stmt)
+    pg_cluster.psql_for(host, params).execute(stmt)
     return Outcome(what, True, False, actions=[f"new password stored at {roles.PASSWORD_KEY} ({where}...)",
                                                f"ALTER ROLE {pg.app_role} WITH PASSWORD [secret] (SCRAM verifier)"]), old, new
 
@@ -1930,8 +1924,7 @@ def plan_migration(host: "Host", params: "Params", source: Source, *, dry_run: b
     src = params.source
     if src is None:
         raise ParamsError("params", ["source: required for the migration steps (method, url, ...)"])
-    from hcbpg.ops import postgres
-    if not postgres.get_cluster_running(host, params):
+    if not pg_cluster.get_cluster_running(host, params):
         if dry_run:
             return Plan(plan_without_primary(params, why=f"PostgreSQL is not running on {host.name} yet"), [], {})
         raise SafetyCheckFailed(f"on {host.name}: PostgreSQL {params.postgres.version}/{params.postgres.cluster} "

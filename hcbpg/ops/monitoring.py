@@ -19,7 +19,7 @@ import urllib.parse
 from typing import TYPE_CHECKING, Mapping
 
 from hcbpg.outcome import Check, Outcome, unified_diff
-from hcbpg.ops.postgres import get_installed_packages
+from hcbpg.ops.packages import get_installed_packages
 from hcbpg.pg.conf import MANAGED_HEADER
 
 if TYPE_CHECKING:  # pragma: no cover

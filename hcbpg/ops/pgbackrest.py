@@ -28,7 +28,9 @@ from psycopg import sql
 from hcbpg import secrets as hsecrets
 from hcbpg.errors import ParamsError, PgBackRestError, SafetyCheckFailed
 from hcbpg.outcome import Check, Outcome, unified_diff
-from hcbpg.ops.postgres import apply_settings_file, get_installed_packages, psql_for
+from hcbpg.ops.config import apply_settings_file
+from hcbpg.ops.packages import get_installed_packages
+from hcbpg.ops.cluster import psql_for
 from hcbpg.pg.conf import MANAGED_HEADER, parse_settings
 from hcbpg.desired.server import config_dir
 from hcbpg.pg.conf import quote_setting

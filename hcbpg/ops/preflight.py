@@ -12,6 +12,7 @@ import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hcbpg.ops import cluster as pg_cluster
 from hcbpg.adapters.host import Host
 from hcbpg.errors import HcbpgError, HostUnreachable
 from hcbpg.outcome import Check
@@ -147,7 +148,6 @@ def check_app_role_password(rb: "Runbook", existing: dict[str, str | None] | Non
     changes anything.  Read-only; skipped (no row) while the primary or its role does not exist.
     """
     from hcbpg.ops import app_database as roles
-    from hcbpg.ops import postgres
     params = rb.params
     primary = params.primary
     if existing is not None and primary.name not in existing:
@@ -158,9 +158,9 @@ def check_app_role_password(rb: "Runbook", existing: dict[str, str | None] | Non
     try:
         password = rb.secret(roles.PASSWORD_KEY)
         with Host.from_params(params, primary.name, address) as host:
-            if not postgres.get_cluster_running(host, params):
+            if not pg_cluster.get_cluster_running(host, params):
                 return []
-            role = roles.get_role(postgres.psql_for(host, params), params.postgres.app_role)
+            role = roles.get_role(pg_cluster.psql_for(host, params), params.postgres.app_role)
     except HcbpgError:
         return []  # unreachable or no secret: the rows above already say so
     if role is None:

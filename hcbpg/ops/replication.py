@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, Mapping, Seq
 
 from psycopg import sql
 
+from hcbpg.ops import cluster as pg_cluster
+from hcbpg.ops import config as pg_config
 from hcbpg.adapters.psql import Psql, render
 from hcbpg.desired import server as desired_server
 from hcbpg.desired.replication import (
@@ -49,7 +51,6 @@ from hcbpg.errors import (
     SafetyCheckFailed,
     WaitTimeout,
 )
-from hcbpg.ops import postgres as pgmod
 from hcbpg.ops.app_database import get_role
 from hcbpg.pg.scram import scram_matches, scram_verifier
 from hcbpg.outcome import Check, Outcome, unified_diff
@@ -235,15 +236,15 @@ def ensure_replication_settings(host: "Host | None", params: "Params", server: "
     ``replication`` part; until then the same contract is kept here.
     """
     if "replication" in desired_server.SETTINGS_FILES:
-        return pgmod.ensure_settings(host, params, server, "replication", dry_run=dry_run)
+        return pg_config.ensure_settings(host, params, server, "replication", dry_run=dry_run)
     path = settings_path(params)
     what = f"settings {SETTINGS_FILE} on {server.name}"
     desired = render_settings(params, server)
     if host is None:
         return Outcome(what, True, dry_run, diff=unified_diff("", desired, path), actions=[f"write {path}"])
     current = host.read_text(path)
-    running = pgmod.get_cluster_running(host, params)
-    psql = pgmod.psql_for(host, params)
+    running = pg_cluster.get_cluster_running(host, params)
+    psql = pg_cluster.psql_for(host, params)
     names = list(pgconf.parse_settings(desired))
     changed_names = list(pgconf.plan_settings(current, desired))
     actions: list[str] = []
@@ -252,8 +253,8 @@ def ensure_replication_settings(host: "Host | None", params: "Params", server: "
         actions.append(f"write {path} ({', '.join(changed_names)})")
     if dry_run:
         if running:
-            needs = pgmod.get_restart_contexts(psql, changed_names) if current != desired else []
-            pending = pgmod.get_pending_restart(psql, names)
+            needs = pg_cluster.get_restart_contexts(psql, changed_names) if current != desired else []
+            pending = pg_cluster.get_pending_restart(psql, names)
             if needs or pending:
                 actions.append(f"restart the cluster ({', '.join(sorted(set(needs) | set(pending)))} need it)")
             elif current != desired:
@@ -277,11 +278,11 @@ def ensure_replication_settings(host: "Host | None", params: "Params", server: "
                     hint="Fix replication.* in params and run the step again.")
     if running:
         if current != desired:
-            pgmod.reload(host, params)
+            pg_cluster.reload(host, params)
             actions.append("reload")
-        pending = pgmod.get_pending_restart(psql, names)
+        pending = pg_cluster.get_pending_restart(psql, names)
         if pending:
-            pgmod.restart(host, params)
+            pg_cluster.restart(host, params)
             actions.append(f"restart the cluster ({', '.join(pending)} need it)")
     return Outcome(what, bool(actions), dry_run, diff=diff, actions=actions)
 
@@ -292,7 +293,7 @@ def ensure_hba(host: "Host | None", params: "Params", server: "Server", *, dry_r
     Only the lines postgres.hba_rules does not render itself yet are passed as extra, so this
     keeps working once step 03 renders them from params too.
     """
-    return pgmod.ensure_pg_hba(host, params, server, dry_run=dry_run, extra=hba_extra(params, server))
+    return pg_config.ensure_pg_hba(host, params, server, dry_run=dry_run, extra=hba_extra(params, server))
 
 
 def hba_extra(params: "Params", server: "Server") -> list[pghba.HbaRule]:
@@ -361,7 +362,7 @@ def get_server_state(host: "Host | None", params: "Params", server: "Server") ->
         st.error = "no SSH connection"
         return st
     try:
-        cluster = pgmod.get_cluster(host, params)
+        cluster = pg_cluster.get_cluster(host, params)
     except HostUnreachable as exc:
         st.reachable, st.error = False, exc.message
         return st
@@ -373,7 +374,7 @@ def get_server_state(host: "Host | None", params: "Params", server: "Server") ->
     q = shlex.quote(st.pgdata or "/nonexistent")
     st.standby_signal = host.probe(f"test -e {q}/standby.signal").ok
     if st.running:
-        psql = pgmod.psql_for(host, params)
+        psql = pg_cluster.psql_for(host, params)
         try:
             row = psql.query(
                 "SELECT pg_is_in_recovery() AS in_recovery, "
@@ -681,10 +682,10 @@ def _ctl(params: "Params", action: str) -> str:
 
 def run_stop(host: "Host", params: "Params", *, mode: str = "fast") -> None:
     """Stop the cluster (fast: clean shutdown; immediate if that does not finish)."""
-    if not pgmod.get_cluster_running(host, params):
+    if not pg_cluster.get_cluster_running(host, params):
         return
     res = host.run(_ctl(params, f"stop -m {mode}"), check=False, timeout=180)
-    if not res.ok and pgmod.get_cluster_running(host, params):
+    if not res.ok and pg_cluster.get_cluster_running(host, params):
         host.run(_ctl(params, "stop -m immediate"), timeout=120)
 
 
@@ -841,7 +842,7 @@ def rebuild_replica(host: "Host", params: "Params", target: ServerState, plan: P
     """
     result: dict[str, Any] = {"target": standby.name, "primary": primary.name, "method": plan.method}
     pgdata = _safe_pgdata(target.pgdata, params)
-    primary_psql = pgmod.psql_for(primary_host, params)
+    primary_psql = pg_cluster.psql_for(primary_host, params)
     t0 = time.monotonic()
     if plan.method == "rewind":
         run_stop(host, params)
@@ -856,7 +857,7 @@ def rebuild_replica(host: "Host", params: "Params", target: ServerState, plan: P
             run_write_recovery(host, params, primary, standby, pgdata)
             result["rewind_s"] = round(time.monotonic() - t0, 2)
             t1 = time.monotonic()
-            pgmod.ensure_cluster_running(host, params, dry_run=False)
+            pg_cluster.ensure_cluster_running(host, params, dry_run=False)
             wait_for_streaming(primary_host, params, standby)
             result["start_to_streaming_s"] = round(time.monotonic() - t1, 2)
             return result
@@ -874,7 +875,7 @@ def rebuild_replica(host: "Host", params: "Params", target: ServerState, plan: P
                                                         echo=echo), 2)
         run_write_recovery(host, params, primary, standby, pgdata)
     t1 = time.monotonic()
-    pgmod.ensure_cluster_running(host, params, dry_run=False)
+    pg_cluster.ensure_cluster_running(host, params, dry_run=False)
     wait_for_streaming(primary_host, params, standby)
     result["start_to_streaming_s"] = round(time.monotonic() - t1, 2)
     return result
@@ -901,7 +902,7 @@ def ensure_replica(host: "Host | None", params: "Params", standby: "Server", *, 
         return Outcome(what, True, dry_run, actions=actions), plan, {}
     if plan.action == "start":
         t0 = time.monotonic()
-        pgmod.ensure_cluster_running(host, params, dry_run=False)
+        pg_cluster.ensure_cluster_running(host, params, dry_run=False)
         wait_for_streaming(primary_host, params, standby)
         return Outcome(what, True, dry_run, actions=actions), plan, {"start_to_streaming_s": round(time.monotonic() - t0, 2)}
     result = rebuild_replica(host, params, target, plan, primary_host=primary_host, primary=primary,
@@ -926,7 +927,7 @@ def get_replication_rows(psql: Psql) -> list[dict[str, Any]]:
 def wait_for_streaming(primary_host: "Host", params: "Params", standby: "Server", *, timeout: float = 120.0,
                        sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
     """Wait until the primary's pg_stat_replication shows *standby* streaming through its slot."""
-    psql = pgmod.psql_for(primary_host, params)
+    psql = pg_cluster.psql_for(primary_host, params)
     slot = slot_name(standby.name)
     deadline = time.monotonic() + timeout
     last: list[dict[str, Any]] = []
@@ -1021,7 +1022,7 @@ def check_refuses_writes(replica_psql: Psql) -> Check:
 
 def check_auto_conf(host: "Host", params: "Params", standby: "Server", primary: "Server", password: str) -> list[Check]:
     """postgresql.auto.conf on the replica: primary_conninfo to the primary, our slot, and no password."""
-    st = pgmod.get_cluster(host, params) or {}
+    st = pg_cluster.get_cluster(host, params) or {}
     text = host.read_text(f"{st.get('pgdata')}/postgresql.auto.conf") or ""
     settings = parse_auto_conf(text)
     ci = parse_conninfo(settings.get("primary_conninfo", ""))
@@ -1039,7 +1040,7 @@ def check_auto_conf(host: "Host", params: "Params", standby: "Server", primary: 
 
 def get_auto_conf_text(host: "Host", params: "Params") -> str:
     """postgresql.auto.conf of the cluster (scrubbed), to show the operator."""
-    st = pgmod.get_cluster(host, params) or {}
+    st = pg_cluster.get_cluster(host, params) or {}
     return scrub(host.read_text(f"{st.get('pgdata')}/postgresql.auto.conf") or "")
 
 
@@ -1048,7 +1049,7 @@ def check_replication(primary_host: "Host", replica_host: "Host", params: "Param
     """Step 10's checks for one replica: streaming with its slot active, a row replicates in time,
     replay lag, writes refused, cluster_name, passfile mode, no password in postgresql.auto.conf."""
     rep = replication_params(params)
-    ppsql, rpsql = pgmod.psql_for(primary_host, params), pgmod.psql_for(replica_host, params)
+    ppsql, rpsql = pg_cluster.psql_for(primary_host, params), pg_cluster.psql_for(replica_host, params)
     slot = slot_name(standby.name)
     rows = [r for r in get_replication_rows(ppsql) if r["slot_name"] == slot]
     out = []
@@ -1107,8 +1108,8 @@ def check_counts_match(primary_psql: Psql, replica_psql: Psql, dbname: str, *, t
 def primary_outcomes(primary_host: "Host | None", params: "Params", primary: "Server", replicas: Sequence["Server"],
                      password: str, *, dry_run: bool) -> list[Outcome]:
     """Step 10 on the primary: settings, pg_hba, passfile, role repuser, a slot per replica, the probe table."""
-    psql = (pgmod.psql_for(primary_host, params)
-            if primary_host is not None and pgmod.get_cluster_running(primary_host, params) else None)
+    psql = (pg_cluster.psql_for(primary_host, params)
+            if primary_host is not None and pg_cluster.get_cluster_running(primary_host, params) else None)
     out = [ensure_replication_settings(primary_host, params, primary, dry_run=dry_run),
            ensure_hba(primary_host, params, primary, dry_run=dry_run),
            ensure_passfile(primary_host, params, primary, password, dry_run=dry_run),
@@ -1131,7 +1132,7 @@ def replica_config_outcomes(host: "Host | None", params: "Params", standby: "Ser
 
 def replica_cleanup_outcomes(host: "Host | None", params: "Params", standby: "Server", *, dry_run: bool) -> list[Outcome]:
     """After a replica streams: drop inactive hcbpg slots it carried over from an earlier life."""
-    psql = pgmod.psql_for(host, params) if host is not None and pgmod.get_cluster_running(host, params) else None
+    psql = pg_cluster.psql_for(host, params) if host is not None and pg_cluster.get_cluster_running(host, params) else None
     return [ensure_no_stale_slots(psql, params, keep=[], dry_run=dry_run, host_name=standby.name)]
 
 

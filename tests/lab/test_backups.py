@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from hcbpg.ops import cluster as pg_cluster
+from hcbpg.ops import server as pg_server
 from hcbpg.ops import drill
 from hcbpg.ops import pgbackrest as pgb
-from hcbpg.ops import postgres as pg
 from hcbpg.ops import app_database as roles
 from hcbpg.ops import schedule
 from hcbpg.errors import PgBackRestError
@@ -76,10 +77,10 @@ def secrets(params):
 def primary(params):
     server = params.primary
     host = Host.from_params(params, server.name, server.ssh_host)
-    pg.install_server(host, params, server, dry_run=False)
-    pg.allow_connections(host, params, server, dry_run=False)
+    pg_server.install_server(host, params, server, dry_run=False)
+    pg_server.allow_connections(host, params, server, dry_run=False)
     password = resolve(params.postgres.app_role_password, key="postgres.app_role_password")
-    roles.app_role_database(pg.psql_for(host, params), params, password, dry_run=False, host_name=server.name)
+    roles.app_role_database(pg_cluster.psql_for(host, params), params, password, dry_run=False, host_name=server.name)
     host.run("psql -X -q -v ON_ERROR_STOP=1 -d hcb_production", sudo_user="postgres", stdin=SEED_SQL)
     yield host
     host.close()
@@ -243,7 +244,7 @@ def test_restore_drill_on_a_fresh_host_matches_the_primary_at_the_backup_point(p
 
 def test_point_in_time_restore_replays_archived_wal_up_to_the_target(params, primary):
     """--type=time: the latest backup before the target plus archived WAL, stopping before a later commit."""
-    psql = pg.psql_for(primary, params)
+    psql = pg_cluster.psql_for(primary, params)
     users = psql.value("SELECT count(*) AS n FROM users", dbname="hcb_production")
     target_time = psql.value("SELECT now()::text AS t")
     time.sleep(1.2)
@@ -254,7 +255,7 @@ def test_point_in_time_restore_replays_archived_wal_up_to_the_target(params, pri
     host = drill.scratch_host(params, target, dry_run=False)
     result = drill.run_restore(host, params, target, target_time=target_time, dry_run=False)
     assert result.restored_now and "--type=time" in result.options
-    restored = pg.psql_for(host, params).value("SELECT count(*) AS n FROM users", dbname="hcb_production")
+    restored = pg_cluster.psql_for(host, params).value("SELECT count(*) AS n FROM users", dbname="hcb_production")
     assert restored == users, f"restored {restored} users, {users} at {target_time}"
     assert "recovery_target_time" in result.auto_conf
     print(f"point-in-time restore to {target_time}: time to recover {result.total_s}s")
@@ -303,10 +304,10 @@ def nb_home(lab, tmp_path_factory, secrets):
     (home / "params" / "lab.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     p = parse_params(data)
     host = Host.from_params(p, "nb-postgres-1", ip)
-    pg.install_server(host, p, p.primary, dry_run=False)
-    pg.allow_connections(host, p, p.primary, dry_run=False)
+    pg_server.install_server(host, p, p.primary, dry_run=False)
+    pg_server.allow_connections(host, p, p.primary, dry_run=False)
     password = resolve(p.postgres.app_role_password, key="postgres.app_role_password")
-    roles.app_role_database(pg.psql_for(host, p), p, password, dry_run=False, host_name="nb-postgres-1")
+    roles.app_role_database(pg_cluster.psql_for(host, p), p, password, dry_run=False, host_name="nb-postgres-1")
     host.run("psql -X -q -v ON_ERROR_STOP=1 -d hcb_production", sudo_user="postgres", stdin=SEED_SQL)
     host.close()
     env = {"HCBPG_HOME": str(home), "HCBPG_STATE_DIR": str(home / "state"), "HCBPG_LAB_DIR": str(lab.lab_dir),

@@ -23,6 +23,9 @@ import pytest
 import yaml
 from labparams import lab_params, pgbackrest_section, replication_section
 
+from hcbpg.ops import cluster as pg_cluster
+from hcbpg.ops import config as pg_config
+from hcbpg.ops import server as pg_server
 from hcbpg.adapters.host import Host
 from hcbpg.desired import roles as desired_roles
 from hcbpg.desired import server as desired_server
@@ -30,7 +33,6 @@ from hcbpg.lab import create_server_host, destroy_server_host
 from hcbpg.ops import app_database as roles
 from hcbpg.ops import failover as fo
 from hcbpg.ops import health, monitoring, privileges, rotation
-from hcbpg.ops import postgres as pg
 from hcbpg.ops import replication as rep
 from hcbpg.params import parse_params
 from hcbpg.secrets import resolve
@@ -91,7 +93,7 @@ def home(params, lab, tmp_path_factory):
 
 
 def primary_psql(hosts, params):
-    return pg.psql_for(hosts[params.primary.name], params)
+    return pg_cluster.psql_for(hosts[params.primary.name], params)
 
 
 def app_password(params) -> str:
@@ -131,8 +133,8 @@ def test_setup_servers_restored_objects_backups_and_replica(params, hosts):
     """Steps 02-04, a Heroku-like restore as rails, pgBackRest (05/08) and the replica (10), from their modules."""
     t0 = time.monotonic()
     for s in params.servers:
-        pg.install_server(hosts[s.name], params, s, dry_run=False)
-        pg.allow_connections(hosts[s.name], params, s, dry_run=False,
+        pg_server.install_server(hosts[s.name], params, s, dry_run=False)
+        pg_server.allow_connections(hosts[s.name], params, s, dry_run=False,
                              extra_rules=desired_server.all_hba_extra(params, s))
     primary = params.primary
     ppsql = primary_psql(hosts, params)
@@ -156,7 +158,7 @@ def test_roles_step_applies_the_model_and_second_run_changes_nothing(params, hos
     t0 = time.monotonic()
     privileges.ensure_role_secrets(cfg, dry_run=False)
     for s in params.servers:  # step 10 rendered pg_hba with its lines only; ours go beside them
-        o = pg.ensure_pg_hba(hosts[s.name], params, s, dry_run=False, extra=desired_server.all_hba_extra(params, s, cfg))
+        o = pg_config.ensure_pg_hba(hosts[s.name], params, s, dry_run=False, extra=desired_server.all_hba_extra(params, s, cfg))
         OUTPUT.append(str(o))
     ppsql = primary_psql(hosts, params)
     plan = privileges.ensure_privileges(ppsql, cfg, dry_run=True)
@@ -171,7 +173,7 @@ def test_roles_step_applies_the_model_and_second_run_changes_nothing(params, hos
     TIMINGS["step13_second_run_s"] = round(time.monotonic() - t1, 1)
     assert not again.changed, str(again)
     for s in params.servers:
-        assert not pg.ensure_pg_hba(hosts[s.name], params, s, dry_run=True,
+        assert not pg_config.ensure_pg_hba(hosts[s.name], params, s, dry_run=True,
                                     extra=desired_server.all_hba_extra(params, s, cfg)).changed
 
 
@@ -190,7 +192,7 @@ def test_privilege_check_matches_params_for_every_role(params, hosts, cfg):
     assert ext["extension citext"].status == "pass" and "hcb_migrations may create and update" in ext["extension citext"].detail
     assert "only a superuser" in ext["extension pg_stat_statements"].detail
     # the replica has the same catalogs (physical replication)
-    rpsql = pg.psql_for(hosts["server-postgres-2"], params)
+    rpsql = pg_cluster.psql_for(hosts["server-postgres-2"], params)
     time.sleep(1)
     assert not [c for c in privileges.check_privileges(rpsql, cfg) if c.status == "fail"]
 
@@ -346,7 +348,7 @@ def test_status_fails_naming_archiving_when_archiving_breaks(params, hosts, home
     p = params.primary
     ppsql = primary_psql(hosts, params)
     ppsql.execute("ALTER SYSTEM SET archive_command = '/bin/false'")
-    pg.reload(hosts[p.name], params)
+    pg_cluster.reload(hosts[p.name], params)
     try:
         ppsql.execute("CREATE TABLE IF NOT EXISTS hcbpg_wal_push (x int)", dbname="postgres")
         ppsql.execute("INSERT INTO hcbpg_wal_push VALUES (1)", dbname="postgres")
@@ -362,7 +364,7 @@ def test_status_fails_naming_archiving_when_archiving_breaks(params, hosts, home
         assert "server-postgres-1: archiving" in proc.stdout
     finally:
         ppsql.execute("ALTER SYSTEM RESET archive_command")
-        pg.reload(hosts[p.name], params)
+        pg_cluster.reload(hosts[p.name], params)
         ppsql.execute("DROP TABLE IF EXISTS hcbpg_wal_push", dbname="postgres")
 
 

@@ -19,8 +19,9 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
+from hcbpg.ops import cluster as pg_cluster
+from hcbpg.ops import server as pg_server
 from hcbpg.ops import migration
-from hcbpg.ops import postgres
 from hcbpg.ops import app_database as roles
 from hcbpg.engine import runbook as rbmod
 from hcbpg.errors import SafetyCheckFailed, VerificationFailed
@@ -124,9 +125,9 @@ def env(lab, tmp_path_factory, monkeypatch_module):
     host = Host.from_params(params, "server-postgres-1", ip)
     app = Host.from_params(params, "app", cfg.app_ip)
     password = register(pw_file.read_text().strip())
-    postgres.install_server(host, params, params.primary, dry_run=False)
-    postgres.allow_connections(host, params, params.primary, dry_run=False)
-    roles.app_role_database(postgres.psql_for(host, params), params, password, dry_run=False)
+    pg_server.install_server(host, params, params.primary, dry_run=False)
+    pg_server.allow_connections(host, params, params.primary, dry_run=False)
+    roles.app_role_database(pg_cluster.psql_for(host, params), params, password, dry_run=False)
     yield SimpleNamespace(lab=lab, params=params, data=data, home=home, nb_dir=nb_dir, host=host, app=app,
                           pw_file=pw_file, tmp=tmp, source_url=register(lab.secret("source-url")))
     host.close()

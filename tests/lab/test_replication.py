@@ -19,13 +19,14 @@ from pathlib import Path
 import pytest
 from labparams import lab_params, pgbackrest_section, replication_section
 
+from hcbpg.ops import cluster as pg_cluster
+from hcbpg.ops import server as pg_server
 from hcbpg.adapters.host import Host
 from hcbpg.desired import replication as desired_replication
 from hcbpg.errors import SafetyCheckFailed
 from hcbpg.lab import create_server_host, destroy_server_host
 from hcbpg.ops import app_database as roles
 from hcbpg.ops import failover as fo
-from hcbpg.ops import postgres as pg
 from hcbpg.ops import replication as rep
 from hcbpg.params import parse_params
 from hcbpg.secrets import resolve
@@ -78,7 +79,7 @@ def passwords(params):
 
 
 def psql(hosts, params, name):
-    return pg.psql_for(hosts[name], params)
+    return pg_cluster.psql_for(hosts[name], params)
 
 
 def start_pgbench(host: Host, seconds: int) -> None:
@@ -123,8 +124,8 @@ def counts(hosts, params, name):
 def test_servers_set_up_with_steps_02_to_04_and_pgbackrest_on_the_primary(params, hosts, passwords):
     t0 = time.monotonic()
     for s in params.servers:
-        pg.install_server(hosts[s.name], params, s, dry_run=False)
-        pg.allow_connections(hosts[s.name], params, s, dry_run=False)
+        pg_server.install_server(hosts[s.name], params, s, dry_run=False)
+        pg_server.allow_connections(hosts[s.name], params, s, dry_run=False)
     primary = params.primary
     ppsql = psql(hosts, params, primary.name)
     roles.app_role_database(ppsql, params, passwords["app"], dry_run=False, host_name=primary.name)
@@ -145,7 +146,7 @@ def test_wipe_refused_when_destructive_steps_are_not_allowed(lab, params, hosts,
         rep.ensure_replica(hosts[r.name], strict, r, primary_host=hosts[strict.primary.name], primary=strict.primary,
                            allow_destructive=strict.allow_destructive, dry_run=False)
     assert "allow_destructive" in str(exc.value)
-    assert pg.get_cluster_running(hosts[r.name], params), "the refused target must not have been stopped"
+    assert pg_cluster.get_cluster_running(hosts[r.name], params), "the refused target must not have been stopped"
 
 
 def test_wipe_refused_when_the_target_is_the_current_primary(params, hosts):
@@ -153,7 +154,7 @@ def test_wipe_refused_when_the_target_is_the_current_primary(params, hosts):
     with pytest.raises(SafetyCheckFailed, match="it is the current primary"):
         rep.ensure_replica(hosts[p.name], params, p, primary_host=hosts[p.name], primary=p,
                            allow_destructive=True, dry_run=False)
-    assert pg.get_cluster_running(hosts[p.name], params)
+    assert pg_cluster.get_cluster_running(hosts[p.name], params)
 
 
 def test_wipe_refused_for_a_writable_server_holding_data(params, hosts):
@@ -334,7 +335,7 @@ def test_dry_runs_of_notebooks_10_and_11_change_nothing(lab, params, hosts, run_
     assert proc.returncode == 0, proc.stdout + proc.stderr
     after = rep.get_topology(hosts, params)[0]
     assert (after.primary, after.replicas) == (before.primary, before.replicas)
-    assert pg.get_cluster_running(hosts[before.primary], params)
+    assert pg_cluster.get_cluster_running(hosts[before.primary], params)
 
 
 def test_notebook_11_waits_at_the_gate_then_switches_over_when_approved(lab, params, hosts, run_home, passwords):
@@ -397,7 +398,7 @@ def test_unplanned_failover_with_the_primary_unreachable_then_step_10_rejoins_it
     hosts[gone.name] = Host.from_params(params, gone.name, gone.ssh_host).connect()
     with pytest.raises(SafetyCheckFailed, match="former primary .* never fenced"):
         rep.setup_replication(hosts, params, passwords["rep"], allow_destructive=True, dry_run=False)
-    assert not pg.get_cluster_running(hosts[gone.name], params), "the refused server must be left as it was"
+    assert not pg_cluster.get_cluster_running(hosts[gone.name], params), "the refused server must be left as it was"
     allowed = make_params(lab, allow_wipe_host=gone.name)
     _, topo, results = rep.setup_replication(hosts, allowed, passwords["rep"], allow_destructive=True, dry_run=False)
     assert topo.primary == survivor.name and results[gone.name]["method"] == "rewind", results

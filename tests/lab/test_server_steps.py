@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from hcbpg.ops import postgres as pg
+from hcbpg.ops import cluster as pg_cluster
+from hcbpg.ops import config as pg_config
+from hcbpg.ops import server as pg_server
 from hcbpg.ops import app_database as roles
 from hcbpg.errors import HostUnreachable, SafetyCheckFailed
 from hcbpg.adapters.host import Host
@@ -57,11 +59,11 @@ def password(params):
 def run_steps(params, hosts, password, *, dry_run):
     outcomes = []
     for s in params.servers:
-        outcomes += pg.install_server(hosts[s.name], params, s, dry_run=dry_run)
+        outcomes += pg_server.install_server(hosts[s.name], params, s, dry_run=dry_run)
     for s in params.servers:
-        outcomes += pg.allow_connections(hosts[s.name], params, s, dry_run=dry_run)
+        outcomes += pg_server.allow_connections(hosts[s.name], params, s, dry_run=dry_run)
     primary = hosts[params.primary.name]
-    psql = pg.psql_for(primary, params) if pg.get_cluster_running(primary, params) else None
+    psql = pg_cluster.psql_for(primary, params) if pg_cluster.get_cluster_running(primary, params) else None
     outcomes += roles.app_role_database(psql, params, password, dry_run=dry_run, host_name=params.primary.name)
     return outcomes
 
@@ -90,9 +92,9 @@ def test_apply_leaves_postgres_configured_and_rails_working_from_the_app_host(la
     app = Host.from_params(params, "app", params.app_host.private_ip)
     checks = []
     for s in params.servers:
-        checks += pg.check_server(hosts[s.name], params, s) + pg.check_connections(hosts[s.name], params, s, app)
+        checks += pg_server.check_server(hosts[s.name], params, s) + pg_server.check_connections(hosts[s.name], params, s, app)
     primary = hosts[params.primary.name]
-    psql = pg.psql_for(primary, params)
+    psql = pg_cluster.psql_for(primary, params)
 
     def outsider(cmd, stdin):
         cp = lab.outsider_exec(cmd, input=stdin, timeout=60)
@@ -124,23 +126,23 @@ def test_setting_that_needs_a_restart_restarts_and_one_that_does_not_only_reload
     host = hosts[server.name]
     pid = lambda: host.probe(f"head -1 /var/lib/postgresql/15/main/postmaster.pid").stdout.strip()  # noqa: E731
     before = pid()
-    o = pg.ensure_settings(host, params, server, "connections", dry_run=False, extra={"work_mem": "8MB"})
+    o = pg_config.ensure_settings(host, params, server, "connections", dry_run=False, extra={"work_mem": "8MB"})
     assert o.changed and "reload" in o.actions and not any("restart" in a for a in o.actions)
     assert pid() == before
-    o = pg.ensure_settings(host, params, server, "connections", dry_run=False, extra={"max_connections": 120})
+    o = pg_config.ensure_settings(host, params, server, "connections", dry_run=False, extra={"max_connections": 120})
     assert any(a.startswith("restart") and "max_connections" in a for a in o.actions)
     assert pid() != before
     before = pid()
-    o = pg.ensure_settings(host, params, server, "connections", dry_run=False)
+    o = pg_config.ensure_settings(host, params, server, "connections", dry_run=False)
     # back to what params say: max_connections returns to its default, which needs a restart too
     assert any(a.startswith("restart") and "max_connections" in a for a in o.actions)
     assert pid() != before
-    assert not pg.ensure_settings(host, params, server, "connections", dry_run=False).changed
+    assert not pg_config.ensure_settings(host, params, server, "connections", dry_run=False).changed
 
 
 def test_wrong_rails_secret_is_refused_naming_key_and_host(params, hosts):
     primary = hosts[params.primary.name]
-    psql = pg.psql_for(primary, params)
+    psql = pg_cluster.psql_for(primary, params)
     stored = roles.get_role(psql, "rails")["rolpassword"]
     with pytest.raises(SafetyCheckFailed) as info:
         roles.app_role_database(psql, params, "a-different-password", dry_run=False, host_name=params.primary.name)
