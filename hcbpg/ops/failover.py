@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping
 
 from psycopg import sql
 
+from hcbpg.ops import replica
+from hcbpg.ops import topology
 from hcbpg.ops import cluster as pg_cluster
 from hcbpg.adapters.psql import Psql
 from hcbpg.desired import replication as desired_replication
@@ -111,7 +113,7 @@ class FailoverPlan:
         return "\n".join(lines)
 
 
-def plan_failover(topology: rep.Topology, states: Mapping[str, rep.ServerState], params: "Params",
+def plan_failover(topology: topology.Topology, states: Mapping[str, topology.ServerState], params: "Params",
                   *, previous_primary: str | None = None) -> FailoverPlan:
     """Planned switchover when the primary is up, unplanned failover when it is not (pure).
 
@@ -178,10 +180,10 @@ def run_fence(host: "Host", params: "Params", server: "Server", *, planned: bool
     """
     cluster = pg_cluster.get_cluster(host, params) or {}
     pgdata = cluster.get("pgdata") or f"/var/lib/postgresql/{params.postgres.version}/{params.postgres.cluster}"
-    rep.run_stop(host, params, mode="fast" if planned else "immediate")
+    replica.run_stop(host, params, mode="fast" if planned else "immediate")
     host.put_text(f"{pgdata}/standby.signal", "", mode=0o600, owner="postgres", group="postgres")
     host.put_text(start_conf_path(params), "manual\n", mode=0o644, owner="postgres", group="postgres")
-    ctl = rep.get_controldata(host, params, pgdata)
+    ctl = topology.get_controldata(host, params, pgdata)
     return {"state": ctl.get("Database cluster state"), "checkpoint_lsn": ctl.get("Latest checkpoint location"),
             "timeline": ctl.get("Latest checkpoint's TimeLineID")}
 
@@ -368,7 +370,7 @@ def rejoin_old_primary(hosts: Mapping[str, "Host | None"], params: "Params", pla
     assert new_host is not None
     new_psql = pg_cluster.psql_for(new_host, params)
     outcomes = [rep.ensure_slot(new_psql, params, old, dry_run=False, host_name=new.name)]
-    outcome, rplan, result = rep.ensure_replica(old_host, params, old, primary_host=new_host, primary=new,
+    outcome, rplan, result = replica.ensure_replica(old_host, params, old, primary_host=new_host, primary=new,
                                                 allow_destructive=allow_destructive, dry_run=False, echo=echo)
     echo(str(rplan))
     outcomes.append(outcome)

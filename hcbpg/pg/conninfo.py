@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 
-def _pgpass_field(value: str) -> str:
+def pgpass_field(value: str) -> str:
     return value.replace("\\", "\\\\").replace(":", "\\:")
 
 

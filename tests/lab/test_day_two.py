@@ -23,6 +23,7 @@ import pytest
 import yaml
 from labparams import lab_params, pgbackrest_section, replication_section
 
+from hcbpg.ops import replica as replica_ops
 from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import config as pg_config
 from hcbpg.ops import server as pg_server
@@ -341,7 +342,7 @@ def test_status_fails_naming_the_item_when_the_replica_is_stopped(params, hosts,
         assert "server-postgres-1: replication" in proc.stdout.split("FAIL:")[-1]
     finally:
         hosts[replica.name].run("pg_ctlcluster 15 main start")
-    rep.wait_for_streaming(hosts[params.primary.name], params, replica, timeout=60)
+    replica_ops.wait_for_streaming(hosts[params.primary.name], params, replica, timeout=60)
 
 
 def test_status_fails_naming_archiving_when_archiving_breaks(params, hosts, home):

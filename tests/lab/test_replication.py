@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 from labparams import lab_params, pgbackrest_section, replication_section
 
+from hcbpg.ops import replica
+from hcbpg.ops import topology
 from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import server as pg_server
 from hcbpg.adapters.host import Host
@@ -143,7 +145,7 @@ def test_wipe_refused_when_destructive_steps_are_not_allowed(lab, params, hosts,
     strict = make_params(lab, allow_destructive=False)
     r = strict.server("server-postgres-2")
     with pytest.raises(SafetyCheckFailed, match="destructive steps are not allowed for this run") as exc:
-        rep.ensure_replica(hosts[r.name], strict, r, primary_host=hosts[strict.primary.name], primary=strict.primary,
+        replica.ensure_replica(hosts[r.name], strict, r, primary_host=hosts[strict.primary.name], primary=strict.primary,
                            allow_destructive=strict.allow_destructive, dry_run=False)
     assert "allow_destructive" in str(exc.value)
     assert pg_cluster.get_cluster_running(hosts[r.name], params), "the refused target must not have been stopped"
@@ -152,7 +154,7 @@ def test_wipe_refused_when_destructive_steps_are_not_allowed(lab, params, hosts,
 def test_wipe_refused_when_the_target_is_the_current_primary(params, hosts):
     p = params.primary
     with pytest.raises(SafetyCheckFailed, match="it is the current primary"):
-        rep.ensure_replica(hosts[p.name], params, p, primary_host=hosts[p.name], primary=p,
+        replica.ensure_replica(hosts[p.name], params, p, primary_host=hosts[p.name], primary=p,
                            allow_destructive=True, dry_run=False)
     assert pg_cluster.get_cluster_running(hosts[p.name], params)
 
@@ -163,7 +165,7 @@ def test_wipe_refused_for_a_writable_server_holding_data(params, hosts):
     rpsql.execute("CREATE DATABASE precious")
     try:
         with pytest.raises(SafetyCheckFailed, match="not in recovery and holds databases precious"):
-            rep.ensure_replica(hosts[r.name], params, r, primary_host=hosts[params.primary.name],
+            replica.ensure_replica(hosts[r.name], params, r, primary_host=hosts[params.primary.name],
                                primary=params.primary, allow_destructive=True, dry_run=False)
         assert rpsql.value("SELECT count(*) AS n FROM pg_database WHERE datname = 'precious'") == 1
     finally:
@@ -216,7 +218,7 @@ def test_no_replication_password_on_the_replica_outside_the_passfile(params, hos
 
 
 def _failover(params, hosts, passwords, *, expect_kind):
-    topo, states = rep.get_topology(hosts, params)
+    topo, states = topology.get_topology(hosts, params)
     plan = fo.plan_failover(topo, states, params, previous_primary=topo.primary)
     assert plan.kind == expect_kind, str(plan)
     t0 = time.monotonic()
@@ -249,7 +251,7 @@ def test_planned_switchover_loses_nothing_and_the_old_primary_streams_again(para
     checks = rep.check_replication(hosts[new.name], hosts[old.name], params, old, new, passwords["rep"])
     failed = [f"{c.name}: {c.detail}" for c in checks + b_checks if not c.ok]
     assert not failed, failed
-    topo, _ = rep.get_topology(hosts, params)
+    topo, _ = topology.get_topology(hosts, params)
     assert topo.primary == new.name
     # the new primary takes pgbench writes and the rejoined replica follows
     start_pgbench(hosts[new.name], 5)
@@ -328,22 +330,22 @@ def test_notebook_10_on_a_streaming_pair_changes_nothing(lab, run_home, password
 
 def test_dry_runs_of_notebooks_10_and_11_change_nothing(lab, params, hosts, run_home):
     home, env = run_home
-    before = rep.get_topology(hosts, params)[0]
+    before = topology.get_topology(hosts, params)[0]
     proc = cli(env, "plan", "lab", "--only", "10")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     proc = cli(env, "plan", "lab", "--only", "11")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    after = rep.get_topology(hosts, params)[0]
+    after = topology.get_topology(hosts, params)[0]
     assert (after.primary, after.replicas) == (before.primary, before.replicas)
     assert pg_cluster.get_cluster_running(hosts[before.primary], params)
 
 
 def test_notebook_11_waits_at_the_gate_then_switches_over_when_approved(lab, params, hosts, run_home, passwords):
     home, env = run_home
-    before = rep.get_topology(hosts, params)[0].primary
+    before = topology.get_topology(hosts, params)[0].primary
     waiting = cli(env, "run", "lab", "--only", "11")
     assert waiting.returncode == 3, waiting.stdout + waiting.stderr
-    assert rep.get_topology(hosts, params)[0].primary == before, "nothing may change before the gate"
+    assert topology.get_topology(hosts, params)[0].primary == before, "nothing may change before the gate"
     run_id = latest_manifest(home)["run_id"]
     approved = cli(env, "approve", run_id, "switchover", "--note", "lab test")
     assert approved.returncode == 0, approved.stdout + approved.stderr
@@ -351,7 +353,7 @@ def test_notebook_11_waits_at_the_gate_then_switches_over_when_approved(lab, par
     done = cli(env, "resume", run_id)
     TIMINGS["notebook_switchover_s"] = round(time.monotonic() - t0, 1)
     assert done.returncode == 0, done.stdout + done.stderr
-    after = rep.get_topology(hosts, params)[0]
+    after = topology.get_topology(hosts, params)[0]
     assert after.primary != before and after.replicas == [before]
     secrets = [passwords["rep"], passwords["app"], lab.cfg.read_secret("cipher-pass"), lab.cfg.read_secret("s3-key-secret")]
     for path in (home / "outputs").rglob("*"):
@@ -365,7 +367,7 @@ def test_notebook_11_waits_at_the_gate_then_switches_over_when_approved(lab, par
 def test_unplanned_failover_with_the_primary_unreachable_then_step_10_rejoins_it_only_when_allowed(
         lab, params, hosts, passwords):
     from hcbpg.errors import HostUnreachable
-    topo, _ = rep.get_topology(hosts, params)
+    topo, _ = topology.get_topology(hosts, params)
     gone, survivor = params.server(topo.primary), params.server(topo.replicas[0])
     start_pgbench(hosts[gone.name], 5)
     wait_pgbench(hosts[gone.name])
@@ -380,7 +382,7 @@ def test_unplanned_failover_with_the_primary_unreachable_then_step_10_rejoins_it
         Host.from_params(params, gone.name, gone.ssh_host).connect()
     reachable = {gone.name: None, survivor.name: hosts[survivor.name]}
 
-    topo, states = rep.get_topology(reachable, params)
+    topo, states = topology.get_topology(reachable, params)
     plan = fo.plan_failover(topo, states, params, previous_primary=gone.name)
     assert (plan.kind, plan.old_reachable, plan.new_primary) == ("failover", False, survivor.name)
     assert "Power it off" in plan.question

@@ -1,0 +1,308 @@
+"""Rebuilding a server as a streaming replica of the current primary: stop it, pg_rewind it
+when its history allows, else wipe it (only as :mod:`hcbpg.ops.topology` allows) and take a
+base backup; write the recovery settings, start it and wait until it streams."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+from hcbpg.adapters.psql import Psql
+from hcbpg.desired import server as desired_server
+from hcbpg.desired.replication import (
+    bin_path,
+    passfile_path,
+    postgres_home,
+    render_recovery_settings,
+    replication_params,
+    slot_name,
+)
+from hcbpg.errors import (
+    RemoteCommandError,
+    SafetyCheckFailed,
+    WaitTimeout,
+)
+from hcbpg.ops import cluster as pg_cluster
+from hcbpg.ops.topology import Plan, ServerState, get_server_state, plan_replica_rebuild
+from hcbpg.outcome import Outcome
+from hcbpg.secrets import scrub
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hcbpg.adapters.host import Host
+    from hcbpg.params import Params, Server
+
+
+def _ctl(params: "Params", action: str) -> str:
+    return f"pg_ctlcluster {params.postgres.version} {shlex.quote(params.postgres.cluster)} {action}"
+
+
+def run_stop(host: "Host", params: "Params", *, mode: str = "fast") -> None:
+    """Stop the cluster (fast: clean shutdown; immediate if that does not finish)."""
+    if not pg_cluster.get_cluster_running(host, params):
+        return
+    res = host.run(_ctl(params, f"stop -m {mode}"), check=False, timeout=180)
+    if not res.ok and pg_cluster.get_cluster_running(host, params):
+        host.run(_ctl(params, "stop -m immediate"), timeout=120)
+
+
+def _safe_pgdata(pgdata: str | None, params: "Params") -> str:
+    """The data directory, refused unless it looks like a cluster's (never /, never a parent of one)."""
+    if not pgdata or not re.fullmatch(r"/[A-Za-z0-9_./-]+", pgdata) or ".." in pgdata:
+        raise SafetyCheckFailed(f"unexpected data directory {pgdata!r}; refusing to delete anything in it")
+    parts = [p for p in pgdata.split("/") if p]
+    if len(parts) < 3:
+        raise SafetyCheckFailed(f"data directory {pgdata} is too close to / to be wiped by hcbpg",
+                                hint="Clear it by hand if that is intended.")
+    return pgdata
+
+
+def run_wipe(host: "Host", params: "Params", state: ServerState, plan: Plan) -> None:
+    """Stop PostgreSQL and delete the contents of the data directory (only for a rebuild *plan*)."""
+    if plan.action != "rebuild" or not plan.allowed_by:
+        raise SafetyCheckFailed(f"run_wipe on {state.name} without a rebuild plan that allows it")
+    pgdata = _safe_pgdata(state.pgdata, params)
+    if host.probe(f"ls -A {shlex.quote(pgdata)}/pg_tblspc").stdout.strip():
+        raise SafetyCheckFailed(f"{state.name}: {pgdata} uses tablespaces; hcbpg does not rebuild those",
+                                hint="Rebuild this replica by hand. Nothing was deleted.")
+    run_stop(host, params)
+    host.run(f"find {shlex.quote(pgdata)} -mindepth 1 -delete",
+             display=f"delete everything in {pgdata} (allowed: {plan.allowed_by})")
+
+
+@dataclass
+class BaseBackupProgress:
+    phase: str
+    streamed: int
+    total: int | None
+
+    @property
+    def percent(self) -> float | None:
+        return 100.0 * self.streamed / self.total if self.total else None
+
+    def line(self, elapsed: float) -> str:
+        mb = lambda b: f"{b / 1048576:.1f} MB"  # noqa: E731
+        pct = f"{self.percent:5.1f}% " if self.percent is not None else ""
+        total = f" of {mb(self.total)}" if self.total else ""
+        return f"{self.phase}: {pct}({mb(self.streamed)}{total}) after {elapsed:.1f}s"
+
+
+def get_basebackup_progress(psql: Psql) -> BaseBackupProgress | None:
+    """pg_stat_progress_basebackup on the primary (None when no base backup runs)."""
+    rows = psql.query("SELECT phase, backup_streamed, backup_total FROM pg_stat_progress_basebackup")
+    if not rows:
+        return None
+    r = rows[0]
+    return BaseBackupProgress(r["phase"], int(r["backup_streamed"] or 0),
+                              int(r["backup_total"]) if r["backup_total"] is not None else None)
+
+
+_PROGRESS_RE = re.compile(r"\d+/\d+ kB \(\d+%\), \d+/\d+ tablespaces?")
+
+
+def _own_progress(log_tail: str) -> str:
+    """pg_basebackup's last -P line (``34567/115800 kB (29%), 0/1 tablespace``), else its last line."""
+    found = _PROGRESS_RE.findall(log_tail)
+    if found:
+        return found[-1]
+    lines = log_tail.replace("\r", "\n").strip().splitlines()
+    return lines[-1].strip() if lines else ""
+
+
+def render_basebackup_command(params: "Params", primary: "Server", standby: "Server", pgdata: str) -> str:
+    """pg_basebackup as postgres on the standby: -R (recovery config), -P (progress), WAL streamed, our slot."""
+    rep = replication_params(params)
+    conninfo = (f"host={primary.private_ip} port={params.postgres.port} user={rep.role} "
+                f"passfile={passfile_path()} application_name={standby.name}")
+    return (f"{bin_path(params, 'pg_basebackup')} -d {shlex.quote(conninfo)} -D {shlex.quote(pgdata)} "
+            f"-R -P -v -w -X stream --checkpoint=fast --slot {slot_name(standby.name)}")
+
+
+def run_base_backup(host: "Host", primary_psql: Psql, params: "Params", primary: "Server", standby: "Server",
+                    pgdata: str, *, timeout: float = 6 * 3600, poll: float = 1.0,
+                    echo: Callable[[str], None] = print,
+                    sleep: Callable[[float], None] = time.sleep) -> float:
+    """Run pg_basebackup on *standby* (detached, so a dropped SSH session does not kill it) and print
+    its progress every *poll* seconds: the primary's pg_stat_progress_basebackup and pg_basebackup's
+    own -P line.  Returns the duration in seconds; raises RemoteCommandError when it fails."""
+    home = postgres_home()
+    log, done = f"{home}/{BASEBACKUP_LOG}", f"{home}/{BASEBACKUP_EXIT}"
+    cmd = render_basebackup_command(params, primary, standby, pgdata)
+    inner = f"{cmd}; echo $? > {done}"
+    host.run(f"rm -f {done} {log} && nohup setsid sh -c {shlex.quote(inner)} > {log} 2>&1 < /dev/null &",
+             sudo_user="postgres", display=f"[as postgres] {cmd}  (detached; log {log})")
+    started = time.monotonic()
+    last_line = ""
+    last_print = 0.0
+    seen_progress = False
+    while True:
+        elapsed = time.monotonic() - started
+        code_text = host.read_text(done)
+        if code_text is not None and code_text.strip():
+            break
+        if elapsed > timeout:
+            raise WaitTimeout(f"on {standby.name}: pg_basebackup did not finish within {timeout:.0f}s",
+                              hint=f"It may still run: look at {log} on {standby.name}.")
+        prog = get_basebackup_progress(primary_psql)
+        own = _own_progress(host.probe(f"tail -c 2000 {log}").stdout)
+        if prog is not None:
+            seen_progress = True
+        state = (prog.line(elapsed) if prog else
+                 f"{'finishing (last WAL, sync to disk)' if seen_progress else 'starting'} after {elapsed:.1f}s")
+        line = state + (f" | {own}" if own else "")
+        if line != last_line and (elapsed - last_print >= poll or not last_line):
+            echo(f"[{standby.name}] base backup {scrub(line)}")
+            last_line, last_print = line, elapsed
+        sleep(poll)
+    duration = time.monotonic() - started
+    code = int(code_text.strip() or "1")
+    output = host.read_text(log) or ""
+    final = output.replace("\r", "\n").strip().splitlines()
+    echo(f"[{standby.name}] base backup finished with exit code {code} in {duration:.1f}s"
+         + (f": {scrub(_own_progress(output))}" if _own_progress(output) else "")
+         + (f"; {scrub(final[-1])}" if final else ""))
+    if code != 0:
+        raise RemoteCommandError(standby.name, cmd, code, scrub(output[-3000:]),
+                                 hint="The data directory is incomplete; fix the cause and run the step again "
+                                      "(it rebuilds the replica).")
+    return duration
+
+
+def run_write_recovery(host: "Host", params: "Params", primary: "Server", standby: "Server", pgdata: str) -> None:
+    """standby.signal plus primary_conninfo (no password) and primary_slot_name in postgresql.auto.conf."""
+    path = f"{pgdata}/postgresql.auto.conf"
+    current = host.read_text(path) or ""
+    desired = render_recovery_settings(current, params, primary, standby)
+    if desired != current:
+        host.put_text(path, desired, mode=0o600, owner="postgres", group="postgres")
+    if not host.exists(f"{pgdata}/standby.signal"):
+        host.put_text(f"{pgdata}/standby.signal", "", mode=0o600, owner="postgres", group="postgres")
+
+
+def run_rewind(host: "Host", params: "Params", primary: "Server", standby: "Server", pgdata: str) -> None:
+    """pg_rewind *standby*'s data directory from *primary* over libpq, as postgres (the server must be stopped)."""
+    rep = replication_params(params)
+    source = (f"host={primary.private_ip} port={params.postgres.port} user={rep.role} dbname=postgres "
+              f"passfile={passfile_path()}")
+    conf = f"{desired_server.config_dir(params)}/postgresql.conf"
+    host.run(f"{bin_path(params, 'pg_rewind')} -D {shlex.quote(pgdata)} --source-server={shlex.quote(source)} "
+             f"--config-file={shlex.quote(conf)} -P", sudo_user="postgres", timeout=6 * 3600,
+             hint="pg_rewind failed; the step falls back to a new base backup.")
+
+
+def rebuild_replica(host: "Host", params: "Params", target: ServerState, plan: Plan, *,
+                    primary_host: "Host", primary: "Server", standby: "Server",
+                    echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Carry out a rebuild *plan*: pg_rewind (when planned; falls back) or wipe + pg_basebackup; then start.
+
+    Returns timings and the method used, for the record.
+    """
+    result: dict[str, Any] = {"target": standby.name, "primary": primary.name, "method": plan.method}
+    pgdata = _safe_pgdata(target.pgdata, params)
+    primary_psql = pg_cluster.psql_for(primary_host, params)
+    t0 = time.monotonic()
+    if plan.method == "rewind":
+        run_stop(host, params)
+        # pg_rewind recovers an uncleanly stopped target in single-user mode, which refuses to run with
+        # standby.signal; the fence file comes back right after (nothing else starts the cluster meanwhile)
+        host.run(f"rm -f {shlex.quote(pgdata)}/standby.signal")
+        try:
+            # pg_rewind takes the source's timeline from its control file, which a just-promoted primary
+            # updates only at its next checkpoint; before that it sees "the same timeline" and does nothing
+            primary_psql.execute("CHECKPOINT")
+            run_rewind(host, params, primary, standby, pgdata)
+            run_write_recovery(host, params, primary, standby, pgdata)
+            result["rewind_s"] = round(time.monotonic() - t0, 2)
+            t1 = time.monotonic()
+            pg_cluster.ensure_cluster_running(host, params, dry_run=False)
+            wait_for_streaming(primary_host, params, standby)
+            result["start_to_streaming_s"] = round(time.monotonic() - t1, 2)
+            return result
+        except (RemoteCommandError, WaitTimeout) as exc:
+            detail = exc.output_tail if isinstance(exc, RemoteCommandError) else exc.message
+            last = [ln for ln in detail.strip().splitlines() if "FATAL" in ln or "error" in ln] or detail.strip().splitlines() or ["?"]
+            echo(f"[{standby.name}] rewind did not bring it back ({scrub(last[-1].strip())}); "
+                 "falling back to a new base backup")
+            result["method"] = "base_backup (after pg_rewind failed)"
+            plan = Plan(plan.target, plan.primary, "rebuild", "base_backup", plan.reasons,
+                        allowed_by=plan.allowed_by or "pg_rewind failed on a fenced former primary")
+    if result["method"] != "rewind":
+        run_wipe(host, params, target, plan)
+        result["base_backup_s"] = round(run_base_backup(host, primary_psql, params, primary, standby, pgdata,
+                                                        echo=echo), 2)
+        run_write_recovery(host, params, primary, standby, pgdata)
+    t1 = time.monotonic()
+    pg_cluster.ensure_cluster_running(host, params, dry_run=False)
+    wait_for_streaming(primary_host, params, standby)
+    result["start_to_streaming_s"] = round(time.monotonic() - t1, 2)
+    return result
+
+
+def ensure_replica(host: "Host | None", params: "Params", standby: "Server", *, primary_host: "Host | None",
+                   primary: "Server", allow_destructive: bool, dry_run: bool,
+                   echo: Callable[[str], None] = print) -> tuple[Outcome, Plan, dict[str, Any]]:
+    """*standby* streams from *primary*: inspect it live, plan (wipe safety), then start or rebuild it."""
+    what = f"{standby.name} as a replica of {primary.name}"
+    if dry_run and (host is None or primary_host is None):
+        plan = Plan(standby.name, primary.name, "rebuild", "base_backup", ["the server is not reachable yet"],
+                    steps=["inspect it live (wipe safety) before anything is stopped",
+                           f"pg_basebackup -R -P -X stream --slot {slot_name(standby.name)} from {primary.name}",
+                           "start it and wait until it streams"])
+        return Outcome(what, True, dry_run, actions=plan.steps), plan, {}
+    target = get_server_state(host, params, standby)
+    pstate = get_server_state(primary_host, params, primary)
+    plan = plan_replica_rebuild(target, params, standby.name, allow_destructive, primary=pstate)
+    if plan.action == "none":
+        return Outcome(what, False, dry_run), plan, {}
+    actions = list(plan.steps)
+    if dry_run or host is None:
+        return Outcome(what, True, dry_run, actions=actions), plan, {}
+    if plan.action == "start":
+        t0 = time.monotonic()
+        pg_cluster.ensure_cluster_running(host, params, dry_run=False)
+        wait_for_streaming(primary_host, params, standby)
+        return Outcome(what, True, dry_run, actions=actions), plan, {"start_to_streaming_s": round(time.monotonic() - t0, 2)}
+    result = rebuild_replica(host, params, target, plan, primary_host=primary_host, primary=primary,
+                             standby=standby, echo=echo)
+    return Outcome(what, True, dry_run, actions=actions + [f"done: {result}"]), plan, result
+
+
+def get_replication_rows(psql: Psql) -> list[dict[str, Any]]:
+    """pg_stat_replication joined with the slots on the primary (lags in seconds and bytes)."""
+    return psql.query(
+        "SELECT r.application_name, host(r.client_addr) AS client_addr, r.state, r.sync_state, "
+        "s.slot_name, s.active AS slot_active, "
+        "pg_wal_lsn_diff(pg_current_wal_lsn(), r.replay_lsn)::bigint AS replay_lag_bytes, "
+        "extract(epoch FROM r.replay_lag)::float AS replay_lag_s, "
+        "extract(epoch FROM r.write_lag)::float AS write_lag_s "
+        "FROM pg_stat_replication r LEFT JOIN pg_replication_slots s ON s.active_pid = r.pid "
+        "ORDER BY r.application_name")
+
+
+def wait_for_streaming(primary_host: "Host", params: "Params", standby: "Server", *, timeout: float = 120.0,
+                       sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
+    """Wait until the primary's pg_stat_replication shows *standby* streaming through its slot."""
+    psql = pg_cluster.psql_for(primary_host, params)
+    slot = slot_name(standby.name)
+    deadline = time.monotonic() + timeout
+    last: list[dict[str, Any]] = []
+    while True:
+        last = get_replication_rows(psql)
+        for r in last:
+            if r["slot_name"] == slot and r["state"] == "streaming" and r["slot_active"]:
+                return r
+        if time.monotonic() > deadline:
+            raise WaitTimeout(
+                f"{standby.name} is not streaming from {primary_host.name} through slot {slot} after {timeout:.0f}s; "
+                f"pg_stat_replication shows: {last or 'no rows'}",
+                hint=f"Look at the server log of {standby.name} (/var/log/postgresql/) for connection or "
+                     "authentication errors (pg_hba, passfile).")
+        sleep(0.5)
+
+
+BASEBACKUP_LOG = "hcbpg-basebackup.log"
+
+
+BASEBACKUP_EXIT = "hcbpg-basebackup.exit"
