@@ -8,15 +8,13 @@ Regenerate the golden files after a deliberate change with ``HCBPG_UPDATE_GOLDEN
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 
-from hcbpg.ops import health
-from hcbpg.ops import monitoring
-from hcbpg.ops import privileges
+from hcbpg.ops import health, monitoring, privileges
 from hcbpg.params import parse_params
 
 REPO = Path(__file__).resolve().parent.parent
@@ -102,7 +100,7 @@ pg_replication_is_replica{server="10.0.1.5:5432"} 0
 pg_replication_lag{server="10.0.1.5:5432"} 0
 pg_stat_replication_pg_wal_lsn_diff{application_name="server-postgres-2",client_addr="10.0.1.6",server="10.0.1.5:5432",slot_name="server_postgres_2_slot",state="streaming"} 0
 pg_replication_slots_retained_bytes{server="10.0.1.5:5432",slot_name="server_postgres_2_slot"} 232
-"""
+"""  # noqa: E501 - exporter output, verbatim
 EXPORTER_REPLICA = """pg_up 1
 pg_replication_is_replica{server="10.0.1.6:5432"} 1
 pg_replication_lag{server="10.0.1.6:5432"} 0.5
@@ -227,7 +225,8 @@ def test_two_primaries_is_a_failure_and_a_swapped_role_a_warning():
     ms = healthy()
     ms[1].in_recovery = False
     c = by_item(health.evaluate(ms, health.Thresholds()))
-    assert c[("server-postgres-1", "role")].status == "fail" and "split brain" in c[("server-postgres-1", "role")].detail
+    role = c[("server-postgres-1", "role")]
+    assert role.status == "fail" and "split brain" in role.detail
     ms = healthy()
     ms[0].expected_role, ms[1].expected_role = "replica", "primary"
     assert by_item(health.evaluate(ms, health.Thresholds()))[("server-postgres-1", "role")].status == "warn"

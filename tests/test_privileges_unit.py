@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from hcbpg.errors import SecretError, UsageError
 from hcbpg.ops import privileges as pv
 from hcbpg.ops import rotation
-from hcbpg.errors import SecretError, UsageError
 from hcbpg.params import parse_params
 
 REPO = Path(__file__).resolve().parent.parent

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from hcbpg.ops import postgres as pg
 from hcbpg.errors import ParamsError, SafetyCheckFailed
+from hcbpg.ops import postgres as pg
 from hcbpg.params import parse_params
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -8,10 +8,10 @@ import hmac
 
 import pytest
 
-from hcbpg.ops import app_database as roles
-from hcbpg.errors import SafetyCheckFailed
-from hcbpg.params import parse_params
 from hcbpg.adapters.psql import render
+from hcbpg.errors import SafetyCheckFailed
+from hcbpg.ops import app_database as roles
+from hcbpg.params import parse_params
 from hcbpg.secrets import scrub
 
 PARAMS = parse_params({

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from hcbpg.ops import postgres as pg
-from hcbpg.steps import targets
-from hcbpg.errors import ParamsError
 from hcbpg.adapters.host import Result
+from hcbpg.errors import ParamsError
+from hcbpg.ops import postgres as pg
 from hcbpg.params import parse_params
+from hcbpg.steps import targets
 
 
 def make_params(**extra):

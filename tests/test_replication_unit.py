@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-from hcbpg.ops import postgres as pg
-
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import yaml
 
-from hcbpg.ops import failover as fo
-from hcbpg.ops import replication as rep
-from hcbpg.errors import SafetyCheckFailed
-from hcbpg.params import parse_params
 from hcbpg.adapters.psql import render
+from hcbpg.errors import SafetyCheckFailed
+from hcbpg.ops import failover as fo
+from hcbpg.ops import postgres as pg
+from hcbpg.ops import replication as rep
 from hcbpg.ops.app_database import scram_verifier
+from hcbpg.params import parse_params
 from hcbpg.secrets import scrub
 
 REPO = Path(__file__).resolve().parent.parent
@@ -195,7 +194,8 @@ def test_wipe_refused_when_destructive_steps_are_not_allowed():
 
 def test_wipe_refused_for_a_writable_server_with_data_and_clients():
     target = fresh_replica(databases=["hcb_production"], client_connections=4)
-    with pytest.raises(SafetyCheckFailed, match="not in recovery and holds databases hcb_production and 4 client") as exc:
+    with pytest.raises(SafetyCheckFailed,
+                       match="not in recovery and holds databases hcb_production and 4 client") as exc:
         rep.plan_replica_rebuild(target, P, "server-postgres-2", True, primary=primary_state())
     assert "allow_wipe_host: server-postgres-2" in str(exc.value)
 
@@ -295,8 +295,8 @@ def test_pg_basebackup_progress_is_read_from_its_log():
 
 
 def test_unfenced_former_primary_is_not_rewound_without_allow_wipe_host():
-    old = primary_state(running=False, in_recovery=False, client_connections=0, streaming_to=[], databases=["oid 16384"],
-                        control_state="in production", timeline=2)
+    old = primary_state(running=False, in_recovery=False, client_connections=0, streaming_to=[],
+                        databases=["oid 16384"], control_state="in production", timeline=2)
     new_primary = streaming_replica(in_recovery=False, timeline=3)
     with pytest.raises(SafetyCheckFailed, match="former primary .* never fenced") as exc:
         rep.plan_replica_rebuild(old, P, "server-postgres-1", True, primary=new_primary)

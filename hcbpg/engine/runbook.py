@@ -12,18 +12,18 @@ refused gate), ``finish`` marks it ``succeeded``; ``hcbpg guide finish`` hashes 
 
 from __future__ import annotations
 
-import html
 import json
 import os
 import sys
 import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
-from hcbpg.engine import manifest as mf
 from hcbpg import secrets as hsecrets
-from hcbpg.errors import GateRequired, HcbpgError, UsageError, VerificationFailed
 from hcbpg.display import _in_ipython, render_table, show_plan, show_table  # noqa: F401 - the notebooks' display helpers
+from hcbpg.engine import manifest as mf
+from hcbpg.errors import GateRequired, HcbpgError, UsageError, VerificationFailed
 from hcbpg.outcome import Check, Outcome
 from hcbpg.params import Params, home, load_params
 
@@ -93,7 +93,7 @@ def _scrapbook() -> Any:
     """
     if "jsonschema" not in sys.modules:
         sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[assignment]
-    import scrapbook
+    import scrapbook  # noqa: PLC0415 - must come after the rfc3987_syntax stub above; heavy, notebooks only
 
     return scrapbook
 
@@ -134,7 +134,7 @@ class Runbook:
         generates it (0600) when it creates the role, so on a first run it is a warning that
         says so.  An existing file that cannot be read, or any other reference, must resolve.
         """
-        from hcbpg.ops.privileges import roles_config
+        from hcbpg.ops.privileges import roles_config  # noqa: PLC0415 - engine -> ops on use: ops still import hcbpg.engine (to go with the layering refactor)
         generated = {r.password_key for r in roles_config(self.params).login_roles()}
         rows = []
         for key, ref in self.params.secret_refs().items():

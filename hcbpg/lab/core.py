@@ -13,17 +13,20 @@ import fcntl
 import ipaddress
 import json
 import os
+import random
 import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from hcbpg.errors import LabError
 
@@ -464,8 +467,6 @@ def scratch_config(prefix: str = "hcbpg-lab-scratch-") -> LabConfig:
     """A saved config for a throwaway lab beside any other: a fresh dir under /var/lib
     (not /tmp, which lab hosts do not share), bridge ``hcbt<N>``, subnets
     ``10.0.<N>.0/24`` and ``10.1.<N>.0/24`` with N unused on this machine."""
-    import random
-    import tempfile
     # picking N and saving the config that claims it happen under one machine-wide lock, so
     # two processes making scratch labs at once (parallel test workers) never pick the same N
     fd = os.open("/var/lib/hcbpg-lab-scratch.lock", os.O_RDWR | os.O_CREAT, 0o600)

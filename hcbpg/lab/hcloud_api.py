@@ -41,14 +41,15 @@ import threading
 import time
 import urllib.parse
 import uuid
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any
 
 LOG = logging.getLogger("hcbpg.lab.hcloud_api")
 
-CreatedHook = Callable[[str, Optional[str], list[str]], Optional[dict]]
+CreatedHook = Callable[[str, str | None, list[str]], dict | None]
 DeletedHook = Callable[[str], None]
 
 DEFAULT_PER_PAGE = 25
@@ -307,7 +308,7 @@ class Request:
     body: dict[str, Any]
     spawn: list[Callable[[], None]] = field(default_factory=list)
 
-    def q(self, name: str) -> Optional[str]:
+    def q(self, name: str) -> str | None:
         values = self.query.get(name)
         return values[-1] if values else None
 
@@ -909,8 +910,8 @@ class HcloudStandin:
             if not chosen:
                 raise unprocessable("no_subnet_available",
                                     f"no subnet of network {net['name']} in zone {loc_zone} has a free IP")
-        mac = "86:00:00:%02x:%02x:%02x" % ((server["id"] >> 16) & 0xFF, (server["id"] >> 8) & 0xFF,
-                                            server["id"] & 0xFF)
+        sid = server["id"]
+        mac = f"86:00:00:{(sid >> 16) & 0xFF:02x}:{(sid >> 8) & 0xFF:02x}:{sid & 0xFF:02x}"
         return {"network": net["id"], "ip": chosen, "alias_ips": [], "mac_address": mac}
 
     @route("PUT", r"/servers/(\d+)")
@@ -1014,7 +1015,7 @@ def _next_id(st: dict[str, Any], kind: str) -> int:
     return nid
 
 
-def _find(items: list[dict[str, Any]], ident: Any) -> Optional[dict[str, Any]]:
+def _find(items: list[dict[str, Any]], ident: Any) -> dict[str, Any] | None:
     if ident is None:
         return None
     for item in items:
@@ -1023,7 +1024,7 @@ def _find(items: list[dict[str, Any]], ident: Any) -> Optional[dict[str, Any]]:
     return None
 
 
-def _by_id_or_name(items: list[dict[str, Any]], ref: Any) -> Optional[dict[str, Any]]:
+def _by_id_or_name(items: list[dict[str, Any]], ref: Any) -> dict[str, Any] | None:
     for item in items:
         if item["id"] == ref or (isinstance(ref, str) and (item["name"] == ref or str(item["id"]) == ref)):
             return item
@@ -1383,7 +1384,7 @@ class RunningStandin:
     """A stand-in served by cheroot on a background thread; ``url`` is the ``api_endpoint``."""
 
     def __init__(self, app: HcloudStandin, host: str = "127.0.0.1", port: int = 0, *, threads: int = 8) -> None:
-        from cheroot import wsgi
+        from cheroot import wsgi  # noqa: PLC0415 - cheroot only when the stand-in is served
 
         self.app = app
         self._server = wsgi.Server((host, port), app, numthreads=threads, server_name="hcloud-standin")
@@ -1406,9 +1407,9 @@ class RunningStandin:
         self.stop()
 
 
-def _lab_created(name: str, private_ip: Optional[str], authorized_keys: list[str]) -> Optional[dict]:
+def _lab_created(name: str, private_ip: str | None, authorized_keys: list[str]) -> dict | None:
     try:
-        from hcbpg.lab import hosts  # another module of the lab; imported late on purpose
+        from hcbpg.lab import hosts  # noqa: PLC0415 - another module of the lab, late on purpose: the stand-in also runs without it
         fn = hosts.create_server_host
     except (ImportError, AttributeError) as exc:
         LOG.warning("no lab host for %s: hcbpg.lab.hosts.create_server_host is not available (%s)", name, exc)
@@ -1418,7 +1419,7 @@ def _lab_created(name: str, private_ip: Optional[str], authorized_keys: list[str
 
 def _lab_deleted(name: str) -> None:
     try:
-        from hcbpg.lab import hosts
+        from hcbpg.lab import hosts  # noqa: PLC0415 - the stand-in also runs without the lab's hosts (ImportError handled)
         fn = hosts.destroy_server_host
     except (ImportError, AttributeError) as exc:
         LOG.warning("lab host %s not torn down: hcbpg.lab.hosts.destroy_server_host is not available (%s)", name, exc)
