@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from hcbpg import secrets as hsecrets
 from hcbpg.display import _in_ipython, render_table, show_plan, show_table  # noqa: F401 - the notebooks' display helpers
@@ -92,7 +92,7 @@ def _scrapbook() -> Any:
     the ``iri`` string formats, which nbformat's notebook schema does not use.
     """
     if "jsonschema" not in sys.modules:
-        sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[assignment]
+        sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]  # None makes its import fail fast, on purpose
     import scrapbook  # noqa: PLC0415 - must come after the rfc3987_syntax stub above; heavy, notebooks only
 
     return scrapbook
@@ -190,6 +190,11 @@ class Runbook:
             data["gates"][name] = g
 
     # changes -----------------------------------------------------------------
+    @overload
+    def track(self, outcome: Outcome, *, show: bool = True) -> Outcome: ...
+    @overload
+    def track(self, outcome: Iterable[Outcome], *, show: bool = True) -> list[Outcome]: ...
+
     def track(self, outcome: Outcome | Iterable[Outcome], *, show: bool = True) -> Outcome | list[Outcome]:
         """Count an operation's outcome(s) toward this step's changes and show them."""
         items = [outcome] if isinstance(outcome, Outcome) else list(outcome)

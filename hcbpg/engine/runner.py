@@ -349,6 +349,7 @@ class Runner:
             self.progress(f"      done in {duration:.1f}s, "
                           + ("no changes" if not changes else f"{changes} change(s)"))
             return None
+        assert exit_code is not None  # every status but "succeeded" set it above
         if status == "awaiting-approval":
             waiting = [g for g, v in gates.items() if not v.get("approved_at") and v.get("step") == key]
             gate = waiting[-1] if waiting else "GATE"
@@ -362,6 +363,7 @@ class Runner:
             return RunResult(run, status, exit_code,
                              f"Interrupted in step {key}; the record is kept in {run.path}.\n"
                              f"Continue with: hcbpg resume {run.run_id}")
+        assert error is not None  # a failure always records its error above
         msg = (f"Step {key} failed ({error['ename']}): {error['evalue']}\n"
                f"The executed notebook is {out}.\n"
                f"Fix the cause, then: hcbpg resume {run.run_id}")

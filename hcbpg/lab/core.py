@@ -433,10 +433,10 @@ def processes_with_args(marker: Sequence[str]) -> list[int]:
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            args = Path(entry.path, "cmdline").read_bytes().split(b"\0")
+            raw = Path(entry.path, "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        args = [a.decode(errors="replace") for a in args]
+        args = [a.decode(errors="replace") for a in raw]
         if any(args[i:i + n] == list(marker) for i in range(len(args) - n + 1)):
             found.append(int(entry.name))
     return found

@@ -16,8 +16,12 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from hcbpg.lab.core import S3_BUCKET, S3_PORT, LabConfig, atomic_write
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
 _DAYS = 3650
 
@@ -64,7 +68,8 @@ def issue_cert(cfg: LabConfig, name: str, ips: list[str]) -> tuple[bytes, bytes]
     from cryptography.hazmat.primitives import hashes, serialization  # noqa: PLC0415 - heavy, loaded by the S3 stand-in only
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID  # noqa: PLC0415 - heavy, loaded by the S3 stand-in only
     ensure_ca(cfg)
-    ca_key = serialization.load_pem_private_key((cfg.tls_dir / "ca.key").read_bytes(), None)
+    ca_key = cast("CertificateIssuerPrivateKeyTypes",  # ensure_ca wrote an EC key
+                  serialization.load_pem_private_key((cfg.tls_dir / "ca.key").read_bytes(), None))
     ca = x509.load_pem_x509_certificate(cfg.ca_cert.read_bytes())
     key = _key()
     now = dt.datetime.now(dt.timezone.utc)
