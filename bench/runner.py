@@ -20,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import papermill as pm  # noqa: E402
+
 from nbutil import make_params, write_notebook, write_steps  # noqa: E402
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from nbutil import REPO, default_lab_lock, hcbpg, make_params, write_notebook, write_steps
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -7,7 +7,6 @@ Regenerate the golden files after a deliberate change with ``HCBPG_UPDATE_GOLDEN
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -17,8 +16,9 @@ import yaml
 from hcbpg.ops import health, monitoring, privileges
 from hcbpg.params import parse_params
 
+from goldenfile import golden
+
 REPO = Path(__file__).resolve().parent.parent
-GOLDEN = Path(__file__).parent / "golden"
 FAKE_PASSWORD = "not-a-real-password/with+chars"
 
 
@@ -30,13 +30,6 @@ def params():
 @pytest.fixture
 def cfg(params):
     return privileges.roles_config(params)
-
-
-def golden(name: str, text: str) -> None:
-    path = GOLDEN / name
-    if os.environ.get("HCBPG_UPDATE_GOLDEN") == "1" or not path.exists():
-        path.write_text(text)
-    assert text == path.read_text(), f"{name} differs from its golden file"
 
 
 @pytest.mark.parametrize("server_name", ["server-postgres-1", "server-postgres-2"])

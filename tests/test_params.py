@@ -6,10 +6,11 @@ import shutil
 
 import pytest
 import yaml
-from nbutil import REPO, hcbpg
 
 from hcbpg.errors import ParamsError
 from hcbpg.params import load_params, parse_params
+
+from nbutil import REPO, hcbpg
 
 
 def prod() -> dict:

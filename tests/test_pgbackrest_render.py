@@ -8,8 +8,6 @@ Regenerate the golden files after an intended change with HCBPG_UPDATE_GOLDEN=1.
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 
@@ -19,7 +17,7 @@ from hcbpg.ops import drill, schedule
 from hcbpg.ops import pgbackrest as pgb
 from hcbpg.params import parse_params
 
-GOLDEN = Path(__file__).parent / "golden"
+from goldenfile import GOLDEN, golden
 
 BASE = {
     "environment": "lab",
@@ -43,14 +41,6 @@ PRODUCTION_PB = {
 
 def params(pb: dict, environment: str = "lab"):
     return parse_params({**BASE, "environment": environment, "pgbackrest": pb})
-
-
-def golden(name: str, text: str) -> None:
-    path = GOLDEN / name
-    if os.environ.get("HCBPG_UPDATE_GOLDEN"):
-        path.write_text(text)
-    assert path.is_file(), f"no golden file {name}: run with HCBPG_UPDATE_GOLDEN=1"
-    assert text == path.read_text(), f"{name} differs from the golden file"
 
 
 # pgbackrest.conf ----------------------------------------------------------------------------

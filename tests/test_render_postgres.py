@@ -5,16 +5,13 @@ Regenerate the golden files after an intended change with HCBPG_UPDATE_GOLDEN=1.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 
 from hcbpg.errors import ParamsError, SafetyCheckFailed
 from hcbpg.ops import postgres as pg
 from hcbpg.params import parse_params
 
-GOLDEN = Path(__file__).parent / "golden"
+from goldenfile import golden
 
 PARAMS = {
     "environment": "lab",
@@ -43,14 +40,6 @@ def params(**postgres):
     data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in PARAMS.items()}
     data["postgres"] = {**PARAMS["postgres"], **postgres}
     return parse_params(data)
-
-
-def golden(name: str, text: str) -> None:
-    path = GOLDEN / name
-    if os.environ.get("HCBPG_UPDATE_GOLDEN"):
-        path.write_text(text)
-    assert path.is_file(), f"no golden file {path}; run with HCBPG_UPDATE_GOLDEN=1 to create it"
-    assert text == path.read_text(), f"{name} differs from its golden file"
 
 
 # pg_hba.conf ---------------------------------------------------------------------

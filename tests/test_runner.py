@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from nbutil import hcbpg, make_params, write_notebook, write_steps
 
 pytestmark = pytest.mark.timeout(300)

@@ -9,10 +9,11 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
-from nbutil import hcbpg, make_params, write_notebook, write_steps
 
 from hcbpg.errors import SecretError
 from hcbpg.secrets import Scrubber, resolve
+
+from nbutil import hcbpg, make_params, write_notebook, write_steps
 
 pytestmark = pytest.mark.timeout(300)
 
