@@ -14,11 +14,13 @@ import shlex
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from hcbpg.adapters.base import HostLike, Result
 from hcbpg.errors import HostUnreachable, RemoteCommandError
 from hcbpg.secrets import scrub
+
+__all__ = ["AUTH_RETRY_WAITS", "Host", "HostLike", "Result"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.params import Params
@@ -29,26 +31,6 @@ _MISSING_EXIT = 44
 _TAIL_CHARS = 4000
 #: pauses before trying SSH authentication again after the server refused our key
 AUTH_RETRY_WAITS = (1.0, 3.0)
-
-
-@dataclass
-class Result:
-    """What one remote command did (stdout and stderr are raw; scrub before showing)."""
-
-    host: str
-    command: str
-    exit_code: int
-    stdout: str
-    stderr: str
-    duration: float
-
-    @property
-    def ok(self) -> bool:
-        return self.exit_code == 0
-
-    @property
-    def output(self) -> str:
-        return self.stdout + self.stderr
 
 
 class _TimedOut(Exception):
