@@ -1,4 +1,6 @@
 """The rehearsal lab's Hetzner Cloud API stand-in: the part of the API that provisioning uses.
+It is over 800 lines because it is one self-contained fake of an external API, run as its own
+process: each resource's routes, validation and state sit side by side, as in the API reference.
 
 A WSGI app (served threaded by cheroot) that speaks enough of ``https://api.hetzner.cloud/v1``
 for hcloud-python 2.x: locations, datacenters, server types, images, SSH keys, networks
