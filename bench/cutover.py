@@ -33,16 +33,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hcbpg.adapters.psql import Psql
-from hcbpg.ops import cluster as pg_cluster
-from hcbpg.ops import server as pg_server
-from hcbpg.ops import migration  # noqa: E402
-from hcbpg.ops import app_database as roles
 from hcbpg.adapters.host import Host  # noqa: E402
+from hcbpg.adapters.psql import Psql
 from hcbpg.lab import Lab, create_server_host  # noqa: E402
+from hcbpg.ops import app_database as roles
+from hcbpg.ops import cluster as pg_cluster
+from hcbpg.ops import migration  # noqa: E402
+from hcbpg.ops import server as pg_server
 from hcbpg.params import load_params  # noqa: E402
 from hcbpg.secrets import register  # noqa: E402
-
 
 #: pg_database_size / rows of the lab source, measured (the lab's own estimate is 420)
 BYTES_PER_ROW = 200
@@ -107,7 +106,8 @@ def run_ours(host: Host, app: Host, params, url: str, password: str,  # noqa: AN
     if failed:
         raise SystemExit(f"ours: verification failed: {failed}")
     total = res.phases["dump_s"] + res.phases["restore_s"]
-    print(f"  ours{' (' + transfer + ')' if transfer else ''}: dump {res.phases['dump_s']:.1f}s, restore {res.phases['restore_s']:.1f}s "
+    print(f"  ours{' (' + transfer + ')' if transfer else ''}: dump {res.phases['dump_s']:.1f}s, "
+          f"restore {res.phases['restore_s']:.1f}s "
           f"(ANALYZE {res.restore.analyze_seconds:.1f}s), verify {res.phases['verify_s']:.1f}s "
           f"({len(res.verification.checks)} checks pass)")
     return total, res.phases["verify_s"], res.phases
@@ -122,8 +122,8 @@ def run_pgcopydb(host: Host, params, url: str) -> float:  # noqa: ANN001
            f"export PGCOPYDB_TARGET_PGURI={shlex.quote(target)} && rm -rf /var/tmp/pgcopydb && "
            f"pgcopydb clone --dir /var/tmp/pgcopydb --table-jobs {jobs} --index-jobs {jobs} --no-owner --no-acl")
     t0 = time.monotonic()
-    host.run(cmd, sudo_user="postgres", stdin=url + "\n", display=f"pgcopydb clone --table-jobs {jobs} --index-jobs {jobs}",
-             timeout=24 * 3600)
+    host.run(cmd, sudo_user="postgres", stdin=url + "\n",
+             display=f"pgcopydb clone --table-jobs {jobs} --index-jobs {jobs}", timeout=24 * 3600)
     t = time.monotonic() - t0
     host.run("rm -rf /var/tmp/pgcopydb", quiet=True)
     print(f"  pgcopydb clone: {t:.1f}s")
@@ -193,7 +193,8 @@ def main() -> None:
         print()
         print(f"source {size / 1024 ** 2:.0f} MB, {sum(src_counts.values())} rows; median of {args.rounds} round(s):")
         print(f"  runbook (pg_dump -Fc, scp, pg_restore -j1): {med['runbook']:7.1f}s")
-        print(f"  ours (transfer, as 06/07 run it):           {med['ours']:7.1f}s   (+ verify {med['ours_verify']:.1f}s)")
+        print(f"  ours (transfer, as 06/07 run it):           {med['ours']:7.1f}s   "
+              f"(+ verify {med['ours_verify']:.1f}s)")
         print(f"  pgcopydb clone:                             {med['pgcopydb']:7.1f}s")
         print(f"  ours/runbook  = {med['ours'] / med['runbook']:.2f}   (target <= 0.60)")
         print(f"  ours/pgcopydb = {med['ours'] / med['pgcopydb']:.2f}   (target <= 1.00)")

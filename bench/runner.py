@@ -62,8 +62,10 @@ def main() -> None:
         ours_times.append((time.perf_counter() - t0) / len(names))
     bare, ours = statistics.median(bare_times), statistics.median(ours_times)
     print(f"notebooks per run: {len(names)}, rounds: {args.rounds}")
-    print(f"bare papermill.execute_notebook: {bare:.3f} s/notebook (rounds: {', '.join(f'{t:.3f}' for t in bare_times)})")
-    print(f"hcbpg runner:                    {ours:.3f} s/notebook (rounds: {', '.join(f'{t:.3f}' for t in ours_times)})")
+    print(f"bare papermill.execute_notebook: {bare:.3f} s/notebook "
+          f"(rounds: {', '.join(f'{t:.3f}' for t in bare_times)})")
+    print(f"hcbpg runner:                    {ours:.3f} s/notebook "
+          f"(rounds: {', '.join(f'{t:.3f}' for t in ours_times)})")
     print(f"overhead: {ours - bare:+.3f} s/notebook (target <= 0.5 s); ratio ours/bare: {ours / bare:.2f}x")
 
 

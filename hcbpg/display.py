@@ -6,7 +6,8 @@ table; it never reads or changes a machine.
 from __future__ import annotations
 
 import html
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.outcome import Outcome
@@ -23,7 +24,7 @@ def _in_ipython() -> Any:
 def _display_html(markup: str, text: str) -> None:
     ip = _in_ipython()
     if ip is not None:
-        from IPython.display import HTML, display
+        from IPython.display import HTML, display  # noqa: PLC0415 - IPython only exists inside a kernel
         display(HTML(markup))
     else:
         print(text)
@@ -40,7 +41,8 @@ def render_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -
             v = r.get(c, "")
             style = ""
             if c == "status":
-                style = {"pass": "color:#137333", "warn": "color:#b06000", "fail": "color:#c5221f;font-weight:bold"}.get(str(v), "")
+                style = {"pass": "color:#137333", "warn": "color:#b06000",
+                         "fail": "color:#c5221f;font-weight:bold"}.get(str(v), "")
             cells += f"<td style='{style}'>{html.escape(str(v))}</td>"
         body += f"<tr>{cells}</tr>"
     markup = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"

@@ -11,11 +11,10 @@ import hashlib
 import ipaddress
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError,
-                      field_validator, model_validator)
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hcbpg.errors import ParamsError
 from hcbpg.secrets import is_secret_ref
@@ -100,13 +99,13 @@ class Server(Model):
     private_ip: Address
     role: Literal["primary", "replica"]
     #: address the operator's SSH reaches; defaults to the public IP recorded by provisioning
-    ssh_host: Optional[str] = None
+    ssh_host: str | None = None
 
 
 class Host(Model):
     name: Name
     private_ip: Address
-    ssh_host: Optional[str] = None
+    ssh_host: str | None = None
 
 
 class Ssh(Model):
@@ -127,7 +126,7 @@ class Postgres(Model):
     settings: dict[str, str | int | float | bool] = Field(default_factory=dict)
     #: where step 09 writes DATABASE_URL / BLAZER_DATABASE_URL (0600);
     #: default ~/.local/state/hcbpg/<env>/app-database-urls.env
-    app_url_file: Optional[str] = None
+    app_url_file: str | None = None
 
 
 class PgBackRest(Model):
@@ -138,12 +137,12 @@ class PgBackRest(Model):
     s3_region: str = "fsn1"
     s3_uri_style: Literal["host", "path"] = "host"
     s3_verify_tls: bool = True
-    s3_ca_file: Optional[str] = None
+    s3_ca_file: str | None = None
     s3_key: SecretRef
     s3_key_secret: SecretRef
     repo_path_prefix: str = "/pgbackrest"
     cipher_type: Literal["aes-256-cbc", "none"] = "aes-256-cbc"
-    cipher_pass: Optional[SecretRef] = None
+    cipher_pass: SecretRef | None = None
     process_max: int = Field(4, ge=1, le=64)
     retention_full_type: Literal["time", "count"] = "time"
     retention_full: int = Field(30, ge=1)
@@ -155,7 +154,7 @@ class PgBackRest(Model):
     schedule_full: str = Field("30 6 * * 0", pattern=r"^[0-9A-Za-z*/,\-]+( [0-9A-Za-z*/,\-]+){4}$")
     schedule_diff: str = Field("30 6 * * 1-6", pattern=r"^[0-9A-Za-z*/,\-]+( [0-9A-Za-z*/,\-]+){4}$")
     #: dead-man's-switch ping URL (healthchecks.io style); the job adds /start and /fail?status=N
-    deadman_url: Optional[str] = Field(None, pattern=r"^https?://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._~\-/%]*)?$")
+    deadman_url: str | None = Field(None, pattern=r"^https?://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._~\-/%]*)?$")
 
     @model_validator(mode="after")
     def _consistent(self) -> "PgBackRest":
@@ -184,12 +183,12 @@ class Source(Model):
     method: Literal["heroku", "pg_dump"] = "pg_dump"
     #: the source's postgres:// URL (Heroku: DATABASE_URL); used on the primary, never printed
     url: SecretRef
-    heroku_app: Optional[str] = None
+    heroku_app: str | None = None
     #: parallel jobs for pg_dump (directory format) and pg_restore
     jobs: int = Field(2, ge=1, le=64)
     dump_dir: str = "/var/tmp/hcbpg-dump"
     #: pg_restore jobs; None = 2 x jobs
-    restore_jobs: Optional[int] = Field(None, ge=1, le=64)
+    restore_jobs: int | None = Field(None, ge=1, le=64)
     #: wal_level=minimal during the restore (a restart before and after); only while archiving is off
     restore_wal_minimal: bool = False
     #: how the data moves for method pg_dump: stream (no dump files; each table's indexes right after
@@ -218,7 +217,7 @@ class Replication(Model):
     #: a row written on the primary must be visible on the replica within this many seconds
     catch_up_timeout_s: float = Field(30.0, gt=0)
     #: name of a host whose data directory may be wiped even though it is not in recovery
-    allow_wipe_host: Optional[Name] = None
+    allow_wipe_host: Name | None = None
 
 
 class Drill(Model):
@@ -226,9 +225,9 @@ class Drill(Model):
 
     name: Name = "drill-1"
     private_ip: Address
-    ssh_host: Optional[str] = None
+    ssh_host: str | None = None
     #: schema.table names to checksum; None = every table
-    checksum_tables: Optional[list[str]] = None
+    checksum_tables: list[str] | None = None
 
 
 class LoginRoleParams(Model):
@@ -244,8 +243,9 @@ class MetabaseParams(Model):
     #: pg_hba admits metabase only from this address (/32)
     jumpbox_ip: Address
     #: SSH address for the checks (default: jumpbox_ip)
-    jumpbox_ssh_host: Optional[str] = None
-    tables: list[Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)?$")]] = Field(default_factory=list)
+    jumpbox_ssh_host: str | None = None
+    tables: list[Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)?$")]] = Field(
+        default_factory=list)
 
 
 class Roles(Model):
@@ -254,9 +254,9 @@ class Roles(Model):
     group_role: Ident = "hcb_app"
     schemas: list[Ident] = Field(default_factory=lambda: ["public"])
     migrations: LoginRoleParams
-    metabase: Optional[MetabaseParams] = None
-    monitoring: Optional[LoginRoleParams] = None     # Vector's postgresql_metrics
-    exporter: Optional[LoginRoleParams] = None       # prometheus-postgres-exporter
+    metabase: MetabaseParams | None = None
+    monitoring: LoginRoleParams | None = None     # Vector's postgresql_metrics
+    exporter: LoginRoleParams | None = None       # prometheus-postgres-exporter
     extensions: list[Ident] = Field(default_factory=list)
 
 
@@ -269,7 +269,7 @@ class Health(Model):
     slot_retained_fail_mb: float = 4096.0
     backup_age_warn_h: float = 26.0
     backup_age_fail_h: float = 50.0
-    archive_age_warn_s: Optional[float] = None
+    archive_age_warn_s: float | None = None
     connections_warn_pct: float = 80.0
     connections_fail_pct: float = 95.0
     disk_warn_pct: float = 80.0
@@ -295,14 +295,14 @@ class Params(Model):
     hetzner: Hetzner
     network: NetworkParams = NetworkParams()
     servers: list[Server] = Field(min_length=1)
-    app_host: Optional[Host] = None
+    app_host: Host | None = None
     ssh: Ssh = Ssh()
     postgres: Postgres
-    pgbackrest: Optional[PgBackRest] = None
-    source: Optional[Source] = None
-    replication: Optional[Replication] = None
-    drill: Optional[Drill] = None
-    roles: Optional[Roles] = None
+    pgbackrest: PgBackRest | None = None
+    source: Source | None = None
+    replication: Replication | None = None
+    drill: Drill | None = None
+    roles: Roles | None = None
     health: Health = Health()
     #: steps that may run destructive actions (wipe a data directory, drop a database)
     allow_destructive: bool = False

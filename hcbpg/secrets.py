@@ -19,8 +19,8 @@ import stat
 import subprocess
 import threading
 import urllib.parse
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from hcbpg.errors import SecretError
 

@@ -12,8 +12,9 @@ long, and the last value the probe returned (rendered by *describe*, default ``r
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator, TypeVar
+from typing import TypeVar
 
 from hcbpg.errors import WaitTimeout
 
@@ -69,7 +70,7 @@ def wait_until(probe: Callable[[], T], done: Callable[[T], bool], *, what: str, 
     """Call *probe* until ``done(value)``; return that value, or raise WaitTimeout at the deadline."""
     last: object = _UNSET
     elapsed = 0.0
-    for elapsed in polling_loop(timeout, interval=interval, sleep=sleep, clock=clock):
+    for elapsed in polling_loop(timeout, interval=interval, sleep=sleep, clock=clock):  # noqa: B007 - read after the loop
         value = probe()
         last = value
         if done(value):

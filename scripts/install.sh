@@ -37,7 +37,7 @@ fi
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-if ! .venv/bin/python -c "import hcbpg, papermill, scrapbook, fabric, psycopg, hcloud, playwright, xdist" 2>/dev/null \
+if ! .venv/bin/python -c "import hcbpg, papermill, scrapbook, fabric, psycopg, hcloud, playwright, xdist, ruff, mypy, importlinter, grimp" 2>/dev/null \
    || [ pyproject.toml -nt .venv/.installed ]; then
   .venv/bin/pip install -q --upgrade pip
   .venv/bin/pip install -q -e '.[test]'

@@ -15,9 +15,9 @@ from hcloud.locations.domain import Location
 from hcloud.networks.domain import NetworkSubnet
 from hcloud.server_types.domain import ServerType
 
-from hcbpg.ops import provisioning as cloud
 from hcbpg.errors import CloudError, ParamsError, WaitTimeout
 from hcbpg.lab.hcloud_api import HcloudStandin, RunningStandin, read_state
+from hcbpg.ops import provisioning as cloud
 from hcbpg.params import parse_params
 
 REPO = Path(__file__).resolve().parent.parent
@@ -89,7 +89,8 @@ def test_first_run_creates_everything_and_second_run_changes_nothing(api, params
                                           "server server-postgres-2"}
     assert [(s.name, s.private_ip, s.status) for s in servers] == [
         ("server-postgres-1", "10.0.1.5", "running"), ("server-postgres-2", "10.0.1.6", "running")]
-    assert sorted(h[:2] for h in hooks.created) == [("server-postgres-1", "10.0.1.5"), ("server-postgres-2", "10.0.1.6")]
+    assert sorted(h[:2] for h in hooks.created) == [("server-postgres-1", "10.0.1.5"),
+                                                    ("server-postgres-2", "10.0.1.6")]
     assert all(h[2] == [public_key()] for h in hooks.created)
     by_name = {s.name: s for s in servers}
     assert {by_name[n].public_ip for n in by_name} == {"10.99.0.1", "10.99.0.2"}  # what the lab hook reported
@@ -324,7 +325,8 @@ def test_plan_refuses_a_server_outside_its_placement_group(tmp_path):
     params = lab_params(tmp_path)
     ex = _everything(params)
     s1 = ex.servers["server-postgres-1"]
-    plan = cloud.plan_provision(params, replace(ex, servers={**ex.servers, s1.name: replace(s1, placement_group_id=None)}))
+    plan = cloud.plan_provision(params, replace(ex, servers={**ex.servers,
+                                                             s1.name: replace(s1, placement_group_id=None)}))
     refused = [a for a in plan if a.action == "refuse"]
     assert [(a.kind, a.name) for a in refused] == [("server_placement", "server-postgres-1")]
     assert "powered off" in refused[0].detail

@@ -23,13 +23,13 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
-from nbutil import REPO, hcbpg
-from nbutil import default_lab_lock, make_params, write_notebook, write_steps
+from nbutil import REPO, default_lab_lock, hcbpg, make_params, write_notebook, write_steps
 
 CHROMIUM = Path("/usr/bin/chromium")
 #: the README's screenshot; rewritten only when asked (HCBPG_UPDATE_DOCS=1), so a test run leaves the tree clean

@@ -75,7 +75,8 @@ def network(client, name="hcb-private"):
 
 def server(client, name, **kw):
     kw.setdefault("location", Location(name="ash"))
-    resp = client.servers.create(name=name, server_type=ServerType(name="ccx13"), image=Image(name="ubuntu-24.04"), **kw)
+    resp = client.servers.create(name=name, server_type=ServerType(name="ccx13"), image=Image(name="ubuntu-24.04"),
+                                 **kw)
     resp.action.wait_until_finished()
     for a in resp.next_actions:
         a.wait_until_finished()
@@ -185,7 +186,8 @@ def test_label_selector_and_name_filter(client):
 def test_server_create_returns_every_field_hcloud_reads(api, client):
     key = client.ssh_keys.create(name="ops", public_key=fake_public_key())
     net = network(client)
-    fw = client.firewalls.create(name="fw", rules=[FirewallRule("in", "tcp", ["10.0.1.0/24"], "22", description="ssh")]).firewall
+    rules = [FirewallRule("in", "tcp", ["10.0.1.0/24"], "22", description="ssh")]
+    fw = client.firewalls.create(name="fw", rules=rules).firewall
     pg = client.placement_groups.create(name="hcb-postgres-placement", type="spread").placement_group
     body = {"name": "server-postgres-1", "server_type": "ccx13", "image": "ubuntu-24.04", "location": "ash",
             "ssh_keys": [key.id], "networks": [net.id], "firewalls": [{"firewall": fw.id}],

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hcbpg.ops import migration
 from hcbpg.errors import SafetyCheckFailed, SecretError, VerificationFailed
+from hcbpg.ops import migration
 from hcbpg.outcome import Check
 from hcbpg.params import parse_params
 from hcbpg.secrets import REDACTED, register, scrub

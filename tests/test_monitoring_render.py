@@ -7,7 +7,6 @@ Regenerate the golden files after a deliberate change with ``HCBPG_UPDATE_GOLDEN
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -18,8 +17,9 @@ from hcbpg.desired import roles as desired_roles
 from hcbpg.ops import health, monitoring
 from hcbpg.params import parse_params
 
+from goldenfile import golden
+
 REPO = Path(__file__).resolve().parent.parent
-GOLDEN = Path(__file__).parent / "golden"
 FAKE_PASSWORD = "not-a-real-password/with+chars"
 
 
@@ -31,13 +31,6 @@ def params():
 @pytest.fixture
 def cfg(params):
     return desired_roles.roles_config(params)
-
-
-def golden(name: str, text: str) -> None:
-    path = GOLDEN / name
-    if os.environ.get("HCBPG_UPDATE_GOLDEN") == "1" or not path.exists():
-        path.write_text(text)
-    assert text == path.read_text(), f"{name} differs from its golden file"
 
 
 @pytest.mark.parametrize("server_name", ["server-postgres-1", "server-postgres-2"])
@@ -101,7 +94,7 @@ pg_replication_is_replica{server="10.0.1.5:5432"} 0
 pg_replication_lag{server="10.0.1.5:5432"} 0
 pg_stat_replication_pg_wal_lsn_diff{application_name="server-postgres-2",client_addr="10.0.1.6",server="10.0.1.5:5432",slot_name="server_postgres_2_slot",state="streaming"} 0
 pg_replication_slots_retained_bytes{server="10.0.1.5:5432",slot_name="server_postgres_2_slot"} 232
-"""
+"""  # noqa: E501 - exporter output, verbatim
 EXPORTER_REPLICA = """pg_up 1
 pg_replication_is_replica{server="10.0.1.6:5432"} 1
 pg_replication_lag{server="10.0.1.6:5432"} 0.5
@@ -226,7 +219,8 @@ def test_two_primaries_is_a_failure_and_a_swapped_role_a_warning():
     ms = healthy()
     ms[1].in_recovery = False
     c = by_item(health.evaluate(ms, health.Thresholds()))
-    assert c[("server-postgres-1", "role")].status == "fail" and "split brain" in c[("server-postgres-1", "role")].detail
+    role = c[("server-postgres-1", "role")]
+    assert role.status == "fail" and "split brain" in role.detail
     ms = healthy()
     ms[0].expected_role, ms[1].expected_role = "replica", "primary"
     assert by_item(health.evaluate(ms, health.Thresholds()))[("server-postgres-1", "role")].status == "warn"

@@ -7,9 +7,10 @@ import shutil
 import pytest
 import yaml
 
-from nbutil import REPO, hcbpg
 from hcbpg.errors import ParamsError
 from hcbpg.params import load_params, parse_params
+
+from nbutil import REPO, hcbpg
 
 
 def prod() -> dict:
@@ -25,12 +26,14 @@ def test_committed_params_are_valid(env):
 
 def test_production_values_come_from_the_runbook():
     p = load_params("production", REPO)
-    assert (p.hetzner.location, p.hetzner.server_type, p.hetzner.placement_group) == ("ash", "ccx13", "hcb-postgres-placement")
+    assert (p.hetzner.location, p.hetzner.server_type, p.hetzner.placement_group) == (
+        "ash", "ccx13", "hcb-postgres-placement")
     assert [s.name for s in p.servers] == ["server-postgres-1", "server-postgres-2"]
     assert (p.network.ip_range, p.network.subnet) == ("10.0.0.0/16", "10.0.1.0/24")
     assert (p.postgres.app_role, p.postgres.app_role_connection_limit) == ("rails", 500)
     b = p.pgbackrest
-    assert (b.stanza, b.s3_bucket, b.s3_endpoint, b.s3_region) == ("hcb_production", "hcb-production-postgres", "fsn1.your-objectstorage.com", "fsn1")
+    assert (b.stanza, b.s3_bucket, b.s3_endpoint, b.s3_region) == (
+        "hcb_production", "hcb-production-postgres", "fsn1.your-objectstorage.com", "fsn1")
     assert (b.process_max, b.retention_full_type, b.retention_full, b.cipher_type) == (4, "time", 30, "aes-256-cbc")
     assert (b.bundle, b.compress_type, b.start_fast) == (True, "zst", True)
 

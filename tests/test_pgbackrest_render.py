@@ -8,19 +8,16 @@ Regenerate the golden files after an intended change with HCBPG_UPDATE_GOLDEN=1.
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 
-from hcbpg.ops import drill
-from hcbpg.ops import pgbackrest as pgb
-from hcbpg.ops import schedule
 from hcbpg.errors import ParamsError, SafetyCheckFailed
 from hcbpg.lab.deadman import classify
+from hcbpg.ops import drill, schedule
+from hcbpg.ops import pgbackrest as pgb
 from hcbpg.params import parse_params
 
-GOLDEN = Path(__file__).parent / "golden"
+from goldenfile import GOLDEN, golden
 
 BASE = {
     "environment": "lab",
@@ -44,14 +41,6 @@ PRODUCTION_PB = {
 
 def params(pb: dict, environment: str = "lab"):
     return parse_params({**BASE, "environment": environment, "pgbackrest": pb})
-
-
-def golden(name: str, text: str) -> None:
-    path = GOLDEN / name
-    if os.environ.get("HCBPG_UPDATE_GOLDEN"):
-        path.write_text(text)
-    assert path.is_file(), f"no golden file {name}: run with HCBPG_UPDATE_GOLDEN=1"
-    assert text == path.read_text(), f"{name} differs from the golden file"
 
 
 # pgbackrest.conf ----------------------------------------------------------------------------
@@ -194,7 +183,8 @@ def test_parse_info_json_matches_golden():
 
 
 def test_parse_info_json_of_a_missing_stanza():
-    text = json.dumps([{"name": "hcb_production", "backup": [], "status": {"code": 1, "message": "missing stanza path"}}])
+    text = json.dumps([{"name": "hcb_production", "backup": [],
+                        "status": {"code": 1, "message": "missing stanza path"}}])
     assert pgb.parse_info_json(text) == []
     assert pgb.parse_stanza_status(text, "hcb_production") == (1, "missing stanza path")
 
@@ -205,7 +195,7 @@ RUNBOOK_CHECK = """\
 2025-03-26 05:58:11.771 P00   INFO: check command begin 2.54.2: --exec-id=5676-95949e22 --log-level-console=info --repo1-cipher-pass=<redacted>
 2025-03-26 05:58:11.798 P00  ERROR: [087]: archive_mode must be enabled
 2025-03-26 05:58:11.798 P00   INFO: check command end: aborted with exception [087]
-"""
+"""  # noqa: E501 - pgbackrest output, verbatim
 
 
 @pytest.mark.parametrize("output, expected", [
@@ -252,7 +242,8 @@ def test_compare_fingerprints_allows_sequences_ahead_but_not_behind():
 def test_drill_target_refuses_a_real_server():
     p = parse_params({**BASE, "pgbackrest": LAB_PB})
     assert drill.drill_target(p).name == "drill-1" and drill.drill_target(p).private_ip == "10.0.1.30"
-    bad = parse_params({**BASE, "servers": [{"name": "server-postgres-1", "private_ip": "10.0.1.30", "role": "primary"}],
+    bad = parse_params({**BASE,
+                        "servers": [{"name": "server-postgres-1", "private_ip": "10.0.1.30", "role": "primary"}],
                         "pgbackrest": LAB_PB})
     with pytest.raises(SafetyCheckFailed):
         drill.drill_target(bad)

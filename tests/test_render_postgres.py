@@ -5,20 +5,17 @@ Regenerate the golden files after an intended change with HCBPG_UPDATE_GOLDEN=1.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 
-from hcbpg.ops import packages as pg_packages
-from hcbpg.ops import server as pg_server
 from hcbpg.desired import server as desired_server
 from hcbpg.errors import ParamsError, SafetyCheckFailed
+from hcbpg.ops import packages as pg_packages
+from hcbpg.ops import server as pg_server
 from hcbpg.params import parse_params
 from hcbpg.pg import conf as pgconf
 from hcbpg.pg import hba as pghba
 
-GOLDEN = Path(__file__).parent / "golden"
+from goldenfile import golden
 
 PARAMS = {
     "environment": "lab",
@@ -47,14 +44,6 @@ def params(**postgres):
     data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in PARAMS.items()}
     data["postgres"] = {**PARAMS["postgres"], **postgres}
     return parse_params(data)
-
-
-def golden(name: str, text: str) -> None:
-    path = GOLDEN / name
-    if os.environ.get("HCBPG_UPDATE_GOLDEN"):
-        path.write_text(text)
-    assert path.is_file(), f"no golden file {path}; run with HCBPG_UPDATE_GOLDEN=1 to create it"
-    assert text == path.read_text(), f"{name} differs from its golden file"
 
 
 # pg_hba.conf ---------------------------------------------------------------------

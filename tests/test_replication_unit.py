@@ -8,18 +8,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hcbpg.desired import replication as desired_replication
-from hcbpg.ops import replica
-from hcbpg.ops import topology
 from hcbpg.adapters.psql import render
+from hcbpg.desired import replication as desired_replication
 from hcbpg.desired import server as desired_server
 from hcbpg.errors import SafetyCheckFailed
 from hcbpg.ops import failover as fo
+from hcbpg.ops import replica, topology
 from hcbpg.ops import replication as rep
-from hcbpg.pg.scram import scram_verifier
 from hcbpg.params import parse_params
 from hcbpg.pg import conf as pgconf
 from hcbpg.pg import conninfo as conninfo
+from hcbpg.pg.scram import scram_verifier
 from hcbpg.secrets import scrub
 
 REPO = Path(__file__).resolve().parent.parent
@@ -299,8 +298,8 @@ def test_pg_basebackup_progress_is_read_from_its_log():
 
 
 def test_unfenced_former_primary_is_not_rewound_without_allow_wipe_host():
-    old = primary_state(running=False, in_recovery=False, client_connections=0, streaming_to=[], databases=["oid 16384"],
-                        control_state="in production", timeline=2)
+    old = primary_state(running=False, in_recovery=False, client_connections=0, streaming_to=[],
+                        databases=["oid 16384"], control_state="in production", timeline=2)
     new_primary = streaming_replica(in_recovery=False, timeline=3)
     with pytest.raises(SafetyCheckFailed, match="former primary .* never fenced") as exc:
         topology.plan_replica_rebuild(old, P, "server-postgres-1", True, primary=new_primary)

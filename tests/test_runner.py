@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from nbutil import hcbpg
-from nbutil import make_params, write_notebook, write_steps
+from nbutil import hcbpg, make_params, write_notebook, write_steps
 
 pytestmark = pytest.mark.timeout(300)
 

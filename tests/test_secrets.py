@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import secrets
 import urllib.parse
 from pathlib import Path
 
 import pytest
 
-from nbutil import hcbpg
 from hcbpg.errors import SecretError
 from hcbpg.secrets import Scrubber, resolve
-from nbutil import make_params, write_notebook, write_steps
+
+from nbutil import hcbpg, make_params, write_notebook, write_steps
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -8,15 +8,19 @@ fed through stdin.
 
 from __future__ import annotations
 
+import os
 import select
 import shlex
 import socket
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
+from hcbpg.adapters.base import HostLike, Result
 from hcbpg.errors import HostUnreachable, RemoteCommandError
 from hcbpg.secrets import scrub
+
+__all__ = ["AUTH_RETRY_WAITS", "Host", "HostLike", "Result"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.params import Params
@@ -27,26 +31,6 @@ _MISSING_EXIT = 44
 _TAIL_CHARS = 4000
 #: pauses before trying SSH authentication again after the server refused our key
 AUTH_RETRY_WAITS = (1.0, 3.0)
-
-
-@dataclass
-class Result:
-    """What one remote command did (stdout and stderr are raw; scrub before showing)."""
-
-    host: str
-    command: str
-    exit_code: int
-    stdout: str
-    stderr: str
-    duration: float
-
-    @property
-    def ok(self) -> bool:
-        return self.exit_code == 0
-
-    @property
-    def output(self) -> str:
-        return self.stdout + self.stderr
 
 
 class _TimedOut(Exception):
@@ -60,8 +44,8 @@ def _tail(text: str) -> str:
 
 
 def _connect_errors() -> tuple[type[BaseException], ...]:
-    import paramiko
-    from paramiko.ssh_exception import NoValidConnectionsError
+    import paramiko  # noqa: PLC0415 - fabric/paramiko load on first SSH use (slow import; pure code never needs it)
+    from paramiko.ssh_exception import NoValidConnectionsError  # noqa: PLC0415 - slow import, needed on first SSH use only
     return (socket.timeout, socket.gaierror, ConnectionError, OSError, EOFError,
             NoValidConnectionsError, paramiko.SSHException)
 
@@ -87,7 +71,6 @@ class Host:
     @classmethod
     def from_params(cls, params: "Params", name: str, address: str, **kw: Any) -> "Host":
         """A Host with user, key, port and connect timeout from ``params.ssh``."""
-        import os
         opts: dict[str, Any] = dict(user=params.ssh.user, key_file=os.path.expanduser(params.ssh.key_file),
                                     port=params.ssh.port, connect_timeout=params.ssh.connect_timeout)
         opts.update(kw)
@@ -101,13 +84,13 @@ class Host:
     def connection(self) -> Any:
         """The open fabric Connection (opened on first use)."""
         if self._conn is None:
-            from fabric import Connection
+            from fabric import Connection  # noqa: PLC0415 - fabric loads on first SSH use (slow import)
             kwargs: dict[str, Any] = {"allow_agent": False, "look_for_keys": False,
                                       "banner_timeout": self.connect_timeout,
                                       "auth_timeout": self.connect_timeout}
             if self.key_file:
                 kwargs["key_filename"] = [self.key_file]
-            from paramiko.ssh_exception import AuthenticationException
+            from paramiko.ssh_exception import AuthenticationException  # noqa: PLC0415 - slow import, needed on first SSH use only
             for wait in (*AUTH_RETRY_WAITS, None):
                 conn = Connection(self.address, user=self.user, port=self.port,
                                   connect_timeout=self.connect_timeout, connect_kwargs=kwargs)
@@ -171,8 +154,9 @@ class Host:
             code, out, err = self._exec(chan, full, stdin, timeout or self.command_timeout)
         except _connect_errors() as exc:
             self.close()
-            raise HostUnreachable(self.name, f"{self.user}@{self.address}:{self.port}",
-                                  scrub(f"connection lost while running `{shown}`: {type(exc).__name__}: {exc}")) from exc
+            raise HostUnreachable(
+                self.name, f"{self.user}@{self.address}:{self.port}",
+                scrub(f"connection lost while running `{shown}`: {type(exc).__name__}: {exc}")) from exc
         except _TimedOut as exc:
             duration = time.monotonic() - started
             if not quiet:

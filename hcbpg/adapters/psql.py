@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import shlex
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from psycopg import sql
 
-from hcbpg.errors import DatabaseError, RemoteCommandError
 from hcbpg.adapters.host import Host
+from hcbpg.errors import DatabaseError, RemoteCommandError
 from hcbpg.secrets import scrub
 
 Composable = sql.Composable

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
+from hcbpg import secrets as hsecrets
 from hcbpg.engine import audit
 from hcbpg.engine import manifest as mf
-from hcbpg import secrets as hsecrets
+from hcbpg.engine.runner import Runner, approve, install_sigterm_as_interrupt
 from hcbpg.errors import HcbpgError
 from hcbpg.params import home, load_params
 
@@ -36,7 +36,6 @@ def cmd_params_check(args: argparse.Namespace) -> int:
 
 
 def _runner(args: argparse.Namespace, **kw):  # noqa: ANN202
-    from hcbpg.engine.runner import Runner, install_sigterm_as_interrupt
     install_sigterm_as_interrupt()
     return Runner(progress_bar=not getattr(args, "quiet", False) and sys.stderr.isatty(),
                   log_output=getattr(args, "verbose", False), **kw)
@@ -61,7 +60,6 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_approve(args: argparse.Namespace) -> int:
-    from hcbpg.engine.runner import approve
     run = approve(args.run_id, args.gate, note=args.note)
     print(f"gate '{args.gate}' of run {run.run_id} approved by {mf.operator_name()}.\n"
           f"Continue with: hcbpg resume {run.run_id}")

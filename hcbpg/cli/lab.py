@@ -11,8 +11,8 @@ from hcbpg.errors import LabError
 
 
 def _lab(args: argparse.Namespace, log: bool = True) -> Any:
-    from hcbpg.lab.core import check_platform
-    from hcbpg.lab.lifecycle import Lab
+    from hcbpg.lab.core import check_platform  # noqa: PLC0415 - the lab loads only for lab commands; production paths never import it
+    from hcbpg.lab.lifecycle import Lab  # noqa: PLC0415 - the lab loads only for lab commands
     try:
         check_platform()
     except LabError as exc:

@@ -10,6 +10,7 @@ import argparse
 import time
 
 from hcbpg.engine import manifest as mf
+from hcbpg.engine.runner import Runner, install_sigterm_as_interrupt
 from hcbpg.params import home
 
 APPROVER = "hcbpg rehearse (automatic)"
@@ -17,8 +18,7 @@ APPROVER = "hcbpg rehearse (automatic)"
 
 def rehearse(*, keep: bool = False, source_rows: int | None = None, source_mb: int | None = None,
              start: str | None = None, until: str | None = None, verbose: bool = False) -> int:
-    from hcbpg.lab import Lab
-    from hcbpg.engine.runner import Runner, install_sigterm_as_interrupt
+    from hcbpg.lab import Lab  # noqa: PLC0415 - the lab loads only for `hcbpg rehearse`
 
     install_sigterm_as_interrupt()
     lab = Lab()
@@ -36,7 +36,7 @@ def rehearse(*, keep: bool = False, source_rows: int | None = None, source_mb: i
         return result.exit_code
     finally:
         if keep:
-            print(f"lab kept (--keep): `hcbpg lab status` shows it, `hcbpg lab down` removes it")
+            print("lab kept (--keep): `hcbpg lab status` shows it, `hcbpg lab down` removes it")
         else:
             t1 = time.monotonic()
             lab.down()

@@ -8,7 +8,8 @@ the same composition here: a step that rendered only its own lines would drop th
 from __future__ import annotations
 
 import ipaddress
-from typing import TYPE_CHECKING, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from hcbpg.desired import replication, roles
 from hcbpg.errors import ParamsError, SafetyCheckFailed

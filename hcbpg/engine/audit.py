@@ -5,8 +5,8 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from hcbpg.engine import manifest as mf
 from hcbpg import secrets as hsecrets
+from hcbpg.engine import manifest as mf
 from hcbpg.errors import AuditError
 
 
@@ -41,8 +41,8 @@ def verify(base: Path, env: str | None = None) -> list[str]:
 
 def render_html(run: mf.Run) -> Path:
     """Render every executed notebook of a run with nbconvert, plus an index page; returns the index."""
-    import nbformat
-    from nbconvert import HTMLExporter
+    import nbformat  # noqa: PLC0415 - nbconvert/nbformat are heavy; only the HTML report needs them
+    from nbconvert import HTMLExporter  # noqa: PLC0415 - heavy, only the HTML report needs it
 
     data = run.read()
     out_dir = run.path / "html"
@@ -64,7 +64,8 @@ def render_html(run: mf.Run) -> Path:
                 f"<td>{'' if s.get('changes') is None else s['changes']}</td><td>{link}</td></tr>")
     gates = "".join(
         f"<tr><td>{html.escape(g)}</td><td>{html.escape(v.get('question', ''))}</td>"
-        f"<td>{html.escape(str(v.get('approved_by') or 'waiting'))}</td><td>{html.escape(str(v.get('approved_at') or ''))}</td>"
+        f"<td>{html.escape(str(v.get('approved_by') or 'waiting'))}</td>"
+        f"<td>{html.escape(str(v.get('approved_at') or ''))}</td>"
         f"<td>{html.escape(str(v.get('note') or ''))}</td></tr>" for g, v in data.get("gates", {}).items())
     git = data.get("git") or {}
     index = f"""<!doctype html><html><head><meta charset="utf-8"><title>hcbpg run {data['run_id']}</title>
@@ -76,7 +77,7 @@ params sha256 {html.escape(data['params_sha256'])}.</p>
 <h2>Steps</h2><table><tr><th>step</th><th>attempt</th><th>status</th><th>start</th><th>seconds</th><th>changes</th><th>notebook</th></tr>
 {''.join(rows)}</table>
 <h2>Gates</h2><table><tr><th>gate</th><th>question</th><th>approved by</th><th>at</th><th>note</th></tr>{gates}</table>
-</body></html>"""
+</body></html>"""  # noqa: E501 - the page is one template
     index_path = out_dir / "index.html"
     index_path.write_text(hsecrets.scrub(index))
     return index_path

@@ -1,4 +1,5 @@
-"""Guided runs: the operator executes the steps cell by cell in JupyterLab, with the same audit record as a headless run.
+"""Guided runs: the operator executes the steps cell by cell in JupyterLab, with the same audit record as a
+headless run.
 
 Pipeline: select steps → create the run directory (``mode: guided``, linked into the hash
 chain) → prepare parameterized copies of the steps' notebooks there (papermill, not
@@ -23,16 +24,23 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
 
-from hcbpg.engine import manifest as mf
 from hcbpg import secrets as hsecrets
+from hcbpg.engine import manifest as mf
+from hcbpg.engine.catalogue import load_steps, notebooks_dir, select
+from hcbpg.engine.runbook import AUTO_APPROVE_ENV, GUIDED_ENV, HEADLESS_ENV, scrub_file_for
+from hcbpg.engine.runner import (
+    SCHEME,
+    _pid_alive,
+    _register_writer,
+    _resolve_param_secrets,
+    refuse_if_open_in_jupyterlab,
+)
 from hcbpg.errors import HcbpgError, UsageError
 from hcbpg.params import home, load_params, params_sha256
-from hcbpg.engine.runbook import AUTO_APPROVE_ENV, GUIDED_ENV, HEADLESS_ENV, scrub_file_for
-from hcbpg.engine.catalogue import load_steps, notebooks_dir, select
 
 STARTUP_DEADLINE_S = 120.0
 STOP_DEADLINE_S = 30.0
@@ -68,9 +76,7 @@ def _free_port() -> int:
 def prepare(env: str, *, start: str | None = None, until: str | None = None,
             base: Path | None = None, nb_dir: Path | None = None) -> GuidedRun:
     """Create a guided run and its parameterized (not executed) notebook copies."""
-    import papermill as pm
-
-    from hcbpg.engine.runner import SCHEME, _register_writer, _resolve_param_secrets, refuse_if_open_in_jupyterlab
+    import papermill as pm  # noqa: PLC0415 - papermill (jupyter) is heavy; only a guided run needs it
 
     b = base or home()
     nbd = nb_dir or notebooks_dir()
@@ -268,7 +274,6 @@ def finish(run_id: str, *, base: Path | None = None, progress: Callable[[str], N
     if runner.get("kind") != "guide" or data.get("guide_finished"):
         progress(f"guided run {run.run_id} was already finished ({data['status']}); nothing to do")
         return 0
-    from hcbpg.engine.runner import _pid_alive
     if runner.get("pid") != os.getpid() and _pid_alive(runner.get("jupyter_pid"), runner.get("machine")):
         raise UsageError(f"JupyterLab of run {run.run_id} is still running (pid {runner['jupyter_pid']})",
                          hint="Shut it down (File > Shut Down, or Ctrl-C in `hcbpg guide`): that finishes the run.")

@@ -19,9 +19,10 @@ import os
 import secrets as _stdlib_secrets
 import socket
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from hcbpg import secrets as hsecrets
 from hcbpg.errors import AuditError, UsageError

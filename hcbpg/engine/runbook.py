@@ -12,18 +12,18 @@ refused gate), ``finish`` marks it ``succeeded``; ``hcbpg guide finish`` hashes 
 
 from __future__ import annotations
 
-import html
 import json
 import os
 import sys
 import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, overload
 
-from hcbpg.engine import manifest as mf
 from hcbpg import secrets as hsecrets
-from hcbpg.errors import GateRequired, HcbpgError, UsageError, VerificationFailed
 from hcbpg.display import _in_ipython, render_table, show_plan, show_table  # noqa: F401 - the notebooks' display helpers
+from hcbpg.engine import manifest as mf
+from hcbpg.errors import GateRequired, HcbpgError, UsageError, VerificationFailed
 from hcbpg.outcome import Check, Outcome
 from hcbpg.params import Params, home, load_params
 
@@ -92,8 +92,8 @@ def _scrapbook() -> Any:
     the ``iri`` string formats, which nbformat's notebook schema does not use.
     """
     if "jsonschema" not in sys.modules:
-        sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[assignment]
-    import scrapbook
+        sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]  # None makes its import fail fast, on purpose
+    import scrapbook  # noqa: PLC0415 - must come after the rfc3987_syntax stub above; heavy, notebooks only
 
     return scrapbook
 
@@ -190,6 +190,11 @@ class Runbook:
             data["gates"][name] = g
 
     # changes -----------------------------------------------------------------
+    @overload
+    def track(self, outcome: Outcome, *, show: bool = True) -> Outcome: ...
+    @overload
+    def track(self, outcome: Iterable[Outcome], *, show: bool = True) -> list[Outcome]: ...
+
     def track(self, outcome: Outcome | Iterable[Outcome], *, show: bool = True) -> Outcome | list[Outcome]:
         """Count an operation's outcome(s) toward this step's changes and show them."""
         items = [outcome] if isinstance(outcome, Outcome) else list(outcome)

@@ -8,22 +8,26 @@ non-secret parameters reach papermill: ``env``, ``run_id``, ``run_dir``, ``dry_r
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import secrets as _secrets
+import shutil
 import signal
 import socket
-import sys
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from hcbpg.engine import manifest as mf
 from hcbpg import secrets as hsecrets
+from hcbpg.engine import manifest as mf
+from hcbpg.engine.catalogue import load_steps, notebooks_dir, select
+from hcbpg.engine.runbook import AUTO_APPROVE_ENV, HEADLESS_ENV, scrub_file_for
 from hcbpg.errors import HcbpgError, UsageError
 from hcbpg.params import Params, home, load_params, params_sha256
-from hcbpg.engine.runbook import AUTO_APPROVE_ENV, HEADLESS_ENV, scrub_file_for
-from hcbpg.engine.catalogue import Step, load_steps, notebooks_dir, select
 
 SCHEME = "hcbpg-scrubbed://"
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_WAITING, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -56,7 +60,7 @@ class ScrubbingWriter:
 
 
 def _register_writer() -> None:
-    from papermill.iorw import papermill_io
+    from papermill.iorw import papermill_io  # noqa: PLC0415 - papermill/jupyter are heavy; loaded when a notebook runs
     if not any(s == SCHEME for s, _ in papermill_io._handlers):
         papermill_io.register(SCHEME, ScrubbingWriter)
 
@@ -76,7 +80,7 @@ _short_runtime: list[Path] = []
 def _ipc_base(token: str) -> Path:
     """Where a kernel's sockets go: Jupyter's runtime dir, or, when that path is too long for a
     Unix socket (a deep home or test dir), a private dir of this process under the temp dir."""
-    from jupyter_core.paths import jupyter_runtime_dir
+    from jupyter_core.paths import jupyter_runtime_dir  # noqa: PLC0415 - jupyter stack is heavy, loaded when a notebook runs
 
     runtime = Path(jupyter_runtime_dir())
     runtime.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -84,9 +88,6 @@ def _ipc_base(token: str) -> Path:
     if len(os.fsencode(base)) + 4 <= _IPC_PATH_MAX:
         return base
     if not _short_runtime:
-        import atexit
-        import shutil
-        import tempfile
         d = Path(tempfile.mkdtemp(prefix="hcbpg-rt-"))  # mode 0700, ours alone
         atexit.register(shutil.rmtree, d, True)
         _short_runtime.append(d)
@@ -95,9 +96,7 @@ def _ipc_base(token: str) -> Path:
 
 def _kernel_manager_class():  # noqa: ANN202
     """Kernels talk to the runner over Unix sockets (see :func:`_ipc_base`), not loopback TCP."""
-    import secrets as _secrets
-
-    from jupyter_client.manager import KernelManager
+    from jupyter_client.manager import KernelManager  # noqa: PLC0415 - jupyter stack is heavy, loaded when a notebook runs
 
     class IpcKernelManager(KernelManager):
         def __init__(self, **kw: Any) -> None:
@@ -275,8 +274,8 @@ class Runner:
             handler.close()
 
     def _run_step(self, run: mf.Run, s: dict[str, Any], i: int, n: int) -> RunResult | None:
-        import papermill as pm
-        from papermill.exceptions import PapermillExecutionError
+        import papermill as pm  # noqa: PLC0415 - jupyter stack is heavy, loaded when a notebook runs
+        from papermill.exceptions import PapermillExecutionError  # noqa: PLC0415 - jupyter stack is heavy, loaded when a notebook runs
 
         key = s["key"]
         out = run.path / s["notebook"]
@@ -297,7 +296,7 @@ class Runner:
             dry_run = data["dry_run"]
             env = data["environment"]
         label = f"[{i}/{n}] {key}: {s['title']}"
-        self.progress(label + (" (attempt %d)" % attempt["n"] if attempt["n"] > 1 else ""))
+        self.progress(label + (f" (attempt {attempt['n']})" if attempt["n"] > 1 else ""))
         run.log(f"step {key} attempt {attempt['n']} started")
         t0 = time.monotonic()
         status, error, exit_code = "succeeded", None, None
@@ -350,6 +349,7 @@ class Runner:
             self.progress(f"      done in {duration:.1f}s, "
                           + ("no changes" if not changes else f"{changes} change(s)"))
             return None
+        assert exit_code is not None  # every status but "succeeded" set it above
         if status == "awaiting-approval":
             waiting = [g for g, v in gates.items() if not v.get("approved_at") and v.get("step") == key]
             gate = waiting[-1] if waiting else "GATE"
@@ -363,6 +363,7 @@ class Runner:
             return RunResult(run, status, exit_code,
                              f"Interrupted in step {key}; the record is kept in {run.path}.\n"
                              f"Continue with: hcbpg resume {run.run_id}")
+        assert error is not None  # a failure always records its error above
         msg = (f"Step {key} failed ({error['ename']}): {error['evalue']}\n"
                f"The executed notebook is {out}.\n"
                f"Fix the cause, then: hcbpg resume {run.run_id}")
@@ -377,7 +378,7 @@ class Runner:
     @staticmethod
     def _changes_from_notebook(path: Path) -> int | None:
         try:
-            import scrapbook as sb
+            import scrapbook as sb  # noqa: PLC0415 - jupyter stack is heavy, loaded when a notebook runs
             scraps = sb.read_notebook(str(path)).scraps
             return scraps["hcbpg_summary"].data["changes"] if "hcbpg_summary" in scraps else None
         except Exception:  # noqa: BLE001
@@ -399,8 +400,9 @@ class Runner:
                          + ("-" if ch is None else f"{ch} change(s)"))
         lines.append(f"Audit record: {run.path}")
         if run.env not in ("lab",) and not run.env.startswith("test"):
+            shown = run.path.relative_to(self.home) if run.path.is_relative_to(self.home) else run.path
             lines.append(f"This is a {run.env} run: commit {run.path} as the record of the change "
-                         f"(git add {run.path.relative_to(self.home) if run.path.is_relative_to(self.home) else run.path}).")
+                         f"(git add {shown}).")
         return "\n".join(lines)
 
 

@@ -45,6 +45,7 @@ database and its sentinel user 1803).  Servers come from the API stand-in.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 __all__ = ["Lab", "LabConfig", "create_server_host", "destroy_server_host", "lab_unavailable_reason"]
@@ -56,6 +57,5 @@ _WHERE = {"Lab": "lifecycle", "LabConfig": "core", "lab_unavailable_reason": "co
 def __getattr__(name: str) -> Any:
     # lazy, so that `python -m hcbpg.lab.s3` does not import itself twice
     if name in _WHERE:
-        import importlib
         return getattr(importlib.import_module(f"hcbpg.lab.{_WHERE[name]}"), name)
     raise AttributeError(f"module 'hcbpg.lab' has no attribute {name!r}")

@@ -13,17 +13,20 @@ import fcntl
 import ipaddress
 import json
 import os
+import random
 import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from hcbpg.errors import LabError
 
@@ -430,10 +433,10 @@ def processes_with_args(marker: Sequence[str]) -> list[int]:
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            args = Path(entry.path, "cmdline").read_bytes().split(b"\0")
+            raw = Path(entry.path, "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        args = [a.decode(errors="replace") for a in args]
+        args = [a.decode(errors="replace") for a in raw]
         if any(args[i:i + n] == list(marker) for i in range(len(args) - n + 1)):
             found.append(int(entry.name))
     return found
@@ -464,8 +467,6 @@ def scratch_config(prefix: str = "hcbpg-lab-scratch-") -> LabConfig:
     """A saved config for a throwaway lab beside any other: a fresh dir under /var/lib
     (not /tmp, which lab hosts do not share), bridge ``hcbt<N>``, subnets
     ``10.0.<N>.0/24`` and ``10.1.<N>.0/24`` with N unused on this machine."""
-    import random
-    import tempfile
     # picking N and saving the config that claims it happen under one machine-wide lock, so
     # two processes making scratch labs at once (parallel test workers) never pick the same N
     fd = os.open("/var/lib/hcbpg-lab-scratch.lock", os.O_RDWR | os.O_CREAT, 0o600)

@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -99,7 +100,6 @@ def read_pings(log: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 def start(bind: str, port: int, log: str | os.PathLike[str], *, timeout: float = 10.0) -> subprocess.Popen[bytes]:
     """Start the receiver in the background and wait until it accepts connections (for tests and `lab up`)."""
-    import socket
     root = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
     proc = subprocess.Popen([sys.executable, "-m", "hcbpg.lab.deadman", "--bind", bind, "--port", str(port),
@@ -108,7 +108,8 @@ def start(bind: str, port: int, log: str | os.PathLike[str], *, timeout: float =
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if proc.poll() is not None:
-            raise RuntimeError(f"dead-man receiver exited: {proc.stderr.read().decode()[-1000:] if proc.stderr else ''}")
+            tail = proc.stderr.read().decode()[-1000:] if proc.stderr else ""
+            raise RuntimeError(f"dead-man receiver exited: {tail}")
         try:
             with socket.create_connection((bind, port), timeout=0.3):
                 return proc

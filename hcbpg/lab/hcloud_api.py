@@ -1,4 +1,6 @@
 """The rehearsal lab's Hetzner Cloud API stand-in: the part of the API that provisioning uses.
+It is over 800 lines because it is one self-contained fake of an external API, run as its own
+process: each resource's routes, validation and state sit side by side, as in the API reference.
 
 A WSGI app (served threaded by cheroot) that speaks enough of ``https://api.hetzner.cloud/v1``
 for hcloud-python 2.x: locations, datacenters, server types, images, SSH keys, networks
@@ -41,14 +43,15 @@ import threading
 import time
 import urllib.parse
 import uuid
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any
 
 LOG = logging.getLogger("hcbpg.lab.hcloud_api")
 
-CreatedHook = Callable[[str, Optional[str], list[str]], Optional[dict]]
+CreatedHook = Callable[[str, str | None, list[str]], dict | None]
 DeletedHook = Callable[[str], None]
 
 DEFAULT_PER_PAGE = 25
@@ -234,22 +237,22 @@ def parse_label_selector(selector: str) -> Callable[[dict[str, str]], bool]:
         if m:
             key, op, values = m.group(1), m.group(2), {v.strip() for v in m.group(3).split(",")}
             if op == "in":
-                tests.append(lambda lb, k=key, vs=values: lb.get(k) in vs)
+                tests.append(lambda lb, k=key, vs=values: lb.get(k) in vs)  # type: ignore[misc]  # mypy cannot infer a lambda whose defaults bind the loop variables
             else:
-                tests.append(lambda lb, k=key, vs=values: lb.get(k) not in vs)
+                tests.append(lambda lb, k=key, vs=values: lb.get(k) not in vs)  # type: ignore[misc]  # mypy cannot infer a lambda whose defaults bind the loop variables
             continue
         m = re.fullmatch(r"([^=!\s]+)\s*(==|=|!=)\s*([^=!\s]*)", expr)
         if m:
             key, op, value = m.groups()
             if op == "!=":
-                tests.append(lambda lb, k=key, v=value: lb.get(k) != v)
+                tests.append(lambda lb, k=key, v=value: lb.get(k) != v)  # type: ignore[misc]  # mypy cannot infer a lambda whose defaults bind the loop variables
             else:
-                tests.append(lambda lb, k=key, v=value: lb.get(k) == v)
+                tests.append(lambda lb, k=key, v=value: lb.get(k) == v)  # type: ignore[misc]  # mypy cannot infer a lambda whose defaults bind the loop variables
             continue
         m = re.fullmatch(r"(!?)([^=!\s(),]+)", expr)
         if m:
             neg, key = m.groups()
-            tests.append((lambda lb, k=key: k not in lb) if neg else (lambda lb, k=key: k in lb))
+            tests.append((lambda lb, k=key: k not in lb) if neg else (lambda lb, k=key: k in lb))  # type: ignore[misc]  # mypy cannot infer a lambda whose defaults bind the loop variables
             continue
         raise invalid_input("label_selector", f"cannot parse {expr!r} in label selector {selector!r}")
     return lambda labels: all(t(labels or {}) for t in tests)
@@ -307,7 +310,7 @@ class Request:
     body: dict[str, Any]
     spawn: list[Callable[[], None]] = field(default_factory=list)
 
-    def q(self, name: str) -> Optional[str]:
+    def q(self, name: str) -> str | None:
         values = self.query.get(name)
         return values[-1] if values else None
 
@@ -457,7 +460,7 @@ class HcloudStandin:
     def _new_action(self, st: dict[str, Any], command: str, resources: list[tuple[str, int]], *,
                     effects: list[list[Any]] | None = None, work: dict[str, Any] | None = None,
                     req: Request | None = None) -> dict[str, Any]:
-        action = {"id": _next_id(st, "action"), "command": command, "status": "running", "progress": 0,
+        action: dict[str, Any] = {"id": _next_id(st, "action"), "command": command, "status": "running", "progress": 0,
                   "started": _now(), "finished": None, "error": None,
                   "resources": [{"id": rid, "type": rtype} for rtype, rid in resources],
                   "_t": time.time(), "_polls": 0, "_effects": effects or [], "_pending": False}
@@ -602,7 +605,7 @@ class HcloudStandin:
         name = _check_name(req.body.get("name"))
         ip_range = _private_range(req.body.get("ip_range"), "ip_range")
         labels = _check_labels(req.body.get("labels"))
-        net = {"id": 0, "name": name, "ip_range": str(ip_range), "subnets": [], "routes": [],
+        net: dict[str, Any] = {"id": 0, "name": name, "ip_range": str(ip_range), "subnets": [], "routes": [],
                "labels": labels, "protection": {"delete": False}, "created": _now(),
                "expose_routes_to_vswitch": bool(req.body.get("expose_routes_to_vswitch", False))}
         for i, sub in enumerate(req.body.get("subnets") or []):
@@ -641,7 +644,7 @@ class HcloudStandin:
     @route("POST", r"/networks/(\d+)/actions/delete_subnet")
     def delete_subnet(self, st: dict, req: Request, ident: str) -> tuple[int, dict]:
         net = _get(st, "networks", ident, "network")
-        rng = req.body.get("ip_range")
+        rng: Any = req.body.get("ip_range")  # a subnet's ip_range once `sub` is found
         sub = next((s for s in net["subnets"] if s["ip_range"] == rng), None)
         if sub is None:
             raise invalid_input("ip_range", f"network {net['name']} has no subnet {rng}")
@@ -669,8 +672,8 @@ class HcloudStandin:
         rules = _check_rules(req.body.get("rules") or [])
         apply_to = [_check_resource(st, r, f"apply_to[{i}]") for i, r in enumerate(req.body.get("apply_to") or [])]
         _unique_name(st, "firewalls", "firewall", name)
-        fw = {"id": _next_id(st, "firewall"), "name": name, "labels": labels, "rules": rules,
-              "applied_to": [], "created": _now()}
+        fw: dict[str, Any] = {"id": _next_id(st, "firewall"), "name": name, "labels": labels, "rules": rules,
+                              "applied_to": [], "created": _now()}
         st["firewalls"].append(fw)
         actions = []
         for res in apply_to:
@@ -909,8 +912,8 @@ class HcloudStandin:
             if not chosen:
                 raise unprocessable("no_subnet_available",
                                     f"no subnet of network {net['name']} in zone {loc_zone} has a free IP")
-        mac = "86:00:00:%02x:%02x:%02x" % ((server["id"] >> 16) & 0xFF, (server["id"] >> 8) & 0xFF,
-                                            server["id"] & 0xFF)
+        sid = server["id"]
+        mac = f"86:00:00:{(sid >> 16) & 0xFF:02x}:{(sid >> 8) & 0xFF:02x}:{sid & 0xFF:02x}"
         return {"network": net["id"], "ip": chosen, "alias_ips": [], "mac_address": mac}
 
     @route("PUT", r"/servers/(\d+)")
@@ -956,7 +959,7 @@ class HcloudStandin:
     @route("POST", r"/servers/(\d+)/actions/detach_from_network")
     def detach_from_network(self, st: dict, req: Request, ident: str) -> tuple[int, dict]:
         server = _get(st, "servers", ident, "server")
-        ref = req.body.get("network")
+        ref: Any = req.body.get("network")  # a network id once `att` is found
         att = next((p for p in server["private_net"] if p["network"] == ref), None)
         if att is None:
             raise unprocessable("server_not_attached", f"server {server['name']} is not attached to network {ref}")
@@ -1014,7 +1017,7 @@ def _next_id(st: dict[str, Any], kind: str) -> int:
     return nid
 
 
-def _find(items: list[dict[str, Any]], ident: Any) -> Optional[dict[str, Any]]:
+def _find(items: list[dict[str, Any]], ident: Any) -> dict[str, Any] | None:
     if ident is None:
         return None
     for item in items:
@@ -1023,7 +1026,7 @@ def _find(items: list[dict[str, Any]], ident: Any) -> Optional[dict[str, Any]]:
     return None
 
 
-def _by_id_or_name(items: list[dict[str, Any]], ref: Any) -> Optional[dict[str, Any]]:
+def _by_id_or_name(items: list[dict[str, Any]], ref: Any) -> dict[str, Any] | None:
     for item in items:
         if item["id"] == ref or (isinstance(ref, str) and (item["name"] == ref or str(item["id"]) == ref)):
             return item
@@ -1383,7 +1386,7 @@ class RunningStandin:
     """A stand-in served by cheroot on a background thread; ``url`` is the ``api_endpoint``."""
 
     def __init__(self, app: HcloudStandin, host: str = "127.0.0.1", port: int = 0, *, threads: int = 8) -> None:
-        from cheroot import wsgi
+        from cheroot import wsgi  # noqa: PLC0415 - cheroot only when the stand-in is served
 
         self.app = app
         self._server = wsgi.Server((host, port), app, numthreads=threads, server_name="hcloud-standin")
@@ -1406,19 +1409,20 @@ class RunningStandin:
         self.stop()
 
 
-def _lab_created(name: str, private_ip: Optional[str], authorized_keys: list[str]) -> Optional[dict]:
+def _lab_created(name: str, private_ip: str | None, authorized_keys: list[str]) -> dict | None:
     try:
-        from hcbpg.lab import hosts  # another module of the lab; imported late on purpose
+        from hcbpg.lab import hosts  # noqa: PLC0415 - another module of the lab, late on purpose: the stand-in also runs without it
         fn = hosts.create_server_host
     except (ImportError, AttributeError) as exc:
         LOG.warning("no lab host for %s: hcbpg.lab.hosts.create_server_host is not available (%s)", name, exc)
         return None
-    return fn(name, private_ip, authorized_keys)
+    # a server created without a private network has no IP: passed on as before, for create_host to refuse
+    return fn(name, private_ip, authorized_keys)  # type: ignore[arg-type]
 
 
 def _lab_deleted(name: str) -> None:
     try:
-        from hcbpg.lab import hosts
+        from hcbpg.lab import hosts  # noqa: PLC0415 - the stand-in also runs without the lab's hosts (ImportError handled)
         fn = hosts.destroy_server_host
     except (ImportError, AttributeError) as exc:
         LOG.warning("lab host %s not torn down: hcbpg.lab.hosts.destroy_server_host is not available (%s)", name, exc)

@@ -24,20 +24,33 @@ lock serializes them).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shlex
 import shutil
 import stat
 import subprocess
 import time
-import ipaddress
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from hcbpg.errors import LabError, RemoteCommandError
-from hcbpg.lab.core import (LabConfig, check_host_name, kill_netns_processes,
-                            locked, netns_list, pid_alive, proc_starttime, read_state, run,
-                            tcp_open, wait_tcp, write_state, atomic_write)
+from hcbpg.lab.core import (
+    LabConfig,
+    atomic_write,
+    check_host_name,
+    kill_netns_processes,
+    locked,
+    netns_list,
+    pid_alive,
+    proc_starttime,
+    read_state,
+    run,
+    tcp_open,
+    wait_tcp,
+    write_state,
+)
 
 HOST_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",

@@ -12,16 +12,36 @@ import string
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from hcbpg.errors import LabError
 from hcbpg.lab import hosts as h
 from hcbpg.lab import s3, source
-from hcbpg.lab.core import (DEADMAN_PORT, HCLOUD_PORT, S3_BUCKET, S3_PORT, SECRET_FILES, LabConfig,
-                            atomic_write, check_platform, editing_state, kill_netns_processes, kill_pids,
-                            locked, netns_list, pid_alive, proc_starttime, processes_with_args,
-                            read_state, run, tcp_open, write_state)
+from hcbpg.lab.core import (
+    DEADMAN_PORT,
+    HCLOUD_PORT,
+    S3_BUCKET,
+    S3_PORT,
+    SECRET_FILES,
+    LabConfig,
+    atomic_write,
+    check_platform,
+    editing_state,
+    kill_netns_processes,
+    kill_pids,
+    locked,
+    netns_list,
+    pid_alive,
+    proc_starttime,
+    processes_with_args,
+    read_state,
+    run,
+    stale_scratch_dirs,
+    tcp_open,
+    write_state,
+)
 
 Log = Callable[[str], None]
 
@@ -152,7 +172,8 @@ class Lab:
                 "--port", str(HCLOUD_PORT), "--state", str(c.hcloud_state),
                 "--token-file", str(c.secret_path("hcloud-token")),
                 # addresses the stand-in must never hand to a new server
-                "--reserve-ip", c.app_ip, "--reserve-ip", c.source_ip, "--reserve-ip", c.jumpbox_ip, "--reserve-ip", c.router_ip]
+                "--reserve-ip", c.app_ip, "--reserve-ip", c.source_ip,
+                "--reserve-ip", c.jumpbox_ip, "--reserve-ip", c.router_ip]
 
     def _deadman_argv(self) -> list[str]:
         """The dead-man's-switch receiver the scheduled backups ping (pgbackrest.deadman_url)."""
@@ -367,7 +388,6 @@ class Lab:
     @classmethod
     def sweep_scratch(cls) -> list[str]:
         """Tear down scratch labs (tests, bench) whose maker was killed; returns their dirs."""
-        from hcbpg.lab.core import stale_scratch_dirs
         swept = []
         for d in stale_scratch_dirs():
             try:

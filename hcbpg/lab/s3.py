@@ -16,28 +16,32 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
-from hcbpg.lab.core import LabConfig, atomic_write
+from hcbpg.lab.core import S3_BUCKET, S3_PORT, LabConfig, atomic_write
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
 _DAYS = 3650
 
 
 def _key():
-    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415 - cryptography/moto/cheroot are heavy; loaded by the S3 stand-in only
     return ec.generate_private_key(ec.SECP256R1())
 
 
 def _pem_key(key) -> bytes:
-    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415 - heavy, loaded by the S3 stand-in only
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
 
 
 def ensure_ca(cfg: LabConfig) -> None:
     """Create the lab CA (``tls/ca.crt`` + ``tls/ca.key``) once."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.x509.oid import NameOID
+    from cryptography import x509  # noqa: PLC0415 - heavy, loaded by the S3 stand-in only
+    from cryptography.hazmat.primitives import hashes, serialization  # noqa: PLC0415 - heavy, loaded by the S3 stand-in only
+    from cryptography.x509.oid import NameOID  # noqa: PLC0415 - heavy, loaded by the S3 stand-in only
     if cfg.ca_cert.is_file() and (cfg.tls_dir / "ca.key").is_file():
         return
     cfg.tls_dir.mkdir(parents=True, exist_ok=True)
@@ -60,11 +64,12 @@ def ensure_ca(cfg: LabConfig) -> None:
 
 def issue_cert(cfg: LabConfig, name: str, ips: list[str]) -> tuple[bytes, bytes]:
     """A server certificate signed by the lab CA for *ips*; returns (cert PEM, key PEM)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    from cryptography import x509  # noqa: PLC0415 - heavy, loaded by the S3 stand-in only
+    from cryptography.hazmat.primitives import hashes, serialization  # noqa: PLC0415 - heavy, loaded by the S3 stand-in only
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID  # noqa: PLC0415 - heavy, loaded by the S3 stand-in only
     ensure_ca(cfg)
-    ca_key = serialization.load_pem_private_key((cfg.tls_dir / "ca.key").read_bytes(), None)
+    ca_key = cast("CertificateIssuerPrivateKeyTypes",  # ensure_ca wrote an EC key
+                  serialization.load_pem_private_key((cfg.tls_dir / "ca.key").read_bytes(), None))
     ca = x509.load_pem_x509_certificate(cfg.ca_cert.read_bytes())
     key = _key()
     now = dt.datetime.now(dt.timezone.utc)
@@ -97,7 +102,7 @@ def ensure_s3_cert(cfg: LabConfig) -> tuple[Path, Path]:
 
 
 def _has_dns_san(crt: Path, ip: str) -> bool:
-    from cryptography import x509
+    from cryptography import x509  # noqa: PLC0415 - heavy, loaded by the S3 stand-in only
     try:
         cert = x509.load_pem_x509_certificate(crt.read_bytes())
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -107,18 +112,17 @@ def _has_dns_san(crt: Path, ip: str) -> bool:
 
 
 def s3_argv(cfg: LabConfig) -> list[str]:
-    from hcbpg.lab.core import S3_BUCKET, S3_PORT
     return [sys.executable, "-m", "hcbpg.lab.s3", "--lab-dir", str(cfg.lab_dir),
             "--bind", cfg.gateway_ip, "--port", str(S3_PORT), "--bucket", S3_BUCKET]
 
 
 def serve(lab_dir: str, bind: str, port: int, bucket: str) -> None:
     """Serve S3 over TLS until SIGTERM."""
-    from cheroot import wsgi
-    from cheroot.ssl.builtin import BuiltinSSLAdapter
-    from moto.core import DEFAULT_ACCOUNT_ID
-    from moto.s3.models import s3_backends
-    from moto.server import DomainDispatcherApplication, create_backend_app
+    from cheroot import wsgi  # noqa: PLC0415 - heavy, loaded by the S3 stand-in only
+    from cheroot.ssl.builtin import BuiltinSSLAdapter  # noqa: PLC0415 - heavy, loaded by the S3 stand-in only
+    from moto.core import DEFAULT_ACCOUNT_ID  # noqa: PLC0415 - heavy, loaded by the S3 stand-in only
+    from moto.s3.models import s3_backends  # noqa: PLC0415 - heavy, loaded by the S3 stand-in only
+    from moto.server import DomainDispatcherApplication, create_backend_app  # noqa: PLC0415 - heavy, loaded by the S3 stand-in only
 
     cfg = LabConfig.load(lab_dir)
     crt, key = ensure_s3_cert(cfg)

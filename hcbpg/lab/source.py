@@ -191,7 +191,7 @@ ALTER TABLE transactions ADD CONSTRAINT fk_rails_77364e6416 FOREIGN KEY (user_id
 ALTER TABLE transactions ADD CONSTRAINT fk_rails_8b0ab6d2f1 FOREIGN KEY (event_id) REFERENCES events(id);
 COMMIT;
 ANALYZE;
-"""
+"""  # noqa: E501 - SQL kept one expression a line
 
 
 def render_conf(ip: str) -> str:

@@ -15,7 +15,8 @@ import shlex
 import socket
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
 
@@ -333,7 +334,7 @@ def tunnel_via(app: "Host", server_ip: str, port: int) -> Iterator[int]:
         while not stop.is_set():
             try:
                 client, addr = listener.accept()
-            except (socket.timeout, OSError):
+            except (TimeoutError, OSError):
                 continue
             chan = transport.open_channel("direct-tcpip", (server_ip, port), addr)
             t = threading.Thread(target=_pump, args=(client, chan, stop), daemon=True)

@@ -8,7 +8,8 @@ setting needs it (and the previous file is put back when PostgreSQL rejects the 
 from __future__ import annotations
 
 import shlex
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
 

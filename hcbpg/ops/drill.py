@@ -14,16 +14,17 @@ from __future__ import annotations
 import json
 import shlex
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
 
-from hcbpg.ops import pgbackrest as pgb
-from hcbpg.errors import DatabaseError, HcbpgError, ParamsError, SafetyCheckFailed, WaitTimeout
-from hcbpg.outcome import Check, Outcome
 from hcbpg.adapters.psql import Psql, render
+from hcbpg.errors import DatabaseError, HcbpgError, ParamsError, SafetyCheckFailed, WaitTimeout
+from hcbpg.ops import pgbackrest as pgb
 from hcbpg.ops.cluster import get_cluster, psql_for
+from hcbpg.outcome import Check, Outcome
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.host import Host
@@ -88,8 +89,8 @@ def scratch_host(params: "Params", target: DrillTarget, *, dry_run: bool) -> "Ho
 
     In a dry run a scratch host that does not exist yet is None (the plan assumes a fresh one).
     """
-    from hcbpg.errors import HostUnreachable
     from hcbpg.adapters.host import Host
+    from hcbpg.errors import HostUnreachable
     address = target.ssh_host or target.private_ip
     if params.environment == "lab":
         from hcbpg.lab.core import LabConfig, read_state
@@ -99,6 +100,7 @@ def scratch_host(params: "Params", target: DrillTarget, *, dry_run: bool) -> "Ho
                 print(f"[{target.name}] would create the lab scratch host at {target.private_ip}")
                 return None
             import os
+
             from hcbpg.lab.hosts import create_server_host
             key = open(os.path.expanduser(params.hetzner.ssh_public_key_file)).read()
             created = create_server_host(target.name, target.private_ip, [key])

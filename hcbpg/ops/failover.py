@@ -25,15 +25,13 @@ from __future__ import annotations
 import os
 import time
 import urllib.parse
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Literal
 
 from psycopg import sql
 
-from hcbpg.ops import replica
-from hcbpg.ops import topology
-from hcbpg.ops import cluster as pg_cluster
 from hcbpg.adapters.psql import Psql
 from hcbpg.desired import replication as desired_replication
 from hcbpg.desired import server as desired_server
@@ -44,6 +42,8 @@ from hcbpg.errors import (
     SafetyCheckFailed,
     WaitTimeout,
 )
+from hcbpg.ops import cluster as pg_cluster
+from hcbpg.ops import replica, topology
 from hcbpg.ops import replication as rep
 from hcbpg.outcome import Check, Outcome
 from hcbpg.pg import conf as pgconf
@@ -134,7 +134,7 @@ def plan_failover(topology: topology.Topology, states: Mapping[str, topology.Ser
     candidates = [s for s in standbys if s.name != old]
     if not candidates:
         raise SafetyCheckFailed(
-            f"no running replica to promote (servers: "
+            "no running replica to promote (servers: "
             + ", ".join(f"{n}: {'running' if s.running else 'stopped'}"
                         f"{', in recovery' if s.in_recovery else ''}" for n, s in states.items()) + ")",
             hint="Start the replica (or rebuild it with step 10) first. Nothing was changed.")

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import shlex
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
-from hcbpg.ops import cluster as pg_cluster
 from hcbpg.errors import DatabaseError, HcbpgError, HostUnreachable
+from hcbpg.ops import cluster as pg_cluster
 from hcbpg.outcome import Check
 from hcbpg.secrets import scrub
 
@@ -480,6 +481,7 @@ def open_hosts(params: "Params", *, recorded: Sequence[Mapping[str, Any]] | None
                echo: Callable[[str], None] = lambda s: None) -> dict[str, "Host | None"]:
     """A Host per server: ``ssh_host``, else the public IP step 01 recorded, else the private IP."""
     import os
+
     from hcbpg.adapters.host import Host  # noqa: PLC0415
     from hcbpg.steps.targets import ssh_address  # noqa: PLC0415
     out: dict[str, Host | None] = {}

@@ -29,24 +29,33 @@ import shlex
 import subprocess
 import time
 import urllib.parse
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
 
-from hcbpg.ops import cluster as pg_cluster
-from hcbpg.engine import manifest as mf
 from hcbpg import secrets as hsecrets
-from hcbpg.errors import (DatabaseError, HcbpgError, ParamsError, RemoteCommandError, SafetyCheckFailed,
-                          SecretError, VerificationFailed, WaitTimeout)
-from hcbpg.outcome import Check, Outcome, unified_diff
 from hcbpg.adapters.psql import render
+from hcbpg.engine import manifest as mf
+from hcbpg.errors import (
+    DatabaseError,
+    HcbpgError,
+    ParamsError,
+    RemoteCommandError,
+    SafetyCheckFailed,
+    SecretError,
+    VerificationFailed,
+    WaitTimeout,
+)
+from hcbpg.ops import cluster as pg_cluster
+from hcbpg.outcome import Check, Outcome, unified_diff
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.host import Host
-    from hcbpg.params import Params
     from hcbpg.engine.runbook import Runbook
+    from hcbpg.params import Params
 
 #: the conf.d part that holds the restore-time settings; read last, removed after the restore
 RESTORE_PART = "90-hcbpg-restore.conf"
@@ -100,7 +109,7 @@ def parse_source_url(url: str) -> dict[str, str]:
 def render_service_file(conn: Mapping[str, str], *, name: str = SERVICE_NAME,
                         application_name: str = APPLICATION_NAME) -> str:
     """A libpq service file (pg_service.conf) with one section; values may not span lines."""
-    lines = [f"# written by hcbpg for the migration; removed when the step ends", f"[{name}]"]
+    lines = ["# written by hcbpg for the migration; removed when the step ends", f"[{name}]"]
     merged = {**conn, "application_name": application_name}
     if "sslmode" not in merged and merged.get("host") not in ("localhost", "127.0.0.1", "::1"):
         merged["sslmode"] = "require"  # Heroku only takes TLS; so do we by default
@@ -943,7 +952,7 @@ def check_disk_space(host: "Host", params: "Params", facts: Mapping[str, Any]) -
     # read-only: df on the dump dir, or on its nearest existing parent
     res = host.probe(f"d={shlex.quote(src.dump_dir)}; while [ ! -d \"$d\" ]; do d=$(dirname \"$d\"); done; "
                      "df -B1 --output=avail \"$d\" | tail -1")
-    avail = int((res.stdout.strip() or "0"))
+    avail = int(res.stdout.strip() or "0")
     need = int(int(facts.get("size_bytes") or 0) * 2.2)
     return Check.of("disk space for dump and restore", avail >= need,
                     f"{avail / GIB:.1f} GiB free, need about {need / GIB:.1f} GiB", host.name)

@@ -16,16 +16,17 @@ import re
 import shlex
 import time
 import urllib.parse
-from typing import TYPE_CHECKING, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-from hcbpg.outcome import Check, Outcome, unified_diff
 from hcbpg.ops.packages import get_installed_packages
+from hcbpg.outcome import Check, Outcome, unified_diff
 from hcbpg.pg.conf import MANAGED_HEADER
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.host import Host
-    from hcbpg.params import Params, Server
     from hcbpg.desired.roles import RolesConfig
+    from hcbpg.params import Params, Server
 
 PLACEHOLDER = "<secret>"
 VECTOR_CONFIG = "/etc/vector/hcbpg-postgresql.toml"

@@ -19,21 +19,21 @@ from __future__ import annotations
 import json
 import re
 import shlex
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
 
 from hcbpg import secrets as hsecrets
+from hcbpg.desired.server import config_dir
 from hcbpg.errors import ParamsError, PgBackRestError, SafetyCheckFailed
-from hcbpg.outcome import Check, Outcome, unified_diff
+from hcbpg.ops.cluster import psql_for
 from hcbpg.ops.config import apply_settings_file
 from hcbpg.ops.packages import get_installed_packages
-from hcbpg.ops.cluster import psql_for
-from hcbpg.pg.conf import MANAGED_HEADER, parse_settings
-from hcbpg.desired.server import config_dir
-from hcbpg.pg.conf import quote_setting
+from hcbpg.outcome import Check, Outcome, unified_diff
+from hcbpg.pg.conf import MANAGED_HEADER, parse_settings, quote_setting
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.host import Host, Result

@@ -12,9 +12,9 @@ import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hcbpg.ops import cluster as pg_cluster
 from hcbpg.adapters.host import Host
 from hcbpg.errors import HcbpgError, HostUnreachable
+from hcbpg.ops import cluster as pg_cluster
 from hcbpg.outcome import Check
 from hcbpg.params import params_path, params_sha256
 from hcbpg.pg import scram as scram

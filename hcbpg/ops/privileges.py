@@ -35,8 +35,9 @@ Pure parts: :func:`roles_config`, :func:`parse_observed`, :func:`effective_privi
 from __future__ import annotations
 
 import shlex
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
 
@@ -45,8 +46,8 @@ from hcbpg.adapters.psql import Psql, render
 from hcbpg.desired.roles import RolesConfig
 from hcbpg.errors import SafetyCheckFailed
 from hcbpg.ops.app_database import get_role
-from hcbpg.pg.scram import scram_matches, scram_verifier
 from hcbpg.outcome import Check, Outcome
+from hcbpg.pg.scram import scram_matches, scram_verifier
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.host import Host
@@ -364,7 +365,7 @@ def _role_statements(cfg: RolesConfig, obs: Observed, passwords: Mapping[str, st
     if g not in obs.roles:
         out.append(Statement(sql.SQL("CREATE ROLE {} WITH NOLOGIN INHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE "
                                      "NOREPLICATION").format(_ident(g)), "postgres",
-                             f"the group role that holds the app's privileges"))
+                             "the group role that holds the app's privileges"))
     elif obs.roles[g]["rolcanlogin"]:
         out.append(Statement(sql.SQL("ALTER ROLE {} WITH NOLOGIN").format(_ident(g)), "postgres",
                              "the group role must not log in"))

@@ -15,9 +15,10 @@ import contextlib
 import hashlib
 import ipaddress
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Sequence
+from typing import Any, Literal
 
 import hcloud
 import requests

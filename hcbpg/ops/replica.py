@@ -7,8 +7,9 @@ from __future__ import annotations
 import re
 import shlex
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from hcbpg.adapters.psql import Psql
 from hcbpg.desired import server as desired_server

@@ -24,7 +24,8 @@ from __future__ import annotations
 import shlex
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING
 
 from hcbpg.errors import ParamsError
-from hcbpg.outcome import Check, Outcome, unified_diff
 from hcbpg.ops.packages import get_installed_packages
+from hcbpg.outcome import Check, Outcome, unified_diff
 from hcbpg.pg.conf import MANAGED_HEADER
 
 if TYPE_CHECKING:  # pragma: no cover

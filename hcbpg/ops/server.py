@@ -3,7 +3,8 @@ together, and the checks that prove it."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from hcbpg.errors import (
     SafetyCheckFailed,

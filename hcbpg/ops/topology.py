@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import shlex
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 from hcbpg.desired.replication import bin_path, replication_params, slot_name
 from hcbpg.errors import (

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
-from hcbpg.errors import HcbpgError, HostUnreachable, ParamsError
 from hcbpg.adapters.host import Host
+from hcbpg.errors import HcbpgError, HostUnreachable, ParamsError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hcbpg.params import Params, Server
     from hcbpg.engine.runbook import Runbook
+    from hcbpg.params import Params, Server
 
 
 def recorded_server(recorded: Iterable[Mapping[str, Any]] | None, name: str) -> Mapping[str, Any] | None:

@@ -16,7 +16,7 @@ up before.  Tests using it are skipped (with the reason) when not root or when
 from __future__ import annotations
 
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 

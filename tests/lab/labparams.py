@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 import secrets as stdlib_secrets
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from hcbpg.lab.core import S3_BUCKET
 

@@ -21,22 +21,23 @@ from pathlib import Path
 
 import pytest
 import yaml
-from labparams import lab_params, pgbackrest_section, replication_section
 
-from hcbpg.ops import replica as replica_ops
-from hcbpg.ops import cluster as pg_cluster
-from hcbpg.ops import config as pg_config
-from hcbpg.ops import server as pg_server
 from hcbpg.adapters.host import Host
 from hcbpg.desired import roles as desired_roles
 from hcbpg.desired import server as desired_server
 from hcbpg.lab import create_server_host, destroy_server_host
 from hcbpg.ops import app_database as roles
+from hcbpg.ops import cluster as pg_cluster
+from hcbpg.ops import config as pg_config
 from hcbpg.ops import failover as fo
 from hcbpg.ops import health, monitoring, privileges, rotation
+from hcbpg.ops import replica as replica_ops
 from hcbpg.ops import replication as rep
+from hcbpg.ops import server as pg_server
 from hcbpg.params import parse_params
 from hcbpg.secrets import resolve
+
+from labparams import lab_params, pgbackrest_section, replication_section
 
 pytestmark = pytest.mark.lab
 

@@ -136,8 +136,8 @@ def test_ssh_waits_for_a_key_that_is_put_in_place_late_and_refuses_a_wrong_key(l
     import threading
     import time
 
-    from hcbpg.errors import HostUnreachable
     from hcbpg.adapters.host import Host
+    from hcbpg.errors import HostUnreachable
     name, ip = "server-postgres-t2", lab.cfg.address(56)
     create_server_host(name, ip, [], lab_dir=str(lab.lab_dir))  # no key authorized yet
     try:
@@ -163,8 +163,8 @@ def test_a_connection_lost_while_idle_is_opened_again_but_a_command_cut_off_is_n
     saw: "Socket exception: Bad file descriptor") is opened again once before the next command, which
     has not been sent yet.  A connection lost while a command runs raises HostUnreachable: that
     command is never run a second time."""
-    from hcbpg.errors import HostUnreachable
     from hcbpg.adapters.host import Host
+    from hcbpg.errors import HostUnreachable
     seen: list[str] = []
     host = Host(server["name"], server["ip"], key_file=str(lab.ssh_key), connect_timeout=5, echo=seen.append)
     try:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from hcbpg.lab import Lab, lab_unavailable_reason
+
 from nbutil import default_lab_lock
 
 pytestmark = pytest.mark.lab

@@ -17,21 +17,21 @@ import time
 from pathlib import Path
 
 import pytest
-from labparams import lab_params, pgbackrest_section, replication_section
 
-from hcbpg.ops import replica
-from hcbpg.ops import topology
-from hcbpg.ops import cluster as pg_cluster
-from hcbpg.ops import server as pg_server
 from hcbpg.adapters.host import Host
 from hcbpg.desired import replication as desired_replication
 from hcbpg.errors import SafetyCheckFailed
 from hcbpg.lab import create_server_host, destroy_server_host
 from hcbpg.ops import app_database as roles
+from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import failover as fo
+from hcbpg.ops import replica, topology
 from hcbpg.ops import replication as rep
+from hcbpg.ops import server as pg_server
 from hcbpg.params import parse_params
 from hcbpg.secrets import resolve
+
+from labparams import lab_params, pgbackrest_section, replication_section
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -12,15 +12,16 @@ from pathlib import Path
 
 import pytest
 
+from hcbpg.adapters.host import Host
+from hcbpg.errors import HostUnreachable, SafetyCheckFailed
+from hcbpg.lab import create_server_host, destroy_server_host
+from hcbpg.ops import app_database as roles
 from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import config as pg_config
 from hcbpg.ops import server as pg_server
-from hcbpg.ops import app_database as roles
-from hcbpg.errors import HostUnreachable, SafetyCheckFailed
-from hcbpg.adapters.host import Host
-from hcbpg.lab import create_server_host, destroy_server_host
 from hcbpg.params import parse_params
 from hcbpg.secrets import resolve
+
 from labparams import lab_params
 
 pytestmark = pytest.mark.lab
@@ -124,7 +125,7 @@ def test_no_secret_reaches_any_command_line_or_output(params, hosts, password):
 def test_setting_that_needs_a_restart_restarts_and_one_that_does_not_only_reloads(params, hosts):
     server = params.replicas[0]
     host = hosts[server.name]
-    pid = lambda: host.probe(f"head -1 /var/lib/postgresql/15/main/postmaster.pid").stdout.strip()  # noqa: E731
+    pid = lambda: host.probe("head -1 /var/lib/postgresql/15/main/postmaster.pid").stdout.strip()  # noqa: E731
     before = pid()
     o = pg_config.ensure_settings(host, params, server, "connections", dry_run=False, extra={"work_mem": "8MB"})
     assert o.changed and "reload" in o.actions and not any("restart" in a for a in o.actions)

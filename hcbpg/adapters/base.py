@@ -1,0 +1,63 @@
+"""The host seam: what one command did (:class:`Result`) and the protocol every host adapter
+offers (:class:`HostLike`), so operations take the real SSH :class:`~hcbpg.adapters.host.Host`
+or a test double such as :class:`~hcbpg.adapters.recording.RecordingHost` alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+
+@dataclass
+class Result:
+    """What one remote command did (stdout and stderr are raw; scrub before showing)."""
+
+    host: str
+    command: str
+    exit_code: int
+    stdout: str
+    stderr: str
+    duration: float
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+@runtime_checkable
+class HostLike(Protocol):
+    """One machine that runs shell commands and reads and writes whole files (what ops use)."""
+
+    #: the host's name in the params (shown in every line and error)
+    name: str
+    #: where the host prints its one line per command
+    echo: Callable[[str], None]
+
+    def run(self, cmd: str, *, sudo_user: str | None = None, check: bool = True, stdin: str | None = None,
+            quiet: bool = False, display: str | None = None, timeout: float | None = None,
+            hint: str | None = None) -> Result:
+        """Run a shell command line as root (or *sudo_user*); raise RemoteCommandError on failure if *check*."""
+        ...
+
+    def probe(self, cmd: str, **kw: Any) -> Result:
+        """A read-only command: quiet, never raises on a non-zero exit."""
+        ...
+
+    def exists(self, path: str) -> bool:
+        """Whether *path* exists on the host."""
+        ...
+
+    def read_text(self, path: str, *, sudo_user: str | None = None) -> str | None:
+        """The file's text, or None when it does not exist."""
+        ...
+
+    def put_text(self, path: str, text: str, *, mode: int = 0o644, owner: str = "root",
+                 group: str | None = None, dry_run: bool = False) -> None:
+        """Write *text* to *path* whole and atomically (never on a dry run)."""
+        ...
