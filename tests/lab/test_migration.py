@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from hcbpg.ops import migration
+from hcbpg.steps import _migration as migration_steps
 from hcbpg.ops import postgres
 from hcbpg.ops import app_database as roles
 from hcbpg.engine import runbook as rbmod
@@ -297,7 +298,7 @@ def test_a_row_deleted_from_the_target_before_verification_fails_the_step_naming
         migration.target(host, params).execute(["DELETE FROM public.transactions WHERE id = 17"])
         ver = migration.verify_restore(host, params, source, dump, live_source=True)
     with pytest.raises(VerificationFailed) as exc:
-        migration.verify(_rb(params, "06_dry_run_restore"), ver.checks, rollback=migration.ROLLBACK)
+        migration_steps.verify(_rb(params, "06_dry_run_restore"), ver.checks, rollback=migration.ROLLBACK)
     assert exc.value.failures == ["rows public.transactions"]
     assert "rows public.transactions" in str(exc.value) and "(-1)" in str(exc.value)
     assert "Turn maintenance mode off" in str(exc.value)
