@@ -1,6 +1,6 @@
 """The streamed transfer (``source.transfer: stream``): schema, rows and indexes straight from the
 source's exported snapshot into a fresh database, no dump files for the data.  The shell and awk
-it runs on the primary are templates in ``scripts/`` (see :mod:`hcbpg.ops.migration.scripts`)."""
+it runs on the primary are templates in ``scripts/`` (see :mod:`hcbpg.ops.migration.templates`)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from hcbpg import clock
 from hcbpg import secrets as hsecrets
 from hcbpg.adapters.psql import JSON_MARK, parse_marked_json
 from hcbpg.errors import RemoteCommandError
-from hcbpg.ops.migration import scripts
+from hcbpg.ops.migration import templates
 from hcbpg.ops.migration.dump import DumpResult, prepare_dump_dir
 from hcbpg.ops.migration.database import plan_fresh_database
 from hcbpg.ops.migration.restore import RestoreResult, restore_jobs
@@ -47,7 +47,7 @@ LOW_PRIORITY = 10
 #: tag) becomes ``build/<table oid>.<n>.list`` (I) or ``.sql`` plus a line of ``<table oid>.keys`` (K),
 #: and is commented out of the list printed for the final pass.  Anything unmatched stays in it, and
 #: so does a foreign key whose referenced key stays with pg_restore (F lines name that key's entry).
-SPLIT_AWK = scripts.read_script("split.awk")
+SPLIT_AWK = templates.read_script("split.awk")
 
 
 def _target_psql(params: "Params") -> str:
@@ -66,7 +66,7 @@ def render_on_target(params: "Params") -> list[str]:
     Ubuntu, a nice value counts only within its session).  A lowered session starts no parallel
     workers: the postmaster would fork them at normal priority.
     """
-    return scripts.render_script("on-target.sh.tmpl", {"TARGET_PSQL": _target_psql(params)}).splitlines()
+    return templates.render_script("on-target.sh.tmpl", {"TARGET_PSQL": _target_psql(params)}).splitlines()
 
 
 def render_stream_scripts(params: "Params", work: str, schemas: Iterable[str], *, prepare: str | None = None,
@@ -96,14 +96,14 @@ def render_stream_scripts(params: "Params", work: str, schemas: Iterable[str], *
     pg = params.postgres
     cl = f"--cluster {pg.version}/{shlex.quote(pg.cluster)}"
     common = {
-        "HEAD": scripts.render_script("head.sh.tmpl", {"SERVICE_FILE": f"{SECRET_DIR}/source.pgservice"}).rstrip("\n"),
+        "HEAD": templates.render_script("head.sh.tmpl", {"SERVICE_FILE": f"{SECRET_DIR}/source.pgservice"}).rstrip("\n"),
         "W": shlex.quote(work),
         "ROLE": pg.app_role,
         "RESTORE": f"pg_restore {cl} --no-owner --no-acl --role={shlex.quote(pg.app_role)} --exit-on-error",
     }
     on_target = "\n".join(render_on_target(params))
     src_jobs = str(params.source.jobs if params.source is not None else 2)
-    main = scripts.render_script("stream.sh.tmpl", {
+    main = templates.render_script("stream.sh.tmpl", {
         **common,
         "CLUSTER": cl,
         "SERVICE": SERVICE_NAME,
@@ -119,10 +119,10 @@ def render_stream_scripts(params: "Params", work: str, schemas: Iterable[str], *
         "USER_NS": USER_NS,
         "PART": shlex.quote(remove_part or ""),
     }, {"PREPARE": bool(prepare), "RELOAD": reload_settings, "REMOVE_PART": bool(remove_part)})
-    one = scripts.render_script("copy-one.sh.tmpl", {
+    one = templates.render_script("copy-one.sh.tmpl", {
         "HEAD": common["HEAD"], "W": common["W"], "ROLE": common["ROLE"], "ON_TARGET": on_target, "SERVICE": SERVICE_NAME, "LOW_PRIORITY": str(LOW_PRIORITY),
         "SOURCE_JOBS": src_jobs})
-    build = scripts.render_script("build-one.sh.tmpl", {**common, "ON_TARGET": on_target})
+    build = templates.render_script("build-one.sh.tmpl", {**common, "ON_TARGET": on_target})
     return main, one, build
 
 
