@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: user schemas: not the catalogs, not TOAST or temporary schemas
 USER_NS = ("n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_toast' "
-            "AND n.nspname !~ '^pg_temp'")
+           "AND n.nspname !~ '^pg_temp'")
 
 
 def not_ext_member(classid: str, objid: str) -> str:

@@ -84,3 +84,8 @@ LEFT JOIN LATERAL (
   WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped) b ON true
 WHERE c.relkind = 'r' AND {USER_NS} AND {not_ext_member('pg_class', 'c.oid')}
 ORDER BY pg_relation_size(c.oid) DESC, 1;"""
+
+#: statements that set every sequence to its value in the snapshot (printed by the source session)
+SEQUENCES_SQL = ("SELECT format('SELECT pg_catalog.setval(%L, %s, %s);', format('%I.%I', schemaname, sequencename), "
+                 "coalesce(last_value, start_value), (last_value IS NOT NULL)::text) FROM pg_sequences "
+                 "WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1;")

@@ -28,7 +28,7 @@ The modules, one concern each (pure PostgreSQL knowledge is in :mod:`hcbpg.pg`: 
     dump        pg_dump -Fd in an exported snapshot; a Heroku backup
     restore     pg_restore -j N of a dump
     stream      the streamed transfer (its shell and awk are templates in ``scripts/``)
-    templates   the renderer of the templates in scripts/
+    templates   the renderer of the templates in scripts/ (shell, awk, psql sessions)
     verify      inventories compared, ownership, settings gone
     app_checks  checks from the app host (sentinel, passwords, DATABASE_URL)
     cutover     the source quiet, the sentinel write, the password roll

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 from hcbpg import secrets as hsecrets
 from hcbpg.adapters.psql import JSON_MARK, parse_marked_json
 from hcbpg.errors import RemoteCommandError
+from hcbpg.ops.migration import templates
 from hcbpg.ops.migration.source import SECRET_DIR, Source
 from hcbpg.outcome import Check, Outcome
 from hcbpg.pg.conninfo import SERVICE_NAME
@@ -49,24 +50,13 @@ def render_dump_session(params: "Params", out_dir: str, *, with_counts: bool = T
     Because the counts are taken in the dump's own snapshot they are exact even while the
     app still writes (the dry run), and the comparison needs no quiet source.
     """
-    status = f"{out_dir}.pg_dump-exit"
-    lines = [
-        "\\set ON_ERROR_STOP 1",
-        # Heroku may set timeouts per role: the snapshot must outlive the whole dump
-        "SET statement_timeout = 0;",
-        "SET idle_in_transaction_session_timeout = 0;",
-        "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;",
-        "SELECT pg_export_snapshot() AS hcbpg_snapshot \\gset",
-        "\\setenv HCBPG_SNAPSHOT :hcbpg_snapshot",
-        f"\\! {render_pg_dump(params, out_dir)} 2> {shlex.quote(out_dir + '.pg_dump-log')}; "
-        f"echo $? > {shlex.quote(status)}",
-        "SET search_path = pg_catalog;",
-    ]
-    if with_counts:
-        lines += [f"SELECT '{JSON_MARK}' || json_build_object('objects', ({INVENTORY_SQL}), "
-                  f"'rows', ({COUNTS_SQL}), 'newest_event', ({newest_event_sql(params)}))::text;"]
-    lines.append("COMMIT;")
-    return "\n".join(lines) + "\n"
+    return templates.render_script("dump-session.psql.tmpl", {
+        "PG_DUMP": render_pg_dump(params, out_dir),
+        "LOG": shlex.quote(out_dir + ".pg_dump-log"),
+        "STATUS": shlex.quote(f"{out_dir}.pg_dump-exit"),
+        "COUNTS_SELECT": f"SELECT '{JSON_MARK}' || json_build_object('objects', ({INVENTORY_SQL}), "
+                         f"'rows', ({COUNTS_SQL}), 'newest_event', ({newest_event_sql(params)}))::text;",
+    }, {"COUNTS": with_counts})
 
 
 @dataclass

@@ -25,7 +25,7 @@ from hcbpg.pg.conninfo import SERVICE_NAME
 from hcbpg.pg.dump import plan_prerequisites, render_toc_filter
 from hcbpg.pg.inventory import COUNTS_SQL, INVENTORY_SQL, USER_NS, Inventory, newest_event_sql
 from hcbpg.pg.restore import MARKER_RESTORE, plan_restore_settings, prerequisite_statements, render_prepare_sql
-from hcbpg.pg.stream import BUILDS_SQL, TABLES_SQL
+from hcbpg.pg.stream import BUILDS_SQL, SEQUENCES_SQL, TABLES_SQL
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.host import Host
@@ -141,26 +141,15 @@ def render_bundle(files: Mapping[str, tuple[str, str]]) -> str:
 def render_stream_session(params: "Params", work: str) -> str:
     """The source session of a streamed transfer: it exports the snapshot and holds it while the transfer
     runs; tables, sequences and the build plan are read in it first."""
-    status = f"{work}/stream.exit"
-    tables = TABLES_SQL.strip()
-    seqs = ("SELECT format('SELECT pg_catalog.setval(%L, %s, %s);', format('%I.%I', schemaname, sequencename), "
-            "coalesce(last_value, start_value), (last_value IS NOT NULL)::text) FROM pg_sequences "
-            "WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1;")
-    return "\n".join([
-        "\\set ON_ERROR_STOP 1",
-        "SET statement_timeout = 0;",
-        "SET idle_in_transaction_session_timeout = 0;",
-        "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;",
-        "SELECT pg_export_snapshot() AS hcbpg_snapshot \\gset",
-        "\\setenv HCBPG_SNAPSHOT :hcbpg_snapshot",
-        "SET search_path = pg_catalog;",
-        f"\\o {work}/tables", tables,
-        f"\\o {work}/sequences.sql", seqs,
-        f"\\o {work}/builds", BUILDS_SQL.strip(),
-        "\\o",
-        f"\\! bash {shlex.quote(work)}/files.sh > {shlex.quote(work)}/stream.log 2>&1 && "
-        f"bash {shlex.quote(work)}/stream.sh >> {shlex.quote(work)}/stream.log 2>&1; echo $? > {shlex.quote(status)}",
-        "COMMIT;", ""])
+    w = shlex.quote(work)
+    return templates.render_script("stream-session.psql.tmpl", {
+        "WORK": work,  # psql meta-command arguments: the work directory is hcbpg's own path
+        "W": w,
+        "STATUS": shlex.quote(f"{work}/stream.exit"),
+        "TABLES_SQL": TABLES_SQL.strip(),
+        "SEQUENCES_SQL": SEQUENCES_SQL,
+        "BUILDS_SQL": BUILDS_SQL.strip(),
+    })
 
 
 def summarize_stream_times(log: str, tables: str = "") -> list[str]:
