@@ -33,12 +33,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from hcbpg.ops import migration  # noqa: E402
+from hcbpg.ops.migration import stream as migration_stream  # noqa: E402
+from hcbpg.ops import app_database as roles
 from hcbpg.adapters.host import Host  # noqa: E402
 from hcbpg.adapters.psql import Psql
 from hcbpg.lab import Lab, create_server_host  # noqa: E402
-from hcbpg.ops import app_database as roles
 from hcbpg.ops import cluster as pg_cluster
-from hcbpg.ops import migration  # noqa: E402
 from hcbpg.ops import server as pg_server
 from hcbpg.params import load_params  # noqa: E402
 from hcbpg.secrets import register  # noqa: E402
@@ -56,7 +57,7 @@ def quiet(_: str) -> None:
     pass
 
 
-def counts(tgt: migration.Endpoint) -> dict[str, int]:
+def counts(tgt: migration.PsqlEndpoint) -> dict[str, int]:
     return {k: int(v) for k, v in tgt.json(migration.COUNTS_SQL).items()}
 
 
@@ -91,9 +92,9 @@ def run_runbook(lab: Lab, host: Host, params, url: str, work: Path) -> float:  #
 
 def run_ours(host: Host, app: Host, params, url: str, password: str,  # noqa: ANN001
              transfer: str | None = None) -> tuple[float, float, dict]:
-    default = migration.transfer_method
+    default = migration_stream.transfer_method
     if transfer:  # what source.transfer in params selects
-        migration.transfer_method = lambda p: transfer
+        migration_stream.transfer_method = lambda p: transfer
     try:
         with migration.Source(host, url) as source:
             plan = migration.plan_migration(host, params, source)
@@ -101,7 +102,7 @@ def run_ours(host: Host, app: Host, params, url: str, password: str,  # noqa: AN
                                           live_source=True, app=app, password=password,
                                           sentinel_write="hcbpg bench sentinel")
     finally:
-        migration.transfer_method = default
+        migration_stream.transfer_method = default
     failed = [c for c in res.verification.checks if c.status == "fail"]
     if failed:
         raise SystemExit(f"ours: verification failed: {failed}")

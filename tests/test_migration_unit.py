@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hcbpg.errors import SafetyCheckFailed, SecretError, VerificationFailed
 from hcbpg.ops import migration
+from hcbpg.ops.migration import cutover as migration_cutover
+from hcbpg.steps import _migration as migration_steps
+from hcbpg.errors import SafetyCheckFailed, SecretError, VerificationFailed
 from hcbpg.outcome import Check
 from hcbpg.params import parse_params
 from hcbpg.secrets import REDACTED, register, scrub
@@ -346,11 +348,11 @@ def test_other_sessions_on_the_source_fail_the_quiet_check():
 
 
 def test_waiting_for_a_quiet_source_gives_up_at_its_deadline(monkeypatch):
-    monkeypatch.setattr(migration, "get_source_sessions",
+    monkeypatch.setattr(migration_cutover, "get_source_sessions",
                         lambda source: [{"pid": 1, "usename": "u", "client": None, "application_name": "web",
                                          "state": "idle", "writing": False}])
     clock = iter(range(0, 1000, 10))
-    monkeypatch.setattr(migration.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(migration_cutover.time, "monotonic", lambda: next(clock))
     with pytest.raises(migration.WaitTimeout, match="other connections after 30s") as exc:
         migration.wait_for_source_quiet(None, timeout=30, sleep=lambda s: None)
     assert "maintenance mode off" in exc.value.hint.lower() or "Turn maintenance mode" in exc.value.hint
@@ -362,7 +364,7 @@ def test_verification_failure_carries_the_rollback_instructions():
             raise VerificationFailed("1 of 1 checks failed: rows public.users: source 2, target 1",
                                      failures=["rows public.users"])
     with pytest.raises(VerificationFailed) as exc:
-        migration.verify(RB(), [Check("rows public.users", "fail", "source 2, target 1")], rollback=migration.ROLLBACK)
+        migration_steps.verify(RB(), [Check("rows public.users", "fail", "source 2, target 1")], rollback=migration.ROLLBACK)
     text = str(exc.value)
     assert "rows public.users" in text and "before any traffic gate" in text
     assert "Turn maintenance mode off" in text and "Do NOT change DATABASE_URL" in text

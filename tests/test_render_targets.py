@@ -80,7 +80,7 @@ def test_missing_packages_plan_lists_them_and_a_dry_run_runs_nothing():
 
 def test_fresh_host_installs_postgresql_common_first_then_the_repo_then_the_rest():
     def install_common(call: Call) -> str:
-        host.files[pg.PGDG_KEY] = "key"   # postgresql-common ships the signing key
+        host.files[pg_packages.PGDG_KEY] = "key"   # postgresql-common ships the signing key
         return ""
 
     host = scripted_host({}, dict(OS_RELEASE), (r"(?=.*install)(?=.*postgresql-common)", install_common))

@@ -1,26 +1,41 @@
-"""The SQL adapter: statements run as the postgres superuser on the server, through psql over SSH.
+"""The SQL adapter: psql run as the postgres OS user on a server, over SSH; the one place where a
+psql failure becomes a :class:`~hcbpg.errors.DatabaseError`.
 
-``sudo -u postgres psql -X -q -v ON_ERROR_STOP=1`` with the SQL on stdin (peer auth over the
-Unix socket: PostgreSQL listens only on the private network, which the operator is not on).
-Statements are built with ``psycopg.sql`` (see :func:`render`), never by string formatting;
-results come back as JSON.  Every statement that changes something is printed with its
-host, exit status and duration, secrets scrubbed.
+    Psql                  one cluster, any database of it (peer auth over the Unix socket)
+    PsqlEndpoint          one database reached by a given psql command line, results as JSON
+    └── ServiceFileEndpoint   ... through a 0600 libpq service file (the source of the migration)
+
+``sudo -u postgres psql -X -q -v ON_ERROR_STOP=1`` with the SQL on stdin (PostgreSQL listens only
+on the private network, which the operator is not on).  Statements are built with
+``psycopg.sql`` (see :func:`render`), never by string formatting; results come back as JSON.
+Every statement that changes something is printed with its host, exit status and duration,
+secrets scrubbed.  Failures are mapped once, by :func:`map_psql_errors` (like httpx's
+``map_httpcore_exceptions``): a psql that exits non-zero, or a :class:`RemoteCommandError` from
+the host, becomes ``DatabaseError`` with host, database, statement and SQLSTATE, raised from it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import shlex
-from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from psycopg import sql
 
-from hcbpg.adapters.host import Host
 from hcbpg.errors import DatabaseError, RemoteCommandError
 from hcbpg.secrets import scrub
 
+if TYPE_CHECKING:  # pragma: no cover
+    from hcbpg.adapters.host import Host, Result
+
 Composable = sql.Composable
+
+#: the line prefix of a JSON result in psql output (``SELECT 'HCBPG-JSON ' || (...)::text``)
+JSON_MARK = "HCBPG-JSON "
+
+_SQLSTATE = re.compile(r"^(?:ERROR|FATAL|PANIC):\s+([0-9A-Z]{5}):", re.MULTILINE)
 
 
 def render(statement: "Composable | str") -> str:
@@ -30,10 +45,57 @@ def render(statement: "Composable | str") -> str:
     return statement.as_string(None)
 
 
+def parse_sqlstate(output: str) -> str | None:
+    """PostgreSQL's SQLSTATE in psql's error output, when it printed one (``VERBOSITY verbose``)."""
+    m = _SQLSTATE.search(output or "")
+    return m.group(1) if m else None
+
+
+def parse_marked_json(stdout: str) -> Any:
+    """The value after the last ``HCBPG-JSON`` marker in psql output."""
+    for line in reversed(stdout.splitlines()):
+        if line.startswith(JSON_MARK):
+            return json.loads(line[len(JSON_MARK):])
+    raise DatabaseError("psql printed no result line", hint="Run the query by hand to see what it prints.")
+
+
+class PsqlExit(Exception):
+    """psql ran and exited non-zero (raised by :func:`raise_for_exit`, mapped by :func:`map_psql_errors`)."""
+
+    def __init__(self, result: "Result") -> None:
+        self.result = result
+        super().__init__(f"psql exited {result.exit_code}")
+
+
+def raise_for_exit(result: "Result") -> "Result":
+    """*result*, or PsqlExit when psql failed."""
+    if not result.ok:
+        raise PsqlExit(result)
+    return result
+
+
+@contextlib.contextmanager
+def map_psql_errors(*, host: str, message: str, database: str | None = None, statement: str | None = None,
+                    hint: str | None = None) -> Iterator[None]:
+    """Turn a failed psql inside the block into DatabaseError: *message*, then the scrubbed tail of
+    psql's output, with host, database, statement and SQLSTATE as fields (``raise ... from``)."""
+    try:
+        yield
+    except PsqlExit as exc:
+        output = exc.result.output
+        raise DatabaseError(f"{message}\n    " + scrub(output.strip()[-2000:]), host=host, database=database,
+                            statement=scrub(statement) if statement else None, sqlstate=parse_sqlstate(output),
+                            hint=hint) from exc
+    except RemoteCommandError as exc:
+        raise DatabaseError(f"{message}\n    {exc.output_tail.strip()}", host=host, database=database,
+                            statement=scrub(statement) if statement else None,
+                            sqlstate=parse_sqlstate(exc.output_tail), hint=hint) from exc
+
+
 class Psql:
     """psql as the postgres OS user on one server, for one cluster."""
 
-    def __init__(self, host: Host, *, version: int = 15, cluster: str = "main", os_user: str = "postgres") -> None:
+    def __init__(self, host: "Host", *, version: int = 15, cluster: str = "main", os_user: str = "postgres") -> None:
         self.host = host
         self.version = version
         self.cluster = cluster
@@ -47,13 +109,11 @@ class Psql:
         """Rows of a read-only query as dicts (quiet: reads are not printed)."""
         text = render(statement).strip().rstrip(";")
         wrapped = f"SELECT coalesce(json_agg(q), '[]'::json) FROM ({text}) AS q;\n"
-        res = self.host.run(self._cmd(dbname, " -A -t"), sudo_user=self.os_user, stdin=wrapped,
-                            quiet=True, check=False)
-        if not res.ok:
-            raise DatabaseError(
-                f"on {self.host.name}: query failed in database {dbname}: {scrub(text)}\n    "
-                + scrub(res.output.strip()[-2000:]),
-                hint="Is the cluster running (pg_lsclusters)? The query was read-only; nothing changed.")
+        with map_psql_errors(host=self.host.name, database=dbname, statement=text,
+                             message=f"on {self.host.name}: query failed in database {dbname}: {scrub(text)}",
+                             hint="Is the cluster running (pg_lsclusters)? The query was read-only; nothing changed."):
+            res = raise_for_exit(self.host.run(self._cmd(dbname, " -A -t"), sudo_user=self.os_user, stdin=wrapped,
+                                               quiet=True, check=False))
         out = res.stdout.strip()
         return json.loads(out) if out else []
 
@@ -80,10 +140,107 @@ class Psql:
             if dry_run:
                 self.host.echo(f"[{self.host.name}] [dry run] would run {scrub(shown)}")
                 continue
-            try:
+            with map_psql_errors(host=self.host.name, database=dbname, statement=text,
+                                 message=f"on {self.host.name}: SQL failed in database {dbname}: {scrub(shown)}",
+                                 hint="The statements before this one were applied; fix the cause and "
+                                      "run the step again (it only does what is still missing)."):
                 self.host.run(self._cmd(dbname), sudo_user=self.os_user, stdin=text + "\n", display=shown)
-            except RemoteCommandError as exc:
-                raise DatabaseError(f"on {self.host.name}: SQL failed in database {dbname}: {exc.command}\n"
-                                    f"    {exc.output_tail.strip()}",
-                                    hint="The statements before this one were applied; fix the cause and "
-                                         "run the step again (it only does what is still missing).") from exc
+
+    def script(self, statements: "Sequence[Composable | str]", *, dbname: str, hint: str) -> None:
+        """Statements in one psql call (each its own transaction, so CREATE DATABASE may be one), all
+        shown on one line; it stops at the first error."""
+        texts = [render(st).strip().rstrip(";") + ";" for st in statements]
+        shown = scrub(f"psql -d {dbname}: " + " ".join(" ".join(t.split()) for t in texts))
+        with map_psql_errors(host=self.host.name, database=dbname, statement="\n".join(texts),
+                             message=f"on {self.host.name}: SQL failed in database {dbname}: {shown}", hint=hint):
+            raise_for_exit(self.host.run(self._cmd(dbname, " -f -"), sudo_user=self.os_user,
+                                         stdin="\n".join(texts) + "\n", display=shown, check=False))
+
+
+class PsqlEndpoint:
+    """psql on a server, as the postgres OS user, against one database reached by *conn_cmd*;
+    results of queries come back as JSON on a marked line."""
+
+    def __init__(self, host: "Host", conn_cmd: str, *, label: str, env: str = "", database: str | None = None) -> None:
+        self.host = host
+        self.conn_cmd = conn_cmd
+        self.label = label
+        self.env = env
+        self.database = database
+
+    def _cmd(self) -> str:
+        return f"{self.env + ' ' if self.env else ''}{self.conn_cmd} -X -q -A -t -v ON_ERROR_STOP=1 -f -"
+
+    def script(self, text: str, *, display: str, quiet: bool = False, timeout: float | None = None,
+               check: bool = True) -> Any:
+        """Run a psql script (SQL and meta-commands); raise DatabaseError naming the endpoint."""
+        if not check:
+            return self.host.run(self._cmd(), sudo_user="postgres", stdin=text, display=display, quiet=quiet,
+                                 check=False, timeout=timeout)
+        with map_psql_errors(host=self.host.name, database=self.database, statement=display,
+                             message=f"on {self.host.name}: psql against {self.label} failed: {display}",
+                             hint="Read the error above; what ran before this statement was applied."):
+            return raise_for_exit(self.host.run(self._cmd(), sudo_user="postgres", stdin=text, display=display,
+                                                quiet=quiet, check=False, timeout=timeout))
+
+    def json(self, select: "Composable | str", *, setup: str = "SET search_path = pg_catalog;") -> Any:
+        """The JSON value of a one-value SELECT (search_path pinned so names come out schema-qualified)."""
+        text = render(select).strip().rstrip(";")
+        script = f"{setup}\nSELECT '{JSON_MARK}' || ({text})::text;\n"
+        res = self.script(script, display=f"query {self.label}", quiet=True)
+        return parse_marked_json(res.stdout)
+
+    def rows(self, select: "Composable | str") -> list[dict[str, Any]]:
+        """Rows of a SELECT as dicts."""
+        text = render(select).strip().rstrip(";")
+        # jsonb prints on one line (json_agg puts a newline between rows; the marker line must hold all)
+        return self.json(f"SELECT coalesce(jsonb_agg(q), '[]'::jsonb) FROM ({text}) AS q") or []
+
+    def execute(self, statements: "Sequence[Composable | str]", *, dry_run: bool = False) -> None:
+        """Statements that change something, shown (scrubbed) one line each."""
+        for st in statements:
+            text = render(st).strip().rstrip(";") + ";"
+            shown = f"psql {self.label}: {' '.join(text.split())}"
+            if dry_run:
+                self.host.echo(f"[{self.host.name}] [dry run] would run {scrub(shown)}")
+                continue
+            self.script(text + "\n", display=shown)
+
+
+class ServiceFileEndpoint(PsqlEndpoint):
+    """A database reached through a 0600 libpq service file (``service=NAME``) on the server, so that
+    no secret is on a command line.
+
+    Use as a context manager: the file is written on enter and removed on exit (nested opens
+    share it; the last close removes it).
+    """
+
+    def __init__(self, host: "Host", *, service_name: str, service_text: str, directory: str, label: str,
+                 database: str | None = None) -> None:
+        self.service_file = f"{directory}/source.pgservice"
+        self.directory = directory
+        self._service_text = service_text
+        super().__init__(host, f"psql -d service={service_name}", label=label,
+                         env=f"PGSERVICEFILE={self.service_file}", database=database)
+        self._depth = 0
+
+    def open(self) -> "ServiceFileEndpoint":
+        """Write the service file (nested opens share it; the last close removes it)."""
+        if self._depth == 0:
+            h = self.host
+            h.run(f"install -d -m 0700 -o postgres -g postgres {self.directory}", quiet=True)
+            h.put_text(self.service_file, self._service_text, mode=0o600, owner="postgres")
+        self._depth += 1
+        return self
+
+    def close(self) -> None:
+        self._depth = max(0, self._depth - 1)
+        if self._depth == 0:
+            self.host.run(f"rm -f {shlex.quote(self.service_file)}; rmdir {self.directory} 2>/dev/null || true",
+                          quiet=True, check=False)
+
+    def __enter__(self) -> "ServiceFileEndpoint":
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -312,6 +312,10 @@ class Runbook:
                                  "duration_s": round(sum(a.get("duration_s") or 0 for a in step["attempts"]), 3)})
         return summary
 
+    def runs_of_env(self) -> list[mf.Run]:
+        """Every run of this environment, oldest first (for a step that reads what earlier runs approved)."""
+        return mf.list_runs(self.home, self.env)
+
     def skip(self, reason: str) -> None:
         """End the step here, recorded as done with nothing changed (e.g. the migration is complete).
 

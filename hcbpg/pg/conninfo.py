@@ -1,8 +1,83 @@
-"""libpq connection strings and ``.pgpass`` lines: quoting and parsing.  Pure."""
+"""libpq connection parameters: keyword values quoted and conninfo strings parsed, ``.pgpass``
+lines, a ``postgres://`` URL parsed, a service file rendered, a URL for the app built and
+redacted.  Pure: no I/O (passwords are registered with the scrubber)."""
 
 from __future__ import annotations
 
 import re
+import urllib.parse
+from typing import TYPE_CHECKING, Mapping
+
+from hcbpg import secrets as hsecrets
+from hcbpg.errors import SecretError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hcbpg.params import Params
+
+SERVICE_NAME = "hcbpg_source"
+APPLICATION_NAME = "hcbpg-migration"
+
+
+def parse_source_url(url: str) -> dict[str, str]:
+    """libpq connection parameters of a ``postgres://`` URL (password included: treat as secret)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("postgres", "postgresql"):
+        raise SecretError("source.url: not a postgres:// URL",
+                          hint="source.url must reference a URL like postgres://user:password@host:5432/dbname.")
+    out: dict[str, str] = {}
+    if parts.hostname:
+        out["host"] = urllib.parse.unquote(parts.hostname)
+    if parts.port:
+        out["port"] = str(parts.port)
+    db = urllib.parse.unquote(parts.path.lstrip("/"))
+    if db:
+        out["dbname"] = db
+    if parts.username:
+        out["user"] = urllib.parse.unquote(parts.username)
+    if parts.password:
+        out["password"] = urllib.parse.unquote(parts.password)
+    for key, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
+        out[key] = value
+    if "host" not in out or "dbname" not in out:
+        raise SecretError("source.url: the URL names no host or no database",
+                          hint="source.url must look like postgres://user:password@host:5432/dbname.")
+    return out
+
+
+def render_service_file(conn: Mapping[str, str], *, name: str = SERVICE_NAME,
+                        application_name: str = APPLICATION_NAME) -> str:
+    """A libpq service file (pg_service.conf) with one section; values may not span lines."""
+    lines = ["# written by hcbpg for the migration; removed when the step ends", f"[{name}]"]
+    merged = {**conn, "application_name": application_name}
+    if "sslmode" not in merged and merged.get("host") not in ("localhost", "127.0.0.1", "::1"):
+        merged["sslmode"] = "require"  # Heroku only takes TLS; so do we by default
+    for key in sorted(merged):
+        value = merged[key]
+        if "\n" in value or "\r" in value or not re.fullmatch(r"[a-z_]+", key):
+            raise SecretError(f"source.url: parameter {key} cannot go into a service file")
+        lines.append(f"{key}={value}")
+    return "\n".join(lines) + "\n"
+
+
+def describe_source(conn: Mapping[str, str]) -> str:
+    """The source as it may be printed: user@host:port/dbname, never the password."""
+    return f"{conn.get('user', '?')}@{conn.get('host')}:{conn.get('port', '5432')}/{conn.get('dbname')}"
+
+
+def render_database_url(params: "Params", password: str, *, host: str | None = None) -> str:
+    """DATABASE_URL for the app: rails on the primary's private IP (contains the password)."""
+    pg = params.postgres
+    return (f"postgres://{urllib.parse.quote(pg.app_role, safe='')}:{urllib.parse.quote(password, safe='')}"
+            f"@{host or params.primary.private_ip}:{pg.port}/{urllib.parse.quote(pg.database, safe='')}")
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced by ``[secret]`` (for printing)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:{hsecrets.REDACTED}@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def pgpass_field(value: str) -> str:

@@ -19,14 +19,15 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from hcbpg.adapters.host import Host
-from hcbpg.engine import runbook as rbmod
-from hcbpg.engine.runner import Runner, approve
-from hcbpg.errors import SafetyCheckFailed, VerificationFailed
-from hcbpg.lab import create_server_host, destroy_server_host
-from hcbpg.ops import app_database as roles
-from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import migration
+from hcbpg.steps import _migration as migration_steps
+from hcbpg.ops import app_database as roles
+from hcbpg.engine import runbook as rbmod
+from hcbpg.errors import SafetyCheckFailed, VerificationFailed
+from hcbpg.adapters.host import Host
+from hcbpg.engine.runner import Runner, approve
+from hcbpg.lab import create_server_host, destroy_server_host
+from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import server as pg_server
 from hcbpg.params import parse_params
 from hcbpg.secrets import register
@@ -299,7 +300,7 @@ def test_a_row_deleted_from_the_target_before_verification_fails_the_step_naming
         migration.target(host, params).execute(["DELETE FROM public.transactions WHERE id = 17"])
         ver = migration.verify_restore(host, params, source, dump, live_source=True)
     with pytest.raises(VerificationFailed) as exc:
-        migration.verify(_rb(params, "06_dry_run_restore"), ver.checks, rollback=migration.ROLLBACK)
+        migration_steps.verify(_rb(params, "06_dry_run_restore"), ver.checks, rollback=migration.ROLLBACK)
     assert exc.value.failures == ["rows public.transactions"]
     assert "rows public.transactions" in str(exc.value) and "(-1)" in str(exc.value)
     assert "Turn maintenance mode off" in str(exc.value)

@@ -1,0 +1,101 @@
+"""The move of the database from the source (Heroku) into the primary: dump, restore, verify, cut over.
+
+Everything runs on the primary itself: ``pg_dump`` pulls from the source over the network
+(no laptop hop, no copy), ``pg_restore`` loads over the Unix socket as ``postgres`` and
+``SET ROLE rails`` so that every object is owned by the app role.  The source URL never
+reaches a command line or an output: it becomes a 0600 libpq service file on the
+primary (in ``/run``, a tmpfs) that is removed when the step ends.
+
+A run is: :func:`plan_migration` (read-only, the dry run shows it) → the transfer →
+:func:`verify_restore` (object inventory, per-table row counts, sequences, the app host's
+read/write and the sentinel).  For method ``pg_dump`` the transfer is :func:`run_stream` by
+default (``source.transfer: stream``): one source session exports a snapshot; in it the schema
+is dumped, each table's rows are piped into a fresh database and that table's indexes and keys
+built right after them, then the foreign keys are checked; the inventory and every table's row
+count are taken in the same snapshot.  ``source.transfer: directory`` (and method ``heroku``)
+is :func:`run_dump` (``pg_dump -Fd -j N`` of that snapshot, counts in it) then
+:func:`run_restore` (fresh database, extensions first, ``pg_restore -j N`` with restore-time
+settings).  The cutover adds :func:`wait_for_source_quiet`,
+:func:`run_sentinel_write` and :func:`run_rotate_password`; starting traffic adds
+:func:`render_database_url` and :func:`~hcbpg.ops.migration.traffic.compute_downtime`.
+
+The modules, one concern each (pure PostgreSQL knowledge is in :mod:`hcbpg.pg`: ``conninfo``,
+``inventory``, ``dump``, ``restore``, ``stream``):
+
+    source      the source (service file) and target psql endpoints, the source's facts and sessions
+    settings    restore-time settings on the primary
+    database    the target database: state, fresh, prerequisites, marked live
+    dump        pg_dump -Fd in an exported snapshot; a Heroku backup
+    restore     pg_restore -j N of a dump
+    stream      the streamed transfer (its shell and awk are templates in ``scripts/``)
+    templates   the renderer of the templates in scripts/ (shell, awk, psql sessions)
+    verify      inventories compared, ownership, settings gone
+    app_checks  checks from the app host (sentinel, passwords, DATABASE_URL)
+    cutover     the source quiet, the sentinel write, the password roll
+    traffic     the DATABASE_URL handoff file and the downtime
+    plan        plan_migration and run_migration, as 06 and 07 run them
+
+This package re-exports the names its callers use; steps that take the runbook are in
+:mod:`hcbpg.steps` (``dry_run_restore``, ``cutover``, ``start_traffic``, ``_migration``).
+"""
+
+from __future__ import annotations
+
+from hcbpg.adapters.psql import PsqlEndpoint, parse_marked_json, render
+from hcbpg.errors import WaitTimeout
+from hcbpg.ops.migration.app_checks import (app_psql, check_from_app, check_passwords, check_url_from_app,
+                                            parse_app_output)
+from hcbpg.ops.migration.cutover import (ROLLBACK, check_source_quiet, run_rotate_password, run_sentinel_write,
+                                         sentinel_value, wait_for_source_quiet)
+from hcbpg.ops.migration.database import (check_extensions_available, ensure_fresh_database, ensure_prerequisites,
+                                          get_target_state, live_since, mark_live, plan_fresh_database,
+                                          run_statements)
+from hcbpg.ops.migration.dump import (DumpResult, check_disk_space, dump_path, prepare_dump_dir, remove_dump,
+                                      render_download, render_dump_session, render_heroku_commands, render_pg_dump,
+                                      run_dump, run_heroku_dump)
+from hcbpg.ops.migration.plan import (MigrationResult, Plan, dry_run_sentinel, plan_migration, plan_without_primary,
+                                      run_migration, show_comparison)
+from hcbpg.ops.migration.restore import RestoreResult, render_pg_restore, restore_jobs, run_restore
+from hcbpg.ops.migration.settings import (RESTORE_PART, check_restore_settings_gone, ensure_restore_settings,
+                                          get_server_state, remove_restore_settings, render_reload_and_wait,
+                                          render_restore_settings, restore_part_path)
+from hcbpg.ops.migration.source import SECRET_DIR, Source, get_source_facts, get_source_sessions, target
+from hcbpg.ops.migration.stream import (LOW_PRIORITY, SPLIT_AWK, read_files, render_bundle, render_on_target,
+                                        render_stream_scripts, render_stream_session, run_stream,
+                                        stream_plan_actions, summarize_stream_times, transfer_method, use_stream)
+from hcbpg.ops.migration.traffic import (AppUrls, compute_downtime, handoff_path, render_env_file, show_downtime,
+                                         show_urls, write_app_urls, write_private_file)
+from hcbpg.ops.migration.verify import Verification, check_table_owners, get_inventory, verify_restore
+from hcbpg.pg.conninfo import (APPLICATION_NAME, SERVICE_NAME, describe_source, parse_source_url, redact_url,
+                               render_database_url, render_service_file)
+from hcbpg.pg.dump import filter_toc, plan_prerequisites, render_toc_filter
+from hcbpg.pg.inventory import (COUNTS_SQL, IGNORED, INVENTORY_SQL, KIND_LABELS, SOURCE_FACTS_SQL, Inventory,
+                                compare_objects, compare_rows, comparison_table, newest_event_sql)
+from hcbpg.pg.restore import (GIB, MARKER_LIVE, MARKER_RESTORE, TargetState, plan_create_statements,
+                              plan_recreate, plan_restore_settings, prerequisite_statements, render_db_setting,
+                              render_prepare_sql)
+from hcbpg.pg.stream import BUILDS_SQL, TABLES_SQL
+
+__all__ = [
+    "APPLICATION_NAME", "AppUrls", "BUILDS_SQL", "COUNTS_SQL", "DumpResult", "GIB", "IGNORED", "INVENTORY_SQL",
+    "Inventory", "KIND_LABELS", "LOW_PRIORITY", "MARKER_LIVE", "MARKER_RESTORE", "MigrationResult", "Plan",
+    "PsqlEndpoint", "RESTORE_PART", "ROLLBACK", "RestoreResult", "SECRET_DIR", "SERVICE_NAME", "SOURCE_FACTS_SQL",
+    "SPLIT_AWK", "Source", "TABLES_SQL", "TargetState", "Verification", "WaitTimeout", "app_psql",
+    "check_disk_space", "check_extensions_available", "check_from_app", "check_passwords",
+    "check_restore_settings_gone", "check_source_quiet", "check_table_owners", "check_url_from_app",
+    "compare_objects", "compare_rows", "comparison_table", "compute_downtime", "describe_source",
+    "dry_run_sentinel", "dump_path", "ensure_fresh_database", "ensure_prerequisites", "ensure_restore_settings",
+    "filter_toc", "get_inventory", "get_server_state", "get_source_facts", "get_source_sessions",
+    "get_target_state", "handoff_path", "live_since", "mark_live", "newest_event_sql", "parse_app_output",
+    "parse_marked_json", "parse_source_url", "plan_create_statements", "plan_fresh_database", "plan_migration",
+    "plan_prerequisites", "plan_recreate", "plan_restore_settings", "plan_without_primary", "prepare_dump_dir",
+    "prerequisite_statements", "read_files", "redact_url", "remove_dump", "remove_restore_settings", "render",
+    "render_bundle", "render_database_url", "render_db_setting", "render_download", "render_dump_session",
+    "render_env_file", "render_heroku_commands", "render_on_target", "render_pg_dump", "render_pg_restore",
+    "render_prepare_sql", "render_reload_and_wait", "render_restore_settings", "render_service_file",
+    "render_stream_scripts", "render_stream_session", "render_toc_filter", "restore_jobs", "restore_part_path",
+    "run_dump", "run_heroku_dump", "run_migration", "run_restore", "run_rotate_password", "run_sentinel_write",
+    "run_statements", "run_stream", "sentinel_value", "show_comparison", "show_downtime", "show_urls",
+    "stream_plan_actions", "summarize_stream_times", "target", "transfer_method", "use_stream", "verify_restore",
+    "wait_for_source_quiet", "write_app_urls", "write_private_file",
+]

@@ -1,0 +1,175 @@
+"""The whole move as 06 and 07 run it: :func:`plan_migration` (read-only) then :func:`run_migration`
+(the transfer, streamed or dump and restore, then the verification), timed per phase."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Mapping
+
+from hcbpg.ops import cluster as pg_cluster
+from hcbpg import clock
+from hcbpg.display import show_table
+from hcbpg.errors import ParamsError, SafetyCheckFailed
+from hcbpg.ops.migration import stream
+from hcbpg.ops.migration.database import check_extensions_available, get_target_state
+from hcbpg.ops.migration.dump import (DumpResult, check_disk_space, dump_path, remove_dump, render_download,
+                                      render_heroku_commands, render_pg_dump, run_dump, run_heroku_dump)
+from hcbpg.ops.migration.restore import RestoreResult, render_pg_restore, restore_jobs, run_restore
+from hcbpg.ops.migration.settings import RESTORE_PART, get_server_state, render_restore_settings
+from hcbpg.ops.migration.source import Source, get_source_facts
+from hcbpg.ops.migration.verify import Verification, verify_restore
+from hcbpg.outcome import Check, Outcome
+from hcbpg.pg.conninfo import describe_source
+from hcbpg.pg.dump import plan_prerequisites
+from hcbpg.pg.restore import GIB, plan_recreate, plan_restore_settings
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hcbpg.adapters.host import Host
+    from hcbpg.params import Params
+
+
+@dataclass
+class Plan:
+    outcomes: list[Outcome]
+    checks: list[Check]
+    facts: dict[str, Any]
+
+
+def plan_migration(host: "Host", params: "Params", source: Source, *, dry_run: bool = True) -> Plan:
+    """What the dump and restore will do, and their preconditions (read-only; outcomes say "would change").
+
+    *dry_run*: a primary without a running cluster gives a plan that says so instead of an error.
+    """
+    src = params.source
+    if src is None:
+        raise ParamsError("params", ["source: required for the migration steps (method, url, ...)"])
+    if not pg_cluster.get_cluster_running(host, params):
+        if dry_run:
+            return Plan(plan_without_primary(params, why=f"PostgreSQL is not running on {host.name} yet"), [], {})
+        raise SafetyCheckFailed(f"on {host.name}: PostgreSQL {params.postgres.version}/{params.postgres.cluster} "
+                                "is not running", hint="Run steps 02-04 first (install, connections, app role).")
+    with source:
+        facts = get_source_facts(source)
+    state = get_server_state(host, params)
+    tstate = get_target_state(host, params)
+    same = facts.get("postmaster_start") == state["postmaster_start"]
+    why = plan_recreate(tstate, database=params.postgres.database, server=host.name,
+                        allow_destructive=params.allow_destructive, same_server_as_source=same)
+    schemas, exts = plan_prerequisites(facts)
+    settings, notes = plan_restore_settings(mem_bytes=state["mem_bytes"], jobs=restore_jobs(params),
+                                            archive_mode=state["archive_mode"],
+                                            wal_senders_busy=int(state["senders"]),
+                                            replication_slots=int(state["slots"]),
+                                            wal_minimal=bool(getattr(src, "restore_wal_minimal", False)))
+    d = dump_path(params, "<run>")
+    if src.method == "heroku":
+        capture, url = render_heroku_commands(src.heroku_app or "?")
+        dump_actions = [" ".join(capture) + "   (on this machine)", " ".join(url) + "   (on this machine)",
+                        render_download(d + ".dump")[0] + "   (on the primary, URL on stdin)"]
+    elif stream.use_stream(params, facts):
+        dump_actions = ["in one REPEATABLE READ session on the source: pg_export_snapshot(), pg_dump --schema-only "
+                        "in that snapshot, then inventory and row counts in it (source.transfer: stream)"]
+    else:
+        dump_actions = ["in one REPEATABLE READ session on the source: pg_export_snapshot(), then "
+                        + render_pg_dump(params, d) + ", then inventory and row counts in that snapshot"]
+    outcomes = [
+        Outcome(f"dump of the source {describe_source(source.conn)} ({facts['size_bytes'] / GIB:.2f} GiB, "
+                f"PostgreSQL {facts['version']})", True, True, actions=dump_actions),
+        Outcome(f"database {params.postgres.database} on {host.name}", True, True,
+                actions=why + [f"CREATE SCHEMA {s} AUTHORIZATION {params.postgres.app_role}" for s in schemas]
+                + [f"CREATE EXTENSION {e['name']} WITH SCHEMA {e['schema']} (source has {e['version']})" for e in exts]
+                + [f"ALTER DATABASE ... SET {s}" for s in facts.get("db_settings", [])]),
+        Outcome(f"restore-time settings {RESTORE_PART} on {host.name}", True, True,
+                diff=render_restore_settings(settings, server=host.name), actions=notes),
+        Outcome(f"restore into {params.postgres.database}", True, True,
+                actions=(stream.stream_plan_actions(params) if stream.use_stream(params, facts) else
+                         [render_pg_restore(params, d, d + ".list", jobs=restore_jobs(params)), "vacuumdb --analyze-only"])
+                + [f"remove {RESTORE_PART} (restart if wal_level changed)"]),
+    ]
+    checks = [Check("source reachable from the primary", "pass",
+                    f"{describe_source(source.conn)}: {facts['encoding']}, collation {facts['collate']}", host.name),
+              Check.of("source is PostgreSQL 15 or older than the primary's pg_dump",
+                       int(facts["version"]) < 160000, f"server_version_num {facts['version']}", "source"),
+              check_extensions_available(host, params, exts),
+              check_disk_space(host, params, facts)]
+    return Plan(outcomes, checks, facts)
+
+
+@dataclass
+class MigrationResult:
+    dump: DumpResult
+    restore: RestoreResult
+    verification: Verification
+    phases: dict[str, float]
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """What the notebook records (no secrets): phases, sizes, counts, checks."""
+        v = self.verification
+        return {"phases": self.phases, "dump_bytes": self.dump.bytes, "dump_format": self.dump.format,
+                "analyze_s": round(self.restore.analyze_seconds, 3), "restore_settings": {
+                    k: (v2 if not isinstance(v2, bool) else ("on" if v2 else "off"))
+                    for k, v2 in self.restore.settings.items()},
+                "tables": len(v.target.rows), "rows": sum(v.target.rows.values()),
+                "objects": {r["what"]: r["target"] for r in v.table},
+                "checks": {"pass": sum(c.status == "pass" for c in v.checks),
+                           "warn": sum(c.status == "warn" for c in v.checks),
+                           "fail": sum(c.status == "fail" for c in v.checks)}}
+
+
+def run_migration(host: "Host", params: "Params", source: Source, facts: Mapping[str, Any], *, tag: str,
+                  run_label: str, live_source: bool, app: "Host | None" = None, password: str | None = None,
+                  sentinel_write: str | None = None, sentinel_expect: str | None = None,
+                  keep_dump: bool = False) -> MigrationResult:
+    """Dump, restore and verify: what 06 and 07 do, timed per phase (the checks are not raised here)."""
+    src = params.source
+    assert src is not None
+    with source:
+        if src.method == "pg_dump" and stream.transfer_method(params) == "stream" and not stream.use_stream(params, facts):
+            print(f"the source has {facts.get('large_objects')} large objects: they move with a directory dump "
+                  "(source.transfer: directory), not streamed")
+        if stream.use_stream(params, facts):
+            dump, restore = stream.run_stream(host, params, source, facts, tag, run_label=run_label)
+            print(f"streamed (schema, rows, indexes, ANALYZE) in {restore.seconds:.1f}s")
+            for note in restore.notes[restore.notes.index(next(n for n in restore.notes
+                                                               if n.startswith("streamed in"))) + 1:]:
+                print(f"  {note}")
+        else:
+            if src.method == "heroku":
+                dump = run_heroku_dump(host, params, tag)
+            else:
+                dump = run_dump(host, params, source, tag)
+            print(f"dump: {dump.bytes / GIB:.2f} GiB in {dump.seconds:.1f}s ({dump.format} format)")
+            try:
+                restore = run_restore(host, params, dump, facts, run_label=run_label)
+            finally:
+                if not keep_dump:
+                    remove_dump(host, dump)
+            print(f"restore: {restore.seconds:.1f}s (of which ANALYZE {restore.analyze_seconds:.1f}s)")
+        ver = verify_restore(host, params, source, dump, live_source=live_source, app=app, password=password,
+                             sentinel_write=sentinel_write, sentinel_expect=sentinel_expect)
+    print(f"verify: {ver.seconds:.1f}s")
+    phases = {"dump_s": round(dump.seconds, 3), "restore_s": round(restore.seconds, 3),
+              "verify_s": round(ver.seconds, 3)}
+    outcomes = [Outcome(f"database {params.postgres.database} on {host.name} dropped, recreated and restored",
+                        True, False, actions=[f"dump {dump.bytes / GIB:.2f} GiB in {dump.seconds:.1f}s",
+                                              f"restore in {restore.seconds:.1f}s",
+                                              f"skipped from the dump (created beforehand): {len(restore.skipped_toc)} "
+                                              "entries"])]
+    return MigrationResult(dump, restore, ver, phases, outcomes)
+
+
+def dry_run_sentinel() -> str:
+    """The value 06 writes on the restored copy (never on the source)."""
+    return f"hcbpg dry run {clock.utcnow()}"
+
+
+def plan_without_primary(params: "Params", *, why: str = "the primary is not provisioned yet") -> list[Outcome]:
+    """The plan when the primary is not ready (a dry run before provisioning or before 02-04)."""
+    return [Outcome(f"dump of the source into {params.postgres.database} on {params.primary.name}", True, True,
+                    actions=[f"{why}: dump, restore and verify would run after steps 01-04"])]
+
+
+def show_comparison(result: MigrationResult) -> None:
+    """The source/target table of objects and rows (each kind pass or fail)."""
+    show_table(result.verification.table, ["what", "source", "target", "status"])

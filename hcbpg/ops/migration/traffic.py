@@ -1,0 +1,89 @@
+"""Starting traffic: the new DATABASE_URL handed to the operator in a 0600 file (only redacted URLs
+are printed), and the downtime computed from the gates' approvals."""
+
+from __future__ import annotations
+
+import os
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+from hcbpg import clock
+from hcbpg import secrets as hsecrets
+from hcbpg.display import show_table
+from hcbpg.pg.conninfo import redact_url, render_database_url
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hcbpg.params import Params
+
+
+def handoff_path(params: "Params") -> Path:
+    """Where the new DATABASE_URL is written for the operator: a 0600 file outside outputs/."""
+    configured = getattr(params, "app_url_file", None) or getattr(params.postgres, "app_url_file", None)
+    if configured:
+        return Path(os.path.expanduser(configured))
+    base = Path(os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state"))
+    return base / "hcbpg" / params.environment / "app-database-urls.env"
+
+
+def render_env_file(values: Mapping[str, str]) -> str:
+    """``NAME=value`` lines (values single-quoted for a shell), for pasting into Hatchbox."""
+    head = "# written by hcbpg (09_start_traffic): set these in Hatchbox, then delete this file\n"
+    return head + "".join(f"{k}={shlex.quote(v)}\n" for k, v in values.items())
+
+
+def write_private_file(path: Path, text: str) -> None:
+    """Write *text* to a 0600 file (directory 0700), atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+@dataclass
+class AppUrls:
+    path: Path
+    shown: dict[str, str]      # redacted: postgres://rails:[secret]@10.0.1.5:5432/hcb_production
+    written: bool
+
+
+def write_app_urls(params: "Params", password: str, *, dry_run: bool = False) -> AppUrls:
+    """DATABASE_URL and BLAZER_DATABASE_URL into a 0600 file for the operator (nothing printed but redacted URLs)."""
+    url = hsecrets.register(render_database_url(params, password))
+    values = {"DATABASE_URL": url, "BLAZER_DATABASE_URL": url}
+    path = handoff_path(params)
+    if not dry_run:
+        write_private_file(path, render_env_file(values))
+    return AppUrls(path, {k: redact_url(v) for k, v in values.items()}, not dry_run)
+
+
+def show_urls(urls: AppUrls) -> None:
+    for k, v in urls.shown.items():
+        print(f"{k}={v}")
+    print(f"the real values are {'in' if urls.written else 'would be written to'} {urls.path} (mode 0600)")
+
+
+def compute_downtime(gates: Mapping[str, Mapping[str, Any]], phases: Mapping[str, float], *,
+                     start_gate: str = "maintenance-on", end_gate: str = "maintenance-off") -> dict[str, Any]:
+    """Downtime from the maintenance-on approval to the traffic-on approval, with the phases' durations."""
+    start = (gates.get(start_gate) or {}).get("approved_at")
+    end = (gates.get(end_gate) or {}).get("approved_at")
+    total = None
+    if start and end:
+        total = round((clock.parse_time(end) - clock.parse_time(start)).total_seconds(), 3)
+    return {"maintenance_on_at": start, "traffic_on_at": end, "total_s": total,
+            "phases_s": {k: round(float(v), 3) for k, v in phases.items()}}
+
+
+def show_downtime(dt: Mapping[str, Any]) -> None:
+    rows = [{"what": "maintenance on (approved)", "value": dt.get("maintenance_on_at") or "-"},
+            {"what": "traffic on (approved)", "value": dt.get("traffic_on_at") or "-"},
+            {"what": "downtime", "value": f"{dt['total_s']:.1f} s" if dt.get("total_s") is not None else "-"}]
+    rows += [{"what": k, "value": f"{v:.1f} s"} for k, v in (dt.get("phases_s") or {}).items()]
+    show_table(rows, ["what", "value"])
