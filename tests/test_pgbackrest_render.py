@@ -11,6 +11,7 @@ import json
 
 import pytest
 
+from hcbpg.desired import pgbackrest as desired_pgbackrest
 from hcbpg.errors import ParamsError, SafetyCheckFailed
 from hcbpg.lab.deadman import classify
 from hcbpg.ops import drill, schedule
@@ -47,18 +48,18 @@ def params(pb: dict, environment: str = "lab"):
 
 def test_lab_conf_matches_golden_and_splits_endpoint_port():
     p = params(LAB_PB)
-    text = pgb.render_pgbackrest_conf(p, p.primary, version=(2, 45, 0))
+    text = desired_pgbackrest.render_pgbackrest_conf(p, p.primary, version=(2, 45, 0))
     golden("pgbackrest.lab.conf", text)
-    opts = pgb.parse_conf(text)["global"]
+    opts = desired_pgbackrest.parse_conf(text)["global"]
     assert opts["repo1-s3-endpoint"] == "10.0.1.1" and opts["repo1-storage-port"] == "9443"
     assert opts["repo1-s3-uri-style"] == "path" and "repo1-block" not in opts
 
 
 def test_production_conf_with_block_incremental_on_2_46_matches_golden():
     p = params(PRODUCTION_PB, "production")
-    text = pgb.render_pgbackrest_conf(p, p.primary, version=(2, 54, 2))
+    text = desired_pgbackrest.render_pgbackrest_conf(p, p.primary, version=(2, 54, 2))
     golden("pgbackrest.production.conf", text)
-    opts = pgb.parse_conf(text)
+    opts = desired_pgbackrest.parse_conf(text)
     assert opts["hcb_production"] == {"pg1-path": "/var/lib/postgresql/15/main"}
     g = opts["global"]
     # the runbook's mistakes are not repeated
@@ -70,7 +71,7 @@ def test_production_conf_with_block_incremental_on_2_46_matches_golden():
 def test_block_incremental_on_2_45_is_refused_with_what_to_do():
     p = params(PRODUCTION_PB, "production")
     with pytest.raises(ParamsError) as info:
-        pgb.render_pgbackrest_conf(p, p.primary, version=(2, 45, 0))
+        desired_pgbackrest.render_pgbackrest_conf(p, p.primary, version=(2, 45, 0))
     msg = str(info.value)
     assert "2.46" in msg and "2.45" in msg and "block: false" in msg
 
@@ -83,20 +84,20 @@ def test_block_incremental_without_bundling_is_refused_by_the_params_model():
 
 def test_secrets_are_placeholders_unless_values_are_given():
     p = params(LAB_PB)
-    shown = pgb.render_pgbackrest_conf(p, p.primary, version=(2, 45, 0))
-    assert shown.count(pgb.SECRET_PLACEHOLDER) == 3
+    shown = desired_pgbackrest.render_pgbackrest_conf(p, p.primary, version=(2, 45, 0))
+    assert shown.count(desired_pgbackrest.SECRET_PLACEHOLDER) == 3
     values = {"repo1-s3-key": "AKIAEXAMPLEKEY0001", "repo1-s3-key-secret": "s3cr3t-value-xyz",
               "repo1-cipher-pass": "cipher-pass-abcdef"}
-    real = pgb.render_pgbackrest_conf(p, p.primary, version=(2, 45, 0), secrets=values)
-    assert pgb.SECRET_PLACEHOLDER not in real and all(v in real for v in values.values())
-    assert pgb.redact_conf(real) == shown
+    real = desired_pgbackrest.render_pgbackrest_conf(p, p.primary, version=(2, 45, 0), secrets=values)
+    assert desired_pgbackrest.SECRET_PLACEHOLDER not in real and all(v in real for v in values.values())
+    assert desired_pgbackrest.redact_conf(real) == shown
     with pytest.raises(SafetyCheckFailed):
-        pgb.render_pgbackrest_conf(p, p.primary, version=(2, 45, 0), secrets={**values, "repo1-s3-key": "a\nb"})
+        desired_pgbackrest.render_pgbackrest_conf(p, p.primary, version=(2, 45, 0), secrets={**values, "repo1-s3-key": "a\nb"})
 
 
 def test_no_cipher_means_no_passphrase_line():
     p = params({**LAB_PB, "cipher_type": "none", "cipher_pass": None})
-    opts = pgb.parse_conf(pgb.render_pgbackrest_conf(p, p.primary, version=(2, 45, 0)))["global"]
+    opts = desired_pgbackrest.parse_conf(desired_pgbackrest.render_pgbackrest_conf(p, p.primary, version=(2, 45, 0)))["global"]
     assert opts["repo1-cipher-type"] == "none" and "repo1-cipher-pass" not in opts
 
 
@@ -106,7 +107,7 @@ def test_no_cipher_means_no_passphrase_line():
     ("https://s3.example.com:8443/", ("s3.example.com", 8443)),
 ])
 def test_split_endpoint(endpoint, expected):
-    assert pgb.split_endpoint(endpoint) == expected
+    assert desired_pgbackrest.split_endpoint(endpoint) == expected
 
 
 @pytest.mark.parametrize("text, version", [
@@ -114,7 +115,7 @@ def test_split_endpoint(endpoint, expected):
     ("pgBackRest 2.54.2\n", (2, 54, 2)),
 ])
 def test_parse_version(text, version):
-    assert pgb.parse_version(text) == version
+    assert desired_pgbackrest.parse_version(text) == version
 
 
 def test_archiving_settings_name_the_stanza_and_keep_archive_mode_off():

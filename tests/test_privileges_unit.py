@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from hcbpg.pg import acl as pgacl
 from hcbpg.desired import roles as desired_roles
 from hcbpg.desired import server as desired_server
 from hcbpg.errors import SecretError, UsageError
@@ -63,7 +64,7 @@ def restored_rows():
         "available_extensions": [{"name": "citext", "trusted": True, "superuser": True},
                                  {"name": "pg_stat_statements", "trusted": False, "superuser": True}],
         "catalog_views": [{"name": v, "acl": ["postgres=arwdDxt/postgres", "=r/postgres"]}
-                          for v in pv.MONITORING_VIEWS],
+                          for v in pgacl.MONITORING_VIEWS],
     }
 
 
@@ -102,7 +103,7 @@ def model_rows():
                            for o, a in (("r", app), ("S", seq))]
     rows["extensions"][0]["owner"] = "hcb_migrations"
     rows["catalog_views"] = [{"name": v, "acl": ["postgres=arwdDxt/postgres", "=r/postgres", "vector=r/postgres"]}
-                             for v in pv.MONITORING_VIEWS]
+                             for v in pgacl.MONITORING_VIEWS]
     return rows
 
 
@@ -118,14 +119,14 @@ def test_defaults_until_params_has_a_roles_section(cfg):
 
 
 def test_parse_acl_reads_grantees_public_and_quoted_names():
-    acl = pv.parse_acl(pv._acl_text('{"we ird"=r/postgres,=U/postgres,rails=arwdDxt/rails}'))
+    acl = pgacl.parse_acl(pgacl._acl_text('{"we ird"=r/postgres,=U/postgres,rails=arwdDxt/rails}'))
     assert acl == {"we ird": {"SELECT"}, "PUBLIC": {"USAGE"},
                    "rails": {"SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER"}}
-    assert pv.parse_acl(None) is None
+    assert pgacl.parse_acl(None) is None
 
 
 def test_restored_database_is_re_owned_and_re_granted(cfg):
-    plan = texts(pv.plan_privileges(cfg, pv.parse_observed(restored_rows())))
+    plan = texts(pv.plan_privileges(cfg, pgacl.parse_observed(restored_rows())))
     assert "CREATE ROLE \"hcb_app\" WITH NOLOGIN INHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION" in plan
     assert 'GRANT "hcb_app" TO "rails"' in plan
     assert 'ALTER DATABASE "hcb_production" OWNER TO "hcb_migrations"' in plan
@@ -150,7 +151,7 @@ def test_restored_database_is_re_owned_and_re_granted(cfg):
 
 
 def test_model_state_needs_no_change_and_every_check_passes(cfg):
-    obs = pv.parse_observed(model_rows())
+    obs = pgacl.parse_observed(model_rows())
     assert texts(pv.plan_privileges(cfg, obs)) == []
     checks = pv.compare(cfg, obs, "server-postgres-1")
     failed = [f"{c.name}: {c.detail}" for c in checks if c.status == "fail"]
@@ -163,22 +164,22 @@ def test_model_state_needs_no_change_and_every_check_passes(cfg):
 
 
 def test_effective_privileges_follow_membership_and_ownership(cfg):
-    obs = pv.parse_observed(model_rows())
-    rails = pv.effective_privileges(obs, "rails")
+    obs = pgacl.parse_observed(model_rows())
+    rails = pgacl.effective_privileges(obs, "rails")
     assert rails["relations"]["public.users"] == {"SELECT", "INSERT", "UPDATE", "DELETE"}
     assert rails["relations"]["public.users_id_seq"] == {"USAGE", "SELECT", "UPDATE"}
     assert rails["database"] == {"CONNECT", "TEMPORARY"}
-    assert pv.effective_privileges(obs, "hcb_migrations")["schemas"]["public"] == {"USAGE", "CREATE"}
-    mb = pv.effective_privileges(obs, "metabase")
+    assert pgacl.effective_privileges(obs, "hcb_migrations")["schemas"]["public"] == {"USAGE", "CREATE"}
+    mb = pgacl.effective_privileges(obs, "metabase")
     assert mb["relations"]["public.users"] == set() and mb["relations"]["public.events"] == {"SELECT"}
-    assert pv.effective_privileges(obs, "vector")["catalog_views"]["pg_stat_bgwriter"] == {"SELECT"}
+    assert pgacl.effective_privileges(obs, "vector")["catalog_views"]["pg_stat_bgwriter"] == {"SELECT"}
 
 
 def test_a_stray_grant_fails_the_check_and_is_revoked(cfg):
     rows = model_rows()
     rows["relations"][0]["acl"].append("metabase=r/hcb_migrations")      # SELECT on users: not listed
     rows["relations"][2]["acl"].append("hcb_app=arwdD/hcb_migrations")   # TRUNCATE for the app
-    obs = pv.parse_observed(rows)
+    obs = pgacl.parse_observed(rows)
     plan = texts(pv.plan_privileges(cfg, obs))
     assert 'REVOKE SELECT ON TABLE "public"."users" FROM "metabase"' in plan
     assert 'REVOKE TRUNCATE ON TABLE "public"."events" FROM "hcb_app"' in plan
@@ -190,7 +191,7 @@ def test_a_stray_grant_fails_the_check_and_is_revoked(cfg):
 def test_app_role_owning_objects_fails_the_check(cfg):
     rows = model_rows()
     rows["relations"][2]["owner"] = "rails"
-    failed = {c.name: c.detail for c in pv.compare(cfg, pv.parse_observed(rows)) if c.status == "fail"}
+    failed = {c.name: c.detail for c in pv.compare(cfg, pgacl.parse_observed(rows)) if c.status == "fail"}
     assert "public.events" in failed["rails: owns nothing"]
     assert "public.events" in failed["hcb_migrations: owns the database and every object"]
 
@@ -198,14 +199,14 @@ def test_app_role_owning_objects_fails_the_check(cfg):
 def test_extension_created_by_postgres_is_a_warning_with_the_pg15_rule(cfg):
     rows = model_rows()
     rows["extensions"][0]["owner"] = "postgres"
-    c = {c.name: c for c in pv.compare(cfg, pv.parse_observed(rows))}["extension citext"]
+    c = {c.name: c for c in pv.compare(cfg, pgacl.parse_observed(rows))}["extension citext"]
     assert c.status == "warn" and "no ALTER EXTENSION OWNER" in c.detail
 
 
 def test_missing_trusted_extension_is_created_as_the_migrations_role(cfg):
     rows = model_rows()
     rows["extensions"] = [e for e in rows["extensions"] if e["extname"] != "citext"]
-    plan = texts(pv.plan_privileges(cfg, pv.parse_observed(rows)))
+    plan = texts(pv.plan_privileges(cfg, pgacl.parse_observed(rows)))
     assert plan == ['SET ROLE "hcb_migrations"; CREATE EXTENSION IF NOT EXISTS "citext"; RESET ROLE']
 
 
@@ -235,7 +236,7 @@ def test_rotation_targets_and_refusals(params, cfg):
 def test_noinherit_login_role_is_fixed_and_flagged(cfg):
     rows = model_rows()
     rows["roles"][2]["rolinherit"] = False      # hcb_migrations: pg_database_owner's CREATE on public would not apply
-    obs = pv.parse_observed(rows)
+    obs = pgacl.parse_observed(rows)
     assert texts(pv.plan_privileges(cfg, obs)) == ['ALTER ROLE "hcb_migrations" WITH INHERIT']
     failed = {c.name: c.detail for c in pv.compare(cfg, obs) if c.status == "fail"}
     assert "NOINHERIT" in failed["role hcb_migrations"]

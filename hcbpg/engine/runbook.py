@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, overload
 
 from hcbpg import secrets as hsecrets
+from hcbpg.desired.roles import roles_config
 from hcbpg.display import _in_ipython, render_table, show_plan, show_table  # noqa: F401 - the notebooks' display helpers
 from hcbpg.engine import manifest as mf
 from hcbpg.errors import GateRequired, HcbpgError, UsageError, VerificationFailed
@@ -134,7 +135,6 @@ class Runbook:
         generates it (0600) when it creates the role, so on a first run it is a warning that
         says so.  An existing file that cannot be read, or any other reference, must resolve.
         """
-        from hcbpg.desired.roles import roles_config
         generated = {r.password_key for r in roles_config(self.params).login_roles()}
         rows = []
         for key, ref in self.params.secret_refs().items():

@@ -9,6 +9,7 @@ changing a live app's password silently would take production down (rotation is 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import secrets as _stdlib_secrets
 import select
 import shlex
@@ -18,9 +19,10 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 from psycopg import sql
 
-from hcbpg.adapters.psql import Psql
+from hcbpg.adapters.psql import Psql, render
 from hcbpg.errors import SafetyCheckFailed
 from hcbpg.outcome import Check, Outcome
 from hcbpg.pg.scram import md5_matches, scram_matches, scram_verifier
@@ -111,7 +113,6 @@ def ensure_role(psql: "Psql | None", params: "Params", password: str, *, dry_run
     statements = plan_role(params, current, password, host_name=host_name)
     if not statements:
         return Outcome(what, False, dry_run)
-    from hcbpg.adapters.psql import render
     actions = [scrub(" ".join(render(s).split())) for s in statements]
     if psql is not None:
         psql.execute(statements, dry_run=dry_run)
@@ -156,7 +157,6 @@ def ensure_database(psql: "Psql | None", params: "Params", *, dry_run: bool, hos
         stmt = sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(pg.database), sql.Identifier(pg.app_role))
     else:
         return Outcome(what, False, dry_run)
-    from hcbpg.adapters.psql import render
     if psql is not None:
         psql.execute(stmt, dry_run=dry_run)
     return Outcome(what, True, dry_run, actions=[" ".join(render(stmt).split())])
@@ -202,7 +202,6 @@ def ensure_grants(psql: "Psql | None", params: "Params", *, dry_run: bool, host_
     statements = plan_grants(psql, params, database_exists=exists)
     if not statements:
         return Outcome(what, False, dry_run)
-    from hcbpg.adapters.psql import render
     if psql is not None and (exists or not dry_run):
         psql.execute(statements, dbname=db, dry_run=dry_run)
     return Outcome(what, True, dry_run, actions=[" ".join(render(s).split()) for s in statements])
@@ -356,7 +355,6 @@ def tunnel_via(app: "Host", server_ip: str, port: int) -> Iterator[int]:
 def check_psycopg_from_app(app: "Host", params: "Params", password: str, *, server_ip: str,
                            temp: bool = False) -> Check:
     """As the app role with psycopg, tunnelled through the app host: read and write a scratch table."""
-    import psycopg
     pg = params.postgres
     name = "psycopg as rails via the app host (read, write)"
     table = _scratch_table()
@@ -421,7 +419,6 @@ def check_hba_scope(psql: Psql, params: "Params") -> Check:
     pg = params.postgres
     rows = psql.query("SELECT type, database, user_name, address, netmask, auth_method FROM pg_hba_file_rules "
                       "WHERE type <> 'local' AND error IS NULL")
-    import ipaddress
     subnet = ipaddress.ip_network(params.network.subnet)
     wide = []
     for r in rows:

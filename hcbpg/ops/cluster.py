@@ -3,6 +3,7 @@ start it, reload or restart it, and read what it says about itself."""
 
 from __future__ import annotations
 
+import json
 import shlex
 import time
 from collections.abc import Callable, Iterable
@@ -35,7 +36,6 @@ def psql_for(host: "Host", params: "Params") -> Psql:
 
 def get_cluster(host: "Host", params: "Params") -> dict[str, Any] | None:
     """The cluster's entry from ``pg_lsclusters --json`` (None when it does not exist)."""
-    import json
     res = host.probe("pg_lsclusters --json")
     if not res.ok:
         if "not found" in res.output or res.exit_code == 127:

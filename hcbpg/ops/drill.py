@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
 
+from hcbpg.desired import pgbackrest as desired_pgbackrest
 from hcbpg.adapters.psql import Psql, render
 from hcbpg.errors import DatabaseError, HcbpgError, ParamsError, SafetyCheckFailed, WaitTimeout
 from hcbpg.ops import pgbackrest as pgb
@@ -388,7 +389,7 @@ def run_restore(host: "Host | None", params: "Params", target: DrillTarget, *, s
         done.restored_now = False
         return done
     _require_scratch(host, params, target)
-    data = pgb.pg_data_path(params)
+    data = desired_pgbackrest.pg_data_path(params)
     v, c = params.postgres.version, shlex.quote(params.postgres.cluster)
     started = time.monotonic()
     if cluster and cluster.get("running"):
@@ -413,13 +414,13 @@ def run_restore(host: "Host | None", params: "Params", target: DrillTarget, *, s
 def get_auto_conf(host: "Host", params: "Params") -> dict[str, str]:
     """The settings in the restored data directory's postgresql.auto.conf."""
     from hcbpg.pg.conf import parse_settings
-    text = host.read_text(f"{pgb.pg_data_path(params)}/postgresql.auto.conf", sudo_user="postgres") or ""
+    text = host.read_text(f"{desired_pgbackrest.pg_data_path(params)}/postgresql.auto.conf", sudo_user="postgres") or ""
     return parse_settings(text)
 
 
 def read_auto_conf_text(host: "Host", params: "Params") -> str:
     """The restored postgresql.auto.conf, as it is on the scratch host."""
-    return host.read_text(f"{pgb.pg_data_path(params)}/postgresql.auto.conf", sudo_user="postgres") or "(missing)"
+    return host.read_text(f"{desired_pgbackrest.pg_data_path(params)}/postgresql.auto.conf", sudo_user="postgres") or "(missing)"
 
 
 def check_auto_conf(auto: Mapping[str, str], params: "Params", *, target: str = "") -> list[Check]:
@@ -446,7 +447,7 @@ def verify_restore(host: "Host", params: "Params", target: DrillTarget, fingerpr
     """The drill's checks: promoted, recovery files gone, postgresql.auto.conf, and the fingerprint comparison."""
     psql = psql_for(host, params)
     in_recovery = psql.value("SELECT pg_is_in_recovery() AS r")
-    data = pgb.pg_data_path(params)
+    data = desired_pgbackrest.pg_data_path(params)
     signal_left = host.exists(f"{data}/recovery.signal")
     checks = [Check.of("restored cluster is promoted", in_recovery is False,
                        "accepting writes (pg_is_in_recovery() = false)" if in_recovery is False else "still in recovery",

@@ -13,6 +13,7 @@ measurements); :func:`plot` draws lag, backup age and connections with matplotli
 
 from __future__ import annotations
 
+import os
 import shlex
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -20,8 +21,10 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from hcbpg.adapters.host import Host
 from hcbpg.errors import DatabaseError, HcbpgError, HostUnreachable
 from hcbpg.ops import cluster as pg_cluster
+from hcbpg.ops import pgbackrest
 from hcbpg.outcome import Check
 from hcbpg.secrets import scrub
 
@@ -325,7 +328,6 @@ def _backup(host: "Host", params: "Params", m: Measurement) -> None:
     if params.pgbackrest is None:
         m.backup_error = "pgbackrest is not configured in params"
         return
-    from hcbpg.ops import pgbackrest  # noqa: PLC0415
     try:
         rows = pgbackrest.get_backups(host, params)
     except HcbpgError as exc:
@@ -442,8 +444,8 @@ def figure_data(measurements: Sequence[Measurement]) -> dict[str, Any]:
 
 def plot(measurements: Sequence[Measurement], t: Thresholds):  # noqa: ANN201 - a matplotlib Figure
     """Three panels: replay lag (s), backup age (h), connections in use against each role's limit."""
-    import matplotlib
-    import matplotlib.pyplot as plt
+    import matplotlib  # noqa: PLC0415 - heavy (pandas, fonts): only the health plot needs it
+    import matplotlib.pyplot as plt  # noqa: PLC0415 - heavy: only the health plot needs it
     del matplotlib
     data = figure_data(measurements)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
@@ -480,9 +482,7 @@ def open_hosts(params: "Params", *, recorded: Sequence[Mapping[str, Any]] | None
                connect_timeout: float | None = None,
                echo: Callable[[str], None] = lambda s: None) -> dict[str, "Host | None"]:
     """A Host per server: ``ssh_host``, else the public IP step 01 recorded, else the private IP."""
-    import os
 
-    from hcbpg.adapters.host import Host  # noqa: PLC0415
     from hcbpg.steps.targets import ssh_address  # noqa: PLC0415
     out: dict[str, Host | None] = {}
     for s in params.servers:

@@ -27,8 +27,18 @@ from typing import TYPE_CHECKING, Any
 from psycopg import sql
 
 from hcbpg import secrets as hsecrets
+from hcbpg.desired.pgbackrest import (
+    CONF_PATH,
+    SECRET_OPTIONS,
+    check_block_incremental,
+    format_version,
+    parse_version,
+    pgbackrest_params,
+    redact_conf,
+    render_pgbackrest_conf,
+)
 from hcbpg.desired.server import config_dir
-from hcbpg.errors import ParamsError, PgBackRestError, SafetyCheckFailed
+from hcbpg.errors import PgBackRestError, SafetyCheckFailed
 from hcbpg.ops.cluster import psql_for
 from hcbpg.ops.config import apply_settings_file
 from hcbpg.ops.packages import get_installed_packages
@@ -37,18 +47,8 @@ from hcbpg.pg.conf import MANAGED_HEADER, parse_settings, quote_setting
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.host import Host, Result
-    from hcbpg.params import Params, PgBackRest, Server
+    from hcbpg.params import Params, Server
 
-CONF_PATH = "/etc/pgbackrest/pgbackrest.conf"
-SECRET_PLACEHOLDER = "<secret>"
-#: config options whose values are secrets, and the params key of their secret reference
-SECRET_OPTIONS = {
-    "repo1-cipher-pass": "pgbackrest.cipher_pass",
-    "repo1-s3-key": "pgbackrest.s3_key",
-    "repo1-s3-key-secret": "pgbackrest.s3_key_secret",
-}
-#: the first release in which block incremental is no longer beta (2.45 has it as beta only)
-BLOCK_INCREMENTAL_SINCE = (2, 46, 0)
 #: pgBackRest's error code for "archive_mode must be enabled", the expected ``check``
 #: failure between step 05 and the cutover restore (archive_mode stays off until then)
 ARCHIVE_MODE_DISABLED = 87
@@ -76,187 +76,24 @@ PATHS = (
 )
 
 
-def _pb(params: "Params") -> "PgBackRest":
-    if params.pgbackrest is None:
-        raise ParamsError("params", ["pgbackrest: required for this step (the backup repository)"])
-    return params.pgbackrest
-
-
 # versions ------------------------------------------------------------------------
-
-def parse_version(text: str) -> tuple[int, int, int]:
-    """``(2, 45, 0)`` from ``pgbackrest version`` output (``pgBackRest 2.45``, ``pgBackRest 2.54.2``)."""
-    m = re.search(r"pgBackRest\s+(\d+)\.(\d+)(?:\.(\d+))?", text)
-    if not m:
-        raise PgBackRestError(f"cannot read a pgBackRest version from {text.strip()[:200]!r}",
-                              hint="Is pgbackrest installed (`pgbackrest version`)?")
-    return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
-
-
-def format_version(version: tuple[int, int, int]) -> str:
-    return ".".join(str(p) for p in (version if version[2] else version[:2]))
-
-
-def check_block_incremental(params: "Params", version: tuple[int, int, int]) -> None:
-    """Refuse block incremental (``block: true``) unless bundling is on and pgBackRest is 2.46 or newer.
-
-    pgBackRest 2.45 knows ``repo1-block`` only as a beta option and rejects it without
-    ``beta=y``; a config that fails at the first backup is worse than no config.
-    """
-    pb = _pb(params)
-    if not pb.block:
-        return
-    problems = []
-    if not pb.bundle:
-        problems.append("pgbackrest.block: block incremental needs bundling: set bundle: true or block: false")
-    if version < BLOCK_INCREMENTAL_SINCE:
-        problems.append(
-            f"pgbackrest.block: block incremental needs pgBackRest {format_version(BLOCK_INCREMENTAL_SINCE)} "
-            f"or newer, and the server has {format_version(version)} (where it is a beta option that "
-            "pgBackRest refuses): set block: false, or install pgBackRest 2.46+ (the PGDG repository "
-            "has it) and run this step again")
-    if problems:
-        raise ParamsError("params", problems)
-
 
 # the config file -------------------------------------------------------------------
 
-def split_endpoint(endpoint: str) -> tuple[str, int | None]:
-    """``("10.0.1.1", 9443)`` from ``10.0.1.1:9443``; ``(host, None)`` when there is no port."""
-    ep = re.sub(r"^https?://", "", endpoint.strip()).rstrip("/")
-    m = re.fullmatch(r"(\[[0-9a-fA-F:]+\]|[^:/\s]+)(?::(\d{1,5}))?", ep)
-    if not m:
-        raise ParamsError("params", [f"pgbackrest.s3_endpoint: {endpoint!r} is not host or host:port"])
-    return m.group(1), int(m.group(2)) if m.group(2) else None
-
-
-def pg_data_path(params: "Params") -> str:
-    """The cluster's data directory on Debian/Ubuntu (``/var/lib/postgresql/15/main``)."""
-    return f"/var/lib/postgresql/{params.postgres.version}/{params.postgres.cluster}"
-
-
-def repo_path(params: "Params", server: "Server") -> str:
-    """The repository path for *server*'s backups: ``<repo_path_prefix>/<server name>``."""
-    return f"{_pb(params).repo_path_prefix.rstrip('/')}/{server.name}"
-
-
-def conf_options(params: "Params", server: "Server", *,
-                 version: tuple[int, int, int] | None) -> dict[str, dict[str, str]]:
-    """The options of pgbackrest.conf by section (secrets as ``<secret>``), for *server*'s repository.
-
-    *version* None (pgBackRest not installed yet, in a plan) skips the version rule; the
-    apply checks it once pgBackRest is installed.
-    """
-    if version is not None:
-        check_block_incremental(params, version)
-    pb = _pb(params)
-    host, port = split_endpoint(pb.s3_endpoint)
-    yn = lambda b: "y" if b else "n"  # noqa: E731
-    g: dict[str, str] = {
-        "compress-type": pb.compress_type,
-        "process-max": str(pb.process_max),
-        "repo1-bundle": yn(pb.bundle),
-        "repo1-cipher-type": pb.cipher_type,
-        "repo1-path": repo_path(params, server),
-        "repo1-retention-full": str(pb.retention_full),
-        "repo1-retention-full-type": pb.retention_full_type,
-        "repo1-s3-bucket": pb.s3_bucket,
-        "repo1-s3-endpoint": host,
-        "repo1-s3-key": SECRET_PLACEHOLDER,
-        "repo1-s3-key-secret": SECRET_PLACEHOLDER,
-        "repo1-s3-region": pb.s3_region,
-        "repo1-type": pb.repo_type,
-        "start-fast": yn(pb.start_fast),
-    }
-    if pb.block:
-        g["repo1-block"] = "y"
-    if pb.cipher_type != "none":
-        g["repo1-cipher-pass"] = SECRET_PLACEHOLDER
-    if port is not None:
-        g["repo1-storage-port"] = str(port)
-    if pb.s3_uri_style != "host":
-        g["repo1-s3-uri-style"] = pb.s3_uri_style
-    if pb.s3_ca_file:
-        g["repo1-storage-ca-file"] = pb.s3_ca_file
-    if not pb.s3_verify_tls:
-        g["repo1-storage-verify-tls"] = "n"
-    stanza: dict[str, str] = {"pg1-path": pg_data_path(params)}
-    if params.postgres.port != 5432:
-        stanza["pg1-port"] = str(params.postgres.port)
-    return {pb.stanza: stanza, "global": g}
-
-
-def render_pgbackrest_conf(params: "Params", server: "Server", *, version: tuple[int, int, int] | None,
-                           secrets: Mapping[str, str] | None = None) -> str:
-    """pgbackrest.conf for *server*'s repository, whole: header, ``[stanza]``, ``[global]``, keys sorted.
-
-    Without *secrets* the secret options read ``<secret>`` (for plans and diffs); with
-    *secrets* (option name -> value, see :func:`resolve_conf_secrets`) they hold the values,
-    for the bytes written to the server only.
-    """
-    sections = conf_options(params, server, version=version)
-    lines = [
-        MANAGED_HEADER,
-        f"# pgBackRest for {server.name}, rendered from params ({params.environment}) for "
-        f"pgBackRest {format_version(version) if version else '(not installed yet)'}.",
-        "# Holds the repository credentials and cipher passphrase: mode 0640, owner postgres.",
-    ]
-    for name, options in sections.items():
-        lines += ["", f"[{name}]"]
-        for key in sorted(options):
-            value = options[key]
-            if value == SECRET_PLACEHOLDER and secrets is not None:
-                value = secrets[key]
-                if not value or "\n" in value or "\r" in value or value != value.strip():
-                    raise SafetyCheckFailed(f"the secret for {key} ({SECRET_OPTIONS[key]}) cannot be written "
-                                            "to pgbackrest.conf: it is empty, spans lines or has outer spaces")
-            lines.append(f"{key}={value}")
-    return "\n".join(lines) + "\n"
-
-
 def resolve_conf_secrets(params: "Params") -> dict[str, str]:
     """The secret option values from their references (each registered with the scrubber)."""
-    pb = _pb(params)
+    pb = pgbackrest_params(params)
     refs = {"repo1-s3-key": pb.s3_key, "repo1-s3-key-secret": pb.s3_key_secret}
     if pb.cipher_type != "none" and pb.cipher_pass:
         refs["repo1-cipher-pass"] = pb.cipher_pass
     return {opt: hsecrets.resolve(ref, key=SECRET_OPTIONS[opt]) for opt, ref in refs.items()}
 
 
-def redact_conf(text: str) -> str:
-    """*text* (an INI file) with every secret option's value replaced by ``<secret>``."""
-    out = []
-    for line in text.splitlines(keepends=True):
-        m = re.match(r"^(\s*)([A-Za-z0-9-]+)(\s*=\s*)(.*?)(\r?\n?)$", line)
-        if m and m.group(2) in SECRET_OPTIONS:
-            line = f"{m.group(1)}{m.group(2)}{m.group(3)}{SECRET_PLACEHOLDER}{m.group(5)}"
-        out.append(line)
-    return "".join(out)
-
-
-def parse_conf(text: str) -> dict[str, dict[str, str]]:
-    """The options of a pgBackRest INI file by section (comments and blank lines dropped)."""
-    out: dict[str, dict[str, str]] = {}
-    section = ""
-    for line in text.splitlines():
-        s = line.strip()
-        if not s or s.startswith("#"):
-            continue
-        if s.startswith("[") and s.endswith("]"):
-            section = s[1:-1].strip()
-            out.setdefault(section, {})
-            continue
-        if "=" in s:
-            k, v = s.split("=", 1)
-            out.setdefault(section, {})[k.strip()] = v.strip()
-    return out
-
-
 # archiving settings (a conf.d include file of PostgreSQL) ---------------------------
 
 def archive_command(params: "Params") -> str:
     """``pgbackrest --stanza=<stanza> archive-push %p``, with the stanza from params."""
-    return f"pgbackrest --stanza={_pb(params).stanza} archive-push %p"
+    return f"pgbackrest --stanza={pgbackrest_params(params).stanza} archive-push %p"
 
 
 def archiving_settings(params: "Params", *, archive_mode: bool) -> dict[str, Any]:
@@ -487,7 +324,7 @@ def parse_pgbackrest_error(output: str) -> tuple[int, str] | None:
 def pgbackrest_cmd(params: "Params", command: str, *options: str) -> str:
     """A pgbackrest command line for the stanza (no secrets: those are in the config file)."""
     opts = " ".join(shlex.quote(o) for o in options)
-    return f"pgbackrest --stanza={shlex.quote(_pb(params).stanza)} {opts + ' ' if opts else ''}{command}"
+    return f"pgbackrest --stanza={shlex.quote(pgbackrest_params(params).stanza)} {opts + ' ' if opts else ''}{command}"
 
 
 def run_pgbackrest(host: "Host", params: "Params", command: str, *options: str, check: bool = True,
@@ -529,7 +366,7 @@ def parse_stanza_status(text: str, stanza: str) -> tuple[int, str] | None:
 
 def ensure_stanza(host: "Host | None", params: "Params", *, dry_run: bool) -> Outcome:
     """The stanza exists in the repository (``stanza-create`` only when info says it is missing)."""
-    pb = _pb(params)
+    pb = pgbackrest_params(params)
     what = f"stanza {pb.stanza} on {host.name if host else '(new server)'}"
     cmd = pgbackrest_cmd(params, "stanza-create", "--log-level-console=info")
     if host is None:
@@ -629,7 +466,7 @@ def parse_info_json(text: str, stanza: str | None = None) -> list[BackupRow]:
 
 
 def get_backups(host: "Host", params: "Params") -> list[BackupRow]:
-    return parse_info_json(get_info_json(host, params), _pb(params).stanza)
+    return parse_info_json(get_info_json(host, params), pgbackrest_params(params).stanza)
 
 
 def run_backup(host: "Host", params: "Params", *, type: str = "full", timeout: float = 3600) -> BackupRow:
@@ -738,7 +575,7 @@ def configure_pgbackrest(host: "Host | None", params: "Params", server: "Server"
     on = get_archive_mode_written(host, params)
     outcomes.append(ensure_archiving(host, params, server, archive_mode=on, dry_run=dry_run))
     if dry_run and (host is None or conf.changed or version is None):
-        pb = _pb(params)
+        pb = pgbackrest_params(params)
         outcomes.append(Outcome(f"stanza {pb.stanza} on {server.name}", True, dry_run,
                                 actions=[pgbackrest_cmd(params, "stanza-create", "--log-level-console=info")
                                          + " (unless info lists it)"]))
@@ -759,7 +596,7 @@ def check_conf(host: "Host", params: "Params", server: "Server", *, repo_server:
     paths = get_paths(host)
     out = [Check("pgBackRest version", "pass", format_version(version), server.name),
            Check("block incremental", "pass",
-                 "on (pgBackRest 2.46+, bundling on)" if _pb(params).block else "off", server.name),
+                 "on (pgBackRest 2.46+, bundling on)" if pgbackrest_params(params).block else "off", server.name),
            Check.of("pgbackrest.conf is hcbpg's", current == real,
                     "matches the rendered file (secret values compared, not shown)" if current == real else
                     "differs from the rendered file", server.name)]
@@ -784,8 +621,8 @@ def check_configured(host: "Host", params: "Params", server: "Server") -> list[C
     on = get_archive_mode_written(host, params)
     out = check_conf(host, params, server)
     out += check_archiving(host, params, server, archive_mode=on)
-    status = parse_stanza_status(get_info_json(host, params), _pb(params).stanza)
-    out.append(Check.of(f"stanza {_pb(params).stanza}", status is not None and status[0] in (0, 2),
+    status = parse_stanza_status(get_info_json(host, params), pgbackrest_params(params).stanza)
+    out.append(Check.of(f"stanza {pgbackrest_params(params).stanza}", status is not None and status[0] in (0, 2),
                         status[1] if status else "not in info", server.name))
     out.append(check_stanza(host, params, server, archiving=on))
     return out

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from hcbpg.desired.replication import bin_path, replication_params, slot_name
+from hcbpg.display import show_table
 from hcbpg.errors import (
     DatabaseError,
     HostUnreachable,
@@ -375,7 +376,6 @@ def topology_rows(states: Mapping[str, ServerState], topology: Topology) -> list
 
 def show_topology(params: "Params", topology: Topology, states: Mapping[str, ServerState]) -> None:
     """Print how the current primary was chosen and a table of every server."""
-    from hcbpg.display import show_table
     rows = topology_rows(states, topology)
     for r in rows:
         r["params role"] = params.server(r["server"]).role

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from hcbpg.desired import pgbackrest as desired_pgbackrest
 from hcbpg.adapters.host import Host
 from hcbpg.errors import PgBackRestError
 from hcbpg.lab import create_server_host, deadman, destroy_server_host
@@ -98,7 +99,7 @@ def test_step05_dry_run_plans_and_changes_nothing(params, primary):
                            "cat /etc/postgresql/15/main/conf.d/* 2>&1").stdout
     outcomes = pgb.configure_pgbackrest(primary, params, params.primary, dry_run=True)
     changed = {o.what for o in outcomes if o.changed}
-    assert f"{pgb.CONF_PATH} on server-postgres-1" in changed
+    assert f"{desired_pgbackrest.CONF_PATH} on server-postgres-1" in changed
     assert "stanza hcb_production on server-postgres-1" in changed
     assert primary.probe("ls -la /etc/pgbackrest /var/log/pgbackrest 2>&1; "
                          "cat /etc/postgresql/15/main/conf.d/* 2>&1").stdout == before
@@ -107,11 +108,11 @@ def test_step05_dry_run_plans_and_changes_nothing(params, primary):
 def test_step05_configures_pgbackrest_and_check_expects_archive_mode(params, primary, secrets):
     t0 = time.monotonic()
     outcomes = pgb.configure_pgbackrest(primary, params, params.primary, dry_run=False)
-    conf = next(o for o in outcomes if o.what.startswith(pgb.CONF_PATH))
+    conf = next(o for o in outcomes if o.what.startswith(desired_pgbackrest.CONF_PATH))
     assert conf.changed and "repo1-s3-key=<secret>" in conf.diff
     for value in secrets:
         assert value not in conf.diff and value not in str(outcomes)
-    written = primary.read_text(pgb.CONF_PATH)
+    written = primary.read_text(desired_pgbackrest.CONF_PATH)
     assert all(v in written for v in secrets)  # pgBackRest needs them in the file itself
     checks = pgb.check_configured(primary, params, params.primary)
     failed = [f"{c.name}: {c.detail}" for c in checks if c.status != "pass"]
