@@ -33,14 +33,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hcbpg.ops import migration  # noqa: E402
-from hcbpg.ops.migration import stream as migration_stream  # noqa: E402
-from hcbpg.ops import app_database as roles
 from hcbpg.adapters.host import Host  # noqa: E402
 from hcbpg.adapters.psql import Psql
 from hcbpg.lab import Lab, create_server_host  # noqa: E402
+from hcbpg.ops import app_database as roles
 from hcbpg.ops import cluster as pg_cluster
+from hcbpg.ops import migration  # noqa: E402
 from hcbpg.ops import server as pg_server
+from hcbpg.ops.migration import stream as migration_stream  # noqa: E402
 from hcbpg.params import load_params  # noqa: E402
 from hcbpg.secrets import register  # noqa: E402
 

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from hcbpg.errors import SafetyCheckFailed, SecretError, VerificationFailed
 from hcbpg.ops import migration
 from hcbpg.ops.migration import cutover as migration_cutover
-from hcbpg.steps import _migration as migration_steps
-from hcbpg.errors import SafetyCheckFailed, SecretError, VerificationFailed
 from hcbpg.outcome import Check
 from hcbpg.params import parse_params
 from hcbpg.secrets import REDACTED, register, scrub
+from hcbpg.steps import _migration as migration_steps
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).parent / "golden"

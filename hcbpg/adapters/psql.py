@@ -20,7 +20,8 @@ import contextlib
 import json
 import re
 import shlex
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
 

@@ -5,7 +5,8 @@ reading a rendered file back.  Pure."""
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from hcbpg.errors import ParamsError, PgBackRestError, SafetyCheckFailed
 from hcbpg.pg.conf import MANAGED_HEADER

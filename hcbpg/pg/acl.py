@@ -5,8 +5,9 @@ and run by :mod:`hcbpg.ops.privileges`."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from psycopg import sql
 

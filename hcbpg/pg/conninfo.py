@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import re
 import urllib.parse
-from typing import TYPE_CHECKING, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from hcbpg import secrets as hsecrets
 from hcbpg.errors import SecretError

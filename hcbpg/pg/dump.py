@@ -4,8 +4,8 @@ filtered out of it, in Python and as the equivalent sed program for a list made 
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable, Mapping
-
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 _TOC_LINE = re.compile(r"^(?P<id>\d+); (?P<cat>\d+) (?P<oid>\d+) (?P<rest>.*)$")
 

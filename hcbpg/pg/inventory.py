@@ -3,8 +3,9 @@ facts the restore depends on, and the pure comparison of two inventories into ch
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
 

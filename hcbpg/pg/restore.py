@@ -3,8 +3,9 @@ database may be dropped, and the statements that create it and its prerequisites
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from hcbpg.pg.inventory import USER_NS, not_ext_member
 
-
 #: separates the fields of the build plan (names with control characters are left to the final pass)
 _US = "\x1f"
 

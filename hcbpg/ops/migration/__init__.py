@@ -43,37 +43,124 @@ from __future__ import annotations
 
 from hcbpg.adapters.psql import PsqlEndpoint, parse_marked_json, render
 from hcbpg.errors import WaitTimeout
-from hcbpg.ops.migration.app_checks import (app_psql, check_from_app, check_passwords, check_url_from_app,
-                                            parse_app_output)
-from hcbpg.ops.migration.cutover import (ROLLBACK, check_source_quiet, run_rotate_password, run_sentinel_write,
-                                         sentinel_value, wait_for_source_quiet)
-from hcbpg.ops.migration.database import (check_extensions_available, ensure_fresh_database, ensure_prerequisites,
-                                          get_target_state, live_since, mark_live, plan_fresh_database,
-                                          run_statements)
-from hcbpg.ops.migration.dump import (DumpResult, check_disk_space, dump_path, prepare_dump_dir, remove_dump,
-                                      render_download, render_dump_session, render_heroku_commands, render_pg_dump,
-                                      run_dump, run_heroku_dump)
-from hcbpg.ops.migration.plan import (MigrationResult, Plan, dry_run_sentinel, plan_migration, plan_without_primary,
-                                      run_migration, show_comparison)
+from hcbpg.ops.migration.app_checks import (
+                                            app_psql,
+                                            check_from_app,
+                                            check_passwords,
+                                            check_url_from_app,
+                                            parse_app_output,
+)
+from hcbpg.ops.migration.cutover import (
+                                            ROLLBACK,
+                                            check_source_quiet,
+                                            run_rotate_password,
+                                            run_sentinel_write,
+                                            sentinel_value,
+                                            wait_for_source_quiet,
+)
+from hcbpg.ops.migration.database import (
+                                            check_extensions_available,
+                                            ensure_fresh_database,
+                                            ensure_prerequisites,
+                                            get_target_state,
+                                            live_since,
+                                            mark_live,
+                                            plan_fresh_database,
+                                            run_statements,
+)
+from hcbpg.ops.migration.dump import (
+                                            DumpResult,
+                                            check_disk_space,
+                                            dump_path,
+                                            prepare_dump_dir,
+                                            remove_dump,
+                                            render_download,
+                                            render_dump_session,
+                                            render_heroku_commands,
+                                            render_pg_dump,
+                                            run_dump,
+                                            run_heroku_dump,
+)
+from hcbpg.ops.migration.plan import (
+                                            MigrationResult,
+                                            Plan,
+                                            dry_run_sentinel,
+                                            plan_migration,
+                                            plan_without_primary,
+                                            run_migration,
+                                            show_comparison,
+)
 from hcbpg.ops.migration.restore import RestoreResult, render_pg_restore, restore_jobs, run_restore
-from hcbpg.ops.migration.settings import (RESTORE_PART, check_restore_settings_gone, ensure_restore_settings,
-                                          get_server_state, remove_restore_settings, render_reload_and_wait,
-                                          render_restore_settings, restore_part_path)
+from hcbpg.ops.migration.settings import (
+                                            RESTORE_PART,
+                                            check_restore_settings_gone,
+                                            ensure_restore_settings,
+                                            get_server_state,
+                                            remove_restore_settings,
+                                            render_reload_and_wait,
+                                            render_restore_settings,
+                                            restore_part_path,
+)
 from hcbpg.ops.migration.source import SECRET_DIR, Source, get_source_facts, get_source_sessions, target
-from hcbpg.ops.migration.stream import (LOW_PRIORITY, SPLIT_AWK, read_files, render_bundle, render_on_target,
-                                        render_stream_scripts, render_stream_session, run_stream,
-                                        stream_plan_actions, summarize_stream_times, transfer_method, use_stream)
-from hcbpg.ops.migration.traffic import (AppUrls, compute_downtime, handoff_path, render_env_file, show_downtime,
-                                         show_urls, write_app_urls, write_private_file)
+from hcbpg.ops.migration.stream import (
+                                            LOW_PRIORITY,
+                                            SPLIT_AWK,
+                                            read_files,
+                                            render_bundle,
+                                            render_on_target,
+                                            render_stream_scripts,
+                                            render_stream_session,
+                                            run_stream,
+                                            stream_plan_actions,
+                                            summarize_stream_times,
+                                            transfer_method,
+                                            use_stream,
+)
+from hcbpg.ops.migration.traffic import (
+                                            AppUrls,
+                                            compute_downtime,
+                                            handoff_path,
+                                            render_env_file,
+                                            show_downtime,
+                                            show_urls,
+                                            write_app_urls,
+                                            write_private_file,
+)
 from hcbpg.ops.migration.verify import Verification, check_table_owners, get_inventory, verify_restore
-from hcbpg.pg.conninfo import (APPLICATION_NAME, SERVICE_NAME, describe_source, parse_source_url, redact_url,
-                               render_database_url, render_service_file)
+from hcbpg.pg.conninfo import (
+                                            APPLICATION_NAME,
+                                            SERVICE_NAME,
+                                            describe_source,
+                                            parse_source_url,
+                                            redact_url,
+                                            render_database_url,
+                                            render_service_file,
+)
 from hcbpg.pg.dump import filter_toc, plan_prerequisites, render_toc_filter
-from hcbpg.pg.inventory import (COUNTS_SQL, IGNORED, INVENTORY_SQL, KIND_LABELS, SOURCE_FACTS_SQL, Inventory,
-                                compare_objects, compare_rows, comparison_table, newest_event_sql)
-from hcbpg.pg.restore import (GIB, MARKER_LIVE, MARKER_RESTORE, TargetState, plan_create_statements,
-                              plan_recreate, plan_restore_settings, prerequisite_statements, render_db_setting,
-                              render_prepare_sql)
+from hcbpg.pg.inventory import (
+                                            COUNTS_SQL,
+                                            IGNORED,
+                                            INVENTORY_SQL,
+                                            KIND_LABELS,
+                                            SOURCE_FACTS_SQL,
+                                            Inventory,
+                                            compare_objects,
+                                            compare_rows,
+                                            comparison_table,
+                                            newest_event_sql,
+)
+from hcbpg.pg.restore import (
+                                            GIB,
+                                            MARKER_LIVE,
+                                            MARKER_RESTORE,
+                                            TargetState,
+                                            plan_create_statements,
+                                            plan_recreate,
+                                            plan_restore_settings,
+                                            prerequisite_statements,
+                                            render_db_setting,
+                                            render_prepare_sql,
+)
 from hcbpg.pg.stream import BUILDS_SQL, TABLES_SQL
 
 __all__ = [

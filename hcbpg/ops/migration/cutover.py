@@ -4,19 +4,20 @@ sentinel), and the app role's password rolled."""
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
 
-from hcbpg.ops import cluster as pg_cluster
 from hcbpg import clock
 from hcbpg import secrets as hsecrets
 from hcbpg.adapters.psql import JSON_MARK, parse_marked_json, render
 from hcbpg.errors import SafetyCheckFailed, VerificationFailed, WaitTimeout
 from hcbpg.ops import app_database as roles
-from hcbpg.pg import scram
+from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops.migration.source import Source, get_source_sessions
 from hcbpg.outcome import Check, Outcome
+from hcbpg.pg import scram
 from hcbpg.wait import polling_loop
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -3,19 +3,19 @@ schemas and extensions, marked live once traffic runs on it."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
 
-from hcbpg.ops import cluster as pg_cluster
 from hcbpg import clock
 from hcbpg.adapters.psql import render
+from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops.migration.settings import get_server_state
 from hcbpg.ops.migration.source import target
 from hcbpg.outcome import Check, Outcome
 from hcbpg.pg.inventory import USER_NS
-from hcbpg.pg.restore import (MARKER_LIVE, TargetState, plan_create_statements, plan_recreate,
-                              prerequisite_statements)
+from hcbpg.pg.restore import MARKER_LIVE, TargetState, plan_create_statements, plan_recreate, prerequisite_statements
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.host import Host

@@ -6,8 +6,9 @@ from __future__ import annotations
 import shlex
 import subprocess
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from hcbpg import secrets as hsecrets
 from hcbpg.adapters.psql import JSON_MARK, parse_marked_json
@@ -85,7 +86,7 @@ def check_disk_space(host: "Host", params: "Params", facts: Mapping[str, Any]) -
     # read-only: df on the dump dir, or on its nearest existing parent
     res = host.probe(f"d={shlex.quote(src.dump_dir)}; while [ ! -d \"$d\" ]; do d=$(dirname \"$d\"); done; "
                      "df -B1 --output=avail \"$d\" | tail -1")
-    avail = int((res.stdout.strip() or "0"))
+    avail = int(res.stdout.strip() or "0")
     need = int(int(facts.get("size_bytes") or 0) * 2.2)
     return Check.of("disk space for dump and restore", avail >= need,
                     f"{avail / GIB:.1f} GiB free, need about {need / GIB:.1f} GiB", host.name)

@@ -3,17 +3,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
-from hcbpg.ops import cluster as pg_cluster
 from hcbpg import clock
 from hcbpg.display import show_table
 from hcbpg.errors import ParamsError, SafetyCheckFailed
+from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops.migration import stream
 from hcbpg.ops.migration.database import check_extensions_available, get_target_state
-from hcbpg.ops.migration.dump import (DumpResult, check_disk_space, dump_path, remove_dump, render_download,
-                                      render_heroku_commands, render_pg_dump, run_dump, run_heroku_dump)
+from hcbpg.ops.migration.dump import (
+    DumpResult,
+    check_disk_space,
+    dump_path,
+    remove_dump,
+    render_download,
+    render_heroku_commands,
+    render_pg_dump,
+    run_dump,
+    run_heroku_dump,
+)
 from hcbpg.ops.migration.restore import RestoreResult, render_pg_restore, restore_jobs, run_restore
 from hcbpg.ops.migration.settings import RESTORE_PART, get_server_state, render_restore_settings
 from hcbpg.ops.migration.source import Source, get_source_facts

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import shlex
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
 
 from hcbpg import clock
 from hcbpg.ops.migration.database import ensure_fresh_database, ensure_prerequisites
 from hcbpg.ops.migration.dump import DumpResult
-from hcbpg.ops.migration.settings import (ensure_restore_settings, get_server_state, remove_restore_settings)
+from hcbpg.ops.migration.settings import ensure_restore_settings, get_server_state, remove_restore_settings
 from hcbpg.ops.migration.source import target
 from hcbpg.pg.dump import filter_toc, plan_prerequisites
 from hcbpg.pg.restore import MARKER_RESTORE, plan_restore_settings

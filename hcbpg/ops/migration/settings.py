@@ -4,12 +4,13 @@ restart when a setting needs it), removed again, and checked gone."""
 from __future__ import annotations
 
 import shlex
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from hcbpg.desired import server as desired_server
 from hcbpg.ops import cluster as pg_cluster
-from hcbpg.pg import conf as pgconf
 from hcbpg.outcome import Check, Outcome, unified_diff
+from hcbpg.pg import conf as pgconf
 from hcbpg.pg.restore import GIB
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import shlex
 import time
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
 
@@ -15,11 +16,17 @@ from hcbpg import secrets as hsecrets
 from hcbpg.adapters.psql import JSON_MARK, parse_marked_json
 from hcbpg.errors import RemoteCommandError
 from hcbpg.ops.migration import templates
-from hcbpg.ops.migration.dump import DumpResult, prepare_dump_dir
 from hcbpg.ops.migration.database import plan_fresh_database
+from hcbpg.ops.migration.dump import DumpResult, prepare_dump_dir
 from hcbpg.ops.migration.restore import RestoreResult, restore_jobs
-from hcbpg.ops.migration.settings import (ensure_restore_settings, get_server_state, remove_restore_settings,
-                                          render_reload_and_wait, render_restore_settings, restore_part_path)
+from hcbpg.ops.migration.settings import (
+    ensure_restore_settings,
+    get_server_state,
+    remove_restore_settings,
+    render_reload_and_wait,
+    render_restore_settings,
+    restore_part_path,
+)
 from hcbpg.ops.migration.source import SECRET_DIR, Source, target
 from hcbpg.pg.conninfo import SERVICE_NAME
 from hcbpg.pg.dump import plan_prerequisites, render_toc_filter

@@ -15,14 +15,14 @@ a template and its renderer cannot drift apart silently.
 from __future__ import annotations
 
 import re
-from functools import lru_cache
+from collections.abc import Mapping
+from functools import cache
 from importlib import resources
-from typing import Mapping
 
 _PLACEHOLDER = re.compile(r"@([A-Z][A-Z0-9_]*)@")
 
 
-@lru_cache(maxsize=None)
+@cache
 def read_script(name: str) -> str:
     """The text of ``scripts/<name>`` as shipped in the package."""
     return resources.files(__package__).joinpath("scripts", name).read_text(encoding="utf-8")

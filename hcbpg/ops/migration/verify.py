@@ -16,8 +16,18 @@ from hcbpg.ops.migration.dump import DumpResult
 from hcbpg.ops.migration.settings import check_restore_settings_gone
 from hcbpg.ops.migration.source import Source, target
 from hcbpg.outcome import Check
-from hcbpg.pg.inventory import (COUNTS_SQL, INVENTORY_SQL, USER_NS, Inventory, compare_objects, compare_rows,
-                                comparison_table, list_names, newest_event_sql, not_ext_member)
+from hcbpg.pg.inventory import (
+    COUNTS_SQL,
+    INVENTORY_SQL,
+    USER_NS,
+    Inventory,
+    compare_objects,
+    compare_rows,
+    comparison_table,
+    list_names,
+    newest_event_sql,
+    not_ext_member,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.host import Host
