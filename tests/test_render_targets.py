@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hcbpg.ops import packages as pg_packages
-from hcbpg.steps import targets
+from hcbpg.desired import addresses
 from hcbpg.errors import ParamsError
 from hcbpg.adapters.host import Result
 from hcbpg.params import parse_params
@@ -29,25 +29,25 @@ RECORDED = [{"name": "server-postgres-1", "public_ip": "198.51.100.7", "private_
 
 
 def test_ssh_host_from_params_wins_over_the_recorded_public_ip():
-    assert targets.ssh_address(make_params(), "server-postgres-2", RECORDED) == "pg2.example.net"
+    assert addresses.ssh_address(make_params(), "server-postgres-2", RECORDED) == "pg2.example.net"
 
 
 def test_recorded_public_ip_is_used_when_params_set_no_ssh_host():
-    assert targets.ssh_address(make_params(), "server-postgres-1", RECORDED) == "198.51.100.7"
+    assert addresses.ssh_address(make_params(), "server-postgres-1", RECORDED) == "198.51.100.7"
 
 
 def test_no_address_before_provisioning_or_from_a_dry_run_record():
-    assert targets.ssh_address(make_params(), "server-postgres-1", []) is None
+    assert addresses.ssh_address(make_params(), "server-postgres-1", []) is None
     planned = [{"name": "server-postgres-1", "public_ip": None, "private_ip": "10.0.1.5", "id": None}]
-    assert targets.ssh_address(make_params(), "server-postgres-1", planned) is None
+    assert addresses.ssh_address(make_params(), "server-postgres-1", planned) is None
 
 
 def test_app_host_is_reached_at_ssh_host_else_its_private_ip():
-    assert targets.app_ssh_address(make_params(app_host={"name": "app", "private_ip": "10.0.1.10"})) == "10.0.1.10"
-    assert targets.app_ssh_address(make_params(
+    assert addresses.app_ssh_address(make_params(app_host={"name": "app", "private_ip": "10.0.1.10"})) == "10.0.1.10"
+    assert addresses.app_ssh_address(make_params(
         app_host={"name": "app", "private_ip": "10.0.1.10", "ssh_host": "app.example.net"})) == "app.example.net"
     with pytest.raises(ParamsError, match="app_host"):
-        targets.app_ssh_address(make_params())
+        addresses.app_ssh_address(make_params())
 
 
 class ScriptedHost:

@@ -34,7 +34,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.host import Host
     from hcbpg.params import Params
     from hcbpg.adapters.psql import Psql
-    from hcbpg.engine.runbook import Runbook
 
 ROTATE_ENV = "HCBPG_ROTATE_ROLES"
 
@@ -195,20 +194,6 @@ def dependents_table(rots: Sequence[Rotatable]) -> list[dict[str, str]]:
     return [{"role": r.role, "update": d} for r in rots for d in r.dependents]
 
 
-def verify_host(rb: "Runbook", rot: Rotatable, cfg: RolesConfig, hosts: Mapping[str, "Host | None"]) -> "Host | None":
-    """The host "old refused / new works" is tried from (None: not reachable, the check is a warning)."""
-    from hcbpg.steps import targets  # noqa: PLC0415
-    from hcbpg.ops.privileges import jumpbox_host  # noqa: PLC0415
-    params = rb.params
-    if rot.verify_from == "app":
-        return targets.app_host(rb)
-    if rot.verify_from == "jumpbox":
-        return jumpbox_host(params, cfg)
-    if rot.verify_from == "replica":
-        return next((hosts.get(s.name) for s in params.replicas if hosts.get(s.name) is not None), None)
-    return hosts.get(params.primary.name)
-
-
 def update_hcbpg_dependents(rot: Rotatable, new: str, params: "Params", cfg: RolesConfig,
                             hosts: Mapping[str, "Host | None"], *, dry_run: bool) -> list[Outcome]:
     """What hcbpg itself keeps with the password: exporter / Vector env files, replication passfiles,
@@ -231,19 +216,4 @@ def update_hcbpg_dependents(rot: Rotatable, new: str, params: "Params", cfg: Rol
             path = getattr(urls, "path", path)
         out.append(Outcome(f"new DATABASE_URL and BLAZER_DATABASE_URL for the app in {path} (0600)", True, dry_run,
                            actions=["paste them into Hatchbox, restart the app's processes, then delete the file"]))
-    return out
-
-
-def verify_all(rb: "Runbook", rots: Sequence[Rotatable], rotated: Mapping[str, tuple[str, str]], cfg: RolesConfig,
-               hosts: Mapping[str, "Host | None"], psql: "Psql") -> list[Check]:
-    """For every rotated role: new works, old refused (from its host), and the secret matches the server."""
-    out: list[Check] = []
-    for rot in rots:
-        old, new = rotated[rot.role]
-        host = verify_host(rb, rot, cfg, hosts)
-        if host is None:
-            out.append(Check(f"{rot.role}: login checks", "warn", f"no SSH to the {rot.verify_from} host: not checked"))
-        else:
-            out += verify_rotation(host, rb.params, rot, old, new, server_ip=rb.params.primary.private_ip)
-        out.append(check_secret_matches(psql, rot))
     return out
