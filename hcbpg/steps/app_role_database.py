@@ -21,7 +21,8 @@ def connect(rb: "Run") -> tuple["Server", "Host | None", "Psql | None"]:
     """The primary, its Host, and psql on it (None while its cluster is not running)."""
     primary = rb.params.primary
     host = server_host(rb, primary)
-    psql = pg_cluster.psql_for(host, rb.params) if pg_cluster.get_cluster_running(host, rb.params) else None
+    running = pg_cluster.get_cluster_running(host, rb.params)
+    psql = pg_cluster.psql_for(host, rb.params) if running else None  # type: ignore[arg-type]  # running: host is there
     return primary, host, psql
 
 

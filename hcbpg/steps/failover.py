@@ -49,7 +49,8 @@ def ensure_backups_follow(rb: "Run", plan: fo.FailoverPlan, hosts: Mapping[str, 
         return []
     params = rb.params
     archive_mode = fo.get_archive_mode(hosts.get(plan.old_primary), params) is not False
-    outcomes, backup_checks = fo.point_backups_at(hosts[plan.new_primary], params,  # type: ignore[arg-type] params.server(plan.new_primary),
+    new_host = hosts[plan.new_primary]  # promoted over SSH by run_failover, so reachable
+    outcomes, backup_checks = fo.point_backups_at(new_host, params, params.server(plan.new_primary),  # type: ignore[arg-type]
                                                   archive_mode=archive_mode)
     rb.track(outcomes)
     return backup_checks

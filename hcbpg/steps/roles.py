@@ -62,9 +62,11 @@ def apply_monitoring(rb: "Run", hosts: Mapping[str, "Host | None"], cfg: RolesCo
     params, dry_run = rb.params, rb.dry_run
     for s in params.servers:
         rb.track(monitoring.ensure_vector_config(hosts[s.name], params, s, cfg, None if dry_run else
-                                                 privileges.role_password(cfg, cfg.monitoring.name), dry_run=dry_run))
+                                                 privileges.role_password(cfg, cfg.monitoring.name),  # type: ignore[union-attr]
+                                                 dry_run=dry_run))
         rb.track(monitoring.ensure_exporter(hosts[s.name], params, s, cfg, None if dry_run else
-                                            privileges.role_password(cfg, cfg.exporter.name), dry_run=dry_run))
+                                            privileges.role_password(cfg, cfg.exporter.name),  # type: ignore[union-attr]
+                                            dry_run=dry_run))
 
 
 def check_roles(rb: "Run", hosts: Mapping[str, "Host"], psql: "Psql", cfg: RolesConfig) -> list[Check]:
