@@ -51,8 +51,9 @@ def apply(rb: "Run", hosts: Mapping[str, "Host | None"], psql: "Psql | None", cf
         rb.track(plan, show=False)
         return
     params = rb.params
-    for o in ensure_pg_hba(hosts, params, cfg, dry_run=False):
-        rb.track(o)
+    for s in params.servers:
+        rb.track(pg_config.ensure_pg_hba(hosts[s.name], params, s, dry_run=False,
+                                         extra=desired_server.all_hba_extra(params, s, cfg)))
     rb.track(privileges.ensure_privileges(psql, cfg, dry_run=False, host_name=params.primary.name))
 
 
