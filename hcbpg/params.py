@@ -60,6 +60,9 @@ def _address(v: str) -> str:
 Address = Annotated[str, AfterValidator(_address)]
 Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]*[a-z0-9]$", max_length=63)]
 Ident = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]*$", max_length=63)]
+#: a Site implementation by dotted reference, ``package.module:Attribute`` (see hcbpg.adapters.site)
+SiteRef = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$",
+                               max_length=200)]
 
 
 class Model(BaseModel):
@@ -306,6 +309,9 @@ class Params(Model):
     health: Health = Health()
     #: steps that may run destructive actions (wipe a data directory, drop a database)
     allow_destructive: bool = False
+    #: where the run happens (hcbpg.adapters.site): e.g. ``hcbpg.lab.site:LabSite``; None: production,
+    #: or the lab for the environment called ``lab``
+    site: SiteRef | None = None
 
     @field_validator("servers")
     @classmethod

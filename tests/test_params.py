@@ -110,3 +110,16 @@ def test_cli_params_check_production_passes(home):
     r = hcbpg("params", "check", "production")
     assert r.returncode == 0, r.stderr
     assert "valid" in r.stdout
+
+
+def test_site_is_a_dotted_reference_and_chooses_the_site():
+    from hcbpg.adapters.site import PRODUCTION, site_for
+    from hcbpg.lab.site import LabSite
+    d = prod()
+    assert site_for(parse_params(d)) is PRODUCTION
+    d["site"] = "hcbpg.lab.site:LabSite"
+    assert isinstance(site_for(parse_params(d)), LabSite)
+    d["site"] = "hcbpg/lab/site.py"
+    assert any(p.startswith("site:") for p in problems(d))
+    lab = load_params("lab", REPO)
+    assert lab.site == "hcbpg.lab.site:LabSite" and isinstance(site_for(lab), LabSite)

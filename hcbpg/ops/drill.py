@@ -14,29 +14,27 @@ from __future__ import annotations
 import json
 import shlex
 import time
-from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from psycopg import sql
 
 from hcbpg.desired import pgbackrest as desired_pgbackrest
-from hcbpg.adapters.psql import Psql, render
-from hcbpg.errors import DatabaseError, HcbpgError, ParamsError, SafetyCheckFailed, WaitTimeout
 from hcbpg.ops import pgbackrest as pgb
-from hcbpg.ops.cluster import get_cluster, psql_for
+from hcbpg.adapters.host import Host
+from hcbpg.adapters.site import site_for
+from hcbpg.errors import DatabaseError, HcbpgError, HostUnreachable, ParamsError, SafetyCheckFailed, WaitTimeout
 from hcbpg.outcome import Check, Outcome
+from hcbpg.adapters.psql import Psql, render
+from hcbpg.ops.cluster import get_cluster, psql_for
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hcbpg.adapters.host import Host
     from hcbpg.params import Params, Server
 
 #: where the drill notes what it restored (outside the data directory, which the restore replaces)
 MARKER = "/var/lib/postgresql/hcbpg-restore-drill.json"
 #: nextval() logs sequence values this many ahead, so a restored sequence may be ahead by up to this
 SEQ_LOG_VALS = 32
-#: the lab's scratch host: drill-1 at .30 of the lab subnet
-LAB_DRILL_NAME, LAB_DRILL_OFFSET = "drill-1", 30
 
 
 # the scratch host ------------------------------------------------------------------------------
@@ -52,19 +50,18 @@ class DrillTarget:
 
 
 def drill_target(params: "Params") -> DrillTarget:
-    """The scratch host from params (``drill``: name, private_ip, ssh_host, checksum_tables); in the lab drill-1 at .30.
+    """The scratch host from params (``drill``: name, private_ip, ssh_host, checksum_tables), else the site's default
+    (in the lab drill-1 at .30).
 
     Refuses any host that is one of params.servers or the app host.
     """
-    import ipaddress
     d = getattr(params, "drill", None)
     if d is not None:
         tables = getattr(d, "checksum_tables", None)
         target = DrillTarget(d.name, str(d.private_ip), getattr(d, "ssh_host", None),
                              tuple(tables) if tables is not None else None)
-    elif params.environment == "lab":
-        ip = str(ipaddress.ip_network(params.network.subnet)[LAB_DRILL_OFFSET])
-        target = DrillTarget(LAB_DRILL_NAME, ip)
+    elif (default := site_for(params).default_scratch_host(params)) is not None:
+        target = DrillTarget(*default)
     else:
         raise ParamsError("params", ["drill: required for the restore drill: the scratch server "
                                      "(name, private_ip, ssh_host) to restore onto"])
@@ -86,27 +83,13 @@ def as_server(params: "Params", target: DrillTarget) -> "Server":
 
 
 def scratch_host(params: "Params", target: DrillTarget, *, dry_run: bool) -> "Host | None":
-    """An open Host for the scratch host; in the lab it is created first (a fresh server).
+    """An open Host for the scratch host; a site that creates it (the lab) creates it first (a fresh server).
 
     In a dry run a scratch host that does not exist yet is None (the plan assumes a fresh one).
     """
-    from hcbpg.adapters.host import Host
-    from hcbpg.errors import HostUnreachable
+    if not site_for(params).ensure_scratch_host(params, target.name, target.private_ip, dry_run=dry_run):
+        return None
     address = target.ssh_host or target.private_ip
-    if params.environment == "lab":
-        from hcbpg.lab.core import LabConfig, read_state
-        exists = target.name in read_state(LabConfig.load()).get("hosts", {})
-        if not exists:
-            if dry_run:
-                print(f"[{target.name}] would create the lab scratch host at {target.private_ip}")
-                return None
-            import os
-
-            from hcbpg.lab.hosts import create_server_host
-            key = open(os.path.expanduser(params.hetzner.ssh_public_key_file)).read()
-            created = create_server_host(target.name, target.private_ip, [key])
-            print(f"[{target.name}] created lab scratch host at {created['ip']}")
-        address = target.ssh_host or target.private_ip
     host = Host.from_params(params, target.name, address)
     try:
         return host.connect()

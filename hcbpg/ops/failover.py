@@ -38,7 +38,6 @@ from hcbpg.desired import server as desired_server
 from hcbpg.errors import (
     DatabaseError,
     HcbpgError,
-    HostUnreachable,
     SafetyCheckFailed,
     WaitTimeout,
 )
@@ -52,30 +51,7 @@ from hcbpg.secrets import register, scrub
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.host import Host
-    from hcbpg.engine.runbook import Runbook
     from hcbpg.params import Params, Server
-
-
-# connecting to every server --------------------------------------------------------------------
-
-def connect_servers(rb: "Runbook") -> dict[str, "Host | None"]:
-    """An open Host per server, None for a server SSH cannot reach (a failover must go on without it)."""
-    from hcbpg.adapters.host import Host
-    from hcbpg.steps import targets
-    out: dict[str, Host | None] = {}
-    recorded = targets.recorded_servers(rb)
-    for s in rb.params.servers:
-        address = targets.ssh_address(rb.params, s.name, recorded)
-        if address is None:
-            print(f"[{s.name}] no SSH address (ssh_host unset and step 01 recorded none)")
-            out[s.name] = None
-            continue
-        try:
-            out[s.name] = Host.from_params(rb.params, s.name, address).connect()
-        except HostUnreachable as exc:
-            print(f"[{s.name}] unreachable: {exc.message}")
-            out[s.name] = None
-    return out
 
 
 # the plan (pure) ----------------------------------------------------------------------------------

@@ -16,26 +16,24 @@ Sessions that are already connected stay connected: PostgreSQL checks a password
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 from psycopg import sql
 
 from hcbpg import secrets as hsecrets
-from hcbpg.desired.roles import RolesConfig
 from hcbpg.errors import SafetyCheckFailed, SecretError, UsageError
-from hcbpg.ops.app_database import PASSWORD_KEY, get_role
-from hcbpg.ops.privileges import psql_as
 from hcbpg.outcome import Check, Outcome
+from hcbpg.ops.privileges import psql_as
+from hcbpg.desired.roles import RolesConfig
+from hcbpg.ops.app_database import PASSWORD_KEY, get_role
 from hcbpg.pg.scram import scram_matches, scram_verifier
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.host import Host
-    from hcbpg.adapters.psql import Psql
-    from hcbpg.engine.runbook import Runbook
     from hcbpg.params import Params
+    from hcbpg.adapters.psql import Psql
 
 ROTATE_ENV = "HCBPG_ROTATE_ROLES"
 
@@ -129,7 +127,7 @@ def check_storable(rot: Rotatable) -> None:
 def plan_rotation(rot: Rotatable) -> Outcome:
     """What rotating *rot* does (no secret in it)."""
     return Outcome(f"password of {rot.role}", True, True, actions=[
-        "generate a new password; keep it in a 0600 pending file until it is stored",
+        f"generate a new password; keep it in a 0600 pending file until it is stored",
         f"ALTER ROLE {rot.role} PASSWORD '<SCRAM-SHA-256 verifier computed here>' on the primary",
         f"store it at {rot.password_key} ({rot.password_ref.split(':', 1)[0]}:)",
         f"verify from the {rot.verify_from} host: the old password is refused, the new one works",
@@ -196,20 +194,6 @@ def dependents_table(rots: Sequence[Rotatable]) -> list[dict[str, str]]:
     return [{"role": r.role, "update": d} for r in rots for d in r.dependents]
 
 
-def verify_host(rb: "Runbook", rot: Rotatable, cfg: RolesConfig, hosts: Mapping[str, "Host | None"]) -> "Host | None":
-    """The host "old refused / new works" is tried from (None: not reachable, the check is a warning)."""
-    from hcbpg.ops.privileges import jumpbox_host  # noqa: PLC0415
-    from hcbpg.steps import targets  # noqa: PLC0415
-    params = rb.params
-    if rot.verify_from == "app":
-        return targets.app_host(rb)
-    if rot.verify_from == "jumpbox":
-        return jumpbox_host(params, cfg)
-    if rot.verify_from == "replica":
-        return next((hosts.get(s.name) for s in params.replicas if hosts.get(s.name) is not None), None)
-    return hosts.get(params.primary.name)
-
-
 def update_hcbpg_dependents(rot: Rotatable, new: str, params: "Params", cfg: RolesConfig,
                             hosts: Mapping[str, "Host | None"], *, dry_run: bool) -> list[Outcome]:
     """What hcbpg itself keeps with the password: exporter / Vector env files, replication passfiles,
@@ -232,19 +216,4 @@ def update_hcbpg_dependents(rot: Rotatable, new: str, params: "Params", cfg: Rol
             path = getattr(urls, "path", path)
         out.append(Outcome(f"new DATABASE_URL and BLAZER_DATABASE_URL for the app in {path} (0600)", True, dry_run,
                            actions=["paste them into Hatchbox, restart the app's processes, then delete the file"]))
-    return out
-
-
-def verify_all(rb: "Runbook", rots: Sequence[Rotatable], rotated: Mapping[str, tuple[str, str]], cfg: RolesConfig,
-               hosts: Mapping[str, "Host | None"], psql: "Psql") -> list[Check]:
-    """For every rotated role: new works, old refused (from its host), and the secret matches the server."""
-    out: list[Check] = []
-    for rot in rots:
-        old, new = rotated[rot.role]
-        host = verify_host(rb, rot, cfg, hosts)
-        if host is None:
-            out.append(Check(f"{rot.role}: login checks", "warn", f"no SSH to the {rot.verify_from} host: not checked"))
-        else:
-            out += verify_rotation(host, rb.params, rot, old, new, server_ip=rb.params.primary.private_ip)
-        out.append(check_secret_matches(psql, rot))
     return out

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from hcbpg.adapters.site import site_for
 from hcbpg.errors import ParamsError
 from hcbpg.ops.packages import get_installed_packages
 from hcbpg.outcome import Check, Outcome, unified_diff
@@ -30,8 +31,6 @@ JOB_LOG = "/var/log/pgbackrest/hcbpg-backup.log"
 #: the production team's schedule: full on Sunday 06:30, differential Monday to Saturday 06:30
 DEFAULT_FULL = "30 6 * * 0"
 DEFAULT_DIFF = "30 6 * * 1-6"
-#: the lab's dead-man receiver (hcbpg.lab.deadman) until params carry pgbackrest.deadman_url
-LAB_DEADMAN_PORT = 8781
 _CRON_FIELD = r"[0-9A-Za-z*/,\-]+"
 _CRON_RE = re.compile(rf"^{_CRON_FIELD}( {_CRON_FIELD}){{4}}$")
 _URL_RE = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._~\-/%]*)?$")
@@ -47,18 +46,11 @@ class Schedule:
     deadman_url: str | None
 
 
-def lab_deadman_url(params: "Params") -> str:
-    """The lab receiver's URL on the operator address of the lab subnet (10.0.1.1 by default)."""
-    import ipaddress
-    gw = ipaddress.ip_network(params.network.subnet)[1]
-    return f"http://{gw}:{LAB_DEADMAN_PORT}/ping/hcbpg-backup-{params.environment}"
-
-
 def get_schedule(params: "Params") -> Schedule:
     """The schedule from params (``pgbackrest.schedule_full``, ``schedule_diff``, ``deadman_url``).
 
     Until those fields exist in the params model they default to the production team's
-    times and, in the lab, to the lab's receiver.
+    times and to the site's receiver (the lab's; none in production).
     """
     pb = params.pgbackrest
     if pb is None:
@@ -66,8 +58,8 @@ def get_schedule(params: "Params") -> Schedule:
     full = getattr(pb, "schedule_full", None) or DEFAULT_FULL
     diff = getattr(pb, "schedule_diff", None) or DEFAULT_DIFF
     url = getattr(pb, "deadman_url", None)
-    if url is None and params.environment == "lab":
-        url = lab_deadman_url(params)
+    if url is None:
+        url = site_for(params).deadman_url(params)
     problems = []
     for key, value in (("schedule_full", full), ("schedule_diff", diff)):
         if not _CRON_RE.match(value):
@@ -186,10 +178,11 @@ def check_backup_schedule(host: "Host", params: "Params", server: "Server") -> l
     if "cron" in pk:
         out.append(Check("cron installed", "pass", pk["cron"], server.name))
     else:
-        # the lab's hosts have no cron daemon; the tests invoke the job directly instead
-        out.append(Check("cron installed", "warn" if params.environment == "lab" else "fail",
-                         "not installed: the schedule does not run" + (" (lab: the tests run the job)"
-                                                                        if params.environment == "lab" else ""),
+        # a site whose hosts have no cron daemon (the lab) runs the job directly instead
+        cron_runs_jobs = site_for(params).cron_runs_jobs
+        out.append(Check("cron installed", "fail" if cron_runs_jobs else "warn",
+                         "not installed: the schedule does not run" + ("" if cron_runs_jobs
+                                                                        else " (lab: the tests run the job)"),
                          server.name))
     out.append(Check.of("dead-man's switch URL set", bool(s.deadman_url),
                         "pings go to the URL in params" if s.deadman_url else

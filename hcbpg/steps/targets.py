@@ -1,59 +1,32 @@
-"""Where the operator's SSH reaches each machine: the one place that rule lives.
+"""Open Hosts for a run: every server, the app host, a vantage point outside the subnet.
 
-A server is reached at ``servers[].ssh_host`` from params when set, else at the public IP
-that step 01 recorded (``rb.recall("servers")``).  The app host is reached at
-``app_host.ssh_host``, else at its private IP.
+Where SSH goes is decided in :mod:`hcbpg.desired.addresses` (pure); what differs in the lab
+is the site's (:mod:`hcbpg.adapters.site`).
 """
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 from hcbpg.adapters.host import Host
-from hcbpg.errors import HcbpgError, HostUnreachable, ParamsError
+from hcbpg.adapters.site import OutsiderRunner, site_for
+from hcbpg.desired.addresses import app_ssh_address, ssh_address
+from hcbpg.errors import HcbpgError, HostUnreachable
+from hcbpg.ops import cluster as pg_cluster
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hcbpg.engine.runbook import Runbook
-    from hcbpg.params import Params, Server
+    from hcbpg.adapters.psql import Psql
+    from hcbpg.params import Server
+    from hcbpg.steps.context import Run
 
 
-def recorded_server(recorded: Iterable[Mapping[str, Any]] | None, name: str) -> Mapping[str, Any] | None:
-    """The record step 01 made for server *name*, if any."""
-    for entry in recorded or ():
-        if entry.get("name") == name:
-            return entry
-    return None
-
-
-def ssh_address(params: "Params", server_name: str,
-                recorded_servers: Iterable[Mapping[str, Any]] | None = None) -> str | None:
-    """The address SSH uses for *server_name*: params ``ssh_host``, else the recorded public IP, else None."""
-    server = params.server(server_name)
-    if server.ssh_host:
-        return server.ssh_host
-    rec = recorded_server(recorded_servers, server_name)
-    if rec and rec.get("public_ip"):
-        return str(rec["public_ip"])
-    return None
-
-
-def app_ssh_address(params: "Params") -> str:
-    """The address SSH uses for the app host: ``app_host.ssh_host``, else its private IP."""
-    if params.app_host is None:
-        raise ParamsError("params", ["app_host: required for this step (the host the app connects from)"])
-    return params.app_host.ssh_host or params.app_host.private_ip
-
-
-def recorded_servers(rb: "Runbook") -> list[dict[str, Any]]:
+def recorded_servers(rb: "Run") -> list[dict[str, Any]]:
     """What step 01 recorded about the servers ([] when nothing was recorded yet)."""
     value = rb.recall("servers", default=None)
     return list(value or [])
 
 
-def server_host(rb: "Runbook", server: "Server") -> Host | None:
+def server_host(rb: "Run", server: "Server") -> Host | None:
     """An open Host for *server*; in a dry run None when the server is not there yet.
 
     A dry run before provisioning (``hcbpg plan`` on a fresh lab) cannot reach servers that
@@ -79,7 +52,30 @@ def server_host(rb: "Runbook", server: "Server") -> Host | None:
         raise
 
 
-def app_host(rb: "Runbook") -> Host:
+def server_hosts(rb: "Run") -> dict[str, Host | None]:
+    """:func:`server_host` for every server in params, by name."""
+    return {s.name: server_host(rb, s) for s in rb.params.servers}
+
+
+def connect_servers(rb: "Run") -> dict[str, Host | None]:
+    """An open Host per server, None for a server SSH cannot reach (a failover must go on without it)."""
+    out: dict[str, Host | None] = {}
+    recorded = recorded_servers(rb)
+    for s in rb.params.servers:
+        address = ssh_address(rb.params, s.name, recorded)
+        if address is None:
+            print(f"[{s.name}] no SSH address (ssh_host unset and step 01 recorded none)")
+            out[s.name] = None
+            continue
+        try:
+            out[s.name] = Host.from_params(rb.params, s.name, address).connect()
+        except HostUnreachable as exc:
+            print(f"[{s.name}] unreachable: {exc.message}")
+            out[s.name] = None
+    return out
+
+
+def app_host(rb: "Run") -> Host:
     """An open Host for the app host (raises HostUnreachable naming it)."""
     params = rb.params
     address = app_ssh_address(params)
@@ -87,36 +83,17 @@ def app_host(rb: "Runbook") -> Host:
     return Host.from_params(params, params.app_host.name, address).connect()
 
 
-def outsider_runner(rb: "Runbook") -> "Callable[[str, str], tuple[int, str]] | None":
+def outsider_runner(rb: "Run") -> OutsiderRunner | None:
     """How to run a command from an address outside the private subnet (None: not available here).
 
     In the lab: the lab's outsider network namespace (another subnet, routed to the lab's).
     Elsewhere: the operator's own machine, which is not on the private network, so a
     connection from it must fail.
     """
-    def local(argv_prefix: list[str]) -> "Callable[[str, str], tuple[int, str]]":
-        def run(cmd: str, stdin: str) -> tuple[int, str]:
-            try:
-                proc = subprocess.run([*argv_prefix, "sh", "-c", cmd], input=stdin, capture_output=True,
-                                      text=True, timeout=60)
-            except subprocess.TimeoutExpired:
-                return 124, "timed out"
-            return proc.returncode, proc.stdout + proc.stderr
-        return run
+    return site_for(rb.params).outsider_runner(rb.params)
 
-    if rb.params.environment == "lab":
-        try:
-            from hcbpg.lab import Lab
-            lab = Lab()
-            if lab.cfg.outsider_netns not in __import__("hcbpg.lab.core", fromlist=["netns_list"]).netns_list():
-                return None
-        except Exception:  # noqa: BLE001 - no lab on this machine: "not available"
-            return None
 
-        def via_lab(cmd: str, stdin: str) -> tuple[int, str]:
-            proc = lab.outsider_exec(cmd, input=stdin, timeout=60)
-            return proc.returncode, proc.stdout + proc.stderr
-        return via_lab
-    if shutil.which("psql"):
-        return local([])
-    return None
+def primary_psql(rb: "Run", hosts: Mapping[str, Host | None]) -> "Psql | None":
+    """psql on the primary's Host in *hosts* (None when there is no Host for it)."""
+    primary = rb.params.primary
+    return pg_cluster.psql_for(hosts[primary.name], rb.params) if hosts[primary.name] else None  # type: ignore[arg-type]

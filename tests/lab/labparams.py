@@ -29,6 +29,7 @@ def lab_params(lab, servers: Sequence[tuple[str, str, str]], **sections: Any) ->
     cfg = lab.cfg
     data: dict[str, Any] = {
         "environment": "lab",
+        "site": "hcbpg.lab.site:LabSite",
         "hetzner": {"token": f"file:{cfg.secret_path('hcloud-token')}",
                     "ssh_public_key_file": str(lab.ssh_key.with_suffix(".pub"))},
         "network": {"ip_range": "10.0.0.0/8", "subnet": cfg.subnet},

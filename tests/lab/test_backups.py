@@ -15,18 +15,20 @@ from pathlib import Path
 import pytest
 
 from hcbpg.desired import pgbackrest as desired_pgbackrest
-from hcbpg.adapters.host import Host
-from hcbpg.errors import PgBackRestError
-from hcbpg.lab import create_server_host, deadman, destroy_server_host
-from hcbpg.lab.core import read_state
-from hcbpg.ops import app_database as roles
 from hcbpg.ops import cluster as pg_cluster
-from hcbpg.ops import drill, schedule
-from hcbpg.ops import pgbackrest as pgb
 from hcbpg.ops import server as pg_server
+from hcbpg.ops import drill
+from hcbpg.ops import pgbackrest as pgb
+from hcbpg.ops import app_database as roles
+from hcbpg.ops import schedule
+from hcbpg.errors import PgBackRestError
+from hcbpg.adapters.host import Host
+from hcbpg.lab import create_server_host, destroy_server_host
+from hcbpg.lab import deadman
+from hcbpg.lab.core import read_state
+from hcbpg.lab.site import LAB_DRILL_NAME
 from hcbpg.params import parse_params
 from hcbpg.secrets import resolve
-
 from labparams import lab_params, pgbackrest_section
 
 pytestmark = pytest.mark.lab
@@ -58,7 +60,7 @@ def params(lab, monkeypatch_module):
     p = parse_params(lab_params(lab, [("server-postgres-1", ip, "primary")], pgbackrest=pgbackrest_section(lab)))
     yield p
     destroy_server_host("server-postgres-1", lab_dir=str(lab.lab_dir))
-    destroy_server_host(drill.LAB_DRILL_NAME, lab_dir=str(lab.lab_dir))
+    destroy_server_host(LAB_DRILL_NAME, lab_dir=str(lab.lab_dir))
 
 
 @pytest.fixture(scope="module")
@@ -298,7 +300,7 @@ def nb_home(lab, tmp_path_factory, secrets):
     (nbdir / "steps.yaml").write_text(yaml.safe_dump({"steps": [{"notebook": n, "title": t} for n, t in NB_STEPS]}))
     ip = cfg.address(51)
     key = lab.ssh_key.with_suffix(".pub").read_text()
-    destroy_server_host(drill.LAB_DRILL_NAME, lab_dir=str(lab.lab_dir))  # a fresh scratch host for this drill
+    destroy_server_host(LAB_DRILL_NAME, lab_dir=str(lab.lab_dir))  # a fresh scratch host for this drill
     create_server_host("nb-postgres-1", ip, [key], lab_dir=str(lab.lab_dir))
     data = lab_params(lab, [("nb-postgres-1", ip, "primary")], pgbackrest=pgbackrest_section(lab))
     (home / "params" / "lab.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
@@ -334,7 +336,7 @@ def test_notebooks_plan_run_and_run_again_with_no_secret_in_outputs(lab, nb_home
     home, env = nb_home
     plan = _cli(env, "plan", "lab")
     assert plan.returncode == 0, plan.stdout[-3000:] + plan.stderr[-3000:]
-    assert drill.LAB_DRILL_NAME not in read_state(lab.cfg)["hosts"], "a plan created the scratch host"
+    assert LAB_DRILL_NAME not in read_state(lab.cfg)["hosts"], "a plan created the scratch host"
     t0 = time.monotonic()
     first = _cli(env, "run", "lab")
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]

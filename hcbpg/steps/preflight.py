@@ -1,5 +1,5 @@
-"""Step 00's checks: params valid, secrets resolvable, every target reachable over SSH, the operator's
-tools present; and the table of what the run will touch.  Nothing here changes anything.
+"""Step 00 (notebook ``00_preflight``): params valid, secrets resolvable, every target reachable over SSH,
+the operator's tools present; and the table of what the run will touch.  Nothing here changes anything.
 """
 
 from __future__ import annotations
@@ -13,15 +13,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hcbpg.adapters.host import Host
+from hcbpg.desired.addresses import app_ssh_address, ssh_address
 from hcbpg.errors import HcbpgError, HostUnreachable
+from hcbpg.ops import app_database as roles
 from hcbpg.ops import cluster as pg_cluster
+from hcbpg.ops import provisioning as cloud
 from hcbpg.outcome import Check
 from hcbpg.params import params_path, params_sha256
 from hcbpg.pg import scram as scram
-from hcbpg.steps import targets
+from hcbpg.steps.targets import recorded_servers
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hcbpg.engine.runbook import Runbook
+    from hcbpg.steps.context import Run
 
 #: Python packages the steps import on the operator's side (module name, what needs it)
 OPERATOR_MODULES = (
@@ -34,7 +37,7 @@ OPERATOR_MODULES = (
 )
 
 
-def check_params(rb: "Runbook") -> list[Check]:
+def check_params(rb: "Run") -> list[Check]:
     """The params file validated (runbook.start already refused an invalid one)."""
     path = params_path(rb.env, rb.home)
     return [Check("params valid", "pass", f"{path.name} sha256 {params_sha256(rb.env, rb.home)[:12]}",
@@ -54,7 +57,7 @@ def _key_file_check(label: str, path_text: str, *, private: bool) -> Check:
     return Check(label, "pass", f"{path} (mode {mode:04o})", "operator")
 
 
-def check_tools(rb: "Runbook") -> list[Check]:
+def check_tools(rb: "Run") -> list[Check]:
     """What the operator's machine needs: Python packages and the SSH key pair named in params."""
     out = []
     for module, why in OPERATOR_MODULES:
@@ -77,7 +80,7 @@ def check_tools(rb: "Runbook") -> list[Check]:
     return out
 
 
-def _reach(name: str, address: str, rb: "Runbook") -> Check:
+def _reach(name: str, address: str, rb: "Run") -> Check:
     host = Host.from_params(rb.params, name, address)
     try:
         res = host.probe(". /etc/os-release && echo \"$PRETTY_NAME\" && id -un")
@@ -91,7 +94,7 @@ def _reach(name: str, address: str, rb: "Runbook") -> Check:
         host.close()
 
 
-def get_cloud_servers(rb: "Runbook") -> tuple[dict[str, str | None] | None, Check]:
+def get_cloud_servers(rb: "Run") -> tuple[dict[str, str | None] | None, Check]:
     """Which params servers exist in the Hetzner Cloud project (name -> public IPv4), and a check row.
 
     Asking the API, not earlier runs' records, keeps a rebuilt project (or lab) from sending
@@ -99,7 +102,6 @@ def get_cloud_servers(rb: "Runbook") -> tuple[dict[str, str | None] | None, Chec
     """
     params = rb.params
     try:
-        from hcbpg.ops import provisioning as cloud
         client = cloud.make_client(params, rb.secret("hetzner.token"), timeout=params.ssh.connect_timeout * 3)
         found: dict[str, str | None] = {}
         for server in params.servers:
@@ -114,13 +116,13 @@ def get_cloud_servers(rb: "Runbook") -> tuple[dict[str, str | None] | None, Chec
                         f"{len(found)} of {len(params.servers)} server(s) exist", params.hetzner.api_endpoint)
 
 
-def _address(rb: "Runbook", name: str, existing: dict[str, str | None] | None) -> str | None:
+def _address(rb: "Run", name: str, existing: dict[str, str | None] | None) -> str | None:
     server = rb.params.server(name)
-    return server.ssh_host or (existing or {}).get(name) or targets.ssh_address(
-        rb.params, name, targets.recorded_servers(rb))
+    return server.ssh_host or (existing or {}).get(name) or ssh_address(
+        rb.params, name, recorded_servers(rb))
 
 
-def check_reachable(rb: "Runbook", cloud_servers: tuple[dict[str, str | None] | None, Check] | None = None
+def check_reachable(rb: "Run", cloud_servers: tuple[dict[str, str | None] | None, Check] | None = None
                     ) -> list[Check]:
     """The Hetzner Cloud API, the app host, and every server that exists already answer."""
     params = rb.params
@@ -137,17 +139,16 @@ def check_reachable(rb: "Runbook", cloud_servers: tuple[dict[str, str | None] | 
             continue
         out.append(_reach(server.name, address, rb))
     if params.app_host is not None:
-        out.append(_reach(params.app_host.name, targets.app_ssh_address(params), rb))
+        out.append(_reach(params.app_host.name, app_ssh_address(params), rb))
     return out
 
 
-def check_app_role_password(rb: "Runbook", existing: dict[str, str | None] | None = None) -> list[Check]:
+def check_app_role_password(rb: "Run", existing: dict[str, str | None] | None = None) -> list[Check]:
     """When the primary already has the app role, its password is the secret's (else step 04 would refuse).
 
     Checked here so that a wrong ``postgres.app_role_password`` stops the run before any step
     changes anything.  Read-only; skipped (no row) while the primary or its role does not exist.
     """
-    from hcbpg.ops import app_database as roles
     params = rb.params
     primary = params.primary
     if existing is not None and primary.name not in existing:
@@ -173,20 +174,20 @@ def check_app_role_password(rb: "Runbook", existing: dict[str, str | None] | Non
     return [Check.of(f"{roles.PASSWORD_KEY} matches the role", ok, detail, primary.name)]
 
 
-def plan_targets(rb: "Runbook") -> list[dict[str, Any]]:
+def plan_targets(rb: "Run") -> list[dict[str, Any]]:
     """One row per machine the run touches: role, private IP, where SSH goes, what happens there."""
     params = rb.params
-    recorded = targets.recorded_servers(rb)
+    recorded = recorded_servers(rb)
     rows = []
     for s in params.servers:
-        address = targets.ssh_address(params, s.name, recorded)
+        address = ssh_address(params, s.name, recorded)
         rows.append({"host": s.name, "role": s.role, "private_ip": s.private_ip,
                      "ssh": f"{params.ssh.user}@{address}" if address else "(public IP from step 01)",
                      "what happens": "provisioned (01); PostgreSQL 15 installed and configured (02, 03)"
                                      + ("; role and database created (04)" if s.role == "primary" else "")})
     if params.app_host is not None:
         rows.append({"host": params.app_host.name, "role": "app", "private_ip": params.app_host.private_ip,
-                     "ssh": f"{params.ssh.user}@{targets.app_ssh_address(params)}",
+                     "ssh": f"{params.ssh.user}@{app_ssh_address(params)}",
                      "what happens": "read-only: connection checks as "
                                      f"{params.postgres.app_role} (04); scratch table created and dropped"})
     rows.append({"host": "Hetzner Cloud API", "role": "cloud", "private_ip": "",
@@ -195,7 +196,7 @@ def plan_targets(rb: "Runbook") -> list[dict[str, Any]]:
     return rows
 
 
-def preflight(rb: "Runbook") -> list[Check]:
+def preflight(rb: "Run") -> list[Check]:
     """Every preflight check (params, secrets, tools, reachability, the app role's password), in that order."""
     checks = check_params(rb) + rb.check_secrets() + check_tools(rb)
     cloud_servers = get_cloud_servers(rb)

@@ -1,0 +1,112 @@
+"""The site a run happens at: what differs between the rehearsal lab and real servers, behind one seam.
+
+Operations never ask ``environment == "lab"``; they ask the :class:`Site` for the params
+(:func:`site_for`): the drill's default scratch host and whether it must be created first, where a command can be run
+from outside the private subnet, the default dead-man's switch URL, whether cron runs jobs.
+:class:`ProductionSite` is what real servers get; the lab's site is ``hcbpg.lab.site:LabSite``.
+
+How the lab site is chosen without ops, steps or engine importing ``hcbpg.lab``: params name
+it by dotted reference (``site: hcbpg.lab.site:LabSite``, as ``params/lab.yaml`` and the lab
+tests' params do), loaded here with :mod:`importlib` at run time, so no module of ours imports
+the lab statically and the import-linter contract holds.  A params file that names no site
+gets :class:`ProductionSite`, except for the environment called ``lab``, which is the
+rehearsal lab by definition (``hcbpg lab up`` builds it for ``params/lab.yaml``): that one
+default lives in :data:`DEFAULT_SITES` here, so a lab params file written before ``site:``
+existed behaves exactly as it did.
+"""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+import subprocess
+from typing import TYPE_CHECKING, Callable, Protocol
+
+from hcbpg.errors import ParamsError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hcbpg.params import Params
+
+#: runs a shell command with stdin from a vantage point outside the private subnet: (exit code, output)
+OutsiderRunner = Callable[[str, str], "tuple[int, str]"]
+
+#: the site of an environment whose params name none (environment name -> "module:attribute")
+DEFAULT_SITES = {"lab": "hcbpg.lab.site:LabSite"}
+
+
+class Site(Protocol):
+    """What differs between the places hcbpg runs against."""
+
+    #: True when cron runs scheduled jobs on the servers (a missing cron is a failure there)
+    cron_runs_jobs: bool
+
+    def ensure_scratch_host(self, params: "Params", name: str, private_ip: str, *, dry_run: bool) -> bool:
+        """Make the drill's scratch host exist if this site creates it; False: it does not exist (dry run)."""
+        ...
+
+    def default_scratch_host(self, params: "Params") -> tuple[str, str] | None:
+        """(name, private IP) of the drill's scratch host when params have no ``drill:`` (None: params must say)."""
+        ...
+
+    def outsider_runner(self, params: "Params") -> OutsiderRunner | None:
+        """How to run a command from outside the private subnet (None: not available here)."""
+        ...
+
+    def deadman_url(self, params: "Params") -> str | None:
+        """The dead-man's switch URL when params set none (None: nobody is pinged)."""
+        ...
+
+
+def local_runner(argv_prefix: list[str]) -> OutsiderRunner:
+    """Run ``sh -c cmd`` on the operator's machine (after *argv_prefix*), 60 s at most."""
+    def run(cmd: str, stdin: str) -> tuple[int, str]:
+        try:
+            proc = subprocess.run([*argv_prefix, "sh", "-c", cmd], input=stdin, capture_output=True,
+                                  text=True, timeout=60)
+        except subprocess.TimeoutExpired:
+            return 124, "timed out"
+        return proc.returncode, proc.stdout + proc.stderr
+    return run
+
+
+class ProductionSite:
+    """Real servers: the scratch host exists already, cron runs jobs, the dead-man's URL comes from params."""
+
+    cron_runs_jobs = True
+
+    def ensure_scratch_host(self, params: "Params", name: str, private_ip: str, *, dry_run: bool) -> bool:
+        return True
+
+    def default_scratch_host(self, params: "Params") -> tuple[str, str] | None:
+        return None
+
+    def outsider_runner(self, params: "Params") -> OutsiderRunner | None:
+        # the operator's own machine is not on the private network: a connection from it must fail
+        return local_runner([]) if shutil.which("psql") else None
+
+    def deadman_url(self, params: "Params") -> str | None:
+        return None
+
+
+_LOADED: dict[str, Site] = {}
+
+
+def load_site(ref: str) -> Site:
+    """The site named by *ref* (``package.module:Attribute``, a class or an instance)."""
+    if ref not in _LOADED:
+        module_name, _, attr = ref.partition(":")
+        try:
+            obj = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ParamsError("params", [f"site: {ref!r} cannot be loaded ({exc})"]) from exc
+        _LOADED[ref] = obj() if isinstance(obj, type) else obj
+    return _LOADED[ref]
+
+
+def site_for(params: "Params") -> Site:
+    """The site *params* run against: ``params.site``, else the environment's default, else production."""
+    ref = params.site or DEFAULT_SITES.get(params.environment)
+    return load_site(ref) if ref else PRODUCTION
+
+
+PRODUCTION: Site = ProductionSite()

@@ -1,0 +1,33 @@
+"""What a step module needs of the notebook's run context (``rb``), as a Protocol.
+
+Steps never import the engine; :class:`hcbpg.engine.runbook.Runbook` satisfies this, and a
+test may hand in any object with these members.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol, Sequence
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hcbpg.outcome import Check, Outcome
+    from hcbpg.params import Params
+
+
+class Run(Protocol):
+    """The run a step is part of: params, dry run or not, secrets, records of earlier steps, outcomes."""
+
+    env: str
+    home: Path
+    dry_run: bool
+    params: "Params"
+
+    def secret(self, key: str) -> str: ...
+
+    def check_secrets(self) -> "list[Check]": ...
+
+    def recall(self, name: str, default: Any = ...) -> Any: ...
+
+    def track(self, outcome: "Outcome | Iterable[Outcome]", *, show: bool = True) -> "Outcome | list[Outcome]": ...
+
+    def apply(self, ensure: "Callable[..., Outcome | Sequence[Outcome]]") -> "list[Outcome]": ...

@@ -1,0 +1,72 @@
+"""Step 11 (notebook ``11_failover``, on demand): fence, promote, new DATABASE_URL, the old primary rejoins,
+pgBackRest on the new primary."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Mapping
+
+from hcbpg.ops import topology
+from hcbpg.ops import cluster as pg_cluster
+from hcbpg.ops import failover as fo
+from hcbpg.ops import replication as rep
+from hcbpg.ops.failover import plan_failover  # noqa: F401 - the notebook's call
+from hcbpg.ops.topology import get_topology, show_topology  # noqa: F401 - the notebook's calls
+from hcbpg.outcome import Check
+from hcbpg.steps.targets import connect_servers
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hcbpg.adapters.host import Host
+    from hcbpg.params import Params
+    from hcbpg.steps.context import Run
+
+
+def connect(rb: "Run") -> dict[str, "Host | None"]:
+    """An open Host per server, None for one SSH cannot reach (a failover must go on without it)."""
+    return connect_servers(rb)
+
+
+def run_failover(rb: "Run", plan: fo.FailoverPlan, hosts: Mapping[str, "Host | None"]) -> dict[str, Any]:
+    """Fence, promote, check writes, write the new DATABASE_URL (nothing in a dry run); timings and facts."""
+    if rb.dry_run:
+        print("dry run: nothing fenced, nothing promoted")
+        return {}
+    result = fo.run_failover(plan, hosts, rb.params, app_password=rb.secret("postgres.app_role_password"))
+    rb.track(fo.promotion_outcome(plan, result))
+    return result
+
+
+def run_rejoin(rb: "Run", plan: fo.FailoverPlan, hosts: Mapping[str, "Host | None"], result: dict[str, Any]) -> None:
+    """The old primary rejoins as a replica of the new one (not in a dry run); noted in *result*."""
+    if rb.dry_run:
+        return
+    outcomes, rejoin = fo.rejoin_old_primary(hosts, rb.params, plan, allow_destructive=rb.params.allow_destructive)
+    rb.track(outcomes)
+    result["rejoin"] = rejoin
+
+
+def ensure_backups_follow(rb: "Run", plan: fo.FailoverPlan, hosts: Mapping[str, "Host | None"]) -> list[Check]:
+    """pgBackRest pointed at the new primary (not in a dry run); its checks, for the verify cell."""
+    if rb.dry_run:
+        return []
+    params = rb.params
+    archive_mode = fo.get_archive_mode(hosts.get(plan.old_primary), params) is not False
+    new_host = hosts[plan.new_primary]  # promoted over SSH by run_failover, so reachable
+    outcomes, backup_checks = fo.point_backups_at(new_host, params, params.server(plan.new_primary),  # type: ignore[arg-type]
+                                                  archive_mode=archive_mode)
+    rb.track(outcomes)
+    return backup_checks
+
+
+def check_failover(rb: "Run", plan: fo.FailoverPlan, hosts: Mapping[str, "Host | None"],
+                   backup_checks: list[Check]) -> list[Check]:
+    """The new primary accepts writes, every replica streams from it, backups work on it."""
+    params = rb.params
+    new_primary = params.server(plan.new_primary)
+    psql = pg_cluster.psql_for(hosts[new_primary.name], params)  # type: ignore[arg-type]
+    return ([fo.check_accepts_writes(psql, new_primary)]
+            + rep.check_all(hosts, params, rb.secret("replication.password")) + backup_checks)
+
+
+def get_topology_record(hosts: Mapping[str, "Host | None"], params: "Params") -> dict[str, Any]:
+    """Who is primary now, as recorded for later steps (``topology``)."""
+    return topology.get_topology(hosts, params)[0].record()

@@ -1,0 +1,82 @@
+"""Step 13 (notebook ``13_roles``): the roles and privileges from params on the primary, their pg_hba lines
+on every server, and the monitoring hookup (Vector's metrics config, the exporter)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Mapping
+
+from hcbpg.desired import server as desired_server
+from hcbpg.desired.roles import RolesConfig, roles_config  # noqa: F401 - the notebook's call
+from hcbpg.ops import config as pg_config
+from hcbpg.ops import monitoring
+from hcbpg.ops import privileges
+from hcbpg.ops.privileges import ensure_role_secrets, privileges_table  # noqa: F401 - the notebook's calls
+from hcbpg.outcome import Check, Outcome
+from hcbpg.steps.targets import app_host, primary_psql, server_hosts
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hcbpg.adapters.host import Host
+    from hcbpg.adapters.psql import Psql
+    from hcbpg.params import Params
+    from hcbpg.steps.context import Run
+
+
+def connect(rb: "Run") -> tuple[dict[str, "Host | None"], "Psql | None"]:
+    """An open Host per server, and psql on the primary (None when it is not there yet)."""
+    hosts = server_hosts(rb)
+    return hosts, primary_psql(rb, hosts)
+
+
+def ensure_pg_hba(hosts: Mapping[str, "Host | None"], params: "Params", cfg: RolesConfig, *,
+                  dry_run: bool) -> list[Outcome]:
+    """Every server's pg_hba.conf with the new roles' lines."""
+    return [pg_config.ensure_pg_hba(hosts[s.name], params, s, dry_run=dry_run,
+                                    extra=desired_server.all_hba_extra(params, s, cfg))
+            for s in params.servers]
+
+
+def get_plan(hosts: Mapping[str, "Host | None"], psql: "Psql | None", params: "Params",
+             cfg: RolesConfig) -> list[Outcome]:
+    """The statements on the primary, then the pg_hba lines on every server, planned."""
+    plan = [privileges.ensure_privileges(psql, cfg, dry_run=True, host_name=params.primary.name)]
+    plan += ensure_pg_hba(hosts, params, cfg, dry_run=True)
+    return plan
+
+
+def apply(rb: "Run", hosts: Mapping[str, "Host | None"], psql: "Psql | None", cfg: RolesConfig,
+          plan: list[Outcome]) -> None:
+    """In a dry run the plan is what is tracked; else pg_hba first (so the new roles can connect as soon
+    as they exist), then the statements."""
+    if rb.dry_run:
+        rb.track(plan, show=False)
+        return
+    params = rb.params
+    for s in params.servers:
+        rb.track(pg_config.ensure_pg_hba(hosts[s.name], params, s, dry_run=False,
+                                         extra=desired_server.all_hba_extra(params, s, cfg)))
+    rb.track(privileges.ensure_privileges(psql, cfg, dry_run=False, host_name=params.primary.name))
+
+
+def apply_monitoring(rb: "Run", hosts: Mapping[str, "Host | None"], cfg: RolesConfig) -> None:
+    """Vector's postgresql_metrics config and the exporter on every server, each tracked as it finishes
+    (the roles' passwords only for a real run)."""
+    params, dry_run = rb.params, rb.dry_run
+    for s in params.servers:
+        rb.track(monitoring.ensure_vector_config(hosts[s.name], params, s, cfg, None if dry_run else
+                                                 privileges.role_password(cfg, cfg.monitoring.name),  # type: ignore[union-attr]
+                                                 dry_run=dry_run))
+        rb.track(monitoring.ensure_exporter(hosts[s.name], params, s, cfg, None if dry_run else
+                                            privileges.role_password(cfg, cfg.exporter.name),  # type: ignore[union-attr]
+                                            dry_run=dry_run))
+
+
+def check_roles(rb: "Run", hosts: Mapping[str, "Host"], psql: "Psql", cfg: RolesConfig) -> list[Check]:
+    """Privileges and passwords read back, access from the app host and the jumpbox, the monitoring files."""
+    params = rb.params
+    checks = privileges.check_privileges(psql, cfg) + privileges.check_passwords(psql, cfg)
+    checks += privileges.verify_access(app_host(rb), privileges.jumpbox_host(params, cfg), cfg, params,
+                                       server_ip=params.primary.private_ip,
+                                       app_password=rb.secret("postgres.app_role_password"))
+    for s in params.servers:
+        checks += monitoring.check_exporter(hosts[s.name], s) + monitoring.check_vector_files(hosts[s.name], params, s, cfg)
+    return checks
