@@ -32,7 +32,9 @@ MAX_LINES = 800
 
 pytestmark = pytest.mark.architecture
 #: an acceptance criterion the code on this branch does not meet yet (see the module docstring)
-PENDING = pytest.mark.refactor_pending
+# Still open in issue 18 (the refactor landed; these findings are left): ruff's remaining findings,
+# mypy's, and the function-level imports without a reason.  xfail, not skip: they run and report.
+PENDING = pytest.mark.xfail(reason="issue 18: findings left after the layered refactor", strict=False)
 
 
 def _tool(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -69,7 +71,7 @@ def test_mypy_finds_nothing():
 # imports ------------------------------------------------------------------------------------------
 
 CONTRACTS = {c["id"]: c["name"] for c in PYPROJECT["tool"]["importlinter"]["contracts"]}
-PENDING_CONTRACTS = {"layers", "only-cli-imports-lab"}
+PENDING_CONTRACTS: set[str] = set()
 
 
 @pytest.mark.parametrize("contract", [pytest.param(c, marks=PENDING) if c in PENDING_CONTRACTS else c
@@ -151,7 +153,6 @@ def _describe_cycle(graph, component: list[str]) -> str:  # noqa: ANN001 - a gri
     return f"{len(component)} modules: {', '.join(component)}\n    e.g. " + "\n      -> ".join(steps)
 
 
-@PENDING
 def test_no_import_cycle_in_the_package():
     """Module to module, counting imports inside functions and under TYPE_CHECKING (grimp sees both)."""
     import grimp  # noqa: PLC0415 - test-only dependency, needed by this test alone
@@ -265,7 +266,6 @@ def test_the_notebook_check_allows_steps_and_engine_only():
                                                 "import pandas"]
 
 
-@PENDING
 def test_notebooks_import_only_steps_and_the_engine():
     bad = []
     for nb_path in sorted((REPO / "notebooks").glob("*.ipynb")):
@@ -286,7 +286,6 @@ def says_why_it_is_long(source: str) -> bool:
     return f"over {MAX_LINES} lines" in first.lower()
 
 
-@PENDING
 def test_no_module_over_800_lines_without_a_reason():
     long = []
     for p in _modules():

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from hcbpg.ops import packages as pg_packages
+from hcbpg.adapters.host import Result
 from hcbpg.desired import addresses
 from hcbpg.errors import ParamsError
-from hcbpg.adapters.host import Result
+from hcbpg.ops import packages as pg_packages
 from hcbpg.params import parse_params
 
 

@@ -20,7 +20,8 @@ from __future__ import annotations
 import importlib
 import shutil
 import subprocess
-from typing import TYPE_CHECKING, Callable, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
 
 from hcbpg.errors import ParamsError
 

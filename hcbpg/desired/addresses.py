@@ -7,7 +7,8 @@ that step 01 recorded (``rb.recall("servers")``).  The app host is reached at
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from hcbpg.errors import ParamsError
 

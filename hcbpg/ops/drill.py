@@ -14,19 +14,20 @@ from __future__ import annotations
 import json
 import shlex
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
 
-from hcbpg.desired import pgbackrest as desired_pgbackrest
-from hcbpg.ops import pgbackrest as pgb
 from hcbpg.adapters.host import Host
-from hcbpg.adapters.site import site_for
-from hcbpg.errors import DatabaseError, HcbpgError, HostUnreachable, ParamsError, SafetyCheckFailed, WaitTimeout
-from hcbpg.outcome import Check, Outcome
 from hcbpg.adapters.psql import Psql, render
+from hcbpg.adapters.site import site_for
+from hcbpg.desired import pgbackrest as desired_pgbackrest
+from hcbpg.errors import DatabaseError, HcbpgError, HostUnreachable, ParamsError, SafetyCheckFailed, WaitTimeout
+from hcbpg.ops import pgbackrest as pgb
 from hcbpg.ops.cluster import get_cluster, psql_for
+from hcbpg.outcome import Check, Outcome
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.params import Params, Server

@@ -483,7 +483,7 @@ def open_hosts(params: "Params", *, recorded: Sequence[Mapping[str, Any]] | None
                echo: Callable[[str], None] = lambda s: None) -> dict[str, "Host | None"]:
     """A Host per server: ``ssh_host``, else the public IP step 01 recorded, else the private IP."""
 
-    from hcbpg.steps.targets import ssh_address  # noqa: PLC0415
+    from hcbpg.desired.addresses import ssh_address  # noqa: PLC0415 - was steps.targets; hoisted with the rest of health later
     out: dict[str, Host | None] = {}
     for s in params.servers:
         address = ssh_address(params, s.name, recorded) or s.private_ip

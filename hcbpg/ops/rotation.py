@@ -16,24 +16,25 @@ Sessions that are already connected stay connected: PostgreSQL checks a password
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from psycopg import sql
 
 from hcbpg import secrets as hsecrets
-from hcbpg.errors import SafetyCheckFailed, SecretError, UsageError
-from hcbpg.outcome import Check, Outcome
-from hcbpg.ops.privileges import psql_as
 from hcbpg.desired.roles import RolesConfig
+from hcbpg.errors import SafetyCheckFailed, SecretError, UsageError
 from hcbpg.ops.app_database import PASSWORD_KEY, get_role
+from hcbpg.ops.privileges import psql_as
+from hcbpg.outcome import Check, Outcome
 from hcbpg.pg.scram import scram_matches, scram_verifier
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.host import Host
-    from hcbpg.params import Params
     from hcbpg.adapters.psql import Psql
+    from hcbpg.params import Params
 
 ROTATE_ENV = "HCBPG_ROTATE_ROLES"
 
@@ -127,7 +128,7 @@ def check_storable(rot: Rotatable) -> None:
 def plan_rotation(rot: Rotatable) -> Outcome:
     """What rotating *rot* does (no secret in it)."""
     return Outcome(f"password of {rot.role}", True, True, actions=[
-        f"generate a new password; keep it in a 0600 pending file until it is stored",
+        "generate a new password; keep it in a 0600 pending file until it is stored",
         f"ALTER ROLE {rot.role} PASSWORD '<SCRAM-SHA-256 verifier computed here>' on the primary",
         f"store it at {rot.password_key} ({rot.password_ref.split(':', 1)[0]}:)",
         f"verify from the {rot.verify_from} host: the old password is refused, the new one works",

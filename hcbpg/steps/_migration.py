@@ -4,7 +4,8 @@ import the engine)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ContextManager, Iterable, Protocol, Sequence
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, ContextManager, Protocol
 
 from hcbpg.display import show_plan
 from hcbpg.errors import VerificationFailed

@@ -3,14 +3,24 @@ on it, dump and restore for real, verify, roll the app role's password."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from hcbpg.errors import HcbpgError
 from hcbpg.ops import migration
 from hcbpg.outcome import Check
 from hcbpg.steps import targets
-from hcbpg.steps._migration import (MigrationRunbook, connect, dump_tag, plan, preconditions, run_label,
-                                    skip_if_live, summary, verify)
+from hcbpg.steps._migration import (
+    MigrationRunbook,
+    connect,
+    dump_tag,
+    plan,
+    preconditions,
+    run_label,
+    skip_if_live,
+    summary,
+    verify,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.host import Host

@@ -7,8 +7,17 @@ from typing import TYPE_CHECKING
 
 from hcbpg.ops import migration
 from hcbpg.steps import targets
-from hcbpg.steps._migration import (MigrationRunbook, connect, dump_tag, plan, preconditions, run_label,
-                                    skip_if_live, summary, verify)
+from hcbpg.steps._migration import (
+    MigrationRunbook,
+    connect,
+    dump_tag,
+    plan,
+    preconditions,
+    run_label,
+    skip_if_live,
+    summary,
+    verify,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.host import Host

@@ -3,12 +3,13 @@ pgBackRest on the new primary."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
-from hcbpg.ops import topology
 from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import failover as fo
 from hcbpg.ops import replication as rep
+from hcbpg.ops import topology
 from hcbpg.ops.failover import plan_failover  # noqa: F401 - the notebook's call
 from hcbpg.ops.topology import get_topology, show_topology  # noqa: F401 - the notebook's calls
 from hcbpg.outcome import Check

@@ -3,7 +3,8 @@ compared with the primary's fingerprint; the primary is not contacted."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from hcbpg.ops import drill
 from hcbpg.ops.drill import (  # noqa: F401 - the notebook's calls

@@ -3,13 +3,13 @@ on every server, and the monitoring hookup (Vector's metrics config, the exporte
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from hcbpg.desired import server as desired_server
 from hcbpg.desired.roles import RolesConfig, roles_config  # noqa: F401 - the notebook's call
 from hcbpg.ops import config as pg_config
-from hcbpg.ops import monitoring
-from hcbpg.ops import privileges
+from hcbpg.ops import monitoring, privileges
 from hcbpg.ops.privileges import ensure_role_secrets, privileges_table  # noqa: F401 - the notebook's calls
 from hcbpg.outcome import Check, Outcome
 from hcbpg.steps.targets import app_host, primary_psql, server_hosts

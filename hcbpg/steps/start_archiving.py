@@ -3,11 +3,11 @@ fingerprint just before it), the backup schedule and its dead-man's switch."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from hcbpg.ops import drill
+from hcbpg.ops import drill, schedule
 from hcbpg.ops import pgbackrest as pgb
-from hcbpg.ops import schedule
 from hcbpg.ops.drill import ensure_baseline_backup  # noqa: F401 - the notebook's call
 from hcbpg.ops.pgbackrest import check_archiving_started, get_backups, start_archiving  # noqa: F401 - the notebook's calls
 from hcbpg.ops.schedule import ensure_backup_schedule  # noqa: F401 - the notebook's call

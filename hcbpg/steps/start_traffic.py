@@ -3,7 +3,8 @@ mark the database live once the traffic runs on it, and record the downtime."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from hcbpg.errors import HcbpgError
 from hcbpg.ops import migration

@@ -6,7 +6,8 @@ is the site's (:mod:`hcbpg.adapters.site`).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from hcbpg.adapters.host import Host
 from hcbpg.adapters.site import OutsiderRunner, site_for

@@ -14,21 +14,20 @@ from pathlib import Path
 
 import pytest
 
-from hcbpg.desired import pgbackrest as desired_pgbackrest
-from hcbpg.ops import cluster as pg_cluster
-from hcbpg.ops import server as pg_server
-from hcbpg.ops import drill
-from hcbpg.ops import pgbackrest as pgb
-from hcbpg.ops import app_database as roles
-from hcbpg.ops import schedule
-from hcbpg.errors import PgBackRestError
 from hcbpg.adapters.host import Host
-from hcbpg.lab import create_server_host, destroy_server_host
-from hcbpg.lab import deadman
+from hcbpg.desired import pgbackrest as desired_pgbackrest
+from hcbpg.errors import PgBackRestError
+from hcbpg.lab import create_server_host, deadman, destroy_server_host
 from hcbpg.lab.core import read_state
 from hcbpg.lab.site import LAB_DRILL_NAME
+from hcbpg.ops import app_database as roles
+from hcbpg.ops import cluster as pg_cluster
+from hcbpg.ops import drill, schedule
+from hcbpg.ops import pgbackrest as pgb
+from hcbpg.ops import server as pg_server
 from hcbpg.params import parse_params
 from hcbpg.secrets import resolve
+
 from labparams import lab_params, pgbackrest_section
 
 pytestmark = pytest.mark.lab

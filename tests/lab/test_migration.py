@@ -19,18 +19,18 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from hcbpg.ops import migration
-from hcbpg.steps import _migration as migration_steps
-from hcbpg.ops import app_database as roles
-from hcbpg.engine import runbook as rbmod
-from hcbpg.errors import SafetyCheckFailed, VerificationFailed
 from hcbpg.adapters.host import Host
+from hcbpg.engine import runbook as rbmod
 from hcbpg.engine.runner import Runner, approve
+from hcbpg.errors import SafetyCheckFailed, VerificationFailed
 from hcbpg.lab import create_server_host, destroy_server_host
+from hcbpg.ops import app_database as roles
 from hcbpg.ops import cluster as pg_cluster
+from hcbpg.ops import migration
 from hcbpg.ops import server as pg_server
 from hcbpg.params import parse_params
 from hcbpg.secrets import register
+from hcbpg.steps import _migration as migration_steps
 
 from labparams import lab_params
 
