@@ -594,7 +594,8 @@ def test_one_upload_carries_every_script(tmp_path):
     with pytest.raises(ValueError):
         migration.render_bundle({"/x": ("0600", "HCBPG_FILE_0\n")})
     session = migration.render_stream_session(migration_params(), "/w")
-    assert "\\! bash /w/files.sh > /w/stream.log 2>&1 && bash /w/stream.sh >> /w/stream.log 2>&1; echo $? > /w/stream.exit" in session
+    assert ("\\! bash /w/files.sh > /w/stream.log 2>&1 && bash /w/stream.sh >> /w/stream.log 2>&1; "
+            "echo $? > /w/stream.exit") in session
 
 
 def migration_params():

@@ -27,7 +27,10 @@ from hcbpg.desired import pgbackrest as desired_pgbackrest
 from hcbpg.errors import DatabaseError, HcbpgError, HostUnreachable, ParamsError, SafetyCheckFailed, WaitTimeout
 from hcbpg.ops import pgbackrest as pgb
 from hcbpg.ops.cluster import get_cluster, psql_for
+from hcbpg.ops.server import install_server
 from hcbpg.outcome import Check, Outcome
+from hcbpg.params import Server
+from hcbpg.pg.conf import parse_settings
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.params import Params, Server
@@ -79,7 +82,6 @@ def drill_target(params: "Params") -> DrillTarget:
 
 
 def as_server(params: "Params", target: DrillTarget) -> "Server":
-    from hcbpg.params import Server
     return Server(name=target.name, private_ip=target.private_ip, role="replica", ssh_host=target.ssh_host)
 
 
@@ -104,7 +106,6 @@ def scratch_host(params: "Params", target: DrillTarget, *, dry_run: bool) -> "Ho
 def prepare_scratch(host: "Host | None", params: "Params", target: DrillTarget, *, version: tuple[int, int, int] | None,
                     dry_run: bool) -> list[Outcome]:
     """PostgreSQL (step 02's install) and pgBackRest pointed at the primary's repository (read only: restore)."""
-    from hcbpg.ops.server import install_server
     server = as_server(params, target)
     outcomes = install_server(host, params, server, dry_run=dry_run)
     outcomes.append(pgb.ensure_paths(host, dry_run=dry_run))
@@ -397,7 +398,6 @@ def run_restore(host: "Host | None", params: "Params", target: DrillTarget, *, s
 
 def get_auto_conf(host: "Host", params: "Params") -> dict[str, str]:
     """The settings in the restored data directory's postgresql.auto.conf."""
-    from hcbpg.pg.conf import parse_settings
     text = host.read_text(f"{desired_pgbackrest.pg_data_path(params)}/postgresql.auto.conf", sudo_user="postgres") or ""
     return parse_settings(text)
 

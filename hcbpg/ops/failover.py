@@ -42,9 +42,11 @@ from hcbpg.errors import (
     WaitTimeout,
 )
 from hcbpg.ops import cluster as pg_cluster
+from hcbpg.ops import pgbackrest as pb
 from hcbpg.ops import replica, topology
 from hcbpg.ops import replication as rep
 from hcbpg.outcome import Check, Outcome
+from hcbpg.params import home
 from hcbpg.pg import conf as pgconf
 from hcbpg.pg import conninfo as conninfo
 from hcbpg.secrets import register, scrub
@@ -216,7 +218,6 @@ def redacted_database_url(params: "Params", server: "Server") -> str:
 
 def database_url_path(params: "Params") -> Path:
     """Where the new DATABASE_URL is written for the operator: outside outputs/, 0600."""
-    from hcbpg.params import home
     base = Path(os.environ.get("HCBPG_STATE_DIR") or (home() / ".hcbpg"))
     return base / "database-url" / f"{params.environment}.url"
 
@@ -246,7 +247,6 @@ def point_backups_at(host: "Host", params: "Params", server: "Server", *, archiv
     Uses :mod:`hcbpg.pgbackrest` (steps 05/08); the repository path is per server, so the
     new primary gets its own stanza and first full backup.
     """
-    from hcbpg.ops import pgbackrest as pb
     if params.pgbackrest is None:
         return [], [Check("pgBackRest on the new primary", "warn", "no pgbackrest section in params", server.name)]
     version = pb.get_version(host)
@@ -273,7 +273,6 @@ def get_archive_mode(host: "Host | None", params: "Params") -> bool | None:
     if host is None:
         return None
     try:
-        from hcbpg.ops import pgbackrest as pb
         text = host.read_text(pb.archiving_path(params))
     except HcbpgError:
         return None

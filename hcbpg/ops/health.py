@@ -144,7 +144,7 @@ def evaluate(measurements: Sequence[Measurement], t: Thresholds) -> list[Check]:
     for m in measurements:
         tgt = m.server
 
-        def add(name: str, status: str, detail: str) -> None:
+        def add(name: str, status: str, detail: str, tgt: str = tgt) -> None:
             out.append(Check(name, status, detail, tgt))
 
         if not m.reachable or not m.running:
@@ -170,9 +170,9 @@ def evaluate(measurements: Sequence[Measurement], t: Thresholds) -> list[Check]:
             if not others:
                 add("replication", "pass", "no replica in params")
             elif missing:
+                seen = ", ".join(f"{r.get('application_name')} {r.get('state')}" for r in m.replication)
                 add("replication", "fail", f"not streaming to {', '.join(missing)}"
-                    + (f"; pg_stat_replication: {', '.join(str(r.get('application_name')) + ' ' + str(r.get('state')) for r in m.replication)}"
-                       if m.replication else "; pg_stat_replication is empty"))
+                    + (f"; pg_stat_replication: {seen}" if m.replication else "; pg_stat_replication is empty"))
             else:
                 add("replication", "pass", "streaming to " + ", ".join(
                     f"{r.get('application_name')} ({r.get('client_addr')}, {r.get('sync_state')})" for r in m.replication))

@@ -223,7 +223,8 @@ def rebuild_replica(host: "Host", params: "Params", target: ServerState, plan: P
             return result
         except (RemoteCommandError, WaitTimeout) as exc:
             detail = exc.output_tail if isinstance(exc, RemoteCommandError) else exc.message
-            last = [ln for ln in detail.strip().splitlines() if "FATAL" in ln or "error" in ln] or detail.strip().splitlines() or ["?"]
+            lines = detail.strip().splitlines()
+            last = [ln for ln in lines if "FATAL" in ln or "error" in ln] or lines or ["?"]
             echo(f"[{standby.name}] rewind did not bring it back ({scrub(last[-1].strip())}); "
                  "falling back to a new base backup")
             result["method"] = "base_backup (after pg_rewind failed)"

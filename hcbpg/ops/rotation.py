@@ -26,9 +26,11 @@ from psycopg import sql
 from hcbpg import secrets as hsecrets
 from hcbpg.desired.roles import RolesConfig
 from hcbpg.errors import SafetyCheckFailed, SecretError, UsageError
+from hcbpg.ops import migration, monitoring, replication
 from hcbpg.ops.app_database import PASSWORD_KEY, get_role
 from hcbpg.ops.privileges import psql_as
 from hcbpg.outcome import Check, Outcome
+from hcbpg.params import home
 from hcbpg.pg.scram import scram_matches, scram_verifier
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -102,7 +104,6 @@ def roles_to_rotate(params: "Params", cfg: RolesConfig, environ: Mapping[str, st
 
 def pending_path(params: "Params", role: str) -> Path:
     """Where a new password waits (0600) between ALTER ROLE and the secret store."""
-    from hcbpg.params import home
     base = Path(os.environ.get("HCBPG_STATE_DIR") or (home() / ".hcbpg"))
     return base / "rotation" / f"{params.environment}-{role}.pending"
 
@@ -199,7 +200,6 @@ def update_hcbpg_dependents(rot: Rotatable, new: str, params: "Params", cfg: Rol
                             hosts: Mapping[str, "Host | None"], *, dry_run: bool) -> list[Outcome]:
     """What hcbpg itself keeps with the password: exporter / Vector env files, replication passfiles,
     and for the app role a 0600 handoff file with the new DATABASE_URL (outside outputs/)."""
-    from hcbpg.ops import monitoring  # noqa: PLC0415
     out: list[Outcome] = []
     servers = [s for s in params.servers if hosts.get(s.name) is not None]
     if cfg.exporter and rot.role == cfg.exporter.name:
@@ -207,10 +207,8 @@ def update_hcbpg_dependents(rot: Rotatable, new: str, params: "Params", cfg: Rol
     if cfg.monitoring and rot.role == cfg.monitoring.name:
         out += [monitoring.ensure_vector_config(hosts[s.name], params, s, cfg, new, dry_run=dry_run) for s in servers]
     if params.replication is not None and rot.role == params.replication.role:
-        from hcbpg.ops import replication  # noqa: PLC0415
         out += [replication.ensure_passfile(hosts[s.name], params, s, new, dry_run=dry_run) for s in servers]
     if rot.role == params.postgres.app_role:
-        from hcbpg.ops import migration  # noqa: PLC0415 - step 09's hand-off file: same place, same format
         path = migration.handoff_path(params)
         if not dry_run:
             urls = migration.write_app_urls(params, new)

@@ -252,7 +252,8 @@ class Plan:
     def __str__(self) -> str:
         head = {"none": f"{self.target}: already a replica of {self.primary}; nothing to do",
                 "start": f"{self.target}: configured as a replica of {self.primary} but stopped: start it",
-                "rebuild": f"{self.target}: rebuild as a replica of {self.primary} ({self.method.replace('_', ' ')})"}[self.action]
+                "rebuild": f"{self.target}: rebuild as a replica of {self.primary} "
+                           f"({self.method.replace('_', ' ')})"}[self.action]
         lines = [head] + [f"  because {r}" for r in self.reasons]
         if self.allowed_by:
             lines.append(f"  allowed: {self.allowed_by}")

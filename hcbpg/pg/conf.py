@@ -4,12 +4,11 @@ lines back, and what changes between two renders.  Pure."""
 from __future__ import annotations
 
 import re
-from typing import Union
 
 MANAGED_HEADER = "# Managed by hcbpg: do not edit by hand; hcbpg rewrites this file whole on its next run."
 
 
-SettingValue = Union[str, int, float, bool]
+SettingValue = str | int | float | bool
 
 
 SETTING_NAME = re.compile(r"^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)?$")

@@ -5,7 +5,8 @@ import the engine)."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, ContextManager, Protocol
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any, Protocol
 
 from hcbpg.display import show_plan
 from hcbpg.errors import VerificationFailed
@@ -23,7 +24,7 @@ class RunManifest(Protocol):
 
     def read(self) -> dict[str, Any]: ...
 
-    def update(self) -> ContextManager[dict[str, Any]]: ...
+    def update(self) -> AbstractContextManager[dict[str, Any]]: ...
 
 
 class MigrationRunbook(Protocol):

@@ -227,7 +227,8 @@ def test_the_streamed_transfer_builds_each_tables_indexes_and_validates_its_fore
 PRIORITY_PROBE = r"""
 cd /tmp
 cat >> /tmp/hcbpg-on-target.sh <<'EOF'
-on_target "$1" -c "SELECT set_config('application_name', 'hcbpg-prio-$1-' || current_setting('max_parallel_maintenance_workers'), false)" -c "SELECT pg_sleep(60)"
+name="SELECT set_config('application_name', 'hcbpg-prio-$1-' || current_setting('max_parallel_maintenance_workers'), false)"
+on_target "$1" -c "$name" -c "SELECT pg_sleep(60)"
 EOF
 for n in 10 0; do sudo -u postgres bash /tmp/hcbpg-on-target.sh "$n" > /dev/null 2>&1 & done
 q() { sudo -u postgres psql -X -A -t -F ' ' -d postgres -c "$1"; }

@@ -51,7 +51,8 @@ def wait_for_source_quiet(source: Source, *, timeout: float = 120.0, interval: f
     check: Check | None = None
     elapsed = 0.0
     # the clock is looked up at call time, so that a patched time.monotonic is seen
-    for elapsed in polling_loop(timeout, interval=interval, sleep=sleep, clock=clock or time.monotonic):
+    for elapsed in polling_loop(  # noqa: B007 - the last elapsed time is reported after the loop
+            timeout, interval=interval, sleep=sleep, clock=clock or time.monotonic):
         check = check_source_quiet(get_source_sessions(source))
         if check.ok:
             return check

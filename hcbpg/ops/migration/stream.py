@@ -127,7 +127,8 @@ def render_stream_scripts(params: "Params", work: str, schemas: Iterable[str], *
         "PART": shlex.quote(remove_part or ""),
     }, {"PREPARE": bool(prepare), "RELOAD": reload_settings, "REMOVE_PART": bool(remove_part)})
     one = templates.render_script("copy-one.sh.tmpl", {
-        "HEAD": common["HEAD"], "W": common["W"], "ROLE": common["ROLE"], "ON_TARGET": on_target, "SERVICE": SERVICE_NAME, "LOW_PRIORITY": str(LOW_PRIORITY),
+        "HEAD": common["HEAD"], "W": common["W"], "ROLE": common["ROLE"], "ON_TARGET": on_target,
+        "SERVICE": SERVICE_NAME, "LOW_PRIORITY": str(LOW_PRIORITY),
         "SOURCE_JOBS": src_jobs})
     build = templates.render_script("build-one.sh.tmpl", {**common, "ON_TARGET": on_target})
     return main, one, build
@@ -233,7 +234,8 @@ def stream_plan_actions(params: "Params") -> list[str]:
     """What the streamed transfer does, for the plan."""
     jobs = restore_jobs(params)
     return [f"pg_restore --section=pre-data of the schema (as {params.postgres.app_role}, --no-owner --no-acl)",
-            f"{params.source.jobs if params.source else 2} tables at a time, largest first: COPY ... TO STDOUT (binary when every column type allows) "
+            f"{params.source.jobs if params.source else 2} tables at a time, largest first: "
+            "COPY ... TO STDOUT (binary when every column type allows) "
             "| COPY ... FROM STDIN (FREEZE, in the snapshot), then that table's indexes, the costliest first (keys "
             "as a unique index, then ADD CONSTRAINT ... USING INDEX), then ANALYZE",
             f"the largest table's rows and its costliest index keep their CPU priority; every other session is "
