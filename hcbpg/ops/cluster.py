@@ -20,6 +20,7 @@ from hcbpg.errors import (
 )
 from hcbpg.ops.packages import get_installed_packages, packages
 from hcbpg.outcome import Check, Outcome
+from hcbpg.wait import polling_loop
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.host import Host
@@ -102,12 +103,12 @@ def reload(host: "Host", params: "Params", *, timeout: float = 30.0, sleep: Call
     psql = psql_for(host, params)
     before = _conf_load_time(psql)
     host.run(_ctl(params, "reload"))
-    deadline = time.monotonic() + timeout
-    while _conf_load_time(psql) == before:
-        if time.monotonic() > deadline:
-            raise WaitTimeout(f"on {host.name}: the config reload was not picked up within {timeout:.0f}s",
-                              hint="Look at the server log under /var/log/postgresql/.")
-        sleep(0.1)
+    for _ in polling_loop(timeout, interval=0.1, sleep=sleep):
+        if _conf_load_time(psql) != before:
+            return
+    raise WaitTimeout(f"on {host.name}: the config reload was not picked up within {timeout:.0f}s",
+                      what="the config reload", timeout=timeout, last=before,
+                      hint="Look at the server log under /var/log/postgresql/.")
 
 
 def restart(host: "Host", params: "Params") -> None:

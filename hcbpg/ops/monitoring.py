@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from hcbpg.ops.packages import get_installed_packages
 from hcbpg.outcome import Check, Outcome, unified_diff
 from hcbpg.pg.conf import MANAGED_HEADER
+from hcbpg.wait import polling_loop
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.host import Host
@@ -294,14 +295,11 @@ def get_exporter_metrics(host: "Host", server: "Server", *, timeout: float = 20.
                          sleep=time.sleep) -> str:  # noqa: ANN001
     """The exporter's /metrics from the server itself (the endpoint is on the private IP); '' when it never answers."""
     url = f"http://{exporter_listen(server)}/metrics"
-    deadline = time.monotonic() + timeout
-    while True:
+    for _ in polling_loop(timeout, interval=0.5, sleep=sleep):
         res = host.probe(f"curl -fsS --max-time 5 {shlex.quote(url)}")
         if res.ok and "pg_up" in res.stdout:
             return res.stdout
-        if time.monotonic() > deadline:
-            return ""
-        sleep(0.5)
+    return ""
 
 
 def evaluate_exporter_metrics(text: str, server: "Server") -> list[Check]:

@@ -30,6 +30,7 @@ from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops.topology import Plan, ServerState, get_server_state, plan_replica_rebuild
 from hcbpg.outcome import Outcome
 from hcbpg.secrets import scrub
+from hcbpg.wait import polling_loop
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.host import Host
@@ -288,20 +289,18 @@ def wait_for_streaming(primary_host: "Host", params: "Params", standby: "Server"
     """Wait until the primary's pg_stat_replication shows *standby* streaming through its slot."""
     psql = pg_cluster.psql_for(primary_host, params)
     slot = slot_name(standby.name)
-    deadline = time.monotonic() + timeout
     last: list[dict[str, Any]] = []
-    while True:
+    for _ in polling_loop(timeout, interval=0.5, sleep=sleep):
         last = get_replication_rows(psql)
         for r in last:
             if r["slot_name"] == slot and r["state"] == "streaming" and r["slot_active"]:
                 return r
-        if time.monotonic() > deadline:
-            raise WaitTimeout(
-                f"{standby.name} is not streaming from {primary_host.name} through slot {slot} after {timeout:.0f}s; "
-                f"pg_stat_replication shows: {last or 'no rows'}",
-                hint=f"Look at the server log of {standby.name} (/var/log/postgresql/) for connection or "
-                     "authentication errors (pg_hba, passfile).")
-        sleep(0.5)
+    raise WaitTimeout(
+        f"{standby.name} is not streaming from {primary_host.name} through slot {slot} after {timeout:.0f}s; "
+        f"pg_stat_replication shows: {last or 'no rows'}",
+        what=f"{standby.name} streaming", timeout=timeout, last=last,
+        hint=f"Look at the server log of {standby.name} (/var/log/postgresql/) for connection or "
+             "authentication errors (pg_hba, passfile).")
 
 
 BASEBACKUP_LOG = "hcbpg-basebackup.log"

@@ -58,6 +58,7 @@ from hcbpg.pg.conf import parse_auto_conf
 from hcbpg.pg.conninfo import parse_conninfo
 from hcbpg.pg.scram import scram_matches, scram_verifier
 from hcbpg.secrets import scrub
+from hcbpg.wait import polling_loop
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.host import Host
@@ -312,16 +313,15 @@ def wait_for_catch_up(replica_psql: Psql, lsn: str, *, timeout: float,
                       sleep: Callable[[float], None] = time.sleep) -> float:
     """Wait until the replica has replayed WAL up to *lsn*; returns the seconds it took."""
     started = time.monotonic()
-    while True:
+    for _ in polling_loop(timeout, interval=0.2, sleep=sleep):
         done = replica_psql.value(sql.SQL("SELECT pg_wal_lsn_diff(pg_last_wal_replay_lsn(), {}::pg_lsn) >= 0 AS ok")
                                   .format(sql.Literal(lsn)))
         if done:
             return time.monotonic() - started
-        if time.monotonic() - started > timeout:
-            have = replica_psql.value("SELECT pg_last_wal_replay_lsn()::text AS l")
-            raise WaitTimeout(f"{replica_psql.host.name} has replayed up to {have}, not yet {lsn}, after {timeout:.0f}s",
-                              hint="Look at replay lag in pg_stat_replication on the primary and at the replica's log.")
-        sleep(0.2)
+    have = replica_psql.value("SELECT pg_last_wal_replay_lsn()::text AS l")
+    raise WaitTimeout(f"{replica_psql.host.name} has replayed up to {have}, not yet {lsn}, after {timeout:.0f}s",
+                      what=f"replay up to {lsn}", timeout=timeout, last=have,
+                      hint="Look at replay lag in pg_stat_replication on the primary and at the replica's log.")
 
 
 def ensure_probe_table(psql: "Psql | None", *, dry_run: bool, host_name: str) -> Outcome:
