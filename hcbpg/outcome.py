@@ -32,12 +32,16 @@ class Outcome:
         return out
 
 
+#: the status of a :class:`Check`
+Status = Literal["pass", "warn", "fail"]
+
+
 @dataclass
 class Check:
     """One verification row: pass, warn or fail, with what was seen."""
 
     name: str
-    status: Literal["pass", "warn", "fail"]
+    status: Status
     detail: str = ""
     target: str = ""
 

@@ -71,7 +71,7 @@ def apply_settings_file(host: "Host | None", params: "Params", server: "Server",
     possibly since an earlier, interrupted run), or with *own_pending_only* for this file's only.
     A dry run says what it would do.  *host* None: the server does not exist yet.
     """
-    file_kw = dict(mode=0o644, owner="postgres", group="postgres")
+    file_kw: dict[str, Any] = dict(mode=0o644, owner="postgres", group="postgres")
     if host is None:
         return Outcome(what, True, dry_run, diff=unified_diff("", desired, path), actions=[f"write {path}"])
     current = host.read_text(path)
@@ -171,7 +171,7 @@ def ensure_pg_hba(host: "Host | None", params: "Params", server: "Server", *, dr
         actions.append("reload")
     if dry_run:
         return Outcome(what, True, dry_run, diff=diff, actions=actions)
-    file_kw = dict(mode=0o640, owner="postgres", group="postgres")
+    file_kw: dict[str, Any] = dict(mode=0o640, owner="postgres", group="postgres")
     host.put_text(path, desired, **file_kw)
     if running:
         psql = psql_for(host, params)

@@ -131,7 +131,7 @@ def list_tables(psql: Psql, dbname: str) -> list[tuple[str, str]]:
 
 def render_fingerprint_query(tables: Sequence[tuple[str, str]], checksum: Sequence[tuple[str, str]]) -> str:
     """One statement (one snapshot) giving (kind, name, value) rows: counts, checksums, sequences, extensions."""
-    parts = [sql.SQL("SELECT 'meta'::text AS kind, 'taken_at'::text AS name, now()::text AS value")]
+    parts: list[sql.Composable] = [sql.SQL("SELECT 'meta'::text AS kind, 'taken_at'::text AS name, now()::text AS value")]
     for schema, name in tables:
         parts.append(sql.SQL("SELECT 'count', {}, count(*)::text FROM {}.{}").format(
             sql.Literal(_qualified(schema, name)), sql.Identifier(schema), sql.Identifier(name)))

@@ -19,13 +19,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from hcbpg.adapters.host import Host
 from hcbpg.errors import DatabaseError, HcbpgError, HostUnreachable
 from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import pgbackrest
-from hcbpg.outcome import Check
+from hcbpg.outcome import Check, Status
 from hcbpg.secrets import scrub
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -53,7 +53,7 @@ class Thresholds:
     disk_fail_pct: float = 90.0
     wal_warn_mb: float = 2048.0
     wal_fail_mb: float = 8192.0
-    pending_restart: str = "warn"                  # "warn" or "fail"
+    pending_restart: Literal["warn", "fail"] = "warn"  # "warn" or "fail"
     require_archiving: bool = True                 # archive_mode off on the primary is a failure
 
 
@@ -100,7 +100,7 @@ class Measurement:
 
 # judging (pure) ------------------------------------------------------------------------------
 
-def _level(value: float, warn: float | None, fail: float | None) -> str:
+def _level(value: float, warn: float | None, fail: float | None) -> Status:
     if fail is not None and value >= fail:
         return "fail"
     if warn is not None and value >= warn:
@@ -144,7 +144,7 @@ def evaluate(measurements: Sequence[Measurement], t: Thresholds) -> list[Check]:
     for m in measurements:
         tgt = m.server
 
-        def add(name: str, status: str, detail: str, tgt: str = tgt) -> None:
+        def add(name: str, status: Status, detail: str, tgt: str = tgt) -> None:
             out.append(Check(name, status, detail, tgt))
 
         if not m.reachable or not m.running:
@@ -194,8 +194,8 @@ def evaluate(measurements: Sequence[Measurement], t: Thresholds) -> list[Check]:
                     f"{m.replay_lag_s:.1f}s behind the primary (0 when all received WAL is replayed)")
         # slots
         if m.slots:
-            worst = max(int(s.get("retained_bytes") or 0) for s in m.slots)
-            status = _level(worst / 1024 ** 2, t.slot_retained_warn_mb, t.slot_retained_fail_mb)
+            retained = max(int(s.get("retained_bytes") or 0) for s in m.slots)
+            status = _level(retained / 1024 ** 2, t.slot_retained_warn_mb, t.slot_retained_fail_mb)
             inactive = [s["slot_name"] for s in m.slots if not s.get("active")]
             lost = [s["slot_name"] for s in m.slots if s.get("wal_status") == "lost"]
             if lost:

@@ -177,7 +177,7 @@ def _role_statements(cfg: RolesConfig, obs: Observed, passwords: Mapping[str, st
                           ("rolbypassrls", "NOBYPASSRLS")):
             if current.get(col):
                 fixes.append(word)
-        parts = [sql.SQL(f) for f in fixes]
+        parts: list[sql.Composable] = [sql.SQL(f) for f in fixes]
         if int(current["rolconnlimit"]) != role.connection_limit:
             parts.append(sql.SQL("CONNECTION LIMIT {}").format(sql.Literal(role.connection_limit)))
         if parts:
@@ -197,13 +197,13 @@ def _role_statements(cfg: RolesConfig, obs: Observed, passwords: Mapping[str, st
         if "pg_monitor" not in obs.roles.get(cfg.exporter.name, {}).get("member_of", []):
             out.append(Statement(sql.SQL("GRANT pg_monitor TO {}").format(_ident(cfg.exporter.name)), "postgres",
                                  "the exporter reads replication and activity figures (pg_monitor)"))
-    for role in [r.name for r in cfg.login_roles()] + [g]:
-        current = obs.roles.get(role)
+    for name in [r.name for r in cfg.login_roles()] + [g]:
+        current = obs.roles.get(name)
         if current is None:
             continue
-        for extra in sorted(set(current["member_of"]) - wanted_member.get(role, set())):
-            out.append(Statement(sql.SQL("REVOKE {} FROM {}").format(_ident(extra), _ident(role)), "postgres",
-                                 f"{role} is not meant to be a member of {extra}"))
+        for extra in sorted(set(current["member_of"]) - wanted_member.get(name, set())):
+            out.append(Statement(sql.SQL("REVOKE {} FROM {}").format(_ident(extra), _ident(name)), "postgres",
+                                 f"{name} is not meant to be a member of {extra}"))
     return out
 
 
@@ -333,11 +333,11 @@ def _acl_statements(cfg: RolesConfig, obs: Observed) -> list[Statement]:
             f"{g} gets the app's privileges on the sequences in {s}")
     # default privileges: what the migrations role creates later is the app's too
     for s in schemas:
-        for objtype, privs, word in (("r", APP_TABLE_PRIVILEGES, "TABLES"), ("S", APP_SEQUENCE_PRIVILEGES, "SEQUENCES")):
+        for objtype, dprivs, word in (("r", APP_TABLE_PRIVILEGES, "TABLES"), ("S", APP_SEQUENCE_PRIVILEGES, "SEQUENCES")):
             have = {p for (f, sch, o, gr, p) in obs.default_acl if f == owner and sch == s and o == objtype and gr == g}
-            if set(privs) - have:
+            if set(dprivs) - have:
                 add(sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA {} GRANT {} ON {} TO {}").format(
-                    _ident(owner), _ident(s), sql.SQL(", ").join(sql.SQL(p) for p in privs), sql.SQL(word), _ident(g)),
+                    _ident(owner), _ident(s), sql.SQL(", ").join(sql.SQL(p) for p in dprivs), sql.SQL(word), _ident(g)),
                     f"{word.lower()} {owner} creates in {s} later are the app's too")
     # the monitoring role: SELECT on the three statistics views, explicitly
     if cfg.monitoring:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import hcloud
 import requests
@@ -317,29 +317,30 @@ def get_existing(client: hcloud.Client, params: Params, *, ssh_public_key: str |
     with api_call("reading the server type, location and image"):
         st = client.server_types.get_by_name(h.server_type)
         loc = client.locations.get_by_name(h.location)
-        img = (client.images.get_by_name_and_architecture(h.image, st.architecture) if st is not None else None)
-        known_types = tuple(sorted(t.name for t in client.server_types.get_all())) if st is None else ()
-        known_locs = tuple(sorted(x.name for x in client.locations.get_all())) if loc is None else ()
+        img = (client.images.get_by_name_and_architecture(h.image, cast(str, st.architecture)) if st is not None else None)
+        known_types = tuple(sorted(cast(str, t.name) for t in client.server_types.get_all())) if st is None else ()
+        known_locs = tuple(sorted(cast(str, x.name) for x in client.locations.get_all())) if loc is None else ()
     catalog = Catalog(
         server_type=st.name if st else None, architecture=st.architecture if st else None,
-        server_type_locations=tuple(x.location.name for x in (st.locations or []) if x.available is not False)
+        server_type_locations=tuple(cast(str, x.location.name) for x in (st.locations or []) if x.available is not False)
         if st else (),
         location=loc.name if loc else None, location_zone=loc.network_zone if loc else None,
         image_id=img.id if img else None, known_server_types=known_types, known_locations=known_locs)
 
     with api_call(f"reading SSH key {h.ssh_key_name}"):
-        key = client.ssh_keys.get_by_name(h.ssh_key_name)
-        same_fp = None
+        # hcloud types every model field Optional (models double as id-only references); read ones are filled
+        key: Any = client.ssh_keys.get_by_name(h.ssh_key_name)
+        same_fp: Any = None
         if ssh_public_key:
             fp = ssh_key_fingerprint(ssh_public_key)
             if key is None or key.fingerprint != fp:
                 same_fp = client.ssh_keys.get_by_fingerprint(fp)
     with api_call(f"reading network {params.network.name}"):
-        net = client.networks.get_by_name(params.network.name)
+        net: Any = client.networks.get_by_name(params.network.name)
     with api_call(f"reading firewall {h.firewall}"):
-        fw = client.firewalls.get_by_name(h.firewall)
+        fw: Any = client.firewalls.get_by_name(h.firewall)
     with api_call(f"reading placement group {h.placement_group}"):
-        pg = client.placement_groups.get_by_name(h.placement_group)
+        pg: Any = client.placement_groups.get_by_name(h.placement_group)
     servers: dict[str, SeenServer] = {}
     with api_call("reading servers"):
         for s in params.servers:
@@ -351,7 +352,7 @@ def get_existing(client: hcloud.Client, params: Params, *, ssh_public_key: str |
             for other in client.servers.get_all():
                 for p in other.private_net or []:
                     if p.network.id == net.id:
-                        member_ips[p.ip] = other.name
+                        member_ips[p.ip] = cast(str, other.name)
     return Existing(
         catalog=catalog,
         ssh_key=SeenKey(key.id, key.name, key.fingerprint) if key else None,
@@ -599,7 +600,7 @@ def ensure_provisioned(client: hcloud.Client, params: Params, *, dry_run: bool, 
             network = client.networks.create(
                 name=n.name, ip_range=n.ip_range, labels=dict(h.labels),
                 subnets=[NetworkSubnet(ip_range=n.subnet, network_zone=h.network_zone, type=SUBNET_TYPE)])
-        net_id = network.id
+        net_id = cast(int, network.id)
     else:
         net_id = existing.network.id  # type: ignore[union-attr]
     if planned("subnet", n.subnet) == "add":
@@ -613,7 +614,7 @@ def ensure_provisioned(client: hcloud.Client, params: Params, *, dry_run: bool, 
     if planned("firewall", h.firewall) == "create":
         with api_call(f"creating firewall {h.firewall}"):
             resp = client.firewalls.create(name=h.firewall, rules=rules, labels=dict(h.labels))  # type: ignore[arg-type]
-        wait(resp.actions, f"creating firewall {h.firewall}")
+        wait(cast(list[Any], resp.actions), f"creating firewall {h.firewall}")
         fw_id = resp.firewall.id
     else:
         fw_id = existing.firewall.id  # type: ignore[union-attr]
@@ -637,13 +638,13 @@ def ensure_provisioned(client: hcloud.Client, params: Params, *, dry_run: bool, 
     for s in params.servers:
         if planned("server", s.name) == "create":
             with api_call(f"creating server {s.name}"):
-                resp = client.servers.create(
+                srv_resp = client.servers.create(
                     name=s.name, server_type=ServerType(name=h.server_type),
                     image=Image(id=existing.catalog.image_id), location=Location(name=h.location),
                     ssh_keys=[SSHKey(id=key_id)], firewalls=[Firewall(id=fw_id)],
                     placement_group=PlacementGroup(id=pg_id), labels=dict(h.labels), start_after_create=True)
-            wait([resp.action, *resp.next_actions], f"creating server {s.name}")
-            server_id = resp.server.id
+            wait([srv_resp.action, *srv_resp.next_actions], f"creating server {s.name}")
+            server_id = cast(int, srv_resp.server.id)
             attach = True
         else:
             server_id = existing.servers[s.name].id

@@ -262,6 +262,7 @@ def ensure_replica(host: "Host | None", params: "Params", standby: "Server", *, 
     actions = list(plan.steps)
     if dry_run or host is None:
         return Outcome(what, True, dry_run, actions=actions), plan, {}
+    assert primary_host is not None  # the callers refuse a run (not a dry run) that cannot reach the primary
     if plan.action == "start":
         t0 = time.monotonic()
         pg_cluster.ensure_cluster_running(host, params, dry_run=False)

@@ -42,6 +42,7 @@ def check_server(host: "Host", params: "Params", server: "Server") -> list[Check
     out.append(Check.of(f"cluster {params.postgres.version}/{params.postgres.cluster} running", running,
                         f"port {cluster.get('port')}" if cluster else "no cluster", server.name))
     if running:
+        assert cluster is not None  # running implies a cluster
         out.append(Check.of("cluster port", str(cluster.get("port")) == str(params.postgres.port),
                             f"port {cluster.get('port')} (params say {params.postgres.port})", server.name))
         out.append(check_psql_as_postgres(host, params))

@@ -108,7 +108,8 @@ def parse_observed(rows: Mapping[str, Sequence[Mapping[str, Any]]]) -> Observed:
     obs = Observed()
     for r in rows.get("roles", ()):
         obs.roles[r["rolname"]] = dict(r, member_of=list(r.get("member_of") or []))
-    db = (rows.get("database") or [None])[0]
+    no_db: list[Mapping[str, Any] | None] = [None]
+    db = (rows.get("database") or no_db)[0]
     if db:
         obs.database_owner = db["owner"]
         obs.database_acl = parse_acl(_acl_text(db["acl"]))

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
 
-from hcbpg.outcome import Check
+from hcbpg.outcome import Check, Status
 from hcbpg.pg.compose import render
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -155,7 +155,7 @@ def compare_objects(source: Inventory, target: Inventory, *, live_source: bool =
         missing = set(src) - set(tgt)
         extra = set(tgt) - set(src)
         differ = {k for k in set(src) & set(tgt) if src[k] != tgt[k]}
-        status = "pass"
+        status: Status = "pass"
         problems = []
         if missing:
             problems.append(f"missing on target: {list_names(missing)}")
@@ -206,7 +206,7 @@ def compare_rows(source: Mapping[str, int], target: Mapping[str, int], *,
         elif s == t:
             out.append(Check(f"rows {name}", "pass", f"{t} rows", "source vs target"))
         else:
-            status = "warn" if approximate else "fail"
+            status: Status = "warn" if approximate else "fail"
             out.append(Check(f"rows {name}", status, f"source {s}, target {t} ({t - s:+d})", "source vs target"))
     return out
 

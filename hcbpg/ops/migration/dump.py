@@ -95,6 +95,7 @@ def check_disk_space(host: "Host", params: "Params", facts: Mapping[str, Any]) -
 def run_dump(host: "Host", params: "Params", source: Source, tag: str, *, with_counts: bool = True) -> DumpResult:
     """pg_dump -Fd -j N on the primary from the source, in a snapshot we hold; counts in that snapshot."""
     path = prepare_dump_dir(host, params, tag, dry_run=False)
+    assert params.source is not None  # prepare_dump_dir asserted it
     started = time.monotonic()
     res = source.script(render_dump_session(params, path, with_counts=with_counts),
                         display=f"pg_dump -Fd -j {params.source.jobs} of {source.label} into {path} "
