@@ -2,10 +2,7 @@
 circle, function-level imports say why, notebooks call only steps and the engine, modules stay small.
 
 The contract itself lives in ``pyproject.toml`` (``[tool.ruff]``, ``[tool.mypy]``,
-``[tool.importlinter]``). Tests marked ``refactor_pending`` are acceptance criteria of the layered
-refactor that the code did not meet yet when they were written (the restructuring of ``ops``,
-``pg``, ``desired``, ``steps`` and the notebooks was under way): they fail until it lands, and the
-mark goes once they pass. Run the rest alone with ``-m "not refactor_pending"``.
+``[tool.importlinter]``).
 """
 
 from __future__ import annotations
@@ -32,9 +29,6 @@ MAX_LINES = 800
 
 pytestmark = pytest.mark.architecture
 #: an acceptance criterion the code on this branch does not meet yet (see the module docstring)
-# Still open in issue 18 (the refactor landed; these findings are left): ruff's remaining findings,
-# mypy's, and the function-level imports without a reason.  xfail, not skip: they run and report.
-PENDING = pytest.mark.xfail(reason="issue 18: findings left after the layered refactor", strict=False)
 
 
 def _tool(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -54,14 +48,13 @@ def _rel(path: Path) -> str:
 
 # linters ------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("target", [pytest.param("hcbpg", marks=PENDING), pytest.param("tests", marks=PENDING),
+@pytest.mark.parametrize("target", ["hcbpg", "tests",
                                     "bench"])
 def test_ruff_finds_nothing(target):
     res = _tool(["-m", "ruff", "check", "--no-cache", "--output-format", "concise", target])
     assert res.returncode == 0, f"ruff check {target}/:\n{res.stdout}{res.stderr}"
 
 
-@PENDING
 @pytest.mark.slow
 def test_mypy_finds_nothing():
     res = _tool(["-m", "mypy", "--no-incremental", "--cache-dir", os.devnull])
@@ -71,11 +64,9 @@ def test_mypy_finds_nothing():
 # imports ------------------------------------------------------------------------------------------
 
 CONTRACTS = {c["id"]: c["name"] for c in PYPROJECT["tool"]["importlinter"]["contracts"]}
-PENDING_CONTRACTS: set[str] = set()
 
 
-@pytest.mark.parametrize("contract", [pytest.param(c, marks=PENDING) if c in PENDING_CONTRACTS else c
-                                      for c in CONTRACTS])
+@pytest.mark.parametrize("contract", list(CONTRACTS))
 def test_import_contract_is_kept(contract):
     res = _tool(["-c", "from importlinter.cli import lint_imports_command; lint_imports_command()",
                  "--no-cache", "--no-logo", "--contract", contract])
@@ -226,7 +217,6 @@ def test_the_reason_check_tells_a_reason_from_a_bare_noqa():
     assert bare_function_level_imports(src) == [2, 5]
 
 
-@PENDING
 def test_every_function_level_import_says_why():
     bare = [f"{_rel(p)}:{n}" for p in _modules() for n in bare_function_level_imports(p.read_text())]
     assert not bare, ("imports inside a function without a comment that gives a reason "
