@@ -6,6 +6,7 @@
     ├── UsageError                  bad command-line input, unknown run or step (exit 2)
     ├── RemoteCommandError          a command on a host failed (host, command, exit code, output tail)
     ├── HostUnreachable             SSH cannot reach a host
+    ├── HostKeyError                a host offered an SSH host key that is not pinned for it (refused)
     ├── DatabaseError               a PostgreSQL operation failed (wraps psycopg errors)
     ├── CloudError                  a Hetzner Cloud API call failed (wraps hcloud errors)
     ├── PgBackRestError             pgBackRest failed (its own error code and message)
@@ -86,6 +87,35 @@ class HostUnreachable(HcbpgError):
             hint="Check that the server is up, that its address in params is right and that "
                  "your SSH key is authorized; nothing was changed on any host.",
         )
+
+
+class HostKeyError(HcbpgError):
+    """A machine offered an SSH host key that is not the one pinned for it: nothing was sent to it.
+
+    *expected* lists the pinned fingerprints (empty: none pinned), *offered* the key it showed."""
+
+    def __init__(self, host: str, address: str, known_hosts: str, *, expected: Sequence[str],
+                 offered: str) -> None:
+        self.host = host
+        self.address = address
+        self.known_hosts = known_hosts
+        self.expected = list(expected)
+        self.offered = offered
+        if self.expected:
+            what = (f"SSH host key of {host} ({address}) does not match its pin: expected "
+                    f"{' or '.join(self.expected)}, offered {offered}; refused before any command ran")
+            hint = (f"Do not connect until you know why the key changed (a rebuilt server, or someone else "
+                    f"answering at {address}). If the server was rebuilt on purpose, compare {offered} with the "
+                    f"fingerprint in the Hetzner console (server -> Console, the cloud-init output), remove "
+                    f"{host}'s line from {known_hosts} and run step 01 again: it asks you to confirm the new key.")
+        else:
+            what = (f"SSH host key of {host} ({address}) is unknown: no key is pinned for {host} in "
+                    f"{known_hosts} (expected: a pinned key, none recorded), offered {offered}; refused before "
+                    "any command ran")
+            hint = ("Run step 01 (provision): it pins the keys of the servers it creates, and for an existing "
+                    "server it shows the offered fingerprint and asks you to confirm it against the Hetzner "
+                    "console before pinning it.")
+        super().__init__(what, hint=hint)
 
 
 class DatabaseError(HcbpgError):

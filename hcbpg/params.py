@@ -116,6 +116,8 @@ class Ssh(Model):
     key_file: str = "~/.ssh/id_ed25519"
     connect_timeout: float = 10.0
     port: int = 22
+    #: the environment's pinned SSH host keys (default: params/<env>.known_hosts beside the params file)
+    known_hosts: str | None = None
 
 
 class Postgres(Model):

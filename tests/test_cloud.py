@@ -34,15 +34,18 @@ def lab_params(tmp_path: Path, endpoint: str = "http://127.0.0.1:9/v1", **hetzne
     key_file = tmp_path / "id_ed25519.pub"
     key_file.write_text(public_key() + "\n")
     data["hetzner"].update({"api_endpoint": endpoint, "ssh_public_key_file": str(key_file), **hetzner})
+    data["ssh"]["known_hosts"] = str(tmp_path / "lab.known_hosts")
     return parse_params(data, source="lab test params")
 
 
 class Hooks:
     def __init__(self) -> None:
         self.created: list[tuple[str, str | None, list[str]]] = []
+        self.host_keys: dict[str, dict[str, str]] = {}
 
-    def on_created(self, name, private_ip, keys):
+    def on_created(self, name, private_ip, keys, host_keys):
         self.created.append((name, private_ip, keys))
+        self.host_keys[name] = host_keys
         return {"public_ip": f"10.99.0.{len(self.created)}"}
 
 
@@ -104,6 +107,31 @@ def test_first_run_creates_everything_and_second_run_changes_nothing(api, params
     assert state_ids(tmp_path / "hcloud.json") == before
     assert servers2 == servers
     assert len(hooks.created) == 2
+
+
+def test_created_servers_get_generated_host_keys_through_user_data_and_are_pinned(api, params, client, hooks,
+                                                                                 tmp_path):
+    from hcbpg.adapters import hostkeys
+    from hcbpg.secrets import scrub
+    provision(client, params)
+    known = tmp_path / "lab.known_hosts"
+    text = known.read_text()
+    for name, ip in (("server-postgres-1", "10.99.0.1"), ("server-postgres-2", "10.99.0.2")):
+        got = hooks.host_keys[name]          # what cloud-init would install as the host keys
+        assert set(got) == {"ed25519_private", "ed25519_public"}
+        assert got["ed25519_private"].startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
+        pins = hostkeys.pins_for(known, name)
+        assert [f"{p.keytype} {p.key}" for p in pins] == [" ".join(got["ed25519_public"].split()[:2])]
+        assert hostkeys.pinned_address(known, name) in ("10.99.0.1", "10.99.0.2")
+        assert "PRIVATE" not in text and got["ed25519_private"].splitlines()[1] not in text
+        assert scrub(got["ed25519_private"]) != got["ed25519_private"]   # registered as a secret
+    assert hooks.host_keys["server-postgres-1"] != hooks.host_keys["server-postgres-2"]
+    # the stand-in keeps no private key once the host is built, and never shows user_data
+    state = (tmp_path / "hcloud.json").read_text()
+    assert "PRIVATE KEY" not in state
+    # a second run generates nothing new
+    provision(client, params)
+    assert known.read_text() == text
 
 
 def test_dry_run_on_a_fresh_project_lists_changes_and_changes_nothing(api, params, client, tmp_path, hooks):

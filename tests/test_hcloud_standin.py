@@ -36,7 +36,8 @@ class Hooks:
         self.public_ips: dict[str, str] = {}
         self.fail: set[str] = set()
 
-    def on_created(self, name: str, private_ip: str | None, keys: list[str]) -> dict | None:
+    def on_created(self, name: str, private_ip: str | None, keys: list[str],
+                   host_keys: dict[str, str]) -> dict | None:
         if name in self.fail:
             raise RuntimeError(f"cannot build lab host {name}")
         self.created.append((name, private_ip, keys))

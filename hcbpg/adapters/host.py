@@ -8,6 +8,7 @@ fed through stdin.
 
 from __future__ import annotations
 
+import base64
 import os
 import select
 import shlex
@@ -16,8 +17,11 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from pathlib import Path
+
+from hcbpg.adapters import hostkeys
 from hcbpg.adapters.base import HostLike, Result
-from hcbpg.errors import HostUnreachable, RemoteCommandError
+from hcbpg.errors import HostKeyError, HostUnreachable, RemoteCommandError
 from hcbpg.secrets import scrub
 
 __all__ = ["AUTH_RETRY_WAITS", "Host", "HostLike", "Result"]
@@ -50,12 +54,27 @@ def _connect_errors() -> tuple[type[BaseException], ...]:
             NoValidConnectionsError, paramiko.SSHException)
 
 
+#: stands for "no known_hosts given": a path that never exists, so nothing is pinned
+_NO_PINS = Path("/nonexistent/hcbpg-no-known-hosts-given")
+
+
+class _RefusePolicy:
+    """paramiko's policy when no key is pinned for the host: refuse with a HostKeyError."""
+
+    def __init__(self, host: "Host") -> None:
+        self.host = host
+
+    def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
+        hostkeys.check_offered(self.host.name, self.host.address, self.host.known_hosts, key.get_name(),
+                               key.asbytes())
+
+
 class Host:
     """One machine reached over SSH (fabric 3 ``Connection``)."""
 
     def __init__(self, name: str, address: str, *, user: str = "root", key_file: str | None = None,
                  port: int = 22, connect_timeout: float = 10.0, command_timeout: float = 900.0,
-                 echo: Callable[[str], None] = print) -> None:
+                 echo: Callable[[str], None] = print, known_hosts: str | Path | None = None) -> None:
         self.name = name
         self.address = address
         self.user = user
@@ -64,6 +83,9 @@ class Host:
         self.connect_timeout = connect_timeout
         self.command_timeout = command_timeout
         self.echo = echo
+        #: the pinned known_hosts this host's key must be in (looked up by *name*); None: nothing is
+        #: pinned, so every key is refused
+        self.known_hosts = Path(known_hosts) if known_hosts is not None else _NO_PINS
         #: every command run on this host, in order (scrubbed), for tests and the record
         self.history: list[Result] = []
         self._conn: Any = None
@@ -72,7 +94,8 @@ class Host:
     def from_params(cls, params: "Params", name: str, address: str, **kw: Any) -> "Host":
         """A Host with user, key, port and connect timeout from ``params.ssh``."""
         opts: dict[str, Any] = dict(user=params.ssh.user, key_file=os.path.expanduser(params.ssh.key_file),
-                                    port=params.ssh.port, connect_timeout=params.ssh.connect_timeout)
+                                    port=params.ssh.port, connect_timeout=params.ssh.connect_timeout,
+                                    known_hosts=hostkeys.known_hosts_path(params))
         opts.update(kw)
         return cls(name, address, **opts)
 
@@ -90,13 +113,22 @@ class Host:
                                       "auth_timeout": self.connect_timeout}
             if self.key_file:
                 kwargs["key_filename"] = [self.key_file]
-            from paramiko.ssh_exception import AuthenticationException  # noqa: PLC0415 - slow import, needed on first SSH use only
+            from paramiko.ssh_exception import (  # noqa: PLC0415 - slow import, needed on first SSH use only
+                AuthenticationException,
+                BadHostKeyException,
+            )
             for wait in (*AUTH_RETRY_WAITS, None):
                 conn = Connection(self.address, user=self.user, port=self.port,
                                   connect_timeout=self.connect_timeout, connect_kwargs=kwargs)
+                self._pin(conn.client)
                 try:
                     conn.open()
                     break
+                except BadHostKeyException as exc:
+                    conn.close()
+                    hostkeys.check_offered(self.name, self.address, self.known_hosts, exc.key.get_name(),
+                                           exc.key.asbytes())
+                    raise  # check_offered raised already: the key is not pinned
                 except AuthenticationException as exc:
                     # a server just provisioned may run sshd before cloud-init has put the key in
                     # place; a wrong key fails the same way a few seconds later
@@ -112,6 +144,20 @@ class Host:
                                           scrub(f"{type(exc).__name__}: {exc}")) from exc
             self._conn = conn
         return self._conn
+
+    def _pin(self, client: Any) -> None:
+        """Trust only the keys pinned for this host's name: paramiko compares the offered key with
+        them (BadHostKeyException) and asks our policy, which refuses, when none is pinned."""
+        known = client.get_host_keys()
+        known.clear()
+        lookup = self.address if self.port == 22 else f"[{self.address}]:{self.port}"
+        from paramiko import PKey  # noqa: PLC0415 - slow import, needed on first SSH use only
+        for p in hostkeys.pins_for(self.known_hosts, self.name):
+            try:
+                known.add(lookup, p.keytype, PKey.from_type_string(p.keytype, base64.b64decode(p.key)))
+            except Exception as exc:  # noqa: BLE001 - a key type paramiko cannot read is no pin
+                self.echo(f"[{self.name}] ignoring pinned {p.keytype} key in {self.known_hosts}: {exc}")
+        client.set_missing_host_key_policy(_RefusePolicy(self))
 
     def connect(self) -> "Host":
         """Open the SSH connection now (raises HostUnreachable naming this host)."""

@@ -1,7 +1,7 @@
 """Where the operator's SSH reaches each machine: the one place that rule lives (pure).
 
 A server is reached at ``servers[].ssh_host`` from params when set, else at the public IP
-that step 01 recorded (``rb.recall("servers")``).  The app host is reached at
+pinned with its host key by step 01 (``hcbpg.adapters.hostkeys.pinned_servers``).  The app host is reached at
 ``app_host.ssh_host``, else at its private IP.
 """
 
@@ -26,7 +26,7 @@ def recorded_server(recorded: Iterable[Mapping[str, Any]] | None, name: str) -> 
 
 def ssh_address(params: "Params", server_name: str,
                 recorded_servers: Iterable[Mapping[str, Any]] | None = None) -> str | None:
-    """The address SSH uses for *server_name*: params ``ssh_host``, else the recorded public IP, else None."""
+    """The address SSH uses for *server_name*: params ``ssh_host``, else the address pinned with its host key, else None."""
     server = params.server(server_name)
     if server.ssh_host:
         return server.ssh_host

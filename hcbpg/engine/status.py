@@ -12,18 +12,14 @@ import json
 import logging
 import sys
 
+from hcbpg.adapters import hostkeys
 from hcbpg.ops import health
 from hcbpg.params import home, load_params
 
 
 def _recorded_servers(env: str, params) -> list[dict]:  # noqa: ANN001
-    """What step 01 recorded about the servers (public IPs), if any run recorded it."""
-    try:
-        from hcbpg.engine.runbook import Runbook  # noqa: PLC0415 - inside the try: any failure to read the runs falls back
-        rb = Runbook(env, run_id="", run_dir="", dry_run=True, step="status", params=params, base=home())
-        return list(rb.recall("servers", default=None) or [])
-    except Exception:  # noqa: BLE001 - no runs yet, or unreadable ones: fall back to addresses in params
-        return []
+    """The servers' addresses pinned with their host keys (never read from an executed notebook)."""
+    return list(hostkeys.pinned_servers(params))
 
 
 def cmd_status(args: argparse.Namespace) -> int:

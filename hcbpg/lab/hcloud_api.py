@@ -12,10 +12,14 @@ filter by ``name`` and ``label_selector``, and every action goes ``running`` →
 only after it has been read once while running, so ``wait_until_finished`` really polls.
 
 Servers become lab hosts through two hooks: ``on_server_created(name, private_ip,
-authorized_keys)`` is called once per server, as soon as its private IP is known (at create
+authorized_keys, host_keys)`` is called once per server, as soon as its private IP is known (at create
 when created with ``networks``, otherwise at ``attach_to_network``), and may return
 ``{"public_ip": ...}``; ``on_server_deleted(name)`` tears the host down.  The action that
 triggered a hook stays ``running`` until the hook returns, and turns ``error`` if it raises.
+``host_keys`` are the ``ssh_keys:`` of a ``#cloud-config`` ``user_data`` (``ed25519_private``,
+``ed25519_public``, ...), which cloud-init installs as the server's SSH host keys; the hook
+installs them the same way.  Like the real API, ``user_data`` is never returned by a GET,
+and the keys are dropped from the state once the host is built.
 
     python -m hcbpg.lab.hcloud_api --bind 10.0.1.1 --port 8780 --state PATH --token-file PATH
 """
@@ -51,7 +55,7 @@ from typing import Any
 
 LOG = logging.getLogger("hcbpg.lab.hcloud_api")
 
-CreatedHook = Callable[[str, str | None, list[str]], dict | None]
+CreatedHook = Callable[[str, str | None, list[str], dict[str, str]], dict | None]
 DeletedHook = Callable[[str], None]
 
 DEFAULT_PER_PAGE = 25
@@ -432,7 +436,8 @@ class HcloudStandin:
             error: str | None = None
             try:
                 if work["kind"] == "create_host" and self.on_server_created is not None:
-                    result = self.on_server_created(work["name"], work["private_ip"], list(work["authorized_keys"]))
+                    result = self.on_server_created(work["name"], work["private_ip"], list(work["authorized_keys"]),
+                                                    dict(work.get("host_keys") or {}))
                 elif work["kind"] == "destroy_host" and self.on_server_deleted is not None:
                     self.on_server_deleted(work["name"])
             except Exception as exc:  # noqa: BLE001 - the action reports it
@@ -443,6 +448,7 @@ class HcloudStandin:
                 if action is None:
                     return
                 action["_pending"] = False
+                action.get("_work", {}).pop("host_keys", None)  # private keys: not kept once installed
                 server = _find(st["servers"], work.get("server_id"))
                 if error is not None:
                     _finish_action(st, action, error=error)
@@ -835,6 +841,7 @@ class HcloudStandin:
             "public_ipv4": {"id": _next_id(st, "primary_ip"), "ip": _free_public_ip(st)},
             "public_ipv6": {"id": _next_id(st, "primary_ip"), "ip": PUBLIC_V6.format(n=server_id % 0xFFFF)},
             "protection": {"delete": False, "rebuild": False}, "host_created": False,
+            "_host_keys": _cloud_init_host_keys(b.get("user_data")),
         }
         for net in networks:
             server["private_net"].append(self._attachment(st, server, net, None, None))
@@ -860,8 +867,10 @@ class HcloudStandin:
                      "next_actions": [_public(a) for a in next_actions], "root_password": root_password}
 
     def _create_host_work(self, server: dict[str, Any]) -> dict[str, Any]:
+        keys = server.pop("_host_keys", None) or {}
         return {"kind": "create_host", "server_id": server["id"], "name": server["name"],
-                "private_ip": server["private_net"][0]["ip"], "authorized_keys": list(server["authorized_keys"])}
+                "private_ip": server["private_net"][0]["ip"], "authorized_keys": list(server["authorized_keys"]),
+                "host_keys": keys}
 
     def _attachment(self, st: dict, server: dict, net: dict, ip: Any, ip_range: Any) -> dict[str, Any]:
         if any(p["network"] == net["id"] for p in server["private_net"]):
@@ -1008,6 +1017,29 @@ class HcloudStandin:
 
 
 # helpers over state -------------------------------------------------------------------------
+
+_HOST_KEY_NAMES = {f"{kind}_{part}" for kind in ("ed25519", "ecdsa", "rsa") for part in ("private", "public")}
+
+
+def _cloud_init_host_keys(user_data: Any) -> dict[str, str]:
+    """The ``ssh_keys:`` of a ``#cloud-config`` user_data (what cloud-init makes the host keys)."""
+    if user_data is None:
+        return {}
+    if not isinstance(user_data, str) or len(user_data) > 32 * 1024:
+        raise invalid_input("user_data", "user_data must be a string of at most 32 KiB")
+    if not user_data.startswith("#cloud-config"):
+        return {}
+    import yaml  # noqa: PLC0415 - only for servers created with user_data
+
+    try:
+        doc = yaml.safe_load(user_data) or {}
+    except yaml.YAMLError as exc:
+        raise invalid_input("user_data", f"not valid cloud-config YAML: {exc}") from None
+    keys = doc.get("ssh_keys") if isinstance(doc, dict) else None
+    if not isinstance(keys, dict):
+        return {}
+    return {k: str(v) for k, v in keys.items() if k in _HOST_KEY_NAMES and isinstance(v, str)}
+
 
 def _next_id(st: dict[str, Any], kind: str) -> int:
     base = {"action": 1000, "server": 5000000, "ssh_key": 7000, "network": 9000, "firewall": 11000,
@@ -1409,7 +1441,8 @@ class RunningStandin:
         self.stop()
 
 
-def _lab_created(name: str, private_ip: str | None, authorized_keys: list[str]) -> dict | None:
+def _lab_created(name: str, private_ip: str | None, authorized_keys: list[str],
+                 host_keys: dict[str, str] | None = None) -> dict | None:
     try:
         from hcbpg.lab import hosts  # noqa: PLC0415 - another module of the lab, late on purpose: the stand-in also runs without it
         fn = hosts.create_server_host
@@ -1417,7 +1450,9 @@ def _lab_created(name: str, private_ip: str | None, authorized_keys: list[str]) 
         LOG.warning("no lab host for %s: hcbpg.lab.hosts.create_server_host is not available (%s)", name, exc)
         return None
     # a server created without a private network has no IP: passed on as before, for create_host to refuse
-    return fn(name, private_ip, authorized_keys)  # type: ignore[arg-type]
+    # created through the API: the creator pins its host keys (hcbpg from the keys it generated);
+    # the lab does not vouch for them
+    return fn(name, private_ip, authorized_keys, host_keys=host_keys or None, pin=False)  # type: ignore[arg-type]
 
 
 def _lab_deleted(name: str) -> None:

@@ -31,10 +31,11 @@ import shutil
 import stat
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from hcbpg.adapters import hostkeys
 from hcbpg.errors import LabError, RemoteCommandError
 from hcbpg.lab.core import (
     LabConfig,
@@ -130,7 +131,7 @@ def _put(path: Path, text: str, mode: int = 0o644, uid: int = 0, gid: int = 0) -
 
 
 def prepare_upper(cfg: LabConfig, name: str, ip: str, upper: Path,
-                  authorized_keys: Sequence[str]) -> None:
+                  authorized_keys: Sequence[str], host_keys: Mapping[str, str] | None = None) -> None:
     """Lay the files of a freshly installed server into the host's upper layer."""
     etc = _mkdir_like(upper, "etc")
     _put(etc / "hostname", name + "\n")
@@ -157,12 +158,26 @@ def prepare_upper(cfg: LabConfig, name: str, ip: str, upper: Path,
     for entry in os.listdir("/etc/ssh"):
         if entry.startswith("ssh_host_"):
             _whiteout(upper, f"etc/ssh/{entry}")  # replaced below (ed25519, ecdsa) or hidden
-    for kind in ("ed25519", "ecdsa"):
-        key = ssh_etc / f"ssh_host_{kind}_key"
-        for p in (key, key.with_name(key.name + ".pub")):
-            if p.exists() or p.is_symlink():
-                p.unlink()
-        run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", f"root@{name}", "-f", str(key)])
+    if host_keys:
+        # what cloud-init does with user_data ``ssh_keys:`` (and ``ssh_genkeytypes: []``): those keys
+        # become the host keys, and no other type is generated
+        for kind in ("ed25519", "ecdsa", "rsa"):
+            private, public = host_keys.get(f"{kind}_private"), host_keys.get(f"{kind}_public")
+            if not private or not public:
+                continue
+            key = ssh_etc / f"ssh_host_{kind}_key"
+            for p in (key, key.with_name(key.name + ".pub")):
+                if p.exists() or p.is_symlink():
+                    p.unlink()
+            _put(key, private.rstrip("\n") + "\n", 0o600)
+            _put(key.with_name(key.name + ".pub"), public.strip() + "\n", 0o644)
+    else:
+        for kind in ("ed25519", "ecdsa"):
+            key = ssh_etc / f"ssh_host_{kind}_key"
+            for p in (key, key.with_name(key.name + ".pub")):
+                if p.exists() or p.is_symlink():
+                    p.unlink()
+            run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", f"root@{name}", "-f", str(key)])
     root_ssh = upper / "root/.ssh"
     os.chmod(root_ssh, 0o700)
     _put(root_ssh / "authorized_keys", "".join(k.strip() + "\n" for k in authorized_keys), 0o600)
@@ -279,8 +294,15 @@ def _wait_for_chroot(pid: int, merged: Path, deadline: float) -> None:
 
 
 def create_host(cfg: LabConfig, name: str, role: str, ip: str,
-                authorized_keys: Sequence[str], *, sshd: bool = True) -> dict[str, Any]:
-    """Bring up one lab host (idempotent: a live host with the same IP is kept)."""
+                authorized_keys: Sequence[str], *, sshd: bool = True,
+                host_keys: Mapping[str, str] | None = None, pin: bool = True) -> dict[str, Any]:
+    """Bring up one lab host (idempotent: a live host with the same IP is kept).
+
+    *host_keys* (cloud-init ``ssh_keys:`` names: ``ed25519_private``, ``ed25519_public``) become
+    its sshd's host keys; without them it gets new ones.  *pin*: the lab pins the host's ed25519
+    key in its known_hosts (its own hosts); a server created through the API is pinned by
+    whoever created it, as on Hetzner.
+    """
     check_host_name(name)
     addr = ipaddress.ip_address(ip)
     subnet = ipaddress.ip_network(cfg.subnet)
@@ -311,7 +333,7 @@ def create_host(cfg: LabConfig, name: str, role: str, ip: str,
         # recorded before anything exists, so a killed `up` is torn down by name anyway
         state["hosts"][name] = record
         write_state(cfg, state)
-        prepare_upper(cfg, name, ip, upper, authorized_keys)
+        prepare_upper(cfg, name, ip, upper, authorized_keys, host_keys)
         run(["ip", "netns", "add", ns])
         _attach(cfg, ns, ip)
         if cfg.router_netns in netns_list():
@@ -339,7 +361,8 @@ def create_host(cfg: LabConfig, name: str, role: str, ip: str,
         write_state(cfg, state)
         if sshd:
             start_sshd(cfg, name, ip, state=state)
-            _add_known_host(cfg, name, ip, upper)
+            if pin:
+                _add_known_host(cfg, name, ip, upper)
         return _describe(record)
 
 
@@ -373,12 +396,7 @@ def _describe(h: dict[str, Any]) -> dict[str, Any]:
 
 def _add_known_host(cfg: LabConfig, name: str, ip: str, upper: Path) -> None:
     pub = (upper / "etc/ssh/ssh_host_ed25519_key.pub").read_text().split()[:2]
-    lines = []
-    if cfg.known_hosts.exists():
-        lines = [ln for ln in cfg.known_hosts.read_text().splitlines()
-                 if ln.split(" ", 1)[0] not in (ip, name, f"{ip},{name}", f"{name},{ip}")]
-    lines.append(f"{ip},{name} {' '.join(pub)}")
-    atomic_write(cfg.known_hosts, "\n".join(lines) + "\n", 0o644)
+    hostkeys.pin(cfg.known_hosts, "lab", name, [" ".join(pub)], address=ip)
 
 
 def destroy_host(cfg: LabConfig, name: str) -> None:
@@ -397,9 +415,7 @@ def destroy_host(cfg: LabConfig, name: str) -> None:
                 os.kill(lp, 9)
         remove_tree(_host_dir(cfg, name))
         if cfg.known_hosts.exists() and h:
-            keep = [ln for ln in cfg.known_hosts.read_text().splitlines()
-                    if ln.split(" ", 1)[0] != f"{h['ip']},{name}"]
-            atomic_write(cfg.known_hosts, "".join(k + "\n" for k in keep), 0o644)
+            hostkeys.pin(cfg.known_hosts, "lab", name, [])
         if name in state["hosts"]:
             del state["hosts"][name]
             write_state(cfg, state)
@@ -450,14 +466,15 @@ def host_exec(cfg: LabConfig, name: str, command: str | Sequence[str], *, input:
 # hooks for the Hetzner Cloud API stand-in -------------------------------------------------
 
 def create_server_host(name: str, private_ip: str, authorized_keys: list[str],
-                       lab_dir: str | None = None) -> dict:
+                       lab_dir: str | None = None, *, host_keys: Mapping[str, str] | None = None,
+                       pin: bool = True) -> dict:
     """Bring up a lab host with role "server" (a fresh server: no PostgreSQL cluster).
 
     Returns {"name", "role", "ip", "public_ip", "netns"}; ``public_ip`` is the private IP
     because the lab has no public network.  Idempotent for the same name and IP.
     """
     cfg = LabConfig.load(lab_dir)
-    return create_host(cfg, name, "server", private_ip, authorized_keys)
+    return create_host(cfg, name, "server", private_ip, authorized_keys, host_keys=host_keys, pin=pin)
 
 
 def destroy_server_host(name: str, lab_dir: str | None = None) -> None:

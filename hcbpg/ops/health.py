@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Literal
 
+from hcbpg.adapters import hostkeys
 from hcbpg.adapters.host import Host
 from hcbpg.errors import DatabaseError, HcbpgError, HostUnreachable
 from hcbpg.ops import cluster as pg_cluster
@@ -481,7 +482,7 @@ def plot(measurements: Sequence[Measurement], t: Thresholds):  # noqa: ANN201 - 
 def open_hosts(params: "Params", *, recorded: Sequence[Mapping[str, Any]] | None = None,
                connect_timeout: float | None = None,
                echo: Callable[[str], None] = lambda s: None) -> dict[str, "Host | None"]:
-    """A Host per server: ``ssh_host``, else the public IP step 01 recorded, else the private IP."""
+    """A Host per server: ``ssh_host``, else the address pinned with its host key, else the private IP."""
 
     from hcbpg.desired.addresses import ssh_address  # noqa: PLC0415 - was steps.targets; hoisted with the rest of health later
     out: dict[str, Host | None] = {}
@@ -489,5 +490,5 @@ def open_hosts(params: "Params", *, recorded: Sequence[Mapping[str, Any]] | None
         address = ssh_address(params, s.name, recorded) or s.private_ip
         out[s.name] = Host(s.name, address, user=params.ssh.user, key_file=os.path.expanduser(params.ssh.key_file),
                            port=params.ssh.port, connect_timeout=connect_timeout or params.ssh.connect_timeout,
-                           command_timeout=120.0, echo=echo)
+                           command_timeout=120.0, echo=echo, known_hosts=hostkeys.known_hosts_path(params))
     return out

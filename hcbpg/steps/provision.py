@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import hashlib
+
+from hcbpg.adapters import hostkeys
 from hcbpg.ops import provisioning as cloud
 from hcbpg.outcome import Check, Outcome
 
@@ -43,3 +46,60 @@ def ensure_provisioned(api: Api, params: "Params", *, dry_run: bool
 def check_provisioned(api: Api, params: "Params", *, dry_run: bool) -> list[Check]:
     """Everything read back from the API and checked against params (dry run: missing is a warning)."""
     return cloud.get_provision_checks(api.client, params, dry_run=dry_run, ssh_public_key=api.ssh_public_key)
+
+
+def host_key_gate(name: str, fingerprint: str) -> str:
+    """The gate that confirms *fingerprint* for server *name* (another key asks again)."""
+    return f"host-key-{name}-{hashlib.sha256(fingerprint.encode()).hexdigest()[:8]}"
+
+
+def ensure_host_keys_pinned(rb: "Run", servers: list[cloud.ServerRecord]) -> list[Outcome]:
+    """Pin the host key of every server that has none pinned, after the operator confirmed it.
+
+    Servers this step created are pinned already (their key was generated here).  For a server
+    that existed before, its offered key is read (key exchange only: nothing is sent to it) and
+    the run stops at a gate until the operator has compared the fingerprint with the one the
+    Hetzner console shows; only then is it pinned.
+    """
+    path = hostkeys.known_hosts_path(rb.params)
+    out = []
+    for r in servers:
+        what = f"pinned SSH host key of {r.name}"
+        pins = hostkeys.pins_for(path, r.name)
+        if pins:
+            out.append(Outcome(what, changed=False, dry_run=rb.dry_run,
+                               actions=[f"{p.keytype} {p.fingerprint}" for p in pins]))
+            continue
+        address = rb.params.server(r.name).ssh_host or r.public_ip
+        if address is None:
+            # counted with the server's creation: the key is generated and pinned when it is created
+            out.append(Outcome(what, changed=False, dry_run=rb.dry_run,
+                               actions=["the server does not exist yet: its key is generated and pinned when "
+                                        "it is created"]))
+            continue
+        offered = hostkeys.get_offered_host_key(address, rb.params.ssh.port, rb.params.ssh.connect_timeout)
+        fingerprint = hostkeys.fingerprint_of_public(offered)
+        print(f"[{r.name}] no pinned host key; {address} offers {offered.split()[0]} {fingerprint}")
+        rb.gate(host_key_gate(r.name, fingerprint),
+                f"{r.name} ({address}) offers SSH host key {fingerprint}: it is the ed25519 fingerprint the "
+                "Hetzner console shows for this server (Console, the cloud-init 'ssh-ed25519' line, or "
+                "`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` typed in the console)")
+        if rb.dry_run:
+            out.append(Outcome(what, changed=True, dry_run=True,
+                               actions=[f"would pin {fingerprint} once confirmed at the gate"]))
+            continue
+        hostkeys.pin(path, rb.params.environment, r.name, [offered], address=address)
+        out.append(Outcome(what, changed=True, actions=[f"pinned {fingerprint} (confirmed at the gate) in {path}"]))
+    return out
+
+
+def check_host_keys(params: "Params", *, dry_run: bool) -> list[Check]:
+    """Every server has a pinned host key (dry run: missing is a warning)."""
+    path = hostkeys.known_hosts_path(params)
+    rows = []
+    for s in params.servers:
+        pins = hostkeys.pins_for(path, s.name)
+        detail = ", ".join(f"{p.keytype} {p.fingerprint}" for p in pins) or f"none in {path}"
+        rows.append(Check("SSH host key pinned", "pass" if pins else ("warn" if dry_run else "fail"), detail,
+                          s.name))
+    return rows

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from hcbpg.adapters import hostkeys
 from hcbpg.adapters.host import Host
 from hcbpg.adapters.site import OutsiderRunner, site_for
 from hcbpg.desired.addresses import app_ssh_address, ssh_address
@@ -22,9 +23,12 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def recorded_servers(rb: "Run") -> list[dict[str, Any]]:
-    """What step 01 recorded about the servers ([] when nothing was recorded yet)."""
-    value = rb.recall("servers", default=None)
-    return list(value or [])
+    """The servers' addresses as pinned with their host keys (step 01 writes them from the cloud API).
+
+    Not ``rb.recall("servers")``: an executed notebook under ``outputs/`` is not a trusted source
+    of where to send credentials.
+    """
+    return list(hostkeys.pinned_servers(rb.params))
 
 
 def server_host(rb: "Run", server: "Server") -> Host | None:

@@ -35,7 +35,8 @@ def lab_params(lab, servers: Sequence[tuple[str, str, str]], **sections: Any) ->
         "network": {"ip_range": "10.0.0.0/8", "subnet": cfg.subnet},
         "servers": [{"name": n, "private_ip": ip, "role": r, "ssh_host": ip} for n, ip, r in servers],
         "app_host": {"name": "app", "private_ip": cfg.app_ip},
-        "ssh": {"user": "root", "key_file": str(lab.ssh_key), "connect_timeout": 5},
+        "ssh": {"user": "root", "key_file": str(lab.ssh_key), "connect_timeout": 5,
+                "known_hosts": str(cfg.known_hosts)},
         "postgres": {"app_role_password": f"file:{cfg.secret_path('rails-password')}"},
     }
     data.update(sections)

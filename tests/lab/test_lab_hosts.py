@@ -143,14 +143,14 @@ def test_ssh_waits_for_a_key_that_is_put_in_place_late_and_refuses_a_wrong_key(l
     try:
         seen: list[str] = []
         with pytest.raises(HostUnreachable, match=f"{name}.*tried 3 times"):
-            Host(name, ip, key_file=str(lab.ssh_key), connect_timeout=5, echo=seen.append).connect()
+            Host(name, ip, key_file=str(lab.ssh_key), connect_timeout=5, known_hosts=lab.cfg.known_hosts, echo=seen.append).connect()
         assert len(seen) == 2 and all("SSH key refused" in s for s in seen), seen
         key = lab.ssh_key.with_suffix(".pub").read_text()
         timer = threading.Timer(0.5, lambda: lab.exec(name, "cat > /root/.ssh/authorized_keys", input=key,
                                                        check=True))
         timer.start()
         t0 = time.monotonic()
-        host = Host(name, ip, key_file=str(lab.ssh_key), connect_timeout=5, echo=seen.append).connect()
+        host = Host(name, ip, key_file=str(lab.ssh_key), connect_timeout=5, known_hosts=lab.cfg.known_hosts, echo=seen.append).connect()
         timer.join()
         assert host.probe("hostname").stdout.strip() == name and time.monotonic() - t0 < 10
         host.close()
@@ -166,7 +166,7 @@ def test_a_connection_lost_while_idle_is_opened_again_but_a_command_cut_off_is_n
     from hcbpg.adapters.host import Host
     from hcbpg.errors import HostUnreachable
     seen: list[str] = []
-    host = Host(server["name"], server["ip"], key_file=str(lab.ssh_key), connect_timeout=5, echo=seen.append)
+    host = Host(server["name"], server["ip"], key_file=str(lab.ssh_key), connect_timeout=5, known_hosts=lab.cfg.known_hosts, echo=seen.append)
     try:
         assert host.probe("hostname").stdout.strip() == server["name"]
         host.connection.client.get_transport().sock.close()
@@ -188,7 +188,7 @@ def test_a_command_s_whole_output_arrives_even_when_its_exit_status_comes_first(
     by a child that outlives it) afterwards, then EOF: all of it is read, on stdout and stderr (a
     JSON document cut short at 156 kB was seen on a loaded machine)."""
     from hcbpg.adapters.host import Host
-    host = Host(server["name"], server["ip"], key_file=str(lab.ssh_key), connect_timeout=5, echo=lambda _: None)
+    host = Host(server["name"], server["ip"], key_file=str(lab.ssh_key), connect_timeout=5, known_hosts=lab.cfg.known_hosts, echo=lambda _: None)
     try:
         res = host.run("echo first; (sleep 1; echo late; echo late-err >&2) & exit 0", quiet=True, timeout=60)
         assert (res.stdout, res.stderr, res.exit_code) == ("first\nlate\n", "late-err\n", 0)

@@ -178,7 +178,8 @@ def run_home(lab, tmp_path_factory):
         "network": {"ip_range": "10.0.0.0/8", "subnet": cfg.subnet},
         "servers": [{"name": n, "private_ip": cfg.address(off), "role": r} for n, off, r in RUN_SERVERS],
         "app_host": {"name": "app", "private_ip": cfg.app_ip},
-        "ssh": {"user": "root", "key_file": str(lab.ssh_key), "connect_timeout": 5},
+        "ssh": {"user": "root", "key_file": str(lab.ssh_key), "connect_timeout": 5,
+                "known_hosts": str(cfg.known_hosts)},
         "postgres": {"app_role_password": f"file:{cfg.secret_path('rails-password')}"},
     }, sort_keys=False))
     env = {"HCBPG_HOME": str(home), "HCBPG_STATE_DIR": str(home / "state"), "HCBPG_LAB_DIR": str(lab.lab_dir),
