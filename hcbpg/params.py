@@ -295,6 +295,29 @@ class Health(Model):
         return self
 
 
+class Tls(Model):
+    """TLS for every PostgreSQL connection: the environment's private CA and the servers' certificates."""
+
+    #: the CA's certificate (public; default params/<env>.postgres-ca.crt, committed with params)
+    ca_cert: str | None = None
+    #: the CA's private key (a secret reference; default file:<state dir>/tls/<env>-postgres-ca.key);
+    #: a ``file:`` that does not exist yet is created with a new CA on the first run
+    ca_key: SecretRef | None = None
+    #: how long a server certificate is valid, and how many days before its end step 03 renews it
+    cert_days: int = Field(397, ge=2, le=825)
+    renew_days: int = Field(30, ge=1)
+    #: TLS 1.3 only: every client hcbpg configures (libpq 12+, lib/pq, pg gem on libpq) speaks it
+    min_protocol: Literal["TLSv1.2", "TLSv1.3"] = "TLSv1.3"
+    #: add require_auth=scram-sha-256 to clients: needs libpq 16+ on every client (the lab's is 15: off)
+    require_auth: bool = False
+
+    @model_validator(mode="after")
+    def _renew_inside(self) -> "Tls":
+        if self.renew_days >= self.cert_days:
+            raise ValueError(f"renew_days: {self.renew_days} must be below cert_days ({self.cert_days})")
+        return self
+
+
 class Params(Model):
     environment: Name
     hetzner: Hetzner
@@ -309,6 +332,7 @@ class Params(Model):
     drill: Drill | None = None
     roles: Roles | None = None
     health: Health = Health()
+    tls: Tls = Tls()
     #: steps that may run destructive actions (wipe a data directory, drop a database)
     allow_destructive: bool = False
     #: where the run happens (hcbpg.adapters.site): e.g. ``hcbpg.lab.site:LabSite``; None: production,

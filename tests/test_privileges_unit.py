@@ -212,9 +212,9 @@ def test_missing_trusted_extension_is_created_as_the_migrations_role(cfg):
 
 def test_hba_lines_for_metabase_monitoring_and_migrations(params, cfg):
     rules = [r.render() for r in desired_roles.roles_hba_rules(cfg, params, params.primary)]
-    assert any(r.startswith("host    hcb_production  metabase        10.0.1.40/32") for r in rules)
-    assert any(r.startswith("host    postgres        vector          10.0.1.5/32") for r in rules)
-    assert any(r.startswith("host    hcb_production  hcb_migrations  10.0.1.0/24") for r in rules)
+    assert any(r.startswith("hostssl hcb_production  metabase        10.0.1.40/32") for r in rules)
+    assert any(r.startswith("hostssl postgres        vector          10.0.1.5/32") for r in rules)
+    assert any(r.startswith("hostssl hcb_production  hcb_migrations  10.0.1.0/24") for r in rules)
     extra = desired_server.all_hba_extra(params, params.primary, cfg)
     assert any(r.user == "repuser" for r in extra), "step 10's lines are kept beside ours"
 

@@ -54,14 +54,23 @@ def test_pg_hba_matches_golden_for_each_server():
         golden(f"pg_hba.{s.name}.conf", desired_server.render_pg_hba(p, s))
 
 
-def test_pg_hba_has_exactly_the_three_rules_in_order():
+def test_pg_hba_has_exactly_the_four_rules_in_order_network_only_over_tls():
     p = params()
     rules = pghba.parse_pg_hba(desired_server.render_pg_hba(p, p.primary))
     assert [(r.type, r.database, r.user, r.address, r.method) for r in rules] == [
         ("local", "all", "postgres", None, "peer"),
-        ("host", "hcb_production", "rails", "10.0.1.0/24", "scram-sha-256"),
+        ("hostssl", "hcb_production", "rails", "10.0.1.0/24", "scram-sha-256"),
         ("local", "all", "all", None, "scram-sha-256"),
+        ("hostnossl", "all", "all", "0.0.0.0/0", "reject"),
     ]
+
+
+def test_extra_network_rules_become_hostssl_and_plaintext_is_rejected_last():
+    p = params()
+    extra = [pghba.HbaRule("host", "postgres", "someone", "scram-sha-256", "10.0.1.7/32")]
+    rules = desired_server.hba_rules(p, p.primary, extra)
+    assert {r.type for r in rules} == {"local", "hostssl", "hostnossl"}
+    assert rules[-1] == pghba.HbaRule("hostnossl", "all", "all", "reject", "0.0.0.0/0")
 
 
 def test_pg_hba_says_hcbpg_manages_it():
@@ -76,7 +85,8 @@ def test_pg_hba_takes_extra_rules_before_the_local_catch_all():
     text = desired_server.render_pg_hba(p, p.primary, extra=extra)
     golden("pg_hba.with-replication.conf", text)
     rules = pghba.parse_pg_hba(text)
-    assert rules[2].database == "replication" and rules[-1].user == "all"
+    assert rules[2].database == "replication" and rules[2].type == "hostssl" and rules[-2].user == "all"
+    assert rules[-1].method == "reject"
 
 
 @pytest.mark.parametrize("method", ["trust", "md5", "password"])
@@ -114,8 +124,9 @@ def test_plan_pg_hba_from_debian_default_lists_added_and_removed_rules():
     p = params()
     added, removed = pghba.plan_pg_hba(DEBIAN_DEFAULT_HBA, desired_server.render_pg_hba(p, p.primary))
     assert [r.render().split() for r in added] == [
-        ["host", "hcb_production", "rails", "10.0.1.0/24", "scram-sha-256"],
-        ["local", "all", "all", "scram-sha-256"]]
+        ["hostssl", "hcb_production", "rails", "10.0.1.0/24", "scram-sha-256"],
+        ["local", "all", "all", "scram-sha-256"],
+        ["hostnossl", "all", "all", "0.0.0.0/0", "reject"]]
     assert len(removed) == 6 and all(r.user == "all" for r in removed)
 
 
@@ -137,7 +148,10 @@ def test_settings_match_golden_for_each_part_and_server():
 def test_connection_settings_listen_on_localhost_and_the_private_ip_with_scram():
     p = params()
     parsed = pgconf.parse_settings(desired_server.render_settings(p, p.servers[1], "connections"))
-    assert parsed == {"listen_addresses": "'localhost,10.0.1.6'", "password_encryption": "'scram-sha-256'"}
+    assert parsed == {"listen_addresses": "'localhost,10.0.1.6'", "password_encryption": "'scram-sha-256'",
+                      "ssl": "on", "ssl_cert_file": "'/etc/postgresql/15/main/tls/server.crt'",
+                      "ssl_key_file": "'/etc/postgresql/15/main/tls/server.key'",
+                      "ssl_min_protocol_version": "'TLSv1.3'"}
 
 
 def test_settings_take_params_and_extra_entries_sorted_and_quoted():
@@ -197,4 +211,4 @@ def test_fresh_server_plan_changes_everything_without_a_host():
     outcomes += pg_server.allow_connections(None, p, p.primary, dry_run=True)
     assert outcomes and all(o.changed and o.dry_run and o.verb == "would change" for o in outcomes)
     hba = next(o for o in outcomes if o.what.startswith("pg_hba"))
-    assert "+host    hcb_production  rails" in hba.diff
+    assert "+hostssl hcb_production  rails" in hba.diff

@@ -92,9 +92,9 @@ def hba_rules_for(params: "Params", server: "Server") -> list[HbaRule]:
     role = hba_name(params.replication.role)
     out = []
     for peer in peers(params, server):
-        out.append(HbaRule("host", "replication", role, "scram-sha-256", f"{peer.private_ip}/32",
+        out.append(HbaRule("hostssl", "replication", role, "scram-sha-256", f"{peer.private_ip}/32",
                                  comment=f"streaming replication from {peer.name}"))
-        out.append(HbaRule("host", "postgres", role, "scram-sha-256", f"{peer.private_ip}/32",
+        out.append(HbaRule("hostssl", "postgres", role, "scram-sha-256", f"{peer.private_ip}/32",
                                  comment=f"pg_rewind from {peer.name} (reads files through SQL functions)"))
     return out
 

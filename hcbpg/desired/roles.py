@@ -118,13 +118,13 @@ def roles_hba_rules(cfg: RolesConfig, params: "Params", server: "Server") -> lis
     db = hba_name(cfg.database)
     out = []
     if cfg.migrations:
-        out.append(HbaRule("host", db, hba_name(cfg.migrations.name), "scram-sha-256", params.network.subnet,
+        out.append(HbaRule("hostssl", db, hba_name(cfg.migrations.name), "scram-sha-256", params.network.subnet,
                            comment="migrations (Rails db:migrate) from the private subnet"))
     if cfg.metabase and cfg.jumpbox_ip:
-        out.append(HbaRule("host", db, hba_name(cfg.metabase.name), "scram-sha-256", f"{cfg.jumpbox_ip}/32",
+        out.append(HbaRule("hostssl", db, hba_name(cfg.metabase.name), "scram-sha-256", f"{cfg.jumpbox_ip}/32",
                            comment="Metabase, read-only, only through the jumpbox"))
     for role, what in ((cfg.monitoring, "Vector postgresql_metrics"), (cfg.exporter, "prometheus-postgres-exporter")):
         if role:
-            out.append(HbaRule("host", "postgres", hba_name(role.name), "scram-sha-256", f"{server.private_ip}/32",
+            out.append(HbaRule("hostssl", "postgres", hba_name(role.name), "scram-sha-256", f"{server.private_ip}/32",
                                comment=f"{what}, on this server, to its private IP"))
     return out

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from hcbpg.desired import replication, roles
+from hcbpg.desired import replication, roles, tls
 from hcbpg.errors import ParamsError, SafetyCheckFailed
 from hcbpg.pg.conf import MANAGED_HEADER, SETTING_NAME, SettingValue, quote_setting
 from hcbpg.pg.hba import ALLOWED_METHODS, HbaRule, hba_name
@@ -64,9 +65,10 @@ def settings_for(params: "Params", server: "Server", part: str) -> dict[str, Set
         out: dict[str, SettingValue] = {
             "listen_addresses": f"localhost,{server.private_ip}",
             "password_encryption": "scram-sha-256",
+            **tls.ssl_settings(params),
         }
         problems = []
-        owned = set(out) | {"cluster_name", "port", "data_directory", "hba_file", "ident_file",
+        owned = set(out) | {"ssl_ca_file", "ssl_crl_file", "cluster_name", "port", "data_directory", "hba_file", "ident_file",
                             "external_pid_file", "include_dir"}
         for key, value in params.postgres.settings.items():
             if not SETTING_NAME.match(key):
@@ -128,12 +130,16 @@ def hba_rules(params: "Params", server: "Server", extra: Sequence[HbaRule] = ())
     rules = [
         HbaRule("local", "all", "postgres", "peer",
                 comment="administration: the postgres OS user over the Unix socket"),
-        HbaRule("host", hba_name(pg.database), hba_name(pg.app_role), "scram-sha-256", params.network.subnet,
+        HbaRule("hostssl", hba_name(pg.database), hba_name(pg.app_role), "scram-sha-256", params.network.subnet,
                 comment=f"the app ({pg.app_role}) from the private subnet"),
         *owned,
         *[r for r in dict.fromkeys(extra) if r not in owned],
         HbaRule("local", "all", "all", "scram-sha-256", comment="everyone else on the socket: with a password"),
     ]
+    # every network rule only over TLS, and a plaintext connection refused whatever it asks for
+    rules = [replace(r, type="hostssl") if r.type == "host" else r for r in rules]
+    rules.append(HbaRule("hostnossl", "all", "all", "reject", "0.0.0.0/0",
+                         comment="no plaintext over the network: every client uses TLS (sslmode=verify-full)"))
     for r in rules:
         if r.address is not None:
             ipaddress.ip_network(r.address, strict=True)  # a CIDR without host bits, never a host name
@@ -148,7 +154,8 @@ def render_pg_hba(params: "Params", server: "Server", *, extra: Sequence[HbaRule
     lines = [
         MANAGED_HEADER,
         f"# pg_hba.conf of {server.name}, rendered from params ({params.environment}).",
-        "# First match wins. Only peer and scram-sha-256: never trust, never md5.",
+        "# First match wins. Only peer and scram-sha-256: never trust, never md5. Network rules are",
+        "# hostssl only, and a final hostnossl rule rejects every plaintext connection.",
         "#",
         "# TYPE  DATABASE        USER            ADDRESS                 METHOD",
     ]

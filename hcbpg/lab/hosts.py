@@ -39,7 +39,6 @@ from hcbpg.adapters import hostkeys
 from hcbpg.errors import LabError, RemoteCommandError
 from hcbpg.lab.core import (
     LabConfig,
-    atomic_write,
     check_host_name,
     kill_netns_processes,
     locked,

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-
-import hashlib
 
 from hcbpg.adapters import hostkeys
 from hcbpg.ops import provisioning as cloud

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import secrets
+import time
 from pathlib import Path
 
 import pytest
 from fabric import Connection
 
+from hcbpg.errors import HostUnreachable
 from hcbpg.lab import create_server_host, destroy_server_host
 
 pytestmark = pytest.mark.lab
@@ -143,17 +145,69 @@ def test_ssh_waits_for_a_key_that_is_put_in_place_late_and_refuses_a_wrong_key(l
     try:
         seen: list[str] = []
         with pytest.raises(HostUnreachable, match=f"{name}.*tried 3 times"):
-            Host(name, ip, key_file=str(lab.ssh_key), connect_timeout=5, known_hosts=lab.cfg.known_hosts, echo=seen.append).connect()
+            Host(name, ip, key_file=str(lab.ssh_key), connect_timeout=5,
+                 known_hosts=lab.cfg.known_hosts, echo=seen.append).connect()
         assert len(seen) == 2 and all("SSH key refused" in s for s in seen), seen
         key = lab.ssh_key.with_suffix(".pub").read_text()
         timer = threading.Timer(0.5, lambda: lab.exec(name, "cat > /root/.ssh/authorized_keys", input=key,
                                                        check=True))
         timer.start()
         t0 = time.monotonic()
-        host = Host(name, ip, key_file=str(lab.ssh_key), connect_timeout=5, known_hosts=lab.cfg.known_hosts, echo=seen.append).connect()
+        host = Host(name, ip, key_file=str(lab.ssh_key), connect_timeout=5,
+                 known_hosts=lab.cfg.known_hosts, echo=seen.append).connect()
         timer.join()
         assert host.probe("hostname").stdout.strip() == name and time.monotonic() - t0 < 10
         host.close()
+    finally:
+        destroy_server_host(name, lab_dir=str(lab.lab_dir))
+
+
+def test_a_server_whose_host_key_was_replaced_is_refused_before_any_command_runs(lab):
+    """The lab pinned the host's key at creation; a new key on the same name and address (a rebuilt
+    server, or an impostor) is refused during the key exchange: no login, no command.  The error
+    names the server and both fingerprints.  With no pin at all it is refused the same way."""
+    from hcbpg.adapters import hostkeys
+    from hcbpg.adapters.host import Host
+    from hcbpg.errors import HostKeyError
+    name, ip = "server-postgres-t3", lab.cfg.address(57)
+    create_server_host(name, ip, [lab.ssh_key.with_suffix(".pub").read_text()], lab_dir=str(lab.lab_dir))
+    try:
+        def host() -> Host:
+            return Host(name, ip, key_file=str(lab.ssh_key), connect_timeout=5, known_hosts=lab.cfg.known_hosts,
+                        echo=lambda _: None)
+        with host() as h:
+            assert h.probe("hostname").stdout.strip() == name
+        [pinned] = hostkeys.pins_for(lab.cfg.known_hosts, name)
+        lab.exec(name, "rm -f /etc/ssh/ssh_host_* && ssh-keygen -q -t ed25519 -N '' -f /etc/ssh/ssh_host_ed25519_key"
+                       " && pkill -HUP -x sshd", check=True)
+        offered = hostkeys.fingerprint_of_public(
+            lab.exec(name, "cat /etc/ssh/ssh_host_ed25519_key.pub", check=True).stdout)
+        assert offered != pinned.fingerprint
+        log = "/var/log/sshd-hcbpg-lab.log"
+        accepted_before = lab.exec(name, f"grep -c 'Accepted publickey' {log} || true").stdout.strip()
+        deadline = time.monotonic() + 20
+        while True:
+            h = host()
+            try:
+                with pytest.raises(HostKeyError) as err:
+                    h.connect()
+                break
+            except HostUnreachable:  # sshd is re-executing after the HUP
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        msg = str(err.value)
+        assert name in msg and ip in msg and pinned.fingerprint in msg and offered in msg, msg
+        assert err.value.expected == [pinned.fingerprint] and offered in err.value.offered
+        assert h.history == []
+        assert lab.exec(name, f"grep -c 'Accepted publickey' {log} || true").stdout.strip() == accepted_before
+        # no pin at all (a host of another file): refused too, and the error says none is pinned
+        other = tmp_known = lab.lab_dir / "empty.known_hosts"
+        tmp_known.write_text("")
+        with pytest.raises(HostKeyError, match="unknown") as err2:
+            Host(name, ip, key_file=str(lab.ssh_key), connect_timeout=5, known_hosts=other,
+                 echo=lambda _: None).connect()
+        assert err2.value.expected == [] and offered in err2.value.offered
     finally:
         destroy_server_host(name, lab_dir=str(lab.lab_dir))
 
@@ -166,7 +220,8 @@ def test_a_connection_lost_while_idle_is_opened_again_but_a_command_cut_off_is_n
     from hcbpg.adapters.host import Host
     from hcbpg.errors import HostUnreachable
     seen: list[str] = []
-    host = Host(server["name"], server["ip"], key_file=str(lab.ssh_key), connect_timeout=5, known_hosts=lab.cfg.known_hosts, echo=seen.append)
+    host = Host(server["name"], server["ip"], key_file=str(lab.ssh_key), connect_timeout=5,
+                 known_hosts=lab.cfg.known_hosts, echo=seen.append)
     try:
         assert host.probe("hostname").stdout.strip() == server["name"]
         host.connection.client.get_transport().sock.close()
@@ -188,7 +243,8 @@ def test_a_command_s_whole_output_arrives_even_when_its_exit_status_comes_first(
     by a child that outlives it) afterwards, then EOF: all of it is read, on stdout and stderr (a
     JSON document cut short at 156 kB was seen on a loaded machine)."""
     from hcbpg.adapters.host import Host
-    host = Host(server["name"], server["ip"], key_file=str(lab.ssh_key), connect_timeout=5, known_hosts=lab.cfg.known_hosts, echo=lambda _: None)
+    host = Host(server["name"], server["ip"], key_file=str(lab.ssh_key), connect_timeout=5,
+                 known_hosts=lab.cfg.known_hosts, echo=lambda _: None)
     try:
         res = host.run("echo first; (sleep 1; echo late; echo late-err >&2) & exit 0", quiet=True, timeout=60)
         assert (res.stdout, res.stderr, res.exit_code) == ("first\nlate\n", "late-err\n", 0)

@@ -229,3 +229,16 @@ def test_plan_then_run_until_04_then_run_again_changes_nothing(lab, run_home):
             text = path.read_text(errors="replace")
             assert not any(s in text for s in secrets), f"a secret in {path}"
             assert "SCRAM-SHA-256$" not in text, f"a password verifier in {path}"
+
+
+def test_servers_created_by_step_01_run_with_the_host_key_hcbpg_generated_and_pinned(lab, run_home):
+    """Step 01 (run above) generated each server's host key, handed it over in cloud-init user_data (the
+    stand-in installs it as cloud-init does) and pinned it: the key sshd serves is the pinned one,
+    and no other host key type was generated."""
+    from hcbpg.adapters import hostkeys
+    for name, off, _role in RUN_SERVERS:
+        [pin] = hostkeys.pins_for(lab.cfg.known_hosts, name)
+        assert hostkeys.pinned_address(lab.cfg.known_hosts, name) == lab.cfg.address(off)
+        served = lab.exec(name, "cat /etc/ssh/ssh_host_ed25519_key.pub; ls /etc/ssh", check=True).stdout
+        assert pin.key in served and "ssh_host_ecdsa_key" not in served and "ssh_host_rsa_key" not in served
+        assert hostkeys.get_offered_host_key(lab.cfg.address(off)).split()[1] == pin.key
