@@ -68,9 +68,11 @@ def test_service_file_holds_the_password_defaults_to_tls_and_refuses_newlines():
 def test_database_url_quotes_the_password_and_prints_only_redacted(params):
     register(PASSWORD)
     url = migration.render_database_url(params, PASSWORD)
-    assert url.startswith("postgres://rails:") and url.endswith("@10.0.1.5:5432/hcb_production")
+    tls = "?sslmode=verify-full&sslrootcert=/etc/hcbpg/tls/lab-postgres-ca.crt"
+    assert url.startswith("postgres://rails:") and url.endswith("@10.0.1.5:5432/hcb_production" + tls)
     assert migration.parse_source_url(url)["password"] == PASSWORD
-    assert migration.redact_url(url) == f"postgres://rails:{REDACTED}@10.0.1.5:5432/hcb_production"
+    assert migration.parse_source_url(url)["sslmode"] == "verify-full"
+    assert migration.redact_url(url) == f"postgres://rails:{REDACTED}@10.0.1.5:5432/hcb_production" + tls
     assert PASSWORD not in scrub(url) and "s3cr3t" not in scrub(url)
 
 
@@ -80,12 +82,13 @@ def test_app_urls_go_to_a_0600_file_and_only_redacted_urls_are_shown(params, tmp
     migration.show_urls(urls)
     out = capsys.readouterr().out
     assert PASSWORD not in out and "s3cr3t" not in out
-    assert f"DATABASE_URL=postgres://rails:{REDACTED}@10.0.1.5:5432/hcb_production" in out
-    assert "BLAZER_DATABASE_URL=" in out
+    tls = "?sslmode=verify-full&sslrootcert=/etc/hcbpg/tls/lab-postgres-ca.crt"
+    assert f"DATABASE_URL=postgres://rails:{REDACTED}@10.0.1.5:5432/hcb_production{tls}" in out
+    assert f"BLAZER_DATABASE_URL=postgres://rails:{REDACTED}@10.0.1.5:5432/hcb_production{tls}" in out
     assert urls.path == tmp_path / "state" / "hcbpg" / "lab" / "app-database-urls.env"
     assert stat.S_IMODE(urls.path.stat().st_mode) == 0o600
     text = urls.path.read_text()
-    assert text.count("DATABASE_URL=postgres://rails:") == 2
+    assert text.count("DATABASE_URL='postgres://rails:") == 2  # quoted: the TLS query has & and ?
     assert "outputs" not in str(urls.path)
 
 

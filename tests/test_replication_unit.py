@@ -82,7 +82,8 @@ def test_primary_conninfo_has_passfile_and_no_password():
     ci = desired_replication.render_primary_conninfo(P, S1, S2)
     parsed = conninfo.parse_conninfo(ci)
     assert parsed == {"host": "10.0.1.5", "port": "5432", "user": "repuser", "passfile": "/var/lib/postgresql/.pgpass",
-                      "application_name": "server-postgres-2", "sslmode": "prefer"}
+                      "application_name": "server-postgres-2", "sslmode": "verify-full",
+                      "sslrootcert": "/etc/hcbpg/tls/lab-postgres-ca.crt"}
 
 
 def test_parse_conninfo_reads_quoted_values_as_pg_basebackup_writes_them():
@@ -283,9 +284,11 @@ def test_failover_refused_without_a_running_replica():
 
 def test_database_url_is_registered_and_redacted():
     url = fo.render_database_url(P, S2, "app-password-123456")
-    assert url == "postgres://rails:app-password-123456@10.0.1.6:5432/hcb_production"
+    assert url == ("postgres://rails:app-password-123456@10.0.1.6:5432/hcb_production"
+                   "?sslmode=verify-full&sslrootcert=/etc/hcbpg/tls/lab-postgres-ca.crt")
     assert "app-password-123456" not in scrub(url)
-    assert fo.redacted_database_url(P, S2) == "postgres://rails:[secret]@10.0.1.6:5432/hcb_production"
+    assert fo.redacted_database_url(P, S2) == ("postgres://rails:[secret]@10.0.1.6:5432/hcb_production"
+                                               "?sslmode=verify-full&sslrootcert=/etc/hcbpg/tls/lab-postgres-ca.crt")
 
 
 def test_pg_basebackup_progress_is_read_from_its_log():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
+from hcbpg.desired import tls as desired_tls
 from hcbpg.errors import ParamsError
 from hcbpg.pg.conf import MANAGED_HEADER, SettingValue, quote_setting
 from hcbpg.pg.conninfo import conninfo_quote, pgpass_field
@@ -117,10 +118,12 @@ def render_passfile(params: "Params", server: "Server", password: str) -> str:
 
 
 def render_primary_conninfo(params: "Params", primary: "Server", standby: "Server") -> str:
-    """primary_conninfo for *standby*: host, port, role, passfile, application_name; never a password."""
+    """primary_conninfo for *standby*: host, port, role, passfile, application_name, TLS; never a password."""
     rep = replication_params(params)
     parts = {"host": primary.private_ip, "port": str(params.postgres.port), "user": rep.role,
-             "passfile": passfile_path(), "application_name": standby.name, "sslmode": "prefer"}
+             "passfile": passfile_path(), "application_name": standby.name,
+             # verify-full: the replica checks the primary's certificate against the environment's CA
+             **desired_tls.client_tls(params)}
     return " ".join(f"{k}={conninfo_quote(v)}" for k, v in parts.items())
 
 

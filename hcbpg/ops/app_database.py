@@ -23,7 +23,9 @@ import psycopg
 from psycopg import sql
 
 from hcbpg.adapters.psql import Psql, render
+from hcbpg.desired import tls as desired_tls
 from hcbpg.errors import SafetyCheckFailed
+from hcbpg.ops import tls as tls_ops
 from hcbpg.outcome import Check, Outcome
 from hcbpg.pg.scram import md5_matches, scram_matches, scram_verifier
 from hcbpg.secrets import register, scrub
@@ -243,7 +245,8 @@ def _psql_on(app: "Host", params: "Params", password: str, script: str, *, serve
              quiet: bool = False, display: str = "") -> Any:
     """Run *script* with psql on the app host as the app role; the password goes in on stdin, never argv."""
     pg = params.postgres
-    conninfo = f"host={server_ip} port={pg.port} dbname={pg.database} user={pg.app_role} connect_timeout=10"
+    conninfo = (f"host={server_ip} port={pg.port} dbname={pg.database} user={pg.app_role} connect_timeout=10 "
+                f"{desired_tls.conninfo_tls(params)}")
     cmd = ("IFS= read -r PGPASSWORD && export PGPASSWORD && exec psql -X -q -A -t -v ON_ERROR_STOP=1 "
            f"-d {shlex.quote(conninfo)} -f -")
     return app.run(cmd, stdin=password + "\n" + script, check=False, quiet=quiet,
@@ -361,8 +364,11 @@ def check_psycopg_from_app(app: "Host", params: "Params", password: str, *, serv
     started = time.monotonic()
     try:
         with tunnel_via(app, server_ip, pg.port) as local:
-            with psycopg.connect(host="127.0.0.1", port=local, dbname=pg.database, user=pg.app_role,
-                                 password=password, connect_timeout=10, autocommit=True) as conn:
+            # through the tunnel, but verified as the server: libpq dials hostaddr and checks the
+            # certificate against host (the server's private IP) with the environment's CA
+            with psycopg.connect(host=server_ip, hostaddr="127.0.0.1", port=local, dbname=pg.database,
+                                 user=pg.app_role, password=password, connect_timeout=10, autocommit=True,
+                                 sslmode="verify-full", sslrootcert=str(tls_ops.ca_cert_path(params))) as conn:
                 ident = sql.Identifier(table)
                 conn.execute(sql.SQL(_create_scratch(temp) + " {} (id int PRIMARY KEY, note text NOT NULL)")
                              .format(ident))
@@ -392,20 +398,26 @@ def check_psycopg_from_app(app: "Host", params: "Params", password: str, *, serv
 OutsiderRunner = Callable[[str, str], "tuple[int, str]"]
 
 
-def check_outsider_refused(params: "Params", *, server_ip: str, password: str,
+def check_outsider_refused(params: "Params", *, server_ip: str, password: str | None = None,
                            outsider: OutsiderRunner | None, label: str = "outside the subnet") -> Check:
     """The app role cannot connect from an address outside the private subnet.
 
     *outsider(command, stdin)* runs a shell command from such an address and returns (exit
-    code, output).  Without one the check is a visible warning, not a silent pass.
+    code, output).  Without one the check is a visible warning, not a silent pass.  The probe
+    expects a refusal, so it never carries the real password: whatever answers at that address
+    (not necessarily our server: nothing is verified from out there) gets a random wrong one.
+    *password* is ignored (kept for callers).
     """
     name = f"rails refused from {label}"
     if outsider is None:
         return Check(name, "warn", "no outsider vantage point in this environment; not checked", server_ip)
     pg = params.postgres
-    conninfo = f"host={server_ip} port={pg.port} dbname={pg.database} user={pg.app_role} connect_timeout=5"
+    # TLS, so that pg_hba's hostssl rules (not the final plaintext reject) decide
+    conninfo = (f"host={server_ip} port={pg.port} dbname={pg.database} user={pg.app_role} connect_timeout=5 "
+                "sslmode=require")
     cmd = f"IFS= read -r PGPASSWORD && export PGPASSWORD && exec psql -X -A -t -d {shlex.quote(conninfo)} -c 'SELECT 1'"
-    code, output = outsider(cmd, password + "\n")
+    probe = register("wrong-" + _stdlib_secrets.token_urlsafe(12))
+    code, output = outsider(cmd, probe + "\n")
     output = scrub(output)
     if code == 0:
         return Check(name, "fail", "connected from outside the subnet", server_ip)

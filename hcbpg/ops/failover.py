@@ -35,6 +35,7 @@ from psycopg import sql
 from hcbpg.adapters.psql import Psql
 from hcbpg.desired import replication as desired_replication
 from hcbpg.desired import server as desired_server
+from hcbpg.desired import tls as desired_tls
 from hcbpg.errors import (
     DatabaseError,
     HcbpgError,
@@ -207,13 +208,15 @@ def render_database_url(params: "Params", server: "Server", password: str) -> st
     pg = params.postgres
     register(password)
     url = (f"postgres://{urllib.parse.quote(pg.app_role, safe='')}:{urllib.parse.quote(password, safe='')}"
-           f"@{server.private_ip}:{pg.port}/{urllib.parse.quote(pg.database, safe='')}")
+           f"@{server.private_ip}:{pg.port}/{urllib.parse.quote(pg.database, safe='')}"
+           f"?{desired_tls.url_tls_query(params)}")
     return register(url)
 
 
 def redacted_database_url(params: "Params", server: "Server") -> str:
     pg = params.postgres
-    return f"postgres://{pg.app_role}:[secret]@{server.private_ip}:{pg.port}/{pg.database}"
+    return (f"postgres://{pg.app_role}:[secret]@{server.private_ip}:{pg.port}/{pg.database}"
+            f"?{desired_tls.url_tls_query(params)}")
 
 
 def database_url_path(params: "Params") -> Path:

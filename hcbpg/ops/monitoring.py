@@ -19,6 +19,7 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from hcbpg.desired import tls as desired_tls
 from hcbpg.ops.packages import get_installed_packages
 from hcbpg.outcome import Check, Outcome, unified_diff
 from hcbpg.pg.conf import MANAGED_HEADER
@@ -87,6 +88,11 @@ def render_vector_config(params: "Params", server: "Server", cfg: "RolesConfig",
         'namespace = "postgresql"',
         f"scrape_interval_secs = {int(scrape_interval_s)}",
         "",
+        "[sources.hcbpg_postgresql.tls]",
+        f"ca_file = {_toml_str(desired_tls.client_ca_path(params))}",
+        "verify_certificate = true",
+        "verify_hostname = true",
+        "",
         "[transforms.hcbpg_postgresql_tags]",
         'type = "remap"',
         'inputs = ["hcbpg_postgresql"]',
@@ -116,7 +122,9 @@ def render_vector_env(params: "Params", server: "Server", cfg: "RolesConfig", pa
                       appsignal_key: str | None = None, appsignal: bool = False) -> str:
     """``/etc/default/vector``: the config dir and the endpoint with the password (placeholder when None)."""
     role = cfg.monitoring.name if cfg.monitoring else "vector"
-    url = postgres_url(role, password, server.private_ip, params.postgres.port, "postgres", sslmode="prefer")
+    # Vector's driver knows sslmode=require only; the [sources...tls] section makes it verify the
+    # certificate and its name against the environment's CA
+    url = postgres_url(role, password, server.private_ip, params.postgres.port, "postgres", sslmode="require")
     lines = [MANAGED_HEADER, f"# Environment of Vector on {server.name} (mode 0600: it holds a password).",
              "VECTOR_CONFIG_DIR=/etc/vector", f"{VECTOR_ENDPOINT_VAR}={_shell_value(url)}"]
     if appsignal:
@@ -133,8 +141,9 @@ def exporter_listen(server: "Server") -> str:
 def render_exporter_env(params: "Params", server: "Server", cfg: "RolesConfig", password: str | None) -> str:
     """``/etc/default/prometheus-postgres-exporter`` (the Debian unit's EnvironmentFile) for *server*."""
     role = cfg.exporter.name if cfg.exporter else "postgres_exporter"
-    # the exporter's lib/pq has no sslmode=prefer; the connection never leaves the host
-    dsn = postgres_url(role, password, server.private_ip, params.postgres.port, "postgres", sslmode="disable")
+    # to the private IP, so pg_hba's hostssl rule applies: lib/pq verifies the certificate and its name
+    dsn = postgres_url(role, password, server.private_ip, params.postgres.port, "postgres",
+                       sslmode="verify-full", sslrootcert=desired_tls.client_ca_path(params))
     # pg_hba admits the exporter to the postgres database only: the statistics it reads are cluster-wide
     args = f"--web.listen-address={exporter_listen(server)} --extend.query-path={EXPORTER_QUERIES}"
     return "\n".join([

@@ -45,6 +45,7 @@ from psycopg import sql
 from hcbpg import secrets as hsecrets
 from hcbpg.adapters.host import Host
 from hcbpg.adapters.psql import Psql, render
+from hcbpg.desired import tls as desired_tls
 from hcbpg.desired.roles import RolesConfig
 from hcbpg.errors import HostUnreachable, SafetyCheckFailed
 from hcbpg.ops.app_database import get_role
@@ -609,9 +610,10 @@ def check_passwords(psql: Psql, cfg: RolesConfig) -> list[Check]:
 # connection checks (from the app host, the jumpbox, outside) -----------------------------------
 
 def psql_as(host: "Host", *, role: str, password: str, server_ip: str, port: int, dbname: str, script: str,
-            display: str) -> "tuple[bool, str]":
-    """Run *script* with psql on *host* as *role* over the network; the password goes on stdin only."""
-    conninfo = f"host={server_ip} port={port} dbname={dbname} user={role} connect_timeout=10"
+            display: str, tls: str) -> "tuple[bool, str]":
+    """Run *script* with psql on *host* as *role* over the network (TLS words *tls*, see
+    ``desired.tls.conninfo_tls``); the password goes on stdin only."""
+    conninfo = f"host={server_ip} port={port} dbname={dbname} user={role} connect_timeout=10 {tls}"
     cmd = ("IFS= read -r PGPASSWORD && export PGPASSWORD && exec psql -X -q -A -t -v ON_ERROR_STOP=1 "
            f"-d {shlex.quote(conninfo)} -f -")
     res = host.run(cmd, stdin=password + "\n" + script, check=False, display=display)
@@ -630,19 +632,24 @@ def check_metabase_access(jumpbox: "Host", others: Sequence["Host"], cfg: RolesC
     def q(table: str) -> str:
         return sql.SQL("SELECT count(*) FROM {};\n").format(sql.Identifier(*table.split("."))).as_string(None)
 
-    ok, output = psql_as(jumpbox, role=name, password=pw, server_ip=server_ip, port=port, dbname=cfg.database,
+    ok, output = psql_as(jumpbox, tls=desired_tls.conninfo_tls(params),
+                         role=name, password=pw, server_ip=server_ip, port=port, dbname=cfg.database,
                          script=q(listed), display=f"psql as {name}@{server_ip}: SELECT count(*) FROM {listed}")
     out.append(Check.of(f"{name} reads listed table {listed} from the jumpbox", ok,
                         f"{output.splitlines()[-1] if ok and output else output[-200:]} row(s)" if ok
                         else output[-200:], jumpbox.name))
-    ok, output = psql_as(jumpbox, role=name, password=pw, server_ip=server_ip, port=port, dbname=cfg.database,
+    ok, output = psql_as(jumpbox, tls=desired_tls.conninfo_tls(params),
+                         role=name, password=pw, server_ip=server_ip, port=port, dbname=cfg.database,
                          script=q(unlisted_table),
                          display=f"psql as {name}@{server_ip}: SELECT count(*) FROM {unlisted_table} (must be refused)")
     denied = not ok and "permission denied" in output
     out.append(Check.of(f"{name} cannot read unlisted table {unlisted_table}", denied,
                         "permission denied" if denied else ("READ IT" if ok else output[-200:]), jumpbox.name))
     for other in others:
-        ok, output = psql_as(other, role=name, password=pw, server_ip=server_ip, port=port, dbname=cfg.database,
+        # expected to be refused: a random wrong password, never metabase's own
+        ok, output = psql_as(other, tls=desired_tls.conninfo_tls(params),
+                             role=name, password=_s.token_urlsafe(16), server_ip=server_ip, port=port,
+                             dbname=cfg.database,
                              script="SELECT 1;\n", display=f"psql as {name}@{server_ip} from {other.name} "
                                                           "(must be refused)")
         refused = not ok and "no pg_hba.conf entry" in output
@@ -662,7 +669,8 @@ def check_migrations_then_app(app: "Host", cfg: RolesConfig, params: "Params", *
     port = params.postgres.port
     mig, mig_pw = cfg.migrations.name, role_password(cfg, cfg.migrations.name)
     create = sql.SQL("CREATE TABLE {} (id bigserial PRIMARY KEY, note text NOT NULL);\n").format(t).as_string(None)
-    ok, output = psql_as(app, role=mig, password=mig_pw, server_ip=server_ip, port=port, dbname=cfg.database,
+    ok, output = psql_as(app, tls=desired_tls.conninfo_tls(params),
+                         role=mig, password=mig_pw, server_ip=server_ip, port=port, dbname=cfg.database,
                          script=create, display=f"psql as {mig}@{server_ip}: CREATE TABLE {table}")
     out = [Check.of(f"{mig} creates a table", ok, f"created {table}" if ok else output[-200:], app.name)]
     if not ok:
@@ -671,20 +679,23 @@ def check_migrations_then_app(app: "Host", cfg: RolesConfig, params: "Params", *
         use = sql.SQL("INSERT INTO {t} (note) VALUES ('written by the app');\n"
                       "UPDATE {t} SET note = note || ' and updated';\n"
                       "SELECT note FROM {t};\n").format(t=t).as_string(None)
-        ok, output = psql_as(app, role=cfg.app_role, password=app_password, server_ip=server_ip, port=port,
+        ok, output = psql_as(app, tls=desired_tls.conninfo_tls(params),
+                             role=cfg.app_role, password=app_password, server_ip=server_ip, port=port,
                              dbname=cfg.database, script=use,
                              display=f"psql as {cfg.app_role}@{server_ip}: write and read {table}")
         good = ok and "written by the app and updated" in output
         out.append(Check.of(f"{cfg.app_role} uses the table {mig} created", good,
                             "inserted (sequence), updated and read it (default privileges)" if good else output[-200:],
                             app.name))
-        ok, output = psql_as(app, role=cfg.app_role, password=app_password, server_ip=server_ip, port=port,
+        ok, output = psql_as(app, tls=desired_tls.conninfo_tls(params),
+                             role=cfg.app_role, password=app_password, server_ip=server_ip, port=port,
                              dbname=cfg.database, script=sql.SQL("DROP TABLE {};\n").format(t).as_string(None),
                              display=f"psql as {cfg.app_role}@{server_ip}: DROP TABLE {table} (must be refused)")
         out.append(Check.of(f"{cfg.app_role} cannot drop it", not ok and "must be owner" in output,
                             "must be owner" if not ok else "DROPPED IT", app.name))
     finally:
-        psql_as(app, role=mig, password=mig_pw, server_ip=server_ip, port=port, dbname=cfg.database,
+        psql_as(app, tls=desired_tls.conninfo_tls(params),
+                role=mig, password=mig_pw, server_ip=server_ip, port=port, dbname=cfg.database,
                 script=sql.SQL("DROP TABLE IF EXISTS {};\n").format(t).as_string(None),
                 display=f"psql as {mig}@{server_ip}: DROP TABLE {table}")
     return out
@@ -717,7 +728,8 @@ def verify_access(app: "Host", jumpbox: "Host | None", cfg: RolesConfig, params:
                          f"the jumpbox ({cfg.jumpbox_ip}) is not reachable over SSH from here: not checked",
                          cfg.jumpbox_ip or ""))
         pw = role_password(cfg, cfg.metabase.name)
-        ok, output = psql_as(app, role=cfg.metabase.name, password=pw, server_ip=server_ip,
+        ok, output = psql_as(app, tls=desired_tls.conninfo_tls(params),
+                             role=cfg.metabase.name, password=pw, server_ip=server_ip,
                              port=params.postgres.port, dbname=cfg.database, script="SELECT 1;\n",
                              display=f"psql as {cfg.metabase.name}@{server_ip} from {app.name} (must be refused)")
         refused = not ok and "no pg_hba.conf entry" in output

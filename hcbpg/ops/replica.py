@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from hcbpg.adapters.psql import Psql
 from hcbpg.desired import server as desired_server
+from hcbpg.desired import tls as desired_tls
 from hcbpg.desired.replication import (
     bin_path,
     passfile_path,
@@ -117,7 +118,7 @@ def render_basebackup_command(params: "Params", primary: "Server", standby: "Ser
     """pg_basebackup as postgres on the standby: -R (recovery config), -P (progress), WAL streamed, our slot."""
     rep = replication_params(params)
     conninfo = (f"host={primary.private_ip} port={params.postgres.port} user={rep.role} "
-                f"passfile={passfile_path()} application_name={standby.name}")
+                f"passfile={passfile_path()} application_name={standby.name} {desired_tls.conninfo_tls(params)}")
     return (f"{bin_path(params, 'pg_basebackup')} -d {shlex.quote(conninfo)} -D {shlex.quote(pgdata)} "
             f"-R -P -v -w -X stream --checkpoint=fast --slot {slot_name(standby.name)}")
 
@@ -187,7 +188,7 @@ def run_rewind(host: "Host", params: "Params", primary: "Server", standby: "Serv
     """pg_rewind *standby*'s data directory from *primary* over libpq, as postgres (the server must be stopped)."""
     rep = replication_params(params)
     source = (f"host={primary.private_ip} port={params.postgres.port} user={rep.role} dbname=postgres "
-              f"passfile={passfile_path()}")
+              f"passfile={passfile_path()} {desired_tls.conninfo_tls(params)}")
     conf = f"{desired_server.config_dir(params)}/postgresql.conf"
     host.run(f"{bin_path(params, 'pg_rewind')} -D {shlex.quote(pgdata)} --source-server={shlex.quote(source)} "
              f"--config-file={shlex.quote(conf)} -P", sudo_user="postgres", timeout=6 * 3600,

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from psycopg import sql
 
 from hcbpg import secrets as hsecrets
+from hcbpg.desired import tls as desired_tls
 from hcbpg.desired.roles import RolesConfig
 from hcbpg.errors import SafetyCheckFailed, SecretError, UsageError
 from hcbpg.ops import migration, monitoring, replication
@@ -166,13 +167,15 @@ def verify_rotation(host: "Host", params: "Params", rot: Rotatable, old: str, ne
                     server_ip: str) -> list[Check]:
     """From *host*: the new password logs in, the old one is refused (password authentication failed)."""
     port = params.postgres.port
-    ok, output = psql_as(host, role=rot.role, password=new, server_ip=server_ip, port=port, dbname=rot.dbname,
+    ok, output = psql_as(host, tls=desired_tls.conninfo_tls(params),
+                         role=rot.role, password=new, server_ip=server_ip, port=port, dbname=rot.dbname,
                          script="SELECT current_user;\n",
                          display=f"psql as {rot.role}@{server_ip} with the NEW password")
     works = ok and rot.role in output
     out = [Check.of(f"{rot.role}: new password works", works,
                     f"logged in from {host.name}" if works else output[-200:], host.name)]
-    ok, output = psql_as(host, role=rot.role, password=old, server_ip=server_ip, port=port, dbname=rot.dbname,
+    ok, output = psql_as(host, tls=desired_tls.conninfo_tls(params),
+                         role=rot.role, password=old, server_ip=server_ip, port=port, dbname=rot.dbname,
                          script="SELECT 1;\n", display=f"psql as {rot.role}@{server_ip} with the OLD password "
                                                        "(must be refused)")
     refused = not ok and "password authentication failed" in output

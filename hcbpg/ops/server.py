@@ -23,6 +23,7 @@ from hcbpg.ops.config import (
     ensure_settings,
 )
 from hcbpg.ops.packages import ensure_packages, get_installed_packages, packages
+from hcbpg.ops.tls import ensure_server_tls
 from hcbpg.outcome import Check, Outcome
 from hcbpg.pg.conf import SettingValue
 from hcbpg.pg.hba import HbaRule
@@ -65,11 +66,13 @@ def install_server(host: "Host | None", params: "Params", server: "Server", *, d
 def allow_connections(host: "Host | None", params: "Params", server: "Server", *, dry_run: bool,
                       extra_settings: Mapping[str, SettingValue] | None = None,
                       extra_rules: Sequence[HbaRule] = ()) -> list[Outcome]:
-    """Step 03 on one server: pg_hba.conf first (so the new listener never meets the old rules), then settings."""
+    """Step 03 on one server: TLS files, pg_hba.conf (so the new listener never meets the old rules), then settings."""
     if host is not None and not dry_run and not get_cluster_running(host, params):
         raise SafetyCheckFailed(f"on {server.name}: cluster {params.postgres.version}/{params.postgres.cluster} "
                                 "is not running", hint="Run step 02 (install PostgreSQL) first.")
-    return [ensure_pg_hba(host, params, server, dry_run=dry_run, extra=extra_rules),
+    # the certificate first: the settings turn ssl on and name its files
+    return [*ensure_server_tls(host, params, server, dry_run=dry_run),
+            ensure_pg_hba(host, params, server, dry_run=dry_run, extra=extra_rules),
             ensure_settings(host, params, server, "connections", dry_run=dry_run, extra=extra_settings)]
 
 

@@ -65,11 +65,14 @@ def describe_source(conn: Mapping[str, str]) -> str:
     return f"{conn.get('user', '?')}@{conn.get('host')}:{conn.get('port', '5432')}/{conn.get('dbname')}"
 
 
-def render_database_url(params: "Params", password: str, *, host: str | None = None) -> str:
-    """DATABASE_URL for the app: rails on the primary's private IP (contains the password)."""
+def render_database_url(params: "Params", password: str, *, host: str | None = None,
+                        query: Mapping[str, str] | None = None) -> str:
+    """DATABASE_URL for the app: rails on the primary's private IP (contains the password); *query*
+    adds libpq parameters (TLS: ``desired.tls.client_tls``)."""
     pg = params.postgres
+    q = ("?" + urllib.parse.urlencode(dict(query), safe="/")) if query else ""
     return (f"postgres://{urllib.parse.quote(pg.app_role, safe='')}:{urllib.parse.quote(password, safe='')}"
-            f"@{host or params.primary.private_ip}:{pg.port}/{urllib.parse.quote(pg.database, safe='')}")
+            f"@{host or params.primary.private_ip}:{pg.port}/{urllib.parse.quote(pg.database, safe='')}{q}")
 
 
 def redact_url(url: str) -> str:

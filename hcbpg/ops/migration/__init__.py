@@ -120,6 +120,7 @@ from hcbpg.ops.migration.traffic import (
                                             AppUrls,
                                             compute_downtime,
                                             handoff_path,
+                                            render_database_url,
                                             render_env_file,
                                             show_downtime,
                                             show_urls,
@@ -133,7 +134,6 @@ from hcbpg.pg.conninfo import (
                                             describe_source,
                                             parse_source_url,
                                             redact_url,
-                                            render_database_url,
                                             render_service_file,
 )
 from hcbpg.pg.dump import filter_toc, plan_prerequisites, render_toc_filter

@@ -10,6 +10,7 @@ from psycopg import sql
 
 from hcbpg import secrets as hsecrets
 from hcbpg.adapters.psql import render
+from hcbpg.desired import tls as desired_tls
 from hcbpg.outcome import Check
 from hcbpg.pg.conninfo import parse_source_url, redact_url
 
@@ -21,7 +22,8 @@ if TYPE_CHECKING:  # pragma: no cover
 def app_psql(app: "Host", params: "Params", password: str, script: str, *, server_ip: str, display: str) -> Any:
     """psql on the app host as the app role (password on stdin, never argv); SQL on stdin."""
     pg = params.postgres
-    conninfo = f"host={server_ip} port={pg.port} dbname={pg.database} user={pg.app_role} connect_timeout=10"
+    conninfo = (f"host={server_ip} port={pg.port} dbname={pg.database} user={pg.app_role} connect_timeout=10 "
+                f"{desired_tls.conninfo_tls(params)}")
     cmd = ("IFS= read -r PGPASSWORD && export PGPASSWORD && exec psql -X -q -A -t -v ON_ERROR_STOP=1 "
            f"-d {shlex.quote(conninfo)} -f -")
     return app.run(cmd, stdin=password + "\n" + script, check=False, display=display)

@@ -12,8 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 from hcbpg import clock
 from hcbpg import secrets as hsecrets
+from hcbpg.desired import tls as desired_tls
 from hcbpg.display import show_table
-from hcbpg.pg.conninfo import redact_url, render_database_url
+from hcbpg.pg import conninfo as pg_conninfo
+from hcbpg.pg.conninfo import redact_url
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.params import Params
@@ -45,6 +47,12 @@ def write_private_file(path: Path, text: str) -> None:
         os.close(fd)
     os.chmod(tmp, 0o600)
     os.replace(tmp, path)
+
+
+def render_database_url(params: "Params", password: str, *, host: str | None = None) -> str:
+    """DATABASE_URL for the app: rails on the primary's private IP, ``sslmode=verify-full`` with the
+    environment's CA at ``desired.tls.client_ca_path`` on the app's machine (contains the password)."""
+    return pg_conninfo.render_database_url(params, password, host=host, query=desired_tls.client_tls(params))
 
 
 @dataclass
