@@ -394,7 +394,27 @@ def check_auto_conf(host: "Host", params: "Params", standby: "Server", primary: 
                  f"host={ci.get('host')} user={ci.get('user')} passfile={ci.get('passfile')}", standby.name),
         Check.of("primary_slot_name", settings.get("primary_slot_name") == slot_name(standby.name),
                  settings.get("primary_slot_name", "unset"), standby.name),
+        Check.of("primary_conninfo verifies the primary's certificate", ci.get("sslmode") == "verify-full"
+                 and bool(ci.get("sslrootcert")),
+                 f"sslmode={ci.get('sslmode')} sslrootcert={ci.get('sslrootcert')}", standby.name),
     ]
+
+
+def get_replication_tls(primary_psql: Psql, standby: "Server") -> dict[str, Any] | None:
+    """The walsender of *standby* joined with pg_stat_ssl on the primary (None: not connected)."""
+    rows = primary_psql.query(
+        sql.SQL("SELECT s.ssl, s.version, s.cipher FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid) "
+                "WHERE r.application_name = {}").format(sql.Literal(standby.name)))
+    return rows[0] if rows else None
+
+
+def check_replication_tls(primary_psql: Psql, standby: "Server") -> Check:
+    """The replication connection of *standby* is encrypted (pg_stat_ssl on the primary)."""
+    row = get_replication_tls(primary_psql, standby)
+    if row is None:
+        return Check("replication over TLS", "fail", f"no walsender for {standby.name}", primary_psql.host.name)
+    return Check.of("replication over TLS", bool(row["ssl"]),
+                    f"{row['version']} {row['cipher']}" if row["ssl"] else "NOT ENCRYPTED", standby.name)
 
 
 def get_auto_conf_text(host: "Host", params: "Params") -> str:
@@ -420,6 +440,7 @@ def check_replication(primary_host: "Host", replica_host: "Host", params: "Param
     else:
         out.append(Check("replica streaming, slot active", "fail", f"no pg_stat_replication row uses slot {slot}",
                          primary.name))
+    out.append(check_replication_tls(ppsql, standby))
     out.append(check_row_replicates(ppsql, rpsql, timeout=rep.catch_up_timeout_s))
     rows = [r for r in get_replication_rows(ppsql) if r["slot_name"] == slot]
     if rows:

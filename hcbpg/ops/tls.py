@@ -249,3 +249,53 @@ def check_server_cert(host: "HostLike", params: "Params", server: "Server", *,
     if days < params.tls.renew_days:
         return Check("TLS certificate", "warn", f"{detail}: run step 03 to renew it", server.name)
     return Check("TLS certificate", "pass", detail, server.name)
+
+
+# checks from a client machine ------------------------------------------------------------------------
+
+def _probe_psql(client: "HostLike", params: "Params", server: "Server", tls_words: str, display: str) -> tuple[bool, str]:
+    """psql from *client* to *server*'s private IP as the app role with a random wrong password.
+
+    Every probe here expects to be turned away (by TLS, pg_hba or the password), so none carries a
+    real password: whatever answers gets a throwaway one.
+    """
+    pg = params.postgres
+    conninfo = (f"host={server.private_ip} port={pg.port} dbname={pg.database} user={pg.app_role} "
+                f"connect_timeout=10 {tls_words}")
+    wrong = hsecrets.register("wrong-" + os.urandom(12).hex())
+    cmd = ("IFS= read -r PGPASSWORD && export PGPASSWORD && exec psql -X -q -A -t "
+           f"-d {shlex.quote(conninfo)} -c 'SELECT 1'")
+    res = client.run(cmd, stdin=wrong + "\n", check=False, quiet=True, display=display)
+    return res.ok, hsecrets.scrub(res.output.strip())
+
+
+def check_tls_from(client: "HostLike", params: "Params", server: "Server") -> list[Check]:
+    """From *client*: verify-full with our CA reaches password authentication (so TLS and the name
+    check passed); plaintext is refused by pg_hba; a client trusting another CA is refused by TLS."""
+    out = []
+    ok, text = _probe_psql(client, params, server, desired_tls.conninfo_tls(params),
+                           f"psql verify-full to {server.name} with a throwaway password (TLS handshake check)")
+    verified = not ok and "password authentication failed" in text
+    out.append(Check.of(f"TLS verify-full from {client.name}", verified,
+                        "certificate and name verified; reached password authentication" if verified
+                        else (text.splitlines() or ["?"])[-1][:200], server.name))
+    ok, text = _probe_psql(client, params, server, "sslmode=disable",
+                           f"psql sslmode=disable to {server.name} (must be refused by pg_hba)")
+    refused = not ok and "no pg_hba.conf entry" in text and "no encryption" in text
+    out.append(Check.of(f"plaintext refused from {client.name}", refused,
+                        "refused by pg_hba.conf (hostnossl ... reject)" if refused
+                        else ("CONNECTED IN PLAINTEXT" if ok else (text.splitlines() or ["?"])[-1][:200]),
+                        server.name))
+    other = render_ca(f"{params.environment}-not-ours").cert_pem
+    path = f"/tmp/hcbpg-other-ca-{os.urandom(4).hex()}.crt"
+    client.put_text(path, other, mode=0o644)
+    try:
+        ok, text = _probe_psql(client, params, server, f"sslmode=verify-full sslrootcert={path}",
+                               f"psql verify-full to {server.name} trusting another CA (must be refused)")
+    finally:
+        client.run(f"rm -f {shlex.quote(path)}", check=False, quiet=True)
+    refused = not ok and "certificate verify failed" in text
+    out.append(Check.of(f"another CA refused from {client.name}", refused,
+                        "TLS handshake refused: certificate verify failed" if refused
+                        else ("CONNECTED" if ok else (text.splitlines() or ["?"])[-1][:200]), server.name))
+    return out

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from hcbpg.desired import server as desired_server
 from hcbpg.ops import server as pg_server
+from hcbpg.ops import tls
 from hcbpg.outcome import Check, Outcome
 from hcbpg.steps.targets import app_host, server_hosts
 
@@ -28,16 +29,25 @@ def ensure_allowed(hosts: Mapping[str, "Host | None"], params: "Params", *, dry_
     return [o for s in params.servers for o in pg_server.allow_connections(hosts[s.name], params, s, dry_run=dry_run)]
 
 
-def apply(rb: "Run", hosts: Mapping[str, "Host | None"]) -> None:
-    """Server by server, each one's outcomes tracked (and shown unless a dry run) as it finishes."""
+def apply(rb: "Run", hosts: Mapping[str, "Host | None"], app: "Host | None" = None) -> None:
+    """Server by server, each one's outcomes tracked (and shown unless a dry run) as it finishes; then
+    the CA certificate on the app host, so its clients can verify the servers."""
     params = rb.params
     for s in params.servers:
         rb.track(pg_server.allow_connections(hosts[s.name], params, s, dry_run=rb.dry_run), show=not rb.dry_run)
+    if params.app_host is not None:
+        rb.track(tls.ensure_client_ca(app, params, dry_run=rb.dry_run), show=not rb.dry_run)
 
 
 def check_allowed(hosts: Mapping[str, "Host"], params: "Params", app: "Host | None") -> list[Check]:
-    """Settings in force with no restart pending; connections from the app host accepted."""
-    return [c for s in params.servers for c in pg_server.check_connections(hosts[s.name], params, s, app)]
+    """Settings in force with no restart pending; connections from the app host accepted; each server's
+    certificate; from the app host TLS verified, plaintext and a foreign CA refused."""
+    out = [c for s in params.servers for c in pg_server.check_connections(hosts[s.name], params, s, app)]
+    for s in params.servers:
+        out.append(tls.check_server_cert(hosts[s.name], params, s))
+        if app is not None:
+            out += tls.check_tls_from(app, params, s)
+    return out
 
 
 def render_pg_hba(params: "Params") -> dict[str, str]:

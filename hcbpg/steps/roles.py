@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from hcbpg.desired import server as desired_server
 from hcbpg.desired.roles import RolesConfig, roles_config  # noqa: F401 - the notebook's call
 from hcbpg.ops import config as pg_config
-from hcbpg.ops import monitoring, privileges
+from hcbpg.ops import monitoring, privileges, tls
 from hcbpg.ops.privileges import ensure_role_secrets, privileges_table  # noqa: F401 - the notebook's calls
 from hcbpg.outcome import Check, Outcome
 from hcbpg.steps.targets import app_host, primary_psql, server_hosts
@@ -55,6 +55,10 @@ def apply(rb: "Run", hosts: Mapping[str, "Host | None"], psql: "Psql | None", cf
         rb.track(pg_config.ensure_pg_hba(hosts[s.name], params, s, dry_run=False,
                                          extra=desired_server.all_hba_extra(params, s, cfg)))
     rb.track(privileges.ensure_privileges(psql, cfg, dry_run=False, host_name=params.primary.name))
+    jumpbox = privileges.jumpbox_host(params, cfg) if cfg.metabase is not None else None
+    if jumpbox is not None:
+        # metabase connects from the jumpbox: it verifies the servers with the environment's CA
+        rb.track(tls.ensure_client_ca(jumpbox, params, dry_run=False))
 
 
 def apply_monitoring(rb: "Run", hosts: Mapping[str, "Host | None"], cfg: RolesConfig) -> None:

@@ -38,9 +38,16 @@ def lab_params(lab, servers: Sequence[tuple[str, str, str]], **sections: Any) ->
         "ssh": {"user": "root", "key_file": str(lab.ssh_key), "connect_timeout": 5,
                 "known_hosts": str(cfg.known_hosts)},
         "postgres": {"app_role_password": f"file:{cfg.secret_path('rails-password')}"},
+        "tls": tls_section(lab),
     }
     data.update(sections)
     return data
+
+
+def tls_section(lab) -> dict:  # noqa: ANN001
+    """The lab's PostgreSQL CA (made by the first step that needs it, shared by the test modules)."""
+    return {"ca_cert": str(lab.cfg.lab_dir / "tls" / "postgres-ca.crt"),
+            "ca_key": f"file:{lab.cfg.secret_path('postgres-ca-key')}"}
 
 
 def pgbackrest_section(lab, **overrides: Any) -> dict:  # noqa: ANN001

@@ -34,6 +34,7 @@ from hcbpg.ops import health, monitoring, privileges, rotation
 from hcbpg.ops import replica as replica_ops
 from hcbpg.ops import replication as rep
 from hcbpg.ops import server as pg_server
+from hcbpg.ops import tls as tls_ops
 from hcbpg.params import parse_params
 from hcbpg.secrets import resolve
 
@@ -73,6 +74,8 @@ def hosts(params, lab):
     hs["jumpbox"] = Host.from_params(params, "jumpbox", lab.cfg.address(40))
     for h in hs.values():
         h.echo = OUTPUT.append
+    for name in ("app", "jumpbox"):  # what steps 03 and 13 do: the clients get the environment's CA
+        tls_ops.ensure_client_ca(hs[name], params, dry_run=False)
     yield hs
     for h in hs.values():
         h.close()

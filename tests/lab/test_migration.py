@@ -28,6 +28,7 @@ from hcbpg.ops import app_database as roles
 from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import migration
 from hcbpg.ops import server as pg_server
+from hcbpg.ops import tls as tls_ops
 from hcbpg.params import parse_params
 from hcbpg.secrets import register
 from hcbpg.steps import _migration as migration_steps
@@ -126,6 +127,7 @@ def env(lab, tmp_path_factory, monkeypatch_module):
     params = parse_params(data)
     host = Host.from_params(params, "server-postgres-1", ip)
     app = Host.from_params(params, "app", cfg.app_ip)
+    tls_ops.ensure_client_ca(app, params, dry_run=False)  # as step 03 does
     password = register(pw_file.read_text().strip())
     pg_server.install_server(host, params, params.primary, dry_run=False)
     pg_server.allow_connections(host, params, params.primary, dry_run=False)

@@ -19,10 +19,11 @@ from hcbpg.ops import app_database as roles
 from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import config as pg_config
 from hcbpg.ops import server as pg_server
+from hcbpg.ops import tls as tls_ops
 from hcbpg.params import parse_params
 from hcbpg.secrets import resolve
 
-from labparams import lab_params
+from labparams import lab_params, tls_section
 
 pytestmark = pytest.mark.lab
 
@@ -91,6 +92,7 @@ def test_apply_leaves_postgres_configured_and_rails_working_from_the_app_host(la
     outcomes = run_steps(params, hosts, password, dry_run=False)
     assert any(o.changed for o in outcomes)
     app = Host.from_params(params, "app", params.app_host.private_ip)
+    assert tls_ops.ensure_client_ca(app, params, dry_run=False).what == "PostgreSQL CA on app"
     checks = []
     for s in params.servers:
         checks += pg_server.check_server(hosts[s.name], params, s) + pg_server.check_connections(hosts[s.name], params, s, app)
@@ -104,10 +106,25 @@ def test_apply_leaves_postgres_configured_and_rails_working_from_the_app_host(la
     checks += roles.check_role_database(psql, params, password)
     checks += roles.verify_app_access(app, psql, params, password, server_ip=params.primary.private_ip,
                                       outsider=outsider)
+    for s in params.servers:
+        checks.append(tls_ops.check_server_cert(hosts[s.name], params, s))
+        checks += tls_ops.check_tls_from(app, params, s)
     failed = [f"{c.target} {c.name}: {c.detail}" for c in checks if c.status != "pass"]
     assert not failed, failed
     outsider_row = next(c for c in checks if c.name.startswith("rails refused from"))
     assert "pg_hba" in outsider_row.detail
+    # TLS, from the app host: plaintext refused by pg_hba, a client trusting another CA refused
+    by = {(c.target, c.name): c for c in checks}
+    for s in params.servers:
+        assert "hostnossl" in by[(s.name, "plaintext refused from app")].detail
+        assert "certificate verify failed" in by[(s.name, "another CA refused from app")].detail
+        assert "reached password authentication" in by[(s.name, "TLS verify-full from app")].detail
+    ssl = app.run("IFS= read -r PGPASSWORD && export PGPASSWORD && psql -X -A -t -d "
+                  f"'host={params.primary.private_ip} dbname={params.postgres.database} user={params.postgres.app_role} "
+                  "sslmode=verify-full sslrootcert=/etc/hcbpg/tls/lab-postgres-ca.crt' "
+                  "-c 'SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()'",
+                  stdin=password + "\n", quiet=True).stdout.strip()
+    assert ssl == "t|TLSv1.3", ssl
     print(f"apply + verify in {time.monotonic() - t0:.1f}s")
 
 
@@ -181,6 +198,7 @@ def run_home(lab, tmp_path_factory):
         "ssh": {"user": "root", "key_file": str(lab.ssh_key), "connect_timeout": 5,
                 "known_hosts": str(cfg.known_hosts)},
         "postgres": {"app_role_password": f"file:{cfg.secret_path('rails-password')}"},
+        "tls": tls_section(lab),
     }, sort_keys=False))
     env = {"HCBPG_HOME": str(home), "HCBPG_STATE_DIR": str(home / "state"), "HCBPG_LAB_DIR": str(lab.lab_dir),
            "HCBPG_NOTEBOOKS": str(Path(__file__).resolve().parents[2] / "notebooks")}
