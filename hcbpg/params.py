@@ -188,6 +188,10 @@ class Source(Model):
     method: Literal["heroku", "pg_dump"] = "pg_dump"
     #: the source's postgres:// URL (Heroku: DATABASE_URL); used on the primary, never printed
     url: SecretRef
+    #: the CA certificate (PEM file on the operator's machine) the source's server certificate chains to:
+    #: when set, the primary connects with sslmode=verify-full against it; without it, sslmode=require
+    #: (encrypted, but the server's identity is not checked)
+    ca_file: str | None = None
     heroku_app: str | None = None
     #: parallel jobs for pg_dump (directory format) and pg_restore
     jobs: int = Field(2, ge=1, le=64)
@@ -304,8 +308,8 @@ class Tls(Model):
     #: a ``file:`` that does not exist yet is created with a new CA on the first run
     ca_key: SecretRef | None = None
     #: how long a server certificate is valid, and how many days before its end step 03 renews it
-    cert_days: int = Field(397, ge=2, le=825)
-    renew_days: int = Field(30, ge=1)
+    cert_days: int = Field(default=397, ge=2, le=825)
+    renew_days: int = Field(default=30, ge=1)
     #: TLS 1.3 only: every client hcbpg configures (libpq 12+, lib/pq, pg gem on libpq) speaks it
     min_protocol: Literal["TLSv1.2", "TLSv1.3"] = "TLSv1.3"
     #: add require_auth=scram-sha-256 to clients: needs libpq 16+ on every client (the lab's is 15: off)

@@ -148,10 +148,10 @@ def test_settings_match_golden_for_each_part_and_server():
 def test_connection_settings_listen_on_localhost_and_the_private_ip_with_scram():
     p = params()
     parsed = pgconf.parse_settings(desired_server.render_settings(p, p.servers[1], "connections"))
-    assert parsed == {"listen_addresses": "'localhost,10.0.1.6'", "password_encryption": "'scram-sha-256'",
-                      "ssl": "on", "ssl_cert_file": "'/etc/postgresql/15/main/tls/server.crt'",
-                      "ssl_key_file": "'/etc/postgresql/15/main/tls/server.key'",
-                      "ssl_min_protocol_version": "'TLSv1.3'"}
+    assert parsed == {"listen_addresses": "'localhost,10.0.1.6'", "password_encryption": "'scram-sha-256'"}
+    tls = pgconf.parse_settings(desired_server.render_settings(p, p.servers[1], "tls"))
+    assert tls == {"ssl": "on", "ssl_cert_file": "'/etc/postgresql/15/main/tls/server.crt'",
+                   "ssl_key_file": "'/etc/postgresql/15/main/tls/server.key'", "ssl_min_protocol_version": "'TLSv1.3'"}
 
 
 def test_settings_take_params_and_extra_entries_sorted_and_quoted():

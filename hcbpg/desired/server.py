@@ -42,6 +42,7 @@ def hba_path(params: "Params") -> str:
 #: the conf.d include files hcbpg owns, one per concern, read in name order after postgresql.conf
 SETTINGS_FILES = {
     "identity": "10-hcbpg-identity.conf",        # step 02: cluster_name
+    "tls": "15-hcbpg-tls.conf",                  # step 03: ssl on, certificate, TLS 1.3 (before pg_hba's hostssl)
     "connections": "20-hcbpg-connections.conf",  # step 03: listen_addresses, password_encryption, postgres.settings
     "replication": "30-hcbpg-replication.conf",  # step 10: slot WAL cap, hot_standby, wal_keep_size
 }
@@ -57,6 +58,8 @@ def settings_for(params: "Params", server: "Server", part: str) -> dict[str, Set
         # wal_log_hints needs a restart: set it before the first start so that step 10 (replication,
         # pg_rewind after a failover) never has to restart the primary for it
         return {"cluster_name": server.name, "wal_log_hints": True}
+    if part == "tls":
+        return tls.ssl_settings(params)
     if part == "replication":
         if params.replication is None:
             return {}
@@ -65,10 +68,9 @@ def settings_for(params: "Params", server: "Server", part: str) -> dict[str, Set
         out: dict[str, SettingValue] = {
             "listen_addresses": f"localhost,{server.private_ip}",
             "password_encryption": "scram-sha-256",
-            **tls.ssl_settings(params),
         }
         problems = []
-        owned = set(out) | {"ssl_ca_file", "ssl_crl_file", "cluster_name", "port", "data_directory", "hba_file", "ident_file",
+        owned = set(out) | set(tls.ssl_settings(params)) | {"ssl_ca_file", "ssl_crl_file", "cluster_name", "port", "data_directory", "hba_file", "ident_file",
                             "external_pid_file", "include_dir"}
         for key, value in params.postgres.settings.items():
             if not SETTING_NAME.match(key):
@@ -86,6 +88,7 @@ def settings_for(params: "Params", server: "Server", part: str) -> dict[str, Set
 
 _PART_TITLES = {
     "identity": "identity (step 02_install_postgres)",
+    "tls": "TLS (step 03_allow_connections; tls.* from params)",
     "connections": "connections (step 03_allow_connections; postgres.settings from params)",
     "replication": "replication (step 10_replication; replication.* from params)",
 }

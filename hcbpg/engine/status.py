@@ -13,13 +13,26 @@ import logging
 import sys
 
 from hcbpg.adapters import hostkeys
-from hcbpg.ops import health
-from hcbpg.params import home, load_params
+from hcbpg.adapters.host import Host
+from hcbpg.errors import HcbpgError
+from hcbpg.ops import health, tls
+from hcbpg.outcome import Check
+from hcbpg.params import Params, Server, home, load_params
 
 
 def _recorded_servers(env: str, params) -> list[dict]:  # noqa: ANN001
     """The servers' addresses pinned with their host keys (never read from an executed notebook)."""
     return list(hostkeys.pinned_servers(params))
+
+
+def _cert_check(host: Host | None, params: Params, server: Server) -> Check:
+    """The server's TLS certificate and when it expires (warn inside ``tls.renew_days``: run step 03)."""
+    if host is None:
+        return Check("TLS certificate", "fail", "unknown: server unreachable", server.name)
+    try:
+        return tls.check_server_cert(host, params, server)
+    except HcbpgError as exc:
+        return Check("TLS certificate", "fail", f"unknown: {exc.message.splitlines()[0][:200]}", server.name)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -30,11 +43,12 @@ def cmd_status(args: argparse.Namespace) -> int:
                               connect_timeout=args.connect_timeout)
     try:
         measurements = health.get_measurements(hosts, params)
+        cert_checks = [_cert_check(hosts.get(s.name), params, s) for s in params.servers]
     finally:
         for h in hosts.values():
             if h is not None:
                 h.close()
-    checks = health.evaluate(measurements, health.thresholds_from(params))
+    checks = health.evaluate(measurements, health.thresholds_from(params)) + cert_checks
     code = health.exit_code(checks)
     if args.json:
         json.dump({"environment": args.env, "exit_code": code,

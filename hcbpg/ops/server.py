@@ -70,15 +70,17 @@ def allow_connections(host: "Host | None", params: "Params", server: "Server", *
     if host is not None and not dry_run and not get_cluster_running(host, params):
         raise SafetyCheckFailed(f"on {server.name}: cluster {params.postgres.version}/{params.postgres.cluster} "
                                 "is not running", hint="Run step 02 (install PostgreSQL) first.")
-    # the certificate first: the settings turn ssl on and name its files
+    # the certificate first, then ssl on (PostgreSQL refuses hostssl rules while ssl is off), then pg_hba
     return [*ensure_server_tls(host, params, server, dry_run=dry_run),
+            ensure_settings(host, params, server, "tls", dry_run=dry_run),
             ensure_pg_hba(host, params, server, dry_run=dry_run, extra=extra_rules),
             ensure_settings(host, params, server, "connections", dry_run=dry_run, extra=extra_settings)]
 
 
 def check_connections(host: "Host", params: "Params", server: "Server", app: "Host | None" = None) -> list[Check]:
     """Step 03's checks: settings in force, pg_hba ours and loaded, and the port open from the app host."""
-    out = check_settings(host, params, server, "connections") + check_pg_hba(host, params, server)
+    out = (check_settings(host, params, server, "tls") + check_settings(host, params, server, "connections")
+           + check_pg_hba(host, params, server))
     if app is not None:
         port = params.postgres.port
         res = app.probe(f"timeout 5 bash -c '</dev/tcp/{server.private_ip}/{port}'")

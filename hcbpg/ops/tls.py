@@ -121,7 +121,8 @@ def get_ca(params: "Params", *, create: bool) -> Ca | None:
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise SecretError("tls.ca_key: not an EC private key")
         ca = Ca(cert_path.read_text(), key)
-        if ca.cert.public_key().public_numbers() != key.public_key().public_numbers():
+        spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        if ca.cert.public_key().public_bytes(*spki) != key.public_key().public_bytes(*spki):
             raise SecretError(f"tls.ca_key does not belong to the CA certificate {cert_path}",
                               hint="Point tls.ca_key and tls.ca_cert at the same CA.")
     _CA_CACHE[(str(cert_path), ref)] = ca

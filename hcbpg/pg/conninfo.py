@@ -46,11 +46,17 @@ def parse_source_url(url: str) -> dict[str, str]:
 
 
 def render_service_file(conn: Mapping[str, str], *, name: str = SERVICE_NAME,
-                        application_name: str = APPLICATION_NAME) -> str:
-    """A libpq service file (pg_service.conf) with one section; values may not span lines."""
+                        application_name: str = APPLICATION_NAME, sslrootcert: str | None = None) -> str:
+    """A libpq service file (pg_service.conf) with one section; values may not span lines.
+
+    With *sslrootcert* (the source's CA, ``source.ca_file``) the source is ``verify-full``;
+    else a remote source is at least ``require`` (encrypted, its identity unchecked).
+    """
     lines = ["# written by hcbpg for the migration; removed when the step ends", f"[{name}]"]
     merged = {**conn, "application_name": application_name}
-    if "sslmode" not in merged and merged.get("host") not in ("localhost", "127.0.0.1", "::1"):
+    if sslrootcert:
+        merged["sslmode"], merged["sslrootcert"] = "verify-full", sslrootcert
+    elif "sslmode" not in merged and merged.get("host") not in ("localhost", "127.0.0.1", "::1"):
         merged["sslmode"] = "require"  # Heroku only takes TLS; so do we by default
     for key in sorted(merged):
         value = merged[key]

@@ -87,7 +87,11 @@ def run_label(rb: MigrationRunbook) -> str:
 def connect(rb: MigrationRunbook) -> "tuple[Host | None, migration.Source | None]":
     """The primary (None before it is provisioned) and the source reached from it."""
     host = targets.server_host(rb, rb.params.primary)  # type: ignore[arg-type]
-    return host, (migration.Source(host, rb.secret("source.url")) if host else None)
+    if host is None:
+        return None, None
+    # with source.ca_file the primary verifies the source's certificate and name (verify-full)
+    ca = migration.ensure_source_ca(host, rb.params, dry_run=rb.dry_run)
+    return host, migration.Source(host, rb.secret("source.url"), sslrootcert=ca)
 
 
 def plan(rb: MigrationRunbook, host: "Host | None", source: "migration.Source | None") -> "migration.Plan | None":

@@ -101,7 +101,15 @@ from hcbpg.ops.migration.settings import (
                                             render_restore_settings,
                                             restore_part_path,
 )
-from hcbpg.ops.migration.source import SECRET_DIR, Source, get_source_facts, get_source_sessions, target
+from hcbpg.ops.migration.source import (
+                                            SECRET_DIR,
+                                            SOURCE_CA_PATH,
+                                            Source,
+                                            ensure_source_ca,
+                                            get_source_facts,
+                                            get_source_sessions,
+                                            target,
+)
 from hcbpg.ops.migration.stream import (
                                             LOW_PRIORITY,
                                             SPLIT_AWK,
@@ -177,6 +185,7 @@ __all__ = [
     "parse_marked_json", "parse_source_url", "plan_create_statements", "plan_fresh_database", "plan_migration",
     "plan_prerequisites", "plan_recreate", "plan_restore_settings", "plan_without_primary", "prepare_dump_dir",
     "prerequisite_statements", "read_files", "redact_url", "remove_dump", "remove_restore_settings", "render",
+    "SOURCE_CA_PATH", "ensure_source_ca",
     "render_bundle", "render_database_url", "render_db_setting", "render_download", "render_dump_session",
     "render_env_file", "render_heroku_commands", "render_on_target", "render_pg_dump", "render_pg_restore",
     "render_prepare_sql", "render_reload_and_wait", "render_restore_settings", "render_service_file",

@@ -4,11 +4,14 @@ the source's facts and sessions."""
 
 from __future__ import annotations
 
+import os
 import shlex
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hcbpg import secrets as hsecrets
 from hcbpg.adapters.psql import PsqlEndpoint, ServiceFileEndpoint
+from hcbpg.errors import ParamsError
 from hcbpg.pg.conninfo import APPLICATION_NAME, SERVICE_NAME, describe_source, parse_source_url, render_service_file
 from hcbpg.pg.inventory import SOURCE_FACTS_SQL
 
@@ -34,13 +37,39 @@ class Source(ServiceFileEndpoint):
     Use as a context manager: the file is written on enter and removed on exit.
     """
 
-    def __init__(self, host: "Host", url: str) -> None:
+    def __init__(self, host: "Host", url: str, *, sslrootcert: str | None = None) -> None:
         self.conn = parse_source_url(hsecrets.register(url))
         if self.conn.get("password"):
             hsecrets.register(self.conn["password"])
-        super().__init__(host, service_name=SERVICE_NAME, service_text=render_service_file(self.conn),
+        super().__init__(host, service_name=SERVICE_NAME,
+                         service_text=render_service_file(self.conn, sslrootcert=sslrootcert),
                          directory=SECRET_DIR, label=f"the source ({describe_source(self.conn)})",
                          database=self.conn.get("dbname"))
+
+
+#: where the source's CA (``source.ca_file``) is put on the primary
+SOURCE_CA_PATH = "/etc/hcbpg/tls/source-ca.crt"
+
+
+def ensure_source_ca(host: "Host", params: "Params", *, dry_run: bool = False) -> str | None:
+    """Put ``source.ca_file`` on the primary (idempotent); its path there, or None without one
+    (a dry run writes nothing: the path only when the file is there already)."""
+    src = params.source
+    if src is None or not src.ca_file:
+        return None
+    try:
+        pem = Path(os.path.expanduser(src.ca_file)).read_text()
+    except OSError as exc:
+        raise ParamsError("params", [f"source.ca_file: cannot read {src.ca_file}: {exc.strerror}"]) from None
+    if "BEGIN CERTIFICATE" not in pem:
+        raise ParamsError("params", [f"source.ca_file: {src.ca_file} holds no PEM certificate"])
+    current = host.read_text(SOURCE_CA_PATH)
+    if dry_run:
+        return SOURCE_CA_PATH if current == pem else None
+    if current != pem:
+        host.run("mkdir -p -m 755 /etc/hcbpg/tls", quiet=True)
+        host.put_text(SOURCE_CA_PATH, pem, mode=0o644)
+    return SOURCE_CA_PATH
 
 
 def get_source_facts(source: "Source") -> dict[str, Any]:
