@@ -70,8 +70,9 @@ def settings_for(params: "Params", server: "Server", part: str) -> dict[str, Set
             "password_encryption": "scram-sha-256",
         }
         problems = []
-        owned = set(out) | set(tls.ssl_settings(params)) | {"ssl_ca_file", "ssl_crl_file", "cluster_name", "port", "data_directory", "hba_file", "ident_file",
+        owned = set(out) | {"cluster_name", "port", "data_directory", "hba_file", "ident_file",
                             "external_pid_file", "include_dir"}
+        owned |= {*tls.ssl_settings(params), "ssl_ca_file", "ssl_crl_file"}  # the TLS include file's
         for key, value in params.postgres.settings.items():
             if not SETTING_NAME.match(key):
                 problems.append(f"postgres.settings.{key}: not a PostgreSQL setting name")
