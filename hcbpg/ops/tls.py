@@ -282,7 +282,8 @@ def check_tls_from(client: "HostLike", params: "Params", server: "Server") -> li
                         else (text.splitlines() or ["?"])[-1][:200], server.name))
     ok, text = _probe_psql(client, params, server, "sslmode=disable",
                            f"psql sslmode=disable to {server.name} (must be refused by pg_hba)")
-    refused = not ok and "no pg_hba.conf entry" in text and "no encryption" in text
+    # the final hostnossl rule: "pg_hba.conf rejects connection ... no encryption"
+    refused = not ok and "no encryption" in text and ("rejects connection" in text or "no pg_hba.conf entry" in text)
     out.append(Check.of(f"plaintext refused from {client.name}", refused,
                         "refused by pg_hba.conf (hostnossl ... reject)" if refused
                         else ("CONNECTED IN PLAINTEXT" if ok else (text.splitlines() or ["?"])[-1][:200]),

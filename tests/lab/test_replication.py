@@ -191,6 +191,13 @@ def test_replica_streams_and_catches_up_while_pgbench_writes(params, hosts, pass
                                    passwords["rep"])
     failed = [f"{c.name}: {c.detail}" for c in checks if not c.ok]
     assert not failed, failed
+    # the WAL stream is TLS (pg_stat_ssl on the primary) and the replica verifies the primary's certificate
+    by = {c.name: c for c in checks}
+    assert by["replication over TLS"].detail.startswith("TLSv1.3"), by["replication over TLS"].detail
+    tls_row = rep.get_replication_tls(psql(hosts, params, primary.name), replica)
+    assert tls_row is not None and tls_row["ssl"] is True and tls_row["version"] == "TLSv1.3"
+    auto = rep.get_auto_conf_text(hosts[replica.name], params)
+    assert "sslmode=verify-full" in auto and "sslrootcert=/etc/hcbpg/tls/lab-postgres-ca.crt" in auto, auto
     time.sleep(2)  # streaming while pgbench writes
     stop_pgbench(hosts[primary.name])
     c = rep.check_counts_match(psql(hosts, params, primary.name), psql(hosts, params, replica.name), BENCH_DB,
@@ -246,6 +253,7 @@ def test_planned_switchover_loses_nothing_and_the_old_primary_streams_again(para
     assert "[secret]" in result["database_url"] and passwords["app"] not in str(result)
     url_file = fo.database_url_path(params)
     assert oct(url_file.stat().st_mode & 0o777) == "0o600" and new.private_ip in url_file.read_text()
+    assert "sslmode=verify-full" in url_file.read_text()  # DATABASE_URL verifies the new primary
     assert counts(hosts, params, new.name) == before
     assert rejoin["method"] == "rewind", rejoin
     checks = rep.check_replication(hosts[new.name], hosts[old.name], params, old, new, passwords["rep"])

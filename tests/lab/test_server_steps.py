@@ -260,3 +260,30 @@ def test_servers_created_by_step_01_run_with_the_host_key_hcbpg_generated_and_pi
         served = lab.exec(name, "cat /etc/ssh/ssh_host_ed25519_key.pub; ls /etc/ssh", check=True).stdout
         assert pin.key in served and "ssh_host_ecdsa_key" not in served and "ssh_host_rsa_key" not in served
         assert hostkeys.get_offered_host_key(lab.cfg.address(off)).split()[1] == pin.key
+
+
+def test_an_existing_server_without_a_pin_is_pinned_only_after_its_fingerprint_is_approved(lab, run_home):
+    """A server step 01 did not create (here: its pin removed) has a key hcbpg never saw: step 01 reads the
+    offered key, stops at a gate whose question shows the fingerprint, and pins it only once approved."""
+    from hcbpg.adapters import hostkeys
+    home, env = run_home
+    name, off = RUN_SERVERS[0][0], RUN_SERVERS[0][1]
+    [before] = hostkeys.pins_for(lab.cfg.known_hosts, name)
+    hostkeys.pin(lab.cfg.known_hosts, "lab", name, [])
+    try:
+        waiting = cli(env, "run", "lab", "--only", "01")
+        assert waiting.returncode == 3, waiting.stdout + waiting.stderr
+        assert hostkeys.pins_for(lab.cfg.known_hosts, name) == []  # nothing pinned before the approval
+        mf = latest_manifest(home)
+        [(gate, g)] = [(k, v) for k, v in mf["gates"].items() if k.startswith(f"host-key-{name}-")]
+        assert before.fingerprint in g["question"] and lab.cfg.address(off) in g["question"]
+        ok = cli(env, "approve", mf["run_id"], gate, "--note", "matches the console")
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        resumed = cli(env, "resume", mf["run_id"])
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    finally:
+        if not hostkeys.pins_for(lab.cfg.known_hosts, name):
+            hostkeys.pin(lab.cfg.known_hosts, "lab", name, [f"{before.keytype} {before.key}"],
+                         address=lab.cfg.address(off))
+    [after] = hostkeys.pins_for(lab.cfg.known_hosts, name)
+    assert (after.keytype, after.key) == (before.keytype, before.key)
