@@ -411,6 +411,7 @@ def test_notebook_dry_run_on_a_fresh_lab_plans_and_changes_nothing(api, tmp_path
     key_file = tmp_path / "id.pub"
     key_file.write_text(public_key() + "\n")
     data["hetzner"].update(api_endpoint=api.url, token=f"file:{home / 'token'}", ssh_public_key_file=str(key_file))
+    data["ssh"]["known_hosts"] = str(home / "params" / "lab.known_hosts")  # nothing pinned yet
     (home / "params" / "lab.yaml").write_text(yaml.safe_dump(data))
     monkeypatch.setenv("HCBPG_HOME", str(home))
     monkeypatch.setenv("HCBPG_STATE_DIR", str(tmp_path / "state"))
@@ -421,6 +422,8 @@ def test_notebook_dry_run_on_a_fresh_lab_plans_and_changes_nothing(api, tmp_path
     assert [s["id"] for s in scraps["servers"].data] == [None, None]
     assert [s["private_ip"] for s in scraps["servers"].data] == ["10.0.1.5", "10.0.1.6"]
     summary = scraps["hcbpg_summary"].data
-    assert summary["dry_run"] and summary["changes"] == 6 and summary["checks"]["fail"] == 0
+    # 6 resources, and the app host, drill host and jumpbox keys (not pinned, not contacted in a plan)
+    assert summary["dry_run"] and summary["changes"] == 9 and summary["checks"]["fail"] == 0
+    assert not (home / "params" / "lab.known_hosts").exists()   # a plan pins nothing
     assert not (tmp_path / "hcloud.json").exists()   # the API's state was never written
     assert TOKEN not in out.read_text()

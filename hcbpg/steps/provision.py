@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from hcbpg.adapters import hostkeys
+from hcbpg.errors import HostUnreachable
 from hcbpg.ops import provisioning as cloud
 from hcbpg.outcome import Check, Outcome
 
@@ -53,7 +54,8 @@ def host_key_gate(name: str, fingerprint: str) -> str:
 
 
 def ensure_host_keys_pinned(rb: "Run", servers: list[cloud.ServerRecord]) -> list[Outcome]:
-    """Pin the host key of every server that has none pinned, after the operator confirmed it.
+    """Pin the host key of every server (and of the app host, drill host and jumpbox) that has none
+    pinned, after the operator confirmed it.
 
     Servers this step created are pinned already (their key was generated here).  For a server
     that existed before, its offered key is read (key exchange only: nothing is sent to it) and
@@ -62,21 +64,39 @@ def ensure_host_keys_pinned(rb: "Run", servers: list[cloud.ServerRecord]) -> lis
     """
     path = hostkeys.known_hosts_path(rb.params)
     out = []
-    for r in servers:
-        what = f"pinned SSH host key of {r.name}"
-        pins = hostkeys.pins_for(path, r.name)
+    machines: list[tuple[str, str | None, bool]] = [
+        (r.name, rb.params.server(r.name).ssh_host or r.public_ip, True) for r in servers]
+    machines += [(name, address, False) for name, address in other_machines(rb.params)]
+    for name, address, is_server in machines:
+        what = f"pinned SSH host key of {name}"
+        pins = hostkeys.pins_for(path, name)
         if pins:
             out.append(Outcome(what, changed=False, dry_run=rb.dry_run,
                                actions=[f"{p.keytype} {p.fingerprint}" for p in pins]))
             continue
-        address = rb.params.server(r.name).ssh_host or r.public_ip
+        r = cloud.ServerRecord(name, "", "", public_ip=address)
         if address is None:
             # counted with the server's creation: the key is generated and pinned when it is created
             out.append(Outcome(what, changed=False, dry_run=rb.dry_run,
                                actions=["the server does not exist yet: its key is generated and pinned when "
                                         "it is created"]))
             continue
-        offered = hostkeys.get_offered_host_key(address, rb.params.ssh.port, rb.params.ssh.connect_timeout)
+        if rb.dry_run and not is_server:
+            # a plan contacts no machine besides the servers
+            out.append(Outcome(what, changed=True, dry_run=True,
+                               actions=["not pinned: a real run reads the key it offers and asks you to confirm "
+                                        "its fingerprint at a gate"]))
+            continue
+        try:
+            offered = hostkeys.get_offered_host_key(address, rb.params.ssh.port, rb.params.ssh.connect_timeout)
+        except HostUnreachable as exc:
+            if is_server:
+                raise
+            # the app host, the drill host, the jumpbox: not this step's to create
+            out.append(Outcome(what, changed=False, dry_run=rb.dry_run,
+                               actions=[f"not reachable now ({exc.message.split(': ', 1)[-1][:120]}); run this "
+                                        "step again once it is up: SSH to it is refused until its key is pinned"]))
+            continue
         fingerprint = hostkeys.fingerprint_of_public(offered)
         print(f"[{r.name}] no pinned host key; {address} offers {offered.split()[0]} {fingerprint}")
         rb.gate(host_key_gate(r.name, fingerprint),
@@ -89,6 +109,19 @@ def ensure_host_keys_pinned(rb: "Run", servers: list[cloud.ServerRecord]) -> lis
             continue
         hostkeys.pin(path, rb.params.environment, r.name, [offered], address=address)
         out.append(Outcome(what, changed=True, actions=[f"pinned {fingerprint} (confirmed at the gate) in {path}"]))
+    return out
+
+
+def other_machines(params: "Params") -> list[tuple[str, str]]:
+    """(name, SSH address) of the machines besides the servers that hcbpg logs in to."""
+    out = []
+    if params.app_host is not None:
+        out.append((params.app_host.name, params.app_host.ssh_host or params.app_host.private_ip))
+    if params.drill is not None:
+        out.append((params.drill.name, params.drill.ssh_host or params.drill.private_ip))
+    if params.roles is not None and params.roles.metabase is not None:
+        mb = params.roles.metabase
+        out.append(("jumpbox", mb.jumpbox_ssh_host or mb.jumpbox_ip))
     return out
 
 
