@@ -96,7 +96,8 @@ def parse_known_hosts(text: str) -> list[Pin]:
 def known_hosts_path(params: "Params") -> Path:
     """The environment's pinned known_hosts: ``ssh.known_hosts``, else ``params/<env>.known_hosts``."""
     if params.ssh.known_hosts:
-        return Path(os.path.expanduser(params.ssh.known_hosts))
+        path = Path(os.path.expanduser(params.ssh.known_hosts))
+        return path if path.is_absolute() else home() / path  # relative: to HCBPG_HOME, like params/
     return home() / "params" / f"{params.environment}.known_hosts"
 
 

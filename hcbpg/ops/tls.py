@@ -54,7 +54,8 @@ class Ca:
 
 def ca_cert_path(params: "Params") -> Path:
     if params.tls.ca_cert:
-        return Path(os.path.expanduser(params.tls.ca_cert))
+        path = Path(os.path.expanduser(params.tls.ca_cert))
+        return path if path.is_absolute() else home() / path  # relative: to HCBPG_HOME, like params/
     return home() / "params" / f"{params.environment}.postgres-ca.crt"
 
 
@@ -103,7 +104,15 @@ def get_ca(params: "Params", *, create: bool) -> Ca | None:
     cached = _CA_CACHE.get((str(cert_path), ref))
     if cached is not None:
         return cached
-    key_missing = ref.startswith("file:") and not Path(os.path.expanduser(ref[5:])).exists()
+    if ref.startswith("file:"):
+        key_missing = not Path(os.path.expanduser(ref[5:])).exists()
+    else:
+        key_missing = False
+        if not cert_path.exists():
+            try:
+                hsecrets.resolve(ref, key="tls.ca_key")
+            except SecretError:
+                key_missing = True  # neither half exists: a first run makes the CA
     if not cert_path.exists() and key_missing:
         if not create:
             return None
