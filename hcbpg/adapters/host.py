@@ -123,6 +123,9 @@ class Host:
                 try:
                     conn.open()
                     break
+                except HostKeyError:
+                    conn.close()  # refused by our policy during the key exchange: nothing was sent
+                    raise
                 except BadHostKeyException as exc:
                     conn.close()
                     hostkeys.check_offered(self.name, self.address, self.known_hosts, exc.key.get_name(),
