@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from hcbpg.adapters import hostkeys
 from hcbpg.adapters.base import HostLike, Result
-from hcbpg.errors import HostUnreachable, RemoteCommandError
+from hcbpg.errors import HostKeyError, HostUnreachable, RemoteCommandError
 from hcbpg.secrets import scrub
 
 __all__ = ["AUTH_RETRY_WAITS", "Host", "HostLike", "Result"]
