@@ -332,6 +332,31 @@ def test_status_shows_every_item_for_both_servers_and_exits_0(params, home):
     js, _ = hcbpg_cli(home, "status", "lab", "--json")
     assert js.returncode == 0
     assert '"measurements"' in js.stdout
+    # the TLS certificate's expiry is an item of its own
+    for s in params.servers:
+        assert any(line.startswith(s.name) and "TLS certificate" in line and "expires" in line
+                   for line in proc.stdout.splitlines()), (s.name, proc.stdout)
+
+
+def test_a_certificate_near_its_end_is_renewed_and_served_after_a_reload(params, hosts):
+    """Step 03's TLS part run as if the certificate were near its end: a new one is issued and
+    PostgreSQL serves it after the reload; clients still verify it; a second run changes nothing."""
+    import datetime as dt
+    s = params.primary
+    host = hosts[s.name]
+    before = tls_ops.get_server_cert(host, params)
+    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=params.tls.cert_days - params.tls.renew_days + 1)
+    outcomes = tls_ops.ensure_server_tls(host, params, s, dry_run=False, now=later)
+    renewed = [o for o in outcomes if o.changed]
+    assert len(renewed) == 1 and "renewed: expires in" in renewed[0].actions[0], [str(o) for o in outcomes]
+    after = tls_ops.get_server_cert(host, params)
+    assert after != before
+    served = hosts["app"].run(f"openssl s_client -starttls postgres -connect {s.private_ip}:{params.postgres.port} "
+                              "</dev/null 2>/dev/null | openssl x509", quiet=True, check=False).stdout
+    assert served.strip() == after.strip(), "PostgreSQL still serves the old certificate"
+    checks = tls_ops.check_tls_from(hosts["app"], params, s)
+    assert all(c.status == "pass" for c in checks), [f"{c.name}: {c.detail}" for c in checks]
+    assert not any(o.changed for o in tls_ops.ensure_server_tls(host, params, s, dry_run=False))
 
 
 def test_status_fails_naming_the_item_when_the_replica_is_stopped(params, hosts, home):
