@@ -208,8 +208,8 @@ def ensure_client_ca(host: "HostLike | None", params: "Params", *, dry_run: bool
 
 def ensure_server_tls(host: "HostLike | None", params: "Params", server: "Server", *, dry_run: bool,
                       now: dt.datetime | None = None) -> list[Outcome]:
-    """*server*'s certificate and key (issued or renewed when :func:`plan_server_cert` says so), and
-    the CA for its clients (replication, monitoring).  PostgreSQL reads new files on reload."""
+    """*server*'s certificate and key (issued or renewed when :func:`plan_server_cert` says so, judged at
+    *now*), and the CA for its clients (replication, monitoring).  PostgreSQL reads new files on reload."""
     ca = get_ca(params, create=not dry_run)
     out = [ensure_client_ca(host, params, dry_run=dry_run)]
     current = get_server_cert(host, params) if host is not None else None
@@ -221,7 +221,7 @@ def ensure_server_tls(host: "HostLike | None", params: "Params", server: "Server
     if dry_run or host is None or ca is None:
         out.append(Outcome(what, changed=True, dry_run=dry_run, actions=[f"issue a new certificate: {why}"]))
         return out
-    cert_pem, key_pem = render_server_cert(ca, params, server, now=now)
+    cert_pem, key_pem = render_server_cert(ca, params, server)  # valid from now, whatever *now* the plan used
     tls_dir = desired_tls.server_tls_dir(params)
     host.run(f"install -d -m 750 -o postgres -g postgres {shlex.quote(tls_dir)}", quiet=True)
     # key first: a reload between the two writes must never pair the new certificate with the old key
