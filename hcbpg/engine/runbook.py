@@ -136,6 +136,7 @@ class Runbook:
         says so.  An existing file that cannot be read, or any other reference, must resolve.
         """
         generated = {r.password_key for r in roles_config(self.params).login_roles()}
+        generated.add("tls.ca_key")  # a new environment's CA: made by step 03 on its first run
         rows = []
         for key, ref in self.params.secret_refs().items():
             try:
@@ -145,6 +146,8 @@ class Runbook:
                 if key in generated and ref.startswith("file:") and not os.path.lexists(
                         os.path.expanduser(ref[5:])):
                     rows.append(Check(f"secret {key}", "warn",
+                                      f"{ref} does not exist yet: step 03 makes the CA there (0600)"
+                                      if key == "tls.ca_key" else
                                       f"{ref} does not exist yet: step 13 generates the password there (0600)"))
                 else:
                     rows.append(Check(f"secret {key}", "fail", exc.message))
