@@ -111,7 +111,7 @@ def prepare_scratch(host: "Host | None", params: "Params", target: DrillTarget, 
     outcomes.append(pgb.ensure_paths(host, dry_run=dry_run))
     v = version or pgb.get_installed_version(host)
     outcomes.append(pgb.ensure_pgbackrest_conf(host, params, server, version=v, dry_run=dry_run,
-                                               repo_server=params.primary))
+                                               repo_server=params.primary, read_only=True))
     return outcomes
 
 
