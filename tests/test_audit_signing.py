@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from pathlib import Path
 
 import pytest
-
 from conftest import allowed_signer_line, make_signing_key
+
 from hcbpg.engine import manifest as mf
 from hcbpg.engine import signing
 from hcbpg.errors import AuditError

@@ -89,7 +89,8 @@ def test_the_s3_key_counts_as_shared_in_another_key_too(tmp_path):
     """The drill's read-only key must not be another environment's read-write key either."""
     base = copy_params(tmp_path, "staging", "production")
     pr = yaml.safe_load((base / "params" / "production.yaml").read_text())
-    pr["drill"] = {"private_ip": "10.0.1.30", "s3_key": "op://HCB Engineering/Hetzner Object Storage pgbackrest staging/access key",
+    pr["drill"] = {"private_ip": "10.0.1.30",
+                   "s3_key": "op://HCB Engineering/Hetzner Object Storage pgbackrest staging/access key",
                    "s3_key_secret": "op://HCB Engineering/drill ro/secret key"}
     (base / "params" / "production.yaml").write_text(yaml.safe_dump(pr))
     with pytest.raises(ParamsError, match=r"drill.s3_key: .* is also pgbackrest.s3_key of staging.yaml"):

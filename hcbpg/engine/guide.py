@@ -31,8 +31,8 @@ from pathlib import Path
 from hcbpg import secrets as hsecrets
 from hcbpg.engine import manifest as mf
 from hcbpg.engine.catalogue import load_steps, notebooks_dir, select
-from hcbpg.engine.runbook import AUTO_APPROVE_ENV, GUIDED_ENV, HEADLESS_ENV, scrub_file_for
 from hcbpg.engine.locks import env_lock
+from hcbpg.engine.runbook import AUTO_APPROVE_ENV, GUIDED_ENV, HEADLESS_ENV, scrub_file_for
 from hcbpg.engine.runner import (
     SCHEME,
     _pid_alive,

@@ -191,7 +191,7 @@ def get_version(host: "Host") -> tuple[int, int, int]:
     res = host.probe("pgbackrest version")
     if not res.ok:
         raise PgBackRestError(f"on {host.name}: `pgbackrest version` failed (exit {res.exit_code}): "
-                              f"{hsecrets.scrub(res.output.strip()[-300:])}", host=host.name,
+                              f"{hsecrets.scrub(res.output.strip())[-300:]}", host=host.name,
                               hint="Install pgbackrest (step 02 installs it with PostgreSQL).")
     return parse_version(res.stdout)
 
@@ -346,7 +346,7 @@ def run_pgbackrest(host: "Host", params: "Params", command: str, *options: str, 
 
 def pgbackrest_error(host: "Host", cmd: str, res: "Result") -> PgBackRestError:
     parsed = parse_pgbackrest_error(res.output)
-    code, message = parsed if parsed else (None, hsecrets.scrub(res.output.strip()[-1500:]) or "no output")
+    code, message = parsed if parsed else (None, hsecrets.scrub(res.output.strip())[-1500:] or "no output")
     return PgBackRestError(
         f"on {host.name}: `{cmd}` failed (exit {res.exit_code}): "
         + (f"[{code:03d}] " if code is not None else "") + hsecrets.scrub(message),
