@@ -55,6 +55,12 @@ def _base64_cores(data: bytes) -> set[str]:
     return out
 
 
+def _any_hex_case(pattern: str) -> str:
+    """A %XX escape in *pattern* matches in either case (``%2F``, ``%2f``): encoders differ."""
+    return re.sub(r"%([0-9A-F])([0-9A-F])",
+                  lambda m: "%" + "".join(f"[{c}{c.lower()}]" if c.isalpha() else c for c in m.groups()), pattern)
+
+
 def _lower_pct(text: str) -> str:
     return re.sub(r"%[0-9A-F]{2}", lambda m: m.group().lower(), text)
 
@@ -124,7 +130,7 @@ class Scrubber:
         with self._lock:
             if self._pattern is None:
                 alts = sorted(self._values, key=len, reverse=True)
-                self._pattern = re.compile("|".join(re.escape(a) for a in alts))
+                self._pattern = re.compile("|".join(_any_hex_case(re.escape(a)) for a in alts))
             pattern = self._pattern
         return pattern.sub(REDACTED, text)
 

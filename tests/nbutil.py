@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import html
+import json
 import os
+import re
 import subprocess
 import sys
+import urllib.parse
 from pathlib import Path
 
 import nbformat
@@ -100,3 +105,24 @@ def default_lab_lock(timeout: float = 1200):
         yield
     finally:
         os.close(fd)
+
+
+def secret_forms(value: str) -> list[bytes]:
+    """The byte strings a secret scan looks for: the value and every encoding the record could hold it in.
+
+    Written apart from the scrubber (hcbpg.secrets), so that a scan checks it rather than repeats it:
+    URL-encoding (upper- and lowercase hex), JSON and HTML escapes, and base64 (standard and URL-safe)
+    of the value starting at each of the three byte positions of a 3-byte group."""
+    raw = value.encode()
+    lower = re.sub(r"%[0-9A-F]{2}", lambda m: m.group().lower(), urllib.parse.quote(value, safe=""))
+    forms = {value, urllib.parse.quote(value, safe=""), lower,
+             urllib.parse.quote_plus(value), json.dumps(value)[1:-1], html.escape(value),
+             html.escape(value, quote=False)}
+    out = {f.encode() for f in forms}
+    for pad in range(3):
+        for enc in (base64.b64encode, base64.urlsafe_b64encode):
+            full = enc(b"\xff" * pad + raw)
+            first = -(-pad * 4 // 3)             # characters that hold bits of the padding
+            last = (pad + len(raw)) * 4 // 3      # characters made of whole value bits only
+            out.add(full[first:last])
+    return sorted(f for f in out if len(f) >= 8)
