@@ -37,6 +37,8 @@ def lab_params(lab, servers: Sequence[tuple[str, str, str]], **sections: Any) ->
         "app_host": {"name": "app", "private_ip": cfg.app_ip},
         "ssh": {"user": "root", "key_file": str(lab.ssh_key), "connect_timeout": 5},
         "postgres": {"app_role_password": f"file:{cfg.secret_path('rails-password')}"},
+        # the lab key signs the record; `lab up` lists it in this file
+        "audit": {"allowed_signers": str(cfg.ssh_dir / "allowed_signers")},
     }
     data.update(sections)
     return data

@@ -38,6 +38,7 @@ from hcbpg.params import parse_params
 from hcbpg.secrets import resolve
 
 from labparams import lab_params, pgbackrest_section, replication_section
+from nbutil import CmdlineWatch
 
 pytestmark = pytest.mark.lab
 
@@ -283,7 +284,7 @@ def test_rotation_leaves_old_password_refused_and_new_working(params, hosts, cfg
         assert all(c.ok for c in monitoring.check_exporter(hosts[s.name], s))
 
 
-def test_notebooks_run_by_the_real_runner_with_no_password_in_outputs(params, home, cfg, tmp_path):
+def test_notebooks_run_by_the_real_runner_with_no_password_in_outputs(params, home, cfg, lab, tmp_path):
     """Steps 13 (a second time: nothing to change), 14 and 15 as notebooks, headless, gates auto-approved."""
     import shutil
     nbdir = tmp_path / "notebooks"
@@ -295,6 +296,10 @@ def test_notebooks_run_by_the_real_runner_with_no_password_in_outputs(params, ho
         {"notebook": "14_password_rotation.ipynb", "title": "Password rotation", "on_demand": True},
         {"notebook": "15_health.ipynb", "title": "Health report"}]}))
     env = {"HCBPG_NOTEBOOKS": str(nbdir), "HCBPG_OPERATOR": "day-two-test"}
+    # every secret the steps use, sampled for on every process's command line while they run
+    planted = [app_password(params)] + [privileges.role_password(cfg, r.name) for r in cfg.login_roles()] + \
+        [lab.cfg.read_secret(p.name) for p in lab.cfg.secrets_dir.iterdir() if p.is_file()]
+    watch = CmdlineWatch().__enter__()
     proc, took = hcbpg_cli_env(home, env, "run", "lab", "--only", "13_roles,14_password_rotation,15_health",
                                timeout=900)
     out = proc.stdout + proc.stderr
@@ -309,7 +314,15 @@ def test_notebooks_run_by_the_real_runner_with_no_password_in_outputs(params, ho
         took += more
         out = proc.stdout + proc.stderr
     TIMINGS["notebooks_13_14_15_s"] = round(took, 1)
+    watch.__exit__()
     assert proc.returncode == 0, out[-3000:]
+    assert watch.samples > 100 and len(watch.seen) > 50, (watch.samples, len(watch.seen))
+    # (a psql run by the steps on a lab host is among what was sampled: the check can see those)
+    assert any(b"psql" in argv for argv in watch.seen), "no psql was ever sampled"
+    # the rotated passwords (step 14 made new ones) count too
+    planted += [privileges.role_password(cfg, r.name) for r in cfg.login_roles()]
+    assert watch.found([v for v in planted if len(v) >= 8]) == []
+    assert hcbpg_cli_env(home, env, "audit", "verify", "lab")[0].returncode == 0
     summary = "".join(p.read_text() for p in (home / "outputs").rglob("*.json"))
     assert "13_roles" in summary
     text = "".join(p.read_text(errors="replace") for p in (home / "outputs").rglob("*") if p.is_file())
