@@ -120,6 +120,8 @@ class Runbook:
         self.guided_attempt: int | None = None
         #: cells that raised and have not run cleanly since (guided runs): the step cannot succeed
         self.failed_cells: dict[str, str] = {}
+        #: called by finish() once the step succeeded (the primary's change lock is released so)
+        self._at_finish: list[Callable[[], None]] = []
 
     # secrets -----------------------------------------------------------------
     def secret(self, key: str) -> str:
@@ -345,6 +347,8 @@ class Runbook:
             "duration_s": round(time.monotonic() - self.started, 3),
         }
         self.record("hcbpg_summary", summary)
+        while self._at_finish:
+            self._at_finish.pop()()
         verb = "would change" if self.dry_run else "changed"
         print(f"{self.step}: {verb} {self.changes} thing(s)" if self.changes else
               f"{self.step}: nothing to change" + (" (dry run)" if self.dry_run else ""))
@@ -361,6 +365,10 @@ class Runbook:
                     step.update({"status": "succeeded", "end": end,
                                  "duration_s": round(sum(a.get("duration_s") or 0 for a in step["attempts"]), 3)})
         return summary
+
+    def at_finish(self, fn: Callable[[], None]) -> None:
+        """Call *fn* when this step finishes successfully (rb.finish or rb.skip)."""
+        self._at_finish.append(fn)
 
     def runs_of_env(self) -> list[mf.Run]:
         """Every run of this environment, oldest first (for a step that reads what earlier runs approved)."""
