@@ -30,7 +30,7 @@ from hcbpg.ops import app_database as roles
 from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import config as pg_config
 from hcbpg.ops import failover as fo
-from hcbpg.ops import health, monitoring, privileges, rotation
+from hcbpg.ops import health, monitoring, privileges, rotation, server_lock
 from hcbpg.ops import replica as replica_ops
 from hcbpg.ops import replication as rep
 from hcbpg.ops import server as pg_server
@@ -329,6 +329,32 @@ def test_notebooks_run_by_the_real_runner_with_no_password_in_outputs(params, ho
     OUTPUT.append(text)
     for value in [app_password(params)] + [privileges.role_password(cfg, r.name) for r in cfg.login_roles()]:
         assert value not in text
+
+
+def test_a_step_is_refused_while_another_machine_holds_the_primary(params, hosts, home, tmp_path):
+    """The change lock on the primary: the steps above released it; one held from elsewhere refuses a run."""
+    primary = hosts[params.primary.name]
+    assert primary.read_text(server_lock.LOCK_PATH) is None, "a finished step left the primary locked"
+    other = server_lock.Holder("run-elsewhere", "lab", "07_cutover", "alice", "alice-laptop", 99, 90,
+                               "2026-12-02T17:00:00.000000Z")
+    primary.run(f"install -d -m 0700 {server_lock.LOCK_DIR}")
+    primary.put_text(server_lock.LOCK_PATH, other.to_json(), mode=0o600)
+    try:
+        nbdir = tmp_path / "notebooks"
+        nbdir.mkdir()
+        import shutil
+        shutil.copy(REPO / "notebooks" / "13_roles.ipynb", nbdir)
+        (nbdir / "steps.yaml").write_text(yaml.safe_dump({"steps": [
+            {"notebook": "13_roles.ipynb", "title": "Roles and privileges, monitoring hookup"}]}))
+        proc, _ = hcbpg_cli_env(home, {"HCBPG_NOTEBOOKS": str(nbdir)}, "run", "lab", "--only", "13_roles",
+                                timeout=900)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 1, out[-3000:]
+        assert (f"{params.primary.name} is being changed by another run: step 07_cutover of run run-elsewhere "
+                "(lab) by alice (pid 90 on alice-laptop) since 2026-12-02T17:00:00") in out, out[-3000:]
+        assert server_lock.parse_holder(primary.read_text(server_lock.LOCK_PATH)) == other
+    finally:
+        primary.run(f"rm -f {server_lock.LOCK_PATH}")
 
 
 def test_status_shows_every_item_for_both_servers_and_exits_0(params, home):
