@@ -20,7 +20,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+
+
+#: scrubs a command's output before RemoteCommandError cuts it to its tail (set by hcbpg.secrets when
+#: it is imported: errors imports nothing of ours).  Scrubbing after the cut would miss a secret the
+#: cut went through, leaving its tail readable.
+def _unfiltered(text: str) -> str:
+    return text
+
+
+_output_filter: Callable[[str], str] = _unfiltered
+
+
+def set_output_filter(scrub: Callable[[str], str]) -> None:
+    global _output_filter
+    _output_filter = scrub
 
 
 class HcbpgError(Exception):
@@ -70,6 +85,7 @@ class RemoteCommandError(HcbpgError):
         self.host = host
         self.command = command
         self.exit_status = exit_code
+        output_tail = _output_filter(output_tail)[-4000:]
         self.output_tail = output_tail
         tail = "\n".join("    " + line for line in output_tail.rstrip().splitlines()[-20:])
         super().__init__(

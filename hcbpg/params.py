@@ -80,7 +80,9 @@ class Hetzner(Model):
     firewall: Name = "hcb-postgres-ssh-only"
     ssh_key_name: str = "hcb-postgres-ops"
     ssh_public_key_file: str
-    admin_source_ranges: list[Network] = Field(default_factory=lambda: ["0.0.0.0/0", "::/0"])
+    #: who may reach SSH (the firewall's only rule); none listed: no SSH from outside the private network.
+    #: 0.0.0.0/0 and ::/0 are refused unless allow_weak_settings
+    admin_source_ranges: list[Network] = Field(default_factory=list)
     labels: dict[str, str] = Field(default_factory=lambda: {"app": "hcb", "service": "postgres"})
 
 
@@ -237,6 +239,16 @@ class Drill(Model):
     ssh_host: str | None = None
     #: schema.table names to checksum; None = every table
     checksum_tables: list[str] | None = None
+    #: a read-only S3 key for the drill host (a restore only reads the repository); None: the
+    #: pgbackrest section's key, which can also write and delete backups
+    s3_key: SecretRef | None = None
+    s3_key_secret: SecretRef | None = None
+
+    @model_validator(mode="after")
+    def _key_pair(self) -> "Drill":
+        if (self.s3_key is None) != (self.s3_key_secret is None):
+            raise ValueError("s3_key: a read-only S3 key for the drill needs both s3_key and s3_key_secret")
+        return self
 
 
 class LoginRoleParams(Model):
@@ -322,6 +334,30 @@ class Tls(Model):
         return self
 
 
+class Audit(Model):
+    """Where the audit record's trust lives outside ``outputs/`` (see hcbpg.engine.signing).
+
+    Relative paths are under ``params/``.  The signing key itself is the operator's
+    (``HCBPG_SIGNING_KEY``, else ``signing_key``, else ``ssh.key_file``), never a shared one."""
+
+    #: who may sign this environment's record: ssh-keygen's allowed_signers format; default
+    #: ``params/<env>.allowed_signers``, else ``params/allowed_signers``
+    allowed_signers: str | None = None
+    #: the newest sealed run and its manifest's sha256 (committed); default ``params/<env>.audit-head``
+    head_file: str | None = None
+    #: the operator's SSH key that signs (a private key, or a ``.pub`` whose key is in ssh-agent)
+    signing_key: str | None = None
+
+
+#: params keys whose secret reference must belong to one environment only (checked across params/)
+PER_ENVIRONMENT_SECRETS = ("pgbackrest.s3_key", "pgbackrest.s3_key_secret", "pgbackrest.cipher_pass",
+                           "drill.s3_key", "drill.s3_key_secret")
+
+
+def _open_ranges(ranges: list[str]) -> list[str]:
+    return [r for r in ranges if ipaddress.ip_network(r).prefixlen == 0]
+
+
 class Params(Model):
     environment: Name
     hetzner: Hetzner
@@ -342,6 +378,11 @@ class Params(Model):
     #: where the run happens (hcbpg.adapters.site): e.g. ``hcbpg.lab.site:LabSite``; None: production,
     #: or the lab for the environment called ``lab``
     site: SiteRef | None = None
+    audit: Audit = Audit()
+    #: True only for a lab or a throwaway environment: permits cipher_type none, s3_verify_tls false,
+    #: SSH open to the whole internet and secret references shared with another environment.
+    #: Every other environment (staging too: it holds a copy of production's data) refuses them.
+    allow_weak_settings: bool = False
 
     @field_validator("servers")
     @classmethod
@@ -386,6 +427,27 @@ class Params(Model):
                                 f"replication.role; repeated: {', '.join(dups)}")
         if problems:
             raise ValueError("; ".join(problems))
+        return self
+
+    @model_validator(mode="after")
+    def _no_weak_settings(self) -> "Params":
+        """Production-grade environments refuse settings that leave backups or SSH open."""
+        if self.allow_weak_settings:
+            return self
+        problems = []
+        why = "(allowed only with allow_weak_settings: true, for a lab or a throwaway environment)"
+        if self.pgbackrest and self.pgbackrest.cipher_type == "none":
+            problems.append("pgbackrest.cipher_type: none leaves every backup of the bank's data readable "
+                            f"by anyone with the bucket; use aes-256-cbc {why}")
+        if self.pgbackrest and not self.pgbackrest.s3_verify_tls:
+            problems.append("pgbackrest.s3_verify_tls: false sends the S3 keys to whoever answers; "
+                            f"give s3_ca_file for a private CA instead {why}")
+        wide = _open_ranges(self.hetzner.admin_source_ranges)
+        if wide:
+            problems.append(f"hetzner.admin_source_ranges: {', '.join(wide)} opens SSH to the whole internet; "
+                            f"list the office / VPN ranges {why}")
+        if problems:
+            raise ValueError("\n".join(problems))  # one line each (see format_validation_error)
         return self
 
     # convenience -------------------------------------------------------------
@@ -483,9 +545,11 @@ def format_validation_error(exc: ValidationError) -> list[str]:
             problems.append(f"{key}: unknown key{hint}")
         elif err["type"] == "missing":
             problems.append(f"{key}: required key is missing")
-        elif msg.split(":")[0] in ("block", "cipher_pass", "repo_path_prefix") and ":" in msg:
+        elif msg.split(":")[0] in ("block", "cipher_pass", "repo_path_prefix", "s3_key") and ":" in msg:
             sub, rest = msg.split(":", 1)
             problems.append(f"{key + '.' if key else ''}{sub}:{rest}")
+        elif not key and ("\n" in msg or msg.startswith(("pgbackrest.", "hetzner."))):
+            problems += msg.split("\n")  # top-level checks that name their own keys, one per line
         else:
             problems.append(f"{key or '(top level)'}: {msg}")
     return problems
@@ -515,7 +579,40 @@ def load_params(env: str, base: Path | None = None) -> Params:
     params = parse_params(data, source=str(path))
     if params.environment != env:
         raise ParamsError(str(path), [f"environment: says '{params.environment}' but the file is for '{env}'"])
+    shared = shared_secret_refs(params, path)
+    if shared:
+        raise ParamsError(str(path), shared)
     return params
+
+
+def _dotted(data: Any, key: str) -> Any:
+    for part in key.split("."):
+        data = data.get(part) if isinstance(data, dict) else None
+    return data
+
+
+def shared_secret_refs(params: Params, path: Path) -> list[str]:
+    """Problems: a per-environment secret reference (S3 key, cipher passphrase) that another params
+    file beside *path* uses too.  An environment with allow_weak_settings may share."""
+    if params.allow_weak_settings:
+        return []
+    mine = {k: v for k, v in params.secret_refs().items() if k in PER_ENVIRONMENT_SECRETS}
+    problems = []
+    for other in sorted(path.parent.glob("*.yaml")):
+        if other.resolve() == path.resolve():
+            continue
+        try:
+            data = yaml.safe_load(other.read_text())
+        except (OSError, yaml.YAMLError):
+            continue  # that file's own check reports it
+        refs = {k: _dotted(data, k) for k in PER_ENVIRONMENT_SECRETS}
+        for key, ref in mine.items():
+            users = [k for k, v in refs.items() if v == ref]
+            if users:
+                problems.append(f"{key}: {ref} is also {users[0]} of {other.name}; each environment needs "
+                                "its own S3 key and cipher passphrase, so that one leaked or rotated "
+                                "credential touches one environment only")
+    return problems
 
 
 def params_sha256(env: str, base: Path | None = None) -> str:

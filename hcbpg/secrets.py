@@ -10,6 +10,7 @@ the manifest, the logs and the HTML, can remove it too.
 from __future__ import annotations
 
 import base64
+import html
 import json
 import os
 import re
@@ -17,16 +18,21 @@ import secrets as _stdlib_secrets
 import shutil
 import stat
 import subprocess
+import tempfile
 import threading
 import urllib.parse
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
+from hcbpg import errors as _errors
 from hcbpg.errors import SecretError
 
 REDACTED = "[secret]"
 MIN_SECRET_LENGTH = 8
 SCRUB_FILE_ENV = "HCBPG_SCRUB_FILE"
+#: every `op` call gives up after this long (a locked 1Password app or an approval prompt nobody sees)
+OP_TIMEOUT_S = 60.0
 _REF_RE = re.compile(r"^(env:[A-Za-z_][A-Za-z0-9_]*|file:.+|op://[^/]+/[^/]+/.+)$")
 
 
@@ -35,16 +41,46 @@ def is_secret_ref(value: str) -> bool:
     return bool(_REF_RE.match(value))
 
 
+def _base64_cores(data: bytes) -> set[str]:
+    """The base64 characters that depend on *data* alone, wherever it starts in an encoded stream.
+
+    A value that starts 0, 1 or 2 bytes into a 3-byte group encodes to three different strings;
+    the characters it shares with its neighbours (at both ends) depend on them, so they are left out."""
+    out = set()
+    for pad in range(3):
+        start = (pad * 8 + 5) // 6                  # first character made of the value's bits only
+        end = ((pad + len(data)) * 8) // 6          # past the last such character
+        for enc in (base64.b64encode, base64.urlsafe_b64encode):
+            out.add(enc(b"\0" * pad + data).decode()[start:end])
+    return out
+
+
+def _any_hex_case(pattern: str) -> str:
+    """A %XX escape in *pattern* matches in either case (``%2F``, ``%2f``): encoders differ."""
+    return re.sub(r"%([0-9A-F])([0-9A-F])",
+                  lambda m: "%" + "".join(f"[{c}{c.lower()}]" if c.isalpha() else c for c in m.groups()), pattern)
+
+
+def _lower_pct(text: str) -> str:
+    return re.sub(r"%[0-9A-F]{2}", lambda m: m.group().lower(), text)
+
+
 def _variants(value: str) -> set[str]:
     """The spellings under which a secret may show up in text we write."""
     out = {value}
     out.add(urllib.parse.quote(value, safe=""))
     out.add(urllib.parse.quote_plus(value))
+    out.add(_lower_pct(urllib.parse.quote(value, safe="")))       # %2f: other encoders write lowercase hex
+    out.add(_lower_pct(urllib.parse.quote_plus(value)))
     out.add(json.dumps(value)[1:-1])
     out.add(repr(value)[1:-1])
     out.add(value.replace("'", "''"))
     out.add(value.replace("\\", "\\\\").replace("'", "\\'"))
+    out.add(html.escape(value))                                    # an HTML page: &amp; &lt; &quot; &#x27;
+    out.add(html.escape(value, quote=False))
+    out.add(html.escape(value, quote=False).replace("'", "&#39;").replace('"', "&#34;"))  # Jinja's escapes
     out.add(base64.b64encode(value.encode()).decode().rstrip("="))
+    out |= _base64_cores(value.encode())
     return {v for v in out if len(v) >= MIN_SECRET_LENGTH}
 
 
@@ -94,7 +130,7 @@ class Scrubber:
         with self._lock:
             if self._pattern is None:
                 alts = sorted(self._values, key=len, reverse=True)
-                self._pattern = re.compile("|".join(re.escape(a) for a in alts))
+                self._pattern = re.compile("|".join(_any_hex_case(re.escape(a)) for a in alts))
             pattern = self._pattern
         return pattern.sub(REDACTED, text)
 
@@ -137,6 +173,34 @@ def scrub(text: str) -> str:
     return SCRUBBER.scrub(text)
 
 
+def scrub_tail(text: str, n: int) -> str:
+    """The last *n* characters of *text*, scrubbed first: a secret across the cut would keep its tail."""
+    return scrub(text)[-n:]
+
+
+# errors.RemoteCommandError cuts its output to a tail: it scrubs it first through this hook (errors
+# imports nothing of ours, so it cannot import this module)
+_errors.set_output_filter(scrub)
+
+
+def _op(args: list[str], *, key: str, what: str) -> subprocess.CompletedProcess[str]:
+    """Run the 1Password CLI with a deadline; never with a secret among *args*."""
+    op = shutil.which("op")
+    if op is None:
+        raise SecretError(
+            f"{key}: {what} needs the 1Password CLI, and `op` is not installed",
+            hint="Install the 1Password CLI and sign in (eval $(op signin)), "
+                 "or point the key at env:NAME or file:PATH.",
+        )
+    try:
+        return subprocess.run([op, *args], capture_output=True, text=True, timeout=OP_TIMEOUT_S,
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise SecretError(f"{key}: `op {args[0]} {args[1] if len(args) > 1 else ''}` did not answer within "
+                          f"{OP_TIMEOUT_S:.0f}s ({what})",
+                          hint="Is the 1Password app locked, or waiting for you to approve the CLI?") from None
+
+
 def resolve(ref: str, *, key: str = "secret") -> str:
     """Resolve a secret reference to its value and register it for scrubbing.
 
@@ -163,16 +227,9 @@ def resolve(ref: str, *, key: str = "secret") -> str:
         except OSError as exc:
             raise SecretError(f"{key}: cannot read secret file {path}: {exc.strerror}") from None
     else:
-        op = shutil.which("op")
-        if op is None:
-            raise SecretError(
-                f"{key}: {ref} needs the 1Password CLI, and `op` is not installed",
-                hint="Install the 1Password CLI and sign in (eval $(op signin)), "
-                     "or point the key at env:NAME or file:PATH.",
-            )
-        proc = subprocess.run([op, "read", "--no-newline", ref], capture_output=True, text=True)
+        proc = _op(["read", "--no-newline", ref], key=key, what=ref)
         if proc.returncode != 0:
-            raise SecretError(f"{key}: `op read` failed for {ref}: {proc.stderr.strip()[:300]}",
+            raise SecretError(f"{key}: `op read` failed for {ref}: {scrub(proc.stderr.strip())[:300]}",
                               hint="Sign in with `eval $(op signin)` and check the vault, item and field.")
         value = proc.stdout
     if len(value) < MIN_SECRET_LENGTH:
@@ -205,17 +262,52 @@ def store_secret(ref: str, value: str, *, key: str = "secret") -> None:
         os.replace(tmp, path)
         return
     if ref.startswith("op://"):
-        _vault, item, field = ref[5:].split("/", 2)
-        vault = ref[5:].split("/", 1)[0]
-        op = shutil.which("op")
-        if op is None:
-            raise SecretError(f"{key}: cannot store the new secret: `op` is not installed")
-        proc = subprocess.run([op, "item", "edit", item, f"--vault={vault}", f"{field}[password]={value}"],
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise SecretError(f"{key}: `op item edit` failed: {scrub(proc.stderr.strip())[:300]}")
+        _store_in_1password(ref, value, key=key)
         return
     raise SecretError(
         f"{key}: {ref} cannot store a new value (environment variables are read-only)",
         hint="Point this key at file:PATH or op://vault/item/field to rotate it.",
     )
+
+
+def render_item_template(item: dict[str, Any], field: str, value: str) -> dict[str, Any]:
+    """*item* (``op item get --format json``) with *field* (``[section/]label`` or id) set to *value*.
+
+    A field that is not there yet is added as a concealed one."""
+    section, _, label = field.rpartition("/")
+    out = json.loads(json.dumps(item))
+    fields = out.setdefault("fields", [])
+    for f in fields:
+        in_section = not section or (f.get("section") or {}).get("label") == section
+        if in_section and (f.get("label") == label or f.get("id") == label):
+            f["value"] = value
+            return out
+    fields.append({"id": label, "label": label, "type": "CONCEALED", "value": value})
+    return out
+
+
+def _store_in_1password(ref: str, value: str, *, key: str) -> None:
+    """``op item edit --template``: the new value goes through a 0600 file that is removed after,
+    never onto a command line (`ps` shows those to every user of the machine)."""
+    vault, item, field = ref[5:].split("/", 2)
+    got = _op(["item", "get", item, f"--vault={vault}", "--format=json"], key=key, what=f"reading item {item}")
+    if got.returncode != 0:
+        raise SecretError(f"{key}: `op item get` failed for {item}: {scrub(got.stderr.strip())[:300]}",
+                          hint="Sign in with `eval $(op signin)` and check the vault and item.")
+    template = render_item_template(json.loads(got.stdout), field, value)
+    d = tempfile.mkdtemp(prefix="hcbpg-op-")  # 0700, ours alone
+    path = Path(d) / "item.json"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, json.dumps(template).encode())
+        finally:
+            os.close(fd)
+        proc = _op(["item", "edit", item, f"--vault={vault}", f"--template={path}"], key=key,
+                   what=f"storing the new value of {field} in {item}")
+    finally:
+        path.unlink(missing_ok=True)
+        os.rmdir(d)
+    if proc.returncode != 0:
+        raise SecretError(f"{key}: `op item edit` failed: {scrub(proc.stderr.strip())[:300]}")
+

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -22,7 +23,24 @@ def home(tmp_path, monkeypatch):
     monkeypatch.setenv("HCBPG_OPERATOR", "test-operator")
     for var in ("HCBPG_SCRUB_FILE", "HCBPG_HEADLESS", "HCBPG_AUTO_APPROVE"):
         monkeypatch.delenv(var, raising=False)
+    key = make_signing_key(tmp_path / "signing", "test-operator")
+    monkeypatch.setenv("HCBPG_SIGNING_KEY", str(key))
+    (h / "params" / "allowed_signers").write_text(allowed_signer_line("test-operator", key) + "\n")
     return h
+
+
+def make_signing_key(directory: Path, comment: str) -> Path:
+    """A throwaway ed25519 key that signs this test's audit record (never committed)."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = directory / "id_ed25519"
+    if not key.is_file():
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(key)], check=True)
+    return key
+
+
+def allowed_signer_line(principal: str, key: Path) -> str:
+    from hcbpg.engine.signing import render_allowed_signer
+    return render_allowed_signer(principal, key.with_name(key.name + ".pub").read_text())
 
 
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import html
+import json
 import os
+import re
 import subprocess
 import sys
+import urllib.parse
 from pathlib import Path
 
 import nbformat
@@ -100,3 +105,65 @@ def default_lab_lock(timeout: float = 1200):
         yield
     finally:
         os.close(fd)
+
+
+def secret_forms(value: str) -> list[bytes]:
+    """The byte strings a secret scan looks for: the value and every encoding the record could hold it in.
+
+    Written apart from the scrubber (hcbpg.secrets), so that a scan checks it rather than repeats it:
+    URL-encoding (upper- and lowercase hex), JSON and HTML escapes, and base64 (standard and URL-safe)
+    of the value starting at each of the three byte positions of a 3-byte group."""
+    raw = value.encode()
+    lower = re.sub(r"%[0-9A-F]{2}", lambda m: m.group().lower(), urllib.parse.quote(value, safe=""))
+    forms = {value, urllib.parse.quote(value, safe=""), lower,
+             urllib.parse.quote_plus(value), json.dumps(value)[1:-1], html.escape(value),
+             html.escape(value, quote=False)}
+    out = {f.encode() for f in forms}
+    for pad in range(3):
+        for enc in (base64.b64encode, base64.urlsafe_b64encode):
+            full = enc(b"\xff" * pad + raw)
+            first = -(-pad * 4 // 3)             # characters that hold bits of the padding
+            last = (pad + len(raw)) * 4 // 3      # characters made of whole value bits only
+            out.add(full[first:last])
+    return sorted(f for f in out if len(f) >= 8)
+
+
+class CmdlineWatch:
+    """Samples every process's command line (``/proc/*/cmdline``) while a block runs, so that a test can
+    ask afterwards whether a secret was ever on one (lab hosts live in network and mount namespaces, not
+    pid namespaces, so their sshd sessions, shells, psql and pgbackrest are sampled too).  Values made
+    during the block (a rotated password) can be asked for after it."""
+
+    def __init__(self, interval: float = 0.02) -> None:
+        import threading
+        self.interval = interval
+        self.seen: dict[bytes, int] = {}   # each distinct command line, with a pid that had it
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            for d in Path("/proc").iterdir():
+                if d.name.isdigit():
+                    try:
+                        self.seen.setdefault((d / "cmdline").read_bytes(), int(d.name))
+                    except OSError:
+                        pass  # gone already
+            self.samples += 1
+            self._stop.wait(self.interval)
+
+    def found(self, secrets: list[str]) -> list[str]:
+        """The command lines (their program, and pid) that held one of *secrets*."""
+        def program(argv: bytes) -> str:
+            return argv.split(b"\0", 1)[0][-40:].decode(errors="replace")
+        return [f"pid {pid} ({program(argv)})"
+                for argv, pid in self.seen.items() for v in secrets if v and v.encode() in argv]
+
+    def __enter__(self) -> "CmdlineWatch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()

@@ -96,7 +96,8 @@ def test_secrets_are_placeholders_unless_values_are_given():
 
 
 def test_no_cipher_means_no_passphrase_line():
-    p = params({**LAB_PB, "cipher_type": "none", "cipher_pass": None})
+    p = parse_params({**BASE, "allow_weak_settings": True, "pgbackrest": {**LAB_PB, "cipher_type": "none",
+                                                                           "cipher_pass": None}})
     opts = desired_pgbackrest.parse_conf(desired_pgbackrest.render_pgbackrest_conf(p, p.primary, version=(2, 45, 0)))["global"]
     assert opts["repo1-cipher-type"] == "none" and "repo1-cipher-pass" not in opts
 

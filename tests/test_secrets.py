@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ import pytest
 from hcbpg.errors import SecretError
 from hcbpg.secrets import Scrubber, resolve
 
-from nbutil import hcbpg, make_params, write_notebook, write_steps
+from nbutil import hcbpg, make_params, secret_forms, write_notebook, write_steps
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -30,13 +29,22 @@ from IPython.display import HTML, display
 display(HTML(f"<b>{app_pw}</b> in a url postgres://rails:{app_pw}@10.0.1.5/hcb_production"))
 display({"token": token})
 rb.record("leak_attempt", {"url": f"postgres://rails:{app_pw}@x/db"})
+import base64, html, os, re, stat, urllib.parse
+print("html:", html.escape(app_pw), html.escape(token, quote=False))
+for pad in ("", "u", "us"):      # base64 of the secret at each of the three alignments, inside other bytes
+    print("basic:", base64.b64encode(f"{pad}rails:{app_pw}@host".encode()).decode(),
+          base64.urlsafe_b64encode(f"{pad}{token}!".encode()).decode())
+print("lowercase %xx:", re.sub(r"%[0-9A-F]{2}", lambda m: m.group().lower(), urllib.parse.quote(app_pw, safe="")))
+display(HTML("<pre>" + html.escape(app_pw) + "</pre>"))
+reg = os.environ["HCBPG_SCRUB_FILE"]
+print("registry mode", oct(stat.S_IMODE(os.stat(reg).st_mode)), "outside outputs:", "/outputs/" not in reg)
 '''
 RAISE = 'raise RuntimeError(f"connection failed for postgres://rails:{app_pw}@10.0.1.5 token={token}")'
 
 
 def variants(v: str) -> list[bytes]:
-    forms = {v, urllib.parse.quote(v, safe=""), json.dumps(v)[1:-1]}
-    return [f.encode() for f in forms]
+    """Every form a scan looks for (URL, JSON and HTML escapes, base64 at each alignment: nbutil.secret_forms)."""
+    return secret_forms(v)
 
 
 def scan(root: Path, values: list[str]) -> list[str]:
@@ -78,9 +86,9 @@ def test_planted_secrets_never_reach_outputs(home, monkeypatch, tmp_path):
     hits = scan(home / "outputs", [app_pw, token])
     assert hits == []
     assert scan_text(r.stdout + r.stderr, [app_pw, token]) == []
-    # the scrub registry lives outside outputs/ and is private
-    reg = list((tmp_path / "state" / "scrub").glob("*.jsonl"))
-    assert reg and oct(reg[0].stat().st_mode & 0o777) == "0o600"
+    # the scrub registry lived outside outputs/, private, and went when the run stopped (here: failed)
+    assert "registry mode 0o600 outside outputs: True" in text
+    assert not list((tmp_path / "state" / "scrub").glob("*.jsonl"))
 
 
 def scan_text(text: str, values: list[str]) -> list[str]:

@@ -84,7 +84,7 @@ def map_psql_errors(*, host: str, message: str, database: str | None = None, sta
         yield
     except PsqlExit as exc:
         output = exc.result.output
-        raise DatabaseError(f"{message}\n    " + scrub(output.strip()[-2000:]), host=host, database=database,
+        raise DatabaseError(f"{message}\n    " + scrub(output.strip())[-2000:], host=host, database=database,
                             statement=scrub(statement) if statement else None, sqlstate=parse_sqlstate(output),
                             hint=hint) from exc
     except RemoteCommandError as exc:

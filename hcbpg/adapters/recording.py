@@ -125,7 +125,7 @@ class RecordingHost:
         self.calls.append(call)
         result = self._lookup(call)
         if check and not result.ok:
-            raise RemoteCommandError(self.name, call.command, result.exit_code, result.output[-4000:], hint=hint)
+            raise RemoteCommandError(self.name, call.command, result.exit_code, result.output, hint=hint)
         return result
 
     def _lookup(self, call: Call) -> Result:

@@ -7,7 +7,9 @@ from pathlib import Path
 
 from hcbpg import secrets as hsecrets
 from hcbpg.engine import manifest as mf
-from hcbpg.errors import AuditError
+from hcbpg.engine import signing
+from hcbpg.errors import AuditError, HcbpgError
+from hcbpg.params import load_params
 
 
 def runs_table(base: Path, env: str | None = None) -> list[dict[str, str]]:
@@ -29,14 +31,36 @@ def runs_table(base: Path, env: str | None = None) -> list[dict[str, str]]:
     return rows
 
 
+def trust_of(base: Path, env: str) -> signing.Trust:
+    """Where *env*'s trust is kept (its params' ``audit:``; the defaults when the params do not load)."""
+    try:
+        params = load_params(env, base)
+    except HcbpgError:
+        params = None
+    return signing.trust_for(params, env, base)
+
+
 def verify(base: Path, env: str | None = None) -> list[str]:
-    """Problems in the audit trail of one or every environment (empty: all verified)."""
+    """Problems in the audit trail of one or every environment (empty: all verified).
+
+    Every environment with runs under ``outputs/`` or a head file beside the params is
+    checked, so removing an environment's whole directory is noticed too."""
     outputs = mf.outputs_dir(base)
-    envs = [env] if env else sorted(p.name for p in outputs.iterdir() if p.is_dir()) if outputs.is_dir() else []
+    if env:
+        envs = [env]
+    else:
+        found = {p.name for p in outputs.iterdir() if p.is_dir()} if outputs.is_dir() else set()
+        found |= {p.name.removesuffix(".audit-head") for p in (base / "params").glob("*.audit-head")}
+        envs = sorted(found)
     problems: list[str] = []
     for e in envs:
-        problems += mf.verify_env(base, e)
+        problems += mf.verify_env(base, e, trust_of(base, e))
     return problems
+
+
+def verify_run(base: Path, run: mf.Run) -> list[str]:
+    """Problems in the record a run continues from: its environment's whole chain (resume, approve)."""
+    return mf.verify_env(base, run.env, trust_of(base, run.env))
 
 
 def render_html(run: mf.Run) -> Path:

@@ -31,6 +31,7 @@ from pathlib import Path
 from hcbpg import secrets as hsecrets
 from hcbpg.engine import manifest as mf
 from hcbpg.engine.catalogue import load_steps, notebooks_dir, select
+from hcbpg.engine.locks import env_lock
 from hcbpg.engine.runbook import AUTO_APPROVE_ENV, GUIDED_ENV, HEADLESS_ENV, scrub_file_for
 from hcbpg.engine.runner import (
     SCHEME,
@@ -38,6 +39,7 @@ from hcbpg.engine.runner import (
     _register_writer,
     _resolve_param_secrets,
     refuse_if_open_in_jupyterlab,
+    sealer_for,
 )
 from hcbpg.errors import HcbpgError, UsageError
 from hcbpg.params import home, load_params, params_sha256
@@ -90,7 +92,11 @@ def prepare(env: str, *, start: str | None = None, until: str | None = None,
             raise UsageError(f"step {s.key}: notebook {nbd / s.notebook} is missing")
     run = mf.create_run(b, env, steps=[s.as_dict() for s in steps], mode="guided", dry_run=False,
                         params_sha256=params_sha256(env, b),
-                        selection={"from": start, "until": until, "only": None}, repo=nbd.parent)
+                        selection={"from": start, "until": until, "only": None}, repo=nbd.parent,
+                        seal_with=sealer_for(params, env, b))
+    with run.update() as data:  # what a gate approves includes the step's code
+        for st, s in zip(data["steps"], steps, strict=True):
+            st["code_sha256"] = mf.code_sha256(nbd / s.notebook)
     os.environ[hsecrets.SCRUB_FILE_ENV] = str(scrub_file_for(run.path))
     _resolve_param_secrets(params)
     _register_writer()
@@ -280,6 +286,7 @@ def finish(run_id: str, *, base: Path | None = None, progress: Callable[[str], N
     if not mf.is_newest(run, b):
         raise UsageError(f"run {run.run_id} is no longer the newest run of {run.env}: finishing it would "
                          "rewrite a manifest that a later run's hash chain covers")
+    sealer = sealer_for(load_params(run.env, b), run.env, b)  # refuses before anything is changed
     scrub_file = scrub_file_for(run.path)
     os.environ[hsecrets.SCRUB_FILE_ENV] = str(scrub_file)
     hsecrets.SCRUBBER.load_file(scrub_file)
@@ -325,6 +332,7 @@ def finish(run_id: str, *, base: Path | None = None, progress: Callable[[str], N
         steps = [dict(s) for s in d["steps"]]
         status = d["status"]
     run.log(f"guided run finished by {mf.operator_name()}: {status}")
+    mf.seal(run, sealer)
     scrub_file.unlink(missing_ok=True)
     shutil.rmtree(state, ignore_errors=True)
     lines = [f"Guided run {run.run_id} of {run.env} finished: {status}"]
@@ -348,10 +356,12 @@ def cmd_guide(args: argparse.Namespace) -> int:
     if args.run_id:
         raise UsageError(f"unexpected argument {args.run_id!r}",
                          hint="Start a guided run with: hcbpg guide ENV [--from STEP] [--until STEP]")
-    g = prepare(args.target, start=args.start, until=args.until)
-    print(f"hcbpg guided run of {g.run.env}: {len(g.notebooks)} step(s), run {g.run.run_id}\n"
-          f"  record: {g.run.path}", flush=True)
-    return serve(g, port=args.port, progress=lambda line: print(line, flush=True))
+    with env_lock(args.target, purpose="guided run", base=home()) as lock:  # the whole JupyterLab session
+        g = prepare(args.target, start=args.start, until=args.until)
+        lock.note_run(g.run.run_id)
+        print(f"hcbpg guided run of {g.run.env}: {len(g.notebooks)} step(s), run {g.run.run_id}\n"
+              f"  record: {g.run.path}", flush=True)
+        return serve(g, port=args.port, progress=lambda line: print(line, flush=True))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

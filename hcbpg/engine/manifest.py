@@ -5,6 +5,13 @@ Layout: ``outputs/<env>/<UTC timestamp>_<run id>/`` holds one executed notebook 
 Each manifest names the previous run of its environment and the sha256 of that run's
 manifest, so the runs of one environment form a hash chain; ``outputs/<env>/HEAD`` names
 the newest run so that removing it is noticed too.  Every write goes through the scrubber.
+
+Whenever a run stops (done, failed, at a gate, interrupted) its manifest is *sealed*: the
+sha256 of ``run.log`` is written into it, the manifest is signed with the operator's SSH key
+(``manifest.json.sig``, see :mod:`hcbpg.engine.signing`) and the environment's head file outside
+``outputs/`` (``params/<env>.audit-head``) records that run and its manifest's sha256.  So a
+rewrite of ``outputs/`` (notebook, hash, later manifests and ``HEAD`` together) breaks a
+signature, and removing the newest runs leaves the head naming a run that is gone.
 """
 
 from __future__ import annotations
@@ -25,10 +32,12 @@ from pathlib import Path
 from typing import Any
 
 from hcbpg import secrets as hsecrets
+from hcbpg.engine import signing
 from hcbpg.errors import AuditError, UsageError
 
 FORMAT = 1
 TERMINAL = {"succeeded", "failed"}
+SIG_NAME = "manifest.json.sig"
 
 
 def utcnow() -> str:
@@ -45,6 +54,16 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def code_sha256(notebook: Path) -> str:
+    """sha256 of a notebook's code (its code cells but the parameters cell): what a step will do."""
+    nb = json.loads(notebook.read_text())
+    cells = [c for c in nb.get("cells", []) if c.get("cell_type") == "code"
+             and "parameters" not in c.get("metadata", {}).get("tags", [])
+             and "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
+    code = "\n\x00".join("".join(c["source"]) if isinstance(c["source"], list) else c["source"] for c in cells)
+    return hashlib.sha256(code.encode()).hexdigest()
 
 
 def atomic_write_text(path: Path, text: str, mode: int = 0o644) -> None:
@@ -167,8 +186,11 @@ def find_run(home: Path, run_id: str) -> Run:
 
 
 def create_run(home: Path, env: str, *, steps: list[dict[str, Any]], mode: str, dry_run: bool,
-               params_sha256: str, selection: dict[str, Any], repo: Path) -> Run:
-    """Create the run directory and its first manifest, linked to the previous run."""
+               params_sha256: str, selection: dict[str, Any], repo: Path,
+               seal_with: "Sealer | None" = None) -> Run:
+    """Create the run directory and its first manifest, linked to the previous run.
+
+    *seal_with*: seal the previous run first when its runner stopped without sealing it (killed)."""
     edir = env_dir(home, env)
     edir.mkdir(parents=True, exist_ok=True)
     with open(edir / ".chain.lock", "a") as fh:
@@ -177,6 +199,8 @@ def create_run(home: Path, env: str, *, steps: list[dict[str, Any]], mode: str, 
         prev = None
         if previous:
             p = previous[-1]
+            if seal_with is not None and needs_orphan_seal(p):
+                seal_orphan(p, seal_with)
             prev = {"run_id": p.run_id, "dir": p.path.name, "manifest_sha256": sha256_file(p.manifest_path)}
         run_id = new_run_id()
         stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -217,10 +241,15 @@ def is_newest(run: Run, home: Path) -> bool:
 
 # verification -----------------------------------------------------------------------
 
-def verify_env(home: Path, env: str) -> list[str]:
-    """Recompute every hash and the chain of one environment; returns problems, first first."""
+def verify_env(home: Path, env: str, trust: signing.Trust | None = None) -> list[str]:
+    """Recompute every hash and the chain of one environment; returns problems, first first.
+
+    With *trust*: also every manifest's signature, the hash of every ``run.log`` and the chain
+    head recorded outside ``outputs/``."""
     problems: list[str] = []
     runs = list_runs(home, env)
+    if trust is not None:
+        problems += verify_trust(runs, trust)
     by_dir = {r.path.name: r for r in runs}
     head = env_dir(home, env) / "HEAD"
     if runs:
@@ -254,13 +283,181 @@ def verify_env(home: Path, env: str) -> list[str]:
                 if expected_prev is not None and prev["dir"] != expected_prev.path.name:
                     problems.append(f"{run.manifest_path}: links to {prev['dir']} but the run before it "
                                     f"is {expected_prev.path.name}")
+        open_run = is_open(run, data)
         for step in data.get("steps", []):
             for att in step.get("attempts", []):
+                if att.get("status") == "running" and open_run:
+                    continue  # being written now
+                if not att.get("notebook") and str(att.get("note", "")).startswith("superseded"):
+                    continue  # a guided start repeated in the same notebook: its file is the later attempt's
                 if not att.get("notebook") or not att.get("sha256"):
+                    problems.append(f"{run.manifest_path}: attempt {att.get('n')} of step {step.get('key')} "
+                                    "has no hash: its notebook cannot be checked")
                     continue
                 f = run.path / att["notebook"]
                 if not f.is_file():
                     problems.append(f"{f}: removed (recorded in {run.manifest_path})")
                 elif sha256_file(f) != att["sha256"]:
                     problems.append(f"{f}: changed since it was recorded (sha256 mismatch)")
+    return problems
+
+
+# sealing ----------------------------------------------------------------------------
+
+def pid_alive(pid: int | None, machine: str | None) -> bool:
+    """True when *pid* runs on this machine (*machine* is where it was recorded)."""
+    if not pid or machine != socket.gethostname():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def is_open(run: Run, data: dict[str, Any] | None = None) -> bool:
+    """A run whose runner (or JupyterLab) is alive and writing its manifest: not sealed yet, rightly."""
+    try:
+        d = data if data is not None else run.read()
+    except AuditError:
+        return False
+    r = d.get("runner") or {}
+    return d.get("status") == "running" and (pid_alive(r.get("pid"), r.get("machine"))
+                                              or pid_alive(r.get("jupyter_pid"), r.get("machine")))
+
+
+@dataclass(frozen=True)
+class Sealer:
+    """What seals a run: the environment's trust files and the operator's signing key."""
+
+    trust: signing.Trust
+    key: Path
+
+
+def is_sealed(run: Run) -> bool:
+    """The manifest has a signature file and ``run.log`` is hashed in it (not checked here: see verify)."""
+    try:
+        return (run.path / SIG_NAME).is_file() and "sealed" in run.read()
+    except AuditError:
+        return False
+
+
+def needs_orphan_seal(run: Run) -> bool:
+    """A run left ``running`` by a runner that died (SIGKILL, power loss), or never sealed at all."""
+    try:
+        data = run.read()
+    except AuditError:
+        return False
+    if is_open(run, data):
+        return False
+    return data.get("status") == "running" or not is_sealed(run)
+
+
+def read_head(trust: signing.Trust) -> tuple[str, str] | None:
+    """``(run dir, manifest sha256)`` from the environment's head file; None when there is none."""
+    try:
+        lines = [ln for ln in trust.head_file.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    except FileNotFoundError:
+        return None
+    if len(lines) != 1 or len(lines[0].split()) != 2:
+        raise AuditError(f"{trust.head_file}: expected one line 'RUN_DIR SHA256'")
+    name, sha = lines[0].split()
+    return name, sha
+
+
+def write_head(trust: signing.Trust, run: Run, manifest_sha256: str) -> None:
+    trust.head_file.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(trust.head_file, (
+        f"# hcbpg audit head of {trust.env}: the newest sealed run and the sha256 of its manifest.json.\n"
+        f"# Written at the end of every run; commit it with outputs/{trust.env} (hcbpg audit verify checks it).\n"
+        f"{run.path.name} {manifest_sha256}\n"))
+
+
+def seal(run: Run, sealer: Sealer, *, note: str | None = None) -> None:
+    """Hash run.log into the manifest, sign the manifest, record the head outside outputs/."""
+    log = run.path / "run.log"
+    with run.update() as data:
+        data["run_log_sha256"] = sha256_file(log) if log.is_file() else None
+        data["sealed"] = {"at": utcnow(), "by": operator_name(), "machine": socket.gethostname(),
+                          **({"note": note} if note else {})}
+    content = run.manifest_path.read_bytes()
+    signature = signing.sign(content, sealer.key, signing.NS_MANIFEST)
+    tmp = run.path / f".{SIG_NAME}.{os.getpid()}.tmp"
+    tmp.write_text(signature)  # not through the scrubber: a signature is not a secret, and must stay exact
+    os.replace(tmp, run.path / SIG_NAME)
+    write_head(sealer.trust, run, hashlib.sha256(content).hexdigest())
+
+
+def seal_orphan(run: Run, sealer: Sealer) -> None:
+    """Seal a run whose runner stopped without doing so (SIGKILL, power loss): hash what it left."""
+    with run.update() as data:
+        for s in data["steps"]:
+            for a in s["attempts"]:
+                if a["status"] == "running":
+                    a["status"] = "interrupted"
+                    a["note"] = "the runner stopped without recording an end (killed?)"
+                if a.get("notebook") and not a.get("sha256") and (run.path / a["notebook"]).is_file():
+                    a["sha256"] = sha256_file(run.path / a["notebook"])
+            if s["status"] == "running":
+                s["status"] = "interrupted"
+        if data["status"] == "running":
+            data["status"] = "interrupted"
+    seal(run, sealer, note="sealed when the next run started: its runner had stopped without sealing")
+
+
+def verify_trust(runs: list[Run], trust: signing.Trust) -> list[str]:
+    """Signatures, run.log hashes and the head recorded outside outputs/ (problems, first first)."""
+    problems: list[str] = []
+    by_dir = {r.path.name: r for r in runs}
+    for i, run in enumerate(runs):
+        try:
+            data = run.read()
+        except AuditError:
+            continue  # reported by the chain check
+        newest = i == len(runs) - 1
+        if newest and is_open(run, data):
+            continue  # its runner is writing it; it is sealed when it stops
+        sig = run.path / SIG_NAME
+        if not sig.is_file():
+            problems.append(f"{run.manifest_path}: not signed ({SIG_NAME} is missing)")
+        else:
+            try:
+                signing.verify(run.manifest_path.read_bytes(), sig.read_text(), trust.allowed_signers,
+                               signing.NS_MANIFEST)
+            except AuditError as exc:
+                problems.append(f"{run.manifest_path}: signature does not hold: {exc.message}")
+        log = run.path / "run.log"
+        if "run_log_sha256" not in data:
+            problems.append(f"{log}: not hashed in {run.manifest_path}")
+        elif data["run_log_sha256"] is not None:
+            if not log.is_file():
+                problems.append(f"{log}: removed (hashed in {run.manifest_path})")
+            elif sha256_file(log) != data["run_log_sha256"]:
+                problems.append(f"{log}: changed since the run was sealed (sha256 mismatch)")
+    try:
+        head = read_head(trust)
+    except AuditError as exc:
+        return problems + [str(exc)]
+    if head is None:
+        if runs:
+            problems.append(f"{trust.head_file}: missing: no record outside outputs/ of the newest run of "
+                            f"{trust.env} (restore it from git)")
+        return problems
+    name, sha = head
+    if name not in by_dir:
+        problems.append(f"{trust.head_file}: names {name} as the newest sealed run of {trust.env}, "
+                        f"and that run was removed from outputs/{trust.env}")
+        return problems
+    head_run = by_dir[name]
+    if not (head_run.path == runs[-1].path and is_open(head_run)):
+        actual = sha256_file(head_run.manifest_path)
+        if actual != sha:
+            problems.append(f"{head_run.manifest_path}: differs from the head recorded in {trust.head_file} "
+                            f"(sha256 {actual[:12]}…, recorded {sha[:12]}…)")
+    later = runs[[r.path.name for r in runs].index(name) + 1:]
+    for r in later:
+        if not (r.path == runs[-1].path and is_open(r)):
+            problems.append(f"{r.path}: newer than the head recorded in {trust.head_file} ({name})")
     return problems

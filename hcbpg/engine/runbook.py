@@ -24,9 +24,10 @@ from hcbpg import secrets as hsecrets
 from hcbpg.desired.roles import roles_config
 from hcbpg.display import _in_ipython, render_table, show_plan, show_table  # noqa: F401 - the notebooks' display helpers
 from hcbpg.engine import manifest as mf
+from hcbpg.engine import signing
 from hcbpg.errors import GateRequired, HcbpgError, UsageError, VerificationFailed
 from hcbpg.outcome import Check, Outcome
-from hcbpg.params import Params, home, load_params
+from hcbpg.params import Params, home, load_params, params_sha256
 
 HEADLESS_ENV = "HCBPG_HEADLESS"
 AUTO_APPROVE_ENV = "HCBPG_AUTO_APPROVE"
@@ -119,6 +120,8 @@ class Runbook:
         self.guided_attempt: int | None = None
         #: cells that raised and have not run cleanly since (guided runs): the step cannot succeed
         self.failed_cells: dict[str, str] = {}
+        #: called by finish() once the step succeeded (the primary's change lock is released so)
+        self._at_finish: list[Callable[[], None]] = []
 
     # secrets -----------------------------------------------------------------
     def secret(self, key: str) -> str:
@@ -154,43 +157,92 @@ class Runbook:
         return rows
 
     # gates -------------------------------------------------------------------
-    def gate(self, name: str, question: str) -> None:
-        """A manual approval the run waits for; headless runs stop here until `hcbpg approve`."""
+    def gate(self, name: str, question: str, *, plan: Any = None) -> None:
+        """A manual approval the run waits for; headless runs stop here until `hcbpg approve`.
+
+        An approval holds only while it is signed by an allowed signer and bound to the params
+        and the step's plan as they are now (the step's code, the question, and *plan* if given):
+        when either changed since, the gate asks again."""
         if self.dry_run:
             print(f"[dry run] gate '{name}' would wait here for approval: {question}")
             return
+        binding = self._gate_binding(name, question, plan)
         approval = None
         if self.run is not None:
             approval = self.run.read().get("gates", {}).get(name)
         if approval and approval.get("approved_at"):
-            print(f"gate '{name}' approved by {approval['approved_by']} at {approval['approved_at']}"
-                  + (f": {approval['note']}" if approval.get("note") else ""))
-            return
+            problem = self._approval_problem(name, approval, binding)
+            if problem is None:
+                proof = approval.get("proof") or {}
+                print(f"gate '{name}' approved by {approval['approved_by']} at {approval['approved_at']}"
+                      + (f": {approval['note']}" if approval.get("note") else "")
+                      + (f" (signed by {proof.get('principal')}, key {proof.get('key_fingerprint')})"
+                         if proof else ""))
+                return
+            print(f"gate '{name}': the recorded approval does not hold ({problem}); asking again")
         auto = os.environ.get(AUTO_APPROVE_ENV)
         if auto:
-            self._approve(name, question, by=auto, note="approved automatically", via="auto")
+            self._approve(name, question, by=auto, note="approved automatically", via="auto", binding=binding)
             print(f"gate '{name}' approved automatically by {auto}: {question}")
             return
         if self.run is not None:
             with self.run.update() as data:
-                data.setdefault("gates", {})[name] = {"question": question, "step": self.step,
-                                                      "requested_at": mf.utcnow(), "approved_at": None}
+                gates = data.setdefault("gates", {})
+                old = gates.get(name)
+                gates[name] = {"question": question, "step": self.step, "requested_at": mf.utcnow(),
+                               "approved_at": None, **binding}
+                if old and old.get("approved_at"):  # kept for the reader: what was approved before, and why not now
+                    gates[name]["set_aside"] = [*old.pop("set_aside", []), old]
         if os.environ.get(HEADLESS_ENV):
             raise GateRequired(name, question, self.run_id)
         answer = input(f"GATE {name}: {question}\nType '{name}' to confirm it holds (anything else stops): ")
         if answer.strip() != name:
             raise GateRequired(name, question, self.run_id)
-        self._approve(name, question, by=mf.operator_name(), note="confirmed in the notebook", via="notebook")
+        self._approve(name, question, by=None, note="confirmed in the notebook", via="notebook", binding=binding)
         print(f"gate '{name}' approved in the notebook by {mf.operator_name()}")
 
-    def _approve(self, name: str, question: str, *, by: str, note: str, via: str) -> None:
+    def _trust(self) -> Any:
+        return signing.trust_for(self.params, self.env, self.home)
+
+    def _gate_binding(self, name: str, question: str, plan: Any) -> dict[str, str]:
+        """What an approval of this gate is bound to: the params file's sha256 and the step's plan."""
+        code = ""
+        if self.run is not None:
+            try:
+                code = self.run.step(self.run.read(), self.step).get("code_sha256") or ""
+            except HcbpgError:
+                code = ""
+        return {"params_sha256": params_sha256(self.env, self.home),
+                "plan_sha256": signing.plan_digest(step=self.step, gate=name, question=question,
+                                                   code_sha256=code, plan=plan)}
+
+    def _approval_problem(self, name: str, approval: dict[str, Any], binding: dict[str, str]) -> str | None:
+        if self.run is None:
+            return None
+        return signing.approval_problem(approval, run_id=self.run.run_id, env=self.env, name=name, step=self.step,
+                                        params_sha256=binding["params_sha256"], plan_sha256=binding["plan_sha256"],
+                                        allowed_signers=self._trust().allowed_signers)
+
+    def _approve(self, name: str, question: str, *, by: str | None, note: str, via: str,
+                 binding: dict[str, str]) -> None:
+        """Record an approval made here (auto, or typed in a guided notebook), signed with the operator's key."""
         if self.run is None:
             return
+        at = mf.utcnow()
+        proof = signing.sign_approval({"run_id": self.run.run_id, "environment": self.env, "gate": name,
+                                       "step": self.step, "question": question, "approved_at": at, "note": note,
+                                       "via": via, **binding}, self.params, self._trust())
         with self.run.update() as data:
-            g = data.setdefault("gates", {}).get(name) or {"question": question, "step": self.step,
-                                                            "requested_at": mf.utcnow()}
-            g.update({"approved_by": by, "approved_at": mf.utcnow(), "note": note, "via": via})
-            data["gates"][name] = g
+            gates = data.setdefault("gates", {})
+            old = gates.get(name) or {}
+            g = {"question": question, "step": self.step, "requested_at": old.get("requested_at") or at, **binding}
+            if old.get("approved_at"):
+                g["set_aside"] = [*old.pop("set_aside", []), old]
+            elif old.get("set_aside"):
+                g["set_aside"] = old["set_aside"]
+            g.update({"approved_by": by or proof["principal"], "approved_at": at, "note": note, "via": via,
+                      "operator": mf.operator_name(), "proof": proof})
+            gates[name] = g
 
     # changes -----------------------------------------------------------------
     @overload
@@ -298,6 +350,8 @@ class Runbook:
             "duration_s": round(time.monotonic() - self.started, 3),
         }
         self.record("hcbpg_summary", summary)
+        while self._at_finish:
+            self._at_finish.pop()()
         verb = "would change" if self.dry_run else "changed"
         print(f"{self.step}: {verb} {self.changes} thing(s)" if self.changes else
               f"{self.step}: nothing to change" + (" (dry run)" if self.dry_run else ""))
@@ -314,6 +368,10 @@ class Runbook:
                     step.update({"status": "succeeded", "end": end,
                                  "duration_s": round(sum(a.get("duration_s") or 0 for a in step["attempts"]), 3)})
         return summary
+
+    def at_finish(self, fn: Callable[[], None]) -> None:
+        """Call *fn* when this step finishes successfully (rb.finish or rb.skip)."""
+        self._at_finish.append(fn)
 
     def runs_of_env(self) -> list[mf.Run]:
         """Every run of this environment, oldest first (for a step that reads what earlier runs approved)."""

@@ -23,10 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from hcbpg import secrets as hsecrets
+from hcbpg.engine import audit, signing
 from hcbpg.engine import manifest as mf
 from hcbpg.engine.catalogue import load_steps, notebooks_dir, select
+from hcbpg.engine.locks import env_lock
 from hcbpg.engine.runbook import AUTO_APPROVE_ENV, HEADLESS_ENV, scrub_file_for
-from hcbpg.errors import HcbpgError, UsageError
+from hcbpg.errors import AuditError, HcbpgError, UsageError
 from hcbpg.params import Params, home, load_params, params_sha256
 
 SCHEME = "hcbpg-scrubbed://"
@@ -182,18 +184,26 @@ class Runner:
         for s in steps:
             if not (self.nb_dir / s.notebook).is_file():
                 raise UsageError(f"step {s.key}: notebook {self.nb_dir / s.notebook} is missing")
-        run = mf.create_run(self.home, env, steps=[s.as_dict() for s in steps],
-                            mode="plan" if dry_run else "run", dry_run=dry_run,
-                            params_sha256=params_sha256(env, self.home),
-                            selection={"from": start, "until": until, "only": only},
-                            repo=self.nb_dir.parent)
-        kind = "plan (dry run: nothing is changed)" if dry_run else "run"
-        self.progress(f"hcbpg {kind} of {env}: {len(steps)} step(s), run {run.run_id}\n"
-                      f"  record: {run.path}")
-        return self._execute(run, params)
+        with env_lock(env, purpose="plan" if dry_run else "run", base=self.home) as lock:
+            sealer = sealer_for(params, env, self.home)  # refuses before anything is created
+            run = mf.create_run(self.home, env, steps=[s.as_dict() for s in steps],
+                                mode="plan" if dry_run else "run", dry_run=dry_run,
+                                params_sha256=params_sha256(env, self.home),
+                                selection={"from": start, "until": until, "only": only},
+                                repo=self.nb_dir.parent, seal_with=sealer)
+            lock.note_run(run.run_id)
+            kind = "plan (dry run: nothing is changed)" if dry_run else "run"
+            self.progress(f"hcbpg {kind} of {env}: {len(steps)} step(s), run {run.run_id}\n"
+                          f"  record: {run.path}")
+            return self._execute(run, params, sealer)
 
     def resume(self, run_id: str) -> RunResult:
         run = mf.find_run(self.home, run_id)
+        with env_lock(run.env, purpose="resume", base=self.home) as lock:
+            lock.note_run(run.run_id)
+            return self._resume(run)
+
+    def _resume(self, run: mf.Run) -> RunResult:
         data = run.read()
         if data["status"] == "succeeded":
             raise UsageError(f"run {run.run_id} already succeeded; nothing to resume")
@@ -209,6 +219,17 @@ class Runner:
                              hint=f"Shut JupyterLab down (File > Shut Down, or Ctrl-C in `hcbpg guide`), "
                                   f"or run `hcbpg guide finish {run.run_id}`; then resume.")
         params = load_params(run.env, self.home)
+        sealer = sealer_for(params, run.env, self.home)
+        if mf.needs_orphan_seal(run):  # its runner was killed: seal what it left, then check the chain
+            mf.seal_orphan(run, sealer)
+            self.progress(f"note: run {run.run_id} had stopped without sealing its record (killed?); sealed it now")
+        # the approvals and the steps recorded as done are only as good as the record: verify it first
+        problems = audit.verify_run(self.home, run)
+        if problems:
+            raise AuditError(f"run {run.run_id} is not resumed: the audit record of {run.env} does not verify "
+                             f"({len(problems)} problem(s)); first: {problems[0]}",
+                             hint=f"See `hcbpg audit verify {run.env}`. A record changed outside hcbpg cannot be "
+                                  f"trusted for its approvals: restore it from git, or start a new run.")
         sha = params_sha256(run.env, self.home)
         if sha != data["params_sha256"]:
             self.progress(f"note: params/{run.env}.yaml changed since this run started; "
@@ -217,10 +238,16 @@ class Runner:
                 d.setdefault("params_history", []).append({"at": mf.utcnow(), "params_sha256": sha})
                 d["params_sha256"] = sha
         self.progress(f"hcbpg resume of run {run.run_id} ({run.env})\n  record: {run.path}")
-        return self._execute(run, params)
+        return self._execute(run, params, sealer)
 
     # -- the loop ---------------------------------------------------------------------
-    def _execute(self, run: mf.Run, params: Params) -> RunResult:
+    def _execute(self, run: mf.Run, params: Params, sealer: mf.Sealer) -> RunResult:
+        try:
+            return self._execute_steps(run, params)
+        finally:
+            self._stop(run, sealer)
+
+    def _execute_steps(self, run: mf.Run, params: Params) -> RunResult:
         _register_writer()
         scrub_file = scrub_file_for(run.path)
         os.environ[hsecrets.SCRUB_FILE_ENV] = str(scrub_file)
@@ -267,7 +294,6 @@ class Runner:
             with run.update() as data:
                 data["status"] = "succeeded"
                 data["finished"] = mf.utcnow()
-            self._close(run)
             return RunResult(run, "succeeded", EXIT_OK, self._summary(run))
         finally:
             pm_logger.removeHandler(handler)
@@ -293,6 +319,8 @@ class Runner:
             step["attempts"].append(attempt)
             step["status"] = "running"
             step["start"] = step.get("start") or attempt["start"]
+            # what a gate in this step approves includes the code that runs (hcbpg.engine.signing.plan_digest)
+            step["code_sha256"] = mf.code_sha256(self.nb_dir / s["notebook"])
             dry_run = data["dry_run"]
             env = data["environment"]
         label = f"[{i}/{n}] {key}: {s['title']}"
@@ -391,6 +419,20 @@ class Runner:
         except FileNotFoundError:
             pass
 
+    def _stop(self, run: mf.Run, sealer: mf.Sealer) -> None:
+        """Whenever the runner stops (done, failed, gate, Ctrl-C): drop the scrub registry, seal the record.
+
+        The registry holds every secret of the run in the clear; a resume resolves them again."""
+        self._close(run)
+        try:
+            data = run.read()
+        except AuditError:
+            return
+        if data.get("status") == "running":  # stopped by an error of ours, not a step's
+            with run.update() as d:
+                d["status"] = "interrupted"
+        mf.seal(run, sealer)
+
     def _summary(self, run: mf.Run) -> str:
         data = run.read()
         lines = [f"Run {run.run_id} of {run.env} {data['status']}:"]
@@ -406,14 +448,29 @@ class Runner:
         return "\n".join(lines)
 
 
+def sealer_for(params: Params, env: str, base: Path) -> mf.Sealer:
+    """The operator's signing key and the environment's trust files, checked to sign and verify now."""
+    trust = signing.trust_for(params, env, base)
+    signing.check_can_sign(params, trust)
+    return mf.Sealer(trust, signing.signing_key(params))
+
+
 def approve(run_id: str, gate: str, *, note: str | None, base: Path | None = None) -> mf.Run:
-    """Record who approved a gate of a waiting run, and when."""
+    """Record who approved a gate of a waiting run, with a signed statement bound to the params and plan."""
     b = base or home()
     run = mf.find_run(b, run_id)
     if not mf.is_newest(run, b):
         raise UsageError(f"run {run.run_id} is not the newest run of {run.env}; it cannot be approved")
-    with run.update() as data:
-        gates = data.setdefault("gates", {})
+    with env_lock(run.env, purpose="approve", base=b) as lock:
+        lock.note_run(run.run_id)
+        params = load_params(run.env, b)
+        sealer = sealer_for(params, run.env, b)
+        problems = audit.verify_run(b, run)
+        if problems:
+            raise AuditError(f"gate '{gate}' of run {run.run_id} is not approved: the audit record of {run.env} "
+                             f"does not verify; first: {problems[0]}", hint=f"See `hcbpg audit verify {run.env}`.")
+        data = run.read()
+        gates = data.get("gates", {})
         if gate not in gates:
             waiting = [g for g, v in gates.items() if not v.get("approved_at")]
             raise UsageError(f"run {run.run_id} has no gate '{gate}' waiting"
@@ -421,9 +478,22 @@ def approve(run_id: str, gate: str, *, note: str | None, base: Path | None = Non
         g = gates[gate]
         if g.get("approved_at"):
             raise UsageError(f"gate '{gate}' was already approved by {g['approved_by']} at {g['approved_at']}")
-        g.update({"approved_by": mf.operator_name(), "approved_at": mf.utcnow(),
-                  "note": note, "via": "hcbpg approve", "machine": socket.gethostname()})
-    run.log(f"gate {gate} approved by {mf.operator_name()}")
+        sha = params_sha256(run.env, b)
+        if g.get("params_sha256") and g["params_sha256"] != sha:
+            raise UsageError(f"params/{run.env}.yaml changed since gate '{gate}' asked; the question was put "
+                             "for other params", hint=f"Resume first (hcbpg resume {run.run_id}): the gate asks "
+                                                      "again with the params as they are now.")
+        fields = {"run_id": run.run_id, "environment": run.env, "gate": gate, "step": g.get("step"),
+                  "question": g.get("question"), "params_sha256": sha, "plan_sha256": g.get("plan_sha256"),
+                  "approved_at": mf.utcnow(), "note": note, "via": "hcbpg approve"}
+        proof = signing.sign_approval(fields, params, sealer.trust)
+        with run.update() as data:
+            data["gates"][gate].update({
+                "approved_by": proof["principal"], "approved_at": fields["approved_at"], "note": note,
+                "via": "hcbpg approve", "machine": socket.gethostname(), "operator": mf.operator_name(),
+                "proof": proof})
+        run.log(f"gate {gate} approved by {proof['principal']} (key {proof['key_fingerprint']})")
+        mf.seal(run, sealer)
     return run
 
 

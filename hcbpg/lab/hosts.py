@@ -458,7 +458,7 @@ def host_exec(cfg: LabConfig, name: str, command: str | Sequence[str], *, input:
         raise LabError(f"on lab host {name}: timed out after {timeout}s: {command}") from exc
     if check and cp.returncode != 0:
         shown = command if isinstance(command, str) else shlex.join(command)
-        raise RemoteCommandError(name, shown, cp.returncode, (cp.stdout + cp.stderr)[-4000:])
+        raise RemoteCommandError(name, shown, cp.returncode, cp.stdout + cp.stderr)
     return cp
 
 

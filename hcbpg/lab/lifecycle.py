@@ -52,6 +52,10 @@ def _rand(n: int, alphabet: str = _ALNUM) -> str:
     return "".join(secrets.choice(alphabet) for _ in range(n))
 
 
+#: the principal of the lab operator's key in the lab's allowed-signers file
+LAB_SIGNER = "hcbpg-lab-operator"
+
+
 class Lab:
     """One rehearsal lab, named by its directory (default ``/var/lib/hcbpg-lab``)."""
 
@@ -142,6 +146,11 @@ class Lab:
             self.cfg.ssh_key.with_suffix(".pub").unlink(missing_ok=True)
             run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "hcbpg-lab-operator",
                  "-f", str(self.cfg.ssh_key)])
+        # the lab operator's key also signs the lab's audit record (params/lab.yaml audit.allowed_signers);
+        # generated here, never committed
+        kind, blob = self.cfg.ssh_key.with_suffix(".pub").read_text().split()[:2]
+        atomic_write(self.cfg.ssh_dir / "allowed_signers",
+                     f'{LAB_SIGNER} namespaces="hcbpg-audit,hcbpg-approval" {kind} {blob}\n', 0o644)
 
     def _ensure_secrets(self) -> None:
         cfg = self.cfg

@@ -284,7 +284,7 @@ def check_psql_from_app(app: "Host", params: "Params", password: str, *, server_
     res = _psql_on(app, params, password, script, server_ip=server_ip,
                    display=f"psql as {params.postgres.app_role}@{server_ip}: create, write, read, drop {table}")
     ok = res.ok and expected in res.stdout
-    detail = f"read back {expected!r} from {table}, then dropped it" if ok else scrub(res.output.strip()[-300:])
+    detail = f"read back {expected!r} from {table}, then dropped it" if ok else scrub(res.output.strip())[-300:]
     return Check.of(name, ok, detail, app.name)
 
 
@@ -295,7 +295,7 @@ def check_wrong_password_refused(app: "Host", params: "Params", *, server_ip: st
                    display=f"psql as {params.postgres.app_role}@{server_ip} with a wrong password (must be refused)")
     refused = not res.ok and "password authentication failed" in res.output
     detail = "refused: password authentication failed" if refused else (
-        "ACCEPTED a wrong password" if res.ok else scrub(res.output.strip()[-300:]))
+        "ACCEPTED a wrong password" if res.ok else scrub(res.output.strip())[-300:])
     return Check.of("wrong password refused", refused, detail, app.name)
 
 

@@ -41,7 +41,7 @@ def get_cluster(host: "Host", params: "Params") -> dict[str, Any] | None:
     if not res.ok:
         if "not found" in res.output or res.exit_code == 127:
             return None
-        raise RemoteCommandError(host.name, "pg_lsclusters --json", res.exit_code, res.output[-2000:])
+        raise RemoteCommandError(host.name, "pg_lsclusters --json", res.exit_code, res.output)
     for c in json.loads(res.stdout or "[]"):
         if int(c.get("version", 0)) == params.postgres.version and c.get("cluster") == params.postgres.cluster:
             return c

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
 
+from hcbpg import secrets as hsecrets
 from hcbpg.adapters.host import Host
 from hcbpg.adapters.psql import Psql, render
 from hcbpg.adapters.site import site_for
@@ -111,7 +112,7 @@ def prepare_scratch(host: "Host | None", params: "Params", target: DrillTarget, 
     outcomes.append(pgb.ensure_paths(host, dry_run=dry_run))
     v = version or pgb.get_installed_version(host)
     outcomes.append(pgb.ensure_pgbackrest_conf(host, params, server, version=v, dry_run=dry_run,
-                                               repo_server=params.primary))
+                                               repo_server=params.primary, read_only=True))
     return outcomes
 
 
@@ -189,7 +190,7 @@ def get_fingerprint(host: "Host", params: "Params", *, checksum_tables: Sequence
               f"SELECT coalesce(json_agg(q), '[]'::json) FROM ({query}) AS q;\nCOMMIT;\n")
     res = host.run(psql._cmd(db, " -A -t"), sudo_user=psql.os_user, stdin=script, quiet=True, check=False)
     if not res.ok:
-        raise DatabaseError(f"on {host.name}: the fingerprint query failed in {db}: {res.output.strip()[-1500:]}",
+        raise DatabaseError(f"on {host.name}: the fingerprint query failed in {db}: {hsecrets.scrub(res.output.strip())[-1500:]}",
                             hint="It only reads; nothing changed.")
     fp = parse_fingerprint_rows(json.loads(res.stdout.strip() or "[]"))
     fp["database"] = db

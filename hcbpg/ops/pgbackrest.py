@@ -80,13 +80,19 @@ PATHS = (
 
 # the config file -------------------------------------------------------------------
 
-def resolve_conf_secrets(params: "Params") -> dict[str, str]:
-    """The secret option values from their references (each registered with the scrubber)."""
+def resolve_conf_secrets(params: "Params", *, read_only: bool = False) -> dict[str, str]:
+    """The secret option values from their references (each registered with the scrubber).
+
+    *read_only* (the restore-drill host): the drill's read-only S3 key when params give one."""
     pb = pgbackrest_params(params)
     refs = {"repo1-s3-key": pb.s3_key, "repo1-s3-key-secret": pb.s3_key_secret}
+    keys = dict(SECRET_OPTIONS)
+    if read_only and params.drill is not None and params.drill.s3_key and params.drill.s3_key_secret:
+        refs = {"repo1-s3-key": params.drill.s3_key, "repo1-s3-key-secret": params.drill.s3_key_secret}
+        keys.update({"repo1-s3-key": "drill.s3_key", "repo1-s3-key-secret": "drill.s3_key_secret"})
     if pb.cipher_type != "none" and pb.cipher_pass:
         refs["repo1-cipher-pass"] = pb.cipher_pass
-    return {opt: hsecrets.resolve(ref, key=SECRET_OPTIONS[opt]) for opt, ref in refs.items()}
+    return {opt: hsecrets.resolve(ref, key=keys[opt]) for opt, ref in refs.items()}
 
 
 # archiving settings (a conf.d include file of PostgreSQL) ---------------------------
@@ -185,7 +191,7 @@ def get_version(host: "Host") -> tuple[int, int, int]:
     res = host.probe("pgbackrest version")
     if not res.ok:
         raise PgBackRestError(f"on {host.name}: `pgbackrest version` failed (exit {res.exit_code}): "
-                              f"{hsecrets.scrub(res.output.strip()[-300:])}", host=host.name,
+                              f"{hsecrets.scrub(res.output.strip())[-300:]}", host=host.name,
                               hint="Install pgbackrest (step 02 installs it with PostgreSQL).")
     return parse_version(res.stdout)
 
@@ -262,11 +268,12 @@ def ensure_paths(host: "Host | None", *, dry_run: bool) -> Outcome:
 
 def ensure_pgbackrest_conf(host: "Host | None", params: "Params", server: "Server", *,
                            version: tuple[int, int, int] | None, dry_run: bool,
-                           repo_server: "Server | None" = None) -> Outcome:
+                           repo_server: "Server | None" = None, read_only: bool = False) -> Outcome:
     """pgbackrest.conf is ours (0640 postgres); the diff shows ``<secret>``, never a value.
 
     *repo_server* names whose repository the file points at (default: *server*; a restore
-    drill host reads the primary's).
+    drill host reads the primary's).  *read_only*: the drill's read-only S3 key (params
+    ``drill.s3_key``), when given, so that the scratch host cannot delete backups.
     """
     repo_for = repo_server or server
     shown = render_pgbackrest_conf(params, repo_for, version=version)
@@ -275,7 +282,7 @@ def ensure_pgbackrest_conf(host: "Host | None", params: "Params", server: "Serve
     what = f"{CONF_PATH} on {server.name}"
     if host is None:
         return Outcome(what, True, dry_run, diff=unified_diff("", shown, CONF_PATH), actions=[f"write {CONF_PATH}"])
-    values = resolve_conf_secrets(params)
+    values = resolve_conf_secrets(params, read_only=read_only)
     real = render_pgbackrest_conf(params, repo_for, version=version, secrets=values)
     if repo_for is not server:
         real = real.replace(f"# pgBackRest for {repo_for.name},", f"# pgBackRest for {server.name} "
@@ -339,7 +346,7 @@ def run_pgbackrest(host: "Host", params: "Params", command: str, *options: str, 
 
 def pgbackrest_error(host: "Host", cmd: str, res: "Result") -> PgBackRestError:
     parsed = parse_pgbackrest_error(res.output)
-    code, message = parsed if parsed else (None, hsecrets.scrub(res.output.strip()[-1500:]) or "no output")
+    code, message = parsed if parsed else (None, hsecrets.scrub(res.output.strip())[-1500:] or "no output")
     return PgBackRestError(
         f"on {host.name}: `{cmd}` failed (exit {res.exit_code}): "
         + (f"[{code:03d}] " if code is not None else "") + hsecrets.scrub(message),
@@ -584,11 +591,13 @@ def configure_pgbackrest(host: "Host | None", params: "Params", server: "Server"
     return outcomes
 
 
-def check_conf(host: "Host", params: "Params", server: "Server", *, repo_server: "Server | None" = None) -> list[Check]:
+def check_conf(host: "Host", params: "Params", server: "Server", *, repo_server: "Server | None" = None,
+               read_only: bool = False) -> list[Check]:
     """pgbackrest.conf on the server is what hcbpg renders (secrets compared, never shown) with mode 0640 postgres."""
     version = get_version(host)
     repo_for = repo_server or server
-    real = render_pgbackrest_conf(params, repo_for, version=version, secrets=resolve_conf_secrets(params))
+    real = render_pgbackrest_conf(params, repo_for, version=version,
+                                  secrets=resolve_conf_secrets(params, read_only=read_only))
     if repo_for is not server:
         real = real.replace(f"# pgBackRest for {repo_for.name},", f"# pgBackRest for {server.name} "
                             f"(repository of {repo_for.name}),")

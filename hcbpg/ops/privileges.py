@@ -636,15 +636,15 @@ def check_metabase_access(jumpbox: "Host", others: Sequence["Host"], cfg: RolesC
                          role=name, password=pw, server_ip=server_ip, port=port, dbname=cfg.database,
                          script=q(listed), display=f"psql as {name}@{server_ip}: SELECT count(*) FROM {listed}")
     out.append(Check.of(f"{name} reads listed table {listed} from the jumpbox", ok,
-                        f"{output.splitlines()[-1] if ok and output else output[-200:]} row(s)" if ok
-                        else output[-200:], jumpbox.name))
+                        f"{output.splitlines()[-1] if ok and output else hsecrets.scrub(output)[-200:]} row(s)" if ok
+                        else hsecrets.scrub(output)[-200:], jumpbox.name))
     ok, output = psql_as(jumpbox, tls=desired_tls.conninfo_tls(params),
                          role=name, password=pw, server_ip=server_ip, port=port, dbname=cfg.database,
                          script=q(unlisted_table),
                          display=f"psql as {name}@{server_ip}: SELECT count(*) FROM {unlisted_table} (must be refused)")
     denied = not ok and "permission denied" in output
     out.append(Check.of(f"{name} cannot read unlisted table {unlisted_table}", denied,
-                        "permission denied" if denied else ("READ IT" if ok else output[-200:]), jumpbox.name))
+                        "permission denied" if denied else ("READ IT" if ok else hsecrets.scrub(output)[-200:]), jumpbox.name))
     for other in others:
         # expected to be refused: a random wrong password, never metabase's own
         ok, output = psql_as(other, tls=desired_tls.conninfo_tls(params),
@@ -654,7 +654,7 @@ def check_metabase_access(jumpbox: "Host", others: Sequence["Host"], cfg: RolesC
                                                           "(must be refused)")
         refused = not ok and "no pg_hba.conf entry" in output
         out.append(Check.of(f"{name} refused from {other.name}", refused,
-                            "refused by pg_hba.conf" if refused else ("CONNECTED" if ok else output[-200:]),
+                            "refused by pg_hba.conf" if refused else ("CONNECTED" if ok else hsecrets.scrub(output)[-200:]),
                             other.name))
     return out
 
@@ -672,7 +672,7 @@ def check_migrations_then_app(app: "Host", cfg: RolesConfig, params: "Params", *
     ok, output = psql_as(app, tls=desired_tls.conninfo_tls(params),
                          role=mig, password=mig_pw, server_ip=server_ip, port=port, dbname=cfg.database,
                          script=create, display=f"psql as {mig}@{server_ip}: CREATE TABLE {table}")
-    out = [Check.of(f"{mig} creates a table", ok, f"created {table}" if ok else output[-200:], app.name)]
+    out = [Check.of(f"{mig} creates a table", ok, f"created {table}" if ok else hsecrets.scrub(output)[-200:], app.name)]
     if not ok:
         return out
     try:
@@ -685,7 +685,7 @@ def check_migrations_then_app(app: "Host", cfg: RolesConfig, params: "Params", *
                              display=f"psql as {cfg.app_role}@{server_ip}: write and read {table}")
         good = ok and "written by the app and updated" in output
         out.append(Check.of(f"{cfg.app_role} uses the table {mig} created", good,
-                            "inserted (sequence), updated and read it (default privileges)" if good else output[-200:],
+                            "inserted (sequence), updated and read it (default privileges)" if good else hsecrets.scrub(output)[-200:],
                             app.name))
         ok, output = psql_as(app, tls=desired_tls.conninfo_tls(params),
                              role=cfg.app_role, password=app_password, server_ip=server_ip, port=port,
@@ -734,6 +734,7 @@ def verify_access(app: "Host", jumpbox: "Host | None", cfg: RolesConfig, params:
                              display=f"psql as {cfg.metabase.name}@{server_ip} from {app.name} (must be refused)")
         refused = not ok and "no pg_hba.conf entry" in output
         out.append(Check.of(f"{cfg.metabase.name} refused from {app.name}", refused,
-                            "refused by pg_hba.conf" if refused else ("CONNECTED" if ok else output[-200:]), app.name))
+                            "refused by pg_hba.conf" if refused
+                            else ("CONNECTED" if ok else hsecrets.scrub(output)[-200:]), app.name))
         return out
     return out + check_metabase_access(jumpbox, [app], cfg, params, server_ip=server_ip, unlisted_table=unlisted_table)

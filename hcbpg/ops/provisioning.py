@@ -294,8 +294,10 @@ def ssh_key_fingerprint(public_key: str) -> str:
 
 
 def render_firewall_rules(params: Params) -> list[Rule]:
-    """The firewall's rules: SSH inbound from the admin source ranges, nothing else."""
+    """The firewall's rules: SSH inbound from the admin source ranges, nothing else (no ranges: no rule)."""
     sources = tuple(sorted({str(ipaddress.ip_network(r)) for r in params.hetzner.admin_source_ranges}))
+    if not sources:
+        return []
     return [Rule("in", "tcp", "22", sources, (), SSH_RULE_DESCRIPTION)]
 
 

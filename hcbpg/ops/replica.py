@@ -167,7 +167,7 @@ def run_base_backup(host: "Host", primary_psql: Psql, params: "Params", primary:
          + (f": {scrub(_own_progress(output))}" if _own_progress(output) else "")
          + (f"; {scrub(final[-1])}" if final else ""))
     if code != 0:
-        raise RemoteCommandError(standby.name, cmd, code, scrub(output[-3000:]),
+        raise RemoteCommandError(standby.name, cmd, code, scrub(output)[-3000:],
                                  hint="The data directory is incomplete; fix the cause and run the step again "
                                       "(it rebuilds the replica).")
     return duration

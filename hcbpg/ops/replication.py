@@ -375,7 +375,7 @@ def check_refuses_writes(replica_psql: Psql) -> Check:
     if res.ok:
         return Check(name, "fail", "a write was ACCEPTED on the replica", replica_psql.host.name)
     ok = "read-only transaction" in res.output
-    return Check.of(name, ok, "cannot execute INSERT in a read-only transaction" if ok else res.output.strip()[-200:],
+    return Check.of(name, ok, "cannot execute INSERT in a read-only transaction" if ok else scrub(res.output.strip())[-200:],
                     replica_psql.host.name)
 
 

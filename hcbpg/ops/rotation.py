@@ -173,14 +173,14 @@ def verify_rotation(host: "Host", params: "Params", rot: Rotatable, old: str, ne
                          display=f"psql as {rot.role}@{server_ip} with the NEW password")
     works = ok and rot.role in output
     out = [Check.of(f"{rot.role}: new password works", works,
-                    f"logged in from {host.name}" if works else output[-200:], host.name)]
+                    f"logged in from {host.name}" if works else hsecrets.scrub(output)[-200:], host.name)]
     ok, output = psql_as(host, tls=desired_tls.conninfo_tls(params),
                          role=rot.role, password=old, server_ip=server_ip, port=port, dbname=rot.dbname,
                          script="SELECT 1;\n", display=f"psql as {rot.role}@{server_ip} with the OLD password "
                                                        "(must be refused)")
     refused = not ok and "password authentication failed" in output
     out.append(Check.of(f"{rot.role}: old password refused", refused,
-                        "password authentication failed" if refused else ("ACCEPTED" if ok else output[-200:]),
+                        "password authentication failed" if refused else ("ACCEPTED" if ok else hsecrets.scrub(output)[-200:]),
                         host.name))
     return out
 

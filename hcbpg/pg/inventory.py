@@ -93,7 +93,12 @@ SELECT json_build_object(
  'large_objects', (SELECT count(*) FROM pg_largeobject_metadata),
  'version', current_setting('server_version_num')::int,
  'postmaster_start', pg_postmaster_start_time()::text,
- 'user', current_user
+ 'user', current_user,
+ -- schemas and relations whose names hold control characters: the streamed transfer reads names line by line
+ 'control_char_names', (SELECT coalesce(json_agg(format('%I.%I', n.nspname, c.relname) ORDER BY c.oid), '[]')
+                        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                        WHERE n.nspname !~ '^pg_' AND n.nspname <> 'information_schema'
+                          AND (c.relname ~ '[[:cntrl:]]' OR n.nspname ~ '[[:cntrl:]]'))
 )"""
 
 

@@ -22,6 +22,11 @@ class Run(Protocol):
     home: Path
     dry_run: bool
     params: "Params"
+    #: the run's id (None in an ad hoc notebook run) and this step's key: named by the primary's change lock
+    run_id: str | None
+    step: str
+
+    def at_finish(self, fn: "Callable[[], None]") -> None: ...
 
     def secret(self, key: str) -> str: ...
 

@@ -6,6 +6,8 @@ is the site's (:mod:`hcbpg.adapters.site`).
 
 from __future__ import annotations
 
+import getpass
+import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +17,7 @@ from hcbpg.adapters.site import OutsiderRunner, site_for
 from hcbpg.desired.addresses import app_ssh_address, ssh_address
 from hcbpg.errors import HcbpgError, HostUnreachable
 from hcbpg.ops import cluster as pg_cluster
+from hcbpg.ops import server_lock
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.psql import Psql
@@ -48,13 +51,29 @@ def server_host(rb: "Run", server: "Server") -> Host | None:
             hint="Run step 01 (provision) first, or set ssh_host for this server in params.")
     host = Host.from_params(rb.params, server.name, address)
     try:
-        return host.connect()
+        host.connect()
     except HostUnreachable as exc:
         if rb.dry_run:
             print(f"[{server.name}] unreachable at {address} ({exc.message.split(': ', 1)[-1]}); "
                   "dry run: the plan assumes a fresh server (step 01 would create it)")
             return None
         raise
+    if server.role == "primary" and not rb.dry_run:
+        lock_primary(rb, host)
+    return host
+
+
+def lock_primary(rb: "Run", host: Host) -> None:
+    """Take the primary's change lock for this step (refused while another run holds it); released at
+    ``rb.finish()``.  A failed step keeps it, so that only its resume, or a stale-lock check, takes it."""
+    me = server_lock.holder_for(run_id=rb.run_id or f"ad-hoc-{os.getpid()}", env=rb.env, step=rb.step,
+                                operator=os.environ.get("HCBPG_OPERATOR") or getpass.getuser())
+    server_lock.ensure_change_lock(host, me, dry_run=False)
+
+    def release() -> None:
+        server_lock.release_change_lock(host, me)
+
+    rb.at_finish(release)
 
 
 def server_hosts(rb: "Run") -> dict[str, Host | None]:

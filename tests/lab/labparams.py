@@ -39,6 +39,8 @@ def lab_params(lab, servers: Sequence[tuple[str, str, str]], **sections: Any) ->
                 "known_hosts": str(cfg.known_hosts)},
         "postgres": {"app_role_password": f"file:{cfg.secret_path('rails-password')}"},
         "tls": tls_section(lab),
+        # the lab key signs the record; `lab up` lists it in this file
+        "audit": {"allowed_signers": str(cfg.ssh_dir / "allowed_signers")},
     }
     data.update(sections)
     return data

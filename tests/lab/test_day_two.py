@@ -30,7 +30,7 @@ from hcbpg.ops import app_database as roles
 from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import config as pg_config
 from hcbpg.ops import failover as fo
-from hcbpg.ops import health, monitoring, privileges, rotation
+from hcbpg.ops import health, monitoring, privileges, rotation, server_lock
 from hcbpg.ops import replica as replica_ops
 from hcbpg.ops import replication as rep
 from hcbpg.ops import server as pg_server
@@ -39,6 +39,7 @@ from hcbpg.params import parse_params
 from hcbpg.secrets import resolve
 
 from labparams import lab_params, pgbackrest_section, replication_section
+from nbutil import CmdlineWatch
 
 pytestmark = pytest.mark.lab
 
@@ -286,7 +287,7 @@ def test_rotation_leaves_old_password_refused_and_new_working(params, hosts, cfg
         assert all(c.ok for c in monitoring.check_exporter(hosts[s.name], s))
 
 
-def test_notebooks_run_by_the_real_runner_with_no_password_in_outputs(params, home, cfg, tmp_path):
+def test_notebooks_run_by_the_real_runner_with_no_password_in_outputs(params, home, cfg, lab, tmp_path):
     """Steps 13 (a second time: nothing to change), 14 and 15 as notebooks, headless, gates auto-approved."""
     import shutil
     nbdir = tmp_path / "notebooks"
@@ -298,6 +299,10 @@ def test_notebooks_run_by_the_real_runner_with_no_password_in_outputs(params, ho
         {"notebook": "14_password_rotation.ipynb", "title": "Password rotation", "on_demand": True},
         {"notebook": "15_health.ipynb", "title": "Health report"}]}))
     env = {"HCBPG_NOTEBOOKS": str(nbdir), "HCBPG_OPERATOR": "day-two-test"}
+    # every secret the steps use, sampled for on every process's command line while they run
+    planted = [app_password(params)] + [privileges.role_password(cfg, r.name) for r in cfg.login_roles()] + \
+        [lab.cfg.read_secret(p.name) for p in lab.cfg.secrets_dir.iterdir() if p.is_file()]
+    watch = CmdlineWatch().__enter__()
     proc, took = hcbpg_cli_env(home, env, "run", "lab", "--only", "13_roles,14_password_rotation,15_health",
                                timeout=900)
     out = proc.stdout + proc.stderr
@@ -312,13 +317,47 @@ def test_notebooks_run_by_the_real_runner_with_no_password_in_outputs(params, ho
         took += more
         out = proc.stdout + proc.stderr
     TIMINGS["notebooks_13_14_15_s"] = round(took, 1)
+    watch.__exit__()
     assert proc.returncode == 0, out[-3000:]
+    assert watch.samples > 100 and len(watch.seen) > 50, (watch.samples, len(watch.seen))
+    # (a psql run by the steps on a lab host is among what was sampled: the check can see those)
+    assert any(b"psql" in argv for argv in watch.seen), "no psql was ever sampled"
+    # the rotated passwords (step 14 made new ones) count too
+    planted += [privileges.role_password(cfg, r.name) for r in cfg.login_roles()]
+    assert watch.found([v for v in planted if len(v) >= 8]) == []
+    assert hcbpg_cli_env(home, env, "audit", "verify", "lab")[0].returncode == 0
     summary = "".join(p.read_text() for p in (home / "outputs").rglob("*.json"))
     assert "13_roles" in summary
     text = "".join(p.read_text(errors="replace") for p in (home / "outputs").rglob("*") if p.is_file())
     OUTPUT.append(text)
     for value in [app_password(params)] + [privileges.role_password(cfg, r.name) for r in cfg.login_roles()]:
         assert value not in text
+
+
+def test_a_step_is_refused_while_another_machine_holds_the_primary(params, hosts, home, tmp_path):
+    """The change lock on the primary: the steps above released it; one held from elsewhere refuses a run."""
+    primary = hosts[params.primary.name]
+    assert primary.read_text(server_lock.LOCK_PATH) is None, "a finished step left the primary locked"
+    other = server_lock.Holder("run-elsewhere", "lab", "07_cutover", "alice", "alice-laptop", 99, 90,
+                               "2026-12-02T17:00:00.000000Z")
+    primary.run(f"install -d -m 0700 {server_lock.LOCK_DIR}")
+    primary.put_text(server_lock.LOCK_PATH, other.to_json(), mode=0o600)
+    try:
+        nbdir = tmp_path / "notebooks"
+        nbdir.mkdir()
+        import shutil
+        shutil.copy(REPO / "notebooks" / "13_roles.ipynb", nbdir)
+        (nbdir / "steps.yaml").write_text(yaml.safe_dump({"steps": [
+            {"notebook": "13_roles.ipynb", "title": "Roles and privileges, monitoring hookup"}]}))
+        proc, _ = hcbpg_cli_env(home, {"HCBPG_NOTEBOOKS": str(nbdir)}, "run", "lab", "--only", "13_roles",
+                                timeout=900)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 1, out[-3000:]
+        assert (f"{params.primary.name} is being changed by another run: step 07_cutover of run run-elsewhere "
+                "(lab) by alice (pid 90 on alice-laptop) since 2026-12-02T17:00:00") in out, out[-3000:]
+        assert server_lock.parse_holder(primary.read_text(server_lock.LOCK_PATH)) == other
+    finally:
+        primary.run(f"rm -f {server_lock.LOCK_PATH}")
 
 
 def test_status_shows_every_item_for_both_servers_and_exits_0(params, home):

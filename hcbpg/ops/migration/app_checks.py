@@ -63,7 +63,7 @@ def check_from_app(app: "Host", params: "Params", password: str, *, server_ip: s
                    display=f"psql as {params.postgres.app_role}@{server_ip}: newest {src.events_table} row, "
                            + (f"write and read {what}" if write is not None else f"read {what}"))
     got = parse_app_output(res.stdout) if res.ok else {}
-    err = hsecrets.scrub(res.output.strip()[-300:]) if not res.ok else ""
+    err = hsecrets.scrub(res.output.strip())[-300:] if not res.ok else ""
     out = []
     ev = got.get("newest-event")
     out.append(Check.of(f"newest {src.events_table} row read from the app host",
@@ -87,7 +87,7 @@ def check_passwords(app: "Host", params: "Params", *, old: str, new: str, server
                      display=f"psql as {params.postgres.app_role}@{server_ip} with the old password (must be refused)")
     return [
         Check.of("new rails password works", r_new.ok and "ok" in r_new.stdout,
-                 "connected" if r_new.ok else hsecrets.scrub(r_new.output.strip()[-200:]), app.name),
+                 "connected" if r_new.ok else hsecrets.scrub(r_new.output.strip())[-200:], app.name),
         Check.of("old rails password refused", not r_old.ok and "password authentication failed" in r_old.output,
                  "refused: password authentication failed" if not r_old.ok else "the OLD password still works",
                  app.name),
@@ -104,5 +104,5 @@ def check_url_from_app(app: "Host", params: "Params", url: str) -> Check:
                   display=f"psql {redact_url(url)} from the app host")
     ok = res.ok and res.stdout.strip().startswith(f"{params.postgres.app_role}|{params.postgres.database}|f")
     return Check.of("new DATABASE_URL works from the app host", ok,
-                    f"connected as {res.stdout.strip()}" if res.ok else hsecrets.scrub(res.output.strip()[-200:]),
+                    f"connected as {res.stdout.strip()}" if res.ok else hsecrets.scrub(res.output.strip())[-200:],
                     app.name)

@@ -106,7 +106,7 @@ def run_dump(host: "Host", params: "Params", source: Source, tag: str, *, with_c
     if status != "0":
         log = host.read_text(f"{path}.pg_dump-log") or ""
         raise RemoteCommandError(host.name, f"pg_dump of {source.label}", int(status) if status.isdigit() else None,
-                                 hsecrets.scrub(log[-3000:]),
+                                 hsecrets.scrub(log)[-3000:],
                                  hint="Nothing was restored. Fix the cause (connection, locks, disk) and run "
                                       "the step again.")
     inv = Inventory.from_json(parse_marked_json(res.stdout)) if with_counts else None
@@ -142,7 +142,7 @@ def run_heroku_dump(host: "Host", params: "Params", tag: str, *, local: LocalRun
         proc = local(argv)
         if proc.returncode != 0:
             raise RemoteCommandError("operator machine", " ".join(argv), proc.returncode,
-                                     hsecrets.scrub((proc.stdout + proc.stderr)[-2000:]),
+                                     hsecrets.scrub(proc.stdout + proc.stderr)[-2000:],
                                      hint="Log in with `heroku login` (or set HEROKU_API_KEY) and check the app name "
                                           "in params source.heroku_app.")
         print(f"[local] $ {' '.join(argv)}  -> exit 0")

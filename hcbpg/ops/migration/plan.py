@@ -60,6 +60,8 @@ def plan_migration(host: "Host", params: "Params", source: Source, *, dry_run: b
                                 "is not running", hint="Run steps 02-04 first (install, connections, app role).")
     with source:
         facts = get_source_facts(source)
+    if stream.use_stream(params, facts):
+        stream.check_source_names(facts)  # the plan refuses too, before anything is planned on the target
     state = get_server_state(host, params)
     tstate = get_target_state(host, params)
     same = facts.get("postmaster_start") == state["postmaster_start"]

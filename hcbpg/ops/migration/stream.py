@@ -14,7 +14,7 @@ from psycopg import sql
 from hcbpg import clock
 from hcbpg import secrets as hsecrets
 from hcbpg.adapters.psql import JSON_MARK, parse_marked_json
-from hcbpg.errors import RemoteCommandError
+from hcbpg.errors import RemoteCommandError, SafetyCheckFailed
 from hcbpg.ops.migration import templates
 from hcbpg.ops.migration.database import plan_fresh_database
 from hcbpg.ops.migration.dump import DumpResult, prepare_dump_dir
@@ -245,6 +245,20 @@ def stream_plan_actions(params: "Params") -> list[str]:
             f"pg_restore --section=post-data -j {jobs} of the rest (triggers, comments, anything not matched)"]
 
 
+def check_source_names(facts: Mapping[str, Any]) -> None:
+    """Refuse a source whose schema or table names hold control characters (SafetyCheckFailed, nothing changed).
+
+    The transfer's scripts read one table name per line; a newline in a name would split it into
+    two names, and other control characters would reach the shell's ``read``."""
+    bad = [str(n) for n in facts.get("control_char_names") or []]
+    if bad:
+        raise SafetyCheckFailed(
+            f"the source has {len(bad)} table name(s) with control characters: "
+            + ", ".join(repr(n) for n in bad[:10]) + ("" if len(bad) <= 10 else ", ..."),
+            hint="Rename them on the source (ALTER TABLE ... RENAME TO ...), then run the step again; "
+                 "nothing was changed on the target.")
+
+
 def run_stream(host: "Host", params: "Params", source: "Source", facts: Mapping[str, Any], tag: str, *,
                run_label: str = "") -> tuple[DumpResult, RestoreResult]:
     """Fresh database and settings, then schema, rows and indexes straight from the source (no dump files).
@@ -254,6 +268,7 @@ def run_stream(host: "Host", params: "Params", source: "Source", facts: Mapping[
     """
     src = params.source
     assert src is not None
+    check_source_names(facts)
     state = get_server_state(host, params)
     settings, notes = plan_restore_settings(mem_bytes=state["mem_bytes"], jobs=restore_jobs(params),
                                             archive_mode=state["archive_mode"],
@@ -294,7 +309,7 @@ def run_stream(host: "Host", params: "Params", source: "Source", facts: Mapping[
         status, log = out["stream.exit"].strip(), out["stream.log"]
         if status != "0":
             raise RemoteCommandError(host.name, f"streamed transfer from {source.label}",
-                                     int(status) if status.isdigit() else None, hsecrets.scrub(log[-3000:]),
+                                     int(status) if status.isdigit() else None, hsecrets.scrub(log)[-3000:],
                                      hint="The database is half restored; run the step again (it starts over).")
         inv = Inventory.from_json(parse_marked_json(out["counts.out"]))
         phases = summarize_stream_times(log + out["times"], out["tables"])
