@@ -39,6 +39,16 @@ class RolesConfig:
     monitoring: LoginRole | None = None
     exporter: LoginRole | None = None
     extensions: tuple[str, ...] = ()
+    #: Blazer's read-only login (not in login_roles(): it is read-only through pg_read_all_data)
+    blazer: LoginRole | None = None
+    blazer_statement_timeout: str = "30s"
+    #: the app's second login in the group role, which rotation alternates with app_role
+    rotation_role: str = ""
+
+    @property
+    def app_logins(self) -> tuple[str, str]:
+        """The app's two logins in the group role: rotation moves the app from one to the other."""
+        return (self.app_role, self.rotation_role or f"{self.app_role}_alt")
 
     def login_roles(self) -> list[LoginRole]:
         return [r for r in (self.migrations, self.metabase, self.monitoring, self.exporter) if r is not None]
@@ -86,7 +96,10 @@ def roles_config(params: "Params") -> RolesConfig:
             jumpbox_ssh_host=getattr(mb, "jumpbox_ssh_host", None) if mb else None,
             monitoring=login(section.monitoring, "monitoring"),
             exporter=login(getattr(section, "exporter", None), "exporter"),
-            extensions=tuple(section.extensions))
+            extensions=tuple(section.extensions),
+            blazer=login(section.blazer, "blazer"),
+            blazer_statement_timeout=section.blazer.statement_timeout if section.blazer else "30s",
+            rotation_role=section.app_rotation_role or "")
     interim = _INTERIM_ENV_DEFAULTS.get(params.environment, {})
 
     def default_login(name: str, key: str, limit: int) -> LoginRole | None:
@@ -113,13 +126,34 @@ def with_jumpbox(cfg: RolesConfig, jumpbox_ip: str, ssh_host: str | None = None)
     return replace(cfg, jumpbox_ip=jumpbox_ip, jumpbox_ssh_host=ssh_host)
 
 
+def app_networks(params: "Params") -> list[str]:
+    """Where the app servers are: params ``app_servers``, else the servers' subnet."""
+    return list(params.app_servers) or [params.network.subnet]
+
+
 def roles_hba_rules(cfg: RolesConfig, params: "Params", server: "Server") -> list[HbaRule]:
     """The pg_hba lines step 13 adds (``extra`` for :func:`hcbpg.postgres.ensure_pg_hba`)."""
     db = hba_name(cfg.database)
     out = []
+    app_nets = [n for n in app_networks(params) if n != params.network.subnet]
+    for net in app_nets:
+        for login in cfg.app_logins if params.roles is not None else cfg.app_logins[:1]:
+            out.append(HbaRule("host", db, hba_name(login), "scram-sha-256", net,
+                               comment=f"the app ({login}) from the app servers' network {net}"))
+    rot = cfg.app_logins[1]
+    if params.roles is not None:  # the rotation login exists only in step 13's model
+        out.append(HbaRule("host", db, hba_name(rot), "scram-sha-256", params.network.subnet,
+                           comment=f"the app's rotation login ({rot}) from the private subnet"))
+    if cfg.blazer:
+        for net in app_networks(params):
+            out.append(HbaRule("host", db, hba_name(cfg.blazer.name), "scram-sha-256", net,
+                               comment=f"Blazer ({cfg.blazer.name}, read-only) from the app servers"))
     if cfg.migrations:
-        out.append(HbaRule("host", db, hba_name(cfg.migrations.name), "scram-sha-256", params.network.subnet,
-                           comment="migrations (Rails db:migrate) from the private subnet"))
+        for net in dict.fromkeys([params.network.subnet, *app_networks(params)]):
+            out.append(HbaRule("host", db, hba_name(cfg.migrations.name), "scram-sha-256", net,
+                               comment="migrations (Rails db:migrate, the release command) from "
+                                       + ("the private subnet" if net == params.network.subnet
+                                          else "the app servers")))
     if cfg.metabase and cfg.jumpbox_ip:
         out.append(HbaRule("host", db, hba_name(cfg.metabase.name), "scram-sha-256", f"{cfg.jumpbox_ip}/32",
                            comment="Metabase, read-only, only through the jumpbox"))

@@ -41,6 +41,7 @@ def hba_path(params: "Params") -> str:
 #: the conf.d include files hcbpg owns, one per concern, read in name order after postgresql.conf
 SETTINGS_FILES = {
     "identity": "10-hcbpg-identity.conf",        # step 02: cluster_name
+    "capacity": "15-hcbpg-capacity.conf",        # step 02: connections budget, memory, preloads (server type)
     "connections": "20-hcbpg-connections.conf",  # step 03: listen_addresses, password_encryption, postgres.settings
     "replication": "30-hcbpg-replication.conf",  # step 10: slot WAL cap, hot_standby, wal_keep_size
 }
@@ -56,6 +57,8 @@ def settings_for(params: "Params", server: "Server", part: str) -> dict[str, Set
         # wal_log_hints needs a restart: set it before the first start so that step 10 (replication,
         # pg_rewind after a failover) never has to restart the primary for it
         return {"cluster_name": server.name, "wal_log_hints": True}
+    if part == "capacity":
+        return {}  # from the server type (hcbpg.desired.capacity), handed in as extra by step 02
     if part == "replication":
         if params.replication is None:
             return {}
@@ -84,6 +87,7 @@ def settings_for(params: "Params", server: "Server", part: str) -> dict[str, Set
 
 _PART_TITLES = {
     "identity": "identity (step 02_install_postgres)",
+    "capacity": "capacity and memory (step 02_install_postgres; from params and the server type)",
     "connections": "connections (step 03_allow_connections; postgres.settings from params)",
     "replication": "replication (step 10_replication; replication.* from params)",
 }

@@ -420,6 +420,7 @@ def check_hba_scope(psql: Psql, params: "Params") -> Check:
     rows = psql.query("SELECT type, database, user_name, address, netmask, auth_method FROM pg_hba_file_rules "
                       "WHERE type <> 'local' AND error IS NULL")
     subnet = ipaddress.ip_network(params.network.subnet)
+    allowed = [subnet] + [ipaddress.ip_network(n) for n in params.app_servers]
     wide = []
     for r in rows:
         users = r["user_name"] or []
@@ -430,9 +431,10 @@ def check_hba_scope(psql: Psql, params: "Params") -> Check:
         except ValueError:
             wide.append(str(r["address"]))
             continue
-        if not net.subnet_of(subnet):  # type: ignore[arg-type]
+        if not any(net.subnet_of(a) for a in allowed):  # type: ignore[arg-type]
             wide.append(str(net))
-    return Check.of(f"pg_hba admits {pg.app_role} only from {subnet}", not wide,
+    where = ", ".join(str(a) for a in allowed)
+    return Check.of(f"pg_hba admits {pg.app_role} only from {where}", not wide,
                     "no TCP rule outside the subnet" if not wide else f"also from {', '.join(wide)}", psql.host.name)
 
 

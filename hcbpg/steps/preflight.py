@@ -40,8 +40,12 @@ OPERATOR_MODULES = (
 def check_params(rb: "Run") -> list[Check]:
     """The params file validated (runbook.start already refused an invalid one)."""
     path = params_path(rb.env, rb.home)
-    return [Check("params valid", "pass", f"{path.name} sha256 {params_sha256(rb.env, rb.home)[:12]}",
-                  str(path))]
+    out = [Check("params valid", "pass", f"{path.name} sha256 {params_sha256(rb.env, rb.home)[:12]}", str(path))]
+    for key, value in rb.params.placeholders().items():
+        out.append(Check(f"placeholder {key}", "warn",
+                         f"{key} is still the placeholder {value!r}: set it in {path.name} before the step "
+                         "that uses it (pgbackrest.deadman_url: step 08 fails until then)", str(path)))
+    return out
 
 
 def _key_file_check(label: str, path_text: str, *, private: bool) -> Check:
