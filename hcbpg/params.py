@@ -281,6 +281,8 @@ class Roles(Model):
     #: the app's second login in the group role: rotation alternates between postgres.app_role and this
     #: one, so the old URL keeps working until the app has moved (default: <app_role>_alt)
     app_rotation_role: Ident | None = None
+    #: that login's password (default: a file beside postgres.app_role_password, for file: references)
+    app_rotation_password: SecretRef | None = None
 
 
 class Health(Model):
