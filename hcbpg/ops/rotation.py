@@ -371,8 +371,9 @@ def wait_for_login_idle(psql: "Psql", login: str, *, timeout: float, interval: f
              f"step 14 again: it resumes here and locks {login}."))
 
 
-def verify_app_switch(host: "Host", params: "Params", switch: AppSwitch, new: str, *, server_ip: str) -> list[Check]:
-    """From the app host: the new login works with the new password; the old login is locked."""
+def verify_app_switch(host: "Host", params: "Params", cfg: RolesConfig, switch: AppSwitch, new: str, *,
+                      server_ip: str) -> list[Check]:
+    """From the app host: the new login works with the new password; the old one, with its own password, is locked."""
     port = params.postgres.port
     ok, output = psql_as(host, role=switch.new, password=new, server_ip=server_ip, port=port,
                          dbname=params.postgres.database, script="SELECT current_user;\n",
@@ -380,8 +381,11 @@ def verify_app_switch(host: "Host", params: "Params", switch: AppSwitch, new: st
     works = ok and switch.new in output
     out = [Check.of(f"{switch.new}: new password works", works, f"logged in from {host.name}" if works
                     else output[-200:], host.name)]
-    ok, output = psql_as(host, role=switch.old, password="not-the-password", server_ip=server_ip, port=port,
-                         dbname=params.postgres.database, script="SELECT 1;\n",
-                         display=f"psql as {switch.old}@{server_ip} (locked: must be refused)")
-    out.append(Check.of(f"{switch.old}: locked", not ok, "refused" if not ok else "ACCEPTED", host.name))
+    old_key, old_ref = _login_ref(params, cfg, switch.old)
+    ok, output = psql_as(host, role=switch.old, password=hsecrets.resolve(old_ref, key=old_key), server_ip=server_ip,
+                         port=port, dbname=params.postgres.database, script="SELECT 1;\n",
+                         display=f"psql as {switch.old}@{server_ip} with its own password (locked: must be refused)")
+    locked = not ok and "not permitted to log in" in output
+    out.append(Check.of(f"{switch.old}: locked", locked, "refused: role is not permitted to log in" if locked
+                        else ("ACCEPTED" if ok else output[-200:]), host.name))
     return out

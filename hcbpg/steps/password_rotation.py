@@ -87,7 +87,7 @@ def verify_all(rb: "Run", rots: Sequence[Rotatable], rotated: Mapping[str, Rotat
         if host is None:
             out.append(Check(f"{rot.role}: login checks", "warn", f"no SSH to the {rot.verify_from} host: not checked"))
         elif done.switch is not None:
-            out += rotation.verify_app_switch(host, rb.params, done.switch, done.new, server_ip=ip)
+            out += rotation.verify_app_switch(host, rb.params, cfg, done.switch, done.new, server_ip=ip)
         else:
             out += rotation.verify_rotation(host, rb.params, rot, done.old, done.new, server_ip=ip)
         if done.switch is not None:
