@@ -8,9 +8,16 @@ then the value is stored through the secret reference (``file:`` 0600 or ``op://
 pending file is removed.  A reference that cannot be written (``env:``) is refused before
 anything changes.  The values are registered with the scrubber and printed nowhere.
 
-Which roles: ``HCBPG_ROTATE_ROLES`` (comma-separated) if set, else the app role.  Rotating the
-app role keeps ``postgres.app_role_password`` in sync, so every later step keeps working.
+Which roles: ``HCBPG_ROTATE_ROLES`` (comma-separated) if set, else the app role.
 Sessions that are already connected stay connected: PostgreSQL checks a password only at login.
+
+The app is rotated without an outage (:func:`run_app_rotation`): its privileges live in the group
+role, and it has two logins in it (``rails`` and ``roles.app_rotation_role``, default ``rails_alt``),
+one in use at a time.  The other login gets a new password and LOGIN, its DATABASE_URL is handed
+out (0600 file), hcbpg waits until the old login has no sessions, then locks it (NOLOGIN).  The old
+URL works until then, so no new connection is refused.  Each login's password lives at its own
+secret reference (``postgres.app_role_password``, ``roles.app_rotation_password``); which one is in
+use is read from the server (the one that may log in).
 """
 
 from __future__ import annotations
@@ -150,7 +157,14 @@ def plan_rotation(rot: Rotatable, cfg: RolesConfig | None = None) -> Outcome:
 
 
 def run_rotation(psql: "Psql", params: "Params", rot: Rotatable) -> tuple[Outcome, str, str]:
-    """Rotate *rot*'s password; returns (outcome, old password, new password), both registered for scrubbing."""
+    """Rotate *rot*'s password; returns (outcome, old password, new password), both registered for scrubbing.
+
+    Not for the app's role: changing the password of the login the app uses refuses its new connections
+    until every process has the new URL; :func:`run_app_rotation` moves the app to its other login instead.
+    """
+    if rot.role == params.postgres.app_role:
+        raise UsageError(f"{rot.role} is the app's login: its rotation moves the app to its other login "
+                         "(run_app_rotation), so that no new connection is refused")
     check_storable(rot)
     old = hsecrets.resolve(rot.password_ref, key=rot.password_key)
     current = get_role(psql, rot.role)
@@ -211,8 +225,8 @@ def dependents_table(rots: Sequence[Rotatable]) -> list[dict[str, str]]:
 
 def update_hcbpg_dependents(rot: Rotatable, new: str, params: "Params", cfg: RolesConfig,
                             hosts: Mapping[str, "Host | None"], *, dry_run: bool) -> list[Outcome]:
-    """What hcbpg itself keeps with the password: exporter / Vector env files, replication passfiles,
-    and for the app role a 0600 handoff file with the new DATABASE_URL (outside outputs/)."""
+    """What hcbpg itself keeps with the password: exporter / Vector env files, replication passfiles (the app's
+    new DATABASE_URL is written by :func:`run_app_rotation`)."""
     out: list[Outcome] = []
     servers = [s for s in params.servers if hosts.get(s.name) is not None]
     if cfg.exporter and rot.role == cfg.exporter.name:
@@ -221,13 +235,6 @@ def update_hcbpg_dependents(rot: Rotatable, new: str, params: "Params", cfg: Rol
         out += [monitoring.ensure_vector_config(hosts[s.name], params, s, cfg, new, dry_run=dry_run) for s in servers]
     if params.replication is not None and rot.role == params.replication.role:
         out += [replication.ensure_passfile(hosts[s.name], params, s, new, dry_run=dry_run) for s in servers]
-    if rot.role == params.postgres.app_role:
-        path = migration.handoff_path(params)
-        if not dry_run:
-            urls = migration.write_app_urls(params, new)
-            path = getattr(urls, "path", path)
-        out.append(Outcome(f"new DATABASE_URL and BLAZER_DATABASE_URL for the app in {path} (0600)", True, dry_run,
-                           actions=["paste them into Hatchbox, restart the app's processes, then delete the file"]))
     return out
 
 
