@@ -65,6 +65,10 @@ SiteRef = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Z
                                max_length=200)]
 
 
+#: marks a value in params the operator must still set (e.g. pgbackrest.deadman_url)
+PLACEHOLDER = "CHANGE-ME"
+
+
 class Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -134,6 +138,8 @@ class Postgres(Model):
     #: where step 09 writes DATABASE_URL / BLAZER_DATABASE_URL (0600);
     #: default ~/.local/state/hcbpg/<env>/app-database-urls.env
     app_url_file: str | None = None
+    #: auto_explain logs the plan of every statement slower than this (e.g. 500ms, 1s, 5s; -1 = off)
+    auto_explain_min_duration: str = Field("1s", pattern=r"^(-1|\d+(us|ms|s|min))$")
 
 
 class PgBackRest(Model):
@@ -269,6 +275,16 @@ class MetabaseParams(Model):
         default_factory=list)
 
 
+class BlazerParams(Model):
+    """Blazer's read-only login (BLAZER_DATABASE_URL): reads every table, writes none."""
+
+    name: Ident = "blazer"
+    password: SecretRef
+    connection_limit: int = Field(10, ge=1)
+    #: a Blazer query running longer than this is cancelled (ALTER ROLE ... SET statement_timeout)
+    statement_timeout: str = Field("30s", pattern=r"^\d+(ms|s|min)$")
+
+
 class Roles(Model):
     """Roles built for rotation (step 13): the app's privileges live in a NOLOGIN group role."""
 
@@ -279,6 +295,12 @@ class Roles(Model):
     monitoring: LoginRoleParams | None = None     # Vector's postgresql_metrics
     exporter: LoginRoleParams | None = None       # prometheus-postgres-exporter
     extensions: list[Ident] = Field(default_factory=list)
+    blazer: BlazerParams | None = None           # Blazer's read-only login (BLAZER_DATABASE_URL)
+    #: the app's second login in the group role: rotation alternates between postgres.app_role and this
+    #: one, so the old URL keeps working until the app has moved (default: <app_role>_alt)
+    app_rotation_role: Ident | None = None
+    #: that login's password (default: a file beside postgres.app_role_password, for file: references)
+    app_rotation_password: SecretRef | None = None
 
 
 class Health(Model):
@@ -364,6 +386,9 @@ class Params(Model):
     network: NetworkParams = NetworkParams()
     servers: list[Server] = Field(min_length=1)
     app_host: Host | None = None
+    #: where the app servers are on the private network (CIDRs inside network.ip_range); pg_hba admits
+    #: the app from these; empty: from network.subnet.  app_host is one of them (the one hcbpg checks from)
+    app_servers: list[Network] = Field(default_factory=list)
     ssh: Ssh = Ssh()
     postgres: Postgres
     pgbackrest: PgBackRest | None = None
@@ -409,16 +434,23 @@ class Params(Model):
                 problems.append(f"servers[{i}].private_ip: {ip} ({s.name}) is outside the subnet {subnet}")
             elif ip in (subnet.network_address, subnet.broadcast_address):
                 problems.append(f"servers[{i}].private_ip: {ip} is the network or broadcast address of {subnet}")
-        if self.app_host and ipaddress.ip_address(self.app_host.private_ip) not in subnet:
-            problems.append(f"app_host.private_ip: {self.app_host.private_ip} is outside the subnet {subnet}")
         rng = ipaddress.ip_network(self.network.ip_range)
+        app_nets = [ipaddress.ip_network(n) for n in self.app_servers] or [subnet]
+        for i, n in enumerate(self.app_servers):
+            if not ipaddress.ip_network(n).subnet_of(rng):  # type: ignore[arg-type]
+                problems.append(f"app_servers[{i}]: {n} is outside the private network {rng}")
+        if self.app_host and not any(ipaddress.ip_address(self.app_host.private_ip) in n for n in app_nets):
+            where = f"the subnet {subnet}" if not self.app_servers else f"app_servers ({', '.join(self.app_servers)})"
+            problems.append(f"app_host.private_ip: {self.app_host.private_ip} is outside {where}")
         if self.roles and self.roles.metabase and ipaddress.ip_address(self.roles.metabase.jumpbox_ip) not in rng:
             problems.append(f"roles.metabase.jumpbox_ip: {self.roles.metabase.jumpbox_ip} is outside the "
                             f"private network {rng}")
         if self.roles:
             names = [self.postgres.app_role, self.roles.group_role] + [
                 r.name for r in (self.roles.migrations, self.roles.metabase, self.roles.monitoring,
-                                 self.roles.exporter) if r is not None]
+                                 self.roles.exporter, self.roles.blazer) if r is not None]
+            if self.roles.app_rotation_role:
+                names.append(self.roles.app_rotation_role)
             if self.replication:
                 names.append(self.replication.role)
             dups = sorted({n for n in names if names.count(n) > 1})
@@ -464,6 +496,23 @@ class Params(Model):
             if s.name == name:
                 return s
         raise KeyError(name)
+
+    def placeholders(self) -> dict[str, str]:
+        """Values the operator must still edit (they contain ``CHANGE-ME``), by dotted key."""
+        out: dict[str, str] = {}
+
+        def walk(obj: Any, prefix: str) -> None:
+            if isinstance(obj, BaseModel):
+                for name in type(obj).model_fields:
+                    walk(getattr(obj, name), f"{prefix}.{name}" if prefix else name)
+            elif isinstance(obj, list):
+                for i, x in enumerate(obj):
+                    walk(x, f"{prefix}[{i}]")
+            elif isinstance(obj, str) and PLACEHOLDER in obj:
+                out[prefix] = obj
+
+        walk(self, "")
+        return out
 
     def secret_refs(self) -> dict[str, str]:
         """Every secret reference in these params, by dotted key."""

@@ -39,6 +39,22 @@ class RolesConfig:
     monitoring: LoginRole | None = None
     exporter: LoginRole | None = None
     extensions: tuple[str, ...] = ()
+    #: Blazer's read-only login (not in login_roles(): it is read-only through pg_read_all_data)
+    blazer: LoginRole | None = None
+    blazer_statement_timeout: str = "30s"
+    #: the app's second login in the group role, which rotation alternates with app_role
+    rotation_login: LoginRole | None = None
+    #: postgres.app_role_password (the app role's secret reference)
+    app_password_ref: str = ""
+
+    @property
+    def app_logins(self) -> tuple[str, str]:
+        """The app's two logins in the group role: rotation moves the app from one to the other."""
+        return (self.app_role, self.rotation_login.name if self.rotation_login else f"{self.app_role}_alt")
+
+    def secret_roles(self) -> list[LoginRole]:
+        """Every login whose password hcbpg keeps: the login roles, Blazer's and the app's rotation login."""
+        return [*self.login_roles(), *(r for r in (self.blazer, self.rotation_login) if r is not None)]
 
     def login_roles(self) -> list[LoginRole]:
         return [r for r in (self.migrations, self.metabase, self.monitoring, self.exporter) if r is not None]
@@ -53,7 +69,7 @@ class RolesConfig:
 #: here; every other environment must set ``roles:`` in params to get a metabase role.
 _INTERIM_ENV_DEFAULTS: dict[str, dict[str, Any]] = {
     "lab": {"metabase_tables": ("events", "transactions"), "jumpbox_ip_offset": 40,
-            "extensions": ("citext", "pg_stat_statements")},
+            "extensions": ("citext", "pg_stat_statements"), "blazer": True},
 }
 
 
@@ -86,7 +102,11 @@ def roles_config(params: "Params") -> RolesConfig:
             jumpbox_ssh_host=getattr(mb, "jumpbox_ssh_host", None) if mb else None,
             monitoring=login(section.monitoring, "monitoring"),
             exporter=login(getattr(section, "exporter", None), "exporter"),
-            extensions=tuple(section.extensions))
+            extensions=tuple(section.extensions),
+            blazer=login(section.blazer, "blazer"),
+            blazer_statement_timeout=section.blazer.statement_timeout if section.blazer else "30s",
+            rotation_login=_rotation_login(params, section.app_rotation_role, section.app_rotation_password),
+            app_password_ref=pg.app_role_password)
     interim = _INTERIM_ENV_DEFAULTS.get(params.environment, {})
 
     def default_login(name: str, key: str, limit: int) -> LoginRole | None:
@@ -105,7 +125,19 @@ def roles_config(params: "Params") -> RolesConfig:
         jumpbox_ip=jumpbox_ip if metabase else None,
         monitoring=default_login("vector", "monitoring", 5),
         exporter=default_login("postgres_exporter", "exporter", 5),
-        extensions=tuple(interim.get("extensions", ())))
+        extensions=tuple(interim.get("extensions", ())),
+        blazer=default_login("blazer", "blazer", 10) if interim.get("blazer") else None,
+        rotation_login=_rotation_login(params, None, None) if interim else None,
+        app_password_ref=pg.app_role_password)
+
+
+def _rotation_login(params: "Params", name: str | None, ref: str | None) -> LoginRole | None:
+    """The app's second login (same connection limit as the app's): its name and password reference."""
+    name = name or f"{params.postgres.app_role}_alt"
+    ref = ref or _default_ref(params, name)
+    if ref is None:
+        return None
+    return LoginRole(name, "roles.app_rotation_password", ref, params.postgres.app_role_connection_limit)
 
 
 def with_jumpbox(cfg: RolesConfig, jumpbox_ip: str, ssh_host: str | None = None) -> RolesConfig:
@@ -113,13 +145,34 @@ def with_jumpbox(cfg: RolesConfig, jumpbox_ip: str, ssh_host: str | None = None)
     return replace(cfg, jumpbox_ip=jumpbox_ip, jumpbox_ssh_host=ssh_host)
 
 
+def app_networks(params: "Params") -> list[str]:
+    """Where the app servers are: params ``app_servers``, else the servers' subnet."""
+    return list(params.app_servers) or [params.network.subnet]
+
+
 def roles_hba_rules(cfg: RolesConfig, params: "Params", server: "Server") -> list[HbaRule]:
     """The pg_hba lines step 13 adds (``extra`` for :func:`hcbpg.postgres.ensure_pg_hba`)."""
     db = hba_name(cfg.database)
     out = []
+    app_nets = [n for n in app_networks(params) if n != params.network.subnet]
+    for net in app_nets:
+        for login in cfg.app_logins if cfg.rotation_login is not None else cfg.app_logins[:1]:
+            out.append(HbaRule("hostssl", db, hba_name(login), "scram-sha-256", net,
+                               comment=f"the app ({login}) from the app servers' network {net}"))
+    rot = cfg.app_logins[1]
+    if cfg.rotation_login is not None:  # the rotation login exists only in step 13's model
+        out.append(HbaRule("hostssl", db, hba_name(rot), "scram-sha-256", params.network.subnet,
+                           comment=f"the app's rotation login ({rot}) from the private subnet"))
+    if cfg.blazer:
+        for net in app_networks(params):
+            out.append(HbaRule("hostssl", db, hba_name(cfg.blazer.name), "scram-sha-256", net,
+                               comment=f"Blazer ({cfg.blazer.name}, read-only) from the app servers"))
     if cfg.migrations:
-        out.append(HbaRule("hostssl", db, hba_name(cfg.migrations.name), "scram-sha-256", params.network.subnet,
-                           comment="migrations (Rails db:migrate) from the private subnet"))
+        for net in dict.fromkeys([params.network.subnet, *app_networks(params)]):
+            out.append(HbaRule("hostssl", db, hba_name(cfg.migrations.name), "scram-sha-256", net,
+                               comment="migrations (Rails db:migrate, the release command) from "
+                                       + ("the private subnet" if net == params.network.subnet
+                                          else "the app servers")))
     if cfg.metabase and cfg.jumpbox_ip:
         out.append(HbaRule("hostssl", db, hba_name(cfg.metabase.name), "scram-sha-256", f"{cfg.jumpbox_ip}/32",
                            comment="Metabase, read-only, only through the jumpbox"))

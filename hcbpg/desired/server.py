@@ -43,6 +43,7 @@ def hba_path(params: "Params") -> str:
 SETTINGS_FILES = {
     "identity": "10-hcbpg-identity.conf",        # step 02: cluster_name
     "tls": "15-hcbpg-tls.conf",                  # step 03: ssl on, certificate, TLS 1.3 (before pg_hba's hostssl)
+    "capacity": "15-hcbpg-capacity.conf",        # step 02: connections budget, memory, preloads (server type)
     "connections": "20-hcbpg-connections.conf",  # step 03: listen_addresses, password_encryption, postgres.settings
     "replication": "30-hcbpg-replication.conf",  # step 10: slot WAL cap, hot_standby, wal_keep_size
 }
@@ -60,6 +61,8 @@ def settings_for(params: "Params", server: "Server", part: str) -> dict[str, Set
         return {"cluster_name": server.name, "wal_log_hints": True}
     if part == "tls":
         return tls.ssl_settings(params)
+    if part == "capacity":
+        return {}  # from the server type (hcbpg.desired.capacity), handed in as extra by step 02
     if part == "replication":
         if params.replication is None:
             return {}
@@ -90,6 +93,7 @@ def settings_for(params: "Params", server: "Server", part: str) -> dict[str, Set
 _PART_TITLES = {
     "identity": "identity (step 02_install_postgres)",
     "tls": "TLS (step 03_allow_connections; tls.* from params)",
+    "capacity": "capacity and memory (step 02_install_postgres; from params and the server type)",
     "connections": "connections (step 03_allow_connections; postgres.settings from params)",
     "replication": "replication (step 10_replication; replication.* from params)",
 }

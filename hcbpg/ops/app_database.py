@@ -112,6 +112,10 @@ def ensure_role(psql: "Psql | None", params: "Params", password: str, *, dry_run
     host_name = host_name or (psql.host.name if psql else params.primary.name)
     what = f"role {params.postgres.app_role} on {host_name}"
     current = get_role(psql, params.postgres.app_role) if psql is not None else None
+    if current is not None and not current["rolcanlogin"] and psql is not None and \
+            handed_over_to(get_database(psql, params.postgres.database), params):
+        # step 14 moved the app to its other login and locked this one: logging in again is not ours to allow
+        return Outcome(what + " (locked by step 14: the app uses its other login)", False, dry_run)
     statements = plan_role(params, current, password, host_name=host_name)
     if not statements:
         return Outcome(what, False, dry_run)
@@ -217,8 +221,9 @@ def check_role_database(psql: Psql, params: "Params", password: str) -> list[Che
     out = []
     if role is None:
         return [Check(f"role {pg.app_role}", "fail", "does not exist", name)]
+    locked = not role["rolcanlogin"] and handed_over_to(get_database(psql, pg.database), params) is not None
     out.append(Check.of(f"role {pg.app_role} attributes",
-                        role["rolcanlogin"] and role["rolinherit"] and not role["rolsuper"]
+                        (role["rolcanlogin"] or locked) and role["rolinherit"] and not role["rolsuper"]
                         and int(role["rolconnlimit"]) == pg.app_role_connection_limit,
                         f"LOGIN={role['rolcanlogin']} INHERIT={role['rolinherit']} SUPERUSER={role['rolsuper']} "
                         f"CONNECTION LIMIT {role['rolconnlimit']}", name))
@@ -432,6 +437,7 @@ def check_hba_scope(psql: Psql, params: "Params") -> Check:
     rows = psql.query("SELECT type, database, user_name, address, netmask, auth_method FROM pg_hba_file_rules "
                       "WHERE type <> 'local' AND error IS NULL")
     subnet = ipaddress.ip_network(params.network.subnet)
+    allowed = [subnet] + [ipaddress.ip_network(n) for n in params.app_servers]
     wide = []
     for r in rows:
         users = r["user_name"] or []
@@ -442,9 +448,10 @@ def check_hba_scope(psql: Psql, params: "Params") -> Check:
         except ValueError:
             wide.append(str(r["address"]))
             continue
-        if not net.subnet_of(subnet):  # type: ignore[arg-type]
+        if not any(net.subnet_of(a) for a in allowed):  # type: ignore[arg-type]
             wide.append(str(net))
-    return Check.of(f"pg_hba admits {pg.app_role} only from {subnet}", not wide,
+    where = ", ".join(str(a) for a in allowed)
+    return Check.of(f"pg_hba admits {pg.app_role} only from {where}", not wide,
                     "no TCP rule outside the subnet" if not wide else f"also from {', '.join(wide)}", psql.host.name)
 
 

@@ -56,8 +56,9 @@ def ensure_cluster_exists(host: "Host | None", params: "Params", *, dry_run: boo
     """The cluster exists (``pg_createcluster``, not started: settings are written before the first start)."""
     v, c = params.postgres.version, params.postgres.cluster
     what = f"cluster {v}/{c} on {host.name if host else '(new server)'}"
+    # data checksums at initdb: a torn or bit-flipped page is reported instead of read as data
     cmd = (f"pg_createcluster --port {params.postgres.port} --locale {CLUSTER_LOCALE} "
-           f"{v} {shlex.quote(c)}")
+           f"{v} {shlex.quote(c)} -- --data-checksums")
     if host is not None and get_cluster(host, params) is not None:
         return Outcome(what, False, dry_run)
     if not dry_run and host is not None:
@@ -130,6 +131,23 @@ def get_restart_contexts(psql: Psql, names: Iterable[str]) -> list[str]:
     rows = psql.query(sql.SQL("SELECT name FROM pg_settings WHERE context = 'postmaster' AND name = ANY({}) "
                               "ORDER BY name").format(sql.Literal(list(names))))
     return [r["name"] for r in rows]
+
+
+def check_data_checksums(host: "Host", params: "Params") -> Check:
+    """Data checksums are on (new clusters get them at initdb; the replica inherits the primary's).
+
+    An existing cluster without them is a warning that says how to enable them offline.
+    """
+    on = psql_for(host, params).value("SELECT current_setting('data_checksums') AS v") == "on"
+    cluster = get_cluster(host, params) or {}
+    pgdata = cluster.get("pgdata") or f"/var/lib/postgresql/{params.postgres.version}/{params.postgres.cluster}"
+    v, c = params.postgres.version, params.postgres.cluster
+    how = (f"this cluster was created without them; to enable them offline (the server is down for a "
+           f"read of every page): pg_ctlcluster {v} {c} stop && sudo -u postgres "
+           f"/usr/lib/postgresql/{v}/bin/pg_checksums --enable --progress -D {pgdata} && "
+           f"pg_ctlcluster {v} {c} start (on the primary, then rebuild the replica with step 10)")
+    return Check("data checksums", "pass" if on else "warn", "on (initdb --data-checksums)" if on else how,
+                 host.name)
 
 
 def check_psql_as_postgres(host: "Host", params: "Params") -> Check:

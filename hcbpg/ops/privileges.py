@@ -77,7 +77,7 @@ APP_DATABASE_PRIVILEGES = ("CONNECT", "TEMPORARY")
 def ensure_role_secrets(cfg: RolesConfig, *, dry_run: bool) -> list[Outcome]:
     """Every login role's secret exists: a missing ``file:`` secret gets a new password (0600), never shown."""
     out = []
-    for role in cfg.login_roles():
+    for role in cfg.secret_roles():
         what = f"secret {role.password_key} ({role.password_ref.split(':', 1)[0]}:)"
         try:
             hsecrets.resolve(role.password_ref, key=role.password_key)
@@ -95,7 +95,7 @@ def ensure_role_secrets(cfg: RolesConfig, *, dry_run: bool) -> list[Outcome]:
 
 def role_password(cfg: RolesConfig, name: str) -> str:
     """The password of login role *name* from its secret reference (registered for scrubbing)."""
-    for role in cfg.login_roles():
+    for role in cfg.secret_roles():
         if role.name == name:
             return hsecrets.resolve(role.password_ref, key=role.password_key)
     raise KeyError(name)
@@ -106,7 +106,20 @@ def role_password(cfg: RolesConfig, name: str) -> str:
 # what the catalogs say -----------------------------------------------------------------------
 
 def model_role_names(cfg: RolesConfig) -> list[str]:
-    return [cfg.group_role, cfg.app_role, *(r.name for r in cfg.login_roles()), "pg_monitor", "postgres"]
+    return [cfg.group_role, *cfg.app_logins, *(r.name for r in cfg.login_roles()), "pg_monitor", "postgres"]
+
+
+def current_app_login(obs: Observed, cfg: RolesConfig) -> str:
+    """The app's login in use: of its two logins (step 14 alternates them), the one that may log in."""
+    return next((n for n in cfg.app_logins if obs.roles.get(n, {}).get("rolcanlogin")), cfg.app_role)
+
+
+def get_app_login(psql: Psql, cfg: RolesConfig) -> tuple[str, str]:
+    """(login, password) the app uses now, the password from that login's secret reference."""
+    name = current_app_login(get_observed(psql, cfg), cfg)
+    if name == cfg.app_role:
+        return name, hsecrets.resolve(cfg.app_password_ref, key="postgres.app_role_password")
+    return name, role_password(cfg, name)
 
 
 def get_observed(psql: Psql, cfg: RolesConfig) -> Observed:
@@ -258,6 +271,8 @@ def _acl_statements(cfg: RolesConfig, obs: Observed) -> list[Statement]:
     wanted_db = {g: set(APP_DATABASE_PRIVILEGES)}
     if cfg.metabase:
         wanted_db[cfg.metabase.name] = {"CONNECT"}
+    # Blazer reads through pg_read_all_data and connects on its own grant, both hcbpg.ops.readonly's: kept here
+    kept_db = {cfg.blazer.name: {"CONNECT"}} if cfg.blazer else {}
     for role, privs in wanted_db.items():
         missing = privs - dacl.get(role, set())
         if missing:
@@ -267,7 +282,7 @@ def _acl_statements(cfg: RolesConfig, obs: Observed) -> list[Statement]:
     for grantee, privs in sorted(dacl.items()):
         if grantee in (PUBLIC, owner) or grantee == obs.database_owner:
             continue
-        extra = privs - wanted_db.get(grantee, set())
+        extra = privs - wanted_db.get(grantee, set()) - kept_db.get(grantee, set())
         if extra:
             out.append(Statement(sql.SQL("REVOKE {} ON DATABASE {} FROM {}").format(
                 sql.SQL(", ").join(sql.SQL(p) for p in sorted(extra)), _ident(db), _ident(grantee)), "postgres",
@@ -369,11 +384,16 @@ def _extension_statements(cfg: RolesConfig, obs: Observed) -> list[Statement]:
     return out
 
 
-def plan_privileges(cfg: RolesConfig, obs: Observed, passwords: Mapping[str, str] | None = None) -> list[Statement]:
-    """Every statement that brings the catalogs to the model, in order (roles, owners, extensions, grants)."""
+def plan_privileges(cfg: RolesConfig, obs: Observed, passwords: Mapping[str, str] | None = None, *,
+                    roles_only: bool = False) -> list[Statement]:
+    """Every statement that brings the catalogs to the model, in order (roles, owners, extensions, grants).
+
+    *roles_only*: just the roles and memberships, which change nothing the app relies on (the
+    hand-over of ownership waits until the release command uses the migrations role).
+    """
     passwords = passwords or {}
     out = _role_statements(cfg, obs, passwords)
-    if obs.database_owner is None:
+    if obs.database_owner is None or roles_only:
         return out  # no database yet: step 04 creates it, then this step runs again
     return out + _ownership_statements(cfg, obs) + _extension_statements(cfg, obs) + _acl_statements(cfg, obs)
 
@@ -451,16 +471,17 @@ def compare(cfg: RolesConfig, obs: Observed, target: str = "") -> list[Check]:
     if role_row(g, False, set()):
         db_schema_row(g, set(APP_DATABASE_PRIVILEGES), lambda s: {"USAGE"})
         table_row(g, app_privs, "app privileges on every table and sequence")
-    if role_row(cfg.app_role, True, {g}):
-        db_schema_row(cfg.app_role, set(APP_DATABASE_PRIVILEGES), lambda s: {"USAGE"})
-        table_row(cfg.app_role, app_privs, f"only what {g} gives")
-        app = obs.roles[cfg.app_role]
-        owned = [r.qualified for r in rels if r.owner == cfg.app_role]
-        checks.append(Check.of(f"{cfg.app_role}: owns nothing", not owned and obs.database_owner != cfg.app_role,
-                               "owns no object" if not owned and obs.database_owner != cfg.app_role
-                               else _summarise((["the database"] if obs.database_owner == cfg.app_role else [])
+    in_use = current_app_login(obs, cfg)
+    for login in [n for n in cfg.app_logins if n == cfg.app_role or n in obs.roles]:
+        if not role_row(login, login == in_use, {g}):
+            continue
+        db_schema_row(login, set(APP_DATABASE_PRIVILEGES), lambda s: {"USAGE"})
+        table_row(login, app_privs, f"only what {g} gives")
+        owned = [r.qualified for r in rels if r.owner == login]
+        checks.append(Check.of(f"{login}: owns nothing", not owned and obs.database_owner != login,
+                               "owns no object" if not owned and obs.database_owner != login
+                               else _summarise((["the database"] if obs.database_owner == login else [])
                                                + owned), target))
-        del app
     # the migrations role owns everything
     if cfg.migrations and role_row(cfg.migrations.name, True, set()):
         not_owned = [r.qualified for r in rels if r.owner != owner]
@@ -537,14 +558,16 @@ def _batches(statements: Sequence[Statement], size: int = 200) -> list[tuple[str
     return out
 
 
-def ensure_privileges(psql: "Psql | None", cfg: RolesConfig, *, dry_run: bool, host_name: str = "") -> Outcome:
+def ensure_privileges(psql: "Psql | None", cfg: RolesConfig, *, dry_run: bool, host_name: str = "",
+                      roles_only: bool = False) -> Outcome:
     """Roles, owners, extensions, grants and default privileges as the model says (only what differs).
 
     New login roles get their password from their secret (the SCRAM verifier is computed here);
     an existing role's password is never changed here (that is step 14).
     """
     host_name = host_name or (psql.host.name if psql else "(primary)")
-    what = f"roles and privileges in {cfg.database} on {host_name}"
+    what = (f"login roles for {cfg.database} on {host_name}" if roles_only
+            else f"roles and privileges in {cfg.database} on {host_name}")
     if psql is None:
         return Outcome(what, True, dry_run, actions=["(server not reachable yet: the whole model will be applied)"])
     obs = get_observed(psql, cfg)
@@ -556,7 +579,7 @@ def ensure_privileges(psql: "Psql | None", cfg: RolesConfig, *, dry_run: bool, h
             except hsecrets.SecretError:
                 if not dry_run:
                     raise
-    statements = plan_privileges(cfg, obs, passwords)
+    statements = plan_privileges(cfg, obs, passwords, roles_only=roles_only)
     if not statements:
         return Outcome(what, False, dry_run)
     actions = [hsecrets.scrub(st.text()) for st in statements]
@@ -701,6 +724,53 @@ def check_migrations_then_app(app: "Host", cfg: RolesConfig, params: "Params", *
     return out
 
 
+def check_deploy(app: "Host", cfg: RolesConfig, params: "Params", *, server_ip: str, app_login: str,
+                 app_password: str) -> list[Check]:
+    """A deploy after step 13, from the app host: the migrations role creates a table and adds a column;
+    the app's login writes and reads it at once (default privileges) and can neither create nor alter tables."""
+    if not cfg.migrations:
+        return [Check("deploy as the migrations role", "warn", "no migrations role in params", server_ip)]
+    table = f"hcbpg_deploy_check_{_s.token_hex(3)}"
+    t = sql.Identifier(table)
+    port, db = params.postgres.port, cfg.database
+    mig, mig_pw = cfg.migrations.name, role_password(cfg, cfg.migrations.name)
+
+    def run(role: str, pw: str, script: sql.Composable, what: str) -> tuple[bool, str]:
+        return psql_as(app, role=role, password=pw, server_ip=server_ip, port=port, dbname=db,
+                       script=script.as_string(None), display=f"psql as {role}@{server_ip}: {what}")
+
+    migrate = sql.SQL("CREATE TABLE {t} (id bigserial PRIMARY KEY, note text NOT NULL);\n"
+                      "ALTER TABLE {t} ADD COLUMN amount_cents bigint NOT NULL DEFAULT 0;\n").format(t=t)
+    ok, output = run(mig, mig_pw, migrate, f"migration: CREATE TABLE {table}, ADD COLUMN amount_cents")
+    out = [Check.of(f"{mig} migrates: creates {table} and adds a column", ok,
+                    "created the table, added amount_cents" if ok else output[-200:], app.name)]
+    if not ok:
+        return out
+    try:
+        use = sql.SQL("INSERT INTO {t} (note, amount_cents) VALUES ('deployed', 1250);\n"
+                      "UPDATE {t} SET amount_cents = amount_cents + 1;\n"
+                      "SELECT note || ':' || amount_cents FROM {t};\n").format(t=t)
+        ok, output = run(app_login, app_password, use, f"write and read {table}")
+        good = ok and "deployed:1251" in output
+        out.append(Check.of(f"{app_login} writes and reads the new table at once", good,
+                            "inserted, updated, read the new column (default privileges)" if good
+                            else output[-200:], app.name))
+        other = sql.Identifier(table + "_by_app")
+        ok, output = run(app_login, app_password, sql.SQL("CREATE TABLE {} (id int);\n").format(other),
+                         "CREATE TABLE (must be refused)")
+        out.append(Check.of(f"{app_login} cannot create a table", not ok and "permission denied" in output,
+                            "permission denied" if not ok else "CREATED ONE", app.name))
+        if ok:
+            run(mig, mig_pw, sql.SQL("DROP TABLE IF EXISTS {};\n").format(other), "clean up")
+        ok, output = run(app_login, app_password, sql.SQL("ALTER TABLE {} ADD COLUMN x int;\n").format(t),
+                         f"ALTER TABLE {table} (must be refused)")
+        out.append(Check.of(f"{app_login} cannot alter the table", not ok and "must be owner" in output,
+                            "must be owner" if not ok else "ALTERED IT", app.name))
+    finally:
+        run(mig, mig_pw, sql.SQL("DROP TABLE IF EXISTS {};\n").format(t), f"DROP TABLE {table}")
+    return out
+
+
 def require_database(obs: Observed, cfg: RolesConfig) -> None:
     if obs.database_owner is None:
         raise SafetyCheckFailed(f"database {cfg.database} does not exist", hint="Run step 04 first.")
@@ -718,9 +788,10 @@ def jumpbox_host(params: "Params", cfg: RolesConfig) -> "Host | None":
 
 
 def verify_access(app: "Host", jumpbox: "Host | None", cfg: RolesConfig, params: "Params", *, server_ip: str,
-                  app_password: str, unlisted_table: str = "users") -> list[Check]:
-    """Step 13's checks over the network: migrations → app, metabase from the jumpbox only."""
-    out = check_migrations_then_app(app, cfg, params, server_ip=server_ip, app_password=app_password)
+                  app_password: str, unlisted_table: str = "users", app_login: str | None = None) -> list[Check]:
+    """Step 13's checks over the network: a deploy (migrations → app), metabase from the jumpbox only."""
+    out = check_deploy(app, cfg, params, server_ip=server_ip, app_login=app_login or cfg.app_role,
+                       app_password=app_password)
     if not cfg.metabase:
         return out
     if jumpbox is None:

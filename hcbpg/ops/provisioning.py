@@ -33,6 +33,7 @@ from hcloud.servers.domain import Server
 from hcloud.ssh_keys.domain import SSHKey
 
 from hcbpg.adapters import hostkeys
+from hcbpg.desired.capacity import ServerShape
 from hcbpg.errors import CloudError, ParamsError, WaitTimeout
 from hcbpg.outcome import Check, Outcome
 from hcbpg.params import Params
@@ -313,6 +314,17 @@ def _hcloud_rule(rule: Rule) -> FirewallRule:
 
 
 # read ----------------------------------------------------------------------------------------
+
+def get_server_shape(client: hcloud.Client, params: Params) -> ServerShape:
+    """The server type of params (cores, RAM, disk) as the API reports it: capacity settings follow it."""
+    with api_call(f"reading server type {params.hetzner.server_type}"):
+        st = client.server_types.get_by_name(params.hetzner.server_type)
+    if st is None:
+        raise ParamsError("params", [f"hetzner.server_type: the API has no server type "
+                                     f"'{params.hetzner.server_type}'"])
+    return ServerShape(name=cast(str, st.name), cores=int(cast(int, st.cores)), memory_gb=float(cast(float, st.memory)),
+                       disk_gb=int(cast(int, st.disk)), cpu_type=st.cpu_type or "dedicated")
+
 
 def get_existing(client: hcloud.Client, params: Params, *, ssh_public_key: str | None = None) -> Existing:
     """Read (never change) the resources provisioning manages, found by name."""

@@ -8,18 +8,26 @@ then the value is stored through the secret reference (``file:`` 0600 or ``op://
 pending file is removed.  A reference that cannot be written (``env:``) is refused before
 anything changes.  The values are registered with the scrubber and printed nowhere.
 
-Which roles: ``HCBPG_ROTATE_ROLES`` (comma-separated) if set, else the app role.  Rotating the
-app role keeps ``postgres.app_role_password`` in sync, so every later step keeps working.
+Which roles: ``HCBPG_ROTATE_ROLES`` (comma-separated) if set, else the app role.
 Sessions that are already connected stay connected: PostgreSQL checks a password only at login.
+
+The app is rotated without an outage (:func:`run_app_rotation`): its privileges live in the group
+role, and it has two logins in it (``rails`` and ``roles.app_rotation_role``, default ``rails_alt``),
+one in use at a time.  The other login gets a new password and LOGIN, its DATABASE_URL is handed
+out (0600 file), hcbpg waits until the old login has no sessions, then locks it (NOLOGIN).  The old
+URL works until then, so no new connection is refused.  Each login's password lives at its own
+secret reference (``postgres.app_role_password``, ``roles.app_rotation_password``); which one is in
+use is read from the server (the one that may log in).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+import urllib.parse
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
 
@@ -33,6 +41,7 @@ from hcbpg.ops.privileges import psql_as
 from hcbpg.outcome import Check, Outcome
 from hcbpg.params import home
 from hcbpg.pg.scram import scram_matches, scram_verifier
+from hcbpg.wait import wait_until
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.host import Host
@@ -61,9 +70,10 @@ def rotatable_roles(params: "Params", cfg: RolesConfig) -> dict[str, Rotatable]:
     ip = params.primary.private_ip
     out = {pg.app_role: Rotatable(
         pg.app_role, PASSWORD_KEY, pg.app_role_password, "app", pg.database,
-        (f"DATABASE_URL of the app (Hatchbox): postgres://{pg.app_role}:<new {PASSWORD_KEY}>@{ip}:{pg.port}/{pg.database}",
-         "BLAZER_DATABASE_URL (Hatchbox), if it uses the app role",
-         "Sidekiq and every other process that reads DATABASE_URL: restart them after the change"))}
+        (f"DATABASE_URL of the app (Hatchbox): the app's other login ({' / '.join(cfg.app_logins)}) with its new "
+         f"password, on {ip}:{pg.port}/{pg.database}: the full URL is in the 0600 handoff file",
+         "every process that reads DATABASE_URL (web, Sidekiq, console): restart them; step 14 waits until "
+         "none uses the old login any more, then locks it (until then the old URL keeps working)"))}
     if cfg.migrations:
         m = cfg.migrations
         out[m.name] = Rotatable(m.name, m.password_key, m.password_ref, "app", pg.database,
@@ -127,8 +137,18 @@ def check_storable(rot: Rotatable) -> None:
                           hint="Point it at file:PATH or op://vault/item/field first.")
 
 
-def plan_rotation(rot: Rotatable) -> Outcome:
+def plan_rotation(rot: Rotatable, cfg: RolesConfig | None = None) -> Outcome:
     """What rotating *rot* does (no secret in it)."""
+    if cfg is not None and rot.role == cfg.app_role:
+        a, b = cfg.app_logins
+        return Outcome(f"password of the app ({a} / {b})", True, True, actions=[
+            f"of {a} and {b}, the one that may not log in now gets a new password (SCRAM verifier computed here) "
+            f"and LOGIN; it is a member of {cfg.group_role}, so it has every privilege already",
+            "the new password is stored at its secret reference; the new DATABASE_URL goes to a 0600 file",
+            "wait until the old login has no sessions (the app restarted with the new URL): no new connection is "
+            "refused meanwhile, because the old URL keeps working",
+            "then lock the old login (NOLOGIN)",
+        ] + [f"then update: {d}" for d in rot.dependents])
     return Outcome(f"password of {rot.role}", True, True, actions=[
         "generate a new password; keep it in a 0600 pending file until it is stored",
         f"ALTER ROLE {rot.role} PASSWORD '<SCRAM-SHA-256 verifier computed here>' on the primary",
@@ -138,7 +158,14 @@ def plan_rotation(rot: Rotatable) -> Outcome:
 
 
 def run_rotation(psql: "Psql", params: "Params", rot: Rotatable) -> tuple[Outcome, str, str]:
-    """Rotate *rot*'s password; returns (outcome, old password, new password), both registered for scrubbing."""
+    """Rotate *rot*'s password; returns (outcome, old password, new password), both registered for scrubbing.
+
+    Not for the app's role: changing the password of the login the app uses refuses its new connections
+    until every process has the new URL; :func:`run_app_rotation` moves the app to its other login instead.
+    """
+    if rot.role == params.postgres.app_role:
+        raise UsageError(f"{rot.role} is the app's login: its rotation moves the app to its other login "
+                         "(run_app_rotation), so that no new connection is refused")
     check_storable(rot)
     old = hsecrets.resolve(rot.password_ref, key=rot.password_key)
     current = get_role(psql, rot.role)
@@ -201,8 +228,8 @@ def dependents_table(rots: Sequence[Rotatable]) -> list[dict[str, str]]:
 
 def update_hcbpg_dependents(rot: Rotatable, new: str, params: "Params", cfg: RolesConfig,
                             hosts: Mapping[str, "Host | None"], *, dry_run: bool) -> list[Outcome]:
-    """What hcbpg itself keeps with the password: exporter / Vector env files, replication passfiles,
-    and for the app role a 0600 handoff file with the new DATABASE_URL (outside outputs/)."""
+    """What hcbpg itself keeps with the password: exporter / Vector env files, replication passfiles (the app's
+    new DATABASE_URL is written by :func:`run_app_rotation`)."""
     out: list[Outcome] = []
     servers = [s for s in params.servers if hosts.get(s.name) is not None]
     if cfg.exporter and rot.role == cfg.exporter.name:
@@ -211,11 +238,164 @@ def update_hcbpg_dependents(rot: Rotatable, new: str, params: "Params", cfg: Rol
         out += [monitoring.ensure_vector_config(hosts[s.name], params, s, cfg, new, dry_run=dry_run) for s in servers]
     if params.replication is not None and rot.role == params.replication.role:
         out += [replication.ensure_passfile(hosts[s.name], params, s, new, dry_run=dry_run) for s in servers]
-    if rot.role == params.postgres.app_role:
-        path = migration.handoff_path(params)
-        if not dry_run:
-            urls = migration.write_app_urls(params, new)
-            path = getattr(urls, "path", path)
-        out.append(Outcome(f"new DATABASE_URL and BLAZER_DATABASE_URL for the app in {path} (0600)", True, dry_run,
-                           actions=["paste them into Hatchbox, restart the app's processes, then delete the file"]))
+    return out
+
+
+# the app: rotation without an outage -----------------------------------------------------------------
+
+#: how long step 14 waits for the app to leave its old login (every process restarted with the new URL)
+APP_IDLE_TIMEOUT_S = 1800.0
+
+
+@dataclass(frozen=True)
+class AppSwitch:
+    """One app rotation: the login the app uses now, the one it moves to, and that one's secret."""
+
+    old: str
+    new: str
+    new_key: str
+    new_ref: str
+    resume: bool = False   # an earlier run created the new login and handed it out; only wait and lock
+
+
+def _login_ref(params: "Params", cfg: RolesConfig, name: str) -> tuple[str, str]:
+    if name == params.postgres.app_role:
+        return PASSWORD_KEY, params.postgres.app_role_password
+    assert cfg.rotation_login is not None and cfg.rotation_login.name == name
+    return cfg.rotation_login.password_key, cfg.rotation_login.password_ref
+
+
+def get_app_logins(psql: "Psql", cfg: RolesConfig) -> dict[str, dict[str, Any]]:
+    """The app's two logins as they are (LOGIN, group membership, stored verifier, sessions now)."""
+    rows = psql.query(sql.SQL(
+        "SELECT r.rolname, r.rolcanlogin, pg_has_role(r.oid, {g}, 'USAGE') AS in_group, a.rolpassword, "
+        "(SELECT count(*) FROM pg_stat_activity s WHERE s.usename = r.rolname) AS sessions "
+        "FROM pg_roles r JOIN pg_authid a ON a.oid = r.oid WHERE r.rolname = ANY({names})").format(
+        g=sql.Literal(cfg.group_role), names=sql.Literal(list(cfg.app_logins))))
+    for r in rows:
+        if r.get("rolpassword"):
+            hsecrets.register(r["rolpassword"])
+    return {r["rolname"]: r for r in rows}
+
+
+def handed_out_login(params: "Params") -> str | None:
+    """The user of the DATABASE_URL last written to the app's handoff file (None: no file)."""
+    path = migration.handoff_path(params)
+    if not path.is_file():
+        return None
+    for line in path.read_text().splitlines():
+        if line.startswith("DATABASE_URL="):
+            url = line.split("=", 1)[1].strip("'")
+            return urllib.parse.unquote(urllib.parse.urlsplit(url).username or "") or None
+    return None
+
+
+def plan_app_switch(params: "Params", cfg: RolesConfig, logins: Mapping[str, Mapping[str, Any]],
+                    handed_out: str | None) -> AppSwitch:
+    """Which login the app leaves and which it moves to (pure; SafetyCheckFailed when unclear)."""
+    if cfg.rotation_login is None:
+        raise SafetyCheckFailed(
+            f"no second login for the app: rotating {params.postgres.app_role} without an outage needs one",
+            hint="Set roles.app_rotation_role and roles.app_rotation_password in params (or use file: secrets).")
+    a, b = cfg.app_logins
+    can = [n for n in (a, b) if logins.get(n, {}).get("rolcanlogin")]
+    if not can:
+        raise SafetyCheckFailed(f"neither {a} nor {b} may log in: the app has no login to rotate from",
+                                hint="Run step 04 and 13 first.")
+    if len(can) == 2:
+        if handed_out not in can:
+            raise SafetyCheckFailed(
+                f"both {a} and {b} may log in and the handoff file does not say which one the app was given",
+                hint="Look at which login the app uses (pg_stat_activity), then lock the other one with "
+                     "ALTER ROLE ... NOLOGIN and run step 14 again.")
+        old = b if handed_out == a else a
+        key, ref = _login_ref(params, cfg, handed_out)
+        return AppSwitch(old, handed_out, key, ref, resume=True)
+    old = can[0]
+    new = b if old == a else a
+    key, ref = _login_ref(params, cfg, new)
+    return AppSwitch(old, new, key, ref)
+
+
+def run_app_rotation(psql: "Psql", params: "Params", cfg: RolesConfig, *, timeout: float = APP_IDLE_TIMEOUT_S,
+                     interval: float = 1.0, echo: Callable[[str], None] = print) -> tuple[Outcome, AppSwitch, str]:
+    """Rotate the app's password without refusing one new connection: a fresh password on the app's *other*
+    login (member of the group role, so it has every privilege already), its DATABASE_URL handed out
+    (0600 file), then wait until the old login has no sessions, then lock it (NOLOGIN).
+
+    Returns (outcome, the switch, the new password).  A second run after a timeout resumes at the wait.
+    """
+    switch = plan_app_switch(params, cfg, get_app_logins(psql, cfg), handed_out_login(params))
+    actions = []
+    if switch.resume:
+        new_pw = hsecrets.resolve(switch.new_ref, key=switch.new_key)
+        actions.append(f"{switch.new} was created and handed out by an earlier run: waiting for {switch.old}")
+    else:
+        old_key, old_ref = _login_ref(params, cfg, switch.old)
+        old_pw = hsecrets.resolve(old_ref, key=old_key)
+        stored = get_app_logins(psql, cfg)[switch.old].get("rolpassword") or ""
+        if not scram_matches(old_pw, stored):
+            raise SafetyCheckFailed(f"on {psql.host.name}: the password of {switch.old} (the app's login now) is not "
+                                    f"the secret {old_key}; refusing to rotate from an unknown state",
+                                    hint="Point the reference at the password the app uses; nothing was changed.")
+        check_storable(Rotatable(switch.new, switch.new_key, switch.new_ref, "app", params.postgres.database))
+        new_pw = hsecrets.generate_password()
+        pending = pending_path(params, switch.new)
+        _write_private(pending, new_pw + "\n")
+        ident, verifier = sql.Identifier(switch.new), sql.Literal(scram_verifier(new_pw))
+        exists = switch.new in get_app_logins(psql, cfg)
+        stmts: list[sql.Composable] = [
+            sql.SQL("ALTER ROLE {} WITH LOGIN INHERIT CONNECTION LIMIT {} PASSWORD {}").format(
+                ident, sql.Literal(params.postgres.app_role_connection_limit), verifier) if exists else
+            sql.SQL("CREATE ROLE {} WITH LOGIN INHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
+                    "CONNECTION LIMIT {} PASSWORD {} IN ROLE {}").format(
+                ident, sql.Literal(params.postgres.app_role_connection_limit), verifier,
+                sql.Identifier(cfg.group_role))]
+        if exists and not get_app_logins(psql, cfg)[switch.new]["in_group"]:
+            stmts.append(sql.SQL("GRANT {} TO {}").format(sql.Identifier(cfg.group_role), ident))
+        psql.execute(stmts)
+        hsecrets.store_secret(switch.new_ref, new_pw, key=switch.new_key)
+        pending.unlink()
+        urls = migration.write_role_urls(params, {"DATABASE_URL": (switch.new, new_pw)},
+                                         path=migration.handoff_path(params))
+        actions += [f"{'ALTER' if exists else 'CREATE'} ROLE {switch.new} LOGIN PASSWORD [secret] "
+                    f"(member of {cfg.group_role}) on {psql.host.name}",
+                    f"stored at {switch.new_key} ({switch.new_ref.split(':', 1)[0]}:)",
+                    f"new DATABASE_URL {urls.shown['DATABASE_URL']} written to {urls.path} (0600)"]
+        echo(f"the app's new DATABASE_URL ({switch.new}) is in {urls.path}: set it in Hatchbox and restart every "
+             f"process; waiting up to {timeout:.0f}s until {switch.old} has no sessions")
+    wait_for_login_idle(psql, switch.old, timeout=timeout, interval=interval)
+    psql.execute(sql.SQL("ALTER ROLE {} WITH NOLOGIN").format(sql.Identifier(switch.old)))
+    actions.append(f"{switch.old} has no sessions: ALTER ROLE {switch.old} NOLOGIN (locked)")
+    return Outcome(f"app login {switch.old} -> {switch.new}", True, False, actions=actions), switch, new_pw
+
+
+def wait_for_login_idle(psql: "Psql", login: str, *, timeout: float, interval: float = 1.0) -> int:
+    """Until *login* has no session on the server (the app has moved to its new URL)."""
+    return int(wait_until(
+        lambda: int(psql.value(sql.SQL("SELECT count(*) AS n FROM pg_stat_activity WHERE usename = {}")
+                               .format(sql.Literal(login))) or 0),
+        lambda n: n == 0, what=f"the app to leave login {login} (sessions of {login})", timeout=timeout,
+        interval=interval, describe=lambda n: f"{n} session(s)",
+        hint=f"Set the new DATABASE_URL in Hatchbox and restart every process (web, Sidekiq, console); then run "
+             f"step 14 again: it resumes here and locks {login}."))
+
+
+def verify_app_switch(host: "Host", params: "Params", cfg: RolesConfig, switch: AppSwitch, new: str, *,
+                      server_ip: str) -> list[Check]:
+    """From the app host: the new login works with the new password; the old one, with its own password, is locked."""
+    port = params.postgres.port
+    ok, output = psql_as(host, role=switch.new, password=new, server_ip=server_ip, port=port,
+                         dbname=params.postgres.database, script="SELECT current_user;\n",
+                         display=f"psql as {switch.new}@{server_ip} with the NEW password")
+    works = ok and switch.new in output
+    out = [Check.of(f"{switch.new}: new password works", works, f"logged in from {host.name}" if works
+                    else output[-200:], host.name)]
+    old_key, old_ref = _login_ref(params, cfg, switch.old)
+    ok, output = psql_as(host, role=switch.old, password=hsecrets.resolve(old_ref, key=old_key), server_ip=server_ip,
+                         port=port, dbname=params.postgres.database, script="SELECT 1;\n",
+                         display=f"psql as {switch.old}@{server_ip} with its own password (locked: must be refused)")
+    locked = not ok and "not permitted to log in" in output
+    out.append(Check.of(f"{switch.old}: locked", locked, "refused: role is not permitted to log in" if locked
+                        else ("ACCEPTED" if ok else output[-200:]), host.name))
     return out

@@ -19,6 +19,7 @@ from hcbpg.adapters.site import site_for
 from hcbpg.errors import ParamsError
 from hcbpg.ops.packages import get_installed_packages
 from hcbpg.outcome import Check, Outcome, unified_diff
+from hcbpg.params import PLACEHOLDER
 from hcbpg.pg.conf import MANAGED_HEADER
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -184,8 +185,11 @@ def check_backup_schedule(host: "Host", params: "Params", server: "Server") -> l
                          "not installed: the schedule does not run" + ("" if cron_runs_jobs
                                                                         else " (lab: the tests run the job)"),
                          server.name))
-    out.append(Check.of("dead-man's switch URL set", bool(s.deadman_url),
-                        "pings go to the URL in params" if s.deadman_url else
+    placeholder = bool(s.deadman_url) and PLACEHOLDER in (s.deadman_url or "")
+    out.append(Check.of("dead-man's switch URL set", bool(s.deadman_url) and not placeholder,
+                        "pings go to the URL in params" if s.deadman_url and not placeholder else
+                        f"pgbackrest.deadman_url is still the placeholder {s.deadman_url}: set the team's "
+                        "healthchecks.io URL" if placeholder else
                         "pgbackrest.deadman_url is not set: nobody hears about failed backups", server.name))
     return out
 

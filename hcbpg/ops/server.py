@@ -6,10 +6,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from hcbpg.desired.capacity import ServerShape, render_capacity
 from hcbpg.errors import (
     SafetyCheckFailed,
 )
 from hcbpg.ops.cluster import (
+    check_data_checksums,
     check_psql_as_postgres,
     ensure_cluster_exists,
     ensure_cluster_running,
@@ -33,8 +35,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.params import Params, Server
 
 
-def check_server(host: "Host", params: "Params", server: "Server") -> list[Check]:
-    """Step 02's checks: packages, cluster running, cluster_name, psql as postgres."""
+def check_server(host: "Host", params: "Params", server: "Server", shape: ServerShape | None = None) -> list[Check]:
+    """Step 02's checks: packages, cluster running, cluster_name, capacity settings (given the server
+    type), data checksums, psql as postgres."""
     installed = get_installed_packages(host, packages(params))
     out = [Check.of(f"package {p}", p in installed, installed.get(p, "not installed"), server.name)
            for p in packages(params)]
@@ -48,17 +51,26 @@ def check_server(host: "Host", params: "Params", server: "Server") -> list[Check
                             f"port {cluster.get('port')} (params say {params.postgres.port})", server.name))
         out.append(check_psql_as_postgres(host, params))
         out += check_settings(host, params, server, "identity")
+        if shape is not None:
+            out += check_settings(host, params, server, "capacity", extra=render_capacity(params, shape))
+        out.append(check_data_checksums(host, params))
     return out
 
 
-def install_server(host: "Host | None", params: "Params", server: "Server", *, dry_run: bool) -> list[Outcome]:
-    """Step 02 on one server: packages (only what is missing), cluster, cluster_name, running.
+def install_server(host: "Host | None", params: "Params", server: "Server", *, dry_run: bool,
+                   shape: ServerShape | None = None) -> list[Outcome]:
+    """Step 02 on one server: packages (only what is missing), cluster (with data checksums),
+    cluster_name and, given the server type, the capacity settings; then running.
 
-    cluster_name is written before the first start, so a fresh cluster needs no restart.
+    Both files are written before the first start, so a fresh cluster needs no restart for
+    max_connections, shared_buffers or shared_preload_libraries (and none before data arrives).
     """
     outcomes = ensure_packages(host, params, dry_run=dry_run)
     outcomes.append(ensure_cluster_exists(host, params, dry_run=dry_run))
     outcomes.append(ensure_settings(host, params, server, "identity", dry_run=dry_run))
+    if shape is not None:
+        outcomes.append(ensure_settings(host, params, server, "capacity", dry_run=dry_run,
+                                        extra=render_capacity(params, shape)))
     outcomes.append(ensure_cluster_running(host, params, dry_run=dry_run))
     return outcomes
 

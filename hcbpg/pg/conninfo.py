@@ -81,6 +81,15 @@ def render_database_url(params: "Params", password: str, *, host: str | None = N
             f"@{host or params.primary.private_ip}:{pg.port}/{urllib.parse.quote(pg.database, safe='')}{q}")
 
 
+def render_role_url(params: "Params", role: str, password: str, *, host: str | None = None,
+                    query: Mapping[str, str] | None = None) -> str:
+    """The app's URL (:func:`render_database_url`, with whatever it adds) for another login *role*."""
+    parts = urllib.parse.urlsplit(render_database_url(params, password, host=host, query=query))
+    netloc = parts.netloc.split("@", 1)[1]
+    user = f"{urllib.parse.quote(role, safe='')}:{urllib.parse.quote(password, safe='')}"
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}@{netloc}"))
+
+
 def redact_url(url: str) -> str:
     """The URL with its password replaced by ``[secret]`` (for printing)."""
     parts = urllib.parse.urlsplit(url)

@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from hcbpg.desired import capacity
+from hcbpg.desired.capacity import ServerShape
 from hcbpg.ops import cluster as pg_cluster
+from hcbpg.ops import provisioning as cloud
 from hcbpg.ops import server as pg_server
 from hcbpg.outcome import Check, Outcome
 from hcbpg.steps.targets import server_hosts
@@ -21,21 +24,39 @@ def connect(rb: "Run") -> dict[str, "Host | None"]:
     return server_hosts(rb)
 
 
-def ensure_installed(hosts: Mapping[str, "Host | None"], params: "Params", *, dry_run: bool) -> list[Outcome]:
+def server_shape(rb: "Run") -> ServerShape:
+    """The server type of params as the Hetzner API reports it (cores, RAM, disk)."""
+    return cloud.get_server_shape(cloud.make_client(rb.params, rb.secret("hetzner.token")), rb.params)
+
+
+def capacity_table(params: "Params", shape: ServerShape) -> list[dict[str, str]]:
+    """Each capacity setting, its value for *shape* and why (the notebook's table)."""
+    return capacity.capacity_table(params, shape)
+
+
+def pgbouncer_note() -> str:
+    """Whether a pooler is needed, and why."""
+    return capacity.PGBOUNCER_NOTE
+
+
+def ensure_installed(hosts: Mapping[str, "Host | None"], params: "Params", *, dry_run: bool,
+                     shape: ServerShape | None = None) -> list[Outcome]:
     """Step 02's install on every server, in params order."""
-    return [o for s in params.servers for o in pg_server.install_server(hosts[s.name], params, s, dry_run=dry_run)]
+    return [o for s in params.servers
+            for o in pg_server.install_server(hosts[s.name], params, s, dry_run=dry_run, shape=shape)]
 
 
-def apply(rb: "Run", hosts: Mapping[str, "Host | None"]) -> None:
+def apply(rb: "Run", hosts: Mapping[str, "Host | None"], shape: ServerShape | None = None) -> None:
     """Install server by server, each one's outcomes tracked (and shown unless a dry run) as it finishes."""
     params = rb.params
     for s in params.servers:
-        rb.track(pg_server.install_server(hosts[s.name], params, s, dry_run=rb.dry_run), show=not rb.dry_run)
+        rb.track(pg_server.install_server(hosts[s.name], params, s, dry_run=rb.dry_run, shape=shape),
+                 show=not rb.dry_run)
 
 
-def check_installed(hosts: Mapping[str, "Host"], params: "Params") -> list[Check]:
-    """Packages, cluster running on the port from params, settings in force, on every server."""
-    return [c for s in params.servers for c in pg_server.check_server(hosts[s.name], params, s)]
+def check_installed(hosts: Mapping[str, "Host"], params: "Params", shape: ServerShape | None = None) -> list[Check]:
+    """Packages, cluster running on the port from params, settings in force, data checksums, on every server."""
+    return [c for s in params.servers for c in pg_server.check_server(hosts[s.name], params, s, shape)]
 
 
 def get_server_facts(hosts: Mapping[str, "Host"], params: "Params") -> dict[str, Any]:

@@ -4,12 +4,13 @@ what hcbpg keeps with them updated, old refused and new accepted over the networ
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from hcbpg.desired.roles import RolesConfig, roles_config  # noqa: F401 - the notebook's call
 from hcbpg.ops import rotation
 from hcbpg.ops.privileges import jumpbox_host
-from hcbpg.ops.rotation import Rotatable, dependents_table, roles_to_rotate  # noqa: F401 - the notebook's calls
+from hcbpg.ops.rotation import AppSwitch, Rotatable, dependents_table, roles_to_rotate  # noqa: F401 - the notebook's calls
 from hcbpg.outcome import Check
 from hcbpg.steps.targets import app_host, primary_psql, server_hosts
 
@@ -25,23 +26,40 @@ def connect(rb: "Run") -> tuple[dict[str, "Host | None"], "Psql | None"]:
     return hosts, primary_psql(rb, hosts)
 
 
-def show_plan(rots: Sequence[Rotatable]) -> None:
+def show_plan(rots: Sequence[Rotatable], cfg: RolesConfig | None = None) -> None:
     """Refuse a role whose secret cannot be written, else print what rotating it does; role by role."""
     for rot in rots:
         rotation.check_storable(rot)
-        print(rotation.plan_rotation(rot))
+        print(rotation.plan_rotation(rot, cfg))
+
+
+@dataclass(frozen=True)
+class Rotated:
+    """What one rotation did: the old and new password, and for the app the login it moved to."""
+
+    old: str
+    new: str
+    switch: AppSwitch | None = None
 
 
 def run_rotations(rb: "Run", rots: Sequence[Rotatable], psql: "Psql | None", cfg: RolesConfig,
-                  hosts: Mapping[str, "Host | None"]) -> dict[str, tuple[str, str]]:
-    """Rotate each role and update what hcbpg keeps with it (nothing in a dry run); role -> (old, new)."""
-    rotated: dict[str, tuple[str, str]] = {}
+                  hosts: Mapping[str, "Host | None"]) -> dict[str, Rotated]:
+    """Rotate each role and update what hcbpg keeps with it (nothing in a dry run).
+
+    The app moves to its other login (no new connection is refused); every other role gets a new password.
+    """
+    rotated: dict[str, Rotated] = {}
     if rb.dry_run:
         return rotated
     for rot in rots:
+        if rot.role == rb.params.postgres.app_role:
+            outcome, switch, new = rotation.run_app_rotation(psql, rb.params, cfg)  # type: ignore[arg-type]
+            rb.track(outcome)
+            rotated[rot.role] = Rotated("", new, switch)
+            continue
         outcome, old, new = rotation.run_rotation(psql, rb.params, rot)  # type: ignore[arg-type]
         rb.track(outcome)
-        rotated[rot.role] = (old, new)
+        rotated[rot.role] = Rotated(old, new)
         rb.track(rotation.update_hcbpg_dependents(rot, new, rb.params, cfg, hosts, dry_run=False))
     return rotated
 
@@ -58,16 +76,23 @@ def verify_host(rb: "Run", rot: Rotatable, cfg: RolesConfig, hosts: Mapping[str,
     return hosts.get(params.primary.name)
 
 
-def verify_all(rb: "Run", rots: Sequence[Rotatable], rotated: Mapping[str, tuple[str, str]], cfg: RolesConfig,
+def verify_all(rb: "Run", rots: Sequence[Rotatable], rotated: Mapping[str, Rotated], cfg: RolesConfig,
                hosts: Mapping[str, "Host | None"], psql: "Psql") -> list[Check]:
-    """For every rotated role: new works, old refused (from its host), and the secret matches the server."""
+    """For every rotated role: new works, old refused or locked (from its host), the secret matches the server."""
     out: list[Check] = []
+    ip = rb.params.primary.private_ip
     for rot in rots:
-        old, new = rotated[rot.role]
+        done = rotated[rot.role]
         host = verify_host(rb, rot, cfg, hosts)
         if host is None:
             out.append(Check(f"{rot.role}: login checks", "warn", f"no SSH to the {rot.verify_from} host: not checked"))
+        elif done.switch is not None:
+            out += rotation.verify_app_switch(host, rb.params, cfg, done.switch, done.new, server_ip=ip)
         else:
-            out += rotation.verify_rotation(host, rb.params, rot, old, new, server_ip=rb.params.primary.private_ip)
-        out.append(rotation.check_secret_matches(psql, rot))
+            out += rotation.verify_rotation(host, rb.params, rot, done.old, done.new, server_ip=ip)
+        if done.switch is not None:
+            s = done.switch
+            out.append(rotation.check_secret_matches(psql, Rotatable(s.new, s.new_key, s.new_ref, "app", rot.dbname)))
+        else:
+            out.append(rotation.check_secret_matches(psql, rot))
     return out

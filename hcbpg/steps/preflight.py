@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from hcbpg.adapters.host import Host
 from hcbpg.desired.addresses import app_ssh_address, ssh_address
-from hcbpg.errors import HcbpgError, HostUnreachable
+from hcbpg.errors import HcbpgError, HostUnreachable, SecretError
 from hcbpg.ops import app_database as roles
 from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import provisioning as cloud
@@ -40,8 +40,12 @@ OPERATOR_MODULES = (
 def check_params(rb: "Run") -> list[Check]:
     """The params file validated (runbook.start already refused an invalid one)."""
     path = params_path(rb.env, rb.home)
-    return [Check("params valid", "pass", f"{path.name} sha256 {params_sha256(rb.env, rb.home)[:12]}",
-                  str(path))]
+    out = [Check("params valid", "pass", f"{path.name} sha256 {params_sha256(rb.env, rb.home)[:12]}", str(path))]
+    for key, value in rb.params.placeholders().items():
+        out.append(Check(f"placeholder {key}", "warn",
+                         f"{key} is still the placeholder {value!r}: set it in {path.name} before the step "
+                         "that uses it (pgbackrest.deadman_url: step 08 fails until then)", str(path)))
+    return out
 
 
 def _key_file_check(label: str, path_text: str, *, private: bool) -> Check:
@@ -102,7 +106,12 @@ def get_cloud_servers(rb: "Run") -> tuple[dict[str, str | None] | None, Check]:
     """
     params = rb.params
     try:
-        client = cloud.make_client(params, rb.secret("hetzner.token"), timeout=params.ssh.connect_timeout * 3)
+        token = rb.secret("hetzner.token")
+    except SecretError:
+        return None, Check("Hetzner Cloud API reachable", "fail", "not asked: the secret hetzner.token cannot be "
+                           "resolved (see its row above)", params.hetzner.api_endpoint)
+    try:
+        client = cloud.make_client(params, token, timeout=params.ssh.connect_timeout * 3)
         found: dict[str, str | None] = {}
         for server in params.servers:
             seen = client.servers.get_by_name(server.name)

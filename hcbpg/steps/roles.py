@@ -6,10 +6,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from psycopg import sql
+
 from hcbpg.desired import server as desired_server
 from hcbpg.desired.roles import RolesConfig, roles_config  # noqa: F401 - the notebook's call
 from hcbpg.ops import config as pg_config
-from hcbpg.ops import monitoring, privileges, tls
+from hcbpg.ops import migration, monitoring, privileges, readonly, tls
 from hcbpg.ops.privileges import ensure_role_secrets, privileges_table  # noqa: F401 - the notebook's calls
 from hcbpg.outcome import Check, Outcome
 from hcbpg.steps.targets import app_host, primary_psql, server_hosts
@@ -38,9 +40,63 @@ def ensure_pg_hba(hosts: Mapping[str, "Host | None"], params: "Params", cfg: Rol
 def get_plan(hosts: Mapping[str, "Host | None"], psql: "Psql | None", params: "Params",
              cfg: RolesConfig) -> list[Outcome]:
     """The statements on the primary, then the pg_hba lines on every server, planned."""
-    plan = [privileges.ensure_privileges(psql, cfg, dry_run=True, host_name=params.primary.name)]
+    plan = [privileges.ensure_privileges(psql, cfg, dry_run=True, host_name=params.primary.name),
+            readonly.ensure_blazer(psql, cfg, dry_run=True, host_name=params.primary.name)]
     plan += ensure_pg_hba(hosts, params, cfg, dry_run=True)
     return plan
+
+
+def apply_login_roles(rb: "Run", hosts: Mapping[str, "Host | None"], psql: "Psql | None", cfg: RolesConfig) -> None:
+    """pg_hba first, then the login roles (migrations, Blazer, monitoring) without touching ownership:
+    nothing the running app or its release command relies on changes yet (a dry run: the plan says it)."""
+    params = rb.params
+    if rb.dry_run:
+        return
+    for s in params.servers:
+        rb.track(pg_config.ensure_pg_hba(hosts[s.name], params, s, dry_run=False,
+                                         extra=desired_server.all_hba_extra(params, s, cfg)))
+    rb.track(privileges.ensure_privileges(psql, cfg, dry_run=False, host_name=params.primary.name, roles_only=True))
+    rb.track(readonly.ensure_blazer(psql, cfg, dry_run=False, host_name=params.primary.name))
+
+
+def hand_out_release_urls(rb: "Run", cfg: RolesConfig) -> None:
+    """MIGRATIONS_DATABASE_URL (the release command's) and BLAZER_DATABASE_URL into a 0600 file; redacted here."""
+    params = rb.params
+    values = {}
+    if cfg.migrations:
+        values["MIGRATIONS_DATABASE_URL"] = (cfg.migrations.name, "" if rb.dry_run else
+                                             privileges.role_password(cfg, cfg.migrations.name))
+    if cfg.blazer:
+        values["BLAZER_DATABASE_URL"] = (cfg.blazer.name, "" if rb.dry_run else
+                                         privileges.role_password(cfg, cfg.blazer.name))
+    if not values:
+        print("no migrations or Blazer role in params: no URL to hand out")
+        return
+    urls = migration.write_role_urls(params, values, path=migration.release_urls_path(params), dry_run=rb.dry_run)
+    migration.show_urls(urls)
+
+
+def handed_over(psql: "Psql | None", cfg: RolesConfig) -> bool:
+    """The database is owned by the migrations role already (an earlier run of this step)."""
+    if psql is None or cfg.migrations is None:
+        return False
+    owner = psql.value(sql.SQL("SELECT pg_get_userbyid(datdba) AS o FROM pg_database WHERE datname = {}")
+                       .format(sql.Literal(cfg.database)))
+    return bool(owner == cfg.migrations.name)
+
+
+def release_command_gate(rb: "Run", psql: "Psql | None", cfg: RolesConfig) -> None:
+    """Before ownership moves to the migrations role, the release command must already use it."""
+    if cfg.migrations is None:
+        print("no migrations role in params: the app role keeps owning the database, no gate")
+        return
+    if handed_over(psql, cfg):
+        print(f"the database is owned by {cfg.migrations.name} already: the release command was switched "
+              "before an earlier run of this step")
+        return
+    rb.gate("release_command", "the release command (Hatchbox: rails db:migrate) uses MIGRATIONS_DATABASE_URL, "
+                               f"i.e. runs as {cfg.migrations.name}: set DATABASE_URL=$MIGRATIONS_DATABASE_URL for "
+                               "the release command only; after this step rails can no longer create or alter tables")
 
 
 def apply(rb: "Run", hosts: Mapping[str, "Host | None"], psql: "Psql | None", cfg: RolesConfig,
@@ -78,9 +134,11 @@ def check_roles(rb: "Run", hosts: Mapping[str, "Host"], psql: "Psql", cfg: Roles
     """Privileges and passwords read back, access from the app host and the jumpbox, the monitoring files."""
     params = rb.params
     checks = privileges.check_privileges(psql, cfg) + privileges.check_passwords(psql, cfg)
+    checks += readonly.check_blazer(psql, cfg)
+    login, password = privileges.get_app_login(psql, cfg)  # step 14 may have moved the app to its other login
     checks += privileges.verify_access(app_host(rb), privileges.jumpbox_host(params, cfg), cfg, params,
-                                       server_ip=params.primary.private_ip,
-                                       app_password=rb.secret("postgres.app_role_password"))
+                                       server_ip=params.primary.private_ip, app_password=password, app_login=login)
+    checks += readonly.check_blazer_access(app_host(rb), cfg, params, server_ip=params.primary.private_ip)
     for s in params.servers:
         checks += monitoring.check_exporter(hosts[s.name], s) + monitoring.check_vector_files(hosts[s.name], params, s, cfg)
     return checks

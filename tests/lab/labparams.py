@@ -30,7 +30,8 @@ def lab_params(lab, servers: Sequence[tuple[str, str, str]], **sections: Any) ->
     data: dict[str, Any] = {
         "environment": "lab",
         "site": "hcbpg.lab.site:LabSite",
-        "hetzner": {"token": f"file:{cfg.secret_path('hcloud-token')}",
+        # the lab's Hetzner API stand-in: a lab test never talks to the real API (step 02 reads server types)
+        "hetzner": {"token": f"file:{cfg.secret_path('hcloud-token')}", "api_endpoint": cfg.hcloud_endpoint,
                     "ssh_public_key_file": str(lab.ssh_key.with_suffix(".pub"))},
         "network": {"ip_range": "10.0.0.0/8", "subnet": cfg.subnet},
         "servers": [{"name": n, "private_ip": ip, "role": r, "ssh_host": ip} for n, ip, r in servers],

@@ -14,15 +14,22 @@ Run under the machine's lab lock: ``flock /tmp/hcbpg-lab.lock python -m pytest t
 from __future__ import annotations
 
 import os
+import shlex
+import stat
 import subprocess
 import sys
+import threading
 import time
+import urllib.parse
 from pathlib import Path
 
+import psycopg
 import pytest
 import yaml
+from psycopg import sql
 
 from hcbpg.adapters.host import Host
+from hcbpg.desired import capacity
 from hcbpg.desired import roles as desired_roles
 from hcbpg.desired import server as desired_server
 from hcbpg.lab import create_server_host, destroy_server_host
@@ -30,12 +37,14 @@ from hcbpg.ops import app_database as roles
 from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import config as pg_config
 from hcbpg.ops import failover as fo
-from hcbpg.ops import health, monitoring, privileges, rotation, server_lock
+from hcbpg.ops import health, migration, monitoring, privileges, readonly, rotation, server_lock
+from hcbpg.ops import provisioning as cloud
 from hcbpg.ops import replica as replica_ops
 from hcbpg.ops import replication as rep
 from hcbpg.ops import server as pg_server
 from hcbpg.ops import tls as tls_ops
 from hcbpg.params import parse_params
+from hcbpg.pg.conninfo import render_database_url
 from hcbpg.secrets import resolve
 
 from labparams import lab_params, pgbackrest_section, replication_section
@@ -80,6 +89,13 @@ def hosts(params, lab):
     yield hs
     for h in hs.values():
         h.close()
+
+
+@pytest.fixture(scope="module")
+def shape(params):
+    """The server type as the (lab's) Hetzner API reports it, through the real hcloud client."""
+    client = cloud.make_client(params, resolve(params.hetzner.token, key="hetzner.token"))
+    return cloud.get_server_shape(client, params)
 
 
 @pytest.fixture(scope="module")
@@ -135,11 +151,11 @@ INSERT INTO public.transactions (event_id, amount) SELECT g, g * 1.5 FROM genera
 """
 
 
-def test_setup_servers_restored_objects_backups_and_replica(params, hosts):
+def test_setup_servers_restored_objects_backups_and_replica(params, hosts, shape):
     """Steps 02-04, a Heroku-like restore as rails, pgBackRest (05/08) and the replica (10), from their modules."""
     t0 = time.monotonic()
     for s in params.servers:
-        pg_server.install_server(hosts[s.name], params, s, dry_run=False)
+        pg_server.install_server(hosts[s.name], params, s, dry_run=False, shape=shape)
         pg_server.allow_connections(hosts[s.name], params, s, dry_run=False,
                              extra_rules=desired_server.all_hba_extra(params, s))
     primary = params.primary
@@ -158,6 +174,30 @@ def test_setup_servers_restored_objects_backups_and_replica(params, hosts):
                           resolve(params.replication.password, key="replication.password"),
                           allow_destructive=True, dry_run=False, echo=OUTPUT.append)
     TIMINGS["setup_replica_s"] = round(time.monotonic() - t1, 1)
+
+
+def test_capacity_settings_are_what_the_table_says_for_a_ccx13_with_checksums_and_statements(params, hosts, shape):
+    assert (shape.name, shape.cores, shape.memory_gb, shape.disk_gb) == ("ccx13", 2, 8.0, 80)
+    table = {r["setting"]: r["value"] for r in capacity.capacity_table(params, shape)}
+    names = ["max_connections", "shared_buffers", "effective_cache_size", "work_mem", "maintenance_work_mem",
+             "shared_preload_libraries", "random_page_cost", "max_wal_size", "auto_explain.log_min_duration"]
+    for s in params.servers:
+        psql = pg_cluster.psql_for(hosts[s.name], params)
+        rows = psql.query(sql.SQL("SELECT n, current_setting(n) AS v FROM unnest({}::text[]) AS n")
+                          .format(sql.Literal(names)))
+        shown = {r["n"]: r["v"] for r in rows}
+        OUTPUT.append(f"{s.name}: {shown}")
+        assert shown == {n: table[n] for n in names}, (s.name, shown)
+        assert psql.value("SELECT current_setting('data_checksums') AS v") == "on", s.name
+        checks = pg_server.check_server(hosts[s.name], params, s, shape)
+        assert all(c.status == "pass" for c in checks), [f"{c.name}: {c.detail}" for c in checks if c.status != "pass"]
+    ppsql = primary_psql(hosts, params)
+    assert int(ppsql.value("SELECT count(*) AS n FROM heroku_ext.pg_stat_statements",
+                           dbname=params.postgres.database)) > 0
+    # a second run of step 02 changes nothing (the settings were there before the first start)
+    for s in params.servers:
+        again = pg_server.install_server(hosts[s.name], params, s, dry_run=False, shape=shape)
+        assert not [o for o in again if o.changed], [str(o) for o in again if o.changed]
 
 
 def test_roles_step_applies_the_model_and_second_run_changes_nothing(params, hosts, cfg):
@@ -217,6 +257,105 @@ def test_migrations_role_creates_a_table_rails_can_use(params, hosts, cfg):
     assert all(c.status == "pass" for c in checks), [f"{c.name}: {c.detail}" for c in checks]
 
 
+def test_a_deploy_after_step_13_migrates_as_the_migrations_role_and_the_app_uses_the_new_table(params, hosts, cfg):
+    checks = privileges.check_deploy(hosts["app"], cfg, params, server_ip=params.primary.private_ip,
+                                     app_login=cfg.app_role, app_password=app_password(params))
+    OUTPUT.append("\n".join(f"{c.status} {c.name}: {c.detail}" for c in checks))
+    assert len(checks) == 4 and all(c.status == "pass" for c in checks), [f"{c.name}: {c.detail}" for c in checks]
+
+
+def test_blazer_url_reads_and_cannot_write(params, hosts, cfg):
+    ppsql = primary_psql(hosts, params)
+    made = readonly.ensure_blazer(ppsql, cfg, dry_run=False)
+    OUTPUT.append(str(made))
+    assert made.changed and any("pg_read_all_data" in a for a in made.actions)
+    assert not readonly.ensure_blazer(ppsql, cfg, dry_run=False).changed
+    assert all(c.status == "pass" for c in readonly.check_blazer(ppsql, cfg))
+    # step 13's model keeps Blazer's CONNECT (it revokes every grant it does not know)
+    assert not privileges.ensure_privileges(ppsql, cfg, dry_run=True).changed
+    checks = readonly.check_blazer_access(hosts["app"], cfg, params, server_ip=params.primary.private_ip)
+    OUTPUT.append("\n".join(f"{c.status} {c.name}: {c.detail}" for c in checks))
+    assert all(c.status == "pass" for c in checks), [f"{c.name}: {c.detail}" for c in checks]
+    ok, out = privileges.psql_as(hosts["app"], role=cfg.blazer.name, password=privileges.role_password(cfg, "blazer"),
+                                 server_ip=params.primary.private_ip, port=5432, dbname=params.postgres.database,
+                                 script="SHOW statement_timeout;\nINSERT INTO users (full_name) VALUES ('x');\n",
+                                 display="psql as blazer: statement_timeout, then an INSERT (must be refused)")
+    assert not ok and "30s" in out and "read-only transaction" in out, out
+
+
+APP_CONNECTIONS = r"""
+import asyncio, sys
+import psycopg
+password = sys.stdin.readline().rstrip("\n")
+host, port, db, user, n, other = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6]
+
+async def main():
+    conns, errors, release = [], [], asyncio.Event()
+    gate = asyncio.Semaphore(40)   # the handshakes (SCRAM) 40 at a time; the connections stay open together
+
+    async def one():
+        try:
+            async with gate:
+                conn = await psycopg.AsyncConnection.connect(host=host, port=port, dbname=db, user=user,
+                                                             password=password, connect_timeout=120, autocommit=True)
+            await conn.execute("SELECT 1")
+            conns.append(conn)
+            await release.wait()
+            await conn.close()
+        except Exception as exc:
+            errors.append(f"{type(exc).__name__}: {exc}")
+            release.set()
+
+    tasks = [asyncio.create_task(one()) for _ in range(n)]
+    while len(conns) + len(errors) < n:
+        await asyncio.sleep(0.1)
+    if not errors:
+        cur = await conns[0].execute("SELECT count(*) FILTER (WHERE usename = %s), count(*) FILTER (WHERE usename = %s)"
+                                     " FROM pg_stat_activity", (user, other))
+        seen, others = await cur.fetchone()
+        print("OPEN", len(conns), "SEEN", seen, "BESIDE", others)
+    release.set()
+    await asyncio.gather(*tasks)
+    print("ERRORS", len(errors), *errors[:3])
+    sys.exit(1 if errors else 0)
+
+asyncio.run(main())
+"""
+
+PGBENCH_SCRIPT = "\\set id random(1, 50)\nSELECT full_name FROM users WHERE id = :id;\n"
+
+
+def test_500_app_connections_from_the_app_host_while_pgbench_runs(params, hosts, cfg):
+    app, ip, db = hosts["app"], params.primary.private_ip, params.postgres.database
+    mig, mig_pw = cfg.migrations.name, privileges.role_password(cfg, cfg.migrations.name)
+    app.run("cat > /var/tmp/hcbpg-pgbench.sql", stdin=PGBENCH_SCRIPT)
+    bench: dict[str, object] = {}
+
+    def pgbench() -> None:  # on the app host too, over its own SSH connection, as the migrations role
+        with Host.from_params(params, "app", params.app_host.private_ip) as other:
+            bench["res"] = other.run(
+                "IFS= read -r PGPASSWORD && export PGPASSWORD && /usr/lib/postgresql/15/bin/pgbench -n "
+                f"-h {ip} -U {mig} -c 4 -j 2 -T 45 -f /var/tmp/hcbpg-pgbench.sql {db}",
+                stdin=mig_pw + "\n", check=False, timeout=300)
+
+    thread = threading.Thread(target=pgbench, daemon=True)
+    thread.start()
+    time.sleep(5)
+    t0 = time.monotonic()
+    res = app.run(f"{sys.executable} -c {shlex.quote(APP_CONNECTIONS)} {ip} 5432 {db} {cfg.app_role} 500 {mig}",
+                  stdin=app_password(params) + "\n", check=False, timeout=600)
+    TIMINGS["open_500_connections_s"] = round(time.monotonic() - t0, 1)
+    OUTPUT.append(res.output)
+    thread.join(300)
+    assert res.ok and "OPEN 500 SEEN 500" in res.stdout and "ERRORS 0" in res.stdout, res.output[-2000:]
+    beside = int(res.stdout.split("BESIDE")[1].split()[0])
+    assert beside >= 1, "pgbench was running while the 500 were open"
+    out = bench["res"].output  # type: ignore[union-attr]
+    OUTPUT.append(out)
+    assert bench["res"].ok and "number of failed transactions: 0" in out, out[-2000:]  # type: ignore[union-attr]
+    TIMINGS["pgbench_tps"] = float(out.split("tps =")[1].split()[0])
+
+
 def test_exporter_runs_on_each_server_with_the_server_up_and_replication_figures(params, hosts, cfg):
     pw = privileges.role_password(cfg, cfg.exporter.name)
     t0 = time.monotonic()
@@ -255,24 +394,73 @@ def test_vector_config_installed_without_secrets_in_outputs(params, hosts, cfg):
     assert ok, out
 
 
-def test_rotation_leaves_old_password_refused_and_new_working(params, hosts, cfg, monkeypatch, tmp_path):
+def test_app_rotation_refuses_no_new_connection_of_a_client_every_100ms(params, hosts, cfg, monkeypatch, tmp_path):
+    """A client opens a new connection every 100 ms with whatever DATABASE_URL it was last given (the handoff
+    file, else the URL it started with) while the app's password is rotated: not one fails."""
     monkeypatch.delenv(rotation.ROTATE_ENV, raising=False)
     monkeypatch.setenv("HCBPG_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
     rots = rotation.roles_to_rotate(params, cfg)
     assert [r.role for r in rots] == ["rails"]
     ppsql = primary_psql(hosts, params)
-    t0 = time.monotonic()
-    outcome, old, new = rotation.run_rotation(ppsql, params, rots[0])
+    handoff = migration.handoff_path(params)
+    first = render_database_url(params, app_password(params))
+
+    def given_url() -> str:
+        if handoff.is_file():
+            line = next(x for x in handoff.read_text().splitlines() if x.startswith("DATABASE_URL="))
+            return line.split("=", 1)[1].strip("'")
+        return first
+
+    results: list[tuple[str, str | None]] = []
+    stop = threading.Event()
+    with roles.tunnel_via(hosts["app"], params.primary.private_ip, params.postgres.port) as local:
+        def client() -> None:
+            while not stop.is_set():
+                url = urllib.parse.urlsplit(given_url())
+                user = urllib.parse.unquote(url.username or "")
+                try:
+                    with psycopg.connect(host="127.0.0.1", port=local, dbname=params.postgres.database, user=user,
+                                         password=urllib.parse.unquote(url.password or ""), connect_timeout=10) as c:
+                        c.execute("SELECT 1")
+                    results.append((user, None))
+                except psycopg.Error as exc:
+                    results.append((user, str(exc).strip()))
+                stop.wait(0.1)
+
+        thread = threading.Thread(target=client, daemon=True)
+        thread.start()
+        time.sleep(1.5)
+        t0 = time.monotonic()
+        outcome, switch, new = rotation.run_app_rotation(ppsql, params, cfg, timeout=120, interval=0.2,
+                                                         echo=OUTPUT.append)
+        TIMINGS["app_rotation_s"] = round(time.monotonic() - t0, 1)
+        time.sleep(1.5)
+        stop.set()
+        thread.join(15)
     OUTPUT.append(str(outcome))
-    checks = rotation.verify_rotation(hosts["app"], params, rots[0], old, new, server_ip=params.primary.private_ip)
-    checks.append(rotation.check_secret_matches(ppsql, rots[0]))
-    TIMINGS["rotation_s"] = round(time.monotonic() - t0, 1)
+    failed = [r for r in results if r[1]]
+    TIMINGS["rotation_client_connections"] = len(results)
+    assert not failed, failed[:3]
+    assert (switch.old, switch.new) == ("rails", "rails_alt")
+    assert {u for u, _ in results} == {"rails", "rails_alt"}, "the client used both URLs"
+    assert results[-1][0] == "rails_alt"
+    checks = rotation.verify_app_switch(hosts["app"], params, cfg, switch, new, server_ip=params.primary.private_ip)
     OUTPUT.append("\n".join(f"{c.status} {c.name}: {c.detail}" for c in checks))
     assert all(c.status == "pass" for c in checks), [f"{c.name}: {c.detail}" for c in checks]
-    assert app_password(params) == new != old
-    assert not rotation.pending_path(params, "rails").exists()
-    OUTPUT.append(str(rotation.dependents_table(rots)))
-    # a generic login role too: the exporter's, through the server itself
+    assert stat.S_IMODE(handoff.stat().st_mode) == 0o600
+    # step 13's checks follow the app to its other login
+    assert not [c for c in privileges.check_privileges(ppsql, cfg) if c.status == "fail"]
+    login, pw = privileges.get_app_login(ppsql, cfg)
+    assert (login, pw) == ("rails_alt", new)
+    assert not privileges.ensure_privileges(ppsql, cfg, dry_run=True).changed
+
+
+def test_rotation_of_another_login_role_leaves_old_password_refused_and_new_working(params, hosts, cfg, monkeypatch,
+                                                                                    tmp_path):
+    monkeypatch.setenv("HCBPG_STATE_DIR", str(tmp_path / "state"))
+    ppsql = primary_psql(hosts, params)
+    # a generic login role: the exporter's, through the server itself
     monkeypatch.setenv(rotation.ROTATE_ENV, cfg.exporter.name)
     (rot,) = rotation.roles_to_rotate(params, cfg)
     _, old, new = rotation.run_rotation(ppsql, params, rot)
@@ -298,7 +486,7 @@ def test_notebooks_run_by_the_real_runner_with_no_password_in_outputs(params, ho
         {"notebook": "13_roles.ipynb", "title": "Roles and privileges, monitoring hookup"},
         {"notebook": "14_password_rotation.ipynb", "title": "Password rotation", "on_demand": True},
         {"notebook": "15_health.ipynb", "title": "Health report"}]}))
-    env = {"HCBPG_NOTEBOOKS": str(nbdir), "HCBPG_OPERATOR": "day-two-test"}
+    env = {"HCBPG_NOTEBOOKS": str(nbdir), "HCBPG_OPERATOR": "day-two-test", "XDG_STATE_HOME": str(tmp_path / "xdg")}
     # every secret the steps use, sampled for on every process's command line while they run
     planted = [app_password(params)] + [privileges.role_password(cfg, r.name) for r in cfg.login_roles()] + \
         [lab.cfg.read_secret(p.name) for p in lab.cfg.secrets_dir.iterdir() if p.is_file()]

@@ -129,11 +129,13 @@ from hcbpg.ops.migration.traffic import (
                                             compute_downtime,
                                             handoff_path,
                                             render_database_url,
+                                            release_urls_path,
                                             render_env_file,
                                             show_downtime,
                                             show_urls,
                                             write_app_urls,
                                             write_private_file,
+                                            write_role_urls,
 )
 from hcbpg.ops.migration.verify import Verification, check_table_owners, get_inventory, verify_restore
 from hcbpg.pg.conninfo import (
@@ -193,5 +195,5 @@ __all__ = [
     "run_dump", "run_heroku_dump", "run_migration", "run_restore", "run_rotate_password", "run_sentinel_write",
     "run_statements", "run_stream", "sentinel_value", "show_comparison", "show_downtime", "show_urls",
     "stream_plan_actions", "summarize_stream_times", "target", "transfer_method", "use_stream", "verify_restore",
-    "wait_for_source_quiet", "write_app_urls", "write_private_file",
+    "wait_for_source_quiet", "write_app_urls", "write_private_file", "write_role_urls", "release_urls_path",
 ]

@@ -15,7 +15,7 @@ from hcbpg import secrets as hsecrets
 from hcbpg.desired import tls as desired_tls
 from hcbpg.display import show_table
 from hcbpg.pg import conninfo as pg_conninfo
-from hcbpg.pg.conninfo import redact_url
+from hcbpg.pg.conninfo import redact_url, render_role_url
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.params import Params
@@ -70,6 +70,21 @@ def write_app_urls(params: "Params", password: str, *, dry_run: bool = False) ->
     if not dry_run:
         write_private_file(path, render_env_file(values))
     return AppUrls(path, {k: redact_url(v) for k, v in values.items()}, not dry_run)
+
+
+def release_urls_path(params: "Params") -> Path:
+    """Where step 13 writes MIGRATIONS_DATABASE_URL and BLAZER_DATABASE_URL: beside the app's file, 0600."""
+    return handoff_path(params).with_name("release-database-urls.env")
+
+
+def write_role_urls(params: "Params", values: Mapping[str, tuple[str, str]], *, path: Path,
+                    dry_run: bool = False) -> AppUrls:
+    """``NAME -> (role, password)`` as URLs (the app's URL builder) into a 0600 file; only redacted ones shown."""
+    tls = desired_tls.client_tls(params)
+    urls = {k: hsecrets.register(render_role_url(params, role, pw, query=tls)) for k, (role, pw) in values.items()}
+    if not dry_run:
+        write_private_file(path, render_env_file(urls))
+    return AppUrls(path, {k: redact_url(v) for k, v in urls.items()}, not dry_run)
 
 
 def show_urls(urls: AppUrls) -> None:

@@ -1,0 +1,137 @@
+"""Blazer's read-only login (params ``roles.blazer``; ``BLAZER_DATABASE_URL``): reads every table, writes none.
+
+Blazer's docs ask for a read-only user.  The role is a member of PostgreSQL's ``pg_read_all_data``
+(SELECT on every table, view and sequence, USAGE on every schema, tables created later included),
+connects on its own CONNECT grant, and carries two role settings: ``default_transaction_read_only``
+(a write is refused even where a grant would allow it) and ``statement_timeout`` (a runaway report
+is cancelled).  Metabase keeps its own listed-tables role (:mod:`hcbpg.ops.privileges`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from psycopg import sql
+
+from hcbpg import secrets as hsecrets
+from hcbpg.adapters.psql import render
+from hcbpg.desired.roles import RolesConfig
+from hcbpg.ops.privileges import psql_as, role_password
+from hcbpg.outcome import Check, Outcome
+from hcbpg.pg.scram import scram_verifier
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hcbpg.adapters.host import Host
+    from hcbpg.adapters.psql import Psql
+    from hcbpg.params import Params
+
+READ_ROLE = "pg_read_all_data"
+
+
+def desired_settings(cfg: RolesConfig) -> dict[str, str]:
+    """The role settings of Blazer's login."""
+    return {"default_transaction_read_only": "on", "statement_timeout": cfg.blazer_statement_timeout}
+
+
+def get_blazer(psql: "Psql", cfg: RolesConfig) -> dict[str, object] | None:
+    """The role's attributes, memberships, role settings and CONNECT on the database (None: no role)."""
+    assert cfg.blazer is not None
+    rows = psql.query(sql.SQL(
+        "SELECT r.rolcanlogin, r.rolinherit, r.rolsuper, r.rolconnlimit, "
+        "ARRAY(SELECT g.rolname FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid "
+        "      WHERE m.member = r.oid ORDER BY 1)::text[] AS member_of, "
+        "COALESCE((SELECT s.setconfig FROM pg_db_role_setting s WHERE s.setrole = r.oid AND s.setdatabase = 0), "
+        "         '{{}}')::text[] AS settings, "
+        "has_database_privilege(r.oid, {db}, 'CONNECT') AS can_connect "
+        "FROM pg_roles r WHERE r.rolname = {name}").format(db=sql.Literal(cfg.database),
+                                                          name=sql.Literal(cfg.blazer.name)))
+    return rows[0] if rows else None
+
+
+def plan_blazer(cfg: RolesConfig, current: dict[str, object] | None, password: str | None) -> list[sql.Composable]:
+    """Statements that bring Blazer's login to the model (its password only when it is created)."""
+    if cfg.blazer is None:
+        return []
+    b = sql.Identifier(cfg.blazer.name)
+    out: list[sql.Composable] = []
+    if current is None:
+        pw = sql.SQL(" PASSWORD {}").format(sql.Literal(scram_verifier(password))) if password else sql.SQL("")
+        out.append(sql.SQL("CREATE ROLE {} WITH LOGIN INHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
+                           "CONNECTION LIMIT {}{}").format(b, sql.Literal(cfg.blazer.connection_limit), pw))
+        current = {"rolcanlogin": True, "rolinherit": True, "rolconnlimit": cfg.blazer.connection_limit,
+                   "member_of": [], "settings": [], "can_connect": False}
+    else:
+        fixes = [w for cond, w in ((not current["rolcanlogin"], "LOGIN"), (not current["rolinherit"], "INHERIT"),
+                                   (bool(current["rolsuper"]), "NOSUPERUSER")) if cond]
+        if int(str(current["rolconnlimit"])) != cfg.blazer.connection_limit:
+            fixes.append(f"CONNECTION LIMIT {int(cfg.blazer.connection_limit)}")
+        if fixes:
+            out.append(sql.SQL("ALTER ROLE {} WITH ").format(b) + sql.SQL(" ".join(fixes)))
+    if READ_ROLE not in list(current["member_of"]):  # type: ignore[call-overload]
+        out.append(sql.SQL("GRANT {} TO {}").format(sql.Identifier(READ_ROLE), b))
+    have = dict(s.split("=", 1) for s in list(current["settings"]))  # type: ignore[call-overload]
+    for name, value in desired_settings(cfg).items():
+        if have.get(name) != value:
+            out.append(sql.SQL("ALTER ROLE {} SET {} = {}").format(b, sql.Identifier(name), sql.Literal(value)))
+    if not current["can_connect"]:
+        out.append(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(cfg.database), b))
+    return out
+
+
+def ensure_blazer(psql: "Psql | None", cfg: RolesConfig, *, dry_run: bool, host_name: str = "") -> Outcome:
+    """Blazer's read-only login as the model says (only what differs); its password from its secret."""
+    what = f"Blazer's read-only role on {host_name or (psql.host.name if psql else '(primary)')}"
+    if cfg.blazer is None:
+        return Outcome(what + " (no roles.blazer in params)", False, dry_run)
+    if psql is None:
+        return Outcome(what, True, dry_run, actions=["(server not reachable yet: create it)"])
+    current = get_blazer(psql, cfg)
+    password = None
+    if current is None:
+        try:
+            password = hsecrets.resolve(cfg.blazer.password_ref, key=cfg.blazer.password_key)
+        except hsecrets.SecretError:
+            if not dry_run:
+                raise
+    statements = plan_blazer(cfg, current, password)
+    if not statements:
+        return Outcome(what, False, dry_run)
+    if not dry_run:
+        psql.execute(statements)
+    return Outcome(what, True, dry_run, actions=[hsecrets.scrub(" ".join(render(s).split())) for s in statements])
+
+
+def check_blazer(psql: "Psql", cfg: RolesConfig) -> list[Check]:
+    """The role is as the model says: read-only by membership and by setting, with its timeout."""
+    if cfg.blazer is None:
+        return []
+    current = get_blazer(psql, cfg)
+    name = f"role {cfg.blazer.name} (Blazer, read-only)"
+    if current is None:
+        return [Check(name, "fail", "does not exist", psql.host.name)]
+    missing = plan_blazer(cfg, current, None)
+    return [Check.of(name, not missing, f"member of {READ_ROLE}, default_transaction_read_only on, "
+                                        f"statement_timeout {cfg.blazer_statement_timeout}" if not missing
+                     else f"{len(missing)} change(s) pending: run step 13", psql.host.name)]
+
+
+def check_blazer_access(app: "Host", cfg: RolesConfig, params: "Params", *, server_ip: str,
+                        table: str = "users") -> list[Check]:
+    """From the app host with Blazer's login: a read works, a write is refused."""
+    if cfg.blazer is None:
+        return [Check("blazer", "warn", "no roles.blazer in params", server_ip)]
+    name, pw, port = cfg.blazer.name, role_password(cfg, cfg.blazer.name), params.postgres.port
+    t = sql.Identifier(*table.split("."))
+    ok, out = psql_as(app, role=name, password=pw, server_ip=server_ip, port=port, dbname=cfg.database,
+                      script=sql.SQL("SELECT count(*) FROM {};\n").format(t).as_string(None),
+                      display=f"psql as {name}@{server_ip}: SELECT count(*) FROM {table}")
+    rows = [Check.of(f"{name} reads {table}", ok, f"{out.splitlines()[-1] if out else '?'} row(s)" if ok
+                     else out[-200:], app.name)]
+    ok, out = psql_as(app, role=name, password=pw, server_ip=server_ip, port=port, dbname=cfg.database,
+                      script=sql.SQL("DELETE FROM {} WHERE false;\n").format(t).as_string(None),
+                      display=f"psql as {name}@{server_ip}: DELETE FROM {table} (must be refused)")
+    refused = not ok and ("read-only transaction" in out or "permission denied" in out)
+    rows.append(Check.of(f"{name} cannot write {table}", refused,
+                         "refused: " + (out.splitlines() or ["?"])[-1][:160] if refused
+                         else ("WROTE" if ok else out[-200:]), app.name))
+    return rows

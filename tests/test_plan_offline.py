@@ -1,0 +1,80 @@
+"""`hcbpg plan production` on a machine without the 1Password CLI and without a route to the servers names only
+two kinds of problem: each secret reference it could not resolve, and each host it could not reach.
+
+The plan runs in an empty network namespace (``unshare --net``: not even loopback is up), so nothing it tries
+can leave this machine: the test never sends traffic to the production addresses or to Hetzner.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from hcbpg.params import load_params
+
+from nbutil import REPO
+
+
+def _unshare_works() -> bool:
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        return False
+    return subprocess.run(["unshare", "--net", "true"], capture_output=True).returncode == 0
+
+
+def _rows(notebook) -> list[tuple[str, str, str, str]]:
+    """(check, target, status, detail) of every table the executed notebook showed."""
+    nb = json.loads(notebook.read_text())
+    rows = []
+    for cell in nb["cells"]:
+        for out in cell.get("outputs", []):
+            markup = "".join(out.get("data", {}).get("text/html", ""))
+            for tr in re.findall(r"<tr>(.*?)</tr>", markup, flags=re.S):
+                cells = [html.unescape(c) for c in re.findall(r"<td[^>]*>(.*?)</td>", tr, flags=re.S)]
+                if len(cells) == 4:
+                    rows.append(tuple(cells))
+    return rows
+
+
+@pytest.mark.skipif(not _unshare_works(), reason="needs root and unshare --net (an empty network namespace)")
+def test_plan_production_offline_names_only_unresolvable_secrets_and_unreachable_hosts(tmp_path):
+    home, user = tmp_path / "home", tmp_path / "user"
+    (home / "params").mkdir(parents=True)
+    shutil.copy(REPO / "params" / "production.yaml", home / "params")
+    (user / ".ssh").mkdir(parents=True, mode=0o700)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(user / ".ssh" / "id_ed25519")],
+                   check=True)
+    path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep)
+                           if not (p and os.path.exists(os.path.join(p, "op"))))  # no 1Password CLI
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OP_", "HCBPG_"))}
+    env.update(HOME=str(user), HCBPG_HOME=str(home), PATH=path, PYTHONPATH=str(REPO))
+    proc = subprocess.run(["unshare", "--net", "--", sys.executable, "-m", "hcbpg.cli", "plan", "production"],
+                          capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and "00_preflight failed" in out, out[-3000:]
+    (notebook,) = (home / "outputs" / "production").glob("*/00_preflight.ipynb")
+    rows = _rows(notebook)
+    failed = [r for r in rows if r[2] == "fail"]
+    assert failed, rows
+    params = load_params("production", REPO)
+    op_refs = {k for k, v in params.secret_refs().items() if v.startswith("op://")}
+    secret_rows = {r[0].removeprefix("secret ") for r in failed if r[0].startswith("secret ")}
+    assert secret_rows == op_refs, (secret_rows ^ op_refs)
+    for name, target, _status, detail in failed:
+        if name.startswith("secret "):
+            assert "1Password CLI" in detail, (name, detail)
+        elif name == "Hetzner Cloud API reachable":
+            assert "hetzner.token cannot be resolved" in detail, detail
+        elif name == "reachable over SSH":
+            assert "cannot reach" in detail, (target, detail)
+        else:
+            raise AssertionError(f"a problem of another kind: {name} on {target}: {detail}")
+    assert any(r[0] == "reachable over SSH" and r[1] == params.app_host.name for r in failed)
+    warned = {r[0] for r in rows if r[2] == "warn"}
+    assert "placeholder pgbackrest.deadman_url" in warned, "preflight names the placeholder"
