@@ -108,7 +108,7 @@ def prepare_scratch(host: "Host | None", params: "Params", target: DrillTarget, 
     """PostgreSQL (step 02's install) and pgBackRest pointed at the primary's repository (read only: restore)."""
     server = as_server(params, target)
     outcomes = install_server(host, params, server, dry_run=dry_run)
-    outcomes.append(pgb.ensure_paths(host, dry_run=dry_run))
+    outcomes.append(pgb.ensure_paths(host, dry_run=dry_run, specs=pgb.paths_for(params)))
     v = version or pgb.get_installed_version(host)
     outcomes.append(pgb.ensure_pgbackrest_conf(host, params, server, version=v, dry_run=dry_run,
                                                repo_server=params.primary))

@@ -241,16 +241,18 @@ def write_database_url(params: "Params", server: "Server", password: str) -> Pat
 
 def point_backups_at(host: "Host", params: "Params", server: "Server", *, archive_mode: bool = True,
                      full_backup: bool = True) -> tuple[list[Outcome], list[Check]]:
-    """pgBackRest on the new primary: config (its own repository path), archiving, stanza, check, a backup
-    (full when its repository has none, else incremental).
+    """pgBackRest on the new primary: config, archiving, stanza, check, a backup (full when the repository
+    has none, else incremental).
 
-    Uses :mod:`hcbpg.pgbackrest` (steps 05/08); the repository path is per server, so the
-    new primary gets its own stanza and first full backup.
+    Uses :mod:`hcbpg.pgbackrest` (steps 05/08).  The repository names the cluster, not the
+    server: the new primary archives and backs up into the same stanza on its new timeline
+    (the stanza's system identifier is the same: a physical replica), so point-in-time
+    recovery to a moment before the failover still works.
     """
     if params.pgbackrest is None:
         return [], [Check("pgBackRest on the new primary", "warn", "no pgbackrest section in params", server.name)]
     version = pb.get_version(host)
-    outcomes = [pb.ensure_paths(host, dry_run=False),
+    outcomes = [pb.ensure_paths(host, dry_run=False, specs=pb.paths_for(params)),
                 pb.ensure_pgbackrest_conf(host, params, server, version=version, dry_run=False),
                 pb.ensure_archiving(host, params, server, archive_mode=archive_mode, dry_run=False),
                 pb.ensure_stanza(host, params, dry_run=False)]
