@@ -34,7 +34,6 @@ from psycopg import sql
 
 from hcbpg.adapters.psql import Psql
 from hcbpg.desired import replication as desired_replication
-from hcbpg.desired import server as desired_server
 from hcbpg.errors import (
     DatabaseError,
     HcbpgError,
@@ -43,7 +42,7 @@ from hcbpg.errors import (
 )
 from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import pgbackrest as pb
-from hcbpg.ops import replica, topology
+from hcbpg.ops import replica, schedule, topology
 from hcbpg.ops import replication as rep
 from hcbpg.outcome import Check, Outcome
 from hcbpg.params import home
@@ -147,8 +146,7 @@ def plan_failover(topology: topology.Topology, states: Mapping[str, topology.Ser
 
 # fencing, promotion ---------------------------------------------------------------------------------
 
-def start_conf_path(params: "Params") -> str:
-    return f"{desired_server.config_dir(params)}/start.conf"
+start_conf_path = replica.start_conf_path
 
 
 def run_fence(host: "Host", params: "Params", server: "Server", *, planned: bool) -> dict[str, Any]:
@@ -160,7 +158,7 @@ def run_fence(host: "Host", params: "Params", server: "Server", *, planned: bool
     pgdata = cluster.get("pgdata") or f"/var/lib/postgresql/{params.postgres.version}/{params.postgres.cluster}"
     replica.run_stop(host, params, mode="fast" if planned else "immediate")
     host.put_text(f"{pgdata}/standby.signal", "", mode=0o600, owner="postgres", group="postgres")
-    host.put_text(start_conf_path(params), "manual\n", mode=0o644, owner="postgres", group="postgres")
+    replica.set_start_conf(host, params, "manual")
     ctl = topology.get_controldata(host, params, pgdata)
     return {"state": ctl.get("Database cluster state"), "checkpoint_lsn": ctl.get("Latest checkpoint location"),
             "timeline": ctl.get("Latest checkpoint's TimeLineID")}
@@ -168,8 +166,7 @@ def run_fence(host: "Host", params: "Params", server: "Server", *, planned: bool
 
 def run_unfence(host: "Host", params: "Params") -> None:
     """start.conf back to auto (the rejoined replica starts with the machine again)."""
-    if (host.read_text(start_conf_path(params)) or "").strip() != "auto":
-        host.put_text(start_conf_path(params), "auto\n", mode=0o644, owner="postgres", group="postgres")
+    replica.set_start_conf(host, params, "auto")
 
 
 def run_promote(psql: Psql, *, timeout: float = 60.0, sleep: Callable[[float], None] = time.sleep) -> float:
@@ -256,6 +253,7 @@ def point_backups_at(host: "Host", params: "Params", server: "Server", *, archiv
                 pb.ensure_pgbackrest_conf(host, params, server, version=version, dry_run=False),
                 pb.ensure_archiving(host, params, server, archive_mode=archive_mode, dry_run=False),
                 pb.ensure_stanza(host, params, dry_run=False)]
+    outcomes += schedule.ensure_schedules(host, params, server, dry_run=False)
     checks = [pb.check_stanza(host, params, server, archiving=archive_mode)]
     if full_backup:
         o, row = pb.ensure_full_backup(host, params, dry_run=False)

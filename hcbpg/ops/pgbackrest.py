@@ -605,6 +605,21 @@ def configure_pgbackrest(host: "Host | None", params: "Params", server: "Server"
     return outcomes
 
 
+def configure_standby(host: "Host | None", params: "Params", server: "Server", *, dry_run: bool) -> list[Outcome]:
+    """pgBackRest on a standby (step 10): installed, directories, pgbackrest.conf (the cluster's one repository)
+    and the archiving settings with archive_mode on.
+
+    The standby then falls back to the archive (``restore_command``) when its primary no longer
+    holds the WAL it needs, and archives into the same stanza as soon as it is promoted.
+    """
+    outcomes = [ensure_installed(host, dry_run=dry_run)]
+    version = get_installed_version(host)
+    outcomes.append(ensure_paths(host, dry_run=dry_run, specs=paths_for(params)))
+    outcomes.append(ensure_pgbackrest_conf(host, params, server, version=version, dry_run=dry_run))
+    outcomes.append(ensure_archiving(host, params, server, archive_mode=True, dry_run=dry_run))
+    return outcomes
+
+
 def check_conf(host: "Host", params: "Params", server: "Server", *, repo_server: "Server | None" = None) -> list[Check]:
     """pgbackrest.conf on the server is what hcbpg renders (secrets compared, never shown) with mode 0640 postgres."""
     version = get_version(host)

@@ -48,6 +48,7 @@ from hcbpg.errors import (
 )
 from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import config as pg_config
+from hcbpg.ops import pgbackrest, schedule
 from hcbpg.ops.app_database import get_role
 from hcbpg.ops.replica import ensure_replica, get_replication_rows
 from hcbpg.ops.topology import Topology, get_topology
@@ -483,10 +484,16 @@ def primary_outcomes(primary_host: "Host | None", params: "Params", primary: "Se
 def replica_config_outcomes(host: "Host | None", params: "Params", standby: "Server", password: str, *,
                             dry_run: bool) -> list[Outcome]:
     """Step 10 on a replica before (re)building: settings, pg_hba and passfile (all in /etc or ~postgres,
-    so they survive the data directory being replaced)."""
-    return [ensure_replication_settings(host, params, standby, dry_run=dry_run),
-            ensure_hba(host, params, standby, dry_run=dry_run),
-            ensure_passfile(host, params, standby, password, dry_run=dry_run)]
+    so they survive the data directory being replaced); with a repository in params, pgBackRest too (its
+    ``restore_command`` is the replica's fallback to the archive) and both schedules (backups run only
+    where ``pg_is_in_recovery()`` is false, so this one starts taking them when it is promoted)."""
+    out = [ensure_replication_settings(host, params, standby, dry_run=dry_run),
+           ensure_hba(host, params, standby, dry_run=dry_run),
+           ensure_passfile(host, params, standby, password, dry_run=dry_run)]
+    if params.pgbackrest is not None:
+        out += pgbackrest.configure_standby(host, params, standby, dry_run=dry_run)
+        out += schedule.ensure_schedules(host, params, standby, dry_run=dry_run)
+    return out
 
 
 def replica_cleanup_outcomes(host: "Host | None", params: "Params", standby: "Server", *, dry_run: bool) -> list[Outcome]:

@@ -270,6 +270,12 @@ def ensure_health_schedule(host: "Host | None", params: "Params", server: "Serve
     ]
 
 
+def ensure_schedules(host: "Host | None", params: "Params", server: "Server", *, dry_run: bool) -> list[Outcome]:
+    """Both schedules on *server* (every server gets them): backups (run only on the primary) and health."""
+    return (ensure_backup_schedule(host, params, server, dry_run=dry_run)
+            + ensure_health_schedule(host, params, server, dry_run=dry_run))
+
+
 def run_health_job(host: "Host", *, timeout: float = 300) -> "Result":
     """Run the health job now, as cron would (as postgres); never raises on its exit status."""
     return host.run(HEALTH_JOB_PATH, sudo_user="postgres", check=False, timeout=timeout)
