@@ -237,6 +237,16 @@ class Drill(Model):
     ssh_host: str | None = None
     #: schema.table names to checksum; None = every table
     checksum_tables: list[str] | None = None
+    #: a point-in-time restore step 12 offers after the drill (one of the two, or neither): a time
+    #: (``2026-12-02 18:00:00+00``) or a transaction id
+    target_time: str | None = None
+    target_xid: str | None = Field(default=None, pattern=r"^\d+$")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> "Drill":
+        if self.target_time and self.target_xid:
+            raise ValueError("target_xid: set target_time or target_xid, not both")
+        return self
 
 
 class LoginRoleParams(Model):
