@@ -269,16 +269,28 @@ def get_slots(psql: Psql) -> dict[str, dict[str, Any]]:
 
 def ensure_slot(psql: "Psql | None", params: "Params", replica: "Server", *, dry_run: bool,
                 host_name: str) -> Outcome:
-    """The physical slot for *replica* exists on the primary (reserving WAL from now)."""
+    """The physical slot for *replica* exists on the primary (reserving WAL from now).
+
+    A slot ``max_slot_wal_keep_size`` invalidated (``wal_status`` lost) is dropped and made again:
+    the replica fetches the WAL it missed from the repository (``restore_command``), then
+    streams through the new slot; no rebuild.
+    """
     slot = slot_name(replica.name)
     what = f"replication slot {slot} on {host_name}"
     slots = get_slots(psql) if psql is not None else {}
+    stmt = sql.SQL("SELECT pg_create_physical_replication_slot({}, true)").format(sql.Literal(slot))
     if slot in slots:
         if slots[slot]["slot_type"] != "physical":
             raise SafetyCheckFailed(f"on {host_name}: slot {slot} exists but is {slots[slot]['slot_type']}",
                                     hint=f"Drop it (SELECT pg_drop_replication_slot('{slot}')) and run again.")
-        return Outcome(what, False, dry_run)
-    stmt = sql.SQL("SELECT pg_create_physical_replication_slot({}, true)").format(sql.Literal(slot))
+        if slots[slot].get("wal_status") != "lost":
+            return Outcome(what, False, dry_run)
+        drop = sql.SQL("SELECT pg_drop_replication_slot({})").format(sql.Literal(slot))
+        if psql is not None:
+            psql.execute([drop, stmt], dry_run=dry_run)
+        return Outcome(what, True, dry_run, actions=[
+            f"{slot} was invalidated (max_slot_wal_keep_size): made again; {replica.name} fetches the WAL it "
+            "missed from the repository (restore_command), then streams", render(drop), render(stmt)])
     if psql is not None:
         psql.execute(stmt, dry_run=dry_run)
     return Outcome(what, True, dry_run, actions=[render(stmt)])
