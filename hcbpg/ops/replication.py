@@ -440,6 +440,9 @@ def check_replication(primary_host: "Host", replica_host: "Host", params: "Param
         out.append(Check("replay lag", "pass" if (lag_s or 0) < rep.catch_up_timeout_s else "warn",
                          f"{lag_b} bytes behind, replay_lag {lag_s if lag_s is not None else 0:.3f}s", standby.name))
     out.append(check_refuses_writes(rpsql))
+    db = params.postgres.database
+    if ppsql.value(sql.SQL("SELECT count(*) AS n FROM pg_database WHERE datname = {}").format(sql.Literal(db))):
+        out.append(check_unlogged_tables(ppsql, db, standby.name))
     keep = rpsql.value("SELECT current_setting('max_slot_wal_keep_size') AS v")
     want = ppsql.value("SELECT current_setting('max_slot_wal_keep_size') AS v")
     out.append(Check.of("max_slot_wal_keep_size on the primary", want not in (None, "-1"),
@@ -452,9 +455,32 @@ def check_replication(primary_host: "Host", replica_host: "Host", params: "Param
     return out
 
 
+#: unlogged tables (relpersistence 'u'): their rows are never in WAL, so on no replica and in no backup
+UNLOGGED_TABLES_SQL = ("SELECT format('%I.%I', n.nspname, c.relname) AS t FROM pg_class c JOIN pg_namespace n "
+                       "ON n.oid = c.relnamespace WHERE c.relpersistence = 'u' AND c.relkind IN ('r', 'p') ORDER BY 1")
+
+
+def get_unlogged_tables(psql: Psql, dbname: str) -> list[str]:
+    """The unlogged tables of *dbname*: a failover or a restore has them empty."""
+    return [r["t"] for r in psql.query(UNLOGGED_TABLES_SQL, dbname=dbname)]
+
+
+def check_unlogged_tables(psql: Psql, dbname: str, target: str = "") -> Check:
+    """A warning naming every unlogged table: a failover or a restore empties it (pass when there is none)."""
+    names = get_unlogged_tables(psql, dbname)
+    return Check("unlogged tables", "warn" if names else "pass",
+                 (f"{', '.join(names)}: unlogged, so never in WAL: a replica, a backup and a point-in-time restore "
+                  "do not have their rows, and a failover or a restore leaves them EMPTY (make them logged with "
+                  "ALTER TABLE ... SET LOGGED if their rows matter)") if names else f"none in {dbname}", target)
+
+
 def get_table_counts(psql: Psql, dbname: str) -> dict[str, int]:
-    """Exact row counts of every user table in *dbname* (for comparing primary and replica)."""
-    tables = psql.query("SELECT format('%I.%I', schemaname, relname) AS t FROM pg_stat_user_tables ORDER BY 1",
+    """Exact row counts of every logged user table in *dbname* (for comparing primary and replica).
+
+    Unlogged tables are left out: a standby cannot read them at all, and they hold no rows there.
+    """
+    tables = psql.query("SELECT format('%I.%I', s.schemaname, s.relname) AS t FROM pg_stat_user_tables s "
+                        "JOIN pg_class c ON c.oid = s.relid WHERE c.relpersistence <> 'u' ORDER BY 1",
                         dbname=dbname)
     if not tables:
         return {}
@@ -470,9 +496,12 @@ def check_counts_match(primary_psql: Psql, replica_psql: Psql, dbname: str, *, t
     waited = wait_for_catch_up(replica_psql, lsn, timeout=timeout)
     a, b = get_table_counts(primary_psql, dbname), get_table_counts(replica_psql, dbname)
     diff = {t: (a.get(t), b.get(t)) for t in sorted(set(a) | set(b)) if a.get(t) != b.get(t)}
+    unlogged = get_unlogged_tables(primary_psql, dbname)
+    note = (f"; unlogged, not replicated and expected empty on the replica: {', '.join(unlogged)}"
+            if unlogged else "")
     return Check.of(f"row counts in {dbname} match", not diff,
-                    f"{len(a)} table(s), {sum(a.values())} row(s), caught up in {waited:.2f}s" if not diff
-                    else f"differ: {diff}", replica_psql.host.name)
+                    (f"{len(a)} table(s), {sum(a.values())} row(s), caught up in {waited:.2f}s" if not diff
+                     else f"differ: {diff}") + note, replica_psql.host.name)
 
 
 # the step ----------------------------------------------------------------------------------------

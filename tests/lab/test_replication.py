@@ -287,18 +287,23 @@ def test_after_the_switchover_one_stanza_on_two_timelines_and_only_the_new_prima
     assert len({b.label for b in pgb.get_backups(hosts[new.name], params)} - before) == 1
 
 
-def test_point_in_time_restore_to_before_the_switchover_has_exactly_the_rows_committed_then(params, hosts):
+def test_point_in_time_restore_to_before_the_switchover_has_exactly_the_rows_committed_then(lab, params, hosts,
+                                                                                           monkeypatch):
     target_time, expected = STATE["before_switchover"]
+    monkeypatch.setenv("HCBPG_LAB_DIR", str(lab.lab_dir))  # drill.scratch_host makes the scratch host in this lab
     target = drill.drill_target(params)
     host = drill.scratch_host(params, target, dry_run=False)
-    drill.prepare_scratch(host, params, target, version=None, dry_run=False)
-    t0 = time.monotonic()
-    result = drill.run_restore(host, params, target, target_time=target_time, dry_run=False, force=True)
-    TIMINGS["pitr_across_switchover_s"] = round(time.monotonic() - t0, 1)
-    assert "--type=time" in result.options
-    assert rep.get_table_counts(pg_cluster.psql_for(host, params), BENCH_DB) == expected
-    print("recovered:", drill.get_recovered(host, params)["last_commit"], "target", target_time)
-    host.close()
+    try:
+        drill.prepare_scratch(host, params, target, version=None, dry_run=False)
+        t0 = time.monotonic()
+        result = drill.run_restore(host, params, target, target_time=target_time, dry_run=False, force=True)
+        TIMINGS["pitr_across_switchover_s"] = round(time.monotonic() - t0, 1)
+        assert "--type=time" in result.options
+        assert rep.get_table_counts(pg_cluster.psql_for(host, params), BENCH_DB) == expected
+        print("recovered:", drill.get_recovered(host, params)["last_commit"], "target", target_time)
+    finally:
+        host.close()
+        destroy_server_host(target.name, lab_dir=str(lab.lab_dir))
 
 
 def test_a_replica_whose_slot_was_invalidated_catches_up_from_the_archive_without_a_rebuild(params, hosts, passwords):
