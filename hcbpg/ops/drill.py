@@ -31,6 +31,7 @@ from hcbpg.ops.server import install_server
 from hcbpg.outcome import Check, Outcome
 from hcbpg.params import Server
 from hcbpg.pg.conf import parse_settings
+from hcbpg.wait import polling_loop
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.params import Params, Server
@@ -361,18 +362,16 @@ def _require_scratch(host: "Host", params: "Params", target: DrillTarget) -> Non
 
 def wait_for_promotion(psql: Psql, *, timeout: float, sleep: Callable[[float], None] = time.sleep) -> None:
     """Wait until recovery has ended (``pg_is_in_recovery()`` is false)."""
-    deadline = time.monotonic() + timeout
     last = ""
-    while True:
+    for _ in polling_loop(timeout, interval=0.5, sleep=sleep):
         try:
             if psql.value("SELECT pg_is_in_recovery() AS r") is False:
                 return
         except DatabaseError as exc:  # still starting up
             last = exc.message.splitlines()[-1]
-        if time.monotonic() > deadline:
-            raise WaitTimeout(f"on {psql.host.name}: recovery did not end within {timeout:.0f}s {last}".strip(),
-                              hint="Look at the server log under /var/log/postgresql/ on the scratch host.")
-        sleep(0.5)
+    raise WaitTimeout(f"on {psql.host.name}: recovery did not end within {timeout:.0f}s {last}".strip(),
+                      what=f"{psql.host.name} promoted", timeout=timeout, last=last,
+                      hint="Look at the server log under /var/log/postgresql/ on the scratch host.")
 
 
 def run_restore(host: "Host | None", params: "Params", target: DrillTarget, *, set_label: str | None = None,

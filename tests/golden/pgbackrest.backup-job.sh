@@ -19,7 +19,7 @@ if [ "$(id -un)" != postgres ]; then
   exit 77
 fi
 # installed on every server: only the primary backs up (after a failover, the new one)
-if ! in_recovery=$(psql -X -A -t -q -d postgres -c 'SELECT pg_is_in_recovery()' 2>&1); then
+if ! in_recovery=$(psql -X -A -t -q -p 5432 -d postgres -c 'SELECT pg_is_in_recovery()' 2>&1); then
   # PostgreSQL down: no ping (a standby's failure must not mark the cluster's backup failed;
   # a primary that is down sends no success ping, which is the alert)
   echo "$0: PostgreSQL does not answer ($in_recovery); no backup" >&2
