@@ -65,6 +65,9 @@ SERVER_TYPE_DISK_GB = {
 #: the share of the disk unarchived WAL may take before pgBackRest drops it from the archive
 QUEUE_SHARE_OF_DISK = 0.2
 
+#: io-timeout of archive-push (see conf_options): seconds without progress before a try fails
+ARCHIVE_PUSH_IO_TIMEOUT_S = 15
+
 _SIZE_RE = re.compile(r"^(\d+)(MB|GB|TB)$")
 
 
@@ -142,7 +145,13 @@ def conf_options(params: "Params", server: "Server", *,
     stanza: dict[str, str] = {"pg1-path": pg_data_path(params)}
     if params.postgres.port != 5432:
         stanza["pg1-port"] = str(params.postgres.port)
-    return {pb.stanza: stanza, "global": g}
+    sections = {pb.stanza: stanza, "global": g}
+    if pb.archive_async:
+        # the queue bound is checked when an archive-push run starts, and a run against an unreachable
+        # repository retries for io-timeout: a short one (inactivity, not the whole upload) keeps the
+        # overshoot past archive-push-queue-max to what is written in those seconds
+        sections["global:archive-push"] = {"io-timeout": str(ARCHIVE_PUSH_IO_TIMEOUT_S)}
+    return sections
 
 
 def render_pgbackrest_conf(params: "Params", server: "Server", *, version: tuple[int, int, int] | None,
