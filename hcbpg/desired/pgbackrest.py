@@ -66,7 +66,7 @@ SERVER_TYPE_DISK_GB = {
 QUEUE_SHARE_OF_DISK = 0.2
 
 #: io-timeout of archive-push (see conf_options): seconds without progress before a try fails
-ARCHIVE_PUSH_IO_TIMEOUT_S = 15
+ARCHIVE_PUSH_IO_TIMEOUT_S = 5
 
 _SIZE_RE = re.compile(r"^(\d+)(MB|GB|TB)$")
 
@@ -148,7 +148,8 @@ def conf_options(params: "Params", server: "Server", *,
     sections = {pb.stanza: stanza, "global": g}
     if pb.archive_async:
         # the queue bound is checked when an archive-push run starts, and a run against an unreachable
-        # repository retries for io-timeout: a short one (inactivity, not the whole upload) keeps the
+        # repository retries about four times io-timeout (60 s by default: 4 minutes) before it gives up;
+        # a short one (inactivity, not the whole upload; a failed push is only tried again) keeps the
         # overshoot past archive-push-queue-max to what is written in those seconds
         sections["global:archive-push"] = {"io-timeout": str(ARCHIVE_PUSH_IO_TIMEOUT_S)}
     return sections
