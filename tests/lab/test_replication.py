@@ -427,6 +427,21 @@ def test_health_pings_only_while_healthy_and_stop_when_postgresql_is_stopped(lab
     replica.wait_for_streaming(hosts[topo.primary], params, r, timeout=60)
 
 
+def test_unlogged_tables_are_named_and_expected_empty_on_the_replica(params, hosts, passwords):
+    topo, _ = topology.get_topology(hosts, params)
+    p, r = params.server(topo.primary), params.server(topo.replicas[0])
+    ppsql, db = psql(hosts, params, p.name), params.postgres.database
+    ppsql.execute(["CREATE UNLOGGED TABLE hcbpg_cache (k int)", "INSERT INTO hcbpg_cache SELECT generate_series(1, 10)"],
+                  dbname=db)
+    try:
+        checks = {c.name: c for c in rep.check_replication(hosts[p.name], hosts[r.name], params, r, p, passwords["rep"])}
+        assert checks["unlogged tables"].status == "warn" and "public.hcbpg_cache" in checks["unlogged tables"].detail
+        counts_match = rep.check_counts_match(ppsql, psql(hosts, params, r.name), db, timeout=60)
+        assert counts_match.ok and "expected empty on the replica: public.hcbpg_cache" in counts_match.detail
+    finally:
+        ppsql.execute("DROP TABLE hcbpg_cache", dbname=db)
+
+
 def test_unplanned_failover_back_after_the_primary_crashes(params, hosts, passwords):
     crashed, survivor = params.server("server-postgres-2"), params.server("server-postgres-1")
     start_pgbench(hosts[crashed.name], 5)
