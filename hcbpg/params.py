@@ -168,6 +168,12 @@ class PgBackRest(Model):
     schedule_diff: str = Field("30 6 * * 1-6", pattern=r"^[0-9A-Za-z*/,\-]+( [0-9A-Za-z*/,\-]+){4}$")
     #: dead-man's-switch ping URL (healthchecks.io style); the job adds /start and /fail?status=N
     deadman_url: str | None = Field(None, pattern=r"^https?://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._~\-/%]*)?$")
+    #: push WAL in the background from spool_path, so an unreachable repository cannot fill pg_wal
+    archive_async: bool = True
+    spool_path: str = Field("/var/spool/pgbackrest", pattern=r"^/[A-Za-z0-9_./-]+$")
+    #: unarchived WAL past this is dropped from the archive (the cluster keeps running; the next backup
+    #: closes the gap); None: a fifth of the server type's disk
+    archive_push_queue_max: str | None = Field(None, pattern=r"^\d+(MB|GB|TB)$")
 
     @model_validator(mode="after")
     def _consistent(self) -> "PgBackRest":
@@ -249,11 +255,17 @@ class Drill(Model):
     #: pgbackrest section's key, which can also write and delete backups
     s3_key: SecretRef | None = None
     s3_key_secret: SecretRef | None = None
+    #: a point-in-time restore step 12 offers after the drill (one of the two, or neither): a time
+    #: (``2026-12-02 18:00:00+00``) or a transaction id
+    target_time: str | None = None
+    target_xid: str | None = Field(default=None, pattern=r"^\d+$")
 
     @model_validator(mode="after")
     def _key_pair(self) -> "Drill":
         if (self.s3_key is None) != (self.s3_key_secret is None):
             raise ValueError("s3_key: a read-only S3 key for the drill needs both s3_key and s3_key_secret")
+        if self.target_time and self.target_xid:
+            raise ValueError("target_xid: set target_time or target_xid, not both")
         return self
 
 
@@ -321,6 +333,12 @@ class Health(Model):
     wal_fail_mb: float = 8192.0
     pending_restart: Literal["warn", "fail"] = "warn"
     require_archiving: bool = True
+    #: the health job's dead-man's-switch base URL; it pings <url>/<server>-<check> (None: the site's)
+    deadman_url: str | None = Field(default=None, pattern=r"^https?://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._~\-/%]*)?$")
+    #: when cron runs the health job on every server
+    schedule: str = Field(default="*/5 * * * *", pattern=r"^[0-9A-Za-z*/,\-]+( [0-9A-Za-z*/,\-]+){4}$")
+    #: more WAL segments than this waiting to be archived: archiving is not current
+    archive_ready_max: int = Field(default=16, ge=1)
 
     @model_validator(mode="after")
     def _warn_below_fail(self) -> "Health":

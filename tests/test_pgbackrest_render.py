@@ -64,8 +64,26 @@ def test_production_conf_with_block_incremental_on_2_46_matches_golden():
     g = opts["global"]
     # the runbook's mistakes are not repeated
     assert g["start-fast"] == "y" and g["compress-type"] == "zst" and g["repo1-block"] == "y"
-    assert g["repo1-path"] == "/pgbackrest/server-postgres-1" and "repo1-storage-port" not in g
+    assert g["repo1-path"] == "/pgbackrest/hcb_production" and "repo1-storage-port" not in g
     assert "repo1-s3-uri-style" not in g and "repo1-storage-ca-file" not in g
+
+
+def test_repository_names_the_cluster_so_every_server_shares_one_stanza():
+    p = params(PRODUCTION_PB, "production")
+    one, two = (desired_pgbackrest.parse_conf(desired_pgbackrest.render_pgbackrest_conf(p, s, version=(2, 54, 2)))
+                for s in p.servers)
+    assert one["global"]["repo1-path"] == two["global"]["repo1-path"] == "/pgbackrest/hcb_production"
+
+
+def test_archive_queue_is_bounded_by_a_fifth_of_the_server_types_disk_unless_params_say():
+    p = params(PRODUCTION_PB, "production")
+    g = desired_pgbackrest.conf_options(p, p.primary, version=None)["global"]
+    assert (g["archive-async"], g["spool-path"], g["archive-push-queue-max"]) == ("y", "/var/spool/pgbackrest", "16GB")
+    big = params({**PRODUCTION_PB, "archive_push_queue_max": "2GB"}, "production")
+    assert desired_pgbackrest.archive_push_queue_max(big) == "2GB"
+    assert desired_pgbackrest.size_bytes("2GB") == 2 * 1024 ** 3
+    sync = params({**PRODUCTION_PB, "archive_async": False}, "production")
+    assert "archive-async" not in desired_pgbackrest.conf_options(sync, sync.primary, version=None)["global"]
 
 
 def test_block_incremental_on_2_45_is_refused_with_what_to_do():

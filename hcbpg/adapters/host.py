@@ -23,13 +23,15 @@ from hcbpg.adapters.base import HostLike, Result
 from hcbpg.errors import HostKeyError, HostUnreachable, RemoteCommandError
 from hcbpg.secrets import scrub
 
-__all__ = ["AUTH_RETRY_WAITS", "Host", "HostLike", "Result"]
+__all__ = ["AUTH_RETRY_WAITS", "TIMEOUT_EXIT", "Host", "HostLike", "Result"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.params import Params
 
 #: exit status our read_text uses to say "no such file" (cat itself exits 1)
 _MISSING_EXIT = 44
+#: the exit status a command that ran out of time gets with ``check=False`` (as coreutils' timeout)
+TIMEOUT_EXIT = 124
 #: how many characters of output an error keeps
 _TAIL_CHARS = 4000
 #: pauses before trying SSH authentication again after the server refused our key
@@ -192,7 +194,8 @@ class Host:
         """Run *cmd* (a shell command line) as root, or as *sudo_user*; feed *stdin* if given.
 
         Prints one line (host, command or *display*, exit status, duration) unless *quiet*;
-        raises RemoteCommandError when it fails and *check* is true.
+        raises RemoteCommandError when it fails and *check* is true.  A command that runs past
+        *timeout* fails too: with *check* false it returns exit status :data:`TIMEOUT_EXIT`.
         """
         full = self._wrap(cmd, sudo_user)
         shown = scrub(display if display is not None else (cmd if not sudo_user else f"[as {sudo_user}] {cmd}"))
@@ -209,6 +212,14 @@ class Host:
             duration = time.monotonic() - started
             if not quiet:
                 self.echo(f"[{self.name}] $ {shown}  -> timed out after {duration:.2f}s")
+            if not check:
+                # the caller handles failures itself (run_stop falls back to an immediate stop): a timeout
+                # is one more failure, exit TIMEOUT_EXIT, not an exception that skips its fallback
+                timed_out = Result(self.name, shown, TIMEOUT_EXIT, exc.output,
+                                   f"timed out after {duration:.2f}s", duration)
+                self.history.append(Result(self.name, shown, TIMEOUT_EXIT, scrub(exc.output), timed_out.stderr,
+                                           duration))
+                return timed_out
             raise RemoteCommandError(self.name, shown, None, _tail(exc.output),
                                      hint=hint or "The command did not finish in time.") from None
         duration = time.monotonic() - started

@@ -57,6 +57,10 @@ class Site(Protocol):
         """The dead-man's switch URL when params set none (None: nobody is pinged)."""
         ...
 
+    def health_deadman_url(self, params: "Params") -> str | None:
+        """The health job's base URL when params set none (None: nobody is pinged)."""
+        ...
+
 
 def local_runner(argv_prefix: list[str]) -> OutsiderRunner:
     """Run ``sh -c cmd`` on the operator's machine (after *argv_prefix*), 60 s at most."""
@@ -86,6 +90,9 @@ class ProductionSite:
         return local_runner([]) if shutil.which("psql") else None
 
     def deadman_url(self, params: "Params") -> str | None:
+        return None
+
+    def health_deadman_url(self, params: "Params") -> str | None:
         return None
 
 

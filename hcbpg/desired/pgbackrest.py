@@ -42,9 +42,58 @@ def parse_version(text: str) -> tuple[int, int, int]:
     return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
 
 
-def repo_path(params: "Params", server: "Server") -> str:
-    """The repository path for *server*'s backups: ``<repo_path_prefix>/<server name>``."""
-    return f"{pgbackrest_params(params).repo_path_prefix.rstrip('/')}/{server.name}"
+def repo_path(params: "Params", server: "Server | None" = None) -> str:
+    """The cluster's repository path: ``<repo_path_prefix>/<stanza>``, the same whichever server is primary.
+
+    It names the cluster, not the server (*server* is ignored, kept for callers): after a
+    switchover or failover the new primary archives and backs up into the same stanza on its
+    new timeline, so point-in-time recovery to a moment before the failover still works
+    (pgBackRest's own answer; a server-named path started a new repository at each failover).
+    """
+    del server
+    pb = pgbackrest_params(params)
+    return f"{pb.repo_path_prefix.rstrip('/')}/{pb.stanza}"
+
+
+#: disk size (GB) of Hetzner Cloud server types, for the default archive-push-queue-max
+SERVER_TYPE_DISK_GB = {
+    "cx22": 40, "cx32": 80, "cx42": 160, "cx52": 320,
+    "cpx11": 40, "cpx21": 80, "cpx31": 160, "cpx41": 240, "cpx51": 360,
+    "cax11": 40, "cax21": 80, "cax31": 160, "cax41": 320,
+    "ccx13": 80, "ccx23": 160, "ccx33": 240, "ccx43": 360, "ccx53": 600, "ccx63": 960,
+}
+#: the share of the disk unarchived WAL may take before pgBackRest drops it from the archive
+QUEUE_SHARE_OF_DISK = 0.2
+
+#: io-timeout of archive-push (see conf_options): seconds without progress before a try fails
+ARCHIVE_PUSH_IO_TIMEOUT_S = 5
+
+_SIZE_RE = re.compile(r"^(\d+)(MB|GB|TB)$")
+
+
+def size_bytes(text: str) -> int:
+    """``16GB`` -> bytes (powers of 1024, as pgBackRest and PostgreSQL read them)."""
+    m = _SIZE_RE.match(text)
+    if not m:
+        raise ParamsError("params", [f"{text!r} is not a size such as 512MB or 16GB"])
+    return int(m.group(1)) * {"MB": 1024 ** 2, "GB": 1024 ** 3, "TB": 1024 ** 4}[m.group(2)]
+
+
+def archive_push_queue_max(params: "Params") -> str:
+    """``pgbackrest.archive_push_queue_max``, else a fifth of the server type's disk (``ccx13``: 80 GB -> 16GB).
+
+    Past this much unarchived WAL pgBackRest drops WAL from the archive (PostgreSQL keeps
+    running and pg_wal stops growing); the next backup closes the gap.
+    """
+    pb = pgbackrest_params(params)
+    if pb.archive_push_queue_max:
+        return pb.archive_push_queue_max
+    disk = SERVER_TYPE_DISK_GB.get(params.hetzner.server_type)
+    if disk is None:
+        raise ParamsError("params", [
+            f"pgbackrest.archive_push_queue_max: hcbpg does not know the disk of server type "
+            f"{params.hetzner.server_type!r}; set it (e.g. a fifth of the disk: 16GB for 80 GB)"])
+    return f"{max(1, int(disk * QUEUE_SHARE_OF_DISK))}GB"
 
 
 def conf_options(params: "Params", server: "Server", *,
@@ -75,6 +124,12 @@ def conf_options(params: "Params", server: "Server", *,
         "repo1-type": pb.repo_type,
         "start-fast": yn(pb.start_fast),
     }
+    if pb.archive_async:
+        # WAL is pushed by a background process from the spool; past the queue limit it is dropped
+        # from the archive rather than filling the disk (see archive_push_queue_max)
+        g["archive-async"] = "y"
+        g["spool-path"] = pb.spool_path
+        g["archive-push-queue-max"] = archive_push_queue_max(params)
     if pb.block:
         g["repo1-block"] = "y"
     if pb.cipher_type != "none":
@@ -90,7 +145,14 @@ def conf_options(params: "Params", server: "Server", *,
     stanza: dict[str, str] = {"pg1-path": pg_data_path(params)}
     if params.postgres.port != 5432:
         stanza["pg1-port"] = str(params.postgres.port)
-    return {pb.stanza: stanza, "global": g}
+    sections = {pb.stanza: stanza, "global": g}
+    if pb.archive_async:
+        # the queue bound is checked when an archive-push run starts, and a run against an unreachable
+        # repository retries about four times io-timeout (60 s by default: 4 minutes) before it gives up;
+        # a short one (inactivity, not the whole upload; a failed push is only tried again) keeps the
+        # overshoot past archive-push-queue-max to what is written in those seconds
+        sections["global:archive-push"] = {"io-timeout": str(ARCHIVE_PUSH_IO_TIMEOUT_S)}
+    return sections
 
 
 def render_pgbackrest_conf(params: "Params", server: "Server", *, version: tuple[int, int, int] | None,

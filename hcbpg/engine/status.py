@@ -49,7 +49,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             if h is not None:
                 h.close()
     checks = health.evaluate(measurements, health.thresholds_from(params)) + cert_checks
-    code = health.exit_code(checks)
+    code = health.exit_code(checks, strict=getattr(args, "strict", False))
     if args.json:
         json.dump({"environment": args.env, "exit_code": code,
                    "checks": health.report_rows(checks),
@@ -68,6 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "Exit 0: nothing failed; 1: an item failed; 2: bad input.")
     p.add_argument("env", metavar="ENV")
     p.add_argument("--json", action="store_true", help="print checks and measurements as JSON")
+    p.add_argument("--strict", action="store_true", help="exit 1 on a warning too (for cron)")
     p.add_argument("--connect-timeout", type=float, default=None, metavar="S",
                    help="SSH connect timeout per server (default: params ssh.connect_timeout)")
     p.set_defaults(func=cmd_status)

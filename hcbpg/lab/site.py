@@ -67,3 +67,7 @@ class LabSite:
 
     def deadman_url(self, params: "Params") -> str | None:
         return lab_deadman_url(params)
+
+    def health_deadman_url(self, params: "Params") -> str | None:
+        gw = ipaddress.ip_network(params.network.subnet)[1]
+        return f"http://{gw}:{LAB_DEADMAN_PORT}/ping/hcbpg-health-{params.environment}"

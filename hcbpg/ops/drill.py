@@ -32,6 +32,7 @@ from hcbpg.ops.server import install_server
 from hcbpg.outcome import Check, Outcome
 from hcbpg.params import Server
 from hcbpg.pg.conf import parse_settings
+from hcbpg.wait import polling_loop
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.params import Params, Server
@@ -109,7 +110,7 @@ def prepare_scratch(host: "Host | None", params: "Params", target: DrillTarget, 
     """PostgreSQL (step 02's install) and pgBackRest pointed at the primary's repository (read only: restore)."""
     server = as_server(params, target)
     outcomes = install_server(host, params, server, dry_run=dry_run)
-    outcomes.append(pgb.ensure_paths(host, dry_run=dry_run))
+    outcomes.append(pgb.ensure_paths(host, dry_run=dry_run, specs=pgb.paths_for(params)))
     v = version or pgb.get_installed_version(host)
     outcomes.append(pgb.ensure_pgbackrest_conf(host, params, server, version=v, dry_run=dry_run,
                                                repo_server=params.primary, read_only=True))
@@ -130,6 +131,11 @@ def list_tables(psql: Psql, dbname: str) -> list[tuple[str, str]]:
     return [(r["schema"], r["name"]) for r in rows]
 
 
+#: (kind, name, value) rows naming every unlogged table (relpersistence 'u') of the database
+UNLOGGED_SQL = ("SELECT 'unlogged', n.nspname || '.' || c.relname, NULL FROM pg_class c JOIN pg_namespace n "
+                "ON n.oid = c.relnamespace WHERE c.relpersistence = 'u' AND c.relkind IN ('r', 'p')")
+
+
 def render_fingerprint_query(tables: Sequence[tuple[str, str]], checksum: Sequence[tuple[str, str]]) -> str:
     """One statement (one snapshot) giving (kind, name, value) rows: counts, checksums, sequences, extensions."""
     parts: list[sql.Composable] = [sql.SQL("SELECT 'meta'::text AS kind, 'taken_at'::text AS name, now()::text AS value")]
@@ -144,12 +150,14 @@ def render_fingerprint_query(tables: Sequence[tuple[str, str]], checksum: Sequen
     parts.append(sql.SQL("SELECT 'sequence', schemaname || '.' || sequencename, last_value::text FROM pg_sequences"))
     parts.append(sql.SQL("SELECT 'extension', extname::text, extversion FROM pg_extension"))
     parts.append(sql.SQL("SELECT 'database', datname::text, NULL FROM pg_database WHERE datallowconn"))
+    # an unlogged table's rows are in no WAL, so in no backup and on no replica: named, expected empty there
+    parts.append(sql.SQL(UNLOGGED_SQL))
     return render(sql.SQL(" UNION ALL ").join(parts))
 
 
 def parse_fingerprint_rows(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     fp: dict[str, Any] = {"taken_at": None, "tables": {}, "checksums": {}, "sequences": {}, "extensions": {},
-                          "databases": []}
+                          "databases": [], "unlogged": []}
     for r in rows:
         kind, name, value = r["kind"], r["name"], r["value"]
         if kind == "meta":
@@ -164,7 +172,10 @@ def parse_fingerprint_rows(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             fp["extensions"][name] = value
         elif kind == "database":
             fp["databases"].append(name)
+        elif kind == "unlogged":
+            fp["unlogged"].append(name)
     fp["databases"].sort()
+    fp["unlogged"].sort()
     for k in ("tables", "checksums", "sequences", "extensions"):
         fp[k] = dict(sorted(fp[k].items()))
     return fp
@@ -227,12 +238,21 @@ def compare_fingerprints(primary: Mapping[str, Any], restored: Mapping[str, Any]
     out.append(Check.of("same tables", not missing and not extra,
                         f"{len(pt)} table(s)" if not missing and not extra else
                         f"missing: {', '.join(missing[:10]) or '-'}; extra: {', '.join(extra[:10]) or '-'}", target))
-    diff = [f"{t}: {pt[t]} vs {rt[t]}" for t in sorted(set(pt) & set(rt)) if pt[t] != rt[t]]
-    total = sum(pt.values())
+    unlogged = set(primary.get("unlogged") or ())
+    if unlogged:
+        not_empty = [f"{t}: {rt.get(t)}" for t in sorted(unlogged) if rt.get(t)]
+        out.append(Check.of("unlogged tables restored empty", not not_empty,
+                            f"{', '.join(sorted(unlogged))}: unlogged, so in no backup and on no replica; "
+                            "restored empty, as expected" if not not_empty else "not empty: " + "; ".join(not_empty),
+                            target))
+    diff = [f"{t}: {pt[t]} vs {rt[t]}" for t in sorted(set(pt) & set(rt)) if pt[t] != rt[t] and t not in unlogged]
+    total = sum(v for t, v in pt.items() if t not in unlogged)
     out.append(Check.of("row counts match", not diff,
                         f"{total} row(s) in {len(pt)} table(s)" if not diff else
                         f"{len(diff)} table(s) differ: " + "; ".join(diff[:10]), target))
     for t, md5 in primary.get("checksums", {}).items():
+        if t in unlogged:
+            continue
         got = restored.get("checksums", {}).get(t)
         out.append(Check.of(f"checksum {t}", got == md5, f"{md5[:12]}…" if got == md5 else f"{md5[:12]}… vs {str(got)[:12]}…",
                             target))
@@ -270,15 +290,18 @@ def comparison_rows(primary: Mapping[str, Any], restored: Mapping[str, Any]) -> 
 
 # the restore -----------------------------------------------------------------------------------
 
-def restore_options(*, set_label: str | None = None, target_time: str | None = None) -> list[str]:
-    """pgbackrest restore options: a backup (--set, stop at consistency), a point in time, or the latest.
+def restore_options(*, set_label: str | None = None, target_time: str | None = None,
+                    target_xid: str | None = None) -> list[str]:
+    """pgbackrest restore options: a backup (--set, stop at consistency), a point in time, a transaction, or the latest.
 
     Always ``--archive-mode=off``: the restored cluster must never push WAL into the
-    primary's repository.  Recovery promotes at the target.
+    primary's repository.  Recovery promotes at the target; a time or transaction target
+    follows the latest timeline, so a target before a failover is found on the old one.
     """
     opts = ["--archive-mode=off", "--log-level-console=info"]
-    if target_time:
-        opts += ["--type=time", f"--target={target_time}", "--target-action=promote"]
+    if target_time or target_xid:
+        opts += ["--type=time", f"--target={target_time}"] if target_time else ["--type=xid", f"--target={target_xid}"]
+        opts += ["--target-action=promote"]
         if set_label:
             opts.append(f"--set={set_label}")
     elif set_label:
@@ -340,36 +363,34 @@ def _require_scratch(host: "Host", params: "Params", target: DrillTarget) -> Non
 
 def wait_for_promotion(psql: Psql, *, timeout: float, sleep: Callable[[float], None] = time.sleep) -> None:
     """Wait until recovery has ended (``pg_is_in_recovery()`` is false)."""
-    deadline = time.monotonic() + timeout
     last = ""
-    while True:
+    for _ in polling_loop(timeout, interval=0.5, sleep=sleep):
         try:
             if psql.value("SELECT pg_is_in_recovery() AS r") is False:
                 return
         except DatabaseError as exc:  # still starting up
             last = exc.message.splitlines()[-1]
-        if time.monotonic() > deadline:
-            raise WaitTimeout(f"on {psql.host.name}: recovery did not end within {timeout:.0f}s {last}".strip(),
-                              hint="Look at the server log under /var/log/postgresql/ on the scratch host.")
-        sleep(0.5)
+    raise WaitTimeout(f"on {psql.host.name}: recovery did not end within {timeout:.0f}s {last}".strip(),
+                      what=f"{psql.host.name} promoted", timeout=timeout, last=last,
+                      hint="Look at the server log under /var/log/postgresql/ on the scratch host.")
 
 
 def run_restore(host: "Host | None", params: "Params", target: DrillTarget, *, set_label: str | None = None,
-                target_time: str | None = None, dry_run: bool, force: bool = False,
+                target_time: str | None = None, target_xid: str | None = None, dry_run: bool, force: bool = False,
                 timeout: float = 3600) -> RestoreResult:
     """Restore onto the scratch host: stop, empty the data directory, ``pgbackrest restore``, start, wait for promotion.
 
     When the scratch host already holds a finished restore of the same backup and target
     (its marker says so) and the cluster runs, nothing is done again unless *force*.
     """
-    opts = restore_options(set_label=set_label, target_time=target_time)
-    result = RestoreResult(target.name, set_label, target_time, opts)
+    opts = restore_options(set_label=set_label, target_time=target_time, target_xid=target_xid)
+    result = RestoreResult(target.name, set_label, target_time or (f"xid {target_xid}" if target_xid else None), opts)
     if host is None or dry_run:
         result.restored_now = False
         return result
     marker = read_marker(host)
     cluster = get_cluster(host, params)
-    if (not force and marker and marker.get("backup_label") == set_label and marker.get("target_time") == target_time
+    if (not force and marker and marker.get("backup_label") == set_label and marker.get("target_time") == result.target_time
             and cluster and cluster.get("running")):
         done = RestoreResult(**{k: v for k, v in marker.items() if k in RestoreResult.__dataclass_fields__})
         done.restored_now = False
@@ -429,7 +450,8 @@ def check_auto_conf(auto: Mapping[str, str], params: "Params", *, target: str = 
 
 def verify_restore(host: "Host", params: "Params", target: DrillTarget, fingerprint: Mapping[str, Any],
                    result: RestoreResult) -> tuple[list[Check], dict[str, Any]]:
-    """The drill's checks: promoted, recovery files gone, postgresql.auto.conf, and the fingerprint comparison."""
+    """The drill's checks: promoted, recovery files gone, postgresql.auto.conf, ``pgbackrest verify`` of the whole
+    repository, and the fingerprint comparison (unlogged tables expected empty)."""
     psql = psql_for(host, params)
     in_recovery = psql.value("SELECT pg_is_in_recovery() AS r")
     data = desired_pgbackrest.pg_data_path(params)
@@ -442,12 +464,38 @@ def verify_restore(host: "Host", params: "Params", target: DrillTarget, fingerpr
               Check.of("restored the recorded backup", result.backup_label == fingerprint.get("backup_label"),
                        f"{result.backup_label}", target.name)]
     checks += check_auto_conf(get_auto_conf(host, params), params, target=target.name)
+    checks.append(check_verify(host, params, target.name))
     tables = target.checksum_tables
     if tables is None and fingerprint.get("checksums") is not None:
         tables = tuple(fingerprint["checksums"])
     restored = get_fingerprint(host, params, checksum_tables=list(tables) if tables is not None else None)
     checks += compare_fingerprints(fingerprint, restored, target=target.name)
     return checks, restored
+
+
+def check_verify(host: "Host", params: "Params", target: str = "", *, timeout: float = 3600) -> Check:
+    """``pgbackrest verify``: every backup file and archived WAL segment in the repository reads back with its
+    checksum (read-only; run from the scratch host, never the primary)."""
+    res = pgb.run_pgbackrest(host, params, "verify", "--log-level-console=info", check=False, timeout=timeout)
+    lines = [ln.strip() for ln in res.output.splitlines() if ln.strip()]
+    detail = next((ln for ln in reversed(lines) if "verify command end" in ln), lines[-1] if lines else "")
+    if res.ok:
+        return Check("pgbackrest verify", "pass", f"repository verified: {detail[-200:]}", target)
+    parsed = pgb.parse_pgbackrest_error(res.output)
+    return Check("pgbackrest verify", "fail", f"exit {res.exit_code}: "
+                 + (f"[{parsed[0]:03d}] {parsed[1]}" if parsed else detail)[-400:], target)
+
+
+def get_recovered(host: "Host", params: "Params") -> dict[str, Any]:
+    """What a point-in-time restore recovered: the last replayed commit's time, the timeline, rows per table."""
+    psql = psql_for(host, params)
+    row = psql.query("SELECT pg_last_xact_replay_timestamp()::text AS last_commit, "
+                     "(SELECT timeline_id FROM pg_control_checkpoint()) AS timeline, now()::text AS checked_at")[0]
+    tables = {t: int(psql.value(sql.SQL("SELECT count(*) AS n FROM {}.{}").format(sql.Identifier(t.split('.')[0]),
+                                                                                    sql.Identifier(t.split('.')[1])),
+                                dbname=params.postgres.database))
+              for t in (_qualified(*x) for x in list_tables(psql, params.postgres.database))}
+    return {**row, "tables": tables}
 
 
 def require_fingerprint(fp: Any, *, dry_run: bool = False) -> dict[str, Any]:

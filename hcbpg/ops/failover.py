@@ -44,7 +44,7 @@ from hcbpg.errors import (
 )
 from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import pgbackrest as pb
-from hcbpg.ops import replica, topology
+from hcbpg.ops import replica, schedule, topology
 from hcbpg.ops import replication as rep
 from hcbpg.outcome import Check, Outcome
 from hcbpg.params import home
@@ -148,8 +148,7 @@ def plan_failover(topology: topology.Topology, states: Mapping[str, topology.Ser
 
 # fencing, promotion ---------------------------------------------------------------------------------
 
-def start_conf_path(params: "Params") -> str:
-    return f"{desired_server.config_dir(params)}/start.conf"
+start_conf_path = replica.start_conf_path
 
 
 def run_fence(host: "Host", params: "Params", server: "Server", *, planned: bool) -> dict[str, Any]:
@@ -161,7 +160,7 @@ def run_fence(host: "Host", params: "Params", server: "Server", *, planned: bool
     pgdata = cluster.get("pgdata") or f"/var/lib/postgresql/{params.postgres.version}/{params.postgres.cluster}"
     replica.run_stop(host, params, mode="fast" if planned else "immediate")
     host.put_text(f"{pgdata}/standby.signal", "", mode=0o600, owner="postgres", group="postgres")
-    host.put_text(start_conf_path(params), "manual\n", mode=0o644, owner="postgres", group="postgres")
+    replica.set_start_conf(host, params, "manual")
     ctl = topology.get_controldata(host, params, pgdata)
     return {"state": ctl.get("Database cluster state"), "checkpoint_lsn": ctl.get("Latest checkpoint location"),
             "timeline": ctl.get("Latest checkpoint's TimeLineID")}
@@ -169,8 +168,7 @@ def run_fence(host: "Host", params: "Params", server: "Server", *, planned: bool
 
 def run_unfence(host: "Host", params: "Params") -> None:
     """start.conf back to auto (the rejoined replica starts with the machine again)."""
-    if (host.read_text(start_conf_path(params)) or "").strip() != "auto":
-        host.put_text(start_conf_path(params), "auto\n", mode=0o644, owner="postgres", group="postgres")
+    replica.set_start_conf(host, params, "auto")
 
 
 def run_promote(psql: Psql, *, timeout: float = 60.0, sleep: Callable[[float], None] = time.sleep) -> float:
@@ -244,19 +242,22 @@ def write_database_url(params: "Params", server: "Server", password: str) -> Pat
 
 def point_backups_at(host: "Host", params: "Params", server: "Server", *, archive_mode: bool = True,
                      full_backup: bool = True) -> tuple[list[Outcome], list[Check]]:
-    """pgBackRest on the new primary: config (its own repository path), archiving, stanza, check, a backup
-    (full when its repository has none, else incremental).
+    """pgBackRest on the new primary: config, archiving, stanza, check, a backup (full when the repository
+    has none, else incremental).
 
-    Uses :mod:`hcbpg.pgbackrest` (steps 05/08); the repository path is per server, so the
-    new primary gets its own stanza and first full backup.
+    Uses :mod:`hcbpg.pgbackrest` (steps 05/08).  The repository names the cluster, not the
+    server: the new primary archives and backs up into the same stanza on its new timeline
+    (the stanza's system identifier is the same: a physical replica), so point-in-time
+    recovery to a moment before the failover still works.
     """
     if params.pgbackrest is None:
         return [], [Check("pgBackRest on the new primary", "warn", "no pgbackrest section in params", server.name)]
     version = pb.get_version(host)
-    outcomes = [pb.ensure_paths(host, dry_run=False),
+    outcomes = [pb.ensure_paths(host, dry_run=False, specs=pb.paths_for(params)),
                 pb.ensure_pgbackrest_conf(host, params, server, version=version, dry_run=False),
                 pb.ensure_archiving(host, params, server, archive_mode=archive_mode, dry_run=False),
                 pb.ensure_stanza(host, params, dry_run=False)]
+    outcomes += schedule.ensure_schedules(host, params, server, dry_run=False)
     checks = [pb.check_stanza(host, params, server, archiving=archive_mode)]
     if full_backup:
         o, row = pb.ensure_full_backup(host, params, dry_run=False)

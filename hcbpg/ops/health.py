@@ -19,14 +19,16 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from hcbpg.adapters import hostkeys
 from hcbpg.adapters.host import Host
 from hcbpg.errors import DatabaseError, HcbpgError, HostUnreachable
 from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import pgbackrest
+from hcbpg.ops.jobs.health_job import last_dropped
 from hcbpg.outcome import Check, Status
+from hcbpg.params import Health
 from hcbpg.secrets import scrub
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -37,34 +39,13 @@ ITEMS = ("PostgreSQL running", "role", "replication", "replay lag", "slot retain
          "archiving", "connections", "disk data directory", "disk WAL", "pending restart")
 
 
-@dataclass(frozen=True)
-class Thresholds:
-    """Params ``health:`` (see the report for the pydantic model); warn at the first, fail at the second."""
-
-    replay_lag_warn_s: float = 30.0
-    replay_lag_fail_s: float = 300.0
-    slot_retained_warn_mb: float = 1024.0
-    slot_retained_fail_mb: float = 4096.0
-    backup_age_warn_h: float = 26.0
-    backup_age_fail_h: float = 50.0
-    archive_age_warn_s: float | None = None        # last archived WAL older than this: warn (None: off)
-    connections_warn_pct: float = 80.0
-    connections_fail_pct: float = 95.0
-    disk_warn_pct: float = 80.0
-    disk_fail_pct: float = 90.0
-    wal_warn_mb: float = 2048.0
-    wal_fail_mb: float = 8192.0
-    pending_restart: Literal["warn", "fail"] = "warn"  # "warn" or "fail"
-    require_archiving: bool = True                 # archive_mode off on the primary is a failure
+#: the thresholds are params ``health:`` itself (one model, defaults in :class:`hcbpg.params.Health`)
+Thresholds = Health
 
 
 def thresholds_from(params: "Params") -> Thresholds:
-    """Params ``health:`` when present, else the defaults."""
-    section = getattr(params, "health", None)
-    if section is None:
-        return Thresholds()
-    known = Thresholds.__dataclass_fields__
-    return Thresholds(**{k: getattr(section, k) for k in known if hasattr(section, k)})
+    """Params ``health:`` (its defaults when the file has none)."""
+    return params.health
 
 
 @dataclass
@@ -87,6 +68,7 @@ class Measurement:
     archiver: dict[str, Any] | None = None
     backup: dict[str, Any] | None = None        # {label, type, stop (epoch), error}
     backup_error: str | None = None             # why there is no backup information
+    wal_dropped: dict[str, Any] | None = None   # {time (epoch), segment}: pgBackRest dropped WAL (queue full)
     connections: list[dict[str, Any]] = field(default_factory=list)  # {role, limit, in_use}
     total_connections: int = 0
     max_connections: int = 0
@@ -229,8 +211,16 @@ def evaluate(measurements: Sequence[Measurement], t: Thresholds) -> list[Check]:
                 failing = failed_t is not None and (ok_t is None or float(failed_t) >= float(ok_t))
                 detail = (f"last archived {a.get('last_archived_wal') or 'none'} at {_ts(ok_t)}; "
                           f"{a.get('failed_count', 0)} failure(s), last {a.get('last_failed_wal') or 'none'} at {_ts(failed_t)}")
+                d = m.wal_dropped
+                closed = d is not None and b is not None and float(b.get("start") or 0) > float(d["time"])
                 if failing:
-                    add("archiving", "fail", "FAILING: " + detail)
+                    add("archiving", "fail", "FAILING: " + detail
+                        + (f"; WAL DROPPED from the archive since {_ts(float(d['time']))}" if d else ""))
+                elif d is not None and not closed:
+                    add("archiving", "fail",
+                        f"WAL DROPPED from the archive: {d['segment']} at {_ts(float(d['time']))} (the repository was "
+                        "unreachable and pg_wal reached pgbackrest.archive_push_queue_max); point-in-time recovery "
+                        "across the gap is impossible: take a backup now (the next backup closes the gap); " + detail)
                 elif ok_t is None:
                     add("archiving", "warn", "nothing archived yet: " + detail)
                 elif t.archive_age_warn_s is not None and m.now - float(ok_t) > t.archive_age_warn_s:
@@ -273,9 +263,11 @@ def evaluate(measurements: Sequence[Measurement], t: Thresholds) -> list[Check]:
     return out
 
 
-def exit_code(checks: Sequence[Check]) -> int:
-    """0 when nothing failed (warnings allowed), 1 otherwise."""
-    return 1 if any(c.status == "fail" for c in checks) else 0
+def exit_code(checks: Sequence[Check], *, strict: bool = False) -> int:
+    """0 when nothing failed (warnings allowed), 1 otherwise; *strict* (``hcbpg status --strict``, for cron):
+    a warning is 1 too."""
+    bad = ("fail", "warn") if strict else ("fail",)
+    return 1 if any(c.status in bad for c in checks) else 0
 
 
 # measuring (I/O) -----------------------------------------------------------------------------
@@ -330,7 +322,9 @@ def _backup(host: "Host", params: "Params", m: Measurement) -> None:
         m.backup_error = "pgbackrest is not configured in params"
         return
     try:
-        rows = pgbackrest.get_backups(host, params)
+        # a short io-timeout: an unreachable repository is reported in seconds, not after minutes of retries
+        rows = pgbackrest.parse_info_json(pgbackrest.run_pgbackrest(
+            host, params, "info", "--output=json", "--io-timeout=15", quiet=True).stdout, params.pgbackrest.stanza)
     except HcbpgError as exc:
         m.backup_error = f"pgbackrest info failed: {scrub(exc.message.splitlines()[0])[:200]}"
         return
@@ -339,8 +333,14 @@ def _backup(host: "Host", params: "Params", m: Measurement) -> None:
         m.backup_error = "no backup in the repository (pgbackrest info lists none)"
         return
     last = max(done, key=lambda r: r.stop)
-    stop = datetime.strptime(last.stop, "%Y-%m-%d %H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()
-    m.backup = {"label": last.label, "type": last.type, "stop": stop, "error": last.error}
+    epoch = lambda ts: datetime.strptime(ts, "%Y-%m-%d %H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()  # noqa: E731
+    m.backup = {"label": last.label, "type": last.type, "stop": epoch(last.stop), "error": last.error,
+                "start": max(epoch(r.start) for r in done if not r.error) if any(not r.error for r in done) else 0.0}
+    logs = host.probe(f"cat /var/log/pgbackrest/{shlex.quote(params.pgbackrest.stanza)}-archive-push*.log "
+                      "2>/dev/null | grep -F 'dropped WAL file'")
+    dropped = last_dropped(logs.stdout)
+    if dropped is not None:
+        m.wal_dropped = {"time": dropped[0], "segment": dropped[1]}
 
 
 def measure(host: "Host | None", params: "Params", server: "Server", *, expected_role: str | None = None) -> Measurement:

@@ -76,6 +76,14 @@ PATHS = (
 )
 
 
+def paths_for(params: "Params") -> tuple[PathSpec, ...]:
+    """:data:`PATHS` plus the spool directory of asynchronous archiving (``pgbackrest.spool_path``)."""
+    pb = pgbackrest_params(params)
+    if not pb.archive_async:
+        return PATHS
+    return (*PATHS, PathSpec(pb.spool_path.rstrip("/"), "directory", 0o750, "postgres", "postgres"))
+
+
 # versions ------------------------------------------------------------------------
 
 # the config file -------------------------------------------------------------------
@@ -102,12 +110,23 @@ def archive_command(params: "Params") -> str:
     return f"pgbackrest --stanza={pgbackrest_params(params).stanza} archive-push %p"
 
 
+def restore_command(params: "Params") -> str:
+    """``pgbackrest --stanza=<stanza> archive-get %f "%p"``: a standby falls back to the archive."""
+    return f'pgbackrest --stanza={pgbackrest_params(params).stanza} archive-get %f "%p"'
+
+
 def archiving_settings(params: "Params", *, archive_mode: bool) -> dict[str, Any]:
-    """The settings of the archiving include file; archive_mode stays off until after the cutover restore."""
+    """The settings of the archiving include file; archive_mode stays off until after the cutover restore.
+
+    ``restore_command`` is read only in recovery: on a standby it fetches from the repository
+    the WAL its primary no longer holds (a slot invalidated by ``max_slot_wal_keep_size``, a
+    replica down for hours), so it catches up without a rebuild; a primary ignores it.
+    """
     return {
         "archive_command": archive_command(params),
         "archive_mode": bool(archive_mode),
         "max_wal_senders": 10,
+        "restore_command": restore_command(params),
         "wal_level": "replica",
     }
 
@@ -254,10 +273,12 @@ def plan_paths(current: Mapping[str, Mapping[str, Any]], specs: Iterable[PathSpe
     return cmds
 
 
-def ensure_paths(host: "Host | None", *, dry_run: bool) -> Outcome:
-    """/var/log/pgbackrest, /etc/pgbackrest, its conf.d and pgbackrest.conf exist with the runbook's owners and modes."""
+def ensure_paths(host: "Host | None", *, dry_run: bool, specs: Iterable[PathSpec] = PATHS) -> Outcome:
+    """/var/log/pgbackrest, /etc/pgbackrest, its conf.d and pgbackrest.conf exist with the runbook's owners and modes
+    (and the spool directory, with *specs* from :func:`paths_for`)."""
     what = f"pgBackRest directories on {host.name if host else '(new server)'}"
-    cmds = plan_paths({} if host is None else get_paths(host))
+    specs = tuple(specs)
+    cmds = plan_paths({} if host is None else get_paths(host, specs), specs)
     if not cmds:
         return Outcome(what, False, dry_run)
     if host is not None and not dry_run:
@@ -575,7 +596,7 @@ def configure_pgbackrest(host: "Host | None", params: "Params", server: "Server"
     version = get_installed_version(host)
     if version is not None:
         check_block_incremental(params, version)
-    outcomes.append(ensure_paths(host, dry_run=dry_run))
+    outcomes.append(ensure_paths(host, dry_run=dry_run, specs=paths_for(params)))
     conf = ensure_pgbackrest_conf(host, params, server, version=version, dry_run=dry_run)
     outcomes.append(conf)
     # once step 08 has started archiving, running this step again must not stop it
@@ -591,6 +612,21 @@ def configure_pgbackrest(host: "Host | None", params: "Params", server: "Server"
     return outcomes
 
 
+def configure_standby(host: "Host | None", params: "Params", server: "Server", *, dry_run: bool) -> list[Outcome]:
+    """pgBackRest on a standby (step 10): installed, directories, pgbackrest.conf (the cluster's one repository)
+    and the archiving settings with archive_mode on.
+
+    The standby then falls back to the archive (``restore_command``) when its primary no longer
+    holds the WAL it needs, and archives into the same stanza as soon as it is promoted.
+    """
+    outcomes = [ensure_installed(host, dry_run=dry_run)]
+    version = get_installed_version(host)
+    outcomes.append(ensure_paths(host, dry_run=dry_run, specs=paths_for(params)))
+    outcomes.append(ensure_pgbackrest_conf(host, params, server, version=version, dry_run=dry_run))
+    outcomes.append(ensure_archiving(host, params, server, archive_mode=True, dry_run=dry_run))
+    return outcomes
+
+
 def check_conf(host: "Host", params: "Params", server: "Server", *, repo_server: "Server | None" = None,
                read_only: bool = False) -> list[Check]:
     """pgbackrest.conf on the server is what hcbpg renders (secrets compared, never shown) with mode 0640 postgres."""
@@ -602,14 +638,15 @@ def check_conf(host: "Host", params: "Params", server: "Server", *, repo_server:
         real = real.replace(f"# pgBackRest for {repo_for.name},", f"# pgBackRest for {server.name} "
                             f"(repository of {repo_for.name}),")
     current = host.read_text(CONF_PATH)
-    paths = get_paths(host)
+    specs = paths_for(params)
+    paths = get_paths(host, specs)
     out = [Check("pgBackRest version", "pass", format_version(version), server.name),
            Check("block incremental", "pass",
                  "on (pgBackRest 2.46+, bundling on)" if pgbackrest_params(params).block else "off", server.name),
            Check.of("pgbackrest.conf is hcbpg's", current == real,
                     "matches the rendered file (secret values compared, not shown)" if current == real else
                     "differs from the rendered file", server.name)]
-    for spec in PATHS:
+    for spec in specs:
         cur = paths.get(spec.path)
         want = f"{spec.kind} {spec.mode:04o} {spec.owner}:{spec.group}"
         got = f"{cur['kind']} {cur['mode']:04o} {cur['owner']}:{cur['group']}" if cur else "missing"

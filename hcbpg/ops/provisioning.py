@@ -37,6 +37,7 @@ from hcbpg.desired.capacity import ServerShape
 from hcbpg.errors import CloudError, ParamsError, WaitTimeout
 from hcbpg.outcome import Check, Outcome
 from hcbpg.params import Params
+from hcbpg.wait import polling_loop
 
 SUBNET_TYPE = "cloud"
 PLACEMENT_TYPE = "spread"
@@ -230,9 +231,8 @@ def wait_for_actions(actions: Sequence[Any], *, what: str, timeout: float = DEFA
                      interval: float = 1.0, sleep: Callable[[float], None] = time.sleep,
                      clock: Callable[[], float] = time.monotonic) -> None:
     """Poll hcloud actions until all succeeded; CloudError on an error, WaitTimeout at the deadline."""
-    deadline = clock() + timeout
     pending = [a for a in actions if a is not None]
-    while True:
+    for _ in polling_loop(timeout, interval=interval, sleep=sleep, clock=clock):
         still = []
         for action in pending:
             with api_call(f"{what}: polling action {action.id}"):
@@ -247,12 +247,34 @@ def wait_for_actions(actions: Sequence[Any], *, what: str, timeout: float = DEFA
                 still.append(action)
         if not still:
             return
-        if clock() >= deadline:
-            names = ", ".join(f"{a.command} ({a.id})" for a in still)
-            raise WaitTimeout(f"{what}: actions still running after {timeout:.0f}s: {names}",
-                              hint="The API may be slow; run the step again later: it picks up what exists.")
         pending = still
-        sleep(interval)
+    names = ", ".join(f"{a.command} ({a.id})" for a in pending)
+    raise WaitTimeout(f"{what}: actions still running after {timeout:.0f}s: {names}", what=what, timeout=timeout,
+                      last=names, hint="The API may be slow; run the step again later: it picks up what exists.")
+
+
+def ensure_powered_off(client: hcloud.Client, params: Params, name: str, *, dry_run: bool,
+                       timeout: float = DEFAULT_WAIT_TIMEOUT) -> Outcome:
+    """Fence *name* through the Hetzner Cloud API: a hard power off (only the server of that name in params).
+
+    For an unplanned failover whose old primary SSH cannot reach: powered off, it cannot come
+    back as a second primary.  Already off: nothing changes.
+    """
+    params.server(name)  # only a server of these params, never anything else in the project
+    what = f"{name} powered off (Hetzner Cloud API)"
+    with api_call(f"looking up server {name}"):
+        server = client.servers.get_by_name(name)
+    if server is None:
+        raise CloudError(f"Hetzner Cloud API: there is no server {name} in the project",
+                         hint="Power it off in the console (or make sure it is gone) before going on.")
+    if server.status == "off":
+        return Outcome(what, False, dry_run, actions=["already off"])
+    if dry_run:
+        return Outcome(what, True, dry_run, actions=[f"power off {name} (id {server.id}, now {server.status})"])
+    with api_call(f"powering off {name}"):
+        action = client.servers.power_off(server)
+    wait_for_actions([action], what=f"powering off {name}", timeout=timeout, interval=_client_interval(client))
+    return Outcome(what, True, dry_run, actions=[f"powered off {name} (id {server.id}, was {server.status})"])
 
 
 def _client_interval(client: hcloud.Client) -> float:

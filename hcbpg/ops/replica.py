@@ -62,11 +62,45 @@ def _safe_pgdata(pgdata: str | None, params: "Params") -> str:
     return pgdata
 
 
+def start_conf_path(params: "Params") -> str:
+    """The cluster's ``start.conf`` (``auto``: systemd starts it at boot; ``manual``: it does not)."""
+    return f"{desired_server.config_dir(params)}/start.conf"
+
+
+def get_start_conf(host: "Host", params: "Params") -> str:
+    return (host.read_text(start_conf_path(params)) or "auto").strip() or "auto"
+
+
+def set_start_conf(host: "Host", params: "Params", value: str) -> None:
+    """Write ``start.conf`` (only when it differs)."""
+    if get_start_conf(host, params) != value:
+        host.put_text(start_conf_path(params), f"{value}\n", mode=0o644, owner="postgres", group="postgres")
+
+
+def get_running_basebackup(host: "Host", pgdata: str) -> str | None:
+    """The pid of a pg_basebackup still writing into *pgdata* (a detached one of an earlier run), else None."""
+    res = host.probe(f"pgrep -u postgres -f -- {shlex.quote(f'pg_basebackup .*-D {pgdata} ')}")
+    pids = res.stdout.split() if res.ok else []
+    return pids[0] if pids else None
+
+
+def refuse_if_basebackup_runs(host: "Host", pgdata: str, name: str) -> None:
+    """Refuse to touch *pgdata* while a detached pg_basebackup of an earlier run still writes into it."""
+    pid = get_running_basebackup(host, pgdata)
+    if pid is not None:
+        raise SafetyCheckFailed(
+            f"{name}: a pg_basebackup (pid {pid}) of an earlier run still writes into {pgdata}; "
+            "wiping the directory now would corrupt the replica it is building",
+            hint=f"Wait until it ends (its log: ~postgres/{BASEBACKUP_LOG}, its exit code: ~postgres/"
+                 f"{BASEBACKUP_EXIT}), then run the step again; nothing was deleted.")
+
+
 def run_wipe(host: "Host", params: "Params", state: ServerState, plan: Plan) -> None:
     """Stop PostgreSQL and delete the contents of the data directory (only for a rebuild *plan*)."""
     if plan.action != "rebuild" or not plan.allowed_by:
         raise SafetyCheckFailed(f"run_wipe on {state.name} without a rebuild plan that allows it")
     pgdata = _safe_pgdata(state.pgdata, params)
+    refuse_if_basebackup_runs(host, pgdata, state.name)
     if host.probe(f"ls -A {shlex.quote(pgdata)}/pg_tblspc").stdout.strip():
         raise SafetyCheckFailed(f"{state.name}: {pgdata} uses tablespaces; hcbpg does not rebuild those",
                                 hint="Rebuild this replica by hand. Nothing was deleted.")
@@ -132,6 +166,7 @@ def run_base_backup(host: "Host", primary_psql: Psql, params: "Params", primary:
     own -P line.  Returns the duration in seconds; raises RemoteCommandError when it fails."""
     home = postgres_home()
     log, done = f"{home}/{BASEBACKUP_LOG}", f"{home}/{BASEBACKUP_EXIT}"
+    refuse_if_basebackup_runs(host, pgdata, standby.name)
     cmd = render_basebackup_command(params, primary, standby, pgdata)
     inner = f"{cmd}; echo $? > {done}"
     host.run(f"rm -f {done} {log} && nohup setsid sh -c {shlex.quote(inner)} > {log} 2>&1 < /dev/null &",
@@ -195,6 +230,18 @@ def run_rewind(host: "Host", params: "Params", primary: "Server", standby: "Serv
              hint="pg_rewind failed; the step falls back to a new base backup.")
 
 
+def fence_for_rewind(host: "Host", params: "Params", pgdata: str) -> None:
+    """Before pg_rewind: ``start.conf`` manual, then ``standby.signal`` removed (the cluster must be stopped).
+
+    pg_rewind recovers an uncleanly stopped target in single-user mode, which refuses to run
+    with standby.signal; without it a reboot would start this server as a second primary, so
+    systemd is told not to start it first.  :func:`rebuild_replica` puts both back once the
+    recovery settings are written.
+    """
+    set_start_conf(host, params, "manual")
+    host.run(f"rm -f {shlex.quote(pgdata)}/standby.signal")
+
+
 def rebuild_replica(host: "Host", params: "Params", target: ServerState, plan: Plan, *,
                     primary_host: "Host", primary: "Server", standby: "Server",
                     echo: Callable[[str], None] = print) -> dict[str, Any]:
@@ -206,17 +253,17 @@ def rebuild_replica(host: "Host", params: "Params", target: ServerState, plan: P
     pgdata = _safe_pgdata(target.pgdata, params)
     primary_psql = pg_cluster.psql_for(primary_host, params)
     t0 = time.monotonic()
+    start_conf = get_start_conf(host, params)
     if plan.method == "rewind":
         run_stop(host, params)
-        # pg_rewind recovers an uncleanly stopped target in single-user mode, which refuses to run with
-        # standby.signal; the fence file comes back right after (nothing else starts the cluster meanwhile)
-        host.run(f"rm -f {shlex.quote(pgdata)}/standby.signal")
+        fence_for_rewind(host, params, pgdata)
         try:
             # pg_rewind takes the source's timeline from its control file, which a just-promoted primary
             # updates only at its next checkpoint; before that it sees "the same timeline" and does nothing
             primary_psql.execute("CHECKPOINT")
             run_rewind(host, params, primary, standby, pgdata)
             run_write_recovery(host, params, primary, standby, pgdata)
+            set_start_conf(host, params, start_conf)  # standby.signal is back: a boot starts a replica again
             result["rewind_s"] = round(time.monotonic() - t0, 2)
             t1 = time.monotonic()
             pg_cluster.ensure_cluster_running(host, params, dry_run=False)
@@ -237,6 +284,7 @@ def rebuild_replica(host: "Host", params: "Params", target: ServerState, plan: P
         result["base_backup_s"] = round(run_base_backup(host, primary_psql, params, primary, standby, pgdata,
                                                         echo=echo), 2)
         run_write_recovery(host, params, primary, standby, pgdata)
+        set_start_conf(host, params, start_conf)
     t1 = time.monotonic()
     pg_cluster.ensure_cluster_running(host, params, dry_run=False)
     wait_for_streaming(primary_host, params, standby)

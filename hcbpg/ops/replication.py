@@ -48,6 +48,7 @@ from hcbpg.errors import (
 )
 from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import config as pg_config
+from hcbpg.ops import pgbackrest, schedule
 from hcbpg.ops.app_database import get_role
 from hcbpg.ops.replica import ensure_replica, get_replication_rows
 from hcbpg.ops.topology import Topology, get_topology
@@ -268,16 +269,28 @@ def get_slots(psql: Psql) -> dict[str, dict[str, Any]]:
 
 def ensure_slot(psql: "Psql | None", params: "Params", replica: "Server", *, dry_run: bool,
                 host_name: str) -> Outcome:
-    """The physical slot for *replica* exists on the primary (reserving WAL from now)."""
+    """The physical slot for *replica* exists on the primary (reserving WAL from now).
+
+    A slot ``max_slot_wal_keep_size`` invalidated (``wal_status`` lost) is dropped and made again:
+    the replica fetches the WAL it missed from the repository (``restore_command``), then
+    streams through the new slot; no rebuild.
+    """
     slot = slot_name(replica.name)
     what = f"replication slot {slot} on {host_name}"
     slots = get_slots(psql) if psql is not None else {}
+    stmt = sql.SQL("SELECT pg_create_physical_replication_slot({}, true)").format(sql.Literal(slot))
     if slot in slots:
         if slots[slot]["slot_type"] != "physical":
             raise SafetyCheckFailed(f"on {host_name}: slot {slot} exists but is {slots[slot]['slot_type']}",
                                     hint=f"Drop it (SELECT pg_drop_replication_slot('{slot}')) and run again.")
-        return Outcome(what, False, dry_run)
-    stmt = sql.SQL("SELECT pg_create_physical_replication_slot({}, true)").format(sql.Literal(slot))
+        if slots[slot].get("wal_status") != "lost":
+            return Outcome(what, False, dry_run)
+        drop = sql.SQL("SELECT pg_drop_replication_slot({})").format(sql.Literal(slot))
+        if psql is not None:
+            psql.execute([drop, stmt], dry_run=dry_run)
+        return Outcome(what, True, dry_run, actions=[
+            f"{slot} was invalidated (max_slot_wal_keep_size): made again; {replica.name} fetches the WAL it "
+            "missed from the repository (restore_command), then streams", render(drop), render(stmt)])
     if psql is not None:
         psql.execute(stmt, dry_run=dry_run)
     return Outcome(what, True, dry_run, actions=[render(stmt)])
@@ -448,6 +461,9 @@ def check_replication(primary_host: "Host", replica_host: "Host", params: "Param
         out.append(Check("replay lag", "pass" if (lag_s or 0) < rep.catch_up_timeout_s else "warn",
                          f"{lag_b} bytes behind, replay_lag {lag_s if lag_s is not None else 0:.3f}s", standby.name))
     out.append(check_refuses_writes(rpsql))
+    db = params.postgres.database
+    if ppsql.value(sql.SQL("SELECT count(*) AS n FROM pg_database WHERE datname = {}").format(sql.Literal(db))):
+        out.append(check_unlogged_tables(ppsql, db, standby.name))
     keep = rpsql.value("SELECT current_setting('max_slot_wal_keep_size') AS v")
     want = ppsql.value("SELECT current_setting('max_slot_wal_keep_size') AS v")
     out.append(Check.of("max_slot_wal_keep_size on the primary", want not in (None, "-1"),
@@ -460,9 +476,32 @@ def check_replication(primary_host: "Host", replica_host: "Host", params: "Param
     return out
 
 
+#: unlogged tables (relpersistence 'u'): their rows are never in WAL, so on no replica and in no backup
+UNLOGGED_TABLES_SQL = ("SELECT format('%I.%I', n.nspname, c.relname) AS t FROM pg_class c JOIN pg_namespace n "
+                       "ON n.oid = c.relnamespace WHERE c.relpersistence = 'u' AND c.relkind IN ('r', 'p') ORDER BY 1")
+
+
+def get_unlogged_tables(psql: Psql, dbname: str) -> list[str]:
+    """The unlogged tables of *dbname*: a failover or a restore has them empty."""
+    return [r["t"] for r in psql.query(UNLOGGED_TABLES_SQL, dbname=dbname)]
+
+
+def check_unlogged_tables(psql: Psql, dbname: str, target: str = "") -> Check:
+    """A warning naming every unlogged table: a failover or a restore empties it (pass when there is none)."""
+    names = get_unlogged_tables(psql, dbname)
+    return Check("unlogged tables", "warn" if names else "pass",
+                 (f"{', '.join(names)}: unlogged, so never in WAL: a replica, a backup and a point-in-time restore "
+                  "do not have their rows, and a failover or a restore leaves them EMPTY (make them logged with "
+                  "ALTER TABLE ... SET LOGGED if their rows matter)") if names else f"none in {dbname}", target)
+
+
 def get_table_counts(psql: Psql, dbname: str) -> dict[str, int]:
-    """Exact row counts of every user table in *dbname* (for comparing primary and replica)."""
-    tables = psql.query("SELECT format('%I.%I', schemaname, relname) AS t FROM pg_stat_user_tables ORDER BY 1",
+    """Exact row counts of every logged user table in *dbname* (for comparing primary and replica).
+
+    Unlogged tables are left out: a standby cannot read them at all, and they hold no rows there.
+    """
+    tables = psql.query("SELECT format('%I.%I', s.schemaname, s.relname) AS t FROM pg_stat_user_tables s "
+                        "JOIN pg_class c ON c.oid = s.relid WHERE c.relpersistence <> 'u' ORDER BY 1",
                         dbname=dbname)
     if not tables:
         return {}
@@ -478,9 +517,12 @@ def check_counts_match(primary_psql: Psql, replica_psql: Psql, dbname: str, *, t
     waited = wait_for_catch_up(replica_psql, lsn, timeout=timeout)
     a, b = get_table_counts(primary_psql, dbname), get_table_counts(replica_psql, dbname)
     diff = {t: (a.get(t), b.get(t)) for t in sorted(set(a) | set(b)) if a.get(t) != b.get(t)}
+    unlogged = get_unlogged_tables(primary_psql, dbname)
+    note = (f"; unlogged, not replicated and expected empty on the replica: {', '.join(unlogged)}"
+            if unlogged else "")
     return Check.of(f"row counts in {dbname} match", not diff,
-                    f"{len(a)} table(s), {sum(a.values())} row(s), caught up in {waited:.2f}s" if not diff
-                    else f"differ: {diff}", replica_psql.host.name)
+                    (f"{len(a)} table(s), {sum(a.values())} row(s), caught up in {waited:.2f}s" if not diff
+                     else f"differ: {diff}") + note, replica_psql.host.name)
 
 
 # the step ----------------------------------------------------------------------------------------
@@ -504,10 +546,16 @@ def primary_outcomes(primary_host: "Host | None", params: "Params", primary: "Se
 def replica_config_outcomes(host: "Host | None", params: "Params", standby: "Server", password: str, *,
                             dry_run: bool) -> list[Outcome]:
     """Step 10 on a replica before (re)building: settings, pg_hba and passfile (all in /etc or ~postgres,
-    so they survive the data directory being replaced)."""
-    return [ensure_replication_settings(host, params, standby, dry_run=dry_run),
-            ensure_hba(host, params, standby, dry_run=dry_run),
-            ensure_passfile(host, params, standby, password, dry_run=dry_run)]
+    so they survive the data directory being replaced); with a repository in params, pgBackRest too (its
+    ``restore_command`` is the replica's fallback to the archive) and both schedules (backups run only
+    where ``pg_is_in_recovery()`` is false, so this one starts taking them when it is promoted)."""
+    out = [ensure_replication_settings(host, params, standby, dry_run=dry_run),
+           ensure_hba(host, params, standby, dry_run=dry_run),
+           ensure_passfile(host, params, standby, password, dry_run=dry_run)]
+    if params.pgbackrest is not None:
+        out += pgbackrest.configure_standby(host, params, standby, dry_run=dry_run)
+        out += schedule.ensure_schedules(host, params, standby, dry_run=dry_run)
+    return out
 
 
 def replica_cleanup_outcomes(host: "Host | None", params: "Params", standby: "Server", *, dry_run: bool) -> list[Outcome]:

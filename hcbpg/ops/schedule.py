@@ -5,14 +5,25 @@ The outside service alerts when the pings stop, so a failed backup, a stopped cr
 server that is down all end in the same alert; nothing on the server has to be up to
 raise it.  Pings: ``<url>/start`` before, ``<url>`` on success, ``<url>/fail?status=N``
 on failure, each with the tail of pgBackRest's output as the body.
+
+The schedule is installed on **every** server, and the job backs up only where
+``pg_is_in_recovery()`` is false (a standby exits 0 without a ping).  So after a switchover
+or an unplanned failover the new primary's cron takes the backups and the old primary's
+does nothing, without step 11 having to reach the old primary (which may be powered off) to
+move anything, and a server that comes back as a replica stays quiet on its own.
+
+The health job (:mod:`hcbpg.ops.jobs.health_job`) runs on every server too, every few
+minutes, and pings one URL per concern only while that concern holds.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib import resources
 from typing import TYPE_CHECKING
 
 from hcbpg.adapters.site import site_for
@@ -27,6 +38,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.params import Params, Server
 
 JOB_PATH = "/usr/local/sbin/hcbpg-backup"
+HEALTH_JOB_PATH = "/usr/local/sbin/hcbpg-health"
+HEALTH_CRON_PATH = "/etc/cron.d/hcbpg-health"
+HEALTH_CONFIG_PATH = "/etc/hcbpg/health.json"
 CRON_PATH = "/etc/cron.d/hcbpg-backup"
 JOB_LOG = "/var/log/pgbackrest/hcbpg-backup.log"
 #: the production team's schedule: full on Sunday 06:30, differential Monday to Saturday 06:30
@@ -116,6 +130,19 @@ if [ "$(id -un)" != postgres ]; then
   echo "$0: run this as postgres (sudo -u postgres $0 $type)" >&2
   exit 77
 fi
+# installed on every server: only the primary backs up (after a failover, the new one)
+if ! in_recovery=$(psql -X -A -t -q -p {params.postgres.port} -d postgres -c 'SELECT pg_is_in_recovery()' 2>&1); then
+  # PostgreSQL down: no ping (a standby's failure must not mark the cluster's backup failed;
+  # a primary that is down sends no success ping, which is the alert)
+  echo "$0: PostgreSQL does not answer ($in_recovery); no backup" >&2
+  echo "$(date -u +%FT%TZ) $type skipped: PostgreSQL does not answer" >>"$LOG" 2>/dev/null
+  exit 75
+fi
+if [ "$in_recovery" = t ]; then
+  echo "$0: this server is a standby; backups run on the primary"
+  echo "$(date -u +%FT%TZ) $type skipped: standby" >>"$LOG" 2>/dev/null
+  exit 0
+fi
 
 send_ping() {{
   # $1: URL; stdin: the body (the tail of pgBackRest's output)
@@ -192,6 +219,70 @@ def check_backup_schedule(host: "Host", params: "Params", server: "Server") -> l
                         "healthchecks.io URL" if placeholder else
                         "pgbackrest.deadman_url is not set: nobody hears about failed backups", server.name))
     return out
+
+
+# the health job -------------------------------------------------------------------------------------
+
+def health_url(params: "Params") -> str | None:
+    """The health pings' base URL: ``health.deadman_url``, else the site's (the lab's receiver; none in production)."""
+    url = params.health.deadman_url
+    if url is None:
+        url = site_for(params).health_deadman_url(params)
+    return url.rstrip("/") if url else None
+
+
+def render_health_config(params: "Params", server: "Server") -> str:
+    """/etc/hcbpg/health.json for *server*: its name, the URL, the thresholds (no secrets)."""
+    h = params.health
+    cfg = {"server": server.name, "url": health_url(params) or "", "port": params.postgres.port,
+           "stanza": params.pgbackrest.stanza if params.pgbackrest else "",
+           "data_directory": f"/var/lib/postgresql/{params.postgres.version}/{params.postgres.cluster}",
+           "thresholds": {"replay_lag_fail_s": h.replay_lag_fail_s, "slot_retained_fail_mb": h.slot_retained_fail_mb,
+                          "backup_age_fail_h": h.backup_age_fail_h, "disk_fail_pct": h.disk_fail_pct,
+                          "wal_fail_mb": h.wal_fail_mb, "archive_ready_max": h.archive_ready_max}}
+    return json.dumps(cfg, indent=2, sort_keys=True) + "\n"
+
+
+def render_health_job() -> str:
+    """The health job, as installed: :mod:`hcbpg.ops.jobs.health_job` with a shebang and our header."""
+    text = resources.files("hcbpg.ops.jobs").joinpath("health_job.py").read_text(encoding="utf-8")
+    return f"#!/usr/bin/python3\n{MANAGED_HEADER}\n{text}"
+
+
+def render_health_cron(params: "Params") -> str:
+    return "\n".join([
+        MANAGED_HEADER,
+        f"# hcbpg health checks; each pings {health_url(params) or '(no URL set)'}/<server>-<check> while it holds.",
+        "SHELL=/bin/sh",
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "",
+        f"{params.health.schedule} postgres {HEALTH_JOB_PATH} >/dev/null 2>&1",
+        "",
+    ])
+
+
+def ensure_health_schedule(host: "Host | None", params: "Params", server: "Server", *,
+                           dry_run: bool) -> list[Outcome]:
+    """The health job (0755), its config (0644) and its cron file (0644) are ours, on *server*."""
+    if host is not None and not dry_run:
+        host.run("install -d -m 0755 -o root -g root /etc/hcbpg", quiet=True)
+    return [
+        _ensure_file(host, HEALTH_JOB_PATH, render_health_job(), mode=0o755, server=server, dry_run=dry_run),
+        _ensure_file(host, HEALTH_CONFIG_PATH, render_health_config(params, server), mode=0o644, server=server,
+                     dry_run=dry_run),
+        _ensure_file(host, HEALTH_CRON_PATH, render_health_cron(params), mode=0o644, server=server, dry_run=dry_run),
+    ]
+
+
+def ensure_schedules(host: "Host | None", params: "Params", server: "Server", *, dry_run: bool) -> list[Outcome]:
+    """Both schedules on *server* (every server gets them): backups (run only on the primary) and health."""
+    return (ensure_backup_schedule(host, params, server, dry_run=dry_run)
+            + ensure_health_schedule(host, params, server, dry_run=dry_run))
+
+
+def run_health_job(host: "Host", *, timeout: float = 300) -> "Result":
+    """Run the health job now, as cron would (as postgres); never raises on its exit status."""
+    return host.run(HEALTH_JOB_PATH, sudo_user="postgres", check=False, timeout=timeout)
 
 
 def run_backup_job(host: "Host", kind: str = "diff", *, env: Mapping[str, str] | None = None,

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from hcbpg.errors import HcbpgError
 from hcbpg.ops import migration
+from hcbpg.ops.cluster import psql_for
+from hcbpg.ops.replication import check_unlogged_tables
 from hcbpg.outcome import Check
 from hcbpg.steps import targets
 from hcbpg.steps._migration import (
@@ -75,6 +77,9 @@ def apply(rb: MigrationRunbook, host: "Host | None", source: "migration.Source |
                                      live_source=False, app=app, password=rb.secret("postgres.app_role_password"),
                                      sentinel_expect=sentinel)
     rb.track(result.outcomes)
+    # an unlogged table's rows are in no WAL: the operator hears now that a failover or a restore empties it
+    result.verification.checks.append(check_unlogged_tables(psql_for(host, rb.params), rb.params.postgres.database,
+                                                            host.name))
     return result
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from hcbpg.ops import migration
+from hcbpg.ops.cluster import psql_for
+from hcbpg.ops.replication import check_unlogged_tables
 from hcbpg.steps import targets
 from hcbpg.steps._migration import (
     MigrationRunbook,
@@ -39,6 +41,9 @@ def apply(rb: MigrationRunbook, host: "Host | None", source: "migration.Source |
                                      password=rb.secret("postgres.app_role_password"),
                                      sentinel_write=migration.dry_run_sentinel())
     rb.track(result.outcomes)
+    # before the cutover, the operator hears which tables a failover or a restore would leave empty
+    result.verification.checks.append(check_unlogged_tables(psql_for(host, rb.params), rb.params.postgres.database,
+                                                            host.name))
     return result
 
 

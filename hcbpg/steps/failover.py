@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import failover as fo
+from hcbpg.ops import provisioning as cloud
 from hcbpg.ops import replication as rep
 from hcbpg.ops import topology
 from hcbpg.ops.failover import plan_failover  # noqa: F401 - the notebook's call
@@ -24,6 +25,20 @@ if TYPE_CHECKING:  # pragma: no cover
 def connect(rb: "Run") -> dict[str, "Host | None"]:
     """An open Host per server, None for one SSH cannot reach (a failover must go on without it)."""
     return connect_servers(rb)
+
+
+def fence_through_cloud(rb: "Run", plan: fo.FailoverPlan) -> None:
+    """An unplanned failover whose old primary SSH cannot reach: after a gate naming it, power it off through
+    the Hetzner Cloud API (it cannot come back as a second primary); nothing otherwise."""
+    if plan.kind != "failover" or plan.old_reachable:
+        print(f"{plan.old_primary} is reachable over SSH (or this is a switchover): hcbpg fences it itself")
+        return
+    old = plan.old_primary
+    rb.gate(f"power_off_{old.replace('-', '_')}",
+            f"{old} cannot be reached over SSH. Power off the Hetzner Cloud server {old} now (a hard power off, "
+            f"through the API) so that it cannot come back as a second primary?")
+    client = cloud.make_client(rb.params, rb.secret("hetzner.token"))
+    rb.track(cloud.ensure_powered_off(client, rb.params, old, dry_run=rb.dry_run))
 
 
 def run_failover(rb: "Run", plan: fo.FailoverPlan, hosts: Mapping[str, "Host | None"]) -> dict[str, Any]:

@@ -42,6 +42,31 @@ def get_plan(host: "Host | None", params: "Params", target: drill.DrillTarget,
     return plan
 
 
+def get_point_in_time_target(params: "Params") -> dict[str, str] | None:
+    """The point-in-time target params ask for (``drill.target_time`` or ``drill.target_xid``), else None."""
+    d = params.drill
+    if d is None or not (d.target_time or d.target_xid):
+        print("no point-in-time target in params (drill.target_time or drill.target_xid): none restored")
+        return None
+    return {"target_time": d.target_time} if d.target_time else {"target_xid": d.target_xid or ""}
+
+
+def run_point_in_time(rb: "Run", host: "Host | None", target: drill.DrillTarget,
+                      pitr: Mapping[str, str] | None) -> dict[str, Any] | None:
+    """Restore onto the scratch host to the target (it replaces the drill's restore there); what it recovered."""
+    if pitr is None:
+        return None
+    result = drill.run_restore(host, rb.params, target, dry_run=rb.dry_run, target_time=pitr.get("target_time"),
+                               target_xid=pitr.get("target_xid"))
+    rb.track(result.outcome(rb.dry_run))
+    if rb.dry_run or host is None:
+        return None
+    recovered = drill.get_recovered(host, rb.params)
+    print(f"recovered to {result.target_time}: last commit replayed {recovered['last_commit']}, "
+          f"timeline {recovered['timeline']}")
+    return {**result.record(), "recovered": recovered}
+
+
 def get_record(result: drill.RestoreResult, fingerprint: Mapping[str, Any]) -> dict[str, Any]:
     """The backup used and the time to recover, as recorded (``restore_drill``)."""
     return result.record() | {"backup_type": fingerprint.get("backup_type"),

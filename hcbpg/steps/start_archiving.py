@@ -10,7 +10,7 @@ from hcbpg.ops import drill, schedule
 from hcbpg.ops import pgbackrest as pgb
 from hcbpg.ops.drill import ensure_baseline_backup  # noqa: F401 - the notebook's call
 from hcbpg.ops.pgbackrest import check_archiving_started, get_backups, start_archiving  # noqa: F401 - the notebook's calls
-from hcbpg.ops.schedule import ensure_backup_schedule  # noqa: F401 - the notebook's call
+from hcbpg.ops.schedule import ensure_schedules  # noqa: F401 - the notebook's call
 from hcbpg.outcome import Check, Outcome
 from hcbpg.steps.targets import server_host
 
@@ -29,7 +29,7 @@ def get_plan(host: "Host | None", params: "Params", server: "Server") -> list[Ou
     """The three parts of the step, planned: archiving, the first full backup, the schedule."""
     plan = pgb.start_archiving(host, params, server, dry_run=True)
     plan += [drill.ensure_baseline_backup(host, params, dry_run=True)[0]]
-    plan += schedule.ensure_backup_schedule(host, params, server, dry_run=True)
+    plan += schedule.ensure_schedules(host, params, server, dry_run=True)
     return plan
 
 

@@ -18,6 +18,19 @@ if [ "$(id -un)" != postgres ]; then
   echo "$0: run this as postgres (sudo -u postgres $0 $type)" >&2
   exit 77
 fi
+# installed on every server: only the primary backs up (after a failover, the new one)
+if ! in_recovery=$(psql -X -A -t -q -p 5432 -d postgres -c 'SELECT pg_is_in_recovery()' 2>&1); then
+  # PostgreSQL down: no ping (a standby's failure must not mark the cluster's backup failed;
+  # a primary that is down sends no success ping, which is the alert)
+  echo "$0: PostgreSQL does not answer ($in_recovery); no backup" >&2
+  echo "$(date -u +%FT%TZ) $type skipped: PostgreSQL does not answer" >>"$LOG" 2>/dev/null
+  exit 75
+fi
+if [ "$in_recovery" = t ]; then
+  echo "$0: this server is a standby; backups run on the primary"
+  echo "$(date -u +%FT%TZ) $type skipped: standby" >>"$LOG" 2>/dev/null
+  exit 0
+fi
 
 send_ping() {
   # $1: URL; stdin: the body (the tail of pgBackRest's output)

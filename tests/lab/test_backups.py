@@ -174,7 +174,7 @@ def _bucket_keys(lab, params):
                       aws_access_key_id=resolve(pb.s3_key), aws_secret_access_key=resolve(pb.s3_key_secret),
                       verify=str(lab.cfg.ca_cert), config=Config(s3={"addressing_style": "path"}))
     keys = []
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=pb.s3_bucket, Prefix="pgbackrest/server-postgres-1/"):
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=pb.s3_bucket, Prefix="pgbackrest/hcb_production/"):
         keys += [o["Key"] for o in page.get("Contents", [])]
     return keys
 
@@ -301,7 +301,9 @@ def nb_home(lab, tmp_path_factory, secrets):
     key = lab.ssh_key.with_suffix(".pub").read_text()
     destroy_server_host(LAB_DRILL_NAME, lab_dir=str(lab.lab_dir))  # a fresh scratch host for this drill
     create_server_host("nb-postgres-1", ip, [key], lab_dir=str(lab.lab_dir))
-    data = lab_params(lab, [("nb-postgres-1", ip, "primary")], pgbackrest=pgbackrest_section(lab))
+    # a cluster of its own: its own repository (the path names the cluster's stanza, not the server)
+    data = lab_params(lab, [("nb-postgres-1", ip, "primary")],
+                      pgbackrest=pgbackrest_section(lab, repo_path_prefix="/pgbackrest-notebooks"))
     (home / "params" / "lab.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     p = parse_params(data)
     host = Host.from_params(p, "nb-postgres-1", ip)

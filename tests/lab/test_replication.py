@@ -11,21 +11,25 @@ Run under the machine's lab lock: ``flock /tmp/hcbpg-lab.lock python -m pytest t
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from hcbpg.adapters.host import Host
+from hcbpg.adapters.host import TIMEOUT_EXIT, Host
 from hcbpg.desired import replication as desired_replication
 from hcbpg.errors import SafetyCheckFailed
-from hcbpg.lab import create_server_host, destroy_server_host
+from hcbpg.lab import create_server_host, deadman, destroy_server_host
+from hcbpg.lab.core import read_state
 from hcbpg.ops import app_database as roles
 from hcbpg.ops import cluster as pg_cluster
+from hcbpg.ops import drill, replica, schedule, topology
 from hcbpg.ops import failover as fo
-from hcbpg.ops import replica, topology
+from hcbpg.ops import pgbackrest as pgb
 from hcbpg.ops import replication as rep
 from hcbpg.ops import server as pg_server
 from hcbpg.params import parse_params
@@ -40,6 +44,9 @@ pytestmark = pytest.mark.lab
 BENCH_DB = "hcbpg_bench"
 PGBENCH = "/usr/lib/postgresql/15/bin/pgbench"
 TIMINGS: dict[str, float] = {}
+STATE: dict = {}
+#: the archive-push queue bound of this module's params: small, so an outage of a minute passes it
+QUEUE_MAX_MB = 128
 
 
 def make_params(lab, *, allow_destructive: bool = True, **replication):
@@ -51,7 +58,8 @@ def params_data(lab, *, allow_destructive: bool = True, **replication):
     # .51/.52: other lab tests use .31/.32 (steps 02-04), .40 (jumpbox) and .41/.42 (runner)
     servers = [("server-postgres-1", cfg.address(51), "primary"), ("server-postgres-2", cfg.address(52), "replica")]
     return lab_params(lab, servers,
-                      pgbackrest=pgbackrest_section(lab, repo_path_prefix="/pgbackrest-replication-test"),
+                      pgbackrest=pgbackrest_section(lab, repo_path_prefix="/pgbackrest-replication-test",
+                                                    archive_push_queue_max=f"{QUEUE_MAX_MB}MB"),
                       replication=replication_section(lab, **replication), allow_destructive=allow_destructive)
 
 
@@ -84,9 +92,10 @@ def psql(hosts, params, name):
     return pg_cluster.psql_for(hosts[name], params)
 
 
-def start_pgbench(host: Host, seconds: int) -> None:
+def start_pgbench(host: Host, seconds: int, *, rate: int | None = None) -> None:
     home = desired_replication.postgres_home()
-    inner = (f"{PGBENCH} -h /var/run/postgresql -n -c 2 -j 1 -T {seconds} {BENCH_DB} & "
+    limit = f"-R {rate} " if rate else ""
+    inner = (f"{PGBENCH} -h /var/run/postgresql -n -c 2 -j 1 {limit}-T {seconds} {BENCH_DB} & "
              f"echo $! > {home}/pgbench.pid; wait $!; echo $? > {home}/pgbench.exit")
     host.run(f"rm -f {home}/pgbench.exit && nohup setsid sh -c {shlex.quote(inner)} > {home}/pgbench.log 2>&1 "
              "< /dev/null &", sudo_user="postgres")
@@ -246,6 +255,8 @@ def test_planned_switchover_loses_nothing_and_the_old_primary_streams_again(para
     start_pgbench(hosts[old.name], 8)
     wait_pgbench(hosts[old.name])
     before = counts(hosts, params, old.name)
+    STATE["before_switchover"] = (psql(hosts, params, old.name).value("SELECT now()::text AS t"), before)
+    time.sleep(1.2)  # the point-in-time target lies strictly between the last commit before it and the next
     plan, result, rejoin, b_checks, t = _failover(params, hosts, passwords, expect_kind="switchover")
     TIMINGS.update({f"switchover_{k}": v for k, v in t.items()})
     TIMINGS.update({f"switchover_rejoin_{k}": v for k, v in rejoin.items() if k.endswith("_s")})
@@ -266,6 +277,177 @@ def test_planned_switchover_loses_nothing_and_the_old_primary_streams_again(para
     wait_pgbench(hosts[new.name])
     c = rep.check_counts_match(psql(hosts, params, new.name), psql(hosts, params, old.name), BENCH_DB, timeout=60)
     assert c.ok, c.detail
+
+
+def test_after_the_switchover_one_stanza_on_two_timelines_and_only_the_new_primary_backs_up(params, hosts):
+    old, new = params.server("server-postgres-1"), params.server("server-postgres-2")
+    pgb.run_pgbackrest(hosts[new.name], params, "check")  # the new timeline's WAL reaches the repository
+    info = json.loads(pgb.get_info_json(hosts[new.name], params))
+    assert [st["name"] for st in info] == ["hcb_production"], info
+    (archive,) = info[0]["archive"]
+    assert (archive["min"][:8], archive["max"][:8]) == ("00000001", "00000002"), archive
+    assert [st["name"] for st in json.loads(pgb.get_info_json(hosts[old.name], params))] == ["hcb_production"]
+    before = {b.label for b in pgb.get_backups(hosts[new.name], params)}
+    skipped = schedule.run_backup_job(hosts[old.name], "incr")
+    assert skipped.exit_code == 0 and "standby" in skipped.stdout, skipped.output
+    assert {b.label for b in pgb.get_backups(hosts[new.name], params)} == before, "the old primary took no backup"
+    ran = schedule.run_backup_job(hosts[new.name], "incr")
+    assert ran.exit_code == 0, ran.output[-2000:]
+    assert len({b.label for b in pgb.get_backups(hosts[new.name], params)} - before) == 1
+
+
+def test_point_in_time_restore_to_before_the_switchover_has_exactly_the_rows_committed_then(lab, params, hosts,
+                                                                                           monkeypatch):
+    target_time, expected = STATE["before_switchover"]
+    monkeypatch.setenv("HCBPG_LAB_DIR", str(lab.lab_dir))  # drill.scratch_host makes the scratch host in this lab
+    target = drill.drill_target(params)
+    host = drill.scratch_host(params, target, dry_run=False)
+    try:
+        drill.prepare_scratch(host, params, target, version=None, dry_run=False)
+        t0 = time.monotonic()
+        result = drill.run_restore(host, params, target, target_time=target_time, dry_run=False, force=True)
+        TIMINGS["pitr_across_switchover_s"] = round(time.monotonic() - t0, 1)
+        assert "--type=time" in result.options
+        assert rep.get_table_counts(pg_cluster.psql_for(host, params), BENCH_DB) == expected
+        print("recovered:", drill.get_recovered(host, params)["last_commit"], "target", target_time)
+    finally:
+        host.close()
+        destroy_server_host(target.name, lab_dir=str(lab.lab_dir))
+
+
+def test_a_replica_whose_slot_was_invalidated_catches_up_from_the_archive_without_a_rebuild(params, hosts, passwords):
+    topo, _ = topology.get_topology(hosts, params)
+    p, r = params.server(topo.primary), params.server(topo.replicas[0])
+    ppsql = psql(hosts, params, p.name)
+    hosts[r.name].run("pg_ctlcluster 15 main stop -m fast")
+    ppsql.execute(["ALTER SYSTEM SET max_slot_wal_keep_size = '32MB'", "ALTER SYSTEM SET wal_keep_size = 0",
+                   "SELECT pg_reload_conf()"])
+    try:
+        for _ in range(4):  # ~100 MB of WAL past the stopped replica's slot
+            ppsql.execute("INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) SELECT 1, 1, g, g, now() "
+                          "FROM generate_series(1, 200000) g", dbname=BENCH_DB)
+            ppsql.value("SELECT pg_switch_wal()::text AS l")
+        ppsql.execute("CHECKPOINT")
+        slot = rep.get_slots(ppsql)[desired_replication.slot_name(r.name)]
+        assert slot["wal_status"] == "lost", slot
+    finally:
+        ppsql.execute(["ALTER SYSTEM RESET max_slot_wal_keep_size", "ALTER SYSTEM RESET wal_keep_size",
+                       "SELECT pg_reload_conf()"])
+    t0 = time.monotonic()
+    outcomes, _, results = rep.setup_replication(hosts, params, passwords["rep"], allow_destructive=True,
+                                                 dry_run=False)
+    TIMINGS["catch_up_from_archive_s"] = round(time.monotonic() - t0, 1)
+    assert results[r.name]["plan"] == "start", results  # started, not rebuilt
+    assert any("was invalidated" in a for o in outcomes for a in o.actions)
+    c = rep.check_counts_match(ppsql, psql(hosts, params, r.name), BENCH_DB, timeout=120)
+    assert c.ok, c.detail
+    log = hosts[r.name].probe("grep -h 'from archive' /var/log/postgresql/postgresql-15-main.log | tail -n 3").stdout
+    assert "restored log file" in log, "the WAL it missed came from the repository"
+
+
+def _item(stdout: str, server: str, item: str) -> str:
+    """PASS/WARN/FAIL of one row of `hcbpg status`."""
+    import re
+    m = re.search(rf"^{re.escape(server)}\s+{re.escape(item)}\s+(PASS|WARN|FAIL)\b", stdout, re.M)
+    return m.group(1) if m else "missing"
+
+
+def _ready_bytes(ppsql) -> int:
+    return 16 * 1024 ** 2 * int(ppsql.value("SELECT count(*) AS n FROM pg_ls_archive_statusdir() "
+                                            "WHERE name LIKE '%.ready'"))
+
+
+def _pings(lab, since: int, server: str, check: str) -> list[str]:
+    log = lab.status()["deadman_log"]
+    return [pg["kind"] for pg in deadman.read_pings(log)[since:] if pg["path"].split("/")[-1 if pg["kind"] == "success"
+                                                                                          else -2] == f"{server}-{check}"]
+
+
+def test_an_unreachable_repository_drops_wal_past_the_bound_and_the_primary_keeps_writing(lab, params, hosts,
+                                                                                          run_home):
+    """The queue bound is checked each time an archive-push run starts, and a run against an unreachable
+    repository fails only after its retries (~4 x io-timeout): so the unarchived WAL may pass the bound by
+    what is written meanwhile, then falls back under it when pgBackRest drops the queue."""
+    home, env = run_home
+    topo, _ = topology.get_topology(hosts, params)
+    p = params.server(topo.primary)
+    ppsql = psql(hosts, params, p.name)
+    ns = read_state(lab.cfg)["hosts"][p.name]["netns"]
+    rule = ["ip", "-n", ns, "rule", "add", "ipproto", "tcp", "dport", "9443", "prohibit"]
+    pings_from = len(deadman.read_pings(lab.status()["deadman_log"]))
+    start_pgbench(hosts[p.name], 900, rate=50)  # a steady write load all along
+    log = f"/var/log/pgbackrest/{params.pgbackrest.stanza}-archive-push*.log"
+    subprocess.run(rule, check=True)
+    try:
+        peak, written, t0 = 0, 0, time.monotonic()
+        while not hosts[p.name].probe(f"grep -l 'dropped WAL file' {log}").ok:
+            assert time.monotonic() - t0 < 300, "pgBackRest never dropped WAL past archive-push-queue-max"
+            start = ppsql.value("SELECT pg_current_wal_lsn()::text AS l")
+            ppsql.execute("INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) SELECT 1, 1, g, g, now() "
+                          "FROM generate_series(1, 100000) g", dbname=BENCH_DB)
+            written += int(ppsql.value(f"SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '{start}') AS n"))
+            peak = max(peak, _ready_bytes(ppsql))
+            time.sleep(2)
+        TIMINGS["outage_until_drop_s"] = round(time.monotonic() - t0, 1)
+        time.sleep(5)
+        after_drop = _ready_bytes(ppsql)
+        assert pgbench_running(hosts[p.name]), "the primary keeps accepting writes"
+        schedule.run_health_job(hosts[p.name])
+        during = cli(env, "status", "lab", timeout=300)
+    finally:
+        subprocess.run([*rule[:4], "del", *rule[5:]], check=True)
+    stop_pgbench(hosts[p.name])
+    TIMINGS.update(outage_written_mb=written // 1024 ** 2, outage_peak_unarchived_mb=peak // 1024 ** 2,
+                   outage_unarchived_after_drop_mb=after_drop // 1024 ** 2)
+    assert after_drop <= QUEUE_MAX_MB * 1024 ** 2 < written, TIMINGS
+    assert during.returncode == 1 and _item(during.stdout, p.name, "archiving") == "FAIL", during.stdout
+    assert "FAILING" in during.stdout or "WAL DROPPED" in during.stdout
+    assert _pings(lab, pings_from, p.name, "archiving") == ["fail"], "no health ping while archiving fails"
+    # the store is back: archiving catches up, the gap is reported until a backup closes it
+    deadline = time.monotonic() + 180
+    while _ready_bytes(ppsql) > 0 or pgb.run_pgbackrest(hosts[p.name], params, "check", check=False).exit_code:
+        assert time.monotonic() < deadline, "archiving did not catch up"
+        time.sleep(2)
+    gap = cli(env, "status", "lab", timeout=300)
+    assert gap.returncode == 1 and "WAL DROPPED" in gap.stdout, gap.stdout
+    pgb.run_backup(hosts[p.name], params, type="incr")
+    closed = cli(env, "status", "lab", timeout=300)
+    assert "WAL DROPPED" not in closed.stdout and _item(closed.stdout, p.name, "archiving") == "PASS", closed.stdout
+
+
+def test_health_pings_only_while_healthy_and_stop_when_postgresql_is_stopped(lab, params, hosts):
+    topo, _ = topology.get_topology(hosts, params)
+    r = params.server(topo.replicas[0])
+    assert hosts[r.name].run("sleep 5", timeout=1, check=False).exit_code == TIMEOUT_EXIT  # not an exception
+    since = len(deadman.read_pings(lab.status()["deadman_log"]))
+    for s in params.servers:
+        res = schedule.run_health_job(hosts[s.name])
+        assert res.exit_code == 0, res.output
+        for check in ("postgres", "archiving", "replication", "disk", "backup"):
+            assert _pings(lab, since, s.name, check) == ["success"], (s.name, check)
+    since = len(deadman.read_pings(lab.status()["deadman_log"]))
+    hosts[r.name].run("pg_ctlcluster 15 main stop -m fast")
+    try:
+        assert schedule.run_health_job(hosts[r.name]).exit_code == 1
+        assert _pings(lab, since, r.name, "postgres") == ["fail"], "a stopped PostgreSQL stops its health ping"
+    finally:
+        hosts[r.name].run("pg_ctlcluster 15 main start")
+    replica.wait_for_streaming(hosts[topo.primary], params, r, timeout=60)
+
+
+def test_unlogged_tables_are_named_and_expected_empty_on_the_replica(params, hosts, passwords):
+    topo, _ = topology.get_topology(hosts, params)
+    p, r = params.server(topo.primary), params.server(topo.replicas[0])
+    ppsql, db = psql(hosts, params, p.name), params.postgres.database
+    ppsql.execute(["CREATE UNLOGGED TABLE hcbpg_cache (k int)", "INSERT INTO hcbpg_cache SELECT generate_series(1, 10)"],
+                  dbname=db)
+    try:
+        checks = {c.name: c for c in rep.check_replication(hosts[p.name], hosts[r.name], params, r, p, passwords["rep"])}
+        assert checks["unlogged tables"].status == "warn" and "public.hcbpg_cache" in checks["unlogged tables"].detail
+        counts_match = rep.check_counts_match(ppsql, psql(hosts, params, r.name), db, timeout=60)
+        assert counts_match.ok and "expected empty on the replica: public.hcbpg_cache" in counts_match.detail
+    finally:
+        ppsql.execute("DROP TABLE hcbpg_cache", dbname=db)
 
 
 def test_unplanned_failover_back_after_the_primary_crashes(params, hosts, passwords):

@@ -1,0 +1,1 @@
+"""Jobs hcbpg installs on the servers, as the files they run (standard library only)."""
