@@ -465,9 +465,15 @@ def render_compact(measurements: Sequence[Measurement], checks: Sequence[Check])
     lines.append("")
     for c in bad:
         lines.append(f"{c.status.upper():<4}  {c.target}: {c.name}: {c.detail}")
-    failed = sum(c.status == "fail" for c in bad)
-    lines.append(f"FAIL: {failed} item(s) failed, {len(bad) - failed} warning(s)" if failed else
-                 f"OK: {len(checks)} item(s), {len(bad)} warning(s)")
+    failed = [c for c in bad if c.status == "fail"]
+    if failed:
+        by_server: dict[str, list[str]] = {}
+        for c in failed:
+            by_server.setdefault(c.target, []).append(c.name)
+        lines.append(f"FAIL: {len(failed)} item(s) failed: "
+                     + "; ".join(f"{s}: {', '.join(names)}" for s, names in by_server.items()))
+    else:
+        lines.append(f"OK: {len(checks)} item(s), {len(bad)} warning(s)")
     return "\n".join(lines)
 
 
