@@ -124,3 +124,38 @@ def test_basebackup_progress():
                                        "backup_total": 10}], "server-2")
     assert p is not None and (p.kind, p.done, p.total, p.phase) == ("basebackup", 5, 10, "streaming database files")
     assert pgp.plan_basebackup_progress([], "server-2") is None
+
+
+def test_pgbackrest_info_of_a_running_backup_gives_bytes_done_of_the_total():
+    from hcbpg.ops.pgbackrest import parse_backup_progress
+    running = json.dumps([{"name": "main", "backup": [], "status": {
+        "code": 2, "message": "no valid backups",
+        "lock": {"backup": {"held": True, "size": 109792819251, "size-cplt": 75161927680}}}}])
+    assert parse_backup_progress(running, "main") == (75161927680, 109792819251)
+    assert parse_backup_progress(running, "other") is None
+    idle = json.dumps([{"name": "main", "status": {"code": 0, "lock": {"backup": {"held": False}}}}])
+    assert parse_backup_progress(idle, "main") is None
+    old = json.dumps([{"name": "main", "status": {"code": 0, "lock": {"backup": {"held": True}}}}])  # before 2.41
+    assert parse_backup_progress(old, "main") is None
+    assert parse_backup_progress("not json", "main") is None
+
+
+def test_the_watcher_samples_until_the_block_ends_and_a_failing_look_does_not_stop_it():
+    import time
+
+    from hcbpg.ops.progress import Watcher
+    calls: list[float] = []
+
+    def sample() -> None:
+        calls.append(time.monotonic())
+        if len(calls) == 2:
+            raise RuntimeError("the database does not exist yet")
+
+    with Watcher(sample, interval=0.02) as w:
+        deadline = time.monotonic() + 10
+        while len(calls) < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    n = len(calls)
+    time.sleep(0.1)
+    assert n >= 4 and len(calls) == n  # it looked again after the failure, and stopped with the block
+    assert w.errors == ["RuntimeError: the database does not exist yet"] and not w.thread.is_alive()

@@ -440,8 +440,8 @@ def _compact_row(m: Measurement, checks: Sequence[Check]) -> dict[str, str]:
     backup = ("-" if m.in_recovery or not m.running else
               _age(m.now - float(m.backup["stop"])) + " ago" if m.backup else "none")
     arch = m.archiver or {}
-    archive = ("-" if not m.running else "off" if m.archive_mode == "off" else
-               "n/a (replica)" if m.in_recovery else
+    archive = ("-" if not m.running else "n/a (replica)" if m.in_recovery else
+               "off" if m.archive_mode == "off" else
                "FAILING" if arch.get("last_failed_time") and (arch.get("last_failed_time") or 0) >
                (arch.get("last_archived_time") or 0) else
                (_age(m.now - float(arch["last_archived_time"])) + " ago") if arch.get("last_archived_time") else

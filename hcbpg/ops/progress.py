@@ -10,6 +10,7 @@ Heroku download sample from their own loops through the same reporter.
 from __future__ import annotations
 
 import contextlib
+import shlex
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -113,3 +114,18 @@ def watch_restore(host: "Host", params: "Params", *, sizes: Mapping[str, tuple[i
     builds = sum(1 for k in seen if k.startswith("index "))
     if seen:
         rep.echo(f"progress: watched {copies} table copy(ies) and {builds} index build(s) as they ran")
+
+
+@contextlib.contextmanager
+def watch_file_growth(host: "Host", path: str, *, kind: str, what: str, total: int | None = None,
+                      reporter: Reporter | None = None, interval: float = 1.0) -> Iterator[Reporter]:
+    """While the block runs: the size of *path* on *host* (a download), against *total* when known."""
+    rep = reporter or Reporter()
+
+    def sample() -> None:
+        res = host.probe(f"stat -c %s {shlex.quote(path)}")
+        if res.ok and res.stdout.strip().isdigit():
+            rep.update(kind, what, done=int(res.stdout.strip()), total=total, unit="bytes")
+
+    with Watcher(sample, interval=interval):
+        yield rep
