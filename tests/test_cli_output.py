@@ -175,3 +175,26 @@ def test_version_completion_and_every_subcommands_help_has_an_example_and_the_ex
         assert "example" in text and "130 interrupted" in text, sp.prog
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     assert "130 interrupted" in readme and "--json" in readme
+
+
+def test_on_a_terminal_long_work_is_a_bar_redrawn_in_place_and_cleared_before_the_next_line(capsys):
+    from hcbpg.cli import Terminal
+    from hcbpg.progress import Sample
+    term = Terminal(tty=True)
+    s = Sample("copy", "public.events", done=50, total=100, unit="rows", rate=10, eta=5)
+    term.live(s, False)
+    term.live(Sample("copy", "public.events", done=60, total=100, unit="rows", rate=10, eta=4), False)
+    term.line("      done in 12.0s, 1 change(s)")
+    out, err = capsys.readouterr()
+    assert err.count("\r\033[K[") == 2 and "copy public.events: 60% 60 rows of 100 rows, 10 rows/s, 4s left" in err
+    assert err.endswith("\r\033[K")  # the bar is cleared before the line is printed
+    assert STAMP.match(out) and out.rstrip().endswith("done in 12.0s, 1 change(s)")
+    quiet = Terminal(quiet=True, tty=True)
+    quiet.live(s, False)
+    quiet.line("x")
+    assert capsys.readouterr() == ("", "")
+    piped = Terminal(tty=False)
+    piped.live(s, False)
+    piped.live(s, False)  # within 2 s: not repeated
+    out, err = capsys.readouterr()
+    assert err == "" and out.count("~ copy public.events: 50%") == 1
