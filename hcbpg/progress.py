@@ -98,17 +98,19 @@ def render_line(s: Sample) -> str:
         parts.append(s.phase)
     if pct is not None:
         parts.append(f"{pct:.0f}%")
-    amount = human_count(s.done, s.unit)
-    if s.total:
-        amount += f" of {human_count(s.total, s.unit)}"
-    rest = [amount]
-    if s.rate is not None and s.rate > 0:
-        rest.append(f"{human_count(s.rate, s.unit)}/s")
+    rest = []
+    if s.unit != "percent":  # work that reports only its percentage (pgBackRest's info): no amount, no rate
+        amount = human_count(s.done, s.unit)
+        if s.total:
+            amount += f" of {human_count(s.total, s.unit)}"
+        rest.append(amount)
+        if s.rate is not None and s.rate > 0:
+            rest.append(f"{human_count(s.rate, s.unit)}/s")
     if s.eta is not None:
         rest.append(f"{human_seconds(s.eta)} left")
     if s.detail:
         rest.append(s.detail)
-    return " ".join(parts) + " " + ", ".join(rest)
+    return " ".join(parts) + (" " + ", ".join(rest) if rest else "")
 
 
 def render_bar(s: Sample, width: int = 24) -> str:

@@ -140,6 +140,16 @@ def test_pgbackrest_info_of_a_running_backup_gives_bytes_done_of_the_total():
     assert parse_backup_progress("not json", "main") is None
 
 
+def test_pgbackrest_info_text_gives_the_running_backups_percentage():
+    from hcbpg.ops.pgbackrest import parse_backup_percent
+    text = ("stanza: hcb_production\n    status: ok (backup/expire running - 45.12% complete)\n"
+            "    cipher: aes-256-cbc\n")
+    assert parse_backup_percent(text) == 45.12
+    assert parse_backup_percent("stanza: main\n    status: ok\n") is None
+    s = hp.Sample("backup", "full of stanza main", done=45.12, total=100.0, unit="percent", eta=30)
+    assert hp.render_line(s) == "backup full of stanza main: 45% 30s left"
+
+
 def test_the_watcher_samples_until_the_block_ends_and_a_failing_look_does_not_stop_it():
     import time
 

@@ -115,7 +115,9 @@ def _runner(args: argparse.Namespace, **kw):  # noqa: ANN202
     # with --json, stdout holds the JSON alone: what the run shows meanwhile goes to stderr
     term = Terminal(sys.stderr if as_json else sys.stdout, quiet=quiet)
     verbose = getattr(args, "verbose", False)
-    return Runner(progress_bar=not quiet and not verbose and sys.stderr.isatty(),
+    # -v: cell output to the terminal as it comes (papermill's stdout_file/stderr_file, scrubbed) and,
+    # as before, to the run log (log_output: papermill's logger has only the run log's handler)
+    return Runner(progress_bar=not quiet and not verbose and sys.stderr.isatty(), log_output=verbose,
                   stream_cells=verbose and not quiet, progress=term.line, live=term.live, **kw)
 
 

@@ -311,16 +311,16 @@ class Runner:
         status, error, exit_code = "succeeded", None, None
         interrupted = False
         cells = CellOutput(self.progress) if self.stream_cells else None
+        follower = ProgressFollower(self.live).start()  # the kernel's progress samples, for the live view
         try:
-            with ProgressFollower(self.live):
-                pm.execute_notebook(
-                    str(self.nb_dir / s["notebook"]), SCHEME + str(out),
-                    parameters={"env": env, "run_id": run.run_id, "run_dir": str(run.path), "dry_run": dry_run},
-                    kernel_name=self.kernel_name, progress_bar=self.progress_bar,
-                    log_output=self.log_output, cwd=str(run.path), request_save_on_cell_execute=True,
-                    kernel_manager_class=_kernel_manager_class(),
-                    stdout_file=cells, stderr_file=cells,
-                )
+            pm.execute_notebook(
+                str(self.nb_dir / s["notebook"]), SCHEME + str(out),
+                parameters={"env": env, "run_id": run.run_id, "run_dir": str(run.path), "dry_run": dry_run},
+                kernel_name=self.kernel_name, progress_bar=self.progress_bar,
+                log_output=self.log_output, cwd=str(run.path), request_save_on_cell_execute=True,
+                kernel_manager_class=_kernel_manager_class(),
+                stdout_file=cells, stderr_file=cells,
+            )
         except PapermillExecutionError as exc:
             error = {"ename": exc.ename, "evalue": hsecrets.scrub(str(exc.evalue))[:2000],
                      "cell_index": exc.cell_index}
@@ -338,6 +338,7 @@ class Runner:
             status, exit_code = "failed", EXIT_FAILED
             error = {"ename": type(exc).__name__, "evalue": hsecrets.scrub(str(exc))[:2000]}
         finally:
+            follower.close()
             if cells is not None:
                 cells.close()
         duration = round(time.monotonic() - t0, 3)

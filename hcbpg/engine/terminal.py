@@ -79,6 +79,12 @@ class ProgressFollower:
         self.thread = threading.Thread(target=self._loop, name="hcbpg-progress-follower", daemon=True)
         self.previous: str | None = None
 
+    def start(self) -> "ProgressFollower":
+        return self.__enter__()
+
+    def close(self) -> None:
+        self.__exit__()
+
     def __enter__(self) -> "ProgressFollower":
         self.dir = tempfile.mkdtemp(prefix="hcbpg-progress-")  # 0700, ours alone
         self.path = os.path.join(self.dir, "samples.jsonl")

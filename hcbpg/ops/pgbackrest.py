@@ -490,10 +490,20 @@ def parse_backup_progress(text: str, stanza: str) -> tuple[int, int] | None:
     return None
 
 
+_PERCENT_RE = re.compile(r"backup/expire running - (\d+)\.(\d\d)% complete")
+
+
+def parse_backup_percent(text: str) -> float | None:
+    """The running backup's percentage from ``pgbackrest info`` (text: ``status: ok (backup/expire
+    running - 45.12% complete)``, pgBackRest 2.41 and later; JSON carries it only from 2.48 on)."""
+    m = _PERCENT_RE.search(text or "")
+    return int(m.group(1)) + int(m.group(2)) / 100 if m else None
+
+
 def run_backup(host: "Host", params: "Params", *, type: str = "full", timeout: float = 3600,
                reporter: Reporter | None = None) -> BackupRow:
     """Take one backup (``--type=full|diff|incr``) and return its row from ``info``; while it runs,
-    its progress (``info``'s bytes done of the total) goes to *reporter* (default: a new one)."""
+    its progress (the percentage ``info`` reports, pgBackRest 2.41+) goes to *reporter* (default: a new one)."""
     if type not in ("full", "diff", "incr"):
         raise ValueError(f"backup type must be full, diff or incr, not {type!r}")
     before = {b.label for b in get_backups(host, params)}
@@ -501,9 +511,10 @@ def run_backup(host: "Host", params: "Params", *, type: str = "full", timeout: f
     stanza = pgbackrest_params(params).stanza
 
     def sample() -> None:
-        found = parse_backup_progress(get_info_json(host, params), stanza)
-        if found is not None:
-            rep.update("backup", f"{type} of stanza {stanza}", done=found[0], total=found[1], unit="bytes")
+        text = run_pgbackrest(host, params, "info", quiet=True, check=False).stdout
+        pct = parse_backup_percent(text)
+        if pct is not None:
+            rep.update("backup", f"{type} of stanza {stanza}", done=pct, total=100.0, unit="percent")
 
     with Watcher(sample, interval=2.0):  # info reads the repository: every 2 s, not faster
         run_pgbackrest(host, params, "backup", f"--type={type}", "--log-level-console=info", timeout=timeout)
