@@ -198,3 +198,24 @@ def test_on_a_terminal_long_work_is_a_bar_redrawn_in_place_and_cleared_before_th
     piped.live(s, False)  # within 2 s: not repeated
     out, err = capsys.readouterr()
     assert err == "" and out.count("~ copy public.events: 50%") == 1
+
+
+def test_status_watch_shows_the_report_again_every_n_seconds(monkeypatch, capsys):
+    import argparse
+
+    from hcbpg.engine import status
+    shown: list[int] = []
+
+    def once(args):  # noqa: ANN001
+        shown.append(len(shown))
+        print(f"report {len(shown)}")
+        return 1 if len(shown) == 2 else 0
+
+    monkeypatch.setattr(status, "_status_once", once)
+    monkeypatch.setattr(status.time, "sleep", lambda s: None)
+    args = argparse.Namespace(env="lab", watch=5.0, count=3, json=False, all=False, connect_timeout=None)
+    assert status.cmd_status(args) == 0 and shown == [0, 1, 2]
+    out = capsys.readouterr().out
+    assert out.count("hcbpg status lab, every 5s (Ctrl-C stops)") == 3 and "report 3" in out
+    with pytest.raises(Exception, match="--watch needs a positive number"):
+        status.cmd_status(argparse.Namespace(env="lab", watch=-1.0, count=None))

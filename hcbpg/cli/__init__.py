@@ -241,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="print the end as JSON (steps, changes, checks, gates) on stdout; lines go to stderr")
         r.set_defaults(func=func)
 
-    r = _sub(sub, "resume", "continue a failed, interrupted or waiting run", "hcbpg resume 20260101T010203Z_ab12 -v")
+    r = _sub(sub, "resume", "continue a failed, interrupted or waiting run", "hcbpg resume 6f0c2a1e -v")
     r.add_argument("run_id")
     r.add_argument("-v", "--verbose", action="store_true",
                    help="show every cell's output (scrubbed) in the terminal as it comes")
@@ -250,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_resume)
 
     a = _sub(sub, "approve", "approve a gate of a waiting run",
-             "hcbpg approve 20260101T010203Z_ab12 maintenance-on --note 'app in maintenance, checked'")
+             "hcbpg approve 6f0c2a1e maintenance-on --note 'app in maintenance, checked'")
     a.add_argument("run_id")
     a.add_argument("gate")
     a.add_argument("--note")
@@ -269,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--json", action="store_true", help="print verified, runs and problems as JSON")
     v.set_defaults(func=cmd_audit_verify)
     h = _sub(au, "html", "render a run's notebooks and an index (each step's checks and changes) to HTML",
-             "hcbpg audit html 20260101T010203Z_ab12 --no-code")
+             "hcbpg audit html 6f0c2a1e --no-code")
     h.add_argument("run_id")
     h.add_argument("--no-code", action="store_true", help="leave the code cells out (for reviewers)")
     h.set_defaults(func=cmd_audit_html)
@@ -287,13 +287,25 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+#: examples for the subcommands that other modules register without one
+EXAMPLES = {
+    "hcbpg lab": "hcbpg lab up",
+    "hcbpg lab up": "hcbpg lab up",
+    "hcbpg lab status": "hcbpg lab status --json",
+    "hcbpg lab down": "hcbpg lab down",
+    "hcbpg rehearse": "hcbpg rehearse --keep",
+    "hcbpg guide": "hcbpg guide staging --from 03 --until 03   (then: hcbpg guide finish RUN_ID)",
+}
+
+
 def _add_epilogs(parser: argparse.ArgumentParser) -> None:
     """Every subcommand's --help ends with an example (its usage line, when it gave none) and the exit codes."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for p in action.choices.values():
                 if not p.epilog:
-                    p.epilog = f"example:\n  {p.prog} {_example_args(p)}\n\n{EXIT_CODES}"
+                    example = EXAMPLES.get(p.prog) or f"{p.prog} {_example_args(p)}".rstrip()
+                    p.epilog = f"example:\n  {example}\n\n{EXIT_CODES}"
                     p.formatter_class = argparse.RawDescriptionHelpFormatter
                 elif EXIT_CODES not in p.epilog:
                     p.epilog += f"\n\n{EXIT_CODES}"
