@@ -4,8 +4,9 @@ The operator's path end to end: `hcbpg guide` prepares the run and serves it, th
 runs the notebook and answers its gate in place, JupyterLab is shut down (which finishes
 the run), `hcbpg audit verify` passes, the executed notebook holds what the browser showed,
 and `hcbpg resume` finishes the remaining step headless.  The screenshot in the README
-(docs/guided-run.png) is taken here: ``HCBPG_UPDATE_DOCS=1 python -m pytest
-tests/test_guide_browser.py -k recorded`` rewrites it.  The lab variant needs the machine's
+(docs/guided-run.png) is of a real runbook step: the lab variant takes it (00 preflight,
+guided against the rehearsal lab, at its checks table); ``HCBPG_UPDATE_DOCS=1 python -m pytest
+tests/test_guide_browser.py -k against_the_lab`` rewrites it.  The lab variant needs the machine's
 lab lock: ``flock /tmp/hcbpg-lab.lock python -m pytest tests/test_guide_browser.py``.
 """
 
@@ -128,7 +129,7 @@ def _wait_for_kernel(page, url: str, notebook: str, deadline_s: float = 90) -> N
 
 
 def _drive_jupyterlab(url: str, run_dir: Path, notebook: str, *, gate: str | None, saved: list[str],
-                      screenshot: Path, scroll_to: str | None = None,
+                      screenshot: Path, scroll_to: str | None = None, heading: str | None = None,
                       mid_run: Callable[[], None] | None = None,
                       allow_failure: bool = False, shut_down: bool = False) -> dict[str, Any]:
     """Open *notebook* in JupyterLab, Run All Cells, answer *gate* in place, wait for
@@ -181,6 +182,11 @@ def _drive_jupyterlab(url: str, run_dir: Path, notebook: str, *, gate: str | Non
                 raise AssertionError(f"JupyterLab did not save the executed notebook with {saved}")
             if scroll_to:
                 page.locator(".jp-OutputArea-output", has_text=scroll_to).first.scroll_into_view_if_needed()
+            if heading:  # that section at the top of the view, the file browser folded away: the step itself
+                page.keyboard.press("Control+b")
+                page.locator(".jp-RenderedMarkdown h2", has_text=heading).first.evaluate(
+                    "e => e.scrollIntoView({block: 'start'})")
+                page.wait_for_timeout(500)
             screenshot.parent.mkdir(exist_ok=True)
             page.screenshot(path=str(screenshot))
             if shut_down:  # File > Shut Down, as an operator ends the session
@@ -241,7 +247,7 @@ def test_guided_run_in_jupyterlab_is_recorded_verified_and_resumable(home, guide
     env = guided_env["env"]
     committed = {p.name: _sha(p) for p in sorted((home / "notebooks").iterdir())}
     repo_notebooks = {p.name: _sha(p) for p in sorted((REPO / "notebooks").glob("*.ipynb"))}
-    shot = SCREENSHOT if os.environ.get("HCBPG_UPDATE_DOCS") == "1" else tmp_path / "guided-run.png"
+    shot = tmp_path / "guided-run.png"
     guide = _Guide(env)
     shut_down_in_lab = False
     try:
@@ -350,13 +356,15 @@ def test_guided_preflight_against_the_lab(home, monkeypatch, tmp_path, lab_lock,
             value = line.split("=", 1)[1] if f.name.endswith(".env") and "=" in line else line
             if len(value.strip()) >= 8 and not line.startswith("#"):
                 planted.append(value.strip())
+    # the README's screenshot: a real step (00 preflight, its checks table) of a guided run
+    shot = SCREENSHOT if os.environ.get("HCBPG_UPDATE_DOCS") == "1" else tmp_path / "guided-preflight.png"
     try:
         guide = _Guide("lab", "--until", "00")
         try:
             url, run_dir = guide.wait_ready("00_preflight.ipynb")
             timings = _drive_jupyterlab(url, run_dir, "00_preflight.ipynb", gate=None,
                                         saved=["00_preflight: nothing to change"],
-                                        screenshot=tmp_path / "guided-preflight.png", allow_failure=True)
+                                        screenshot=shot, heading="Checks", allow_failure=True)
         finally:
             rc = guide.stop()
     finally:
@@ -379,6 +387,7 @@ def test_guided_preflight_against_the_lab(home, monkeypatch, tmp_path, lab_lock,
     if outcome == "failed":
         assert att["error"]["ename"] in timings["failure"] and f'"ename": "{att["error"]["ename"]}"' in executed
     _assert_no_secret(run_dir, planted + [url.rsplit("token=", 1)[1]])
+    assert shot.is_file() and shot.stat().st_mtime > time.time() - 600
     assert {p.name: _sha(p) for p in sorted((REPO / "notebooks").iterdir()) if p.is_file()} == committed
     with capsys.disabled():
         print(f"\n  guide lab: preflight {outcome}"

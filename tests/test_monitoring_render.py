@@ -249,3 +249,24 @@ def test_status_command_exits_2_on_an_unknown_environment():
     from nbutil import hcbpg
     proc = hcbpg("status", "no-such-env", timeout=60)
     assert proc.returncode == 2 and "no params for environment 'no-such-env'" in proc.stderr + proc.stdout
+
+
+def test_status_shows_one_line_per_server_then_what_is_not_pass():
+    ms = healthy()
+    ms[0].timeline = ms[1].timeline = 2
+    ms[0].backup["stop"] = NOW - 27 * 3600  # a warning
+    checks = health.evaluate(ms, health.Thresholds())
+    lines = health.render_compact(ms, checks).splitlines()
+    assert lines[0].split() == ["SERVER", "ROLE", "STATE", "TL", "LAG", "SLOTS", "BACKUP", "ARCHIVE", "CONN", "DISK",
+                                "STATUS"]
+    primary, replica = lines[1], lines[2]
+    assert primary.split()[:4] == ["server-postgres-1", "primary", "running", "2"]
+    for part in ("1 replica(s), max 0s", "1: 16.0 MiB", "27.0 h ago", "60s ago", "12/600", "41%", "WARN"):
+        assert part in primary, (part, primary)
+    assert replica.split()[:5] == ["server-postgres-2", "replica", "streaming", "2", "0s"]
+    assert "n/a (replica)" in replica and replica.rstrip().endswith("OK")
+    assert lines[4].startswith("WARN  server-postgres-1: last backup")
+    assert lines[-1] == f"OK: {2 * len(health.ITEMS)} item(s), 1 warning(s)"
+    ms[1] = health.Measurement("server-postgres-2", "10.0.1.6", "replica", reachable=False, error="no SSH connection")
+    text = health.render_compact(ms, health.evaluate(ms, health.Thresholds()))
+    assert "server-postgres-2  replica  unreachable" in text and "FAIL: " in text.splitlines()[-1]

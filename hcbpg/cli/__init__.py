@@ -1,16 +1,29 @@
-"""The ``hcbpg`` command.  Exit codes: 0 done, 1 a step failed, 2 bad input or params, 3 waiting for approval."""
+"""The ``hcbpg`` command: executable runbooks from Heroku Postgres to self-hosted PostgreSQL 15.
+
+Exit codes: 0 done; 1 a step (or a check, or the audit trail) failed; 2 bad input or params;
+3 waiting for approval (``hcbpg approve``, then ``hcbpg resume``); 130 interrupted (Ctrl-C or
+SIGTERM: the step is recorded as interrupted; ``hcbpg resume`` continues).
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
+import time
 from collections.abc import Callable, Sequence
+from importlib import metadata
+from typing import Any
 
+import shtab
+
+from hcbpg import progress as hprogress
 from hcbpg import secrets as hsecrets
 from hcbpg.engine import audit
 from hcbpg.engine import manifest as mf
 from hcbpg.engine.runner import Runner, approve, install_sigterm_as_interrupt
+from hcbpg.engine.terminal import LiveLines
 from hcbpg.errors import HcbpgError
 from hcbpg.params import home, load_params
 
@@ -26,8 +39,68 @@ def _print_table(rows: list[dict[str, str]]) -> None:
         print("  ".join(str(r.get(c, "")).ljust(w[c]) for c in cols))
 
 
+EXIT_CODES = ("exit codes: 0 done; 1 a step, a check or the audit trail failed; 2 bad input or params; "
+              "3 waiting for approval; 130 interrupted (Ctrl-C, SIGTERM)")
+
+
+def _print_json(value: Any) -> None:
+    json.dump(value, sys.stdout, indent=2, default=str)
+    print()
+
+
+def _stamp(line: str) -> str:
+    """``HH:MM:SS `` before a line (and the same indent before the lines that follow in it)."""
+    t = time.strftime("%H:%M:%S")
+    return t + " " + line.replace("\n", "\n" + " " * (len(t) + 1))
+
+
+class Terminal:
+    """Where ``hcbpg run`` writes while it runs: step lines (timestamped) to *out*; the live view of
+    long work as a bar redrawn in place on a terminal (stderr), else a line every few seconds."""
+
+    def __init__(self, out: Any = None, *, quiet: bool = False, tty: bool | None = None) -> None:
+        self.out = out or sys.stdout
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty() if tty is None else tty
+        self.bar_shown = False
+        self.lines = LiveLines(self.line)
+
+    def line(self, text: str) -> None:
+        if self.quiet:
+            return
+        self._clear_bar()
+        print(_stamp(text), file=self.out, flush=True)
+
+    def _clear_bar(self) -> None:
+        if self.bar_shown:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+            self.bar_shown = False
+
+    def live(self, sample: hprogress.Sample, end: bool) -> None:
+        if self.quiet:
+            return
+        if not self.tty:
+            self.lines(sample, end)
+            return
+        if end:
+            self._clear_bar()
+            return
+        import shutil  # noqa: PLC0415 - only a terminal needs its width
+        width = shutil.get_terminal_size((100, 20)).columns
+        sys.stderr.write("\r\033[K" + hsecrets.scrub(hprogress.render_bar(sample))[: width - 1])
+        sys.stderr.flush()
+        self.bar_shown = True
+
+
 def cmd_params_check(args: argparse.Namespace) -> int:
     p = load_params(args.env, home())
+    if getattr(args, "json", False):
+        _print_json({"environment": args.env, "valid": True,
+                     "servers": [{"name": s.name, "private_ip": str(s.private_ip), "role": s.role} for s in p.servers],
+                     "subnet": str(p.network.subnet), "database": p.postgres.database,
+                     "secret_references": sorted(p.secret_refs())})
+        return 0
     print(f"params/{args.env}.yaml is valid: {len(p.servers)} server(s) "
           f"({', '.join(f'{s.name} {s.private_ip} {s.role}' for s in p.servers)}), "
           f"subnet {p.network.subnet}, database {p.postgres.database}, "
@@ -37,26 +110,52 @@ def cmd_params_check(args: argparse.Namespace) -> int:
 
 def _runner(args: argparse.Namespace, **kw):  # noqa: ANN202
     install_sigterm_as_interrupt()
-    return Runner(progress_bar=not getattr(args, "quiet", False) and sys.stderr.isatty(),
-                  log_output=getattr(args, "verbose", False), **kw)
+    quiet = getattr(args, "quiet", False)
+    as_json = getattr(args, "json", False)
+    # with --json, stdout holds the JSON alone: what the run shows meanwhile goes to stderr
+    term = Terminal(sys.stderr if as_json else sys.stdout, quiet=quiet)
+    verbose = getattr(args, "verbose", False)
+    # -v: cell output to the terminal as it comes (papermill's stdout_file/stderr_file, scrubbed) and,
+    # as before, to the run log (log_output: papermill's logger has only the run log's handler)
+    return Runner(progress_bar=not quiet and not verbose and sys.stderr.isatty(), log_output=verbose,
+                  stream_cells=verbose and not quiet, progress=term.line, live=term.live, **kw)
 
 
-def _finish(result) -> int:  # noqa: ANN001
-    print(result.message)
+def _run_json(result) -> dict[str, Any]:  # noqa: ANN001
+    """A run's end as JSON: status, exit code, each step's changes and checks, the message."""
+    data = result.run.read()
+    steps = []
+    for s in data["steps"]:
+        summary = s.get("summary") or {}
+        steps.append({"key": s["key"], "title": s.get("title"), "status": s["status"],
+                      "changes": s.get("changes"), "changed": summary.get("changed", []),
+                      "checks": s.get("checks") or summary.get("checks") or {},
+                      "duration_s": s.get("duration_s")})
+    return {"run_id": data["run_id"], "environment": data["environment"], "mode": data["mode"],
+            "dry_run": data["dry_run"], "status": result.status, "exit_code": result.exit_code,
+            "steps": steps, "gates": data.get("gates", {}), "record": str(result.run.path),
+            "message": hsecrets.scrub(result.message)}
+
+
+def _finish(result, args: argparse.Namespace | None = None) -> int:  # noqa: ANN001
+    if args is not None and getattr(args, "json", False):
+        _print_json(_run_json(result))
+    else:
+        print(result.message)
     return result.exit_code
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    return _finish(_runner(args).start(args.env, start=args.start, until=args.until, only=args.only))
+    return _finish(_runner(args).start(args.env, start=args.start, until=args.until, only=args.only), args)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
     return _finish(_runner(args).start(args.env, dry_run=True, start=args.start, until=args.until,
-                                       only=args.only))
+                                       only=args.only), args)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    return _finish(_runner(args).resume(args.run_id))
+    return _finish(_runner(args).resume(args.run_id), args)
 
 
 def cmd_approve(args: argparse.Namespace) -> int:
@@ -67,12 +166,19 @@ def cmd_approve(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
+    if getattr(args, "json", False):
+        _print_json(audit.runs_table(home(), args.env))
+        return 0
     _print_table(audit.runs_table(home(), args.env))
     return 0
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     problems = audit.verify(home(), args.env)
+    if getattr(args, "json", False):
+        _print_json({"environment": args.env, "verified": not problems,
+                     "runs": len(mf.list_runs(home(), args.env)), "problems": problems})
+        return 1 if problems else 0
     if problems:
         print(f"audit trail does NOT verify ({len(problems)} problem(s)); first: {problems[0]}")
         for p in problems[1:]:
@@ -84,51 +190,88 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_html(args: argparse.Namespace) -> int:
-    index = audit.render_html(mf.find_run(home(), args.run_id))
+    index = audit.render_html(mf.find_run(home(), args.run_id), code=not getattr(args, "no_code", False))
     print(f"wrote {index}")
     return 0
 
 
+def _sub(sub: argparse._SubParsersAction, name: str, helptext: str, example: str,
+         description: str | None = None) -> argparse.ArgumentParser:
+    """A subcommand whose --help ends with an example and the exit codes."""
+    return sub.add_parser(name, help=helptext, description=description or helptext,
+                          epilog=f"example:\n  {example}\n\n{EXIT_CODES}",
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def _version() -> str:
+    try:
+        return metadata.version("hcbpg")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="hcbpg", description=__doc__)
+    ap = argparse.ArgumentParser(prog="hcbpg", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="examples:\n  hcbpg params check lab\n  hcbpg plan lab\n  hcbpg run lab -v\n"
+                                        "  hcbpg status lab --watch 5\n"
+                                        "  hcbpg --print-completion bash > /etc/bash_completion.d/hcbpg")
+    ap.add_argument("--version", action="version", version=f"hcbpg {_version()}")
+    shtab.add_argument_to(ap, ["--print-completion"], help="print a shell completion script")
     sub = ap.add_subparsers(dest="command", required=True)
 
-    pp = sub.add_parser("params", help="check params").add_subparsers(dest="sub", required=True)
-    c = pp.add_parser("check", help="validate params/ENV.yaml")
+    pp = _sub(sub, "params", "check params", "hcbpg params check lab").add_subparsers(dest="sub", required=True)
+    c = _sub(pp, "check", "validate params/ENV.yaml (exit 2 naming the key on error)", "hcbpg params check lab --json")
     c.add_argument("env")
+    c.add_argument("--json", action="store_true", help="print the servers, subnet, database and secret references")
     c.set_defaults(func=cmd_params_check)
 
-    for name, func, helptext in (("run", cmd_run, "run the runbook's steps in order"),
-                                 ("plan", cmd_plan, "dry run: show what every step would change")):
-        r = sub.add_parser(name, help=helptext)
+    for name, func, helptext, example in (
+            ("run", cmd_run, "run the runbook's steps in order", "hcbpg run lab --from 05 --until 07 -v"),
+            ("plan", cmd_plan, "dry run: show what every step would change", "hcbpg plan staging --json")):
+        r = _sub(sub, name, helptext, example)
         r.add_argument("env")
         r.add_argument("--from", dest="start", metavar="STEP")
         r.add_argument("--until", metavar="STEP")
         r.add_argument("--only", metavar="STEP")
-        r.add_argument("-v", "--verbose", action="store_true", help="stream cell outputs")
+        r.add_argument("-v", "--verbose", action="store_true",
+                       help="show every cell's output (scrubbed) in the terminal as it comes")
+        r.add_argument("-q", "--quiet", action="store_true", help="print only the end: recap and what to do next")
+        r.add_argument("--json", action="store_true",
+                       help="print the end as JSON (steps, changes, checks, gates) on stdout; lines go to stderr")
         r.set_defaults(func=func)
 
-    r = sub.add_parser("resume", help="continue a failed, interrupted or waiting run")
+    r = _sub(sub, "resume", "continue a failed, interrupted or waiting run", "hcbpg resume 6f0c2a1e -v")
     r.add_argument("run_id")
-    r.add_argument("-v", "--verbose", action="store_true")
+    r.add_argument("-v", "--verbose", action="store_true",
+                   help="show every cell's output (scrubbed) in the terminal as it comes")
+    r.add_argument("-q", "--quiet", action="store_true", help="print only the end: recap and what to do next")
+    r.add_argument("--json", action="store_true", help="print the end as JSON on stdout")
     r.set_defaults(func=cmd_resume)
 
-    a = sub.add_parser("approve", help="approve a gate of a waiting run")
+    a = _sub(sub, "approve", "approve a gate of a waiting run",
+             "hcbpg approve 6f0c2a1e maintenance-on --note 'app in maintenance, checked'")
     a.add_argument("run_id")
     a.add_argument("gate")
     a.add_argument("--note")
     a.set_defaults(func=cmd_approve)
 
-    r = sub.add_parser("runs", help="list runs")
+    r = _sub(sub, "runs", "list runs (one line each: status, steps done, changes)", "hcbpg runs lab --json")
     r.add_argument("env", nargs="?")
+    r.add_argument("--json", action="store_true", help="print the runs as a JSON list")
     r.set_defaults(func=cmd_runs)
 
-    au = sub.add_parser("audit", help="verify or render the audit trail").add_subparsers(dest="sub", required=True)
-    v = au.add_parser("verify")
+    au = _sub(sub, "audit", "verify or render the audit trail",
+              "hcbpg audit verify production").add_subparsers(dest="sub", required=True)
+    v = _sub(au, "verify", "check every run's hashes and the chain between runs (exit 1 on a problem)",
+             "hcbpg audit verify production --json")
     v.add_argument("env", nargs="?")
+    v.add_argument("--json", action="store_true", help="print verified, runs and problems as JSON")
     v.set_defaults(func=cmd_audit_verify)
-    h = au.add_parser("html")
+    h = _sub(au, "html", "render a run's notebooks and an index (each step's checks and changes) to HTML",
+             "hcbpg audit html 6f0c2a1e --no-code")
     h.add_argument("run_id")
+    h.add_argument("--no-code", action="store_true", help="leave the code cells out (for reviewers)")
     h.set_defaults(func=cmd_audit_html)
 
     for mod in ("hcbpg.cli.lab", "hcbpg.cli.rehearse", "hcbpg.engine.status", "hcbpg.engine.guide"):
@@ -140,7 +283,45 @@ def build_parser() -> argparse.ArgumentParser:
             raise
         register: Callable[[argparse._SubParsersAction], None] = module.register
         register(sub)
+    _add_epilogs(ap)
     return ap
+
+
+#: examples for the subcommands that other modules register without one
+EXAMPLES = {
+    "hcbpg lab": "hcbpg lab up",
+    "hcbpg lab up": "hcbpg lab up",
+    "hcbpg lab status": "hcbpg lab status --json",
+    "hcbpg lab down": "hcbpg lab down",
+    "hcbpg rehearse": "hcbpg rehearse --keep",
+    "hcbpg guide": "hcbpg guide staging --from 03 --until 03   (then: hcbpg guide finish RUN_ID)",
+}
+
+
+def _add_epilogs(parser: argparse.ArgumentParser) -> None:
+    """Every subcommand's --help ends with an example (its usage line, when it gave none) and the exit codes."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for p in action.choices.values():
+                if not p.epilog:
+                    example = EXAMPLES.get(p.prog) or f"{p.prog} {_example_args(p)}".rstrip()
+                    p.epilog = f"example:\n  {example}\n\n{EXIT_CODES}"
+                    p.formatter_class = argparse.RawDescriptionHelpFormatter
+                elif EXIT_CODES not in p.epilog:
+                    p.epilog += f"\n\n{EXIT_CODES}"
+                _add_epilogs(p)
+
+
+def _example_args(p: argparse.ArgumentParser) -> str:
+    """``lab`` for an ENV argument, ``RUN_ID`` for a run id: the positional arguments of an example."""
+    words = []
+    for a in p._actions:
+        if a.option_strings or isinstance(a, argparse._SubParsersAction):
+            continue
+        label = a.metavar or a.dest
+        name = label.upper() if isinstance(label, str) else ""
+        words.append("lab" if name in ("ENV", "ENVIRONMENT") else name)
+    return " ".join(w for w in words if w)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -150,6 +331,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except HcbpgError as exc:
         print(f"hcbpg: {hsecrets.scrub(str(exc))}", file=sys.stderr)
+        if getattr(args, "json", False):  # a script reading stdout gets the error as JSON too
+            _print_json({"error": hsecrets.scrub(str(exc)), "exit_code": exc.exit_code})
         return exc.exit_code
     except KeyboardInterrupt:
         print("hcbpg: interrupted", file=sys.stderr)

@@ -63,16 +63,43 @@ def verify_run(base: Path, run: mf.Run) -> list[str]:
     return mf.verify_env(base, run.env, trust_of(base, run.env))
 
 
-def render_html(run: mf.Run) -> Path:
-    """Render every executed notebook of a run with nbconvert, plus an index page; returns the index."""
+def _checks_cell(s: dict) -> str:
+    """A step's checks for the index: pass/warn/fail counts, and those not passed by name."""
+    checks = s.get("checks") or (s.get("summary") or {}).get("checks") or {}
+    if not checks:
+        return ""
+    colors = {"pass": "#137333", "warn": "#b06000", "fail": "#c5221f"}
+    counts = " ".join(f"<span class='{k}' style='color:{colors[k]}'>{k} {int(checks.get(k) or 0)}</span>"
+                      for k in ("pass", "warn", "fail"))
+    named = "".join(f"<li class='{html.escape(c.get('status', ''))}'>{html.escape(c.get('status', ''))}: "
+                    f"{html.escape(c.get('name', ''))}{' on ' + html.escape(c['target']) if c.get('target') else ''}</li>"
+                    for c in checks.get("not_passed", []))
+    return counts + (f"<ul>{named}</ul>" if named else "")
+
+
+def _changed_cell(s: dict) -> str:
+    changed = (s.get("summary") or {}).get("changed") or []
+    if not changed:
+        return "" if s.get("changes") is None else "nothing" if not s["changes"] else str(s["changes"])
+    return "<ul>" + "".join(f"<li>{html.escape(str(c))}</li>" for c in changed) + "</ul>"
+
+
+def render_html(run: mf.Run, *, code: bool = True) -> Path:
+    """Render every executed notebook of a run with nbconvert, plus an index page (each step's checks
+    and what it changed, a link to each notebook); returns the index.  *code* False: the notebooks
+    without their code cells (prose, outputs, tables: for reviewers)."""
     import nbformat  # noqa: PLC0415 - nbconvert/nbformat are heavy; only the HTML report needs them
     from nbconvert import HTMLExporter  # noqa: PLC0415 - heavy, only the HTML report needs it
 
     data = run.read()
     out_dir = run.path / "html"
     out_dir.mkdir(exist_ok=True)
-    exporter = HTMLExporter()
+    exporter = HTMLExporter(exclude_input=not code, exclude_input_prompt=not code)
     rows = []
+    steps_rows = "".join(
+        f"<tr><td>{html.escape(s['key'])}</td><td>{html.escape(s.get('title') or '')}</td>"
+        f"<td>{html.escape(s['status'])}</td><td>{_checks_cell(s)}</td><td>{_changed_cell(s)}</td>"
+        f"<td>{_notebook_link(run, s)}</td></tr>" for s in data["steps"])
     for s in data["steps"]:
         for att in s["attempts"]:
             nb_path = run.path / att["notebook"]
@@ -98,10 +125,19 @@ def render_html(run: mf.Run) -> Path:
 <p>Status <b>{html.escape(data['status'])}</b>; operator {html.escape(data['operator'])} on {html.escape(data['machine'])};
 created {html.escape(data['created'])}; git {html.escape(str(git.get('commit')))}{' (dirty)' if git.get('dirty') else ''};
 params sha256 {html.escape(data['params_sha256'])}.</p>
-<h2>Steps</h2><table><tr><th>step</th><th>attempt</th><th>status</th><th>start</th><th>seconds</th><th>changes</th><th>notebook</th></tr>
+<h2>Steps</h2><table class="steps"><tr><th>step</th><th>title</th><th>status</th><th>checks</th><th>changed</th><th>notebook</th></tr>
+{steps_rows}</table>
+<h2>Attempts</h2><table><tr><th>step</th><th>attempt</th><th>status</th><th>start</th><th>seconds</th><th>changes</th><th>notebook</th></tr>
 {''.join(rows)}</table>
 <h2>Gates</h2><table><tr><th>gate</th><th>question</th><th>approved by</th><th>at</th><th>note</th></tr>{gates}</table>
 </body></html>"""  # noqa: E501 - the page is one template
     index_path = out_dir / "index.html"
     index_path.write_text(hsecrets.scrub(index))
     return index_path
+
+
+def _notebook_link(run: mf.Run, s: dict) -> str:
+    name = s.get("notebook") or ""
+    if not (run.path / name).is_file():
+        return html.escape(name)
+    return f"<a href='{html.escape(Path(name).stem + '.html')}'>{html.escape(name)}</a>"

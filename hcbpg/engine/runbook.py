@@ -287,6 +287,7 @@ class Runbook:
         rows = list(checks)
         self.checks += rows
         show_table([{"check": c.name, "target": c.target, "status": c.status, "detail": c.detail} for c in rows])
+        self._record_checks()
         failed = [c for c in rows if c.status == "fail"]
         if failed:
             raise VerificationFailed(
@@ -294,6 +295,18 @@ class Runbook:
                     f"{c.name}{' on ' + c.target if c.target else ''}: {c.detail}" for c in failed),
                 failures=[c.name for c in failed])
         return rows
+
+    def _record_checks(self) -> None:
+        """The step's checks so far into the manifest (counts, and the ones not passed by name), so the
+        recap and the HTML index show them even when the step fails on them."""
+        if self.run is None:
+            return
+        counts = {k: sum(c.status == k for c in self.checks) for k in ("pass", "warn", "fail")}
+        not_passed = [{"name": c.name, "target": c.target, "status": c.status}
+                      for c in self.checks if c.status != "pass"][:50]
+        with self.run.update() as data:
+            step = self.run.step(data, self.step)
+            step["checks"] = {**counts, "not_passed": not_passed}
 
     # values between steps -----------------------------------------------------
     def record(self, name: str, value: Any) -> None:

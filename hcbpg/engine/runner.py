@@ -22,12 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hcbpg import progress as hprogress
 from hcbpg import secrets as hsecrets
 from hcbpg.engine import audit, signing
 from hcbpg.engine import manifest as mf
 from hcbpg.engine.catalogue import load_steps, notebooks_dir, select
 from hcbpg.engine.locks import env_lock
 from hcbpg.engine.runbook import AUTO_APPROVE_ENV, HEADLESS_ENV, scrub_file_for
+from hcbpg.engine.terminal import CellOutput, LiveLines, ProgressFollower, render_recap
 from hcbpg.errors import AuditError, HcbpgError, UsageError
 from hcbpg.params import Params, home, load_params, params_sha256
 
@@ -164,7 +166,8 @@ class Runner:
     def __init__(self, *, base: Path | None = None, nb_dir: Path | None = None,
                  progress: Callable[[str], None] | None = None, progress_bar: bool = True,
                  log_output: bool = False, auto_approve: str | None = None,
-                 kernel_name: str = "python3") -> None:
+                 kernel_name: str = "python3", stream_cells: bool | None = None,
+                 live: Callable[[hprogress.Sample, bool], None] | None = None, live_every: float = 2.0) -> None:
         self.home = base or home()
         self.nb_dir = nb_dir or notebooks_dir()
         self.progress = progress or (lambda line: print(line, flush=True))
@@ -172,6 +175,11 @@ class Runner:
         self.log_output = log_output
         self.auto_approve = auto_approve
         self.kernel_name = kernel_name
+        #: every cell's output (scrubbed) to ``progress`` as it comes (``-v``); default: with log_output
+        self.stream_cells = log_output if stream_cells is None else stream_cells
+        #: the live view of long work in the step (samples of :mod:`hcbpg.progress`); default: a line
+        #: per kind of work every *live_every* seconds through ``progress``
+        self.live = live or LiveLines(self.progress, every=live_every)
 
     # -- entry points -----------------------------------------------------------------
     def start(self, env: str, *, dry_run: bool = False, start: str | None = None,
@@ -290,6 +298,7 @@ class Runner:
                     continue
                 result = self._run_step(run, s, i, len(steps))
                 if result is not None:
+                    result.message = "\n".join(["Recap:", *render_recap(run.read()), result.message])
                     return result
             with run.update() as data:
                 data["status"] = "succeeded"
@@ -329,6 +338,8 @@ class Runner:
         t0 = time.monotonic()
         status, error, exit_code = "succeeded", None, None
         interrupted = False
+        cells = CellOutput(self.progress) if self.stream_cells else None
+        follower = ProgressFollower(self.live).start()  # the kernel's progress samples, for the live view
         try:
             pm.execute_notebook(
                 str(self.nb_dir / s["notebook"]), SCHEME + str(out),
@@ -336,6 +347,7 @@ class Runner:
                 kernel_name=self.kernel_name, progress_bar=self.progress_bar,
                 log_output=self.log_output, cwd=str(run.path), request_save_on_cell_execute=True,
                 kernel_manager_class=_kernel_manager_class(),
+                stdout_file=cells, stderr_file=cells,
             )
         except PapermillExecutionError as exc:
             error = {"ename": exc.ename, "evalue": hsecrets.scrub(str(exc.evalue))[:2000],
@@ -353,6 +365,10 @@ class Runner:
         except Exception as exc:  # noqa: BLE001 - kernel died, I/O error: record, then report
             status, exit_code = "failed", EXIT_FAILED
             error = {"ename": type(exc).__name__, "evalue": hsecrets.scrub(str(exc))[:2000]}
+        finally:
+            follower.close()
+            if cells is not None:
+                cells.close()
         duration = round(time.monotonic() - t0, 3)
         with run.update() as data:
             step = run.step(data, key)
@@ -436,10 +452,7 @@ class Runner:
     def _summary(self, run: mf.Run) -> str:
         data = run.read()
         lines = [f"Run {run.run_id} of {run.env} {data['status']}:"]
-        for s in data["steps"]:
-            ch = s.get("changes")
-            lines.append(f"  {s['key']:<28} {s['status']:<10} {s.get('duration_s') or 0:>7.1f}s  "
-                         + ("-" if ch is None else f"{ch} change(s)"))
+        lines += render_recap(data)
         lines.append(f"Audit record: {run.path}")
         if run.env not in ("lab",) and not run.env.startswith("test"):
             shown = run.path.relative_to(self.home) if run.path.is_relative_to(self.home) else run.path

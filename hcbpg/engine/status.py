@@ -11,10 +11,11 @@ import argparse
 import json
 import logging
 import sys
+import time
 
 from hcbpg.adapters import hostkeys
 from hcbpg.adapters.host import Host
-from hcbpg.errors import HcbpgError
+from hcbpg.errors import HcbpgError, UsageError
 from hcbpg.ops import health, tls
 from hcbpg.outcome import Check
 from hcbpg.params import Params, Server, home, load_params
@@ -36,6 +37,29 @@ def _cert_check(host: Host | None, params: Params, server: Server) -> Check:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    if not getattr(args, "watch", None):
+        return _status_once(args)
+    if args.watch <= 0:
+        raise UsageError("--watch needs a positive number of seconds")
+    code = 0
+    tty = sys.stdout.isatty()
+    try:
+        while True:
+            if tty:
+                sys.stdout.write("\033[H\033[2J")  # clear the screen, like watch(1)
+            print(f"hcbpg status {args.env}, every {args.watch:g}s (Ctrl-C stops): {time.strftime('%H:%M:%S')}")
+            code = _status_once(args)
+            sys.stdout.flush()
+            if getattr(args, "count", None) is not None:
+                args.count -= 1
+                if args.count <= 0:
+                    return code
+            time.sleep(args.watch)
+    except KeyboardInterrupt:
+        return code
+
+
+def _status_once(args: argparse.Namespace) -> int:
     params = load_params(args.env, home())
     # paramiko logs a traceback for every unreachable host; the report says it in one line
     logging.getLogger("paramiko").setLevel(logging.CRITICAL)
@@ -55,20 +79,28 @@ def cmd_status(args: argparse.Namespace) -> int:
                    "checks": health.report_rows(checks),
                    "measurements": [m.as_dict() for m in measurements]}, sys.stdout, indent=2, default=str)
         print()
-    else:
+    elif getattr(args, "all", False):
         print(health.render_text(checks))
+    else:
+        print(health.render_compact(measurements, checks))
     return code
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "status", help="health of every server: pass/warn/fail per item; exit 1 when an item failed",
-        description="hcbpg status ENV: role, replication and lag, slots, last backup, archiving, connections, "
-                    "disk and pending restarts of every server, judged against params health: thresholds. "
-                    "Exit 0: nothing failed; 1: an item failed; 2: bad input.")
+        description="hcbpg status ENV: one line per server (role, state, timeline, lag, slot retention, last "
+                    "backup age, archiving, connections used/max, disk), then the items that are not PASS, "
+                    "judged against params health: thresholds; --all: every item. "
+                    "Exit 0: nothing failed; 1: an item failed; 2: bad input.",
+        epilog="examples:\n  hcbpg status lab\n  hcbpg status production --watch 5\n  hcbpg status staging --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("env", metavar="ENV")
     p.add_argument("--json", action="store_true", help="print checks and measurements as JSON")
     p.add_argument("--strict", action="store_true", help="exit 1 on a warning too (for cron)")
+    p.add_argument("--all", action="store_true", help="every item of every server, not only those not PASS")
+    p.add_argument("--watch", type=float, metavar="N", help="show it again every N seconds until Ctrl-C")
+    p.add_argument("--count", type=int, metavar="K", help=argparse.SUPPRESS)  # --watch K times (tests)
     p.add_argument("--connect-timeout", type=float, default=None, metavar="S",
                    help="SSH connect timeout per server (default: params ssh.connect_timeout)")
     p.set_defaults(func=cmd_status)

@@ -76,6 +76,7 @@ class Measurement:
     disk: dict[str, Any] | None = None          # {used_pct, avail_bytes, size_bytes}
     wal_bytes: int | None = None
     pending_restart: list[str] = field(default_factory=list)
+    timeline: int | None = None                 # the timeline it is on (received on a replica)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -299,7 +300,9 @@ SELECT pg_is_in_recovery() AS in_recovery,
   CASE WHEN pg_is_in_recovery() THEN
     CASE WHEN pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_last_wal_replay_lsn() THEN 0.0
          ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float END
-  END AS replay_lag_s
+  END AS replay_lag_s,
+  coalesce(CASE WHEN pg_is_in_recovery() THEN (SELECT received_tli FROM pg_stat_wal_receiver) END,
+           (SELECT timeline_id FROM pg_control_checkpoint())) AS timeline
 """
 
 
@@ -377,6 +380,7 @@ def measure(host: "Host | None", params: "Params", server: "Server", *, expected
     m.replication = list(row["replication"] or [])
     m.receiver = row["receiver"]
     m.replay_lag_s = None if row["replay_lag_s"] is None else float(row["replay_lag_s"])
+    m.timeline = None if row.get("timeline") is None else int(row["timeline"])
     res = host.probe(f"df -P -B1 {shlex.quote(m.data_directory or '/')}")
     m.disk = parse_df(res.stdout) if res.ok else None
     if not m.in_recovery:
@@ -419,6 +423,58 @@ def render_text(checks: Sequence[Check]) -> str:
                      + "; ".join(f"{s}: {', '.join(names)}" for s, names in by_server.items()))
     else:
         lines.append(f"OK: {len(checks)} item(s), {len(warned)} warning(s)")
+    return "\n".join(lines)
+
+
+def _compact_row(m: Measurement, checks: Sequence[Check]) -> dict[str, str]:
+    """One server on one line, like ``patronictl list``: what an operator looks at first."""
+    worst = {c.status for c in checks if c.target == m.server}
+    state = ("unreachable" if not m.reachable else "stopped" if not m.running else
+             "streaming" if (m.receiver or {}).get("status") == "streaming" else
+             "running" if not m.in_recovery else f"recovering ({(m.receiver or {}).get('status') or 'no receiver'})")
+    lag = "-" if not m.in_recovery else ("?" if m.replay_lag_s is None else _age(m.replay_lag_s))
+    if not m.in_recovery and m.replication:
+        known = [r["replay_lag_s"] for r in m.replication if r.get("replay_lag_s") is not None]
+        lag = f"{len(m.replication)} replica(s)" + (f", max {_age(max(known))}" if known else "")
+    retained = max([int(sl.get("retained_bytes") or 0) for sl in m.slots] or [0])
+    slots = f"{len(m.slots)}: {_mb(retained)}" if m.slots else "-"
+    backup = ("-" if m.in_recovery or not m.running else
+              _age(m.now - float(m.backup["stop"])) + " ago" if m.backup else "none")
+    arch = m.archiver or {}
+    archive = ("-" if not m.running else "n/a (replica)" if m.in_recovery else
+               "off" if m.archive_mode == "off" else
+               "FAILING" if arch.get("last_failed_time") and (arch.get("last_failed_time") or 0) >
+               (arch.get("last_archived_time") or 0) else
+               (_age(m.now - float(arch["last_archived_time"])) + " ago") if arch.get("last_archived_time") else
+               "nothing yet")
+    disk = f"{m.disk['used_pct']:.0f}%" if m.disk else "?"
+    return {"server": m.server, "role": actual_role(m) or m.expected_role, "state": state,
+            "tl": "?" if m.timeline is None else str(m.timeline), "lag": lag, "slots": slots, "backup": backup,
+            "archive": archive, "conn": f"{m.total_connections}/{m.max_connections}" if m.running else "-",
+            "disk": disk, "status": "FAIL" if "fail" in worst else "WARN" if "warn" in worst else "OK"}
+
+
+def render_compact(measurements: Sequence[Measurement], checks: Sequence[Check]) -> str:
+    """One line per server (role, state, timeline, lag, slot retention, last backup age, archiving,
+    connections used/max, disk), then only the items that are not PASS (``hcbpg status``)."""
+    rows = [_compact_row(m, checks) for m in measurements]
+    cols = ["server", "role", "state", "tl", "lag", "slots", "backup", "archive", "conn", "disk", "status"]
+    w = {c: max([len(c)] + [len(r[c]) for r in rows]) for c in cols}
+    lines = ["  ".join(c.upper().ljust(w[c]) for c in cols).rstrip()]
+    lines += ["  ".join(r[c].ljust(w[c]) for c in cols).rstrip() for r in rows]
+    bad = [c for c in checks if c.status != "pass"]
+    lines.append("")
+    for c in bad:
+        lines.append(f"{c.status.upper():<4}  {c.target}: {c.name}: {c.detail}")
+    failed = [c for c in bad if c.status == "fail"]
+    if failed:
+        by_server: dict[str, list[str]] = {}
+        for c in failed:
+            by_server.setdefault(c.target, []).append(c.name)
+        lines.append(f"FAIL: {len(failed)} item(s) failed: "
+                     + "; ".join(f"{s}: {', '.join(names)}" for s, names in by_server.items()))
+    else:
+        lines.append(f"OK: {len(checks)} item(s), {len(bad)} warning(s)")
     return "\n".join(lines)
 
 

@@ -42,8 +42,10 @@ from hcbpg.errors import PgBackRestError, SafetyCheckFailed
 from hcbpg.ops.cluster import psql_for
 from hcbpg.ops.config import apply_settings_file
 from hcbpg.ops.packages import get_installed_packages
+from hcbpg.ops.progress import Watcher
 from hcbpg.outcome import Check, Outcome, unified_diff
 from hcbpg.pg.conf import MANAGED_HEADER, parse_settings, quote_setting
+from hcbpg.progress import Reporter
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.host import Host, Result
@@ -497,12 +499,53 @@ def get_backups(host: "Host", params: "Params") -> list[BackupRow]:
     return parse_info_json(get_info_json(host, params), pgbackrest_params(params).stanza)
 
 
-def run_backup(host: "Host", params: "Params", *, type: str = "full", timeout: float = 3600) -> BackupRow:
-    """Take one backup (``--type=full|diff|incr``) and return its row from ``info``."""
+def parse_backup_progress(text: str, stanza: str) -> tuple[int, int] | None:
+    """(bytes done, bytes in all) of the stanza's running backup from ``info --output=json``
+    (``status.lock.backup``: ``held``, ``size-cplt`` and ``size``, pgBackRest 2.41 and later);
+    None when no backup runs or this pgBackRest does not say."""
+    try:
+        stanzas = json.loads(text or "[]")
+    except ValueError:
+        return None
+    for st in stanzas if isinstance(stanzas, list) else []:
+        if st.get("name") != stanza:
+            continue
+        lock = ((st.get("status") or {}).get("lock") or {}).get("backup") or {}
+        if not lock.get("held") or lock.get("size") is None:
+            return None
+        total = int(lock.get("size") or 0)
+        return min(int(lock.get("size-cplt") or 0), total), total
+    return None
+
+
+_PERCENT_RE = re.compile(r"backup/expire running - (\d+)\.(\d\d)% complete")
+
+
+def parse_backup_percent(text: str) -> float | None:
+    """The running backup's percentage from ``pgbackrest info`` (text: ``status: ok (backup/expire
+    running - 45.12% complete)``, pgBackRest 2.41 and later; JSON carries it only from 2.48 on)."""
+    m = _PERCENT_RE.search(text or "")
+    return int(m.group(1)) + int(m.group(2)) / 100 if m else None
+
+
+def run_backup(host: "Host", params: "Params", *, type: str = "full", timeout: float = 3600,
+               reporter: Reporter | None = None) -> BackupRow:
+    """Take one backup (``--type=full|diff|incr``) and return its row from ``info``; while it runs,
+    its progress (the percentage ``info`` reports, pgBackRest 2.41+) goes to *reporter* (default: a new one)."""
     if type not in ("full", "diff", "incr"):
         raise ValueError(f"backup type must be full, diff or incr, not {type!r}")
     before = {b.label for b in get_backups(host, params)}
-    run_pgbackrest(host, params, "backup", f"--type={type}", "--log-level-console=info", timeout=timeout)
+    rep = reporter or Reporter()
+    stanza = pgbackrest_params(params).stanza
+
+    def sample() -> None:
+        text = run_pgbackrest(host, params, "info", quiet=True, check=False).stdout
+        pct = parse_backup_percent(text)
+        if pct is not None:
+            rep.update("backup", f"{type} of stanza {stanza}", done=pct, total=100.0, unit="percent")
+
+    with Watcher(sample, interval=2.0):  # info reads the repository: every 2 s, not faster
+        run_pgbackrest(host, params, "backup", f"--type={type}", "--log-level-console=info", timeout=timeout)
     new = [b for b in get_backups(host, params) if b.label not in before]
     if not new:
         raise PgBackRestError(f"on {host.name}: the {type} backup finished but info lists no new backup",

@@ -30,6 +30,7 @@ from hcbpg.errors import (
 from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops.topology import Plan, ServerState, get_server_state, plan_replica_rebuild
 from hcbpg.outcome import Outcome
+from hcbpg.progress import Reporter
 from hcbpg.secrets import scrub
 from hcbpg.wait import polling_loop
 
@@ -161,9 +162,11 @@ def run_base_backup(host: "Host", primary_psql: Psql, params: "Params", primary:
                     pgdata: str, *, timeout: float = 6 * 3600, poll: float = 1.0,
                     echo: Callable[[str], None] = print,
                     sleep: Callable[[float], None] = time.sleep) -> float:
-    """Run pg_basebackup on *standby* (detached, so a dropped SSH session does not kill it) and print
-    its progress every *poll* seconds: the primary's pg_stat_progress_basebackup and pg_basebackup's
-    own -P line.  Returns the duration in seconds; raises RemoteCommandError when it fails."""
+    """Run pg_basebackup on *standby* (detached, so a dropped SSH session does not kill it) and report
+    its progress (looked at every *poll* seconds; a line every few seconds through
+    :class:`hcbpg.progress.Reporter`): the primary's pg_stat_progress_basebackup, with rate and
+    time left, and pg_basebackup's own -P line.  Returns the duration in seconds; raises
+    RemoteCommandError when it fails."""
     home = postgres_home()
     log, done = f"{home}/{BASEBACKUP_LOG}", f"{home}/{BASEBACKUP_EXIT}"
     refuse_if_basebackup_runs(host, pgdata, standby.name)
@@ -172,9 +175,9 @@ def run_base_backup(host: "Host", primary_psql: Psql, params: "Params", primary:
     host.run(f"rm -f {done} {log} && nohup setsid sh -c {shlex.quote(inner)} > {log} 2>&1 < /dev/null &",
              sudo_user="postgres", display=f"[as postgres] {cmd}  (detached; log {log})")
     started = time.monotonic()
-    last_line = ""
-    last_print = 0.0
+    reporter = Reporter(echo=echo)  # a line every few seconds; every sample to the runner's terminal
     seen_progress = False
+    waiting_said = False
     while True:
         elapsed = time.monotonic() - started
         code_text = host.read_text(done)
@@ -187,12 +190,12 @@ def run_base_backup(host: "Host", primary_psql: Psql, params: "Params", primary:
         own = _own_progress(host.probe(f"tail -c 2000 {log}").stdout)
         if prog is not None:
             seen_progress = True
-        state = (prog.line(elapsed) if prog else
-                 f"{'finishing (last WAL, sync to disk)' if seen_progress else 'starting'} after {elapsed:.1f}s")
-        line = state + (f" | {own}" if own else "")
-        if line != last_line and (elapsed - last_print >= poll or not last_line):
-            echo(f"[{standby.name}] base backup {scrub(line)}")
-            last_line, last_print = line, elapsed
+            reporter.update("base backup", f"of {standby.name}", done=prog.streamed, total=prog.total,
+                            phase=prog.phase, detail=own)
+        elif seen_progress and not waiting_said:
+            echo(f"[{standby.name}] base backup finishing (last WAL, sync to disk) after {elapsed:.1f}s"
+                 + (f" | {scrub(own)}" if own else ""))
+            waiting_said = True
         sleep(poll)
     duration = time.monotonic() - started
     code = int(code_text.strip() or "1")

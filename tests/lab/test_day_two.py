@@ -553,6 +553,16 @@ def test_status_shows_every_item_for_both_servers_and_exits_0(params, home):
     TIMINGS["status_healthy_s"] = round(took, 1)
     print(proc.stdout)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    # one line per server (role, state, timeline, lag, slots, backup, archive, connections, disk), like patronictl list
+    lines = proc.stdout.splitlines()
+    assert lines[0].split()[:5] == ["SERVER", "ROLE", "STATE", "TL", "LAG"], lines
+    rows = {line.split()[0]: line.split() for line in lines[1:] if line.startswith("server-")}
+    assert set(rows) == {s.name for s in params.servers}, proc.stdout
+    assert rows[params.primary.name][1:4] == ["primary", "running", "1"], rows
+    assert rows["server-postgres-2"][1:4] == ["replica", "streaming", "1"], rows
+    assert rows[params.primary.name][-1] == "OK" and lines[-1].startswith("OK: "), proc.stdout
+    proc, _ = hcbpg_cli(home, "status", "lab", "--all")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
     for s in params.servers:
         for item in health.ITEMS:
             assert any(line.startswith(s.name) and item in line for line in proc.stdout.splitlines()), (s.name, item)

@@ -139,6 +139,26 @@ def env(lab, tmp_path_factory, monkeypatch_module):
     destroy_server_host("server-postgres-1", lab_dir=str(lab.lab_dir))
 
 
+#: rows added to the source's events (copies of the seeded ones) so that its copy and its GIN index
+#: take a few seconds: long enough for the progress views to be seen (removed at the end of the module)
+GROW_EVENTS = 50
+
+
+@pytest.fixture(scope="module")
+def grown_source(env):
+    """The source's events table 51 times its seeded size (analyzed: its estimate is what progress is measured
+    against), for the module; the added rows are deleted at its end."""
+    with migration.Source(env.host, env.source_url) as source:
+        top = int(source.json("SELECT max(id) FROM public.events"))
+        source.execute([f"INSERT INTO public.events (user_id, name, properties, created_at) "
+                        f"SELECT e.user_id, e.name, e.properties, e.created_at FROM public.events e, "
+                        f"generate_series(1, {GROW_EVENTS}) WHERE e.id <= {top}",
+                        "ANALYZE public.events"])
+    yield top
+    with migration.Source(env.host, env.source_url) as source:
+        source.execute([f"DELETE FROM public.events WHERE id > {top}", "VACUUM ANALYZE public.events"])
+
+
 def snapshot(host: Host) -> str:
     return host.probe("ls /var/tmp /run; ls -l /etc/postgresql/15/main/conf.d; "
                       "sudo -u postgres psql -X -At -c 'SELECT datname, shobj_description(oid, $$pg_database$$) "
@@ -157,10 +177,11 @@ def test_plan_reads_only_and_shows_what_would_be_dropped(env):
     assert snapshot(env.host) == before
 
 
-def test_runner_does_dry_run_cutover_and_traffic_switch_through_every_gate(env):
+def test_runner_does_dry_run_cutover_and_traffic_switch_through_every_gate(env, grown_source):
     t0 = time.monotonic()
     old_password = env.pw_file.read_text().strip()
-    runner = Runner(base=env.home, nb_dir=env.nb_dir, progress_bar=False)
+    terminal: list[str] = []
+    runner = Runner(base=env.home, nb_dir=env.nb_dir, progress_bar=False, progress=terminal.append)
     result = runner.start("lab")
     seen = []
     while result.exit_code == 3:
@@ -179,8 +200,30 @@ def test_runner_does_dry_run_cutover_and_traffic_switch_through_every_gate(env):
     assert dt["total_s"] > 0 and set(dt["phases_s"]) == {"dump_s", "restore_s", "verify_s"}
     new_password = register(env.pw_file.read_text().strip())
     assert new_password != old_password
-    STATE.update(run=result.run, old=old_password, new=new_password)
+    STATE.update(run=result.run, old=old_password, new=new_password, terminal=terminal)
     print(f"06 + 07 + 09 through 6 gates in {time.monotonic() - t0:.1f}s; downtime record {dt}")
+
+
+def test_the_terminal_and_the_notebook_show_progress_of_the_copy_and_the_index_builds(env):
+    """While 07 streams the (grown) source: the terminal gets a live line every few seconds for the table
+    copy and for an index build, each with a percentage; the notebook keeps a shorter record."""
+    import re
+    terminal = STATE["terminal"]
+    pct = re.compile(r"\b\d{1,3}%")
+    live = [line for line in terminal if line.startswith("      ~ ")]
+    copies = [line for line in live if line.startswith("      ~ copy public.") and pct.search(line)]
+    builds = [line for line in live if line.startswith("      ~ index ") and " on public." in line and pct.search(line)]
+    assert copies and builds, "\n".join(terminal)
+    assert any("/s" in line and "left" in line for line in copies + builds), "\n".join(live)  # rate and time left
+    nb = json.loads((STATE["run"].path / "07_cutover.ipynb").read_text())
+    printed = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", [])
+                      if o.get("output_type") == "stream").splitlines()
+    nb_copies = [line for line in printed if line.startswith("copy public.") and pct.search(line)]
+    nb_builds = [line for line in printed if line.startswith("index ") and pct.search(line)]
+    assert nb_copies and nb_builds, "\n".join(printed)
+    assert len(nb_copies) + len(nb_builds) <= len([line for line in live if pct.search(line)]), (nb_copies, live)
+    print(f"terminal: {len(live)} live lines; notebook: {len(nb_copies)} copy and {len(nb_builds)} index lines\n"
+          + "\n".join(copies[:3] + builds[:3]))
 
 
 def test_every_verification_row_matched_in_the_dry_run_and_the_cutover(env):

@@ -15,6 +15,7 @@ from hcbpg.adapters.psql import JSON_MARK, parse_marked_json
 from hcbpg.errors import RemoteCommandError
 from hcbpg.ops.migration import templates
 from hcbpg.ops.migration.source import SECRET_DIR, Source
+from hcbpg.ops.progress import watch_file_growth
 from hcbpg.outcome import Check, Outcome
 from hcbpg.pg.conninfo import SERVICE_NAME
 from hcbpg.pg.inventory import COUNTS_SQL, INVENTORY_SQL, Inventory, newest_event_sql
@@ -149,9 +150,10 @@ def run_heroku_dump(host: "Host", params: "Params", tag: str, *, local: LocalRun
     url = hsecrets.register(proc.stdout.strip().splitlines()[-1].strip())
     path = prepare_dump_dir(host, params, tag, dry_run=False) + ".dump"
     cmd, cfg = render_download(path)
-    host.run(f"{cmd} && chown postgres:postgres {shlex.quote(path)}",
-             stdin=cfg.format(url=url.replace('"', '\\"')),
-             display=f"curl the Heroku backup of {src.heroku_app} into {path} (URL on stdin)", timeout=24 * 3600)
+    with watch_file_growth(host, path, kind="download", what=f"the Heroku backup of {src.heroku_app}"):
+        host.run(f"{cmd} && chown postgres:postgres {shlex.quote(path)}",
+                 stdin=cfg.format(url=url.replace('"', '\\"')),
+                 display=f"curl the Heroku backup of {src.heroku_app} into {path} (URL on stdin)", timeout=24 * 3600)
     size = int(host.probe(f"stat -c %s {shlex.quote(path)}").stdout.strip() or 0)
     return DumpResult(path, "custom", time.monotonic() - started, size, None)
 

@@ -28,6 +28,7 @@ from hcbpg.ops.migration.restore import RestoreResult, render_pg_restore, restor
 from hcbpg.ops.migration.settings import RESTORE_PART, get_server_state, render_restore_settings
 from hcbpg.ops.migration.source import Source, get_source_facts
 from hcbpg.ops.migration.verify import Verification, verify_restore
+from hcbpg.ops.progress import source_sizes
 from hcbpg.outcome import Check, Outcome
 from hcbpg.pg.conninfo import describe_source
 from hcbpg.pg.dump import plan_prerequisites
@@ -153,7 +154,7 @@ def run_migration(host: "Host", params: "Params", source: Source, facts: Mapping
                 dump = run_dump(host, params, source, tag)
             print(f"dump: {dump.bytes / GIB:.2f} GiB in {dump.seconds:.1f}s ({dump.format} format)")
             try:
-                restore = run_restore(host, params, dump, facts, run_label=run_label)
+                restore = run_restore(host, params, dump, facts, run_label=run_label, sizes=source_sizes(source))
             finally:
                 if not keep_dump:
                     remove_dump(host, dump)

@@ -16,6 +16,7 @@ from hcbpg.ops.migration.database import ensure_fresh_database, ensure_prerequis
 from hcbpg.ops.migration.dump import DumpResult
 from hcbpg.ops.migration.settings import ensure_restore_settings, get_server_state, remove_restore_settings
 from hcbpg.ops.migration.source import target
+from hcbpg.ops.progress import watch_restore
 from hcbpg.pg.dump import filter_toc, plan_prerequisites
 from hcbpg.pg.restore import MARKER_RESTORE, plan_restore_settings
 
@@ -54,8 +55,11 @@ def render_pg_restore(params: "Params", dump: str, list_file: str, *, jobs: int)
 
 
 def run_restore(host: "Host", params: "Params", dump: DumpResult, facts: Mapping[str, Any], *,
-                run_label: str = "") -> RestoreResult:
-    """Fresh database, restore-time settings, extensions, pg_restore -j N, ANALYZE, settings back."""
+                run_label: str = "", sizes: Mapping[str, tuple[int, int | None]] | None = None) -> RestoreResult:
+    """Fresh database, restore-time settings, extensions, pg_restore -j N, ANALYZE, settings back.
+
+    While pg_restore runs, its COPYs and index builds are reported as they go (against the
+    source's table *sizes* when given: :func:`hcbpg.ops.progress.source_sizes`)."""
     src = params.source
     assert src is not None
     state = get_server_state(host, params)
@@ -74,8 +78,9 @@ def run_restore(host: "Host", params: "Params", dump: DumpResult, facts: Mapping
         ensure_restore_settings(host, params, settings, dry_run=False)
         ensure_prerequisites(host, params, schemas, exts, dry_run=False)
         host.put_text(list_file, listed, mode=0o600, owner="postgres")
-        host.run(render_pg_restore(params, dump.path, list_file, jobs=restore_jobs(params)), sudo_user="postgres",
-                 timeout=24 * 3600, hint="The database is half restored; run the step again (it starts over).")
+        with watch_restore(host, params, sizes=sizes or {}):  # progress of the rows and indexes, as they go
+            host.run(render_pg_restore(params, dump.path, list_file, jobs=restore_jobs(params)), sudo_user="postgres",
+                     timeout=24 * 3600, hint="The database is half restored; run the step again (it starts over).")
         t = time.monotonic()
         pg = params.postgres
         host.run(f"vacuumdb --cluster {pg.version}/{shlex.quote(pg.cluster)} --analyze-only -j {src.jobs} "

@@ -28,6 +28,7 @@ from hcbpg.ops.migration.settings import (
     restore_part_path,
 )
 from hcbpg.ops.migration.source import SECRET_DIR, Source, target
+from hcbpg.ops.progress import source_sizes, watch_restore
 from hcbpg.pg.conninfo import SERVICE_NAME
 from hcbpg.pg.dump import plan_prerequisites, render_toc_filter
 from hcbpg.pg.inventory import COUNTS_SQL, INVENTORY_SQL, USER_NS, Inventory, newest_event_sql
@@ -298,13 +299,15 @@ def run_stream(host: "Host", params: "Params", source: "Source", facts: Mapping[
             host.put_text(restore_part_path(params), render_restore_settings(settings, server=host.name),
                           mode=0o644, owner="postgres")
         host.put_text(f"{work}/files.sh", render_bundle(files), mode=0o700, owner="postgres")  # one upload
-        source.script(render_stream_session(params, work),
-                            display=f"stream {source.label} into {params.postgres.database} "
-                                    f"({'; '.join(fresh_actions[:1])}; restore-time settings): schema, then "
-                                    f"{src.jobs} tables at a time in one exported snapshot (rows, then "
-                                    "that table's indexes and keys, ANALYZE), then foreign keys and the rest; "
-                                    "then inventory and row counts in that snapshot",
-                            timeout=24 * 3600)
+        sizes = source_sizes(source)
+        with watch_restore(host, params, sizes=sizes):  # progress of the rows and indexes, as they go
+            source.script(render_stream_session(params, work),
+                                display=f"stream {source.label} into {params.postgres.database} "
+                                        f"({'; '.join(fresh_actions[:1])}; restore-time settings): schema, then "
+                                        f"{src.jobs} tables at a time in one exported snapshot (rows, then "
+                                        "that table's indexes and keys, ANALYZE), then foreign keys and the rest; "
+                                        "then inventory and row counts in that snapshot",
+                                timeout=24 * 3600)
         out = read_files(host, work, ["stream.exit", "stream.log", "times", "tables", "counts.out"])
         status, log = out["stream.exit"].strip(), out["stream.log"]
         if status != "0":

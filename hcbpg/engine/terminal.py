@@ -1,0 +1,147 @@
+"""What the terminal of ``hcbpg run`` shows while a step runs, and the recap at the end.
+
+* :class:`CellOutput`: papermill's ``stdout_file``/``stderr_file``: every line a cell prints,
+  scrubbed, to the runner's ``progress`` as it comes (``hcbpg run -v``).  papermill's own
+  ``log_output`` sends it to its logger, which has only the run log's handler (papermill #496).
+* :class:`ProgressFollower`: follows the step's progress file (the kernel's
+  :class:`hcbpg.progress.Reporter` appends every sample) and hands each sample to a live view:
+  :class:`LiveLines` (a line per kind of work every few seconds, for a log or a pipe) or the
+  CLI's bar on a terminal.
+* :func:`render_recap`: one line per step from the manifest, like Ansible's recap.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from hcbpg import progress as hprogress
+from hcbpg import secrets as hsecrets
+
+CELL_PREFIX = "      | "
+
+
+class CellOutput:
+    """A file-like sink for papermill's cell output: whole lines, scrubbed, to *emit*."""
+
+    def __init__(self, emit: Callable[[str], None], prefix: str = CELL_PREFIX) -> None:
+        self.emit = emit
+        self.prefix = prefix
+        self.buf = ""
+        self.lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        with self.lock:
+            self.buf += text.replace("\r\n", "\n").replace("\r", "\n")
+            *lines, self.buf = self.buf.split("\n")
+        for line in lines:
+            self.emit(self.prefix + hsecrets.scrub(line))
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        with self.lock:
+            rest, self.buf = self.buf, ""
+        if rest:
+            self.emit(self.prefix + hsecrets.scrub(rest))
+
+
+class LiveLines:
+    """The live view without a terminal: a line per kind of work at most every *every* seconds."""
+
+    def __init__(self, emit: Callable[[str], None], *, every: float = 2.0) -> None:
+        self.emit = emit
+        self.throttle = hprogress.Throttle(every)
+
+    def __call__(self, sample: hprogress.Sample, end: bool) -> None:
+        if end:
+            return  # the notebook's own line says it
+        if self.throttle.ready(sample.kind):
+            self.emit("      ~ " + hsecrets.scrub(hprogress.render_line(sample)))
+
+
+class ProgressFollower:
+    """For the time of one step: a private progress file (its path in the kernel's environment,
+    :data:`hcbpg.progress.PROGRESS_FILE_ENV`) and a thread handing its new samples to *live*."""
+
+    def __init__(self, live: Callable[[hprogress.Sample, bool], None], *, interval: float = 0.5) -> None:
+        self.live = live
+        self.interval = interval
+        self.stop = threading.Event()
+        self.dir = ""
+        self.path = ""
+        self.thread = threading.Thread(target=self._loop, name="hcbpg-progress-follower", daemon=True)
+        self.previous: str | None = None
+
+    def start(self) -> "ProgressFollower":
+        return self.__enter__()
+
+    def close(self) -> None:
+        self.__exit__()
+
+    def __enter__(self) -> "ProgressFollower":
+        self.dir = tempfile.mkdtemp(prefix="hcbpg-progress-")  # 0700, ours alone
+        self.path = os.path.join(self.dir, "samples.jsonl")
+        open(self.path, "w").close()
+        self.previous = os.environ.get(hprogress.PROGRESS_FILE_ENV)
+        os.environ[hprogress.PROGRESS_FILE_ENV] = self.path
+        self.thread.start()
+        return self
+
+    def _loop(self) -> None:
+        offset = 0
+        while True:
+            stopping = self.stop.wait(self.interval)
+            samples, offset = hprogress.read_samples(self.path, offset)
+            for sample, end in samples:
+                try:
+                    self.live(sample, end)
+                except Exception:  # noqa: BLE001, S110 - the live view must never fail the step
+                    pass
+            if stopping:
+                return
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=10)
+        if self.previous is None:
+            os.environ.pop(hprogress.PROGRESS_FILE_ENV, None)
+        else:
+            os.environ[hprogress.PROGRESS_FILE_ENV] = self.previous
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def recap_counts(step: dict[str, Any]) -> dict[str, Any]:
+    """ok / changed / warnings / failed of one manifest step, and its failing checks by name."""
+    checks = step.get("checks") or (step.get("summary") or {}).get("checks") or {}
+    failed_checks = [c for c in checks.get("not_passed", []) if c.get("status") == "fail"]
+    failed = int(checks.get("fail") or 0)
+    if step.get("status") == "failed" and not failed:
+        failed = 1  # the step failed on something other than a check: that is one failure
+    return {"ok": int(checks.get("pass") or 0), "changed": int(step.get("changes") or 0),
+            "warnings": int(checks.get("warn") or 0), "failed": failed,
+            "failed_checks": [c["name"] + (f" on {c['target']}" if c.get("target") else "") for c in failed_checks],
+            "warned_checks": [c["name"] + (f" on {c['target']}" if c.get("target") else "")
+                              for c in checks.get("not_passed", []) if c.get("status") == "warn"]}
+
+
+def render_recap(data: dict[str, Any]) -> list[str]:
+    """One line per step: ``  07_cutover  failed  ok=12 changed=3 warnings=0 failed=1  41.2s`` and,
+    under a step that failed checks, their names."""
+    lines = []
+    width = max([len(s["key"]) for s in data.get("steps", [])] + [10])
+    for s in data.get("steps", []):
+        c = recap_counts(s)
+        lines.append(f"  {s['key']:<{width}}  {s['status']:<17} ok={c['ok']:<3} changed={c['changed']:<3} "
+                     f"warnings={c['warnings']:<3} failed={c['failed']:<3} {s.get('duration_s') or 0:>7.1f}s")
+        if c["failed_checks"]:
+            lines.append(f"  {'':<{width}}  failed checks: {hsecrets.scrub(', '.join(c['failed_checks']))}")
+        if c["warned_checks"]:
+            lines.append(f"  {'':<{width}}  warnings: {hsecrets.scrub(', '.join(c['warned_checks']))}")
+    return lines

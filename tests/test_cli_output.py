@@ -1,0 +1,221 @@
+"""What ``hcbpg`` shows: cell output live with -v (scrubbed), --quiet, timestamps, the recap, JSON of
+runs/plan/audit verify/params check, --version, completion, help with examples and exit codes, and
+the HTML index with each step's checks (real papermill kernels, the real CLI in a subprocess)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nbutil import hcbpg, make_params, write_notebook, write_steps
+
+pytestmark = pytest.mark.timeout(300)
+STAMP = re.compile(r"^\d\d:\d\d:\d\d ")
+
+
+@pytest.fixture
+def env(home, monkeypatch):
+    monkeypatch.setenv("HCBPG_TEST_APP_PW", "app-password-0123456789")
+    monkeypatch.setenv("HCBPG_TEST_TOKEN", "hcloud-token-0123456789")
+    (home / "params" / "test.yaml").write_text(make_params("test"))
+    return "test"
+
+
+def only_run(home: Path, env: str) -> Path:
+    (run,) = [p for p in (home / "outputs" / env).iterdir() if p.is_dir()]
+    return run
+
+
+def test_verbose_run_shows_each_cells_output_scrubbed_in_the_terminal_before_the_step_ends(home, env, tmp_path):
+    go = tmp_path / "go"
+    nb = home / "notebooks"
+    write_notebook(nb / "00_talks.ipynb", "00_talks",
+                   "import os, time, pathlib\n"
+                   "print('cell says hello; password', os.environ['HCBPG_TEST_APP_PW'], flush=True)\n"
+                   f"go = pathlib.Path({str(go)!r})\n"
+                   "deadline = time.time() + 120\n"
+                   "while not go.exists() and time.time() < deadline:\n    time.sleep(0.2)\n"
+                   "assert go.exists(), 'the test never let the step go on'\n"
+                   "print('cell says goodbye')")
+    write_steps(nb, [("00_talks.ipynb", "talks")])
+    proc = subprocess.Popen([sys.executable, "-m", "hcbpg.cli", "run", env, "-v"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    seen: list[str] = []
+    try:
+        for line in proc.stdout:
+            seen.append(line.rstrip("\n"))
+            if "cell says hello" in line:
+                break
+        else:
+            pytest.fail("the cell's output never reached the terminal:\n" + "\n".join(seen))
+        # the step is still running (it waits for us): its output came as it was printed
+        assert not any("done in" in s for s in seen), seen
+        assert not go.exists()
+        go.touch()
+        rest, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    seen += rest.splitlines()
+    out = "\n".join(seen)
+    assert proc.returncode == 0, out
+    assert "app-password-0123456789" not in out and "cell says hello; password [secret]" in out, out
+    assert out.count("cell says goodbye") == 1, out  # once: not again through a logger
+    hello = next(i for i, s in enumerate(seen) if "cell says hello" in s)
+    done = next(i for i, s in enumerate(seen) if "done in" in s)
+    assert hello < done
+    step_lines = [s for s in seen if "[1/1] 00_talks" in s or "done in" in s]
+    assert step_lines and all(STAMP.match(s) for s in step_lines), step_lines  # timestamps on lines
+
+
+def test_quiet_run_prints_only_the_end(home, env):
+    nb = home / "notebooks"
+    write_notebook(nb / "00_a.ipynb", "00_a", "print('a cell line')")
+    write_steps(nb, [("00_a.ipynb", "a")])
+    r = hcbpg("run", env, "--quiet")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "[1/1]" not in r.stdout and "a cell line" not in r.stdout
+    assert "Recap" not in r.stdout and "00_a" in r.stdout and "ok=" in r.stdout  # the recap of a run that succeeded
+
+
+def _checks_notebooks(nb: Path) -> None:
+    write_notebook(nb / "00_checks.ipynb", "00_checks",
+                   "from hcbpg.outcome import Check, Outcome\n"
+                   "rb.track(Outcome('pg_hba.conf on server-postgres-1', changed=True, dry_run=dry_run))\n"
+                   "rb.verify([Check('replica streaming', 'pass', 'lag 0s', 'server-postgres-2'),\n"
+                   "           Check('backup age', 'warn', '27 h', 'server-postgres-1')])")
+    write_notebook(nb / "01_fails.ipynb", "01_fails",
+                   "from hcbpg.outcome import Check\n"
+                   "rb.verify([Check('rows public.users', 'pass', '10 = 10'),\n"
+                   "           Check('rows public.transactions', 'fail', '9 != 10', 'hcb_production')])")
+    write_steps(nb, [("00_checks.ipynb", "checks"), ("01_fails.ipynb", "fails")])
+
+
+def test_the_recap_lists_ok_changed_warnings_failed_per_step_and_names_the_failing_checks(home, env):
+    _checks_notebooks(home / "notebooks")
+    r = hcbpg("run", env)
+    assert r.returncode == 1, r.stdout + r.stderr
+    lines = r.stdout.splitlines()
+    first = next(s for s in lines if s.strip().startswith("00_checks ") and "ok=" in s)
+    second = next(s for s in lines if s.strip().startswith("01_fails ") and "ok=" in s)
+    assert re.search(r"succeeded\s+ok=1\s+changed=1\s+warnings=1\s+failed=0", first), first
+    assert re.search(r"failed\s+ok=1\s+changed=0\s+warnings=0\s+failed=1", second), second
+    assert any("failed checks: rows public.transactions on hcb_production" in s for s in lines), r.stdout
+    assert any("warnings: backup age on server-postgres-1" in s for s in lines), r.stdout
+    assert lines.index(first) < lines.index(second) < max(i for i, s in enumerate(lines) if "hcbpg resume" in s)
+
+    # the HTML index shows each step's checks and what it changed, and links each notebook
+    run = only_run(home, env)
+    m = json.loads((run / "manifest.json").read_text())
+    r = hcbpg("audit", "html", m["run_id"], "--no-code")
+    assert r.returncode == 0, r.stdout + r.stderr
+    index = (run / "html" / "index.html").read_text()
+    steps = index.split('<table class="steps">')[1].split("</table>")[0]
+    row0, row1 = steps.split("<tr>")[2:4]
+    assert "pass 1" in row0 and "warn 1" in row0 and "fail 0" in row0 and "backup age" in row0
+    assert "pg_hba.conf on server-postgres-1" in row0 and "href='00_checks.html'" in row0
+    assert "fail 1" in row1 and "rows public.transactions" in row1 and "href='01_fails.html'" in row1
+    page = (run / "html" / "00_checks.html").read_text()
+    assert 'hl-ipython3' not in page and "replica streaming" in page  # no code cells, their outputs kept
+    hcbpg("audit", "html", m["run_id"])
+    assert 'hl-ipython3' in (run / "html" / "00_checks.html").read_text()
+
+
+def test_json_of_plan_runs_audit_verify_and_params_check_parses(home, env):
+    _checks_notebooks(home / "notebooks")
+    r = hcbpg("plan", env, "--only", "00", "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    plan = json.loads(r.stdout)  # stdout is the JSON alone: what ran meanwhile went to stderr
+    assert plan["mode"] == "plan" and plan["dry_run"] is True and plan["exit_code"] == 0
+    (step,) = plan["steps"]
+    assert step["key"] == "00_checks" and step["changes"] == 1 and step["changed"] == ["pg_hba.conf on server-postgres-1"]
+    assert step["checks"]["warn"] == 1 and "[1/1] 00_checks" in r.stderr
+    runs = json.loads(hcbpg("runs", env, "--json").stdout)
+    assert [x["run"] for x in runs] == [plan["run_id"]] and runs[0]["status"] == "succeeded"
+    r = hcbpg("audit", "verify", env, "--json")
+    assert r.returncode == 0 and json.loads(r.stdout) == {"environment": env, "verified": True, "runs": 1,
+                                                          "problems": []}
+    executed = Path(plan["record"]) / "00_checks.ipynb"
+    executed.write_text(executed.read_text().replace("pg_hba.conf", "pg_hbb.conf", 1))
+    r = hcbpg("audit", "verify", env, "--json")
+    assert r.returncode == 1 and json.loads(r.stdout)["verified"] is False and json.loads(r.stdout)["problems"]
+    p = json.loads(hcbpg("params", "check", env, "--json").stdout)
+    assert p["valid"] is True and p["servers"] == [{"name": "server-postgres-1", "private_ip": "10.0.1.5",
+                                                     "role": "primary"}]
+    assert "postgres.app_role_password" in p["secret_references"] and "app-password" not in json.dumps(p)
+    r = hcbpg("params", "check", "nosuchenv", "--json")
+    assert r.returncode == 2 and json.loads(r.stdout)["exit_code"] == 2
+
+
+def test_version_completion_and_every_subcommands_help_has_an_example_and_the_exit_codes():
+    r = hcbpg("--version")
+    assert r.returncode == 0 and re.match(r"hcbpg \S+", r.stdout)
+    r = hcbpg("--print-completion", "bash")
+    assert r.returncode == 0 and "hcbpg" in r.stdout and "complete" in r.stdout
+    import argparse
+
+    from hcbpg.cli import build_parser
+
+    def walk(p: argparse.ArgumentParser):
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for sp in a.choices.values():
+                    yield sp
+                    yield from walk(sp)
+    subs = list(walk(build_parser()))
+    assert len(subs) > 15
+    for sp in subs:
+        text = sp.format_help()
+        assert "example" in text and "130 interrupted" in text, sp.prog
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert "130 interrupted" in readme and "--json" in readme
+
+
+def test_on_a_terminal_long_work_is_a_bar_redrawn_in_place_and_cleared_before_the_next_line(capsys):
+    from hcbpg.cli import Terminal
+    from hcbpg.progress import Sample
+    term = Terminal(tty=True)
+    s = Sample("copy", "public.events", done=50, total=100, unit="rows", rate=10, eta=5)
+    term.live(s, False)
+    term.live(Sample("copy", "public.events", done=60, total=100, unit="rows", rate=10, eta=4), False)
+    term.line("      done in 12.0s, 1 change(s)")
+    out, err = capsys.readouterr()
+    assert err.count("\r\033[K[") == 2 and "copy public.events: 60% 60 rows of 100 rows, 10 rows/s, 4s left" in err
+    assert err.endswith("\r\033[K")  # the bar is cleared before the line is printed
+    assert STAMP.match(out) and out.rstrip().endswith("done in 12.0s, 1 change(s)")
+    quiet = Terminal(quiet=True, tty=True)
+    quiet.live(s, False)
+    quiet.line("x")
+    assert capsys.readouterr() == ("", "")
+    piped = Terminal(tty=False)
+    piped.live(s, False)
+    piped.live(s, False)  # within 2 s: not repeated
+    out, err = capsys.readouterr()
+    assert err == "" and out.count("~ copy public.events: 50%") == 1
+
+
+def test_status_watch_shows_the_report_again_every_n_seconds(monkeypatch, capsys):
+    import argparse
+
+    from hcbpg.engine import status
+    shown: list[int] = []
+
+    def once(args):  # noqa: ANN001
+        shown.append(len(shown))
+        print(f"report {len(shown)}")
+        return 1 if len(shown) == 2 else 0
+
+    monkeypatch.setattr(status, "_status_once", once)
+    monkeypatch.setattr(status.time, "sleep", lambda s: None)
+    args = argparse.Namespace(env="lab", watch=5.0, count=3, json=False, all=False, connect_timeout=None)
+    assert status.cmd_status(args) == 0 and shown == [0, 1, 2]
+    out = capsys.readouterr().out
+    assert out.count("hcbpg status lab, every 5s (Ctrl-C stops)") == 3 and "report 3" in out
+    with pytest.raises(Exception, match="--watch needs a positive number"):
+        status.cmd_status(argparse.Namespace(env="lab", watch=-1.0, count=None))
