@@ -34,7 +34,6 @@ from psycopg import sql
 
 from hcbpg.adapters.psql import Psql
 from hcbpg.desired import replication as desired_replication
-from hcbpg.desired import server as desired_server
 from hcbpg.desired import tls as desired_tls
 from hcbpg.errors import (
     DatabaseError,

@@ -708,8 +708,8 @@ def check_migrations_then_app(app: "Host", cfg: RolesConfig, params: "Params", *
                              display=f"psql as {cfg.app_role}@{server_ip}: write and read {table}")
         good = ok and "written by the app and updated" in output
         out.append(Check.of(f"{cfg.app_role} uses the table {mig} created", good,
-                            "inserted (sequence), updated and read it (default privileges)" if good else hsecrets.scrub(output)[-200:],
-                            app.name))
+                            "inserted (sequence), updated and read it (default privileges)" if good
+                            else hsecrets.scrub(output)[-200:], app.name))
         ok, output = psql_as(app, tls=desired_tls.conninfo_tls(params),
                              role=cfg.app_role, password=app_password, server_ip=server_ip, port=port,
                              dbname=cfg.database, script=sql.SQL("DROP TABLE {};\n").format(t).as_string(None),
@@ -736,14 +736,15 @@ def check_deploy(app: "Host", cfg: RolesConfig, params: "Params", *, server_ip: 
     mig, mig_pw = cfg.migrations.name, role_password(cfg, cfg.migrations.name)
 
     def run(role: str, pw: str, script: sql.Composable, what: str) -> tuple[bool, str]:
-        return psql_as(app, role=role, password=pw, server_ip=server_ip, port=port, dbname=db,
+        return psql_as(app, tls=desired_tls.conninfo_tls(params),
+                       role=role, password=pw, server_ip=server_ip, port=port, dbname=db,
                        script=script.as_string(None), display=f"psql as {role}@{server_ip}: {what}")
 
     migrate = sql.SQL("CREATE TABLE {t} (id bigserial PRIMARY KEY, note text NOT NULL);\n"
                       "ALTER TABLE {t} ADD COLUMN amount_cents bigint NOT NULL DEFAULT 0;\n").format(t=t)
     ok, output = run(mig, mig_pw, migrate, f"migration: CREATE TABLE {table}, ADD COLUMN amount_cents")
     out = [Check.of(f"{mig} migrates: creates {table} and adds a column", ok,
-                    "created the table, added amount_cents" if ok else output[-200:], app.name)]
+                    "created the table, added amount_cents" if ok else hsecrets.scrub(output)[-200:], app.name)]
     if not ok:
         return out
     try:
@@ -754,7 +755,7 @@ def check_deploy(app: "Host", cfg: RolesConfig, params: "Params", *, server_ip: 
         good = ok and "deployed:1251" in output
         out.append(Check.of(f"{app_login} writes and reads the new table at once", good,
                             "inserted, updated, read the new column (default privileges)" if good
-                            else output[-200:], app.name))
+                            else hsecrets.scrub(output)[-200:], app.name))
         other = sql.Identifier(table + "_by_app")
         ok, output = run(app_login, app_password, sql.SQL("CREATE TABLE {} (id int);\n").format(other),
                          "CREATE TABLE (must be refused)")

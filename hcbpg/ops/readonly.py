@@ -15,6 +15,7 @@ from psycopg import sql
 
 from hcbpg import secrets as hsecrets
 from hcbpg.adapters.psql import render
+from hcbpg.desired import tls as desired_tls
 from hcbpg.desired.roles import RolesConfig
 from hcbpg.ops.privileges import psql_as, role_password
 from hcbpg.outcome import Check, Outcome
@@ -122,16 +123,18 @@ def check_blazer_access(app: "Host", cfg: RolesConfig, params: "Params", *, serv
         return [Check("blazer", "warn", "no roles.blazer in params", server_ip)]
     name, pw, port = cfg.blazer.name, role_password(cfg, cfg.blazer.name), params.postgres.port
     t = sql.Identifier(*table.split("."))
-    ok, out = psql_as(app, role=name, password=pw, server_ip=server_ip, port=port, dbname=cfg.database,
+    ok, out = psql_as(app, tls=desired_tls.conninfo_tls(params),
+                      role=name, password=pw, server_ip=server_ip, port=port, dbname=cfg.database,
                       script=sql.SQL("SELECT count(*) FROM {};\n").format(t).as_string(None),
                       display=f"psql as {name}@{server_ip}: SELECT count(*) FROM {table}")
     rows = [Check.of(f"{name} reads {table}", ok, f"{out.splitlines()[-1] if out else '?'} row(s)" if ok
-                     else out[-200:], app.name)]
-    ok, out = psql_as(app, role=name, password=pw, server_ip=server_ip, port=port, dbname=cfg.database,
+                     else hsecrets.scrub(out)[-200:], app.name)]
+    ok, out = psql_as(app, tls=desired_tls.conninfo_tls(params),
+                      role=name, password=pw, server_ip=server_ip, port=port, dbname=cfg.database,
                       script=sql.SQL("DELETE FROM {} WHERE false;\n").format(t).as_string(None),
                       display=f"psql as {name}@{server_ip}: DELETE FROM {table} (must be refused)")
     refused = not ok and ("read-only transaction" in out or "permission denied" in out)
     rows.append(Check.of(f"{name} cannot write {table}", refused,
                          "refused: " + (out.splitlines() or ["?"])[-1][:160] if refused
-                         else ("WROTE" if ok else out[-200:]), app.name))
+                         else ("WROTE" if ok else hsecrets.scrub(out)[-200:]), app.name))
     return rows

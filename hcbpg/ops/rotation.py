@@ -385,17 +385,19 @@ def verify_app_switch(host: "Host", params: "Params", cfg: RolesConfig, switch: 
                       server_ip: str) -> list[Check]:
     """From the app host: the new login works with the new password; the old one, with its own password, is locked."""
     port = params.postgres.port
-    ok, output = psql_as(host, role=switch.new, password=new, server_ip=server_ip, port=port,
+    ok, output = psql_as(host, tls=desired_tls.conninfo_tls(params),
+                         role=switch.new, password=new, server_ip=server_ip, port=port,
                          dbname=params.postgres.database, script="SELECT current_user;\n",
                          display=f"psql as {switch.new}@{server_ip} with the NEW password")
     works = ok and switch.new in output
     out = [Check.of(f"{switch.new}: new password works", works, f"logged in from {host.name}" if works
-                    else output[-200:], host.name)]
+                    else hsecrets.scrub(output)[-200:], host.name)]
     old_key, old_ref = _login_ref(params, cfg, switch.old)
-    ok, output = psql_as(host, role=switch.old, password=hsecrets.resolve(old_ref, key=old_key), server_ip=server_ip,
+    ok, output = psql_as(host, tls=desired_tls.conninfo_tls(params),
+                         role=switch.old, password=hsecrets.resolve(old_ref, key=old_key), server_ip=server_ip,
                          port=port, dbname=params.postgres.database, script="SELECT 1;\n",
                          display=f"psql as {switch.old}@{server_ip} with its own password (locked: must be refused)")
     locked = not ok and "not permitted to log in" in output
     out.append(Check.of(f"{switch.old}: locked", locked, "refused: role is not permitted to log in" if locked
-                        else ("ACCEPTED" if ok else output[-200:]), host.name))
+                        else ("ACCEPTED" if ok else hsecrets.scrub(output)[-200:]), host.name))
     return out
