@@ -177,8 +177,9 @@ def test_version_completion_and_every_subcommands_help_has_an_example_and_the_ex
     assert "130 interrupted" in readme and "--json" in readme
 
 
-def test_on_a_terminal_long_work_is_a_bar_redrawn_in_place_and_cleared_before_the_next_line(capsys):
+def test_on_a_terminal_long_work_is_a_bar_redrawn_in_place_and_cleared_before_the_next_line(capsys, monkeypatch):
     from hcbpg.cli import Terminal
+    monkeypatch.setenv("COLUMNS", "200")  # the bar is cut to the terminal's width
     from hcbpg.progress import Sample
     term = Terminal(tty=True)
     s = Sample("copy", "public.events", done=50, total=100, unit="rows", rate=10, eta=5)
@@ -189,6 +190,9 @@ def test_on_a_terminal_long_work_is_a_bar_redrawn_in_place_and_cleared_before_th
     assert err.count("\r\033[K[") == 2 and "copy public.events: 60% 60 rows of 100 rows, 10 rows/s, 4s left" in err
     assert err.endswith("\r\033[K")  # the bar is cleared before the line is printed
     assert STAMP.match(out) and out.rstrip().endswith("done in 12.0s, 1 change(s)")
+    monkeypatch.setenv("COLUMNS", "40")
+    term.live(s, False)
+    assert len(capsys.readouterr().err) == len("\r\033[K") + 39
     quiet = Terminal(quiet=True, tty=True)
     quiet.live(s, False)
     quiet.line("x")
