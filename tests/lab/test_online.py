@@ -219,8 +219,8 @@ def test_after_traffic_is_on_writes_on_the_new_primary_reach_the_source(env):
     new_id = int(res.stdout.split()[-1])
     with env.source as source:
         for _ in range(60):
-            got = source.json(f"SELECT json_build_object('name', (SELECT full_name FROM users WHERE id = 7), "
-                              f"'event', (SELECT count(*) FROM events WHERE id = {new_id}))")
+            got = source.json(f"SELECT json_build_object('name', (SELECT full_name FROM public.users WHERE id = 7), "
+                              f"'event', (SELECT count(*) FROM public.events WHERE id = {new_id}))")
             if got == {"name": marker, "event": 1}:
                 break
             time.sleep(1)
@@ -258,4 +258,4 @@ def test_the_clean_up_ends_the_way_back_and_leaves_no_bucardo_object(env):
     assert res.ok
     time.sleep(5)
     with env.source as source:
-        assert source.json("SELECT to_json(full_name) FROM users WHERE id = 8") != "after the period"
+        assert source.json("SELECT to_json(full_name) FROM public.users WHERE id = 8") != "after the period"
