@@ -185,14 +185,14 @@ class Online(Model):
     while the app runs; the window only drains it."""
 
     #: the window's deadline for Bucardo to apply what the source recorded before the writes stopped
-    drain_timeout_s: float = Field(60.0, gt=0)
+    drain_timeout_s: Annotated[float, Field(gt=0)] = 60.0
     #: how long the initial copy (Bucardo's onetimecopy) may take before 06b stops waiting
-    initial_copy_timeout_s: float = Field(6 * 3600.0, gt=0)
+    initial_copy_timeout_s: Annotated[float, Field(gt=0)] = 6 * 3600.0
     #: a table without a primary key or unique index is copied inside the window when it has at most
     #: this many rows; a larger one refuses the online mode
-    window_copy_max_rows: int = Field(100_000, ge=0)
+    window_copy_max_rows: Annotated[int, Field(ge=0)] = 100_000
     #: after traffic is on, how long changes on the new primary are synced back to the source (hours)
-    way_back_hours: float = Field(72.0, ge=0)
+    way_back_hours: Annotated[float, Field(ge=0)] = 72.0
 
 
 class Source(Model):

@@ -388,7 +388,8 @@ def run_window_copies(host: "Host", params: "Params", source: Source, tables: Se
                f"{tgt.conn_cmd} -X -q -1 -v ON_ERROR_STOP=1 -c {shlex.quote(f'TRUNCATE {name}')} "
                f"-c {shlex.quote(f'COPY {name} FROM STDIN')}")
         with source:
-            host.run(f"bash -o pipefail -c {shlex.quote(cmd)}", sudo_user="postgres", display=f"copy {t} (no key) source -> target",
+            host.run(f"bash -o pipefail -c {shlex.quote(cmd)}", sudo_user="postgres",
+                     display=f"copy {t} (no key) source -> target",
                      timeout=3600)
         done.append(t)
     return done
