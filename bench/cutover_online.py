@@ -126,6 +126,7 @@ def online_run(params: Any, host: Host, app: Host, password: str, url: str, *, r
         online.wait_for_initial_copy(host, params, source, plan, interval=5)
         copy_s = time.monotonic() - t
         time.sleep(sync_s)  # the continuous sync under the load
+        lag_open = online.get_lag(source, plan.synced)  # the lag as maintenance goes on, the load still running
         # maintenance on: the load stops
         t0 = time.monotonic()
         app.run("touch /tmp/hcbpg-load.stop; for i in $(seq 200); do tail -1 /tmp/hcbpg-load.log | grep -q stopped "
@@ -150,7 +151,7 @@ def online_run(params: Any, host: Host, app: Host, password: str, url: str, *, r
             f"('{{{','.join(map(str, updated)) or '0'}}}'::bigint[])") or {}).items()}
         lost = len(set(inserted) - found) + sum(1 for k, v in updated.items() if memos.get(k) != v)
         online.run_cleanup(host, params, source, dry_run=False)
-    return {"downtime_s": downtime, "lag_rows": phases["lag_rows_at_open"], "lag_s": phases["lag_s_at_open"],
+    return {"downtime_s": downtime, "lag_rows": lag_open["rows"], "lag_s": lag_open["seconds"],
             "drain_s": phases["drain_s"], "phases": phases, "writes": len(inserted) + len(updated), "lost": lost,
             "copy_s": copy_s}
 
@@ -177,7 +178,7 @@ def run(sizes: list[float], *, rate: float, sync_s: float, plot: str, out_json: 
             off = offline(params, host, app, password, url)
             print(f"  offline downtime {off:.1f}s")
             on = online_run(params, host, app, password, url, rate=rate, sync_s=sync_s)
-            print(f"  online downtime {on['downtime_s']:.1f}s (lag at open {on['lag_rows']} rows, {on['lag_s']:.1f}s; "
+            print(f"  online downtime {on['downtime_s']:.1f}s (lag at maintenance-on {on['lag_rows']} rows, {on['lag_s']:.1f}s; "
                   f"drain {on['drain_s']:.1f}s; {on['writes']} writes, {on['lost']} lost; initial copy "
                   f"{on['copy_s']:.0f}s; phases {on['phases']})")
             results.append({"mb": size, "offline_s": off, **on})
@@ -191,7 +192,7 @@ def run(sizes: list[float], *, rate: float, sync_s: float, plot: str, out_json: 
           f"{'drain s':>7} {'writes':>6} {'lost':>4}")
     for r in results:
         print(f"{r['mb']:9.0f} {r['offline_s']:9.1f} {r['downtime_s']:8.1f} {r['downtime_s'] / r['offline_s']:6.2f} "
-              f"{r['lag_rows']:8d} {r['lag_s']:6.1f} {r['drain_s']:7.2f} {r['writes']:6d} {r['lost']:4d}")
+              f"{int(r['lag_rows']):8d} {r['lag_s']:6.1f} {r['drain_s']:7.2f} {r['writes']:6d} {r['lost']:4d}")
     gb = [r["mb"] / 1024 for r in results]
     print(f"slope: offline {slope(gb, [r['offline_s'] for r in results]):.1f} s/GB, "
           f"online {slope(gb, [r['downtime_s'] for r in results]):.2f} s/GB (target: online <= 10 s, flat)")

@@ -246,8 +246,12 @@ def test_the_clean_up_ends_the_way_back_and_leaves_no_bucardo_object(env):
     approve(result.run.run_id, "end-way-back-early", note="lab test", base=env.home)
     result = runner.resume(result.run.run_id)
     assert result.status == "succeeded", result.message
-    text = (result.run.path / "16_online_cleanup.ipynb").read_text()
-    assert "trigger public.users.bucardo_delta" in text or "bucardo_delta" in text
+    import scrapbook as sb
+    removed = sb.read_notebook(str(result.run.path / "16_online_cleanup.ipynb")).scraps["online_cleanup"].data
+    what = {r["what"] for r in removed}
+    print("removed by 16:", *(f"{r['where']}: {r['what']}" for r in removed), sep="\n  ")
+    assert "schema bucardo" in what and any(w.startswith("trigger ") and "bucardo" in w for w in what), what
+    assert any(w.startswith("foreign key ") for w in what) and any(w.startswith("database bucardo") for w in what)
     checks = online.check_removed(env.host, env.params, env.source)
     assert all(c.status == "pass" for c in checks), checks
     with env.source as source:
@@ -259,3 +263,15 @@ def test_the_clean_up_ends_the_way_back_and_leaves_no_bucardo_object(env):
     time.sleep(5)
     with env.source as source:
         assert source.json("SELECT to_json(full_name) FROM public.users WHERE id = 8") != "after the period"
+
+
+def test_no_secret_in_the_record_or_on_a_command_line(env):
+    secrets = [migration.parse_source_url(env.url)["password"], STATE["password"]]
+    for run_dir in {STATE["run"].path, *env.home.joinpath("outputs", "lab").iterdir()}:
+        for f in run_dir.rglob("*"):
+            if f.is_file():
+                text = f.read_text(errors="replace")
+                assert not any(s in text for s in secrets), f"a secret is in {f}"
+    for h in (env.host, env.app):
+        for r in h.history:
+            assert not any(s in r.command for s in secrets), r.command
