@@ -28,6 +28,7 @@ synced: small ones are copied whole inside the window, large ones refuse the mod
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import shlex
 import time
@@ -123,12 +124,6 @@ def get_sync_plan(source: Source, params: "Params") -> bp.SyncPlan:
     return bp.plan_sync(data, window_copy_max_rows=src.online.window_copy_max_rows)
 
 
-def _write_service_file(host: "Host", source: Source) -> None:
-    conn = dict(source.conn)
-    host.put_text(SERVICE_FILE, render_service_file(conn, name=bp.SOURCE_SERVICE, application_name="hcbpg-bucardo"),
-                  mode=0o600, owner="postgres")
-
-
 def ensure_bucardo(host: "Host", params: "Params", source: Source, *, dry_run: bool) -> list[Outcome]:
     """Bucardo's packages, its directory and rc file, the source's service file, the control database."""
     out: list[Outcome] = []
@@ -146,11 +141,18 @@ def ensure_bucardo(host: "Host", params: "Params", source: Source, *, dry_run: b
                            actions=[f"{p} {v} already installed" for p, v in state["packages"].items()]))
     files = [f"{HOME} (0700 postgres) with run/ and log/", f"{RC} (control database over the socket, peer)",
              f"{SERVICE_FILE} (0600 postgres: the source's connection, removed by the clean-up)"]
-    if not dry_run:
+    service = render_service_file(dict(source.conn), name=bp.SOURCE_SERVICE, application_name="hcbpg-bucardo")
+    same = (host.read_text(RC, sudo_user="postgres") == render_rc()
+            # the service file holds the source's password: compared by its hash, never read back
+            and host.probe(f"sha256sum {SERVICE_FILE}").stdout.split()[:1] == [hashlib.sha256(service.encode())
+                                                                               .hexdigest()]
+            and host.exists(f"{HOME}/log"))
+    if not dry_run and not same:
         host.run(f"install -d -m 0700 -o postgres -g postgres {HOME} {HOME}/run {HOME}/log", quiet=True)
         host.put_text(RC, render_rc(), mode=0o600, owner="postgres")
-        _write_service_file(host, source)
-    out.append(Outcome(f"Bucardo's files on {host.name}", True, dry_run, actions=files))
+        host.put_text(SERVICE_FILE, service, mode=0o600, owner="postgres")
+    out.append(Outcome(f"Bucardo's files on {host.name}", not same, dry_run,
+                       actions=files if not same else ["as they should be"]))
     if state["control_db"]:
         out.append(Outcome(f"Bucardo control database {bp.CONTROL_DB} on {host.name}", False, dry_run,
                            actions=["already installed"]))
