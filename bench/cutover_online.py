@@ -187,6 +187,14 @@ def run(sizes: list[float], *, rate: float, sync_s: float, plot: str, out_json: 
     finally:
         if not keep:
             lab.down(purge=True)
+    if out_json:
+        Path(out_json).write_text(json.dumps(results, indent=2, default=str))
+    report(results, plot)
+
+
+def report(results: list[dict[str, Any]], plot: str) -> None:
+    """The table (ratios, slopes) and the PNG plot of downtime against size."""
+    results = sorted(results, key=lambda r: r["mb"])
     print()
     print(f"{'source MB':>9} {'offline s':>9} {'online s':>8} {'on/off':>6} {'lag rows':>8} {'lag s':>6} "
           f"{'drain s':>7} {'writes':>6} {'lost':>4}")
@@ -210,5 +218,8 @@ def run(sizes: list[float], *, rate: float, sync_s: float, plot: str, out_json: 
     fig.tight_layout()
     fig.savefig(plot, dpi=110)
     print(f"plot: {plot}")
-    if out_json:
-        Path(out_json).write_text(json.dumps(results, indent=2, default=str))
+
+
+def report_files(paths: list[str], plot: str) -> None:
+    """The table and plot of earlier runs' --json files together (sizes measured in separate runs)."""
+    report([r for p in paths for r in json.loads(Path(p).read_text())], plot)
