@@ -16,6 +16,11 @@ Prints each time, the ratios ours/runbook and ours/pgcopydb, and checks the row 
 table after each.  Only one lab may exist on the machine, so run it under the lab lock:
 
     flock /tmp/hcbpg-bench.lock python bench/cutover.py [--source-mb 1024] [--rounds 1] [--keep-lab] [--directory]
+
+``--online`` measures instead the downtime of the offline transfer against the online one (Bucardo),
+per size, on a scratch lab of its own (see ``bench/cutover_online.py``):
+
+    python bench/cutover.py --online [--sizes 250,1024,2048] [--rate 10] [--sync-s 30] [--plot FILE.png]
 """
 
 from __future__ import annotations
@@ -139,7 +144,23 @@ def main() -> None:
     ap.add_argument("--json", help="write the figures to this file")
     ap.add_argument("--directory", "--stream", dest="directory", action="store_true",
                     help="also time source.transfer: directory (the default is stream; --stream is the old name)")
+    ap.add_argument("--online", action="store_true",
+                    help="offline vs online (Bucardo) downtime per size, on a scratch lab (bench/cutover_online.py)")
+    ap.add_argument("--sizes", default="250,1024,2048", help="--online: source sizes in MB, comma-separated")
+    ap.add_argument("--rate", type=float, default=10.0, help="--online: the load's inserts (and updates) a second")
+    ap.add_argument("--sync-s", type=float, default=30.0, help="--online: seconds of continuous sync under the load")
+    ap.add_argument("--plot", default="cutover-online.png", help="--online: where the PNG plot goes")
+    ap.add_argument("--merge", help="--online: print the table and plot of earlier --json files (a,b,...)")
     args = ap.parse_args()
+    if args.online and args.merge:
+        import cutover_online  # noqa: PLC0415 - the online benchmark is its own module
+        cutover_online.report_files(args.merge.split(","), args.plot)
+        return
+    if args.online:
+        import cutover_online  # noqa: PLC0415 - the online benchmark is its own module
+        cutover_online.run([float(x) for x in args.sizes.split(",")], rate=args.rate, sync_s=args.sync_s,
+                           plot=args.plot, out_json=args.json, keep=args.keep_lab)
+        return
 
     lab = Lab()
     t = time.monotonic()

@@ -196,6 +196,21 @@ class Sentinel(Model):
     column: Ident = "full_name"
 
 
+class Online(Model):
+    """The online transfer (``source.transfer: online``): Bucardo syncs the source into the primary
+    while the app runs; the window only drains it."""
+
+    #: the window's deadline for Bucardo to apply what the source recorded before the writes stopped
+    drain_timeout_s: Annotated[float, Field(gt=0)] = 60.0
+    #: how long the initial copy (Bucardo's onetimecopy) may take before 06b stops waiting
+    initial_copy_timeout_s: Annotated[float, Field(gt=0)] = 6 * 3600.0
+    #: a table without a primary key or unique index is copied inside the window when it has at most
+    #: this many rows; a larger one refuses the online mode
+    window_copy_max_rows: Annotated[int, Field(ge=0)] = 100_000
+    #: after traffic is on, how long changes on the new primary are synced back to the source (hours)
+    way_back_hours: Annotated[float, Field(ge=0)] = 72.0
+
+
 class Source(Model):
     """Where the data comes from: Heroku Postgres (or any PostgreSQL reachable from the primary)."""
 
@@ -215,17 +230,21 @@ class Source(Model):
     #: wal_level=minimal during the restore (a restart before and after); only while archiving is off
     restore_wal_minimal: bool = False
     #: how the data moves for method pg_dump: stream (no dump files; each table's indexes right after
-    #: its rows) or directory (pg_dump -Fd -j N on the primary, then pg_restore -j N)
-    transfer: Literal["directory", "stream"] = "stream"
+    #: its rows) or directory (pg_dump -Fd -j N on the primary, then pg_restore -j N); online: Bucardo
+    #: syncs the data before the window (06b), the window drains it (07), a way back follows (09b, 16)
+    transfer: Literal["directory", "stream", "online"] = "stream"
     #: how long 07 waits for the app's connections to the source to go
     quiet_timeout_s: float = Field(120.0, gt=0)
     events_table: Ident = "events"
     sentinel: Sentinel = Sentinel()
+    online: Online = Online()
 
     @model_validator(mode="after")
     def _method(self) -> "Source":
         if self.method == "heroku" and not self.heroku_app:
             raise ValueError("heroku_app: method heroku needs heroku_app (the Heroku app name)")
+        if self.method == "heroku" and self.transfer == "online":
+            raise ValueError("transfer: online needs method pg_dump (Bucardo connects with the source URL)")
         return self
 
 

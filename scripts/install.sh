@@ -8,6 +8,7 @@ APT_PACKAGES=(
   python3 python3-venv python3-dev git ca-certificates openssl
   postgresql-15 postgresql-contrib pgbackrest openssh-server openssh-client sudo iproute2 util-linux
   pgcopydb prometheus-postgres-exporter chromium chromium-driver
+  bucardo postgresql-plperl-15
 )
 
 if [ "$(id -u)" != 0 ]; then

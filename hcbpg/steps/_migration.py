@@ -48,6 +48,8 @@ class MigrationRunbook(Protocol):
 
     def runs_of_env(self) -> Sequence[RunManifest]: ...
 
+    def gate(self, name: str, question: str) -> Any: ...
+
 
 def verify(rb: MigrationRunbook, checks: Sequence[Check], *, rollback: str | None = None) -> list[Check]:
     """rb.verify, with the rollback instructions in the error when something failed."""

@@ -11,24 +11,31 @@ from hcbpg.ops import migration
 from hcbpg.ops.cluster import psql_for
 from hcbpg.ops.replication import check_unlogged_tables
 from hcbpg.outcome import Check
-from hcbpg.steps import targets
+from hcbpg.steps import online, targets
 from hcbpg.steps._migration import (
     MigrationRunbook,
     connect,
     dump_tag,
-    plan,
     preconditions,
     run_label,
     skip_if_live,
     summary,
     verify,
 )
+from hcbpg.steps._migration import plan as plan_offline
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.host import Host
 
 __all__ = ["apply", "check", "check_source_quiet_step", "connect", "plan", "preconditions", "record_phases",
            "record_value", "roll_password", "skip_if_live", "wait_for_quiet_source", "write_sentinel"]
+
+
+def plan(rb: MigrationRunbook, host: "Host | None", source: "migration.Source | None") -> "migration.Plan | None":
+    """The plan of 07: the dump and restore, or with ``source.transfer: online`` the window (nothing dropped)."""
+    if online.is_online(rb) and host is not None and source is not None:
+        return online.plan_window(rb, host, source)
+    return plan_offline(rb, host, source)
 
 
 def check_source_quiet_step(rb: MigrationRunbook, source: "migration.Source | None", *,
@@ -72,6 +79,10 @@ def apply(rb: MigrationRunbook, host: "Host | None", source: "migration.Source |
         print("dry run: nothing written, dumped, dropped or restored")
         return None
     assert host is not None and source is not None and p is not None
+    if online.is_online(rb):  # source.transfer: online: Bucardo synced it before the window; drain it
+        result_online = online.window(rb, host, source, sentinel)
+        rb.track(result_online.outcomes)
+        return result_online
     app = targets.app_host(rb)  # type: ignore[arg-type]
     result = migration.run_migration(host, rb.params, source, p.facts, tag=dump_tag(rb), run_label=run_label(rb),
                                      live_source=False, app=app, password=rb.secret("postgres.app_role_password"),

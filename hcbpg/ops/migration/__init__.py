@@ -34,6 +34,8 @@ The modules, one concern each (pure PostgreSQL knowledge is in :mod:`hcbpg.pg`: 
     cutover     the source quiet, the sentinel write, the password roll
     traffic     the DATABASE_URL handoff file and the downtime
     plan        plan_migration and run_migration, as 06 and 07 run them
+    online      source.transfer: online: Bucardo before the window, the window's drain, the way back,
+                the clean-up (not re-exported: the steps import it as ``migration.online``)
 
 This package re-exports the names its callers use; steps that take the runbook are in
 :mod:`hcbpg.steps` (``dry_run_restore``, ``cutover``, ``start_traffic``, ``_migration``).

@@ -32,7 +32,8 @@ def dump_path(params: "Params", tag: str) -> str:
     return f"{src.dump_dir.rstrip('/')}/{tag}"
 
 
-def render_pg_dump(params: "Params", out_dir: str, *, snapshot_env: str | None = "HCBPG_SNAPSHOT") -> str:
+def render_pg_dump(params: "Params", out_dir: str, *, snapshot_env: str | None = "HCBPG_SNAPSHOT",
+                   schema_only: bool = False) -> str:
     """pg_dump of the source in directory format with parallel jobs (no secret on the command line)."""
     src = params.source
     assert src is not None
@@ -43,17 +44,20 @@ def render_pg_dump(params: "Params", out_dir: str, *, snapshot_env: str | None =
              f"-f {shlex.quote(out_dir)}"]
     if snapshot_env:
         parts.append(f'--snapshot="${snapshot_env}"')
+    if schema_only:  # the online transfer: Bucardo copies the rows; never Bucardo's own schema
+        parts.append("--schema-only --exclude-schema=bucardo")
     return " ".join(parts)
 
 
-def render_dump_session(params: "Params", out_dir: str, *, with_counts: bool = True) -> str:
+def render_dump_session(params: "Params", out_dir: str, *, with_counts: bool = True,
+                        schema_only: bool = False) -> str:
     """One source session: export a snapshot, run pg_dump on it, then inventory and counts in it.
 
     Because the counts are taken in the dump's own snapshot they are exact even while the
     app still writes (the dry run), and the comparison needs no quiet source.
     """
     return templates.render_script("dump-session.psql.tmpl", {
-        "PG_DUMP": render_pg_dump(params, out_dir),
+        "PG_DUMP": render_pg_dump(params, out_dir, schema_only=schema_only),
         "LOG": shlex.quote(out_dir + ".pg_dump-log"),
         "STATUS": shlex.quote(f"{out_dir}.pg_dump-exit"),
         "COUNTS_SELECT": f"SELECT '{JSON_MARK}' || json_build_object('objects', ({INVENTORY_SQL}), "
@@ -93,12 +97,13 @@ def check_disk_space(host: "Host", params: "Params", facts: Mapping[str, Any]) -
                     f"{avail / GIB:.1f} GiB free, need about {need / GIB:.1f} GiB", host.name)
 
 
-def run_dump(host: "Host", params: "Params", source: Source, tag: str, *, with_counts: bool = True) -> DumpResult:
+def run_dump(host: "Host", params: "Params", source: Source, tag: str, *, with_counts: bool = True,
+             schema_only: bool = False) -> DumpResult:
     """pg_dump -Fd -j N on the primary from the source, in a snapshot we hold; counts in that snapshot."""
     path = prepare_dump_dir(host, params, tag, dry_run=False)
     assert params.source is not None  # prepare_dump_dir asserted it
     started = time.monotonic()
-    res = source.script(render_dump_session(params, path, with_counts=with_counts),
+    res = source.script(render_dump_session(params, path, with_counts=with_counts, schema_only=schema_only),
                         display=f"pg_dump -Fd -j {params.source.jobs} of {source.label} into {path} "
                                 "(in an exported snapshot, then inventory and row counts in that snapshot)",
                         timeout=24 * 3600)

@@ -89,4 +89,6 @@ def _source_sessions(source: Source) -> list[dict[str, Any]]:
         "SELECT pid, usename, application_name, host(client_addr) AS client, state, "
         "backend_xid IS NOT NULL AS writing, now() - backend_start AS age FROM pg_stat_activity "
         "WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend' "
-        f"AND application_name NOT IN ('{APPLICATION_NAME}', 'pg_dump')")
+        f"AND application_name NOT IN ('{APPLICATION_NAME}', 'pg_dump') "
+        # the online transfer's Bucardo daemon (MCP, CTL, KID sessions): it is drained, not stopped
+        "AND NOT (application_name ~ '^bucardo (MCP|CTL|KID|VAC)' AND usename = current_user)")

@@ -1,0 +1,225 @@
+"""``bench/cutover.py --online``: the downtime of the offline transfer (today's default) against the
+online one (Bucardo), per source size, in one run on a scratch lab of its own.
+
+For each size (``--sizes 250,1024,2048`` MB): a lab whose Heroku-like source has about that size, a
+primary prepared by steps 02-04, then
+
+* offline: maintenance on → the source quiet → the sentinel → the transfer as 07 runs it (streamed,
+  verified, sentinel read back from the app host) → traffic on (gates approved at once);
+* online: Bucardo installed, the schema, the initial copy, then a steady write load from the app host
+  (inserts into events, updates of transactions, ``--rate`` a second, each logged after its commit)
+  for ``--sync-s`` seconds of continuous sync; maintenance on stops the load; the window as 07 runs it
+  (drift guard, drain, sequences, keyless copies, exact verification, sentinel) → traffic on;
+  the lag when the window opened, the drain time, and the rows lost (every logged write must be on the
+  primary); then the clean-up.
+
+Prints a table with the ratios online/offline and the slope of each downtime against size (s per GB),
+and writes a PNG plot of downtime against size (``--plot``).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "lab"))
+
+from hcbpg.adapters.host import Host  # noqa: E402
+from hcbpg.lab import Lab, create_server_host  # noqa: E402
+from hcbpg.lab.core import scratch_config  # noqa: E402
+from hcbpg.ops import app_database as roles  # noqa: E402
+from hcbpg.ops import cluster as pg_cluster  # noqa: E402
+from hcbpg.ops import migration  # noqa: E402
+from hcbpg.ops import server as pg_server  # noqa: E402
+from hcbpg.ops.migration import online  # noqa: E402
+from hcbpg.params import parse_params  # noqa: E402
+from hcbpg.secrets import register  # noqa: E402
+
+from labparams import lab_params  # noqa: E402
+
+BYTES_PER_ROW = 200  # pg_database_size / rows of the lab source, measured (as bench/cutover.py)
+
+LOAD = r"""
+rm -f /tmp/hcbpg-load.stop /tmp/hcbpg-load.log; n=0
+while [ ! -e /tmp/hcbpg-load.stop ]; do
+  n=$((n+1)); t0=$(date +%s%N)
+  out=$(psql "service=hcbpg-load" -X -q -At -v ON_ERROR_STOP=1 \
+    -c "INSERT INTO events (user_id, name, properties, created_at) VALUES (1 + $n % 1000, 'load', '{}', now()) RETURNING id" \
+    -c "UPDATE transactions SET memo = 'load $n' WHERE id = 1 + ($n * 7919) % 100000 RETURNING id" 2>/dev/null) \
+    && set -- $out && printf 'i %s\nu %s load %s\n' "$1" "$2" "$n" >> /tmp/hcbpg-load.log
+  left=$(( @PERIOD_NS@ - ($(date +%s%N) - t0) )); [ $left -gt 0 ] && sleep "0.$(printf '%09d' $left)"
+done
+echo stopped >> /tmp/hcbpg-load.log
+"""
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+def prepare(lab: Lab, rows: int) -> tuple[Any, Host, Host, str, str]:
+    st = lab.status()
+    if st["up"]:
+        lab.down()
+    lab.up(source_rows=rows)
+    cfg = lab.cfg
+    ip = cfg.address(61)
+    key = lab.ssh_key.with_suffix(".pub").read_text()
+    create_server_host("server-postgres-1", ip, [key], lab_dir=str(lab.lab_dir))
+    data = lab_params(lab, [("server-postgres-1", ip, "primary")],
+                      source={"method": "pg_dump", "url": f"file:{cfg.secret_path('source-url')}", "jobs": 2,
+                              "online": {"drain_timeout_s": 120, "initial_copy_timeout_s": 4 * 3600}},
+                      allow_destructive=True)
+    params = parse_params(data)
+    host = Host.from_params(params, params.primary.name, ip, echo=quiet)
+    app = Host.from_params(params, "app", cfg.app_ip, echo=quiet)
+    password = register(lab.secret("rails-password"))
+    url = register(lab.secret("source-url"))
+    pg_server.install_server(host, params, params.primary, dry_run=False)
+    pg_server.allow_connections(host, params, params.primary, dry_run=False)
+    roles.app_role_database(pg_cluster.psql_for(host, params), params, password, dry_run=False)
+    conn = migration.parse_source_url(url)
+    app.put_text("/root/.pg_service.conf", "[hcbpg-load]\n" + "".join(f"{k}={v}\n" for k, v in conn.items())
+                 + "application_name=load\n", mode=0o600)
+    return params, host, app, password, url
+
+
+def offline(params: Any, host: Host, app: Host, password: str, url: str) -> float:
+    """maintenance-on → traffic-on of the default transfer, gates approved at once."""
+    t0 = time.monotonic()
+    source = migration.Source(host, url)
+    with source:
+        migration.wait_for_source_quiet(source)
+        sentinel = migration.sentinel_value("bench-offline")
+        migration.run_sentinel_write(source, params, sentinel)
+        plan = migration.plan_migration(host, params, source, dry_run=False)
+        res = migration.run_migration(host, params, source, plan.facts, tag="bench", run_label="bench offline",
+                                      live_source=False, app=app, password=password, sentinel_expect=sentinel)
+    t = time.monotonic() - t0
+    bad = [c for c in res.verification.checks if c.status == "fail"]
+    if bad:
+        raise SystemExit(f"offline: verification failed: {bad}")
+    return t
+
+
+def online_run(params: Any, host: Host, app: Host, password: str, url: str, *, rate: float,
+               sync_s: float) -> dict[str, Any]:
+    src = params.source.model_copy(update={"transfer": "online"})
+    params = params.model_copy(update={"source": src})
+    source = migration.Source(host, url)
+    with source:
+        t = time.monotonic()
+        online.ensure_bucardo(host, params, source, dry_run=False)
+        facts = migration.get_source_facts(source)
+        online.ensure_schema(host, params, source, facts, run_label="bench online", dry_run=False)
+        plan = online.get_sync_plan(source, params)
+        period_ns = int(1e9 / rate)
+        app.run(f"nohup bash -c {shlex.quote(LOAD.replace('@PERIOD_NS@', str(period_ns)))} > /dev/null 2>&1 &",
+                display=f"start the write load ({rate:g}/s inserts and updates)")
+        online.ensure_forward_sync(host, params, source, plan, dry_run=False)
+        online.wait_for_initial_copy(host, params, source, plan, interval=5)
+        copy_s = time.monotonic() - t
+        time.sleep(sync_s)  # the continuous sync under the load
+        lag_open = online.get_lag(source, plan.synced)  # the lag as maintenance goes on, the load still running
+        # maintenance on: the load stops
+        t0 = time.monotonic()
+        app.run("touch /tmp/hcbpg-load.stop; for i in $(seq 200); do tail -1 /tmp/hcbpg-load.log | grep -q stopped "
+                "&& break; sleep 0.05; done", display="stop the load")
+        migration.wait_for_source_quiet(source)
+        sentinel = migration.sentinel_value("bench-online")
+        migration.run_sentinel_write(source, params, sentinel)
+        ver, phases, _, _ = online.run_window(host, params, source, app=app, password=password,
+                                              sentinel_expect=sentinel)
+        downtime = time.monotonic() - t0
+        bad = [c for c in ver.checks if c.status == "fail"]
+        if bad:
+            raise SystemExit(f"online: verification failed: {bad}")
+        log = (app.read_text("/tmp/hcbpg-load.log") or "").splitlines()
+        inserted = [int(x.split()[1]) for x in log if x.startswith("i ")]
+        updated = {int(x.split()[1]): x.split(" ", 2)[2] for x in log if x.startswith("u ")}
+        tgt = migration.target(host, params)
+        found = set(tgt.json(f"SELECT coalesce(json_agg(id), '[]') FROM public.events WHERE id = ANY "
+                             f"('{{{','.join(map(str, inserted)) or '0'}}}'::bigint[])"))
+        memos = {int(k): v for k, v in (tgt.json(
+            f"SELECT coalesce(json_object_agg(id, memo), '{{}}') FROM public.transactions WHERE id = ANY "
+            f"('{{{','.join(map(str, updated)) or '0'}}}'::bigint[])") or {}).items()}
+        lost = len(set(inserted) - found) + sum(1 for k, v in updated.items() if memos.get(k) != v)
+        online.run_cleanup(host, params, source, dry_run=False)
+    return {"downtime_s": downtime, "lag_rows": lag_open["rows"], "lag_s": lag_open["seconds"],
+            "drain_s": phases["drain_s"], "phases": phases, "writes": len(inserted) + len(updated), "lost": lost,
+            "copy_s": copy_s}
+
+
+def slope(xs: list[float], ys: list[float]) -> float:
+    if len(xs) < 2:
+        return float("nan")
+    mx, my = statistics.mean(xs), statistics.mean(ys)
+    den = sum((x - mx) ** 2 for x in xs)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den if den else float("nan")
+
+
+def run(sizes: list[float], *, rate: float, sync_s: float, plot: str, out_json: str | None, keep: bool) -> None:
+    lab = Lab(scratch_config("hcbpg-lab-bench-online-").lab_dir)
+    results = []
+    try:
+        for mb in sizes:
+            rows = int(mb * 1024 ** 2 / BYTES_PER_ROW)
+            t = time.monotonic()
+            params, host, app, password, url = prepare(lab, rows)
+            with migration.Source(host, url) as s:
+                size = migration.get_source_facts(s)["size_bytes"] / 1024 ** 2
+            print(f"== {mb:g} MB asked: source {size:.0f} MB, lab and primary ready in {time.monotonic() - t:.0f}s")
+            off = offline(params, host, app, password, url)
+            print(f"  offline downtime {off:.1f}s")
+            on = online_run(params, host, app, password, url, rate=rate, sync_s=sync_s)
+            print(f"  online downtime {on['downtime_s']:.1f}s (lag at maintenance-on {on['lag_rows']} rows, {on['lag_s']:.1f}s; "
+                  f"drain {on['drain_s']:.1f}s; {on['writes']} writes, {on['lost']} lost; initial copy "
+                  f"{on['copy_s']:.0f}s; phases {on['phases']})")
+            results.append({"mb": size, "offline_s": off, **on})
+            host.close()
+            app.close()
+    finally:
+        if not keep:
+            lab.down(purge=True)
+    if out_json:
+        Path(out_json).write_text(json.dumps(results, indent=2, default=str))
+    report(results, plot)
+
+
+def report(results: list[dict[str, Any]], plot: str) -> None:
+    """The table (ratios, slopes) and the PNG plot of downtime against size."""
+    results = sorted(results, key=lambda r: r["mb"])
+    print()
+    print(f"{'source MB':>9} {'offline s':>9} {'online s':>8} {'on/off':>6} {'lag rows':>8} {'lag s':>6} "
+          f"{'drain s':>7} {'writes':>6} {'lost':>4}")
+    for r in results:
+        print(f"{r['mb']:9.0f} {r['offline_s']:9.1f} {r['downtime_s']:8.1f} {r['downtime_s'] / r['offline_s']:6.2f} "
+              f"{int(r['lag_rows']):8d} {r['lag_s']:6.1f} {r['drain_s']:7.2f} {r['writes']:6d} {r['lost']:4d}")
+    gb = [r["mb"] / 1024 for r in results]
+    print(f"slope: offline {slope(gb, [r['offline_s'] for r in results]):.1f} s/GB, "
+          f"online {slope(gb, [r['downtime_s'] for r in results]):.2f} s/GB (target: online <= 10 s, flat)")
+    import matplotlib  # noqa: PLC0415 - only the benchmark plots
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415 - only the benchmark plots
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([r["mb"] for r in results], [r["offline_s"] for r in results], "o-", label="offline (stream, default)")
+    ax.plot([r["mb"] for r in results], [r["downtime_s"] for r in results], "s-", label="online (Bucardo)")
+    ax.set_xlabel("source size (MB)")
+    ax.set_ylabel("downtime maintenance-on to traffic-on (s)")
+    ax.set_ylim(bottom=0)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(plot, dpi=110)
+    print(f"plot: {plot}")
+
+
+def report_files(paths: list[str], plot: str) -> None:
+    """The table and plot of earlier runs' --json files together (sizes measured in separate runs)."""
+    report([r for p in paths for r in json.loads(Path(p).read_text())], plot)

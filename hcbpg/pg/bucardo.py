@@ -1,0 +1,184 @@
+"""Pure knowledge of the online transfer with Bucardo: what a source must have to be synced, the
+names Bucardo gets from us, its lag, its objects (to leave them out of comparisons and to prove
+they are gone), and the statements of the way back.
+
+Bucardo 5.6 records changed keys with a trigger per table into ``bucardo.delta_<schema>_<table>``
+(columns: the key, ``txntime``) in the *source* database, and marks what a sync applied in
+``bucardo.track_<schema>_<table>`` (``txntime``, ``target``).  It needs a primary key or a unique
+index on every table it syncs; it does not copy large objects, DDL or unlogged tables' crash
+semantics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from psycopg import sql
+
+from hcbpg.outcome import Check
+from hcbpg.pg.compose import render
+from hcbpg.pg.inventory import USER_NS, Inventory, list_names, not_ext_member
+
+#: the schema Bucardo creates in every database it syncs, and its control database on the primary
+SCHEMA = "bucardo"
+CONTROL_DB = "bucardo"
+#: Bucardo's names for our databases and syncs (``bucardo add db NAME``)
+SOURCE_DB = "hcbpg_source"
+PRIMARY_DB = "hcbpg_primary"
+#: the source as the way back's target: the prefix tells our customcode that this database's role
+#: is only the owner of its tables (no session_replication_role, see bucardo-owner-only.pl)
+OWNER_ONLY_PREFIX = "hcbpg_owner_only_"
+BACK_TARGET_DB = OWNER_ONLY_PREFIX + "source"
+FORWARD_SYNC = "hcbpg_forward"
+BACK_SYNC = "hcbpg_back"
+#: the libpq service names Bucardo connects with (in the postgres user's ~/.pg_service.conf)
+SOURCE_SERVICE = "hcbpg-bucardo-source"
+
+#: every table of the source with what Bucardo needs to know: a key (primary key, or a unique,
+#: non-partial index on NOT NULL columns), persistence, its estimated rows; and the large objects
+SYNCABILITY_SQL = f"""
+SELECT json_build_object(
+ 'tables', (SELECT coalesce(json_agg(json_build_object(
+     'name', n.nspname || '.' || c.relname,
+     'key', EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisvalid AND (i.indisprimary OR
+              (i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL AND NOT EXISTS (
+                SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum = ANY (i.indkey)
+                  AND NOT a.attnotnull)))),
+     'unlogged', c.relpersistence = 'u',
+     'rows', greatest(c.reltuples, 0)::bigint) ORDER BY n.nspname, c.relname), '[]'::json)
+   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+   WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND {USER_NS} AND n.nspname <> '{SCHEMA}'
+     AND {not_ext_member('pg_class', 'c.oid')}),
+ 'sequences', (SELECT coalesce(json_agg(n.nspname || '.' || c.relname ORDER BY 1), '[]'::json)
+   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+   WHERE c.relkind = 'S' AND {USER_NS} AND n.nspname <> '{SCHEMA}' AND {not_ext_member('pg_class', 'c.oid')}),
+ 'large_objects', (SELECT count(*) FROM pg_largeobject_metadata))
+"""
+
+
+@dataclass
+class SyncPlan:
+    """How each table of the source moves in the online transfer."""
+
+    synced: list[str]                      # Bucardo syncs them (a key each)
+    in_window: list[str]                   # no key, small: copied whole inside the window
+    refused: list[str]                     # no key, too large: the online mode is refused
+    unlogged: list[str]                    # synced or copied like the others (their data is not crash-safe)
+    sequences: list[str]
+    large_objects: int
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(c.status != "fail" for c in self.checks)
+
+    def rows(self) -> list[dict[str, str]]:
+        """One row per table: how it moves (for the notebook's table)."""
+        how = {**{t: "synced by Bucardo (trigger on the source, key-based)" for t in self.synced},
+               **{t: "no key: copied whole inside the window" for t in self.in_window},
+               **{t: "no key, too large: REFUSED" for t in self.refused}}
+        return [{"table": t, "moved": h + (" (unlogged)" if t in self.unlogged else "")}
+                for t, h in sorted(how.items())]
+
+
+def plan_sync(data: Mapping[str, Any], *, window_copy_max_rows: int) -> SyncPlan:
+    """What can be synced, what is copied inside the window, what refuses the mode (with checks)."""
+    tables = list(data.get("tables") or [])
+    synced = [t["name"] for t in tables if t["key"]]
+    keyless = [t for t in tables if not t["key"]]
+    in_window = [t["name"] for t in keyless if int(t["rows"]) <= window_copy_max_rows]
+    refused = [t["name"] for t in keyless if int(t["rows"]) > window_copy_max_rows]
+    unlogged = [t["name"] for t in tables if t["unlogged"]]
+    lobs = int(data.get("large_objects") or 0)
+    plan = SyncPlan(synced, in_window, refused, unlogged, list(data.get("sequences") or []), lobs)
+    rows_of = {t["name"]: int(t["rows"]) for t in tables}
+    plan.checks = [
+        Check.of("every table has a key or is small enough to copy inside the window", not refused,
+                 (f"{len(synced)} synced by key; " + (f"copied inside the window (no key, at most "
+                  f"{window_copy_max_rows} rows): {list_names(in_window)}" if in_window else "none without a key"))
+                 if not refused else
+                 "no primary key or unique index, too large to copy inside the window: "
+                 + ", ".join(f"{t} (about {rows_of[t]} rows)" for t in refused[:5])
+                 + ". Add a primary key on the source (a Rails migration before the sync starts), raise "
+                   "source.online.window_copy_max_rows, or use source.transfer: stream (offline).", "source"),
+        Check.of("no large objects on the source", lobs == 0,
+                 "none" if lobs == 0 else
+                 f"{lobs} large objects: Bucardo does not sync pg_largeobject. The online mode is refused; "
+                 "use source.transfer: directory (offline, pg_dump -Fd moves them).", "source"),
+        Check("unlogged tables", "pass" if not unlogged else "warn",
+              "none" if not unlogged else
+              f"{list_names(unlogged)}: moved like the others (a trigger records their changes), but on the "
+              "source they lose their rows on a crash", "source"),
+    ]
+    return plan
+
+
+def _delta(table: str, kind: str) -> sql.Identifier:
+    schema, name = table.split(".", 1)
+    return sql.Identifier(SCHEMA, f"{kind}_{schema}_{name}")
+
+
+def render_lag_sql(tables: Sequence[str]) -> str:
+    """On the source: the changes recorded but not yet applied (rows) and the age of the oldest (s)."""
+    if not tables:
+        return "SELECT json_build_object('rows', 0, 'seconds', 0)"
+    parts = [sql.SQL("SELECT txntime FROM {d} WHERE txntime > (SELECT coalesce(max(txntime), '-infinity') "
+                     "FROM {t})").format(d=_delta(t, "delta"), t=_delta(t, "track")) for t in tables]
+    union = render(sql.SQL(" UNION ALL ").join(parts))
+    return ("SELECT json_build_object('rows', count(*), 'seconds', "
+            f"coalesce(round(extract(epoch FROM now() - min(txntime))::numeric, 1), 0)) FROM ({union}) AS pending")
+
+
+def strip_bucardo(inv: Inventory) -> Inventory:
+    """The inventory without Bucardo's own objects (its schema and what is in it, its triggers)."""
+    def keep(kind: str, name: str, definition: str) -> bool:
+        if kind == "schemas":
+            return name != SCHEMA
+        if kind == "triggers":
+            return not name.rsplit(".", 1)[-1].startswith("bucardo_") and f" {SCHEMA}." not in definition
+        return not name.startswith(SCHEMA + ".")
+    objects = {k: {n: d for n, d in v.items() if keep(k, n, d)} for k, v in inv.objects.items()}
+    rows = {n: c for n, c in inv.rows.items() if not n.startswith(SCHEMA + ".")}
+    return Inventory(objects, rows, inv.newest_event)
+
+
+def without_sequence_values(inv: Inventory) -> Inventory:
+    """The inventory with sequences by name only (their values move while the app writes)."""
+    objects = {k: ({n: "" for n in v} if k == "sequences" else v) for k, v in inv.objects.items()}
+    return Inventory(objects, inv.rows, inv.newest_event)
+
+
+#: Bucardo's objects left in a database: its schema, functions in it, triggers calling them or named bucardo_*
+LEFTOVERS_SQL = f"""
+SELECT json_build_object(
+ 'schemas', (SELECT coalesce(json_agg(nspname), '[]') FROM pg_namespace WHERE nspname = '{SCHEMA}'),
+ 'functions', (SELECT coalesce(json_agg(p.oid::regprocedure::text), '[]') FROM pg_proc p
+               JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = '{SCHEMA}'),
+ 'triggers', (SELECT coalesce(json_agg(tg.tgrelid::regclass::text || '.' || tg.tgname), '[]') FROM pg_trigger tg
+              JOIN pg_proc p ON p.oid = tg.tgfoid JOIN pg_namespace n ON n.oid = p.pronamespace
+              WHERE NOT tg.tgisinternal AND (n.nspname = '{SCHEMA}' OR tg.tgname LIKE 'bucardo%')))
+"""
+
+
+def check_no_leftovers(where: str, found: Mapping[str, Iterable[str]]) -> Check:
+    """No schema, function or trigger of Bucardo remains in *where*."""
+    items = [f"{k[:-1]} {n}" for k, v in found.items() for n in v]
+    return Check.of(f"no Bucardo schema, function or trigger in {where}", not items,
+                    "none" if not items else list_names(items), where)
+
+
+#: on the way back's target: the foreign keys that are not deferrable (made DEFERRABLE INITIALLY IMMEDIATE
+#: for the period, so the sync's delete-then-copy of a referenced row is checked at its commit)
+NOT_DEFERRABLE_FKS_SQL = """
+SELECT coalesce(json_agg(json_build_object('table', conrelid::regclass::text, 'name', conname)
+                ORDER BY conrelid::regclass::text, conname), '[]')
+  FROM pg_constraint WHERE contype = 'f' AND NOT condeferrable AND connamespace <> 'pg_catalog'::regnamespace
+"""
+
+
+def render_deferrable(fks: Sequence[Mapping[str, str]], *, deferrable: bool) -> list[str]:
+    """ALTER CONSTRAINT ... [NOT] DEFERRABLE for each foreign key (the table's owner may do this)."""
+    how = "DEFERRABLE INITIALLY IMMEDIATE" if deferrable else "NOT DEFERRABLE"
+    return [f"ALTER TABLE {fk['table']} ALTER CONSTRAINT {render(sql.Identifier(fk['name']))} {how}" for fk in fks]

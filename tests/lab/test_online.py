@@ -1,0 +1,277 @@
+"""The online transfer against the lab (``source.transfer: online``, real Bucardo 5.6 on the primary):
+06, 06b, 07, 09 and 09b run by the real runner while a writer on the app host changes the source
+until maintenance is on; then the way back (writes on the new primary reach the source), large
+objects refusing the mode, and the clean-up (16) leaving nothing of Bucardo anywhere.
+
+The source is a copy of the lab's Heroku-like database (``hcb_online``, owned by the non-superuser
+``heroku_owner``) with a table without a key added, so other modules' source is untouched.  The
+tests run in file order and build on each other.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from hcbpg.adapters.host import Host
+from hcbpg.engine.runner import Runner, approve
+from hcbpg.errors import DatabaseError, HcbpgError
+from hcbpg.lab import create_server_host, destroy_server_host
+from hcbpg.ops import app_database as roles
+from hcbpg.ops import cluster as pg_cluster
+from hcbpg.ops import migration
+from hcbpg.ops import server as pg_server
+from hcbpg.ops.migration import online
+from hcbpg.params import parse_params
+from hcbpg.secrets import register
+
+from labparams import lab_params
+
+pytestmark = pytest.mark.lab
+
+REPO = Path(__file__).resolve().parents[2]
+PRIMARY_OFFSET = 56
+STEPS = ["06_dry_run_restore", "06b_online_sync", "07_cutover", "09_start_traffic", "09b_way_back",
+         "16_online_cleanup"]
+GATES = ["no-migrations-during-sync", "maintenance-on", "processes-stopped", "traffic-switch", "database-url-set",
+         "processes-enabled", "maintenance-off"]
+DB = "hcb_online"
+STATE: dict = {}
+
+#: the source copy, with a table that has no primary key (small: copied inside the window)
+SETUP_SQL = f"""
+SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{DB}';
+DROP DATABASE IF EXISTS {DB};
+CREATE DATABASE {DB} TEMPLATE hcb_heroku OWNER heroku_owner;
+\\connect {DB}
+SET ROLE heroku_owner;
+CREATE TABLE audit_nokey (at timestamp NOT NULL DEFAULT now(), what text);
+INSERT INTO audit_nokey (what) SELECT 'row ' || i FROM generate_series(1, 300) i;
+"""
+
+#: on the app host: inserts into events and updates of transactions on the source, ~10 a second, each
+#: logged after its commit ("i ID" / "u ID MEMO"), until /tmp/hcbpg-writer.stop exists
+WRITER = r"""
+rm -f /tmp/hcbpg-writer.stop /tmp/hcbpg-writer.log; n=0
+while [ ! -e /tmp/hcbpg-writer.stop ]; do
+  n=$((n+1))
+  out=$(psql "service=hcbpg-writer" -X -q -At -v ON_ERROR_STOP=1 \
+    -c "INSERT INTO events (user_id, name, properties, created_at) VALUES (1 + $n % 2000, 'writer', '{}', now()) RETURNING id" \
+    -c "UPDATE transactions SET memo = 'writer $n' WHERE id = 1 + $n % 6000 RETURNING id" 2>/dev/null) \
+    && set -- $out && printf 'i %s\nu %s writer %s\n' "$1" "$2" "$n" >> /tmp/hcbpg-writer.log
+  sleep 0.05
+done
+echo stopped >> /tmp/hcbpg-writer.log
+"""
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def env(lab, tmp_path_factory, monkeypatch_module):
+    """A source copy, params with transfer online, notebooks 06-16, a primary after steps 02-04."""
+    cfg = lab.cfg
+    cp = lab.exec("source", ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "postgres"], input=SETUP_SQL,
+                  user="postgres", timeout=300)
+    assert cp.returncode == 0, cp.stderr[-2000:]
+    ip = cfg.address(PRIMARY_OFFSET)
+    key = lab.ssh_key.with_suffix(".pub").read_text()
+    create_server_host("server-postgres-1", ip, [key], lab_dir=str(lab.lab_dir))
+    tmp = tmp_path_factory.mktemp("online")
+    (tmp / "secrets").mkdir(mode=0o700)
+    pw_file = tmp / "secrets" / "rails-password"
+    shutil.copy(cfg.secret_path("rails-password"), pw_file)
+    pw_file.chmod(0o600)
+    url = register(lab.secret("source-url").replace("/hcb_heroku?", f"/{DB}?"))
+    url_file = tmp / "secrets" / "source-url"
+    url_file.write_text(url + "\n")
+    url_file.chmod(0o600)
+    data = lab_params(lab, [("server-postgres-1", ip, "primary")],
+                      postgres={"app_role_password": f"file:{pw_file}"},
+                      source={"method": "pg_dump", "url": f"file:{url_file}", "jobs": 2, "transfer": "online",
+                              "online": {"drain_timeout_s": 60, "way_back_hours": 1, "window_copy_max_rows": 1000,
+                                         "initial_copy_timeout_s": 600}},
+                      allow_destructive=False)
+    home = tmp / "home"
+    (home / "params").mkdir(parents=True)
+    (home / "params" / "lab.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    nb_dir = home / "notebooks"
+    nb_dir.mkdir()
+    for s in STEPS:
+        shutil.copy(REPO / "notebooks" / f"{s}.ipynb", nb_dir)
+    (nb_dir / "steps.yaml").write_text(yaml.safe_dump({"steps": [
+        {"notebook": f"{s}.ipynb", "title": s, **({"on_demand": True} if s.startswith("16") else {})}
+        for s in STEPS]}))
+    for k, v in {"HCBPG_HOME": str(home), "HCBPG_NOTEBOOKS": str(nb_dir), "HCBPG_STATE_DIR": str(tmp / "state"),
+                 "HCBPG_OPERATOR": "lab-test", "XDG_STATE_HOME": str(tmp / "xdg")}.items():
+        monkeypatch_module.setenv(k, v)
+    for k in ("HCBPG_SCRUB_FILE", "HCBPG_HEADLESS", "HCBPG_AUTO_APPROVE"):
+        monkeypatch_module.delenv(k, raising=False)
+    params = parse_params(data)
+    host = Host.from_params(params, "server-postgres-1", ip)
+    app = Host.from_params(params, "app", cfg.app_ip)
+    password = register(pw_file.read_text().strip())
+    pg_server.install_server(host, params, params.primary, dry_run=False)
+    pg_server.allow_connections(host, params, params.primary, dry_run=False)
+    roles.app_role_database(pg_cluster.psql_for(host, params), params, password, dry_run=False)
+    conn = migration.parse_source_url(url)
+    service = "[hcbpg-writer]\n" + "".join(f"{k}={v}\n" for k, v in conn.items()) + "application_name=writer\n"
+    app.put_text("/root/.pg_service.conf", service, mode=0o600)
+    yield SimpleNamespace(lab=lab, params=params, home=home, nb_dir=nb_dir, host=host, app=app, pw_file=pw_file,
+                          url=url, source=migration.Source(host, url))
+    app.run("touch /tmp/hcbpg-writer.stop; rm -f /root/.pg_service.conf", check=False, quiet=True)
+    try:  # whatever a failed test left of Bucardo on the source copy goes with it
+        online.stop(host, params)
+    except HcbpgError:
+        pass
+    host.close()
+    app.close()
+    destroy_server_host("server-postgres-1", lab_dir=str(lab.lab_dir))
+    lab.exec("source", ["psql", "-X", "-q", "-d", "postgres"], user="postgres", timeout=120,
+             input=f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{DB}';\n"
+                   f"DROP DATABASE IF EXISTS {DB};\n")
+
+
+def test_the_source_role_cannot_create_a_logical_replication_slot(env):
+    """Like Heroku: no superuser, no replication privilege, so the online mode cannot lean on a slot."""
+    with env.source as source:
+        role = source.json("SELECT row_to_json(r) FROM (SELECT rolsuper, rolreplication FROM pg_roles "
+                           "WHERE rolname = current_user) r")
+        with pytest.raises(DatabaseError, match="permission denied|must be superuser or replication role"):
+            source.json("SELECT pg_create_logical_replication_slot('hcbpg_probe', 'pgoutput')::text")
+    assert role == {"rolsuper": False, "rolreplication": False}
+
+
+def writer_log(app: Host) -> list[str]:
+    return (app.read_text("/tmp/hcbpg-writer.log") or "").splitlines()
+
+
+def test_the_online_runbook_moves_every_row_written_before_maintenance_on(env):
+    env.app.run(f"nohup bash -c {__import__('shlex').quote(WRITER)} > /dev/null 2>&1 &", display="start the writer")
+    runner = Runner(base=env.home, nb_dir=env.nb_dir, progress_bar=False)
+    result = runner.start("lab")
+    seen = []
+    while result.exit_code == 3:
+        gates = result.run.read()["gates"]
+        waiting = [g for g, v in gates.items() if not v.get("approved_at")]
+        assert len(waiting) == 1, gates
+        if waiting[0] == "maintenance-on":  # the app stops writing
+            env.app.run("touch /tmp/hcbpg-writer.stop; for i in $(seq 100); do tail -1 /tmp/hcbpg-writer.log | "
+                        "grep -q stopped && break; sleep 0.1; done", display="stop the writer")
+        seen.append(waiting[0])
+        approve(result.run.run_id, waiting[0], note="lab test", base=env.home)
+        result = runner.resume(result.run.run_id)
+    assert result.status == "succeeded", result.message
+    assert seen == GATES
+    log = writer_log(env.app)
+    inserted = [int(line.split()[1]) for line in log if line.startswith("i ")]
+    updated: dict[int, str] = {}
+    for line in log:
+        if line.startswith("u "):
+            _, i, memo = line.split(" ", 2)
+            updated[int(i)] = memo
+    assert len(inserted) > 20 and log[-1] == "stopped", log[-3:]
+    tgt = migration.target(env.host, env.params)
+    found = set(tgt.json(f"SELECT coalesce(json_agg(id), '[]') FROM public.events WHERE id IN "
+                         f"({','.join(map(str, inserted))})"))
+    assert set(inserted) - found == set(), "rows written before maintenance-on are missing on the primary"
+    memos = {int(k): v for k, v in tgt.json(f"SELECT coalesce(json_object_agg(id, memo), '{{}}') FROM "
+                                            f"public.transactions WHERE id IN ({','.join(map(str, updated))})").items()}
+    assert memos == updated
+    import scrapbook as sb
+    nb = sb.read_notebook(str(result.run.path / "07_cutover.ipynb"))
+    cut = nb.scraps["cutover"].data
+    assert cut["checks"]["fail"] == 0 and cut["checks"]["warn"] == 0, cut["checks"]
+    assert set(cut["phases"]) >= {"drain_s", "sequences_s", "window_copy_s", "verify_s"}
+    assert cut["tables"] == 6 and cut["sentinel"].startswith("hcbpg last write ")
+    text = (result.run.path / "07_cutover.ipynb").read_text()
+    assert "last-write sentinel from the source read back from the app host" in text
+    assert "copied inside the window: public.audit_nokey" in text
+    nb06b = (result.run.path / "06b_online_sync.ipynb").read_text()
+    assert "no key: copied whole inside the window" in nb06b and "public.audit_nokey" in nb06b
+    assert "initial copy" in nb06b and "lag" in nb06b
+    manifest = result.run.read()
+    assert set(manifest["downtime"]["phases_s"]) >= {"drain_s", "sequences_s", "verify_s"}
+    STATE.update(run=result.run, inserted=len(inserted), password=register(env.pw_file.read_text().strip()),
+                 downtime=manifest["downtime"])
+    print(f"writer: {len(inserted)} inserts, {len(updated)} updated rows; downtime {manifest['downtime']}")
+
+
+def test_after_traffic_is_on_writes_on_the_new_primary_reach_the_source(env):
+    assert online.get_way_back(env.host), "09b did not set up the way back"
+    marker = f"way back {time.time():.0f}"
+    res = migration.app_psql(env.app, env.params, STATE["password"],
+                             f"UPDATE users SET full_name = '{marker}' WHERE id = 7;\n"
+                             "INSERT INTO events (user_id, name, properties, created_at) "
+                             "VALUES (7, 'after-cutover', '{}', now()) RETURNING id;\n",
+                             server_ip=env.params.primary.private_ip, display="write on the new primary as rails")
+    assert res.ok, res.output
+    new_id = int(res.stdout.split()[-1])
+    with env.source as source:
+        for _ in range(60):
+            got = source.json(f"SELECT json_build_object('name', (SELECT full_name FROM public.users WHERE id = 7), "
+                              f"'event', (SELECT count(*) FROM public.events WHERE id = {new_id}))")
+            if got == {"name": marker, "event": 1}:
+                break
+            time.sleep(1)
+    assert got == {"name": marker, "event": 1}, got
+
+
+def test_large_objects_on_the_source_refuse_the_online_mode_naming_them(env):
+    with env.source as source:
+        oid = source.json("SELECT lo_from_bytea(0, 'hcbpg')::bigint")
+        try:
+            plan = online.get_sync_plan(source, env.params)
+        finally:
+            source.execute([f"SELECT lo_unlink({oid})"])
+    bad = [c for c in plan.checks if c.status == "fail"]
+    assert [c.name for c in bad] == ["no large objects on the source"]
+    assert "1 large objects" in bad[0].detail and "source.transfer: directory" in bad[0].detail
+
+
+def test_the_clean_up_ends_the_way_back_and_leaves_no_bucardo_object(env):
+    runner = Runner(base=env.home, nb_dir=env.nb_dir, progress_bar=False)
+    result = runner.start("lab", only="16_online_cleanup")
+    assert result.exit_code == 3  # the period (1 h) is not over: it asks first
+    approve(result.run.run_id, "end-way-back-early", note="lab test", base=env.home)
+    result = runner.resume(result.run.run_id)
+    assert result.status == "succeeded", result.message
+    import scrapbook as sb
+    removed = sb.read_notebook(str(result.run.path / "16_online_cleanup.ipynb")).scraps["online_cleanup"].data
+    what = {r["what"] for r in removed}
+    print("removed by 16:", *(f"{r['where']}: {r['what']}" for r in removed), sep="\n  ")
+    assert "schema bucardo" in what and any(w.startswith("trigger ") and "bucardo" in w for w in what), what
+    assert any(w.startswith("foreign key ") for w in what) and any(w.startswith("database bucardo") for w in what)
+    checks = online.check_removed(env.host, env.params, env.source)
+    assert all(c.status == "pass" for c in checks), checks
+    with env.source as source:
+        assert source.json("SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND condeferrable") == 0
+    res = migration.app_psql(env.app, env.params, STATE["password"],
+                             "UPDATE users SET full_name = 'after the period' WHERE id = 8;\n",
+                             server_ip=env.params.primary.private_ip, display="write on the primary after the period")
+    assert res.ok
+    time.sleep(5)
+    with env.source as source:
+        assert source.json("SELECT to_json(full_name) FROM public.users WHERE id = 8") != "after the period"
+
+
+def test_no_secret_in_the_record_or_on_a_command_line(env):
+    secrets = [migration.parse_source_url(env.url)["password"], STATE["password"]]
+    for run_dir in {STATE["run"].path, *env.home.joinpath("outputs", "lab").iterdir()}:
+        for f in run_dir.rglob("*"):
+            if f.is_file():
+                text = f.read_text(errors="replace")
+                assert not any(s in text for s in secrets), f"a secret is in {f}"
+    for h in (env.host, env.app):
+        for r in h.history:
+            assert not any(s in r.command for s in secrets), r.command
