@@ -100,8 +100,11 @@ def test_killed_run_resumes_without_repeating_finished_steps(home, env):
     m = manifest(run)
     assert m["steps"][0]["status"] == "succeeded" and m["steps"][1]["status"] == "running"
     assert (run / "01_slow.ipynb").is_file()   # the partial record survived the crash
+    registry = home.parent / "state" / "scrub" / f"{run.name}.jsonl"
+    assert registry.is_file()                  # a killed runner could not remove it
     r = hcbpg("resume", m["run_id"], env={"HCBPG_TEST_SLEEP": "0"})
     assert r.returncode == 0, r.stdout + r.stderr
+    assert not registry.exists()               # the resume ran, then stopped: gone
     assert "already succeeded" in r.stdout
     m = manifest(run)
     assert m["status"] == "succeeded"

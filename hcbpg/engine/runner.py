@@ -200,6 +200,7 @@ class Runner:
                                 selection={"from": start, "until": until, "only": only},
                                 repo=self.nb_dir.parent, seal_with=sealer)
             lock.note_run(run.run_id)
+            drop_stale_registries(self.home, env, keep=run)
             kind = "plan (dry run: nothing is changed)" if dry_run else "run"
             self.progress(f"hcbpg {kind} of {env}: {len(steps)} step(s), run {run.run_id}\n"
                           f"  record: {run.path}")
@@ -245,6 +246,7 @@ class Runner:
             with run.update() as d:
                 d.setdefault("params_history", []).append({"at": mf.utcnow(), "params_sha256": sha})
                 d["params_sha256"] = sha
+        drop_stale_registries(self.home, run.env, keep=run)
         self.progress(f"hcbpg resume of run {run.run_id} ({run.env})\n  record: {run.path}")
         return self._execute(run, params, sealer)
 
@@ -459,6 +461,14 @@ class Runner:
             lines.append(f"This is a {run.env} run: commit {run.path} as the record of the change "
                          f"(git add {shown}).")
         return "\n".join(lines)
+
+
+def drop_stale_registries(base: Path, env: str, *, keep: mf.Run) -> None:
+    """Remove the scrub registries that runs of *env* killed before they stopped left behind (every
+    secret of such a run, in the clear); the run being started or resumed keeps its own."""
+    for r in mf.list_runs(base, env):
+        if r.path != keep.path and not mf.is_open(r):
+            scrub_file_for(r.path).unlink(missing_ok=True)
 
 
 def sealer_for(params: Params, env: str, base: Path) -> mf.Sealer:
