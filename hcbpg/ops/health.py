@@ -323,7 +323,7 @@ def _backup(host: "Host", params: "Params", m: Measurement) -> None:
     try:
         # a short io-timeout: an unreachable repository is reported in seconds, not after minutes of retries
         rows = pgbackrest.parse_info_json(pgbackrest.run_pgbackrest(
-            host, params, "info", "--output=json", "--io-timeout=15", quiet=True).stdout, params.pgbackrest.stanza)
+            host, params, "info", "--output=json", "--io-timeout=5", quiet=True).stdout, params.pgbackrest.stanza)
     except HcbpgError as exc:
         m.backup_error = f"pgbackrest info failed: {scrub(exc.message.splitlines()[0])[:200]}"
         return
