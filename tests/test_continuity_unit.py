@@ -111,6 +111,9 @@ def test_status_says_wal_dropped_loudly_and_strict_fails_on_a_warning():
                            disk={"used_pct": 10.0, "avail_bytes": 1}, wal_bytes=1, max_connections=100)
     c = {x.name: x for x in health.evaluate([m], health.Thresholds()) if x.target == m.server}
     assert c["archiving"].status == "fail" and "WAL DROPPED" in c["archiving"].detail
+    m.backup, m.archiver = None, {**m.archiver, "last_failed_time": NOW - 100}  # the repository does not answer
+    c = {x.name: x for x in health.evaluate([m], health.Thresholds()) if x.target == m.server}
+    assert c["archiving"].status == "fail" and "WAL DROPPED" in c["archiving"].detail
     warn_only = [health.Check("role", "warn", "", "s")]
     assert health.exit_code(warn_only) == 0 and health.exit_code(warn_only, strict=True) == 1
 

@@ -320,6 +320,17 @@ def parse_df(text: str) -> dict[str, Any] | None:
     return {"size_bytes": size, "used_bytes": used, "avail_bytes": avail, "used_pct": pct}
 
 
+def _wal_dropped(host: "Host", params: "Params", m: Measurement) -> None:
+    """The last WAL pgBackRest dropped from the archive (its log), whether or not the repository answers now."""
+    if params.pgbackrest is None:
+        return
+    logs = host.probe(f"cat /var/log/pgbackrest/{shlex.quote(params.pgbackrest.stanza)}-archive-push*.log "
+                      "2>/dev/null | grep -F 'dropped WAL file'")
+    dropped = last_dropped(logs.stdout)
+    if dropped is not None:
+        m.wal_dropped = {"time": dropped[0], "segment": dropped[1]}
+
+
 def _backup(host: "Host", params: "Params", m: Measurement) -> None:
     if params.pgbackrest is None:
         m.backup_error = "pgbackrest is not configured in params"
@@ -327,7 +338,7 @@ def _backup(host: "Host", params: "Params", m: Measurement) -> None:
     try:
         # a short io-timeout: an unreachable repository is reported in seconds, not after minutes of retries
         rows = pgbackrest.parse_info_json(pgbackrest.run_pgbackrest(
-            host, params, "info", "--output=json", "--io-timeout=15", quiet=True).stdout, params.pgbackrest.stanza)
+            host, params, "info", "--output=json", "--io-timeout=5", quiet=True).stdout, params.pgbackrest.stanza)
     except HcbpgError as exc:
         m.backup_error = f"pgbackrest info failed: {scrub(exc.message.splitlines()[0])[:200]}"
         return
@@ -339,11 +350,7 @@ def _backup(host: "Host", params: "Params", m: Measurement) -> None:
     epoch = lambda ts: datetime.strptime(ts, "%Y-%m-%d %H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()  # noqa: E731
     m.backup = {"label": last.label, "type": last.type, "stop": epoch(last.stop), "error": last.error,
                 "start": max(epoch(r.start) for r in done if not r.error) if any(not r.error for r in done) else 0.0}
-    logs = host.probe(f"cat /var/log/pgbackrest/{shlex.quote(params.pgbackrest.stanza)}-archive-push*.log "
-                      "2>/dev/null | grep -F 'dropped WAL file'")
-    dropped = last_dropped(logs.stdout)
-    if dropped is not None:
-        m.wal_dropped = {"time": dropped[0], "segment": dropped[1]}
+
 
 
 def measure(host: "Host | None", params: "Params", server: "Server", *, expected_role: str | None = None) -> Measurement:
@@ -384,6 +391,7 @@ def measure(host: "Host | None", params: "Params", server: "Server", *, expected
     res = host.probe(f"df -P -B1 {shlex.quote(m.data_directory or '/')}")
     m.disk = parse_df(res.stdout) if res.ok else None
     if not m.in_recovery:
+        _wal_dropped(host, params, m)
         _backup(host, params, m)
     return m
 

@@ -128,7 +128,7 @@ def measure(cfg: dict[str, Any]) -> tuple[dict[str, Any] | None, str, float | No
     backups: list[dict[str, Any]] | None = None
     dropped = None
     if facts is not None and not facts["in_recovery"]:
-        code, info = _run(["pgbackrest", f"--stanza={cfg['stanza']}", "--output=json", "--io-timeout=15", "info"])
+        code, info = _run(["pgbackrest", f"--stanza={cfg['stanza']}", "--output=json", "--io-timeout=5", "info"])
         if code == 0:
             backups = [{"start": b["timestamp"]["start"], "stop": b["timestamp"]["stop"], "error": b.get("error")}
                        for st in json.loads(info or "[]") if st.get("name") == cfg["stanza"]
