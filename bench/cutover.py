@@ -180,8 +180,10 @@ def main() -> None:
         key = lab.ssh_key.with_suffix(".pub").read_text()
         params = load_params("lab")
         create_server_host(params.primary.name, params.primary.private_ip, [key])
-        host = Host(params.primary.name, params.primary.private_ip, key_file=str(lab.ssh_key), echo=quiet).connect()
-        app = Host("app", params.app_host.private_ip, key_file=str(lab.ssh_key), echo=quiet).connect()
+        host = Host(params.primary.name, params.primary.private_ip, key_file=str(lab.ssh_key), echo=quiet,
+                    known_hosts=lab.cfg.known_hosts).connect()
+        app = Host("app", params.app_host.private_ip, key_file=str(lab.ssh_key), echo=quiet,
+                   known_hosts=lab.cfg.known_hosts).connect()
         password = register(lab.secret("rails-password"))
         url = register(lab.secret("source-url"))
         srv = params.primary

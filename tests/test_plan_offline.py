@@ -50,10 +50,15 @@ def test_plan_production_offline_names_only_unresolvable_secrets_and_unreachable
     (user / ".ssh").mkdir(parents=True, mode=0o700)
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(user / ".ssh" / "id_ed25519")],
                    check=True)
+    # the operator signs the record (issue 13): their key is an allowed signer of the environment
+    pub = (user / ".ssh" / "id_ed25519.pub").read_text().split()
+    (home / "params" / "production.allowed_signers").write_text(
+        f'operator namespaces="hcbpg-audit,hcbpg-approval" {pub[0]} {pub[1]}\n')
     path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep)
                            if not (p and os.path.exists(os.path.join(p, "op"))))  # no 1Password CLI
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OP_", "HCBPG_"))}
-    env.update(HOME=str(user), HCBPG_HOME=str(home), PATH=path, PYTHONPATH=str(REPO))
+    env.update(HOME=str(user), HCBPG_HOME=str(home), PATH=path, PYTHONPATH=str(REPO),
+               HCBPG_SIGNING_KEY=str(user / ".ssh" / "id_ed25519"))
     proc = subprocess.run(["unshare", "--net", "--", sys.executable, "-m", "hcbpg.cli", "plan", "production"],
                           capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
     out = proc.stdout + proc.stderr

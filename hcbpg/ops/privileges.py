@@ -1,5 +1,7 @@
 """The roles model of step 13: who may do what in hcb_production, as desired grants from params,
 the SQL that gets there, and a check that reads effective privileges back and compares.
+This module is over 800 lines because the role model, its plan and the checks from the app host and jumpbox
+share one RolesConfig; the connection checks are the next to move out.
 
 Roles (names from params ``roles:``; defaults in :class:`RolesConfig`):
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from hcbpg.adapters.host import Host
 from hcbpg.desired.addresses import app_ssh_address, ssh_address
-from hcbpg.errors import HcbpgError, HostUnreachable, SecretError
+from hcbpg.errors import HcbpgError, HostKeyError, HostUnreachable, SecretError
 from hcbpg.ops import app_database as roles
 from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import provisioning as cloud
@@ -93,6 +93,9 @@ def _reach(name: str, address: str, rb: "Run") -> Check:
             return Check("reachable over SSH", "fail", f"{address}: shell did not answer (exit {res.exit_code})", name)
         return Check("reachable over SSH", "pass", f"{lines[1]}@{address}: {lines[0]}", name)
     except HostUnreachable as exc:
+        return Check("reachable over SSH", "fail", exc.message, name)
+    except HostKeyError as exc:
+        # refused before logging in: a row that names both fingerprints, not a crash of the preflight
         return Check("reachable over SSH", "fail", exc.message, name)
     finally:
         host.close()

@@ -32,6 +32,7 @@ from hcbpg.adapters.host import Host
 from hcbpg.desired import capacity
 from hcbpg.desired import roles as desired_roles
 from hcbpg.desired import server as desired_server
+from hcbpg.desired import tls as desired_tls
 from hcbpg.lab import create_server_host, destroy_server_host
 from hcbpg.ops import app_database as roles
 from hcbpg.ops import cluster as pg_cluster
@@ -386,7 +387,8 @@ def test_vector_config_installed_without_secrets_in_outputs(params, hosts, cfg):
         assert not monitoring.ensure_vector_config(hosts[s.name], params, s, cfg, pw, dry_run=False).changed
     # the vector role really reads what the source reads, from the server, on its private IP
     p = params.primary
-    ok, out = privileges.psql_as(hosts[p.name], role=cfg.monitoring.name, password=pw, server_ip=p.private_ip,
+    ok, out = privileges.psql_as(hosts[p.name], tls=desired_tls.conninfo_tls(params),
+                                 role=cfg.monitoring.name, password=pw, server_ip=p.private_ip,
                                  port=5432, dbname="postgres",
                                  script="SELECT count(*) FROM pg_stat_database; SELECT count(*) FROM "
                                         "pg_stat_database_conflicts; SELECT buffers_clean FROM pg_stat_bgwriter;\n",
