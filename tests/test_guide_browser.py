@@ -346,6 +346,7 @@ def test_guided_preflight_against_the_lab(home, monkeypatch, tmp_path, lab_lock,
     lab.up()
     t_lab = time.monotonic() - t0
     monkeypatch.setenv("HCBPG_NOTEBOOKS", str(REPO / "notebooks"))   # the real, committed runbook
+    monkeypatch.delenv("HCBPG_SIGNING_KEY", raising=False)  # the lab's key signs: it is the lab's allowed signer
     monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "jupyter-runtime"))
     monkeypatch.setenv("JUPYTERLAB_SETTINGS_DIR", str(tmp_path / "jupyterlab-settings"))
     (home / "params" / "lab.yaml").write_text((REPO / "params" / "lab.yaml").read_text())
