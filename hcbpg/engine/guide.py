@@ -35,7 +35,6 @@ from hcbpg.engine.locks import env_lock
 from hcbpg.engine.runbook import AUTO_APPROVE_ENV, GUIDED_ENV, HEADLESS_ENV, scrub_file_for
 from hcbpg.engine.runner import (
     SCHEME,
-    _pid_alive,
     _register_writer,
     _resolve_param_secrets,
     refuse_if_open_in_jupyterlab,
@@ -280,7 +279,7 @@ def finish(run_id: str, *, base: Path | None = None, progress: Callable[[str], N
     if runner.get("kind") != "guide" or data.get("guide_finished"):
         progress(f"guided run {run.run_id} was already finished ({data['status']}); nothing to do")
         return 0
-    if runner.get("pid") != os.getpid() and _pid_alive(runner.get("jupyter_pid"), runner.get("machine")):
+    if runner.get("pid") != os.getpid() and mf.pid_alive(runner.get("jupyter_pid"), runner.get("machine")):
         raise UsageError(f"JupyterLab of run {run.run_id} is still running (pid {runner['jupyter_pid']})",
                          hint="Shut it down (File > Shut Down, or Ctrl-C in `hcbpg guide`): that finishes the run.")
     if not mf.is_newest(run, b):

@@ -34,6 +34,7 @@ from typing import Any
 from hcbpg import secrets as hsecrets
 from hcbpg.engine import signing
 from hcbpg.errors import AuditError, UsageError
+from hcbpg.procs import process_alive
 
 FORMAT = 1
 TERMINAL = {"succeeded", "failed"}
@@ -306,15 +307,7 @@ def verify_env(home: Path, env: str, trust: signing.Trust | None = None) -> list
 
 def pid_alive(pid: int | None, machine: str | None) -> bool:
     """True when *pid* runs on this machine (*machine* is where it was recorded)."""
-    if not pid or machine != socket.gethostname():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid is not None and pid > 0 and machine == socket.gethostname() and process_alive(pid)
 
 
 def is_open(run: Run, data: dict[str, Any] | None = None) -> bool:

@@ -131,18 +131,6 @@ def _resolve_param_secrets(params: Params) -> None:
             pass
 
 
-def _pid_alive(pid: int | None, machine: str | None) -> bool:
-    if not pid or machine != socket.gethostname():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def refuse_if_open_in_jupyterlab(base: Path, env: str) -> None:
     """A new run would hash the newest manifest into its chain while a guided run still writes it."""
     runs = mf.list_runs(base, env)
@@ -153,7 +141,7 @@ def refuse_if_open_in_jupyterlab(base: Path, env: str) -> None:
     except HcbpgError:
         return
     runner = data.get("runner") or {}
-    if data.get("mode") == "guided" and _pid_alive(runner.get("jupyter_pid"), runner.get("machine")):
+    if data.get("mode") == "guided" and mf.pid_alive(runner.get("jupyter_pid"), runner.get("machine")):
         raise UsageError(f"guided run {data['run_id']} of {env} is still open in JupyterLab "
                          f"(server pid {runner['jupyter_pid']}); a new run now would break the hash chain",
                          hint="Shut that JupyterLab down (File > Shut Down, or Ctrl-C in `hcbpg guide`); "
@@ -221,9 +209,9 @@ class Runner:
                              "rewrite a manifest that a later run's hash chain covers",
                              hint=f"Start a new run instead: hcbpg run {run.env} --from STEP")
         runner = data.get("runner") or {}
-        if data["status"] == "running" and _pid_alive(runner.get("pid"), runner.get("machine")):
+        if data["status"] == "running" and mf.pid_alive(runner.get("pid"), runner.get("machine")):
             raise UsageError(f"run {run.run_id} is still running (pid {runner['pid']})")
-        if _pid_alive(runner.get("jupyter_pid"), runner.get("machine")):
+        if mf.pid_alive(runner.get("jupyter_pid"), runner.get("machine")):
             raise UsageError(f"run {run.run_id} is open in JupyterLab (server pid {runner['jupyter_pid']})",
                              hint=f"Shut JupyterLab down (File > Shut Down, or Ctrl-C in `hcbpg guide`), "
                                   f"or run `hcbpg guide finish {run.run_id}`; then resume.")

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from hcbpg.clock import utcnow
 from hcbpg.errors import SafetyCheckFailed
 from hcbpg.outcome import Outcome
+from hcbpg.procs import process_alive
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.host import Host
@@ -67,18 +68,8 @@ def parse_holder(text: str | None) -> Holder | None:
         return None
 
 
-def _alive_here(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def plan_take(current: Holder | None, me: Holder, *, raw: str | None = None,
-              alive: Callable[[int], bool] = _alive_here) -> tuple[str, str]:
+              alive: Callable[[int], bool] = process_alive) -> tuple[str, str]:
     """``(decision, why)``: take (free), ours (this run holds it), stale (its holder is gone), refuse."""
     if current is None:
         if raw and raw.strip():
