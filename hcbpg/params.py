@@ -10,6 +10,7 @@ import difflib
 import hashlib
 import ipaddress
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -536,23 +537,14 @@ class Params(Model):
 
     def placeholders(self) -> dict[str, str]:
         """Values the operator must still edit (they contain ``CHANGE-ME``), by dotted key."""
-        out: dict[str, str] = {}
-
-        def walk(obj: Any, prefix: str) -> None:
-            if isinstance(obj, BaseModel):
-                for name in type(obj).model_fields:
-                    walk(getattr(obj, name), f"{prefix}.{name}" if prefix else name)
-            elif isinstance(obj, list):
-                for i, x in enumerate(obj):
-                    walk(x, f"{prefix}[{i}]")
-            elif isinstance(obj, str) and PLACEHOLDER in obj:
-                out[prefix] = obj
-
-        walk(self, "")
-        return out
+        return self._strings_where(lambda v: PLACEHOLDER in v)
 
     def secret_refs(self) -> dict[str, str]:
         """Every secret reference in these params, by dotted key."""
+        return self._strings_where(is_secret_ref)
+
+    def _strings_where(self, keep: Callable[[str], bool]) -> dict[str, str]:
+        """Every string value in these params for which *keep* holds, by dotted key (``a.b[0].c``)."""
         out: dict[str, str] = {}
 
         def walk(obj: Any, prefix: str) -> None:
@@ -562,7 +554,7 @@ class Params(Model):
             elif isinstance(obj, list):
                 for i, x in enumerate(obj):
                     walk(x, f"{prefix}[{i}]")
-            elif isinstance(obj, str) and is_secret_ref(obj):
+            elif isinstance(obj, str) and keep(obj):
                 out[prefix] = obj
 
         walk(self, "")

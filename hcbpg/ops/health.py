@@ -420,18 +420,20 @@ def render_text(checks: Sequence[Check]) -> str:
     for r in rows:
         lines.append("  ".join([r["server"].ljust(w["server"]), r["item"].ljust(w["item"]),
                                 r["status"].upper().ljust(w["status"]), r["detail"]]))
-    failed = [c for c in checks if c.status == "fail"]
-    warned = [c for c in checks if c.status == "warn"]
-    lines.append("")
-    if failed:
-        by_server: dict[str, list[str]] = {}
-        for c in failed:
-            by_server.setdefault(c.target, []).append(c.name)
-        lines.append(f"FAIL: {len(failed)} item(s) failed: "
-                     + "; ".join(f"{s}: {', '.join(names)}" for s, names in by_server.items()))
-    else:
-        lines.append(f"OK: {len(checks)} item(s), {len(warned)} warning(s)")
+    lines += ["", _summary_line(checks, warnings=sum(1 for c in checks if c.status == "warn"))]
     return "\n".join(lines)
+
+
+def _summary_line(checks: Sequence[Check], *, warnings: int) -> str:
+    """The report's last line: the failed items by server, or OK with the count of *warnings*."""
+    failed = [c for c in checks if c.status == "fail"]
+    if not failed:
+        return f"OK: {len(checks)} item(s), {warnings} warning(s)"
+    by_server: dict[str, list[str]] = {}
+    for c in failed:
+        by_server.setdefault(c.target, []).append(c.name)
+    return (f"FAIL: {len(failed)} item(s) failed: "
+            + "; ".join(f"{s}: {', '.join(names)}" for s, names in by_server.items()))
 
 
 def _compact_row(m: Measurement, checks: Sequence[Check]) -> dict[str, str]:
@@ -474,15 +476,7 @@ def render_compact(measurements: Sequence[Measurement], checks: Sequence[Check])
     lines.append("")
     for c in bad:
         lines.append(f"{c.status.upper():<4}  {c.target}: {c.name}: {c.detail}")
-    failed = [c for c in bad if c.status == "fail"]
-    if failed:
-        by_server: dict[str, list[str]] = {}
-        for c in failed:
-            by_server.setdefault(c.target, []).append(c.name)
-        lines.append(f"FAIL: {len(failed)} item(s) failed: "
-                     + "; ".join(f"{s}: {', '.join(names)}" for s, names in by_server.items()))
-    else:
-        lines.append(f"OK: {len(checks)} item(s), {len(bad)} warning(s)")
+    lines.append(_summary_line(checks, warnings=len(bad)))
     return "\n".join(lines)
 
 
