@@ -17,7 +17,8 @@ from hcbpg import secrets as hsecrets
 from hcbpg.adapters.psql import render
 from hcbpg.desired import tls as desired_tls
 from hcbpg.desired.roles import RolesConfig
-from hcbpg.ops.privileges import psql_as, role_password
+from hcbpg.ops.access import psql_as
+from hcbpg.ops.privileges import role_password
 from hcbpg.outcome import Check, Outcome
 from hcbpg.pg.scram import scram_verifier
 

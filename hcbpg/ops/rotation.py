@@ -36,8 +36,8 @@ from hcbpg.desired import tls as desired_tls
 from hcbpg.desired.roles import RolesConfig
 from hcbpg.errors import SafetyCheckFailed, SecretError, UsageError
 from hcbpg.ops import migration, monitoring, replication
+from hcbpg.ops.access import psql_as
 from hcbpg.ops.app_database import PASSWORD_KEY, get_role
-from hcbpg.ops.privileges import psql_as
 from hcbpg.outcome import Check, Outcome
 from hcbpg.params import home
 from hcbpg.pg.scram import scram_matches, scram_verifier

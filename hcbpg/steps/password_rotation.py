@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from hcbpg.desired.roles import RolesConfig, roles_config  # noqa: F401 - the notebook's call
 from hcbpg.ops import rotation
-from hcbpg.ops.privileges import jumpbox_host
+from hcbpg.ops.access import jumpbox_host
 from hcbpg.ops.rotation import AppSwitch, Rotatable, dependents_table, roles_to_rotate  # noqa: F401 - the notebook's calls
 from hcbpg.outcome import Check
 from hcbpg.steps.targets import app_host, primary_psql, server_hosts

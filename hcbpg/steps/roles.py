@@ -10,8 +10,8 @@ from psycopg import sql
 
 from hcbpg.desired import server as desired_server
 from hcbpg.desired.roles import RolesConfig, roles_config  # noqa: F401 - the notebook's call
+from hcbpg.ops import access, migration, monitoring, privileges, readonly, tls
 from hcbpg.ops import config as pg_config
-from hcbpg.ops import migration, monitoring, privileges, readonly, tls
 from hcbpg.ops.privileges import ensure_role_secrets, privileges_table  # noqa: F401 - the notebook's calls
 from hcbpg.outcome import Check, Outcome
 from hcbpg.steps.targets import app_host, primary_psql, server_hosts
@@ -111,7 +111,7 @@ def apply(rb: "Run", hosts: Mapping[str, "Host | None"], psql: "Psql | None", cf
         rb.track(pg_config.ensure_pg_hba(hosts[s.name], params, s, dry_run=False,
                                          extra=desired_server.all_hba_extra(params, s, cfg)))
     rb.track(privileges.ensure_privileges(psql, cfg, dry_run=False, host_name=params.primary.name))
-    jumpbox = privileges.jumpbox_host(params, cfg) if cfg.metabase is not None else None
+    jumpbox = access.jumpbox_host(params, cfg) if cfg.metabase is not None else None
     if jumpbox is not None:
         # metabase connects from the jumpbox: it verifies the servers with the environment's CA
         rb.track(tls.ensure_client_ca(jumpbox, params, dry_run=False))
@@ -136,7 +136,7 @@ def check_roles(rb: "Run", hosts: Mapping[str, "Host"], psql: "Psql", cfg: Roles
     checks = privileges.check_privileges(psql, cfg) + privileges.check_passwords(psql, cfg)
     checks += readonly.check_blazer(psql, cfg)
     login, password = privileges.get_app_login(psql, cfg)  # step 14 may have moved the app to its other login
-    checks += privileges.verify_access(app_host(rb), privileges.jumpbox_host(params, cfg), cfg, params,
+    checks += access.verify_access(app_host(rb), access.jumpbox_host(params, cfg), cfg, params,
                                        server_ip=params.primary.private_ip, app_password=password, app_login=login)
     checks += readonly.check_blazer_access(app_host(rb), cfg, params, server_ip=params.primary.private_ip)
     for s in params.servers:

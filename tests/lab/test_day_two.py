@@ -34,11 +34,11 @@ from hcbpg.desired import roles as desired_roles
 from hcbpg.desired import server as desired_server
 from hcbpg.desired import tls as desired_tls
 from hcbpg.lab import create_server_host, destroy_server_host
+from hcbpg.ops import access, health, migration, monitoring, privileges, readonly, rotation, server_lock
 from hcbpg.ops import app_database as roles
 from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import config as pg_config
 from hcbpg.ops import failover as fo
-from hcbpg.ops import health, migration, monitoring, privileges, readonly, rotation, server_lock
 from hcbpg.ops import provisioning as cloud
 from hcbpg.ops import replica as replica_ops
 from hcbpg.ops import replication as rep
@@ -245,21 +245,21 @@ def test_privilege_check_matches_params_for_every_role(params, hosts, cfg):
 
 
 def test_metabase_reads_listed_tables_only_and_only_through_the_jumpbox(params, hosts, cfg):
-    checks = privileges.check_metabase_access(hosts["jumpbox"], [hosts["app"]], cfg, params,
+    checks = access.check_metabase_access(hosts["jumpbox"], [hosts["app"]], cfg, params,
                                               server_ip=params.primary.private_ip, unlisted_table="users")
     OUTPUT.append("\n".join(f"{c.status} {c.name}: {c.detail}" for c in checks))
     assert all(c.status == "pass" for c in checks), [f"{c.name}: {c.detail}" for c in checks]
 
 
 def test_migrations_role_creates_a_table_rails_can_use(params, hosts, cfg):
-    checks = privileges.check_migrations_then_app(hosts["app"], cfg, params, server_ip=params.primary.private_ip,
+    checks = access.check_migrations_then_app(hosts["app"], cfg, params, server_ip=params.primary.private_ip,
                                                   app_password=app_password(params))
     OUTPUT.append("\n".join(f"{c.status} {c.name}: {c.detail}" for c in checks))
     assert all(c.status == "pass" for c in checks), [f"{c.name}: {c.detail}" for c in checks]
 
 
 def test_a_deploy_after_step_13_migrates_as_the_migrations_role_and_the_app_uses_the_new_table(params, hosts, cfg):
-    checks = privileges.check_deploy(hosts["app"], cfg, params, server_ip=params.primary.private_ip,
+    checks = access.check_deploy(hosts["app"], cfg, params, server_ip=params.primary.private_ip,
                                      app_login=cfg.app_role, app_password=app_password(params))
     OUTPUT.append("\n".join(f"{c.status} {c.name}: {c.detail}" for c in checks))
     assert len(checks) == 4 and all(c.status == "pass" for c in checks), [f"{c.name}: {c.detail}" for c in checks]
@@ -277,10 +277,11 @@ def test_blazer_url_reads_and_cannot_write(params, hosts, cfg):
     checks = readonly.check_blazer_access(hosts["app"], cfg, params, server_ip=params.primary.private_ip)
     OUTPUT.append("\n".join(f"{c.status} {c.name}: {c.detail}" for c in checks))
     assert all(c.status == "pass" for c in checks), [f"{c.name}: {c.detail}" for c in checks]
-    ok, out = privileges.psql_as(hosts["app"], role=cfg.blazer.name, password=privileges.role_password(cfg, "blazer"),
-                                 server_ip=params.primary.private_ip, port=5432, dbname=params.postgres.database,
-                                 script="SHOW statement_timeout;\nINSERT INTO users (full_name) VALUES ('x');\n",
-                                 display="psql as blazer: statement_timeout, then an INSERT (must be refused)")
+    ok, out = access.psql_as(hosts["app"], tls=desired_tls.conninfo_tls(params),
+                             role=cfg.blazer.name, password=privileges.role_password(cfg, "blazer"),
+                             server_ip=params.primary.private_ip, port=5432, dbname=params.postgres.database,
+                             script="SHOW statement_timeout;\nINSERT INTO users (full_name) VALUES ('x');\n",
+                             display="psql as blazer: statement_timeout, then an INSERT (must be refused)")
     assert not ok and "30s" in out and "read-only transaction" in out, out
 
 
@@ -387,7 +388,7 @@ def test_vector_config_installed_without_secrets_in_outputs(params, hosts, cfg):
         assert not monitoring.ensure_vector_config(hosts[s.name], params, s, cfg, pw, dry_run=False).changed
     # the vector role really reads what the source reads, from the server, on its private IP
     p = params.primary
-    ok, out = privileges.psql_as(hosts[p.name], tls=desired_tls.conninfo_tls(params),
+    ok, out = access.psql_as(hosts[p.name], tls=desired_tls.conninfo_tls(params),
                                  role=cfg.monitoring.name, password=pw, server_ip=p.private_ip,
                                  port=5432, dbname="postgres",
                                  script="SELECT count(*) FROM pg_stat_database; SELECT count(*) FROM "
