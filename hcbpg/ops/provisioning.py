@@ -1,6 +1,4 @@
 """Provisioning on Hetzner Cloud (step 01): SSH key, private network, SSH-only firewall, placement group, servers.
-This module is over 800 lines because plan, apply and verify of the Hetzner objects share their plain data
-classes; the pure plan is the next to move out.
 
 The cloud client (``hcloud.Client``) is an adapter handed in by the caller.  ``get_existing``
 reads what the project holds, ``plan_provision`` (pure) decides what is missing or differs,
@@ -11,16 +9,12 @@ message, before changing anything.  Nothing here ever deletes a resource.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
-import hashlib
 import ipaddress
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import hcloud
 import requests
@@ -37,144 +31,31 @@ from hcloud.ssh_keys.domain import SSHKey
 from hcbpg.adapters import hostkeys
 from hcbpg.desired.capacity import ServerShape
 from hcbpg.errors import CloudError, ParamsError, WaitTimeout
+from hcbpg.ops.cloud_plan import (
+    PLACEMENT_TYPE,
+    SUBNET_TYPE,
+    Catalog,
+    Existing,
+    PlannedAction,
+    Rule,
+    SeenFirewall,
+    SeenKey,
+    SeenNetwork,
+    SeenPlacementGroup,
+    SeenServer,
+    ServerRecord,
+    _fmt_labels,
+    _raise_refusals,
+    plan_provision,
+    render_firewall_rules,
+    ssh_key_fingerprint,
+)
 from hcbpg.outcome import Check, Outcome
 from hcbpg.params import Params
 from hcbpg.wait import polling_loop
 
-SUBNET_TYPE = "cloud"
-PLACEMENT_TYPE = "spread"
-SSH_RULE_DESCRIPTION = "SSH from the admin source ranges (hcbpg)"
 DEFAULT_WAIT_TIMEOUT = 600.0
 
-ActionKind = Literal["create", "add", "update", "attach", "apply", "start", "none", "refuse"]
-
-
-# plain data: what exists, what is planned, what was provisioned ------------------------------------
-
-@dataclass(frozen=True)
-class Rule:
-    """A firewall rule normalized for comparison (description does not count)."""
-
-    direction: str
-    protocol: str
-    port: str | None
-    source_ips: tuple[str, ...] = ()
-    destination_ips: tuple[str, ...] = ()
-    description: str | None = field(default=None, compare=False)
-
-    def __str__(self) -> str:
-        ips = self.source_ips if self.direction == "in" else self.destination_ips
-        port = f" port {self.port}" if self.port else ""
-        return f"{self.direction} {self.protocol}{port} {'from' if self.direction == 'in' else 'to'} {', '.join(ips)}"
-
-
-@dataclass(frozen=True)
-class SeenKey:
-    id: int
-    name: str
-    fingerprint: str
-
-
-@dataclass(frozen=True)
-class SeenNetwork:
-    id: int
-    name: str
-    ip_range: str
-    #: (ip_range, network_zone, type) of each subnet
-    subnets: tuple[tuple[str, str, str], ...]
-    #: private IP -> name of the server that holds it (every server in the network)
-    member_ips: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class SeenFirewall:
-    id: int
-    name: str
-    rules: tuple[Rule, ...]
-    server_ids: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class SeenPlacementGroup:
-    id: int
-    name: str
-    type: str
-    server_ids: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class SeenServer:
-    id: int
-    name: str
-    status: str
-    server_type: str
-    location: str
-    image: str | None
-    labels: dict[str, str]
-    #: network id -> private IP
-    private_ips: dict[int, str]
-    public_ip: str | None
-    firewall_ids: tuple[int, ...]
-    placement_group_id: int | None
-
-
-@dataclass(frozen=True)
-class Catalog:
-    """What the API offers for the params' choices (None where it has no such thing)."""
-
-    server_type: str | None = None
-    architecture: str | None = None
-    server_type_locations: tuple[str, ...] = ()
-    location: str | None = None
-    location_zone: str | None = None
-    image_id: int | None = None
-    known_server_types: tuple[str, ...] = ()
-    known_locations: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Existing:
-    """A read-only snapshot of the project's resources that provisioning cares about."""
-
-    catalog: Catalog
-    ssh_key: SeenKey | None = None
-    ssh_key_same_fingerprint: SeenKey | None = None
-    network: SeenNetwork | None = None
-    firewall: SeenFirewall | None = None
-    placement_group: SeenPlacementGroup | None = None
-    servers: dict[str, SeenServer] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class PlannedAction:
-    """One row of the plan: what would happen to one resource (or why it is refused)."""
-
-    kind: str         # ssh_key, network, subnet, firewall, placement_group, server, server_network, ...
-    name: str
-    action: ActionKind
-    detail: str = ""
-
-    @property
-    def changes(self) -> bool:
-        return self.action not in ("none", "refuse")
-
-    def row(self) -> dict[str, str]:
-        return {"resource": self.kind, "name": self.name, "action": self.action, "detail": self.detail}
-
-
-@dataclass(frozen=True)
-class ServerRecord:
-    """What later steps need to know about a provisioned server."""
-
-    name: str
-    role: str
-    private_ip: str
-    id: int | None = None
-    public_ip: str | None = None
-    status: str = "missing"
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "public_ip": self.public_ip, "private_ip": self.private_ip, "id": self.id}
 
 
 # adapter -----------------------------------------------------------------------------------
@@ -304,28 +185,6 @@ def read_ssh_public_key(params: Params) -> str:
     return text
 
 
-def ssh_key_fingerprint(public_key: str) -> str:
-    """The MD5 fingerprint Hetzner shows for an OpenSSH public key (``aa:bb:…``)."""
-    parts = public_key.strip().split()
-    if len(parts) < 2 or not parts[0].startswith(("ssh-", "ecdsa-", "sk-")):
-        raise ValueError("not an OpenSSH public key (expected 'ssh-ed25519 AAAA… comment'); "
-                         "did you point at the private key?")
-    try:
-        blob = base64.b64decode(parts[1], validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError("the key data is not valid base64") from None
-    digest = hashlib.md5(blob).hexdigest()  # noqa: S324 - Hetzner's fingerprint format
-    return ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))
-
-
-def render_firewall_rules(params: Params) -> list[Rule]:
-    """The firewall's rules: SSH inbound from the admin source ranges, nothing else (no ranges: no rule)."""
-    sources = tuple(sorted({str(ipaddress.ip_network(r)) for r in params.hetzner.admin_source_ranges}))
-    if not sources:
-        return []
-    return [Rule("in", "tcp", "22", sources, (), SSH_RULE_DESCRIPTION)]
-
-
 def _rule_of(r: Any) -> Rule:
     norm = lambda ips: tuple(sorted(str(ipaddress.ip_network(i, strict=False)) for i in (ips or [])))  # noqa: E731
     return Rule(r.direction, r.protocol, r.port, norm(r.source_ips), norm(r.destination_ips), r.description)
@@ -427,180 +286,6 @@ def _seen_server(s: Any) -> SeenServer:
         firewall_ids=tuple(sorted(f.firewall.id for f in (pub.firewalls or []))) if pub else (),
         placement_group_id=s.placement_group.id if s.placement_group else None,
     )
-
-
-# plan (pure) ---------------------------------------------------------------------------------
-
-def plan_provision(params: Params, existing: Existing, *, ssh_public_key: str | None = None) -> list[PlannedAction]:
-    """What provisioning would do, resource by resource; ``refuse`` rows say why it cannot."""
-    h, n = params.hetzner, params.network
-    out: list[PlannedAction] = []
-    cat = existing.catalog
-
-    # the catalog: bad input is refused before anything is created
-    if cat.server_type is None:
-        out.append(PlannedAction("server_type", h.server_type, "refuse",
-                                 f"the API has no server type '{h.server_type}' (known: "
-                                 f"{', '.join(cat.known_server_types) or 'none'}); fix hetzner.server_type"))
-    if cat.location is None:
-        out.append(PlannedAction("location", h.location, "refuse",
-                                 f"the API has no location '{h.location}' (known: "
-                                 f"{', '.join(cat.known_locations) or 'none'}); fix hetzner.location"))
-    elif cat.location_zone != h.network_zone:
-        out.append(PlannedAction("location", h.location, "refuse",
-                                 f"location {h.location} is in network zone {cat.location_zone}, params say "
-                                 f"hetzner.network_zone {h.network_zone}; make them agree"))
-    if cat.server_type is not None and cat.location is not None and cat.location not in cat.server_type_locations:
-        out.append(PlannedAction("server_type", h.server_type, "refuse",
-                                 f"server type {h.server_type} is not offered in {h.location} (offered in "
-                                 f"{', '.join(cat.server_type_locations)})"))
-    if cat.server_type is not None and cat.image_id is None:
-        out.append(PlannedAction("image", h.image, "refuse",
-                                 f"the API has no image '{h.image}' for {cat.architecture}; fix hetzner.image"))
-
-    # SSH key
-    fp = ssh_key_fingerprint(ssh_public_key) if ssh_public_key else None
-    key, other = existing.ssh_key, existing.ssh_key_same_fingerprint
-    if key is not None:
-        if fp is None or key.fingerprint == fp:
-            out.append(PlannedAction("ssh_key", h.ssh_key_name, "none", f"exists ({key.fingerprint})"))
-        else:
-            out.append(PlannedAction("ssh_key", h.ssh_key_name, "refuse",
-                                     f"an SSH key named {h.ssh_key_name} exists with fingerprint {key.fingerprint}, "
-                                     f"but {h.ssh_public_key_file} has {fp}; hcbpg does not replace keys: set "
-                                     "hetzner.ssh_key_name to a new name or fix the key file"))
-    elif other is not None:
-        out.append(PlannedAction("ssh_key", h.ssh_key_name, "none",
-                                 f"this public key is already uploaded as '{other.name}'; it is used as is"))
-    else:
-        out.append(PlannedAction("ssh_key", h.ssh_key_name, "create", f"upload {fp or 'the public key'}"))
-
-    # network and subnet
-    net = existing.network
-    if net is None:
-        out.append(PlannedAction("network", n.name, "create",
-                                 f"ip_range {n.ip_range}, {SUBNET_TYPE} subnet {n.subnet} in {h.network_zone}"))
-    elif net.ip_range != n.ip_range:
-        out.append(PlannedAction("network", n.name, "refuse",
-                                 f"network {n.name} exists with ip_range {net.ip_range}, params say {n.ip_range}; "
-                                 "hcbpg does not change a network other servers use: fix network.ip_range"))
-    else:
-        out.append(PlannedAction("network", n.name, "none", f"exists ({net.ip_range})"))
-        same = [s for s in net.subnets if s[0] == n.subnet]
-        if same:
-            _, zone, stype = same[0]
-            if zone != h.network_zone:
-                out.append(PlannedAction("subnet", n.subnet, "refuse",
-                                         f"subnet {n.subnet} exists in network zone {zone}, params say "
-                                         f"{h.network_zone}"))
-            else:
-                out.append(PlannedAction("subnet", n.subnet, "none", f"exists ({stype}, {zone})"))
-        else:
-            overlap = [s[0] for s in net.subnets
-                       if ipaddress.ip_network(s[0]).overlaps(ipaddress.ip_network(n.subnet))]
-            if overlap:
-                out.append(PlannedAction("subnet", n.subnet, "refuse",
-                                         f"network {n.name} has subnet {overlap[0]}, which overlaps {n.subnet}; "
-                                         "set network.subnet to that subnet or to one that does not overlap"))
-            else:
-                out.append(PlannedAction("subnet", n.subnet, "add", f"{SUBNET_TYPE} subnet in {h.network_zone}"))
-
-    # firewall
-    rules = render_firewall_rules(params)
-    desc = "; ".join(str(r) for r in rules)
-    fw = existing.firewall
-    if fw is None:
-        out.append(PlannedAction("firewall", h.firewall, "create", desc))
-    elif sorted(fw.rules, key=str) != sorted(rules, key=str):
-        now = "; ".join(str(r) for r in fw.rules) or "no rules"
-        out.append(PlannedAction("firewall", h.firewall, "update", f"rules are [{now}], set them to [{desc}]"))
-    else:
-        out.append(PlannedAction("firewall", h.firewall, "none", desc))
-
-    # placement group
-    pg = existing.placement_group
-    if pg is None:
-        out.append(PlannedAction("placement_group", h.placement_group, "create", PLACEMENT_TYPE))
-    elif pg.type != PLACEMENT_TYPE:
-        out.append(PlannedAction("placement_group", h.placement_group, "refuse",
-                                 f"placement group {h.placement_group} exists with type {pg.type}, not "
-                                 f"{PLACEMENT_TYPE}; rename hetzner.placement_group or fix it by hand"))
-    else:
-        out.append(PlannedAction("placement_group", h.placement_group, "none", PLACEMENT_TYPE))
-
-    # servers
-    ours = {s.name for s in params.servers}
-    for s in params.servers:
-        seen = existing.servers.get(s.name)
-        holder = net.member_ips.get(s.private_ip) if net else None
-        taken = holder is not None and holder != s.name
-        if seen is None:
-            if taken:
-                out.append(PlannedAction("server", s.name, "refuse",
-                                         f"private IP {s.private_ip} is already held by server {holder}"
-                                         + (" (also in params)" if holder in ours else "")
-                                         + "; pick a free address in servers[].private_ip"))
-                continue
-            out.append(PlannedAction("server", s.name, "create",
-                                     f"{h.server_type}, {h.image}, {h.location}, private IP {s.private_ip}, "
-                                     f"labels {_fmt_labels(h.labels)}, firewall {h.firewall}, "
-                                     f"placement group {h.placement_group}"))
-            continue
-        problems = []
-        if seen.server_type != h.server_type:
-            problems.append(f"type {seen.server_type} (params: {h.server_type})")
-        if seen.location != h.location:
-            problems.append(f"location {seen.location} (params: {h.location})")
-        if seen.image is not None and seen.image != h.image:
-            problems.append(f"image {seen.image} (params: {h.image})")
-        ip_now = seen.private_ips.get(net.id) if net else None
-        if ip_now is not None and ip_now != s.private_ip:
-            problems.append(f"private IP {ip_now} in {n.name} (params: {s.private_ip})")
-        if pg is not None and seen.placement_group_id not in (None, pg.id):
-            problems.append("another placement group")
-        if problems:
-            out.append(PlannedAction("server", s.name, "refuse",
-                                     f"exists but differs: {'; '.join(problems)}. hcbpg never deletes or rebuilds "
-                                     "a server: change it by hand or change params, then run again"))
-            continue
-        out.append(PlannedAction("server", s.name, "none",
-                                 f"exists (id {seen.id}, {seen.status}, public IP {seen.public_ip})"))
-        if seen.status == "off":
-            out.append(PlannedAction("server_power", s.name, "start", "the server is off: power it on"))
-        if ip_now is None:
-            if taken:
-                out.append(PlannedAction("server_network", s.name, "refuse",
-                                         f"private IP {s.private_ip} is already held by server {holder}"))
-            else:
-                out.append(PlannedAction("server_network", s.name, "attach",
-                                         f"attach to {n.name} with private IP {s.private_ip}"))
-        if fw is None or fw.id not in seen.firewall_ids:
-            out.append(PlannedAction("server_firewall", s.name, "apply", f"apply firewall {h.firewall}"))
-        if pg is None or seen.placement_group_id is None:
-            out.append(PlannedAction("server_placement", s.name, "refuse",
-                                     f"server {s.name} is not in placement group {h.placement_group}; joining one "
-                                     "needs the server powered off: power it off in the console, add it to the "
-                                     "group (hcloud server add-to-placement-group), power it on, run again"))
-        missing = {k: v for k, v in h.labels.items() if seen.labels.get(k) != v}
-        if missing:
-            out.append(PlannedAction("server_labels", s.name, "update", f"set labels {_fmt_labels(missing)}"))
-    return out
-
-
-def _fmt_labels(labels: dict[str, str]) -> str:
-    return ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or "(none)"
-
-
-def refusals(plan: Sequence[PlannedAction]) -> list[PlannedAction]:
-    return [a for a in plan if a.action == "refuse"]
-
-
-def _raise_refusals(plan: Sequence[PlannedAction]) -> None:
-    refused = refusals(plan)
-    if refused:
-        lines = "\n".join(f"  - {a.kind} {a.name}: {a.detail}" for a in refused)
-        raise CloudError(f"provisioning refused, nothing was changed ({len(refused)} problem(s)):\n{lines}",
-                         hint="Fix params or the existing resources as described, then run the step again.")
 
 
 # apply --------------------------------------------------------------------------------------
