@@ -8,7 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from nbutil import REPO, hcbpg  # noqa: E402,F401 - re-exported for older imports
+from nbutil import REPO, hcbpg, make_params  # noqa: E402,F401 - REPO, hcbpg re-exported for older imports
 
 
 @pytest.fixture
@@ -27,6 +27,15 @@ def home(tmp_path, monkeypatch):
     monkeypatch.setenv("HCBPG_SIGNING_KEY", str(key))
     (h / "params" / "allowed_signers").write_text(allowed_signer_line("test-operator", key) + "\n")
     return h
+
+
+@pytest.fixture
+def env(home, monkeypatch):
+    """The environment ``test`` in *home*: params from ``nbutil.make_params``, its secrets in the env."""
+    monkeypatch.setenv("HCBPG_TEST_APP_PW", "app-password-0123456789")
+    monkeypatch.setenv("HCBPG_TEST_TOKEN", "hcloud-token-0123456789")
+    (home / "params" / "test.yaml").write_text(make_params("test"))
+    return "test"
 
 
 def make_signing_key(directory: Path, comment: str) -> Path:

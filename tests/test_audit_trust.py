@@ -14,17 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from nbutil import hcbpg, make_params, write_notebook, write_steps
+from nbutil import hcbpg, write_notebook, write_steps
 
 pytestmark = pytest.mark.timeout(400)
-
-
-@pytest.fixture
-def env(home, monkeypatch):
-    monkeypatch.setenv("HCBPG_TEST_APP_PW", "app-password-0123456789")
-    monkeypatch.setenv("HCBPG_TEST_TOKEN", "hcloud-token-0123456789")
-    (home / "params" / "test.yaml").write_text(make_params("test"))
-    return "test"
 
 
 def runs_of(home: Path, env: str) -> list[Path]:

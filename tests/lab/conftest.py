@@ -43,6 +43,14 @@ def make_test_lab():
     return new_test_lab
 
 
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    """A monkeypatch for a module's fixtures (the module-scoped ``env`` of a file that builds on its state)."""
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def lab() -> Iterator[Lab]:
     """A running rehearsal lab (app, source, S3, API stand-in) for the whole session."""

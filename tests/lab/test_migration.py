@@ -86,13 +86,6 @@ SELECT setval(format('%I.%I', schemaname, sequencename), 100) FROM pg_sequences 
 
 
 @pytest.fixture(scope="module")
-def monkeypatch_module():
-    mp = pytest.MonkeyPatch()
-    yield mp
-    mp.undo()
-
-
-@pytest.fixture(scope="module")
 def env(lab, tmp_path_factory, monkeypatch_module):
     """A home with params for this lab, a notebooks dir with 06/07/09, and a primary after steps 02-04."""
     cfg = lab.cfg

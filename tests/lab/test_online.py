@@ -71,13 +71,6 @@ echo stopped >> /tmp/hcbpg-writer.log
 
 
 @pytest.fixture(scope="module")
-def monkeypatch_module():
-    mp = pytest.MonkeyPatch()
-    yield mp
-    mp.undo()
-
-
-@pytest.fixture(scope="module")
 def env(lab, tmp_path_factory, monkeypatch_module):
     """A source copy, params with transfer online, notebooks 06-16, a primary after steps 02-04."""
     cfg = lab.cfg
