@@ -129,9 +129,13 @@ class Rate:
     window: float = 30.0
     points: list[tuple[float, float]] = field(default_factory=list)
 
-    def add(self, t: float, done: float) -> None:
+    def add(self, t: float, done: float, *, started_ago: float | None = None) -> None:
+        """A sample at *t*; *started_ago* (seconds, when the work tells when it began) gives the
+        first sample a rate at once: the work stood at 0 that long ago."""
         if self.points and done < self.points[-1][1]:  # the work started over (a new attempt)
             self.points.clear()
+        if not self.points and started_ago is not None and started_ago > 0 and done > 0:
+            self.points.append((t - started_ago, 0.0))
         self.points.append((t, done))
         while len(self.points) > 2 and t - self.points[0][0] > self.window:
             self.points.pop(0)
@@ -190,16 +194,18 @@ class Reporter:
         self._with_percent: set[str] = set()
 
     def sample(self, kind: str, what: str, *, done: float, total: float | None = None, unit: str = "bytes",
-               phase: str = "", detail: str = "") -> Sample:
-        """The sample with its rate and time left (from earlier samples of the same work)."""
+               phase: str = "", detail: str = "", started_ago: float | None = None) -> Sample:
+        """The sample with its rate and time left (from earlier samples of the same work, or from
+        when the work began, *started_ago* seconds, when it says)."""
         rate = self.rates.setdefault((kind, what), Rate())
-        rate.add(self.clock(), done)
+        rate.add(self.clock(), done, started_ago=started_ago)
         return Sample(kind, hsecrets.scrub(what), done, total, unit, phase, rate.per_second, rate.eta(total),
                       hsecrets.scrub(detail))
 
     def update(self, kind: str, what: str, *, done: float, total: float | None = None, unit: str = "bytes",
-               phase: str = "", detail: str = "") -> Sample:
-        s = self.sample(kind, what, done=done, total=total, unit=unit, phase=phase, detail=detail)
+               phase: str = "", detail: str = "", started_ago: float | None = None) -> Sample:
+        s = self.sample(kind, what, done=done, total=total, unit=unit, phase=phase, detail=detail,
+                        started_ago=started_ago)
         self._live(s)
         # the first sample that knows how far it is gets a line even within the interval
         first_percent = s.percent is not None and kind not in self._with_percent

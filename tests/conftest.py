@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -8,7 +7,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from nbutil import REPO, hcbpg, make_params  # noqa: E402,F401 - REPO, hcbpg re-exported for older imports
+from nbutil import REPO, allowed_signer_line, hcbpg, make_params, make_signing_key  # noqa: E402,F401 - REPO, hcbpg re-exported for older imports
 
 
 @pytest.fixture
@@ -36,20 +35,6 @@ def env(home, monkeypatch):
     monkeypatch.setenv("HCBPG_TEST_TOKEN", "hcloud-token-0123456789")
     (home / "params" / "test.yaml").write_text(make_params("test"))
     return "test"
-
-
-def make_signing_key(directory: Path, comment: str) -> Path:
-    """A throwaway ed25519 key that signs this test's audit record (never committed)."""
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    key = directory / "id_ed25519"
-    if not key.is_file():
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(key)], check=True)
-    return key
-
-
-def allowed_signer_line(principal: str, key: Path) -> str:
-    from hcbpg.engine.signing import render_allowed_signer
-    return render_allowed_signer(principal, key.with_name(key.name + ".pub").read_text())
 
 
 

@@ -167,3 +167,17 @@ class CmdlineWatch:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def make_signing_key(directory: Path, comment: str) -> Path:
+    """A throwaway ed25519 key that signs this test's audit record (never committed)."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = directory / "id_ed25519"
+    if not key.is_file():
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(key)], check=True)
+    return key
+
+
+def allowed_signer_line(principal: str, key: Path) -> str:
+    from hcbpg.engine.signing import render_allowed_signer
+    return render_allowed_signer(principal, key.with_name(key.name + ".pub").read_text())

@@ -7,11 +7,12 @@ import shutil
 import time
 
 import pytest
-from conftest import allowed_signer_line, make_signing_key
 
 from hcbpg.engine import manifest as mf
 from hcbpg.engine import signing
 from hcbpg.errors import AuditError
+
+from nbutil import allowed_signer_line, make_signing_key
 
 
 @pytest.fixture

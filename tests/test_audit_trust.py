@@ -192,7 +192,7 @@ def test_a_second_run_of_the_environment_is_refused_while_one_runs(home, env, tm
 
 
 def test_a_run_is_refused_before_anything_is_created_when_the_key_is_not_allowed(home, env, tmp_path):
-    from conftest import make_signing_key
+    from nbutil import make_signing_key
     gated(home)
     other = make_signing_key(tmp_path / "stranger", "stranger")
     r = hcbpg("run", env, env={"HCBPG_SIGNING_KEY": str(other)})

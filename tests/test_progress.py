@@ -44,6 +44,15 @@ def test_rate_and_time_left_from_the_samples_and_a_restart_resets_them():
     assert r.per_second is None
 
 
+def test_work_that_says_when_it_began_has_a_rate_from_its_first_sample():
+    r = hp.Rate(window=30)
+    r.add(100, 40, started_ago=8)  # a COPY whose statement began 8 s ago, 40 rows in
+    assert r.per_second == 5.0 and r.eta(100) == 12.0
+    rep = hp.Reporter(echo=lambda _line: None, every=0, clock=lambda: 100.0, live_file="")
+    s = rep.update("copy", "public.events", done=40, total=100, unit="rows", started_ago=8)
+    assert "5 rows/s" in hp.render_line(s) and "12s left" in hp.render_line(s), hp.render_line(s)
+
+
 def test_throttle_lets_one_through_per_key_and_interval():
     clock = FakeClock()
     t = hp.Throttle(5, clock)
@@ -95,11 +104,13 @@ def test_copy_rows_are_measured_against_the_source_estimate_else_its_heap_size()
     sizes = pgp.parse_sizes([{"name": "public.events", "bytes": 8192 * 100, "rows": 1000},
                              {"name": "public.users", "bytes": 8192 * 10, "rows": -1}])
     assert sizes == {"public.events": (819200, 1000), "public.users": (81920, None)}
-    rows = [{"pid": 1, "name": "public.events", "bytes_processed": 4 * 1048576, "bytes_total": 0, "tuples_processed": 250},
+    rows = [{"pid": 1, "name": "public.events", "bytes_processed": 4 * 1048576, "bytes_total": 0, "tuples_processed": 250,
+             "running_s": 2.5},
             {"pid": 2, "name": "public.users", "bytes_processed": 40960, "bytes_total": 0, "tuples_processed": 7}]
     ev, us = pgp.plan_copy_progress(rows, sizes)
     assert (ev.what, ev.done, ev.total, ev.unit, ev.detail) == ("public.events", 250, 1000, "rows", "4.0 MB read")
-    assert (us.done, us.total, us.unit, us.detail) == (40960, 81920, "bytes", "7 rows")
+    assert ev.started_ago == 2.5
+    assert (us.done, us.total, us.unit, us.detail, us.started_ago) == (40960, 81920, "bytes", "7 rows", None)
 
 
 def test_index_builds_name_the_index_from_the_statement_and_measure_the_phase():

@@ -47,7 +47,8 @@ def source_sizes(source: "PsqlEndpoint") -> dict[str, tuple[int, int | None]]:
 
 
 def report(reporter: Reporter, p: Progress) -> None:
-    reporter.update(p.kind, p.what, done=p.done, total=p.total, unit=p.unit, phase=p.phase, detail=p.detail)
+    reporter.update(p.kind, p.what, done=p.done, total=p.total, unit=p.unit, phase=p.phase, detail=p.detail,
+                    started_ago=p.started_ago)
 
 
 class Watcher:

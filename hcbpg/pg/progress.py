@@ -20,12 +20,15 @@ FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%'
 """
 
-#: the COPYs running in this database, with the table's name
+#: the COPYs running in this database, with the table's name and how long ago the COPY began
+#: (its statement's start: the first look at a COPY then has a rate already)
 COPY_PROGRESS_SQL = """
 SELECT p.pid, format('%I.%I', n.nspname, c.relname) AS name, p.command, p.type,
-       p.bytes_processed, p.bytes_total, p.tuples_processed
+       p.bytes_processed, p.bytes_total, p.tuples_processed,
+       extract(epoch FROM clock_timestamp() - a.query_start)::float8 AS running_s
 FROM pg_stat_progress_copy p LEFT JOIN pg_class c ON c.oid = p.relid
 LEFT JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_stat_activity a ON a.pid = p.pid
 WHERE p.datname = current_database()
 """
 
@@ -59,6 +62,8 @@ class Progress:
     unit: str
     phase: str = ""
     detail: str = ""
+    #: seconds since the work began at 0, when the view tells (a COPY's statement start)
+    started_ago: float | None = None
 
 
 def parse_sizes(rows: list[dict[str, Any]]) -> dict[str, tuple[int, int | None]]:
@@ -79,12 +84,14 @@ def plan_copy_progress(rows: list[dict[str, Any]], sizes: Mapping[str, tuple[int
         tuples = int(r.get("tuples_processed") or 0)
         done_b = int(r.get("bytes_processed") or 0)
         heap, est = sizes.get(name, (0, None))
+        running = r.get("running_s")
+        ago = float(running) if running is not None and float(running) > 0 else None
         if est:
             out.append(Progress("copy", name, tuples, est, "rows",
-                                detail=f"{_mb(done_b)} read" if done_b else ""))
+                                detail=f"{_mb(done_b)} read" if done_b else "", started_ago=ago))
         else:
             total_b = int(r.get("bytes_total") or 0) or heap or None
-            out.append(Progress("copy", name, done_b, total_b, "bytes", detail=f"{tuples:,} rows"))
+            out.append(Progress("copy", name, done_b, total_b, "bytes", detail=f"{tuples:,} rows", started_ago=ago))
     return out
 
 
