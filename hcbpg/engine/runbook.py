@@ -138,7 +138,7 @@ class Runbook:
         generates it (0600) when it creates the role, so on a first run it is a warning that
         says so.  An existing file that cannot be read, or any other reference, must resolve.
         """
-        generated = {r.password_key for r in roles_config(self.params).login_roles()}
+        generated = {r.password_key for r in roles_config(self.params).secret_roles()}
         generated.add("tls.ca_key")  # a new environment's CA: made by step 03 on its first run
         rows = []
         for key, ref in self.params.secret_refs().items():

@@ -346,7 +346,7 @@ def test_a_replica_whose_slot_was_invalidated_catches_up_from_the_archive_withou
 
 
 def _item(stdout: str, server: str, item: str) -> str:
-    """PASS/WARN/FAIL of one row of `hcbpg status`."""
+    """PASS/WARN/FAIL of one row of `hcbpg status --all` (the full table: server, item, status)."""
     import re
     m = re.search(rf"^{re.escape(server)}\s+{re.escape(item)}\s+(PASS|WARN|FAIL)\b", stdout, re.M)
     return m.group(1) if m else "missing"
@@ -393,7 +393,7 @@ def test_an_unreachable_repository_drops_wal_past_the_bound_and_the_primary_keep
         after_drop = _ready_bytes(ppsql)
         assert pgbench_running(hosts[p.name]), "the primary keeps accepting writes"
         schedule.run_health_job(hosts[p.name])
-        during = cli(env, "status", "lab", timeout=300)
+        during = cli(env, "status", "lab", "--all", timeout=300)
     finally:
         subprocess.run([*rule[:4], "del", *rule[5:]], check=True)
     stop_pgbench(hosts[p.name])
@@ -411,7 +411,7 @@ def test_an_unreachable_repository_drops_wal_past_the_bound_and_the_primary_keep
     gap = cli(env, "status", "lab", timeout=300)
     assert gap.returncode == 1 and "WAL DROPPED" in gap.stdout, gap.stdout
     pgb.run_backup(hosts[p.name], params, type="incr")
-    closed = cli(env, "status", "lab", timeout=300)
+    closed = cli(env, "status", "lab", "--all", timeout=300)
     assert "WAL DROPPED" not in closed.stdout and _item(closed.stdout, p.name, "archiving") == "PASS", closed.stdout
 
 
