@@ -289,6 +289,8 @@ def test_database_url_is_registered_and_redacted():
     assert "app-password-123456" not in scrub(url)
     assert fo.redacted_database_url(P, S2) == ("postgres://rails:[secret]@10.0.1.6:5432/hcb_production"
                                                "?sslmode=verify-full&sslrootcert=/etc/hcbpg/tls/lab-postgres-ca.crt")
+    # after a rotation moved the app to its other login, the failover's URL names that login
+    assert fo.redacted_database_url(P, S2, login="rails_alt").startswith("postgres://rails_alt:[secret]@10.0.1.6:5432/")
 
 
 def test_pg_basebackup_progress_is_read_from_its_log():

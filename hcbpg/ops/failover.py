@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import time
-import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from psycopg import sql
 
 from hcbpg.adapters.psql import Psql
 from hcbpg.desired import replication as desired_replication
+from hcbpg.desired import roles as desired_roles
 from hcbpg.desired import tls as desired_tls
 from hcbpg.errors import (
     DatabaseError,
@@ -43,7 +43,7 @@ from hcbpg.errors import (
 )
 from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import pgbackrest as pb
-from hcbpg.ops import replica, schedule, topology
+from hcbpg.ops import privileges, replica, schedule, topology
 from hcbpg.ops import replication as rep
 from hcbpg.outcome import Check, Outcome
 from hcbpg.params import home
@@ -200,20 +200,16 @@ def check_accepts_writes(psql: Psql, server: "Server") -> Check:
 
 # DATABASE_URL ----------------------------------------------------------------------------------------
 
-def render_database_url(params: "Params", server: "Server", password: str) -> str:
-    """postgres://rails:PASSWORD@<private IP>:<port>/hcb_production (registered with the scrubber)."""
-    pg = params.postgres
+def render_database_url(params: "Params", server: "Server", password: str, *, login: str | None = None) -> str:
+    """The app's DATABASE_URL on *server* for *login* (default: the app role), built like step 09's
+    (``sslmode=verify-full`` with the environment's CA); registered with the scrubber."""
     register(password)
-    url = (f"postgres://{urllib.parse.quote(pg.app_role, safe='')}:{urllib.parse.quote(password, safe='')}"
-           f"@{server.private_ip}:{pg.port}/{urllib.parse.quote(pg.database, safe='')}"
-           f"?{desired_tls.url_tls_query(params)}")
-    return register(url)
+    return register(conninfo.render_role_url(params, login or params.postgres.app_role, password,
+                                             host=server.private_ip, query=desired_tls.client_tls(params)))
 
 
-def redacted_database_url(params: "Params", server: "Server") -> str:
-    pg = params.postgres
-    return (f"postgres://{pg.app_role}:[secret]@{server.private_ip}:{pg.port}/{pg.database}"
-            f"?{desired_tls.url_tls_query(params)}")
+def redacted_database_url(params: "Params", server: "Server", *, login: str | None = None) -> str:
+    return conninfo.redact_url(render_database_url(params, server, "[secret]", login=login))
 
 
 def database_url_path(params: "Params") -> Path:
@@ -222,9 +218,9 @@ def database_url_path(params: "Params") -> Path:
     return base / "database-url" / f"{params.environment}.url"
 
 
-def write_database_url(params: "Params", server: "Server", password: str) -> Path:
+def write_database_url(params: "Params", server: "Server", password: str, *, login: str | None = None) -> Path:
     """Write the full DATABASE_URL to a 0600 file for the operator (it is never printed)."""
-    url = render_database_url(params, server, password)
+    url = render_database_url(params, server, password, login=login)
     path = database_url_path(params)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_name(path.name + ".new")
@@ -320,12 +316,23 @@ def run_failover(plan: FailoverPlan, hosts: Mapping[str, "Host | None"], params:
     t1 = time.monotonic()
     result["promote_s"] = round(run_promote(new_psql), 2)
     echo(f"[{new.name}] promoted in {result['promote_s']}s")
-    path = write_database_url(params, new, app_password)
-    result["database_url"] = redacted_database_url(params, new)
+    login, password = app_login_now(new_psql, params, app_password)
+    path = write_database_url(params, new, password, login=login)
+    result["database_url"] = redacted_database_url(params, new, login=login)
     result["database_url_file"] = str(path)
     result["downtime_s"] = round(time.monotonic() - t0, 2)
     del t1
     return result
+
+
+def app_login_now(psql: Psql, params: "Params", app_password: str) -> tuple[str, str]:
+    """(login, password) of the app's login in use on the new primary: after step 14 moved the app to
+    its rotation login, the new DATABASE_URL must name that one, not the app role."""
+    cfg = desired_roles.roles_config(params)
+    login = privileges.current_app_login(privileges.get_observed(psql, cfg), cfg)
+    if login == cfg.app_role:
+        return login, app_password
+    return login, privileges.role_password(cfg, login)
 
 
 def promotion_outcome(plan: FailoverPlan, result: Mapping[str, Any]) -> Outcome:
