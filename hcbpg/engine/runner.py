@@ -9,6 +9,7 @@ non-secret parameters reach papermill: ``env``, ``run_id``, ``run_dir``, ``dry_r
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import secrets as _secrets
@@ -16,6 +17,7 @@ import shutil
 import signal
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -98,8 +100,9 @@ def _ipc_base(token: str) -> Path:
     return _short_runtime[0] / f"k-{token}"
 
 
-def _kernel_manager_class():  # noqa: ANN202
-    """Kernels talk to the runner over Unix sockets (see :func:`_ipc_base`), not loopback TCP."""
+def _kernel_manager_class(made: list[Any] | None = None):  # noqa: ANN202
+    """Kernels talk to the runner over Unix sockets (see :func:`_ipc_base`), not loopback TCP;
+    each kernel manager made is appended to *made* (so an interrupt can shut its kernel down)."""
     from jupyter_client.manager import KernelManager  # noqa: PLC0415 - jupyter stack is heavy, loaded when a notebook runs
 
     class IpcKernelManager(KernelManager):
@@ -107,8 +110,47 @@ def _kernel_manager_class():  # noqa: ANN202
             kw.setdefault("transport", "ipc")
             kw.setdefault("ip", str(_ipc_base(_secrets.token_hex(6))))
             super().__init__(**kw)
+            if made is not None:
+                made.append(self)
 
     return IpcKernelManager
+
+
+def run_interruptible(execute: Callable[[type], Any]) -> Any:
+    """``execute(kernel_manager_class)`` (papermill) in a worker thread, while this (main) thread
+    waits: Ctrl-C or SIGTERM always reaches the runner as KeyboardInterrupt, which shuts the step's
+    kernel down and is raised here.
+
+    Run in the main thread, nbclient puts its own SIGINT handler on the event loop, which only
+    schedules the kernel's clean-up: whether the step then ended as interrupted or ran on to
+    success depended on timing (seen under load: a Ctrl-C that did nothing)."""
+    made: list[Any] = []
+    box: dict[str, Any] = {}
+    done = threading.Event()
+
+    def work() -> None:
+        try:
+            box["result"] = execute(_kernel_manager_class(made))
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, raised there
+            box["exc"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=work, name="hcbpg-step", daemon=True).start()
+    try:
+        while not done.wait(0.2):
+            pass
+    except KeyboardInterrupt:
+        for km in made:
+            with contextlib.suppress(Exception):
+                km.shutdown_kernel(now=True)
+        # nbclient waits for the dead kernel's reply without a deadline; the notebook it saved so far
+        # stays as the record, and the worker (a daemon thread) ends with the process
+        done.wait(5)
+        raise
+    if "exc" in box:
+        raise box["exc"]
+    return box.get("result")
 
 
 @dataclass
@@ -331,14 +373,13 @@ class Runner:
         cells = CellOutput(self.progress) if self.stream_cells else None
         follower = ProgressFollower(self.live).start()  # the kernel's progress samples, for the live view
         try:
-            pm.execute_notebook(
+            run_interruptible(lambda manager_class: pm.execute_notebook(
                 str(self.nb_dir / s["notebook"]), SCHEME + str(out),
                 parameters={"env": env, "run_id": run.run_id, "run_dir": str(run.path), "dry_run": dry_run},
                 kernel_name=self.kernel_name, progress_bar=self.progress_bar,
                 log_output=self.log_output, cwd=str(run.path), request_save_on_cell_execute=True,
-                kernel_manager_class=_kernel_manager_class(),
-                stdout_file=cells, stderr_file=cells,
-            )
+                kernel_manager_class=manager_class, stdout_file=cells, stderr_file=cells,
+            ))
         except PapermillExecutionError as exc:
             error = {"ename": exc.ename, "evalue": hsecrets.scrub(str(exc.evalue))[:2000],
                      "cell_index": exc.cell_index}
