@@ -25,6 +25,7 @@ from hcbpg.adapters.host import Host
 from hcbpg.adapters.psql import Psql, render
 from hcbpg.adapters.site import site_for
 from hcbpg.desired import pgbackrest as desired_pgbackrest
+from hcbpg.desired.capacity import ServerShape
 from hcbpg.errors import DatabaseError, HcbpgError, HostUnreachable, ParamsError, SafetyCheckFailed, WaitTimeout
 from hcbpg.ops import pgbackrest as pgb
 from hcbpg.ops.cluster import get_cluster, psql_for
@@ -106,10 +107,14 @@ def scratch_host(params: "Params", target: DrillTarget, *, dry_run: bool) -> "Ho
 
 
 def prepare_scratch(host: "Host | None", params: "Params", target: DrillTarget, *, version: tuple[int, int, int] | None,
-                    dry_run: bool) -> list[Outcome]:
-    """PostgreSQL (step 02's install) and pgBackRest pointed at the primary's repository (read only: restore)."""
+                    dry_run: bool, shape: ServerShape | None = None) -> list[Outcome]:
+    """PostgreSQL (step 02's install) and pgBackRest pointed at the primary's repository (read only: restore).
+
+    *shape* is the database servers' type: the scratch cluster gets the capacity settings step 02 gave
+    the primary, because recovery refuses to start with ``max_connections``, ``max_worker_processes``
+    (and the other settings WAL records) lower than on the server that wrote the backup."""
     server = as_server(params, target)
-    outcomes = install_server(host, params, server, dry_run=dry_run)
+    outcomes = install_server(host, params, server, dry_run=dry_run, shape=shape)
     outcomes.append(pgb.ensure_paths(host, dry_run=dry_run, specs=pgb.paths_for(params)))
     v = version or pgb.get_installed_version(host)
     outcomes.append(pgb.ensure_pgbackrest_conf(host, params, server, version=v, dry_run=dry_run,

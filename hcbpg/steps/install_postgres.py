@@ -8,10 +8,9 @@ from typing import TYPE_CHECKING, Any
 from hcbpg.desired import capacity
 from hcbpg.desired.capacity import ServerShape
 from hcbpg.ops import cluster as pg_cluster
-from hcbpg.ops import provisioning as cloud
 from hcbpg.ops import server as pg_server
 from hcbpg.outcome import Check, Outcome
-from hcbpg.steps.targets import server_hosts
+from hcbpg.steps.targets import server_hosts, server_shape  # noqa: F401 - the notebook's call
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.host import Host
@@ -22,11 +21,6 @@ if TYPE_CHECKING:  # pragma: no cover
 def connect(rb: "Run") -> dict[str, "Host | None"]:
     """An open Host per server (None in a dry run for a server not there yet)."""
     return server_hosts(rb)
-
-
-def server_shape(rb: "Run") -> ServerShape:
-    """The server type of params as the Hetzner API reports it (cores, RAM, disk)."""
-    return cloud.get_server_shape(cloud.make_client(rb.params, rb.secret("hetzner.token")), rb.params)
 
 
 def capacity_table(params: "Params", shape: ServerShape) -> list[dict[str, str]]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from hcbpg.desired.capacity import ServerShape
 from hcbpg.ops import drill
 from hcbpg.ops.drill import (  # noqa: F401 - the notebook's calls
     comparison_rows,
@@ -16,6 +17,7 @@ from hcbpg.ops.drill import (  # noqa: F401 - the notebook's calls
     verify_restore,
 )
 from hcbpg.outcome import Outcome
+from hcbpg.steps.targets import server_shape  # noqa: F401 - the notebook's call
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.host import Host
@@ -34,9 +36,10 @@ def get_target(rb: "Run") -> tuple[dict[str, Any], drill.DrillTarget]:
 
 
 def get_plan(host: "Host | None", params: "Params", target: drill.DrillTarget,
-             fingerprint: Mapping[str, Any]) -> list[Outcome]:
-    """The scratch host's preparation, then the restore of the recorded backup, planned."""
-    plan = drill.prepare_scratch(host, params, target, version=None, dry_run=True)
+             fingerprint: Mapping[str, Any], shape: ServerShape | None = None) -> list[Outcome]:
+    """The scratch host's preparation (capacity as the database servers' *shape* renders it), then the
+    restore of the recorded backup, planned."""
+    plan = drill.prepare_scratch(host, params, target, version=None, dry_run=True, shape=shape)
     plan.append(drill.RestoreResult(target.name, fingerprint["backup_label"], None,
                                     drill.restore_options(set_label=fingerprint["backup_label"])).outcome(dry_run=True))
     return plan

@@ -15,14 +15,22 @@ from hcbpg.adapters import hostkeys
 from hcbpg.adapters.host import Host
 from hcbpg.adapters.site import OutsiderRunner, site_for
 from hcbpg.desired.addresses import app_ssh_address, ssh_address
+from hcbpg.desired.capacity import ServerShape
 from hcbpg.errors import HcbpgError, HostUnreachable
 from hcbpg.ops import cluster as pg_cluster
+from hcbpg.ops import provisioning as cloud
 from hcbpg.ops import server_lock
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.psql import Psql
     from hcbpg.params import Server
     from hcbpg.steps.context import Run
+
+
+def server_shape(rb: "Run") -> ServerShape:
+    """The database servers' type (params ``hetzner.server_type``) as the Hetzner API reports it (cores,
+    RAM, disk): the capacity settings follow it."""
+    return cloud.get_server_shape(cloud.make_client(rb.params, rb.secret("hetzner.token")), rb.params)
 
 
 def recorded_servers(rb: "Run") -> list[dict[str, Any]]:

@@ -199,6 +199,8 @@ def run_home(lab, tmp_path_factory):
                 "known_hosts": str(cfg.known_hosts)},
         "postgres": {"app_role_password": f"file:{cfg.secret_path('rails-password')}"},
         "tls": tls_section(lab),
+        # the lab key signs the record; `lab up` lists it in this file
+        "audit": {"allowed_signers": str(cfg.ssh_dir / "allowed_signers")},
     }, sort_keys=False))
     env = {"HCBPG_HOME": str(home), "HCBPG_STATE_DIR": str(home / "state"), "HCBPG_LAB_DIR": str(lab.lab_dir),
            "HCBPG_NOTEBOOKS": str(Path(__file__).resolve().parents[2] / "notebooks")}
