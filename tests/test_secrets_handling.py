@@ -77,6 +77,11 @@ def test_output_is_scrubbed_before_it_is_cut_to_its_tail(monkeypatch):
     assert value[-9:] in output[-4000:]
     err = RemoteCommandError("server-postgres-1", "psql", 2, output)
     assert value[-9:] not in err.output_tail and err.output_tail.startswith("a[secret]\n")
+    # the tail Host.run hands to RemoteCommandError is cut after scrubbing too
+    from hcbpg.adapters.host import _TAIL_CHARS, _tail
+    long = "b" * 10 + value + "\n" + "z" * (_TAIL_CHARS - 10)
+    assert value[-9:] in long[-_TAIL_CHARS:]
+    assert value[-9:] not in _tail(long) and "[secret]" in _tail(long)
 
 
 FAKE_OP = textwrap.dedent('''\

@@ -45,7 +45,9 @@ class _TimedOut(Exception):
 
 
 def _tail(text: str) -> str:
-    return scrub(text[-_TAIL_CHARS:])
+    """The end of a command's output for an error: scrubbed whole first, then cut (a secret across the
+    cut would otherwise keep its tail)."""
+    return scrub(text)[-_TAIL_CHARS:]
 
 
 def _connect_errors() -> tuple[type[BaseException], ...]:

@@ -170,7 +170,7 @@ def _install_control_db(host: "Host") -> None:
                    display=f"psql -f {SCHEMA_FILE} (Bucardo's control database)", timeout=600)
     if "Pl/PerlU was successfully installed" not in res.stdout:
         raise SafetyCheckFailed(f"on {host.name}: Bucardo's control database was not installed: "
-                                f"{hsecrets.scrub(res.stdout[-800:])}",
+                                f"{hsecrets.scrub_tail(res.stdout, 800)}",
                                 hint="Is postgresql-plperl installed for this PostgreSQL? Fix it and run the step "
                                      "again.")
     bucardo(host, f"set piddir={HOME}/run reason_file={HOME}/log/restart.reason "
