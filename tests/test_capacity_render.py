@@ -78,3 +78,23 @@ def test_restart_settings_are_flagged():
     for name in ("max_connections", "shared_buffers", "shared_preload_libraries"):
         assert rows[name] == "yes"
     assert rows["work_mem"] == "reload"
+
+
+def test_a_cluster_without_data_checksums_is_a_warning_that_says_how_to_enable_them_offline():
+    """New clusters get checksums at initdb; an existing one without them is reported (warn, not fail) with the
+    pg_checksums procedure, and nothing on the host is changed by the check."""
+    import json
+
+    from hcbpg.adapters.recording import RecordingHost
+    from hcbpg.ops.cluster import check_data_checksums
+
+    pgdata = "/srv/pg/15/main"
+    cluster = json.dumps([{"version": 15, "cluster": "main", "running": 1, "pgdata": pgdata}])
+    for setting, status in (("on", "pass"), ("off", "warn")):
+        host = RecordingHost("server-postgres-1", [(r"pg_lsclusters", cluster),
+                                                   (r"^psql --cluster 15/main", json.dumps([{"v": setting}]))])
+        check = check_data_checksums(host, lab())
+        assert (check.name, check.status, check.target) == ("data checksums", status, "server-postgres-1")
+        assert all(c.kind in ("run", "probe") for c in host.calls) and host.written == []
+    assert "pg_checksums --enable --progress -D /srv/pg/15/main" in check.detail
+    assert "pg_ctlcluster 15 main stop" in check.detail and "step 10" in check.detail

@@ -44,3 +44,15 @@ def test_notebook_starts_its_own_step(path: Path):
     src = "".join("".join(c["source"]) for c in json.loads(path.read_text())["cells"])
     assert f'step="{path.stem}"' in src or f"step='{path.stem}'" in src
     assert "rb.finish()" in src
+
+
+def test_step_13_moves_ownership_only_after_the_release_command_gate():
+    """A deploy must keep working: the migrations role's URL is handed out, the gate asks that the release command
+    uses it, and only then does ownership move to that role (``roles.apply``); the app's rights come first."""
+    code = ["".join(c["source"]) for c in json.loads((notebooks_dir() / "13_roles.ipynb").read_text())["cells"]
+            if c["cell_type"] == "code"]
+    src = "\n".join(code)
+    order = [src.index(call) for call in ("roles.apply_login_roles(", "roles.hand_out_release_urls(",
+                                          "roles.release_command_gate(", "roles.apply(rb")]
+    assert order == sorted(order), order
+    assert src.count("roles.apply(rb") == 1

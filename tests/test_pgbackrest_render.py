@@ -259,6 +259,26 @@ def test_compare_fingerprints_allows_sequences_ahead_but_not_behind():
     assert failed == {"row counts match", "sequences not behind"}
 
 
+def test_the_drill_expects_unlogged_tables_empty_and_says_so():
+    """An unlogged table's rows are in no backup: the drill expects it empty (and fails if it is not), and leaves it
+    out of the row counts and checksums instead of failing on it."""
+    primary = {"tables": {"public.users": 2000, "public.cache": 500},
+               "checksums": {"public.users": "a" * 32, "public.cache": "b" * 32}, "unlogged": ["public.cache"],
+               "sequences": {}, "extensions": {}, "databases": ["postgres"]}
+    restored = {**primary, "tables": {"public.users": 2000, "public.cache": 0},
+                "checksums": {"public.users": "a" * 32, "public.cache": "c" * 32}}
+    checks = {c.name: c for c in drill.compare_fingerprints(primary, restored)}
+    assert all(c.status == "pass" for c in checks.values()), checks
+    assert "public.cache: unlogged, so in no backup" in checks["unlogged tables restored empty"].detail
+    assert "checksum public.cache" not in checks and "2000 row(s)" in checks["row counts match"].detail
+    kept = {**restored, "tables": {"public.users": 2000, "public.cache": 3}}
+    failed = {c.name for c in drill.compare_fingerprints(primary, kept) if c.status == "fail"}
+    assert failed == {"unlogged tables restored empty"}
+    # without the unlogged list, the same restore fails on the table's rows
+    plain = {k: v for k, v in primary.items() if k != "unlogged"}
+    assert "row counts match" in {c.name for c in drill.compare_fingerprints(plain, restored) if c.status == "fail"}
+
+
 def test_drill_target_refuses_a_real_server():
     p = parse_params({**BASE, "pgbackrest": LAB_PB})
     assert drill.drill_target(p).name == "drill-1" and drill.drill_target(p).private_ip == "10.0.1.30"

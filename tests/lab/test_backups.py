@@ -235,6 +235,9 @@ def test_restore_drill_on_a_fresh_host_matches_the_primary_at_the_backup_point(p
     checks, restored = drill.verify_restore(host, params, target, fp, result)
     failed = [f"{c.name}: {c.detail}" for c in checks if c.status == "fail"]
     assert not failed, failed
+    # the drill proves the repository too: pgbackrest verify read every file of the backup and the WAL
+    verify = [c for c in checks if c.name.startswith("pgbackrest verify")]
+    assert verify and verify[0].status == "pass", [(c.name, c.status, c.detail) for c in checks]
     assert restored["tables"]["public.users"] == 2000  # the backup's point, not the 50 rows added later
     assert result.auto_conf.get("archive_mode") == "'off'" and "restore_command" in result.auto_conf
     assert len(primary.history) == history_before  # the drill never touched the primary

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+import urllib.parse
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -315,6 +316,11 @@ def test_no_secret_in_any_output_of_the_run(env):
                 assert s not in text, f"a secret is in {f}"
     urls = (env.tmp / "xdg" / "hcbpg" / "lab" / "app-database-urls.env")
     assert oct(urls.stat().st_mode & 0o777) == "0o600" and STATE["new"] in urls.read_text()
+    # both URLs the operator hands to the app verify the server's certificate against the environment's CA
+    handed = dict(line.split("=", 1) for line in urls.read_text().splitlines() if "=" in line)
+    for name in ("DATABASE_URL", "BLAZER_DATABASE_URL"):
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(handed[name]).query)
+        assert query.get("sslmode") == ["verify-full"] and query.get("sslrootcert"), (name, query)
     nb09 = (STATE["run"].path / "09_start_traffic.ipynb").read_text()
     assert f"postgres://rails:[secret]@{env.params.primary.private_ip}:5432/hcb_production" in nb09
 

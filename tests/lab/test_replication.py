@@ -377,6 +377,12 @@ def test_an_unreachable_repository_drops_wal_past_the_bound_and_the_primary_keep
     pings_from = len(deadman.read_pings(lab.status()["deadman_log"]))
     start_pgbench(hosts[p.name], 900, rate=50)  # a steady write load all along
     log = f"/var/log/pgbackrest/{params.pgbackrest.stanza}-archive-push*.log"
+    # pg_wal itself stays bounded: during the outage a small max_wal_size, so that the WAL written (past the queue
+    # bound plus max_wal_size, below) would be in pg_wal still had pgBackRest not dropped it from the queue
+    ppsql.execute(["ALTER SYSTEM SET max_wal_size = '64MB'", "ALTER SYSTEM SET min_wal_size = '32MB'",
+                   "SELECT pg_reload_conf()"])
+    keep = int(ppsql.value("SELECT pg_size_bytes(current_setting('wal_keep_size')) AS n"))
+    wal_bound = QUEUE_MAX_MB * 1024 ** 2 + 64 * 1024 ** 2 + keep + 3 * 16 * 1024 ** 2
     subprocess.run(rule, check=True)
     try:
         peak, written, t0 = 0, 0, time.monotonic()
@@ -392,10 +398,26 @@ def test_an_unreachable_repository_drops_wal_past_the_bound_and_the_primary_keep
         time.sleep(5)
         after_drop = _ready_bytes(ppsql)
         assert pgbench_running(hosts[p.name]), "the primary keeps accepting writes"
+        # writes go on past twice the bound on pg_wal; then (writes stopped) the queue falls under its bound again
+        while written < 2 * wal_bound:
+            assert time.monotonic() - t0 < 600, f"the outage's writes took too long ({written} bytes)"
+            start = ppsql.value("SELECT pg_current_wal_lsn()::text AS l")
+            ppsql.execute("INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) SELECT 1, 1, g, g, now() "
+                          "FROM generate_series(1, 300000) g", dbname=BENCH_DB)
+            written += int(ppsql.value(f"SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '{start}') AS n"))
+        settle = time.monotonic()
+        while _ready_bytes(ppsql) > QUEUE_MAX_MB * 1024 ** 2:
+            assert time.monotonic() - settle < 180, "the queue stayed over archive-push-queue-max"
+            time.sleep(2)
+        ppsql.execute(["CHECKPOINT"])
+        pg_wal = int(ppsql.value("SELECT sum(size) AS n FROM pg_ls_waldir()"))
+        TIMINGS.update(outage_pg_wal_mb=pg_wal // 1024 ** 2, outage_pg_wal_bound_mb=wal_bound // 1024 ** 2)
+        assert pg_wal <= wal_bound < written, TIMINGS
         schedule.run_health_job(hosts[p.name])
         during = cli(env, "status", "lab", "--all", timeout=300)
     finally:
         subprocess.run([*rule[:4], "del", *rule[5:]], check=True)
+        ppsql.execute(["ALTER SYSTEM RESET max_wal_size", "ALTER SYSTEM RESET min_wal_size", "SELECT pg_reload_conf()"])
     stop_pgbench(hosts[p.name])
     TIMINGS.update(outage_written_mb=written // 1024 ** 2, outage_peak_unarchived_mb=peak // 1024 ** 2,
                    outage_unarchived_after_drop_mb=after_drop // 1024 ** 2)
