@@ -64,6 +64,27 @@ def test_run_records_every_step_and_passes_values_between_them(home, env):
     assert "00_first.html" in (run / "html" / "index.html").read_text()
 
 
+def test_a_value_planted_in_an_earlier_runs_notebook_is_not_recalled(home, env):
+    """recall reads only a record that verifies: an earlier run's notebook edited to hold another address (with
+    its hash in the manifest left as it was) makes the step fail naming the file, instead of using the value."""
+    nb = home / "notebooks"
+    write_notebook(nb / "00_first.ipynb", "00_first", "rb.record('primary', {'ip': '10.0.1.5'})")
+    write_notebook(nb / "01_second.ipynb", "01_second", "print('recalled', rb.recall('primary'))")
+    write_steps(nb, [("00_first.ipynb", "first"), ("01_second.ipynb", "second")])
+    r = hcbpg("run", env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    run = only_run(home, env)
+    assert "recalled {'ip': '10.0.1.5'}" in (run / "01_second.ipynb").read_text()
+    first = run / "00_first.ipynb"
+    first.write_text(first.read_text().replace("10.0.1.5", "10.0.1.66"))
+    r = hcbpg("run", env, "--only", "01")
+    assert r.returncode != 0, r.stdout + r.stderr
+    newest = sorted(p for p in (home / "outputs" / env).iterdir() if p.is_dir())[-1]
+    text = (newest / "01_second.ipynb").read_text() if (newest / "01_second.ipynb").exists() else ""
+    assert "10.0.1.66" not in text and "recalled" not in text.replace("'recalled'", "")
+    assert "00_first.ipynb" in r.stdout + r.stderr + text
+
+
 def test_killed_run_resumes_without_repeating_finished_steps(home, env):
     nb = home / "notebooks"
     write_notebook(nb / "00_fast.ipynb", "00_fast", "print('fast step ran')")

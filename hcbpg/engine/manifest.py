@@ -434,7 +434,7 @@ def verify_trust(runs: list[Run], trust: signing.Trust) -> list[str]:
     except AuditError as exc:
         return problems + [str(exc)]
     if head is None:
-        if runs:
+        if runs and not (len(runs) == 1 and is_open(runs[0])):  # the first run, still open, has no head yet
             problems.append(f"{trust.head_file}: missing: no record outside outputs/ of the newest run of "
                             f"{trust.env} (restore it from git)")
         return problems

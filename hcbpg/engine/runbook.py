@@ -25,7 +25,7 @@ from hcbpg.desired.roles import roles_config
 from hcbpg.display import _in_ipython, render_table, show_plan, show_table  # noqa: F401 - the notebooks' display helpers
 from hcbpg.engine import manifest as mf
 from hcbpg.engine import signing
-from hcbpg.errors import GateRequired, HcbpgError, UsageError, VerificationFailed
+from hcbpg.errors import AuditError, GateRequired, HcbpgError, UsageError, VerificationFailed
 from hcbpg.outcome import Check, Outcome
 from hcbpg.params import Params, home, load_params, params_sha256
 
@@ -34,6 +34,21 @@ AUTO_APPROVE_ENV = "HCBPG_AUTO_APPROVE"
 #: set by ``hcbpg guide`` for its Jupyter server (and so for every kernel it starts)
 GUIDED_ENV = "HCBPG_GUIDED"
 _MISSING = object()
+
+
+def _recorded_notebooks(run: mf.Run) -> dict[str, str | None]:
+    """The notebooks *run*'s manifest names, with their sha256 (None while a step of an open run, run or guided,
+    has not been hashed yet); empty when the manifest cannot be read."""
+    try:
+        data = run.read()
+    except HcbpgError:
+        return {}
+    out: dict[str, str | None] = {}
+    for step in data.get("steps", []):
+        for att in step.get("attempts", []):
+            if att.get("notebook"):
+                out[att["notebook"]] = att.get("sha256") or out.get(att["notebook"])
+    return out
 
 
 class StepAlreadyDone(Exception):
@@ -318,17 +333,30 @@ class Runbook:
             sb.glue(name, value)
 
     def recall(self, name: str, default: Any = _MISSING) -> Any:
-        """A value recorded by an earlier step: this run first, then earlier runs of this environment."""
+        """A value recorded by an earlier step: this run first, then earlier runs of this environment.
+
+        Only from a record that verifies: the environment's chain (hashes, signatures, head) is checked
+        first, and only notebooks whose sha256 the manifests hold are read; a record edited outside hcbpg
+        raises AuditError instead of handing a planted value to the step."""
         if name in self._recorded:
             return self._recorded[name]
+        self._verify_record()
         sb = _scrapbook()
         runs = mf.list_runs(self.home, self.env)
         if self.run is not None:
             runs = [r for r in runs if r.path != self.run.path] + [self.run]
         for run in reversed(runs):
+            recorded = _recorded_notebooks(run)
+            current = self.run is not None and run.path == self.run.path
             for nb in sorted(run.path.glob("[0-9]*.ipynb"), reverse=True):
-                if ".attempt-" in nb.name or nb.stem == self.step:
-                    continue
+                if ".attempt-" in nb.name or nb.stem == self.step or nb.name not in recorded:
+                    continue  # a file the manifest does not name was not written by hcbpg
+                sha = recorded[nb.name]
+                if sha is None and not current:
+                    continue  # an earlier run's attempt without a hash is not read
+                if sha is not None and sha != mf.sha256_file(nb):
+                    raise AuditError(f"{nb}: changed since it was recorded (sha256 mismatch): its values are not "
+                                     f"read", hint=f"See `hcbpg audit verify {self.env}`.")
                 try:
                     scraps = sb.read_notebook(str(nb)).scraps
                 except Exception:  # noqa: BLE001 - a partial notebook of a crashed run
@@ -339,6 +367,19 @@ class Runbook:
             raise HcbpgError(f"no earlier step of {self.env} recorded '{name}'",
                              hint="Run the step that records it first (see `hcbpg runs`).")
         return default
+
+    def _verify_record(self) -> None:
+        """The environment's record verifies (once per step): what recall reads was written by hcbpg."""
+        if getattr(self, "_record_verified", False):
+            return
+        if mf.list_runs(self.home, self.env):
+            problems = mf.verify_env(self.home, self.env, self._trust())
+            if problems:
+                raise AuditError(f"{self.step}: values of earlier steps are not read from a record that does not "
+                                 f"verify ({len(problems)} problem(s)); first: {problems[0]}",
+                                 hint=f"See `hcbpg audit verify {self.env}`. Restore the record from git, or run "
+                                      "the step that records the value again.")
+        self._record_verified = True
 
     # the end -----------------------------------------------------------------
     def finish(self) -> dict[str, Any]:
