@@ -145,6 +145,12 @@ def test_the_source_role_cannot_create_a_logical_replication_slot(env):
     assert role == {"rolsuper": False, "rolreplication": False}
 
 
+def source_sql(env, statement: str) -> None:  # noqa: ANN001
+    """A statement on the source as its owner (the Heroku-like role), from the primary."""
+    with env.source as source:
+        source.script(statement + ";\n", display=statement)
+
+
 def writer_log(app: Host) -> list[str]:
     return (app.read_text("/tmp/hcbpg-writer.log") or "").splitlines()
 
@@ -163,6 +169,16 @@ def test_the_online_runbook_moves_every_row_written_before_maintenance_on(env):
                         "grep -q stopped && break; sleep 0.1; done", display="stop the writer")
         seen.append(waiting[0])
         approve(result.run.run_id, waiting[0], note="lab test", base=env.home)
+        if waiting[0] == "maintenance-on":
+            # a deploy with a migration on the source since 06b: 07's drift guard stops the cutover before
+            # anything reaches the target, naming the table; once the schemas match again it goes on
+            source_sql(env, "ALTER TABLE public.users ADD COLUMN drift_probe integer")
+            try:
+                drifted = runner.resume(result.run.run_id)
+            finally:
+                source_sql(env, "ALTER TABLE public.users DROP COLUMN drift_probe")
+            assert drifted.status == "failed", drifted.message
+            assert "schema unchanged: tables" in drifted.message and "users" in drifted.message, drifted.message
         result = runner.resume(result.run.run_id)
     assert result.status == "succeeded", result.message
     assert seen == GATES

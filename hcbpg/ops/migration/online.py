@@ -339,12 +339,15 @@ def plan_window(host: "Host", params: "Params", source: Source) -> Plan:
                                  "every sequence set on the target to the source's value",
                                  f"copied inside the window (no key): {', '.join(plan.in_window) or 'none'}",
                                  "exact verification of every table; the sentinel read back from the app host"])]
+    # the drift guard before the window too: a deploy with migrations since 06b stops the cutover before
+    # maintenance goes on, naming what differs (the window compares again, for a deploy after this plan)
+    drift = check_schema_unchanged(host, params, source) if bp.FORWARD_SYNC in state["syncs"] else []
     checks = [Check.of("Bucardo's forward sync exists and runs", bp.FORWARD_SYNC in state["syncs"] and state["running"],
                        f"syncs {', '.join(state['syncs']) or 'none'}, daemon {'running' if state['running'] else 'stopped'}"
                        + ("" if bp.FORWARD_SYNC in state["syncs"] else ": run 06b first"), host.name),
               Check.of("Bucardo's lag before the window", lag is not None and lag["rows"] < 10_000,
                        f"{lag['rows']} rows, {lag['seconds']:.1f}s" if lag else "no sync", "source")]
-    return Plan(outcomes, checks + plan.checks, facts)
+    return Plan(outcomes, checks + drift + plan.checks, facts)
 
 
 
