@@ -45,6 +45,7 @@ from hcbpg.ops import app_database as roles
 from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import migration  # noqa: E402
 from hcbpg.ops import server as pg_server
+from hcbpg.ops import tls as tls_ops
 from hcbpg.ops.migration import stream as migration_stream  # noqa: E402
 from hcbpg.params import load_params  # noqa: E402
 from hcbpg.secrets import register  # noqa: E402
@@ -189,6 +190,7 @@ def main() -> None:
         srv = params.primary
         pg_server.install_server(host, params, srv, dry_run=False)
         pg_server.allow_connections(host, params, srv, dry_run=False)
+        tls_ops.ensure_client_ca(app, params, dry_run=False)  # the app host verifies the primary's certificate
         roles.app_role_database(pg_cluster.psql_for(host, params), params, password, dry_run=False)
         with migration.Source(host, url) as source:
             src_counts = source.json(migration.COUNTS_SQL)

@@ -37,6 +37,7 @@ from hcbpg.ops import app_database as roles  # noqa: E402
 from hcbpg.ops import cluster as pg_cluster  # noqa: E402
 from hcbpg.ops import migration  # noqa: E402
 from hcbpg.ops import server as pg_server  # noqa: E402
+from hcbpg.ops import tls as tls_ops  # noqa: E402
 from hcbpg.ops.migration import online  # noqa: E402
 from hcbpg.params import parse_params  # noqa: E402
 from hcbpg.secrets import register  # noqa: E402
@@ -83,6 +84,7 @@ def prepare(lab: Lab, rows: int) -> tuple[Any, Host, Host, str, str]:
     url = register(lab.secret("source-url"))
     pg_server.install_server(host, params, params.primary, dry_run=False)
     pg_server.allow_connections(host, params, params.primary, dry_run=False)
+    tls_ops.ensure_client_ca(app, params, dry_run=False)  # the app host verifies the primary's certificate
     roles.app_role_database(pg_cluster.psql_for(host, params), params, password, dry_run=False)
     conn = migration.parse_source_url(url)
     app.put_text("/root/.pg_service.conf", "[hcbpg-load]\n" + "".join(f"{k}={v}\n" for k, v in conn.items())
