@@ -133,12 +133,19 @@ def online_run(params: Any, host: Host, app: Host, password: str, url: str, *, r
         t0 = time.monotonic()
         app.run("touch /tmp/hcbpg-load.stop; for i in $(seq 200); do tail -1 /tmp/hcbpg-load.log | grep -q stopped "
                 "&& break; sleep 0.05; done", display="stop the load")
+        t1 = time.monotonic()
         migration.wait_for_source_quiet(source)
+        t2 = time.monotonic()
         sentinel = migration.sentinel_value("bench-online")
         migration.run_sentinel_write(source, params, sentinel)
+        t3 = time.monotonic()
         ver, phases, _, _ = online.run_window(host, params, source, app=app, password=password,
                                               sentinel_expect=sentinel)
         downtime = time.monotonic() - t0
+        phases = {"load_stop_s": round(t1 - t0, 3), "source_quiet_s": round(t2 - t1, 3),
+                  "sentinel_s": round(t3 - t2, 3), **phases,
+                  "window_other_s": round(time.monotonic() - t3 - sum(v for k, v in phases.items()
+                                                                      if k.endswith("_s") and "lag" not in k), 3)}
         bad = [c for c in ver.checks if c.status == "fail"]
         if bad:
             raise SystemExit(f"online: verification failed: {bad}")

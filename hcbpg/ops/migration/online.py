@@ -33,6 +33,7 @@ import json
 import shlex
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
@@ -356,13 +357,18 @@ def wait_for_drained(host: "Host", params: "Params", source: Source, plan: bp.Sy
     src = params.source
     assert src is not None
     timeout = src.online.drain_timeout_s
-    ensure_running(host, params, dry_run=False)
-    bucardo(host, f"kick {bp.FORWARD_SYNC} 0", display=f"bucardo kick {bp.FORWARD_SYNC}", check=False, timeout=60)
+    t0 = time.monotonic()
     lag = get_lag(source, plan.synced)
     first = dict(lag)
-    t0 = time.monotonic()
-    for _ in polling_loop(timeout, interval=0.2):
-        lag = get_lag(source, plan.synced)
+    if lag["rows"]:
+        # changes pending (the sentinel at least, unless Bucardo's autokick applied it already): the daemon
+        # must run; a kick without a timeout returns at once (with one it waits for a whole sync run,
+        # seconds of Perl and polling): the lag itself says when every change is applied
+        ensure_running(host, params, dry_run=False)
+        bucardo(host, f"kick {bp.FORWARD_SYNC}", display=f"bucardo kick {bp.FORWARD_SYNC}", check=False, timeout=60)
+    for i, _ in enumerate(polling_loop(timeout, interval=0.2)):
+        if i:
+            lag = get_lag(source, plan.synced)
         if lag["rows"] == 0:
             return {"lag_rows_at_open": first["rows"], "lag_s_at_open": first["seconds"],
                     "drain_s": round(time.monotonic() - t0, 3)}
@@ -405,9 +411,11 @@ def verify_online(host: "Host", params: "Params", source: Source, *, app: "Host 
     """Exact verification with the source frozen: objects by definition, every table's rows, sequences,
     ownership, and the sentinel read back from the app host (Bucardo's objects left out)."""
     started = time.monotonic()
-    with source:
+    with source, ThreadPoolExecutor(max_workers=1) as pool:
+        # the two sides at once (each one psql over its own SSH channel): this runs inside the window
+        tgt_future = pool.submit(get_inventory, target(host, params), params)
         src_inv = bp.strip_bucardo(get_inventory(source, params))
-    tgt_inv = bp.strip_bucardo(get_inventory(target(host, params), params))
+        tgt_inv = bp.strip_bucardo(tgt_future.result())
     checks = compare_objects(src_inv, tgt_inv) + compare_rows(src_inv.rows, tgt_inv.rows)
     owner = get_target_state(host, params).owner
     checks.append(Check.of(f"database owned by {params.postgres.app_role}", owner == params.postgres.app_role,
@@ -422,14 +430,16 @@ def verify_online(host: "Host", params: "Params", source: Source, *, app: "Host 
 def run_window(host: "Host", params: "Params", source: Source, *, app: "Host | None", password: str | None,
                sentinel_expect: str | None) -> tuple[Verification, dict[str, float], list[Check], list[str]]:
     """The window after the writes stopped: drift guard, drain, sequences, keyless copies, verification."""
+    t = time.monotonic()
     plan = get_sync_plan(source, params)
     if not plan.ok:
         raise SafetyCheckFailed("the source can no longer be synced: " + "; ".join(
             c.detail for c in plan.checks if c.status == "fail"), hint=ROLLBACK)
+    phases: dict[str, float] = {"sync_plan_s": round(time.monotonic() - t, 3)}
     t = time.monotonic()
     drift = check_schema_unchanged(host, params, source)
     raise_on_drift(drift)
-    phases: dict[str, float] = {"drift_guard_s": round(time.monotonic() - t, 3)}
+    phases["drift_guard_s"] = round(time.monotonic() - t, 3)
     phases.update(wait_for_drained(host, params, source, plan))
     t = time.monotonic()
     run_set_sequences(host, params, source)
