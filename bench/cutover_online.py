@@ -5,13 +5,16 @@ For each size (``--sizes 250,1024,2048`` MB): a lab whose Heroku-like source has
 primary prepared by steps 02-04, then
 
 * offline: maintenance on → the source quiet → the sentinel → the transfer as 07 runs it (streamed,
-  verified, sentinel read back from the app host) → traffic on (gates approved at once);
+  verified, sentinel read back from the app host), gates approved at once;
 * online: Bucardo installed, the schema, the initial copy, then a steady write load from the app host
   (inserts into events, updates of transactions, ``--rate`` a second, each logged after its commit)
   for ``--sync-s`` seconds of continuous sync; maintenance on stops the load; the window as 07 runs it
-  (drift guard, drain, sequences, keyless copies, exact verification, sentinel) → traffic on;
+  (drift guard, drain, sequences, keyless copies, exact verification, sentinel);
   the lag when the window opened, the drain time, and the rows lost (every logged write must be on the
   primary); then the clean-up.
+
+The clock runs from maintenance-on until the primary is verified, the point where traffic may go on;
+what both modes then share (07's password roll, 09's switch) is not counted.
 
 Prints a table with the ratios online/offline and the slope of each downtime against size (s per GB),
 and writes a PNG plot of downtime against size (``--plot``).
@@ -220,7 +223,7 @@ def report(results: list[dict[str, Any]], plot: str) -> None:
     ax.plot([r["mb"] for r in results], [r["offline_s"] for r in results], "o-", label="offline (stream, default)")
     ax.plot([r["mb"] for r in results], [r["downtime_s"] for r in results], "s-", label="online (Bucardo)")
     ax.set_xlabel("source size (MB)")
-    ax.set_ylabel("downtime maintenance-on to traffic-on (s)")
+    ax.set_ylabel("downtime: maintenance-on to the verified primary (s)")
     ax.set_ylim(bottom=0)
     ax.grid(True, alpha=0.3)
     ax.legend()
