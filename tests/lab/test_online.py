@@ -26,6 +26,7 @@ from hcbpg.ops import app_database as roles
 from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import migration
 from hcbpg.ops import server as pg_server
+from hcbpg.ops import tls as tls_ops
 from hcbpg.ops.migration import online
 from hcbpg.params import parse_params
 from hcbpg.secrets import register
@@ -116,6 +117,7 @@ def env(lab, tmp_path_factory, monkeypatch_module):
     password = register(pw_file.read_text().strip())
     pg_server.install_server(host, params, params.primary, dry_run=False)
     pg_server.allow_connections(host, params, params.primary, dry_run=False)
+    tls_ops.ensure_client_ca(app, params, dry_run=False)  # as step 03 does: the app host verifies the primary
     roles.app_role_database(pg_cluster.psql_for(host, params), params, password, dry_run=False)
     conn = migration.parse_source_url(url)
     service = "[hcbpg-writer]\n" + "".join(f"{k}={v}\n" for k, v in conn.items()) + "application_name=writer\n"
