@@ -181,3 +181,10 @@ def make_signing_key(directory: Path, comment: str) -> Path:
 def allowed_signer_line(principal: str, key: Path) -> str:
     from hcbpg.engine.signing import render_allowed_signer
     return render_allowed_signer(principal, key.with_name(key.name + ".pub").read_text())
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """``NAME=value`` lines of an env file hcbpg hands out (values shell-quoted), unquoted."""
+    import shlex
+    return {k: shlex.split(v)[0] for k, v in (line.split("=", 1) for line in path.read_text().splitlines()
+                                             if "=" in line)}

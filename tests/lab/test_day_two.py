@@ -49,7 +49,7 @@ from hcbpg.pg.conninfo import render_database_url
 from hcbpg.secrets import resolve
 
 from labparams import lab_params, pgbackrest_section, replication_section
-from nbutil import CmdlineWatch
+from nbutil import CmdlineWatch, read_env_file
 
 pytestmark = pytest.mark.lab
 
@@ -437,10 +437,7 @@ def test_app_rotation_refuses_no_new_connection_of_a_client_every_100ms(lab, par
     first = render_database_url(params, app_password(params))
 
     def given_url() -> str:
-        if handoff.is_file():
-            line = next(x for x in handoff.read_text().splitlines() if x.startswith("DATABASE_URL="))
-            return line.split("=", 1)[1].strip("'")
-        return first
+        return read_env_file(handoff)["DATABASE_URL"] if handoff.is_file() else first
 
     # the client runs in the app host's network namespace (its connections come from the app's address, as
     # pg_hba requires), without an SSH tunnel in between: a dropped tunnel under load is not what this tests.
@@ -563,8 +560,7 @@ def test_notebooks_run_by_the_real_runner_with_no_password_in_outputs(params, ho
     # step 13 handed out the release command's and Blazer's URLs (0600), each verifying the server's certificate
     release = tmp_path / "xdg" / "hcbpg" / "lab" / "release-database-urls.env"
     assert oct(release.stat().st_mode & 0o777) == "0o600"
-    handed = {k: shlex.split(v)[0] for k, v in (line.split("=", 1) for line in release.read_text().splitlines()
-                                                    if "=" in line)}
+    handed = read_env_file(release)
     assert set(handed) == {"MIGRATIONS_DATABASE_URL", "BLAZER_DATABASE_URL"}, set(handed)
     for name, url in handed.items():
         parts = urllib.parse.urlsplit(url)

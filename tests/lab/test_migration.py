@@ -11,7 +11,6 @@ hook (steps 02-04 are called directly).  Run under the lab lock:
 from __future__ import annotations
 
 import json
-import shlex
 import shutil
 import time
 import urllib.parse
@@ -36,6 +35,7 @@ from hcbpg.secrets import register
 from hcbpg.steps import _migration as migration_steps
 
 from labparams import lab_params
+from nbutil import read_env_file
 
 pytestmark = pytest.mark.lab
 
@@ -318,8 +318,7 @@ def test_no_secret_in_any_output_of_the_run(env):
     urls = (env.tmp / "xdg" / "hcbpg" / "lab" / "app-database-urls.env")
     assert oct(urls.stat().st_mode & 0o777) == "0o600" and STATE["new"] in urls.read_text()
     # both URLs the operator hands to the app verify the server's certificate against the environment's CA
-    handed = {k: shlex.split(v)[0] for k, v in (line.split("=", 1) for line in urls.read_text().splitlines()
-                                                    if "=" in line)}
+    handed = read_env_file(urls)
     for name in ("DATABASE_URL", "BLAZER_DATABASE_URL"):
         query = urllib.parse.parse_qs(urllib.parse.urlsplit(handed[name]).query)
         assert query.get("sslmode") == ["verify-full"] and query.get("sslrootcert"), (name, query)
