@@ -210,6 +210,9 @@ class Online(Model):
     window_copy_max_rows: Annotated[int, Field(ge=0)] = 100_000
     #: after traffic is on, how long changes on the new primary are synced back to the source (hours)
     way_back_hours: Annotated[float, Field(ge=0)] = 72.0
+    #: how long the snapshots taken at the end of the window (source and primary as the writes stopped)
+    #: are held for the exact verification after traffic is on (09b); the primary's vacuum waits on them
+    snapshot_hold_s: Annotated[float, Field(gt=0)] = 4 * 3600.0
 
 
 class Source(Model):

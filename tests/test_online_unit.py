@@ -101,3 +101,90 @@ def test_params_choose_the_online_transfer_with_its_settings():
 def test_bad_online_params_are_refused_naming_the_key(source, key):
     with pytest.raises(ParamsError, match=key):
         parse_params(base_params(**source))
+
+
+# the window's snapshots, the sequences check, the runbook's order ---------------------------------
+
+def test_the_hold_script_exports_a_snapshot_into_a_file_and_keeps_its_transaction_open():
+    text = bp.render_hold_script("/var/lib/postgresql/hcbpg-bucardo/snapshots/source.snapshot", 7200.4)
+    lines = text.splitlines()
+    begin = lines.index("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;")
+    assert lines.index("\\o /var/lib/postgresql/hcbpg-bucardo/snapshots/source.snapshot") > begin
+    assert lines[-1] == "SELECT pg_sleep(7200);" and "COMMIT" not in text
+    # named like hcbpg's other sessions: the quiet-source check does not count it as the app
+    assert "SET application_name = 'hcbpg-migration';" in lines and "SET statement_timeout = 0;" in lines
+
+
+def test_held_snapshots_parse_and_a_side_without_one_is_named_with_what_its_session_said():
+    held = bp.parse_held_snapshots("primary 4242 00000003-0000001B-1\n\nsource 77 0000000A-000000A1-1\n",
+                                   ["primary", "source"])
+    assert held == {"primary": {"pid": 4242, "snapshot": "00000003-0000001B-1"},
+                    "source": {"pid": 77, "snapshot": "0000000A-000000A1-1"}}
+    with pytest.raises(Exception, match=r"the source \(psql: error: connection to server .* failed\)") as exc:
+        bp.parse_held_snapshots("primary 4242 00000003-0000001B-1\nsource psql: error: connection to server "
+                                "at 10.0.1.20 failed\n", ["primary", "source"])
+    assert "traffic must not start" in exc.value.hint
+
+
+def test_a_snapshot_id_is_checked_before_it_reaches_sql():
+    from hcbpg.pg.inventory import render_snapshot_setup
+    assert render_snapshot_setup("00000003-0000001B-1").endswith("SET TRANSACTION SNAPSHOT '00000003-0000001B-1';")
+    with pytest.raises(ValueError):
+        render_snapshot_setup("1'; DROP TABLE users; --")
+
+
+def test_the_counts_in_a_snapshot_leave_bucardos_tables_out():
+    assert "n.nspname <> 'bucardo' AND c.relkind IN ('r', 'p')" in bp.SNAPSHOT_COUNTS_SQL
+
+
+def test_sequences_must_equal_the_sources_after_the_window_set_them():
+    ok = bp.check_sequences_equal({"public.users_id_seq": 5, "public.x_seq": None},
+                                  {"public.users_id_seq": 5, "public.x_seq": None}, "p")
+    assert ok.status == "pass" and ok.detail == "2 sequence(s)"
+    bad = bp.check_sequences_equal({"public.users_id_seq": 5, "public.y_seq": 1}, {"public.users_id_seq": 4}, "p")
+    assert bad.status == "fail" and "public.users_id_seq: 5 vs 4" in bad.detail and "public.y_seq: 1 vs missing" in bad.detail
+
+
+def test_with_the_online_transfer_the_primary_is_completed_before_the_window():
+    from hcbpg.engine.catalogue import load_steps, select
+    online = [s.key for s in select(load_steps(transfer="online"))]
+    stream = [s.key for s in select(load_steps(transfer="stream"))]
+    assert online.index("06b_online_sync") < online.index("08_start_archiving") < online.index("10_replication") \
+        < online.index("07_cutover") < online.index("09_start_traffic") < online.index("09b_way_back")
+    assert stream.index("07_cutover") < stream.index("08_start_archiving") < stream.index("09_start_traffic") \
+        < stream.index("10_replication")
+    assert sorted(online) == sorted(stream) == sorted(s.key for s in select(load_steps(transfer="directory")))
+    assert [s.key for s in select(load_steps())] == stream  # no source.transfer: the default's order
+
+
+def test_a_notebook_listed_twice_for_one_transfer_is_refused(tmp_path):
+    from hcbpg.engine.catalogue import load_steps
+    from hcbpg.errors import UsageError
+    (tmp_path / "steps.yaml").write_text("steps:\n  - {notebook: 08_a.ipynb, title: a, transfers: [online]}\n"
+                                         "  - {notebook: 08_a.ipynb, title: a}\n")
+    assert [s.key for s in load_steps(tmp_path, transfer="stream")] == ["08_a"]
+    with pytest.raises(UsageError, match="08_a.ipynb is listed twice for source.transfer online"):
+        load_steps(tmp_path, transfer="online")
+
+
+# the lab's app load ---------------------------------------------------------------------------------
+
+def test_the_app_loads_log_tells_which_writes_are_missing_on_the_primary():
+    from hcbpg.lab import app_load
+    log = app_load.parse_log("i 10\nu 3 app-load 1\ni 11\nu 3 app-load 2\nu 4 app-load 3\nstopped\n")
+    assert log.inserted == [10, 11] and log.updated == {3: "app-load 2", 4: "app-load 3"} and log.stopped
+    assert log.writes == 4
+    q = app_load.render_found_sql(log)
+    assert "'{10,11}'::bigint[]" in q and "'{3,4}'::bigint[]" in q
+    assert app_load.lost_writes(log, {"inserted": [10, 11], "memos": {"3": "app-load 2", "4": "app-load 3"}}) == []
+    lost = app_load.lost_writes(log, {"inserted": [10], "memos": {"3": "app-load 1", "4": "app-load 3"}})
+    assert lost == ["events 11: missing", "transactions 3: memo 'app-load 1', expected 'app-load 2'"]
+
+
+def test_the_app_load_reads_its_credentials_from_a_service_file_never_its_command_line():
+    from hcbpg.lab import app_load
+    start = app_load.render_start(4, users=100, transactions=200)
+    assert "service=hcbpg-app-load" in start and "password" not in start and "% 100" in start and "% 200" in start
+    assert "250000000" in start  # 4 a second
+    svc = app_load.render_service_file({"host": "10.0.1.20", "password": "s3cret", "dbname": "hcb"})
+    assert svc.startswith("[hcbpg-app-load]\n") and "password=s3cret\n" in svc

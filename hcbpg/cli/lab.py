@@ -66,6 +66,56 @@ def cmd_down(args: argparse.Namespace) -> int:
     return 1 if left else 0
 
 
+def start_app_load(lab: Any, rate: float) -> str:
+    """The lab's app writes on the source from the app host (:mod:`hcbpg.lab.app_load`) until stopped."""
+    from hcbpg.lab import app_load  # noqa: PLC0415 - the lab loads only for lab commands
+    from hcbpg.ops.migration import parse_source_url  # noqa: PLC0415 - only the lab's app needs the parser here
+
+    conn = parse_source_url(lab.secret("source-url"))
+    lab.exec("app", f"umask 077 && cat > {app_load.SERVICE_FILE}", input=app_load.render_service_file(conn),
+             check=True)
+    counts = lab.exec("source", ["psql", "-X", "-At", "-d", conn["dbname"], "-c",
+                                 "SELECT (SELECT count(*) FROM users) || ' ' || (SELECT count(*) FROM transactions)"],
+                      user="postgres", check=True).stdout.split()
+    lab.exec("app", app_load.render_start(rate, users=int(counts[0]), transactions=int(counts[1])), check=True)
+    return f"the lab's app writes on the source from the app host, {rate:g} inserts and updates a second"
+
+
+def stop_app_load(lab: Any) -> str:
+    """Maintenance mode on for the lab's app: its writes stop; returns once its last one is logged."""
+    from hcbpg.lab import app_load  # noqa: PLC0415 - the lab loads only for lab commands
+
+    lab.exec("app", app_load.STOP_COMMAND, check=True)
+    return "the lab's app is in maintenance mode: its writes stopped"
+
+
+def check_app_load(lab: Any, primary: str, database: str) -> tuple[Any, list[str]]:
+    """What the lab's app wrote, and every write of it missing in *database* on lab host *primary*."""
+    from hcbpg.lab import app_load  # noqa: PLC0415 - the lab loads only for lab commands
+
+    log = app_load.parse_log(lab.exec("app", f"cat {app_load.LOG}", check=True).stdout)
+
+    def query(q: str) -> Any:
+        return json.loads(lab.exec(primary, ["psql", "-X", "-At", "-v", "ON_ERROR_STOP=1", "-d", database],
+                                   input=q + ";\n", user="postgres", check=True).stdout)
+
+    return log, app_load.check_on_primary(log, query)
+
+
+def cmd_app_load(args: argparse.Namespace) -> int:
+    lab = _lab(args, log=False)
+    if args.action == "start":
+        print(start_app_load(lab, args.rate))
+    elif args.action == "stop":
+        print(stop_app_load(lab))
+    else:
+        log, lost = check_app_load(lab, args.primary, args.database)
+        print(f"the lab's app wrote {log.writes} rows before maintenance-on; {len(lost)} missing on {args.primary}"
+              + "".join(f"\n  {x}" for x in lost[:20]))
+        return 1 if lost or not log.stopped else 0
+    return 0
+
+
 def register(subparsers: Any) -> None:
     """Add ``lab`` and its subcommands to the main parser's subparsers."""
     p = subparsers.add_parser("lab", help="the rehearsal lab: up, status, down (root, Linux)",
@@ -88,6 +138,12 @@ def register(subparsers: Any) -> None:
     down.add_argument("--purge", action="store_true",
                       help="also remove the lab's SSH key, secrets and CA")
     down.set_defaults(func=cmd_down)
+    load = sub.add_parser("app-load", help="the lab's app writing on the source: start, stop (maintenance on), check")
+    load.add_argument("action", choices=["start", "stop", "check"])
+    load.add_argument("--rate", type=float, default=2.0, help="inserts and updates a second (start)")
+    load.add_argument("--primary", default="server-postgres-1", help="lab host of the new primary (check)")
+    load.add_argument("--database", default="hcb_production", help="database on the new primary (check)")
+    load.set_defaults(func=cmd_app_load)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,17 +7,24 @@ record of a rehearsal reads like a production run's, with an honest approver.
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import sys
 import time
 
 from hcbpg.engine import manifest as mf
+from hcbpg.engine.runbook import AUTO_ACTIONS_ENV
 from hcbpg.engine.runner import Runner, install_sigterm_as_interrupt
-from hcbpg.params import home
+from hcbpg.params import home, load_params
 
 APPROVER = "hcbpg rehearse (automatic)"
+#: the lab's app writes on the source this often (inserts and updates a second) until maintenance-on
+APP_LOAD_RATE = 2.0
 
 
 def rehearse(*, keep: bool = False, source_rows: int | None = None, source_mb: int | None = None,
              start: str | None = None, until: str | None = None, verbose: bool = False) -> int:
+    from hcbpg.cli import lab as lab_cli  # noqa: PLC0415 - the lab loads only for `hcbpg rehearse`
     from hcbpg.lab import Lab  # noqa: PLC0415 - the lab loads only for `hcbpg rehearse`
 
     install_sigterm_as_interrupt()
@@ -29,18 +36,41 @@ def rehearse(*, keep: bool = False, source_rows: int | None = None, source_mb: i
     print(f"lab up in {t_lab:.1f}s: " + ", ".join(f"{h['name']} {h['ip']}" for h in status["hosts"]), flush=True)
     result = None
     try:
+        # the app on "Heroku" writes until the rehearsal, playing the operator, turns maintenance mode on
+        print(lab_cli.start_app_load(lab, APP_LOAD_RATE), flush=True)
+        os.environ[AUTO_ACTIONS_ENV] = json.dumps({"maintenance-on": [
+            sys.executable, "-m", "hcbpg.cli", "lab", "--lab-dir", str(lab.lab_dir), "app-load", "stop"]})
         runner = Runner(auto_approve=APPROVER, log_output=verbose, progress_bar=False)
         result = runner.start("lab", start=start, until=until)
         print(result.message)
         _print_summary(result.run, t_lab, time.monotonic() - t0)
-        return result.exit_code
+        code = result.exit_code
+        if code == 0 and result.run.read().get("downtime"):
+            code = _check_app_writes(lab)
+        return code
     finally:
+        os.environ.pop(AUTO_ACTIONS_ENV, None)
         if keep:
+            try:  # a kept lab's app stops writing (a torn-down lab's goes with it)
+                lab_cli.stop_app_load(lab)
+            except Exception:  # noqa: BLE001 - the lab is kept as it is; the rehearsal's result stands
+                pass
             print("lab kept (--keep): `hcbpg lab status` shows it, `hcbpg lab down` removes it")
         else:
             t1 = time.monotonic()
             lab.down()
             print(f"lab down in {time.monotonic() - t1:.1f}s")
+
+
+def _check_app_writes(lab: "object") -> int:
+    """Every write the lab's app made before maintenance-on is on the new primary (0), or which are not (1)."""
+    from hcbpg.cli import lab as lab_cli  # noqa: PLC0415 - the lab loads only for `hcbpg rehearse`
+
+    params = load_params("lab")
+    log, lost = lab_cli.check_app_load(lab, params.primary.name, params.postgres.database)
+    print(f"App writes before maintenance-on: {log.writes} ({len(log.inserted)} inserts, {len(log.updated)} rows "
+          f"updated), {len(lost)} missing on {params.primary.name}" + "".join(f"\n  {x}" for x in lost[:20]))
+    return 1 if lost or not log.stopped or not log.writes else 0
 
 
 def _print_summary(run: mf.Run, t_lab: float, total: float) -> None:

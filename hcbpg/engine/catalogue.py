@@ -1,4 +1,11 @@
-"""The ordered runbook: read from ``steps.yaml`` in the notebooks directory, the one place steps are listed."""
+"""The ordered runbook: read from ``steps.yaml`` in the notebooks directory, the one place steps are listed.
+
+The order depends on how the data moves (``source.transfer``): an entry with ``transfers: [...]`` is in
+the runbook only for those transfers, so a notebook may be listed twice, at a different place for
+each.  With ``online`` the primary is completed while Bucardo syncs (08 archiving and the first full
+backup, 10 the replica, before the window of 07); the offline transfers restore first, then archive
+and replicate what they restored.
+"""
 
 from __future__ import annotations
 
@@ -35,16 +42,33 @@ def notebooks_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "notebooks"
 
 
-def load_steps(directory: Path | None = None) -> list[Step]:
+#: the transfer a runbook is ordered for when params name none (``source.transfer``'s default)
+DEFAULT_TRANSFER = "stream"
+
+
+def load_steps(directory: Path | None = None, *, transfer: str | None = None) -> list[Step]:
+    """The steps in order for *transfer* (``source.transfer``; None: the default transfer's order)."""
     d = directory or notebooks_dir()
     path = d / "steps.yaml"
     data = yaml.safe_load(path.read_text())
-    steps = []
+    want = transfer or DEFAULT_TRANSFER
+    steps: list[Step] = []
     for entry in data["steps"]:
+        only = entry.get("transfers")
+        if only is not None and want not in ([only] if isinstance(only, str) else only):
+            continue
         nb = entry["notebook"]
+        if any(s.notebook == nb for s in steps):
+            raise UsageError(f"{path}: {nb} is listed twice for source.transfer {want}",
+                             hint="Give each of its entries the transfers it is for (transfers: [...]).")
         steps.append(Step(key=Path(nb).stem, title=entry["title"], notebook=nb,
                           on_demand=bool(entry.get("on_demand", False))))
     return steps
+
+
+def transfer_of(params: object) -> str:
+    """``source.transfer`` of *params* (the default when there is no source section)."""
+    return str(getattr(getattr(params, "source", None), "transfer", None) or DEFAULT_TRANSFER)
 
 
 def match(steps: list[Step], spec: str) -> int:

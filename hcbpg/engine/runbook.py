@@ -31,9 +31,23 @@ from hcbpg.params import Params, home, load_params, params_sha256
 
 HEADLESS_ENV = "HCBPG_HEADLESS"
 AUTO_APPROVE_ENV = "HCBPG_AUTO_APPROVE"
+#: with AUTO_APPROVE_ENV: JSON ``{gate: argv}``, what the automatic approver does before approving a gate
+#: (the rehearsal turns the lab app's maintenance mode on before ``maintenance-on``), as an operator would
+AUTO_ACTIONS_ENV = "HCBPG_AUTO_APPROVE_ACTIONS"
 #: set by ``hcbpg guide`` for its Jupyter server (and so for every kernel it starts)
 GUIDED_ENV = "HCBPG_GUIDED"
 _MISSING = object()
+
+
+def _run_gate_action(name: str, argv: Sequence[str]) -> None:
+    """What the automatic approver does before approving gate *name* (no secret is ever in *argv*)."""
+    import subprocess  # noqa: PLC0415 - only an automatic approver with actions runs a command here
+
+    print(f"gate '{name}': the automatic approver first runs: {' '.join(argv)}", flush=True)
+    cp = subprocess.run(list(argv), capture_output=True, text=True, timeout=120, check=False)
+    if cp.returncode != 0:
+        raise UsageError(f"gate '{name}': the automatic approver's action failed ({cp.returncode}): "
+                         f"{hsecrets.scrub_tail(cp.stdout + cp.stderr, 600)}", hint="The gate is not approved.")
 
 
 def _recorded_notebooks(run: mf.Run) -> dict[str, str | None]:
@@ -198,7 +212,12 @@ class Runbook:
             print(f"gate '{name}': the recorded approval does not hold ({problem}); asking again")
         auto = os.environ.get(AUTO_APPROVE_ENV)
         if auto:
-            self._approve(name, question, by=auto, note="approved automatically", via="auto", binding=binding)
+            note = "approved automatically"
+            action = json.loads(os.environ.get(AUTO_ACTIONS_ENV) or "{}").get(name)
+            if action:
+                _run_gate_action(name, action)
+                note += f" after: {' '.join(action[-2:])}"
+            self._approve(name, question, by=auto, note=note, via="auto", binding=binding)
             print(f"gate '{name}' approved automatically by {auto}: {question}")
             return
         if self.run is not None:

@@ -28,7 +28,7 @@ from hcbpg import progress as hprogress
 from hcbpg import secrets as hsecrets
 from hcbpg.engine import audit, signing
 from hcbpg.engine import manifest as mf
-from hcbpg.engine.catalogue import load_steps, notebooks_dir, select
+from hcbpg.engine.catalogue import load_steps, notebooks_dir, select, transfer_of
 from hcbpg.engine.locks import env_lock
 from hcbpg.engine.runbook import AUTO_APPROVE_ENV, HEADLESS_ENV, scrub_file_for
 from hcbpg.engine.terminal import CellOutput, LiveLines, ProgressFollower, render_recap
@@ -216,7 +216,7 @@ class Runner:
               until: str | None = None, only: str | None = None) -> RunResult:
         params = load_params(env, self.home)  # validates before anything runs
         refuse_if_open_in_jupyterlab(self.home, env)
-        steps = select(load_steps(self.nb_dir), start=start, until=until, only=only)
+        steps = select(load_steps(self.nb_dir, transfer=transfer_of(params)), start=start, until=until, only=only)
         if not steps:
             raise UsageError("no steps selected")
         for s in steps:

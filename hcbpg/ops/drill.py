@@ -215,9 +215,14 @@ def get_fingerprint(host: "Host", params: "Params", *, checksum_tables: Sequence
 
 
 def ensure_baseline_backup(host: "Host | None", params: "Params", *, dry_run: bool,
-                           checksum_tables: Sequence[str] | None = None
+                           checksum_tables: Sequence[str] | None = None,
+                           quiesce: Callable[[], None] | None = None,
                            ) -> tuple[Outcome, "pgb.BackupRow | None", dict[str, Any] | None]:
     """The first full backup (only when none exists), with the primary's fingerprint taken right before it.
+
+    *quiesce* (optional) is called first, only when a backup is taken: whatever still writes to the
+    primary (Bucardo's sync before an online cutover) stops there, so the backup holds exactly what
+    the fingerprint describes; the caller starts it again after.
 
     Returns (outcome, backup, fingerprint); the fingerprint is None when no backup was taken
     now (the one recorded with the earlier backup still describes it).
@@ -225,6 +230,8 @@ def ensure_baseline_backup(host: "Host | None", params: "Params", *, dry_run: bo
     taken: dict[str, Any] = {}
 
     def before() -> None:
+        if quiesce is not None:
+            quiesce()
         taken.update(get_fingerprint(host, params, checksum_tables=checksum_tables))  # type: ignore[arg-type]
 
     outcome, backup = pgb.ensure_full_backup(host, params, dry_run=dry_run, before=before)

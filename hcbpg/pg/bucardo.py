@@ -11,15 +11,18 @@ semantics.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from psycopg import sql
 
+from hcbpg.errors import SafetyCheckFailed
 from hcbpg.outcome import Check
 from hcbpg.pg.compose import render
-from hcbpg.pg.inventory import USER_NS, Inventory, list_names, not_ext_member
+from hcbpg.pg.conninfo import APPLICATION_NAME
+from hcbpg.pg.inventory import USER_NS, Inventory, list_names, not_ext_member, render_counts_sql
 
 #: the schema Bucardo creates in every database it syncs, and its control database on the primary
 SCHEMA = "bucardo"
@@ -182,3 +185,58 @@ def render_deferrable(fks: Sequence[Mapping[str, str]], *, deferrable: bool) -> 
     """ALTER CONSTRAINT ... [NOT] DEFERRABLE for each foreign key (the table's owner may do this)."""
     how = "DEFERRABLE INITIALLY IMMEDIATE" if deferrable else "NOT DEFERRABLE"
     return [f"ALTER TABLE {fk['table']} ALTER CONSTRAINT {render(sql.Identifier(fk['name']))} {how}" for fk in fks]
+
+
+#: every table's exact rows but Bucardo's own (counted in a held snapshot: its delta tables may be gone since)
+SNAPSHOT_COUNTS_SQL = render_counts_sql(except_schema=SCHEMA)
+
+#: every user sequence's value (NULL before its first nextval), Bucardo's left out: the window compares them
+SEQUENCE_VALUES_SQL = f"""
+SELECT coalesce(json_object_agg(schemaname || '.' || sequencename, last_value), '{{}}')
+FROM pg_catalog.pg_sequences WHERE schemaname NOT IN ('{SCHEMA}', 'pg_catalog', 'information_schema')
+"""
+
+
+def check_sequences_equal(source: Mapping[str, Any], target: Mapping[str, Any], where: str = "") -> Check:
+    """After the window set them: every sequence on the target at exactly the source's value."""
+    diff = [f"{n}: {source.get(n, 'missing')} vs {target.get(n, 'missing')}" for n in sorted(set(source) | set(target))
+            if source.get(n, "missing") != target.get(n, "missing")]
+    return Check.of("sequences at the source's values", not diff,
+                    f"{len(source)} sequence(s)" if not diff else f"{len(diff)} differ: " + "; ".join(diff[:10]), where)
+
+
+def render_hold_script(out_file: str, hold_s: float) -> str:
+    """A psql script that exports a snapshot, writes ``PID SNAPSHOT`` to *out_file* and holds the snapshot
+    open (its transaction stays open while ``pg_sleep`` runs: at most *hold_s* seconds, or until the
+    session is terminated). The session is named like hcbpg's others, so the quiet-source check skips it."""
+    return ("SET statement_timeout = 0;\nSET idle_in_transaction_session_timeout = 0;\n"
+            f"SET application_name = '{APPLICATION_NAME}';\n"
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;\n"
+            f"\\o {out_file}\n"
+            "SELECT pg_backend_pid() || ' ' || pg_export_snapshot();\n"
+            "\\o /dev/null\n"
+            f"SELECT pg_sleep({int(hold_s)});\n")
+
+
+_HELD = re.compile(r"^(\w+) (\d+) ([0-9A-F]+-[0-9A-F]+(?:-\d+)?)$")
+
+
+def parse_held_snapshots(text: str, sides: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``SIDE PID SNAPSHOT`` lines (one per side) into ``{side: {pid, snapshot}}``; a side without
+    one raises with what its session said instead."""
+    held: dict[str, dict[str, Any]] = {}
+    said: dict[str, str] = {}
+    for line in text.splitlines():
+        m = _HELD.match(line.strip())
+        if m:
+            held[m.group(1)] = {"pid": int(m.group(2)), "snapshot": m.group(3)}
+        elif line.strip():
+            side, _, rest = line.strip().partition(" ")
+            said[side] = rest
+    missing = [s for s in sides if s not in held]
+    if missing:
+        raise SafetyCheckFailed("no snapshot held for " + ", ".join(f"the {s} ({said.get(s) or 'no answer'})"
+                                                                    for s in missing),
+                                hint="The primary cannot be verified after traffic is on without them: traffic must "
+                                     "not start. Fix the cause and run 07 again (the window is repeated).")
+    return held

@@ -3,6 +3,7 @@ facts the restore depends on, and the pure comparison of two inventories into ch
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -69,14 +70,32 @@ SELECT json_build_object(
            WHERE t.typtype IN ('e', 'd', 'r', 'm') AND {USER_NS} AND {not_ext_member('pg_type', 't.oid')})
 )"""
 
-COUNTS_SQL = f"""
+def render_counts_sql(*, except_schema: str | None = None) -> str:
+    """Exact rows of every user table as JSON ``{schema.table: n}`` (a table of *except_schema* left out)."""
+    skip = f"n.nspname <> {render(sql.Literal(except_schema))} AND " if except_schema else ""
+    return f"""
 SELECT coalesce(json_object_agg(name, n), '{{}}') FROM (
   SELECT n.nspname || '.' || c.relname AS name,
          (xpath('/row/n/text()', query_to_xml(format('SELECT count(*) AS n FROM %I.%I', n.nspname, c.relname),
                                                false, true, '')))[1]::text::bigint AS n
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-  WHERE c.relkind IN ('r', 'p') AND {USER_NS} AND {not_ext_member('pg_class', 'c.oid')}
+  WHERE {skip}c.relkind IN ('r', 'p') AND {USER_NS} AND {not_ext_member('pg_class', 'c.oid')}
   ORDER BY 1) q"""
+
+
+COUNTS_SQL = render_counts_sql()
+
+
+_SNAPSHOT_ID = re.compile(r"[0-9A-F]+-[0-9A-F]+(-[0-9]+)?")
+
+
+def render_snapshot_setup(snapshot: str) -> str:
+    """The statements that put a psql session in the snapshot *snapshot* (from ``pg_export_snapshot()``):
+    a read-only repeatable-read transaction that sees what the exporting one saw (table rows; catalog
+    functions still read the current catalogs)."""
+    if not _SNAPSHOT_ID.fullmatch(snapshot):
+        raise ValueError(f"not a snapshot id: {snapshot!r}")
+    return f"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;\nSET TRANSACTION SNAPSHOT '{snapshot}';"
 
 #: what the restore depends on: extensions (with schema), database settings, encoding and locale
 SOURCE_FACTS_SQL = """

@@ -44,6 +44,8 @@ class MigrationRunbook(Protocol):
 
     def record(self, name: str, value: Any) -> None: ...
 
+    def recall(self, name: str, default: Any = ...) -> Any: ...
+
     def skip(self, reason: str) -> None: ...
 
     def runs_of_env(self) -> Sequence[RunManifest]: ...
@@ -51,14 +53,14 @@ class MigrationRunbook(Protocol):
     def gate(self, name: str, question: str) -> Any: ...
 
 
-def verify(rb: MigrationRunbook, checks: Sequence[Check], *, rollback: str | None = None) -> list[Check]:
+def verify(rb: MigrationRunbook, checks: Sequence[Check], *, rollback: str | None = None,
+           stops: str = "The run stops here, before any traffic gate.") -> list[Check]:
     """rb.verify, with the rollback instructions in the error when something failed."""
     try:
         return rb.verify(checks)
     except VerificationFailed as exc:
         if rollback:
-            raise VerificationFailed(exc.message, failures=exc.failures,
-                                     hint="The run stops here, before any traffic gate.\n" + rollback) from None
+            raise VerificationFailed(exc.message, failures=exc.failures, hint=stops + "\n" + rollback) from None
         raise
 
 

@@ -18,8 +18,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.host import Host
     from hcbpg.pg.bucardo import SyncPlan
 
-__all__ = ["cleanup", "connect", "drift_guard", "install", "is_online", "plan", "plan_window", "schema",
-           "skip_if_live", "skip_unless_online", "start_sync", "wait_for_copy", "way_back", "window"]
+__all__ = ["arm_way_back", "cleanup", "connect", "drift_guard", "install", "is_online", "plan", "plan_window", "schema",
+           "skip_if_live", "skip_unless_online", "start_sync", "verify_after_traffic", "wait_for_copy", "way_back",
+           "window"]
 
 
 def is_online(rb: MigrationRunbook) -> bool:
@@ -75,6 +76,14 @@ def wait_for_copy(rb: MigrationRunbook, host: "Host | None", source: "migration.
     return seen
 
 
+def arm_way_back(rb: MigrationRunbook, host: "Host | None", source: "migration.Source | None",
+                 p: "SyncPlan | None") -> None:
+    """06b: the way back's sync added (inactive): the primary records its changes from now on."""
+    if host is None or source is None or p is None:
+        return
+    rb.track(online.ensure_way_back_armed(host, rb.params, source, p, dry_run=rb.dry_run))
+
+
 def drift_guard(rb: MigrationRunbook, host: "Host | None", source: "migration.Source | None") -> list[Check]:
     """Source and target compared by definition: any difference stops here, naming it."""
     if rb.dry_run or host is None or source is None:
@@ -97,7 +106,8 @@ def plan_window(rb: MigrationRunbook, host: "Host | None",
 def window(rb: MigrationRunbook, host: "Host", source: "migration.Source",
            sentinel: str) -> "migration.MigrationResult":
     """07 for the online transfer, after the gates, the quiet source and the sentinel: drift guard, drain,
-    sequences, keyless tables copied, exact verification with the sentinel read back from the app host."""
+    sequences, keyless tables copied, the window's checks with the sentinel read back from the app host,
+    then the snapshots of both sides held for the exact count of every row after traffic is on (09b)."""
     app = targets.app_host(rb)  # type: ignore[arg-type]
     ver, phases, drift, copied = online.run_window(host, rb.params, source, app=app,
                                                    password=rb.secret("postgres.app_role_password"),
@@ -106,7 +116,9 @@ def window(rb: MigrationRunbook, host: "Host", source: "migration.Source",
                [{"check": "schema drift guard", "status": "pass"}], ["check", "status"])
     print(f"lag when the window opened: {phases['lag_rows_at_open']} rows, {phases['lag_s_at_open']:.1f}s; "
           f"drained in {phases['drain_s']:.1f}s; sequences set in {phases['sequences_s']:.1f}s; "
-          f"copied inside the window: {', '.join(copied) or 'none'}")
+          f"copied inside the window: {', '.join(copied) or 'none'}; checks {phases['checks_s']:.1f}s"
+          + (f"; snapshots held in {phases['snapshots_s']:.1f}s: every row is counted in them by 09b"
+             if "snapshots_s" in phases else ""))
     dump, restore = online.window_result(ver, phases, copied)
     out = [Outcome(f"database {rb.params.postgres.database} on {host.name} completed by Bucardo's drain",
                              True, False, actions=[f"{k} {v}" for k, v in phases.items()])]
@@ -123,6 +135,24 @@ def way_back(rb: MigrationRunbook, host: "Host | None", source: "migration.Sourc
         until = online.get_way_back(host)
         rb.record("way_back_until", until)
         print(f"the way back runs until {until}; then run 16_online_cleanup")
+
+
+def verify_after_traffic(rb: MigrationRunbook, host: "Host | None",
+                         source: "migration.Source | None") -> list[Check]:
+    """09b: every row of every table counted in the snapshots held since the window, source against
+    primary; a failure says so at once, with the rollback through the way back."""
+    if rb.dry_run or host is None or source is None:
+        return []
+    if online.get_held_snapshots(host) is None and rb.recall("online_verification", default=None):
+        print("verified by an earlier run of this step (its snapshots were released)")
+        return []
+    ver = online.verify_held(host, rb.params, source)
+    show_table(ver.table, ["what", "source", "target", "status"])
+    rb.record("online_verification", {"seconds": round(ver.seconds, 3), "tables": len(ver.target.rows),
+                                      "rows": sum(ver.target.rows.values()),
+                                      "fail": sum(c.status == "fail" for c in ver.checks)})
+    return verify(rb, ver.checks, rollback=migration.ROLLBACK_WAY_BACK,
+                  stops="TRAFFIC IS ON AND THE PRIMARY IS NOT COMPLETE: roll back now.")
 
 
 def cleanup(rb: MigrationRunbook, host: "Host | None", source: "migration.Source | None") -> list[dict[str, str]]:

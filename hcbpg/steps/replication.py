@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
 from hcbpg.ops import replication as rep
 from hcbpg.ops import topology
+from hcbpg.ops.migration import online
 from hcbpg.ops.replication import check_all  # noqa: F401 - the notebook's call
 from hcbpg.ops.topology import get_topology, show_topology  # noqa: F401 - the notebook's calls
 from hcbpg.outcome import Outcome
@@ -38,10 +40,22 @@ def apply(rb: "Run", hosts: Mapping[str, "Host | None"], password: str, plan: li
         rb.track(plan, show=False)
         return planned
     params = rb.params
-    outcomes, _, results = rep.setup_replication(hosts, params, password, allow_destructive=params.allow_destructive,
-                                                 dry_run=False)
+    with _bucardo_paused(hosts, params, plan):
+        outcomes, _, results = rep.setup_replication(hosts, params, password,
+                                                     allow_destructive=params.allow_destructive, dry_run=False)
     rb.track(outcomes)
     return results
+
+
+def _bucardo_paused(hosts: Mapping[str, "Host | None"], params: "Params", plan: list[Outcome]) -> Any:
+    """With the online transfer this step runs while Bucardo syncs into the primary: its daemon is stopped
+    while the primary changes (a restart for the replication settings: it does not survive its database
+    going away), and started after. Nothing planned on the primary, or no sync: nothing is stopped."""
+    host = hosts.get(params.primary.name)
+    if host is None or not any(o.changed and params.primary.name in o.what for o in plan) \
+            or not online.is_syncing(host, params):
+        return nullcontext()
+    return online.paused(host, params, "the primary's changes for replication (a restart)")
 
 
 def show_auto_conf(hosts: Mapping[str, "Host | None"], params: "Params") -> None:

@@ -1,7 +1,9 @@
 """The online transfer against the lab (``source.transfer: online``, real Bucardo 5.6 on the primary):
-06, 06b, 07, 09 and 09b run by the real runner while a writer on the app host changes the source
-until maintenance is on; then the way back (writes on the new primary reach the source), large
-objects refusing the mode, and the clean-up (16) leaving nothing of Bucardo anywhere.
+06, 06b, 07, 09 and 09b run by the real runner while the lab's app (:mod:`hcbpg.lab.app_load`) changes
+the source until maintenance is on; then the exact count in the snapshots held since the window, the
+way back (writes on the new primary reach the source, also those made before 09b started it), large
+objects refusing the mode, and the clean-up (16) leaving nothing of Bucardo anywhere.  The whole
+runbook with the online transfer runs in ``test_rehearse`` (params/lab.yaml).
 
 The source is a copy of the lab's Heroku-like database (``hcb_online``, owned by the non-superuser
 ``heroku_owner``) with a table without a key added, so other modules' source is untouched.  The
@@ -21,7 +23,7 @@ import yaml
 from hcbpg.adapters.host import Host
 from hcbpg.engine.runner import Runner, approve
 from hcbpg.errors import DatabaseError, HcbpgError
-from hcbpg.lab import create_server_host, destroy_server_host
+from hcbpg.lab import app_load, create_server_host, destroy_server_host
 from hcbpg.ops import app_database as roles
 from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import migration
@@ -54,22 +56,6 @@ SET ROLE heroku_owner;
 CREATE TABLE audit_nokey (at timestamp NOT NULL DEFAULT now(), what text);
 INSERT INTO audit_nokey (what) SELECT 'row ' || i FROM generate_series(1, 300) i;
 """
-
-#: on the app host: inserts into events and updates of transactions on the source, ~10 a second, each
-#: logged after its commit ("i ID" / "u ID MEMO"), until /tmp/hcbpg-writer.stop exists
-WRITER = r"""
-rm -f /tmp/hcbpg-writer.stop /tmp/hcbpg-writer.log; n=0
-while [ ! -e /tmp/hcbpg-writer.stop ]; do
-  n=$((n+1))
-  out=$(psql "service=hcbpg-writer" -X -q -At -v ON_ERROR_STOP=1 \
-    -c "INSERT INTO events (user_id, name, properties, created_at) VALUES (1 + $n % 2000, 'writer', '{}', now()) RETURNING id" \
-    -c "UPDATE transactions SET memo = 'writer $n' WHERE id = 1 + $n % 6000 RETURNING id" 2>/dev/null) \
-    && set -- $out && printf 'i %s\nu %s writer %s\n' "$1" "$2" "$n" >> /tmp/hcbpg-writer.log
-  sleep 0.05
-done
-echo stopped >> /tmp/hcbpg-writer.log
-"""
-
 
 @pytest.fixture(scope="module")
 def env(lab, tmp_path_factory, monkeypatch_module):
@@ -119,12 +105,10 @@ def env(lab, tmp_path_factory, monkeypatch_module):
     pg_server.allow_connections(host, params, params.primary, dry_run=False)
     tls_ops.ensure_client_ca(app, params, dry_run=False)  # as step 03 does: the app host verifies the primary
     roles.app_role_database(pg_cluster.psql_for(host, params), params, password, dry_run=False)
-    conn = migration.parse_source_url(url)
-    service = "[hcbpg-writer]\n" + "".join(f"{k}={v}\n" for k, v in conn.items()) + "application_name=writer\n"
-    app.put_text("/root/.pg_service.conf", service, mode=0o600)
+    app.put_text(app_load.SERVICE_FILE, app_load.render_service_file(migration.parse_source_url(url)), mode=0o600)
     yield SimpleNamespace(lab=lab, params=params, home=home, nb_dir=nb_dir, host=host, app=app, pw_file=pw_file,
                           url=url, source=migration.Source(host, url))
-    app.run("touch /tmp/hcbpg-writer.stop; rm -f /root/.pg_service.conf", check=False, quiet=True)
+    app.run(f"touch {app_load.STOP}; rm -f {app_load.SERVICE_FILE}", check=False, quiet=True)
     try:  # whatever a failed test left of Bucardo on the source copy goes with it
         online.stop(host, params)
     except HcbpgError:
@@ -153,22 +137,31 @@ def source_sql(env, statement: str) -> None:  # noqa: ANN001
         source.script(statement + ";\n", display=statement)
 
 
-def writer_log(app: Host) -> list[str]:
-    return (app.read_text("/tmp/hcbpg-writer.log") or "").splitlines()
+#: written on the new primary as the app, after the window and before 09b starts the way back
+GAP_WRITE = ("UPDATE users SET full_name = 'written before 09b' WHERE id = 9;\n"
+             "INSERT INTO events (user_id, name, properties, created_at) VALUES (9, 'before-09b', '{}', now()) "
+             "RETURNING id;\n")
 
 
 def test_the_online_runbook_moves_every_row_written_before_maintenance_on(env):
-    env.app.run(f"nohup bash -c {__import__('shlex').quote(WRITER)} > /dev/null 2>&1 &", display="start the writer")
+    env.app.run(app_load.render_start(10, users=2000, transactions=6000), display="start the lab app's writes")
     runner = Runner(base=env.home, nb_dir=env.nb_dir, progress_bar=False)
     result = runner.start("lab")
     seen = []
+    gap_event = None
     while result.exit_code == 3:
         gates = result.run.read()["gates"]
         waiting = [g for g, v in gates.items() if not v.get("approved_at")]
         assert len(waiting) == 1, gates
         if waiting[0] == "maintenance-on":  # the app stops writing
-            env.app.run("touch /tmp/hcbpg-writer.stop; for i in $(seq 100); do tail -1 /tmp/hcbpg-writer.log | "
-                        "grep -q stopped && break; sleep 0.1; done", display="stop the writer")
+            env.app.run(app_load.STOP_COMMAND, display="maintenance on: the lab app's writes stop")
+        if waiting[0] == "processes-enabled":
+            # the app's processes write on the new primary before 09b starts the way back: the triggers armed
+            # in 06b record it, so it reaches the source too
+            res = migration.app_psql(env.app, env.params, register(env.pw_file.read_text().strip()), GAP_WRITE,
+                                     server_ip=env.params.primary.private_ip, display="write before 09b")
+            assert res.ok, res.output
+            gap_event = int(res.stdout.split()[-1])
         seen.append(waiting[0])
         approve(result.run.run_id, waiting[0], note="lab test", base=env.home)
         if waiting[0] == "maintenance-on":
@@ -184,38 +177,61 @@ def test_the_online_runbook_moves_every_row_written_before_maintenance_on(env):
         result = runner.resume(result.run.run_id)
     assert result.status == "succeeded", result.message
     assert seen == GATES
-    log = writer_log(env.app)
-    inserted = [int(line.split()[1]) for line in log if line.startswith("i ")]
-    updated: dict[int, str] = {}
-    for line in log:
-        if line.startswith("u "):
-            _, i, memo = line.split(" ", 2)
-            updated[int(i)] = memo
-    assert len(inserted) > 20 and log[-1] == "stopped", log[-3:]
-    tgt = migration.target(env.host, env.params)
-    found = set(tgt.json(f"SELECT coalesce(json_agg(id), '[]') FROM public.events WHERE id IN "
-                         f"({','.join(map(str, inserted))})"))
-    assert set(inserted) - found == set(), "rows written before maintenance-on are missing on the primary"
-    memos = {int(k): v for k, v in tgt.json(f"SELECT coalesce(json_object_agg(id, memo), '{{}}') FROM "
-                                            f"public.transactions WHERE id IN ({','.join(map(str, updated))})").items()}
-    assert memos == updated
+    log = app_load.parse_log(env.app.read_text(app_load.LOG) or "")
+    assert len(log.inserted) > 20 and log.stopped, log
+    lost = app_load.check_on_primary(log, migration.target(env.host, env.params).json)
+    assert lost == [], f"writes made before maintenance-on are missing on the primary: {lost[:10]}"
     import scrapbook as sb
     nb = sb.read_notebook(str(result.run.path / "07_cutover.ipynb"))
     cut = nb.scraps["cutover"].data
     assert cut["checks"]["fail"] == 0 and cut["checks"]["warn"] == 0, cut["checks"]
-    assert set(cut["phases"]) >= {"drain_s", "sequences_s", "window_copy_s", "verify_s"}
-    assert cut["tables"] == 6 and cut["sentinel"].startswith("hcbpg last write ")
+    assert set(cut["phases"]) >= {"drain_s", "sequences_s", "window_copy_s", "checks_s", "snapshots_s"}
+    assert cut["sentinel"].startswith("hcbpg last write ")
     text = (result.run.path / "07_cutover.ipynb").read_text()
     assert "last-write sentinel from the source read back from the app host" in text
     assert "copied inside the window: public.audit_nokey" in text
+    assert "sequences at the source" in text
     nb06b = (result.run.path / "06b_online_sync.ipynb").read_text()
     assert "no key: copied whole inside the window" in nb06b and "public.audit_nokey" in nb06b
-    assert "initial copy" in nb06b and "lag" in nb06b
+    assert "initial copy" in nb06b and "lag" in nb06b and "way back armed" in nb06b
+    # 09b counted every row of both sides in the snapshots 07 held as the writes stopped: the write made on
+    # the primary after the window is not in them, so the counts still match; then the snapshots are gone
+    ver = sb.read_notebook(str(result.run.path / "09b_way_back.ipynb")).scraps["online_verification"].data
+    assert ver["fail"] == 0 and ver["tables"] == 6 and ver["rows"] > 1000, ver
+    assert online.get_held_snapshots(env.host) is None
+    assert migration.target(env.host, env.params).json(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'hcbpg-migration'") == 0
     manifest = result.run.read()
-    assert set(manifest["downtime"]["phases_s"]) >= {"drain_s", "sequences_s", "verify_s"}
-    STATE.update(run=result.run, inserted=len(inserted), password=register(env.pw_file.read_text().strip()),
+    assert set(manifest["downtime"]["phases_s"]) >= {"drain_s", "sequences_s", "checks_s", "snapshots_s"}
+    with env.source as source:
+        for _ in range(60):
+            got = source.json(f"SELECT json_build_object('name', (SELECT full_name FROM public.users WHERE id = 9), "
+                              f"'event', (SELECT count(*) FROM public.events WHERE id = {gap_event}))")
+            if got == {"name": "written before 09b", "event": 1}:
+                break
+            time.sleep(1)
+    assert got == {"name": "written before 09b", "event": 1}, "a write made before 09b did not reach the source"
+    STATE.update(run=result.run, inserted=len(log.inserted), password=register(env.pw_file.read_text().strip()),
                  downtime=manifest["downtime"])
-    print(f"writer: {len(inserted)} inserts, {len(updated)} updated rows; downtime {manifest['downtime']}")
+    print(f"app load: {log.writes} writes; downtime {manifest['downtime']}")
+
+
+def test_the_exact_count_in_held_snapshots_names_a_table_the_primary_lacks_rows_of(env):
+    """A row missing on the primary when the snapshots are taken fails 09b's verification, naming the table,
+    even though the source and the primary change afterwards."""
+    tgt = migration.target(env.host, env.params)
+    tgt.script("SET session_replication_role = replica;\n"
+               "DELETE FROM public.audit_nokey WHERE what = 'row 1';\n", display="lose a row on the primary")
+    try:
+        online.run_hold_snapshots(env.host, env.params)
+        tgt.script("INSERT INTO public.audit_nokey (what) VALUES ('row 1');\n", display="the row back, later")
+        ver = online.verify_held(env.host, env.params, env.source)
+    finally:
+        tgt.script("DELETE FROM public.audit_nokey WHERE what = 'row 1';\n"
+                   "INSERT INTO public.audit_nokey (what) VALUES ('row 1');\n", display="the row as on the source")
+    bad = [c for c in ver.checks if c.status == "fail"]
+    assert [(c.name, c.detail) for c in bad] == [("rows public.audit_nokey", "source 300, target 299 (-1)")], bad
+    assert online.get_held_snapshots(env.host) is None  # released after the count, failed or not
 
 
 def test_after_traffic_is_on_writes_on_the_new_primary_reach_the_source(env):

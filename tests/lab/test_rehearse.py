@@ -1,5 +1,6 @@
 """The README's main job: `hcbpg rehearse` brings up the default lab, runs every step of the
-runbook with params/lab.yaml, prints the summary and takes the lab down again.
+runbook with params/lab.yaml (the online transfer, while the lab's app writes on the source until
+maintenance is on), prints the summary and takes the lab down again.
 
 It uses the default lab (what params/lab.yaml points at), so it holds the machine's lab lock
 (tests on other workers that use that lab wait for it) and is skipped when that lab is already
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -61,6 +63,12 @@ def test_rehearse_runs_the_whole_runbook_in_a_fresh_lab_and_leaves_nothing(tmp_p
         approvals = manifest.get("gates", {})
         assert approvals and all(g.get("approved_by", "").startswith("hcbpg rehearse") for g in approvals.values())
         assert "lab down in" in out and not lab.status()["up"]
+        # params/lab.yaml rehearses the online transfer: the lab's app wrote on the source from lab up until the
+        # rehearsal turned maintenance on, and every write of it is on the new primary
+        assert [s["key"] for s in steps].index("08_start_archiving") < [s["key"] for s in steps].index("07_cutover")
+        writes = re.search(r"App writes before maintenance-on: (\d+) .*?, (\d+) missing", out)
+        assert writes and int(writes.group(1)) > 50 and writes.group(2) == "0", out[-3000:]
+        assert "approved automatically after: app-load stop" in json.dumps(approvals["maintenance-on"])
         verify = subprocess.run([sys.executable, "-m", "hcbpg.cli", "audit", "verify", "lab"], capture_output=True,
                                 text=True, env=env, timeout=120, cwd=REPO)
         assert verify.returncode == 0, verify.stdout + verify.stderr

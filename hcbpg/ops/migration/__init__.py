@@ -54,6 +54,7 @@ from hcbpg.ops.migration.app_checks import (
 )
 from hcbpg.ops.migration.cutover import (
                                             ROLLBACK,
+                                            ROLLBACK_WAY_BACK,
                                             check_source_quiet,
                                             run_rotate_password,
                                             run_sentinel_write,
@@ -178,7 +179,8 @@ from hcbpg.pg.stream import BUILDS_SQL, TABLES_SQL
 __all__ = [
     "APPLICATION_NAME", "AppUrls", "BUILDS_SQL", "COUNTS_SQL", "DumpResult", "GIB", "IGNORED", "INVENTORY_SQL",
     "Inventory", "KIND_LABELS", "LOW_PRIORITY", "MARKER_LIVE", "MARKER_RESTORE", "MigrationResult", "Plan",
-    "PsqlEndpoint", "RESTORE_PART", "ROLLBACK", "RestoreResult", "SECRET_DIR", "SERVICE_NAME", "SOURCE_FACTS_SQL",
+    "PsqlEndpoint", "RESTORE_PART", "ROLLBACK", "ROLLBACK_WAY_BACK", "RestoreResult", "SECRET_DIR", "SERVICE_NAME",
+    "SOURCE_FACTS_SQL",
     "SPLIT_AWK", "Source", "TABLES_SQL", "TargetState", "Verification", "WaitTimeout", "app_psql",
     "check_disk_space", "check_extensions_available", "check_from_app", "check_passwords",
     "check_restore_settings_gone", "check_source_quiet", "check_table_owners", "check_url_from_app",

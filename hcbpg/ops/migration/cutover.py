@@ -34,6 +34,17 @@ How to roll back (nothing on the source was changed by hcbpg except the sentinel
      (07 drops and restores hcb_production again: it is marked as an hcbpg restore target)."""
 
 
+ROLLBACK_WAY_BACK = """\
+How to roll back now that traffic runs on the new primary (online transfer, the way back armed):
+  1. Turn maintenance mode on in Hatchbox; disable the processes (Sidekiq, etc.).
+  2. On the primary, start the way back if 09b has not (hcbpg run ENV --from 09b) and wait until
+     `bucardo status hcbpg_back` shows a run ended after the last write: every write made on the new
+     primary since traffic went on is then on Heroku too.
+  3. Set DATABASE_URL / BLAZER_DATABASE_URL in Hatchbox back to their Heroku values; enable the
+     processes; turn maintenance mode off: the app runs on Heroku, with nothing lost.
+  4. Run 16_online_cleanup to end the way back and remove Bucardo; fix the cause and cut over again."""
+
+
 def check_source_quiet(sessions: Sequence[Mapping[str, Any]]) -> Check:
     """No other client on the source: the app and its processes are really stopped."""
     if not sessions:

@@ -32,8 +32,9 @@ import hashlib
 import json
 import shlex
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
@@ -41,11 +42,11 @@ from psycopg import sql
 from hcbpg import clock
 from hcbpg import secrets as hsecrets
 from hcbpg.adapters.psql import render
-from hcbpg.errors import SafetyCheckFailed, VerificationFailed, WaitTimeout
+from hcbpg.errors import DatabaseError, SafetyCheckFailed, VerificationFailed, WaitTimeout
 from hcbpg.ops import packages as pkg_ops
 from hcbpg.ops.migration import templates
 from hcbpg.ops.migration.app_checks import check_from_app
-from hcbpg.ops.migration.cutover import ROLLBACK
+from hcbpg.ops.migration.cutover import ROLLBACK, ROLLBACK_WAY_BACK
 from hcbpg.ops.migration.database import get_target_state
 from hcbpg.ops.migration.dump import DumpResult, remove_dump, run_dump
 from hcbpg.ops.migration.plan import Plan
@@ -54,8 +55,8 @@ from hcbpg.ops.migration.source import Source, get_source_facts, target
 from hcbpg.ops.migration.verify import Verification, check_table_owners, get_inventory
 from hcbpg.outcome import Check, Outcome
 from hcbpg.pg import bucardo as bp
-from hcbpg.pg.conninfo import render_service_file
-from hcbpg.pg.inventory import Inventory, compare_objects, compare_rows, comparison_table
+from hcbpg.pg.conninfo import APPLICATION_NAME, render_service_file
+from hcbpg.pg.inventory import Inventory, compare_objects, compare_rows, comparison_table, render_snapshot_setup
 from hcbpg.pg.stream import SEQUENCES_SQL
 from hcbpg.wait import polling_loop
 
@@ -73,6 +74,9 @@ SERVICE_FILE = "/var/lib/postgresql/.pg_service.conf"
 UNTIL_FILE = f"{HOME}/way-back-until"
 DEFERRED_FILE = f"{HOME}/deferrable-fks.json"
 SCHEMA_FILE = "/usr/share/bucardo/bucardo.schema"
+#: the window's snapshots (the holding sessions' outputs) and what 09b reads: their pids and ids
+SNAPSHOT_DIR = f"{HOME}/snapshots"
+HELD_FILE = f"{SNAPSHOT_DIR}/held.json"
 CUSTOMCODE = "hcbpg_owner_only"
 
 
@@ -112,6 +116,28 @@ def get_state(host: "Host", params: "Params") -> dict[str, Any]:
     running = host.probe(f"test -s {HOME}/run/bucardo.mcp.pid && kill -0 $(cat {HOME}/run/bucardo.mcp.pid)"
                          ).ok if has_db else False
     return {"packages": installed, "control_db": has_db, "syncs": syncs, "running": running}
+
+
+def is_syncing(host: "Host", params: "Params") -> bool:
+    """The online transfer's forward sync exists on *host* (06b ran; the window has not ended it)."""
+    src = params.source
+    if src is None or getattr(src, "transfer", None) != "online":
+        return False
+    return bp.FORWARD_SYNC in get_state(host, params)["syncs"]
+
+
+@contextmanager
+def paused(host: "Host", params: "Params", why: str) -> Iterator[None]:
+    """Bucardo's daemon stopped while *why* happens on the primary (a restart: it does not survive its
+    database going away; the fingerprint and the first backup: nothing may write between them), then
+    started again. Its triggers keep recording on the source meanwhile; it catches up after."""
+    stop(host, params)
+    print(f"Bucardo stopped on {host.name} for {why} (its triggers keep recording on the source)")
+    try:
+        yield
+    finally:
+        ensure_running(host, params, dry_run=False)
+        print(f"Bucardo started again on {host.name}: it applies what the source recorded meanwhile")
 
 
 # before the window --------------------------------------------------------------------------------
@@ -303,11 +329,17 @@ def wait_for_initial_copy(host: "Host", params: "Params", source: Source, plan: 
 def check_schema_unchanged(host: "Host", params: "Params", source: Source) -> list[Check]:
     """The drift guard: every object of the source and the target compared by definition (rows aside;
     sequences may be behind while the app writes). Bucardo does not copy DDL."""
-    with source:
+    return _drift(host, params, source)[0]
+
+
+def _drift(host: "Host", params: "Params", source: Source) -> tuple[list[Check], Inventory, Inventory]:
+    """The drift guard's checks, with both sides' inventories (objects only) read at once."""
+    with source, ThreadPoolExecutor(max_workers=1) as pool:
+        tgt_future = pool.submit(get_inventory, target(host, params), params, rows=False)
         src = bp.strip_bucardo(get_inventory(source, params, rows=False))
-    tgt = bp.strip_bucardo(get_inventory(target(host, params), params, rows=False))
+        tgt = bp.strip_bucardo(tgt_future.result())
     checks = compare_objects(bp.without_sequence_values(src), bp.without_sequence_values(tgt))
-    return [Check(f"schema unchanged: {c.name}", c.status, c.detail, c.target) for c in checks]
+    return [Check(f"schema unchanged: {c.name}", c.status, c.detail, c.target) for c in checks], src, tgt
 
 
 def raise_on_drift(checks: Sequence[Check]) -> None:
@@ -339,13 +371,19 @@ def plan_window(host: "Host", params: "Params", source: Source) -> Plan:
                                  "(source.online.drain_timeout_s)",
                                  "every sequence set on the target to the source's value",
                                  f"copied inside the window (no key): {', '.join(plan.in_window) or 'none'}",
-                                 "exact verification of every table; the sentinel read back from the app host"])]
+                                 "sequences, ownership and the sentinel read back from the app host checked",
+                                 "a snapshot of the source and of the primary held: every table's rows are counted "
+                                 "in them after traffic is on (09b)"])]
     # the drift guard before the window too: a deploy with migrations since 06b stops the cutover before
     # maintenance goes on, naming what differs (the window compares again, for a deploy after this plan)
     drift = check_schema_unchanged(host, params, source) if bp.FORWARD_SYNC in state["syncs"] else []
     checks = [Check.of("Bucardo's forward sync exists and runs", bp.FORWARD_SYNC in state["syncs"] and state["running"],
                        f"syncs {', '.join(state['syncs']) or 'none'}, daemon {'running' if state['running'] else 'stopped'}"
                        + ("" if bp.FORWARD_SYNC in state["syncs"] else ": run 06b first"), host.name),
+              Check.of("the way back armed (its triggers record the primary's changes)",
+                       bp.BACK_SYNC in state["syncs"],
+                       f"sync {bp.BACK_SYNC} " + ("exists" if bp.BACK_SYNC in state["syncs"] else "missing: run 06b "
+                                                  "again"), host.name),
               Check.of("Bucardo's lag before the window", lag is not None and lag["rows"] < 10_000,
                        f"{lag['rows']} rows, {lag['seconds']:.1f}s" if lag else "no sync", "source")]
     return Plan(outcomes, checks + drift + plan.checks, facts)
@@ -406,30 +444,109 @@ def run_window_copies(host: "Host", params: "Params", source: Source, tables: Se
     return done
 
 
-def verify_online(host: "Host", params: "Params", source: Source, *, app: "Host | None", password: str | None,
-                  sentinel_expect: str | None) -> Verification:
-    """Exact verification with the source frozen: objects by definition, every table's rows, sequences,
-    ownership, and the sentinel read back from the app host (Bucardo's objects left out)."""
-    started = time.monotonic()
+def check_window(host: "Host", params: "Params", source: Source, src_inv: Inventory, *, app: "Host | None",
+                 password: str | None, sentinel_expect: str | None) -> list[Check]:
+    """What the window checks before traffic (each a query, not a count of every row): every sequence
+    on the primary at the source's value, ownership, and from the app host the newest event and the
+    sentinel (the source's last write: Bucardo applies in order, so every earlier change is there too)."""
     with source, ThreadPoolExecutor(max_workers=1) as pool:
-        # the two sides at once (each one psql over its own SSH channel): this runs inside the window
-        tgt_future = pool.submit(get_inventory, target(host, params), params)
-        src_inv = bp.strip_bucardo(get_inventory(source, params))
-        tgt_inv = bp.strip_bucardo(tgt_future.result())
-    checks = compare_objects(src_inv, tgt_inv) + compare_rows(src_inv.rows, tgt_inv.rows)
+        tgt_future = pool.submit(target(host, params).json, bp.SEQUENCE_VALUES_SQL)
+        src_seq = source.json(bp.SEQUENCE_VALUES_SQL) or {}
+        tgt_seq = tgt_future.result() or {}
+    checks = [bp.check_sequences_equal(src_seq, tgt_seq, host.name)]
     owner = get_target_state(host, params).owner
     checks.append(Check.of(f"database owned by {params.postgres.app_role}", owner == params.postgres.app_role,
                            f"owner {owner}", host.name))
-    checks.append(check_table_owners(host, params))
+    checks.append(check_table_owners(host, params, except_schema=bp.SCHEMA))
     if app is not None and password is not None:
         checks += check_from_app(app, params, password, server_ip=params.primary.private_ip,
                                  newest_event=src_inv.newest_event, expect=sentinel_expect)
-    return Verification(checks, comparison_table(src_inv, tgt_inv), time.monotonic() - started, src_inv, tgt_inv)
+    return checks
+
+
+def run_hold_snapshots(host: "Host", params: "Params") -> dict[str, dict[str, Any]]:
+    """End of the window, the writes stopped and drained: one session on the source and one on the
+    primary each export a snapshot and hold it (``pg_sleep``, at most ``source.online.snapshot_hold_s``)
+    so 09b counts every row of both as they were now, after traffic is on. Returns their pids and ids."""
+    src = params.source
+    assert src is not None
+    pg = params.postgres
+    conns = {"primary": f"psql -d {shlex.quote(pg.database)} -p {pg.port}",
+             "source": f"psql {shlex.quote('service=' + bp.SOURCE_SERVICE)}"}
+    host.run(f"install -d -m 0700 -o postgres -g postgres {SNAPSHOT_DIR} && rm -f {SNAPSHOT_DIR}/*", quiet=True)
+    for side in conns:
+        host.put_text(f"{SNAPSHOT_DIR}/{side}.sql", bp.render_hold_script(f"{SNAPSHOT_DIR}/{side}.snapshot",
+                                                                          src.online.snapshot_hold_s),
+                      mode=0o600, owner="postgres")
+    start = " ".join(f"(nohup {c} -X -q -At -v ON_ERROR_STOP=1 -f {SNAPSHOT_DIR}/{side}.sql > /dev/null "
+                     f"2> {SNAPSHOT_DIR}/{side}.err &);" for side, c in conns.items())
+    files = " ".join(f"{SNAPSHOT_DIR}/{side}.snapshot" for side in conns)
+    res = host.run(f"cd {HOME} && {start} for i in $(seq 600); do n=$(cat {files} 2>/dev/null | wc -l); "
+                   f"[ \"$n\" = {len(conns)} ] && break; sleep 0.05; done; "
+                   f"for s in {' '.join(conns)}; do printf '%s ' $s; cat {SNAPSHOT_DIR}/$s.snapshot 2>/dev/null "
+                   f"|| cat {SNAPSHOT_DIR}/$s.err; echo; done", sudo_user="postgres", check=False,
+                   display="export and hold a snapshot of the source and of the primary (for 09b's exact counts)")
+    held = bp.parse_held_snapshots(res.stdout, list(conns))
+    host.put_text(HELD_FILE, json.dumps(held) + "\n", mode=0o600, owner="postgres")
+    return held
+
+
+def get_held_snapshots(host: "Host") -> dict[str, dict[str, Any]] | None:
+    text = host.read_text(HELD_FILE, sudo_user="postgres")
+    return json.loads(text) if text else None
+
+
+def run_release_snapshots(host: "Host", params: "Params", source: Source,
+                          held: Mapping[str, Mapping[str, Any]]) -> None:
+    """End the sessions holding the window's snapshots (the primary's vacuum no longer waits on them)."""
+    stmt = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE pid = {} AND application_name = {}"
+    target(host, params).json(sql.SQL(stmt).format(sql.Literal(int(held["primary"]["pid"])),
+                                                   sql.Literal(APPLICATION_NAME)))
+    with source:
+        source.json(sql.SQL(stmt).format(sql.Literal(int(held["source"]["pid"])), sql.Literal(APPLICATION_NAME)))
+    host.run(f"rm -rf {SNAPSHOT_DIR}", quiet=True)
+
+
+def get_snapshot_rows(endpoint: "PsqlEndpoint", snapshot: str) -> dict[str, int]:
+    """Every user table's exact rows as the session that exported *snapshot* saw them (Bucardo's left out:
+    its delta tables may be gone since)."""
+    return endpoint.json(bp.SNAPSHOT_COUNTS_SQL, setup="SET search_path = pg_catalog;\n"
+                         + render_snapshot_setup(snapshot)) or {}
+
+
+def verify_held(host: "Host", params: "Params", source: Source) -> Verification:
+    """09b, traffic on: every table's rows counted in the snapshots held since the window, source
+    against primary (the objects were compared by definition in the window, the source frozen since),
+    then the snapshots released."""
+    held = get_held_snapshots(host)
+    if not held:
+        raise SafetyCheckFailed(f"on {host.name}: no snapshots held since the window ({HELD_FILE} is missing): the "
+                                "exact count of every row cannot run", hint=ROLLBACK_WAY_BACK)
+    started = time.monotonic()
+    try:
+        with source, ThreadPoolExecutor(max_workers=1) as pool:
+            tgt_future = pool.submit(get_snapshot_rows, target(host, params), str(held["primary"]["snapshot"]))
+            src_rows = get_snapshot_rows(source, str(held["source"]["snapshot"]))
+            tgt_rows = tgt_future.result()
+    except DatabaseError as exc:
+        raise VerificationFailed(f"the snapshots held since the window cannot be read ({exc}): the exact count "
+                                 "of every row cannot run", failures=["snapshots held"],
+                                 hint=f"Were the holding sessions ended (or older than source.online.snapshot_hold_s)? "
+                                      f"The primary cannot be proven complete.\n{ROLLBACK_WAY_BACK}") from exc
+    checks = compare_rows(src_rows, tgt_rows)
+    run_release_snapshots(host, params, source, held)
+    src_inv, tgt_inv = Inventory({}, src_rows), Inventory({}, tgt_rows)
+    table = [{"what": "tables", "source": len(src_rows), "target": len(tgt_rows)},
+             {"what": "rows (all tables)", "source": sum(src_rows.values()), "target": sum(tgt_rows.values())}]
+    for r in table:
+        r["status"] = "pass" if r["source"] == r["target"] else "fail"
+    return Verification(checks, table, time.monotonic() - started, src_inv, tgt_inv)
 
 
 def run_window(host: "Host", params: "Params", source: Source, *, app: "Host | None", password: str | None,
                sentinel_expect: str | None) -> tuple[Verification, dict[str, float], list[Check], list[str]]:
-    """The window after the writes stopped: drift guard, drain, sequences, keyless copies, verification."""
+    """The window after the writes stopped: drift guard, drain, sequences, keyless copies, the window's
+    checks (sequences, ownership, the sentinel from the app host), then the snapshots held for 09b."""
     t = time.monotonic()
     plan = get_sync_plan(source, params)
     if not plan.ok:
@@ -437,7 +554,7 @@ def run_window(host: "Host", params: "Params", source: Source, *, app: "Host | N
             c.detail for c in plan.checks if c.status == "fail"), hint=ROLLBACK)
     phases: dict[str, float] = {"sync_plan_s": round(time.monotonic() - t, 3)}
     t = time.monotonic()
-    drift = check_schema_unchanged(host, params, source)
+    drift, src_inv, tgt_inv = _drift(host, params, source)
     raise_on_drift(drift)
     phases["drift_guard_s"] = round(time.monotonic() - t, 3)
     phases.update(wait_for_drained(host, params, source, plan))
@@ -447,9 +564,19 @@ def run_window(host: "Host", params: "Params", source: Source, *, app: "Host | N
     t = time.monotonic()
     copied = run_window_copies(host, params, source, plan.in_window)
     phases["window_copy_s"] = round(time.monotonic() - t, 3)
-    ver = verify_online(host, params, source, app=app, password=password, sentinel_expect=sentinel_expect)
-    phases["verify_s"] = round(ver.seconds, 3)
-    return ver, phases, drift, copied
+    t = time.monotonic()
+    checks = drift + check_window(host, params, source, src_inv, app=app, password=password,
+                                  sentinel_expect=sentinel_expect)
+    phases["checks_s"] = round(time.monotonic() - t, 3)
+    if not any(c.status == "fail" for c in checks):
+        t = time.monotonic()
+        run_hold_snapshots(host, params)
+        phases["snapshots_s"] = round(time.monotonic() - t, 3)
+    table = comparison_table(src_inv, tgt_inv)[:-1] + [
+        {"what": "rows (all tables)", "source": "counted in 09b", "target": "counted in 09b",
+         "status": "after traffic is on (09b)"}]
+    seconds = sum(v for k, v in phases.items() if k in ("checks_s", "snapshots_s"))
+    return Verification(checks, table, seconds, src_inv, tgt_inv), phases, drift, copied
 
 
 def window_result(ver: Verification, phases: Mapping[str, float], copied: Sequence[str]) -> tuple[DumpResult,
@@ -469,55 +596,84 @@ def get_way_back(host: "Host") -> str | None:
     return text.strip() if text else None
 
 
+def _back_sync_steps(params: "Params", source: Source, plan: bp.SyncPlan) -> list[str]:
+    """The way back's Bucardo objects: the source as a target, the primary's tables and sequences, the
+    sync (inactive until 09b), and our customcode for the owner-only target."""
+    dbname = shlex.quote(source.conn.get("dbname", ""))
+    steps = [f"add db {bp.BACK_TARGET_DB} dbname={dbname} dbservice={bp.SOURCE_SERVICE}",
+             f"add tables {' '.join(shlex.quote(t) for t in plan.synced)} db={bp.PRIMARY_DB} relgroup={bp.BACK_SYNC}"]
+    if plan.sequences:
+        steps.append(f"add sequences {' '.join(shlex.quote(s) for s in plan.sequences)} db={bp.PRIMARY_DB} "
+                     f"relgroup={bp.BACK_SYNC}")
+    steps += [f"add sync {bp.BACK_SYNC} relgroup={bp.BACK_SYNC} dbs={bp.PRIMARY_DB}:source,{bp.BACK_TARGET_DB}:target "
+              "status=inactive",
+              f"add customcode {CUSTOMCODE} whenrun=before_txn sync={bp.BACK_SYNC} src_code={HOME}/{CUSTOMCODE}.pl"]
+    return steps
+
+
+def ensure_way_back_armed(host: "Host", params: "Params", source: Source, plan: bp.SyncPlan, *,
+                          dry_run: bool) -> Outcome:
+    """06b, before the window: the way back's sync added, inactive. Adding it puts Bucardo's triggers on
+    the primary's tables, so every change made there from now on is recorded, above all every write
+    of the app once traffic is on, even before 09b starts the sync. Bucardo's own forward writes run
+    as ``session_replication_role = replica`` and fire no trigger: nothing of the forward sync is
+    recorded to go back."""
+    what = f"way back armed: changes on {params.postgres.database} ({host.name}) recorded from now on"
+    state = get_state(host, params)
+    if bp.BACK_SYNC in state["syncs"]:
+        return Outcome(what, False, dry_run, actions=[f"sync {bp.BACK_SYNC} exists "
+                                                      f"({state['syncs'][bp.BACK_SYNC].get('status')})"])
+    steps = _back_sync_steps(params, source, plan)
+    if not dry_run:
+        host.put_text(f"{HOME}/{CUSTOMCODE}.pl", templates.render_script("bucardo-owner-only.pl",
+                                                                        {"PREFIX": bp.OWNER_ONLY_PREFIX}),
+                      mode=0o600, owner="postgres")
+        for st in steps:
+            bucardo(host, st)
+    return Outcome(what, True, dry_run, actions=[f"bucardo {st}" for st in steps])
+
+
 def ensure_way_back(host: "Host", params: "Params", source: Source, plan: bp.SyncPlan, *,
                     dry_run: bool) -> list[Outcome]:
-    """After traffic is on: the forward sync and its objects on the source removed, then the primary's changes
-    synced back to the source until the period ends (the source's role only owns its tables: our
-    customcode replaces session_replication_role by deferred foreign keys)."""
+    """09b, traffic on: the forward sync ended (its schema and triggers dropped on the source), then the
+    way back armed in 06b started, until the period ends: it applies every change the primary recorded
+    since the window, then each new one. The source's role only owns its tables: our customcode
+    replaces session_replication_role by deferred foreign keys."""
     src = params.source
     assert src is not None
     what = f"way back: {params.postgres.database} on {host.name} -> the source"
     state = get_state(host, params)
-    if bp.BACK_SYNC in state["syncs"]:
+    back = state["syncs"].get(bp.BACK_SYNC)
+    if back is None:
+        raise SafetyCheckFailed(f"on {host.name}: the way back was not armed before the window (no sync "
+                                f"{bp.BACK_SYNC}): the writes made on the primary since traffic went on were not "
+                                "recorded and cannot be synced back", hint="A rollback to Heroku now would lose "
+                                "them. Decide with the team: stay on the new primary, or plan a reverse migration.")
+    if back.get("status") == "active":
         started = ensure_running(host, params, dry_run=dry_run)
-        return [Outcome(what, started, dry_run, actions=[f"sync {bp.BACK_SYNC} exists, until {get_way_back(host)}"])]
+        return [Outcome(what, started, dry_run, actions=[f"sync {bp.BACK_SYNC} runs, until {get_way_back(host)}"])]
     until = time.time() + src.online.way_back_hours * 3600
     until_s = datetime.datetime.fromtimestamp(until, datetime.timezone.utc).strftime(clock.FORMAT)
     with source:
         fks = source.json(bp.NOT_DEFERRABLE_FKS_SQL) or []
-    dbname = shlex.quote(source.conn.get("dbname", ""))
-    pg = params.postgres
-    steps = [
-        f"add db {bp.PRIMARY_DB} dbname={shlex.quote(pg.database)} dbhost=/var/run/postgresql dbport={pg.port} "
-        "dbuser=postgres",
-        f"add db {bp.BACK_TARGET_DB} dbname={dbname} dbservice={bp.SOURCE_SERVICE}",
-        f"add tables {' '.join(shlex.quote(t) for t in plan.synced)} db={bp.PRIMARY_DB} relgroup={bp.BACK_SYNC}",
-    ]
-    if plan.sequences:
-        steps.append(f"add sequences {' '.join(shlex.quote(s) for s in plan.sequences)} db={bp.PRIMARY_DB} "
-                     f"relgroup={bp.BACK_SYNC}")
-    code = f"{HOME}/{CUSTOMCODE}.pl"
-    steps += [f"add sync {bp.BACK_SYNC} relgroup={bp.BACK_SYNC} dbs={bp.PRIMARY_DB}:source,{bp.BACK_TARGET_DB}:target",
-              f"add customcode {CUSTOMCODE} whenrun=before_txn sync={bp.BACK_SYNC} src_code={code}"]
-    actions = ["bucardo stop; the forward sync's schema bucardo (delta tables, triggers) dropped on the source",
-               f"control database {bp.CONTROL_DB} made anew",
+    steps = [f"remove sync {bp.FORWARD_SYNC}", f"validate {bp.BACK_SYNC}", f"update sync {bp.BACK_SYNC} status=active"]
+    actions = ["bucardo stop", f"bucardo remove sync {bp.FORWARD_SYNC}; its schema bucardo (delta tables, triggers) "
+               "dropped on the source",
                f"{len(fks)} foreign keys on the source made DEFERRABLE INITIALLY IMMEDIATE (restored by the clean-up)"]
-    actions += [f"bucardo {s}" for s in steps] + ["bucardo start", f"until {until_s} (source.online.way_back_hours)"]
+    actions += [f"bucardo {st}" for st in steps[1:]] + ["bucardo start", f"until {until_s} (source.online.way_back_hours)"]
     if plan.in_window:
         actions.append(f"NOT synced back (no key): {', '.join(plan.in_window)}")
     if dry_run:
         return [Outcome(what, True, True, actions=actions)]
     stop(host, params)
+    if bp.FORWARD_SYNC in state["syncs"]:
+        bucardo(host, steps[0])
     with source:
         source.execute([f"DROP SCHEMA IF EXISTS {bp.SCHEMA} CASCADE"])
         host.put_text(DEFERRED_FILE, json.dumps(fks) + "\n", mode=0o600, owner="postgres")
         source.execute(bp.render_deferrable(fks, deferrable=True))
-    target(host, params, "postgres").execute([f"DROP DATABASE IF EXISTS {bp.CONTROL_DB} WITH (FORCE)"])
-    _install_control_db(host)
-    host.put_text(code, templates.render_script("bucardo-owner-only.pl", {"PREFIX": bp.OWNER_ONLY_PREFIX}),
-                  mode=0o600, owner="postgres")
-    for s in steps:
-        bucardo(host, s)
+    for st in steps[1:]:
+        bucardo(host, st)
     host.put_text(UNTIL_FILE, until_s + "\n", mode=0o600, owner="postgres")
     ensure_running(host, params, dry_run=False)
     return [Outcome(what, True, False, actions=actions)]
@@ -575,8 +731,9 @@ def check_removed(host: "Host", params: "Params", source: Source) -> list[Check]
     return checks
 
 
-__all__ = ["HOME", "Inventory", "plan_window", "check_removed", "check_schema_unchanged", "ensure_bucardo", "ensure_forward_sync",
-           "ensure_running", "ensure_schema", "ensure_way_back", "get_lag", "get_leftovers", "get_state",
-           "get_sync_plan", "get_way_back", "packages", "raise_on_drift", "run_cleanup", "run_set_sequences",
-           "run_window", "run_window_copies", "stop", "verify_online", "wait_for_drained", "wait_for_initial_copy",
-           "window_result"]
+__all__ = ["HOME", "Inventory", "check_removed", "check_schema_unchanged", "check_window", "ensure_bucardo",
+           "ensure_forward_sync", "ensure_running", "ensure_schema", "ensure_way_back", "ensure_way_back_armed",
+           "get_held_snapshots", "get_lag", "get_leftovers", "get_state", "get_sync_plan", "get_way_back",
+           "is_syncing", "packages", "paused", "plan_window", "raise_on_drift", "run_cleanup", "run_hold_snapshots",
+           "run_release_snapshots", "run_set_sequences", "run_window", "run_window_copies", "stop", "verify_held",
+           "wait_for_drained", "wait_for_initial_copy", "window_result"]

@@ -75,14 +75,15 @@ def verify_restore(host: "Host", params: "Params", source: Source, dump: DumpRes
     return Verification(checks, comparison_table(src_inv, tgt_inv), time.monotonic() - started, src_inv, tgt_inv)
 
 
-def check_table_owners(host: "Host", params: "Params") -> Check:
-    """Every table, sequence, view and function the restore made belongs to the app role."""
+def check_table_owners(host: "Host", params: "Params", *, except_schema: str | None = None) -> Check:
+    """Every table, sequence, view and function the restore made belongs to the app role (but those in
+    *except_schema*: the online transfer's Bucardo schema, owned by postgres until the clean-up)."""
     role = params.postgres.app_role
     rows = target(host, params).rows(sql.SQL(
         "SELECT n.nspname || '.' || c.relname AS name, pg_get_userbyid(c.relowner) AS owner FROM pg_class c "
         "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r','p','S','v','m') AND "
-        + USER_NS + " AND " + not_ext_member('pg_class', 'c.oid') + " AND pg_get_userbyid(c.relowner) <> {}")
-        .format(sql.Literal(role)))
+        + USER_NS + " AND " + not_ext_member('pg_class', 'c.oid') + " AND pg_get_userbyid(c.relowner) <> {} "
+        "AND n.nspname IS DISTINCT FROM {}").format(sql.Literal(role), sql.Literal(except_schema)))
     return Check.of(f"objects owned by {role}", not rows,
                     "all tables, sequences and views" if not rows else
                     f"{len(rows)} not: " + list_names(f"{r['name']} ({r['owner']})" for r in rows), host.name)
