@@ -21,6 +21,7 @@ table after each.  Only one lab may exist on the machine, so run it under the la
 per size, on a scratch lab of its own (see ``bench/cutover_online.py``):
 
     python bench/cutover.py --online [--sizes 250,1024,2048] [--rate 10] [--sync-s 30] [--plot FILE.png]
+                            [--initial-copy stream|bucardo|both]
 """
 
 from __future__ import annotations
@@ -151,6 +152,8 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=10.0, help="--online: the load's inserts (and updates) a second")
     ap.add_argument("--sync-s", type=float, default=30.0, help="--online: seconds of continuous sync under the load")
     ap.add_argument("--plot", default="cutover-online.png", help="--online: where the PNG plot goes")
+    ap.add_argument("--initial-copy", choices=["stream", "bucardo", "both"], default="stream",
+                    help="--online: how the primary is first filled (both: measured one after the other)")
     ap.add_argument("--merge", help="--online: print the table and plot of earlier --json files (a,b,...)")
     args = ap.parse_args()
     if args.online and args.merge:
@@ -160,7 +163,7 @@ def main() -> None:
     if args.online:
         import cutover_online  # noqa: PLC0415 - the online benchmark is its own module
         cutover_online.run([float(x) for x in args.sizes.split(",")], rate=args.rate, sync_s=args.sync_s,
-                           plot=args.plot, out_json=args.json, keep=args.keep_lab)
+                           plot=args.plot, out_json=args.json, keep=args.keep_lab, initial_copy=args.initial_copy)
         return
 
     lab = Lab()

@@ -99,8 +99,9 @@ def offline(params: Any, host: Host, app: Host, password: str, url: str) -> floa
 
 
 def online_run(params: Any, host: Host, app: Host, password: str, url: str, *, rate: float,
-               sync_s: float) -> dict[str, Any]:
-    src = params.source.model_copy(update={"transfer": "online"})
+               sync_s: float, initial_copy: str = "stream") -> dict[str, Any]:
+    online_cfg = params.source.online.model_copy(update={"initial_copy": initial_copy})
+    src = params.source.model_copy(update={"transfer": "online", "online": online_cfg})
     params = params.model_copy(update={"source": src})
     source = migration.Source(host, url)
     with source:
@@ -113,8 +114,8 @@ def online_run(params: Any, host: Host, app: Host, password: str, url: str, *, r
                                           "(SELECT count(*) FROM public.transactions))")
         app.run(app_load.render_start(rate, users=users, transactions=transactions),
                 display=f"start the write load ({rate:g}/s inserts and updates)")
-        online.ensure_forward_sync(host, params, source, plan, dry_run=False)
-        online.wait_for_initial_copy(host, params, source, plan, interval=5)
+        online.ensure_forward_sync(host, params, source, plan, facts=facts, run_label="bench online", dry_run=False)
+        online.wait_for_initial_copy(host, params, source, plan, interval=1)
         online.ensure_way_back_armed(host, params, source, plan, dry_run=False)
         copy_s = time.monotonic() - t
         time.sleep(sync_s)  # the continuous sync under the load
@@ -150,7 +151,8 @@ def online_run(params: Any, host: Host, app: Host, password: str, url: str, *, r
         online.run_cleanup(host, params, source, dry_run=False)
     return {"downtime_s": downtime, "lag_rows": lag_open["rows"], "lag_s": lag_open["seconds"],
             "drain_s": phases["drain_s"], "phases": phases, "writes": log.writes, "lost": lost,
-            "copy_s": copy_s, "exact_after_traffic_s": round(exact_s, 3), "rows_counted": sum(exact.target.rows.values())}
+            "copy_s": copy_s, "initial_copy": initial_copy, "exact_after_traffic_s": round(exact_s, 3),
+            "rows_counted": sum(exact.target.rows.values())}
 
 
 def slope(xs: list[float], ys: list[float]) -> float:
@@ -161,7 +163,11 @@ def slope(xs: list[float], ys: list[float]) -> float:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den if den else float("nan")
 
 
-def run(sizes: list[float], *, rate: float, sync_s: float, plot: str, out_json: str | None, keep: bool) -> None:
+def run(sizes: list[float], *, rate: float, sync_s: float, plot: str, out_json: str | None, keep: bool,
+        initial_copy: str = "stream") -> None:
+    """Per size: the offline downtime, then the online run with each initial copy asked for (``both``:
+    Bucardo's onetimecopy, then the stream; the table and plot show the last)."""
+    copies = ["bucardo", "stream"] if initial_copy == "both" else [initial_copy]
     lab = Lab(scratch_config("hcbpg-lab-bench-online-").lab_dir)
     results = []
     try:
@@ -174,7 +180,12 @@ def run(sizes: list[float], *, rate: float, sync_s: float, plot: str, out_json: 
             print(f"== {mb:g} MB asked: source {size:.0f} MB, lab and primary ready in {time.monotonic() - t:.0f}s")
             off = offline(params, host, app, password, url)
             print(f"  offline downtime {off:.1f}s")
-            on = online_run(params, host, app, password, url, rate=rate, sync_s=sync_s)
+            runs = {c: online_run(params, host, app, password, url, rate=rate, sync_s=sync_s, initial_copy=c)
+                    for c in copies}
+            on = runs[copies[-1]]
+            on["initial_copy_s"] = {c: round(r["copy_s"], 1) for c, r in runs.items()}
+            print("  initial copy (Bucardo installed, schema, copy, caught up): "
+                  + ", ".join(f"{c} {r['copy_s']:.1f}s ({r['lost']} lost)" for c, r in runs.items()))
             print(f"  online downtime {on['downtime_s']:.1f}s (lag at maintenance-on {on['lag_rows']} rows, {on['lag_s']:.1f}s; "
                   f"drain {on['drain_s']:.1f}s; {on['writes']} writes, {on['lost']} lost; initial copy "
                   f"{on['copy_s']:.0f}s; exact count after traffic-on {on['exact_after_traffic_s']:.1f}s of "

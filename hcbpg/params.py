@@ -203,7 +203,10 @@ class Online(Model):
 
     #: the window's deadline for Bucardo to apply what the source recorded before the writes stopped
     drain_timeout_s: Annotated[float, Field(gt=0)] = 60.0
-    #: how long the initial copy (Bucardo's onetimecopy) may take before 06b stops waiting
+    #: how the tables are first filled: ``stream`` (the streamed transfer in a snapshot taken after Bucardo's
+    #: triggers exist, then Bucardo applies what changed since; measured faster) or ``bucardo`` (its onetimecopy)
+    initial_copy: Literal["stream", "bucardo"] = "stream"
+    #: how long the initial copy may take before 06b stops waiting (Bucardo's catching up after it)
     initial_copy_timeout_s: Annotated[float, Field(gt=0)] = 6 * 3600.0
     #: a table without a primary key or unique index is copied inside the window when it has at most
     #: this many rows; a larger one refuses the online mode

@@ -180,19 +180,23 @@ TOC = """;
 219; 1259 16530 SEQUENCE public users_id_seq heroku_owner
 3400; 0 16531 TABLE DATA public users heroku_owner
 3410; 2606 16540 CONSTRAINT public users users_pkey heroku_owner
+3420; 2620 16600 TRIGGER public users bucardo_delta heroku_owner
+3421; 2620 16601 TRIGGER public users bucardo_kick_hcbpg_forward heroku_owner
+3422; 2620 16602 TRIGGER public users users_touch heroku_owner
 """
 
 
-def test_toc_filter_drops_extensions_their_comments_and_precreated_schemas_only():
+def test_toc_filter_drops_extensions_their_comments_precreated_schemas_and_bucardos_triggers_only():
     listed, dropped = migration.filter_toc(TOC, precreated_schemas=["heroku_ext"])
-    assert len(dropped) == 5
-    assert all(line.startswith(";2;") or line.startswith(";3;") or line.startswith(";4;") or line.startswith(";5;")
-               or line.startswith(";6;") for line in listed.splitlines() if line.startswith(";") and line[1:2].isdigit())
-    for keep in ("218; 1259 16531 TABLE public users", "3400; 0 16531 TABLE DATA", "3410; 2606 16540 CONSTRAINT"):
+    assert len(dropped) == 7
+    assert all(line.split(";")[1] in ("2", "3", "4", "5", "6", "3420", "3421")
+               for line in listed.splitlines() if line.startswith(";") and line[1:2].isdigit())
+    for keep in ("218; 1259 16531 TABLE public users", "3400; 0 16531 TABLE DATA", "3410; 2606 16540 CONSTRAINT",
+                 "3422; 2620 16602 TRIGGER public users users_touch"):
         assert any(line.startswith(keep) for line in listed.splitlines())
     listed2, dropped2 = migration.filter_toc(TOC, precreated_schemas=[])
     assert "6; 2615 16384 SCHEMA - heroku_ext heroku_owner" in listed2.splitlines()
-    assert len(dropped2) == 4
+    assert len(dropped2) == 6
 
 
 def test_prerequisites_create_heroku_ext_when_extensions_live_there():

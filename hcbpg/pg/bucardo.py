@@ -218,6 +218,25 @@ def render_hold_script(out_file: str, hold_s: float) -> str:
             f"SELECT pg_sleep({int(hold_s)});\n")
 
 
+def render_hold_command(directory: str, conns: Mapping[str, str], hold_s: float) -> str:
+    """A bash script (run as postgres on the primary, no secret in it: *conns* are psql commands with a
+    service or a socket) that starts one session per side holding a snapshot (:func:`render_hold_script`,
+    their output in *directory*), waits until each has written its ``PID SNAPSHOT`` (at most 30 s) and
+    prints ``SIDE PID SNAPSHOT`` per side, or ``SIDE`` and what its session said instead."""
+    lines = [f"set -u; rm -rf {directory}; install -d -m 0700 {directory}"]
+    for n, (side, conn) in enumerate(conns.items()):
+        lines += [f"cat > {directory}/{side}.sql <<'HCBPG_HOLD_{n}'",
+                  render_hold_script(f"{directory}/{side}.snapshot", hold_s).rstrip("\n"), f"HCBPG_HOLD_{n}",
+                  f"(nohup {conn} -X -q -At -v ON_ERROR_STOP=1 -f {directory}/{side}.sql > /dev/null "
+                  f"2> {directory}/{side}.err &)"]
+    files = " ".join(f"{directory}/{side}.snapshot" for side in conns)
+    lines += [f"for i in $(seq 600); do [ \"$(cat {files} 2>/dev/null | wc -l)\" = {len(conns)} ] && break; "
+              "sleep 0.05; done",
+              f"for s in {' '.join(conns)}; do printf '%s ' $s; cat {directory}/$s.snapshot 2>/dev/null || "
+              f"tr '\\n' ' ' < {directory}/$s.err; echo; done"]
+    return "\n".join(lines) + "\n"
+
+
 _HELD = re.compile(r"^(\w+) (\d+) ([0-9A-F]+-[0-9A-F]+(?:-\d+)?)$")
 
 

@@ -7,6 +7,8 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+#: the names of the triggers Bucardo puts on a synced table (delta, kick, truncate)
+BUCARDO_TRIGGER_PREFIX = "bucardo_"
 _TOC_LINE = re.compile(r"^(?P<id>\d+); (?P<cat>\d+) (?P<oid>\d+) (?P<rest>.*)$")
 
 
@@ -14,8 +16,10 @@ def filter_toc(toc: str, *, precreated_schemas: Iterable[str]) -> tuple[str, lis
     """The ``pg_restore -l`` list without what hcbpg creates itself before the restore.
 
     Dropped: EXTENSION entries and their COMMENTs (created as superuser beforehand: the app
-    role may not create untrusted extensions), and the SCHEMA entries of schemas created
-    beforehand (``heroku_ext``).  Returns the new list and the lines dropped.
+    role may not create untrusted extensions), the SCHEMA entries of schemas created
+    beforehand (``heroku_ext``), and the triggers Bucardo put on the source's tables
+    (``bucardo_*``: the online transfer's; its schema is never dumped).  Returns the new list and
+    the lines dropped.
     """
     schemas = set(precreated_schemas)
     kept, dropped = [], []
@@ -33,6 +37,8 @@ def filter_toc(toc: str, *, precreated_schemas: Iterable[str]) -> tuple[str, lis
         elif rest[:1] == ["SCHEMA"] and len(rest) >= 3 and rest[2] in schemas:
             drop = True
         elif rest[:3] == ["COMMENT", "-", "SCHEMA"] and len(rest) >= 4 and rest[3] in schemas:
+            drop = True
+        elif rest[:1] == ["TRIGGER"] and len(rest) >= 4 and rest[3].startswith(BUCARDO_TRIGGER_PREFIX):
             drop = True
         if drop:
             dropped.append(line)
@@ -53,7 +59,7 @@ def plan_prerequisites(facts: Mapping[str, Any], *, toc: str | None = None) -> t
 
 def render_toc_filter(schemas: Iterable[str]) -> str:
     """A sed program doing what :func:`filter_toc` does, for a list made on the primary."""
-    alts = ["EXTENSION - ", "COMMENT - EXTENSION "]
+    alts = ["EXTENSION - ", "COMMENT - EXTENSION ", f"TRIGGER [^ ]+ [^ ]+ {BUCARDO_TRIGGER_PREFIX}"]
     for sch in schemas:
         if not re.fullmatch(r"[A-Za-z0-9_]+", sch):
             raise ValueError(f"schema name {sch!r} cannot go into the list filter")

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from hcbpg.pg.inventory import USER_NS, not_ext_member
 
+#: the schemas a transfer moves: the user's, never Bucardo's own (the online transfer's delta tables)
+TRANSFER_NS = USER_NS + " AND n.nspname <> 'bucardo'"
+
 #: separates the fields of the build plan (names with control characters are left to the final pass)
 _US = "\x1f"
 
@@ -30,7 +33,7 @@ SELECT b FROM (
          n.nspname || t.relname || ic.relname AS names, t.oid AS tbl, {_BUILD_COST.format(index='ic')}
   FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid JOIN pg_class t ON t.oid = i.indrelid
   JOIN pg_namespace n ON n.oid = t.relnamespace
-  WHERE t.relkind = 'r' AND NOT t.relispartition AND {USER_NS} AND {not_ext_member('pg_class', 't.oid')}
+  WHERE t.relkind = 'r' AND NOT t.relispartition AND {TRANSFER_NS} AND {not_ext_member('pg_class', 't.oid')}
     AND i.indisvalid AND ic.relnamespace = t.relnamespace
     AND NOT EXISTS (SELECT 1 FROM pg_constraint co WHERE co.conindid = ic.oid AND co.conrelid = t.oid
                     AND co.contype IN ('p', 'u', 'x'))
@@ -44,7 +47,7 @@ SELECT b FROM (
          {_BUILD_COST.format(index='ic')}
   FROM pg_constraint co JOIN pg_class t ON t.oid = co.conrelid JOIN pg_namespace n ON n.oid = t.relnamespace
   JOIN pg_class ic ON ic.oid = co.conindid JOIN pg_index i ON i.indexrelid = ic.oid
-  WHERE co.contype IN ('p', 'u') AND t.relkind = 'r' AND NOT t.relispartition AND {USER_NS}
+  WHERE co.contype IN ('p', 'u') AND t.relkind = 'r' AND NOT t.relispartition AND {TRANSFER_NS}
     AND {not_ext_member('pg_class', 't.oid')} AND ic.relname = co.conname AND ic.relnamespace = t.relnamespace
     AND NOT co.condeferrable AND NOT i.indisclustered AND NOT i.indisreplident AND i.indisvalid
   UNION ALL
@@ -61,7 +64,7 @@ SELECT b FROM (
   FROM pg_constraint co JOIN pg_class t ON t.oid = co.conrelid JOIN pg_namespace n ON n.oid = t.relnamespace
   JOIN pg_class r ON r.oid = co.confrelid
   WHERE co.contype = 'f' AND co.convalidated AND co.conparentid = 0 AND t.relkind = 'r' AND NOT t.relispartition
-    AND r.relkind = 'r' AND NOT r.relispartition AND {USER_NS} AND {not_ext_member('pg_class', 't.oid')}
+    AND r.relkind = 'r' AND NOT r.relispartition AND {TRANSFER_NS} AND {not_ext_member('pg_class', 't.oid')}
 ) q WHERE names !~ '[[:cntrl:]]' ORDER BY tbl, slow, size DESC, b;"""
 
 #: the tables to copy, largest first: oid, COPY format, name.  Binary when every column's type (its
@@ -81,10 +84,10 @@ LEFT JOIN LATERAL (
   CROSS JOIN LATERAL (VALUES (bt.oid), (CASE WHEN bt.typcategory = 'A' THEN nullif(bt.typelem, 0) END)) v(t)
   JOIN pg_type x ON x.oid = v.t
   WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped) b ON true
-WHERE c.relkind = 'r' AND {USER_NS} AND {not_ext_member('pg_class', 'c.oid')}
+WHERE c.relkind = 'r' AND {TRANSFER_NS} AND {not_ext_member('pg_class', 'c.oid')}
 ORDER BY pg_relation_size(c.oid) DESC, 1;"""
 
 #: statements that set every sequence to its value in the snapshot (printed by the source session)
 SEQUENCES_SQL = ("SELECT format('SELECT pg_catalog.setval(%L, %s, %s);', format('%I.%I', schemaname, sequencename), "
                  "coalesce(last_value, start_value), (last_value IS NOT NULL)::text) FROM pg_sequences "
-                 "WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1;")
+                 "WHERE schemaname NOT IN ('pg_catalog', 'information_schema', 'bucardo') ORDER BY 1;")

@@ -63,7 +63,9 @@ def start_sync(rb: MigrationRunbook, host: "Host | None", source: "migration.Sou
                p: "SyncPlan | None") -> None:
     if host is None or source is None or p is None:
         return
-    rb.track(online.ensure_forward_sync(host, rb.params, source, p, dry_run=rb.dry_run))
+    facts = migration.get_source_facts(source)
+    rb.track(online.ensure_forward_sync(host, rb.params, source, p, facts=facts, run_label=run_label(rb),
+                                        dry_run=rb.dry_run))
 
 
 def wait_for_copy(rb: MigrationRunbook, host: "Host | None", source: "migration.Source | None",

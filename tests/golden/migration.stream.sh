@@ -3,8 +3,8 @@ unset PGCLUSTER PGPORT PGHOST PGDATABASE PGUSER
 export PGSERVICEFILE=/run/hcbpg-migration/source.pgservice
 stamp() { echo "hcbpg-time $1 - $(date +%s.%N)"; }
 stamp start
-pg_dump -d service=hcbpg_source --schema-only -Fc --lock-wait-timeout=60s --snapshot="$HCBPG_SNAPSHOT" -f /var/tmp/hcbpg-dump/r1-07_cutover/schema.dump
-pg_restore -l /var/tmp/hcbpg-dump/r1-07_cutover/schema.dump | sed -E 's/^([0-9]+; [0-9]+ [0-9]+ (EXTENSION - |COMMENT - EXTENSION |SCHEMA - heroku_ext |COMMENT - SCHEMA heroku_ext ))/;\1/' > /var/tmp/hcbpg-dump/r1-07_cutover/schema.list
+pg_dump -d service=hcbpg_source --schema-only --exclude-schema=bucardo -Fc --lock-wait-timeout=60s --snapshot="$HCBPG_SNAPSHOT" -f /var/tmp/hcbpg-dump/r1-07_cutover/schema.dump
+pg_restore -l /var/tmp/hcbpg-dump/r1-07_cutover/schema.dump | sed -E 's/^([0-9]+; [0-9]+ [0-9]+ (EXTENSION - |COMMENT - EXTENSION |TRIGGER [^ ]+ [^ ]+ bucardo_|SCHEMA - heroku_ext |COMMENT - SCHEMA heroku_ext ))/;\1/' > /var/tmp/hcbpg-dump/r1-07_cutover/schema.list
 mkdir -p /var/tmp/hcbpg-dump/r1-07_cutover/build
 awk -v W=/var/tmp/hcbpg-dump/r1-07_cutover -f /var/tmp/hcbpg-dump/r1-07_cutover/split.awk /var/tmp/hcbpg-dump/r1-07_cutover/builds /var/tmp/hcbpg-dump/r1-07_cutover/schema.list > /var/tmp/hcbpg-dump/r1-07_cutover/post.list
 pg_restore --cluster 15/main --no-owner --no-acl --role=rails --exit-on-error -L /var/tmp/hcbpg-dump/r1-07_cutover/schema.list --section=pre-data -d hcb_production /var/tmp/hcbpg-dump/r1-07_cutover/schema.dump

@@ -79,8 +79,10 @@ def env(lab, tmp_path_factory, monkeypatch_module):
     data = lab_params(lab, [("server-postgres-1", ip, "primary")],
                       postgres={"app_role_password": f"file:{pw_file}"},
                       source={"method": "pg_dump", "url": f"file:{url_file}", "jobs": 2, "transfer": "online",
+                              # Bucardo's own onetimecopy here; the rehearsal (test_rehearse) copies with the stream,
+                              # the default, both while the lab's app writes
                               "online": {"drain_timeout_s": 60, "way_back_hours": 1, "window_copy_max_rows": 1000,
-                                         "initial_copy_timeout_s": 600}},
+                                         "initial_copy_timeout_s": 600, "initial_copy": "bucardo"}},
                       allow_destructive=False)
     home = tmp / "home"
     (home / "params").mkdir(parents=True)
@@ -223,7 +225,7 @@ def test_the_exact_count_in_held_snapshots_names_a_table_the_primary_lacks_rows_
     tgt.script("SET session_replication_role = replica;\n"
                "DELETE FROM public.audit_nokey WHERE what = 'row 1';\n", display="lose a row on the primary")
     try:
-        online.run_hold_snapshots(env.host, env.params)
+        online.run_hold_snapshots(env.host, env.params, env.source)
         tgt.script("INSERT INTO public.audit_nokey (what) VALUES ('row 1');\n", display="the row back, later")
         ver = online.verify_held(env.host, env.params, env.source)
     finally:

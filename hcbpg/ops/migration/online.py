@@ -52,6 +52,7 @@ from hcbpg.ops.migration.dump import DumpResult, remove_dump, run_dump
 from hcbpg.ops.migration.plan import Plan
 from hcbpg.ops.migration.restore import RestoreResult, run_restore
 from hcbpg.ops.migration.source import Source, get_source_facts, target
+from hcbpg.ops.migration.stream import run_stream
 from hcbpg.ops.migration.verify import Verification, check_table_owners, get_inventory
 from hcbpg.outcome import Check, Outcome
 from hcbpg.pg import bucardo as bp
@@ -76,7 +77,6 @@ DEFERRED_FILE = f"{HOME}/deferrable-fks.json"
 SCHEMA_FILE = "/usr/share/bucardo/bucardo.schema"
 #: the window's snapshots (the holding sessions' outputs) and what 09b reads: their pids and ids
 SNAPSHOT_DIR = f"{HOME}/snapshots"
-HELD_FILE = f"{SNAPSHOT_DIR}/held.json"
 CUSTOMCODE = "hcbpg_owner_only"
 
 
@@ -228,14 +228,23 @@ def ensure_schema(host: "Host", params: "Params", source: Source, facts: Mapping
 
 
 def ensure_forward_sync(host: "Host", params: "Params", source: Source, plan: bp.SyncPlan, *,
-                        dry_run: bool) -> Outcome:
-    """Bucardo's databases, the keyed tables and the sequences, the sync (onetimecopy) and the daemon."""
+                        facts: Mapping[str, Any], run_label: str, dry_run: bool) -> Outcome:
+    """Bucardo's databases, the keyed tables and the sequences, the sync, the initial copy, the daemon.
+
+    The initial copy (``source.online.initial_copy``): ``stream`` adds the sync inactive, which puts
+    Bucardo's triggers on the source, and only then copies every table with the streamed transfer in
+    a snapshot exported after them (rows, then each table's indexes); activated, the sync applies every
+    change recorded since its triggers exist, those before the snapshot again (Bucardo deletes and
+    copies each changed key: applying one twice changes nothing), so none is lost. ``bucardo``: the
+    sync's own ``onetimecopy``, table by table into the indexed schema."""
     pg = params.postgres
     src = params.source
     assert src is not None
+    streamed = src.online.initial_copy == "stream"
     what = f"Bucardo sync {bp.FORWARD_SYNC}: source -> {pg.database} on {host.name}"
     state = get_state(host, params)
-    if bp.FORWARD_SYNC in state["syncs"]:
+    fwd = state["syncs"].get(bp.FORWARD_SYNC)
+    if fwd is not None and fwd.get("status") == "active":
         started = ensure_running(host, params, dry_run=dry_run)
         return Outcome(what, started, dry_run, actions=["the sync exists"] + (["daemon started"] if started else []))
     dbname = shlex.quote(source.conn.get("dbname", ""))
@@ -248,13 +257,26 @@ def ensure_forward_sync(host: "Host", params: "Params", source: Source, plan: bp
     if plan.sequences:
         steps.append(f"add sequences {' '.join(shlex.quote(s) for s in plan.sequences)} db={bp.SOURCE_DB} "
                      f"relgroup={bp.FORWARD_SYNC}")
-    steps.append(f"add sync {bp.FORWARD_SYNC} relgroup={bp.FORWARD_SYNC} "
-                 f"dbs={bp.SOURCE_DB}:source,{bp.PRIMARY_DB}:target onetimecopy=1")
-    if not dry_run:
-        for s in steps:
-            bucardo(host, s)
-        ensure_running(host, params, dry_run=False)
-    return Outcome(what, True, dry_run, actions=[f"bucardo {s}" for s in steps] + ["bucardo start"])
+    steps.append(f"add sync {bp.FORWARD_SYNC} relgroup={bp.FORWARD_SYNC} dbs={bp.SOURCE_DB}:source,{bp.PRIMARY_DB}:target "
+                 + ("onetimecopy=0 status=inactive" if streamed else "onetimecopy=1"))
+    steps = steps if fwd is None else []
+    actions = [f"bucardo {st}" for st in steps]
+    if streamed:
+        actions += ["the streamed transfer in a snapshot taken after Bucardo's triggers exist (the database "
+                    "recreated; rows, then each table's indexes)", f"bucardo update sync {bp.FORWARD_SYNC} status=active"]
+    actions.append("bucardo start")
+    if dry_run:
+        return Outcome(what, True, True, actions=actions)
+    for st in steps:
+        bucardo(host, st)
+    if streamed:
+        stop(host, params)  # a rerun after a failed copy: nothing of Bucardo may hold the database
+        with source:
+            _, restore = run_stream(host, params, source, facts, "online-copy", run_label=run_label)
+        print(f"initial copy streamed in {restore.seconds:.1f}s")
+        bucardo(host, f"update sync {bp.FORWARD_SYNC} status=active")
+    ensure_running(host, params, dry_run=False)
+    return Outcome(what, True, False, actions=actions)
 
 
 def ensure_running(host: "Host", params: "Params", *, dry_run: bool) -> bool:
@@ -444,56 +466,60 @@ def run_window_copies(host: "Host", params: "Params", source: Source, tables: Se
     return done
 
 
-def check_window(host: "Host", params: "Params", source: Source, src_inv: Inventory, *, app: "Host | None",
-                 password: str | None, sentinel_expect: str | None) -> list[Check]:
-    """What the window checks before traffic (each a query, not a count of every row): every sequence
-    on the primary at the source's value, ownership, and from the app host the newest event and the
-    sentinel (the source's last write: Bucardo applies in order, so every earlier change is there too)."""
+def check_sequences(host: "Host", params: "Params", source: Source) -> Check:
+    """After the window set them: every sequence on the primary at the source's value (both read at once)."""
     with source, ThreadPoolExecutor(max_workers=1) as pool:
         tgt_future = pool.submit(target(host, params).json, bp.SEQUENCE_VALUES_SQL)
         src_seq = source.json(bp.SEQUENCE_VALUES_SQL) or {}
         tgt_seq = tgt_future.result() or {}
-    checks = [bp.check_sequences_equal(src_seq, tgt_seq, host.name)]
-    owner = get_target_state(host, params).owner
-    checks.append(Check.of(f"database owned by {params.postgres.app_role}", owner == params.postgres.app_role,
-                           f"owner {owner}", host.name))
-    checks.append(check_table_owners(host, params, except_schema=bp.SCHEMA))
-    if app is not None and password is not None:
-        checks += check_from_app(app, params, password, server_ip=params.primary.private_ip,
-                                 newest_event=src_inv.newest_event, expect=sentinel_expect)
-    return checks
+    return bp.check_sequences_equal(src_seq, tgt_seq, host.name)
 
 
-def run_hold_snapshots(host: "Host", params: "Params") -> dict[str, dict[str, Any]]:
+def check_window_side(host: "Host", params: "Params", src_inv: Inventory, *, app: "Host | None",
+                      password: str | None, sentinel_expect: str | None) -> list[Check]:
+    """The window's checks that need neither the sequences nor the keyless copies (they run beside
+    them): ownership, and from the app host the newest event and the sentinel (the source's last write:
+    Bucardo applies in order and the drain waited for it, so every earlier change is there too)."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        from_app = (pool.submit(check_from_app, app, params, password, server_ip=params.primary.private_ip,
+                                newest_event=src_inv.newest_event, expect=sentinel_expect)
+                    if app is not None and password is not None else None)
+        owner = get_target_state(host, params).owner
+        checks = [Check.of(f"database owned by {params.postgres.app_role}", owner == params.postgres.app_role,
+                           f"owner {owner}", host.name),
+                  check_table_owners(host, params, except_schema=bp.SCHEMA)]
+        return checks + (from_app.result() if from_app is not None else [])
+
+
+#: the two sides of the held snapshots
+SIDES = ("primary", "source")
+
+
+def run_hold_snapshots(host: "Host", params: "Params", source: Source) -> dict[str, dict[str, Any]]:
     """End of the window, the writes stopped and drained: one session on the source and one on the
     primary each export a snapshot and hold it (``pg_sleep``, at most ``source.online.snapshot_hold_s``)
-    so 09b counts every row of both as they were now, after traffic is on. Returns their pids and ids."""
+    so 09b counts every row of both as they were now, after traffic is on. One command on the primary
+    (the window waits for it); returns the sessions' pids and snapshot ids."""
     src = params.source
     assert src is not None
     pg = params.postgres
     conns = {"primary": f"psql -d {shlex.quote(pg.database)} -p {pg.port}",
              "source": f"psql {shlex.quote('service=' + bp.SOURCE_SERVICE)}"}
-    host.run(f"install -d -m 0700 -o postgres -g postgres {SNAPSHOT_DIR} && rm -f {SNAPSHOT_DIR}/*", quiet=True)
-    for side in conns:
-        host.put_text(f"{SNAPSHOT_DIR}/{side}.sql", bp.render_hold_script(f"{SNAPSHOT_DIR}/{side}.snapshot",
-                                                                          src.online.snapshot_hold_s),
-                      mode=0o600, owner="postgres")
-    start = " ".join(f"(nohup {c} -X -q -At -v ON_ERROR_STOP=1 -f {SNAPSHOT_DIR}/{side}.sql > /dev/null "
-                     f"2> {SNAPSHOT_DIR}/{side}.err &);" for side, c in conns.items())
-    files = " ".join(f"{SNAPSHOT_DIR}/{side}.snapshot" for side in conns)
-    res = host.run(f"cd {HOME} && {start} for i in $(seq 600); do n=$(cat {files} 2>/dev/null | wc -l); "
-                   f"[ \"$n\" = {len(conns)} ] && break; sleep 0.05; done; "
-                   f"for s in {' '.join(conns)}; do printf '%s ' $s; cat {SNAPSHOT_DIR}/$s.snapshot 2>/dev/null "
-                   f"|| cat {SNAPSHOT_DIR}/$s.err; echo; done", sudo_user="postgres", check=False,
+    earlier = get_held_snapshots(host)
+    if earlier:  # a window run again: the sessions of the one before end first
+        run_release_snapshots(host, params, source, earlier)
+    script = bp.render_hold_command(SNAPSHOT_DIR, conns, src.online.snapshot_hold_s)
+    res = host.run(f"cd {HOME} && bash -s", sudo_user="postgres", stdin=script, check=False,
                    display="export and hold a snapshot of the source and of the primary (for 09b's exact counts)")
-    held = bp.parse_held_snapshots(res.stdout, list(conns))
-    host.put_text(HELD_FILE, json.dumps(held) + "\n", mode=0o600, owner="postgres")
-    return held
+    return bp.parse_held_snapshots(res.stdout, SIDES)
 
 
 def get_held_snapshots(host: "Host") -> dict[str, dict[str, Any]] | None:
-    text = host.read_text(HELD_FILE, sudo_user="postgres")
-    return json.loads(text) if text else None
+    """The snapshots the window holds (pids and ids), or None when none are held."""
+    res = host.run(f"test -d {SNAPSHOT_DIR} && for s in {' '.join(SIDES)}; do printf '%s ' $s; "
+                   f"cat {SNAPSHOT_DIR}/$s.snapshot 2>/dev/null || echo; done", sudo_user="postgres", check=False,
+                   quiet=True)
+    return bp.parse_held_snapshots(res.stdout, SIDES) if res.ok else None
 
 
 def run_release_snapshots(host: "Host", params: "Params", source: Source,
@@ -520,7 +546,7 @@ def verify_held(host: "Host", params: "Params", source: Source) -> Verification:
     then the snapshots released."""
     held = get_held_snapshots(host)
     if not held:
-        raise SafetyCheckFailed(f"on {host.name}: no snapshots held since the window ({HELD_FILE} is missing): the "
+        raise SafetyCheckFailed(f"on {host.name}: no snapshots held since the window ({SNAPSHOT_DIR} is gone): the "
                                 "exact count of every row cannot run", hint=ROLLBACK_WAY_BACK)
     started = time.monotonic()
     try:
@@ -558,19 +584,21 @@ def run_window(host: "Host", params: "Params", source: Source, *, app: "Host | N
     raise_on_drift(drift)
     phases["drift_guard_s"] = round(time.monotonic() - t, 3)
     phases.update(wait_for_drained(host, params, source, plan))
-    t = time.monotonic()
-    run_set_sequences(host, params, source)
-    phases["sequences_s"] = round(time.monotonic() - t, 3)
-    t = time.monotonic()
-    copied = run_window_copies(host, params, source, plan.in_window)
-    phases["window_copy_s"] = round(time.monotonic() - t, 3)
-    t = time.monotonic()
-    checks = drift + check_window(host, params, source, src_inv, app=app, password=password,
-                                  sentinel_expect=sentinel_expect)
-    phases["checks_s"] = round(time.monotonic() - t, 3)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        side = pool.submit(check_window_side, host, params, src_inv, app=app, password=password,
+                           sentinel_expect=sentinel_expect)
+        t = time.monotonic()
+        run_set_sequences(host, params, source)
+        phases["sequences_s"] = round(time.monotonic() - t, 3)
+        t = time.monotonic()
+        copied = run_window_copies(host, params, source, plan.in_window)
+        phases["window_copy_s"] = round(time.monotonic() - t, 3)
+        t = time.monotonic()
+        checks = drift + [check_sequences(host, params, source)] + side.result()
+        phases["checks_s"] = round(time.monotonic() - t, 3)  # what the checks beside them still took
     if not any(c.status == "fail" for c in checks):
         t = time.monotonic()
-        run_hold_snapshots(host, params)
+        run_hold_snapshots(host, params, source)
         phases["snapshots_s"] = round(time.monotonic() - t, 3)
     table = comparison_table(src_inv, tgt_inv)[:-1] + [
         {"what": "rows (all tables)", "source": "counted in 09b", "target": "counted in 09b",
@@ -731,9 +759,9 @@ def check_removed(host: "Host", params: "Params", source: Source) -> list[Check]
     return checks
 
 
-__all__ = ["HOME", "Inventory", "check_removed", "check_schema_unchanged", "check_window", "ensure_bucardo",
-           "ensure_forward_sync", "ensure_running", "ensure_schema", "ensure_way_back", "ensure_way_back_armed",
-           "get_held_snapshots", "get_lag", "get_leftovers", "get_state", "get_sync_plan", "get_way_back",
-           "is_syncing", "packages", "paused", "plan_window", "raise_on_drift", "run_cleanup", "run_hold_snapshots",
-           "run_release_snapshots", "run_set_sequences", "run_window", "run_window_copies", "stop", "verify_held",
-           "wait_for_drained", "wait_for_initial_copy", "window_result"]
+__all__ = ["HOME", "Inventory", "check_removed", "check_schema_unchanged", "check_sequences", "check_window_side",
+           "ensure_bucardo", "ensure_forward_sync", "ensure_running", "ensure_schema", "ensure_way_back",
+           "ensure_way_back_armed", "get_held_snapshots", "get_lag", "get_leftovers", "get_state", "get_sync_plan",
+           "get_way_back", "is_syncing", "packages", "paused", "plan_window", "raise_on_drift", "run_cleanup",
+           "run_hold_snapshots", "run_release_snapshots", "run_set_sequences", "run_window", "run_window_copies",
+           "stop", "verify_held", "wait_for_drained", "wait_for_initial_copy", "window_result"]
