@@ -731,9 +731,17 @@ def run_cleanup(host: "Host", params: "Params", source: Source, *, dry_run: bool
             removed.append({"where": host.name, "what": f"database {bp.CONTROL_DB}, role bucardo"})
         if host.exists(SERVICE_FILE) or host.exists(HOME):
             removed.append({"where": host.name, "what": f"{SERVICE_FILE}, {HOME}"})
+        try:  # 09b never ran: the window's snapshots are still held (the primary's vacuum waits on them)
+            held = get_held_snapshots(host)
+        except SafetyCheckFailed:  # a hold that never completed: nothing to end
+            held = None
+        if held:
+            removed.append({"where": f"source and {host.name}", "what": "the sessions holding the window's snapshots"})
         if dry_run:
             return [Outcome("Bucardo removed", bool(removed), True, actions=[f"{r['where']}: {r['what']}"
                                                                            for r in removed])], removed
+        if held:
+            run_release_snapshots(host, params, source, held)
         if state["control_db"]:
             stop(host, params)
         source.execute([f"DROP SCHEMA IF EXISTS {bp.SCHEMA} CASCADE"] + bp.render_deferrable(fks, deferrable=False))
