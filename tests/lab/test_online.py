@@ -139,6 +139,12 @@ def source_sql(env, statement: str) -> None:  # noqa: ANN001
         source.script(statement + ";\n", display=statement)
 
 
+#: rows in Bucardo's delta tables of a database (the changes it recorded to sync from there)
+DELTA_ROWS_SQL = ("SELECT json_build_object('tables', count(*), 'rows', coalesce(sum((xpath('/row/n/text()', "
+                  "query_to_xml(format('SELECT count(*) AS n FROM bucardo.%I', c.relname), false, true, '')))[1]"
+                  "::text::bigint), 0)) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                  "WHERE n.nspname = 'bucardo' AND c.relkind = 'r' AND c.relname LIKE 'delta\\_%'")
+
 #: written on the new primary as the app, after the window and before 09b starts the way back
 GAP_WRITE = ("UPDATE users SET full_name = 'written before 09b' WHERE id = 9;\n"
              "INSERT INTO events (user_id, name, properties, created_at) VALUES (9, 'before-09b', '{}', now()) "
@@ -157,6 +163,10 @@ def test_the_online_runbook_moves_every_row_written_before_maintenance_on(env):
         assert len(waiting) == 1, gates
         if waiting[0] == "maintenance-on":  # the app stops writing
             env.app.run(app_load.STOP_COMMAND, display="maintenance on: the lab app's writes stop")
+        if waiting[0] == "traffic-switch":
+            # the way back armed in 06b recorded nothing of the forward sync's writes (Bucardo applies them as
+            # session_replication_role = replica): its delta tables on the primary are empty before traffic
+            assert migration.target(env.host, env.params).json(DELTA_ROWS_SQL) == {"tables": 5, "rows": 0}
         if waiting[0] == "processes-enabled":
             # the app's processes write on the new primary before 09b starts the way back: the triggers armed
             # in 06b record it, so it reaches the source too
