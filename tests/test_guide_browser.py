@@ -331,6 +331,8 @@ def lab_lock():
 
 
 @pytest.mark.lab
+# the lab lock may be held by test_rehearse on the other worker (the whole online runbook, about 5 minutes)
+@pytest.mark.timeout(1500)
 def test_guided_preflight_against_the_lab(home, monkeypatch, tmp_path, lab_lock, capsys):
     """`hcbpg guide lab --until 00` with the real preflight notebook against the rehearsal lab."""
     if not CHROMIUM.exists():
