@@ -34,7 +34,7 @@ import shlex
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
@@ -140,6 +140,15 @@ def paused(host: "Host", params: "Params", why: str) -> Iterator[None]:
         print(f"Bucardo started again on {host.name}: it applies what the source recorded meanwhile")
 
 
+def paused_if_syncing(host: "Host | None", params: "Params", why: str, *,
+                      changes: bool) -> AbstractContextManager[None]:
+    """:func:`paused` when *changes* will be made on *host* while the forward sync runs there; else
+    nothing is stopped (a second run that changes nothing stops nothing)."""
+    if host is None or not changes or not is_syncing(host, params):
+        return nullcontext()
+    return paused(host, params, why)
+
+
 # before the window --------------------------------------------------------------------------------
 
 def get_sync_plan(source: Source, params: "Params") -> bp.SyncPlan:
@@ -227,6 +236,14 @@ def ensure_schema(host: "Host", params: "Params", source: Source, facts: Mapping
     return Outcome(what, True, False, actions=actions)
 
 
+def _relgroup_steps(plan: bp.SyncPlan, db: str, relgroup: str) -> list[str]:
+    """The synced tables and the sequences of database *db* (Bucardo's name) put in *relgroup*."""
+    steps = [f"add tables {' '.join(shlex.quote(t) for t in plan.synced)} db={db} relgroup={relgroup}"]
+    if plan.sequences:
+        steps.append(f"add sequences {' '.join(shlex.quote(q) for q in plan.sequences)} db={db} relgroup={relgroup}")
+    return steps
+
+
 def ensure_forward_sync(host: "Host", params: "Params", source: Source, plan: bp.SyncPlan, *,
                         facts: Mapping[str, Any], run_label: str, dry_run: bool) -> Outcome:
     """Bucardo's databases, the keyed tables and the sequences, the sync, the initial copy, the daemon.
@@ -252,11 +269,8 @@ def ensure_forward_sync(host: "Host", params: "Params", source: Source, plan: bp
         f"add db {bp.SOURCE_DB} dbname={dbname} dbservice={bp.SOURCE_SERVICE}",
         f"add db {bp.PRIMARY_DB} dbname={shlex.quote(pg.database)} dbhost=/var/run/postgresql dbport={pg.port} "
         "dbuser=postgres",
-        f"add tables {' '.join(shlex.quote(t) for t in plan.synced)} db={bp.SOURCE_DB} relgroup={bp.FORWARD_SYNC}",
+        *_relgroup_steps(plan, bp.SOURCE_DB, bp.FORWARD_SYNC),
     ]
-    if plan.sequences:
-        steps.append(f"add sequences {' '.join(shlex.quote(s) for s in plan.sequences)} db={bp.SOURCE_DB} "
-                     f"relgroup={bp.FORWARD_SYNC}")
     steps.append(f"add sync {bp.FORWARD_SYNC} relgroup={bp.FORWARD_SYNC} dbs={bp.SOURCE_DB}:source,{bp.PRIMARY_DB}:target "
                  + ("onetimecopy=0 status=inactive" if streamed else "onetimecopy=1"))
     steps = steps if fwd is None else []
@@ -629,10 +643,7 @@ def _back_sync_steps(params: "Params", source: Source, plan: bp.SyncPlan) -> lis
     sync (inactive until 09b), and our customcode for the owner-only target."""
     dbname = shlex.quote(source.conn.get("dbname", ""))
     steps = [f"add db {bp.BACK_TARGET_DB} dbname={dbname} dbservice={bp.SOURCE_SERVICE}",
-             f"add tables {' '.join(shlex.quote(t) for t in plan.synced)} db={bp.PRIMARY_DB} relgroup={bp.BACK_SYNC}"]
-    if plan.sequences:
-        steps.append(f"add sequences {' '.join(shlex.quote(s) for s in plan.sequences)} db={bp.PRIMARY_DB} "
-                     f"relgroup={bp.BACK_SYNC}")
+             *_relgroup_steps(plan, bp.PRIMARY_DB, bp.BACK_SYNC)]
     steps += [f"add sync {bp.BACK_SYNC} relgroup={bp.BACK_SYNC} dbs={bp.PRIMARY_DB}:source,{bp.BACK_TARGET_DB}:target "
               "status=inactive",
               f"add customcode {CUSTOMCODE} whenrun=before_txn sync={bp.BACK_SYNC} src_code={HOME}/{CUSTOMCODE}.pl"]
@@ -770,6 +781,7 @@ def check_removed(host: "Host", params: "Params", source: Source) -> list[Check]
 __all__ = ["HOME", "Inventory", "check_removed", "check_schema_unchanged", "check_sequences", "check_window_side",
            "ensure_bucardo", "ensure_forward_sync", "ensure_running", "ensure_schema", "ensure_way_back",
            "ensure_way_back_armed", "get_held_snapshots", "get_lag", "get_leftovers", "get_state", "get_sync_plan",
-           "get_way_back", "is_syncing", "packages", "paused", "plan_window", "raise_on_drift", "run_cleanup",
+           "get_way_back", "is_syncing", "packages", "paused", "paused_if_syncing", "plan_window", "raise_on_drift",
+           "run_cleanup",
            "run_hold_snapshots", "run_release_snapshots", "run_set_sequences", "run_window", "run_window_copies",
            "stop", "verify_held", "wait_for_drained", "wait_for_initial_copy", "window_result"]
