@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
 from hcbpg.ops import replication as rep
@@ -51,11 +50,9 @@ def _bucardo_paused(hosts: Mapping[str, "Host | None"], params: "Params", plan: 
     """With the online transfer this step runs while Bucardo syncs into the primary: its daemon is stopped
     while the primary changes (a restart for the replication settings: it does not survive its database
     going away), and started after. Nothing planned on the primary, or no sync: nothing is stopped."""
-    host = hosts.get(params.primary.name)
-    if host is None or not any(o.changed and params.primary.name in o.what for o in plan) \
-            or not online.is_syncing(host, params):
-        return nullcontext()
-    return online.paused(host, params, "the primary's changes for replication (a restart)")
+    return online.paused_if_syncing(hosts.get(params.primary.name), params,
+                                    "the primary's changes for replication (a restart)",
+                                    changes=any(o.changed and params.primary.name in o.what for o in plan))
 
 
 def show_auto_conf(hosts: Mapping[str, "Host | None"], params: "Params") -> None:

@@ -29,10 +29,10 @@ def connect(rb: "Run", server: "Server") -> "Host | None":
 def start_archiving(host: "Host | None", params: "Params", server: "Server", *, dry_run: bool) -> list[Outcome]:
     """archive_mode on (a restart of the primary). With the online transfer this step runs while Bucardo
     syncs: its daemon is stopped around the restart (it does not survive its database going away)."""
-    if dry_run or host is None or not online.is_syncing(host, params) \
-            or not any(o.changed for o in pgb.start_archiving(host, params, server, dry_run=True)):
-        return pgb.start_archiving(host, params, server, dry_run=dry_run)
-    with online.paused(host, params, "the restart that turns archiving on"):
+    if dry_run:
+        return pgb.start_archiving(host, params, server, dry_run=True)
+    changes = any(o.changed for o in pgb.start_archiving(host, params, server, dry_run=True))
+    with online.paused_if_syncing(host, params, "the restart that turns archiving on", changes=changes):
         return pgb.start_archiving(host, params, server, dry_run=False)
 
 
