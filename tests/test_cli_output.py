@@ -5,6 +5,7 @@ the HTML index with each step's checks (real papermill kernels, the real CLI in 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -215,3 +216,43 @@ def test_status_watch_shows_the_report_again_every_n_seconds(monkeypatch, capsys
     assert out.count("hcbpg status lab, every 5s (Ctrl-C stops)") == 3 and "report 3" in out
     with pytest.raises(Exception, match="--watch needs a positive number"):
         status.cmd_status(argparse.Namespace(env="lab", watch=-1.0, count=None))
+
+
+@pytest.mark.parametrize("option", [("--from", ""), ("--until", "  "), ("--only", ""), ("--only", "00,")])
+def test_an_empty_step_option_is_refused_and_runs_nothing(home, env, option):
+    """``--from ""`` once selected nothing and so ran every step; now it is refused before any run exists."""
+    ran = home / "ran"
+    write_notebook(home / "notebooks" / "00_marks.ipynb", "00_marks", f"open({str(ran)!r}, 'w').write('ran')")
+    write_steps(home / "notebooks", [("00_marks.ipynb", "marks")])
+    for command in ("run", "plan"):
+        r = hcbpg(command, env, *option, "--json")
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert json.loads(r.stdout)["exit_code"] == 2 and f"hcbpg: {option[0]} " in r.stderr, r.stderr
+    assert not ran.exists() and not (home / "outputs").exists()
+
+
+def test_an_unexpected_error_is_one_line_naming_a_private_log_with_the_traceback(home, env, monkeypatch, capsys):
+    import hcbpg.cli as cli
+    from hcbpg import secrets as hsecrets
+
+    secret = hsecrets.register("s3cr3t-value-in-an-error-0123")
+
+    def broken(args):  # noqa: ANN001, ANN202
+        return {}["no such key " + secret]
+
+    monkeypatch.setattr(cli, "cmd_runs", broken)
+    assert cli.main(["runs", env]) == cli.EXIT_INTERNAL == 70
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1, err
+    assert err.startswith("hcbpg: unexpected error (KeyError: ") and "this is a bug in hcbpg" in err
+    log = Path(err.rstrip().rsplit(" ", 1)[-1])
+    assert log.parent == Path(os.environ["HCBPG_STATE_DIR"]) / "logs" and log.stat().st_mode & 0o777 == 0o600
+    text = log.read_text()
+    assert "Traceback (most recent call last)" in text and "in broken" in text and "argv: ['runs', 'test']" in text
+    assert secret not in text + err
+    # --json: the error object on stdout, as the README promises, with the log's path
+    assert cli.main(["runs", env, "--json"]) == 70
+    out, err = capsys.readouterr()
+    obj = json.loads(out)
+    assert obj["exit_code"] == 70 and obj["error"].startswith("unexpected error (KeyError") and Path(obj["log"]).is_file()
+    assert secret not in out

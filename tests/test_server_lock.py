@@ -1,15 +1,21 @@
-"""The primary's change lock: who may take it (pure), and what a step does when it is held (recording host)."""
+"""The change locks: the primary's (who may take it, pure; a step against a recording host), and the
+environment's in the backup bucket (against moto's S3)."""
 
 from __future__ import annotations
 
 import dataclasses
 
 import pytest
+import yaml
 
 from hcbpg.adapters.base import Result
 from hcbpg.adapters.recording import RecordingHost
-from hcbpg.errors import SafetyCheckFailed
+from hcbpg.errors import CloudError, SafetyCheckFailed, UsageError
+from hcbpg.ops import env_lock
 from hcbpg.ops import server_lock as sl
+from hcbpg.params import parse_params
+
+from nbutil import make_params
 
 ME = sl.Holder("run-b", "staging", "07_cutover", "bob", "bob-laptop", 4242, 4200, "2026-12-02T18:00:00.000000Z")
 ALICE = sl.Holder("run-a", "staging", "05_pgbackrest", "alice", "alice-laptop", 99, 90, "2026-12-02T17:00:00.000000Z")
@@ -62,3 +68,99 @@ def test_the_same_run_takes_its_own_lock_over_and_a_dry_run_takes_nothing():
     assert sl.parse_holder(host.files[sl.LOCK_PATH]) == ME
     dry = _host(None, taken=True)
     assert not sl.ensure_change_lock(dry, ME, dry_run=True).changed and not dry.calls
+
+
+# the environment lock in the backup bucket (hcbpg.ops.env_lock), against moto's S3 in this process ---------------
+
+BUCKET = "hcb-test-postgres"
+KEY = "hcbpg-locks/pgbackrest/hcb_production/staging.json"
+
+
+@pytest.fixture
+def bucket():
+    """An ObjectStore on moto's S3 (the same code the lab's S3 server runs), with one empty bucket."""
+    import boto3
+    from moto import mock_aws
+
+    from hcbpg.adapters.objectstore import ObjectStore
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1", aws_access_key_id="k", aws_secret_access_key="s")
+        client.create_bucket(Bucket=BUCKET)
+        yield ObjectStore(client, BUCKET)
+
+
+def test_the_lock_key_sits_beside_the_repository_per_environment():
+    data = yaml.safe_load(make_params("test"))
+    data["pgbackrest"] = {"s3_key": "env:K", "s3_key_secret": "env:S", "cipher_pass": "env:C",
+                          "repo_path_prefix": "/pgbackrest", "stanza": "hcb_production"}
+    assert env_lock.lock_key(parse_params(data)) == "hcbpg-locks/pgbackrest/hcb_production/test.json"
+
+
+def test_a_second_run_is_refused_naming_the_first_and_the_lock_stays_the_first_runs(bucket):
+    alice = dataclasses.replace(ALICE, step="11_failover")
+    assert env_lock.ensure_env_lock(bucket, KEY, alice, dry_run=False).changed
+    with pytest.raises(SafetyCheckFailed) as ei:
+        env_lock.ensure_env_lock(bucket, KEY, ME, dry_run=False)
+    msg = str(ei.value)
+    assert "environment staging is locked for a destructive step by another run: step 11_failover of run run-a " \
+           "(staging) by alice (pid 90 on alice-laptop) since 2026-12-02T17:00:00.000000Z" in msg
+    assert "hcbpg lock staging --break run-a" in msg
+    assert env_lock.get_env_lock(bucket, KEY)[0] == alice
+    # nor does a holder's death on this machine free it: only the named break does
+    here = dataclasses.replace(alice, machine=ME.machine, pid=2**22 + 1, runner_pid=2**22 + 2)
+    bucket.delete(KEY)
+    env_lock.ensure_env_lock(bucket, KEY, here, dry_run=False)
+    with pytest.raises(SafetyCheckFailed):
+        env_lock.ensure_env_lock(bucket, KEY, ME, dry_run=False)
+
+
+def test_the_same_run_takes_it_over_and_only_its_holder_releases_it(bucket):
+    earlier = dataclasses.replace(ME, step="11_failover", pid=1, since="2026-12-02T17:59:00.000000Z")
+    env_lock.ensure_env_lock(bucket, KEY, earlier, dry_run=False)
+    out = env_lock.ensure_env_lock(bucket, KEY, ME, dry_run=False)          # the resume of the same run
+    assert "took it over from this run's earlier attempt" in out.actions[0]
+    assert env_lock.get_env_lock(bucket, KEY)[0] == ME
+    assert not env_lock.release_env_lock(bucket, KEY, ALICE)
+    assert env_lock.release_env_lock(bucket, KEY, ME)
+    assert env_lock.get_env_lock(bucket, KEY) == (None, None)
+    assert env_lock.ensure_env_lock(bucket, KEY, ALICE, dry_run=False).changed   # free again
+    assert not env_lock.ensure_env_lock(bucket, KEY, ME, dry_run=True).changed  # a dry run takes nothing
+
+
+def test_a_stale_lock_is_broken_only_by_naming_its_run(bucket):
+    env_lock.ensure_env_lock(bucket, KEY, ALICE, dry_run=False)
+    with pytest.raises(UsageError, match="held by step 05_pgbackrest of run run-a .* not by run run-b: not broken"):
+        env_lock.run_break_env_lock(bucket, KEY, "run-b")
+    assert env_lock.get_env_lock(bucket, KEY)[0] == ALICE
+    assert env_lock.run_break_env_lock(bucket, KEY, "run-a") == ALICE
+    assert env_lock.ensure_env_lock(bucket, KEY, ME, dry_run=False).changed
+    with pytest.raises(UsageError, match="nothing to break"):
+        env_lock.run_break_env_lock(bucket, KEY + ".other", "run-b")
+
+
+def test_an_unreadable_lock_object_refuses_everyone(bucket):
+    bucket.create(KEY, b"not json")
+    with pytest.raises(SafetyCheckFailed, match="an object hcbpg cannot read: 'not json'"):
+        env_lock.ensure_env_lock(bucket, KEY, ME, dry_run=False)
+
+
+def test_a_store_that_ignores_if_none_match_is_not_relied_on(bucket):
+    """A provider that drops the condition makes every create succeed: the lock would exclude nobody."""
+    class Careless:
+        name = bucket.name
+
+        def create(self, key, body):
+            return bucket.client.put_object(Bucket=BUCKET, Key=key, Body=body)["ETag"]
+
+        def replace(self, key, body, *, etag):
+            return bucket.replace(key, body, etag=etag)
+
+        def get(self, key):
+            return bucket.get(key)
+
+        def delete(self, key):
+            bucket.delete(key)
+
+    with pytest.raises(CloudError, match="ignored If-None-Match"):
+        env_lock.ensure_env_lock(Careless(), KEY, ME, dry_run=False)
+    assert bucket.get(KEY) is None

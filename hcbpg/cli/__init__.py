@@ -1,7 +1,8 @@
 """The ``hcbpg`` command: executable runbooks from Heroku Postgres to self-hosted PostgreSQL 15.
 
 Exit codes: 0 done; 1 a step (or a check, or the audit trail) failed; 2 bad input or params;
-3 waiting for approval (``hcbpg approve``, then ``hcbpg resume``); 130 interrupted (Ctrl-C or
+3 waiting for approval (``hcbpg approve``, then ``hcbpg resume``); 70 hcbpg itself failed (an
+unexpected error: one line, and the path of a log holding the traceback); 130 interrupted (Ctrl-C or
 SIGTERM: the step is recorded as interrupted; ``hcbpg resume`` continues).
 """
 
@@ -10,21 +11,25 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
+import tempfile
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import shtab
 
 from hcbpg import progress as hprogress
 from hcbpg import secrets as hsecrets
-from hcbpg.engine import audit
+from hcbpg.engine import audit, locks
 from hcbpg.engine import manifest as mf
 from hcbpg.engine.runner import Runner, approve, install_sigterm_as_interrupt
 from hcbpg.engine.terminal import LiveLines
-from hcbpg.errors import HcbpgError
+from hcbpg.errors import HcbpgError, UsageError
 from hcbpg.params import home, load_params
 
 
@@ -40,7 +45,12 @@ def _print_table(rows: list[dict[str, str]]) -> None:
 
 
 EXIT_CODES = ("exit codes: 0 done; 1 a step, a check or the audit trail failed; 2 bad input or params; "
-              "3 waiting for approval; 130 interrupted (Ctrl-C, SIGTERM)")
+              "3 waiting for approval; 70 hcbpg itself failed (unexpected error: see the log it names); "
+              "130 interrupted (Ctrl-C, SIGTERM)")
+#: an unexpected exception: a bug in hcbpg, not a failed step (sysexits' EX_SOFTWARE)
+EXIT_INTERNAL = 70
+#: options naming steps: an empty one would select nothing and so run everything
+STEP_OPTIONS = (("start", "--from"), ("until", "--until"), ("only", "--only"))
 
 
 def _print_json(value: Any) -> None:
@@ -274,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--no-code", action="store_true", help="leave the code cells out (for reviewers)")
     h.set_defaults(func=cmd_audit_html)
 
-    for mod in ("hcbpg.cli.lab", "hcbpg.cli.rehearse", "hcbpg.engine.status", "hcbpg.engine.guide"):
+    for mod in ("hcbpg.cli.lab", "hcbpg.cli.rehearse", "hcbpg.cli.lock", "hcbpg.engine.status", "hcbpg.engine.guide"):
         try:
             module = importlib.import_module(mod)
         except ModuleNotFoundError as exc:
@@ -294,6 +304,7 @@ EXAMPLES = {
     "hcbpg lab status": "hcbpg lab status --json",
     "hcbpg lab down": "hcbpg lab down",
     "hcbpg rehearse": "hcbpg rehearse --keep",
+    "hcbpg lock": "hcbpg lock production   (a stale one: hcbpg lock production --break RUN_ID)",
     "hcbpg guide": "hcbpg guide staging --from 03 --until 03   (then: hcbpg guide finish RUN_ID)",
 }
 
@@ -324,19 +335,65 @@ def _example_args(p: argparse.ArgumentParser) -> str:
     return " ".join(w for w in words if w)
 
 
+def check_step_options(args: argparse.Namespace) -> None:
+    """Refuse an empty or blank ``--from/--until/--only`` (UsageError): it cannot mean "every step"."""
+    for dest, flag in STEP_OPTIONS:
+        value = getattr(args, dest, None)
+        if value is not None and not value.strip():
+            raise UsageError(f"{flag} is empty: name a step (its number, e.g. 07, or its key)",
+                             hint=f"Leave {flag} out to run every step of the runbook.")
+        if dest == "only" and value and any(not part.strip() for part in value.split(",")):
+            raise UsageError(f"--only {value!r} has an empty step name between its commas")
+
+
+def write_crash_log(exc: BaseException, argv: Sequence[str] | None) -> Path:
+    """The traceback of an unexpected error, scrubbed, in a 0600 file in hcbpg's state dir (outside outputs/)."""
+    text = hsecrets.scrub(f"hcbpg {_version()} at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}, "
+                          f"pid {os.getpid()}\nargv: {list(sys.argv[1:] if argv is None else argv)}\n\n"
+                          + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    name = f"crash-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}.log"
+    for folder in (locks.state_dir() / "logs", Path(tempfile.gettempdir())):
+        try:
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            path = folder / name
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except OSError:
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        return path
+    raise OSError("no directory to write the traceback to")
+
+
+def _report_error(args: argparse.Namespace | None, message: str, exit_code: int, **extra: str) -> int:
+    """The error on stderr, and with --json as ``{"error", "exit_code", ...}`` on stdout too."""
+    print(f"hcbpg: {message}", file=sys.stderr)
+    if args is not None and getattr(args, "json", False):  # a script reading stdout gets the error as JSON too
+        _print_json({"error": message, "exit_code": exit_code, **extra})
+    return exit_code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = build_parser()
-    args = ap.parse_args(argv)
+    args: argparse.Namespace | None = None
     try:
+        ap = build_parser()
+        args = ap.parse_args(argv)
+        check_step_options(args)
         return int(args.func(args) or 0)
     except HcbpgError as exc:
-        print(f"hcbpg: {hsecrets.scrub(str(exc))}", file=sys.stderr)
-        if getattr(args, "json", False):  # a script reading stdout gets the error as JSON too
-            _print_json({"error": hsecrets.scrub(str(exc)), "exit_code": exc.exit_code})
-        return exc.exit_code
+        return _report_error(args, hsecrets.scrub(str(exc)), exc.exit_code)
     except KeyboardInterrupt:
         print("hcbpg: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - the one place that turns a bug into a line and a log
+        first = (hsecrets.scrub(str(exc)).strip().splitlines() or [""])[0][:300]
+        what = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+        try:
+            log = str(write_crash_log(exc, argv))
+        except OSError as log_exc:
+            log = f"(not written: {log_exc})"
+        return _report_error(args, f"unexpected error ({what}); this is a bug in hcbpg, the traceback is in {log}",
+                             EXIT_INTERNAL, log=log)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,9 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from hcbpg.lab.core import S3_BUCKET, S3_PORT, LabConfig, atomic_write
 
@@ -116,6 +117,22 @@ def s3_argv(cfg: LabConfig) -> list[str]:
             "--bind", cfg.gateway_ip, "--port", str(S3_PORT), "--bucket", S3_BUCKET]
 
 
+def serialize_conditional_writes(app: Callable[..., Any]) -> Callable[..., Any]:
+    """moto checks ``If-None-Match`` / ``If-Match`` and then writes, in two moves: with 16 threads, two
+    racing creates of one key could both pass.  S3 decides them atomically; so does the lab, by running
+    conditional writes one at a time (what the environment lock relies on)."""
+    lock = threading.Lock()
+
+    def wsgi_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        if environ.get("REQUEST_METHOD") in ("PUT", "POST", "DELETE") and (
+                "HTTP_IF_NONE_MATCH" in environ or "HTTP_IF_MATCH" in environ):
+            with lock:
+                return list(app(environ, start_response))
+        return app(environ, start_response)
+
+    return wsgi_app
+
+
 def serve(lab_dir: str, bind: str, port: int, bucket: str) -> None:
     """Serve S3 over TLS until SIGTERM."""
     from cheroot import wsgi  # noqa: PLC0415 - heavy, loaded by the S3 stand-in only
@@ -128,7 +145,7 @@ def serve(lab_dir: str, bind: str, port: int, bucket: str) -> None:
     crt, key = ensure_s3_cert(cfg)
     backend = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
     backend.create_bucket(bucket, "us-east-1")
-    app = DomainDispatcherApplication(create_backend_app)
+    app = serialize_conditional_writes(DomainDispatcherApplication(create_backend_app))
     server = wsgi.Server((bind, port), app, numthreads=16, request_queue_size=64,
                          server_name="hcbpg-lab-s3")
     server.ssl_adapter = BuiltinSSLAdapter(str(crt), str(key))

@@ -14,7 +14,7 @@ from hcbpg.ops import topology
 from hcbpg.ops.failover import plan_failover  # noqa: F401 - the notebook's call
 from hcbpg.ops.topology import get_topology, show_topology  # noqa: F401 - the notebook's calls
 from hcbpg.outcome import Check
-from hcbpg.steps.targets import connect_servers
+from hcbpg.steps.targets import connect_servers, lock_environment
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.host import Host
@@ -23,7 +23,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def connect(rb: "Run") -> dict[str, "Host | None"]:
-    """An open Host per server, None for one SSH cannot reach (a failover must go on without it)."""
+    """An open Host per server, None for one SSH cannot reach (a failover must go on without it).
+
+    First the environment's lock in the backup bucket: this step wipes or promotes a server."""
+    lock_environment(rb)
     return connect_servers(rb)
 
 

@@ -11,7 +11,7 @@ from hcbpg.ops.migration import online
 from hcbpg.ops.replication import check_all  # noqa: F401 - the notebook's call
 from hcbpg.ops.topology import get_topology, show_topology  # noqa: F401 - the notebook's calls
 from hcbpg.outcome import Outcome
-from hcbpg.steps.targets import connect_servers
+from hcbpg.steps.targets import connect_servers, lock_environment
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.host import Host
@@ -20,7 +20,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def connect(rb: "Run") -> dict[str, "Host | None"]:
-    """An open Host per server, None for one SSH cannot reach."""
+    """An open Host per server, None for one SSH cannot reach.
+
+    First the environment's lock in the backup bucket: this step wipes or promotes a server."""
+    lock_environment(rb)
     return connect_servers(rb)
 
 

@@ -13,13 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 from hcbpg.adapters import hostkeys
 from hcbpg.adapters.host import Host
+from hcbpg.adapters.objectstore import ObjectStore
 from hcbpg.adapters.site import OutsiderRunner, site_for
 from hcbpg.desired.addresses import app_ssh_address, ssh_address
 from hcbpg.desired.capacity import ServerShape
-from hcbpg.errors import HcbpgError, HostUnreachable
+from hcbpg.errors import HcbpgError, HostUnreachable, SafetyCheckFailed
 from hcbpg.ops import cluster as pg_cluster
+from hcbpg.ops import env_lock, server_lock
 from hcbpg.ops import provisioning as cloud
-from hcbpg.ops import server_lock
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.psql import Psql
@@ -80,6 +81,30 @@ def lock_primary(rb: "Run", host: Host) -> None:
 
     def release() -> None:
         server_lock.release_change_lock(host, me)
+
+    rb.at_finish(release)
+
+
+def lock_environment(rb: "Run") -> None:
+    """Take the environment's lock in the backup bucket for this destructive step (steps 10 and 11),
+    refused naming the holder while another run holds it; released at ``rb.finish()``.  A failed step,
+    or one waiting at its gate, keeps it for its resume.  A dry run takes nothing."""
+    if rb.dry_run:
+        return
+    if rb.params.pgbackrest is None:
+        raise SafetyCheckFailed(
+            f"{rb.step} wipes or promotes a server and takes the environment's lock in the backup bucket, "
+            "but params have no pgbackrest section (no bucket)",
+            hint="Configure pgBackRest (params pgbackrest, step 05) before this step.")
+    store = ObjectStore.from_params(rb.params, rb.secret("pgbackrest.s3_key"), rb.secret("pgbackrest.s3_key_secret"))
+    key = env_lock.lock_key(rb.params)
+    me = server_lock.holder_for(run_id=rb.run_id or f"ad-hoc-{os.getpid()}", env=rb.env, step=rb.step,
+                                operator=os.environ.get("HCBPG_OPERATOR") or getpass.getuser())
+    out = env_lock.ensure_env_lock(store, key, me, dry_run=False)
+    print(f"{out.what}: {'; '.join(out.actions)}")
+
+    def release() -> None:
+        env_lock.release_env_lock(store, key, me)
 
     rb.at_finish(release)
 

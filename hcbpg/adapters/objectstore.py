@@ -1,0 +1,134 @@
+"""The backup bucket seen from the operator's machine: create-only and compare-and-swap puts, reads
+and deletes of small objects (boto3), with S3's errors mapped once, here, to :class:`CloudError`.
+
+A create is ``PutObject`` with ``If-None-Match: *`` (S3, Ceph RGW as behind Hetzner Object Storage,
+moto as in the lab): of two writers of one key, the second gets ``412 Precondition Failed``.  A
+replace is ``PutObject`` with ``If-Match: <etag>``.  A provider that ignored the header would make
+both succeed, so callers that rely on it check it (:func:`hcbpg.ops.env_lock.ensure_env_lock`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+from hcbpg.errors import CloudError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hcbpg.params import Params
+
+#: S3 answers a conditional write that lost with 412; AWS answers one racing another write with 409
+_LOST = ("PreconditionFailed", "ConditionalRequestConflict", "412", "409")
+_MISSING = ("NoSuchKey", "404", "NotFound")
+
+
+class ObjectStoreLike(Protocol):
+    """What the environment lock needs from a bucket (the real one, or moto's in tests)."""
+
+    name: str
+
+    def create(self, key: str, body: bytes) -> str | None: ...
+
+    def replace(self, key: str, body: bytes, *, etag: str) -> str | None: ...
+
+    def get(self, key: str) -> tuple[bytes, str] | None: ...
+
+    def delete(self, key: str) -> None: ...
+
+
+class ObjectStore:
+    """One bucket through a boto3 S3 client; *name* (``s3://bucket``) is what errors call it."""
+
+    def __init__(self, client: Any, bucket: str) -> None:
+        self.client = client
+        self.bucket = bucket
+        self.name = f"s3://{bucket}"
+
+    @classmethod
+    def from_params(cls, params: "Params", key_id: str, key_secret: str) -> "ObjectStore":
+        """The bucket of params ``pgbackrest`` (endpoint, region, URI style, CA) with the given S3 key."""
+        import boto3  # noqa: PLC0415 - heavy; loaded by the steps and commands that use the bucket only
+        from botocore.config import Config  # noqa: PLC0415 - heavy, with boto3 above
+
+        pb = params.pgbackrest
+        if pb is None:
+            raise CloudError("params have no pgbackrest section: there is no backup bucket to use",
+                             hint="Add the pgbackrest section (bucket, endpoint, keys) to params.")
+        verify: bool | str = (pb.s3_ca_file or True) if pb.s3_verify_tls else False
+        endpoint = pb.s3_endpoint if "://" in pb.s3_endpoint else f"https://{pb.s3_endpoint}"
+        # checksums only when an operation needs them: boto3's default CRC headers are refused by some
+        # S3-compatible stores; timeouts and retries short, a lock is taken by a waiting operator
+        config = Config(region_name=pb.s3_region, s3={"addressing_style": "virtual" if pb.s3_uri_style == "host"
+                                                      else "path"},
+                        request_checksum_calculation="when_required", response_checksum_validation="when_required",
+                        connect_timeout=10, read_timeout=30, retries={"max_attempts": 3, "mode": "standard"})
+        client = boto3.session.Session().client("s3", endpoint_url=endpoint, aws_access_key_id=key_id.strip(),
+                                                aws_secret_access_key=key_secret.strip(), verify=verify,
+                                                config=config)
+        return cls(client, pb.s3_bucket)
+
+    def create(self, key: str, body: bytes) -> str | None:
+        """Write *key* only if it does not exist: its ETag, or None when it exists already."""
+        try:
+            return str(self._call("create", key, self.client.put_object, Bucket=self.bucket, Key=key, Body=body,
+                                  IfNoneMatch="*")["ETag"])
+        except _Lost:
+            return None
+
+    def replace(self, key: str, body: bytes, *, etag: str) -> str | None:
+        """Overwrite *key* only if its ETag is still *etag*: the new ETag, or None when it changed or is gone."""
+        try:
+            return str(self._call("replace", key, self.client.put_object, Bucket=self.bucket, Key=key, Body=body,
+                                  IfMatch=etag)["ETag"])
+        except (_Lost, _Missing):
+            return None
+
+    def get(self, key: str) -> tuple[bytes, str] | None:
+        """``(body, etag)`` of *key*, None when there is none."""
+        try:
+            r = self._call("read", key, self.client.get_object, Bucket=self.bucket, Key=key)
+        except _Missing:
+            return None
+        return r["Body"].read(), str(r["ETag"])
+
+    def delete(self, key: str) -> None:
+        """Remove *key* (nothing when it is gone already)."""
+        self._call("delete", key, self.client.delete_object, Bucket=self.bucket, Key=key)
+
+    def _call(self, what: str, key: str, fn: Any, **kw: Any) -> Any:
+        from botocore.exceptions import BotoCoreError, ClientError  # noqa: PLC0415 - heavy, loaded with boto3 only
+
+        try:
+            return fn(**kw)
+        except ClientError as exc:
+            err = exc.response.get("Error", {})
+            code = str(err.get("Code", ""))
+            status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+            if code in _LOST or status in ("412", "409"):
+                raise _Lost(code) from exc
+            if code in _MISSING or status == "404" and code != "NoSuchBucket":
+                raise _Missing(code) from exc
+            raise CloudError(f"{self.name}: {what} {key} failed: {code or status} {err.get('Message', '')}".rstrip(),
+                             hint=_hint(code)) from exc
+        except BotoCoreError as exc:
+            raise CloudError(f"{self.name}: {what} {key} failed: {exc}",
+                             hint="Check pgbackrest.s3_endpoint, s3_ca_file and that this machine reaches the "
+                                  "bucket's endpoint.") from exc
+
+
+class _Lost(Exception):
+    """A conditional write lost (412/409): internal to this module."""
+
+
+class _Missing(Exception):
+    """No such key (404): internal to this module."""
+
+
+def _hint(code: str) -> str:
+    if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+        return "The S3 key was refused: check the keys params pgbackrest.s3_key and s3_key_secret point to."
+    if code == "NoSuchBucket":
+        return "The bucket does not exist: create it (params pgbackrest.s3_bucket) before this step."
+    if code in ("NotImplemented", "InvalidArgument"):
+        return ("The store does not support conditional writes (If-None-Match / If-Match), which the "
+                "environment lock needs; use a provider that does.")
+    return "Run the step again; if it persists, check the bucket's endpoint and the S3 key."
