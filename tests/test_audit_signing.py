@@ -162,9 +162,12 @@ def test_the_newest_run_deleted_is_named_by_the_head_outside_outputs(chain):
     home, trust, runs = chain
     shutil.rmtree(runs[-1].path)
     (home / "outputs" / "test" / "HEAD").write_text(runs[-2].path.name + "\n")
-    (problem,) = mf.verify_env(home, "test", trust)
-    assert problem == (f"{trust.head_file}: names {runs[-1].path.name} as the newest sealed run of test, "
-                       "and that run was removed from outputs/test")
+    problems = mf.verify_env(home, "test", trust)
+    assert f"{trust.head_file}: names {runs[-1].path.name} as the newest sealed run of test, " \
+           "and that run was removed from outputs/test" in problems
+    # and this machine's anchor (outside outputs/ and the repository) names it too
+    assert any(p.startswith(f"{mf.anchor_path(home, 'test')}: this machine sealed {runs[-1].path.name}")
+               for p in problems), problems
 
 
 def test_run_log_changed_or_not_hashed_and_attempt_without_hash_fail(chain):

@@ -27,7 +27,7 @@ from hcbpg import progress as hprogress
 from hcbpg import secrets as hsecrets
 from hcbpg.engine import audit, locks
 from hcbpg.engine import manifest as mf
-from hcbpg.engine.runner import Runner, approve, install_sigterm_as_interrupt
+from hcbpg.engine.runner import Runner, approve, change_signers, install_sigterm_as_interrupt
 from hcbpg.engine.terminal import LiveLines
 from hcbpg.errors import HcbpgError, UsageError
 from hcbpg.params import home, load_params
@@ -199,6 +199,14 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit_signers(args: argparse.Namespace) -> int:
+    run = change_signers(args.env)
+    change = run.read()["signers_change"]
+    print(f"the change of who may sign {args.env} ({change['change']}) is recorded in run {run.run_id}, signed by "
+          f"{mf.operator_name()}; commit it with the allowed-signers file")
+    return 0
+
+
 def cmd_audit_html(args: argparse.Namespace) -> int:
     index = audit.render_html(mf.find_run(home(), args.run_id), code=not getattr(args, "no_code", False))
     print(f"wrote {index}")
@@ -283,6 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("run_id")
     h.add_argument("--no-code", action="store_true", help="leave the code cells out (for reviewers)")
     h.set_defaults(func=cmd_audit_html)
+    sg = _sub(au, "signers", "record that the allowed-signers file changed, signed by a key allowed before it",
+              "hcbpg audit signers production")
+    sg.add_argument("env")
+    sg.set_defaults(func=cmd_audit_signers)
 
     for mod in ("hcbpg.cli.lab", "hcbpg.cli.rehearse", "hcbpg.cli.lock", "hcbpg.engine.status", "hcbpg.engine.guide"):
         try:

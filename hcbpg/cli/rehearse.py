@@ -1,7 +1,9 @@
 """``hcbpg rehearse``: bring the lab up, run the whole runbook against it, summarise, tear it down.
 
 Gates are approved automatically and recorded as approved by the rehearsal, so the audit
-record of a rehearsal reads like a production run's, with an honest approver.
+record of a rehearsal reads like a production run's, with an honest approver.  A rehearsal
+builds a new lab, so its record starts a new chain: the lab's earlier record (runs, head file,
+this machine's anchor) is set aside under ``outputs/.set-aside/`` first, and named.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import sys
 import time
 
 from hcbpg.engine import manifest as mf
+from hcbpg.engine import signing
+from hcbpg.engine.locks import env_lock
 from hcbpg.engine.runbook import AUTO_ACTIONS_ENV
 from hcbpg.engine.runner import Runner, install_sigterm_as_interrupt
 from hcbpg.params import home, load_params
@@ -28,6 +32,7 @@ def rehearse(*, keep: bool = False, source_rows: int | None = None, source_mb: i
     from hcbpg.lab import Lab  # noqa: PLC0415 - the lab loads only for `hcbpg rehearse`
 
     install_sigterm_as_interrupt()
+    set_aside_old_record()
     lab = Lab()
     t0 = time.monotonic()
     print("lab up …", flush=True)
@@ -60,6 +65,17 @@ def rehearse(*, keep: bool = False, source_rows: int | None = None, source_mb: i
             t1 = time.monotonic()
             lab.down()
             print(f"lab down in {time.monotonic() - t1:.1f}s")
+
+
+def set_aside_old_record() -> None:
+    """The lab's earlier record (of labs since torn down) set aside, named: this rehearsal starts a new chain."""
+    base = home()
+    trust = signing.trust_for(load_params("lab", base), "lab", base)
+    with env_lock("lab", purpose="set aside", base=base):  # not while a run of the lab writes it
+        where = mf.set_aside(base, "lab", trust, why="hcbpg rehearse builds a new lab and starts a new chain for it")
+    if where is not None:
+        shown = where.relative_to(base) if where.is_relative_to(base) else where
+        print(f"the lab's earlier audit record was set aside to {shown} (a new lab, a new chain)", flush=True)
 
 
 def _check_app_writes(lab: "object") -> int:

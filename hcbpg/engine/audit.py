@@ -49,7 +49,8 @@ def verify(base: Path, env: str | None = None) -> list[str]:
     if env:
         envs = [env]
     else:
-        found = {p.name for p in outputs.iterdir() if p.is_dir()} if outputs.is_dir() else set()
+        found = {p.name for p in outputs.iterdir() if p.is_dir() and not p.name.startswith(".")} \
+            if outputs.is_dir() else set()
         found |= {p.name.removesuffix(".audit-head") for p in (base / "params").glob("*.audit-head")}
         envs = sorted(found)
     problems: list[str] = []

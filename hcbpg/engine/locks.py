@@ -19,17 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from hcbpg.engine import manifest as mf
+from hcbpg.engine.state import lock_path, state_dir
 from hcbpg.errors import UsageError
-from hcbpg.params import home
 
-
-def state_dir(base: Path | None = None) -> Path:
-    """hcbpg's private state on this machine (scrub registries, locks): outside ``outputs/``."""
-    return Path(os.environ.get("HCBPG_STATE_DIR") or ((base or home()) / ".hcbpg"))
-
-
-def lock_path(env: str, base: Path | None = None) -> Path:
-    return state_dir(base) / "locks" / f"{env}.lock"
+__all__ = ["EnvLock", "describe_holder", "env_lock", "lock_path", "read_holder", "state_dir"]
 
 
 def describe_holder(record: dict[str, Any]) -> str:

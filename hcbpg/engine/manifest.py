@@ -18,21 +18,24 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import difflib
 import fcntl
 import getpass
 import hashlib
 import json
 import os
 import secrets as _stdlib_secrets
+import shutil
 import socket
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hcbpg import secrets as hsecrets
-from hcbpg.engine import signing
+from hcbpg.engine import signing, state
 from hcbpg.errors import AuditError, UsageError
 from hcbpg.procs import process_alive
 
@@ -67,17 +70,18 @@ def code_sha256(notebook: Path) -> str:
     return hashlib.sha256(code.encode()).hexdigest()
 
 
-def atomic_write_text(path: Path, text: str, mode: int = 0o644) -> None:
-    """Scrub *text* and write it atomically (tmp file + rename)."""
-    text = hsecrets.scrub(text)
+def atomic_write_text(path: Path, text: str, mode: int = 0o644) -> bytes:
+    """Scrub *text* and write it atomically (tmp file + rename); returns the bytes written."""
+    data = hsecrets.scrub(text).encode()
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
-        os.write(fd, text.encode())
+        os.write(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
+    return data
 
 
 def operator_name() -> str:
@@ -135,16 +139,64 @@ class Run:
         except json.JSONDecodeError as exc:
             raise AuditError(f"{self.manifest_path} is not valid JSON: {exc}") from None
 
+    @property
+    def home(self) -> Path:
+        return self.path.parent.parent.parent
+
+    @property
+    def written_path(self) -> Path:
+        """The last version of this manifest that hcbpg wrote on this machine: in the state dir, not in outputs/."""
+        return state.state_dir(self.home) / "written" / self.env / f"{self.path.name}.manifest.json"
+
     def write(self, data: dict[str, Any]) -> None:
-        atomic_write_text(self.manifest_path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+        written = atomic_write_text(self.manifest_path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+        self.remember(written)
+
+    def remember(self, content: bytes) -> None:
+        """Keep *content* as the last version of the manifest written (or verified) by hcbpg here."""
+        self.written_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = self.written_path.with_name(f".{self.written_path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, content)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.written_path)
+
+    def unlike_written(self) -> str | None:
+        """Why the manifest is not the version hcbpg last wrote here (None: byte for byte the same)."""
+        try:
+            ours = self.written_path.read_bytes()
+        except FileNotFoundError:
+            return (f"hcbpg did not write it on this machine ({self.written_path} is missing): it was made or "
+                    "changed elsewhere")
+        try:
+            now = self.manifest_path.read_bytes()
+        except FileNotFoundError:
+            return "it was removed"
+        if now == ours:
+            return None
+        diff = list(difflib.unified_diff(ours.decode(errors="replace").splitlines(),
+                                         now.decode(errors="replace").splitlines(),
+                                         "written by hcbpg", "now", n=0, lineterm=""))
+        shown = [ln for ln in diff[2:] if not ln.startswith("@@")][:12]
+        return "it differs from the version hcbpg last wrote: " + "; ".join(shown)
 
     @contextlib.contextmanager
     def update(self) -> Iterator[dict[str, Any]]:
-        """Read-modify-write the manifest under an exclusive lock (runner and kernels share it)."""
+        """Read-modify-write the manifest under an exclusive lock (runner and kernels share it).
+
+        Refused when the manifest is not the version hcbpg last wrote (or verified) here: a change made
+        outside hcbpg is never carried into a version hcbpg writes, and so never signed."""
         lock = self.path / ".manifest.lock"
         with open(lock, "a") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
+                why = self.unlike_written()
+                if why is not None:
+                    raise AuditError(f"{self.manifest_path}: not written: {why}",
+                                     hint=f"See `hcbpg audit verify {self.env}`. Restore the record from git, "
+                                          "or start a new run.")
                 data = self.read()
                 yield data
                 self.write(data)
@@ -166,7 +218,8 @@ class Run:
 def list_runs(home: Path, env: str | None = None) -> list[Run]:
     """Runs, oldest first (directory names start with a UTC timestamp)."""
     base = outputs_dir(home)
-    envs = [env] if env else sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+    envs = [env] if env else sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")) \
+        if base.is_dir() else []
     runs: list[Run] = []
     for e in envs:
         d = base / e
@@ -242,15 +295,23 @@ def is_newest(run: Run, home: Path) -> bool:
 
 # verification -----------------------------------------------------------------------
 
-def verify_env(home: Path, env: str, trust: signing.Trust | None = None) -> list[str]:
+def verify_env(home: Path, env: str, trust: signing.Trust | None = None, *, orphan_ok: bool = False,
+               signers_change: bool = False) -> list[str]:
     """Recompute every hash and the chain of one environment; returns problems, first first.
 
-    With *trust*: also every manifest's signature, the hash of every ``run.log`` and the chain
-    head recorded outside ``outputs/``."""
+    With *trust*: also every manifest's signature (at the time it was sealed), the allowed signers
+    each was sealed against, the hash of every ``run.log``, the chain head recorded outside
+    ``outputs/`` and this machine's anchor.  Only an *open* newest run (a live runner holds the
+    environment's lock for it now) may be unsealed; with *orphan_ok* also one whose runner died, when
+    its manifest is byte for byte the version hcbpg last wrote here (``run`` and ``resume`` seal it
+    next).  *signers_change*: the allowed-signers file may differ from the last one sealed (it is
+    about to be recorded)."""
     problems: list[str] = []
     runs = list_runs(home, env)
+    pending = runs[-1] if runs and (is_open(runs[-1]) or (orphan_ok and runs[-1].unlike_written() is None)) \
+        else None
     if trust is not None:
-        problems += verify_trust(runs, trust)
+        problems += verify_trust(runs, trust, pending=pending, signers_change=signers_change)
     by_dir = {r.path.name: r for r in runs}
     head = env_dir(home, env) / "HEAD"
     if runs:
@@ -284,11 +345,11 @@ def verify_env(home: Path, env: str, trust: signing.Trust | None = None) -> list
                 if expected_prev is not None and prev["dir"] != expected_prev.path.name:
                     problems.append(f"{run.manifest_path}: links to {prev['dir']} but the run before it "
                                     f"is {expected_prev.path.name}")
-        open_run = is_open(run, data)
+        being_written = pending is not None and run.path == pending.path
         for step in data.get("steps", []):
             for att in step.get("attempts", []):
-                if att.get("status") == "running" and open_run:
-                    continue  # being written now
+                if att.get("status") == "running" and being_written:
+                    continue  # being written now, or sealed next (its notebook is hashed then)
                 if not att.get("notebook") and str(att.get("note", "")).startswith("superseded"):
                     continue  # a guided start repeated in the same notebook: its file is the later attempt's
                 if not att.get("notebook") or not att.get("sha256"):
@@ -310,15 +371,18 @@ def pid_alive(pid: int | None, machine: str | None) -> bool:
     return pid is not None and pid > 0 and machine == socket.gethostname() and process_alive(pid)
 
 
-def is_open(run: Run, data: dict[str, Any] | None = None) -> bool:
-    """A run whose runner (or JupyterLab) is alive and writing its manifest: not sealed yet, rightly."""
-    try:
-        d = data if data is not None else run.read()
-    except AuditError:
-        return False
-    r = d.get("runner") or {}
-    return d.get("status") == "running" and (pid_alive(r.get("pid"), r.get("machine"))
-                                              or pid_alive(r.get("jupyter_pid"), r.get("machine")))
+#: the lock purposes of processes that write a run's manifest while they hold the lock
+WRITERS = ("run", "plan", "resume", "guided run")
+
+
+def is_open(run: Run) -> bool:
+    """A live runner (run, resume, guide) holds the environment's lock for this run now: it is writing it.
+
+    Never what the manifest says of itself (a status and a pid are easy to write).  The process that
+    holds the lock does not count as another writer: it verifies before it writes."""
+    holder = state.lock_held_now(run.env, run.home)
+    return (holder is not None and holder.get("run_id") == run.run_id and holder.get("purpose") in WRITERS
+            and holder.get("pid") != os.getpid() and holder.get("machine") == socket.gethostname())
 
 
 @dataclass(frozen=True)
@@ -343,7 +407,7 @@ def needs_orphan_seal(run: Run) -> bool:
         data = run.read()
     except AuditError:
         return False
-    if is_open(run, data):
+    if is_open(run):
         return False
     return data.get("status") == "running" or not is_sealed(run)
 
@@ -368,23 +432,67 @@ def write_head(trust: signing.Trust, run: Run, manifest_sha256: str) -> None:
         f"{run.path.name} {manifest_sha256}\n"))
 
 
+def anchor_path(home: Path, env: str) -> Path:
+    """This machine's anchor of *env*'s record: the newest run sealed here (never committed, not in outputs/)."""
+    return state.state_dir(home) / "anchors" / f"{env}.json"
+
+
+def read_anchor(home: Path, env: str) -> dict[str, Any] | None:
+    try:
+        rec = json.loads(anchor_path(home, env).read_text())
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError as exc:
+        raise AuditError(f"{anchor_path(home, env)}: not valid JSON: {exc}") from None
+    return rec if isinstance(rec, dict) else None
+
+
+def write_anchor(run: Run, manifest_sha256: str, sealed_at: str) -> None:
+    path = anchor_path(run.home, run.env)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"run": run.path.name, "manifest_sha256": manifest_sha256, "sealed_at": sealed_at,
+                               "by": operator_name()}) + "\n")
+    os.replace(tmp, path)
+
+
+def signers_record(trust: signing.Trust) -> dict[str, str]:
+    """What a seal records of the allowed-signers file it is verified against: its sha256 and its text."""
+    try:
+        content = trust.allowed_signers.read_bytes()
+    except FileNotFoundError:
+        raise AuditError(f"no allowed-signers file at {trust.allowed_signers}") from None
+    return {"sha256": hashlib.sha256(content).hexdigest(), "text": content.decode(errors="replace")}
+
+
 def seal(run: Run, sealer: Sealer, *, note: str | None = None) -> None:
-    """Hash run.log into the manifest, sign the manifest, record the head outside outputs/."""
+    """Hash run.log into the manifest, sign the manifest, record the head outside outputs/ and the anchor here.
+
+    Only a manifest that is the version hcbpg last wrote (or verified) on this machine is sealed
+    (:meth:`Run.update` refuses any other), and the bytes signed are the bytes hcbpg wrote."""
     log = run.path / "run.log"
+    signers = signers_record(sealer.trust)
+    at = utcnow()
     with run.update() as data:
         data["run_log_sha256"] = sha256_file(log) if log.is_file() else None
-        data["sealed"] = {"at": utcnow(), "by": operator_name(), "machine": socket.gethostname(),
-                          **({"note": note} if note else {})}
-    content = run.manifest_path.read_bytes()
+        data["sealed"] = {"at": at, "by": operator_name(), "machine": socket.gethostname(),
+                          "allowed_signers": signers, **({"note": note} if note else {})}
+    content = run.written_path.read_bytes()
+    if run.manifest_path.read_bytes() != content:
+        raise AuditError(f"{run.manifest_path}: changed while it was being sealed; not signed")
     signature = signing.sign(content, sealer.key, signing.NS_MANIFEST)
     tmp = run.path / f".{SIG_NAME}.{os.getpid()}.tmp"
     tmp.write_text(signature)  # not through the scrubber: a signature is not a secret, and must stay exact
     os.replace(tmp, run.path / SIG_NAME)
-    write_head(sealer.trust, run, hashlib.sha256(content).hexdigest())
+    sha = hashlib.sha256(content).hexdigest()
+    write_head(sealer.trust, run, sha)
+    write_anchor(run, sha, at)
 
 
 def seal_orphan(run: Run, sealer: Sealer) -> None:
-    """Seal a run whose runner stopped without doing so (SIGKILL, power loss): hash what it left."""
+    """Seal a run whose runner stopped without doing so (SIGKILL, power loss): hash what it left.
+
+    Refused (AuditError, saying what differs) unless the manifest is the version hcbpg last wrote here."""
     with run.update() as data:
         for s in data["steps"]:
             for a in s["attempts"]:
@@ -400,41 +508,135 @@ def seal_orphan(run: Run, sealer: Sealer) -> None:
     seal(run, sealer, note="sealed when the next run started: its runner had stopped without sealing")
 
 
-def verify_trust(runs: list[Run], trust: signing.Trust) -> list[str]:
-    """Signatures, run.log hashes and the head recorded outside outputs/ (problems, first first)."""
+def adopt_verified(run: Run, trust: signing.Trust) -> None:
+    """Take a sealed manifest that verified (made on another machine, say) as the version hcbpg last wrote here.
+
+    Its signature is checked again over the exact bytes kept, so nothing but signed bytes is adopted."""
+    content = run.manifest_path.read_bytes()
+    try:
+        sig = (run.path / SIG_NAME).read_text()
+        sealed_at = parse_time(json.loads(content)["sealed"]["at"])
+    except (FileNotFoundError, KeyError, TypeError, ValueError):
+        raise AuditError(f"{run.manifest_path}: not sealed; hcbpg did not write it here and no signature "
+                         "vouches for it") from None
+    signing.verify(content, sig, trust.allowed_signers, signing.NS_MANIFEST, at=sealed_at)
+    run.remember(content)
+
+
+def _lines_changed(old: str, new: str) -> str:
+    o, n = set(old.splitlines()), set(new.splitlines())
+    added = [ln.split()[0] + " " + (ln.split()[-1][:16] + "…" if len(ln.split()) > 1 else "")
+             for ln in new.splitlines() if ln.strip() and not ln.startswith("#") and ln not in o]
+    removed = [ln.split()[0] for ln in old.splitlines() if ln.strip() and not ln.startswith("#") and ln not in n]
+    return "; ".join([*(f"added {a}" for a in added), *(f"removed {r}" for r in removed)]) or "whitespace/comments"
+
+
+def verify_trust(runs: list[Run], trust: signing.Trust, *, pending: Run | None = None,
+                 signers_change: bool = False) -> list[str]:
+    """Signatures (at their sealing time), the allowed signers each run was sealed against, run.log hashes,
+    the head recorded outside outputs/ and this machine's anchor (problems, first first).
+
+    *pending*: the newest run, open or about to be sealed: not signed yet, rightly."""
     problems: list[str] = []
     by_dir = {r.path.name: r for r in runs}
-    for i, run in enumerate(runs):
-        try:
-            data = run.read()
-        except AuditError:
-            continue  # reported by the chain check
-        newest = i == len(runs) - 1
-        if newest and is_open(run, data):
-            continue  # its runner is writing it; it is sealed when it stops
-        sig = run.path / SIG_NAME
-        if not sig.is_file():
-            problems.append(f"{run.manifest_path}: not signed ({SIG_NAME} is missing)")
-        else:
+    home = runs[0].home if runs else None
+    signers_sha: str | None = None
+    signers_text: str | None = None
+    signers_from: str | None = None
+    last_time: _dt.datetime | None = None
+    now = _dt.datetime.now(_dt.timezone.utc)
+    with contextlib.ExitStack() as stack:
+        tmpdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="hcbpg-signers-")))
+
+        def signers_file(text: str) -> Path:
+            p = tmpdir / hashlib.sha256(text.encode()).hexdigest()
+            if not p.exists():
+                p.write_text(text)
+            return p
+
+        for run in runs:
             try:
-                signing.verify(run.manifest_path.read_bytes(), sig.read_text(), trust.allowed_signers,
-                               signing.NS_MANIFEST)
+                data = run.read()
+            except AuditError:
+                continue  # reported by the chain check
+            if pending is not None and run.path == pending.path:
+                continue  # its runner is writing it, or it is sealed next
+            sig = run.path / SIG_NAME
+            sealed = data.get("sealed") if isinstance(data.get("sealed"), dict) else None
+            if not sig.is_file() or sealed is None:
+                why = f"{SIG_NAME} is missing" if not sig.is_file() else "it was never sealed"
+                if data.get("status") == "running":
+                    why += (f"; it says it is running, but no runner holds the lock of {trust.env} for it now: "
+                            "a record cannot say for itself that it is open")
+                diff = run.unlike_written()
+                if diff is not None and run.written_path.is_file():
+                    why += f"; {diff}"
+                problems.append(f"{run.manifest_path}: not signed ({why})")
+                continue
+            try:
+                at = parse_time(sealed["at"])
+            except (KeyError, TypeError, ValueError):
+                problems.append(f"{run.manifest_path}: its seal has no valid time")
+                continue
+            if last_time is not None and at < last_time:
+                problems.append(f"{run.manifest_path}: sealed at {sealed['at']}, before the run before it was "
+                                "sealed: a seal's time cannot go back")
+            if at > now + _dt.timedelta(minutes=5):
+                problems.append(f"{run.manifest_path}: sealed at {sealed['at']}, in the future")
+            last_time = max(at, last_time) if last_time else at
+            # the allowed signers it was sealed against, and who may change them
+            rec = sealed.get("allowed_signers")
+            against = trust.allowed_signers
+            if isinstance(rec, dict) and isinstance(rec.get("text"), str):
+                text = rec["text"]
+                sha = hashlib.sha256(text.encode()).hexdigest()
+                if sha != rec.get("sha256"):
+                    problems.append(f"{run.manifest_path}: the allowed signers recorded in its seal do not match "
+                                    "their sha256")
+                if data.get("mode") == "signers" and signers_text is not None:
+                    against = signers_file(signers_text)  # a change of who may sign: by a key allowed before
+                    ch = data.get("signers_change") or {}
+                    if ch.get("from_sha256") != signers_sha or ch.get("to_sha256") != sha:
+                        problems.append(f"{run.manifest_path}: a signers change from {str(ch.get('from_sha256'))[:12]}… "
+                                        f"to {str(ch.get('to_sha256'))[:12]}…, but the runs around it were sealed "
+                                        f"against {str(signers_sha)[:12]}… and {sha[:12]}…")
+                else:
+                    against = signers_file(text)
+                    if signers_sha is not None and sha != signers_sha:
+                        problems.append(f"{run.manifest_path}: sealed against other allowed signers ({sha[:12]}…: "
+                                        f"{_lines_changed(signers_text or '', text)}) than the run before it "
+                                        f"({signers_sha[:12]}…), with no signed signers change between them")
+                signers_sha, signers_text, signers_from = sha, text, run.path.name
+            try:
+                signing.verify(run.manifest_path.read_bytes(), sig.read_text(), against, signing.NS_MANIFEST, at=at)
             except AuditError as exc:
                 problems.append(f"{run.manifest_path}: signature does not hold: {exc.message}")
-        log = run.path / "run.log"
-        if "run_log_sha256" not in data:
-            problems.append(f"{log}: not hashed in {run.manifest_path}")
-        elif data["run_log_sha256"] is not None:
-            if not log.is_file():
-                problems.append(f"{log}: removed (hashed in {run.manifest_path})")
-            elif sha256_file(log) != data["run_log_sha256"]:
-                problems.append(f"{log}: changed since the run was sealed (sha256 mismatch)")
+            log = run.path / "run.log"
+            if "run_log_sha256" not in data:
+                problems.append(f"{log}: not hashed in {run.manifest_path}")
+            elif data["run_log_sha256"] is not None:
+                if not log.is_file():
+                    problems.append(f"{log}: removed (hashed in {run.manifest_path})")
+                elif sha256_file(log) != data["run_log_sha256"]:
+                    problems.append(f"{log}: changed since the run was sealed (sha256 mismatch)")
+    if signers_sha is not None and not signers_change:
+        try:
+            current = trust.allowed_signers.read_bytes()
+        except FileNotFoundError:
+            current = b""
+        if hashlib.sha256(current).hexdigest() != signers_sha:
+            problems.append(f"{trust.allowed_signers}: changed since {signers_from} was sealed "
+                            f"({_lines_changed(signers_text or '', current.decode(errors='replace'))}), and no "
+                            f"signed signers change records it: `hcbpg audit signers {trust.env}`, signed by a key "
+                            "already allowed, does")
+    if home is not None:
+        problems += _verify_anchor(runs, home, trust.env, pending)
     try:
         head = read_head(trust)
     except AuditError as exc:
         return problems + [str(exc)]
     if head is None:
-        if runs and not (len(runs) == 1 and is_open(runs[0])):  # the first run, still open, has no head yet
+        if runs and not (len(runs) == 1 and pending is not None):  # the first run, still open, has no head yet
             problems.append(f"{trust.head_file}: missing: no record outside outputs/ of the newest run of "
                             f"{trust.env} (restore it from git)")
         return problems
@@ -444,13 +646,125 @@ def verify_trust(runs: list[Run], trust: signing.Trust) -> list[str]:
                         f"and that run was removed from outputs/{trust.env}")
         return problems
     head_run = by_dir[name]
-    if not (head_run.path == runs[-1].path and is_open(head_run)):
+    if not (pending is not None and head_run.path == pending.path):
         actual = sha256_file(head_run.manifest_path)
         if actual != sha:
             problems.append(f"{head_run.manifest_path}: differs from the head recorded in {trust.head_file} "
                             f"(sha256 {actual[:12]}…, recorded {sha[:12]}…)")
     later = runs[[r.path.name for r in runs].index(name) + 1:]
     for r in later:
-        if not (r.path == runs[-1].path and is_open(r)):
+        if not (pending is not None and r.path == pending.path):
             problems.append(f"{r.path}: newer than the head recorded in {trust.head_file} ({name})")
     return problems
+
+
+def _verify_anchor(runs: list[Run], home: Path, env: str, pending: Run | None) -> list[str]:
+    """The newest run sealed on this machine is still in the record, unchanged, and nothing after it
+    claims to be sealed before it (a retired key cannot add a back-dated record after the anchor)."""
+    try:
+        anchor = read_anchor(home, env)
+    except AuditError as exc:
+        return [str(exc)]
+    if anchor is None:
+        return []
+    where = anchor_path(home, env)
+    names = [r.path.name for r in runs]
+    if anchor.get("run") not in names:
+        return [f"{where}: this machine sealed {anchor.get('run')} of {env} at {anchor.get('sealed_at')}, and it "
+                f"is not in outputs/{env}: the record was rewritten or rolled back"]
+    problems = []
+    i = names.index(anchor["run"])
+    run = runs[i]
+    if not (pending is not None and run.path == pending.path) and sha256_file(run.manifest_path) != \
+            anchor.get("manifest_sha256"):
+        problems.append(f"{run.manifest_path}: differs from the version this machine sealed ({where})")
+    try:
+        bound = parse_time(str(anchor.get("sealed_at")))
+    except ValueError:
+        return problems + [f"{where}: no valid time"]
+    for r in runs[i + 1:]:
+        if pending is not None and r.path == pending.path:
+            continue
+        try:
+            at = parse_time(r.read()["sealed"]["at"])
+        except (AuditError, KeyError, TypeError, ValueError):
+            continue  # named by the signature check
+        if at < bound:
+            problems.append(f"{r.manifest_path}: sealed at {at:%Y-%m-%dT%H:%M:%SZ}, before {anchor['run']} "
+                            f"(anchored here at {anchor['sealed_at']}) that it follows: back-dated")
+    return problems
+
+
+# a new chain ------------------------------------------------------------------------
+
+def set_aside(home: Path, env: str, trust: signing.Trust, *, why: str) -> Path | None:
+    """Move *env*'s record (runs, head file, this machine's anchor) to ``outputs/.set-aside/<env>-<time>/``
+    so that a new chain starts; returns where, or None when there was nothing to set aside."""
+    edir = env_dir(home, env)
+    anchor = anchor_path(home, env)
+    has_runs = edir.is_dir() and any(edir.iterdir())
+    if not (has_runs or trust.head_file.is_file() or anchor.is_file()):
+        return None
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    dest = outputs_dir(home) / ".set-aside" / f"{env}-{stamp}"
+    dest.mkdir(parents=True)
+    if edir.is_dir():
+        shutil.move(str(edir), str(dest / "runs"))
+    if trust.head_file.is_file():
+        shutil.move(str(trust.head_file), str(dest / trust.head_file.name))
+    if anchor.is_file():
+        shutil.move(str(anchor), str(dest / "anchor.json"))
+    shutil.rmtree(state.state_dir(home) / "written" / env, ignore_errors=True)
+    (dest / "SET-ASIDE").write_text(f"set aside at {utcnow()} by {operator_name()} on {socket.gethostname()}: "
+                                    f"{why}\n")
+    return dest
+
+
+# who may sign -----------------------------------------------------------------------
+
+def last_signers(home: Path, env: str) -> tuple[Run, dict[str, str]] | None:
+    """The newest sealed run that recorded the allowed signers it was sealed against, and that record."""
+    for run in reversed(list_runs(home, env)):
+        try:
+            rec = (run.read().get("sealed") or {}).get("allowed_signers")
+        except AuditError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("text"), str):
+            return run, rec
+    return None
+
+
+def record_signers_change(home: Path, env: str, sealer: Sealer, *, params_sha256: str, repo: Path) -> Run:
+    """Add a signers-change record to *env*'s chain: the allowed-signers file as it is now, signed by the
+    operator, whose key must be allowed by the file as the last run was sealed against it.
+
+    The caller holds the environment's lock and has verified the chain."""
+    last = last_signers(home, env)
+    if last is None:
+        raise UsageError(f"no sealed run of {env} records its allowed signers yet: there is no change to record",
+                         hint="The first run sealed records them; later changes are recorded with this command.")
+    before_run, before = last
+    now = signers_record(sealer.trust)
+    if now["sha256"] == before["sha256"]:
+        raise UsageError(f"{sealer.trust.allowed_signers} is as {before_run.path.name} was sealed against: "
+                         "nothing to record")
+    with tempfile.TemporaryDirectory(prefix="hcbpg-signers-") as d:
+        old = Path(d) / "allowed_signers"
+        old.write_text(before["text"])
+        probe = f"hcbpg signers change of {env}".encode()
+        try:
+            signing.verify(probe, signing.sign(probe, sealer.key, signing.NS_MANIFEST), old, signing.NS_MANIFEST)
+        except AuditError as exc:
+            raise AuditError(f"{env}: only a key already allowed may change who may sign, and yours is not in the "
+                             f"allowed signers {before_run.path.name} was sealed against: {exc.message}",
+                             hint="Ask an operator whose key is allowed to record the change.") from None
+    run = create_run(home, env, steps=[], mode="signers", dry_run=False, params_sha256=params_sha256,
+                     selection={}, repo=repo)
+    with run.update() as data:
+        data["signers_change"] = {"from_sha256": before["sha256"], "to_sha256": now["sha256"],
+                                  "after": before_run.path.name,
+                                  "change": _lines_changed(before["text"], now["text"])}
+        data["status"], data["finished"] = "succeeded", utcnow()
+    run.log(f"allowed signers of {env} changed: {data['signers_change']['change']}")
+    seal(run, sealer, note="signers change")
+    return run

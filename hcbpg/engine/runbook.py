@@ -356,8 +356,9 @@ class Runbook:
         """A value recorded by an earlier step: this run first, then earlier runs of this environment.
 
         Only from a record that verifies: the environment's chain (every notebook's hash, signatures, head)
-        is checked first, and only notebooks the manifests name are read (this open run's steps not hashed
-        yet too); a record edited outside hcbpg raises AuditError instead of handing a planted value on."""
+        is checked first, and only notebooks the manifests of sealed runs name are read (and this open run's,
+        open meaning its runner holds the environment's lock now); a record edited outside hcbpg raises
+        AuditError instead of handing a planted value on."""
         if name in self._recorded:
             return self._recorded[name]
         self._verify_record()
@@ -366,8 +367,10 @@ class Runbook:
         if self.run is not None:
             runs = [r for r in runs if r.path != self.run.path] + [self.run]
         for run in reversed(runs):
-            recorded = _recorded_notebooks(run)
             current = self.run is not None and run.path == self.run.path
+            if not current and not mf.is_sealed(run):
+                continue  # only sealed runs, whose signatures _verify_record checked, besides this open one
+            recorded = _recorded_notebooks(run)
             for nb in sorted(run.path.glob("[0-9]*.ipynb"), reverse=True):
                 if ".attempt-" in nb.name or nb.stem == self.step or nb.name not in recorded:
                     continue  # a file the manifest does not name was not written by hcbpg

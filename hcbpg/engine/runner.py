@@ -224,6 +224,7 @@ class Runner:
                 raise UsageError(f"step {s.key}: notebook {self.nb_dir / s.notebook} is missing")
         with env_lock(env, purpose="plan" if dry_run else "run", base=self.home) as lock:
             sealer = sealer_for(params, env, self.home)  # refuses before anything is created
+            refuse_unless_verified(self.home, env, sealer.trust, doing=f"no run of {env} was started")
             run = mf.create_run(self.home, env, steps=[s.as_dict() for s in steps],
                                 mode="plan" if dry_run else "run", dry_run=dry_run,
                                 params_sha256=params_sha256(env, self.home),
@@ -259,16 +260,14 @@ class Runner:
                                   f"or run `hcbpg guide finish {run.run_id}`; then resume.")
         params = load_params(run.env, self.home)
         sealer = sealer_for(params, run.env, self.home)
-        if mf.needs_orphan_seal(run):  # its runner was killed: seal what it left, then check the chain
+        # the approvals and the steps recorded as done are only as good as the record: verify it before
+        # anything is sealed or changed (a run whose runner was killed: only as hcbpg last wrote it here)
+        refuse_unless_verified(self.home, run.env, sealer.trust, doing=f"run {run.run_id} is not resumed")
+        if mf.needs_orphan_seal(run):  # its runner was killed: seal what it left
             mf.seal_orphan(run, sealer)
             self.progress(f"note: run {run.run_id} had stopped without sealing its record (killed?); sealed it now")
-        # the approvals and the steps recorded as done are only as good as the record: verify it first
-        problems = audit.verify_run(self.home, run)
-        if problems:
-            raise AuditError(f"run {run.run_id} is not resumed: the audit record of {run.env} does not verify "
-                             f"({len(problems)} problem(s)); first: {problems[0]}",
-                             hint=f"See `hcbpg audit verify {run.env}`. A record changed outside hcbpg cannot be "
-                                  f"trusted for its approvals: restore it from git, or start a new run.")
+        elif run.unlike_written() is not None:  # sealed elsewhere (another machine): its signature vouches
+            mf.adopt_verified(run, sealer.trust)
         sha = params_sha256(run.env, self.home)
         if sha != data["params_sha256"]:
             self.progress(f"note: params/{run.env}.yaml changed since this run started; "
@@ -500,6 +499,18 @@ def drop_stale_registries(base: Path, env: str, *, keep: mf.Run) -> None:
             scrub_file_for(r.path).unlink(missing_ok=True)
 
 
+def refuse_unless_verified(base: Path, env: str, trust: signing.Trust, *, doing: str) -> None:
+    """Verify *env*'s whole record (signatures, links, head, anchor, every notebook's sha256) before anything
+    is created, sealed or changed; a newest run whose runner died passes only as hcbpg last wrote it here."""
+    problems = mf.verify_env(base, env, trust, orphan_ok=True)
+    if problems:
+        raise AuditError(f"{doing}: the audit record of {env} does not verify ({len(problems)} problem(s)); "
+                         f"first: {problems[0]}",
+                         hint=f"See `hcbpg audit verify {env}`. A record changed outside hcbpg cannot be trusted for "
+                              "its approvals or its values: restore it from git (or, for the lab, start a new "
+                              "chain: `hcbpg rehearse` sets the old record aside).")
+
+
 def sealer_for(params: Params, env: str, base: Path) -> mf.Sealer:
     """The operator's signing key and the environment's trust files, checked to sign and verify now."""
     trust = signing.trust_for(params, env, base)
@@ -521,6 +532,8 @@ def approve(run_id: str, gate: str, *, note: str | None, base: Path | None = Non
         if problems:
             raise AuditError(f"gate '{gate}' of run {run.run_id} is not approved: the audit record of {run.env} "
                              f"does not verify; first: {problems[0]}", hint=f"See `hcbpg audit verify {run.env}`.")
+        if run.unlike_written() is not None:  # sealed elsewhere (another machine): its signature vouches
+            mf.adopt_verified(run, sealer.trust)
         data = run.read()
         gates = data.get("gates", {})
         if gate not in gates:
@@ -547,6 +560,21 @@ def approve(run_id: str, gate: str, *, note: str | None, base: Path | None = Non
         run.log(f"gate {gate} approved by {proof['principal']} (key {proof['key_fingerprint']})")
         mf.seal(run, sealer)
     return run
+
+
+def change_signers(env: str, *, base: Path | None = None) -> mf.Run:
+    """Record in *env*'s chain that its allowed-signers file changed, signed by a key allowed before the change."""
+    b = base or home()
+    with env_lock(env, purpose="signers change", base=b):
+        params = load_params(env, b)
+        trust = signing.trust_for(params, env, b)
+        problems = mf.verify_env(b, env, trust, signers_change=True)
+        if problems:
+            raise AuditError(f"the signers change of {env} is not recorded: its audit record does not verify; "
+                             f"first: {problems[0]}", hint=f"See `hcbpg audit verify {env}`.")
+        sealer = mf.Sealer(trust, signing.signing_key(params))
+        return mf.record_signers_change(b, env, sealer, params_sha256=params_sha256(env, b),
+                                        repo=notebooks_dir().parent)
 
 
 def install_sigterm_as_interrupt() -> None:

@@ -14,6 +14,7 @@ nor make an older head look like the newest.
 
 from __future__ import annotations
 
+import datetime as _dt
 import hashlib
 import json
 import os
@@ -116,8 +117,18 @@ def parse_good_signature(output: str) -> Verified | None:
     return Verified(m.group("principal"), m.group("fp")) if m else None
 
 
-def verify(data: bytes, signature: str, allowed_signers: Path, namespace: str) -> Verified:
-    """Check *signature* over *data* against *allowed_signers*; raises AuditError saying why it does not hold."""
+def render_verify_time(at: _dt.datetime) -> str:
+    """``ssh-keygen -O verify-time=`` form of *at* (UTC, to the second)."""
+    return at.astimezone(_dt.timezone.utc).strftime("%Y%m%d%H%M%SZ")
+
+
+def verify(data: bytes, signature: str, allowed_signers: Path, namespace: str,
+           *, at: _dt.datetime | None = None) -> Verified:
+    """Check *signature* over *data* against *allowed_signers*; raises AuditError saying why it does not hold.
+
+    *at*: judge the keys' ``valid-after=``/``valid-before=`` at that time (when the signature was made)
+    instead of now, so that retiring a key does not invalidate what it signed while it was valid."""
+    when = [f"-Overify-time={render_verify_time(at)}"] if at is not None else []
     if not allowed_signers.is_file():
         raise AuditError(f"no allowed-signers file at {allowed_signers}",
                          hint="List each operator's public key there (ssh-keygen's allowed_signers format: "
@@ -125,13 +136,17 @@ def verify(data: bytes, signature: str, allowed_signers: Path, namespace: str) -
     with tempfile.TemporaryDirectory(prefix="hcbpg-sig-") as d:
         sig = Path(d) / "sig"
         sig.write_text(signature)
-        found = _ssh_keygen(["-Y", "find-principals", "-s", str(sig), "-f", str(allowed_signers)])
+        found = _ssh_keygen(["-Y", "find-principals", "-s", str(sig), "-f", str(allowed_signers), *when])
         principals = [p for p in found.stdout.decode(errors="replace").splitlines() if p.strip()]
         if found.returncode != 0 or not principals:
-            raise AuditError(f"signed by a key that is not in {allowed_signers}")
+            expired = "expired" in found.stderr.decode(errors="replace") or "not yet valid" in \
+                found.stderr.decode(errors="replace")
+            raise AuditError(f"signed by a key that is not in {allowed_signers}"
+                             + (f" as valid at {at:%Y-%m-%dT%H:%M:%SZ}" if at is not None and expired else
+                                " (or not valid then)" if at is not None else ""))
         for principal in principals:
             proc = _ssh_keygen(["-Y", "verify", "-f", str(allowed_signers), "-I", principal, "-n", namespace,
-                                "-s", str(sig)], data=data)
+                                "-s", str(sig), *when], data=data)
             good = parse_good_signature(proc.stdout.decode(errors="replace"))
             if proc.returncode == 0 and good is not None:
                 return good
