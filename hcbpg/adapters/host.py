@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from hcbpg.adapters import hostkeys
 from hcbpg.adapters.base import HostLike, Result
+from hcbpg.adapters.files import WRITE_HINT, render_put_file
 from hcbpg.errors import HostKeyError, HostUnreachable, RemoteCommandError
 from hcbpg.secrets import scrub
 
@@ -310,18 +311,16 @@ class Host:
 
     def put_text(self, path: str, text: str, *, mode: int = 0o644, owner: str = "root",
                  group: str | None = None, dry_run: bool = False) -> None:
-        """Write *text* to *path* whole and atomically (temp file in the same directory, then mv).
+        """Write *text* to *path* whole and atomically (a temporary file in the same directory, then mv).
 
-        The content travels on stdin, so a file holding secrets never shows in a process list.
+        The content travels on stdin, so a file holding secrets never shows in a process list.  In a
+        directory another user can change (the postgres user's), the write runs as the file's owner,
+        so that user cannot redirect it (:func:`hcbpg.adapters.files.render_put_file`).
         """
         grp = group or owner
-        q = shlex.quote(path)
-        directory = shlex.quote(path.rsplit("/", 1)[0] or "/")
-        cmd = (f"umask 077 && tmp=$(mktemp {directory}/.hcbpg.XXXXXX) && cat > \"$tmp\" && "
-               f"chown {shlex.quote(owner)}:{shlex.quote(grp)} \"$tmp\" && chmod {mode:04o} \"$tmp\" && "
-               f"mv -f \"$tmp\" {q} || {{ rc=$?; rm -f \"$tmp\"; exit $rc; }}")
         shown = f"write {path} ({len(text.encode())} bytes, mode {mode:04o}, owner {owner}:{grp})"
         if dry_run:
             self.echo(f"[{self.name}] [dry run] would {shown}")
             return
-        self.run(cmd, stdin=text, display=shown)
+        self.run(render_put_file(path, mode=mode, owner=owner, group=grp), stdin=text, display=shown,
+                 hint=WRITE_HINT)

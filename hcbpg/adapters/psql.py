@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
 
+from hcbpg.adapters.files import ensure_dir
 from hcbpg.errors import DatabaseError, RemoteCommandError
 from hcbpg.secrets import scrub
 
@@ -229,7 +230,7 @@ class ServiceFileEndpoint(PsqlEndpoint):
         """Write the service file (nested opens share it; the last close removes it)."""
         if self._depth == 0:
             h = self.host
-            h.run(f"install -d -m 0700 -o postgres -g postgres {self.directory}", quiet=True)
+            ensure_dir(h, self.directory, mode=0o700, owner="postgres")
             h.put_text(self.service_file, self._service_text, mode=0o600, owner="postgres")
         self._depth += 1
         return self

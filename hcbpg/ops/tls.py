@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from hcbpg import secrets as hsecrets
+from hcbpg.adapters.files import ensure_dir
 from hcbpg.desired import tls as desired_tls
 from hcbpg.errors import SecretError
 from hcbpg.outcome import Check, Outcome
@@ -223,13 +224,13 @@ def ensure_server_tls(host: "HostLike | None", params: "Params", server: "Server
         return out
     cert_pem, key_pem = render_server_cert(ca, params, server)  # valid from now, whatever *now* the plan used
     tls_dir = desired_tls.server_tls_dir(params)
-    host.run(f"install -d -m 750 -o postgres -g postgres {shlex.quote(tls_dir)}", quiet=True)
+    ensure_dir(host, tls_dir, mode=0o750, owner="postgres")  # postgres owns the config dir: no symlink followed
     # key first: a reload between the two writes must never pair the new certificate with the old key
     host.put_text(desired_tls.server_key_path(params) + ".new", key_pem, mode=0o600, owner="postgres")
     host.put_text(desired_tls.server_cert_path(params) + ".new", cert_pem, mode=0o644, owner="postgres")
     key, crt = desired_tls.server_key_path(params), desired_tls.server_cert_path(params)
     host.run(f"mv -f {shlex.quote(key)}.new {shlex.quote(key)} && mv -f {shlex.quote(crt)}.new {shlex.quote(crt)}",
-             quiet=True)
+             sudo_user="postgres", quiet=True)  # the postgres user's files in its directory: never root there
     renewed = current is not None
     if renewed:
         # a running server keeps the old certificate until it reloads

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hcbpg import secrets as hsecrets
+from hcbpg.adapters.files import ensure_dir
 from hcbpg.adapters.psql import JSON_MARK, parse_marked_json
 from hcbpg.errors import RemoteCommandError
 from hcbpg.ops.migration import templates
@@ -79,8 +80,8 @@ def prepare_dump_dir(host: "Host", params: "Params", tag: str, *, dry_run: bool)
     src = params.source
     assert src is not None
     if not dry_run:
-        host.run(f"install -d -m 0700 -o postgres -g postgres {shlex.quote(src.dump_dir)} && "
-                 f"rm -rf {shlex.quote(path)} {shlex.quote(path)}.pg_dump-*", quiet=True)
+        ensure_dir(host, src.dump_dir, mode=0o700, owner="postgres")
+        host.run(f"rm -rf {shlex.quote(path)} {shlex.quote(path)}.pg_dump-*", quiet=True)
     return path
 
 
@@ -156,7 +157,8 @@ def run_heroku_dump(host: "Host", params: "Params", tag: str, *, local: LocalRun
     path = prepare_dump_dir(host, params, tag, dry_run=False) + ".dump"
     cmd, cfg = render_download(path)
     with watch_file_growth(host, path, kind="download", what=f"the Heroku backup of {src.heroku_app}"):
-        host.run(f"{cmd} && chown postgres:postgres {shlex.quote(path)}",
+        # as postgres, in its directory: root writing there could be sent through a planted symlink
+        host.run(cmd, sudo_user="postgres",
                  stdin=cfg.format(url=url.replace('"', '\\"')),
                  display=f"curl the Heroku backup of {src.heroku_app} into {path} (URL on stdin)", timeout=24 * 3600)
     size = int(host.probe(f"stat -c %s {shlex.quote(path)}").stdout.strip() or 0)

@@ -41,6 +41,7 @@ from psycopg import sql
 
 from hcbpg import clock
 from hcbpg import secrets as hsecrets
+from hcbpg.adapters.files import ensure_dir
 from hcbpg.adapters.psql import render
 from hcbpg.errors import DatabaseError, SafetyCheckFailed, VerificationFailed, WaitTimeout
 from hcbpg.ops import packages as pkg_ops
@@ -184,7 +185,8 @@ def ensure_bucardo(host: "Host", params: "Params", source: Source, *, dry_run: b
                                                                                .hexdigest()]
             and host.exists(f"{HOME}/log"))
     if not dry_run and not same:
-        host.run(f"install -d -m 0700 -o postgres -g postgres {HOME} {HOME}/run {HOME}/log", quiet=True)
+        for d in (HOME, f"{HOME}/run", f"{HOME}/log"):
+            ensure_dir(host, d, mode=0o700, owner="postgres")  # in the postgres user's home
         host.put_text(RC, render_rc(), mode=0o600, owner="postgres")
         host.put_text(SERVICE_FILE, service, mode=0o600, owner="postgres")
     out.append(Outcome(f"Bucardo's files on {host.name}", not same, dry_run,

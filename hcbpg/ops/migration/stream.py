@@ -13,6 +13,7 @@ from psycopg import sql
 
 from hcbpg import clock
 from hcbpg import secrets as hsecrets
+from hcbpg.adapters.files import ensure_dir
 from hcbpg.adapters.psql import JSON_MARK, parse_marked_json
 from hcbpg.errors import RemoteCommandError, SafetyCheckFailed
 from hcbpg.ops.migration import templates
@@ -278,7 +279,7 @@ def run_stream(host: "Host", params: "Params", source: "Source", facts: Mapping[
                                             wal_minimal=bool(getattr(src, "restore_wal_minimal", False)))
     schemas, exts = plan_prerequisites(facts)
     work = prepare_dump_dir(host, params, tag, dry_run=False)
-    host.run(f"install -d -m 0700 -o postgres -g postgres {shlex.quote(work)}", quiet=True)
+    ensure_dir(host, work, mode=0o700, owner="postgres")
     started = time.monotonic()
     # nothing changes yet: the safety checks (SafetyCheckFailed) and the statements
     fresh, fresh_actions = plan_fresh_database(host, params, facts, run_label=run_label, server_state=state)
