@@ -25,9 +25,10 @@ import shtab
 
 from hcbpg import progress as hprogress
 from hcbpg import secrets as hsecrets
-from hcbpg.engine import audit, locks
+from hcbpg.engine import audit
 from hcbpg.engine import manifest as mf
 from hcbpg.engine.runner import Runner, approve, change_signers, install_sigterm_as_interrupt
+from hcbpg.engine.state import state_dir
 from hcbpg.engine.terminal import LiveLines
 from hcbpg.errors import HcbpgError, UsageError
 from hcbpg.params import home, load_params
@@ -364,7 +365,7 @@ def write_crash_log(exc: BaseException, argv: Sequence[str] | None) -> Path:
                           f"pid {os.getpid()}\nargv: {list(sys.argv[1:] if argv is None else argv)}\n\n"
                           + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
     name = f"crash-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}.log"
-    for folder in (locks.state_dir() / "logs", Path(tempfile.gettempdir())):
+    for folder in (state_dir() / "logs", Path(tempfile.gettempdir())):
         try:
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
             path = folder / name
