@@ -229,6 +229,9 @@ def test_an_empty_step_option_is_refused_and_runs_nothing(home, env, option):
         assert r.returncode == 2, r.stdout + r.stderr
         assert json.loads(r.stdout)["exit_code"] == 2 and f"hcbpg: {option[0]} " in r.stderr, r.stderr
     assert not ran.exists() and not (home / "outputs").exists()
+    if option[0] != "--only":  # a guided run takes --from and --until too
+        g = hcbpg("guide", env, *option, timeout=60)
+        assert g.returncode == 2 and f"hcbpg: {option[0]} is empty" in g.stderr, g.stdout + g.stderr
 
 
 def test_an_unexpected_error_is_one_line_naming_a_private_log_with_the_traceback(home, env, monkeypatch, capsys):
