@@ -154,8 +154,16 @@ def test_paths_plan_follows_the_runbook():
                              "/etc/pgbackrest|directory|755|root|root\n"
                              "/etc/pgbackrest/conf.d|directory|755|root|root\n"
                              "/etc/pgbackrest/pgbackrest.conf|regular file|644|root|root\n")
-    assert pgb.plan_paths(current) == ["chown postgres:postgres /etc/pgbackrest/pgbackrest.conf",
+    assert pgb.plan_paths(current) == ["chown -h postgres:postgres /etc/pgbackrest/pgbackrest.conf",
                                        "chmod 0640 /etc/pgbackrest/pgbackrest.conf"]
+
+
+
+def test_paths_plan_refuses_a_symlink_where_the_conf_file_goes():
+    """A symlink is neither the file nor the directory the runbook wants: chown/chmod would follow it."""
+    current = pgb.parse_stat("/etc/pgbackrest/pgbackrest.conf|symbolic link|777|postgres|postgres\n")
+    with pytest.raises(SafetyCheckFailed, match="is a symbolic link, expected a file"):
+        pgb.plan_paths(current, [s for s in pgb.PATHS if s.kind == "file"])
 
 
 # schedule ---------------------------------------------------------------------------------------

@@ -164,3 +164,40 @@ def test_paths_that_are_not_absolute_files_are_a_programming_error() -> None:
     for bad in ("etc/x", "/etc/", "/etc/..", "/a\0b"):
         with pytest.raises(ValueError):
             render_put_file(bad, mode=0o644, owner="root", group="root")
+
+
+@pytest.fixture
+def group_dir(root_dir: Path) -> Path:
+    """root's directory writable by a group (like Ubuntu's /var/log, root:syslog 0775)."""
+    d = root_dir / "log"
+    d.mkdir()
+    os.chown(d, 0, pwd.getpwnam(NOBODY).pw_gid)
+    d.chmod(0o775)
+    return d
+
+
+def test_directory_the_owner_cannot_make_is_made_by_root_without_following(group_dir: Path) -> None:
+    # daemon may not write in the group's directory: root makes it, mode and owner exact
+    made = group_dir / "pgbackrest"
+    res = run(render_ensure_dir(str(made), mode=0o770, owner="daemon", group="daemon"))
+    assert res.returncode == 0, res.stderr
+    assert owner(made) == ("daemon", 0o770)
+    made.chmod(0o755)  # existing: set again, as its owner
+    assert run(render_ensure_dir(str(made), mode=0o770, owner="daemon", group="daemon")).returncode == 0
+    assert owner(made) == ("daemon", 0o770)
+
+
+def test_symlink_planted_by_the_group_is_refused(group_dir: Path, root_dir: Path) -> None:
+    secret_dir = root_dir / "secret"
+    secret_dir.mkdir(mode=0o700)
+    (group_dir / "pgbackrest").symlink_to(secret_dir)
+    res = run(render_ensure_dir(f"{group_dir}/pgbackrest", mode=0o770, owner="daemon", group="daemon"))
+    assert res.returncode == REFUSED_EXIT and owner(secret_dir) == ("root", 0o700)
+
+
+def test_root_does_not_make_a_directory_below_another_users(user_dir: Path) -> None:
+    # the way to it is open to that user (it could be a symlink into root's): root makes nothing there
+    (user_dir / "sub").mkdir()
+    os.chown(user_dir / "sub", 0, 0)
+    res = run(render_ensure_dir(f"{user_dir}/sub/d", mode=0o700, owner="daemon", group="daemon"))
+    assert res.returncode == REFUSED_EXIT and not (user_dir / "sub" / "d").exists()

@@ -134,11 +134,19 @@ def render_ensure_dir(path: str, *, mode: int, owner: str, group: str) -> str:
         '    ' + _fail(f"hcbpg: refusing to take over {path}: it belongs to ", "$u") + "\n"
         "  fi\n"
         "fi\n"
-        # the owner's directory, or one another user can change: only as the owner
+        # the owner's directory, or one another user can change: as the owner
         + (_refuse(f"make root's directory {path}") if owner == "root" else
-           f"runuser -u {q(owner)} -- sh -c "
+           f"err=$(runuser -u {q(owner)} -- sh -c "
            + q('cd / && install -d -m "$2" -- "$1" && chown -h -- ":$3" "$1"')
-           + f' sh "$t" {mode:04o} {q(group)}\n'))
+           + f' sh "$t" {mode:04o} {q(group)} 2>&1) && exit\n'
+           # the owner may not write there (/var/log: root's, writable by the syslog group): root makes
+           # it, with no step that follows a symlink, when the directory is root's and the way to it
+           # root's alone
+           + '{ [ -z "$rest" ] && [ ! -e "$t" ] && [ ! -L "$t" ]; } || { printf \'%s\\n\' "$err" >&2; exit 1; }\n'
+           + '[ "$(stat -c %u -- "$d")" = 0 ] || ' + _refuse(f"make {path}").rstrip("\n") + "\n"
+           + 'safe=yes; g=${d%/*}; judge "${g:-/}"; l=${e%/*}; [ "$safe" = no ] || judge "${l:-/}"\n'
+           + '[ "$safe" = yes ] || ' + _refuse(f"make {path}").rstrip("\n") + "\n"
+           + f"umask 0; mkdir -m {mode:04o} -- \"$t\" && chown -h -- {q(f'{owner}:{group}')} \"$t\"\n"))
 
 
 def ensure_dir(host: HostLike, path: str, *, mode: int, owner: str = "root", group: str | None = None) -> None:

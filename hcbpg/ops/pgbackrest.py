@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from psycopg import sql
 
 from hcbpg import secrets as hsecrets
+from hcbpg.adapters.files import ensure_dir
 from hcbpg.desired.pgbackrest import (
     CONF_PATH,
     SECRET_OPTIONS,
@@ -243,7 +244,8 @@ def parse_stat(text: str) -> dict[str, dict[str, Any]]:
         parts = line.rsplit("|", 4)
         if len(parts) == 5:
             p, kind, mode, owner, group = parts
-            out[p] = {"kind": "directory" if kind == "directory" else "file", "mode": int(mode, 8),
+            out[p] = {"kind": {"directory": "directory", "symbolic link": "symbolic link"}.get(kind, "file"),
+                      "mode": int(mode, 8),
                       "owner": owner, "group": group}
     return out
 
@@ -269,7 +271,7 @@ def plan_paths(current: Mapping[str, Mapping[str, Any]], specs: Iterable[PathSpe
             raise SafetyCheckFailed(f"{s.path} is a {cur['kind']}, expected a {s.kind}",
                                     hint="Move it aside by hand; hcbpg does not delete it.")
         if (cur["owner"], cur["group"]) != (s.owner, s.group):
-            cmds.append(f"chown {s.owner}:{s.group} {q}")
+            cmds.append(f"chown -h {s.owner}:{s.group} {q}")
         if cur["mode"] != s.mode:
             cmds.append(f"chmod {s.mode:04o} {q}")
     return cmds
@@ -284,8 +286,14 @@ def ensure_paths(host: "Host | None", *, dry_run: bool, specs: Iterable[PathSpec
     if not cmds:
         return Outcome(what, False, dry_run)
     if host is not None and not dry_run:
-        for c in cmds:
-            host.run(c)
+        for s in specs:
+            if s.kind == "directory":
+                # made or set without following a symlink another user plants (the spool's or the log's
+                # parent may be open to others)
+                ensure_dir(host, s.path, mode=s.mode, owner=s.owner, group=s.group)
+            else:
+                for c in plan_paths(get_paths(host, (s,)), (s,)):
+                    host.run(c)
     return Outcome(what, True, dry_run, actions=cmds)
 
 
