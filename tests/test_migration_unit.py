@@ -415,7 +415,7 @@ def test_stream_scripts_use_the_snapshot_the_service_file_and_no_secret(params):
     assert '--snapshot="$HCBPG_SNAPSHOT"' in main and "SET TRANSACTION SNAPSHOT '$HCBPG_SNAPSHOT'" in one
     assert "--section=pre-data" in main and "-L /var/tmp/hcbpg-dump/r1-07_cutover/post.list --section=post-data -j 4" in main
     # source.jobs tables at a time; foreign keys and the final pass with restore_jobs
-    assert "xargs -r -d '\\n' -P 2 -n 1 bash /var/tmp/hcbpg-dump/r1-07_cutover/copy-one.sh" in main
+    assert "xargs -r -0 -P 2 -n 3 bash /var/tmp/hcbpg-dump/r1-07_cutover/copy-one.sh" in main
     assert 'COPY $t TO STDOUT (FORMAT $fmt)' in one
     # loaded frozen: truncated in the same transaction, as pg_restore -j does
     assert '-c "BEGIN" -c "TRUNCATE ONLY $t" -c "COPY $t FROM STDIN (FORMAT $fmt, FREEZE)" -c "COMMIT"' in one
@@ -425,7 +425,7 @@ def test_stream_scripts_use_the_snapshot_the_service_file_and_no_secret(params):
     assert one.count('SET ROLE rails') == 2 and build.count('SET ROLE rails') == 1 and "--role=rails" in build
     # the largest table (the first line) keeps its priority for its rows and its first (costliest) build;
     # everything else runs reniced, without parallel workers
-    assert 'if [ "$1" = "$(head -n 1 "$W/tables")" ]; then n=0; else n=10; fi' in one
+    assert 'if [ "$oid" = "$(head -z -n 1 "$W/tables" | tr -d \'\\0\')" ]; then n=0; else n=10; fi' in one
     assert "print (NR == 1 ? n : 10), $0" in one and '| on_target "$n" -c "BEGIN"' in one
     assert 'renice -n "$n" -p "$pid"' in one and '"/proc/$pid/autogroup"' in one
     assert "max_parallel_maintenance_workers=0" in build and '-f - "$W/schema.dump" | on_target "$n" -f -' in build
@@ -438,6 +438,12 @@ def test_stream_scripts_use_the_snapshot_the_service_file_and_no_secret(params):
     golden("migration.stream-session.psql", session)
     assert "pg_export_snapshot()" in session and "pg_relation_size(c.oid) DESC" in session
     assert session.index("\\o /var/tmp/hcbpg-dump/r1-07_cutover/builds") < session.index("\\! bash")
+    # names are data: refused in this snapshot when one holds a control character, before any is written
+    # for a script; the tables' list NUL-separated (never split or read as lines)
+    assert session.index("refused-names.json") < session.index("\\if :hcbpg_refused") \
+        < session.index("\\pset recordsep_zero on") < session.index("\\o /var/tmp/hcbpg-dump/r1-07_cutover/tables") \
+        < session.index("\\pset recordsep '\\n'") < session.index("\\! bash") < session.index("\\endif")
+    assert "read -r oid" not in one and "oid=$1 fmt=$2 t=$3" in one
     for text in (main, one, build, session):
         assert "postgres://" not in text and "password" not in text.lower()
 
@@ -542,17 +548,77 @@ def test_the_build_plan_and_table_list_are_made_in_the_snapshot_with_exact_match
     assert "prolang = 12" in migration.TABLES_SQL and "'binary' ELSE 'text'" in migration.TABLES_SQL
 
 
+#: a psql that records its arguments (one file per call, NUL-separated) and reads its input to the end
+FAKE_PSQL = """#!/bin/bash
+f=$(mktemp "$HCBPG_TEST_CALLS/call.XXXXXX")
+printf '%s\\0' "$@" > "$f"
+cat > /dev/null
+"""
+
+
+def test_a_table_name_reaches_psql_whole_or_is_refused_never_as_shell_or_extra_sql(params, tmp_path):
+    """The tables' list as the session writes it (NUL-separated oid, format, server-quoted name), run by
+    stream.sh's own xargs line and the real copy-one.sh: a name with quotes and semicolons reaches
+    psql inside one argument, exactly as the server quoted it; one with a newline (the attack: read as a
+    line it became a second entry whose name ran ``TRUNCATE ONLY users;COPY ... TO PROGRAM`` on the
+    primary) is refused by copy-one.sh before any psql runs for it."""
+    import subprocess
+    work = tmp_path / "w"
+    (work / "build").mkdir(parents=True)
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls"
+    bin_dir.mkdir()
+    calls.mkdir()
+    (bin_dir / "psql").write_text(FAKE_PSQL)
+    (bin_dir / "psql").chmod(0o755)
+    main, one, _ = migration.render_stream_scripts(params, str(work), [])
+    (work / "copy-one.sh").write_text(one)
+    semicolons = 'public."a;COPY(SELECT 1)TO PROGRAM\'id>x\';--"'
+    newline = 'public."t\n1 text users;COPY(SELECT 1)TO PROGRAM\'id>x\';--"'
+    (work / "tables").write_text("\0".join(["16400", "binary", semicolons, "16401", "text", newline, ""]))
+    xargs = next(line for line in main.splitlines() if "copy-one.sh" in line)
+    res = subprocess.run(["bash", "-c", xargs], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}",
+                              "HCBPG_TEST_CALLS": str(calls), "HCBPG_SNAPSHOT": "00000003-00000002-1"})
+    assert res.returncode != 0 and "table 16401: no name, or one with control characters" in res.stderr, res
+    argv = [f.read_text().split("\0")[:-1] for f in calls.iterdir()]
+    args = [a for call in argv for a in call]
+    assert f"COPY {semicolons} TO STDOUT (FORMAT binary)" in args and f"TRUNCATE ONLY {semicolons}" in args
+    assert f"ANALYZE {semicolons}" in args
+    assert not [a for a in args if "users" in a or "16401" in a], args  # nothing of the refused entry ran
+    stamps = (work / "times").read_text()
+    assert "copied 16400" in stamps and "16401" not in stamps
+
+
+def test_read_files_returns_each_file_exactly_even_without_a_final_newline(tmp_path):
+    """The tables' list ends with a NUL, not a newline: the next file's separator must not be swallowed
+    (it was: counts.out came back empty after a list), and no line of a file passes for a separator."""
+    import subprocess
+    from types import SimpleNamespace
+
+    class LocalHost:
+        def run(self, cmd: str, **_: object) -> SimpleNamespace:
+            return SimpleNamespace(stdout=subprocess.run(["bash", "-c", cmd], capture_output=True, text=True,
+                                                         check=False).stdout)
+    (tmp_path / "tables").write_text("1\0binary\0public.a\0")
+    (tmp_path / "log").write_text("----- hcbpg file counts.out\nline\n\n")
+    (tmp_path / "counts.out").write_text("HCBPG-JSON {}\n")
+    got = migration.read_files(LocalHost(), str(tmp_path), ["tables", "log", "counts.out", "missing"])
+    assert got == {"tables": "1\0binary\0public.a\0", "log": "----- hcbpg file counts.out\nline\n\n",
+                   "counts.out": "HCBPG-JSON {}\n", "missing": ""}
+
+
 def test_stream_times_become_phase_notes():
     log = "\n".join(["hcbpg-time start - 100.0", "hcbpg-time pre-data - 100.5", "noise",
                      "hcbpg-time copied 16549 108.5", "hcbpg-time copied 16538 110.0", "hcbpg-time built 16538 112.0",
                      "hcbpg-time built 16549 124.0", "hcbpg-time tables - 124.1", "hcbpg-time foreign-keys - 127.1",
                      "hcbpg-time post-data - 127.3", "hcbpg-time end - 127.4"])
-    notes = migration.summarize_stream_times(log, "16549 binary public.events\n16538 text public.users\n")
+    notes = migration.summarize_stream_times(log, "\x00".join(["16549", "binary", "public.events", "16538", "text",
+                                                                 'public."us\ners"', ""]))
     assert notes[0] == "schema dumped and pre-data restored: 0.5s"
     assert notes[1] == "rows copied, indexes and keys built, tables analyzed: 23.6s"
     assert notes[2] == "sequences set, foreign keys added and validated: 3.0s"
     assert notes[-2] == "public.events: rows copied at +8.5s, indexes built at +24.0s"
-    assert notes[-1] == "public.users: rows copied at +10.0s, indexes built at +12.0s"
+    assert notes[-1] == 'public."us\ners": rows copied at +10.0s, indexes built at +12.0s'
     assert migration.summarize_stream_times("nothing") == []
 
 

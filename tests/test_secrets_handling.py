@@ -17,7 +17,7 @@ import pytest
 
 from hcbpg import secrets as hsecrets
 from hcbpg.errors import RemoteCommandError, SafetyCheckFailed, SecretError
-from hcbpg.ops.migration.stream import check_source_names
+from hcbpg.ops.migration.source import check_source_names
 from hcbpg.secrets import Scrubber
 
 from nbutil import secret_forms
@@ -153,7 +153,7 @@ def test_source_names_with_control_characters_are_refused_by_name():
     check_source_names({"control_char_names": []})
     with pytest.raises(SafetyCheckFailed) as ei:
         check_source_names({"control_char_names": ['public."evil\nrm -rf /"', "public.ok"]})
-    assert "2 table name(s) with control characters" in str(ei.value)
+    assert "2 name(s) with control characters" in str(ei.value)
     assert repr('public."evil\nrm -rf /"') in str(ei.value) and "RENAME" in str(ei.value)
 
 

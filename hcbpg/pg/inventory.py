@@ -97,8 +97,31 @@ def render_snapshot_setup(snapshot: str) -> str:
         raise ValueError(f"not a snapshot id: {snapshot!r}")
     return f"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;\nSET TRANSACTION SNAPSHOT '{snapshot}';"
 
+def render_control_char_names_sql(namespaces: str = USER_NS) -> str:
+    """SQL: a JSON array of every name in the schemas *namespaces* (a condition on ``n``) that holds a
+    control character, each quoted by the server (``format('%I')``): the schemas, their relations of
+    every kind (tables, sequences, indexes, views), the tables' columns and the constraints.
+
+    A name is data, never code: the transfers refuse such a source, and do so in the snapshot and
+    session their copy uses (a table renamed or created after an earlier check is still caught)."""
+    return f"""SELECT coalesce(json_agg(name ORDER BY name), '[]') FROM (
+  SELECT format('%I', n.nspname) AS name FROM pg_namespace n WHERE {namespaces} AND n.nspname ~ '[[:cntrl:]]'
+  UNION ALL
+  SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+  WHERE {namespaces} AND c.relname ~ '[[:cntrl:]]'
+  UNION ALL
+  SELECT format('%I.%I.%I', n.nspname, c.relname, a.attname) FROM pg_attribute a
+  JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+  WHERE {namespaces} AND a.attnum > 0 AND NOT a.attisdropped AND a.attname ~ '[[:cntrl:]]'
+  UNION ALL
+  SELECT format('%I.%I', n.nspname, co.conname) FROM pg_constraint co JOIN pg_namespace n ON n.oid = co.connamespace
+  WHERE {namespaces} AND co.conname ~ '[[:cntrl:]]') AS control_char_names"""
+
+
+CONTROL_CHAR_NAMES_SQL = render_control_char_names_sql()
+
 #: what the restore depends on: extensions (with schema), database settings, encoding and locale
-SOURCE_FACTS_SQL = """
+SOURCE_FACTS_SQL = f"""
 SELECT json_build_object(
  'extensions', (SELECT coalesce(json_agg(json_build_object('name', e.extname, 'schema', n.nspname,
                   'version', e.extversion) ORDER BY e.extname), '[]')
@@ -113,11 +136,8 @@ SELECT json_build_object(
  'version', current_setting('server_version_num')::int,
  'postmaster_start', pg_postmaster_start_time()::text,
  'user', current_user,
- -- schemas and relations whose names hold control characters: the streamed transfer reads names line by line
- 'control_char_names', (SELECT coalesce(json_agg(format('%I.%I', n.nspname, c.relname) ORDER BY c.oid), '[]')
-                        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                        WHERE n.nspname !~ '^pg_' AND n.nspname <> 'information_schema'
-                          AND (c.relname ~ '[[:cntrl:]]' OR n.nspname ~ '[[:cntrl:]]'))
+ -- names with control characters: refused early here, and again by each transfer in its own snapshot
+ 'control_char_names', ({CONTROL_CHAR_NAMES_SQL})
 )"""
 
 

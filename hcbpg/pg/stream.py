@@ -3,10 +3,15 @@ table's indexes and keys, the foreign keys) and the tables to copy with their CO
 
 from __future__ import annotations
 
-from hcbpg.pg.inventory import USER_NS, not_ext_member
+from hcbpg.pg.inventory import USER_NS, not_ext_member, render_control_char_names_sql
 
 #: the schemas a transfer moves: the user's, never Bucardo's own (the online transfer's delta tables)
 TRANSFER_NS = USER_NS + " AND n.nspname <> 'bucardo'"
+
+#: the transfer's names that hold a control character (a JSON array, each quoted by the server); read
+#: first in the session that exports the snapshot, so in the very snapshot every copy uses: any refuses
+#: the transfer before a name reaches a script
+REFUSED_NAMES_SQL = render_control_char_names_sql(TRANSFER_NS)
 
 #: separates the fields of the build plan (names with control characters are left to the final pass)
 _US = "\x1f"
@@ -67,13 +72,14 @@ SELECT b FROM (
     AND r.relkind = 'r' AND NOT r.relispartition AND {TRANSFER_NS} AND {not_ext_member('pg_class', 't.oid')}
 ) q WHERE names !~ '[[:cntrl:]]' ORDER BY tbl, slow, size DESC, b;"""
 
-#: the tables to copy, largest first: oid, COPY format, name.  Binary when every column's type (its
-#: base type for a domain, and its element type for an array) is a base or enum type, or a built-in
-#: one, whose send and receive functions are the server's own (internal language, as citext's
-#: are): then both ends read and write the same bytes on any server; text otherwise.
+#: the tables to copy, largest first: oid, COPY format, name quoted by the server (three fields, which the
+#: session writes NUL-separated: a name is never split or read as a line).  Binary when every column's
+#: type (its base type for a domain, and its element type for an array) is a base or enum type, or a
+#: built-in one, whose send and receive functions are the server's own (internal language, as citext's
+#: are): then both ends read and write the same bytes on any server; text otherwise.  A name with a
+#: control character is never listed (the session refused the transfer before: :data:`REFUSED_NAMES_SQL`).
 TABLES_SQL = f"""
-SELECT c.oid || ' ' || CASE WHEN coalesce(b.ok, true) THEN 'binary' ELSE 'text' END || ' '
-       || format('%I.%I', n.nspname, c.relname)
+SELECT c.oid, CASE WHEN coalesce(b.ok, true) THEN 'binary' ELSE 'text' END, format('%I.%I', n.nspname, c.relname)
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 LEFT JOIN LATERAL (
   SELECT bool_and(x.typsend <> 0 AND x.typreceive <> 0 AND (x.typtype IN ('b', 'e') OR x.oid < 16384)
@@ -85,9 +91,12 @@ LEFT JOIN LATERAL (
   JOIN pg_type x ON x.oid = v.t
   WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped) b ON true
 WHERE c.relkind = 'r' AND {TRANSFER_NS} AND {not_ext_member('pg_class', 'c.oid')}
+  AND n.nspname !~ '[[:cntrl:]]' AND c.relname !~ '[[:cntrl:]]'
 ORDER BY pg_relation_size(c.oid) DESC, 1;"""
 
-#: statements that set every sequence to its value in the snapshot (printed by the source session)
+#: statements that set every sequence to its value in the snapshot (printed by the source session into a
+#: file psql runs whole; a name with a control character was refused before)
 SEQUENCES_SQL = ("SELECT format('SELECT pg_catalog.setval(%L, %s, %s);', format('%I.%I', schemaname, sequencename), "
                  "coalesce(last_value, start_value), (last_value IS NOT NULL)::text) FROM pg_sequences "
-                 "WHERE schemaname NOT IN ('pg_catalog', 'information_schema', 'bucardo') ORDER BY 1;")
+                 "WHERE schemaname NOT IN ('pg_catalog', 'information_schema', 'bucardo') "
+                 "AND schemaname !~ '[[:cntrl:]]' AND sequencename !~ '[[:cntrl:]]' ORDER BY 1;")

@@ -9,7 +9,7 @@ mkdir -p /var/tmp/hcbpg-dump/r1-07_cutover/build
 awk -v W=/var/tmp/hcbpg-dump/r1-07_cutover -f /var/tmp/hcbpg-dump/r1-07_cutover/split.awk /var/tmp/hcbpg-dump/r1-07_cutover/builds /var/tmp/hcbpg-dump/r1-07_cutover/schema.list > /var/tmp/hcbpg-dump/r1-07_cutover/post.list
 pg_restore --cluster 15/main --no-owner --no-acl --role=rails --exit-on-error -L /var/tmp/hcbpg-dump/r1-07_cutover/schema.list --section=pre-data -d hcb_production /var/tmp/hcbpg-dump/r1-07_cutover/schema.dump
 stamp pre-data
-xargs -r -d '\n' -P 2 -n 1 bash /var/tmp/hcbpg-dump/r1-07_cutover/copy-one.sh < /var/tmp/hcbpg-dump/r1-07_cutover/tables
+xargs -r -0 -P 2 -n 3 bash /var/tmp/hcbpg-dump/r1-07_cutover/copy-one.sh < /var/tmp/hcbpg-dump/r1-07_cutover/tables
 stamp tables
 cat > /var/tmp/hcbpg-dump/r1-07_cutover/counts.sql <<'HCBPG_COUNTS_SQL'
 SET search_path = pg_catalog;

@@ -3,6 +3,7 @@ and exact counts in the same snapshot), or a Heroku backup downloaded on the pri
 
 from __future__ import annotations
 
+import json
 import shlex
 import subprocess
 import time
@@ -15,12 +16,13 @@ from hcbpg.adapters.files import ensure_dir
 from hcbpg.adapters.psql import JSON_MARK, parse_marked_json
 from hcbpg.errors import RemoteCommandError
 from hcbpg.ops.migration import templates
-from hcbpg.ops.migration.source import SECRET_DIR, Source
+from hcbpg.ops.migration.source import SECRET_DIR, Source, check_source_names
 from hcbpg.ops.progress import watch_file_growth
 from hcbpg.outcome import Check, Outcome
 from hcbpg.pg.conninfo import SERVICE_NAME
 from hcbpg.pg.inventory import COUNTS_SQL, INVENTORY_SQL, Inventory, newest_event_sql
 from hcbpg.pg.restore import GIB
+from hcbpg.pg.stream import REFUSED_NAMES_SQL
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.host import Host
@@ -61,6 +63,8 @@ def render_dump_session(params: "Params", out_dir: str, *, with_counts: bool = T
         "PG_DUMP": render_pg_dump(params, out_dir, schema_only=schema_only),
         "LOG": shlex.quote(out_dir + ".pg_dump-log"),
         "STATUS": shlex.quote(f"{out_dir}.pg_dump-exit"),
+        "REFUSED": out_dir + ".pg_dump-refused-names.json",  # a psql argument: hcbpg's own path
+        "REFUSED_NAMES_SQL": REFUSED_NAMES_SQL.strip(),
         "COUNTS_SELECT": f"SELECT '{JSON_MARK}' || json_build_object('objects', ({INVENTORY_SQL}), "
                          f"'rows', ({COUNTS_SQL}), 'newest_event', ({newest_event_sql(params)}))::text;",
     }, {"COUNTS": with_counts})
@@ -109,6 +113,9 @@ def run_dump(host: "Host", params: "Params", source: Source, tag: str, *, with_c
                                 "(in an exported snapshot, then inventory and row counts in that snapshot)",
                         timeout=24 * 3600)
     seconds = time.monotonic() - started
+    # read in the dump's own snapshot: a table created after the plan's check is refused here
+    check_source_names({"control_char_names": json.loads(host.read_text(f"{path}.pg_dump-refused-names.json")
+                                                         or "[]")})
     status = (host.read_text(f"{path}.pg_dump-exit") or "").strip()
     if status != "0":
         log = host.read_text(f"{path}.pg_dump-log") or ""

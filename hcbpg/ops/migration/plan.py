@@ -26,7 +26,7 @@ from hcbpg.ops.migration.dump import (
 )
 from hcbpg.ops.migration.restore import RestoreResult, render_pg_restore, restore_jobs, run_restore
 from hcbpg.ops.migration.settings import RESTORE_PART, get_server_state, render_restore_settings
-from hcbpg.ops.migration.source import Source, get_source_facts
+from hcbpg.ops.migration.source import Source, check_source_names, get_source_facts
 from hcbpg.ops.migration.verify import Verification, verify_restore
 from hcbpg.ops.progress import source_sizes
 from hcbpg.outcome import Check, Outcome
@@ -61,8 +61,7 @@ def plan_migration(host: "Host", params: "Params", source: Source, *, dry_run: b
                                 "is not running", hint="Run steps 02-04 first (install, connections, app role).")
     with source:
         facts = get_source_facts(source)
-    if stream.use_stream(params, facts):
-        stream.check_source_names(facts)  # the plan refuses too, before anything is planned on the target
+    check_source_names(facts)  # the plan refuses too, before anything is planned on the target
     state = get_server_state(host, params)
     tstate = get_target_state(host, params)
     same = facts.get("postmaster_start") == state["postmaster_start"]

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import os
 import shlex
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hcbpg import secrets as hsecrets
 from hcbpg.adapters.psql import PsqlEndpoint, ServiceFileEndpoint
-from hcbpg.errors import ParamsError
+from hcbpg.errors import ParamsError, SafetyCheckFailed
 from hcbpg.pg.conninfo import APPLICATION_NAME, SERVICE_NAME, describe_source, parse_source_url, render_service_file
 from hcbpg.pg.inventory import SOURCE_FACTS_SQL
 
@@ -76,6 +77,22 @@ def get_source_facts(source: "Source") -> dict[str, Any]:
     """Encoding, locale, size, version, extensions and database settings of the source."""
     with source:
         return source.json(SOURCE_FACTS_SQL)
+
+
+def check_source_names(facts: Mapping[str, Any]) -> None:
+    """Refuse a source whose schema, relation, column or constraint names hold control characters
+    (SafetyCheckFailed naming them, nothing changed).
+
+    Names are data: no script splits or parses them, but a name that prints as two lines would still
+    mislead whoever reads a log or a plan.  The facts are read early (the plan); the transfer's own
+    session reads the names again in its snapshot (:func:`run_stream`), for a table created since."""
+    bad = [str(n) for n in facts.get("control_char_names") or []]
+    if bad:
+        raise SafetyCheckFailed(
+            f"the source has {len(bad)} name(s) with control characters: "
+            + ", ".join(repr(n) for n in bad[:10]) + ("" if len(bad) <= 10 else ", ..."),
+            hint="Rename them on the source (ALTER TABLE ... RENAME TO ...), then run the step again; "
+                 "no row was copied.")
 
 
 def get_source_sessions(source: Source) -> list[dict[str, Any]]:

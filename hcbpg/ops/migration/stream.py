@@ -4,6 +4,8 @@ it runs on the primary are templates in ``scripts/`` (see :mod:`hcbpg.ops.migrat
 
 from __future__ import annotations
 
+import json
+import os
 import shlex
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -15,7 +17,7 @@ from hcbpg import clock
 from hcbpg import secrets as hsecrets
 from hcbpg.adapters.files import ensure_dir
 from hcbpg.adapters.psql import JSON_MARK, parse_marked_json
-from hcbpg.errors import RemoteCommandError, SafetyCheckFailed
+from hcbpg.errors import RemoteCommandError
 from hcbpg.ops.migration import templates
 from hcbpg.ops.migration.database import plan_fresh_database
 from hcbpg.ops.migration.dump import DumpResult, prepare_dump_dir
@@ -28,13 +30,13 @@ from hcbpg.ops.migration.settings import (
     render_restore_settings,
     restore_part_path,
 )
-from hcbpg.ops.migration.source import SECRET_DIR, Source, target
+from hcbpg.ops.migration.source import SECRET_DIR, Source, check_source_names, target
 from hcbpg.ops.progress import source_sizes, watch_restore
 from hcbpg.pg.conninfo import SERVICE_NAME
 from hcbpg.pg.dump import plan_prerequisites, render_toc_filter
 from hcbpg.pg.inventory import COUNTS_SQL, INVENTORY_SQL, USER_NS, Inventory, newest_event_sql
 from hcbpg.pg.restore import MARKER_RESTORE, plan_restore_settings, prerequisite_statements, render_prepare_sql
-from hcbpg.pg.stream import BUILDS_SQL, SEQUENCES_SQL, TABLES_SQL
+from hcbpg.pg.stream import BUILDS_SQL, REFUSED_NAMES_SQL, SEQUENCES_SQL, TABLES_SQL
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.host import Host
@@ -156,6 +158,7 @@ def render_stream_session(params: "Params", work: str) -> str:
         "WORK": work,  # psql meta-command arguments: the work directory is hcbpg's own path
         "W": w,
         "STATUS": shlex.quote(f"{work}/stream.exit"),
+        "REFUSED_NAMES_SQL": REFUSED_NAMES_SQL.strip(),
         "TABLES_SQL": TABLES_SQL.strip(),
         "SEQUENCES_SQL": SEQUENCES_SQL,
         "BUILDS_SQL": BUILDS_SQL.strip(),
@@ -163,11 +166,10 @@ def render_stream_session(params: "Params", work: str) -> str:
 
 
 def summarize_stream_times(log: str, tables: str = "") -> list[str]:
-    """The phases of a streamed transfer from its ``hcbpg-time`` lines (and each table's copy and build)."""
-    names = {}
-    for line in tables.splitlines():
-        oid, _, rest = line.partition(" ")
-        names[oid] = rest.partition(" ")[2]
+    """The phases of a streamed transfer from its ``hcbpg-time`` lines (and each table's copy and build);
+    *tables*: the session's list, NUL-separated ``oid``, ``format``, ``name``."""
+    fields = tables.split("\0")
+    names = {fields[i]: fields[i + 2] for i in range(0, len(fields) - 2, 3)}
     marks: dict[tuple[str, str], float] = {}
     for line in log.splitlines():
         parts = line.split()
@@ -205,22 +207,19 @@ _FILE_MARK = "----- hcbpg file "
 
 
 def read_files(host: "Host", directory: str, names: Sequence[str]) -> dict[str, str]:
-    """Several small files of one directory in one round trip ('' for a missing one)."""
+    """Several small files of one directory in one round trip ('' for a missing one), each exactly as it
+    is: a file need not end with a newline (the tables' list ends with a NUL), and a line of a file
+    cannot pass for the next file's start (the separator holds a nonce of this call)."""
     d = shlex.quote(directory)
-    cmd = "; ".join(f"echo {shlex.quote(_FILE_MARK + n)}; cat {d}/{shlex.quote(n)} 2>/dev/null" for n in names)
+    mark = f"{_FILE_MARK}{os.urandom(8).hex()} "
+    cmd = "; ".join(f"printf '\\n%s\\n' {shlex.quote(mark + n)}; cat {d}/{shlex.quote(n)} 2>/dev/null"
+                    for n in names)
     text = host.run(cmd, quiet=True, check=False).stdout
     out = {n: "" for n in names}
-    current: str | None = None
-    lines: list[str] = []
-    for line in text.splitlines(keepends=True):
-        if line.startswith(_FILE_MARK) and line.strip()[len(_FILE_MARK):] in out:
-            if current is not None:
-                out[current] = "".join(lines)
-            current, lines = line.strip()[len(_FILE_MARK):], []
-        else:
-            lines.append(line)
-    if current is not None:
-        out[current] = "".join(lines)
+    for part in text.split("\n" + mark)[1:]:
+        name, _, content = part.partition("\n")
+        if name in out:
+            out[name] = content
     return out
 
 
@@ -245,20 +244,6 @@ def stream_plan_actions(params: "Params") -> list[str]:
             "sequence values from the snapshot",
             f"foreign keys: ADD CONSTRAINT ... NOT VALID, then VALIDATE CONSTRAINT, {jobs} at a time",
             f"pg_restore --section=post-data -j {jobs} of the rest (triggers, comments, anything not matched)"]
-
-
-def check_source_names(facts: Mapping[str, Any]) -> None:
-    """Refuse a source whose schema or table names hold control characters (SafetyCheckFailed, nothing changed).
-
-    The transfer's scripts read one table name per line; a newline in a name would split it into
-    two names, and other control characters would reach the shell's ``read``."""
-    bad = [str(n) for n in facts.get("control_char_names") or []]
-    if bad:
-        raise SafetyCheckFailed(
-            f"the source has {len(bad)} table name(s) with control characters: "
-            + ", ".join(repr(n) for n in bad[:10]) + ("" if len(bad) <= 10 else ", ..."),
-            hint="Rename them on the source (ALTER TABLE ... RENAME TO ...), then run the step again; "
-                 "nothing was changed on the target.")
 
 
 def run_stream(host: "Host", params: "Params", source: "Source", facts: Mapping[str, Any], tag: str, *,
@@ -309,7 +294,10 @@ def run_stream(host: "Host", params: "Params", source: "Source", facts: Mapping[
                                         "that table's indexes and keys, ANALYZE), then foreign keys and the rest; "
                                         "then inventory and row counts in that snapshot",
                                 timeout=24 * 3600)
-        out = read_files(host, work, ["stream.exit", "stream.log", "times", "tables", "counts.out"])
+        out = read_files(host, work, ["refused-names.json", "stream.exit", "stream.log", "times", "tables",
+                                      "counts.out"])
+        # read in the copy's own snapshot: a table created after the plan's check is refused here
+        check_source_names({"control_char_names": json.loads(out["refused-names.json"] or "[]")})
         status, log = out["stream.exit"].strip(), out["stream.log"]
         if status != "0":
             raise RemoteCommandError(host.name, f"streamed transfer from {source.label}",
