@@ -413,7 +413,8 @@ def run_restore(host: "Host | None", params: "Params", target: DrillTarget, *, s
     started = time.monotonic()
     if cluster and cluster.get("running"):
         host.run(f"pg_ctlcluster {v} {c} stop -m fast", timeout=300)
-    host.run(f"rm -f {MARKER} && find {shlex.quote(data)} -mindepth 1 -delete")
+    host.run(f"rm -f {MARKER}")
+    host.run(f"find {shlex.quote(data)} -mindepth 1 -delete", sudo_user="postgres")  # the owner's, as the owner
     t = time.monotonic()
     pgb.run_pgbackrest(host, params, "restore", *opts, timeout=timeout)
     result.restore_s = round(time.monotonic() - t, 2)

@@ -106,7 +106,9 @@ def run_wipe(host: "Host", params: "Params", state: ServerState, plan: Plan) -> 
         raise SafetyCheckFailed(f"{state.name}: {pgdata} uses tablespaces; hcbpg does not rebuild those",
                                 hint="Rebuild this replica by hand. Nothing was deleted.")
     run_stop(host, params)
-    host.run(f"find {shlex.quote(pgdata)} -mindepth 1 -delete",
+    # as postgres, the directory's owner: the way to it is open to that user (a symlink there must not
+    # point root's delete at anything else)
+    host.run(f"find {shlex.quote(pgdata)} -mindepth 1 -delete", sudo_user="postgres",
              display=f"delete everything in {pgdata} (allowed: {plan.allowed_by})")
 
 
