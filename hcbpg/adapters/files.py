@@ -3,8 +3,9 @@
 A write by root into a directory another user can change (``/etc/postgresql/15/main`` and its
 ``tls``, PGDATA, ``/var/lib/postgresql``, Bucardo's home: all the postgres user's) is a way in:
 that user swaps root's temporary file, or the directory about to be created, for a symlink, and
-root writes, ``chown``\\s or ``chmod``\\s the file it points at.  So each script first resolves the
-target's directory (symlinks followed once, now) and judges it:
+root writes, ``chown``\\s or ``chmod``\\s the file it points at.  So each script first judges the
+target's directory, both as resolved (symlinks followed once, now) and as written (a symlink on the
+way, planted by the owner of the directory holding it, could point into root's own):
 
 * **root's alone**: it and every directory above it belong to root and no one else may write
   there (or only under the sticky bit, where no one else may rename root's entries).  Nothing
@@ -13,6 +14,9 @@ target's directory (symlinks followed once, now) and judges it:
 * **another user's**: the whole write runs as the file's owner (``runuser -u``), so a symlink
   planted there reaches only what that user could write anyway.  A root-owned file is refused
   in such a directory (exit :data:`REFUSED_EXIT`, a message on stderr naming the directory).
+  A directory the owner may not create (in Ubuntu's ``/var/log``, root's but writable by the
+  syslog group) is made by root with ``mkdir -m`` and ``chown -h`` (neither follows a symlink)
+  when the way to its parent is root's alone.
 
 The content always travels on stdin, never on a command line.  The ``render_*`` functions are
 pure (:meth:`~hcbpg.adapters.host.Host.put_text` runs what :func:`render_put_file` renders);
