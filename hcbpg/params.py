@@ -10,15 +10,35 @@ import difflib
 import hashlib
 import ipaddress
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from hcbpg.errors import ParamsError
 from hcbpg.secrets import is_secret_ref
+from hcbpg.values import (
+    ADMIN_MAX_PREFIX,
+    control_problem,
+    control_problems,
+    endpoint,
+    own_directory,
+    printable,
+    private_network,
+    read_yaml_file,
+    site_ref,
+    wide_admin_ranges,
+)
 
 
 def _secret_ref(v: str) -> str:
@@ -50,6 +70,9 @@ def _network(v: str) -> str:
 
 Network = Annotated[str, AfterValidator(_network)]
 
+#: a network inside the RFC 1918 ranges (the private network, its subnet, the app servers)
+PrivateNetwork = Annotated[str, AfterValidator(_network), AfterValidator(private_network)]
+
 
 def _address(v: str) -> str:
     try:
@@ -61,9 +84,16 @@ def _address(v: str) -> str:
 Address = Annotated[str, AfterValidator(_address)]
 Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]*[a-z0-9]$", max_length=63)]
 Ident = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]*$", max_length=63)]
-#: a Site implementation by dotted reference, ``package.module:Attribute`` (see hcbpg.adapters.site)
-SiteRef = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$",
-                               max_length=200)]
+#: a PostgreSQL setting's name as hcbpg writes it (the same rule as hcbpg.pg.conf.SETTING_NAME)
+SETTING_NAME = re.compile(r"^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)?$")
+#: a Site implementation by dotted reference, ``hcbpg.module:Class`` (see hcbpg.adapters.site)
+SiteRef = Annotated[str, AfterValidator(site_ref)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+#: a directory hcbpg creates and owns on a server (the dump directory, pgBackRest's spool)
+OwnDirectory = Annotated[str, AfterValidator(own_directory)]
+
+Endpoint = Annotated[str, AfterValidator(endpoint)]
 
 
 #: marks a value in params the operator must still set (e.g. pgbackrest.deadman_url)
@@ -71,7 +101,17 @@ PLACEHOLDER = "CHANGE-ME"
 
 
 class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    #: inf and nan are no timeout, port or size: refused everywhere
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _one_line(cls, v: Any) -> Any:
+        """No value holds a control character (see :func:`control_problems`, which names the exact key)."""
+        problem = control_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
 
 
 class Hetzner(Model):
@@ -86,20 +126,20 @@ class Hetzner(Model):
     ssh_key_name: str = "hcb-postgres-ops"
     ssh_public_key_file: str
     #: who may reach SSH (the firewall's only rule); none listed: no SSH from outside the private network.
-    #: 0.0.0.0/0 and ::/0 are refused unless allow_weak_settings
+    #: together more than a /8 (0.0.0.0/1 + 128.0.0.0/1 is 0.0.0.0/0) is refused unless allow_weak_settings
     admin_source_ranges: list[Network] = Field(default_factory=list)
     labels: dict[str, str] = Field(default_factory=lambda: {"app": "hcb", "service": "postgres"})
 
 
 class NetworkParams(Model):
     name: Name = "hcb-private"
-    ip_range: Network = "10.0.0.0/16"
-    subnet: Network = "10.0.1.0/24"
+    ip_range: PrivateNetwork = "10.0.0.0/16"
+    subnet: PrivateNetwork = "10.0.1.0/24"
 
     @model_validator(mode="after")
     def _subnet_inside(self) -> "NetworkParams":
         rng, sub = ipaddress.ip_network(self.ip_range), ipaddress.ip_network(self.subnet)
-        if not sub.subnet_of(rng):  # type: ignore[arg-type]
+        if sub.version != rng.version or not sub.subnet_of(rng):  # type: ignore[arg-type]
             raise ValueError(f"subnet {sub} is not inside ip_range {rng}")
         return self
 
@@ -121,8 +161,8 @@ class Host(Model):
 class Ssh(Model):
     user: str = "root"
     key_file: str = "~/.ssh/id_ed25519"
-    connect_timeout: float = 10.0
-    port: int = 22
+    connect_timeout: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    port: Port = 22
     #: the environment's pinned SSH host keys (default: params/<env>.known_hosts beside the params file)
     known_hosts: str | None = None
 
@@ -130,7 +170,7 @@ class Ssh(Model):
 class Postgres(Model):
     version: Literal[15] = 15
     cluster: Ident = "main"
-    port: int = 5432
+    port: Port = 5432
     database: Ident = "hcb_production"
     app_role: Ident = "rails"
     app_role_connection_limit: int = Field(500, ge=1)
@@ -142,12 +182,21 @@ class Postgres(Model):
     #: auto_explain logs the plan of every statement slower than this (e.g. 500ms, 1s, 5s; -1 = off)
     auto_explain_min_duration: str = Field("1s", pattern=r"^(-1|\d+(us|ms|s|min))$")
 
+    @field_validator("settings")
+    @classmethod
+    def _setting_names(cls, v: dict[str, Any]) -> dict[str, Any]:
+        bad = [printable(k) for k in v if not SETTING_NAME.match(k)]
+        if bad:
+            raise ValueError(f"{', '.join(bad)}: not a PostgreSQL setting name (lowercase letters, digits and _, "
+                             "one optional dot: work_mem, auto_explain.log_min_duration)")
+        return v
+
 
 class PgBackRest(Model):
     stanza: Ident = "hcb_production"
     repo_type: Literal["s3"] = "s3"
     s3_bucket: str = "hcb-production-postgres"
-    s3_endpoint: str = "fsn1.your-objectstorage.com"
+    s3_endpoint: Endpoint = "fsn1.your-objectstorage.com"
     s3_region: str = "fsn1"
     s3_uri_style: Literal["host", "path"] = "host"
     s3_verify_tls: bool = True
@@ -171,7 +220,7 @@ class PgBackRest(Model):
     deadman_url: str | None = Field(None, pattern=r"^https?://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._~\-/%]*)?$")
     #: push WAL in the background from spool_path, so an unreachable repository cannot fill pg_wal
     archive_async: bool = True
-    spool_path: str = Field("/var/spool/pgbackrest", pattern=r"^/[A-Za-z0-9_./-]+$")
+    spool_path: OwnDirectory = "/var/spool/pgbackrest"
     #: unarchived WAL past this is dropped from the archive (the cluster keeps running; the next backup
     #: closes the gap); None: a fifth of the server type's disk
     archive_push_queue_max: str | None = Field(None, pattern=r"^\d+(MB|GB|TB)$")
@@ -231,7 +280,8 @@ class Source(Model):
     heroku_app: str | None = None
     #: parallel jobs for pg_dump (directory format) and pg_restore
     jobs: int = Field(2, ge=1, le=64)
-    dump_dir: str = "/var/tmp/hcbpg-dump"
+    #: made the postgres user's (install -d -o postgres -m 0700) and emptied per run: a directory of its own
+    dump_dir: OwnDirectory = "/var/tmp/hcbpg-dump"
     #: pg_restore jobs; None = 2 x jobs
     restore_jobs: int | None = Field(None, ge=1, le=64)
     #: wal_level=minimal during the restore (a restart before and after); only while archiving is off
@@ -344,19 +394,19 @@ class Roles(Model):
 class Health(Model):
     """Thresholds of `hcbpg status` and step 15: each item is pass, warn or fail."""
 
-    replay_lag_warn_s: float = 30.0
-    replay_lag_fail_s: float = 300.0
-    slot_retained_warn_mb: float = 1024.0
-    slot_retained_fail_mb: float = 4096.0
-    backup_age_warn_h: float = 26.0
-    backup_age_fail_h: float = 50.0
-    archive_age_warn_s: float | None = None
-    connections_warn_pct: float = 80.0
-    connections_fail_pct: float = 95.0
-    disk_warn_pct: float = 80.0
-    disk_fail_pct: float = 90.0
-    wal_warn_mb: float = 2048.0
-    wal_fail_mb: float = 8192.0
+    replay_lag_warn_s: Annotated[float, Field(ge=0)] = 30.0
+    replay_lag_fail_s: Annotated[float, Field(ge=0)] = 300.0
+    slot_retained_warn_mb: Annotated[float, Field(ge=0)] = 1024.0
+    slot_retained_fail_mb: Annotated[float, Field(ge=0)] = 4096.0
+    backup_age_warn_h: Annotated[float, Field(ge=0)] = 26.0
+    backup_age_fail_h: Annotated[float, Field(ge=0)] = 50.0
+    archive_age_warn_s: Annotated[float, Field(gt=0)] | None = None
+    connections_warn_pct: Annotated[float, Field(ge=0)] = 80.0
+    connections_fail_pct: Annotated[float, Field(ge=0)] = 95.0
+    disk_warn_pct: Annotated[float, Field(ge=0)] = 80.0
+    disk_fail_pct: Annotated[float, Field(ge=0)] = 90.0
+    wal_warn_mb: Annotated[float, Field(ge=0)] = 2048.0
+    wal_fail_mb: Annotated[float, Field(ge=0)] = 8192.0
     pending_restart: Literal["warn", "fail"] = "warn"
     require_archiving: bool = True
     #: the health job's dead-man's-switch base URL; it pings <url>/<server>-<check> (None: the site's)
@@ -420,10 +470,6 @@ PER_ENVIRONMENT_SECRETS = ("pgbackrest.s3_key", "pgbackrest.s3_key_secret", "pgb
                            "drill.s3_key", "drill.s3_key_secret")
 
 
-def _open_ranges(ranges: list[str]) -> list[str]:
-    return [r for r in ranges if ipaddress.ip_network(r).prefixlen == 0]
-
-
 class Params(Model):
     environment: Name
     hetzner: Hetzner
@@ -432,7 +478,7 @@ class Params(Model):
     app_host: Host | None = None
     #: where the app servers are on the private network (CIDRs inside network.ip_range); pg_hba admits
     #: the app from these; empty: from network.subnet.  app_host is one of them (the one hcbpg checks from)
-    app_servers: list[Network] = Field(default_factory=list)
+    app_servers: list[PrivateNetwork] = Field(default_factory=list)
     ssh: Ssh = Ssh()
     postgres: Postgres
     pgbackrest: PgBackRest | None = None
@@ -481,7 +527,8 @@ class Params(Model):
         rng = ipaddress.ip_network(self.network.ip_range)
         app_nets = [ipaddress.ip_network(n) for n in self.app_servers] or [subnet]
         for i, n in enumerate(self.app_servers):
-            if not ipaddress.ip_network(n).subnet_of(rng):  # type: ignore[arg-type]
+            net = ipaddress.ip_network(n)
+            if net.version != rng.version or not net.subnet_of(rng):  # type: ignore[arg-type]
                 problems.append(f"app_servers[{i}]: {n} is outside the private network {rng}")
         if self.app_host and not any(ipaddress.ip_address(self.app_host.private_ip) in n for n in app_nets):
             where = f"the subnet {subnet}" if not self.app_servers else f"app_servers ({', '.join(self.app_servers)})"
@@ -502,7 +549,7 @@ class Params(Model):
                 problems.append(f"roles: role names must differ from each other, postgres.app_role and "
                                 f"replication.role; repeated: {', '.join(dups)}")
         if problems:
-            raise ValueError("; ".join(problems))
+            raise ValueError("\n".join(problems))  # one line each, naming its key (see format_validation_error)
         return self
 
     @model_validator(mode="after")
@@ -518,10 +565,10 @@ class Params(Model):
         if self.pgbackrest and not self.pgbackrest.s3_verify_tls:
             problems.append("pgbackrest.s3_verify_tls: false sends the S3 keys to whoever answers; "
                             f"give s3_ca_file for a private CA instead {why}")
-        wide = _open_ranges(self.hetzner.admin_source_ranges)
+        wide = wide_admin_ranges(self.hetzner.admin_source_ranges)
         if wide:
-            problems.append(f"hetzner.admin_source_ranges: {', '.join(wide)} opens SSH to the whole internet; "
-                            f"list the office / VPN ranges {why}")
+            problems.append(f"hetzner.admin_source_ranges: {'; '.join(wide)}: that opens SSH to the internet; "
+                            f"list the office / VPN ranges, no more than a /{ADMIN_MAX_PREFIX} in all {why}")
         if problems:
             raise ValueError("\n".join(problems))  # one line each (see format_validation_error)
         return self
@@ -612,7 +659,7 @@ def _key(loc: tuple[Any, ...]) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         elif not str(part).startswith("function-after") and "[" not in str(part):
-            out += ("." if out else "") + str(part)
+            out += ("." if out else "") + printable(str(part))
     return out
 
 
@@ -632,22 +679,44 @@ def format_validation_error(exc: ValidationError) -> list[str]:
         elif msg.split(":")[0] in ("block", "cipher_pass", "repo_path_prefix", "s3_key") and ":" in msg:
             sub, rest = msg.split(":", 1)
             problems.append(f"{key + '.' if key else ''}{sub}:{rest}")
-        elif not key and ("\n" in msg or msg.startswith(("pgbackrest.", "hetzner."))):
-            problems += msg.split("\n")  # top-level checks that name their own keys, one per line
+        elif not key:
+            # top-level checks name their own keys, one problem a line
+            problems += [line if re.match(r"^[a-z_]+[.\[:]", line) and line.split(".")[0].split("[")[0].split(":")[0]
+                         in Params.model_fields else f"(top level): {line}" for line in msg.split("\n")]
         else:
             problems.append(f"{key or '(top level)'}: {msg}")
-    return problems
+    return [printable(p) for p in problems]  # one line each, whatever a key or a message held
+
+
+def _covers(outer: str, inner: str) -> bool:
+    """True when the dotted key *outer* is *inner* or one of its parents (``a.b`` covers ``a.b[0].c``)."""
+    return inner == outer or inner.startswith((outer + ".", outer + "["))
 
 
 def parse_params(data: Any, *, source: str = "params") -> Params:
-    """Validate already-loaded params data; raises ParamsError listing every problem."""
+    """Validate already-loaded params data; raises ParamsError listing every problem, one line each.
+
+    Control characters are looked for in the data as loaded first, so each is named by its exact
+    key (a mapping's entry too), and the model's own complaint about the same value is dropped.
+    No input ends in another exception: a check that fails unexpectedly is a problem too.
+    """
     if not isinstance(data, dict):
         raise ParamsError(source, ["the file must hold a mapping of keys (YAML), not "
                                    f"{type(data).__name__}"])
+    controls = control_problems(data)
     try:
-        return Params.model_validate(data)
+        params = Params.model_validate(data)
     except ValidationError as exc:
-        raise ParamsError(source, format_validation_error(exc)) from None
+        others = [p for p in format_validation_error(exc)
+                  if not any(_covers(k, p.split(":", 1)[0]) or _covers(p.split(":", 1)[0], k) for k in controls)]
+        raise ParamsError(source, [f"{k}: {v}" for k, v in controls.items()] + others) from None
+    except (TypeError, ArithmeticError, RecursionError, LookupError, AttributeError) as exc:
+        # a check that did not foresee this input: still an answer about the params, not a traceback
+        raise ParamsError(source, [f"(top level): these params could not be checked ({type(exc).__name__}: "
+                                   f"{printable(str(exc))[:200]}); compare them with params/production.yaml"]) from None
+    if controls:  # the model accepted them (a check missing there): refused all the same
+        raise ParamsError(source, [f"{k}: {v}" for k, v in controls.items()])
+    return params
 
 
 def load_params(env: str, base: Path | None = None) -> Params:
@@ -656,11 +725,7 @@ def load_params(env: str, base: Path | None = None) -> Params:
     if not path.is_file():
         available = sorted(p.stem for p in path.parent.glob("*.yaml")) if path.parent.is_dir() else []
         raise ParamsError(str(path), [f"no params for environment '{env}' (have: {', '.join(available) or 'none'})"])
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ParamsError(str(path), [f"not valid YAML: {exc}"]) from None
-    params = parse_params(data, source=str(path))
+    params = parse_params(read_yaml_file(path), source=str(path))
     if params.environment != env:
         raise ParamsError(str(path), [f"environment: says '{params.environment}' but the file is for '{env}'"])
     shared = shared_secret_refs(params, path)
@@ -686,8 +751,8 @@ def shared_secret_refs(params: Params, path: Path) -> list[str]:
         if other.resolve() == path.resolve():
             continue
         try:
-            data = yaml.safe_load(other.read_text())
-        except (OSError, yaml.YAMLError):
+            data = read_yaml_file(other)
+        except (OSError, ParamsError):
             continue  # that file's own check reports it
         refs = {k: _dotted(data, k) for k in PER_ENVIRONMENT_SECRETS}
         for key, ref in mine.items():

@@ -179,7 +179,7 @@ def test_quote_setting(value, expected):
 
 
 def test_quote_setting_refuses_newlines():
-    with pytest.raises(ValueError):
+    with pytest.raises(SafetyCheckFailed, match="U\\+000A"):
         pgconf.quote_setting("a\nb")
 
 

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from hcbpg.errors import ParamsError
+from hcbpg.values import SITE_REF, printable
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.params import Params
@@ -99,15 +100,33 @@ class ProductionSite:
 _LOADED: dict[str, Site] = {}
 
 
+#: what every site has (see :class:`Site`): a class without them is not one, and is never instantiated
+SITE_MEMBERS = ("cron_runs_jobs", "ensure_scratch_host", "default_scratch_host", "outsider_runner", "deadman_url",
+                "health_deadman_url")
+
+
 def load_site(ref: str) -> Site:
-    """The site named by *ref* (``package.module:Attribute``, a class or an instance)."""
+    """The site named by *ref*: ``hcbpg.module:Class``, a class of hcbpg that has every member of :class:`Site`.
+
+    Params check the form already (``site``); this checks it again before importing anything, so
+    that a reference that got past them (``os:system``) still names nothing outside hcbpg, and
+    refuses a class that is not a site before calling it.
+    """
     if ref not in _LOADED:
+        if not SITE_REF.match(ref):
+            raise ParamsError("params", [f"site: {printable(ref)!r} is not a class of hcbpg "
+                                         "(hcbpg.<module>:<Class>, e.g. hcbpg.lab.site:LabSite)"])
         module_name, _, attr = ref.partition(":")
         try:
             obj = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as exc:
-            raise ParamsError("params", [f"site: {ref!r} cannot be loaded ({exc})"]) from exc
-        _LOADED[ref] = obj() if isinstance(obj, type) else obj
+        except Exception as exc:  # noqa: BLE001 - any failure to import is the params' problem to report
+            raise ParamsError("params", [f"site: {ref!r} cannot be loaded ({type(exc).__name__}: {exc})"]) from exc
+        missing = [m for m in SITE_MEMBERS if not hasattr(obj, m)]
+        if not isinstance(obj, type) or not obj.__module__.startswith("hcbpg.") or missing:
+            why = f"missing: {', '.join(missing)}" if missing else "not a class"
+            raise ParamsError("params", [f"site: {ref!r} is not a site: a class of hcbpg with "
+                                         f"{', '.join(SITE_MEMBERS)} ({why})"])
+        _LOADED[ref] = obj()
     return _LOADED[ref]
 
 

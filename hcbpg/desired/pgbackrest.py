@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from hcbpg.errors import ParamsError, PgBackRestError, SafetyCheckFailed
-from hcbpg.pg.conf import MANAGED_HEADER
+from hcbpg.pg.conf import MANAGED_HEADER, one_line
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.params import Params, PgBackRest, Server
@@ -171,16 +171,32 @@ def render_pgbackrest_conf(params: "Params", server: "Server", *, version: tuple
         "# Holds the repository credentials and cipher passphrase: mode 0640, owner postgres.",
     ]
     for name, options in sections.items():
+        if not _SECTION.fullmatch(name):
+            raise SafetyCheckFailed(f"pgbackrest.conf: {one_line(name, 'a section name')!r} is not a section name")
         lines += ["", f"[{name}]"]
         for key in sorted(options):
             value = options[key]
+            if not _OPTION.fullmatch(key):
+                raise SafetyCheckFailed(f"pgbackrest.conf: {one_line(key, 'an option name')!r} is not an option name")
             if value == SECRET_PLACEHOLDER and secrets is not None:
                 value = secrets[key]
-                if not value or "\n" in value or "\r" in value or value != value.strip():
+                one_line(value, f"pgbackrest.conf option {key} ({SECRET_OPTIONS[key]})", secret=True)
+                if not value or value != value.strip():
                     raise SafetyCheckFailed(f"the secret for {key} ({SECRET_OPTIONS[key]}) cannot be written "
-                                            "to pgbackrest.conf: it is empty, spans lines or has outer spaces")
+                                            "to pgbackrest.conf: it is empty or has outer spaces")
+            else:
+                # every value from params, checked again here: a line break would add options of its own
+                one_line(value, f"pgbackrest.conf option {key}")
+                if value != value.strip():
+                    raise SafetyCheckFailed(f"pgbackrest.conf option {key}: {value!r} has outer spaces, which "
+                                            "pgBackRest would drop")
             lines.append(f"{key}={value}")
     return "\n".join(lines) + "\n"
+
+
+#: a section of pgbackrest.conf (``global``, ``global:archive-push``, a stanza) and an option's name
+_SECTION = re.compile(r"[A-Za-z0-9_.-]+(:[a-z-]+)?")
+_OPTION = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
 
 
 def redact_conf(text: str) -> str:
@@ -250,6 +266,8 @@ def split_endpoint(endpoint: str) -> tuple[str, int | None]:
     m = re.fullmatch(r"(\[[0-9a-fA-F:]+\]|[^:/\s]+)(?::(\d{1,5}))?", ep)
     if not m:
         raise ParamsError("params", [f"pgbackrest.s3_endpoint: {endpoint!r} is not host or host:port"])
+    if m.group(2) and not 1 <= int(m.group(2)) <= 65535:
+        raise ParamsError("params", [f"pgbackrest.s3_endpoint: port {m.group(2)} is not between 1 and 65535"])
     return m.group(1), int(m.group(2)) if m.group(2) else None
 
 

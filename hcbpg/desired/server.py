@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from hcbpg.desired import replication, roles, tls
 from hcbpg.errors import ParamsError, SafetyCheckFailed
-from hcbpg.pg.conf import MANAGED_HEADER, SETTING_NAME, SettingValue, quote_setting
+from hcbpg.pg.conf import MANAGED_HEADER, SETTING_NAME, SettingValue, one_line, quote_setting
 from hcbpg.pg.hba import ALLOWED_METHODS, HbaRule, hba_name
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -107,12 +107,12 @@ def render_settings(params: "Params", server: "Server", part: str = "connections
     """
     settings = dict(settings_for(params, server, part))
     for key, value in (extra or {}).items():
-        if not SETTING_NAME.match(key):
-            raise ValueError(f"not a PostgreSQL setting name: {key!r}")
+        if not SETTING_NAME.fullmatch(key):
+            raise SafetyCheckFailed(f"not a PostgreSQL setting name: {key!r}")
         settings[key] = value
     lines = [
         MANAGED_HEADER,
-        f"# {server.name}: {_PART_TITLES.get(part, part)}.",
+        f"# {one_line(server.name, 'the server name')}: {_PART_TITLES.get(part, part)}.",
         "# Read through include_dir = 'conf.d' at the end of postgresql.conf, so these values win over it.",
         "",
     ]
@@ -161,7 +161,8 @@ def render_pg_hba(params: "Params", server: "Server", *, extra: Sequence[HbaRule
     """pg_hba.conf for *server*, whole: header, then the rules of :func:`hba_rules`, each with its comment."""
     lines = [
         MANAGED_HEADER,
-        f"# pg_hba.conf of {server.name}, rendered from params ({params.environment}).",
+        f"# pg_hba.conf of {one_line(server.name, 'the server name')}, rendered from params "
+        f"({one_line(params.environment, 'environment')}).",
         "# First match wins. Only peer and scram-sha-256: never trust, never md5. Network rules are",
         "# hostssl only, and a final hostnossl rule rejects every plaintext connection.",
         "#",
@@ -170,6 +171,6 @@ def render_pg_hba(params: "Params", server: "Server", *, extra: Sequence[HbaRule
     for r in hba_rules(params, server, extra):
         lines.append("")
         if r.comment:
-            lines.append(f"# {r.comment}")
-        lines.append(r.render())
+            lines.append(f"# {one_line(r.comment, 'a pg_hba.conf comment')}")
+        lines.append(one_line(r.render(), "a pg_hba.conf rule"))
     return "\n".join(lines) + "\n"

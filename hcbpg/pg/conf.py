@@ -3,7 +3,11 @@ lines back, and what changes between two renders.  Pure."""
 
 from __future__ import annotations
 
+import math
 import re
+
+from hcbpg.errors import SafetyCheckFailed
+from hcbpg.values import control_characters, printable
 
 MANAGED_HEADER = "# Managed by hcbpg: do not edit by hand; hcbpg rewrites this file whole on its next run."
 
@@ -14,15 +18,31 @@ SettingValue = str | int | float | bool
 SETTING_NAME = re.compile(r"^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)?$")
 
 
+def one_line(value: str, what: str, *, secret: bool = False) -> str:
+    """*value* unchanged when it holds no control character; else refused, naming *what* it is
+    (and the value, escaped, unless it is a *secret*).
+
+    Every renderer of a ``key=value`` file calls this on what it writes (params refuse these
+    values already when they load: this is the second wall, for a value that came another way).
+    """
+    bad = control_characters(value)
+    if bad:
+        shown = "the secret" if secret else f"'{printable(value)[:120]}'"
+        raise SafetyCheckFailed(f"{what}: {shown} holds a control character ({', '.join(bad)}), which would end the "
+                                "line in a config file and write lines of its own: refused, nothing was written",
+                                hint="Remove the character from params (hcbpg params check ENV names the key).")
+    return value
+
+
 def quote_setting(value: SettingValue) -> str:
     """A value as postgresql.conf wants it: numbers bare, booleans on/off, strings single-quoted."""
     if isinstance(value, bool):
         return "on" if value else "off"
     if isinstance(value, (int, float)):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SafetyCheckFailed(f"a setting value must be a finite number, not {value}")
         return str(value)
-    text = str(value)
-    if "\n" in text or "\r" in text:
-        raise ValueError(f"a setting value cannot span lines: {text!r}")
+    text = one_line(str(value), "a setting value")
     return "'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
