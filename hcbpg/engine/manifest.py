@@ -12,6 +12,12 @@ sha256 of ``run.log`` is written into it, the manifest is signed with the operat
 ``outputs/`` (``params/<env>.audit-head``) records that run and its manifest's sha256.  So a
 rewrite of ``outputs/`` (notebook, hash, later manifests and ``HEAD`` together) breaks a
 signature, and removing the newest runs leaves the head naming a run that is gone.
+
+Nothing in a record is believed about itself: a run is *open* (may be unsigned) only while a
+runner holds the environment's lock for it now; every manifest hcbpg writes is kept as written in
+the state dir, and only that version is ever updated or sealed; each seal records the allowed
+signers it was sealed against (a change of them is a signed ``signers`` record in the chain), its
+signature is verified at its seal's time, and this machine's anchor bounds those times.
 """
 
 from __future__ import annotations
@@ -308,8 +314,8 @@ def verify_env(home: Path, env: str, trust: signing.Trust | None = None, *, orph
     about to be recorded)."""
     problems: list[str] = []
     runs = list_runs(home, env)
-    pending = runs[-1] if runs and (is_open(runs[-1]) or (orphan_ok and runs[-1].unlike_written() is None)) \
-        else None
+    pending = runs[-1] if runs and (is_open(runs[-1]) or (orphan_ok and needs_orphan_seal(runs[-1])
+                                                          and runs[-1].unlike_written() is None)) else None
     if trust is not None:
         problems += verify_trust(runs, trust, pending=pending, signers_change=signers_change)
     by_dir = {r.path.name: r for r in runs}
@@ -569,7 +575,7 @@ def verify_trust(runs: list[Run], trust: signing.Trust, *, pending: Run | None =
                     why += (f"; it says it is running, but no runner holds the lock of {trust.env} for it now: "
                             "a record cannot say for itself that it is open")
                 diff = run.unlike_written()
-                if diff is not None and run.written_path.is_file():
+                if diff is not None:
                     why += f"; {diff}"
                 problems.append(f"{run.manifest_path}: not signed ({why})")
                 continue

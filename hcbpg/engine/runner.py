@@ -244,25 +244,24 @@ class Runner:
             return self._resume(run)
 
     def _resume(self, run: mf.Run) -> RunResult:
-        data = run.read()
-        if data["status"] == "succeeded":
-            raise UsageError(f"run {run.run_id} already succeeded; nothing to resume")
         if not mf.is_newest(run, self.home):
             raise UsageError(f"run {run.run_id} is not the newest run of {run.env}: resuming it would "
                              "rewrite a manifest that a later run's hash chain covers",
                              hint=f"Start a new run instead: hcbpg run {run.env} --from STEP")
+        params = load_params(run.env, self.home)
+        sealer = sealer_for(params, run.env, self.home)
+        # the approvals and the steps recorded as done are only as good as the record: verify it before
+        # anything in it is believed, sealed or changed (a run whose runner was killed: only as hcbpg last
+        # wrote it here).  No other runner writes it: this process holds the environment's lock.
+        refuse_unless_verified(self.home, run.env, sealer.trust, doing=f"run {run.run_id} is not resumed")
+        data = run.read()
+        if data["status"] == "succeeded":
+            raise UsageError(f"run {run.run_id} already succeeded; nothing to resume")
         runner = data.get("runner") or {}
-        if data["status"] == "running" and mf.pid_alive(runner.get("pid"), runner.get("machine")):
-            raise UsageError(f"run {run.run_id} is still running (pid {runner['pid']})")
         if mf.pid_alive(runner.get("jupyter_pid"), runner.get("machine")):
             raise UsageError(f"run {run.run_id} is open in JupyterLab (server pid {runner['jupyter_pid']})",
                              hint=f"Shut JupyterLab down (File > Shut Down, or Ctrl-C in `hcbpg guide`), "
                                   f"or run `hcbpg guide finish {run.run_id}`; then resume.")
-        params = load_params(run.env, self.home)
-        sealer = sealer_for(params, run.env, self.home)
-        # the approvals and the steps recorded as done are only as good as the record: verify it before
-        # anything is sealed or changed (a run whose runner was killed: only as hcbpg last wrote it here)
-        refuse_unless_verified(self.home, run.env, sealer.trust, doing=f"run {run.run_id} is not resumed")
         if mf.needs_orphan_seal(run):  # its runner was killed: seal what it left
             mf.seal_orphan(run, sealer)
             self.progress(f"note: run {run.run_id} had stopped without sealing its record (killed?); sealed it now")
