@@ -38,6 +38,7 @@ from hcbpg.engine.runner import (
     _register_writer,
     _resolve_param_secrets,
     refuse_if_open_in_jupyterlab,
+    refuse_unless_verified,
     sealer_for,
 )
 from hcbpg.errors import HcbpgError, UsageError
@@ -89,10 +90,12 @@ def prepare(env: str, *, start: str | None = None, until: str | None = None,
     for s in steps:
         if not (nbd / s.notebook).is_file():
             raise UsageError(f"step {s.key}: notebook {nbd / s.notebook} is missing")
+    sealer = sealer_for(params, env, b)
+    refuse_unless_verified(b, env, sealer.trust, doing=f"no guided run of {env} was started")
     run = mf.create_run(b, env, steps=[s.as_dict() for s in steps], mode="guided", dry_run=False,
                         params_sha256=params_sha256(env, b),
                         selection={"from": start, "until": until, "only": None}, repo=nbd.parent,
-                        seal_with=sealer_for(params, env, b))
+                        seal_with=sealer)
     with run.update() as data:  # what a gate approves includes the step's code
         for st, s in zip(data["steps"], steps, strict=True):
             st["code_sha256"] = mf.code_sha256(nbd / s.notebook)
