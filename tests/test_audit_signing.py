@@ -208,3 +208,23 @@ def test_a_run_killed_before_sealing_is_sealed_by_the_next_with_a_note(chain, ke
     assert run.read()["status"] == "interrupted"
     mf.seal(nxt, sealer)
     assert mf.verify_env(home, "test", trust) == []
+
+
+def test_a_record_set_aside_starts_a_new_chain_and_is_named(chain, keys):
+    """What `hcbpg rehearse` does for a new lab: the old record (here with its runs already deleted, which
+    stopped the next run) moves under outputs/.set-aside/, and a new chain verifies."""
+    home, trust, runs = chain
+    shutil.rmtree(home / "outputs" / "test")
+    assert any("was removed from outputs/test" in p for p in mf.verify_env(home, "test", trust))
+    where = mf.set_aside(home, "test", trust, why="a new lab")
+    assert where is not None and where.parent == home / "outputs" / ".set-aside" and where.name.startswith("test-")
+    assert (where / "test.audit-head").is_file() and (where / "anchor.json").is_file()
+    assert "a new lab" in (where / "SET-ASIDE").read_text()
+    assert mf.verify_env(home, "test", trust) == [] and mf.list_runs(home) == []
+    run = mf.create_run(home, "test", steps=[], mode="run", dry_run=False, params_sha256="p" * 64,
+                        selection={}, repo=home)
+    assert run.read()["previous"] is None
+    mf.seal(run, mf.Sealer(trust, keys[0]))
+    assert mf.verify_env(home, "test", trust) == []
+    assert mf.set_aside(home, "nothing-here", signing.Trust("nothing-here", trust.allowed_signers,
+                                                           home / "params" / "none.audit-head"), why="x") is None
