@@ -315,6 +315,17 @@ def test_pg_hba_refuses_a_rule_that_spans_lines_even_without_params_validation()
         render_pg_hba(p, p.primary, extra=[evil])
 
 
+@pytest.mark.parametrize("char", ["\n", "\r", "\x0b", "\x0c", "\x00", "\x85", "\u2028"])
+def test_the_source_service_file_refuses_a_url_value_with_a_control_character(char):
+    """The source's URL is a secret, not params: only the renderer stands between it and the file."""
+    from hcbpg.errors import SecretError
+    from hcbpg.pg.conninfo import render_service_file
+    conn = {"host": "source.example", "dbname": "app", "password": f"pw{char}sslmode=disable"}
+    with pytest.raises(SecretError) as ei:
+        render_service_file(conn)
+    assert "password" in str(ei.value) and "sslmode=disable" not in str(ei.value)
+
+
 # ports, timeouts, dump_dir, site --------------------------------------------------------------------
 
 @pytest.mark.parametrize("section, key, value", [

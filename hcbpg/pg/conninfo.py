@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from hcbpg import secrets as hsecrets
 from hcbpg.errors import SecretError
+from hcbpg.values import control_characters
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.params import Params
@@ -45,12 +46,26 @@ def parse_source_url(url: str) -> dict[str, str]:
     return out
 
 
+#: the first libpq major version that knows ``require_auth``
+REQUIRE_AUTH_LIBPQ = 16
+
+
+def parse_libpq_major(version: str | None) -> int | None:
+    """The major version of a libpq package version (``15.20-0+deb12u1``, ``1:16.4-1.pgdg24.04+1``), or None."""
+    m = re.match(r"(?:\d+:)?(\d+)\.", version or "")
+    return int(m.group(1)) if m else None
+
+
 def render_service_file(conn: Mapping[str, str], *, name: str = SERVICE_NAME,
-                        application_name: str = APPLICATION_NAME, sslrootcert: str | None = None) -> str:
+                        application_name: str = APPLICATION_NAME, sslrootcert: str | None = None,
+                        require_auth: str | None = None) -> str:
     """A libpq service file (pg_service.conf) with one section; values may not span lines.
 
     With *sslrootcert* (the source's CA, ``source.ca_file``) the source is ``verify-full``;
     else a remote source is at least ``require`` (encrypted, its identity unchecked).
+    *require_auth* (``scram-sha-256``; only for a libpq that knows it, 16 or later): the client
+    refuses any other authentication the server asks for (a server that asks for a cleartext or
+    MD5 password, or none, does not get one).
     """
     lines = ["# written by hcbpg for the migration; removed when the step ends", f"[{name}]"]
     merged = {**conn, "application_name": application_name}
@@ -58,9 +73,11 @@ def render_service_file(conn: Mapping[str, str], *, name: str = SERVICE_NAME,
         merged["sslmode"], merged["sslrootcert"] = "verify-full", sslrootcert
     elif "sslmode" not in merged and merged.get("host") not in ("localhost", "127.0.0.1", "::1"):
         merged["sslmode"] = "require"  # Heroku only takes TLS; so do we by default
+    if require_auth:
+        merged["require_auth"] = require_auth
     for key in sorted(merged):
         value = merged[key]
-        if "\n" in value or "\r" in value or not re.fullmatch(r"[a-z_]+", key):
+        if control_characters(value) or not re.fullmatch(r"[a-z_]+", key):
             raise SecretError(f"source.url: parameter {key} cannot go into a service file")
         lines.append(f"{key}={value}")
     return "\n".join(lines) + "\n"
