@@ -215,7 +215,9 @@ def test_a_record_set_aside_starts_a_new_chain_and_is_named(chain, keys):
     stopped the next run) moves under outputs/.set-aside/, and a new chain verifies."""
     home, trust, runs = chain
     shutil.rmtree(home / "outputs" / "test")
-    assert any("was removed from outputs/test" in p for p in mf.verify_env(home, "test", trust))
+    problems = mf.verify_env(home, "test", trust)
+    assert any("was removed from outputs/test" in p for p in problems)
+    assert any(p.startswith(f"{mf.anchor_path(home, 'test')}: this machine sealed") for p in problems), problems
     where = mf.set_aside(home, "test", trust, why="a new lab")
     assert where is not None and where.parent == home / "outputs" / ".set-aside" and where.name.startswith("test-")
     assert (where / "test.audit-head").is_file() and (where / "anchor.json").is_file()

@@ -317,7 +317,7 @@ def verify_env(home: Path, env: str, trust: signing.Trust | None = None, *, orph
     pending = runs[-1] if runs and (is_open(runs[-1]) or (orphan_ok and needs_orphan_seal(runs[-1])
                                                           and runs[-1].unlike_written() is None)) else None
     if trust is not None:
-        problems += verify_trust(runs, trust, pending=pending, signers_change=signers_change)
+        problems += verify_trust(runs, trust, pending=pending, signers_change=signers_change, home=home)
     by_dir = {r.path.name: r for r in runs}
     head = env_dir(home, env) / "HEAD"
     if runs:
@@ -538,14 +538,14 @@ def _lines_changed(old: str, new: str) -> str:
 
 
 def verify_trust(runs: list[Run], trust: signing.Trust, *, pending: Run | None = None,
-                 signers_change: bool = False) -> list[str]:
+                 signers_change: bool = False, home: Path | None = None) -> list[str]:
     """Signatures (at their sealing time), the allowed signers each run was sealed against, run.log hashes,
     the head recorded outside outputs/ and this machine's anchor (problems, first first).
 
     *pending*: the newest run, open or about to be sealed: not signed yet, rightly."""
     problems: list[str] = []
     by_dir = {r.path.name: r for r in runs}
-    home = runs[0].home if runs else None
+    home = home or (runs[0].home if runs else None)
     signers_sha: str | None = None
     signers_text: str | None = None
     signers_from: str | None = None
