@@ -9,8 +9,9 @@ way, planted by the owner of the directory holding it, could point into root's o
 
 * **root's alone**: it and every directory above it belong to root and no one else may write
   there (or only under the sticky bit, where no one else may rename root's entries).  Nothing
-  can change under root's feet: root writes a temporary file there, ``chown -h``, ``chmod`` and
-  renames it into place.
+  can change under root's feet: root writes a temporary file there, ``chmod``, ``chown -h`` (last:
+  in a sticky directory the new owner may rename its file, so nothing after it may follow a
+  name) and renames it into place.
 * **another user's**: the whole write runs as the file's owner (``runuser -u``), so a symlink
   planted there reaches only what that user could write anyway.  A root-owned file is refused
   in such a directory (exit :data:`REFUSED_EXIT`, a message on stderr naming the directory).
@@ -88,7 +89,7 @@ def _split(path: str) -> tuple[str, str]:
 #: the write itself, as root in a directory of root's alone or as the file's owner in their own:
 #: $1 directory, $2 name, $3 mode, $4 owner:group for chown -h (":group" as the owner)
 _WRITE = ('cd / && umask 077 && tmp=$(mktemp -- "$1/.hcbpg.XXXXXX") || exit\n'
-          '{ cat > "$tmp" && chown -h -- "$4" "$tmp" && chmod -- "$3" "$tmp" && mv -fT -- "$tmp" "$1/$2"; } '
+          '{ cat > "$tmp" && chmod -- "$3" "$tmp" && chown -h -- "$4" "$tmp" && mv -fT -- "$tmp" "$1/$2"; } '
           '|| { rc=$?; rm -f -- "$tmp"; exit $rc; }\n')
 
 
@@ -128,12 +129,12 @@ def render_ensure_dir(path: str, *, mode: int, owner: str, group: str) -> str:
         '[ -L "$t" ] && ' + _fail(f"hcbpg: refusing to use {path}: it is a symbolic link") + "\n"
         'if [ "$safe" = yes ]; then\n'
         '  umask 022; mkdir -p -- "$d" || exit\n'
-        '  if mkdir -m 0700 -- "$t" 2>/dev/null; then u=root\n'
+        '  if (umask 077 && mkdir -m 0700 -- "$t") 2>/dev/null; then u=root\n'
         '  elif [ -d "$t" ] && [ ! -L "$t" ]; then u=$(stat -c %U -- "$t") || exit 2\n'
         '  else ' + _fail(f"hcbpg: {path} exists and is not a directory") + "; fi\n"
         # root's own entry in root's directory: no one else can swap it
         '  if [ "$u" = root ]; then\n'
-        f"    chown -h -- {q(f'{owner}:{group}')} \"$t\" && chmod -- {mode:04o} \"$t\"; exit\n"
+        f"    chmod -- {mode:04o} \"$t\" && chown -h -- {q(f'{owner}:{group}')} \"$t\"; exit\n"
         f"  elif [ \"$u\" != {q(owner)} ]; then\n"
         '    ' + _fail(f"hcbpg: refusing to take over {path}: it belongs to ", "$u") + "\n"
         "  fi\n"
