@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from hcbpg.errors import ParamsError
+from hcbpg.errors import ParamsError, SafetyCheckFailed
 from hcbpg.ops.migration import templates
 from hcbpg.params import parse_params
 from hcbpg.pg import bucardo as bp
@@ -68,10 +68,45 @@ def test_the_way_back_customcode_replaces_session_replication_role_for_owner_onl
     assert f"/^{bp.OWNER_ONLY_PREFIX}/" in code and "SET CONSTRAINTS ALL DEFERRED" in code
     assert "session_replication_role" not in code  # it never tries what the owner may not do
     assert bp.BACK_TARGET_DB.startswith(bp.OWNER_ONLY_PREFIX)
-    assert bp.render_deferrable([{"table": "public.events", "name": "fk_x"}], deferrable=True) == [
-        'ALTER TABLE public.events ALTER CONSTRAINT "fk_x" DEFERRABLE INITIALLY IMMEDIATE']
-    assert bp.render_deferrable([{"table": "public.events", "name": "fk_x"}], deferrable=False)[0].endswith(
-        "NOT DEFERRABLE")
+    fk = {"table": "public.events", "schema": "public", "relname": "events", "name": "fk_x"}
+    assert bp.render_deferrable([fk], deferrable=True) == [
+        'ALTER TABLE "public"."events" ALTER CONSTRAINT "fk_x" DEFERRABLE INITIALLY IMMEDIATE']
+    assert bp.render_deferrable([fk], deferrable=False)[0].endswith("NOT DEFERRABLE")
+
+
+def test_the_way_backs_foreign_keys_are_quoted_when_rendered_never_spliced_from_the_file():
+    """The list is read back from a file the postgres user owns: a 'table' there is display only."""
+    planted = {"table": "public.events; DROP TABLE public.users; --", "schema": "public",
+               "relname": 'ev"ents; DROP TABLE x', "name": "fk\nx"}
+    [stmt] = bp.render_deferrable([planted], deferrable=False)
+    assert stmt == 'ALTER TABLE "public"."ev""ents; DROP TABLE x" ALTER CONSTRAINT "fk\nx" NOT DEFERRABLE'
+    with pytest.raises(SafetyCheckFailed, match="without schema, table and name"):
+        bp.render_deferrable([{"table": "public.events; DROP TABLE public.users", "name": "fk_x"}], deferrable=True)
+
+
+def test_names_with_control_characters_refuse_the_online_mode_and_are_never_synced():
+    data = tables(("public.users", True, False, 10), ('public.t\n1 text users;COPY', True, False, 5),
+                  ("public.l\x1bog", False, False, 5))
+    data["sequences"] += ["public.s\nq"]
+    data["control_char_names"] = ['public."t\n1 text users;COPY"', 'public."l\x1bog"', 'public."s\nq"']
+    plan = bp.plan_sync(data, window_copy_max_rows=100)
+    assert plan.synced == ["public.users"] and plan.in_window == [] and plan.sequences == ["public.users_id_seq"]
+    bad = [c for c in plan.checks if c.status == "fail"]
+    assert [c.name for c in bad] == ["no names with control characters on the source"] and not plan.ok
+    assert "3: " in bad[0].detail and repr('public."t\n1 text users;COPY"') in bad[0].detail
+    assert "'control_char_names'" in bp.SYNCABILITY_SQL and "[[:cntrl:]]" in bp.SYNCABILITY_SQL
+
+
+def test_the_windows_setval_quotes_each_sequence_name_as_data():
+    """Each sequence is one statement rendered here from JSON: a newline and a dollar-quoted COPY in a
+    name stay inside its literal (the old text was split into lines and each line run on the primary)."""
+    states = [["public", "users_id_seq", 17, True],
+              ["public", "s\nSELECT 1; COPY (SELECT 1) TO PROGRAM $$id>x$$; --", 1, False]]
+    out = bp.render_setvals(states)
+    assert out[0] == "SELECT pg_catalog.setval('\"public\".\"users_id_seq\"', 17, true);"
+    assert out[1] == ("SELECT pg_catalog.setval('\"public\".\"s\nSELECT 1; COPY (SELECT 1) TO PROGRAM $$id>x$$; --\"', "
+                      "1, false);")
+    assert len(out) == 2 and "json_build_array(schemaname, sequencename" in bp.SEQUENCE_STATES_SQL
 
 
 def test_leftovers_check_names_what_remains():
@@ -188,3 +223,31 @@ def test_the_app_load_reads_its_credentials_from_a_service_file_never_its_comman
     assert "250000000" in start  # 4 a second
     svc = app_load.render_service_file({"host": "10.0.1.20", "password": "s3cret", "dbname": "hcb"})
     assert svc.startswith("[hcbpg-app-load]\n") and "password=s3cret\n" in svc
+
+
+def test_bucardos_service_file_verifies_the_source_and_asks_for_scram_where_libpq_can(monkeypatch):
+    """Item 6 of issue 23: with ``source.ca_file`` on the primary, Bucardo's connection is verify-full
+    against it (it was sslmode=require, the CA ignored); require_auth only for a libpq that knows it."""
+    from hcbpg.ops import packages as pkg_ops
+    from hcbpg.ops.migration import bucardo_service as bs
+    from hcbpg.ops.migration.source import Source
+    from hcbpg.pg.conninfo import parse_libpq_major
+
+    class NoHost:
+        name = "server-postgres-1"
+
+    url = "postgres://u:pw@ec2-1-2-3-4.compute-1.amazonaws.com:5432/d1"
+    libpq: dict[str, str] = {}
+    monkeypatch.setattr(pkg_ops, "get_installed_packages", lambda host, names: dict(libpq))
+    libpq["libpq5"] = "15.20-0+deb12u1"
+    with_ca = bs.get_service_text(NoHost(), Source(NoHost(), url, sslrootcert="/etc/hcbpg/tls/source-ca.crt"))
+    assert "sslmode=verify-full\n" in with_ca and "sslrootcert=/etc/hcbpg/tls/source-ca.crt\n" in with_ca
+    assert "require_auth" not in with_ca and "[hcbpg-bucardo-source]" in with_ca
+    assert "sslmode=require\n" in bs.get_service_text(NoHost(), Source(NoHost(), url))
+    libpq["libpq5"] = "1:16.4-1.pgdg24.04+1"
+    assert "require_auth=scram-sha-256\n" in bs.get_service_text(NoHost(), Source(NoHost(), url))
+    libpq.clear()  # no libpq5 package known: nothing libpq might refuse
+    assert "require_auth" not in bs.get_service_text(NoHost(), Source(NoHost(), url))
+    assert [parse_libpq_major(v) for v in ("15.20-0+deb12u1", "1:17.2-1.pgdg24.04+1", "", None)] == [15, 17, None, None]
+    # on tmpfs, the postgres user's libpq path a symlink to it
+    assert bs.SERVICE_FILE.startswith("/run/") and bs.SERVICE_LINK == "/var/lib/postgresql/.pg_service.conf"

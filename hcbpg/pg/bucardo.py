@@ -23,6 +23,7 @@ from hcbpg.outcome import Check
 from hcbpg.pg.compose import render
 from hcbpg.pg.conninfo import APPLICATION_NAME
 from hcbpg.pg.inventory import USER_NS, Inventory, list_names, not_ext_member, render_counts_sql
+from hcbpg.pg.stream import REFUSED_NAMES_SQL
 
 #: the schema Bucardo creates in every database it syncs, and its control database on the primary
 SCHEMA = "bucardo"
@@ -40,9 +41,12 @@ BACK_SYNC = "hcbpg_back"
 SOURCE_SERVICE = "hcbpg-bucardo-source"
 
 #: every table of the source with what Bucardo needs to know: a key (primary key, or a unique,
-#: non-partial index on NOT NULL columns), persistence, its estimated rows; and the large objects
+#: non-partial index on NOT NULL columns), persistence, its estimated rows; and the large objects.
+#: Names with a control character are listed apart, in the same query (so in the same snapshot as
+#: the names Bucardo gets), and refuse the mode; no such table is ever synced or copied
 SYNCABILITY_SQL = f"""
 SELECT json_build_object(
+ 'control_char_names', ({REFUSED_NAMES_SQL}),
  'tables', (SELECT coalesce(json_agg(json_build_object(
      'name', n.nspname || '.' || c.relname,
      'key', EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisvalid AND (i.indisprimary OR
@@ -88,14 +92,16 @@ class SyncPlan:
 
 def plan_sync(data: Mapping[str, Any], *, window_copy_max_rows: int) -> SyncPlan:
     """What can be synced, what is copied inside the window, what refuses the mode (with checks)."""
-    tables = list(data.get("tables") or [])
+    bad_names = [str(n) for n in data.get("control_char_names") or []]
+    tables = [t for t in data.get("tables") or [] if not _has_control_characters(t["name"])]
     synced = [t["name"] for t in tables if t["key"]]
     keyless = [t for t in tables if not t["key"]]
     in_window = [t["name"] for t in keyless if int(t["rows"]) <= window_copy_max_rows]
     refused = [t["name"] for t in keyless if int(t["rows"]) > window_copy_max_rows]
     unlogged = [t["name"] for t in tables if t["unlogged"]]
     lobs = int(data.get("large_objects") or 0)
-    plan = SyncPlan(synced, in_window, refused, unlogged, list(data.get("sequences") or []), lobs)
+    sequences = [q for q in data.get("sequences") or [] if not _has_control_characters(q)]
+    plan = SyncPlan(synced, in_window, refused, unlogged, sequences, lobs)
     rows_of = {t["name"]: int(t["rows"]) for t in tables}
     plan.checks = [
         Check.of("every table has a key or is small enough to copy inside the window", not refused,
@@ -110,12 +116,21 @@ def plan_sync(data: Mapping[str, Any], *, window_copy_max_rows: int) -> SyncPlan
                  "none" if lobs == 0 else
                  f"{lobs} large objects: Bucardo does not sync pg_largeobject. The online mode is refused; "
                  "use source.transfer: directory (offline, pg_dump -Fd moves them).", "source"),
+        Check.of("no names with control characters on the source", not bad_names,
+                 "none" if not bad_names else
+                 f"{len(bad_names)}: " + ", ".join(repr(n) for n in bad_names[:10])
+                 + ". A name is data, never part of a command: rename them on the source (ALTER TABLE ... "
+                   "RENAME TO ...), then run the step again.", "source"),
         Check("unlogged tables", "pass" if not unlogged else "warn",
               "none" if not unlogged else
               f"{list_names(unlogged)}: moved like the others (a trigger records their changes), but on the "
               "source they lose their rows on a crash", "source"),
     ]
     return plan
+
+
+def _has_control_characters(name: str) -> bool:
+    return any(ord(ch) < 32 or ord(ch) == 127 for ch in name)
 
 
 def _delta(table: str, kind: str) -> sql.Identifier:
@@ -174,17 +189,29 @@ def check_no_leftovers(where: str, found: Mapping[str, Iterable[str]]) -> Check:
 
 #: on the way back's target: the foreign keys that are not deferrable (made DEFERRABLE INITIALLY IMMEDIATE
 #: for the period, so the sync's delete-then-copy of a referenced row is checked at its commit)
+#: (schema, relname and name apart, each quoted only when a statement is rendered; ``table`` for display)
 NOT_DEFERRABLE_FKS_SQL = """
-SELECT coalesce(json_agg(json_build_object('table', conrelid::regclass::text, 'name', conname)
-                ORDER BY conrelid::regclass::text, conname), '[]')
-  FROM pg_constraint WHERE contype = 'f' AND NOT condeferrable AND connamespace <> 'pg_catalog'::regnamespace
+SELECT coalesce(json_agg(json_build_object('table', co.conrelid::regclass::text, 'schema', n.nspname,
+                                           'relname', c.relname, 'name', co.conname)
+                ORDER BY co.conrelid::regclass::text, co.conname), '[]')
+  FROM pg_constraint co JOIN pg_class c ON c.oid = co.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE co.contype = 'f' AND NOT co.condeferrable AND co.connamespace <> 'pg_catalog'::regnamespace
 """
 
 
 def render_deferrable(fks: Sequence[Mapping[str, str]], *, deferrable: bool) -> list[str]:
-    """ALTER CONSTRAINT ... [NOT] DEFERRABLE for each foreign key (the table's owner may do this)."""
-    how = "DEFERRABLE INITIALLY IMMEDIATE" if deferrable else "NOT DEFERRABLE"
-    return [f"ALTER TABLE {fk['table']} ALTER CONSTRAINT {render(sql.Identifier(fk['name']))} {how}" for fk in fks]
+    """ALTER CONSTRAINT ... [NOT] DEFERRABLE for each foreign key (the table's owner may do this); every
+    name quoted here (the list is read back from a file on the primary: its names are data)."""
+    how = sql.SQL("DEFERRABLE INITIALLY IMMEDIATE" if deferrable else "NOT DEFERRABLE")
+    out = []
+    for fk in fks:
+        if not all(isinstance(fk.get(k), str) for k in ("schema", "relname", "name")):
+            raise SafetyCheckFailed(f"a foreign key of the way back without schema, table and name: {fk!r}",
+                                    hint="Restore it by hand on the source (ALTER TABLE ... ALTER CONSTRAINT ... "
+                                         "NOT DEFERRABLE).")
+        out.append(render(sql.SQL("ALTER TABLE {} ALTER CONSTRAINT {} {}").format(
+            sql.Identifier(fk["schema"], fk["relname"]), sql.Identifier(fk["name"]), how)))
+    return out
 
 
 #: every table's exact rows but Bucardo's own (counted in a held snapshot: its delta tables may be gone since)
@@ -195,6 +222,23 @@ SEQUENCE_VALUES_SQL = f"""
 SELECT coalesce(json_object_agg(schemaname || '.' || sequencename, last_value), '{{}}')
 FROM pg_catalog.pg_sequences WHERE schemaname NOT IN ('{SCHEMA}', 'pg_catalog', 'information_schema')
 """
+
+
+#: every user sequence's state for the window's setval: ``[schema, name, value, is_called]`` (names as
+#: data: each statement is rendered and quoted by :func:`render_setvals`, never by splitting text)
+SEQUENCE_STATES_SQL = f"""
+SELECT coalesce(json_agg(json_build_array(schemaname, sequencename, coalesce(last_value, start_value),
+                                          last_value IS NOT NULL) ORDER BY schemaname, sequencename), '[]')
+FROM pg_catalog.pg_sequences WHERE schemaname NOT IN ('{SCHEMA}', 'pg_catalog', 'information_schema')
+"""
+
+
+def render_setvals(states: Sequence[Sequence[Any]]) -> list[str]:
+    """``SELECT pg_catalog.setval(...)`` for each ``[schema, name, value, is_called]`` of
+    :data:`SEQUENCE_STATES_SQL`, the sequence named by a quoted literal of its quoted name."""
+    return [render(sql.SQL("SELECT pg_catalog.setval({}, {}, {});").format(
+        sql.Literal(render(sql.Identifier(str(schema), str(name)))), sql.Literal(int(value)), sql.Literal(bool(called))))
+        for schema, name, value, called in states]
 
 
 def check_sequences_equal(source: Mapping[str, Any], target: Mapping[str, Any], where: str = "") -> Check:

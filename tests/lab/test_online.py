@@ -29,6 +29,7 @@ from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import migration
 from hcbpg.ops import server as pg_server
 from hcbpg.ops import tls as tls_ops
+from hcbpg.ops.migration import bucardo_service as bs
 from hcbpg.ops.migration import online
 from hcbpg.params import parse_params
 from hcbpg.secrets import register
@@ -79,6 +80,8 @@ def env(lab, tmp_path_factory, monkeypatch_module):
     data = lab_params(lab, [("server-postgres-1", ip, "primary")],
                       postgres={"app_role_password": f"file:{pw_file}"},
                       source={"method": "pg_dump", "url": f"file:{url_file}", "jobs": 2, "transfer": "online",
+                              # the lab source's certificate is the lab CA's: every connection verify-full
+                              "ca_file": str(cfg.ca_cert),
                               # Bucardo's own onetimecopy here; the rehearsal (test_rehearse) copies with the stream,
                               # the default, both while the lab's app writes
                               "online": {"drain_timeout_s": 60, "way_back_hours": 1, "window_copy_max_rows": 1000,
@@ -226,6 +229,20 @@ def test_the_online_runbook_moves_every_row_written_before_maintenance_on(env):
     STATE.update(run=result.run, inserted=len(log.inserted), password=register(env.pw_file.read_text().strip()),
                  downtime=manifest["downtime"])
     print(f"app load: {log.writes} writes; downtime {manifest['downtime']}")
+
+
+def test_bucardos_service_file_is_on_tmpfs_and_verifies_the_source_with_its_ca(env):
+    """Issue 23, 6: the source's password for Bucardo is never on disk (a 0600 file on tmpfs, the postgres
+    user's libpq path a symlink to it), and Bucardo checks the source's certificate and name against
+    source.ca_file (verify-full) as the migration's own sessions do; no require_auth with the lab's libpq 15."""
+    res = env.host.run(f"readlink {bs.SERVICE_LINK}; findmnt -n -o FSTYPE -T {bs.SERVICE_FILE}; "
+                       f"stat -c '%U %a' {bs.SERVICE_FILE}; "
+                       f"grep -E '^(sslmode|sslrootcert|require_auth)=' {bs.SERVICE_FILE}; "
+                       "dpkg-query -W -f '${Version}\\n' libpq5", quiet=True)
+    link, fstype, owner, *settings, libpq = res.stdout.strip().split("\n")
+    assert (link, fstype, owner) == (bs.SERVICE_FILE, "tmpfs", "postgres 600"), res.stdout
+    assert {"sslmode=verify-full", f"sslrootcert={migration.SOURCE_CA_PATH}"} <= set(settings), settings
+    assert ("require_auth=scram-sha-256" in settings) == (int(libpq.split(":")[-1].split(".")[0]) >= 16), settings
 
 
 def test_the_exact_count_in_held_snapshots_names_a_table_the_primary_lacks_rows_of(env):

@@ -11,10 +11,12 @@ free for the copy; the control database (``bucardo``) and everything else of Buc
 by the clean-up (:func:`run_cleanup`).
 
 How it connects, with no secret on a command line: the source with the app's Heroku credentials
-(``source.url``) through a 0600 libpq service file in the postgres user's home
-(``~postgres/.pg_service.conf``: Bucardo's command line and its plperlu functions inside the
-server both read it; removed by the clean-up); the primary and the control database over the
-Unix socket as postgres (peer).  The role ``bucardo`` that Bucardo's schema creates has no
+(``source.url``) through a 0600 libpq service file on tmpfs (``/run/hcbpg-bucardo``, never on
+disk; ``~postgres/.pg_service.conf`` is a symlink to it, as Bucardo's command line and its plperlu
+functions inside the server both read that path; removed by the clean-up, gone with a reboot and
+written again by the steps that start Bucardo), ``verify-full`` against ``source.ca_file`` when it
+is given and ``require_auth=scram-sha-256`` when the primary's libpq is 16 or later; the primary
+and the control database over the Unix socket as postgres (peer).  The role ``bucardo`` that Bucardo's schema creates has no
 password: it cannot log in over the network.
 
 The rows: the schema is dumped from the source (``pg_dump --schema-only`` in a snapshot, before
@@ -28,7 +30,6 @@ synced: small ones are copied whole inside the window, large ones refuse the mod
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import shlex
 import time
@@ -45,6 +46,7 @@ from hcbpg.adapters.files import ensure_dir
 from hcbpg.adapters.psql import render
 from hcbpg.errors import DatabaseError, SafetyCheckFailed, VerificationFailed, WaitTimeout
 from hcbpg.ops import packages as pkg_ops
+from hcbpg.ops.migration import bucardo_service as bs
 from hcbpg.ops.migration import templates
 from hcbpg.ops.migration.app_checks import check_from_app
 from hcbpg.ops.migration.cutover import ROLLBACK, ROLLBACK_WAY_BACK
@@ -57,9 +59,8 @@ from hcbpg.ops.migration.stream import run_stream
 from hcbpg.ops.migration.verify import Verification, check_table_owners, get_inventory
 from hcbpg.outcome import Check, Outcome
 from hcbpg.pg import bucardo as bp
-from hcbpg.pg.conninfo import APPLICATION_NAME, render_service_file
+from hcbpg.pg.conninfo import APPLICATION_NAME
 from hcbpg.pg.inventory import Inventory, compare_objects, compare_rows, comparison_table, render_snapshot_setup
-from hcbpg.pg.stream import SEQUENCES_SQL
 from hcbpg.wait import polling_loop
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -70,8 +71,6 @@ if TYPE_CHECKING:  # pragma: no cover
 #: Bucardo's working directory on the primary (its rc file, pid and log files)
 HOME = "/var/lib/postgresql/hcbpg-bucardo"
 RC = f"{HOME}/bucardorc"
-#: libpq's per-user service file of the postgres user (read by Bucardo's CLI and by its plperlu in the server)
-SERVICE_FILE = "/var/lib/postgresql/.pg_service.conf"
 #: when the way back ends (UTC, ISO), and the foreign keys it made deferrable on the source
 UNTIL_FILE = f"{HOME}/way-back-until"
 DEFERRED_FILE = f"{HOME}/deferrable-fks.json"
@@ -176,19 +175,18 @@ def ensure_bucardo(host: "Host", params: "Params", source: Source, *, dry_run: b
     else:
         out.append(Outcome(f"packages {', '.join(packages(params))} on {host.name}", False, dry_run,
                            actions=[f"{p} {v} already installed" for p, v in state["packages"].items()]))
+    service = bs.get_service_text(host, source)
     files = [f"{HOME} (0700 postgres) with run/ and log/", f"{RC} (control database over the socket, peer)",
-             f"{SERVICE_FILE} (0600 postgres: the source's connection, removed by the clean-up)"]
-    service = render_service_file(dict(source.conn), name=bp.SOURCE_SERVICE, application_name="hcbpg-bucardo")
-    same = (host.read_text(RC, sudo_user="postgres") == render_rc()
-            # the service file holds the source's password: compared by its hash, never read back
-            and host.probe(f"sha256sum {SERVICE_FILE}").stdout.split()[:1] == [hashlib.sha256(service.encode())
-                                                                               .hexdigest()]
+             f"{bs.SERVICE_FILE} (0600 postgres, on tmpfs: the source's connection, "
+             + ", ".join(f"{k}={v}" for k, v in bs.parse_service_settings(service).items())
+             + f"; removed by the clean-up), {bs.SERVICE_LINK} a symlink to it"]
+    same = (host.read_text(RC, sudo_user="postgres") == render_rc() and bs.is_service_in_place(host, service)
             and host.exists(f"{HOME}/log"))
     if not dry_run and not same:
         for d in (HOME, f"{HOME}/run", f"{HOME}/log"):
             ensure_dir(host, d, mode=0o700, owner="postgres")  # in the postgres user's home
         host.put_text(RC, render_rc(), mode=0o600, owner="postgres")
-        host.put_text(SERVICE_FILE, service, mode=0o600, owner="postgres")
+        bs.write_service(host, service)
     out.append(Outcome(f"Bucardo's files on {host.name}", not same, dry_run,
                        actions=files if not same else ["as they should be"]))
     if state["control_db"]:
@@ -300,6 +298,11 @@ def ensure_running(host: "Host", params: "Params", *, dry_run: bool) -> bool:
     if get_state(host, params)["running"]:
         return False
     if not dry_run:
+        if not host.exists(bs.SERVICE_FILE):
+            raise SafetyCheckFailed(f"on {host.name}: Bucardo's service file for the source ({bs.SERVICE_FILE}, on tmpfs) "
+                                    "is gone: did the server restart?",
+                                    hint="Run 06b again: it writes the file and starts Bucardo, whose sync goes on "
+                                         "where it stopped (its triggers kept recording on the source).")
         bucardo(host, f"start --log-destination {HOME}/log", display="bucardo start")
         for _ in polling_loop(30, interval=0.5):
             if get_state(host, params)["running"]:
@@ -454,11 +457,11 @@ def wait_for_drained(host: "Host", params: "Params", source: Source, plan: bp.Sy
 
 
 def run_set_sequences(host: "Host", params: "Params", source: Source) -> int:
-    """Every sequence on the target set to the source's value (the source is frozen: nothing goes past it)."""
+    """Every sequence on the target set to the source's value (the source is frozen: nothing goes past it).
+    The values come as JSON and each statement is rendered here, its name quoted as data."""
     with source:
-        res = source.script("SET search_path = pg_catalog;\n" + SEQUENCES_SQL, display="the source's sequence values",
-                            quiet=True)
-    statements = [line for line in res.stdout.splitlines() if line.startswith("SELECT pg_catalog.setval(")]
+        states = source.json(bp.SEQUENCE_STATES_SQL) or []
+    statements = bp.render_setvals(states)
     if statements:
         target(host, params).script("\n".join(statements) + "\n", display=f"setval of {len(statements)} sequences "
                                     "on the target", quiet=False)
@@ -590,6 +593,7 @@ def run_window(host: "Host", params: "Params", source: Source, *, app: "Host | N
     """The window after the writes stopped: drift guard, drain, sequences, keyless copies, the window's
     checks (sequences, ownership, the sentinel from the app host), then the snapshots held for 09b."""
     t = time.monotonic()
+    bs.ensure_service(host, source)  # tmpfs: gone if the primary restarted since 06b
     plan = get_sync_plan(source, params)
     if not plan.ok:
         raise SafetyCheckFailed("the source can no longer be synced: " + "; ".join(
@@ -690,6 +694,8 @@ def ensure_way_back(host: "Host", params: "Params", source: Source, plan: bp.Syn
                                 f"{bp.BACK_SYNC}): the writes made on the primary since traffic went on were not "
                                 "recorded and cannot be synced back", hint="A rollback to Heroku now would lose "
                                 "them. Decide with the team: stay on the new primary, or plan a reverse migration.")
+    if not dry_run:
+        bs.ensure_service(host, source)  # tmpfs: gone if the primary restarted since 06b
     if back.get("status") == "active":
         started = ensure_running(host, params, dry_run=dry_run)
         return [Outcome(what, started, dry_run, actions=[f"sync {bp.BACK_SYNC} runs, until {get_way_back(host)}"])]
@@ -742,8 +748,8 @@ def run_cleanup(host: "Host", params: "Params", source: Source, *, dry_run: bool
         state = get_state(host, params)
         if state["control_db"]:
             removed.append({"where": host.name, "what": f"database {bp.CONTROL_DB}, role bucardo"})
-        if host.exists(SERVICE_FILE) or host.exists(HOME):
-            removed.append({"where": host.name, "what": f"{SERVICE_FILE}, {HOME}"})
+        if any(bs.is_present(host, p) for p in (bs.SERVICE_FILE, bs.SERVICE_LINK, HOME)):
+            removed.append({"where": host.name, "what": f"{bs.SERVICE_FILE}, {bs.SERVICE_LINK}, {HOME}"})
         try:  # 09b never ran: the window's snapshots are still held (the primary's vacuum waits on them)
             held = get_held_snapshots(host)
         except SafetyCheckFailed:  # a hold that never completed: nothing to end
@@ -761,7 +767,7 @@ def run_cleanup(host: "Host", params: "Params", source: Source, *, dry_run: bool
     target(host, params).execute([f"DROP SCHEMA IF EXISTS {bp.SCHEMA} CASCADE"])
     target(host, params, "postgres").execute([f"DROP DATABASE IF EXISTS {bp.CONTROL_DB} WITH (FORCE)",
                                               "DROP ROLE IF EXISTS bucardo"])
-    host.run(f"rm -rf {HOME} {SERVICE_FILE}", quiet=True)
+    host.run(f"rm -rf {HOME} {bs.SERVICE_DIR} {bs.SERVICE_LINK}", quiet=True)
     return [Outcome("Bucardo removed", bool(removed), False, actions=[f"{r['where']}: {r['what']}"
                                                                     for r in removed])], removed
 
@@ -775,7 +781,7 @@ def check_removed(host: "Host", params: "Params", source: Source) -> list[Check]
     state = get_state(host, params)
     checks.append(Check.of("no Bucardo control database or daemon", not state["control_db"] and not state["running"],
                            "gone" if not state["control_db"] else f"database {bp.CONTROL_DB} still there", host.name))
-    checks.append(Check.of("no Bucardo files", not host.exists(SERVICE_FILE) and not host.exists(HOME),
+    checks.append(Check.of("no Bucardo files", not any(bs.is_present(host, p) for p in (bs.SERVICE_DIR, bs.SERVICE_LINK, HOME)),
                            "gone", host.name))
     return checks
 

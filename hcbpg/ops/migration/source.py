@@ -40,6 +40,8 @@ class Source(ServiceFileEndpoint):
 
     def __init__(self, host: "Host", url: str, *, sslrootcert: str | None = None) -> None:
         self.conn = parse_source_url(hsecrets.register(url))
+        #: the source's CA on the primary (``source.ca_file``): every connection to the source verifies with it
+        self.sslrootcert = sslrootcert
         if self.conn.get("password"):
             hsecrets.register(self.conn["password"])
         super().__init__(host, service_name=SERVICE_NAME,
