@@ -96,6 +96,9 @@ OwnDirectory = Annotated[str, AfterValidator(own_directory)]
 Endpoint = Annotated[str, AfterValidator(endpoint)]
 
 
+#: PostgreSQL's most connections (max_connections, and so any role's connection limit)
+MAX_CONNECTIONS = 262143
+
 #: marks a value in params the operator must still set (e.g. pgbackrest.deadman_url)
 PLACEHOLDER = "CHANGE-ME"
 
@@ -173,7 +176,7 @@ class Postgres(Model):
     port: Port = 5432
     database: Ident = "hcb_production"
     app_role: Ident = "rails"
-    app_role_connection_limit: int = Field(500, ge=1)
+    app_role_connection_limit: int = Field(500, ge=1, le=MAX_CONNECTIONS)
     app_role_password: SecretRef
     settings: dict[str, str | int | float | bool] = Field(default_factory=dict)
     #: where step 09 writes DATABASE_URL / BLAZER_DATABASE_URL (0600);
@@ -208,7 +211,7 @@ class PgBackRest(Model):
     cipher_pass: SecretRef | None = None
     process_max: int = Field(4, ge=1, le=64)
     retention_full_type: Literal["time", "count"] = "time"
-    retention_full: int = Field(30, ge=1)
+    retention_full: int = Field(30, ge=1, le=9999999)  # pgBackRest's own bound
     bundle: bool = True
     block: bool = False
     compress_type: Literal["zst", "lz4", "gz", "bz2", "none"] = "zst"
@@ -242,7 +245,7 @@ class Sentinel(Model):
     """The row the runbook writes last on the source and reads back on the new primary."""
 
     table: Ident = "users"
-    id: int = 1803
+    id: Annotated[int, Field(ge=-2 ** 63, le=2 ** 63 - 1)] = 1803  # a bigint
     column: Ident = "full_name"
 
 
@@ -308,7 +311,7 @@ class Source(Model):
 class Replication(Model):
     role: Ident = "repuser"
     password: SecretRef
-    connection_limit: int = Field(2, ge=1)
+    connection_limit: int = Field(2, ge=1, le=MAX_CONNECTIONS)
     #: caps the WAL a slot may hold back, so a dead replica cannot fill the primary's disk
     max_slot_wal_keep_size: str = Field("10GB", pattern=r"^\d+(kB|MB|GB|TB)$")
     #: WAL kept regardless of slots, so pg_rewind can rejoin a crashed former primary
@@ -348,13 +351,13 @@ class Drill(Model):
 class LoginRoleParams(Model):
     name: Ident
     password: SecretRef
-    connection_limit: int = Field(10, ge=1)
+    connection_limit: int = Field(10, ge=1, le=MAX_CONNECTIONS)
 
 
 class MetabaseParams(Model):
     name: Ident = "metabase"
     password: SecretRef
-    connection_limit: int = Field(10, ge=1)
+    connection_limit: int = Field(10, ge=1, le=MAX_CONNECTIONS)
     #: pg_hba admits metabase only from this address (/32)
     jumpbox_ip: Address
     #: SSH address for the checks (default: jumpbox_ip)
@@ -368,7 +371,7 @@ class BlazerParams(Model):
 
     name: Ident = "blazer"
     password: SecretRef
-    connection_limit: int = Field(10, ge=1)
+    connection_limit: int = Field(10, ge=1, le=MAX_CONNECTIONS)
     #: a Blazer query running longer than this is cancelled (ALTER ROLE ... SET statement_timeout)
     statement_timeout: str = Field("30s", pattern=r"^\d+(ms|s|min)$")
 

@@ -373,6 +373,18 @@ def test_negative_or_endless_timeouts_are_refused(change, key):
     only_problem(d, key)
 
 
+@pytest.mark.parametrize("change, key", [
+    (lambda d: d["postgres"].update(app_role_connection_limit=10 ** 20), "postgres.app_role_connection_limit"),
+    (lambda d: d["replication"].update(connection_limit=300000), "replication.connection_limit"),
+    (lambda d: d["pgbackrest"].update(retention_full=10 ** 8), "pgbackrest.retention_full"),
+    (lambda d: d["source"]["sentinel"].update(id=2 ** 70), "source.sentinel.id"),
+])
+def test_numbers_past_what_postgresql_or_pgbackrest_take_are_refused(change, key):
+    d = prod()
+    change(d)
+    only_problem(d, key)
+
+
 @pytest.mark.parametrize("path", ["/", "//", "/etc", "/etc/postgresql/15/main", "/var", "/var/tmp", "/tmp",
                                   "/root/dump", "/usr/local/dump", "/var/lib/postgresql",
                                   "/var/lib/postgresql/15/main", "/var/lib/postgresql/15/main/dump",
