@@ -216,7 +216,11 @@ def get_exporter_running(host: "Host") -> bool:
 def _start_cmd() -> str:
     # no systemd (the lab): what the unit does, with start-stop-daemon; the env file is sourced
     # inside the shell, so the password never shows on a command line
-    return (f"touch {EXPORTER_LOG} && chown {EXPORTER_USER} {EXPORTER_LOG} && chmod 0640 {EXPORTER_LOG} && "
+    # the log lies in /var/log (Ubuntu's is writable by the syslog group): made with O_EXCL (noclobber), never
+    # through a symlink, and its owner set with chown -h
+    return (f"{{ [ ! -L {EXPORTER_LOG} ] || {{ echo '{EXPORTER_LOG} is a symbolic link' >&2; exit 77; }}; }} && "
+            f"{{ [ -e {EXPORTER_LOG} ] || (set -C; umask 137; : > {EXPORTER_LOG}); }} && "
+            f"chown -h {EXPORTER_USER} {EXPORTER_LOG} && "
             f"set -a && . {EXPORTER_ENV} && set +a && "
             f"start-stop-daemon --start --background --make-pidfile --pidfile {EXPORTER_PIDFILE} "
             f"--chuid {EXPORTER_USER} --output {EXPORTER_LOG} --exec {EXPORTER_BIN} -- $ARGS")
