@@ -19,14 +19,17 @@ import pytest
 
 from hcbpg.adapters.files import REFUSED_EXIT, render_ensure_dir, render_put_file
 
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("runuser") is None or shutil.which("dash") is None,
-    reason="runs the scripts as root (chown, runuser) with dash, the servers' /bin/sh")
+
+def require_root() -> None:
+    if os.geteuid() != 0 or shutil.which("runuser") is None or shutil.which("dash") is None:
+        pytest.skip("runs the scripts as root (chown, runuser) with dash, the servers' /bin/sh")
+
 
 NOBODY = "nobody"
 
 
 def run(script: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    require_root()
     return subprocess.run(["dash", "-c", script], input=stdin, capture_output=True, text=True, timeout=30)
 
 
@@ -39,6 +42,7 @@ def owner(path: Path) -> tuple[str, int]:
 def root_dir() -> Iterator[Path]:
     """A directory of root's alone, below directories of root's alone, that other users can traverse
     (pytest's tmp_path lies in a 0700 directory)."""
+    require_root()
     base = Path(tempfile.mkdtemp(prefix="hcbpg-safe-write-", dir="/tmp"))
     try:
         base.chmod(0o755)
@@ -201,3 +205,16 @@ def test_root_does_not_make_a_directory_below_another_users(user_dir: Path) -> N
     os.chown(user_dir / "sub", 0, 0)
     res = run(render_ensure_dir(f"{user_dir}/sub/d", mode=0o700, owner="daemon", group="daemon"))
     assert res.returncode == REFUSED_EXIT and not (user_dir / "sub" / "d").exists()
+
+
+def test_host_put_text_runs_the_script_with_the_content_on_stdin_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hcbpg.adapters.host import Host
+
+    seen: dict = {}
+    host = Host("server-postgres-1", "192.0.2.1", echo=lambda line: None)
+    monkeypatch.setattr(host, "run", lambda cmd, **kw: seen.update(cmd=cmd, **kw))
+    host.put_text("/etc/postgresql/15/main/pg_hba.conf", "hostssl all rails\n", mode=0o640, owner="postgres")
+    assert seen["cmd"] == render_put_file("/etc/postgresql/15/main/pg_hba.conf", mode=0o640, owner="postgres",
+                                          group="postgres")
+    assert seen["stdin"] == "hostssl all rails\n" and "hostssl" not in seen["cmd"]
+    assert seen["display"] == "write /etc/postgresql/15/main/pg_hba.conf (18 bytes, mode 0640, owner postgres:postgres)"
