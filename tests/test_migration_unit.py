@@ -434,6 +434,7 @@ def test_stream_scripts_use_the_snapshot_the_service_file_and_no_secret(params):
         < main.index('wait "$countspid"')
     # foreign keys: added NOT VALID in one session, then validated N at a time, before the rest of post-data
     assert main.index("fk-add.sql") < main.index("fk-validate") < main.index("post.list --section=post-data")
+    assert "xargs -r -0 -P 4 -n 1 psql --cluster 15/main" in main and "-c < /var/tmp/hcbpg-dump/r1-07_cutover/fk-validate" in main
     session = migration.render_stream_session(params, "/var/tmp/hcbpg-dump/r1-07_cutover")
     golden("migration.stream-session.psql", session)
     assert "pg_export_snapshot()" in session and "pg_relation_size(c.oid) DESC" in session
@@ -522,8 +523,9 @@ def test_the_build_plan_goes_to_each_table_and_the_rest_to_the_final_pass(tmp_pa
         "CREATE UNIQUE INDEX events_pkey ON public.events USING btree (id);\n"
     assert "PRIMARY KEY USING INDEX events_pkey" in (tmp_path / "build" / "16549.keys").read_text()
     assert (tmp_path / "fk-add.sql").read_text().count("NOT VALID") == 1
+    # NUL-terminated: stream.sh hands each to psql whole (xargs -0), never split at a newline
     assert (tmp_path / "fk-validate").read_text() == \
-        "ALTER TABLE ONLY public.events VALIDATE CONSTRAINT fk_rails_0cb5590091;\n"
+        "ALTER TABLE ONLY public.events VALIDATE CONSTRAINT fk_rails_0cb5590091;\0"
 
 
 def test_an_empty_build_plan_leaves_everything_to_pg_restore(tmp_path):

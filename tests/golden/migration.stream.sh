@@ -66,7 +66,7 @@ psql -X -q -A -t -v ON_ERROR_STOP=1 -d service=hcbpg_source -c "BEGIN ISOLATION 
 psql --cluster 15/main -X -q -v ON_ERROR_STOP=1 -d hcb_production -f /var/tmp/hcbpg-dump/r1-07_cutover/sequences.sql
 if [ -f /var/tmp/hcbpg-dump/r1-07_cutover/fk-add.sql ]; then
   psql --cluster 15/main -X -q -v ON_ERROR_STOP=1 -d hcb_production -c "SET ROLE rails" -f /var/tmp/hcbpg-dump/r1-07_cutover/fk-add.sql
-  xargs -r -d '\n' -P 4 -n 1 psql --cluster 15/main -X -q -v ON_ERROR_STOP=1 -d hcb_production -c "SET ROLE rails" -c < /var/tmp/hcbpg-dump/r1-07_cutover/fk-validate
+  xargs -r -0 -P 4 -n 1 psql --cluster 15/main -X -q -v ON_ERROR_STOP=1 -d hcb_production -c "SET ROLE rails" -c < /var/tmp/hcbpg-dump/r1-07_cutover/fk-validate
 fi
 stamp foreign-keys
 pg_restore --cluster 15/main --no-owner --no-acl --role=rails --exit-on-error -L /var/tmp/hcbpg-dump/r1-07_cutover/post.list --section=post-data -j 4 -d hcb_production /var/tmp/hcbpg-dump/r1-07_cutover/schema.dump

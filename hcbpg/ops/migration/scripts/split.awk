@@ -19,7 +19,7 @@ FILENAME == ARGV[1] {
     if (kind[i] == "I") { print $0 > (f ".list"); close(f ".list") }
     else if (kind[i] == "F") {
         a = W "/fk-add.sql"; print mk[i] >> a; close(a)
-        a = W "/fk-validate"; print alt[i] >> a; close(a)
+        a = W "/fk-validate"; printf "%s%c", alt[i], 0 >> a; close(a)
     } else {
         print mk[i] > (f ".sql"); close(f ".sql")
         a = W "/build/" tbl[i] ".keys"; print alt[i] >> a; close(a)
