@@ -188,7 +188,7 @@ class Postgres(Model):
     @field_validator("settings")
     @classmethod
     def _setting_names(cls, v: dict[str, Any]) -> dict[str, Any]:
-        bad = [printable(k) for k in v if not SETTING_NAME.match(k)]
+        bad = [printable(k) for k in v if not SETTING_NAME.fullmatch(k)]
         if bad:
             raise ValueError(f"{', '.join(bad)}: not a PostgreSQL setting name (lowercase letters, digits and _, "
                              "one optional dot: work_mem, auto_explain.log_min_duration)")

@@ -112,7 +112,7 @@ SITE_REF = re.compile(r"^hcbpg(\.[a-z_][a-z0-9_]*)+:[A-Z][A-Za-z0-9_]*$")
 
 def site_ref(v: str) -> str:
     """*v* when it names a class of hcbpg (``hcbpg.module:Class``); else ValueError."""
-    if len(v) > 200 or not SITE_REF.match(v):
+    if len(v) > 200 or not SITE_REF.fullmatch(v):
         raise ValueError(f"{printable(v)!r} is not a class of hcbpg: a site is named as hcbpg.<module>:<Class> "
                          "(e.g. hcbpg.lab.site:LabSite); nothing outside hcbpg can be named here")
     return v
@@ -157,7 +157,7 @@ _ENDPOINT = re.compile(r"^(https?://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9
 
 def endpoint(v: str) -> str:
     """*v* when it is host or host:port with a port from 1 to 65535; else ValueError."""
-    m = _ENDPOINT.match(v)
+    m = _ENDPOINT.fullmatch(v)
     if not m:
         raise ValueError(f"{printable(v)!r} is not host or host:port (e.g. fsn1.your-objectstorage.com)")
     if m.group(5) is not None and not 1 <= int(m.group(5)) <= 65535:

@@ -300,6 +300,26 @@ def test_include_files_refuse_a_setting_that_spans_lines_even_without_params_val
         render_settings(p, p.primary, "connections", extra={"shared_preload_libraries": "a\nssl = off"})
 
 
+def test_a_setting_name_ending_in_a_newline_is_refused_by_the_include_file_renderer():
+    """``$`` in a Python pattern matches before a final newline: the names are matched whole."""
+    from hcbpg.desired.server import render_settings
+    p = valid()
+    bad = p.model_copy(update={"postgres": p.postgres.model_copy(update={"settings": {"work_mem\n": "64MB"}})})
+    with pytest.raises(HcbpgError):
+        render_settings(bad, bad.primary, "connections")
+    with pytest.raises(HcbpgError):
+        render_settings(p, p.primary, "connections", extra={"work_mem\n": "64MB"})
+
+
+def test_the_value_checks_match_whole_values_not_up_to_a_final_newline():
+    from hcbpg import values
+    for check, good in ((values.endpoint, "10.0.1.1:9443"), (values.site_ref, "hcbpg.lab.site:LabSite"),
+                        (values.own_directory, "/var/tmp/hcbpg-dump")):
+        assert check(good) == good
+        with pytest.raises(ValueError):
+            check(good + "\n")
+
+
 def test_pg_hba_refuses_a_rule_that_spans_lines_even_without_params_validation():
     from hcbpg.desired.server import render_pg_hba
     from hcbpg.pg.hba import HbaRule

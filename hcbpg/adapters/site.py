@@ -113,7 +113,7 @@ def load_site(ref: str) -> Site:
     refuses a class that is not a site before calling it.
     """
     if ref not in _LOADED:
-        if not SITE_REF.match(ref):
+        if not SITE_REF.fullmatch(ref):
             raise ParamsError("params", [f"site: {printable(ref)!r} is not a class of hcbpg "
                                          "(hcbpg.<module>:<Class>, e.g. hcbpg.lab.site:LabSite)"])
         module_name, _, attr = ref.partition(":")

@@ -77,7 +77,7 @@ def settings_for(params: "Params", server: "Server", part: str) -> dict[str, Set
                             "external_pid_file", "include_dir"}
         owned |= {*tls.ssl_settings(params), "ssl_ca_file", "ssl_crl_file"}  # the TLS include file's
         for key, value in params.postgres.settings.items():
-            if not SETTING_NAME.match(key):
+            if not SETTING_NAME.fullmatch(key):
                 problems.append(f"postgres.settings.{key}: not a PostgreSQL setting name")
             elif key in owned:
                 problems.append(f"postgres.settings.{key}: hcbpg sets {key} itself (or it belongs in "
