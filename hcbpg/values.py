@@ -31,12 +31,12 @@ _CHAR_NAMES = {"\n": "line feed", "\r": "carriage return", "\t": "tab", "\x00": 
 
 
 def control_characters(text: str) -> list[str]:
-    """The control characters in *text*, each once, as ``U+000A (line feed)``; empty: none.
+    """The control characters in *text*, each once, as ``U+000A line feed``; empty: none.
 
     Shared by the params checks and the renderers (:func:`hcbpg.pg.conf.one_line`), so both refuse the same.
     """
     seen = dict.fromkeys(ch for ch in text if unicodedata.category(ch) in _CONTROL_CATEGORIES)
-    return [f"U+{ord(ch):04X} ({_CHAR_NAMES.get(ch) or unicodedata.name(ch, 'control').lower()})" for ch in seen]
+    return [f"U+{ord(ch):04X} {_CHAR_NAMES.get(ch) or unicodedata.name(ch, 'control').lower()}" for ch in seen]
 
 
 def printable(text: str) -> str:
@@ -132,6 +132,9 @@ _CLUSTER_TREE = re.compile(r"^/(var/lib|etc)/postgresql/\d+(/|$)")
 
 def own_directory(v: str) -> str:
     """A directory hcbpg makes its own (``install -d -o postgres``, ``rm -rf`` inside): never a system one."""
+    if v and not v.strip("/"):
+        raise ValueError(f"{v!r} is the root directory: hcbpg makes this directory its own (owner, mode, files "
+                         "deleted inside), so name one of its own, e.g. /var/tmp/hcbpg-dump")
     if not re.fullmatch(r"/[A-Za-z0-9_.+@=-]+(/[A-Za-z0-9_.+@=-]+)*", v):
         raise ValueError(f"{printable(v)!r} is not an absolute path of plain names (letters, digits, _ . - + @ =) "
                          "without a trailing slash, e.g. /var/tmp/hcbpg-dump")
