@@ -466,6 +466,12 @@ class Audit(Model):
     head_file: str | None = None
     #: the operator's SSH key that signs (a private key, or a ``.pub`` whose key is in ssh-agent)
     signing_key: str | None = None
+    #: ``bucket``: every seal also appends the head to the backup bucket (``hcbpg-audit/...``, create-only,
+    #: Object Lock retention when the bucket has it) and verification reads it back (hcbpg.ops.audit_anchor);
+    #: needs the pgbackrest section.  ``none``: the head is kept beside the params and on this machine only
+    anchor: Literal["none", "bucket"] = "none"
+    #: days each anchor object is retained when the bucket has Object Lock and no default retention rule
+    anchor_retain_days: int = Field(default=400, ge=1, le=36500)
 
 
 #: params keys whose secret reference must belong to one environment only (checked across params/)
@@ -516,6 +522,13 @@ class Params(Model):
         if sum(1 for s in v if s.role == "primary") != 1:
             raise ValueError("exactly one server must have role: primary")
         return v
+
+    @model_validator(mode="after")
+    def _anchor_has_a_bucket(self) -> "Params":
+        if self.audit.anchor == "bucket" and self.pgbackrest is None:
+            raise ValueError("audit.anchor: bucket writes the audit head to the backup bucket, and these params "
+                             "have no pgbackrest section (add it, or set audit.anchor: none)")
+        return self
 
     @model_validator(mode="after")
     def _addresses_inside(self) -> "Params":

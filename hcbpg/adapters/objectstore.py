@@ -9,11 +9,15 @@ both succeed, so callers that rely on it check it (:func:`hcbpg.ops.env_lock.ens
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from typing import TYPE_CHECKING, Any, Protocol
 
 from hcbpg.errors import CloudError
 
 if TYPE_CHECKING:  # pragma: no cover
+    import datetime as _dt
+
     from hcbpg.params import Params
 
 #: S3 answers a conditional write that lost with 412; AWS answers one racing another write with 409
@@ -66,13 +70,50 @@ class ObjectStore:
                                                 config=config)
         return cls(client, pb.s3_bucket)
 
-    def create(self, key: str, body: bytes) -> str | None:
-        """Write *key* only if it does not exist: its ETag, or None when it exists already."""
+    def create(self, key: str, body: bytes, *, lock: tuple[str, "_dt.datetime"] | None = None) -> str | None:
+        """Write *key* only if it does not exist: its ETag, or None when it exists already.
+
+        *lock*: ``(mode, retain_until)``, S3 Object Lock retention of this version (GOVERNANCE or COMPLIANCE;
+        the bucket must have Object Lock enabled), sent with the Content-MD5 S3 asks of such a write."""
+        extra: dict[str, Any] = {}
+        if lock is not None:
+            extra = {"ObjectLockMode": lock[0], "ObjectLockRetainUntilDate": lock[1],
+                     "ContentMD5": base64.b64encode(hashlib.md5(body).digest()).decode()}  # noqa: S324 - S3's integrity header
         try:
             return str(self._call("create", key, self.client.put_object, Bucket=self.bucket, Key=key, Body=body,
-                                  IfNoneMatch="*")["ETag"])
+                                  IfNoneMatch="*", **extra)["ETag"])
         except _Lost:
             return None
+
+    def keys(self, prefix: str) -> list[str]:
+        """Every key under *prefix*, in S3's order (lexicographic)."""
+        out: list[str] = []
+        token: dict[str, str] = {}
+        while True:
+            r = self._call("list", prefix, self.client.list_objects_v2, Bucket=self.bucket, Prefix=prefix, **token)
+            out += [str(o["Key"]) for o in r.get("Contents", [])]
+            if not r.get("IsTruncated"):
+                return out
+            token = {"ContinuationToken": str(r["NextContinuationToken"])}
+
+    def object_lock(self) -> tuple[str | None, int | None] | None:
+        """``(default mode, default days)`` when the bucket has Object Lock enabled (None each without a default
+        retention rule); None when it has not."""
+        try:
+            r = self._call("read the Object Lock configuration of", self.bucket,
+                           self.client.get_object_lock_configuration, Bucket=self.bucket)
+        except _Missing:
+            return None
+        except CloudError as exc:
+            if "ObjectLockConfigurationNotFound" in exc.message:
+                return None
+            raise
+        conf = r.get("ObjectLockConfiguration") or {}
+        if conf.get("ObjectLockEnabled") != "Enabled":
+            return None
+        rule = (conf.get("Rule") or {}).get("DefaultRetention") or {}
+        days = rule.get("Days") or (rule["Years"] * 365 if rule.get("Years") else None)
+        return rule.get("Mode"), days
 
     def replace(self, key: str, body: bytes, *, etag: str) -> str | None:
         """Overwrite *key* only if its ETag is still *etag*: the new ETag, or None when it changed or is gone."""

@@ -9,6 +9,7 @@ this machine's anchor) is set aside under ``outputs/.set-aside/`` first, and nam
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -19,6 +20,7 @@ from hcbpg.engine import signing
 from hcbpg.engine.locks import env_lock
 from hcbpg.engine.runbook import AUTO_ACTIONS_ENV
 from hcbpg.engine.runner import Runner, install_sigterm_as_interrupt
+from hcbpg.errors import HcbpgError
 from hcbpg.params import home, load_params
 
 APPROVER = "hcbpg rehearse (automatic)"
@@ -71,8 +73,17 @@ def set_aside_old_record() -> None:
     """The lab's earlier record (of labs since torn down) set aside, named: this rehearsal starts a new chain."""
     base = home()
     trust = signing.trust_for(load_params("lab", base), "lab", base)
+    why = "hcbpg rehearse builds a new lab and starts a new chain for it"
     with env_lock("lab", purpose="set aside", base=base):  # not while a run of the lab writes it
-        where = mf.set_aside(base, "lab", trust, why="hcbpg rehearse builds a new lab and starts a new chain for it")
+        try:  # the lab's bucket, if a kept lab still runs, records the set-aside: its sequence starts again
+            where = mf.set_aside(base, "lab", trust, why=why)
+        except HcbpgError as exc:
+            if trust.bucket is None:
+                raise
+            # no lab runs: its S3 store (in memory) went with it, and the new lab's bucket starts empty
+            print(f"note: the lab's bucket is not up ({exc.message.splitlines()[0][:160]}): the new lab's "
+                  "bucket starts a new anchor sequence", flush=True)
+            where = mf.set_aside(base, "lab", dataclasses.replace(trust, bucket=None), why=why)
     if where is not None:
         shown = where.relative_to(base) if where.is_relative_to(base) else where
         print(f"the lab's earlier audit record was set aside to {shown} (a new lab, a new chain)", flush=True)

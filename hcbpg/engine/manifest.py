@@ -42,7 +42,8 @@ from typing import Any
 
 from hcbpg import secrets as hsecrets
 from hcbpg.engine import signing, state
-from hcbpg.errors import AuditError, UsageError
+from hcbpg.errors import AuditError, CloudError, UsageError
+from hcbpg.ops import audit_anchor
 from hcbpg.procs import process_alive
 
 FORMAT = 1
@@ -482,15 +483,23 @@ def seal(run: Run, sealer: Sealer, *, note: str | None = None) -> None:
     with run.update() as data:
         data["run_log_sha256"] = sha256_file(log) if log.is_file() else None
         data["sealed"] = {"at": at, "by": operator_name(), "machine": socket.gethostname(),
-                          "allowed_signers": signers, **({"note": note} if note else {})}
+                          "allowed_signers": signers, **({"note": note} if note else {}),
+                          **({"anchor": sealer.trust.bucket.where} if sealer.trust.bucket else {})}
     content = run.written_path.read_bytes()
     if run.manifest_path.read_bytes() != content:
         raise AuditError(f"{run.manifest_path}: changed while it was being sealed; not signed")
     signature = signing.sign(content, sealer.key, signing.NS_MANIFEST)
+    sha = hashlib.sha256(content).hexdigest()
+    if sealer.trust.bucket is not None:  # first: a seal the bucket does not know is no seal (never skipped)
+        try:
+            sealer.trust.bucket.append(run=run.path.name, run_id=run.run_id, manifest_sha256=sha, sealed_at=at,
+                                       by=operator_name())
+        except CloudError:
+            (run.path / SIG_NAME).unlink(missing_ok=True)  # an earlier seal's: the run is unsealed, sealed next time
+            raise
     tmp = run.path / f".{SIG_NAME}.{os.getpid()}.tmp"
     tmp.write_text(signature)  # not through the scrubber: a signature is not a secret, and must stay exact
     os.replace(tmp, run.path / SIG_NAME)
-    sha = hashlib.sha256(content).hexdigest()
     write_head(sealer.trust, run, sha)
     write_anchor(run, sha, at)
 
@@ -637,6 +646,7 @@ def verify_trust(runs: list[Run], trust: signing.Trust, *, pending: Run | None =
                             "already allowed, does")
     if home is not None:
         problems += _verify_anchor(runs, home, trust.env, pending)
+    problems += _verify_bucket(runs, trust, pending)
     try:
         head = read_head(trust)
     except AuditError as exc:
@@ -662,6 +672,15 @@ def verify_trust(runs: list[Run], trust: signing.Trust, *, pending: Run | None =
         if not (pending is not None and r.path == pending.path):
             problems.append(f"{r.path}: newer than the head recorded in {trust.head_file} ({name})")
     return problems
+
+
+def _verify_bucket(runs: list[Run], trust: signing.Trust, pending: Run | None) -> list[str]:
+    """The record against the head anchored in the backup bucket (:mod:`hcbpg.ops.audit_anchor`)."""
+    local = [audit_anchor.Local.of(r.path.name, r.manifest_path.read_bytes() if r.manifest_path.is_file() else None,
+                                   is_sealed(r)) for r in runs]
+    pend = pending.path.name if pending is not None else None
+    return (trust.bucket.verify(local, pending=pend) if trust.bucket is not None
+            else audit_anchor.plan_verify(None, [], local, env=trust.env, pending=pend))
 
 
 def _verify_anchor(runs: list[Run], home: Path, env: str, pending: Run | None) -> list[str]:
@@ -711,6 +730,8 @@ def set_aside(home: Path, env: str, trust: signing.Trust, *, why: str) -> Path |
     has_runs = edir.is_dir() and any(edir.iterdir())
     if not (has_runs or trust.head_file.is_file() or anchor.is_file()):
         return None
+    if trust.bucket is not None:  # the bucket's sequence starts again too (CloudError when it cannot be reached)
+        trust.bucket.append_set_aside(at=utcnow(), by=operator_name(), why=why)
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
     dest = outputs_dir(home) / ".set-aside" / f"{env}-{stamp}"
     dest.mkdir(parents=True)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from hcbpg.errors import AuditError
+from hcbpg.ops.audit_anchor import BucketAnchor
 from hcbpg.params import Params
 
 NS_MANIFEST = "hcbpg-audit"
@@ -44,6 +45,8 @@ class Trust:
     env: str
     allowed_signers: Path
     head_file: Path
+    #: the head anchored in the backup bucket (params ``audit.anchor: bucket``), None when off
+    bucket: BucketAnchor | None = None
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,7 @@ def trust_for(params: Params | None, env: str, base: Path) -> Trust:
             signers = base / "params" / "allowed_signers"
     head = (_params_path(base, audit.head_file) if audit is not None and audit.head_file
             else base / "params" / f"{env}.audit-head")
-    return Trust(env, signers, head)
+    return Trust(env, signers, head, BucketAnchor.from_params(params) if params is not None else None)
 
 
 def signing_key(params: Params | None) -> Path:

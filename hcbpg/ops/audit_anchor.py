@@ -1,0 +1,249 @@
+"""The audit head anchored in the backup bucket: an append-only sequence no pusher of the repository can rewrite.
+
+Every seal of an environment's record (params ``audit.anchor: bucket``) creates the next object of
+``hcbpg-audit/<repository path>/<env>/<seq:08d>.json`` with ``If-None-Match: *`` (never overwritten:
+of two writers of one number, the second is refused and takes the next), holding the run, its
+manifest's sha256, the seal's time, who sealed it and the sha256 of the previous object.  When the
+bucket has S3 Object Lock enabled, each object is written with retention (the bucket's default rule,
+else GOVERNANCE for ``audit.anchor_retain_days``), so not even the bucket's key can delete or change
+that version before it expires.
+
+Verification reads the sequence back and refuses a record that is rolled back (a run the bucket names
+is missing), rewritten (a manifest differs from the version last anchored for its run) or extended
+without the bucket (a sealed run after the first anchored one that the bucket does not name); the
+signed seal of each run also names the bucket it was anchored in, so turning the anchor off in params
+or pointing it at another bucket is refused too.  What it protects against: anyone who can push to
+the repository (or edit ``outputs/`` and the head file) but holds no S3 key of the bucket.  It does
+not protect against a holder of that key where Object Lock is off (the objects can be deleted).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import re
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from hcbpg import secrets as hsecrets
+from hcbpg.desired.pgbackrest import repo_path
+from hcbpg.errors import CloudError, HcbpgError
+from hcbpg.params import Params
+
+PREFIX = "hcbpg-audit"
+FORMAT = 1
+_KEY = re.compile(r"(\d{8})\.json")
+
+
+class AnchorStoreLike(Protocol):
+    """What the anchor needs from a bucket (:class:`hcbpg.adapters.objectstore.ObjectStore`, or moto's in tests)."""
+
+    name: str
+
+    def create(self, key: str, body: bytes, *, lock: tuple[str, _dt.datetime] | None = None) -> str | None: ...
+
+    def get(self, key: str) -> tuple[bytes, str] | None: ...
+
+    def keys(self, prefix: str) -> list[str]: ...
+
+    def object_lock(self) -> tuple[str | None, int | None] | None: ...
+
+
+def anchor_prefix(params: Params) -> str:
+    """``hcbpg-audit/<repository path>/<env>/``: beside pgBackRest's repository, never inside it."""
+    return f"{PREFIX}/{repo_path(params).strip('/')}/{params.environment}/"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One object of the sequence: its key, the sha256 of its body and what it says."""
+
+    key: str
+    sha256: str
+    rec: dict[str, Any]
+
+
+def render_entry(*, env: str, seq: int, previous_sha256: str | None, fields: dict[str, Any]) -> bytes:
+    """An anchor's body: *fields* (``kind`` ``seal``: run, run_id, manifest_sha256, sealed_at, by, machine;
+    ``set-aside``: at, by, machine, why) with its place in the sequence."""
+    return (json.dumps({"format": FORMAT, "env": env, "seq": seq, **fields, "previous_sha256": previous_sha256},
+                       sort_keys=True) + "\n").encode()
+
+
+def parse_entries(where: str, env: str, objects: list[tuple[str, bytes]]) -> tuple[list[Entry], list[str]]:
+    """The sequence from ``(key, body)`` pairs in key order: entries, and what is wrong with it (gaps, a broken
+    link, an object that is not an anchor)."""
+    entries: list[Entry] = []
+    problems: list[str] = []
+    for key, body in objects:
+        m = _KEY.fullmatch(key.rsplit("/", 1)[-1])
+        try:
+            rec = json.loads(body)
+        except ValueError:
+            rec = None
+        if m is None or not isinstance(rec, dict) or rec.get("env") != env or rec.get("seq") != int(m.group(1)):
+            problems.append(f"{where}{key.rsplit('/', 1)[-1]}: not an audit anchor of {env}")
+            continue
+        sha = hashlib.sha256(body).hexdigest()
+        prev = entries[-1] if entries else None
+        if rec["seq"] != (prev.rec["seq"] + 1 if prev else 0):
+            problems.append(f"{where}{key.rsplit('/', 1)[-1]}: follows "
+                            f"{prev.key.rsplit('/', 1)[-1] if prev else 'nothing'}: anchors are missing before it")
+        elif rec.get("previous_sha256") != (prev.sha256 if prev else None):
+            problems.append(f"{where}{key.rsplit('/', 1)[-1]}: its link to the anchor before it does not hold")
+        entries.append(Entry(key, sha, rec))
+    return entries, problems
+
+
+@dataclass(frozen=True)
+class Local:
+    """A run of the record in ``outputs/`` as verification sees it."""
+
+    run: str                    # its directory name
+    manifest_sha256: str | None  # None: unreadable
+    sealed: bool
+    anchored_in: str | None     # the bucket its signed seal says it was anchored in
+
+    @classmethod
+    def of(cls, run: str, manifest: bytes | None, sealed: bool) -> "Local":
+        try:
+            seal = json.loads(manifest or b"{}").get("sealed")
+        except (ValueError, AttributeError):
+            seal = None
+        where = seal.get("anchor") if isinstance(seal, dict) else None
+        return cls(run, hashlib.sha256(manifest).hexdigest() if manifest is not None else None, sealed,
+                   where if isinstance(where, str) else None)
+
+
+def plan_verify(where: str | None, entries: list[Entry], local: list[Local], *, env: str,
+                pending: str | None) -> list[str]:
+    """What the bucket's sequence says is wrong with the record in ``outputs/`` (*where*: the anchor's
+    ``s3://bucket/prefix/``, None when params have it off); *pending*: the run being written or sealed next."""
+    if where is None:
+        named = next((r for r in reversed(local) if r.anchored_in), None)
+        return [] if named is None else [
+            f"{named.run}: its signed seal says it was anchored in {named.anchored_in}, and params/{env}.yaml has "
+            "no bucket anchor (audit.anchor): turning it off would let the record be rolled back unseen"]
+    problems: list[str] = []
+    names = [r.run for r in local]
+    last: dict[str, Entry] = {}
+    cut = max((i + 1 for i, e in enumerate(entries) if e.rec.get("kind") == "set-aside"), default=0)
+    for e in entries[cut:]:  # a record set aside (hcbpg rehearse, a new lab) is no longer this record
+        last[str(e.rec.get("run"))] = e
+    for run, e in last.items():
+        if run not in names:
+            problems.append(f"{e.key.rsplit('/', 1)[-1]} in {where} names run {run} of {env}, sealed at "
+                            f"{e.rec.get('sealed_at')} by {e.rec.get('by')}, and it is not in outputs/{env}: "
+                            "the record was rolled back or runs were deleted")
+    anchored = [i for i, r in enumerate(local) if r.run in last]
+    first = anchored[0] if anchored else len(local)
+    for i, r in enumerate(local):
+        if r.run == pending:
+            continue
+        if r.run in last:
+            if r.manifest_sha256 != last[r.run].rec.get("manifest_sha256"):
+                problems.append(f"{r.run}: its manifest differs from the version anchored in {where}"
+                                f"{last[r.run].key.rsplit('/', 1)[-1]} (sealed at {last[r.run].rec.get('sealed_at')}): "
+                                "rewritten")
+        elif r.sealed and (i > first or r.anchored_in):
+            problems.append(f"{r.run}: sealed, and {where} names no anchor of it: sealed without the bucket "
+                            "(by someone without its key?) or its anchor was removed")
+        if r.anchored_in and r.anchored_in != where:
+            problems.append(f"{r.run}: its signed seal says it was anchored in {r.anchored_in}, not in {where} "
+                            f"(params/{env}.yaml points the anchor elsewhere)")
+    return problems
+
+
+class BucketAnchor:
+    """One environment's sequence in its bucket; the store is made (and the S3 key read) on first use."""
+
+    def __init__(self, env: str, bucket: str, prefix: str, store: Callable[[], AnchorStoreLike], *,
+                 retain_days: int = 400) -> None:
+        self.env = env
+        self.prefix = prefix
+        self.where = f"s3://{bucket}/{prefix}"
+        self.retain_days = retain_days
+        self._make = store
+        self._store: AnchorStoreLike | None = None
+
+    @classmethod
+    def from_params(cls, params: Params) -> "BucketAnchor | None":
+        """The anchor params ``audit.anchor: bucket`` asks for, with the S3 key from its references; else None."""
+        pb = params.pgbackrest
+        if params.audit.anchor != "bucket" or pb is None:
+            return None
+
+        def make() -> AnchorStoreLike:
+            from hcbpg.adapters.objectstore import ObjectStore  # noqa: PLC0415 - boto3 is heavy: loaded when used
+
+            return ObjectStore.from_params(params, hsecrets.resolve(pb.s3_key, key="pgbackrest.s3_key"),
+                                           hsecrets.resolve(pb.s3_key_secret, key="pgbackrest.s3_key_secret"))
+        return cls(params.environment, pb.s3_bucket, anchor_prefix(params), make,
+                   retain_days=params.audit.anchor_retain_days)
+
+    @property
+    def store(self) -> AnchorStoreLike:
+        if self._store is None:
+            self._store = self._make()
+        return self._store
+
+    def get_entries(self) -> tuple[list[Entry], list[str]]:
+        """The sequence as the bucket holds it now (CloudError when it cannot be read)."""
+        objects = []
+        for key in self.store.keys(self.prefix):
+            got = self.store.get(key)
+            if got is not None:
+                objects.append((key[len(self.prefix):], got[0]))
+        return parse_entries(self.where, self.env, objects)
+
+    def verify(self, local: list[Local], *, pending: str | None) -> list[str]:
+        try:
+            entries, problems = self.get_entries()
+        except HcbpgError as exc:
+            return [f"{self.where}: the audit anchor of {self.env} cannot be read, so the record cannot be checked "
+                    f"against it: {exc.message}"]
+        return problems + plan_verify(self.where, entries, local, env=self.env, pending=pending)
+
+    def append(self, *, run: str, run_id: str, manifest_sha256: str, sealed_at: str, by: str) -> str:
+        """Create the next object of the sequence; its key.  CloudError, loudly, when the bucket cannot be
+        written or does not enforce ``If-None-Match`` (the sequence would not be append-only)."""
+        try:
+            return self._append({"kind": "seal", "run": run, "run_id": run_id, "manifest_sha256": manifest_sha256,
+                                 "sealed_at": sealed_at, "by": by, "machine": socket.gethostname()})
+        except HcbpgError as exc:  # the bucket, or its S3 key's reference
+            raise CloudError(f"the audit head of {self.env} could not be anchored in {self.where}, so run {run} is "
+                             f"not sealed: {exc.message}",
+                             hint="Make the bucket reachable (pgbackrest.s3_endpoint, the S3 key), then `hcbpg resume` "
+                                  "or the next run seals it; or set audit.anchor: none in params, knowingly.") from exc
+
+    def append_set_aside(self, *, at: str, by: str, why: str) -> str:
+        """Record that the environment's record was set aside: verification starts again after this object."""
+        return self._append({"kind": "set-aside", "at": at, "by": by, "machine": socket.gethostname(), "why": why})
+
+    def _append(self, fields: dict[str, Any], attempts: int = 5) -> str:
+        lock = self._lock()
+        for _ in range(attempts):
+            entries, problems = self.get_entries()
+            if problems:
+                raise CloudError(f"{self.where} is not a clean sequence: {problems[0]}")
+            seq = entries[-1].rec["seq"] + 1 if entries else 0
+            body = render_entry(env=self.env, seq=seq, previous_sha256=entries[-1].sha256 if entries else None,
+                                fields=fields)
+            key = f"{self.prefix}{seq:08d}.json"
+            if self.store.create(key, body, lock=lock) is not None:
+                if self.store.create(key, body, lock=lock) is not None:
+                    raise CloudError(f"{self.store.name} ignored If-None-Match: a second create of {key} succeeded, "
+                                     "so an anchor there could be overwritten")
+                return key
+        raise CloudError(f"{self.where}: {attempts} other seals took the next number first")
+
+    def _lock(self) -> tuple[str, _dt.datetime] | None:
+        got = self.store.object_lock()
+        if got is None:
+            return None
+        mode, days = got
+        return (mode or "GOVERNANCE",
+                _dt.datetime.now(_dt.timezone.utc) + _dt.timedelta(days=days or self.retain_days))
