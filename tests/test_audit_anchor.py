@@ -146,6 +146,7 @@ def test_an_unreachable_bucket_fails_the_seal_loudly_and_the_run_is_sealed_when_
     t = trust(home, anchor(s3))
     sealed_run(home, t)
     down = audit_anchor.BucketAnchor("test", BUCKET, PREFIX, lambda: store_of(_unreachable_client()))
+    time.sleep(1.05)  # run directories are named by the second
     run = mf.create_run(home, "test", steps=[], mode="run", dry_run=False, params_sha256="0" * 64, selection={},
                         repo=home)
     with pytest.raises(CloudError) as ei:
@@ -217,3 +218,22 @@ def _unreachable_client():
     from botocore.config import Config
     return boto3.client("s3", endpoint_url="http://127.0.0.1:9", region_name="us-east-1", aws_access_key_id="k",
                         aws_secret_access_key="s", config=Config(connect_timeout=1, retries={"max_attempts": 1}))
+
+
+def test_a_labs_bucket_gone_with_the_lab_is_checked_against_this_machines_copy_only(home, s3, tmp_path):
+    """The lab's S3 store is torn down with the lab: an environment with allow_weak_settings reads this
+    machine's copy of the sequence instead (a fresh clone has none); any other environment refuses."""
+    copy = tmp_path / "copy.json"
+    up = audit_anchor.BucketAnchor("test", BUCKET, PREFIX, lambda: store_of(s3), copy=copy, copy_when_gone=True)
+    runs = [sealed_run(home, trust(home, up)) for _ in range(2)]
+    assert [k for k, _ in json.loads(copy.read_text())["objects"]] == ["00000000.json", "00000001.json"]
+
+    def gone(*, copy_when_gone: bool) -> signing.Trust:
+        return trust(home, audit_anchor.BucketAnchor("test", BUCKET, PREFIX, lambda: store_of(_unreachable_client()),
+                                                     copy=copy, copy_when_gone=copy_when_gone))
+    assert mf.verify_env(home, "test", gone(copy_when_gone=True)) == []
+    assert "cannot be read" in mf.verify_env(home, "test", gone(copy_when_gone=False))[0]
+    shutil.rmtree(runs[-1].path)
+    assert any("rolled back" in p for p in mf.verify_env(home, "test", gone(copy_when_gone=True)))
+    copy.unlink()
+    assert any("cannot be read" in p for p in mf.verify_env(home, "test", gone(copy_when_gone=True)))

@@ -83,6 +83,8 @@ def set_aside_old_record() -> None:
             # no lab runs: its S3 store (in memory) went with it, and the new lab's bucket starts empty
             print(f"note: the lab's bucket is not up ({exc.message.splitlines()[0][:160]}): the new lab's "
                   "bucket starts a new anchor sequence", flush=True)
+            if trust.bucket.copy is not None:  # this machine's copy of the old lab's sequence goes with it
+                trust.bucket.copy.unlink(missing_ok=True)
             where = mf.set_aside(base, "lab", dataclasses.replace(trust, bucket=None), why=why)
     if where is not None:
         shown = where.relative_to(base) if where.is_relative_to(base) else where

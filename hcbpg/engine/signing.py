@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hcbpg.engine import state
 from hcbpg.errors import AuditError
 from hcbpg.ops.audit_anchor import BucketAnchor
 from hcbpg.params import Params
@@ -73,7 +74,8 @@ def trust_for(params: Params | None, env: str, base: Path) -> Trust:
             signers = base / "params" / "allowed_signers"
     head = (_params_path(base, audit.head_file) if audit is not None and audit.head_file
             else base / "params" / f"{env}.audit-head")
-    return Trust(env, signers, head, BucketAnchor.from_params(params) if params is not None else None)
+    copy = state.state_dir(base) / "anchors" / f"{env}.bucket.json"  # this machine's copy of the bucket's sequence
+    return Trust(env, signers, head, BucketAnchor.from_params(params, copy=copy) if params is not None else None)
 
 
 def signing_key(params: Params | None) -> Path:

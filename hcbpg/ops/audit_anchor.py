@@ -26,6 +26,7 @@ import re
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from hcbpg import secrets as hsecrets
@@ -64,6 +65,7 @@ class Entry:
     key: str
     sha256: str
     rec: dict[str, Any]
+    body: bytes
 
 
 def render_entry(*, env: str, seq: int, previous_sha256: str | None, fields: dict[str, Any]) -> bytes:
@@ -94,7 +96,7 @@ def parse_entries(where: str, env: str, objects: list[tuple[str, bytes]]) -> tup
                             f"{prev.key.rsplit('/', 1)[-1] if prev else 'nothing'}: anchors are missing before it")
         elif rec.get("previous_sha256") != (prev.sha256 if prev else None):
             problems.append(f"{where}{key.rsplit('/', 1)[-1]}: its link to the anchor before it does not hold")
-        entries.append(Entry(key, sha, rec))
+        entries.append(Entry(key, sha, rec, body))
     return entries, problems
 
 
@@ -161,17 +163,24 @@ class BucketAnchor:
     """One environment's sequence in its bucket; the store is made (and the S3 key read) on first use."""
 
     def __init__(self, env: str, bucket: str, prefix: str, store: Callable[[], AnchorStoreLike], *,
-                 retain_days: int = 400) -> None:
+                 retain_days: int = 400, copy: Path | None = None, copy_when_gone: bool = False) -> None:
         self.env = env
         self.prefix = prefix
         self.where = f"s3://{bucket}/{prefix}"
         self.retain_days = retain_days
         self._make = store
         self._store: AnchorStoreLike | None = None
+        #: this machine's copy of the sequence as last read (state dir); read instead of the bucket only
+        #: when *copy_when_gone* (a lab's bucket goes with the lab) and the bucket cannot be reached
+        self.copy = copy
+        self.copy_when_gone = copy_when_gone
 
     @classmethod
-    def from_params(cls, params: Params) -> "BucketAnchor | None":
-        """The anchor params ``audit.anchor: bucket`` asks for, with the S3 key from its references; else None."""
+    def from_params(cls, params: Params, *, copy: Path | None = None) -> "BucketAnchor | None":
+        """The anchor params ``audit.anchor: bucket`` asks for, with the S3 key from its references; else None.
+
+        *copy*: where this machine keeps a copy of the sequence, read in its place when the bucket is gone
+        for an environment with ``allow_weak_settings`` (the lab: its S3 store is torn down with it)."""
         pb = params.pgbackrest
         if params.audit.anchor != "bucket" or pb is None:
             return None
@@ -182,7 +191,7 @@ class BucketAnchor:
             return ObjectStore.from_params(params, hsecrets.resolve(pb.s3_key, key="pgbackrest.s3_key"),
                                            hsecrets.resolve(pb.s3_key_secret, key="pgbackrest.s3_key_secret"))
         return cls(params.environment, pb.s3_bucket, anchor_prefix(params), make,
-                   retain_days=params.audit.anchor_retain_days)
+                   retain_days=params.audit.anchor_retain_days, copy=copy, copy_when_gone=params.allow_weak_settings)
 
     @property
     def store(self) -> AnchorStoreLike:
@@ -197,14 +206,34 @@ class BucketAnchor:
             got = self.store.get(key)
             if got is not None:
                 objects.append((key[len(self.prefix):], got[0]))
+        self._keep_copy(objects)
         return parse_entries(self.where, self.env, objects)
+
+    def _keep_copy(self, objects: list[tuple[str, bytes]]) -> None:
+        if self.copy is not None:
+            self.copy.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            tmp = self.copy.with_name(f".{self.copy.name}.tmp")
+            tmp.write_text(json.dumps({"where": self.where, "objects": [[k, b.decode()] for k, b in objects]}) + "\n")
+            tmp.replace(self.copy)
+
+    def _read_copy(self) -> list[tuple[str, bytes]] | None:
+        try:
+            rec = json.loads(self.copy.read_text()) if self.copy is not None else None
+        except (OSError, ValueError):
+            return None
+        if not isinstance(rec, dict) or rec.get("where") != self.where:
+            return None
+        return [(str(k), str(b).encode()) for k, b in rec.get("objects", [])]
 
     def verify(self, local: list[Local], *, pending: str | None) -> list[str]:
         try:
             entries, problems = self.get_entries()
         except HcbpgError as exc:
-            return [f"{self.where}: the audit anchor of {self.env} cannot be read, so the record cannot be checked "
-                    f"against it: {exc.message}"]
+            kept = self._read_copy() if self.copy_when_gone else None
+            if kept is None:
+                return [f"{self.where}: the audit anchor of {self.env} cannot be read, so the record cannot be "
+                        f"checked against it: {exc.message}"]
+            entries, problems = parse_entries(self.where, self.env, kept)  # the lab's bucket went with the lab
         return problems + plan_verify(self.where, entries, local, env=self.env, pending=pending)
 
     def append(self, *, run: str, run_id: str, manifest_sha256: str, sealed_at: str, by: str) -> str:
@@ -237,6 +266,7 @@ class BucketAnchor:
                 if self.store.create(key, body, lock=lock) is not None:
                     raise CloudError(f"{self.store.name} ignored If-None-Match: a second create of {key} succeeded, "
                                      "so an anchor there could be overwritten")
+                self._keep_copy([*((e.key, e.body) for e in entries), (f"{seq:08d}.json", body)])
                 return key
         raise CloudError(f"{self.where}: {attempts} other seals took the next number first")
 
