@@ -472,6 +472,9 @@ class Audit(Model):
     anchor: Literal["none", "bucket"] = "none"
     #: days each anchor object is retained when the bucket has Object Lock and no default retention rule
     anchor_retain_days: int = Field(default=400, ge=1, le=36500)
+    #: a lab's: its bucket is torn down with it, so once the bucket is gone verification reads this machine's
+    #: copy of the sequence instead (a fresh clone has none and fails); anywhere else a gone bucket fails
+    anchor_copy_when_gone: bool = False
 
 
 #: params keys whose secret reference must belong to one environment only (checked across params/)

@@ -204,13 +204,15 @@ def test_params_turn_it_on_only_with_a_bucket():
                           "repo_path_prefix": "/pgbackrest", "stanza": "hcb_production"}
     params = parse_params(data)
     assert audit_anchor.anchor_prefix(params) == PREFIX
-    assert signing.trust_for(params, "test", Path("/nonexistent")).bucket is not None
+    made = signing.trust_for(params, "test", Path("/nonexistent")).bucket
+    assert made is not None and made.where == f"s3://hcb-production-postgres/{PREFIX}" and not made.copy_when_gone
     data["audit"] = {"anchor": "sometimes"}
     with pytest.raises(ParamsError, match="audit.anchor"):
         parse_params(data)
     for env in ("lab", "staging", "production"):
         shipped = yaml.safe_load((Path(__file__).resolve().parent.parent / "params" / f"{env}.yaml").read_text())
         assert shipped["audit"]["anchor"] == "bucket", env
+        assert shipped["audit"].get("anchor_copy_when_gone", False) == (env == "lab"), env
 
 
 def _unreachable_client():
@@ -221,7 +223,7 @@ def _unreachable_client():
 
 
 def test_a_labs_bucket_gone_with_the_lab_is_checked_against_this_machines_copy_only(home, s3, tmp_path):
-    """The lab's S3 store is torn down with the lab: an environment with allow_weak_settings reads this
+    """The lab's S3 store is torn down with the lab: params audit.anchor_copy_when_gone read this
     machine's copy of the sequence instead (a fresh clone has none); any other environment refuses."""
     copy = tmp_path / "copy.json"
     up = audit_anchor.BucketAnchor("test", BUCKET, PREFIX, lambda: store_of(s3), copy=copy, copy_when_gone=True)

@@ -180,7 +180,7 @@ class BucketAnchor:
         """The anchor params ``audit.anchor: bucket`` asks for, with the S3 key from its references; else None.
 
         *copy*: where this machine keeps a copy of the sequence, read in its place when the bucket is gone
-        for an environment with ``allow_weak_settings`` (the lab: its S3 store is torn down with it)."""
+        and params ``audit.anchor_copy_when_gone`` (the lab: its S3 store is torn down with it)."""
         pb = params.pgbackrest
         if params.audit.anchor != "bucket" or pb is None:
             return None
@@ -191,7 +191,8 @@ class BucketAnchor:
             return ObjectStore.from_params(params, hsecrets.resolve(pb.s3_key, key="pgbackrest.s3_key"),
                                            hsecrets.resolve(pb.s3_key_secret, key="pgbackrest.s3_key_secret"))
         return cls(params.environment, pb.s3_bucket, anchor_prefix(params), make,
-                   retain_days=params.audit.anchor_retain_days, copy=copy, copy_when_gone=params.allow_weak_settings)
+                   retain_days=params.audit.anchor_retain_days, copy=copy,
+                   copy_when_gone=params.audit.anchor_copy_when_gone)
 
     @property
     def store(self) -> AnchorStoreLike:
