@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -42,11 +43,17 @@ def _rows(notebook) -> list[tuple[str, str, str, str]]:
     return rows
 
 
-@pytest.mark.skipif(not _unshare_works(), reason="needs root and unshare --net (an empty network namespace)")
-def test_plan_production_offline_names_only_unresolvable_secrets_and_unreachable_hosts(tmp_path):
+def _plan_production_offline(tmp_path, *, anchor: str | None = None) -> tuple[subprocess.CompletedProcess, Path]:
+    """``hcbpg plan production`` in an empty network namespace, no 1Password CLI, a fresh record;
+    *anchor* overrides the committed ``audit.anchor``. Returns the process and the home."""
     home, user = tmp_path / "home", tmp_path / "user"
     (home / "params").mkdir(parents=True)
     shutil.copy(REPO / "params" / "production.yaml", home / "params")
+    if anchor is not None:
+        f = home / "params" / "production.yaml"
+        text = f.read_text()
+        assert "audit: {anchor: bucket}" in text
+        f.write_text(text.replace("audit: {anchor: bucket}", f"audit: {{anchor: {anchor}}}"))
     (user / ".ssh").mkdir(parents=True, mode=0o700)
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(user / ".ssh" / "id_ed25519")],
                    check=True)
@@ -61,6 +68,25 @@ def test_plan_production_offline_names_only_unresolvable_secrets_and_unreachable
                HCBPG_SIGNING_KEY=str(user / ".ssh" / "id_ed25519"))
     proc = subprocess.run(["unshare", "--net", "--", sys.executable, "-m", "hcbpg.cli", "plan", "production"],
                           capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
+    return proc, home
+
+
+@pytest.mark.skipif(not _unshare_works(), reason="needs root and unshare --net (an empty network namespace)")
+def test_plan_production_offline_refuses_when_the_bucket_anchor_cannot_be_read(tmp_path):
+    """With the committed params (audit.anchor: bucket) the record cannot be checked against the
+    bucket without its key: nothing starts, and the one line says which secret and why."""
+    proc, home = _plan_production_offline(tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out[-3000:]  # 1: the audit trail failed (README, exit codes)
+    assert "no run of production was started" in out and "audit anchor" in out, out[-3000:]
+    assert "pgbackrest.s3_key" in out and "1Password CLI" in out, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+    assert not list((home / "outputs").glob("production/*")), "nothing recorded"
+
+
+@pytest.mark.skipif(not _unshare_works(), reason="needs root and unshare --net (an empty network namespace)")
+def test_plan_production_offline_names_only_unresolvable_secrets_and_unreachable_hosts(tmp_path):
+    proc, home = _plan_production_offline(tmp_path, anchor="none")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1 and "00_preflight failed" in out, out[-3000:]
     (notebook,) = (home / "outputs" / "production").glob("*/00_preflight.ipynb")
