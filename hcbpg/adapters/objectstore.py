@@ -13,6 +13,7 @@ import base64
 import hashlib
 from typing import TYPE_CHECKING, Any, Protocol
 
+from hcbpg import secrets as hsecrets
 from hcbpg.errors import CloudError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -69,6 +70,16 @@ class ObjectStore:
                                                 aws_secret_access_key=key_secret.strip(), verify=verify,
                                                 config=config)
         return cls(client, pb.s3_bucket)
+
+    @classmethod
+    def of_backup_bucket(cls, params: "Params") -> "ObjectStore":
+        """:meth:`from_params` with the S3 key that params ``pgbackrest.s3_key``/``s3_key_secret`` refer to
+        (for the operator's commands; a notebook resolves them through ``rb.secret``, which scrubs them)."""
+        pb = params.pgbackrest
+        if pb is None:
+            return cls.from_params(params, "", "")  # refused there, with the operator's hint
+        return cls.from_params(params, hsecrets.resolve(pb.s3_key, key="pgbackrest.s3_key"),
+                               hsecrets.resolve(pb.s3_key_secret, key="pgbackrest.s3_key_secret"))
 
     def create(self, key: str, body: bytes, *, lock: tuple[str, "_dt.datetime"] | None = None) -> str | None:
         """Write *key* only if it does not exist: its ETag, or None when it exists already.

@@ -9,7 +9,6 @@ import json
 import sys
 from typing import Any
 
-from hcbpg import secrets as hsecrets
 from hcbpg.adapters.objectstore import ObjectStore
 from hcbpg.errors import UsageError
 from hcbpg.ops import env_lock
@@ -22,8 +21,7 @@ def _store(env: str) -> tuple[ObjectStore, str]:
     if pb is None:
         raise UsageError(f"params/{env}.yaml has no pgbackrest section: {env} has no backup bucket, so no "
                          "environment lock (steps 10 and 11 refuse to run without one)")
-    store = ObjectStore.from_params(params, hsecrets.resolve(pb.s3_key, key="pgbackrest.s3_key"),
-                                    hsecrets.resolve(pb.s3_key_secret, key="pgbackrest.s3_key_secret"))
+    store = ObjectStore.of_backup_bucket(params)
     return store, env_lock.lock_key(params)
 
 

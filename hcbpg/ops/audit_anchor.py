@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from hcbpg import secrets as hsecrets
 from hcbpg.desired.pgbackrest import repo_path
 from hcbpg.errors import CloudError, HcbpgError
 from hcbpg.params import Params
@@ -188,8 +187,7 @@ class BucketAnchor:
         def make() -> AnchorStoreLike:
             from hcbpg.adapters.objectstore import ObjectStore  # noqa: PLC0415 - boto3 is heavy: loaded when used
 
-            return ObjectStore.from_params(params, hsecrets.resolve(pb.s3_key, key="pgbackrest.s3_key"),
-                                           hsecrets.resolve(pb.s3_key_secret, key="pgbackrest.s3_key_secret"))
+            return ObjectStore.of_backup_bucket(params)
         return cls(params.environment, pb.s3_bucket, anchor_prefix(params), make,
                    retain_days=params.audit.anchor_retain_days, copy=copy,
                    copy_when_gone=params.audit.anchor_copy_when_gone)
