@@ -7,7 +7,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from nbutil import REPO, allowed_signer_line, hcbpg, make_params, make_signing_key  # noqa: E402,F401 - REPO, hcbpg re-exported for older imports
+from nbutil import MOTO_BUCKET, REPO, allowed_signer_line, hcbpg, make_params, make_signing_key  # noqa: E402,F401 - REPO, hcbpg re-exported for older imports
 
 
 @pytest.fixture
@@ -26,6 +26,19 @@ def home(tmp_path, monkeypatch):
     monkeypatch.setenv("HCBPG_SIGNING_KEY", str(key))
     (h / "params" / "allowed_signers").write_text(allowed_signer_line("test-operator", key) + "\n")
     return h
+
+
+@pytest.fixture
+def moto_s3():
+    """A boto3 S3 client on moto in this process (the code the lab's S3 server runs), with one empty
+    bucket ``nbutil.MOTO_BUCKET``; everything in it is gone after the test."""
+    import boto3
+    from moto import mock_aws
+
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1", aws_access_key_id="k", aws_secret_access_key="s")
+        client.create_bucket(Bucket=MOTO_BUCKET)
+        yield client
 
 
 @pytest.fixture

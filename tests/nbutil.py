@@ -188,3 +188,7 @@ def read_env_file(path: Path) -> dict[str, str]:
     import shlex
     return {k: shlex.split(v)[0] for k, v in (line.split("=", 1) for line in path.read_text().splitlines()
                                              if "=" in line)}
+
+
+#: the one bucket of the ``moto_s3`` fixture (tests/conftest.py)
+MOTO_BUCKET = "hcb-test-postgres"

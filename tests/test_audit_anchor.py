@@ -19,21 +19,15 @@ from hcbpg.errors import CloudError, ParamsError
 from hcbpg.ops import audit_anchor
 from hcbpg.params import parse_params
 
-from nbutil import make_params
+from nbutil import MOTO_BUCKET, make_params
 
-BUCKET = "hcb-test-postgres"
+BUCKET = MOTO_BUCKET
 PREFIX = "hcbpg-audit/pgbackrest/hcb_production/test/"
 
 
 @pytest.fixture
-def s3():
-    import boto3
-    from moto import mock_aws
-
-    with mock_aws():
-        client = boto3.client("s3", region_name="us-east-1", aws_access_key_id="k", aws_secret_access_key="s")
-        client.create_bucket(Bucket=BUCKET)
-        yield client
+def s3(moto_s3):
+    return moto_s3
 
 
 def store_of(client):

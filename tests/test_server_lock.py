@@ -15,7 +15,7 @@ from hcbpg.ops import env_lock
 from hcbpg.ops import server_lock as sl
 from hcbpg.params import parse_params
 
-from nbutil import make_params
+from nbutil import MOTO_BUCKET, make_params
 
 ME = sl.Holder("run-b", "staging", "07_cutover", "bob", "bob-laptop", 4242, 4200, "2026-12-02T18:00:00.000000Z")
 ALICE = sl.Holder("run-a", "staging", "05_pgbackrest", "alice", "alice-laptop", 99, 90, "2026-12-02T17:00:00.000000Z")
@@ -72,21 +72,15 @@ def test_the_same_run_takes_its_own_lock_over_and_a_dry_run_takes_nothing():
 
 # the environment lock in the backup bucket (hcbpg.ops.env_lock), against moto's S3 in this process ---------------
 
-BUCKET = "hcb-test-postgres"
+BUCKET = MOTO_BUCKET
 KEY = "hcbpg-locks/pgbackrest/hcb_production/staging.json"
 
 
 @pytest.fixture
-def bucket():
+def bucket(moto_s3):
     """An ObjectStore on moto's S3 (the same code the lab's S3 server runs), with one empty bucket."""
-    import boto3
-    from moto import mock_aws
-
     from hcbpg.adapters.objectstore import ObjectStore
-    with mock_aws():
-        client = boto3.client("s3", region_name="us-east-1", aws_access_key_id="k", aws_secret_access_key="s")
-        client.create_bucket(Bucket=BUCKET)
-        yield ObjectStore(client, BUCKET)
+    return ObjectStore(moto_s3, BUCKET)
 
 
 def test_the_lock_key_sits_beside_the_repository_per_environment():
