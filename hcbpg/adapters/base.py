@@ -9,6 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from hcbpg.outcome import Outcome
+
 
 @dataclass
 class Result:
@@ -38,6 +40,12 @@ class HostLike(Protocol):
     name: str
     #: where the host prints its one line per command
     echo: Callable[[str], None]
+    #: True on a host that only records what it would change (:class:`~hcbpg.adapters.dryrun.DryRunHost`)
+    dry_run: bool
+    #: what was changed (or, on a dry run, would have been), in order: each ``run`` command as shown and
+    #: ``write <path>`` per file; ``probe`` and reads are not in it.  ``changed`` of an ``ensure_*``
+    #: comes from here (:class:`Changes`), so a real run and a dry run are one code path.
+    journal: list[str]
 
     def run(self, cmd: str, *, sudo_user: str | None = None, check: bool = True, stdin: str | None = None,
             quiet: bool = False, display: str | None = None, timeout: float | None = None,
@@ -61,3 +69,31 @@ class HostLike(Protocol):
                  group: str | None = None, dry_run: bool = False) -> None:
         """Write *text* to *path* whole and atomically (never on a dry run)."""
         ...
+
+
+class Changes:
+    """What a host's journal gained since this object was made: the changes one ``ensure_*`` made
+    (or, on a dry run, would make).
+
+        seen = Changes(host)
+        ...                                   # reads, then writes and runs
+        return seen.outcome(what, diff=diff)  # changed = bool(seen.made)
+    """
+
+    def __init__(self, host: HostLike) -> None:
+        self.host = host
+        self.mark = len(host.journal)
+
+    @property
+    def made(self) -> list[str]:
+        """The journal lines since the mark."""
+        return self.host.journal[self.mark:]
+
+    def __bool__(self) -> bool:
+        return len(self.host.journal) > self.mark
+
+    def outcome(self, what: str, *, diff: str = "", actions: list[str] | None = None) -> Outcome:
+        """An :class:`~hcbpg.outcome.Outcome`: changed when the journal grew; *actions* default to its lines."""
+        made = self.made
+        return Outcome(what, bool(made), self.host.dry_run, diff=diff if made else "",
+                       actions=list(actions) if actions is not None and made else list(made))

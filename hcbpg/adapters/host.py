@@ -92,6 +92,10 @@ class Host:
         self.known_hosts = Path(known_hosts) if known_hosts is not None else _NO_PINS
         #: every command run on this host, in order (scrubbed), for tests and the record
         self.history: list[Result] = []
+        #: a real host changes what it is told to (HostLike)
+        self.dry_run = False
+        #: every command that may change the host, as shown (scrubbed), in order (HostLike; probes are not in it)
+        self.journal: list[str] = []
         self._conn: Any = None
 
     @classmethod
@@ -200,8 +204,15 @@ class Host:
         raises RemoteCommandError when it fails and *check* is true.  A command that runs past
         *timeout* fails too: with *check* false it returns exit status :data:`TIMEOUT_EXIT`.
         """
+        return self._run(cmd, sudo_user=sudo_user, check=check, stdin=stdin, quiet=quiet, display=display,
+                         timeout=timeout, hint=hint, change=True)
+
+    def _run(self, cmd: str, *, sudo_user: str | None, check: bool, stdin: str | None, quiet: bool,
+             display: str | None, timeout: float | None, hint: str | None, change: bool) -> Result:
         full = self._wrap(cmd, sudo_user)
         shown = scrub(display if display is not None else (cmd if not sudo_user else f"[as {sudo_user}] {cmd}"))
+        if change:
+            self.journal.append(shown)
         chan = self._open_channel(shown)
         started = time.monotonic()
         try:
@@ -292,8 +303,10 @@ class Host:
             chan.close()
 
     def probe(self, cmd: str, **kw: Any) -> Result:
-        """A read-only command: quiet, never raises on a non-zero exit."""
-        return self.run(cmd, quiet=True, check=False, **kw)
+        """A read-only command: quiet, never raises on a non-zero exit, not in the journal."""
+        return self._run(cmd, sudo_user=kw.get("sudo_user"), check=False, stdin=kw.get("stdin"),
+                         quiet=kw.get("quiet", True), display=kw.get("display"), timeout=kw.get("timeout"),
+                         hint=kw.get("hint"), change=False)
 
     # files -------------------------------------------------------------------
     def exists(self, path: str) -> bool:

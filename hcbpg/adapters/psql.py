@@ -114,8 +114,8 @@ class Psql:
         with map_psql_errors(host=self.host.name, database=dbname, statement=text,
                              message=f"on {self.host.name}: query failed in database {dbname}: {scrub(text)}",
                              hint="Is the cluster running (pg_lsclusters)? The query was read-only; nothing changed."):
-            res = raise_for_exit(self.host.run(self._cmd(dbname, " -A -t"), sudo_user=self.os_user, stdin=wrapped,
-                                               quiet=True, check=False))
+            # a read: probe, so a dry run reads the real server and the journal does not count it
+            res = raise_for_exit(self.host.probe(self._cmd(dbname, " -A -t"), sudo_user=self.os_user, stdin=wrapped))
         out = res.stdout.strip()
         return json.loads(out) if out else []
 
@@ -174,22 +174,25 @@ class PsqlEndpoint:
         return f"{self.env + ' ' if self.env else ''}{self.conn_cmd} -X -q -A -t -v ON_ERROR_STOP=1 -f -"
 
     def script(self, text: str, *, display: str, quiet: bool = False, timeout: float | None = None,
-               check: bool = True) -> Any:
-        """Run a psql script (SQL and meta-commands); raise DatabaseError naming the endpoint."""
+               check: bool = True, read: bool = False) -> Any:
+        """Run a psql script (SQL and meta-commands); raise DatabaseError naming the endpoint.
+
+        *read*: the script only reads (a probe: it runs on a dry run too and is not a change)."""
+        call = self.host.probe if read else self.host.run
         if not check:
-            return self.host.run(self._cmd(), sudo_user="postgres", stdin=text, display=display, quiet=quiet,
-                                 check=False, timeout=timeout)
+            return call(self._cmd(), sudo_user="postgres", stdin=text, display=display, quiet=quiet,
+                        check=False, timeout=timeout)
         with map_psql_errors(host=self.host.name, database=self.database, statement=display,
                              message=f"on {self.host.name}: psql against {self.label} failed: {display}",
                              hint="Read the error above; what ran before this statement was applied."):
-            return raise_for_exit(self.host.run(self._cmd(), sudo_user="postgres", stdin=text, display=display,
-                                                quiet=quiet, check=False, timeout=timeout))
+            return raise_for_exit(call(self._cmd(), sudo_user="postgres", stdin=text, display=display,
+                                       quiet=quiet, check=False, timeout=timeout))
 
     def json(self, select: "Composable | str", *, setup: str = "SET search_path = pg_catalog;") -> Any:
         """The JSON value of a one-value SELECT (search_path pinned so names come out schema-qualified)."""
         text = render(select).strip().rstrip(";")
         script = f"{setup}\nSELECT '{JSON_MARK}' || ({text})::text;\n"
-        res = self.script(script, display=f"query {self.label}", quiet=True)
+        res = self.script(script, display=f"query {self.label}", quiet=True, read=True)
         return parse_marked_json(res.stdout)
 
     def rows(self, select: "Composable | str") -> list[dict[str, Any]]:

@@ -71,6 +71,10 @@ class RecordingHost:
         self.written: list[tuple[str, str, int, str, str]] = []
         #: what the host printed
         self.echoed: list[str] = []
+        #: HostLike: this double runs what it is told (wrap it in a DryRunHost for a dry run)
+        self.dry_run = False
+        #: HostLike: each run command and ``write <path>``, in order
+        self.journal: list[str] = []
         self.echo: Callable[[str], None] = self.echoed.append
 
     def __repr__(self) -> str:
@@ -95,6 +99,7 @@ class RecordingHost:
         """Answer *cmd* from the script; raise RemoteCommandError on a non-zero exit when *check*."""
         call = Call("run", cmd, sudo_user, stdin, {"check": check, "quiet": quiet, "display": display,
                                                    "timeout": timeout})
+        self.journal.append(display if display is not None else cmd)
         return self._answer(call, check=check, hint=hint)
 
     def probe(self, cmd: str, **kw: Any) -> Result:
@@ -117,6 +122,7 @@ class RecordingHost:
         if dry_run:
             self.echo(f"[{self.name}] [dry run] would write {path}")
             return
+        self.journal.append(f"write {path}")
         self.files[path] = text
         self.written.append((path, text, mode, owner, group or owner))
 
