@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from hcbpg.adapters import hostkeys
+from hcbpg.adapters.base import HostLike
+from hcbpg.adapters.dryrun import AbsentHost, dry_run_of
 from hcbpg.adapters.host import Host
 from hcbpg.adapters.objectstore import ObjectStore
 from hcbpg.adapters.site import OutsiderRunner, site_for
@@ -70,6 +72,14 @@ def server_host(rb: "Run", server: "Server") -> Host | None:
     if server.role == "primary" and not rb.dry_run:
         lock_primary(rb, host)
     return host
+
+
+def hostlike(rb: "Run", name: str, host: "HostLike | None") -> "HostLike":
+    """What an operation gets for the server *name*: *host*; a :class:`DryRunHost` over it on a dry run
+    (reads are real, changes are recorded); an :class:`AbsentHost` when it is not there yet."""
+    if host is None:
+        return AbsentHost(name)
+    return dry_run_of(host, rb.dry_run)
 
 
 def lock_primary(rb: "Run", host: Host) -> None:
