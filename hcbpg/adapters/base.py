@@ -71,6 +71,33 @@ class HostLike(Protocol):
         ...
 
 
+@runtime_checkable
+class PsqlLike(Protocol):
+    """The SQL adapter ops use: one cluster on one host (:class:`~hcbpg.adapters.psql.Psql`).
+
+    Reads (``query``, ``value``) are probes: they run on a dry run too and are not changes;
+    ``execute`` and ``script`` change, through the host's ``run`` (so a DryRunHost records them).
+    """
+
+    host: HostLike
+
+    def query(self, statement: Any, *, dbname: str = "postgres") -> list[dict[str, Any]]:
+        """Rows of a read-only query as dicts."""
+        ...
+
+    def value(self, statement: Any, *, dbname: str = "postgres") -> Any:
+        """The single value of a one-row, one-column query (None when no row)."""
+        ...
+
+    def execute(self, statements: Any, *, dbname: str = "postgres", dry_run: bool = False) -> None:
+        """Statements that change something, one psql call each."""
+        ...
+
+    def script(self, statements: Any, *, dbname: str, hint: str) -> None:
+        """Statements in one psql call, stopping at the first error."""
+        ...
+
+
 class Changes:
     """What a host's journal gained since this object was made: the changes one ``ensure_*`` made
     (or, on a dry run, would make).
