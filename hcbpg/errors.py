@@ -148,7 +148,11 @@ class DatabaseError(HcbpgError):
 
 
 class CloudError(HcbpgError):
-    pass
+    """A Hetzner Cloud API call failed; *code* is the API's error code (``uniqueness_error``, ...) when it gave one."""
+
+    def __init__(self, message: str, *, code: str | None = None, hint: str | None = None) -> None:
+        self.code = code
+        super().__init__(message, hint=hint)
 
 
 class PgBackRestError(HcbpgError):

@@ -1,4 +1,5 @@
-"""Provisioning (hcbpg.cloud): pure planning, and the real hcloud client against the lab's API stand-in."""
+"""Provisioning (ops.provisioning, desired.cloud, adapters.cloud): pure planning, and the real hcloud client
+against the lab's API stand-in."""
 
 from __future__ import annotations
 
@@ -15,10 +16,13 @@ from hcloud.locations.domain import Location
 from hcloud.networks.domain import NetworkSubnet
 from hcloud.server_types.domain import ServerType
 
+from hcbpg.adapters import cloud as cloud_api
+from hcbpg.desired import cloud as desired_cloud
 from hcbpg.errors import CloudError, ParamsError, WaitTimeout
 from hcbpg.lab.hcloud_api import HcloudStandin, RunningStandin, read_state
 from hcbpg.ops import provisioning as cloud
 from hcbpg.params import parse_params
+from hcbpg.steps.provision import read_ssh_public_key
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "lab-token-0123456789abcdef"
@@ -70,11 +74,11 @@ def params(tmp_path, api):
 
 @pytest.fixture
 def client(params) -> hcloud.Client:
-    return cloud.make_client(params, TOKEN, poll_interval=0.01)
+    return cloud_api.make_client(params, TOKEN, poll_interval=0.01)
 
 
 def provision(client, params, *, dry_run=False):
-    return cloud.ensure_provisioned(client, params, dry_run=dry_run, ssh_public_key=cloud.read_ssh_public_key(params))
+    return cloud.ensure_provisioned(client, params, dry_run=dry_run, ssh_public_key=read_ssh_public_key(params))
 
 
 def state_ids(path: Path) -> dict[str, list[int]]:
@@ -188,7 +192,7 @@ def test_private_ip_outside_the_subnet_is_refused(api, params, client, tmp_path)
     net = client.networks.get_by_name("hcb-private")
     client.servers.detach_from_network(s, net).wait_until_finished()
     with pytest.raises(CloudError) as exc:
-        with cloud.api_call("attaching server-postgres-2"):
+        with cloud_api.map_cloud_errors("attaching server-postgres-2"):
             client.servers.attach_to_network(s, net, ip="10.0.2.6")
     assert "ip_not_available" in str(exc.value) and "servers[].private_ip" in str(exc.value)
 
@@ -245,10 +249,10 @@ def test_bad_input_is_refused_with_what_exists(api, tmp_path, client):
 def test_duplicate_name_and_bad_token_become_cloud_errors(api, params, client):
     client.ssh_keys.create(name="dup", public_key=public_key(5))
     with pytest.raises(CloudError) as exc:
-        with cloud.api_call("creating SSH key dup"):
+        with cloud_api.map_cloud_errors("creating SSH key dup"):
             client.ssh_keys.create(name="dup", public_key=public_key(6))
     assert exc.value.code == "uniqueness_error" and "run the step again" in str(exc.value)
-    wrong = cloud.make_client(params, "not-the-token")
+    wrong = cloud_api.make_client(params, "not-the-token")
     with pytest.raises(CloudError, match="unauthorized") as exc:
         provision(wrong, params)
     assert "hetzner.token" in str(exc.value)
@@ -278,22 +282,23 @@ def test_label_selector_finds_the_provisioned_servers(api, params, client):
 
 # pure ---------------------------------------------------------------------------------------------
 
-CATALOG = cloud.Catalog(server_type="ccx13", architecture="x86", server_type_locations=("ash", "fsn1"),
+CATALOG = desired_cloud.Catalog(server_type="ccx13", architecture="x86", server_type_locations=("ash", "fsn1"),
                         location="ash", location_zone="us-east", image_id=1)
 
 
-def _everything(params) -> cloud.Existing:
-    fp = cloud.ssh_key_fingerprint(public_key())
-    servers = {s.name: cloud.SeenServer(i + 1, s.name, "running", "ccx13", "ash", "ubuntu-24.04",
+def _everything(params) -> desired_cloud.Existing:
+    fp = desired_cloud.ssh_key_fingerprint(public_key())
+    servers = {s.name: desired_cloud.SeenServer(i + 1, s.name, "running", "ccx13", "ash", "ubuntu-24.04",
                                         dict(params.hetzner.labels), {10: s.private_ip}, f"203.0.113.{i + 2}",
                                         (20,), 30)
                for i, s in enumerate(params.servers)}
-    return cloud.Existing(
-        catalog=CATALOG, ssh_key=cloud.SeenKey(5, "hcb-lab", fp),
-        network=cloud.SeenNetwork(10, "hcb-private", "10.0.0.0/16", (("10.0.1.0/24", "us-east", "cloud"),),
+    return desired_cloud.Existing(
+        catalog=CATALOG, ssh_key=desired_cloud.SeenKey(5, "hcb-lab", fp),
+        network=desired_cloud.SeenNetwork(10, "hcb-private", "10.0.0.0/16", (("10.0.1.0/24", "us-east", "cloud"),),
                                   {"10.0.1.5": "server-postgres-1", "10.0.1.6": "server-postgres-2"}),
-        firewall=cloud.SeenFirewall(20, "hcb-postgres-ssh-only", tuple(cloud.render_firewall_rules(params)), (1, 2)),
-        placement_group=cloud.SeenPlacementGroup(30, "hcb-postgres-placement", "spread", (1, 2)),
+        firewall=desired_cloud.SeenFirewall(20, "hcb-postgres-ssh-only",
+                                            tuple(desired_cloud.render_firewall_rules(params)), (1, 2)),
+        placement_group=desired_cloud.SeenPlacementGroup(30, "hcb-postgres-placement", "spread", (1, 2)),
         servers=servers)
 
 
@@ -303,7 +308,7 @@ def _actions(plan) -> list[tuple[str, str, str]]:
 
 def test_plan_on_an_empty_project_creates_everything(tmp_path):
     params = lab_params(tmp_path)
-    plan = cloud.plan_provision(params, cloud.Existing(catalog=CATALOG), ssh_public_key=public_key())
+    plan = desired_cloud.plan_provision(params, desired_cloud.Existing(catalog=CATALOG), ssh_public_key=public_key())
     assert _actions(plan) == [
         ("ssh_key", "hcb-lab", "create"), ("network", "hcb-private", "create"),
         ("firewall", "hcb-postgres-ssh-only", "create"), ("placement_group", "hcb-postgres-placement", "create"),
@@ -315,7 +320,7 @@ def test_plan_on_an_empty_project_creates_everything(tmp_path):
 
 def test_plan_when_everything_matches_changes_nothing(tmp_path):
     params = lab_params(tmp_path)
-    plan = cloud.plan_provision(params, _everything(params), ssh_public_key=public_key())
+    plan = desired_cloud.plan_provision(params, _everything(params), ssh_public_key=public_key())
     assert [a for a in plan if a.action != "none"] == []
 
 
@@ -325,10 +330,10 @@ def test_plan_fixes_what_is_safe_and_refuses_the_rest(tmp_path):
     s1, s2 = ex.servers["server-postgres-1"], ex.servers["server-postgres-2"]
     drift = replace(ex,
                     network=replace(ex.network, subnets=()),
-                    firewall=replace(ex.firewall, rules=(cloud.Rule("in", "tcp", "22", ("0.0.0.0/0",)),)),
+                    firewall=replace(ex.firewall, rules=(desired_cloud.Rule("in", "tcp", "22", ("0.0.0.0/0",)),)),
                     servers={s1.name: replace(s1, private_ips={}, labels={}, firewall_ids=()),
                              s2.name: replace(s2, server_type="cpx11", private_ips={10: "10.0.1.66"})})
-    plan = cloud.plan_provision(params, drift, ssh_public_key=public_key())
+    plan = desired_cloud.plan_provision(params, drift, ssh_public_key=public_key())
     got = {(a.kind, a.name): a.action for a in plan}
     assert got[("subnet", "10.0.1.0/24")] == "add"
     assert got[("firewall", "hcb-postgres-ssh-only")] == "update"
@@ -343,10 +348,10 @@ def test_plan_fixes_what_is_safe_and_refuses_the_rest(tmp_path):
 def test_plan_refuses_a_network_with_another_range_and_an_overlapping_subnet(tmp_path):
     params = lab_params(tmp_path)
     ex = _everything(params)
-    plan = cloud.plan_provision(params, replace(ex, network=replace(ex.network, ip_range="10.1.0.0/16")))
+    plan = desired_cloud.plan_provision(params, replace(ex, network=replace(ex.network, ip_range="10.1.0.0/16")))
     assert ("network", "hcb-private", "refuse") in _actions(plan)
     overlap = replace(ex.network, subnets=(("10.0.0.0/20", "us-east", "cloud"),))
-    plan = cloud.plan_provision(params, replace(ex, network=overlap))
+    plan = desired_cloud.plan_provision(params, replace(ex, network=overlap))
     assert ("subnet", "10.0.1.0/24", "refuse") in _actions(plan)
 
 
@@ -354,7 +359,7 @@ def test_plan_refuses_a_server_outside_its_placement_group(tmp_path):
     params = lab_params(tmp_path)
     ex = _everything(params)
     s1 = ex.servers["server-postgres-1"]
-    plan = cloud.plan_provision(params, replace(ex, servers={**ex.servers,
+    plan = desired_cloud.plan_provision(params, replace(ex, servers={**ex.servers,
                                                              s1.name: replace(s1, placement_group_id=None)}))
     refused = [a for a in plan if a.action == "refuse"]
     assert [(a.kind, a.name) for a in refused] == [("server_placement", "server-postgres-1")]
@@ -363,18 +368,18 @@ def test_plan_refuses_a_server_outside_its_placement_group(tmp_path):
 
 def test_firewall_rules_render_from_admin_ranges(tmp_path):
     params = lab_params(tmp_path, admin_source_ranges=["::/0", "0.0.0.0/0"], weak=True)
-    (rule,) = cloud.render_firewall_rules(params)
+    (rule,) = desired_cloud.render_firewall_rules(params)
     assert (rule.direction, rule.protocol, rule.port, rule.source_ips) == ("in", "tcp", "22", ("0.0.0.0/0", "::/0"))
 
 
 def test_ssh_public_key_file_problems_are_params_errors(tmp_path):
     params = lab_params(tmp_path, ssh_public_key_file=str(tmp_path / "missing.pub"))
     with pytest.raises(ParamsError, match="hetzner.ssh_public_key_file: cannot read"):
-        cloud.read_ssh_public_key(params)
+        read_ssh_public_key(params)
     (tmp_path / "private").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n")
     params = lab_params(tmp_path, ssh_public_key_file=str(tmp_path / "private"))
     with pytest.raises(ParamsError, match="private key"):
-        cloud.read_ssh_public_key(params)
+        read_ssh_public_key(params)
 
 
 class FakeAction:
@@ -390,13 +395,13 @@ class FakeAction:
 def test_wait_for_actions_has_a_deadline_and_reports_failures():
     now = [0.0]
     with pytest.raises(WaitTimeout, match="create_server"):
-        cloud.wait_for_actions([FakeAction([])], what="creating", timeout=5, interval=1,
+        cloud_api.wait_for_actions([FakeAction([])], what="creating", timeout=5, interval=1,
                                sleep=lambda s: now.__setitem__(0, now[0] + s), clock=lambda: now[0])
     assert now[0] == 5
     failed = FakeAction(["error"], error={"code": "action_failed", "message": "host did not boot"})
     with pytest.raises(CloudError, match="host did not boot"):
-        cloud.wait_for_actions([failed], what="creating", sleep=lambda s: None)
-    cloud.wait_for_actions([FakeAction(["running", "success"])], what="creating", interval=0, sleep=lambda s: None)
+        cloud_api.wait_for_actions([failed], what="creating", sleep=lambda s: None)
+    cloud_api.wait_for_actions([FakeAction(["running", "success"])], what="creating", interval=0, sleep=lambda s: None)
 
 
 # the notebook -------------------------------------------------------------------------------------

@@ -48,10 +48,10 @@ def test_every_weak_setting_is_reported_at_once():
 
 
 def test_no_admin_ranges_means_no_ssh_rule_rather_than_the_whole_internet():
-    from hcbpg.ops import provisioning
+    from hcbpg.desired import cloud as desired_cloud
     d = prod()
     del d["hetzner"]["admin_source_ranges"]
-    assert provisioning.render_firewall_rules(parse_params(d)) == []
+    assert desired_cloud.render_firewall_rules(parse_params(d)) == []
 
 
 def copy_params(tmp_path, *envs):

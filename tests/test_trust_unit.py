@@ -15,9 +15,10 @@ from cryptography import x509
 
 from hcbpg.adapters import hostkeys
 from hcbpg.adapters.host import Host
+from hcbpg.desired import cloud as desired_cloud
 from hcbpg.desired import tls as desired_tls
 from hcbpg.errors import HostKeyError, SecretError
-from hcbpg.ops import provisioning, tls
+from hcbpg.ops import tls
 from hcbpg.params import parse_params
 from hcbpg.pg import conninfo
 from hcbpg.secrets import scrub
@@ -81,8 +82,9 @@ def test_a_host_without_a_known_hosts_file_trusts_nothing():
 
 def test_cloud_init_user_data_carries_the_host_key_as_cloud_init_reads_it():
     key = hostkeys.generate_host_key("root@s1")
-    doc = yaml.safe_load(provisioning.render_cloud_init(key))
-    assert provisioning.render_cloud_init(key).startswith("#cloud-config\n")
+    text = desired_cloud.render_cloud_init(key.keytype, key.private_openssh, key.public_line)
+    doc = yaml.safe_load(text)
+    assert text.startswith("#cloud-config\n")
     assert doc["ssh_deletekeys"] is True and doc["ssh_genkeytypes"] == []
     assert doc["ssh_keys"]["ed25519_private"].strip() == key.private_openssh.strip()
     assert doc["ssh_keys"]["ed25519_public"] == key.public_line

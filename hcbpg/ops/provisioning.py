@@ -1,24 +1,22 @@
 """Provisioning on Hetzner Cloud (step 01): SSH key, private network, SSH-only firewall, placement group, servers.
 
-The cloud client (``hcloud.Client``) is an adapter handed in by the caller.  ``get_existing``
-reads what the project holds, ``plan_provision`` (pure) decides what is missing or differs,
-and ``ensure_provisioned`` creates only what is missing, fixes what is safe to fix (firewall
-rules, a missing network attachment, missing labels) and refuses everything else with a
-message, before changing anything.  Nothing here ever deletes a resource.
+The cloud client is an adapter handed in by the caller (:mod:`hcbpg.adapters.cloud`, which maps its
+errors).  ``get_existing`` reads what the project holds, ``plan_provision`` (pure,
+:mod:`hcbpg.desired.cloud`) decides what is missing or differs, and ``ensure_provisioned`` creates
+only what is missing, fixes what is safe to fix (firewall rules, a missing network attachment,
+missing labels) and refuses everything else with a message, before changing anything.  Nothing
+here ever deletes a resource.
+
+The two ``ensure_*`` here keep a ``dry_run`` flag: the API has no dry-run mode and a recording client
+would have to invent the ids of what it "created"; a dry run is the plan (:func:`plan_provision`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
-import time
-from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
-from typing import Any, cast
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, cast
 
-import hcloud
-import requests
-from hcloud.actions.domain import ActionFailedException, ActionTimeoutException
 from hcloud.firewalls.domain import Firewall, FirewallResource, FirewallRule
 from hcloud.images.domain import Image
 from hcloud.locations.domain import Location
@@ -29,9 +27,9 @@ from hcloud.servers.domain import Server
 from hcloud.ssh_keys.domain import SSHKey
 
 from hcbpg.adapters import hostkeys
+from hcbpg.adapters.cloud import DEFAULT_WAIT_TIMEOUT, client_interval, map_cloud_errors, wait_for_actions
 from hcbpg.desired.capacity import ServerShape
-from hcbpg.errors import CloudError, ParamsError, WaitTimeout
-from hcbpg.ops.cloud_plan import (
+from hcbpg.desired.cloud import (
     PLACEMENT_TYPE,
     SUBNET_TYPE,
     Catalog,
@@ -44,99 +42,22 @@ from hcbpg.ops.cloud_plan import (
     SeenPlacementGroup,
     SeenServer,
     ServerRecord,
-    _fmt_labels,
-    _raise_refusals,
+    format_labels,
     plan_provision,
+    raise_refusals,
+    render_cloud_init,
     render_firewall_rules,
     ssh_key_fingerprint,
 )
+from hcbpg.errors import CloudError, ParamsError
 from hcbpg.outcome import Check, Outcome
-from hcbpg.params import Params
-from hcbpg.wait import polling_loop
 
-DEFAULT_WAIT_TIMEOUT = 600.0
-
-
-
-# adapter -----------------------------------------------------------------------------------
-
-def make_client(params: Params, token: str, *, poll_interval: float = 1.0, timeout: float = 30.0) -> hcloud.Client:
-    """An hcloud client for the params' API endpoint (the real API or the lab's stand-in)."""
-    if not token or not token.strip():
-        raise CloudError("the Hetzner Cloud API token is empty",
-                         hint=f"Put a read-write API token where params hetzner.token points ({params.hetzner.token}).")
-    return hcloud.Client(token=token.strip(), api_endpoint=params.hetzner.api_endpoint,
-                         poll_interval=poll_interval, timeout=timeout, application_name="hcbpg")
+if TYPE_CHECKING:  # pragma: no cover
+    from hcbpg.adapters.cloud import CloudLike
+    from hcbpg.params import Params
 
 
-_HINTS = {
-    "unauthorized": "The API token was refused: check the token that params hetzner.token points to "
-                    "(a read-write token of the right project).",
-    "forbidden": "The token may be read-only: create a read-write API token for the project.",
-    "token_readonly": "The token is read-only: create a read-write API token for the project.",
-    "uniqueness_error": "A resource with that name was created meanwhile (or by hand); run the step again: "
-                        "it finds existing resources by name and creates only what is missing.",
-    "rate_limit_exceeded": "The API rate limit was hit; wait a minute and run the step again.",
-    "resource_limit_exceeded": "The project hit a resource limit (servers, IPs); ask Hetzner to raise it.",
-    "ip_not_available": "The private IP is taken or outside the network's subnets: check servers[].private_ip "
-                        "and network.subnet in params.",
-    "placement_error": "The placement group cannot take another server in this location; try again later or "
-                       "ask Hetzner support.",
-    "resource_unavailable": "The server type is sold out in this location right now; try again later.",
-}
-
-
-@contextlib.contextmanager
-def api_call(what: str) -> Iterator[None]:
-    """Turn hcloud/requests failures of *what* into a CloudError that says what to do next."""
-    try:
-        yield
-    except hcloud.APIException as exc:
-        details = ""
-        fields = (exc.details or {}).get("fields") if isinstance(exc.details, dict) else None
-        if fields:
-            details = "; ".join(f"{f.get('name')}: {', '.join(f.get('messages', []))}" for f in fields)
-        hint = _HINTS.get(str(exc.code), "Nothing after this call was changed. Fix the cause and run the step "
-                                         "again: it finds what exists and creates only what is missing.")
-        err = CloudError(f"Hetzner Cloud API: {what} failed: {exc.message} ({exc.code})"
-                         + (f" [{details}]" if details else ""), hint=hint)
-        err.code = exc.code  # type: ignore[attr-defined]
-        raise err from exc
-    except (ActionFailedException, ActionTimeoutException) as exc:
-        raise CloudError(f"Hetzner Cloud API: {what}: {exc.message}",
-                         hint="Look at the action in the Hetzner console; run the step again once it is resolved.") from exc
-    except requests.RequestException as exc:
-        raise CloudError(f"Hetzner Cloud API: {what}: cannot reach the API ({type(exc).__name__}: {exc})",
-                         hint="Check params hetzner.api_endpoint and the network; nothing was changed by this call.") from exc
-
-
-def wait_for_actions(actions: Sequence[Any], *, what: str, timeout: float = DEFAULT_WAIT_TIMEOUT,
-                     interval: float = 1.0, sleep: Callable[[float], None] = time.sleep,
-                     clock: Callable[[], float] = time.monotonic) -> None:
-    """Poll hcloud actions until all succeeded; CloudError on an error, WaitTimeout at the deadline."""
-    pending = [a for a in actions if a is not None]
-    for _ in polling_loop(timeout, interval=interval, sleep=sleep, clock=clock):
-        still = []
-        for action in pending:
-            with api_call(f"{what}: polling action {action.id}"):
-                action.reload()
-            if action.status == "error":
-                err = action.error or {}
-                raise CloudError(f"Hetzner Cloud API: {what}: action {action.command} ({action.id}) failed: "
-                                 f"{err.get('message', 'no message')} ({err.get('code', 'error')})",
-                                 hint="Look at the resource in the Hetzner console; run the step again once "
-                                      "the cause is fixed.")
-            if action.status != "success":
-                still.append(action)
-        if not still:
-            return
-        pending = still
-    names = ", ".join(f"{a.command} ({a.id})" for a in pending)
-    raise WaitTimeout(f"{what}: actions still running after {timeout:.0f}s: {names}", what=what, timeout=timeout,
-                      last=names, hint="The API may be slow; run the step again later: it picks up what exists.")
-
-
-def ensure_powered_off(client: hcloud.Client, params: Params, name: str, *, dry_run: bool,
+def ensure_powered_off(client: "CloudLike", params: "Params", name: str, *, dry_run: bool,
                        timeout: float = DEFAULT_WAIT_TIMEOUT) -> Outcome:
     """Fence *name* through the Hetzner Cloud API: a hard power off (only the server of that name in params).
 
@@ -145,44 +66,20 @@ def ensure_powered_off(client: hcloud.Client, params: Params, name: str, *, dry_
     """
     params.server(name)  # only a server of these params, never anything else in the project
     what = f"{name} powered off (Hetzner Cloud API)"
-    with api_call(f"looking up server {name}"):
+    with map_cloud_errors(f"looking up server {name}"):
         server = client.servers.get_by_name(name)
     if server is None:
         raise CloudError(f"Hetzner Cloud API: there is no server {name} in the project",
                          hint="Power it off in the console (or make sure it is gone) before going on.")
     if server.status == "off":
         return Outcome(what, False, dry_run, actions=["already off"])
+    # dry run: the API has no dry-run mode (see the module docstring); the plan is the power off not sent
     if dry_run:
         return Outcome(what, True, dry_run, actions=[f"power off {name} (id {server.id}, now {server.status})"])
-    with api_call(f"powering off {name}"):
+    with map_cloud_errors(f"powering off {name}"):
         action = client.servers.power_off(server)
-    wait_for_actions([action], what=f"powering off {name}", timeout=timeout, interval=_client_interval(client))
+    wait_for_actions([action], what=f"powering off {name}", timeout=timeout, interval=client_interval(client))
     return Outcome(what, True, dry_run, actions=[f"powered off {name} (id {server.id}, was {server.status})"])
-
-
-def _client_interval(client: hcloud.Client) -> float:
-    """The client's own poll interval (so tests against the stand-in stay fast)."""
-    func = getattr(getattr(client, "_client", None), "_poll_interval_func", None)
-    try:
-        return float(func(1)) if func else 1.0
-    except Exception:  # noqa: BLE001 - a custom backoff function we cannot call this way
-        return 1.0
-
-
-# inputs ------------------------------------------------------------------------------------
-
-def read_ssh_public_key(params: Params) -> str:
-    """The operator's SSH public key from ``hetzner.ssh_public_key_file``."""
-    path = Path(params.hetzner.ssh_public_key_file).expanduser()
-    try:
-        text = path.read_text().strip()
-    except OSError as exc:
-        raise ParamsError("params", [f"hetzner.ssh_public_key_file: cannot read {path}: {exc.strerror}"]) from None
-    try:
-        ssh_key_fingerprint(text)
-    except ValueError as exc:
-        raise ParamsError("params", [f"hetzner.ssh_public_key_file: {path}: {exc}"]) from None
-    return text
 
 
 def _rule_of(r: Any) -> Rule:
@@ -198,9 +95,9 @@ def _hcloud_rule(rule: Rule) -> FirewallRule:
 
 # read ----------------------------------------------------------------------------------------
 
-def get_server_shape(client: hcloud.Client, params: Params) -> ServerShape:
+def get_server_shape(client: "CloudLike", params: "Params") -> ServerShape:
     """The server type of params (cores, RAM, disk) as the API reports it: capacity settings follow it."""
-    with api_call(f"reading server type {params.hetzner.server_type}"):
+    with map_cloud_errors(f"reading server type {params.hetzner.server_type}"):
         st = client.server_types.get_by_name(params.hetzner.server_type)
     if st is None:
         raise ParamsError("params", [f"hetzner.server_type: the API has no server type "
@@ -209,10 +106,10 @@ def get_server_shape(client: hcloud.Client, params: Params) -> ServerShape:
                        disk_gb=int(cast(int, st.disk)), cpu_type=st.cpu_type or "dedicated")
 
 
-def get_existing(client: hcloud.Client, params: Params, *, ssh_public_key: str | None = None) -> Existing:
+def get_existing(client: "CloudLike", params: "Params", *, ssh_public_key: str | None = None) -> Existing:
     """Read (never change) the resources provisioning manages, found by name."""
     h = params.hetzner
-    with api_call("reading the server type, location and image"):
+    with map_cloud_errors("reading the server type, location and image"):
         st = client.server_types.get_by_name(h.server_type)
         loc = client.locations.get_by_name(h.location)
         img = (client.images.get_by_name_and_architecture(h.image, cast(str, st.architecture)) if st is not None else None)
@@ -225,7 +122,7 @@ def get_existing(client: hcloud.Client, params: Params, *, ssh_public_key: str |
         location=loc.name if loc else None, location_zone=loc.network_zone if loc else None,
         image_id=img.id if img else None, known_server_types=known_types, known_locations=known_locs)
 
-    with api_call(f"reading SSH key {h.ssh_key_name}"):
+    with map_cloud_errors(f"reading SSH key {h.ssh_key_name}"):
         # hcloud types every model field Optional (models double as id-only references); read ones are filled
         key: Any = client.ssh_keys.get_by_name(h.ssh_key_name)
         same_fp: Any = None
@@ -233,14 +130,14 @@ def get_existing(client: hcloud.Client, params: Params, *, ssh_public_key: str |
             fp = ssh_key_fingerprint(ssh_public_key)
             if key is None or key.fingerprint != fp:
                 same_fp = client.ssh_keys.get_by_fingerprint(fp)
-    with api_call(f"reading network {params.network.name}"):
+    with map_cloud_errors(f"reading network {params.network.name}"):
         net: Any = client.networks.get_by_name(params.network.name)
-    with api_call(f"reading firewall {h.firewall}"):
+    with map_cloud_errors(f"reading firewall {h.firewall}"):
         fw: Any = client.firewalls.get_by_name(h.firewall)
-    with api_call(f"reading placement group {h.placement_group}"):
+    with map_cloud_errors(f"reading placement group {h.placement_group}"):
         pg: Any = client.placement_groups.get_by_name(h.placement_group)
     servers: dict[str, SeenServer] = {}
-    with api_call("reading servers"):
+    with map_cloud_errors("reading servers"):
         for s in params.servers:
             found = client.servers.get_by_name(s.name)
             if found is not None:
@@ -290,18 +187,19 @@ def _seen_server(s: Any) -> SeenServer:
 
 # apply --------------------------------------------------------------------------------------
 
-def ensure_provisioned(client: hcloud.Client, params: Params, *, dry_run: bool, ssh_public_key: str,
+def ensure_provisioned(client: "CloudLike", params: "Params", *, dry_run: bool, ssh_public_key: str,
                        wait_timeout: float = DEFAULT_WAIT_TIMEOUT) -> tuple[list[Outcome], list[ServerRecord]]:
     """Create what is missing, fix what is safe to fix; refuse (before any change) what is not."""
     existing = get_existing(client, params, ssh_public_key=ssh_public_key)
     plan = plan_provision(params, existing, ssh_public_key=ssh_public_key)
-    _raise_refusals(plan)
+    raise_refusals(plan)
+    # dry run: the API has no dry-run mode (see the module docstring); the plan is what would be done
     if dry_run:
         return _outcomes(params, plan, dry_run=True), _records(params, existing)
 
     h, n = params.hetzner, params.network
     by = {(a.kind, a.name): a for a in plan}
-    interval = _client_interval(client)
+    interval = client_interval(client)
 
     def wait(actions: Sequence[Any], what: str) -> None:
         wait_for_actions(actions, what=what, timeout=wait_timeout, interval=interval)
@@ -312,7 +210,7 @@ def ensure_provisioned(client: hcloud.Client, params: Params, *, dry_run: bool, 
 
     # SSH key
     if planned("ssh_key", h.ssh_key_name) == "create":
-        with api_call(f"creating SSH key {h.ssh_key_name}"):
+        with map_cloud_errors(f"creating SSH key {h.ssh_key_name}"):
             created = client.ssh_keys.create(name=h.ssh_key_name, public_key=ssh_public_key, labels=dict(h.labels))
         key_id = created.id
     else:
@@ -320,7 +218,7 @@ def ensure_provisioned(client: hcloud.Client, params: Params, *, dry_run: bool, 
 
     # network
     if planned("network", n.name) == "create":
-        with api_call(f"creating network {n.name}"):
+        with map_cloud_errors(f"creating network {n.name}"):
             network = client.networks.create(
                 name=n.name, ip_range=n.ip_range, labels=dict(h.labels),
                 subnets=[NetworkSubnet(ip_range=n.subnet, network_zone=h.network_zone, type=SUBNET_TYPE)])
@@ -328,7 +226,7 @@ def ensure_provisioned(client: hcloud.Client, params: Params, *, dry_run: bool, 
     else:
         net_id = existing.network.id  # type: ignore[union-attr]
     if planned("subnet", n.subnet) == "add":
-        with api_call(f"adding subnet {n.subnet} to network {n.name}"):
+        with map_cloud_errors(f"adding subnet {n.subnet} to network {n.name}"):
             action = client.networks.add_subnet(
                 Network(id=net_id), NetworkSubnet(ip_range=n.subnet, network_zone=h.network_zone, type=SUBNET_TYPE))
         wait([action], f"adding subnet {n.subnet}")
@@ -336,20 +234,20 @@ def ensure_provisioned(client: hcloud.Client, params: Params, *, dry_run: bool, 
     # firewall
     rules = [_hcloud_rule(r) for r in render_firewall_rules(params)]
     if planned("firewall", h.firewall) == "create":
-        with api_call(f"creating firewall {h.firewall}"):
-            resp = client.firewalls.create(name=h.firewall, rules=rules, labels=dict(h.labels))  # type: ignore[arg-type]
+        with map_cloud_errors(f"creating firewall {h.firewall}"):
+            resp = client.firewalls.create(name=h.firewall, rules=rules, labels=dict(h.labels))
         wait(cast(list[Any], resp.actions), f"creating firewall {h.firewall}")
         fw_id = resp.firewall.id
     else:
         fw_id = existing.firewall.id  # type: ignore[union-attr]
         if planned("firewall", h.firewall) == "update":
-            with api_call(f"setting the rules of firewall {h.firewall}"):
+            with map_cloud_errors(f"setting the rules of firewall {h.firewall}"):
                 actions = client.firewalls.set_rules(Firewall(id=fw_id), rules)
             wait(actions, f"setting the rules of firewall {h.firewall}")
 
     # placement group
     if planned("placement_group", h.placement_group) == "create":
-        with api_call(f"creating placement group {h.placement_group}"):
+        with map_cloud_errors(f"creating placement group {h.placement_group}"):
             pg_resp = client.placement_groups.create(name=h.placement_group, type=PLACEMENT_TYPE,
                                                      labels=dict(h.labels))
         if pg_resp.action is not None:
@@ -367,13 +265,14 @@ def ensure_provisioned(client: hcloud.Client, params: Params, *, dry_run: bool, 
             host_key = hostkeys.generate_host_key(f"root@{s.name}")
             hostkeys.pin(known_hosts, params.environment, s.name, [host_key.public_line])
             print(f"[{s.name}] new SSH host key {host_key.fingerprint}, pinned in {known_hosts}")
-            with api_call(f"creating server {s.name}"):
+            with map_cloud_errors(f"creating server {s.name}"):
                 srv_resp = client.servers.create(
                     name=s.name, server_type=ServerType(name=h.server_type),
                     image=Image(id=existing.catalog.image_id), location=Location(name=h.location),
                     ssh_keys=[SSHKey(id=key_id)], firewalls=[Firewall(id=fw_id)],
                     placement_group=PlacementGroup(id=pg_id), labels=dict(h.labels), start_after_create=True,
-                    user_data=render_cloud_init(host_key))
+                    user_data=render_cloud_init(host_key.keytype, host_key.private_openssh,
+                                                        host_key.public_line))
             del host_key
             wait([srv_resp.action, *srv_resp.next_actions], f"creating server {s.name}")
             server_id = cast(int, srv_resp.server.id)
@@ -382,21 +281,21 @@ def ensure_provisioned(client: hcloud.Client, params: Params, *, dry_run: bool, 
             server_id = existing.servers[s.name].id
             attach = planned("server_network", s.name) == "attach"
             if planned("server_firewall", s.name) == "apply":
-                with api_call(f"applying firewall {h.firewall} to {s.name}"):
+                with map_cloud_errors(f"applying firewall {h.firewall} to {s.name}"):
                     actions = client.firewalls.apply_to_resources(
                         Firewall(id=fw_id), [FirewallResource(type="server", server=Server(id=server_id))])
                 wait(actions, f"applying firewall {h.firewall} to {s.name}")
             if planned("server_labels", s.name) == "update":
                 labels = {**existing.servers[s.name].labels, **h.labels}
-                with api_call(f"setting labels on {s.name}"):
+                with map_cloud_errors(f"setting labels on {s.name}"):
                     client.servers.update(Server(id=server_id), labels=labels)
         if planned("server_power", s.name) == "start":
-            with api_call(f"powering on {s.name}"):
+            with map_cloud_errors(f"powering on {s.name}"):
                 action = client.servers.power_on(Server(id=server_id))
             wait([action], f"powering on {s.name}")
         if attach:
             # a fixed private IP needs attach_to_network: create(networks=...) assigns one itself
-            with api_call(f"attaching {s.name} to {n.name} as {s.private_ip}"):
+            with map_cloud_errors(f"attaching {s.name} to {n.name} as {s.private_ip}"):
                 action = client.servers.attach_to_network(Server(id=server_id), Network(id=net_id), ip=s.private_ip)
             wait([action], f"attaching {s.name} to {n.name}")
 
@@ -410,19 +309,7 @@ def ensure_provisioned(client: hcloud.Client, params: Params, *, dry_run: bool, 
     return _outcomes(params, plan, dry_run=False), records
 
 
-def render_cloud_init(host_key: hostkeys.HostKeyPair) -> str:
-    """cloud-init user_data that makes *host_key* the server's only SSH host key (holds the private key)."""
-    body = "".join(f"    {line}\n" for line in host_key.private_openssh.strip().splitlines())
-    return ("#cloud-config\n"
-            "# hcbpg: this host key was generated by hcbpg and is pinned in the environment's known_hosts\n"
-            "ssh_deletekeys: true\n"
-            "ssh_genkeytypes: []\n"
-            "ssh_keys:\n"
-            f"  {host_key.keytype}_private: |\n{body}"
-            f"  {host_key.keytype}_public: {host_key.public_line}\n")
-
-
-def _outcomes(params: Params, plan: Sequence[PlannedAction], *, dry_run: bool) -> list[Outcome]:
+def _outcomes(params: "Params", plan: Sequence[PlannedAction], *, dry_run: bool) -> list[Outcome]:
     """One Outcome per resource, its planned changes as actions."""
     groups: dict[str, list[PlannedAction]] = {}
     titles = {"ssh_key": "SSH key", "network": "network", "subnet": "network", "firewall": "firewall",
@@ -445,7 +332,7 @@ def _outcomes(params: Params, plan: Sequence[PlannedAction], *, dry_run: bool) -
     return out
 
 
-def _records(params: Params, existing: Existing) -> list[ServerRecord]:
+def _records(params: "Params", existing: Existing) -> list[ServerRecord]:
     out = []
     for s in params.servers:
         seen = existing.servers.get(s.name)
@@ -458,7 +345,7 @@ def _records(params: Params, existing: Existing) -> list[ServerRecord]:
 
 # verify (read-only) --------------------------------------------------------------------------
 
-def get_provision_checks(client: hcloud.Client, params: Params, *, dry_run: bool = False,
+def get_provision_checks(client: "CloudLike", params: "Params", *, dry_run: bool = False,
                          ssh_public_key: str | None = None) -> list[Check]:
     """Checks that everything provisioning manages is there as params say (dry run: missing is a warning)."""
     h, n = params.hetzner, params.network
@@ -496,7 +383,7 @@ def get_provision_checks(client: hcloud.Client, params: Params, *, dry_run: bool
               f"{seen.server_type} in {seen.location}", s.name)
         check("image", seen.image in (None, h.image), str(seen.image), s.name)
         missing_labels = {k: v for k, v in h.labels.items() if seen.labels.get(k) != v}
-        check("labels", not missing_labels, _fmt_labels(seen.labels), s.name)
+        check("labels", not missing_labels, format_labels(seen.labels), s.name)
         ip = seen.private_ips.get(net.id) if net else None
         check("private IP", ip == s.private_ip, f"{ip or 'not attached'} in {n.name} (params: {s.private_ip})",
               s.name, missing=ip is None)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from hcbpg.adapters.cloud import make_client
 from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import failover as fo
 from hcbpg.ops import provisioning as cloud
@@ -40,7 +41,7 @@ def fence_through_cloud(rb: "Run", plan: fo.FailoverPlan) -> None:
     rb.gate(f"power_off_{old.replace('-', '_')}",
             f"{old} cannot be reached over SSH. Power off the Hetzner Cloud server {old} now (a hard power off, "
             f"through the API) so that it cannot come back as a second primary?")
-    client = cloud.make_client(rb.params, rb.secret("hetzner.token"))
+    client = make_client(rb.params, rb.secret("hetzner.token"))
     rb.track(cloud.ensure_powered_off(client, rb.params, old, dry_run=rb.dry_run))
 
 

@@ -12,12 +12,12 @@ import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hcbpg.adapters.cloud import make_client
 from hcbpg.adapters.host import Host
 from hcbpg.desired.addresses import app_ssh_address, ssh_address
 from hcbpg.errors import HcbpgError, HostKeyError, HostUnreachable, SecretError
 from hcbpg.ops import app_database as roles
 from hcbpg.ops import cluster as pg_cluster
-from hcbpg.ops import provisioning as cloud
 from hcbpg.outcome import Check
 from hcbpg.params import params_path, params_sha256
 from hcbpg.pg import scram as scram
@@ -114,7 +114,7 @@ def get_cloud_servers(rb: "Run") -> tuple[dict[str, str | None] | None, Check]:
         return None, Check("Hetzner Cloud API reachable", "fail", "not asked: the secret hetzner.token cannot be "
                            "resolved (see its row above)", params.hetzner.api_endpoint)
     try:
-        client = cloud.make_client(params, token, timeout=params.ssh.connect_timeout * 3)
+        client = make_client(params, token, timeout=params.ssh.connect_timeout * 3)
         found: dict[str, str | None] = {}
         for server in params.servers:
             seen = client.servers.get_by_name(server.name)

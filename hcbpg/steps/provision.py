@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hcbpg.adapters import hostkeys
-from hcbpg.errors import HostUnreachable
+from hcbpg.adapters.cloud import make_client
+from hcbpg.desired.cloud import PlannedAction, ServerRecord, plan_provision, ssh_key_fingerprint
+from hcbpg.errors import HostUnreachable, ParamsError
 from hcbpg.ops import provisioning as cloud
 from hcbpg.outcome import Check, Outcome
 
 if TYPE_CHECKING:  # pragma: no cover
-    import hcloud
-
+    from hcbpg.adapters.cloud import CloudLike
     from hcbpg.params import Params
     from hcbpg.steps.context import Run
 
@@ -22,23 +24,37 @@ if TYPE_CHECKING:  # pragma: no cover
 class Api:
     """The Hetzner Cloud API client for this run, and the operator's SSH public key the servers get."""
 
-    client: "hcloud.Client"
+    client: "CloudLike"
     ssh_public_key: str
 
 
 def connect(rb: "Run") -> Api:
     """A client for the params' API endpoint with the token from ``hetzner.token``."""
-    return Api(cloud.make_client(rb.params, rb.secret("hetzner.token")), cloud.read_ssh_public_key(rb.params))
+    return Api(make_client(rb.params, rb.secret("hetzner.token")), read_ssh_public_key(rb.params))
 
 
-def get_plan(api: Api, params: "Params") -> list[cloud.PlannedAction]:
+def read_ssh_public_key(params: "Params") -> str:
+    """The operator's SSH public key from ``hetzner.ssh_public_key_file``."""
+    path = Path(params.hetzner.ssh_public_key_file).expanduser()
+    try:
+        text = path.read_text().strip()
+    except OSError as exc:
+        raise ParamsError("params", [f"hetzner.ssh_public_key_file: cannot read {path}: {exc.strerror}"]) from None
+    try:
+        ssh_key_fingerprint(text)
+    except ValueError as exc:
+        raise ParamsError("params", [f"hetzner.ssh_public_key_file: {path}: {exc}"]) from None
+    return text
+
+
+def get_plan(api: Api, params: "Params") -> list[PlannedAction]:
     """What exists now and what provisioning would do to each resource (reads the API only)."""
     existing = cloud.get_existing(api.client, params, ssh_public_key=api.ssh_public_key)
-    return cloud.plan_provision(params, existing, ssh_public_key=api.ssh_public_key)
+    return plan_provision(params, existing, ssh_public_key=api.ssh_public_key)
 
 
 def ensure_provisioned(api: Api, params: "Params", *, dry_run: bool
-                       ) -> tuple[list[Outcome], list[cloud.ServerRecord]]:
+                       ) -> tuple[list[Outcome], list[ServerRecord]]:
     """Create what is missing and wait for it; the servers as they are (or would be)."""
     return cloud.ensure_provisioned(api.client, params, dry_run=dry_run, ssh_public_key=api.ssh_public_key)
 
@@ -53,7 +69,7 @@ def host_key_gate(name: str, fingerprint: str) -> str:
     return f"host-key-{name}-{hashlib.sha256(fingerprint.encode()).hexdigest()[:8]}"
 
 
-def ensure_host_keys_pinned(rb: "Run", servers: list[cloud.ServerRecord]) -> list[Outcome]:
+def ensure_host_keys_pinned(rb: "Run", servers: list[ServerRecord]) -> list[Outcome]:
     """Pin the host key of every server (and of the app host, drill host and jumpbox) that has none
     pinned, after the operator confirmed it.
 
@@ -74,7 +90,7 @@ def ensure_host_keys_pinned(rb: "Run", servers: list[cloud.ServerRecord]) -> lis
             out.append(Outcome(what, changed=False, dry_run=rb.dry_run,
                                actions=[f"{p.keytype} {p.fingerprint}" for p in pins]))
             continue
-        r = cloud.ServerRecord(name, "", "", public_ip=address)
+        r = ServerRecord(name, "", "", public_ip=address)
         if address is None:
             # counted with the server's creation: the key is generated and pinned when it is created
             out.append(Outcome(what, changed=False, dry_run=rb.dry_run,

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from hcbpg.adapters import hostkeys
 from hcbpg.adapters.base import HostLike
+from hcbpg.adapters.cloud import make_client
 from hcbpg.adapters.dryrun import AbsentHost, dry_run_of
 from hcbpg.adapters.host import Host
 from hcbpg.adapters.objectstore import ObjectStore
@@ -33,7 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover
 def server_shape(rb: "Run") -> ServerShape:
     """The database servers' type (params ``hetzner.server_type``) as the Hetzner API reports it (cores,
     RAM, disk): the capacity settings follow it."""
-    return cloud.get_server_shape(cloud.make_client(rb.params, rb.secret("hetzner.token")), rb.params)
+    return cloud.get_server_shape(make_client(rb.params, rb.secret("hetzner.token")), rb.params)
 
 
 def recorded_servers(rb: "Run") -> list[dict[str, Any]]:

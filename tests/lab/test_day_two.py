@@ -27,6 +27,7 @@ import pytest
 import yaml
 from psycopg import sql
 
+from hcbpg.adapters.cloud import make_client
 from hcbpg.adapters.host import Host
 from hcbpg.desired import capacity
 from hcbpg.desired import roles as desired_roles
@@ -95,7 +96,7 @@ def hosts(params, lab):
 @pytest.fixture(scope="module")
 def shape(params):
     """The server type as the (lab's) Hetzner API reports it, through the real hcloud client."""
-    client = cloud.make_client(params, resolve(params.hetzner.token, key="hetzner.token"))
+    client = make_client(params, resolve(params.hetzner.token, key="hetzner.token"))
     return cloud.get_server_shape(client, params)
 
 
