@@ -38,10 +38,11 @@ fi
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-if ! .venv/bin/python -c "import hcbpg, papermill, scrapbook, fabric, psycopg, hcloud, playwright, xdist, ruff, mypy, importlinter, grimp" 2>/dev/null \
+# hcbpg with its lab (moto, cheroot: the `lab` extra, which an operator's `pip install hcbpg` leaves out) and tests
+if ! .venv/bin/python -c "import hcbpg, papermill, scrapbook, fabric, psycopg, hcloud, moto, cheroot, playwright, xdist, ruff, mypy, importlinter, grimp" 2>/dev/null \
    || [ pyproject.toml -nt .venv/.installed ]; then
   .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -e '.[test]'
+  .venv/bin/pip install -q -e '.[test,lab]'
   touch .venv/.installed
 fi
 echo "hcbpg installed: $(.venv/bin/hcbpg --help >/dev/null && echo .venv/bin/hcbpg)"

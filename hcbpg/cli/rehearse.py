@@ -32,7 +32,9 @@ def rehearse(*, keep: bool = False, source_rows: int | None = None, source_mb: i
              start: str | None = None, until: str | None = None, verbose: bool = False) -> int:
     from hcbpg.cli import lab as lab_cli  # noqa: PLC0415 - the lab loads only for `hcbpg rehearse`
     from hcbpg.lab import Lab  # noqa: PLC0415 - the lab loads only for `hcbpg rehearse`
+    from hcbpg.lab.core import check_lab_packages  # noqa: PLC0415 - the lab loads only for `hcbpg rehearse`
 
+    check_lab_packages()  # before anything is set aside: without hcbpg[lab] no lab comes up
     install_sigterm_as_interrupt()
     set_aside_old_record()
     lab = Lab()

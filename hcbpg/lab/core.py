@@ -78,12 +78,32 @@ def check_platform() -> None:
                            hint="Install: apt-get install iproute2 util-linux coreutils openssh-client")
 
 
+#: the Python packages of the lab's stand-ins (the ``hcbpg[lab]`` extra), by import name
+LAB_PACKAGES = ("moto", "cheroot")
+
+
+def check_lab_packages() -> None:
+    """Raise LabError naming what to install unless the lab's stand-ins can be served: the S3 store is
+    moto's app and the Hetzner Cloud API stand-in runs on cheroot (the ``hcbpg[lab]`` extra, which an
+    operator's ``pip install hcbpg`` does not pull)."""
+    import importlib.util  # noqa: PLC0415 - only when the lab is brought up
+
+    missing = [name for name in LAB_PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise LabError(f"the lab needs the Python package{'s' if len(missing) > 1 else ''} "
+                       f"{' and '.join(missing)} (its S3 store and Hetzner Cloud API stand-in), not installed "
+                       f"in {sys.prefix}",
+                       hint="Install the lab's extra: pip install 'hcbpg[lab]' (from a clone: "
+                            "pip install -e '.[lab]'; scripts/install.sh does it).")
+
+
 def lab_unavailable_reason() -> str | None:
     """Why the lab cannot run here (for test skips), or None when it can."""
     try:
         check_platform()
+        check_lab_packages()
     except LabError as exc:
-        return exc.message
+        return exc.message + (f" ({exc.hint})" if exc.hint else "")
     probe = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
     if probe.returncode != 0:
         return f"`ip netns` does not work here: {probe.stderr.strip()}"

@@ -27,6 +27,7 @@ from hcbpg.lab.core import (
     SECRET_FILES,
     LabConfig,
     atomic_write,
+    check_lab_packages,
     check_platform,
     editing_state,
     kill_netns_processes,
@@ -93,6 +94,7 @@ class Lab:
         The source is seeded once; to change its size, ``down`` first.
         """
         check_platform()
+        check_lab_packages()
         size = source.plan_size(source_rows, source_mb)
         cfg = self.cfg
         t0 = time.monotonic()
