@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import functools
+import json
+import os
 import sys
 from pathlib import Path
 
@@ -50,16 +53,91 @@ def env(home, monkeypatch):
     return "test"
 
 
+# -- the order of the suite on parallel workers ---------------------------------------------------------------
+# Test files run whole on one worker each (scripts/test: --dist loadfile), longest first so that the longest does
+# not start last; how long each test took is what the previous full run wrote to DURATIONS (scripts/test sets
+# HCBPG_STORE_DURATIONS=1), never a list kept by hand.  Files with a test marked ``default_lab`` (it uses the
+# machine's default lab, one at a time under its lock) run as one unit on one worker instead of waiting for each other.
 
-#: the longest test files (minutes each, measured with --durations), started first so that
-#: with parallel workers (scripts/test) the longest file does not start last
-LONGEST_FIRST = ("test_replication.py", "test_server_steps.py", "test_migration.py", "test_backups.py",
-                 "test_day_two.py", "test_rehearse.py")
+#: seconds each test took in the last full run (setup + call + teardown), by node id
+ROOT = Path(__file__).resolve().parent.parent
+DURATIONS = ROOT / "tests" / "durations.json"
+DEFAULT_LAB_GROUP = "default-lab"
+
+
+def recorded_durations() -> dict[str, float]:
+    try:
+        data = json.loads(DURATIONS.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: float(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+@functools.cache
+def _scope_of_file(path: str) -> str:
+    """The unit of work a test file belongs to: itself, or DEFAULT_LAB_GROUP when a test of it is marked
+    ``default_lab`` (read from its source: the xdist controller sees node ids only)."""
+    try:
+        uses_default_lab = "mark.default_lab" in (ROOT / path).read_text()
+    except OSError:
+        uses_default_lab = False
+    return DEFAULT_LAB_GROUP if uses_default_lab else path
+
+
+def _scope(nodeid: str) -> str:
+    return _scope_of_file(nodeid.split("::", 1)[0])
 
 
 def pytest_collection_modifyitems(session, config, items):
-    """Order files longest first (the order inside a file stays: its tests build on each other)."""
-    def rank(item) -> int:  # noqa: ANN001
-        name = item.path.name
-        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
-    items.sort(key=rank)  # stable
+    """Order the work longest first (by the recorded durations; a test not recorded yet counts as the median lab
+    test when it is a lab test); the order inside a file stays: its tests build on each other."""
+    known = recorded_durations()
+    lab_times = sorted(v for k, v in known.items() if "tests/lab/" in k) or [60.0]
+    unknown_lab = lab_times[len(lab_times) // 2]
+    per_scope: dict[str, float] = {}
+    first: dict[str, int] = {}
+    for n, item in enumerate(items):
+        guess = unknown_lab if item.get_closest_marker("lab") else 0.1
+        scope = _scope(item.nodeid)
+        per_scope[scope] = per_scope.get(scope, 0.0) + known.get(item.nodeid, guess)
+        first.setdefault(scope, n)
+    items.sort(key=lambda item: (-per_scope[_scope(item.nodeid)], first[_scope(item.nodeid)]))  # stable in a scope
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_make_scheduler(config, log):
+    """--dist loadfile, with the files of ``default_lab`` tests as one unit, in the order of the collection (longest
+    first) instead of xdist's own (files with the most tests first, which started the one-test rehearsal last)."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class Scheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _scope(nodeid)
+
+    config.option.loadscopereorder = False
+    return Scheduling(config, log)
+
+
+_DURATIONS_SEEN: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+    """Collect each test's duration (on the controller under xdist: the workers' reports arrive here)."""
+    _DURATIONS_SEEN[report.nodeid] = _DURATIONS_SEEN.get(report.nodeid, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """With HCBPG_STORE_DURATIONS=1 (scripts/test), write what this run measured into DURATIONS (tests that did not
+    run keep their old figure, tests that no longer exist go when the whole suite ran)."""
+    if os.environ.get("HCBPG_STORE_DURATIONS") != "1" or hasattr(session.config, "workerinput"):
+        return
+    if not _DURATIONS_SEEN or exitstatus == pytest.ExitCode.INTERRUPTED:
+        return
+    data = recorded_durations()
+    if session.config.args_source == pytest.Config.ArgsSource.TESTPATHS:  # the whole suite ran
+        collected = set(_DURATIONS_SEEN)
+        data = {k: v for k, v in data.items() if k in collected}
+    data.update({k: round(v, 2) for k, v in _DURATIONS_SEEN.items()})
+    DURATIONS.write_text(json.dumps(dict(sorted(data.items())), indent=0) + "\n")

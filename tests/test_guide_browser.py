@@ -331,7 +331,7 @@ def lab_lock():
 
 
 @pytest.mark.lab
-# the lab lock may be held by test_rehearse on the other worker (the whole online runbook, about 5 minutes)
+@pytest.mark.default_lab  # one unit with test_rehearse (tests/conftest.py): they never wait for each other's lock
 @pytest.mark.timeout(1500)
 def test_guided_preflight_against_the_lab(home, monkeypatch, tmp_path, lab_lock, capsys):
     """`hcbpg guide lab --until 00` with the real preflight notebook against the rehearsal lab."""
@@ -428,9 +428,8 @@ def test_guided_kernel_records_a_failed_cell_and_a_closed_run_takes_nothing_more
     g = guide.prepare("test")
     run = g.run
     with run.update() as data:                           # what `serve` records once JupyterLab is up
-        data["status"] = "running"
-        data["runner"] = {"pid": os.getpid(), "machine": os.uname().nodename, "kind": "guide",
-                          "jupyter_pid": None}
+        data.status = "running"
+        data.runner = {"pid": os.getpid(), "machine": os.uname().nodename, "kind": "guide", "jupyter_pid": None}
     outputs = _run_as_operator(run.path / "00_fails.ipynb")
     assert "before the failure" in outputs and "RuntimeError" in outputs and app_pw not in outputs
     # rb.finish() after a failed cell (allow_errors ran it anyway) refuses to call the step done

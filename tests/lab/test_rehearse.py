@@ -23,7 +23,7 @@ from hcbpg.lab import Lab, lab_unavailable_reason
 
 from nbutil import CmdlineWatch, default_lab_lock, secret_forms
 
-pytestmark = pytest.mark.lab
+pytestmark = [pytest.mark.lab, pytest.mark.default_lab]
 
 REPO = Path(__file__).resolve().parents[2]
 
