@@ -29,7 +29,7 @@ from hcbpg.progress import Reporter
 from hcbpg.wait import polling_loop
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hcbpg.adapters.host import Host
+    from hcbpg.adapters.base import HostLike
     from hcbpg.adapters.psql import PsqlEndpoint
     from hcbpg.params import Params
 
@@ -94,7 +94,7 @@ def sample_restore(psql: Psql, database: str, sizes: Mapping[str, tuple[int, int
 
 
 @contextlib.contextmanager
-def watch_restore(host: "Host", params: "Params", *, sizes: Mapping[str, tuple[int, int | None]],
+def watch_restore(host: "HostLike", params: "Params", *, sizes: Mapping[str, tuple[int, int | None]],
                   reporter: Reporter | None = None, database: str | None = None,
                   interval: float = POLL_INTERVAL) -> Iterator[Reporter]:
     """While the block runs: the rows copied into and the indexes built in the target database,
@@ -118,7 +118,7 @@ def watch_restore(host: "Host", params: "Params", *, sizes: Mapping[str, tuple[i
 
 
 @contextlib.contextmanager
-def watch_file_growth(host: "Host", path: str, *, kind: str, what: str, total: int | None = None,
+def watch_file_growth(host: "HostLike", path: str, *, kind: str, what: str, total: int | None = None,
                       reporter: Reporter | None = None, interval: float = 1.0) -> Iterator[Reporter]:
     """While the block runs: the size of *path* on *host* (a download), against *total* when known."""
     rep = reporter or Reporter()

@@ -12,6 +12,7 @@ semantics.
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -303,3 +304,58 @@ def parse_held_snapshots(text: str, sides: Sequence[str]) -> dict[str, dict[str,
                                 hint="The primary cannot be verified after traffic is on without them: traffic must "
                                      "not start. Fix the cause and run 07 again (the window is repeated).")
     return held
+
+
+def parse_service_settings(service: str) -> dict[str, str]:
+    """What a plan may show of Bucardo's service file: its TLS and authentication settings (never the rest)."""
+    shown = ("sslmode", "sslrootcert", "require_auth")
+    pairs = (line.split("=", 1) for line in service.splitlines() if "=" in line and not line.startswith("#"))
+    return {k: v for k, v in pairs if k in shown}
+
+
+# Bucardo's command lines and files (what hcbpg asks of ``bucardo``) ---------------------------------
+
+def package_names(pg_version: int) -> list[str]:
+    """Bucardo and PL/Perl for the primary's PostgreSQL (its control database's functions are plperlu)."""
+    return ["bucardo", f"postgresql-plperl-{int(pg_version)}"]
+
+
+def render_rc() -> str:
+    """Bucardo's rc file: the control database on the primary, over the Unix socket as postgres (peer)."""
+    return ("# Managed by hcbpg (online transfer). Do not edit by hand.\n"
+            "# the control database on this primary, over the Unix socket as postgres (peer): no password\n"
+            "dbname = bucardo\ndbuser = postgres\n")
+
+
+def render_relgroup_commands(plan: SyncPlan, db: str, relgroup: str) -> list[str]:
+    """``bucardo`` arguments: the synced tables and the sequences of database *db* (Bucardo's name) put in
+    *relgroup* (each name quoted as one word)."""
+    steps = [f"add tables {' '.join(shlex.quote(t) for t in plan.synced)} db={db} relgroup={relgroup}"]
+    if plan.sequences:
+        steps.append(f"add sequences {' '.join(shlex.quote(q) for q in plan.sequences)} db={db} relgroup={relgroup}")
+    return steps
+
+
+def render_forward_sync_commands(plan: SyncPlan, *, source_dbname: str, database: str, port: int,
+                                 streamed: bool) -> list[str]:
+    """``bucardo`` arguments of the forward sync: the source (through its service) and the primary (over the
+    socket) as Bucardo's databases, the relgroup, the sync (inactive, no onetimecopy when the initial copy
+    is streamed; else the sync's own onetimecopy)."""
+    return [
+        f"add db {SOURCE_DB} dbname={shlex.quote(source_dbname)} dbservice={SOURCE_SERVICE}",
+        f"add db {PRIMARY_DB} dbname={shlex.quote(database)} dbhost=/var/run/postgresql dbport={int(port)} "
+        "dbuser=postgres",
+        *render_relgroup_commands(plan, SOURCE_DB, FORWARD_SYNC),
+        f"add sync {FORWARD_SYNC} relgroup={FORWARD_SYNC} dbs={SOURCE_DB}:source,{PRIMARY_DB}:target "
+        + ("onetimecopy=0 status=inactive" if streamed else "onetimecopy=1"),
+    ]
+
+
+def render_back_sync_commands(plan: SyncPlan, *, source_dbname: str, customcode: str, customcode_file: str) -> list[str]:
+    """``bucardo`` arguments of the way back: the source as a target, the primary's tables and sequences,
+    the sync (inactive until 09b), and our customcode for the owner-only target."""
+    return [f"add db {BACK_TARGET_DB} dbname={shlex.quote(source_dbname)} dbservice={SOURCE_SERVICE}",
+            *render_relgroup_commands(plan, PRIMARY_DB, BACK_SYNC),
+            f"add sync {BACK_SYNC} relgroup={BACK_SYNC} dbs={PRIMARY_DB}:source,{BACK_TARGET_DB}:target "
+            "status=inactive",
+            f"add customcode {customcode} whenrun=before_txn sync={BACK_SYNC} src_code={customcode_file}"]

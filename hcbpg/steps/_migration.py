@@ -1,59 +1,26 @@
 """Helpers shared by the migration's steps (06 dry run, 07 cutover, 09 start traffic): they take the
-notebook's runbook ``rb``, typed by the small protocol :class:`MigrationRunbook` (steps do not
-import the engine)."""
+notebook's runbook ``rb``, typed by the steps' one protocol :class:`hcbpg.steps.context.Run` (steps do
+not import the engine)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
+from hcbpg.desired.migration import plan_without_primary
 from hcbpg.display import show_plan
 from hcbpg.errors import VerificationFailed
+from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import migration
-from hcbpg.outcome import Check, Outcome
+from hcbpg.outcome import Check
 from hcbpg.steps import targets
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.host import Host
-    from hcbpg.params import Params
+    from hcbpg.steps.context import Run
 
 
-class RunManifest(Protocol):
-    """A run's manifest, as ``rb.run`` holds it."""
-
-    def read(self) -> dict[str, Any]: ...
-
-    def update(self) -> AbstractContextManager[dict[str, Any]]: ...
-
-
-class MigrationRunbook(Protocol):
-    """What the migration's steps use of the notebook's runbook."""
-
-    params: "Params"
-    dry_run: bool
-    run_id: str | None
-    step: str
-    run: RunManifest | None
-
-    def secret(self, key: str) -> str: ...
-
-    def track(self, outcome: Any, *, show: bool = True) -> Any: ...
-
-    def verify(self, checks: Iterable[Check], *, title: str = "checks") -> list[Check]: ...
-
-    def record(self, name: str, value: Any) -> None: ...
-
-    def recall(self, name: str, default: Any = ...) -> Any: ...
-
-    def skip(self, reason: str) -> None: ...
-
-    def runs_of_env(self) -> Sequence[RunManifest]: ...
-
-    def gate(self, name: str, question: str) -> Any: ...
-
-
-def verify(rb: MigrationRunbook, checks: Sequence[Check], *, rollback: str | None = None,
+def verify(rb: "Run", checks: Sequence[Check], *, rollback: str | None = None,
            stops: str = "The run stops here, before any traffic gate.") -> list[Check]:
     """rb.verify, with the rollback instructions in the error when something failed."""
     try:
@@ -64,44 +31,55 @@ def verify(rb: MigrationRunbook, checks: Sequence[Check], *, rollback: str | Non
         raise
 
 
-def skip_if_live(rb: MigrationRunbook, host: "Host | None") -> None:
+def skip_if_live(rb: "Run", host: "Host | None") -> None:
     """End a migration step early when the migration is complete: the app already runs on the target.
 
     Re-running the runbook must never restore over the live database; with nothing left to
     do the step is recorded as done with no change (the runbook's second run changes nothing).
     """
-    marker = migration.live_since(host, rb.params)
+    if host is None:
+        return
+    marker = migration.get_live_marker(host, rb.params)
     if marker:
-        assert host is not None
         rb.skip(f"{rb.params.postgres.database} on {host.name} is live ({marker}): the migration is "
                 "complete, there is nothing to restore or switch. Replacing a live database is not a "
                 "re-run of this step: it is a new migration with its own plan.")
 
 
-def dump_tag(rb: MigrationRunbook) -> str:
+def dump_tag(rb: "Run") -> str:
     """The dump's directory name under source.dump_dir: run and step."""
     return f"{rb.run_id or 'adhoc'}-{rb.step}"
 
 
-def run_label(rb: MigrationRunbook) -> str:
+def run_label(rb: "Run") -> str:
     """The run and step, as the target database's comment names them."""
     return f"run {rb.run_id or 'ad hoc'}, step {rb.step}"
 
 
-def connect(rb: MigrationRunbook) -> "tuple[Host | None, migration.Source | None]":
+def connect(rb: "Run") -> "tuple[Host | None, migration.Source | None]":
     """The primary (None before it is provisioned) and the source reached from it."""
-    host = targets.server_host(rb, rb.params.primary)  # type: ignore[arg-type]
+    host = targets.server_host(rb, rb.params.primary)
     if host is None:
         return None, None
-    # with source.ca_file the primary verifies the source's certificate and name (verify-full)
-    ca = migration.ensure_source_ca(host, rb.params, dry_run=rb.dry_run)
-    return host, migration.Source(host, rb.secret("source.url"), sslrootcert=ca)
+    # with source.ca_file the primary verifies the source's certificate and name (verify-full); a dry
+    # run reads the source as the primary can now (with the CA only when it is there already)
+    ca = migration.ensure_source_ca(targets.hostlike(rb, host.name, host), rb.params)
+    if ca.changed:
+        rb.track(ca)
+    return host, migration.Source(host, rb.secret("source.url"), sslrootcert=migration.get_source_ca(host, rb.params))
 
 
-def plan(rb: MigrationRunbook, host: "Host | None", source: "migration.Source | None") -> "migration.Plan | None":
-    """Plan the migration (read-only) and show it; None when there is no primary yet (the plan says so)."""
-    p = migration.plan_migration(host, rb.params, source, dry_run=rb.dry_run) if host and source else None
-    outcomes: list[Outcome] = p.outcomes if p else migration.plan_without_primary(rb.params)
+def plan(rb: "Run", host: "Host | None", source: "migration.Source | None") -> "migration.Plan | None":
+    """Plan the migration (read-only) and show it; None when there is no primary yet, or (a dry run) no
+    PostgreSQL running on it yet: the plan says so."""
+    p: migration.Plan | None = None
+    if host is None or source is None:
+        outcomes = plan_without_primary(rb.params)
+    elif rb.dry_run and not pg_cluster.get_cluster_running(host, rb.params):
+        outcomes = plan_without_primary(rb.params, why=f"PostgreSQL is not running on {host.name} yet")
+    else:
+        p = migration.get_migration_plan(host, rb.params, source)
+        outcomes = p.outcomes
     show_plan(outcomes)
     return p
 

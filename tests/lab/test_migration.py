@@ -20,12 +20,12 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
+from hcbpg.adapters.dryrun import DryRunHost
 from hcbpg.adapters.host import Host
 from hcbpg.engine import runbook as rbmod
 from hcbpg.engine.runner import Runner, approve
 from hcbpg.errors import SafetyCheckFailed, VerificationFailed
 from hcbpg.lab import create_server_host, destroy_server_host
-from hcbpg.ops import app_database as roles
 from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import migration
 from hcbpg.ops import server as pg_server
@@ -33,6 +33,8 @@ from hcbpg.ops import tls as tls_ops
 from hcbpg.params import parse_params
 from hcbpg.secrets import register
 from hcbpg.steps import _migration as migration_steps
+from hcbpg.steps import allow_connections as allow_step
+from hcbpg.steps import app_role_database as role_step
 
 from labparams import lab_params
 from nbutil import read_env_file
@@ -122,11 +124,11 @@ def env(lab, tmp_path_factory, monkeypatch_module):
     params = parse_params(data)
     host = Host.from_params(params, "server-postgres-1", ip)
     app = Host.from_params(params, "app", cfg.app_ip)
-    tls_ops.ensure_client_ca(app, params, dry_run=False)  # as step 03 does
+    tls_ops.ensure_client_ca(app, params)  # as step 03 does
     password = register(pw_file.read_text().strip())
-    pg_server.install_server(host, params, params.primary, dry_run=False)
-    pg_server.allow_connections(host, params, params.primary, dry_run=False)
-    roles.app_role_database(pg_cluster.psql_for(host, params), params, password, dry_run=False)
+    pg_server.install_server(host, params, params.primary)
+    allow_step.allow_connections(host, params, params.primary)
+    role_step.app_role_database(pg_cluster.get_psql(host, params), params, password)
     yield SimpleNamespace(lab=lab, params=params, data=data, home=home, nb_dir=nb_dir, host=host, app=app,
                           pw_file=pw_file, tmp=tmp, source_url=register(lab.secret("source-url")))
     host.close()
@@ -163,7 +165,7 @@ def snapshot(host: Host) -> str:
 def test_plan_reads_only_and_shows_what_would_be_dropped(env):
     before = snapshot(env.host)
     source = migration.Source(env.host, env.source_url)
-    plan = migration.plan_migration(env.host, env.params, source)
+    plan = migration.get_migration_plan(env.host, env.params, source)
     assert [c for c in plan.checks if c.status != "pass"] == []
     actions = " ".join(a for o in plan.outcomes for a in o.actions)
     assert "drop database hcb_production (it has no tables (as step 04 created it))" in actions
@@ -328,7 +330,7 @@ def test_no_secret_in_any_output_of_the_run(env):
 
 def test_the_live_database_is_not_dropped_again(env):
     with pytest.raises(SafetyCheckFailed, match="live database"):
-        migration.ensure_fresh_database(env.host, env.params, {"postmaster_start": "x"}, dry_run=True)
+        migration.run_fresh_database(DryRunHost(env.host), env.params, {"postmaster_start": "x"})
 
 
 def _rb(params, step: str) -> rbmod.Runbook:
@@ -374,7 +376,7 @@ def test_the_production_schema_dry_run_accounts_for_every_object(env):
                                                "sentinel": env.params.source.sentinel.model_copy(update={"id": 1})})
     params = env.params.model_copy(update={"source": src, "allow_destructive": True})
     source = migration.Source(env.host, url)
-    plan = migration.plan_migration(env.host, params, source)
+    plan = migration.get_migration_plan(env.host, params, source)
     res = migration.run_migration(env.host, params, source, plan.facts, tag="schema", run_label="lab test",
                                   live_source=True, app=env.app, password=STATE["new"],
                                   sentinel_write="hcbpg schema sentinel")
@@ -451,7 +453,7 @@ def test_the_directory_transfer_restores_the_same(env):
     src = env.params.source.model_copy(update={"transfer": "directory"})
     params = env.params.model_copy(update={"source": src, "allow_destructive": True})
     source = migration.Source(env.host, env.source_url)
-    plan = migration.plan_migration(env.host, params, source)
+    plan = migration.get_migration_plan(env.host, params, source)
     res = migration.run_migration(env.host, params, source, plan.facts, tag="directory",
                                   run_label="lab test directory", live_source=False, app=env.app,
                                   password=STATE["new"], sentinel_expect=STATE["cutover"]["sentinel"])

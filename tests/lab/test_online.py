@@ -24,15 +24,16 @@ from hcbpg.adapters.host import Host
 from hcbpg.engine.runner import Runner, approve
 from hcbpg.errors import DatabaseError, HcbpgError
 from hcbpg.lab import app_load, create_server_host, destroy_server_host
-from hcbpg.ops import app_database as roles
 from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import migration
 from hcbpg.ops import server as pg_server
 from hcbpg.ops import tls as tls_ops
+from hcbpg.ops.migration import bucardo, wayback, window
 from hcbpg.ops.migration import bucardo_service as bs
-from hcbpg.ops.migration import online
 from hcbpg.params import parse_params
 from hcbpg.secrets import register
+from hcbpg.steps import allow_connections as allow_step
+from hcbpg.steps import app_role_database as role_step
 
 from labparams import lab_params
 
@@ -106,16 +107,16 @@ def env(lab, tmp_path_factory, monkeypatch_module):
     host = Host.from_params(params, "server-postgres-1", ip)
     app = Host.from_params(params, "app", cfg.app_ip)
     password = register(pw_file.read_text().strip())
-    pg_server.install_server(host, params, params.primary, dry_run=False)
-    pg_server.allow_connections(host, params, params.primary, dry_run=False)
-    tls_ops.ensure_client_ca(app, params, dry_run=False)  # as step 03 does: the app host verifies the primary
-    roles.app_role_database(pg_cluster.psql_for(host, params), params, password, dry_run=False)
+    pg_server.install_server(host, params, params.primary)
+    allow_step.allow_connections(host, params, params.primary)
+    tls_ops.ensure_client_ca(app, params)  # as step 03 does: the app host verifies the primary
+    role_step.app_role_database(pg_cluster.get_psql(host, params), params, password)
     app.put_text(app_load.SERVICE_FILE, app_load.render_service_file(migration.parse_source_url(url)), mode=0o600)
     yield SimpleNamespace(lab=lab, params=params, home=home, nb_dir=nb_dir, host=host, app=app, pw_file=pw_file,
                           url=url, source=migration.Source(host, url))
     app.run(f"touch {app_load.STOP}; rm -f {app_load.SERVICE_FILE}", check=False, quiet=True)
     try:  # whatever a failed test left of Bucardo on the source copy goes with it
-        online.stop(host, params)
+        bucardo.run_stop(host, params)
     except HcbpgError:
         pass
     host.close()
@@ -213,7 +214,7 @@ def test_the_online_runbook_moves_every_row_written_before_maintenance_on(env):
     # the primary after the window is not in them, so the counts still match; then the snapshots are gone
     ver = sb.read_notebook(str(result.run.path / "09b_way_back.ipynb")).scraps["online_verification"].data
     assert ver["fail"] == 0 and ver["tables"] == 6 and ver["rows"] > 1000, ver
-    assert online.get_held_snapshots(env.host) is None
+    assert window.get_held_snapshots(env.host) is None
     assert migration.target(env.host, env.params).json(
         "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'hcbpg-migration'") == 0
     manifest = result.run.read()
@@ -252,19 +253,19 @@ def test_the_exact_count_in_held_snapshots_names_a_table_the_primary_lacks_rows_
     tgt.script("SET session_replication_role = replica;\n"
                "DELETE FROM public.audit_nokey WHERE what = 'row 1';\n", display="lose a row on the primary")
     try:
-        online.run_hold_snapshots(env.host, env.params, env.source)
+        window.run_hold_snapshots(env.host, env.params, env.source)
         tgt.script("INSERT INTO public.audit_nokey (what) VALUES ('row 1');\n", display="the row back, later")
-        ver = online.verify_held(env.host, env.params, env.source)
+        ver = window.verify_held(env.host, env.params, env.source)
     finally:
         tgt.script("DELETE FROM public.audit_nokey WHERE what = 'row 1';\n"
                    "INSERT INTO public.audit_nokey (what) VALUES ('row 1');\n", display="the row as on the source")
     bad = [c for c in ver.checks if c.status == "fail"]
     assert [(c.name, c.detail) for c in bad] == [("rows public.audit_nokey", "source 300, target 299 (-1)")], bad
-    assert online.get_held_snapshots(env.host) is None  # released after the count, failed or not
+    assert window.get_held_snapshots(env.host) is None  # released after the count, failed or not
 
 
 def test_after_traffic_is_on_writes_on_the_new_primary_reach_the_source(env):
-    assert online.get_way_back(env.host), "09b did not set up the way back"
+    assert wayback.get_way_back(env.host), "09b did not set up the way back"
     marker = f"way back {time.time():.0f}"
     res = migration.app_psql(env.app, env.params, STATE["password"],
                              f"UPDATE users SET full_name = '{marker}' WHERE id = 7;\n"
@@ -287,7 +288,7 @@ def test_large_objects_on_the_source_refuse_the_online_mode_naming_them(env):
     with env.source as source:
         oid = source.json("SELECT lo_from_bytea(0, 'hcbpg')::bigint")
         try:
-            plan = online.get_sync_plan(source, env.params)
+            plan = bucardo.get_sync_plan(source, env.params)
         finally:
             source.execute([f"SELECT lo_unlink({oid})"])
     bad = [c for c in plan.checks if c.status == "fail"]
@@ -308,7 +309,7 @@ def test_the_clean_up_ends_the_way_back_and_leaves_no_bucardo_object(env):
     print("removed by 16:", *(f"{r['where']}: {r['what']}" for r in removed), sep="\n  ")
     assert "schema bucardo" in what and any(w.startswith("trigger ") and "bucardo" in w for w in what), what
     assert any(w.startswith("foreign key ") for w in what) and any(w.startswith("database bucardo") for w in what)
-    checks = online.check_removed(env.host, env.params, env.source)
+    checks = wayback.check_removed(env.host, env.params, env.source)
     assert all(c.status == "pass" for c in checks), checks
     with env.source as source:
         assert source.json("SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND condeferrable") == 0

@@ -6,7 +6,7 @@ Everything runs on the primary itself: ``pg_dump`` pulls from the source over th
 reaches a command line or an output: it becomes a 0600 libpq service file on the
 primary (in ``/run``, a tmpfs) that is removed when the step ends.
 
-A run is: :func:`plan_migration` (read-only, the dry run shows it) → the transfer →
+A run is: :func:`get_migration_plan` (read-only, the dry run shows it) → the transfer →
 :func:`verify_restore` (object inventory, per-table row counts, sequences, the app host's
 read/write and the sentinel).  For method ``pg_dump`` the transfer is :func:`run_stream` by
 default (``source.transfer: stream``): one source session exports a snapshot; in it the schema
@@ -33,9 +33,15 @@ The modules, one concern each (pure PostgreSQL knowledge is in :mod:`hcbpg.pg`: 
     app_checks  checks from the app host (sentinel, passwords, DATABASE_URL)
     cutover     the source quiet, the sentinel write, the password roll
     traffic     the DATABASE_URL handoff file and the downtime
-    plan        plan_migration and run_migration, as 06 and 07 run them
-    online      source.transfer: online: Bucardo before the window, the window's drain, the way back,
-                the clean-up (not re-exported: the steps import it as ``migration.online``)
+    plan        get_migration_plan and run_migration, as 06 and 07 run them
+    bucardo     source.transfer: online: Bucardo on the primary (packages, control database, the forward
+                sync, the daemon, lag, drift guard); its service file in ``bucardo_service``
+    window      the online transfer's window (drain, sequences, keyless copies, snapshots held for 09b)
+    wayback     the way back (armed in 06b, run from 09b) and the clean-up (16)
+                (these three are not re-exported: :mod:`hcbpg.steps.online` composes them)
+
+Pure parts (paths, the restore-time settings file, the app's URLs, the downtime, the rollback texts)
+are in :mod:`hcbpg.desired.migration`.
 
 This package re-exports the names its callers use; steps that take the runbook are in
 :mod:`hcbpg.steps` (``dry_run_restore``, ``cutover``, ``start_traffic``, ``_migration``).
@@ -44,31 +50,35 @@ This package re-exports the names its callers use; steps that take the runbook a
 from __future__ import annotations
 
 from hcbpg.adapters.psql import PsqlEndpoint, parse_marked_json, render
-from hcbpg.errors import WaitTimeout
-from hcbpg.ops.migration.app_checks import (
-                                            app_psql,
-                                            check_from_app,
-                                            check_passwords,
-                                            check_url_from_app,
-                                            parse_app_output,
-)
-from hcbpg.ops.migration.cutover import (
+from hcbpg.desired.migration import (
+                                            RESTORE_PART,
                                             ROLLBACK,
                                             ROLLBACK_WAY_BACK,
                                             check_source_quiet,
-                                            run_rotate_password,
-                                            run_sentinel_write,
+                                            compute_downtime,
+                                            dry_run_sentinel,
+                                            handoff_path,
+                                            parse_app_output,
+                                            plan_without_primary,
+                                            release_urls_path,
+                                            render_database_url,
+                                            render_env_file,
+                                            render_reload_and_wait,
+                                            render_restore_settings,
+                                            restore_part_path,
                                             sentinel_value,
-                                            wait_for_source_quiet,
 )
+from hcbpg.errors import WaitTimeout
+from hcbpg.ops.migration.app_checks import app_psql, check_from_app, check_passwords, check_url_from_app
+from hcbpg.ops.migration.cutover import run_rotate_password, run_sentinel_write, wait_for_source_quiet
 from hcbpg.ops.migration.database import (
                                             check_extensions_available,
-                                            ensure_fresh_database,
                                             ensure_prerequisites,
+                                            get_fresh_database_plan,
+                                            get_live_marker,
                                             get_target_state,
-                                            live_since,
-                                            mark_live,
-                                            plan_fresh_database,
+                                            run_fresh_database,
+                                            run_mark_live,
                                             run_statements,
 )
 from hcbpg.ops.migration.dump import (
@@ -87,28 +97,23 @@ from hcbpg.ops.migration.dump import (
 from hcbpg.ops.migration.plan import (
                                             MigrationResult,
                                             Plan,
-                                            dry_run_sentinel,
-                                            plan_migration,
-                                            plan_without_primary,
+                                            get_migration_plan,
                                             run_migration,
                                             show_comparison,
 )
 from hcbpg.ops.migration.restore import RestoreResult, render_pg_restore, restore_jobs, run_restore
 from hcbpg.ops.migration.settings import (
-                                            RESTORE_PART,
                                             check_restore_settings_gone,
                                             ensure_restore_settings,
                                             get_server_state,
                                             remove_restore_settings,
-                                            render_reload_and_wait,
-                                            render_restore_settings,
-                                            restore_part_path,
 )
 from hcbpg.ops.migration.source import (
                                             SECRET_DIR,
                                             SOURCE_CA_PATH,
                                             Source,
                                             ensure_source_ca,
+                                            get_source_ca,
                                             get_source_facts,
                                             get_source_sessions,
                                             target,
@@ -129,11 +134,6 @@ from hcbpg.ops.migration.stream import (
 )
 from hcbpg.ops.migration.traffic import (
                                             AppUrls,
-                                            compute_downtime,
-                                            handoff_path,
-                                            release_urls_path,
-                                            render_database_url,
-                                            render_env_file,
                                             show_downtime,
                                             show_urls,
                                             write_app_urls,
@@ -185,13 +185,13 @@ __all__ = [
     "check_disk_space", "check_extensions_available", "check_from_app", "check_passwords",
     "check_restore_settings_gone", "check_source_quiet", "check_table_owners", "check_url_from_app",
     "compare_objects", "compare_rows", "comparison_table", "compute_downtime", "describe_source",
-    "dry_run_sentinel", "dump_path", "ensure_fresh_database", "ensure_prerequisites", "ensure_restore_settings",
+    "dry_run_sentinel", "dump_path", "run_fresh_database", "ensure_prerequisites", "ensure_restore_settings",
     "filter_toc", "get_inventory", "get_server_state", "get_source_facts", "get_source_sessions",
-    "get_target_state", "handoff_path", "live_since", "mark_live", "newest_event_sql", "parse_app_output",
-    "parse_marked_json", "parse_source_url", "plan_create_statements", "plan_fresh_database", "plan_migration",
+    "get_target_state", "handoff_path", "get_live_marker", "run_mark_live", "newest_event_sql", "parse_app_output",
+    "parse_marked_json", "parse_source_url", "plan_create_statements", "get_fresh_database_plan", "get_migration_plan",
     "plan_prerequisites", "plan_recreate", "plan_restore_settings", "plan_without_primary", "prepare_dump_dir",
     "prerequisite_statements", "read_files", "redact_url", "remove_dump", "remove_restore_settings", "render",
-    "SOURCE_CA_PATH", "ensure_source_ca",
+    "SOURCE_CA_PATH", "ensure_source_ca", "get_source_ca",
     "render_bundle", "render_database_url", "render_db_setting", "render_download", "render_dump_session",
     "render_env_file", "render_heroku_commands", "render_on_target", "render_pg_dump", "render_pg_restore",
     "render_prepare_sql", "render_reload_and_wait", "render_restore_settings", "render_service_file",

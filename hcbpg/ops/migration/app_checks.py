@@ -6,20 +6,18 @@ from __future__ import annotations
 import shlex
 from typing import TYPE_CHECKING, Any
 
-from psycopg import sql
-
 from hcbpg import secrets as hsecrets
-from hcbpg.adapters.psql import render
 from hcbpg.desired import tls as desired_tls
+from hcbpg.desired.migration import parse_app_output, render_sentinel_sql
 from hcbpg.outcome import Check
 from hcbpg.pg.conninfo import parse_source_url, redact_url
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hcbpg.adapters.host import Host
+    from hcbpg.adapters.base import HostLike
     from hcbpg.params import Params
 
 
-def app_psql(app: "Host", params: "Params", password: str, script: str, *, server_ip: str, display: str) -> Any:
+def app_psql(app: "HostLike", params: "Params", password: str, script: str, *, server_ip: str, display: str) -> Any:
     """psql on the app host as the app role (password on stdin, never argv); SQL on stdin."""
     pg = params.postgres
     conninfo = (f"host={server_ip} port={pg.port} dbname={pg.database} user={pg.app_role} connect_timeout=10 "
@@ -29,37 +27,14 @@ def app_psql(app: "Host", params: "Params", password: str, script: str, *, serve
     return app.run(cmd, stdin=password + "\n" + script, check=False, display=display)
 
 
-def _sentinel_sql(params: "Params", value: str | None) -> str:
-    src = params.source
-    assert src is not None
-    s = src.sentinel
-    t, c = sql.Identifier(s.table), sql.Identifier(s.column)
-    parts = [sql.SQL("SELECT 'newest-event=' || coalesce((SELECT max(id) FROM {})::text, 'none');").format(
-        sql.Identifier(src.events_table))]
-    if value is not None:
-        parts.append(sql.SQL("UPDATE {} SET {} = {} WHERE id = {};").format(t, c, sql.Literal(value), sql.Literal(s.id)))
-    parts.append(sql.SQL("SELECT 'sentinel=' || coalesce({}::text, '<null>') FROM {} WHERE id = {};").format(
-        c, t, sql.Literal(s.id)))
-    return "\n".join(render(p) for p in parts) + "\n"
-
-
-def parse_app_output(stdout: str) -> dict[str, str]:
-    out = {}
-    for line in stdout.splitlines():
-        if "=" in line and line.split("=", 1)[0] in ("newest-event", "sentinel"):
-            k, v = line.split("=", 1)
-            out[k] = v
-    return out
-
-
-def check_from_app(app: "Host", params: "Params", password: str, *, server_ip: str,
+def check_from_app(app: "HostLike", params: "Params", password: str, *, server_ip: str,
                    newest_event: int | None, write: str | None = None, expect: str | None = None) -> list[Check]:
     """The runbook's check from the app host: read the newest events row, write (optionally) and read the sentinel."""
     src = params.source
     assert src is not None
     s = src.sentinel
     what = f"{s.table}.{s.column} of id {s.id}"
-    res = app_psql(app, params, password, _sentinel_sql(params, write), server_ip=server_ip,
+    res = app_psql(app, params, password, render_sentinel_sql(params, write), server_ip=server_ip,
                    display=f"psql as {params.postgres.app_role}@{server_ip}: newest {src.events_table} row, "
                            + (f"write and read {what}" if write is not None else f"read {what}"))
     got = parse_app_output(res.stdout) if res.ok else {}
@@ -79,7 +54,7 @@ def check_from_app(app: "Host", params: "Params", password: str, *, server_ip: s
     return out
 
 
-def check_passwords(app: "Host", params: "Params", *, old: str, new: str, server_ip: str) -> list[Check]:
+def check_passwords(app: "HostLike", params: "Params", *, old: str, new: str, server_ip: str) -> list[Check]:
     """From the app host: the new password works, the old one is refused."""
     r_new = app_psql(app, params, new, "SELECT 'ok';\n", server_ip=server_ip,
                      display=f"psql as {params.postgres.app_role}@{server_ip} with the new password")
@@ -94,7 +69,7 @@ def check_passwords(app: "Host", params: "Params", *, old: str, new: str, server
     ]
 
 
-def check_url_from_app(app: "Host", params: "Params", url: str) -> Check:
+def check_url_from_app(app: "HostLike", params: "Params", url: str) -> Check:
     """The new DATABASE_URL works from the app host (its parts as libpq params; password on stdin)."""
     conn = parse_source_url(url)
     conninfo = " ".join(f"{k}={v}" for k, v in conn.items() if k != "password") + " connect_timeout=10"

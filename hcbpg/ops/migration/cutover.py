@@ -4,15 +4,15 @@ sentinel), and the app role's password rolled."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from psycopg import sql
 
-from hcbpg import clock
 from hcbpg import secrets as hsecrets
 from hcbpg.adapters.psql import JSON_MARK, parse_marked_json, render
-from hcbpg.errors import SafetyCheckFailed, VerificationFailed, WaitTimeout
+from hcbpg.desired.migration import ROLLBACK, check_source_quiet
+from hcbpg.errors import VerificationFailed, WaitTimeout
 from hcbpg.ops import app_database as roles
 from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops.migration.source import Source, get_source_sessions
@@ -21,38 +21,8 @@ from hcbpg.pg import scram
 from hcbpg.wait import polling_loop
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hcbpg.adapters.host import Host
+    from hcbpg.adapters.base import HostLike
     from hcbpg.params import Params
-
-
-ROLLBACK = """\
-How to roll back (nothing on the source was changed by hcbpg except the sentinel row's one column):
-  1. Do NOT change DATABASE_URL / BLAZER_DATABASE_URL in Hatchbox: they still point at Heroku.
-  2. Enable the processes again (Sidekiq, etc.) in Hatchbox.
-  3. Turn maintenance mode off in Hatchbox: the app runs on the old (Heroku) database as before.
-  4. Leave the primary as it is; fix the cause named above and repeat the cutover later
-     (07 drops and restores hcb_production again: it is marked as an hcbpg restore target)."""
-
-
-ROLLBACK_WAY_BACK = """\
-How to roll back now that traffic runs on the new primary (online transfer, the way back armed):
-  1. Turn maintenance mode on in Hatchbox; disable the processes (Sidekiq, etc.).
-  2. On the primary, start the way back if 09b has not (hcbpg run ENV --from 09b) and wait until
-     `bucardo status hcbpg_back` shows a run ended after the last write: every write made on the new
-     primary since traffic went on is then on Heroku too.
-  3. Set DATABASE_URL / BLAZER_DATABASE_URL in Hatchbox back to their Heroku values; enable the
-     processes; turn maintenance mode off: the app runs on Heroku, with nothing lost.
-  4. Run 16_online_cleanup to end the way back and remove Bucardo; fix the cause and cut over again."""
-
-
-def check_source_quiet(sessions: Sequence[Mapping[str, Any]]) -> Check:
-    """No other client on the source: the app and its processes are really stopped."""
-    if not sessions:
-        return Check("no other connections on the source", "pass", "only hcbpg is connected", "source")
-    who = "; ".join(f"pid {s['pid']} {s['usename']}@{s.get('client') or 'socket'} "
-                    f"{s.get('application_name') or '-'} {s.get('state')}{' WRITING' if s.get('writing') else ''}"
-                    for s in sessions[:5])
-    return Check("no other connections on the source", "fail", f"{len(sessions)} other: {who}", "source")
 
 
 def wait_for_source_quiet(source: Source, *, timeout: float = 120.0, interval: float = 0.5,
@@ -77,11 +47,6 @@ def wait_for_source_quiet(source: Source, *, timeout: float = 120.0, interval: f
              "step again. Nothing was changed yet.\n" + ROLLBACK)
 
 
-def sentinel_value(run_id: str | None) -> str:
-    """The last write's value: says who wrote it, when, in which run (not secret)."""
-    return f"hcbpg last write {clock.utcnow()} run {run_id or 'ad-hoc'}"
-
-
 def run_sentinel_write(source: Source, params: "Params", value: str) -> Outcome:
     """The runbook's last write on the source: UPDATE users SET full_name = ... WHERE id = 1803, read back."""
     src = params.source
@@ -104,25 +69,26 @@ def run_sentinel_write(source: Source, params: "Params", value: str) -> Outcome:
                    actions=[f"set to {value!r} and read back"])
 
 
-def run_rotate_password(host: "Host | None", params: "Params", *, dry_run: bool) -> tuple[Outcome, str | None, str | None]:
+def run_rotate_password(host: "HostLike", params: "Params") -> tuple[Outcome, str | None, str | None]:
     """A new password for the app role: stored through the secret backend first, then set (as a verifier).
 
-    Returns the outcome, the old and the new password (both registered with the scrubber).
+    Returns the outcome, the old and the new password (both registered with the scrubber; no new one on
+    a dry run).
     """
     pg = params.postgres
     old = hsecrets.resolve(pg.app_role_password, key=roles.PASSWORD_KEY)
-    what = f"password of role {pg.app_role} on {host.name if host else params.primary.name} rolled"
+    what = f"password of role {pg.app_role} on {host.name} rolled"
     where = pg.app_role_password.split(":", 1)[0] + ":"
-    if dry_run:
+    if host.dry_run:
+        # dry run: the new password is stored in the secret backend before it is set, which is not the
+        # host's to record; nothing is generated or stored
         return Outcome(what, True, True, actions=[f"generate a new password, store it at {roles.PASSWORD_KEY} "
                                                   f"({where}...), ALTER ROLE {pg.app_role} PASSWORD (verifier)"]), old, None
-    if host is None:
-        raise SafetyCheckFailed(f"{params.primary.name} is not reachable: cannot roll the password")
     new = hsecrets.generate_password()
     # stored before it is set: a password that is set but stored nowhere would lock everyone out
     hsecrets.store_secret(pg.app_role_password, new, key=roles.PASSWORD_KEY)
     stmt = sql.SQL("ALTER ROLE {} WITH PASSWORD {}").format(sql.Identifier(pg.app_role),
                                                             sql.Literal(scram.scram_verifier(new)))
-    pg_cluster.psql_for(host, params).execute(stmt)
+    pg_cluster.get_psql(host, params).execute(stmt)
     return Outcome(what, True, False, actions=[f"new password stored at {roles.PASSWORD_KEY} ({where}...)",
                                                f"ALTER ROLE {pg.app_role} WITH PASSWORD [secret] (SCRAM verifier)"]), old, new

@@ -25,7 +25,7 @@ from hcbpg.pg.restore import GIB
 from hcbpg.pg.stream import REFUSED_NAMES_SQL
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hcbpg.adapters.host import Host
+    from hcbpg.adapters.base import HostLike
     from hcbpg.params import Params
 
 
@@ -79,7 +79,7 @@ class DumpResult:
     source: Inventory | None    # inventory and counts at the dump's snapshot (None: count later)
 
 
-def prepare_dump_dir(host: "Host", params: "Params", tag: str, *, dry_run: bool) -> str:
+def prepare_dump_dir(host: "HostLike", params: "Params", tag: str, *, dry_run: bool) -> str:
     path = dump_path(params, tag)
     src = params.source
     assert src is not None
@@ -89,7 +89,7 @@ def prepare_dump_dir(host: "Host", params: "Params", tag: str, *, dry_run: bool)
     return path
 
 
-def check_disk_space(host: "Host", params: "Params", facts: Mapping[str, Any]) -> Check:
+def check_disk_space(host: "HostLike", params: "Params", facts: Mapping[str, Any]) -> Check:
     """The dump dir and the data directory have room for the dump plus the restored database (2x the source + 10%)."""
     src = params.source
     assert src is not None
@@ -102,7 +102,7 @@ def check_disk_space(host: "Host", params: "Params", facts: Mapping[str, Any]) -
                     f"{avail / GIB:.1f} GiB free, need about {need / GIB:.1f} GiB", host.name)
 
 
-def run_dump(host: "Host", params: "Params", source: Source, tag: str, *, with_counts: bool = True,
+def run_dump(host: "HostLike", params: "Params", source: Source, tag: str, *, with_counts: bool = True,
              schema_only: bool = False) -> DumpResult:
     """pg_dump -Fd -j N on the primary from the source, in a snapshot we hold; counts in that snapshot."""
     path = prepare_dump_dir(host, params, tag, dry_run=False)
@@ -146,7 +146,7 @@ def render_download(out_file: str) -> tuple[str, str]:
             'url = "{url}"\n')
 
 
-def run_heroku_dump(host: "Host", params: "Params", tag: str, *, local: LocalRunner = _local) -> DumpResult:
+def run_heroku_dump(host: "HostLike", params: "Params", tag: str, *, local: LocalRunner = _local) -> DumpResult:
     """Capture a Heroku backup, then download it on the primary itself (no laptop hop)."""
     src = params.source
     assert src is not None and src.heroku_app
@@ -172,7 +172,7 @@ def run_heroku_dump(host: "Host", params: "Params", tag: str, *, local: LocalRun
     return DumpResult(path, "custom", time.monotonic() - started, size, None)
 
 
-def remove_dump(host: "Host", dump: DumpResult, *, dry_run: bool = False) -> Outcome:
+def remove_dump(host: "HostLike", dump: DumpResult, *, dry_run: bool = False) -> Outcome:
     what = f"dump {dump.path} on {host.name} removed"
     if not dry_run:
         host.run(f"rm -rf {shlex.quote(dump.path)} {shlex.quote(dump.path)}.*", quiet=True)

@@ -1,4 +1,4 @@
-"""The whole move as 06 and 07 run it: :func:`plan_migration` (read-only) then :func:`run_migration`
+"""The whole move as 06 and 07 run it: :func:`get_migration_plan` (read-only) then :func:`run_migration`
 (the transfer, streamed or dump and restore, then the verification), timed per phase."""
 
 from __future__ import annotations
@@ -7,7 +7,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from hcbpg import clock
 from hcbpg.display import show_table
 from hcbpg.errors import ParamsError, SafetyCheckFailed
 from hcbpg.ops import cluster as pg_cluster
@@ -35,7 +34,7 @@ from hcbpg.pg.dump import plan_prerequisites
 from hcbpg.pg.restore import GIB, plan_recreate, plan_restore_settings
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hcbpg.adapters.host import Host
+    from hcbpg.adapters.base import HostLike
     from hcbpg.params import Params
 
 
@@ -46,17 +45,13 @@ class Plan:
     facts: dict[str, Any]
 
 
-def plan_migration(host: "Host", params: "Params", source: Source, *, dry_run: bool = True) -> Plan:
+def get_migration_plan(host: "HostLike", params: "Params", source: Source) -> Plan:
     """What the dump and restore will do, and their preconditions (read-only; outcomes say "would change").
-
-    *dry_run*: a primary without a running cluster gives a plan that says so instead of an error.
-    """
+    SafetyCheckFailed when PostgreSQL is not running on the primary (steps 02-04 first)."""
     src = params.source
     if src is None:
         raise ParamsError("params", ["source: required for the migration steps (method, url, ...)"])
     if not pg_cluster.get_cluster_running(host, params):
-        if dry_run:
-            return Plan(plan_without_primary(params, why=f"PostgreSQL is not running on {host.name} yet"), [], {})
         raise SafetyCheckFailed(f"on {host.name}: PostgreSQL {params.postgres.version}/{params.postgres.cluster} "
                                 "is not running", hint="Run steps 02-04 first (install, connections, app role).")
     with source:
@@ -72,7 +67,7 @@ def plan_migration(host: "Host", params: "Params", source: Source, *, dry_run: b
                                             archive_mode=state["archive_mode"],
                                             wal_senders_busy=int(state["senders"]),
                                             replication_slots=int(state["slots"]),
-                                            wal_minimal=bool(getattr(src, "restore_wal_minimal", False)))
+                                            wal_minimal=src.restore_wal_minimal)
     d = dump_path(params, "<run>")
     if src.method == "heroku":
         capture, url = render_heroku_commands(src.heroku_app or "?")
@@ -129,8 +124,8 @@ class MigrationResult:
                            "fail": sum(c.status == "fail" for c in v.checks)}}
 
 
-def run_migration(host: "Host", params: "Params", source: Source, facts: Mapping[str, Any], *, tag: str,
-                  run_label: str, live_source: bool, app: "Host | None" = None, password: str | None = None,
+def run_migration(host: "HostLike", params: "Params", source: Source, facts: Mapping[str, Any], *, tag: str,
+                  run_label: str, live_source: bool, app: "HostLike | None" = None, password: str | None = None,
                   sentinel_write: str | None = None, sentinel_expect: str | None = None,
                   keep_dump: bool = False) -> MigrationResult:
     """Dump, restore and verify: what 06 and 07 do, timed per phase (the checks are not raised here)."""
@@ -169,17 +164,6 @@ def run_migration(host: "Host", params: "Params", source: Source, facts: Mapping
                                               f"skipped from the dump (created beforehand): {len(restore.skipped_toc)} "
                                               "entries"])]
     return MigrationResult(dump, restore, ver, phases, outcomes)
-
-
-def dry_run_sentinel() -> str:
-    """The value 06 writes on the restored copy (never on the source)."""
-    return f"hcbpg dry run {clock.utcnow()}"
-
-
-def plan_without_primary(params: "Params", *, why: str = "the primary is not provisioned yet") -> list[Outcome]:
-    """The plan when the primary is not ready (a dry run before provisioning or before 02-04)."""
-    return [Outcome(f"dump of the source into {params.postgres.database} on {params.primary.name}", True, True,
-                    actions=[f"{why}: dump, restore and verify would run after steps 01-04"])]
 
 
 def show_comparison(result: MigrationResult) -> None:

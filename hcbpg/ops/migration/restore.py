@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from psycopg import sql
 
 from hcbpg import clock
-from hcbpg.ops.migration.database import ensure_fresh_database, ensure_prerequisites
+from hcbpg.ops.migration.database import ensure_prerequisites, run_fresh_database
 from hcbpg.ops.migration.dump import DumpResult
 from hcbpg.ops.migration.settings import ensure_restore_settings, get_server_state, remove_restore_settings
 from hcbpg.ops.migration.source import target
@@ -21,7 +21,7 @@ from hcbpg.pg.dump import filter_toc, plan_prerequisites
 from hcbpg.pg.restore import MARKER_RESTORE, plan_restore_settings
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hcbpg.adapters.host import Host
+    from hcbpg.adapters.base import HostLike
     from hcbpg.params import Params
 
 
@@ -54,7 +54,7 @@ def render_pg_restore(params: "Params", dump: str, list_file: str, *, jobs: int)
             f"-d {shlex.quote(pg.database)} {shlex.quote(dump)}")
 
 
-def run_restore(host: "Host", params: "Params", dump: DumpResult, facts: Mapping[str, Any], *,
+def run_restore(host: "HostLike", params: "Params", dump: DumpResult, facts: Mapping[str, Any], *,
                 run_label: str = "", sizes: Mapping[str, tuple[int, int | None]] | None = None) -> RestoreResult:
     """Fresh database, restore-time settings, extensions, pg_restore -j N, ANALYZE, settings back.
 
@@ -73,10 +73,10 @@ def run_restore(host: "Host", params: "Params", dump: DumpResult, facts: Mapping
     schemas, exts = plan_prerequisites(facts, toc=toc)
     listed, skipped = filter_toc(toc, precreated_schemas=schemas)
     list_file = f"{dump.path}.list"
-    ensure_fresh_database(host, params, facts, dry_run=False, run_label=run_label, server_state=state)
+    run_fresh_database(host, params, facts, run_label=run_label, server_state=state)
     try:
-        ensure_restore_settings(host, params, settings, dry_run=False)
-        ensure_prerequisites(host, params, schemas, exts, dry_run=False)
+        ensure_restore_settings(host, params, settings)
+        ensure_prerequisites(host, params, schemas, exts)
         host.put_text(list_file, listed, mode=0o600, owner="postgres")
         with watch_restore(host, params, sizes=sizes or {}):  # progress of the rows and indexes, as they go
             host.run(render_pg_restore(params, dump.path, list_file, jobs=restore_jobs(params)), sudo_user="postgres",
@@ -87,7 +87,7 @@ def run_restore(host: "Host", params: "Params", dump: DumpResult, facts: Mapping
                  f"-d {shlex.quote(pg.database)} -q", sudo_user="postgres", timeout=24 * 3600)
         analyze = time.monotonic() - t
     finally:
-        remove_restore_settings(host, params, dry_run=False)
+        remove_restore_settings(host, params)
     target(host, params).execute([sql.SQL("COMMENT ON DATABASE {} IS {}").format(
         sql.Identifier(params.postgres.database),
         sql.Literal(f"{MARKER_RESTORE}: restored by hcbpg at {clock.utcnow()} ({run_label})"))])

@@ -7,60 +7,39 @@ import shlex
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from hcbpg.desired import server as desired_server
+from hcbpg.adapters.base import Changes
+from hcbpg.adapters.cluster import ctl_command
+from hcbpg.desired.migration import RESTORE_PART, render_reload_and_wait, render_restore_settings, restore_part_path
 from hcbpg.ops import cluster as pg_cluster
 from hcbpg.outcome import Check, Outcome, unified_diff
-from hcbpg.pg import conf as pgconf
 from hcbpg.pg.restore import GIB
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hcbpg.adapters.host import Host
+    from hcbpg.adapters.base import HostLike
     from hcbpg.params import Params
 
-#: the conf.d part that holds the restore-time settings; read last, removed after the restore
-RESTORE_PART = "90-hcbpg-restore.conf"
+__all__ = ["RESTORE_PART", "check_restore_settings_gone", "ensure_restore_settings", "get_server_state",
+           "remove_restore_settings"]
 
 
-def render_restore_settings(settings: Mapping[str, Any], *, server: str) -> str:
-    lines = [pgconf.MANAGED_HEADER,
-             f"# {server}: restore-time settings (06/07 migration). Removed when the restore ends;",
-             "# if you find this file after a crash, delete it and reload PostgreSQL (restart if it sets wal_level).", ""]
-    lines += [f"{k} = {pgconf.quote_setting(settings[k])}" for k in sorted(settings)]
-    return "\n".join(lines) + "\n"
+def _reload_command(params: "Params") -> str:
+    return ctl_command(params.postgres.version, params.postgres.cluster, "reload")
 
 
-def restore_part_path(params: "Params") -> str:
-    return f"{desired_server.config_dir(params)}/conf.d/{RESTORE_PART}"
-
-
-def render_reload_and_wait(params: "Params", *, timeout_s: int = 30) -> str:
-    """One command (as postgres): reload, wait until the postmaster has read the files
-    (``pg_conf_load_time`` moves), then print the settings that need a restart (comma-separated)."""
-    pg = params.postgres
-    q = f"psql --cluster {pg.version}/{shlex.quote(pg.cluster)} -X -q -A -t -d postgres -c"
-    loaded = f"$({q} 'SELECT pg_conf_load_time()')"
-    return (f'before="{loaded}" && pg_ctlcluster {pg.version} {shlex.quote(pg.cluster)} reload && '
-            f'for i in $(seq {timeout_s * 10}); do [ "{loaded}" != "$before" ] && break; sleep 0.1; done && '
-            f'if [ "{loaded}" = "$before" ]; then echo "the config reload was not picked up within {timeout_s}s" >&2; '
-            f"exit 1; fi && {q} \"SELECT coalesce(string_agg(name, ',' ORDER BY name), '') FROM pg_settings "
-            'WHERE pending_restart"')
-
-
-def _apply_config(host: "Host", params: "Params") -> list[str]:
-    """Reload (one round trip), then restart if a changed setting needs it; returns what was done."""
+def _apply_config(host: "HostLike", params: "Params") -> None:
+    """Reload (one round trip), then restart if a changed setting needs it (each shown, in the journal)."""
     res = host.run(render_reload_and_wait(params), sudo_user="postgres",
                    display=f"pg_ctlcluster {params.postgres.version} {params.postgres.cluster} reload, "
                            "wait until it is read", timeout=60,
                    hint="Look at the server log under /var/log/postgresql/.")
     pending = [n for n in res.stdout.strip().split(",") if n]
     if pending:
-        pg_cluster.restart(host, params)
-        return [f"restart ({', '.join(pending)})"]
-    return ["reload"]
+        pg_cluster.run_restart(host, params)
 
 
-def get_server_state(host: "Host", params: "Params") -> dict[str, Any]:
-    psql = pg_cluster.psql_for(host, params)
+def get_server_state(host: "HostLike", params: "Params") -> dict[str, Any]:
+    """archive_mode, WAL senders and slots, the postmaster's start and the memory of the primary."""
+    psql = pg_cluster.get_psql(host, params)
     row = psql.query("SELECT current_setting('archive_mode') AS archive_mode, "
                      "(SELECT count(*) FROM pg_stat_replication) AS senders, "
                      "(SELECT count(*) FROM pg_replication_slots) AS slots, "
@@ -70,43 +49,40 @@ def get_server_state(host: "Host", params: "Params") -> dict[str, Any]:
     return row
 
 
-def ensure_restore_settings(host: "Host", params: "Params", settings: Mapping[str, Any], *,
-                            dry_run: bool) -> Outcome:
-    """Write the restore-time part and bring it into force (restart when wal_level changes)."""
+def ensure_restore_settings(host: "HostLike", params: "Params", settings: Mapping[str, Any]) -> Outcome:
+    """The restore-time part written and in force (reload; restart when a setting needs it, as wal_level)."""
     path = restore_part_path(params)
     desired = render_restore_settings(settings, server=host.name)
+    seen = Changes(host)
     current = host.read_text(path)
-    what = f"restore-time settings {RESTORE_PART} on {host.name}"
-    if current == desired:
-        return Outcome(what, False, dry_run)
-    actions = [f"write {path}", "reload, restart if wal_level changes"]
-    if not dry_run:
+    if current != desired:
         host.put_text(path, desired, mode=0o644, owner="postgres")
-        actions = [f"write {path}"] + _apply_config(host, params)
-    return Outcome(what, True, dry_run, diff=unified_diff(current or "", desired, path), actions=actions)
+        _apply_config(host, params)
+    return seen.outcome(f"restore-time settings {RESTORE_PART} on {host.name}",
+                        diff=unified_diff(current or "", desired, path))
 
 
-def remove_restore_settings(host: "Host", params: "Params", *, dry_run: bool) -> Outcome:
-    """Remove the restore-time part and bring the normal settings back (restart when needed)."""
+def remove_restore_settings(host: "HostLike", params: "Params") -> Outcome:
+    """The restore-time part removed and the normal settings back (restart when needed)."""
     path = restore_part_path(params)
-    what = f"restore-time settings {RESTORE_PART} on {host.name} removed"
+    seen = Changes(host)
     current = host.read_text(path)
-    if current is None:
-        return Outcome(what, False, dry_run)
-    actions = [f"remove {path}"]
-    if not dry_run:
+    if current is not None:
         host.run(f"rm -f {shlex.quote(path)}")
-        actions += _apply_config(host, params)
-    return Outcome(what, True, dry_run, diff=unified_diff(current, "", path), actions=actions)
+        _apply_config(host, params)
+    return seen.outcome(f"restore-time settings {RESTORE_PART} on {host.name} removed",
+                        diff=unified_diff(current or "", "", path))
 
 
-def check_restore_settings_gone(host: "Host", params: "Params") -> Check:
-    psql = pg_cluster.psql_for(host, params)
+def check_restore_settings_gone(host: "HostLike", params: "Params") -> Check:
+    """The restore-time part is gone and its settings are back to safe values."""
+    psql = pg_cluster.get_psql(host, params)
     path = restore_part_path(params)
     row = psql.query("SELECT current_setting('wal_level') AS wal_level, current_setting('fsync') AS fsync, "
                      "current_setting('full_page_writes') AS fpw, current_setting('autovacuum') AS autovacuum")[0]
-    ok = (not host.exists(path) and row["wal_level"] != "minimal" and row["fpw"] == "on"
+    there = host.exists(path)
+    ok = (not there and row["wal_level"] != "minimal" and row["fpw"] == "on"
           and row["autovacuum"] == "on" and row["fsync"] == "on")
     return Check.of("restore-time settings removed", ok,
                     f"wal_level {row['wal_level']}, full_page_writes {row['fpw']}, autovacuum {row['autovacuum']}"
-                    + ("" if not host.exists(path) else f"; {path} still there"), host.name)
+                    + ("" if not there else f"; {path} still there"), host.name)

@@ -11,20 +11,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hcbpg import secrets as hsecrets
+from hcbpg.adapters.base import Changes
+from hcbpg.adapters.files import ensure_dir
 from hcbpg.adapters.psql import PsqlEndpoint, ServiceFileEndpoint
 from hcbpg.errors import ParamsError, SafetyCheckFailed
+from hcbpg.outcome import Outcome, unified_diff
 from hcbpg.pg.conninfo import APPLICATION_NAME, SERVICE_NAME, describe_source, parse_source_url, render_service_file
 from hcbpg.pg.inventory import SOURCE_FACTS_SQL
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hcbpg.adapters.host import Host
+    from hcbpg.adapters.base import HostLike
     from hcbpg.params import Params
 
 #: where the source's service file lives on the primary (tmpfs: never on disk)
 SECRET_DIR = "/run/hcbpg-migration"
 
 
-def target(host: "Host", params: "Params", database: str | None = None) -> PsqlEndpoint:
+def target(host: "HostLike", params: "Params", database: str | None = None) -> PsqlEndpoint:
     """The target database on the primary, over the Unix socket as postgres (peer)."""
     pg = params.postgres
     db = database or pg.database
@@ -38,7 +41,7 @@ class Source(ServiceFileEndpoint):
     Use as a context manager: the file is written on enter and removed on exit.
     """
 
-    def __init__(self, host: "Host", url: str, *, sslrootcert: str | None = None) -> None:
+    def __init__(self, host: "HostLike", url: str, *, sslrootcert: str | None = None) -> None:
         self.conn = parse_source_url(hsecrets.register(url))
         #: the source's CA on the primary (``source.ca_file``): every connection to the source verifies with it
         self.sslrootcert = sslrootcert
@@ -54,9 +57,8 @@ class Source(ServiceFileEndpoint):
 SOURCE_CA_PATH = "/etc/hcbpg/tls/source-ca.crt"
 
 
-def ensure_source_ca(host: "Host", params: "Params", *, dry_run: bool = False) -> str | None:
-    """Put ``source.ca_file`` on the primary (idempotent); its path there, or None without one
-    (a dry run writes nothing: the path only when the file is there already)."""
+def _source_ca_pem(params: "Params") -> str | None:
+    """``source.ca_file`` as read on this machine (None without one); ParamsError when unreadable or no PEM."""
     src = params.source
     if src is None or not src.ca_file:
         return None
@@ -66,13 +68,28 @@ def ensure_source_ca(host: "Host", params: "Params", *, dry_run: bool = False) -
         raise ParamsError("params", [f"source.ca_file: cannot read {src.ca_file}: {exc.strerror}"]) from None
     if "BEGIN CERTIFICATE" not in pem:
         raise ParamsError("params", [f"source.ca_file: {src.ca_file} holds no PEM certificate"])
+    return pem
+
+
+def ensure_source_ca(host: "HostLike", params: "Params") -> Outcome:
+    """``source.ca_file`` on the primary at :data:`SOURCE_CA_PATH` (unchanged without one or when it is there)."""
+    what = f"the source's CA {SOURCE_CA_PATH} on {host.name}"
+    seen = Changes(host)
+    pem = _source_ca_pem(params)
+    if pem is None:
+        return seen.outcome(f"{what}: no source.ca_file")
     current = host.read_text(SOURCE_CA_PATH)
-    if dry_run:
-        return SOURCE_CA_PATH if current == pem else None
     if current != pem:
-        host.run("mkdir -p -m 755 /etc/hcbpg/tls", quiet=True)
+        ensure_dir(host, "/etc/hcbpg/tls", mode=0o755)
         host.put_text(SOURCE_CA_PATH, pem, mode=0o644)
-    return SOURCE_CA_PATH
+    return seen.outcome(what, diff=unified_diff(current or "", pem, SOURCE_CA_PATH))
+
+
+def get_source_ca(host: "HostLike", params: "Params") -> str | None:
+    """Where the source's CA is on the primary when it holds ``source.ca_file`` (the path libpq verifies
+    the source with), else None."""
+    pem = _source_ca_pem(params)
+    return SOURCE_CA_PATH if pem is not None and host.read_text(SOURCE_CA_PATH) == pem else None
 
 
 def get_source_facts(source: "Source") -> dict[str, Any]:
@@ -95,6 +112,12 @@ def check_source_names(facts: Mapping[str, Any]) -> None:
             + ", ".join(repr(n) for n in bad[:10]) + ("" if len(bad) <= 10 else ", ..."),
             hint="Rename them on the source (ALTER TABLE ... RENAME TO ...), then run the step again; "
                  "no row was copied.")
+
+
+def source_writer(host: "HostLike", source: "Source") -> PsqlEndpoint:
+    """The open *source* as an endpoint whose changes go through *host* (the op's HostLike: on a dry run
+    they are recorded, not run); its reads are the same as the source's."""
+    return PsqlEndpoint(host, source.conn_cmd, label=source.label, env=source.env, database=source.database)
 
 
 def get_source_sessions(source: Source) -> list[dict[str, Any]]:

@@ -19,7 +19,7 @@ from hcbpg.adapters.files import ensure_dir
 from hcbpg.adapters.psql import JSON_MARK, parse_marked_json
 from hcbpg.errors import RemoteCommandError
 from hcbpg.ops.migration import templates
-from hcbpg.ops.migration.database import plan_fresh_database
+from hcbpg.ops.migration.database import get_fresh_database_plan
 from hcbpg.ops.migration.dump import DumpResult, prepare_dump_dir
 from hcbpg.ops.migration.restore import RestoreResult, restore_jobs
 from hcbpg.ops.migration.settings import (
@@ -39,7 +39,7 @@ from hcbpg.pg.restore import MARKER_RESTORE, plan_restore_settings, prerequisite
 from hcbpg.pg.stream import BUILDS_SQL, REFUSED_NAMES_SQL, SEQUENCES_SQL, TABLES_SQL
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hcbpg.adapters.host import Host
+    from hcbpg.adapters.base import HostLike
     from hcbpg.params import Params
 
 
@@ -206,7 +206,7 @@ def summarize_stream_times(log: str, tables: str = "") -> list[str]:
 _FILE_MARK = "----- hcbpg file "
 
 
-def read_files(host: "Host", directory: str, names: Sequence[str]) -> dict[str, str]:
+def read_files(host: "HostLike", directory: str, names: Sequence[str]) -> dict[str, str]:
     """Several small files of one directory in one round trip ('' for a missing one), each exactly as it
     is: a file need not end with a newline (the tables' list ends with a NUL), and a line of a file
     cannot pass for the next file's start (the separator holds a nonce of this call)."""
@@ -246,7 +246,7 @@ def stream_plan_actions(params: "Params") -> list[str]:
             f"pg_restore --section=post-data -j {jobs} of the rest (triggers, comments, anything not matched)"]
 
 
-def run_stream(host: "Host", params: "Params", source: "Source", facts: Mapping[str, Any], tag: str, *,
+def run_stream(host: "HostLike", params: "Params", source: "Source", facts: Mapping[str, Any], tag: str, *,
                run_label: str = "") -> tuple[DumpResult, RestoreResult]:
     """Fresh database and settings, then schema, rows and indexes straight from the source (no dump files).
 
@@ -267,7 +267,7 @@ def run_stream(host: "Host", params: "Params", source: "Source", facts: Mapping[
     ensure_dir(host, work, mode=0o700, owner="postgres")
     started = time.monotonic()
     # nothing changes yet: the safety checks (SafetyCheckFailed) and the statements
-    fresh, fresh_actions = plan_fresh_database(host, params, facts, run_label=run_label, server_state=state)
+    fresh, fresh_actions = get_fresh_database_plan(host, params, facts, run_label=run_label, server_state=state)
     # settings that need a restart (wal_level) come and go from here; the others by a reload in the script
     # (while the schema is dumped) and are removed as soon as the load is done
     restart = "wal_level" in settings
@@ -280,7 +280,7 @@ def run_stream(host: "Host", params: "Params", source: "Source", facts: Mapping[
              f"{work}/build-one.sh": ("0700", build), f"{work}/split.awk": ("0600", SPLIT_AWK)}
     try:
         if restart:
-            ensure_restore_settings(host, params, settings, dry_run=False)
+            ensure_restore_settings(host, params, settings)
         else:  # the script reloads them
             host.put_text(restore_part_path(params), render_restore_settings(settings, server=host.name),
                           mode=0o644, owner="postgres")
@@ -307,7 +307,7 @@ def run_stream(host: "Host", params: "Params", source: "Source", facts: Mapping[
         phases = summarize_stream_times(log + out["times"], out["tables"])
         transfer_s = time.monotonic() - started
     finally:
-        remove_restore_settings(host, params, dry_run=False)
+        remove_restore_settings(host, params)
     host.run(f"rm -rf {shlex.quote(work)}", quiet=True, check=False)  # kept after a failure: its logs
     target(host, params).execute([sql.SQL("COMMENT ON DATABASE {} IS {}").format(
         sql.Identifier(params.postgres.database),

@@ -1,39 +1,22 @@
 """Starting traffic: the new DATABASE_URL handed to the operator in a 0600 file (only redacted URLs
-are printed), and the downtime computed from the gates' approvals."""
+are printed), and the downtime shown."""
 
 from __future__ import annotations
 
 import os
-import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hcbpg import clock
 from hcbpg import secrets as hsecrets
 from hcbpg.desired import tls as desired_tls
+from hcbpg.desired.migration import handoff_path, render_database_url, render_env_file
 from hcbpg.display import show_table
-from hcbpg.pg import conninfo as pg_conninfo
 from hcbpg.pg.conninfo import redact_url, render_role_url
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.params import Params
-
-
-def handoff_path(params: "Params") -> Path:
-    """Where the new DATABASE_URL is written for the operator: a 0600 file outside outputs/."""
-    configured = getattr(params, "app_url_file", None) or getattr(params.postgres, "app_url_file", None)
-    if configured:
-        return Path(os.path.expanduser(configured))
-    base = Path(os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state"))
-    return base / "hcbpg" / params.environment / "app-database-urls.env"
-
-
-def render_env_file(values: Mapping[str, str]) -> str:
-    """``NAME=value`` lines (values single-quoted for a shell), for pasting into Hatchbox."""
-    head = "# written by hcbpg (09_start_traffic): set these in Hatchbox, then delete this file\n"
-    return head + "".join(f"{k}={shlex.quote(v)}\n" for k, v in values.items())
 
 
 def write_private_file(path: Path, text: str) -> None:
@@ -47,12 +30,6 @@ def write_private_file(path: Path, text: str) -> None:
         os.close(fd)
     os.chmod(tmp, 0o600)
     os.replace(tmp, path)
-
-
-def render_database_url(params: "Params", password: str, *, host: str | None = None) -> str:
-    """DATABASE_URL for the app: rails on the primary's private IP, ``sslmode=verify-full`` with the
-    environment's CA at ``desired.tls.client_ca_path`` on the app's machine (contains the password)."""
-    return pg_conninfo.render_database_url(params, password, host=host, query=desired_tls.client_tls(params))
 
 
 @dataclass
@@ -72,11 +49,6 @@ def write_app_urls(params: "Params", password: str, *, dry_run: bool = False) ->
     return AppUrls(path, {k: redact_url(v) for k, v in values.items()}, not dry_run)
 
 
-def release_urls_path(params: "Params") -> Path:
-    """Where step 13 writes MIGRATIONS_DATABASE_URL and BLAZER_DATABASE_URL: beside the app's file, 0600."""
-    return handoff_path(params).with_name("release-database-urls.env")
-
-
 def write_role_urls(params: "Params", values: Mapping[str, tuple[str, str]], *, path: Path,
                     dry_run: bool = False) -> AppUrls:
     """``NAME -> (role, password)`` as URLs (the app's URL builder) into a 0600 file; only redacted ones shown."""
@@ -91,18 +63,6 @@ def show_urls(urls: AppUrls) -> None:
     for k, v in urls.shown.items():
         print(f"{k}={v}")
     print(f"the real values are {'in' if urls.written else 'would be written to'} {urls.path} (mode 0600)")
-
-
-def compute_downtime(gates: Mapping[str, Mapping[str, Any]], phases: Mapping[str, float], *,
-                     start_gate: str = "maintenance-on", end_gate: str = "maintenance-off") -> dict[str, Any]:
-    """Downtime from the maintenance-on approval to the traffic-on approval, with the phases' durations."""
-    start = (gates.get(start_gate) or {}).get("approved_at")
-    end = (gates.get(end_gate) or {}).get("approved_at")
-    total = None
-    if start and end:
-        total = round((clock.parse_time(end) - clock.parse_time(start)).total_seconds(), 3)
-    return {"maintenance_on_at": start, "traffic_on_at": end, "total_s": total,
-            "phases_s": {k: round(float(v), 3) for k, v in phases.items()}}
 
 
 def show_downtime(dt: Mapping[str, Any]) -> None:

@@ -30,7 +30,7 @@ from hcbpg.pg.inventory import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hcbpg.adapters.host import Host
+    from hcbpg.adapters.base import HostLike
     from hcbpg.params import Params
 
 
@@ -51,8 +51,8 @@ class Verification:
     target: Inventory
 
 
-def verify_restore(host: "Host", params: "Params", source: Source, dump: DumpResult, *, live_source: bool,
-                   app: "Host | None" = None, password: str | None = None, sentinel_write: str | None = None,
+def verify_restore(host: "HostLike", params: "Params", source: Source, dump: DumpResult, *, live_source: bool,
+                   app: "HostLike | None" = None, password: str | None = None, sentinel_write: str | None = None,
                    sentinel_expect: str | None = None) -> Verification:
     """Objects, per-table rows, sequences, the restore settings gone, and the app host's read/write."""
     started = time.monotonic()
@@ -75,7 +75,7 @@ def verify_restore(host: "Host", params: "Params", source: Source, dump: DumpRes
     return Verification(checks, comparison_table(src_inv, tgt_inv), time.monotonic() - started, src_inv, tgt_inv)
 
 
-def check_table_owners(host: "Host", params: "Params", *, except_schema: str | None = None) -> Check:
+def check_table_owners(host: "HostLike", params: "Params", *, except_schema: str | None = None) -> Check:
     """Every table, sequence, view and function the restore made belongs to the app role (but those in
     *except_schema*: the online transfer's Bucardo schema, owned by postgres until the clean-up)."""
     role = params.postgres.app_role
