@@ -104,7 +104,7 @@ def run_ours(host: Host, app: Host, params, url: str, password: str,  # noqa: AN
         migration_stream.transfer_method = lambda p: transfer
     try:
         with migration.Source(host, url) as source:
-            plan = migration.plan_migration(host, params, source)
+            plan = migration.get_migration_plan(host, params, source)
             res = migration.run_migration(host, params, source, plan.facts, tag="bench", run_label="bench",
                                           live_source=True, app=app, password=password,
                                           sentinel_write="hcbpg bench sentinel")

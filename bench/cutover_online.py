@@ -42,9 +42,10 @@ from hcbpg.ops import cluster as pg_cluster  # noqa: E402
 from hcbpg.ops import migration  # noqa: E402
 from hcbpg.ops import server as pg_server  # noqa: E402
 from hcbpg.ops import tls as tls_ops  # noqa: E402
-from hcbpg.ops.migration import online  # noqa: E402
+from hcbpg.ops.migration import bucardo, wayback, window  # noqa: E402
 from hcbpg.params import parse_params  # noqa: E402
 from hcbpg.secrets import register  # noqa: E402
+from hcbpg.steps import online  # noqa: E402
 
 from labparams import lab_params  # noqa: E402
 
@@ -88,7 +89,7 @@ def offline(params: Any, host: Host, app: Host, password: str, url: str) -> floa
         migration.wait_for_source_quiet(source)
         sentinel = migration.sentinel_value("bench-offline")
         migration.run_sentinel_write(source, params, sentinel)
-        plan = migration.plan_migration(host, params, source, dry_run=False)
+        plan = migration.get_migration_plan(host, params, source)
         res = migration.run_migration(host, params, source, plan.facts, tag="bench", run_label="bench offline",
                                       live_source=False, app=app, password=password, sentinel_expect=sentinel)
     t = time.monotonic() - t0
@@ -106,20 +107,21 @@ def online_run(params: Any, host: Host, app: Host, password: str, url: str, *, r
     source = migration.Source(host, url)
     with source:
         t = time.monotonic()
-        online.ensure_bucardo(host, params, source, dry_run=False)
-        facts = migration.get_source_facts(source)
-        online.ensure_schema(host, params, source, facts, run_label="bench online", dry_run=False)
-        plan = online.get_sync_plan(source, params)
+        bucardo.ensure_bucardo(host, params, source)
+        online.run_schema_copy(host, params, source, run_label="bench online")
+        plan = bucardo.get_sync_plan(source, params)
         users, transactions = source.json("SELECT json_build_array((SELECT count(*) FROM public.users), "
                                           "(SELECT count(*) FROM public.transactions))")
         app.run(app_load.render_start(rate, users=users, transactions=transactions),
                 display=f"start the write load ({rate:g}/s inserts and updates)")
-        online.ensure_forward_sync(host, params, source, plan, facts=facts, run_label="bench online", dry_run=False)
-        online.wait_for_initial_copy(host, params, source, plan, interval=1)
-        online.ensure_way_back_armed(host, params, source, plan, dry_run=False)
+        bucardo.ensure_forward_sync(host, params, source, plan)
+        if initial_copy == "stream":
+            online.run_initial_stream(host, params, source, run_label="bench online")
+        bucardo.wait_for_initial_copy(host, params, source, plan, interval=1)
+        wayback.ensure_way_back_armed(host, params, source, plan)
         copy_s = time.monotonic() - t
         time.sleep(sync_s)  # the continuous sync under the load
-        lag_open = online.get_lag(source, plan.synced)  # the lag as maintenance goes on, the load still running
+        lag_open = bucardo.get_lag(source, plan.synced)  # the lag as maintenance goes on, the load still running
         # maintenance on: the load stops
         t0 = time.monotonic()
         app.run(app_load.STOP_COMMAND, display="stop the load")
@@ -141,14 +143,14 @@ def online_run(params: Any, host: Host, app: Host, password: str, url: str, *, r
             raise SystemExit(f"online: the window's checks failed: {bad}")
         # traffic is on now: the exact count of every row, in the snapshots held since the window (09b)
         t4 = time.monotonic()
-        exact = online.verify_held(host, params, source)
+        exact = window.verify_held(host, params, source)
         exact_s = time.monotonic() - t4
         bad = [c for c in exact.checks if c.status == "fail"]
         if bad:
             raise SystemExit(f"online: the exact count after traffic-on failed: {bad}")
         log = app_load.parse_log(app.read_text(app_load.LOG) or "")
         lost = len(app_load.check_on_primary(log, migration.target(host, params).json))
-        online.run_cleanup(host, params, source, dry_run=False)
+        wayback.run_cleanup(host, params, source)
     return {"downtime_s": downtime, "lag_rows": lag_open["rows"], "lag_s": lag_open["seconds"],
             "drain_s": phases["drain_s"], "phases": phases, "writes": log.writes, "lost": lost,
             "copy_s": copy_s, "initial_copy": initial_copy, "exact_after_traffic_s": round(exact_s, 3),

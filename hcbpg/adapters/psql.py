@@ -30,6 +30,7 @@ from hcbpg.errors import DatabaseError, RemoteCommandError
 from hcbpg.secrets import scrub
 
 if TYPE_CHECKING:  # pragma: no cover
+    from hcbpg.adapters.base import HostLike
     from hcbpg.adapters.host import Host, Result
 
 Composable = sql.Composable
@@ -163,7 +164,7 @@ class PsqlEndpoint:
     """psql on a server, as the postgres OS user, against one database reached by *conn_cmd*;
     results of queries come back as JSON on a marked line."""
 
-    def __init__(self, host: "Host", conn_cmd: str, *, label: str, env: str = "", database: str | None = None) -> None:
+    def __init__(self, host: "HostLike", conn_cmd: str, *, label: str, env: str = "", database: str | None = None) -> None:
         self.host = host
         self.conn_cmd = conn_cmd
         self.label = label
@@ -220,7 +221,7 @@ class ServiceFileEndpoint(PsqlEndpoint):
     share it; the last close removes it).
     """
 
-    def __init__(self, host: "Host", *, service_name: str, service_text: str, directory: str, label: str,
+    def __init__(self, host: "HostLike", *, service_name: str, service_text: str, directory: str, label: str,
                  database: str | None = None) -> None:
         self.service_file = f"{directory}/source.pgservice"
         self.directory = directory

@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, Any
 
 from hcbpg.ops import replication as rep
 from hcbpg.ops import topology
-from hcbpg.ops.migration import online
 from hcbpg.ops.replication import check_all  # noqa: F401 - the notebook's call
 from hcbpg.ops.topology import get_topology, show_topology  # noqa: F401 - the notebook's calls
 from hcbpg.outcome import Outcome
+from hcbpg.steps import online
 from hcbpg.steps.targets import connect_servers, lock_environment
 
 if TYPE_CHECKING:  # pragma: no cover
