@@ -46,10 +46,17 @@ def render_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -
             cells += f"<td style='{style}'>{html.escape(str(v))}</td>"
         body += f"<tr>{cells}</tr>"
     markup = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return markup, text_table(rows, cols)
+
+
+def text_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """The one plain-text table of hcbpg: a header line, then a line per row, each column padded to its
+    widest value and two spaces apart (a log, a terminal, the CLI's listings)."""
+    cols = list(columns or (list(rows[0]) if rows else []))
     widths = {c: max([len(c)] + [len(str(r.get(c, ""))) for r in rows]) for c in cols}
     lines = ["  ".join(c.ljust(widths[c]) for c in cols)]
     lines += ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in cols) for r in rows]
-    return markup, "\n".join(lines)
+    return "\n".join(lines)
 
 
 def show_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> None:

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from hcbpg.engine import chain, signing
 from hcbpg.engine import manifest as mf
-from hcbpg.engine import signing
 from hcbpg.errors import CloudError, ParamsError
 from hcbpg.ops import audit_anchor
 from hcbpg.params import parse_params
@@ -48,7 +48,7 @@ def sealed_run(home: Path, t: signing.Trust) -> mf.Run:
     run = mf.create_run(home, "test", steps=[], mode="run", dry_run=False, params_sha256="0" * 64, selection={},
                         repo=home)
     with run.update() as data:
-        data["status"], data["finished"] = "succeeded", mf.utcnow()
+        data.status, data.finished = "succeeded", mf.utcnow()
     mf.seal(run, mf.Sealer(t, signing.signing_key(None)))
     return run
 
@@ -105,7 +105,7 @@ def test_a_run_rewritten_and_resigned_with_an_allowed_key_but_without_the_bucket
     runs = [sealed_run(home, t) for _ in range(2)]
     no_bucket = trust(home, None)
     with runs[-1].update() as data:
-        data["note"] = "edited after it was sealed"
+        data.note = "edited after it was sealed"
     mf.seal(runs[-1], mf.Sealer(no_bucket, signing.signing_key(None)))   # signed, head file updated, no anchor
     extra = sealed_run(home, no_bucket)                                    # and a run the bucket never saw
     fresh_clone(home)
@@ -164,7 +164,7 @@ def test_an_unreadable_bucket_fails_verification(home, s3):
 def test_a_set_aside_record_starts_the_bucket_sequence_again(home, s3):
     t = trust(home, anchor(s3))
     sealed_run(home, t)
-    assert mf.set_aside(home, "test", t, why="a new lab") is not None
+    assert chain.set_aside(home, "test", t, why="a new lab") is not None
     run = sealed_run(home, t)
     assert mf.verify_env(home, "test", t) == []
     recs = [json.loads(s3.get_object(Bucket=BUCKET, Key=k)["Body"].read()) for k in keys(s3)]

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from hcbpg.engine import chain, signing
 from hcbpg.engine import manifest as mf
-from hcbpg.engine import signing
 
 from nbutil import allowed_signer_line, hcbpg, make_signing_key, write_notebook, write_steps
 
@@ -107,8 +107,8 @@ def test_an_orphan_is_sealed_only_as_hcbpg_last_wrote_it(home, env):
     real = mf.Run(runs_of(home, env)[-1])
     (real.path / mf.SIG_NAME).unlink()
     with real.update() as d:  # as a runner killed before it sealed leaves it
-        d["status"] = "running"
-        d["runner"] = {"pid": 2 ** 22 + 9, "machine": socket.gethostname()}
+        d.status = "running"
+        d.runner = {"pid": 2 ** 22 + 9, "machine": socket.gethostname()}
     pristine = real.manifest_path.read_bytes()
     real.manifest_path.write_bytes(pristine.replace(b'"changes": null', b'"changes": 1000', 1)
                                    if b'"changes": null' in pristine else
@@ -241,7 +241,7 @@ def test_a_retired_key_keeps_its_old_records_and_cannot_add_new_or_back_dated_on
         'namespaces="', f'valid-before="{until:%Y%m%d%H%M%S}Z",namespaces="')
     signers.write_text(alice_line + "\n" + allowed_signer_line("bob", bob) + "\n")
     time.sleep(1.05)
-    mf.record_signers_change(home, "test", mf.Sealer(trust, alice), params_sha256="p" * 64, repo=tmp_path)
+    chain.record_signers_change(home, "test", mf.Sealer(trust, alice), params_sha256="p" * 64, repo=tmp_path)
     last_by_alice = sealed_run(alice)
     while dt.datetime.now(dt.timezone.utc) <= until + dt.timedelta(seconds=1):
         time.sleep(0.2)
@@ -264,8 +264,8 @@ def test_a_retired_key_keeps_its_old_records_and_cannot_add_new_or_back_dated_on
     forged = mf.create_run(home, "test", steps=[], mode="run", dry_run=False, params_sha256="p" * 64,
                            selection={}, repo=tmp_path)
     with forged.update() as d:
-        d["run_log_sha256"] = None
-        d["sealed"] = {**last_by_alice.read()["sealed"]}
+        d.run_log_sha256 = None
+        d.sealed = {**last_by_alice.read()["sealed"]}
     content = forged.manifest_path.read_bytes()
     (forged.path / mf.SIG_NAME).write_text(signing.sign(content, alice, signing.NS_MANIFEST))
     mf.write_head(trust, forged, hashlib.sha256(content).hexdigest())

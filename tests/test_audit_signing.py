@@ -8,8 +8,10 @@ import time
 
 import pytest
 
+from hcbpg.engine import chain as record_chain
 from hcbpg.engine import manifest as mf
 from hcbpg.engine import signing
+from hcbpg.engine.manifest_model import Attempt
 from hcbpg.errors import AuditError
 
 from nbutil import allowed_signer_line, make_signing_key
@@ -120,9 +122,9 @@ def chain(tmp_path, keys, monkeypatch):
         (run.path / "00_a.ipynb").write_text(json.dumps({"cells": [], "n": i}))
         run.log(f"run {i}")
         with run.update() as d:
-            d["steps"][0]["attempts"] = [{"n": 1, "status": "succeeded", "notebook": "00_a.ipynb",
-                                          "sha256": mf.sha256_file(run.path / "00_a.ipynb")}]
-            d["status"] = "succeeded"
+            d.steps[0].attempts = [Attempt(n=1, status="succeeded", notebook="00_a.ipynb",
+                                           sha256=mf.sha256_file(run.path / "00_a.ipynb"))]
+            d.status = "succeeded"
         mf.seal(run, sealer)
         runs.append(run)
     assert mf.verify_env(home, "test", trust) == []
@@ -198,8 +200,8 @@ def test_a_run_killed_before_sealing_is_sealed_by_the_next_with_a_note(chain, ke
     run = mf.create_run(home, "test", steps=[{"key": "00_a", "title": "a", "notebook": "00_a.ipynb"}],
                         mode="run", dry_run=False, params_sha256="p" * 64, selection={}, repo=home, seal_with=sealer)
     with run.update() as d:
-        d["status"] = "running"
-        d["runner"] = {"pid": 2 ** 22 + 7, "machine": "elsewhere"}  # not alive here
+        d.status = "running"
+        d.runner = {"pid": 2 ** 22 + 7, "machine": "elsewhere"}  # not alive here
     assert any("not signed" in p for p in mf.verify_env(home, "test", trust))
     time.sleep(1.05)
     nxt = mf.create_run(home, "test", steps=[], mode="run", dry_run=False, params_sha256="p" * 64,
@@ -218,7 +220,7 @@ def test_a_record_set_aside_starts_a_new_chain_and_is_named(chain, keys):
     problems = mf.verify_env(home, "test", trust)
     assert any("was removed from outputs/test" in p for p in problems)
     assert any(p.startswith(f"{mf.anchor_path(home, 'test')}: this machine sealed") for p in problems), problems
-    where = mf.set_aside(home, "test", trust, why="a new lab")
+    where = record_chain.set_aside(home, "test", trust, why="a new lab")
     assert where is not None and where.parent == home / "outputs" / ".set-aside" and where.name.startswith("test-")
     assert (where / "test.audit-head").is_file() and (where / "anchor.json").is_file()
     assert "a new lab" in (where / "SET-ASIDE").read_text()
@@ -228,5 +230,5 @@ def test_a_record_set_aside_starts_a_new_chain_and_is_named(chain, keys):
     assert run.read()["previous"] is None
     mf.seal(run, mf.Sealer(trust, keys[0]))
     assert mf.verify_env(home, "test", trust) == []
-    assert mf.set_aside(home, "nothing-here", signing.Trust("nothing-here", trust.allowed_signers,
+    assert record_chain.set_aside(home, "nothing-here", signing.Trust("nothing-here", trust.allowed_signers,
                                                            home / "params" / "none.audit-head"), why="x") is None

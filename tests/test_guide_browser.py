@@ -428,9 +428,8 @@ def test_guided_kernel_records_a_failed_cell_and_a_closed_run_takes_nothing_more
     g = guide.prepare("test")
     run = g.run
     with run.update() as data:                           # what `serve` records once JupyterLab is up
-        data["status"] = "running"
-        data["runner"] = {"pid": os.getpid(), "machine": os.uname().nodename, "kind": "guide",
-                          "jupyter_pid": None}
+        data.status = "running"
+        data.runner = {"pid": os.getpid(), "machine": os.uname().nodename, "kind": "guide", "jupyter_pid": None}
     outputs = _run_as_operator(run.path / "00_fails.ipynb")
     assert "before the failure" in outputs and "RuntimeError" in outputs and app_pw not in outputs
     # rb.finish() after a failed cell (allow_errors ran it anyway) refuses to call the step done

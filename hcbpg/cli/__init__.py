@@ -25,6 +25,7 @@ import shtab
 
 from hcbpg import progress as hprogress
 from hcbpg import secrets as hsecrets
+from hcbpg.display import text_table
 from hcbpg.engine import audit
 from hcbpg.engine import manifest as mf
 from hcbpg.engine.runner import Runner, approve, change_signers, install_sigterm_as_interrupt
@@ -32,18 +33,6 @@ from hcbpg.engine.state import state_dir
 from hcbpg.engine.terminal import LiveLines
 from hcbpg.errors import HcbpgError, UsageError
 from hcbpg.params import home, load_params
-
-
-def _print_table(rows: list[dict[str, str]]) -> None:
-    if not rows:
-        print("no runs")
-        return
-    cols = list(rows[0])
-    w = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in cols}
-    print("  ".join(c.ljust(w[c]) for c in cols))
-    for r in rows:
-        print("  ".join(str(r.get(c, "")).ljust(w[c]) for c in cols))
-
 
 EXIT_CODES = ("exit codes: 0 done; 1 a step, a check or the audit trail failed; 2 bad input or params; "
               "3 waiting for approval; 70 hcbpg itself failed (unexpected error: see the log it names); "
@@ -180,7 +169,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if getattr(args, "json", False):
         _print_json(audit.runs_table(home(), args.env))
         return 0
-    _print_table(audit.runs_table(home(), args.env))
+    rows = audit.runs_table(home(), args.env)
+    print(text_table(rows) if rows else "no runs")
     return 0
 
 

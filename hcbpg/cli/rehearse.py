@@ -15,8 +15,8 @@ import os
 import sys
 import time
 
+from hcbpg.engine import chain, signing
 from hcbpg.engine import manifest as mf
-from hcbpg.engine import signing
 from hcbpg.engine.locks import env_lock
 from hcbpg.engine.runbook import AUTO_ACTIONS_ENV
 from hcbpg.engine.runner import Runner, install_sigterm_as_interrupt
@@ -78,7 +78,7 @@ def set_aside_old_record() -> None:
     why = "hcbpg rehearse builds a new lab and starts a new chain for it"
     with env_lock("lab", purpose="set aside", base=base):  # not while a run of the lab writes it
         try:  # the lab's bucket, if a kept lab still runs, records the set-aside: its sequence starts again
-            where = mf.set_aside(base, "lab", trust, why=why)
+            where = chain.set_aside(base, "lab", trust, why=why)
         except HcbpgError as exc:
             if trust.bucket is None:
                 raise
@@ -87,7 +87,7 @@ def set_aside_old_record() -> None:
                   "bucket starts a new anchor sequence", flush=True)
             if trust.bucket.copy is not None:  # this machine's copy of the old lab's sequence goes with it
                 trust.bucket.copy.unlink(missing_ok=True)
-            where = mf.set_aside(base, "lab", dataclasses.replace(trust, bucket=None), why=why)
+            where = chain.set_aside(base, "lab", dataclasses.replace(trust, bucket=None), why=why)
     if where is not None:
         shown = where.relative_to(base) if where.is_relative_to(base) else where
         print(f"the lab's earlier audit record was set aside to {shown} (a new lab, a new chain)", flush=True)

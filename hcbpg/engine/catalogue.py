@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from hcbpg.errors import UsageError
+from hcbpg.params import Params
 
 
 @dataclass(frozen=True)
@@ -66,9 +67,9 @@ def load_steps(directory: Path | None = None, *, transfer: str | None = None) ->
     return steps
 
 
-def transfer_of(params: object) -> str:
+def transfer_of(params: Params) -> str:
     """``source.transfer`` of *params* (the default when there is no source section)."""
-    return str(getattr(getattr(params, "source", None), "transfer", None) or DEFAULT_TRANSFER)
+    return params.source.transfer if params.source is not None else DEFAULT_TRANSFER
 
 
 def match(steps: list[Step], spec: str) -> int:

@@ -97,8 +97,8 @@ def prepare(env: str, *, start: str | None = None, until: str | None = None,
                         selection={"from": start, "until": until, "only": None}, repo=nbd.parent,
                         seal_with=sealer)
     with run.update() as data:  # what a gate approves includes the step's code
-        for st, s in zip(data["steps"], steps, strict=True):
-            st["code_sha256"] = mf.code_sha256(nbd / s.notebook)
+        for st, s in zip(data.steps, steps, strict=True):
+            st.code_sha256 = mf.code_sha256(nbd / s.notebook)
     os.environ[hsecrets.SCRUB_FILE_ENV] = str(scrub_file_for(run.path))
     _resolve_param_secrets(params)
     _register_writer()
@@ -195,11 +195,10 @@ def serve(g: GuidedRun, *, port: int | None = None, progress: Callable[[str], No
                                 stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     with g.run.update() as data:
-        data["status"] = "running"
-        data["runner"] = {"pid": os.getpid(), "machine": socket.gethostname(), "started": mf.utcnow(),
-                          "operator": mf.operator_name(), "kind": "guide", "jupyter_pid": proc.pid,
-                          "port": port}
-        data.setdefault("sessions", []).append(dict(data["runner"]))
+        data.status = "running"
+        data.runner = {"pid": os.getpid(), "machine": socket.gethostname(), "started": mf.utcnow(),
+                       "operator": mf.operator_name(), "kind": "guide", "jupyter_pid": proc.pid, "port": port}
+        data.sessions = [*data.sessions, dict(data.runner)]
     g.run.log(f"JupyterLab started (pid {proc.pid}, port {port})")
 
     stopping = {"signal": None}
@@ -299,47 +298,45 @@ def finish(run_id: str, *, base: Path | None = None, progress: Callable[[str], N
     scrubbed = _scrub_tree(run.path)
     now = mf.utcnow()
     with run.update() as d:
-        for s in d["steps"]:
-            if not s["attempts"]:
+        for s in d.steps:
+            if not s.attempts:
                 continue  # pending: its prepared copy stays, a resume replaces it
-            att = s["attempts"][-1]
-            if att["status"] == "running":
-                att["status"] = "interrupted"
-                att["note"] = "the guided session ended before the step finished (rb.finish() did not run)"
-            att["end"] = att.get("end") or now
-            if att.get("notebook") and (run.path / att["notebook"]).is_file():
-                att["sha256"] = mf.sha256_file(run.path / att["notebook"])
-            s["status"] = att["status"]
-            s["end"] = att["end"]
-            s["sha256"] = att.get("sha256")
-        statuses = [s["status"] for s in d["steps"]]
+            att = s.attempts[-1]
+            if att.status == "running":
+                att.status = "interrupted"
+                att.note = "the guided session ended before the step finished (rb.finish() did not run)"
+            att.end = att.end or now
+            mf.hash_attempt(run, att)
+            s.status = att.status
+            s.end = att.end
+            s.sha256 = att.sha256
+        statuses = [s.status for s in d.steps]
         if all(st == "succeeded" for st in statuses):
-            d["status"], d["finished"] = "succeeded", now
+            d.status, d.finished = "succeeded", now
         elif "failed" in statuses:
-            d["status"], d["finished"] = "failed", now
+            d.status, d.finished = "failed", now
         elif "awaiting-approval" in statuses:
-            d["status"], d["finished"] = "awaiting-approval", None
+            d.status, d.finished = "awaiting-approval", None
         else:
-            d["status"], d["finished"] = "interrupted", None
-        recorded = {a["notebook"] for st in d["steps"] for a in st["attempts"] if a.get("notebook")}
-        recorded |= {st["notebook"] for st in d["steps"]}
+            d.status, d.finished = "interrupted", None
+        recorded = {a.notebook for st in d.steps for a in st.attempts if a.notebook}
+        recorded |= {st.notebook for st in d.steps}
         # files the operator made in JupyterLab (or a notebook wrote): named and hashed, for the reader
         other = {str(f.relative_to(run.path)): mf.sha256_file(f) for f in sorted(run.path.rglob("*"))
                  if f.is_file() and f.name not in ("manifest.json", ".manifest.lock", "run.log", "jupyter.log")
                  and str(f.relative_to(run.path)) not in recorded}
-        d["guide_finished"] = {"at": now, "by": mf.operator_name(), "scrubbed_files": scrubbed,
-                               "other_files": other}
-        if d.get("sessions"):
-            d["sessions"][-1]["ended"] = now
-        steps = [dict(s) for s in d["steps"]]
-        status = d["status"]
+        d.guide_finished = {"at": now, "by": mf.operator_name(), "scrubbed_files": scrubbed, "other_files": other}
+        if d.sessions:
+            d.sessions[-1]["ended"] = now
+        steps = [(s.key, s.status) for s in d.steps]
+        status = d.status
     run.log(f"guided run finished by {mf.operator_name()}: {status}")
     mf.seal(run, sealer)
     scrub_file.unlink(missing_ok=True)
     shutil.rmtree(state, ignore_errors=True)
     lines = [f"Guided run {run.run_id} of {run.env} finished: {status}"]
-    for s in steps:
-        lines.append(f"  {s['key']:<28} {s['status']}")
+    for key, st_status in steps:
+        lines.append(f"  {key:<28} {st_status}")
     lines.append(f"Audit record: {run.path} (hcbpg audit verify {run.env})")
     if status != "succeeded":
         lines.append(f"Run the steps not yet done headless with: hcbpg resume {run.run_id}")

@@ -31,7 +31,6 @@ import hashlib
 import json
 import os
 import secrets as _stdlib_secrets
-import shutil
 import socket
 import subprocess
 import tempfile
@@ -42,6 +41,7 @@ from typing import Any
 
 from hcbpg import secrets as hsecrets
 from hcbpg.engine import signing, state
+from hcbpg.engine.manifest_model import Attempt, Manifest, StepEntry, parse_manifest
 from hcbpg.errors import AuditError, CloudError, UsageError
 from hcbpg.ops import audit_anchor
 from hcbpg.procs import process_alive
@@ -155,8 +155,12 @@ class Run:
         """The last version of this manifest that hcbpg wrote on this machine: in the state dir, not in outputs/."""
         return state.state_dir(self.home) / "written" / self.env / f"{self.path.name}.manifest.json"
 
-    def write(self, data: dict[str, Any]) -> None:
-        written = atomic_write_text(self.manifest_path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+    def load(self) -> Manifest:
+        """The manifest, typed (AuditError when it is not one hcbpg writes); :meth:`read` gives it raw."""
+        return parse_manifest(self.read(), str(self.manifest_path))
+
+    def write(self, data: Manifest) -> None:
+        written = atomic_write_text(self.manifest_path, data.to_json())
         self.remember(written)
 
     def remember(self, content: bytes) -> None:
@@ -190,7 +194,7 @@ class Run:
         return "it differs from the version hcbpg last wrote: " + "; ".join(shown)
 
     @contextlib.contextmanager
-    def update(self) -> Iterator[dict[str, Any]]:
+    def update(self) -> Iterator[Manifest]:
         """Read-modify-write the manifest under an exclusive lock (runner and kernels share it).
 
         Refused when the manifest is not the version hcbpg last wrote (or verified) here: a change made
@@ -204,22 +208,22 @@ class Run:
                     raise AuditError(f"{self.manifest_path}: not written: {why}",
                                      hint=f"See `hcbpg audit verify {self.env}`. Restore the record from git, "
                                           "or start a new run.")
-                data = self.read()
+                data = self.load()
                 yield data
                 self.write(data)
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
-    def step(self, data: dict[str, Any], key: str) -> dict[str, Any]:
-        for s in data["steps"]:
-            if s["key"] == key:
-                return s
-        raise UsageError(f"run {self.run_id} has no step {key}")
-
     def log(self, line: str) -> None:
         """Append a (scrubbed) line to the run's log."""
         with open(self.path / "run.log", "a") as fh:
             fh.write(f"{utcnow()} {hsecrets.scrub(line)}\n")
+
+
+def hash_attempt(run: Run, att: Attempt, *, only_missing: bool = False) -> None:
+    """The sha256 of *att*'s notebook into the record (when its file is there; *only_missing*: if not hashed yet)."""
+    if att.notebook and not (only_missing and att.sha256) and (run.path / att.notebook).is_file():
+        att.sha256 = sha256_file(run.path / att.notebook)
 
 
 def list_runs(home: Path, env: str | None = None) -> list[Run]:
@@ -267,29 +271,13 @@ def create_run(home: Path, env: str, *, steps: list[dict[str, Any]], mode: str, 
         stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         run = Run(edir / f"{stamp}_{run_id}")
         run.path.mkdir()
-        data = {
-            "format": FORMAT,
-            "run_id": run_id,
-            "environment": env,
-            "mode": mode,
-            "dry_run": dry_run,
-            "status": "created",
-            "created": utcnow(),
-            "finished": None,
-            "operator": operator_name(),
-            "machine": socket.gethostname(),
-            "git": git_state(repo),
-            "params_sha256": params_sha256,
-            "selection": selection,
-            "previous": prev,
-            "gates": {},
-            "runner": None,
-            "steps": [
-                {"key": s["key"], "title": s["title"], "notebook": s["notebook"], "status": "pending",
-                 "attempts": [], "changes": None, "sha256": None}
-                for s in steps
-            ],
-        }
+        data = Manifest(
+            format=FORMAT, run_id=run_id, environment=env, mode=mode, dry_run=dry_run, status="created",
+            created=utcnow(), finished=None, operator=operator_name(), machine=socket.gethostname(),
+            git=git_state(repo), params_sha256=params_sha256, selection=selection, previous=prev, gates={},
+            runner=None,
+            steps=[StepEntry(key=s["key"], title=s["title"], notebook=s["notebook"], status="pending", attempts=[],
+                             changes=None, sha256=None) for s in steps])
         run.write(data)
         atomic_write_text(edir / "HEAD", run.path.name + "\n")
     return run
@@ -481,8 +469,8 @@ def seal(run: Run, sealer: Sealer, *, note: str | None = None) -> None:
     signers = signers_record(sealer.trust)
     at = utcnow()
     with run.update() as data:
-        data["run_log_sha256"] = sha256_file(log) if log.is_file() else None
-        data["sealed"] = {"at": at, "by": operator_name(), "machine": socket.gethostname(),
+        data.run_log_sha256 = sha256_file(log) if log.is_file() else None
+        data.sealed = {"at": at, "by": operator_name(), "machine": socket.gethostname(),
                           "allowed_signers": signers, **({"note": note} if note else {}),
                           **({"anchor": sealer.trust.bucket.where} if sealer.trust.bucket else {})}
     content = run.written_path.read_bytes()
@@ -509,17 +497,16 @@ def seal_orphan(run: Run, sealer: Sealer) -> None:
 
     Refused (AuditError, saying what differs) unless the manifest is the version hcbpg last wrote here."""
     with run.update() as data:
-        for s in data["steps"]:
-            for a in s["attempts"]:
-                if a["status"] == "running":
-                    a["status"] = "interrupted"
-                    a["note"] = "the runner stopped without recording an end (killed?)"
-                if a.get("notebook") and not a.get("sha256") and (run.path / a["notebook"]).is_file():
-                    a["sha256"] = sha256_file(run.path / a["notebook"])
-            if s["status"] == "running":
-                s["status"] = "interrupted"
-        if data["status"] == "running":
-            data["status"] = "interrupted"
+        for s in data.steps:
+            for a in s.attempts:
+                if a.status == "running":
+                    a.status = "interrupted"
+                    a.note = "the runner stopped without recording an end (killed?)"
+                hash_attempt(run, a, only_missing=True)
+            if s.status == "running":
+                s.status = "interrupted"
+        if data.status == "running":
+            data.status = "interrupted"
     seal(run, sealer, note="sealed when the next run started: its runner had stopped without sealing")
 
 
@@ -538,7 +525,7 @@ def adopt_verified(run: Run, trust: signing.Trust) -> None:
     run.remember(content)
 
 
-def _lines_changed(old: str, new: str) -> str:
+def lines_changed(old: str, new: str) -> str:
     o, n = set(old.splitlines()), set(new.splitlines())
     added = [ln.split()[0] + " " + (ln.split()[-1][:16] + "…" if len(ln.split()) > 1 else "")
              for ln in new.splitlines() if ln.strip() and not ln.startswith("#") and ln not in o]
@@ -619,7 +606,7 @@ def verify_trust(runs: list[Run], trust: signing.Trust, *, pending: Run | None =
                     against = signers_file(text)
                     if signers_sha is not None and sha != signers_sha:
                         problems.append(f"{run.manifest_path}: sealed against other allowed signers ({sha[:12]}…: "
-                                        f"{_lines_changed(signers_text or '', text)}) than the run before it "
+                                        f"{lines_changed(signers_text or '', text)}) than the run before it "
                                         f"({signers_sha[:12]}…), with no signed signers change between them")
                 signers_sha, signers_text, signers_from = sha, text, run.path.name
             try:
@@ -641,7 +628,7 @@ def verify_trust(runs: list[Run], trust: signing.Trust, *, pending: Run | None =
             current = b""
         if hashlib.sha256(current).hexdigest() != signers_sha:
             problems.append(f"{trust.allowed_signers}: changed since {signers_from} was sealed "
-                            f"({_lines_changed(signers_text or '', current.decode(errors='replace'))}), and no "
+                            f"({lines_changed(signers_text or '', current.decode(errors='replace'))}), and no "
                             f"signed signers change records it: `hcbpg audit signers {trust.env}`, signed by a key "
                             "already allowed, does")
     if home is not None:
@@ -718,80 +705,3 @@ def _verify_anchor(runs: list[Run], home: Path, env: str, pending: Run | None) -
             problems.append(f"{r.manifest_path}: sealed at {at:%Y-%m-%dT%H:%M:%SZ}, before {anchor['run']} "
                             f"(anchored here at {anchor['sealed_at']}) that it follows: back-dated")
     return problems
-
-
-# a new chain ------------------------------------------------------------------------
-
-def set_aside(home: Path, env: str, trust: signing.Trust, *, why: str) -> Path | None:
-    """Move *env*'s record (runs, head file, this machine's anchor) to ``outputs/.set-aside/<env>-<time>/``
-    so that a new chain starts; returns where, or None when there was nothing to set aside."""
-    edir = env_dir(home, env)
-    anchor = anchor_path(home, env)
-    has_runs = edir.is_dir() and any(edir.iterdir())
-    if not (has_runs or trust.head_file.is_file() or anchor.is_file()):
-        return None
-    if trust.bucket is not None:  # the bucket's sequence starts again too (CloudError when it cannot be reached)
-        trust.bucket.append_set_aside(at=utcnow(), by=operator_name(), why=why)
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
-    dest = outputs_dir(home) / ".set-aside" / f"{env}-{stamp}"
-    dest.mkdir(parents=True)
-    if edir.is_dir():
-        shutil.move(str(edir), str(dest / "runs"))
-    if trust.head_file.is_file():
-        shutil.move(str(trust.head_file), str(dest / trust.head_file.name))
-    if anchor.is_file():
-        shutil.move(str(anchor), str(dest / "anchor.json"))
-    shutil.rmtree(state.state_dir(home) / "written" / env, ignore_errors=True)
-    (dest / "SET-ASIDE").write_text(f"set aside at {utcnow()} by {operator_name()} on {socket.gethostname()}: "
-                                    f"{why}\n")
-    return dest
-
-
-# who may sign -----------------------------------------------------------------------
-
-def last_signers(home: Path, env: str) -> tuple[Run, dict[str, str]] | None:
-    """The newest sealed run that recorded the allowed signers it was sealed against, and that record."""
-    for run in reversed(list_runs(home, env)):
-        try:
-            rec = (run.read().get("sealed") or {}).get("allowed_signers")
-        except AuditError:
-            continue
-        if isinstance(rec, dict) and isinstance(rec.get("text"), str):
-            return run, rec
-    return None
-
-
-def record_signers_change(home: Path, env: str, sealer: Sealer, *, params_sha256: str, repo: Path) -> Run:
-    """Add a signers-change record to *env*'s chain: the allowed-signers file as it is now, signed by the
-    operator, whose key must be allowed by the file as the last run was sealed against it.
-
-    The caller holds the environment's lock and has verified the chain."""
-    last = last_signers(home, env)
-    if last is None:
-        raise UsageError(f"no sealed run of {env} records its allowed signers yet: there is no change to record",
-                         hint="The first run sealed records them; later changes are recorded with this command.")
-    before_run, before = last
-    now = signers_record(sealer.trust)
-    if now["sha256"] == before["sha256"]:
-        raise UsageError(f"{sealer.trust.allowed_signers} is as {before_run.path.name} was sealed against: "
-                         "nothing to record")
-    with tempfile.TemporaryDirectory(prefix="hcbpg-signers-") as d:
-        old = Path(d) / "allowed_signers"
-        old.write_text(before["text"])
-        probe = f"hcbpg signers change of {env}".encode()
-        try:
-            signing.verify(probe, signing.sign(probe, sealer.key, signing.NS_MANIFEST), old, signing.NS_MANIFEST)
-        except AuditError as exc:
-            raise AuditError(f"{env}: only a key already allowed may change who may sign, and yours is not in the "
-                             f"allowed signers {before_run.path.name} was sealed against: {exc.message}",
-                             hint="Ask an operator whose key is allowed to record the change.") from None
-    run = create_run(home, env, steps=[], mode="signers", dry_run=False, params_sha256=params_sha256,
-                     selection={}, repo=repo)
-    with run.update() as data:
-        data["signers_change"] = {"from_sha256": before["sha256"], "to_sha256": now["sha256"],
-                                  "after": before_run.path.name,
-                                  "change": _lines_changed(before["text"], now["text"])}
-        data["status"], data["finished"] = "succeeded", utcnow()
-    run.log(f"allowed signers of {env} changed: {data['signers_change']['change']}")
-    seal(run, sealer, note="signers change")
-    return run

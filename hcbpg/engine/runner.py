@@ -26,11 +26,13 @@ from typing import Any
 
 from hcbpg import progress as hprogress
 from hcbpg import secrets as hsecrets
-from hcbpg.engine import audit, signing
+from hcbpg.engine import audit, chain, signing
 from hcbpg.engine import manifest as mf
 from hcbpg.engine.catalogue import load_steps, notebooks_dir, select, transfer_of
+from hcbpg.engine.gates import AUTO_APPROVE_ENV, HEADLESS_ENV
 from hcbpg.engine.locks import env_lock
-from hcbpg.engine.runbook import AUTO_APPROVE_ENV, HEADLESS_ENV, scrub_file_for
+from hcbpg.engine.manifest_model import StepEntry
+from hcbpg.engine.runbook import open_attempt, scrub_file_for
 from hcbpg.engine.terminal import CellOutput, LiveLines, ProgressFollower, render_recap
 from hcbpg.errors import AuditError, HcbpgError, UsageError
 from hcbpg.params import Params, home, load_params, params_sha256
@@ -272,8 +274,8 @@ class Runner:
             self.progress(f"note: params/{run.env}.yaml changed since this run started; "
                           "the new params are used and recorded")
             with run.update() as d:
-                d.setdefault("params_history", []).append({"at": mf.utcnow(), "params_sha256": sha})
-                d["params_sha256"] = sha
+                d.params_history = [*d.params_history, {"at": mf.utcnow(), "params_sha256": sha}]
+                d.params_sha256 = sha
         drop_stale_registries(self.home, run.env, keep=run)
         self.progress(f"hcbpg resume of run {run.run_id} ({run.env})\n  record: {run.path}")
         return self._execute(run, params, sealer)
@@ -306,65 +308,60 @@ class Runner:
         try:
             with run.update() as data:
                 # attempts left "running" by a runner that died (SIGKILL, power loss)
-                for s in data["steps"]:
-                    if s["status"] == "running":
-                        s["status"] = "interrupted"
-                        for a in s["attempts"]:
-                            if a["status"] == "running":
-                                a["status"] = "interrupted"
-                                a["note"] = "the runner stopped without recording an end (killed?)"
-                                self._hash_attempt(run, a)
-                data["status"] = "running"
-                data["runner"] = {"pid": os.getpid(), "machine": socket.gethostname(),
-                                  "started": mf.utcnow(), "operator": mf.operator_name()}
-                data.setdefault("sessions", []).append(dict(data["runner"]))
-                steps = [dict(s) for s in data["steps"]]
-            todo = [s for s in steps if s["status"] != "succeeded"]
+                for s in data.steps:
+                    if s.status == "running":
+                        s.status = "interrupted"
+                        for a in s.attempts:
+                            if a.status == "running":
+                                a.status = "interrupted"
+                                a.note = "the runner stopped without recording an end (killed?)"
+                                mf.hash_attempt(run, a)
+                data.status = "running"
+                data.runner = {"pid": os.getpid(), "machine": socket.gethostname(),
+                               "started": mf.utcnow(), "operator": mf.operator_name()}
+                data.sessions = [*data.sessions, dict(data.runner)]
+                steps = [s.model_copy() for s in data.steps]
+            todo = [s for s in steps if s.status != "succeeded"]
             done = len(steps) - len(todo)
             if done:
                 self.progress(f"  {done} step(s) already succeeded, not run again")
             for i, s in enumerate(steps, 1):
-                if s["status"] == "succeeded":
+                if s.status == "succeeded":
                     continue
                 result = self._run_step(run, s, i, len(steps))
                 if result is not None:
                     result.message = "\n".join(["Recap:", *render_recap(run.read()), result.message])
                     return result
             with run.update() as data:
-                data["status"] = "succeeded"
-                data["finished"] = mf.utcnow()
+                data.status = "succeeded"
+                data.finished = mf.utcnow()
             return RunResult(run, "succeeded", EXIT_OK, self._summary(run))
         finally:
             pm_logger.removeHandler(handler)
             handler.close()
 
-    def _run_step(self, run: mf.Run, s: dict[str, Any], i: int, n: int) -> RunResult | None:
+    def _run_step(self, run: mf.Run, s: StepEntry, i: int, n: int) -> RunResult | None:
         import papermill as pm  # noqa: PLC0415 - jupyter stack is heavy, loaded when a notebook runs
         from papermill.exceptions import PapermillExecutionError  # noqa: PLC0415 - jupyter stack is heavy, loaded when a notebook runs
 
-        key = s["key"]
-        out = run.path / s["notebook"]
+        key = s.key
+        out = run.path / s.notebook
         with run.update() as data:
-            step = run.step(data, key)
-            if out.exists() and step["attempts"]:
-                prev = step["attempts"][-1]
-                kept = out.with_name(f"{out.stem}.attempt-{prev['n']}{out.suffix}")
+            step = data.step(key)
+            if out.exists() and step.attempts:
+                prev = step.attempts[-1]
+                kept = out.with_name(f"{out.stem}.attempt-{prev.n}{out.suffix}")
                 os.replace(out, kept)
-                prev["notebook"] = kept.name
-                prev["sha256"] = mf.sha256_file(kept)
-            attempt = {"n": len(step["attempts"]) + 1, "status": "running", "start": mf.utcnow(),
-                       "end": None, "duration_s": None, "notebook": s["notebook"], "sha256": None,
-                       "pid": os.getpid()}
-            step["attempts"].append(attempt)
-            step["status"] = "running"
-            step["start"] = step.get("start") or attempt["start"]
+                prev.notebook = kept.name
+                prev.sha256 = mf.sha256_file(kept)
+            attempt = open_attempt(step)
             # what a gate in this step approves includes the code that runs (hcbpg.engine.signing.plan_digest)
-            step["code_sha256"] = mf.code_sha256(self.nb_dir / s["notebook"])
-            dry_run = data["dry_run"]
-            env = data["environment"]
-        label = f"[{i}/{n}] {key}: {s['title']}"
-        self.progress(label + (f" (attempt {attempt['n']})" if attempt["n"] > 1 else ""))
-        run.log(f"step {key} attempt {attempt['n']} started")
+            step.code_sha256 = mf.code_sha256(self.nb_dir / s.notebook)
+            dry_run = data.dry_run
+            env = data.environment
+        label = f"[{i}/{n}] {key}: {s.title}"
+        self.progress(label + (f" (attempt {attempt.n})" if attempt.n > 1 else ""))
+        run.log(f"step {key} attempt {attempt.n} started")
         t0 = time.monotonic()
         status, error, exit_code = "succeeded", None, None
         interrupted = False
@@ -372,7 +369,7 @@ class Runner:
         follower = ProgressFollower(self.live).start()  # the kernel's progress samples, for the live view
         try:
             run_interruptible(lambda manager_class: pm.execute_notebook(
-                str(self.nb_dir / s["notebook"]), SCHEME + str(out),
+                str(self.nb_dir / s.notebook), SCHEME + str(out),
                 parameters={"env": env, "run_id": run.run_id, "run_dir": str(run.path), "dry_run": dry_run},
                 kernel_name=self.kernel_name, progress_bar=self.progress_bar,
                 log_output=self.log_output, cwd=str(run.path), request_save_on_cell_execute=True,
@@ -400,24 +397,24 @@ class Runner:
                 cells.close()
         duration = round(time.monotonic() - t0, 3)
         with run.update() as data:
-            step = run.step(data, key)
-            att = step["attempts"][-1]
-            att.update({"status": status, "end": mf.utcnow(), "duration_s": duration})
+            step = data.step(key)
+            att = step.attempts[-1]
+            att.status, att.end, att.duration_s = status, mf.utcnow(), duration
             if error:
-                att["error"] = error
-            self._hash_attempt(run, att)
-            step["status"] = status
-            step["end"] = att["end"]
-            step["duration_s"] = round(sum(a.get("duration_s") or 0 for a in step["attempts"]), 3)
-            step["sha256"] = att["sha256"]
-            if step.get("changes") is None and status == "succeeded":
-                step["changes"] = self._changes_from_notebook(out)
+                att.error = error
+            mf.hash_attempt(run, att)
+            step.status = status
+            step.end = att.end
+            step.duration_s = round(sum(a.duration_s or 0 for a in step.attempts), 3)
+            step.sha256 = att.sha256
+            if step.changes is None and status == "succeeded":
+                step.changes = self._changes_from_notebook(out)
             if status != "succeeded":
-                data["status"] = status
-                data["finished"] = None if status != "failed" else mf.utcnow()
-            changes = step.get("changes")
-            gates = data.get("gates", {})
-        run.log(f"step {key} attempt {attempt['n']} {status} in {duration}s")
+                data.status = status
+                data.finished = None if status != "failed" else mf.utcnow()
+            changes = step.changes
+            gates = {name: g.dump() for name, g in data.gates.items()}
+        run.log(f"step {key} attempt {attempt.n} {status} in {duration}s")
         if status == "succeeded":
             self.progress(f"      done in {duration:.1f}s, "
                           + ("no changes" if not changes else f"{changes} change(s)"))
@@ -441,12 +438,6 @@ class Runner:
                f"The executed notebook is {out}.\n"
                f"Fix the cause, then: hcbpg resume {run.run_id}")
         return RunResult(run, status, exit_code, msg)
-
-    @staticmethod
-    def _hash_attempt(run: mf.Run, att: dict[str, Any]) -> None:
-        f = run.path / att["notebook"]
-        if f.is_file():
-            att["sha256"] = mf.sha256_file(f)
 
     @staticmethod
     def _changes_from_notebook(path: Path) -> int | None:
@@ -475,7 +466,7 @@ class Runner:
             return
         if data.get("status") == "running":  # stopped by an error of ours, not a step's
             with run.update() as d:
-                d["status"] = "interrupted"
+                d.status = "interrupted"
         mf.seal(run, sealer)
 
     def _summary(self, run: mf.Run) -> str:
@@ -551,11 +542,10 @@ def approve(run_id: str, gate: str, *, note: str | None, base: Path | None = Non
                   "question": g.get("question"), "params_sha256": sha, "plan_sha256": g.get("plan_sha256"),
                   "approved_at": mf.utcnow(), "note": note, "via": "hcbpg approve"}
         proof = signing.sign_approval(fields, params, sealer.trust)
-        with run.update() as data:
-            data["gates"][gate].update({
-                "approved_by": proof["principal"], "approved_at": fields["approved_at"], "note": note,
-                "via": "hcbpg approve", "machine": socket.gethostname(), "operator": mf.operator_name(),
-                "proof": proof})
+        with run.update() as record:
+            g2 = record.gates[gate]
+            g2.approved_by, g2.approved_at, g2.note = proof["principal"], fields["approved_at"], note
+            g2.via, g2.machine, g2.operator, g2.proof = "hcbpg approve", socket.gethostname(), mf.operator_name(), proof
         run.log(f"gate {gate} approved by {proof['principal']} (key {proof['key_fingerprint']})")
         mf.seal(run, sealer)
     return run
@@ -572,7 +562,7 @@ def change_signers(env: str, *, base: Path | None = None) -> mf.Run:
             raise AuditError(f"the signers change of {env} is not recorded: its audit record does not verify; "
                              f"first: {problems[0]}", hint=f"See `hcbpg audit verify {env}`.")
         sealer = mf.Sealer(trust, signing.signing_key(params))
-        return mf.record_signers_change(b, env, sealer, params_sha256=params_sha256(env, b),
+        return chain.record_signers_change(b, env, sealer, params_sha256=params_sha256(env, b),
                                         repo=notebooks_dir().parent)
 
 

@@ -1,0 +1,72 @@
+"""The runbook's ledger: what a step changed (its operations' outcomes) and what it checked.
+
+A part of :class:`hcbpg.engine.runbook.Runbook` (``rb.track``, ``rb.verify``, ``rb.changes``).  The
+checks so far go into the run's manifest as they are made, so the recap shows them even when the
+step fails on them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import overload
+
+from hcbpg.display import show_table
+from hcbpg.engine import manifest as mf
+from hcbpg.errors import VerificationFailed
+from hcbpg.outcome import Check, Outcome
+
+
+class Ledger:
+    """The outcomes and checks of one step (*run* None: an ad hoc notebook run, nothing recorded)."""
+
+    def __init__(self, run: mf.Run | None, *, step: str) -> None:
+        self.run = run
+        self.step = step
+        self.outcomes: list[Outcome] = []
+        self.checks: list[Check] = []
+
+    @overload
+    def track(self, outcome: Outcome, *, show: bool = True) -> Outcome: ...
+    @overload
+    def track(self, outcome: Iterable[Outcome], *, show: bool = True) -> list[Outcome]: ...
+
+    def track(self, outcome: Outcome | Iterable[Outcome], *, show: bool = True) -> Outcome | list[Outcome]:
+        """Count an operation's outcome(s) toward this step's changes and show them."""
+        items = [outcome] if isinstance(outcome, Outcome) else list(outcome)
+        for o in items:
+            self.outcomes.append(o)
+            if show:
+                print(str(o))
+        return outcome if isinstance(outcome, Outcome) else items
+
+    @property
+    def changes(self) -> int:
+        """How many of the tracked outcomes changed something."""
+        return sum(1 for o in self.outcomes if o.changed)
+
+    def counts(self) -> dict[str, int]:
+        """The checks so far by status."""
+        return {k: sum(c.status == k for c in self.checks) for k in ("pass", "warn", "fail")}
+
+    def verify(self, checks: Iterable[Check], *, title: str = "checks") -> list[Check]:
+        """Show checks as a table; fail the step if any failed."""
+        rows = list(checks)
+        self.checks += rows
+        show_table([{"check": c.name, "target": c.target, "status": c.status, "detail": c.detail} for c in rows])
+        self._record_checks()
+        failed = [c for c in rows if c.status == "fail"]
+        if failed:
+            raise VerificationFailed(
+                f"{len(failed)} of {len(rows)} {title} failed: " + "; ".join(
+                    f"{c.name}{' on ' + c.target if c.target else ''}: {c.detail}" for c in failed),
+                failures=[c.name for c in failed])
+        return rows
+
+    def _record_checks(self) -> None:
+        """The step's checks so far into the manifest (counts, and the ones not passed by name)."""
+        if self.run is None:
+            return
+        not_passed = [{"name": c.name, "target": c.target, "status": c.status}
+                      for c in self.checks if c.status != "pass"][:50]
+        with self.run.update() as data:
+            data.step(self.step).checks = {**self.counts(), "not_passed": not_passed}
