@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "lab")
 from hcbpg.adapters.host import Host  # noqa: E402
 from hcbpg.lab import Lab, app_load, create_server_host  # noqa: E402
 from hcbpg.lab.core import scratch_config  # noqa: E402
-from hcbpg.ops import app_database as roles  # noqa: E402
+from hcbpg.lab.source import plan_size  # noqa: E402
 from hcbpg.ops import cluster as pg_cluster  # noqa: E402
 from hcbpg.ops import migration  # noqa: E402
 from hcbpg.ops import server as pg_server  # noqa: E402
@@ -45,6 +45,8 @@ from hcbpg.ops import tls as tls_ops  # noqa: E402
 from hcbpg.ops.migration import bucardo, wayback, window  # noqa: E402
 from hcbpg.params import parse_params  # noqa: E402
 from hcbpg.secrets import register  # noqa: E402
+from hcbpg.steps import allow_connections as allow_step  # noqa: E402
+from hcbpg.steps import app_role_database as role_step  # noqa: E402
 from hcbpg.steps import online  # noqa: E402
 
 from labparams import lab_params  # noqa: E402
@@ -55,9 +57,11 @@ def quiet(_: str) -> None:
     pass
 
 
-def prepare(lab: Lab, rows: int) -> tuple[Any, Host, Host, str, str]:
+def prepare(lab: Lab, rows: int, *, reuse: bool = False) -> tuple[Any, Host, Host, str, str]:
+    """The lab up with a source of *rows* rows and a primary prepared by steps 02-04; *reuse*: a lab
+    already up with that source is kept (its primary is made ready again), any other is taken down first."""
     st = lab.status()
-    if st["up"]:
+    if st["up"] and not (reuse and st["source"].get("rows") == plan_size(rows).rows):
         lab.down()
     lab.up(source_rows=rows)
     cfg = lab.cfg
@@ -73,10 +77,10 @@ def prepare(lab: Lab, rows: int) -> tuple[Any, Host, Host, str, str]:
     app = Host.from_params(params, "app", cfg.app_ip, echo=quiet)
     password = register(lab.secret("rails-password"))
     url = register(lab.secret("source-url"))
-    pg_server.install_server(host, params, params.primary, dry_run=False)
-    pg_server.allow_connections(host, params, params.primary, dry_run=False)
-    tls_ops.ensure_client_ca(app, params, dry_run=False)  # the app host verifies the primary's certificate
-    roles.app_role_database(pg_cluster.psql_for(host, params), params, password, dry_run=False)
+    pg_server.install_server(host, params, params.primary)
+    allow_step.allow_connections(host, params, params.primary)
+    tls_ops.ensure_client_ca(app, params)  # the app host verifies the primary's certificate
+    role_step.app_role_database(pg_cluster.get_psql(host, params), params, password)
     app.put_text(app_load.SERVICE_FILE, app_load.render_service_file(migration.parse_source_url(url)), mode=0o600)
     return params, host, app, password, url
 
