@@ -8,12 +8,10 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import hcloud
 import pytest
 import requests
-import yaml
 from hcloud.actions.domain import ActionFailedException
 from hcloud.firewalls.domain import FirewallResource, FirewallRule
 from hcloud.images.domain import Image
@@ -21,10 +19,7 @@ from hcloud.locations.domain import Location
 from hcloud.networks.domain import NetworkSubnet
 from hcloud.server_types.domain import ServerType
 
-from hcbpg.errors import CloudError
 from hcbpg.lab.hcloud_api import HcloudStandin, RunningStandin, parse_label_selector, read_state
-from hcbpg.ops import provisioning as cloud
-from hcbpg.params import parse_params
 
 TOKEN = "lab-token-0123456789abcdef"
 
@@ -374,17 +369,3 @@ def test_concurrent_requests_keep_state_consistent(client, api, tmp_path):
     assert sorted(k["id"] for k in read_state(tmp_path / "state.json")["ssh_keys"]) == sorted(ids)
 
 
-def test_step_11_fences_an_unreachable_old_primary_by_powering_it_off_once(client, tmp_path):
-    data = yaml.safe_load((Path(__file__).resolve().parent.parent / "params" / "lab.yaml").read_text())
-    params = parse_params(data)
-    name = params.primary.name
-    server(client, name)
-    plan = cloud.ensure_powered_off(client, params, name, dry_run=True)
-    assert plan.changed and client.servers.get_by_name(name).status == "running"
-    done = cloud.ensure_powered_off(client, params, name, dry_run=False)
-    assert done.changed and client.servers.get_by_name(name).status == "off"
-    assert not cloud.ensure_powered_off(client, params, name, dry_run=False).changed
-    with pytest.raises(KeyError):
-        cloud.ensure_powered_off(client, params, "not-a-server-of-these-params", dry_run=False)
-    with pytest.raises(CloudError, match="no server"):
-        cloud.ensure_powered_off(client, params, params.replicas[0].name, dry_run=False)

@@ -14,7 +14,6 @@ from hcbpg.desired import server as desired_server
 from hcbpg.errors import SafetyCheckFailed
 from hcbpg.ops import failover as fo
 from hcbpg.ops import replica, topology
-from hcbpg.ops import replication as rep
 from hcbpg.params import parse_params
 from hcbpg.pg import conf as pgconf
 from hcbpg.pg import conninfo as conninfo
@@ -122,7 +121,7 @@ def test_hba_rules_are_peer_slash_32_only_on_every_server():
 # the replication role ----------------------------------------------------------------------
 
 def test_new_role_gets_replication_login_limit_and_only_a_verifier():
-    stmts = rep.plan_replication_role(P, None, PASSWORD, host_name="server-postgres-1")
+    stmts = desired_replication.plan_replication_role(P, None, PASSWORD, host_name="server-postgres-1")
     text = scrub(render(stmts[0]))
     assert "REPLICATION LOGIN" in text and "CONNECTION LIMIT 2" in text
     assert PASSWORD not in render(stmts[0])
@@ -131,14 +130,14 @@ def test_new_role_gets_replication_login_limit_and_only_a_verifier():
 def test_existing_role_with_same_password_changes_nothing():
     current = {"rolreplication": True, "rolcanlogin": True, "rolsuper": False, "rolcreatedb": False,
                "rolcreaterole": False, "rolconnlimit": 2, "rolpassword": scram_verifier(PASSWORD)}
-    assert rep.plan_replication_role(P, current, PASSWORD, host_name="x") == []
+    assert desired_replication.plan_replication_role(P, current, PASSWORD, host_name="x") == []
 
 
 def test_existing_role_with_other_password_is_refused():
     current = {"rolreplication": True, "rolcanlogin": True, "rolsuper": False, "rolcreatedb": False,
                "rolcreaterole": False, "rolconnlimit": 2, "rolpassword": scram_verifier("another-password-1")}
     with pytest.raises(SafetyCheckFailed, match="different password"):
-        rep.plan_replication_role(P, current, PASSWORD, host_name="server-postgres-1")
+        desired_replication.plan_replication_role(P, current, PASSWORD, host_name="server-postgres-1")
 
 
 # topology ------------------------------------------------------------------------------------

@@ -6,9 +6,10 @@ import pytest
 import yaml
 
 from hcbpg.adapters.psql import render
+from hcbpg.desired import readonly as desired_readonly
 from hcbpg.desired import roles as desired_roles
+from hcbpg.desired import rotation as desired_rotation
 from hcbpg.errors import SafetyCheckFailed
-from hcbpg.ops import readonly, rotation
 from hcbpg.params import parse_params
 from hcbpg.pg.conninfo import redact_url, render_database_url, render_role_url
 
@@ -27,10 +28,10 @@ def test_the_app_moves_to_the_login_that_may_not_log_in():
     params = lab()
     cfg = desired_roles.roles_config(params)
     assert cfg.app_logins == ("rails", "rails_alt")
-    first = rotation.plan_app_switch(params, cfg, {"rails": {"rolcanlogin": True}}, None)
+    first = desired_rotation.plan_app_switch(params, cfg, {"rails": {"rolcanlogin": True}}, None)
     assert (first.old, first.new, first.resume) == ("rails", "rails_alt", False)
     assert first.new_ref.endswith("/rails_alt-password") and first.new_key == "roles.app_rotation_password"
-    back = rotation.plan_app_switch(params, cfg, {"rails": {"rolcanlogin": False}, "rails_alt": {"rolcanlogin": True}},
+    back = desired_rotation.plan_app_switch(params, cfg, {"rails": {"rolcanlogin": False}, "rails_alt": {"rolcanlogin": True}},
                                     None)
     assert (back.old, back.new) == ("rails_alt", "rails")
     assert back.new_ref == params.postgres.app_role_password
@@ -40,24 +41,24 @@ def test_an_interrupted_rotation_resumes_at_the_wait_or_refuses_when_unclear():
     params = lab()
     cfg = desired_roles.roles_config(params)
     both = {"rails": {"rolcanlogin": True}, "rails_alt": {"rolcanlogin": True}}
-    resumed = rotation.plan_app_switch(params, cfg, both, "rails_alt")
+    resumed = desired_rotation.plan_app_switch(params, cfg, both, "rails_alt")
     assert (resumed.old, resumed.new, resumed.resume) == ("rails", "rails_alt", True)
     with pytest.raises(SafetyCheckFailed, match="does not say which one"):
-        rotation.plan_app_switch(params, cfg, both, None)
+        desired_rotation.plan_app_switch(params, cfg, both, None)
     with pytest.raises(SafetyCheckFailed, match="neither"):
-        rotation.plan_app_switch(params, cfg, {}, None)
+        desired_rotation.plan_app_switch(params, cfg, {}, None)
 
 
 def test_production_names_the_rotation_login_and_without_it_rotation_refuses():
     params = production()
     cfg = desired_roles.roles_config(params)
-    switch = rotation.plan_app_switch(params, cfg, {"rails": {"rolcanlogin": True}}, None)
+    switch = desired_rotation.plan_app_switch(params, cfg, {"rails": {"rolcanlogin": True}}, None)
     assert (switch.new, switch.new_ref) == ("rails_alt", "op://HCB Engineering/Postgres rails_alt/password")
     data = yaml.safe_load((REPO / "params" / "production.yaml").read_text())
     del data["roles"]["app_rotation_role"], data["roles"]["app_rotation_password"]
     bare = parse_params(data)
     with pytest.raises(SafetyCheckFailed, match="roles.app_rotation_role"):
-        rotation.plan_app_switch(bare, desired_roles.roles_config(bare), {"rails": {"rolcanlogin": True}}, None)
+        desired_rotation.plan_app_switch(bare, desired_roles.roles_config(bare), {"rails": {"rolcanlogin": True}}, None)
 
 
 def test_role_urls_are_built_by_the_app_url_builder_and_redacted():
@@ -70,7 +71,7 @@ def test_role_urls_are_built_by_the_app_url_builder_and_redacted():
 
 def test_blazer_plan_creates_a_read_only_role_and_then_nothing():
     cfg = desired_roles.roles_config(lab())
-    stmts = [" ".join(render(s).split()) for s in readonly.plan_blazer(cfg, None, "secret-pw")]
+    stmts = [" ".join(render(s).split()) for s in desired_readonly.plan_blazer(cfg, None, "secret-pw")]
     assert stmts[0].startswith('CREATE ROLE "blazer" WITH LOGIN INHERIT') and "secret-pw" not in stmts[0]
     assert 'GRANT "pg_read_all_data" TO "blazer"' in stmts
     assert """ALTER ROLE "blazer" SET "statement_timeout" = '30s'""" in stmts
@@ -78,7 +79,7 @@ def test_blazer_plan_creates_a_read_only_role_and_then_nothing():
     done = {"rolcanlogin": True, "rolinherit": True, "rolsuper": False, "rolconnlimit": 10,
             "member_of": ["pg_read_all_data"], "settings": ["default_transaction_read_only=on", "statement_timeout=30s"],
             "can_connect": True}
-    assert readonly.plan_blazer(cfg, done, None) == []
+    assert desired_readonly.plan_blazer(cfg, done, None) == []
 
 
 def test_app_servers_are_validated_and_admitted_by_pg_hba():

@@ -97,6 +97,10 @@ class PsqlLike(Protocol):
         """Statements in one psql call, stopping at the first error."""
         ...
 
+    def attempt(self, statement: Any, *, dbname: str = "postgres") -> Result:
+        """One statement that may be refused, run quietly; psql's Result (never raises)."""
+        ...
+
 
 class Changes:
     """What a host's journal gained since this object was made: the changes one ``ensure_*`` made

@@ -149,6 +149,12 @@ class Psql:
                                       "run the step again (it only does what is still missing)."):
                 self.host.run(self._cmd(dbname), sudo_user=self.os_user, stdin=text + "\n", display=shown)
 
+    def attempt(self, statement: "Composable | str", *, dbname: str = "postgres") -> "Result":
+        """Run one statement that may be refused, quietly, and hand back psql's Result (never raises):
+        a check that writes, such as a probe row, or a write a replica must refuse."""
+        text = render(statement).strip().rstrip(";") + ";"
+        return self.host.run(self._cmd(dbname), sudo_user=self.os_user, stdin=text + "\n", quiet=True, check=False)
+
     def script(self, statements: "Sequence[Composable | str]", *, dbname: str, hint: str) -> None:
         """Statements in one psql call (each its own transaction, so CREATE DATABASE may be one), all
         shown on one line; it stops at the first error."""

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from hcbpg.adapters.psql import Psql
+from hcbpg.adapters.cluster import ClusterControl
 from hcbpg.desired import server as desired_server
 from hcbpg.desired import tls as desired_tls
 from hcbpg.desired.replication import (
@@ -35,21 +35,18 @@ from hcbpg.secrets import scrub
 from hcbpg.wait import polling_loop
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hcbpg.adapters.host import Host
+    from hcbpg.adapters.base import HostLike, PsqlLike
     from hcbpg.params import Params, Server
 
 
-def _ctl(params: "Params", action: str) -> str:
-    return f"pg_ctlcluster {params.postgres.version} {shlex.quote(params.postgres.cluster)} {action}"
-
-
-def run_stop(host: "Host", params: "Params", *, mode: str = "fast") -> None:
+def run_stop(host: "HostLike", params: "Params", *, mode: str = "fast") -> None:
     """Stop the cluster (fast: clean shutdown; immediate if that does not finish)."""
     if not pg_cluster.get_cluster_running(host, params):
         return
-    res = host.run(_ctl(params, f"stop -m {mode}"), check=False, timeout=180)
+    control = ClusterControl.of(host, params)
+    res = control.stop(mode, check=False, timeout=180)
     if not res.ok and pg_cluster.get_cluster_running(host, params):
-        host.run(_ctl(params, "stop -m immediate"), timeout=120)
+        control.stop("immediate", timeout=120)
 
 
 def _safe_pgdata(pgdata: str | None, params: "Params") -> str:
@@ -68,24 +65,24 @@ def start_conf_path(params: "Params") -> str:
     return f"{desired_server.config_dir(params)}/start.conf"
 
 
-def get_start_conf(host: "Host", params: "Params") -> str:
+def get_start_conf(host: "HostLike", params: "Params") -> str:
     return (host.read_text(start_conf_path(params)) or "auto").strip() or "auto"
 
 
-def set_start_conf(host: "Host", params: "Params", value: str) -> None:
+def set_start_conf(host: "HostLike", params: "Params", value: str) -> None:
     """Write ``start.conf`` (only when it differs)."""
     if get_start_conf(host, params) != value:
         host.put_text(start_conf_path(params), f"{value}\n", mode=0o644, owner="postgres", group="postgres")
 
 
-def get_running_basebackup(host: "Host", pgdata: str) -> str | None:
+def get_running_basebackup(host: "HostLike", pgdata: str) -> str | None:
     """The pid of a pg_basebackup still writing into *pgdata* (a detached one of an earlier run), else None."""
     res = host.probe(f"pgrep -u postgres -f -- {shlex.quote(f'pg_basebackup .*-D {pgdata} ')}")
     pids = res.stdout.split() if res.ok else []
     return pids[0] if pids else None
 
 
-def refuse_if_basebackup_runs(host: "Host", pgdata: str, name: str) -> None:
+def refuse_if_basebackup_runs(host: "HostLike", pgdata: str, name: str) -> None:
     """Refuse to touch *pgdata* while a detached pg_basebackup of an earlier run still writes into it."""
     pid = get_running_basebackup(host, pgdata)
     if pid is not None:
@@ -96,7 +93,7 @@ def refuse_if_basebackup_runs(host: "Host", pgdata: str, name: str) -> None:
                  f"{BASEBACKUP_EXIT}), then run the step again; nothing was deleted.")
 
 
-def run_wipe(host: "Host", params: "Params", state: ServerState, plan: Plan) -> None:
+def run_wipe(host: "HostLike", params: "Params", state: ServerState, plan: Plan) -> None:
     """Stop PostgreSQL and delete the contents of the data directory (only for a rebuild *plan*)."""
     if plan.action != "rebuild" or not plan.allowed_by:
         raise SafetyCheckFailed(f"run_wipe on {state.name} without a rebuild plan that allows it")
@@ -129,7 +126,7 @@ class BaseBackupProgress:
         return f"{self.phase}: {pct}({mb(self.streamed)}{total}) after {elapsed:.1f}s"
 
 
-def get_basebackup_progress(psql: Psql) -> BaseBackupProgress | None:
+def get_basebackup_progress(psql: "PsqlLike") -> BaseBackupProgress | None:
     """pg_stat_progress_basebackup on the primary (None when no base backup runs)."""
     rows = psql.query("SELECT phase, backup_streamed, backup_total FROM pg_stat_progress_basebackup")
     if not rows:
@@ -160,7 +157,7 @@ def render_basebackup_command(params: "Params", primary: "Server", standby: "Ser
             f"-R -P -v -w -X stream --checkpoint=fast --slot {slot_name(standby.name)}")
 
 
-def run_base_backup(host: "Host", primary_psql: Psql, params: "Params", primary: "Server", standby: "Server",
+def run_base_backup(host: "HostLike", primary_psql: "PsqlLike", params: "Params", primary: "Server", standby: "Server",
                     pgdata: str, *, timeout: float = 6 * 3600, poll: float = 1.0,
                     echo: Callable[[str], None] = print,
                     sleep: Callable[[float], None] = time.sleep) -> float:
@@ -213,7 +210,7 @@ def run_base_backup(host: "Host", primary_psql: Psql, params: "Params", primary:
     return duration
 
 
-def run_write_recovery(host: "Host", params: "Params", primary: "Server", standby: "Server", pgdata: str) -> None:
+def run_write_recovery(host: "HostLike", params: "Params", primary: "Server", standby: "Server", pgdata: str) -> None:
     """standby.signal plus primary_conninfo (no password) and primary_slot_name in postgresql.auto.conf."""
     path = f"{pgdata}/postgresql.auto.conf"
     current = host.read_text(path) or ""
@@ -224,7 +221,7 @@ def run_write_recovery(host: "Host", params: "Params", primary: "Server", standb
         host.put_text(f"{pgdata}/standby.signal", "", mode=0o600, owner="postgres", group="postgres")
 
 
-def run_rewind(host: "Host", params: "Params", primary: "Server", standby: "Server", pgdata: str) -> None:
+def run_rewind(host: "HostLike", params: "Params", primary: "Server", standby: "Server", pgdata: str) -> None:
     """pg_rewind *standby*'s data directory from *primary* over libpq, as postgres (the server must be stopped)."""
     rep = replication_params(params)
     source = (f"host={primary.private_ip} port={params.postgres.port} user={rep.role} dbname=postgres "
@@ -235,7 +232,7 @@ def run_rewind(host: "Host", params: "Params", primary: "Server", standby: "Serv
              hint="pg_rewind failed; the step falls back to a new base backup.")
 
 
-def fence_for_rewind(host: "Host", params: "Params", pgdata: str) -> None:
+def fence_for_rewind(host: "HostLike", params: "Params", pgdata: str) -> None:
     """Before pg_rewind: ``start.conf`` manual, then ``standby.signal`` removed (the cluster must be stopped).
 
     pg_rewind recovers an uncleanly stopped target in single-user mode, which refuses to run
@@ -247,8 +244,8 @@ def fence_for_rewind(host: "Host", params: "Params", pgdata: str) -> None:
     host.run(f"rm -f {shlex.quote(pgdata)}/standby.signal")
 
 
-def rebuild_replica(host: "Host", params: "Params", target: ServerState, plan: Plan, *,
-                    primary_host: "Host", primary: "Server", standby: "Server",
+def rebuild_replica(host: "HostLike", params: "Params", target: ServerState, plan: Plan, *,
+                    primary_host: "HostLike", primary: "Server", standby: "Server",
                     echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Carry out a rebuild *plan*: pg_rewind (when planned; falls back) or wipe + pg_basebackup; then start.
 
@@ -256,7 +253,7 @@ def rebuild_replica(host: "Host", params: "Params", target: ServerState, plan: P
     """
     result: dict[str, Any] = {"target": standby.name, "primary": primary.name, "method": plan.method}
     pgdata = _safe_pgdata(target.pgdata, params)
-    primary_psql = pg_cluster.psql_for(primary_host, params)
+    primary_psql = pg_cluster.get_psql(primary_host, params)
     t0 = time.monotonic()
     start_conf = get_start_conf(host, params)
     if plan.method == "rewind":
@@ -271,7 +268,7 @@ def rebuild_replica(host: "Host", params: "Params", target: ServerState, plan: P
             set_start_conf(host, params, start_conf)  # standby.signal is back: a boot starts a replica again
             result["rewind_s"] = round(time.monotonic() - t0, 2)
             t1 = time.monotonic()
-            pg_cluster.ensure_cluster_running(host, params, dry_run=False)
+            pg_cluster.ensure_cluster_running(host, params)
             wait_for_streaming(primary_host, params, standby)
             result["start_to_streaming_s"] = round(time.monotonic() - t1, 2)
             return result
@@ -291,35 +288,38 @@ def rebuild_replica(host: "Host", params: "Params", target: ServerState, plan: P
         run_write_recovery(host, params, primary, standby, pgdata)
         set_start_conf(host, params, start_conf)
     t1 = time.monotonic()
-    pg_cluster.ensure_cluster_running(host, params, dry_run=False)
+    pg_cluster.ensure_cluster_running(host, params)
     wait_for_streaming(primary_host, params, standby)
     result["start_to_streaming_s"] = round(time.monotonic() - t1, 2)
     return result
 
 
-def ensure_replica(host: "Host | None", params: "Params", standby: "Server", *, primary_host: "Host | None",
-                   primary: "Server", allow_destructive: bool, dry_run: bool,
+def ensure_replica(host: "HostLike", params: "Params", standby: "Server", *, primary_host: "HostLike",
+                   primary: "Server", allow_destructive: bool,
                    echo: Callable[[str], None] = print) -> tuple[Outcome, Plan, dict[str, Any]]:
     """*standby* streams from *primary*: inspect it live, plan (wipe safety), then start or rebuild it."""
     what = f"{standby.name} as a replica of {primary.name}"
-    if dry_run and (host is None or primary_host is None):
-        plan = Plan(standby.name, primary.name, "rebuild", "base_backup", ["the server is not reachable yet"],
+    dry_run = host.dry_run
+    target = get_server_state(host, params, standby)
+    pstate = get_server_state(primary_host, params, primary)
+    if dry_run and not (target.cluster_exists and pstate.cluster_exists):
+        # a plan before the servers (or their clusters) exist: what a fresh replica takes
+        plan = Plan(standby.name, primary.name, "rebuild", "base_backup", ["the server is not set up yet"],
                     steps=["inspect it live (wipe safety) before anything is stopped",
                            f"pg_basebackup -R -P -X stream --slot {slot_name(standby.name)} from {primary.name}",
                            "start it and wait until it streams"])
         return Outcome(what, True, dry_run, actions=plan.steps), plan, {}
-    target = get_server_state(host, params, standby)
-    pstate = get_server_state(primary_host, params, primary)
     plan = plan_replica_rebuild(target, params, standby.name, allow_destructive, primary=pstate)
     if plan.action == "none":
         return Outcome(what, False, dry_run), plan, {}
     actions = list(plan.steps)
-    if dry_run or host is None:
+    # dry run: starting or rebuilding waits on the real servers (base backup progress, streaming), which a
+    # recording cannot answer: the plan is what a dry run shows
+    if dry_run:
         return Outcome(what, True, dry_run, actions=actions), plan, {}
-    assert primary_host is not None  # the callers refuse a run (not a dry run) that cannot reach the primary
     if plan.action == "start":
         t0 = time.monotonic()
-        pg_cluster.ensure_cluster_running(host, params, dry_run=False)
+        pg_cluster.ensure_cluster_running(host, params)
         wait_for_streaming(primary_host, params, standby)
         return Outcome(what, True, dry_run, actions=actions), plan, {"start_to_streaming_s": round(time.monotonic() - t0, 2)}
     result = rebuild_replica(host, params, target, plan, primary_host=primary_host, primary=primary,
@@ -327,7 +327,7 @@ def ensure_replica(host: "Host | None", params: "Params", standby: "Server", *, 
     return Outcome(what, True, dry_run, actions=actions + [f"done: {result}"]), plan, result
 
 
-def get_replication_rows(psql: Psql) -> list[dict[str, Any]]:
+def get_replication_rows(psql: "PsqlLike") -> list[dict[str, Any]]:
     """pg_stat_replication joined with the slots on the primary (lags in seconds and bytes)."""
     return psql.query(
         "SELECT r.application_name, host(r.client_addr) AS client_addr, r.state, r.sync_state, "
@@ -339,10 +339,10 @@ def get_replication_rows(psql: Psql) -> list[dict[str, Any]]:
         "ORDER BY r.application_name")
 
 
-def wait_for_streaming(primary_host: "Host", params: "Params", standby: "Server", *, timeout: float = 120.0,
+def wait_for_streaming(primary_host: "HostLike", params: "Params", standby: "Server", *, timeout: float = 120.0,
                        sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
     """Wait until the primary's pg_stat_replication shows *standby* streaming through its slot."""
-    psql = pg_cluster.psql_for(primary_host, params)
+    psql = pg_cluster.get_psql(primary_host, params)
     slot = slot_name(standby.name)
     last: list[dict[str, Any]] = []
     for _ in polling_loop(timeout, interval=0.5, sleep=sleep):

@@ -11,6 +11,9 @@ anything changes.  The values are registered with the scrubber and printed nowhe
 Which roles: ``HCBPG_ROTATE_ROLES`` (comma-separated) if set, else the app role.
 Sessions that are already connected stay connected: PostgreSQL checks a password only at login.
 
+Which roles, where their passwords live and what the app moves to are planned in
+:mod:`hcbpg.desired.rotation` (pure); this module rotates.
+
 The app is rotated without an outage (:func:`run_app_rotation`): its privileges live in the group
 role, and it has two logins in it (``rails`` and ``roles.app_rotation_role``, default ``rails_alt``),
 one in use at a time.  The other login gets a new password and LOGIN, its DATABASE_URL is handed
@@ -24,8 +27,7 @@ from __future__ import annotations
 
 import os
 import urllib.parse
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,86 +36,22 @@ from psycopg import sql
 from hcbpg import secrets as hsecrets
 from hcbpg.desired import tls as desired_tls
 from hcbpg.desired.roles import RolesConfig
-from hcbpg.errors import SafetyCheckFailed, SecretError, UsageError
-from hcbpg.ops import migration, monitoring, replication
-from hcbpg.ops.access import psql_as
-from hcbpg.ops.app_database import PASSWORD_KEY, get_role
+from hcbpg.desired.rotation import AppSwitch, Rotatable, check_storable, login_ref, plan_app_switch
+from hcbpg.errors import SafetyCheckFailed, UsageError
+from hcbpg.ops import migration
+from hcbpg.ops.access import run_psql_as
+from hcbpg.ops.app_database import get_role
 from hcbpg.outcome import Check, Outcome
 from hcbpg.params import home
 from hcbpg.pg.scram import scram_matches, scram_verifier
 from hcbpg.wait import wait_until
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hcbpg.adapters.host import Host
-    from hcbpg.adapters.psql import Psql
+    from hcbpg.adapters.base import HostLike, PsqlLike
     from hcbpg.params import Params
 
-ROTATE_ENV = "HCBPG_ROTATE_ROLES"
 
-
-@dataclass(frozen=True)
-class Rotatable:
-    """A login role whose password hcbpg can rotate, and where its password is also used."""
-
-    role: str
-    password_key: str
-    password_ref: str
-    #: where "old refused / new works" is tried from: app, jumpbox, server, replica
-    verify_from: str
-    dbname: str
-    dependents: tuple[str, ...] = field(default_factory=tuple)
-
-
-def rotatable_roles(params: "Params", cfg: RolesConfig) -> dict[str, Rotatable]:
-    """Every login role in params with its secret reference and its dependents."""
-    pg = params.postgres
-    ip = params.primary.private_ip
-    out = {pg.app_role: Rotatable(
-        pg.app_role, PASSWORD_KEY, pg.app_role_password, "app", pg.database,
-        (f"DATABASE_URL of the app (Hatchbox): the app's other login ({' / '.join(cfg.app_logins)}) with its new "
-         f"password, on {ip}:{pg.port}/{pg.database}: the full URL is in the 0600 handoff file",
-         "every process that reads DATABASE_URL (web, Sidekiq, console): restart them; step 14 waits until "
-         "none uses the old login any more, then locks it (until then the old URL keeps working)"))}
-    if cfg.migrations:
-        m = cfg.migrations
-        out[m.name] = Rotatable(m.name, m.password_key, m.password_ref, "app", pg.database,
-                                (f"the deploy's migrations URL (e.g. MIGRATIONS_DATABASE_URL): "
-                                 f"postgres://{m.name}:<new {m.password_key}>@{ip}:{pg.port}/{pg.database}",))
-    if cfg.metabase:
-        m = cfg.metabase
-        out[m.name] = Rotatable(m.name, m.password_key, m.password_ref, "jumpbox", pg.database,
-                                ("Metabase: Admin → Databases → hcb_production → password (via the jumpbox)",))
-    if cfg.monitoring:
-        m = cfg.monitoring
-        out[m.name] = Rotatable(m.name, m.password_key, m.password_ref, "server", "postgres",
-                                ("/etc/default/vector on every server (hcbpg rewrites it: step 13 or the "
-                                 "monitoring hookup)",))
-    if cfg.exporter:
-        m = cfg.exporter
-        out[m.name] = Rotatable(m.name, m.password_key, m.password_ref, "server", "postgres",
-                                ("/etc/default/prometheus-postgres-exporter on every server (hcbpg rewrites it "
-                                 "and restarts the exporter)",))
-    if params.replication is not None:
-        r = params.replication
-        out[r.role] = Rotatable(r.role, "replication.password", r.password, "replica", "postgres",
-                                ("the replication passfile on every server (step 10 rewrites it); a running "
-                                 "replica keeps streaming until it reconnects",))
-    return out
-
-
-def roles_to_rotate(params: "Params", cfg: RolesConfig, environ: Mapping[str, str] | None = None) -> list[Rotatable]:
-    """The roles this run rotates: ``HCBPG_ROTATE_ROLES`` or the app role (UsageError on an unknown name)."""
-    env = os.environ if environ is None else environ
-    known = rotatable_roles(params, cfg)
-    names = [n.strip() for n in (env.get(ROTATE_ENV) or params.postgres.app_role).split(",") if n.strip()]
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise UsageError(f"{ROTATE_ENV}: {', '.join(unknown)} is not a login role hcbpg manages",
-                         hint=f"Rotatable roles: {', '.join(known)}.")
-    return [known[n] for n in names]
-
-
-def pending_path(params: "Params", role: str) -> Path:
+def _pending_path(params: "Params", role: str) -> Path:
     """Where a new password waits (0600) between ALTER ROLE and the secret store."""
     base = Path(os.environ.get("HCBPG_STATE_DIR") or (home() / ".hcbpg"))
     return base / "rotation" / f"{params.environment}-{role}.pending"
@@ -129,35 +67,7 @@ def _write_private(path: Path, text: str) -> None:
     os.chmod(path, 0o600)
 
 
-def check_storable(rot: Rotatable) -> None:
-    """Raise SecretError (before anything changes) when the reference cannot take a new value."""
-    if not (rot.password_ref.startswith("file:") or rot.password_ref.startswith("op://")):
-        raise SecretError(f"{rot.password_key}: {rot.password_ref} cannot store a new password, so {rot.role} "
-                          "cannot be rotated; nothing was changed",
-                          hint="Point it at file:PATH or op://vault/item/field first.")
-
-
-def plan_rotation(rot: Rotatable, cfg: RolesConfig | None = None) -> Outcome:
-    """What rotating *rot* does (no secret in it)."""
-    if cfg is not None and rot.role == cfg.app_role:
-        a, b = cfg.app_logins
-        return Outcome(f"password of the app ({a} / {b})", True, True, actions=[
-            f"of {a} and {b}, the one that may not log in now gets a new password (SCRAM verifier computed here) "
-            f"and LOGIN; it is a member of {cfg.group_role}, so it has every privilege already",
-            "the new password is stored at its secret reference; the new DATABASE_URL goes to a 0600 file",
-            "wait until the old login has no sessions (the app restarted with the new URL): no new connection is "
-            "refused meanwhile, because the old URL keeps working",
-            "then lock the old login (NOLOGIN)",
-        ] + [f"then update: {d}" for d in rot.dependents])
-    return Outcome(f"password of {rot.role}", True, True, actions=[
-        "generate a new password; keep it in a 0600 pending file until it is stored",
-        f"ALTER ROLE {rot.role} PASSWORD '<SCRAM-SHA-256 verifier computed here>' on the primary",
-        f"store it at {rot.password_key} ({rot.password_ref.split(':', 1)[0]}:)",
-        f"verify from the {rot.verify_from} host: the old password is refused, the new one works",
-    ] + [f"then update: {d}" for d in rot.dependents])
-
-
-def run_rotation(psql: "Psql", params: "Params", rot: Rotatable) -> tuple[Outcome, str, str]:
+def run_rotation(psql: "PsqlLike", params: "Params", rot: Rotatable) -> tuple[Outcome, str, str]:
     """Rotate *rot*'s password; returns (outcome, old password, new password), both registered for scrubbing.
 
     Not for the app's role: changing the password of the login the app uses refuses its new connections
@@ -176,10 +86,10 @@ def run_rotation(psql: "Psql", params: "Params", rot: Rotatable) -> tuple[Outcom
         raise SafetyCheckFailed(
             f"on {psql.host.name}: the stored password of {rot.role} is not the secret {rot.password_key}; "
             "refusing to rotate from an unknown state (nothing was changed)",
-            hint=f"If a pending file exists at {pending_path(params, rot.role)}, an earlier rotation stopped after "
+            hint=f"If a pending file exists at {_pending_path(params, rot.role)}, an earlier rotation stopped after "
                  "ALTER ROLE: store that value at the reference, delete the file and run again.")
     new = hsecrets.generate_password()
-    pending = pending_path(params, rot.role)
+    pending = _pending_path(params, rot.role)
     _write_private(pending, new + "\n")
     psql.execute(sql.SQL("ALTER ROLE {} WITH PASSWORD {}").format(sql.Identifier(rot.role),
                                                                    sql.Literal(scram_verifier(new))))
@@ -190,18 +100,18 @@ def run_rotation(psql: "Psql", params: "Params", rot: Rotatable) -> tuple[Outcom
                              f"stored at {rot.password_key} ({rot.password_ref.split(':', 1)[0]}:)"]), old, new)
 
 
-def verify_rotation(host: "Host", params: "Params", rot: Rotatable, old: str, new: str, *,
+def check_rotation(host: "HostLike", params: "Params", rot: Rotatable, old: str, new: str, *,
                     server_ip: str) -> list[Check]:
     """From *host*: the new password logs in, the old one is refused (password authentication failed)."""
     port = params.postgres.port
-    ok, output = psql_as(host, tls=desired_tls.conninfo_tls(params),
+    ok, output = run_psql_as(host, tls=desired_tls.conninfo_tls(params),
                          role=rot.role, password=new, server_ip=server_ip, port=port, dbname=rot.dbname,
                          script="SELECT current_user;\n",
                          display=f"psql as {rot.role}@{server_ip} with the NEW password")
     works = ok and rot.role in output
     out = [Check.of(f"{rot.role}: new password works", works,
                     f"logged in from {host.name}" if works else hsecrets.scrub(output)[-200:], host.name)]
-    ok, output = psql_as(host, tls=desired_tls.conninfo_tls(params),
+    ok, output = run_psql_as(host, tls=desired_tls.conninfo_tls(params),
                          role=rot.role, password=old, server_ip=server_ip, port=port, dbname=rot.dbname,
                          script="SELECT 1;\n", display=f"psql as {rot.role}@{server_ip} with the OLD password "
                                                        "(must be refused)")
@@ -212,7 +122,7 @@ def verify_rotation(host: "Host", params: "Params", rot: Rotatable, old: str, ne
     return out
 
 
-def check_secret_matches(psql: "Psql", rot: Rotatable) -> Check:
+def check_secret_matches(psql: "PsqlLike", rot: Rotatable) -> Check:
     """The stored verifier is the secret's (the reference now holds the new password)."""
     pw = hsecrets.resolve(rot.password_ref, key=rot.password_key)
     current = get_role(psql, rot.role) or {}
@@ -221,51 +131,13 @@ def check_secret_matches(psql: "Psql", rot: Rotatable) -> Check:
                     "the secret reference holds the password in force" if ok else "MISMATCH", psql.host.name)
 
 
-def dependents_table(rots: Sequence[Rotatable]) -> list[dict[str, str]]:
-    """What must be updated with the new password(s), one row each (no password in it)."""
-    return [{"role": r.role, "update": d} for r in rots for d in r.dependents]
-
-
-def update_hcbpg_dependents(rot: Rotatable, new: str, params: "Params", cfg: RolesConfig,
-                            hosts: Mapping[str, "Host | None"], *, dry_run: bool) -> list[Outcome]:
-    """What hcbpg itself keeps with the password: exporter / Vector env files, replication passfiles (the app's
-    new DATABASE_URL is written by :func:`run_app_rotation`)."""
-    out: list[Outcome] = []
-    servers = [s for s in params.servers if hosts.get(s.name) is not None]
-    if cfg.exporter and rot.role == cfg.exporter.name:
-        out += [monitoring.ensure_exporter(hosts[s.name], params, s, cfg, new, dry_run=dry_run) for s in servers]
-    if cfg.monitoring and rot.role == cfg.monitoring.name:
-        out += [monitoring.ensure_vector_config(hosts[s.name], params, s, cfg, new, dry_run=dry_run) for s in servers]
-    if params.replication is not None and rot.role == params.replication.role:
-        out += [replication.ensure_passfile(hosts[s.name], params, s, new, dry_run=dry_run) for s in servers]
-    return out
-
-
 # the app: rotation without an outage -----------------------------------------------------------------
 
 #: how long step 14 waits for the app to leave its old login (every process restarted with the new URL)
 APP_IDLE_TIMEOUT_S = 1800.0
 
 
-@dataclass(frozen=True)
-class AppSwitch:
-    """One app rotation: the login the app uses now, the one it moves to, and that one's secret."""
-
-    old: str
-    new: str
-    new_key: str
-    new_ref: str
-    resume: bool = False   # an earlier run created the new login and handed it out; only wait and lock
-
-
-def _login_ref(params: "Params", cfg: RolesConfig, name: str) -> tuple[str, str]:
-    if name == params.postgres.app_role:
-        return PASSWORD_KEY, params.postgres.app_role_password
-    assert cfg.rotation_login is not None and cfg.rotation_login.name == name
-    return cfg.rotation_login.password_key, cfg.rotation_login.password_ref
-
-
-def get_app_logins(psql: "Psql", cfg: RolesConfig) -> dict[str, dict[str, Any]]:
+def get_app_logins(psql: "PsqlLike", cfg: RolesConfig) -> dict[str, dict[str, Any]]:
     """The app's two logins as they are (LOGIN, group membership, stored verifier, sessions now)."""
     rows = psql.query(sql.SQL(
         "SELECT r.rolname, r.rolcanlogin, pg_has_role(r.oid, {g}, 'USAGE') AS in_group, a.rolpassword, "
@@ -278,7 +150,7 @@ def get_app_logins(psql: "Psql", cfg: RolesConfig) -> dict[str, dict[str, Any]]:
     return {r["rolname"]: r for r in rows}
 
 
-def handed_out_login(params: "Params") -> str | None:
+def _handed_out_login(params: "Params") -> str | None:
     """The user of the DATABASE_URL last written to the app's handoff file (None: no file)."""
     path = migration.handoff_path(params)
     if not path.is_file():
@@ -290,34 +162,7 @@ def handed_out_login(params: "Params") -> str | None:
     return None
 
 
-def plan_app_switch(params: "Params", cfg: RolesConfig, logins: Mapping[str, Mapping[str, Any]],
-                    handed_out: str | None) -> AppSwitch:
-    """Which login the app leaves and which it moves to (pure; SafetyCheckFailed when unclear)."""
-    if cfg.rotation_login is None:
-        raise SafetyCheckFailed(
-            f"no second login for the app: rotating {params.postgres.app_role} without an outage needs one",
-            hint="Set roles.app_rotation_role and roles.app_rotation_password in params (or use file: secrets).")
-    a, b = cfg.app_logins
-    can = [n for n in (a, b) if logins.get(n, {}).get("rolcanlogin")]
-    if not can:
-        raise SafetyCheckFailed(f"neither {a} nor {b} may log in: the app has no login to rotate from",
-                                hint="Run step 04 and 13 first.")
-    if len(can) == 2:
-        if handed_out not in can:
-            raise SafetyCheckFailed(
-                f"both {a} and {b} may log in and the handoff file does not say which one the app was given",
-                hint="Look at which login the app uses (pg_stat_activity), then lock the other one with "
-                     "ALTER ROLE ... NOLOGIN and run step 14 again.")
-        old = b if handed_out == a else a
-        key, ref = _login_ref(params, cfg, handed_out)
-        return AppSwitch(old, handed_out, key, ref, resume=True)
-    old = can[0]
-    new = b if old == a else a
-    key, ref = _login_ref(params, cfg, new)
-    return AppSwitch(old, new, key, ref)
-
-
-def run_app_rotation(psql: "Psql", params: "Params", cfg: RolesConfig, *, timeout: float = APP_IDLE_TIMEOUT_S,
+def run_app_rotation(psql: "PsqlLike", params: "Params", cfg: RolesConfig, *, timeout: float = APP_IDLE_TIMEOUT_S,
                      interval: float = 1.0, echo: Callable[[str], None] = print) -> tuple[Outcome, AppSwitch, str]:
     """Rotate the app's password without refusing one new connection: a fresh password on the app's *other*
     login (member of the group role, so it has every privilege already), its DATABASE_URL handed out
@@ -325,13 +170,13 @@ def run_app_rotation(psql: "Psql", params: "Params", cfg: RolesConfig, *, timeou
 
     Returns (outcome, the switch, the new password).  A second run after a timeout resumes at the wait.
     """
-    switch = plan_app_switch(params, cfg, get_app_logins(psql, cfg), handed_out_login(params))
+    switch = plan_app_switch(params, cfg, get_app_logins(psql, cfg), _handed_out_login(params))
     actions = []
     if switch.resume:
         new_pw = hsecrets.resolve(switch.new_ref, key=switch.new_key)
         actions.append(f"{switch.new} was created and handed out by an earlier run: waiting for {switch.old}")
     else:
-        old_key, old_ref = _login_ref(params, cfg, switch.old)
+        old_key, old_ref = login_ref(params, cfg, switch.old)
         old_pw = hsecrets.resolve(old_ref, key=old_key)
         stored = get_app_logins(psql, cfg)[switch.old].get("rolpassword") or ""
         if not scram_matches(old_pw, stored):
@@ -340,7 +185,7 @@ def run_app_rotation(psql: "Psql", params: "Params", cfg: RolesConfig, *, timeou
                                     hint="Point the reference at the password the app uses; nothing was changed.")
         check_storable(Rotatable(switch.new, switch.new_key, switch.new_ref, "app", params.postgres.database))
         new_pw = hsecrets.generate_password()
-        pending = pending_path(params, switch.new)
+        pending = _pending_path(params, switch.new)
         _write_private(pending, new_pw + "\n")
         ident, verifier = sql.Identifier(switch.new), sql.Literal(scram_verifier(new_pw))
         exists = switch.new in get_app_logins(psql, cfg)
@@ -370,7 +215,7 @@ def run_app_rotation(psql: "Psql", params: "Params", cfg: RolesConfig, *, timeou
     return Outcome(f"app login {switch.old} -> {switch.new}", True, False, actions=actions), switch, new_pw
 
 
-def wait_for_login_idle(psql: "Psql", login: str, *, timeout: float, interval: float = 1.0) -> int:
+def wait_for_login_idle(psql: "PsqlLike", login: str, *, timeout: float, interval: float = 1.0) -> int:
     """Until *login* has no session on the server (the app has moved to its new URL)."""
     return int(wait_until(
         lambda: int(psql.value(sql.SQL("SELECT count(*) AS n FROM pg_stat_activity WHERE usename = {}")
@@ -381,19 +226,19 @@ def wait_for_login_idle(psql: "Psql", login: str, *, timeout: float, interval: f
              f"step 14 again: it resumes here and locks {login}."))
 
 
-def verify_app_switch(host: "Host", params: "Params", cfg: RolesConfig, switch: AppSwitch, new: str, *,
+def check_app_switch(host: "HostLike", params: "Params", cfg: RolesConfig, switch: AppSwitch, new: str, *,
                       server_ip: str) -> list[Check]:
     """From the app host: the new login works with the new password; the old one, with its own password, is locked."""
     port = params.postgres.port
-    ok, output = psql_as(host, tls=desired_tls.conninfo_tls(params),
+    ok, output = run_psql_as(host, tls=desired_tls.conninfo_tls(params),
                          role=switch.new, password=new, server_ip=server_ip, port=port,
                          dbname=params.postgres.database, script="SELECT current_user;\n",
                          display=f"psql as {switch.new}@{server_ip} with the NEW password")
     works = ok and switch.new in output
     out = [Check.of(f"{switch.new}: new password works", works, f"logged in from {host.name}" if works
                     else hsecrets.scrub(output)[-200:], host.name)]
-    old_key, old_ref = _login_ref(params, cfg, switch.old)
-    ok, output = psql_as(host, tls=desired_tls.conninfo_tls(params),
+    old_key, old_ref = login_ref(params, cfg, switch.old)
+    ok, output = run_psql_as(host, tls=desired_tls.conninfo_tls(params),
                          role=switch.old, password=hsecrets.resolve(old_ref, key=old_key), server_ip=server_ip,
                          port=port, dbname=params.postgres.database, script="SELECT 1;\n",
                          display=f"psql as {switch.old}@{server_ip} with its own password (locked: must be refused)")

@@ -25,7 +25,7 @@ from hcbpg.pg.conf import parse_auto_conf
 from hcbpg.pg.conninfo import parse_conninfo
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hcbpg.adapters.host import Host
+    from hcbpg.adapters.base import HostLike
     from hcbpg.params import Params, Server
 
 
@@ -82,13 +82,14 @@ def parse_controldata(text: str) -> dict[str, str]:
     return out
 
 
-def get_controldata(host: "Host", params: "Params", pgdata: str) -> dict[str, str]:
+def get_controldata(host: "HostLike", params: "Params", pgdata: str) -> dict[str, str]:
     res = host.probe(f"{bin_path(params, 'pg_controldata')} -D {shlex.quote(pgdata)}")
     return parse_controldata(res.stdout) if res.ok else {}
 
 
-def get_server_state(host: "Host | None", params: "Params", server: "Server") -> ServerState:
-    """Inspect *server* without changing anything (unreachable → ``reachable=False``)."""
+def get_server_state(host: "HostLike | None", params: "Params", server: "Server") -> ServerState:
+    """Inspect *server* without changing anything (*host* None: SSH cannot reach it → ``reachable=False``;
+    an :class:`~hcbpg.adapters.dryrun.AbsentHost`: reachable, no cluster yet)."""
     st = ServerState(server.name, server.private_ip)
     if host is None:
         st.reachable = False
@@ -107,7 +108,7 @@ def get_server_state(host: "Host | None", params: "Params", server: "Server") ->
     q = shlex.quote(st.pgdata or "/nonexistent")
     st.standby_signal = host.probe(f"test -e {q}/standby.signal").ok
     if st.running:
-        psql = pg_cluster.psql_for(host, params)
+        psql = pg_cluster.get_psql(host, params)
         try:
             row = psql.query(
                 "SELECT pg_is_in_recovery() AS in_recovery, "
@@ -218,13 +219,13 @@ def plan_topology(states: Sequence[ServerState], params: "Params") -> Topology:
     return Topology(best.name, [s.name for s in states if s.name != best.name], unreachable, reason, summary)
 
 
-def get_topology(hosts: Mapping[str, "Host | None"], params: "Params") -> tuple[Topology, dict[str, ServerState]]:
+def get_topology(hosts: Mapping[str, "HostLike | None"], params: "Params") -> tuple[Topology, dict[str, ServerState]]:
     """Ask every server what it is (pg_is_in_recovery, timeline, databases) and pick the current primary."""
     states = {s.name: get_server_state(hosts.get(s.name), params, s) for s in params.servers}
     return plan_topology(list(states.values()), params), states
 
 
-def current_primary(hosts: Mapping[str, "Host | None"], params: "Params") -> "Server":
+def current_primary(hosts: Mapping[str, "HostLike | None"], params: "Params") -> "Server":
     """The server that is primary right now (for steps that act on the primary: backups, roles)."""
     topo, _ = get_topology(hosts, params)
     if topo.primary is None:

@@ -7,28 +7,29 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from hcbpg.adapters.cloud import make_client
+from hcbpg.errors import SafetyCheckFailed
 from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import failover as fo
 from hcbpg.ops import provisioning as cloud
-from hcbpg.ops import replication as rep
 from hcbpg.ops import topology
 from hcbpg.ops.failover import plan_failover  # noqa: F401 - the notebook's call
 from hcbpg.ops.topology import get_topology, show_topology  # noqa: F401 - the notebook's calls
 from hcbpg.outcome import Check
+from hcbpg.steps.replication import check_all
 from hcbpg.steps.targets import connect_servers, lock_environment
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hcbpg.adapters.host import Host
+    from hcbpg.adapters.base import HostLike
     from hcbpg.params import Params
     from hcbpg.steps.context import Run
 
 
-def connect(rb: "Run") -> dict[str, "Host | None"]:
+def connect(rb: "Run") -> dict[str, "HostLike | None"]:
     """An open Host per server, None for one SSH cannot reach (a failover must go on without it).
 
     First the environment's lock in the backup bucket: this step wipes or promotes a server."""
     lock_environment(rb)
-    return connect_servers(rb)
+    return dict(connect_servers(rb))
 
 
 def fence_through_cloud(rb: "Run", plan: fo.FailoverPlan) -> None:
@@ -45,7 +46,7 @@ def fence_through_cloud(rb: "Run", plan: fo.FailoverPlan) -> None:
     rb.track(cloud.ensure_powered_off(client, rb.params, old, dry_run=rb.dry_run))
 
 
-def run_failover(rb: "Run", plan: fo.FailoverPlan, hosts: Mapping[str, "Host | None"]) -> dict[str, Any]:
+def run_failover(rb: "Run", plan: fo.FailoverPlan, hosts: Mapping[str, "HostLike | None"]) -> dict[str, Any]:
     """Fence, promote, check writes, write the new DATABASE_URL (nothing in a dry run); timings and facts."""
     if rb.dry_run:
         print("dry run: nothing fenced, nothing promoted")
@@ -55,7 +56,7 @@ def run_failover(rb: "Run", plan: fo.FailoverPlan, hosts: Mapping[str, "Host | N
     return result
 
 
-def run_rejoin(rb: "Run", plan: fo.FailoverPlan, hosts: Mapping[str, "Host | None"], result: dict[str, Any]) -> None:
+def run_rejoin(rb: "Run", plan: fo.FailoverPlan, hosts: Mapping[str, "HostLike | None"], result: dict[str, Any]) -> None:
     """The old primary rejoins as a replica of the new one (not in a dry run); noted in *result*."""
     if rb.dry_run:
         return
@@ -64,29 +65,36 @@ def run_rejoin(rb: "Run", plan: fo.FailoverPlan, hosts: Mapping[str, "Host | Non
     result["rejoin"] = rejoin
 
 
-def ensure_backups_follow(rb: "Run", plan: fo.FailoverPlan, hosts: Mapping[str, "Host | None"]) -> list[Check]:
+def ensure_backups_follow(rb: "Run", plan: fo.FailoverPlan, hosts: Mapping[str, "HostLike | None"]) -> list[Check]:
     """pgBackRest pointed at the new primary (not in a dry run); its checks, for the verify cell."""
     if rb.dry_run:
         return []
     params = rb.params
     archive_mode = fo.get_archive_mode(hosts.get(plan.old_primary), params) is not False
-    new_host = hosts[plan.new_primary]  # promoted over SSH by run_failover, so reachable
-    outcomes, backup_checks = fo.point_backups_at(new_host, params, params.server(plan.new_primary),  # type: ignore[arg-type]
+    new_host = _reachable(hosts, plan.new_primary)  # promoted over SSH by run_failover
+    outcomes, backup_checks = fo.point_backups_at(new_host, params, params.server(plan.new_primary),
                                                   archive_mode=archive_mode)
     rb.track(outcomes)
     return backup_checks
 
 
-def check_failover(rb: "Run", plan: fo.FailoverPlan, hosts: Mapping[str, "Host | None"],
+def check_failover(rb: "Run", plan: fo.FailoverPlan, hosts: Mapping[str, "HostLike | None"],
                    backup_checks: list[Check]) -> list[Check]:
     """The new primary accepts writes, every replica streams from it, backups work on it."""
     params = rb.params
     new_primary = params.server(plan.new_primary)
-    psql = pg_cluster.psql_for(hosts[new_primary.name], params)  # type: ignore[arg-type]
+    psql = pg_cluster.get_psql(_reachable(hosts, new_primary.name), params)
     return ([fo.check_accepts_writes(psql, new_primary)]
-            + rep.check_all(hosts, params, rb.secret("replication.password")) + backup_checks)
+            + check_all(hosts, params, rb.secret("replication.password")) + backup_checks)
 
 
-def get_topology_record(hosts: Mapping[str, "Host | None"], params: "Params") -> dict[str, Any]:
+def _reachable(hosts: Mapping[str, "HostLike | None"], name: str) -> "HostLike":
+    host = hosts.get(name)
+    if host is None:
+        raise SafetyCheckFailed(f"cannot reach {name} over SSH", hint="Bring it back, then run the step again.")
+    return host
+
+
+def get_topology_record(hosts: Mapping[str, "HostLike | None"], params: "Params") -> dict[str, Any]:
     """Who is primary now, as recorded for later steps (``topology``)."""
     return topology.get_topology(hosts, params)[0].record()

@@ -3,20 +3,22 @@ what hcbpg keeps with them updated, old refused and new accepted over the networ
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from hcbpg.desired import rotation as desired_rotation
 from hcbpg.desired.roles import RolesConfig, roles_config  # noqa: F401 - the notebook's call
-from hcbpg.ops import rotation
-from hcbpg.ops.access import jumpbox_host
-from hcbpg.ops.rotation import AppSwitch, Rotatable, dependents_table, roles_to_rotate  # noqa: F401 - the notebook's calls
-from hcbpg.outcome import Check
-from hcbpg.steps.targets import app_host, primary_psql, server_hosts
+from hcbpg.desired.rotation import AppSwitch, Rotatable, dependents_table  # noqa: F401 - the notebook's calls
+from hcbpg.ops import monitoring, replication, rotation
+from hcbpg.outcome import Check, Outcome
+from hcbpg.steps.targets import app_host, jumpbox_host, primary_psql, server_hosts
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.host import Host
     from hcbpg.adapters.psql import Psql
+    from hcbpg.params import Params
     from hcbpg.steps.context import Run
 
 
@@ -26,11 +28,16 @@ def connect(rb: "Run") -> tuple[dict[str, "Host | None"], "Psql | None"]:
     return hosts, primary_psql(rb, hosts)
 
 
+def roles_to_rotate(params: "Params", cfg: RolesConfig, environ: Mapping[str, str] | None = None) -> list[Rotatable]:
+    """The roles this run rotates: ``HCBPG_ROTATE_ROLES`` (from the environment) or the app role."""
+    return desired_rotation.roles_to_rotate(params, cfg, os.environ if environ is None else environ)
+
+
 def show_plan(rots: Sequence[Rotatable], cfg: RolesConfig | None = None) -> None:
     """Refuse a role whose secret cannot be written, else print what rotating it does; role by role."""
     for rot in rots:
-        rotation.check_storable(rot)
-        print(rotation.plan_rotation(rot, cfg))
+        desired_rotation.check_storable(rot)
+        print(desired_rotation.plan_rotation(rot, cfg))
 
 
 @dataclass(frozen=True)
@@ -60,7 +67,7 @@ def run_rotations(rb: "Run", rots: Sequence[Rotatable], psql: "Psql | None", cfg
         outcome, old, new = rotation.run_rotation(psql, rb.params, rot)  # type: ignore[arg-type]
         rb.track(outcome)
         rotated[rot.role] = Rotated(old, new)
-        rb.track(rotation.update_hcbpg_dependents(rot, new, rb.params, cfg, hosts, dry_run=False))
+        rb.track(update_hcbpg_dependents(rot, new, rb.params, cfg, hosts))
     return rotated
 
 
@@ -87,12 +94,27 @@ def verify_all(rb: "Run", rots: Sequence[Rotatable], rotated: Mapping[str, Rotat
         if host is None:
             out.append(Check(f"{rot.role}: login checks", "warn", f"no SSH to the {rot.verify_from} host: not checked"))
         elif done.switch is not None:
-            out += rotation.verify_app_switch(host, rb.params, cfg, done.switch, done.new, server_ip=ip)
+            out += rotation.check_app_switch(host, rb.params, cfg, done.switch, done.new, server_ip=ip)
         else:
-            out += rotation.verify_rotation(host, rb.params, rot, done.old, done.new, server_ip=ip)
+            out += rotation.check_rotation(host, rb.params, rot, done.old, done.new, server_ip=ip)
         if done.switch is not None:
             s = done.switch
             out.append(rotation.check_secret_matches(psql, Rotatable(s.new, s.new_key, s.new_ref, "app", rot.dbname)))
         else:
             out.append(rotation.check_secret_matches(psql, rot))
+    return out
+
+
+def update_hcbpg_dependents(rot: Rotatable, new: str, params: "Params", cfg: RolesConfig,
+                            hosts: Mapping[str, "Host | None"]) -> list[Outcome]:
+    """What hcbpg itself keeps with the password, on every server it reaches: exporter / Vector env files,
+    replication passfiles (the app's new DATABASE_URL is written by :func:`~hcbpg.ops.rotation.run_app_rotation`)."""
+    out: list[Outcome] = []
+    reached = [(s, h) for s in params.servers if (h := hosts.get(s.name)) is not None]
+    if cfg.exporter and rot.role == cfg.exporter.name:
+        out += [monitoring.ensure_exporter(h, params, s, cfg, new) for s, h in reached]
+    if cfg.monitoring and rot.role == cfg.monitoring.name:
+        out += [monitoring.ensure_vector_config(h, params, s, cfg, new) for s, h in reached]
+    if params.replication is not None and rot.role == params.replication.role:
+        out += [replication.ensure_passfile(h, params, s, new) for s, h in reached]
     return out

@@ -1,41 +1,154 @@
-"""Step 10 (notebook ``10_replication``): every server other than the current primary made its streaming replica."""
+"""Step 10 (notebook ``10_replication``): every server other than the current primary made its streaming replica.
+
+Roles at runtime.  ``servers[].role`` in params is the *intended initial layout*; after a failover
+(step 11) the real roles differ.  The current roles are discovered by asking every server
+(:func:`~hcbpg.ops.topology.get_topology`): the primary is the running server that is not in
+recovery (on the highest timeline, because a promotion starts a new one); every other server
+should be its replica.  This module composes the operations: on the primary the replication
+settings, pg_hba, passfile, role, slots and probe table; on each replica its settings, pg_hba,
+passfile (and pgBackRest with its schedules), then the rebuild (:func:`~hcbpg.ops.replica.ensure_replica`).
+
+A dry run is the same composition on :class:`~hcbpg.adapters.dryrun.DryRunHost` s (an
+:class:`~hcbpg.adapters.dryrun.AbsentHost` for a server not there yet): what would change is what
+each operation recorded.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from hcbpg.adapters.dryrun import AbsentHost, dry_run_of
+from hcbpg.desired import server as desired_server
+from hcbpg.desired.replication import slot_name
+from hcbpg.errors import SafetyCheckFailed
+from hcbpg.ops import cluster as pg_cluster
+from hcbpg.ops import config as pg_config
+from hcbpg.ops import pgbackrest, schedule, topology
 from hcbpg.ops import replication as rep
-from hcbpg.ops import topology
-from hcbpg.ops.replication import check_all  # noqa: F401 - the notebook's call
-from hcbpg.ops.topology import get_topology, show_topology  # noqa: F401 - the notebook's calls
-from hcbpg.outcome import Outcome
+from hcbpg.ops.replica import ensure_replica
+from hcbpg.ops.topology import Topology, get_topology, show_topology  # noqa: F401 - the notebook's calls
+from hcbpg.outcome import Check, Outcome
 from hcbpg.steps import online
 from hcbpg.steps.targets import connect_servers, lock_environment
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hcbpg.adapters.host import Host
-    from hcbpg.params import Params
+    from hcbpg.adapters.base import HostLike
+    from hcbpg.params import Params, Server
     from hcbpg.steps.context import Run
 
 
-def connect(rb: "Run") -> dict[str, "Host | None"]:
+class PlannedOutcomes(list[Outcome]):
+    """Step 10's outcomes in order, knowing which server is the primary and which of them are its own:
+    whether Bucardo's daemon must pause is decided from these, not from their text."""
+
+    def __init__(self, primary: str, on_primary: Sequence[Outcome], on_replicas: Sequence[Outcome] = ()) -> None:
+        super().__init__([*on_primary, *on_replicas])
+        self.primary = primary
+        self.on_primary = list(on_primary)
+
+    @property
+    def primary_changes(self) -> bool:
+        """Whether anything changes (or, planned, would change) on the primary."""
+        return any(o.changed for o in self.on_primary)
+
+
+def connect(rb: "Run") -> dict[str, "HostLike | None"]:
     """An open Host per server, None for one SSH cannot reach.
 
     First the environment's lock in the backup bucket: this step wipes or promotes a server."""
     lock_environment(rb)
-    return connect_servers(rb)
+    return dict(connect_servers(rb))
 
 
-def get_plan(hosts: Mapping[str, "Host | None"], params: "Params", password: str
-             ) -> tuple[list[Outcome], dict[str, Any]]:
+def _target(hosts: Mapping[str, "HostLike | None"], name: str, *, dry_run: bool) -> "HostLike":
+    """What the operations get for server *name*: its host (a DryRunHost over it on a dry run), or an
+    AbsentHost when a dry run cannot reach it (the plan assumes a fresh server); a real run refuses."""
+    host = hosts.get(name)
+    if host is None:
+        if dry_run:
+            return AbsentHost(name)
+        raise SafetyCheckFailed(f"cannot inspect {name}: no SSH connection",
+                                hint="Bring the server back (or fix SSH), then run the step again. Nothing was "
+                                     "changed on it.")
+    return dry_run_of(host, dry_run)
+
+
+def primary_outcomes(host: "HostLike", params: "Params", primary: "Server", replicas: Sequence["Server"],
+                     password: str) -> list[Outcome]:
+    """Step 10 on the primary: settings, pg_hba, passfile, role repuser, a slot per replica, the probe table."""
+    psql = pg_cluster.get_psql(host, params)
+    out = [pg_config.ensure_settings(host, params, primary, "replication"),
+           pg_config.ensure_pg_hba(host, params, primary, extra=desired_server.all_hba_extra(params, primary)),
+           rep.ensure_passfile(host, params, primary, password),
+           rep.ensure_replication_role(psql, params, password)]
+    out += [rep.ensure_slot(psql, params, r) for r in replicas]
+    out.append(rep.ensure_no_stale_slots(psql, params, keep=[slot_name(r.name) for r in replicas]))
+    out.append(rep.ensure_probe_table(psql))
+    return out
+
+
+def replica_config_outcomes(host: "HostLike", params: "Params", standby: "Server", password: str) -> list[Outcome]:
+    """Step 10 on a replica before (re)building: settings, pg_hba and passfile (all in /etc or ~postgres,
+    so they survive the data directory being replaced); with a repository in params, pgBackRest too (its
+    ``restore_command`` is the replica's fallback to the archive) and both schedules (backups run only
+    where ``pg_is_in_recovery()`` is false, so this one starts taking them when it is promoted)."""
+    out = [pg_config.ensure_settings(host, params, standby, "replication"),
+           pg_config.ensure_pg_hba(host, params, standby, extra=desired_server.all_hba_extra(params, standby)),
+           rep.ensure_passfile(host, params, standby, password)]
+    if params.pgbackrest is not None:
+        out += pgbackrest.ensure_standby_pgbackrest(host, params, standby)
+        out += schedule.ensure_schedules(host, params, standby)
+    return out
+
+
+def setup_replication(hosts: Mapping[str, "HostLike | None"], params: "Params", password: str, *,
+                      allow_destructive: bool, dry_run: bool, echo: Callable[[str], None] = print
+                      ) -> tuple[PlannedOutcomes, Topology, dict[str, Any]]:
+    """Step 10, whole: discover the current primary, set it up, make every other server its streaming replica.
+
+    Returns the outcomes, the topology found before any change, and per replica its plan
+    (as text) and timings.
+    """
+    topo, _states = get_topology(hosts, params)
+    if topo.primary is None and dry_run and all(hosts.get(s.name) is None for s in params.servers):
+        # a plan before provisioning (`hcbpg plan` on a fresh environment): the intended layout
+        topo = Topology(params.primary.name, [s.name for s in params.replicas], [s.name for s in params.servers],
+                        "no server is reachable yet: planning the intended layout from params", {})
+    if topo.primary is None:
+        raise SafetyCheckFailed(topo.reason, hint="Start the primary (or promote a replica with step 11), then run "
+                                                  "this step again. Nothing was changed.")
+    primary = params.server(topo.primary)
+    if hosts.get(primary.name) is None and not dry_run:
+        raise SafetyCheckFailed(f"cannot reach the primary {primary.name}", hint="Nothing was changed.")
+    primary_host = _target(hosts, primary.name, dry_run=dry_run)
+    replicas = [params.server(n) for n in topo.replicas]
+    on_primary = primary_outcomes(primary_host, params, primary, replicas, password)
+    on_replicas: list[Outcome] = []
+    results: dict[str, Any] = {}
+    for r in replicas:
+        host = _target(hosts, r.name, dry_run=dry_run)
+        on_replicas += replica_config_outcomes(host, params, r, password)
+        outcome, plan, result = ensure_replica(host, params, r, primary_host=primary_host, primary=primary,
+                                               allow_destructive=allow_destructive, echo=echo)
+        echo(str(plan))
+        on_replicas.append(outcome)
+        if not dry_run:
+            # inactive hcbpg slots it carried over from an earlier life (it streams now, so it is running)
+            on_replicas.append(rep.ensure_no_stale_slots(pg_cluster.get_psql(host, params), params, keep=[]))
+        results[r.name] = {"plan": plan.action, "method": plan.method, **result}
+    return PlannedOutcomes(primary.name, on_primary, on_replicas), topo, results
+
+
+def get_plan(hosts: Mapping[str, "HostLike | None"], params: "Params", password: str
+             ) -> tuple[PlannedOutcomes, dict[str, Any]]:
     """What would change on each server, and per replica its plan (as text)."""
-    plan, _, planned = rep.setup_replication(hosts, params, password, allow_destructive=params.allow_destructive,
-                                             dry_run=True)
+    plan, _, planned = setup_replication(hosts, params, password, allow_destructive=params.allow_destructive,
+                                         dry_run=True)
     return plan, planned
 
 
-def apply(rb: "Run", hosts: Mapping[str, "Host | None"], password: str, plan: list[Outcome],
+def apply(rb: "Run", hosts: Mapping[str, "HostLike | None"], password: str, plan: PlannedOutcomes,
           planned: dict[str, Any]) -> dict[str, Any]:
     """In a dry run the plan is what is tracked; else set replication up for real.  Per replica: plan and timings."""
     if rb.dry_run:
@@ -43,27 +156,49 @@ def apply(rb: "Run", hosts: Mapping[str, "Host | None"], password: str, plan: li
         return planned
     params = rb.params
     with _bucardo_paused(hosts, params, plan):
-        outcomes, _, results = rep.setup_replication(hosts, params, password,
-                                                     allow_destructive=params.allow_destructive, dry_run=False)
+        outcomes, _, results = setup_replication(hosts, params, password,
+                                                 allow_destructive=params.allow_destructive, dry_run=False)
     rb.track(outcomes)
     return results
 
 
-def _bucardo_paused(hosts: Mapping[str, "Host | None"], params: "Params", plan: list[Outcome]) -> Any:
+def _bucardo_paused(hosts: Mapping[str, "HostLike | None"], params: "Params", plan: PlannedOutcomes) -> Any:
     """With the online transfer this step runs while Bucardo syncs into the primary: its daemon is stopped
     while the primary changes (a restart for the replication settings: it does not survive its database
     going away), and started after. Nothing planned on the primary, or no sync: nothing is stopped."""
-    return online.paused_if_syncing(hosts.get(params.primary.name), params,
+    return online.paused_if_syncing(hosts.get(plan.primary), params,
                                     "the primary's changes for replication (a restart)",
-                                    changes=any(o.changed and params.primary.name in o.what for o in plan))
+                                    changes=plan.primary_changes)
 
 
-def show_auto_conf(hosts: Mapping[str, "Host | None"], params: "Params") -> None:
+def show_auto_conf(hosts: Mapping[str, "HostLike | None"], params: "Params") -> None:
     """Print each replica's postgresql.auto.conf (where its primary_conninfo lives)."""
     for name in topology.get_topology(hosts, params)[0].replicas:
-        print(f"postgresql.auto.conf on {name}:\n" + rep.get_auto_conf_text(hosts[name], params))  # type: ignore[arg-type]
+        host = hosts.get(name)
+        if host is not None:
+            print(f"postgresql.auto.conf on {name}:\n" + rep.get_auto_conf_text(host, params))
 
 
-def get_topology_record(hosts: Mapping[str, "Host | None"], params: "Params") -> dict[str, Any]:
+def check_all(hosts: Mapping[str, "HostLike | None"], params: "Params", password: str) -> list[Check]:
+    """Step 10's checks for every replica of the current primary (a failing row per unreachable one)."""
+    topo, states = get_topology(hosts, params)
+    primary_host = hosts.get(topo.primary) if topo.primary is not None else None
+    if topo.primary is None or primary_host is None:
+        return [Check("a primary is running", "fail", topo.reason)]
+    primary = params.server(topo.primary)
+    out: list[Check] = []
+    for name in topo.replicas:
+        host = hosts.get(name)
+        if host is None:
+            # after an unplanned failover the old primary may be gone for good: the pair is not whole,
+            # which the operator must see, but the new primary is fine
+            out.append(Check("replica reachable", "warn", f"{states[name].error or 'unreachable'}: not a replica "
+                             "yet; run step 10 when it is back (or replace it)", name))
+            continue
+        out += rep.check_replication(primary_host, host, params, params.server(name), primary, password)
+    return out
+
+
+def get_topology_record(hosts: Mapping[str, "HostLike | None"], params: "Params") -> dict[str, Any]:
     """Who is primary now, as recorded for later steps (``topology``)."""
     return topology.get_topology(hosts, params)[0].record()

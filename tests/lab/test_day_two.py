@@ -29,8 +29,10 @@ from psycopg import sql
 
 from hcbpg.adapters.cloud import make_client
 from hcbpg.adapters.host import Host
+from hcbpg.adapters.secretstore import SecretStore
 from hcbpg.desired import capacity
 from hcbpg.desired import roles as desired_roles
+from hcbpg.desired import rotation as desired_rotation
 from hcbpg.desired import server as desired_server
 from hcbpg.desired import tls as desired_tls
 from hcbpg.lab import create_server_host, destroy_server_host
@@ -42,12 +44,14 @@ from hcbpg.ops import config as pg_config
 from hcbpg.ops import failover as fo
 from hcbpg.ops import provisioning as cloud
 from hcbpg.ops import replica as replica_ops
-from hcbpg.ops import replication as rep
 from hcbpg.ops import server as pg_server
 from hcbpg.ops import tls as tls_ops
 from hcbpg.params import parse_params
 from hcbpg.pg.conninfo import render_database_url
 from hcbpg.secrets import resolve
+from hcbpg.steps import password_rotation
+from hcbpg.steps import replication as rep_step
+from hcbpg.steps.roles import planning_psql
 
 from labparams import lab_params, pgbackrest_section, replication_section
 from nbutil import CmdlineWatch, read_env_file
@@ -117,7 +121,7 @@ def home(params, lab, tmp_path_factory):
 
 
 def primary_psql(hosts, params):
-    return pg_cluster.psql_for(hosts[params.primary.name], params)
+    return pg_cluster.get_psql(hosts[params.primary.name], params)
 
 
 def app_password(params) -> str:
@@ -167,14 +171,14 @@ def test_setup_servers_restored_objects_backups_and_replica(params, hosts, shape
     res = roles._psql_on(hosts["app"], params, app_password(params), RESTORED_AS_RAILS, server_ip=primary.private_ip)
     assert res.ok, res.output
     ppsql.execute("CREATE EXTENSION pg_stat_statements WITH SCHEMA heroku_ext", dbname=params.postgres.database)
-    rep.ensure_replication_settings(hosts[primary.name], params, primary, dry_run=False)
+    pg_config.ensure_settings(hosts[primary.name], params, primary, "replication")
     outcomes, checks = fo.point_backups_at(hosts[primary.name], params, primary, archive_mode=True)
     assert not [c for c in checks if not c.ok], [f"{c.name}: {c.detail}" for c in checks if not c.ok]
     TIMINGS["setup_primary_s"] = round(time.monotonic() - t0, 1)
     t1 = time.monotonic()
-    rep.setup_replication({s.name: hosts[s.name] for s in params.servers}, params,
-                          resolve(params.replication.password, key="replication.password"),
-                          allow_destructive=True, dry_run=False, echo=OUTPUT.append)
+    rep_step.setup_replication({s.name: hosts[s.name] for s in params.servers}, params,
+                               resolve(params.replication.password, key="replication.password"),
+                               allow_destructive=True, dry_run=False, echo=OUTPUT.append)
     TIMINGS["setup_replica_s"] = round(time.monotonic() - t1, 1)
 
 
@@ -184,7 +188,7 @@ def test_capacity_settings_are_what_the_table_says_for_a_ccx13_with_checksums_an
     names = ["max_connections", "shared_buffers", "effective_cache_size", "work_mem", "maintenance_work_mem",
              "shared_preload_libraries", "random_page_cost", "max_wal_size", "auto_explain.log_min_duration"]
     for s in params.servers:
-        psql = pg_cluster.psql_for(hosts[s.name], params)
+        psql = pg_cluster.get_psql(hosts[s.name], params)
         rows = psql.query(sql.SQL("SELECT n, current_setting(n) AS v FROM unnest({}::text[]) AS n")
                           .format(sql.Literal(names)))
         shown = {r["n"]: r["v"] for r in rows}
@@ -204,20 +208,20 @@ def test_capacity_settings_are_what_the_table_says_for_a_ccx13_with_checksums_an
 
 def test_roles_step_applies_the_model_and_second_run_changes_nothing(params, hosts, cfg):
     t0 = time.monotonic()
-    privileges.ensure_role_secrets(cfg, dry_run=False)
+    privileges.ensure_role_secrets(SecretStore(), cfg)
     for s in params.servers:  # step 10 rendered pg_hba with its lines only; ours go beside them
         o = pg_config.ensure_pg_hba(hosts[s.name], params, s, dry_run=False, extra=desired_server.all_hba_extra(params, s, cfg))
         OUTPUT.append(str(o))
     ppsql = primary_psql(hosts, params)
-    plan = privileges.ensure_privileges(ppsql, cfg, dry_run=True)
+    plan = privileges.ensure_privileges(planning_psql(ppsql, params), cfg)
     OUTPUT.append(str(plan))
     assert plan.changed and any('ALTER TABLE "public"."users" OWNER TO "hcb_migrations"' in a for a in plan.actions), plan
     assert 'REASSIGN OWNED BY "rails" TO "hcb_migrations"' in plan.actions, "citext moves with it"
-    applied = privileges.ensure_privileges(ppsql, cfg, dry_run=False)
+    applied = privileges.ensure_privileges(ppsql, cfg)
     OUTPUT.append(str(applied))
     TIMINGS["step13_apply_s"] = round(time.monotonic() - t0, 1)
     t1 = time.monotonic()
-    again = privileges.ensure_privileges(ppsql, cfg, dry_run=False)
+    again = privileges.ensure_privileges(ppsql, cfg)
     TIMINGS["step13_second_run_s"] = round(time.monotonic() - t1, 1)
     assert not again.changed, str(again)
     for s in params.servers:
@@ -240,7 +244,7 @@ def test_privilege_check_matches_params_for_every_role(params, hosts, cfg):
     assert ext["extension citext"].status == "pass" and "hcb_migrations may create and update" in ext["extension citext"].detail
     assert "only a superuser" in ext["extension pg_stat_statements"].detail
     # the replica has the same catalogs (physical replication)
-    rpsql = pg_cluster.psql_for(hosts["server-postgres-2"], params)
+    rpsql = pg_cluster.get_psql(hosts["server-postgres-2"], params)
     time.sleep(1)
     assert not [c for c in privileges.check_privileges(rpsql, cfg) if c.status == "fail"]
 
@@ -274,12 +278,12 @@ def test_blazer_url_reads_and_cannot_write(params, hosts, cfg):
     assert not readonly.ensure_blazer(ppsql, cfg, dry_run=False).changed
     assert all(c.status == "pass" for c in readonly.check_blazer(ppsql, cfg))
     # step 13's model keeps Blazer's CONNECT (it revokes every grant it does not know)
-    assert not privileges.ensure_privileges(ppsql, cfg, dry_run=True).changed
+    assert not privileges.ensure_privileges(planning_psql(ppsql, params), cfg).changed
     checks = readonly.check_blazer_access(hosts["app"], cfg, params, server_ip=params.primary.private_ip)
     OUTPUT.append("\n".join(f"{c.status} {c.name}: {c.detail}" for c in checks))
     assert all(c.status == "pass" for c in checks), [f"{c.name}: {c.detail}" for c in checks]
     ok, out = access.psql_as(hosts["app"], tls=desired_tls.conninfo_tls(params),
-                             role=cfg.blazer.name, password=privileges.role_password(cfg, "blazer"),
+                             role=cfg.blazer.name, password=privileges.get_role_password(SecretStore(), cfg, "blazer"),
                              server_ip=params.primary.private_ip, port=5432, dbname=params.postgres.database,
                              script="SHOW statement_timeout;\nINSERT INTO users (full_name) VALUES ('x');\n",
                              display="psql as blazer: statement_timeout, then an INSERT (must be refused)")
@@ -356,7 +360,7 @@ PGBENCH_SCRIPT = "\\set id random(1, 50)\nSELECT full_name FROM users WHERE id =
 
 def test_500_app_connections_from_the_app_host_while_pgbench_runs(params, hosts, cfg):
     app, ip, db = hosts["app"], params.primary.private_ip, params.postgres.database
-    mig, mig_pw = cfg.migrations.name, privileges.role_password(cfg, cfg.migrations.name)
+    mig, mig_pw = cfg.migrations.name, privileges.get_role_password(SecretStore(), cfg, cfg.migrations.name)
     app.run("cat > /var/tmp/hcbpg-pgbench.sql", stdin=PGBENCH_SCRIPT)
     bench: dict[str, object] = {}
 
@@ -386,7 +390,7 @@ def test_500_app_connections_from_the_app_host_while_pgbench_runs(params, hosts,
 
 
 def test_exporter_runs_on_each_server_with_the_server_up_and_replication_figures(params, hosts, cfg):
-    pw = privileges.role_password(cfg, cfg.exporter.name)
+    pw = privileges.get_role_password(SecretStore(), cfg, cfg.exporter.name)
     t0 = time.monotonic()
     for s in params.servers:
         o = monitoring.ensure_exporter(hosts[s.name], params, s, cfg, pw, dry_run=False)
@@ -405,7 +409,7 @@ def test_exporter_runs_on_each_server_with_the_server_up_and_replication_figures
 
 
 def test_vector_config_installed_without_secrets_in_outputs(params, hosts, cfg):
-    pw = privileges.role_password(cfg, cfg.monitoring.name)
+    pw = privileges.get_role_password(SecretStore(), cfg, cfg.monitoring.name)
     for s in params.servers:
         o = monitoring.ensure_vector_config(hosts[s.name], params, s, cfg, pw, dry_run=False)
         OUTPUT.append(str(o))
@@ -428,10 +432,10 @@ def test_app_rotation_refuses_no_new_connection_of_a_client_every_100ms(lab, par
                                                                         tmp_path):
     """A client opens a new connection every 100 ms with whatever DATABASE_URL it was last given (the handoff
     file, else the URL it started with) while the app's password is rotated: not one fails."""
-    monkeypatch.delenv(rotation.ROTATE_ENV, raising=False)
+    monkeypatch.delenv(desired_rotation.ROTATE_ENV, raising=False)
     monkeypatch.setenv("HCBPG_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
-    rots = rotation.roles_to_rotate(params, cfg)
+    rots = password_rotation.roles_to_rotate(params, cfg)
     assert [r.role for r in rots] == ["rails"]
     ppsql = primary_psql(hosts, params)
     handoff = migration.handoff_path(params)
@@ -489,7 +493,7 @@ def test_app_rotation_refuses_no_new_connection_of_a_client_every_100ms(lab, par
     assert (switch.old, switch.new) == ("rails", "rails_alt")
     assert {u for u, _ in results} == {"rails", "rails_alt"}, "the client used both URLs"
     assert results[-1][0] == "rails_alt"
-    checks = rotation.verify_app_switch(hosts["app"], params, cfg, switch, new, server_ip=params.primary.private_ip)
+    checks = rotation.check_app_switch(hosts["app"], params, cfg, switch, new, server_ip=params.primary.private_ip)
     OUTPUT.append("\n".join(f"{c.status} {c.name}: {c.detail}" for c in checks))
     assert all(c.status == "pass" for c in checks), [f"{c.name}: {c.detail}" for c in checks]
     assert stat.S_IMODE(handoff.stat().st_mode) == 0o600
@@ -497,7 +501,7 @@ def test_app_rotation_refuses_no_new_connection_of_a_client_every_100ms(lab, par
     assert not [c for c in privileges.check_privileges(ppsql, cfg) if c.status == "fail"]
     login, pw = privileges.get_app_login(ppsql, cfg)
     assert (login, pw) == ("rails_alt", new)
-    assert not privileges.ensure_privileges(ppsql, cfg, dry_run=True).changed
+    assert not privileges.ensure_privileges(planning_psql(ppsql, params), cfg).changed
 
 
 def test_rotation_of_another_login_role_leaves_old_password_refused_and_new_working(params, hosts, cfg, monkeypatch,
@@ -505,14 +509,14 @@ def test_rotation_of_another_login_role_leaves_old_password_refused_and_new_work
     monkeypatch.setenv("HCBPG_STATE_DIR", str(tmp_path / "state"))
     ppsql = primary_psql(hosts, params)
     # a generic login role: the exporter's, through the server itself
-    monkeypatch.setenv(rotation.ROTATE_ENV, cfg.exporter.name)
-    (rot,) = rotation.roles_to_rotate(params, cfg)
+    monkeypatch.setenv(desired_rotation.ROTATE_ENV, cfg.exporter.name)
+    (rot,) = password_rotation.roles_to_rotate(params, cfg)
     _, old, new = rotation.run_rotation(ppsql, params, rot)
-    checks = rotation.verify_rotation(hosts[params.primary.name], params, rot, old, new,
+    checks = rotation.check_rotation(hosts[params.primary.name], params, rot, old, new,
                                       server_ip=params.primary.private_ip)
     assert all(c.status == "pass" for c in checks), [f"{c.name}: {c.detail}" for c in checks]
     servers = {s.name: hosts[s.name] for s in params.servers}
-    updated = rotation.update_hcbpg_dependents(rot, new, params, cfg, servers, dry_run=False)
+    updated = password_rotation.update_hcbpg_dependents(rot, new, params, cfg, servers)
     OUTPUT.append("\n".join(str(o) for o in updated))
     assert [o.changed for o in updated] == [True, True], "the exporter's env file on every server"
     for s in params.servers:
@@ -532,7 +536,7 @@ def test_notebooks_run_by_the_real_runner_with_no_password_in_outputs(params, ho
         {"notebook": "15_health.ipynb", "title": "Health report"}]}))
     env = {"HCBPG_NOTEBOOKS": str(nbdir), "HCBPG_OPERATOR": "day-two-test", "XDG_STATE_HOME": str(tmp_path / "xdg")}
     # every secret the steps use, sampled for on every process's command line while they run
-    planted = [app_password(params)] + [privileges.role_password(cfg, r.name) for r in cfg.login_roles()] + \
+    planted = [app_password(params)] + [privileges.get_role_password(SecretStore(), cfg, r.name) for r in cfg.login_roles()] + \
         [lab.cfg.read_secret(p.name) for p in lab.cfg.secrets_dir.iterdir() if p.is_file()]
     watch = CmdlineWatch().__enter__()
     proc, took = hcbpg_cli_env(home, env, "run", "lab", "--only", "13_roles,14_password_rotation,15_health",
@@ -555,7 +559,7 @@ def test_notebooks_run_by_the_real_runner_with_no_password_in_outputs(params, ho
     # (a psql run by the steps on a lab host is among what was sampled: the check can see those)
     assert any(b"psql" in argv for argv in watch.seen), "no psql was ever sampled"
     # the rotated passwords (step 14 made new ones) count too
-    planted += [privileges.role_password(cfg, r.name) for r in cfg.login_roles()]
+    planted += [privileges.get_role_password(SecretStore(), cfg, r.name) for r in cfg.login_roles()]
     assert watch.found([v for v in planted if len(v) >= 8]) == []
     assert hcbpg_cli_env(home, env, "audit", "verify", "lab")[0].returncode == 0
     # step 13 handed out the release command's and Blazer's URLs (0600), each verifying the server's certificate
@@ -573,7 +577,7 @@ def test_notebooks_run_by_the_real_runner_with_no_password_in_outputs(params, ho
     assert "13_roles" in summary
     text = "".join(p.read_text(errors="replace") for p in (home / "outputs").rglob("*") if p.is_file())
     OUTPUT.append(text)
-    for value in [app_password(params)] + [privileges.role_password(cfg, r.name) for r in cfg.login_roles()]:
+    for value in [app_password(params)] + [privileges.get_role_password(SecretStore(), cfg, r.name) for r in cfg.login_roles()]:
         assert value not in text
 
 
@@ -670,7 +674,7 @@ def test_status_fails_naming_archiving_when_archiving_breaks(params, hosts, home
     p = params.primary
     ppsql = primary_psql(hosts, params)
     ppsql.execute("ALTER SYSTEM SET archive_command = '/bin/false'")
-    pg_cluster.reload(hosts[p.name], params)
+    pg_cluster.run_reload(hosts[p.name], params)
     try:
         ppsql.execute("CREATE TABLE IF NOT EXISTS hcbpg_wal_push (x int)", dbname="postgres")
         ppsql.execute("INSERT INTO hcbpg_wal_push VALUES (1)", dbname="postgres")
@@ -686,13 +690,13 @@ def test_status_fails_naming_archiving_when_archiving_breaks(params, hosts, home
         assert "server-postgres-1: archiving" in proc.stdout
     finally:
         ppsql.execute("ALTER SYSTEM RESET archive_command")
-        pg_cluster.reload(hosts[p.name], params)
+        pg_cluster.run_reload(hosts[p.name], params)
         ppsql.execute("DROP TABLE IF EXISTS hcbpg_wal_push", dbname="postgres")
 
 
 def test_no_password_appears_in_any_output(params, cfg, lab):
     values = [lab.cfg.read_secret(n) for n in ("rails-password", "repuser-password")]
-    values += [privileges.role_password(cfg, r.name) for r in cfg.login_roles()]
+    values += [privileges.get_role_password(SecretStore(), cfg, r.name) for r in cfg.login_roles()]
     text = "\n".join(OUTPUT)
     assert len(text) > 1000
     for v in values:

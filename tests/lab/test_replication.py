@@ -25,8 +25,8 @@ from hcbpg.desired import replication as desired_replication
 from hcbpg.errors import SafetyCheckFailed
 from hcbpg.lab import create_server_host, deadman, destroy_server_host
 from hcbpg.lab.core import read_state
-from hcbpg.ops import app_database as roles
 from hcbpg.ops import cluster as pg_cluster
+from hcbpg.ops import config as pg_config
 from hcbpg.ops import drill, replica, schedule, topology
 from hcbpg.ops import failover as fo
 from hcbpg.ops import pgbackrest as pgb
@@ -34,6 +34,10 @@ from hcbpg.ops import replication as rep
 from hcbpg.ops import server as pg_server
 from hcbpg.params import parse_params
 from hcbpg.secrets import resolve
+from hcbpg.steps import allow_connections as allow_step
+from hcbpg.steps import app_role_database as role_step
+from hcbpg.steps import replication as rep_step
+from hcbpg.steps import restore_drill as step12
 
 from labparams import lab_params, pgbackrest_section, replication_section
 
@@ -89,7 +93,7 @@ def passwords(params):
 
 
 def psql(hosts, params, name):
-    return pg_cluster.psql_for(hosts[name], params)
+    return pg_cluster.get_psql(hosts[name], params)
 
 
 def start_pgbench(host: Host, seconds: int, *, rate: int | None = None) -> None:
@@ -135,13 +139,13 @@ def counts(hosts, params, name):
 def test_servers_set_up_with_steps_02_to_04_and_pgbackrest_on_the_primary(params, hosts, passwords):
     t0 = time.monotonic()
     for s in params.servers:
-        pg_server.install_server(hosts[s.name], params, s, dry_run=False)
-        pg_server.allow_connections(hosts[s.name], params, s, dry_run=False)
+        pg_server.install_server(hosts[s.name], params, s)
+        allow_step.allow_connections(hosts[s.name], params, s)
     primary = params.primary
     ppsql = psql(hosts, params, primary.name)
-    roles.app_role_database(ppsql, params, passwords["app"], dry_run=False, host_name=primary.name)
+    role_step.app_role_database(ppsql, params, passwords["app"])
     # the restart wal_log_hints needs happens here, before the load starts (see the report: step 02 should own it)
-    rep.ensure_replication_settings(hosts[primary.name], params, primary, dry_run=False)
+    pg_config.ensure_settings(hosts[primary.name], params, primary, "replication")
     ppsql.execute(f"CREATE DATABASE {BENCH_DB}")
     hosts[primary.name].run(f"{PGBENCH} -h /var/run/postgresql -i -s 5 -q {BENCH_DB}", sudo_user="postgres")
     outcomes, checks = fo.point_backups_at(hosts[primary.name], params, primary, archive_mode=True)
@@ -155,7 +159,7 @@ def test_wipe_refused_when_destructive_steps_are_not_allowed(lab, params, hosts,
     r = strict.server("server-postgres-2")
     with pytest.raises(SafetyCheckFailed, match="destructive steps are not allowed for this run") as exc:
         replica.ensure_replica(hosts[r.name], strict, r, primary_host=hosts[strict.primary.name], primary=strict.primary,
-                           allow_destructive=strict.allow_destructive, dry_run=False)
+                               allow_destructive=strict.allow_destructive)
     assert "allow_destructive" in str(exc.value)
     assert pg_cluster.get_cluster_running(hosts[r.name], params), "the refused target must not have been stopped"
 
@@ -164,7 +168,7 @@ def test_wipe_refused_when_the_target_is_the_current_primary(params, hosts):
     p = params.primary
     with pytest.raises(SafetyCheckFailed, match="it is the current primary"):
         replica.ensure_replica(hosts[p.name], params, p, primary_host=hosts[p.name], primary=p,
-                           allow_destructive=True, dry_run=False)
+                               allow_destructive=True)
     assert pg_cluster.get_cluster_running(hosts[p.name], params)
 
 
@@ -175,7 +179,7 @@ def test_wipe_refused_for_a_writable_server_holding_data(params, hosts):
     try:
         with pytest.raises(SafetyCheckFailed, match="not in recovery and holds databases precious"):
             replica.ensure_replica(hosts[r.name], params, r, primary_host=hosts[params.primary.name],
-                               primary=params.primary, allow_destructive=True, dry_run=False)
+                                   primary=params.primary, allow_destructive=True)
         assert rpsql.value("SELECT count(*) AS n FROM pg_database WHERE datname = 'precious'") == 1
     finally:
         rpsql.execute("DROP DATABASE precious")
@@ -187,7 +191,7 @@ def test_replica_streams_and_catches_up_while_pgbench_writes(params, hosts, pass
     start_pgbench(hosts[primary.name], 900)
     time.sleep(2)
     t0 = time.monotonic()
-    outcomes, topo, results = rep.setup_replication(hosts, params, passwords["rep"], allow_destructive=True,
+    outcomes, topo, results = rep_step.setup_replication(hosts, params, passwords["rep"], allow_destructive=True,
                                                     dry_run=False)
     TIMINGS["step10_s"] = round(time.monotonic() - t0, 1)
     TIMINGS.update({f"step10_{k}": v for k, v in results[replica.name].items() if k.endswith("_s")})
@@ -219,7 +223,7 @@ def test_replica_streams_and_catches_up_while_pgbench_writes(params, hosts, pass
 
 
 def test_second_run_changes_nothing(params, hosts, passwords, capsys):
-    outcomes, _topo, results = rep.setup_replication(hosts, params, passwords["rep"], allow_destructive=True,
+    outcomes, _topo, results = rep_step.setup_replication(hosts, params, passwords["rep"], allow_destructive=True,
                                                      dry_run=False)
     assert [str(o) for o in outcomes if o.changed] == []
     assert results["server-postgres-2"]["plan"] == "none"
@@ -300,15 +304,15 @@ def test_point_in_time_restore_to_before_the_switchover_has_exactly_the_rows_com
                                                                                            monkeypatch):
     target_time, expected = STATE["before_switchover"]
     monkeypatch.setenv("HCBPG_LAB_DIR", str(lab.lab_dir))  # drill.scratch_host makes the scratch host in this lab
-    target = drill.drill_target(params)
-    host = drill.scratch_host(params, target, dry_run=False)
+    target = step12.drill_target(params)
+    host = step12.scratch_host(params, target, dry_run=False)
     try:
-        drill.prepare_scratch(host, params, target, version=None, dry_run=False)
+        step12.prepare_scratch(host, params, target)
         t0 = time.monotonic()
-        result = drill.run_restore(host, params, target, target_time=target_time, dry_run=False, force=True)
+        result = drill.run_restore(host, params, target, target_time=target_time, force=True)
         TIMINGS["pitr_across_switchover_s"] = round(time.monotonic() - t0, 1)
         assert "--type=time" in result.options
-        assert rep.get_table_counts(pg_cluster.psql_for(host, params), BENCH_DB) == expected
+        assert rep.get_table_counts(pg_cluster.get_psql(host, params), BENCH_DB) == expected
         print("recovered:", drill.get_recovered(host, params)["last_commit"], "target", target_time)
     finally:
         host.close()
@@ -334,7 +338,7 @@ def test_a_replica_whose_slot_was_invalidated_catches_up_from_the_archive_withou
         ppsql.execute(["ALTER SYSTEM RESET max_slot_wal_keep_size", "ALTER SYSTEM RESET wal_keep_size",
                        "SELECT pg_reload_conf()"])
     t0 = time.monotonic()
-    outcomes, _, results = rep.setup_replication(hosts, params, passwords["rep"], allow_destructive=True,
+    outcomes, _, results = rep_step.setup_replication(hosts, params, passwords["rep"], allow_destructive=True,
                                                  dry_run=False)
     TIMINGS["catch_up_from_archive_s"] = round(time.monotonic() - t0, 1)
     assert results[r.name]["plan"] == "start", results  # started, not rebuilt
@@ -604,7 +608,7 @@ def test_unplanned_failover_with_the_primary_unreachable_then_step_10_rejoins_it
     outcomes, rejoin = fo.rejoin_old_primary(reachable, params, plan, allow_destructive=True)
     assert rejoin == {"skipped": "unreachable"}
     _, b_checks = fo.point_backups_at(hosts[survivor.name], params, survivor, archive_mode=True)
-    checks = rep.check_all(reachable, params, passwords["rep"]) + b_checks
+    checks = rep_step.check_all(reachable, params, passwords["rep"]) + b_checks
     assert [c.name for c in checks if c.status == "fail"] == []
     assert [c.target for c in checks if c.status == "warn"] == [gone.name]
     assert counts(hosts, params, survivor.name) == before
@@ -613,12 +617,12 @@ def test_unplanned_failover_with_the_primary_unreachable_then_step_10_rejoins_it
     lab.start_sshd(gone.name)  # waits for port 22: sshd daemonizes before it listens
     hosts[gone.name] = Host.from_params(params, gone.name, gone.ssh_host).connect()
     with pytest.raises(SafetyCheckFailed, match="former primary .* never fenced"):
-        rep.setup_replication(hosts, params, passwords["rep"], allow_destructive=True, dry_run=False)
+        rep_step.setup_replication(hosts, params, passwords["rep"], allow_destructive=True, dry_run=False)
     assert not pg_cluster.get_cluster_running(hosts[gone.name], params), "the refused server must be left as it was"
     allowed = make_params(lab, allow_wipe_host=gone.name)
-    _, topo, results = rep.setup_replication(hosts, allowed, passwords["rep"], allow_destructive=True, dry_run=False)
+    _, topo, results = rep_step.setup_replication(hosts, allowed, passwords["rep"], allow_destructive=True, dry_run=False)
     assert topo.primary == survivor.name and results[gone.name]["method"] == "rewind", results
-    checks = rep.check_all(hosts, allowed, passwords["rep"])
+    checks = rep_step.check_all(hosts, allowed, passwords["rep"])
     assert [f"{c.name}: {c.detail}" for c in checks if not c.ok] == []
     c = rep.check_counts_match(psql(hosts, params, survivor.name), psql(hosts, params, gone.name), BENCH_DB, timeout=60)
     assert c.ok, c.detail
