@@ -392,6 +392,9 @@ class Roles(Model):
     app_rotation_role: Ident | None = None
     #: that login's password (default: a file beside postgres.app_role_password, for file: references)
     app_rotation_password: SecretRef | None = None
+    #: grants to roles, or in schemas, the model does not know are reported and kept, unless listed here
+    revoke_unknown_roles: list[Ident] = Field(default_factory=list)
+    revoke_unknown_schemas: list[Ident] = Field(default_factory=list)
 
 
 class Health(Model):
@@ -564,6 +567,10 @@ class Params(Model):
             if self.replication:
                 names.append(self.replication.role)
             dups = sorted({n for n in names if names.count(n) > 1})
+            problems += [f"roles.revoke_unknown_roles: {n} is a role hcbpg manages or PostgreSQL's own" for n in
+                         self.roles.revoke_unknown_roles if n in names or n == "postgres" or n.startswith("pg_")]
+            problems += [f"roles.revoke_unknown_schemas: {n} is in roles.schemas or a system schema" for n in self.roles
+                         .revoke_unknown_schemas if n in self.roles.schemas or n.startswith(("pg_", "information_"))]
             if dups:
                 problems.append(f"roles: role names must differ from each other, postgres.app_role and "
                                 f"replication.role; repeated: {', '.join(dups)}")

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from hcbpg.desired import privileges as pv
 from hcbpg.desired import roles as desired_roles
 from hcbpg.desired import server as desired_server
 from hcbpg.errors import SecretError, UsageError
-from hcbpg.ops import privileges as pv
 from hcbpg.ops import rotation
 from hcbpg.params import parse_params
 from hcbpg.pg import acl as pgacl

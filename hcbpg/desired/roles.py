@@ -46,6 +46,9 @@ class RolesConfig:
     rotation_login: LoginRole | None = None
     #: postgres.app_role_password (the app role's secret reference)
     app_password_ref: str = ""
+    #: roles and schemas the model does not know whose grants step 13 revokes (else reported, left alone)
+    revoke_roles: tuple[str, ...] = ()
+    revoke_schemas: tuple[str, ...] = ()
 
     @property
     def app_logins(self) -> tuple[str, str]:
@@ -106,7 +109,8 @@ def roles_config(params: "Params") -> RolesConfig:
             blazer=login(section.blazer, "blazer"),
             blazer_statement_timeout=section.blazer.statement_timeout if section.blazer else "30s",
             rotation_login=_rotation_login(params, section.app_rotation_role, section.app_rotation_password),
-            app_password_ref=pg.app_role_password)
+            app_password_ref=pg.app_role_password,
+            revoke_roles=tuple(section.revoke_unknown_roles), revoke_schemas=tuple(section.revoke_unknown_schemas))
     interim = _INTERIM_ENV_DEFAULTS.get(params.environment, {})
 
     def default_login(name: str, key: str, limit: int) -> LoginRole | None:

@@ -12,10 +12,11 @@ from psycopg import sql
 
 from hcbpg import secrets as hsecrets
 from hcbpg.adapters.host import Host
+from hcbpg.adapters.secretstore import SecretStore
 from hcbpg.desired import tls as desired_tls
 from hcbpg.desired.roles import RolesConfig
 from hcbpg.errors import HostUnreachable
-from hcbpg.ops.privileges import role_password
+from hcbpg.ops.privileges import get_role_password
 from hcbpg.outcome import Check
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -38,7 +39,7 @@ def check_metabase_access(jumpbox: "Host", others: Sequence["Host"], cfg: RolesC
     """From the jumpbox metabase reads a listed table and not *unlisted_table*; from *others* it is refused."""
     if not cfg.metabase or not cfg.metabase_tables:
         return [Check("metabase", "warn", "no metabase role or no listed tables in params", server_ip)]
-    name, pw, port = cfg.metabase.name, role_password(cfg, cfg.metabase.name), params.postgres.port
+    name, pw, port = cfg.metabase.name, get_role_password(SecretStore(), cfg, cfg.metabase.name), params.postgres.port
     listed = cfg.metabase_tables[0]
     out = []
 
@@ -80,7 +81,7 @@ def check_migrations_then_app(app: "Host", cfg: RolesConfig, params: "Params", *
     table = f"hcbpg_migration_check_{_s.token_hex(3)}"
     t = sql.Identifier(table)
     port = params.postgres.port
-    mig, mig_pw = cfg.migrations.name, role_password(cfg, cfg.migrations.name)
+    mig, mig_pw = cfg.migrations.name, get_role_password(SecretStore(), cfg, cfg.migrations.name)
     create = sql.SQL("CREATE TABLE {} (id bigserial PRIMARY KEY, note text NOT NULL);\n").format(t).as_string(None)
     ok, output = psql_as(app, tls=desired_tls.conninfo_tls(params),
                          role=mig, password=mig_pw, server_ip=server_ip, port=port, dbname=cfg.database,
@@ -123,7 +124,7 @@ def check_deploy(app: "Host", cfg: RolesConfig, params: "Params", *, server_ip: 
     table = f"hcbpg_deploy_check_{_s.token_hex(3)}"
     t = sql.Identifier(table)
     port, db = params.postgres.port, cfg.database
-    mig, mig_pw = cfg.migrations.name, role_password(cfg, cfg.migrations.name)
+    mig, mig_pw = cfg.migrations.name, get_role_password(SecretStore(), cfg, cfg.migrations.name)
 
     def run(role: str, pw: str, script: sql.Composable, what: str) -> tuple[bool, str]:
         return psql_as(app, tls=desired_tls.conninfo_tls(params),

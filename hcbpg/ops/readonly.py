@@ -15,10 +15,11 @@ from psycopg import sql
 
 from hcbpg import secrets as hsecrets
 from hcbpg.adapters.psql import render
+from hcbpg.adapters.secretstore import SecretStore
 from hcbpg.desired import tls as desired_tls
 from hcbpg.desired.roles import RolesConfig
 from hcbpg.ops.access import psql_as
-from hcbpg.ops.privileges import role_password
+from hcbpg.ops.privileges import get_role_password
 from hcbpg.outcome import Check, Outcome
 from hcbpg.pg.scram import scram_verifier
 
@@ -122,7 +123,7 @@ def check_blazer_access(app: "Host", cfg: RolesConfig, params: "Params", *, serv
     """From the app host with Blazer's login: a read works, a write is refused."""
     if cfg.blazer is None:
         return [Check("blazer", "warn", "no roles.blazer in params", server_ip)]
-    name, pw, port = cfg.blazer.name, role_password(cfg, cfg.blazer.name), params.postgres.port
+    name, pw, port = cfg.blazer.name, get_role_password(SecretStore(), cfg, cfg.blazer.name), params.postgres.port
     t = sql.Identifier(*table.split("."))
     ok, out = psql_as(app, tls=desired_tls.conninfo_tls(params),
                       role=name, password=pw, server_ip=server_ip, port=port, dbname=cfg.database,

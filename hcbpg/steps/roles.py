@@ -8,17 +8,19 @@ from typing import TYPE_CHECKING
 
 from psycopg import sql
 
+from hcbpg.adapters.dryrun import AbsentHost, DryRunHost
+from hcbpg.adapters.psql import Psql
+from hcbpg.adapters.secretstore import SecretStore, secret_store
 from hcbpg.desired import server as desired_server
+from hcbpg.desired.privileges import render_privileges_table
 from hcbpg.desired.roles import RolesConfig, roles_config  # noqa: F401 - the notebook's call
 from hcbpg.ops import access, migration, monitoring, privileges, readonly, tls
 from hcbpg.ops import config as pg_config
-from hcbpg.ops.privileges import ensure_role_secrets, privileges_table  # noqa: F401 - the notebook's calls
 from hcbpg.outcome import Check, Outcome
 from hcbpg.steps.targets import app_host, primary_psql, server_hosts
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.host import Host
-    from hcbpg.adapters.psql import Psql
     from hcbpg.params import Params
     from hcbpg.steps.context import Run
 
@@ -27,6 +29,30 @@ def connect(rb: "Run") -> tuple[dict[str, "Host | None"], "Psql | None"]:
     """An open Host per server, and psql on the primary (None when it is not there yet)."""
     hosts = server_hosts(rb)
     return hosts, primary_psql(rb, hosts)
+
+
+def role_secrets(rb: "Run", cfg: RolesConfig) -> list[Outcome]:
+    """Every login role's secret exists (a missing ``file:`` one is made, 0600; on a dry run, recorded)."""
+    return privileges.ensure_role_secrets(secret_store(rb.dry_run), cfg)
+
+
+def planning_psql(psql: "Psql | None", params: "Params") -> Psql:
+    """psql for a plan: reads the primary and records what it would change (a primary not there yet:
+    nothing is there, everything would be made)."""
+    if psql is None:
+        return Psql(AbsentHost(params.primary.name), version=params.postgres.version, cluster=params.postgres.cluster)
+    return Psql(DryRunHost(psql.host), version=psql.version, cluster=psql.cluster)
+
+
+def _real(psql: "Psql | None") -> Psql:
+    if psql is None:  # pragma: no cover - a real run has every server (targets.server_host raises first)
+        raise AssertionError("a real run of step 13 without the primary")
+    return psql
+
+
+def privileges_table(psql: "Psql", cfg: RolesConfig) -> list[dict[str, str]]:
+    """Each role's effective privileges, read back from the primary, for the operator."""
+    return render_privileges_table(cfg, privileges.get_observed(psql, cfg))
 
 
 def ensure_pg_hba(hosts: Mapping[str, "Host | None"], params: "Params", cfg: RolesConfig, *,
@@ -40,7 +66,7 @@ def ensure_pg_hba(hosts: Mapping[str, "Host | None"], params: "Params", cfg: Rol
 def get_plan(hosts: Mapping[str, "Host | None"], psql: "Psql | None", params: "Params",
              cfg: RolesConfig) -> list[Outcome]:
     """The statements on the primary, then the pg_hba lines on every server, planned."""
-    plan = [privileges.ensure_privileges(psql, cfg, dry_run=True, host_name=params.primary.name),
+    plan = [privileges.ensure_privileges(planning_psql(psql, params), cfg),
             readonly.ensure_blazer(psql, cfg, dry_run=True, host_name=params.primary.name)]
     plan += ensure_pg_hba(hosts, params, cfg, dry_run=True)
     return plan
@@ -55,7 +81,7 @@ def apply_login_roles(rb: "Run", hosts: Mapping[str, "Host | None"], psql: "Psql
     for s in params.servers:
         rb.track(pg_config.ensure_pg_hba(hosts[s.name], params, s, dry_run=False,
                                          extra=desired_server.all_hba_extra(params, s, cfg)))
-    rb.track(privileges.ensure_privileges(psql, cfg, dry_run=False, host_name=params.primary.name, roles_only=True))
+    rb.track(privileges.ensure_privileges(_real(psql), cfg, roles_only=True))
     rb.track(readonly.ensure_blazer(psql, cfg, dry_run=False, host_name=params.primary.name))
 
 
@@ -65,10 +91,10 @@ def hand_out_release_urls(rb: "Run", cfg: RolesConfig) -> None:
     values = {}
     if cfg.migrations:
         values["MIGRATIONS_DATABASE_URL"] = (cfg.migrations.name, "" if rb.dry_run else
-                                             privileges.role_password(cfg, cfg.migrations.name))
+                                             privileges.get_role_password(SecretStore(), cfg, cfg.migrations.name))
     if cfg.blazer:
         values["BLAZER_DATABASE_URL"] = (cfg.blazer.name, "" if rb.dry_run else
-                                         privileges.role_password(cfg, cfg.blazer.name))
+                                         privileges.get_role_password(SecretStore(), cfg, cfg.blazer.name))
     if not values:
         print("no migrations or Blazer role in params: no URL to hand out")
         return
@@ -110,7 +136,7 @@ def apply(rb: "Run", hosts: Mapping[str, "Host | None"], psql: "Psql | None", cf
     for s in params.servers:
         rb.track(pg_config.ensure_pg_hba(hosts[s.name], params, s, dry_run=False,
                                          extra=desired_server.all_hba_extra(params, s, cfg)))
-    rb.track(privileges.ensure_privileges(psql, cfg, dry_run=False, host_name=params.primary.name))
+    rb.track(privileges.ensure_privileges(_real(psql), cfg))
     jumpbox = access.jumpbox_host(params, cfg) if cfg.metabase is not None else None
     if jumpbox is not None:
         # metabase connects from the jumpbox: it verifies the servers with the environment's CA
@@ -123,10 +149,10 @@ def apply_monitoring(rb: "Run", hosts: Mapping[str, "Host | None"], cfg: RolesCo
     params, dry_run = rb.params, rb.dry_run
     for s in params.servers:
         rb.track(monitoring.ensure_vector_config(hosts[s.name], params, s, cfg, None if dry_run else
-                                                 privileges.role_password(cfg, cfg.monitoring.name),  # type: ignore[union-attr]
+                                                 privileges.get_role_password(SecretStore(), cfg, cfg.monitoring.name),  # type: ignore[union-attr]
                                                  dry_run=dry_run))
         rb.track(monitoring.ensure_exporter(hosts[s.name], params, s, cfg, None if dry_run else
-                                            privileges.role_password(cfg, cfg.exporter.name),  # type: ignore[union-attr]
+                                            privileges.get_role_password(SecretStore(), cfg, cfg.exporter.name),  # type: ignore[union-attr]
                                             dry_run=dry_run))
 
 
