@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from hcbpg.errors import ParamsError, SafetyCheckFailed
-from hcbpg.ops.migration import templates
 from hcbpg.params import parse_params
 from hcbpg.pg import bucardo as bp
+from hcbpg.pg import templates
 from hcbpg.pg.inventory import Inventory
 
 

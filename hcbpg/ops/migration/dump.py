@@ -15,10 +15,10 @@ from hcbpg import secrets as hsecrets
 from hcbpg.adapters.files import ensure_dir
 from hcbpg.adapters.psql import JSON_MARK, parse_marked_json
 from hcbpg.errors import RemoteCommandError
-from hcbpg.ops.migration import templates
 from hcbpg.ops.migration.source import SECRET_DIR, Source, check_source_names
 from hcbpg.ops.progress import watch_file_growth
 from hcbpg.outcome import Check, Outcome
+from hcbpg.pg import templates
 from hcbpg.pg.conninfo import SERVICE_NAME
 from hcbpg.pg.inventory import COUNTS_SQL, INVENTORY_SQL, Inventory, newest_event_sql
 from hcbpg.pg.restore import GIB

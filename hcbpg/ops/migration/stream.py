@@ -18,7 +18,6 @@ from hcbpg import secrets as hsecrets
 from hcbpg.adapters.files import ensure_dir
 from hcbpg.adapters.psql import JSON_MARK, parse_marked_json
 from hcbpg.errors import RemoteCommandError
-from hcbpg.ops.migration import templates
 from hcbpg.ops.migration.database import get_fresh_database_plan
 from hcbpg.ops.migration.dump import DumpResult, prepare_dump_dir
 from hcbpg.ops.migration.restore import RestoreResult, restore_jobs
@@ -32,6 +31,7 @@ from hcbpg.ops.migration.settings import (
 )
 from hcbpg.ops.migration.source import SECRET_DIR, Source, check_source_names, target
 from hcbpg.ops.progress import source_sizes, watch_restore
+from hcbpg.pg import templates
 from hcbpg.pg.conninfo import SERVICE_NAME
 from hcbpg.pg.dump import plan_prerequisites, render_toc_filter
 from hcbpg.pg.inventory import COUNTS_SQL, INVENTORY_SQL, USER_NS, Inventory, newest_event_sql

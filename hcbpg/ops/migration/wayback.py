@@ -13,12 +13,12 @@ from hcbpg import clock
 from hcbpg.adapters.base import Changes
 from hcbpg.errors import SafetyCheckFailed
 from hcbpg.ops.migration import bucardo_service as bs
-from hcbpg.ops.migration import templates
 from hcbpg.ops.migration.bucardo import HOME, bucardo, ensure_running, get_state, run_stop
 from hcbpg.ops.migration.source import Source, source_writer, target
 from hcbpg.ops.migration.window import get_held_snapshots, run_release_snapshots
 from hcbpg.outcome import Check, Outcome
 from hcbpg.pg import bucardo as bp
+from hcbpg.pg import templates
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.base import HostLike

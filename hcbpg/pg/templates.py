@@ -1,5 +1,6 @@
-"""The shell and awk files of the streamed transfer, as templates shipped in ``scripts/`` (package
-data), and the one pure function that fills them in.
+"""The shell, awk, psql and Perl files of the migration, as templates shipped in
+``hcbpg/ops/migration/scripts/`` (package data of :data:`SCRIPTS_PACKAGE`: read, never imported),
+and the one pure function that fills them in.
 
 Template syntax (small on purpose, no Jinja):
 
@@ -21,11 +22,14 @@ from importlib import resources
 
 _PLACEHOLDER = re.compile(r"@([A-Z][A-Z0-9_]*)@")
 
+#: the package whose ``scripts/`` folder holds the templates (next to the operations that run them)
+SCRIPTS_PACKAGE = "hcbpg.ops.migration"
+
 
 @cache
 def read_script(name: str) -> str:
     """The text of ``scripts/<name>`` as shipped in the package."""
-    return resources.files(__package__).joinpath("scripts", name).read_text(encoding="utf-8")
+    return resources.files(SCRIPTS_PACKAGE).joinpath("scripts", name).read_text(encoding="utf-8")
 
 
 def render_template(text: str, values: Mapping[str, str], flags: Mapping[str, bool] | None = None, *,
