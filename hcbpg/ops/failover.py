@@ -31,11 +31,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from psycopg import sql
 
-from hcbpg.adapters.psql import Psql
 from hcbpg.adapters.secretstore import SecretStore
+from hcbpg.desired import backups as desired_backups
 from hcbpg.desired import replication as desired_replication
 from hcbpg.desired import roles as desired_roles
 from hcbpg.desired import tls as desired_tls
+from hcbpg.desired.privileges import current_app_login
 from hcbpg.errors import (
     DatabaseError,
     HcbpgError,
@@ -53,7 +54,7 @@ from hcbpg.pg import conninfo as conninfo
 from hcbpg.secrets import register, scrub
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hcbpg.adapters.host import Host
+    from hcbpg.adapters.base import HostLike, PsqlLike
     from hcbpg.params import Params, Server
 
 
@@ -151,7 +152,7 @@ def plan_failover(topology: topology.Topology, states: Mapping[str, topology.Ser
 start_conf_path = replica.start_conf_path
 
 
-def run_fence(host: "Host", params: "Params", server: "Server", *, planned: bool) -> dict[str, Any]:
+def run_fence(host: "HostLike", params: "Params", server: "Server", *, planned: bool) -> dict[str, Any]:
     """Stop the old primary (fast when planned, immediate otherwise) and keep it from coming back as a primary.
 
     Returns pg_controldata's state and final checkpoint location (what the replica must replay).
@@ -166,12 +167,12 @@ def run_fence(host: "Host", params: "Params", server: "Server", *, planned: bool
             "timeline": ctl.get("Latest checkpoint's TimeLineID")}
 
 
-def run_unfence(host: "Host", params: "Params") -> None:
+def run_unfence(host: "HostLike", params: "Params") -> None:
     """start.conf back to auto (the rejoined replica starts with the machine again)."""
     replica.set_start_conf(host, params, "auto")
 
 
-def run_promote(psql: Psql, *, timeout: float = 60.0, sleep: Callable[[float], None] = time.sleep) -> float:
+def run_promote(psql: "PsqlLike", *, timeout: float = 60.0, sleep: Callable[[float], None] = time.sleep) -> float:
     """pg_promote on the replica, wait until it is out of recovery; forget its primary_conninfo. Returns seconds."""
     started = time.monotonic()
     psql.execute(sql.SQL("SELECT pg_promote(true, {})").format(sql.Literal(int(timeout))))
@@ -188,11 +189,11 @@ def run_promote(psql: Psql, *, timeout: float = 60.0, sleep: Callable[[float], N
     return took
 
 
-def check_accepts_writes(psql: Psql, server: "Server") -> Check:
+def check_accepts_writes(psql: "PsqlLike", server: "Server") -> Check:
     """The new primary is out of recovery and a row can be written."""
     try:
         in_rec = psql.value("SELECT pg_is_in_recovery() AS r")
-        token = rep.write_probe_row(psql)
+        token = rep.run_write_probe_row(psql)
     except (DatabaseError, HcbpgError) as exc:
         return Check("new primary accepts writes", "fail", scrub(str(exc))[-200:], server.name)
     return Check.of("new primary accepts writes", not in_rec, f"wrote probe row {token[:8]}…; in recovery: {in_rec}",
@@ -236,7 +237,7 @@ def write_database_url(params: "Params", server: "Server", password: str, *, log
 
 # pgBackRest on the new primary --------------------------------------------------------------------------
 
-def point_backups_at(host: "Host", params: "Params", server: "Server", *, archive_mode: bool = True,
+def point_backups_at(host: "HostLike", params: "Params", server: "Server", *, archive_mode: bool = True,
                      full_backup: bool = True) -> tuple[list[Outcome], list[Check]]:
     """pgBackRest on the new primary: config, archiving, stanza, check, a backup (full when the repository
     has none, else incremental).
@@ -249,14 +250,14 @@ def point_backups_at(host: "Host", params: "Params", server: "Server", *, archiv
     if params.pgbackrest is None:
         return [], [Check("pgBackRest on the new primary", "warn", "no pgbackrest section in params", server.name)]
     version = pb.get_version(host)
-    outcomes = [pb.ensure_paths(host, dry_run=False, specs=pb.paths_for(params)),
-                pb.ensure_pgbackrest_conf(host, params, server, version=version, dry_run=False),
-                pb.ensure_archiving(host, params, server, archive_mode=archive_mode, dry_run=False),
-                pb.ensure_stanza(host, params, dry_run=False)]
-    outcomes += schedule.ensure_schedules(host, params, server, dry_run=False)
+    outcomes = [pb.ensure_paths(host, specs=desired_backups.paths_for(params)),
+                pb.ensure_pgbackrest_conf(host, params, server, version=version),
+                pb.ensure_archiving(host, params, server, archive_mode=archive_mode),
+                pb.ensure_stanza(host, params)]
+    outcomes += schedule.ensure_schedules(host, params, server)
     checks = [pb.check_stanza(host, params, server, archiving=archive_mode)]
     if full_backup:
-        o, row = pb.ensure_full_backup(host, params, dry_run=False)
+        o, row = pb.ensure_full_backup(host, params)
         outcomes.append(o)
         if not o.changed:
             # the repository already had a full backup (of an earlier term as primary): prove that backing
@@ -264,16 +265,16 @@ def point_backups_at(host: "Host", params: "Params", server: "Server", *, archiv
             incr = pb.run_backup(host, params, type="incr")
             outcomes.append(Outcome(f"incremental backup on {server.name}", True,
                                     actions=[f"took {incr.label} (proves backups work on the new primary)"]))
-        checks += pb.check_backups(pb.get_backups(host, params), server)
+        checks += desired_backups.check_backups(pb.get_backups(host, params), server)
     return outcomes, checks
 
 
-def get_archive_mode(host: "Host | None", params: "Params") -> bool | None:
+def get_archive_mode(host: "HostLike | None", params: "Params") -> bool | None:
     """archive_mode as hcbpg wrote it on *host* (None when unknown): the new primary archives like the old one."""
     if host is None:
         return None
     try:
-        text = host.read_text(pb.archiving_path(params))
+        text = host.read_text(desired_backups.archiving_path(params))
     except HcbpgError:
         return None
     if not text:
@@ -284,7 +285,7 @@ def get_archive_mode(host: "Host | None", params: "Params") -> bool | None:
 
 # the whole failover ------------------------------------------------------------------------------------
 
-def run_failover(plan: FailoverPlan, hosts: Mapping[str, "Host | None"], params: "Params", *,
+def run_failover(plan: FailoverPlan, hosts: Mapping[str, "HostLike | None"], params: "Params", *,
                  app_password: str, echo: Callable[[str], None] = print,
                  catch_up_timeout: float | None = None) -> dict[str, Any]:
     """Carry out *plan* (after the gate): fence, promote, check writes, DATABASE_URL. Returns timings and facts.
@@ -298,7 +299,7 @@ def run_failover(plan: FailoverPlan, hosts: Mapping[str, "Host | None"], params:
     old_host, new_host = hosts.get(old.name), hosts.get(new.name)
     if new_host is None:
         raise SafetyCheckFailed(f"cannot reach {new.name}, the replica to promote", hint="Nothing was changed.")
-    new_psql = pg_cluster.psql_for(new_host, params)
+    new_psql = pg_cluster.get_psql(new_host, params)
     result: dict[str, Any] = {"kind": plan.kind, "old_primary": old.name, "new_primary": new.name}
     t0 = time.monotonic()
     if old_host is not None:
@@ -326,11 +327,11 @@ def run_failover(plan: FailoverPlan, hosts: Mapping[str, "Host | None"], params:
     return result
 
 
-def app_login_now(psql: Psql, params: "Params", app_password: str) -> tuple[str, str]:
+def app_login_now(psql: "PsqlLike", params: "Params", app_password: str) -> tuple[str, str]:
     """(login, password) of the app's login in use on the new primary: after step 14 moved the app to
     its rotation login, the new DATABASE_URL must name that one, not the app role."""
     cfg = desired_roles.roles_config(params)
-    login = privileges.current_app_login(privileges.get_observed(psql, cfg), cfg)
+    login = current_app_login(privileges.get_observed(psql, cfg), cfg)
     if login == cfg.app_role:
         return login, app_password
     return login, privileges.get_role_password(SecretStore(), cfg, login)
@@ -344,7 +345,7 @@ def promotion_outcome(plan: FailoverPlan, result: Mapping[str, Any]) -> Outcome:
                             f"new DATABASE_URL {result.get('database_url')} written to {result.get('database_url_file')}"])
 
 
-def rejoin_old_primary(hosts: Mapping[str, "Host | None"], params: "Params", plan: FailoverPlan, *,
+def rejoin_old_primary(hosts: Mapping[str, "HostLike | None"], params: "Params", plan: FailoverPlan, *,
                        allow_destructive: bool, echo: Callable[[str], None] = print) -> tuple[list[Outcome], dict[str, Any]]:
     """The old primary becomes a replica of the new one: slot on the new primary, then ensure_replica
     (pg_rewind or base backup, same wipe safety as step 10), start.conf back to auto, stale slots dropped."""
@@ -354,14 +355,14 @@ def rejoin_old_primary(hosts: Mapping[str, "Host | None"], params: "Params", pla
         return [Outcome(f"{old.name} as a replica of {new.name}", False,
                         actions=[f"{old.name} is unreachable: run step 10 when it is back"])], {"skipped": "unreachable"}
     assert new_host is not None
-    new_psql = pg_cluster.psql_for(new_host, params)
-    outcomes = [rep.ensure_slot(new_psql, params, old, dry_run=False, host_name=new.name)]
+    new_psql = pg_cluster.get_psql(new_host, params)
+    outcomes = [rep.ensure_slot(new_psql, params, old)]
     outcome, rplan, result = replica.ensure_replica(old_host, params, old, primary_host=new_host, primary=new,
-                                                allow_destructive=allow_destructive, dry_run=False, echo=echo)
+                                                    allow_destructive=allow_destructive, echo=echo)
     echo(str(rplan))
     outcomes.append(outcome)
     run_unfence(old_host, params)
-    outcomes += rep.replica_cleanup_outcomes(old_host, params, old, dry_run=False)
-    outcomes.append(rep.ensure_no_stale_slots(new_psql, params, keep=[desired_replication.slot_name(old.name)], dry_run=False,
-                                              host_name=new.name))
+    # inactive hcbpg slots the old primary carried over from its term, then the new primary's stale ones
+    outcomes.append(rep.ensure_no_stale_slots(pg_cluster.get_psql(old_host, params), params, keep=[]))
+    outcomes.append(rep.ensure_no_stale_slots(new_psql, params, keep=[desired_replication.slot_name(old.name)]))
     return outcomes, result

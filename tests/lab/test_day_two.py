@@ -32,6 +32,7 @@ from hcbpg.adapters.host import Host
 from hcbpg.adapters.secretstore import SecretStore
 from hcbpg.desired import capacity
 from hcbpg.desired import roles as desired_roles
+from hcbpg.desired import rotation as desired_rotation
 from hcbpg.desired import server as desired_server
 from hcbpg.desired import tls as desired_tls
 from hcbpg.lab import create_server_host, destroy_server_host
@@ -43,12 +44,13 @@ from hcbpg.ops import config as pg_config
 from hcbpg.ops import failover as fo
 from hcbpg.ops import provisioning as cloud
 from hcbpg.ops import replica as replica_ops
-from hcbpg.ops import replication as rep
 from hcbpg.ops import server as pg_server
 from hcbpg.ops import tls as tls_ops
 from hcbpg.params import parse_params
 from hcbpg.pg.conninfo import render_database_url
 from hcbpg.secrets import resolve
+from hcbpg.steps import password_rotation
+from hcbpg.steps import replication as rep_step
 from hcbpg.steps.roles import planning_psql
 
 from labparams import lab_params, pgbackrest_section, replication_section
@@ -119,7 +121,7 @@ def home(params, lab, tmp_path_factory):
 
 
 def primary_psql(hosts, params):
-    return pg_cluster.psql_for(hosts[params.primary.name], params)
+    return pg_cluster.get_psql(hosts[params.primary.name], params)
 
 
 def app_password(params) -> str:
@@ -169,14 +171,14 @@ def test_setup_servers_restored_objects_backups_and_replica(params, hosts, shape
     res = roles._psql_on(hosts["app"], params, app_password(params), RESTORED_AS_RAILS, server_ip=primary.private_ip)
     assert res.ok, res.output
     ppsql.execute("CREATE EXTENSION pg_stat_statements WITH SCHEMA heroku_ext", dbname=params.postgres.database)
-    rep.ensure_replication_settings(hosts[primary.name], params, primary, dry_run=False)
+    pg_config.ensure_settings(hosts[primary.name], params, primary, "replication")
     outcomes, checks = fo.point_backups_at(hosts[primary.name], params, primary, archive_mode=True)
     assert not [c for c in checks if not c.ok], [f"{c.name}: {c.detail}" for c in checks if not c.ok]
     TIMINGS["setup_primary_s"] = round(time.monotonic() - t0, 1)
     t1 = time.monotonic()
-    rep.setup_replication({s.name: hosts[s.name] for s in params.servers}, params,
-                          resolve(params.replication.password, key="replication.password"),
-                          allow_destructive=True, dry_run=False, echo=OUTPUT.append)
+    rep_step.setup_replication({s.name: hosts[s.name] for s in params.servers}, params,
+                               resolve(params.replication.password, key="replication.password"),
+                               allow_destructive=True, dry_run=False, echo=OUTPUT.append)
     TIMINGS["setup_replica_s"] = round(time.monotonic() - t1, 1)
 
 
@@ -186,7 +188,7 @@ def test_capacity_settings_are_what_the_table_says_for_a_ccx13_with_checksums_an
     names = ["max_connections", "shared_buffers", "effective_cache_size", "work_mem", "maintenance_work_mem",
              "shared_preload_libraries", "random_page_cost", "max_wal_size", "auto_explain.log_min_duration"]
     for s in params.servers:
-        psql = pg_cluster.psql_for(hosts[s.name], params)
+        psql = pg_cluster.get_psql(hosts[s.name], params)
         rows = psql.query(sql.SQL("SELECT n, current_setting(n) AS v FROM unnest({}::text[]) AS n")
                           .format(sql.Literal(names)))
         shown = {r["n"]: r["v"] for r in rows}
@@ -242,7 +244,7 @@ def test_privilege_check_matches_params_for_every_role(params, hosts, cfg):
     assert ext["extension citext"].status == "pass" and "hcb_migrations may create and update" in ext["extension citext"].detail
     assert "only a superuser" in ext["extension pg_stat_statements"].detail
     # the replica has the same catalogs (physical replication)
-    rpsql = pg_cluster.psql_for(hosts["server-postgres-2"], params)
+    rpsql = pg_cluster.get_psql(hosts["server-postgres-2"], params)
     time.sleep(1)
     assert not [c for c in privileges.check_privileges(rpsql, cfg) if c.status == "fail"]
 
@@ -430,10 +432,10 @@ def test_app_rotation_refuses_no_new_connection_of_a_client_every_100ms(lab, par
                                                                         tmp_path):
     """A client opens a new connection every 100 ms with whatever DATABASE_URL it was last given (the handoff
     file, else the URL it started with) while the app's password is rotated: not one fails."""
-    monkeypatch.delenv(rotation.ROTATE_ENV, raising=False)
+    monkeypatch.delenv(desired_rotation.ROTATE_ENV, raising=False)
     monkeypatch.setenv("HCBPG_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
-    rots = rotation.roles_to_rotate(params, cfg)
+    rots = password_rotation.roles_to_rotate(params, cfg)
     assert [r.role for r in rots] == ["rails"]
     ppsql = primary_psql(hosts, params)
     handoff = migration.handoff_path(params)
@@ -491,7 +493,7 @@ def test_app_rotation_refuses_no_new_connection_of_a_client_every_100ms(lab, par
     assert (switch.old, switch.new) == ("rails", "rails_alt")
     assert {u for u, _ in results} == {"rails", "rails_alt"}, "the client used both URLs"
     assert results[-1][0] == "rails_alt"
-    checks = rotation.verify_app_switch(hosts["app"], params, cfg, switch, new, server_ip=params.primary.private_ip)
+    checks = rotation.check_app_switch(hosts["app"], params, cfg, switch, new, server_ip=params.primary.private_ip)
     OUTPUT.append("\n".join(f"{c.status} {c.name}: {c.detail}" for c in checks))
     assert all(c.status == "pass" for c in checks), [f"{c.name}: {c.detail}" for c in checks]
     assert stat.S_IMODE(handoff.stat().st_mode) == 0o600
@@ -507,14 +509,14 @@ def test_rotation_of_another_login_role_leaves_old_password_refused_and_new_work
     monkeypatch.setenv("HCBPG_STATE_DIR", str(tmp_path / "state"))
     ppsql = primary_psql(hosts, params)
     # a generic login role: the exporter's, through the server itself
-    monkeypatch.setenv(rotation.ROTATE_ENV, cfg.exporter.name)
-    (rot,) = rotation.roles_to_rotate(params, cfg)
+    monkeypatch.setenv(desired_rotation.ROTATE_ENV, cfg.exporter.name)
+    (rot,) = password_rotation.roles_to_rotate(params, cfg)
     _, old, new = rotation.run_rotation(ppsql, params, rot)
-    checks = rotation.verify_rotation(hosts[params.primary.name], params, rot, old, new,
+    checks = rotation.check_rotation(hosts[params.primary.name], params, rot, old, new,
                                       server_ip=params.primary.private_ip)
     assert all(c.status == "pass" for c in checks), [f"{c.name}: {c.detail}" for c in checks]
     servers = {s.name: hosts[s.name] for s in params.servers}
-    updated = rotation.update_hcbpg_dependents(rot, new, params, cfg, servers, dry_run=False)
+    updated = password_rotation.update_hcbpg_dependents(rot, new, params, cfg, servers)
     OUTPUT.append("\n".join(str(o) for o in updated))
     assert [o.changed for o in updated] == [True, True], "the exporter's env file on every server"
     for s in params.servers:
@@ -672,7 +674,7 @@ def test_status_fails_naming_archiving_when_archiving_breaks(params, hosts, home
     p = params.primary
     ppsql = primary_psql(hosts, params)
     ppsql.execute("ALTER SYSTEM SET archive_command = '/bin/false'")
-    pg_cluster.reload(hosts[p.name], params)
+    pg_cluster.run_reload(hosts[p.name], params)
     try:
         ppsql.execute("CREATE TABLE IF NOT EXISTS hcbpg_wal_push (x int)", dbname="postgres")
         ppsql.execute("INSERT INTO hcbpg_wal_push VALUES (1)", dbname="postgres")
@@ -688,7 +690,7 @@ def test_status_fails_naming_archiving_when_archiving_breaks(params, hosts, home
         assert "server-postgres-1: archiving" in proc.stdout
     finally:
         ppsql.execute("ALTER SYSTEM RESET archive_command")
-        pg_cluster.reload(hosts[p.name], params)
+        pg_cluster.run_reload(hosts[p.name], params)
         ppsql.execute("DROP TABLE IF EXISTS hcbpg_wal_push", dbname="postgres")
 
 
