@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import papermill as pm
@@ -44,6 +45,25 @@ def test_notebook_starts_its_own_step(path: Path):
     src = "".join("".join(c["source"]) for c in json.loads(path.read_text())["cells"])
     assert f'step="{path.stem}"' in src or f"step='{path.stem}'" in src
     assert "rb.finish()" in src
+
+
+#: a cell deciding by the run's mode: the engine (rb.verify_applied, record_applied, when_applied, track_applied)
+#: and the hosts (DryRunHost, AbsentHost) know whether this is a dry run
+DRY_RUN_BRANCH = re.compile(r"\bif\s+(not\s+)?rb\.dry_run\b|\bnot\s+rb\.dry_run\b|\brb\.dry_run\s+else\b")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_no_cell_branches_on_the_dry_run(path: Path):
+    cells = ["".join(c["source"]) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+    branching = [src for src in cells if DRY_RUN_BRANCH.search(src)]
+    assert not branching, f"{path.name}: cells that branch on rb.dry_run:\n" + "\n---\n".join(branching)
+
+
+@pytest.mark.parametrize("src", ["if rb.dry_run:\n    print(1)", "if not rb.dry_run:\n    x()",
+                                 "rb.track(x, show=not rb.dry_run)", "a = plan if rb.dry_run else b"])
+def test_the_branch_check_finds_a_branch(src: str):
+    assert DRY_RUN_BRANCH.search(src)
+    assert not DRY_RUN_BRANCH.search("f(host, dry_run=rb.dry_run)\nrb.verify_applied(check, host)")
 
 
 def test_step_13_moves_ownership_only_after_the_release_command_gate():

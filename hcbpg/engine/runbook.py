@@ -210,7 +210,10 @@ class Runbook:
 
     def when_applied(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """``fn(*args, **kwargs)`` when the step applied its changes; None in a dry run (*fn* is not called)."""
-        return None if self.dry_run else fn(*args, **kwargs)
+        if self.dry_run:
+            print(f"dry run: nothing was changed, {getattr(fn, '__name__', 'this')} is not run")  # a callable's name
+            return None
+        return fn(*args, **kwargs)
 
     def record_applied(self, name: str, value: Any, *args: Any, **kwargs: Any) -> None:
         """Record *value* (a function: what it returns, called with *args*) for later steps, unless this is a dry
