@@ -12,9 +12,13 @@ import yaml
 from hcbpg.adapters.base import Result
 from hcbpg.adapters.host import TIMEOUT_EXIT
 from hcbpg.adapters.recording import RecordingHost
+from hcbpg.adapters.site import site_for
+from hcbpg.desired import health_report as health
+from hcbpg.desired import schedule
 from hcbpg.errors import SafetyCheckFailed
-from hcbpg.ops import health, replica, schedule, topology
+from hcbpg.ops import replica, topology
 from hcbpg.ops.jobs import health_job
+from hcbpg.outcome import Check
 from hcbpg.params import parse_params
 
 REPO = Path(__file__).resolve().parent.parent
@@ -54,7 +58,7 @@ def test_no_running_base_backup_is_none():
     assert replica.get_running_basebackup(host, PGDATA) is None
 
 
-CFG = json.loads(schedule.render_health_config(P, P.primary))
+CFG = json.loads(schedule.render_health_config(P, P.primary, schedule.plan_health_url(P, site_for(P).health_deadman_url(P))))
 NOW = 1_800_000_000.0
 
 
@@ -77,7 +81,7 @@ def test_health_job_passes_every_check_on_a_healthy_primary():
 def test_health_job_fails_each_concern_on_its_own():
     failing = facts(archiver={"ok": NOW - 100, "failed": NOW - 5, "last_failed_wal": "000000010000000000000009"})
     r = health_job.judge(CFG, failing, "", 40.0, BACKUPS, None)
-    assert [c for c, why in r.items() if why] == ["archiving"] and "failing" in r["archiving"]
+    assert [c for c, why in r.items() if why] == ["archiving"] and "FAILING" in r["archiving"]
     lost = facts(slots=[{"slot_name": "s2", "wal_status": "lost", "retained": 0}])
     assert [c for c, why in health_job.judge(CFG, lost, "", 40.0, BACKUPS, None).items() if why] == ["replication"]
     assert [c for c, why in health_job.judge(CFG, facts(), "", 95.0, BACKUPS, None).items() if why] == ["disk"]
@@ -97,7 +101,7 @@ def test_dropped_wal_fails_archiving_until_a_backup_starts_after_it():
     assert dropped is not None and dropped[1] == "000000010000000000000021"
     r = health_job.judge(CFG, facts(now=dropped[0] + 60), "", 40.0, [{"start": dropped[0] - 60, "stop": dropped[0] - 30,
                                                                       "error": False}], dropped)
-    assert "dropped" in (r["archiving"] or "")
+    assert "DROPPED" in (r["archiving"] or "")
     closed = [{"start": dropped[0] + 10, "stop": dropped[0] + 20, "error": False}]
     assert health_job.judge(CFG, facts(now=dropped[0] + 60), "", 40.0, closed, dropped)["archiving"] is None
 
@@ -114,12 +118,12 @@ def test_status_says_wal_dropped_loudly_and_strict_fails_on_a_warning():
     m.backup, m.archiver = None, {**m.archiver, "last_failed_time": NOW - 100}  # the repository does not answer
     c = {x.name: x for x in health.evaluate([m], health.Thresholds()) if x.target == m.server}
     assert c["archiving"].status == "fail" and "WAL DROPPED" in c["archiving"].detail
-    warn_only = [health.Check("role", "warn", "", "s")]
+    warn_only = [Check("role", "warn", "", "s")]
     assert health.exit_code(warn_only) == 0 and health.exit_code(warn_only, strict=True) == 1
 
 
 def test_backup_job_backs_up_only_where_not_in_recovery_and_the_health_job_is_installed_whole():
-    script = schedule.render_backup_job_script(P)
+    script = schedule.render_backup_job_script(P, schedule.plan_schedule(P, site_for(P).deadman_url(P)))
     guard = script.index("SELECT pg_is_in_recovery()")
     assert guard < script.index('pgbackrest --stanza="$STANZA"') and 'if [ "$in_recovery" = t ]' in script
     job = schedule.render_health_job()

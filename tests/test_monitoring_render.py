@@ -13,8 +13,9 @@ import pytest
 import tomllib
 import yaml
 
+from hcbpg.desired import health_report as health
+from hcbpg.desired import monitoring
 from hcbpg.desired import roles as desired_roles
-from hcbpg.ops import health, monitoring
 from hcbpg.params import parse_params
 
 from goldenfile import golden

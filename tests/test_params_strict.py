@@ -7,8 +7,8 @@ import shutil
 import pytest
 import yaml
 
+from hcbpg.desired import backups as pgb
 from hcbpg.errors import ParamsError
-from hcbpg.ops import pgbackrest as pgb
 from hcbpg.params import load_params, parse_params
 
 from nbutil import REPO

@@ -11,12 +11,16 @@ import json
 
 import pytest
 
+from hcbpg.adapters.site import site_for
+from hcbpg.desired import backups as pgb_paths
+from hcbpg.desired import drill, schedule
 from hcbpg.desired import pgbackrest as desired_pgbackrest
 from hcbpg.errors import ParamsError, SafetyCheckFailed
 from hcbpg.lab.deadman import classify
-from hcbpg.ops import drill, schedule
-from hcbpg.ops import pgbackrest as pgb
 from hcbpg.params import parse_params
+from hcbpg.pg import pgbackrest as pgb
+from hcbpg.pg.pgbackrest import restore_options
+from hcbpg.steps.restore_drill import drill_target
 
 from goldenfile import GOLDEN, golden
 
@@ -139,39 +143,43 @@ def test_parse_version(text, version):
 
 def test_archiving_settings_name_the_stanza_and_keep_archive_mode_off():
     p = params(LAB_PB)
-    text = pgb.render_archiving(p, p.primary, archive_mode=False)
+    text = pgb_paths.render_archiving(p, p.primary, archive_mode=False)
     golden("pgbackrest.archiving.off.conf", text)
     assert "archive_command = 'pgbackrest --stanza=hcb_production archive-push %p'" in text
     assert "archive_mode = off" in text and "demo" not in text
-    assert "archive_mode = on" in pgb.render_archiving(p, p.primary, archive_mode=True)
+    assert "archive_mode = on" in pgb_paths.render_archiving(p, p.primary, archive_mode=True)
 
 
 def test_paths_plan_follows_the_runbook():
-    cmds = pgb.plan_paths({})
+    cmds = pgb_paths.plan_paths({})
     assert cmds[0] == "install -d -m 0770 -o postgres -g postgres /var/log/pgbackrest"
     assert cmds[-1] == "install -m 0640 -o postgres -g postgres /dev/null /etc/pgbackrest/pgbackrest.conf"
-    current = pgb.parse_stat("/var/log/pgbackrest|directory|770|postgres|postgres\n"
+    current = pgb_paths.parse_stat("/var/log/pgbackrest|directory|770|postgres|postgres\n"
                              "/etc/pgbackrest|directory|755|root|root\n"
                              "/etc/pgbackrest/conf.d|directory|755|root|root\n"
                              "/etc/pgbackrest/pgbackrest.conf|regular file|644|root|root\n")
-    assert pgb.plan_paths(current) == ["chown -h postgres:postgres /etc/pgbackrest/pgbackrest.conf",
+    assert pgb_paths.plan_paths(current) == ["chown -h postgres:postgres /etc/pgbackrest/pgbackrest.conf",
                                        "chmod 0640 /etc/pgbackrest/pgbackrest.conf"]
 
 
 
 def test_paths_plan_refuses_a_symlink_where_the_conf_file_goes():
     """A symlink is neither the file nor the directory the runbook wants: chown/chmod would follow it."""
-    current = pgb.parse_stat("/etc/pgbackrest/pgbackrest.conf|symbolic link|777|postgres|postgres\n")
+    current = pgb_paths.parse_stat("/etc/pgbackrest/pgbackrest.conf|symbolic link|777|postgres|postgres\n")
     with pytest.raises(SafetyCheckFailed, match="is a symbolic link, expected a file"):
-        pgb.plan_paths(current, [s for s in pgb.PATHS if s.kind == "file"])
+        pgb_paths.plan_paths(current, [s for s in pgb_paths.PATHS if s.kind == "file"])
 
 
 # schedule ---------------------------------------------------------------------------------------
 
+def _schedule(p):
+    return schedule.plan_schedule(p, site_for(p).deadman_url(p))
+
+
 def test_cron_and_job_script_match_golden():
     p = params(LAB_PB)
-    golden("pgbackrest.cron", schedule.render_cron(p))
-    script = schedule.render_backup_job_script(p)
+    golden("pgbackrest.cron", schedule.render_cron(_schedule(p)))
+    script = schedule.render_backup_job_script(p, _schedule(p))
     golden("pgbackrest.backup-job.sh", script)
     assert "PING_URL=http://10.0.1.1:8781/ping/hcbpg-backup-lab" in script
     assert '"$PING_URL/fail?status=$status"' in script and 'exit "$status"' in script
@@ -179,10 +187,10 @@ def test_cron_and_job_script_match_golden():
 
 def test_schedule_times_are_validated():
     p = params(LAB_PB)
-    assert "30 6 * * 0 postgres /usr/local/sbin/hcbpg-backup full" in schedule.render_cron(p)
-    assert "30 6 * * 1-6 postgres /usr/local/sbin/hcbpg-backup diff" in schedule.render_cron(p)
+    assert "30 6 * * 0 postgres /usr/local/sbin/hcbpg-backup full" in schedule.render_cron(_schedule(p))
+    assert "30 6 * * 1-6 postgres /usr/local/sbin/hcbpg-backup diff" in schedule.render_cron(_schedule(p))
     prod = params(PRODUCTION_PB, "production")
-    assert schedule.get_schedule(prod).deadman_url is None  # production must set it: the check fails
+    assert _schedule(prod).deadman_url is None  # production must set it: the check fails
 
 
 @pytest.mark.parametrize("path, query, expected", [
@@ -206,7 +214,7 @@ def test_parse_info_json_matches_golden():
     assert rows[1].prior == rows[0].label and rows[0].duration_s >= 0
     assert pgb.parse_stanza_status(text, "hcb_production") == (0, "ok")
     assert pgb.parse_stanza_status(text, "other") is None
-    assert pgb.check_backups(rows, parse_params({**BASE, "pgbackrest": LAB_PB}).primary,
+    assert pgb_paths.check_backups(rows, parse_params({**BASE, "pgbackrest": LAB_PB}).primary,
                              types=("full", "diff"))[-1].status == "pass"
 
 
@@ -245,10 +253,10 @@ def test_parse_pgbackrest_error(output, expected):
 # the drill's pure parts ----------------------------------------------------------------------------
 
 def test_restore_options_never_archive_and_stop_at_the_backup_or_the_time():
-    assert drill.restore_options(set_label="20261125-100507F") == [
+    assert restore_options(set_label="20261125-100507F") == [
         "--archive-mode=off", "--log-level-console=info", "--set=20261125-100507F", "--type=immediate",
         "--target-action=promote"]
-    opts = drill.restore_options(target_time="2026-11-25 10:00:00+00")
+    opts = restore_options(target_time="2026-11-25 10:00:00+00")
     assert "--type=time" in opts and "--target=2026-11-25 10:00:00+00" in opts and "--archive-mode=off" in opts
 
 
@@ -289,12 +297,12 @@ def test_the_drill_expects_unlogged_tables_empty_and_says_so():
 
 def test_drill_target_refuses_a_real_server():
     p = parse_params({**BASE, "pgbackrest": LAB_PB})
-    assert drill.drill_target(p).name == "drill-1" and drill.drill_target(p).private_ip == "10.0.1.30"
+    assert drill_target(p).name == "drill-1" and drill_target(p).private_ip == "10.0.1.30"
     bad = parse_params({**BASE,
                         "servers": [{"name": "server-postgres-1", "private_ip": "10.0.1.30", "role": "primary"}],
                         "pgbackrest": LAB_PB})
     with pytest.raises(SafetyCheckFailed):
-        drill.drill_target(bad)
+        drill_target(bad)
 
 
 def test_auto_conf_check_explains_extra_settings():

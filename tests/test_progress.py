@@ -138,7 +138,7 @@ def test_basebackup_progress():
 
 
 def test_pgbackrest_info_of_a_running_backup_gives_bytes_done_of_the_total():
-    from hcbpg.ops.pgbackrest import parse_backup_progress
+    from hcbpg.pg.pgbackrest import parse_backup_progress
     running = json.dumps([{"name": "main", "backup": [], "status": {
         "code": 2, "message": "no valid backups",
         "lock": {"backup": {"held": True, "size": 109792819251, "size-cplt": 75161927680}}}}])
@@ -152,7 +152,7 @@ def test_pgbackrest_info_of_a_running_backup_gives_bytes_done_of_the_total():
 
 
 def test_pgbackrest_info_text_gives_the_running_backups_percentage():
-    from hcbpg.ops.pgbackrest import parse_backup_percent
+    from hcbpg.pg.pgbackrest import parse_backup_percent
     text = ("stanza: hcb_production\n    status: ok (backup/expire running - 45.12% complete)\n"
             "    cipher: aes-256-cbc\n")
     assert parse_backup_percent(text) == 45.12

@@ -15,10 +15,12 @@ import time
 
 from hcbpg.adapters import hostkeys
 from hcbpg.adapters.host import Host
+from hcbpg.desired import health_report
 from hcbpg.errors import HcbpgError, UsageError
 from hcbpg.ops import health, tls
 from hcbpg.outcome import Check
 from hcbpg.params import Params, Server, home, load_params
+from hcbpg.steps.health import open_server_hosts
 
 
 def _recorded_servers(env: str, params) -> list[dict]:  # noqa: ANN001
@@ -63,7 +65,7 @@ def _status_once(args: argparse.Namespace) -> int:
     params = load_params(args.env, home())
     # paramiko logs a traceback for every unreachable host; the report says it in one line
     logging.getLogger("paramiko").setLevel(logging.CRITICAL)
-    hosts = health.open_hosts(params, recorded=_recorded_servers(args.env, params),
+    hosts = open_server_hosts(params, recorded=_recorded_servers(args.env, params),
                               connect_timeout=args.connect_timeout)
     try:
         measurements = health.get_measurements(hosts, params)
@@ -72,17 +74,17 @@ def _status_once(args: argparse.Namespace) -> int:
         for h in hosts.values():
             if h is not None:
                 h.close()
-    checks = health.evaluate(measurements, health.thresholds_from(params)) + cert_checks
-    code = health.exit_code(checks, strict=getattr(args, "strict", False))
+    checks = health_report.evaluate(measurements, health_report.thresholds_from(params)) + cert_checks
+    code = health_report.exit_code(checks, strict=getattr(args, "strict", False))
     if args.json:
         json.dump({"environment": args.env, "exit_code": code,
-                   "checks": health.report_rows(checks),
+                   "checks": health_report.report_rows(checks),
                    "measurements": [m.as_dict() for m in measurements]}, sys.stdout, indent=2, default=str)
         print()
     elif getattr(args, "all", False):
-        print(health.render_text(checks))
+        print(health_report.render_text(checks))
     else:
-        print(health.render_compact(measurements, checks))
+        print(health_report.render_compact(measurements, checks))
     return code
 
 

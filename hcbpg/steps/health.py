@@ -1,18 +1,38 @@
-"""Step 15 (notebook ``15_health``): read-only measurements on every server, judged against thresholds."""
+"""Step 15 (notebook ``15_health``): read-only measurements on every server, judged against thresholds
+(the rules: :mod:`hcbpg.desired.health`); ``hcbpg status`` opens its hosts here too."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
-from hcbpg.ops import health
-from hcbpg.ops.health import evaluate, figure_data, get_measurements, plot, thresholds_from  # noqa: F401 - the notebook's calls
+from hcbpg.adapters import hostkeys
+from hcbpg.adapters.host import Host
+from hcbpg.desired.addresses import ssh_address
+from hcbpg.desired.health_report import evaluate, figure_data, plot, thresholds_from  # noqa: F401 - the notebook's calls
+from hcbpg.ops.health import get_measurements  # noqa: F401 - the notebook's call
 from hcbpg.steps.targets import recorded_servers
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hcbpg.adapters.host import Host
+    from hcbpg.params import Params
     from hcbpg.steps.context import Run
 
 
-def open_hosts(rb: "Run") -> dict[str, "Host | None"]:
+def open_server_hosts(params: "Params", *, recorded: Sequence[Mapping[str, Any]] | None = None,
+                      connect_timeout: float | None = None,
+                      echo: Callable[[str], None] = lambda s: None) -> dict[str, Host]:
+    """A Host per server (connected on its first command): ``ssh_host``, else the address pinned with its
+    host key, else the private IP."""
+    out: dict[str, Host] = {}
+    for s in params.servers:
+        address = ssh_address(params, s.name, recorded) or s.private_ip
+        out[s.name] = Host(s.name, address, user=params.ssh.user, key_file=os.path.expanduser(params.ssh.key_file),
+                           port=params.ssh.port, connect_timeout=connect_timeout or params.ssh.connect_timeout,
+                           command_timeout=120.0, echo=echo, known_hosts=hostkeys.known_hosts_path(params))
+    return out
+
+
+def open_hosts(rb: "Run") -> dict[str, Host]:
     """A Host per server: ``ssh_host``, else the public IP step 01 recorded, else the private IP."""
-    return health.open_hosts(rb.params, recorded=recorded_servers(rb), echo=print)
+    return open_server_hosts(rb.params, recorded=recorded_servers(rb), echo=print)

@@ -15,18 +15,24 @@ from pathlib import Path
 import pytest
 
 from hcbpg.adapters.host import Host
+from hcbpg.desired import backups as desired_backups
 from hcbpg.desired import pgbackrest as desired_pgbackrest
 from hcbpg.errors import PgBackRestError
 from hcbpg.lab import create_server_host, deadman, destroy_server_host
 from hcbpg.lab.core import read_state
 from hcbpg.lab.site import LAB_DRILL_NAME
-from hcbpg.ops import app_database as roles
 from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import drill, schedule
 from hcbpg.ops import pgbackrest as pgb
 from hcbpg.ops import server as pg_server
 from hcbpg.params import parse_params
+from hcbpg.pg.pgbackrest import format_bytes, parse_info_json
 from hcbpg.secrets import resolve
+from hcbpg.steps import allow_connections as allow_step
+from hcbpg.steps import app_role_database as role_step
+from hcbpg.steps import pgbackrest as step05
+from hcbpg.steps import restore_drill as step12
+from hcbpg.steps import start_archiving as step08
 
 from labparams import lab_params, pgbackrest_section
 
@@ -71,17 +77,17 @@ def monkeypatch_module():
 
 @pytest.fixture(scope="module")
 def secrets(params):
-    return [v for k, v in pgb.resolve_conf_secrets(params).items()]
+    return [v for k, v in desired_backups.resolve_conf_secrets(params).items()]
 
 
 @pytest.fixture(scope="module")
 def primary(params):
     server = params.primary
     host = Host.from_params(params, server.name, server.ssh_host)
-    pg_server.install_server(host, params, server, dry_run=False)
-    pg_server.allow_connections(host, params, server, dry_run=False)
+    pg_server.install_server(host, params, server)
+    allow_step.allow_connections(host, params, server)
     password = resolve(params.postgres.app_role_password, key="postgres.app_role_password")
-    roles.app_role_database(pg_cluster.psql_for(host, params), params, password, dry_run=False, host_name=server.name)
+    role_step.app_role_database(pg_cluster.get_psql(host, params), params, password)
     host.run("psql -X -q -v ON_ERROR_STOP=1 -d hcb_production", sudo_user="postgres", stdin=SEED_SQL)
     yield host
     host.close()
@@ -98,7 +104,7 @@ def receiver(lab):
 def test_step05_dry_run_plans_and_changes_nothing(params, primary):
     before = primary.probe("ls -la /etc/pgbackrest /var/log/pgbackrest 2>&1; "
                            "cat /etc/postgresql/15/main/conf.d/* 2>&1").stdout
-    outcomes = pgb.configure_pgbackrest(primary, params, params.primary, dry_run=True)
+    outcomes = step05.get_plan(primary, params, params.primary)
     changed = {o.what for o in outcomes if o.changed}
     assert f"{desired_pgbackrest.CONF_PATH} on server-postgres-1" in changed
     assert "stanza hcb_production on server-postgres-1" in changed
@@ -108,7 +114,7 @@ def test_step05_dry_run_plans_and_changes_nothing(params, primary):
 
 def test_step05_configures_pgbackrest_and_check_expects_archive_mode(params, primary, secrets):
     t0 = time.monotonic()
-    outcomes = pgb.configure_pgbackrest(primary, params, params.primary, dry_run=False)
+    outcomes = step05.configure(primary, params, params.primary)
     conf = next(o for o in outcomes if o.what.startswith(desired_pgbackrest.CONF_PATH))
     assert conf.changed and "repo1-s3-key=<secret>" in conf.diff
     for value in secrets:
@@ -124,7 +130,7 @@ def test_step05_configures_pgbackrest_and_check_expects_archive_mode(params, pri
 
 
 def test_step05_second_run_changes_nothing(params, primary):
-    outcomes = pgb.configure_pgbackrest(primary, params, params.primary, dry_run=False)
+    outcomes = step05.configure(primary, params, params.primary)
     assert [o.what for o in outcomes if o.changed] == []
 
 
@@ -136,30 +142,31 @@ def test_other_pgbackrest_errors_raise_with_pgbackrests_message(params, primary)
 
 def test_step08_archiving_on_check_passes_and_first_full_backup(params, primary, lab):
     t0 = time.monotonic()
-    outcomes = pgb.start_archiving(primary, params, params.primary, dry_run=False)
+    outcomes = step08.start_archiving(primary, params, params.primary)
     assert any(a.startswith("restart") for o in outcomes for a in o.actions)
     checks = pgb.check_archiving_started(primary, params, params.primary)
     failed = [f"{c.name}: {c.detail}" for c in checks if c.status != "pass"]
     assert not failed, failed
-    outcome, backup, fp = drill.ensure_baseline_backup(primary, params, dry_run=False)
+    outcome, backup, fp = drill.ensure_baseline_backup(primary, params)
     assert outcome.changed and backup is not None and backup.type == "full"
     assert fp["backup_label"] == backup.label and fp["tables"]["public.users"] == 2000
     assert fp["tables"]["public.transactions"] == 30000 and "pgcrypto" in fp["extensions"]
     STATE["fingerprint"] = fp  # for the drill below
-    print(f"step 08: full backup {backup.label}: {pgb.format_bytes(backup.size)} database, "
-          f"{pgb.format_bytes(backup.repo_size)} in the repository, {backup.duration_s}s "
+    print(f"step 08: full backup {backup.label}: {format_bytes(backup.size)} database, "
+          f"{format_bytes(backup.repo_size)} in the repository, {backup.duration_s}s "
           f"(WAL {backup.wal_start}..{backup.wal_stop}); step total {time.monotonic() - t0:.1f}s")
-    again, same, fp2 = drill.ensure_baseline_backup(primary, params, dry_run=False)
+    again, same, fp2 = drill.ensure_baseline_backup(primary, params)
     assert not again.changed and same.label == backup.label and fp2 is None
     rows = pgb.get_backups(primary, params)
     files = pgb.get_repo_files(primary, params)
-    repo_checks = pgb.check_repo_objects(files, rows, params.primary) + pgb.check_backups(rows, params.primary)
+    repo_checks = (desired_backups.check_repo_objects(files, rows, params.primary)
+                   + desired_backups.check_backups(rows, params.primary))
     failed = [f"{c.name}: {c.detail}" for c in repo_checks if c.status != "pass"]
     assert not failed, failed
 
 
 def test_step05_again_after_archiving_started_keeps_archiving_on(params, primary):
-    outcomes = pgb.configure_pgbackrest(primary, params, params.primary, dry_run=False)
+    outcomes = step05.configure(primary, params, params.primary)
     assert [o.what for o in outcomes if o.changed] == []
     assert pgb.get_archive_mode_written(primary, params)
     checks = pgb.check_configured(primary, params, params.primary)
@@ -180,9 +187,9 @@ def _bucket_keys(lab, params):
 
 
 def test_scheduled_job_takes_a_diff_and_pings_success(params, primary, receiver, lab):
-    outcomes = schedule.ensure_backup_schedule(primary, params, params.primary, dry_run=False)
+    outcomes = schedule.ensure_backup_schedule(primary, params, params.primary)
     assert all(o.changed for o in outcomes)
-    assert not any(o.changed for o in schedule.ensure_backup_schedule(primary, params, params.primary, dry_run=False))
+    assert not any(o.changed for o in schedule.ensure_backup_schedule(primary, params, params.primary))
     checks = schedule.check_backup_schedule(primary, params, params.primary)
     assert not [c for c in checks if c.status == "fail"], checks
     primary.run("psql -X -q -v ON_ERROR_STOP=1 -d hcb_production", sudo_user="postgres", stdin=LATER_SQL)
@@ -222,17 +229,17 @@ def test_unreachable_repo_makes_the_job_ping_failure_and_exit_nonzero(params, pr
 
 
 def test_restore_drill_on_a_fresh_host_matches_the_primary_at_the_backup_point(params, primary):
-    fp = drill.require_fingerprint(STATE.get("fingerprint"))
-    target = drill.drill_target(params)
+    fp = step12.require_fingerprint(STATE.get("fingerprint"))
+    target = step12.drill_target(params)
     history_before = len(primary.history)
-    host = drill.scratch_host(params, target, dry_run=False)
-    prepared = drill.prepare_scratch(host, params, target, version=None, dry_run=False)
+    host = step12.scratch_host(params, target, dry_run=False)
+    prepared = step12.prepare_scratch(host, params, target)
     assert any(o.changed for o in prepared)
     t0 = time.monotonic()
-    result = drill.run_restore(host, params, target, set_label=fp["backup_label"], dry_run=False)
+    result = drill.run_restore(host, params, target, set_label=fp["backup_label"])
     print(f"restore drill: {result.backup_label}: pgbackrest restore {result.restore_s}s, recovery "
           f"{result.recovery_s}s, total {result.total_s}s (wall {time.monotonic() - t0:.1f}s)")
-    checks, restored = drill.verify_restore(host, params, target, fp, result)
+    checks, restored = drill.check_restore(host, params, target, fp, result)
     failed = [f"{c.name}: {c.detail}" for c in checks if c.status == "fail"]
     assert not failed, failed
     # the drill proves the repository too: pgbackrest verify read every file of the backup and the WAL
@@ -241,25 +248,25 @@ def test_restore_drill_on_a_fresh_host_matches_the_primary_at_the_backup_point(p
     assert restored["tables"]["public.users"] == 2000  # the backup's point, not the 50 rows added later
     assert result.auto_conf.get("archive_mode") == "'off'" and "restore_command" in result.auto_conf
     assert len(primary.history) == history_before  # the drill never touched the primary
-    again = drill.run_restore(host, params, target, set_label=fp["backup_label"], dry_run=False)
+    again = drill.run_restore(host, params, target, set_label=fp["backup_label"])
     assert not again.restored_now and again.total_s == result.total_s
     host.close()
 
 
 def test_point_in_time_restore_replays_archived_wal_up_to_the_target(params, primary):
     """--type=time: the latest backup before the target plus archived WAL, stopping before a later commit."""
-    psql = pg_cluster.psql_for(primary, params)
+    psql = pg_cluster.get_psql(primary, params)
     users = psql.value("SELECT count(*) AS n FROM users", dbname="hcb_production")
     target_time = psql.value("SELECT now()::text AS t")
     time.sleep(1.2)
     primary.run("psql -X -q -v ON_ERROR_STOP=1 -d hcb_production", sudo_user="postgres",
                 stdin="INSERT INTO users (email) VALUES ('after-the-target@example.com');")
     pgb.run_pgbackrest(primary, params, "check")  # switches WAL and waits until it is archived
-    target = drill.drill_target(params)
-    host = drill.scratch_host(params, target, dry_run=False)
-    result = drill.run_restore(host, params, target, target_time=target_time, dry_run=False)
+    target = step12.drill_target(params)
+    host = step12.scratch_host(params, target, dry_run=False)
+    result = drill.run_restore(host, params, target, target_time=target_time)
     assert result.restored_now and "--type=time" in result.options
-    restored = pg_cluster.psql_for(host, params).value("SELECT count(*) AS n FROM users", dbname="hcb_production")
+    restored = pg_cluster.get_psql(host, params).value("SELECT count(*) AS n FROM users", dbname="hcb_production")
     assert restored == users, f"restored {restored} users, {users} at {target_time}"
     assert "recovery_target_time" in result.auto_conf
     print(f"point-in-time restore to {target_time}: time to recover {result.total_s}s")
@@ -270,7 +277,7 @@ def test_fingerprint_and_info_golden_sources_are_real(params, primary, tmp_path)
     """Keep a real `info --output=json` for the unit tests' golden file when asked (HCBPG_WRITE_GOLDEN)."""
     import os
     text = pgb.get_info_json(primary, params)
-    rows = pgb.parse_info_json(text, "hcb_production")
+    rows = parse_info_json(text, "hcb_production")
     assert [r.type for r in rows][:2] == ["full", "diff"]
     if os.environ.get("HCBPG_WRITE_GOLDEN"):
         from pathlib import Path
@@ -310,10 +317,10 @@ def nb_home(lab, tmp_path_factory, secrets):
     (home / "params" / "lab.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     p = parse_params(data)
     host = Host.from_params(p, "nb-postgres-1", ip)
-    pg_server.install_server(host, p, p.primary, dry_run=False)
-    pg_server.allow_connections(host, p, p.primary, dry_run=False)
+    pg_server.install_server(host, p, p.primary)
+    allow_step.allow_connections(host, p, p.primary)
     password = resolve(p.postgres.app_role_password, key="postgres.app_role_password")
-    roles.app_role_database(pg_cluster.psql_for(host, p), p, password, dry_run=False, host_name="nb-postgres-1")
+    role_step.app_role_database(pg_cluster.get_psql(host, p), p, password)
     host.run("psql -X -q -v ON_ERROR_STOP=1 -d hcb_production", sudo_user="postgres", stdin=SEED_SQL)
     host.close()
     env = {"HCBPG_HOME": str(home), "HCBPG_STATE_DIR": str(home / "state"), "HCBPG_LAB_DIR": str(lab.lab_dir),

@@ -1,8 +1,10 @@
 """The health job hcbpg installs on every server (``/usr/local/sbin/hcbpg-health``, run by cron as
 postgres): one check per concern, each pinging its own dead-man's-switch URL only while it holds.
 
-This file is installed as it is (standard library only, no import of hcbpg): its settings come
-from ``/etc/hcbpg/health.json`` (:func:`hcbpg.ops.schedule.render_health_config`).  Each check
+Installed as one standard-library program: the rules (:mod:`hcbpg.desired.health`, shared with ``hcbpg
+status``) in place of the one line that imports them here, then this file
+(:func:`hcbpg.desired.schedule.render_health_job`).  Its settings come from ``/etc/hcbpg/health.json``
+(:func:`hcbpg.desired.schedule.render_health_config`).  Each check
 (``postgres``, ``archiving``, ``replication``, ``disk``, ``backup``) pings ``<url>/<server>-<check>``
 when it passes and ``<url>/<server>-<check>/fail`` with the reason when it does not, so the
 receiver shows what failed; a server that is down sends nothing, and the missing pings are the
@@ -14,19 +16,17 @@ from __future__ import annotations
 import glob
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Callable
-from datetime import datetime, timezone
 from typing import Any
 
+from hcbpg.desired.health import CHECKS, Measurement, Thresholds, judge_measurement, last_dropped
+
 CONFIG = "/etc/hcbpg/health.json"
-CHECKS = ("postgres", "archiving", "replication", "disk", "backup")
-_DROPPED_RE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\.\d+ .*dropped WAL file '([0-9A-F]{24})'")
 
 _QUERY = """SELECT json_build_object(
  'in_recovery', pg_is_in_recovery(),
@@ -48,67 +48,41 @@ _QUERY = """SELECT json_build_object(
           ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp()) END END)"""
 
 
-def last_dropped(log_text: str) -> tuple[float, str] | None:
-    """(epoch, segment) of the last WAL pgBackRest dropped from the archive (queue full), from its log."""
-    found = None
-    for line in log_text.splitlines():
-        m = _DROPPED_RE.match(line)
-        if m:
-            found = (datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc).timestamp(),
-                     m.group(2))
-    return found
+def to_measurement(cfg: dict[str, Any], facts: dict[str, Any] | None, error: str, disk_pct: float | None,
+                   backups: list[dict[str, Any]] | None, dropped: tuple[float, str] | None) -> Measurement:
+    """What the job measured, as the rules read it (:class:`hcbpg.desired.health.Measurement`)."""
+    m = Measurement(cfg["server"], "", "", reachable=True, running=facts is not None, error=error or None,
+                    disk=None if disk_pct is None else {"used_pct": disk_pct})
+    if facts is None:
+        return m
+    a = facts.get("archiver") or {}
+    good = [b for b in backups or [] if not b.get("error")]
+    last = max(good, key=lambda b: b["stop"]) if good else None
+    m.now, m.in_recovery, m.archive_mode = float(facts["now"]), bool(facts["in_recovery"]), facts["archive_mode"]
+    m.data_directory = facts["data_directory"]
+    m.archiver = {"last_archived_time": a.get("ok"), "last_failed_time": a.get("failed"),
+                  "last_failed_wal": a.get("last_failed_wal")}
+    m.archive_ready = int(facts["ready"])
+    m.wal_bytes = int(float(facts["wal_bytes"]))
+    m.slots = [{"slot_name": s["slot_name"], "wal_status": s.get("wal_status"), "active": True,
+                "retained_bytes": float(s.get("retained") or 0)} for s in facts["slots"]]
+    m.replication = [{"application_name": r.get("application_name"), "state": r.get("state"),
+                      "replay_lag_s": r.get("lag")} for r in facts["replication"]]
+    m.receiver = {"status": facts["receiver"]} if facts["receiver"] else None
+    m.replay_lag_s = None if facts["replay_lag"] is None else float(facts["replay_lag"])
+    m.backup = None if last is None else {"label": "", "type": "", "stop": last["stop"], "error": False,
+                                          "start": max(b["start"] for b in good)}
+    m.backup_error = "pgbackrest info failed" if backups is None else "no backup in the repository"
+    m.wal_dropped = None if dropped is None else {"time": dropped[0], "segment": dropped[1]}
+    return m
 
 
 def judge(cfg: dict[str, Any], facts: dict[str, Any] | None, error: str, disk_pct: float | None,
           backups: list[dict[str, Any]] | None, dropped: tuple[float, str] | None) -> dict[str, str | None]:
-    """Each check's failure reason (None: it holds), from what was measured.  Pure."""
-    t = cfg["thresholds"]
-    out: dict[str, str | None] = {c: None for c in CHECKS}
-    if facts is None:
-        for c in CHECKS:
-            out[c] = f"PostgreSQL does not answer: {error}"[:300]
-        if disk_pct is not None and disk_pct < t["disk_fail_pct"]:
-            out["disk"] = None
-        return out
-    primary = not facts["in_recovery"]
-    # archiving: current (no failure since the last success, a short .ready queue) and nothing dropped
-    if primary:
-        a = facts.get("archiver") or {}
-        if facts["archive_mode"] == "off":
-            out["archiving"] = "archive_mode is off"
-        elif a.get("failed") is not None and (a.get("ok") is None or a["failed"] >= a["ok"]):
-            out["archiving"] = f"archive_command failing (last {a.get('last_failed_wal')})"
-        elif int(facts["ready"]) > t["archive_ready_max"]:
-            out["archiving"] = f"{facts['ready']} WAL segments wait to be archived"
-        elif dropped is not None and not any(b["start"] > dropped[0] for b in backups or []):
-            out["archiving"] = f"WAL {dropped[1]} was dropped from the archive (queue full): take a backup"
-    # replication: lag and WAL retained by slots
-    lost = [s["slot_name"] for s in facts["slots"] if s.get("wal_status") == "lost"]
-    big = [s["slot_name"] for s in facts["slots"] if float(s.get("retained") or 0) / 1048576 >= t["slot_retained_fail_mb"]]
-    lags = [float(r["lag"]) for r in facts["replication"] if r.get("lag") is not None]
-    if facts["replay_lag"] is not None:
-        lags.append(float(facts["replay_lag"]))
-    if lost or big:
-        out["replication"] = f"slots lost: {lost}, retaining too much WAL: {big}"
-    elif lags and max(lags) >= t["replay_lag_fail_s"]:
-        out["replication"] = f"replay lag {max(lags):.0f}s"
-    elif not primary and facts["receiver"] != "streaming" and (facts["replay_lag"] or 0) >= t["replay_lag_fail_s"]:
-        out["replication"] = f"not streaming (WAL receiver {facts['receiver']})"
-    # disk: the data directory's file system and pg_wal
-    if disk_pct is None or disk_pct >= t["disk_fail_pct"]:
-        out["disk"] = f"data directory file system {disk_pct}% used"
-    elif float(facts["wal_bytes"]) / 1048576 >= t["wal_fail_mb"]:
-        out["disk"] = f"pg_wal holds {float(facts['wal_bytes']) / 1048576:.0f} MB"
-    # backup: the primary's last backup is young enough
-    if primary:
-        done = [b for b in backups or [] if not b.get("error")]
-        if backups is None:
-            out["backup"] = "pgbackrest info failed"
-        elif not done:
-            out["backup"] = "no backup in the repository"
-        elif (float(facts["now"]) - max(b["stop"] for b in done)) / 3600 >= t["backup_age_fail_h"]:
-            out["backup"] = f"last backup {(float(facts['now']) - max(b['stop'] for b in done)) / 3600:.1f} h old"
-    return out
+    """Each check's failure reason (None: it holds), from what was measured, by the rules of
+    :mod:`hcbpg.desired.health` (the thresholds from the config).  Pure."""
+    return judge_measurement(to_measurement(cfg, facts, error, disk_pct, backups, dropped),
+                             Thresholds(**cfg["thresholds"]))
 
 
 def _run(argv: list[str]) -> tuple[int, str]:

@@ -1,0 +1,190 @@
+"""The schedules installed on every server, pure: the backup job's cron file and script (pgBackRest, then a
+ping to the dead-man's switch) and the health job's cron file, config and program.
+
+The dead-man's URLs come from params, else from the site (the lab's receiver; none in production):
+the caller passes the site's (:mod:`hcbpg.ops.schedule`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from dataclasses import dataclass
+from importlib import resources
+from typing import TYPE_CHECKING
+
+from hcbpg.errors import ParamsError
+from hcbpg.pg.conf import MANAGED_HEADER
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hcbpg.params import Params, Server
+
+JOB_PATH = "/usr/local/sbin/hcbpg-backup"
+HEALTH_JOB_PATH = "/usr/local/sbin/hcbpg-health"
+HEALTH_CRON_PATH = "/etc/cron.d/hcbpg-health"
+HEALTH_CONFIG_PATH = "/etc/hcbpg/health.json"
+CRON_PATH = "/etc/cron.d/hcbpg-backup"
+JOB_LOG = "/var/log/pgbackrest/hcbpg-backup.log"
+#: the production team's schedule: full on Sunday 06:30, differential Monday to Saturday 06:30
+DEFAULT_FULL = "30 6 * * 0"
+DEFAULT_DIFF = "30 6 * * 1-6"
+_CRON_FIELD = r"[0-9A-Za-z*/,\-]+"
+_CRON_RE = re.compile(rf"^{_CRON_FIELD}( {_CRON_FIELD}){{4}}$")
+_URL_RE = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._~\-/%]*)?$")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """When backups run and where they report."""
+
+    stanza: str
+    full: str
+    diff: str
+    deadman_url: str | None
+
+
+def plan_schedule(params: "Params", site_url: str | None) -> Schedule:
+    """The schedule from params (``pgbackrest.schedule_full``, ``schedule_diff``, ``deadman_url``; the params
+    model checks their form), the dead-man's URL else *site_url* (the site's: the lab's receiver)."""
+    pb = params.pgbackrest
+    if pb is None:
+        raise ParamsError("params", ["pgbackrest: required for this step (the backup repository)"])
+    full, diff = pb.schedule_full or DEFAULT_FULL, pb.schedule_diff or DEFAULT_DIFF
+    url = pb.deadman_url if pb.deadman_url is not None else site_url
+    problems = []  # checked again here: each value becomes a line of a cron file or a shell script
+    for key, value in (("schedule_full", full), ("schedule_diff", diff)):
+        if not _CRON_RE.match(value):
+            problems.append(f"pgbackrest.{key}: {value!r} is not a cron schedule of five fields "
+                            "(minute hour day-of-month month day-of-week), e.g. '30 6 * * 0'")
+    if url is not None and not _URL_RE.match(url):
+        problems.append(f"pgbackrest.deadman_url: {url!r} is not an http(s) URL without query or quotes")
+    if problems:
+        raise ParamsError("params", problems)
+    return Schedule(pb.stanza, full, diff, url.rstrip("/") if url else None)
+
+
+def render_cron(s: Schedule) -> str:
+    """/etc/cron.d/hcbpg-backup: weekly full and daily differential backups, as postgres."""
+    return "\n".join([
+        MANAGED_HEADER,
+        f"# pgBackRest backups of stanza {s.stanza}; each run pings the dead-man's switch (see {JOB_PATH}).",
+        "# Times are the server's time zone (UTC on Hetzner's images).",
+        "SHELL=/bin/sh",
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "",
+        f"{s.full} postgres {JOB_PATH} full",
+        f"{s.diff} postgres {JOB_PATH} diff",
+        "",
+    ])
+
+
+def render_backup_job_script(params: "Params", s: Schedule) -> str:
+    """The job script: backup as postgres, then a success or failure ping (curl, timeout and retries).
+
+    Exits with pgBackRest's exit status, so a failed backup is a failed cron job too.
+    """
+    url = shlex.quote(s.deadman_url or "")
+    return f"""#!/bin/sh
+{MANAGED_HEADER}
+# Scheduled pgBackRest backup of stanza {s.stanza} (cron: {CRON_PATH}), then a ping to the
+# dead-man's switch: URL/start before, URL on success, URL/fail?status=N on failure.
+# The outside service alerts when the pings stop: a failed backup, a stopped cron, a server
+# that is down.  Run by hand as postgres:  sudo -u postgres {JOB_PATH} diff
+set -u
+STANZA={shlex.quote(s.stanza)}
+PING_URL={url}
+LOG={JOB_LOG}
+
+type="${{1:-}}"
+case "$type" in
+  full|diff|incr) ;;
+  *) echo "usage: $0 full|diff|incr" >&2; exit 64 ;;
+esac
+if [ "$(id -un)" != postgres ]; then
+  echo "$0: run this as postgres (sudo -u postgres $0 $type)" >&2
+  exit 77
+fi
+# installed on every server: only the primary backs up (after a failover, the new one)
+if ! in_recovery=$(psql -X -A -t -q -p {params.postgres.port} -d postgres -c 'SELECT pg_is_in_recovery()' 2>&1); then
+  # PostgreSQL down: no ping (a standby's failure must not mark the cluster's backup failed;
+  # a primary that is down sends no success ping, which is the alert)
+  echo "$0: PostgreSQL does not answer ($in_recovery); no backup" >&2
+  echo "$(date -u +%FT%TZ) $type skipped: PostgreSQL does not answer" >>"$LOG" 2>/dev/null
+  exit 75
+fi
+if [ "$in_recovery" = t ]; then
+  echo "$0: this server is a standby; backups run on the primary"
+  echo "$(date -u +%FT%TZ) $type skipped: standby" >>"$LOG" 2>/dev/null
+  exit 0
+fi
+
+send_ping() {{
+  # $1: URL; stdin: the body (the tail of pgBackRest's output)
+  [ -n "$PING_URL" ] || return 0
+  curl -fsS -m 10 --retry 5 --retry-delay 2 --retry-connrefused -o /dev/null --data-binary @- "$1"
+}}
+
+out=$(mktemp) || exit 75
+trap 'rm -f "$out"' EXIT
+echo "hcbpg-backup $type starting" | send_ping "$PING_URL/start" || echo "$0: start ping failed" >&2
+pgbackrest --stanza="$STANZA" --type="$type" --log-level-console=info backup >"$out" 2>&1
+status=$?
+cat "$out"
+{{ echo "$(date -u +%FT%TZ) $type exit $status"; tail -n 5 "$out"; }} >>"$LOG" 2>/dev/null
+if [ "$status" -eq 0 ]; then
+  tail -n 20 "$out" | send_ping "$PING_URL" || echo "$0: success ping failed" >&2
+else
+  tail -n 20 "$out" | send_ping "$PING_URL/fail?status=$status" || echo "$0: failure ping failed" >&2
+fi
+exit "$status"
+"""
+
+
+# the health job -------------------------------------------------------------------------------------
+
+def plan_health_url(params: "Params", site_url: str | None) -> str | None:
+    """The health pings' base URL: ``health.deadman_url``, else *site_url* (the lab's receiver; none in production)."""
+    url = params.health.deadman_url if params.health.deadman_url is not None else site_url
+    return url.rstrip("/") if url else None
+
+
+def render_health_config(params: "Params", server: "Server", url: str | None) -> str:
+    """/etc/hcbpg/health.json for *server*: its name, the URL, the thresholds (no secrets)."""
+    h = params.health
+    cfg = {"server": server.name, "url": url or "", "port": params.postgres.port,
+           "stanza": params.pgbackrest.stanza if params.pgbackrest else "",
+           "data_directory": f"/var/lib/postgresql/{params.postgres.version}/{params.postgres.cluster}",
+           "thresholds": {"replay_lag_fail_s": h.replay_lag_fail_s, "slot_retained_fail_mb": h.slot_retained_fail_mb,
+                          "backup_age_fail_h": h.backup_age_fail_h, "disk_fail_pct": h.disk_fail_pct,
+                          "wal_fail_mb": h.wal_fail_mb, "archive_ready_max": h.archive_ready_max}}
+    return json.dumps(cfg, indent=2, sort_keys=True) + "\n"
+
+
+#: the line of the job that imports the rules; the installed program holds the rules' source in its place
+RULES_IMPORT = "from hcbpg.desired.health import "
+
+
+def render_health_job() -> str:
+    """The health job, as installed: one standard-library program, the rules (:mod:`hcbpg.desired.health`)
+    followed by :mod:`hcbpg.ops.jobs.health_job` without its import of them, with a shebang and our header."""
+    rules = resources.files("hcbpg.desired").joinpath("health.py").read_text(encoding="utf-8")
+    job = resources.files("hcbpg.ops.jobs").joinpath("health_job.py").read_text(encoding="utf-8")
+    kept = [line for line in job.splitlines(keepends=True)
+            if not line.startswith(RULES_IMPORT) and line.strip() != "from __future__ import annotations"]
+    if len(kept) != len(job.splitlines()) - 2:
+        raise ValueError("hcbpg/ops/jobs/health_job.py must import the rules in one line "
+                         f"({RULES_IMPORT}...) after `from __future__ import annotations`")
+    return f"#!/usr/bin/python3\n{MANAGED_HEADER}\n{rules}\n\n# the job " + "-" * 90 + "\n\n" + "".join(kept)
+
+
+def render_health_cron(params: "Params", url: str | None) -> str:
+    return "\n".join([
+        MANAGED_HEADER,
+        f"# hcbpg health checks; each pings {url or '(no URL set)'}/<server>-<check> while it holds.",
+        "SHELL=/bin/sh",
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "",
+        f"{params.health.schedule} postgres {HEALTH_JOB_PATH} >/dev/null 2>&1",
+        "",
+    ])
