@@ -43,6 +43,7 @@ from hcbpg.lab.core import (
     kill_netns_processes,
     locked,
     netns_list,
+    netns_pids,
     pid_alive,
     proc_starttime,
     read_state,
@@ -294,13 +295,16 @@ def _wait_for_chroot(pid: int, merged: Path, deadline: float) -> None:
 
 def create_host(cfg: LabConfig, name: str, role: str, ip: str,
                 authorized_keys: Sequence[str], *, sshd: bool = True,
-                host_keys: Mapping[str, str] | None = None, pin: bool = True) -> dict[str, Any]:
+                host_keys: Mapping[str, str] | None = None, pin: bool = True,
+                snapshot: Path | None = None) -> dict[str, Any]:
     """Bring up one lab host (idempotent: a live host with the same IP is kept).
 
     *host_keys* (cloud-init ``ssh_keys:`` names: ``ed25519_private``, ``ed25519_public``) become
     its sshd's host keys; without them it gets new ones.  *pin*: the lab pins the host's ed25519
     key in its known_hosts (its own hosts); a server created through the API is pinned by
-    whoever created it, as on Hetzner.
+    whoever created it, as on Hetzner.  *snapshot* (from :func:`snapshot_host`): the host starts
+    with that upper layer (what an earlier host wrote: an installed cluster, its configuration),
+    then gets its own hostname, machine id, host keys and authorized keys like any new host.
     """
     check_host_name(name)
     addr = ipaddress.ip_address(ip)
@@ -327,6 +331,8 @@ def create_host(cfg: LabConfig, name: str, role: str, ip: str,
         for d in (upper, work, merged):
             d.mkdir(parents=True, exist_ok=True)
         os.chmod(hdir, 0o700)
+        if snapshot is not None:
+            _copy_layer(Path(snapshot), upper)
         record = {"name": name, "role": role, "ip": ip, "netns": ns, "pid": None,
                   "starttime": None, "dir": str(hdir), "created": time.time()}
         # recorded before anything exists, so a killed `up` is torn down by name anyway
@@ -363,6 +369,50 @@ def create_host(cfg: LabConfig, name: str, role: str, ip: str,
             if pin:
                 _add_known_host(cfg, name, ip, upper)
         return _describe(record)
+
+
+# snapshots of a host's upper layer ------------------------------------------------------------
+
+#: processes a host may run while its upper layer is copied: its launcher (unshare), its PID 1 (sh and its sleep)
+#: and sshd, which write nothing but its log; anything else (PostgreSQL) must be stopped first: the copy is consistent
+_QUIET = ("unshare", "sh", "sleep", "sshd")
+
+
+def snapshot_host(cfg: LabConfig, name: str, dest: Path) -> Path:
+    """Copy lab host *name*'s upper layer (everything it wrote over the machine's /: packages' state, clusters,
+    configuration) to *dest*, for :func:`create_host` ``snapshot=`` to start hosts from.
+
+    The host keeps running; whatever writes on it must be stopped first (``pg_ctlcluster 15 main stop``: a data
+    directory copied while PostgreSQL runs is torn).  Refuses, naming them, while other processes run there.
+    Hosts made from a snapshot keep its addresses in their configuration (``listen_addresses``, the server
+    certificate): make them with the same name and IP as the host the snapshot was taken of."""
+    with locked(cfg):
+        state = read_state(cfg)
+        if not host_alive(cfg, name, state):
+            raise LabError(f"lab host {name} is not running: there is nothing to snapshot")
+        busy = []
+        for pid in netns_pids(state["hosts"][name]["netns"]):
+            try:
+                comm = Path(f"/proc/{pid}/comm").read_text().strip()
+            except OSError:
+                continue  # gone already
+            if comm not in _QUIET:
+                busy.append(f"{comm} ({pid})")
+        if busy:
+            raise LabError(f"lab host {name} still runs {', '.join(sorted(busy))}: a snapshot taken now would not "
+                           "be consistent", hint="Stop them first (PostgreSQL: pg_ctlcluster 15 main stop).")
+        if dest.is_symlink() or dest.is_file():
+            dest.unlink()
+        remove_tree(dest)
+        _copy_layer(_host_dir(cfg, name) / "upper", dest)
+    return dest
+
+
+def _copy_layer(src: Path, dest: Path) -> None:
+    """Copy an overlay layer whole: owners, modes, times, hard links, whiteouts (0/0 character devices) and
+    the ``trusted.overlay.*`` attributes of opaque directories (cp -a preserves them all as root)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    run(["cp", "-a", "--no-target-directory", str(src), str(dest)])
 
 
 #: where a lab host's sshd logs (inside the host: its upper layer keeps it)
@@ -466,14 +516,16 @@ def host_exec(cfg: LabConfig, name: str, command: str | Sequence[str], *, input:
 
 def create_server_host(name: str, private_ip: str, authorized_keys: list[str],
                        lab_dir: str | None = None, *, host_keys: Mapping[str, str] | None = None,
-                       pin: bool = True) -> dict:
-    """Bring up a lab host with role "server" (a fresh server: no PostgreSQL cluster).
+                       pin: bool = True, snapshot: Path | None = None) -> dict:
+    """Bring up a lab host with role "server" (a fresh server: no PostgreSQL cluster; or, with
+    *snapshot*, what :func:`snapshot_host` copied of an earlier one).
 
     Returns {"name", "role", "ip", "public_ip", "netns"}; ``public_ip`` is the private IP
     because the lab has no public network.  Idempotent for the same name and IP.
     """
     cfg = LabConfig.load(lab_dir)
-    return create_host(cfg, name, "server", private_ip, authorized_keys, host_keys=host_keys, pin=pin)
+    return create_host(cfg, name, "server", private_ip, authorized_keys, host_keys=host_keys, pin=pin,
+                       snapshot=snapshot)
 
 
 def destroy_server_host(name: str, lab_dir: str | None = None) -> None:

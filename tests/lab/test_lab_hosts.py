@@ -78,6 +78,42 @@ def test_runbook_commands_run_verbatim_on_a_server(lab, server):
     assert Path("/var/lib/postgresql/15/main").exists() == machine_had
 
 
+def test_a_host_made_from_a_snapshot_has_what_its_original_wrote_and_keys_of_its_own(lab, tmp_path):
+    """snapshot_host copies a host's upper layer while nothing but sshd runs there (a running cluster is
+    refused, naming it); a host made from it at the same name and IP has its cluster, its files and what it
+    deleted of the machine's (whiteouts), the machine's clusters still hidden, and new host keys."""
+    from hcbpg.errors import LabError
+    from hcbpg.lab.hosts import snapshot_host
+    name, ip = "server-snap-t1", lab.cfg.address(56)
+    key = lab.ssh_key.with_suffix(".pub").read_text()
+    create_server_host(name, ip, [key], lab_dir=str(lab.lab_dir))
+    try:
+        lab.exec(name, "pg_createcluster 15 main >/dev/null && pg_ctlcluster 15 main start && "
+                 "sudo -u postgres psql -Xqc 'CREATE TABLE kept AS SELECT 42 AS answer' && "
+                 "echo snap > /etc/hcbpg-snap && rm /etc/issue", check=True)
+        before_key = lab.exec(name, "cat /etc/ssh/ssh_host_ed25519_key.pub", check=True).stdout
+        with pytest.raises(LabError, match="still runs .*postgres"):
+            snapshot_host(lab.cfg, name, tmp_path / "snap")
+        lab.exec(name, "pg_ctlcluster 15 main stop", check=True)
+        snapshot_host(lab.cfg, name, tmp_path / "snap")
+        destroy_server_host(name, lab_dir=str(lab.lab_dir))
+        create_server_host(name, ip, [key], lab_dir=str(lab.lab_dir), snapshot=tmp_path / "snap")
+        with ssh(lab, ip) as c:
+            c.run("pg_ctlcluster 15 main start", in_stream=False, hide=True)
+            out = c.run("sudo -u postgres psql -XAtc 'SELECT answer FROM kept'; cat /etc/hcbpg-snap; "
+                        "test -e /etc/issue || echo issue-gone; hostname; cat /etc/ssh/ssh_host_ed25519_key.pub",
+                        in_stream=False, hide=True).stdout.splitlines()
+        assert out[:4] == ["42", "snap", "issue-gone", name], out
+        assert out[4].split()[1] != before_key.split()[1], "the clone kept the original's host key"
+        assert Path("/etc/issue").exists(), "the whiteout reached the machine"
+        if Path("/var/lib/postgresql/15").is_dir():  # the machine's own clusters stay hidden (opaque directory)
+            machine = {p.name for p in Path("/var/lib/postgresql/15").iterdir()}
+            seen = set(lab.exec(name, "ls /var/lib/postgresql/15", check=True).stdout.split())
+            assert seen == {"main"} and (machine - {"main"}).isdisjoint(seen), (machine, seen)
+    finally:
+        destroy_server_host(name, lab_dir=str(lab.lab_dir))
+
+
 def test_outsider_connects_from_outside_the_subnet(lab):
     url = lab.secret("source-url")
     r = lab.outsider_exec(["psql", url, "-Atc", "select inet_client_addr()"], check=True)
