@@ -16,8 +16,8 @@ import urllib.parse
 import pytest
 
 from hcbpg import secrets as hsecrets
+from hcbpg.desired.migration import check_source_names
 from hcbpg.errors import RemoteCommandError, SafetyCheckFailed, SecretError
-from hcbpg.ops.migration.source import check_source_names
 from hcbpg.secrets import Scrubber
 
 from nbutil import secret_forms

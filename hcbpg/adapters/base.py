@@ -102,6 +102,49 @@ class PsqlLike(Protocol):
         ...
 
 
+class EndpointLike(Protocol):
+    """psql against one database reached from a host by *conn_cmd* (:class:`~hcbpg.adapters.psql.PsqlEndpoint`):
+    results come back as JSON.  ``json`` and ``rows`` read (probes); ``execute`` and ``script`` change,
+    through the host's ``run`` (unless ``script(read=True)``)."""
+
+    host: HostLike
+    conn_cmd: str
+    label: str
+    env: str
+    database: str | None
+
+    def script(self, text: str, *, display: str, quiet: bool = False, timeout: float | None = None,
+               check: bool = True, read: bool = False) -> Any:
+        """Run a psql script; raise DatabaseError naming the endpoint."""
+        ...
+
+    def json(self, select: Any, *, setup: str = "SET search_path = pg_catalog;") -> Any:
+        """The JSON value of a one-value SELECT."""
+        ...
+
+    def rows(self, select: Any) -> list[dict[str, Any]]:
+        """Rows of a SELECT as dicts."""
+        ...
+
+    def execute(self, statements: Any, *, dry_run: bool = False) -> None:
+        """Statements that change something, one line shown each."""
+        ...
+
+
+class SourceLike(EndpointLike, Protocol):
+    """The migration's source database reached from the primary through a libpq service file written
+    while it is open (``with source:``; :class:`~hcbpg.ops.migration.source.Source`)."""
+
+    #: the source's connection parameters (the password registered with the scrubber)
+    conn: dict[str, str]
+    #: the source's CA on the primary, when its certificate is verified
+    sslrootcert: str | None
+
+    def __enter__(self) -> Any: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
 class Changes:
     """What a host's journal gained since this object was made: the changes one ``ensure_*`` made
     (or, on a dry run, would make).

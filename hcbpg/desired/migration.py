@@ -15,7 +15,7 @@ from psycopg import sql
 from hcbpg import clock
 from hcbpg.desired import server as desired_server
 from hcbpg.desired import tls as desired_tls
-from hcbpg.errors import VerificationFailed
+from hcbpg.errors import SafetyCheckFailed, VerificationFailed
 from hcbpg.outcome import Check, Outcome
 from hcbpg.pg import conf as pgconf
 from hcbpg.pg import conninfo as pg_conninfo
@@ -141,6 +141,22 @@ def raise_on_drift(checks: Sequence[Check]) -> None:
             failures=[c.name for c in bad],
             hint="The cutover stops here. Apply the same migration on the primary (or run 06b again from the "
                  "start after the deploy), then repeat.\n" + ROLLBACK)
+
+
+def check_source_names(facts: Mapping[str, Any]) -> None:
+    """Refuse a source whose schema, relation, column or constraint names hold control characters
+    (SafetyCheckFailed naming them, nothing changed).
+
+    Names are data: no script splits or parses them, but a name that prints as two lines would still
+    mislead whoever reads a log or a plan.  The facts are read early (the plan); the transfer's own
+    session reads the names again in its snapshot (:func:`~hcbpg.ops.migration.stream.run_stream`), for a table created since."""
+    bad = [str(n) for n in facts.get("control_char_names") or []]
+    if bad:
+        raise SafetyCheckFailed(
+            f"the source has {len(bad)} name(s) with control characters: "
+            + ", ".join(repr(n) for n in bad[:10]) + ("" if len(bad) <= 10 else ", ..."),
+            hint="Rename them on the source (ALTER TABLE ... RENAME TO ...), then run the step again; "
+                 "no row was copied.")
 
 
 def sentinel_value(run_id: str | None) -> str:

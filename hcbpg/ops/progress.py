@@ -29,15 +29,14 @@ from hcbpg.progress import Reporter
 from hcbpg.wait import polling_loop
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hcbpg.adapters.base import HostLike
-    from hcbpg.adapters.psql import PsqlEndpoint
+    from hcbpg.adapters.base import EndpointLike, HostLike
     from hcbpg.params import Params
 
 #: seconds between two looks at the progress views (each is one psql over the open SSH connection)
 POLL_INTERVAL = 0.5
 
 
-def source_sizes(source: "PsqlEndpoint") -> dict[str, tuple[int, int | None]]:
+def source_sizes(source: "EndpointLike") -> dict[str, tuple[int, int | None]]:
     """The source's tables: name -> (heap bytes, estimated rows); empty when it cannot be read
     (progress then shows what was done, without a percentage)."""
     try:

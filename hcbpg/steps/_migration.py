@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from hcbpg.desired.migration import plan_without_primary
-from hcbpg.display import show_plan
+from hcbpg.display import show_plan, show_table
 from hcbpg.errors import VerificationFailed
 from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import migration
@@ -82,6 +82,11 @@ def plan(rb: "Run", host: "Host | None", source: "migration.Source | None") -> "
         outcomes = p.outcomes
     show_plan(outcomes)
     return p
+
+
+def show_comparison(result: "migration.MigrationResult") -> None:
+    """The source/target table of objects and rows (each kind pass or fail)."""
+    show_table(result.verification.table, ["what", "source", "target", "status"])
 
 
 def preconditions(p: "migration.Plan | None") -> list[Check]:

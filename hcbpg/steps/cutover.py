@@ -17,6 +17,7 @@ from hcbpg.steps._migration import (
     dump_tag,
     preconditions,
     run_label,
+    show_comparison,
     skip_if_live,
     summary,
     verify,
@@ -99,7 +100,7 @@ def check(rb: "Run", result: "migration.MigrationResult | None",
     """The source/target table, then every check and the source still quiet (with the rollback)."""
     if result is not None:
         assert source is not None
-        migration.show_comparison(result)
+        show_comparison(result)
         verify(rb, result.verification.checks + [migration.check_source_quiet(migration.get_source_sessions(source))],
                rollback=migration.ROLLBACK)
 

@@ -60,9 +60,9 @@ def paused_if_syncing(host: "HostLike | None", params: "Params", why: str, *,
     """Bucardo's daemon stopped while *why* happens on *host* (the primary, None when it is not there),
     when *changes* will be made there while the forward sync runs; else nothing is stopped (a second run
     that changes nothing stops nothing)."""
-    if host is None or not changes or not bucardo.is_syncing(host, params):
+    if host is None or not changes or not bucardo.get_syncing(host, params):
         return nullcontext()
-    return bucardo.paused(host, params, why)
+    return bucardo.run_paused(host, params, why)
 
 
 # 06b ----------------------------------------------------------------------------------------------
@@ -283,7 +283,7 @@ def verify_after_traffic(rb: "Run", host: "Host | None",
     if win.get_held_snapshots(host) is None and rb.recall("online_verification", default=None):
         print("verified by an earlier run of this step (its snapshots were released)")
         return []
-    ver = win.verify_held(host, rb.params, source)
+    ver = win.check_held_rows(host, rb.params, source)
     show_table(ver.table, ["what", "source", "target", "status"])
     rb.record("online_verification", {"seconds": round(ver.seconds, 3), "tables": len(ver.target.rows),
                                       "rows": sum(ver.target.rows.values()),

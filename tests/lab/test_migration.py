@@ -252,7 +252,7 @@ def test_after_the_cutover_the_old_password_is_refused_and_the_new_one_works(env
 
 def test_the_streamed_transfer_builds_each_tables_indexes_and_validates_its_foreign_keys(env):
     """The default transfer as 07 ran it: keys are real constraints, foreign keys validated, rows frozen."""
-    tgt = migration.target(env.host, env.params)
+    tgt = migration.get_target(env.host, env.params)
     rows = tgt.rows("SELECT c.conname, c.contype::text AS contype, c.convalidated, i.indisprimary, i.indisunique "
                     "FROM pg_constraint c LEFT JOIN pg_index i ON i.indexrelid = c.conindid AND c.contype IN ('p', 'u') "
                     "WHERE c.connamespace = 'public'::regnamespace AND c.contype IN ('p', 'u', 'f') ORDER BY 1")
@@ -345,8 +345,8 @@ def test_a_row_deleted_from_the_target_before_verification_fails_the_step_naming
         dump = migration.run_dump(host, params, source, "deleted-row")
         migration.run_restore(host, params, dump, facts, run_label="lab test")
         migration.remove_dump(host, dump)
-        migration.target(host, params).execute(["DELETE FROM public.transactions WHERE id = 17"])
-        ver = migration.verify_restore(host, params, source, dump, live_source=True)
+        migration.get_target(host, params).execute(["DELETE FROM public.transactions WHERE id = 17"])
+        ver = migration.check_restore(host, params, source, dump, live_source=True)
     with pytest.raises(VerificationFailed) as exc:
         migration_steps.verify(_rb(params, "06_dry_run_restore"), ver.checks, rollback=migration.ROLLBACK)
     assert exc.value.failures == ["rows public.transactions"]
@@ -437,7 +437,7 @@ def test_the_heroku_method_downloads_the_backup_on_the_primary_and_restores_it(e
             dump = migration.run_heroku_dump(env.host, params, "heroku", local=heroku)
             migration.run_restore(env.host, params, dump, facts, run_label="lab test heroku")
             migration.remove_dump(env.host, dump)
-            ver = migration.verify_restore(env.host, params, source, dump, live_source=False, app=env.app,
+            ver = migration.check_restore(env.host, params, source, dump, live_source=False, app=env.app,
                                            password=STATE["new"], sentinel_expect=STATE["cutover"]["sentinel"])
     finally:
         server.shutdown()

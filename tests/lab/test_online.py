@@ -170,11 +170,11 @@ def test_the_online_runbook_moves_every_row_written_before_maintenance_on(env):
         if waiting[0] == "traffic-switch":
             # the way back armed in 06b recorded nothing of the forward sync's writes (Bucardo applies them as
             # session_replication_role = replica): its delta tables on the primary are empty before traffic
-            assert migration.target(env.host, env.params).json(DELTA_ROWS_SQL) == {"tables": 5, "rows": 0}
+            assert migration.get_target(env.host, env.params).json(DELTA_ROWS_SQL) == {"tables": 5, "rows": 0}
         if waiting[0] == "processes-enabled":
             # the app's processes write on the new primary before 09b starts the way back: the triggers armed
             # in 06b record it, so it reaches the source too
-            res = migration.app_psql(env.app, env.params, register(env.pw_file.read_text().strip()), GAP_WRITE,
+            res = migration.run_app_psql(env.app, env.params, register(env.pw_file.read_text().strip()), GAP_WRITE,
                                      server_ip=env.params.primary.private_ip, display="write before 09b")
             assert res.ok, res.output
             gap_event = int(res.stdout.split()[-1])
@@ -195,7 +195,7 @@ def test_the_online_runbook_moves_every_row_written_before_maintenance_on(env):
     assert seen == GATES
     log = app_load.parse_log(env.app.read_text(app_load.LOG) or "")
     assert len(log.inserted) > 20 and log.stopped, log
-    lost = app_load.check_on_primary(log, migration.target(env.host, env.params).json)
+    lost = app_load.check_on_primary(log, migration.get_target(env.host, env.params).json)
     assert lost == [], f"writes made before maintenance-on are missing on the primary: {lost[:10]}"
     import scrapbook as sb
     nb = sb.read_notebook(str(result.run.path / "07_cutover.ipynb"))
@@ -215,7 +215,7 @@ def test_the_online_runbook_moves_every_row_written_before_maintenance_on(env):
     ver = sb.read_notebook(str(result.run.path / "09b_way_back.ipynb")).scraps["online_verification"].data
     assert ver["fail"] == 0 and ver["tables"] == 6 and ver["rows"] > 1000, ver
     assert window.get_held_snapshots(env.host) is None
-    assert migration.target(env.host, env.params).json(
+    assert migration.get_target(env.host, env.params).json(
         "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'hcbpg-migration'") == 0
     manifest = result.run.read()
     assert set(manifest["downtime"]["phases_s"]) >= {"drain_s", "sequences_s", "checks_s", "snapshots_s"}
@@ -249,13 +249,13 @@ def test_bucardos_service_file_is_on_tmpfs_and_verifies_the_source_with_its_ca(e
 def test_the_exact_count_in_held_snapshots_names_a_table_the_primary_lacks_rows_of(env):
     """A row missing on the primary when the snapshots are taken fails 09b's verification, naming the table,
     even though the source and the primary change afterwards."""
-    tgt = migration.target(env.host, env.params)
+    tgt = migration.get_target(env.host, env.params)
     tgt.script("SET session_replication_role = replica;\n"
                "DELETE FROM public.audit_nokey WHERE what = 'row 1';\n", display="lose a row on the primary")
     try:
         window.run_hold_snapshots(env.host, env.params, env.source)
         tgt.script("INSERT INTO public.audit_nokey (what) VALUES ('row 1');\n", display="the row back, later")
-        ver = window.verify_held(env.host, env.params, env.source)
+        ver = window.check_held_rows(env.host, env.params, env.source)
     finally:
         tgt.script("DELETE FROM public.audit_nokey WHERE what = 'row 1';\n"
                    "INSERT INTO public.audit_nokey (what) VALUES ('row 1');\n", display="the row as on the source")
@@ -267,7 +267,7 @@ def test_the_exact_count_in_held_snapshots_names_a_table_the_primary_lacks_rows_
 def test_after_traffic_is_on_writes_on_the_new_primary_reach_the_source(env):
     assert wayback.get_way_back(env.host), "09b did not set up the way back"
     marker = f"way back {time.time():.0f}"
-    res = migration.app_psql(env.app, env.params, STATE["password"],
+    res = migration.run_app_psql(env.app, env.params, STATE["password"],
                              f"UPDATE users SET full_name = '{marker}' WHERE id = 7;\n"
                              "INSERT INTO events (user_id, name, properties, created_at) "
                              "VALUES (7, 'after-cutover', '{}', now()) RETURNING id;\n",
@@ -313,7 +313,7 @@ def test_the_clean_up_ends_the_way_back_and_leaves_no_bucardo_object(env):
     assert all(c.status == "pass" for c in checks), checks
     with env.source as source:
         assert source.json("SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND condeferrable") == 0
-    res = migration.app_psql(env.app, env.params, STATE["password"],
+    res = migration.run_app_psql(env.app, env.params, STATE["password"],
                              "UPDATE users SET full_name = 'after the period' WHERE id = 8;\n",
                              server_ip=env.params.primary.private_ip, display="write on the primary after the period")
     assert res.ok

@@ -7,7 +7,7 @@ reaches a command line or an output: it becomes a 0600 libpq service file on the
 primary (in ``/run``, a tmpfs) that is removed when the step ends.
 
 A run is: :func:`get_migration_plan` (read-only, the dry run shows it) → the transfer →
-:func:`verify_restore` (object inventory, per-table row counts, sequences, the app host's
+:func:`check_restore` (object inventory, per-table row counts, sequences, the app host's
 read/write and the sentinel).  For method ``pg_dump`` the transfer is :func:`run_stream` by
 default (``source.transfer: stream``): one source session exports a snapshot; in it the schema
 is dumped, each table's rows are piped into a fresh database and that table's indexes and keys
@@ -69,7 +69,7 @@ from hcbpg.desired.migration import (
                                             sentinel_value,
 )
 from hcbpg.errors import WaitTimeout
-from hcbpg.ops.migration.app_checks import app_psql, check_from_app, check_passwords, check_url_from_app
+from hcbpg.ops.migration.app_checks import check_from_app, check_passwords, check_url_from_app, run_app_psql
 from hcbpg.ops.migration.cutover import run_rotate_password, run_sentinel_write, wait_for_source_quiet
 from hcbpg.ops.migration.database import (
                                             check_extensions_available,
@@ -99,14 +99,13 @@ from hcbpg.ops.migration.plan import (
                                             Plan,
                                             get_migration_plan,
                                             run_migration,
-                                            show_comparison,
 )
 from hcbpg.ops.migration.restore import RestoreResult, render_pg_restore, restore_jobs, run_restore
 from hcbpg.ops.migration.settings import (
                                             check_restore_settings_gone,
                                             ensure_restore_settings,
+                                            ensure_restore_settings_removed,
                                             get_server_state,
-                                            remove_restore_settings,
 )
 from hcbpg.ops.migration.source import (
                                             SECRET_DIR,
@@ -116,14 +115,12 @@ from hcbpg.ops.migration.source import (
                                             get_source_ca,
                                             get_source_facts,
                                             get_source_sessions,
-                                            target,
+                                            get_target,
 )
 from hcbpg.ops.migration.stream import (
-                                            LOW_PRIORITY,
                                             SPLIT_AWK,
                                             read_files,
                                             render_bundle,
-                                            render_on_target,
                                             render_stream_scripts,
                                             render_stream_session,
                                             run_stream,
@@ -137,10 +134,9 @@ from hcbpg.ops.migration.traffic import (
                                             show_downtime,
                                             show_urls,
                                             write_app_urls,
-                                            write_private_file,
                                             write_role_urls,
 )
-from hcbpg.ops.migration.verify import Verification, check_table_owners, get_inventory, verify_restore
+from hcbpg.ops.migration.verify import Verification, check_restore, check_table_owners, get_inventory
 from hcbpg.pg.conninfo import (
                                             APPLICATION_NAME,
                                             SERVICE_NAME,
@@ -178,10 +174,10 @@ from hcbpg.pg.stream import BUILDS_SQL, TABLES_SQL
 
 __all__ = [
     "APPLICATION_NAME", "AppUrls", "BUILDS_SQL", "COUNTS_SQL", "DumpResult", "GIB", "IGNORED", "INVENTORY_SQL",
-    "Inventory", "KIND_LABELS", "LOW_PRIORITY", "MARKER_LIVE", "MARKER_RESTORE", "MigrationResult", "Plan",
+    "Inventory", "KIND_LABELS", "MARKER_LIVE", "MARKER_RESTORE", "MigrationResult", "Plan",
     "PsqlEndpoint", "RESTORE_PART", "ROLLBACK", "ROLLBACK_WAY_BACK", "RestoreResult", "SECRET_DIR", "SERVICE_NAME",
     "SOURCE_FACTS_SQL",
-    "SPLIT_AWK", "Source", "TABLES_SQL", "TargetState", "Verification", "WaitTimeout", "app_psql",
+    "SPLIT_AWK", "Source", "TABLES_SQL", "TargetState", "Verification", "WaitTimeout", "run_app_psql",
     "check_disk_space", "check_extensions_available", "check_from_app", "check_passwords",
     "check_restore_settings_gone", "check_source_quiet", "check_table_owners", "check_url_from_app",
     "compare_objects", "compare_rows", "comparison_table", "compute_downtime", "describe_source",
@@ -190,14 +186,14 @@ __all__ = [
     "get_target_state", "handoff_path", "get_live_marker", "run_mark_live", "newest_event_sql", "parse_app_output",
     "parse_marked_json", "parse_source_url", "plan_create_statements", "get_fresh_database_plan", "get_migration_plan",
     "plan_prerequisites", "plan_recreate", "plan_restore_settings", "plan_without_primary", "prepare_dump_dir",
-    "prerequisite_statements", "read_files", "redact_url", "remove_dump", "remove_restore_settings", "render",
+    "prerequisite_statements", "read_files", "redact_url", "remove_dump", "ensure_restore_settings_removed", "render",
     "SOURCE_CA_PATH", "ensure_source_ca", "get_source_ca",
     "render_bundle", "render_database_url", "render_db_setting", "render_download", "render_dump_session",
-    "render_env_file", "render_heroku_commands", "render_on_target", "render_pg_dump", "render_pg_restore",
+    "render_env_file", "render_heroku_commands", "render_pg_dump", "render_pg_restore",
     "render_prepare_sql", "render_reload_and_wait", "render_restore_settings", "render_service_file",
     "render_stream_scripts", "render_stream_session", "render_toc_filter", "restore_jobs", "restore_part_path",
     "run_dump", "run_heroku_dump", "run_migration", "run_restore", "run_rotate_password", "run_sentinel_write",
-    "run_statements", "run_stream", "sentinel_value", "show_comparison", "show_downtime", "show_urls",
-    "stream_plan_actions", "summarize_stream_times", "target", "transfer_method", "use_stream", "verify_restore",
-    "wait_for_source_quiet", "write_app_urls", "write_private_file", "write_role_urls", "release_urls_path",
+    "run_statements", "run_stream", "sentinel_value", "show_downtime", "show_urls",
+    "stream_plan_actions", "summarize_stream_times", "get_target", "transfer_method", "use_stream", "check_restore",
+    "wait_for_source_quiet", "write_app_urls", "write_role_urls", "release_urls_path",
 ]

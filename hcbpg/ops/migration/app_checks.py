@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.params import Params
 
 
-def app_psql(app: "HostLike", params: "Params", password: str, script: str, *, server_ip: str, display: str) -> Any:
+def run_app_psql(app: "HostLike", params: "Params", password: str, script: str, *, server_ip: str, display: str) -> Any:
     """psql on the app host as the app role (password on stdin, never argv); SQL on stdin."""
     pg = params.postgres
     conninfo = (f"host={server_ip} port={pg.port} dbname={pg.database} user={pg.app_role} connect_timeout=10 "
@@ -34,7 +34,7 @@ def check_from_app(app: "HostLike", params: "Params", password: str, *, server_i
     assert src is not None
     s = src.sentinel
     what = f"{s.table}.{s.column} of id {s.id}"
-    res = app_psql(app, params, password, render_sentinel_sql(params, write), server_ip=server_ip,
+    res = run_app_psql(app, params, password, render_sentinel_sql(params, write), server_ip=server_ip,
                    display=f"psql as {params.postgres.app_role}@{server_ip}: newest {src.events_table} row, "
                            + (f"write and read {what}" if write is not None else f"read {what}"))
     got = parse_app_output(res.stdout) if res.ok else {}
@@ -56,9 +56,9 @@ def check_from_app(app: "HostLike", params: "Params", password: str, *, server_i
 
 def check_passwords(app: "HostLike", params: "Params", *, old: str, new: str, server_ip: str) -> list[Check]:
     """From the app host: the new password works, the old one is refused."""
-    r_new = app_psql(app, params, new, "SELECT 'ok';\n", server_ip=server_ip,
+    r_new = run_app_psql(app, params, new, "SELECT 'ok';\n", server_ip=server_ip,
                      display=f"psql as {params.postgres.app_role}@{server_ip} with the new password")
-    r_old = app_psql(app, params, old, "SELECT 'ok';\n", server_ip=server_ip,
+    r_old = run_app_psql(app, params, old, "SELECT 'ok';\n", server_ip=server_ip,
                      display=f"psql as {params.postgres.app_role}@{server_ip} with the old password (must be refused)")
     return [
         Check.of("new rails password works", r_new.ok and "ok" in r_new.stdout,

@@ -42,7 +42,7 @@ from hcbpg.adapters.files import ensure_dir
 from hcbpg.errors import SafetyCheckFailed, WaitTimeout
 from hcbpg.ops import packages as pkg_ops
 from hcbpg.ops.migration import bucardo_service as bs
-from hcbpg.ops.migration.source import Source, target
+from hcbpg.ops.migration.source import get_target
 from hcbpg.ops.migration.verify import get_inventory
 from hcbpg.outcome import Check, Outcome
 from hcbpg.pg import bucardo as bp
@@ -50,13 +50,14 @@ from hcbpg.pg.inventory import Inventory, compare_objects
 from hcbpg.wait import polling_loop
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hcbpg.adapters.base import HostLike, Result
+    from hcbpg.adapters.base import HostLike, Result, SourceLike
     from hcbpg.adapters.psql import PsqlEndpoint
     from hcbpg.params import Params
 
-__all__ = ["HOME", "RC", "SCHEMA_FILE", "bucardo", "check_schema_unchanged", "control", "ensure_bucardo",
-           "ensure_forward_sync", "ensure_running", "get_drift", "get_lag", "get_state", "get_sync_plan",
-           "is_syncing", "paused", "run_activate_forward_sync", "run_stop", "wait_for_daemon", "wait_for_initial_copy"]
+__all__ = ["HOME", "RC", "SCHEMA_FILE", "check_schema_unchanged", "ensure_bucardo", "ensure_forward_sync",
+           "ensure_running", "get_control", "get_drift", "get_lag", "get_state", "get_sync_plan", "get_syncing",
+           "run_activate_forward_sync", "run_bucardo", "run_paused", "run_stop", "wait_for_daemon",
+           "wait_for_initial_copy"]
 
 #: Bucardo's working directory on the primary (its rc file, pid and log files)
 HOME = "/var/lib/postgresql/hcbpg-bucardo"
@@ -66,34 +67,34 @@ SCHEMA_FILE = "/usr/share/bucardo/bucardo.schema"
 PID_FILE = f"{HOME}/run/bucardo.mcp.pid"
 
 
-def bucardo(host: "HostLike", args: str, *, display: str | None = None, check: bool = True,
+def run_bucardo(host: "HostLike", args: str, *, display: str | None = None, check: bool = True,
             timeout: float = 600) -> "Result":
     """The bucardo command line on the primary, as postgres, with our rc file (never a secret in *args*)."""
     return host.run(f"cd {HOME} && bucardo --bucardorc {RC} --batch {args}", sudo_user="postgres", check=check,
                     timeout=timeout, display=display or f"bucardo {args}")
 
 
-def control(host: "HostLike", params: "Params") -> "PsqlEndpoint":
+def get_control(host: "HostLike", params: "Params") -> "PsqlEndpoint":
     """Bucardo's control database on the primary."""
-    return target(host, params, bp.CONTROL_DB)
+    return get_target(host, params, bp.CONTROL_DB)
 
 
 def get_state(host: "HostLike", params: "Params") -> dict[str, Any]:
     """Bucardo on the primary: packages, control database, syncs and whether the daemon runs."""
     installed = pkg_ops.get_installed_packages(host, bp.package_names(params.postgres.version))
-    psql = target(host, params, "postgres")
+    psql = get_target(host, params, "postgres")
     has_db = bool(psql.json(sql.SQL("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = {})").format(
         sql.Literal(bp.CONTROL_DB))))
     syncs: dict[str, Any] = {}
     if has_db:
-        syncs = control(host, params).json(
+        syncs = get_control(host, params).json(
             "SELECT coalesce(json_object_agg(name, json_build_object('onetimecopy', onetimecopy, 'status', status)), "
             "'{}') FROM bucardo.sync") or {}
     running = host.probe(f"test -s {PID_FILE} && kill -0 $(cat {PID_FILE})").ok if has_db else False
     return {"packages": installed, "control_db": has_db, "syncs": syncs, "running": running}
 
 
-def is_syncing(host: "HostLike", params: "Params") -> bool:
+def get_syncing(host: "HostLike", params: "Params") -> bool:
     """The online transfer's forward sync exists on *host* (06b ran; the window has not ended it)."""
     src = params.source
     if src is None or src.transfer != "online":
@@ -101,7 +102,7 @@ def is_syncing(host: "HostLike", params: "Params") -> bool:
     return bp.FORWARD_SYNC in get_state(host, params)["syncs"]
 
 
-def get_sync_plan(source: Source, params: "Params") -> bp.SyncPlan:
+def get_sync_plan(source: "SourceLike", params: "Params") -> bp.SyncPlan:
     """Read the source: what Bucardo can sync, what is copied inside the window, what is refused."""
     src = params.source
     assert src is not None
@@ -136,7 +137,7 @@ def ensure_running(host: "HostLike", params: "Params") -> Outcome:
                                 "is gone: did the server restart?",
                                 hint="Run 06b again: it writes the file and starts Bucardo, whose sync goes on "
                                      "where it stopped (its triggers kept recording on the source).")
-    bucardo(host, f"start --log-destination {HOME}/log", display="bucardo start")
+    run_bucardo(host, f"start --log-destination {HOME}/log", display="bucardo start")
     wait_for_daemon(host, params, running=True, timeout=30)
     return seen.outcome(what)
 
@@ -145,13 +146,13 @@ def run_stop(host: "HostLike", params: "Params") -> bool:
     """Stop the daemon (waits for it to be gone); True when it ran."""
     if not get_state(host, params)["running"]:
         return False
-    bucardo(host, "stop", display="bucardo stop")
+    run_bucardo(host, "stop", display="bucardo stop")
     wait_for_daemon(host, params, running=False, timeout=60)
     return True
 
 
 @contextmanager
-def paused(host: "HostLike", params: "Params", why: str) -> Iterator[None]:
+def run_paused(host: "HostLike", params: "Params", why: str) -> Iterator[None]:
     """Bucardo's daemon stopped while *why* happens on the primary (a restart: it does not survive its
     database going away; the fingerprint and the first backup: nothing may write between them), then
     started again. Its triggers keep recording on the source meanwhile; it catches up after."""
@@ -166,7 +167,7 @@ def paused(host: "HostLike", params: "Params", why: str) -> Iterator[None]:
 
 # before the window --------------------------------------------------------------------------------
 
-def ensure_bucardo(host: "HostLike", params: "Params", source: Source) -> list[Outcome]:
+def ensure_bucardo(host: "HostLike", params: "Params", source: "SourceLike") -> list[Outcome]:
     """Bucardo's packages, its directory and rc file, the source's service file, the control database."""
     out: list[Outcome] = []
     state = get_state(host, params)
@@ -180,12 +181,11 @@ def ensure_bucardo(host: "HostLike", params: "Params", source: Source) -> list[O
     out.append(seen.outcome(f"packages {', '.join(wanted)} on {host.name}"))
     seen = Changes(host)
     service = bs.get_service_text(host, source)
-    if not (host.read_text(RC, sudo_user="postgres") == bp.render_rc() and bs.is_service_in_place(host, service)
-            and host.exists(f"{HOME}/log")):
+    if not (host.read_text(RC, sudo_user="postgres") == bp.render_rc() and host.exists(f"{HOME}/log")):
         for d in (HOME, f"{HOME}/run", f"{HOME}/log"):
             ensure_dir(host, d, mode=0o700, owner="postgres")  # in the postgres user's home
         host.put_text(RC, bp.render_rc(), mode=0o600, owner="postgres")
-        bs.write_service(host, service)
+    bs.ensure_service(host, source)
     out.append(seen.outcome(f"Bucardo's files on {host.name}", actions=[
         f"{HOME} (0700 postgres) with run/ and log/", f"{RC} (control database over the socket, peer)",
         f"{bs.SERVICE_FILE} (0600 postgres, on tmpfs: the source's connection, "
@@ -209,12 +209,12 @@ def _install_control_db(host: "HostLike") -> None:
                                 f"{hsecrets.scrub_tail(res.stdout, 800)}",
                                 hint="Is postgresql-plperl installed for this PostgreSQL? Fix it and run the step "
                                      "again.")
-    bucardo(host, f"set piddir={HOME}/run reason_file={HOME}/log/restart.reason "
+    run_bucardo(host, f"set piddir={HOME}/run reason_file={HOME}/log/restart.reason "
                   f"warning_file={HOME}/log/warning.log log_conflict_file={HOME}/log/conflict.log "
                   "stopfile=fullstopbucardo")
 
 
-def ensure_forward_sync(host: "HostLike", params: "Params", source: Source, plan: bp.SyncPlan) -> Outcome:
+def ensure_forward_sync(host: "HostLike", params: "Params", source: "SourceLike", plan: bp.SyncPlan) -> Outcome:
     """Bucardo's databases, the keyed tables and the sequences, the forward sync; the daemon running.
 
     The initial copy (``source.online.initial_copy``): ``bucardo``: the sync's own ``onetimecopy``, table by
@@ -232,7 +232,7 @@ def ensure_forward_sync(host: "HostLike", params: "Params", source: Source, plan
     if fwd is None:
         for st in bp.render_forward_sync_commands(plan, source_dbname=source.conn.get("dbname", ""),
                                                   database=pg.database, port=pg.port, streamed=streamed):
-            bucardo(host, st)
+            run_bucardo(host, st)
     if not streamed or (fwd is not None and fwd.get("status") == "active"):
         ensure_running(host, params)
     return seen.outcome(f"Bucardo sync {bp.FORWARD_SYNC}: source -> {pg.database} on {host.name}")
@@ -242,12 +242,12 @@ def run_activate_forward_sync(host: "HostLike", params: "Params") -> Outcome:
     """After the streamed initial copy: the forward sync active, the daemon running (it applies every change
     its triggers recorded since they exist)."""
     seen = Changes(host)
-    bucardo(host, f"update sync {bp.FORWARD_SYNC} status=active")
+    run_bucardo(host, f"update sync {bp.FORWARD_SYNC} status=active")
     ensure_running(host, params)
     return seen.outcome(f"Bucardo sync {bp.FORWARD_SYNC} active on {host.name}")
 
 
-def get_lag(source: Source, tables: Sequence[str]) -> dict[str, float]:
+def get_lag(source: "SourceLike", tables: Sequence[str]) -> dict[str, float]:
     """Changes recorded on the source that the sync has not applied yet: rows, and the oldest's age (s)."""
     with source:
         data = source.json(bp.render_lag_sql(tables))
@@ -255,13 +255,13 @@ def get_lag(source: Source, tables: Sequence[str]) -> dict[str, float]:
 
 
 def _last_run(host: "HostLike", params: "Params", sync: str) -> dict[str, Any]:
-    return control(host, params).json(sql.SQL(
+    return get_control(host, params).json(sql.SQL(
         "SELECT coalesce((SELECT row_to_json(r) FROM (SELECT status, started, ended, inserts, deletes FROM "
         "bucardo.syncrun WHERE sync = {} ORDER BY started DESC LIMIT 1) r), '{{}}'::json)").format(
             sql.Literal(sync))) or {}
 
 
-def wait_for_initial_copy(host: "HostLike", params: "Params", source: Source, plan: bp.SyncPlan, *,
+def wait_for_initial_copy(host: "HostLike", params: "Params", source: "SourceLike", plan: bp.SyncPlan, *,
                           interval: float = 5.0) -> list[dict[str, Any]]:
     """Until the onetimecopy is done and the deltas caught up; the lag is printed as it goes."""
     src = params.source
@@ -292,17 +292,17 @@ def wait_for_initial_copy(host: "HostLike", params: "Params", source: Source, pl
 
 # the drift guard ----------------------------------------------------------------------------------
 
-def get_drift(host: "HostLike", params: "Params", source: Source) -> tuple[list[Check], Inventory, Inventory]:
+def get_drift(host: "HostLike", params: "Params", source: "SourceLike") -> tuple[list[Check], Inventory, Inventory]:
     """The drift guard's checks, with both sides' inventories (objects only) read at once."""
     with source, ThreadPoolExecutor(max_workers=1) as pool:
-        tgt_future = pool.submit(get_inventory, target(host, params), params, rows=False)
+        tgt_future = pool.submit(get_inventory, get_target(host, params), params, rows=False)
         src = bp.strip_bucardo(get_inventory(source, params, rows=False))
         tgt = bp.strip_bucardo(tgt_future.result())
     checks = compare_objects(bp.without_sequence_values(src), bp.without_sequence_values(tgt))
     return [Check(f"schema unchanged: {c.name}", c.status, c.detail, c.target) for c in checks], src, tgt
 
 
-def check_schema_unchanged(host: "HostLike", params: "Params", source: Source) -> list[Check]:
+def check_schema_unchanged(host: "HostLike", params: "Params", source: "SourceLike") -> list[Check]:
     """The drift guard: every object of the source and the target compared by definition (rows aside;
     sequences may be behind while the app writes). Bucardo does not copy DDL."""
     return get_drift(host, params, source)[0]

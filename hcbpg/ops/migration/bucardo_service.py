@@ -22,18 +22,17 @@ from hcbpg.pg import bucardo as bp
 from hcbpg.pg.conninfo import REQUIRE_AUTH_LIBPQ, parse_libpq_major, render_service_file
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hcbpg.adapters.base import HostLike
-    from hcbpg.ops.migration.source import Source
+    from hcbpg.adapters.base import HostLike, SourceLike
 
-__all__ = ["SERVICE_DIR", "SERVICE_FILE", "SERVICE_LINK", "ensure_service", "get_service_text", "is_present",
-           "is_service_in_place", "write_service"]
+__all__ = ["SERVICE_DIR", "SERVICE_FILE", "SERVICE_LINK", "ensure_service", "get_service_text", "get_present",
+           "get_service_in_place", "_write_service"]
 
 SERVICE_DIR = "/run/hcbpg-bucardo"
 SERVICE_FILE = f"{SERVICE_DIR}/pg_service.conf"
 SERVICE_LINK = "/var/lib/postgresql/.pg_service.conf"
 
 
-def get_service_text(host: "HostLike", source: "Source") -> str:
+def get_service_text(host: "HostLike", source: "SourceLike") -> str:
     """The service file's text for this primary: its libpq's version decides ``require_auth``."""
     libpq = parse_libpq_major(pkg_ops.get_installed_packages(host, ["libpq5"]).get("libpq5"))
     return render_service_file(dict(source.conn), name=bp.SOURCE_SERVICE, application_name="hcbpg-bucardo",
@@ -41,7 +40,7 @@ def get_service_text(host: "HostLike", source: "Source") -> str:
                                require_auth="scram-sha-256" if libpq and libpq >= REQUIRE_AUTH_LIBPQ else None)
 
 
-def is_service_in_place(host: "HostLike", service: str) -> bool:
+def get_service_in_place(host: "HostLike", service: str) -> bool:
     """The file on tmpfs holds *service* (compared by its hash: it holds the source's password, never
     read back) and the postgres user's ``~/.pg_service.conf`` is the symlink to it."""
     digest = hashlib.sha256(service.encode()).hexdigest()
@@ -49,7 +48,7 @@ def is_service_in_place(host: "HostLike", service: str) -> bool:
     return words[:1] == [digest] and words[-1:] == [SERVICE_FILE]
 
 
-def write_service(host: "HostLike", service: str) -> None:
+def _write_service(host: "HostLike", service: str) -> None:
     """The file on tmpfs (0600 postgres), then the postgres user's libpq path pointed at it."""
     ensure_dir(host, SERVICE_DIR, mode=0o700, owner="postgres")
     host.put_text(SERVICE_FILE, service, mode=0o600, owner="postgres")
@@ -57,17 +56,17 @@ def write_service(host: "HostLike", service: str) -> None:
     host.run(f"ln -sfn {SERVICE_FILE} {SERVICE_LINK}", sudo_user="postgres", quiet=True)
 
 
-def is_present(host: "HostLike", path: str) -> bool:
+def get_present(host: "HostLike", path: str) -> bool:
     """*path* exists, or is a symlink (one left dangling counts: the link outlives its tmpfs file)."""
     return host.probe(f"test -e {path} -o -L {path}").ok
 
 
-def ensure_service(host: "HostLike", source: "Source") -> Outcome:
+def ensure_service(host: "HostLike", source: "SourceLike") -> Outcome:
     """The service file in place (written again after a reboot emptied tmpfs), the link to it."""
     seen = Changes(host)
     service = get_service_text(host, source)
-    if not is_service_in_place(host, service):
-        write_service(host, service)
+    if not get_service_in_place(host, service):
+        _write_service(host, service)
     return seen.outcome(f"Bucardo's service file for the source on {host.name} ({SERVICE_FILE}, tmpfs)",
                         actions=[f"write {SERVICE_FILE} (0600 postgres: "
                                  + ", ".join(f"{k}={v}" for k, v in bp.parse_service_settings(service).items())

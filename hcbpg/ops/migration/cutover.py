@@ -15,17 +15,17 @@ from hcbpg.desired.migration import ROLLBACK, check_source_quiet
 from hcbpg.errors import VerificationFailed, WaitTimeout
 from hcbpg.ops import app_database as roles
 from hcbpg.ops import cluster as pg_cluster
-from hcbpg.ops.migration.source import Source, get_source_sessions
+from hcbpg.ops.migration.source import get_source_sessions
 from hcbpg.outcome import Check, Outcome
 from hcbpg.pg import scram
 from hcbpg.wait import polling_loop
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hcbpg.adapters.base import HostLike
+    from hcbpg.adapters.base import HostLike, SourceLike
     from hcbpg.params import Params
 
 
-def wait_for_source_quiet(source: Source, *, timeout: float = 120.0, interval: float = 0.5,
+def wait_for_source_quiet(source: "SourceLike", *, timeout: float = 120.0, interval: float = 0.5,
                           sleep: Callable[[float], None] = time.sleep,
                           clock: Callable[[], float] | None = None) -> Check:
     """Poll until no other client is connected to the source (processes take a moment to stop).
@@ -47,7 +47,7 @@ def wait_for_source_quiet(source: Source, *, timeout: float = 120.0, interval: f
              "step again. Nothing was changed yet.\n" + ROLLBACK)
 
 
-def run_sentinel_write(source: Source, params: "Params", value: str) -> Outcome:
+def run_sentinel_write(source: "SourceLike", params: "Params", value: str) -> Outcome:
     """The runbook's last write on the source: UPDATE users SET full_name = ... WHERE id = 1803, read back."""
     src = params.source
     assert src is not None

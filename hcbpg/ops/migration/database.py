@@ -13,7 +13,7 @@ from hcbpg.adapters.base import Changes
 from hcbpg.adapters.psql import render
 from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops.migration.settings import get_server_state
-from hcbpg.ops.migration.source import target
+from hcbpg.ops.migration.source import get_target
 from hcbpg.outcome import Check, Outcome
 from hcbpg.pg.inventory import USER_NS
 from hcbpg.pg.restore import MARKER_LIVE, TargetState, plan_create_statements, plan_recreate, prerequisite_statements
@@ -137,6 +137,6 @@ def run_mark_live(host: "HostLike", params: "Params") -> Outcome:
     seen = Changes(host)
     st = sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(params.postgres.database),
                                                          sql.Literal(f"{MARKER_LIVE}: traffic started {clock.utcnow()}"))
-    target(host, params).execute([st])
+    get_target(host, params).execute([st])
     return seen.outcome(f"database {params.postgres.database} on {host.name} marked live",
                         actions=[" ".join(render(st).split())])

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 from hcbpg import secrets as hsecrets
 from hcbpg.adapters.files import ensure_dir
 from hcbpg.adapters.psql import JSON_MARK, parse_marked_json
+from hcbpg.desired.migration import check_source_names
 from hcbpg.errors import RemoteCommandError
-from hcbpg.ops.migration.source import SECRET_DIR, Source, check_source_names
+from hcbpg.ops.migration.source import SECRET_DIR
 from hcbpg.ops.progress import watch_file_growth
 from hcbpg.outcome import Check, Outcome
 from hcbpg.pg import templates
@@ -25,7 +26,7 @@ from hcbpg.pg.restore import GIB
 from hcbpg.pg.stream import REFUSED_NAMES_SQL
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hcbpg.adapters.base import HostLike
+    from hcbpg.adapters.base import HostLike, SourceLike
     from hcbpg.params import Params
 
 
@@ -102,7 +103,7 @@ def check_disk_space(host: "HostLike", params: "Params", facts: Mapping[str, Any
                     f"{avail / GIB:.1f} GiB free, need about {need / GIB:.1f} GiB", host.name)
 
 
-def run_dump(host: "HostLike", params: "Params", source: Source, tag: str, *, with_counts: bool = True,
+def run_dump(host: "HostLike", params: "Params", source: "SourceLike", tag: str, *, with_counts: bool = True,
              schema_only: bool = False) -> DumpResult:
     """pg_dump -Fd -j N on the primary from the source, in a snapshot we hold; counts in that snapshot."""
     path = prepare_dump_dir(host, params, tag, dry_run=False)

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from hcbpg.display import show_table
+from hcbpg.desired.migration import RESTORE_PART, check_source_names, render_restore_settings
 from hcbpg.errors import ParamsError, SafetyCheckFailed
 from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops.migration import stream
@@ -24,9 +24,9 @@ from hcbpg.ops.migration.dump import (
     run_heroku_dump,
 )
 from hcbpg.ops.migration.restore import RestoreResult, render_pg_restore, restore_jobs, run_restore
-from hcbpg.ops.migration.settings import RESTORE_PART, get_server_state, render_restore_settings
-from hcbpg.ops.migration.source import Source, check_source_names, get_source_facts
-from hcbpg.ops.migration.verify import Verification, verify_restore
+from hcbpg.ops.migration.settings import get_server_state
+from hcbpg.ops.migration.source import get_source_facts
+from hcbpg.ops.migration.verify import Verification, check_restore
 from hcbpg.ops.progress import source_sizes
 from hcbpg.outcome import Check, Outcome
 from hcbpg.pg.conninfo import describe_source
@@ -34,7 +34,7 @@ from hcbpg.pg.dump import plan_prerequisites
 from hcbpg.pg.restore import GIB, plan_recreate, plan_restore_settings
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hcbpg.adapters.base import HostLike
+    from hcbpg.adapters.base import HostLike, SourceLike
     from hcbpg.params import Params
 
 
@@ -45,7 +45,7 @@ class Plan:
     facts: dict[str, Any]
 
 
-def get_migration_plan(host: "HostLike", params: "Params", source: Source) -> Plan:
+def get_migration_plan(host: "HostLike", params: "Params", source: "SourceLike") -> Plan:
     """What the dump and restore will do, and their preconditions (read-only; outcomes say "would change").
     SafetyCheckFailed when PostgreSQL is not running on the primary (steps 02-04 first)."""
     src = params.source
@@ -124,7 +124,7 @@ class MigrationResult:
                            "fail": sum(c.status == "fail" for c in v.checks)}}
 
 
-def run_migration(host: "HostLike", params: "Params", source: Source, facts: Mapping[str, Any], *, tag: str,
+def run_migration(host: "HostLike", params: "Params", source: "SourceLike", facts: Mapping[str, Any], *, tag: str,
                   run_label: str, live_source: bool, app: "HostLike | None" = None, password: str | None = None,
                   sentinel_write: str | None = None, sentinel_expect: str | None = None,
                   keep_dump: bool = False) -> MigrationResult:
@@ -153,7 +153,7 @@ def run_migration(host: "HostLike", params: "Params", source: Source, facts: Map
                 if not keep_dump:
                     remove_dump(host, dump)
             print(f"restore: {restore.seconds:.1f}s (of which ANALYZE {restore.analyze_seconds:.1f}s)")
-        ver = verify_restore(host, params, source, dump, live_source=live_source, app=app, password=password,
+        ver = check_restore(host, params, source, dump, live_source=live_source, app=app, password=password,
                              sentinel_write=sentinel_write, sentinel_expect=sentinel_expect)
     print(f"verify: {ver.seconds:.1f}s")
     phases = {"dump_s": round(dump.seconds, 3), "restore_s": round(restore.seconds, 3),
@@ -164,8 +164,3 @@ def run_migration(host: "HostLike", params: "Params", source: Source, facts: Map
                                               f"skipped from the dump (created beforehand): {len(restore.skipped_toc)} "
                                               "entries"])]
     return MigrationResult(dump, restore, ver, phases, outcomes)
-
-
-def show_comparison(result: MigrationResult) -> None:
-    """The source/target table of objects and rows (each kind pass or fail)."""
-    show_table(result.verification.table, ["what", "source", "target", "status"])

@@ -14,8 +14,8 @@ from psycopg import sql
 from hcbpg import clock
 from hcbpg.ops.migration.database import ensure_prerequisites, run_fresh_database
 from hcbpg.ops.migration.dump import DumpResult
-from hcbpg.ops.migration.settings import ensure_restore_settings, get_server_state, remove_restore_settings
-from hcbpg.ops.migration.source import target
+from hcbpg.ops.migration.settings import ensure_restore_settings, ensure_restore_settings_removed, get_server_state
+from hcbpg.ops.migration.source import get_target
 from hcbpg.ops.progress import watch_restore
 from hcbpg.pg.dump import filter_toc, plan_prerequisites
 from hcbpg.pg.restore import MARKER_RESTORE, plan_restore_settings
@@ -87,8 +87,8 @@ def run_restore(host: "HostLike", params: "Params", dump: DumpResult, facts: Map
                  f"-d {shlex.quote(pg.database)} -q", sudo_user="postgres", timeout=24 * 3600)
         analyze = time.monotonic() - t
     finally:
-        remove_restore_settings(host, params)
-    target(host, params).execute([sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+        ensure_restore_settings_removed(host, params)
+    get_target(host, params).execute([sql.SQL("COMMENT ON DATABASE {} IS {}").format(
         sql.Identifier(params.postgres.database),
         sql.Literal(f"{MARKER_RESTORE}: restored by hcbpg at {clock.utcnow()} ({run_label})"))])
     return RestoreResult(time.monotonic() - started, analyze, skipped, settings, notes)

@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.params import Params
 
 __all__ = ["RESTORE_PART", "check_restore_settings_gone", "ensure_restore_settings", "get_server_state",
-           "remove_restore_settings"]
+           "ensure_restore_settings_removed"]
 
 
 def _reload_command(params: "Params") -> str:
@@ -62,7 +62,7 @@ def ensure_restore_settings(host: "HostLike", params: "Params", settings: Mappin
                         diff=unified_diff(current or "", desired, path))
 
 
-def remove_restore_settings(host: "HostLike", params: "Params") -> Outcome:
+def ensure_restore_settings_removed(host: "HostLike", params: "Params") -> Outcome:
     """The restore-time part removed and the normal settings back (restart when needed)."""
     path = restore_part_path(params)
     seen = Changes(host)

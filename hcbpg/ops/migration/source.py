@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shlex
-from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,20 +13,20 @@ from hcbpg import secrets as hsecrets
 from hcbpg.adapters.base import Changes
 from hcbpg.adapters.files import ensure_dir
 from hcbpg.adapters.psql import PsqlEndpoint, ServiceFileEndpoint
-from hcbpg.errors import ParamsError, SafetyCheckFailed
+from hcbpg.errors import ParamsError
 from hcbpg.outcome import Outcome, unified_diff
 from hcbpg.pg.conninfo import APPLICATION_NAME, SERVICE_NAME, describe_source, parse_source_url, render_service_file
 from hcbpg.pg.inventory import SOURCE_FACTS_SQL
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hcbpg.adapters.base import HostLike
+    from hcbpg.adapters.base import HostLike, SourceLike
     from hcbpg.params import Params
 
 #: where the source's service file lives on the primary (tmpfs: never on disk)
 SECRET_DIR = "/run/hcbpg-migration"
 
 
-def target(host: "HostLike", params: "Params", database: str | None = None) -> PsqlEndpoint:
+def get_target(host: "HostLike", params: "Params", database: str | None = None) -> PsqlEndpoint:
     """The target database on the primary, over the Unix socket as postgres (peer)."""
     pg = params.postgres
     db = database or pg.database
@@ -92,41 +91,25 @@ def get_source_ca(host: "HostLike", params: "Params") -> str | None:
     return SOURCE_CA_PATH if pem is not None and host.read_text(SOURCE_CA_PATH) == pem else None
 
 
-def get_source_facts(source: "Source") -> dict[str, Any]:
+def get_source_facts(source: "SourceLike") -> dict[str, Any]:
     """Encoding, locale, size, version, extensions and database settings of the source."""
     with source:
         return source.json(SOURCE_FACTS_SQL)
 
 
-def check_source_names(facts: Mapping[str, Any]) -> None:
-    """Refuse a source whose schema, relation, column or constraint names hold control characters
-    (SafetyCheckFailed naming them, nothing changed).
-
-    Names are data: no script splits or parses them, but a name that prints as two lines would still
-    mislead whoever reads a log or a plan.  The facts are read early (the plan); the transfer's own
-    session reads the names again in its snapshot (:func:`run_stream`), for a table created since."""
-    bad = [str(n) for n in facts.get("control_char_names") or []]
-    if bad:
-        raise SafetyCheckFailed(
-            f"the source has {len(bad)} name(s) with control characters: "
-            + ", ".join(repr(n) for n in bad[:10]) + ("" if len(bad) <= 10 else ", ..."),
-            hint="Rename them on the source (ALTER TABLE ... RENAME TO ...), then run the step again; "
-                 "no row was copied.")
-
-
-def source_writer(host: "HostLike", source: "Source") -> PsqlEndpoint:
+def get_source_writer(host: "HostLike", source: "SourceLike") -> PsqlEndpoint:
     """The open *source* as an endpoint whose changes go through *host* (the op's HostLike: on a dry run
     they are recorded, not run); its reads are the same as the source's."""
     return PsqlEndpoint(host, source.conn_cmd, label=source.label, env=source.env, database=source.database)
 
 
-def get_source_sessions(source: Source) -> list[dict[str, Any]]:
+def get_source_sessions(source: "SourceLike") -> list[dict[str, Any]]:
     """Client sessions on the source database other than ours (and our pg_dump workers)."""
     with source:
         return _source_sessions(source)
 
 
-def _source_sessions(source: Source) -> list[dict[str, Any]]:
+def _source_sessions(source: "SourceLike") -> list[dict[str, Any]]:
     return source.rows(
         "SELECT pid, usename, application_name, host(client_addr) AS client, state, "
         "backend_xid IS NOT NULL AS writing, now() - backend_start AS age FROM pg_stat_activity "

@@ -9,12 +9,11 @@ from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
 
-from hcbpg.adapters.psql import PsqlEndpoint
 from hcbpg.ops.migration.app_checks import check_from_app
 from hcbpg.ops.migration.database import get_target_state
 from hcbpg.ops.migration.dump import DumpResult
 from hcbpg.ops.migration.settings import check_restore_settings_gone
-from hcbpg.ops.migration.source import Source, target
+from hcbpg.ops.migration.source import get_target
 from hcbpg.outcome import Check
 from hcbpg.pg.inventory import (
     COUNTS_SQL,
@@ -30,11 +29,11 @@ from hcbpg.pg.inventory import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hcbpg.adapters.base import HostLike
+    from hcbpg.adapters.base import EndpointLike, HostLike, SourceLike
     from hcbpg.params import Params
 
 
-def get_inventory(endpoint: PsqlEndpoint, params: "Params", *, rows: bool = True) -> Inventory:
+def get_inventory(endpoint: "EndpointLike", params: "Params", *, rows: bool = True) -> Inventory:
     """The database's objects (and exact row counts, one count(*) per table, and the newest event)."""
     data = endpoint.json(f"SELECT json_build_object('objects', ({INVENTORY_SQL}), "
                          f"'rows', ({COUNTS_SQL if rows else 'SELECT json_build_object()'}), "
@@ -51,7 +50,7 @@ class Verification:
     target: Inventory
 
 
-def verify_restore(host: "HostLike", params: "Params", source: Source, dump: DumpResult, *, live_source: bool,
+def check_restore(host: "HostLike", params: "Params", source: "SourceLike", dump: DumpResult, *, live_source: bool,
                    app: "HostLike | None" = None, password: str | None = None, sentinel_write: str | None = None,
                    sentinel_expect: str | None = None) -> Verification:
     """Objects, per-table rows, sequences, the restore settings gone, and the app host's read/write."""
@@ -61,7 +60,7 @@ def verify_restore(host: "HostLike", params: "Params", source: Source, dump: Dum
     if src_inv is None:  # a Heroku backup: count the source now (exact only when the app is stopped)
         src_inv = get_inventory(source, params)
         approximate = live_source
-    tgt_inv = get_inventory(target(host, params), params)
+    tgt_inv = get_inventory(get_target(host, params), params)
     checks = compare_objects(src_inv, tgt_inv, live_source=live_source)
     checks += compare_rows(src_inv.rows, tgt_inv.rows, approximate=approximate)
     owner = get_target_state(host, params).owner
@@ -79,7 +78,7 @@ def check_table_owners(host: "HostLike", params: "Params", *, except_schema: str
     """Every table, sequence, view and function the restore made belongs to the app role (but those in
     *except_schema*: the online transfer's Bucardo schema, owned by postgres until the clean-up)."""
     role = params.postgres.app_role
-    rows = target(host, params).rows(sql.SQL(
+    rows = get_target(host, params).rows(sql.SQL(
         "SELECT n.nspname || '.' || c.relname AS name, pg_get_userbyid(c.relowner) AS owner FROM pg_class c "
         "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r','p','S','v','m') AND "
         + USER_NS + " AND " + not_ext_member('pg_class', 'c.oid') + " AND pg_get_userbyid(c.relowner) <> {} "

@@ -13,16 +13,15 @@ from hcbpg import clock
 from hcbpg.adapters.base import Changes
 from hcbpg.errors import SafetyCheckFailed
 from hcbpg.ops.migration import bucardo_service as bs
-from hcbpg.ops.migration.bucardo import HOME, bucardo, ensure_running, get_state, run_stop
-from hcbpg.ops.migration.source import Source, source_writer, target
+from hcbpg.ops.migration.bucardo import HOME, ensure_running, get_state, run_bucardo, run_stop
+from hcbpg.ops.migration.source import get_source_writer, get_target
 from hcbpg.ops.migration.window import get_held_snapshots, run_release_snapshots
 from hcbpg.outcome import Check, Outcome
 from hcbpg.pg import bucardo as bp
 from hcbpg.pg import templates
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hcbpg.adapters.base import HostLike
-    from hcbpg.adapters.psql import PsqlEndpoint
+    from hcbpg.adapters.base import EndpointLike, HostLike, SourceLike
     from hcbpg.params import Params
 
 __all__ = ["CUSTOMCODE", "DEFERRED_FILE", "UNTIL_FILE", "check_removed", "ensure_way_back", "ensure_way_back_armed",
@@ -42,7 +41,7 @@ def get_way_back(host: "HostLike") -> str | None:
     return text.strip() if text else None
 
 
-def ensure_way_back_armed(host: "HostLike", params: "Params", source: Source, plan: bp.SyncPlan) -> Outcome:
+def ensure_way_back_armed(host: "HostLike", params: "Params", source: "SourceLike", plan: bp.SyncPlan) -> Outcome:
     """06b, before the window: the way back's sync added, inactive. Adding it puts Bucardo's triggers on
     the primary's tables, so every change made there from now on is recorded, above all every write
     of the app once traffic is on, even before 09b starts the sync. Bucardo's own forward writes run
@@ -56,11 +55,11 @@ def ensure_way_back_armed(host: "HostLike", params: "Params", source: Source, pl
                       mode=0o600, owner="postgres")
         for st in bp.render_back_sync_commands(plan, source_dbname=source.conn.get("dbname", ""),
                                                customcode=CUSTOMCODE, customcode_file=CUSTOMCODE_FILE):
-            bucardo(host, st)
+            run_bucardo(host, st)
     return seen.outcome(what)
 
 
-def ensure_way_back(host: "HostLike", params: "Params", source: Source, plan: bp.SyncPlan) -> Outcome:
+def ensure_way_back(host: "HostLike", params: "Params", source: "SourceLike", plan: bp.SyncPlan) -> Outcome:
     """09b, traffic on: the forward sync ended (its schema and triggers dropped on the source), then the
     way back armed in 06b started, until the period ends: it applies every change the primary recorded
     since the window, then each new one. The source's role only owns its tables: our customcode
@@ -86,13 +85,13 @@ def ensure_way_back(host: "HostLike", params: "Params", source: Source, plan: bp
         fks = source.json(bp.NOT_DEFERRABLE_FKS_SQL) or []
         run_stop(host, params)
         if bp.FORWARD_SYNC in state["syncs"]:
-            bucardo(host, f"remove sync {bp.FORWARD_SYNC}")
-        on_source = source_writer(host, source)
+            run_bucardo(host, f"remove sync {bp.FORWARD_SYNC}")
+        on_source = get_source_writer(host, source)
         on_source.execute([f"DROP SCHEMA IF EXISTS {bp.SCHEMA} CASCADE"])
         host.put_text(DEFERRED_FILE, json.dumps(fks) + "\n", mode=0o600, owner="postgres")
         on_source.execute(bp.render_deferrable(fks, deferrable=True))
-    bucardo(host, f"validate {bp.BACK_SYNC}")
-    bucardo(host, f"update sync {bp.BACK_SYNC} status=active")
+    run_bucardo(host, f"validate {bp.BACK_SYNC}")
+    run_bucardo(host, f"update sync {bp.BACK_SYNC} status=active")
     host.put_text(UNTIL_FILE, until_s + "\n", mode=0o600, owner="postgres")
     ensure_running(host, params)
     actions = ["bucardo stop", f"bucardo remove sync {bp.FORWARD_SYNC}; its schema bucardo (delta tables, triggers) "
@@ -107,12 +106,12 @@ def ensure_way_back(host: "HostLike", params: "Params", source: Source, plan: bp
 
 # clean-up -----------------------------------------------------------------------------------------
 
-def get_leftovers(endpoint: "PsqlEndpoint") -> dict[str, list[str]]:
+def get_leftovers(endpoint: "EndpointLike") -> dict[str, list[str]]:
     """Bucardo's objects (triggers, functions, delta tables, its schema) in the database of *endpoint*."""
     return endpoint.json(bp.LEFTOVERS_SQL) or {}
 
 
-def run_cleanup(host: "HostLike", params: "Params", source: Source) -> tuple[Outcome, list[dict[str, str]]]:
+def run_cleanup(host: "HostLike", params: "Params", source: "SourceLike") -> tuple[Outcome, list[dict[str, str]]]:
     """Bucardo removed everywhere: daemon, its schema in the source and the target (triggers, functions,
     delta tables), the source's foreign keys as they were, the control database and role, its files.
     Returns the outcome and what was found to remove (where, what)."""
@@ -120,7 +119,7 @@ def run_cleanup(host: "HostLike", params: "Params", source: Source) -> tuple[Out
     with source:
         on_source = get_leftovers(source)
         fks = json.loads(host.read_text(DEFERRED_FILE, sudo_user="postgres") or "[]")
-        on_target = get_leftovers(target(host, params))
+        on_target = get_leftovers(get_target(host, params))
         for where, found in (("source", on_source), (f"{params.postgres.database} on {host.name}", on_target)):
             removed += [{"where": where, "what": f"{k[:-1]} {n}"} for k, v in found.items() for n in v]
         removed += [{"where": "source", "what": f"foreign key {fk['table']}.{fk['name']} NOT DEFERRABLE again"}
@@ -128,7 +127,7 @@ def run_cleanup(host: "HostLike", params: "Params", source: Source) -> tuple[Out
         state = get_state(host, params)
         if state["control_db"]:
             removed.append({"where": host.name, "what": f"database {bp.CONTROL_DB}, role bucardo"})
-        files = any(bs.is_present(host, p) for p in (bs.SERVICE_FILE, bs.SERVICE_LINK, HOME))
+        files = any(bs.get_present(host, p) for p in (bs.SERVICE_FILE, bs.SERVICE_LINK, HOME))
         if files:
             removed.append({"where": host.name, "what": f"{bs.SERVICE_FILE}, {bs.SERVICE_LINK}, {HOME}"})
         try:  # 09b never ran: the window's snapshots are still held (the primary's vacuum waits on them)
@@ -142,11 +141,11 @@ def run_cleanup(host: "HostLike", params: "Params", source: Source) -> tuple[Out
                 run_release_snapshots(host, params, source, held)
             if state["control_db"]:
                 run_stop(host, params)
-            source_writer(host, source).execute([f"DROP SCHEMA IF EXISTS {bp.SCHEMA} CASCADE"]
+            get_source_writer(host, source).execute([f"DROP SCHEMA IF EXISTS {bp.SCHEMA} CASCADE"]
                                                 + bp.render_deferrable(fks, deferrable=False))
     if removed:
-        target(host, params).execute([f"DROP SCHEMA IF EXISTS {bp.SCHEMA} CASCADE"])
-        target(host, params, "postgres").execute([f"DROP DATABASE IF EXISTS {bp.CONTROL_DB} WITH (FORCE)",
+        get_target(host, params).execute([f"DROP SCHEMA IF EXISTS {bp.SCHEMA} CASCADE"])
+        get_target(host, params, "postgres").execute([f"DROP DATABASE IF EXISTS {bp.CONTROL_DB} WITH (FORCE)",
                                                   "DROP ROLE IF EXISTS bucardo"])
         host.run(f"rm -rf {HOME} {bs.SERVICE_DIR} {bs.SERVICE_LINK}", quiet=True)
     # changed is what was found, not the journal: opening the source writes its service file on the primary
@@ -154,15 +153,15 @@ def run_cleanup(host: "HostLike", params: "Params", source: Source) -> tuple[Out
                    actions=[f"{r['where']}: {r['what']}" for r in removed]), removed
 
 
-def check_removed(host: "HostLike", params: "Params", source: Source) -> list[Check]:
+def check_removed(host: "HostLike", params: "Params", source: "SourceLike") -> list[Check]:
     """After the clean-up: nothing of Bucardo on the source, the target or the primary's cluster."""
     with source:
         checks = [bp.check_no_leftovers("source", get_leftovers(source))]
     checks.append(bp.check_no_leftovers(f"{params.postgres.database} on {host.name}",
-                                        get_leftovers(target(host, params))))
+                                        get_leftovers(get_target(host, params))))
     state = get_state(host, params)
     checks.append(Check.of("no Bucardo control database or daemon", not state["control_db"] and not state["running"],
                            "gone" if not state["control_db"] else f"database {bp.CONTROL_DB} still there", host.name))
-    checks.append(Check.of("no Bucardo files", not any(bs.is_present(host, p) for p in (bs.SERVICE_DIR, bs.SERVICE_LINK, HOME)),
+    checks.append(Check.of("no Bucardo files", not any(bs.get_present(host, p) for p in (bs.SERVICE_DIR, bs.SERVICE_LINK, HOME)),
                            "gone", host.name))
     return checks

@@ -1,6 +1,6 @@
 """The online transfer's window (inside 07, the app stopped): its plan, Bucardo drained, the sequences set,
 the keyless tables copied whole, the window's checks, and the snapshots of both sides held so that 09b
-counts every row in them after traffic is on (:func:`verify_held`).  The steps compose these in
+counts every row in them after traffic is on (:func:`check_held_rows`).  The steps compose these in
 :func:`hcbpg.steps.online.window`."""
 
 from __future__ import annotations
@@ -19,16 +19,16 @@ from hcbpg.errors import DatabaseError, SafetyCheckFailed, VerificationFailed, W
 from hcbpg.ops.migration.app_checks import check_from_app
 from hcbpg.ops.migration.bucardo import (
     HOME,
-    bucardo,
     check_schema_unchanged,
     ensure_running,
     get_lag,
     get_state,
     get_sync_plan,
+    run_bucardo,
 )
 from hcbpg.ops.migration.database import get_target_state
 from hcbpg.ops.migration.plan import Plan
-from hcbpg.ops.migration.source import Source, get_source_facts, source_writer, target
+from hcbpg.ops.migration.source import get_source_facts, get_source_writer, get_target
 from hcbpg.ops.migration.verify import Verification, check_table_owners
 from hcbpg.outcome import Check, Outcome
 from hcbpg.pg import bucardo as bp
@@ -37,13 +37,12 @@ from hcbpg.pg.inventory import Inventory, compare_rows, render_snapshot_setup
 from hcbpg.wait import polling_loop
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hcbpg.adapters.base import HostLike
-    from hcbpg.adapters.psql import PsqlEndpoint
+    from hcbpg.adapters.base import EndpointLike, HostLike, SourceLike
     from hcbpg.params import Params
 
 __all__ = ["SIDES", "SNAPSHOT_DIR", "check_sequences", "check_window_side", "get_held_snapshots", "get_snapshot_rows",
            "get_window_plan", "run_hold_snapshots", "run_release_snapshots", "run_set_sequences",
-           "run_window_copies", "verify_held", "wait_for_drained"]
+           "run_window_copies", "check_held_rows", "wait_for_drained"]
 
 #: the window's snapshots (the holding sessions' outputs) and what 09b reads: their pids and ids
 SNAPSHOT_DIR = f"{HOME}/snapshots"
@@ -51,7 +50,7 @@ SNAPSHOT_DIR = f"{HOME}/snapshots"
 SIDES = ("primary", "source")
 
 
-def get_window_plan(host: "HostLike", params: "Params", source: Source) -> Plan:
+def get_window_plan(host: "HostLike", params: "Params", source: "SourceLike") -> Plan:
     """07's plan for the online transfer (read-only): what the window does, and its preconditions
     (the database is not dropped: Bucardo filled it; the sync runs; the source can still be synced)."""
     src = params.source
@@ -86,7 +85,7 @@ def get_window_plan(host: "HostLike", params: "Params", source: Source) -> Plan:
     return Plan(outcomes, checks + drift + plan.checks, facts)
 
 
-def wait_for_drained(host: "HostLike", params: "Params", source: Source, plan: bp.SyncPlan) -> dict[str, float]:
+def wait_for_drained(host: "HostLike", params: "Params", source: "SourceLike", plan: bp.SyncPlan) -> dict[str, float]:
     """With the writes stopped: until the sync has applied every recorded change (deadline from params)."""
     src = params.source
     assert src is not None
@@ -99,7 +98,7 @@ def wait_for_drained(host: "HostLike", params: "Params", source: Source, plan: b
         # must run; a kick without a timeout returns at once (with one it waits for a whole sync run,
         # seconds of Perl and polling): the lag itself says when every change is applied
         ensure_running(host, params)
-        bucardo(host, f"kick {bp.FORWARD_SYNC}", display=f"bucardo kick {bp.FORWARD_SYNC}", check=False, timeout=60)
+        run_bucardo(host, f"kick {bp.FORWARD_SYNC}", display=f"bucardo kick {bp.FORWARD_SYNC}", check=False, timeout=60)
     for i, _ in enumerate(polling_loop(timeout, interval=0.2)):
         if i:
             lag = get_lag(source, plan.synced)
@@ -111,22 +110,22 @@ def wait_for_drained(host: "HostLike", params: "Params", source: Source, plan: b
                       hint="The primary is incomplete: traffic must not start on it.\n" + ROLLBACK)
 
 
-def run_set_sequences(host: "HostLike", params: "Params", source: Source) -> int:
+def run_set_sequences(host: "HostLike", params: "Params", source: "SourceLike") -> int:
     """Every sequence on the target set to the source's value (the source is frozen: nothing goes past it).
     The values come as JSON and each statement is rendered here, its name quoted as data."""
     with source:
         states = source.json(bp.SEQUENCE_STATES_SQL) or []
     statements = bp.render_setvals(states)
     if statements:
-        target(host, params).script("\n".join(statements) + "\n", display=f"setval of {len(statements)} sequences "
+        get_target(host, params).script("\n".join(statements) + "\n", display=f"setval of {len(statements)} sequences "
                                     "on the target", quiet=False)
     return len(statements)
 
 
-def run_window_copies(host: "HostLike", params: "Params", source: Source, tables: Sequence[str]) -> list[str]:
+def run_window_copies(host: "HostLike", params: "Params", source: "SourceLike", tables: Sequence[str]) -> list[str]:
     """The tables without a key, copied whole inside the window (TRUNCATE and COPY in one transaction)."""
     done = []
-    tgt = target(host, params)
+    tgt = get_target(host, params)
     for t in tables:
         name = render(sql.Identifier(*t.split(".", 1)))
         cmd = (f"{source.env} {source.conn_cmd} -X -q -v ON_ERROR_STOP=1 -c {shlex.quote(f'COPY {name} TO STDOUT')} | "
@@ -140,10 +139,10 @@ def run_window_copies(host: "HostLike", params: "Params", source: Source, tables
     return done
 
 
-def check_sequences(host: "HostLike", params: "Params", source: Source) -> Check:
+def check_sequences(host: "HostLike", params: "Params", source: "SourceLike") -> Check:
     """After the window set them: every sequence on the primary at the source's value (both read at once)."""
     with source, ThreadPoolExecutor(max_workers=1) as pool:
-        tgt_future = pool.submit(target(host, params).json, bp.SEQUENCE_VALUES_SQL)
+        tgt_future = pool.submit(get_target(host, params).json, bp.SEQUENCE_VALUES_SQL)
         src_seq = source.json(bp.SEQUENCE_VALUES_SQL) or {}
         tgt_seq = tgt_future.result() or {}
     return bp.check_sequences_equal(src_seq, tgt_seq, host.name)
@@ -167,7 +166,7 @@ def check_window_side(host: "HostLike", params: "Params", src_inv: Inventory, *,
 
 # the snapshots held for 09b -----------------------------------------------------------------------
 
-def run_hold_snapshots(host: "HostLike", params: "Params", source: Source) -> dict[str, dict[str, Any]]:
+def run_hold_snapshots(host: "HostLike", params: "Params", source: "SourceLike") -> dict[str, dict[str, Any]]:
     """End of the window, the writes stopped and drained: one session on the source and one on the
     primary each export a snapshot and hold it (``pg_sleep``, at most ``source.online.snapshot_hold_s``)
     so 09b counts every row of both as they were now, after traffic is on. One command on the primary
@@ -193,26 +192,26 @@ def get_held_snapshots(host: "HostLike") -> dict[str, dict[str, Any]] | None:
     return bp.parse_held_snapshots(res.stdout, SIDES) if res.ok else None
 
 
-def run_release_snapshots(host: "HostLike", params: "Params", source: Source,
+def run_release_snapshots(host: "HostLike", params: "Params", source: "SourceLike",
                           held: Mapping[str, Mapping[str, Any]]) -> None:
     """End the sessions holding the window's snapshots (the primary's vacuum no longer waits on them)."""
     stmt = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE pid = {} AND application_name = {}"
-    target(host, params).execute([sql.SQL(stmt).format(sql.Literal(int(held["primary"]["pid"])),
+    get_target(host, params).execute([sql.SQL(stmt).format(sql.Literal(int(held["primary"]["pid"])),
                                                        sql.Literal(APPLICATION_NAME))])
     with source:
-        source_writer(host, source).execute([sql.SQL(stmt).format(sql.Literal(int(held["source"]["pid"])),
+        get_source_writer(host, source).execute([sql.SQL(stmt).format(sql.Literal(int(held["source"]["pid"])),
                                                                   sql.Literal(APPLICATION_NAME))])
     host.run(f"rm -rf {SNAPSHOT_DIR}", quiet=True)
 
 
-def get_snapshot_rows(endpoint: "PsqlEndpoint", snapshot: str) -> dict[str, int]:
+def get_snapshot_rows(endpoint: "EndpointLike", snapshot: str) -> dict[str, int]:
     """Every user table's exact rows as the session that exported *snapshot* saw them (Bucardo's left out:
     its delta tables may be gone since)."""
     return endpoint.json(bp.SNAPSHOT_COUNTS_SQL, setup="SET search_path = pg_catalog;\n"
                          + render_snapshot_setup(snapshot)) or {}
 
 
-def verify_held(host: "HostLike", params: "Params", source: Source) -> Verification:
+def check_held_rows(host: "HostLike", params: "Params", source: "SourceLike") -> Verification:
     """09b, traffic on: every table's rows counted in the snapshots held since the window, source
     against primary (the objects were compared by definition in the window, the source frozen since),
     then the snapshots released."""
@@ -223,7 +222,7 @@ def verify_held(host: "HostLike", params: "Params", source: Source) -> Verificat
     started = time.monotonic()
     try:
         with source, ThreadPoolExecutor(max_workers=1) as pool:
-            tgt_future = pool.submit(get_snapshot_rows, target(host, params), str(held["primary"]["snapshot"]))
+            tgt_future = pool.submit(get_snapshot_rows, get_target(host, params), str(held["primary"]["snapshot"]))
             src_rows = get_snapshot_rows(source, str(held["source"]["snapshot"]))
             tgt_rows = tgt_future.result()
     except DatabaseError as exc:
