@@ -192,7 +192,7 @@ def main() -> None:
         print(f"source database: {size / 1024 ** 2:.0f} MB on disk, {sum(src_counts.values())} rows "
               f"in {len(src_counts)} tables; jobs {params.source.jobs}; {os.cpu_count()} CPUs; "
               f"load average {load()}")
-        tgt = migration.target(host, params)
+        tgt = migration.get_target(host, params)
         work = Path(tempfile.mkdtemp(prefix="hcbpg-bench-cutover-"))
         figures: dict[str, list[float]] = {"runbook": [], "ours": [], "ours_verify": [], "pgcopydb": [],
                                            "ours_directory": []}

@@ -147,13 +147,13 @@ def online_run(params: Any, host: Host, app: Host, password: str, url: str, *, r
             raise SystemExit(f"online: the window's checks failed: {bad}")
         # traffic is on now: the exact count of every row, in the snapshots held since the window (09b)
         t4 = time.monotonic()
-        exact = window.verify_held(host, params, source)
+        exact = window.check_held_rows(host, params, source)
         exact_s = time.monotonic() - t4
         bad = [c for c in exact.checks if c.status == "fail"]
         if bad:
             raise SystemExit(f"online: the exact count after traffic-on failed: {bad}")
         log = app_load.parse_log(app.read_text(app_load.LOG) or "")
-        lost = len(app_load.check_on_primary(log, migration.target(host, params).json))
+        lost = len(app_load.check_on_primary(log, migration.get_target(host, params).json))
         wayback.run_cleanup(host, params, source)
     return {"downtime_s": downtime, "lag_rows": lag_open["rows"], "lag_s": lag_open["seconds"],
             "drain_s": phases["drain_s"], "phases": phases, "writes": log.writes, "lost": lost,

@@ -17,19 +17,18 @@ from hcbpg import clock
 from hcbpg import secrets as hsecrets
 from hcbpg.adapters.files import ensure_dir
 from hcbpg.adapters.psql import JSON_MARK, parse_marked_json
-from hcbpg.errors import RemoteCommandError
-from hcbpg.ops.migration.database import get_fresh_database_plan
-from hcbpg.ops.migration.dump import DumpResult, prepare_dump_dir
-from hcbpg.ops.migration.restore import RestoreResult, restore_jobs
-from hcbpg.ops.migration.settings import (
-    ensure_restore_settings,
-    get_server_state,
-    remove_restore_settings,
+from hcbpg.desired.migration import (
+    check_source_names,
     render_reload_and_wait,
     render_restore_settings,
     restore_part_path,
 )
-from hcbpg.ops.migration.source import SECRET_DIR, Source, check_source_names, target
+from hcbpg.errors import RemoteCommandError
+from hcbpg.ops.migration.database import get_fresh_database_plan
+from hcbpg.ops.migration.dump import DumpResult, prepare_dump_dir
+from hcbpg.ops.migration.restore import RestoreResult, restore_jobs
+from hcbpg.ops.migration.settings import ensure_restore_settings, ensure_restore_settings_removed, get_server_state
+from hcbpg.ops.migration.source import SECRET_DIR, get_target
 from hcbpg.ops.progress import source_sizes, watch_restore
 from hcbpg.pg import templates
 from hcbpg.pg.conninfo import SERVICE_NAME
@@ -39,7 +38,7 @@ from hcbpg.pg.restore import MARKER_RESTORE, plan_restore_settings, prerequisite
 from hcbpg.pg.stream import BUILDS_SQL, REFUSED_NAMES_SQL, SEQUENCES_SQL, TABLES_SQL
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hcbpg.adapters.base import HostLike
+    from hcbpg.adapters.base import HostLike, SourceLike
     from hcbpg.params import Params
 
 
@@ -246,7 +245,7 @@ def stream_plan_actions(params: "Params") -> list[str]:
             f"pg_restore --section=post-data -j {jobs} of the rest (triggers, comments, anything not matched)"]
 
 
-def run_stream(host: "HostLike", params: "Params", source: "Source", facts: Mapping[str, Any], tag: str, *,
+def run_stream(host: "HostLike", params: "Params", source: "SourceLike", facts: Mapping[str, Any], tag: str, *,
                run_label: str = "") -> tuple[DumpResult, RestoreResult]:
     """Fresh database and settings, then schema, rows and indexes straight from the source (no dump files).
 
@@ -307,9 +306,9 @@ def run_stream(host: "HostLike", params: "Params", source: "Source", facts: Mapp
         phases = summarize_stream_times(log + out["times"], out["tables"])
         transfer_s = time.monotonic() - started
     finally:
-        remove_restore_settings(host, params)
+        ensure_restore_settings_removed(host, params)
     host.run(f"rm -rf {shlex.quote(work)}", quiet=True, check=False)  # kept after a failure: its logs
-    target(host, params).execute([sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+    get_target(host, params).execute([sql.SQL("COMMENT ON DATABASE {} IS {}").format(
         sql.Identifier(params.postgres.database),
         sql.Literal(f"{MARKER_RESTORE}: restored by hcbpg at {clock.utcnow()} ({run_label})"))])
     total = time.monotonic() - started
