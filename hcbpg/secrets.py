@@ -246,20 +246,30 @@ def generate_password(length: int = 32) -> str:
     return register("".join(_stdlib_secrets.choice(alphabet) for _ in range(length)))
 
 
+def write_private_file(path: "Path | str", data: str | bytes) -> Path:
+    """Write *data* to *path* whole and atomically, readable and writable by this user alone: the one
+    0600 writer (its directory is made 0700; a temporary file beside it, created 0600 and never through
+    a symlink, is renamed into place)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), stat.S_IRUSR | stat.S_IWUSR)  # whatever the umask or an older file
+            f.write(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, p)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return p
+
+
 def store_secret(ref: str, value: str, *, key: str = "secret") -> None:
     """Store a new secret value through its backend (``file:`` written 0600; ``op://`` via `op item edit`)."""
     register(value)
     if ref.startswith("file:"):
-        path = Path(os.path.expanduser(ref[5:]))
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = path.with_name(path.name + ".new")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, (value + "\n").encode())
-        finally:
-            os.close(fd)
-        os.chmod(tmp, stat.S_IRUSR | stat.S_IWUSR)
-        os.replace(tmp, path)
+        write_private_file(os.path.expanduser(ref[5:]), value + "\n")
         return
     if ref.startswith("op://"):
         _store_in_1password(ref, value, key=key)

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import pytest
 
+from hcbpg.adapters.dryrun import AbsentHost
+from hcbpg.desired import packages as desired_packages
 from hcbpg.desired import server as desired_server
 from hcbpg.errors import ParamsError, SafetyCheckFailed
-from hcbpg.ops import packages as pg_packages
 from hcbpg.ops import server as pg_server
 from hcbpg.params import parse_params
 from hcbpg.pg import conf as pgconf
 from hcbpg.pg import hba as pghba
+from hcbpg.steps import allow_connections as allow_step
 
 from goldenfile import golden
 
@@ -195,20 +197,22 @@ def test_plan_settings_names_what_changes():
 # packages and PGDG ------------------------------------------------------------------
 
 def test_pgdg_sources_match_golden():
-    golden("pgdg.noble.sources", pg_packages.render_pgdg_sources("noble"))
-    assert "Signed-By: /usr/share/postgresql-common/pgdg/apt.postgresql.org.asc" in pg_packages.render_pgdg_sources("bookworm")
+    golden("pgdg.noble.sources", desired_packages.render_pgdg_sources("noble"))
+    bookworm = desired_packages.render_pgdg_sources("bookworm")
+    assert "Signed-By: /usr/share/postgresql-common/pgdg/apt.postgresql.org.asc" in bookworm
 
 
 def test_parse_dpkg_query_keeps_only_installed_packages():
     text = ("postgresql-common\tii \t248+deb12u1\npostgresql-15\tii \t15.18-0+deb12u1\n"
             "libpq-dev\trc \t15.1\npgbackrest\tun \t\n")
-    assert pg_packages.parse_dpkg_query(text) == {"postgresql-common": "248+deb12u1", "postgresql-15": "15.18-0+deb12u1"}
+    assert desired_packages.parse_dpkg_query(text) == {"postgresql-common": "248+deb12u1", "postgresql-15": "15.18-0+deb12u1"}
 
 
 def test_fresh_server_plan_changes_everything_without_a_host():
     p = params()
-    outcomes = pg_server.install_server(None, p, p.primary, dry_run=True)
-    outcomes += pg_server.allow_connections(None, p, p.primary, dry_run=True)
+    fresh = AbsentHost(p.primary.name)
+    outcomes = pg_server.install_server(fresh, p, p.primary)
+    outcomes += allow_step.allow_connections(fresh, p, p.primary)
     assert outcomes and all(o.changed and o.dry_run and o.verb == "would change" for o in outcomes)
     hba = next(o for o in outcomes if o.what.startswith("pg_hba"))
     assert "+hostssl hcb_production  rails" in hba.diff

@@ -8,12 +8,15 @@ import hmac
 
 import pytest
 
+from hcbpg.adapters.dryrun import AbsentHost
 from hcbpg.adapters.psql import render
+from hcbpg.desired import app_role as roles
 from hcbpg.errors import SafetyCheckFailed
-from hcbpg.ops import app_database as roles
+from hcbpg.ops.cluster import get_psql
 from hcbpg.params import parse_params
 from hcbpg.pg import scram as scram
 from hcbpg.secrets import scrub
+from hcbpg.steps import app_role_database as role_step
 
 PARAMS = parse_params({
     "environment": "lab",
@@ -104,7 +107,7 @@ def test_saslprep_leaves_ascii_alone_and_normalises_unicode():
 
 
 def test_fresh_primary_plan_creates_role_database_and_grants():
-    outcomes = roles.app_role_database(None, PARAMS, PASSWORD, dry_run=True)
+    outcomes = role_step.app_role_database(get_psql(AbsentHost(PARAMS.primary.name), PARAMS), PARAMS, PASSWORD)
     assert [o.verb for o in outcomes] == ["would change"] * 3
     assert outcomes[1].actions == ['CREATE DATABASE "hcb_production" WITH OWNER "rails" ENCODING \'UTF8\' '
                                    "TEMPLATE template0"]

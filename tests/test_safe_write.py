@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from hcbpg.adapters.files import REFUSED_EXIT, render_ensure_dir, render_put_file
+from hcbpg.adapters.files import REFUSED_EXIT, ensure_dir_script, put_file_script
 
 
 def require_root() -> None:
@@ -76,10 +76,10 @@ def victim(root_dir: Path) -> Path:
 
 def test_write_in_roots_directory_sets_content_owner_and_mode_and_leaves_no_temp(root_dir: Path) -> None:
     target = root_dir / "app.conf"
-    res = run(render_put_file(str(target), mode=0o640, owner=NOBODY, group="nogroup"), "a = 1\n")
+    res = run(put_file_script(str(target), mode=0o640, owner=NOBODY, group="nogroup"), "a = 1\n")
     assert res.returncode == 0, res.stderr
     assert target.read_text() == "a = 1\n" and owner(target) == (NOBODY, 0o640)
-    res = run(render_put_file(str(target), mode=0o600, owner="root", group="root"), "a = 2\n")
+    res = run(put_file_script(str(target), mode=0o600, owner="root", group="root"), "a = 2\n")
     assert res.returncode == 0, res.stderr
     assert target.read_text() == "a = 2\n" and owner(target) == ("root", 0o600)
     assert sorted(p.name for p in root_dir.iterdir()) == ["app.conf"]
@@ -89,7 +89,7 @@ def test_write_in_another_users_directory_runs_as_that_user(user_dir: Path, vict
     # a symlink planted where the file goes is replaced, never followed; the write is nobody's own
     target = user_dir / "pg_hba.conf"
     target.symlink_to(victim)
-    res = run(render_put_file(str(target), mode=0o644, owner=NOBODY, group="nogroup"), "host all\n")
+    res = run(put_file_script(str(target), mode=0o644, owner=NOBODY, group="nogroup"), "host all\n")
     assert res.returncode == 0, res.stderr
     assert not target.is_symlink() and target.read_text() == "host all\n" and owner(target) == (NOBODY, 0o644)
     assert victim.read_text() == "root's secret\n" and owner(victim) == ("root", 0o600)
@@ -100,20 +100,20 @@ def test_write_as_the_owner_cannot_reach_a_root_file_through_the_directory(user_
     # the directory itself swapped for a symlink into root's: the owner's write there is refused by the kernel
     linked = user_dir / "conf.d"
     linked.symlink_to(root_dir)
-    res = run(render_put_file(f"{linked}/victim", mode=0o644, owner=NOBODY, group="nogroup"), "owned\n")
+    res = run(put_file_script(f"{linked}/victim", mode=0o644, owner=NOBODY, group="nogroup"), "owned\n")
     assert res.returncode != 0
     assert victim.read_text() == "root's secret\n" and owner(victim) == ("root", 0o600)
 
 
 def test_roots_file_in_another_users_directory_is_refused_naming_the_directory(user_dir: Path) -> None:
-    res = run(render_put_file(f"{user_dir}/server.key", mode=0o600, owner="root", group="root"), "key\n")
+    res = run(put_file_script(f"{user_dir}/server.key", mode=0o600, owner="root", group="root"), "key\n")
     assert res.returncode == REFUSED_EXIT
     assert f"{user_dir} can be changed by a user other than root" in res.stderr
     assert list(user_dir.iterdir()) == []
 
 
 def test_write_into_a_missing_directory_fails_and_creates_nothing(root_dir: Path) -> None:
-    res = run(render_put_file(f"{root_dir}/missing/x.conf", mode=0o644, owner="root", group="root"), "x\n")
+    res = run(put_file_script(f"{root_dir}/missing/x.conf", mode=0o644, owner="root", group="root"), "x\n")
     assert res.returncode != 0 and not (root_dir / "missing").exists()
 
 
@@ -121,7 +121,7 @@ def test_directory_planted_as_a_symlink_is_refused_and_its_target_unchanged(user
     secret_dir = root_dir / "secret"
     secret_dir.mkdir(mode=0o700)
     (user_dir / "tls").symlink_to(secret_dir)
-    res = run(render_ensure_dir(f"{user_dir}/tls", mode=0o750, owner=NOBODY, group="nogroup"))
+    res = run(ensure_dir_script(f"{user_dir}/tls", mode=0o750, owner=NOBODY, group="nogroup"))
     assert res.returncode == REFUSED_EXIT and "symbolic link" in res.stderr
     assert owner(secret_dir) == ("root", 0o700)
 
@@ -137,15 +137,15 @@ def test_old_install_d_followed_the_planted_symlink(user_dir: Path, root_dir: Pa
 
 def test_directory_is_made_with_parents_and_set_again_when_it_exists(root_dir: Path, user_dir: Path) -> None:
     made = root_dir / "a" / "b" / "work"
-    res = run(render_ensure_dir(str(made), mode=0o700, owner=NOBODY, group="nogroup"))
+    res = run(ensure_dir_script(str(made), mode=0o700, owner=NOBODY, group="nogroup"))
     assert res.returncode == 0, res.stderr
     assert owner(made) == (NOBODY, 0o700) and owner(made.parent) == ("root", 0o755)
     made.chmod(0o755)
-    assert run(render_ensure_dir(str(made), mode=0o700, owner=NOBODY, group="nogroup")).returncode == 0
+    assert run(ensure_dir_script(str(made), mode=0o700, owner=NOBODY, group="nogroup")).returncode == 0
     assert owner(made) == (NOBODY, 0o700)
     # in the other user's directory, made as that user
     inner = user_dir / "run" / "log"
-    res = run(render_ensure_dir(str(inner), mode=0o700, owner=NOBODY, group="nogroup"))
+    res = run(ensure_dir_script(str(inner), mode=0o700, owner=NOBODY, group="nogroup"))
     assert res.returncode == 0, res.stderr
     assert owner(inner) == (NOBODY, 0o700) and owner(inner.parent)[0] == NOBODY
 
@@ -154,20 +154,20 @@ def test_directory_of_a_third_user_is_not_taken_over(root_dir: Path) -> None:
     theirs = root_dir / "theirs"
     theirs.mkdir(mode=0o700)
     os.chown(theirs, 1, 1)  # daemon
-    res = run(render_ensure_dir(str(theirs), mode=0o700, owner=NOBODY, group="nogroup"))
+    res = run(ensure_dir_script(str(theirs), mode=0o700, owner=NOBODY, group="nogroup"))
     assert res.returncode == REFUSED_EXIT and "belongs to" in res.stderr
     assert theirs.stat().st_uid == 1
 
 
 def test_roots_directory_under_another_users_is_refused(user_dir: Path) -> None:
-    res = run(render_ensure_dir(f"{user_dir}/d", mode=0o755, owner="root", group="root"))
+    res = run(ensure_dir_script(f"{user_dir}/d", mode=0o755, owner="root", group="root"))
     assert res.returncode == REFUSED_EXIT and not (user_dir / "d").exists()
 
 
 def test_paths_that_are_not_absolute_files_are_a_programming_error() -> None:
     for bad in ("etc/x", "/etc/", "/etc/..", "/a\0b"):
         with pytest.raises(ValueError):
-            render_put_file(bad, mode=0o644, owner="root", group="root")
+            put_file_script(bad, mode=0o644, owner="root", group="root")
 
 
 @pytest.fixture
@@ -183,11 +183,11 @@ def group_dir(root_dir: Path) -> Path:
 def test_directory_the_owner_cannot_make_is_made_by_root_without_following(group_dir: Path) -> None:
     # daemon may not write in the group's directory: root makes it, mode and owner exact
     made = group_dir / "pgbackrest"
-    res = run(render_ensure_dir(str(made), mode=0o770, owner="daemon", group="daemon"))
+    res = run(ensure_dir_script(str(made), mode=0o770, owner="daemon", group="daemon"))
     assert res.returncode == 0, res.stderr
     assert owner(made) == ("daemon", 0o770)
     made.chmod(0o755)  # existing: set again, as its owner
-    assert run(render_ensure_dir(str(made), mode=0o770, owner="daemon", group="daemon")).returncode == 0
+    assert run(ensure_dir_script(str(made), mode=0o770, owner="daemon", group="daemon")).returncode == 0
     assert owner(made) == ("daemon", 0o770)
 
 
@@ -195,7 +195,7 @@ def test_symlink_planted_by_the_group_is_refused(group_dir: Path, root_dir: Path
     secret_dir = root_dir / "secret"
     secret_dir.mkdir(mode=0o700)
     (group_dir / "pgbackrest").symlink_to(secret_dir)
-    res = run(render_ensure_dir(f"{group_dir}/pgbackrest", mode=0o770, owner="daemon", group="daemon"))
+    res = run(ensure_dir_script(f"{group_dir}/pgbackrest", mode=0o770, owner="daemon", group="daemon"))
     assert res.returncode == REFUSED_EXIT and owner(secret_dir) == ("root", 0o700)
 
 
@@ -203,7 +203,7 @@ def test_root_does_not_make_a_directory_below_another_users(user_dir: Path) -> N
     # the way to it is open to that user (it could be a symlink into root's): root makes nothing there
     (user_dir / "sub").mkdir()
     os.chown(user_dir / "sub", 0, 0)
-    res = run(render_ensure_dir(f"{user_dir}/sub/d", mode=0o700, owner="daemon", group="daemon"))
+    res = run(ensure_dir_script(f"{user_dir}/sub/d", mode=0o700, owner="daemon", group="daemon"))
     assert res.returncode == REFUSED_EXIT and not (user_dir / "sub" / "d").exists()
 
 
@@ -214,7 +214,7 @@ def test_host_put_text_runs_the_script_with_the_content_on_stdin_only(monkeypatc
     host = Host("server-postgres-1", "192.0.2.1", echo=lambda line: None)
     monkeypatch.setattr(host, "run", lambda cmd, **kw: seen.update(cmd=cmd, **kw))
     host.put_text("/etc/postgresql/15/main/pg_hba.conf", "hostssl all rails\n", mode=0o640, owner="postgres")
-    assert seen["cmd"] == render_put_file("/etc/postgresql/15/main/pg_hba.conf", mode=0o640, owner="postgres",
+    assert seen["cmd"] == put_file_script("/etc/postgresql/15/main/pg_hba.conf", mode=0o640, owner="postgres",
                                           group="postgres")
     assert seen["stdin"] == "hostssl all rails\n" and "hostssl" not in seen["cmd"]
     assert seen["display"] == "write /etc/postgresql/15/main/pg_hba.conf (18 bytes, mode 0640, owner postgres:postgres)"

@@ -9,7 +9,9 @@ import pytest
 import yaml
 
 from hcbpg.adapters.base import Result
+from hcbpg.adapters.dryrun import DryRunHost
 from hcbpg.adapters.recording import RecordingHost
+from hcbpg.desired import locks
 from hcbpg.errors import CloudError, SafetyCheckFailed, UsageError
 from hcbpg.ops import env_lock
 from hcbpg.ops import server_lock as sl
@@ -17,21 +19,21 @@ from hcbpg.params import parse_params
 
 from nbutil import MOTO_BUCKET, make_params
 
-ME = sl.Holder("run-b", "staging", "07_cutover", "bob", "bob-laptop", 4242, 4200, "2026-12-02T18:00:00.000000Z")
-ALICE = sl.Holder("run-a", "staging", "05_pgbackrest", "alice", "alice-laptop", 99, 90, "2026-12-02T17:00:00.000000Z")
+ME = locks.Holder("run-b", "staging", "07_cutover", "bob", "bob-laptop", 4242, 4200, "2026-12-02T18:00:00.000000Z")
+ALICE = locks.Holder("run-a", "staging", "05_pgbackrest", "alice", "alice-laptop", 99, 90, "2026-12-02T17:00:00.000000Z")
 
 
 def test_who_may_take_the_lock():
-    assert sl.plan_take(None, ME) == ("take", "free")
-    assert sl.plan_take(dataclasses.replace(ALICE, run_id="run-b"), ME)[0] == "ours"       # a resume of the run
-    decision, why = sl.plan_take(ALICE, ME, alive=lambda pid: False)
+    assert locks.plan_take_change_lock(None, ME) == ("take", "free")
+    assert locks.plan_take_change_lock(dataclasses.replace(ALICE, run_id="run-b"), ME)[0] == "ours"       # a resume of the run
+    decision, why = locks.plan_take_change_lock(ALICE, ME, alive=lambda pid: False)
     assert decision == "refuse" and why == ("step 05_pgbackrest of run run-a (staging) by alice (pid 90 on "
                                             "alice-laptop) since 2026-12-02T17:00:00.000000Z")
     here = dataclasses.replace(ALICE, machine="bob-laptop")
-    assert sl.plan_take(here, ME, alive=lambda pid: False)[0] == "stale"     # its processes are gone here
-    assert sl.plan_take(here, ME, alive=lambda pid: pid == 90)[0] == "refuse"
-    assert sl.plan_take(None, ME, raw="garbage")[0] == "refuse"
-    assert sl.parse_holder(ALICE.to_json()) == ALICE and sl.parse_holder("{}") is None
+    assert locks.plan_take_change_lock(here, ME, alive=lambda pid: False)[0] == "stale"     # its processes are gone here
+    assert locks.plan_take_change_lock(here, ME, alive=lambda pid: pid == 90)[0] == "refuse"
+    assert locks.plan_take_change_lock(None, ME, raw="garbage")[0] == "refuse"
+    assert locks.parse_holder(ALICE.to_json()) == ALICE and locks.parse_holder("{}") is None
 
 
 def _host(current: str | None, *, taken: bool):
@@ -44,18 +46,18 @@ def _host(current: str | None, *, taken: bool):
 def test_a_step_is_refused_naming_the_holder_and_changes_nothing():
     host = _host(ALICE.to_json(), taken=False)
     with pytest.raises(SafetyCheckFailed) as ei:
-        sl.ensure_change_lock(host, ME, dry_run=False)
+        sl.ensure_change_lock(host, ME)
     assert "server-postgres-1 is being changed by another run: step 05_pgbackrest of run run-a" in str(ei.value)
     assert "since 2026-12-02T17:00:00" in str(ei.value)
-    assert sl.parse_holder(host.files[sl.LOCK_PATH]) == ALICE
+    assert locks.parse_holder(host.files[sl.LOCK_PATH]) == ALICE
 
 
 def test_taken_when_free_and_released_only_by_its_run():
     host = _host(None, taken=True)
-    out = sl.ensure_change_lock(host, ME, dry_run=False)
+    out = sl.ensure_change_lock(host, ME)
     assert out.changed and "bob" in out.actions[0]
     (take,) = [c for c in host.calls if "set -C" in c.command]
-    assert sl.parse_holder(take.stdin) == ME
+    assert locks.parse_holder(take.stdin) == ME
     host.files[sl.LOCK_PATH] = ALICE.to_json()
     assert not sl.release_change_lock(host, ME)          # not ours: left alone
     host.files[sl.LOCK_PATH] = ME.to_json()
@@ -64,10 +66,11 @@ def test_taken_when_free_and_released_only_by_its_run():
 
 def test_the_same_run_takes_its_own_lock_over_and_a_dry_run_takes_nothing():
     host = _host(dataclasses.replace(ME, step="06_restore").to_json(), taken=False)
-    assert sl.ensure_change_lock(host, ME, dry_run=False).changed
-    assert sl.parse_holder(host.files[sl.LOCK_PATH]) == ME
+    assert sl.ensure_change_lock(host, ME).changed
+    assert locks.parse_holder(host.files[sl.LOCK_PATH]) == ME
     dry = _host(None, taken=True)
-    assert not sl.ensure_change_lock(dry, ME, dry_run=True).changed and not dry.calls
+    planned = sl.ensure_change_lock(DryRunHost(dry), ME)
+    assert planned.verb == "would change" and dry.ran == [] and sl.LOCK_PATH not in dry.files
 
 
 # the environment lock in the backup bucket (hcbpg.ops.env_lock), against moto's S3 in this process ---------------

@@ -15,6 +15,7 @@ from cryptography import x509
 
 from hcbpg.adapters import hostkeys
 from hcbpg.adapters.host import Host
+from hcbpg.desired import certs
 from hcbpg.desired import cloud as desired_cloud
 from hcbpg.desired import tls as desired_tls
 from hcbpg.errors import HostKeyError, SecretError
@@ -101,44 +102,44 @@ def test_params_refuse_a_renewal_window_longer_than_the_certificate(tmp_path):
 def test_the_ca_is_made_once_its_key_stored_as_a_secret_and_reloaded(tmp_path):
     p = params(tmp_path)
     tls._CA_CACHE.clear()
-    assert tls.get_ca(p, create=False) is None  # a dry run makes nothing
-    ca = tls.get_ca(p, create=True)
+    assert tls._get_ca(p, create=False) is None  # a dry run makes nothing
+    ca = tls._get_ca(p, create=True)
     assert ca is not None
     key_file = tmp_path / "ca.key"
     assert oct(key_file.stat().st_mode & 0o777) == "0o600" and "PRIVATE KEY" in key_file.read_text()
     assert scrub(key_file.read_text().strip()) != key_file.read_text().strip()
     assert "PRIVATE" not in (tmp_path / "ca.crt").read_text()
     tls._CA_CACHE.clear()
-    again = tls.get_ca(p, create=True)
+    again = tls._get_ca(p, create=True)
     assert again is not None and again.cert_pem == ca.cert_pem
     # a certificate without its key (or the other way round) is an error, not a new CA
     key_file.unlink()
     tls._CA_CACHE.clear()
     with pytest.raises(SecretError):
-        tls.get_ca(p, create=True)
+        tls._get_ca(p, create=True)
 
 
 def test_server_certificate_names_ip_and_name_and_is_renewed_near_its_end(tmp_path):
     p = params(tmp_path)
     tls._CA_CACHE.clear()
-    ca = tls.get_ca(p, create=True)
+    ca = tls._get_ca(p, create=True)
     assert ca is not None
     s = p.primary
     now = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
-    cert_pem, key_pem = tls.render_server_cert(ca, p, s, now=now)
+    cert_pem, key_pem = certs.render_server_cert(ca, p, s, now=now)
     assert scrub(key_pem) != key_pem
     cert = x509.load_pem_x509_certificate(cert_pem.encode())
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert [str(i) for i in san.get_values_for_type(x509.IPAddress)] == [s.private_ip]
     assert san.get_values_for_type(x509.DNSName) == [s.name]
     cert.verify_directly_issued_by(ca.cert)
-    assert tls.plan_server_cert(cert_pem, ca, p, s, now=now) is None
+    assert certs.plan_server_cert(cert_pem, ca, p, s, now=now) is None
     later = now + dt.timedelta(days=p.tls.cert_days - p.tls.renew_days + 1)
-    assert "expires in" in (tls.plan_server_cert(cert_pem, ca, p, s, now=later) or "")
-    assert "names" in (tls.plan_server_cert(cert_pem, ca, p, p.servers[1], now=now) or "")
-    assert tls.plan_server_cert(None, ca, p, s) == "no certificate yet"
-    other = tls.render_ca("elsewhere")
-    assert "another CA" in (tls.plan_server_cert(tls.render_server_cert(other, p, s)[0], ca, p, s) or "")
+    assert "expires in" in (certs.plan_server_cert(cert_pem, ca, p, s, now=later) or "")
+    assert "names" in (certs.plan_server_cert(cert_pem, ca, p, p.servers[1], now=now) or "")
+    assert certs.plan_server_cert(None, ca, p, s) == "no certificate yet"
+    other = certs.render_ca("elsewhere")
+    assert "another CA" in (certs.plan_server_cert(certs.render_server_cert(other, p, s)[0], ca, p, s) or "")
 
 
 def test_clients_use_verify_full_with_the_ca_and_require_auth_only_when_asked(tmp_path):

@@ -19,9 +19,9 @@ way, planted by the owner of the directory holding it, could point into root's o
   syslog group) is made by root with ``mkdir -m`` and ``chown -h`` (neither follows a symlink)
   when the way to its parent is root's alone.
 
-The content always travels on stdin, never on a command line.  The ``render_*`` functions are
-pure (:meth:`~hcbpg.adapters.host.Host.put_text` runs what :func:`render_put_file` renders);
-:func:`ensure_dir` runs :func:`render_ensure_dir` on a host.
+The content always travels on stdin, never on a command line.  The ``*_script`` functions only build
+the scripts, this adapter's internals (:meth:`~hcbpg.adapters.host.Host.put_text` runs what
+:func:`put_file_script` builds; :func:`ensure_dir` runs :func:`ensure_dir_script` on a host).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import shlex
 
 from hcbpg.adapters.base import HostLike
 
-__all__ = ["REFUSED_EXIT", "WRITE_HINT", "ensure_dir", "render_ensure_dir", "render_put_file"]
+__all__ = ["REFUSED_EXIT", "WRITE_HINT", "ensure_dir", "ensure_dir_script", "put_file_script"]
 
 #: the exit status of a write refused because another user could redirect it
 REFUSED_EXIT = 77
@@ -93,7 +93,7 @@ _WRITE = ('cd / && umask 077 && tmp=$(mktemp -- "$1/.hcbpg.XXXXXX") || exit\n'
           '|| { rc=$?; rm -f -- "$tmp"; exit $rc; }\n')
 
 
-def render_put_file(path: str, *, mode: int, owner: str, group: str) -> str:
+def put_file_script(path: str, *, mode: int, owner: str, group: str) -> str:
     """A shell script (run as root) that writes stdin to *path* whole and atomically, with *owner*,
     *group* and *mode*, through no symlink another user could plant."""
     parent, name = _split(path)
@@ -112,7 +112,7 @@ def render_put_file(path: str, *, mode: int, owner: str, group: str) -> str:
         + "fi\n")
 
 
-def render_ensure_dir(path: str, *, mode: int, owner: str, group: str) -> str:
+def ensure_dir_script(path: str, *, mode: int, owner: str, group: str) -> str:
     """A shell script (run as root): *path* is a directory with *owner*, *group* and *mode* (made with
     its parents when missing).  A symlink in its place is refused, so is a directory that belongs to
     someone other than root or *owner*; in a directory another user can change it runs as *owner*."""
@@ -155,8 +155,8 @@ def render_ensure_dir(path: str, *, mode: int, owner: str, group: str) -> str:
 
 
 def ensure_dir(host: HostLike, path: str, *, mode: int, owner: str = "root", group: str | None = None) -> None:
-    """*path* is a directory with *owner*, *group* and *mode* on *host* (:func:`render_ensure_dir`);
+    """*path* is a directory with *owner*, *group* and *mode* on *host* (:func:`ensure_dir_script`);
     raises RemoteCommandError when it cannot be made so safely."""
     grp = group or owner
-    host.run(render_ensure_dir(path, mode=mode, owner=owner, group=grp), quiet=True, hint=WRITE_HINT,
+    host.run(ensure_dir_script(path, mode=mode, owner=owner, group=grp), quiet=True, hint=WRITE_HINT,
              display=f"directory {path} (mode {mode:04o}, owner {owner}:{grp})")

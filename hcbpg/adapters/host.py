@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from hcbpg.adapters import hostkeys
 from hcbpg.adapters.base import HostLike, Result
-from hcbpg.adapters.files import WRITE_HINT, render_put_file
+from hcbpg.adapters.files import WRITE_HINT, put_file_script
 from hcbpg.errors import HostKeyError, HostUnreachable, RemoteCommandError
 from hcbpg.secrets import scrub
 
@@ -328,12 +328,12 @@ class Host:
 
         The content travels on stdin, so a file holding secrets never shows in a process list.  In a
         directory another user can change (the postgres user's), the write runs as the file's owner,
-        so that user cannot redirect it (:func:`hcbpg.adapters.files.render_put_file`).
+        so that user cannot redirect it (:func:`hcbpg.adapters.files.put_file_script`).
         """
         grp = group or owner
         shown = f"write {path} ({len(text.encode())} bytes, mode {mode:04o}, owner {owner}:{grp})"
         if dry_run:
             self.echo(f"[{self.name}] [dry run] would {shown}")
             return
-        self.run(render_put_file(path, mode=mode, owner=owner, group=grp), stdin=text, display=shown,
+        self.run(put_file_script(path, mode=mode, owner=owner, group=grp), stdin=text, display=shown,
                  hint=WRITE_HINT)

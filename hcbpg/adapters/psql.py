@@ -25,13 +25,14 @@ from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
 
+from hcbpg.adapters.dryrun import NOTHING_THERE_EXIT
 from hcbpg.adapters.files import ensure_dir
 from hcbpg.errors import DatabaseError, RemoteCommandError
 from hcbpg.secrets import scrub
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.base import HostLike
-    from hcbpg.adapters.host import Host, Result
+    from hcbpg.adapters.host import Result
 
 Composable = sql.Composable
 
@@ -98,7 +99,7 @@ def map_psql_errors(*, host: str, message: str, database: str | None = None, sta
 class Psql:
     """psql as the postgres OS user on one server, for one cluster."""
 
-    def __init__(self, host: "Host", *, version: int = 15, cluster: str = "main", os_user: str = "postgres") -> None:
+    def __init__(self, host: "HostLike", *, version: int = 15, cluster: str = "main", os_user: str = "postgres") -> None:
         self.host = host
         self.version = version
         self.cluster = cluster
@@ -116,7 +117,10 @@ class Psql:
                              message=f"on {self.host.name}: query failed in database {dbname}: {scrub(text)}",
                              hint="Is the cluster running (pg_lsclusters)? The query was read-only; nothing changed."):
             # a read: probe, so a dry run reads the real server and the journal does not count it
-            res = raise_for_exit(self.host.probe(self._cmd(dbname, " -A -t"), sudo_user=self.os_user, stdin=wrapped))
+            res = self.host.probe(self._cmd(dbname, " -A -t"), sudo_user=self.os_user, stdin=wrapped)
+            if self.host.dry_run and res.exit_code == NOTHING_THERE_EXIT:
+                return []  # a server (or PostgreSQL) not there yet: nothing is there
+            raise_for_exit(res)
         out = res.stdout.strip()
         return json.loads(out) if out else []
 

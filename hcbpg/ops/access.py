@@ -11,19 +11,18 @@ from typing import TYPE_CHECKING
 from psycopg import sql
 
 from hcbpg import secrets as hsecrets
-from hcbpg.adapters.host import Host
 from hcbpg.adapters.secretstore import SecretStore
 from hcbpg.desired import tls as desired_tls
 from hcbpg.desired.roles import RolesConfig
-from hcbpg.errors import HostUnreachable
 from hcbpg.ops.privileges import get_role_password
 from hcbpg.outcome import Check
 
 if TYPE_CHECKING:  # pragma: no cover
+    from hcbpg.adapters.base import HostLike
     from hcbpg.params import Params
 
 
-def psql_as(host: "Host", *, role: str, password: str, server_ip: str, port: int, dbname: str, script: str,
+def run_psql_as(host: "HostLike", *, role: str, password: str, server_ip: str, port: int, dbname: str, script: str,
             display: str, tls: str) -> "tuple[bool, str]":
     """Run *script* with psql on *host* as *role* over the network (TLS words *tls*, see
     ``desired.tls.conninfo_tls``); the password goes on stdin only."""
@@ -34,7 +33,7 @@ def psql_as(host: "Host", *, role: str, password: str, server_ip: str, port: int
     return res.ok, hsecrets.scrub(res.output.strip())
 
 
-def check_metabase_access(jumpbox: "Host", others: Sequence["Host"], cfg: RolesConfig, params: "Params", *,
+def check_metabase_access(jumpbox: "HostLike", others: Sequence["HostLike"], cfg: RolesConfig, params: "Params", *,
                           server_ip: str, unlisted_table: str) -> list[Check]:
     """From the jumpbox metabase reads a listed table and not *unlisted_table*; from *others* it is refused."""
     if not cfg.metabase or not cfg.metabase_tables:
@@ -46,13 +45,13 @@ def check_metabase_access(jumpbox: "Host", others: Sequence["Host"], cfg: RolesC
     def q(table: str) -> str:
         return sql.SQL("SELECT count(*) FROM {};\n").format(sql.Identifier(*table.split("."))).as_string(None)
 
-    ok, output = psql_as(jumpbox, tls=desired_tls.conninfo_tls(params),
+    ok, output = run_psql_as(jumpbox, tls=desired_tls.conninfo_tls(params),
                          role=name, password=pw, server_ip=server_ip, port=port, dbname=cfg.database,
                          script=q(listed), display=f"psql as {name}@{server_ip}: SELECT count(*) FROM {listed}")
     out.append(Check.of(f"{name} reads listed table {listed} from the jumpbox", ok,
                         f"{output.splitlines()[-1] if ok and output else hsecrets.scrub(output)[-200:]} row(s)" if ok
                         else hsecrets.scrub(output)[-200:], jumpbox.name))
-    ok, output = psql_as(jumpbox, tls=desired_tls.conninfo_tls(params),
+    ok, output = run_psql_as(jumpbox, tls=desired_tls.conninfo_tls(params),
                          role=name, password=pw, server_ip=server_ip, port=port, dbname=cfg.database,
                          script=q(unlisted_table),
                          display=f"psql as {name}@{server_ip}: SELECT count(*) FROM {unlisted_table} (must be refused)")
@@ -61,7 +60,7 @@ def check_metabase_access(jumpbox: "Host", others: Sequence["Host"], cfg: RolesC
                         "permission denied" if denied else ("READ IT" if ok else hsecrets.scrub(output)[-200:]), jumpbox.name))
     for other in others:
         # expected to be refused: a random wrong password, never metabase's own
-        ok, output = psql_as(other, tls=desired_tls.conninfo_tls(params),
+        ok, output = run_psql_as(other, tls=desired_tls.conninfo_tls(params),
                              role=name, password=_s.token_urlsafe(16), server_ip=server_ip, port=port,
                              dbname=cfg.database,
                              script="SELECT 1;\n", display=f"psql as {name}@{server_ip} from {other.name} "
@@ -73,7 +72,7 @@ def check_metabase_access(jumpbox: "Host", others: Sequence["Host"], cfg: RolesC
     return out
 
 
-def check_migrations_then_app(app: "Host", cfg: RolesConfig, params: "Params", *, server_ip: str,
+def check_migrations_then_app(app: "HostLike", cfg: RolesConfig, params: "Params", *, server_ip: str,
                               app_password: str) -> list[Check]:
     """The migrations role creates a table; the app role then writes and reads it; the migrations role drops it."""
     if not cfg.migrations:
@@ -83,7 +82,7 @@ def check_migrations_then_app(app: "Host", cfg: RolesConfig, params: "Params", *
     port = params.postgres.port
     mig, mig_pw = cfg.migrations.name, get_role_password(SecretStore(), cfg, cfg.migrations.name)
     create = sql.SQL("CREATE TABLE {} (id bigserial PRIMARY KEY, note text NOT NULL);\n").format(t).as_string(None)
-    ok, output = psql_as(app, tls=desired_tls.conninfo_tls(params),
+    ok, output = run_psql_as(app, tls=desired_tls.conninfo_tls(params),
                          role=mig, password=mig_pw, server_ip=server_ip, port=port, dbname=cfg.database,
                          script=create, display=f"psql as {mig}@{server_ip}: CREATE TABLE {table}")
     out = [Check.of(f"{mig} creates a table", ok, f"created {table}" if ok else hsecrets.scrub(output)[-200:], app.name)]
@@ -93,7 +92,7 @@ def check_migrations_then_app(app: "Host", cfg: RolesConfig, params: "Params", *
         use = sql.SQL("INSERT INTO {t} (note) VALUES ('written by the app');\n"
                       "UPDATE {t} SET note = note || ' and updated';\n"
                       "SELECT note FROM {t};\n").format(t=t).as_string(None)
-        ok, output = psql_as(app, tls=desired_tls.conninfo_tls(params),
+        ok, output = run_psql_as(app, tls=desired_tls.conninfo_tls(params),
                              role=cfg.app_role, password=app_password, server_ip=server_ip, port=port,
                              dbname=cfg.database, script=use,
                              display=f"psql as {cfg.app_role}@{server_ip}: write and read {table}")
@@ -101,21 +100,21 @@ def check_migrations_then_app(app: "Host", cfg: RolesConfig, params: "Params", *
         out.append(Check.of(f"{cfg.app_role} uses the table {mig} created", good,
                             "inserted (sequence), updated and read it (default privileges)" if good
                             else hsecrets.scrub(output)[-200:], app.name))
-        ok, output = psql_as(app, tls=desired_tls.conninfo_tls(params),
+        ok, output = run_psql_as(app, tls=desired_tls.conninfo_tls(params),
                              role=cfg.app_role, password=app_password, server_ip=server_ip, port=port,
                              dbname=cfg.database, script=sql.SQL("DROP TABLE {};\n").format(t).as_string(None),
                              display=f"psql as {cfg.app_role}@{server_ip}: DROP TABLE {table} (must be refused)")
         out.append(Check.of(f"{cfg.app_role} cannot drop it", not ok and "must be owner" in output,
                             "must be owner" if not ok else "DROPPED IT", app.name))
     finally:
-        psql_as(app, tls=desired_tls.conninfo_tls(params),
+        run_psql_as(app, tls=desired_tls.conninfo_tls(params),
                 role=mig, password=mig_pw, server_ip=server_ip, port=port, dbname=cfg.database,
                 script=sql.SQL("DROP TABLE IF EXISTS {};\n").format(t).as_string(None),
                 display=f"psql as {mig}@{server_ip}: DROP TABLE {table}")
     return out
 
 
-def check_deploy(app: "Host", cfg: RolesConfig, params: "Params", *, server_ip: str, app_login: str,
+def check_deploy(app: "HostLike", cfg: RolesConfig, params: "Params", *, server_ip: str, app_login: str,
                  app_password: str) -> list[Check]:
     """A deploy after step 13, from the app host: the migrations role creates a table and adds a column;
     the app's login writes and reads it at once (default privileges) and can neither create nor alter tables."""
@@ -127,7 +126,7 @@ def check_deploy(app: "Host", cfg: RolesConfig, params: "Params", *, server_ip: 
     mig, mig_pw = cfg.migrations.name, get_role_password(SecretStore(), cfg, cfg.migrations.name)
 
     def run(role: str, pw: str, script: sql.Composable, what: str) -> tuple[bool, str]:
-        return psql_as(app, tls=desired_tls.conninfo_tls(params),
+        return run_psql_as(app, tls=desired_tls.conninfo_tls(params),
                        role=role, password=pw, server_ip=server_ip, port=port, dbname=db,
                        script=script.as_string(None), display=f"psql as {role}@{server_ip}: {what}")
 
@@ -163,18 +162,7 @@ def check_deploy(app: "Host", cfg: RolesConfig, params: "Params", *, server_ip: 
     return out
 
 
-def jumpbox_host(params: "Params", cfg: RolesConfig) -> "Host | None":
-    """An open Host for the jumpbox (``jumpbox_ssh_host``, else its private IP); None when SSH cannot reach it."""
-    if not cfg.jumpbox_ip:
-        return None
-    host = Host.from_params(params, "jumpbox", cfg.jumpbox_ssh_host or cfg.jumpbox_ip)
-    try:
-        return host.connect()
-    except HostUnreachable:
-        return None
-
-
-def verify_access(app: "Host", jumpbox: "Host | None", cfg: RolesConfig, params: "Params", *, server_ip: str,
+def check_access(app: "HostLike", jumpbox: "HostLike | None", cfg: RolesConfig, params: "Params", *, server_ip: str,
                   app_password: str, unlisted_table: str = "users", app_login: str | None = None) -> list[Check]:
     """Step 13's checks over the network: a deploy (migrations → app), metabase from the jumpbox only."""
     out = check_deploy(app, cfg, params, server_ip=server_ip, app_login=app_login or cfg.app_role,
@@ -186,7 +174,7 @@ def verify_access(app: "Host", jumpbox: "Host | None", cfg: RolesConfig, params:
                          f"the jumpbox ({cfg.jumpbox_ip}) is not reachable over SSH from here: not checked",
                          cfg.jumpbox_ip or ""))
         # expected to be refused: a random wrong password, never metabase's own
-        ok, output = psql_as(app, tls=desired_tls.conninfo_tls(params),
+        ok, output = run_psql_as(app, tls=desired_tls.conninfo_tls(params),
                              role=cfg.metabase.name, password=_s.token_urlsafe(16), server_ip=server_ip,
                              port=params.postgres.port, dbname=cfg.database, script="SELECT 1;\n",
                              display=f"psql as {cfg.metabase.name}@{server_ip} from {app.name} (must be refused)")

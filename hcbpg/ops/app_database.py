@@ -8,41 +8,44 @@ changing a live app's password silently would take production down (rotation is 
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import secrets as _stdlib_secrets
-import select
 import shlex
-import socket
-import threading
 import time
-from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
 
-from hcbpg.adapters.psql import Psql, render
+from hcbpg.adapters.base import Changes
+from hcbpg.adapters.psql import render
+from hcbpg.adapters.tunnel import tunnel_via
 from hcbpg.desired import tls as desired_tls
-from hcbpg.errors import SafetyCheckFailed
-from hcbpg.ops import tls as tls_ops
+from hcbpg.desired.app_role import (
+    PASSWORD_KEY,
+    TABLE_PRIVILEGES,
+    grant_statements,
+    handed_over_to,
+    plan_role,
+)
+from hcbpg.desired.certs import ca_cert_path
 from hcbpg.outcome import Check, Outcome
-from hcbpg.pg.scram import md5_matches, scram_matches, scram_verifier
+from hcbpg.pg.scram import scram_matches
 from hcbpg.secrets import register, scrub
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hcbpg.adapters.host import Host
+    from hcbpg.adapters.base import HostLike, PsqlLike
+    from hcbpg.adapters.site import OutsiderRunner
     from hcbpg.params import Params
 
-PASSWORD_KEY = "postgres.app_role_password"
-TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
+__all__ = ["PASSWORD_KEY", "check_hba_scope", "check_outsider_refused", "check_psql_from_app",
+           "check_psycopg_from_app", "check_role_database", "check_app_access", "check_wrong_password_refused",
+           "ensure_database", "ensure_grants", "ensure_role", "get_database", "get_missing_grants", "get_role"]
 
-
-# SCRAM-SHA-256 (RFC 5802 / 7677, as PostgreSQL stores it) ------------------------
 
 # the role ---------------------------------------------------------------------------
 
-def get_role(psql: Psql, role: str) -> dict[str, Any] | None:
+def get_role(psql: "PsqlLike", role: str) -> dict[str, Any] | None:
     """The role's attributes and stored password verifier (pg_authid; None when it does not exist)."""
     rows = psql.query(sql.SQL(
         "SELECT rolname, rolcanlogin, rolinherit, rolconnlimit, rolsuper, rolcreatedb, rolcreaterole, "
@@ -52,129 +55,62 @@ def get_role(psql: Psql, role: str) -> dict[str, Any] | None:
     return rows[0] if rows else None
 
 
-def plan_role(params: "Params", current: dict[str, Any] | None, password: str, *, host_name: str) -> list[Any]:
-    """Statements that bring the app role to what params say (the password only if it has none yet).
-
-    Raises SafetyCheckFailed naming ``postgres.app_role_password`` and the host when the role
-    already has a different password.
-    """
-    pg = params.postgres
-    ident = sql.Identifier(pg.app_role)
-    if current is None:
-        return [sql.SQL("CREATE ROLE {} WITH LOGIN INHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
-                        "CONNECTION LIMIT {} PASSWORD {}").format(
-            ident, sql.Literal(pg.app_role_connection_limit), sql.Literal(scram_verifier(password)))]
-    attrs = []
-    if not current["rolcanlogin"]:
-        attrs.append("LOGIN")
-    if not current["rolinherit"]:
-        attrs.append("INHERIT")
-    for col, word in (("rolsuper", "NOSUPERUSER"), ("rolcreatedb", "NOCREATEDB"),
-                      ("rolcreaterole", "NOCREATEROLE"), ("rolreplication", "NOREPLICATION"),
-                      ("rolbypassrls", "NOBYPASSRLS")):
-        if current[col]:
-            attrs.append(word)
-    out: list[Any] = []
-    parts: list[sql.Composable] = [sql.SQL(a) for a in attrs]
-    if int(current["rolconnlimit"]) != pg.app_role_connection_limit:
-        parts.append(sql.SQL("CONNECTION LIMIT {}").format(sql.Literal(pg.app_role_connection_limit)))
-    stored = current.get("rolpassword")
-    if not stored:
-        parts.append(sql.SQL("PASSWORD {}").format(sql.Literal(scram_verifier(password))))
-    elif stored.startswith("SCRAM-SHA-256$"):
-        if not scram_matches(password, stored):
-            raise _wrong_password(params, host_name)
-    elif stored.startswith("md5"):
-        if not md5_matches(password, pg.app_role, stored):
-            raise _wrong_password(params, host_name)
-        # same password, old hash: store it as SCRAM (password_encryption = scram-sha-256)
-        parts.append(sql.SQL("PASSWORD {}").format(sql.Literal(scram_verifier(password))))
-    else:
-        raise _wrong_password(params, host_name)
-    if parts:
-        out.append(sql.SQL("ALTER ROLE {} WITH ").format(ident) + sql.SQL(" ").join(parts))
-    return out
+def _shown(statements: list[Any]) -> list[str]:
+    return [scrub(" ".join(render(s).split())) for s in statements]
 
 
-def _wrong_password(params: "Params", host_name: str) -> SafetyCheckFailed:
-    role = params.postgres.app_role
-    ref = params.postgres.app_role_password
-    return SafetyCheckFailed(
-        f"on {host_name}: role {role} already exists with a different password than the secret "
-        f"{PASSWORD_KEY} ({ref}); refusing to change it, because the running app would lose its connection",
-        hint=f"Point {PASSWORD_KEY} at the password {role} has now; to change the password, run the "
-             "rotation step, which updates the app and the database together. Nothing was changed.")
+def ensure_role(psql: "PsqlLike", params: "Params", password: str) -> Outcome:
+    """Role rails: LOGIN, INHERIT, CONNECTION LIMIT from params, its password the secret's (set only when missing).
 
-
-def ensure_role(psql: "Psql | None", params: "Params", password: str, *, dry_run: bool,
-                host_name: str = "") -> Outcome:
-    """Role rails: LOGIN, INHERIT, CONNECTION LIMIT from params, its password the secret's (set only when missing)."""
-    host_name = host_name or (psql.host.name if psql else params.primary.name)
-    what = f"role {params.postgres.app_role} on {host_name}"
-    current = get_role(psql, params.postgres.app_role) if psql is not None else None
-    if current is not None and not current["rolcanlogin"] and psql is not None and \
+    Refused (SafetyCheckFailed) when the role has another password: see :func:`hcbpg.desired.app_role.plan_role`."""
+    host = psql.host
+    what = f"role {params.postgres.app_role} on {host.name}"
+    seen = Changes(host)
+    current = get_role(psql, params.postgres.app_role)
+    if current is not None and not current["rolcanlogin"] and \
             handed_over_to(get_database(psql, params.postgres.database), params):
         # step 14 moved the app to its other login and locked this one: logging in again is not ours to allow
-        return Outcome(what + " (locked by step 14: the app uses its other login)", False, dry_run)
-    statements = plan_role(params, current, password, host_name=host_name)
-    if not statements:
-        return Outcome(what, False, dry_run)
-    actions = [scrub(" ".join(render(s).split())) for s in statements]
-    if psql is not None:
-        psql.execute(statements, dry_run=dry_run)
-    return Outcome(what, True, dry_run, actions=actions)
+        return seen.outcome(what + " (locked by step 14: the app uses its other login)")
+    statements = plan_role(params, current, password, host_name=host.name)
+    if statements:
+        psql.execute(statements)
+    return seen.outcome(what, actions=_shown(statements))
 
 
 # the database and its grants -------------------------------------------------------
 
-def get_database(psql: Psql, name: str) -> dict[str, Any] | None:
+def get_database(psql: "PsqlLike", name: str) -> dict[str, Any] | None:
     rows = psql.query(sql.SQL("SELECT d.datname, r.rolname AS owner, pg_encoding_to_char(d.encoding) AS encoding "
                               "FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba WHERE d.datname = {}")
                       .format(sql.Literal(name)))
     return rows[0] if rows else None
 
 
-def handed_over_to(current_db: dict[str, Any] | None, params: "Params") -> str | None:
-    """The migrations role, when step 13 has re-owned the database to it (then 13's model governs).
-
-    Step 04 sets up the runbook's first state (rails owns the database and holds ALL); step 13
-    replaces it with roles built for rotation.  Re-running 04 afterwards must not undo 13.
-    """
-    from hcbpg.desired.roles import roles_config  # noqa: PLC0415 - privileges builds on this module
-    owner = roles_config(params).owner
-    if current_db is not None and owner != params.postgres.app_role and current_db["owner"] == owner:
-        return owner
-    return None
-
-
-def ensure_database(psql: "Psql | None", params: "Params", *, dry_run: bool, host_name: str = "") -> Outcome:
+def ensure_database(psql: "PsqlLike", params: "Params") -> Outcome:
     """Database hcb_production exists, owned by the app role (UTF8, from template0) — or by the
     migrations role once step 13 has handed it over."""
     pg = params.postgres
-    host_name = host_name or (psql.host.name if psql else params.primary.name)
-    what = f"database {pg.database} on {host_name}"
-    current = get_database(psql, pg.database) if psql is not None else None
+    seen = Changes(psql.host)
+    what = f"database {pg.database} on {psql.host.name}"
+    current = get_database(psql, pg.database)
+    stmt: sql.Composable | None = None
     if handed_over_to(current, params):
-        return Outcome(what, False, dry_run)
-    if current is None:
+        pass
+    elif current is None:
         stmt = sql.SQL("CREATE DATABASE {} WITH OWNER {} ENCODING 'UTF8' TEMPLATE template0").format(
             sql.Identifier(pg.database), sql.Identifier(pg.app_role))
     elif current["owner"] != pg.app_role:
         stmt = sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(pg.database), sql.Identifier(pg.app_role))
-    else:
-        return Outcome(what, False, dry_run)
-    if psql is not None:
-        psql.execute(stmt, dry_run=dry_run)
-    return Outcome(what, True, dry_run, actions=[" ".join(render(stmt).split())])
+    if stmt is not None:
+        psql.execute(stmt)
+    return seen.outcome(what, actions=_shown([stmt] if stmt is not None else []))
 
 
-def plan_grants(psql: "Psql | None", params: "Params", *, database_exists: bool) -> list[Any]:
+def get_missing_grants(psql: "PsqlLike", params: "Params", *, database_exists: bool) -> list[sql.Composable]:
     """The runbook's grants still missing: ALL on schema public (explicitly), ALL on its tables."""
     role = params.postgres.app_role
-    ident = sql.Identifier(role)
-    schema_grant = sql.SQL("GRANT ALL PRIVILEGES ON SCHEMA public TO {}").format(ident)
-    tables_grant = sql.SQL("GRANT ALL PRIVILEGES ON ALL TABLES IN SCHEMA public TO {}").format(ident)
-    if psql is None or not database_exists:
+    schema_grant, tables_grant = grant_statements(params)
+    if not database_exists:
         return [schema_grant]
     db = params.postgres.database
     has_schema = psql.value(sql.SQL(
@@ -196,24 +132,21 @@ def plan_grants(psql: "Psql | None", params: "Params", *, database_exists: bool)
     return out
 
 
-def ensure_grants(psql: "Psql | None", params: "Params", *, dry_run: bool, host_name: str = "") -> Outcome:
+def ensure_grants(psql: "PsqlLike", params: "Params") -> Outcome:
     """GRANT ALL ON SCHEMA public and ON ALL TABLES IN SCHEMA public to the app role (only what is missing)."""
-    host_name = host_name or (psql.host.name if psql else params.primary.name)
     db = params.postgres.database
-    what = f"grants to {params.postgres.app_role} in {db} on {host_name}"
-    current = get_database(psql, db) if psql is not None else None
-    exists = current is not None
+    seen = Changes(psql.host)
+    what = f"grants to {params.postgres.app_role} in {db} on {psql.host.name}"
+    current = get_database(psql, db)
     if handed_over_to(current, params):
-        return Outcome(what, False, dry_run)  # step 13's group role holds the app's privileges
-    statements = plan_grants(psql, params, database_exists=exists)
-    if not statements:
-        return Outcome(what, False, dry_run)
-    if psql is not None and (exists or not dry_run):
-        psql.execute(statements, dbname=db, dry_run=dry_run)
-    return Outcome(what, True, dry_run, actions=[" ".join(render(s).split()) for s in statements])
+        return seen.outcome(what)  # step 13's group role holds the app's privileges
+    statements = get_missing_grants(psql, params, database_exists=current is not None)
+    if statements:
+        psql.execute(statements, dbname=db)
+    return seen.outcome(what, actions=[" ".join(render(s).split()) for s in statements])
 
 
-def check_role_database(psql: Psql, params: "Params", password: str) -> list[Check]:
+def check_role_database(psql: "PsqlLike", params: "Params", password: str) -> list[Check]:
     """Step 04's server-side checks: role attributes, password matches the secret, database owner, grants."""
     pg = params.postgres
     name = psql.host.name
@@ -238,7 +171,7 @@ def check_role_database(psql: Psql, params: "Params", password: str) -> list[Che
                          + (" (handed over to the migrations role by step 13)" if successor else ""))
                         if db else "does not exist", name))
     if db is not None and not successor:
-        missing = plan_grants(psql, params, database_exists=True)
+        missing = get_missing_grants(psql, params, database_exists=True)
         out.append(Check.of("grants on schema public", not missing,
                             "all granted" if not missing else f"{len(missing)} grant(s) missing", name))
     return out
@@ -246,7 +179,7 @@ def check_role_database(psql: Psql, params: "Params", password: str) -> list[Che
 
 # from the app host --------------------------------------------------------------------
 
-def _psql_on(app: "Host", params: "Params", password: str, script: str, *, server_ip: str,
+def _psql_on(app: "HostLike", params: "Params", password: str, script: str, *, server_ip: str,
              quiet: bool = False, display: str = "") -> Any:
     """Run *script* with psql on the app host as the app role; the password goes in on stdin, never argv."""
     pg = params.postgres
@@ -278,7 +211,7 @@ def _scratch_sql(table: str, temp: bool = False) -> tuple[str, str]:
     return script, "written by hcbpg and updated"
 
 
-def check_psql_from_app(app: "Host", params: "Params", password: str, *, server_ip: str,
+def check_psql_from_app(app: "HostLike", params: "Params", password: str, *, server_ip: str,
                         temp: bool = False) -> Check:
     """As the app role with psql on the app host: create, write, read and drop a scratch table."""
     name = "psql as rails from the app host (read, write)"
@@ -293,7 +226,7 @@ def check_psql_from_app(app: "Host", params: "Params", password: str, *, server_
     return Check.of(name, ok, detail, app.name)
 
 
-def check_wrong_password_refused(app: "Host", params: "Params", *, server_ip: str) -> Check:
+def check_wrong_password_refused(app: "HostLike", params: "Params", *, server_ip: str) -> Check:
     """A wrong password for the app role is refused (password authentication failed)."""
     wrong = register("wrong-" + _stdlib_secrets.token_urlsafe(12))
     res = _psql_on(app, params, wrong, "SELECT 1;\n", server_ip=server_ip,
@@ -304,63 +237,7 @@ def check_wrong_password_refused(app: "Host", params: "Params", *, server_ip: st
     return Check.of("wrong password refused", refused, detail, app.name)
 
 
-def _pump(a: Any, b: Any, stop: threading.Event) -> None:
-    """Copy bytes both ways between a local socket and an SSH channel until either side closes."""
-    try:
-        while not stop.is_set():
-            ready, _, _ = select.select([a, b], [], [], 0.2)
-            for src, dst in ((a, b), (b, a)):
-                if src in ready:
-                    data = src.recv(65536)
-                    if not data:
-                        return
-                    dst.sendall(data)
-    except OSError:
-        return
-    finally:
-        a.close()
-        b.close()
-
-
-@contextlib.contextmanager
-def tunnel_via(app: "Host", server_ip: str, port: int) -> Iterator[int]:
-    """A local port forwarded through the app host's sshd to server_ip:port (the server sees the app host).
-
-    The listener is bound before this yields (fabric's forward_local binds in a thread,
-    so a client connecting at once can be refused).
-    """
-    transport = app.connection.client.get_transport()
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(4)
-    listener.settimeout(0.2)
-    stop = threading.Event()
-    workers: list[threading.Thread] = []
-
-    def accept() -> None:
-        while not stop.is_set():
-            try:
-                client, addr = listener.accept()
-            except (TimeoutError, OSError):
-                continue
-            chan = transport.open_channel("direct-tcpip", (server_ip, port), addr)
-            t = threading.Thread(target=_pump, args=(client, chan, stop), daemon=True)
-            t.start()
-            workers.append(t)
-
-    acceptor = threading.Thread(target=accept, daemon=True)
-    acceptor.start()
-    try:
-        yield int(listener.getsockname()[1])
-    finally:
-        stop.set()
-        acceptor.join(2)
-        listener.close()
-        for t in workers:
-            t.join(2)
-
-
-def check_psycopg_from_app(app: "Host", params: "Params", password: str, *, server_ip: str,
+def check_psycopg_from_app(app: "HostLike", params: "Params", password: str, *, server_ip: str,
                            temp: bool = False) -> Check:
     """As the app role with psycopg, tunnelled through the app host: read and write a scratch table."""
     pg = params.postgres
@@ -373,7 +250,7 @@ def check_psycopg_from_app(app: "Host", params: "Params", password: str, *, serv
             # certificate against host (the server's private IP) with the environment's CA
             with psycopg.connect(host=server_ip, hostaddr="127.0.0.1", port=local, dbname=pg.database,
                                  user=pg.app_role, password=password, connect_timeout=10, autocommit=True,
-                                 sslmode="verify-full", sslrootcert=str(tls_ops.ca_cert_path(params))) as conn:
+                                 sslmode="verify-full", sslrootcert=str(ca_cert_path(params))) as conn:
                 ident = sql.Identifier(table)
                 conn.execute(sql.SQL(_create_scratch(temp) + " {} (id int PRIMARY KEY, note text NOT NULL)")
                              .format(ident))
@@ -399,19 +276,14 @@ def check_psycopg_from_app(app: "Host", params: "Params", password: str, *, serv
     return Check.of(name, ok, detail, app.name)
 
 
-#: how the "outside the subnet" check reaches the server: run a shell command from an address outside
-OutsiderRunner = Callable[[str, str], "tuple[int, str]"]
-
-
-def check_outsider_refused(params: "Params", *, server_ip: str, password: str | None = None,
-                           outsider: OutsiderRunner | None, label: str = "outside the subnet") -> Check:
+def check_outsider_refused(outsider: "OutsiderRunner | None", params: "Params", *, server_ip: str,
+                           label: str = "outside the subnet") -> Check:
     """The app role cannot connect from an address outside the private subnet.
 
     *outsider(command, stdin)* runs a shell command from such an address and returns (exit
     code, output).  Without one the check is a visible warning, not a silent pass.  The probe
     expects a refusal, so it never carries the real password: whatever answers at that address
     (not necessarily our server: nothing is verified from out there) gets a random wrong one.
-    *password* is ignored (kept for callers).
     """
     name = f"rails refused from {label}"
     if outsider is None:
@@ -431,7 +303,7 @@ def check_outsider_refused(params: "Params", *, server_ip: str, password: str | 
     return Check(name, "pass", "could not connect: " + (output.strip().splitlines() or ["?"])[-1][:200], server_ip)
 
 
-def check_hba_scope(psql: Psql, params: "Params") -> Check:
+def check_hba_scope(psql: "PsqlLike", params: "Params") -> Check:
     """pg_hba.conf admits the app role over TCP only from the private subnet (read from pg_hba_file_rules)."""
     pg = params.postgres
     rows = psql.query("SELECT type, database, user_name, address, netmask, auth_method FROM pg_hba_file_rules "
@@ -455,8 +327,8 @@ def check_hba_scope(psql: Psql, params: "Params") -> Check:
                     "no TCP rule outside the subnet" if not wide else f"also from {', '.join(wide)}", psql.host.name)
 
 
-def verify_app_access(app: "Host", psql: Psql, params: "Params", password: str, *, server_ip: str,
-                      outsider: OutsiderRunner | None = None) -> list[Check]:
+def check_app_access(app: "HostLike", psql: "PsqlLike", params: "Params", password: str, *, server_ip: str,
+                     outsider: "OutsiderRunner | None" = None) -> list[Check]:
     """Step 04's checks from the app host: psql and psycopg read/write, wrong password refused, outsiders refused."""
     temp = handed_over_to(get_database(psql, params.postgres.database), params) is not None
     return [
@@ -464,18 +336,5 @@ def verify_app_access(app: "Host", psql: Psql, params: "Params", password: str, 
         check_psycopg_from_app(app, params, password, server_ip=server_ip, temp=temp),
         check_wrong_password_refused(app, params, server_ip=server_ip),
         check_hba_scope(psql, params),
-        check_outsider_refused(params, server_ip=server_ip, password=password, outsider=outsider),
+        check_outsider_refused(outsider, params, server_ip=server_ip),
     ]
-
-
-
-def app_role_database(psql: "Psql | None", params: "Params", password: str, *, dry_run: bool,
-                      host_name: str = "") -> list[Outcome]:
-    """Step 04 on the primary: the role, then the database it owns, then the grants."""
-    host_name = host_name or (psql.host.name if psql else params.primary.name)
-    if psql is None and not dry_run:
-        raise SafetyCheckFailed(f"on {host_name}: PostgreSQL is not running, so the role and database cannot "
-                                "be created", hint="Run step 02 (install PostgreSQL) and 03 first.")
-    return [ensure_role(psql, params, password, dry_run=dry_run, host_name=host_name),
-            ensure_database(psql, params, dry_run=dry_run, host_name=host_name),
-            ensure_grants(psql, params, dry_run=dry_run, host_name=host_name)]

@@ -19,30 +19,11 @@ that key.
 from __future__ import annotations
 
 from hcbpg.adapters.objectstore import ObjectStoreLike
-from hcbpg.desired.pgbackrest import repo_path
+from hcbpg.desired.locks import Holder, lock_key, parse_holder, plan_take_env_lock
 from hcbpg.errors import CloudError, SafetyCheckFailed, UsageError
-from hcbpg.ops.server_lock import Holder, parse_holder
 from hcbpg.outcome import Outcome
-from hcbpg.params import Params
 
-PREFIX = "hcbpg-locks"
-#: the steps that take it: they wipe a server's data directory or promote one
-DESTRUCTIVE_STEPS = ("10_replication", "11_failover")
-
-
-def lock_key(params: Params) -> str:
-    """``hcbpg-locks/<repository path>/<env>.json``: beside pgBackRest's repository, never inside it."""
-    return f"{PREFIX}/{repo_path(params).strip('/')}/{params.environment}.json"
-
-
-def plan_take(current: Holder | None, me: Holder, *, raw: bytes | None = None) -> tuple[str, str]:
-    """``(decision, why)``: ``ours`` (this run holds it: a resume) or ``refuse`` (anyone else, alive or not)."""
-    if current is None:
-        text = (raw or b"").decode(errors="replace").strip()
-        return "refuse", f"an object hcbpg cannot read: {text[:200]!r}"
-    if current.run_id == me.run_id and current.env == me.env:
-        return "ours", f"held by this run ({current.describe()})"
-    return "refuse", current.describe()
+__all__ = ["ensure_env_lock", "get_env_lock", "lock_key", "release_env_lock", "run_break_env_lock"]
 
 
 def _refused(store: ObjectStoreLike, key: str, me: Holder, why: str, holder: Holder | None) -> SafetyCheckFailed:
@@ -56,14 +37,15 @@ def _refused(store: ObjectStoreLike, key: str, me: Holder, why: str, holder: Hol
              "then run this step again.")
 
 
-def ensure_env_lock(store: ObjectStoreLike, key: str, me: Holder, *, dry_run: bool, attempts: int = 3) -> Outcome:
+def ensure_env_lock(store: ObjectStoreLike, key: str, me: Holder, *, dry_run: bool = False,
+                    attempts: int = 3) -> Outcome:
     """Hold the environment lock for *me*, or refuse (SafetyCheckFailed) naming who holds it.
 
     Checks, once it holds the object, that the store enforces ``If-None-Match`` (a second create must
     be refused); a store that ignores it would let every run in, so hcbpg refuses to rely on it.
     """
     what = f"environment lock {store.name}/{key}"
-    if dry_run:
+    if dry_run:  # dry run: an object store has no recording double here, and a plan takes no lock
         return Outcome(what, False, dry_run, actions=["take it (a dry run changes nothing: not taken)"])
     body = me.to_json().encode()
     for _ in range(attempts):
@@ -80,7 +62,7 @@ def ensure_env_lock(store: ObjectStoreLike, key: str, me: Holder, *, dry_run: bo
             continue  # released between the create and the read: try again
         raw, etag = got
         holder = parse_holder(raw.decode(errors="replace"))
-        decision, why = plan_take(holder, me, raw=raw)
+        decision, why = plan_take_env_lock(holder, me, raw=raw)
         if decision == "refuse":
             raise _refused(store, key, me, why, holder)
         if holder == me or store.replace(key, body, etag=etag) is not None:

@@ -14,29 +14,22 @@ from typing import TYPE_CHECKING
 from psycopg import sql
 
 from hcbpg import secrets as hsecrets
+from hcbpg.adapters.base import Changes
 from hcbpg.adapters.psql import render
 from hcbpg.adapters.secretstore import SecretStore
 from hcbpg.desired import tls as desired_tls
+from hcbpg.desired.readonly import READ_ROLE, plan_blazer
 from hcbpg.desired.roles import RolesConfig
-from hcbpg.ops.access import psql_as
+from hcbpg.ops.access import run_psql_as
 from hcbpg.ops.privileges import get_role_password
 from hcbpg.outcome import Check, Outcome
-from hcbpg.pg.scram import scram_verifier
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hcbpg.adapters.host import Host
-    from hcbpg.adapters.psql import Psql
+    from hcbpg.adapters.base import HostLike, PsqlLike
     from hcbpg.params import Params
 
-READ_ROLE = "pg_read_all_data"
 
-
-def desired_settings(cfg: RolesConfig) -> dict[str, str]:
-    """The role settings of Blazer's login."""
-    return {"default_transaction_read_only": "on", "statement_timeout": cfg.blazer_statement_timeout}
-
-
-def get_blazer(psql: "Psql", cfg: RolesConfig) -> dict[str, object] | None:
+def get_blazer(psql: "PsqlLike", cfg: RolesConfig) -> dict[str, object] | None:
     """The role's attributes, memberships, role settings and CONNECT on the database (None: no role)."""
     assert cfg.blazer is not None
     rows = psql.query(sql.SQL(
@@ -51,60 +44,28 @@ def get_blazer(psql: "Psql", cfg: RolesConfig) -> dict[str, object] | None:
     return rows[0] if rows else None
 
 
-def plan_blazer(cfg: RolesConfig, current: dict[str, object] | None, password: str | None) -> list[sql.Composable]:
-    """Statements that bring Blazer's login to the model (its password only when it is created)."""
-    if cfg.blazer is None:
-        return []
-    b = sql.Identifier(cfg.blazer.name)
-    out: list[sql.Composable] = []
-    if current is None:
-        pw = sql.SQL(" PASSWORD {}").format(sql.Literal(scram_verifier(password))) if password else sql.SQL("")
-        out.append(sql.SQL("CREATE ROLE {} WITH LOGIN INHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
-                           "CONNECTION LIMIT {}{}").format(b, sql.Literal(cfg.blazer.connection_limit), pw))
-        current = {"rolcanlogin": True, "rolinherit": True, "rolconnlimit": cfg.blazer.connection_limit,
-                   "member_of": [], "settings": [], "can_connect": False}
-    else:
-        fixes = [w for cond, w in ((not current["rolcanlogin"], "LOGIN"), (not current["rolinherit"], "INHERIT"),
-                                   (bool(current["rolsuper"]), "NOSUPERUSER")) if cond]
-        if int(str(current["rolconnlimit"])) != cfg.blazer.connection_limit:
-            fixes.append(f"CONNECTION LIMIT {int(cfg.blazer.connection_limit)}")
-        if fixes:
-            out.append(sql.SQL("ALTER ROLE {} WITH ").format(b) + sql.SQL(" ".join(fixes)))
-    if READ_ROLE not in list(current["member_of"]):  # type: ignore[call-overload]
-        out.append(sql.SQL("GRANT {} TO {}").format(sql.Identifier(READ_ROLE), b))
-    have = dict(s.split("=", 1) for s in list(current["settings"]))  # type: ignore[call-overload]
-    for name, value in desired_settings(cfg).items():
-        if have.get(name) != value:
-            out.append(sql.SQL("ALTER ROLE {} SET {} = {}").format(b, sql.Identifier(name), sql.Literal(value)))
-    if not current["can_connect"]:
-        out.append(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(cfg.database), b))
-    return out
-
-
-def ensure_blazer(psql: "Psql | None", cfg: RolesConfig, *, dry_run: bool, host_name: str = "") -> Outcome:
+def ensure_blazer(psql: "PsqlLike", cfg: RolesConfig) -> Outcome:
     """Blazer's read-only login as the model says (only what differs); its password from its secret."""
-    what = f"Blazer's read-only role on {host_name or (psql.host.name if psql else '(primary)')}"
+    host = psql.host
+    seen = Changes(host)
+    what = f"Blazer's read-only role on {host.name}"
     if cfg.blazer is None:
-        return Outcome(what + " (no roles.blazer in params)", False, dry_run)
-    if psql is None:
-        return Outcome(what, True, dry_run, actions=["(server not reachable yet: create it)"])
+        return seen.outcome(what + " (no roles.blazer in params)")
     current = get_blazer(psql, cfg)
     password = None
     if current is None:
         try:
             password = hsecrets.resolve(cfg.blazer.password_ref, key=cfg.blazer.password_key)
         except hsecrets.SecretError:
-            if not dry_run:
+            if not host.dry_run:  # dry run: a secret made later (before the real run) is not needed for the plan
                 raise
     statements = plan_blazer(cfg, current, password)
-    if not statements:
-        return Outcome(what, False, dry_run)
-    if not dry_run:
+    if statements:
         psql.execute(statements)
-    return Outcome(what, True, dry_run, actions=[hsecrets.scrub(" ".join(render(s).split())) for s in statements])
+    return seen.outcome(what, actions=[hsecrets.scrub(" ".join(render(s).split())) for s in statements])
 
 
-def check_blazer(psql: "Psql", cfg: RolesConfig) -> list[Check]:
+def check_blazer(psql: "PsqlLike", cfg: RolesConfig) -> list[Check]:
     """The role is as the model says: read-only by membership and by setting, with its timeout."""
     if cfg.blazer is None:
         return []
@@ -118,20 +79,20 @@ def check_blazer(psql: "Psql", cfg: RolesConfig) -> list[Check]:
                      else f"{len(missing)} change(s) pending: run step 13", psql.host.name)]
 
 
-def check_blazer_access(app: "Host", cfg: RolesConfig, params: "Params", *, server_ip: str,
+def check_blazer_access(app: "HostLike", cfg: RolesConfig, params: "Params", *, server_ip: str,
                         table: str = "users") -> list[Check]:
     """From the app host with Blazer's login: a read works, a write is refused."""
     if cfg.blazer is None:
         return [Check("blazer", "warn", "no roles.blazer in params", server_ip)]
     name, pw, port = cfg.blazer.name, get_role_password(SecretStore(), cfg, cfg.blazer.name), params.postgres.port
     t = sql.Identifier(*table.split("."))
-    ok, out = psql_as(app, tls=desired_tls.conninfo_tls(params),
+    ok, out = run_psql_as(app, tls=desired_tls.conninfo_tls(params),
                       role=name, password=pw, server_ip=server_ip, port=port, dbname=cfg.database,
                       script=sql.SQL("SELECT count(*) FROM {};\n").format(t).as_string(None),
                       display=f"psql as {name}@{server_ip}: SELECT count(*) FROM {table}")
     rows = [Check.of(f"{name} reads {table}", ok, f"{out.splitlines()[-1] if out else '?'} row(s)" if ok
                      else hsecrets.scrub(out)[-200:], app.name)]
-    ok, out = psql_as(app, tls=desired_tls.conninfo_tls(params),
+    ok, out = run_psql_as(app, tls=desired_tls.conninfo_tls(params),
                       role=name, password=pw, server_ip=server_ip, port=port, dbname=cfg.database,
                       script=sql.SQL("DELETE FROM {} WHERE false;\n").format(t).as_string(None),
                       display=f"psql as {name}@{server_ip}: DELETE FROM {table} (must be refused)")

@@ -1,104 +1,50 @@
-"""TLS for PostgreSQL: the environment's private CA, each server's certificate, the CA on every client.
+"""TLS for PostgreSQL on the servers: the environment's CA (:mod:`hcbpg.desired.certs`) on every client,
+each server's certificate and key written over the (pinned) SSH connection, and the checks from a client.
 
 The CA lives on the operator's machine: its certificate beside params (public), its key behind
 the secret backend (``tls.ca_key``).  A ``file:`` key that does not exist yet is made on the
-first real run, with a new CA.  Each server gets an ECDSA P-256 key and a certificate naming
-its private IP and its name, signed here and written over the (pinned) SSH connection; it is
-renewed when fewer than ``tls.renew_days`` remain, when its names or its CA changed.
+first real run, with a new CA.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 import os
 import shlex
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from hcbpg import secrets as hsecrets
+from hcbpg.adapters.base import Changes
+from hcbpg.adapters.cluster import ClusterControl
 from hcbpg.adapters.files import ensure_dir
 from hcbpg.desired import tls as desired_tls
+from hcbpg.desired.certs import (
+    Ca,
+    ca_cert_path,
+    ca_key_ref,
+    cert_days_left,
+    key_pem,
+    plan_server_cert,
+    render_ca,
+    render_server_cert,
+)
 from hcbpg.errors import SecretError
 from hcbpg.outcome import Check, Outcome
-from hcbpg.params import home
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.base import HostLike
     from hcbpg.params import Params, Server
 
-#: a new CA is valid this long (its certificate is replaced by hand, with every server's)
-CA_DAYS = 3650
-
-
-@dataclass(frozen=True)
-class Ca:
-    """The environment's CA: certificate (PEM) and key (never printed)."""
-
-    cert_pem: str
-    key: ec.EllipticCurvePrivateKey
-
-    @property
-    def cert(self) -> x509.Certificate:
-        return x509.load_pem_x509_certificate(self.cert_pem.encode())
-
-    @property
-    def fingerprint(self) -> str:
-        return "SHA256:" + self.cert.fingerprint(hashes.SHA256()).hex(":")
-
-
-def ca_cert_path(params: "Params") -> Path:
-    if params.tls.ca_cert:
-        path = Path(os.path.expanduser(params.tls.ca_cert))
-        return path if path.is_absolute() else home() / path  # relative: to HCBPG_HOME, like params/
-    return home() / "params" / f"{params.environment}.postgres-ca.crt"
-
-
-def ca_key_ref(params: "Params") -> str:
-    if params.tls.ca_key:
-        return params.tls.ca_key
-    state = Path(os.environ.get("HCBPG_STATE_DIR") or (home() / ".hcbpg"))
-    return f"file:{state}/tls/{params.environment}-postgres-ca.key"
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> str:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption()).decode()
-
-
-def render_ca(environment: str, *, now: dt.datetime | None = None) -> Ca:
-    """A new CA (key registered with the scrubber)."""
-    now = now or _now()
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "hcbpg"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, f"hcbpg PostgreSQL CA ({environment})")])
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=CA_DAYS))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
-                                         data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                         crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .sign(key, hashes.SHA256()))
-    hsecrets.register(_key_pem(key))
-    return Ca(cert.public_bytes(serialization.Encoding.PEM).decode(), key)
-
 
 _CA_CACHE: dict[tuple[str, str], Ca] = {}
 
 
-def get_ca(params: "Params", *, create: bool) -> Ca | None:
+def _get_ca(params: "Params", *, create: bool) -> Ca | None:
     """The environment's CA; made (cert beside params, key through the secret backend) when
     *create* and neither exists yet.  None: it does not exist and *create* is false (dry run)."""
     cert_path, ref = ca_cert_path(params), ca_key_ref(params)
@@ -118,7 +64,7 @@ def get_ca(params: "Params", *, create: bool) -> Ca | None:
         if not create:
             return None
         ca = render_ca(params.environment)
-        hsecrets.store_secret(ref, _key_pem(ca.key).strip(), key="tls.ca_key")
+        hsecrets.store_secret(ref, key_pem(ca.key).strip(), key="tls.ca_key")
         cert_path.parent.mkdir(parents=True, exist_ok=True)
         cert_path.write_text(ca.cert_pem)
         print(f"new PostgreSQL CA for {params.environment}: certificate {cert_path}, key {ref.split(':', 1)[0]}:"
@@ -139,111 +85,61 @@ def get_ca(params: "Params", *, create: bool) -> Ca | None:
     return ca
 
 
-def render_server_cert(ca: Ca, params: "Params", server: "Server", *,
-                       now: dt.datetime | None = None) -> tuple[str, str]:
-    """(certificate PEM, key PEM) for *server*: its private IP and name as SANs, signed by *ca*."""
-    now = now or _now()
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, server.name)]))
-            .issuer_name(ca.cert.subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=params.tls.cert_days))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(server.private_ip)),
-                                                        x509.DNSName(server.name)]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .sign(ca.key, hashes.SHA256()))
-    key_pem = hsecrets.register(_key_pem(key))
-    return cert.public_bytes(serialization.Encoding.PEM).decode(), key_pem
-
-
-def plan_server_cert(current_pem: str | None, ca: Ca | None, params: "Params", server: "Server", *,
-                     now: dt.datetime | None = None) -> str | None:
-    """Why *server*'s certificate must be (re)issued, or None when it is good."""
-    if current_pem is None:
-        return "no certificate yet"
-    if ca is None:
-        return "a new CA will be made"
-    try:
-        cert = x509.load_pem_x509_certificate(current_pem.encode())
-    except ValueError:
-        return "the certificate on the server cannot be read"
-    if cert.issuer != ca.cert.subject:
-        return "issued by another CA"
-    try:
-        cert.verify_directly_issued_by(ca.cert)
-    except (ValueError, TypeError, Exception):  # noqa: BLE001 - InvalidSignature and friends: not ours
-        return "not signed by this environment's CA"
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return "no subject alternative names"
-    ips = {str(i) for i in san.get_values_for_type(x509.IPAddress)}
-    if server.private_ip not in ips or server.name not in san.get_values_for_type(x509.DNSName):
-        return f"names {sorted(ips)} do not include {server.private_ip} and {server.name}"
-    left = cert.not_valid_after_utc - (now or _now())
-    if left < dt.timedelta(days=params.tls.renew_days):
-        return f"expires in {left.days} day(s) (renewed {params.tls.renew_days} days before)"
-    return None
-
-
 def get_server_cert(host: "HostLike", params: "Params") -> str | None:
+    """The server's certificate (PEM) as it is on *host*, None when there is none."""
     return host.read_text(desired_tls.server_cert_path(params))
 
 
-def ensure_client_ca(host: "HostLike | None", params: "Params", *, dry_run: bool) -> Outcome:
+def _ca_for(host: "HostLike", params: "Params") -> tuple[Ca, bool]:
+    """The environment's CA, made on the first real run; ``(ca, stand_in)``.
+
+    dry run: a CA that does not exist yet is not made; a throwaway one stands in, so the plan shows
+    what would be written (its content is never written anywhere)."""
+    ca = _get_ca(params, create=not host.dry_run)
+    if ca is None:
+        return render_ca(f"{params.environment} (dry run stand-in)"), True
+    return ca, False
+
+
+def ensure_client_ca(host: "HostLike", params: "Params") -> Outcome:
     """The CA certificate where clients on *host* find it (``desired.tls.client_ca_path``)."""
     path = desired_tls.client_ca_path(params)
-    ca = get_ca(params, create=not dry_run)
-    name = host.name if host is not None else "?"
-    current = host.read_text(path) if host is not None else None
-    if ca is not None and current == ca.cert_pem:
-        return Outcome(f"PostgreSQL CA on {name}", changed=False, dry_run=dry_run)
-    if host is not None and ca is not None and not dry_run:
-        host.run(f"mkdir -p -m 755 {shlex.quote(path.rsplit('/', 1)[0])}", quiet=True)
+    ca, _ = _ca_for(host, params)
+    seen = Changes(host)
+    if host.read_text(path) != ca.cert_pem:
+        ensure_dir(host, path.rsplit("/", 1)[0], mode=0o755, owner="root")
         host.put_text(path, ca.cert_pem, mode=0o644)
-    return Outcome(f"PostgreSQL CA on {name}", changed=True, dry_run=dry_run, actions=[f"write {path}"])
+    return seen.outcome(f"PostgreSQL CA on {host.name}")
 
 
-def ensure_server_tls(host: "HostLike | None", params: "Params", server: "Server", *, dry_run: bool,
+def ensure_server_tls(host: "HostLike", params: "Params", server: "Server", *,
                       now: dt.datetime | None = None) -> list[Outcome]:
     """*server*'s certificate and key (issued or renewed when :func:`plan_server_cert` says so, judged at
     *now*), and the CA for its clients (replication, monitoring).  PostgreSQL reads new files on reload."""
-    ca = get_ca(params, create=not dry_run)
-    out = [ensure_client_ca(host, params, dry_run=dry_run)]
-    current = get_server_cert(host, params) if host is not None else None
-    why = plan_server_cert(current, ca, params, server, now=now)
+    ca, stand_in = _ca_for(host, params)
+    out = [ensure_client_ca(host, params)]
+    seen = Changes(host)
     what = f"TLS certificate of {server.name}"
+    current = get_server_cert(host, params)
+    why = plan_server_cert(current, None if stand_in else ca, params, server, now=now)
     if why is None:
-        out.append(Outcome(what, changed=False, dry_run=dry_run))
+        out.append(seen.outcome(what))
         return out
-    if dry_run or host is None or ca is None:
-        out.append(Outcome(what, changed=True, dry_run=dry_run, actions=[f"issue a new certificate: {why}"]))
-        return out
-    cert_pem, key_pem = render_server_cert(ca, params, server)  # valid from now, whatever *now* the plan used
-    tls_dir = desired_tls.server_tls_dir(params)
-    ensure_dir(host, tls_dir, mode=0o750, owner="postgres")  # postgres owns the config dir: no symlink followed
-    # key first: a reload between the two writes must never pair the new certificate with the old key
-    host.put_text(desired_tls.server_key_path(params) + ".new", key_pem, mode=0o600, owner="postgres")
-    host.put_text(desired_tls.server_cert_path(params) + ".new", cert_pem, mode=0o644, owner="postgres")
+    cert_pem, new_key = render_server_cert(ca, params, server)  # valid from now, whatever *now* the plan used
+    ensure_dir(host, desired_tls.server_tls_dir(params), mode=0o750, owner="postgres")  # postgres owns the config dir
     key, crt = desired_tls.server_key_path(params), desired_tls.server_cert_path(params)
+    # key first: a reload between the two writes must never pair the new certificate with the old key
+    host.put_text(key + ".new", new_key, mode=0o600, owner="postgres")
+    host.put_text(crt + ".new", cert_pem, mode=0o644, owner="postgres")
     host.run(f"mv -f {shlex.quote(key)}.new {shlex.quote(key)} && mv -f {shlex.quote(crt)}.new {shlex.quote(crt)}",
              sudo_user="postgres", quiet=True)  # the postgres user's files in its directory: never root there
     renewed = current is not None
     if renewed:
         # a running server keeps the old certificate until it reloads
-        host.run(f"pg_ctlcluster {params.postgres.version} {shlex.quote(params.postgres.cluster)} reload",
-                 check=False, quiet=True)
-    out.append(Outcome(what, changed=True, actions=[f"{'renewed' if renewed else 'issued'}: {why}",
-                                                    f"write {crt} and {key} (0600)"]))
+        ClusterControl.of(host, params).reload(check=False, quiet=True)
+    out.append(seen.outcome(what, actions=[f"{'renewed' if renewed else 'issued'}: {why}",
+                                           f"write {crt} and {key} (0600)"]))
     return out
-
-
-def cert_days_left(pem: str, *, now: dt.datetime | None = None) -> float:
-    cert = x509.load_pem_x509_certificate(pem.encode())
-    return (cert.not_valid_after_utc - (now or _now())).total_seconds() / 86400
 
 
 def check_server_cert(host: "HostLike", params: "Params", server: "Server", *,

@@ -10,17 +10,18 @@ from hcbpg.desired.capacity import ServerShape
 from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import server as pg_server
 from hcbpg.outcome import Check, Outcome
-from hcbpg.steps.targets import server_hosts, server_shape  # noqa: F401 - the notebook's call
+from hcbpg.steps.targets import hostlike, planning, server_hosts, server_shape  # noqa: F401 - the notebook's call
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hcbpg.adapters.host import Host
+    from hcbpg.adapters.base import HostLike
     from hcbpg.params import Params
     from hcbpg.steps.context import Run
 
 
-def connect(rb: "Run") -> dict[str, "Host | None"]:
-    """An open Host per server (None in a dry run for a server not there yet)."""
-    return server_hosts(rb)
+def connect(rb: "Run") -> dict[str, "HostLike"]:
+    """A host per server: the open Host; on a dry run one that records instead of changing, or, for a server
+    not there yet, one where nothing is there."""
+    return {name: hostlike(rb, name, h) for name, h in server_hosts(rb).items()}
 
 
 def capacity_table(params: "Params", shape: ServerShape) -> list[dict[str, str]]:
@@ -33,26 +34,27 @@ def pgbouncer_note() -> str:
     return capacity.PGBOUNCER_NOTE
 
 
-def ensure_installed(hosts: Mapping[str, "Host | None"], params: "Params", *, dry_run: bool,
+def ensure_installed(hosts: Mapping[str, "HostLike"], params: "Params", *, dry_run: bool,
                      shape: ServerShape | None = None) -> list[Outcome]:
-    """Step 02's install on every server, in params order."""
+    """Step 02's install on every server, in params order (*dry_run*: the plan, recorded on fresh dry-run hosts)."""
     return [o for s in params.servers
-            for o in pg_server.install_server(hosts[s.name], params, s, dry_run=dry_run, shape=shape)]
+            for o in pg_server.install_server(planning(hosts[s.name]) if dry_run else hosts[s.name], params, s,
+                                              shape=shape)]
 
 
-def apply(rb: "Run", hosts: Mapping[str, "Host | None"], shape: ServerShape | None = None) -> None:
+def apply(rb: "Run", hosts: Mapping[str, "HostLike"], shape: ServerShape | None = None) -> None:
     """Install server by server, each one's outcomes tracked (and shown unless a dry run) as it finishes."""
     params = rb.params
     for s in params.servers:
-        rb.track(pg_server.install_server(hosts[s.name], params, s, dry_run=rb.dry_run, shape=shape),
+        rb.track(pg_server.install_server(hostlike(rb, s.name, hosts[s.name]), params, s, shape=shape),
                  show=not rb.dry_run)
 
 
-def check_installed(hosts: Mapping[str, "Host"], params: "Params", shape: ServerShape | None = None) -> list[Check]:
+def check_installed(hosts: Mapping[str, "HostLike"], params: "Params", shape: ServerShape | None = None) -> list[Check]:
     """Packages, cluster running on the port from params, settings in force, data checksums, on every server."""
     return [c for s in params.servers for c in pg_server.check_server(hosts[s.name], params, s, shape)]
 
 
-def get_server_facts(hosts: Mapping[str, "Host"], params: "Params") -> dict[str, Any]:
+def get_server_facts(hosts: Mapping[str, "HostLike"], params: "Params") -> dict[str, Any]:
     """What each server runs now (version, port, data directory), for later steps."""
     return {name: pg_cluster.get_server_facts(h, params) for name, h in hosts.items()}

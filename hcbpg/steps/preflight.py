@@ -173,7 +173,7 @@ def check_app_role_password(rb: "Run", existing: dict[str, str | None] | None = 
         with Host.from_params(params, primary.name, address) as host:
             if not pg_cluster.get_cluster_running(host, params):
                 return []
-            role = roles.get_role(pg_cluster.psql_for(host, params), params.postgres.app_role)
+            role = roles.get_role(pg_cluster.get_psql(host, params), params.postgres.app_role)
     except HcbpgError:
         return []  # unreachable or no secret: the rows above already say so
     if role is None:

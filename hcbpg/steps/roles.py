@@ -16,8 +16,9 @@ from hcbpg.desired.privileges import render_privileges_table
 from hcbpg.desired.roles import RolesConfig, roles_config  # noqa: F401 - the notebook's call
 from hcbpg.ops import access, migration, monitoring, privileges, readonly, tls
 from hcbpg.ops import config as pg_config
+from hcbpg.ops.cluster import get_psql
 from hcbpg.outcome import Check, Outcome
-from hcbpg.steps.targets import app_host, primary_psql, server_hosts
+from hcbpg.steps.targets import app_host, jumpbox_host, primary_psql, server_hosts, target_for
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.host import Host
@@ -58,7 +59,7 @@ def privileges_table(psql: "Psql", cfg: RolesConfig) -> list[dict[str, str]]:
 def ensure_pg_hba(hosts: Mapping[str, "Host | None"], params: "Params", cfg: RolesConfig, *,
                   dry_run: bool) -> list[Outcome]:
     """Every server's pg_hba.conf with the new roles' lines."""
-    return [pg_config.ensure_pg_hba(hosts[s.name], params, s, dry_run=dry_run,
+    return [pg_config.ensure_pg_hba(target_for(s.name, hosts[s.name], dry_run=dry_run), params, s,
                                     extra=desired_server.all_hba_extra(params, s, cfg))
             for s in params.servers]
 
@@ -67,7 +68,8 @@ def get_plan(hosts: Mapping[str, "Host | None"], psql: "Psql | None", params: "P
              cfg: RolesConfig) -> list[Outcome]:
     """The statements on the primary, then the pg_hba lines on every server, planned."""
     plan = [privileges.ensure_privileges(planning_psql(psql, params), cfg),
-            readonly.ensure_blazer(psql, cfg, dry_run=True, host_name=params.primary.name)]
+            readonly.ensure_blazer(get_psql(target_for(params.primary.name, psql.host if psql else None,
+                                                       dry_run=True), params), cfg)]
     plan += ensure_pg_hba(hosts, params, cfg, dry_run=True)
     return plan
 
@@ -79,10 +81,11 @@ def apply_login_roles(rb: "Run", hosts: Mapping[str, "Host | None"], psql: "Psql
     if rb.dry_run:
         return
     for s in params.servers:
-        rb.track(pg_config.ensure_pg_hba(hosts[s.name], params, s, dry_run=False,
+        rb.track(pg_config.ensure_pg_hba(target_for(s.name, hosts[s.name], dry_run=False), params, s,
                                          extra=desired_server.all_hba_extra(params, s, cfg)))
     rb.track(privileges.ensure_privileges(_real(psql), cfg, roles_only=True))
-    rb.track(readonly.ensure_blazer(psql, cfg, dry_run=False, host_name=params.primary.name))
+    rb.track(readonly.ensure_blazer(get_psql(target_for(params.primary.name, psql.host if psql else None,
+                                                        dry_run=False), params), cfg))
 
 
 def hand_out_release_urls(rb: "Run", cfg: RolesConfig) -> None:
@@ -134,13 +137,13 @@ def apply(rb: "Run", hosts: Mapping[str, "Host | None"], psql: "Psql | None", cf
         return
     params = rb.params
     for s in params.servers:
-        rb.track(pg_config.ensure_pg_hba(hosts[s.name], params, s, dry_run=False,
+        rb.track(pg_config.ensure_pg_hba(target_for(s.name, hosts[s.name], dry_run=False), params, s,
                                          extra=desired_server.all_hba_extra(params, s, cfg)))
     rb.track(privileges.ensure_privileges(_real(psql), cfg))
-    jumpbox = access.jumpbox_host(params, cfg) if cfg.metabase is not None else None
+    jumpbox = jumpbox_host(params, cfg) if cfg.metabase is not None else None
     if jumpbox is not None:
         # metabase connects from the jumpbox: it verifies the servers with the environment's CA
-        rb.track(tls.ensure_client_ca(jumpbox, params, dry_run=False))
+        rb.track(tls.ensure_client_ca(jumpbox, params))
 
 
 def apply_monitoring(rb: "Run", hosts: Mapping[str, "Host | None"], cfg: RolesConfig) -> None:
@@ -162,7 +165,7 @@ def check_roles(rb: "Run", hosts: Mapping[str, "Host"], psql: "Psql", cfg: Roles
     checks = privileges.check_privileges(psql, cfg) + privileges.check_passwords(psql, cfg)
     checks += readonly.check_blazer(psql, cfg)
     login, password = privileges.get_app_login(psql, cfg)  # step 14 may have moved the app to its other login
-    checks += access.verify_access(app_host(rb), access.jumpbox_host(params, cfg), cfg, params,
+    checks += access.check_access(app_host(rb), jumpbox_host(params, cfg), cfg, params,
                                        server_ip=params.primary.private_ip, app_password=password, app_login=login)
     checks += readonly.check_blazer_access(app_host(rb), cfg, params, server_ip=params.primary.private_ip)
     for s in params.servers:

@@ -14,20 +14,22 @@ from typing import TYPE_CHECKING, Any
 from hcbpg.adapters import hostkeys
 from hcbpg.adapters.base import HostLike
 from hcbpg.adapters.cloud import make_client
-from hcbpg.adapters.dryrun import AbsentHost, dry_run_of
+from hcbpg.adapters.cluster import ClusterControl
+from hcbpg.adapters.dryrun import AbsentHost, DryRunHost, dry_run_of
 from hcbpg.adapters.host import Host
 from hcbpg.adapters.objectstore import ObjectStore
 from hcbpg.adapters.site import OutsiderRunner, site_for
 from hcbpg.desired.addresses import app_ssh_address, ssh_address
 from hcbpg.desired.capacity import ServerShape
+from hcbpg.desired.locks import holder_for, lock_key
 from hcbpg.errors import HcbpgError, HostUnreachable, SafetyCheckFailed
-from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import env_lock, server_lock
 from hcbpg.ops import provisioning as cloud
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.psql import Psql
-    from hcbpg.params import Server
+    from hcbpg.desired.roles import RolesConfig
+    from hcbpg.params import Params, Server
     from hcbpg.steps.context import Run
 
 
@@ -83,12 +85,39 @@ def hostlike(rb: "Run", name: str, host: "HostLike | None") -> "HostLike":
     return dry_run_of(host, rb.dry_run)
 
 
+def planning(host: "HostLike") -> "HostLike":
+    """A fresh :class:`DryRunHost` over what *host* reads (an :class:`AbsentHost` for a server not there):
+    a plan made before the apply, whose recorded writes the apply must not see as done."""
+    if isinstance(host, DryRunHost):
+        return AbsentHost(host.name) if host.inner is None else DryRunHost(host.inner)
+    return DryRunHost(host)
+
+
+def target_for(name: str, host: "HostLike | None", *, dry_run: bool) -> "HostLike":
+    """What an operation gets for the server *name* when a step plans or applies outside a Run's hosts:
+    an :class:`AbsentHost` when there is no *host*; a fresh :class:`DryRunHost` over it for a plan."""
+    if host is None:
+        return AbsentHost(name)
+    return planning(host) if dry_run else host
+
+
+def jumpbox_host(params: "Params", cfg: "RolesConfig") -> Host | None:
+    """An open Host for the jumpbox (``jumpbox_ssh_host``, else its private IP); None when SSH cannot reach it."""
+    if not cfg.jumpbox_ip:
+        return None
+    host = Host.from_params(params, "jumpbox", cfg.jumpbox_ssh_host or cfg.jumpbox_ip)
+    try:
+        return host.connect()
+    except HostUnreachable:
+        return None
+
+
 def lock_primary(rb: "Run", host: Host) -> None:
     """Take the primary's change lock for this step (refused while another run holds it); released at
     ``rb.finish()``.  A failed step keeps it, so that only its resume, or a stale-lock check, takes it."""
-    me = server_lock.holder_for(run_id=rb.run_id or f"ad-hoc-{os.getpid()}", env=rb.env, step=rb.step,
-                                operator=os.environ.get("HCBPG_OPERATOR") or getpass.getuser())
-    server_lock.ensure_change_lock(host, me, dry_run=False)
+    me = holder_for(run_id=rb.run_id or f"ad-hoc-{os.getpid()}", env=rb.env, step=rb.step,
+                    operator=os.environ.get("HCBPG_OPERATOR") or getpass.getuser())
+    server_lock.ensure_change_lock(host, me)
 
     def release() -> None:
         server_lock.release_change_lock(host, me)
@@ -108,9 +137,9 @@ def lock_environment(rb: "Run") -> None:
             "but params have no pgbackrest section (no bucket)",
             hint="Configure pgBackRest (params pgbackrest, step 05) before this step.")
     store = ObjectStore.from_params(rb.params, rb.secret("pgbackrest.s3_key"), rb.secret("pgbackrest.s3_key_secret"))
-    key = env_lock.lock_key(rb.params)
-    me = server_lock.holder_for(run_id=rb.run_id or f"ad-hoc-{os.getpid()}", env=rb.env, step=rb.step,
-                                operator=os.environ.get("HCBPG_OPERATOR") or getpass.getuser())
+    key = lock_key(rb.params)
+    me = holder_for(run_id=rb.run_id or f"ad-hoc-{os.getpid()}", env=rb.env, step=rb.step,
+                    operator=os.environ.get("HCBPG_OPERATOR") or getpass.getuser())
     out = env_lock.ensure_env_lock(store, key, me, dry_run=False)
     print(f"{out.what}: {'; '.join(out.actions)}")
 
@@ -164,4 +193,5 @@ def outsider_runner(rb: "Run") -> OutsiderRunner | None:
 def primary_psql(rb: "Run", hosts: Mapping[str, Host | None]) -> "Psql | None":
     """psql on the primary's Host in *hosts* (None when there is no Host for it)."""
     primary = rb.params.primary
-    return pg_cluster.psql_for(hosts[primary.name], rb.params) if hosts[primary.name] else None  # type: ignore[arg-type]
+    host = hosts[primary.name]
+    return ClusterControl.of(host, rb.params).psql() if host is not None else None

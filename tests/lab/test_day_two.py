@@ -28,6 +28,7 @@ import yaml
 from psycopg import sql
 
 from hcbpg.adapters.cloud import make_client
+from hcbpg.adapters.dryrun import DryRunHost
 from hcbpg.adapters.host import Host
 from hcbpg.adapters.secretstore import SecretStore
 from hcbpg.desired import capacity
@@ -49,6 +50,8 @@ from hcbpg.ops import tls as tls_ops
 from hcbpg.params import parse_params
 from hcbpg.pg.conninfo import render_database_url
 from hcbpg.secrets import resolve
+from hcbpg.steps import allow_connections as allow_step
+from hcbpg.steps import app_role_database as role_step
 from hcbpg.steps import password_rotation
 from hcbpg.steps import replication as rep_step
 from hcbpg.steps.roles import planning_psql
@@ -91,7 +94,7 @@ def hosts(params, lab):
     for h in hs.values():
         h.echo = OUTPUT.append
     for name in ("app", "jumpbox"):  # what steps 03 and 13 do: the clients get the environment's CA
-        tls_ops.ensure_client_ca(hs[name], params, dry_run=False)
+        tls_ops.ensure_client_ca(hs[name], params)
     yield hs
     for h in hs.values():
         h.close()
@@ -161,12 +164,12 @@ def test_setup_servers_restored_objects_backups_and_replica(params, hosts, shape
     """Steps 02-04, a Heroku-like restore as rails, pgBackRest (05/08) and the replica (10), from their modules."""
     t0 = time.monotonic()
     for s in params.servers:
-        pg_server.install_server(hosts[s.name], params, s, dry_run=False, shape=shape)
-        pg_server.allow_connections(hosts[s.name], params, s, dry_run=False,
-                             extra_rules=desired_server.all_hba_extra(params, s))
+        pg_server.install_server(hosts[s.name], params, s, shape=shape)
+        allow_step.allow_connections(hosts[s.name], params, s,
+                                     extra_rules=desired_server.all_hba_extra(params, s))
     primary = params.primary
     ppsql = primary_psql(hosts, params)
-    roles.app_role_database(ppsql, params, app_password(params), dry_run=False, host_name=primary.name)
+    role_step.app_role_database(ppsql, params, app_password(params))
     # what pg_restore --no-owner as rails leaves behind, plus an untrusted extension made by a superuser
     res = roles._psql_on(hosts["app"], params, app_password(params), RESTORED_AS_RAILS, server_ip=primary.private_ip)
     assert res.ok, res.output
@@ -202,7 +205,7 @@ def test_capacity_settings_are_what_the_table_says_for_a_ccx13_with_checksums_an
                            dbname=params.postgres.database)) > 0
     # a second run of step 02 changes nothing (the settings were there before the first start)
     for s in params.servers:
-        again = pg_server.install_server(hosts[s.name], params, s, dry_run=False, shape=shape)
+        again = pg_server.install_server(hosts[s.name], params, s, shape=shape)
         assert not [o for o in again if o.changed], [str(o) for o in again if o.changed]
 
 
@@ -210,7 +213,7 @@ def test_roles_step_applies_the_model_and_second_run_changes_nothing(params, hos
     t0 = time.monotonic()
     privileges.ensure_role_secrets(SecretStore(), cfg)
     for s in params.servers:  # step 10 rendered pg_hba with its lines only; ours go beside them
-        o = pg_config.ensure_pg_hba(hosts[s.name], params, s, dry_run=False, extra=desired_server.all_hba_extra(params, s, cfg))
+        o = pg_config.ensure_pg_hba(hosts[s.name], params, s, extra=desired_server.all_hba_extra(params, s, cfg))
         OUTPUT.append(str(o))
     ppsql = primary_psql(hosts, params)
     plan = privileges.ensure_privileges(planning_psql(ppsql, params), cfg)
@@ -225,8 +228,8 @@ def test_roles_step_applies_the_model_and_second_run_changes_nothing(params, hos
     TIMINGS["step13_second_run_s"] = round(time.monotonic() - t1, 1)
     assert not again.changed, str(again)
     for s in params.servers:
-        assert not pg_config.ensure_pg_hba(hosts[s.name], params, s, dry_run=True,
-                                    extra=desired_server.all_hba_extra(params, s, cfg)).changed
+        assert not pg_config.ensure_pg_hba(DryRunHost(hosts[s.name]), params, s,
+                                           extra=desired_server.all_hba_extra(params, s, cfg)).changed
 
 
 def test_privilege_check_matches_params_for_every_role(params, hosts, cfg):
@@ -272,17 +275,17 @@ def test_a_deploy_after_step_13_migrates_as_the_migrations_role_and_the_app_uses
 
 def test_blazer_url_reads_and_cannot_write(params, hosts, cfg):
     ppsql = primary_psql(hosts, params)
-    made = readonly.ensure_blazer(ppsql, cfg, dry_run=False)
+    made = readonly.ensure_blazer(ppsql, cfg)
     OUTPUT.append(str(made))
     assert made.changed and any("pg_read_all_data" in a for a in made.actions)
-    assert not readonly.ensure_blazer(ppsql, cfg, dry_run=False).changed
+    assert not readonly.ensure_blazer(ppsql, cfg).changed
     assert all(c.status == "pass" for c in readonly.check_blazer(ppsql, cfg))
     # step 13's model keeps Blazer's CONNECT (it revokes every grant it does not know)
     assert not privileges.ensure_privileges(planning_psql(ppsql, params), cfg).changed
     checks = readonly.check_blazer_access(hosts["app"], cfg, params, server_ip=params.primary.private_ip)
     OUTPUT.append("\n".join(f"{c.status} {c.name}: {c.detail}" for c in checks))
     assert all(c.status == "pass" for c in checks), [f"{c.name}: {c.detail}" for c in checks]
-    ok, out = access.psql_as(hosts["app"], tls=desired_tls.conninfo_tls(params),
+    ok, out = access.run_psql_as(hosts["app"], tls=desired_tls.conninfo_tls(params),
                              role=cfg.blazer.name, password=privileges.get_role_password(SecretStore(), cfg, "blazer"),
                              server_ip=params.primary.private_ip, port=5432, dbname=params.postgres.database,
                              script="SHOW statement_timeout;\nINSERT INTO users (full_name) VALUES ('x');\n",
@@ -419,7 +422,7 @@ def test_vector_config_installed_without_secrets_in_outputs(params, hosts, cfg):
         assert not monitoring.ensure_vector_config(hosts[s.name], params, s, cfg, pw, dry_run=False).changed
     # the vector role really reads what the source reads, from the server, on its private IP
     p = params.primary
-    ok, out = access.psql_as(hosts[p.name], tls=desired_tls.conninfo_tls(params),
+    ok, out = access.run_psql_as(hosts[p.name], tls=desired_tls.conninfo_tls(params),
                                  role=cfg.monitoring.name, password=pw, server_ip=p.private_ip,
                                  port=5432, dbname="postgres",
                                  script="SELECT count(*) FROM pg_stat_database; SELECT count(*) FROM "
@@ -642,7 +645,7 @@ def test_a_certificate_near_its_end_is_renewed_and_served_after_a_reload(params,
     host = hosts[s.name]
     before = tls_ops.get_server_cert(host, params)
     later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=params.tls.cert_days - params.tls.renew_days + 1)
-    outcomes = tls_ops.ensure_server_tls(host, params, s, dry_run=False, now=later)
+    outcomes = tls_ops.ensure_server_tls(host, params, s, now=later)
     renewed = [o for o in outcomes if o.changed]
     assert len(renewed) == 1 and "renewed: expires in" in renewed[0].actions[0], [str(o) for o in outcomes]
     after = tls_ops.get_server_cert(host, params)
@@ -652,7 +655,7 @@ def test_a_certificate_near_its_end_is_renewed_and_served_after_a_reload(params,
     assert served.strip() == after.strip(), "PostgreSQL still serves the old certificate"
     checks = tls_ops.check_tls_from(hosts["app"], params, s)
     assert all(c.status == "pass" for c in checks), [f"{c.name}: {c.detail}" for c in checks]
-    assert not any(o.changed for o in tls_ops.ensure_server_tls(host, params, s, dry_run=False))
+    assert not any(o.changed for o in tls_ops.ensure_server_tls(host, params, s))
 
 
 def test_status_fails_naming_the_item_when_the_replica_is_stopped(params, hosts, home):

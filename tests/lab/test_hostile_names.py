@@ -23,13 +23,14 @@ from hcbpg.adapters.host import Host
 from hcbpg.adapters.psql import render
 from hcbpg.errors import HcbpgError, SafetyCheckFailed
 from hcbpg.lab import create_server_host, destroy_server_host
-from hcbpg.ops import app_database as roles
 from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import migration
 from hcbpg.ops import server as pg_server
 from hcbpg.ops.migration import stream as stream_ops
 from hcbpg.params import parse_params
 from hcbpg.secrets import register
+from hcbpg.steps import allow_connections as allow_step
+from hcbpg.steps import app_role_database as role_step
 
 from labparams import lab_params
 
@@ -69,9 +70,9 @@ def env(lab, tmp_path_factory):
     params = parse_params(data)
     host = Host.from_params(params, "server-postgres-1", ip)
     password = register(pw_file.read_text().strip())
-    pg_server.install_server(host, params, params.primary, dry_run=False)
-    pg_server.allow_connections(host, params, params.primary, dry_run=False)
-    roles.app_role_database(pg_cluster.psql_for(host, params), params, password, dry_run=False)
+    pg_server.install_server(host, params, params.primary)
+    allow_step.allow_connections(host, params, params.primary)
+    role_step.app_role_database(pg_cluster.get_psql(host, params), params, password)
     yield SimpleNamespace(lab=lab, params=params, host=host, source_url=register(lab.secret("source-url")))
     host.close()
     destroy_server_host("server-postgres-1", lab_dir=str(lab.lab_dir))
@@ -111,7 +112,7 @@ def assert_refused_or_copied_as_data(env, name: str, exc: BaseException | None) 
         assert isinstance(exc, SafetyCheckFailed), repr(exc)
         assert repr(name)[1:-1].split("\\n")[0] in str(exc) and "control characters" in str(exc), str(exc)
     else:
-        tgt = migration.get_target(env.host, env.params)
+        tgt = migration.target(env.host, env.params)
         rows = tgt.json(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier("public", name)))
         assert rows == 2
 
@@ -166,7 +167,7 @@ def test_a_table_named_with_quotes_and_semicolons_is_copied_as_data(env):
                                              run_label="hostile names, quotes", live_source=False)
         assert not [c for c in result.verification.checks if c.status == "fail"], result.verification.checks
         assert_refused_or_copied_as_data(env, name, None)
-        key = migration.get_target(env.host, env.params).json(sql.SQL(
+        key = migration.target(env.host, env.params).json(sql.SQL(
             "SELECT count(*) FROM pg_constraint WHERE conrelid = {}::regclass AND contype = 'p'").format(
                 sql.Literal(table)))
         assert key == 1  # its key built by the stream's own build plan

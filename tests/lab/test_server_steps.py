@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from hcbpg.adapters.dryrun import AbsentHost, DryRunHost
 from hcbpg.adapters.host import Host
 from hcbpg.errors import HostUnreachable, SafetyCheckFailed
 from hcbpg.lab import create_server_host, destroy_server_host
@@ -22,6 +23,8 @@ from hcbpg.ops import server as pg_server
 from hcbpg.ops import tls as tls_ops
 from hcbpg.params import parse_params
 from hcbpg.secrets import resolve
+from hcbpg.steps import allow_connections as allow_step
+from hcbpg.steps import app_role_database as role_step
 
 from labparams import lab_params, tls_section
 
@@ -59,14 +62,18 @@ def password(params):
 
 
 def run_steps(params, hosts, password, *, dry_run):
+    """Steps 02-04 as their modules run them: on a dry run each server is a DryRunHost (reads real, records
+    the rest), and the primary's psql one where nothing is there while its cluster is not running."""
+    hs = {name: DryRunHost(h) if dry_run else h for name, h in hosts.items()}
     outcomes = []
     for s in params.servers:
-        outcomes += pg_server.install_server(hosts[s.name], params, s, dry_run=dry_run)
+        outcomes += pg_server.install_server(hs[s.name], params, s)
     for s in params.servers:
-        outcomes += pg_server.allow_connections(hosts[s.name], params, s, dry_run=dry_run)
-    primary = hosts[params.primary.name]
-    psql = pg_cluster.psql_for(primary, params) if pg_cluster.get_cluster_running(primary, params) else None
-    outcomes += roles.app_role_database(psql, params, password, dry_run=dry_run, host_name=params.primary.name)
+        outcomes += allow_step.allow_connections(hs[s.name], params, s)
+    primary = hs[params.primary.name]
+    running = pg_cluster.get_cluster_running(primary, params)
+    psql = pg_cluster.get_psql(primary if running else AbsentHost(params.primary.name), params)
+    outcomes += role_step.app_role_database(psql, params, password)
     return outcomes
 
 
@@ -92,20 +99,20 @@ def test_apply_leaves_postgres_configured_and_rails_working_from_the_app_host(la
     outcomes = run_steps(params, hosts, password, dry_run=False)
     assert any(o.changed for o in outcomes)
     app = Host.from_params(params, "app", params.app_host.private_ip)
-    assert tls_ops.ensure_client_ca(app, params, dry_run=False).what == "PostgreSQL CA on app"
+    assert tls_ops.ensure_client_ca(app, params).what == "PostgreSQL CA on app"
     checks = []
     for s in params.servers:
         checks += pg_server.check_server(hosts[s.name], params, s) + pg_server.check_connections(hosts[s.name], params, s, app)
     primary = hosts[params.primary.name]
-    psql = pg_cluster.psql_for(primary, params)
+    psql = pg_cluster.get_psql(primary, params)
 
     def outsider(cmd, stdin):
         cp = lab.outsider_exec(cmd, input=stdin, timeout=60)
         return cp.returncode, cp.stdout + cp.stderr
 
     checks += roles.check_role_database(psql, params, password)
-    checks += roles.verify_app_access(app, psql, params, password, server_ip=params.primary.private_ip,
-                                      outsider=outsider)
+    checks += roles.check_app_access(app, psql, params, password, server_ip=params.primary.private_ip,
+                                     outsider=outsider)
     for s in params.servers:
         checks.append(tls_ops.check_server_cert(hosts[s.name], params, s))
         checks += tls_ops.check_tls_from(app, params, s)
@@ -144,26 +151,26 @@ def test_setting_that_needs_a_restart_restarts_and_one_that_does_not_only_reload
     host = hosts[server.name]
     pid = lambda: host.probe("head -1 /var/lib/postgresql/15/main/postmaster.pid").stdout.strip()  # noqa: E731
     before = pid()
-    o = pg_config.ensure_settings(host, params, server, "connections", dry_run=False, extra={"work_mem": "8MB"})
+    o = pg_config.ensure_settings(host, params, server, "connections", extra={"work_mem": "8MB"})
     assert o.changed and "reload" in o.actions and not any("restart" in a for a in o.actions)
     assert pid() == before
-    o = pg_config.ensure_settings(host, params, server, "connections", dry_run=False, extra={"max_connections": 120})
+    o = pg_config.ensure_settings(host, params, server, "connections", extra={"max_connections": 120})
     assert any(a.startswith("restart") and "max_connections" in a for a in o.actions)
     assert pid() != before
     before = pid()
-    o = pg_config.ensure_settings(host, params, server, "connections", dry_run=False)
+    o = pg_config.ensure_settings(host, params, server, "connections")
     # back to what params say: max_connections returns to its default, which needs a restart too
     assert any(a.startswith("restart") and "max_connections" in a for a in o.actions)
     assert pid() != before
-    assert not pg_config.ensure_settings(host, params, server, "connections", dry_run=False).changed
+    assert not pg_config.ensure_settings(host, params, server, "connections").changed
 
 
 def test_wrong_rails_secret_is_refused_naming_key_and_host(params, hosts):
     primary = hosts[params.primary.name]
-    psql = pg_cluster.psql_for(primary, params)
+    psql = pg_cluster.get_psql(primary, params)
     stored = roles.get_role(psql, "rails")["rolpassword"]
     with pytest.raises(SafetyCheckFailed) as info:
-        roles.app_role_database(psql, params, "a-different-password", dry_run=False, host_name=params.primary.name)
+        role_step.app_role_database(psql, params, "a-different-password")
     assert "postgres.app_role_password" in str(info.value) and params.primary.name in str(info.value)
     assert roles.get_role(psql, "rails")["rolpassword"] == stored
 

@@ -20,6 +20,7 @@ from hcbpg.errors import HcbpgError
 from hcbpg.lab import create_server_host, destroy_server_host
 from hcbpg.ops import server as pg_server
 from hcbpg.params import parse_params
+from hcbpg.steps import allow_connections as allow_step
 
 from labparams import lab_params
 
@@ -64,7 +65,7 @@ def env(lab):
     params = parse_params(lab_params(lab, [(NAME, ip, "primary")]))
     host = Host.from_params(params, NAME, ip)
     try:
-        pg_server.install_server(host, params, params.primary, dry_run=False)
+        pg_server.install_server(host, params, params.primary)
         yield params, host
     finally:
         host.close()
@@ -99,7 +100,7 @@ def test_symlink_race_on_temp_files_changes_no_root_file(lab, env):
             try:
                 # fresh certificates and settings each round, so that every round writes
                 lab.exec(NAME, f"rm -rf {CONF}/tls {CONF}/conf.d/*.conf", check=True)
-                pg_server.allow_connections(host, params, params.primary, dry_run=False)
+                allow_step.allow_connections(host, params, params.primary)
             except HcbpgError as exc:
                 print(f"the step failed under attack (allowed): {str(exc)[:300]}")
     finally:
@@ -122,7 +123,7 @@ def test_planted_tls_symlink_does_not_hand_a_root_directory_to_postgres(lab, env
     before = lab.exec(NAME, f"stat -c '%U:%G %a' {victim_dir}", check=True).stdout
     lab.exec(NAME, f"ln -s {victim_dir} {CONF}/tls", user="postgres", check=True)
     try:
-        pg_server.allow_connections(host, params, params.primary, dry_run=False)
+        allow_step.allow_connections(host, params, params.primary)
     except HcbpgError as exc:
         print(f"the step refused (expected): {str(exc)[:300]}")
     after = lab.exec(NAME, f"stat -c '%U:%G %a' {victim_dir}", check=True).stdout
