@@ -10,12 +10,12 @@ from hcbpg.ops.cluster import get_psql
 from hcbpg.ops.replication import check_unlogged_tables
 from hcbpg.steps import targets
 from hcbpg.steps._migration import (
-    MigrationRunbook,
     connect,
     dump_tag,
     plan,
     preconditions,
     run_label,
+    show_comparison,
     skip_if_live,
     summary,
     verify,
@@ -23,11 +23,12 @@ from hcbpg.steps._migration import (
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.host import Host
+    from hcbpg.steps.context import Run
 
 __all__ = ["apply", "check", "connect", "plan", "preconditions", "record_value", "skip_if_live"]
 
 
-def apply(rb: MigrationRunbook, host: "Host | None", source: "migration.Source | None",
+def apply(rb: "Run", host: "Host | None", source: "migration.Source | None",
           p: "migration.Plan | None") -> "migration.MigrationResult | None":
     """Dump, drop and recreate, restore, ANALYZE, then verify (the checks are shown by :func:`check`);
     a dry run tracks the plan and changes nothing."""
@@ -37,7 +38,7 @@ def apply(rb: MigrationRunbook, host: "Host | None", source: "migration.Source |
         return None
     assert host is not None and source is not None and p is not None
     result = migration.run_migration(host, rb.params, source, p.facts, tag=dump_tag(rb), run_label=run_label(rb),
-                                     live_source=True, app=targets.app_host(rb),  # type: ignore[arg-type]
+                                     live_source=True, app=targets.app_host(rb),
                                      password=rb.secret("postgres.app_role_password"),
                                      sentinel_write=migration.dry_run_sentinel())
     rb.track(result.outcomes)
@@ -47,10 +48,10 @@ def apply(rb: MigrationRunbook, host: "Host | None", source: "migration.Source |
     return result
 
 
-def check(rb: MigrationRunbook, result: "migration.MigrationResult | None") -> None:
+def check(rb: "Run", result: "migration.MigrationResult | None") -> None:
     """The source/target table, then every check (a failed one fails the step)."""
     if result is not None:
-        migration.show_comparison(result)
+        show_comparison(result)
         verify(rb, result.verification.checks)
 
 

@@ -112,7 +112,7 @@ def assert_refused_or_copied_as_data(env, name: str, exc: BaseException | None) 
         assert isinstance(exc, SafetyCheckFailed), repr(exc)
         assert repr(name)[1:-1].split("\\n")[0] in str(exc) and "control characters" in str(exc), str(exc)
     else:
-        tgt = migration.target(env.host, env.params)
+        tgt = migration.get_target(env.host, env.params)
         rows = tgt.json(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier("public", name)))
         assert rows == 2
 
@@ -167,7 +167,7 @@ def test_a_table_named_with_quotes_and_semicolons_is_copied_as_data(env):
                                              run_label="hostile names, quotes", live_source=False)
         assert not [c for c in result.verification.checks if c.status == "fail"], result.verification.checks
         assert_refused_or_copied_as_data(env, name, None)
-        key = migration.target(env.host, env.params).json(sql.SQL(
+        key = migration.get_target(env.host, env.params).json(sql.SQL(
             "SELECT count(*) FROM pg_constraint WHERE conrelid = {}::regclass AND contype = 'p'").format(
                 sql.Literal(table)))
         assert key == 1  # its key built by the stream's own build plan
