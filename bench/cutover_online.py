@@ -40,13 +40,13 @@ from hcbpg.lab.core import scratch_config  # noqa: E402
 from hcbpg.lab.source import plan_size  # noqa: E402
 from hcbpg.ops import cluster as pg_cluster  # noqa: E402
 from hcbpg.ops import migration  # noqa: E402
-from hcbpg.ops import server as pg_server  # noqa: E402
 from hcbpg.ops import tls as tls_ops  # noqa: E402
 from hcbpg.ops.migration import bucardo, wayback, window  # noqa: E402
 from hcbpg.params import parse_params  # noqa: E402
 from hcbpg.secrets import register  # noqa: E402
 from hcbpg.steps import allow_connections as allow_step  # noqa: E402
 from hcbpg.steps import app_role_database as role_step  # noqa: E402
+from hcbpg.steps import install_postgres as install_step  # noqa: E402
 from hcbpg.steps import online  # noqa: E402
 
 from labparams import lab_params  # noqa: E402
@@ -77,7 +77,7 @@ def prepare(lab: Lab, rows: int, *, reuse: bool = False) -> tuple[Any, Host, Hos
     app = Host.from_params(params, "app", cfg.app_ip, echo=quiet)
     password = register(lab.secret("rails-password"))
     url = register(lab.secret("source-url"))
-    pg_server.install_server(host, params, params.primary)
+    install_step.install_server(host, params, params.primary)
     allow_step.allow_connections(host, params, params.primary)
     tls_ops.ensure_client_ca(app, params)  # the app host verifies the primary's certificate
     role_step.app_role_database(pg_cluster.get_psql(host, params), params, password)

@@ -11,11 +11,11 @@ from hcbpg.adapters.dryrun import AbsentHost
 from hcbpg.desired import packages as desired_packages
 from hcbpg.desired import server as desired_server
 from hcbpg.errors import ParamsError, SafetyCheckFailed
-from hcbpg.ops import server as pg_server
 from hcbpg.params import parse_params
 from hcbpg.pg import conf as pgconf
 from hcbpg.pg import hba as pghba
 from hcbpg.steps import allow_connections as allow_step
+from hcbpg.steps import install_postgres as install_step
 
 from goldenfile import golden
 
@@ -211,7 +211,7 @@ def test_parse_dpkg_query_keeps_only_installed_packages():
 def test_fresh_server_plan_changes_everything_without_a_host():
     p = params()
     fresh = AbsentHost(p.primary.name)
-    outcomes = pg_server.install_server(fresh, p, p.primary)
+    outcomes = install_step.install_server(fresh, p, p.primary)
     outcomes += allow_step.allow_connections(fresh, p, p.primary)
     assert outcomes and all(o.changed and o.dry_run and o.verb == "would change" for o in outcomes)
     hba = next(o for o in outcomes if o.what.startswith("pg_hba"))

@@ -1,5 +1,5 @@
-"""A server's PostgreSQL as steps 02 and 03 leave it: packages, cluster and config files
-together, and the checks that prove it."""
+"""The checks that a server's PostgreSQL is as steps 02 and 03 leave it: packages, cluster and config files
+together (the steps compose the operations: :mod:`hcbpg.steps.install_postgres`, :mod:`hcbpg.steps.allow_connections`)."""
 
 from __future__ import annotations
 
@@ -10,17 +10,14 @@ from hcbpg.desired.packages import packages
 from hcbpg.ops.cluster import (
     check_data_checksums,
     check_psql_as_postgres,
-    ensure_cluster_exists,
-    ensure_cluster_running,
     get_cluster,
 )
 from hcbpg.ops.config import (
     check_pg_hba,
     check_settings,
-    ensure_settings,
 )
-from hcbpg.ops.packages import ensure_packages, get_installed_packages
-from hcbpg.outcome import Check, Outcome
+from hcbpg.ops.packages import get_installed_packages
+from hcbpg.outcome import Check
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.base import HostLike
@@ -47,23 +44,6 @@ def check_server(host: "HostLike", params: "Params", server: "Server", shape: Se
             out += check_settings(host, params, server, "capacity", extra=render_capacity(params, shape))
         out.append(check_data_checksums(host, params))
     return out
-
-
-def install_server(host: "HostLike", params: "Params", server: "Server", *,
-                   shape: ServerShape | None = None) -> list[Outcome]:
-    """Step 02 on one server: packages (only what is missing), cluster (with data checksums),
-    cluster_name and, given the server type, the capacity settings; then running.
-
-    Both files are written before the first start, so a fresh cluster needs no restart for
-    max_connections, shared_buffers or shared_preload_libraries (and none before data arrives).
-    """
-    outcomes = ensure_packages(host, params)
-    outcomes.append(ensure_cluster_exists(host, params))
-    outcomes.append(ensure_settings(host, params, server, "identity"))
-    if shape is not None:
-        outcomes.append(ensure_settings(host, params, server, "capacity", extra=render_capacity(params, shape)))
-    outcomes.append(ensure_cluster_running(host, params))
-    return outcomes
 
 
 def check_connections(host: "HostLike", params: "Params", server: "Server", app: "HostLike | None" = None) -> list[Check]:

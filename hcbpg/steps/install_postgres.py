@@ -9,12 +9,15 @@ from hcbpg.desired import capacity
 from hcbpg.desired.capacity import ServerShape
 from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import server as pg_server
+from hcbpg.ops.cluster import ensure_cluster_exists, ensure_cluster_running
+from hcbpg.ops.config import ensure_settings
+from hcbpg.ops.packages import ensure_packages
 from hcbpg.outcome import Check, Outcome
 from hcbpg.steps.targets import hostlike, planning, server_hosts, server_shape  # noqa: F401 - the notebook's call
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.base import HostLike
-    from hcbpg.params import Params
+    from hcbpg.params import Params, Server
     from hcbpg.steps.context import Run
 
 
@@ -34,11 +37,28 @@ def pgbouncer_note() -> str:
     return capacity.PGBOUNCER_NOTE
 
 
+def install_server(host: "HostLike", params: "Params", server: "Server", *,
+                   shape: ServerShape | None = None) -> list[Outcome]:
+    """Step 02 on one server: packages (only what is missing), cluster (with data checksums),
+    cluster_name and, given the server type, the capacity settings; then running.
+
+    Both files are written before the first start, so a fresh cluster needs no restart for
+    max_connections, shared_buffers or shared_preload_libraries (and none before data arrives).
+    """
+    outcomes = ensure_packages(host, params)
+    outcomes.append(ensure_cluster_exists(host, params))
+    outcomes.append(ensure_settings(host, params, server, "identity"))
+    if shape is not None:
+        outcomes.append(ensure_settings(host, params, server, "capacity", extra=capacity.render_capacity(params, shape)))
+    outcomes.append(ensure_cluster_running(host, params))
+    return outcomes
+
+
 def ensure_installed(hosts: Mapping[str, "HostLike"], params: "Params", *, dry_run: bool,
                      shape: ServerShape | None = None) -> list[Outcome]:
     """Step 02's install on every server, in params order (*dry_run*: the plan, recorded on fresh dry-run hosts)."""
     return [o for s in params.servers
-            for o in pg_server.install_server(planning(hosts[s.name]) if dry_run else hosts[s.name], params, s,
+            for o in install_server(planning(hosts[s.name]) if dry_run else hosts[s.name], params, s,
                                               shape=shape)]
 
 
@@ -46,7 +66,7 @@ def apply(rb: "Run", hosts: Mapping[str, "HostLike"], shape: ServerShape | None 
     """Install server by server, each one's outcomes tracked (and shown unless a dry run) as it finishes."""
     params = rb.params
     for s in params.servers:
-        rb.track(pg_server.install_server(hostlike(rb, s.name, hosts[s.name]), params, s, shape=shape),
+        rb.track(install_server(hostlike(rb, s.name, hosts[s.name]), params, s, shape=shape),
                  show=not rb.dry_run)
 
 

@@ -16,9 +16,9 @@ from hcbpg.errors import HcbpgError, HostUnreachable, ParamsError, SafetyCheckFa
 from hcbpg.ops import drill
 from hcbpg.ops import pgbackrest as pgb
 from hcbpg.ops.drill import check_restore, get_auto_conf_text, run_restore  # noqa: F401 - the notebook's calls
-from hcbpg.ops.server import install_server
 from hcbpg.outcome import Outcome
 from hcbpg.pg.pgbackrest import restore_options
+from hcbpg.steps.install_postgres import install_server
 from hcbpg.steps.targets import planning, server_shape  # noqa: F401 - the notebook's call
 
 if TYPE_CHECKING:  # pragma: no cover

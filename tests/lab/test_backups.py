@@ -24,12 +24,12 @@ from hcbpg.lab.site import LAB_DRILL_NAME
 from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import drill, schedule
 from hcbpg.ops import pgbackrest as pgb
-from hcbpg.ops import server as pg_server
 from hcbpg.params import parse_params
 from hcbpg.pg.pgbackrest import format_bytes, parse_info_json
 from hcbpg.secrets import resolve
 from hcbpg.steps import allow_connections as allow_step
 from hcbpg.steps import app_role_database as role_step
+from hcbpg.steps import install_postgres as install_step
 from hcbpg.steps import pgbackrest as step05
 from hcbpg.steps import restore_drill as step12
 from hcbpg.steps import start_archiving as step08
@@ -84,7 +84,7 @@ def secrets(params):
 def primary(params):
     server = params.primary
     host = Host.from_params(params, server.name, server.ssh_host)
-    pg_server.install_server(host, params, server)
+    install_step.install_server(host, params, server)
     allow_step.allow_connections(host, params, server)
     password = resolve(params.postgres.app_role_password, key="postgres.app_role_password")
     role_step.app_role_database(pg_cluster.get_psql(host, params), params, password)
@@ -317,7 +317,7 @@ def nb_home(lab, tmp_path_factory, secrets):
     (home / "params" / "lab.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     p = parse_params(data)
     host = Host.from_params(p, "nb-postgres-1", ip)
-    pg_server.install_server(host, p, p.primary)
+    install_step.install_server(host, p, p.primary)
     allow_step.allow_connections(host, p, p.primary)
     password = resolve(p.postgres.app_role_password, key="postgres.app_role_password")
     role_step.app_role_database(pg_cluster.get_psql(host, p), p, password)

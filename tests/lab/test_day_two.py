@@ -52,6 +52,7 @@ from hcbpg.pg.conninfo import render_database_url
 from hcbpg.secrets import resolve
 from hcbpg.steps import allow_connections as allow_step
 from hcbpg.steps import app_role_database as role_step
+from hcbpg.steps import install_postgres as install_step
 from hcbpg.steps import password_rotation
 from hcbpg.steps import replication as rep_step
 from hcbpg.steps.roles import planning_psql
@@ -164,7 +165,7 @@ def test_setup_servers_restored_objects_backups_and_replica(params, hosts, shape
     """Steps 02-04, a Heroku-like restore as rails, pgBackRest (05/08) and the replica (10), from their modules."""
     t0 = time.monotonic()
     for s in params.servers:
-        pg_server.install_server(hosts[s.name], params, s, shape=shape)
+        install_step.install_server(hosts[s.name], params, s, shape=shape)
         allow_step.allow_connections(hosts[s.name], params, s,
                                      extra_rules=desired_server.all_hba_extra(params, s))
     primary = params.primary
@@ -205,7 +206,7 @@ def test_capacity_settings_are_what_the_table_says_for_a_ccx13_with_checksums_an
                            dbname=params.postgres.database)) > 0
     # a second run of step 02 changes nothing (the settings were there before the first start)
     for s in params.servers:
-        again = pg_server.install_server(hosts[s.name], params, s, shape=shape)
+        again = install_step.install_server(hosts[s.name], params, s, shape=shape)
         assert not [o for o in again if o.changed], [str(o) for o in again if o.changed]
 
 

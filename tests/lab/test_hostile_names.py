@@ -25,12 +25,12 @@ from hcbpg.errors import HcbpgError, SafetyCheckFailed
 from hcbpg.lab import create_server_host, destroy_server_host
 from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import migration
-from hcbpg.ops import server as pg_server
 from hcbpg.ops.migration import stream as stream_ops
 from hcbpg.params import parse_params
 from hcbpg.secrets import register
 from hcbpg.steps import allow_connections as allow_step
 from hcbpg.steps import app_role_database as role_step
+from hcbpg.steps import install_postgres as install_step
 
 from labparams import lab_params
 
@@ -70,7 +70,7 @@ def env(lab, tmp_path_factory):
     params = parse_params(data)
     host = Host.from_params(params, "server-postgres-1", ip)
     password = register(pw_file.read_text().strip())
-    pg_server.install_server(host, params, params.primary)
+    install_step.install_server(host, params, params.primary)
     allow_step.allow_connections(host, params, params.primary)
     role_step.app_role_database(pg_cluster.get_psql(host, params), params, password)
     yield SimpleNamespace(lab=lab, params=params, host=host, source_url=register(lab.secret("source-url")))

@@ -28,13 +28,13 @@ from hcbpg.errors import SafetyCheckFailed, VerificationFailed
 from hcbpg.lab import create_server_host, destroy_server_host
 from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import migration
-from hcbpg.ops import server as pg_server
 from hcbpg.ops import tls as tls_ops
 from hcbpg.params import parse_params
 from hcbpg.secrets import register
 from hcbpg.steps import _migration as migration_steps
 from hcbpg.steps import allow_connections as allow_step
 from hcbpg.steps import app_role_database as role_step
+from hcbpg.steps import install_postgres as install_step
 
 from labparams import lab_params
 from nbutil import read_env_file
@@ -126,7 +126,7 @@ def env(lab, tmp_path_factory, monkeypatch_module):
     app = Host.from_params(params, "app", cfg.app_ip)
     tls_ops.ensure_client_ca(app, params)  # as step 03 does
     password = register(pw_file.read_text().strip())
-    pg_server.install_server(host, params, params.primary)
+    install_step.install_server(host, params, params.primary)
     allow_step.allow_connections(host, params, params.primary)
     role_step.app_role_database(pg_cluster.get_psql(host, params), params, password)
     yield SimpleNamespace(lab=lab, params=params, data=data, home=home, nb_dir=nb_dir, host=host, app=app,

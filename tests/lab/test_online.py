@@ -26,7 +26,6 @@ from hcbpg.errors import DatabaseError, HcbpgError
 from hcbpg.lab import app_load, create_server_host, destroy_server_host
 from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import migration
-from hcbpg.ops import server as pg_server
 from hcbpg.ops import tls as tls_ops
 from hcbpg.ops.migration import bucardo, wayback, window
 from hcbpg.ops.migration import bucardo_service as bs
@@ -34,6 +33,7 @@ from hcbpg.params import parse_params
 from hcbpg.secrets import register
 from hcbpg.steps import allow_connections as allow_step
 from hcbpg.steps import app_role_database as role_step
+from hcbpg.steps import install_postgres as install_step
 
 from labparams import lab_params
 
@@ -107,7 +107,7 @@ def env(lab, tmp_path_factory, monkeypatch_module):
     host = Host.from_params(params, "server-postgres-1", ip)
     app = Host.from_params(params, "app", cfg.app_ip)
     password = register(pw_file.read_text().strip())
-    pg_server.install_server(host, params, params.primary)
+    install_step.install_server(host, params, params.primary)
     allow_step.allow_connections(host, params, params.primary)
     tls_ops.ensure_client_ca(app, params)  # as step 03 does: the app host verifies the primary
     role_step.app_role_database(pg_cluster.get_psql(host, params), params, password)

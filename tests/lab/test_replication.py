@@ -31,11 +31,11 @@ from hcbpg.ops import drill, replica, schedule, topology
 from hcbpg.ops import failover as fo
 from hcbpg.ops import pgbackrest as pgb
 from hcbpg.ops import replication as rep
-from hcbpg.ops import server as pg_server
 from hcbpg.params import parse_params
 from hcbpg.secrets import resolve
 from hcbpg.steps import allow_connections as allow_step
 from hcbpg.steps import app_role_database as role_step
+from hcbpg.steps import install_postgres as install_step
 from hcbpg.steps import replication as rep_step
 from hcbpg.steps import restore_drill as step12
 
@@ -139,7 +139,7 @@ def counts(hosts, params, name):
 def test_servers_set_up_with_steps_02_to_04_and_pgbackrest_on_the_primary(params, hosts, passwords):
     t0 = time.monotonic()
     for s in params.servers:
-        pg_server.install_server(hosts[s.name], params, s)
+        install_step.install_server(hosts[s.name], params, s)
         allow_step.allow_connections(hosts[s.name], params, s)
     primary = params.primary
     ppsql = psql(hosts, params, primary.name)

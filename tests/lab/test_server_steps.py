@@ -25,6 +25,7 @@ from hcbpg.params import parse_params
 from hcbpg.secrets import resolve
 from hcbpg.steps import allow_connections as allow_step
 from hcbpg.steps import app_role_database as role_step
+from hcbpg.steps import install_postgres as install_step
 
 from labparams import lab_params, tls_section
 
@@ -67,7 +68,7 @@ def run_steps(params, hosts, password, *, dry_run):
     hs = {name: DryRunHost(h) if dry_run else h for name, h in hosts.items()}
     outcomes = []
     for s in params.servers:
-        outcomes += pg_server.install_server(hs[s.name], params, s)
+        outcomes += install_step.install_server(hs[s.name], params, s)
     for s in params.servers:
         outcomes += allow_step.allow_connections(hs[s.name], params, s)
     primary = hs[params.primary.name]

@@ -18,9 +18,9 @@ import pytest
 from hcbpg.adapters.host import Host
 from hcbpg.errors import HcbpgError
 from hcbpg.lab import create_server_host, destroy_server_host
-from hcbpg.ops import server as pg_server
 from hcbpg.params import parse_params
 from hcbpg.steps import allow_connections as allow_step
+from hcbpg.steps import install_postgres as install_step
 
 from labparams import lab_params
 
@@ -65,7 +65,7 @@ def env(lab):
     params = parse_params(lab_params(lab, [(NAME, ip, "primary")]))
     host = Host.from_params(params, NAME, ip)
     try:
-        pg_server.install_server(host, params, params.primary)
+        install_step.install_server(host, params, params.primary)
         yield params, host
     finally:
         host.close()
