@@ -185,11 +185,19 @@ pg_replication_slots:
 """
 
 
+#: the password of a connection URL and the AppSignal key, in an env file as hcbpg writes it
+_URL_PASSWORD = re.compile(r"(postgres(?:ql)?://[^:/@\s']+:)[^@\s']*(@)")
+_APPSIGNAL_KEY = re.compile(r"^(APPSIGNAL_PUSH_API_KEY=)'[^'\n]*'$", re.M)
+
+
 def redact(text: str, password: str | None) -> str:
-    """*text* with the password (raw and URL-encoded) replaced by the placeholder."""
-    if not password:
-        return text
-    return text.replace(urllib.parse.quote(password, safe=""), PLACEHOLDER).replace(password, PLACEHOLDER)
+    """*text* with the password (raw and URL-encoded) replaced by the placeholder; the password of every
+    connection URL and the AppSignal key too, whether *password* is known or not (a plan has none, and the
+    file on the server holds the one in force)."""
+    if password:
+        text = text.replace(urllib.parse.quote(password, safe=""), PLACEHOLDER).replace(password, PLACEHOLDER)
+    text = _URL_PASSWORD.sub(lambda m: f"{m[1]}{PLACEHOLDER}{m[2]}", text)
+    return _APPSIGNAL_KEY.sub(lambda m: f"{m[1]}'{PLACEHOLDER}'", text)
 
 
 _METRIC = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
