@@ -55,12 +55,12 @@ def ensure_settings(host: "HostLike", params: "Params", server: "Server", part: 
 
     When the cluster is not running yet the file is only written; the first start reads it.
     """
-    return apply_settings_file(host, params, server, settings_path(params, part),
+    return ensure_settings_file(host, params, server, settings_path(params, part),
                                render_settings(params, server, part, extra=extra),
                                what=f"settings {SETTINGS_FILES[part]} on {server.name}")
 
 
-def apply_settings_file(host: "HostLike", params: "Params", server: "Server", path: str, desired: str, *,
+def ensure_settings_file(host: "HostLike", params: "Params", server: "Server", path: str, desired: str, *,
                         what: str, own_pending_only: bool = False) -> Outcome:
     """Write the include file *path* whole as *desired* and put it in force.
 

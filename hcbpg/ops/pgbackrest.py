@@ -47,7 +47,7 @@ from hcbpg.desired.pgbackrest import (
 )
 from hcbpg.errors import PgBackRestError
 from hcbpg.ops.cluster import get_psql
-from hcbpg.ops.config import apply_settings_file
+from hcbpg.ops.config import ensure_settings_file
 from hcbpg.ops.packages import get_installed_packages
 from hcbpg.ops.progress import Watcher
 from hcbpg.outcome import Check, Outcome, unified_diff
@@ -80,7 +80,7 @@ def ensure_archiving(host: "HostLike", params: "Params", server: "Server", *, ar
     archive_mode, wal_level and max_wal_senders need a restart (``pending_restart``);
     archive_command only a reload.
     """
-    return apply_settings_file(host, params, server, archiving_path(params),
+    return ensure_settings_file(host, params, server, archiving_path(params),
                                render_archiving(params, server, archive_mode=archive_mode),
                                what=f"settings {ARCHIVING_FILE} on {server.name}", own_pending_only=True)
 

@@ -74,6 +74,6 @@ def check_allowed(hosts: Mapping[str, "HostLike"], params: "Params", app: "HostL
     return out
 
 
-def render_pg_hba(params: "Params") -> dict[str, str]:
+def pg_hba_files(params: "Params") -> dict[str, str]:
     """Each server's pg_hba.conf as rendered from params (the record)."""
     return {s.name: desired_server.render_pg_hba(params, s) for s in params.servers}

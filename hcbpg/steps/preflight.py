@@ -186,7 +186,7 @@ def check_app_role_password(rb: "Run", existing: dict[str, str | None] | None = 
     return [Check.of(f"{roles.PASSWORD_KEY} matches the role", ok, detail, primary.name)]
 
 
-def plan_targets(rb: "Run") -> list[dict[str, Any]]:
+def target_rows(rb: "Run") -> list[dict[str, Any]]:
     """One row per machine the run touches: role, private IP, where SSH goes, what happens there."""
     params = rb.params
     recorded = recorded_servers(rb)

@@ -330,6 +330,36 @@ def test_settings_postgresql_refuses_are_put_back(params, case):
     assert ("line 3 work_mem: invalid value" if case == "rejected" else "include_dir") in str(ei.value)
 
 
+ARCHIVING = "/etc/postgresql/15/main/conf.d/40-spec-archiving.conf"
+ARCHIVING_TEXT = "archive_mode = on\narchive_command = 'true'\n"
+
+
+@covers("hcbpg.ops.config.ensure_settings_file", "fresh", "second run", "dry run")
+def test_settings_file_restarts_only_for_its_own_pending_settings_when_asked(params):
+    srv = installed_state(params, pending_after_reload=("shared_buffers",))   # pending from elsewhere
+    dry = DryRunHost(srv.host)
+    plan = config.ensure_settings_file(dry, params, params.primary, ARCHIVING, ARCHIVING_TEXT, what="archiving",
+                                       own_pending_only=True)
+    assert plan.verb == "would change" and dry.journal == [f"write {ARCHIVING}", RELOAD] and ARCHIVING not in srv.files
+    out = config.ensure_settings_file(srv.host, params, params.primary, ARCHIVING, ARCHIVING_TEXT, what="archiving",
+                                      own_pending_only=True)
+    assert out.changed and srv.host.journal == [f"write {ARCHIVING}", RELOAD]   # shared_buffers is not its own
+    assert not config.ensure_settings_file(srv.host, params, params.primary, ARCHIVING, ARCHIVING_TEXT,
+                                           what="archiving", own_pending_only=True).changed
+    assert srv.host.journal == [f"write {ARCHIVING}", RELOAD]
+    # without own_pending_only any pending restart counts (a setting removed goes back to a default needing one)
+    assert config.ensure_settings_file(srv.host, params, params.primary, ARCHIVING, ARCHIVING_TEXT,
+                                       what="archiving").actions == ["restart the cluster (shared_buffers need it)"]
+
+
+@covers("hcbpg.ops.config.ensure_settings_file", "refusal")
+def test_settings_file_postgresql_rejects_goes_away_again(params):
+    srv = installed_state(params, file_errors=[{"sourceline": 1, "name": "archive_mode", "error": "bad value"}])
+    with pytest.raises(DatabaseError, match="line 1 archive_mode: bad value"):
+        config.ensure_settings_file(srv.host, params, params.primary, ARCHIVING, ARCHIVING_TEXT, what="archiving")
+    assert ARCHIVING not in srv.files and srv.host.journal == [f"write {ARCHIVING}", f"rm -f {ARCHIVING}"]
+
+
 @covers("hcbpg.ops.config.ensure_pg_hba", "fresh", "second run", "dry run")
 def test_pg_hba_written_whole_then_reloaded_once(params):
     srv = installed_state(params, files={hba_path(params): "host all all 0.0.0.0/0 md5\n"})
