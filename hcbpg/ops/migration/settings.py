@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from hcbpg.adapters.base import Changes
 from hcbpg.adapters.cluster import ctl_command
 from hcbpg.desired.migration import RESTORE_PART, render_reload_and_wait, render_restore_settings, restore_part_path
+from hcbpg.errors import RemoteCommandError
 from hcbpg.ops import cluster as pg_cluster
 from hcbpg.outcome import Check, Outcome, unified_diff
 from hcbpg.pg.restore import GIB
@@ -57,7 +58,15 @@ def ensure_restore_settings(host: "HostLike", params: "Params", settings: Mappin
     current = host.read_text(path)
     if current != desired:
         host.put_text(path, desired, mode=0o644, owner="postgres")
-        _apply_config(host, params)
+        try:
+            _apply_config(host, params)
+        except RemoteCommandError:
+            # PostgreSQL did not take it: the part as it was, so that no later start reads what failed here
+            if current is None:
+                host.run(f"rm -f {shlex.quote(path)}")
+            else:
+                host.put_text(path, current, mode=0o644, owner="postgres")
+            raise
     return seen.outcome(f"restore-time settings {RESTORE_PART} on {host.name}",
                         diff=unified_diff(current or "", desired, path))
 

@@ -50,12 +50,14 @@ def ensure_way_back_armed(host: "HostLike", params: "Params", source: "SourceLik
     what = f"way back armed: changes on {params.postgres.database} ({host.name}) recorded from now on"
     seen = Changes(host)
     if bp.BACK_SYNC not in get_state(host, params)["syncs"]:
+        *objects, customcode = bp.render_back_sync_commands(plan, source_dbname=source.conn.get("dbname", ""),
+                                                            customcode=CUSTOMCODE, customcode_file=CUSTOMCODE_FILE)
+        for st in objects:
+            run_bucardo(host, st)
         host.put_text(CUSTOMCODE_FILE, templates.render_script("bucardo-owner-only.pl",
                                                                {"PREFIX": bp.OWNER_ONLY_PREFIX}),
                       mode=0o600, owner="postgres")
-        for st in bp.render_back_sync_commands(plan, source_dbname=source.conn.get("dbname", ""),
-                                               customcode=CUSTOMCODE, customcode_file=CUSTOMCODE_FILE):
-            run_bucardo(host, st)
+        run_bucardo(host, customcode)
     return seen.outcome(what)
 
 
