@@ -72,6 +72,14 @@ def lab() -> Iterator[Lab]:
         the_lab.down(purge=True)
 
 
+@pytest.fixture(scope="session")
+def primary_stage(lab, tmp_path_factory):
+    """A primary through steps 02-04, built once per worker and snapshotted: ``primary_stage.clone()`` gives a
+    module a running server made from it (see stages.py)."""
+    from stages import build_primary_stage
+    return build_primary_stage(lab, tmp_path_factory.mktemp("stages"))
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """When a lab test fails because SSH to a lab host failed, add what that host's sshd logged

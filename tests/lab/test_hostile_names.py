@@ -22,7 +22,7 @@ from psycopg import sql
 from hcbpg.adapters.host import Host
 from hcbpg.adapters.psql import render
 from hcbpg.errors import HcbpgError, SafetyCheckFailed
-from hcbpg.lab import create_server_host, destroy_server_host
+from hcbpg.lab import destroy_server_host
 from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import migration
 from hcbpg.ops.migration import stream as stream_ops
@@ -36,7 +36,6 @@ from labparams import lab_params
 
 pytestmark = pytest.mark.lab
 
-PRIMARY_OFFSET = 61
 #: the file the payload's program would write on the primary: relative to the server's working
 #: directory, its data directory (a table name holds at most 63 bytes)
 PWNED_NAME = "hcbpgpw"
@@ -52,12 +51,11 @@ def hostile_name(tag: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def env(lab, tmp_path_factory):
-    """Params for this lab and a primary after steps 02-04 (installed, connections allowed, app role)."""
+def env(lab, tmp_path_factory, primary_stage):
+    """Params for this lab and a primary after steps 02-04 (installed, connections allowed, app role): made from
+    the worker's primary stage (stages.py), on which the steps below run again and find nothing to change."""
     cfg = lab.cfg
-    ip = cfg.address(PRIMARY_OFFSET)
-    create_server_host("server-postgres-1", ip, [lab.ssh_key.with_suffix(".pub").read_text()],
-                       lab_dir=str(lab.lab_dir))
+    ip = primary_stage.clone()
     tmp = tmp_path_factory.mktemp("hostile")
     pw_file = tmp / "secrets" / "rails-password"
     pw_file.parent.mkdir(mode=0o700)

@@ -1,0 +1,131 @@
+"""Shared stages of the lab tests, and the helpers every lab module used to write for itself.
+
+A stage is what several modules need before their own tests begin.  ``PrimaryStage`` is a primary through
+steps 02-04 (PostgreSQL 15 installed and configured with TLS, connections allowed, the app role and its
+database), built once per worker (the session fixture ``primary_stage`` in conftest.py): its cluster is stopped
+(a data directory is copied only while its cluster is down), the server's upper layer snapshotted
+(:func:`hcbpg.lab.hosts.snapshot_host`) and the server destroyed.  A module then asks ``primary_stage.clone()``
+for a server of its own made from that snapshot, PostgreSQL running; it runs steps 02-04 itself again, which
+find nothing to change with its params, and it destroys the server at its end as before.  Modules of one worker
+run one after another, so each can have the stage's name and address in turn (what the snapshot's
+configuration names); test_server_steps still builds its servers from nothing, as that is what it tests.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hcbpg.lab import Lab, create_server_host, destroy_server_host
+from hcbpg.lab.hosts import snapshot_host
+
+from labparams import lab_params
+
+REPO = Path(__file__).resolve().parents[2]
+
+#: the stage's server: the name every lab module gives its primary, at an address no module picks itself
+STAGE_PRIMARY = "server-postgres-1"
+STAGE_PRIMARY_OFFSET = 200
+
+
+@dataclass
+class PrimaryStage:
+    """A primary after steps 02-04, as a snapshot; :meth:`clone` makes a running server of it."""
+
+    lab: Lab
+    snapshot: Path
+    name: str
+    ip: str
+    seconds: float  # what building it took (what each clone saves)
+
+    def clone(self) -> str:
+        """A server made from the stage (its name and address, PostgreSQL started); its address."""
+        key = self.lab.ssh_key.with_suffix(".pub").read_text()
+        create_server_host(self.name, self.ip, [key], lab_dir=str(self.lab.lab_dir), snapshot=self.snapshot)
+        self.lab.exec(self.name, "pg_ctlcluster 15 main start", check=True)
+        return self.ip
+
+
+def build_primary_stage(lab: Lab, where: Path) -> PrimaryStage:
+    """Steps 02-04 on a new primary (as each module's fixture ran them), then its snapshot, then it goes."""
+    import time
+
+    from hcbpg.adapters.host import Host
+    from hcbpg.ops import cluster as pg_cluster
+    from hcbpg.params import parse_params
+    from hcbpg.secrets import resolve
+    from hcbpg.steps import allow_connections as allow_step
+    from hcbpg.steps import app_role_database as role_step
+    from hcbpg.steps import install_postgres as install_step
+
+    t0 = time.monotonic()
+    ip = lab.cfg.address(STAGE_PRIMARY_OFFSET)
+    key = lab.ssh_key.with_suffix(".pub").read_text()
+    create_server_host(STAGE_PRIMARY, ip, [key], lab_dir=str(lab.lab_dir))
+    try:
+        params = parse_params(lab_params(lab, [(STAGE_PRIMARY, ip, "primary")]))
+        host = Host.from_params(params, STAGE_PRIMARY, ip)
+        try:
+            install_step.install_server(host, params, params.primary)
+            allow_step.allow_connections(host, params, params.primary)
+            password = resolve(params.postgres.app_role_password, key="postgres.app_role_password")
+            role_step.app_role_database(pg_cluster.get_psql(host, params), params, password)
+        finally:
+            host.close()
+        lab.exec(STAGE_PRIMARY, "pg_ctlcluster 15 main stop", check=True)
+        snapshot = snapshot_host(lab.cfg, STAGE_PRIMARY, where / "primary-02-04")
+    finally:
+        destroy_server_host(STAGE_PRIMARY, lab_dir=str(lab.lab_dir))
+    return PrimaryStage(lab=lab, snapshot=snapshot, name=STAGE_PRIMARY, ip=ip, seconds=time.monotonic() - t0)
+
+
+# -- homes and the CLI, as several modules need them ---------------------------------------------------------
+
+def make_run_home(root: Path, data: dict[str, Any], steps: list[str] | list[tuple[str, str]], *,
+                  lab: Lab | None = None, env_name: str = "lab") -> tuple[Path, dict[str, str]]:
+    """An HCBPG_HOME under *root* with ``params/<env_name>.yaml`` from *data* and a notebooks dir holding the
+    committed notebooks of *steps* (their keys, or ``(file, title)``) and their steps.yaml; returns the home and
+    the environment the CLI needs to use it (state dir beside it; the lab's dir when *lab* is given)."""
+    import shutil
+
+    home = root / "home"
+    (home / "params").mkdir(parents=True)
+    (home / "params" / f"{env_name}.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    nb_dir = home / "notebooks"
+    nb_dir.mkdir()
+    listed = []
+    for step in steps:
+        notebook, title = step if isinstance(step, tuple) else (f"{step}.ipynb", step)
+        shutil.copy(REPO / "notebooks" / notebook, nb_dir / notebook)
+        listed.append({"notebook": notebook, "title": title})
+    (nb_dir / "steps.yaml").write_text(yaml.safe_dump({"steps": listed}))
+    env = {"HCBPG_HOME": str(home), "HCBPG_NOTEBOOKS": str(nb_dir), "HCBPG_STATE_DIR": str(root / "state")}
+    if lab is not None:
+        env["HCBPG_LAB_DIR"] = str(lab.lab_dir)
+    return home, env
+
+
+def cli(env: dict[str, str], *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    """The real CLI in a subprocess with *env* over this process's environment (the operator's view)."""
+    import os
+    full = {k: v for k, v in os.environ.items() if k not in ("HCBPG_SCRUB_FILE", "HCBPG_HEADLESS",
+                                                             "HCBPG_AUTO_APPROVE")}
+    full.update(env)
+    return subprocess.run([sys.executable, "-m", "hcbpg.cli", *args], capture_output=True, text=True, env=full,
+                          timeout=timeout, cwd=REPO)
+
+
+def latest_manifest(home: Path, env_name: str = "lab") -> dict:
+    """The manifest of the newest run of *env_name* under *home*."""
+    return json.loads(latest_run_dir(home, env_name).joinpath("manifest.json").read_text())
+
+
+def latest_run_dir(home: Path, env_name: str = "lab") -> Path:
+    """The newest run's directory of *env_name* under *home* (``<UTC time>_<run id>``)."""
+    return sorted((home / "outputs" / env_name).glob("*_*/manifest.json"))[-1].parent
