@@ -4,6 +4,7 @@ environment's in the backup bucket (against moto's S3)."""
 from __future__ import annotations
 
 import dataclasses
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -16,6 +17,7 @@ from hcbpg.errors import CloudError, SafetyCheckFailed, UsageError
 from hcbpg.ops import env_lock
 from hcbpg.ops import server_lock as sl
 from hcbpg.params import parse_params
+from hcbpg.steps import targets
 
 from nbutil import MOTO_BUCKET, make_params
 
@@ -95,9 +97,9 @@ def test_the_lock_key_sits_beside_the_repository_per_environment():
 
 def test_a_second_run_is_refused_naming_the_first_and_the_lock_stays_the_first_runs(bucket):
     alice = dataclasses.replace(ALICE, step="11_failover")
-    assert env_lock.ensure_env_lock(bucket, KEY, alice, dry_run=False).changed
+    assert env_lock.ensure_env_lock(bucket, KEY, alice).changed
     with pytest.raises(SafetyCheckFailed) as ei:
-        env_lock.ensure_env_lock(bucket, KEY, ME, dry_run=False)
+        env_lock.ensure_env_lock(bucket, KEY, ME)
     msg = str(ei.value)
     assert "environment staging is locked for a destructive step by another run: step 11_failover of run run-a " \
            "(staging) by alice (pid 90 on alice-laptop) since 2026-12-02T17:00:00.000000Z" in msg
@@ -106,31 +108,32 @@ def test_a_second_run_is_refused_naming_the_first_and_the_lock_stays_the_first_r
     # nor does a holder's death on this machine free it: only the named break does
     here = dataclasses.replace(alice, machine=ME.machine, pid=2**22 + 1, runner_pid=2**22 + 2)
     bucket.delete(KEY)
-    env_lock.ensure_env_lock(bucket, KEY, here, dry_run=False)
+    env_lock.ensure_env_lock(bucket, KEY, here)
     with pytest.raises(SafetyCheckFailed):
-        env_lock.ensure_env_lock(bucket, KEY, ME, dry_run=False)
+        env_lock.ensure_env_lock(bucket, KEY, ME)
 
 
 def test_the_same_run_takes_it_over_and_only_its_holder_releases_it(bucket):
     earlier = dataclasses.replace(ME, step="11_failover", pid=1, since="2026-12-02T17:59:00.000000Z")
-    env_lock.ensure_env_lock(bucket, KEY, earlier, dry_run=False)
-    out = env_lock.ensure_env_lock(bucket, KEY, ME, dry_run=False)          # the resume of the same run
+    env_lock.ensure_env_lock(bucket, KEY, earlier)
+    out = env_lock.ensure_env_lock(bucket, KEY, ME)          # the resume of the same run
     assert "took it over from this run's earlier attempt" in out.actions[0]
     assert env_lock.get_env_lock(bucket, KEY)[0] == ME
     assert not env_lock.release_env_lock(bucket, KEY, ALICE)
     assert env_lock.release_env_lock(bucket, KEY, ME)
     assert env_lock.get_env_lock(bucket, KEY) == (None, None)
-    assert env_lock.ensure_env_lock(bucket, KEY, ALICE, dry_run=False).changed   # free again
-    assert not env_lock.ensure_env_lock(bucket, KEY, ME, dry_run=True).changed  # a dry run takes nothing
+    assert env_lock.ensure_env_lock(bucket, KEY, ALICE).changed   # free again
+    targets.lock_environment(SimpleNamespace(dry_run=True))   # a dry run takes nothing: the bucket is not opened
+    assert env_lock.get_env_lock(bucket, KEY)[0] == ALICE
 
 
 def test_a_stale_lock_is_broken_only_by_naming_its_run(bucket):
-    env_lock.ensure_env_lock(bucket, KEY, ALICE, dry_run=False)
+    env_lock.ensure_env_lock(bucket, KEY, ALICE)
     with pytest.raises(UsageError, match="held by step 05_pgbackrest of run run-a .* not by run run-b: not broken"):
         env_lock.run_break_env_lock(bucket, KEY, "run-b")
     assert env_lock.get_env_lock(bucket, KEY)[0] == ALICE
     assert env_lock.run_break_env_lock(bucket, KEY, "run-a") == ALICE
-    assert env_lock.ensure_env_lock(bucket, KEY, ME, dry_run=False).changed
+    assert env_lock.ensure_env_lock(bucket, KEY, ME).changed
     with pytest.raises(UsageError, match="nothing to break"):
         env_lock.run_break_env_lock(bucket, KEY + ".other", "run-b")
 
@@ -138,7 +141,7 @@ def test_a_stale_lock_is_broken_only_by_naming_its_run(bucket):
 def test_an_unreadable_lock_object_refuses_everyone(bucket):
     bucket.create(KEY, b"not json")
     with pytest.raises(SafetyCheckFailed, match="an object hcbpg cannot read: 'not json'"):
-        env_lock.ensure_env_lock(bucket, KEY, ME, dry_run=False)
+        env_lock.ensure_env_lock(bucket, KEY, ME)
 
 
 def test_a_store_that_ignores_if_none_match_is_not_relied_on(bucket):
@@ -159,5 +162,5 @@ def test_a_store_that_ignores_if_none_match_is_not_relied_on(bucket):
             bucket.delete(key)
 
     with pytest.raises(CloudError, match="ignored If-None-Match"):
-        env_lock.ensure_env_lock(Careless(), KEY, ME, dry_run=False)
+        env_lock.ensure_env_lock(Careless(), KEY, ME)
     assert bucket.get(KEY) is None

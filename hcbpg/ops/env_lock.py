@@ -37,16 +37,13 @@ def _refused(store: ObjectStoreLike, key: str, me: Holder, why: str, holder: Hol
              "then run this step again.")
 
 
-def ensure_env_lock(store: ObjectStoreLike, key: str, me: Holder, *, dry_run: bool = False,
-                    attempts: int = 3) -> Outcome:
+def ensure_env_lock(store: ObjectStoreLike, key: str, me: Holder, *, attempts: int = 3) -> Outcome:
     """Hold the environment lock for *me*, or refuse (SafetyCheckFailed) naming who holds it.
 
     Checks, once it holds the object, that the store enforces ``If-None-Match`` (a second create must
     be refused); a store that ignores it would let every run in, so hcbpg refuses to rely on it.
     """
     what = f"environment lock {store.name}/{key}"
-    if dry_run:  # dry run: an object store has no recording double here, and a plan takes no lock
-        return Outcome(what, False, dry_run, actions=["take it (a dry run changes nothing: not taken)"])
     body = me.to_json().encode()
     for _ in range(attempts):
         if store.create(key, body) is not None:
@@ -56,7 +53,7 @@ def ensure_env_lock(store: ObjectStoreLike, key: str, me: Holder, *, dry_run: bo
                                  "lock there would keep nobody out",
                                  hint="Use an object store that enforces conditional writes (S3, Hetzner Object "
                                       "Storage); the destructive steps refuse to run without that lock.")
-            return Outcome(what, True, dry_run, actions=[f"took it for {me.describe()}"])
+            return Outcome(what, True, actions=[f"took it for {me.describe()}"])
         got = store.get(key)
         if got is None:
             continue  # released between the create and the read: try again
@@ -66,7 +63,7 @@ def ensure_env_lock(store: ObjectStoreLike, key: str, me: Holder, *, dry_run: bo
         if decision == "refuse":
             raise _refused(store, key, me, why, holder)
         if holder == me or store.replace(key, body, etag=etag) is not None:
-            return Outcome(what, True, dry_run, actions=[f"took it over from this run's earlier attempt ({why})"])
+            return Outcome(what, True, actions=[f"took it over from this run's earlier attempt ({why})"])
     raise SafetyCheckFailed(f"{what}: it changed hands {attempts} times while this run tried to take it",
                             target=f"{store.name}/{key}", hint="Another run is taking it: see hcbpg lock ENV.")
 

@@ -95,7 +95,7 @@ def _ca_for(host: "HostLike", params: "Params") -> tuple[Ca, bool]:
 
     dry run: a CA that does not exist yet is not made; a throwaway one stands in, so the plan shows
     what would be written (its content is never written anywhere)."""
-    ca = _get_ca(params, create=not host.dry_run)
+    ca = _get_ca(params, create=not host.dry_run)  # dry run: the CA's key is a secret the plan must not store
     if ca is None:
         return render_ca(f"{params.environment} (dry run stand-in)"), True
     return ca, False

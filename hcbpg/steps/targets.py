@@ -140,7 +140,7 @@ def lock_environment(rb: "Run") -> None:
     key = lock_key(rb.params)
     me = holder_for(run_id=rb.run_id or f"ad-hoc-{os.getpid()}", env=rb.env, step=rb.step,
                     operator=os.environ.get("HCBPG_OPERATOR") or getpass.getuser())
-    out = env_lock.ensure_env_lock(store, key, me, dry_run=False)
+    out = env_lock.ensure_env_lock(store, key, me)
     print(f"{out.what}: {'; '.join(out.actions)}")
 
     def release() -> None:

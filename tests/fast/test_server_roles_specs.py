@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -27,6 +28,7 @@ from hcbpg.errors import CloudError, DatabaseError, SafetyCheckFailed, SecretErr
 from hcbpg.ops import app_database, env_lock, readonly, server_lock
 from hcbpg.params import parse_params
 from hcbpg.pg.scram import scram_matches, scram_verifier
+from hcbpg.steps import targets
 from tests.fast.specs import covers
 
 NAME = "server-postgres-1"
@@ -320,10 +322,12 @@ KEY = "hcbpg-locks/pgbackrest/hcb_production/staging.json"
 
 
 @covers("hcbpg.ops.env_lock.ensure_env_lock", "fresh", "second run", "dry run")
-def test_env_lock_taken_once_and_a_plan_takes_nothing():
+def test_env_lock_taken_once_and_a_plan_takes_nothing(monkeypatch):
     bucket = Bucket()
-    plan = env_lock.ensure_env_lock(bucket, KEY, ME, dry_run=True)
-    assert not plan.changed and plan.dry_run and bucket.objects == {}
+    opened: list[str] = []
+    monkeypatch.setattr(targets.ObjectStore, "from_params", lambda *a, **kw: opened.append("store") or bucket)
+    targets.lock_environment(SimpleNamespace(dry_run=True))   # a plan takes no lock: the step opens no bucket
+    assert opened == [] and bucket.objects == {}
     out = env_lock.ensure_env_lock(bucket, KEY, ME)
     assert out.changed and parse_holder(bucket.objects[KEY][0].decode()) == ME
     again = env_lock.ensure_env_lock(bucket, KEY, ME)   # the resume of the same run

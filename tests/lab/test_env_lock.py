@@ -82,19 +82,19 @@ def cli(env: dict, *args: str, timeout: float = 300) -> subprocess.CompletedProc
 
 def test_the_second_run_is_refused_naming_the_first_and_it_holds_until_released(params, store):
     key = env_lock.lock_key(params)
-    assert env_lock.ensure_env_lock(store, key, ALICE, dry_run=False).changed
+    assert env_lock.ensure_env_lock(store, key, ALICE).changed
     # bob, on another machine with his own client: refused, told who holds it and how to break it
     with pytest.raises(SafetyCheckFailed) as ei:
-        env_lock.ensure_env_lock(store_for(params), key, BOB, dry_run=False)
+        env_lock.ensure_env_lock(store_for(params), key, BOB)
     assert ("environment lab is locked for a destructive step by another run: step 11_failover of run run-alice "
             "(lab) by alice (pid 90 on alice-laptop) since 2026-12-02T17:00:00.000000Z") in str(ei.value)
     assert "hcbpg lock lab --break run-alice" in str(ei.value)
     assert env_lock.get_env_lock(store, key)[0] == ALICE
     assert not env_lock.release_env_lock(store, key, BOB)                 # not his to release
-    assert env_lock.ensure_env_lock(store, key, dataclasses.replace(ALICE, step="11_failover", pid=7),
-                                    dry_run=False).changed                # alice's resume takes it over
+    assert env_lock.ensure_env_lock(store, key,
+                                    dataclasses.replace(ALICE, step="11_failover", pid=7)).changed  # alice's resume
     assert env_lock.release_env_lock(store, key, ALICE)
-    assert env_lock.ensure_env_lock(store, key, BOB, dry_run=False).changed
+    assert env_lock.ensure_env_lock(store, key, BOB).changed
     assert env_lock.get_env_lock(store, key)[0] == BOB
 
 
@@ -108,7 +108,7 @@ def race(params, key: str, runners: list[Holder]) -> tuple[list[str], list[str]]
     def take(me: Holder, s: ObjectStore) -> None:
         barrier.wait()
         try:
-            env_lock.ensure_env_lock(s, key, me, dry_run=False)
+            env_lock.ensure_env_lock(s, key, me)
             won.append(me.run_id)
         except SafetyCheckFailed as exc:
             refused.append(str(exc))
@@ -137,7 +137,7 @@ def test_hcbpg_lock_shows_the_holder_and_breaks_it_only_when_its_run_is_named(pa
     key = env_lock.lock_key(params)
     free = cli(env, "lock", "lab", "--json")
     assert free.returncode == 0 and json.loads(free.stdout)["held"] is False, free.stdout + free.stderr
-    env_lock.ensure_env_lock(store, key, ALICE, dry_run=False)
+    env_lock.ensure_env_lock(store, key, ALICE)
     shown = cli(env, "lock", "lab")
     assert shown.returncode == 0 and "held by step 11_failover of run run-alice (lab) by alice" in shown.stdout
     wrong = cli(env, "lock", "lab", "--break", "run-bob")
@@ -152,7 +152,7 @@ def test_the_real_step_10_is_refused_before_it_touches_a_server_while_another_ru
         params, store, run_home):
     home, env = run_home
     key = env_lock.lock_key(params)
-    env_lock.ensure_env_lock(store, key, ALICE, dry_run=False)
+    env_lock.ensure_env_lock(store, key, ALICE)
     refused = cli(env, "run", "lab", "--only", "10")
     out = refused.stdout + refused.stderr
     assert refused.returncode == 1, out
