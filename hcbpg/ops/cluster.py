@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from psycopg import sql
 
 from hcbpg.adapters.base import Changes
-from hcbpg.adapters.cluster import CLUSTER_LOCALE, ClusterControl
+from hcbpg.adapters.cluster import ClusterControl
 from hcbpg.desired.packages import packages
 from hcbpg.errors import (
     DatabaseError,
@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.base import HostLike, PsqlLike
     from hcbpg.params import Params
 
-__all__ = ["CLUSTER_LOCALE", "check_data_checksums", "check_psql_as_postgres", "ensure_cluster_exists",
+__all__ = ["check_data_checksums", "check_psql_as_postgres", "ensure_cluster_exists",
            "ensure_cluster_running", "get_cluster", "get_cluster_running", "get_pending_restart", "get_psql",
            "get_restart_contexts", "get_server_facts", "run_reload", "run_restart"]
 
