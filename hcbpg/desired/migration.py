@@ -7,12 +7,14 @@ from __future__ import annotations
 import os
 import shlex
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
 
 from hcbpg import clock
+from hcbpg import secrets as hsecrets
 from hcbpg.desired import server as desired_server
 from hcbpg.desired import tls as desired_tls
 from hcbpg.errors import SafetyCheckFailed, VerificationFailed
@@ -105,6 +107,39 @@ def render_database_url(params: "Params", password: str, *, host: str | None = N
     """DATABASE_URL for the app: rails on the primary's private IP, ``sslmode=verify-full`` with the
     environment's CA at ``desired.tls.client_ca_path`` on the app's machine (contains the password)."""
     return pg_conninfo.render_database_url(params, password, host=host, query=desired_tls.client_tls(params))
+
+
+@dataclass
+class AppUrls:
+    """Database URLs for the operator: the 0600 file they go to (outside outputs/), the URLs themselves
+    (secret: registered with the scrubber, never shown), and whether the file was written."""
+
+    path: Path
+    values: dict[str, str] = field(repr=False)
+    written: bool = False
+
+    @property
+    def shown(self) -> dict[str, str]:
+        """The URLs as they may be printed (password redacted)."""
+        return {k: pg_conninfo.redact_url(v) for k, v in self.values.items()}
+
+    @property
+    def text(self) -> str:
+        """The file's text (:func:`render_env_file`)."""
+        return render_env_file(self.values)
+
+
+def render_app_urls(params: "Params", password: str) -> AppUrls:
+    """DATABASE_URL and BLAZER_DATABASE_URL of the app role for the handoff file (:func:`handoff_path`)."""
+    url = hsecrets.register(render_database_url(params, password))
+    return AppUrls(handoff_path(params), {"DATABASE_URL": url, "BLAZER_DATABASE_URL": url})
+
+
+def render_role_urls(params: "Params", values: Mapping[str, tuple[str, str]], *, path: Path) -> AppUrls:
+    """``NAME -> (role, password)`` as URLs (the app's URL builder, verify-full) for the file *path*."""
+    tls = desired_tls.client_tls(params)
+    return AppUrls(path, {k: hsecrets.register(pg_conninfo.render_role_url(params, role, pw, query=tls))
+                          for k, (role, pw) in values.items()})
 
 
 def compute_downtime(gates: Mapping[str, Mapping[str, Any]], phases: Mapping[str, float], *,

@@ -5,9 +5,11 @@ not import the engine)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from hcbpg.desired.migration import plan_without_primary
+from hcbpg import secrets as hsecrets
+from hcbpg.desired.migration import AppUrls, plan_without_primary
 from hcbpg.display import show_plan, show_table
 from hcbpg.errors import VerificationFailed
 from hcbpg.ops import cluster as pg_cluster
@@ -82,6 +84,17 @@ def plan(rb: "Run", host: "Host | None", source: "migration.Source | None") -> "
         outcomes = p.outcomes
     show_plan(outcomes)
     return p
+
+
+def write_urls_file(urls: AppUrls, *, dry_run: bool) -> AppUrls:
+    """*urls* into their 0600 file (directory 0700) for the operator, not on a dry run; then shown redacted."""
+    if not dry_run:
+        hsecrets.write_private_file(urls.path, urls.text)
+    written = replace(urls, written=not dry_run)
+    for k, v in written.shown.items():
+        print(f"{k}={v}")
+    print(f"the real values are {'in' if written.written else 'would be written to'} {written.path} (mode 0600)")
+    return written
 
 
 def show_comparison(result: "migration.MigrationResult") -> None:

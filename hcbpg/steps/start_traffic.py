@@ -6,9 +6,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from hcbpg.desired.migration import AppUrls, compute_downtime, render_app_urls, render_database_url
+from hcbpg.display import show_table
 from hcbpg.ops import migration
 from hcbpg.steps import targets
-from hcbpg.steps._migration import skip_if_live, verify
+from hcbpg.steps._migration import skip_if_live, verify, write_urls_file
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.host import Host
@@ -16,27 +18,22 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["check_url", "connect", "mark_live", "record_downtime", "show_downtime", "skip_if_live", "write_urls"]
 
-show_downtime = migration.show_downtime
-
-
 def connect(rb: "Run") -> "tuple[Host | None, Host | None]":
     """The primary (None before it is provisioned) and the app host (None without a primary)."""
     host = targets.server_host(rb, rb.params.primary)
     return host, (targets.app_host(rb) if host else None)
 
 
-def write_urls(rb: "Run", password: str) -> migration.AppUrls:
+def write_urls(rb: "Run", password: str) -> AppUrls:
     """DATABASE_URL and BLAZER_DATABASE_URL into the 0600 handoff file (not in a dry run), shown redacted."""
-    urls = migration.write_app_urls(rb.params, password, dry_run=rb.dry_run)
-    migration.show_urls(urls)
-    return urls
+    return write_urls_file(render_app_urls(rb.params, password), dry_run=rb.dry_run)
 
 
 def check_url(rb: "Run", app: "Host | None", password: str) -> None:
     """The new DATABASE_URL works from the app host (not in a dry run)."""
     if not rb.dry_run:
         assert app is not None
-        verify(rb, [migration.check_url_from_app(app, rb.params, migration.render_database_url(rb.params, password))])
+        verify(rb, [migration.check_url_from_app(app, rb.params, render_database_url(rb.params, password))])
 
 
 def mark_live(rb: "Run", host: "Host | None", app: "Host | None", password: str) -> None:
@@ -44,7 +41,7 @@ def mark_live(rb: "Run", host: "Host | None", app: "Host | None", password: str)
     if not rb.dry_run:
         assert host is not None and app is not None
         rb.track(migration.run_mark_live(host, rb.params))
-        verify(rb, [migration.check_url_from_app(app, rb.params, migration.render_database_url(rb.params, password)),
+        verify(rb, [migration.check_url_from_app(app, rb.params, render_database_url(rb.params, password)),
                     migration.check_restore_settings_gone(host, rb.params)])
 
 
@@ -54,7 +51,16 @@ def record_downtime(rb: "Run", phases: Mapping[str, float]) -> dict[str, Any]:
     The maintenance-on approval may be in the run that did the cutover, when 09 runs alone."""
     gates = {name: g for name, g in (("maintenance-on", rb.approval("maintenance-on", earlier_runs=True)),
                                      ("maintenance-off", rb.approval("maintenance-off"))) if g}
-    dt = migration.compute_downtime(gates, phases)
+    dt = compute_downtime(gates, phases)
     rb.note_downtime(dt)
     rb.record("downtime", dt)
     return dt
+
+
+def show_downtime(dt: Mapping[str, Any]) -> None:
+    """The downtime as a table: maintenance on and off (approved), the total, each phase."""
+    rows = [{"what": "maintenance on (approved)", "value": dt.get("maintenance_on_at") or "-"},
+            {"what": "traffic on (approved)", "value": dt.get("traffic_on_at") or "-"},
+            {"what": "downtime", "value": f"{dt['total_s']:.1f} s" if dt.get("total_s") is not None else "-"}]
+    rows += [{"what": k, "value": f"{v:.1f} s"} for k, v in (dt.get("phases_s") or {}).items()]
+    show_table(rows, ["what", "value"])

@@ -17,7 +17,7 @@ is :func:`run_dump` (``pg_dump -Fd -j N`` of that snapshot, counts in it) then
 :func:`run_restore` (fresh database, extensions first, ``pg_restore -j N`` with restore-time
 settings).  The cutover adds :func:`wait_for_source_quiet`,
 :func:`run_sentinel_write` and :func:`run_rotate_password`; starting traffic adds
-:func:`render_database_url` and :func:`~hcbpg.ops.migration.traffic.compute_downtime`.
+:func:`~hcbpg.desired.migration.render_app_urls` and :func:`~hcbpg.desired.migration.compute_downtime`.
 
 The modules, one concern each (pure PostgreSQL knowledge is in :mod:`hcbpg.pg`: ``conninfo``,
 ``inventory``, ``dump``, ``restore``, ``stream``):
@@ -32,7 +32,6 @@ The modules, one concern each (pure PostgreSQL knowledge is in :mod:`hcbpg.pg`: 
     verify      inventories compared, ownership, settings gone
     app_checks  checks from the app host (sentinel, passwords, DATABASE_URL)
     cutover     the source quiet, the sentinel write, the password roll
-    traffic     the DATABASE_URL handoff file and the downtime
     plan        get_migration_plan and run_migration, as 06 and 07 run them
     bucardo     source.transfer: online: Bucardo on the primary (packages, control database, the forward
                 sync, the daemon, lag, drift guard); its service file in ``bucardo_service``
@@ -84,13 +83,8 @@ from hcbpg.ops.migration.database import (
 from hcbpg.ops.migration.dump import (
                                             DumpResult,
                                             check_disk_space,
-                                            dump_path,
-                                            prepare_dump_dir,
-                                            remove_dump,
-                                            render_download,
-                                            render_dump_session,
-                                            render_heroku_commands,
-                                            render_pg_dump,
+                                            ensure_dump_dir,
+                                            ensure_dump_removed,
                                             run_dump,
                                             run_heroku_dump,
 )
@@ -100,7 +94,7 @@ from hcbpg.ops.migration.plan import (
                                             get_migration_plan,
                                             run_migration,
 )
-from hcbpg.ops.migration.restore import RestoreResult, render_pg_restore, restore_jobs, run_restore
+from hcbpg.ops.migration.restore import RestoreResult, run_restore
 from hcbpg.ops.migration.settings import (
                                             check_restore_settings_gone,
                                             ensure_restore_settings,
@@ -117,26 +111,21 @@ from hcbpg.ops.migration.source import (
                                             get_source_sessions,
                                             get_target,
 )
-from hcbpg.ops.migration.stream import (
+from hcbpg.ops.migration.stream import get_files, run_stream
+from hcbpg.ops.migration.verify import Verification, check_restore, check_table_owners, get_inventory
+from hcbpg.pg.dump import dump_path, render_download, render_dump_session, render_heroku_commands, render_pg_dump
+from hcbpg.pg.restore import render_pg_restore, restore_jobs
+from hcbpg.pg.stream import (
                                             SPLIT_AWK,
-                                            read_files,
+                                            parse_stream_times,
+                                            plan_stream_actions,
                                             render_bundle,
+                                            render_counts_select,
                                             render_stream_scripts,
                                             render_stream_session,
-                                            run_stream,
-                                            stream_plan_actions,
-                                            summarize_stream_times,
                                             transfer_method,
                                             use_stream,
 )
-from hcbpg.ops.migration.traffic import (
-                                            AppUrls,
-                                            show_downtime,
-                                            show_urls,
-                                            write_app_urls,
-                                            write_role_urls,
-)
-from hcbpg.ops.migration.verify import Verification, check_restore, check_table_owners, get_inventory
 from hcbpg.pg.conninfo import (
                                             APPLICATION_NAME,
                                             SERVICE_NAME,
@@ -173,7 +162,7 @@ from hcbpg.pg.restore import (
 from hcbpg.pg.stream import BUILDS_SQL, TABLES_SQL
 
 __all__ = [
-    "APPLICATION_NAME", "AppUrls", "BUILDS_SQL", "COUNTS_SQL", "DumpResult", "GIB", "IGNORED", "INVENTORY_SQL",
+    "APPLICATION_NAME", "BUILDS_SQL", "COUNTS_SQL", "DumpResult", "GIB", "IGNORED", "INVENTORY_SQL",
     "Inventory", "KIND_LABELS", "MARKER_LIVE", "MARKER_RESTORE", "MigrationResult", "Plan",
     "PsqlEndpoint", "RESTORE_PART", "ROLLBACK", "ROLLBACK_WAY_BACK", "RestoreResult", "SECRET_DIR", "SERVICE_NAME",
     "SOURCE_FACTS_SQL",
@@ -185,15 +174,15 @@ __all__ = [
     "filter_toc", "get_inventory", "get_server_state", "get_source_facts", "get_source_sessions",
     "get_target_state", "handoff_path", "get_live_marker", "run_mark_live", "newest_event_sql", "parse_app_output",
     "parse_marked_json", "parse_source_url", "plan_create_statements", "get_fresh_database_plan", "get_migration_plan",
-    "plan_prerequisites", "plan_recreate", "plan_restore_settings", "plan_without_primary", "prepare_dump_dir",
-    "prerequisite_statements", "read_files", "redact_url", "remove_dump", "ensure_restore_settings_removed", "render",
+    "plan_prerequisites", "plan_recreate", "plan_restore_settings", "plan_without_primary", "ensure_dump_dir",
+    "prerequisite_statements", "get_files", "redact_url", "ensure_dump_removed", "ensure_restore_settings_removed", "render",
     "SOURCE_CA_PATH", "ensure_source_ca", "get_source_ca",
-    "render_bundle", "render_database_url", "render_db_setting", "render_download", "render_dump_session",
+    "render_bundle", "render_counts_select", "render_database_url", "render_db_setting", "render_download", "render_dump_session",
     "render_env_file", "render_heroku_commands", "render_pg_dump", "render_pg_restore",
     "render_prepare_sql", "render_reload_and_wait", "render_restore_settings", "render_service_file",
     "render_stream_scripts", "render_stream_session", "render_toc_filter", "restore_jobs", "restore_part_path",
     "run_dump", "run_heroku_dump", "run_migration", "run_restore", "run_rotate_password", "run_sentinel_write",
-    "run_statements", "run_stream", "sentinel_value", "show_downtime", "show_urls",
-    "stream_plan_actions", "summarize_stream_times", "get_target", "transfer_method", "use_stream", "check_restore",
-    "wait_for_source_quiet", "write_app_urls", "write_role_urls", "release_urls_path",
+    "run_statements", "run_stream", "sentinel_value",
+    "plan_stream_actions", "parse_stream_times", "get_target", "transfer_method", "use_stream", "check_restore",
+    "wait_for_source_quiet", "release_urls_path",
 ]
