@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from hcbpg.desired.migration import render_app_urls
 from hcbpg.errors import SafetyCheckFailed, SecretError, VerificationFailed
 from hcbpg.ops import migration
 from hcbpg.ops.migration import cutover as migration_cutover
@@ -78,8 +79,7 @@ def test_database_url_quotes_the_password_and_prints_only_redacted(params):
 
 def test_app_urls_go_to_a_0600_file_and_only_redacted_urls_are_shown(params, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
-    urls = migration.write_app_urls(params, PASSWORD)
-    migration.show_urls(urls)
+    urls = migration_steps.write_urls_file(render_app_urls(params, PASSWORD), dry_run=False)
     out = capsys.readouterr().out
     assert PASSWORD not in out and "s3cr3t" not in out
     tls = "?sslmode=verify-full&sslrootcert=/etc/hcbpg/tls/lab-postgres-ca.crt"
@@ -94,7 +94,7 @@ def test_app_urls_go_to_a_0600_file_and_only_redacted_urls_are_shown(params, tmp
 
 def test_app_urls_dry_run_writes_nothing(params, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
-    urls = migration.write_app_urls(params, PASSWORD, dry_run=True)
+    urls = migration_steps.write_urls_file(render_app_urls(params, PASSWORD), dry_run=True)
     assert not urls.path.exists() and not urls.written
 
 

@@ -34,11 +34,11 @@ from typing import TYPE_CHECKING, Any
 from psycopg import sql
 
 from hcbpg import secrets as hsecrets
+from hcbpg.desired import migration as desired_migration
 from hcbpg.desired import tls as desired_tls
 from hcbpg.desired.roles import RolesConfig
 from hcbpg.desired.rotation import AppSwitch, Rotatable, check_storable, login_ref, plan_app_switch
 from hcbpg.errors import SafetyCheckFailed, UsageError
-from hcbpg.ops import migration
 from hcbpg.ops.access import run_psql_as
 from hcbpg.ops.app_database import get_role
 from hcbpg.outcome import Check, Outcome
@@ -152,7 +152,7 @@ def get_app_logins(psql: "PsqlLike", cfg: RolesConfig) -> dict[str, dict[str, An
 
 def _handed_out_login(params: "Params") -> str | None:
     """The user of the DATABASE_URL last written to the app's handoff file (None: no file)."""
-    path = migration.handoff_path(params)
+    path = desired_migration.handoff_path(params)
     if not path.is_file():
         return None
     for line in path.read_text().splitlines():
@@ -201,8 +201,9 @@ def run_app_rotation(psql: "PsqlLike", params: "Params", cfg: RolesConfig, *, ti
         psql.execute(stmts)
         hsecrets.store_secret(switch.new_ref, new_pw, key=switch.new_key)
         pending.unlink()
-        urls = migration.write_role_urls(params, {"DATABASE_URL": (switch.new, new_pw)},
-                                         path=migration.handoff_path(params))
+        urls = desired_migration.render_role_urls(params, {"DATABASE_URL": (switch.new, new_pw)},
+                                                  path=desired_migration.handoff_path(params))
+        hsecrets.write_private_file(urls.path, urls.text)
         actions += [f"{'ALTER' if exists else 'CREATE'} ROLE {switch.new} LOGIN PASSWORD [secret] "
                     f"(member of {cfg.group_role}) on {psql.host.name}",
                     f"stored at {switch.new_key} ({switch.new_ref.split(':', 1)[0]}:)",

@@ -13,11 +13,13 @@ from hcbpg.adapters.psql import Psql
 from hcbpg.adapters.secretstore import SecretStore, secret_store
 from hcbpg.desired import server as desired_server
 from hcbpg.desired.privileges import render_privileges_table
+from hcbpg.desired.migration import release_urls_path, render_role_urls
 from hcbpg.desired.roles import RolesConfig, roles_config  # noqa: F401 - the notebook's call
-from hcbpg.ops import access, migration, monitoring, privileges, readonly, tls
+from hcbpg.ops import access, monitoring, privileges, readonly, tls
 from hcbpg.ops import config as pg_config
 from hcbpg.ops.cluster import get_psql
 from hcbpg.outcome import Check, Outcome
+from hcbpg.steps._migration import write_urls_file
 from hcbpg.steps.targets import app_host, jumpbox_host, primary_psql, server_hosts, target_for
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -101,8 +103,7 @@ def hand_out_release_urls(rb: "Run", cfg: RolesConfig) -> None:
     if not values:
         print("no migrations or Blazer role in params: no URL to hand out")
         return
-    urls = migration.write_role_urls(params, values, path=migration.release_urls_path(params), dry_run=rb.dry_run)
-    migration.show_urls(urls)
+    write_urls_file(render_role_urls(params, values, path=release_urls_path(params)), dry_run=rb.dry_run)
 
 
 def handed_over(psql: "Psql | None", cfg: RolesConfig) -> bool:

@@ -35,10 +35,10 @@ from hcbpg.steps import restore_drill as step12
 from hcbpg.steps import start_archiving as step08
 
 from labparams import lab_params, pgbackrest_section
+from stages import cli, latest_manifest, latest_run_dir
 
 pytestmark = pytest.mark.lab
 
-PRIMARY_OFFSET = 41
 SEED_SQL = """
 CREATE EXTENSION IF NOT EXISTS pgcrypto;
 CREATE TABLE users (id bigserial PRIMARY KEY, email text NOT NULL, created_at timestamptz NOT NULL DEFAULT now());
@@ -56,12 +56,9 @@ LATER_SQL = "INSERT INTO users (email) SELECT 'later' || g || '@example.com' FRO
 
 
 @pytest.fixture(scope="module")
-def params(lab, monkeypatch_module):
-    cfg = lab.cfg
+def params(lab, monkeypatch_module, primary_stage):
     monkeypatch_module.setenv("HCBPG_LAB_DIR", str(lab.lab_dir))  # drill.scratch_host finds this lab
-    ip = cfg.address(PRIMARY_OFFSET)
-    key = lab.ssh_key.with_suffix(".pub").read_text()
-    create_server_host("server-postgres-1", ip, [key], lab_dir=str(lab.lab_dir))
+    ip = primary_stage.clone()  # steps 02-04, built once per worker (stages.py); run again below: nothing changes
     p = parse_params(lab_params(lab, [("server-postgres-1", ip, "primary")], pgbackrest=pgbackrest_section(lab)))
     yield p
     destroy_server_host("server-postgres-1", lab_dir=str(lab.lab_dir))
@@ -329,39 +326,26 @@ def nb_home(lab, tmp_path_factory, secrets):
     destroy_server_host("nb-postgres-1", lab_dir=str(lab.lab_dir))
 
 
-def _cli(env, *args):
-    import os
-    import subprocess
-    import sys
-    return subprocess.run([sys.executable, "-m", "hcbpg.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, **env}, timeout=1200)
-
-
-def _manifest(home):
-    runs = sorted((home / "outputs" / "lab").glob("*_*/manifest.json"))
-    return json.loads(runs[-1].read_text()), runs[-1].parent
-
-
 def test_notebooks_plan_run_and_run_again_with_no_secret_in_outputs(lab, nb_home, secrets):
     import scrapbook as sb
     home, env = nb_home
-    plan = _cli(env, "plan", "lab")
+    plan = cli(env, "plan", "lab")
     assert plan.returncode == 0, plan.stdout[-3000:] + plan.stderr[-3000:]
     assert LAB_DRILL_NAME not in read_state(lab.cfg)["hosts"], "a plan created the scratch host"
     t0 = time.monotonic()
-    first = _cli(env, "run", "lab")
+    first = cli(env, "run", "lab")
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     print(f"notebooks 05, 08, 12 in {time.monotonic() - t0:.1f}s")
-    manifest, run_dir = _manifest(home)
+    manifest, run_dir = latest_manifest(home), latest_run_dir(home)
     assert all(s["changes"] > 0 for s in manifest["steps"]), manifest["steps"]
     drill_rec = sb.read_notebook(str(run_dir / "12_restore_drill.ipynb")).scraps["restore_drill"].data
     fp = sb.read_notebook(str(run_dir / "08_start_archiving.ipynb")).scraps["backup_fingerprint"].data
     assert drill_rec["backup_label"] == fp["backup_label"] and drill_rec["total_s"] > 0
     print(f"notebook drill: {drill_rec['backup_label']} restored in {drill_rec['restore_s']}s, "
           f"recovered in {drill_rec['recovery_s']}s, time to recover {drill_rec['total_s']}s")
-    second = _cli(env, "run", "lab")
+    second = cli(env, "run", "lab")
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    again, _ = _manifest(home)
+    again = latest_manifest(home)
     assert {s["key"]: s["changes"] for s in again["steps"]} == {
         "05_pgbackrest": 0, "08_start_archiving": 0, "12_restore_drill": 0}
     import base64

@@ -25,7 +25,7 @@ from hcbpg.adapters.host import Host
 from hcbpg.engine import runbook as rbmod
 from hcbpg.engine.runner import Runner, approve
 from hcbpg.errors import SafetyCheckFailed, VerificationFailed
-from hcbpg.lab import create_server_host, destroy_server_host
+from hcbpg.lab import destroy_server_host
 from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import migration
 from hcbpg.ops import tls as tls_ops
@@ -43,7 +43,6 @@ pytestmark = pytest.mark.lab
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA = REPO.parent / "shared" / "datasets" / "hcb_schema.sql"
-PRIMARY_OFFSET = 51
 STEPS = ["06_dry_run_restore", "07_cutover", "09_start_traffic"]
 GATES = ["maintenance-on", "processes-stopped", "traffic-switch", "database-url-set", "processes-enabled",
          "maintenance-off"]
@@ -90,12 +89,10 @@ SELECT setval(format('%I.%I', schemaname, sequencename), 100) FROM pg_sequences 
 
 
 @pytest.fixture(scope="module")
-def env(lab, tmp_path_factory, monkeypatch_module):
+def env(lab, tmp_path_factory, monkeypatch_module, primary_stage):
     """A home with params for this lab, a notebooks dir with 06/07/09, and a primary after steps 02-04."""
     cfg = lab.cfg
-    ip = cfg.address(PRIMARY_OFFSET)
-    key = lab.ssh_key.with_suffix(".pub").read_text()
-    create_server_host("server-postgres-1", ip, [key], lab_dir=str(lab.lab_dir))
+    ip = primary_stage.clone()  # steps 02-04, built once per worker (stages.py); run again below: nothing changes
     tmp = tmp_path_factory.mktemp("migration")
     # the rotation rewrites the password's secret: use a copy, not the lab's own file
     pw_file = tmp / "secrets" / "rails-password"

@@ -23,7 +23,7 @@ import yaml
 from hcbpg.adapters.host import Host
 from hcbpg.engine.runner import Runner, approve
 from hcbpg.errors import DatabaseError, HcbpgError
-from hcbpg.lab import app_load, create_server_host, destroy_server_host
+from hcbpg.lab import app_load, destroy_server_host
 from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import migration
 from hcbpg.ops import tls as tls_ops
@@ -40,7 +40,6 @@ from labparams import lab_params
 pytestmark = pytest.mark.lab
 
 REPO = Path(__file__).resolve().parents[2]
-PRIMARY_OFFSET = 56
 STEPS = ["06_dry_run_restore", "06b_online_sync", "07_cutover", "09_start_traffic", "09b_way_back",
          "16_online_cleanup"]
 GATES = ["no-migrations-during-sync", "maintenance-on", "processes-stopped", "traffic-switch", "database-url-set",
@@ -60,15 +59,13 @@ INSERT INTO audit_nokey (what) SELECT 'row ' || i FROM generate_series(1, 300) i
 """
 
 @pytest.fixture(scope="module")
-def env(lab, tmp_path_factory, monkeypatch_module):
+def env(lab, tmp_path_factory, monkeypatch_module, primary_stage):
     """A source copy, params with transfer online, notebooks 06-16, a primary after steps 02-04."""
     cfg = lab.cfg
     cp = lab.exec("source", ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "postgres"], input=SETUP_SQL,
                   user="postgres", timeout=300)
     assert cp.returncode == 0, cp.stderr[-2000:]
-    ip = cfg.address(PRIMARY_OFFSET)
-    key = lab.ssh_key.with_suffix(".pub").read_text()
-    create_server_host("server-postgres-1", ip, [key], lab_dir=str(lab.lab_dir))
+    ip = primary_stage.clone()  # steps 02-04, built once per worker (stages.py); run again below: nothing changes
     tmp = tmp_path_factory.mktemp("online")
     (tmp / "secrets").mkdir(mode=0o700)
     pw_file = tmp / "secrets" / "rails-password"

@@ -12,7 +12,6 @@ Run under the machine's lab lock: ``flock /tmp/hcbpg-lab.lock python -m pytest t
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import subprocess
 import time
@@ -40,6 +39,7 @@ from hcbpg.steps import replication as rep_step
 from hcbpg.steps import restore_drill as step12
 
 from labparams import lab_params, pgbackrest_section, replication_section
+from stages import cli, latest_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -519,21 +519,6 @@ def run_home(lab, tmp_path_factory):
     env = {"HCBPG_HOME": str(home), "HCBPG_STATE_DIR": str(home / "state"), "HCBPG_LAB_DIR": str(lab.lab_dir),
            "HCBPG_NOTEBOOKS": str(nbs)}
     return home, env
-
-
-def cli(env, *args, timeout=900):
-    import subprocess
-    import sys
-    e = {k: v for k, v in os.environ.items()
-         if k not in ("HCBPG_SCRUB_FILE", "HCBPG_HEADLESS", "HCBPG_AUTO_APPROVE")}
-    return subprocess.run([sys.executable, "-m", "hcbpg.cli", *args], capture_output=True, text=True,
-                          env={**e, **env}, timeout=timeout, cwd=REPO)
-
-
-def latest_manifest(home):
-    import json
-    runs = sorted((home / "outputs" / "lab").glob("*_*/manifest.json"))
-    return json.loads(runs[-1].read_text())
 
 
 def test_notebook_10_on_a_streaming_pair_changes_nothing(lab, run_home, passwords):

@@ -6,7 +6,6 @@ on each other: plan on fresh servers, apply, apply again (zero changes), then th
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from hcbpg.steps import app_role_database as role_step
 from hcbpg.steps import install_postgres as install_step
 
 from labparams import lab_params, tls_section
+from stages import cli, latest_manifest
 
 pytestmark = pytest.mark.lab
 
@@ -219,19 +219,6 @@ def run_home(lab, tmp_path_factory):
         server = client.servers.get_by_name(name)
         if server is not None:
             server.delete()
-
-
-def cli(env, *args):
-    import subprocess
-    import sys
-    return subprocess.run([sys.executable, "-m", "hcbpg.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, **env}, timeout=900)
-
-
-def latest_manifest(home):
-    import json
-    runs = sorted((home / "outputs" / "lab").glob("*_*/manifest.json"))
-    return json.loads(runs[-1].read_text())
 
 
 def test_plan_then_run_until_04_then_run_again_changes_nothing(lab, run_home):
