@@ -111,7 +111,7 @@ def make_run_home(root: Path, data: dict[str, Any], steps: list[str] | list[tupl
     return home, env
 
 
-def cli(env: dict[str, str], *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+def cli(env: dict[str, str], *args: str, timeout: float = 1200) -> subprocess.CompletedProcess:
     """The real CLI in a subprocess with *env* over this process's environment (the operator's view)."""
     import os
     full = {k: v for k, v in os.environ.items() if k not in ("HCBPG_SCRUB_FILE", "HCBPG_HEADLESS",
