@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any
 
+from hcbpg.display import text_table
 from hcbpg.errors import LabError
 
 
@@ -25,15 +26,14 @@ def _lab(args: argparse.Namespace, log: bool = True) -> Any:
 def _print_status(st: dict[str, Any]) -> None:
     print(f"lab {st['lab_dir']}: {'up' if st['up'] else 'not up'} "
           f"(bridge {st['bridge']}, operator {st['operator_ip']}, subnet {st['subnet']})")
-    if st["hosts"]:
-        print(f"  {'host':<20} {'role':<7} {'ip':<15} {'state':<8} services")
-        for x in st["hosts"]:
-            svc = " ".join(f"{k}:{'up' if v else 'down'}" for k, v in x["services"].items())
-            print(f"  {x['name']:<20} {x['role']:<7} {x['ip']:<15} "
-                  f"{'running' if x['running'] else 'stopped':<8} {svc}")
-    for name, svc in st["services"].items():
-        url = st["s3_endpoint"] if name == "s3" else st["hcloud_endpoint"]
-        print(f"  service {name:<7} {url:<28} {'running' if svc['running'] else 'stopped'}")
+    rows = [{"host": x["name"], "role": x["role"], "ip": x["ip"], "state": "running" if x["running"] else "stopped",
+             "services": " ".join(f"{k}:{'up' if v else 'down'}" for k, v in x["services"].items())}
+            for x in st["hosts"]]
+    rows += [{"host": f"service {name}", "role": "", "ip": st["s3_endpoint"] if name == "s3" else st["hcloud_endpoint"],
+              "state": "running" if svc["running"] else "stopped", "services": ""}
+             for name, svc in st["services"].items()]
+    if rows:
+        print("\n".join(f"  {line}".rstrip() for line in text_table(rows).splitlines()))
     print(f"  ssh key {st['ssh_key']} (user root), secrets {st['secrets_file']}, CA {st['ca_file']}")
     print(f"  outsider {st['outsider']['ip']} (netns {st['outsider']['netns']})")
 
