@@ -47,10 +47,9 @@ def allow_connections(host: "HostLike", params: "Params", server: "Server", *,
             pg_config.ensure_settings(host, params, server, "connections", extra=extra_settings)]
 
 
-def ensure_allowed(hosts: Mapping[str, "HostLike"], params: "Params", *, dry_run: bool) -> list[Outcome]:
-    """pg_hba.conf and the include file's listen_addresses on every server, in params order (*dry_run*: the plan)."""
-    return [o for s in params.servers
-            for o in allow_connections(planning(hosts[s.name]) if dry_run else hosts[s.name], params, s)]
+def get_plan(hosts: Mapping[str, "HostLike"], params: "Params") -> list[Outcome]:
+    """What step 03 would do on every server, in params order (recorded on fresh dry-run hosts: nothing changes)."""
+    return [o for s in params.servers for o in allow_connections(planning(hosts[s.name]), params, s)]
 
 
 def apply(rb: "Run", hosts: Mapping[str, "HostLike"], app: "HostLike | None" = None) -> None:

@@ -40,10 +40,14 @@ def app_role_database(psql: "PsqlLike", params: "Params", password: str) -> list
             roles.ensure_grants(psql, params)]
 
 
-def ensure_app_role_database(psql: "PsqlLike", params: "Params", password: str, *, dry_run: bool) -> list[Outcome]:
-    """The app role (with the secret's password) and its database, on the primary (*dry_run*: the plan)."""
-    if dry_run:
-        psql = pg_cluster.get_psql(planning(psql.host), params)
+def get_plan(psql: "PsqlLike", params: "Params", password: str) -> list[Outcome]:
+    """What step 04 would do on the primary (recorded on a fresh dry-run host: nothing changes)."""
+    return app_role_database(pg_cluster.get_psql(planning(psql.host), params), params, password)
+
+
+def ensure_app_role_database(psql: "PsqlLike", params: "Params", password: str) -> list[Outcome]:
+    """The app role (with the secret's password) and its database, on the primary (*psql* from :func:`connect`:
+    on a dry run it records instead of changing)."""
     return app_role_database(psql, params, password)
 
 

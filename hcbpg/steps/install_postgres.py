@@ -54,12 +54,9 @@ def install_server(host: "HostLike", params: "Params", server: "Server", *,
     return outcomes
 
 
-def ensure_installed(hosts: Mapping[str, "HostLike"], params: "Params", *, dry_run: bool,
-                     shape: ServerShape | None = None) -> list[Outcome]:
-    """Step 02's install on every server, in params order (*dry_run*: the plan, recorded on fresh dry-run hosts)."""
-    return [o for s in params.servers
-            for o in install_server(planning(hosts[s.name]) if dry_run else hosts[s.name], params, s,
-                                              shape=shape)]
+def get_plan(hosts: Mapping[str, "HostLike"], params: "Params", shape: ServerShape | None = None) -> list[Outcome]:
+    """What step 02 would do on every server, in params order (recorded on fresh dry-run hosts: nothing changes)."""
+    return [o for s in params.servers for o in install_server(planning(hosts[s.name]), params, s, shape=shape)]
 
 
 def apply(rb: "Run", hosts: Mapping[str, "HostLike"], shape: ServerShape | None = None) -> None:
