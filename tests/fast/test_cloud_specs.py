@@ -32,6 +32,7 @@ def hooks() -> Hooks:
 
 @pytest.fixture
 def api(tmp_path, hooks):
+    pytest.importorskip("cheroot", reason="the API stand-in is served by cheroot (pip install '.[lab]')")
     app = HcloudStandin(tmp_path / "hcloud.json", TOKEN, on_server_created=hooks.on_created,
                         on_server_deleted=lambda name: None, reserved_ips=["10.0.1.1"])
     with RunningStandin(app) as running:
