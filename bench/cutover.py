@@ -51,10 +51,9 @@ import cutover_online  # noqa: E402 - the scratch lab and primary, shared with -
 from hcbpg.adapters.host import Host  # noqa: E402
 from hcbpg.adapters.psql import Psql  # noqa: E402
 from hcbpg.lab import Lab, lab_unavailable_reason  # noqa: E402
-from hcbpg.lab.core import atomic_write, proc_starttime, scratch_config  # noqa: E402
+from hcbpg.lab.core import atomic_write, pid_alive, proc_starttime, scratch_config  # noqa: E402
 from hcbpg.ops import cluster as pg_cluster  # noqa: E402
 from hcbpg.ops import migration  # noqa: E402
-from hcbpg.ops.migration import stream as migration_stream  # noqa: E402
 
 #: pg_database_size / rows of the lab source, measured (the lab's own estimate is 420)
 BYTES_PER_ROW = 200
@@ -71,6 +70,13 @@ def counts(tgt: migration.PsqlEndpoint) -> dict[str, int]:
 def fresh_db(psql: "Psql", params) -> None:  # noqa: ANN001
     db, role = params.postgres.database, params.postgres.app_role
     psql.execute([f'DROP DATABASE IF EXISTS "{db}"', f'CREATE DATABASE "{db}" OWNER "{role}" TEMPLATE template0'])
+    checkpoint(psql)
+
+
+def checkpoint(psql: "Psql") -> None:
+    """Before each timed run: what the one before left dirty is written out first, so that no run pays
+    for another's checkpoint (ours drops the database it restores into, which forces one)."""
+    psql.execute(["CHECKPOINT"])
 
 
 def run_runbook(lab: Lab, host: Host, params, url: str, work: Path) -> float:  # noqa: ANN001
@@ -99,17 +105,14 @@ def run_runbook(lab: Lab, host: Host, params, url: str, work: Path) -> float:  #
 
 def run_ours(host: Host, app: Host, params, url: str, password: str,  # noqa: ANN001
              transfer: str | None = None) -> tuple[float, float, dict]:
-    default = migration_stream.transfer_method
     if transfer:  # what source.transfer in params selects
-        migration_stream.transfer_method = lambda p: transfer
-    try:
-        with migration.Source(host, url) as source:
-            plan = migration.get_migration_plan(host, params, source)
-            res = migration.run_migration(host, params, source, plan.facts, tag="bench", run_label="bench",
-                                          live_source=True, app=app, password=password,
-                                          sentinel_write="hcbpg bench sentinel")
-    finally:
-        migration_stream.transfer_method = default
+        params = params.model_copy(update={"source": params.source.model_copy(update={"transfer": transfer})})
+    checkpoint(pg_cluster.get_psql(host, params))
+    with migration.Source(host, url) as source:
+        plan = migration.get_migration_plan(host, params, source)
+        res = migration.run_migration(host, params, source, plan.facts, tag="bench", run_label="bench",
+                                      live_source=True, app=app, password=password,
+                                      sentinel_write="hcbpg bench sentinel")
     failed = [c for c in res.verification.checks if c.status == "fail"]
     if failed:
         raise SystemExit(f"ours: verification failed: {failed}")
@@ -256,7 +259,14 @@ def load() -> str:
 
 
 def claim(lab: Lab) -> None:
-    """Name this process the maker of a kept scratch lab, so that a sweep of stale labs leaves it alone."""
+    """Name this process the maker of a kept scratch lab whose maker is gone, so that a sweep of stale labs
+    (a test session's start) leaves it alone while we run; a living owner is left as it is."""
+    try:
+        owner = json.loads((lab.lab_dir / "owner.json").read_text())
+    except (OSError, ValueError):
+        owner = {}
+    if pid_alive(owner.get("pid"), owner.get("starttime")):
+        return
     owner = {"pid": os.getpid(), "starttime": proc_starttime(os.getpid())}
     atomic_write(lab.lab_dir / "owner.json", json.dumps(owner) + "\n", 0o644)
 

@@ -13,13 +13,15 @@ from pathlib import Path
 import pytest
 import yaml
 
+from hcbpg.adapters.psql import JSON_MARK
 from hcbpg.desired.migration import render_app_urls
 from hcbpg.errors import SafetyCheckFailed, SecretError, VerificationFailed
 from hcbpg.ops import migration
 from hcbpg.ops.migration import cutover as migration_cutover
+from hcbpg.ops.migration.dump import SERVICE_FILE
 from hcbpg.outcome import Check
 from hcbpg.params import parse_params
-from hcbpg.secrets import REDACTED, register, scrub
+from hcbpg.secrets import REDACTED, register, scrub, write_private_file
 from hcbpg.steps import _migration as migration_steps
 
 REPO = Path(__file__).resolve().parent.parent
@@ -101,7 +103,8 @@ def test_app_urls_dry_run_writes_nothing(params, tmp_path, monkeypatch):
 # commands ----------------------------------------------------------------------------------
 
 def test_dump_session_uses_the_exported_snapshot_and_no_secret(params):
-    text = migration.render_dump_session(params, "/var/tmp/hcbpg-dump/r1-06_dry_run_restore")
+    text = migration.render_dump_session(params, "/var/tmp/hcbpg-dump/r1-06_dry_run_restore", service_file=SERVICE_FILE,
+                                         counts_select=migration.render_counts_select(params, JSON_MARK))
     golden("migration.dump-session.psql", text)
     assert "pg_export_snapshot()" in text and '--snapshot="$HCBPG_SNAPSHOT"' in text
     assert "REPEATABLE READ" in text and "-Fd -j 2 -Z 0" in text
@@ -391,11 +394,18 @@ def test_env_file_quotes_values_for_a_shell(tmp_path):
     text = migration.render_env_file({"DATABASE_URL": "postgres://r:a'b@h/d"})
     assert "DATABASE_URL='postgres://r:a'\"'\"'b@h/d'" in text
     p = tmp_path / "x" / "f.env"
-    migration.write_private_file(p, text)
+    write_private_file(p, text)
     assert stat.S_IMODE(p.stat().st_mode) == 0o600 and stat.S_IMODE(p.parent.stat().st_mode) == 0o700
 
 
 # the streamed transfer -----------------------------------------------------------------
+
+def stream_scripts(params, work: str, schemas: list[str], **kw: object) -> tuple[str, str]:  # noqa: ANN001
+    """The stream scripts as :func:`hcbpg.ops.migration.stream.run_stream` renders them."""
+    return migration.render_stream_scripts(params, work, schemas, service_file=SERVICE_FILE,
+                                           reload_and_wait=migration.render_reload_and_wait(params),
+                                           counts_select=migration.render_counts_select(params, JSON_MARK), **kw)
+
 
 def test_stream_list_filter_matches_filter_toc():
     import subprocess
@@ -407,28 +417,32 @@ def test_stream_list_filter_matches_filter_toc():
 
 
 def test_stream_scripts_use_the_snapshot_the_service_file_and_no_secret(params):
-    main, one, build = migration.render_stream_scripts(params, "/var/tmp/hcbpg-dump/r1-07_cutover", ["heroku_ext"])
+    main, worker = stream_scripts(params, "/var/tmp/hcbpg-dump/r1-07_cutover", ["heroku_ext"])
     golden("migration.stream.sh", main)
-    golden("migration.stream-one.sh", one)
-    golden("migration.stream-build.sh", build)
-    assert "unset PGCLUSTER" in main and "unset PGCLUSTER" in one
-    assert '--snapshot="$HCBPG_SNAPSHOT"' in main and "SET TRANSACTION SNAPSHOT '$HCBPG_SNAPSHOT'" in one
+    golden("migration.stream-work.sh", worker)
+    assert "unset PGCLUSTER" in main and "unset PGCLUSTER" in worker
+    assert '--snapshot="$HCBPG_SNAPSHOT"' in main and "SET TRANSACTION SNAPSHOT '$HCBPG_SNAPSHOT'" in worker
     assert "--section=pre-data" in main and "-L /var/tmp/hcbpg-dump/r1-07_cutover/post.list --section=post-data -j 4" in main
-    # source.jobs tables at a time; foreign keys and the final pass with restore_jobs
-    assert "xargs -r -0 -P 2 -n 3 bash /var/tmp/hcbpg-dump/r1-07_cutover/copy-one.sh" in main
-    assert 'COPY $t TO STDOUT (FORMAT $fmt)' in one
+    # a pool of source.jobs workers over one queue, seeded with the tables' list; any failed worker fails it
+    assert "bash /var/tmp/hcbpg-dump/r1-07_cutover/work.sh seed < /var/tmp/hcbpg-dump/r1-07_cutover/tables" in main
+    assert 'for _ in $(seq 2); do bash /var/tmp/hcbpg-dump/r1-07_cutover/work.sh & pids+=($!); done' in main
+    assert main.index("work.sh seed") < main.index('wait "$p" || ok=0') < main.index('[ "$ok" = 1 ]') \
+        < main.index("stamp tables")
+    assert 'COPY $t TO STDOUT (FORMAT $fmt)' in worker
     # loaded frozen: truncated in the same transaction, as pg_restore -j does
-    assert '-c "BEGIN" -c "TRUNCATE ONLY $t" -c "COPY $t FROM STDIN (FORMAT $fmt, FREEZE)" -c "COMMIT"' in one
-    # the table's indexes source.jobs at a time, then its keys, then ANALYZE, all as the app role
-    assert one.index("stamp copied") < one.index('xargs -d \'\\n\' -P 2 -n 1 bash "$W/build-one.sh"') \
-        < one.index('$oid.keys') < one.index('ANALYZE $t')
-    assert one.count('SET ROLE rails') == 2 and build.count('SET ROLE rails') == 1 and "--role=rails" in build
-    # the largest table (the first line) keeps its priority for its rows and its first (costliest) build;
-    # everything else runs reniced, without parallel workers
-    assert 'if [ "$oid" = "$(head -z -n 1 "$W/tables" | tr -d \'\\0\')" ]; then n=0; else n=10; fi' in one
-    assert "print (NR == 1 ? n : 10), $0" in one and '| on_target "$n" -c "BEGIN"' in one
-    assert 'renice -n "$n" -p "$pid"' in one and '"/proc/$pid/autogroup"' in one
-    assert "max_parallel_maintenance_workers=0" in build and '-f - "$W/schema.dump" | on_target "$n" -f -' in build
+    assert '-c "BEGIN" -c "TRUNCATE ONLY $t" -c "COPY $t FROM STDIN (FORMAT $fmt, FREEZE)" -c "COMMIT"' in worker
+    # a table's builds are queued once its rows are in, ahead of every table not yet copied (b- before c-,
+    # taken in name order under the queue's lock); the last build adds its keys, then ANALYZE, as the app role
+    assert worker.index("stamp copied") < worker.index('> "$W/q/b-${n%%.*}"')
+    assert 'jobs=("$W"/q/*)' in worker and "export LC_ALL=C" in worker and worker.count("flock 9") == 3
+    assert worker.index('$1.keys') < worker.index('ANALYZE $2') < worker.index("stamp built")
+    assert worker.count('SET ROLE rails') == 3 and "--role=rails" in worker
+    # every session at normal priority, without parallel workers (the pool fills the cores); no renice
+    assert 'on_target() { PGOPTIONS="-c max_parallel_maintenance_workers=0" psql --cluster 15/main' in worker
+    assert "nice" not in worker and "autogroup" not in worker
+    assert '-f - "$W/schema.dump" | on_target -f -' in worker
+    # a failed job stops the others before their next job
+    assert """trap '[ $? = 0 ] || : > "$W/failed"' EXIT""" in worker and 'while [ ! -e "$W/failed" ]' in worker
     # the inventory and counts in the snapshot, once the tables are loaded, waited for at the end
     assert main.index("stamp tables") < main.index("counts.out & countspid=$!") < main.index("fk-add.sql") \
         < main.index('wait "$countspid"')
@@ -444,8 +458,8 @@ def test_stream_scripts_use_the_snapshot_the_service_file_and_no_secret(params):
     assert session.index("refused-names.json") < session.index("\\if :hcbpg_refused") \
         < session.index("\\pset recordsep_zero on") < session.index("\\o /var/tmp/hcbpg-dump/r1-07_cutover/tables") \
         < session.index("\\pset recordsep '\\n'") < session.index("\\! bash") < session.index("\\endif")
-    assert "read -r oid" not in one and "oid=$1 fmt=$2 t=$3" in one
-    for text in (main, one, build, session):
+    assert "read -r oid" not in worker and "IFS= read -r -d '' oid && IFS= read -r -d '' fmt && IFS= read -r -d '' t" in worker
+    for text in (main, worker, session):
         assert "postgres://" not in text and "password" not in text.lower()
 
 
@@ -545,8 +559,9 @@ def test_the_build_plan_and_table_list_are_made_in_the_snapshot_with_exact_match
     for cond in ("ic.relname = co.conname", "NOT co.condeferrable", "NOT i.indisclustered", "NOT i.indisreplident",
                  "co.convalidated", "NOT t.relispartition", "[[:cntrl:]]"):
         assert cond in sql_text
-    # each table's builds: GIN, GiST and SP-GiST first, then the largest
-    assert "ORDER BY tbl, slow, size DESC, b" in sql_text and "IN ('gin', 'gist', 'spgist')" in sql_text
+    # the builds of all tables by cost (a line's number is its rank in the workers' queue): GIN, GiST and
+    # SP-GiST first, then the largest, the foreign keys last
+    assert "ORDER BY slow, size DESC, tbl, b" in sql_text and "IN ('gin', 'gist', 'spgist')" in sql_text
     assert "prolang = 12" in migration.TABLES_SQL and "'binary' ELSE 'text'" in migration.TABLES_SQL
 
 
@@ -560,10 +575,10 @@ cat > /dev/null
 
 def test_a_table_name_reaches_psql_whole_or_is_refused_never_as_shell_or_extra_sql(params, tmp_path):
     """The tables' list as the session writes it (NUL-separated oid, format, server-quoted name), run by
-    stream.sh's own xargs line and the real copy-one.sh: a name with quotes and semicolons reaches
+    stream.sh's own pool lines and the real work.sh: a name with quotes and semicolons reaches
     psql inside one argument, exactly as the server quoted it; one with a newline (the attack: read as a
     line it became a second entry whose name ran ``TRUNCATE ONLY users;COPY ... TO PROGRAM`` on the
-    primary) is refused by copy-one.sh before any psql runs for it."""
+    primary) is refused by work.sh before any psql runs for it, and the pool fails."""
     import subprocess
     work = tmp_path / "w"
     (work / "build").mkdir(parents=True)
@@ -572,13 +587,15 @@ def test_a_table_name_reaches_psql_whole_or_is_refused_never_as_shell_or_extra_s
     calls.mkdir()
     (bin_dir / "psql").write_text(FAKE_PSQL)
     (bin_dir / "psql").chmod(0o755)
-    main, one, _ = migration.render_stream_scripts(params, str(work), [])
-    (work / "copy-one.sh").write_text(one)
+    main, worker = stream_scripts(params, str(work), [])
+    (work / "work.sh").write_text(worker)
     semicolons = 'public."a;COPY(SELECT 1)TO PROGRAM\'id>x\';--"'
     newline = 'public."t\n1 text users;COPY(SELECT 1)TO PROGRAM\'id>x\';--"'
     (work / "tables").write_text("\0".join(["16400", "binary", semicolons, "16401", "text", newline, ""]))
-    xargs = next(line for line in main.splitlines() if "copy-one.sh" in line)
-    res = subprocess.run(["bash", "-c", xargs], capture_output=True, text=True, timeout=60,
+    lines = main.splitlines()
+    pool = "\n".join(lines[next(i for i, line in enumerate(lines) if "work.sh seed" in line):
+                           next(i for i, line in enumerate(lines) if line == '[ "$ok" = 1 ]') + 1])
+    res = subprocess.run(["bash", "-c", "set -euo pipefail\n" + pool], capture_output=True, text=True, timeout=60,
                          env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}",
                               "HCBPG_TEST_CALLS": str(calls), "HCBPG_SNAPSHOT": "00000003-00000002-1"})
     assert res.returncode != 0 and "table 16401: no name, or one with control characters" in res.stderr, res
@@ -591,7 +608,7 @@ def test_a_table_name_reaches_psql_whole_or_is_refused_never_as_shell_or_extra_s
     assert "copied 16400" in stamps and "16401" not in stamps
 
 
-def test_read_files_returns_each_file_exactly_even_without_a_final_newline(tmp_path):
+def test_get_files_returns_each_file_exactly_even_without_a_final_newline(tmp_path):
     """The tables' list ends with a NUL, not a newline: the next file's separator must not be swallowed
     (it was: counts.out came back empty after a list), and no line of a file passes for a separator."""
     import subprocess
@@ -604,7 +621,7 @@ def test_read_files_returns_each_file_exactly_even_without_a_final_newline(tmp_p
     (tmp_path / "tables").write_text("1\0binary\0public.a\0")
     (tmp_path / "log").write_text("----- hcbpg file counts.out\nline\n\n")
     (tmp_path / "counts.out").write_text("HCBPG-JSON {}\n")
-    got = migration.read_files(LocalHost(), str(tmp_path), ["tables", "log", "counts.out", "missing"])
+    got = migration.get_files(LocalHost(), str(tmp_path), ["tables", "log", "counts.out", "missing"])
     assert got == {"tables": "1\0binary\0public.a\0", "log": "----- hcbpg file counts.out\nline\n\n",
                    "counts.out": "HCBPG-JSON {}\n", "missing": ""}
 
@@ -614,14 +631,14 @@ def test_stream_times_become_phase_notes():
                      "hcbpg-time copied 16549 108.5", "hcbpg-time copied 16538 110.0", "hcbpg-time built 16538 112.0",
                      "hcbpg-time built 16549 124.0", "hcbpg-time tables - 124.1", "hcbpg-time foreign-keys - 127.1",
                      "hcbpg-time post-data - 127.3", "hcbpg-time end - 127.4"])
-    notes = migration.summarize_stream_times(log, "\x00".join(["16549", "binary", "public.events", "16538", "text",
+    notes = migration.parse_stream_times(log, "\x00".join(["16549", "binary", "public.events", "16538", "text",
                                                                  'public."us\ners"', ""]))
     assert notes[0] == "schema dumped and pre-data restored: 0.5s"
     assert notes[1] == "rows copied, indexes and keys built, tables analyzed: 23.6s"
     assert notes[2] == "sequences set, foreign keys added and validated: 3.0s"
     assert notes[-2] == "public.events: rows copied at +8.5s, indexes built at +24.0s"
     assert notes[-1] == 'public."us\ners": rows copied at +10.0s, indexes built at +12.0s'
-    assert migration.summarize_stream_times("nothing") == []
+    assert migration.parse_stream_times("nothing") == []
 
 
 def test_a_reload_is_one_round_trip_that_waits_and_names_what_needs_a_restart(params):
@@ -649,8 +666,7 @@ def test_the_fresh_database_and_settings_are_made_while_the_schema_is_dumped_and
                                     "\\connect 'hcb_production'",
                                     'CREATE EXTENSION IF NOT EXISTS "citext" WITH SCHEMA "heroku_ext";']
     part = "/etc/postgresql/15/main/conf.d/90-hcbpg-restore.conf"
-    main, _, _ = migration.render_stream_scripts(params, "/w", ["heroku_ext"], prepare=prepare,
-                                                 reload_settings=True, remove_part=part)
+    main, _ = stream_scripts(params, "/w", ["heroku_ext"], prepare=prepare, reload_settings=True, remove_part=part)
     assert "<<'HCBPG_PREPARE_SQL'\n" + prepare + "HCBPG_PREPARE_SQL\n" in main
     assert main.index("-d postgres -f /w/prepare.sql & preppid=$!") < main.index("pg_dump -d service=") \
         < main.index('wait "$preppid"') < main.index("--section=pre-data")

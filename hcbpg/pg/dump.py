@@ -1,11 +1,29 @@
-"""The dump's table of contents (``pg_restore -l``): what hcbpg creates itself before the restore is
-filtered out of it, in Python and as the equivalent sed program for a list made on the primary."""
+"""The dump, decided without I/O: where it goes, the ``pg_dump`` command line and the source session it
+runs in, Heroku's backup commands, and its table of contents (``pg_restore -l``): what hcbpg creates
+itself before the restore is filtered out of it, in Python and as the equivalent sed program for a
+list made on the primary."""
 
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from hcbpg.pg import templates
+from hcbpg.pg.conninfo import SERVICE_NAME
+from hcbpg.pg.inventory import USER_NS, render_control_char_names_sql
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hcbpg.params import Params
+
+#: the schemas a transfer moves: the user's, never Bucardo's own (the online transfer's delta tables)
+TRANSFER_NS = USER_NS + " AND n.nspname <> 'bucardo'"
+
+#: the transfer's names that hold a control character (a JSON array, each quoted by the server); read
+#: first in the session that exports the snapshot, so in the very snapshot every copy uses: any refuses
+#: the transfer before a name reaches a script
+REFUSED_NAMES_SQL = render_control_char_names_sql(TRANSFER_NS)
 
 #: the names of the triggers Bucardo puts on a synced table (delta, kick, truncate)
 BUCARDO_TRIGGER_PREFIX = "bucardo_"
@@ -65,3 +83,56 @@ def render_toc_filter(schemas: Iterable[str]) -> str:
             raise ValueError(f"schema name {sch!r} cannot go into the list filter")
         alts += [f"SCHEMA - {sch} ", f"COMMENT - SCHEMA {sch} "]
     return "s/^([0-9]+; [0-9]+ [0-9]+ (" + "|".join(alts) + "))/;\\1/"
+
+
+def dump_path(params: "Params", tag: str) -> str:
+    src = params.source
+    assert src is not None
+    return f"{src.dump_dir.rstrip('/')}/{tag}"
+
+
+def render_pg_dump(params: "Params", out_dir: str, *, service_file: str, snapshot_env: str | None = "HCBPG_SNAPSHOT",
+                   schema_only: bool = False) -> str:
+    """pg_dump of the source in directory format with parallel jobs (no secret on the command line);
+    *service_file*: the source's libpq service file on the primary."""
+    src = params.source
+    assert src is not None
+    parts = [f"PGSERVICEFILE={service_file}", "pg_dump", f"-d service={SERVICE_NAME}",
+             "-Fd", f"-j {src.jobs}",
+             # the dump is read once, right away, on the same disk: compressing only costs CPU
+             "-Z 0", "--no-sync", "--lock-wait-timeout=60s",
+             f"-f {shlex.quote(out_dir)}"]
+    if snapshot_env:
+        parts.append(f'--snapshot="${snapshot_env}"')
+    if schema_only:  # the online transfer: Bucardo copies the rows; never Bucardo's own schema
+        parts.append("--schema-only --exclude-schema=bucardo")
+    return " ".join(parts)
+
+
+def render_dump_session(params: "Params", out_dir: str, *, service_file: str, counts_select: str,
+                        with_counts: bool = True, schema_only: bool = False) -> str:
+    """One source session: export a snapshot, run pg_dump on it, then inventory and counts in it.
+
+    Because the counts are taken in the dump's own snapshot they are exact even while the
+    app still writes (the dry run), and the comparison needs no quiet source.  *counts_select*: the
+    SELECT that prints them (:func:`hcbpg.pg.stream.render_counts_select`).
+    """
+    return templates.render_script("dump-session.psql.tmpl", {
+        "PG_DUMP": render_pg_dump(params, out_dir, service_file=service_file, schema_only=schema_only),
+        "LOG": shlex.quote(out_dir + ".pg_dump-log"),
+        "STATUS": shlex.quote(f"{out_dir}.pg_dump-exit"),
+        "REFUSED": out_dir + ".pg_dump-refused-names.json",  # a psql argument: hcbpg's own path
+        "REFUSED_NAMES_SQL": REFUSED_NAMES_SQL.strip(),
+        "COUNTS_SELECT": counts_select,
+    }, {"COUNTS": with_counts})
+
+
+def render_heroku_commands(app: str) -> tuple[list[str], list[str]]:
+    """``heroku pg:backups:capture`` and ``heroku pg:backups:url`` for *app* (run where heroku is logged in)."""
+    return (["heroku", "pg:backups:capture", "--app", app], ["heroku", "pg:backups:url", "--app", app])
+
+
+def render_download(out_file: str) -> tuple[str, str]:
+    """curl on the primary reading the signed URL from its config on stdin (never from argv)."""
+    return (f"curl -fsS --retry 3 --retry-delay 2 --config - -o {shlex.quote(out_file)}",
+            'url = "{url}"\n')

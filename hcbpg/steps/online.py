@@ -40,13 +40,13 @@ __all__ = ["arm_way_back", "cleanup", "connect", "drift_guard", "install", "is_o
 
 
 def is_online(rb: "Run") -> bool:
-    return stream.transfer_method(rb.params) == "online"
+    return migration.transfer_method(rb.params) == "online"
 
 
 def skip_unless_online(rb: "Run") -> None:
     """End the step early unless params choose the online transfer."""
     if not is_online(rb):
-        rb.skip(f"source.transfer is {stream.transfer_method(rb.params)}, not online: 07 moves the data "
+        rb.skip(f"source.transfer is {migration.transfer_method(rb.params)}, not online: 07 moves the data "
                 "while the app is down; nothing to sync beforehand.")
 
 
@@ -95,7 +95,7 @@ def run_schema_copy(host: "HostLike", params: "Params", source: "migration.Sourc
         try:
             migration.run_restore(host, params, dump, facts, run_label=run_label)
         finally:
-            migration.remove_dump(host, dump)
+            migration.ensure_dump_removed(host, dump)
 
 
 def schema(rb: "Run", host: "Host | None", source: "migration.Source | None") -> None:

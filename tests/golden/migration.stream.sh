@@ -9,7 +9,12 @@ mkdir -p /var/tmp/hcbpg-dump/r1-07_cutover/build
 awk -v W=/var/tmp/hcbpg-dump/r1-07_cutover -f /var/tmp/hcbpg-dump/r1-07_cutover/split.awk /var/tmp/hcbpg-dump/r1-07_cutover/builds /var/tmp/hcbpg-dump/r1-07_cutover/schema.list > /var/tmp/hcbpg-dump/r1-07_cutover/post.list
 pg_restore --cluster 15/main --no-owner --no-acl --role=rails --exit-on-error -L /var/tmp/hcbpg-dump/r1-07_cutover/schema.list --section=pre-data -d hcb_production /var/tmp/hcbpg-dump/r1-07_cutover/schema.dump
 stamp pre-data
-xargs -r -0 -P 2 -n 3 bash /var/tmp/hcbpg-dump/r1-07_cutover/copy-one.sh < /var/tmp/hcbpg-dump/r1-07_cutover/tables
+bash /var/tmp/hcbpg-dump/r1-07_cutover/work.sh seed < /var/tmp/hcbpg-dump/r1-07_cutover/tables
+pids=()
+for _ in $(seq 2); do bash /var/tmp/hcbpg-dump/r1-07_cutover/work.sh & pids+=($!); done
+ok=1
+for p in "${pids[@]}"; do wait "$p" || ok=0; done
+[ "$ok" = 1 ]
 stamp tables
 cat > /var/tmp/hcbpg-dump/r1-07_cutover/counts.sql <<'HCBPG_COUNTS_SQL'
 SET search_path = pg_catalog;

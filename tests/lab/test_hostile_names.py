@@ -2,7 +2,7 @@
 ``COPY ... TO PROGRAM`` payload, created on the source *after* the step read its facts (06b's and
 07's name check) and *before* the copy starts, must not run the program on the primary.
 
-The moment is hooked in-process: the streamed transfer calls ``prepare_dump_dir`` after its name
+The moment is hooked in-process: the streamed transfer calls ``run_prepare_dump_dir`` after its name
 check and before the source session that copies; the test wraps it to create the table there.
 06b's initial copy and 07's copy both go through that transfer (``run_stream``); 07's case runs
 the whole of ``run_migration`` as 07's apply does, after the real quiet-source wait.
@@ -80,12 +80,12 @@ def env(lab, tmp_path_factory, primary_stage):
 def planted(env, monkeypatch):
     """(name, created, through): the hostile table's name; it is created on the source (through the
     endpoint the test puts in *through*: the step's own, whose service file a second one would remove)
-    at the moment the streamed transfer calls ``prepare_dump_dir`` (after its name check, before its
+    at the moment the streamed transfer calls ``run_prepare_dump_dir`` (after its name check, before its
     source session), and dropped at the end."""
     name = hostile_name("t" + stdlib_secrets.token_hex(3))
     table = render(sql.Identifier("public", name))
     env.host.run(f"rm -f {PWNED}", quiet=True)
-    real = stream_ops.prepare_dump_dir
+    real = stream_ops.run_prepare_dump_dir
     created: list[str] = []
     through: list[migration.Source] = []
 
@@ -95,7 +95,7 @@ def planted(env, monkeypatch):
         created.append(name)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(stream_ops, "prepare_dump_dir", plant)
+    monkeypatch.setattr(stream_ops, "run_prepare_dump_dir", plant)
     yield name, created, through
     with migration.Source(env.host, env.source_url) as source:
         source.execute([f"DROP TABLE IF EXISTS {table}"])

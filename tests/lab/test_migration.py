@@ -261,50 +261,20 @@ def test_the_streamed_transfer_builds_each_tables_indexes_and_validates_its_fore
     assert frozen is True
 
 
-#: on the primary: two sessions through on_target (niceness 10 and 0), each naming itself after its
-#: niceness and its max_parallel_maintenance_workers; prints "name nice autogroup-line" per session
-PRIORITY_PROBE = r"""
-cd /tmp
-cat >> /tmp/hcbpg-on-target.sh <<'EOF'
-name="SELECT set_config('application_name', 'hcbpg-prio-$1-' || current_setting('max_parallel_maintenance_workers'), false)"
-on_target "$1" -c "$name" -c "SELECT pg_sleep(60)"
-EOF
-for n in 10 0; do sudo -u postgres bash /tmp/hcbpg-on-target.sh "$n" > /dev/null 2>&1 & done
-q() { sudo -u postgres psql -X -A -t -F ' ' -d postgres -c "$1"; }
-for i in $(seq 300); do
-  rows=$(q "SELECT application_name, pid FROM pg_stat_activity WHERE application_name LIKE 'hcbpg-prio-%' ORDER BY 1")
-  low=$(echo "$rows" | awk '$1 ~ /^hcbpg-prio-10-/ { print $2 }')
-  if [ "$(echo "$rows" | grep -c .)" = 2 ] && [ -n "$low" ] && [ "$(ps -o ni= -p "$low" | tr -d ' ')" = 10 ] \
-     && grep -q 'nice 10' "/proc/$low/autogroup"; then break; fi
-  sleep 0.1
-done
-echo "$rows" | while read -r name pid; do echo "$name $(ps -o ni= -p "$pid" | tr -d ' ') $(cat /proc/$pid/autogroup)"; done
-q "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name LIKE 'hcbpg-prio-%'" > /dev/null
-wait || true
-"""
-
-
-def test_sessions_off_the_critical_path_run_reniced_and_without_parallel_workers(env):
-    """on_target, as the streamed transfer's scripts use it, on the primary's real PostgreSQL: a lowered
-    session's server process has niceness 10, so has its autogroup (each backend is a session of its
-    own), and it starts no parallel workers; a session at 0 is left as it is.  The build plan of the
-    lab's source lists the events table's GIN index before its B-trees."""
-    env.host.put_text("/tmp/hcbpg-on-target.sh", "\n".join(migration.render_on_target(env.params)) + "\n",
-                      mode=0o644)
-    out = env.host.run(PRIORITY_PROBE, display="two sessions through on_target, at niceness 10 and 0",
-                       timeout=120).stdout.split("\n")
-    seen = {line.split()[0]: line.split()[1:] for line in out if line.startswith("hcbpg-prio-")}
-    assert set(seen) == {"hcbpg-prio-10-0", "hcbpg-prio-0-2"}, out
-    low, normal = seen["hcbpg-prio-10-0"], seen["hcbpg-prio-0-2"]
-    assert low[0] == "10" and low[-2:] == ["nice", "10"], low
-    assert normal[0] == "0" and normal[-2:] == ["nice", "0"], normal
+def test_the_build_plan_ranks_the_costliest_builds_of_all_tables_first(env):
+    """The build plan of the lab's source, as the streamed transfer's session reads it: a line's number is
+    its rank in the workers' queue, so the events table's GIN index comes first of every table's builds,
+    before the events table's B-trees and every other table's, and the foreign keys come last."""
     with migration.Source(env.host, env.source_url) as source:
         plan = source.script("SET search_path = pg_catalog;\n" + migration.BUILDS_SQL, display="the build plan",
                              quiet=True).stdout
     entries = [f.split("\x1f") for f in plan.splitlines() if f.count("\x1f") >= 3]
-    events = [e[3].split()[-1] for e in entries if e[1] in ("I", "K") and e[3].split()[2].startswith(("index_events",
-                                                                                                     "events"))]
+    builds = [e for e in entries if e[1] in ("I", "K")]
+    assert builds[0][3].split()[-1] == "index_events_on_properties", builds[:3]
+    events = [e[3].split()[-1] for e in builds if e[3].split()[2].startswith(("index_events", "events"))]
     assert events[0] == "index_events_on_properties" and len(events) == 3, events
+    kinds = [e[1] for e in entries]
+    assert "F" in kinds and kinds.index("F") > max(i for i, k in enumerate(kinds) if k != "F"), kinds
 
 
 def test_no_secret_in_any_output_of_the_run(env):
@@ -341,7 +311,7 @@ def test_a_row_deleted_from_the_target_before_verification_fails_the_step_naming
         facts = migration.get_source_facts(source)
         dump = migration.run_dump(host, params, source, "deleted-row")
         migration.run_restore(host, params, dump, facts, run_label="lab test")
-        migration.remove_dump(host, dump)
+        migration.ensure_dump_removed(host, dump)
         migration.get_target(host, params).execute(["DELETE FROM public.transactions WHERE id = 17"])
         ver = migration.check_restore(host, params, source, dump, live_source=True)
     with pytest.raises(VerificationFailed) as exc:
@@ -433,7 +403,7 @@ def test_the_heroku_method_downloads_the_backup_on_the_primary_and_restores_it(e
             facts = migration.get_source_facts(source)
             dump = migration.run_heroku_dump(env.host, params, "heroku", local=heroku)
             migration.run_restore(env.host, params, dump, facts, run_label="lab test heroku")
-            migration.remove_dump(env.host, dump)
+            migration.ensure_dump_removed(env.host, dump)
             ver = migration.check_restore(env.host, params, source, dump, live_source=False, app=env.app,
                                            password=STATE["new"], sentinel_expect=STATE["cutover"]["sentinel"])
     finally:

@@ -83,10 +83,10 @@ from hcbpg.ops.migration.database import (
 from hcbpg.ops.migration.dump import (
                                             DumpResult,
                                             check_disk_space,
-                                            ensure_dump_dir,
                                             ensure_dump_removed,
                                             run_dump,
                                             run_heroku_dump,
+                                            run_prepare_dump_dir,
 )
 from hcbpg.ops.migration.plan import (
                                             MigrationResult,
@@ -113,19 +113,6 @@ from hcbpg.ops.migration.source import (
 )
 from hcbpg.ops.migration.stream import get_files, run_stream
 from hcbpg.ops.migration.verify import Verification, check_restore, check_table_owners, get_inventory
-from hcbpg.pg.dump import dump_path, render_download, render_dump_session, render_heroku_commands, render_pg_dump
-from hcbpg.pg.restore import render_pg_restore, restore_jobs
-from hcbpg.pg.stream import (
-                                            SPLIT_AWK,
-                                            parse_stream_times,
-                                            plan_stream_actions,
-                                            render_bundle,
-                                            render_counts_select,
-                                            render_stream_scripts,
-                                            render_stream_session,
-                                            transfer_method,
-                                            use_stream,
-)
 from hcbpg.pg.conninfo import (
                                             APPLICATION_NAME,
                                             SERVICE_NAME,
@@ -134,7 +121,16 @@ from hcbpg.pg.conninfo import (
                                             redact_url,
                                             render_service_file,
 )
-from hcbpg.pg.dump import filter_toc, plan_prerequisites, render_toc_filter
+from hcbpg.pg.dump import (
+                                            dump_path,
+                                            filter_toc,
+                                            plan_prerequisites,
+                                            render_download,
+                                            render_dump_session,
+                                            render_heroku_commands,
+                                            render_pg_dump,
+                                            render_toc_filter,
+)
 from hcbpg.pg.inventory import (
                                             COUNTS_SQL,
                                             IGNORED,
@@ -157,9 +153,23 @@ from hcbpg.pg.restore import (
                                             plan_restore_settings,
                                             prerequisite_statements,
                                             render_db_setting,
+                                            render_pg_restore,
                                             render_prepare_sql,
+                                            restore_jobs,
 )
-from hcbpg.pg.stream import BUILDS_SQL, TABLES_SQL
+from hcbpg.pg.stream import (
+                                            BUILDS_SQL,
+                                            SPLIT_AWK,
+                                            TABLES_SQL,
+                                            parse_stream_times,
+                                            plan_stream_actions,
+                                            render_bundle,
+                                            render_counts_select,
+                                            render_stream_scripts,
+                                            render_stream_session,
+                                            transfer_method,
+                                            use_stream,
+)
 
 __all__ = [
     "APPLICATION_NAME", "BUILDS_SQL", "COUNTS_SQL", "DumpResult", "GIB", "IGNORED", "INVENTORY_SQL",
@@ -174,7 +184,7 @@ __all__ = [
     "filter_toc", "get_inventory", "get_server_state", "get_source_facts", "get_source_sessions",
     "get_target_state", "handoff_path", "get_live_marker", "run_mark_live", "newest_event_sql", "parse_app_output",
     "parse_marked_json", "parse_source_url", "plan_create_statements", "get_fresh_database_plan", "get_migration_plan",
-    "plan_prerequisites", "plan_recreate", "plan_restore_settings", "plan_without_primary", "ensure_dump_dir",
+    "plan_prerequisites", "plan_recreate", "plan_restore_settings", "plan_without_primary", "run_prepare_dump_dir",
     "prerequisite_statements", "get_files", "redact_url", "ensure_dump_removed", "ensure_restore_settings_removed", "render",
     "SOURCE_CA_PATH", "ensure_source_ca", "get_source_ca",
     "render_bundle", "render_counts_select", "render_database_url", "render_db_setting", "render_download", "render_dump_session",

@@ -13,25 +13,23 @@ from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops.migration import stream
 from hcbpg.ops.migration.database import check_extensions_available, get_target_state
 from hcbpg.ops.migration.dump import (
+    SERVICE_FILE,
     DumpResult,
     check_disk_space,
-    dump_path,
-    remove_dump,
-    render_download,
-    render_heroku_commands,
-    render_pg_dump,
+    ensure_dump_removed,
     run_dump,
     run_heroku_dump,
 )
-from hcbpg.ops.migration.restore import RestoreResult, render_pg_restore, restore_jobs, run_restore
+from hcbpg.ops.migration.restore import RestoreResult, run_restore
 from hcbpg.ops.migration.settings import get_server_state
 from hcbpg.ops.migration.source import get_source_facts
 from hcbpg.ops.migration.verify import Verification, check_restore
 from hcbpg.ops.progress import source_sizes
 from hcbpg.outcome import Check, Outcome
+from hcbpg.pg import stream as pg_stream
 from hcbpg.pg.conninfo import describe_source
-from hcbpg.pg.dump import plan_prerequisites
-from hcbpg.pg.restore import GIB, plan_recreate, plan_restore_settings
+from hcbpg.pg.dump import dump_path, plan_prerequisites, render_download, render_heroku_commands, render_pg_dump
+from hcbpg.pg.restore import GIB, plan_recreate, plan_restore_settings, render_pg_restore, restore_jobs
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.base import HostLike, SourceLike
@@ -73,12 +71,13 @@ def get_migration_plan(host: "HostLike", params: "Params", source: "SourceLike")
         capture, url = render_heroku_commands(src.heroku_app or "?")
         dump_actions = [" ".join(capture) + "   (on this machine)", " ".join(url) + "   (on this machine)",
                         render_download(d + ".dump")[0] + "   (on the primary, URL on stdin)"]
-    elif stream.use_stream(params, facts):
+    elif pg_stream.use_stream(params, facts):
         dump_actions = ["in one REPEATABLE READ session on the source: pg_export_snapshot(), pg_dump --schema-only "
                         "in that snapshot, then inventory and row counts in it (source.transfer: stream)"]
     else:
         dump_actions = ["in one REPEATABLE READ session on the source: pg_export_snapshot(), then "
-                        + render_pg_dump(params, d) + ", then inventory and row counts in that snapshot"]
+                        + render_pg_dump(params, d, service_file=SERVICE_FILE)
+                        + ", then inventory and row counts in that snapshot"]
     outcomes = [
         Outcome(f"dump of the source {describe_source(source.conn)} ({facts['size_bytes'] / GIB:.2f} GiB, "
                 f"PostgreSQL {facts['version']})", True, True, actions=dump_actions),
@@ -89,7 +88,7 @@ def get_migration_plan(host: "HostLike", params: "Params", source: "SourceLike")
         Outcome(f"restore-time settings {RESTORE_PART} on {host.name}", True, True,
                 diff=render_restore_settings(settings, server=host.name), actions=notes),
         Outcome(f"restore into {params.postgres.database}", True, True,
-                actions=(stream.stream_plan_actions(params) if stream.use_stream(params, facts) else
+                actions=(pg_stream.plan_stream_actions(params) if pg_stream.use_stream(params, facts) else
                          [render_pg_restore(params, d, d + ".list", jobs=restore_jobs(params)), "vacuumdb --analyze-only"])
                 + [f"remove {RESTORE_PART} (restart if wal_level changed)"]),
     ]
@@ -132,10 +131,10 @@ def run_migration(host: "HostLike", params: "Params", source: "SourceLike", fact
     src = params.source
     assert src is not None
     with source:
-        if src.method == "pg_dump" and stream.transfer_method(params) == "stream" and not stream.use_stream(params, facts):
+        if src.method == "pg_dump" and pg_stream.transfer_method(params) == "stream" and not pg_stream.use_stream(params, facts):
             print(f"the source has {facts.get('large_objects')} large objects: they move with a directory dump "
                   "(source.transfer: directory), not streamed")
-        if stream.use_stream(params, facts):
+        if pg_stream.use_stream(params, facts):
             dump, restore = stream.run_stream(host, params, source, facts, tag, run_label=run_label)
             print(f"streamed (schema, rows, indexes, ANALYZE) in {restore.seconds:.1f}s")
             for note in restore.notes[restore.notes.index(next(n for n in restore.notes
@@ -151,7 +150,7 @@ def run_migration(host: "HostLike", params: "Params", source: "SourceLike", fact
                 restore = run_restore(host, params, dump, facts, run_label=run_label, sizes=source_sizes(source))
             finally:
                 if not keep_dump:
-                    remove_dump(host, dump)
+                    ensure_dump_removed(host, dump)
             print(f"restore: {restore.seconds:.1f}s (of which ANALYZE {restore.analyze_seconds:.1f}s)")
         ver = check_restore(host, params, source, dump, live_source=live_source, app=app, password=password,
                              sentinel_write=sentinel_write, sentinel_expect=sentinel_expect)

@@ -18,7 +18,7 @@ from hcbpg.ops.migration.settings import ensure_restore_settings, ensure_restore
 from hcbpg.ops.migration.source import get_target
 from hcbpg.ops.progress import watch_restore
 from hcbpg.pg.dump import filter_toc, plan_prerequisites
-from hcbpg.pg.restore import MARKER_RESTORE, plan_restore_settings
+from hcbpg.pg.restore import MARKER_RESTORE, plan_restore_settings, render_pg_restore, restore_jobs
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.base import HostLike
@@ -34,26 +34,6 @@ class RestoreResult:
     notes: list[str]
 
 
-def restore_jobs(params: "Params") -> int:
-    """pg_restore's jobs: ``source.restore_jobs`` when set, else twice ``source.jobs``.
-
-    After the data, the restore mixes CPU-bound index builds with foreign-key checks that
-    read and wait for locks; more jobs than cores keeps the cores busy while one job waits.
-    On the lab's 1 GB source, 2 and 4 jobs measured the same: there the chain of the largest
-    table (COPY, primary key, GIN index, then the foreign keys that lock it) is the critical path.
-    """
-    src = params.source
-    assert src is not None
-    return int(getattr(src, "restore_jobs", None) or 2 * src.jobs)
-
-
-def render_pg_restore(params: "Params", dump: str, list_file: str, *, jobs: int) -> str:
-    pg = params.postgres
-    return (f"pg_restore --cluster {pg.version}/{shlex.quote(pg.cluster)} -j {jobs} --no-owner --no-acl "
-            f"--role={shlex.quote(pg.app_role)} --exit-on-error -L {shlex.quote(list_file)} "
-            f"-d {shlex.quote(pg.database)} {shlex.quote(dump)}")
-
-
 def run_restore(host: "HostLike", params: "Params", dump: DumpResult, facts: Mapping[str, Any], *,
                 run_label: str = "", sizes: Mapping[str, tuple[int, int | None]] | None = None) -> RestoreResult:
     """Fresh database, restore-time settings, extensions, pg_restore -j N, ANALYZE, settings back.
@@ -67,7 +47,7 @@ def run_restore(host: "HostLike", params: "Params", dump: DumpResult, facts: Map
                                             archive_mode=state["archive_mode"],
                                             wal_senders_busy=int(state["senders"]),
                                             replication_slots=int(state["slots"]),
-                                            wal_minimal=bool(getattr(src, "restore_wal_minimal", False)))
+                                            wal_minimal=src.restore_wal_minimal)
     started = time.monotonic()
     toc = host.run(f"pg_restore -l {shlex.quote(dump.path)}", sudo_user="postgres", quiet=True).stdout
     schemas, exts = plan_prerequisites(facts, toc=toc)
