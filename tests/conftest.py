@@ -104,7 +104,7 @@ def pytest_collection_modifyitems(session, config, items):
     items.sort(key=lambda item: (-per_scope[_scope(item.nodeid)], first[_scope(item.nodeid)]))  # stable in a scope
 
 
-@pytest.hookimpl(tryfirst=True)
+@pytest.hookimpl(tryfirst=True, optionalhook=True)  # optional: a run without pytest-xdist never calls it
 def pytest_xdist_make_scheduler(config, log):
     """--dist loadfile, with the files of ``default_lab`` tests as one unit, in the order of the collection (longest
     first) instead of xdist's own (files with the most tests first, which started the one-test rehearsal last)."""
