@@ -1,9 +1,8 @@
-"""Cluster control on a server: Debian's ``pg_createcluster``, ``pg_ctlcluster`` and ``pg_lsclusters``
-command lines, built here and nowhere else.
+"""Cluster control on a server: Debian's ``pg_createcluster``, ``pg_ctlcluster`` and ``pg_lsclusters``,
+run here and nowhere else (their command lines: :mod:`hcbpg.pg.cluster`).
 
     ClusterControl(host, version, name)     one cluster on one host: create, start, stop, reload,
                                             restart, what pg_lsclusters says of it, psql on it
-    ctl_command(version, name, action)      the ``pg_ctlcluster`` line (for a script that runs it itself)
 
 A command that changes the cluster goes through the host's ``run`` (a DryRunHost records it);
 ``get`` is a probe.  Systemd units are not assumed: the lab's servers have none.
@@ -12,33 +11,17 @@ A command that changes the cluster goes through the host's ``run`` (a DryRunHost
 from __future__ import annotations
 
 import json
-import shlex
 from typing import TYPE_CHECKING, Any
 
 from hcbpg.adapters.psql import Psql
 from hcbpg.errors import RemoteCommandError
+from hcbpg.pg.cluster import CLUSTER_LOCALE, create_command, ctl_command
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.base import HostLike, Result
     from hcbpg.params import Params
 
-__all__ = ["CLUSTER_LOCALE", "ClusterControl", "create_command", "ctl_command"]
-
-#: the locale a new cluster gets: always present (Ubuntu cloud images, Debian) and UTF-8
-CLUSTER_LOCALE = "C.UTF-8"
-
-
-def ctl_command(version: int, name: str, action: str, *args: str) -> str:
-    """``pg_ctlcluster VERSION NAME ACTION [ARGS]`` (*args* are passed as words, quoted)."""
-    tail = "".join(" " + shlex.quote(a) for a in args)
-    return f"pg_ctlcluster {int(version)} {shlex.quote(name)} {action}{tail}"
-
-
-def create_command(version: int, name: str, *, port: int, locale: str = CLUSTER_LOCALE) -> str:
-    """``pg_createcluster``: the cluster with data checksums at initdb (a torn or bit-flipped page is
-    reported instead of read as data), not started."""
-    return (f"pg_createcluster --port {int(port)} --locale {shlex.quote(locale)} "
-            f"{int(version)} {shlex.quote(name)} -- --data-checksums")
+__all__ = ["ClusterControl"]
 
 
 class ClusterControl:

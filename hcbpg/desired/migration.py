@@ -21,6 +21,7 @@ from hcbpg.errors import SafetyCheckFailed, VerificationFailed
 from hcbpg.outcome import Check, Outcome
 from hcbpg.pg import conf as pgconf
 from hcbpg.pg import conninfo as pg_conninfo
+from hcbpg.pg.cluster import ctl_command
 from hcbpg.pg.compose import render
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -73,7 +74,7 @@ def render_reload_and_wait(params: "Params", *, timeout_s: int = 30) -> str:
     pg = params.postgres
     q = f"psql --cluster {pg.version}/{shlex.quote(pg.cluster)} -X -q -A -t -d postgres -c"
     loaded = f"$({q} 'SELECT pg_conf_load_time()')"
-    return (f'before="{loaded}" && pg_ctlcluster {int(pg.version)} {shlex.quote(pg.cluster)} reload && '
+    return (f'before="{loaded}" && {ctl_command(pg.version, pg.cluster, "reload")} && '
             f'for i in $(seq {timeout_s * 10}); do [ "{loaded}" != "$before" ] && break; sleep 0.1; done && '
             f'if [ "{loaded}" = "$before" ]; then echo "the config reload was not picked up within {timeout_s}s" >&2; '
             f"exit 1; fi && {q} \"SELECT coalesce(string_agg(name, ',' ORDER BY name), '') FROM pg_settings "

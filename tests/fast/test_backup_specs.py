@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from hcbpg.adapters.base import Result
-from hcbpg.adapters.cluster import ctl_command
+from hcbpg.pg.cluster import ctl_command
 from hcbpg.adapters.dryrun import AbsentHost, DryRunHost
 from hcbpg.adapters.recording import Call, RecordingHost
 from hcbpg.desired.backups import ARCHIVING_FILE, PATHS, archiving_path, paths_for, render_archiving

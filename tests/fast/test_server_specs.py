@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 
 from hcbpg.adapters.base import Result
-from hcbpg.adapters.cluster import create_command, ctl_command
 from hcbpg.adapters.dryrun import AbsentHost, DryRunHost
 from hcbpg.adapters.recording import Call, RecordingHost
 from hcbpg.desired import tls as desired_tls
@@ -28,6 +27,7 @@ from hcbpg.desired.server import hba_path, render_pg_hba, render_settings, setti
 from hcbpg.errors import DatabaseError, RemoteCommandError, SafetyCheckFailed, SecretError
 from hcbpg.ops import cluster, config, packages, tls
 from hcbpg.params import parse_params
+from hcbpg.pg.cluster import create_command, ctl_command
 from tests.fast.specs import covers
 
 NAME = "server-postgres-1"

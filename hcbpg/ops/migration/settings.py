@@ -8,7 +8,6 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from hcbpg.adapters.base import Changes
-from hcbpg.adapters.cluster import ctl_command
 from hcbpg.desired.migration import RESTORE_PART, render_reload_and_wait, render_restore_settings, restore_part_path
 from hcbpg.errors import RemoteCommandError
 from hcbpg.ops import cluster as pg_cluster
@@ -21,10 +20,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["RESTORE_PART", "check_restore_settings_gone", "ensure_restore_settings", "get_server_state",
            "ensure_restore_settings_removed"]
-
-
-def _reload_command(params: "Params") -> str:
-    return ctl_command(params.postgres.version, params.postgres.cluster, "reload")
 
 
 def _apply_config(host: "HostLike", params: "Params") -> None:

@@ -1,0 +1,27 @@
+"""Debian's cluster tools as command lines (pure): ``pg_ctlcluster`` and ``pg_createcluster`` for one cluster.
+
+Built here only: :class:`~hcbpg.adapters.cluster.ClusterControl` runs them on a host, and a rendered
+script that reloads by itself (:func:`hcbpg.desired.migration.render_reload_and_wait`) embeds the same line.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+__all__ = ["CLUSTER_LOCALE", "create_command", "ctl_command"]
+
+#: the locale a new cluster gets: always present (Ubuntu cloud images, Debian) and UTF-8
+CLUSTER_LOCALE = "C.UTF-8"
+
+
+def ctl_command(version: int, name: str, action: str, *args: str) -> str:
+    """``pg_ctlcluster VERSION NAME ACTION [ARGS]`` (*args* are passed as words, quoted)."""
+    tail = "".join(" " + shlex.quote(a) for a in args)
+    return f"pg_ctlcluster {int(version)} {shlex.quote(name)} {action}{tail}"
+
+
+def create_command(version: int, name: str, *, port: int, locale: str = CLUSTER_LOCALE) -> str:
+    """``pg_createcluster``: the cluster with data checksums at initdb (a torn or bit-flipped page is
+    reported instead of read as data), not started."""
+    return (f"pg_createcluster --port {int(port)} --locale {shlex.quote(locale)} "
+            f"{int(version)} {shlex.quote(name)} -- --data-checksums")
