@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 
 from hcbpg.adapters.base import Result
-from hcbpg.pg.cluster import ctl_command
 from hcbpg.adapters.dryrun import AbsentHost, DryRunHost
 from hcbpg.adapters.recording import Call, RecordingHost
 from hcbpg.desired.backups import ARCHIVING_FILE, PATHS, archiving_path, paths_for, render_archiving
@@ -27,6 +26,7 @@ from hcbpg.errors import DatabaseError, ParamsError, PgBackRestError, RemoteComm
 from hcbpg.ops import drill
 from hcbpg.ops import pgbackrest as pgb
 from hcbpg.params import parse_params
+from hcbpg.pg.cluster import ctl_command
 from tests.fast.specs import covers
 
 NAME = "server-postgres-1"
