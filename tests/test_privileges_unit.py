@@ -12,9 +12,9 @@ import yaml
 
 from hcbpg.desired import privileges as pv
 from hcbpg.desired import roles as desired_roles
+from hcbpg.desired import rotation as desired_rotation
 from hcbpg.desired import server as desired_server
 from hcbpg.errors import SecretError, UsageError
-from hcbpg.ops import rotation
 from hcbpg.params import parse_params
 from hcbpg.pg import acl as pgacl
 
@@ -220,16 +220,16 @@ def test_hba_lines_for_metabase_monitoring_and_migrations(params, cfg):
 
 
 def test_rotation_targets_and_refusals(params, cfg):
-    rots = rotation.roles_to_rotate(params, cfg, environ={})
+    rots = desired_rotation.roles_to_rotate(params, cfg, environ={})
     assert [r.role for r in rots] == ["rails"] and rots[0].password_key == "postgres.app_role_password"
     assert any("DATABASE_URL" in d for d in rots[0].dependents)
-    assert [r.role for r in rotation.roles_to_rotate(params, cfg, environ={rotation.ROTATE_ENV: "metabase,vector"})] \
-        == ["metabase", "vector"]
+    named = desired_rotation.roles_to_rotate(params, cfg, environ={desired_rotation.ROTATE_ENV: "metabase,vector"})
+    assert [r.role for r in named] == ["metabase", "vector"]
     with pytest.raises(UsageError, match="nobody"):
-        rotation.roles_to_rotate(params, cfg, environ={rotation.ROTATE_ENV: "nobody"})
+        desired_rotation.roles_to_rotate(params, cfg, environ={desired_rotation.ROTATE_ENV: "nobody"})
     with pytest.raises(SecretError, match="cannot store a new password"):
-        rotation.check_storable(replace(rots[0], password_ref="env:RAILS_PASSWORD"))
-    plan = rotation.plan_rotation(rots[0])
+        desired_rotation.check_storable(replace(rots[0], password_ref="env:RAILS_PASSWORD"))
+    plan = desired_rotation.plan_rotation(rots[0])
     assert any("SCRAM-SHA-256 verifier computed here" in a for a in plan.actions)
 
 
