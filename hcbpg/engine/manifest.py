@@ -165,14 +165,7 @@ class Run:
 
     def remember(self, content: bytes) -> None:
         """Keep *content* as the last version of the manifest written (or verified) by hcbpg here."""
-        self.written_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = self.written_path.with_name(f".{self.written_path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, content)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.written_path)
+        hsecrets.write_private_file(self.written_path, content)
 
     def unlike_written(self) -> str | None:
         """Why the manifest is not the version hcbpg last wrote here (None: byte for byte the same)."""

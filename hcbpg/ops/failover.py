@@ -51,7 +51,7 @@ from hcbpg.outcome import Check, Outcome
 from hcbpg.params import home
 from hcbpg.pg import conf as pgconf
 from hcbpg.pg import conninfo as conninfo
-from hcbpg.secrets import register, scrub
+from hcbpg.secrets import register, scrub, write_private_file
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.base import HostLike, PsqlLike
@@ -223,16 +223,7 @@ def database_url_path(params: "Params") -> Path:
 def write_database_url(params: "Params", server: "Server", password: str, *, login: str | None = None) -> Path:
     """Write the full DATABASE_URL to a 0600 file for the operator (it is never printed)."""
     url = render_database_url(params, server, password, login=login)
-    path = database_url_path(params)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(path.name + ".new")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, (url + "\n").encode())
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    return path
+    return write_private_file(database_url_path(params), url + "\n")
 
 
 # pgBackRest on the new primary --------------------------------------------------------------------------

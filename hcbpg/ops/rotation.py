@@ -57,16 +57,6 @@ def _pending_path(params: "Params", role: str) -> Path:
     return base / "rotation" / f"{params.environment}-{role}.pending"
 
 
-def _write_private(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
-    os.chmod(path, 0o600)
-
-
 def run_rotation(psql: "PsqlLike", params: "Params", rot: Rotatable) -> tuple[Outcome, str, str]:
     """Rotate *rot*'s password; returns (outcome, old password, new password), both registered for scrubbing.
 
@@ -90,7 +80,7 @@ def run_rotation(psql: "PsqlLike", params: "Params", rot: Rotatable) -> tuple[Ou
                  "ALTER ROLE: store that value at the reference, delete the file and run again.")
     new = hsecrets.generate_password()
     pending = _pending_path(params, rot.role)
-    _write_private(pending, new + "\n")
+    hsecrets.write_private_file(pending, new + "\n")
     psql.execute(sql.SQL("ALTER ROLE {} WITH PASSWORD {}").format(sql.Identifier(rot.role),
                                                                    sql.Literal(scram_verifier(new))))
     hsecrets.store_secret(rot.password_ref, new, key=rot.password_key)
@@ -186,7 +176,7 @@ def run_app_rotation(psql: "PsqlLike", params: "Params", cfg: RolesConfig, *, ti
         check_storable(Rotatable(switch.new, switch.new_key, switch.new_ref, "app", params.postgres.database))
         new_pw = hsecrets.generate_password()
         pending = _pending_path(params, switch.new)
-        _write_private(pending, new_pw + "\n")
+        hsecrets.write_private_file(pending, new_pw + "\n")
         ident, verifier = sql.Identifier(switch.new), sql.Literal(scram_verifier(new_pw))
         exists = switch.new in get_app_logins(psql, cfg)
         stmts: list[sql.Composable] = [
