@@ -434,9 +434,9 @@ def test_stream_scripts_use_the_snapshot_the_service_file_and_no_secret(params):
     # a table's builds are queued once its rows are in, ahead of every table not yet copied (b- before c-,
     # taken in name order under the queue's lock); the last build adds its keys, then ANALYZE, as the app role
     assert worker.index("stamp copied") < worker.index('> "$W/q/b-${n%%.*}"')
-    assert 'jobs=("$W"/q/*)' in worker and "export LC_ALL=C" in worker and worker.count("flock 9") == 3
+    assert 'jobs=("$W"/q/*)' in worker and "export LC_ALL=C" in worker and worker.count("flock 9") == 5
     assert worker.index('$1.keys') < worker.index('ANALYZE $2') < worker.index("stamp built")
-    assert worker.count('SET ROLE rails') == 3 and "--role=rails" in worker
+    assert worker.count('SET ROLE rails') == 5 and "--role=rails" in worker
     # every session at normal priority, without parallel workers (the pool fills the cores); no renice
     assert 'on_target() { PGOPTIONS="-c max_parallel_maintenance_workers=0" psql --cluster 15/main' in worker
     assert "nice" not in worker and "autogroup" not in worker
@@ -444,11 +444,15 @@ def test_stream_scripts_use_the_snapshot_the_service_file_and_no_secret(params):
     # a failed job stops the others before their next job
     assert """trap '[ $? = 0 ] || : > "$W/failed"' EXIT""" in worker and 'while [ ! -e "$W/failed" ]' in worker
     # the inventory and counts in the snapshot, once the tables are loaded, waited for at the end
-    assert main.index("stamp tables") < main.index("counts.out & countspid=$!") < main.index("fk-add.sql") \
+    assert main.index("stamp tables") < main.index("counts.out & countspid=$!") < main.index("post.list --section") \
         < main.index('wait "$countspid"')
-    # foreign keys: added NOT VALID in one session, then validated N at a time, before the rest of post-data
-    assert main.index("fk-add.sql") < main.index("fk-validate") < main.index("post.list --section=post-data")
-    assert "xargs -r -0 -P 4 -n 1 psql --cluster 15/main" in main and "-c < /var/tmp/hcbpg-dump/r1-07_cutover/fk-validate" in main
+    # foreign keys: each queued (f-RANK, after builds and copies) once both of its tables are done, added
+    # NOT VALID one at a time (a lock file), then validated; what the pool left is checked before post-data
+    assert worker.index('stamp built "$1"') < worker.index(': > "$W/done/$1"') < worker.index('mv "$f" "$W/q/f-${base%%.*}"')
+    assert 'flock "$W/fk.lock" psql --cluster 15/main' in worker and '*/f-*) foreign_key "$job" ;;' in worker
+    assert worker.index('-c "$add"') < worker.index('-c "$validate"')
+    assert main.index('[ "$ok" = 1 ]') < main.index("for f in /var/tmp/hcbpg-dump/r1-07_cutover/fk/*; do") \
+        < main.index("stamp foreign-keys") < main.index("post.list --section=post-data")
     session = migration.render_stream_session(params, "/var/tmp/hcbpg-dump/r1-07_cutover")
     golden("migration.stream-session.psql", session)
     assert "pg_export_snapshot()" in session and "pg_relation_size(c.oid) DESC" in session
@@ -482,12 +486,12 @@ BUILDS = "\n".join("\x1f".join(f) for f in [
     ["16549", "F", "2606 16580", "FK CONSTRAINT public events fk_rails_0cb5590091 ",
      "ALTER TABLE ONLY public.events ADD CONSTRAINT fk_rails_0cb5590091 FOREIGN KEY (user_id) "
      "REFERENCES public.users(id) NOT VALID;",
-     "ALTER TABLE ONLY public.events VALIDATE CONSTRAINT fk_rails_0cb5590091;", "2606 16540"],
+     "ALTER TABLE ONLY public.events VALIDATE CONSTRAINT fk_rails_0cb5590091;", "2606 16540", "16538"],
     # references a key pg_restore makes (not in the plan): left to pg_restore
     ["16559", "F", "2606 16581", "FK CONSTRAINT public transactions fk_rails_8b0ab6d2f1 ",
      "ALTER TABLE ONLY public.transactions ADD CONSTRAINT fk_rails_8b0ab6d2f1 FOREIGN KEY (event_id) "
      "REFERENCES public.events(id) NOT VALID;",
-     "ALTER TABLE ONLY public.transactions VALIDATE CONSTRAINT fk_rails_8b0ab6d2f1;", "2606 16999"],
+     "ALTER TABLE ONLY public.transactions VALIDATE CONSTRAINT fk_rails_8b0ab6d2f1;", "2606 16999", "16549"],
     ["16538", "K", "2606 16540", "CONSTRAINT public users users_pkey ",
      "CREATE UNIQUE INDEX users_pkey ON public.users USING btree (id);",
      "ALTER TABLE ONLY public.users ADD CONSTRAINT users_pkey PRIMARY KEY USING INDEX users_pkey;"],
@@ -514,6 +518,7 @@ STREAM_TOC = """;
 def test_the_build_plan_goes_to_each_table_and_the_rest_to_the_final_pass(tmp_path):
     import subprocess
     (tmp_path / "build").mkdir()
+    (tmp_path / "fk").mkdir()
     (tmp_path / "builds").write_text(BUILDS)
     (tmp_path / "schema.list").write_text(STREAM_TOC)
     (tmp_path / "split.awk").write_text(migration.SPLIT_AWK)
@@ -536,10 +541,12 @@ def test_the_build_plan_goes_to_each_table_and_the_rest_to_the_final_pass(tmp_pa
     assert (tmp_path / "build" / "16549.000003.sql").read_text() == \
         "CREATE UNIQUE INDEX events_pkey ON public.events USING btree (id);\n"
     assert "PRIMARY KEY USING INDEX events_pkey" in (tmp_path / "build" / "16549.keys").read_text()
-    assert (tmp_path / "fk-add.sql").read_text().count("NOT VALID") == 1
-    # NUL-terminated: stream.sh hands each to psql whole (xargs -0), never split at a newline
-    assert (tmp_path / "fk-validate").read_text() == \
-        "ALTER TABLE ONLY public.events VALIDATE CONSTRAINT fk_rails_0cb5590091;\0"
+    # one file per foreign key, named RANK.TABLE.REFERENCED (the pool queues it once both are loaded), its
+    # ADD and VALIDATE NUL-terminated: each reaches psql whole, never split at a newline
+    assert sorted(p.name for p in (tmp_path / "fk").iterdir()) == ["000004.16549.16538"]
+    assert (tmp_path / "fk" / "000004.16549.16538").read_text() == \
+        ("ALTER TABLE ONLY public.events ADD CONSTRAINT fk_rails_0cb5590091 FOREIGN KEY (user_id) "
+         "REFERENCES public.users(id) NOT VALID;\0ALTER TABLE ONLY public.events VALIDATE CONSTRAINT fk_rails_0cb5590091;\0")
 
 
 def test_an_empty_build_plan_leaves_everything_to_pg_restore(tmp_path):
@@ -634,8 +641,8 @@ def test_stream_times_become_phase_notes():
     notes = migration.parse_stream_times(log, "\x00".join(["16549", "binary", "public.events", "16538", "text",
                                                                  'public."us\ners"', ""]))
     assert notes[0] == "schema dumped and pre-data restored: 0.5s"
-    assert notes[1] == "rows copied, indexes and keys built, tables analyzed: 23.6s"
-    assert notes[2] == "sequences set, foreign keys added and validated: 3.0s"
+    assert notes[1] == "rows copied, indexes and keys built, tables analyzed, foreign keys checked: 23.6s"
+    assert notes[2] == "sequences set (and any foreign key the pool did not check): 3.0s"
     assert notes[-2] == "public.events: rows copied at +8.5s, indexes built at +24.0s"
     assert notes[-1] == 'public."us\ners": rows copied at +10.0s, indexes built at +12.0s'
     assert migration.parse_stream_times("nothing") == []

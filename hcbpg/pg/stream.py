@@ -39,9 +39,10 @@ _BUILD_COST = ("CASE WHEN (SELECT a.amname FROM pg_am a WHERE a.oid = {index}.re
 #:   K: a primary key or unique constraint: its unique index is built like any other index (so at
 #:      the same time as the table's other indexes), then ADD CONSTRAINT ... USING INDEX.  Keys that
 #:      are deferrable, clustered on, or the replica identity stay with pg_restore;
-#:   F: a (validated) foreign key between plain tables, once every table is loaded: added NOT VALID
-#:      (no scan), then VALIDATE CONSTRAINT, N at a time.  VALIDATE checks every row as ADD does, but
-#:      locks the referenced table only in ROW SHARE mode, so the checks of different tables run at once.
+#:   F: a (validated) foreign key between plain tables, as soon as both of its tables are loaded (the
+#:      line ends with the referenced table's oid): added NOT VALID (no scan, one at a time), then
+#:      VALIDATE CONSTRAINT by a worker of the pool.  VALIDATE checks every row as ADD does, but locks the
+#:      referenced table only in ROW SHARE mode, so the checks of different tables run at once.
 BUILDS_SQL = f"""
 SELECT b FROM (
   SELECT concat_ws(E'\\x1f', t.oid, 'I', '1259 ' || ic.oid, format('INDEX %s %s ', n.nspname, ic.relname)) AS b,
@@ -74,7 +75,9 @@ SELECT b FROM (
                    -- the TOC entry of the referenced key: the foreign key waits for pg_restore unless it was built
                    coalesce((SELECT '2606 ' || k.oid FROM pg_constraint k WHERE k.conindid = co.conindid
                              AND k.conrelid = co.confrelid AND k.contype IN ('p', 'u', 'x')),
-                            '1259 ' || co.conindid)),
+                            '1259 ' || co.conindid),
+                   -- the referenced table: the foreign key is checked once both of its tables are loaded
+                   co.confrelid),
          n.nspname || t.relname || co.conname || pg_get_constraintdef(co.oid), t.oid, 2, 0
   FROM pg_constraint co JOIN pg_class t ON t.oid = co.conrelid JOIN pg_namespace n ON n.oid = t.relnamespace
   JOIN pg_class r ON r.oid = co.confrelid
@@ -135,7 +138,8 @@ def plan_stream_actions(params: "Params") -> list[str]:
             "go ahead of the tables not yet copied, the costliest first (keys as a unique index, then ADD "
             "CONSTRAINT ... USING INDEX), then ANALYZE; no parallel workers (the pool fills the cores)",
             "sequence values from the snapshot",
-            f"foreign keys: ADD CONSTRAINT ... NOT VALID, then VALIDATE CONSTRAINT, {jobs} at a time",
+            "each foreign key as soon as both of its tables are loaded, by a worker of the pool: ADD CONSTRAINT ... "
+            "NOT VALID (one at a time), then VALIDATE CONSTRAINT",
             f"pg_restore --section=post-data -j {jobs} of the rest (triggers, comments, anything not matched)"]
 
 
@@ -262,8 +266,8 @@ def parse_stream_times(log: str, tables: str = "") -> list[str]:
     out = []
     prev = start
     for phase, what in (("pre-data", "schema dumped and pre-data restored"),
-                        ("tables", "rows copied, indexes and keys built, tables analyzed"),
-                        ("foreign-keys", "sequences set, foreign keys added and validated"),
+                        ("tables", "rows copied, indexes and keys built, tables analyzed, foreign keys checked"),
+                        ("foreign-keys", "sequences set (and any foreign key the pool did not check)"),
                         ("post-data", "the rest of post-data (triggers, comments, what was not matched)"),
                         ("end", "ANALYZE of partitioned tables and materialized views"),
                         ("settings", "restore-time settings removed"),

@@ -5,7 +5,7 @@ W=/var/tmp/hcbpg-dump/r1-07_cutover
 export LC_ALL=C
 stamp() { echo "hcbpg-time $1 $2 $(date +%s.%N)" >> "$W/times"; }
 if [ "${1:-}" = seed ]; then
-  mkdir -p "$W/q" "$W/run" "$W/left"
+  mkdir -p "$W/q" "$W/run" "$W/left" "$W/done"
   i=0
   while IFS= read -r -d '' oid && IFS= read -r -d '' fmt && IFS= read -r -d '' t; do
     i=$((i + 1))
@@ -21,9 +21,28 @@ check_table() {
   case "$2" in ''|*[[:cntrl:]]*) echo "work.sh: table $1: no name, or one with control characters" >&2; exit 2 ;; esac
 }
 finish_table() {
+  local f base rest child parent
   if [ -f "$W/build/$1.keys" ]; then on_target -c "SET ROLE rails" -f "$W/build/$1.keys"; fi
   on_target -c "SET ROLE rails" -c "ANALYZE $2"
   stamp built "$1"
+  flock 9
+  : > "$W/done/$1"
+  for f in "$W"/fk/*."$1".* "$W"/fk/*.*."$1"; do
+    [ -e "$f" ] || continue
+    base=${f##*/} rest=${base#*.}
+    child=${rest%%.*} parent=${rest#*.}
+    if [ -e "$W/done/$child" ] && [ -e "$W/done/$parent" ]; then mv "$f" "$W/q/f-${base%%.*}"; fi
+  done
+  flock -u 9
+}
+foreign_key() {
+  local add validate
+  { IFS= read -r -d '' add && IFS= read -r -d '' validate; } < "$1"
+  flock "$W/fk.lock" psql --cluster 15/main -X -q -v ON_ERROR_STOP=1 -d hcb_production -c "SET ROLE rails" -c "$add"
+  on_target -c "SET ROLE rails" -c "$validate"
+  flock 9
+  rm -f "$1"
+  flock -u 9
 }
 copy_table() {
   local oid fmt t n
@@ -65,9 +84,9 @@ while [ ! -e "$W/failed" ]; do
   flock 9
   jobs=("$W"/q/*)
   if [ "${#jobs[@]}" = 0 ]; then
-    copying=("$W"/run/c-*)
+    running=("$W"/run/*)
     flock -u 9
-    if [ "${#copying[@]}" = 0 ]; then exit 0; fi
+    if [ "${#running[@]}" = 0 ]; then exit 0; fi
     sleep 0.05
     continue
   fi
@@ -77,6 +96,7 @@ while [ ! -e "$W/failed" ]; do
   case "$job" in
     */c-*) copy_table "$job" ;;
     */b-*) build "$job" ;;
+    */f-*) foreign_key "$job" ;;
   esac
 done
 exit 1

@@ -5,7 +5,7 @@ stamp() { echo "hcbpg-time $1 - $(date +%s.%N)"; }
 stamp start
 pg_dump -d service=hcbpg_source --schema-only --exclude-schema=bucardo -Fc --lock-wait-timeout=60s --snapshot="$HCBPG_SNAPSHOT" -f /var/tmp/hcbpg-dump/r1-07_cutover/schema.dump
 pg_restore -l /var/tmp/hcbpg-dump/r1-07_cutover/schema.dump | sed -E 's/^([0-9]+; [0-9]+ [0-9]+ (EXTENSION - |COMMENT - EXTENSION |TRIGGER [^ ]+ [^ ]+ bucardo_|SCHEMA - heroku_ext |COMMENT - SCHEMA heroku_ext ))/;\1/' > /var/tmp/hcbpg-dump/r1-07_cutover/schema.list
-mkdir -p /var/tmp/hcbpg-dump/r1-07_cutover/build
+mkdir -p /var/tmp/hcbpg-dump/r1-07_cutover/build /var/tmp/hcbpg-dump/r1-07_cutover/fk
 awk -v W=/var/tmp/hcbpg-dump/r1-07_cutover -f /var/tmp/hcbpg-dump/r1-07_cutover/split.awk /var/tmp/hcbpg-dump/r1-07_cutover/builds /var/tmp/hcbpg-dump/r1-07_cutover/schema.list > /var/tmp/hcbpg-dump/r1-07_cutover/post.list
 pg_restore --cluster 15/main --no-owner --no-acl --role=rails --exit-on-error -L /var/tmp/hcbpg-dump/r1-07_cutover/schema.list --section=pre-data -d hcb_production /var/tmp/hcbpg-dump/r1-07_cutover/schema.dump
 stamp pre-data
@@ -69,10 +69,11 @@ SELECT coalesce(json_object_agg(name, n), '{}') FROM (
 HCBPG_COUNTS_SQL
 psql -X -q -A -t -v ON_ERROR_STOP=1 -d service=hcbpg_source -c "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY" -c "SET TRANSACTION SNAPSHOT '$HCBPG_SNAPSHOT'" -f /var/tmp/hcbpg-dump/r1-07_cutover/counts.sql -c "COMMIT" > /var/tmp/hcbpg-dump/r1-07_cutover/counts.out & countspid=$!
 psql --cluster 15/main -X -q -v ON_ERROR_STOP=1 -d hcb_production -f /var/tmp/hcbpg-dump/r1-07_cutover/sequences.sql
-if [ -f /var/tmp/hcbpg-dump/r1-07_cutover/fk-add.sql ]; then
-  psql --cluster 15/main -X -q -v ON_ERROR_STOP=1 -d hcb_production -c "SET ROLE rails" -f /var/tmp/hcbpg-dump/r1-07_cutover/fk-add.sql
-  xargs -r -0 -P 4 -n 1 psql --cluster 15/main -X -q -v ON_ERROR_STOP=1 -d hcb_production -c "SET ROLE rails" -c < /var/tmp/hcbpg-dump/r1-07_cutover/fk-validate
-fi
+for f in /var/tmp/hcbpg-dump/r1-07_cutover/fk/*; do
+  [ -e "$f" ] || continue
+  { IFS= read -r -d '' add && IFS= read -r -d '' validate; } < "$f"
+  psql --cluster 15/main -X -q -v ON_ERROR_STOP=1 -d hcb_production -c "SET ROLE rails" -c "$add" -c "$validate"
+done
 stamp foreign-keys
 pg_restore --cluster 15/main --no-owner --no-acl --role=rails --exit-on-error -L /var/tmp/hcbpg-dump/r1-07_cutover/post.list --section=post-data -j 4 -d hcb_production /var/tmp/hcbpg-dump/r1-07_cutover/schema.dump
 stamp post-data

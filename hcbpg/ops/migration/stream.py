@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -107,6 +108,11 @@ def run_stream(host: "HostLike", params: "Params", source: "SourceLike", facts: 
                                          remove_part=None if restart else restore_part_path(params))
     files = {f"{work}/stream.sh": ("0700", main), f"{work}/work.sh": ("0700", worker),
              f"{work}/split.awk": ("0600", SPLIT_AWK)}
+    # the source's table sizes, for the progress's percentages only: read meanwhile, off the critical path
+    # (the watcher reads the dict at each look; until then it shows what was done, without a percentage)
+    sizes: dict[str, tuple[int, int | None]] = {}
+    sizer = threading.Thread(target=lambda: sizes.update(source_sizes(source)), name="hcbpg-sizes", daemon=True)
+    sizer.start()
     try:
         if restart:
             ensure_restore_settings(host, params, settings)
@@ -114,7 +120,6 @@ def run_stream(host: "HostLike", params: "Params", source: "SourceLike", facts: 
             host.put_text(restore_part_path(params), render_restore_settings(settings, server=host.name),
                           mode=0o644, owner="postgres")
         host.put_text(f"{work}/files.sh", render_bundle(files), mode=0o700, owner="postgres")  # one upload
-        sizes = source_sizes(source)
         with watch_restore(host, params, sizes=sizes):  # progress of the rows and indexes, as they go
             source.script(render_stream_session(params, work),
                                 display=f"stream {source.label} into {params.postgres.database} "

@@ -1,6 +1,7 @@
 BEGIN { FS = "\037" }
 FILENAME == ARGV[1] {
     want[$3] = FNR; tbl[FNR] = $1; kind[FNR] = $2; toc[FNR] = $4; mk[FNR] = $5; alt[FNR] = $6; dep[FNR] = $7
+    ref[FNR] = $8
     next
 }
 {
@@ -18,8 +19,8 @@ FILENAME == ARGV[1] {
     f = W "/build/" tbl[i] "." sprintf("%06d", i)
     if (kind[i] == "I") { print $0 > (f ".list"); close(f ".list") }
     else if (kind[i] == "F") {
-        a = W "/fk-add.sql"; print mk[i] >> a; close(a)
-        a = W "/fk-validate"; printf "%s%c", alt[i], 0 >> a; close(a)
+        # fk/RANK.TABLE.REFERENCED: its ADD and VALIDATE, NUL-terminated (never split at a newline)
+        a = W "/fk/" sprintf("%06d", i) "." tbl[i] "." ref[i]; printf "%s%c%s%c", mk[i], 0, alt[i], 0 > a; close(a)
     } else {
         print mk[i] > (f ".sql"); close(f ".sql")
         a = W "/build/" tbl[i] ".keys"; print alt[i] >> a; close(a)
