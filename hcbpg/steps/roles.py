@@ -152,12 +152,11 @@ def apply_monitoring(rb: "Run", hosts: Mapping[str, "Host | None"], cfg: RolesCo
     (the roles' passwords only for a real run)."""
     params, dry_run = rb.params, rb.dry_run
     for s in params.servers:
-        rb.track(monitoring.ensure_vector_config(hosts[s.name], params, s, cfg, None if dry_run else
-                                                 privileges.get_role_password(SecretStore(), cfg, cfg.monitoring.name),  # type: ignore[union-attr]
-                                                 dry_run=dry_run))
-        rb.track(monitoring.ensure_exporter(hosts[s.name], params, s, cfg, None if dry_run else
-                                            privileges.get_role_password(SecretStore(), cfg, cfg.exporter.name),  # type: ignore[union-attr]
-                                            dry_run=dry_run))
+        host = target_for(s.name, hosts[s.name], dry_run=dry_run)
+        rb.track(monitoring.ensure_vector_config(host, params, s, cfg, None if dry_run else
+                                                 privileges.get_role_password(SecretStore(), cfg, cfg.monitoring.name)))  # type: ignore[union-attr]
+        rb.track(monitoring.ensure_exporter(host, params, s, cfg, None if dry_run else
+                                            privileges.get_role_password(SecretStore(), cfg, cfg.exporter.name)))  # type: ignore[union-attr]
 
 
 def check_roles(rb: "Run", hosts: Mapping[str, "Host"], psql: "Psql", cfg: RolesConfig) -> list[Check]:

@@ -59,6 +59,7 @@ from hcbpg.steps.roles import planning_psql
 
 from labparams import lab_params, pgbackrest_section, replication_section
 from nbutil import CmdlineWatch, read_env_file
+from stages import STAGE_PRIMARY, STAGE_PRIMARY_OFFSET
 
 pytestmark = pytest.mark.lab
 
@@ -69,17 +70,22 @@ OUTPUT: list[str] = []          # everything an operator would see, scanned for 
 
 def params_data(lab) -> dict:
     cfg = lab.cfg
-    servers = [("server-postgres-1", cfg.address(5), "primary"), ("server-postgres-2", cfg.address(6), "replica")]
+    # the primary is a clone of the worker's primary stage (stages.py: its name and address); the replica at .6
+    servers = [(STAGE_PRIMARY, cfg.address(STAGE_PRIMARY_OFFSET), "primary"),
+               ("server-postgres-2", cfg.address(6), "replica")]
     return lab_params(lab, servers, pgbackrest=pgbackrest_section(lab, repo_path_prefix="/pgbackrest-day-two-test"),
                       replication=replication_section(lab), allow_destructive=True)
 
 
 @pytest.fixture(scope="module")
-def params(lab):
+def params(lab, primary_stage):
     p = parse_params(params_data(lab))
     key = lab.ssh_key.with_suffix(".pub").read_text()
     for s in p.servers:
-        create_server_host(s.name, s.private_ip, [key], lab_dir=str(lab.lab_dir))
+        if s.name == primary_stage.name:
+            primary_stage.clone()  # steps 02-04 built once per worker; the first test runs them again (with the shape)
+        else:
+            create_server_host(s.name, s.private_ip, [key], lab_dir=str(lab.lab_dir))
     # `lab up` brings up the jumpbox at .40 itself (it is the lab's, not a server: never destroyed here)
     assert any(h["name"] == "jumpbox" and h["ip"] == lab.cfg.address(40) for h in lab.status()["hosts"])
     yield p

@@ -39,7 +39,7 @@ from hcbpg.steps import replication as rep_step
 from hcbpg.steps import restore_drill as step12
 
 from labparams import lab_params, pgbackrest_section, replication_section
-from stages import cli, latest_manifest
+from stages import STAGE_PRIMARY, STAGE_PRIMARY_OFFSET, cli, latest_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -59,8 +59,9 @@ def make_params(lab, *, allow_destructive: bool = True, **replication):
 
 def params_data(lab, *, allow_destructive: bool = True, **replication):
     cfg = lab.cfg
-    # .51/.52: other lab tests use .31/.32 (steps 02-04), .40 (jumpbox) and .41/.42 (runner)
-    servers = [("server-postgres-1", cfg.address(51), "primary"), ("server-postgres-2", cfg.address(52), "replica")]
+    # the primary is a clone of the worker's primary stage (stages.py: its name and address); the replica at .52
+    servers = [(STAGE_PRIMARY, cfg.address(STAGE_PRIMARY_OFFSET), "primary"),
+               ("server-postgres-2", cfg.address(52), "replica")]
     return lab_params(lab, servers,
                       pgbackrest=pgbackrest_section(lab, repo_path_prefix="/pgbackrest-replication-test",
                                                     archive_push_queue_max=f"{QUEUE_MAX_MB}MB"),
@@ -68,11 +69,14 @@ def params_data(lab, *, allow_destructive: bool = True, **replication):
 
 
 @pytest.fixture(scope="module")
-def params(lab):
+def params(lab, primary_stage):
     p = make_params(lab)
     key = lab.ssh_key.with_suffix(".pub").read_text()
     for s in p.servers:
-        create_server_host(s.name, s.private_ip, [key], lab_dir=str(lab.lab_dir))
+        if s.name == primary_stage.name:
+            primary_stage.clone()  # steps 02-04 built once per worker; the first test runs them again: no change
+        else:
+            create_server_host(s.name, s.private_ip, [key], lab_dir=str(lab.lab_dir))
     yield p
     for s in p.servers:
         destroy_server_host(s.name, lab_dir=str(lab.lab_dir))
