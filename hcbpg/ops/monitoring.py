@@ -109,6 +109,8 @@ def ensure_exporter(host: "HostLike", params: "Params", server: "Server", cfg: "
     if not actions:
         return Outcome(what, False, host.dry_run)
     if env_changes and desired is None and not host.dry_run:
+        # dry run: a plan is made without the password (it is resolved only to apply), so it records the file
+        # as shown; a real write without it is refused
         raise _no_password(what, EXPORTER_ENV)
     if not installed:
         host.run(f"DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "
@@ -179,6 +181,7 @@ def ensure_vector_config(host: "HostLike", params: "Params", server: "Server", c
     if not actions:
         return Outcome(what, False, host.dry_run, actions=note)
     if env_changes and env is None and not host.dry_run:
+        # dry run: a plan is made without the password, so it records the file as shown; a real write is refused
         raise _no_password(what, VECTOR_ENV)
     if installed:
         actions.append("vector validate, then restart vector")
