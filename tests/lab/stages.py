@@ -18,9 +18,6 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import yaml
 
 from hcbpg.lab import Lab, create_server_host, destroy_server_host
 from hcbpg.lab.hosts import snapshot_host
@@ -85,31 +82,7 @@ def build_primary_stage(lab: Lab, where: Path) -> PrimaryStage:
     return PrimaryStage(lab=lab, snapshot=snapshot, name=STAGE_PRIMARY, ip=ip, seconds=time.monotonic() - t0)
 
 
-# -- homes and the CLI, as several modules need them ---------------------------------------------------------
-
-def make_run_home(root: Path, data: dict[str, Any], steps: list[str] | list[tuple[str, str]], *,
-                  lab: Lab | None = None, env_name: str = "lab") -> tuple[Path, dict[str, str]]:
-    """An HCBPG_HOME under *root* with ``params/<env_name>.yaml`` from *data* and a notebooks dir holding the
-    committed notebooks of *steps* (their keys, or ``(file, title)``) and their steps.yaml; returns the home and
-    the environment the CLI needs to use it (state dir beside it; the lab's dir when *lab* is given)."""
-    import shutil
-
-    home = root / "home"
-    (home / "params").mkdir(parents=True)
-    (home / "params" / f"{env_name}.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
-    nb_dir = home / "notebooks"
-    nb_dir.mkdir()
-    listed = []
-    for step in steps:
-        notebook, title = step if isinstance(step, tuple) else (f"{step}.ipynb", step)
-        shutil.copy(REPO / "notebooks" / notebook, nb_dir / notebook)
-        listed.append({"notebook": notebook, "title": title})
-    (nb_dir / "steps.yaml").write_text(yaml.safe_dump({"steps": listed}))
-    env = {"HCBPG_HOME": str(home), "HCBPG_NOTEBOOKS": str(nb_dir), "HCBPG_STATE_DIR": str(root / "state")}
-    if lab is not None:
-        env["HCBPG_LAB_DIR"] = str(lab.lab_dir)
-    return home, env
-
+# -- the CLI and its record, as several modules need them ---------------------------------------------------------
 
 def cli(env: dict[str, str], *args: str, timeout: float = 1200) -> subprocess.CompletedProcess:
     """The real CLI in a subprocess with *env* over this process's environment (the operator's view)."""
