@@ -5,7 +5,7 @@ prepared by steps 02-04, then in one run, on the same lab:
 
 * runbook: ``pg_dump -Fc`` with one process on the operator's machine, the file copied to the
   primary (scp), ``pg_restore`` with one job (``--no-owner --no-acl``, as rails);
-* ours: :func:`hcbpg.migration.run_migration` exactly as the notebooks call it (the default
+* ours: :func:`hcbpg.steps._migration.run_migration` exactly as the notebooks call it (the default
   ``source.transfer: stream``: schema in an exported snapshot, each table's rows piped from the
   source, its indexes and keys built right after them, then the foreign keys; restore-time
   settings, ANALYZE); verification is timed on its own.  ``--directory`` also times the other
@@ -54,6 +54,7 @@ from hcbpg.lab import Lab, lab_unavailable_reason  # noqa: E402
 from hcbpg.lab.core import atomic_write, pid_alive, proc_starttime, scratch_config  # noqa: E402
 from hcbpg.ops import cluster as pg_cluster  # noqa: E402
 from hcbpg.ops import migration  # noqa: E402
+from hcbpg.steps import _migration as migration_steps  # noqa: E402
 
 #: pg_database_size / rows of the lab source, measured (the lab's own estimate is 420)
 BYTES_PER_ROW = 200
@@ -110,7 +111,7 @@ def run_ours(host: Host, app: Host, params, url: str, password: str,  # noqa: AN
     checkpoint(pg_cluster.get_psql(host, params))
     with migration.Source(host, url) as source:
         plan = migration.get_migration_plan(host, params, source)
-        res = migration.run_migration(host, params, source, plan.facts, tag="bench", run_label="bench",
+        res = migration_steps.run_migration(host, params, source, plan.facts, tag="bench", run_label="bench",
                                       live_source=True, app=app, password=password,
                                       sentinel_write="hcbpg bench sentinel")
     failed = [c for c in res.verification.checks if c.status == "fail"]

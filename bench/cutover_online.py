@@ -44,6 +44,7 @@ from hcbpg.ops import tls as tls_ops  # noqa: E402
 from hcbpg.ops.migration import bucardo, wayback, window  # noqa: E402
 from hcbpg.params import parse_params  # noqa: E402
 from hcbpg.secrets import register  # noqa: E402
+from hcbpg.steps import _migration as migration_steps  # noqa: E402
 from hcbpg.steps import allow_connections as allow_step  # noqa: E402
 from hcbpg.steps import app_role_database as role_step  # noqa: E402
 from hcbpg.steps import install_postgres as install_step  # noqa: E402
@@ -94,7 +95,7 @@ def offline(params: Any, host: Host, app: Host, password: str, url: str) -> floa
         sentinel = migration.sentinel_value("bench-offline")
         migration.run_sentinel_write(source, params, sentinel)
         plan = migration.get_migration_plan(host, params, source)
-        res = migration.run_migration(host, params, source, plan.facts, tag="bench", run_label="bench offline",
+        res = migration_steps.run_migration(host, params, source, plan.facts, tag="bench", run_label="bench offline",
                                       live_source=False, app=app, password=password, sentinel_expect=sentinel)
     t = time.monotonic() - t0
     bad = [c for c in res.verification.checks if c.status == "fail"]

@@ -4,7 +4,7 @@ not import the engine)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -13,12 +13,16 @@ from hcbpg.desired.migration import AppUrls, plan_without_primary
 from hcbpg.display import show_plan, show_table
 from hcbpg.errors import VerificationFailed
 from hcbpg.ops import cluster as pg_cluster
-from hcbpg.ops import migration
-from hcbpg.outcome import Check
+from hcbpg.ops import migration, progress
+from hcbpg.outcome import Check, Outcome
+from hcbpg.pg import stream as pg_stream
+from hcbpg.pg.restore import GIB
 from hcbpg.steps import targets
 
 if TYPE_CHECKING:  # pragma: no cover
+    from hcbpg.adapters.base import HostLike, SourceLike
     from hcbpg.adapters.host import Host
+    from hcbpg.params import Params
     from hcbpg.steps.context import Run
 
 
@@ -46,6 +50,50 @@ def skip_if_live(rb: "Run", host: "Host | None") -> None:
         rb.skip(f"{rb.params.postgres.database} on {host.name} is live ({marker}): the migration is "
                 "complete, there is nothing to restore or switch. Replacing a live database is not a "
                 "re-run of this step: it is a new migration with its own plan.")
+
+
+def run_migration(host: "HostLike", params: "Params", source: "SourceLike", facts: Mapping[str, Any], *, tag: str,
+                  run_label: str, live_source: bool, app: "HostLike | None" = None, password: str | None = None,
+                  sentinel_write: str | None = None, sentinel_expect: str | None = None,
+                  keep_dump: bool = False) -> "migration.MigrationResult":
+    """Dump, restore and verify (streamed, or a directory dump and its restore): what 06 and 07 do, timed per
+    phase (the checks are not raised here)."""
+    src = params.source
+    assert src is not None
+    with source:
+        if src.method == "pg_dump" and pg_stream.transfer_method(params) == "stream" and not pg_stream.use_stream(params, facts):
+            print(f"the source has {facts.get('large_objects')} large objects: they move with a directory dump "
+                  "(source.transfer: directory), not streamed")
+        if pg_stream.use_stream(params, facts):
+            dump, restore = migration.run_stream(host, params, source, facts, tag, run_label=run_label)
+            print(f"streamed (schema, rows, indexes, ANALYZE) in {restore.seconds:.1f}s")
+            for note in restore.notes[restore.notes.index(next(n for n in restore.notes
+                                                               if n.startswith("streamed in"))) + 1:]:
+                print(f"  {note}")
+        else:
+            if src.method == "heroku":
+                dump = migration.run_heroku_dump(host, params, tag)
+            else:
+                dump = migration.run_dump(host, params, source, tag)
+            print(f"dump: {dump.bytes / GIB:.2f} GiB in {dump.seconds:.1f}s ({dump.format} format)")
+            try:
+                restore = migration.run_restore(host, params, dump, facts, run_label=run_label,
+                                                sizes=progress.source_sizes(source))
+            finally:
+                if not keep_dump:
+                    migration.ensure_dump_removed(host, dump)
+            print(f"restore: {restore.seconds:.1f}s (of which ANALYZE {restore.analyze_seconds:.1f}s)")
+        ver = migration.check_restore(host, params, source, dump, live_source=live_source, app=app,
+                                      password=password, sentinel_write=sentinel_write, sentinel_expect=sentinel_expect)
+    print(f"verify: {ver.seconds:.1f}s")
+    phases = {"dump_s": round(dump.seconds, 3), "restore_s": round(restore.seconds, 3),
+              "verify_s": round(ver.seconds, 3)}
+    outcomes = [Outcome(f"database {params.postgres.database} on {host.name} dropped, recreated and restored",
+                        True, False, actions=[f"dump {dump.bytes / GIB:.2f} GiB in {dump.seconds:.1f}s",
+                                              f"restore in {restore.seconds:.1f}s",
+                                              f"skipped from the dump (created beforehand): {len(restore.skipped_toc)} "
+                                              "entries"])]
+    return migration.MigrationResult(dump, restore, ver, phases, outcomes)
 
 
 def dump_tag(rb: "Run") -> str:

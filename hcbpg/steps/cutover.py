@@ -17,6 +17,7 @@ from hcbpg.steps._migration import (
     dump_tag,
     preconditions,
     run_label,
+    run_migration,
     show_comparison,
     skip_if_live,
     summary,
@@ -85,7 +86,7 @@ def apply(rb: "Run", host: "Host | None", source: "migration.Source | None",
         rb.track(result_online.outcomes)
         return result_online
     app = targets.app_host(rb)
-    result = migration.run_migration(host, rb.params, source, p.facts, tag=dump_tag(rb), run_label=run_label(rb),
+    result = run_migration(host, rb.params, source, p.facts, tag=dump_tag(rb), run_label=run_label(rb),
                                      live_source=False, app=app, password=rb.secret("postgres.app_role_password"),
                                      sentinel_expect=sentinel)
     rb.track(result.outcomes)

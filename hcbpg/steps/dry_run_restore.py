@@ -15,6 +15,7 @@ from hcbpg.steps._migration import (
     plan,
     preconditions,
     run_label,
+    run_migration,
     show_comparison,
     skip_if_live,
     summary,
@@ -37,7 +38,7 @@ def apply(rb: "Run", host: "Host | None", source: "migration.Source | None",
         print("dry run: nothing dumped, nothing dropped, nothing restored")
         return None
     assert host is not None and source is not None and p is not None
-    result = migration.run_migration(host, rb.params, source, p.facts, tag=dump_tag(rb), run_label=run_label(rb),
+    result = run_migration(host, rb.params, source, p.facts, tag=dump_tag(rb), run_label=run_label(rb),
                                      live_source=True, app=targets.app_host(rb),
                                      password=rb.secret("postgres.app_role_password"),
                                      sentinel_write=migration.dry_run_sentinel())

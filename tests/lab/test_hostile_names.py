@@ -28,6 +28,7 @@ from hcbpg.ops import migration
 from hcbpg.ops.migration import stream as stream_ops
 from hcbpg.params import parse_params
 from hcbpg.secrets import register
+from hcbpg.steps import _migration as migration_steps
 from hcbpg.steps import allow_connections as allow_step
 from hcbpg.steps import app_role_database as role_step
 from hcbpg.steps import install_postgres as install_step
@@ -142,7 +143,7 @@ def test_07_copy_refuses_a_table_named_like_a_command_planted_after_the_quiet_so
         assert migration.wait_for_source_quiet(source, timeout=60).ok
         exc: BaseException | None = None
         try:
-            migration.run_migration(env.host, env.params, source, facts, tag="hostile-07",
+            migration_steps.run_migration(env.host, env.params, source, facts, tag="hostile-07",
                                     run_label="hostile names 07", live_source=False)
         except HcbpgError as e:
             exc = e
@@ -161,7 +162,7 @@ def test_a_table_named_with_quotes_and_semicolons_is_copied_as_data(env):
         with source:
             source.execute([f"CREATE TABLE {table} (id bigint PRIMARY KEY)", f"INSERT INTO {table} VALUES (1), (2)"])
             facts = migration.get_source_facts(source)
-            result = migration.run_migration(env.host, env.params, source, facts, tag="hostile-quotes",
+            result = migration_steps.run_migration(env.host, env.params, source, facts, tag="hostile-quotes",
                                              run_label="hostile names, quotes", live_source=False)
         assert not [c for c in result.verification.checks if c.status == "fail"], result.verification.checks
         assert_refused_or_copied_as_data(env, name, None)

@@ -344,7 +344,7 @@ def test_the_production_schema_dry_run_accounts_for_every_object(env):
     params = env.params.model_copy(update={"source": src, "allow_destructive": True})
     source = migration.Source(env.host, url)
     plan = migration.get_migration_plan(env.host, params, source)
-    res = migration.run_migration(env.host, params, source, plan.facts, tag="schema", run_label="lab test",
+    res = migration_steps.run_migration(env.host, params, source, plan.facts, tag="schema", run_label="lab test",
                                   live_source=True, app=env.app, password=STATE["new"],
                                   sentinel_write="hcbpg schema sentinel")
     bad = [c for c in res.verification.checks if c.status != "pass"]
@@ -421,7 +421,7 @@ def test_the_directory_transfer_restores_the_same(env):
     params = env.params.model_copy(update={"source": src, "allow_destructive": True})
     source = migration.Source(env.host, env.source_url)
     plan = migration.get_migration_plan(env.host, params, source)
-    res = migration.run_migration(env.host, params, source, plan.facts, tag="directory",
+    res = migration_steps.run_migration(env.host, params, source, plan.facts, tag="directory",
                                   run_label="lab test directory", live_source=False, app=env.app,
                                   password=STATE["new"], sentinel_expect=STATE["cutover"]["sentinel"])
     bad = [c for c in res.verification.checks if c.status != "pass"]

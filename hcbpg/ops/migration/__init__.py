@@ -32,7 +32,7 @@ The modules, one concern each (pure PostgreSQL knowledge is in :mod:`hcbpg.pg`: 
     verify      inventories compared, ownership, settings gone
     app_checks  checks from the app host (sentinel, passwords, DATABASE_URL)
     cutover     the source quiet, the sentinel write, the password roll
-    plan        get_migration_plan and run_migration, as 06 and 07 run them
+    plan        get_migration_plan (what 06 and 07 will do) and the result of the move
     bucardo     source.transfer: online: Bucardo on the primary (packages, control database, the forward
                 sync, the daemon, lag, drift guard); its service file in ``bucardo_service``
     window      the online transfer's window (drain, sequences, keyless copies, snapshots held for 09b)
@@ -92,7 +92,6 @@ from hcbpg.ops.migration.plan import (
                                             MigrationResult,
                                             Plan,
                                             get_migration_plan,
-                                            run_migration,
 )
 from hcbpg.ops.migration.restore import RestoreResult, run_restore
 from hcbpg.ops.migration.settings import (
@@ -191,7 +190,7 @@ __all__ = [
     "render_env_file", "render_heroku_commands", "render_pg_dump", "render_pg_restore",
     "render_prepare_sql", "render_reload_and_wait", "render_restore_settings", "render_service_file",
     "render_stream_scripts", "render_stream_session", "render_toc_filter", "restore_jobs", "restore_part_path",
-    "run_dump", "run_heroku_dump", "run_migration", "run_restore", "run_rotate_password", "run_sentinel_write",
+    "run_dump", "run_heroku_dump", "run_restore", "run_rotate_password", "run_sentinel_write",
     "run_statements", "run_stream", "sentinel_value",
     "plan_stream_actions", "parse_stream_times", "get_target", "transfer_method", "use_stream", "check_restore",
     "wait_for_source_quiet", "release_urls_path",

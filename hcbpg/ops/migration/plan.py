@@ -1,30 +1,25 @@
-"""The whole move as 06 and 07 run it: :func:`get_migration_plan` (read-only) then :func:`run_migration`
-(the transfer, streamed or dump and restore, then the verification), timed per phase."""
+"""The plan of the move as 06 and 07 show it (:func:`get_migration_plan`, read-only) and the result of the
+move (:class:`MigrationResult`); the move itself, timed per phase, is composed by the steps
+(:func:`hcbpg.steps._migration.run_migration`)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from hcbpg.desired.migration import RESTORE_PART, check_source_names, render_restore_settings
 from hcbpg.errors import ParamsError, SafetyCheckFailed
 from hcbpg.ops import cluster as pg_cluster
-from hcbpg.ops.migration import stream
 from hcbpg.ops.migration.database import check_extensions_available, get_target_state
 from hcbpg.ops.migration.dump import (
     SERVICE_FILE,
     DumpResult,
     check_disk_space,
-    ensure_dump_removed,
-    run_dump,
-    run_heroku_dump,
 )
-from hcbpg.ops.migration.restore import RestoreResult, run_restore
+from hcbpg.ops.migration.restore import RestoreResult
 from hcbpg.ops.migration.settings import get_server_state
 from hcbpg.ops.migration.source import get_source_facts
-from hcbpg.ops.migration.verify import Verification, check_restore
-from hcbpg.ops.progress import source_sizes
+from hcbpg.ops.migration.verify import Verification
 from hcbpg.outcome import Check, Outcome
 from hcbpg.pg import stream as pg_stream
 from hcbpg.pg.conninfo import describe_source
@@ -121,45 +116,3 @@ class MigrationResult:
                 "checks": {"pass": sum(c.status == "pass" for c in v.checks),
                            "warn": sum(c.status == "warn" for c in v.checks),
                            "fail": sum(c.status == "fail" for c in v.checks)}}
-
-
-def run_migration(host: "HostLike", params: "Params", source: "SourceLike", facts: Mapping[str, Any], *, tag: str,
-                  run_label: str, live_source: bool, app: "HostLike | None" = None, password: str | None = None,
-                  sentinel_write: str | None = None, sentinel_expect: str | None = None,
-                  keep_dump: bool = False) -> MigrationResult:
-    """Dump, restore and verify: what 06 and 07 do, timed per phase (the checks are not raised here)."""
-    src = params.source
-    assert src is not None
-    with source:
-        if src.method == "pg_dump" and pg_stream.transfer_method(params) == "stream" and not pg_stream.use_stream(params, facts):
-            print(f"the source has {facts.get('large_objects')} large objects: they move with a directory dump "
-                  "(source.transfer: directory), not streamed")
-        if pg_stream.use_stream(params, facts):
-            dump, restore = stream.run_stream(host, params, source, facts, tag, run_label=run_label)
-            print(f"streamed (schema, rows, indexes, ANALYZE) in {restore.seconds:.1f}s")
-            for note in restore.notes[restore.notes.index(next(n for n in restore.notes
-                                                               if n.startswith("streamed in"))) + 1:]:
-                print(f"  {note}")
-        else:
-            if src.method == "heroku":
-                dump = run_heroku_dump(host, params, tag)
-            else:
-                dump = run_dump(host, params, source, tag)
-            print(f"dump: {dump.bytes / GIB:.2f} GiB in {dump.seconds:.1f}s ({dump.format} format)")
-            try:
-                restore = run_restore(host, params, dump, facts, run_label=run_label, sizes=source_sizes(source))
-            finally:
-                if not keep_dump:
-                    ensure_dump_removed(host, dump)
-            print(f"restore: {restore.seconds:.1f}s (of which ANALYZE {restore.analyze_seconds:.1f}s)")
-        ver = check_restore(host, params, source, dump, live_source=live_source, app=app, password=password,
-                             sentinel_write=sentinel_write, sentinel_expect=sentinel_expect)
-    print(f"verify: {ver.seconds:.1f}s")
-    phases = {"dump_s": round(dump.seconds, 3), "restore_s": round(restore.seconds, 3),
-              "verify_s": round(ver.seconds, 3)}
-    outcomes = [Outcome(f"database {params.postgres.database} on {host.name} dropped, recreated and restored",
-                        True, False, actions=[f"dump {dump.bytes / GIB:.2f} GiB in {dump.seconds:.1f}s",
-                                              f"restore in {restore.seconds:.1f}s",
-                                              f"skipped from the dump (created beforehand): {len(restore.skipped_toc)} "
-                                              "entries"])]
-    return MigrationResult(dump, restore, ver, phases, outcomes)
