@@ -403,7 +403,7 @@ def test_exporter_runs_on_each_server_with_the_server_up_and_replication_figures
     pw = privileges.get_role_password(SecretStore(), cfg, cfg.exporter.name)
     t0 = time.monotonic()
     for s in params.servers:
-        o = monitoring.ensure_exporter(hosts[s.name], params, s, cfg, pw, dry_run=False)
+        o = monitoring.ensure_exporter(hosts[s.name], params, s, cfg, pw)
         OUTPUT.append(str(o))
         assert "write /etc/default/prometheus-postgres-exporter (0600)" in o.actions
         assert monitoring.PLACEHOLDER in o.diff
@@ -415,18 +415,18 @@ def test_exporter_runs_on_each_server_with_the_server_up_and_replication_figures
         assert all(c.status == "pass" for c in checks), [f"{c.name}: {c.detail}" for c in checks]
     TIMINGS["exporter_s"] = round(time.monotonic() - t0, 1)
     for s in params.servers:
-        assert not monitoring.ensure_exporter(hosts[s.name], params, s, cfg, pw, dry_run=False).changed
+        assert not monitoring.ensure_exporter(hosts[s.name], params, s, cfg, pw).changed
 
 
 def test_vector_config_installed_without_secrets_in_outputs(params, hosts, cfg):
     pw = privileges.get_role_password(SecretStore(), cfg, cfg.monitoring.name)
     for s in params.servers:
-        o = monitoring.ensure_vector_config(hosts[s.name], params, s, cfg, pw, dry_run=False)
+        o = monitoring.ensure_vector_config(hosts[s.name], params, s, cfg, pw)
         OUTPUT.append(str(o))
         assert o.changed and "(vector is not installed here: config only)" in o.actions
         checks = monitoring.check_vector_files(hosts[s.name], params, s, cfg)
         assert all(c.ok for c in checks), [f"{c.name}: {c.detail}" for c in checks]
-        assert not monitoring.ensure_vector_config(hosts[s.name], params, s, cfg, pw, dry_run=False).changed
+        assert not monitoring.ensure_vector_config(hosts[s.name], params, s, cfg, pw).changed
     # the vector role really reads what the source reads, from the server, on its private IP
     p = params.primary
     ok, out = access.run_psql_as(hosts[p.name], tls=desired_tls.conninfo_tls(params),
