@@ -88,23 +88,23 @@ def _default_ref(params: "Params", name: str) -> str | None:
 def roles_config(params: "Params") -> RolesConfig:
     """The roles model for *params*: params ``roles:`` when present, else the defaults (see module doc)."""
     pg = params.postgres
-    section = getattr(params, "roles", None)
+    section = params.roles
     if section is not None:
         def login(sub: Any, key: str) -> LoginRole | None:
             if sub is None:
                 return None
             return LoginRole(sub.name, f"roles.{key}.password", sub.password, sub.connection_limit)
-        mb = getattr(section, "metabase", None)
+        mb = section.metabase
         return RolesConfig(
             database=pg.database, app_role=pg.app_role, group_role=section.group_role,
-            schemas=tuple(getattr(section, "schemas", ("public",))),
+            schemas=tuple(section.schemas),
             migrations=login(section.migrations, "migrations"),
             metabase=login(mb, "metabase"),
             metabase_tables=tuple(mb.tables) if mb else (),
             jumpbox_ip=mb.jumpbox_ip if mb else None,
-            jumpbox_ssh_host=getattr(mb, "jumpbox_ssh_host", None) if mb else None,
+            jumpbox_ssh_host=mb.jumpbox_ssh_host if mb else None,
             monitoring=login(section.monitoring, "monitoring"),
-            exporter=login(getattr(section, "exporter", None), "exporter"),
+            exporter=login(section.exporter, "exporter"),
             extensions=tuple(section.extensions),
             blazer=login(section.blazer, "blazer"),
             blazer_statement_timeout=section.blazer.statement_timeout if section.blazer else "30s",
