@@ -3,7 +3,7 @@
 and hands each sample to a :class:`hcbpg.progress.Reporter`; the base backup, pgBackRest and the
 Heroku download sample from their own loops through the same reporter.
 
-    with watch_restore(host, params, sizes=source_sizes(source)):
+    with run_restore_watcher(host, params, sizes=get_source_sizes(source)):
         host.run(...)  # the long call
 """
 
@@ -15,8 +15,8 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from hcbpg.adapters.psql import Psql
 from hcbpg.errors import HcbpgError
+from hcbpg.ops import cluster as pg_cluster
 from hcbpg.pg.progress import (
     RESTORE_PROGRESS_SQL,
     SOURCE_SIZES_SQL,
@@ -29,14 +29,14 @@ from hcbpg.progress import Reporter
 from hcbpg.wait import polling_loop
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hcbpg.adapters.base import EndpointLike, HostLike
+    from hcbpg.adapters.base import EndpointLike, HostLike, PsqlLike
     from hcbpg.params import Params
 
 #: seconds between two looks at the progress views (each is one psql over the open SSH connection)
 POLL_INTERVAL = 0.5
 
 
-def source_sizes(source: "EndpointLike") -> dict[str, tuple[int, int | None]]:
+def get_source_sizes(source: "EndpointLike") -> dict[str, tuple[int, int | None]]:
     """The source's tables: name -> (heap bytes, estimated rows); empty when it cannot be read
     (progress then shows what was done, without a percentage)."""
     try:
@@ -45,7 +45,7 @@ def source_sizes(source: "EndpointLike") -> dict[str, tuple[int, int | None]]:
         return {}
 
 
-def report(reporter: Reporter, p: Progress) -> None:
+def _report(reporter: Reporter, p: Progress) -> None:
     reporter.update(p.kind, p.what, done=p.done, total=p.total, unit=p.unit, phase=p.phase, detail=p.detail,
                     started_ago=p.started_ago)
 
@@ -82,30 +82,30 @@ class Watcher:
         self.thread.join(timeout=30)
 
 
-def sample_restore(psql: Psql, database: str, sizes: Mapping[str, tuple[int, int | None]],
+def get_restore_progress(psql: "PsqlLike", database: str, sizes: Mapping[str, tuple[int, int | None]],
                    reporter: Reporter) -> list[Progress]:
     """One look at the COPYs and index builds running in *database*, reported; returns them."""
     (row,) = psql.query(RESTORE_PROGRESS_SQL, dbname=database)
     found = plan_copy_progress(list(row["copy"] or []), sizes) + plan_index_progress(list(row["index"] or []))
     for p in found:
-        report(reporter, p)
+        _report(reporter, p)
     return found
 
 
 @contextlib.contextmanager
-def watch_restore(host: "HostLike", params: "Params", *, sizes: Mapping[str, tuple[int, int | None]],
+def run_restore_watcher(host: "HostLike", params: "Params", *, sizes: Mapping[str, tuple[int, int | None]],
                   reporter: Reporter | None = None, database: str | None = None,
                   interval: float = POLL_INTERVAL) -> Iterator[Reporter]:
     """While the block runs: the rows copied into and the indexes built in the target database,
     against the source's *sizes*, every *interval* seconds."""
     rep = reporter or Reporter()
     pg = params.postgres
-    psql = Psql(host, version=pg.version, cluster=pg.cluster)
+    psql = pg_cluster.get_psql(host, params)
     db = database or pg.database
     seen: dict[str, Any] = {}
 
     def sample() -> None:
-        for p in sample_restore(psql, db, sizes, rep):
+        for p in get_restore_progress(psql, db, sizes, rep):
             seen[f"{p.kind} {p.what}"] = p
 
     with Watcher(sample, interval=interval):
@@ -117,7 +117,7 @@ def watch_restore(host: "HostLike", params: "Params", *, sizes: Mapping[str, tup
 
 
 @contextlib.contextmanager
-def watch_file_growth(host: "HostLike", path: str, *, kind: str, what: str, total: int | None = None,
+def run_file_growth_watcher(host: "HostLike", path: str, *, kind: str, what: str, total: int | None = None,
                       reporter: Reporter | None = None, interval: float = 1.0) -> Iterator[Reporter]:
     """While the block runs: the size of *path* on *host* (a download), against *total* when known."""
     rep = reporter or Reporter()

@@ -78,7 +78,7 @@ def run_migration(host: "HostLike", params: "Params", source: "SourceLike", fact
             print(f"dump: {dump.bytes / GIB:.2f} GiB in {dump.seconds:.1f}s ({dump.format} format)")
             try:
                 restore = migration.run_restore(host, params, dump, facts, run_label=run_label,
-                                                sizes=progress.source_sizes(source))
+                                                sizes=progress.get_source_sizes(source))
             finally:
                 if not keep_dump:
                     migration.ensure_dump_removed(host, dump)

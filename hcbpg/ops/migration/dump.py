@@ -18,7 +18,7 @@ from hcbpg.adapters.psql import JSON_MARK, parse_marked_json
 from hcbpg.desired.migration import check_source_names
 from hcbpg.errors import RemoteCommandError
 from hcbpg.ops.migration.source import SECRET_DIR
-from hcbpg.ops.progress import watch_file_growth
+from hcbpg.ops.progress import run_file_growth_watcher
 from hcbpg.outcome import Check, Outcome
 from hcbpg.pg.dump import dump_path, render_download, render_dump_session, render_heroku_commands
 from hcbpg.pg.inventory import Inventory
@@ -118,7 +118,7 @@ def run_heroku_dump(host: "HostLike", params: "Params", tag: str, *, local: Loca
     url = hsecrets.register(proc.stdout.strip().splitlines()[-1].strip())
     path = run_prepare_dump_dir(host, params, tag) + ".dump"
     cmd, cfg = render_download(path)
-    with watch_file_growth(host, path, kind="download", what=f"the Heroku backup of {src.heroku_app}"):
+    with run_file_growth_watcher(host, path, kind="download", what=f"the Heroku backup of {src.heroku_app}"):
         # as postgres, in its directory: root writing there could be sent through a planted symlink
         host.run(cmd, sudo_user="postgres",
                  stdin=cfg.format(url=url.replace('"', '\\"')),

@@ -16,7 +16,7 @@ from hcbpg.ops.migration.database import ensure_prerequisites, run_fresh_databas
 from hcbpg.ops.migration.dump import DumpResult
 from hcbpg.ops.migration.settings import ensure_restore_settings, ensure_restore_settings_removed, get_server_state
 from hcbpg.ops.migration.source import get_target
-from hcbpg.ops.progress import watch_restore
+from hcbpg.ops.progress import run_restore_watcher
 from hcbpg.pg.dump import filter_toc, plan_prerequisites
 from hcbpg.pg.restore import MARKER_RESTORE, plan_restore_settings, render_pg_restore, restore_jobs
 
@@ -39,7 +39,7 @@ def run_restore(host: "HostLike", params: "Params", dump: DumpResult, facts: Map
     """Fresh database, restore-time settings, extensions, pg_restore -j N, ANALYZE, settings back.
 
     While pg_restore runs, its COPYs and index builds are reported as they go (against the
-    source's table *sizes* when given: :func:`hcbpg.ops.progress.source_sizes`)."""
+    source's table *sizes* when given: :func:`hcbpg.ops.progress.get_source_sizes`)."""
     src = params.source
     assert src is not None
     state = get_server_state(host, params)
@@ -58,7 +58,7 @@ def run_restore(host: "HostLike", params: "Params", dump: DumpResult, facts: Map
         ensure_restore_settings(host, params, settings)
         ensure_prerequisites(host, params, schemas, exts)
         host.put_text(list_file, listed, mode=0o600, owner="postgres")
-        with watch_restore(host, params, sizes=sizes or {}):  # progress of the rows and indexes, as they go
+        with run_restore_watcher(host, params, sizes=sizes or {}):  # progress of the rows and indexes, as they go
             host.run(render_pg_restore(params, dump.path, list_file, jobs=restore_jobs(params)), sudo_user="postgres",
                      timeout=24 * 3600, hint="The database is half restored; run the step again (it starts over).")
         t = time.monotonic()

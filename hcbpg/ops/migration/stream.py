@@ -30,7 +30,7 @@ from hcbpg.ops.migration.dump import SERVICE_FILE, DumpResult, run_prepare_dump_
 from hcbpg.ops.migration.restore import RestoreResult
 from hcbpg.ops.migration.settings import ensure_restore_settings, ensure_restore_settings_removed, get_server_state
 from hcbpg.ops.migration.source import get_target
-from hcbpg.ops.progress import source_sizes, watch_restore
+from hcbpg.ops.progress import get_source_sizes, run_restore_watcher
 from hcbpg.pg.dump import plan_prerequisites
 from hcbpg.pg.inventory import Inventory
 from hcbpg.pg.restore import (
@@ -111,7 +111,7 @@ def run_stream(host: "HostLike", params: "Params", source: "SourceLike", facts: 
     # the source's table sizes, for the progress's percentages only: read meanwhile, off the critical path
     # (the watcher reads the dict at each look; until then it shows what was done, without a percentage)
     sizes: dict[str, tuple[int, int | None]] = {}
-    sizer = threading.Thread(target=lambda: sizes.update(source_sizes(source)), name="hcbpg-sizes", daemon=True)
+    sizer = threading.Thread(target=lambda: sizes.update(get_source_sizes(source)), name="hcbpg-sizes", daemon=True)
     sizer.start()
     try:
         if restart:
@@ -120,7 +120,7 @@ def run_stream(host: "HostLike", params: "Params", source: "SourceLike", facts: 
             host.put_text(restore_part_path(params), render_restore_settings(settings, server=host.name),
                           mode=0o644, owner="postgres")
         host.put_text(f"{work}/files.sh", render_bundle(files), mode=0o700, owner="postgres")  # one upload
-        with watch_restore(host, params, sizes=sizes):  # progress of the rows and indexes, as they go
+        with run_restore_watcher(host, params, sizes=sizes):  # progress of the rows and indexes, as they go
             source.script(render_stream_session(params, work),
                                 display=f"stream {source.label} into {params.postgres.database} "
                                         f"({'; '.join(fresh_actions[:1])}; restore-time settings): schema, then "
