@@ -14,6 +14,7 @@ from hcbpg.adapters.host import TIMEOUT_EXIT
 from hcbpg.adapters.recording import RecordingHost
 from hcbpg.adapters.site import site_for
 from hcbpg.desired import health_report as health
+from hcbpg.desired import replica as desired_replica
 from hcbpg.desired import schedule
 from hcbpg.errors import SafetyCheckFailed
 from hcbpg.ops import replica, topology
@@ -37,9 +38,9 @@ def test_run_stop_falls_back_to_an_immediate_stop_when_the_fast_stop_times_out()
 
 
 def test_a_rewind_sets_start_conf_manual_before_standby_signal_goes():
-    conf = replica.start_conf_path(P)
+    conf = desired_replica.start_conf_path(P)
     host = RecordingHost("s", [(r"^rm -f .*standby.signal$", "")], files={conf: "auto\n"})
-    replica.fence_for_rewind(host, P, PGDATA)
+    replica.run_fence_for_rewind(host, P, PGDATA)
     assert host.ran == [f"write {conf}", f"rm -f {PGDATA}/standby.signal"]
     assert host.files[conf] == "manual\n"
 

@@ -9,11 +9,12 @@ import pytest
 import yaml
 
 from hcbpg.adapters.psql import render
+from hcbpg.desired import failover as fo
 from hcbpg.desired import replication as desired_replication
 from hcbpg.desired import server as desired_server
+from hcbpg.desired import topology
 from hcbpg.errors import SafetyCheckFailed
-from hcbpg.ops import failover as fo
-from hcbpg.ops import replica, topology
+from hcbpg.ops import replica
 from hcbpg.params import parse_params
 from hcbpg.pg import conf as pgconf
 from hcbpg.pg import conninfo as conninfo

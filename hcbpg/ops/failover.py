@@ -1,7 +1,7 @@
 """Failover (step 11, on demand): promote the replica, fence and rejoin the old primary, hand the
 operator the new DATABASE_URL and point pgBackRest at the new primary.
 
-Two kinds, told apart automatically from the live topology (:func:`plan_failover`):
+Two kinds, told apart automatically from the live topology (:func:`hcbpg.desired.failover.plan_failover`):
 
 * **switchover** (planned): the primary is up.  It is stopped cleanly first (a clean
   shutdown sends every WAL record, the shutdown checkpoint included, to the streaming
@@ -22,12 +22,10 @@ wipe safety as step 10).
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
 
@@ -35,7 +33,7 @@ from hcbpg.adapters.secretstore import SecretStore
 from hcbpg.desired import backups as desired_backups
 from hcbpg.desired import replication as desired_replication
 from hcbpg.desired import roles as desired_roles
-from hcbpg.desired import tls as desired_tls
+from hcbpg.desired.failover import FailoverPlan, database_url_path, redacted_database_url, render_database_url
 from hcbpg.desired.privileges import current_app_login
 from hcbpg.errors import (
     DatabaseError,
@@ -48,109 +46,17 @@ from hcbpg.ops import pgbackrest as pb
 from hcbpg.ops import privileges, replica, schedule, topology
 from hcbpg.ops import replication as rep
 from hcbpg.outcome import Check, Outcome
-from hcbpg.params import home
 from hcbpg.pg import conf as pgconf
 from hcbpg.pg import conninfo as conninfo
-from hcbpg.secrets import register, scrub, write_private_file
+from hcbpg.secrets import scrub, write_private_file
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.base import HostLike, PsqlLike
     from hcbpg.params import Params, Server
 
 
-# the plan (pure) ----------------------------------------------------------------------------------
-
-@dataclass
-class FailoverPlan:
-    kind: Literal["switchover", "failover"]
-    old_primary: str
-    new_primary: str
-    old_reachable: bool
-    steps: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def gate(self) -> str:
-        return "switchover" if self.kind == "switchover" else "failover"
-
-    @property
-    def question(self) -> str:
-        if self.kind == "switchover":
-            return (f"Planned switchover: stop {self.old_primary}, promote {self.new_primary}. The app gets errors "
-                    f"until DATABASE_URL points at {self.new_primary}. Is the app ready to be repointed?")
-        if self.old_reachable:
-            return (f"UNPLANNED failover: {self.old_primary} is reachable over SSH but PostgreSQL is not running. "
-                    f"hcbpg fences it (stop, standby.signal) and promotes {self.new_primary}; transactions "
-                    f"{self.new_primary} had not received are lost. Proceed?")
-        return (f"UNPLANNED failover: {self.old_primary} cannot be reached. Power it off (Hetzner console) or "
-                f"otherwise make sure it cannot accept writes, then confirm: promote {self.new_primary}; "
-                "transactions it had not received are lost.")
-
-    def __str__(self) -> str:
-        lines = [f"{self.kind}: {self.old_primary} → {self.new_primary}"]
-        lines += [f"  {i}. {s}" for i, s in enumerate(self.steps, 1)]
-        lines += [f"  warning: {w}" for w in self.warnings]
-        return "\n".join(lines)
-
-
-def plan_failover(topology: topology.Topology, states: Mapping[str, topology.ServerState], params: "Params",
-                  *, previous_primary: str | None = None) -> FailoverPlan:
-    """Planned switchover when the primary is up, unplanned failover when it is not (pure).
-
-    *previous_primary* (the recorded topology's) names the old primary when no server is
-    primary now; else the server that is not a running replica.
-    """
-    standbys = [s for s in states.values() if s.running and s.in_recovery]
-    if topology.primary is not None:
-        old = topology.primary
-        kind: Literal["switchover", "failover"] = "switchover"
-    else:
-        others = [n for n in states if n not in {s.name for s in standbys}]
-        old = previous_primary if previous_primary in others else (others[0] if others else "")
-        if not old:
-            raise SafetyCheckFailed("no primary and no server that could have been one: every server is a running "
-                                    "replica", hint="Promote one by hand (SELECT pg_promote()) after checking them.")
-        kind = "failover"
-    candidates = [s for s in standbys if s.name != old]
-    if not candidates:
-        raise SafetyCheckFailed(
-            "no running replica to promote (servers: "
-            + ", ".join(f"{n}: {'running' if s.running else 'stopped'}"
-                        f"{', in recovery' if s.in_recovery else ''}" for n, s in states.items()) + ")",
-            hint="Start the replica (or rebuild it with step 10) first. Nothing was changed.")
-    following = [s for s in candidates if conninfo.parse_conninfo(s.primary_conninfo).get("host") ==
-                 params.server(old).private_ip]
-    new = (following or candidates)[0]
-    ostate = states[old]
-    plan = FailoverPlan(kind, old, new.name, ostate.reachable)
-    if kind == "switchover":
-        if new.name not in ostate.streaming_to:
-            plan.warnings.append(f"{new.name} is not streaming from {old} right now; the switchover waits for it to "
-                                 "replay the final checkpoint and stops if it cannot")
-        plan.steps = [f"check {new.name} streams from {old}",
-                      f"stop {old} cleanly (fast shutdown) and fence it (standby.signal, start.conf manual)",
-                      f"wait until {new.name} has replayed {old}'s shutdown checkpoint (no committed row lost)",
-                      f"promote {new.name} (pg_promote) and check it accepts writes",
-                      f"write the new DATABASE_URL (host {new.private_ip}) for the operator",
-                      f"rejoin {old} as a replica of {new.name} (pg_rewind, else a new base backup)",
-                      f"point pgBackRest (archiving, stanza, check, backup) at {new.name}"]
-    else:
-        fence = (f"fence {old}: stop PostgreSQL (immediate), standby.signal, start.conf manual" if ostate.reachable
-                 else f"{old} is unreachable: the operator fences it (power off) and confirms at the gate")
-        plan.steps = [fence,
-                      f"promote {new.name} (pg_promote) and check it accepts writes",
-                      f"write the new DATABASE_URL (host {new.private_ip}) for the operator",
-                      (f"rejoin {old} as a replica of {new.name} (pg_rewind, else a new base backup)" if ostate.reachable
-                       else f"rejoin {old} later: run step 10 when it is back (it is rebuilt as a replica)"),
-                      f"point pgBackRest (archiving, stanza, check, backup) at {new.name}"]
-        plan.warnings.append("asynchronous replication: transactions the replica had not received are lost")
-    return plan
-
 
 # fencing, promotion ---------------------------------------------------------------------------------
-
-start_conf_path = replica.start_conf_path
-
 
 def run_fence(host: "HostLike", params: "Params", server: "Server", *, planned: bool) -> dict[str, Any]:
     """Stop the old primary (fast when planned, immediate otherwise) and keep it from coming back as a primary.
@@ -161,7 +67,7 @@ def run_fence(host: "HostLike", params: "Params", server: "Server", *, planned: 
     pgdata = cluster.get("pgdata") or f"/var/lib/postgresql/{params.postgres.version}/{params.postgres.cluster}"
     replica.run_stop(host, params, mode="fast" if planned else "immediate")
     host.put_text(f"{pgdata}/standby.signal", "", mode=0o600, owner="postgres", group="postgres")
-    replica.set_start_conf(host, params, "manual")
+    replica.ensure_start_conf(host, params, "manual")
     ctl = topology.get_controldata(host, params, pgdata)
     return {"state": ctl.get("Database cluster state"), "checkpoint_lsn": ctl.get("Latest checkpoint location"),
             "timeline": ctl.get("Latest checkpoint's TimeLineID")}
@@ -169,7 +75,7 @@ def run_fence(host: "HostLike", params: "Params", server: "Server", *, planned: 
 
 def run_unfence(host: "HostLike", params: "Params") -> None:
     """start.conf back to auto (the rejoined replica starts with the machine again)."""
-    replica.set_start_conf(host, params, "auto")
+    replica.ensure_start_conf(host, params, "auto")
 
 
 def run_promote(psql: "PsqlLike", *, timeout: float = 60.0, sleep: Callable[[float], None] = time.sleep) -> float:
@@ -200,35 +106,18 @@ def check_accepts_writes(psql: "PsqlLike", server: "Server") -> Check:
                     server.name)
 
 
-# DATABASE_URL ----------------------------------------------------------------------------------------
-
-def render_database_url(params: "Params", server: "Server", password: str, *, login: str | None = None) -> str:
-    """The app's DATABASE_URL on *server* for *login* (default: the app role), built like step 09's
-    (``sslmode=verify-full`` with the environment's CA); registered with the scrubber."""
-    register(password)
-    return register(conninfo.render_role_url(params, login or params.postgres.app_role, password,
-                                             host=server.private_ip, query=desired_tls.client_tls(params)))
+# DATABASE_URL (the file) ----------------------------------------------------------------------------------------
 
 
-def redacted_database_url(params: "Params", server: "Server", *, login: str | None = None) -> str:
-    return conninfo.redact_url(render_database_url(params, server, "[secret]", login=login))
-
-
-def database_url_path(params: "Params") -> Path:
-    """Where the new DATABASE_URL is written for the operator: outside outputs/, 0600."""
-    base = Path(os.environ.get("HCBPG_STATE_DIR") or (home() / ".hcbpg"))
-    return base / "database-url" / f"{params.environment}.url"
-
-
-def write_database_url(params: "Params", server: "Server", password: str, *, login: str | None = None) -> Path:
-    """Write the full DATABASE_URL to a 0600 file for the operator (it is never printed)."""
+def _write_database_url(params: "Params", server: "Server", password: str, *, login: str | None = None) -> Path:
+    """Write the full DATABASE_URL to a 0600 file on this machine for the operator (it is never printed)."""
     url = render_database_url(params, server, password, login=login)
     return write_private_file(database_url_path(params), url + "\n")
 
 
 # pgBackRest on the new primary --------------------------------------------------------------------------
 
-def point_backups_at(host: "HostLike", params: "Params", server: "Server", *, archive_mode: bool = True,
+def run_point_backups_at(host: "HostLike", params: "Params", server: "Server", *, archive_mode: bool = True,
                      full_backup: bool = True) -> tuple[list[Outcome], list[Check]]:
     """pgBackRest on the new primary: config, archiving, stanza, check, a backup (full when the repository
     has none, else incremental).
@@ -276,13 +165,13 @@ def get_archive_mode(host: "HostLike | None", params: "Params") -> bool | None:
 
 # the whole failover ------------------------------------------------------------------------------------
 
-def run_failover(plan: FailoverPlan, hosts: Mapping[str, "HostLike | None"], params: "Params", *,
+def run_failover(hosts: Mapping[str, "HostLike | None"], plan: FailoverPlan, params: "Params", *,
                  app_password: str, echo: Callable[[str], None] = print,
                  catch_up_timeout: float | None = None) -> dict[str, Any]:
     """Carry out *plan* (after the gate): fence, promote, check writes, DATABASE_URL. Returns timings and facts.
 
-    Rejoining the old primary and pgBackRest are separate calls (:func:`rejoin_old_primary`,
-    :func:`point_backups_at`) so the notebook shows each.
+    Rejoining the old primary and pgBackRest are separate calls (:func:`run_rejoin_old_primary`,
+    :func:`run_point_backups_at`) so the notebook shows each.
     """
     r = desired_replication.replication_params(params)
     timeout = catch_up_timeout or r.catch_up_timeout_s
@@ -309,8 +198,8 @@ def run_failover(plan: FailoverPlan, hosts: Mapping[str, "HostLike | None"], par
     t1 = time.monotonic()
     result["promote_s"] = round(run_promote(new_psql), 2)
     echo(f"[{new.name}] promoted in {result['promote_s']}s")
-    login, password = app_login_now(new_psql, params, app_password)
-    path = write_database_url(params, new, password, login=login)
+    login, password = get_app_login(new_psql, params, app_password)
+    path = _write_database_url(params, new, password, login=login)
     result["database_url"] = redacted_database_url(params, new, login=login)
     result["database_url_file"] = str(path)
     result["downtime_s"] = round(time.monotonic() - t0, 2)
@@ -318,7 +207,7 @@ def run_failover(plan: FailoverPlan, hosts: Mapping[str, "HostLike | None"], par
     return result
 
 
-def app_login_now(psql: "PsqlLike", params: "Params", app_password: str) -> tuple[str, str]:
+def get_app_login(psql: "PsqlLike", params: "Params", app_password: str) -> tuple[str, str]:
     """(login, password) of the app's login in use on the new primary: after step 14 moved the app to
     its rotation login, the new DATABASE_URL must name that one, not the app role."""
     cfg = desired_roles.roles_config(params)
@@ -328,15 +217,7 @@ def app_login_now(psql: "PsqlLike", params: "Params", app_password: str) -> tupl
     return login, privileges.get_role_password(SecretStore(), cfg, login)
 
 
-def promotion_outcome(plan: FailoverPlan, result: Mapping[str, Any]) -> Outcome:
-    """The promotion as an Outcome for the step's record (the DATABASE_URL redacted, its file named)."""
-    return Outcome(f"{plan.new_primary} promoted ({plan.kind} from {plan.old_primary})", True,
-                   actions=[f"fenced {plan.old_primary}: {result.get('fence', {}).get('state', 'unreachable')}",
-                            f"promoted in {result.get('promote_s')}s",
-                            f"new DATABASE_URL {result.get('database_url')} written to {result.get('database_url_file')}"])
-
-
-def rejoin_old_primary(hosts: Mapping[str, "HostLike | None"], params: "Params", plan: FailoverPlan, *,
+def run_rejoin_old_primary(hosts: Mapping[str, "HostLike | None"], params: "Params", plan: FailoverPlan, *,
                        allow_destructive: bool, echo: Callable[[str], None] = print) -> tuple[list[Outcome], dict[str, Any]]:
     """The old primary becomes a replica of the new one: slot on the new primary, then ensure_replica
     (pg_rewind or base backup, same wipe safety as step 10), start.conf back to auto, stale slots dropped."""

@@ -11,9 +11,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from hcbpg.adapters.base import Changes
 from hcbpg.adapters.cluster import ClusterControl
 from hcbpg.desired import server as desired_server
 from hcbpg.desired import tls as desired_tls
+from hcbpg.desired.replica import START_CONF_VALUES, render_basebackup_command, start_conf_path, start_conf_value
 from hcbpg.desired.replication import (
     bin_path,
     passfile_path,
@@ -22,13 +24,14 @@ from hcbpg.desired.replication import (
     replication_params,
     slot_name,
 )
+from hcbpg.desired.topology import Plan, ServerState, plan_replica_rebuild
 from hcbpg.errors import (
     RemoteCommandError,
     SafetyCheckFailed,
     WaitTimeout,
 )
 from hcbpg.ops import cluster as pg_cluster
-from hcbpg.ops.topology import Plan, ServerState, get_server_state, plan_replica_rebuild
+from hcbpg.ops.topology import get_server_state
 from hcbpg.outcome import Outcome
 from hcbpg.progress import Reporter
 from hcbpg.secrets import scrub
@@ -60,19 +63,20 @@ def _safe_pgdata(pgdata: str | None, params: "Params") -> str:
     return pgdata
 
 
-def start_conf_path(params: "Params") -> str:
-    """The cluster's ``start.conf`` (``auto``: systemd starts it at boot; ``manual``: it does not)."""
-    return f"{desired_server.config_dir(params)}/start.conf"
-
-
 def get_start_conf(host: "HostLike", params: "Params") -> str:
-    return (host.read_text(start_conf_path(params)) or "auto").strip() or "auto"
+    return start_conf_value(host.read_text(start_conf_path(params)))
 
 
-def set_start_conf(host: "HostLike", params: "Params", value: str) -> None:
-    """Write ``start.conf`` (only when it differs)."""
-    if get_start_conf(host, params) != value:
+def ensure_start_conf(host: "HostLike", params: "Params", value: str) -> Outcome:
+    """``start.conf`` says *value* (``auto``, ``manual`` or ``disabled``); written only when it differs."""
+    if value not in START_CONF_VALUES:
+        raise SafetyCheckFailed(f"start.conf cannot say {value!r} (one of {', '.join(START_CONF_VALUES)})",
+                                hint="Nothing was written.")
+    seen = Changes(host)
+    current = get_start_conf(host, params)
+    if current != value:
         host.put_text(start_conf_path(params), f"{value}\n", mode=0o644, owner="postgres", group="postgres")
+    return seen.outcome(f"start.conf {value} on {host.name}", diff=f"-{current}\n+{value}\n")
 
 
 def get_running_basebackup(host: "HostLike", pgdata: str) -> str | None:
@@ -82,7 +86,7 @@ def get_running_basebackup(host: "HostLike", pgdata: str) -> str | None:
     return pids[0] if pids else None
 
 
-def refuse_if_basebackup_runs(host: "HostLike", pgdata: str, name: str) -> None:
+def check_no_basebackup_running(host: "HostLike", pgdata: str, name: str) -> None:
     """Refuse to touch *pgdata* while a detached pg_basebackup of an earlier run still writes into it."""
     pid = get_running_basebackup(host, pgdata)
     if pid is not None:
@@ -98,7 +102,7 @@ def run_wipe(host: "HostLike", params: "Params", state: ServerState, plan: Plan)
     if plan.action != "rebuild" or not plan.allowed_by:
         raise SafetyCheckFailed(f"run_wipe on {state.name} without a rebuild plan that allows it")
     pgdata = _safe_pgdata(state.pgdata, params)
-    refuse_if_basebackup_runs(host, pgdata, state.name)
+    check_no_basebackup_running(host, pgdata, state.name)
     if host.probe(f"ls -A {shlex.quote(pgdata)}/pg_tblspc").stdout.strip():
         raise SafetyCheckFailed(f"{state.name}: {pgdata} uses tablespaces; hcbpg does not rebuild those",
                                 hint="Rebuild this replica by hand. Nothing was deleted.")
@@ -148,15 +152,6 @@ def _own_progress(log_tail: str) -> str:
     return lines[-1].strip() if lines else ""
 
 
-def render_basebackup_command(params: "Params", primary: "Server", standby: "Server", pgdata: str) -> str:
-    """pg_basebackup as postgres on the standby: -R (recovery config), -P (progress), WAL streamed, our slot."""
-    rep = replication_params(params)
-    conninfo = (f"host={primary.private_ip} port={params.postgres.port} user={rep.role} "
-                f"passfile={passfile_path()} application_name={standby.name} {desired_tls.conninfo_tls(params)}")
-    return (f"{bin_path(params, 'pg_basebackup')} -d {shlex.quote(conninfo)} -D {shlex.quote(pgdata)} "
-            f"-R -P -v -w -X stream --checkpoint=fast --slot {slot_name(standby.name)}")
-
-
 def run_base_backup(host: "HostLike", primary_psql: "PsqlLike", params: "Params", primary: "Server", standby: "Server",
                     pgdata: str, *, timeout: float = 6 * 3600, poll: float = 1.0,
                     echo: Callable[[str], None] = print,
@@ -168,7 +163,7 @@ def run_base_backup(host: "HostLike", primary_psql: "PsqlLike", params: "Params"
     RemoteCommandError when it fails."""
     home = postgres_home()
     log, done = f"{home}/{BASEBACKUP_LOG}", f"{home}/{BASEBACKUP_EXIT}"
-    refuse_if_basebackup_runs(host, pgdata, standby.name)
+    check_no_basebackup_running(host, pgdata, standby.name)
     cmd = render_basebackup_command(params, primary, standby, pgdata)
     inner = f"{cmd}; echo $? > {done}"
     host.run(f"rm -f {done} {log} && nohup setsid sh -c {shlex.quote(inner)} > {log} 2>&1 < /dev/null &",
@@ -232,19 +227,19 @@ def run_rewind(host: "HostLike", params: "Params", primary: "Server", standby: "
              hint="pg_rewind failed; the step falls back to a new base backup.")
 
 
-def fence_for_rewind(host: "HostLike", params: "Params", pgdata: str) -> None:
+def run_fence_for_rewind(host: "HostLike", params: "Params", pgdata: str) -> None:
     """Before pg_rewind: ``start.conf`` manual, then ``standby.signal`` removed (the cluster must be stopped).
 
     pg_rewind recovers an uncleanly stopped target in single-user mode, which refuses to run
     with standby.signal; without it a reboot would start this server as a second primary, so
-    systemd is told not to start it first.  :func:`rebuild_replica` puts both back once the
+    systemd is told not to start it first.  :func:`run_rebuild_replica` puts both back once the
     recovery settings are written.
     """
-    set_start_conf(host, params, "manual")
+    ensure_start_conf(host, params, "manual")
     host.run(f"rm -f {shlex.quote(pgdata)}/standby.signal")
 
 
-def rebuild_replica(host: "HostLike", params: "Params", target: ServerState, plan: Plan, *,
+def run_rebuild_replica(host: "HostLike", params: "Params", target: ServerState, plan: Plan, *,
                     primary_host: "HostLike", primary: "Server", standby: "Server",
                     echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Carry out a rebuild *plan*: pg_rewind (when planned; falls back) or wipe + pg_basebackup; then start.
@@ -258,14 +253,14 @@ def rebuild_replica(host: "HostLike", params: "Params", target: ServerState, pla
     start_conf = get_start_conf(host, params)
     if plan.method == "rewind":
         run_stop(host, params)
-        fence_for_rewind(host, params, pgdata)
+        run_fence_for_rewind(host, params, pgdata)
         try:
             # pg_rewind takes the source's timeline from its control file, which a just-promoted primary
             # updates only at its next checkpoint; before that it sees "the same timeline" and does nothing
             primary_psql.execute("CHECKPOINT")
             run_rewind(host, params, primary, standby, pgdata)
             run_write_recovery(host, params, primary, standby, pgdata)
-            set_start_conf(host, params, start_conf)  # standby.signal is back: a boot starts a replica again
+            ensure_start_conf(host, params, start_conf)  # standby.signal is back: a boot starts a replica again
             result["rewind_s"] = round(time.monotonic() - t0, 2)
             t1 = time.monotonic()
             pg_cluster.ensure_cluster_running(host, params)
@@ -286,7 +281,7 @@ def rebuild_replica(host: "HostLike", params: "Params", target: ServerState, pla
         result["base_backup_s"] = round(run_base_backup(host, primary_psql, params, primary, standby, pgdata,
                                                         echo=echo), 2)
         run_write_recovery(host, params, primary, standby, pgdata)
-        set_start_conf(host, params, start_conf)
+        ensure_start_conf(host, params, start_conf)
     t1 = time.monotonic()
     pg_cluster.ensure_cluster_running(host, params)
     wait_for_streaming(primary_host, params, standby)
@@ -322,7 +317,7 @@ def ensure_replica(host: "HostLike", params: "Params", standby: "Server", *, pri
         pg_cluster.ensure_cluster_running(host, params)
         wait_for_streaming(primary_host, params, standby)
         return Outcome(what, True, dry_run, actions=actions), plan, {"start_to_streaming_s": round(time.monotonic() - t0, 2)}
-    result = rebuild_replica(host, params, target, plan, primary_host=primary_host, primary=primary,
+    result = run_rebuild_replica(host, params, target, plan, primary_host=primary_host, primary=primary,
                              standby=standby, echo=echo)
     return Outcome(what, True, dry_run, actions=actions + [f"done: {result}"]), plan, result
 

@@ -7,15 +7,15 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from hcbpg.adapters.cloud import make_client
+from hcbpg.desired.failover import FailoverPlan, plan_failover, promotion_outcome  # noqa: F401 - the notebook's call
 from hcbpg.errors import SafetyCheckFailed
 from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import failover as fo
 from hcbpg.ops import provisioning as cloud
 from hcbpg.ops import topology
-from hcbpg.ops.failover import plan_failover  # noqa: F401 - the notebook's call
-from hcbpg.ops.topology import get_topology, show_topology  # noqa: F401 - the notebook's calls
+from hcbpg.ops.topology import get_topology  # noqa: F401 - the notebook's call
 from hcbpg.outcome import Check
-from hcbpg.steps.replication import check_all
+from hcbpg.steps.replication import check_all, show_topology  # noqa: F401 - the notebook's call
 from hcbpg.steps.targets import connect_servers, lock_environment
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -32,7 +32,7 @@ def connect(rb: "Run") -> dict[str, "HostLike | None"]:
     return dict(connect_servers(rb))
 
 
-def fence_through_cloud(rb: "Run", plan: fo.FailoverPlan) -> None:
+def fence_through_cloud(rb: "Run", plan: FailoverPlan) -> None:
     """An unplanned failover whose old primary SSH cannot reach: after a gate naming it, power it off through
     the Hetzner Cloud API (it cannot come back as a second primary); nothing otherwise."""
     if plan.kind != "failover" or plan.old_reachable:
@@ -46,39 +46,39 @@ def fence_through_cloud(rb: "Run", plan: fo.FailoverPlan) -> None:
     rb.track(cloud.ensure_powered_off(client, rb.params, old, dry_run=rb.dry_run))
 
 
-def run_failover(rb: "Run", plan: fo.FailoverPlan, hosts: Mapping[str, "HostLike | None"]) -> dict[str, Any]:
+def run_failover(rb: "Run", plan: FailoverPlan, hosts: Mapping[str, "HostLike | None"]) -> dict[str, Any]:
     """Fence, promote, check writes, write the new DATABASE_URL (nothing in a dry run); timings and facts."""
     if rb.dry_run:
         print("dry run: nothing fenced, nothing promoted")
         return {}
-    result = fo.run_failover(plan, hosts, rb.params, app_password=rb.secret("postgres.app_role_password"))
-    rb.track(fo.promotion_outcome(plan, result))
+    result = fo.run_failover(hosts, plan, rb.params, app_password=rb.secret("postgres.app_role_password"))
+    rb.track(promotion_outcome(plan, result))
     return result
 
 
-def run_rejoin(rb: "Run", plan: fo.FailoverPlan, hosts: Mapping[str, "HostLike | None"], result: dict[str, Any]) -> None:
+def run_rejoin(rb: "Run", plan: FailoverPlan, hosts: Mapping[str, "HostLike | None"], result: dict[str, Any]) -> None:
     """The old primary rejoins as a replica of the new one (not in a dry run); noted in *result*."""
     if rb.dry_run:
         return
-    outcomes, rejoin = fo.rejoin_old_primary(hosts, rb.params, plan, allow_destructive=rb.params.allow_destructive)
+    outcomes, rejoin = fo.run_rejoin_old_primary(hosts, rb.params, plan, allow_destructive=rb.params.allow_destructive)
     rb.track(outcomes)
     result["rejoin"] = rejoin
 
 
-def ensure_backups_follow(rb: "Run", plan: fo.FailoverPlan, hosts: Mapping[str, "HostLike | None"]) -> list[Check]:
+def ensure_backups_follow(rb: "Run", plan: FailoverPlan, hosts: Mapping[str, "HostLike | None"]) -> list[Check]:
     """pgBackRest pointed at the new primary (not in a dry run); its checks, for the verify cell."""
     if rb.dry_run:
         return []
     params = rb.params
     archive_mode = fo.get_archive_mode(hosts.get(plan.old_primary), params) is not False
     new_host = _reachable(hosts, plan.new_primary)  # promoted over SSH by run_failover
-    outcomes, backup_checks = fo.point_backups_at(new_host, params, params.server(plan.new_primary),
+    outcomes, backup_checks = fo.run_point_backups_at(new_host, params, params.server(plan.new_primary),
                                                   archive_mode=archive_mode)
     rb.track(outcomes)
     return backup_checks
 
 
-def check_failover(rb: "Run", plan: fo.FailoverPlan, hosts: Mapping[str, "HostLike | None"],
+def check_failover(rb: "Run", plan: FailoverPlan, hosts: Mapping[str, "HostLike | None"],
                    backup_checks: list[Check]) -> list[Check]:
     """The new primary accepts writes, every replica streams from it, backups work on it."""
     params = rb.params

@@ -21,13 +21,15 @@ from typing import TYPE_CHECKING, Any
 from hcbpg.adapters.dryrun import AbsentHost, dry_run_of
 from hcbpg.desired import server as desired_server
 from hcbpg.desired.replication import slot_name
+from hcbpg.desired.topology import ServerState, topology_rows
+from hcbpg.display import show_table
 from hcbpg.errors import SafetyCheckFailed
 from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import config as pg_config
 from hcbpg.ops import pgbackrest, schedule, topology
 from hcbpg.ops import replication as rep
 from hcbpg.ops.replica import ensure_replica
-from hcbpg.ops.topology import Topology, get_topology, show_topology  # noqa: F401 - the notebook's calls
+from hcbpg.ops.topology import Topology, get_topology  # noqa: F401 - the notebook's calls
 from hcbpg.outcome import Check, Outcome
 from hcbpg.steps import online
 from hcbpg.steps.targets import connect_servers, lock_environment
@@ -202,3 +204,12 @@ def check_all(hosts: Mapping[str, "HostLike | None"], params: "Params", password
 def get_topology_record(hosts: Mapping[str, "HostLike | None"], params: "Params") -> dict[str, Any]:
     """Who is primary now, as recorded for later steps (``topology``)."""
     return topology.get_topology(hosts, params)[0].record()
+
+
+def show_topology(params: "Params", topology: Topology, states: Mapping[str, ServerState]) -> None:
+    """Print how the current primary was chosen and a table of every server."""
+    rows = topology_rows(states, topology)
+    for r in rows:
+        r["params role"] = params.server(r["server"]).role
+    print(f"current primary: {topology.primary or 'none'} ({topology.reason})")
+    show_table(rows)

@@ -182,7 +182,7 @@ def test_setup_servers_restored_objects_backups_and_replica(params, hosts, shape
     assert res.ok, res.output
     ppsql.execute("CREATE EXTENSION pg_stat_statements WITH SCHEMA heroku_ext", dbname=params.postgres.database)
     pg_config.ensure_settings(hosts[primary.name], params, primary, "replication")
-    outcomes, checks = fo.point_backups_at(hosts[primary.name], params, primary, archive_mode=True)
+    outcomes, checks = fo.run_point_backups_at(hosts[primary.name], params, primary, archive_mode=True)
     assert not [c for c in checks if not c.ok], [f"{c.name}: {c.detail}" for c in checks if not c.ok]
     TIMINGS["setup_primary_s"] = round(time.monotonic() - t0, 1)
     t1 = time.monotonic()

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from hcbpg.adapters.host import TIMEOUT_EXIT, Host
+from hcbpg.desired import failover as desired_failover
 from hcbpg.desired import replication as desired_replication
 from hcbpg.errors import SafetyCheckFailed
 from hcbpg.lab import create_server_host, deadman, destroy_server_host
@@ -152,7 +153,7 @@ def test_servers_set_up_with_steps_02_to_04_and_pgbackrest_on_the_primary(params
     pg_config.ensure_settings(hosts[primary.name], params, primary, "replication")
     ppsql.execute(f"CREATE DATABASE {BENCH_DB}")
     hosts[primary.name].run(f"{PGBENCH} -h /var/run/postgresql -i -s 5 -q {BENCH_DB}", sudo_user="postgres")
-    outcomes, checks = fo.point_backups_at(hosts[primary.name], params, primary, archive_mode=True)
+    outcomes, checks = fo.run_point_backups_at(hosts[primary.name], params, primary, archive_mode=True)
     failed = [f"{c.name}: {c.detail}" for c in checks if not c.ok]
     assert not failed, failed
     TIMINGS["setup_s"] = round(time.monotonic() - t0, 1)
@@ -243,16 +244,16 @@ def test_no_replication_password_on_the_replica_outside_the_passfile(params, hos
 
 def _failover(params, hosts, passwords, *, expect_kind):
     topo, states = topology.get_topology(hosts, params)
-    plan = fo.plan_failover(topo, states, params, previous_primary=topo.primary)
+    plan = desired_failover.plan_failover(topo, states, params, previous_primary=topo.primary)
     assert plan.kind == expect_kind, str(plan)
     t0 = time.monotonic()
-    result = fo.run_failover(plan, hosts, params, app_password=passwords["app"])
+    result = fo.run_failover(hosts, plan, params, app_password=passwords["app"])
     new = params.server(plan.new_primary)
     assert fo.check_accepts_writes(psql(hosts, params, new.name), new).ok
     t1 = time.monotonic()
-    outcomes, rejoin = fo.rejoin_old_primary(hosts, params, plan, allow_destructive=True)
+    outcomes, rejoin = fo.run_rejoin_old_primary(hosts, params, plan, allow_destructive=True)
     t2 = time.monotonic()
-    b_outcomes, b_checks = fo.point_backups_at(hosts[new.name], params, new, archive_mode=True)
+    b_outcomes, b_checks = fo.run_point_backups_at(hosts[new.name], params, new, archive_mode=True)
     t3 = time.monotonic()
     return plan, result, rejoin, b_checks, {"promote_s": round(t1 - t0, 1), "rejoin_s": round(t2 - t1, 1),
                                             "pgbackrest_s": round(t3 - t2, 1)}
@@ -270,7 +271,7 @@ def test_planned_switchover_loses_nothing_and_the_old_primary_streams_again(para
     TIMINGS.update({f"switchover_rejoin_{k}": v for k, v in rejoin.items() if k.endswith("_s")})
     assert (plan.old_primary, plan.new_primary) == (old.name, new.name)
     assert "[secret]" in result["database_url"] and passwords["app"] not in str(result)
-    url_file = fo.database_url_path(params)
+    url_file = desired_failover.database_url_path(params)
     assert oct(url_file.stat().st_mode & 0o777) == "0o600" and new.private_ip in url_file.read_text()
     assert "sslmode=verify-full" in url_file.read_text()  # DATABASE_URL verifies the new primary
     assert counts(hosts, params, new.name) == before
@@ -590,13 +591,13 @@ def test_unplanned_failover_with_the_primary_unreachable_then_step_10_rejoins_it
     reachable = {gone.name: None, survivor.name: hosts[survivor.name]}
 
     topo, states = topology.get_topology(reachable, params)
-    plan = fo.plan_failover(topo, states, params, previous_primary=gone.name)
+    plan = desired_failover.plan_failover(topo, states, params, previous_primary=gone.name)
     assert (plan.kind, plan.old_reachable, plan.new_primary) == ("failover", False, survivor.name)
     assert "Power it off" in plan.question
-    fo.run_failover(plan, reachable, params, app_password=passwords["app"])
-    outcomes, rejoin = fo.rejoin_old_primary(reachable, params, plan, allow_destructive=True)
+    fo.run_failover(reachable, plan, params, app_password=passwords["app"])
+    outcomes, rejoin = fo.run_rejoin_old_primary(reachable, params, plan, allow_destructive=True)
     assert rejoin == {"skipped": "unreachable"}
-    _, b_checks = fo.point_backups_at(hosts[survivor.name], params, survivor, archive_mode=True)
+    _, b_checks = fo.run_point_backups_at(hosts[survivor.name], params, survivor, archive_mode=True)
     checks = rep_step.check_all(reachable, params, passwords["rep"]) + b_checks
     assert [c.name for c in checks if c.status == "fail"] == []
     assert [c.target for c in checks if c.status == "warn"] == [gone.name]
