@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import shlex
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -28,6 +27,7 @@ from psycopg import sql
 from hcbpg.adapters.dryrun import NOTHING_THERE_EXIT
 from hcbpg.adapters.files import ensure_dir
 from hcbpg.errors import DatabaseError, RemoteCommandError
+from hcbpg.pg.psql_output import JSON_MARK, parse_marked_json, parse_sqlstate
 from hcbpg.secrets import scrub
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -36,10 +36,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 Composable = sql.Composable
 
-#: the line prefix of a JSON result in psql output (``SELECT 'HCBPG-JSON ' || (...)::text``)
-JSON_MARK = "HCBPG-JSON "
-
-_SQLSTATE = re.compile(r"^(?:ERROR|FATAL|PANIC):\s+([0-9A-Z]{5}):", re.MULTILINE)
 
 
 def render(statement: "Composable | str") -> str:
@@ -47,20 +43,6 @@ def render(statement: "Composable | str") -> str:
     if isinstance(statement, str):
         return statement
     return statement.as_string(None)
-
-
-def parse_sqlstate(output: str) -> str | None:
-    """PostgreSQL's SQLSTATE in psql's error output, when it printed one (``VERBOSITY verbose``)."""
-    m = _SQLSTATE.search(output or "")
-    return m.group(1) if m else None
-
-
-def parse_marked_json(stdout: str) -> Any:
-    """The value after the last ``HCBPG-JSON`` marker in psql output."""
-    for line in reversed(stdout.splitlines()):
-        if line.startswith(JSON_MARK):
-            return json.loads(line[len(JSON_MARK):])
-    raise DatabaseError("psql printed no result line", hint="Run the query by hand to see what it prints.")
 
 
 class PsqlExit(Exception):

@@ -48,7 +48,7 @@ This package re-exports the names its callers use; steps that take the runbook a
 
 from __future__ import annotations
 
-from hcbpg.adapters.psql import PsqlEndpoint, parse_marked_json, render
+from hcbpg.adapters.psql import PsqlEndpoint, render
 from hcbpg.desired.migration import (
                                             RESTORE_PART,
                                             ROLLBACK,
@@ -142,6 +142,7 @@ from hcbpg.pg.inventory import (
                                             comparison_table,
                                             newest_event_sql,
 )
+from hcbpg.pg.psql_output import parse_marked_json
 from hcbpg.pg.restore import (
                                             GIB,
                                             MARKER_LIVE,

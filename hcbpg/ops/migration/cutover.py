@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from psycopg import sql
 
 from hcbpg import secrets as hsecrets
-from hcbpg.adapters.psql import JSON_MARK, parse_marked_json, render
+from hcbpg.adapters.psql import render
 from hcbpg.desired.migration import ROLLBACK, check_source_quiet
 from hcbpg.errors import VerificationFailed, WaitTimeout
 from hcbpg.ops import app_database as roles
@@ -18,6 +18,7 @@ from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops.migration.source import get_source_sessions
 from hcbpg.outcome import Check, Outcome
 from hcbpg.pg import scram
+from hcbpg.pg.psql_output import JSON_MARK, parse_marked_json
 from hcbpg.wait import polling_loop
 
 if TYPE_CHECKING:  # pragma: no cover

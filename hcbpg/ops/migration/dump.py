@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 from hcbpg import secrets as hsecrets
 from hcbpg.adapters.base import Changes
 from hcbpg.adapters.files import ensure_dir
-from hcbpg.adapters.psql import JSON_MARK, parse_marked_json
 from hcbpg.desired.migration import check_source_names
 from hcbpg.errors import RemoteCommandError
 from hcbpg.ops.migration.source import SECRET_DIR
@@ -22,6 +21,7 @@ from hcbpg.ops.progress import run_file_growth_watcher
 from hcbpg.outcome import Check, Outcome
 from hcbpg.pg.dump import dump_path, render_download, render_dump_session, render_heroku_commands
 from hcbpg.pg.inventory import Inventory
+from hcbpg.pg.psql_output import JSON_MARK, parse_marked_json
 from hcbpg.pg.restore import GIB
 from hcbpg.pg.stream import render_counts_select
 

@@ -17,7 +17,6 @@ from psycopg import sql
 from hcbpg import clock
 from hcbpg import secrets as hsecrets
 from hcbpg.adapters.files import ensure_dir
-from hcbpg.adapters.psql import JSON_MARK, parse_marked_json
 from hcbpg.desired.migration import (
     check_source_names,
     render_reload_and_wait,
@@ -33,6 +32,7 @@ from hcbpg.ops.migration.source import get_target
 from hcbpg.ops.progress import get_source_sizes, run_restore_watcher
 from hcbpg.pg.dump import plan_prerequisites
 from hcbpg.pg.inventory import Inventory
+from hcbpg.pg.psql_output import JSON_MARK, parse_marked_json
 from hcbpg.pg.restore import (
     MARKER_RESTORE,
     plan_restore_settings,
