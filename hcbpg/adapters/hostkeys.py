@@ -79,7 +79,9 @@ def fingerprint_of_public(public_line: str) -> str:
         raise ValueError("the key data is not valid base64") from None
 
 
-def parse_known_hosts(text: str) -> list[Pin]:
+# The known_hosts format is read here, beside the file, and not in hcbpg.pg or hcbpg.desired: the lab imports
+# this adapter (it pins its machines' keys) and must not import those layers (contract lab-stands-alone).
+def _parse_known_hosts(text: str) -> list[Pin]:
     """The pins of a known_hosts text (comments, blank, hashed and marker lines skipped)."""
     out = []
     for raw in text.splitlines():
@@ -103,7 +105,7 @@ def known_hosts_path(params: "Params") -> Path:
 
 def read_pins(path: Path) -> list[Pin]:
     try:
-        return parse_known_hosts(path.read_text())
+        return _parse_known_hosts(path.read_text())
     except FileNotFoundError:
         return []
     except OSError as exc:
@@ -156,7 +158,7 @@ def pin(path: Path, environment: str, name: str, public_lines: Iterable[str], *,
         except FileNotFoundError:
             old_text = ""
         comments = [ln for ln in old_text.splitlines() if ln.startswith("#")]
-        kept = [p for p in parse_known_hosts(old_text) if name not in p.hosts]
+        kept = [p for p in _parse_known_hosts(old_text) if name not in p.hosts]
         head = "".join(c + "\n" for c in comments) if comments else HEADER.format(env=environment)
         text = head + "".join(p.line() + "\n" for p in [*kept, *new_pins])
         if text == old_text:
