@@ -1,5 +1,5 @@
 """Rebuilding a server as a streaming replica of the current primary: stop it, pg_rewind it
-when its history allows, else wipe it (only as :mod:`hcbpg.ops.topology` allows) and take a
+when its history allows, else wipe it (only as :mod:`hcbpg.desired.topology` allows) and take a
 base backup; write the recovery settings, start it and wait until it streams."""
 
 from __future__ import annotations
