@@ -36,7 +36,7 @@ __all__ = ["apply", "check", "check_source_quiet_step", "connect", "plan", "prec
 def plan(rb: "Run", host: "Host | None", source: "migration.Source | None") -> "migration.Plan | None":
     """The plan of 07: the dump and restore, or with ``source.transfer: online`` the window (nothing dropped)."""
     if online.is_online(rb) and host is not None and source is not None:
-        return online.plan_window(rb, host, source)
+        return online.show_window_plan(rb, host, source)
     return plan_offline(rb, host, source)
 
 

@@ -35,7 +35,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.steps.context import Run
 
 __all__ = ["arm_way_back", "cleanup", "connect", "drift_guard", "install", "is_online", "paused_if_syncing", "plan",
-           "plan_window", "run_initial_stream", "run_schema_copy", "run_window", "schema", "skip_if_live",
+           "run_initial_stream", "run_schema_copy", "run_window", "schema", "show_window_plan", "skip_if_live",
            "skip_unless_online", "start_sync", "verify_after_traffic", "wait_for_copy", "way_back", "window"]
 
 
@@ -179,8 +179,8 @@ def drift_guard(rb: "Run", host: "Host | None", source: "migration.Source | None
 
 # 07: the window -----------------------------------------------------------------------------------
 
-def plan_window(rb: "Run", host: "Host | None",
-                source: "migration.Source | None") -> "migration.Plan | None":
+def show_window_plan(rb: "Run", host: "Host | None",
+                     source: "migration.Source | None") -> "migration.Plan | None":
     """07's plan for the online transfer: the window, no database dropped (Bucardo filled it)."""
     if host is None or source is None:
         return None
