@@ -1,6 +1,6 @@
 """The streamed transfer, decided without I/O: its catalog SQL, run in the source's exported snapshot
 (the build plan: each table's indexes and keys, the foreign keys; the tables to copy with their COPY
-format), the scripts it runs on the primary (templates in ``hcbpg/ops/migration/scripts/``), what the
+format), the scripts it runs on the primary (templates in ``hcbpg/pg/scripts/``), what the
 plan shows of it, and its timings read back from its log."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The shell, awk, psql and Perl files of the migration, as templates shipped in
-``hcbpg/ops/migration/scripts/`` (package data of :data:`SCRIPTS_PACKAGE`: read, never imported),
+``hcbpg/pg/scripts/`` (package data of :data:`SCRIPTS_PACKAGE`: read, never imported),
 and the one pure function that fills them in.
 
 Template syntax (small on purpose, no Jinja):
@@ -22,8 +22,8 @@ from importlib import resources
 
 _PLACEHOLDER = re.compile(r"@([A-Z][A-Z0-9_]*)@")
 
-#: the package whose ``scripts/`` folder holds the templates (next to the operations that run them)
-SCRIPTS_PACKAGE = "hcbpg.ops.migration"
+#: the package whose ``scripts/`` folder holds the templates (beside their renderer: pure data, read, never imported)
+SCRIPTS_PACKAGE = "hcbpg.pg"
 
 
 @cache
