@@ -12,12 +12,11 @@ from hcbpg.adapters.dryrun import AbsentHost, DryRunHost
 from hcbpg.adapters.psql import Psql
 from hcbpg.adapters.secretstore import SecretStore, secret_store
 from hcbpg.desired import server as desired_server
-from hcbpg.desired.privileges import render_privileges_table
 from hcbpg.desired.migration import release_urls_path, render_role_urls
+from hcbpg.desired.privileges import render_privileges_table
 from hcbpg.desired.roles import RolesConfig, roles_config  # noqa: F401 - the notebook's call
 from hcbpg.ops import access, monitoring, privileges, readonly, tls
 from hcbpg.ops import config as pg_config
-from hcbpg.ops.cluster import get_psql
 from hcbpg.outcome import Check, Outcome
 from hcbpg.steps._migration import write_urls_file
 from hcbpg.steps.targets import app_host, jumpbox_host, primary_psql, server_hosts, target_for
@@ -70,8 +69,7 @@ def get_plan(hosts: Mapping[str, "Host | None"], psql: "Psql | None", params: "P
              cfg: RolesConfig) -> list[Outcome]:
     """The statements on the primary, then the pg_hba lines on every server, planned."""
     plan = [privileges.ensure_privileges(planning_psql(psql, params), cfg),
-            readonly.ensure_blazer(get_psql(target_for(params.primary.name, psql.host if psql else None,
-                                                       dry_run=True), params), cfg)]
+            readonly.ensure_blazer(planning_psql(psql, params), cfg)]
     plan += ensure_pg_hba(hosts, params, cfg, dry_run=True)
     return plan
 
@@ -86,8 +84,7 @@ def apply_login_roles(rb: "Run", hosts: Mapping[str, "Host | None"], psql: "Psql
         rb.track(pg_config.ensure_pg_hba(target_for(s.name, hosts[s.name], dry_run=False), params, s,
                                          extra=desired_server.all_hba_extra(params, s, cfg)))
     rb.track(privileges.ensure_privileges(_real(psql), cfg, roles_only=True))
-    rb.track(readonly.ensure_blazer(get_psql(target_for(params.primary.name, psql.host if psql else None,
-                                                        dry_run=False), params), cfg))
+    rb.track(readonly.ensure_blazer(_real(psql), cfg))
 
 
 def hand_out_release_urls(rb: "Run", cfg: RolesConfig) -> None:
