@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -24,6 +21,7 @@ from hcbpg.ops.server_lock import Holder
 from hcbpg.params import parse_params
 
 from labparams import lab_params, pgbackrest_section, replication_section
+from stages import cli
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -72,12 +70,6 @@ def run_home(lab, tmp_path_factory):
     (nbs / "steps.yaml").write_text("steps:\n  - {notebook: 10_replication.ipynb, title: \"Streaming replication\"}\n")
     return home, {"HCBPG_HOME": str(home), "HCBPG_STATE_DIR": str(home / "state"),
                   "HCBPG_LAB_DIR": str(lab.lab_dir), "HCBPG_NOTEBOOKS": str(nbs), "HCBPG_OPERATOR": "bob"}
-
-
-def cli(env: dict, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    e = {k: v for k, v in os.environ.items() if k not in ("HCBPG_SCRUB_FILE", "HCBPG_HEADLESS", "HCBPG_AUTO_APPROVE")}
-    return subprocess.run([sys.executable, "-m", "hcbpg.cli", *args], capture_output=True, text=True,
-                          env={**e, **env}, timeout=timeout, cwd=REPO)
 
 
 def test_the_second_run_is_refused_naming_the_first_and_it_holds_until_released(params, store):
