@@ -46,6 +46,13 @@ class PrimaryStage:
         key = self.lab.ssh_key.with_suffix(".pub").read_text()
         create_server_host(self.name, self.ip, [key], lab_dir=str(self.lab.lab_dir), snapshot=self.snapshot)
         self.lab.exec(self.name, "pg_ctlcluster 15 main start", check=True)
+        # the app role has the lab's password as it is now, as if this module had run step 04 itself: a module
+        # before this one may have rotated it (the lab's secret file is what params refer to); on stdin only
+        password = self.lab.cfg.secret_path("rails-password").read_text().strip()
+        quoted = "'" + password.replace("'", "''") + "'"
+        cp = self.lab.exec(self.name, ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "postgres"],
+                           input=f"ALTER ROLE rails PASSWORD {quoted};\n", user="postgres", timeout=60)
+        assert cp.returncode == 0, cp.stderr[-2000:]
         return self.ip
 
 

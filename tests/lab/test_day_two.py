@@ -32,13 +32,14 @@ from hcbpg.adapters.dryrun import DryRunHost
 from hcbpg.adapters.host import Host
 from hcbpg.adapters.secretstore import SecretStore
 from hcbpg.desired import capacity
+from hcbpg.desired import health as health_rules
 from hcbpg.desired import roles as desired_roles
 from hcbpg.desired import rotation as desired_rotation
 from hcbpg.desired import server as desired_server
 from hcbpg.desired import tls as desired_tls
 from hcbpg.lab import create_server_host, destroy_server_host
 from hcbpg.lab.core import read_state
-from hcbpg.ops import access, health, migration, monitoring, privileges, readonly, rotation, server_lock
+from hcbpg.ops import access, migration, monitoring, privileges, readonly, rotation, server_lock
 from hcbpg.ops import app_database as roles
 from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import config as pg_config
@@ -633,7 +634,7 @@ def test_status_shows_every_item_for_both_servers_and_exits_0(params, home):
     proc, _ = hcbpg_cli(home, "status", "lab", "--all")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for s in params.servers:
-        for item in health.ITEMS:
+        for item in health_rules.ITEMS:
             assert any(line.startswith(s.name) and item in line for line in proc.stdout.splitlines()), (s.name, item)
     js, _ = hcbpg_cli(home, "status", "lab", "--json")
     assert js.returncode == 0
