@@ -183,9 +183,11 @@ def _bucket_keys(lab, params):
     return keys
 
 
-def backup_pings(receiver):
-    """The backup job's pings (the lab's receiver also hears other modules' scheduled health jobs)."""
-    return [p for p in deadman.read_pings(receiver) if p["path"].startswith("/ping/hcbpg-backup-lab")]
+def backup_pings(receiver, host):
+    """The backup job's pings from *host* (the lab's receiver also hears the scheduled jobs of other modules'
+    servers on this worker: their health jobs, and their backup jobs when cron fires)."""
+    return [p for p in deadman.read_pings(receiver)
+            if p["path"].startswith("/ping/hcbpg-backup-lab") and p["client"] == host.address]
 
 
 def test_scheduled_job_takes_a_diff_and_pings_success(params, primary, receiver, lab):
@@ -199,7 +201,7 @@ def test_scheduled_job_takes_a_diff_and_pings_success(params, primary, receiver,
     res = schedule.run_backup_job(primary, "diff")
     assert res.exit_code == 0, res.output[-2000:]
     print(f"scheduled diff job in {time.monotonic() - t0:.1f}s")
-    pings = backup_pings(receiver)
+    pings = backup_pings(receiver, primary)
     assert [p["kind"] for p in pings] == ["start", "success"], pings
     assert pings[-1]["path"] == "/ping/hcbpg-backup-lab" and "backup command end: completed" in pings[-1]["body"]
     rows = pgb.get_backups(primary, params)
@@ -216,7 +218,7 @@ def test_unreachable_repo_makes_the_job_ping_failure_and_exit_nonzero(params, pr
     import subprocess
     subprocess.run(rule, check=True)
     try:
-        before = len(backup_pings(receiver))
+        before = len(backup_pings(receiver, primary))
         t0 = time.monotonic()
         # pgBackRest retries a repository it cannot reach for minutes (io-timeout 60s per try);
         # a shorter io-timeout, through its environment, shows the same failure in seconds
@@ -225,7 +227,7 @@ def test_unreachable_repo_makes_the_job_ping_failure_and_exit_nonzero(params, pr
     finally:
         subprocess.run([*rule[:4], "del", *rule[5:]], check=True)
     assert res.exit_code != 0
-    pings = backup_pings(receiver)[before:]
+    pings = backup_pings(receiver, primary)[before:]
     assert [p["kind"] for p in pings] == ["start", "fail"], pings
     assert pings[-1]["status"] == res.exit_code and pings[-1]["query"] == f"status={res.exit_code}"
 
