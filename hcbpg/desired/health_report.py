@@ -132,6 +132,17 @@ def figure_data(measurements: Sequence[Measurement]) -> dict[str, Any]:
     return {"replay_lag_s": lag, "backup_age_h": backup_age, "connections": conns}
 
 
+def _threshold_panel(ax, values: dict[str, float], empty: str, color: str,  # noqa: ANN001 - a matplotlib Axes
+                     warn: float | None, fail: float | None, title: str) -> None:
+    """One bar per server, with the warn and fail thresholds as dashed lines."""
+    names = list(values) or [empty]
+    ax.bar(names, [values.get(n, 0) for n in names], color=color)
+    ax.axhline(warn, color="#f58518", ls="--", label="warn")
+    ax.axhline(fail, color="#e45756", ls="--", label="fail")
+    ax.set_title(title)
+    ax.legend()
+
+
 def plot(measurements: Sequence[Measurement], t: Thresholds):  # noqa: ANN201 - a matplotlib Figure
     """Three panels: replay lag (s), backup age (h), connections in use against each role's limit."""
     import matplotlib  # noqa: PLC0415 - heavy (pandas, fonts): only the health plot needs it
@@ -139,20 +150,10 @@ def plot(measurements: Sequence[Measurement], t: Thresholds):  # noqa: ANN201 - 
     del matplotlib
     data = figure_data(measurements)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    ax = axes[0]
-    names = list(data["replay_lag_s"]) or ["(no standby)"]
-    ax.bar(names, [data["replay_lag_s"].get(n, 0) for n in names], color="#4c78a8")
-    ax.axhline(t.replay_lag_warn_s, color="#f58518", ls="--", label="warn")
-    ax.axhline(t.replay_lag_fail_s, color="#e45756", ls="--", label="fail")
-    ax.set_title("replay lag (s)")
-    ax.legend()
-    ax = axes[1]
-    names = list(data["backup_age_h"]) or ["(no backup)"]
-    ax.bar(names, [data["backup_age_h"].get(n, 0) for n in names], color="#54a24b")
-    ax.axhline(t.backup_age_warn_h, color="#f58518", ls="--", label="warn")
-    ax.axhline(t.backup_age_fail_h, color="#e45756", ls="--", label="fail")
-    ax.set_title("age of the last backup (h)")
-    ax.legend()
+    _threshold_panel(axes[0], data["replay_lag_s"], "(no standby)", "#4c78a8",
+                     t.replay_lag_warn_s, t.replay_lag_fail_s, "replay lag (s)")
+    _threshold_panel(axes[1], data["backup_age_h"], "(no backup)", "#54a24b",
+                     t.backup_age_warn_h, t.backup_age_fail_h, "age of the last backup (h)")
     ax = axes[2]
     names = list(data["connections"])
     used = [data["connections"][n][0] for n in names]
