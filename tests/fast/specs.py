@@ -24,6 +24,25 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+#: the primary of :func:`params_data`
+PRIMARY = {"name": "server-postgres-1", "private_ip": "10.0.1.5", "role": "primary"}
+
+
+def params_data(*, servers: list[dict[str, Any]] | None = None, **sections: Any) -> dict[str, Any]:
+    """The least params a spec needs (a lab environment, one primary ``server-postgres-1`` on 10.0.1.5, the
+    token and the app's password by ``env:`` reference) with *sections* added, as the dict ``parse_params``
+    reads; a new dict on each call."""
+    data: dict[str, Any] = {
+        "environment": "lab",
+        "hetzner": {"token": "env:HCBPG_TEST_TOKEN", "ssh_public_key_file": "/dev/null"},
+        "network": {"ip_range": "10.0.0.0/16", "subnet": "10.0.1.0/24"},
+        "servers": [dict(s) for s in servers] if servers is not None else [dict(PRIMARY)],
+        "postgres": {"app_role_password": "env:HCBPG_TEST_APP_PW"},
+    }
+    data.update(sections)
+    return data
+
+
 #: the cases every public ``ensure_*`` has a spec for
 CASES = ("fresh", "second run", "dry run", "refusal")
 

@@ -29,18 +29,12 @@ from hcbpg.errors import ParamsError, RemoteCommandError
 from hcbpg.ops import schedule
 from hcbpg.ops.jobs import health_job
 from hcbpg.params import parse_params
-from tests.fast.specs import covers
+from tests.fast.specs import covers, params_data
 
 NAME = "server-postgres-1"
-BASE: dict[str, Any] = {
-    "environment": "lab",
-    "hetzner": {"token": "env:HCBPG_TEST_TOKEN", "ssh_public_key_file": "/dev/null"},
-    "network": {"ip_range": "10.0.0.0/16", "subnet": "10.0.1.0/24"},
-    "servers": [{"name": NAME, "private_ip": "10.0.1.5", "role": "primary"}],
-    "postgres": {"app_role_password": "env:HCBPG_TEST_APP_PW"},
-    "pgbackrest": {"s3_endpoint": "10.0.1.1:9443", "s3_uri_style": "path", "s3_key": "env:K", "s3_key_secret": "env:S",
-                   "cipher_pass": "env:C"},
-}
+BASE: dict[str, Any] = params_data(
+    pgbackrest={"s3_endpoint": "10.0.1.1:9443", "s3_uri_style": "path", "s3_key": "env:K", "s3_key_secret": "env:S",
+                "cipher_pass": "env:C"})
 MKDIR = "install -d -m 0755 -o root -g root /etc/hcbpg"
 
 

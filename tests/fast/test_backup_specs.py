@@ -27,20 +27,15 @@ from hcbpg.ops import drill
 from hcbpg.ops import pgbackrest as pgb
 from hcbpg.params import parse_params
 from hcbpg.pg.cluster import ctl_command
-from tests.fast.specs import covers
+from tests.fast.specs import PRIMARY, covers, params_data
 
 NAME = "server-postgres-1"
-BASE = {
-    "environment": "lab",
-    "hetzner": {"token": "env:HCBPG_TEST_TOKEN", "ssh_public_key_file": "/dev/null"},
-    "network": {"ip_range": "10.0.0.0/16", "subnet": "10.0.1.0/24"},
-    "servers": [{"name": NAME, "private_ip": "10.0.1.5", "role": "primary"},
-                {"name": "server-postgres-2", "private_ip": "10.0.1.6", "role": "replica"}],
-    "postgres": {"app_role_password": "env:HCBPG_TEST_APP_PW"},
-    "pgbackrest": {"s3_endpoint": "10.0.1.1:9443", "s3_uri_style": "path", "s3_ca_file": "/var/lib/hcbpg-lab/tls/ca.crt",
-                   "s3_key": "env:HCBPG_TEST_S3_KEY", "s3_key_secret": "env:HCBPG_TEST_S3_SECRET",
-                   "cipher_pass": "env:HCBPG_TEST_CIPHER", "process_max": 2, "block": False},
-}
+BASE = params_data(
+    servers=[PRIMARY, {"name": "server-postgres-2", "private_ip": "10.0.1.6", "role": "replica"}],
+    pgbackrest={"s3_endpoint": "10.0.1.1:9443", "s3_uri_style": "path", "s3_ca_file": "/var/lib/hcbpg-lab/tls/ca.crt",
+                "s3_key": "env:HCBPG_TEST_S3_KEY", "s3_key_secret": "env:HCBPG_TEST_S3_SECRET",
+                "cipher_pass": "env:HCBPG_TEST_CIPHER", "process_max": 2, "block": False},
+)
 SECRETS = {"HCBPG_TEST_S3_KEY": "AKIAspecs0123456789", "HCBPG_TEST_S3_SECRET": "s3-secret-of-the-specs-0123456789",
            "HCBPG_TEST_CIPHER": "cipher-pass-of-the-specs-0123456789"}
 VERSION = (2, 54, 2)

@@ -28,19 +28,13 @@ from hcbpg.ops.migration import bucardo, bucardo_service, database, settings, so
 from hcbpg.params import parse_params
 from hcbpg.pg import bucardo as bp
 from hcbpg.pg import templates
-from tests.fast.specs import covers
+from tests.fast.specs import covers, params_data
 
 NAME = "server-postgres-1"
 URL = "postgres://app:s3cret-of-the-specs@source.example.com:5432/hcb"
 PEM = "-----BEGIN CERTIFICATE-----\nMIIB-specs\n-----END CERTIFICATE-----\n"
-BASE: dict[str, Any] = {
-    "environment": "lab",
-    "hetzner": {"token": "env:HCBPG_TEST_TOKEN", "ssh_public_key_file": "/dev/null"},
-    "network": {"ip_range": "10.0.0.0/16", "subnet": "10.0.1.0/24"},
-    "servers": [{"name": NAME, "private_ip": "10.0.1.5", "role": "primary"}],
-    "postgres": {"app_role_password": "env:HCBPG_TEST_APP_PW"},
-    "source": {"url": "env:HCBPG_TEST_SOURCE_URL", "transfer": "online", "online": {"initial_copy": "bucardo"}},
-}
+BASE: dict[str, Any] = params_data(
+    source={"url": "env:HCBPG_TEST_SOURCE_URL", "transfer": "online", "online": {"initial_copy": "bucardo"}})
 #: how the double sees a command run as postgres through the bucardo wrapper
 BUCARDO = f"cd {bucardo.HOME} && bucardo --bucardorc {bucardo.RC} --batch "
 PLAN = bp.SyncPlan(synced=["public.users", "public.events"], in_window=["public.audit_nokey"], refused=[],
