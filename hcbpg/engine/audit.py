@@ -6,8 +6,8 @@ import html
 from pathlib import Path
 
 from hcbpg import secrets as hsecrets
+from hcbpg.engine import jupyter, signing
 from hcbpg.engine import manifest as mf
-from hcbpg.engine import signing
 from hcbpg.errors import AuditError, HcbpgError
 from hcbpg.params import load_params
 
@@ -89,6 +89,7 @@ def render_html(run: mf.Run, *, code: bool = True) -> Path:
     """Render every executed notebook of a run with nbconvert, plus an index page (each step's checks
     and what it changed, a link to each notebook); returns the index.  *code* False: the notebooks
     without their code cells (prose, outputs, tables: for reviewers)."""
+    jupyter.skip_iri_parser()
     import nbformat  # noqa: PLC0415 - nbconvert/nbformat are heavy; only the HTML report needs them
     from nbconvert import HTMLExporter  # noqa: PLC0415 - heavy, only the HTML report needs it
 

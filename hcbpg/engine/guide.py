@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hcbpg import secrets as hsecrets
+from hcbpg.engine import jupyter
 from hcbpg.engine import manifest as mf
 from hcbpg.engine.catalogue import load_steps, notebooks_dir, select, transfer_of
 from hcbpg.engine.locks import env_lock
@@ -78,6 +79,7 @@ def _free_port() -> int:
 def prepare(env: str, *, start: str | None = None, until: str | None = None,
             base: Path | None = None, nb_dir: Path | None = None) -> GuidedRun:
     """Create a guided run and its parameterized (not executed) notebook copies."""
+    jupyter.skip_iri_parser()
     import papermill as pm  # noqa: PLC0415 - papermill (jupyter) is heavy; only a guided run needs it
 
     b = base or home()

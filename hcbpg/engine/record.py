@@ -9,34 +9,21 @@ environment's chain (every notebook's hash, signatures, head) was checked.
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
-from typing import Any, cast
+from typing import Any
 
 from hcbpg.display import _in_ipython
+from hcbpg.engine import jupyter, signing
 from hcbpg.engine import manifest as mf
-from hcbpg.engine import signing
 from hcbpg.errors import AuditError, HcbpgError
 
 _MISSING = object()
 
 
 def _scrapbook() -> Any:
-    """scrapbook, imported in a step's kernel without jsonschema's optional RFC 3987 parser.
-
-    scrapbook imports papermill, nbformat and so jsonschema, which imports ``rfc3987_syntax``
-    when it is installed (a jupyter-events extra); that module builds a grammar at import time,
-    measured at about 1 s of every step's kernel here (``python -X importtime``).  It only checks
-    the ``iri`` string formats, which nbformat's notebook schema does not use.
-    """
-    if "jsonschema" not in sys.modules:
-        # None in sys.modules makes that import fail fast (ImportError), on purpose
-        sys.modules.setdefault("rfc3987_syntax", cast("ModuleType", None))
-    import scrapbook  # noqa: PLC0415 - must come after the rfc3987_syntax stub above; heavy, notebooks only
-
-    return scrapbook
+    """scrapbook, imported in a step's kernel without jsonschema's RFC 3987 parser (:mod:`hcbpg.engine.jupyter`)."""
+    return jupyter.load("scrapbook")
 
 
 def recorded_notebooks(run: mf.Run) -> dict[str, str | None]:

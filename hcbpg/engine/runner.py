@@ -26,7 +26,7 @@ from typing import Any
 
 from hcbpg import progress as hprogress
 from hcbpg import secrets as hsecrets
-from hcbpg.engine import audit, chain, signing
+from hcbpg.engine import audit, chain, jupyter, signing
 from hcbpg.engine import manifest as mf
 from hcbpg.engine.catalogue import load_steps, notebooks_dir, select, transfer_of
 from hcbpg.engine.gates import AUTO_APPROVE_ENV, HEADLESS_ENV
@@ -68,6 +68,7 @@ class ScrubbingWriter:
 
 
 def _register_writer() -> None:
+    jupyter.skip_iri_parser()
     from papermill.iorw import papermill_io  # noqa: PLC0415 - papermill/jupyter are heavy; loaded when a notebook runs
     if not any(s == SCHEME for s, _ in papermill_io._handlers):
         papermill_io.register(SCHEME, ScrubbingWriter)
@@ -341,6 +342,7 @@ class Runner:
             handler.close()
 
     def _run_step(self, run: mf.Run, s: StepEntry, i: int, n: int) -> RunResult | None:
+        jupyter.skip_iri_parser()
         import papermill as pm  # noqa: PLC0415 - jupyter stack is heavy, loaded when a notebook runs
         from papermill.exceptions import PapermillExecutionError  # noqa: PLC0415 - jupyter stack is heavy, loaded when a notebook runs
 
@@ -442,6 +444,7 @@ class Runner:
     @staticmethod
     def _changes_from_notebook(path: Path) -> int | None:
         try:
+            jupyter.skip_iri_parser()
             import scrapbook as sb  # noqa: PLC0415 - jupyter stack is heavy, loaded when a notebook runs
             scraps = sb.read_notebook(str(path)).scraps
             return scraps["hcbpg_summary"].data["changes"] if "hcbpg_summary" in scraps else None
