@@ -133,22 +133,26 @@ def env(lab, tmp_path_factory, monkeypatch_module, primary_stage):
     destroy_server_host("server-postgres-1", lab_dir=str(lab.lab_dir))
 
 
-#: rows added to the source's events (copies of the seeded ones) so that its copy and its GIN index
-#: take a few seconds: long enough for the progress views to be seen (removed at the end of the module)
+#: rows added to the source's events (copies of the seeded ones) so that 07's copy and its GIN index take a
+#: few seconds: long enough for the progress views to be seen.  Added once 06 is done (at 07's first gate) and
+#: removed as soon as the runner's test ends: 06 and the later tests' transfers move the seeded source only
 GROW_EVENTS = 50
 
 
-@pytest.fixture(scope="module")
-def grown_source(env):
+def grow_events(env) -> int:  # noqa: ANN001
     """The source's events table 51 times its seeded size (analyzed: its estimate is what progress is measured
-    against), for the module; the added rows are deleted at its end."""
+    against); the highest seeded id, for :func:`shrink_events`."""
     with migration.Source(env.host, env.source_url) as source:
         top = int(source.json("SELECT max(id) FROM public.events"))
         source.execute([f"INSERT INTO public.events (user_id, name, properties, created_at) "
                         f"SELECT e.user_id, e.name, e.properties, e.created_at FROM public.events e, "
                         f"generate_series(1, {GROW_EVENTS}) WHERE e.id <= {top}",
                         "ANALYZE public.events"])
-    yield top
+    return top
+
+
+def shrink_events(env, top: int) -> None:  # noqa: ANN001
+    """The rows :func:`grow_events` added, gone."""
     with migration.Source(env.host, env.source_url) as source:
         source.execute([f"DELETE FROM public.events WHERE id > {top}", "VACUUM ANALYZE public.events"])
 
@@ -171,20 +175,27 @@ def test_plan_reads_only_and_shows_what_would_be_dropped(env):
     assert snapshot(env.host) == before
 
 
-def test_runner_does_dry_run_cutover_and_traffic_switch_through_every_gate(env, grown_source):
+def test_runner_does_dry_run_cutover_and_traffic_switch_through_every_gate(env):
     t0 = time.monotonic()
     old_password = env.pw_file.read_text().strip()
     terminal: list[str] = []
     runner = Runner(base=env.home, nb_dir=env.nb_dir, progress_bar=False, progress=terminal.append)
-    result = runner.start("lab")
-    seen = []
-    while result.exit_code == 3:
-        gates = result.run.read()["gates"]
-        waiting = [g for g, v in gates.items() if not v.get("approved_at")]
-        assert len(waiting) == 1, gates
-        seen.append(waiting[0])
-        approve(result.run.run_id, waiting[0], note="lab test", base=env.home)
-        result = runner.resume(result.run.run_id)
+    top = None
+    try:
+        result = runner.start("lab")
+        seen = []
+        while result.exit_code == 3:
+            gates = result.run.read()["gates"]
+            waiting = [g for g, v in gates.items() if not v.get("approved_at")]
+            assert len(waiting) == 1, gates
+            if top is None:  # 06 is done, 07 waits at its first gate: its copy has rows enough to be watched
+                top = grow_events(env)
+            seen.append(waiting[0])
+            approve(result.run.run_id, waiting[0], note="lab test", base=env.home)
+            result = runner.resume(result.run.run_id)
+    finally:
+        if top is not None:
+            shrink_events(env, top)
     assert result.status == "succeeded", result.message
     assert seen == GATES
     manifest = result.run.read()
@@ -339,7 +350,11 @@ def test_the_production_schema_dry_run_accounts_for_every_object(env):
     url_file = env.tmp / "secrets" / "schema-url"
     url_file.write_text(url + "\n")
     url_file.chmod(0o600)
-    src = env.params.source.model_copy(update={"url": f"file:{url_file}",
+    # a dump and pg_restore -j (source.transfer: directory): the restore production's `method: heroku` runs (a
+    # pg_dump -Fc restored by the same run_restore and TOC filter), in a few connections; the stream's workers
+    # start a psql or pg_restore per table, index and key (~2,500 processes here: two minutes of CPU on a busy
+    # machine), and 06/07 above run the stream on the lab source
+    src = env.params.source.model_copy(update={"url": f"file:{url_file}", "transfer": "directory",
                                                "sentinel": env.params.source.sentinel.model_copy(update={"id": 1})})
     params = env.params.model_copy(update={"source": src, "allow_destructive": True})
     source = migration.Source(env.host, url)
@@ -349,6 +364,7 @@ def test_the_production_schema_dry_run_accounts_for_every_object(env):
                                   sentinel_write="hcbpg schema sentinel")
     bad = [c for c in res.verification.checks if c.status != "pass"]
     assert not bad, bad
+    assert res.dump.format == "directory"
     counts = {r["what"]: (r["source"], r["target"]) for r in res.verification.table}
     assert counts["tables"] == (191, 191)
     assert counts["indexes"] == (649, 649)
