@@ -367,30 +367,42 @@ while not done.is_set():
 """
 
 PGBENCH_SCRIPT = "\\set id random(1, 50)\nSELECT full_name FROM users WHERE id = :id;\n"
+PGBENCH_PID = "/var/tmp/hcbpg-pgbench.pid"
 
 
 def test_500_app_connections_from_the_app_host_while_pgbench_runs(params, hosts, cfg):
     app, ip, db = hosts["app"], params.primary.private_ip, params.postgres.database
     mig, mig_pw = cfg.migrations.name, privileges.get_role_password(SecretStore(), cfg, cfg.migrations.name)
     app.run("cat > /var/tmp/hcbpg-pgbench.sql", stdin=PGBENCH_SCRIPT)
+    app.run(f"rm -f {PGBENCH_PID}")
     bench: dict[str, object] = {}
 
     def pgbench() -> None:  # on the app host too, over its own SSH connection, as the migrations role
+        # it runs until the 500 are done: then it gets SIGALRM, what its own -T timer sends it, and ends the same
+        # way (its summary, exit 0); -T is only the bound should that never come
         with Host.from_params(params, "app", params.app_host.private_ip) as other:
             bench["res"] = other.run(
-                "IFS= read -r PGPASSWORD && export PGPASSWORD && /usr/lib/postgresql/15/bin/pgbench -n "
-                f"-h {ip} -U {mig} -c 4 -j 2 -T 45 -f /var/tmp/hcbpg-pgbench.sql {db}",
+                f"IFS= read -r PGPASSWORD && export PGPASSWORD && echo $$ > {PGBENCH_PID} && "
+                f"exec /usr/lib/postgresql/15/bin/pgbench -n -h {ip} -U {mig} -c 4 -j 2 -T 240 "
+                f"-f /var/tmp/hcbpg-pgbench.sql {db}",
                 stdin=mig_pw + "\n", check=False, timeout=300)
 
     thread = threading.Thread(target=pgbench, daemon=True)
     thread.start()
-    time.sleep(5)
+    # pgbench's 4 sessions are open before the 500 begin
+    ppsql = primary_psql(hosts, params)
+    sessions = sql.SQL("SELECT count(*) AS n FROM pg_stat_activity WHERE usename = {}").format(sql.Literal(mig))
+    deadline = time.monotonic() + 60
+    while int(ppsql.value(sessions) or 0) < 4:
+        assert thread.is_alive() and time.monotonic() < deadline, bench.get("res")
+        time.sleep(0.2)
     t0 = time.monotonic()
     res = app.run(f"{sys.executable} -c {shlex.quote(APP_CONNECTIONS)} {ip} 5432 {db} {cfg.app_role} 500 {mig}",
                   stdin=app_password(params) + "\n", check=False, timeout=600)
     TIMINGS["open_500_connections_s"] = round(time.monotonic() - t0, 1)
     OUTPUT.append(res.output)
-    thread.join(300)
+    app.run(f"kill -ALRM \"$(cat {PGBENCH_PID})\"", check=False)
+    thread.join(120)
     assert res.ok and "OPEN 500 SEEN 500" in res.stdout and "ERRORS 0" in res.stdout, res.output[-2000:]
     beside = int(res.stdout.split("BESIDE")[1].split()[0])
     assert beside >= 1, "pgbench was running while the 500 were open"
