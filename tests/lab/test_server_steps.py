@@ -1,7 +1,9 @@
-"""Steps 02-04 (install, allow connections, app role and database) against real lab hosts over SSH.
+"""Steps 00-04 (preflight, provision, install, allow connections, app role and database) against real lab hosts.
 
-Two fresh servers are made through the lab's hook; the tests run in file order and build
-on each other: plan on fresh servers, apply, apply again (zero changes), then the bad inputs.
+One from-scratch path: the real notebooks through the real CLI plan on no servers, step 01 makes two servers
+through the lab's Hetzner API stand-in, steps 02-04 are first planned on them by the step functions (a dry run
+against the empty servers), then run as notebooks, checked from the app host, run again (zero changes, as
+notebooks and as step functions), then the bad inputs.  The tests run in file order and build on each other.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import pytest
 from hcbpg.adapters.dryrun import AbsentHost, DryRunHost
 from hcbpg.adapters.host import Host
 from hcbpg.errors import HostUnreachable, SafetyCheckFailed
-from hcbpg.lab import create_server_host, destroy_server_host
 from hcbpg.ops import app_database as roles
 from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import config as pg_config
@@ -26,7 +27,7 @@ from hcbpg.steps import allow_connections as allow_step
 from hcbpg.steps import app_role_database as role_step
 from hcbpg.steps import install_postgres as install_step
 
-from labparams import lab_params, tls_section
+from labparams import tls_section
 from stages import cli, latest_manifest
 
 pytestmark = pytest.mark.lab
@@ -37,21 +38,16 @@ SNAPSHOT = ("pg_lsclusters -h; find /etc/postgresql /etc/apt/sources.list.d /var
 
 
 @pytest.fixture(scope="module")
-def params(lab):
-    cfg = lab.cfg
-    servers = [("server-postgres-1", cfg.address(31), "primary"), ("server-postgres-2", cfg.address(32), "replica")]
-    key = lab.ssh_key.with_suffix(".pub").read_text()
-    for name, ip, _role in servers:
-        create_server_host(name, ip, [key], lab_dir=str(lab.lab_dir))
-    p = parse_params(lab_params(lab, servers))
-    yield p
-    for name, _ip, _role in servers:
-        destroy_server_host(name, lab_dir=str(lab.lab_dir))
+def params(lab, run_home):
+    """The params the notebooks run with (run_home's), for the step functions called directly."""
+    import yaml
+    home, _env = run_home
+    return parse_params(yaml.safe_load((home / "params" / "lab.yaml").read_text()))
 
 
 @pytest.fixture(scope="module")
 def hosts(params):
-    hs = {s.name: Host.from_params(params, s.name, s.ssh_host) for s in params.servers}
+    hs = {s.name: Host.from_params(params, s.name, s.ssh_host or s.private_ip) for s in params.servers}
     yield hs
     for h in hs.values():
         h.close()
@@ -60,6 +56,42 @@ def hosts(params):
 @pytest.fixture(scope="module")
 def password(params):
     return resolve(params.postgres.app_role_password, key="postgres.app_role_password")
+
+
+RUN_SERVERS = (("pg-run-1", 41, "primary"), ("pg-run-2", 42, "replica"))
+
+
+@pytest.fixture(scope="module")
+def run_home(lab, tmp_path_factory):
+    """An HCBPG_HOME whose params point at this lab (servers made by step 01 through the API stand-in)."""
+    import yaml
+    cfg = lab.cfg
+    home = tmp_path_factory.mktemp("server-steps-home")
+    (home / "params").mkdir()
+    (home / "params" / "lab.yaml").write_text(yaml.safe_dump({
+        "environment": "lab",
+        "hetzner": {"token": f"file:{cfg.secret_path('hcloud-token')}", "api_endpoint": lab.status()["hcloud_endpoint"],
+                    "ssh_public_key_file": str(lab.ssh_key.with_suffix(".pub")), "ssh_key_name": "hcb-lab",
+                    "admin_source_ranges": [cfg.subnet]},
+        "network": {"ip_range": "10.0.0.0/8", "subnet": cfg.subnet},
+        "servers": [{"name": n, "private_ip": cfg.address(off), "role": r} for n, off, r in RUN_SERVERS],
+        "app_host": {"name": "app", "private_ip": cfg.app_ip},
+        "ssh": {"user": "root", "key_file": str(lab.ssh_key), "connect_timeout": 5,
+                "known_hosts": str(cfg.known_hosts)},
+        "postgres": {"app_role_password": f"file:{cfg.secret_path('rails-password')}"},
+        "tls": tls_section(lab),
+        # the lab key signs the record; `lab up` lists it in this file
+        "audit": {"allowed_signers": str(cfg.ssh_dir / "allowed_signers")},
+    }, sort_keys=False))
+    env = {"HCBPG_HOME": str(home), "HCBPG_STATE_DIR": str(home / "state"), "HCBPG_LAB_DIR": str(lab.lab_dir),
+           "HCBPG_NOTEBOOKS": str(Path(__file__).resolve().parents[2] / "notebooks")}
+    yield home, env
+    import hcloud
+    client = hcloud.Client(token=cfg.read_secret("hcloud-token"), api_endpoint=lab.status()["hcloud_endpoint"])
+    for name, _off, _role in RUN_SERVERS:
+        server = client.servers.get_by_name(name)
+        if server is not None:
+            server.delete()
 
 
 def run_steps(params, hosts, password, *, dry_run):
@@ -82,23 +114,62 @@ def snapshot(hosts):
     return {name: h.probe(SNAPSHOT).stdout for name, h in hosts.items()}
 
 
+def test_plan_on_no_servers_lists_changes_and_creates_no_host(lab, run_home):
+    home, env = run_home
+    hosts_before = sorted(h["name"] for h in lab.status()["hosts"])
+    plan = cli(env, "plan", "lab", "--only", "00,01,02,03,04")
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    assert sorted(h["name"] for h in lab.status()["hosts"]) == hosts_before, "a plan created hosts"
+    planned = {s["key"]: s["changes"] for s in latest_manifest(home)["steps"]}
+    assert planned["02_install_postgres"] > 0 and planned["04_app_role_database"] > 0
+
+
+def test_run_until_01_makes_the_servers(lab, run_home):
+    home, env = run_home
+    first = cli(env, "run", "lab", "--until", "01")
+    assert first.returncode == 0, first.stdout + first.stderr
+    names = {h["name"] for h in lab.status()["hosts"]}
+    assert {n for n, _off, _role in RUN_SERVERS} <= names, names
+
+
+def test_servers_created_by_step_01_run_with_the_host_key_hcbpg_generated_and_pinned(lab, run_home):
+    """Step 01 (run above) generated each server's host key, handed it over in cloud-init user_data (the
+    stand-in installs it as cloud-init does) and pinned it: the key sshd serves is the pinned one,
+    and no other host key type was generated."""
+    from hcbpg.adapters import hostkeys
+    for name, off, _role in RUN_SERVERS:
+        [pin] = hostkeys.pins_for(lab.cfg.known_hosts, name)
+        assert hostkeys.pinned_address(lab.cfg.known_hosts, name) == lab.cfg.address(off)
+        served = lab.exec(name, "cat /etc/ssh/ssh_host_ed25519_key.pub; ls /etc/ssh", check=True).stdout
+        assert pin.key in served and "ssh_host_ecdsa_key" not in served and "ssh_host_rsa_key" not in served
+        assert hostkeys.get_offered_host_key(lab.cfg.address(off)).split()[1] == pin.key
+
+
 def test_dry_run_on_fresh_servers_lists_changes_and_changes_nothing(params, hosts, password):
     before = snapshot(hosts)
     outcomes = run_steps(params, hosts, password, dry_run=True)
     assert snapshot(hosts) == before
     changed = {o.what for o in outcomes if o.changed}
-    assert "cluster 15/main on server-postgres-1" in changed
-    assert "pg_hba.conf on server-postgres-2" in changed
-    assert "role rails on server-postgres-1" in changed
+    assert f"cluster 15/main on {params.primary.name}" in changed
+    assert f"pg_hba.conf on {params.replicas[0].name}" in changed
+    assert f"role rails on {params.primary.name}" in changed
     assert all(o.verb in ("would change", "unchanged") for o in outcomes)
     # the lab's servers already have the packages: dpkg says so, nothing to download
     assert not any(o.changed for o in outcomes if o.what.startswith("packages"))
 
 
-def test_apply_leaves_postgres_configured_and_rails_working_from_the_app_host(lab, params, hosts, password):
+def test_notebooks_02_to_04_change_the_fresh_servers(run_home):
+    home, env = run_home
     t0 = time.monotonic()
-    outcomes = run_steps(params, hosts, password, dry_run=False)
-    assert any(o.changed for o in outcomes)
+    first = cli(env, "run", "lab", "--from", "02", "--until", "04")
+    assert first.returncode == 0, first.stdout + first.stderr
+    changed = {s["key"]: s["changes"] for s in latest_manifest(home)["steps"]}
+    assert all(changed.get(k, 0) > 0 for k in ("02_install_postgres", "03_allow_connections",
+                                               "04_app_role_database")), changed
+    print(f"notebooks 02-04 in {time.monotonic() - t0:.1f}s")
+
+
+def test_postgres_configured_and_rails_working_from_the_app_host(lab, params, hosts, password):
     app = Host.from_params(params, "app", params.app_host.private_ip)
     assert tls_ops.ensure_client_ca(app, params).what == "PostgreSQL CA on app"
     checks = []
@@ -133,7 +204,22 @@ def test_apply_leaves_postgres_configured_and_rails_working_from_the_app_host(la
                   "-c 'SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()'",
                   stdin=password + "\n", quiet=True).stdout.strip()
     assert ssl == "t|TLSv1.3", ssl
-    print(f"apply + verify in {time.monotonic() - t0:.1f}s")
+
+
+def test_run_again_changes_nothing_and_no_secret_in_outputs(lab, run_home):
+    home, env = run_home
+    second = cli(env, "run", "lab", "--until", "04")
+    assert second.returncode == 0, second.stdout + second.stderr
+    again = {s["key"]: s["changes"] for s in latest_manifest(home)["steps"]}
+    assert set(again) >= {"00_preflight", "02_install_postgres", "03_allow_connections", "04_app_role_database"}
+    assert all(n == 0 for n in again.values()), again
+
+    secrets = [lab.cfg.read_secret(n) for n in ("rails-password", "hcloud-token")]
+    for path in (home / "outputs").rglob("*"):
+        if path.is_file():
+            text = path.read_text(errors="replace")
+            assert not any(s in text for s in secrets), f"a secret in {path}"
+            assert "SCRAM-SHA-256$" not in text, f"a password verifier in {path}"
 
 
 def test_second_run_changes_nothing(params, hosts, password):
@@ -181,82 +267,6 @@ def test_unreachable_host_error_names_the_host(lab, params):
     with pytest.raises(HostUnreachable) as info:
         host.run("true")
     assert "server-postgres-9" in str(info.value) and lab.cfg.address(99) in str(info.value)
-
-
-# the real notebooks through the real runner ---------------------------------------------------
-
-RUN_SERVERS = (("pg-run-1", 41, "primary"), ("pg-run-2", 42, "replica"))
-
-
-@pytest.fixture(scope="module")
-def run_home(lab, tmp_path_factory):
-    """An HCBPG_HOME whose params point at this lab (servers made by step 01 through the API stand-in)."""
-    import yaml
-    cfg = lab.cfg
-    home = tmp_path_factory.mktemp("server-steps-home")
-    (home / "params").mkdir()
-    (home / "params" / "lab.yaml").write_text(yaml.safe_dump({
-        "environment": "lab",
-        "hetzner": {"token": f"file:{cfg.secret_path('hcloud-token')}", "api_endpoint": lab.status()["hcloud_endpoint"],
-                    "ssh_public_key_file": str(lab.ssh_key.with_suffix(".pub")), "ssh_key_name": "hcb-lab",
-                    "admin_source_ranges": [cfg.subnet]},
-        "network": {"ip_range": "10.0.0.0/8", "subnet": cfg.subnet},
-        "servers": [{"name": n, "private_ip": cfg.address(off), "role": r} for n, off, r in RUN_SERVERS],
-        "app_host": {"name": "app", "private_ip": cfg.app_ip},
-        "ssh": {"user": "root", "key_file": str(lab.ssh_key), "connect_timeout": 5,
-                "known_hosts": str(cfg.known_hosts)},
-        "postgres": {"app_role_password": f"file:{cfg.secret_path('rails-password')}"},
-        "tls": tls_section(lab),
-        # the lab key signs the record; `lab up` lists it in this file
-        "audit": {"allowed_signers": str(cfg.ssh_dir / "allowed_signers")},
-    }, sort_keys=False))
-    env = {"HCBPG_HOME": str(home), "HCBPG_STATE_DIR": str(home / "state"), "HCBPG_LAB_DIR": str(lab.lab_dir),
-           "HCBPG_NOTEBOOKS": str(Path(__file__).resolve().parents[2] / "notebooks")}
-    yield home, env
-    import hcloud
-    client = hcloud.Client(token=cfg.read_secret("hcloud-token"), api_endpoint=lab.status()["hcloud_endpoint"])
-    for name, _off, _role in RUN_SERVERS:
-        server = client.servers.get_by_name(name)
-        if server is not None:
-            server.delete()
-
-
-def test_plan_then_run_until_04_then_run_again_changes_nothing(lab, run_home):
-    home, env = run_home
-    hosts_before = sorted(h["name"] for h in lab.status()["hosts"])
-    plan = cli(env, "plan", "lab", "--only", "00,01,02,03,04")
-    assert plan.returncode == 0, plan.stdout + plan.stderr
-    assert sorted(h["name"] for h in lab.status()["hosts"]) == hosts_before, "a plan created hosts"
-    planned = {s["key"]: s["changes"] for s in latest_manifest(home)["steps"]}
-    assert planned["02_install_postgres"] > 0 and planned["04_app_role_database"] > 0
-
-    first = cli(env, "run", "lab", "--until", "04")
-    assert first.returncode == 0, first.stdout + first.stderr
-    second = cli(env, "run", "lab", "--until", "04")
-    assert second.returncode == 0, second.stdout + second.stderr
-    again = {s["key"]: s["changes"] for s in latest_manifest(home)["steps"]}
-    assert set(again) >= {"00_preflight", "02_install_postgres", "03_allow_connections", "04_app_role_database"}
-    assert all(n == 0 for n in again.values()), again
-
-    secrets = [lab.cfg.read_secret(n) for n in ("rails-password", "hcloud-token")]
-    for path in (home / "outputs").rglob("*"):
-        if path.is_file():
-            text = path.read_text(errors="replace")
-            assert not any(s in text for s in secrets), f"a secret in {path}"
-            assert "SCRAM-SHA-256$" not in text, f"a password verifier in {path}"
-
-
-def test_servers_created_by_step_01_run_with_the_host_key_hcbpg_generated_and_pinned(lab, run_home):
-    """Step 01 (run above) generated each server's host key, handed it over in cloud-init user_data (the
-    stand-in installs it as cloud-init does) and pinned it: the key sshd serves is the pinned one,
-    and no other host key type was generated."""
-    from hcbpg.adapters import hostkeys
-    for name, off, _role in RUN_SERVERS:
-        [pin] = hostkeys.pins_for(lab.cfg.known_hosts, name)
-        assert hostkeys.pinned_address(lab.cfg.known_hosts, name) == lab.cfg.address(off)
-        served = lab.exec(name, "cat /etc/ssh/ssh_host_ed25519_key.pub; ls /etc/ssh", check=True).stdout
-        assert pin.key in served and "ssh_host_ecdsa_key" not in served and "ssh_host_rsa_key" not in served
-        assert hostkeys.get_offered_host_key(lab.cfg.address(off)).split()[1] == pin.key
 
 
 def test_an_existing_server_without_a_pin_is_pinned_only_after_its_fingerprint_is_approved(lab, run_home):
