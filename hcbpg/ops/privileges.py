@@ -51,7 +51,6 @@ from hcbpg.desired.privileges import (
     render_unknown,
 )
 from hcbpg.desired.roles import RolesConfig
-from hcbpg.ops.app_database import get_role
 from hcbpg.outcome import Check, Outcome
 from hcbpg.pg.acl import Observed, catalog_queries, parse_observed
 from hcbpg.pg.scram import scram_matches
@@ -106,11 +105,21 @@ def get_observed(psql: "PsqlLike", cfg: RolesConfig) -> Observed:
     exists = psql.value(sql.SQL("SELECT count(*) AS n FROM pg_database WHERE datname = {}")
                         .format(sql.Literal(cfg.database)))
     rows: dict[str, Any] = {}
-    for name, (query, db) in queries.items():
+    for db in dict.fromkeys(db for _, db in queries.values()):
         if db != "postgres" and not exists:
             continue
-        rows[name] = psql.query(query, dbname=db)
+        rows.update(_catalog_rows(psql, {n: q for n, (q, d) in queries.items() if d == db}, db))
     return parse_observed(rows)
+
+
+def _catalog_rows(psql: "PsqlLike", queries: dict[str, sql.Composable], db: str) -> dict[str, Any]:
+    """The rows of each of *queries* in *db*, read by one psql call (one snapshot) instead of one call
+    each: name -> rows as ``psql.query`` returns them."""
+    parts = [sql.SQL("{}, (SELECT coalesce(json_agg(q), '[]'::json) FROM ({}) AS q)").format(sql.Literal(name), query)
+             for name, query in queries.items()]
+    got = psql.value(sql.SQL("SELECT json_build_object({}) AS catalog").format(sql.SQL(", ").join(parts)),
+                     dbname=db) or {}
+    return {name: got.get(name) or [] for name in queries}
 
 
 # apply and check ---------------------------------------------------------------------------------------
@@ -153,8 +162,16 @@ def check_privileges(psql: "PsqlLike", cfg: RolesConfig) -> list[Check]:
 def check_passwords(psql: "PsqlLike", cfg: RolesConfig) -> list[Check]:
     """Each login role's stored SCRAM verifier was made from its secret."""
     out = []
-    for role in cfg.login_roles():
-        current = get_role(psql, role.name)
+    roles = cfg.login_roles()
+    # every login role's verifier in one read (get_role's columns would be one psql call per role)
+    stored = {r["rolname"]: r for r in psql.query(sql.SQL(
+        "SELECT rolname, rolpassword FROM pg_authid WHERE rolname = ANY({})").format(
+            sql.Literal([r.name for r in roles])))}
+    for r in stored.values():
+        if r.get("rolpassword"):
+            hsecrets.register(r["rolpassword"])
+    for role in roles:
+        current = stored.get(role.name)
         if current is None:
             out.append(Check(f"{role.name} password", "fail", "role does not exist", psql.host.name))
             continue

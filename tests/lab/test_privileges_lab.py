@@ -1,6 +1,7 @@
 """Step 13's privileges model against an awkward database on a real lab server, through the real runner.
 
-One primary (steps 02-04 from their modules), then what a Heroku restore and HCB's own additions leave:
+One primary (a clone of the shared stage, tests/lab/stages.py; steps 02-04 from their modules again), then
+what a Heroku restore and HCB's own additions leave:
 as rails, a second schema ``analytics`` with a materialized view ``payout_totals``, an unlogged table and
 a plain one; beside the app, a ``fivetran`` role the model does not know, with CREATE on the database,
 its own ``google_sheets`` schema, and SELECT on one of the app's tables.  Then the notebook
@@ -29,7 +30,7 @@ from psycopg import sql
 
 from hcbpg.adapters.host import Host
 from hcbpg.desired import roles as desired_roles
-from hcbpg.lab import create_server_host, destroy_server_host
+from hcbpg.lab import destroy_server_host
 from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import privileges
 from hcbpg.ops import tls as tls_ops
@@ -40,11 +41,12 @@ from hcbpg.steps import app_role_database as role_step
 from hcbpg.steps import install_postgres as install_step
 
 from labparams import lab_params
+from stages import STAGE_PRIMARY, STAGE_PRIMARY_OFFSET
 
 pytestmark = pytest.mark.lab
 
 REPO = Path(__file__).resolve().parents[2]
-PRIMARY = "pv-postgres-1"
+PRIMARY = STAGE_PRIMARY  # the shared stage's server (cloned below), at its address
 DB = "hcb_production"
 
 #: what a restore as rails leaves in a second schema, beside the app's table in public
@@ -104,16 +106,16 @@ def roles_section(lab, **extra) -> dict:
 
 
 def params_data(lab, **roles_extra) -> dict:
-    return lab_params(lab, [(PRIMARY, lab.cfg.address(71), "primary")], roles=roles_section(lab, **roles_extra),
+    return lab_params(lab, [(PRIMARY, lab.cfg.address(STAGE_PRIMARY_OFFSET), "primary")],
+                      roles=roles_section(lab, **roles_extra),
                       allow_destructive=True)
 
 
 @pytest.fixture(scope="module")
-def params(lab):
+def params(lab, primary_stage):
     data = params_data(lab)
     p = parse_params(data)
-    key = lab.ssh_key.with_suffix(".pub").read_text()
-    create_server_host(PRIMARY, p.primary.private_ip, [key], lab_dir=str(lab.lab_dir))
+    assert primary_stage.clone() == p.primary.private_ip  # steps 02-04 done once per worker (stages.py)
     yield p
     destroy_server_host(PRIMARY, lab_dir=str(lab.lab_dir))
 
@@ -244,3 +246,4 @@ def test_with_revocation_params_the_unknown_grants_are_revoked(params, host, hom
     assert checks["fivetran: grants revoked (roles.revoke_unknown_roles)"].status == "pass"
     assert not [c for c in checks.values() if c.status == "fail"]
     assert int(psql.value(sql.SQL("SELECT count(*) AS n FROM pg_roles WHERE rolname = 'fivetran'"))) == 1
+
