@@ -1,8 +1,8 @@
 """Backups that are proven: steps 05 (pgBackRest), 08 (start archiving), the scheduled job with
 its dead-man pings, and the restore drill (12) onto a fresh lab host, against the lab's S3 store.
 
-The tests run in file order and build on each other, on one fresh primary made through the
-lab's hook (steps 02-04 are called directly to give it a cluster and the app database).
+The tests run in file order and build on each other, on a clone of the worker's primary stage (steps 02-04
+done: a cluster and the app database; tests/lab/stages.py); the notebooks at the end get a new clone of their own.
 Run with ``flock /tmp/hcbpg-lab.lock pytest tests/lab/test_backups.py``.
 """
 
@@ -18,7 +18,7 @@ from hcbpg.adapters.host import Host
 from hcbpg.desired import backups as desired_backups
 from hcbpg.desired import pgbackrest as desired_pgbackrest
 from hcbpg.errors import PgBackRestError
-from hcbpg.lab import create_server_host, deadman, destroy_server_host
+from hcbpg.lab import deadman, destroy_server_host
 from hcbpg.lab.core import read_state
 from hcbpg.lab.site import LAB_DRILL_NAME
 from hcbpg.ops import cluster as pg_cluster
@@ -27,9 +27,6 @@ from hcbpg.ops import pgbackrest as pgb
 from hcbpg.params import parse_params
 from hcbpg.pg.pgbackrest import format_bytes, parse_info_json
 from hcbpg.secrets import resolve
-from hcbpg.steps import allow_connections as allow_step
-from hcbpg.steps import app_role_database as role_step
-from hcbpg.steps import install_postgres as install_step
 from hcbpg.steps import pgbackrest as step05
 from hcbpg.steps import restore_drill as step12
 from hcbpg.steps import start_archiving as step08
@@ -58,7 +55,7 @@ LATER_SQL = "INSERT INTO users (email) SELECT 'later' || g || '@example.com' FRO
 @pytest.fixture(scope="module")
 def params(lab, monkeypatch_module, primary_stage):
     monkeypatch_module.setenv("HCBPG_LAB_DIR", str(lab.lab_dir))  # drill.scratch_host finds this lab
-    ip = primary_stage.clone()  # steps 02-04, built once per worker (stages.py); run again below: nothing changes
+    ip = primary_stage.clone()  # steps 02-04, built once per worker (stages.py)
     p = parse_params(lab_params(lab, [("server-postgres-1", ip, "primary")], pgbackrest=pgbackrest_section(lab)))
     yield p
     destroy_server_host("server-postgres-1", lab_dir=str(lab.lab_dir))
@@ -81,10 +78,6 @@ def secrets(params):
 def primary(params):
     server = params.primary
     host = Host.from_params(params, server.name, server.ssh_host)
-    install_step.install_server(host, params, server)
-    allow_step.allow_connections(host, params, server)
-    password = resolve(params.postgres.app_role_password, key="postgres.app_role_password")
-    role_step.app_role_database(pg_cluster.get_psql(host, params), params, password)
     host.run("psql -X -q -v ON_ERROR_STOP=1 -d hcb_production", sudo_user="postgres", stdin=SEED_SQL)
     yield host
     host.close()
@@ -220,9 +213,10 @@ def test_unreachable_repo_makes_the_job_ping_failure_and_exit_nonzero(params, pr
     try:
         before = len(backup_pings(receiver, primary))
         t0 = time.monotonic()
-        # pgBackRest retries a repository it cannot reach for minutes (io-timeout 60s per try);
-        # a shorter io-timeout, through its environment, shows the same failure in seconds
-        res = schedule.run_backup_job(primary, "diff", env={"PGBACKREST_IO_TIMEOUT": "3"}, timeout=600)
+        # pgBackRest retries a repository it cannot reach for minutes (io-timeout 60s per try, about four tries
+        # for each of backup.info and its copy); a short io-timeout, through its environment, shows the same
+        # failure in seconds (nothing is reachable to time out on: the connections are refused at once)
+        res = schedule.run_backup_job(primary, "diff", env={"PGBACKREST_IO_TIMEOUT": "1"}, timeout=600)
         print(f"failing job in {time.monotonic() - t0:.1f}s: exit {res.exit_code}")
     finally:
         subprocess.run([*rule[:4], "del", *rule[5:]], check=True)
@@ -295,14 +289,14 @@ NB_STEPS = [("05_pgbackrest.ipynb", "pgBackRest"), ("08_start_archiving.ipynb", 
 
 
 @pytest.fixture(scope="module")
-def nb_home(lab, tmp_path_factory, secrets):
-    """An HCBPG_HOME whose lab params point at a second fresh primary (steps 02-04 done, data seeded)
-    and a notebooks dir listing steps 05, 08 and 12."""
+def nb_home(lab, tmp_path_factory, secrets, primary_stage):
+    """An HCBPG_HOME whose lab params point at a second fresh primary (steps 02-04 done, data seeded): a new clone of
+    the worker's primary stage, in place of the one the tests above used; and a notebooks dir listing steps 05, 08
+    and 12."""
     import shutil
     from pathlib import Path
 
     import yaml
-    cfg = lab.cfg
     home = tmp_path_factory.mktemp("nbhome")
     (home / "params").mkdir()
     nbdir = home / "notebooks"
@@ -311,26 +305,21 @@ def nb_home(lab, tmp_path_factory, secrets):
     for nb, _title in NB_STEPS:
         shutil.copy(repo_nb / nb, nbdir / nb)
     (nbdir / "steps.yaml").write_text(yaml.safe_dump({"steps": [{"notebook": n, "title": t} for n, t in NB_STEPS]}))
-    ip = cfg.address(51)
-    key = lab.ssh_key.with_suffix(".pub").read_text()
     destroy_server_host(LAB_DRILL_NAME, lab_dir=str(lab.lab_dir))  # a fresh scratch host for this drill
-    create_server_host("nb-postgres-1", ip, [key], lab_dir=str(lab.lab_dir))
+    # the tests above are done with their primary (the stage's name and address): a new clone takes its place
+    destroy_server_host(primary_stage.name, lab_dir=str(lab.lab_dir))
+    ip = primary_stage.clone()  # steps 02-04 done (stages.py)
     # a cluster of its own: its own repository (the path names the cluster's stanza, not the server)
-    data = lab_params(lab, [("nb-postgres-1", ip, "primary")],
+    data = lab_params(lab, [(primary_stage.name, ip, "primary")],
                       pgbackrest=pgbackrest_section(lab, repo_path_prefix="/pgbackrest-notebooks"))
     (home / "params" / "lab.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     p = parse_params(data)
-    host = Host.from_params(p, "nb-postgres-1", ip)
-    install_step.install_server(host, p, p.primary)
-    allow_step.allow_connections(host, p, p.primary)
-    password = resolve(p.postgres.app_role_password, key="postgres.app_role_password")
-    role_step.app_role_database(pg_cluster.get_psql(host, p), p, password)
-    host.run("psql -X -q -v ON_ERROR_STOP=1 -d hcb_production", sudo_user="postgres", stdin=SEED_SQL)
-    host.close()
+    with Host.from_params(p, primary_stage.name, ip) as host:
+        host.run("psql -X -q -v ON_ERROR_STOP=1 -d hcb_production", sudo_user="postgres", stdin=SEED_SQL)
     env = {"HCBPG_HOME": str(home), "HCBPG_STATE_DIR": str(home / "state"), "HCBPG_LAB_DIR": str(lab.lab_dir),
            "HCBPG_NOTEBOOKS": str(nbdir)}
     yield home, env
-    destroy_server_host("nb-postgres-1", lab_dir=str(lab.lab_dir))
+    destroy_server_host(primary_stage.name, lab_dir=str(lab.lab_dir))
 
 
 def test_notebooks_plan_run_and_run_again_with_no_secret_in_outputs(lab, nb_home, secrets):
