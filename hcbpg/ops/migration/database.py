@@ -27,15 +27,16 @@ def get_target_state(host: "HostLike", params: "Params") -> TargetState:
     """The target database as it is now: exists, hcbpg's marker, who is connected, how many tables."""
     psql = pg_cluster.get_psql(host, params)
     db = params.postgres.database
+    # the database and its sessions in one psql call
     rows = psql.query(sql.SQL(
-        "SELECT shobj_description(d.oid, 'pg_database') AS comment, r.rolname AS owner FROM pg_database d "
+        "SELECT shobj_description(d.oid, 'pg_database') AS comment, r.rolname AS owner, "
+        "(SELECT coalesce(json_agg(s), '[]'::json) FROM (SELECT pid, usename, application_name, "
+        "host(client_addr) AS client, state FROM pg_stat_activity WHERE datname = d.datname "
+        "AND pid <> pg_backend_pid() AND backend_type = 'client backend') AS s) AS sessions FROM pg_database d "
         "JOIN pg_roles r ON r.oid = d.datdba WHERE d.datname = {}").format(sql.Literal(db)))
     if not rows:
         return TargetState(False)
-    sessions = psql.query(sql.SQL(
-        "SELECT pid, usename, application_name, host(client_addr) AS client, state FROM pg_stat_activity "
-        "WHERE datname = {} AND pid <> pg_backend_pid() AND backend_type = 'client backend'")
-        .format(sql.Literal(db)))
+    sessions = rows[0]["sessions"] or []
     tables = psql.value("SELECT count(*) AS n FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
                         f"WHERE c.relkind IN ('r', 'p') AND {USER_NS}", dbname=db)
     return TargetState(True, rows[0]["comment"], rows[0]["owner"], sessions, int(tables or 0))
