@@ -94,6 +94,15 @@ def get_state(host: "HostLike", params: "Params") -> dict[str, Any]:
     return {"packages": installed, "control_db": has_db, "syncs": syncs, "running": running}
 
 
+def _running(host: "HostLike", params: "Params") -> bool:
+    """``get_state(...)["running"]`` (its control database there and its pid alive) in one round trip, two
+    while it runs: what the daemon's waits poll, without the packages and syncs read each time."""
+    if not host.probe(f"test -s {PID_FILE} && kill -0 $(cat {PID_FILE})").ok:
+        return False
+    return bool(get_target(host, params, "postgres").json(sql.SQL(
+        "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = {})").format(sql.Literal(bp.CONTROL_DB))))
+
+
 def get_syncing(host: "HostLike", params: "Params") -> bool:
     """The online transfer's forward sync exists on *host* (06b ran; the window has not ended it)."""
     src = params.source
@@ -119,7 +128,7 @@ def wait_for_daemon(host: "HostLike", params: "Params", *, running: bool, timeou
         # dry run: the start or stop was recorded, not run: the daemon's state cannot move
         return
     for _ in polling_loop(timeout, interval=0.5):
-        if get_state(host, params)["running"] == running:
+        if _running(host, params) == running:
             return
     what = "Bucardo running" if running else "Bucardo stopped"
     raise WaitTimeout(f"on {host.name}: {'Bucardo did not start' if running else f'Bucardo did not stop within {timeout:.0f}s'}",
@@ -130,7 +139,7 @@ def ensure_running(host: "HostLike", params: "Params") -> Outcome:
     """The Bucardo daemon runs (started with its log under HOME); refused when its service file is gone."""
     seen = Changes(host)
     what = f"Bucardo's daemon on {host.name}"
-    if get_state(host, params)["running"]:
+    if _running(host, params):
         return seen.outcome(what)
     if not host.exists(bs.SERVICE_FILE):
         raise SafetyCheckFailed(f"on {host.name}: Bucardo's service file for the source ({bs.SERVICE_FILE}, on tmpfs) "
@@ -144,7 +153,7 @@ def ensure_running(host: "HostLike", params: "Params") -> Outcome:
 
 def run_stop(host: "HostLike", params: "Params") -> bool:
     """Stop the daemon (waits for it to be gone); True when it ran."""
-    if not get_state(host, params)["running"]:
+    if not _running(host, params):
         return False
     run_bucardo(host, "stop", display="bucardo stop")
     wait_for_daemon(host, params, running=False, timeout=60)
