@@ -3,7 +3,7 @@ runner from the Heroku-like source into a fresh primary, every gate approved wit
 ``resume``; then a deleted row that must fail verification, and the production schema (191 tables).
 
 The tests run in file order and build on each other, on one primary made through the lab's
-hook (steps 02-04 are called directly).  Run under the lab lock:
+hook (a clone of the shared stage: steps 02-04 done once per worker).  Run under the lab lock:
 
     flock /tmp/hcbpg-lab.lock pytest tests/lab/test_migration.py
 """
@@ -26,15 +26,11 @@ from hcbpg.engine import runbook as rbmod
 from hcbpg.engine.runner import Runner, approve
 from hcbpg.errors import SafetyCheckFailed, VerificationFailed
 from hcbpg.lab import destroy_server_host
-from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import migration
 from hcbpg.ops import tls as tls_ops
 from hcbpg.params import parse_params
 from hcbpg.secrets import register
 from hcbpg.steps import _migration as migration_steps
-from hcbpg.steps import allow_connections as allow_step
-from hcbpg.steps import app_role_database as role_step
-from hcbpg.steps import install_postgres as install_step
 
 from labparams import lab_params
 from nbutil import read_env_file
@@ -92,7 +88,7 @@ SELECT setval(format('%I.%I', schemaname, sequencename), 100) FROM pg_sequences 
 def env(lab, tmp_path_factory, monkeypatch_module, primary_stage):
     """A home with params for this lab, a notebooks dir with 06/07/09, and a primary after steps 02-04."""
     cfg = lab.cfg
-    ip = primary_stage.clone()  # steps 02-04, built once per worker (stages.py); run again below: nothing changes
+    ip = primary_stage.clone()  # steps 02-04, built once per worker (stages.py), with the lab's rails password
     tmp = tmp_path_factory.mktemp("migration")
     # the rotation rewrites the password's secret: use a copy, not the lab's own file
     pw_file = tmp / "secrets" / "rails-password"
@@ -122,10 +118,7 @@ def env(lab, tmp_path_factory, monkeypatch_module, primary_stage):
     host = Host.from_params(params, "server-postgres-1", ip)
     app = Host.from_params(params, "app", cfg.app_ip)
     tls_ops.ensure_client_ca(app, params)  # as step 03 does
-    password = register(pw_file.read_text().strip())
-    install_step.install_server(host, params, params.primary)
-    allow_step.allow_connections(host, params, params.primary)
-    role_step.app_role_database(pg_cluster.get_psql(host, params), params, password)
+    register(pw_file.read_text().strip())
     yield SimpleNamespace(lab=lab, params=params, data=data, home=home, nb_dir=nb_dir, host=host, app=app,
                           pw_file=pw_file, tmp=tmp, source_url=register(lab.secret("source-url")))
     host.close()

@@ -24,16 +24,12 @@ from hcbpg.adapters.host import Host
 from hcbpg.engine.runner import Runner, approve
 from hcbpg.errors import DatabaseError, HcbpgError
 from hcbpg.lab import app_load, destroy_server_host
-from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import migration
 from hcbpg.ops import tls as tls_ops
 from hcbpg.ops.migration import bucardo, wayback, window
 from hcbpg.ops.migration import bucardo_service as bs
 from hcbpg.params import parse_params
 from hcbpg.secrets import register
-from hcbpg.steps import allow_connections as allow_step
-from hcbpg.steps import app_role_database as role_step
-from hcbpg.steps import install_postgres as install_step
 
 from labparams import lab_params
 
@@ -65,7 +61,7 @@ def env(lab, tmp_path_factory, monkeypatch_module, primary_stage):
     cp = lab.exec("source", ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "postgres"], input=SETUP_SQL,
                   user="postgres", timeout=300)
     assert cp.returncode == 0, cp.stderr[-2000:]
-    ip = primary_stage.clone()  # steps 02-04, built once per worker (stages.py); run again below: nothing changes
+    ip = primary_stage.clone()  # steps 02-04, built once per worker (stages.py), with the lab's rails password
     tmp = tmp_path_factory.mktemp("online")
     (tmp / "secrets").mkdir(mode=0o700)
     pw_file = tmp / "secrets" / "rails-password"
@@ -103,11 +99,8 @@ def env(lab, tmp_path_factory, monkeypatch_module, primary_stage):
     params = parse_params(data)
     host = Host.from_params(params, "server-postgres-1", ip)
     app = Host.from_params(params, "app", cfg.app_ip)
-    password = register(pw_file.read_text().strip())
-    install_step.install_server(host, params, params.primary)
-    allow_step.allow_connections(host, params, params.primary)
+    register(pw_file.read_text().strip())
     tls_ops.ensure_client_ca(app, params)  # as step 03 does: the app host verifies the primary
-    role_step.app_role_database(pg_cluster.get_psql(host, params), params, password)
     app.put_text(app_load.SERVICE_FILE, app_load.render_service_file(migration.parse_source_url(url)), mode=0o600)
     yield SimpleNamespace(lab=lab, params=params, home=home, nb_dir=nb_dir, host=host, app=app, pw_file=pw_file,
                           url=url, source=migration.Source(host, url))
