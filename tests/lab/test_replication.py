@@ -387,6 +387,15 @@ def test_an_unreachable_repository_drops_wal_past_the_bound_and_the_primary_keep
                    "ALTER SYSTEM SET wal_keep_size = 0", "SELECT pg_reload_conf()"])
     keep = int(ppsql.value("SELECT pg_size_bytes(current_setting('wal_keep_size')) AS n"))
     wal_bound = QUEUE_MAX_MB * 1024 ** 2 + 64 * 1024 ** 2 + keep + 3 * 16 * 1024 ** 2
+    pool = ThreadPoolExecutor(2)
+
+    def health_job():
+        job_host = Host.from_params(params, p.name, p.ssh_host)  # its own SSH connection: the test goes on beside it
+        try:
+            return schedule.run_health_job(job_host)
+        finally:
+            job_host.close()
+
     subprocess.run(rule, check=True)
     try:
         peak, written, t0 = 0, 0, time.monotonic()
@@ -417,21 +426,22 @@ def test_an_unreachable_repository_drops_wal_past_the_bound_and_the_primary_keep
             assert time.monotonic() - settle < 180, "the queue stayed over archive-push-queue-max"
             time.sleep(1)
         TIMINGS["outage_settle_s"] = round(time.monotonic() - settle, 1)
+        # the health job on the server and `hcbpg status --all` while the repository is unreachable, WAL dropped and
+        # the queue back under its bound: each waits ~20 s there (pgbackrest info's retries), so they run side by
+        # side (and beside the checkpoint below), neither changing what the other reads
+        t1 = time.monotonic()
+        status, job = pool.submit(cli, env, "status", "lab", "--all", timeout=300), pool.submit(health_job)
         ppsql.execute(["CHECKPOINT"])
         pg_wal = int(ppsql.value("SELECT sum(size) AS n FROM pg_ls_waldir()"))
         TIMINGS.update(outage_pg_wal_mb=pg_wal // 1024 ** 2, outage_pg_wal_bound_mb=wal_bound // 1024 ** 2)
         assert pg_wal <= wal_bound < written, TIMINGS
-        # the on-server health job and `hcbpg status` side by side: each waits ~20 s on the unreachable repository
-        # (pgbackrest info's retries), and neither changes what the other reads
-        t1 = time.monotonic()
-        with ThreadPoolExecutor(1) as pool:
-            status = pool.submit(cli, env, "status", "lab", "--all", timeout=300)
-            schedule.run_health_job(hosts[p.name])
-            during = status.result()
+        during = status.result()
+        job.result()  # the job's own exit status is what the pings below tell
         TIMINGS["outage_health_and_status_s"] = round(time.monotonic() - t1, 1)
         # what pgBackRest logged until then (where the outage's seconds go), but the list of dropped files
         print(hosts[p.name].probe(f"grep -hv 'dropped WAL file' {log} | tail -n 30").stdout)
     finally:
+        pool.shutdown(wait=True)  # the repository stays unreachable until both have read it
         subprocess.run([*rule[:4], "del", *rule[5:]], check=True)
         ppsql.execute(["ALTER SYSTEM RESET max_wal_size", "ALTER SYSTEM RESET min_wal_size",
                        "ALTER SYSTEM RESET wal_keep_size", "SELECT pg_reload_conf()"])
