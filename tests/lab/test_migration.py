@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
 import urllib.parse
 from pathlib import Path
@@ -23,7 +24,7 @@ import yaml
 from hcbpg.adapters.dryrun import DryRunHost
 from hcbpg.adapters.host import Host
 from hcbpg.engine import runbook as rbmod
-from hcbpg.engine.runner import Runner, approve
+from hcbpg.engine.runner import Runner
 from hcbpg.errors import SafetyCheckFailed, VerificationFailed
 from hcbpg.lab import destroy_server_host
 from hcbpg.ops import migration
@@ -127,25 +128,34 @@ def env(lab, tmp_path_factory, monkeypatch_module, primary_stage):
 
 
 #: rows added to the source's events (copies of the seeded ones) so that 07's copy and its GIN index take a
-#: few seconds: long enough for the progress views to be seen.  Added once 06 is done (at 07's first gate) and
-#: removed as soon as the runner's test ends: 06 and the later tests' transfers move the seeded source only
+#: few seconds: long enough for the progress views to be seen.  Added once 06 is done (by the automatic approver
+#: of 07's first gate, before it approves) and removed as soon as the runner's test ends: 06 and the later tests'
+#: transfers move the seeded source only
 GROW_EVENTS = 50
 
+#: what the automatic approver of maintenance-on runs first (argv: lab dir, highest seeded id): the source's
+#: events table 51 times its seeded size, analyzed (its estimate is what progress is measured against)
+GROW_SCRIPT = """
+import sys
+from hcbpg.lab import Lab
+top = int(sys.argv[2])
+sql = ("INSERT INTO public.events (user_id, name, properties, created_at) SELECT e.user_id, e.name, e.properties, "
+       f"e.created_at FROM public.events e, generate_series(1, {GROW}) WHERE e.id <= {top};\\n"
+       "ANALYZE public.events;\\n")
+cp = Lab(sys.argv[1]).exec("source", ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "hcb_heroku"], input=sql,
+                           user="postgres", timeout=300)
+sys.exit(f"growing the source's events failed: {cp.stderr[-2000:]}" if cp.returncode else 0)
+""".replace("{GROW}", str(GROW_EVENTS))
 
-def grow_events(env) -> int:  # noqa: ANN001
-    """The source's events table 51 times its seeded size (analyzed: its estimate is what progress is measured
-    against); the highest seeded id, for :func:`shrink_events`."""
+
+def seeded_top(env) -> int:  # noqa: ANN001
+    """The highest seeded id of the source's events (what :func:`shrink_events` keeps)."""
     with migration.Source(env.host, env.source_url) as source:
-        top = int(source.json("SELECT max(id) FROM public.events"))
-        source.execute([f"INSERT INTO public.events (user_id, name, properties, created_at) "
-                        f"SELECT e.user_id, e.name, e.properties, e.created_at FROM public.events e, "
-                        f"generate_series(1, {GROW_EVENTS}) WHERE e.id <= {top}",
-                        "ANALYZE public.events"])
-    return top
+        return int(source.json("SELECT max(id) FROM public.events"))
 
 
 def shrink_events(env, top: int) -> None:  # noqa: ANN001
-    """The rows :func:`grow_events` added, gone."""
+    """The rows the automatic approver of maintenance-on added (:data:`GROW_SCRIPT`), gone."""
     with migration.Source(env.host, env.source_url) as source:
         source.execute([f"DELETE FROM public.events WHERE id > {top}", "VACUUM ANALYZE public.events"])
 
@@ -168,30 +178,32 @@ def test_plan_reads_only_and_shows_what_would_be_dropped(env):
     assert snapshot(env.host) == before
 
 
-def test_runner_does_dry_run_cutover_and_traffic_switch_through_every_gate(env):
+def test_runner_does_dry_run_cutover_and_traffic_switch_through_every_gate(env, monkeypatch):
+    """06, 07 and 09 in one runner call, every gate approved by the automatic approver (signed, bound to the
+    params and plan, as `hcbpg approve` does); the headless stop at each of these gates, `approve` and `resume`
+    are test_online's (the same gates of 07 and 09, run by the real runner gate by gate)."""
     t0 = time.monotonic()
     old_password = env.pw_file.read_text().strip()
     terminal: list[str] = []
-    runner = Runner(base=env.home, nb_dir=env.nb_dir, progress_bar=False, progress=terminal.append)
-    top = None
+    top = seeded_top(env)
+    script = env.tmp / "grow_events.py"
+    script.write_text(GROW_SCRIPT)
+    # 06 is done and 07 waits at its first gate: its copy gets rows enough to be watched, then the approval
+    monkeypatch.setenv(rbmod.AUTO_APPROVE_ENV, "lab test")  # the runner sets it too: gone after this test
+    monkeypatch.setenv(rbmod.AUTO_ACTIONS_ENV, json.dumps(
+        {"maintenance-on": [sys.executable, str(script), str(env.lab.lab_dir), str(top)]}))
+    runner = Runner(base=env.home, nb_dir=env.nb_dir, progress_bar=False, progress=terminal.append,
+                    auto_approve="lab test")
     try:
         result = runner.start("lab")
-        seen = []
-        while result.exit_code == 3:
-            gates = result.run.read()["gates"]
-            waiting = [g for g, v in gates.items() if not v.get("approved_at")]
-            assert len(waiting) == 1, gates
-            if top is None:  # 06 is done, 07 waits at its first gate: its copy has rows enough to be watched
-                top = grow_events(env)
-            seen.append(waiting[0])
-            approve(result.run.run_id, waiting[0], note="lab test", base=env.home)
-            result = runner.resume(result.run.run_id)
     finally:
-        if top is not None:
-            shrink_events(env, top)
+        shrink_events(env, top)
     assert result.status == "succeeded", result.message
-    assert seen == GATES
     manifest = result.run.read()
+    gates = manifest["gates"]
+    assert list(gates) == GATES, list(gates)  # every gate asked, in this order
+    assert all(g["approved_at"] and g["approved_by"] == "lab test" and g["proof"] for g in gates.values()), gates
+    assert "after: " in gates["maintenance-on"]["note"], gates["maintenance-on"]  # the source grew first
     dt = manifest["downtime"]
     assert dt["maintenance_on_at"] == manifest["gates"]["maintenance-on"]["approved_at"]
     assert dt["traffic_on_at"] == manifest["gates"]["maintenance-off"]["approved_at"]

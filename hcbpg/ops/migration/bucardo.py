@@ -272,13 +272,20 @@ def _last_run(host: "HostLike", params: "Params", sync: str) -> dict[str, Any]:
 
 def wait_for_initial_copy(host: "HostLike", params: "Params", source: "SourceLike", plan: bp.SyncPlan, *,
                           interval: float = 5.0) -> list[dict[str, Any]]:
-    """Until the onetimecopy is done and the deltas caught up; the lag is printed as it goes."""
+    """Until the onetimecopy is done and the deltas caught up; the lag is printed as it goes.
+
+    Looked at after 0, 1, 2 and 4 s (a small database is copied in seconds), then every *interval*."""
     src = params.source
     assert src is not None
     timeout = src.online.initial_copy_timeout_s
     seen: list[dict[str, Any]] = []
     started = time.monotonic()
-    for elapsed in polling_loop(timeout, interval=interval):
+    looks = [1.0, 2.0, 4.0]  # the next looks after the first; then every *interval*
+    next_look = 0.0
+    for elapsed in polling_loop(timeout, interval=min(interval, 1.0)):
+        if elapsed < next_look and elapsed < timeout:
+            continue  # nothing read: only the clock
+        next_look = looks.pop(0) if looks else elapsed + interval
         syncs = get_state(host, params)["syncs"]
         last = _last_run(host, params, bp.FORWARD_SYNC)
         if str(last.get("status") or "").startswith("Failed"):
