@@ -3,8 +3,9 @@
 The tests run in file order and build on each other: steps 02-04 and pgBackRest on the
 primary; the refusals (destructive steps not allowed, the current primary, a writable
 server with data); the replica built while pgbench writes to the primary; a second run that
-changes nothing; a planned switchover and an unplanned failover back, each with the old
-primary rejoining as a replica, row counts compared and pgBackRest checked on the new primary.
+changes nothing (notebook 10); a planned switchover (notebook 11, through its gate) and unplanned
+failovers back, each with the old primary rejoining as a replica, row counts compared and pgBackRest
+checked on the new primary.
 
 Run under the machine's lab lock: ``flock /tmp/hcbpg-lab.lock python -m pytest tests/lab/test_replication.py``.
 """
@@ -21,8 +22,10 @@ from pathlib import Path
 import pytest
 
 from hcbpg.adapters.host import TIMEOUT_EXIT, Host
+from hcbpg.desired import backups as desired_backups
 from hcbpg.desired import failover as desired_failover
 from hcbpg.desired import replication as desired_replication
+from hcbpg.desired.pgbackrest import ARCHIVE_PUSH_IO_TIMEOUT_S, CONF_PATH
 from hcbpg.errors import SafetyCheckFailed
 from hcbpg.lab import create_server_host, deadman, destroy_server_host
 from hcbpg.lab.core import read_state
@@ -153,7 +156,9 @@ def test_servers_set_up_with_steps_02_to_04_and_pgbackrest_on_the_primary(params
     # the restart wal_log_hints needs happens here, before the load starts (see the report: step 02 should own it)
     pg_config.ensure_settings(hosts[primary.name], params, primary, "replication")
     ppsql.execute(f"CREATE DATABASE {BENCH_DB}")
-    hosts[primary.name].run(f"{PGBENCH} -h /var/run/postgresql -i -s 5 -q {BENCH_DB}", sudo_user="postgres")
+    # scale 1 (100k accounts; was 5): no test reads its size, and every base backup, backup, restore and row count
+    # of the module copies or counts it
+    hosts[primary.name].run(f"{PGBENCH} -h /var/run/postgresql -i -s 1 -q {BENCH_DB}", sudo_user="postgres")
     outcomes, checks = fo.run_point_backups_at(hosts[primary.name], params, primary, archive_mode=True)
     failed = [f"{c.name}: {c.detail}" for c in checks if not c.ok]
     assert not failed, failed
@@ -195,7 +200,7 @@ def test_replica_streams_and_catches_up_while_pgbench_writes(params, hosts, pass
     primary, replica = params.primary, params.server("server-postgres-2")
     # writes before, during and after the base backup, however long a loaded machine takes: stopped below
     start_pgbench(hosts[primary.name], 900)
-    time.sleep(2)
+    time.sleep(1)  # it writes before step 10 starts (whose changes on the primary come before the base backup)
     t0 = time.monotonic()
     outcomes, topo, results = rep_step.setup_replication(hosts, params, passwords["rep"], allow_destructive=True,
                                                     dry_run=False)
@@ -217,7 +222,7 @@ def test_replica_streams_and_catches_up_while_pgbench_writes(params, hosts, pass
     assert tls_row is not None and tls_row["ssl"] is True and tls_row["version"] == "TLSv1.3"
     auto = rep.get_auto_conf_text(hosts[replica.name], params)
     assert "sslmode=verify-full" in auto and "sslrootcert=/etc/hcbpg/tls/lab-postgres-ca.crt" in auto, auto
-    time.sleep(2)  # streaming while pgbench writes
+    time.sleep(1)  # streaming while pgbench writes (check_replication above saw it stream while it wrote)
     stop_pgbench(hosts[primary.name])
     c = rep.check_counts_match(psql(hosts, params, primary.name), psql(hosts, params, replica.name), BENCH_DB,
                                timeout=60)
@@ -235,6 +240,123 @@ def test_no_replication_password_on_the_replica_outside_the_passfile(params, hos
     assert hits == [desired_replication.passfile_path()]
 
 
+# the real notebooks through the real runner -------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def run_home(lab, tmp_path_factory):
+    """An HCBPG_HOME with this lab's params and a notebooks dir listing steps 10 and 11 (11 on demand)."""
+    import shutil
+
+    import yaml
+    home = tmp_path_factory.mktemp("replication-home")
+    (home / "params").mkdir()
+    (home / "params" / "lab.yaml").write_text(yaml.safe_dump(params_data(lab), sort_keys=False))
+    nbs = home / "notebooks"
+    nbs.mkdir()
+    for nb in ("10_replication.ipynb", "11_failover.ipynb"):
+        shutil.copy(REPO / "notebooks" / nb, nbs / nb)
+    (nbs / "steps.yaml").write_text(
+        "steps:\n"
+        "  - {notebook: 10_replication.ipynb, title: \"Streaming replication\"}\n"
+        "  - {notebook: 11_failover.ipynb, title: \"Failover: switchover or unplanned\", on_demand: true}\n")
+    env = {"HCBPG_HOME": str(home), "HCBPG_STATE_DIR": str(home / "state"), "HCBPG_LAB_DIR": str(lab.lab_dir),
+           "HCBPG_NOTEBOOKS": str(nbs)}
+    return home, env
+
+
+def _scrap(notebook: Path, name: str):
+    """The value a notebook recorded under *name* (rb.record: a scrapbook output of a cell)."""
+    for cell in json.loads(notebook.read_text())["cells"]:
+        for out in cell.get("outputs", []):
+            scrap = out.get("data", {}).get("application/scrapbook.scrap.json+json")
+            if scrap and scrap["name"] == name:
+                return scrap["data"]
+    raise AssertionError(f"{notebook.name} recorded no {name}")
+
+
+def test_notebook_10_on_a_streaming_pair_changes_nothing(lab, run_home, passwords):
+    """A second run of step 10 (here through the notebook, which runs the same composition as the direct calls
+    of the tests above) changes nothing: no outcome changed, the replica's plan is none, no password shown."""
+    home, env = run_home
+    proc = cli(env, "run", "lab", "--only", "10")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    steps = {s["key"]: s["changes"] for s in latest_manifest(home)["steps"]}
+    assert steps == {"10_replication": 0}, steps
+    run_dir = latest_run_dir(home)
+    results = _scrap(run_dir / "10_replication.ipynb", "replication")["results"]
+    assert results["server-postgres-2"]["plan"] == "none", results
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            assert passwords["rep"] not in path.read_text(errors="replace"), f"the replication password in {path}"
+    assert passwords["rep"] not in proc.stdout + proc.stderr
+
+
+def test_dry_runs_of_notebooks_10_and_11_change_nothing(lab, params, hosts, run_home):
+    home, env = run_home
+    before = topology.get_topology(hosts, params)[0]
+    proc = cli(env, "plan", "lab", "--only", "10,11")  # both dry runs in one plan: one CLI and runner start
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    plan = latest_manifest(home)
+    assert plan["dry_run"] is True and [(s["key"], s["status"]) for s in plan["steps"]] == [
+        ("10_replication", "succeeded"), ("11_failover", "succeeded")], plan["steps"]
+    after = topology.get_topology(hosts, params)[0]
+    assert (after.primary, after.replicas) == (before.primary, before.replicas)
+    assert pg_cluster.get_cluster_running(hosts[before.primary], params)
+
+
+def test_notebook_11_switches_over_when_approved_losing_nothing_and_the_old_primary_streams_again(
+        lab, params, hosts, run_home, passwords):
+    """The planned switchover is notebook 11's (the real runner, its gate; no direct switchover of its own):
+    server-postgres-1 to server-postgres-2, every row committed before it on the new primary, the old primary
+    rewound and streaming, the DATABASE_URL file, backups on the new primary, no secret in the outputs."""
+    home, env = run_home
+    old, new = params.server("server-postgres-1"), params.server("server-postgres-2")
+    assert topology.get_topology(hosts, params)[0].primary == old.name
+    start_pgbench(hosts[old.name], 3)  # some commits before the target time: seconds of pgbench are thousands
+    wait_pgbench(hosts[old.name])
+    before = counts(hosts, params, old.name)
+    STATE["before_switchover"] = (psql(hosts, params, old.name).value("SELECT now()::text AS t"), before)
+    time.sleep(1.2)  # the point-in-time target lies strictly between the last commit before it and the next
+    waiting = cli(env, "run", "lab", "--only", "11")
+    assert waiting.returncode == 3, waiting.stdout + waiting.stderr
+    assert topology.get_topology(hosts, params)[0].primary == old.name, "nothing may change before the gate"
+    run_id = latest_manifest(home)["run_id"]
+    # the gate a planned switchover asks (an unplanned failover's is "failover"): approving another is refused
+    approved = cli(env, "approve", run_id, "switchover", "--note", "lab test")
+    assert approved.returncode == 0, approved.stdout + approved.stderr
+    t0 = time.monotonic()
+    done = cli(env, "resume", run_id)
+    TIMINGS["notebook_switchover_s"] = round(time.monotonic() - t0, 1)
+    # its verify cell: the new primary takes a write, every replica streams from it, pgBackRest's checks there
+    assert done.returncode == 0, done.stdout + done.stderr
+    after = topology.get_topology(hosts, params)[0]
+    assert (after.primary, after.replicas) == (new.name, [old.name])
+    result = _scrap(latest_run_dir(home) / "11_failover.ipynb", "failover")
+    assert "[secret]" in result["database_url"] and passwords["app"] not in json.dumps(result)
+    assert result["rejoin"]["method"] == "rewind", result["rejoin"]
+    TIMINGS.update({f"switchover_rejoin_{k}": v for k, v in result["rejoin"].items() if k.endswith("_s")})
+    url_file = Path(result["database_url_file"])
+    assert url_file.is_relative_to(home / "state"), url_file  # HCBPG_STATE_DIR: outside outputs/
+    assert oct(url_file.stat().st_mode & 0o777) == "0o600" and new.private_ip in url_file.read_text()
+    assert "sslmode=verify-full" in url_file.read_text()  # DATABASE_URL verifies the new primary
+    assert counts(hosts, params, new.name) == before
+    checks = rep.check_replication(hosts[new.name], hosts[old.name], params, old, new, passwords["rep"])
+    checks += desired_backups.check_backups(pgb.get_backups(hosts[new.name], params), new)
+    failed = [f"{c.name}: {c.detail}" for c in checks if not c.ok]
+    assert not failed, failed
+    secrets = [passwords["rep"], passwords["app"], lab.cfg.read_secret("cipher-pass"), lab.cfg.read_secret("s3-key-secret")]
+    for path in (home / "outputs").rglob("*"):
+        if path.is_file():
+            text = path.read_text(errors="replace")
+            assert not any(s in text for s in secrets), f"a secret in {path}"
+            assert "SCRAM-SHA-256$" not in text, f"a password verifier in {path}"
+    # the new primary takes pgbench writes and the rejoined replica follows
+    start_pgbench(hosts[new.name], 2)
+    wait_pgbench(hosts[new.name])
+    c = rep.check_counts_match(psql(hosts, params, new.name), psql(hosts, params, old.name), BENCH_DB, timeout=60)
+    assert c.ok, c.detail
+
+
 def _failover(params, hosts, passwords, *, expect_kind):
     topo, states = topology.get_topology(hosts, params)
     plan = desired_failover.plan_failover(topo, states, params, previous_primary=topo.primary)
@@ -250,35 +372,6 @@ def _failover(params, hosts, passwords, *, expect_kind):
     t3 = time.monotonic()
     return plan, result, rejoin, b_checks, {"promote_s": round(t1 - t0, 1), "rejoin_s": round(t2 - t1, 1),
                                             "pgbackrest_s": round(t3 - t2, 1)}
-
-
-def test_planned_switchover_loses_nothing_and_the_old_primary_streams_again(params, hosts, passwords):
-    old, new = params.server("server-postgres-1"), params.server("server-postgres-2")
-    start_pgbench(hosts[old.name], 3)  # some commits before the target time: seconds of pgbench are thousands
-    wait_pgbench(hosts[old.name])
-    before = counts(hosts, params, old.name)
-    STATE["before_switchover"] = (psql(hosts, params, old.name).value("SELECT now()::text AS t"), before)
-    time.sleep(1.2)  # the point-in-time target lies strictly between the last commit before it and the next
-    plan, result, rejoin, b_checks, t = _failover(params, hosts, passwords, expect_kind="switchover")
-    TIMINGS.update({f"switchover_{k}": v for k, v in t.items()})
-    TIMINGS.update({f"switchover_rejoin_{k}": v for k, v in rejoin.items() if k.endswith("_s")})
-    assert (plan.old_primary, plan.new_primary) == (old.name, new.name)
-    assert "[secret]" in result["database_url"] and passwords["app"] not in str(result)
-    url_file = desired_failover.database_url_path(params)
-    assert oct(url_file.stat().st_mode & 0o777) == "0o600" and new.private_ip in url_file.read_text()
-    assert "sslmode=verify-full" in url_file.read_text()  # DATABASE_URL verifies the new primary
-    assert counts(hosts, params, new.name) == before
-    assert rejoin["method"] == "rewind", rejoin
-    checks = rep.check_replication(hosts[new.name], hosts[old.name], params, old, new, passwords["rep"])
-    failed = [f"{c.name}: {c.detail}" for c in checks + b_checks if not c.ok]
-    assert not failed, failed
-    topo, _ = topology.get_topology(hosts, params)
-    assert topo.primary == new.name
-    # the new primary takes pgbench writes and the rejoined replica follows
-    start_pgbench(hosts[new.name], 2)
-    wait_pgbench(hosts[new.name])
-    c = rep.check_counts_match(psql(hosts, params, new.name), psql(hosts, params, old.name), BENCH_DB, timeout=60)
-    assert c.ok, c.detail
 
 
 def test_after_the_switchover_one_stanza_on_two_timelines_and_only_the_new_primary_backs_up(params, hosts):
@@ -396,8 +489,20 @@ def test_an_unreachable_repository_drops_wal_past_the_bound_and_the_primary_keep
         finally:
             job_host.close()
 
-    subprocess.run(rule, check=True)
+    # this test's only: archive-push gives up on the unreachable repository after io-timeout 1 s (its connections
+    # are refused at once; the product's 5 s made each async run fail after ~41 s) and the foreground push waits
+    # 5 s for the async run instead of archive-timeout's 60 s: the run that finds the queue past its bound (and
+    # drops it) starts within seconds of that, not a minute; the conf is put back as it was (cp -p, mv) before the
+    # repository comes back
+    saved_conf, blocked = f"{CONF_PATH}.hcbpg-test", False
     try:
+        hosts[p.name].run(f"cp -p {CONF_PATH} {saved_conf} && sed -i -e "
+                          f"'s/^io-timeout={ARCHIVE_PUSH_IO_TIMEOUT_S}$/io-timeout=1/' "
+                          f"-e '/^\\[global:archive-push\\]$/a archive-timeout=5' {CONF_PATH}")
+        conf = hosts[p.name].read_text(CONF_PATH) or ""
+        assert "\nio-timeout=1\n" in conf and "\narchive-timeout=5\n" in conf, "the outage's archive-push options"
+        subprocess.run(rule, check=True)
+        blocked = True
         peak, written, t0 = 0, 0, time.monotonic()
         while not hosts[p.name].probe(f"grep -l 'dropped WAL file' {log}").ok:
             assert time.monotonic() - t0 < 300, "pgBackRest never dropped WAL past archive-push-queue-max"
@@ -413,6 +518,12 @@ def test_an_unreachable_repository_drops_wal_past_the_bound_and_the_primary_keep
         while (after_drop := _ready_bytes(ppsql)) > QUEUE_MAX_MB * 1024 ** 2 and time.monotonic() - drop_seen < 5:
             time.sleep(0.5)
         assert pgbench_running(hosts[p.name]), "the primary keeps accepting writes"
+        # the health job on the server and `hcbpg status --all` while the repository is unreachable and WAL was
+        # dropped: each waits ~20 s there (pgbackrest info's retries), so they run side by side, beside the writes
+        # and the checkpoint below (they read the same outage: archiving failing, WAL dropped), neither changing
+        # what the other reads
+        t1 = time.monotonic()
+        status, job = pool.submit(cli, env, "status", "lab", "--all", timeout=300), pool.submit(health_job)
         # writes go on past twice the bound on pg_wal; then (writes stopped) the queue falls under its bound again
         while written < 2 * wal_bound:
             assert time.monotonic() - t0 < 600, f"the outage's writes took too long ({written} bytes)"
@@ -426,11 +537,6 @@ def test_an_unreachable_repository_drops_wal_past_the_bound_and_the_primary_keep
             assert time.monotonic() - settle < 180, "the queue stayed over archive-push-queue-max"
             time.sleep(1)
         TIMINGS["outage_settle_s"] = round(time.monotonic() - settle, 1)
-        # the health job on the server and `hcbpg status --all` while the repository is unreachable, WAL dropped and
-        # the queue back under its bound: each waits ~20 s there (pgbackrest info's retries), so they run side by
-        # side (and beside the checkpoint below), neither changing what the other reads
-        t1 = time.monotonic()
-        status, job = pool.submit(cli, env, "status", "lab", "--all", timeout=300), pool.submit(health_job)
         ppsql.execute(["CHECKPOINT"])
         pg_wal = int(ppsql.value("SELECT sum(size) AS n FROM pg_ls_waldir()"))
         TIMINGS.update(outage_pg_wal_mb=pg_wal // 1024 ** 2, outage_pg_wal_bound_mb=wal_bound // 1024 ** 2)
@@ -442,7 +548,9 @@ def test_an_unreachable_repository_drops_wal_past_the_bound_and_the_primary_keep
         print(hosts[p.name].probe(f"grep -hv 'dropped WAL file' {log} | tail -n 30").stdout)
     finally:
         pool.shutdown(wait=True)  # the repository stays unreachable until both have read it
-        subprocess.run([*rule[:4], "del", *rule[5:]], check=True)
+        hosts[p.name].run(f"if [ -e {saved_conf} ]; then mv -f {saved_conf} {CONF_PATH}; fi")
+        if blocked:
+            subprocess.run([*rule[:4], "del", *rule[5:]], check=True)
         ppsql.execute(["ALTER SYSTEM RESET max_wal_size", "ALTER SYSTEM RESET min_wal_size",
                        "ALTER SYSTEM RESET wal_keep_size", "SELECT pg_reload_conf()"])
     stop_pgbench(hosts[p.name])
@@ -520,94 +628,6 @@ def test_unplanned_failover_back_after_the_primary_crashes(params, hosts, passwo
                                    passwords["rep"])
     failed = [f"{c.name}: {c.detail}" for c in checks + b_checks if not c.ok]
     assert not failed, failed
-    print("timings:", TIMINGS)
-
-
-# the real notebooks through the real runner -------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def run_home(lab, tmp_path_factory):
-    """An HCBPG_HOME with this lab's params and a notebooks dir listing steps 10 and 11 (11 on demand)."""
-    import shutil
-
-    import yaml
-    home = tmp_path_factory.mktemp("replication-home")
-    (home / "params").mkdir()
-    (home / "params" / "lab.yaml").write_text(yaml.safe_dump(params_data(lab), sort_keys=False))
-    nbs = home / "notebooks"
-    nbs.mkdir()
-    for nb in ("10_replication.ipynb", "11_failover.ipynb"):
-        shutil.copy(REPO / "notebooks" / nb, nbs / nb)
-    (nbs / "steps.yaml").write_text(
-        "steps:\n"
-        "  - {notebook: 10_replication.ipynb, title: \"Streaming replication\"}\n"
-        "  - {notebook: 11_failover.ipynb, title: \"Failover: switchover or unplanned\", on_demand: true}\n")
-    env = {"HCBPG_HOME": str(home), "HCBPG_STATE_DIR": str(home / "state"), "HCBPG_LAB_DIR": str(lab.lab_dir),
-           "HCBPG_NOTEBOOKS": str(nbs)}
-    return home, env
-
-
-def _scrap(notebook: Path, name: str):
-    """The value a notebook recorded under *name* (rb.record: a scrapbook output of a cell)."""
-    for cell in json.loads(notebook.read_text())["cells"]:
-        for out in cell.get("outputs", []):
-            scrap = out.get("data", {}).get("application/scrapbook.scrap.json+json")
-            if scrap and scrap["name"] == name:
-                return scrap["data"]
-    raise AssertionError(f"{notebook.name} recorded no {name}")
-
-
-def test_notebook_10_on_a_streaming_pair_changes_nothing(lab, run_home, passwords):
-    """A second run of step 10 (here through the notebook, which runs the same composition as the direct calls
-    of the tests above) changes nothing: no outcome changed, the replica's plan is none, no password shown."""
-    home, env = run_home
-    proc = cli(env, "run", "lab", "--only", "10")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    steps = {s["key"]: s["changes"] for s in latest_manifest(home)["steps"]}
-    assert steps == {"10_replication": 0}, steps
-    run_dir = latest_run_dir(home)
-    results = _scrap(run_dir / "10_replication.ipynb", "replication")["results"]
-    assert results["server-postgres-2"]["plan"] == "none", results
-    for path in run_dir.rglob("*"):
-        if path.is_file():
-            assert passwords["rep"] not in path.read_text(errors="replace"), f"the replication password in {path}"
-    assert passwords["rep"] not in proc.stdout + proc.stderr
-
-
-def test_dry_runs_of_notebooks_10_and_11_change_nothing(lab, params, hosts, run_home):
-    home, env = run_home
-    before = topology.get_topology(hosts, params)[0]
-    proc = cli(env, "plan", "lab", "--only", "10,11")  # both dry runs in one plan: one CLI and runner start
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    plan = latest_manifest(home)
-    assert plan["dry_run"] is True and [(s["key"], s["status"]) for s in plan["steps"]] == [
-        ("10_replication", "succeeded"), ("11_failover", "succeeded")], plan["steps"]
-    after = topology.get_topology(hosts, params)[0]
-    assert (after.primary, after.replicas) == (before.primary, before.replicas)
-    assert pg_cluster.get_cluster_running(hosts[before.primary], params)
-
-
-def test_notebook_11_waits_at_the_gate_then_switches_over_when_approved(lab, params, hosts, run_home, passwords):
-    home, env = run_home
-    before = topology.get_topology(hosts, params)[0].primary
-    waiting = cli(env, "run", "lab", "--only", "11")
-    assert waiting.returncode == 3, waiting.stdout + waiting.stderr
-    assert topology.get_topology(hosts, params)[0].primary == before, "nothing may change before the gate"
-    run_id = latest_manifest(home)["run_id"]
-    approved = cli(env, "approve", run_id, "switchover", "--note", "lab test")
-    assert approved.returncode == 0, approved.stdout + approved.stderr
-    t0 = time.monotonic()
-    done = cli(env, "resume", run_id)
-    TIMINGS["notebook_switchover_s"] = round(time.monotonic() - t0, 1)
-    assert done.returncode == 0, done.stdout + done.stderr
-    after = topology.get_topology(hosts, params)[0]
-    assert after.primary != before and after.replicas == [before]
-    secrets = [passwords["rep"], passwords["app"], lab.cfg.read_secret("cipher-pass"), lab.cfg.read_secret("s3-key-secret")]
-    for path in (home / "outputs").rglob("*"):
-        if path.is_file():
-            text = path.read_text(errors="replace")
-            assert not any(s in text for s in secrets), f"a secret in {path}"
-            assert "SCRAM-SHA-256$" not in text, f"a password verifier in {path}"
     print("timings:", TIMINGS)
 
 
