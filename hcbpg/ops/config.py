@@ -61,7 +61,7 @@ def ensure_settings(host: "HostLike", params: "Params", server: "Server", part: 
 
 
 def ensure_settings_file(host: "HostLike", params: "Params", server: "Server", path: str, desired: str, *,
-                        what: str, own_pending_only: bool = False) -> Outcome:
+                        what: str, own_pending_only: bool = False, restart: bool = True) -> Outcome:
     """Write the include file *path* whole as *desired* and put it in force.
 
     Written only when it differs; then PostgreSQL must accept it (``pg_file_settings`` shows no
@@ -69,6 +69,8 @@ def ensure_settings_file(host: "HostLike", params: "Params", server: "Server", p
     reload, and a restart only when ``pending_restart`` says so.  Pending restarts count for any
     setting (one removed from a file goes back to its default, which may need a restart too,
     possibly since an earlier, interrupted run), or with *own_pending_only* for this file's only.
+    With *restart* false a pending restart is named but left to the caller (a cluster about to be stopped
+    and rebuilt: its next start reads the file; a later run of this function restarts it if still pending).
     """
     file_kw: dict[str, Any] = dict(mode=0o644, owner="postgres", group="postgres")
     seen = Changes(host)
@@ -94,7 +96,9 @@ def ensure_settings_file(host: "HostLike", params: "Params", server: "Server", p
         if host.dry_run and current != desired:
             # dry run: the server has not read the new file, so pending_restart cannot say; the settings' context does
             pending = sorted(set(pending) | set(get_restart_contexts(psql, changed_names)))
-        if pending:
+        if pending and not restart:
+            actions.append(f"restart left to the caller ({', '.join(pending)} need it)")
+        elif pending:
             run_restart(host, params)
             actions.append(f"restart the cluster ({', '.join(pending)} need it)")
     return seen.outcome(what, diff=unified_diff(current or "", desired, path), actions=actions)

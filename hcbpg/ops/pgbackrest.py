@@ -74,15 +74,18 @@ def _cmd(params: "Params", command: str, *options: str) -> str:
 
 # archiving settings (a conf.d include file of PostgreSQL) ---------------------------
 
-def ensure_archiving(host: "HostLike", params: "Params", server: "Server", *, archive_mode: bool) -> Outcome:
+def ensure_archiving(host: "HostLike", params: "Params", server: "Server", *, archive_mode: bool,
+                     restart: bool = True) -> Outcome:
     """The archiving include file is ours and in force: reload, and restart only when PostgreSQL says so.
 
     archive_mode, wal_level and max_wal_senders need a restart (``pending_restart``);
-    archive_command only a reload.
+    archive_command only a reload.  With *restart* false that restart is left to the caller
+    (:func:`hcbpg.ops.config.ensure_settings_file`).
     """
     return ensure_settings_file(host, params, server, archiving_path(params),
                                render_archiving(params, server, archive_mode=archive_mode),
-                               what=f"settings {ARCHIVING_FILE} on {server.name}", own_pending_only=True)
+                               what=f"settings {ARCHIVING_FILE} on {server.name}", own_pending_only=True,
+                               restart=restart)
 
 
 def check_archiving(host: "HostLike", params: "Params", server: "Server", *, archive_mode: bool) -> list[Check]:
@@ -364,9 +367,10 @@ def get_installed_version(host: "HostLike") -> tuple[int, int, int] | None:
     return get_version(host)
 
 
-def ensure_standby_pgbackrest(host: "HostLike", params: "Params", server: "Server") -> list[Outcome]:
+def ensure_standby_pgbackrest(host: "HostLike", params: "Params", server: "Server", *,
+                              restart: bool = True) -> list[Outcome]:
     """pgBackRest on a standby (step 10): installed, directories, pgbackrest.conf (the cluster's one repository)
-    and the archiving settings with archive_mode on.
+    and the archiving settings with archive_mode on (*restart* false: the restart it needs is the caller's).
 
     The standby then falls back to the archive (``restore_command``) when its primary no longer
     holds the WAL it needs, and archives into the same stanza as soon as it is promoted.
@@ -375,7 +379,7 @@ def ensure_standby_pgbackrest(host: "HostLike", params: "Params", server: "Serve
     version = get_installed_version(host)
     outcomes.append(ensure_paths(host, specs=paths_for(params)))
     outcomes.append(ensure_pgbackrest_conf(host, params, server, version=version))
-    outcomes.append(ensure_archiving(host, params, server, archive_mode=True))
+    outcomes.append(ensure_archiving(host, params, server, archive_mode=True, restart=restart))
     return outcomes
 
 

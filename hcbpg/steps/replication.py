@@ -90,16 +90,19 @@ def primary_outcomes(host: "HostLike", params: "Params", primary: "Server", repl
     return out
 
 
-def replica_config_outcomes(host: "HostLike", params: "Params", standby: "Server", password: str) -> list[Outcome]:
+def replica_config_outcomes(host: "HostLike", params: "Params", standby: "Server", password: str, *,
+                            restart: bool = True) -> list[Outcome]:
     """Step 10 on a replica before (re)building: settings, pg_hba and passfile (all in /etc or ~postgres,
     so they survive the data directory being replaced); with a repository in params, pgBackRest too (its
     ``restore_command`` is the replica's fallback to the archive) and both schedules (backups run only
-    where ``pg_is_in_recovery()`` is false, so this one starts taking them when it is promoted)."""
+    where ``pg_is_in_recovery()`` is false, so this one starts taking them when it is promoted).
+    With *restart* false the restart archive_mode needs is left to :func:`setup_replication` (after the
+    replica is rebuilt or started, which reads the file, and only if it is still pending then)."""
     out = [pg_config.ensure_settings(host, params, standby, "replication"),
            pg_config.ensure_pg_hba(host, params, standby, extra=desired_server.all_hba_extra(params, standby)),
            rep.ensure_passfile(host, params, standby, password)]
     if params.pgbackrest is not None:
-        out += pgbackrest.ensure_standby_pgbackrest(host, params, standby)
+        out += pgbackrest.ensure_standby_pgbackrest(host, params, standby, restart=restart)
         out += schedule.ensure_schedules(host, params, standby)
     return out
 
@@ -130,11 +133,18 @@ def setup_replication(hosts: Mapping[str, "HostLike | None"], params: "Params", 
     results: dict[str, Any] = {}
     for r in replicas:
         host = _target(hosts, r.name, dry_run=dry_run)
-        on_replicas += replica_config_outcomes(host, params, r, password)
+        # the restart archive_mode needs waits until the replica is rebuilt or started (which reads the new
+        # file): restarting a cluster the rebuild stops and replaces at once is seconds for nothing
+        on_replicas += replica_config_outcomes(host, params, r, password, restart=dry_run)
         outcome, plan, result = ensure_replica(host, params, r, primary_host=primary_host, primary=primary,
                                                allow_destructive=allow_destructive, echo=echo)
         echo(str(plan))
         on_replicas.append(outcome)
+        if not dry_run and params.pgbackrest is not None:
+            # not rebuilt nor started (it streamed already): the restart, if archive_mode still waits for one
+            late = pgbackrest.ensure_archiving(host, params, r, archive_mode=True)
+            if late.changed:
+                on_replicas.append(late)
         if not dry_run:
             # inactive hcbpg slots it carried over from an earlier life (it streams now, so it is running)
             on_replicas.append(rep.ensure_no_stale_slots(pg_cluster.get_psql(host, params), params, keep=[]))

@@ -403,6 +403,19 @@ def test_archiving_file_written_reloaded_and_restarted_only_for_postmaster_setti
     assert on.changed and "+archive_mode = on" in on.diff and srv.host.journal[3:] == [f"write {path}", RELOAD, RESTART]
 
 
+def test_archiving_restart_left_to_the_caller_is_done_by_the_next_run_while_still_pending(params):
+    """Step 10 on a replica it rebuilds: archive_mode is written and reloaded, the restart left to the rebuild's
+    start; a later run (the replica was not rebuilt after all) restarts it, as the pending restart says."""
+    path = archiving_path(params)
+    srv = Primary()
+    out = pgb.ensure_archiving(srv.host, params, params.primary, archive_mode=True, restart=False)
+    assert out.changed and srv.host.journal == [f"write {path}", RELOAD]
+    assert out.actions[-1].startswith("restart left to the caller (") and "archive_mode" in out.actions[-1]
+    late = pgb.ensure_archiving(srv.host, params, params.primary, archive_mode=True)
+    assert late.changed and srv.host.journal[2:] == [RESTART]
+    assert not pgb.ensure_archiving(srv.host, params, params.primary, archive_mode=True).changed
+
+
 @covers("hcbpg.ops.pgbackrest.ensure_archiving", "refusal")
 def test_a_file_postgresql_rejects_is_put_back(params):
     path = archiving_path(params)
