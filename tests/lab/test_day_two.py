@@ -256,7 +256,13 @@ def test_privilege_check_matches_params_for_every_role(params, hosts, cfg):
     assert "only a superuser" in ext["extension pg_stat_statements"].detail
     # the replica has the same catalogs (physical replication)
     rpsql = pg_cluster.get_psql(hosts["server-postgres-2"], params)
-    time.sleep(1)
+    # once it has replayed what the primary has written so far (instead of a fixed 1 s sleep)
+    lsn = ppsql.value("SELECT pg_current_wal_lsn()::text AS l")
+    replayed = sql.SQL("SELECT pg_last_wal_replay_lsn() >= {}::pg_lsn AS ok").format(sql.Literal(lsn))
+    deadline = time.monotonic() + 30
+    while rpsql.value(replayed) is not True:
+        assert time.monotonic() < deadline, f"the replica never replayed up to {lsn}"
+        time.sleep(0.1)
     assert not [c for c in privileges.check_privileges(rpsql, cfg) if c.status == "fail"]
 
 

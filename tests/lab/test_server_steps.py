@@ -263,7 +263,7 @@ def test_wrong_rails_secret_is_refused_naming_key_and_host(params, hosts):
 
 
 def test_unreachable_host_error_names_the_host(lab, params):
-    host = Host.from_params(params, "server-postgres-9", lab.cfg.address(99), connect_timeout=2)
+    host = Host.from_params(params, "server-postgres-9", lab.cfg.address(99), connect_timeout=1)
     with pytest.raises(HostUnreachable) as info:
         host.run("true")
     assert "server-postgres-9" in str(info.value) and lab.cfg.address(99) in str(info.value)
