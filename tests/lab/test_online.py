@@ -1,9 +1,12 @@
 """The online transfer against the lab (``source.transfer: online``, real Bucardo 5.6 on the primary):
-06, 06b, 07, 09 and 09b run by the real runner while the lab's app (:mod:`hcbpg.lab.app_load`) changes
-the source until maintenance is on; then the exact count in the snapshots held since the window, the
-way back (writes on the new primary reach the source, also those made before 09b started it), large
-objects refusing the mode, and the clean-up (16) leaving nothing of Bucardo anywhere.  The whole
-runbook with the online transfer runs in ``test_rehearse`` (params/lab.yaml).
+06b, 07, 09 and 09b run by the real runner while the lab's app (:mod:`hcbpg.lab.app_load`) changes
+the source until maintenance is on, stopping at every gate (approved with ``approve``, then ``resume``;
+test_migration runs the same gates of 07 and 09 with the automatic approver); then the exact count in
+the snapshots held since the window, the way back (writes on the new primary reach the source, also
+those made before 09b started it), large objects refusing the mode, and the clean-up (16) leaving
+nothing of Bucardo anywhere.  The whole runbook with the online transfer runs in ``test_rehearse``
+(params/lab.yaml), 06 included (the dry-run restore: 06b's sync replaces what it restored on the
+primary and nothing here reads it); test_migration runs 06 on its own.
 
 The source is a copy of the lab's Heroku-like database (``hcb_online``, owned by the non-superuser
 ``heroku_owner``) with a table without a key added, so other modules' source is untouched.  The
@@ -36,7 +39,7 @@ from labparams import lab_params
 pytestmark = pytest.mark.lab
 
 REPO = Path(__file__).resolve().parents[2]
-STEPS = ["06_dry_run_restore", "06b_online_sync", "07_cutover", "09_start_traffic", "09b_way_back",
+STEPS = ["06b_online_sync", "07_cutover", "09_start_traffic", "09b_way_back",
          "16_online_cleanup"]
 GATES = ["no-migrations-during-sync", "maintenance-on", "processes-stopped", "traffic-switch", "database-url-set",
          "processes-enabled", "maintenance-off"]
