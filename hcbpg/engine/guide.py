@@ -79,7 +79,7 @@ def _free_port() -> int:
 def prepare(env: str, *, start: str | None = None, until: str | None = None,
             base: Path | None = None, nb_dir: Path | None = None) -> GuidedRun:
     """Create a guided run and its parameterized (not executed) notebook copies."""
-    jupyter.skip_iri_parser()
+    jupyter.load_papermill()
     import papermill as pm  # noqa: PLC0415 - papermill (jupyter) is heavy; only a guided run needs it
 
     b = base or home()
