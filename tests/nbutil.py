@@ -27,6 +27,19 @@ def hcbpg(*args: str, env: dict | None = None, timeout: float = 300) -> subproce
                           env=e, timeout=timeout)
 
 
+def past_newest_run(env_dir: Path) -> None:
+    """Wait until a run started now is named by a later second than every run in *env_dir* (outputs/<env>):
+    run directories are named by the second they start in.  What a fixed 1.05 s sleep made sure of, waiting
+    only for what is left of the newest run's second (a CLI run before it has most often outlasted it)."""
+    import datetime as dt
+    import time
+    stamps = [p.name.split("_", 1)[0] for p in env_dir.iterdir() if p.is_dir() and p.name[:1].isdigit()] \
+        if env_dir.is_dir() else []
+    newest = max(stamps, default="")
+    while dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") <= newest:
+        time.sleep(0.01)
+
+
 PARAMS_CELL = 'env = "lab"\nrun_id = ""\nrun_dir = ""\ndry_run = False\n'
 
 

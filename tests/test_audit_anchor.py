@@ -7,7 +7,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from hcbpg.errors import CloudError, ParamsError
 from hcbpg.ops import audit_anchor
 from hcbpg.params import parse_params
 
-from nbutil import MOTO_BUCKET, make_params
+from nbutil import MOTO_BUCKET, make_params, past_newest_run
 
 BUCKET = MOTO_BUCKET
 PREFIX = "hcbpg-audit/pgbackrest/hcb_production/test/"
@@ -44,7 +43,7 @@ def trust(home: Path, bucket: audit_anchor.BucketAnchor | None) -> signing.Trust
 
 
 def sealed_run(home: Path, t: signing.Trust) -> mf.Run:
-    time.sleep(1.05)  # run directories are named by the second
+    past_newest_run(home / "outputs" / "test")  # run directories are named by the second
     run = mf.create_run(home, "test", steps=[], mode="run", dry_run=False, params_sha256="0" * 64, selection={},
                         repo=home)
     with run.update() as data:
@@ -140,7 +139,7 @@ def test_an_unreachable_bucket_fails_the_seal_loudly_and_the_run_is_sealed_when_
     t = trust(home, anchor(s3))
     sealed_run(home, t)
     down = audit_anchor.BucketAnchor("test", BUCKET, PREFIX, lambda: store_of(_unreachable_client()))
-    time.sleep(1.05)  # run directories are named by the second
+    past_newest_run(home / "outputs" / "test")  # run directories are named by the second
     run = mf.create_run(home, "test", steps=[], mode="run", dry_run=False, params_sha256="0" * 64, selection={},
                         repo=home)
     with pytest.raises(CloudError) as ei:

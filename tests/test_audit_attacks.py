@@ -18,7 +18,7 @@ import pytest
 from hcbpg.engine import chain, signing
 from hcbpg.engine import manifest as mf
 
-from nbutil import allowed_signer_line, hcbpg, make_signing_key, write_notebook, write_steps
+from nbutil import allowed_signer_line, hcbpg, make_signing_key, past_newest_run, write_notebook, write_steps
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -39,7 +39,7 @@ def forge_run(home: Path, env: str, *, status: str, runner: dict, notebooks: dic
     """What write access to outputs/ alone makes: a newest run linked to the real chain, its notebooks hashed
     in, HEAD naming it, no signature."""
     prev = runs_of(home, env)[-1]
-    time.sleep(1.05)
+    past_newest_run(home / "outputs" / env)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     run = home / "outputs" / env / f"{stamp}_deadbeef"
     run.mkdir()
@@ -56,7 +56,7 @@ def forge_run(home: Path, env: str, *, status: str, runner: dict, notebooks: dic
     data.pop("run_log_sha256", None)
     (run / "manifest.json").write_text(json.dumps(data, indent=2) + "\n")
     (home / "outputs" / env / "HEAD").write_text(run.name + "\n")
-    time.sleep(1.05)  # a run started next is named by a later second
+    past_newest_run(home / "outputs" / env)  # a run started next is named by a later second
     return run
 
 
@@ -102,7 +102,7 @@ def test_an_orphan_is_sealed_only_as_hcbpg_last_wrote_it(home, env):
     shutil.rmtree(forged)
     (home / "outputs" / env / "HEAD").write_text(runs_of(home, env)[-1].name + "\n")
     assert hcbpg("audit", "verify", env).returncode == 0
-    time.sleep(1.05)
+    past_newest_run(home / "outputs" / env)
     assert hcbpg("run", env).returncode == 0
     real = mf.Run(runs_of(home, env)[-1])
     (real.path / mf.SIG_NAME).unlink()
@@ -119,7 +119,7 @@ def test_an_orphan_is_sealed_only_as_hcbpg_last_wrote_it(home, env):
     assert ("+" in r.stderr.split("it differs from the version hcbpg last wrote: ", 1)[1]), r.stderr
     assert not (real.path / mf.SIG_NAME).exists()
     real.manifest_path.write_bytes(pristine)  # as the runner left it: the next run seals it, with a note
-    time.sleep(1.05)
+    past_newest_run(home / "outputs" / env)
     r = hcbpg("run", env)
     assert r.returncode == 0, r.stdout + r.stderr
     assert real.read()["sealed"]["note"].startswith("sealed when the next run started")
@@ -186,7 +186,7 @@ def test_a_key_added_to_the_allowed_signers_must_be_recorded_by_a_key_allowed_be
     mallory = make_signing_key(tmp_path / "mallory", "mallory")
     signers.write_text(signers.read_text() + allowed_signer_line("mallory", mallory) + "\n")
     as_mallory = {"HCBPG_SIGNING_KEY": str(mallory)}
-    time.sleep(1.05)
+    past_newest_run(home / "outputs" / env)
     r = hcbpg("run", env, env=as_mallory)
     assert r.returncode == 1, r.stdout + r.stderr
     assert f"{signers}: changed since {first.name} was sealed (added mallory" in r.stderr, r.stderr
@@ -208,7 +208,7 @@ def test_a_key_added_to_the_allowed_signers_must_be_recorded_by_a_key_allowed_be
     change = manifest(runs_of(home, env)[-1])
     assert change["mode"] == "signers" and "added mallory" in change["signers_change"]["change"]
     assert hcbpg("audit", "verify", env).returncode == 0
-    time.sleep(1.05)
+    past_newest_run(home / "outputs" / env)
     r = hcbpg("run", env, env=as_mallory)
     assert r.returncode == 0, r.stdout + r.stderr
     assert hcbpg("audit", "verify", env).returncode == 0
@@ -228,7 +228,7 @@ def test_a_retired_key_keeps_its_old_records_and_cannot_add_new_or_back_dated_on
     trust = signing.Trust("test", signers, home / "params" / "test.audit-head")
 
     def sealed_run(key: Path) -> mf.Run:
-        time.sleep(1.05)
+        past_newest_run(home / "outputs" / "test")
         run = mf.create_run(home, "test", steps=[], mode="run", dry_run=False, params_sha256="p" * 64,
                             selection={}, repo=tmp_path)
         mf.seal(run, mf.Sealer(trust, key))
@@ -240,7 +240,7 @@ def test_a_retired_key_keeps_its_old_records_and_cannot_add_new_or_back_dated_on
     alice_line = allowed_signer_line("alice", alice).replace(
         'namespaces="', f'valid-before="{until:%Y%m%d%H%M%S}Z",namespaces="')
     signers.write_text(alice_line + "\n" + allowed_signer_line("bob", bob) + "\n")
-    time.sleep(1.05)
+    past_newest_run(home / "outputs" / "test")
     chain.record_signers_change(home, "test", mf.Sealer(trust, alice), params_sha256="p" * 64, repo=tmp_path)
     last_by_alice = sealed_run(alice)
     while dt.datetime.now(dt.timezone.utc) <= until + dt.timedelta(seconds=1):
@@ -260,7 +260,7 @@ def test_a_retired_key_keeps_its_old_records_and_cannot_add_new_or_back_dated_on
     mf.write_anchor(by_bob, mf.sha256_file(by_bob.manifest_path), by_bob.read()["sealed"]["at"])
     assert mf.verify_env(home, "test", trust) == []
     # ... nor one back-dated to while it was valid: it would come after bob's, sealed later
-    time.sleep(1.05)
+    past_newest_run(home / "outputs" / "test")
     forged = mf.create_run(home, "test", steps=[], mode="run", dry_run=False, params_sha256="p" * 64,
                            selection={}, repo=tmp_path)
     with forged.update() as d:

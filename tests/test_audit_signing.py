@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 
 import pytest
 
@@ -14,7 +13,7 @@ from hcbpg.engine import signing
 from hcbpg.engine.manifest_model import Attempt
 from hcbpg.errors import AuditError
 
-from nbutil import allowed_signer_line, make_signing_key
+from nbutil import allowed_signer_line, make_signing_key, past_newest_run
 
 
 @pytest.fixture
@@ -115,7 +114,7 @@ def chain(tmp_path, keys, monkeypatch):
     sealer = mf.Sealer(trust, keys[0])
     runs = []
     for i in range(3):
-        time.sleep(1.05 if i else 0)  # run directories are named by the second they start in
+        past_newest_run(home / "outputs" / "test")  # run directories are named by the second they start in
         run = mf.create_run(home, "test", steps=[{"key": "00_a", "title": "a", "notebook": "00_a.ipynb"}],
                             mode="run", dry_run=False, params_sha256="p" * 64, selection={}, repo=tmp_path,
                             seal_with=sealer)
@@ -196,14 +195,14 @@ def test_a_missing_head_file_or_unsigned_manifest_fails(chain):
 def test_a_run_killed_before_sealing_is_sealed_by_the_next_with_a_note(chain, keys):
     home, trust, runs = chain
     sealer = mf.Sealer(trust, keys[0])
-    time.sleep(1.05)
+    past_newest_run(home / "outputs" / "test")
     run = mf.create_run(home, "test", steps=[{"key": "00_a", "title": "a", "notebook": "00_a.ipynb"}],
                         mode="run", dry_run=False, params_sha256="p" * 64, selection={}, repo=home, seal_with=sealer)
     with run.update() as d:
         d.status = "running"
         d.runner = {"pid": 2 ** 22 + 7, "machine": "elsewhere"}  # not alive here
     assert any("not signed" in p for p in mf.verify_env(home, "test", trust))
-    time.sleep(1.05)
+    past_newest_run(home / "outputs" / "test")
     nxt = mf.create_run(home, "test", steps=[], mode="run", dry_run=False, params_sha256="p" * 64,
                         selection={}, repo=home, seal_with=sealer)
     assert run.read()["sealed"]["note"].startswith("sealed when the next run started")

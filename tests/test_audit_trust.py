@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from nbutil import hcbpg, write_notebook, write_steps
+from nbutil import hcbpg, past_newest_run, write_notebook, write_steps
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -34,7 +34,7 @@ def test_a_rewritten_record_and_a_deleted_newest_run_fail_verify(home, env, tmp_
     for _ in range(3):
         r = hcbpg("run", env)
         assert r.returncode == 0, r.stdout + r.stderr
-        time.sleep(1.05)  # run directories are named by the second
+        past_newest_run(home / "outputs" / env)  # run directories are named by the second
     runs = runs_of(home, env)
     head = home / "params" / "test.audit-head"
     assert head.is_file() and runs[-1].name in head.read_text()
