@@ -274,23 +274,6 @@ def _scrap(notebook: Path, name: str):
     raise AssertionError(f"{notebook.name} recorded no {name}")
 
 
-def test_notebook_10_on_a_streaming_pair_changes_nothing(lab, run_home, passwords):
-    """A second run of step 10 (here through the notebook, which runs the same composition as the direct calls
-    of the tests above) changes nothing: no outcome changed, the replica's plan is none, no password shown."""
-    home, env = run_home
-    proc = cli(env, "run", "lab", "--only", "10")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    steps = {s["key"]: s["changes"] for s in latest_manifest(home)["steps"]}
-    assert steps == {"10_replication": 0}, steps
-    run_dir = latest_run_dir(home)
-    results = _scrap(run_dir / "10_replication.ipynb", "replication")["results"]
-    assert results["server-postgres-2"]["plan"] == "none", results
-    for path in run_dir.rglob("*"):
-        if path.is_file():
-            assert passwords["rep"] not in path.read_text(errors="replace"), f"the replication password in {path}"
-    assert passwords["rep"] not in proc.stdout + proc.stderr
-
-
 def test_dry_runs_of_notebooks_10_and_11_change_nothing(lab, params, hosts, run_home):
     home, env = run_home
     before = topology.get_topology(hosts, params)[0]
@@ -302,6 +285,29 @@ def test_dry_runs_of_notebooks_10_and_11_change_nothing(lab, params, hosts, run_
     after = topology.get_topology(hosts, params)[0]
     assert (after.primary, after.replicas) == (before.primary, before.replicas)
     assert pg_cluster.get_cluster_running(hosts[before.primary], params)
+
+
+def test_notebook_10_on_a_streaming_pair_changes_nothing_then_notebook_11_waits_at_its_gate(lab, params, hosts,
+                                                                                          run_home, passwords):
+    """A second run of step 10 (here through the notebook, which runs the same composition as the direct calls
+    of the tests above) changes nothing: no outcome changed, the replica's plan is none, no password shown.  The
+    same run goes on to notebook 11, which stops at its gate changing nothing (approved and resumed below)."""
+    home, env = run_home
+    before = topology.get_topology(hosts, params)[0].primary
+    proc = cli(env, "run", "lab", "--only", "10,11")  # one CLI and runner start for both notebooks
+    assert proc.returncode == 3, proc.stdout + proc.stderr  # waiting at 11's gate
+    manifest = latest_manifest(home)
+    steps = {s["key"]: s["changes"] for s in manifest["steps"]}
+    assert list(steps) == ["10_replication", "11_failover"] and steps["10_replication"] == 0, steps
+    run_dir = latest_run_dir(home)
+    results = _scrap(run_dir / "10_replication.ipynb", "replication")["results"]
+    assert results["server-postgres-2"]["plan"] == "none", results
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            assert passwords["rep"] not in path.read_text(errors="replace"), f"the replication password in {path}"
+    assert passwords["rep"] not in proc.stdout + proc.stderr
+    assert topology.get_topology(hosts, params)[0].primary == before, "nothing may change before the gate"
+    STATE["gate_run_id"] = manifest["run_id"]
 
 
 def test_notebook_11_switches_over_when_approved_losing_nothing_and_the_old_primary_streams_again(
@@ -317,10 +323,7 @@ def test_notebook_11_switches_over_when_approved_losing_nothing_and_the_old_prim
     before = counts(hosts, params, old.name)
     STATE["before_switchover"] = (psql(hosts, params, old.name).value("SELECT now()::text AS t"), before)
     time.sleep(1.2)  # the point-in-time target lies strictly between the last commit before it and the next
-    waiting = cli(env, "run", "lab", "--only", "11")
-    assert waiting.returncode == 3, waiting.stdout + waiting.stderr
-    assert topology.get_topology(hosts, params)[0].primary == old.name, "nothing may change before the gate"
-    run_id = latest_manifest(home)["run_id"]
+    run_id = STATE["gate_run_id"]  # the run of 10 and 11 above, waiting at 11's gate (its plan names no LSN)
     # the gate a planned switchover asks (an unplanned failover's is "failover"): approving another is refused
     approved = cli(env, "approve", run_id, "switchover", "--note", "lab test")
     assert approved.returncode == 0, approved.stdout + approved.stderr
@@ -636,6 +639,7 @@ def test_unplanned_failover_with_the_primary_unreachable_then_step_10_rejoins_it
     from hcbpg.errors import HostUnreachable
     topo, _ = topology.get_topology(hosts, params)
     gone, survivor = params.server(topo.primary), params.server(topo.replicas[0])
+    t0 = time.monotonic()
     start_pgbench(hosts[gone.name], 2)
     wait_pgbench(hosts[gone.name])
     before = counts(hosts, params, gone.name)
@@ -650,6 +654,7 @@ def test_unplanned_failover_with_the_primary_unreachable_then_step_10_rejoins_it
     with pytest.raises(HostUnreachable):
         Host.from_params(params, gone.name, gone.ssh_host).connect()
     reachable = {gone.name: None, survivor.name: hosts[survivor.name]}
+    TIMINGS["unreachable_until_gone_s"] = round(time.monotonic() - t0, 1)
 
     topo, states = topology.get_topology(reachable, params)
     plan = desired_failover.plan_failover(topo, states, params, previous_primary=gone.name)
@@ -663,6 +668,7 @@ def test_unplanned_failover_with_the_primary_unreachable_then_step_10_rejoins_it
     assert [c.name for c in checks if c.status == "fail"] == []
     assert [c.target for c in checks if c.status == "warn"] == [gone.name]
     assert counts(hosts, params, survivor.name) == before
+    TIMINGS["unreachable_failover_s"] = round(time.monotonic() - t0, 1)
 
     # it comes back: step 10 refuses to rewind an unfenced former primary until params allow it
     lab.start_sshd(gone.name)  # waits for port 22: sshd daemonizes before it listens
@@ -670,6 +676,7 @@ def test_unplanned_failover_with_the_primary_unreachable_then_step_10_rejoins_it
     with pytest.raises(SafetyCheckFailed, match="former primary .* never fenced"):
         rep_step.setup_replication(hosts, params, passwords["rep"], allow_destructive=True, dry_run=False)
     assert not pg_cluster.get_cluster_running(hosts[gone.name], params), "the refused server must be left as it was"
+    TIMINGS["unreachable_refused_s"] = round(time.monotonic() - t0, 1)
     allowed = make_params(lab, allow_wipe_host=gone.name)
     _, topo, results = rep_step.setup_replication(hosts, allowed, passwords["rep"], allow_destructive=True, dry_run=False)
     assert topo.primary == survivor.name and results[gone.name]["method"] == "rewind", results
@@ -677,3 +684,5 @@ def test_unplanned_failover_with_the_primary_unreachable_then_step_10_rejoins_it
     assert [f"{c.name}: {c.detail}" for c in checks if not c.ok] == []
     c = rep.check_counts_match(psql(hosts, params, survivor.name), psql(hosts, params, gone.name), BENCH_DB, timeout=60)
     assert c.ok, c.detail
+    TIMINGS["unreachable_whole_s"] = round(time.monotonic() - t0, 1)
+    print("timings:", TIMINGS)
