@@ -171,6 +171,9 @@ def _drive_jupyterlab(url: str, run_dir: Path, notebook: str, *, gate: str | Non
                 saved = ['"output_type": "error"']
             else:
                 raise AssertionError("a cell failed in JupyterLab")
+            # the keys go to the notebook: the gate's input box, where focus was, is gone once answered (a step
+            # that ends quickly is idle before JupyterLab has moved focus back, and Ctrl-S then saved nothing)
+            page.locator(".jp-NotebookPanel .jp-Cell .jp-InputPrompt").last.click()
             page.keyboard.press("Control+s")
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
