@@ -14,39 +14,24 @@ from hcloud.images.domain import Image
 from hcloud.locations.domain import Location
 from hcloud.server_types.domain import ServerType
 
-from hcbpg.adapters import cloud as cloud_api
 from hcbpg.errors import CloudError
-from hcbpg.lab.hcloud_api import HcloudStandin, RunningStandin, read_state
+from hcbpg.lab.hcloud_api import read_state
 from hcbpg.ops import provisioning as cloud
 from hcbpg.params import parse_params
+from tests.cloudstandin import (  # noqa: F401 - api_fixture, client_fixture, hooks_fixture, params_fixture: fixtures
+    TOKEN,
+    api_fixture,
+    client_fixture,
+    hooks_fixture,
+    lab_params,
+    params_fixture,
+    provision,
+    public_key,
+    state_ids,
+)
 from tests.fast.specs import covers
-from tests.test_cloud import TOKEN, Hooks, lab_params, provision, public_key, state_ids
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def hooks() -> Hooks:
-    return Hooks()
-
-
-@pytest.fixture
-def api(tmp_path, hooks):
-    pytest.importorskip("cheroot", reason="the API stand-in is served by cheroot (pip install '.[lab]')")
-    app = HcloudStandin(tmp_path / "hcloud.json", TOKEN, on_server_created=hooks.on_created,
-                        on_server_deleted=lambda name: None, reserved_ips=["10.0.1.1"])
-    with RunningStandin(app) as running:
-        yield running
-
-
-@pytest.fixture
-def params(tmp_path, api):
-    return lab_params(tmp_path, api.url)
-
-
-@pytest.fixture
-def client(params):
-    return cloud_api.make_client(params, TOKEN, poll_interval=0.01)
 
 
 # ensure_provisioned ---------------------------------------------------------------------------------------
