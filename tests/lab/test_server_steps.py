@@ -27,7 +27,7 @@ from hcbpg.steps import allow_connections as allow_step
 from hcbpg.steps import app_role_database as role_step
 from hcbpg.steps import install_postgres as install_step
 
-from labparams import tls_section
+from labparams import lab_params
 from stages import cli, latest_manifest
 
 pytestmark = pytest.mark.lab
@@ -68,21 +68,15 @@ def run_home(lab, tmp_path_factory):
     cfg = lab.cfg
     home = tmp_path_factory.mktemp("server-steps-home")
     (home / "params").mkdir()
-    (home / "params" / "lab.yaml").write_text(yaml.safe_dump({
-        "environment": "lab",
-        "hetzner": {"token": f"file:{cfg.secret_path('hcloud-token')}", "api_endpoint": lab.status()["hcloud_endpoint"],
-                    "ssh_public_key_file": str(lab.ssh_key.with_suffix(".pub")), "ssh_key_name": "hcb-lab",
-                    "admin_source_ranges": [cfg.subnet]},
-        "network": {"ip_range": "10.0.0.0/8", "subnet": cfg.subnet},
-        "servers": [{"name": n, "private_ip": cfg.address(off), "role": r} for n, off, r in RUN_SERVERS],
-        "app_host": {"name": "app", "private_ip": cfg.app_ip},
-        "ssh": {"user": "root", "key_file": str(lab.ssh_key), "connect_timeout": 5,
-                "known_hosts": str(cfg.known_hosts)},
-        "postgres": {"app_role_password": f"file:{cfg.secret_path('rails-password')}"},
-        "tls": tls_section(lab),
-        # the lab key signs the record; `lab up` lists it in this file
-        "audit": {"allowed_signers": str(cfg.ssh_dir / "allowed_signers")},
-    }, sort_keys=False))
+    # the lab's params, except: no site (this module plans as an operator's machine would), servers without an
+    # ssh_host (step 01 records the addresses it makes), the key's name and the admin range step 01 uses
+    data = lab_params(lab, [(n, cfg.address(off), r) for n, off, r in RUN_SERVERS])
+    del data["site"]
+    for server in data["servers"]:
+        del server["ssh_host"]
+    data["hetzner"].update({"api_endpoint": lab.status()["hcloud_endpoint"], "ssh_key_name": "hcb-lab",
+                            "admin_source_ranges": [cfg.subnet]})
+    (home / "params" / "lab.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     env = {"HCBPG_HOME": str(home), "HCBPG_STATE_DIR": str(home / "state"), "HCBPG_LAB_DIR": str(lab.lab_dir),
            "HCBPG_NOTEBOOKS": str(Path(__file__).resolve().parents[2] / "notebooks")}
     yield home, env
