@@ -62,6 +62,17 @@ def _connect_errors() -> tuple[type[BaseException], ...]:
 _NO_PINS = Path("/nonexistent/hcbpg-no-known-hosts-given")
 
 
+def _no_delay(conn: Any) -> None:
+    """TCP_NODELAY on the connection's socket (as OpenSSH's client sets it).  Each command is a few
+    small packets (channel open, exec, EOF, close) that wait for a reply: with Nagle's algorithm one
+    waited for the server's delayed ACK, 40 ms, before it left (measured on the lab: opening a channel
+    took 41-47 ms with it, 0.2 ms without)."""
+    transport = conn.client.get_transport()
+    sock = getattr(transport, "sock", None) if transport is not None else None
+    if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 class _RefusePolicy:
     """paramiko's policy when no key is pinned for the host: refuse with a HostKeyError."""
 
@@ -153,6 +164,7 @@ class Host:
                 except _connect_errors() as exc:
                     raise HostUnreachable(self.name, f"{self.user}@{self.address}:{self.port}",
                                           scrub(f"{type(exc).__name__}: {exc}")) from exc
+            _no_delay(conn)
             self._conn = conn
         return self._conn
 
@@ -282,7 +294,12 @@ class Host:
             out, err = bytearray(), bytearray()
             deadline = time.monotonic() + timeout
             while True:
-                select.select([chan], [], [], 0.02)
+                if chan.eof_received and not chan.exit_status_ready():
+                    # the output is in; its exit status follows (paramiko's event, not the data pipe:
+                    # the pipe stays readable after EOF, so select would spin until then)
+                    chan.status_event.wait(0.02)
+                else:
+                    select.select([chan], [], [], 0.02)
                 while chan.recv_ready():
                     out += chan.recv(65536)
                 while chan.recv_stderr_ready():

@@ -138,6 +138,13 @@ def prepare_upper(cfg: LabConfig, name: str, ip: str, upper: Path,
     _put(etc / "hosts", f"127.0.0.1\tlocalhost\n127.0.1.1\t{name}\n{ip}\t{name}\n"
          "::1\tlocalhost ip6-localhost ip6-loopback\n")
     _put(etc / "machine-id", os.urandom(16).hex() + "\n", 0o444)
+    # root's home is a fresh server's (base-files' dotfiles), not the machine's: sshd runs every command
+    # through root's bash, which reads ~/.bashrc, and a developer's (pyenv init: 70 ms) ran before each one
+    home = _opaque(upper, "root")
+    for dot in ("bashrc", "profile"):
+        skel = Path("/usr/share/base-files", f"dot.{dot}")
+        if skel.is_file():
+            _put(home / f".{dot}", skel.read_text())
     # the machine's clusters, repos and keys are not on a fresh server
     for rel in _FRESH_DIRS:
         if Path("/", rel).is_dir() or rel == "root/.ssh":
