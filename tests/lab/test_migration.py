@@ -192,8 +192,10 @@ def test_runner_does_dry_run_cutover_and_traffic_switch_through_every_gate(env, 
     monkeypatch.setenv(rbmod.AUTO_APPROVE_ENV, "lab test")  # the runner sets it too: gone after this test
     monkeypatch.setenv(rbmod.AUTO_ACTIONS_ENV, json.dumps(
         {"maintenance-on": [sys.executable, str(script), str(env.lab.lab_dir), str(top)]}))
+    # a terminal line per kind of work every 0.5 s (2 s by default): the grown copy and its GIN build take a
+    # second or two each here, and a line with a rate needs a sample before it
     runner = Runner(base=env.home, nb_dir=env.nb_dir, progress_bar=False, progress=terminal.append,
-                    auto_approve="lab test")
+                    auto_approve="lab test", live_every=0.5)
     try:
         result = runner.start("lab")
     finally:
@@ -215,7 +217,7 @@ def test_runner_does_dry_run_cutover_and_traffic_switch_through_every_gate(env, 
 
 
 def test_the_terminal_and_the_notebook_show_progress_of_the_copy_and_the_index_builds(env):
-    """While 07 streams the (grown) source: the terminal gets a live line every few seconds for the table
+    """While 07 streams the (grown) source: the terminal gets a live line every live_every seconds for the table
     copy and for an index build, each with a percentage; the notebook keeps a shorter record."""
     import re
     terminal = STATE["terminal"]
