@@ -76,8 +76,11 @@ def fresh_db(psql: "Psql", params) -> None:  # noqa: ANN001
 
 def checkpoint(psql: "Psql") -> None:
     """Before each timed run: what the one before left dirty is written out first, so that no run pays
-    for another's checkpoint (ours drops the database it restores into, which forces one)."""
+    for another's checkpoint (ours drops the database it restores into, which forces one), nor for its
+    writeback: the kernel writes dirty pages out 30 s after they were written (vm.dirty_expire_centisecs),
+    which is in the middle of the next run, so the page cache is synced too (the lab's hosts share it)."""
     psql.execute(["CHECKPOINT"])
+    os.sync()
 
 
 def run_runbook(lab: Lab, host: Host, params, url: str, work: Path) -> float:  # noqa: ANN001
