@@ -102,6 +102,10 @@ def test_the_recap_lists_ok_changed_warnings_failed_per_step_and_names_the_faili
     assert any("failed checks: rows public.transactions on hcb_production" in s for s in lines), r.stdout
     assert any("warnings: backup age on server-postgres-1" in s for s in lines), r.stdout
     assert lines.index(first) < lines.index(second) < max(i for i, s in enumerate(lines) if "hcbpg resume" in s)
+    # why it failed, above the recap: the failed check with its reason (not the passed one)
+    why = lines[lines.index("Step 01_fails failed: 1 of 2 checks failed"):lines.index("Recap:")]
+    assert why == ["Step 01_fails failed: 1 of 2 checks failed", "  ✗ rows public.transactions on hcb_production:",
+                   "      9 != 10"], why
 
     # the HTML index shows each step's checks and what it changed, and links each notebook
     run = only_run(home, env)

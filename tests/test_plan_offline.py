@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -43,7 +44,8 @@ def _rows(notebook) -> list[tuple[str, str, str, str]]:
     return rows
 
 
-def _plan_production_offline(tmp_path, *, anchor: str | None = None) -> tuple[subprocess.CompletedProcess, Path]:
+def _plan_production_offline(tmp_path, *, anchor: str | None = None,
+                             extra: Sequence[str] = ()) -> tuple[subprocess.CompletedProcess, Path]:
     """``hcbpg plan production`` in an empty network namespace, no 1Password CLI, a fresh record;
     *anchor* overrides the committed ``audit.anchor``. Returns the process and the home."""
     home, user = tmp_path / "home", tmp_path / "user"
@@ -66,7 +68,7 @@ def _plan_production_offline(tmp_path, *, anchor: str | None = None) -> tuple[su
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OP_", "HCBPG_"))}
     env.update(HOME=str(user), HCBPG_HOME=str(home), PATH=path, PYTHONPATH=str(REPO),
                HCBPG_SIGNING_KEY=str(user / ".ssh" / "id_ed25519"))
-    proc = subprocess.run(["unshare", "--net", "--", sys.executable, "-m", "hcbpg.cli", "plan", "production"],
+    proc = subprocess.run(["unshare", "--net", "--", sys.executable, "-m", "hcbpg.cli", "plan", "production", *extra],
                           capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
     return proc, home
 
@@ -109,3 +111,34 @@ def test_plan_production_offline_names_only_unresolvable_secrets_and_unreachable
     assert any(r[0] == "reachable over SSH" and r[1] == params.app_host.name for r in failed)
     warned = {r[0] for r in rows if r[2] == "warn"}
     assert "placeholder pgbackrest.deadman_url" in warned, "preflight names the placeholder"
+
+
+@pytest.mark.skipif(not _unshare_works(), reason="needs root and unshare --net (an empty network namespace)")
+def test_a_failed_preflight_prints_every_failed_check_with_its_whole_reason_above_the_recap_and_in_json(tmp_path):
+    """Every reason the notebook shows reaches the terminal whole (wrapped, never cut), above the recap, each
+    reason once however many checks share it; ``--json`` carries each failed check with its reason."""
+    proc, home = _plan_production_offline(tmp_path, anchor="none")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out[-3000:]
+    (notebook,) = (home / "outputs" / "production").glob("*/00_preflight.ipynb")
+    failed = [r for r in _rows(notebook) if r[2] == "fail"]
+    assert len(failed) >= 15, failed  # every secret reference, the Hetzner API, each host over SSH
+    text = " ".join(out.split())  # wrapping only changes the spaces
+    report = out[:out.index("Recap:")]
+    assert "Step 00_preflight failed: " in report and f"{len(failed)} of " in report, report
+    for name, target, _status, detail in failed:
+        assert " ".join(detail.split()) in " ".join(report.split()), (name, target, detail)
+        assert f"{name} on {target}" in text if target else name in text, (name, target)
+    reasons = {" ".join(d.split()) for *_, d in failed}
+    for reason in reasons:  # a reason shared by several checks is said once
+        assert " ".join(report.split()).count(reason) == 1 or any(
+            reason != r and reason in r for r in reasons), reason
+    # the same as JSON: each failed check, with its reason
+    shutil.rmtree(home / "outputs")
+    proc2, _ = _plan_production_offline(tmp_path / "json", anchor="none", extra=["--json"])
+    data = json.loads(proc2.stdout)
+    (pre,) = [s for s in data["steps"] if s["key"] == "00_preflight"]
+    got = {(c["name"], c["target"], " ".join(c["detail"].split())) for c in pre["checks"]["not_passed"]
+           if c["status"] == "fail"}
+    assert got == {(n, t, " ".join(d.split())) for n, t, _s, d in failed}, got
+    assert "Step 00_preflight failed" in data["message"]

@@ -10,10 +10,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import overload
 
+from hcbpg import secrets as hsecrets
 from hcbpg.display import show_table
 from hcbpg.engine import manifest as mf
 from hcbpg.errors import VerificationFailed
 from hcbpg.outcome import Check, Outcome
+
+#: the checks not passed a step's manifest entry keeps (with their reasons), and the characters of each reason
+MAX_NOT_PASSED = 200
+MAX_DETAIL = 4000
 
 
 class Ledger:
@@ -66,7 +71,9 @@ class Ledger:
         """The step's checks so far into the manifest (counts, and the ones not passed by name)."""
         if self.run is None:
             return
-        not_passed = [{"name": c.name, "target": c.target, "status": c.status}
-                      for c in self.checks if c.status != "pass"][:50]
+        # each with its reason, whole (scrubbed): the terminal and --json give it without opening the notebook
+        not_passed = [{"name": c.name, "target": c.target, "status": c.status,
+                       "detail": hsecrets.scrub(str(c.detail or ""))[:MAX_DETAIL]}
+                      for c in self.checks if c.status != "pass"][:MAX_NOT_PASSED]
         with self.run.update() as data:
             data.step(self.step).checks = {**self.counts(), "not_passed": not_passed}

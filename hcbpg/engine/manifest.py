@@ -49,6 +49,8 @@ from hcbpg.procs import process_alive
 FORMAT = 1
 TERMINAL = {"succeeded", "failed"}
 SIG_NAME = "manifest.json.sig"
+#: the characters of a step's error message the record keeps (the whole of any message hcbpg writes)
+MAX_EVALUE = 8000
 
 
 def utcnow() -> str:

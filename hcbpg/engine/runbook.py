@@ -336,7 +336,7 @@ class Runbook:
                   else "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
         if self.run.read().get("status") != "running":
             return  # the run was closed (guide finish): its record takes nothing more
-        error = {"ename": type(exc).__name__, "evalue": hsecrets.scrub(str(exc))[:2000], "at": mf.utcnow()}
+        error = {"ename": type(exc).__name__, "evalue": hsecrets.scrub(str(exc))[:mf.MAX_EVALUE], "at": mf.utcnow()}
         with self.run.update() as data:
             step = data.step(self.step)
             att = step.attempt(self.guided_attempt)

@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from hcbpg.engine.locks import env_lock
 from hcbpg.engine.manifest_model import StepEntry
 from hcbpg.engine.record import read_scraps
 from hcbpg.engine.runbook import open_attempt, scrub_file_for
-from hcbpg.engine.terminal import CellOutput, LiveLines, ProgressFollower, render_recap
+from hcbpg.engine.terminal import CellOutput, LiveLines, ProgressFollower, render_failure, render_recap
 from hcbpg.errors import AuditError, HcbpgError, UsageError
 from hcbpg.params import Params, home, load_params, params_sha256
 
@@ -171,6 +171,8 @@ class RunResult:
     status: str
     exit_code: int
     message: str = ""
+    #: why a step failed, shown above the recap (:func:`hcbpg.engine.terminal.render_failure`)
+    report: list[str] = field(default_factory=list)
 
 
 def _resolve_param_secrets(params: Params) -> None:
@@ -339,8 +341,8 @@ class Runner:
                 if s.status == "succeeded":
                     continue
                 result = self._run_step(run, s, i, len(steps))
-                if result is not None:
-                    result.message = "\n".join(["Recap:", *render_recap(run.read()), result.message])
+                if result is not None:  # why it stopped (each failed check's reason), the recap, what next
+                    result.message = "\n".join([*result.report, "Recap:", *render_recap(run.read()), result.message])
                     return result
             with run.update() as data:
                 data.status = "succeeded"
@@ -387,7 +389,7 @@ class Runner:
                 kernel_manager_class=manager_class, stdout_file=cells, stderr_file=cells,
             ))
         except PapermillExecutionError as exc:
-            error = {"ename": exc.ename, "evalue": hsecrets.scrub(str(exc.evalue))[:2000],
+            error = {"ename": exc.ename, "evalue": hsecrets.scrub(str(exc.evalue))[:mf.MAX_EVALUE],
                      "cell_index": exc.cell_index}
             if exc.ename == "StepAlreadyDone":  # rb.skip(): nothing to do, recorded as done
                 status, error = "succeeded", None
@@ -401,7 +403,7 @@ class Runner:
             error = {"ename": "KeyboardInterrupt", "evalue": "interrupted by the operator (Ctrl-C)"}
         except Exception as exc:  # noqa: BLE001 - kernel died, I/O error: record, then report
             status, exit_code = "failed", EXIT_FAILED
-            error = {"ename": type(exc).__name__, "evalue": hsecrets.scrub(str(exc))[:2000]}
+            error = {"ename": type(exc).__name__, "evalue": hsecrets.scrub(str(exc))[:mf.MAX_EVALUE]}
         finally:
             follower.close()
             if cells is not None:
@@ -445,10 +447,9 @@ class Runner:
                              f"Interrupted in step {key}; the record is kept in {run.path}.\n"
                              f"Continue with: hcbpg resume {run.run_id}")
         assert error is not None  # a failure always records its error above
-        msg = (f"Step {key} failed ({error['ename']}): {error['evalue']}\n"
-               f"The executed notebook is {out}.\n"
+        msg = (f"The executed notebook is {out}.\n"
                f"Fix the cause, then: hcbpg resume {run.run_id}")
-        return RunResult(run, status, exit_code, msg)
+        return RunResult(run, status, exit_code, msg, report=render_failure(run.read(), key, error))
 
     @staticmethod
     def _changes_from_notebook(path: Path) -> int | None:

@@ -8,6 +8,9 @@
   :class:`LiveLines` (a line per kind of work every few seconds, for a log or a pipe) or the
   CLI's bar on a terminal.
 * :func:`render_recap`: one line per step from the manifest, like Ansible's recap.
+* :func:`render_failure`: why a step failed, above the recap: each failed check with its whole reason
+  (wrapped, never cut; one reason shared by several checks said once), or the error's whole message
+  (the way Ansible prints a failed task's ``msg``).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import textwrap
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -134,14 +138,68 @@ def recap_counts(step: dict[str, Any]) -> dict[str, Any]:
 def render_recap(data: dict[str, Any]) -> list[str]:
     """One line per step: ``  07_cutover  failed  ok=12 changed=3 warnings=0 failed=1  41.2s`` and,
     under a step that failed checks, their names."""
-    lines = []
+    lines: list[str] = []
     width = max([len(s["key"]) for s in data.get("steps", [])] + [10])
+    cols = max(60, min(120, shutil.get_terminal_size((100, 24)).columns))
     for s in data.get("steps", []):
         c = recap_counts(s)
         lines.append(f"  {s['key']:<{width}}  {s['status']:<17} ok={c['ok']:<3} changed={c['changed']:<3} "
                      f"warnings={c['warnings']:<3} failed={c['failed']:<3} {s.get('duration_s') or 0:>7.1f}s")
+        pad = " " * (width + 4)
         if c["failed_checks"]:
-            lines.append(f"  {'':<{width}}  failed checks: {hsecrets.scrub(', '.join(c['failed_checks']))}")
+            lines += _wrapped(f"failed checks: {hsecrets.scrub(', '.join(c['failed_checks']))}", cols, pad + "  ",
+                              first=pad)
         if c["warned_checks"]:
-            lines.append(f"  {'':<{width}}  warnings: {hsecrets.scrub(', '.join(c['warned_checks']))}")
+            lines += _wrapped(f"warnings: {hsecrets.scrub(', '.join(c['warned_checks']))}", cols, pad + "  ",
+                              first=pad)
     return lines
+
+
+#: the error a step fails with when its own checks failed (hcbpg.errors.VerificationFailed)
+CHECKS_FAILED = "VerificationFailed"
+
+
+def _wrapped(text: str, width: int, indent: str, first: str | None = None) -> list[str]:
+    """*text* wrapped at *width*, each of its own lines kept, no word ever cut (a long URL overflows)."""
+    out: list[str] = []
+    for i, para in enumerate(text.splitlines() or [""]):
+        lead = first if (first is not None and i == 0) else indent
+        out += textwrap.wrap(para, width, initial_indent=lead, subsequent_indent=indent, break_long_words=False,
+                             break_on_hyphens=False, drop_whitespace=True) or [lead.rstrip()]
+    return out
+
+
+def failed_checks(step: dict[str, Any]) -> list[dict[str, Any]]:
+    """A manifest step's failed checks (name, target, status, detail)."""
+    checks = step.get("checks") or (step.get("summary") or {}).get("checks") or {}
+    return [c for c in checks.get("not_passed", []) if c.get("status") == "fail"]
+
+
+def render_failure(data: dict[str, Any], key: str, error: dict[str, Any] | None, *,
+                   width: int | None = None) -> list[str]:
+    """Why step *key* failed: each failed check with its whole reason, checks that fail for one same
+    reason on one line of names; then the error itself when it is not just "the checks failed"."""
+    width = width or max(60, min(120, shutil.get_terminal_size((100, 24)).columns))
+    step: dict[str, Any] = next((s for s in data.get("steps", []) if s.get("key") == key), {})
+    failed = failed_checks(step)
+    error = error or {}
+    ename, evalue = str(error.get("ename") or "error"), str(error.get("evalue") or "")
+    lines: list[str] = []
+    if failed:
+        counts = step.get("checks") or {}
+        total = sum(int(counts.get(k) or 0) for k in ("pass", "warn", "fail")) or len(failed)
+        lines.append(f"Step {key} failed: {len(failed)} of {total} checks failed")
+        by_reason: dict[str, list[str]] = {}
+        for c in failed:
+            name = str(c.get("name")) + (f" on {c['target']}" if c.get("target") else "")
+            by_reason.setdefault(str(c.get("detail") or "(no reason given)"), []).append(name)
+        for reason, names in by_reason.items():
+            head = ", ".join(names) + (f" ({len(names)} checks, one reason)" if len(names) > 1 else "") + ":"
+            lines += _wrapped(head, width, "      ", first="  ✗ ")
+            lines += _wrapped(reason, width, "      ")
+        if ename != CHECKS_FAILED:  # it failed on something else too
+            lines += _wrapped(evalue, width, "      ", first=f"  and then {ename}: ")
+    else:
+        lines.append(f"Step {key} failed ({ename}):")
+        lines += _wrapped(evalue, width, "    ")
+    return [hsecrets.scrub(line) for line in lines]
