@@ -132,6 +132,8 @@ def test_an_approval_is_bound_to_the_params_it_was_given_for(home, env):
     g = manifest(run)["gates"]["maintenance-on"]
     proof = g["proof"]
     assert g["approved_by"] == "test-operator" == proof["principal"]
+    # the terminal names the signer the record names, and its key
+    assert f"approved by test-operator (signed with {proof['key_fingerprint']}; OS user " in r.stdout, r.stdout
     assert proof["key_fingerprint"].startswith("SHA256:") and "BEGIN SSH SIGNATURE" in proof["signature"]
     assert proof["statement"]["params_sha256"] == g["params_sha256"]
     # the params change after the approval (allow_destructive switched on): the gate asks again

@@ -160,7 +160,11 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def cmd_approve(args: argparse.Namespace) -> int:
     run = approve(args.run_id, args.gate, note=args.note)
-    print(f"gate '{args.gate}' of run {run.run_id} approved by {mf.operator_name()}.\n"
+    # who the record names: the signing key's principal (the allowed-signers file), not the OS user
+    g = run.read()["gates"][args.gate]
+    proof = g.get("proof") or {}
+    print(f"gate '{args.gate}' of run {run.run_id} approved by {g['approved_by']} (signed with "
+          f"{proof.get('key_fingerprint', 'no key')}; OS user {mf.operator_name()}).\n"
           f"Continue with: hcbpg resume {run.run_id}")
     return 0
 
