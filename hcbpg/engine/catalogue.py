@@ -26,6 +26,10 @@ class Step:
     notebook: str     # file name inside the notebooks directory
     #: steps like failover or rotation run only when asked for with --only
     on_demand: bool = False
+    #: what the step may change, in a few words (``hcbpg steps``)
+    changes: str = ""
+    #: the gates it asks for (SERVER, FINGERPRINT: filled in when asked)
+    gates: tuple[str, ...] = ()
 
     @property
     def number(self) -> str:
@@ -63,7 +67,8 @@ def load_steps(directory: Path | None = None, *, transfer: str | None = None) ->
             raise UsageError(f"{path}: {nb} is listed twice for source.transfer {want}",
                              hint="Give each of its entries the transfers it is for (transfers: [...]).")
         steps.append(Step(key=Path(nb).stem, title=entry["title"], notebook=nb,
-                          on_demand=bool(entry.get("on_demand", False))))
+                          on_demand=bool(entry.get("on_demand", False)), changes=str(entry.get("changes") or ""),
+                          gates=tuple(str(g) for g in entry.get("gates") or ())))
     return steps
 
 
