@@ -107,6 +107,9 @@ class Host:
         self.dry_run = False
         #: every command that may change the host, as shown (scrubbed), in order (HostLike; probes are not in it)
         self.journal: list[str] = []
+        #: the waits before trying a refused SSH key again (None: :data:`AUTH_RETRY_WAITS`; ``hcbpg status``
+        #: gives () so that a refused key is said at once)
+        self.auth_retry_waits: tuple[float, ...] | None = None
         self._conn: Any = None
 
     @classmethod
@@ -136,7 +139,8 @@ class Host:
                 AuthenticationException,
                 BadHostKeyException,
             )
-            for wait in (*AUTH_RETRY_WAITS, None):
+            waits = AUTH_RETRY_WAITS if self.auth_retry_waits is None else self.auth_retry_waits
+            for wait in (*waits, None):
                 conn = Connection(self.address, user=self.user, port=self.port,
                                   connect_timeout=self.connect_timeout, connect_kwargs=kwargs)
                 self._pin(conn.client)
@@ -158,7 +162,7 @@ class Host:
                     if wait is None:
                         raise HostUnreachable(self.name, f"{self.user}@{self.address}:{self.port}",
                                               scrub(f"{type(exc).__name__}: {exc} (tried "
-                                                    f"{len(AUTH_RETRY_WAITS) + 1} times)")) from exc
+                                                    f"{len(waits) + 1} times)")) from exc
                     self.echo(f"[{self.name}] SSH key refused by {self.address}; trying again in {wait:.0f}s")
                     time.sleep(wait)
                 except _connect_errors() as exc:

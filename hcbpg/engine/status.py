@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from hcbpg.errors import HcbpgError, UsageError
@@ -66,26 +67,125 @@ def cmd_status(args: argparse.Namespace) -> int:
         return code
 
 
+def _plain_reason(exc: BaseException, timeout: float) -> str:
+    """Why a server could not be reached, in plain words (not paramiko's): what ``hcbpg status`` prints on the
+    server's one line."""
+    import errno  # noqa: PLC0415 - see above: imported when a report is made
+    import socket  # noqa: PLC0415 - see above: imported when a report is made
+
+    from hcbpg.errors import HostKeyError, HostUnreachable  # noqa: PLC0415 - see above
+    if isinstance(exc, HostKeyError):
+        if exc.expected:
+            return (f"host key changed: offered {exc.offered}, pinned {' or '.join(exc.expected)}; nothing was sent "
+                    "(a rebuilt server, or someone else at its address)")
+        return f"host key not pinned: offered {exc.offered}; nothing was sent (step 01 pins it)"
+    no_answer = f"no SSH answer in {timeout:g} s"
+    cause = exc.__cause__ if isinstance(exc, HostUnreachable) else exc
+    words = {errno.ECONNREFUSED: "connection refused", errno.EHOSTUNREACH: "no route to host",
+             errno.ENETUNREACH: "network unreachable", errno.ECONNRESET: "connection reset by the server",
+             errno.ETIMEDOUT: no_answer}
+    if cause is not None:
+        name = type(cause).__name__
+        if name == "AuthenticationException" or isinstance(cause, ValueError) and "key" in str(cause).lower():
+            return "SSH key refused"
+        if name == "NoValidConnectionsError":
+            errs = [e for e in getattr(cause, "errors", {}).values() if isinstance(e, OSError)]
+            for e in errs:
+                if e.errno in words:
+                    return words[e.errno]
+            return "connection refused" if not errs else (errs[0].strerror or str(errs[0])).lower()
+        if isinstance(cause, socket.gaierror):
+            return "address not found (DNS)"
+        if isinstance(cause, (socket.timeout, TimeoutError)):
+            return no_answer
+        if isinstance(cause, EOFError):
+            return "connection closed by the server before SSH began"
+        if isinstance(cause, OSError) and cause.errno in words:
+            return words[cause.errno]
+        text = str(cause)
+        if name == "SSHException" and any(w in text for w in ("banner", "No existing session", "timed out",
+                                                                 "Negotiation timed out")):
+            if any(w in text.lower() for w in ("reset", "eof", "closed")):
+                return "connection closed by the server before SSH began"
+            return no_answer
+    message = exc.message if isinstance(exc, HcbpgError) else str(exc)
+    return message.splitlines()[0][:200] if message else type(exc).__name__
+
+
+def get_unreachable(hosts: Mapping[str, Host], timeout: float) -> dict[str, str]:
+    """Connect to every host at once (threads); the servers that gave no SSH session within *timeout* (plus a
+    quarter of a second), each with the plain reason.  A host still connecting at the deadline is left to its
+    thread (a daemon: it ends with the process) and said to give no answer."""
+    import threading  # noqa: PLC0415 - see above: imported when a report is made
+    failed: dict[str, BaseException] = {}
+    done: set[str] = set()
+
+    def connect(name: str, host: Host) -> None:
+        try:
+            host.connect()
+        except BaseException as exc:  # noqa: BLE001 - every way a connection fails is one line of the report
+            failed[name] = exc
+        finally:
+            done.add(name)
+
+    threads = [threading.Thread(target=connect, args=(n, h), name=f"status-connect-{n}", daemon=True)
+               for n, h in hosts.items()]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + timeout + 0.25
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    out: dict[str, str] = {}
+    for name in hosts:
+        if name in failed:
+            out[name] = _plain_reason(failed[name], timeout)
+        elif name not in done:
+            out[name] = f"no SSH answer in {timeout:g} s"
+    return out
+
+
 def _status_once(args: argparse.Namespace) -> int:
+    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415 - see above: imported when a report is made
+
     from hcbpg.desired import health_report  # noqa: PLC0415 - see above: imported when a report is made
     from hcbpg.ops import health  # noqa: PLC0415 - see above: imported when a report is made
+    from hcbpg.outcome import Check  # noqa: PLC0415 - see above: imported when a report is made
     from hcbpg.steps.health import open_server_hosts  # noqa: PLC0415 - see above: imported when a report is made
     params = load_params(args.env, home())
     # paramiko logs a traceback for every unreachable host; the report says it in one line
     logging.getLogger("paramiko").setLevel(logging.CRITICAL)
-    hosts = open_server_hosts(params, recorded=_recorded_servers(args.env, params),
-                              connect_timeout=args.connect_timeout)
+    timeout = args.connect_timeout or params.ssh.connect_timeout
+    hosts = open_server_hosts(params, recorded=_recorded_servers(args.env, params), connect_timeout=timeout)
+    for h in hosts.values():
+        h.auth_retry_waits = ()  # a refused key is said at once, not after the retries for a fresh server
+    # every server at once: with all of them down the report comes within the connect timeout
+    down = get_unreachable(hosts, timeout)
+    up = {n: h for n, h in hosts.items() if n not in down}
     try:
-        measurements = health.get_measurements(hosts, params)
-        cert_checks = [_cert_check(hosts.get(s.name), params, s) for s in params.servers]
+        measurements = health.get_measurements(up, params)
+        with ThreadPoolExecutor(max_workers=max(1, len(params.servers))) as pool:
+            cert_checks = list(pool.map(lambda s: _cert_check(up.get(s.name), params, s),
+                                        [s for s in params.servers if s.name in up]))
     finally:
-        for h in hosts.values():
-            if h is not None:
-                h.close()
-    checks = health_report.evaluate(measurements, health_report.thresholds_from(params)) + cert_checks
+        for h in up.values():
+            h.close()
+    for m in measurements:
+        if m.server in down:
+            m.error = f"unreachable: {down[m.server]}"
+    # a server that cannot be reached is one line (its items are not measured); the others are judged as
+    # before, against every server (replication names the one that is missing)
+    judged = health_report.evaluate(measurements, health_report.thresholds_from(params))
+    checks: list[Check] = []
+    for s in params.servers:
+        if s.name in down:
+            checks.append(Check("unreachable", "fail", down[s.name], s.name))
+        else:
+            checks += [c for c in judged if c.target == s.name]
+    checks += [c for c in judged if c.target not in {s.name for s in params.servers}] + cert_checks
     code = health_report.exit_code(checks, strict=getattr(args, "strict", False))
     if args.json:
         json.dump({"environment": args.env, "exit_code": code,
+                   "unreachable": down,
                    "checks": health_report.report_rows(checks),
                    "measurements": [m.as_dict() for m in measurements]}, sys.stdout, indent=2, default=str)
         print()

@@ -1,0 +1,136 @@
+"""`hcbpg status` in an incident (issue 27, item 4): with its servers hung or refusing, it answers within the SSH
+connect timeout plus 2 s, probing the servers at once, with one plain line per unreachable server (not paramiko's
+words, not one FAIL line per item), and ``--json`` says the same.
+
+No lab: each run is in an empty network namespace of its own (``unshare --net``), where the servers' addresses of
+the committed production params are put on ``lo``.  A "hung" server is a listener on port 22 that accepts and never
+sends SSH's banner; a "refusing" server has nothing listening.  Nothing leaves this machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from hcbpg.params import load_params
+
+from nbutil import REPO
+
+TIMEOUT = 3.0  # --connect-timeout (s): the bound is this plus 2 s
+
+# runs inside the namespace: the addresses on lo, a listener per hung server (accepts, never answers), then
+# `hcbpg status` timed from its start to its exit
+_DRIVER = textwrap.dedent("""
+    import json, socket, subprocess, sys, threading, time
+    hung, refusing, argv = json.loads(sys.argv[1])
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    for a in hung + refusing:
+        subprocess.run(["ip", "addr", "add", a + "/32", "dev", "lo"], check=True)
+    held = []
+    def hold(sock):
+        while True:
+            held.append(sock.accept())  # accepted, and never a byte sent
+    for a in hung:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((a, 22))
+        s.listen(16)
+        threading.Thread(target=hold, args=(s,), daemon=True).start()
+    t0 = time.monotonic()
+    p = subprocess.run([sys.executable, "-m", "hcbpg.cli", *argv], capture_output=True, text=True, timeout=120)
+    took = time.monotonic() - t0
+    print(json.dumps({"rc": p.returncode, "out": p.stdout, "err": p.stderr, "took": took, "accepted": len(held)}))
+""")
+
+
+def _unshare_works() -> bool:
+    if shutil.which("unshare") is None or shutil.which("ip") is None or os.geteuid() != 0:
+        return False
+    return subprocess.run(["unshare", "--net", "true"], capture_output=True).returncode == 0
+
+
+pytestmark = pytest.mark.skipif(not _unshare_works(), reason="needs root, ip and unshare --net")
+
+
+@pytest.fixture(scope="module")
+def fresh(tmp_path_factory) -> tuple[Path, dict[str, str], dict[str, str]]:
+    """A home with the committed production params and the operator's own SSH key; the environment to run in; the
+    servers' addresses by name."""
+    tmp = tmp_path_factory.mktemp("status")
+    home, user = tmp / "home", tmp / "user"
+    (home / "params").mkdir(parents=True)
+    shutil.copy(REPO / "params" / "production.yaml", home / "params")
+    (user / ".ssh").mkdir(parents=True, mode=0o700)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(user / ".ssh" / "id_ed25519")],
+                   check=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OP_", "HCBPG_"))}
+    env.update(HOME=str(user), HCBPG_HOME=str(home), PYTHONPATH=str(REPO))
+    params = load_params("production", home)
+    addresses = {s.name: s.ssh_host or s.private_ip for s in params.servers}
+    assert len(addresses) == 2 and params.ssh.port == 22, addresses
+    return home, env, addresses
+
+
+def _status(fresh, hung: list[str], refusing: list[str], *extra: str) -> dict:
+    _, env, addresses = fresh
+    argv = ["status", "production", "--connect-timeout", f"{TIMEOUT:g}", *extra]
+    proc = subprocess.run(["unshare", "--net", "--", sys.executable, "-c", _DRIVER,
+                           json.dumps([[addresses[n] for n in hung], [addresses[n] for n in refusing], argv])],
+                          capture_output=True, text=True, env=env, timeout=180, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return json.loads(proc.stdout)
+
+
+def _fail_lines(out: str) -> list[str]:
+    return [line for line in out.splitlines() if line.startswith("FAIL")]
+
+
+def test_two_hung_servers_answer_within_the_connect_timeout_with_one_plain_line_each(fresh):
+    r = _status(fresh, ["server-postgres-1", "server-postgres-2"], [])
+    print(f"took {r['took']:.2f} s\n{r['out']}{r['err']}")
+    assert r["accepted"] == 2, "both servers were probed (each connection accepted, then left without a banner)"
+    assert r["took"] < TIMEOUT + 2, f"status took {r['took']:.2f} s with every server hung (bound {TIMEOUT + 2:g} s)"
+    assert r["rc"] == 1 and r["err"] == "", r["err"]
+    assert _fail_lines(r["out"]) == [
+        "FAIL  server-postgres-1: unreachable: no SSH answer in 3 s",
+        "FAIL  server-postgres-2: unreachable: no SSH answer in 3 s",
+        "FAIL: 2 item(s) failed: server-postgres-1: unreachable; server-postgres-2: unreachable"], r["out"]
+    assert "banner" not in r["out"] and "SSHException" not in r["out"], r["out"]
+    # the table keeps one row per server, saying unreachable
+    rows = {line.split()[0]: line.split() for line in r["out"].splitlines() if line.startswith("server-")}
+    assert {n: row[2] for n, row in rows.items()} == {"server-postgres-1": "unreachable",
+                                                       "server-postgres-2": "unreachable"}, r["out"]
+
+
+def test_json_says_the_same_within_the_same_bound(fresh):
+    r = _status(fresh, ["server-postgres-1", "server-postgres-2"], [], "--json")
+    assert r["took"] < TIMEOUT + 2, f"status --json took {r['took']:.2f} s (bound {TIMEOUT + 2:g} s)"
+    doc = json.loads(r["out"])
+    assert doc["exit_code"] == 1 == r["rc"]
+    assert doc["checks"] == [
+        {"server": "server-postgres-1", "item": "unreachable", "status": "fail", "detail": "no SSH answer in 3 s"},
+        {"server": "server-postgres-2", "item": "unreachable", "status": "fail", "detail": "no SSH answer in 3 s"}]
+    assert doc["unreachable"] == {"server-postgres-1": "no SSH answer in 3 s",
+                                  "server-postgres-2": "no SSH answer in 3 s"}
+    assert [(m["server"], m["reachable"], m["error"]) for m in doc["measurements"]] == [
+        ("server-postgres-1", False, "unreachable: no SSH answer in 3 s"),
+        ("server-postgres-2", False, "unreachable: no SSH answer in 3 s")]
+
+
+def test_a_hung_server_and_a_refusing_one_each_get_their_own_plain_reason(fresh):
+    r = _status(fresh, ["server-postgres-1"], ["server-postgres-2"], "--all")
+    print(f"took {r['took']:.2f} s\n{r['out']}{r['err']}")
+    assert r["took"] < TIMEOUT + 2, f"status took {r['took']:.2f} s (bound {TIMEOUT + 2:g} s)"
+    assert r["rc"] == 1 and r["err"] == "", r["err"]
+    lines = [line.split(None, 3) for line in r["out"].splitlines()[1:] if line.startswith("server-")]
+    assert lines == [["server-postgres-1", "unreachable", "FAIL", "no SSH answer in 3 s"],
+                     ["server-postgres-2", "unreachable", "FAIL", "connection refused"]], r["out"]
+    assert r["out"].rstrip().splitlines()[-1] == (
+        "FAIL: 2 item(s) failed: server-postgres-1: unreachable; server-postgres-2: unreachable"), r["out"]
