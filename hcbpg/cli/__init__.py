@@ -178,6 +178,28 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_steps(args: argparse.Namespace) -> int:
+    """The runbook of ENV in order (its source.transfer's), then the steps run only with --only: what each
+    may change and the gates it asks for."""
+    from hcbpg.engine import catalogue  # noqa: PLC0415 - only this command reads the catalogue here
+
+    params = load_params(args.env, home())
+    transfer = catalogue.transfer_of(params)
+    steps = catalogue.load_steps(transfer=transfer)
+    rows = [{"step": s.key, "when": "on demand (--only)" if s.on_demand else f"{n}",
+             "gates": ", ".join(s.gates) or "-", "changes": s.changes or "-", "title": s.title}
+            for n, s in enumerate(sorted(steps, key=lambda s: s.on_demand), 1)]
+    if getattr(args, "json", False):
+        _print_json({"environment": args.env, "transfer": transfer,
+                     "steps": [{"key": s.key, "title": s.title, "on_demand": s.on_demand, "order": None if s.on_demand
+                                else i + 1, "changes": s.changes, "gates": list(s.gates)}
+                               for i, s in enumerate(sorted(steps, key=lambda s: s.on_demand))]})
+        return 0
+    print(f"The runbook of {args.env} (source.transfer: {transfer}), in order; on-demand steps run with --only:")
+    print(text_table([{k: r[k] for k in ("when", "step", "gates", "changes")} for r in rows]))
+    return 0
+
+
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     problems = audit.verify(home(), args.env)
     if getattr(args, "json", False):
@@ -268,6 +290,12 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("gate")
     a.add_argument("--note")
     a.set_defaults(func=cmd_approve)
+
+    r = _sub(sub, "steps", "list the runbook's steps for ENV: order, what each changes, its gates",
+             "hcbpg steps production --json")
+    r.add_argument("env", help="the environment (params/ENV.yaml): its source.transfer orders the steps")
+    r.add_argument("--json", action="store_true", help="print the steps as JSON")
+    r.set_defaults(func=cmd_steps)
 
     r = _sub(sub, "runs", "list runs (one line each: status, steps done, changes)", "hcbpg runs lab --json")
     r.add_argument("env", nargs="?")
