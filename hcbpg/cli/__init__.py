@@ -25,6 +25,8 @@ import shtab
 
 from hcbpg import progress as hprogress
 from hcbpg import secrets as hsecrets
+from hcbpg.cli import completion
+from hcbpg.cli.completion import HELP, complete_as
 from hcbpg.display import text_table
 from hcbpg.engine import audit
 from hcbpg.engine import manifest as mf
@@ -252,12 +254,13 @@ def build_parser() -> argparse.ArgumentParser:
                                         "  hcbpg status lab --watch 5\n"
                                         "  hcbpg --print-completion bash > /etc/bash_completion.d/hcbpg")
     ap.add_argument("--version", action="version", version=f"hcbpg {_version()}")
-    shtab.add_argument_to(ap, ["--print-completion"], help="print a shell completion script")
+    shtab.add_argument_to(ap, ["--print-completion"], help="print a shell completion script",
+                          preamble=completion.PREAMBLE)
     sub = ap.add_subparsers(dest="command", required=True)
 
     pp = _sub(sub, "params", "check params", "hcbpg params check lab").add_subparsers(dest="sub", required=True)
     c = _sub(pp, "check", "validate params/ENV.yaml (exit 2 naming the key on error)", "hcbpg params check lab --json")
-    c.add_argument("env")
+    complete_as(c.add_argument("env", help=HELP["env"]), "envs")
     c.add_argument("--json", action="store_true", help="print the servers, subnet, database and secret references")
     c.set_defaults(func=cmd_params_check)
 
@@ -265,10 +268,12 @@ def build_parser() -> argparse.ArgumentParser:
             ("run", cmd_run, "run the runbook's steps in order", "hcbpg run lab --from 05 --until 07 -v"),
             ("plan", cmd_plan, "dry run: show what every step would change", "hcbpg plan staging --json")):
         r = _sub(sub, name, helptext, example)
-        r.add_argument("env")
-        r.add_argument("--from", dest="start", metavar="STEP")
-        r.add_argument("--until", metavar="STEP")
-        r.add_argument("--only", metavar="STEP")
+        complete_as(r.add_argument("env", help=HELP["env"]), "envs")
+        complete_as(r.add_argument("--from", dest="start", metavar="STEP", help="start at this step: " + HELP["step"]),
+                    "steps")
+        complete_as(r.add_argument("--until", metavar="STEP", help="stop after this step"), "steps")
+        complete_as(r.add_argument("--only", metavar="STEP", help="only these steps (comma-separated); on-demand "
+                                   "steps run only this way"), "steps")
         r.add_argument("-v", "--verbose", action="store_true",
                        help="show every cell's output (scrubbed) in the terminal as it comes")
         r.add_argument("-q", "--quiet", action="store_true", help="print only the end: recap and what to do next")
@@ -277,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
         r.set_defaults(func=func)
 
     r = _sub(sub, "resume", "continue a failed, interrupted or waiting run", "hcbpg resume 6f0c2a1e -v")
-    r.add_argument("run_id")
+    complete_as(r.add_argument("run_id", help=HELP["run_id"]), "runs")
     r.add_argument("-v", "--verbose", action="store_true",
                    help="show every cell's output (scrubbed) in the terminal as it comes")
     r.add_argument("-q", "--quiet", action="store_true", help="print only the end: recap and what to do next")
@@ -286,19 +291,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     a = _sub(sub, "approve", "approve a gate of a waiting run",
              "hcbpg approve 6f0c2a1e maintenance-on --note 'app in maintenance, checked'")
-    a.add_argument("run_id")
-    a.add_argument("gate")
+    complete_as(a.add_argument("run_id", help=HELP["run_id"]), "runs")
+    complete_as(a.add_argument("gate", help=HELP["gate"]), "gates")
     a.add_argument("--note")
     a.set_defaults(func=cmd_approve)
 
     r = _sub(sub, "steps", "list the runbook's steps for ENV: order, what each changes, its gates",
              "hcbpg steps production --json")
-    r.add_argument("env", help="the environment (params/ENV.yaml): its source.transfer orders the steps")
+    complete_as(r.add_argument("env", help=HELP["env"] + "; its source.transfer orders the steps"), "envs")
     r.add_argument("--json", action="store_true", help="print the steps as JSON")
     r.set_defaults(func=cmd_steps)
 
     r = _sub(sub, "runs", "list runs (one line each: status, steps done, changes)", "hcbpg runs lab --json")
-    r.add_argument("env", nargs="?")
+    complete_as(r.add_argument("env", nargs="?", help=HELP["env"] + " (default: every one)"), "envs")
     r.add_argument("--json", action="store_true", help="print the runs as a JSON list")
     r.set_defaults(func=cmd_runs)
 
@@ -306,17 +311,17 @@ def build_parser() -> argparse.ArgumentParser:
               "hcbpg audit verify production").add_subparsers(dest="sub", required=True)
     v = _sub(au, "verify", "check every run's hashes and the chain between runs (exit 1 on a problem)",
              "hcbpg audit verify production --json")
-    v.add_argument("env", nargs="?")
+    complete_as(v.add_argument("env", nargs="?", help=HELP["env"] + " (default: every one)"), "envs")
     v.add_argument("--json", action="store_true", help="print verified, runs and problems as JSON")
     v.set_defaults(func=cmd_audit_verify)
     h = _sub(au, "html", "render a run's notebooks and an index (each step's checks and changes) to HTML",
              "hcbpg audit html 6f0c2a1e --no-code")
-    h.add_argument("run_id")
+    complete_as(h.add_argument("run_id", help=HELP["run_id"]), "runs")
     h.add_argument("--no-code", action="store_true", help="leave the code cells out (for reviewers)")
     h.set_defaults(func=cmd_audit_html)
     sg = _sub(au, "signers", "record that the allowed-signers file changed, signed by a key allowed before it",
               "hcbpg audit signers production")
-    sg.add_argument("env")
+    complete_as(sg.add_argument("env", help=HELP["env"]), "envs")
     sg.set_defaults(func=cmd_audit_signers)
 
     for mod in ("hcbpg.cli.lab", "hcbpg.cli.rehearse", "hcbpg.cli.lock", "hcbpg.engine.status", "hcbpg.engine.guide"):
@@ -410,6 +415,9 @@ def _report_error(args: argparse.Namespace | None, message: str, exit_code: int,
 
 def main(argv: Sequence[str] | None = None) -> int:
     args: argparse.Namespace | None = None
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--complete"] and len(argv) == 2:  # the completion script asks for values (hidden)
+        return completion.print_values(argv[1])
     try:
         ap = build_parser()
         args = ap.parse_args(argv)

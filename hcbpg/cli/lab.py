@@ -139,7 +139,8 @@ def register(subparsers: Any) -> None:
                       help="also remove the lab's SSH key, secrets and CA")
     down.set_defaults(func=cmd_down)
     load = sub.add_parser("app-load", help="the lab's app writing on the source: start, stop (maintenance on), check")
-    load.add_argument("action", choices=["start", "stop", "check"])
+    load.add_argument("action", choices=["start", "stop", "check"],
+                      help="start the app's writes, stop them, or check every write reached the new primary")
     load.add_argument("--rate", type=float, default=2.0, help="inserts and updates a second (start)")
     load.add_argument("--primary", default="server-postgres-1", help="lab host of the new primary (check)")
     load.add_argument("--database", default="hcb_production", help="database on the new primary (check)")

@@ -10,6 +10,7 @@ import sys
 from typing import Any
 
 from hcbpg.adapters.objectstore import ObjectStore
+from hcbpg.cli.completion import HELP, complete_as
 from hcbpg.errors import UsageError
 from hcbpg.ops import env_lock
 from hcbpg.params import home, load_params
@@ -54,7 +55,7 @@ def cmd_lock(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("lock", help="show (or deliberately break) the environment's lock for destructive steps",
                        description=__doc__)
-    p.add_argument("env")
+    complete_as(p.add_argument("env", help=HELP["env"]), "envs")
     p.add_argument("--break", dest="break_run", metavar="RUN_ID",
                    help="remove the lock if run RUN_ID holds it (a stale lock: that run is abandoned); "
                         "refused when any other run holds it")

@@ -370,9 +370,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "guide", help="run steps by hand in JupyterLab, recorded like a headless run",
         description="hcbpg guide ENV [--from STEP] [--until STEP]: prepare a guided run and serve it in "
                     "JupyterLab; hcbpg guide finish RUN_ID: scrub, hash and close it.")
-    p.add_argument("target", metavar="ENV|finish")
-    p.add_argument("run_id", nargs="?", metavar="RUN_ID")
-    p.add_argument("--from", dest="start", metavar="STEP")
-    p.add_argument("--until", metavar="STEP")
+    p.add_argument("target", metavar="ENV|finish",
+                   help="the environment (params/ENV.yaml) to prepare a guided run of, or `finish` to close one")
+    p.add_argument("run_id", nargs="?", metavar="RUN_ID", help="with finish: the guided run's id")
+    p.add_argument("--from", dest="start", metavar="STEP", help="the first step (number, key or name)")
+    p.add_argument("--until", metavar="STEP", help="the last step")
     p.add_argument("--port", type=int, help="port for JupyterLab on 127.0.0.1 (default: a free one)")
     p.set_defaults(func=cmd_guide)

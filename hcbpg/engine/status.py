@@ -205,7 +205,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "Exit 0: nothing failed; 1: an item failed; 2: bad input.",
         epilog="examples:\n  hcbpg status lab\n  hcbpg status production --watch 5\n  hcbpg status staging --json",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("env", metavar="ENV")
+    p.add_argument("env", metavar="ENV", help="the environment: params/ENV.yaml in the hcbpg home")
     p.add_argument("--json", action="store_true", help="print checks and measurements as JSON")
     p.add_argument("--strict", action="store_true", help="exit 1 on a warning too (for cron)")
     p.add_argument("--all", action="store_true", help="every item of every server, not only those not PASS")
