@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from hcbpg.adapters import hostkeys
 from hcbpg.params import load_params
 
 from nbutil import REPO
@@ -29,20 +30,44 @@ TIMEOUT = 3.0  # --connect-timeout (s): the bound is this plus 2 s
 # `hcbpg status` timed from its start to its exit
 _DRIVER = textwrap.dedent("""
     import json, socket, subprocess, sys, threading, time
-    hung, refusing, argv = json.loads(sys.argv[1])
+    hung, refusing, sshd, argv = json.loads(sys.argv[1])
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-    for a in hung + refusing:
+    for a in hung + refusing + [a for a, _ in sshd]:
         subprocess.run(["ip", "addr", "add", a + "/32", "dev", "lo"], check=True)
     held = []
     def hold(sock):
         while True:
             held.append(sock.accept())  # accepted, and never a byte sent
-    for a in hung:
+    def listener(a):
         s = socket.socket()
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind((a, 22))
         s.listen(16)
-        threading.Thread(target=hold, args=(s,), daemon=True).start()
+        return s
+    for a in hung:
+        threading.Thread(target=hold, args=(listener(a),), daemon=True).start()
+    if sshd:  # an SSH server that shows its host key and refuses every login
+        import paramiko
+        class Refuse(paramiko.ServerInterface):
+            def get_allowed_auths(self, username):
+                return "publickey"
+            def check_auth_publickey(self, username, key):
+                return paramiko.AUTH_FAILED
+        def session(conn, key):
+            t = paramiko.Transport(conn)
+            t.add_server_key(key)
+            held.append(t)
+            try:
+                t.start_server(server=Refuse())
+            except Exception:
+                pass
+        def serve(sock, key):
+            while True:
+                conn, _ = sock.accept()
+                threading.Thread(target=session, args=(conn, key), daemon=True).start()
+        for a, keyfile in sshd:
+            key = paramiko.Ed25519Key(filename=keyfile)
+            threading.Thread(target=serve, args=(listener(a), key), daemon=True).start()
     t0 = time.monotonic()
     p = subprocess.run([sys.executable, "-m", "hcbpg.cli", *argv], capture_output=True, text=True, timeout=120)
     took = time.monotonic() - t0
@@ -78,11 +103,16 @@ def fresh(tmp_path_factory) -> tuple[Path, dict[str, str], dict[str, str]]:
     return home, env, addresses
 
 
-def _status(fresh, hung: list[str], refusing: list[str], *extra: str) -> dict:
+def _status(fresh, hung: list[str], refusing: list[str], *extra: str, sshd: dict[str, Path] | None = None) -> dict:
+    """`hcbpg status production` in a namespace of its own: the *hung* servers accept and never answer, the
+    *refusing* ones have nothing listening, the *sshd* ones are SSH servers with the host key in the file given
+    that refuse every login."""
     _, env, addresses = fresh
     argv = ["status", "production", "--connect-timeout", f"{TIMEOUT:g}", *extra]
+    servers = [[addresses[n], str(key)] for n, key in (sshd or {}).items()]
     proc = subprocess.run(["unshare", "--net", "--", sys.executable, "-c", _DRIVER,
-                           json.dumps([[addresses[n] for n in hung], [addresses[n] for n in refusing], argv])],
+                           json.dumps([[addresses[n] for n in hung], [addresses[n] for n in refusing], servers,
+                                       argv])],
                           capture_output=True, text=True, env=env, timeout=180, cwd=REPO)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return json.loads(proc.stdout)
@@ -134,3 +164,42 @@ def test_a_hung_server_and_a_refusing_one_each_get_their_own_plain_reason(fresh)
                      ["server-postgres-2", "unreachable", "FAIL", "connection refused"]], r["out"]
     assert r["out"].rstrip().splitlines()[-1] == (
         "FAIL: 2 item(s) failed: server-postgres-1: unreachable; server-postgres-2: unreachable"), r["out"]
+
+
+def _host_key(directory: Path, name: str) -> tuple[Path, str]:
+    """A new ed25519 host key: its file and its public line."""
+    key = directory / name
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    return key, " ".join((directory / f"{name}.pub").read_text().split()[:2])
+
+
+def test_a_changed_host_key_an_unpinned_one_and_a_refused_login_are_said_plainly(fresh, tmp_path):
+    """SSH servers that answer: server-postgres-1 shows a key other than its pin; server-postgres-2 shows its
+    pinned key and refuses our login (said at once: no retries for a server just provisioned); then, with no pins
+    at all, both keys are unknown."""
+    home, _, _ = fresh
+    known = home / "params" / "production.known_hosts"
+    (k1, _), (_, pinned1) = _host_key(tmp_path, "k1"), _host_key(tmp_path, "pinned1")
+    k2, pub2 = _host_key(tmp_path, "k2")
+    hostkeys.pin(known, "production", "server-postgres-1", [pinned1])
+    hostkeys.pin(known, "production", "server-postgres-2", [pub2])
+    fp = {k: hostkeys.fingerprint_of_public(v) for k, v in
+          {"k1": " ".join((tmp_path / "k1.pub").read_text().split()[:2]), "pinned1": pinned1, "k2": pub2}.items()}
+    try:
+        r = _status(fresh, [], [], sshd={"server-postgres-1": k1, "server-postgres-2": k2})
+        print(f"took {r['took']:.2f} s\n{r['out']}{r['err']}")
+        assert r["took"] < TIMEOUT + 2 and r["rc"] == 1 and r["err"] == "", (r["took"], r["err"])
+        assert _fail_lines(r["out"])[:2] == [
+            f"FAIL  server-postgres-1: unreachable: host key changed: offered ssh-ed25519 {fp['k1']}, pinned "
+            f"{fp['pinned1']}; nothing was sent (a rebuilt server, or someone else at its address)",
+            "FAIL  server-postgres-2: unreachable: SSH key refused"], r["out"]
+        known.unlink()
+        r = _status(fresh, [], [], "--json", sshd={"server-postgres-1": k1, "server-postgres-2": k2})
+        assert r["took"] < TIMEOUT + 2 and r["rc"] == 1, r
+        assert json.loads(r["out"])["unreachable"] == {
+            "server-postgres-1": f"host key not pinned: offered ssh-ed25519 {fp['k1']}; nothing was sent "
+                                 "(step 01 pins it)",
+            "server-postgres-2": f"host key not pinned: offered ssh-ed25519 {fp['k2']}; nothing was sent "
+                                 "(step 01 pins it)"}
+    finally:
+        known.unlink(missing_ok=True)
