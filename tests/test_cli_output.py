@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 from nbutil import hcbpg, write_notebook, write_steps
 
 pytestmark = pytest.mark.timeout(300)
+REPO = Path(__file__).resolve().parents[1]
 STAMP = re.compile(r"^\d\d:\d\d:\d\d ")
 
 
@@ -36,7 +38,7 @@ def test_verbose_run_shows_each_cells_output_scrubbed_in_the_terminal_before_the
                    "assert go.exists(), 'the test never let the step go on'\n"
                    "print('cell says goodbye')")
     write_steps(nb, [("00_talks.ipynb", "talks")])
-    proc = subprocess.Popen([sys.executable, "-m", "hcbpg.cli", "run", env, "-v"], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "hcbpg.cli", "run", env, "-v", "--yes"], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
     seen: list[str] = []
@@ -122,6 +124,78 @@ def test_the_recap_lists_ok_changed_warnings_failed_per_step_and_names_the_faili
     assert 'hl-ipython3' not in page and "replica streaming" in page  # no code cells, their outputs kept
     hcbpg("audit", "html", m["run_id"])
     assert 'hl-ipython3' in (run / "html" / "00_checks.html").read_text()
+
+
+def _recap_line(out: str, key: str) -> str:
+    return next(s for s in out.splitlines() if s.strip().startswith(key + " ") and "ok=" in s)
+
+
+def test_a_step_that_skips_itself_is_skipped_in_the_record_recap_json_and_html_and_counts_as_done(home, env, tmp_path):
+    """rb.skip: ``skipped`` (not ``succeeded ok=0``) in the manifest, the recap (with Ansible's skipped=
+    column and the reason under it) and --json; a resume does not run it again, and the audit accepts it."""
+    nb = home / "notebooks"
+    fixed = tmp_path / "fixed"
+    write_notebook(nb / "00_skips.ipynb", "00_skips", "rb.skip('the other transfer method moves the data')",
+                   "raise AssertionError('a cell after rb.skip ran')")
+    write_notebook(nb / "01_then.ipynb", "01_then", "import pathlib\n"
+                   f"assert pathlib.Path({str(fixed)!r}).exists(), 'not fixed yet'")
+    write_steps(nb, [("00_skips.ipynb", "skips"), ("01_then.ipynb", "then")])
+    r = hcbpg("run", env, "--json")
+    assert r.returncode == 1, r.stdout + r.stderr
+    doc = json.loads(r.stdout)
+    first, second = doc["steps"]
+    # skipped, not failed: the cell after rb.skip (it raises) did not run
+    assert first["status"] == "skipped" and first["skip_reason"] == "the other transfer method moves the data"
+    assert second["status"] == "failed" and second["skip_reason"] is None
+    run = only_run(home, env)
+    m = json.loads((run / "manifest.json").read_text())
+    assert [s["status"] for s in m["steps"]] == ["skipped", "failed"]
+    assert m["steps"][0]["attempts"][0]["status"] == "skipped"
+
+    fixed.touch()
+    r = hcbpg("resume", m["run_id"])
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    assert "1 step(s) already succeeded or skipped, not run again" in out
+    assert "[1/2] 00_skips" not in out  # not run again: one attempt, still skipped
+    skipped = _recap_line(out, "00_skips")
+    assert re.search(r"skipped\s+ok=0\s+changed=0\s+warnings=0\s+failed=0\s+skipped=1", skipped), skipped
+    assert re.search(r"succeeded\s+ok=0\s+changed=0\s+warnings=0\s+failed=0\s+skipped=0",
+                     _recap_line(out, "01_then")), out
+    lines = out.splitlines()
+    assert lines[lines.index(skipped) + 1].strip() == "skipped: the other transfer method moves the data", out
+    m = json.loads((run / "manifest.json").read_text())
+    assert m["status"] == "succeeded" and [s["status"] for s in m["steps"]] == ["skipped", "succeeded"]
+    assert len(m["steps"][0]["attempts"]) == 1
+    r = hcbpg("resume", m["run_id"])
+    assert r.returncode == 2 and "already succeeded" in r.stdout + r.stderr, r.stdout + r.stderr
+
+    r = hcbpg("audit", "verify", env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = hcbpg("runs", env, "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)[0]["steps"] == "2/2", r.stdout
+    r = hcbpg("audit", "html", m["run_id"], "--no-code")
+    assert r.returncode == 0, r.stdout + r.stderr
+    steps = (run / "html" / "index.html").read_text().split('<table class="steps">')[1].split("</table>")[0]
+    row0 = steps.split("<tr>")[2]
+    assert "<td>skipped<br><small>the other transfer method moves the data</small></td>" in row0, row0
+
+
+def test_the_online_only_steps_show_skipped_in_an_offline_run(home, env):
+    """The real notebooks 06b and 09b with params whose transfer is offline (the default, stream): each
+    skips itself, and says so: ``skipped``, not ``succeeded ok=0``."""
+    nb = home / "notebooks"
+    for name in ("06b_online_sync.ipynb", "09b_way_back.ipynb"):
+        shutil.copy(REPO / "notebooks" / name, nb / name)
+    write_steps(nb, [("06b_online_sync.ipynb", "online sync"), ("09b_way_back.ipynb", "way back")])
+    r = hcbpg("run", env)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    for key in ("06b_online_sync", "09b_way_back"):
+        line = _recap_line(out, key)
+        assert re.search(r"skipped\s+ok=0\s+changed=0\s+warnings=0\s+failed=0\s+skipped=1", line), line
+    assert "skipped: source.transfer is stream, not online" in out, out
+    assert "succeeded" not in "\n".join(s for s in out.splitlines() if "ok=" in s), out
 
 
 def test_json_of_plan_runs_audit_verify_and_params_check_parses(home, env):

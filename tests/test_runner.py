@@ -255,7 +255,7 @@ def test_a_step_with_nothing_left_to_do_ends_early_as_done(home, env):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "nothing to do: the migration is complete" in r.stdout
     m = manifest(only_run(home, env))
-    assert [s["status"] for s in m["steps"]] == ["succeeded", "succeeded"]
+    assert [s["status"] for s in m["steps"]] == ["skipped", "succeeded"]  # skipped: done, with nothing to do
     assert m["steps"][0]["changes"] == 0
     assert m["steps"][0]["summary"]["skipped"].startswith("the migration is complete")
     cells = json.loads((only_run(home, env) / "00_done.ipynb").read_text())["cells"]

@@ -115,9 +115,10 @@ def test_scrubber_catches_encoded_forms():
     assert "rd'1234" not in out and "%2Frd" not in out and out.count("[secret]") >= 2
 
 
-def test_preflight_warns_about_role_passwords_step_13_generates_and_fails_on_the_rest(home, monkeypatch, tmp_path):
-    """A first run: the login roles' password files do not exist yet (step 13 makes them), so
-    preflight says so as a warning; an empty one, or a missing app password, still fails."""
+def test_preflight_passes_role_passwords_step_13_generates_with_a_note_and_fails_on_the_rest(home, monkeypatch,
+                                                                                             tmp_path):
+    """A first run: the login roles' password files do not exist yet (step 13 makes them), the expected
+    state: preflight passes them with a note that says so; an empty one, or a missing app password, fails."""
     from hcbpg.engine import runbook
     monkeypatch.setenv("HCBPG_TEST_APP_PW", "app-password-0123456789")
     monkeypatch.setenv("HCBPG_TEST_TOKEN", "hcloud-token-0123456789")
@@ -128,7 +129,8 @@ def test_preflight_warns_about_role_passwords_step_13_generates_and_fails_on_the
 """)
     rb = runbook.start("test", step="00_preflight", run_id="", run_dir="", dry_run=True)
     rows = {c.name: c for c in rb.check_secrets()}
-    assert rows["secret roles.migrations.password"].status == "warn"
+    assert rows["secret roles.migrations.password"].status == "pass"
+    assert "expected: " in rows["secret roles.migrations.password"].detail
     assert "step 13 generates" in rows["secret roles.migrations.password"].detail
     assert rows["secret roles.monitoring.password"].status == "fail"
     assert rows["secret postgres.app_role_password"].status == "pass"

@@ -32,7 +32,7 @@ from hcbpg.engine import audit
 from hcbpg.engine import manifest as mf
 from hcbpg.engine.runner import Runner, approve, change_signers, install_sigterm_as_interrupt
 from hcbpg.engine.state import state_dir
-from hcbpg.engine.terminal import LiveLines
+from hcbpg.engine.terminal import LiveLines, skip_reason
 from hcbpg.errors import HcbpgError, UsageError
 from hcbpg.params import home, load_params
 
@@ -130,6 +130,7 @@ def _run_json(result) -> dict[str, Any]:  # noqa: ANN001
     for s in data["steps"]:
         summary = s.get("summary") or {}
         steps.append({"key": s["key"], "title": s.get("title"), "status": s["status"],
+                      "skip_reason": skip_reason(s) or None,
                       "changes": s.get("changes"), "changed": summary.get("changed", []),
                       "checks": s.get("checks") or summary.get("checks") or {},
                       "duration_s": s.get("duration_s")})

@@ -618,12 +618,18 @@ def compare(cfg: RolesConfig, obs: Observed, target: str = "") -> list[Check]:
             checks.append(Check(name, "fail", "not installed in the database", target))
         elif avail["trusted"]:
             ok = inst["owner"] == owner
-            checks.append(Check(name, "pass" if ok else "warn",
+            # owned by a superuser (postgres: the restore created it): the state of every untrusted one, updated
+            # by hcbpg as postgres; an expected state, not a warning.  Owned by another role: that role may
+            # update it behind the migrations role's back
+            by_super = obs.roles.get(inst["owner"], {}).get("rolsuper", inst["owner"] == "postgres")
+            hand_over = (f"(no ALTER EXTENSION OWNER in PostgreSQL 15: drop and re-create it as {owner} to hand "
+                         "it over)")
+            checks.append(Check(name, "pass" if ok or by_super else "warn",
                                 f"trusted, {inst['version']} in {inst['schema']}, owned by {inst['owner']}: "
                                 + (f"{owner} may create and update it" if ok else
-                                   f"only {inst['owner']} or a superuser may update it (no ALTER EXTENSION OWNER "
-                                   "in PostgreSQL 15: drop and re-create it as "
-                                   f"{owner} to hand it over)"), target))
+                                   f"expected: a superuser's, as the restore made it: only a superuser may update "
+                                   f"it (hcbpg does, as postgres) {hand_over}" if by_super else
+                                   f"only {inst['owner']} or a superuser may update it {hand_over}"), target))
         else:
             checks.append(Check(name, "pass",
                                 f"untrusted, {inst['version']} in {inst['schema']}, owned by {inst['owner']}: "

@@ -8,6 +8,7 @@ from pathlib import Path
 from hcbpg import secrets as hsecrets
 from hcbpg.engine import jupyter, signing
 from hcbpg.engine import manifest as mf
+from hcbpg.engine.terminal import skip_reason
 from hcbpg.errors import AuditError, HcbpgError
 from hcbpg.params import load_params
 
@@ -20,8 +21,8 @@ def runs_table(base: Path, env: str | None = None) -> list[dict[str, str]]:
         except AuditError as exc:
             rows.append({"run": run.run_id, "env": run.env, "status": f"unreadable: {exc}"})
             continue
-        done = sum(1 for s in d["steps"] if s["status"] == "succeeded")
-        current = next((s["key"] for s in d["steps"] if s["status"] != "succeeded"), "")
+        done = sum(1 for s in d["steps"] if s["status"] in mf.DONE)  # skipped: ended itself, nothing to do
+        current = next((s["key"] for s in d["steps"] if s["status"] not in mf.DONE), "")
         rows.append({
             "run": d["run_id"], "env": d["environment"], "mode": d["mode"], "status": d["status"],
             "steps": f"{done}/{len(d['steps'])}", "at": current, "operator": d["operator"],
@@ -78,6 +79,12 @@ def _checks_cell(s: dict) -> str:
     return counts + (f"<ul>{named}</ul>" if named else "")
 
 
+def _status_cell(s: dict) -> str:
+    """A step's status for the index; a skipped step's with why it ended itself early."""
+    why = skip_reason(s)
+    return html.escape(s["status"]) + (f"<br><small>{html.escape(why)}</small>" if why else "")
+
+
 def _changed_cell(s: dict) -> str:
     changed = (s.get("summary") or {}).get("changed") or []
     if not changed:
@@ -100,7 +107,7 @@ def render_html(run: mf.Run, *, code: bool = True) -> Path:
     rows = []
     steps_rows = "".join(
         f"<tr><td>{html.escape(s['key'])}</td><td>{html.escape(s.get('title') or '')}</td>"
-        f"<td>{html.escape(s['status'])}</td><td>{_checks_cell(s)}</td><td>{_changed_cell(s)}</td>"
+        f"<td>{_status_cell(s)}</td><td>{_checks_cell(s)}</td><td>{_changed_cell(s)}</td>"
         f"<td>{_notebook_link(run, s)}</td></tr>" for s in data["steps"])
     for s in data["steps"]:
         for att in s["attempts"]:

@@ -47,7 +47,10 @@ from hcbpg.ops import audit_anchor
 from hcbpg.procs import process_alive
 
 FORMAT = 1
-TERMINAL = {"succeeded", "failed"}
+#: a step's statuses that count as done (a resume does not run it again): ``skipped`` is a step that ended
+#: itself early with nothing to do (rb.skip: the other transfer method's step, a migration already live)
+DONE = frozenset({"succeeded", "skipped"})
+TERMINAL = DONE | {"failed"}
 SIG_NAME = "manifest.json.sig"
 #: the characters of a step's error message the record keeps (the whole of any message hcbpg writes)
 MAX_EVALUE = 8000

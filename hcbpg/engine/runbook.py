@@ -134,8 +134,9 @@ class Runbook:
         """Resolve every secret the params reference; one check row per key.
 
         A login role's password whose ``file:`` does not exist yet is not missing: step 13
-        generates it (0600) when it creates the role, so on a first run it is a warning that
-        says so.  An existing file that cannot be read, or any other reference, must resolve.
+        generates it (0600) when it creates the role, so on a first run it passes with a note that
+        says so (an expected state, not a warning).  An existing file that cannot be read, or any
+        other reference, must resolve.
         """
         generated = {r.password_key for r in roles_config(self.params).secret_roles()}
         generated.add("tls.ca_key")  # a new environment's CA: made by step 03 on its first run
@@ -147,10 +148,11 @@ class Runbook:
             except HcbpgError as exc:
                 if key in generated and ref.startswith("file:") and not os.path.lexists(
                         os.path.expanduser(ref[5:])):
-                    rows.append(Check(f"secret {key}", "warn",
-                                      f"{ref} does not exist yet: step 03 makes the CA there (0600)"
+                    rows.append(Check(f"secret {key}", "pass",
+                                      f"expected: {ref} does not exist yet: step 03 makes the CA there (0600)"
                                       if key == "tls.ca_key" else
-                                      f"{ref} does not exist yet: step 13 generates the password there (0600)"))
+                                      f"expected: {ref} does not exist yet: step 13 generates the password "
+                                      "there (0600)"))
                 else:
                     rows.append(Check(f"secret {key}", "fail", exc.message))
         return rows

@@ -333,12 +333,12 @@ class Runner:
                                "started": mf.utcnow(), "operator": mf.operator_name()}
                 data.sessions = [*data.sessions, dict(data.runner)]
                 steps = [s.model_copy() for s in data.steps]
-            todo = [s for s in steps if s.status != "succeeded"]
+            todo = [s for s in steps if s.status not in mf.DONE]
             done = len(steps) - len(todo)
             if done:
-                self.progress(f"  {done} step(s) already succeeded, not run again")
+                self.progress(f"  {done} step(s) already succeeded or skipped, not run again")
             for i, s in enumerate(steps, 1):
-                if s.status == "succeeded":
+                if s.status in mf.DONE:
                     continue
                 result = self._run_step(run, s, i, len(steps))
                 if result is not None:  # why it stopped (each failed check's reason), the recap, what next
@@ -377,6 +377,7 @@ class Runner:
         run.log(f"step {key} attempt {attempt.n} started")
         t0 = time.monotonic()
         status, error, exit_code = "succeeded", None, None
+        skipped: str | None = None  # why the step ended itself early (rb.skip)
         interrupted = False
         cells = CellOutput(self.progress) if self.stream_cells else None
         follower = ProgressFollower(self.live).start()  # the kernel's progress samples, for the live view
@@ -391,9 +392,9 @@ class Runner:
         except PapermillExecutionError as exc:
             error = {"ename": exc.ename, "evalue": hsecrets.scrub(str(exc.evalue))[:mf.MAX_EVALUE],
                      "cell_index": exc.cell_index}
-            if exc.ename == "StepAlreadyDone":  # rb.skip(): nothing to do, recorded as done
-                status, error = "succeeded", None
-                self.progress(f"      nothing to do: {hsecrets.scrub(str(exc.evalue))}")
+            if exc.ename == "StepAlreadyDone":  # rb.skip(): nothing to do, recorded as skipped (done)
+                status, error = "skipped", None
+                skipped = hsecrets.scrub(str(exc.evalue))[:mf.MAX_EVALUE]
             elif exc.ename == "GateRequired":
                 status, exit_code = "awaiting-approval", EXIT_WAITING
             else:
@@ -415,24 +416,29 @@ class Runner:
             att.status, att.end, att.duration_s = status, mf.utcnow(), duration
             if error:
                 att.error = error
+            if skipped is not None:
+                att.note = f"skipped: {skipped}"
             mf.hash_attempt(run, att)
             step.status = status
             step.end = att.end
             step.duration_s = round(sum(a.duration_s or 0 for a in step.attempts), 3)
             step.sha256 = att.sha256
-            if step.changes is None and status == "succeeded":
+            if step.changes is None and status in mf.DONE:
                 step.changes = self._changes_from_notebook(out)
-            if status != "succeeded":
+            if status not in mf.DONE:
                 data.status = status
                 data.finished = None if status != "failed" else mf.utcnow()
             changes = step.changes
             gates = {name: g.dump() for name, g in data.gates.items()}
         run.log(f"step {key} attempt {attempt.n} {status} in {duration}s")
+        if status == "skipped":
+            self.progress(f"      skipped in {duration:.1f}s, nothing to do: {skipped}")
+            return None
         if status == "succeeded":
             self.progress(f"      done in {duration:.1f}s, "
                           + ("no changes" if not changes else f"{changes} change(s)"))
             return None
-        assert exit_code is not None  # every status but "succeeded" set it above
+        assert exit_code is not None  # every status but "succeeded" and "skipped" set it above
         if status == "awaiting-approval":
             waiting = [g for g, v in gates.items() if not v.get("approved_at") and v.get("step") == key]
             gate = waiting[-1] if waiting else "GATE"

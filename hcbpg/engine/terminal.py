@@ -130,22 +130,35 @@ def recap_counts(step: dict[str, Any]) -> dict[str, Any]:
         failed = 1  # the step failed on something other than a check: that is one failure
     return {"ok": int(checks.get("pass") or 0), "changed": int(step.get("changes") or 0),
             "warnings": int(checks.get("warn") or 0), "failed": failed,
+            "skipped": 1 if step.get("status") == "skipped" else 0,
             "failed_checks": [c["name"] + (f" on {c['target']}" if c.get("target") else "") for c in failed_checks],
             "warned_checks": [c["name"] + (f" on {c['target']}" if c.get("target") else "")
                               for c in checks.get("not_passed", []) if c.get("status") == "warn"]}
 
 
+def skip_reason(step: dict[str, Any]) -> str:
+    """Why a ``skipped`` step ended itself early (its last attempt's note), '' for any other."""
+    if step.get("status") != "skipped" or not step.get("attempts"):
+        return ""
+    note = str(step["attempts"][-1].get("note") or "")
+    return note.removeprefix("skipped: ")
+
+
 def render_recap(data: dict[str, Any]) -> list[str]:
-    """One line per step: ``  07_cutover  failed  ok=12 changed=3 warnings=0 failed=1  41.2s`` and,
-    under a step that failed checks, their names."""
+    """One line per step: ``  07_cutover  failed  ok=12 changed=3 warnings=0 failed=1 skipped=0  41.2s``
+    (Ansible's recap: a step that ended itself early with nothing to do is ``skipped``, with its reason
+    under it), and under a step that failed or warned, the checks' names."""
     lines: list[str] = []
     width = max([len(s["key"]) for s in data.get("steps", [])] + [10])
     cols = max(60, min(120, shutil.get_terminal_size((100, 24)).columns))
     for s in data.get("steps", []):
         c = recap_counts(s)
         lines.append(f"  {s['key']:<{width}}  {s['status']:<17} ok={c['ok']:<3} changed={c['changed']:<3} "
-                     f"warnings={c['warnings']:<3} failed={c['failed']:<3} {s.get('duration_s') or 0:>7.1f}s")
+                     f"warnings={c['warnings']:<3} failed={c['failed']:<3} skipped={c['skipped']:<3} "
+                     f"{s.get('duration_s') or 0:>7.1f}s")
         pad = " " * (width + 4)
+        if c["skipped"] and skip_reason(s):
+            lines += _wrapped(f"skipped: {hsecrets.scrub(skip_reason(s))}", cols, pad + "  ", first=pad)
         if c["failed_checks"]:
             lines += _wrapped(f"failed checks: {hsecrets.scrub(', '.join(c['failed_checks']))}", cols, pad + "  ",
                               first=pad)

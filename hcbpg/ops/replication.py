@@ -42,8 +42,10 @@ from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops.app_database import get_role
 from hcbpg.ops.replica import get_replication_rows
 from hcbpg.outcome import Check, Outcome
+from hcbpg.pg.bucardo import SCHEMA as BUCARDO_SCHEMA
 from hcbpg.pg.conf import parse_auto_conf
 from hcbpg.pg.conninfo import parse_conninfo
+from hcbpg.pg.inventory import not_ext_member
 from hcbpg.secrets import scrub
 from hcbpg.wait import polling_loop
 
@@ -317,9 +319,12 @@ def check_replication(primary_host: "HostLike", replica_host: "HostLike", params
     return out
 
 
-#: unlogged tables (relpersistence 'u'): their rows are never in WAL, so on no replica and in no backup
+#: unlogged tables (relpersistence 'u'): their rows are never in WAL, so on no replica and in no backup.
+#: Not Bucardo's own (its schema's stage tables are unlogged by design: scratch space of a sync, whose
+#: rows a restore need not have) nor an extension's: only the application's tables are named
 UNLOGGED_TABLES_SQL = ("SELECT format('%I.%I', n.nspname, c.relname) AS t FROM pg_class c JOIN pg_namespace n "
-                       "ON n.oid = c.relnamespace WHERE c.relpersistence = 'u' AND c.relkind IN ('r', 'p') ORDER BY 1")
+                       "ON n.oid = c.relnamespace WHERE c.relpersistence = 'u' AND c.relkind IN ('r', 'p') "
+                       f"AND n.nspname <> '{BUCARDO_SCHEMA}' AND {not_ext_member('pg_class', 'c.oid')} ORDER BY 1")
 
 
 def get_unlogged_tables(psql: "PsqlLike", dbname: str) -> list[str]:

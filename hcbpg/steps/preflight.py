@@ -140,14 +140,21 @@ def check_reachable(rb: "Run", cloud_servers: tuple[dict[str, str | None] | None
     params = rb.params
     existing, api_row = cloud_servers or get_cloud_servers(rb)
     out = [api_row]
+    pinned = {s["name"]: s["public_ip"] for s in recorded_servers(rb)}
     for server in params.servers:
         if existing is not None and server.name not in existing:
-            out.append(Check("reachable over SSH", "warn", "does not exist yet: step 01 creates it, "
-                             "step 02 connects", server.name))
+            # not created yet is the expected state before step 01; a server that was provisioned (its key
+            # and address are pinned) and is gone from the project is not
+            was = pinned.get(server.name)
+            out.append(Check("reachable over SSH", "warn", f"gone: provisioned before (pinned at {was}) but not "
+                             "in the Hetzner Cloud project now; step 01 creates it again", server.name) if was else
+                       Check("reachable over SSH", "pass", "expected: not created yet (step 01 creates it, "
+                             "step 02 connects)", server.name))
             continue
         address = _address(rb, server.name, existing)
         if address is None:
-            out.append(Check("reachable over SSH", "warn", "no address known yet (step 01 records it)", server.name))
+            out.append(Check("reachable over SSH", "pass", "expected: no address known yet (step 01 records it)",
+                             server.name))
             continue
         out.append(_reach(server.name, address, rb))
     if params.app_host is not None:
