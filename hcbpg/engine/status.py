@@ -1,8 +1,11 @@
 """``hcbpg status ENV``: the health report of step 15 from the command line, for cron or any monitor.
 
-Runs on the operator machine and reaches every server over SSH.  Prints one row per server
-and item (``--json``: the checks and the measurements) and exits 0 when nothing failed
-(warnings allowed), 1 when an item failed, 2 on bad input (unknown environment, bad params).
+Runs on the operator machine and reaches every server over SSH, all at once (an incident's report comes within
+the connect timeout even with every server down).  Prints one row per server and item (``--json``: the checks and
+the measurements); a server that cannot be reached is one line saying why in plain words ("unreachable: no SSH
+answer in 5 s", "connection refused", "host key changed", "SSH key refused") instead of each of its items.
+Exits 0 when nothing failed (warnings allowed), 1 when an item failed, 2 on bad input (unknown environment, bad
+params).
 """
 
 from __future__ import annotations
@@ -201,7 +204,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "status", help="health of every server: pass/warn/fail per item; exit 1 when an item failed",
         description="hcbpg status ENV: one line per server (role, state, timeline, lag, slot retention, last "
                     "backup age, archiving, connections used/max, disk), then the items that are not PASS, "
-                    "judged against params health: thresholds; --all: every item. "
+                    "judged against params health: thresholds; a server that cannot be reached is one line saying why; "
+                    "--all: every item. "
                     "Exit 0: nothing failed; 1: an item failed; 2: bad input.",
         epilog="examples:\n  hcbpg status lab\n  hcbpg status production --watch 5\n  hcbpg status staging --json",
         formatter_class=argparse.RawDescriptionHelpFormatter)
