@@ -20,9 +20,13 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def hcbpg(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run the real CLI in a subprocess (exit codes and stdout as an operator sees them)."""
+    """Run the real CLI in a subprocess (exit codes and stdout as an operator sees them).  ``run`` and
+    ``resume`` get ``--yes`` unless the test asks for the question (``--ask``, removed before the call)."""
     e = dict(os.environ)
     e.update(env or {})
+    if args[:1] in (("run",), ("resume",)) and "--yes" not in args and "--ask" not in args:
+        args = (*args, "--yes")  # the tests' environments are not the lab: a run asks first (tests/test_cli_confirm.py)
+    args = tuple(a for a in args if a != "--ask")
     return subprocess.run([sys.executable, "-m", "hcbpg.cli", *args], capture_output=True, text=True,
                           env=e, timeout=timeout)
 

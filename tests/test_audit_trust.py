@@ -160,7 +160,7 @@ def test_a_second_run_of_the_environment_is_refused_while_one_runs(home, env, tm
                    "while not os.path.exists(os.environ['HCBPG_TEST_STOP']):\n    time.sleep(0.2)")
     write_steps(nb, [("00_slow.ipynb", "slow")])
     stop = tmp_path / "stop"
-    first = subprocess.Popen([sys.executable, "-m", "hcbpg.cli", "run", env], stdout=subprocess.PIPE,
+    first = subprocess.Popen([sys.executable, "-m", "hcbpg.cli", "run", env, "--yes"], stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True, env={**os.environ, "HCBPG_TEST_STOP": str(stop)})
     try:
         deadline = time.time() + 120

@@ -91,7 +91,7 @@ def test_killed_run_resumes_without_repeating_finished_steps(home, env):
                    "import os, time\nprint('slow step started', flush=True)\n"
                    "time.sleep(float(os.environ.get('HCBPG_TEST_SLEEP', '0')))\nprint('slow step finished')")
     write_steps(nb, [("00_fast.ipynb", "fast"), ("01_slow.ipynb", "slow")])
-    proc = subprocess.Popen([sys.executable, "-m", "hcbpg.cli", "run", env],
+    proc = subprocess.Popen([sys.executable, "-m", "hcbpg.cli", "run", env, "--yes"],
                             env={**os.environ, "HCBPG_TEST_SLEEP": "120"},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + 120
@@ -222,7 +222,7 @@ def test_ctrl_c_marks_the_step_interrupted_and_keeps_the_record(home, env):
     write_notebook(nb / "00_slow.ipynb", "00_slow",
                    "import time\nprint('slow step started', flush=True)\ntime.sleep(120)")
     write_steps(nb, [("00_slow.ipynb", "slow")])
-    proc = subprocess.Popen([sys.executable, "-m", "hcbpg.cli", "run", env],
+    proc = subprocess.Popen([sys.executable, "-m", "hcbpg.cli", "run", env, "--yes"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
     while time.time() < deadline:

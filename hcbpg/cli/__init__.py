@@ -25,7 +25,7 @@ import shtab
 
 from hcbpg import progress as hprogress
 from hcbpg import secrets as hsecrets
-from hcbpg.cli import completion
+from hcbpg.cli import completion, confirm
 from hcbpg.cli.completion import HELP, complete_as
 from hcbpg.display import text_table
 from hcbpg.engine import audit
@@ -149,6 +149,13 @@ def _finish(result, args: argparse.Namespace | None = None) -> int:  # noqa: ANN
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from hcbpg.engine import catalogue  # noqa: PLC0415 - only a run reads the catalogue here
+
+    params = load_params(args.env, home())
+    steps = catalogue.select(catalogue.load_steps(transfer=catalogue.transfer_of(params)), start=args.start,
+                             until=args.until, only=args.only)
+    confirm.confirm_run(params, args.env, [s.key for s in steps], what=f"hcbpg run {args.env}", yes=args.yes,
+                        echo=_err if getattr(args, "json", False) else print)
     return _finish(_runner(args).start(args.env, start=args.start, until=args.until, only=args.only), args)
 
 
@@ -158,7 +165,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
+    run = mf.find_run(home(), args.run_id)
+    data = run.read()
+    left = [s["key"] for s in data.get("steps", []) if s.get("status") != "succeeded"]
+    confirm.confirm_run(load_params(run.env, home()), run.env, left, what=f"hcbpg resume {run.run_id}",
+                        yes=args.yes or bool(data.get("dry_run")), echo=_err if getattr(args, "json", False) else print)
     return _finish(_runner(args).resume(args.run_id), args)
+
+
+def _err(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
 def cmd_approve(args: argparse.Namespace) -> int:
@@ -280,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
         r.add_argument("-q", "--quiet", action="store_true", help="print only the end: recap and what to do next")
         r.add_argument("--json", action="store_true",
                        help="print the end as JSON (steps, changes, checks, gates) on stdout; lines go to stderr")
+        if name == "run":
+            r.add_argument("-y", "--yes", action="store_true",
+                           help="do not ask for the environment's name (any environment but the lab asks)")
         r.set_defaults(func=func)
 
     r = _sub(sub, "resume", "continue a failed, interrupted or waiting run", "hcbpg resume 6f0c2a1e -v")
@@ -288,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="show every cell's output (scrubbed) in the terminal as it comes")
     r.add_argument("-q", "--quiet", action="store_true", help="print only the end: recap and what to do next")
     r.add_argument("--json", action="store_true", help="print the end as JSON on stdout")
+    r.add_argument("-y", "--yes", action="store_true",
+                   help="do not ask for the environment's name (any environment but the lab asks)")
     r.set_defaults(func=cmd_resume)
 
     a = _sub(sub, "approve", "approve a gate of a waiting run",

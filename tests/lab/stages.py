@@ -97,6 +97,8 @@ def cli(env: dict[str, str], *args: str, timeout: float = 1200) -> subprocess.Co
     full = {k: v for k, v in os.environ.items() if k not in ("HCBPG_SCRUB_FILE", "HCBPG_HEADLESS",
                                                              "HCBPG_AUTO_APPROVE")}
     full.update(env)
+    if args[:1] in (("run",), ("resume",)) and "--yes" not in args:
+        args = (*args, "--yes")  # params without the lab's site ask first (hcbpg.cli.confirm): a test has no terminal
     return subprocess.run([sys.executable, "-m", "hcbpg.cli", *args], capture_output=True, text=True, env=full,
                           timeout=timeout, cwd=REPO)
 
