@@ -108,7 +108,7 @@ def _print_summary(run: mf.Run, t_lab: float, total: float) -> None:
     data = run.read()
     steps = data["steps"]
     changes = sum(s.get("changes") or 0 for s in steps)
-    ok = sum(1 for s in steps if s["status"] == "succeeded")
+    ok = sum(1 for s in steps if s["status"] in mf.DONE)  # skipped: ended itself with nothing to do
     approvals = [f"{g} ({v.get('approved_by')})" for g, v in data.get("gates", {}).items() if v.get("approved_at")]
     print(f"\nRehearsal summary: {ok}/{len(steps)} steps succeeded, {changes} change(s), "
           f"lab up {t_lab:.1f}s, total {total:.1f}s")

@@ -313,7 +313,7 @@ def finish(run_id: str, *, base: Path | None = None, progress: Callable[[str], N
             s.end = att.end
             s.sha256 = att.sha256
         statuses = [s.status for s in d.steps]
-        if all(st == "succeeded" for st in statuses):
+        if all(st in mf.DONE for st in statuses):
             d.status, d.finished = "succeeded", now
         elif "failed" in statuses:
             d.status, d.finished = "failed", now

@@ -275,10 +275,13 @@ class Runbook:
                 step.changes = self.changes
                 step.summary = summary
                 att = step.attempt(self.guided_attempt)
-                if att is not None:
-                    att.status, att.end = "succeeded", mf.utcnow()
+                if att is not None:  # a guided run: rb.skip ends the step as skipped (done), as the runner does
+                    done = "skipped" if self.skipped is not None else "succeeded"
+                    att.status, att.end = done, mf.utcnow()
+                    if self.skipped is not None:
+                        att.note = f"skipped: {hsecrets.scrub(self.skipped)}"
                     att.duration_s = round(time.monotonic() - self.started, 3)
-                    step.status, step.end = "succeeded", att.end
+                    step.status, step.end = done, att.end
                     step.duration_s = round(sum(a.duration_s or 0 for a in step.attempts), 3)
         return summary
 
@@ -342,7 +345,7 @@ class Runbook:
         with self.run.update() as data:
             step = data.step(self.step)
             att = step.attempt(self.guided_attempt)
-            if att is None or att.status == "succeeded":
+            if att is None or att.status in mf.DONE:
                 return
             att.status = status
             att.error = error

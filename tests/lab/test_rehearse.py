@@ -60,6 +60,16 @@ def test_rehearse_runs_the_whole_runbook_in_a_fresh_lab_and_leaves_nothing(tmp_p
         assert len(steps) >= 14 and all(s["status"] == "succeeded" for s in steps), \
             [(s["key"], s["status"]) for s in steps]
         assert f"Rehearsal summary: {len(steps)}/{len(steps)} steps succeeded" in out
+        # signal, not noise: a clean rehearsal warns about nothing (expected states pass with a note; Bucardo's
+        # and hcbpg's own objects are not named), and every step of the online path did its work: none skipped
+        # itself (the online-only steps in an offline run show `skipped`: tests/test_cli_output.py)
+        recap = [line for line in out.splitlines() if re.match(r"\s+\d\d\w*_\w+\s+\w+\s+ok=", line)]
+        assert len(recap) >= len(steps), out[-4000:]
+        assert all(re.search(r"\bwarnings=0\s.*\bskipped=0\s", line) for line in recap), "\n".join(recap)
+        assert not [line for line in out.splitlines() if line.strip().startswith("warnings:")], out[-4000:]
+        for s in steps:
+            checks = s.get("checks") or s.get("summary", {}).get("checks") or {}
+            assert not checks.get("warn"), (s["key"], checks.get("not_passed"))
         approvals = manifest.get("gates", {})
         assert approvals and all(g.get("approved_by", "").startswith("hcbpg rehearse") for g in approvals.values())
         assert "lab down in" in out and not lab.status()["up"]
