@@ -190,7 +190,7 @@ def cmd_approve(args: argparse.Namespace) -> int:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     if getattr(args, "json", False):
-        _print_json(audit.runs_table(home(), args.env))
+        _print_json(audit.runs_json(home(), args.env))
         return 0
     rows = audit.runs_table(home(), args.env)
     print(text_table(rows) if rows else "no runs")

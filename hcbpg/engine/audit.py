@@ -32,6 +32,28 @@ def runs_table(base: Path, env: str | None = None) -> list[dict[str, str]]:
     return rows
 
 
+def runs_json(base: Path, env: str | None = None) -> list[dict[str, object]]:
+    """The runs as ``hcbpg runs --json`` gives them: counts as numbers, times as ISO 8601."""
+    out: list[dict[str, object]] = []
+    for run in mf.list_runs(base, env):
+        try:
+            d = run.read()
+        except AuditError as exc:
+            out.append({"run": run.run_id, "env": run.env, "status": "unreadable", "problem": str(exc)})
+            continue
+        steps = d["steps"]
+        out.append({
+            "run": d["run_id"], "env": d["environment"], "mode": d["mode"], "status": d["status"],
+            "dry_run": bool(d.get("dry_run")),
+            "steps_done": sum(1 for s in steps if s["status"] in mf.DONE), "steps_total": len(steps),
+            "at": next((s["key"] for s in steps if s["status"] not in mf.DONE), None),
+            "operator": d["operator"], "created": d["created"], "finished": d.get("finished"),
+            "changes": sum(int(s.get("changes") or 0) for s in steps),
+            "duration_s": round(sum(float(s.get("duration_s") or 0) for s in steps), 3),
+        })
+    return out
+
+
 def trust_of(base: Path, env: str) -> signing.Trust:
     """Where *env*'s trust is kept (its params' ``audit:``; the defaults when the params do not load)."""
     try:
