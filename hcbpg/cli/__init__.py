@@ -119,7 +119,8 @@ def _runner(args: argparse.Namespace, **kw):  # noqa: ANN202
     verbose = getattr(args, "verbose", False)
     # -v: cell output to the terminal as it comes (papermill's stdout_file/stderr_file, scrubbed) and,
     # as before, to the run log (log_output: papermill's logger has only the run log's handler)
-    return Runner(progress_bar=not quiet and not verbose and sys.stderr.isatty(), log_output=verbose,
+    # one progress bar: hcbpg's own (term.live, on a terminal); papermill's cell bar would fight it on one line
+    return Runner(progress_bar=False, log_output=verbose,
                   stream_cells=verbose and not quiet, progress=term.line, live=term.live, **kw)
 
 
