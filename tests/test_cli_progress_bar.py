@@ -9,6 +9,7 @@ from hcbpg import cli
 
 
 def test_papermills_cell_bar_is_off_on_a_terminal_and_off_it(monkeypatch):
+    monkeypatch.setattr(cli, "install_sigterm_as_interrupt", lambda: None)  # not in the test's own process
     for tty in (True, False):
         monkeypatch.setattr(sys.stderr, "isatty", lambda tty=tty: tty, raising=False)
         runner = cli._runner(argparse.Namespace(quiet=False, json=False, verbose=False))
