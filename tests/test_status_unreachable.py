@@ -81,7 +81,7 @@ def _unshare_works() -> bool:
     return subprocess.run(["unshare", "--net", "true"], capture_output=True).returncode == 0
 
 
-pytestmark = pytest.mark.skipif(not _unshare_works(), reason="needs root, ip and unshare --net")
+namespace = pytest.mark.skipif(not _unshare_works(), reason="needs root, ip and unshare --net")
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +122,7 @@ def _fail_lines(out: str) -> list[str]:
     return [line for line in out.splitlines() if line.startswith("FAIL")]
 
 
+@namespace
 def test_two_hung_servers_answer_within_the_connect_timeout_with_one_plain_line_each(fresh):
     r = _status(fresh, ["server-postgres-1", "server-postgres-2"], [])
     print(f"took {r['took']:.2f} s\n{r['out']}{r['err']}")
@@ -139,6 +140,7 @@ def test_two_hung_servers_answer_within_the_connect_timeout_with_one_plain_line_
                                                        "server-postgres-2": "unreachable"}, r["out"]
 
 
+@namespace
 def test_json_says_the_same_within_the_same_bound(fresh):
     r = _status(fresh, ["server-postgres-1", "server-postgres-2"], [], "--json")
     assert r["took"] < TIMEOUT + 2, f"status --json took {r['took']:.2f} s (bound {TIMEOUT + 2:g} s)"
@@ -154,6 +156,7 @@ def test_json_says_the_same_within_the_same_bound(fresh):
         ("server-postgres-2", False, "unreachable: no SSH answer in 3 s")]
 
 
+@namespace
 def test_a_hung_server_and_a_refusing_one_each_get_their_own_plain_reason(fresh):
     r = _status(fresh, ["server-postgres-1"], ["server-postgres-2"], "--all")
     print(f"took {r['took']:.2f} s\n{r['out']}{r['err']}")
@@ -173,6 +176,7 @@ def _host_key(directory: Path, name: str) -> tuple[Path, str]:
     return key, " ".join((directory / f"{name}.pub").read_text().split()[:2])
 
 
+@namespace
 def test_a_changed_host_key_an_unpinned_one_and_a_refused_login_are_said_plainly(fresh, tmp_path):
     """SSH servers that answer: server-postgres-1 shows a key other than its pin; server-postgres-2 shows its
     pinned key and refuses our login (said at once: no retries for a server just provisioned); then, with no pins
@@ -203,3 +207,40 @@ def test_a_changed_host_key_an_unpinned_one_and_a_refused_login_are_said_plainly
                                  "(step 01 pins it)"}
     finally:
         known.unlink(missing_ok=True)
+
+
+def _unreachable_from(cause: BaseException) -> BaseException:
+    from hcbpg.errors import HostUnreachable
+    try:
+        raise HostUnreachable("server-postgres-1", "root@10.0.1.5:22", f"{type(cause).__name__}: {cause}") from cause
+    except HostUnreachable as exc:
+        return exc
+
+
+def test_the_plain_words_for_each_way_a_connection_fails():
+    """The reasons the namespace tests cannot make (a route, a name, a reset) from the exceptions paramiko raises."""
+    import errno
+    import socket
+
+    from paramiko import SSHException
+    from paramiko.ssh_exception import AuthenticationException, NoValidConnectionsError
+
+    from hcbpg.engine.status import _plain_reason
+    cases = [
+        (NoValidConnectionsError({("10.0.1.5", 22): OSError(errno.ECONNREFUSED, "Connection refused")}),
+         "connection refused"),
+        (NoValidConnectionsError({("10.0.1.5", 22): OSError(errno.EHOSTUNREACH, "No route to host")}),
+         "no route to host"),
+        (OSError(errno.ENETUNREACH, "Network is unreachable"), "network unreachable"),
+        (TimeoutError("timed out"), "no SSH answer in 5 s"),
+        (SSHException("Error reading SSH protocol banner"), "no SSH answer in 5 s"),
+        (SSHException("Error reading SSH protocol banner[Errno 104] Connection reset by peer"),
+         "connection closed by the server before SSH began"),
+        (EOFError(), "connection closed by the server before SSH began"),
+        (socket.gaierror(socket.EAI_NONAME, "Name or service not known"), "address not found (DNS)"),
+        (AuthenticationException("Authentication failed."), "SSH key refused"),
+        (SSHException("Incompatible ssh peer (no acceptable host key)"),
+         "cannot reach host server-postgres-1 (root@10.0.1.5:22) over SSH: SSHException: Incompatible ssh peer "
+         "(no acceptable host key)"),
+    ]
+    assert [_plain_reason(_unreachable_from(c), 5.0) for c, _ in cases] == [want for _, want in cases]

@@ -15,7 +15,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from hcbpg.errors import HcbpgError, UsageError
@@ -89,7 +89,7 @@ def _plain_reason(exc: BaseException, timeout: float) -> str:
              errno.ETIMEDOUT: no_answer}
     if cause is not None:
         name = type(cause).__name__
-        if name == "AuthenticationException" or isinstance(cause, ValueError) and "key" in str(cause).lower():
+        if name == "AuthenticationException":
             return "SSH key refused"
         if name == "NoValidConnectionsError":
             errs = [e for e in getattr(cause, "errors", {}).values() if isinstance(e, OSError)]
@@ -119,6 +119,12 @@ def get_unreachable(hosts: Mapping[str, Host], timeout: float) -> dict[str, str]
     """Connect to every host at once (threads); the servers that gave no SSH session within *timeout* (plus a
     quarter of a second), each with the plain reason.  A host still connecting at the deadline is left to its
     thread (a daemon: it ends with the process) and said to give no answer."""
+    return start_connecting(hosts, timeout)()
+
+
+def start_connecting(hosts: Mapping[str, Host], timeout: float) -> Callable[[], dict[str, str]]:
+    """:func:`get_unreachable` in two halves: the connections start now, the function returned waits for them
+    (the caller does its own work, e.g. its imports, meanwhile)."""
     import threading  # noqa: PLC0415 - see above: imported when a report is made
     failed: dict[str, BaseException] = {}
     done: set[str] = set()
@@ -136,33 +142,55 @@ def get_unreachable(hosts: Mapping[str, Host], timeout: float) -> dict[str, str]
     for t in threads:
         t.start()
     deadline = time.monotonic() + timeout + 0.25
-    for t in threads:
-        t.join(max(0.0, deadline - time.monotonic()))
-    out: dict[str, str] = {}
-    for name in hosts:
-        if name in failed:
-            out[name] = _plain_reason(failed[name], timeout)
-        elif name not in done:
-            out[name] = f"no SSH answer in {timeout:g} s"
+
+    def wait_for_connections() -> dict[str, str]:
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        out: dict[str, str] = {}
+        for name in hosts:
+            if name in failed:
+                out[name] = _plain_reason(failed[name], timeout)
+            elif name not in done:
+                out[name] = f"no SSH answer in {timeout:g} s"
+        return out
+    return wait_for_connections
+
+
+def _open_hosts(params: Params, env: str, timeout: float) -> dict[str, Host]:
+    """A Host per server, as step 15 opens them (:func:`hcbpg.steps.health.open_server_hosts`, whose module is
+    imported while the connections are made): ``ssh_host``, else the address pinned with its host key, else the
+    private IP; a refused key said at once, not after the retries for a server just provisioned."""
+    import os  # noqa: PLC0415 - see above: imported when a report is made
+
+    from hcbpg.adapters import hostkeys  # noqa: PLC0415 - see above: imported when a report is made
+    from hcbpg.adapters.host import Host  # noqa: PLC0415 - see above: imported when a report is made
+    from hcbpg.desired.addresses import ssh_address  # noqa: PLC0415 - see above: imported when a report is made
+    recorded = _recorded_servers(env, params)
+    out: dict[str, Host] = {}
+    for s in params.servers:
+        out[s.name] = Host(s.name, ssh_address(params, s.name, recorded) or s.private_ip, user=params.ssh.user,
+                           key_file=os.path.expanduser(params.ssh.key_file), port=params.ssh.port,
+                           connect_timeout=timeout, command_timeout=120.0, echo=lambda line: None,
+                           known_hosts=hostkeys.known_hosts_path(params))
+        out[s.name].auth_retry_waits = ()
     return out
 
 
 def _status_once(args: argparse.Namespace) -> int:
-    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415 - see above: imported when a report is made
-
-    from hcbpg.desired import health_report  # noqa: PLC0415 - see above: imported when a report is made
-    from hcbpg.ops import health  # noqa: PLC0415 - see above: imported when a report is made
-    from hcbpg.outcome import Check  # noqa: PLC0415 - see above: imported when a report is made
-    from hcbpg.steps.health import open_server_hosts  # noqa: PLC0415 - see above: imported when a report is made
     params = load_params(args.env, home())
     # paramiko logs a traceback for every unreachable host; the report says it in one line
     logging.getLogger("paramiko").setLevel(logging.CRITICAL)
     timeout = args.connect_timeout or params.ssh.connect_timeout
-    hosts = open_server_hosts(params, recorded=_recorded_servers(args.env, params), connect_timeout=timeout)
-    for h in hosts.values():
-        h.auth_retry_waits = ()  # a refused key is said at once, not after the retries for a fresh server
-    # every server at once: with all of them down the report comes within the connect timeout
-    down = get_unreachable(hosts, timeout)
+    hosts = _open_hosts(params, args.env, timeout)
+    # every server at once: with all of them down the report comes within the connect timeout; the rest of the
+    # report's stack is imported meanwhile
+    wait_for_connections = start_connecting(hosts, timeout)
+    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415 - see above: imported when a report is made
+
+    from hcbpg.desired import health_report  # noqa: PLC0415 - see above: imported when a report is made
+    from hcbpg.ops import health, tls  # noqa: PLC0415, F401 - see above (tls: for _cert_check, imported now)
+    from hcbpg.outcome import Check  # noqa: PLC0415 - see above: imported when a report is made
+    down = wait_for_connections()
     up = {n: h for n, h in hosts.items() if n not in down}
     try:
         measurements = health.get_measurements(up, params)
