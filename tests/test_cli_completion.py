@@ -8,9 +8,9 @@ import shutil
 import subprocess
 import sys
 
-from nbutil import hcbpg, write_notebook, write_steps
-
 from hcbpg.cli import build_parser
+
+from nbutil import hcbpg, write_notebook, write_steps
 
 
 def _parsers(p: argparse.ArgumentParser):

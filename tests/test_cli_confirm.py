@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from nbutil import hcbpg, make_params, write_notebook, write_steps
-
 from hcbpg.cli.confirm import confirm_run
 from hcbpg.errors import UsageError
 from hcbpg.params import load_params
+
+from nbutil import hcbpg, make_params, write_notebook, write_steps
 
 
 def _one_step(home):

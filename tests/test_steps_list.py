@@ -34,10 +34,15 @@ def test_every_gate_the_code_asks_for_is_declared_with_its_step_and_none_other()
     for path in [*sorted((REPO / "notebooks").glob("*.ipynb")), *sorted((REPO / "hcbpg" / "steps").glob("*.py"))]:
         for name in GATE_CALL.findall(_code(path)):
             found.add(re.sub(r"\{[^}]*\}", "{}", name))
-    # provision's host-key gate is made by host_key_gate(): f"host-key-{name}-{...}"
+    # provision's host-key gate is made by host_key_gate(): f"host-key-{name}-{...}"; notebook 11 asks
+    # plan.gate, FailoverPlan's "switchover" or "failover"
+    from hcbpg.desired.failover import FailoverPlan
     found.discard("{}")
     found.add("host-key-{}-{}")
+    found |= {FailoverPlan(kind=k, old_primary="a", new_primary="b", old_reachable=True).gate
+              for k in ("switchover", "failover")}
     assert found == declared, (found - declared, declared - found)
+    assert all(re.fullmatch(r"[a-z0-9{}]+(-[a-z0-9{}]+)*", g) for g in declared), declared  # one style: kebab-case
     # a gate named in a notebook belongs to that notebook's step
     for e in entries:
         in_nb = {re.sub(r"\{[^}]*\}", "{}", n) for n in GATE_CALL.findall(_code(REPO / "notebooks" / e["notebook"]))}

@@ -168,7 +168,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     run = mf.find_run(home(), args.run_id)
     data = run.read()
-    left = [s["key"] for s in data.get("steps", []) if s.get("status") != "succeeded"]
+    left = [s["key"] for s in data.get("steps", []) if s.get("status") not in mf.DONE]
     confirm.confirm_run(load_params(run.env, home()), run.env, left, what=f"hcbpg resume {run.run_id}",
                         yes=args.yes or bool(data.get("dry_run")), echo=_err if getattr(args, "json", False) else print)
     return _finish(_runner(args).resume(args.run_id), args)
@@ -181,7 +181,9 @@ def _err(line: str) -> None:
 def cmd_approve(args: argparse.Namespace) -> int:
     run = approve(args.run_id, args.gate, note=args.note)
     # who the record names: the signing key's principal (the allowed-signers file), not the OS user
-    g = run.read()["gates"][args.gate]
+    gates = run.read()["gates"]
+    args.gate = mf.gate_named(args.gate, gates)
+    g = gates[args.gate]
     proof = g.get("proof") or {}
     print(f"gate '{args.gate}' of run {run.run_id} approved by {g['approved_by']} (signed with "
           f"{proof.get('key_fingerprint', 'no key')}; OS user {mf.operator_name()}).\n"

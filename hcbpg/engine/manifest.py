@@ -34,7 +34,7 @@ import secrets as _stdlib_secrets
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,20 @@ FORMAT = 1
 DONE = frozenset({"succeeded", "skipped"})
 TERMINAL = DONE | {"failed"}
 SIG_NAME = "manifest.json.sig"
+def gate_key(name: str) -> str:
+    """A gate's name in the one style (kebab-case): ``rotate_passwords`` and ``rotate-passwords`` are one gate."""
+    return name.strip().replace("_", "-")
+
+
+def gate_named(name: str, gates: Mapping[str, Any]) -> str:
+    """The recorded gate *name* means: itself when recorded, else the one recorded gate with its key (a name
+    in the old snake_case style, or a new name for a gate an older run recorded in it); *name* otherwise."""
+    if name in gates:
+        return name
+    same = [g for g in gates if gate_key(g) == gate_key(name)]
+    return same[0] if len(same) == 1 else name
+
+
 #: the characters of a step's error message the record keeps (the whole of any message hcbpg writes)
 MAX_EVALUE = 8000
 

@@ -543,6 +543,7 @@ def approve(run_id: str, gate: str, *, note: str | None, base: Path | None = Non
             mf.adopt_verified(run, sealer.trust)
         data = run.read()
         gates = data.get("gates", {})
+        gate = mf.gate_named(gate, gates)  # the name as recorded (an old snake_case name is accepted)
         if gate not in gates:
             waiting = [g for g, v in gates.items() if not v.get("approved_at")]
             raise UsageError(f"run {run.run_id} has no gate '{gate}' waiting"

@@ -150,7 +150,7 @@ def render_recap(data: dict[str, Any]) -> list[str]:
     under it), and under a step that failed or warned, the checks' names."""
     lines: list[str] = []
     width = max([len(s["key"]) for s in data.get("steps", [])] + [10])
-    cols = max(60, min(120, shutil.get_terminal_size((100, 24)).columns))
+    cols = report_width()
     for s in data.get("steps", []):
         c = recap_counts(s)
         lines.append(f"  {s['key']:<{width}}  {s['status']:<17} ok={c['ok']:<3} changed={c['changed']:<3} "
@@ -166,6 +166,14 @@ def render_recap(data: dict[str, Any]) -> list[str]:
             lines += _wrapped(f"warnings: {hsecrets.scrub(', '.join(c['warned_checks']))}", cols, pad + "  ",
                               first=pad)
     return lines
+
+
+def report_width() -> int:
+    """The width reasons are wrapped at: the terminal's (60 to 120 columns); a log or a pipe gets each
+    reason on one line (never cut either way), so a search for a message finds it whole."""
+    if not os.isatty(1):
+        return 100_000
+    return max(60, min(120, shutil.get_terminal_size((100, 24)).columns))
 
 
 #: the error a step fails with when its own checks failed (hcbpg.errors.VerificationFailed)
@@ -192,7 +200,7 @@ def render_failure(data: dict[str, Any], key: str, error: dict[str, Any] | None,
                    width: int | None = None) -> list[str]:
     """Why step *key* failed: each failed check with its whole reason, checks that fail for one same
     reason on one line of names; then the error itself when it is not just "the checks failed"."""
-    width = width or max(60, min(120, shutil.get_terminal_size((100, 24)).columns))
+    width = width or report_width()
     step: dict[str, Any] = next((s for s in data.get("steps", []) if s.get("key") == key), {})
     failed = failed_checks(step)
     error = error or {}

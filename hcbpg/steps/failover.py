@@ -39,8 +39,7 @@ def fence_through_cloud(rb: "Run", plan: FailoverPlan) -> None:
         print(f"{plan.old_primary} is reachable over SSH (or this is a switchover): hcbpg fences it itself")
         return
     old = plan.old_primary
-    server = old.replace("-", "_")
-    rb.gate(f"power_off_{server}",
+    rb.gate(f"power-off-{old}",
             f"{old} cannot be reached over SSH. Power off the Hetzner Cloud server {old} now (a hard power off, "
             f"through the API) so that it cannot come back as a second primary?")
     client = make_client(rb.params, rb.secret("hetzner.token"))

@@ -121,7 +121,7 @@ def release_command_gate(rb: "Run", psql: "Psql | None", cfg: RolesConfig) -> No
         print(f"the database is owned by {cfg.migrations.name} already: the release command was switched "
               "before an earlier run of this step")
         return
-    rb.gate("release_command", "the release command (Hatchbox: rails db:migrate) uses MIGRATIONS_DATABASE_URL, "
+    rb.gate("release-command", "the release command (Hatchbox: rails db:migrate) uses MIGRATIONS_DATABASE_URL, "
                                f"i.e. runs as {cfg.migrations.name}: set DATABASE_URL=$MIGRATIONS_DATABASE_URL for "
                                "the release command only; after this step rails can no longer create or alter tables")
 

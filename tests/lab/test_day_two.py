@@ -577,7 +577,7 @@ def test_notebooks_run_by_the_real_runner_with_no_password_in_outputs(params, ho
     out = proc.stdout + proc.stderr
     assert "13_roles" in out and "no changes" in out.split("14_password_rotation")[0], out[-3000:]
     # step 14 stops at its gate; the operator approves and resumes
-    for gate in ("rotate_passwords",):
+    for gate in ("rotate-passwords",):
         assert proc.returncode == 3 and f"gate '{gate}'" in out, out[-3000:]
         run_id = out.split("hcbpg resume ")[-1].split()[0]
         approved, _ = hcbpg_cli_env(home, env, "approve", run_id, gate, "--note", "day-two test")
