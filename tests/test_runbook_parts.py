@@ -74,7 +74,7 @@ def test_a_failed_check_fails_the_step_and_is_in_the_record_first(env, home):
     with pytest.raises(VerificationFailed, match="1 of 2 checks failed: lag on server-postgres-2: 40 s"):
         rb.verify([Check("lag", "fail", "40 s", "server-postgres-2"), Check("slot", "pass", "active")])
     assert run.read()["steps"][0]["checks"] == {"pass": 1, "warn": 0, "fail": 1, "not_passed": [
-        {"name": "lag", "target": "server-postgres-2", "status": "fail"}]}
+        {"name": "lag", "target": "server-postgres-2", "status": "fail", "detail": "40 s"}]}  # with its reason
 
 
 def test_the_downtime_goes_into_the_record_through_the_engine_and_never_in_a_dry_run(env, home):
