@@ -182,3 +182,34 @@ def test_the_installed_job_is_one_program_with_the_rules_in_place_of_their_impor
     shipped = json.loads(res.stdout)
     assert shipped == health_job.judge(*args)
     assert [c for c, why in shipped.items() if why] == ["archiving"] and "40 WAL segments wait" in shipped["archiving"]
+
+
+# cron: a fault where the site's hosts run jobs through cron, the expected state where they do not (the lab) ----
+
+def _dpkg(installed: dict[str, str]):
+    """dpkg answers with *installed*; the job's files are not there (stat finds nothing)."""
+    def answer(call: Call) -> Result | str | None:
+        if call.command.startswith("dpkg-query -W"):
+            return "".join(f"{p}\tii \t{v}\n" for p, v in installed.items())
+        if call.command.startswith("stat -c"):
+            return Result(NAME, call.command, 1, "", "No such file", 0.0)
+        return None
+    return answer
+
+
+@pytest.mark.parametrize(("env", "status", "words"), [
+    ("staging", "fail", "not installed: the schedule does not run"),  # no site: production's (cron runs jobs)
+    ("lab", "pass", "expected: no cron on this site's hosts"),       # the lab's default site runs them itself
+])
+def test_no_cron_fails_in_production_and_is_expected_in_the_lab(env, status, words):
+    params = parse_params({**BASE, "environment": env})
+    assert (site_for(params).cron_runs_jobs, params.site) == (env != "lab", None)
+    host = RecordingHost(NAME, handler=_dpkg({"curl": "7.88"}))
+    (cron,) = [c for c in schedule.check_backup_schedule(host, params, params.primary) if c.name == "cron installed"]
+    assert (cron.status, words in cron.detail) == (status, True), cron
+
+
+def test_cron_installed_passes_with_its_version(params):
+    host = RecordingHost(NAME, handler=_dpkg({"curl": "7.88", "cron": "3.0pl1-162"}))
+    (cron,) = [c for c in schedule.check_backup_schedule(host, params, params.primary) if c.name == "cron installed"]
+    assert (cron.status, cron.detail) == ("pass", "3.0pl1-162")
