@@ -9,7 +9,7 @@ from pathlib import Path
 import papermill as pm
 import pytest
 
-from hcbpg.engine.catalogue import load_steps, notebooks_dir
+from hcbpg.engine.catalogue import load_steps, notebooks_dir, step_inputs
 
 NOTEBOOKS = sorted(notebooks_dir().glob("*.ipynb"))
 RUNNER_PARAMS = {"env", "run_id", "run_dir", "dry_run"}
@@ -36,7 +36,8 @@ def test_committed_without_outputs(path: Path):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_parameters_cell_matches_what_the_runner_passes(path: Path):
     params = pm.inspect_notebook(str(path))
-    assert set(params) == RUNNER_PARAMS, path.name
+    # what every step gets, and the inputs steps.yaml declares for this one (-p NAME=VALUE)
+    assert set(params) == RUNNER_PARAMS | set(step_inputs(path.parent).get(path.name, ())), path.name
     assert params["dry_run"]["default"] == "False"
 
 

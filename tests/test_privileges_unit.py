@@ -223,13 +223,13 @@ def test_hba_lines_for_metabase_monitoring_and_migrations(params, cfg):
 
 
 def test_rotation_targets_and_refusals(params, cfg):
-    rots = desired_rotation.roles_to_rotate(params, cfg, environ={})
+    rots = desired_rotation.roles_to_rotate(params, cfg)
     assert [r.role for r in rots] == ["rails"] and rots[0].password_key == "postgres.app_role_password"
     assert any("DATABASE_URL" in d for d in rots[0].dependents)
-    named = desired_rotation.roles_to_rotate(params, cfg, environ={desired_rotation.ROTATE_ENV: "metabase,vector"})
+    named = desired_rotation.roles_to_rotate(params, cfg, "metabase,vector")
     assert [r.role for r in named] == ["metabase", "vector"]
     with pytest.raises(UsageError, match="nobody"):
-        desired_rotation.roles_to_rotate(params, cfg, environ={desired_rotation.ROTATE_ENV: "nobody"})
+        desired_rotation.roles_to_rotate(params, cfg, "nobody")
     with pytest.raises(SecretError, match="cannot store a new password"):
         desired_rotation.check_storable(replace(rots[0], password_ref="env:RAILS_PASSWORD"))
     plan = desired_rotation.plan_rotation(rots[0])

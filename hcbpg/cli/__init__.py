@@ -157,12 +157,13 @@ def cmd_run(args: argparse.Namespace) -> int:
                              until=args.until, only=args.only)
     confirm.confirm_run(params, args.env, [s.key for s in steps], what=f"hcbpg run {args.env}", yes=args.yes,
                         echo=_err if getattr(args, "json", False) else print)
-    return _finish(_runner(args).start(args.env, start=args.start, until=args.until, only=args.only), args)
+    return _finish(_runner(args).start(args.env, start=args.start, until=args.until, only=args.only,
+                                       inputs=args.inputs), args)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
     return _finish(_runner(args).start(args.env, dry_run=True, start=args.start, until=args.until,
-                                       only=args.only), args)
+                                       only=args.only, inputs=args.inputs), args)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -209,16 +210,17 @@ def cmd_steps(args: argparse.Namespace) -> int:
     transfer = catalogue.transfer_of(params)
     steps = catalogue.load_steps(transfer=transfer)
     rows = [{"step": s.key, "when": "on demand (--only)" if s.on_demand else f"{n}",
-             "gates": ", ".join(s.gates) or "-", "changes": s.changes or "-", "title": s.title}
+             "gates": ", ".join(s.gates) or "-", "inputs": ", ".join(f"-p {i}=" for i in s.inputs) or "-",
+             "changes": s.changes or "-", "title": s.title}
             for n, s in enumerate(sorted(steps, key=lambda s: s.on_demand), 1)]
     if getattr(args, "json", False):
         _print_json({"environment": args.env, "transfer": transfer,
                      "steps": [{"key": s.key, "title": s.title, "on_demand": s.on_demand, "order": None if s.on_demand
-                                else i + 1, "changes": s.changes, "gates": list(s.gates)}
+                                else i + 1, "changes": s.changes, "gates": list(s.gates), "inputs": list(s.inputs)}
                                for i, s in enumerate(sorted(steps, key=lambda s: s.on_demand))]})
         return 0
     print(f"The runbook of {args.env} (source.transfer: {transfer}), in order; on-demand steps run with --only:")
-    print(text_table([{k: r[k] for k in ("when", "step", "gates", "changes")} for r in rows]))
+    print(text_table([{k: r[k] for k in ("when", "step", "gates", "inputs", "changes")} for r in rows]))
     return 0
 
 
@@ -299,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
         r.add_argument("-q", "--quiet", action="store_true", help="print only the end: recap and what to do next")
         r.add_argument("--json", action="store_true",
                        help="print the end as JSON (steps, changes, checks, gates) on stdout; lines go to stderr")
+        r.add_argument("-p", "--input", dest="inputs", action="append", default=[], metavar="NAME=VALUE",
+                       help="an input of a selected step (`hcbpg steps ENV` lists them), e.g. -p rotate_roles=metabase; "
+                            "recorded with the run")
         if name == "run":
             r.add_argument("-y", "--yes", action="store_true",
                            help="do not ask for the environment's name (any environment but the lab asks)")

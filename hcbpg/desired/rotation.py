@@ -16,7 +16,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.params import Params
 
 #: the environment variable naming the roles to rotate (comma-separated; default: the app role)
-ROTATE_ENV = "HCBPG_ROTATE_ROLES"
+#: step 14's input naming the roles to rotate (``hcbpg run ENV --only 14 -p rotate_roles=metabase,vector``)
+ROTATE_INPUT = "rotate_roles"
 #: the secret key of the app role's password
 APP_PASSWORD_KEY = "postgres.app_role_password"
 
@@ -71,17 +72,16 @@ def rotatable_roles(params: "Params", cfg: RolesConfig) -> dict[str, Rotatable]:
     return out
 
 
-def roles_to_rotate(params: "Params", cfg: RolesConfig, environ: Mapping[str, str]) -> list[Rotatable]:
-    """The roles this run rotates: ``HCBPG_ROTATE_ROLES`` in *environ* or the app role (UsageError on an
-    unknown name)."""
-    env = environ
+def roles_to_rotate(params: "Params", cfg: RolesConfig, names: str = "") -> list[Rotatable]:
+    """The roles this run rotates: *names* (the step's input ``rotate_roles``, comma-separated) or the app
+    role (UsageError on an unknown name)."""
     known = rotatable_roles(params, cfg)
-    names = [n.strip() for n in (env.get(ROTATE_ENV) or params.postgres.app_role).split(",") if n.strip()]
-    unknown = [n for n in names if n not in known]
+    wanted = [n.strip() for n in (names or params.postgres.app_role).split(",") if n.strip()]
+    unknown = [n for n in wanted if n not in known]
     if unknown:
-        raise UsageError(f"{ROTATE_ENV}: {', '.join(unknown)} is not a login role hcbpg manages",
+        raise UsageError(f"{ROTATE_INPUT}: {', '.join(unknown)} is not a login role hcbpg manages",
                          hint=f"Rotatable roles: {', '.join(known)}.")
-    return [known[n] for n in names]
+    return [known[n] for n in wanted]
 
 
 def check_storable(rot: Rotatable) -> None:

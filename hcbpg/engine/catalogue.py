@@ -10,11 +10,14 @@ and replicate what they restored.
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from hcbpg import secrets as hsecrets
 from hcbpg.errors import UsageError
 from hcbpg.params import Params
 
@@ -30,6 +33,8 @@ class Step:
     changes: str = ""
     #: the gates it asks for (SERVER, FINGERPRINT: filled in when asked)
     gates: tuple[str, ...] = ()
+    #: the inputs it takes (``-p NAME=VALUE``): parameters of its notebook, recorded with the run
+    inputs: tuple[str, ...] = ()
 
     @property
     def number(self) -> str:
@@ -68,8 +73,43 @@ def load_steps(directory: Path | None = None, *, transfer: str | None = None) ->
                              hint="Give each of its entries the transfers it is for (transfers: [...]).")
         steps.append(Step(key=Path(nb).stem, title=entry["title"], notebook=nb,
                           on_demand=bool(entry.get("on_demand", False)), changes=str(entry.get("changes") or ""),
-                          gates=tuple(str(g) for g in entry.get("gates") or ())))
+                          gates=tuple(str(g) for g in entry.get("gates") or ()),
+                          inputs=tuple(str(n) for n in entry.get("inputs") or ())))
     return steps
+
+
+#: an input's name: a notebook parameter's (never one of the parameters every step has)
+INPUT_NAME = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
+RESERVED = frozenset({"env", "run_id", "run_dir", "dry_run"})
+
+
+def step_inputs(directory: Path | None = None) -> dict[str, tuple[str, ...]]:
+    """notebook -> the inputs it takes, from every entry of steps.yaml (whatever the transfer)."""
+    d = directory or notebooks_dir()
+    data = yaml.safe_load((d / "steps.yaml").read_text())
+    return {e["notebook"]: tuple(str(n) for n in e.get("inputs") or ()) for e in data["steps"]}
+
+
+def parse_inputs(pairs: Sequence[str], steps: Sequence[Step]) -> dict[str, str]:
+    """``NAME=VALUE`` pairs as the steps' inputs: each name one a selected step takes, given once, its value
+    plain text (no control character, at most 1,000 characters, no secret hcbpg knows); else UsageError."""
+    takes = {n: s.key for s in steps for n in s.inputs}
+    out: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        name = name.strip()
+        if not sep or not INPUT_NAME.match(name) or name in RESERVED:
+            raise UsageError(f"-p {pair.split('=', 1)[0]!r}: an input is NAME=VALUE, NAME a step's input")
+        if name not in takes:
+            listed = ", ".join(f"{k} ({n})" for n, k in takes.items()) or "none"
+            raise UsageError(f"-p {name}: no step of this run takes it; inputs of the selected steps: {listed}")
+        if name in out:
+            raise UsageError(f"-p {name}: given twice")
+        if len(value) > 1000 or any(ord(ch) < 32 for ch in value) or hsecrets.scrub(value) != value:
+            raise UsageError(f"-p {name}: its value must be plain text of at most 1,000 characters and no secret "
+                             "(inputs are recorded in the run's record)")
+        out[name] = value
+    return out
 
 
 def transfer_of(params: Params) -> str:

@@ -19,7 +19,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from hcbpg import progress as hprogress
 from hcbpg import secrets as hsecrets
 from hcbpg.engine import audit, chain, jupyter, signing
 from hcbpg.engine import manifest as mf
-from hcbpg.engine.catalogue import load_steps, notebooks_dir, select, transfer_of
+from hcbpg.engine.catalogue import load_steps, notebooks_dir, parse_inputs, select, step_inputs, transfer_of
 from hcbpg.engine.gates import AUTO_APPROVE_ENV, HEADLESS_ENV
 from hcbpg.engine.locks import env_lock
 from hcbpg.engine.manifest_model import StepEntry
@@ -227,12 +227,15 @@ class Runner:
 
     # -- entry points -----------------------------------------------------------------
     def start(self, env: str, *, dry_run: bool = False, start: str | None = None,
-              until: str | None = None, only: str | None = None) -> RunResult:
+              until: str | None = None, only: str | None = None, inputs: Sequence[str] = ()) -> RunResult:
         params = load_params(env, self.home)  # validates before anything runs
         refuse_if_open_in_jupyterlab(self.home, env)
         steps = select(load_steps(self.nb_dir, transfer=transfer_of(params)), start=start, until=until, only=only)
         if not steps:
             raise UsageError("no steps selected")
+        if inputs:  # -p NAME=VALUE: refused before anything is created (a value that is a secret too)
+            _resolve_param_secrets(params)
+        given = parse_inputs(inputs, steps)
         for s in steps:
             if not (self.nb_dir / s.notebook).is_file():
                 raise UsageError(f"step {s.key}: notebook {self.nb_dir / s.notebook} is missing")
@@ -242,7 +245,8 @@ class Runner:
             run = mf.create_run(self.home, env, steps=[s.as_dict() for s in steps],
                                 mode="plan" if dry_run else "run", dry_run=dry_run,
                                 params_sha256=params_sha256(env, self.home),
-                                selection={"from": start, "until": until, "only": only},
+                                selection={"from": start, "until": until, "only": only,
+                                           **({"inputs": given} if given else {})},
                                 repo=self.nb_dir.parent, seal_with=sealer)
             lock.note_run(run.run_id)
             drop_stale_registries(self.home, env, keep=run)
@@ -372,6 +376,10 @@ class Runner:
             step.code_sha256 = mf.code_sha256(self.nb_dir / s.notebook)
             dry_run = data.dry_run
             env = data.environment
+            # the step's inputs as the run recorded them (-p NAME=VALUE), for the notebook's parameters
+            recorded = dict(data.selection.get("inputs") or {})
+        takes = step_inputs(self.nb_dir).get(s.notebook, ())
+        inputs = {k: str(v) for k, v in recorded.items() if k in takes}
         label = f"[{i}/{n}] {key}: {s.title}"
         self.progress(label + (f" (attempt {attempt.n})" if attempt.n > 1 else ""))
         run.log(f"step {key} attempt {attempt.n} started")
@@ -384,7 +392,7 @@ class Runner:
         try:
             run_interruptible(lambda manager_class: pm.execute_notebook(
                 str(self.nb_dir / s.notebook), SCHEME + str(out),
-                parameters={"env": env, "run_id": run.run_id, "run_dir": str(run.path), "dry_run": dry_run},
+                parameters={**inputs, "env": env, "run_id": run.run_id, "run_dir": str(run.path), "dry_run": dry_run},
                 kernel_name=self.kernel_name, progress_bar=self.progress_bar,
                 log_output=self.log_output, cwd=str(run.path), request_save_on_cell_execute=True,
                 kernel_manager_class=manager_class, stdout_file=cells, stderr_file=cells,

@@ -8,7 +8,7 @@ then the value is stored through the secret reference (``file:`` 0600 or ``op://
 pending file is removed.  A reference that cannot be written (``env:``) is refused before
 anything changes.  The values are registered with the scrubber and printed nowhere.
 
-Which roles: ``HCBPG_ROTATE_ROLES`` (comma-separated) if set, else the app role.
+Which roles: step 14's input ``rotate_roles`` (comma-separated, ``-p rotate_roles=...``), else the app role.
 Sessions that are already connected stay connected: PostgreSQL checks a password only at login.
 
 Which roles, where their passwords live and what the app moves to are planned in

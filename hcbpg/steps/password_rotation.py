@@ -3,7 +3,6 @@ what hcbpg keeps with them updated, old refused and new accepted over the networ
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -28,9 +27,10 @@ def connect(rb: "Run") -> tuple[dict[str, "Host | None"], "Psql | None"]:
     return hosts, primary_psql(rb, hosts)
 
 
-def roles_to_rotate(params: "Params", cfg: RolesConfig, environ: Mapping[str, str] | None = None) -> list[Rotatable]:
-    """The roles this run rotates: ``HCBPG_ROTATE_ROLES`` (from the environment) or the app role."""
-    return desired_rotation.roles_to_rotate(params, cfg, os.environ if environ is None else environ)
+def roles_to_rotate(params: "Params", cfg: RolesConfig, names: str = "") -> list[Rotatable]:
+    """The roles this run rotates: *names* (the step's input ``rotate_roles``, ``-p rotate_roles=...``) or the
+    app role."""
+    return desired_rotation.roles_to_rotate(params, cfg, names)
 
 
 def show_plan(rots: Sequence[Rotatable], cfg: RolesConfig | None = None) -> None:

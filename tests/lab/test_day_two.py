@@ -33,7 +33,6 @@ from hcbpg.adapters.secretstore import SecretStore
 from hcbpg.desired import capacity
 from hcbpg.desired import health as health_rules
 from hcbpg.desired import roles as desired_roles
-from hcbpg.desired import rotation as desired_rotation
 from hcbpg.desired import server as desired_server
 from hcbpg.desired import tls as desired_tls
 from hcbpg.lab import create_server_host, destroy_server_host
@@ -465,7 +464,6 @@ def test_app_rotation_refuses_no_new_connection_of_a_client_every_100ms(lab, par
                                                                         tmp_path):
     """A client opens a new connection every 100 ms with whatever DATABASE_URL it was last given (the handoff
     file, else the URL it started with) while the app's password is rotated: not one fails."""
-    monkeypatch.delenv(desired_rotation.ROTATE_ENV, raising=False)
     monkeypatch.setenv("HCBPG_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
     rots = password_rotation.roles_to_rotate(params, cfg)
@@ -542,8 +540,7 @@ def test_rotation_of_another_login_role_leaves_old_password_refused_and_new_work
     monkeypatch.setenv("HCBPG_STATE_DIR", str(tmp_path / "state"))
     ppsql = primary_psql(hosts, params)
     # a generic login role: the exporter's, through the server itself
-    monkeypatch.setenv(desired_rotation.ROTATE_ENV, cfg.exporter.name)
-    (rot,) = password_rotation.roles_to_rotate(params, cfg)
+    (rot,) = password_rotation.roles_to_rotate(params, cfg, cfg.exporter.name)  # step 14's input rotate_roles
     _, old, new = rotation.run_rotation(ppsql, params, rot)
     checks = rotation.check_rotation(hosts[params.primary.name], params, rot, old, new,
                                       server_ip=params.primary.private_ip)
