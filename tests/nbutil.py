@@ -227,3 +227,24 @@ def read_env_file(path: Path) -> dict[str, str]:
 
 #: the one bucket of the ``moto_s3`` fixture (tests/conftest.py)
 MOTO_BUCKET = "hcb-test-postgres"
+
+
+def run_as_operator(path: Path) -> str:
+    """Execute a notebook of a guided run in place, in a kernel like JupyterLab's (not headless); its cells'
+    outputs as JSON text."""
+    import nbclient  # noqa: PLC0415 - the jupyter stack is heavy
+    nb = nbformat.read(path, as_version=4)
+    nbclient.NotebookClient(nb, kernel_name="python3", allow_errors=True, timeout=120,
+                            resources={"metadata": {"path": str(path.parent)}}).execute()
+    nbformat.write(nb, path)
+    return json.dumps([c.get("outputs", []) for c in nb.cells if c.cell_type == "code"])
+
+
+def subparsers(parser):  # noqa: ANN001, ANN201 - an argparse.ArgumentParser; yields its subcommands' parsers
+    """Every subcommand's parser under *parser*, depth first."""
+    import argparse  # noqa: PLC0415
+    for a in parser._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            for sp in a.choices.values():
+                yield sp
+                yield from subparsers(sp)

@@ -10,19 +10,11 @@ import sys
 
 from hcbpg.cli import build_parser
 
-from nbutil import hcbpg, write_notebook, write_steps
-
-
-def _parsers(p: argparse.ArgumentParser):
-    for a in p._actions:
-        if isinstance(a, argparse._SubParsersAction):
-            for sp in a.choices.values():
-                yield sp
-                yield from _parsers(sp)
+from nbutil import hcbpg, subparsers, write_notebook, write_steps
 
 
 def test_every_positional_of_every_subcommand_has_help():
-    missing = [f"{sp.prog} {a.dest}" for sp in _parsers(build_parser()) for a in sp._actions
+    missing = [f"{sp.prog} {a.dest}" for sp in subparsers(build_parser()) for a in sp._actions
                if not a.option_strings and not isinstance(a, argparse._SubParsersAction) and not a.help]
     assert not missing, missing
 

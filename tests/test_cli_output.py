@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from nbutil import hcbpg, write_notebook, write_steps
+from nbutil import hcbpg, subparsers, write_notebook, write_steps
 
 pytestmark = pytest.mark.timeout(300)
 REPO = Path(__file__).resolve().parents[1]
@@ -231,17 +231,8 @@ def test_version_completion_and_every_subcommands_help_has_an_example_and_the_ex
     assert r.returncode == 0 and re.match(r"hcbpg \S+", r.stdout)
     r = hcbpg("--print-completion", "bash")
     assert r.returncode == 0 and "hcbpg" in r.stdout and "complete" in r.stdout
-    import argparse
-
     from hcbpg.cli import build_parser
-
-    def walk(p: argparse.ArgumentParser):
-        for a in p._actions:
-            if isinstance(a, argparse._SubParsersAction):
-                for sp in a.choices.values():
-                    yield sp
-                    yield from walk(sp)
-    subs = list(walk(build_parser()))
+    subs = list(subparsers(build_parser()))
     assert len(subs) > 15
     for sp in subs:
         text = sp.format_help()

@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from nbutil import REPO, default_lab_lock, hcbpg, make_params, write_notebook, write_steps
+from nbutil import REPO, default_lab_lock, hcbpg, make_params, run_as_operator, write_notebook, write_steps
 
 CHROMIUM = Path("/usr/bin/chromium")
 #: the README's screenshot; rewritten only when asked (HCBPG_UPDATE_DOCS=1), so a test run leaves the tree clean
@@ -404,17 +404,6 @@ def test_guided_preflight_against_the_lab(home, monkeypatch, tmp_path, lab_lock,
 
 # -- the kernel's side of the record, without a browser ---------------------------------------
 
-def _run_as_operator(path: Path) -> str:
-    """Execute a notebook of the run in place, in a kernel like JupyterLab's (not headless)."""
-    import nbclient
-    import nbformat
-    nb = nbformat.read(path, as_version=4)
-    nbclient.NotebookClient(nb, kernel_name="python3", allow_errors=True, timeout=120,
-                            resources={"metadata": {"path": str(path.parent)}}).execute()
-    nbformat.write(nb, path)
-    return json.dumps([c.get("outputs", []) for c in nb.cells if c.cell_type == "code"])
-
-
 def test_guided_kernel_records_a_failed_cell_and_a_closed_run_takes_nothing_more(home, monkeypatch):
     from hcbpg.engine import guide
     app_pw = "guide-app-" + secrets.token_hex(10)
@@ -433,7 +422,7 @@ def test_guided_kernel_records_a_failed_cell_and_a_closed_run_takes_nothing_more
     with run.update() as data:                           # what `serve` records once JupyterLab is up
         data.status = "running"
         data.runner = {"pid": os.getpid(), "machine": os.uname().nodename, "kind": "guide", "jupyter_pid": None}
-    outputs = _run_as_operator(run.path / "00_fails.ipynb")
+    outputs = run_as_operator(run.path / "00_fails.ipynb")
     assert "before the failure" in outputs and "RuntimeError" in outputs and app_pw not in outputs
     # rb.finish() after a failed cell (allow_errors ran it anyway) refuses to call the step done
     assert "00_fails is not finished: 1 cell(s) failed" in outputs, outputs
@@ -451,7 +440,7 @@ def test_guided_kernel_records_a_failed_cell_and_a_closed_run_takes_nothing_more
 
     # a closed run takes nothing more: starting the step again in a kernel is refused, the record unchanged
     before = _sha(run.manifest_path)
-    outputs = _run_as_operator(run.path / "00_fails.ipynb")
+    outputs = run_as_operator(run.path / "00_fails.ipynb")
     assert "is closed" in outputs, outputs
     assert _sha(run.manifest_path) == before
     _assert_no_secret(run.path, [app_pw])

@@ -8,20 +8,9 @@ import os
 
 import pytest
 
-from nbutil import hcbpg, make_params, write_notebook, write_steps
+from nbutil import hcbpg, make_params, run_as_operator, write_notebook, write_steps
 
 pytestmark = pytest.mark.timeout(300)
-
-
-def _run_as_operator(path) -> str:  # noqa: ANN001 - a Path
-    """Execute a notebook of the run in place, in a kernel like JupyterLab's (not headless)."""
-    import nbclient  # noqa: PLC0415 - the jupyter stack is heavy
-    import nbformat  # noqa: PLC0415 - the jupyter stack is heavy
-    nb = nbformat.read(path, as_version=4)
-    nbclient.NotebookClient(nb, kernel_name="python3", allow_errors=True, timeout=120,
-                            resources={"metadata": {"path": str(path.parent)}}).execute()
-    nbformat.write(nb, path)
-    return json.dumps([c.get("outputs", []) for c in nb.cells if c.cell_type == "code"])
 
 
 def test_a_guided_step_that_skips_itself_is_skipped_and_the_finished_run_succeeded(home, monkeypatch):
@@ -39,9 +28,9 @@ def test_a_guided_step_that_skips_itself_is_skipped_and_the_finished_run_succeed
     with run.update() as data:                           # what `serve` records once JupyterLab is up
         data.status = "running"
         data.runner = {"pid": os.getpid(), "machine": os.uname().nodename, "kind": "guide", "jupyter_pid": None}
-    outputs = _run_as_operator(run.path / "00_skips.ipynb")
+    outputs = run_as_operator(run.path / "00_skips.ipynb")
     assert "StepAlreadyDone" in outputs, outputs          # the kernel stops the step there, as headless
-    _run_as_operator(run.path / "01_works.ipynb")
+    run_as_operator(run.path / "01_works.ipynb")
     m = json.loads(run.manifest_path.read_text())
     (att,) = m["steps"][0]["attempts"]
     assert m["steps"][0]["status"] == "skipped" and att["status"] == "skipped", m["steps"][0]

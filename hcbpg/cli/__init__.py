@@ -208,19 +208,18 @@ def cmd_steps(args: argparse.Namespace) -> int:
 
     params = load_params(args.env, home())
     transfer = catalogue.transfer_of(params)
-    steps = catalogue.load_steps(transfer=transfer)
-    rows = [{"step": s.key, "when": "on demand (--only)" if s.on_demand else f"{n}",
-             "gates": ", ".join(s.gates) or "-", "inputs": ", ".join(f"-p {i}=" for i in s.inputs) or "-",
-             "changes": s.changes or "-", "title": s.title}
-            for n, s in enumerate(sorted(steps, key=lambda s: s.on_demand), 1)]
+    steps = sorted(catalogue.load_steps(transfer=transfer), key=lambda s: s.on_demand)  # the runbook's order first
+    order = {s.key: n for n, s in enumerate(steps, 1) if not s.on_demand}
     if getattr(args, "json", False):
         _print_json({"environment": args.env, "transfer": transfer,
-                     "steps": [{"key": s.key, "title": s.title, "on_demand": s.on_demand, "order": None if s.on_demand
-                                else i + 1, "changes": s.changes, "gates": list(s.gates), "inputs": list(s.inputs)}
-                               for i, s in enumerate(sorted(steps, key=lambda s: s.on_demand))]})
+                     "steps": [{"key": s.key, "title": s.title, "on_demand": s.on_demand, "order": order.get(s.key),
+                                "changes": s.changes, "gates": list(s.gates), "inputs": list(s.inputs)}
+                               for s in steps]})
         return 0
     print(f"The runbook of {args.env} (source.transfer: {transfer}), in order; on-demand steps run with --only:")
-    print(text_table([{k: r[k] for k in ("when", "step", "gates", "inputs", "changes")} for r in rows]))
+    print(text_table([{"when": str(order[s.key]) if s.key in order else "on demand (--only)", "step": s.key,
+                       "gates": ", ".join(s.gates) or "-", "inputs": ", ".join(f"-p {i}=" for i in s.inputs) or "-",
+                       "changes": s.changes or "-"} for s in steps]))
     return 0
 
 

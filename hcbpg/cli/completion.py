@@ -60,8 +60,7 @@ def values(kind: str, base: Path) -> list[str]:
         out = sorted(p.stem for p in (base / "params").glob("*.yaml"))
     elif kind == "steps":
         try:
-            out = [s.key for s in catalogue.load_steps()]
-            out += [s.key.split("_", 1)[0] for s in catalogue.load_steps()]
+            out = [name for s in catalogue.load_steps() for name in (s.key, s.number)]
         except Exception:  # noqa: BLE001 - a completion offers nothing rather than failing the shell
             out = []
     elif kind in ("runs", "gates"):
