@@ -279,14 +279,23 @@ def test_objects_compare_by_name_and_definition():
     assert checks["tables"].status == "pass"
 
 
-def test_sequences_ahead_on_a_live_source_warn_but_fail_in_the_cutover():
+def test_sequences_ahead_on_a_live_source_pass_with_a_note_but_fail_in_the_cutover():
     src = inv(sequences={"public.users_id_seq": "2010"})
     tgt = inv(sequences={"public.users_id_seq": "2000"})
     live = {c.name: c for c in migration.compare_objects(src, tgt, live_source=True)}
     cut = {c.name: c for c in migration.compare_objects(src, tgt, live_source=False)}
-    assert live["sequences (values)"].status == "warn" and cut["sequences (values)"].status == "fail"
+    # the app wrote after the dump read the value: expected in a dry run, named, not a warning to chase
+    assert live["sequences (values)"].status == "pass"
+    assert "1 advanced on the live source" in live["sequences (values)"].detail
+    assert "public.users_id_seq source 2010 target 2000" in live["sequences (values)"].detail
+    assert cut["sequences (values)"].status == "fail"
     behind = {c.name: c for c in migration.compare_objects(tgt, src, live_source=True)}
     assert behind["sequences (values)"].status == "fail"
+    # a missing sequence fails even on a live source, and the advanced one is still named
+    more = inv(sequences={"public.users_id_seq": "2010", "public.b_id_seq": "1"})
+    both = {c.name: c for c in migration.compare_objects(more, tgt, live_source=True)}
+    assert both["sequences (values)"].status == "fail"
+    assert "missing on target: public.b_id_seq" in both["sequences (values)"].detail
 
 
 def test_comparison_table_counts_every_kind_and_all_rows():

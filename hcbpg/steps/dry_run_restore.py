@@ -1,5 +1,5 @@
 """Step 06, the dry run of the restore: while the app still runs on the source, dump it, restore it
-into the primary and verify the copy (the source is live: a sequence ahead is a warning)."""
+into the primary and verify the copy (the source is live: a sequence it has moved on since passes with a note)."""
 
 from __future__ import annotations
 
