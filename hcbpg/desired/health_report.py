@@ -4,10 +4,11 @@ the figures (pure; the measuring is :mod:`hcbpg.ops.health`, the rules :mod:`hcb
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from hcbpg.desired import health as rules
 from hcbpg.desired.health import ITEMS, Measurement, actual_role, age, mb, parse_df  # noqa: F401 - the report's vocabulary
+from hcbpg.desired.health_figure import bars, figure_data, plot  # noqa: F401 - the report's figure
 from hcbpg.outcome import Check, Status
 from hcbpg.params import Health
 
@@ -109,59 +110,3 @@ def render_compact(measurements: Sequence[Measurement], checks: Sequence[Check])
         lines.append(f"{c.status.upper():<4}  {c.target}: {c.name}: {c.detail}")
     lines.append(_summary_line(checks, warnings=len(bad)))
     return "\n".join(lines)
-
-
-# figures ------------------------------------------------------------------------------------
-
-def figure_data(measurements: Sequence[Measurement]) -> dict[str, Any]:
-    """The numbers the figures draw (also recorded by step 15)."""
-    lag, backup_age, conns = {}, {}, {}
-    for m in measurements:
-        if not m.running:
-            continue
-        if m.in_recovery and m.replay_lag_s is not None:
-            lag[m.server] = m.replay_lag_s
-        for r in m.replication:
-            if r.get("replay_lag_s") is not None:
-                lag[f"{m.server} → {r.get('application_name')}"] = float(r["replay_lag_s"])
-        if m.backup:
-            backup_age[m.server] = (m.now - float(m.backup["stop"])) / 3600
-        for c in m.connections:
-            limit = int(c["limit"]) if int(c["limit"]) >= 0 else m.max_connections
-            conns[f"{m.server}\n{c['role']}"] = (int(c["in_use"]), limit)
-    return {"replay_lag_s": lag, "backup_age_h": backup_age, "connections": conns}
-
-
-def _threshold_panel(ax, values: dict[str, float], empty: str, color: str,  # noqa: ANN001 - a matplotlib Axes
-                     warn: float | None, fail: float | None, title: str) -> None:
-    """One bar per server, with the warn and fail thresholds as dashed lines."""
-    names = list(values) or [empty]
-    ax.bar(names, [values.get(n, 0) for n in names], color=color)
-    ax.axhline(warn, color="#f58518", ls="--", label="warn")
-    ax.axhline(fail, color="#e45756", ls="--", label="fail")
-    ax.set_title(title)
-    ax.legend()
-
-
-def plot(measurements: Sequence[Measurement], t: Thresholds):  # noqa: ANN201 - a matplotlib Figure
-    """Three panels: replay lag (s), backup age (h), connections in use against each role's limit."""
-    import matplotlib  # noqa: PLC0415 - heavy (pandas, fonts): only the health plot needs it
-    import matplotlib.pyplot as plt  # noqa: PLC0415 - heavy: only the health plot needs it
-    del matplotlib
-    data = figure_data(measurements)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    _threshold_panel(axes[0], data["replay_lag_s"], "(no standby)", "#4c78a8",
-                     t.replay_lag_warn_s, t.replay_lag_fail_s, "replay lag (s)")
-    _threshold_panel(axes[1], data["backup_age_h"], "(no backup)", "#54a24b",
-                     t.backup_age_warn_h, t.backup_age_fail_h, "age of the last backup (h)")
-    ax = axes[2]
-    names = list(data["connections"])
-    used = [data["connections"][n][0] for n in names]
-    limits = [data["connections"][n][1] for n in names]
-    ax.barh(names, limits, color="#dddddd", label="limit")
-    ax.barh(names, used, color="#4c78a8", label="in use")
-    ax.set_xscale("symlog")
-    ax.set_title("connections in use / limit")
-    ax.legend()
-    fig.tight_layout()
-    return fig
