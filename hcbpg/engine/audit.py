@@ -6,7 +6,7 @@ import html
 from pathlib import Path
 
 from hcbpg import secrets as hsecrets
-from hcbpg.engine import jupyter, signing
+from hcbpg.engine import jupyter, signing, timeline
 from hcbpg.engine import manifest as mf
 from hcbpg.engine.terminal import skip_reason
 from hcbpg.errors import AuditError, HcbpgError
@@ -115,9 +115,9 @@ def _changed_cell(s: dict) -> str:
 
 
 def render_html(run: mf.Run, *, code: bool = True) -> Path:
-    """Render every executed notebook of a run with nbconvert, plus an index page (each step's checks
-    and what it changed, a link to each notebook); returns the index.  *code* False: the notebooks
-    without their code cells (prose, outputs, tables: for reviewers)."""
+    """Render every executed notebook of a run with nbconvert, plus an index page (the run's timeline and
+    totals, the cutover window, each step's checks and what it changed, a link to each notebook); returns the
+    index.  *code* False: the notebooks without their code cells (prose, outputs, tables: for reviewers)."""
     jupyter.skip_iri_parser()
     import nbformat  # noqa: PLC0415 - nbconvert/nbformat are heavy; only the HTML report needs them
     from nbconvert import HTMLExporter  # noqa: PLC0415 - heavy, only the HTML report needs it
@@ -151,11 +151,19 @@ def render_html(run: mf.Run, *, code: bool = True) -> Path:
         f"<td>{html.escape(str(v.get('note') or ''))}</td></tr>" for g, v in data.get("gates", {}).items())
     git = data.get("git") or {}
     index = f"""<!doctype html><html><head><meta charset="utf-8"><title>hcbpg run {data['run_id']}</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}</style></head><body>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}}
+td.num{{text-align:right}}table.totals th,table.downtime th{{background:#f6f6f6}}p.legend{{color:#555;font-size:90%;max-width:60em}}</style></head><body>
 <h1>Run {html.escape(data['run_id'])} — {html.escape(data['environment'])} ({html.escape(data['mode'])})</h1>
 <p>Status <b>{html.escape(data['status'])}</b>; operator {html.escape(data['operator'])} on {html.escape(data['machine'])};
 created {html.escape(data['created'])}; git {html.escape(str(git.get('commit')))}{' (dirty)' if git.get('dirty') else ''};
 params sha256 {html.escape(data['params_sha256'])}.</p>
+<h2>Timeline</h2>
+<p class="legend">Each step's attempts from start to end (green succeeded, grey skipped, red failed, orange
+interrupted); ◆ a gate's approval, a pale blue stripe the wait for it; shaded red: the downtime window
+(maintenance on → traffic on); ⋯ an idle stretch, not to scale.</p>
+{timeline.render_timeline_svg(data)}
+{timeline.render_totals_html(data)}
+{'<h2>Cutover window</h2>' + timeline.render_downtime_html(data) if data.get('downtime') else ''}
 <h2>Steps</h2><table class="steps"><tr><th>step</th><th>title</th><th>status</th><th>checks</th><th>changed</th><th>notebook</th></tr>
 {steps_rows}</table>
 <h2>Attempts</h2><table><tr><th>step</th><th>attempt</th><th>status</th><th>start</th><th>seconds</th><th>changes</th><th>notebook</th></tr>
