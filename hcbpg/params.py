@@ -268,6 +268,14 @@ class Online(Model):
     #: how long the snapshots taken at the end of the window (source and primary as the writes stopped)
     #: are held for the exact verification after traffic is on (09b); the primary's vacuum waits on them
     snapshot_hold_s: Annotated[float, Field(gt=0)] = 4 * 3600.0
+    #: adding Bucardo's triggers takes a lock on each table of the live source: each waited for at most
+    #: this long (every session of Bucardo on the source carries it), so the app never queues behind us
+    lock_timeout_ms: Annotated[int, Field(ge=100, le=60_000)] = 2000
+    #: when a lock was not granted in time (nothing was added): tried again this many times, this far apart
+    lock_retries: Annotated[int, Field(ge=0, le=100)] = 5
+    lock_retry_wait_s: Annotated[float, Field(ge=0, le=3600)] = 10.0
+    #: how long 06b waits for an anti-wraparound VACUUM on the source to end before adding the triggers
+    vacuum_wait_s: Annotated[float, Field(ge=0, le=24 * 3600)] = 300.0
 
 
 class Source(Model):

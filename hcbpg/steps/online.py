@@ -34,9 +34,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.pg.bucardo import SyncPlan
     from hcbpg.steps.context import Run
 
-__all__ = ["arm_way_back", "cleanup", "connect", "drift_guard", "install", "is_online", "paused_if_syncing", "plan",
-           "run_initial_stream", "run_schema_copy", "run_window", "schema", "show_window_plan", "skip_if_live",
-           "skip_unless_online", "start_sync", "verify_after_traffic", "wait_for_copy", "way_back", "window"]
+__all__ = ["arm_way_back", "before_triggers", "cleanup", "connect", "drift_guard", "install", "is_online", "paused_if_syncing",
+           "plan", "prove_window", "run_initial_stream", "run_schema_copy", "run_window", "schema", "show_window_plan",
+           "skip_if_live", "skip_unless_online", "start_sync", "verify_after_traffic", "wait_for_copy", "way_back", "window"]
 
 
 def is_online(rb: "Run") -> bool:
@@ -75,8 +75,42 @@ def plan(rb: "Run", host: "Host | None", source: "migration.Source | None") -> "
     p = bucardo.get_sync_plan(source, rb.params)
     show_table(p.rows(), ["table", "moved"])
     print(f"sequences synced by Bucardo: {len(p.sequences)}; large objects: {p.large_objects}")
+    print("what the window (07) will do, each proved below before it:")
+    for a in p.window_actions():
+        print(f"  - {a}")
     verify(rb, p.checks)
     return p
+
+
+def before_triggers(rb: "Run", host: "Host | None", source: "migration.Source | None") -> list[Check]:
+    """Before Bucardo's triggers are added (a lock on every table of the live source): no anti-wraparound
+    VACUUM running (06b waits for it, then refuses), and the lock_timeout the triggers are added with."""
+    if host is None or source is None:
+        return []
+    on = rb.params.source.online if rb.params.source is not None else None
+    assert on is not None
+    checks = bucardo.get_wraparound(source)
+    checks.append(Check("Bucardo's locks on the source bounded", "pass",
+                        f"lock_timeout {on.lock_timeout_ms} ms on every session of Bucardo there, at most "
+                        f"{on.lock_retries + 1} attempts {on.lock_retry_wait_s:.0f}s apart "
+                        "(source.online.lock_timeout_ms, lock_retries)", "source"))
+    if not checks[0].ok and not rb.dry_run:
+        checks[:2] = bucardo.wait_for_no_wraparound_vacuum(source, rb.params)
+    return rb.verify(checks, title="before Bucardo's triggers")
+
+
+def prove_window(rb: "Run", host: "Host | None", source: "migration.Source | None",
+                 p: "SyncPlan | None") -> list[dict[str, Any]]:
+    """Each of the window's copies run beforehand through the window's own command (rolled back on the
+    primary), each materialized view refreshed and timed: a failure stops here, days before the window."""
+    if rb.dry_run or host is None or source is None or p is None:
+        return []
+    rows, checks = win.run_window_proof(host, rb.params, source, p)
+    show_table(rows or [{"what": "nothing to copy or refresh inside the window", "how": "-", "rows": "-",
+                         "seconds": "-", "status": "pass"}], ["what", "how", "rows", "seconds", "status"])
+    rb.record("online_window_proof", rows)
+    verify(rb, checks)
+    return rows
 
 
 def install(rb: "Run", host: "Host | None", source: "migration.Source | None") -> None:
@@ -214,8 +248,11 @@ def run_window(host: "HostLike", params: "Params", source: "migration.Source", *
         win.run_set_sequences(host, params, source)
         phases["sequences_s"] = round(time.monotonic() - t, 3)
         t = time.monotonic()
-        copied = win.run_window_copies(host, params, source, sync_plan.in_window)
+        copied = win.run_window_copies(host, params, source, sync_plan.copies)
         phases["window_copy_s"] = round(time.monotonic() - t, 3)
+        t = time.monotonic()
+        win.run_refreshes(host, params, sync_plan.refreshes)
+        phases["refresh_s"] = round(time.monotonic() - t, 3)
         t = time.monotonic()
         checks = drift + [win.check_sequences(host, params, source)] + side.result()
         phases["checks_s"] = round(time.monotonic() - t, 3)  # what the checks beside them still took

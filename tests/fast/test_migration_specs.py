@@ -152,6 +152,8 @@ class Primary:
             return self.json_line(self.control_db)
         if "FROM bucardo.sync" in stdin:
             return self.json_line(self.syncs)
+        if "FROM bucardo.herd" in stdin:  # Bucardo's databases and relgroups (none before the sync is added)
+            return self.json_line({"dbs": [], "relgroups": []})
         if "FROM pg_namespace WHERE nspname" in stdin:
             return json.dumps([{"name": s} for s in sorted(self.schemas)]) + "\n"
         if "FROM pg_extension WHERE extname" in stdin:
@@ -422,7 +424,7 @@ def test_the_daemon_is_started_only_when_it_does_not_run_and_never_without_its_s
     assert r.host.journal == [] and not r.running
 
 
-FORWARD = [f"bucardo add db {bp.SOURCE_DB} dbname=hcb dbservice={bp.SOURCE_SERVICE}",
+FORWARD = [f"bucardo add db {bp.SOURCE_DB} dbname=hcb dbservice={bp.SOURCE_SERVICE} dbconn=options=-clock_timeout=2000",
            f"bucardo add db {bp.PRIMARY_DB} dbname=hcb_production dbhost=/var/run/postgresql dbport=5432 dbuser=postgres",
            f"bucardo add tables public.users public.events db={bp.SOURCE_DB} relgroup={bp.FORWARD_SYNC}",
            f"bucardo add sequences public.users_id_seq db={bp.SOURCE_DB} relgroup={bp.FORWARD_SYNC}"]

@@ -56,8 +56,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["HOME", "RC", "SCHEMA_FILE", "check_schema_unchanged", "ensure_bucardo", "ensure_forward_sync",
            "ensure_running", "get_control", "get_drift", "get_lag", "get_state", "get_sync_plan", "get_syncing",
-           "run_activate_forward_sync", "run_bucardo", "run_paused", "run_stop", "wait_for_daemon",
-           "wait_for_initial_copy"]
+           "get_wraparound", "run_activate_forward_sync", "run_add_sync", "run_bucardo", "run_paused", "run_stop",
+           "wait_for_daemon", "wait_for_initial_copy", "wait_for_no_wraparound_vacuum"]
 
 #: Bucardo's working directory on the primary (its rc file, pid and log files)
 HOME = "/var/lib/postgresql/hcbpg-bucardo"
@@ -223,9 +223,77 @@ def _install_control_db(host: "HostLike") -> None:
                   "stopfile=fullstopbucardo")
 
 
+def get_wraparound(source: "SourceLike") -> list[Check]:
+    """The source's anti-wraparound autovacuums and tables past their freeze age, as checks."""
+    with source:
+        return bp.check_wraparound(source.json(bp.WRAPAROUND_SQL) or {})
+
+
+def wait_for_no_wraparound_vacuum(source: "SourceLike", params: "Params") -> list[Check]:
+    """Until no anti-wraparound autovacuum runs on the source (at most ``source.online.vacuum_wait_s``,
+    printing what runs), then its checks; SafetyCheckFailed naming it when one still runs."""
+    src = params.source
+    assert src is not None
+    checks = get_wraparound(source)
+    for i, _ in enumerate(polling_loop(src.online.vacuum_wait_s, interval=5.0)):
+        if i:
+            checks = get_wraparound(source)
+        if checks[0].ok:
+            return checks
+        print(f"waiting for the source's anti-wraparound VACUUM to end: {checks[0].detail}")
+    raise SafetyCheckFailed(f"an anti-wraparound VACUUM still runs on the source after {src.online.vacuum_wait_s:.0f}s: "
+                            f"{checks[0].detail}",
+                            hint="Bucardo's triggers were not added (nothing changed on the source). Run 06b again "
+                                 "once it has ended (source.online.vacuum_wait_s: how long 06b waits for it).")
+
+
+def _control_names(host: "HostLike", params: "Params") -> dict[str, list[str]]:
+    """Bucardo's databases and relgroups already in its control database (a 06b run again after a refused
+    ``add sync`` adds only what is missing)."""
+    return get_control(host, params).json(
+        "SELECT json_build_object('dbs', (SELECT coalesce(json_agg(name), '[]') FROM bucardo.db), "
+        "'relgroups', (SELECT coalesce(json_agg(name), '[]') FROM bucardo.herd))") or {}
+
+
+def run_add_sync(host: "HostLike", params: "Params", source: "SourceLike", command: str) -> int:
+    """``bucardo add sync``: Bucardo's ``validate_sync`` adds its triggers on every table of the source (a
+    lock per table, held to its commit), each lock waited for at most ``source.online.lock_timeout_ms``
+    (Bucardo's sessions there carry it: the app never queues behind a trigger waiting for its lock).
+    A lock not granted in time: nothing was added (one transaction); tried again after
+    ``lock_retry_wait_s``, at most ``lock_retries`` times, each after the anti-wraparound check (the step
+    checked before the first: :func:`hcbpg.steps.online.before_triggers`).
+    Returns the attempts it took; SafetyCheckFailed when every one timed out."""
+    src = params.source
+    assert src is not None
+    on = src.online
+    last = ""
+    for attempt in range(1, on.lock_retries + 2):
+        if attempt > 1:  # the step checked before the first (online.before_triggers)
+            wait_for_no_wraparound_vacuum(source, params)
+        res = run_bucardo(host, command, check=False, timeout=1800)
+        if res.ok:
+            return attempt
+        last = hsecrets.scrub_tail(res.output, 600)
+        if not bp.is_lock_timeout(res.output):
+            raise SafetyCheckFailed(f"on {host.name}: bucardo {command.split()[0]} {command.split()[1]} failed: {last}",
+                                    hint=f"Read {HOME}/log/log.bucardo on {host.name}; fix the cause and run 06b "
+                                         "again.")
+        print(f"attempt {attempt}: a table of the source was locked for more than {on.lock_timeout_ms} ms "
+              f"(source.online.lock_timeout_ms): nothing added; again in {on.lock_retry_wait_s:.0f}s")
+        if attempt <= on.lock_retries:
+            time.sleep(on.lock_retry_wait_s)
+    raise SafetyCheckFailed(f"Bucardo's triggers could not be added on the source: {on.lock_retries + 1} attempts each "
+                            f"waited {on.lock_timeout_ms} ms for a table's lock and gave up ({last})",
+                            hint="Nothing was added and the app never waited longer than that. A long transaction "
+                                 "or a lock holds a table: look at heroku pg:locks / pg:ps, then run 06b again "
+                                 "(source.online.lock_retries, lock_retry_wait_s).")
+
+
 def ensure_forward_sync(host: "HostLike", params: "Params", source: "SourceLike", plan: bp.SyncPlan) -> Outcome:
     """Bucardo's databases, the keyed tables and the sequences, the forward sync; the daemon running.
 
+    Adding the sync adds Bucardo's triggers on the source (:func:`run_add_sync`: no anti-wraparound VACUUM
+    running, a short lock_timeout, bounded retries).
     The initial copy (``source.online.initial_copy``): ``bucardo``: the sync's own ``onetimecopy``, table by
     table into the indexed schema, once the daemon runs. ``stream``: the sync is added inactive, which
     puts Bucardo's triggers on the source; the step then copies every table with the streamed transfer
@@ -239,9 +307,17 @@ def ensure_forward_sync(host: "HostLike", params: "Params", source: "SourceLike"
     seen = Changes(host)
     fwd = get_state(host, params)["syncs"].get(bp.FORWARD_SYNC)
     if fwd is None:
-        for st in bp.render_forward_sync_commands(plan, source_dbname=source.conn.get("dbname", ""),
-                                                  database=pg.database, port=pg.port, streamed=streamed):
+        *before, add_sync = bp.render_forward_sync_commands(
+            plan, source_dbname=source.conn.get("dbname", ""), database=pg.database, port=pg.port,
+            streamed=streamed, lock_timeout_ms=src.online.lock_timeout_ms)
+        have = _control_names(host, params) if not host.dry_run else {}
+        for st in before:
+            words = st.split()
+            if (words[:2] == ["add", "db"] and words[2] in have.get("dbs", [])) or (
+                    f"relgroup={bp.FORWARD_SYNC}" in words and bp.FORWARD_SYNC in have.get("relgroups", [])):
+                continue  # added by an earlier run whose add sync was refused
             run_bucardo(host, st)
+        run_add_sync(host, params, source, add_sync)
     if not streamed or (fwd is not None and fwd.get("status") == "active"):
         ensure_running(host, params)
     return seen.outcome(f"Bucardo sync {bp.FORWARD_SYNC}: source -> {pg.database} on {host.name}")

@@ -5,6 +5,7 @@ counts every row in them after traffic is on (:func:`check_held_rows`).  The ste
 
 from __future__ import annotations
 
+import json
 import shlex
 import time
 from collections.abc import Mapping, Sequence
@@ -13,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
 
-from hcbpg.adapters.psql import render
 from hcbpg.desired.migration import ROLLBACK, ROLLBACK_WAY_BACK
 from hcbpg.errors import DatabaseError, SafetyCheckFailed, VerificationFailed, WaitTimeout
 from hcbpg.ops.migration.app_checks import check_from_app
@@ -34,6 +34,7 @@ from hcbpg.outcome import Check, Outcome
 from hcbpg.pg import bucardo as bp
 from hcbpg.pg.conninfo import APPLICATION_NAME
 from hcbpg.pg.inventory import Inventory, compare_rows, render_snapshot_setup
+from hcbpg.secrets import scrub_tail
 from hcbpg.wait import polling_loop
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -41,8 +42,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.params import Params
 
 __all__ = ["SIDES", "SNAPSHOT_DIR", "check_sequences", "check_window_side", "get_held_snapshots", "get_snapshot_rows",
-           "get_window_plan", "run_hold_snapshots", "run_release_snapshots", "run_set_sequences",
-           "run_window_copies", "check_held_rows", "wait_for_drained"]
+           "get_window_plan", "get_window_proof", "run_hold_snapshots", "run_refreshes", "run_release_snapshots",
+           "run_set_sequences", "run_window_copies", "run_window_proof", "PROOF_FILE", "check_held_rows", "wait_for_drained"]
 
 #: the window's snapshots (the holding sessions' outputs) and what 09b reads: their pids and ids
 SNAPSHOT_DIR = f"{HOME}/snapshots"
@@ -65,8 +66,7 @@ def get_window_plan(host: "HostLike", params: "Params", source: "SourceLike") ->
                         actions=["drift guard: source and target compared by definition",
                                  f"Bucardo drained, at most {src.online.drain_timeout_s:.0f}s "
                                  "(source.online.drain_timeout_s)",
-                                 "every sequence set on the target to the source's value",
-                                 f"copied inside the window (no key): {', '.join(plan.in_window) or 'none'}",
+                                 *plan.window_actions(),
                                  "sequences, ownership and the sentinel read back from the app host checked",
                                  "a snapshot of the source and of the primary held: every table's rows are counted "
                                  "in them after traffic is on (09b)"])]
@@ -82,6 +82,7 @@ def get_window_plan(host: "HostLike", params: "Params", source: "SourceLike") ->
                                                   "again"), host.name),
               Check.of("Bucardo's lag before the window", lag is not None and lag["rows"] < 10_000,
                        f"{lag['rows']} rows, {lag['seconds']:.1f}s" if lag else "no sync", "source")]
+    checks.append(bp.check_window_proven(plan, get_window_proof(host)))
     return Plan(outcomes, checks + drift + plan.checks, facts)
 
 
@@ -122,21 +123,101 @@ def run_set_sequences(host: "HostLike", params: "Params", source: "SourceLike") 
     return len(statements)
 
 
-def run_window_copies(host: "HostLike", params: "Params", source: "SourceLike", tables: Sequence[str]) -> list[str]:
-    """The tables without a key, copied whole inside the window (TRUNCATE and COPY in one transaction)."""
+def _copy_command(host: "HostLike", params: "Params", source: "SourceLike", copy: bp.WindowCopy, *,
+                  dry: bool) -> str:
+    src = params.source
+    assert src is not None
+    return bp.render_window_copy(copy, source_cmd=f"{source.env} {source.conn_cmd}".strip(),
+                                 target_cmd=get_target(host, params).conn_cmd,
+                                 limit=src.online.window_copy_max_rows + 1 if dry else None, dry=dry)
+
+
+def _copied_rows(out: str) -> int:
+    lines = [ln for ln in out.split() if ln.strip()]
+    return int(lines[-1]) if lines and lines[-1].isdigit() else -1
+
+
+def run_window_copies(host: "HostLike", params: "Params", source: "SourceLike",
+                      copies: Sequence[bp.WindowCopy]) -> list[str]:
+    """The tables Bucardo cannot sync, copied whole inside the window, each in one transaction on the
+    primary (:func:`hcbpg.pg.bucardo.render_window_copy`: the command 06b ran beforehand, :func:`run_window_proof`)."""
     done = []
-    tgt = get_target(host, params)
-    for t in tables:
-        name = render(sql.Identifier(*t.split(".", 1)))
-        cmd = (f"{source.env} {source.conn_cmd} -X -q -v ON_ERROR_STOP=1 -c {shlex.quote(f'COPY {name} TO STDOUT')} | "
-               f"{tgt.conn_cmd} -X -q -1 -v ON_ERROR_STOP=1 -c {shlex.quote(f'TRUNCATE {name}')} "
-               f"-c {shlex.quote(f'COPY {name} FROM STDIN')}")
+    for c in copies:
         with source:
-            host.run(f"bash -o pipefail -c {shlex.quote(cmd)}", sudo_user="postgres",
-                     display=f"copy {t} (no key) source -> target",
-                     timeout=3600)
-        done.append(t)
+            host.run(f"bash -o pipefail -c {shlex.quote(_copy_command(host, params, source, c, dry=False))}",
+                     sudo_user="postgres", display=f"copy {c.name} ({c.why}) source -> target", timeout=3600)
+        done.append(c.name)
     return done
+
+
+def run_refreshes(host: "HostLike", params: "Params", refreshes: Sequence[bp.Refresh]) -> dict[str, float]:
+    """Each materialized view refreshed on the primary, in order; the seconds each took."""
+    took: dict[str, float] = {}
+    tgt = get_target(host, params)
+    for r in refreshes:
+        t = time.monotonic()
+        tgt.script(bp.render_refresh(r) + ";\n", display=f"refresh materialized view {r.name} on the primary")
+        took[r.name] = round(time.monotonic() - t, 3)
+    return took
+
+
+#: what 06b proved of the window, on the primary (07's plan compares the window with it)
+PROOF_FILE = f"{HOME}/window-proof.json"
+
+
+def run_window_proof(host: "HostLike", params: "Params", source: "SourceLike",
+                     plan: bp.SyncPlan) -> tuple[list[dict[str, Any]], list[Check]]:
+    """06b, days before the window: each of the window's copies run as the window will run it, its
+    transaction on the primary rolled back (at most window_copy_max_rows + 1 rows read: more refuses the
+    mode here, not in the window), each materialized view refreshed on the primary (it carries no traffic
+    yet) and timed; what was proved written on the primary for 07. Returns a row per proof and the checks."""
+    src = params.source
+    assert src is not None
+    limit = src.online.window_copy_max_rows
+    rows: list[dict[str, Any]] = []
+    checks: list[Check] = []
+    for c in plan.copies:
+        t = time.monotonic()
+        with source:
+            res = host.run(f"bash -o pipefail -c {shlex.quote(_copy_command(host, params, source, c, dry=True))}",
+                           sudo_user="postgres", check=False, timeout=3600,
+                           display=f"dry copy of {c.name} ({c.why}): the window's command, rolled back")
+        n = _copied_rows(res.stdout) if res.ok else -1
+        took = round(time.monotonic() - t, 3)
+        ok = res.ok and 0 <= n <= limit
+        rows.append({"what": f"copy {c.name}", "how": f"COPY (SELECT {len(c.columns)} column(s) FROM ONLY ...), "
+                     "rolled back", "rows": n, "seconds": took, "status": "pass" if ok else "fail"})
+        checks.append(Check.of(f"the window can copy {c.name}", ok,
+                               f"{n} rows in {took:.2f}s through the window's command (rolled back)" if ok else
+                               f"more than {limit} rows (source.online.window_copy_max_rows; its estimate said "
+                               f"{c.rows}): add a key on the source or raise the limit" if res.ok else
+                               "the window's copy fails: " + scrub_tail(res.output, 600)
+                               + ". Fix it on the source (or add a key so Bucardo syncs it), then run 06b again.",
+                               "source"))
+    for r in plan.refreshes:
+        t = time.monotonic()
+        try:
+            run_refreshes(host, params, [r])
+            err = ""
+        except DatabaseError as exc:
+            err = str(exc)
+        took = round(time.monotonic() - t, 3)
+        rows.append({"what": f"refresh {r.name}", "how": "REFRESH MATERIALIZED VIEW on the primary",
+                     "rows": "-", "seconds": took, "status": "fail" if err else "pass"})
+        checks.append(Check.of(f"the window can refresh {r.name}", not err,
+                               f"refreshed on the primary in {took:.2f}s" if not err else err[:600], host.name))
+    if all(c.ok for c in checks):
+        host.put_text(PROOF_FILE, json.dumps(bp.render_window_proof(plan)) + "\n", mode=0o600, owner="postgres")
+    return rows, checks
+
+
+def get_window_proof(host: "HostLike") -> dict[str, Any] | None:
+    """What 06b proved of the window (None when it proved nothing yet)."""
+    text = host.read_text(PROOF_FILE, sudo_user="postgres")
+    try:
+        return json.loads(text) if text else None
+    except ValueError:
+        return None
 
 
 def check_sequences(host: "HostLike", params: "Params", source: "SourceLike") -> Check:
