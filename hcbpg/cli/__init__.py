@@ -32,7 +32,7 @@ from hcbpg.engine import audit
 from hcbpg.engine import manifest as mf
 from hcbpg.engine.runner import Runner, approve, change_signers, install_sigterm_as_interrupt
 from hcbpg.engine.state import state_dir
-from hcbpg.engine.terminal import LiveLines, skip_reason
+from hcbpg.engine.terminal import LiveLines, render_live_bar, skip_reason
 from hcbpg.errors import HcbpgError, UsageError
 from hcbpg.params import home, load_params
 
@@ -90,23 +90,30 @@ class Terminal:
             return
         import shutil  # noqa: PLC0415 - only a terminal needs its width
         width = shutil.get_terminal_size((100, 20)).columns
-        sys.stderr.write("\r\033[K" + hsecrets.scrub(hprogress.render_bar(sample))[: width - 1])
+        sys.stderr.write("\r\033[K" + render_live_bar(sample, width - 1))  # rich's bar, scrubbed, cut to fit
         sys.stderr.flush()
         self.bar_shown = True
 
 
 def cmd_params_check(args: argparse.Namespace) -> int:
     p = load_params(args.env, home())
+    left = p.placeholders()
     if getattr(args, "json", False):
         _print_json({"environment": args.env, "valid": True,
                      "servers": [{"name": s.name, "private_ip": str(s.private_ip), "role": s.role} for s in p.servers],
                      "subnet": str(p.network.subnet), "database": p.postgres.database,
-                     "secret_references": sorted(p.secret_refs())})
+                     "secret_references": sorted(p.secret_refs()), "placeholders": left})
         return 0
     print(f"params/{args.env}.yaml is valid: {len(p.servers)} server(s) "
           f"({', '.join(f'{s.name} {s.private_ip} {s.role}' for s in p.servers)}), "
           f"subnet {p.network.subnet}, database {p.postgres.database}, "
-          f"{len(p.secret_refs())} secret reference(s) (not resolved here; `hcbpg run` preflight resolves them)")
+          f"{len(p.secret_refs())} secret reference(s) (not resolved here; `hcbpg doctor {args.env}` and a run's "
+          "preflight resolve them)")
+    if left:  # valid as a file, not ready: preflight and doctor refuse them outside the lab
+        print(f"but {len(left)} placeholder(s) are left to edit (preflight and `hcbpg doctor {args.env}` refuse "
+              "them outside the lab):")
+        for key, value in left.items():
+            print(f"  {key}: {value}")
     return 0
 
 
@@ -120,7 +127,7 @@ def _runner(args: argparse.Namespace, **kw):  # noqa: ANN202
     # -v: cell output to the terminal as it comes (papermill's stdout_file/stderr_file, scrubbed) and,
     # as before, to the run log (log_output: papermill's logger has only the run log's handler)
     # one progress bar: hcbpg's own (term.live, on a terminal); papermill's cell bar would fight it on one line
-    return Runner(progress_bar=False, log_output=verbose,
+    return Runner(progress_bar=False, log_output=verbose, show_diff=getattr(args, "diff", False),
                   stream_cells=verbose and not quiet, progress=term.line, live=term.live, **kw)
 
 
@@ -153,17 +160,37 @@ def cmd_run(args: argparse.Namespace) -> int:
     from hcbpg.engine import catalogue  # noqa: PLC0415 - only a run reads the catalogue here
 
     params = load_params(args.env, home())
-    steps = catalogue.select(catalogue.load_steps(transfer=catalogue.transfer_of(params)), start=args.start,
-                             until=args.until, only=args.only)
-    confirm.confirm_run(params, args.env, [s.key for s in steps], what=f"hcbpg run {args.env}", yes=args.yes,
+    plan_file = Path(args.plan) if args.plan else None
+    if plan_file is not None:  # the plan's steps (verified again by the runner before anything runs)
+        keys = _plan_steps_said(plan_file)
+    else:
+        keys = [s.key for s in catalogue.select(catalogue.load_steps(transfer=catalogue.transfer_of(params)),
+                                                start=args.start, until=args.until, only=args.only)]
+    confirm.confirm_run(params, args.env, keys, what=f"hcbpg run {args.env}", yes=args.yes,
                         echo=_err if getattr(args, "json", False) else print)
     return _finish(_runner(args).start(args.env, start=args.start, until=args.until, only=args.only,
-                                       inputs=args.inputs), args)
+                                       inputs=args.inputs, plan_file=plan_file), args)
+
+
+def _plan_steps_said(path: Path) -> list[str]:
+    """The steps a plan file names, for the confirmation only (not believed: the runner verifies the file)."""
+    try:
+        steps = json.loads(path.read_text())["selection"]["steps"]
+        return [str(k) for k in steps][:100]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UsageError(f"{path} is not an hcbpg plan (or cannot be read)",
+                         hint="Give the file `hcbpg plan --out` wrote.") from None
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    return _finish(_runner(args).start(args.env, dry_run=True, start=args.start, until=args.until,
-                                       only=args.only, inputs=args.inputs), args)
+    runner = _runner(args)
+    result = runner.start(args.env, dry_run=True, start=args.start, until=args.until, only=args.only,
+                          inputs=args.inputs)
+    if args.out and result.status == "succeeded":
+        result.message += "\n" + runner.save_plan(result, Path(args.out))
+    elif args.out:
+        result.message += f"\nNo plan saved to {args.out}: the plan did not succeed."
+    return _finish(result, args)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -271,7 +298,8 @@ def _version() -> str:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="hcbpg", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog="examples:\n  hcbpg params check lab\n  hcbpg plan lab\n  hcbpg run lab -v\n"
+                                 epilog="examples:\n  hcbpg params check lab\n  hcbpg doctor production\n  hcbpg plan lab\n"
+                                        "  hcbpg run lab -v\n"
                                         "  hcbpg status lab --watch 5\n"
                                         "  hcbpg --print-completion bash > /etc/bash_completion.d/hcbpg")
     ap.add_argument("--version", action="version", version=f"hcbpg {_version()}")
@@ -303,9 +331,18 @@ def build_parser() -> argparse.ArgumentParser:
         r.add_argument("-p", "--input", dest="inputs", action="append", default=[], metavar="NAME=VALUE",
                        help="an input of a selected step (`hcbpg steps ENV` lists them), e.g. -p rotate_roles=metabase; "
                             "recorded with the run")
+        r.add_argument("--diff", action="store_true",
+                       help="print each change with its diff after each step (what a plan would change, what a run "
+                            "changed)")
         if name == "run":
             r.add_argument("-y", "--yes", action="store_true",
                            help="do not ask for the environment's name (any environment but the lab asks)")
+            r.add_argument("--plan", metavar="FILE",
+                           help="apply exactly this saved plan (`hcbpg plan ENV --out FILE`): refused unless it is "
+                                "signed by an allowed signer and planning it again now gives the same changes")
+        else:
+            r.add_argument("--out", metavar="FILE",
+                           help="save the plan, signed with your key, for `hcbpg run ENV --plan FILE`")
         r.set_defaults(func=func)
 
     r = _sub(sub, "resume", "continue a failed, interrupted or waiting run", "hcbpg resume 6f0c2a1e -v")
@@ -353,7 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
     complete_as(sg.add_argument("env", help=HELP["env"]), "envs")
     sg.set_defaults(func=cmd_audit_signers)
 
-    for mod in ("hcbpg.cli.lab", "hcbpg.cli.rehearse", "hcbpg.cli.lock", "hcbpg.engine.status", "hcbpg.engine.guide"):
+    for mod in ("hcbpg.cli.lab", "hcbpg.cli.rehearse", "hcbpg.cli.lock", "hcbpg.engine.status", "hcbpg.engine.doctor",
+                "hcbpg.engine.guide"):
         try:
             module = importlib.import_module(mod)
         except ModuleNotFoundError as exc:
@@ -362,6 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
             raise
         register: Callable[[argparse._SubParsersAction], None] = module.register
         register(sub)
+    if "doctor" in sub.choices:  # its ENV completes as every other command's (the engine does not know the CLI's kinds)
+        complete_as(next(a for a in sub.choices["doctor"]._actions if a.dest == "env"), "envs")
     _add_epilogs(ap)
     return ap
 

@@ -19,6 +19,9 @@ from hcbpg.outcome import Check, Outcome
 #: the checks not passed a step's manifest entry keeps (with their reasons), and the characters of each reason
 MAX_NOT_PASSED = 200
 MAX_DETAIL = 4000
+#: the changes a step's manifest entry keeps (each with its diff, scrubbed), and the characters of each diff
+MAX_CHANGES = 500
+MAX_DIFF = 20000
 
 
 class Ledger:
@@ -42,7 +45,22 @@ class Ledger:
             self.outcomes.append(o)
             if show:
                 print(str(o))
+        self._record_changes([o for o in items if o.changed])
         return outcome if isinstance(outcome, Outcome) else items
+
+    def _record_changes(self, changed: list[Outcome]) -> None:
+        """Each change into the manifest as it is tracked (what, actions, diff; scrubbed): ``--diff`` shows
+        them and a saved plan (``plan --out``) is made of them."""
+        if self.run is None or not changed:
+            return
+        with self.run.update() as data:
+            step = data.step(self.step)
+            have = list(step.diffs)
+            for o in changed:
+                item = change_record(o)
+                if item not in have and len(have) < MAX_CHANGES:  # a plan shown, then tracked as applied: once
+                    have.append(item)
+            step.diffs = have
 
     @property
     def changes(self) -> int:
@@ -77,3 +95,9 @@ class Ledger:
                       for c in self.checks if c.status != "pass"][:MAX_NOT_PASSED]
         with self.run.update() as data:
             data.step(self.step).checks = {**self.counts(), "not_passed": not_passed}
+
+
+def change_record(o: Outcome) -> dict[str, object]:
+    """One change as the manifest keeps it: what, the actions and the diff (scrubbed, the diff capped)."""
+    return {"what": hsecrets.scrub(o.what), "actions": [hsecrets.scrub(a) for a in o.actions],
+            "diff": hsecrets.scrub(o.diff)[:MAX_DIFF]}

@@ -97,6 +97,8 @@ class StepEntry(_Ordered):
     code_sha256: str | None = None
     checks: dict[str, Any] = {}
     summary: dict[str, Any] = {}
+    #: each change made (or, in a plan, that would be made): what, actions, diff (hcbpg.engine.ledger)
+    diffs: list[dict[str, Any]] = []
 
     def attempt(self, n: int | None) -> Attempt | None:
         """Attempt number *n* (None: none)."""

@@ -26,7 +26,7 @@ from typing import Any
 
 from hcbpg import progress as hprogress
 from hcbpg import secrets as hsecrets
-from hcbpg.engine import audit, chain, jupyter, signing
+from hcbpg.engine import audit, chain, changes, jupyter, signing
 from hcbpg.engine import manifest as mf
 from hcbpg.engine.catalogue import load_steps, notebooks_dir, parse_inputs, select, step_inputs, transfer_of
 from hcbpg.engine.gates import AUTO_APPROVE_ENV, HEADLESS_ENV
@@ -211,7 +211,8 @@ class Runner:
                  progress: Callable[[str], None] | None = None, progress_bar: bool = True,
                  log_output: bool = False, auto_approve: str | None = None,
                  kernel_name: str = "python3", stream_cells: bool | None = None,
-                 live: Callable[[hprogress.Sample, bool], None] | None = None, live_every: float = 2.0) -> None:
+                 live: Callable[[hprogress.Sample, bool], None] | None = None, live_every: float = 2.0,
+                 show_diff: bool = False) -> None:
         self.home = base or home()
         self.nb_dir = nb_dir or notebooks_dir()
         self.progress = progress or (lambda line: print(line, flush=True))
@@ -224,36 +225,89 @@ class Runner:
         #: the live view of long work in the step (samples of :mod:`hcbpg.progress`); default: a line
         #: per kind of work every *live_every* seconds through ``progress``
         self.live = live or LiveLines(self.progress, every=live_every)
+        #: each step's changes with their diffs after the step (``--diff``)
+        self.show_diff = show_diff
 
     # -- entry points -----------------------------------------------------------------
     def start(self, env: str, *, dry_run: bool = False, start: str | None = None,
-              until: str | None = None, only: str | None = None, inputs: Sequence[str] = ()) -> RunResult:
+              until: str | None = None, only: str | None = None, inputs: Sequence[str] = (),
+              plan_file: Path | None = None) -> RunResult:
+        """Run (or, *dry_run*, plan) the selected steps; *plan_file*: apply exactly that saved plan
+        (:mod:`hcbpg.engine.changes`): its steps and inputs, only when planning them again now gives the same."""
         params = load_params(env, self.home)  # validates before anything runs
         refuse_if_open_in_jupyterlab(self.home, env)
-        steps = select(load_steps(self.nb_dir, transfer=transfer_of(params)), start=start, until=until, only=only)
+        if plan_file is not None and (start or until or only or inputs or dry_run):
+            raise UsageError("--plan applies the plan's own steps and inputs: no --from/--until/--only/-p with it")
+        all_steps = load_steps(self.nb_dir, transfer=transfer_of(params))
+        saved = self._saved_plan(plan_file, env, params, all_steps) if plan_file is not None else None
+        steps = select(all_steps, only=",".join(saved.steps)) if saved is not None else \
+            select(all_steps, start=start, until=until, only=only)
         if not steps:
             raise UsageError("no steps selected")
         if inputs:  # -p NAME=VALUE: refused before anything is created (a value that is a secret too)
             _resolve_param_secrets(params)
-        given = parse_inputs(inputs, steps)
+        given = saved.inputs if saved is not None else parse_inputs(inputs, steps)
         for s in steps:
             if not (self.nb_dir / s.notebook).is_file():
                 raise UsageError(f"step {s.key}: notebook {self.nb_dir / s.notebook} is missing")
+        selection: dict[str, Any] = {"from": start, "until": until, "only": only,
+                                     **({"inputs": given} if given else {})}
         with env_lock(env, purpose="plan" if dry_run else "run", base=self.home) as lock:
             sealer = sealer_for(params, env, self.home)  # refuses before anything is created
             refuse_unless_verified(self.home, env, sealer.trust, doing=f"no run of {env} was started")
-            run = mf.create_run(self.home, env, steps=[s.as_dict() for s in steps],
-                                mode="plan" if dry_run else "run", dry_run=dry_run,
-                                params_sha256=params_sha256(env, self.home),
-                                selection={"from": start, "until": until, "only": only,
-                                           **({"inputs": given} if given else {})},
-                                repo=self.nb_dir.parent, seal_with=sealer)
-            lock.note_run(run.run_id)
-            drop_stale_registries(self.home, env, keep=run)
-            kind = "plan (dry run: nothing is changed)" if dry_run else "run"
-            self.progress(f"hcbpg {kind} of {env}: {len(steps)} step(s), run {run.run_id}\n"
-                          f"  record: {run.path}")
-            return self._execute(run, params, sealer)
+            if saved is not None:  # the same steps planned again, under this lock: the world as it is now
+                recheck = self._create_and_execute(lock, env, params, sealer, steps, dry_run=True,
+                                                   selection={**selection, "recheck_of_plan": saved.sha256},
+                                                   kind=f"plan again (dry run) to check saved plan {saved.sha256[:12]}")
+                if recheck.status != "succeeded":
+                    recheck.message = "The saved plan was not applied: planning it again did not succeed.\n" \
+                        + recheck.message
+                    return recheck
+                moved = changes.compare_steps(saved.plan["steps"], changes.plan_steps(recheck.run.read()))
+                if moved:
+                    return RunResult(recheck.run, "refused", EXIT_BAD_INPUT, "\n".join([
+                        f"The world changed since plan {saved.sha256[:12]} was made; nothing was applied:",
+                        *(f"  {m}" for m in moved),
+                        f"Plan again (hcbpg plan {env} --diff --out FILE), review it, and apply the new plan."]))
+                selection = {**selection, "plan": {"sha256": saved.sha256, "signed_by": saved.signer.principal,
+                                                   "key_fingerprint": saved.signer.fingerprint,
+                                                   "planned_in": saved.plan["plan_run_id"],
+                                                   "rechecked_in": recheck.run.run_id, "expected": saved.expected()}}
+            kind = "plan (dry run: nothing is changed)" if dry_run else \
+                f"run of saved plan {saved.sha256[:12]}" if saved is not None else "run"
+            return self._create_and_execute(lock, env, params, sealer, steps, dry_run=dry_run, selection=selection,
+                                            kind=kind)
+
+    def _create_and_execute(self, lock: Any, env: str, params: Params, sealer: mf.Sealer, steps: list[Any], *,
+                            dry_run: bool, selection: dict[str, Any], kind: str) -> RunResult:
+        run = mf.create_run(self.home, env, steps=[s.as_dict() for s in steps],
+                            mode="plan" if dry_run else "run", dry_run=dry_run,
+                            params_sha256=params_sha256(env, self.home), selection=selection,
+                            repo=self.nb_dir.parent, seal_with=sealer)
+        lock.note_run(run.run_id)
+        drop_stale_registries(self.home, env, keep=run)
+        self.progress(f"hcbpg {kind} of {env}: {len(steps)} step(s), run {run.run_id}\n"
+                      f"  record: {run.path}")
+        return self._execute(run, params, sealer)
+
+    def _saved_plan(self, path: Path, env: str, params: Params, all_steps: list[Any]) -> changes.SavedPlan:
+        """The saved plan at *path*, verified and bound to this environment, params and code (else UsageError)."""
+        trust = signing.trust_for(params, env, self.home)
+        code = {s.key: mf.code_sha256(self.nb_dir / s.notebook) for s in all_steps
+                if (self.nb_dir / s.notebook).is_file()}
+        return changes.load_plan(path, env=env, trust=trust, params_sha256=params_sha256(env, self.home),
+                                 library=changes.library_sha256(), code=code)
+
+    def save_plan(self, result: RunResult, path: Path) -> str:
+        """``plan --out``: the finished plan *result* signed into *path*; returns what to print."""
+        data = result.run.read()
+        params = load_params(result.run.env, self.home)
+        plan = changes.render_plan(data, library=changes.library_sha256())
+        who = changes.write_plan(path, plan, key=signing.signing_key(params),
+                                 trust=signing.trust_for(params, result.run.env, self.home))
+        n = sum(len(s["changes"]) for s in plan["steps"])
+        return (f"Saved plan {changes.plan_sha256(plan)[:12]} ({n} change(s) in {len(plan['steps'])} step(s)), "
+                f"signed by {who.principal}: {path}\nApply exactly it with: hcbpg run {result.run.env} --plan {path}")
 
     def resume(self, run_id: str) -> RunResult:
         run = mf.find_run(self.home, run_id)
@@ -344,7 +398,7 @@ class Runner:
             for i, s in enumerate(steps, 1):
                 if s.status in mf.DONE:
                     continue
-                result = self._run_step(run, s, i, len(steps))
+                result = self._run_step(run, s, i, len(steps)) or self._beyond_plan(run, s.key)
                 if result is not None:  # why it stopped (each failed check's reason), the recap, what next
                     result.message = "\n".join([*result.report, "Recap:", *render_recap(run.read()), result.message])
                     return result
@@ -436,15 +490,19 @@ class Runner:
             if status not in mf.DONE:
                 data.status = status
                 data.finished = None if status != "failed" else mf.utcnow()
-            changes = step.changes
+            n_changes = step.changes
+            made = [dict(c) for c in step.diffs]
             gates = {name: g.dump() for name, g in data.gates.items()}
         run.log(f"step {key} attempt {attempt.n} {status} in {duration}s")
+        if self.show_diff and made:
+            for line in changes.render_changes(made, dry_run=dry_run):
+                self.progress(line)
         if status == "skipped":
             self.progress(f"      skipped in {duration:.1f}s, nothing to do: {skipped}")
             return None
         if status == "succeeded":
             self.progress(f"      done in {duration:.1f}s, "
-                          + ("no changes" if not changes else f"{changes} change(s)"))
+                          + ("no changes" if not n_changes else f"{n_changes} change(s)"))
             return None
         assert exit_code is not None  # every status but "succeeded" and "skipped" set it above
         if status == "awaiting-approval":
@@ -464,6 +522,24 @@ class Runner:
         msg = (f"The executed notebook is {out}.\n"
                f"Fix the cause, then: hcbpg resume {run.run_id}")
         return RunResult(run, status, exit_code, msg, report=render_failure(run.read(), key, error))
+
+    def _beyond_plan(self, run: mf.Run, key: str) -> RunResult | None:
+        """A run of a saved plan stops after a step that changed something the plan does not list."""
+        data = run.read()
+        expected = ((data.get("selection") or {}).get("plan") or {}).get("expected")
+        if expected is None:
+            return None
+        step = next(s for s in data["steps"] if s["key"] == key)
+        extra = changes.beyond_plan(expected, key, step.get("diffs") or [])
+        if not extra:
+            return None
+        with run.update() as d:
+            d.status, d.finished = "failed", mf.utcnow()
+        run.log(f"step {key} changed what the plan does not list: {', '.join(extra)}")
+        return RunResult(run, "failed", EXIT_FAILED,
+                         f"Step {key} changed what the saved plan does not list: {', '.join(extra)}. The run "
+                         f"stopped after it.\nReview what it changed (hcbpg audit html {run.run_id}), then plan the "
+                         f"rest again (hcbpg plan {run.env} --diff --out FILE), or go on: hcbpg resume {run.run_id}")
 
     @staticmethod
     def _changes_from_notebook(path: Path) -> int | None:

@@ -153,10 +153,19 @@ def test_dry_run_on_fresh_servers_lists_changes_and_changes_nothing(params, host
 
 
 def test_notebooks_02_to_04_change_the_fresh_servers(run_home):
+    """Planned with --diff and saved (pg_hba's diff on the terminal), then applied as that saved plan."""
     home, env = run_home
+    plan_file = home / "02-04.plan"
+    planned = cli(env, "plan", "lab", "--from", "02", "--until", "04", "--diff", "--out", str(plan_file))
+    assert planned.returncode == 0, planned.stdout + planned.stderr
+    replica = RUN_SERVERS[1][0]
+    assert f"~ pg_hba.conf on {replica}: would change" in planned.stdout, planned.stdout[-4000:]
+    assert "+hostssl" in planned.stdout and "pg_hba.conf (hcbpg)" in planned.stdout
+    assert "Saved plan" in planned.stdout
     t0 = time.monotonic()
-    first = cli(env, "run", "lab", "--from", "02", "--until", "04")
+    first = cli(env, "run", "lab", "--plan", str(plan_file))
     assert first.returncode == 0, first.stdout + first.stderr
+    assert latest_manifest(home)["selection"]["plan"]["signed_by"]
     changed = {s["key"]: s["changes"] for s in latest_manifest(home)["steps"]}
     assert all(changed.get(k, 0) > 0 for k in ("02_install_postgres", "03_allow_connections",
                                                "04_app_role_database")), changed
@@ -214,6 +223,27 @@ def test_run_again_changes_nothing_and_no_secret_in_outputs(lab, run_home):
             text = path.read_text(errors="replace")
             assert not any(s in text for s in secrets), f"a secret in {path}"
             assert "SCRAM-SHA-256$" not in text, f"a password verifier in {path}"
+
+
+def test_run_of_a_saved_plan_is_refused_when_a_server_changed_since_and_changes_nothing(lab, run_home, hosts):
+    """pg_hba.conf edited by hand on the replica after the plan was saved: `run --plan` plans again, sees
+    that step 03 would now change pg_hba.conf there, and applies nothing (the hand edit is still there)."""
+    home, env = run_home
+    plan_file = home / "03.plan"
+    planned = cli(env, "plan", "lab", "--only", "03", "--out", str(plan_file))
+    assert planned.returncode == 0, planned.stdout + planned.stderr
+    replica = RUN_SERVERS[1][0]
+    hba = "/etc/postgresql/15/main/pg_hba.conf"
+    hosts[replica].run(f"echo '# edited by hand after the plan' >> {hba}")
+    refused = cli(env, "run", "lab", "--plan", str(plan_file))
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "The world changed since plan" in refused.stdout
+    assert f"step 03_allow_connections: now also changes pg_hba.conf on {replica}" in refused.stdout, refused.stdout
+    assert "# edited by hand after the plan" in hosts[replica].run(f"cat {hba}").stdout, "a refused plan changed it"
+    # a plain run puts pg_hba.conf back as params say (the later tests start from there)
+    fixed = cli(env, "run", "lab", "--only", "03")
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    assert "# edited by hand" not in hosts[replica].run(f"cat {hba}").stdout
 
 
 def test_second_run_changes_nothing(params, hosts, password):
