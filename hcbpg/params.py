@@ -1,4 +1,5 @@
-"""Typed params for one environment (``params/<env>.yaml``), validated before anything runs.
+"""Typed params for one environment (``params/<env>.yaml``), validated before anything runs.  It is over 800
+lines because it is the one schema of every section, each model beside the checks that span its fields.
 
 Secrets are never values here, only references (see :mod:`hcbpg.secrets`).  Every
 problem is reported with its dotted key, and all problems are reported at once.
@@ -31,6 +32,7 @@ from hcbpg.values import (
     ADMIN_MAX_PREFIX,
     control_problem,
     control_problems,
+    documentation_network,
     endpoint,
     own_directory,
     printable,
@@ -282,8 +284,9 @@ class Source(Model):
     """Where the data comes from: Heroku Postgres (or any PostgreSQL reachable from the primary)."""
 
     method: Literal["heroku", "pg_dump"] = "pg_dump"
-    #: the source's postgres:// URL (Heroku: DATABASE_URL); used on the primary, never printed
-    url: SecretRef
+    #: the source's postgres:// URL, used on the primary, never printed; method heroku has none (each step reads
+    #: it with ``heroku pg:credentials:url --app APP``: Heroku rotates it)
+    url: SecretRef | None = None
     #: the CA certificate (PEM file on the operator's machine) the source's server certificate chains to:
     #: when set, the primary connects with sslmode=verify-full against it; without it, sslmode=require
     #: (encrypted, but the server's identity is not checked)
@@ -311,8 +314,10 @@ class Source(Model):
     def _method(self) -> "Source":
         if self.method == "heroku" and not self.heroku_app:
             raise ValueError("heroku_app: method heroku needs heroku_app (the Heroku app name)")
-        if self.method == "heroku" and self.transfer == "online":
-            raise ValueError("transfer: online needs method pg_dump (Bucardo connects with the source URL)")
+        if (self.method == "heroku") == (self.url is not None):
+            raise ValueError(f"url: method heroku reads the URL with `heroku pg:credentials:url --app {self.heroku_app}` "
+                             "when a step connects: remove source.url (or use method pg_dump)" if self.url else
+                             "url: method pg_dump needs url (a secret reference to the source's postgres:// URL)")
         return self
 
 
@@ -623,8 +628,10 @@ class Params(Model):
         raise KeyError(name)
 
     def placeholders(self) -> dict[str, str]:
-        """Values the operator must still edit (they contain ``CHANGE-ME``), by dotted key."""
-        return self._strings_where(lambda v: PLACEHOLDER in v)
+        """Values the operator must still edit, by dotted key: those containing ``CHANGE-ME``, and admin
+        ranges in the documentation networks (TEST-NET-1/2/3, 2001:db8::/32), which reach nobody."""
+        return {**self._strings_where(lambda v: PLACEHOLDER in v), **{f"hetzner.admin_source_ranges[{i}]": r for i, r
+                in enumerate(self.hetzner.admin_source_ranges) if documentation_network(r)}}
 
     def secret_refs(self) -> dict[str, str]:
         """Every secret reference in these params, by dotted key."""
@@ -710,7 +717,7 @@ def format_validation_error(exc: ValidationError) -> list[str]:
             problems.append(f"{key}: unknown key{hint}")
         elif err["type"] == "missing":
             problems.append(f"{key}: required key is missing")
-        elif msg.split(":")[0] in ("block", "cipher_pass", "repo_path_prefix", "s3_key") and ":" in msg:
+        elif msg.split(":")[0] in ("block", "cipher_pass", "repo_path_prefix", "s3_key", "url", "heroku_app") and ":" in msg:
             sub, rest = msg.split(":", 1)
             problems.append(f"{key + '.' if key else ''}{sub}:{rest}")
         elif not key:

@@ -232,3 +232,17 @@ def read_yaml_file(path: Path) -> Any:
         raise ParamsError(str(path), [printable(f"not valid YAML: {exc}").replace("\\n", " ")]) from None
     except RecursionError:
         raise ParamsError(str(path), ["not valid params: nested too deeply to read"]) from None
+
+
+#: networks reserved for documentation (RFC 5737, RFC 3849): an admin range in one is a placeholder
+DOCUMENTATION_NETWORKS = tuple(ipaddress.ip_network(n) for n in (
+    "192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32"))
+
+
+def documentation_network(value: str) -> bool:
+    """True when *value* (a CIDR) lies inside a documentation network: a placeholder, it reaches nobody."""
+    try:
+        net = ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        return False
+    return any(net.version == d.version and net.subnet_of(d) for d in DOCUMENTATION_NETWORKS)  # type: ignore[arg-type]

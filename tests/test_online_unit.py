@@ -130,7 +130,7 @@ def test_params_choose_the_online_transfer_with_its_settings():
 
 @pytest.mark.parametrize("source, key", [
     ({"transfer": "online", "online": {"drain_timeout_s": 0}}, "drain_timeout_s"),
-    ({"transfer": "online", "method": "heroku", "heroku_app": "hcb"}, "transfer"),
+    ({"transfer": "online", "method": "heroku", "heroku_app": "hcb"}, "source.url"),  # heroku: the CLI gives it
     ({"transfer": "online", "online": {"drain_deadline": 5}}, "drain_deadline"),
 ])
 def test_bad_online_params_are_refused_naming_the_key(source, key):

@@ -1,5 +1,6 @@
-"""`hcbpg plan production` on a machine without the 1Password CLI and without a route to the servers names only
-two kinds of problem: each secret reference it could not resolve, and each host it could not reach.
+"""`hcbpg plan production` on a machine without the 1Password CLI, the Heroku CLI and a route to the servers names
+only what is missing there: each secret reference it could not resolve, each host it could not reach, the Heroku
+CLI, and each placeholder the committed params still hold (refused outside the lab).
 
 The plan runs in an empty network namespace (``unshare --net``: not even loopback is up), so nothing it tries
 can leave this machine: the test never sends traffic to the production addresses or to Hetzner.
@@ -99,6 +100,8 @@ def test_plan_production_offline_names_only_unresolvable_secrets_and_unreachable
     op_refs = {k for k, v in params.secret_refs().items() if v.startswith("op://")}
     secret_rows = {r[0].removeprefix("secret ") for r in failed if r[0].startswith("secret ")}
     assert secret_rows == op_refs, (secret_rows ^ op_refs)
+    placeholders = {f"placeholder {k}" for k in params.placeholders()}
+    assert placeholders == {"placeholder pgbackrest.deadman_url", "placeholder hetzner.admin_source_ranges[0]"}
     for name, target, _status, detail in failed:
         if name.startswith("secret "):
             assert "1Password CLI" in detail, (name, detail)
@@ -106,11 +109,15 @@ def test_plan_production_offline_names_only_unresolvable_secrets_and_unreachable
             assert "hetzner.token cannot be resolved" in detail, detail
         elif name == "reachable over SSH":
             assert "cannot reach" in detail, (target, detail)
+        elif name in placeholders:  # production refuses them: each says what to put there
+            assert "is still the placeholder" in detail and "set it in production.yaml to" in detail, detail
+        elif name == "heroku CLI logged in":  # source.method: heroku, and no heroku here (or no network for it)
+            assert "heroku" in detail and "heroku login" in detail, detail
         else:
             raise AssertionError(f"a problem of another kind: {name} on {target}: {detail}")
     assert any(r[0] == "reachable over SSH" and r[1] == params.app_host.name for r in failed)
-    warned = {r[0] for r in rows if r[2] == "warn"}
-    assert "placeholder pgbackrest.deadman_url" in warned, "preflight names the placeholder"
+    assert placeholders <= {r[0] for r in failed}, "preflight refuses each placeholder outside the lab"
+    assert any(r[0] == "heroku CLI logged in" for r in failed)
 
 
 @pytest.mark.skipif(not _unshare_works(), reason="needs root and unshare --net (an empty network namespace)")
@@ -122,7 +129,8 @@ def test_a_failed_preflight_prints_every_failed_check_with_its_whole_reason_abov
     assert proc.returncode == 1, out[-3000:]
     (notebook,) = (home / "outputs" / "production").glob("*/00_preflight.ipynb")
     failed = [r for r in _rows(notebook) if r[2] == "fail"]
-    assert len(failed) >= 15, failed  # every secret reference, the Hetzner API, each host over SSH
+    # every secret reference, the Hetzner API, each host over SSH, the Heroku CLI, each placeholder
+    assert len(failed) >= 17, failed
     text = " ".join(out.split())  # wrapping only changes the spaces
     report = out[:out.index("Recap:")]
     assert "Step 00_preflight failed: " in report and f"{len(failed)} of " in report, report

@@ -32,7 +32,7 @@ from hcbpg.engine import audit
 from hcbpg.engine import manifest as mf
 from hcbpg.engine.runner import Runner, approve, change_signers, install_sigterm_as_interrupt
 from hcbpg.engine.state import state_dir
-from hcbpg.engine.terminal import LiveLines, render_live_bar, skip_reason
+from hcbpg.engine.terminal import LiveLines, skip_reason
 from hcbpg.errors import HcbpgError, UsageError
 from hcbpg.params import home, load_params
 
@@ -90,7 +90,7 @@ class Terminal:
             return
         import shutil  # noqa: PLC0415 - only a terminal needs its width
         width = shutil.get_terminal_size((100, 20)).columns
-        sys.stderr.write("\r\033[K" + render_live_bar(sample, width - 1))  # rich's bar, scrubbed, cut to fit
+        sys.stderr.write("\r\033[K" + hsecrets.scrub(hprogress.render_bar(sample))[: width - 1])
         sys.stderr.flush()
         self.bar_shown = True
 
@@ -127,7 +127,7 @@ def _runner(args: argparse.Namespace, **kw):  # noqa: ANN202
     # -v: cell output to the terminal as it comes (papermill's stdout_file/stderr_file, scrubbed) and,
     # as before, to the run log (log_output: papermill's logger has only the run log's handler)
     # one progress bar: hcbpg's own (term.live, on a terminal); papermill's cell bar would fight it on one line
-    return Runner(progress_bar=False, log_output=verbose, show_diff=getattr(args, "diff", False),
+    return Runner(progress_bar=False, log_output=verbose,
                   stream_cells=verbose and not quiet, progress=term.line, live=term.live, **kw)
 
 
@@ -160,37 +160,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     from hcbpg.engine import catalogue  # noqa: PLC0415 - only a run reads the catalogue here
 
     params = load_params(args.env, home())
-    plan_file = Path(args.plan) if args.plan else None
-    if plan_file is not None:  # the plan's steps (verified again by the runner before anything runs)
-        keys = _plan_steps_said(plan_file)
-    else:
-        keys = [s.key for s in catalogue.select(catalogue.load_steps(transfer=catalogue.transfer_of(params)),
-                                                start=args.start, until=args.until, only=args.only)]
-    confirm.confirm_run(params, args.env, keys, what=f"hcbpg run {args.env}", yes=args.yes,
+    steps = catalogue.select(catalogue.load_steps(transfer=catalogue.transfer_of(params)), start=args.start,
+                             until=args.until, only=args.only)
+    confirm.confirm_run(params, args.env, [s.key for s in steps], what=f"hcbpg run {args.env}", yes=args.yes,
                         echo=_err if getattr(args, "json", False) else print)
     return _finish(_runner(args).start(args.env, start=args.start, until=args.until, only=args.only,
-                                       inputs=args.inputs, plan_file=plan_file), args)
-
-
-def _plan_steps_said(path: Path) -> list[str]:
-    """The steps a plan file names, for the confirmation only (not believed: the runner verifies the file)."""
-    try:
-        steps = json.loads(path.read_text())["selection"]["steps"]
-        return [str(k) for k in steps][:100]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise UsageError(f"{path} is not an hcbpg plan (or cannot be read)",
-                         hint="Give the file `hcbpg plan --out` wrote.") from None
+                                       inputs=args.inputs), args)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    runner = _runner(args)
-    result = runner.start(args.env, dry_run=True, start=args.start, until=args.until, only=args.only,
-                          inputs=args.inputs)
-    if args.out and result.status == "succeeded":
-        result.message += "\n" + runner.save_plan(result, Path(args.out))
-    elif args.out:
-        result.message += f"\nNo plan saved to {args.out}: the plan did not succeed."
-    return _finish(result, args)
+    return _finish(_runner(args).start(args.env, dry_run=True, start=args.start, until=args.until,
+                                       only=args.only, inputs=args.inputs), args)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -331,18 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
         r.add_argument("-p", "--input", dest="inputs", action="append", default=[], metavar="NAME=VALUE",
                        help="an input of a selected step (`hcbpg steps ENV` lists them), e.g. -p rotate_roles=metabase; "
                             "recorded with the run")
-        r.add_argument("--diff", action="store_true",
-                       help="print each change with its diff after each step (what a plan would change, what a run "
-                            "changed)")
         if name == "run":
             r.add_argument("-y", "--yes", action="store_true",
                            help="do not ask for the environment's name (any environment but the lab asks)")
-            r.add_argument("--plan", metavar="FILE",
-                           help="apply exactly this saved plan (`hcbpg plan ENV --out FILE`): refused unless it is "
-                                "signed by an allowed signer and planning it again now gives the same changes")
-        else:
-            r.add_argument("--out", metavar="FILE",
-                           help="save the plan, signed with your key, for `hcbpg run ENV --plan FILE`")
         r.set_defaults(func=func)
 
     r = _sub(sub, "resume", "continue a failed, interrupted or waiting run", "hcbpg resume 6f0c2a1e -v")

@@ -341,11 +341,14 @@ class HcloudStandin:
                  on_server_created: CreatedHook | None = None,
                  on_server_deleted: DeletedHook | None = None,
                  action_seconds: float = 2.0,
-                 reserved_ips: Iterable[str] = ()) -> None:
+                 reserved_ips: Iterable[str] = (),
+                 read_only_tokens: Iterable[str] = ()) -> None:
         if not token:
             raise ValueError("the stand-in needs a non-empty API token")
         self.state = StateFile(state_path)
         self._token = token.strip()
+        #: tokens made with "Read" only: every request but a GET is refused (403 token_readonly), as the API does
+        self._read_only = [t.strip().encode() for t in read_only_tokens if t.strip()]
         self.on_server_created = on_server_created
         self.on_server_deleted = on_server_deleted
         self.action_seconds = action_seconds
@@ -375,7 +378,11 @@ class HcloudStandin:
         return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self._token.encode())
 
     def _handle(self, environ: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        if not self._authorized(environ):
+        scheme, _, given = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
+        if scheme.lower() == "bearer" and any(hmac.compare_digest(given.strip().encode(), t) for t in self._read_only):
+            if environ["REQUEST_METHOD"].upper() != "GET":
+                raise ApiError(403, "token_readonly", "The token is only allowed to perform GET requests", {})
+        elif not self._authorized(environ):
             raise ApiError(401, "unauthorized", "unable to authenticate", {})
         method = environ["REQUEST_METHOD"].upper()
         path = environ.get("PATH_INFO", "") or "/"

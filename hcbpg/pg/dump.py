@@ -1,7 +1,7 @@
 """The dump, decided without I/O: where it goes, the ``pg_dump`` command line and the source session it
-runs in, Heroku's backup commands, and its table of contents (``pg_restore -l``): what hcbpg creates
-itself before the restore is filtered out of it, in Python and as the equivalent sed program for a
-list made on the primary."""
+runs in, Heroku's backup and credentials commands (and the URL in the latter's output), and its table of
+contents (``pg_restore -l``): what hcbpg creates itself before the restore is filtered out of it, in
+Python and as the equivalent sed program for a list made on the primary."""
 
 from __future__ import annotations
 
@@ -130,6 +130,37 @@ def render_dump_session(params: "Params", out_dir: str, *, service_file: str, co
 def render_heroku_commands(app: str) -> tuple[list[str], list[str]]:
     """``heroku pg:backups:capture`` and ``heroku pg:backups:url`` for *app* (run where heroku is logged in)."""
     return (["heroku", "pg:backups:capture", "--app", app], ["heroku", "pg:backups:url", "--app", app])
+
+
+def render_heroku_credentials_command(app: str) -> list[str]:
+    """``heroku pg:credentials:url --app APP``: the app's database credentials, as the CLI prints them now
+    (Heroku rotates them, so they are read when used).  Its output holds the password: never shown."""
+    return ["heroku", "pg:credentials:url", "--app", app]
+
+
+def render_heroku_whoami_command() -> list[str]:
+    """``heroku auth:whoami``: the account the CLI is logged in as (exit 100 or 1 when it is not)."""
+    return ["heroku", "auth:whoami"]
+
+
+def parse_heroku_credentials_url(output: str) -> str | None:
+    """The ``postgres://`` URL in ``heroku pg:credentials:url`` output, or None when there is none.
+
+    The CLI prints (indented in newer versions)::
+
+        Connection information for default credential.
+        Connection info string:
+           "dbname=d4 host=ec2-1.compute-1.amazonaws.com port=5432 user=u9 password=p0 sslmode=require"
+        Connection URL:
+           postgres://u9:p0@ec2-1.compute-1.amazonaws.com:5432/d4
+
+    The line after ``Connection URL:`` is taken; without that header, the one line that is a URL."""
+    lines = [line.strip() for line in output.splitlines()]
+    urls = [line for line in lines if line.startswith(("postgres://", "postgresql://"))]
+    if "Connection URL:" in lines:
+        after = [line for line in lines[lines.index("Connection URL:") + 1:] if line]
+        return after[0] if after and after[0] in urls else None
+    return urls[0] if len(urls) == 1 else None
 
 
 def render_download(out_file: str) -> tuple[str, str]:

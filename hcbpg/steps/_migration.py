@@ -14,6 +14,7 @@ from hcbpg.display import show_plan, show_table
 from hcbpg.errors import VerificationFailed
 from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import migration, progress
+from hcbpg.ops.migration.source import get_source_url
 from hcbpg.outcome import Check, Outcome
 from hcbpg.pg import stream as pg_stream
 from hcbpg.pg.restore import GIB
@@ -116,7 +117,9 @@ def connect(rb: "Run") -> "tuple[Host | None, migration.Source | None]":
     ca = migration.ensure_source_ca(targets.hostlike(rb, host.name, host), rb.params)
     if ca.changed:
         rb.track(ca)
-    return host, migration.Source(host, rb.secret("source.url"), sslrootcert=migration.get_source_ca(host, rb.params))
+    # method heroku: the URL as `heroku pg:credentials:url` gives it now (Heroku rotates it), else source.url's secret
+    return host, migration.Source(host, get_source_url(rb.params, rb.secret),
+                                  sslrootcert=migration.get_source_ca(host, rb.params))
 
 
 def plan(rb: "Run", host: "Host | None", source: "migration.Source | None") -> "migration.Plan | None":

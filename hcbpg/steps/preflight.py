@@ -1,5 +1,9 @@
-"""Step 00 (notebook ``00_preflight``): params valid, secrets resolvable, every target reachable over SSH,
-the operator's tools present; and the table of what the run will touch.  Nothing here changes anything.
+"""Step 00 (notebook ``00_preflight``): params valid and edited (no placeholder left outside the lab), secrets
+resolvable, the operator's tools present (the Heroku CLI logged in with access to the app for method heroku),
+the Hetzner token read-write, the operator's address inside the admin ranges, every target reachable over SSH;
+and the table of what the run will touch.  Nothing here changes anything.
+
+``hcbpg doctor ENV`` runs these same checks (:func:`preflight`) before any run exists, with the signing key's.
 """
 
 from __future__ import annotations
@@ -14,13 +18,17 @@ from typing import TYPE_CHECKING, Any
 
 from hcbpg.adapters.cloud import make_client
 from hcbpg.adapters.host import Host
+from hcbpg.adapters.site import PRODUCTION, site_for
 from hcbpg.desired.addresses import app_ssh_address, ssh_address
 from hcbpg.errors import HcbpgError, HostKeyError, HostUnreachable, SecretError
 from hcbpg.ops import app_database as roles
 from hcbpg.ops import cluster as pg_cluster
+from hcbpg.ops import operator
+from hcbpg.ops.migration.source import LocalRunner, get_heroku_account, get_heroku_source_url, run_local
 from hcbpg.outcome import Check
 from hcbpg.params import params_path, params_sha256
 from hcbpg.pg import scram as scram
+from hcbpg.pg.conninfo import describe_source, parse_source_url
 from hcbpg.steps.targets import recorded_servers
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -37,15 +45,57 @@ OPERATOR_MODULES = (
 )
 
 
+#: what each placeholder stands for, so its row says what to put there
+PLACEHOLDER_FIX = {
+    "pgbackrest.deadman_url": "the team's healthchecks.io ping URL (step 08 fails until then)",
+    "hetzner.admin_source_ranges": "the office / VPN ranges SSH may come from (this one reaches nobody: step 01's "
+                                   "firewall would lock every operator out)",
+}
+
+
 def check_params(rb: "Run") -> list[Check]:
-    """The params file validated (runbook.start already refused an invalid one)."""
+    """The params file validated (runbook.start already refused an invalid one), and no placeholder left:
+    each one fails on a real site (production, staging), warns in the lab."""
     path = params_path(rb.env, rb.home)
     out = [Check("params valid", "pass", f"{path.name} sha256 {params_sha256(rb.env, rb.home)[:12]}", str(path))]
+    real = site_for(rb.params) is PRODUCTION
     for key, value in rb.params.placeholders().items():
-        out.append(Check(f"placeholder {key}", "warn",
-                         f"{key} is still the placeholder {value!r}: set it in {path.name} before the step "
-                         "that uses it (pgbackrest.deadman_url: step 08 fails until then)", str(path)))
+        fix = PLACEHOLDER_FIX.get(key.split("[")[0], "the value this environment uses")
+        out.append(Check(f"placeholder {key}", "fail" if real else "warn",
+                         f"{key} is still the placeholder {value!r}: set it in {path.name} to {fix}",
+                         f"params/{path.name}"))
     return out
+
+
+def check_heroku(rb: "Run", *, local: LocalRunner = run_local) -> list[Check]:
+    """With ``source.method: heroku``: the Heroku CLI installed and logged in, and its account reaches the app's
+    database (``heroku pg:credentials:url``: the URL is read, registered with the scrubber and never shown).
+    No rows for method pg_dump."""
+    src = rb.params.source
+    if src is None or src.method != "heroku" or not src.heroku_app:
+        return []
+    target = f"heroku app {src.heroku_app}"
+    try:
+        account = get_heroku_account(local=local)
+    except HcbpgError as exc:
+        return [Check("heroku CLI logged in", "fail", f"{exc.message}. {exc.hint or ''}".strip(), "operator")]
+    out = [Check("heroku CLI logged in", "pass", f"as {account}", "operator")]
+    try:
+        conn = parse_source_url(get_heroku_source_url(src.heroku_app, local=local))
+    except HcbpgError as exc:
+        out.append(Check("source URL from heroku pg:credentials:url", "fail", f"{exc.message}. {exc.hint or ''}"
+                         .strip(), target))
+        return out
+    out.append(Check("source URL from heroku pg:credentials:url", "pass",
+                     f"{describe_source(conn)} (read when each step connects; never shown)", target))
+    return out
+
+
+def check_operator_address(rb: "Run", given: str | None = None) -> Check:
+    """The operator's public address (``--from``, ``HCBPG_OPERATOR_ADDRESS`` or this machine's own) is inside
+    ``hetzner.admin_source_ranges``."""
+    address, how = operator.get_operator_address(given)
+    return operator.check_admin_range(rb.params, address, how)
 
 
 def _key_file_check(label: str, path_text: str, *, private: bool) -> Check:
@@ -107,12 +157,18 @@ def get_cloud_servers(rb: "Run") -> tuple[dict[str, str | None] | None, Check]:
     Asking the API, not earlier runs' records, keeps a rebuilt project (or lab) from sending
     preflight after servers that are gone.  None when the API cannot be asked.
     """
+    found, row, _client = _cloud_servers(rb)
+    return found, row
+
+
+def _cloud_servers(rb: "Run") -> tuple[dict[str, str | None] | None, Check, Any]:
+    """:func:`get_cloud_servers`, and the client that answered (None when the API could not be asked)."""
     params = rb.params
     try:
         token = rb.secret("hetzner.token")
     except SecretError:
         return None, Check("Hetzner Cloud API reachable", "fail", "not asked: the secret hetzner.token cannot be "
-                           "resolved (see its row above)", params.hetzner.api_endpoint)
+                           "resolved (see its row above)", params.hetzner.api_endpoint), None
     try:
         client = make_client(params, token, timeout=params.ssh.connect_timeout * 3)
         found: dict[str, str | None] = {}
@@ -123,9 +179,9 @@ def get_cloud_servers(rb: "Run") -> tuple[dict[str, str | None] | None, Check]:
                 found[server.name] = ipv4.ip if ipv4 else None
     except Exception as exc:  # noqa: BLE001 - any failure here is one failed row, with its reason
         reason = exc.message if isinstance(exc, HcbpgError) else f"{type(exc).__name__}: {exc}"
-        return None, Check("Hetzner Cloud API reachable", "fail", reason[:300], params.hetzner.api_endpoint)
+        return None, Check("Hetzner Cloud API reachable", "fail", reason[:300], params.hetzner.api_endpoint), None
     return found, Check("Hetzner Cloud API reachable", "pass",
-                        f"{len(found)} of {len(params.servers)} server(s) exist", params.hetzner.api_endpoint)
+                        f"{len(found)} of {len(params.servers)} server(s) exist", params.hetzner.api_endpoint), client
 
 
 def _address(rb: "Run", name: str, existing: dict[str, str | None] | None) -> str | None:
@@ -215,13 +271,18 @@ def target_rows(rb: "Run") -> list[dict[str, Any]]:
     return rows
 
 
-def preflight(rb: "Run") -> list[Check]:
-    """Every preflight check (params, secrets, tools, reachability, the app role's password), in that order."""
-    checks = check_params(rb) + rb.check_secrets() + check_tools(rb)
-    cloud_servers = get_cloud_servers(rb)
+def preflight(rb: "Run", *, operator_address: str | None = None, local: LocalRunner = run_local) -> list[Check]:
+    """Every preflight check, in this order: params (placeholders), secrets, the operator's tools (Heroku CLI),
+    the Hetzner API and its token's rights, the operator's address against the admin ranges, reachability,
+    the app role's password.  ``hcbpg doctor`` runs it too (*operator_address*: its ``--from``)."""
+    checks = check_params(rb) + rb.check_secrets() + check_tools(rb) + check_heroku(rb, local=local)
+    found, api_row, client = _cloud_servers(rb)
+    if client is not None:
+        checks.append(operator.check_token_rights(client, rb.params))
+    checks.append(check_operator_address(rb, operator_address))
     try:
-        checks += check_reachable(rb, cloud_servers)
+        checks += check_reachable(rb, (found, api_row))
     except HcbpgError as exc:
         checks.append(Check("reachable over SSH", "fail", exc.message))
-    checks += check_app_role_password(rb, cloud_servers[0])
+    checks += check_app_role_password(rb, found)
     return checks

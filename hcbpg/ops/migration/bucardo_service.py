@@ -1,5 +1,8 @@
 """Bucardo's service file for the source, on the primary: the source's connection with the app's Heroku
 credentials, read by Bucardo's command line and daemon and by its plperlu functions inside the server.
+With ``source.method: heroku`` they are what ``heroku pg:credentials:url`` gave when the step connected
+(:func:`hcbpg.ops.migration.source.get_source_url`: Heroku rotates them, so every step that starts
+Bucardo writes the file again from the CLI's answer); otherwise ``source.url``'s secret.
 
 It holds a password, so it lives on tmpfs (:data:`SERVICE_FILE`, never on disk: gone with a reboot,
 written again by the steps that start Bucardo, removed by the clean-up); libpq reads the postgres

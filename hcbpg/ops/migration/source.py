@@ -1,11 +1,14 @@
 """The two ends of the migration as psql endpoints on the primary: the source through a 0600 libpq
-service file in ``/run`` (written on enter, removed on exit), the target over the Unix socket; and
-the source's facts and sessions."""
+service file in ``/run`` (written on enter, removed on exit), the target over the Unix socket; the
+source's URL (a secret reference, or with method heroku the Heroku CLI's answer at the moment of use);
+and the source's facts and sessions."""
 
 from __future__ import annotations
 
 import os
 import shlex
+import subprocess
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,9 +16,10 @@ from hcbpg import secrets as hsecrets
 from hcbpg.adapters.base import Changes
 from hcbpg.adapters.files import ensure_dir
 from hcbpg.adapters.psql import PsqlEndpoint, ServiceFileEndpoint
-from hcbpg.errors import ParamsError
+from hcbpg.errors import ParamsError, SecretError
 from hcbpg.outcome import Outcome, unified_diff
 from hcbpg.pg.conninfo import APPLICATION_NAME, SERVICE_NAME, describe_source, parse_source_url, render_service_file
+from hcbpg.pg.dump import parse_heroku_credentials_url, render_heroku_credentials_command, render_heroku_whoami_command
 from hcbpg.pg.inventory import SOURCE_FACTS_SQL
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -50,6 +54,76 @@ class Source(ServiceFileEndpoint):
                          service_text=render_service_file(self.conn, sslrootcert=sslrootcert),
                          directory=SECRET_DIR, label=f"the source ({describe_source(self.conn)})",
                          database=self.conn.get("dbname"))
+
+
+#: runs a command on the operator's machine (argv, never a shell) and returns it finished, output captured
+LocalRunner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
+#: the Heroku CLI answers in seconds; past this it is waiting for something (a login prompt, the network)
+HEROKU_TIMEOUT_S = 60.0
+HEROKU_LOGIN_HINT = ("Log in with `heroku login` (or set HEROKU_API_KEY) as an account with access to the app, "
+                     "and check params source.heroku_app.")
+
+
+def run_local(argv: Sequence[str]) -> "subprocess.CompletedProcess[str]":
+    """*argv* on this machine, no stdin (a CLI that would prompt gets none), at most :data:`HEROKU_TIMEOUT_S`."""
+    return subprocess.run(list(argv), capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                          timeout=HEROKU_TIMEOUT_S)
+
+
+def _heroku(argv: Sequence[str], local: LocalRunner) -> "subprocess.CompletedProcess[str]":
+    """*argv* run; SecretError (never its output: it may hold the password) when heroku is missing or hangs."""
+    try:
+        return local(argv)
+    except FileNotFoundError:
+        raise SecretError(f"`{argv[0]}` is not installed on this machine (method heroku reads the source's URL with "
+                          "it)", hint="Install the Heroku CLI (https://devcenter.heroku.com/articles/heroku-cli), "
+                                      "then `heroku login`.") from None
+    except subprocess.TimeoutExpired:
+        raise SecretError(f"`{' '.join(argv)}` did not answer within {HEROKU_TIMEOUT_S:.0f} s",
+                          hint=HEROKU_LOGIN_HINT) from None
+
+
+def get_heroku_account(*, local: LocalRunner = run_local) -> str:
+    """The account ``heroku`` is logged in as (``heroku auth:whoami``); SecretError when it is not."""
+    argv = render_heroku_whoami_command()
+    proc = _heroku(argv, local)
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        raise SecretError(f"the Heroku CLI is not logged in (`{' '.join(argv)}` exit {proc.returncode})",
+                          hint=HEROKU_LOGIN_HINT)
+    return lines[-1].strip()
+
+
+def get_heroku_source_url(app: str, *, local: LocalRunner = run_local) -> str:
+    """The source's URL as ``heroku pg:credentials:url --app APP`` gives it now, registered with the scrubber.
+
+    Read at the moment of use (Heroku rotates the credentials); it goes to the primary only inside the
+    0600 service files on tmpfs, never on a command line, and the CLI's output is never shown."""
+    argv = render_heroku_credentials_command(app)
+    proc = _heroku(argv, local)
+    url = parse_heroku_credentials_url(proc.stdout) if proc.returncode == 0 else None
+    if url is None:
+        # the CLI's own words when it failed (no access, unknown app: stderr, which holds no credential);
+        # nothing of its stdout, which may
+        said = hsecrets.scrub(proc.stderr).strip().splitlines()[-1:] if proc.returncode else []
+        raise SecretError(f"`{' '.join(argv)}` gave no database URL (exit {proc.returncode}"
+                          + (f": {said[0][:200]}" if said else "") + ")", hint=HEROKU_LOGIN_HINT)
+    hsecrets.register(url)
+    conn = parse_source_url(url)
+    if conn.get("password"):
+        hsecrets.register(conn["password"])
+    return url
+
+
+def get_source_url(params: "Params", secret: Callable[[str], str], *, local: LocalRunner = run_local) -> str:
+    """The source's ``postgres://`` URL: with method heroku from the Heroku CLI now, else ``source.url``'s secret."""
+    src = params.source
+    if src is None:
+        raise ParamsError("params", ["source: these params have no source section (where the data comes from)"])
+    if src.method == "heroku":
+        assert src.heroku_app is not None  # params refuse method heroku without it
+        return get_heroku_source_url(src.heroku_app, local=local)
+    return secret("source.url")
 
 
 #: where the source's CA (``source.ca_file``) is put on the primary
