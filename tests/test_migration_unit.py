@@ -14,7 +14,6 @@ import pytest
 import yaml
 
 from hcbpg.adapters.psql import JSON_MARK
-from hcbpg.desired.migration import render_app_urls
 from hcbpg.errors import SafetyCheckFailed, SecretError, VerificationFailed
 from hcbpg.ops import migration
 from hcbpg.ops.migration import cutover as migration_cutover
@@ -79,25 +78,79 @@ def test_database_url_quotes_the_password_and_prints_only_redacted(params):
     assert PASSWORD not in scrub(url) and "s3cr3t" not in scrub(url)
 
 
-def test_app_urls_go_to_a_0600_file_and_only_redacted_urls_are_shown(params, tmp_path, monkeypatch, capsys):
+BLAZER_PW = "blazer-pw/0123456789"
+MIGRATIONS_PW = "migrations-pw/0123456789"
+
+
+@pytest.fixture
+def url_params(monkeypatch, tmp_path):
+    """Lab params whose Blazer and migrations passwords are in the environment, the files under tmp_path."""
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
-    urls = migration_steps.write_urls_file(render_app_urls(params, PASSWORD), dry_run=False)
+    monkeypatch.setenv("HCBPG_TEST_BLAZER_PW", BLAZER_PW)
+    monkeypatch.setenv("HCBPG_TEST_MIGRATIONS_PW", MIGRATIONS_PW)
+    data = yaml.safe_load((REPO / "params" / "lab.yaml").read_text())
+    data["roles"]["blazer"]["password"] = "env:HCBPG_TEST_BLAZER_PW"
+    data["roles"]["migrations"]["password"] = "env:HCBPG_TEST_MIGRATIONS_PW"
+    return parse_params(data)
+
+
+def _rb(params, *, dry_run=False):
+    from hcbpg.engine import runbook as rbmod
+    return rbmod.Runbook("lab", run_id="", run_dir="", dry_run=dry_run, step="09_start_traffic", params=params,
+                         base=Path("/nonexistent"))
+
+
+def test_the_apps_urls_go_whole_to_a_0600_file_blazer_read_only_and_only_redacted_is_shown(url_params, tmp_path,
+                                                                                              capsys):
+    """One file per target, the target's whole current set: the app's DATABASE_URL (rails) beside Blazer's
+    own read-only login (never rails'); handed out again unchanged, it says so and changes nothing."""
+    from hcbpg.desired.roles import roles_config
+    from hcbpg.ops import handout
+    cfg = roles_config(url_params)
+    rb = _rb(url_params)
+    urls = migration_steps.hand_out_urls(rb, lambda: handout.app_urls(url_params, cfg, login="rails",
+                                                                      password=PASSWORD), "the app")
     out = capsys.readouterr().out
-    assert PASSWORD not in out and "s3cr3t" not in out
+    assert PASSWORD not in out and BLAZER_PW not in out and "s3cr3t" not in out
     tls = "?sslmode=verify-full&sslrootcert=/etc/hcbpg/tls/lab-postgres-ca.crt"
     assert f"DATABASE_URL=postgres://rails:{REDACTED}@10.0.1.5:5432/hcb_production{tls}" in out
-    assert f"BLAZER_DATABASE_URL=postgres://rails:{REDACTED}@10.0.1.5:5432/hcb_production{tls}" in out
+    assert f"BLAZER_DATABASE_URL=postgres://blazer:{REDACTED}@10.0.1.5:5432/hcb_production{tls}" in out
+    assert urls is not None and urls.written
     assert urls.path == tmp_path / "state" / "hcbpg" / "lab" / "app-database-urls.env"
-    assert stat.S_IMODE(urls.path.stat().st_mode) == 0o600
-    text = urls.path.read_text()
-    assert text.count("DATABASE_URL='postgres://rails:") == 2  # quoted: the TLS query has & and ?
-    assert "outputs" not in str(urls.path)
+    assert stat.S_IMODE(urls.path.stat().st_mode) == 0o600 and "outputs" not in str(urls.path)
+    handed = dict(line.split("=", 1) for line in urls.path.read_text().splitlines() if not line.startswith("#"))
+    assert set(handed) == {"DATABASE_URL", "BLAZER_DATABASE_URL"}
+    assert handed["DATABASE_URL"].startswith("'postgres://rails:")  # quoted: the TLS query has & and ?
+    assert handed["BLAZER_DATABASE_URL"].startswith("'postgres://blazer:") and "s3cr3t" not in handed["BLAZER_DATABASE_URL"]
+    assert [o.changed for o in rb.outcomes] == [True]
+    again = migration_steps.hand_out_urls(rb, lambda: handout.app_urls(url_params, cfg, login="rails",
+                                                                       password=PASSWORD), "the app")
+    assert again is not None and not again.written and [o.changed for o in rb.outcomes] == [True, False]
+    assert "are already in" in capsys.readouterr().out
+    # the release command's file holds its own URL only: no second BLAZER_DATABASE_URL to disagree with
+    rel = migration_steps.hand_out_urls(rb, lambda: handout.release_urls(url_params, cfg), "the release command")
+    assert rel is not None and rel.path.name == "release-database-urls.env"
+    assert [line.split("=", 1)[0] for line in rel.path.read_text().splitlines() if not line.startswith("#")] == \
+        ["MIGRATIONS_DATABASE_URL"]
 
 
-def test_app_urls_dry_run_writes_nothing(params, tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
-    urls = migration_steps.write_urls_file(render_app_urls(params, PASSWORD), dry_run=True)
-    assert not urls.path.exists() and not urls.written
+def test_app_urls_dry_run_writes_nothing_and_a_plan_without_the_passwords_yet_says_so(url_params, monkeypatch):
+    from hcbpg.desired.roles import roles_config
+    from hcbpg.ops import handout
+    cfg = roles_config(url_params)
+    rb = _rb(url_params, dry_run=True)
+    urls = migration_steps.hand_out_urls(rb, lambda: handout.app_urls(url_params, cfg, login="rails",
+                                                                      password=PASSWORD), "the app")
+    assert urls is not None and not urls.path.exists() and not urls.written
+    assert rb.outcomes[-1].changed and rb.outcomes[-1].dry_run
+    monkeypatch.delenv("HCBPG_TEST_BLAZER_PW")  # step 13 makes the passwords; a plan before it cannot read them
+    assert migration_steps.hand_out_urls(rb, lambda: handout.app_urls(url_params, cfg, login="rails",
+                                                                      password=PASSWORD), "the app") is None
+    assert "once the logins' passwords exist" in rb.outcomes[-1].actions[0]
+    real = _rb(url_params)
+    with pytest.raises(SecretError):  # a real run does not go on without them
+        migration_steps.hand_out_urls(real, lambda: handout.app_urls(url_params, cfg, login="rails",
+                                                                     password=PASSWORD), "the app")
 
 
 # commands ----------------------------------------------------------------------------------

@@ -73,7 +73,7 @@ def test_step_13_moves_ownership_only_after_the_release_command_gate():
     code = ["".join(c["source"]) for c in json.loads((notebooks_dir() / "13_roles.ipynb").read_text())["cells"]
             if c["cell_type"] == "code"]
     src = "\n".join(code)
-    order = [src.index(call) for call in ("roles.apply_login_roles(", "roles.hand_out_release_urls(",
+    order = [src.index(call) for call in ("roles.apply_login_roles(", "roles.hand_out_urls(",
                                           "roles.release_command_gate(", "roles.apply(rb")]
     assert order == sorted(order), order
     assert src.count("roles.apply(rb") == 1

@@ -98,9 +98,11 @@ def release_urls_path(params: "Params") -> Path:
     return handoff_path(params).with_name("release-database-urls.env")
 
 
-def render_env_file(values: Mapping[str, str]) -> str:
+def render_env_file(values: Mapping[str, str], *, target: str = "") -> str:
     """``NAME=value`` lines (values single-quoted for a shell), for pasting into Hatchbox."""
-    head = "# written by hcbpg (09_start_traffic): set these in Hatchbox, then delete this file\n"
+    head = (f"# written by hcbpg: the database URLs of {target or 'this target'}, all of them as they are now.\n"
+            "# Set them in Hatchbox. hcbpg rewrites this file whole whenever a step changes one (09, 13, 14);\n"
+            "# it is yours alone (0600), outside outputs/.\n")
     return head + "".join(f"{k}={shlex.quote(v)}\n" for k, v in values.items())
 
 
@@ -118,6 +120,8 @@ class AppUrls:
     path: Path
     values: dict[str, str] = field(repr=False)
     written: bool = False
+    #: who the URLs are for (the file's header)
+    target: str = ""
 
     @property
     def shown(self) -> dict[str, str]:
@@ -127,20 +131,15 @@ class AppUrls:
     @property
     def text(self) -> str:
         """The file's text (:func:`render_env_file`)."""
-        return render_env_file(self.values)
+        return render_env_file(self.values, target=self.target)
 
 
-def render_app_urls(params: "Params", password: str) -> AppUrls:
-    """DATABASE_URL and BLAZER_DATABASE_URL of the app role for the handoff file (:func:`handoff_path`)."""
-    url = hsecrets.register(render_database_url(params, password))
-    return AppUrls(handoff_path(params), {"DATABASE_URL": url, "BLAZER_DATABASE_URL": url})
-
-
-def render_role_urls(params: "Params", values: Mapping[str, tuple[str, str]], *, path: Path) -> AppUrls:
+def render_role_urls(params: "Params", values: Mapping[str, tuple[str, str]], *, path: Path,
+                     target: str = "") -> AppUrls:
     """``NAME -> (role, password)`` as URLs (the app's URL builder, verify-full) for the file *path*."""
     tls = desired_tls.client_tls(params)
     return AppUrls(path, {k: hsecrets.register(pg_conninfo.render_role_url(params, role, pw, query=tls))
-                          for k, (role, pw) in values.items()})
+                          for k, (role, pw) in values.items()}, target=target)
 
 
 def compute_downtime(gates: Mapping[str, Mapping[str, Any]], phases: Mapping[str, float], *,

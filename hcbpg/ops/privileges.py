@@ -56,15 +56,21 @@ from hcbpg.pg.acl import Observed, catalog_queries, parse_observed
 from hcbpg.pg.scram import scram_matches
 
 if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Collection
+
     from hcbpg.adapters.base import PsqlLike
     from hcbpg.adapters.secretstore import SecretStoreLike
 
 # secrets of the login roles -----------------------------------------------------------------------
 
-def ensure_role_secrets(secrets: "SecretStoreLike", cfg: RolesConfig) -> list[Outcome]:
-    """Every login role's secret exists: a missing ``file:`` secret gets a new password (0600), never shown."""
+def ensure_role_secrets(secrets: "SecretStoreLike", cfg: RolesConfig,
+                        only: "Collection[str] | None" = None) -> list[Outcome]:
+    """Every login role's secret exists (*only*: these roles'): a missing ``file:`` secret gets a new
+    password (0600), never shown."""
     out = []
     for role in cfg.secret_roles():
+        if only is not None and role.name not in only:
+            continue
         what = f"secret {role.password_key} ({role.password_ref.split(':', 1)[0]}:)"
         mark = len(secrets.journal)
         try:

@@ -39,6 +39,7 @@ from hcbpg.desired import tls as desired_tls
 from hcbpg.desired.roles import RolesConfig
 from hcbpg.desired.rotation import AppSwitch, Rotatable, check_storable, login_ref, plan_app_switch
 from hcbpg.errors import SafetyCheckFailed, UsageError
+from hcbpg.ops import handout
 from hcbpg.ops.access import run_psql_as
 from hcbpg.ops.app_database import get_role
 from hcbpg.outcome import Check, Outcome
@@ -174,6 +175,7 @@ def run_app_rotation(psql: "PsqlLike", params: "Params", cfg: RolesConfig, *, ti
                                     f"the secret {old_key}; refusing to rotate from an unknown state",
                                     hint="Point the reference at the password the app uses; nothing was changed.")
         check_storable(Rotatable(switch.new, switch.new_key, switch.new_ref, "app", params.postgres.database))
+        handout.app_urls(params, cfg, login=switch.new, password="")  # the file's other URLs resolve: before any change
         new_pw = hsecrets.generate_password()
         pending = _pending_path(params, switch.new)
         hsecrets.write_private_file(pending, new_pw + "\n")
@@ -191,9 +193,9 @@ def run_app_rotation(psql: "PsqlLike", params: "Params", cfg: RolesConfig, *, ti
         psql.execute(stmts)
         hsecrets.store_secret(switch.new_ref, new_pw, key=switch.new_key)
         pending.unlink()
-        urls = desired_migration.render_role_urls(params, {"DATABASE_URL": (switch.new, new_pw)},
-                                                  path=desired_migration.handoff_path(params))
-        hsecrets.write_private_file(urls.path, urls.text)
+        # the app's file, whole: the new DATABASE_URL, and Blazer's read-only URL as it was
+        urls = handout.app_urls(params, cfg, login=switch.new, password=new_pw)
+        handout.ensure_urls_file(urls, dry_run=False)
         actions += [f"{'ALTER' if exists else 'CREATE'} ROLE {switch.new} LOGIN PASSWORD [secret] "
                     f"(member of {cfg.group_role}) on {psql.host.name}",
                     f"stored at {switch.new_key} ({switch.new_ref.split(':', 1)[0]}:)",

@@ -4,16 +4,15 @@ not import the engine)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from hcbpg import secrets as hsecrets
 from hcbpg.desired.migration import AppUrls, plan_without_primary
 from hcbpg.display import show_plan, show_table
-from hcbpg.errors import VerificationFailed
+from hcbpg.errors import SecretError, VerificationFailed
 from hcbpg.ops import cluster as pg_cluster
-from hcbpg.ops import migration, progress
+from hcbpg.ops import handout, migration, progress
 from hcbpg.ops.migration.source import get_source_url
 from hcbpg.outcome import Check, Outcome
 from hcbpg.pg import stream as pg_stream
@@ -137,15 +136,27 @@ def plan(rb: "Run", host: "Host | None", source: "migration.Source | None") -> "
     return p
 
 
-def write_urls_file(urls: AppUrls, *, dry_run: bool) -> AppUrls:
-    """*urls* into their 0600 file (directory 0700) for the operator, not on a dry run; then shown redacted."""
-    if not dry_run:
-        hsecrets.write_private_file(urls.path, urls.text)
-    written = replace(urls, written=not dry_run)
-    for k, v in written.shown.items():
+def hand_out_urls(rb: "Run", make: "Callable[[], AppUrls | None]", what: str) -> AppUrls | None:
+    """A target's URLs (*make*: :mod:`hcbpg.ops.handout`) as its 0600 file's whole content, tracked (unchanged
+    when the file holds them already), shown redacted.  A plan whose passwords do not exist yet (13 makes
+    them) says the file would be written."""
+    try:
+        urls = make()
+    except SecretError:
+        if not rb.dry_run:
+            raise
+        rb.track(Outcome(f"handed-out URLs of {what}", True, True,
+                         actions=["written once the logins' passwords exist (this run makes them)"]), show=False)
+        print(f"{what}: the URLs would be handed out once the passwords exist")
+        return None
+    if urls is None:
+        return None
+    outcome = rb.track(handout.ensure_urls_file(urls, dry_run=rb.dry_run), show=False)
+    for k, v in urls.shown.items():
         print(f"{k}={v}")
-    print(f"the real values are {'in' if written.written else 'would be written to'} {written.path} (mode 0600)")
-    return written
+    state = ("would be written to" if rb.dry_run else "are now in") if outcome.changed else "are already in"
+    print(f"the URLs of {what}, all of them as they are now, {state} {urls.path} (mode 0600)")
+    return replace(urls, written=outcome.changed and not rb.dry_run)
 
 
 def show_comparison(result: "migration.MigrationResult") -> None:

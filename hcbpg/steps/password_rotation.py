@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from hcbpg.desired import rotation as desired_rotation
 from hcbpg.desired.roles import RolesConfig, roles_config  # noqa: F401 - the notebook's call
 from hcbpg.desired.rotation import AppSwitch, Rotatable, dependents_table  # noqa: F401 - the notebook's calls
-from hcbpg.ops import monitoring, replication, rotation
+from hcbpg.ops import handout, monitoring, privileges, replication, rotation
 from hcbpg.outcome import Check, Outcome
 from hcbpg.steps.targets import app_host, jumpbox_host, primary_psql, server_hosts
 
@@ -68,7 +68,20 @@ def run_rotations(rb: "Run", rots: Sequence[Rotatable], psql: "Psql | None", cfg
         rb.track(outcome)
         rotated[rot.role] = Rotated(old, new)
         rb.track(update_hcbpg_dependents(rot, new, rb.params, cfg, hosts))
+        rb.track(hand_out_again(rot, rb.params, cfg, psql))  # type: ignore[arg-type]
     return rotated
+
+
+def hand_out_again(rot: Rotatable, params: "Params", cfg: RolesConfig, psql: "Psql") -> list[Outcome]:
+    """The handed-out file holding *rot*'s URL, rewritten whole with its new password: the app's
+    (BLAZER_DATABASE_URL, beside the app's DATABASE_URL as it is now) or the release command's."""
+    if cfg.blazer is not None and rot.role == cfg.blazer.name:
+        login, password = privileges.get_app_login(psql, cfg)
+        return [handout.ensure_urls_file(handout.app_urls(params, cfg, login=login, password=password), dry_run=False)]
+    if cfg.migrations is not None and rot.role == cfg.migrations.name:
+        urls = handout.release_urls(params, cfg)
+        return [handout.ensure_urls_file(urls, dry_run=False)] if urls is not None else []
+    return []
 
 
 def verify_host(rb: "Run", rot: Rotatable, cfg: RolesConfig, hosts: Mapping[str, "Host | None"]) -> "Host | None":

@@ -12,13 +12,13 @@ from hcbpg.adapters.dryrun import AbsentHost, DryRunHost
 from hcbpg.adapters.psql import Psql
 from hcbpg.adapters.secretstore import SecretStore, secret_store
 from hcbpg.desired import server as desired_server
-from hcbpg.desired.migration import release_urls_path, render_role_urls
+from hcbpg.desired.migration import AppUrls, handoff_path
 from hcbpg.desired.privileges import render_privileges_table
 from hcbpg.desired.roles import RolesConfig, roles_config  # noqa: F401 - the notebook's call
-from hcbpg.ops import access, monitoring, privileges, readonly, tls
+from hcbpg.ops import access, handout, monitoring, privileges, readonly, tls
 from hcbpg.ops import config as pg_config
 from hcbpg.outcome import Check, Outcome
-from hcbpg.steps._migration import write_urls_file
+from hcbpg.steps._migration import hand_out_urls as hand_out
 from hcbpg.steps.targets import app_host, jumpbox_host, primary_psql, server_hosts, target_for
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -87,20 +87,22 @@ def apply_login_roles(rb: "Run", hosts: Mapping[str, "Host | None"], psql: "Psql
     rb.track(readonly.ensure_blazer(_real(psql), cfg))
 
 
-def hand_out_release_urls(rb: "Run", cfg: RolesConfig) -> None:
-    """MIGRATIONS_DATABASE_URL (the release command's) and BLAZER_DATABASE_URL into a 0600 file; redacted here."""
+def hand_out_urls(rb: "Run", psql: "Psql | None", cfg: RolesConfig) -> None:
+    """The release command's file (MIGRATIONS_DATABASE_URL) and the app's file rewritten whole (DATABASE_URL of
+    the app's login now, BLAZER_DATABASE_URL of Blazer's read-only login), each 0600; redacted here."""
     params = rb.params
-    values = {}
-    if cfg.migrations:
-        values["MIGRATIONS_DATABASE_URL"] = (cfg.migrations.name, "" if rb.dry_run else
-                                             privileges.get_role_password(SecretStore(), cfg, cfg.migrations.name))
-    if cfg.blazer:
-        values["BLAZER_DATABASE_URL"] = (cfg.blazer.name, "" if rb.dry_run else
-                                         privileges.get_role_password(SecretStore(), cfg, cfg.blazer.name))
-    if not values:
-        print("no migrations or Blazer role in params: no URL to hand out")
+    hand_out(rb, lambda: handout.release_urls(params, cfg), "the release command")
+    if cfg.blazer is None or psql is None:
         return
-    write_urls_file(render_role_urls(params, values, path=release_urls_path(params)), dry_run=rb.dry_run)
+    if rb.dry_run and not readonly.get_blazer(planning_psql(psql, params), cfg):
+        rb.track(Outcome(f"handed-out URLs of the app ({handoff_path(params)})", True, True,
+                         actions=["rewritten whole with Blazer's read-only login once it exists"]), show=False)
+        return
+
+    def app_file() -> "AppUrls":
+        login, password = privileges.get_app_login(psql, cfg)
+        return handout.app_urls(params, cfg, login=login, password=password)
+    hand_out(rb, app_file, "the app")
 
 
 def handed_over(psql: "Psql | None", cfg: RolesConfig) -> bool:

@@ -6,17 +6,23 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from hcbpg.desired.migration import AppUrls, compute_downtime, render_app_urls, render_database_url
+from hcbpg.adapters.secretstore import secret_store
+from hcbpg.desired.migration import AppUrls, compute_downtime, handoff_path, render_database_url
+from hcbpg.desired.roles import roles_config
 from hcbpg.display import show_table
-from hcbpg.ops import migration
+from hcbpg.ops import handout, migration, privileges, readonly
+from hcbpg.ops.cluster import get_psql
 from hcbpg.steps import targets
-from hcbpg.steps._migration import skip_if_live, verify, write_urls_file
+from hcbpg.steps._migration import hand_out_urls as hand_out
+from hcbpg.steps._migration import skip_if_live, verify
+from hcbpg.steps.targets import hostlike
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.host import Host
     from hcbpg.steps.context import Run
 
-__all__ = ["check_url", "connect", "mark_live", "record_downtime", "show_downtime", "skip_if_live", "write_urls"]
+__all__ = ["check_url", "connect", "handoff_path", "mark_live", "record_downtime", "show_downtime", "skip_if_live",
+           "write_urls"]
 
 def connect(rb: "Run") -> "tuple[Host | None, Host | None]":
     """The primary (None before it is provisioned) and the app host (None without a primary)."""
@@ -24,16 +30,35 @@ def connect(rb: "Run") -> "tuple[Host | None, Host | None]":
     return host, (targets.app_host(rb) if host else None)
 
 
-def write_urls(rb: "Run", password: str) -> AppUrls:
-    """DATABASE_URL and BLAZER_DATABASE_URL into the 0600 handoff file (not in a dry run), shown redacted."""
-    return write_urls_file(render_app_urls(rb.params, password), dry_run=rb.dry_run)
+def write_urls(rb: "Run", host: "Host | None", password: str) -> AppUrls | None:
+    """The app's URLs, whole, into its 0600 file (not in a dry run), shown redacted: DATABASE_URL (rails) and,
+    from this cutover on, BLAZER_DATABASE_URL as Blazer's read-only login (made here when it is not there yet:
+    Blazer never gets the app's read-write login, not even until step 13)."""
+    params = rb.params
+    cfg = roles_config(params)
+    if cfg.blazer is None:
+        print("no roles.blazer in params: no BLAZER_DATABASE_URL is handed out. Blazer must not use the app's "
+              "read-write login: add roles.blazer (a read-only login) and run this step again")
+    else:
+        rb.track(privileges.ensure_role_secrets(secret_store(rb.dry_run), cfg, only=[cfg.blazer.name]),
+                 show=not rb.dry_run)
+        psql = get_psql(hostlike(rb, params.primary.name, host), params)
+        rb.track(readonly.ensure_blazer(psql, cfg), show=not rb.dry_run)
+    return hand_out(rb, lambda: handout.app_urls(params, cfg, login=params.postgres.app_role, password=password),
+                    "the app")
 
 
 def check_url(rb: "Run", app: "Host | None", password: str) -> None:
-    """The new DATABASE_URL works from the app host (not in a dry run)."""
+    """The new DATABASE_URL works from the app host, and Blazer's login there reads and cannot write
+    (not in a dry run)."""
     if not rb.dry_run:
         assert app is not None
-        verify(rb, [migration.check_url_from_app(app, rb.params, render_database_url(rb.params, password))])
+        params = rb.params
+        cfg = roles_config(params)
+        checks = [migration.check_url_from_app(app, params, render_database_url(params, password))]
+        if cfg.blazer is not None:
+            checks += readonly.check_blazer_access(app, cfg, params, server_ip=params.primary.private_ip)
+        verify(rb, checks)
 
 
 def mark_live(rb: "Run", host: "Host | None", app: "Host | None", password: str) -> None:

@@ -36,11 +36,14 @@ def test_the_handoff_file_is_postgres_app_url_file_when_params_name_it(monkeypat
     assert dm.handoff_path(params_with(monkeypatch)) == tmp_path / "state" / "hcbpg" / "lab" / "app-database-urls.env"
 
 
-def test_app_urls_show_only_redacted_urls_and_write_them_quoted(monkeypatch):
-    urls = dm.render_app_urls(params_with(monkeypatch), "pw'with&odd")
+def test_role_urls_show_only_redacted_urls_and_write_them_quoted(monkeypatch):
+    p = params_with(monkeypatch)
+    urls = dm.render_role_urls(p, {"DATABASE_URL": ("rails", "pw'with&odd"), "BLAZER_DATABASE_URL": ("blazer", "b&pw'")},
+                               path=dm.handoff_path(p), target="the app")
     assert set(urls.values) == {"DATABASE_URL", "BLAZER_DATABASE_URL"}
-    assert all("pw'with" not in v and "[secret]" in v for v in urls.shown.values())
-    assert "pw'with" not in repr(urls) and urls.text.count("DATABASE_URL='postgres://rails:") == 2
+    assert all("pw'with" not in v and "b&pw" not in v and "[secret]" in v for v in urls.shown.values())
+    assert "pw'with" not in repr(urls) and urls.text.count("DATABASE_URL='postgres://") == 2
+    assert "the database URLs of the app" in urls.text and "rewrites this file whole" in urls.text
 
 
 def test_the_cutover_waits_as_long_as_source_quiet_timeout_s(monkeypatch):

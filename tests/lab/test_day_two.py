@@ -592,11 +592,19 @@ def test_notebooks_run_by_the_real_runner_with_no_password_in_outputs(params, ho
     planted += [privileges.get_role_password(SecretStore(), cfg, r.name) for r in cfg.login_roles()]
     assert watch.found([v for v in planted if len(v) >= 8]) == []
     assert hcbpg_cli_env(home, env, "audit", "verify", "lab")[0].returncode == 0
-    # step 13 handed out the release command's and Blazer's URLs (0600), each verifying the server's certificate
-    release = tmp_path / "xdg" / "hcbpg" / "lab" / "release-database-urls.env"
-    assert oct(release.stat().st_mode & 0o777) == "0o600"
-    handed = read_env_file(release)
-    assert set(handed) == {"MIGRATIONS_DATABASE_URL", "BLAZER_DATABASE_URL"}, set(handed)
+    # step 13 handed out the release command's URL in its own file and rewrote the app's whole (DATABASE_URL of the
+    # app's login now, BLAZER_DATABASE_URL of Blazer's read-only login): one URL per name, 0600, each verifying the
+    # server's certificate
+    files = {name: tmp_path / "xdg" / "hcbpg" / "lab" / name
+             for name in ("release-database-urls.env", "app-database-urls.env")}
+    handed = {}
+    for f in files.values():
+        assert oct(f.stat().st_mode & 0o777) == "0o600"
+        got = read_env_file(f)
+        assert not set(got) & set(handed), "two files hand out the same URL"
+        handed.update(got)
+    assert set(read_env_file(files["release-database-urls.env"])) == {"MIGRATIONS_DATABASE_URL"}
+    assert set(handed) == {"MIGRATIONS_DATABASE_URL", "DATABASE_URL", "BLAZER_DATABASE_URL"}, set(handed)
     for name, url in handed.items():
         parts = urllib.parse.urlsplit(url)
         query = urllib.parse.parse_qs(parts.query)
