@@ -251,12 +251,18 @@ def test_on_a_terminal_long_work_is_a_bar_redrawn_in_place_and_cleared_before_th
     term.live(Sample("copy", "public.events", done=60, total=100, unit="rows", rate=10, eta=4), False)
     term.line("      done in 12.0s, 1 change(s)")
     out, err = capsys.readouterr()
-    assert err.count("\r\033[K[") == 2 and "copy public.events: 60% 60 rows of 100 rows, 10 rows/s, 4s left" in err
+    bars = [b for b in err.split("\r\033[K") if b]
+    assert len(bars) == 2 and "copy public.events: 60% 60 rows of 100 rows, 10 rows/s, 4s left" in err
+    assert "━" in bars[0] and "\033[32m" in bars[0]  # rich's bar, in colour on a terminal
     assert err.endswith("\r\033[K")  # the bar is cleared before the line is printed
     assert STAMP.match(out) and out.rstrip().endswith("done in 12.0s, 1 change(s)")
     monkeypatch.setenv("COLUMNS", "40")
     term.live(s, False)
-    assert len(capsys.readouterr().err) == len("\r\033[K") + 39
+    shown = re.sub(r"\033\[[0-9;]*m", "", capsys.readouterr().err)
+    assert shown.startswith("\r\033[K") and len(shown) == len("\r\033[K") + 39 and shown.endswith("…")
+    monkeypatch.setenv("NO_COLOR", "1")
+    term.live(s, False)
+    assert "\033[3" not in capsys.readouterr().err  # NO_COLOR: no colour codes, the bar still drawn
     quiet = Terminal(quiet=True, tty=True)
     quiet.live(s, False)
     quiet.line("x")

@@ -32,7 +32,7 @@ from hcbpg.engine import audit
 from hcbpg.engine import manifest as mf
 from hcbpg.engine.runner import Runner, approve, change_signers, install_sigterm_as_interrupt
 from hcbpg.engine.state import state_dir
-from hcbpg.engine.terminal import LiveLines, skip_reason
+from hcbpg.engine.terminal import LiveLines, render_live_bar, skip_reason
 from hcbpg.errors import HcbpgError, UsageError
 from hcbpg.params import home, load_params
 
@@ -90,7 +90,7 @@ class Terminal:
             return
         import shutil  # noqa: PLC0415 - only a terminal needs its width
         width = shutil.get_terminal_size((100, 20)).columns
-        sys.stderr.write("\r\033[K" + hsecrets.scrub(hprogress.render_bar(sample))[: width - 1])
+        sys.stderr.write("\r\033[K" + render_live_bar(sample, width - 1))  # rich's bar, scrubbed, cut to fit
         sys.stderr.flush()
         self.bar_shown = True
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from hcbpg.desired import health as rules
 from hcbpg.desired.health import ITEMS, Measurement, actual_role, age, mb, parse_df  # noqa: F401 - the report's vocabulary
 from hcbpg.desired.health_figure import bars, figure_data, plot  # noqa: F401 - the report's figure
+from hcbpg.display import text_table
 from hcbpg.outcome import Check, Status
 from hcbpg.params import Health
 
@@ -44,14 +45,10 @@ def report_rows(checks: Sequence[Check]) -> list[dict[str, str]]:
 
 
 def render_text(checks: Sequence[Check]) -> str:
-    """The report as a plain table (the command's output)."""
-    rows = report_rows(checks)
-    cols = ["server", "item", "status", "detail"]
-    w = {c: max([len(c)] + [len(r[c]) for r in rows]) for c in cols[:-1]}
-    lines = ["  ".join(c.upper().ljust(w.get(c, 0)) for c in cols).rstrip()]
-    for r in rows:
-        lines.append("  ".join([r["server"].ljust(w["server"]), r["item"].ljust(w["item"]),
-                                r["status"].upper().ljust(w["status"]), r["detail"]]))
+    """The report as a plain table (the command's output; ``rich`` lays out the columns)."""
+    rows = [{"SERVER": r["server"], "ITEM": r["item"], "STATUS": r["status"].upper(), "DETAIL": r["detail"]}
+            for r in report_rows(checks)]
+    lines = [text_table(rows, ["SERVER", "ITEM", "STATUS", "DETAIL"])]
     lines += ["", _summary_line(checks, warnings=sum(1 for c in checks if c.status == "warn"))]
     return "\n".join(lines)
 
@@ -101,9 +98,7 @@ def render_compact(measurements: Sequence[Measurement], checks: Sequence[Check])
     connections used/max, disk), then only the items that are not PASS (``hcbpg status``)."""
     rows = [_compact_row(m, checks) for m in measurements]
     cols = ["server", "role", "state", "tl", "lag", "slots", "backup", "archive", "conn", "disk", "status"]
-    w = {c: max([len(c)] + [len(r[c]) for r in rows]) for c in cols}
-    lines = ["  ".join(c.upper().ljust(w[c]) for c in cols).rstrip()]
-    lines += ["  ".join(r[c].ljust(w[c]) for c in cols).rstrip() for r in rows]
+    lines = [text_table([{c.upper(): r[c] for c in cols} for r in rows], [c.upper() for c in cols])]
     bad = [c for c in checks if c.status != "pass"]
     lines.append("")
     for c in bad:

@@ -6,8 +6,8 @@
 * :class:`ProgressFollower`: follows the step's progress file (the kernel's
   :class:`hcbpg.progress.Reporter` appends every sample) and hands each sample to a live view:
   :class:`LiveLines` (a line per kind of work every few seconds, for a log or a pipe) or the
-  CLI's bar on a terminal.
-* :func:`render_recap`: one line per step from the manifest, like Ansible's recap.
+  CLI's bar on a terminal (:func:`render_live_bar`, ``rich``'s).
+* :func:`render_recap`: one line per step from the manifest, like Ansible's recap (columns by ``rich``).
 * :func:`render_failure`: why a step failed, above the recap: each failed check with its whole reason
   (wrapped, never cut; one reason shared by several checks said once), or the error's whole message
   (the way Ansible prints a failed task's ``msg``).
@@ -23,8 +23,12 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from rich.progress_bar import ProgressBar
+from rich.text import Text
+
 from hcbpg import progress as hprogress
 from hcbpg import secrets as hsecrets
+from hcbpg.display import grid, render_rich
 
 CELL_PREFIX = "      | "
 
@@ -68,6 +72,29 @@ class LiveLines:
             return  # the notebook's own line says it
         if self.throttle.ready(sample.kind):
             self.emit("      ~ " + hsecrets.scrub(hprogress.render_line(sample)))
+
+
+#: the live bar's length in columns (the line after it is what the work says)
+BAR_WIDTH = 24
+
+
+def render_live_bar(sample: hprogress.Sample, width: int, *, color: bool = True) -> str:
+    """One line of at most *width* columns for a terminal: ``rich``'s bar of *sample* (a pulse when the total is
+    not known), then its line (:func:`hcbpg.progress.render_line`, scrubbed), cut with an ellipsis to fit."""
+    pct = sample.percent
+    color = color and not os.environ.get("NO_COLOR")
+    bar: ProgressBar | Text = ProgressBar(
+        total=None if pct is None else 100.0, completed=pct or 0.0, width=BAR_WIDTH, pulse=pct is None,
+        style="bright_black", complete_style="green", finished_style="green")
+    if pct is None and not color:  # a pulse without colour is a row of identical dashes: say it instead
+        bar = Text("(how far: not known)")
+    text = Text(hsecrets.scrub(hprogress.render_line(sample)), no_wrap=True)
+    text.truncate(max(width - BAR_WIDTH - 2, 8), overflow="ellipsis")  # the bar keeps its length, the words give way
+    table = grid()
+    table.add_column(width=BAR_WIDTH, no_wrap=True)
+    table.add_column(no_wrap=True)
+    table.add_row(bar, text)
+    return render_rich(table, color=color).rstrip("\n").split("\n")[0]
 
 
 class ProgressFollower:
@@ -146,17 +173,24 @@ def skip_reason(step: dict[str, Any]) -> str:
 
 def render_recap(data: dict[str, Any]) -> list[str]:
     """One line per step: ``  07_cutover  failed  ok=12 changed=3 warnings=0 failed=1 skipped=0  41.2s``
-    (Ansible's recap: a step that ended itself early with nothing to do is ``skipped``, with its reason
-    under it), and under a step that failed or warned, the checks' names."""
+    (Ansible's recap, its columns laid out by ``rich``: a step that ended itself early with nothing to do is
+    ``skipped``, with its reason under it), and under a step that failed or warned, the checks' names."""
+    steps = data.get("steps", [])
+    table = grid()
+    for _ in range(7):  # step, status, ok, changed, warnings, failed, skipped: no header, none measured
+        table.add_column(no_wrap=True)
+    table.add_column(justify="right", no_wrap=True)  # seconds
+    counts = [recap_counts(s) for s in steps]
+    for s, c in zip(steps, counts, strict=True):
+        table.add_row(s["key"], s["status"], *(f"{k}={c[k]}" for k in ("ok", "changed", "warnings", "failed",
+                                                                        "skipped")),
+                      f"{s.get('duration_s') or 0:.1f}s")
+    rows = render_rich(table).splitlines() if steps else []  # a row is one line: never wrapped
     lines: list[str] = []
-    width = max([len(s["key"]) for s in data.get("steps", [])] + [10])
     cols = report_width()
-    for s in data.get("steps", []):
-        c = recap_counts(s)
-        lines.append(f"  {s['key']:<{width}}  {s['status']:<17} ok={c['ok']:<3} changed={c['changed']:<3} "
-                     f"warnings={c['warnings']:<3} failed={c['failed']:<3} skipped={c['skipped']:<3} "
-                     f"{s.get('duration_s') or 0:>7.1f}s")
-        pad = " " * (width + 4)
+    pad = " " * (max([len(s["key"]) for s in steps] + [0]) + 4)  # under the status column
+    for s, c, row in zip(steps, counts, rows, strict=True):
+        lines.append("  " + row.rstrip())
         if c["skipped"] and skip_reason(s):
             lines += _wrapped(f"skipped: {hsecrets.scrub(skip_reason(s))}", cols, pad + "  ", first=pad)
         if c["failed_checks"]:
