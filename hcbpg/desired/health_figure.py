@@ -67,12 +67,13 @@ def _sorted(bars: list[Bar]) -> list[Bar]:
 def bars(data: dict[str, Any], t: ThresholdsLike) -> dict[str, list[Bar]]:
     """The three panels' bars from :func:`figure_data`: replay lag and backup age against their thresholds,
     connections in use against each role's limit (``12 / 500 (2%)``; the level from the connection thresholds)."""
-    lag = [Bar(k, v, age(v) if v >= 1 else f"{v:.1f}s", _level(v, t.replay_lag_warn_s, t.replay_lag_fail_s))
+    lag = [Bar(k, v, age(v) if v >= 1 else f"{v * 1000:.0f} ms", _level(v, t.replay_lag_warn_s, t.replay_lag_fail_s))
            for k, v in data["replay_lag_s"].items()]
-    backup = [Bar(k, v, f"{v:.1f} h", _level(v, t.backup_age_warn_h, t.backup_age_fail_h))
+    backup = [Bar(k, v, age(v * 3600), _level(v, t.backup_age_warn_h, t.backup_age_fail_h))
               for k, v in data["backup_age_h"].items()]
     conns = []
     for k, (used, limit) in data["connections"].items():
+        k = k.replace("\n", " · ")  # recorded before as "server\nrole": one line on the axis either way
         pct = 100.0 * used / limit if limit else (100.0 if used else 0.0)
         conns.append(Bar(k, float(used), f"{used} / {limit} ({pct:.0f}%)",
                          _level(pct, t.connections_warn_pct, t.connections_fail_pct), float(limit)))
@@ -88,6 +89,9 @@ def _panel(ax, items: list[Bar], title: str, empty: str, *, warn: float | None =
            fail: float | None = None) -> None:
     """One sorted horizontal bar chart: the value at each bar's end, a 0 as a tick, thresholds dashed."""
     ax.set_title(title, fontsize=11)
+    limits = [f"{name} ≥ {v:g}" for name, v in (("warn", warn), ("fail", fail)) if v is not None]
+    if limits:  # said even when a threshold lies beyond every bar and is not drawn
+        ax.set_xlabel("thresholds: " + ", ".join(limits), fontsize=8, color="#666666", loc="right")
     ax.spines[["top", "right", "left"]].set_visible(False)  # no spine over the ticks of the zeros
     if not items:
         ax.text(0.5, 0.5, empty, ha="center", va="center", transform=ax.transAxes, color="#666666")
@@ -117,9 +121,14 @@ def _panel(ax, items: list[Bar], title: str, empty: str, *, warn: float | None =
 def plot(measurements: Sequence[Measurement], t: ThresholdsLike):  # noqa: ANN201 - a matplotlib Figure
     """Replay lag (s) and backup age (h) side by side, each against its warn and fail thresholds, and under them
     the connections in use of every server and role against its limit, sorted, with their values."""
+    return plot_data(figure_data(measurements), t)
+
+
+def plot_data(data: dict[str, Any], t: ThresholdsLike):  # noqa: ANN201 - a matplotlib Figure
+    """:func:`plot` from :func:`figure_data`'s numbers (as step 15 records them: a run's figure drawn again)."""
     import matplotlib.pyplot as plt  # noqa: PLC0415 - heavy (fonts): only the health figure needs it
 
-    drawn = bars(figure_data(measurements), t)
+    drawn = bars(data, t)
     rows_top = max(len(drawn["replay_lag_s"]), len(drawn["backup_age_h"]), 1)
     rows_conn = max(len(drawn["connections"]), 1)
     heights = [0.6 + 0.32 * rows_top, 0.6 + 0.3 * rows_conn]

@@ -45,8 +45,13 @@ def test_connections_are_sorted_largest_first_with_their_values_and_zeros_kept()
 def test_lag_and_backup_age_bars_carry_their_level():
     drawn = hf.bars(hf.figure_data(_measurements()), Thresholds())
     assert [(b.label, b.text, b.level) for b in drawn["replay_lag_s"]] == [
-        ("server-postgres-2", "45s", "warn"), ("server-postgres-1 → server-postgres-2", "0.0s", "pass")]
+        ("server-postgres-2", "45s", "warn"), ("server-postgres-1 → server-postgres-2", "0 ms", "pass")]
     assert [(b.label, b.text, b.level) for b in drawn["backup_age_h"]] == [("server-postgres-1", "30.0 h", "warn")]
+    data = {"replay_lag_s": {"a": 0.0074}, "backup_age_h": {"a": 46 / 3600}, "connections": {}}
+    assert [b.text for b in hf.bars(data, Thresholds())["replay_lag_s"]] == ["7 ms"]
+    assert [b.text for b in hf.bars(data, Thresholds())["backup_age_h"]] == ["46s"]
+    recorded = {"replay_lag_s": {}, "backup_age_h": {}, "connections": {"server-postgres-1\nrails": [3, 500]}}
+    assert [b.label for b in hf.bars(recorded, Thresholds())["connections"]] == ["server-postgres-1 · rails"]
 
 
 def test_the_figure_draws_every_label_in_order_with_its_value_and_a_tick_for_zero():
