@@ -69,12 +69,10 @@ def render_report(checks: list[Check], env: str, *, width: int | None = None) ->
                                break_on_hyphens=False) if width else [text]
     failed = [c for c in checks if c.status == "fail"]
     warned = [c for c in checks if c.status == "warn"]
-    if failed:
-        lines.append(f"\n{len(failed)} prerequisite(s) of {env} missing ({len(warned)} warning(s)): fix each FAIL "
-                     f"above, then run `hcbpg doctor {env}` again. Nothing was changed.")
-    else:
-        lines.append(f"\nevery prerequisite of {env} holds ({len(checks)} check(s), {len(warned)} warning(s)); "
-                     "nothing was changed.")
+    end = (f"{len(failed)} prerequisite(s) of {env} missing ({len(warned)} warning(s)): fix each FAIL above, then "
+           f"run `hcbpg doctor {env}` again. Nothing was changed." if failed else
+           f"every prerequisite of {env} holds ({len(checks)} check(s), {len(warned)} warning(s)); nothing was changed.")
+    lines += [""] + (textwrap.wrap(end, width, break_on_hyphens=False) if width else [end])
     return hsecrets.scrub("\n".join(lines))
 
 
