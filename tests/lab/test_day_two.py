@@ -13,6 +13,7 @@ Run under the machine's lab lock: ``flock /tmp/hcbpg-lab.lock python -m pytest t
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -572,7 +573,12 @@ def test_notebooks_run_by_the_real_runner_with_no_password_in_outputs(params, ho
     proc, took = hcbpg_cli_env(home, env, "run", "lab", "--only", "13_roles,14_password_rotation,15_health",
                                timeout=900)
     out = proc.stdout + proc.stderr
-    assert "13_roles" in out and "no changes" in out.split("14_password_rotation")[0], out[-3000:]
+    # 13 a second time changes nothing on the servers; this operator's machine (a fresh XDG_STATE_HOME) gets the two
+    # handed-out URL files, each the target's whole set
+    runs = sorted(p for p in (home / "outputs" / "lab").iterdir() if p.is_dir())
+    step13 = next(s for s in json.loads((runs[-1] / "manifest.json").read_text())["steps"] if s["key"] == "13_roles")
+    assert sorted(c["what"].split(" (")[0].rsplit("/", 1)[-1] for c in step13["diffs"]) == \
+        ["app-database-urls.env", "release-database-urls.env"], (step13["diffs"], out[-3000:])
     # step 14 stops at its gate; the operator approves and resumes
     for gate in ("rotate-passwords",):
         assert proc.returncode == 3 and f"gate '{gate}'" in out, out[-3000:]
