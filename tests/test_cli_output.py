@@ -226,6 +226,20 @@ def test_json_of_plan_runs_audit_verify_and_params_check_parses(home, env):
     assert r.returncode == 2 and json.loads(r.stdout)["exit_code"] == 2
 
 
+def test_a_reader_that_leaves_early_is_not_reported_as_a_bug(home, env):
+    """`hcbpg runs --json | head -1`: the pipe closes before hcbpg has written; it exits 141 (as a shell reports
+    SIGPIPE), quietly, with no "bug in hcbpg" and no crash log."""
+    _checks_notebooks(home / "notebooks")
+    assert hcbpg("plan", env, "--only", "00").returncode == 0
+    proc = subprocess.Popen([sys.executable, "-m", "hcbpg.cli", "runs", env, "--json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before the first line
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 141, err
+    assert "bug in hcbpg" not in err and "Traceback" not in err and "Exception ignored" not in err, err
+
+
 def test_version_completion_and_every_subcommands_help_has_an_example_and_the_exit_codes():
     r = hcbpg("--version")
     assert r.returncode == 0 and re.match(r"hcbpg \S+", r.stdout)

@@ -127,7 +127,7 @@ def _runner(args: argparse.Namespace, **kw):  # noqa: ANN202
     # -v: cell output to the terminal as it comes (papermill's stdout_file/stderr_file, scrubbed) and,
     # as before, to the run log (log_output: papermill's logger has only the run log's handler)
     # one progress bar: hcbpg's own (term.live, on a terminal); papermill's cell bar would fight it on one line
-    return Runner(progress_bar=False, log_output=verbose,
+    return Runner(progress_bar=False, log_output=verbose, show_diff=getattr(args, "diff", False),
                   stream_cells=verbose and not quiet, progress=term.line, live=term.live, **kw)
 
 
@@ -160,17 +160,37 @@ def cmd_run(args: argparse.Namespace) -> int:
     from hcbpg.engine import catalogue  # noqa: PLC0415 - only a run reads the catalogue here
 
     params = load_params(args.env, home())
-    steps = catalogue.select(catalogue.load_steps(transfer=catalogue.transfer_of(params)), start=args.start,
-                             until=args.until, only=args.only)
-    confirm.confirm_run(params, args.env, [s.key for s in steps], what=f"hcbpg run {args.env}", yes=args.yes,
+    plan_file = Path(args.plan) if args.plan else None
+    if plan_file is not None:  # the plan's steps (verified again by the runner before anything runs)
+        keys = _plan_steps_said(plan_file)
+    else:
+        keys = [s.key for s in catalogue.select(catalogue.load_steps(transfer=catalogue.transfer_of(params)),
+                                                start=args.start, until=args.until, only=args.only)]
+    confirm.confirm_run(params, args.env, keys, what=f"hcbpg run {args.env}", yes=args.yes,
                         echo=_err if getattr(args, "json", False) else print)
     return _finish(_runner(args).start(args.env, start=args.start, until=args.until, only=args.only,
-                                       inputs=args.inputs), args)
+                                       inputs=args.inputs, plan_file=plan_file), args)
+
+
+def _plan_steps_said(path: Path) -> list[str]:
+    """The steps a plan file names, for the confirmation only (not believed: the runner verifies the file)."""
+    try:
+        steps = json.loads(path.read_text())["selection"]["steps"]
+        return [str(k) for k in steps][:100]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UsageError(f"{path} is not an hcbpg plan (or cannot be read)",
+                         hint="Give the file `hcbpg plan --out` wrote.") from None
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    return _finish(_runner(args).start(args.env, dry_run=True, start=args.start, until=args.until,
-                                       only=args.only, inputs=args.inputs), args)
+    runner = _runner(args)
+    result = runner.start(args.env, dry_run=True, start=args.start, until=args.until, only=args.only,
+                          inputs=args.inputs)
+    if args.out and result.status == "succeeded":
+        result.message += "\n" + runner.save_plan(result, Path(args.out))
+    elif args.out:
+        result.message += f"\nNo plan saved to {args.out}: the plan did not succeed."
+    return _finish(result, args)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -311,9 +331,18 @@ def build_parser() -> argparse.ArgumentParser:
         r.add_argument("-p", "--input", dest="inputs", action="append", default=[], metavar="NAME=VALUE",
                        help="an input of a selected step (`hcbpg steps ENV` lists them), e.g. -p rotate_roles=metabase; "
                             "recorded with the run")
+        r.add_argument("--diff", action="store_true",
+                       help="print each change with its diff after each step (what a plan would change, what a run "
+                            "changed)")
         if name == "run":
             r.add_argument("-y", "--yes", action="store_true",
                            help="do not ask for the environment's name (any environment but the lab asks)")
+            r.add_argument("--plan", metavar="FILE",
+                           help="apply exactly this saved plan (`hcbpg plan ENV --out FILE`): refused unless it is "
+                                "signed by an allowed signer and planning it again now gives the same changes")
+        else:
+            r.add_argument("--out", metavar="FILE",
+                           help="save the plan, signed with your key, for `hcbpg run ENV --plan FILE`")
         r.set_defaults(func=func)
 
     r = _sub(sub, "resume", "continue a failed, interrupted or waiting run", "hcbpg resume 6f0c2a1e -v")
@@ -462,12 +491,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap = build_parser()
         args = ap.parse_args(argv)
         check_step_options(args)
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # here, so that a reader gone (BrokenPipeError) is told apart from a bug
+        return code
     except HcbpgError as exc:
         return _report_error(args, hsecrets.scrub(str(exc)), exc.exit_code)
     except KeyboardInterrupt:
         print("hcbpg: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `hcbpg runs --json | head`: the reader left, which is not a bug (Python's advice:
+        # point stdout at devnull so the interpreter's final flush does not raise again)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Exception as exc:  # noqa: BLE001 - the one place that turns a bug into a line and a log
         first = (hsecrets.scrub(str(exc)).strip().splitlines() or [""])[0][:300]
         what = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
