@@ -316,7 +316,8 @@ def check_window_proven(plan: SyncPlan, proven: Mapping[str, Any] | None) -> Che
 
 
 #: the anti-wraparound autovacuums of the source's database (their query read where the role may:
-#: ``pg_read_all_stats``; workers whose query it may not read are counted), and its tables past their
+#: ``pg_read_all_stats``; workers whose query it may not read are counted: to such a role a worker is a
+#: session of this database without a user, its type and query hidden), and its tables past their
 #: freeze age (an anti-wraparound VACUUM runs or is due on them: it does not give way to a lock as an
 #: ordinary autovacuum does, so adding a trigger there would wait, and the app's queries behind it)
 WRAPAROUND_SQL = f"""
@@ -325,8 +326,9 @@ SELECT json_build_object(
                'seconds', coalesce(round(extract(epoch FROM now() - xact_start))::int, 0)) ORDER BY pid), '[]'::json)
              FROM pg_stat_activity WHERE backend_type = 'autovacuum worker' AND datname = current_database()
                AND query LIKE '%to prevent wraparound%'),
- 'unreadable', (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'
-                AND datname = current_database() AND query = '<insufficient privilege>'),
+ 'unreadable', (SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+                AND query = '<insufficient privilege>' AND usesysid IS NULL
+                AND (backend_type = 'autovacuum worker' OR backend_type IS NULL)),
  'due', (SELECT coalesce(json_agg(json_build_object('table', n.nspname || '.' || c.relname,
           'age', age(c.relfrozenxid), 'limit', least(current_setting('autovacuum_freeze_max_age')::bigint,
              coalesce((SELECT o.option_value::bigint FROM pg_options_to_table(c.reloptions) o
@@ -342,23 +344,31 @@ SELECT json_build_object(
 
 def check_wraparound(data: Mapping[str, Any]) -> list[Check]:
     """No anti-wraparound autovacuum running on the source (it would hold Bucardo's trigger, and the app
-    behind it); tables past their freeze age named (one may start on them at any time)."""
+    behind it); tables past their freeze age named (one may start on them at any time). A role that may
+    not read the autovacuum workers' queries (no ``pg_read_all_stats``) sees a worker run without its
+    table: with a table past its freeze age, that worker is taken for an anti-wraparound VACUUM on it."""
     running = list(data.get("running") or [])
     due = list(data.get("due") or [])
     unreadable = int(data.get("unreadable") or 0)
+    due_text = ", ".join(f"{d['table']} (age {d['age']} > {d['limit']})" for d in due[:5])
+    blind = bool(unreadable and due)
+    if running:
+        detail = ("; ".join(f"pid {r['pid']} for {r['seconds']}s: {r['query']}" for r in running[:5])
+                  + ". It does not give way to a lock: adding Bucardo's triggers now would wait on it and queue "
+                    "the app's queries behind. Wait for it to end (heroku pg:ps shows it), then run 06b again.")
+    elif blind:
+        detail = (f"{unreadable} autovacuum worker(s) run whose query this role may not read, and {due_text} "
+                  "is past its freeze age: most likely an anti-wraparound VACUUM on it. Wait for it to end "
+                  "(heroku pg:ps), then run 06b again.")
+    else:
+        detail = "none" + (f" seen ({unreadable} autovacuum worker(s) whose query this role may not read, no table "
+                           "past its freeze age)" if unreadable else "")
     return [
-        Check.of("no anti-wraparound VACUUM running on the source", not running,
-                 ("none" + (f" seen ({unreadable} autovacuum worker(s) whose query this role may not read; the "
-                            "lock_timeout bounds any wait on them)" if unreadable else ""))
-                 if not running else
-                 "; ".join(f"pid {r['pid']} for {r['seconds']}s: {r['query']}" for r in running[:5])
-                 + ". It does not give way to a lock: adding Bucardo's triggers now would wait on it and queue the "
-                   "app's queries behind. Wait for it to end (heroku pg:ps shows it), then run 06b again.", "source"),
+        Check.of("no anti-wraparound VACUUM running on the source", not running and not blind, detail, "source"),
         Check("no table past its freeze age on the source", "pass" if not due else "warn",
               "none" if not due else
-              ", ".join(f"{d['table']} (age {d['age']} > {d['limit']})" for d in due[:5])
-              + ": an anti-wraparound VACUUM may start on them at any time; adding a trigger waits at most "
-                "source.online.lock_timeout_ms, then is tried again", "source")]
+              due_text + ": an anti-wraparound VACUUM may start on them at any time; adding a trigger waits at "
+              "most source.online.lock_timeout_ms, then is tried again", "source")]
 
 
 def is_lock_timeout(output: str) -> bool:
