@@ -32,7 +32,7 @@ from hcbpg.engine import audit
 from hcbpg.engine import manifest as mf
 from hcbpg.engine.runner import Runner, approve, change_signers, install_sigterm_as_interrupt
 from hcbpg.engine.state import state_dir
-from hcbpg.engine.terminal import LiveLines, render_live_bar, skip_reason
+from hcbpg.engine.terminal import LiveLines, colour_report, render_live_bar, skip_reason
 from hcbpg.errors import HcbpgError, UsageError
 from hcbpg.params import home, load_params
 
@@ -151,8 +151,8 @@ def _run_json(result) -> dict[str, Any]:  # noqa: ANN001
 def _finish(result, args: argparse.Namespace | None = None) -> int:  # noqa: ANN001
     if args is not None and getattr(args, "json", False):
         _print_json(_run_json(result))
-    else:
-        print(result.message)
+    else:  # the statuses in colour on a terminal only: a log or a pipe gets the message byte for byte
+        print(colour_report(result.message, color=sys.stdout.isatty()))
     return result.exit_code
 
 

@@ -188,6 +188,7 @@ def _status_once(args: argparse.Namespace) -> int:
     from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415 - see above: imported when a report is made
 
     from hcbpg.desired import health_report  # noqa: PLC0415 - see above: imported when a report is made
+    from hcbpg.engine.terminal import colour_report  # noqa: PLC0415 - see above: imported when a report is made
     from hcbpg.ops import health, tls  # noqa: PLC0415, F401 - see above (tls: for _cert_check, imported now)
     from hcbpg.outcome import Check  # noqa: PLC0415 - see above: imported when a report is made
     down = wait_for_connections()
@@ -221,9 +222,9 @@ def _status_once(args: argparse.Namespace) -> int:
                    "measurements": [m.as_dict() for m in measurements]}, sys.stdout, indent=2, default=str)
         print()
     elif getattr(args, "all", False):
-        print(health_report.render_text(checks))
+        print(colour_report(health_report.render_text(checks), color=sys.stdout.isatty()))
     else:
-        print(health_report.render_compact(measurements, checks))
+        print(colour_report(health_report.render_compact(measurements, checks), color=sys.stdout.isatty()))
     return code
 
 

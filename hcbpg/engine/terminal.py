@@ -8,6 +8,7 @@
   :class:`LiveLines` (a line per kind of work every few seconds, for a log or a pipe) or the
   CLI's bar on a terminal (:func:`render_live_bar`, ``rich``'s).
 * :func:`render_recap`: one line per step from the manifest, like Ansible's recap (columns by ``rich``).
+* :func:`colour_report`: the statuses of those in colour, on a terminal only.
 * :func:`render_failure`: why a step failed, above the recap: each failed check with its whole reason
   (wrapped, never cut; one reason shared by several checks said once), or the error's whole message
   (the way Ansible prints a failed task's ``msg``).
@@ -15,6 +16,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import tempfile
@@ -23,12 +25,15 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from rich.console import Console
+from rich.highlighter import RegexHighlighter
 from rich.progress_bar import ProgressBar
 from rich.text import Text
+from rich.theme import Theme
 
 from hcbpg import progress as hprogress
 from hcbpg import secrets as hsecrets
-from hcbpg.display import grid, render_rich
+from hcbpg.display import UNLIMITED, grid, render_rich
 
 CELL_PREFIX = "      | "
 
@@ -258,3 +263,29 @@ def render_failure(data: dict[str, Any], key: str, error: dict[str, Any] | None,
         lines.append(f"Step {key} failed ({ename}):")
         lines += _wrapped(evalue, width, "    ")
     return [hsecrets.scrub(line) for line in lines]
+
+
+class _ReportHighlighter(RegexHighlighter):
+    """The words of a recap, a failure report and ``hcbpg status`` that an operator looks for first."""
+
+    base_style = "hcbpg."
+    highlights = [r"(?P<bad>\bfailed=[1-9]\d*|\bfailed\b(?!=)|\bFAIL\b|✗|\bunreachable\b)",
+                  r"(?P<warn>\bwarnings=[1-9]\d*|\bWARN\b|\binterrupted\b|\bwaiting\b)",
+                  r"(?P<good>\bsucceeded\b|\bOK\b)",
+                  r"(?P<skip>\bskipped=[1-9]\d*|\bskipped\b(?!=))"]
+
+
+_THEME = Theme({"hcbpg.bad": "bold red", "hcbpg.warn": "yellow", "hcbpg.good": "green", "hcbpg.skip": "cyan"})
+
+
+def colour_report(text: str, *, color: bool) -> str:
+    """*text* (a run's end: failure, recap, what next; or ``hcbpg status``) with its statuses in colour when
+    *color* (stdout is a terminal) and ``NO_COLOR`` is not set; otherwise *text* itself, byte for byte."""
+    if not color or os.environ.get("NO_COLOR") or not text:
+        return text
+    buf = io.StringIO()
+    console = Console(file=buf, width=UNLIMITED, force_terminal=True, color_system="standard", theme=_THEME,
+                      highlighter=_ReportHighlighter(), markup=False, emoji=False, soft_wrap=True,
+                      legacy_windows=False, force_jupyter=False)
+    console.print(text, crop=False, end="")
+    return buf.getvalue()

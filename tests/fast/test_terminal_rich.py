@@ -88,3 +88,18 @@ def test_the_notebooks_tables_are_left_aligned_and_their_rows_bare():
     assert len(cells) == 6 and all(c.startswith("text-align:left") for c in cells)
     assert "<tr><td" in markup and "font-weight:bold" in markup  # rows as before; a failure stands out
     assert text.splitlines()[0].split() == ["check", "status", "detail"]
+
+
+def test_a_runs_end_is_coloured_on_a_terminal_only_and_its_words_unchanged(monkeypatch):
+    from hcbpg.engine.terminal import colour_report
+    text = "\n".join(["Step 07_cutover failed: 1 of 14 checks failed", "  ✗ rows public.users:", "      9 != 10",
+                      "Recap:", *render_recap(_data())])
+    assert colour_report(text, color=False) == text
+    coloured = colour_report(text, color=True)
+    assert ESC.sub("", coloured) == text
+    recap = coloured.splitlines()[4:]
+    assert "\033[32msucceeded" in recap[0] and "failed=0  skipped=0" in ESC.sub("", recap[0])
+    assert "\033[1;31mfailed=1" in coloured and "\033[33mwarnings=1" in coloured and "\033[36mskipped=1" in coloured
+    assert "failed=0" in coloured and "\033[1;31mfailed=0" not in coloured  # a zero is not an alarm
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert colour_report(text, color=True) == text
