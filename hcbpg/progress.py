@@ -113,15 +113,6 @@ def render_line(s: Sample) -> str:
     return " ".join(parts) + (" " + ", ".join(rest) if rest else "")
 
 
-def render_bar(s: Sample, width: int = 24) -> str:
-    """A one-line bar for a terminal: ``[#########...............] copy public.events: 41% ...``."""
-    pct = s.percent
-    if pct is None:
-        return f"[{'?' * width}] {render_line(s)}"
-    filled = int(round(width * pct / 100))
-    return f"[{'#' * filled}{'.' * (width - filled)}] {render_line(s)}"
-
-
 @dataclass
 class Rate:
     """Rate and time left of one piece of work from its samples (over the last *window* seconds)."""
