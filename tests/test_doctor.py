@@ -163,8 +163,11 @@ def test_the_operators_address_is_checked_against_the_admin_ranges(monkeypatch):
 
 def test_the_route_source_is_read_from_ip_route_get():
     out = '[{"dst":"1.1.1.1","gateway":"192.0.2.1","dev":"eth0","prefsrc":"192.0.2.2","flags":[],"uid":0}]'
-    assert operator.parse_route_source(out) == "192.0.2.2"
-    assert operator.parse_route_source("") is None and operator.parse_route_source("RTNETLINK answers") is None
+    assert operator.parse_route_source(out) == ("192.0.2.2", False)
+    link = '[{"dst":"10.0.1.10","dev":"hcbt1","prefsrc":"10.0.1.1","flags":[],"uid":0,"cache":[]}]'
+    assert operator.parse_route_source(link) == ("10.0.1.1", True)  # on the link: the host sees this address
+    assert operator.parse_route_source("") == (None, False)
+    assert operator.parse_route_source("RTNETLINK answers") == (None, False)
 
 
 # placeholders -----------------------------------------------------------------------------------------

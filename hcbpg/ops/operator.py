@@ -9,6 +9,7 @@ import ipaddress
 import json
 import os
 import subprocess
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from hcbpg.adapters.cloud import map_cloud_errors
@@ -60,34 +61,44 @@ def check_token_rights(client: "hcloud.Client", params: "Params") -> Check:
                  "it there", where)
 
 
-def parse_route_source(output: str) -> str | None:
-    """The source address (``prefsrc``) in ``ip -j route get ADDRESS`` output, or None."""
+def parse_route_source(output: str) -> tuple[str | None, bool]:
+    """The source address (``prefsrc``) in ``ip -j route get ADDRESS`` output (None when there is none), and
+    whether the destination is on the link (no gateway: it sees that very address)."""
     try:
         routes = json.loads(output or "[]")
     except ValueError:
-        return None
+        return None, False
     for route in routes if isinstance(routes, list) else []:
         if isinstance(route, dict) and route.get("prefsrc"):
-            return str(route["prefsrc"])
-    return None
+            return str(route["prefsrc"]), not route.get("gateway")
+    return None, False
 
 
-def get_operator_address(given: str | None = None) -> tuple[str | None, str]:
-    """The public address SSH from this machine comes from, and how it was found: *given* (``--from``), else
-    ``HCBPG_OPERATOR_ADDRESS``, else the source address of this machine's route to the internet when it is a
-    public one (``ip route get``: the kernel's routing table is read, no packet is sent).  (None, why) when
-    it cannot be told from here (behind NAT the public address is the router's: no "what is my IP"
-    service is asked)."""
+def _route_source(destination: str) -> tuple[str | None, bool]:
+    try:
+        proc = subprocess.run(["ip", "-j", "route", "get", destination], capture_output=True, text=True, timeout=10,
+                              stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return None, False
+    return parse_route_source(proc.stdout) if proc.returncode == 0 else (None, False)
+
+
+def get_operator_address(given: str | None = None, towards: Sequence[str] = ()) -> tuple[str | None, str]:
+    """The address the servers see SSH from this machine come from, and how it was found: *given* (``--from``),
+    else ``HCBPG_OPERATOR_ADDRESS``, else this machine's own source address towards a host it reaches on the
+    link (*towards*: the servers' and app host's SSH addresses, as in the lab) or towards the internet when
+    that address is public (``ip route get``: the kernel's routing table is read, no packet is sent).
+    (None, why) when it cannot be told from here (behind NAT the public address is the router's: no "what is
+    my IP" service is asked)."""
     for value, how in ((given, "given with --from"), (os.environ.get(OPERATOR_ADDRESS_ENV), OPERATOR_ADDRESS_ENV)):
         if value:
             return value.strip(), how
+    for destination in towards:
+        src, on_link = _route_source(destination)
+        if src and on_link:
+            return src, f"this machine's address on the link to {destination}"
     for probe in ("1.1.1.1", "2606:4700:4700::1111"):
-        try:
-            proc = subprocess.run(["ip", "-j", "route", "get", probe], capture_output=True, text=True, timeout=10,
-                                  stdin=subprocess.DEVNULL)
-        except (OSError, subprocess.TimeoutExpired):
-            continue
-        src = parse_route_source(proc.stdout) if proc.returncode == 0 else None
+        src, _ = _route_source(probe)
         if src and ipaddress.ip_address(src).is_global:
             return src, "this machine's route to the internet"
     return None, "this machine has no public address of its own (behind NAT, or no route out)"

@@ -91,11 +91,15 @@ def check_heroku(rb: "Run", *, local: LocalRunner = run_local) -> list[Check]:
     return out
 
 
-def check_operator_address(rb: "Run", given: str | None = None) -> Check:
-    """The operator's public address (``--from``, ``HCBPG_OPERATOR_ADDRESS`` or this machine's own) is inside
-    ``hetzner.admin_source_ranges``."""
-    address, how = operator.get_operator_address(given)
-    return operator.check_admin_range(rb.params, address, how)
+def check_operator_address(rb: "Run", given: str | None = None,
+                           existing: dict[str, str | None] | None = None) -> Check:
+    """The operator's public address (``--from``, ``HCBPG_OPERATOR_ADDRESS`` or this machine's own: on the link to
+    a server or the app host, or towards the internet) is inside ``hetzner.admin_source_ranges``."""
+    params = rb.params
+    towards = [a for a in [*(_address(rb, s.name, existing) for s in params.servers),
+                           app_ssh_address(params) if params.app_host is not None else None] if a]
+    address, how = operator.get_operator_address(given, towards)
+    return operator.check_admin_range(params, address, how)
 
 
 def _key_file_check(label: str, path_text: str, *, private: bool) -> Check:
@@ -279,7 +283,7 @@ def preflight(rb: "Run", *, operator_address: str | None = None, local: LocalRun
     found, api_row, client = _cloud_servers(rb)
     if client is not None:
         checks.append(operator.check_token_rights(client, rb.params))
-    checks.append(check_operator_address(rb, operator_address))
+    checks.append(check_operator_address(rb, operator_address, found))
     try:
         checks += check_reachable(rb, (found, api_row))
     except HcbpgError as exc:

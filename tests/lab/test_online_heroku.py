@@ -36,7 +36,7 @@ from labparams import lab_params
 pytestmark = pytest.mark.lab
 
 REPO = Path(__file__).resolve().parents[2]
-STEPS = ["06b_online_sync", "07_cutover", "09_start_traffic", "09b_way_back", "16_online_cleanup"]
+STEPS = ["00_preflight", "06b_online_sync", "07_cutover", "09_start_traffic", "09b_way_back", "16_online_cleanup"]
 GATES = ["no-migrations-during-sync", "maintenance-on", "processes-stopped", "traffic-switch", "database-url-set",
          "processes-enabled", "maintenance-off"]
 DB = "hcb_online_heroku"
@@ -71,6 +71,10 @@ def env(lab, tmp_path_factory, monkeypatch_module, primary_stage):
     fake = install_fake_heroku(tmp / "bin", url_file, app=APP)
     data = lab_params(lab, [("server-postgres-1", ip, "primary")],
                       postgres={"app_role_password": f"file:{pw_file}"},
+                      # preflight checks this machine's address on the lab's bridge is in them
+                      hetzner={"token": f"file:{cfg.secret_path('hcloud-token')}", "api_endpoint": cfg.hcloud_endpoint,
+                               "ssh_public_key_file": str(lab.ssh_key.with_suffix(".pub")),
+                               "admin_source_ranges": [cfg.subnet]},
                       source={"method": "heroku", "heroku_app": APP, "jobs": 2, "transfer": "online",
                               "ca_file": str(cfg.ca_cert),
                               "online": {"drain_timeout_s": 60, "way_back_hours": 1, "window_copy_max_rows": 1000,
@@ -137,6 +141,18 @@ def test_the_online_transfer_with_method_heroku_reads_the_source_through_the_her
         result = runner.resume(result.run.run_id)
     assert result.status == "succeeded", result.message
     assert seen == GATES
+    # 00 in the lab with method heroku: the CLI logged in and reaching the app's database, the stand-in's token
+    # read-write, this machine's address on the lab's bridge inside the admin range; nothing warns
+    pre = next(s for s in result.run.read()["steps"] if s["key"] == "00_preflight")
+    nb00 = (result.run.path / "00_preflight.ipynb").read_text()
+    for row in ("heroku CLI logged in", "source URL from heroku pg:credentials:url", "Hetzner Cloud API token "
+                "read-write", "the link to", "in " + env.params.hetzner.admin_source_ranges[0]):
+        assert row in nb00, row
+    checks = pre.get("checks") or pre["summary"]["checks"]
+    # the one warning is this module's making: its primary is a clone of the stage, pinned but not created
+    # through the API stand-in, which preflight rightly calls gone from the project
+    assert checks["fail"] == 0 and [(c["name"], c["target"]) for c in checks["not_passed"]] == [
+        ("reachable over SSH", "server-postgres-1")], checks
     tgt = migration.get_target(env.host, env.params)
     got = tgt.json("SELECT json_build_object('name', (SELECT full_name FROM public.users WHERE id = 11), "
                    "'events', (SELECT count(*) FROM public.events WHERE name = 'during-heroku-sync'))")
