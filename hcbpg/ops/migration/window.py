@@ -1,7 +1,8 @@
 """The online transfer's window (inside 07, the app stopped): its plan, Bucardo drained, the sequences set,
-the keyless tables copied whole, the window's checks, and the snapshots of both sides held so that 09b
-counts every row in them after traffic is on (:func:`check_held_rows`).  The steps compose these in
-:func:`hcbpg.steps.online.window`."""
+the tables Bucardo cannot sync copied whole and the materialized views refreshed (each proved by 06b
+beforehand with the same command: :func:`run_window_proof`), the window's checks, and the snapshots of
+both sides held so that 09b counts every row in them after traffic is on (:func:`check_held_rows`).  The
+steps compose these in :func:`hcbpg.steps.online.window`."""
 
 from __future__ import annotations
 
