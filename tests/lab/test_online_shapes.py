@@ -3,11 +3,13 @@ source with a keyless partitioned table (range, three partitions, one the defaul
 with a key and an identity column, a table with a stored generated column, two materialized views (one
 reading the other), enums and domains, in schemas of their own, beside the lab app's tables written by
 its load (:mod:`hcbpg.lab.app_load`).  06b names how each moves and proves the window's copies and
-refreshes before the window; a table locked on the source makes the triggers' lock wait time out (short
-``lock_timeout``, bounded retries: nothing added, 06b refuses naming it), and once the lock is gone the
-step run again adds them; 07's window then never fails on these shapes and every row of every table
-arrives (counted and checksummed per table, source against primary).  The app's real schema
-(``../shared/datasets/hcb_schema.sql``, read where it is, never copied here) goes through 06b's plan.
+refreshes before the window; an anti-wraparound autovacuum running on a table of the source stops it
+before any trigger (it waits, then refuses naming the table); a table locked on the source makes the
+triggers' lock wait time out (short ``lock_timeout``, bounded retries: nothing added, 06b refuses naming
+it), and once the lock is gone the step run again adds them; 07's window then never fails on these shapes
+and every row of every table arrives (counted and checksummed per table, source against primary).  The
+app's real schema (``../shared/datasets/hcb_schema.sql``, read where it is, never copied here) goes
+through 06b's plan.
 
 The source is a copy of the lab's Heroku-like database (``hcb_shapes``, owned by ``heroku_owner``), so other
 modules' source is untouched.  The tests run in file order and build on each other.
