@@ -104,6 +104,8 @@ def test_07s_plan_refuses_a_window_that_does_what_06b_did_not_prove():
     plan = bp.plan_sync(SHAPES, window_copy_max_rows=1000)
     proof = json.loads(json.dumps(bp.render_window_proof(plan)))  # as read back from the primary
     assert bp.check_window_proven(plan, proof).status == "pass"
+    timed = bp.check_window_proven(plan, {**proof, "seconds": 2.345})
+    assert timed.status == "pass" and timed.detail == "3 copies, 2 refreshes proved by 06b (they took 2.3s there)"
     missing = bp.check_window_proven(plan, None)
     assert missing.status == "fail" and "run 06b again" in missing.detail
     # a column added since (its copy's columns differ), a view not refreshed by 06b

@@ -296,7 +296,7 @@ def render_refresh(refresh: Refresh) -> str:
 
 def render_window_proof(plan: SyncPlan) -> dict[str, Any]:
     """What 06b proved of the window, as the window will do it (compared by 07's plan with what the source
-    needs then): each copy's table and columns, each refresh, in order."""
+    needs then): each copy's table and columns, each refresh, in order (06b adds the seconds they took)."""
     return {"copies": [[c.schema, c.relname, list(c.columns)] for c in plan.copies],
             "refreshes": [[r.schema, r.relname] for r in plan.refreshes]}
 
@@ -309,8 +309,10 @@ def check_window_proven(plan: SyncPlan, proven: Mapping[str, Any] | None) -> Che
                      "06b recorded no proof of the window's copies on the primary: run 06b again", "source")
     new = [".".join(c[:2]) for c in want["copies"] if c not in proven.get("copies", [])]
     new += [".".join(r) + " (refresh)" for r in want["refreshes"] if r not in proven.get("refreshes", [])]
+    took = proven.get("seconds")
     return Check.of("the window does only what 06b proved", not new,
-                    f"{len(want['copies'])} copies, {len(want['refreshes'])} refreshes proved by 06b" if not new else
+                    f"{len(want['copies'])} copies, {len(want['refreshes'])} refreshes proved by 06b"
+                    + (f" (they took {float(took):.1f}s there)" if isinstance(took, (int, float)) else "") if not new else
                     f"not proved by 06b: {list_names(new)}: the source changed since; run 06b again (it proves "
                     "them) before the window", "source")
 

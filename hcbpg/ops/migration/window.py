@@ -208,7 +208,8 @@ def run_window_proof(host: "HostLike", params: "Params", source: "SourceLike",
         checks.append(Check.of(f"the window can refresh {r.name}", not err,
                                f"refreshed on the primary in {took:.2f}s" if not err else err[:600], host.name))
     if all(c.ok for c in checks):
-        host.put_text(PROOF_FILE, json.dumps(bp.render_window_proof(plan)) + "\n", mode=0o600, owner="postgres")
+        proof = {**bp.render_window_proof(plan), "seconds": round(sum(float(r["seconds"]) for r in rows), 3)}
+        host.put_text(PROOF_FILE, json.dumps(proof) + "\n", mode=0o600, owner="postgres")
     return rows, checks
 
 
