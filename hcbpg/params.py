@@ -134,6 +134,8 @@ class Hetzner(Model):
     #: together more than a /8 (0.0.0.0/1 + 128.0.0.0/1 is 0.0.0.0/0) is refused unless allow_weak_settings
     admin_source_ranges: list[Network] = Field(default_factory=list)
     labels: dict[str, str] = Field(default_factory=lambda: {"app": "hcb", "service": "postgres"})
+    #: delete and rebuild protection on every server hcbpg creates (the API refuses both until it is lifted)
+    protection: bool = False
 
 
 class NetworkParams(Model):
@@ -160,6 +162,22 @@ class Server(Model):
 class Host(Model):
     name: Name
     private_ip: Address
+    ssh_host: str | None = None
+
+
+class Jumpbox(Model):
+    """The small server step 01 creates beside the database servers: the only SSH way in, and etcd's third voter."""
+
+    name: Name = "hcb-jumpbox"
+    #: inside network.subnet; roles.metabase.jumpbox_ip must be this address
+    private_ip: Address
+    #: a small shared-vCPU type offered in hetzner.location (cx22 is not offered in ash: cpx11)
+    server_type: str = "cpx11"
+    #: its firewall: SSH from hetzner.admin_source_ranges and ssh_extra_sources
+    firewall: Name = "hcb-jumpbox-ssh"
+    #: more sources allowed to reach its SSH (e.g. Metabase's tunnel), CIDRs
+    ssh_extra_sources: list[Network] = Field(default_factory=list)
+    #: address the operator's SSH reaches; default: its public IP recorded by provisioning
     ssh_host: str | None = None
 
 
@@ -321,7 +339,114 @@ class Source(Model):
         return self
 
 
+#: PostgreSQL settings Patroni owns under ``replication.manager: patroni``: its command-line options (it passes
+#: them to postgres, so a conf.d value would be silently overridden; hcbpg puts the values in the DCS) and what
+#: it writes per member (cluster_name = the scope, listen, recovery, synchronous_standby_names, hba/ident file).
+#: Patroni 3.0.2: patroni/postgresql/config.py CMDLINE_OPTIONS, get_server_parameters, recovery parameters.
+PATRONI_OWNED_SETTINGS = frozenset({
+    "listen_addresses", "port", "cluster_name", "wal_level", "hot_standby", "max_connections", "max_wal_senders",
+    "wal_keep_size", "wal_keep_segments", "max_prepared_transactions", "max_locks_per_transaction",
+    "track_commit_timestamp", "max_replication_slots", "max_worker_processes", "wal_log_hints",
+    "primary_conninfo", "primary_slot_name", "recovery_target_timeline", "synchronous_standby_names",
+    "hba_file", "ident_file",
+})
+
+#: how long an isolated leader may spend asking the other members before it demotes under failsafe_mode:
+#: Patroni's POST /failsafe to each member (timeout 2 s, one retry) -- design section 5
+FAILSAFE_EXTRA_S = 4
+
+
+ReplicaMethod = Literal["pgbackrest", "basebackup"]
+REPLICA_METHODS: tuple[ReplicaMethod, ...] = ("pgbackrest", "basebackup")
+
+
+class PatroniParams(Model):
+    """Patroni on the database servers (``replication.manager: patroni``): the leader lease and its timing."""
+
+    #: the cluster's name in the DCS; PostgreSQL's cluster_name on every member becomes this
+    scope: Name
+    #: the leader lease (s): a replica may take the leader key this long after the leader's last refresh
+    ttl: int = Field(12, ge=1, le=3600)
+    #: seconds between two runs of Patroni's loop (each refreshes the lease)
+    loop_wait: int = Field(2, ge=1, le=3600)
+    #: how long a DCS or PostgreSQL call is retried before the leader gives up and demotes
+    retry_timeout: int = Field(3, ge=1, le=3600)
+    #: a replica further behind than this (bytes of WAL) is never promoted automatically
+    maximum_lag_on_failover: int = Field(1048576, ge=0)
+    #: a primary PostgreSQL that crashed under a live Patroni gets this long to come back before a failover
+    primary_start_timeout: int = Field(30, ge=0, le=3600)
+    #: a commit is acknowledged once the sync standby has it: no acknowledged write is lost in a failover;
+    #: each commit waits a private-network round trip, and a dead standby blocks commits until it is dropped
+    synchronous_mode: bool = True
+    #: strict: with no sync standby, commits wait (never unprotected) -- a dead replica stops every write
+    synchronous_mode_strict: bool = False
+    #: the leader keeps serving while the DCS is down as long as every member answers it (#1593, #2625)
+    failsafe_mode: bool = True
+    #: off: none; automatic: used when /dev/watchdog exists; required: Patroni refuses to lead without it
+    watchdog: Literal["off", "automatic", "required"] = "automatic"
+    #: Patroni's REST API (TLS, basic auth) on each member's private IP
+    rest_port: Port = 8008
+    rest_password: SecretRef
+    #: how Patroni builds a new replica: pgBackRest restores from the repository (the primary is not read),
+    #: basebackup streams from the leader through a slot
+    create_replica_methods: list[ReplicaMethod] = Field(default_factory=lambda: list(REPLICA_METHODS), min_length=1)
+    #: Patroni wipes a non-leader's data directory when pg_rewind fails or its timeline diverged (it is
+    #: rebuilt with create_replica_methods); false: it stays stopped for the operator
+    remove_data_directory_on_rewind_failure: bool = True
+    remove_data_directory_on_diverged_timelines: bool = True
+
+    @model_validator(mode="after")
+    def _timing(self) -> "PatroniParams":
+        extra = FAILSAFE_EXTRA_S if self.failsafe_mode else 0
+        need = self.loop_wait + 2 * self.retry_timeout + extra
+        if self.ttl < need:
+            with_failsafe = f" + {FAILSAFE_EXTRA_S} (failsafe_mode's POST /failsafe to each member)" if extra else ""
+            raise ValueError(
+                f"ttl: {self.ttl} is below loop_wait + 2 * retry_timeout{with_failsafe} = {self.loop_wait} + "
+                f"2 * {self.retry_timeout}{f' + {extra}' if extra else ''} = {need}: an isolated leader would "
+                f"still be writing when a replica takes the lease; raise ttl to {need} or lower loop_wait / "
+                "retry_timeout")
+        if self.synchronous_mode_strict and not self.synchronous_mode:
+            raise ValueError("synchronous_mode_strict: true needs synchronous_mode: true (strict only changes what "
+                             "synchronous mode does without a standby)")
+        dups = sorted({m for m in self.create_replica_methods if self.create_replica_methods.count(m) > 1})
+        if dups:
+            raise ValueError(f"create_replica_methods: {', '.join(dups)} listed twice")
+        return self
+
+
+class EtcdParams(Model):
+    """etcd on both database servers and the jumpbox: the three voters Patroni's leader lease lives in."""
+
+    client_port: Port = 2379
+    peer_port: Port = 2380
+    #: etcd's data directory (hcbpg's own; never the package's /var/lib/etcd/default)
+    data_dir: OwnDirectory = "/var/lib/etcd/hcbpg"
+    #: raft heartbeat and election timeout (ms); etcd requires election >= 5 x heartbeat
+    heartbeat_ms: int = Field(100, ge=10, le=10_000)
+    election_ms: int = Field(1000, ge=50, le=50_000)
+    #: Patroni's etcd user (read-write under its namespace only)
+    patroni_password: SecretRef
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "EtcdParams":
+        if self.election_ms < 5 * self.heartbeat_ms:
+            raise ValueError(f"election_ms: {self.election_ms} is below 5 x heartbeat_ms ({5 * self.heartbeat_ms}); "
+                             "etcd refuses to start with that")
+        if self.client_port == self.peer_port:
+            raise ValueError(f"peer_port: {self.peer_port} is client_port too; etcd needs two ports")
+        if self.data_dir in ("/var/lib/etcd", "/var/lib/etcd/default"):
+            raise ValueError(f"data_dir: {self.data_dir} is the etcd package's own (its default member); "
+                             "use a directory of hcbpg's, e.g. /var/lib/etcd/hcbpg")
+        return self
+
+
 class Replication(Model):
+    #: manual: hcbpg's own streaming replica and the gated failover of steps 10/11; patroni: Patroni over etcd
+    #: (steps 10_high_availability, 11_switchover), with the jumpbox as etcd's third voter
+    manager: Literal["manual", "patroni"] = "manual"
+    patroni: PatroniParams | None = None
+    etcd: EtcdParams | None = None
     role: Ident = "repuser"
     password: SecretRef
     connection_limit: int = Field(2, ge=1, le=MAX_CONNECTIONS)
@@ -333,6 +458,18 @@ class Replication(Model):
     catch_up_timeout_s: float = Field(30.0, gt=0)
     #: name of a host whose data directory may be wiped even though it is not in recovery
     allow_wipe_host: Name | None = None
+
+    @model_validator(mode="after")
+    def _manager(self) -> "Replication":
+        if self.manager == "patroni":
+            missing = [k for k in ("patroni", "etcd") if getattr(self, k) is None]
+            if missing:
+                raise ValueError(f"{missing[0]}: manager patroni needs replication.{' and replication.'.join(missing)}"
+                                 " (see the commented example in params/production.yaml)")
+            if self.connection_limit < 4:
+                raise ValueError(f"connection_limit: {self.connection_limit} is too few under Patroni: a walreceiver, "
+                                 "pg_basebackup's two and pg_rewind's one connect as the replication role; use 4 or more")
+        return self
 
 
 class Drill(Model):
@@ -507,6 +644,8 @@ class Params(Model):
     #: where the app servers are on the private network (CIDRs inside network.ip_range); pg_hba admits
     #: the app from these; empty: from network.subnet.  app_host is one of them (the one hcbpg checks from)
     app_servers: list[PrivateNetwork] = Field(default_factory=list)
+    #: the jumpbox (step 01): SSH's only way in and etcd's third voter; needed by replication.manager patroni
+    jumpbox: Jumpbox | None = None
     ssh: Ssh = Ssh()
     postgres: Postgres
     pgbackrest: PgBackRest | None = None
@@ -547,6 +686,61 @@ class Params(Model):
         if self.audit.anchor == "bucket" and self.pgbackrest is None:
             raise ValueError("audit.anchor: bucket writes the audit head to the backup bucket, and these params "
                              "have no pgbackrest section (add it, or set audit.anchor: none)")
+        return self
+
+    @model_validator(mode="after")
+    def _high_availability(self) -> "Params":
+        """The jumpbox's place on the network, and what Patroni needs from the rest of the params."""
+        problems = []
+        jb = self.jumpbox
+        if jb is not None:
+            subnet = ipaddress.ip_network(self.network.subnet)
+            ip = ipaddress.ip_address(jb.private_ip)
+            if ip not in subnet:
+                problems.append(f"jumpbox.private_ip: {ip} is outside the subnet {subnet}")
+            elif ip in (subnet.network_address, subnet.broadcast_address):
+                problems.append(f"jumpbox.private_ip: {ip} is the network or broadcast address of {subnet}")
+            others = [(f"servers[{i}]", s.name, s.private_ip) for i, s in enumerate(self.servers)]
+            others += [(k, h.name, h.private_ip) for k, h in (("app_host", self.app_host), ("drill", self.drill))
+                       if h is not None]
+            for key, name, addr in others:
+                if addr == jb.private_ip:
+                    problems.append(f"jumpbox.private_ip: {jb.private_ip} is {key}'s ({name}) too")
+                if name == jb.name:
+                    problems.append(f"jumpbox.name: {jb.name} is {key}'s name too")
+            if jb.firewall == self.hetzner.firewall:
+                problems.append(f"jumpbox.firewall: {jb.firewall} is hetzner.firewall too; the jumpbox's firewall "
+                                "opens SSH, the database servers' does not: give it its own name")
+            if self.roles and self.roles.metabase and self.roles.metabase.jumpbox_ip != jb.private_ip:
+                problems.append(f"roles.metabase.jumpbox_ip: {self.roles.metabase.jumpbox_ip} is not "
+                                f"jumpbox.private_ip ({jb.private_ip}); Metabase's route goes through the jumpbox")
+        rep = self.replication
+        if rep is not None and rep.manager == "patroni":
+            if jb is None:
+                problems.append("jumpbox: replication.manager patroni needs the jumpbox (etcd's third voter: two "
+                                "database servers alone cannot keep a quorum when one dies)")
+            elif len(self.servers) % 2:
+                problems.append(f"servers: replication.manager patroni runs etcd on the {len(self.servers)} "
+                                f"server(s) and the jumpbox: {len(self.servers) + 1} voters; etcd needs an odd "
+                                "number (two servers and the jumpbox make three)")
+            if self.pgbackrest is None:
+                problems.append("pgbackrest: replication.manager patroni needs the pgbackrest section (archive, "
+                                "and a replica restored from the repository)")
+            owned = sorted(k for k in self.postgres.settings if k in PATRONI_OWNED_SETTINGS)
+            problems += [f"postgres.settings.{k}: Patroni owns {k} under replication.manager patroni (hcbpg "
+                         "sets it through Patroni's dynamic configuration); remove it from postgres.settings"
+                         for k in owned]
+            if rep.patroni and rep.etcd:
+                ports = {"postgres.port": self.postgres.port, "replication.patroni.rest_port": rep.patroni.rest_port,
+                         "replication.etcd.client_port": rep.etcd.client_port,
+                         "replication.etcd.peer_port": rep.etcd.peer_port, "ssh.port": self.ssh.port}
+                seen: dict[int, str] = {}
+                for key, port in ports.items():
+                    if port in seen:
+                        problems.append(f"{key}: {port} is {seen[port]} too; each service needs its own port")
+                    seen.setdefault(port, key)
+        if problems:
+            raise ValueError("\n".join(problems))  # one line each, naming its key (see format_validation_error)
         return self
 
     @model_validator(mode="after")
@@ -717,7 +911,9 @@ def format_validation_error(exc: ValidationError) -> list[str]:
             problems.append(f"{key}: unknown key{hint}")
         elif err["type"] == "missing":
             problems.append(f"{key}: required key is missing")
-        elif msg.split(":")[0] in ("block", "cipher_pass", "repo_path_prefix", "s3_key", "url", "heroku_app") and ":" in msg:
+        elif msg.split(":")[0] in ("block", "cipher_pass", "repo_path_prefix", "s3_key", "url", "heroku_app", "ttl",
+                                   "synchronous_mode_strict", "create_replica_methods", "election_ms", "peer_port",
+                                   "data_dir", "patroni", "etcd", "connection_limit") and ":" in msg:
             sub, rest = msg.split(":", 1)
             problems.append(f"{key + '.' if key else ''}{sub}:{rest}")
         elif not key:
