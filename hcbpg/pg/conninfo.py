@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from hcbpg import secrets as hsecrets
@@ -155,3 +155,145 @@ def parse_conninfo(text: str) -> dict[str, str]:
             val = text[start:i]
         out[key] = val
     return out
+
+
+# The multi-host URL Rails keeps (issue 28) ---------------------------------------------------------------
+#
+# ActiveRecord (6.1 and main: ``ActiveRecord::DatabaseConfigurations::ConnectionUrlResolver``) parses
+# DATABASE_URL itself before the pg gem sees it.  ``postgres://u:p@h1:5432,h2:5432/db`` raises
+# URI::InvalidURIError, and a hierarchical URL's own host/port win over the query's host list (6.1), so
+# the form handed out is the *opaque* one, ``postgresql:DB?host=h1,h2&port=p1,p2&key=value...``, which
+# the resolver reads as: opaque part split at the first ``?``; the database is what comes before it;
+# the query split on ``&``, each pair on its first ``=``; keys kept as written; blank values dropped
+# (``compact_blank``, *before* unescaping); then every value ``%XX``-unescaped (``URI::Parser#unescape``:
+# ``+`` stays ``+``).  The adapter gives libpq the keys it knows (``PG::Connection.conndefaults``), so
+# ``host``/``port`` lists, ``target_session_attrs`` and the TLS keys reach libpq intact.
+
+#: what an opaque Rails URL's scheme may be (ActiveRecord maps ``postgres`` to the postgresql adapter)
+RAILS_SCHEMES = ("postgresql", "postgres")
+
+#: libpq's connection keywords (PostgreSQL 15's conninfo options, plus PostgreSQL 16's require_auth): the
+#: keys ActiveRecord's postgresql adapter passes on to PG.connect, and the ones rails_url_conninfo keeps
+LIBPQ_KEYWORDS = frozenset({
+    "host", "hostaddr", "port", "dbname", "user", "password", "passfile", "channel_binding", "connect_timeout",
+    "client_encoding", "options", "application_name", "fallback_application_name", "keepalives",
+    "keepalives_idle", "keepalives_interval", "keepalives_count", "tcp_user_timeout", "replication",
+    "gssencmode", "sslmode", "requiressl", "sslcompression", "sslcert", "sslkey", "sslpassword", "sslrootcert",
+    "sslcrl", "sslcrldir", "sslsni", "requirepeer", "ssl_min_protocol_version", "ssl_max_protocol_version",
+    "krbsrvname", "gsslib", "service", "target_session_attrs", "require_auth",
+})
+
+#: keys of the URL itself: the database is the opaque part, host and port come from *hosts*
+_URL_OWN_KEYS = frozenset({"host", "port", "dbname", "database", "adapter"})
+
+#: what a value keeps unencoded: ',' separates hosts and ports for libpq, '/' is in paths; neither is a
+#: delimiter of ActiveRecord's query parsing, and both are legal in an opaque URI (RFC 2396 uric)
+_RAILS_SAFE = "/,"
+
+_RAILS_KEY = re.compile(r"[a-z_]+")
+
+#: one character Ruby's URI::Parser (RFC 2396) accepts in a URI (uric, and '%' of an escape)
+_URIC = re.compile(r"[A-Za-z0-9;/?:@&=+$,\-_.!~*'()%]")
+
+
+def _rails_value(value: str, what: str) -> str:
+    if "\x00" in value:
+        raise SecretError(f"{what}: a NUL character cannot go into a connection URL")
+    return urllib.parse.quote(value, safe=_RAILS_SAFE)
+
+
+def render_rails_url(dbname: str, hosts: Sequence[tuple[str, int]], query: Mapping[str, str], *,
+                     scheme: str = "postgresql") -> str:
+    """The opaque multi-host URL ActiveRecord keeps whole: ``postgresql:DB?host=h1,h2&port=p1,p2&...``.
+
+    Every value (and the database) is percent-encoded, so ``& = % # + ? '`` ``"`` a space or any
+    non-ASCII character in a password arrives as written; *query* keys are libpq keywords in the
+    order given (``user``, ``password``, ``sslmode``, ``target_session_attrs`` ...).
+    """
+    if scheme not in RAILS_SCHEMES:
+        raise ValueError(f"scheme {scheme!r}: ActiveRecord's postgresql adapter is postgresql: or postgres:")
+    if not hosts:
+        raise ValueError("a Rails URL needs at least one host")
+    if not dbname:
+        raise ValueError("a Rails URL needs a database name")
+    for key in query:
+        if not _RAILS_KEY.fullmatch(key) or key not in LIBPQ_KEYWORDS:
+            raise ValueError(f"{printable_key(key)}: not a libpq connection keyword")
+        if key in _URL_OWN_KEYS:
+            raise ValueError(f"{key}: the URL's own (the database and the hosts are given apart)")
+    for host, port in hosts:
+        if not host or "," in host or not 0 < int(port) < 65536:
+            raise ValueError(f"{printable_key(host)}:{port}: not a host and port for a host list")
+    pairs = [("host", ",".join(h for h, _ in hosts)), ("port", ",".join(str(int(p)) for _, p in hosts))]
+    pairs += list(query.items())
+    return (f"{scheme}:{_rails_value(dbname, 'the database')}?"
+            + "&".join(f"{k}={_rails_value(v, k)}" for k, v in pairs))
+
+
+def printable_key(text: str) -> str:
+    """*text* with its control characters shown escaped, cut to 80 characters (for an error message)."""
+    return text.encode("unicode_escape").decode("ascii")[:80]
+
+
+def parse_rails_url(url: str) -> dict[str, str]:
+    """What ActiveRecord 6.1's resolver makes of an opaque DATABASE_URL: ``adapter``, ``database`` and each
+    query key (values unescaped; blank ones dropped as ``compact_blank`` does).  Contains the password.
+
+    Only the opaque form is accepted: a hierarchical one (``postgresql://...``) loses its query's host list
+    in Rails 6.1, so hcbpg never hands it out.
+    """
+    scheme, sep, rest = url.partition(":")
+    if not sep or scheme.lower() not in RAILS_SCHEMES:
+        raise SecretError("DATABASE_URL: not a postgresql: URL",
+                          hint="the handed-out URL looks like postgresql:hcb_production?host=h1,h2&port=...")
+    if rest.startswith("/"):
+        raise SecretError("DATABASE_URL: a hierarchical URL (postgresql://...), not the opaque form Rails keeps",
+                          hint="Rails 6.1 drops the query's host list from postgresql://...; hand out "
+                               "postgresql:DB?host=h1,h2&... (render_rails_url)")
+    bad = next((i for i, ch in enumerate(url) if not _URIC.fullmatch(ch)), None)
+    if bad is not None or re.search(r"%(?![0-9A-Fa-f]{2})", url):
+        where = f"character {bad + 1}" if bad is not None else "a '%' not followed by two hex digits"
+        raise SecretError(f"DATABASE_URL: {where} is not allowed in a URI: Rails refuses it (URI::InvalidURIError)",
+                          hint="percent-encode every value (render_rails_url does)")
+    database, _, query = rest.partition("?")
+    pairs = query.split("&") if query else []
+    while pairs and not pairs[-1]:
+        pairs.pop()  # Ruby's String#split drops trailing empty fields
+    raw: dict[str, str | None] = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not key:
+            raise SecretError("DATABASE_URL: an empty pair or an empty key in its query ('&&', '&=')")
+        raw[key] = value if eq else None  # a key without '=' has no value: nil, dropped like a blank one
+    raw["adapter"] = "postgresql"  # the URL's own win over the query's (Hash#merge)
+    raw["database"] = database
+    return {k: _unescape(v) for k, v in raw.items() if v is not None and v.strip() != ""}
+
+
+def _unescape(value: str) -> str:
+    """``URI::Parser#unescape``: each ``%XX`` a byte, everything else (``+`` too) as it is; UTF-8."""
+    return urllib.parse.unquote_to_bytes(value).decode("utf-8", errors="surrogateescape")
+
+
+def rails_url_conninfo(url: str, *, with_password: bool = False) -> str:
+    """The libpq conninfo of an opaque Rails URL, keyword by keyword as ActiveRecord hands them to
+    ``PG.connect`` (``database`` -> ``dbname``, ``username`` -> ``user``, unknown keys dropped).  The
+    password is left out unless *with_password* (give it on stdin or in a passfile instead)."""
+    config = parse_rails_url(url)
+    config.pop("adapter", None)
+    if "database" in config:
+        config["dbname"] = config.pop("database")
+    if "username" in config:
+        config["user"] = config.pop("username")
+    if not with_password:
+        config.pop("password", None)
+    return " ".join(f"{k}={conninfo_quote(v)}" for k, v in config.items() if k in LIBPQ_KEYWORDS)
+
+
+def redact_rails_url(url: str) -> str:
+    """An opaque Rails URL with its ``password=`` value replaced by ``[secret]`` (for printing)."""
+    head, sep, query = url.partition("?")
+    if not sep:
+        return url
+    return head + "?" + "&".join(f"password={hsecrets.REDACTED}" if p.startswith("password=") else p
+                                 for p in query.split("&"))
