@@ -1,0 +1,299 @@
+"""Patroni and etcd as hcbpg renders and reads them (issue 28, pure): the config files against golden files and
+against Patroni 3.0.2's and etcd 3.4.23's own parsers where this machine has them; GET /cluster answers made by
+Patroni 3.0.2's cluster_as_json (tests/golden/patroni.cluster.make.py); etcdctl 3.4.23 output recorded from a
+three-member cluster with one, then two members killed."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from hcbpg.desired import etcd as detcd
+from hcbpg.desired import patroni as dp
+from hcbpg.desired.capacity import ServerShape, render_capacity
+from hcbpg.errors import HcbpgError, ParamsError
+from hcbpg.params import Params, parse_params
+
+from goldenfile import GOLDEN, golden
+from nbutil import REPO
+
+CCX13 = ServerShape("ccx13", cores=2, memory_gb=8.0, disk_gb=80)
+SECRETS = dp.PatroniSecrets(rest_password="rest 'pw\"&", etcd_password="etcd:pw#1", replication_password="repl pw ü")
+SYSTEM_PATRONI = Path("/usr/lib/python3/dist-packages/patroni/config.py")
+
+
+def data(**patroni: Any) -> dict[str, Any]:
+    d = yaml.safe_load((REPO / "params" / "production.yaml").read_text())
+    d["replication"].update(
+        manager="patroni", connection_limit=5,
+        patroni={"scope": "hcb-production", "rest_password": "op://HCB Engineering/Patroni REST/password", **patroni},
+        etcd={"patroni_password": "op://HCB Engineering/etcd patroni/password"})
+    d["jumpbox"] = {"private_ip": "10.0.1.40"}
+    return d
+
+
+def params(**patroni: Any) -> Params:
+    return parse_params(data(**patroni))
+
+
+def cases() -> dict[str, dict[str, Any]]:
+    lines = (GOLDEN / "patroni.cluster.jsonl").read_text().splitlines()
+    return {c["case"]: c["cluster"] for c in map(json.loads, lines)}
+
+
+# the files ---------------------------------------------------------------------------------------------------
+
+def test_patroni_yaml_golden_production_primary():
+    p = params()
+    golden("patroni.server-postgres-1.yml", dp.render_patroni_yaml(p, p.servers[0], shape=CCX13))
+
+
+def test_patroni_yaml_golden_without_watchdog_or_pgbackrest_method():
+    p = params(watchdog="off", synchronous_mode=False, create_replica_methods=["basebackup"])
+    golden("patroni.server-postgres-2.no-watchdog.yml", dp.render_patroni_yaml(p, p.servers[1], shape=CCX13))
+
+
+def test_secrets_file_golden_and_never_in_the_config():
+    p = params()
+    golden("patroni.secrets.yml", dp.render_patroni_secrets(p))
+    text = dp.render_patroni_yaml(p, p.servers[0], shape=CCX13)
+    for value in ("rest 'pw", "etcd:pw#1", "repl pw", "password", "<secret>"):
+        assert value not in text
+    merged = yaml.safe_load(dp.render_patroni_secrets(p, SECRETS))
+    assert merged["restapi"]["authentication"]["password"] == SECRETS.rest_password
+    assert merged["etcd3"]["password"] == SECRETS.etcd_password
+    assert merged["postgresql"]["authentication"]["replication"]["password"] == SECRETS.replication_password
+    assert "rest 'pw" not in repr(SECRETS)
+
+
+def test_config_parses_as_yaml_with_what_the_design_says():
+    p = params()
+    cfg = yaml.safe_load(dp.render_patroni_yaml(p, p.servers[1], shape=CCX13))
+    assert (cfg["scope"], cfg["name"], cfg["namespace"]) == ("hcb-production", "server-postgres-2", "/service/")
+    assert cfg["restapi"]["listen"] == "10.0.1.6:8008" and cfg["restapi"]["allowlist"] == ["10.0.1.5", "10.0.1.6"]
+    assert cfg["etcd3"]["hosts"] == ["10.0.1.5:2379", "10.0.1.6:2379", "10.0.1.40:2379"]
+    assert cfg["postgresql"]["listen"] == "localhost,10.0.1.6:5432"
+    assert "pg_hba" not in cfg["postgresql"] and "parameters" not in cfg["postgresql"]  # hcbpg owns both
+    assert cfg["bootstrap"]["dcs"]["ttl"] == 12 and cfg["bootstrap"]["dcs"]["failsafe_mode"] is True
+
+
+def test_dcs_parameters_keep_hcbpg_s_capacity_values():
+    p = params()
+    got = dp.dcs_parameters(p, CCX13)
+    cap = render_capacity(p, CCX13)
+    assert got["max_connections"] == cap["max_connections"] and got["max_worker_processes"] == cap["max_worker_processes"]
+    assert got["wal_keep_size"] == p.replication.wal_keep_size  # type: ignore[union-attr]
+    assert set(got) <= dp.PATRONI_OWNED
+    assert not {"hot_standby", "wal_log_hints", "cluster_name", "listen_addresses", "port"} & set(got)
+    bigger = dp.dcs_parameters(p, ServerShape("ccx43", cores=16, memory_gb=64.0, disk_gb=360))
+    assert bigger["max_worker_processes"] == 16  # a larger server type re-renders them, as conf.d did
+
+
+def test_dcs_patch_sends_only_what_differs():
+    p = params()
+    want = dp.dcs_config(p, CCX13)
+    assert dp.render_dcs_patch(want, p, CCX13) == {}
+    current = copy.deepcopy(want)
+    current["pause"] = True  # the operator's: never undone by a patch
+    current["ttl"] = 30
+    current["synchronous_mode"] = "off"
+    current["postgresql"]["parameters"]["max_connections"] = "100"
+    current["postgresql"]["parameters"]["wal_level"] = "replica"
+    assert dp.render_dcs_patch(current, p, CCX13) == {
+        "ttl": 12, "synchronous_mode": True,
+        "postgresql": {"parameters": {"max_connections": want["postgresql"]["parameters"]["max_connections"]}}}
+    current = copy.deepcopy(want)
+    current["postgresql"]["parameters"]["max_connections"] = str(want["postgresql"]["parameters"]["max_connections"])
+    current["failsafe_mode"] = "on"
+    assert dp.render_dcs_patch(current, p, CCX13) == {}
+
+
+@pytest.mark.skipif(not SYSTEM_PATRONI.is_file(), reason="Debian's patroni package is not installed here")
+def test_patroni_3_0_2_reads_the_two_files_as_one_config(tmp_path: Path):
+    """Patroni's own Config merges secrets.yml over patroni.yml and keeps every DCS parameter hcbpg sends."""
+    p = params()
+    (tmp_path / "patroni.yml").write_text(dp.render_patroni_yaml(p, p.servers[0], shape=CCX13))
+    (tmp_path / "secrets.yml").write_text(dp.render_patroni_secrets(p, SECRETS))
+    script = (
+        "import json, sys\n"
+        "sys.path.insert(0, '/usr/lib/python3/dist-packages')\n"
+        "from patroni.config import Config\n"
+        "c = Config(sys.argv[1])\n"
+        "c.set_dynamic_configuration(c['bootstrap']['dcs'])\n"
+        "print(json.dumps({'auth': c['restapi']['auth'], 'etcd': [c['etcd3']['username'], c['etcd3']['password']],"
+        " 'pg': c['postgresql']['authentication'], 'parameters': dict(c['postgresql']['parameters']),"
+        " 'ttl': c['ttl'], 'failsafe': c['failsafe_mode']}))\n")
+    out = subprocess.run(["/usr/bin/python3", "-c", script, str(tmp_path)], capture_output=True, text=True,
+                         check=True, timeout=60)
+    got = json.loads(out.stdout)
+    assert got["auth"] == f"patroni:{SECRETS.rest_password}"
+    assert got["etcd"] == ["patroni", SECRETS.etcd_password]
+    assert got["pg"]["replication"] == {"username": "repuser", "password": SECRETS.replication_password,
+                                        "sslmode": "verify-full",
+                                        "sslrootcert": "/etc/hcbpg/tls/production-postgres-ca.crt"}
+    for key, value in dp.dcs_parameters(p, CCX13).items():
+        assert got["parameters"][key] == value, key  # none dropped by Patroni's own validators
+    assert (got["ttl"], got["failsafe"]) == (12, True)
+    validate = subprocess.run(["/usr/bin/patroni", "--validate-config", str(tmp_path)], capture_output=True,
+                              text=True, timeout=60)
+    # the only complaints on this machine: it has none of the servers' addresses to bind
+    assert [line for line in validate.stderr.splitlines() if "is already in use" not in line] == []
+
+
+def test_slot_names_are_patroni_s():
+    assert dp.slot_name("server-postgres-2") == "server_postgres_2"
+    assert dp.slot_name("A.b-c+d") == "a_b_cu0043d"
+
+
+def test_tuning_notes_say_the_derivation_and_patroni_3_2_s_floor():
+    p = params()
+    notes = dp.tuning_notes(p, version="3.0.2-1")
+    assert notes[0] == ("leader lease ttl 12 s >= loop_wait 2 + 2 x retry_timeout 3 + 4 (failsafe's POST /failsafe "
+                        "to each member) = 12")
+    assert "3 s between" in notes[1]
+    assert not any("raises ttl" in n for n in notes)
+    assert any("raises ttl below 20 to 20" in n for n in dp.tuning_notes(p, version="3.2.2-1"))
+
+
+def test_missing_sections_are_params_errors():
+    d = yaml.safe_load((REPO / "params" / "production.yaml").read_text())
+    p = parse_params(d)
+    with pytest.raises(ParamsError):
+        dp.patroni_params(p)
+    with pytest.raises(ParamsError):
+        detcd.etcd_members(p)
+    assert not dp.managed(p) and dp.managed(params())
+
+
+# GET /cluster and the switchover plan ------------------------------------------------------------------------
+
+def test_parse_cluster_of_patroni_3_0_2():
+    view = dp.parse_cluster(json.dumps(cases()["healthy-sync"]))
+    assert view.leader is not None and view.leader.name == "server-postgres-1"
+    (rep,) = view.replicas
+    assert (rep.role, rep.state, rep.timeline, rep.lag, rep.host) == ("sync_standby", "running", 3, 0, "10.0.1.6")
+    assert view.rows() == [
+        {"Member": "server-postgres-1", "Host": "10.0.1.5", "Role": "Leader", "State": "running", "TL": "3",
+         "Lag in MB": ""},
+        {"Member": "server-postgres-2", "Host": "10.0.1.6", "Role": "Sync Standby", "State": "running", "TL": "3",
+         "Lag in MB": "0"}]
+    after = dp.parse_cluster(cases()["after-failover"])
+    assert after.member("server-postgres-1").lag is None  # type: ignore[union-attr]
+    assert after.scheduled_switchover == {"at": "2026-12-07T03:00:00+00:00", "from": "server-postgres-2",
+                                          "to": "server-postgres-1"}
+    assert dp.parse_cluster(cases()["nofailover-paused"]).paused
+    with pytest.raises(HcbpgError, match="no JSON"):
+        dp.parse_cluster("<html>502</html>")
+
+
+def test_switchover_to_the_sync_standby_is_planned():
+    plan = dp.plan_switchover(dp.parse_cluster(cases()["healthy-sync"]), None, params=params())
+    assert plan.ok and plan.body() == {"leader": "server-postgres-1", "candidate": "server-postgres-2"}
+    assert dp.plan_switchover(dp.parse_cluster(cases()["healthy-sync"]), "server-postgres-2", params=params()).ok
+
+
+def test_switchover_refuses_a_lagging_or_async_replica_with_reasons():
+    view = dp.parse_cluster(cases()["lagging-async"])
+    plan = dp.plan_switchover(view, "server-postgres-2", params=params())
+    assert plan.reasons == (
+        "server-postgres-2: 33554432 bytes behind, more than maximum_lag_on_failover (1048576)",
+        "server-postgres-2: not the sync standby (in synchronous mode only it has every acknowledged commit)")
+    with pytest.raises(HcbpgError, match="no switchover to send"):
+        plan.body()
+    relaxed = dp.plan_switchover(view, None, params=params(synchronous_mode=False, maximum_lag_on_failover=33554432))
+    assert relaxed.ok and relaxed.candidate == "server-postgres-2"
+
+
+def test_switchover_refuses_nofailover_the_leader_itself_unknown_and_a_scheduled_one():
+    p = params()
+    view = dp.parse_cluster(cases()["nofailover-paused"])
+    assert dp.plan_switchover(view, "server-postgres-2", params=p).reasons == (
+        "server-postgres-2: tagged nofailover",)
+    none = dp.plan_switchover(view, None, params=p)
+    assert none.candidate is None and none.reasons == (
+        "no replica may take over: server-postgres-2: tagged nofailover",)
+    healthy = dp.parse_cluster(cases()["healthy-sync"])
+    assert dp.plan_switchover(healthy, "server-postgres-1", params=p).reasons == (
+        "server-postgres-1 is the leader already",)
+    assert dp.plan_switchover(healthy, "server-postgres-9", params=p).reasons[0].startswith(
+        "server-postgres-9 is not a member")
+    after = dp.plan_switchover(dp.parse_cluster(cases()["after-failover"]), "server-postgres-1", params=p)
+    assert after.reasons == (
+        "a switchover is already scheduled ({'at': '2026-12-07T03:00:00+00:00', 'from': 'server-postgres-2', "
+        "'to': 'server-postgres-1'})",
+        "server-postgres-1: state stopped, not running", "server-postgres-1: its lag is unknown",
+        "server-postgres-1: on timeline 3, the leader on 4",
+        "server-postgres-1: not the sync standby (in synchronous mode only it has every acknowledged commit)")
+
+
+def test_no_leader_no_switchover():
+    view = dp.parse_cluster({"members": [{"name": "server-postgres-2", "role": "replica", "state": "running",
+                                          "lag": 0, "timeline": 2}]})
+    plan = dp.plan_switchover(view, "server-postgres-2", params=params(synchronous_mode=False))
+    assert plan.reasons[0].startswith("no leader")
+
+
+# etcd ----------------------------------------------------------------------------------------------------------
+
+def test_etcd_conf_golden_for_a_server_and_the_jumpbox():
+    p = params()
+    golden("etcd.server-postgres-1.yml", detcd.render_etcd_conf(p, "server-postgres-1"))
+    golden("etcd.hcb-jumpbox.yml", detcd.render_etcd_conf(p, "hcb-jumpbox"))
+    assert detcd.render_etcd_default(p).endswith("\nETCD_CONFIG_FILE=/etc/etcd/hcbpg.yml\n")
+
+
+def test_initial_cluster_and_endpoints():
+    p = params()
+    assert detcd.initial_cluster(p) == ("server-postgres-1=https://10.0.1.5:2380,server-postgres-2=https://10.0.1.6:2380,"
+                                        "hcb-jumpbox=https://10.0.1.40:2380")
+    assert detcd.client_endpoints(p) == ["https://10.0.1.5:2379", "https://10.0.1.6:2379", "https://10.0.1.40:2379"]
+    with pytest.raises(ValueError, match="not an etcd member"):
+        detcd.render_etcd_conf(p, "drill-1")
+
+
+def test_etcd_conf_says_mutual_tls_and_the_params_timing():
+    d = data()
+    d["replication"]["etcd"].update(heartbeat_ms=200, election_ms=2000, client_port=12379, peer_port=12380)
+    cfg = yaml.safe_load(detcd.render_etcd_conf(parse_params(d), "server-postgres-2"))
+    assert (cfg["heartbeat-interval"], cfg["election-timeout"]) == (200, 2000)
+    assert cfg["listen-client-urls"] == "https://10.0.1.6:12379,https://127.0.0.1:12379"
+    for side in ("client-transport-security", "peer-transport-security"):
+        assert cfg[side]["client-cert-auth"] is True
+        assert cfg[side]["trusted-ca-file"] == "/etc/hcbpg/tls/production-postgres-ca.crt"
+
+
+def test_parse_endpoint_health_recorded_from_etcdctl_3_4():
+    one = detcd.parse_endpoint_health((GOLDEN / "etcd.endpoint-health.one-down.json").read_text())
+    assert [h.healthy for h in one] == [True, True, False]
+    assert one[2].error == "context deadline exceeded" and one[2].endpoint == "http://127.0.0.1:23379"
+    assert detcd.health_summary(one) == (2, 3, True)
+    two = detcd.parse_endpoint_health((GOLDEN / "etcd.endpoint-health.two-down.json").read_text())
+    assert detcd.health_summary(two) == (0, 3, False)
+    with pytest.raises(HcbpgError, match="printed no JSON"):
+        detcd.parse_endpoint_health("Error: context deadline exceeded")
+
+
+def test_parse_member_list_recorded_and_checked_against_params():
+    listed = detcd.parse_member_list((GOLDEN / "etcd.member-list.json").read_text())
+    assert listed.cluster_id == 4209492528444040382
+    assert [(m.name, m.peer_urls) for m in listed.members][0] == ("m3", ("http://127.0.0.1:23380",))
+    assert listed.members[0].id == 3682749693109407146  # a uint64 beyond 2**53, exact
+    p = params()
+    problems = detcd.check_members(p, listed)
+    assert problems[0] == "server-postgres-1: not a member of the etcd cluster (or added and never started)"
+    assert problems[-1] == "m2: a member params do not name (peer http://127.0.0.1:22380)"
+    good = {"header": {"cluster_id": 1}, "members": [
+        {"ID": i + 1, "name": m.name, "peerURLs": [detcd.peer_url(p, m)], "clientURLs": [detcd.client_url(p, m)]}
+        for i, m in enumerate(detcd.etcd_members(p))]}
+    assert detcd.check_members(p, detcd.parse_member_list(json.dumps(good))) == []
+    good["members"][2]["peerURLs"] = ["https://10.0.1.41:2380"]
+    good["members"][1]["isLearner"] = True
+    assert detcd.check_members(p, detcd.parse_member_list(json.dumps(good))) == [
+        "server-postgres-2: a learner (not a voter) yet",
+        "hcb-jumpbox: peer URL https://10.0.1.41:2380, expected https://10.0.1.40:2380"]
