@@ -297,3 +297,50 @@ def test_parse_member_list_recorded_and_checked_against_params():
     assert detcd.check_members(p, detcd.parse_member_list(json.dumps(good))) == [
         "server-postgres-2: a learner (not a voter) yet",
         "hcb-jumpbox: peer URL https://10.0.1.41:2380, expected https://10.0.1.40:2380"]
+
+
+# GET /patroni, GET /history, etcd's auth probe -------------------------------------------------------------------
+
+#: GET /patroni of a leader serving under failsafe (the fields 3.0.2's get_postgresql_status and
+#: _write_status_response set)
+LEADER_STATUS = {
+    "state": "running", "postmaster_start_time": "2026-12-07 00:10:00.123456+00:00", "role": "master",
+    "server_version": 150010, "xlog": {"location": 50331648}, "timeline": 3,
+    "replication": [{"usename": "repuser", "application_name": "server-postgres-2", "client_addr": "10.0.1.6",
+                     "state": "streaming", "sync_state": "sync", "sync_priority": 1}],
+    "failsafe_mode_is_active": True, "dcs_last_seen": 1796601600,
+    "tags": {"nofailover": False}, "database_system_identifier": "7311112222333344445",
+    "patroni": {"version": "3.0.2", "scope": "hcb-production"}}
+
+
+def test_parse_member_status_of_a_leader_under_failsafe():
+    st = dp.parse_member_status(json.dumps(LEADER_STATUS))
+    assert st.is_primary and st.failsafe_active and st.timeline == 3
+    assert (st.system_identifier, st.dcs_last_seen, st.version, st.scope) == (
+        "7311112222333344445", 1796601600, "3.0.2", "hcb-production")
+    assert st.replication[0]["sync_state"] == "sync"
+    stopped = dp.parse_member_status({"state": "stopped", "role": "replica", "cluster_unlocked": True,
+                                      "dcs_last_seen": 0, "patroni": {"version": "3.0.2", "scope": "x"}})
+    assert not stopped.is_primary and stopped.cluster_unlocked and stopped.timeline is None
+    with pytest.raises(HcbpgError, match="expected an object with a state"):
+        dp.parse_member_status("{}")
+
+
+def test_parse_history_with_old_and_enriched_lines():
+    hist = dp.parse_history('[[1,50331808,"no recovery target specified"],'
+                            '[2,67109024,"no recovery target specified","2026-12-07T01:02:03.456+00:00",'
+                            '"server-postgres-2"]]')
+    assert hist[0] == dp.HistoryEntry(1, 50331808, "no recovery target specified")
+    assert (hist[1].timeline, hist[1].new_leader) == (2, "server-postgres-2")
+    assert dp.parse_history("[]") == []
+    with pytest.raises(HcbpgError, match="not \\[timeline, lsn, reason"):
+        dp.parse_history("[[1]]")
+
+
+def test_etcd_auth_probe_recorded_from_etcd_3_4():
+    """POST /v3/auth/authenticate with a wrong password, before and after `auth enable`; a right one: a token."""
+    assert detcd.parse_auth_probe((GOLDEN / "etcd.auth-probe.disabled.json").read_text()) is False
+    assert detcd.parse_auth_probe((GOLDEN / "etcd.auth-probe.enabled.json").read_text()) is True
+    assert detcd.parse_auth_probe((GOLDEN / "etcd.auth-probe.ok.json").read_text()) is True
+    assert detcd.parse_auth_probe("curl: (7) Failed to connect") is None
+    assert detcd.parse_auth_probe('{"error":"etcdserver: request timed out","code":14}') is None

@@ -214,3 +214,21 @@ def health_summary(health: Sequence[EndpointHealth]) -> tuple[int, int, bool]:
     """(healthy, all, quorum held)."""
     ok = sum(1 for h in health if h.healthy)
     return ok, len(health), bool(health) and ok >= quorum(len(health))
+
+
+def parse_auth_probe(text: str) -> bool | None:
+    """Whether auth is enabled, from the gateway's answer to ``POST /v3/auth/authenticate`` with a wrong password
+    (etcd 3.4: code 9 "authentication is not enabled", code 3 "invalid user ID or password"); None when the
+    answer says neither (a token: the probe's password was right after all, or another error)."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    message = str(data.get("error") or data.get("message") or "")
+    if "authentication is not enabled" in message:
+        return False
+    if "invalid user ID or password" in message or "token" in data:
+        return True
+    return None

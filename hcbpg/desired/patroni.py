@@ -488,3 +488,85 @@ def _candidate_reasons(m: Member, leader: Member | None, p: "PatroniParams") -> 
     if p.synchronous_mode and not m.is_sync_standby:
         out.append("not the sync standby (in synchronous mode only it has every acknowledged commit)")
     return out
+
+
+@dataclass(frozen=True)
+class MemberStatus:
+    """``GET /patroni`` of one member (3.0.2's ``get_postgresql_status``); it answers with etcd down too."""
+
+    state: str
+    role: str
+    timeline: int | None = None
+    system_identifier: str | None = None
+    pending_restart: bool = False
+    failsafe_active: bool = False
+    #: when this member last reached etcd (epoch seconds)
+    dcs_last_seen: int | None = None
+    cluster_unlocked: bool = False
+    sync_standby: bool = False
+    watchdog_failed: bool = False
+    version: str | None = None
+    scope: str | None = None
+    #: the leader's walsenders: application_name, client_addr, state, sync_state
+    replication: tuple[Mapping[str, Any], ...] = ()
+
+    @property
+    def is_primary(self) -> bool:
+        return self.role in ("master", "primary")
+
+
+def parse_member_status(data: str | Mapping[str, Any]) -> MemberStatus:
+    """``GET /patroni`` (JSON text or decoded) -> :class:`MemberStatus`."""
+    if isinstance(data, str):
+        text = data
+        try:
+            data = json.loads(text)
+        except ValueError:
+            raise HcbpgError(f"Patroni's GET /patroni answered no JSON: {text.strip()[:200]!r}") from None
+    if not isinstance(data, Mapping) or "state" not in data:
+        raise HcbpgError("Patroni's GET /patroni: expected an object with a state")
+    patroni = data.get("patroni") or {}
+    seen = data.get("dcs_last_seen")
+    return MemberStatus(
+        state=str(data["state"]), role=str(data.get("role", "")),
+        timeline=int(data["timeline"]) if data.get("timeline") is not None else None,
+        system_identifier=str(data["database_system_identifier"]) if data.get("database_system_identifier") else None,
+        pending_restart=bool(data.get("pending_restart", False)),
+        failsafe_active=bool(data.get("failsafe_mode_is_active", False)),
+        dcs_last_seen=int(seen) if isinstance(seen, (int, float)) else None,
+        cluster_unlocked=bool(data.get("cluster_unlocked", False)), sync_standby=bool(data.get("sync_standby", False)),
+        watchdog_failed=bool(data.get("watchdog_failed", False)),
+        version=patroni.get("version"), scope=patroni.get("scope"),
+        replication=tuple(data.get("replication") or ()))
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One line of ``GET /history``: the timeline that *ended* at *lsn*, why, when, and who led after it."""
+
+    timeline: int
+    lsn: int
+    reason: str
+    timestamp: str | None = None
+    new_leader: str | None = None
+
+
+def parse_history(data: str | list[Any]) -> list[HistoryEntry]:
+    """``GET /history`` (the DCS's /history: ``[timeline, lsn, reason, timestamp, new_leader]`` per line; older
+    lines have only the first three or four)."""
+    if isinstance(data, str):
+        text = data
+        try:
+            data = json.loads(text)
+        except ValueError:
+            raise HcbpgError(f"Patroni's GET /history answered no JSON: {text.strip()[:200]!r}") from None
+    if not isinstance(data, list):
+        raise HcbpgError("Patroni's GET /history: expected a list")
+    out = []
+    for line in data:
+        if not isinstance(line, list) or len(line) < 3:
+            raise HcbpgError(f"Patroni's GET /history: a line is not [timeline, lsn, reason, ...]: {line!r}"[:300])
+        out.append(HistoryEntry(int(line[0]), int(line[1]), str(line[2]),
+                                str(line[3]) if len(line) > 3 and line[3] is not None else None,
+                                str(line[4]) if len(line) > 4 and line[4] is not None else None))
+    return out
