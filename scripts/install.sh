@@ -9,6 +9,7 @@ APT_PACKAGES=(
   postgresql-15 postgresql-contrib pgbackrest openssh-server openssh-client sudo iproute2 util-linux
   pgcopydb prometheus-postgres-exporter chromium chromium-driver
   bucardo postgresql-plperl-15
+  etcd-server etcd-client patroni
 )
 
 if [ "$(id -u)" != 0 ]; then
@@ -32,7 +33,22 @@ if [ ${#missing[@]} -gt 0 ]; then
       "$VERSION_CODENAME" > /etc/apt/sources.list.d/pgdg.sources
     apt-get update -qq
   fi
-  apt-get install -y -qq -o Dpkg::Options::=--force-confold "${missing[@]}"
+  # etcd and Patroni run only where hcbpg starts them (the lab's hosts, step 10): their packages' postinst
+  # would start a default member on this machine, so they are installed with starting refused
+  daemons=() others=()
+  for p in "${missing[@]}"; do
+    case "$p" in etcd-server|patroni) daemons+=("$p") ;; *) others+=("$p") ;; esac
+  done
+  [ ${#others[@]} -eq 0 ] || apt-get install -y -qq -o Dpkg::Options::=--force-confold "${others[@]}"
+  if [ ${#daemons[@]} -gt 0 ]; then
+    made_policy=
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && made_policy=1
+    fi
+    apt-get install -y -qq -o Dpkg::Options::=--force-confold "${daemons[@]}" || { [ -z "$made_policy" ] || rm -f /usr/sbin/policy-rc.d; exit 1; }
+    [ -z "$made_policy" ] || rm -f /usr/sbin/policy-rc.d
+    if [ -d /run/systemd/system ]; then systemctl disable --now etcd patroni >/dev/null 2>&1 || true; fi
+  fi
 fi
 
 if [ ! -x .venv/bin/python ]; then
