@@ -344,3 +344,60 @@ def test_etcd_auth_probe_recorded_from_etcd_3_4():
     assert detcd.parse_auth_probe((GOLDEN / "etcd.auth-probe.ok.json").read_text()) is True
     assert detcd.parse_auth_probe("curl: (7) Failed to connect") is None
     assert detcd.parse_auth_probe('{"error":"etcdserver: request timed out","code":14}') is None
+
+
+# curl's netrc for the REST API, the app's multi-host URL -------------------------------------------------------
+
+@pytest.mark.skipif(not Path("/usr/bin/curl").exists(), reason="curl is not installed here")
+@pytest.mark.parametrize("password", ["plain-pw", "sp ace\"q'&#=%", "back\\slash\\", "ü€\ttab"])
+def test_curl_sends_the_rest_password_from_the_rendered_netrc(tmp_path: Path, password: str):
+    import base64
+    import http.server
+    import threading
+
+    seen: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("Authorization") or "")
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        p = params()
+        netrc = tmp_path / "netrc"
+        netrc.write_text(dp.render_rest_netrc(p, p.servers[0], password))
+        subprocess.run(["curl", "-sf", "--netrc-file", str(netrc), f"http://127.0.0.1:{server.server_port}/"],
+                       check=True, timeout=30)
+    finally:
+        server.shutdown()
+    assert seen and base64.b64decode(seen[0].split()[1]).decode() == f"patroni:{password}"
+
+
+def test_rest_netrc_placeholder_and_refusal():
+    p = params()
+    assert dp.render_rest_netrc(p, p.servers[1]) == (
+        'machine 10.0.1.6 login patroni password "<secret>"\nmachine 127.0.0.1 login patroni password "<secret>"\n')
+    with pytest.raises(HcbpgError, match="control character"):
+        dp.render_rest_netrc(p, p.servers[1], "a\nmachine evil")
+
+
+def test_app_url_names_both_servers_and_the_failover_options():
+    from hcbpg.pg.conninfo import parse_rails_url, render_rails_url
+    p = params()
+    url = render_rails_url(p.postgres.database, dp.app_hosts(p), dp.app_url_query(p, "rails", "p&w"))
+    assert url == ("postgresql:hcb_production?host=10.0.1.5,10.0.1.6&port=5432,5432&user=rails&password=p%26w"
+                   "&sslmode=verify-full&sslrootcert=/etc/hcbpg/tls/production-postgres-ca.crt"
+                   "&target_session_attrs=read-write&connect_timeout=2&keepalives=1&keepalives_idle=5"
+                   "&keepalives_interval=2&keepalives_count=2&tcp_user_timeout=5000")
+    blazer = parse_rails_url(render_rails_url(p.postgres.database, dp.app_hosts(p),
+                                              dp.app_url_query(p, "blazer", "x", target_session_attrs="prefer-standby")))
+    assert blazer["target_session_attrs"] == "prefer-standby"
+    with pytest.raises(ValueError, match="libpq 14"):
+        dp.app_url_query(p, "u", "p", target_session_attrs="leader")

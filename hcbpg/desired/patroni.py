@@ -303,6 +303,49 @@ def render_patroni_secrets(params: "Params", secrets: PatroniSecrets | None = No
     return f"{MANAGED_HEADER}\n# Patroni's passwords (0600 postgres), merged over patroni.yml.\n" + _dump(data)
 
 
+def rest_netrc_path(params: "Params") -> str:
+    """curl's netrc on each member (0600 root): hcbpg's REST calls read the basic-auth password here, never argv."""
+    return f"/etc/patroni/{instance(params)}.netrc"
+
+
+def render_rest_netrc(params: "Params", server: "Server", password: str | None = None) -> str:
+    """The netrc curl reads (``--netrc-file``) for *server*'s REST API, at its private IP and 127.0.0.1; the
+    password double-quoted with ``\\`` and ``"`` escaped (curl 7.84 and later: Debian 12 has 7.88.1, Ubuntu
+    24.04 8.5); ``<secret>`` when *password* is None."""
+    if password is None:
+        password = SECRET_PLACEHOLDER
+    else:
+        register(password)
+        if any(ord(c) < 32 and c != "\t" or ord(c) == 127 for c in password):
+            raise HcbpgError("replication.patroni.rest_password holds a control character (a line break?), which a "
+                             "netrc line cannot carry; nothing was written",
+                             hint="Store a password without control characters.")
+    quoted = '"' + password.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return "".join(f"machine {host} login {REST_USER} password {quoted}\n" for host in (server.private_ip, "127.0.0.1"))
+
+
+#: what every application URL adds under Patroni (design section 6): each dead host costs at most connect_timeout,
+#: and a connection to a host that vanished ends within about tcp_user_timeout instead of TCP's ~15 minutes
+CLIENT_FAILOVER_OPTIONS: tuple[tuple[str, str], ...] = (
+    ("connect_timeout", "2"), ("keepalives", "1"), ("keepalives_idle", "5"), ("keepalives_interval", "2"),
+    ("keepalives_count", "2"), ("tcp_user_timeout", "5000"))
+
+
+def app_hosts(params: "Params") -> list[tuple[str, int]]:
+    """Every database server, in params order, as a libpq host list: the app tries each until one is read-write."""
+    return [(s.private_ip, params.postgres.port) for s in params.servers]
+
+
+def app_url_query(params: "Params", user: str, password: str, *,
+                  target_session_attrs: str = "read-write") -> dict[str, str]:
+    """The query of an app's multi-host URL (pg.conninfo.render_rails_url): login, TLS, which member it wants
+    (``read-write``: the leader; ``prefer-standby``: Blazer, Metabase), then the failover options."""
+    if target_session_attrs not in ("read-write", "prefer-standby", "any", "read-only", "primary", "standby"):
+        raise ValueError(f"target_session_attrs {target_session_attrs!r} is not one libpq 14+ knows")
+    return {"user": user, "password": password, **tls.client_tls(params),
+            "target_session_attrs": target_session_attrs, **dict(CLIENT_FAILOVER_OPTIONS)}
+
+
 def tuning_notes(params: "Params", *, version: str | None = None) -> list[str]:
     """Why the lease timing is safe, in the values of *params* (the notebook prints these lines), and what a
     Patroni *version* does to them."""
