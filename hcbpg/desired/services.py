@@ -164,10 +164,20 @@ def parse_status(spec: ServiceSpec, output: str) -> ProcessStatus:
     argv = cmdline.split("\0")
     if argv[-1] == "":
         argv = argv[:-1]
-    if tuple(argv) != spec.argv:
+    if not runs_argv(argv, spec.argv):
         return ProcessStatus(pid, False, f"pid {pid} of {spec.pidfile} runs {' '.join(argv)[:200]!r}, "
                                          f"not {spec.name} (a stale pidfile, its pid reused)")
     return ProcessStatus(pid, True, f"pid {pid}")
+
+
+def runs_argv(cmdline: Sequence[str], argv: Sequence[str]) -> bool:
+    """Whether a process's *cmdline* is *argv* started: as is, or a script behind its shebang's interpreter
+    (Patroni shows ``/usr/bin/python3 /usr/bin/patroni FILE``): at most two words (the interpreter and one
+    option, all a shebang line passes) before *argv*."""
+    extra = len(cmdline) - len(argv)
+    if not 0 <= extra <= 2 or tuple(cmdline[extra:]) != tuple(argv):
+        return False
+    return extra == 0 or cmdline[0].startswith("/")
 
 
 def render_unit_dropin(spec: ServiceSpec) -> str:
