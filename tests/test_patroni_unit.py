@@ -140,7 +140,8 @@ def test_patroni_3_0_2_reads_the_two_files_as_one_config(tmp_path: Path):
     for key, value in dp.dcs_parameters(p, CCX13).items():
         assert got["parameters"][key] == value, key  # none dropped by Patroni's own validators
     assert (got["ttl"], got["failsafe"]) == (12, True)
-    validate = subprocess.run(["/usr/bin/patroni", "--validate-config", str(tmp_path)], capture_output=True,
+    assert dp.patroni_argv(p) == ("/usr/bin/patroni", "/etc/patroni/15-main.d")
+    validate = subprocess.run([dp.patroni_argv(p)[0], "--validate-config", str(tmp_path)], capture_output=True,
                               text=True, timeout=60)
     # the only complaints on this machine: it has none of the servers' addresses to bind
     assert [line for line in validate.stderr.splitlines() if "is already in use" not in line] == []
@@ -246,6 +247,7 @@ def test_etcd_conf_golden_for_a_server_and_the_jumpbox():
     golden("etcd.server-postgres-1.yml", detcd.render_etcd_conf(p, "server-postgres-1"))
     golden("etcd.hcb-jumpbox.yml", detcd.render_etcd_conf(p, "hcb-jumpbox"))
     assert detcd.render_etcd_default(p).endswith("\nETCD_CONFIG_FILE=/etc/etcd/hcbpg.yml\n")
+    assert detcd.etcd_argv() == ("/usr/bin/etcd", "--config-file", "/etc/etcd/hcbpg.yml")
 
 
 def test_initial_cluster_and_endpoints():
@@ -401,3 +403,62 @@ def test_app_url_names_both_servers_and_the_failover_options():
     assert blazer["target_session_attrs"] == "prefer-standby"
     with pytest.raises(ValueError, match="libpq 14"):
         dp.app_url_query(p, "u", "p", target_session_attrs="leader")
+
+
+# after a failover ------------------------------------------------------------------------------------------------
+
+FORK = ('[[1,16777376,"no recovery target specified"],'
+        '[3,50331808,"no recovery target specified","2026-12-07T01:02:03.456+00:00","server-postgres-2"]]')
+
+
+def test_lsn_parse():
+    assert dp.parse_lsn("0/3000060") == 0x3000060 and dp.parse_lsn("1/0") == 1 << 32
+    with pytest.raises(ValueError):
+        dp.parse_lsn("3000060")
+
+
+def test_after_failover_nothing_happened():
+    got = dp.plan_after_failover(dp.parse_cluster(cases()["healthy-sync"]), [], recorded_leader="server-postgres-1",
+                                 recorded_timeline=3)
+    assert (got.happened, got.action) == (False, "none")
+
+
+def test_after_failover_the_old_leader_stopped_is_rebuilt_and_its_lost_wal_counted():
+    view = dp.parse_cluster(cases()["after-failover"])
+    got = dp.plan_after_failover(view, dp.parse_history(FORK), recorded_leader="server-postgres-1",
+                                 recorded_timeline=3, old_leader_last_lsn=50331808 + 8192)
+    assert (got.happened, got.action, got.new_leader, got.fork_lsn, got.at, got.lost_bytes) == (
+        True, "reinitialize", "server-postgres-2", 50331808, "2026-12-07T01:02:03.456+00:00", 8192)
+    assert got.notes[0] == ("server-postgres-1 had 8192 bytes of WAL past the fork point (commits it acknowledged "
+                            "there are not on the new timeline)")
+    sync = dp.plan_after_failover(view, dp.parse_history(FORK), recorded_leader="server-postgres-1",
+                                  recorded_timeline=3, old_leader_last_lsn=50331808)
+    assert sync.lost_bytes == 0 and "nothing acknowledged was lost" in sync.notes[0]
+
+
+def test_after_failover_rejoined_waiting_gone_or_unreachable():
+    history = dp.parse_history(FORK)
+    raw = cases()["after-failover"]
+
+    def with_old(**fields: Any) -> dp.ClusterView:
+        d = copy.deepcopy(raw)
+        if fields.get("absent"):
+            d["members"] = [m for m in d["members"] if m["name"] != "server-postgres-1"]
+        else:
+            d["members"][0].update(fields)
+        return dp.parse_cluster(d)
+
+    def action(view: dp.ClusterView, reachable: bool = True) -> str:
+        return dp.plan_after_failover(view, history, recorded_leader="server-postgres-1", recorded_timeline=3,
+                                      old_leader_reachable=reachable).action
+
+    assert action(with_old(state="running", timeline=4, lag=0)) == "rejoined"
+    assert action(with_old(state="running", timeline=3, lag=0)) == "reinitialize"  # still on the old timeline
+    assert action(with_old(state="creating replica")) == "wait"
+    assert action(with_old(absent=True)) == "start-patroni"
+    assert action(with_old(absent=True), reachable=False) == "fence"
+    no_leader = dp.parse_cluster({"members": [{"name": "server-postgres-2", "role": "replica", "state": "running",
+                                               "lag": 0, "timeline": 3}]})
+    got = dp.plan_after_failover(no_leader, [], recorded_leader="server-postgres-1", recorded_timeline=3,
+                                 old_leader_reachable=False)
+    assert got.happened and got.action == "fence" and got.notes[0].startswith("no leader now")

@@ -124,6 +124,11 @@ def render_etcd_conf(params: "Params", name: str) -> str:
             "peers and clients need a certificate of the environment's CA.\n" + body)
 
 
+def etcd_argv() -> tuple[str, ...]:
+    """How etcd is started: with hcbpg's config file only."""
+    return ("/usr/bin/etcd", "--config-file", CONF_PATH)
+
+
 def render_etcd_default(params: "Params") -> str:
     """``/etc/default/etcd``: the package's unit reads only this, and it points etcd at hcbpg's config file."""
     return f"{MANAGED_HEADER}\nETCD_CONFIG_FILE={CONF_PATH}\n"

@@ -22,7 +22,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
@@ -91,6 +91,11 @@ def config_path(params: "Params") -> str:
 
 def secrets_path(params: "Params") -> str:
     return f"{config_dir(params)}/secrets.yml"
+
+
+def patroni_argv(params: "Params") -> tuple[str, ...]:
+    """How Patroni is started: with its config directory (patroni.yml, then secrets.yml merged over it)."""
+    return ("/usr/bin/patroni", config_dir(params))
 
 
 def pgpass_path(params: "Params") -> str:
@@ -613,3 +618,88 @@ def parse_history(data: str | list[Any]) -> list[HistoryEntry]:
                                 str(line[3]) if len(line) > 3 and line[3] is not None else None,
                                 str(line[4]) if len(line) > 4 and line[4] is not None else None))
     return out
+
+
+# after a failover ----------------------------------------------------------------------------------------------
+
+def parse_lsn(text: str) -> int:
+    """A PostgreSQL LSN as written (``0/3000060``) -> bytes."""
+    m = re.fullmatch(r"\s*([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})\s*", text)
+    if not m:
+        raise ValueError(f"{text[:40]!r} is not an LSN (like 0/3000060)")
+    return (int(m.group(1), 16) << 32) | int(m.group(2), 16)
+
+
+#: what step 11 does about the former leader after a failover
+#: none: no failover happened; rejoined: it streams from the new leader (Patroni rewound it); wait: Patroni is
+#: on it (starting, rewinding, creating a replica); reinitialize: it is in the cluster but stopped or failed
+#: (gate rebuild-SERVER, POST /reinitialize); start-patroni: its host answers but its Patroni is not in the
+#: cluster; fence: its host does not answer (power it off through the cloud before anything else)
+AfterFailoverAction = Literal["none", "rejoined", "wait", "reinitialize", "start-patroni", "fence"]
+
+_BUSY_STATES = ("starting", "restarting", "creating replica", "running custom bootstrap script", "stopping")
+
+
+@dataclass(frozen=True)
+class AfterFailover:
+    """What happened since step 10/11 recorded the topology, and what to do about the former leader."""
+
+    happened: bool
+    action: AfterFailoverAction
+    old_leader: str
+    new_leader: str | None = None
+    #: the timeline the old leader led, and where it ended (the fork point)
+    old_timeline: int | None = None
+    fork_lsn: int | None = None
+    at: str | None = None
+    #: WAL the old leader had written past the fork point (commits it acknowledged that were lost), when known
+    lost_bytes: int | None = None
+    notes: tuple[str, ...] = ()
+
+
+def plan_after_failover(view: ClusterView, history: list[HistoryEntry], *, recorded_leader: str,
+                        recorded_timeline: int, old_leader_last_lsn: int | None = None,
+                        old_leader_reachable: bool = True) -> AfterFailover:
+    """Compare the cluster now with the leader and timeline recorded before (pure): did a failover or switchover
+    happen, when, from whom to whom, how much WAL the old leader had past the fork point, and what to do with it."""
+    leader = view.leader
+    old = view.member(recorded_leader)
+    if leader is not None and leader.name == recorded_leader and (leader.timeline in (None, recorded_timeline)):
+        return AfterFailover(False, "none", recorded_leader, recorded_leader, recorded_timeline,
+                             notes=(f"{recorded_leader} still leads on timeline {recorded_timeline}",))
+    fork = next((h for h in history if h.timeline == recorded_timeline), None)
+    notes: list[str] = []
+    if leader is None:
+        notes.append("no leader now: Patroni is electing one, or no member may be promoted (in synchronous mode only "
+                     "the sync standby may; step 11 can force another, losing what it lacks)")
+    action: AfterFailoverAction
+    new_leader = (fork.new_leader if fork and fork.new_leader else None) or (leader.name if leader else None)
+    lost = None
+    if fork is not None and old_leader_last_lsn is not None:
+        lost = max(0, old_leader_last_lsn - fork.lsn)
+        notes.append(f"{recorded_leader} had {lost} bytes of WAL past the fork point "
+                     + ("(nothing acknowledged was lost)" if lost == 0 else
+                        "(commits it acknowledged there are not on the new timeline)"))
+    if fork is None and leader is not None:
+        notes.append(f"/history has no line for timeline {recorded_timeline}: the fork point is not known")
+    if leader is not None and leader.name == recorded_leader:
+        action = "rejoined"  # it leads again on a later timeline (switched over and back)
+        notes.append(f"{recorded_leader} leads again, on timeline {leader.timeline}")
+    elif old is not None and not old.is_leader and old.state in RUNNING_STATES and old.lag is not None and (
+            leader is None or old.timeline is None or old.timeline == leader.timeline):
+        action = "rejoined"
+    elif old is not None and old.state in _BUSY_STATES:
+        action = "wait"
+    elif old is not None:
+        action = "reinitialize"
+        notes.append(f"{recorded_leader} is {old.state or 'in an unknown state'} in the cluster: rebuild it from the "
+                     "repository (POST /reinitialize)")
+    elif old_leader_reachable:
+        action = "start-patroni"
+        notes.append(f"{recorded_leader}'s host answers but its Patroni is not in the cluster: start it (it rewinds "
+                     "or rebuilds its data as a replica)")
+    else:
+        action = "fence"
+        notes.append(f"{recorded_leader} does not answer: power it off through the cloud before anything else")
+    return AfterFailover(True, action, recorded_leader, new_leader, recorded_timeline,
+                         fork.lsn if fork else None, fork.timestamp if fork else None, lost, tuple(notes))
