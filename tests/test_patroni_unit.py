@@ -265,6 +265,7 @@ def test_etcd_conf_says_mutual_tls_and_the_params_timing():
     cfg = yaml.safe_load(detcd.render_etcd_conf(parse_params(d), "server-postgres-2"))
     assert (cfg["heartbeat-interval"], cfg["election-timeout"]) == (200, 2000)
     assert cfg["listen-client-urls"] == "https://10.0.1.6:12379,https://127.0.0.1:12379"
+    assert cfg["enable-grpc-gateway"] is True  # Patroni's client needs it; off by default with a config file
     for side in ("client-transport-security", "peer-transport-security"):
         assert cfg[side]["client-cert-auth"] is True
         assert cfg[side]["trusted-ca-file"] == "/etc/hcbpg/tls/production-postgres-ca.crt"

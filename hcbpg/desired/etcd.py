@@ -111,6 +111,9 @@ def etcd_config(params: "Params", name: str) -> dict[str, Any]:
         "auto-compaction-retention": "1h",
         "logger": "zap",
         "log-outputs": ["stderr"],
+        # Patroni's etcd3 client posts JSON to /v3/...: the gateway is on by default as a flag, but off when etcd
+        # 3.4 reads a config file (embed.NewConfig leaves it false; /v3/* answers '404 page not found' then)
+        "enable-grpc-gateway": True,
         "client-transport-security": dict(security),
         "peer-transport-security": dict(security),
         "cipher-suites": list(CIPHER_SUITES),
