@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -30,21 +31,27 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from hcbpg.adapters.host import Host
 from hcbpg.adapters.services import ServiceControl
+from hcbpg.desired import etcd as detcd
+from hcbpg.desired import tls as dtls
 from hcbpg.desired.certs import Ca, key_pem, render_ca
-from hcbpg.desired.services import ServiceSpec
+from hcbpg.desired.services import RuntimeDir, ServiceSpec
 from hcbpg.lab import Lab
 from hcbpg.lab.core import LabConfig, run, scratch_config
 from hcbpg.lab.hosts import create_host, ensure_bridge, host_exec
+from hcbpg.params import Params, parse_params
+
+from nbutil import REPO
 
 pytestmark = pytest.mark.lab
 
-NAMES = ("spike-etcd-1", "spike-etcd-2", "spike-etcd-3")
+#: the two database servers, then the jumpbox: etcd's three voters as issue 28 places them
+NAMES = ("server-postgres-1", "server-postgres-2", "hcb-jumpbox")
 OFFSETS = (31, 32, 33)
-CA_PATH = "/etc/hcbpg/tls/spike-ca.crt"
-TLS_DIR = "/etc/etcd/tls"
-CONF = "/etc/etcd/hcbpg.yml"
-DATA_DIR = "/var/lib/etcd/hcbpg"
-CLIENT_PORT, PEER_PORT = 2379, 2380
+TLS_DIR = detcd.TLS_DIR
+CONF = detcd.CONF_PATH
+CLIENT_PORT = 2379
+#: the environment's CA where every machine has it (params' environment: production, moved onto the lab)
+CA_PATH = "/etc/hcbpg/tls/production-postgres-ca.crt"
 
 
 def etcd_spec() -> ServiceSpec:
@@ -54,48 +61,53 @@ def etcd_spec() -> ServiceSpec:
                        unit_type="notify", stop_timeout_s=20)
 
 
-def render_member_cert(ca: Ca, name: str, ip: str, *, days: int = 2) -> tuple[str, str]:
-    """A member's certificate: CN = its name, SAN its IP and 127.0.0.1, serverAuth + clientAuth (peers are both)."""
+def render_member_cert(ca: Ca, name: str, ip: str | None, *, days: int = 2,
+                       server: bool = True) -> tuple[str, str]:
+    """A member's certificate: CN = its name, SAN its IP and 127.0.0.1, serverAuth + clientAuth (peers are both);
+    without *ip* and *server*, a client's (Patroni's: CN=patroni, clientAuth only)."""
     now = dt.datetime.now(dt.timezone.utc)
+    usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH] if server else [
+        ExtendedKeyUsageOID.CLIENT_AUTH]
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
             .issuer_name(ca.cert.subject).public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip)),
-                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                                                        x509.DNSName(name)]), critical=False)
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address(a)) for a in ((ip, "127.0.0.1") if ip else ())]
+                + [x509.DNSName(name)]), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-                           critical=False)
+            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
             .sign(ca.key, hashes.SHA256()))
     return cert.public_bytes(serialization.Encoding.PEM).decode(), key_pem(key)
 
 
-def render_etcd_conf(name: str, ip: str, members: dict[str, str], token: str) -> str:
-    """The member's configuration file (etcd 3.4 keys), lab timings: heartbeat 200 ms, election 2 s."""
-    tls = (f"{{cert-file: {TLS_DIR}/member.crt, key-file: {TLS_DIR}/member.key, "
-           f"trusted-ca-file: {CA_PATH}, client-cert-auth: true}}")
-    initial = ",".join(f"{n}=https://{a}:{PEER_PORT}" for n, a in members.items())
-    return "\n".join([
-        "# Managed by hcbpg (issue 28 spike): do not edit.",
-        f"name: {name}",
-        f"data-dir: {DATA_DIR}",
-        f"listen-peer-urls: https://{ip}:{PEER_PORT}",
-        f"initial-advertise-peer-urls: https://{ip}:{PEER_PORT}",
-        f"listen-client-urls: https://{ip}:{CLIENT_PORT},https://127.0.0.1:{CLIENT_PORT}",
-        f"advertise-client-urls: https://{ip}:{CLIENT_PORT}",
-        f"initial-cluster: {initial}",
-        "initial-cluster-state: new",
-        f"initial-cluster-token: {token}",
-        "heartbeat-interval: 200",
-        "election-timeout: 2000",
-        "logger: zap",
-        f"client-transport-security: {tls}",
-        f"peer-transport-security: {tls}",
-        "",
-    ])
+def spike_params(cfg: LabConfig, ips: dict[str, str]) -> Params:
+    """The committed production params moved onto the scratch lab's subnet, with Patroni and the jumpbox: what
+    hcbpg.desired.etcd renders each member's file from."""
+    d = yaml.safe_load((REPO / "params" / "production.yaml").read_text())
+    d["network"].update(subnet=cfg.subnet, ip_range="10.0.0.0/8")
+    d["servers"] = [{"name": NAMES[0], "private_ip": ips[NAMES[0]], "role": "primary"},
+                    {"name": NAMES[1], "private_ip": ips[NAMES[1]], "role": "replica"}]
+    d["replication"].update(manager="patroni", connection_limit=5,
+                            patroni={"scope": "hcb-spike", "rest_password": "env:HCBPG_SPIKE_UNUSED"},
+                            etcd={"patroni_password": "env:HCBPG_SPIKE_UNUSED", "heartbeat_ms": 200,
+                                  "election_ms": 2000})
+    d["jumpbox"] = {"name": NAMES[2], "private_ip": ips[NAMES[2]]}
+    params = parse_params(d)
+    assert dtls.client_ca_path(params) == CA_PATH
+    return params
+
+
+def render_etcd_conf(params: Params, name: str) -> str:
+    """hcbpg's member file (hcbpg.desired.etcd), and etcd's gRPC gateway on: Patroni's etcd3 client speaks JSON to
+    /v3/*, which etcd 3.4.23 answers only with ``enable-grpc-gateway: true`` when it reads a config file (the flag
+    defaults on, the YAML key off: without it Patroni logs '404 page not found' and 'waiting on etcd' forever)."""
+    text = detcd.render_etcd_conf(params, name)
+    if "enable-grpc-gateway" not in text:
+        text += "enable-grpc-gateway: true\n"
+    return text
 
 
 def etcdctl(endpoints: list[str], *args: str, timeout: str = "3s") -> str:
@@ -113,6 +125,7 @@ class SpikeLab:
     ips: dict[str, str]
     ca: Ca
     control: dict[str, ServiceControl]
+    params: Params
 
     def exec(self, name: str, command: str, **kw) -> subprocess.CompletedProcess:  # noqa: ANN003
         return host_exec(self.cfg, name, command, **kw)
@@ -134,19 +147,19 @@ def build_spike_lab(cfg: LabConfig, names: tuple[str, ...] = NAMES) -> SpikeLab:
     hosts = {n: Host(n, ip, key_file=str(cfg.ssh_key), known_hosts=cfg.known_hosts, connect_timeout=5,
                      echo=lambda _line: None) for n, ip in ips.items()}
     control = {n: ServiceControl.of(h) for n, h in hosts.items()}
-    return SpikeLab(cfg, hosts, ips, render_ca("spike"), control)
+    return SpikeLab(cfg, hosts, ips, render_ca("spike"), control, spike_params(cfg, ips))
 
 
-def put_etcd_files(spike: SpikeLab, token: str) -> None:
+def put_etcd_files(spike: SpikeLab) -> None:
     """CA, member certificate and key, configuration and data dir on every member."""
     for n, h in spike.hosts.items():
         crt, key = render_member_cert(spike.ca, n, spike.ips[n])
         h.run(f"install -d -m 0755 /etc/hcbpg/tls && install -d -o etcd -g etcd -m 0750 {TLS_DIR} && "
-              f"install -d -o etcd -g etcd -m 0700 {DATA_DIR}")
+              f"install -d -o etcd -g etcd -m 0700 {spike.params.replication.etcd.data_dir}")
         h.put_text(CA_PATH, spike.ca.cert_pem, mode=0o644)
         h.put_text(f"{TLS_DIR}/member.crt", crt, mode=0o644, owner="etcd")
         h.put_text(f"{TLS_DIR}/member.key", key, mode=0o600, owner="etcd")
-        h.put_text(CONF, render_etcd_conf(n, spike.ips[n], spike.ips, token), mode=0o640, group="etcd")
+        h.put_text(CONF, render_etcd_conf(spike.params, n), mode=0o640, group="etcd")
 
 
 def endpoint_health(spike: SpikeLab, via: str) -> tuple[int, list[dict]]:
@@ -188,7 +201,7 @@ def test_hosts_have_no_systemd_so_daemons_run_from_pidfiles(spike):
 
 
 def test_three_members_with_mutual_tls_become_healthy(spike):
-    put_etcd_files(spike, token="hcbpg-spike")
+    put_etcd_files(spike)
     spec = etcd_spec()
     t0 = time.monotonic()
     for c in spike.control.values():
@@ -276,6 +289,263 @@ def test_two_members_killed_no_quorum_then_back(spike):
     got = spike.hosts[c].run(etcdctl([spike.ips[c]], "get", "--print-value-only", "/spike/one-down")).stdout
     assert got.strip() == "2"  # what the two had while the third was down reached it
     print(f"\nboth started again: healthy {back:.1f}s later, the write made while one was down is on all three")
+
+
+# Patroni 3.0.2 over that etcd, adopting a cluster made by pg_createcluster (issue 28 R13) ---------------------
+
+REST_PORT = 8008
+PG_CONF_DIR = "/etc/postgresql/15/main"
+PG_DATA = "/var/lib/postgresql/15/main"
+PATRONI_CONF = "/etc/patroni/15-main.yml"
+PATRONI_TLS = "/etc/patroni/tls"
+#: what hcbpg's conf.d holds in the spike: max_connections differs from the DCS's on purpose (the command line wins)
+CONF_D = "conf.d/20-hcbpg-spike.conf"
+
+
+def patroni_spec() -> ServiceSpec:
+    """Patroni as Debian's patroni@15-main runs it, PostgreSQL's socket directory made first (the lab's /run is a
+    fresh tmpfs, as systemd-tmpfiles would make it on a server)."""
+    return ServiceSpec(name="patroni@15-main", user="postgres", home="/var/lib/postgresql",
+                       argv=("/usr/bin/patroni", PATRONI_CONF), log_file="/var/log/patroni/patroni.log",
+                       runtime_dirs=(RuntimeDir("/run/postgresql", "postgres", "postgres", 0o2775),),
+                       stop_timeout_s=60)
+
+
+def render_patroni_conf(spike: SpikeLab, name: str, replication_password: str) -> str:
+    """The least Patroni config that adopts the Debian cluster: the design's timing (ttl 12, loop_wait 2,
+    retry_timeout 3), the Debian paths, etcd3 over mutual TLS; the REST API plain (a spike: WP1's
+    hcbpg.desired.patroni renders the real one with TLS and authentication)."""
+    ip = spike.ips[name]
+    conf = {
+        "scope": "hcb-spike", "namespace": "/service/", "name": name,
+        "restapi": {"listen": f"{ip}:{REST_PORT}", "connect_address": f"{ip}:{REST_PORT}"},
+        "etcd3": {"hosts": [f"{spike.ips[n]}:{CLIENT_PORT}" for n in NAMES], "protocol": "https",
+                  "cacert": CA_PATH, "cert": f"{PATRONI_TLS}/etcd-client.crt", "key": f"{PATRONI_TLS}/etcd-client.key"},
+        "bootstrap": {"dcs": {"ttl": 12, "loop_wait": 2, "retry_timeout": 3, "maximum_lag_on_failover": 1048576,
+                              "failsafe_mode": True,
+                              "postgresql": {"use_pg_rewind": True, "use_slots": True,
+                                             "parameters": {"max_connections": 300, "wal_level": "replica",
+                                                            "hot_standby": "on", "wal_log_hints": "on",
+                                                            "max_wal_senders": 10, "max_replication_slots": 10}}}},
+        "postgresql": {"listen": f"localhost,{ip}:5432", "connect_address": f"{ip}:5432", "data_dir": PG_DATA,
+                       "config_dir": PG_CONF_DIR, "bin_dir": "/usr/lib/postgresql/15/bin",
+                       "pgpass": "/var/lib/postgresql/15-main.pgpass", "use_unix_socket": True,
+                       "authentication": {"superuser": {"username": "postgres"},
+                                          "replication": {"username": "repuser", "password": replication_password},
+                                          "rewind": {"username": "repuser", "password": replication_password}},
+                       "basebackup": [{"checkpoint": "fast"}], "pg_ctl_timeout": 60},
+        "watchdog": {"mode": "off"},
+        "tags": {"nofailover": False, "noloadbalance": False, "clonefrom": False, "nosync": False},
+    }
+    return "# issue 28 spike\n" + yaml.safe_dump(conf, sort_keys=True)
+
+
+def rest(spike: SpikeLab, name: str, path: str, body: dict | None = None, timeout: float = 5) -> tuple[int, str]:
+    """GET (or POST *body*) on *name*'s REST API, from the machine (the lab's bridge)."""
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(f"http://{spike.ips[name]}:{REST_PORT}{path}",
+                                 data=None if body is None else json.dumps(body).encode(),
+                                 method="GET" if body is None else "POST")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError as exc:
+        return 0, str(exc)
+
+
+def until(what: str, probe, timeout: float, interval: float = 0.1):  # noqa: ANN001, ANN201
+    """Poll *probe* until it returns something true; that value (fails the test naming *what* at the deadline)."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(interval)
+    pytest.fail(f"{what}: not after {timeout:.0f}s (last: {last!r})")
+
+
+def member_status(spike: SpikeLab, name: str) -> dict:
+    code, text = rest(spike, name, "/patroni", timeout=2)
+    return json.loads(text) if code in (200, 503) and text.startswith("{") else {}
+
+
+def cluster(spike: SpikeLab, via: str) -> dict[str, dict]:
+    code, text = rest(spike, via, "/cluster", timeout=2)
+    return {m["name"]: m for m in json.loads(text)["members"]} if code == 200 else {}
+
+
+def psql(h: Host, sql: str) -> str:
+    return h.run(f"psql -XAt -v ON_ERROR_STOP=1 -c {shlex.quote(sql)}", sudo_user="postgres").stdout.strip()
+
+
+def make_debian_cluster(spike: SpikeLab, name: str) -> Host:
+    """pg_createcluster 15 main, hcbpg-like conf.d and pg_hba lines (not started)."""
+    h = spike.hosts[name]
+    h.run("pg_createcluster 15 main --locale C.UTF-8 >/dev/null")
+    ip = spike.ips[name]
+    h.put_text(f"{PG_CONF_DIR}/{CONF_D}", f"listen_addresses = 'localhost,{ip}'\nmax_connections = 250\n"
+               "work_mem = '7MB'\nwal_level = replica\nwal_log_hints = on\nhot_standby = on\n", owner="postgres")
+    hba = h.read_text(f"{PG_CONF_DIR}/pg_hba.conf") or ""
+    h.put_text(f"{PG_CONF_DIR}/pg_hba.conf", hba + f"host replication repuser {spike.cfg.subnet} scram-sha-256\n"
+               f"host postgres repuser {spike.cfg.subnet} scram-sha-256\n"
+               f"host all all {spike.cfg.subnet} scram-sha-256\n", owner="postgres", mode=0o640)
+    return h
+
+
+def put_patroni_files(spike: SpikeLab, name: str, password: str) -> None:
+    h = spike.hosts[name]
+    crt, key = render_member_cert(spike.ca, "patroni", None, server=False)
+    h.run(f"install -d -o postgres -g postgres -m 0750 /etc/patroni {PATRONI_TLS}")
+    h.put_text(f"{PATRONI_TLS}/etcd-client.crt", crt, owner="postgres")
+    h.put_text(f"{PATRONI_TLS}/etcd-client.key", key, owner="postgres", mode=0o600)
+    h.put_text(PATRONI_CONF, render_patroni_conf(spike, name, password), owner="postgres", mode=0o600)
+
+
+@pytest.fixture(scope="module")
+def secrets() -> dict[str, str]:
+    import secrets as pysecrets
+    return {"replication": pysecrets.token_urlsafe(18), "app": pysecrets.token_urlsafe(18)}
+
+
+def test_etcd_answers_patroni_s_json_gateway(spike):
+    # Patroni 3.0.2's etcd3 client POSTs JSON to /v3/...: the gRPC gateway, which the config file must turn on
+    h = spike.hosts[NAMES[0]]
+    out = h.run(f"curl -sS --cacert {CA_PATH} --cert {TLS_DIR}/member.crt --key {TLS_DIR}/member.key -X POST "
+                f"https://{spike.ips[NAMES[0]]}:{CLIENT_PORT}/v3/cluster/member/list -d '{{}}'").stdout
+    assert sorted(m["name"] for m in json.loads(out)["members"]) == sorted(NAMES), out
+
+
+def test_patroni_adopts_a_debian_cluster_stopped_by_pg_ctlcluster(spike, secrets):
+    a = NAMES[0]
+    h = make_debian_cluster(spike, a)
+    h.run("pg_ctlcluster 15 main start")
+    psql(h, f"CREATE ROLE repuser REPLICATION LOGIN PASSWORD '{secrets['replication']}'")
+    for fn in ("pg_ls_dir(text, boolean, boolean)", "pg_stat_file(text, boolean)", "pg_read_binary_file(text)",
+               "pg_read_binary_file(text, bigint, bigint, boolean)"):
+        psql(h, f"GRANT EXECUTE ON FUNCTION pg_catalog.{fn} TO repuser")
+    psql(h, f"CREATE ROLE app LOGIN PASSWORD '{secrets['app']}'")
+    psql(h, "CREATE TABLE spike (id bigserial PRIMARY KEY, at timestamptz DEFAULT now()); "
+            "INSERT INTO spike SELECT FROM generate_series(1, 1000); GRANT ALL ON spike, spike_id_seq TO app")
+    sysid = h.run(f"/usr/lib/postgresql/15/bin/pg_controldata {PG_DATA} | sed -n 's/^Database system identifier: *//p'",
+                  sudo_user="postgres").stdout.strip()
+    debian_conf = h.read_text(f"{PG_CONF_DIR}/postgresql.conf")
+    hba = h.read_text(f"{PG_CONF_DIR}/pg_hba.conf")
+    h.run("pg_ctlcluster 15 main stop")
+    put_patroni_files(spike, a, secrets["replication"])
+    t0 = time.monotonic()
+    assert spike.control[a].ensure_running(patroni_spec()).changed
+    st = until("Patroni's leader running", lambda: (lambda s: s if s.get("role") == "master" and s.get("state") ==
+                                                     "running" else None)(member_status(spike, a)), 60)
+    took = time.monotonic() - t0
+    print(f"\nadoption of the stopped Debian cluster: leader running {took:.1f}s after Patroni started "
+          f"(timeline {st['timeline']})")
+    assert st["database_system_identifier"] == sysid
+    # a stopped cluster is started as a standby, then promoted by the leader race: a new timeline
+    assert st["timeline"] == 2
+    assert psql(h, "SELECT count(*) FROM spike") == "1000"
+    [lsc] = json.loads(h.run("pg_lsclusters --json").stdout)
+    assert (lsc["running"], lsc["pgdata"], lsc["configdir"]) == (1, PG_DATA, PG_CONF_DIR), lsc
+    # Patroni moved Debian's file to postgresql.base.conf untouched and wrote its own postgresql.conf over it
+    assert h.read_text(f"{PG_CONF_DIR}/postgresql.base.conf") == debian_conf
+    ours = h.read_text(f"{PG_CONF_DIR}/postgresql.conf") or ""
+    assert ours.splitlines()[:3] == ["# Do not edit this file manually!", "# It will be overwritten by Patroni!",
+                                     "include 'postgresql.base.conf'"]
+    assert f"hba_file = '{PG_CONF_DIR}/pg_hba.conf'" in ours and "cluster_name = 'hcb-spike'" in ours
+    assert h.read_text(f"{PG_CONF_DIR}/pg_hba.conf") == hba  # pg_hba left alone (no postgresql.pg_hba)
+    # conf.d is still read (Debian's base file ends with include_dir), but Patroni's command line wins
+    rows = dict(line.split("|", 1) for line in psql(
+        h, "SELECT name, setting || '|' || source || '|' || coalesce(sourcefile, '') FROM pg_settings "
+           "WHERE name IN ('work_mem', 'max_connections', 'listen_addresses', 'data_directory')").splitlines())
+    assert rows["work_mem"] == f"7168|configuration file|{PG_CONF_DIR}/{CONF_D}"
+    assert rows["max_connections"] == "300|command line|"  # the DCS's 300 over conf.d's 250
+    assert h.run("pg_conftool -s 15 main show data_directory").stdout.strip() == PG_DATA  # follows the include
+    assert h.run("pg_ctlcluster 15 main reload").ok
+
+
+def test_patroni_builds_the_replica_with_pg_basebackup(spike, secrets):
+    a, b = NAMES[0], NAMES[1]
+    h = make_debian_cluster(spike, b)
+    h.run(f"rm -rf {PG_DATA} && install -d -o postgres -g postgres -m 0700 {PG_DATA}")
+    put_patroni_files(spike, b, secrets["replication"])
+    t0 = time.monotonic()
+    assert spike.control[b].ensure_running(patroni_spec()).changed
+    until("the replica streaming, lag 0", lambda: (lambda m: m.get(b, {}).get("state") == "running" and
+                                                  m[b].get("lag") == 0)(cluster(spike, a)), 90)
+    streaming = until("pg_stat_replication", lambda: psql(spike.hosts[a], "SELECT application_name || ' ' || state "
+                                                          "FROM pg_stat_replication") == f"{b} streaming", 30)
+    took = time.monotonic() - t0
+    print(f"\nreplica by pg_basebackup: streaming with lag 0 {took:.1f}s after Patroni started")
+    assert streaming
+    [lsc] = json.loads(h.run("pg_lsclusters --json").stdout)
+    assert lsc["running"] == 1 and lsc["recovery"] == 1, lsc
+    conf = h.read_text(f"{PG_CONF_DIR}/postgresql.conf") or ""
+    assert "primary_slot_name = 'server_postgres_2'" in conf and f"application_name={b}" in conf
+    assert psql(h, "SELECT count(*) FROM spike") == "1000"
+
+
+def test_switchover_through_the_rest_api(spike, secrets):
+    import threading
+
+    import psycopg
+
+    a, b = NAMES[0], NAMES[1]
+    conninfo = (f"host={spike.ips[a]},{spike.ips[b]} port=5432 dbname=postgres user=app password={secrets['app']} "
+                "target_session_attrs=read-write connect_timeout=2")
+    acks: list[tuple[float, str]] = []
+    stop = threading.Event()
+
+    def writer() -> None:  # one connection per write, as a restarted app process would
+        while not stop.is_set():
+            try:
+                with psycopg.connect(conninfo, autocommit=True) as c:
+                    server = c.execute("INSERT INTO spike DEFAULT VALUES RETURNING inet_server_addr()::text"
+                                       ).fetchone()[0]
+                acks.append((time.monotonic(), server.split("/")[0]))
+            except psycopg.Error:
+                pass
+            time.sleep(0.05)
+
+    t = threading.Thread(target=writer, daemon=True)
+    t.start()
+    try:
+        until("first write", lambda: acks, 10)
+        t0 = time.monotonic()
+        code, text = rest(spike, a, "/switchover", {"leader": a, "candidate": b}, timeout=60)
+        answered = time.monotonic() - t0
+        assert code == 200, text
+        until("a write on the new leader", lambda: any(s == spike.ips[b] for _t, s in acks), 30)
+        until("the old leader a replica with lag 0", lambda: (lambda m: m.get(a, {}).get("role") == "replica" and
+                                                             m[a].get("state") == "running" and m[a].get("lag") == 0
+                                                             )(cluster(spike, b)), 60)
+        rejoined = time.monotonic() - t0
+        time.sleep(1)
+    finally:
+        stop.set()
+        t.join(10)
+    before = [x for x in acks if x[0] < t0]
+    after = [x for x in acks if x[0] >= t0]
+    gap = max(n[0] - p[0] for p, n in zip([before[-1], *after], after, strict=False))
+    first_new = next(x[0] for x in after if x[1] == spike.ips[b]) - t0
+    print(f"\nswitchover: POST answered {code} after {answered:.1f}s; longest time without an acknowledged write "
+          f"{gap:.2f}s; first write on the new leader {first_new:.2f}s after the POST; old leader a replica with "
+          f"lag 0 {rejoined:.1f}s after it")
+    assert gap < 10 and {s for _t, s in after} <= {spike.ips[a], spike.ips[b]}
+    assert cluster(spike, b)[b]["role"] == "leader"
+    [lsc] = json.loads(spike.hosts[a].run("pg_lsclusters --json").stdout)
+    assert lsc["running"] == 1 and lsc["recovery"] == 1, lsc
+
+
+def test_patroni_stops_its_postgresql_on_term(spike):
+    for n in NAMES[:2]:
+        out = spike.control[n].ensure_stopped(patroni_spec())
+        assert out.changed
+        [lsc] = json.loads(spike.hosts[n].run("pg_lsclusters --json").stdout)
+        assert lsc["running"] == 0, lsc
 
 
 def test_stopped_by_pid_with_term(spike):
