@@ -1,5 +1,6 @@
-"""Daemons without and with systemd (issue 28): the pure command lines of hcbpg.desired.services and
-ServiceControl on the recording double (state in → commands out).  The real processes: tests/lab/test_etcd_spike.py."""
+"""Daemons without and with systemd (issue 28): the pure command lines of hcbpg.pg.services, the specs of
+hcbpg.desired.services and ServiceControl on the recording double (state in → commands out).  The real processes:
+tests/lab/test_etcd_spike.py."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from hcbpg.adapters.base import Result
 from hcbpg.adapters.dryrun import DryRunHost
 from hcbpg.adapters.recording import Call, RecordingHost
 from hcbpg.adapters.services import ServiceControl
-from hcbpg.desired.services import (
+from hcbpg.errors import RemoteCommandError
+from hcbpg.pg.services import (
     RuntimeDir,
     ServiceSpec,
     parse_status,
@@ -20,7 +22,6 @@ from hcbpg.desired.services import (
     render_unit_dropin,
     runs_argv,
 )
-from hcbpg.errors import RemoteCommandError
 
 
 def etcd() -> ServiceSpec:
@@ -220,3 +221,39 @@ def test_with_systemd_the_drop_in_is_written_then_the_unit_enabled_without_block
     assert host.files[etcd().dropin_path] == render_unit_dropin(etcd())
     assert not ctl.ensure_running(etcd()).changed
     assert ctl.ensure_stopped(etcd()).changed and host.ran[-1] == "systemctl stop etcd"
+
+
+# the specs from params ----------------------------------------------------------------------------
+
+def patroni_params():  # noqa: ANN201
+    import yaml
+
+    from hcbpg.params import parse_params
+
+    from nbutil import REPO
+
+    d = yaml.safe_load((REPO / "params" / "production.yaml").read_text())
+    d["replication"].update(manager="patroni", connection_limit=5,
+                            patroni={"scope": "hcb-production", "rest_password": "op://HCB Engineering/Patroni REST/password"},
+                            etcd={"patroni_password": "op://HCB Engineering/etcd patroni/password"})
+    d["jumpbox"] = {"private_ip": "10.0.1.40"}
+    return parse_params(d)
+
+
+def test_patroni_runs_as_debian_s_instance_unit_with_hcbpg_s_config_directory():
+    from hcbpg.desired.services import patroni_service
+
+    spec = patroni_service(patroni_params())
+    assert (spec.name, spec.user, spec.argv) == ("patroni@15-main", "postgres",
+                                                 ("/usr/bin/patroni", "/etc/patroni/15-main.d"))
+    assert "install -d -o postgres -g postgres -m 2775 /run/postgresql" in render_start_command(spec)
+    assert "ExecStart=/usr/bin/patroni /etc/patroni/15-main.d" in render_unit_dropin(spec).splitlines()
+
+
+def test_etcd_reads_hcbpg_s_config_file_only():
+    from hcbpg.desired.services import etcd_service
+
+    spec = etcd_service(patroni_params())
+    assert (spec.name, spec.user, spec.argv, spec.env) == ("etcd", "etcd", ("/usr/bin/etcd",),
+                                                           (("ETCD_CONFIG_FILE", "/etc/etcd/hcbpg.yml"),))
+    assert "Type=notify" in render_unit_dropin(spec).splitlines()

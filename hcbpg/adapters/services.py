@@ -1,5 +1,5 @@
 """Daemons on a host (etcd, Patroni): started, judged and stopped the same way whether or not the host
-runs systemd; the command lines come from :mod:`hcbpg.desired.services`.
+runs systemd; the command lines come from :mod:`hcbpg.pg.services`, the specs from :mod:`hcbpg.desired.services`.
 
     ServiceControl.of(host)          asks the host once whether systemd runs it (``/run/systemd/system``)
     .get_status(spec)                ServiceStatus: running, pid, manager, detail (a probe)
@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from hcbpg.adapters.base import Changes
-from hcbpg.desired.services import (
+from hcbpg.errors import RemoteCommandError, WaitTimeout
+from hcbpg.pg.services import (
     ServiceSpec,
     parse_status,
     render_start_command,
@@ -29,7 +30,6 @@ from hcbpg.desired.services import (
     render_unit_dropin,
     systemd_command,
 )
-from hcbpg.errors import RemoteCommandError, WaitTimeout
 from hcbpg.wait import wait_until
 
 if TYPE_CHECKING:  # pragma: no cover

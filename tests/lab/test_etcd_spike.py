@@ -34,11 +34,12 @@ from hcbpg.adapters.services import ServiceControl
 from hcbpg.desired import etcd as detcd
 from hcbpg.desired import tls as dtls
 from hcbpg.desired.certs import Ca, key_pem, render_ca
-from hcbpg.desired.services import RuntimeDir, ServiceSpec
+from hcbpg.desired.services import etcd_service
 from hcbpg.lab import Lab
 from hcbpg.lab.core import LabConfig, run, scratch_config
 from hcbpg.lab.hosts import create_host, ensure_bridge, host_exec
 from hcbpg.params import Params, parse_params
+from hcbpg.pg.services import RuntimeDir, ServiceSpec
 
 from nbutil import REPO
 
@@ -52,13 +53,6 @@ CONF = detcd.CONF_PATH
 CLIENT_PORT = 2379
 #: the environment's CA where every machine has it (params' environment: production, moved onto the lab)
 CA_PATH = "/etc/hcbpg/tls/production-postgres-ca.crt"
-
-
-def etcd_spec() -> ServiceSpec:
-    """etcd as the package's unit runs it, its configuration from our file (which makes etcd ignore flags)."""
-    return ServiceSpec(name="etcd", user="etcd", home="/var/lib/etcd", argv=("/usr/bin/etcd",),
-                       env=(("ETCD_CONFIG_FILE", CONF),), log_file="/var/log/etcd/etcd.log",
-                       unit_type="notify", stop_timeout_s=20)
 
 
 def render_member_cert(ca: Ca, name: str, ip: str | None, *, days: int = 2,
@@ -196,13 +190,13 @@ def spike() -> Iterator[SpikeLab]:
 def test_hosts_have_no_systemd_so_daemons_run_from_pidfiles(spike):
     assert {c.manager for c in spike.control.values()} == {"pidfile"}
     for c in spike.control.values():
-        st = c.get_status(etcd_spec())
+        st = c.get_status(etcd_service(spike.params))
         assert not st.running and st.pid is None and "no pidfile" in st.detail
 
 
 def test_three_members_with_mutual_tls_become_healthy(spike):
     put_etcd_files(spike)
-    spec = etcd_spec()
+    spec = etcd_service(spike.params)
     t0 = time.monotonic()
     for c in spike.control.values():
         out = c.ensure_running(spec)
@@ -242,7 +236,7 @@ def test_a_client_without_a_ca_signed_certificate_is_refused(spike):
 
 
 def test_one_member_killed_by_pid_the_others_still_answer(spike):
-    spec = etcd_spec()
+    spec = etcd_service(spike.params)
     a, b, c = NAMES
     eps = [spike.ips[a], spike.ips[b]]
     spike.hosts[a].run(etcdctl(eps, "put", "/spike/before", "1"))
@@ -259,7 +253,7 @@ def test_one_member_killed_by_pid_the_others_still_answer(spike):
 
 
 def test_two_members_killed_no_quorum_then_back(spike):
-    spec = etcd_spec()
+    spec = etcd_service(spike.params)
     a, b, c = NAMES
     pid = spike.control[b].signal(spec, "KILL")
     assert pid
@@ -549,7 +543,7 @@ def test_patroni_stops_its_postgresql_on_term(spike):
 
 
 def test_stopped_by_pid_with_term(spike):
-    spec = etcd_spec()
+    spec = etcd_service(spike.params)
     for c in spike.control.values():
         out = c.ensure_stopped(spec)
         assert out.changed and any(a.startswith("kill -TERM ") for a in out.actions), out.actions
