@@ -13,6 +13,8 @@ import hcloud
 import pytest
 
 from hcbpg import secrets as hsecrets
+from hcbpg.adapters.local import run_local
+from hcbpg.desired import cloud
 from hcbpg.engine import doctor
 from hcbpg.errors import SecretError
 from hcbpg.lab.hcloud_api import HcloudStandin, RunningStandin, read_state
@@ -62,20 +64,20 @@ def fake_cli(answers: dict[str, tuple[int, str, str]], calls: list[list[str]] | 
 
 def test_the_url_is_read_with_the_app_named_and_registered_with_the_scrubber():
     calls: list[list[str]] = []
-    url = get_heroku_source_url("hcb", local=fake_cli({"pg:credentials:url": (0, HEROKU_10, "")}, calls))
+    url = get_heroku_source_url(fake_cli({"pg:credentials:url": (0, HEROKU_10, "")}, calls), "hcb")
     assert url == URL and calls == [["heroku", "pg:credentials:url", "--app", "hcb"]]
     assert "p0ssw0rd-heroku-secret" not in hsecrets.scrub(f"connected with {URL} (password p0ssw0rd-heroku-secret)")
 
 
 def test_a_failed_or_missing_cli_says_what_to_do_and_never_shows_its_output():
     with pytest.raises(SecretError, match="heroku login") as exc:
-        get_heroku_source_url("hcb", local=fake_cli({"pg:credentials:url": (1, HEROKU_8, " ›   Error: no access")}))
+        get_heroku_source_url(fake_cli({"pg:credentials:url": (1, HEROKU_8, " ›   Error: no access")}), "hcb")
     assert "no access" in exc.value.message and "p0ssw0rd" not in str(exc.value)
     with pytest.raises(SecretError, match="gave no database URL") as exc:  # exit 0 and no URL: nothing of stdout shown
-        get_heroku_source_url("hcb", local=fake_cli({"pg:credentials:url": (0, "password=p0ssw0rd-x\n", "")}))
+        get_heroku_source_url(fake_cli({"pg:credentials:url": (0, "password=p0ssw0rd-x\n", "")}), "hcb")
     assert "p0ssw0rd" not in str(exc.value)
     with pytest.raises(SecretError, match="not installed"):
-        get_heroku_source_url("hcb", local=fake_cli({}))
+        get_heroku_source_url(fake_cli({}), "hcb")
 
 
 def test_method_heroku_takes_the_url_from_the_cli_and_pg_dump_from_its_secret():
@@ -84,9 +86,9 @@ def test_method_heroku_takes_the_url_from_the_cli_and_pg_dump_from_its_secret():
             "postgres": {"app_role_password": "env:P"}}
     heroku = parse_params({**base, "source": {"method": "heroku", "heroku_app": "hcb", "transfer": "online"}})
     cli = fake_cli({"pg:credentials:url": (0, HEROKU_8, "")})
-    assert get_source_url(heroku, lambda key: pytest.fail(f"asked for the secret {key}"), local=cli) == URL
+    assert get_source_url(cli, heroku, lambda key: pytest.fail(f"asked for the secret {key}")) == URL
     dump = parse_params({**base, "source": {"url": "env:U"}})
-    assert get_source_url(dump, lambda key: f"secret of {key}", local=fake_cli({})) == "secret of source.url"
+    assert get_source_url(fake_cli({}), dump, lambda key: f"secret of {key}") == "secret of source.url"
 
 
 def test_params_refuse_a_url_with_method_heroku_and_none_with_pg_dump():
@@ -150,24 +152,24 @@ def test_the_tokens_rights_are_asked_with_a_write_that_creates_nothing(api, tmp_
 
 def test_the_operators_address_is_checked_against_the_admin_ranges(monkeypatch):
     params = load_params("production", REPO)
-    inside = operator.check_admin_range(params, "203.0.113.9", "given with --from")
+    inside = cloud.check_admin_range(params, "203.0.113.9", "given with --from")
     assert inside.status == "pass" and "203.0.113.0/24" in inside.detail
-    outside = operator.check_admin_range(params, "198.51.100.7", "given with --from")
+    outside = cloud.check_admin_range(params, "198.51.100.7", "given with --from")
     assert outside.status == "fail" and "lock" not in outside.detail and "keep" in outside.detail
-    unknown = operator.check_admin_range(params, None, "this machine has no public address of its own")
+    unknown = cloud.check_admin_range(params, None, "this machine has no public address of its own")
     assert unknown.status == "warn" and "--from" in unknown.detail
-    assert operator.get_operator_address("198.51.100.7") == ("198.51.100.7", "given with --from")
-    monkeypatch.setenv(operator.OPERATOR_ADDRESS_ENV, "198.51.100.8")
-    assert operator.get_operator_address(None) == ("198.51.100.8", operator.OPERATOR_ADDRESS_ENV)
+    assert operator.get_operator_address(run_local, "198.51.100.7") == ("198.51.100.7", "given with --from")
+    monkeypatch.setenv(cloud.OPERATOR_ADDRESS_ENV, "198.51.100.8")
+    assert operator.get_operator_address(run_local, None) == ("198.51.100.8", cloud.OPERATOR_ADDRESS_ENV)
 
 
 def test_the_route_source_is_read_from_ip_route_get():
     out = '[{"dst":"1.1.1.1","gateway":"192.0.2.1","dev":"eth0","prefsrc":"192.0.2.2","flags":[],"uid":0}]'
-    assert operator.parse_route_source(out) == ("192.0.2.2", False)
+    assert cloud.parse_route_source(out) == ("192.0.2.2", False)
     link = '[{"dst":"10.0.1.10","dev":"hcbt1","prefsrc":"10.0.1.1","flags":[],"uid":0,"cache":[]}]'
-    assert operator.parse_route_source(link) == ("10.0.1.1", True)  # on the link: the host sees this address
-    assert operator.parse_route_source("") == (None, False)
-    assert operator.parse_route_source("RTNETLINK answers") == (None, False)
+    assert cloud.parse_route_source(link) == ("10.0.1.1", True)  # on the link: the host sees this address
+    assert cloud.parse_route_source("") == (None, False)
+    assert cloud.parse_route_source("RTNETLINK answers") == (None, False)
 
 
 # placeholders -----------------------------------------------------------------------------------------

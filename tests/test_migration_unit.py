@@ -104,11 +104,12 @@ def test_the_apps_urls_go_whole_to_a_0600_file_blazer_read_only_and_only_redacte
                                                                                               capsys):
     """One file per target, the target's whole current set: the app's DATABASE_URL (rails) beside Blazer's
     own read-only login (never rails'); handed out again unchanged, it says so and changes nothing."""
+    from hcbpg.adapters.secretstore import SecretStore
     from hcbpg.desired.roles import roles_config
     from hcbpg.ops import handout
     cfg = roles_config(url_params)
     rb = _rb(url_params)
-    urls = migration_steps.hand_out_urls(rb, lambda: handout.app_urls(url_params, cfg, login="rails",
+    urls = migration_steps.hand_out_urls(rb, lambda: handout.get_app_urls(SecretStore(), url_params, cfg, login="rails",
                                                                       password=PASSWORD), "the app")
     out = capsys.readouterr().out
     assert PASSWORD not in out and BLAZER_PW not in out and "s3cr3t" not in out
@@ -123,33 +124,35 @@ def test_the_apps_urls_go_whole_to_a_0600_file_blazer_read_only_and_only_redacte
     assert handed["DATABASE_URL"].startswith("'postgres://rails:")  # quoted: the TLS query has & and ?
     assert handed["BLAZER_DATABASE_URL"].startswith("'postgres://blazer:") and "s3cr3t" not in handed["BLAZER_DATABASE_URL"]
     assert [o.changed for o in rb.outcomes] == [True]
-    again = migration_steps.hand_out_urls(rb, lambda: handout.app_urls(url_params, cfg, login="rails",
+    again = migration_steps.hand_out_urls(rb, lambda: handout.get_app_urls(SecretStore(), url_params, cfg, login="rails",
                                                                        password=PASSWORD), "the app")
     assert again is not None and not again.written and [o.changed for o in rb.outcomes] == [True, False]
     assert "are already in" in capsys.readouterr().out
     # the release command's file holds its own URL only: no second BLAZER_DATABASE_URL to disagree with
-    rel = migration_steps.hand_out_urls(rb, lambda: handout.release_urls(url_params, cfg), "the release command")
+    rel = migration_steps.hand_out_urls(rb, lambda: handout.get_release_urls(SecretStore(), url_params, cfg),
+                                        "the release command")
     assert rel is not None and rel.path.name == "release-database-urls.env"
     assert [line.split("=", 1)[0] for line in rel.path.read_text().splitlines() if not line.startswith("#")] == \
         ["MIGRATIONS_DATABASE_URL"]
 
 
 def test_app_urls_dry_run_writes_nothing_and_a_plan_without_the_passwords_yet_says_so(url_params, monkeypatch):
+    from hcbpg.adapters.secretstore import SecretStore
     from hcbpg.desired.roles import roles_config
     from hcbpg.ops import handout
     cfg = roles_config(url_params)
     rb = _rb(url_params, dry_run=True)
-    urls = migration_steps.hand_out_urls(rb, lambda: handout.app_urls(url_params, cfg, login="rails",
+    urls = migration_steps.hand_out_urls(rb, lambda: handout.get_app_urls(SecretStore(), url_params, cfg, login="rails",
                                                                       password=PASSWORD), "the app")
     assert urls is not None and not urls.path.exists() and not urls.written
     assert rb.outcomes[-1].changed and rb.outcomes[-1].dry_run
     monkeypatch.delenv("HCBPG_TEST_BLAZER_PW")  # step 13 makes the passwords; a plan before it cannot read them
-    assert migration_steps.hand_out_urls(rb, lambda: handout.app_urls(url_params, cfg, login="rails",
+    assert migration_steps.hand_out_urls(rb, lambda: handout.get_app_urls(SecretStore(), url_params, cfg, login="rails",
                                                                       password=PASSWORD), "the app") is None
     assert "once the logins' passwords exist" in rb.outcomes[-1].actions[0]
     real = _rb(url_params)
     with pytest.raises(SecretError):  # a real run does not go on without them
-        migration_steps.hand_out_urls(real, lambda: handout.app_urls(url_params, cfg, login="rails",
+        migration_steps.hand_out_urls(real, lambda: handout.get_app_urls(SecretStore(), url_params, cfg, login="rails",
                                                                      password=PASSWORD), "the app")
 
 

@@ -42,6 +42,10 @@ class CloudLike(Protocol):
     firewalls: Any
     placement_groups: Any
 
+    def request(self, method: str, url: str, **kwargs: Any) -> Any:
+        """A raw API call (``hcloud.Client.request``): for what no resource collection says (a token's rights)."""
+        ...
+
 
 def make_client(params: "Params", token: str, *, poll_interval: float = 1.0, timeout: float = 30.0) -> hcloud.Client:
     """An hcloud client for the params' API endpoint (the real API or the lab's stand-in)."""

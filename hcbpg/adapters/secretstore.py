@@ -5,10 +5,14 @@ creates a missing secret is one code path on a real run and on a dry run.
     SecretStore()              resolves and stores for real (a ``file:`` secret written 0600)
     DryRunSecretStore(inner)   resolves through *inner*, records each store instead of doing it
                                (later resolves of that reference see the recorded value)
+
+The operator's private files that hold secrets (the handed-out database URLs) go through it too:
+``get_private_file`` reads (on a dry run as well), ``put_private_file`` writes 0600 whole (a dry run records).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from hcbpg import secrets as hsecrets
@@ -31,6 +35,18 @@ class SecretStoreLike(Protocol):
         """Store a new value at *ref* (``file:`` 0600, ``op://``); SecretError for ``env:``."""
         ...
 
+    def get_private_file(self, path: Path) -> str | None:
+        """The text of the operator's private file *path* (None when there is none)."""
+        ...
+
+    def put_private_file(self, path: Path, text: str) -> None:
+        """Write *path* whole, 0600 (its directory 0700), never through a symlink."""
+        ...
+
+
+def _read(path: Path) -> str | None:
+    return path.read_text() if path.is_file() else None
+
 
 def _shown(ref: str, key: str) -> str:
     return f"store {key} at {ref.split(':', 1)[0]}:"
@@ -50,6 +66,13 @@ class SecretStore:
     def store(self, ref: str, value: str, *, key: str) -> None:
         self.journal.append(_shown(ref, key))
         hsecrets.store_secret(ref, value, key=key)
+
+    def get_private_file(self, path: Path) -> str | None:
+        return _read(path)
+
+    def put_private_file(self, path: Path, text: str) -> None:
+        self.journal.append(f"write {path} (0600)")
+        hsecrets.write_private_file(path, text)
 
 
 class DryRunSecretStore:
@@ -71,6 +94,12 @@ class DryRunSecretStore:
         hsecrets.register(value)
         self.journal.append(_shown(ref, key))
         self.stored[ref] = value
+
+    def get_private_file(self, path: Path) -> str | None:
+        return self.inner.get_private_file(path)
+
+    def put_private_file(self, path: Path, text: str) -> None:
+        self.journal.append(f"write {path} (0600)")
 
 
 def secret_store(dry_run: bool) -> SecretStoreLike:

@@ -9,11 +9,13 @@ import base64
 import binascii
 import hashlib
 import ipaddress
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from hcbpg.errors import CloudError
+from hcbpg.outcome import Check
 from hcbpg.params import Params
 
 ActionKind = Literal["create", "add", "update", "attach", "apply", "start", "none", "refuse"]
@@ -362,3 +364,44 @@ def render_cloud_init(keytype: str, private_openssh: str, public_line: str) -> s
             "ssh_keys:\n"
             f"  {keytype}_private: |\n{body}"
             f"  {keytype}_public: {public_line}\n")
+
+
+# the operator's machine ----------------------------------------------------------------------------
+
+#: the operator's public address when this machine cannot tell it (behind NAT): ``hcbpg doctor --from`` sets it
+OPERATOR_ADDRESS_ENV = "HCBPG_OPERATOR_ADDRESS"
+
+
+def parse_route_source(output: str) -> tuple[str | None, bool]:
+    """The source address (``prefsrc``) in ``ip -j route get ADDRESS`` output (None when there is none), and
+    whether the destination is on the link (no gateway: it sees that very address)."""
+    try:
+        routes = json.loads(output or "[]")
+    except ValueError:
+        return None, False
+    for route in routes if isinstance(routes, list) else []:
+        if isinstance(route, dict) and route.get("prefsrc"):
+            return str(route["prefsrc"]), not route.get("gateway")
+    return None, False
+
+
+def check_admin_range(params: "Params", address: str | None, how: str) -> Check:
+    """A check row: *address* (the operator's public one) is inside ``hetzner.admin_source_ranges``, so step 01's
+    firewall lets this machine's SSH in.  Unknown: a warning saying how to tell it."""
+    ranges = params.hetzner.admin_source_ranges
+    label = "operator's address in hetzner.admin_source_ranges"
+    if not ranges:
+        return Check(label, "pass", "no admin ranges: the firewall does not limit SSH by source", "operator")
+    if address is None:
+        return Check(label, "warn", f"not checked: {how}. Give it with `hcbpg doctor ENV --from YOUR.PUBLIC.IP` "
+                     f"(or {OPERATOR_ADDRESS_ENV}); ranges: {', '.join(ranges)}", "operator")
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return Check(label, "fail", f"{address!r} ({how}) is not an IP address", "operator")
+    inside = [r for r in ranges if ip in ipaddress.ip_network(r)]
+    if inside:
+        return Check(label, "pass", f"{ip} ({how}) is in {inside[0]}", "operator")
+    return Check(label, "fail", f"{ip} ({how}) is in none of {', '.join(ranges)}: step 01's firewall would keep "
+                 "this machine's SSH out. Add your office / VPN range to hetzner.admin_source_ranges, or run "
+                 "hcbpg from inside one", "operator")

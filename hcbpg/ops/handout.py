@@ -13,10 +13,9 @@ are 0600 outside ``outputs/`` and only redacted URLs are ever printed.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hcbpg import secrets as hsecrets
-from hcbpg.adapters.secretstore import SecretStore
 from hcbpg.desired import migration as desired_migration
 from hcbpg.desired.migration import AppUrls
 from hcbpg.errors import SafetyCheckFailed
@@ -24,42 +23,43 @@ from hcbpg.ops import privileges
 from hcbpg.outcome import Outcome
 
 if TYPE_CHECKING:  # pragma: no cover
+    from hcbpg.adapters.secretstore import SecretStoreLike
     from hcbpg.desired.roles import RolesConfig
     from hcbpg.params import Params
 
 
-def app_urls(params: "Params", cfg: "RolesConfig", *, login: str, password: str) -> AppUrls:
+def get_app_urls(secrets: "SecretStoreLike", params: "Params", cfg: "RolesConfig", *, login: str,
+                 password: str) -> AppUrls:
     """The app's file: DATABASE_URL of *login* (the app's login now) and, with ``roles.blazer``,
-    BLAZER_DATABASE_URL of Blazer's read-only login (never the app's)."""
+    BLAZER_DATABASE_URL of Blazer's read-only login (never the app's), its password from *secrets*."""
     values = {"DATABASE_URL": (login, password)}
     if cfg.blazer is not None:
-        values["BLAZER_DATABASE_URL"] = (cfg.blazer.name, privileges.get_role_password(SecretStore(), cfg,
-                                                                                       cfg.blazer.name))
+        values["BLAZER_DATABASE_URL"] = (cfg.blazer.name, privileges.get_role_password(secrets, cfg, cfg.blazer.name))
     return desired_migration.render_role_urls(params, values, path=desired_migration.handoff_path(params),
                                               target="the app (Hatchbox: web, Sidekiq, every process)")
 
 
-def release_urls(params: "Params", cfg: "RolesConfig") -> AppUrls | None:
+def get_release_urls(secrets: "SecretStoreLike", params: "Params", cfg: "RolesConfig") -> AppUrls | None:
     """The release command's file: MIGRATIONS_DATABASE_URL (None without ``roles.migrations``)."""
     if cfg.migrations is None:
         return None
-    pw = privileges.get_role_password(SecretStore(), cfg, cfg.migrations.name)
+    pw = privileges.get_role_password(secrets, cfg, cfg.migrations.name)
     return desired_migration.render_role_urls(params, {"MIGRATIONS_DATABASE_URL": (cfg.migrations.name, pw)},
                                               path=desired_migration.release_urls_path(params),
                                               target="the release command only (Hatchbox: rails db:migrate)")
 
 
-def ensure_urls_file(urls: AppUrls, *, dry_run: bool) -> Outcome:
-    """*urls* as their file's whole content (0600, directory 0700); unchanged when it holds them already.
-    The outcome names the values redacted; a dry run writes nothing."""
-    if urls.path.is_symlink() or (urls.path.exists() and not urls.path.is_file()):
-        raise SafetyCheckFailed(f"{urls.path} is not a regular file (a symlink or another kind): the URLs, which hold "
+def ensure_urls_file(secrets: "SecretStoreLike", urls: AppUrls) -> Outcome:
+    """*urls* as their file's whole content (0600, directory 0700) through *secrets* (a dry-run store writes
+    nothing); unchanged when it holds them already.  The outcome names the values redacted."""
+    path = Path(urls.path)
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise SafetyCheckFailed(f"{path} is not a regular file (a symlink or another kind): the URLs, which hold "
                                 "passwords, are not written through it",
-                                hint=f"Look at who made {urls.path}; remove it if it is not yours, then run the step "
+                                hint=f"Look at who made {path}; remove it if it is not yours, then run the step "
                                      "again. Nothing was written.")
-    current = urls.path.read_text() if urls.path.is_file() else None
-    changed = current != urls.text
-    if changed and not dry_run:
-        hsecrets.write_private_file(urls.path, urls.text)
+    changed = secrets.get_private_file(path) != urls.text
+    if changed:
+        secrets.put_private_file(path, urls.text)
     actions = [f"{k}={v}" for k, v in urls.shown.items()] if changed else []
-    return Outcome(f"handed-out URLs {urls.path} (0600)", changed, dry_run, actions=actions)
+    return Outcome(f"handed-out URLs {path} (0600)", changed, secrets.dry_run, actions=actions)

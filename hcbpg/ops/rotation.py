@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from psycopg import sql
 
 from hcbpg import secrets as hsecrets
+from hcbpg.adapters.secretstore import SecretStore
 from hcbpg.desired import migration as desired_migration
 from hcbpg.desired import tls as desired_tls
 from hcbpg.desired.roles import RolesConfig
@@ -175,7 +176,7 @@ def run_app_rotation(psql: "PsqlLike", params: "Params", cfg: RolesConfig, *, ti
                                     f"the secret {old_key}; refusing to rotate from an unknown state",
                                     hint="Point the reference at the password the app uses; nothing was changed.")
         check_storable(Rotatable(switch.new, switch.new_key, switch.new_ref, "app", params.postgres.database))
-        handout.app_urls(params, cfg, login=switch.new, password="")  # the file's other URLs resolve: before any change
+        handout.get_app_urls(SecretStore(), params, cfg, login=switch.new, password="")  # the others resolve: before any change
         new_pw = hsecrets.generate_password()
         pending = _pending_path(params, switch.new)
         hsecrets.write_private_file(pending, new_pw + "\n")
@@ -194,8 +195,8 @@ def run_app_rotation(psql: "PsqlLike", params: "Params", cfg: RolesConfig, *, ti
         hsecrets.store_secret(switch.new_ref, new_pw, key=switch.new_key)
         pending.unlink()
         # the app's file, whole: the new DATABASE_URL, and Blazer's read-only URL as it was
-        urls = handout.app_urls(params, cfg, login=switch.new, password=new_pw)
-        handout.ensure_urls_file(urls, dry_run=False)
+        urls = handout.get_app_urls(SecretStore(), params, cfg, login=switch.new, password=new_pw)
+        handout.ensure_urls_file(SecretStore(), urls)
         actions += [f"{'ALTER' if exists else 'CREATE'} ROLE {switch.new} LOGIN PASSWORD [secret] "
                     f"(member of {cfg.group_role}) on {psql.host.name}",
                     f"stored at {switch.new_key} ({switch.new_ref.split(':', 1)[0]}:)",

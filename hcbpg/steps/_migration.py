@@ -8,6 +8,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from hcbpg.adapters.local import run_local
+from hcbpg.adapters.secretstore import secret_store
 from hcbpg.desired.migration import AppUrls, plan_without_primary
 from hcbpg.display import show_plan, show_table
 from hcbpg.errors import SecretError, VerificationFailed
@@ -117,7 +119,7 @@ def connect(rb: "Run") -> "tuple[Host | None, migration.Source | None]":
     if ca.changed:
         rb.track(ca)
     # method heroku: the URL as `heroku pg:credentials:url` gives it now (Heroku rotates it), else source.url's secret
-    return host, migration.Source(host, get_source_url(rb.params, rb.secret),
+    return host, migration.Source(host, get_source_url(run_local, rb.params, rb.secret),
                                   sslrootcert=migration.get_source_ca(host, rb.params))
 
 
@@ -151,7 +153,7 @@ def hand_out_urls(rb: "Run", make: "Callable[[], AppUrls | None]", what: str) ->
         return None
     if urls is None:
         return None
-    outcome = rb.track(handout.ensure_urls_file(urls, dry_run=rb.dry_run), show=False)
+    outcome = rb.track(handout.ensure_urls_file(secret_store(rb.dry_run), urls), show=False)
     for k, v in urls.shown.items():
         print(f"{k}={v}")
     state = ("would be written to" if rb.dry_run else "are now in") if outcome.changed else "are already in"

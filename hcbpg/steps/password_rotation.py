@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from hcbpg.adapters.secretstore import SecretStore
 from hcbpg.desired import rotation as desired_rotation
 from hcbpg.desired.roles import RolesConfig, roles_config  # noqa: F401 - the notebook's call
 from hcbpg.desired.rotation import AppSwitch, Rotatable, dependents_table  # noqa: F401 - the notebook's calls
@@ -75,12 +76,13 @@ def run_rotations(rb: "Run", rots: Sequence[Rotatable], psql: "Psql | None", cfg
 def hand_out_again(rot: Rotatable, params: "Params", cfg: RolesConfig, psql: "Psql") -> list[Outcome]:
     """The handed-out file holding *rot*'s URL, rewritten whole with its new password: the app's
     (BLAZER_DATABASE_URL, beside the app's DATABASE_URL as it is now) or the release command's."""
+    store = SecretStore()
     if cfg.blazer is not None and rot.role == cfg.blazer.name:
         login, password = privileges.get_app_login(psql, cfg)
-        return [handout.ensure_urls_file(handout.app_urls(params, cfg, login=login, password=password), dry_run=False)]
+        return [handout.ensure_urls_file(store, handout.get_app_urls(store, params, cfg, login=login, password=password))]
     if cfg.migrations is not None and rot.role == cfg.migrations.name:
-        urls = handout.release_urls(params, cfg)
-        return [handout.ensure_urls_file(urls, dry_run=False)] if urls is not None else []
+        urls = handout.get_release_urls(store, params, cfg)
+        return [handout.ensure_urls_file(store, urls)] if urls is not None else []
     return []
 
 

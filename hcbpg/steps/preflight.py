@@ -18,13 +18,15 @@ from typing import TYPE_CHECKING, Any
 
 from hcbpg.adapters.cloud import make_client
 from hcbpg.adapters.host import Host
+from hcbpg.adapters.local import LocalRunner, run_local
 from hcbpg.adapters.site import PRODUCTION, site_for
 from hcbpg.desired.addresses import app_ssh_address, ssh_address
+from hcbpg.desired.cloud import check_admin_range
 from hcbpg.errors import HcbpgError, HostKeyError, HostUnreachable, SecretError
 from hcbpg.ops import app_database as roles
 from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import operator
-from hcbpg.ops.migration.source import LocalRunner, get_heroku_account, get_heroku_source_url, run_local
+from hcbpg.ops.migration.source import get_heroku_account, get_heroku_source_url
 from hcbpg.outcome import Check
 from hcbpg.params import params_path, params_sha256
 from hcbpg.pg import scram as scram
@@ -81,7 +83,7 @@ def check_heroku(rb: "Run", *, local: LocalRunner = run_local) -> list[Check]:
         return [Check("heroku CLI logged in", "fail", f"{exc.message}. {exc.hint or ''}".strip(), "operator")]
     out = [Check("heroku CLI logged in", "pass", f"as {account}", "operator")]
     try:
-        conn = parse_source_url(get_heroku_source_url(src.heroku_app, local=local))
+        conn = parse_source_url(get_heroku_source_url(local, src.heroku_app))
     except HcbpgError as exc:
         out.append(Check("source URL from heroku pg:credentials:url", "fail", f"{exc.message}. {exc.hint or ''}"
                          .strip(), target))
@@ -98,8 +100,8 @@ def check_operator_address(rb: "Run", given: str | None = None,
     params = rb.params
     towards = [a for a in [*(_address(rb, s.name, existing) for s in params.servers),
                            app_ssh_address(params) if params.app_host is not None else None] if a]
-    address, how = operator.get_operator_address(given, towards)
-    return operator.check_admin_range(params, address, how)
+    address, how = operator.get_operator_address(run_local, given, towards)
+    return check_admin_range(params, address, how)
 
 
 def _key_file_check(label: str, path_text: str, *, private: bool) -> Check:

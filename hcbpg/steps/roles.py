@@ -91,7 +91,7 @@ def hand_out_urls(rb: "Run", psql: "Psql | None", cfg: RolesConfig) -> None:
     """The release command's file (MIGRATIONS_DATABASE_URL) and the app's file rewritten whole (DATABASE_URL of
     the app's login now, BLAZER_DATABASE_URL of Blazer's read-only login), each 0600; redacted here."""
     params = rb.params
-    hand_out(rb, lambda: handout.release_urls(params, cfg), "the release command")
+    hand_out(rb, lambda: handout.get_release_urls(secret_store(rb.dry_run), params, cfg), "the release command")
     if cfg.blazer is None or psql is None:
         return
     if rb.dry_run and not readonly.get_blazer(planning_psql(psql, params), cfg):
@@ -101,7 +101,7 @@ def hand_out_urls(rb: "Run", psql: "Psql | None", cfg: RolesConfig) -> None:
 
     def app_file() -> "AppUrls":
         login, password = privileges.get_app_login(psql, cfg)
-        return handout.app_urls(params, cfg, login=login, password=password)
+        return handout.get_app_urls(secret_store(rb.dry_run), params, cfg, login=login, password=password)
     hand_out(rb, app_file, "the app")
 
 

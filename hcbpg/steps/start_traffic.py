@@ -44,7 +44,8 @@ def write_urls(rb: "Run", host: "Host | None", password: str) -> AppUrls | None:
                  show=not rb.dry_run)
         psql = get_psql(hostlike(rb, params.primary.name, host), params)
         rb.track(readonly.ensure_blazer(psql, cfg), show=not rb.dry_run)
-    return hand_out(rb, lambda: handout.app_urls(params, cfg, login=params.postgres.app_role, password=password),
+    return hand_out(rb, lambda: handout.get_app_urls(secret_store(rb.dry_run), params, cfg, login=params.postgres.app_role,
+                                                     password=password),
                     "the app")
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from hcbpg import secrets as hsecrets
 from hcbpg.adapters.base import Changes
 from hcbpg.adapters.files import ensure_dir
+from hcbpg.adapters.local import LOCAL_TIMEOUT_S, LocalRunner, run_local
 from hcbpg.adapters.psql import PsqlEndpoint, ServiceFileEndpoint
 from hcbpg.errors import ParamsError, SecretError
 from hcbpg.outcome import Outcome, unified_diff
@@ -56,18 +57,10 @@ class Source(ServiceFileEndpoint):
                          database=self.conn.get("dbname"))
 
 
-#: runs a command on the operator's machine (argv, never a shell) and returns it finished, output captured
-LocalRunner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
 #: the Heroku CLI answers in seconds; past this it is waiting for something (a login prompt, the network)
-HEROKU_TIMEOUT_S = 60.0
+HEROKU_TIMEOUT_S = LOCAL_TIMEOUT_S
 HEROKU_LOGIN_HINT = ("Log in with `heroku login` (or set HEROKU_API_KEY) as an account with access to the app, "
                      "and check params source.heroku_app.")
-
-
-def run_local(argv: Sequence[str]) -> "subprocess.CompletedProcess[str]":
-    """*argv* on this machine, no stdin (a CLI that would prompt gets none), at most :data:`HEROKU_TIMEOUT_S`."""
-    return subprocess.run(list(argv), capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                          timeout=HEROKU_TIMEOUT_S)
 
 
 def _heroku(argv: Sequence[str], local: LocalRunner) -> "subprocess.CompletedProcess[str]":
@@ -83,7 +76,7 @@ def _heroku(argv: Sequence[str], local: LocalRunner) -> "subprocess.CompletedPro
                           hint=HEROKU_LOGIN_HINT) from None
 
 
-def get_heroku_account(*, local: LocalRunner = run_local) -> str:
+def get_heroku_account(local: LocalRunner = run_local) -> str:
     """The account ``heroku`` is logged in as (``heroku auth:whoami``); SecretError when it is not."""
     argv = render_heroku_whoami_command()
     proc = _heroku(argv, local)
@@ -94,7 +87,7 @@ def get_heroku_account(*, local: LocalRunner = run_local) -> str:
     return lines[-1].strip()
 
 
-def get_heroku_source_url(app: str, *, local: LocalRunner = run_local) -> str:
+def get_heroku_source_url(local: LocalRunner, app: str) -> str:
     """The source's URL as ``heroku pg:credentials:url --app APP`` gives it now, registered with the scrubber.
 
     Read at the moment of use (Heroku rotates the credentials); it goes to the primary only inside the
@@ -115,14 +108,14 @@ def get_heroku_source_url(app: str, *, local: LocalRunner = run_local) -> str:
     return url
 
 
-def get_source_url(params: "Params", secret: Callable[[str], str], *, local: LocalRunner = run_local) -> str:
+def get_source_url(local: LocalRunner, params: "Params", secret: Callable[[str], str]) -> str:
     """The source's ``postgres://`` URL: with method heroku from the Heroku CLI now, else ``source.url``'s secret."""
     src = params.source
     if src is None:
         raise ParamsError("params", ["source: these params have no source section (where the data comes from)"])
     if src.method == "heroku":
         assert src.heroku_app is not None  # params refuse method heroku without it
-        return get_heroku_source_url(src.heroku_app, local=local)
+        return get_heroku_source_url(local, src.heroku_app)
     return secret("source.url")
 
 
