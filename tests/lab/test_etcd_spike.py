@@ -1,14 +1,21 @@
-"""Issue 28, WP3 spike: etcd 3.4 on three lab hosts without systemd, run by ServiceControl over SSH.
+"""Issue 28 spike (WP3): etcd 3.4 on three lab hosts and Patroni 3.0.2 adopting a Debian cluster, without systemd.
 
 A scratch lab of its own (own dir, bridge ``hcbt<N>``, subnet ``10.0.<N>.0/24``, N free on this machine: see
-``hcbpg.lab.core.scratch_config``) with only three server hosts: no S3, no API stand-in, no source.  Each host
-runs etcd (Debian's etcd-server 3.4) detached, its pid in ``/run/hcbpg/etcd.pid``, with peer and client TLS
-(mutual: ``client-cert-auth``) from a CA made like hcbpg's (:func:`hcbpg.desired.certs.render_ca`).  Proven:
-``etcdctl endpoint health --cluster`` passes on all three; one member killed by its pid (SIGKILL) → the other
-two still answer writes; a second killed → no quorum (a write times out, health says so); both started again
-→ healthy, the writes kept.  Timings are printed (``-s``) and recorded in /work/notes/patroni-spike.md.
+``hcbpg.lab.core.scratch_config``) with only three server hosts, named as issue 28 places the voters
+(``server-postgres-1``, ``server-postgres-2``, ``hcb-jumpbox``): no S3, no API stand-in, no source.  Every daemon
+runs detached, started and stopped by its pid through ServiceControl over SSH.  Files are WP1's renderers
+(``hcbpg.desired.etcd``, ``hcbpg.desired.patroni``) on the committed production params moved onto the lab, with the
+CA made like hcbpg's (``hcbpg.desired.certs.render_ca``).
 
-The etcd configuration is rendered here, minimal, until WP1's ``hcbpg.desired.etcd`` lands.
+Proven: etcd with mutual peer and client TLS healthy on three members; a client without a certificate refused;
+the raft leader killed by pid → the two others acknowledge a write; a second member killed → no quorum (a write
+times out, a serializable read still answers); both back → healthy with the writes.  Auth on the way the design
+says (root by its certificate's CN over gRPC, Patroni by password through the gateway, which refuses any client
+certificate with a CN).  Patroni adopts a cluster made by ``pg_createcluster`` and stopped by ``pg_ctlcluster``
+(same system identifier; ``pg_lsclusters``, ``pg_conftool``, ``pg_ctlcluster reload`` still work; what Patroni
+rewrites); a replica by pg_basebackup, over TLS, the sync standby; a switchover by ``POST /switchover`` (refused
+without the REST password) while a writer measures the time without an acknowledged write.  Timings are printed
+(``-s``) and recorded in /work/notes/patroni-spike.md.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import shlex
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 import yaml
@@ -32,14 +39,15 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from hcbpg.adapters.host import Host
 from hcbpg.adapters.services import ServiceControl
 from hcbpg.desired import etcd as detcd
+from hcbpg.desired import patroni as dp
 from hcbpg.desired import tls as dtls
+from hcbpg.desired.capacity import ServerShape
 from hcbpg.desired.certs import Ca, key_pem, render_ca
-from hcbpg.desired.services import etcd_service
+from hcbpg.desired.services import etcd_service, patroni_service
 from hcbpg.lab import Lab
 from hcbpg.lab.core import LabConfig, run, scratch_config
 from hcbpg.lab.hosts import create_host, ensure_bridge, host_exec
 from hcbpg.params import Params, parse_params
-from hcbpg.pg.services import RuntimeDir, ServiceSpec
 
 from nbutil import REPO
 
@@ -85,7 +93,8 @@ def spike_params(cfg: LabConfig, ips: dict[str, str]) -> Params:
     d["servers"] = [{"name": NAMES[0], "private_ip": ips[NAMES[0]], "role": "primary"},
                     {"name": NAMES[1], "private_ip": ips[NAMES[1]], "role": "replica"}]
     d["replication"].update(manager="patroni", connection_limit=5,
-                            patroni={"scope": "hcb-spike", "rest_password": "env:HCBPG_SPIKE_UNUSED"},
+                            patroni={"scope": "hcb-spike", "rest_password": "env:HCBPG_SPIKE_UNUSED",
+                                     "watchdog": "off", "create_replica_methods": ["basebackup"]},
                             etcd={"patroni_password": "env:HCBPG_SPIKE_UNUSED", "heartbeat_ms": 200,
                                   "election_ms": 2000})
     d["jumpbox"] = {"name": NAMES[2], "private_ip": ips[NAMES[2]]}
@@ -120,6 +129,8 @@ class SpikeLab:
     ca: Ca
     control: dict[str, ServiceControl]
     params: Params
+    #: the members a test killed and a later one starts again
+    killed: list[str] = field(default_factory=list)
 
     def exec(self, name: str, command: str, **kw) -> subprocess.CompletedProcess:  # noqa: ANN003
         return host_exec(self.cfg, name, command, **kw)
@@ -235,26 +246,48 @@ def test_a_client_without_a_ca_signed_certificate_is_refused(spike):
     assert plain.exit_code != 0 or "health" not in plain.stdout
 
 
-def test_one_member_killed_by_pid_the_others_still_answer(spike):
+def raft_leader(spike: SpikeLab, via: str) -> str:
+    """The member etcd's raft leader is, by name (``endpoint status --cluster``)."""
+    # with a member down the command exits 1 but still prints the others' status
+    rows = json.loads(spike.hosts[via].probe(etcdctl([spike.ips[via]], "endpoint", "status", "--cluster", "-w",
+                                                     "json")).stdout)
+    by_id = {r["Status"]["header"]["member_id"]: r["Endpoint"] for r in rows}
+    leader_url = by_id[rows[0]["Status"]["leader"]]
+    return next(n for n, ip in spike.ips.items() if f"//{ip}:" in leader_url)
+
+
+def put_until_acknowledged(spike: SpikeLab, via: str, endpoints: list[str], key: str, value: str,
+                           timeout: float = 20) -> float:
+    """Seconds until ``etcdctl put`` (3 s per try) through *endpoints* is acknowledged."""
+    t0 = time.monotonic()
+    until(f"put {key} acknowledged", lambda: spike.hosts[via].probe(etcdctl(endpoints, "put", key, value)).ok,
+          timeout, interval=0.05)
+    return time.monotonic() - t0
+
+
+def test_raft_leader_killed_by_pid_the_others_still_answer(spike):
     spec = etcd_service(spike.params)
-    a, b, c = NAMES
+    leader = raft_leader(spike, NAMES[0])
+    a, b = [n for n in NAMES if n != leader]
     eps = [spike.ips[a], spike.ips[b]]
     spike.hosts[a].run(etcdctl(eps, "put", "/spike/before", "1"))
-    t0 = time.monotonic()
-    pid = spike.control[c].signal(spec, "KILL")
-    assert pid and not spike.control[c].get_status(spec).running
-    res = spike.hosts[a].run(etcdctl(eps, "put", "/spike/one-down", "2"))
-    took = time.monotonic() - t0
+    pid = spike.control[leader].signal(spec, "KILL")
+    assert pid and not spike.control[leader].get_status(spec).running
+    took = put_until_acknowledged(spike, a, eps, "/spike/one-down", "2")
     got = spike.hosts[b].run(etcdctl([spike.ips[b]], "get", "--print-value-only", "/spike/one-down")).stdout
-    assert res.ok and got.strip() == "2"
+    assert got.strip() == "2"
+    assert raft_leader(spike, a) in (a, b)
     code, rows = endpoint_health(spike, a)
     assert code != 0 and sorted(r["health"] for r in rows) == [False, True, True], rows
-    print(f"\none member killed (pid {pid}): a write through the two others acknowledged {took:.2f}s after the kill")
+    spike.killed.append(leader)
+    print(f"\nthe raft leader {leader} killed (pid {pid}): a write through the two others acknowledged {took:.2f}s "
+          "after the kill (a new leader elected: election timeout 2 s)")
 
 
 def test_two_members_killed_no_quorum_then_back(spike):
     spec = etcd_service(spike.params)
-    a, b, c = NAMES
+    [first] = spike.killed
+    a, b = [n for n in NAMES if n != first]
     pid = spike.control[b].signal(spec, "KILL")
     assert pid
     t0 = time.monotonic()
@@ -270,18 +303,14 @@ def test_two_members_killed_no_quorum_then_back(spike):
                                          "/spike/before"))
     assert stale.ok and stale.stdout.strip() == "1", stale.output
     t1 = time.monotonic()
-    for n in (b, c):
+    for n in (first, b):
         assert spike.control[n].ensure_running(spec).changed
-    deadline = time.monotonic() + 30
-    while True:
-        code, rows = endpoint_health(spike, a)
-        if code == 0 and len(rows) == 3:
-            break
-        assert time.monotonic() < deadline, f"not healthy after restarts: {rows}"
-        time.sleep(0.2)
+    until("three healthy members", lambda: (lambda r: r[0] == 0 and len(r[1]) == 3)(endpoint_health(spike, a)), 30,
+          interval=0.2)
     back = time.monotonic() - t1
-    got = spike.hosts[c].run(etcdctl([spike.ips[c]], "get", "--print-value-only", "/spike/one-down")).stdout
+    got = spike.hosts[first].run(etcdctl([spike.ips[first]], "get", "--print-value-only", "/spike/one-down")).stdout
     assert got.strip() == "2"  # what the two had while the third was down reached it
+    spike.killed.clear()
     print(f"\nboth started again: healthy {back:.1f}s later, the write made while one was down is on all three")
 
 
@@ -290,60 +319,38 @@ def test_two_members_killed_no_quorum_then_back(spike):
 REST_PORT = 8008
 PG_CONF_DIR = "/etc/postgresql/15/main"
 PG_DATA = "/var/lib/postgresql/15/main"
-PATRONI_CONF = "/etc/patroni/15-main.yml"
-PATRONI_TLS = "/etc/patroni/tls"
 #: what hcbpg's conf.d holds in the spike: max_connections differs from the DCS's on purpose (the command line wins)
 CONF_D = "conf.d/20-hcbpg-spike.conf"
+SHAPE = ServerShape("ccx13", cores=2, memory_gb=8.0, disk_gb=80)
 
 
-def patroni_spec() -> ServiceSpec:
-    """Patroni as Debian's patroni@15-main runs it, PostgreSQL's socket directory made first (the lab's /run is a
-    fresh tmpfs, as systemd-tmpfiles would make it on a server)."""
-    return ServiceSpec(name="patroni@15-main", user="postgres", home="/var/lib/postgresql",
-                       argv=("/usr/bin/patroni", PATRONI_CONF), log_file="/var/log/patroni/patroni.log",
-                       runtime_dirs=(RuntimeDir("/run/postgresql", "postgres", "postgres", 0o2775),),
-                       stop_timeout_s=60)
+def render_etcd_client_cert(ca: Ca) -> tuple[str, str]:
+    """Patroni's client certificate for etcd: clientAuth and **no subject at all**.  With client-cert-auth, the JSON
+    gateway and auth all on, etcd 3.4 answers 400 'CommonName of client sending a request against gateway will be
+    ignored and not used as expected' to any certificate with a CN (embed/serve.go), and Patroni only speaks to
+    the gateway; it authenticates with its user and password instead."""
+    now = dt.datetime.now(dt.timezone.utc)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(ca.cert.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=2))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(ca.key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM).decode(), key_pem(key)
 
 
-def render_patroni_conf(spike: SpikeLab, name: str, replication_password: str) -> str:
-    """The least Patroni config that adopts the Debian cluster: the design's timing (ttl 12, loop_wait 2,
-    retry_timeout 3), the Debian paths, etcd3 over mutual TLS; the REST API plain (a spike: WP1's
-    hcbpg.desired.patroni renders the real one with TLS and authentication)."""
-    ip = spike.ips[name]
-    conf = {
-        "scope": "hcb-spike", "namespace": "/service/", "name": name,
-        "restapi": {"listen": f"{ip}:{REST_PORT}", "connect_address": f"{ip}:{REST_PORT}"},
-        "etcd3": {"hosts": [f"{spike.ips[n]}:{CLIENT_PORT}" for n in NAMES], "protocol": "https",
-                  "cacert": CA_PATH, "cert": f"{PATRONI_TLS}/etcd-client.crt", "key": f"{PATRONI_TLS}/etcd-client.key"},
-        "bootstrap": {"dcs": {"ttl": 12, "loop_wait": 2, "retry_timeout": 3, "maximum_lag_on_failover": 1048576,
-                              "failsafe_mode": True,
-                              "postgresql": {"use_pg_rewind": True, "use_slots": True,
-                                             "parameters": {"max_connections": 300, "wal_level": "replica",
-                                                            "hot_standby": "on", "wal_log_hints": "on",
-                                                            "max_wal_senders": 10, "max_replication_slots": 10}}}},
-        "postgresql": {"listen": f"localhost,{ip}:5432", "connect_address": f"{ip}:5432", "data_dir": PG_DATA,
-                       "config_dir": PG_CONF_DIR, "bin_dir": "/usr/lib/postgresql/15/bin",
-                       "pgpass": "/var/lib/postgresql/15-main.pgpass", "use_unix_socket": True,
-                       "authentication": {"superuser": {"username": "postgres"},
-                                          "replication": {"username": "repuser", "password": replication_password},
-                                          "rewind": {"username": "repuser", "password": replication_password}},
-                       "basebackup": [{"checkpoint": "fast"}], "pg_ctl_timeout": 60},
-        "watchdog": {"mode": "off"},
-        "tags": {"nofailover": False, "noloadbalance": False, "clonefrom": False, "nosync": False},
-    }
-    return "# issue 28 spike\n" + yaml.safe_dump(conf, sort_keys=True)
-
-
-def rest(spike: SpikeLab, name: str, path: str, body: dict | None = None, timeout: float = 5) -> tuple[int, str]:
-    """GET (or POST *body*) on *name*'s REST API, from the machine (the lab's bridge)."""
+def rest(spike: SpikeLab, name: str, path: str, timeout: float = 5) -> tuple[int, str]:
+    """GET on *name*'s REST API (TLS, the environment's CA) from the machine: safe verbs need no client
+    certificate and no password, and the allowlist holds for unsafe ones only."""
+    import ssl
     import urllib.error
     import urllib.request
 
-    req = urllib.request.Request(f"http://{spike.ips[name]}:{REST_PORT}{path}",
-                                 data=None if body is None else json.dumps(body).encode(),
-                                 method="GET" if body is None else "POST")
+    ctx = ssl.create_default_context(cadata=spike.ca.cert_pem)
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
+        with urllib.request.urlopen(f"https://{spike.ips[name]}:{REST_PORT}{path}", timeout=timeout,
+                                    context=ctx) as r:
             return r.status, r.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
@@ -351,13 +358,27 @@ def rest(spike: SpikeLab, name: str, path: str, body: dict | None = None, timeou
         return 0, str(exc)
 
 
-def until(what: str, probe, timeout: float, interval: float = 0.1):  # noqa: ANN001, ANN201
-    """Poll *probe* until it returns something true; that value (fails the test naming *what* at the deadline)."""
+def rest_post(spike: SpikeLab, target: str, path: str, body: dict, *, auth: bool = True) -> tuple[int, str]:
+    """POST on member *target* to its own REST API (as WP1's PatroniApi does: its address is in the allowlist, its
+    netrc names it), with its REST certificate and, when *auth*, the password from the netrc (nothing on argv)."""
+    via = target
+    words = ["curl", "-sS", "--max-time", "60", "-w", "\\n%{http_code}", "--cacert", CA_PATH, "--cert", dp.REST_CERT,
+             "--key", dp.REST_KEY, "-X", "POST", f"https://{spike.ips[target]}:{REST_PORT}{path}", "-d", json.dumps(body)]
+    if auth:
+        words[1:1] = ["--netrc-file", dp.rest_netrc_path(spike.params)]
+    out = spike.hosts[via].run(shlex.join(words), check=False).stdout
+    text, _, code = out.rpartition("\n")
+    return int(code or 0), text
+
+
+def until(what: str, probe, timeout: float, interval: float = 0.1, done=bool):  # noqa: ANN001, ANN201
+    """Poll *probe* until ``done(value)``; that value (fails the test naming *what* and the last value at the
+    deadline)."""
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
         last = probe()
-        if last:
+        if done(last):
             return last
         time.sleep(interval)
     pytest.fail(f"{what}: not after {timeout:.0f}s (last: {last!r})")
@@ -378,32 +399,57 @@ def psql(h: Host, sql: str) -> str:
 
 
 def make_debian_cluster(spike: SpikeLab, name: str) -> Host:
-    """pg_createcluster 15 main, hcbpg-like conf.d and pg_hba lines (not started)."""
+    """pg_createcluster 15 main, TLS as hcbpg gives it (a CA-signed certificate naming the private IP), hcbpg-like
+    conf.d and pg_hba lines (not started)."""
     h = spike.hosts[name]
     h.run("pg_createcluster 15 main --locale C.UTF-8 >/dev/null")
     ip = spike.ips[name]
+    crt, key = render_member_cert(spike.ca, name, ip)
+    h.run(f"install -d -o postgres -g postgres -m 0750 {dtls.server_tls_dir(spike.params)}")
+    h.put_text(dtls.server_cert_path(spike.params), crt, owner="postgres")
+    h.put_text(dtls.server_key_path(spike.params), key, owner="postgres", mode=0o600)
     h.put_text(f"{PG_CONF_DIR}/{CONF_D}", f"listen_addresses = 'localhost,{ip}'\nmax_connections = 250\n"
-               "work_mem = '7MB'\nwal_level = replica\nwal_log_hints = on\nhot_standby = on\n", owner="postgres")
+               "work_mem = '7MB'\nwal_level = replica\nwal_log_hints = on\nhot_standby = on\nssl = on\n"
+               f"ssl_cert_file = '{dtls.server_cert_path(spike.params)}'\n"
+               f"ssl_key_file = '{dtls.server_key_path(spike.params)}'\n", owner="postgres")
+    role = spike.params.replication.role
     hba = h.read_text(f"{PG_CONF_DIR}/pg_hba.conf") or ""
-    h.put_text(f"{PG_CONF_DIR}/pg_hba.conf", hba + f"host replication repuser {spike.cfg.subnet} scram-sha-256\n"
-               f"host postgres repuser {spike.cfg.subnet} scram-sha-256\n"
+    h.put_text(f"{PG_CONF_DIR}/pg_hba.conf", hba + f"hostssl replication {role} {spike.cfg.subnet} scram-sha-256\n"
+               f"hostssl postgres {role} {spike.cfg.subnet} scram-sha-256\n"
                f"host all all {spike.cfg.subnet} scram-sha-256\n", owner="postgres", mode=0o640)
     return h
 
 
-def put_patroni_files(spike: SpikeLab, name: str, password: str) -> None:
+def put_patroni_files(spike: SpikeLab, name: str, secrets: dict[str, str]) -> None:
+    """WP1's files (hcbpg.desired.patroni): patroni.yml and secrets.yml in the config directory, the REST
+    certificate (server + client: members call each other), etcd's client certificate, the REST netrc."""
     h = spike.hosts[name]
-    crt, key = render_member_cert(spike.ca, "patroni", None, server=False)
-    h.run(f"install -d -o postgres -g postgres -m 0750 /etc/patroni {PATRONI_TLS}")
-    h.put_text(f"{PATRONI_TLS}/etcd-client.crt", crt, owner="postgres")
-    h.put_text(f"{PATRONI_TLS}/etcd-client.key", key, owner="postgres", mode=0o600)
-    h.put_text(PATRONI_CONF, render_patroni_conf(spike, name, password), owner="postgres", mode=0o600)
+    server = next(s for s in spike.params.servers if s.name == name)
+    crt, key = render_member_cert(spike.ca, name, spike.ips[name])
+    ecrt, ekey = render_etcd_client_cert(spike.ca)
+    # /etc/patroni stays the package's (root): the REST netrc beside it is root's (hcbpg refuses a root file in a
+    # directory another user can change)
+    h.run(f"install -d -o postgres -g postgres -m 0750 {dp.TLS_DIR} {dp.config_dir(spike.params)}")
+    h.put_text(dp.REST_CERT, crt, owner="postgres")
+    h.put_text(dp.REST_KEY, key, owner="postgres", mode=0o600)
+    h.put_text(dp.ETCD_CLIENT_CERT, ecrt, owner="postgres")
+    h.put_text(dp.ETCD_CLIENT_KEY, ekey, owner="postgres", mode=0o600)
+    h.put_text(dp.config_path(spike.params), dp.render_patroni_yaml(spike.params, server, shape=SHAPE),
+               owner="postgres", mode=0o600)
+    h.put_text(dp.secrets_path(spike.params), dp.render_patroni_secrets(spike.params, dp.PatroniSecrets(
+        rest_password=secrets["rest"], etcd_password=secrets["etcd"], replication_password=secrets["replication"])),
+        owner="postgres", mode=0o600)
+    h.put_text(dp.rest_netrc_path(spike.params), dp.render_rest_netrc(spike.params, server, secrets["rest"]),
+               mode=0o600)
 
 
 @pytest.fixture(scope="module")
 def secrets() -> dict[str, str]:
     import secrets as pysecrets
-    return {"replication": pysecrets.token_urlsafe(18), "app": pysecrets.token_urlsafe(18)}
+
+    # awkward characters on purpose: they travel through secrets.yml, a netrc and etcd's stdin
+    return {k: pysecrets.token_urlsafe(15) + suffix for k, suffix in
+            (("replication", "-r"), ("app", "-a"), ("rest", " &'\"#x"), ("etcd", ":#%e"), ("root", ""))}
 
 
 def test_etcd_answers_patroni_s_json_gateway(spike):
@@ -414,14 +460,49 @@ def test_etcd_answers_patroni_s_json_gateway(spike):
     assert sorted(m["name"] for m in json.loads(out)["members"]) == sorted(NAMES), out
 
 
+def test_etcd_auth_on_root_by_its_certificate_patroni_by_password(spike, secrets):
+    """ops/etcd.ensure_etcd_auth's sequence (design section 4): root works by its certificate's CN over gRPC, Patroni
+    by user and password through the gateway, which then refuses any client certificate that has a CN."""
+    a = NAMES[0]
+    h = spike.hosts[a]
+    crt, key = render_member_cert(spike.ca, "root", None, server=False)
+    h.run("install -d -m 0700 /run/hcbpg-etcd")
+    h.put_text("/run/hcbpg-etcd/root.crt", crt, mode=0o600)
+    h.put_text("/run/hcbpg-etcd/root.key", key, mode=0o600)
+    e = shlex.join(["env", "ETCDCTL_API=3", "etcdctl", f"--endpoints=https://127.0.0.1:{CLIENT_PORT}",
+                    f"--cacert={CA_PATH}", "--cert=/run/hcbpg-etcd/root.crt", "--key=/run/hcbpg-etcd/root.key"])
+    h.run(f"{e} user add root --interactive=false", stdin=secrets["root"] + "\n")
+    h.run(f"{e} user grant-role root root && {e} role add patroni && "
+          f"{e} role grant-permission patroni --prefix=true readwrite {dp.NAMESPACE}")
+    h.run(f"{e} user add patroni --interactive=false", stdin=secrets["etcd"] + "\n")
+    h.run(f"{e} user grant-role patroni patroni && {e} auth enable")
+    assert h.run(f"{e} endpoint health --cluster").ok  # root's CN is a user: gRPC works
+    # the member's certificate (CN = its name, no such user) is refused, over gRPC and over the gateway
+    denied = h.probe(etcdctl([spike.ips[a]], "get", "/service/x"))
+    assert denied.exit_code != 0 and ("user name not found" in denied.output
+                                      or "permission denied" in denied.output), denied.output
+    url = f"https://{spike.ips[a]}:{CLIENT_PORT}/v3/auth/authenticate"
+    cn = h.run(f"curl -sS --cacert {CA_PATH} --cert {TLS_DIR}/member.crt --key {TLS_DIR}/member.key -X POST {url} "
+               "-d @-", stdin=json.dumps({"name": "patroni", "password": secrets["etcd"]})).stdout
+    assert "CommonName of client sending a request against gateway will be ignored" in cn
+    ecrt, ekey = render_etcd_client_cert(spike.ca)
+    h.put_text("/run/hcbpg-etcd/nocn.crt", ecrt, mode=0o600)
+    h.put_text("/run/hcbpg-etcd/nocn.key", ekey, mode=0o600)
+    token = h.run(f"curl -sS --cacert {CA_PATH} --cert /run/hcbpg-etcd/nocn.crt --key /run/hcbpg-etcd/nocn.key "
+                  f"-X POST {url} -d @-", stdin=json.dumps({"name": "patroni", "password": secrets["etcd"]})).stdout
+    assert json.loads(token)["token"], token
+    h.run("rm -rf /run/hcbpg-etcd")
+
+
 def test_patroni_adopts_a_debian_cluster_stopped_by_pg_ctlcluster(spike, secrets):
     a = NAMES[0]
     h = make_debian_cluster(spike, a)
     h.run("pg_ctlcluster 15 main start")
-    psql(h, f"CREATE ROLE repuser REPLICATION LOGIN PASSWORD '{secrets['replication']}'")
+    role = spike.params.replication.role
+    psql(h, f"CREATE ROLE {role} REPLICATION LOGIN PASSWORD '{secrets['replication']}'")
     for fn in ("pg_ls_dir(text, boolean, boolean)", "pg_stat_file(text, boolean)", "pg_read_binary_file(text)",
-               "pg_read_binary_file(text, bigint, bigint, boolean)"):
-        psql(h, f"GRANT EXECUTE ON FUNCTION pg_catalog.{fn} TO repuser")
+               "pg_read_binary_file(text, bigint, bigint, boolean)"):  # pg_rewind's (desired/replication)
+        psql(h, f"GRANT EXECUTE ON FUNCTION pg_catalog.{fn} TO {role}")
     psql(h, f"CREATE ROLE app LOGIN PASSWORD '{secrets['app']}'")
     psql(h, "CREATE TABLE spike (id bigserial PRIMARY KEY, at timestamptz DEFAULT now()); "
             "INSERT INTO spike SELECT FROM generate_series(1, 1000); GRANT ALL ON spike, spike_id_seq TO app")
@@ -430,9 +511,9 @@ def test_patroni_adopts_a_debian_cluster_stopped_by_pg_ctlcluster(spike, secrets
     debian_conf = h.read_text(f"{PG_CONF_DIR}/postgresql.conf")
     hba = h.read_text(f"{PG_CONF_DIR}/pg_hba.conf")
     h.run("pg_ctlcluster 15 main stop")
-    put_patroni_files(spike, a, secrets["replication"])
+    put_patroni_files(spike, a, secrets)
     t0 = time.monotonic()
-    assert spike.control[a].ensure_running(patroni_spec()).changed
+    assert spike.control[a].ensure_running(patroni_service(spike.params)).changed
     st = until("Patroni's leader running", lambda: (lambda s: s if s.get("role") == "master" and s.get("state") ==
                                                      "running" else None)(member_status(spike, a)), 60)
     took = time.monotonic() - t0
@@ -456,7 +537,8 @@ def test_patroni_adopts_a_debian_cluster_stopped_by_pg_ctlcluster(spike, secrets
         h, "SELECT name, setting || '|' || source || '|' || coalesce(sourcefile, '') FROM pg_settings "
            "WHERE name IN ('work_mem', 'max_connections', 'listen_addresses', 'data_directory')").splitlines())
     assert rows["work_mem"] == f"7168|configuration file|{PG_CONF_DIR}/{CONF_D}"
-    assert rows["max_connections"] == "300|command line|"  # the DCS's 300 over conf.d's 250
+    dcs_max = dp.dcs_parameters(spike.params, SHAPE)["max_connections"]
+    assert rows["max_connections"] == f"{dcs_max}|command line|"  # the DCS's (capacity's) over conf.d's 250
     assert h.run("pg_conftool -s 15 main show data_directory").stdout.strip() == PG_DATA  # follows the include
     assert h.run("pg_ctlcluster 15 main reload").ok
 
@@ -465,9 +547,9 @@ def test_patroni_builds_the_replica_with_pg_basebackup(spike, secrets):
     a, b = NAMES[0], NAMES[1]
     h = make_debian_cluster(spike, b)
     h.run(f"rm -rf {PG_DATA} && install -d -o postgres -g postgres -m 0700 {PG_DATA}")
-    put_patroni_files(spike, b, secrets["replication"])
+    put_patroni_files(spike, b, secrets)
     t0 = time.monotonic()
-    assert spike.control[b].ensure_running(patroni_spec()).changed
+    assert spike.control[b].ensure_running(patroni_service(spike.params)).changed
     until("the replica streaming, lag 0", lambda: (lambda m: m.get(b, {}).get("state") == "running" and
                                                   m[b].get("lag") == 0)(cluster(spike, a)), 90)
     streaming = until("pg_stat_replication", lambda: psql(spike.hosts[a], "SELECT application_name || ' ' || state "
@@ -479,6 +561,12 @@ def test_patroni_builds_the_replica_with_pg_basebackup(spike, secrets):
     assert lsc["running"] == 1 and lsc["recovery"] == 1, lsc
     conf = h.read_text(f"{PG_CONF_DIR}/postgresql.conf") or ""
     assert "primary_slot_name = 'server_postgres_2'" in conf and f"application_name={b}" in conf
+    assert "sslmode=verify-full" in conf and f"sslrootcert={CA_PATH}" in conf
+    # synchronous_mode (params: on), over TLS
+    until("the replica the sync standby over TLS", lambda: psql(spike.hosts[a], "SELECT r.sync_state || ' ' || s.ssl "
+          "FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid)"), 30, done=lambda v: v == "sync true")
+    until("/cluster's sync_standby", lambda: cluster(spike, a), 30,
+          done=lambda m: m.get(b, {}).get("role") == "sync_standby")
     assert psql(h, "SELECT count(*) FROM spike") == "1000"
 
 
@@ -488,6 +576,8 @@ def test_switchover_through_the_rest_api(spike, secrets):
     import psycopg
 
     a, b = NAMES[0], NAMES[1]
+    refused, _ = rest_post(spike, a, "/switchover", {"leader": a, "candidate": b}, auth=False)
+    assert refused == 401  # a CA-signed client certificate alone is not enough: basic auth too
     conninfo = (f"host={spike.ips[a]},{spike.ips[b]} port=5432 dbname=postgres user=app password={secrets['app']} "
                 "target_session_attrs=read-write connect_timeout=2")
     acks: list[tuple[float, str]] = []
@@ -509,7 +599,7 @@ def test_switchover_through_the_rest_api(spike, secrets):
     try:
         until("first write", lambda: acks, 10)
         t0 = time.monotonic()
-        code, text = rest(spike, a, "/switchover", {"leader": a, "candidate": b}, timeout=60)
+        code, text = rest_post(spike, a, "/switchover", {"leader": a, "candidate": b})
         answered = time.monotonic() - t0
         assert code == 200, text
         until("a write on the new leader", lambda: any(s == spike.ips[b] for _t, s in acks), 30)
@@ -536,7 +626,7 @@ def test_switchover_through_the_rest_api(spike, secrets):
 
 def test_patroni_stops_its_postgresql_on_term(spike):
     for n in NAMES[:2]:
-        out = spike.control[n].ensure_stopped(patroni_spec())
+        out = spike.control[n].ensure_stopped(patroni_service(spike.params))
         assert out.changed
         [lsc] = json.loads(spike.hosts[n].run("pg_lsclusters --json").stdout)
         assert lsc["running"] == 0, lsc
