@@ -85,16 +85,16 @@ def render_member_cert(ca: Ca, name: str, ip: str | None, *, days: int = 2,
     return cert.public_bytes(serialization.Encoding.PEM).decode(), key_pem(key)
 
 
-def spike_params(cfg: LabConfig, ips: dict[str, str]) -> Params:
+def spike_params(cfg: LabConfig, ips: dict[str, str], **patroni: object) -> Params:
     """The committed production params moved onto the scratch lab's subnet, with Patroni and the jumpbox: what
-    hcbpg.desired.etcd renders each member's file from."""
+    hcbpg.desired.etcd renders each member's file from (*patroni* over the spike's replication.patroni)."""
     d = yaml.safe_load((REPO / "params" / "production.yaml").read_text())
     d["network"].update(subnet=cfg.subnet, ip_range="10.0.0.0/8")
     d["servers"] = [{"name": NAMES[0], "private_ip": ips[NAMES[0]], "role": "primary"},
                     {"name": NAMES[1], "private_ip": ips[NAMES[1]], "role": "replica"}]
     d["replication"].update(manager="patroni", connection_limit=5,
                             patroni={"scope": "hcb-spike", "rest_password": "env:HCBPG_SPIKE_UNUSED",
-                                     "watchdog": "off", "create_replica_methods": ["basebackup"]},
+                                     "watchdog": "off", "create_replica_methods": ["basebackup"], **patroni},
                             etcd={"patroni_password": "env:HCBPG_SPIKE_UNUSED", "heartbeat_ms": 200,
                                   "election_ms": 2000})
     d["jumpbox"] = {"name": NAMES[2], "private_ip": ips[NAMES[2]]}
@@ -630,6 +630,48 @@ def test_patroni_stops_its_postgresql_on_term(spike):
         assert out.changed
         [lsc] = json.loads(spike.hosts[n].run("pg_lsclusters --json").stdout)
         assert lsc["running"] == 0, lsc
+
+
+def test_adopting_a_running_primary_keeps_its_postmaster_and_timeline(spike, secrets):
+    """The design's route (section 3.2 step 5): Patroni started beside a primary pg_ctlcluster runs, in a DCS that
+    has never seen it (another scope), with another ttl in bootstrap.dcs."""
+    b = NAMES[1]  # the leader since the switchover
+    h = spike.hosts[b]
+    h.run("pg_ctlcluster 15 main start")
+    before = psql(h, "SELECT pg_postmaster_start_time() || ' ' || timeline_id FROM pg_control_checkpoint()")
+    assert psql(h, "SELECT count(*) FROM pg_replication_slots") == "1"  # the old leader's, server_postgres_1
+    other = spike_params(spike.cfg, spike.ips, scope="hcb-spike-2", ttl=14)
+    server = next(s for s in other.servers if s.name == b)
+    h.put_text(dp.config_path(other), dp.render_patroni_yaml(other, server, shape=SHAPE), owner="postgres",
+               mode=0o600)
+    t0 = time.monotonic()
+    assert spike.control[b].ensure_running(patroni_service(other)).changed
+    st = until("leader", lambda: member_status(spike, b), 30,
+               done=lambda s: s.get("role") == "master" and not s.get("cluster_unlocked"))
+    took = time.monotonic() - t0
+    after = psql(h, "SELECT pg_postmaster_start_time() || ' ' || timeline_id FROM pg_control_checkpoint()")
+    assert after == before  # no restart, no new timeline
+    assert st["patroni"]["scope"] == "hcb-spike-2"
+    # the cached DCS config in the data dir (patroni.dynamic.json) became /config, not bootstrap.dcs's ttl 14
+    code, text = rest(spike, b, "/config")
+    assert code == 200 and json.loads(text)["ttl"] == 12, text
+    # the other member never registered in this scope: its slot is dropped at once
+    until("the unknown slot dropped", lambda: psql(h, "SELECT count(*) FROM pg_replication_slots"), 15,
+          done=lambda v: v == "0")
+    # cluster_name changed in the file: no pending restart shows until a reload
+    assert not st.get("pending_restart")
+    assert rest_post(spike, b, "/reload", {})[0] == 202
+    until("pending_restart after the reload", lambda: member_status(spike, b), 15,
+          done=lambda s: s.get("pending_restart") is True)
+    t1 = time.monotonic()
+    code, text = rest_post(spike, b, "/restart", {"restart_pending": True})
+    assert code == 200, text
+    restarted = time.monotonic() - t1
+    assert psql(h, "SHOW cluster_name") == "hcb-spike-2"
+    print(f"\nadoption of the running primary: leader {took:.1f}s after Patroni started, same postmaster and "
+          f"timeline; /config from the cached patroni.dynamic.json (ttl 12, not bootstrap's 14); the other "
+          f"member's slot dropped; POST /restart answered after {restarted:.1f}s")
+    assert spike.control[b].ensure_stopped(patroni_service(other)).changed
 
 
 def test_stopped_by_pid_with_term(spike):
