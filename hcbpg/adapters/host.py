@@ -4,6 +4,9 @@ Every command that changes something is printed as one line (host, command, exit
 duration) with secrets scrubbed, so an executed notebook says exactly what was done where.
 Secrets never go on a command line (process lists are visible to every user): they are
 fed through stdin.
+
+A Host may be reached through a gateway Host (the jumpbox, issue 28): its SSH connection then runs in a
+``direct-tcpip`` channel of the gateway's, and each hop's host key is checked against its own pin.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import os
 import select
 import shlex
 import socket
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -80,8 +84,13 @@ class _RefusePolicy:
         self.host = host
 
     def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
-        hostkeys.check_offered(self.host.name, self.host.address, self.host.known_hosts, key.get_name(),
+        hostkeys.check_offered(self.host.name, self.host.where, self.host.known_hosts, key.get_name(),
                                key.asbytes())
+
+
+#: the gateways Host.from_params made, one per jumpbox and SSH settings: shared by the hosts behind it
+_GATEWAYS: dict[tuple[str, str, str, str | None, int, str], "Host"] = {}
+_GATEWAYS_LOCK = threading.Lock()
 
 
 class Host:
@@ -89,7 +98,8 @@ class Host:
 
     def __init__(self, name: str, address: str, *, user: str = "root", key_file: str | None = None,
                  port: int = 22, connect_timeout: float = 10.0, command_timeout: float = 900.0,
-                 echo: Callable[[str], None] = print, known_hosts: str | Path | None = None) -> None:
+                 echo: Callable[[str], None] = print, known_hosts: str | Path | None = None,
+                 gateway: "Host | None" = None) -> None:
         self.name = name
         self.address = address
         self.user = user
@@ -110,19 +120,62 @@ class Host:
         #: the waits before trying a refused SSH key again (None: :data:`AUTH_RETRY_WAITS`; ``hcbpg status``
         #: gives () so that a refused key is said at once)
         self.auth_retry_waits: tuple[float, ...] | None = None
+        #: the Host this one is reached through (the jumpbox), or None: directly.  *address* is then the one the
+        #: gateway reaches (a private IP); the gateway's connection stays open while a host behind it is connected
+        self.gateway = gateway
         self._conn: Any = None
+        #: as a gateway: how many connected hosts use this connection (closed when the last of them closes)
+        self._users = 0
+        self._lock = threading.Lock()
+        #: whether this host holds a use of its gateway (between its connection's opening and its close)
+        self._holds_gateway = False
 
     @classmethod
     def from_params(cls, params: "Params", name: str, address: str, **kw: Any) -> "Host":
-        """A Host with user, key, port and connect timeout from ``params.ssh``."""
+        """A Host with user, key, port and connect timeout from ``params.ssh``.
+
+        With ``jumpbox`` in params, a database server (``servers[]``, not the jumpbox itself) is reached through
+        the jumpbox (*address* is then one the jumpbox reaches: its private IP, ``desired.addresses.ssh_route``),
+        the jumpbox at ``jumpbox.ssh_host``, else at the address pinned with its host key.  One gateway Host per
+        jumpbox is shared by every host behind it.  ``gateway=`` in *kw* chooses instead (None: directly).
+        """
         opts: dict[str, Any] = dict(user=params.ssh.user, key_file=os.path.expanduser(params.ssh.key_file),
                                     port=params.ssh.port, connect_timeout=params.ssh.connect_timeout,
                                     known_hosts=hostkeys.known_hosts_path(params))
         opts.update(kw)
+        jb = params.jumpbox
+        if "gateway" not in opts and jb is not None and name != jb.name and name in {s.name for s in params.servers}:
+            jb_address = jb.ssh_host or hostkeys.pinned_address(Path(opts["known_hosts"]), jb.name)
+            if not jb_address:
+                raise HostUnreachable(name, f"{address} via {jb.name}",
+                                      f"the jumpbox {jb.name} has no SSH address: jumpbox.ssh_host is not set "
+                                      f"and no address is pinned with its host key in {opts['known_hosts']} "
+                                      "(step 01 pins it when it creates the jumpbox)")
+            opts["gateway"] = cls._shared_gateway(jb.name, jb_address, opts)
         return cls(name, address, **opts)
 
+    @classmethod
+    def _shared_gateway(cls, name: str, address: str, opts: dict[str, Any]) -> "Host":
+        """The one gateway Host for *name* at *address* with these SSH settings (made on first use)."""
+        key = (name, address, opts["user"], opts["key_file"], int(opts["port"]), str(opts["known_hosts"]))
+        with _GATEWAYS_LOCK:
+            gw = _GATEWAYS.get(key)
+            if gw is None:
+                gw = cls(name, address, **{k: v for k, v in opts.items() if k != "gateway"})
+                _GATEWAYS[key] = gw
+            return gw
+
+    @property
+    def where(self) -> str:
+        """The address as said in messages: ``10.0.1.31 via hcb-jumpbox`` through a gateway."""
+        return f"{self.address} via {self.gateway.name}" if self.gateway is not None else self.address
+
+    @property
+    def _target(self) -> str:
+        return f"{self.user}@{self.address}:{self.port}" + (f" via {self.gateway.name}" if self.gateway else "")
+
     def __repr__(self) -> str:
-        return f"Host({self.name!r}, {self.user}@{self.address}:{self.port})"
+        return f"Host({self.name!r}, {self._target})"
 
     # connection --------------------------------------------------------------
     @property
@@ -140,37 +193,94 @@ class Host:
                 BadHostKeyException,
             )
             waits = AUTH_RETRY_WAITS if self.auth_retry_waits is None else self.auth_retry_waits
-            for wait in (*waits, None):
-                conn = Connection(self.address, user=self.user, port=self.port,
-                                  connect_timeout=self.connect_timeout, connect_kwargs=kwargs)
-                self._pin(conn.client)
-                try:
-                    conn.open()
-                    break
-                except HostKeyError:
-                    conn.close()  # refused by our policy during the key exchange: nothing was sent
-                    raise
-                except BadHostKeyException as exc:
-                    conn.close()
-                    hostkeys.check_offered(self.name, self.address, self.known_hosts, exc.key.get_name(),
-                                           exc.key.asbytes())
-                    raise  # check_offered raised already: the key is not pinned
-                except AuthenticationException as exc:
-                    # a server just provisioned may run sshd before cloud-init has put the key in
-                    # place; a wrong key fails the same way a few seconds later
-                    conn.close()
-                    if wait is None:
-                        raise HostUnreachable(self.name, f"{self.user}@{self.address}:{self.port}",
-                                              scrub(f"{type(exc).__name__}: {exc} (tried "
-                                                    f"{len(waits) + 1} times)")) from exc
-                    self.echo(f"[{self.name}] SSH key refused by {self.address}; trying again in {wait:.0f}s")
-                    time.sleep(wait)
-                except _connect_errors() as exc:
-                    raise HostUnreachable(self.name, f"{self.user}@{self.address}:{self.port}",
-                                          scrub(f"{type(exc).__name__}: {exc}")) from exc
-            _no_delay(conn)
+            if self.gateway is not None and not self._holds_gateway:
+                self.gateway._acquire()  # its own errors name the gateway (HostKeyError, HostUnreachable)
+                self._holds_gateway = True
+            try:
+                for wait in (*waits, None):
+                    if self.gateway is not None:
+                        kwargs["sock"] = self._gateway_channel()
+                    conn = Connection(self.address, user=self.user, port=self.port,
+                                      connect_timeout=self.connect_timeout, connect_kwargs=kwargs)
+                    self._pin(conn.client)
+                    try:
+                        conn.open()
+                        break
+                    except HostKeyError:
+                        self._close_attempt(conn, kwargs)  # refused by our policy in the key exchange: nothing sent
+                        raise
+                    except BadHostKeyException as exc:
+                        self._close_attempt(conn, kwargs)
+                        hostkeys.check_offered(self.name, self.where, self.known_hosts, exc.key.get_name(),
+                                               exc.key.asbytes())
+                        raise  # check_offered raised already: the key is not pinned
+                    except AuthenticationException as exc:
+                        # a server just provisioned may run sshd before cloud-init has put the key in
+                        # place; a wrong key fails the same way a few seconds later
+                        self._close_attempt(conn, kwargs)
+                        if wait is None:
+                            raise HostUnreachable(self.name, self._target,
+                                                  scrub(f"{type(exc).__name__}: {exc} (tried "
+                                                        f"{len(waits) + 1} times)")) from exc
+                        self.echo(f"[{self.name}] SSH key refused by {self.where}; trying again in {wait:.0f}s")
+                        time.sleep(wait)
+                    except _connect_errors() as exc:
+                        self._close_attempt(conn, kwargs)
+                        raise HostUnreachable(self.name, self._target,
+                                              scrub(f"{type(exc).__name__}: {exc}")) from exc
+            except BaseException:
+                self._release_gateway()
+                raise
+            _no_delay(conn)  # through a gateway: its hop has it (this one's transport runs in a channel)
             self._conn = conn
         return self._conn
+
+    def _gateway_channel(self) -> Any:
+        """A ``direct-tcpip`` channel from the gateway to this host's SSH port, opened within the connect timeout
+        (paramiko's default waits an hour for the gateway's answer), as fabric's gateway does."""
+        assert self.gateway is not None
+        try:
+            transport = self.gateway.connection.client.get_transport()
+            if transport is None or not transport.is_active():
+                raise EOFError(f"the SSH connection to the gateway {self.gateway.name} is closed")
+            return transport.open_channel("direct-tcpip", (self.address, int(self.port)), ("", 0),
+                                          timeout=self.connect_timeout)
+        except _connect_errors() as exc:
+            raise HostUnreachable(self.name, self._target,
+                                  scrub(f"{self.gateway.name} could not open a connection to {self.address}:"
+                                        f"{self.port}: {type(exc).__name__}: {exc}")) from exc
+
+    @staticmethod
+    def _close_attempt(conn: Any, kwargs: dict[str, Any]) -> None:
+        """Close a failed connection attempt and the gateway channel it ran in (paramiko closes the channel only
+        with a transport it started)."""
+        conn.close()
+        sock = kwargs.pop("sock", None)
+        if sock is not None:
+            sock.close()
+
+    def _acquire(self) -> None:
+        """As a gateway: one more host behind this one is connecting; connect (again, if the connection died)."""
+        with self._lock:
+            if self._conn is not None:
+                transport = self._conn.client.get_transport()
+                if transport is None or not transport.is_active():
+                    self._conn.close()
+                    self._conn = None
+            _ = self.connection
+            self._users += 1
+
+    def _release(self) -> None:
+        """As a gateway: a host behind this one closed; the last one closes this connection."""
+        with self._lock:
+            self._users = max(0, self._users - 1)
+            if self._users == 0:
+                self.close()
+
+    def _release_gateway(self) -> None:
+        if self.gateway is not None and self._holds_gateway:
+            self._holds_gateway = False
+            self.gateway._release()
 
     def _pin(self, client: Any) -> None:
         """Trust only the keys pinned for this host's name: paramiko compares the offered key with
@@ -195,6 +305,7 @@ class Host:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+        self._release_gateway()
 
     def __enter__(self) -> "Host":
         return self
@@ -236,7 +347,7 @@ class Host:
         except _connect_errors() as exc:
             self.close()
             raise HostUnreachable(
-                self.name, f"{self.user}@{self.address}:{self.port}",
+                self.name, self._target,
                 scrub(f"connection lost while running `{shown}`: {type(exc).__name__}: {exc}")) from exc
         except _TimedOut as exc:
             duration = time.monotonic() - started
@@ -276,10 +387,10 @@ class Host:
             except _connect_errors() as exc:
                 self.close()
                 if attempt == 2:
-                    raise HostUnreachable(self.name, f"{self.user}@{self.address}:{self.port}",
+                    raise HostUnreachable(self.name, self._target,
                                           scrub(f"could not open a channel for `{shown}`: "
                                                 f"{type(exc).__name__}: {exc}")) from exc
-                self.echo(scrub(f"[{self.name}] SSH connection to {self.address} was lost while idle "
+                self.echo(scrub(f"[{self.name}] SSH connection to {self.where} was lost while idle "
                                 f"({type(exc).__name__}: {exc}); connecting again"))
         raise AssertionError("unreachable")
 
