@@ -73,6 +73,7 @@ def test_from_params_puts_a_server_behind_the_jumpbox_at_ssh_host_and_shares_it(
     b = Host.from_params(params, "server-postgres-2", "10.0.1.32")
     assert a.gateway is not None and a.gateway is b.gateway
     gw = a.gateway
+    assert gw._serves and not a._serves  # the gateway's own connection acknowledges at once
     assert (gw.name, gw.address, gw.gateway, gw.port, gw.known_hosts) == (
         "hcb-jumpbox", "198.51.100.9", None, params.ssh.port, tmp_path / "kh")
     assert a.where == "10.0.1.31 via hcb-jumpbox"

@@ -77,6 +77,32 @@ def _no_delay(conn: Any) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+class _QuickAckSocket(socket.socket):
+    """A TCP socket that acknowledges what it receives at once (TCP_QUICKACK again after every read: Linux leaves
+    quick-ack mode by itself), for a gateway's connection.  The gateway's sshd forwards what a server behind it
+    writes (exit status, EOF, close) as separate small packets, and without TCP_NODELAY on its side (OpenSSH sets it
+    only for a session with a terminal) each waits for our ACK of the one before: with our delayed ACK, 40 ms a
+    command (measured on the lab: `true` through the jumpbox, p90 43-48 ms; 3 ms with quick ACKs)."""
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        data = super().recv(bufsize, flags)
+        if _TCP_QUICKACK is not None:
+            self.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+        return data
+
+
+#: Linux's TCP_QUICKACK (None elsewhere: macOS has no such option; its gateway connections keep delayed ACKs)
+_TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
+
+
+def _gateway_socket(address: str, port: int, timeout: float) -> socket.socket:
+    """A connected socket for a gateway's SSH connection: TCP_NODELAY, and quick ACKs where the OS has them."""
+    raw = socket.create_connection((address, port), timeout=timeout)
+    sock = _QuickAckSocket(raw.family, raw.type, raw.proto, fileno=raw.detach()) if _TCP_QUICKACK is not None else raw
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
 class _RefusePolicy:
     """paramiko's policy when no key is pinned for the host: refuse with a HostKeyError."""
 
@@ -129,6 +155,10 @@ class Host:
         self._lock = threading.Lock()
         #: whether this host holds a use of its gateway (between its connection's opening and its close)
         self._holds_gateway = False
+        #: hosts are reached through this one: its connection acknowledges at once (:class:`_QuickAckSocket`)
+        self._serves = False
+        if gateway is not None:
+            gateway._serves = True
 
     @classmethod
     def from_params(cls, params: "Params", name: str, address: str, **kw: Any) -> "Host":
@@ -200,6 +230,12 @@ class Host:
                 for wait in (*waits, None):
                     if self.gateway is not None:
                         kwargs["sock"] = self._gateway_channel()
+                    elif self._serves:
+                        try:
+                            kwargs["sock"] = _gateway_socket(self.address, self.port, self.connect_timeout)
+                        except _connect_errors() as exc:
+                            raise HostUnreachable(self.name, self._target,
+                                                  scrub(f"{type(exc).__name__}: {exc}")) from exc
                     conn = Connection(self.address, user=self.user, port=self.port,
                                       connect_timeout=self.connect_timeout, connect_kwargs=kwargs)
                     self._pin(conn.client)
