@@ -10,6 +10,7 @@ naming that hop before anything is sent.  The per-command cost of the extra hop 
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 import statistics
@@ -167,6 +168,30 @@ def test_commands_run_on_both_servers_through_one_jumpbox_connection(jl):
     with host(jl, SERVERS[0]) as again:
         assert again.run("hostname", quiet=True).stdout.strip() == SERVERS[0]
     assert gw._conn is None
+
+
+def test_a_jumpbox_connection_lost_while_idle_is_made_again(jl):
+    """The jumpbox's sshd process serving our connection ends (ended by its pid, as a restart would): the server's
+    next command finds its connection dead, connects again through a new jumpbox connection and runs once."""
+    said: list[str] = []
+    with host(jl, SERVERS[0]) as h:
+        h.echo = said.append
+        assert h.run("hostname", quiet=True).stdout.strip() == SERVERS[0]
+        gw = h.gateway
+        assert gw is not None and gw._conn is not None
+        old = gw._conn
+        seen = jl.exec(JUMPBOX, f"ss -Htnp state established '( sport = :22 )' dst {jl.cfg.gateway_ip}").stdout
+        pids = sorted(set(re.findall(r"pid=(\d+)", seen)))
+        assert pids, seen
+        jl.exec(JUMPBOX, f"kill {' '.join(pids)}")
+        deadline = time.monotonic() + 10
+        while h.connection.client.get_transport().is_active() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not h.connection.client.get_transport().is_active(), "the server's connection outlived the jumpbox's"
+        assert h.run("hostname", quiet=True).stdout.strip() == SERVERS[0]
+        assert gw._conn is not None and gw._conn is not old and gw._users == 1
+        assert [line for line in said if "lost while idle" in line and "via hcb-jumpbox" in line], said
+    assert gw._conn is None and gw._users == 0
 
 
 def test_a_wrong_pin_for_the_jumpbox_is_refused_naming_it(jl, tmp_path):
