@@ -9,7 +9,7 @@ APT_PACKAGES=(
   postgresql-15 postgresql-contrib pgbackrest openssh-server openssh-client sudo iproute2 util-linux
   pgcopydb prometheus-postgres-exporter chromium chromium-driver
   bucardo postgresql-plperl-15
-  etcd-server etcd-client patroni
+  etcd-server etcd-client patroni iptables
 )
 
 if [ "$(id -u)" != 0 ]; then
