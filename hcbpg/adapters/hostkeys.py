@@ -19,13 +19,14 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hcbpg import secrets as hsecrets
 from hcbpg.errors import HostKeyError, HostUnreachable, ParamsError
 from hcbpg.params import home
 
 if TYPE_CHECKING:  # pragma: no cover
+    from hcbpg.adapters.host import Host
     from hcbpg.params import Params
 
 HEADER = ("# Managed by hcbpg: pinned SSH host keys of environment {env} (public keys only).\n"
@@ -199,19 +200,37 @@ def check_offered(name: str, address: str, path: Path, keytype: str, blob: bytes
                        offered=f"{keytype} {offered}")
 
 
-def get_offered_host_key(address: str, port: int = 22, timeout: float = 10.0) -> str:
+def get_offered_host_key(address: str, port: int = 22, timeout: float = 10.0, *,
+                         gateway: "Host | None" = None) -> str:
     """The public host key *address* offers (``ssh-ed25519 AAAA…``), read without logging in.
 
     Nothing is sent but the SSH key exchange: no credential, no command.  Used only to show the
-    operator a fingerprint to compare with the Hetzner console before it is pinned.
+    operator a fingerprint to compare with the Hetzner console before it is pinned.  With *gateway* (the
+    jumpbox's Host, ``desired.addresses.ssh_route(...).via``) the exchange runs in a ``direct-tcpip`` channel of
+    the gateway's connection (opened within *timeout*), *address* being one the gateway reaches (a private IP);
+    the gateway's connection is the caller's to close.
     """
     import socket  # noqa: PLC0415 - only for the one-off read of an unpinned server's key
 
     import paramiko  # noqa: PLC0415 - slow import, needed on SSH use only
-    try:
-        sock = socket.create_connection((address, port), timeout=timeout)
-    except OSError as exc:
-        raise HostUnreachable(address, f"{address}:{port}", f"cannot read its host key: {exc}") from exc
+    where = f"{address}:{port}" + (f" via {gateway.name}" if gateway is not None else "")
+    sock: Any
+    if gateway is not None:
+        gateway.connect()  # its own errors name the gateway (HostKeyError, HostUnreachable)
+        try:
+            transport_to_gateway = gateway.connection.client.get_transport()
+            if transport_to_gateway is None or not transport_to_gateway.is_active():
+                raise EOFError(f"the SSH connection to the gateway {gateway.name} is closed")
+            sock = transport_to_gateway.open_channel("direct-tcpip", (address, int(port)), ("", 0),
+                                                     timeout=timeout)
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise HostUnreachable(address, where, f"cannot read its host key: {gateway.name} could not open a "
+                                  f"connection to {address}:{port}: {type(exc).__name__}: {exc}") from exc
+    else:
+        try:
+            sock = socket.create_connection((address, port), timeout=timeout)
+        except OSError as exc:
+            raise HostUnreachable(address, where, f"cannot read its host key: {exc}") from exc
     transport = paramiko.Transport(sock)
     try:
         opts = transport.get_security_options()
@@ -220,6 +239,7 @@ def get_offered_host_key(address: str, port: int = 22, timeout: float = 10.0) ->
         key = transport.get_remote_server_key()
         return f"{key.get_name()} {key.get_base64()}"
     except paramiko.SSHException as exc:
-        raise HostUnreachable(address, f"{address}:{port}", f"SSH handshake failed: {exc}") from exc
+        raise HostUnreachable(address, where, f"SSH handshake failed: {exc}") from exc
     finally:
         transport.close()
+        sock.close()  # a gateway's channel: paramiko closes it only with a transport it started

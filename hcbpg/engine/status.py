@@ -158,21 +158,19 @@ def start_connecting(hosts: Mapping[str, Host], timeout: float) -> Callable[[], 
 
 def _open_hosts(params: Params, env: str, timeout: float) -> dict[str, Host]:
     """A Host per server, as step 15 opens them (:func:`hcbpg.steps.health.open_server_hosts`, whose module is
-    imported while the connections are made): ``ssh_host``, else the address pinned with its host key, else the
+    imported while the connections are made): with a jumpbox in params at its private IP through the jumpbox
+    (``desired.addresses.ssh_route``), else ``ssh_host``, else the address pinned with its host key, else the
     private IP; a refused key said at once, not after the retries for a server just provisioned."""
-    import os  # noqa: PLC0415 - see above: imported when a report is made
-
-    from hcbpg.adapters import hostkeys  # noqa: PLC0415 - see above: imported when a report is made
     from hcbpg.adapters.host import Host  # noqa: PLC0415 - see above: imported when a report is made
-    from hcbpg.desired.addresses import ssh_address  # noqa: PLC0415 - see above: imported when a report is made
+    from hcbpg.desired.addresses import ssh_route  # noqa: PLC0415 - see above: imported when a report is made
     recorded = _recorded_servers(env, params)
     out: dict[str, Host] = {}
     for s in params.servers:
-        out[s.name] = Host(s.name, ssh_address(params, s.name, recorded) or s.private_ip, user=params.ssh.user,
-                           key_file=os.path.expanduser(params.ssh.key_file), port=params.ssh.port,
-                           connect_timeout=timeout, command_timeout=120.0, echo=lambda line: None,
-                           known_hosts=hostkeys.known_hosts_path(params))
+        out[s.name] = Host.from_params(params, s.name, ssh_route(params, s.name, recorded).address or s.private_ip,
+                                       connect_timeout=timeout, command_timeout=120.0, echo=lambda line: None)
         out[s.name].auth_retry_waits = ()
+        if (gateway := out[s.name].gateway) is not None:
+            gateway.auth_retry_waits = ()
     return out
 
 

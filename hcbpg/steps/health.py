@@ -3,13 +3,11 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from hcbpg.adapters import hostkeys
 from hcbpg.adapters.host import Host
-from hcbpg.desired.addresses import ssh_address
+from hcbpg.desired.addresses import ssh_route
 from hcbpg.desired.health_report import evaluate, figure_data, plot, thresholds_from  # noqa: F401 - the notebook's calls
 from hcbpg.ops.health import get_measurements  # noqa: F401 - the notebook's call
 from hcbpg.steps.targets import recorded_servers
@@ -22,14 +20,13 @@ if TYPE_CHECKING:  # pragma: no cover
 def open_server_hosts(params: "Params", *, recorded: Sequence[Mapping[str, Any]] | None = None,
                       connect_timeout: float | None = None,
                       echo: Callable[[str], None] = lambda s: None) -> dict[str, Host]:
-    """A Host per server (connected on its first command): ``ssh_host``, else the address pinned with its
-    host key, else the private IP."""
+    """A Host per server (connected on its first command): with a jumpbox in params at its private IP through
+    the jumpbox, else ``ssh_host``, else the address pinned with its host key, else the private IP."""
     out: dict[str, Host] = {}
     for s in params.servers:
-        address = ssh_address(params, s.name, recorded) or s.private_ip
-        out[s.name] = Host(s.name, address, user=params.ssh.user, key_file=os.path.expanduser(params.ssh.key_file),
-                           port=params.ssh.port, connect_timeout=connect_timeout or params.ssh.connect_timeout,
-                           command_timeout=120.0, echo=echo, known_hosts=hostkeys.known_hosts_path(params))
+        address = ssh_route(params, s.name, recorded).address or s.private_ip
+        out[s.name] = Host.from_params(params, s.name, address, command_timeout=120.0, echo=echo,
+                                       connect_timeout=connect_timeout or params.ssh.connect_timeout)
     return out
 
 

@@ -20,7 +20,7 @@ from hcbpg.adapters.cloud import make_client
 from hcbpg.adapters.host import Host
 from hcbpg.adapters.local import LocalRunner, run_local
 from hcbpg.adapters.site import PRODUCTION, site_for
-from hcbpg.desired.addresses import app_ssh_address, ssh_address
+from hcbpg.desired.addresses import app_ssh_address, ssh_address, ssh_route
 from hcbpg.desired.cloud import check_admin_range
 from hcbpg.errors import HcbpgError, HostKeyError, HostUnreachable, SecretError
 from hcbpg.ops import app_database as roles
@@ -98,7 +98,10 @@ def check_operator_address(rb: "Run", given: str | None = None,
     """The operator's public address (``--from``, ``HCBPG_OPERATOR_ADDRESS`` or this machine's own: on the link to
     a server or the app host, or towards the internet) is inside ``hetzner.admin_source_ranges``."""
     params = rb.params
-    towards = [a for a in [*(_address(rb, s.name, existing) for s in params.servers),
+    # with a jumpbox the operator's SSH goes to the jumpbox only (its address is the one to check)
+    first_hops = ([ssh_route(params, params.jumpbox.name, recorded_servers(rb)).address] if params.jumpbox else
+                  [_address(rb, s.name, existing) for s in params.servers])
+    towards = [a for a in [*first_hops,
                            app_ssh_address(params) if params.app_host is not None else None] if a]
     address, how = operator.get_operator_address(run_local, given, towards)
     return check_admin_range(params, address, how)
@@ -141,13 +144,17 @@ def check_tools(rb: "Run") -> list[Check]:
 
 
 def _reach(name: str, address: str, rb: "Run") -> Check:
-    host = Host.from_params(rb.params, name, address)
+    try:
+        host = Host.from_params(rb.params, name, address)  # through the jumpbox when params have one
+    except HostUnreachable as exc:  # the jumpbox has no address yet
+        return Check("reachable over SSH", "fail", exc.message, name)
+    where = host.where
     try:
         res = host.probe(". /etc/os-release && echo \"$PRETTY_NAME\" && id -un")
         lines = res.stdout.strip().splitlines()
         if not res.ok or len(lines) < 2:
-            return Check("reachable over SSH", "fail", f"{address}: shell did not answer (exit {res.exit_code})", name)
-        return Check("reachable over SSH", "pass", f"{lines[1]}@{address}: {lines[0]}", name)
+            return Check("reachable over SSH", "fail", f"{where}: shell did not answer (exit {res.exit_code})", name)
+        return Check("reachable over SSH", "pass", f"{lines[1]}@{where}: {lines[0]}", name)
     except HostUnreachable as exc:
         return Check("reachable over SSH", "fail", exc.message, name)
     except HostKeyError as exc:
@@ -191,6 +198,10 @@ def _cloud_servers(rb: "Run") -> tuple[dict[str, str | None] | None, Check, Any]
 
 
 def _address(rb: "Run", name: str, existing: dict[str, str | None] | None) -> str | None:
+    """Where SSH reaches server *name*: with a jumpbox in params its private IP (through the jumpbox,
+    ``Host.from_params``), else ``ssh_host``, the public IP the cloud API reports, or the one pinned."""
+    if rb.params.jumpbox is not None:
+        return ssh_route(rb.params, name).address
     server = rb.params.server(name)
     return server.ssh_host or (existing or {}).get(name) or ssh_address(
         rb.params, name, recorded_servers(rb))
@@ -261,9 +272,10 @@ def target_rows(rb: "Run") -> list[dict[str, Any]]:
     recorded = recorded_servers(rb)
     rows = []
     for s in params.servers:
-        address = ssh_address(params, s.name, recorded)
+        route = ssh_route(params, s.name, recorded)
+        via = f" via {route.via}" if route.via else ""
         rows.append({"host": s.name, "role": s.role, "private_ip": s.private_ip,
-                     "ssh": f"{params.ssh.user}@{address}" if address else "(public IP from step 01)",
+                     "ssh": f"{params.ssh.user}@{route.address}{via}" if route.address else "(public IP from step 01)",
                      "what happens": "provisioned (01); PostgreSQL 15 installed and configured (02, 03)"
                                      + ("; role and database created (04)" if s.role == "primary" else "")})
     if params.app_host is not None:

@@ -19,7 +19,7 @@ from hcbpg.adapters.dryrun import AbsentHost, DryRunHost, dry_run_of
 from hcbpg.adapters.host import Host
 from hcbpg.adapters.objectstore import ObjectStore
 from hcbpg.adapters.site import OutsiderRunner, site_for
-from hcbpg.desired.addresses import app_ssh_address, ssh_address
+from hcbpg.desired.addresses import app_ssh_address, ssh_route
 from hcbpg.desired.capacity import ServerShape
 from hcbpg.desired.locks import holder_for, lock_key
 from hcbpg.errors import HcbpgError, HostUnreachable, SafetyCheckFailed
@@ -54,7 +54,8 @@ def server_host(rb: "Run", server: "Server") -> Host | None:
     A dry run before provisioning (``hcbpg plan`` on a fresh lab) cannot reach servers that
     step 01 would create; the steps then plan for a fresh server instead of failing.
     """
-    address = ssh_address(rb.params, server.name, recorded_servers(rb))
+    route = ssh_route(rb.params, server.name, recorded_servers(rb))
+    address = route.address
     if address is None:
         if rb.dry_run:
             print(f"[{server.name}] not provisioned yet: the plan assumes a fresh server (step 01 creates it)")
@@ -63,12 +64,14 @@ def server_host(rb: "Run", server: "Server") -> Host | None:
             f"server {server.name}: no address to reach it over SSH (servers[].ssh_host is not set and "
             "step 01 recorded no public IP for it)",
             hint="Run step 01 (provision) first, or set ssh_host for this server in params.")
-    host = Host.from_params(rb.params, server.name, address)
     try:
-        host.connect()
+        # with a jumpbox in params: at its private IP through the jumpbox (refused naming it when the jumpbox has
+        # no address yet)
+        host = Host.from_params(rb.params, server.name, address).connect()
     except HostUnreachable as exc:
         if rb.dry_run:
-            print(f"[{server.name}] unreachable at {address} ({exc.message.split(': ', 1)[-1]}); "
+            where = f"{address} via {route.via}" if route.via else address
+            print(f"[{server.name}] unreachable at {where} ({exc.message.split(': ', 1)[-1]}); "
                   "dry run: the plan assumes a fresh server (step 01 would create it)")
             return None
         raise
@@ -159,7 +162,7 @@ def connect_servers(rb: "Run") -> dict[str, Host | None]:
     out: dict[str, Host | None] = {}
     recorded = recorded_servers(rb)
     for s in rb.params.servers:
-        address = ssh_address(rb.params, s.name, recorded)
+        address = ssh_route(rb.params, s.name, recorded).address
         if address is None:
             print(f"[{s.name}] no SSH address (ssh_host unset and step 01 recorded none)")
             out[s.name] = None

@@ -251,3 +251,56 @@ def test_per_command_cost_through_the_jumpbox(jl):
                      ("through the jumpbox, delayed ACKs on the first hop", delayed)):
         print(f"\n{label}: 100 x true: total {sum(t):.3f}s, median {statistics.median(t) * 1000:.2f} ms, "
               f"p90 {sorted(t)[89] * 1000:.2f} ms, max {max(t) * 1000:.2f} ms")
+
+
+def test_status_reaches_both_servers_through_the_jumpbox_only(jl):
+    """``hcbpg status`` opens its hosts (``engine.status._open_hosts``) by the params' route: with the jumpbox both
+    servers answer through it (sshd sees the jumpbox's address); the same params without ``jumpbox`` go directly,
+    where the servers' firewalls drop SSH: both are unreachable."""
+    from hcbpg.engine.status import _open_hosts, get_unreachable
+
+    hosts = _open_hosts(jl.params, "lab", 3)
+    gw = hosts[SERVERS[0]].gateway
+    assert gw is not None and gw.name == JUMPBOX and gw.address == jl.ips[JUMPBOX]
+    try:
+        for s in SERVERS:
+            assert hosts[s].address == jl.ips[s] and hosts[s].gateway is gw and hosts[s].auth_retry_waits == ()
+        assert get_unreachable(hosts, 3) == {}
+        for s in SERVERS:
+            out = hosts[s].run("hostname; echo $SSH_CONNECTION", quiet=True).stdout.split("\n")
+            assert out[0] == s and out[1].split()[0] == jl.ips[JUMPBOX]
+        assert gw._users == 2
+    finally:
+        for h in hosts.values():
+            h.close()
+    assert gw._users == 0 and gw._conn is None
+    d = jl.params.model_dump(mode="json", exclude_none=True)
+    del d["jumpbox"]
+    direct = _open_hosts(parse_params(d), "lab", 1)
+    assert all(h.gateway is None and h.address == jl.ips[n] for n, h in direct.items())
+    started = time.monotonic()
+    down = get_unreachable(direct, 1)
+    assert sorted(down) == list(SERVERS), down
+    assert time.monotonic() - started < 3
+    for h in direct.values():
+        h.close()
+
+
+def test_the_key_a_server_offers_is_read_through_the_jumpbox(jl):
+    """``hostkeys.get_offered_host_key`` with the jumpbox as gateway: the key exchange runs in a channel of the
+    jumpbox's connection (no login on the server); directly the server's firewall drops it."""
+    before = {s: jl.accepted(s) for s in SERVERS}
+    with host(jl, JUMPBOX) as gw:
+        for s in SERVERS:
+            offered = hostkeys.get_offered_host_key(jl.ips[s], 22, 3, gateway=gw)
+            keytype, b64 = offered.split()[:2]
+            assert (keytype, b64) in {(p.keytype, p.key) for p in hostkeys.pins_for(jl.cfg.known_hosts, s)}
+        with pytest.raises(HostUnreachable) as ei:
+            hostkeys.get_offered_host_key(jl.ips[SERVERS[0]], 2222, 3, gateway=gw)  # nothing listens there
+        assert f"{jl.ips[SERVERS[0]]}:2222 via {JUMPBOX}" in str(ei.value) and JUMPBOX in str(ei.value)
+        assert gw.run("true", quiet=True).ok  # the gateway's connection is still the caller's, open
+    assert {s: jl.accepted(s) for s in SERVERS} == before, "reading a host key logged in"
+    started = time.monotonic()
+    with pytest.raises(HostUnreachable, match="cannot read its host key"):
+        hostkeys.get_offered_host_key(jl.ips[SERVERS[1]], 22, 1)
+    assert time.monotonic() - started < 3
