@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from hcbpg.adapters.cloud import make_client
 from hcbpg.adapters.host import Host
+from hcbpg.adapters.hostkeys import known_hosts_path, pinned_address
 from hcbpg.adapters.local import LocalRunner, run_local
 from hcbpg.adapters.site import PRODUCTION, site_for
 from hcbpg.desired.addresses import app_ssh_address, ssh_address, ssh_route
@@ -99,8 +100,12 @@ def check_operator_address(rb: "Run", given: str | None = None,
     a server or the app host, or towards the internet) is inside ``hetzner.admin_source_ranges``."""
     params = rb.params
     # with a jumpbox the operator's SSH goes to the jumpbox only (its address is the one to check)
-    first_hops = ([ssh_route(params, params.jumpbox.name, recorded_servers(rb)).address] if params.jumpbox else
-                  [_address(rb, s.name, existing) for s in params.servers])
+    jb = params.jumpbox
+    if jb is not None:
+        pinned = pinned_address(known_hosts_path(params), jb.name)
+        first_hops = [ssh_route(params, jb.name, [{"name": jb.name, "public_ip": pinned}]).address]
+    else:
+        first_hops = [_address(rb, s.name, existing) for s in params.servers]
     towards = [a for a in [*first_hops,
                            app_ssh_address(params) if params.app_host is not None else None] if a]
     address, how = operator.get_operator_address(run_local, given, towards)
