@@ -19,15 +19,25 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from hcbpg import secrets as hsecrets
 from hcbpg.errors import HostKeyError, HostUnreachable, ParamsError
 from hcbpg.params import home
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hcbpg.adapters.host import Host
     from hcbpg.params import Params
+
+
+class Gateway(Protocol):
+    """What :func:`get_offered_host_key` needs of the machine it reads a key through (a ``Host``: the jumpbox)."""
+
+    name: str
+
+    @property
+    def connection(self) -> Any: ...  # the open fabric Connection
+
+    def connect(self) -> Any: ...
 
 HEADER = ("# Managed by hcbpg: pinned SSH host keys of environment {env} (public keys only).\n"
           "# One line per machine: NAME[,ADDRESS] KEYTYPE KEY. Commit this file with params/{env}.yaml.\n"
@@ -201,7 +211,7 @@ def check_offered(name: str, address: str, path: Path, keytype: str, blob: bytes
 
 
 def get_offered_host_key(address: str, port: int = 22, timeout: float = 10.0, *,
-                         gateway: "Host | None" = None) -> str:
+                         gateway: Gateway | None = None) -> str:
     """The public host key *address* offers (``ssh-ed25519 AAAA…``), read without logging in.
 
     Nothing is sent but the SSH key exchange: no credential, no command.  Used only to show the
