@@ -304,3 +304,30 @@ def test_the_key_a_server_offers_is_read_through_the_jumpbox(jl):
     with pytest.raises(HostUnreachable, match="cannot read its host key"):
         hostkeys.get_offered_host_key(jl.ips[SERVERS[1]], 22, 1)
     assert time.monotonic() - started < 3
+
+
+def test_hcbpg_status_reports_both_servers_reached_through_the_jumpbox(jl, tmp_path, monkeypatch, capsys):
+    """``hcbpg status --json`` over params with the jumpbox: neither server is unreachable (the scratch lab's servers
+    run no PostgreSQL, so their measurements fail; what is checked is the route), sshd on each saw the jumpbox."""
+    import argparse
+    import json
+
+    from hcbpg.engine import status
+
+    (tmp_path / "params").mkdir()
+    d = jl.params.model_dump(mode="json", exclude_none=True)
+    (tmp_path / "params" / f"{jl.params.environment}.yaml").write_text(yaml.safe_dump(d))
+    monkeypatch.setenv("HCBPG_HOME", str(tmp_path))
+    before = {s: jl.accepted(s) for s in SERVERS}
+    args = argparse.Namespace(env=jl.params.environment, json=True, connect_timeout=3, watch=None, strict=False)
+    started = time.monotonic()
+    status.cmd_status(args)
+    took = time.monotonic() - started
+    report = json.loads(capsys.readouterr().out)
+    assert report["unreachable"] == {}, report["unreachable"]
+    assert {m["server"] for m in report["measurements"]} >= set(SERVERS)
+    assert all(jl.accepted(s) > before[s] for s in SERVERS)
+    assert "Accepted publickey" in jl.exec(SERVERS[0], f"grep 'Accepted publickey' {SSHD_LOG} | tail -1").stdout
+    assert jl.ips[JUMPBOX] in jl.exec(SERVERS[0], f"grep 'Accepted publickey' {SSHD_LOG} | tail -1").stdout
+    with capsys.disabled():
+        print(f"\nhcbpg status through the jumpbox: {took:.2f}s")
