@@ -1,5 +1,6 @@
-"""Typed params for one environment (``params/<env>.yaml``), validated before anything runs.  It is over 800
-lines because it is the one schema of every section, each model beside the checks that span its fields.
+"""Typed params for one environment (``params/<env>.yaml``), validated before anything runs: every section's
+model, the checks that span sections, and loading.  The field types and the base model are in
+:mod:`hcbpg.param_types`, the high-availability sections (jumpbox, Patroni, etcd) in :mod:`hcbpg.params_ha`.
 
 Secrets are never values here, only references (see :mod:`hcbpg.secrets`).  Every
 problem is reported with its dotted key, and all problems are reported at once.
@@ -17,9 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     field_validator,
@@ -27,96 +26,34 @@ from pydantic import (
 )
 
 from hcbpg.errors import ParamsError
+from hcbpg.param_types import (
+    MAX_CONNECTIONS,
+    PLACEHOLDER,
+    SETTING_NAME,
+    Address,
+    Endpoint,
+    Ident,
+    Model,
+    Name,
+    Network,
+    OwnDirectory,
+    Port,
+    PrivateNetwork,
+    SecretRef,
+    SiteRef,
+    dotted_key,
+    fields_at,
+)
+from hcbpg.params_ha import PATRONI_OWNED_SETTINGS, EtcdParams, Jumpbox, PatroniParams
 from hcbpg.secrets import is_secret_ref
 from hcbpg.values import (
     ADMIN_MAX_PREFIX,
-    control_problem,
     control_problems,
     documentation_network,
-    endpoint,
-    own_directory,
     printable,
-    private_network,
     read_yaml_file,
-    site_ref,
     wide_admin_ranges,
 )
-
-
-def _secret_ref(v: str) -> str:
-    if not is_secret_ref(v):
-        raise ValueError(
-            f"{v!r} is not a secret reference; secrets are never written into params: "
-            "use env:NAME, file:/path or op://vault/item/field")
-    return v
-
-
-SecretRef = Annotated[str, AfterValidator(_secret_ref)]
-
-
-def _network(v: str) -> str:
-    try:
-        return str(ipaddress.ip_network(v, strict=True))
-    except ValueError as exc:
-        try:
-            loose = ipaddress.ip_network(v, strict=False)
-        except ValueError:
-            raise ValueError(f"{v!r} is not a network in CIDR notation (e.g. 10.0.1.0/24)") from exc
-        addr = v.split("/")[0]
-        raise ValueError(
-            f"{v!r} has host bits set: a /{loose.prefixlen} that contains {addr} is {loose}, "
-            f"so it means the whole of {loose}. Write {loose} if you mean that whole network, "
-            f"or the smaller network you meant (for the subnet of {addr}, most likely "
-            f"{ipaddress.ip_network(addr + '/24', strict=False)})") from None
-
-
-Network = Annotated[str, AfterValidator(_network)]
-
-#: a network inside the RFC 1918 ranges (the private network, its subnet, the app servers)
-PrivateNetwork = Annotated[str, AfterValidator(_network), AfterValidator(private_network)]
-
-
-def _address(v: str) -> str:
-    try:
-        return str(ipaddress.ip_address(v))
-    except ValueError:
-        raise ValueError(f"{v!r} is not an IP address") from None
-
-
-Address = Annotated[str, AfterValidator(_address)]
-Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]*[a-z0-9]$", max_length=63)]
-Ident = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]*$", max_length=63)]
-#: a PostgreSQL setting's name as hcbpg writes it (the same rule as hcbpg.pg.conf.SETTING_NAME)
-SETTING_NAME = re.compile(r"^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)?$")
-#: a Site implementation by dotted reference, ``hcbpg.module:Class`` (see hcbpg.adapters.site)
-SiteRef = Annotated[str, AfterValidator(site_ref)]
-Port = Annotated[int, Field(ge=1, le=65535)]
-
-#: a directory hcbpg creates and owns on a server (the dump directory, pgBackRest's spool)
-OwnDirectory = Annotated[str, AfterValidator(own_directory)]
-
-Endpoint = Annotated[str, AfterValidator(endpoint)]
-
-
-#: PostgreSQL's most connections (max_connections, and so any role's connection limit)
-MAX_CONNECTIONS = 262143
-
-#: marks a value in params the operator must still set (e.g. pgbackrest.deadman_url)
-PLACEHOLDER = "CHANGE-ME"
-
-
-class Model(BaseModel):
-    #: inf and nan are no timeout, port or size: refused everywhere
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    @field_validator("*", mode="after")
-    @classmethod
-    def _one_line(cls, v: Any) -> Any:
-        """No value holds a control character (see :func:`control_problems`, which names the exact key)."""
-        problem = control_problem(v)
-        if problem:
-            raise ValueError(problem)
-        return v
 
 
 class Hetzner(Model):
@@ -162,22 +99,6 @@ class Server(Model):
 class Host(Model):
     name: Name
     private_ip: Address
-    ssh_host: str | None = None
-
-
-class Jumpbox(Model):
-    """The small server step 01 creates beside the database servers: the only SSH way in, and etcd's third voter."""
-
-    name: Name = "hcb-jumpbox"
-    #: inside network.subnet; roles.metabase.jumpbox_ip must be this address
-    private_ip: Address
-    #: a small shared-vCPU type offered in hetzner.location (cx22 is not offered in ash: cpx11)
-    server_type: str = "cpx11"
-    #: its firewall: SSH from hetzner.admin_source_ranges and ssh_extra_sources
-    firewall: Name = "hcb-jumpbox-ssh"
-    #: more sources allowed to reach its SSH (e.g. Metabase's tunnel), CIDRs
-    ssh_extra_sources: list[Network] = Field(default_factory=list)
-    #: address the operator's SSH reaches; default: its public IP recorded by provisioning
     ssh_host: str | None = None
 
 
@@ -336,108 +257,6 @@ class Source(Model):
             raise ValueError(f"url: method heroku reads the URL with `heroku pg:credentials:url --app {self.heroku_app}` "
                              "when a step connects: remove source.url (or use method pg_dump)" if self.url else
                              "url: method pg_dump needs url (a secret reference to the source's postgres:// URL)")
-        return self
-
-
-#: PostgreSQL settings Patroni owns under ``replication.manager: patroni``: its command-line options (it passes
-#: them to postgres, so a conf.d value would be silently overridden; hcbpg puts the values in the DCS) and what
-#: it writes per member (cluster_name = the scope, listen, recovery, synchronous_standby_names, hba/ident file).
-#: Patroni 3.0.2: patroni/postgresql/config.py CMDLINE_OPTIONS, get_server_parameters, recovery parameters.
-PATRONI_OWNED_SETTINGS = frozenset({
-    "listen_addresses", "port", "cluster_name", "wal_level", "hot_standby", "max_connections", "max_wal_senders",
-    "wal_keep_size", "wal_keep_segments", "max_prepared_transactions", "max_locks_per_transaction",
-    "track_commit_timestamp", "max_replication_slots", "max_worker_processes", "wal_log_hints",
-    "primary_conninfo", "primary_slot_name", "recovery_target_timeline", "synchronous_standby_names",
-    "hba_file", "ident_file",
-})
-
-#: how long an isolated leader may spend asking the other members before it demotes under failsafe_mode:
-#: Patroni's POST /failsafe to each member (timeout 2 s, one retry) -- design section 5
-FAILSAFE_EXTRA_S = 4
-
-
-ReplicaMethod = Literal["pgbackrest", "basebackup"]
-REPLICA_METHODS: tuple[ReplicaMethod, ...] = ("pgbackrest", "basebackup")
-
-
-class PatroniParams(Model):
-    """Patroni on the database servers (``replication.manager: patroni``): the leader lease and its timing."""
-
-    #: the cluster's name in the DCS; PostgreSQL's cluster_name on every member becomes this
-    scope: Name
-    #: the leader lease (s): a replica may take the leader key this long after the leader's last refresh
-    ttl: int = Field(12, ge=1, le=3600)
-    #: seconds between two runs of Patroni's loop (each refreshes the lease)
-    loop_wait: int = Field(2, ge=1, le=3600)
-    #: how long a DCS or PostgreSQL call is retried before the leader gives up and demotes
-    retry_timeout: int = Field(3, ge=1, le=3600)
-    #: a replica further behind than this (bytes of WAL) is never promoted automatically
-    maximum_lag_on_failover: int = Field(1048576, ge=0)
-    #: a primary PostgreSQL that crashed under a live Patroni gets this long to come back before a failover
-    primary_start_timeout: int = Field(30, ge=0, le=3600)
-    #: a commit is acknowledged once the sync standby has it: no acknowledged write is lost in a failover;
-    #: each commit waits a private-network round trip, and a dead standby blocks commits until it is dropped
-    synchronous_mode: bool = True
-    #: strict: with no sync standby, commits wait (never unprotected) -- a dead replica stops every write
-    synchronous_mode_strict: bool = False
-    #: the leader keeps serving while the DCS is down as long as every member answers it (#1593, #2625)
-    failsafe_mode: bool = True
-    #: off: none; automatic: used when /dev/watchdog exists; required: Patroni refuses to lead without it
-    watchdog: Literal["off", "automatic", "required"] = "automatic"
-    #: Patroni's REST API (TLS, basic auth) on each member's private IP
-    rest_port: Port = 8008
-    rest_password: SecretRef
-    #: how Patroni builds a new replica: pgBackRest restores from the repository (the primary is not read),
-    #: basebackup streams from the leader through a slot
-    create_replica_methods: list[ReplicaMethod] = Field(default_factory=lambda: list(REPLICA_METHODS), min_length=1)
-    #: Patroni wipes a non-leader's data directory when pg_rewind fails or its timeline diverged (it is
-    #: rebuilt with create_replica_methods); false: it stays stopped for the operator
-    remove_data_directory_on_rewind_failure: bool = True
-    remove_data_directory_on_diverged_timelines: bool = True
-
-    @model_validator(mode="after")
-    def _timing(self) -> "PatroniParams":
-        extra = FAILSAFE_EXTRA_S if self.failsafe_mode else 0
-        need = self.loop_wait + 2 * self.retry_timeout + extra
-        if self.ttl < need:
-            with_failsafe = f" + {FAILSAFE_EXTRA_S} (failsafe_mode's POST /failsafe to each member)" if extra else ""
-            raise ValueError(
-                f"ttl: {self.ttl} is below loop_wait + 2 * retry_timeout{with_failsafe} = {self.loop_wait} + "
-                f"2 * {self.retry_timeout}{f' + {extra}' if extra else ''} = {need}: an isolated leader would "
-                f"still be writing when a replica takes the lease; raise ttl to {need} or lower loop_wait / "
-                "retry_timeout")
-        if self.synchronous_mode_strict and not self.synchronous_mode:
-            raise ValueError("synchronous_mode_strict: true needs synchronous_mode: true (strict only changes what "
-                             "synchronous mode does without a standby)")
-        dups = sorted({m for m in self.create_replica_methods if self.create_replica_methods.count(m) > 1})
-        if dups:
-            raise ValueError(f"create_replica_methods: {', '.join(dups)} listed twice")
-        return self
-
-
-class EtcdParams(Model):
-    """etcd on both database servers and the jumpbox: the three voters Patroni's leader lease lives in."""
-
-    client_port: Port = 2379
-    peer_port: Port = 2380
-    #: etcd's data directory (hcbpg's own; never the package's /var/lib/etcd/default)
-    data_dir: OwnDirectory = "/var/lib/etcd/hcbpg"
-    #: raft heartbeat and election timeout (ms); etcd requires election >= 5 x heartbeat
-    heartbeat_ms: int = Field(100, ge=10, le=10_000)
-    election_ms: int = Field(1000, ge=50, le=50_000)
-    #: Patroni's etcd user (read-write under its namespace only)
-    patroni_password: SecretRef
-
-    @model_validator(mode="after")
-    def _consistent(self) -> "EtcdParams":
-        if self.election_ms < 5 * self.heartbeat_ms:
-            raise ValueError(f"election_ms: {self.election_ms} is below 5 x heartbeat_ms ({5 * self.heartbeat_ms}); "
-                             "etcd refuses to start with that")
-        if self.client_port == self.peer_port:
-            raise ValueError(f"peer_port: {self.peer_port} is client_port too; etcd needs two ports")
-        if self.data_dir in ("/var/lib/etcd", "/var/lib/etcd/default"):
-            raise ValueError(f"data_dir: {self.data_dir} is the etcd package's own (its default member); "
-                             "use a directory of hcbpg's, e.g. /var/lib/etcd/hcbpg")
         return self
 
 
@@ -863,49 +682,14 @@ def params_path(env: str, base: Path | None = None) -> Path:
     return (base or home()) / "params" / f"{env}.yaml"
 
 
-def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    """Known field names of the model at *loc* (for 'did you mean')."""
-    cur: Any = model
-    for part in loc[:-1]:
-        if isinstance(part, int):
-            continue
-        try:
-            ann = cur.model_fields[part].annotation
-        except (AttributeError, KeyError):
-            return []
-        for cand in getattr(ann, "__args__", ()) or (ann,):
-            inner = getattr(cand, "__args__", None)
-            if isinstance(cand, type) and issubclass(cand, BaseModel):
-                cur = cand
-                break
-            if inner:
-                sub = [a for a in inner if isinstance(a, type) and issubclass(a, BaseModel)]
-                if sub:
-                    cur = sub[0]
-                    break
-        else:
-            return []
-    return list(getattr(cur, "model_fields", {}))
-
-
-def _key(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif not str(part).startswith("function-after") and "[" not in str(part):
-            out += ("." if out else "") + printable(str(part))
-    return out
-
-
 def format_validation_error(exc: ValidationError) -> list[str]:
     problems = []
     for err in exc.errors():
         loc = tuple(err["loc"])
-        key = _key(loc)
+        key = dotted_key(loc)
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            known = _fields_at(Params, loc)
+            known = fields_at(Params, loc)
             close = difflib.get_close_matches(str(loc[-1]), known, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else f"; known keys here: {', '.join(known)}"
             problems.append(f"{key}: unknown key{hint}")

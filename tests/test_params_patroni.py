@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from hcbpg.errors import ParamsError
-from hcbpg.params import PATRONI_OWNED_SETTINGS, parse_params
+from hcbpg.params import parse_params
+from hcbpg.params_ha import PATRONI_OWNED_SETTINGS
 
 from nbutil import REPO
 

@@ -21,7 +21,8 @@ from hcbpg.errors import HcbpgError, ParamsError
 from hcbpg.pg.conf import MANAGED_HEADER
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hcbpg.params import EtcdParams, Params
+    from hcbpg.params import Params
+    from hcbpg.params_ha import EtcdParams
 
 #: etcd's config file (``ETCD_CONFIG_FILE`` in /etc/default/etcd, or ``--config-file``)
 CONF_PATH = "/etc/etcd/hcbpg.yml"

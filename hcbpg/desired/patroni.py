@@ -29,12 +29,13 @@ import yaml
 from hcbpg.desired import backups, capacity, tls
 from hcbpg.desired import etcd as desired_etcd
 from hcbpg.errors import HcbpgError, ParamsError
-from hcbpg.params import FAILSAFE_EXTRA_S, PATRONI_OWNED_SETTINGS
+from hcbpg.params_ha import FAILSAFE_EXTRA_S, PATRONI_OWNED_SETTINGS
 from hcbpg.pg.conf import MANAGED_HEADER, SettingValue
 from hcbpg.secrets import register
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hcbpg.params import Params, PatroniParams, Server
+    from hcbpg.params import Params, Server
+    from hcbpg.params_ha import PatroniParams
 
 #: PostgreSQL settings Patroni owns (never in hcbpg's conf.d under replication.manager patroni)
 PATRONI_OWNED = PATRONI_OWNED_SETTINGS

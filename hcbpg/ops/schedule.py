@@ -41,7 +41,7 @@ from hcbpg.desired.schedule import (
 )
 from hcbpg.ops.packages import get_installed_packages
 from hcbpg.outcome import Check, Outcome, unified_diff
-from hcbpg.params import PLACEHOLDER
+from hcbpg.param_types import PLACEHOLDER
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.base import HostLike, Result
