@@ -14,10 +14,14 @@ configuration names); test_server_steps still builds its servers from nothing, a
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+import yaml
 
 from hcbpg.lab import Lab, create_server_host, destroy_server_host
 from hcbpg.lab.hosts import snapshot_host
@@ -93,7 +97,6 @@ def build_primary_stage(lab: Lab, where: Path) -> PrimaryStage:
 
 def cli(env: dict[str, str], *args: str, timeout: float = 1200) -> subprocess.CompletedProcess:
     """The real CLI in a subprocess with *env* over this process's environment (the operator's view)."""
-    import os
     full = {k: v for k, v in os.environ.items() if k not in ("HCBPG_SCRUB_FILE", "HCBPG_HEADLESS",
                                                              "HCBPG_AUTO_APPROVE")}
     full.update(env)
@@ -111,3 +114,41 @@ def latest_manifest(home: Path, env_name: str = "lab") -> dict:
 def latest_run_dir(home: Path, env_name: str = "lab") -> Path:
     """The newest run's directory of *env_name* under *home* (``<UTC time>_<run id>``)."""
     return sorted((home / "outputs" / env_name).glob("*_*/manifest.json"))[-1].parent
+
+
+# -- a module's own source and run home (the online modules: test_online, test_online_shapes, test_online_heroku) --
+
+def load_source(lab: Lab, sql: str) -> None:
+    """*sql* run on the lab's Heroku-like source as postgres (a module's own source database)."""
+    cp = lab.exec("source", ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "postgres"], input=sql,
+                  user="postgres", timeout=300)
+    assert cp.returncode == 0, cp.stderr[-2000:]
+
+
+def private_file(path: Path, text: str) -> Path:
+    """*text* in *path*, 0600, its directory made 0700 (a secret a params reference points at)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(0o600)
+    return path
+
+
+def run_home(tmp: Path, data: dict, steps: list[str], monkeypatch_module, *, on_demand: tuple[str, ...] = (),
+             env: dict[str, str] | None = None) -> Path:
+    """An HCBPG_HOME under *tmp* with params *data* as lab.yaml and the notebooks of *steps* (those in *on_demand*
+    on demand), set in this process's environment (with *env*) for the module; the runner's own variables unset."""
+    home = tmp / "home"
+    (home / "params").mkdir(parents=True)
+    (home / "params" / "lab.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    nb_dir = home / "notebooks"
+    nb_dir.mkdir()
+    for s in steps:
+        shutil.copy(REPO / "notebooks" / f"{s}.ipynb", nb_dir)
+    (nb_dir / "steps.yaml").write_text(yaml.safe_dump({"steps": [
+        {"notebook": f"{s}.ipynb", "title": s, **({"on_demand": True} if s in on_demand else {})} for s in steps]}))
+    for k, v in {"HCBPG_HOME": str(home), "HCBPG_NOTEBOOKS": str(nb_dir), "HCBPG_STATE_DIR": str(tmp / "state"),
+                 "HCBPG_OPERATOR": "lab-test", "XDG_STATE_HOME": str(tmp / "xdg"), **(env or {})}.items():
+        monkeypatch_module.setenv(k, v)
+    for k in ("HCBPG_SCRUB_FILE", "HCBPG_HEADLESS", "HCBPG_AUTO_APPROVE"):
+        monkeypatch_module.delenv(k, raising=False)
+    return home

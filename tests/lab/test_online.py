@@ -15,13 +15,11 @@ tests run in file order and build on each other.
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import yaml
 
 from hcbpg.adapters.host import Host
 from hcbpg.engine.runner import Runner, approve
@@ -35,6 +33,7 @@ from hcbpg.params import parse_params
 from hcbpg.secrets import register
 
 from labparams import lab_params
+from stages import load_source, private_file, run_home
 
 pytestmark = pytest.mark.lab
 
@@ -61,19 +60,12 @@ INSERT INTO audit_nokey (what) SELECT 'row ' || i FROM generate_series(1, 300) i
 def env(lab, tmp_path_factory, monkeypatch_module, primary_stage):
     """A source copy, params with transfer online, notebooks 06-16, a primary after steps 02-04."""
     cfg = lab.cfg
-    cp = lab.exec("source", ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "postgres"], input=SETUP_SQL,
-                  user="postgres", timeout=300)
-    assert cp.returncode == 0, cp.stderr[-2000:]
+    load_source(lab, SETUP_SQL)
     ip = primary_stage.clone()  # steps 02-04, built once per worker (stages.py), with the lab's rails password
     tmp = tmp_path_factory.mktemp("online")
-    (tmp / "secrets").mkdir(mode=0o700)
-    pw_file = tmp / "secrets" / "rails-password"
-    shutil.copy(cfg.secret_path("rails-password"), pw_file)
-    pw_file.chmod(0o600)
+    pw_file = private_file(tmp / "secrets" / "rails-password", cfg.secret_path("rails-password").read_text())
     url = register(lab.secret("source-url").replace("/hcb_heroku?", f"/{DB}?"))
-    url_file = tmp / "secrets" / "source-url"
-    url_file.write_text(url + "\n")
-    url_file.chmod(0o600)
+    url_file = private_file(tmp / "secrets" / "source-url", url + "\n")
     data = lab_params(lab, [("server-postgres-1", ip, "primary")],
                       postgres={"app_role_password": f"file:{pw_file}"},
                       source={"method": "pg_dump", "url": f"file:{url_file}", "jobs": 2, "transfer": "online",
@@ -84,21 +76,8 @@ def env(lab, tmp_path_factory, monkeypatch_module, primary_stage):
                               "online": {"drain_timeout_s": 60, "way_back_hours": 1, "window_copy_max_rows": 1000,
                                          "initial_copy_timeout_s": 600, "initial_copy": "bucardo"}},
                       allow_destructive=False)
-    home = tmp / "home"
-    (home / "params").mkdir(parents=True)
-    (home / "params" / "lab.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    home = run_home(tmp, data, STEPS, monkeypatch_module, on_demand=tuple(s for s in STEPS if s.startswith("16")))
     nb_dir = home / "notebooks"
-    nb_dir.mkdir()
-    for s in STEPS:
-        shutil.copy(REPO / "notebooks" / f"{s}.ipynb", nb_dir)
-    (nb_dir / "steps.yaml").write_text(yaml.safe_dump({"steps": [
-        {"notebook": f"{s}.ipynb", "title": s, **({"on_demand": True} if s.startswith("16") else {})}
-        for s in STEPS]}))
-    for k, v in {"HCBPG_HOME": str(home), "HCBPG_NOTEBOOKS": str(nb_dir), "HCBPG_STATE_DIR": str(tmp / "state"),
-                 "HCBPG_OPERATOR": "lab-test", "XDG_STATE_HOME": str(tmp / "xdg")}.items():
-        monkeypatch_module.setenv(k, v)
-    for k in ("HCBPG_SCRUB_FILE", "HCBPG_HEADLESS", "HCBPG_AUTO_APPROVE"):
-        monkeypatch_module.delenv(k, raising=False)
     params = parse_params(data)
     host = Host.from_params(params, "server-postgres-1", ip)
     app = Host.from_params(params, "app", cfg.app_ip)

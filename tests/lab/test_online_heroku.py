@@ -11,13 +11,11 @@ untouched; the tests build on each other in file order.
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import yaml
 
 from hcbpg.adapters.host import Host
 from hcbpg.engine.runner import Runner, approve
@@ -32,6 +30,7 @@ from hcbpg.params import parse_params
 from hcbpg.secrets import register
 
 from labparams import lab_params
+from stages import load_source, private_file, run_home
 
 pytestmark = pytest.mark.lab
 
@@ -54,20 +53,12 @@ CREATE DATABASE {DB} TEMPLATE hcb_heroku OWNER heroku_owner;
 def env(lab, tmp_path_factory, monkeypatch_module, primary_stage):
     """A source copy, the fake Heroku CLI first on PATH, params with method heroku and transfer online."""
     cfg = lab.cfg
-    cp = lab.exec("source", ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "postgres"], input=SETUP_SQL,
-                  user="postgres", timeout=300)
-    assert cp.returncode == 0, cp.stderr[-2000:]
+    load_source(lab, SETUP_SQL)
     ip = primary_stage.clone()
     tmp = tmp_path_factory.mktemp("online-heroku")
-    (tmp / "secrets").mkdir(mode=0o700)
-    pw_file = tmp / "secrets" / "rails-password"
-    shutil.copy(cfg.secret_path("rails-password"), pw_file)
-    pw_file.chmod(0o600)
+    pw_file = private_file(tmp / "secrets" / "rails-password", cfg.secret_path("rails-password").read_text())
     url = register(lab.secret("source-url").replace("/hcb_heroku?", f"/{DB}?"))
-    url_file = tmp / "heroku" / "database-url"  # what the fake CLI answers with; params never name it
-    url_file.parent.mkdir(mode=0o700)
-    url_file.write_text(url + "\n")
-    url_file.chmod(0o600)
+    url_file = private_file(tmp / "heroku" / "database-url", url + "\n")  # what the fake CLI answers with
     fake = install_fake_heroku(tmp / "bin", url_file, app=APP)
     data = lab_params(lab, [("server-postgres-1", ip, "primary")],
                       postgres={"app_role_password": f"file:{pw_file}"},
@@ -80,22 +71,9 @@ def env(lab, tmp_path_factory, monkeypatch_module, primary_stage):
                               "online": {"drain_timeout_s": 60, "way_back_hours": 1, "window_copy_max_rows": 1000,
                                          "initial_copy_timeout_s": 600}},
                       allow_destructive=False)
-    home = tmp / "home"
-    (home / "params").mkdir(parents=True)
-    (home / "params" / "lab.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    home = run_home(tmp, data, STEPS, monkeypatch_module, on_demand=tuple(s for s in STEPS if s.startswith("16")),
+                    env={"PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}"})  # the fake heroku first
     nb_dir = home / "notebooks"
-    nb_dir.mkdir()
-    for s in STEPS:
-        shutil.copy(REPO / "notebooks" / f"{s}.ipynb", nb_dir)
-    (nb_dir / "steps.yaml").write_text(yaml.safe_dump({"steps": [
-        {"notebook": f"{s}.ipynb", "title": s, **({"on_demand": True} if s.startswith("16") else {})}
-        for s in STEPS]}))
-    for k, v in {"HCBPG_HOME": str(home), "HCBPG_NOTEBOOKS": str(nb_dir), "HCBPG_STATE_DIR": str(tmp / "state"),
-                 "HCBPG_OPERATOR": "lab-test", "XDG_STATE_HOME": str(tmp / "xdg"),
-                 "PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}"}.items():
-        monkeypatch_module.setenv(k, v)
-    for k in ("HCBPG_SCRUB_FILE", "HCBPG_HEADLESS", "HCBPG_AUTO_APPROVE"):
-        monkeypatch_module.delenv(k, raising=False)
     params = parse_params(data)
     assert params.source is not None and params.source.url is None
     host = Host.from_params(params, "server-postgres-1", ip)
