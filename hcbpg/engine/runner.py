@@ -398,7 +398,7 @@ class Runner:
             for i, s in enumerate(steps, 1):
                 if s.status in mf.DONE:
                     continue
-                result = self._run_step(run, s, i, len(steps)) or self._beyond_plan(run, s.key)
+                result = self._run_step(run, s, i, len(steps))
                 if result is not None:  # why it stopped (each failed check's reason), the recap, what next
                     result.message = "\n".join([*result.report, "Recap:", *render_recap(run.read()), result.message])
                     return result
@@ -492,6 +492,11 @@ class Runner:
                 data.finished = None if status != "failed" else mf.utcnow()
             n_changes = step.changes
             made = [dict(c) for c in step.diffs]
+            # a run of a saved plan stops after a step that changed what the plan does not list
+            expected = (data.selection.get("plan") or {}).get("expected") if status in mf.DONE else None
+            beyond = changes.beyond_plan(expected, key, made) if expected is not None else []
+            if beyond:
+                data.status, data.finished = "failed", mf.utcnow()
             gates = {name: g.dump() for name, g in data.gates.items()}
         run.log(f"step {key} attempt {attempt.n} {status} in {duration}s")
         if self.show_diff and made:
@@ -499,11 +504,11 @@ class Runner:
                 self.progress(line)
         if status == "skipped":
             self.progress(f"      skipped in {duration:.1f}s, nothing to do: {skipped}")
-            return None
         if status == "succeeded":
             self.progress(f"      done in {duration:.1f}s, "
                           + ("no changes" if not n_changes else f"{n_changes} change(s)"))
-            return None
+        if status in mf.DONE:
+            return self._beyond_plan(run, key, beyond) if beyond else None
         assert exit_code is not None  # every status but "succeeded" and "skipped" set it above
         if status == "awaiting-approval":
             waiting = [g for g, v in gates.items() if not v.get("approved_at") and v.get("step") == key]
@@ -523,18 +528,9 @@ class Runner:
                f"Fix the cause, then: hcbpg resume {run.run_id}")
         return RunResult(run, status, exit_code, msg, report=render_failure(run.read(), key, error))
 
-    def _beyond_plan(self, run: mf.Run, key: str) -> RunResult | None:
-        """A run of a saved plan stops after a step that changed something the plan does not list."""
-        data = run.read()
-        expected = ((data.get("selection") or {}).get("plan") or {}).get("expected")
-        if expected is None:
-            return None
-        step = next(s for s in data["steps"] if s["key"] == key)
-        extra = changes.beyond_plan(expected, key, step.get("diffs") or [])
-        if not extra:
-            return None
-        with run.update() as d:
-            d.status, d.finished = "failed", mf.utcnow()
+    @staticmethod
+    def _beyond_plan(run: mf.Run, key: str, extra: list[str]) -> RunResult:
+        """Why a run of a saved plan stopped after step *key* (it changed *extra*, which the plan does not list)."""
         run.log(f"step {key} changed what the plan does not list: {', '.join(extra)}")
         return RunResult(run, "failed", EXIT_FAILED,
                          f"Step {key} changed what the saved plan does not list: {', '.join(extra)}. The run "
