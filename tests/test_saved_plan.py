@@ -112,6 +112,12 @@ def test_a_plan_file_is_believed_only_signed_for_this_environment_params_and_cod
     doc = json.loads(good)
     doc["steps"][0]["changes"][0]["diff"] = doc["steps"][0]["changes"][0]["diff"].replace("10.0.1.5", "0.0.0.0")
     refused(json.dumps(doc), "is not believed", "changed after it was signed")
+    # a step name with a terminal escape, shown in the confirmation before the file is verified: escaped there
+    doc = json.loads(good)
+    doc["selection"]["steps"][0] = "00_world\x1b[2J"
+    plan_file.write_text(json.dumps(doc))
+    out = hcbpg("run", env, "--plan", str(plan_file), "--ask")  # no terminal: the steps are listed, nothing runs
+    assert "\x1b" not in out.stdout + out.stderr and "00_world\\x1b[2J" in out.stdout + out.stderr, out.stdout
     # not a plan at all, and a plan with selectors beside it
     refused("{}", "is not an hcbpg plan")
     refused(good, "no --from/--until/--only/-p with it", extra=("--only", "00"))

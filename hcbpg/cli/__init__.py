@@ -35,6 +35,7 @@ from hcbpg.engine.state import state_dir
 from hcbpg.engine.terminal import LiveLines, colour_report, render_live_bar, skip_reason
 from hcbpg.errors import HcbpgError, UsageError
 from hcbpg.params import home, load_params
+from hcbpg.values import printable
 
 EXIT_CODES = ("exit codes: 0 done; 1 a step, a check or the audit trail failed; 2 bad input or params; "
               "3 waiting for approval; 70 hcbpg itself failed (unexpected error: see the log it names); "
@@ -176,7 +177,7 @@ def _plan_steps_said(path: Path) -> list[str]:
     """The steps a plan file names, for the confirmation only (not believed: the runner verifies the file)."""
     try:
         steps = json.loads(path.read_text())["selection"]["steps"]
-        return [str(k) for k in steps][:100]
+        return [printable(str(k))[:80] for k in steps][:100]  # shown before the file is verified: escaped, short
     except (OSError, ValueError, KeyError, TypeError):
         raise UsageError(f"{path} is not an hcbpg plan (or cannot be read)",
                          hint="Give the file `hcbpg plan --out` wrote.") from None
