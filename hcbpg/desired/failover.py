@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from hcbpg.desired import migration as desired_migration
+from hcbpg.desired import patroni as desired_patroni
 from hcbpg.desired import tls as desired_tls
 from hcbpg.desired.topology import ServerState, Topology
 from hcbpg.errors import SafetyCheckFailed
@@ -109,11 +111,18 @@ def plan_failover(topology: Topology, states: Mapping[str, ServerState], params:
 
 
 def render_database_url(params: "Params", server: "Server", password: str, *, login: str | None = None) -> str:
-    """The app's DATABASE_URL on *server* for *login* (default: the app role), built like step 09's
-    (``sslmode=verify-full`` with the environment's CA); registered with the scrubber."""
+    """The app's DATABASE_URL after a failover to *server*, for *login* (default: the app role), built like
+    step 09's (``sslmode=verify-full`` with the environment's CA); registered with the scrubber.
+
+    Manual replication: one host, *server*'s private IP.  Under Patroni the URL names every server and
+    does not change in a failover (``target_session_attrs=read-write`` finds the new leader): that URL.
+    """
     register(password)
-    return register(conninfo.render_role_url(params, login or params.postgres.app_role, password,
-                                             host=server.private_ip, query=desired_tls.client_tls(params)))
+    role = login or params.postgres.app_role
+    if desired_patroni.managed(params):
+        return register(desired_migration.render_app_url(params, role, password))
+    return register(conninfo.render_role_url(params, role, password, host=server.private_ip,
+                                             query=desired_tls.client_tls(params)))
 
 
 def redacted_database_url(params: "Params", server: "Server", *, login: str | None = None) -> str:

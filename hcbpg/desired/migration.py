@@ -15,6 +15,7 @@ from psycopg import sql
 
 from hcbpg import clock
 from hcbpg import secrets as hsecrets
+from hcbpg.desired import patroni as desired_patroni
 from hcbpg.desired import server as desired_server
 from hcbpg.desired import tls as desired_tls
 from hcbpg.errors import SafetyCheckFailed, VerificationFailed
@@ -106,10 +107,34 @@ def render_env_file(values: Mapping[str, str], *, target: str = "") -> str:
     return head + "".join(f"{k}={shlex.quote(v)}\n" for k, v in values.items())
 
 
+#: the handed-out URLs that read only: under Patroni they prefer the standby (``target_session_attrs=prefer-standby``,
+#: libpq 14 or later), so reports never load the leader while a standby answers
+STANDBY_URLS = frozenset({"BLAZER_DATABASE_URL"})
+
+
+def render_app_url(params: "Params", role: str, password: str, *, host: str | None = None,
+                   prefer_standby: bool = False) -> str:
+    """A URL the app (or Blazer, or the release command) connects with as *role*; ``sslmode=verify-full``
+    with the environment's CA at ``desired.tls.client_ca_path`` on the app's machine (contains the password).
+
+    Manual replication: ``postgres://role:pw@host:port/db?...`` on *host* (default: the primary's private IP).
+    Under ``replication.manager: patroni`` (and no *host*): the opaque multi-host form Rails keeps
+    (``postgresql:DB?host=h1,h2&port=...&target_session_attrs=read-write&...``, design section 6), naming every
+    server, so after a failover the app finds the new leader through the same URL; *prefer_standby* asks for
+    a standby when one answers (Blazer).
+    """
+    if host is None and desired_patroni.managed(params):
+        tsa = "prefer-standby" if prefer_standby else "read-write"
+        hsecrets.register(pg_conninfo.rails_url_value(password))  # as the URL spells it ('/' and ',' kept)
+        return pg_conninfo.render_rails_url(params.postgres.database, desired_patroni.app_hosts(params),
+                                            desired_patroni.app_url_query(params, role, password,
+                                                                          target_session_attrs=tsa))
+    return pg_conninfo.render_role_url(params, role, password, host=host, query=desired_tls.client_tls(params))
+
+
 def render_database_url(params: "Params", password: str, *, host: str | None = None) -> str:
-    """DATABASE_URL for the app: rails on the primary's private IP, ``sslmode=verify-full`` with the
-    environment's CA at ``desired.tls.client_ca_path`` on the app's machine (contains the password)."""
-    return pg_conninfo.render_database_url(params, password, host=host, query=desired_tls.client_tls(params))
+    """DATABASE_URL for the app as the app role (:func:`render_app_url`; contains the password)."""
+    return render_app_url(params, params.postgres.app_role, password, host=host)
 
 
 @dataclass
@@ -136,9 +161,11 @@ class AppUrls:
 
 def render_role_urls(params: "Params", values: Mapping[str, tuple[str, str]], *, path: Path,
                      target: str = "") -> AppUrls:
-    """``NAME -> (role, password)`` as URLs (the app's URL builder, verify-full) for the file *path*."""
-    tls = desired_tls.client_tls(params)
-    return AppUrls(path, {k: hsecrets.register(pg_conninfo.render_role_url(params, role, pw, query=tls))
+    """``NAME -> (role, password)`` as URLs (:func:`render_app_url`; a name in :data:`STANDBY_URLS` prefers
+    the standby under Patroni) for the file *path*."""
+    for _role, pw in values.values():
+        hsecrets.register(pw)
+    return AppUrls(path, {k: hsecrets.register(render_app_url(params, role, pw, prefer_standby=k in STANDBY_URLS))
                           for k, (role, pw) in values.items()}, target=target)
 
 

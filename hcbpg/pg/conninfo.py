@@ -108,12 +108,22 @@ def render_role_url(params: "Params", role: str, password: str, *, host: str | N
 
 
 def redact_url(url: str) -> str:
-    """The URL with its password replaced by ``[secret]`` (for printing)."""
+    """The URL with every password replaced by ``[secret]`` (for printing): a ``postgres://`` URL's own and
+    any ``password=`` of its query, or an opaque multi-host Rails URL's (:func:`redact_rails_url`)."""
+    if is_rails_url(url):
+        return redact_rails_url(url)
     parts = urllib.parse.urlsplit(url)
+    if parts.query:
+        parts = parts._replace(query=_redact_query(parts.query))
     if parts.password is None:
-        return url
+        return urllib.parse.urlunsplit(parts)
     netloc = f"{parts.username}:{hsecrets.REDACTED}@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def _redact_query(query: str) -> str:
+    return "&".join(f"password={hsecrets.REDACTED}" if p.split("=", 1)[0].lower() == "password" else p
+                    for p in query.split("&"))
 
 
 def pgpass_field(value: str) -> str:
@@ -199,6 +209,11 @@ _URIC = re.compile(r"[A-Za-z0-9;/?:@&=+$,\-_.!~*'()%]")
 def _rails_value(value: str, what: str) -> str:
     if "\x00" in value:
         raise SecretError(f"{what}: a NUL character cannot go into a connection URL")
+    return rails_url_value(value)
+
+
+def rails_url_value(value: str) -> str:
+    """*value* percent-encoded as :func:`render_rails_url` writes it (``/`` and ``,`` kept as they are)."""
     return urllib.parse.quote(value, safe=_RAILS_SAFE)
 
 
@@ -275,19 +290,25 @@ def _unescape(value: str) -> str:
     return urllib.parse.unquote_to_bytes(value).decode("utf-8", errors="surrogateescape")
 
 
-def rails_url_conninfo(url: str, *, with_password: bool = False) -> str:
-    """The libpq conninfo of an opaque Rails URL, keyword by keyword as ActiveRecord hands them to
-    ``PG.connect`` (``database`` -> ``dbname``, ``username`` -> ``user``, unknown keys dropped).  The
-    password is left out unless *with_password* (give it on stdin or in a passfile instead)."""
+def rails_url_keywords(url: str) -> dict[str, str]:
+    """libpq's keywords of an opaque Rails URL, as ActiveRecord hands them to ``PG.connect`` (``database`` ->
+    ``dbname``, ``username`` -> ``user``, unknown keys dropped).  Contains the password."""
     config = parse_rails_url(url)
     config.pop("adapter", None)
     if "database" in config:
         config["dbname"] = config.pop("database")
     if "username" in config:
         config["user"] = config.pop("username")
+    return {k: v for k, v in config.items() if k in LIBPQ_KEYWORDS}
+
+
+def rails_url_conninfo(url: str, *, with_password: bool = False) -> str:
+    """The libpq conninfo of an opaque Rails URL (:func:`rails_url_keywords`).  The password is left out
+    unless *with_password* (give it on stdin or in a passfile instead)."""
+    config = rails_url_keywords(url)
     if not with_password:
         config.pop("password", None)
-    return " ".join(f"{k}={conninfo_quote(v)}" for k, v in config.items() if k in LIBPQ_KEYWORDS)
+    return " ".join(f"{k}={conninfo_quote(v)}" for k, v in config.items())
 
 
 def redact_rails_url(url: str) -> str:
@@ -295,5 +316,24 @@ def redact_rails_url(url: str) -> str:
     head, sep, query = url.partition("?")
     if not sep:
         return url
-    return head + "?" + "&".join(f"password={hsecrets.REDACTED}" if p.startswith("password=") else p
-                                 for p in query.split("&"))
+    return head + "?" + _redact_query(query)
+
+
+def is_rails_url(url: str) -> bool:
+    """Whether *url* is the opaque form (``postgresql:DB?...``, no ``//``) rather than ``postgres://...``."""
+    scheme, sep, rest = url.partition(":")
+    return bool(sep) and scheme.lower() in RAILS_SCHEMES and not rest.startswith("/")
+
+
+def parse_app_url(url: str) -> dict[str, str]:
+    """libpq's keywords of a handed-out URL, either form (``postgres://`` with one host, or the opaque
+    multi-host Rails form as ActiveRecord hands it to ``PG.connect``).  Contains the password."""
+    return rails_url_keywords(url) if is_rails_url(url) else parse_source_url(url)
+
+
+def describe_app_url(url: str) -> str:
+    """A handed-out URL as it may be printed: user@host1,host2:ports/dbname and who it asks for, never the
+    password (no value of the URL but these)."""
+    conn = parse_app_url(url)
+    tsa = conn.get("target_session_attrs")
+    return describe_source(conn) + (f" ({tsa})" if tsa else "")

@@ -10,7 +10,7 @@ from hcbpg import secrets as hsecrets
 from hcbpg.desired import tls as desired_tls
 from hcbpg.desired.migration import parse_app_output, render_sentinel_sql
 from hcbpg.outcome import Check
-from hcbpg.pg.conninfo import parse_source_url, redact_url
+from hcbpg.pg.conninfo import conninfo_quote, parse_app_url, redact_url
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.base import HostLike
@@ -70,9 +70,11 @@ def check_passwords(app: "HostLike", params: "Params", *, old: str, new: str, se
 
 
 def check_url_from_app(app: "HostLike", params: "Params", url: str) -> Check:
-    """The new DATABASE_URL works from the app host (its parts as libpq params; password on stdin)."""
-    conn = parse_source_url(url)
-    conninfo = " ".join(f"{k}={v}" for k, v in conn.items() if k != "password") + " connect_timeout=10"
+    """The new DATABASE_URL works from the app host (its parts as libpq params, every host of a multi-host
+    URL with its ``target_session_attrs``; password on stdin)."""
+    conn = parse_app_url(url)
+    conninfo = " ".join(f"{k}={conninfo_quote(v)}" for k, v in {"connect_timeout": "10", **conn}.items()
+                        if k != "password")
     cmd = ("IFS= read -r PGPASSWORD && export PGPASSWORD && exec psql -X -q -A -t -v ON_ERROR_STOP=1 "
            f"-d {shlex.quote(conninfo)} -c 'SELECT current_user, current_database(), pg_is_in_recovery()'")
     res = app.run(cmd, stdin=conn.get("password", "") + "\n", check=False,
