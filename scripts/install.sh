@@ -10,6 +10,7 @@ APT_PACKAGES=(
   pgcopydb prometheus-postgres-exporter chromium chromium-driver
   bucardo postgresql-plperl-15
   etcd-server etcd-client patroni iptables
+  ruby ruby-pg ruby-activerecord
 )
 
 if [ "$(id -u)" != 0 ]; then
