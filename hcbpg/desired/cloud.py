@@ -1,7 +1,13 @@
 """Hetzner Cloud provisioning, the pure half (step 01): what the project holds as plain data, the
 firewall rules params ask for, :func:`plan_provision`, which compares the two and decides what to
 create, fix or refuse, and the cloud-init a new server boots with; :mod:`hcbpg.ops.provisioning`
-reads the project and applies the plan."""
+reads the project and applies the plan.
+
+With a ``jumpbox`` in params (issue 28) the jumpbox is provisioned first, like a server (its own type and
+firewall ``jumpbox.firewall``: SSH from the admin ranges), and the database servers' firewall ends with no
+rule (no public inbound: SSH goes through the jumpbox), but only after SSH through the jumpbox worked on
+every server in the same run (:func:`plan_public_ssh`); until then it keeps SSH from the admin ranges.
+``hetzner.protection`` adds delete and rebuild protection on every provisioned machine."""
 
 from __future__ import annotations
 
@@ -10,7 +16,7 @@ import binascii
 import hashlib
 import ipaddress
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -22,6 +28,8 @@ ActionKind = Literal["create", "add", "update", "attach", "apply", "start", "non
 SUBNET_TYPE = "cloud"
 PLACEMENT_TYPE = "spread"
 SSH_RULE_DESCRIPTION = "SSH from the admin source ranges (hcbpg)"
+JUMPBOX_RULE_DESCRIPTION = "SSH to the jumpbox from the admin source ranges (hcbpg)"
+FirewallKind = Literal["db", "jumpbox"]
 
 
 # plain data: what exists, what is planned, what was provisioned ------------------------------------
@@ -91,6 +99,8 @@ class SeenServer:
     public_ip: str | None
     firewall_ids: tuple[int, ...]
     placement_group_id: int | None
+    #: delete and rebuild protection as the API reports them
+    protection: tuple[bool, bool] = (False, False)
 
 
 @dataclass(frozen=True)
@@ -105,6 +115,10 @@ class Catalog:
     image_id: int | None = None
     known_server_types: tuple[str, ...] = ()
     known_locations: tuple[str, ...] = ()
+    #: the jumpbox's server type (params ``jumpbox.server_type``): its name, architecture and locations
+    jumpbox_server_type: str | None = None
+    jumpbox_architecture: str | None = None
+    jumpbox_type_locations: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -117,7 +131,32 @@ class Existing:
     network: SeenNetwork | None = None
     firewall: SeenFirewall | None = None
     placement_group: SeenPlacementGroup | None = None
+    #: every provisioned machine found by name: the database servers and the jumpbox
     servers: dict[str, SeenServer] = field(default_factory=dict)
+    #: the jumpbox's firewall (params ``jumpbox.firewall``)
+    jumpbox_firewall: SeenFirewall | None = None
+
+
+@dataclass(frozen=True)
+class Machine:
+    """One server step 01 provisions: a database server or the jumpbox."""
+
+    name: str
+    role: str
+    private_ip: str
+    server_type: str
+    firewall: str
+
+
+def provisioned_machines(params: Params) -> list[Machine]:
+    """What step 01 provisions, in creation order: the jumpbox first (when params have one), then the servers."""
+    h = params.hetzner
+    out = []
+    if params.jumpbox is not None:
+        jb = params.jumpbox
+        out.append(Machine(jb.name, "jumpbox", jb.private_ip, jb.server_type, jb.firewall))
+    out += [Machine(s.name, s.role, s.private_ip, h.server_type, h.firewall) for s in params.servers]
+    return out
 
 
 @dataclass(frozen=True)
@@ -168,12 +207,62 @@ def ssh_key_fingerprint(public_key: str) -> str:
     return ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))
 
 
-def render_firewall_rules(params: Params) -> list[Rule]:
-    """The firewall's rules: SSH inbound from the admin source ranges, nothing else (no ranges: no rule)."""
-    sources = tuple(sorted({str(ipaddress.ip_network(r)) for r in params.hetzner.admin_source_ranges}))
-    if not sources:
-        return []
-    return [Rule("in", "tcp", "22", sources, (), SSH_RULE_DESCRIPTION)]
+def _ssh_rules(ranges: Sequence[str], description: str) -> list[Rule]:
+    sources = tuple(sorted({str(ipaddress.ip_network(r)) for r in ranges}))
+    return [Rule("in", "tcp", "22", sources, (), description)] if sources else []
+
+
+def render_admin_ssh_rules(params: Params) -> list[Rule]:
+    """SSH inbound from the admin source ranges, nothing else (no ranges: no rule): the database servers'
+    firewall without a jumpbox, and with one until SSH through it was proven (:func:`plan_public_ssh`)."""
+    return _ssh_rules(params.hetzner.admin_source_ranges, SSH_RULE_DESCRIPTION)
+
+
+def render_firewall_rules(params: Params, kind: FirewallKind = "db") -> list[Rule]:
+    """The rules a firewall ends with.  ``db`` (``hetzner.firewall``): SSH from the admin source ranges; with a
+    jumpbox, no rule at all (Hetzner then drops all public inbound: SSH goes through the jumpbox, the private
+    network is never filtered).  ``jumpbox`` (``jumpbox.firewall``): SSH from the admin source ranges and
+    ``jumpbox.ssh_extra_sources``."""
+    jb = params.jumpbox
+    if kind == "jumpbox":
+        if jb is None:
+            raise ValueError("params have no jumpbox: there is no jumpbox firewall")
+        return _ssh_rules([*params.hetzner.admin_source_ranges, *jb.ssh_extra_sources], JUMPBOX_RULE_DESCRIPTION)
+    return [] if jb is not None else render_admin_ssh_rules(params)
+
+
+def describe_rules(rules: Sequence[Rule]) -> str:
+    """The rules in one line (``no rules: no public inbound`` when empty)."""
+    return "; ".join(str(r) for r in rules) or "no rules: no public inbound"
+
+
+def same_rules(a: Sequence[Rule], b: Sequence[Rule]) -> bool:
+    """Whether two rule lists allow the same (order and descriptions do not count)."""
+    return sorted(a, key=str) == sorted(b, key=str)
+
+
+def plan_public_ssh(params: Params, current: Sequence[Rule] | None, unproven: Mapping[str, str]) -> PlannedAction:
+    """Whether the database servers' firewall may lose its public SSH now (params with a jumpbox).
+
+    *current*: its rules now (None: it does not exist yet); *unproven*: server name -> why an SSH command through
+    the jumpbox did not succeed on it in this run (empty: it did on every server).  ``none`` when it has its final
+    rules already, ``update`` to them when every server answered through the jumpbox, else ``refuse`` naming each
+    server that did not: the operator is never locked out."""
+    h, jb = params.hetzner, params.jumpbox
+    if jb is None:
+        return PlannedAction("firewall_ssh", h.firewall, "none", "no jumpbox in params: SSH stays open to the "
+                             "admin source ranges")
+    final = render_firewall_rules(params, "db")
+    if current is not None and same_rules(current, final):
+        return PlannedAction("firewall_ssh", h.firewall, "none", f"{describe_rules(final)}; SSH through {jb.name}")
+    now = describe_rules(current) if current is not None else "not created yet"
+    if unproven:
+        why = "; ".join(f"{name}: {reason}" for name, reason in sorted(unproven.items()))
+        return PlannedAction("firewall_ssh", h.firewall, "refuse",
+                             f"rules stay [{now}]: SSH through {jb.name} did not work on every server ({why})")
+    return PlannedAction("firewall_ssh", h.firewall, "update",
+                         f"rules are [{now}], set them to [{describe_rules(final)}]: an SSH command through "
+                         f"{jb.name} succeeded on every server in this run")
 
 
 # plan (pure) ---------------------------------------------------------------------------------
@@ -201,6 +290,19 @@ def plan_provision(params: Params, existing: Existing, *, ssh_public_key: str | 
         out.append(PlannedAction("server_type", h.server_type, "refuse",
                                  f"server type {h.server_type} is not offered in {h.location} (offered in "
                                  f"{', '.join(cat.server_type_locations)})"))
+    jb_type = params.jumpbox.server_type if params.jumpbox is not None else None
+    if jb_type is not None and cat.jumpbox_server_type is None:
+        out.append(PlannedAction("server_type", jb_type, "refuse",
+                                 f"the API has no server type '{jb_type}' for the jumpbox; fix jumpbox.server_type"))
+    elif jb_type is not None and cat.location is not None and cat.location not in cat.jumpbox_type_locations:
+        out.append(PlannedAction("server_type", jb_type, "refuse",
+                                 f"server type {jb_type} (jumpbox.server_type) is not offered in {h.location} "
+                                 f"(offered in {', '.join(cat.jumpbox_type_locations) or 'no location'}); cpx11 is "
+                                 "offered in every location"))
+    elif jb_type is not None and cat.architecture is not None and cat.jumpbox_architecture != cat.architecture:
+        out.append(PlannedAction("server_type", jb_type, "refuse",
+                                 f"server type {jb_type} (jumpbox.server_type) is {cat.jumpbox_architecture}, the "
+                                 f"database servers' {cat.architecture}: pick a {cat.architecture} type"))
     if cat.server_type is not None and cat.image_id is None:
         out.append(PlannedAction("image", h.image, "refuse",
                                  f"the API has no image '{h.image}' for {cat.architecture}; fix hetzner.image"))
@@ -252,17 +354,19 @@ def plan_provision(params: Params, existing: Existing, *, ssh_public_key: str | 
             else:
                 out.append(PlannedAction("subnet", n.subnet, "add", f"{SUBNET_TYPE} subnet in {h.network_zone}"))
 
-    # firewall
-    rules = render_firewall_rules(params)
-    desc = "; ".join(str(r) for r in rules)
+    # firewalls: the jumpbox's (its server is created first), then the database servers'
+    jb = params.jumpbox
+    if jb is not None:
+        out.append(_plan_firewall(jb.firewall, existing.jumpbox_firewall, render_firewall_rules(params, "jumpbox")))
     fw = existing.firewall
-    if fw is None:
-        out.append(PlannedAction("firewall", h.firewall, "create", desc))
-    elif sorted(fw.rules, key=str) != sorted(rules, key=str):
-        now = "; ".join(str(r) for r in fw.rules) or "no rules"
-        out.append(PlannedAction("firewall", h.firewall, "update", f"rules are [{now}], set them to [{desc}]"))
-    else:
-        out.append(PlannedAction("firewall", h.firewall, "none", desc))
+    opening = rules_before_proof(params, fw)
+    out.append(_plan_firewall(h.firewall, fw, opening))
+    final = render_firewall_rules(params, "db")
+    if jb is not None and not same_rules(opening, final):
+        out.append(PlannedAction("firewall_ssh", h.firewall, "update",
+                                 f"then set its rules to [{describe_rules(final)}], once an SSH command through "
+                                 f"{jb.name} succeeded on every server in this run (until then: "
+                                 f"[{describe_rules(opening)}])"))
 
     # placement group
     pg = existing.placement_group
@@ -275,10 +379,11 @@ def plan_provision(params: Params, existing: Existing, *, ssh_public_key: str | 
     else:
         out.append(PlannedAction("placement_group", h.placement_group, "none", PLACEMENT_TYPE))
 
-    # servers
-    ours = {s.name for s in params.servers}
-    for s in params.servers:
+    # servers: the jumpbox first
+    ours = {m.name for m in provisioned_machines(params)}
+    for s in provisioned_machines(params):
         seen = existing.servers.get(s.name)
+        m_fw = existing.jumpbox_firewall if s.role == "jumpbox" else fw
         holder = net.member_ips.get(s.private_ip) if net else None
         taken = holder is not None and holder != s.name
         if seen is None:
@@ -286,16 +391,18 @@ def plan_provision(params: Params, existing: Existing, *, ssh_public_key: str | 
                 out.append(PlannedAction("server", s.name, "refuse",
                                          f"private IP {s.private_ip} is already held by server {holder}"
                                          + (" (also in params)" if holder in ours else "")
-                                         + "; pick a free address in servers[].private_ip"))
+                                         + "; pick a free address in "
+                                         + ("jumpbox.private_ip" if s.role == "jumpbox" else "servers[].private_ip")))
                 continue
             out.append(PlannedAction("server", s.name, "create",
-                                     f"{h.server_type}, {h.image}, {h.location}, private IP {s.private_ip}, "
-                                     f"labels {format_labels(h.labels)}, firewall {h.firewall}, "
+                                     f"{s.server_type}, {h.image}, {h.location}, private IP {s.private_ip}, "
+                                     f"labels {format_labels(h.labels)}, firewall {s.firewall}, "
                                      f"placement group {h.placement_group}"))
+            out += _plan_protection(params, s.name, None)
             continue
         problems = []
-        if seen.server_type != h.server_type:
-            problems.append(f"type {seen.server_type} (params: {h.server_type})")
+        if seen.server_type != s.server_type:
+            problems.append(f"type {seen.server_type} (params: {s.server_type})")
         if seen.location != h.location:
             problems.append(f"location {seen.location} (params: {h.location})")
         if seen.image is not None and seen.image != h.image:
@@ -321,8 +428,8 @@ def plan_provision(params: Params, existing: Existing, *, ssh_public_key: str | 
             else:
                 out.append(PlannedAction("server_network", s.name, "attach",
                                          f"attach to {n.name} with private IP {s.private_ip}"))
-        if fw is None or fw.id not in seen.firewall_ids:
-            out.append(PlannedAction("server_firewall", s.name, "apply", f"apply firewall {h.firewall}"))
+        if m_fw is None or m_fw.id not in seen.firewall_ids:
+            out.append(PlannedAction("server_firewall", s.name, "apply", f"apply firewall {s.firewall}"))
         if pg is None or seen.placement_group_id is None:
             out.append(PlannedAction("server_placement", s.name, "refuse",
                                      f"server {s.name} is not in placement group {h.placement_group}; joining one "
@@ -331,7 +438,54 @@ def plan_provision(params: Params, existing: Existing, *, ssh_public_key: str | 
         missing = {k: v for k, v in h.labels.items() if seen.labels.get(k) != v}
         if missing:
             out.append(PlannedAction("server_labels", s.name, "update", f"set labels {format_labels(missing)}"))
+        out += _plan_protection(params, s.name, seen)
     return out
+
+
+def _plan_firewall(name: str, seen: SeenFirewall | None, rules: Sequence[Rule]) -> PlannedAction:
+    desc = describe_rules(rules)
+    if seen is None:
+        return PlannedAction("firewall", name, "create", desc)
+    if not same_rules(seen.rules, rules):
+        return PlannedAction("firewall", name, "update", f"rules are [{describe_rules(seen.rules)}], set them to [{desc}]")
+    return PlannedAction("firewall", name, "none", desc)
+
+
+def rules_before_proof(params: Params, seen: SeenFirewall | None) -> list[Rule]:
+    """The rules the database servers' firewall gets before SSH through the jumpbox is proven: its final rules
+    without a jumpbox or once it has them (public SSH is never opened again), else SSH from the admin ranges."""
+    final = render_firewall_rules(params, "db")
+    if params.jumpbox is None or (seen is not None and same_rules(seen.rules, final)):
+        return final
+    return render_admin_ssh_rules(params)
+
+
+def _plan_protection(params: Params, name: str, seen: SeenServer | None) -> list[PlannedAction]:
+    """Delete and rebuild protection (``hetzner.protection``): enabled, never lifted by hcbpg."""
+    if not params.hetzner.protection:
+        return []
+    if seen is None:
+        return [PlannedAction("server_protection", name, "update", "enable delete and rebuild protection once "
+                              "it is created")]
+    if seen.protection != (True, True):
+        return [PlannedAction("server_protection", name, "update", f"enable delete and rebuild protection (now "
+                              f"delete {_on(seen.protection[0])}, rebuild {_on(seen.protection[1])})")]
+    return [PlannedAction("server_protection", name, "none", "delete and rebuild protection on")]
+
+
+def _on(flag: bool) -> str:
+    return "on" if flag else "off"
+
+
+def protection_row(name: str, protection: tuple[bool, bool] | None, *, dry_run: bool) -> Check:
+    """The check row of one machine's delete and rebuild protection (None: the machine does not exist)."""
+    label = "delete and rebuild protection"
+    if protection == (True, True):
+        return Check(label, "pass", "delete on, rebuild on", name)
+    now = "missing" if protection is None else f"delete {_on(protection[0])}, rebuild {_on(protection[1])}"
+    if dry_run:
+        return Check(label, "warn", f"{now} (dry run: would be enabled)", name)
+    return Check(label, "fail", now, name)
 
 
 def format_labels(labels: dict[str, str]) -> str:

@@ -21,6 +21,14 @@ triggered a hook stays ``running`` until the hook returns, and turns ``error`` i
 installs them the same way.  Like the real API, ``user_data`` is never returned by a GET,
 and the keys are dropped from the state once the host is built.
 
+A third hook, ``on_firewall_changed(name, rules, private_ranges)``, makes firewalls real: it is called for
+a server whenever what filters it may have changed (its host built, a firewall created with it, applied,
+removed or given new rules), with the inbound rules of every firewall applied to it (None: none applied,
+nothing filtered) and the ip_ranges of its networks (never filtered, as on Hetzner); the lab applies them
+as iptables in the host's namespace (``hcbpg.lab.hosts.apply_firewall``, ``--enforce-firewalls``).
+Delete and rebuild protection (``change_protection``) is kept and a protected server's delete is
+refused (422 ``protected``), as the API does.
+
     python -m hcbpg.lab.hcloud_api --bind 10.0.1.1 --port 8780 --state PATH --token-file PATH
 """
 
@@ -57,6 +65,8 @@ LOG = logging.getLogger("hcbpg.lab.hcloud_api")
 
 CreatedHook = Callable[[str, str | None, list[str], dict[str, str]], dict | None]
 DeletedHook = Callable[[str], None]
+#: (server name, inbound rules of the firewalls applied to it or None when none is, its networks' ip_ranges)
+FirewallHook = Callable[[str, "list[dict[str, Any]] | None", list[str]], None]
 
 DEFAULT_PER_PAGE = 25
 MAX_PER_PAGE = 50
@@ -340,6 +350,7 @@ class HcloudStandin:
     def __init__(self, state_path: Path | str, token: str, *,
                  on_server_created: CreatedHook | None = None,
                  on_server_deleted: DeletedHook | None = None,
+                 on_firewall_changed: FirewallHook | None = None,
                  action_seconds: float = 2.0,
                  reserved_ips: Iterable[str] = (),
                  read_only_tokens: Iterable[str] = ()) -> None:
@@ -351,6 +362,9 @@ class HcloudStandin:
         self._read_only = [t.strip().encode() for t in read_only_tokens if t.strip()]
         self.on_server_created = on_server_created
         self.on_server_deleted = on_server_deleted
+        self.on_firewall_changed = on_firewall_changed
+        #: one firewall hook at a time, each reading the state it applies: the last one applies the newest rules
+        self._firewall_lock = threading.Lock()
         self.action_seconds = action_seconds
         self.reserved_ips = {str(ipaddress.ip_address(ip)) for ip in reserved_ips}
         self._threads: list[threading.Thread] = []
@@ -447,6 +461,8 @@ class HcloudStandin:
                                                     dict(work.get("host_keys") or {}))
                 elif work["kind"] == "destroy_host" and self.on_server_deleted is not None:
                     self.on_server_deleted(work["name"])
+                if work["kind"] in ("create_host", "firewall") and self.on_firewall_changed is not None:
+                    self._apply_firewalls(work["server_id"])
             except Exception as exc:  # noqa: BLE001 - the action reports it
                 LOG.exception("%s for server %s failed", work["kind"], work["name"])
                 error = f"{type(exc).__name__}: {exc}"
@@ -469,6 +485,33 @@ class HcloudStandin:
                 self._tick(st)
         return run
 
+    def _apply_firewalls(self, server_id: int) -> None:
+        """Call the firewall hook with what filters server *server_id* now (read under the hook's lock)."""
+        assert self.on_firewall_changed is not None
+        with self._firewall_lock:
+            with self.state.transaction() as st:
+                server = _find(st["servers"], server_id)
+                if server is None or server["status"] == "deleting":
+                    return
+                name = server["name"]
+                rules = _server_inbound_rules(st, server)
+                ranges = [n["ip_range"] for p in server["private_net"] for n in st["networks"] if n["id"] == p["network"]]
+            self.on_firewall_changed(name, rules, ranges)
+
+    def _firewall_work(self, st: dict[str, Any], server_id: int) -> dict[str, Any] | None:
+        """The hook's work for a firewall change on server *server_id* (None while its host is not built: the
+        host's creation applies the firewalls then)."""
+        server = _find(st["servers"], server_id)
+        if self.on_firewall_changed is None or server is None or not server.get("host_created"):
+            return None
+        return {"kind": "firewall", "server_id": server_id, "name": server["name"]}
+
+    def _firewall_actions(self, st: dict[str, Any], req: Request, fw: dict[str, Any],
+                          server_ids: Iterable[int]) -> list[dict[str, Any]]:
+        """One ``apply_firewall`` action per server, running until the hook applied what filters it now."""
+        return [self._new_action(st, "apply_firewall", [("firewall", fw["id"]), ("server", sid)],
+                                 work=self._firewall_work(st, sid), req=req) for sid in server_ids]
+
     # actions ----------------------------------------------------------------------------------------
     def _new_action(self, st: dict[str, Any], command: str, resources: list[tuple[str, int]], *,
                     effects: list[list[Any]] | None = None, work: dict[str, Any] | None = None,
@@ -478,7 +521,8 @@ class HcloudStandin:
                   "resources": [{"id": rid, "type": rtype} for rtype, rid in resources],
                   "_t": time.time(), "_polls": 0, "_effects": effects or [], "_pending": False}
         if work is not None and req is not None:
-            hook = self.on_server_created if work["kind"] == "create_host" else self.on_server_deleted
+            hook = {"create_host": self.on_server_created, "destroy_host": self.on_server_deleted,
+                    "firewall": self.on_firewall_changed}[work["kind"]]
             if hook is not None:
                 action["_pending"] = True
                 action["_work"] = work
@@ -692,6 +736,7 @@ class HcloudStandin:
         for res in apply_to:
             fw["applied_to"].append(res)
             actions.append(self._new_action(st, "apply_firewall", [("firewall", fw["id"])] + _resource_ids(res)))
+        actions += self._firewall_actions(st, req, fw, [] if not apply_to else _firewall_server_ids(st, fw))
         return 201, {"firewall": _firewall(st, fw), "actions": [_public(a) for a in actions]}
 
     @route("PUT", r"/firewalls/(\d+)")
@@ -713,8 +758,7 @@ class HcloudStandin:
             raise invalid_input("rules", "is required (an empty list removes every rule)")
         fw["rules"] = _check_rules(req.body["rules"] or [])
         actions = [self._new_action(st, "set_firewall_rules", [("firewall", fw["id"])])]
-        for sid in _firewall_server_ids(st, fw):
-            actions.append(self._new_action(st, "apply_firewall", [("firewall", fw["id"]), ("server", sid)]))
+        actions += self._firewall_actions(st, req, fw, _firewall_server_ids(st, fw))
         return 201, {"actions": [_public(a) for a in actions]}
 
     @route("POST", r"/firewalls/(\d+)/actions/apply_to_resources")
@@ -727,13 +771,18 @@ class HcloudStandin:
                 raise unprocessable("firewall_already_applied",
                                     f"firewall {fw['name']} is already applied to {json.dumps(res)}")
             fw["applied_to"].append(res)
-            actions.append(self._new_action(st, "apply_firewall", [("firewall", fw["id"])] + _resource_ids(res)))
+            actions.append(self._new_action(st, "apply_firewall", [("firewall", fw["id"])] + _resource_ids(res),
+                                            work=self._firewall_work(st, res["server"]["id"])
+                                            if res["type"] == "server" else None, req=req))
+        if any(r["type"] == "label_selector" for r in req.body.get("apply_to") or []):
+            actions += self._firewall_actions(st, req, fw, _firewall_server_ids(st, fw))
         return 201, {"actions": [_public(a) for a in actions]}
 
     @route("POST", r"/firewalls/(\d+)/actions/remove_from_resources")
     def remove_firewall(self, st: dict, req: Request, ident: str) -> tuple[int, dict]:
         fw = _get(st, "firewalls", ident, "firewall")
         actions = []
+        before = set(_firewall_server_ids(st, fw))
         for i, r in enumerate(req.body.get("remove_from") or []):
             res = _check_resource(st, r, f"remove_from[{i}]")
             if res not in fw["applied_to"]:
@@ -741,6 +790,7 @@ class HcloudStandin:
                                     f"firewall {fw['name']} is not applied to {json.dumps(res)}")
             fw["applied_to"].remove(res)
             actions.append(self._new_action(st, "remove_firewall", [("firewall", fw["id"])] + _resource_ids(res)))
+        actions += self._firewall_actions(st, req, fw, sorted(before - set(_firewall_server_ids(st, fw))))
         return 201, {"actions": [_public(a) for a in actions]}
 
     # ---- placement groups -----------------------------------------------------------------------------
@@ -943,6 +993,9 @@ class HcloudStandin:
         server = _get(st, "servers", ident, "server")
         if server["status"] == "deleting":
             raise unprocessable("locked", f"server {server['name']} is already being deleted")
+        if server["protection"].get("delete"):
+            raise unprocessable("protected", f"server {server['name']} is protected against deletion: "
+                                             "disable its delete protection first (change_protection)")
         server["status"] = "deleting"
         for fw in st["firewalls"]:
             fw["applied_to"] = [r for r in fw["applied_to"]
@@ -951,6 +1004,20 @@ class HcloudStandin:
         action = self._new_action(st, "delete_server", [("server", server["id"])],
                                   effects=[["remove_server", server["id"]]], work=work, req=req)
         return 200, {"action": _public(action)}
+
+    @route("POST", r"/servers/(\d+)/actions/change_protection")
+    def change_protection(self, st: dict, req: Request, ident: str) -> tuple[int, dict]:
+        server = _get(st, "servers", ident, "server")
+        wanted = {k: req.body[k] for k in ("delete", "rebuild") if req.body.get(k) is not None}
+        for k, v in wanted.items():
+            if not isinstance(v, bool):
+                raise invalid_input(k, f"{v!r} is not a boolean")
+        new = {**server["protection"], **wanted}
+        if new["delete"] != new["rebuild"]:
+            raise invalid_input("rebuild", "delete and rebuild protection must have the same value")
+        server["protection"] = new
+        action = self._new_action(st, "change_protection", [("server", server["id"])])
+        return 201, {"action": _public(action)}
 
     @route("POST", r"/servers/(\d+)/actions/attach_to_network")
     def attach_to_network(self, st: dict, req: Request, ident: str) -> tuple[int, dict]:
@@ -1262,6 +1329,14 @@ def _firewall_server_ids(st: dict[str, Any], fw: dict[str, Any]) -> list[int]:
     return sorted(set(ids))
 
 
+def _server_inbound_rules(st: dict[str, Any], server: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The inbound rules of every firewall applied to *server* (None when none is: nothing filters it)."""
+    applied = [fw for fw in st["firewalls"] if server["id"] in _firewall_server_ids(st, fw)]
+    if not applied:
+        return None
+    return [copy.deepcopy(r) for fw in applied for r in fw["rules"] if r["direction"] == "in"]
+
+
 # rendering ----------------------------------------------------------------------------------------
 
 def _catalog_get(items: list[dict[str, Any]], ident: str, kind: str) -> dict[str, Any]:
@@ -1462,6 +1537,13 @@ def _lab_created(name: str, private_ip: str | None, authorized_keys: list[str],
     return fn(name, private_ip, authorized_keys, host_keys=host_keys or None, pin=False)  # type: ignore[arg-type]
 
 
+def _lab_firewall(name: str, rules: list[dict[str, Any]] | None, private_ranges: list[str]) -> None:
+    from hcbpg.lab import hosts  # noqa: PLC0415 - another module of the lab, late on purpose (see _lab_created)
+    from hcbpg.lab.core import LabConfig  # noqa: PLC0415 - as above
+    if not hosts.apply_firewall(LabConfig.load(None), name, rules, private_ranges):
+        LOG.warning("firewall of %s not applied: no lab host of that name", name)
+
+
 def _lab_deleted(name: str) -> None:
     try:
         from hcbpg.lab import hosts  # noqa: PLC0415 - the stand-in also runs without the lab's hosts (ImportError handled)
@@ -1483,6 +1565,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="a private IP never handed to a server (the bind address always is)")
     parser.add_argument("--action-seconds", type=float, default=2.0)
     parser.add_argument("--no-hooks", action="store_true", help="do not build lab hosts for servers")
+    parser.add_argument("--enforce-firewalls", action="store_true",
+                        help="apply firewalls to the servers' lab hosts (iptables in their namespaces)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     token = Path(args.token_file).read_text().strip()
@@ -1491,7 +1575,8 @@ def main(argv: list[str] | None = None) -> int:
         reserved.append(str(ipaddress.ip_address(args.bind)))
     app = HcloudStandin(args.state, token, action_seconds=args.action_seconds, reserved_ips=reserved,
                         on_server_created=None if args.no_hooks else _lab_created,
-                        on_server_deleted=None if args.no_hooks else _lab_deleted)
+                        on_server_deleted=None if args.no_hooks else _lab_deleted,
+                        on_firewall_changed=_lab_firewall if args.enforce_firewalls and not args.no_hooks else None)
     running = RunningStandin(app, args.bind, args.port, threads=16)
     LOG.info("Hetzner Cloud API stand-in on %s (state %s)", running.url, args.state)
     stop = threading.Event()

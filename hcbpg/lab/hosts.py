@@ -519,6 +519,59 @@ def host_exec(cfg: LabConfig, name: str, command: str | Sequence[str], *, input:
     return cp
 
 
+# firewalls: what a Hetzner Cloud firewall does, in the host's network namespace ----------------
+
+#: the chain :func:`apply_firewall` fills (jumped to from INPUT for traffic arriving on ``ens10``)
+FIREWALL_CHAIN = "HCBPG-FW"
+
+
+def render_firewall_restore(rules: Sequence[Mapping[str, Any]] | None, private_ranges: Sequence[str] = ()) -> str:
+    """``iptables-restore --noflush`` input that makes :data:`FIREWALL_CHAIN` do what a Hetzner firewall with
+    *rules* (the API's rule objects, the union of every firewall applied to the server) does to inbound traffic.
+
+    None: no firewall applied, everything comes in (the chain is empty).  Else: replies to what the host started
+    (ESTABLISHED, RELATED), the private network (*private_ranges*: Hetzner firewalls never filter it), one ACCEPT
+    per inbound rule and source, then DROP: a firewall without a rule drops all public inbound traffic.  IPv6
+    sources are left out (the lab has no IPv6)."""
+    lines = ["*filter", f":{FIREWALL_CHAIN} - [0:0]"]
+    if rules is not None:
+        lines.append(f"-A {FIREWALL_CHAIN} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT")
+        lines += [f"-A {FIREWALL_CHAIN} -s {ipaddress.ip_network(r)} -j ACCEPT" for r in private_ranges]
+        for rule in rules:
+            if rule.get("direction") != "in":
+                continue
+            proto = str(rule["protocol"])
+            match = f"-p {proto}"
+            port = rule.get("port")
+            if proto in ("tcp", "udp"):
+                match += f" -m {proto}"
+                if port and port != "any":
+                    match += f" --dport {str(port).replace('-', ':')}"
+            for src in rule.get("source_ips") or []:
+                net = ipaddress.ip_network(str(src))
+                if net.version == 4:
+                    lines.append(f"-A {FIREWALL_CHAIN} -s {net} {match} -j ACCEPT")
+        lines.append(f"-A {FIREWALL_CHAIN} -j DROP")
+    lines.append("COMMIT")
+    return "\n".join(lines) + "\n"
+
+
+def apply_firewall(cfg: LabConfig, name: str, rules: Sequence[Mapping[str, Any]] | None,
+                   private_ranges: Sequence[str] = ()) -> bool:
+    """Make lab host *name*'s network namespace filter inbound traffic on ``ens10`` as a Hetzner firewall with
+    *rules* does (:func:`render_firewall_restore`): "public" in the lab is any source outside *private_ranges*
+    (the network's ip_range), e.g. the outsider namespace.  Replaced whole on every call (the chain is flushed
+    and filled in one ``iptables-restore``).  False when the host does not exist (nothing to filter)."""
+    ns = cfg.netns(name)
+    if ns not in netns_list():
+        return False
+    run(["ip", "netns", "exec", ns, "iptables-restore", "--noflush"], input=render_firewall_restore(rules, private_ranges))
+    jump = ["INPUT", "-i", INTERFACE, "-j", FIREWALL_CHAIN]
+    if run(["ip", "netns", "exec", ns, "iptables", "-C", *jump], check=False).returncode != 0:
+        run(["ip", "netns", "exec", ns, "iptables", "-A", *jump])
+    return True
+
+
 # hooks for the Hetzner Cloud API stand-in -------------------------------------------------
 
 def create_server_host(name: str, private_ip: str, authorized_keys: list[str],

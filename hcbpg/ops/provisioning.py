@@ -1,4 +1,7 @@
-"""Provisioning on Hetzner Cloud (step 01): SSH key, private network, SSH-only firewall, placement group, servers.
+"""Provisioning on Hetzner Cloud (step 01): SSH key, private network, SSH-only firewall, placement group, servers;
+with a ``jumpbox`` in params the jumpbox first (its own SSH firewall), and the database servers' public SSH closed
+once SSH through the jumpbox worked on each (:func:`ensure_public_ssh_closed`); delete and rebuild protection
+(:func:`ensure_protection`).
 
 The cloud client is an adapter handed in by the caller (:mod:`hcbpg.adapters.cloud`, which maps its
 errors).  ``get_existing`` reads what the project holds, ``plan_provision`` (pure,
@@ -14,7 +17,7 @@ would have to invent the ids of what it "created"; a dry run is the plan (:func:
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from hcloud.firewalls.domain import Firewall, FirewallResource, FirewallRule
@@ -42,17 +45,24 @@ from hcbpg.desired.cloud import (
     SeenPlacementGroup,
     SeenServer,
     ServerRecord,
+    describe_rules,
     format_labels,
     plan_provision,
+    plan_public_ssh,
+    protection_row,
+    provisioned_machines,
     raise_refusals,
     render_cloud_init,
     render_firewall_rules,
+    rules_before_proof,
+    same_rules,
     ssh_key_fingerprint,
 )
-from hcbpg.errors import CloudError, ParamsError
+from hcbpg.errors import CloudError, HcbpgError, ParamsError, SafetyCheckFailed
 from hcbpg.outcome import Check, Outcome
 
 if TYPE_CHECKING:  # pragma: no cover
+    from hcbpg.adapters.base import HostLike
     from hcbpg.adapters.cloud import CloudLike
     from hcbpg.params import Params
 
@@ -115,12 +125,18 @@ def get_existing(client: "CloudLike", params: "Params", *, ssh_public_key: str |
         img = (client.images.get_by_name_and_architecture(h.image, cast(str, st.architecture)) if st is not None else None)
         known_types = tuple(sorted(cast(str, t.name) for t in client.server_types.get_all())) if st is None else ()
         known_locs = tuple(sorted(cast(str, x.name) for x in client.locations.get_all())) if loc is None else ()
+        jb = params.jumpbox
+        jst: Any = (st if jb.server_type == h.server_type else client.server_types.get_by_name(jb.server_type)) \
+            if jb is not None else None
     catalog = Catalog(
         server_type=st.name if st else None, architecture=st.architecture if st else None,
         server_type_locations=tuple(cast(str, x.location.name) for x in (st.locations or []) if x.available is not False)
         if st else (),
         location=loc.name if loc else None, location_zone=loc.network_zone if loc else None,
-        image_id=img.id if img else None, known_server_types=known_types, known_locations=known_locs)
+        image_id=img.id if img else None, known_server_types=known_types, known_locations=known_locs,
+        jumpbox_server_type=jst.name if jst else None, jumpbox_architecture=jst.architecture if jst else None,
+        jumpbox_type_locations=tuple(cast(str, x.location.name) for x in (jst.locations or [])
+                                     if x.available is not False) if jst else ())
 
     with map_cloud_errors(f"reading SSH key {h.ssh_key_name}"):
         # hcloud types every model field Optional (models double as id-only references); read ones are filled
@@ -134,14 +150,18 @@ def get_existing(client: "CloudLike", params: "Params", *, ssh_public_key: str |
         net: Any = client.networks.get_by_name(params.network.name)
     with map_cloud_errors(f"reading firewall {h.firewall}"):
         fw: Any = client.firewalls.get_by_name(h.firewall)
+    jfw: Any = None
+    if params.jumpbox is not None:
+        with map_cloud_errors(f"reading firewall {params.jumpbox.firewall}"):
+            jfw = client.firewalls.get_by_name(params.jumpbox.firewall)
     with map_cloud_errors(f"reading placement group {h.placement_group}"):
         pg: Any = client.placement_groups.get_by_name(h.placement_group)
     servers: dict[str, SeenServer] = {}
     with map_cloud_errors("reading servers"):
-        for s in params.servers:
-            found = client.servers.get_by_name(s.name)
+        for m in provisioned_machines(params):
+            found = client.servers.get_by_name(m.name)
             if found is not None:
-                servers[s.name] = _seen_server(found)
+                servers[m.name] = _seen_server(found)
         member_ips: dict[str, str] = {}
         if net is not None and net.servers:
             for other in client.servers.get_all():
@@ -155,11 +175,16 @@ def get_existing(client: "CloudLike", params: "Params", *, ssh_public_key: str |
         network=SeenNetwork(net.id, net.name, net.ip_range,
                             tuple((sub.ip_range, sub.network_zone, sub.type) for sub in net.subnets or []),
                             member_ips) if net else None,
-        firewall=SeenFirewall(fw.id, fw.name, tuple(_rule_of(r) for r in fw.rules or []),
-                              tuple(sorted(_firewall_server_ids(fw, servers)))) if fw else None,
+        firewall=_seen_firewall(fw, servers) if fw else None,
         placement_group=SeenPlacementGroup(pg.id, pg.name, pg.type, tuple(pg.servers or [])) if pg else None,
         servers=servers,
+        jumpbox_firewall=_seen_firewall(jfw, servers) if jfw else None,
     )
+
+
+def _seen_firewall(fw: Any, servers: dict[str, SeenServer]) -> SeenFirewall:
+    return SeenFirewall(fw.id, fw.name, tuple(_rule_of(r) for r in fw.rules or []),
+                        tuple(sorted(_firewall_server_ids(fw, servers))))
 
 
 def _firewall_server_ids(fw: Any, servers: dict[str, SeenServer]) -> set[int]:
@@ -182,6 +207,7 @@ def _seen_server(s: Any) -> SeenServer:
         public_ip=pub.ipv4.ip if pub and pub.ipv4 else None,
         firewall_ids=tuple(sorted(f.firewall.id for f in (pub.firewalls or []))) if pub else (),
         placement_group_id=s.placement_group.id if s.placement_group else None,
+        protection=(bool((s.protection or {}).get("delete")), bool((s.protection or {}).get("rebuild"))),
     )
 
 
@@ -231,19 +257,25 @@ def ensure_provisioned(client: "CloudLike", params: "Params", *, dry_run: bool, 
                 Network(id=net_id), NetworkSubnet(ip_range=n.subnet, network_zone=h.network_zone, type=SUBNET_TYPE))
         wait([action], f"adding subnet {n.subnet}")
 
-    # firewall
-    rules = [_hcloud_rule(r) for r in render_firewall_rules(params)]
-    if planned("firewall", h.firewall) == "create":
-        with map_cloud_errors(f"creating firewall {h.firewall}"):
-            resp = client.firewalls.create(name=h.firewall, rules=rules, labels=dict(h.labels))
-        wait(cast(list[Any], resp.actions), f"creating firewall {h.firewall}")
-        fw_id = resp.firewall.id
-    else:
-        fw_id = existing.firewall.id  # type: ignore[union-attr]
-        if planned("firewall", h.firewall) == "update":
-            with map_cloud_errors(f"setting the rules of firewall {h.firewall}"):
-                actions = client.firewalls.set_rules(Firewall(id=fw_id), rules)
-            wait(actions, f"setting the rules of firewall {h.firewall}")
+    # firewalls: the jumpbox's, then the database servers' (SSH from the admin ranges until SSH through the
+    # jumpbox is proven: ensure_public_ssh_closed)
+    fw_ids: dict[str, int] = {}
+    wanted = [(h.firewall, existing.firewall, rules_before_proof(params, existing.firewall))]
+    if params.jumpbox is not None:
+        wanted.insert(0, (params.jumpbox.firewall, existing.jumpbox_firewall, render_firewall_rules(params, "jumpbox")))
+    for fw_name, seen_fw, fw_rules in wanted:
+        rules = [_hcloud_rule(r) for r in fw_rules]
+        if planned("firewall", fw_name) == "create":
+            with map_cloud_errors(f"creating firewall {fw_name}"):
+                resp = client.firewalls.create(name=fw_name, rules=rules, labels=dict(h.labels))
+            wait(cast(list[Any], resp.actions), f"creating firewall {fw_name}")
+            fw_ids[fw_name] = cast(int, resp.firewall.id)
+        else:
+            fw_ids[fw_name] = seen_fw.id  # type: ignore[union-attr]
+            if planned("firewall", fw_name) == "update":
+                with map_cloud_errors(f"setting the rules of firewall {fw_name}"):
+                    actions = client.firewalls.set_rules(Firewall(id=fw_ids[fw_name]), rules)
+                wait(actions, f"setting the rules of firewall {fw_name}")
 
     # placement group
     if planned("placement_group", h.placement_group) == "create":
@@ -256,9 +288,10 @@ def ensure_provisioned(client: "CloudLike", params: "Params", *, dry_run: bool, 
     else:
         pg_id = existing.placement_group.id  # type: ignore[union-attr]
 
-    # servers
+    # servers, the jumpbox first
     known_hosts = hostkeys.known_hosts_path(params)
-    for s in params.servers:
+    for s in provisioned_machines(params):
+        fw_id = fw_ids[s.firewall]
         if planned("server", s.name) == "create":
             # the server's host key is made here and pinned before the server exists, so the very
             # first SSH connection to it is verified; the private half lives only in user_data
@@ -267,7 +300,7 @@ def ensure_provisioned(client: "CloudLike", params: "Params", *, dry_run: bool, 
             print(f"[{s.name}] new SSH host key {host_key.fingerprint}, pinned in {known_hosts}")
             with map_cloud_errors(f"creating server {s.name}"):
                 srv_resp = client.servers.create(
-                    name=s.name, server_type=ServerType(name=h.server_type),
+                    name=s.name, server_type=ServerType(name=s.server_type),
                     image=Image(id=existing.catalog.image_id), location=Location(name=h.location),
                     ssh_keys=[SSHKey(id=key_id)], firewalls=[Firewall(id=fw_id)],
                     placement_group=PlacementGroup(id=pg_id), labels=dict(h.labels), start_after_create=True,
@@ -281,10 +314,10 @@ def ensure_provisioned(client: "CloudLike", params: "Params", *, dry_run: bool, 
             server_id = existing.servers[s.name].id
             attach = planned("server_network", s.name) == "attach"
             if planned("server_firewall", s.name) == "apply":
-                with map_cloud_errors(f"applying firewall {h.firewall} to {s.name}"):
+                with map_cloud_errors(f"applying firewall {s.firewall} to {s.name}"):
                     actions = client.firewalls.apply_to_resources(
                         Firewall(id=fw_id), [FirewallResource(type="server", server=Server(id=server_id))])
-                wait(actions, f"applying firewall {h.firewall} to {s.name}")
+                wait(actions, f"applying firewall {s.firewall} to {s.name}")
             if planned("server_labels", s.name) == "update":
                 labels = {**existing.servers[s.name].labels, **h.labels}
                 with map_cloud_errors(f"setting labels on {s.name}"):
@@ -302,10 +335,12 @@ def ensure_provisioned(client: "CloudLike", params: "Params", *, dry_run: bool, 
     after = get_existing(client, params, ssh_public_key=ssh_public_key)
     records = _records(params, after)
     for r in records:
-        # the address later steps reach the server at, beside its pinned key (from the API, not outputs/)
+        # the address later steps reach the machine at, beside its pinned key (from the API, not outputs/); with a
+        # jumpbox a database server is reached at its private IP through it
+        address = r.private_ip if params.jumpbox is not None and r.role != "jumpbox" else r.public_ip
         keys = [f"{p.keytype} {p.key}" for p in hostkeys.pins_for(known_hosts, r.name)]
-        if keys and r.public_ip:
-            hostkeys.pin(known_hosts, params.environment, r.name, keys, address=r.public_ip)
+        if keys and address:
+            hostkeys.pin(known_hosts, params.environment, r.name, keys, address=address)
     return _outcomes(params, plan, dry_run=False), records
 
 
@@ -315,8 +350,8 @@ def _outcomes(params: "Params", plan: Sequence[PlannedAction], *, dry_run: bool)
     titles = {"ssh_key": "SSH key", "network": "network", "subnet": "network", "firewall": "firewall",
               "placement_group": "placement group"}
     for a in plan:
-        if a.kind in ("server_type", "location", "image"):
-            continue
+        if a.kind in ("server_type", "location", "image", "firewall_ssh", "server_protection"):
+            continue  # the catalog refuses only; public SSH and protection have their own ensure_*
         if a.kind.startswith("server"):
             what = f"server {a.name}"
         elif a.kind == "subnet":
@@ -334,7 +369,7 @@ def _outcomes(params: "Params", plan: Sequence[PlannedAction], *, dry_run: bool)
 
 def _records(params: "Params", existing: Existing) -> list[ServerRecord]:
     out = []
-    for s in params.servers:
+    for s in provisioned_machines(params):
         seen = existing.servers.get(s.name)
         if seen is None:
             out.append(ServerRecord(s.name, s.role, s.private_ip))
@@ -368,18 +403,35 @@ def get_provision_checks(client: "CloudLike", params: "Params", *, dry_run: bool
           n.name, missing=net is None)
     fw = ex.firewall
     want = render_firewall_rules(params)
-    check("firewall allows only SSH inbound", bool(fw) and sorted(fw.rules, key=str) == sorted(want, key=str),  # type: ignore[union-attr]
-          "; ".join(str(r) for r in fw.rules) if fw else "missing", h.firewall, missing=fw is None)
+    jb = params.jumpbox
+    if jb is None:
+        check("firewall allows only SSH inbound", bool(fw) and same_rules(fw.rules, want),  # type: ignore[union-attr]
+              "; ".join(str(r) for r in fw.rules) if fw else "missing", h.firewall, missing=fw is None)
+    else:
+        name = f"firewall allows no public inbound (SSH through {jb.name})"
+        if fw is not None and dry_run and not same_rules(fw.rules, want):
+            checks.append(Check(name, "warn", f"{describe_rules(fw.rules)} (dry run: public SSH is closed once SSH "
+                                f"through {jb.name} works on every server)", h.firewall))
+        else:
+            check(name, bool(fw) and same_rules(fw.rules, want),  # type: ignore[union-attr]
+                  describe_rules(fw.rules) if fw else "missing", h.firewall, missing=fw is None)
+        jfw = ex.jumpbox_firewall
+        check("jumpbox firewall allows only SSH inbound",
+              bool(jfw) and same_rules(jfw.rules, render_firewall_rules(params, "jumpbox")),  # type: ignore[union-attr]
+              describe_rules(jfw.rules) if jfw else "missing", jb.firewall, missing=jfw is None)
     pg = ex.placement_group
     check("placement group", bool(pg) and pg.type == PLACEMENT_TYPE,  # type: ignore[union-attr]
           f"{pg.type}, servers {list(pg.server_ids)}" if pg else "missing", h.placement_group, missing=pg is None)
-    for s in params.servers:
+    for s in provisioned_machines(params):
         seen = ex.servers.get(s.name)
+        if h.protection:
+            checks.append(protection_row(s.name, seen.protection if seen else None, dry_run=dry_run))
         if seen is None:
             check("server exists", False, "missing", s.name, missing=True)
             continue
+        m_fw = ex.jumpbox_firewall if s.role == "jumpbox" else fw
         check("server running", seen.status == "running", seen.status, s.name)
-        check("server type and location", (seen.server_type, seen.location) == (h.server_type, h.location),
+        check("server type and location", (seen.server_type, seen.location) == (s.server_type, h.location),
               f"{seen.server_type} in {seen.location}", s.name)
         check("image", seen.image in (None, h.image), str(seen.image), s.name)
         missing_labels = {k: v for k, v in h.labels.items() if seen.labels.get(k) != v}
@@ -387,10 +439,99 @@ def get_provision_checks(client: "CloudLike", params: "Params", *, dry_run: bool
         ip = seen.private_ips.get(net.id) if net else None
         check("private IP", ip == s.private_ip, f"{ip or 'not attached'} in {n.name} (params: {s.private_ip})",
               s.name, missing=ip is None)
-        check("firewall applied", bool(fw) and fw.id in seen.firewall_ids,  # type: ignore[union-attr]
-              h.firewall if fw and fw.id in seen.firewall_ids else "not applied", s.name, missing=fw is None)
+        check("firewall applied", bool(m_fw) and m_fw.id in seen.firewall_ids,  # type: ignore[union-attr]
+              s.firewall if m_fw and m_fw.id in seen.firewall_ids else "not applied", s.name, missing=m_fw is None)
         check("in placement group", bool(pg) and seen.placement_group_id == pg.id,  # type: ignore[union-attr]
               h.placement_group if pg and seen.placement_group_id == pg.id else "not in it", s.name,
               missing=pg is None)
         check("public IPv4", bool(seen.public_ip), str(seen.public_ip), s.name)
     return checks
+
+
+# the jumpbox path and protection (issue 28) ------------------------------------------------------
+
+def ensure_public_ssh_closed(client: "CloudLike", params: "Params", hosts: Mapping[str, "HostLike"], *,
+                             dry_run: bool, timeout: float = DEFAULT_WAIT_TIMEOUT) -> list[Outcome]:
+    """With a jumpbox in params: the database servers' firewall (``hetzner.firewall``) loses its public SSH rule
+    (no rule left: Hetzner drops all public inbound), only once ``true`` ran on every server through *hosts*
+    (each server's Host through the jumpbox, made by the caller) in this run: the operator is never locked out.
+
+    Refused (SafetyCheckFailed, the firewall unchanged) when a server did not answer; a dry run says what it would
+    do (its hosts' probes are real: a server not there yet is an AbsentHost and answers nothing).  Without a
+    jumpbox: nothing to do (no Outcome)."""
+    jb, h = params.jumpbox, params.hetzner
+    if jb is None:
+        return []
+    what = f"public SSH closed on firewall {h.firewall}"
+    with map_cloud_errors(f"reading firewall {h.firewall}"):
+        fw: Any = client.firewalls.get_by_name(h.firewall)
+    current = tuple(_rule_of(r) for r in fw.rules or []) if fw is not None else None
+    final = render_firewall_rules(params, "db")
+    unproven: dict[str, str] = {}
+    reached: list[str] = []
+    if current is None or not same_rules(current, final):
+        for s in params.servers:
+            host = hosts.get(s.name)
+            if host is None:
+                unproven[s.name] = "no SSH connection to it"
+                continue
+            try:
+                res = host.probe("true", timeout=max(10.0, params.ssh.connect_timeout))
+            except HcbpgError as exc:
+                unproven[s.name] = exc.message.splitlines()[0][:200]
+                continue
+            if res.ok:
+                reached.append(f"`true` ran on {s.name} through {getattr(host, 'where', jb.name)}")
+            else:
+                unproven[s.name] = (res.stderr or res.stdout).strip().splitlines()[-1][:200] if (
+                    res.stderr or res.stdout).strip() else f"exit status {res.exit_code}"
+    plan = plan_public_ssh(params, current, unproven)
+    if plan.action == "none":
+        return [Outcome(what, False, dry_run, actions=[plan.detail])]
+    if dry_run:
+        return [Outcome(what, True, True, actions=[f"would set the rules of {h.firewall} to "
+                                                   f"[{describe_rules(final)}] once SSH through {jb.name} works on "
+                                                   f"every server: {plan.detail}"])]
+    if plan.action == "refuse":
+        raise SafetyCheckFailed(f"public SSH to the database servers not closed: {plan.detail}", target=h.firewall,
+                                reasons=[f"{k}: {v}" for k, v in sorted(unproven.items())],
+                                hint=f"Fix SSH through {jb.name} to each server (its firewall, its key, the "
+                                     "jumpbox), then run step 01 again; the firewall keeps SSH from the admin ranges.")
+    with map_cloud_errors(f"setting the rules of firewall {h.firewall}"):
+        actions = client.firewalls.set_rules(fw, [_hcloud_rule(r) for r in final])
+    wait_for_actions(actions, what=f"setting the rules of firewall {h.firewall}", timeout=timeout,
+                     interval=client_interval(client))
+    return [Outcome(what, True, False, actions=[*reached, plan.detail])]
+
+
+def ensure_protection(client: "CloudLike", params: "Params", *, dry_run: bool,
+                      timeout: float = DEFAULT_WAIT_TIMEOUT) -> list[Outcome]:
+    """Delete and rebuild protection (``hetzner.protection``) on every provisioned machine, the jumpbox too: the
+    API then refuses to delete or rebuild them until it is lifted.  Never lifted here.  A machine missing is a
+    CloudError (a dry run: enabled once created).  ``hetzner.protection`` off: nothing (no Outcome)."""
+    if not params.hetzner.protection:
+        return []
+    out = []
+    for m in provisioned_machines(params):
+        what = f"delete and rebuild protection on {m.name}"
+        with map_cloud_errors(f"reading server {m.name}"):
+            server: Any = client.servers.get_by_name(m.name)
+        if server is None:
+            if dry_run:
+                out.append(Outcome(what, True, True, actions=["enable once the server is created"]))
+                continue
+            raise CloudError(f"Hetzner Cloud API: there is no server {m.name} to protect",
+                             hint="Run step 01 again: it creates the server first.")
+        prot = server.protection or {}
+        now = f"delete {'on' if prot.get('delete') else 'off'}, rebuild {'on' if prot.get('rebuild') else 'off'}"
+        if prot.get("delete") and prot.get("rebuild"):
+            out.append(Outcome(what, False, dry_run, actions=["already on (delete and rebuild)"]))
+            continue
+        if dry_run:
+            out.append(Outcome(what, True, True, actions=[f"enable delete and rebuild protection (now {now})"]))
+            continue
+        with map_cloud_errors(f"enabling delete and rebuild protection on {m.name}"):
+            action = client.servers.change_protection(server, delete=True, rebuild=True)
+        wait_for_actions([action], what=f"protecting {m.name}", timeout=timeout, interval=client_interval(client))
+        out.append(Outcome(what, True, False, actions=[f"enabled delete and rebuild protection (was {now})"]))
+    return out

@@ -105,10 +105,20 @@ def target_for(name: str, host: "HostLike | None", *, dry_run: bool) -> "HostLik
 
 
 def jumpbox_host(params: "Params", cfg: "RolesConfig") -> Host | None:
-    """An open Host for the jumpbox (``jumpbox_ssh_host``, else its private IP); None when SSH cannot reach it."""
-    if not cfg.jumpbox_ip:
+    """An open Host for the jumpbox; None when SSH cannot reach it.  With ``jumpbox`` in params: the machine step 01
+    provisions, by its name and route (``jumpbox.ssh_host``, else the address pinned with its key); else Metabase's
+    ``jumpbox`` (``jumpbox_ssh_host``, else its private IP)."""
+    jb = params.jumpbox
+    if jb is not None:
+        address = ssh_route(params, jb.name, [{"name": jb.name, "public_ip": hostkeys.pinned_address(
+            hostkeys.known_hosts_path(params), jb.name)}]).address
+        if address is None:
+            return None
+        host = Host.from_params(params, jb.name, address)
+    elif not cfg.jumpbox_ip:
         return None
-    host = Host.from_params(params, "jumpbox", cfg.jumpbox_ssh_host or cfg.jumpbox_ip)
+    else:
+        host = Host.from_params(params, "jumpbox", cfg.jumpbox_ssh_host or cfg.jumpbox_ip)
     try:
         return host.connect()
     except HostUnreachable:
