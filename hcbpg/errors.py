@@ -163,6 +163,26 @@ class PgBackRestError(HcbpgError):
         super().__init__(message, hint=hint)
 
 
+class PatroniError(HcbpgError):
+    """Patroni's REST API answered an error (or nothing): *status* is the HTTP status (0: no answer), *host* the
+    member asked, *body* what it said (scrubbed)."""
+
+    def __init__(self, message: str, *, status: int = 0, host: str | None = None, body: str = "",
+                 hint: str | None = None) -> None:
+        self.status = status
+        self.host = host
+        self.body = body
+        super().__init__(message, hint=hint)
+
+
+class EtcdError(HcbpgError):
+    """etcd did not do what hcbpg asked (a member unhealthy, no quorum, auth refused); *host* ran etcdctl."""
+
+    def __init__(self, message: str, *, host: str | None = None, hint: str | None = None) -> None:
+        self.host = host
+        super().__init__(message, hint=hint)
+
+
 class SafetyCheckFailed(HcbpgError):
     """A destructive or risky action was refused; *target* is the machine or object it would
     have changed, *reasons* each precondition that did not hold."""

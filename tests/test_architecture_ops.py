@@ -36,7 +36,7 @@ VERBS = ("get_", "ensure_", "run_", "wait_for_", "check_", "release_")
 #: the types an operation's first parameter may have (protocols of hcbpg.adapters, and the clients
 #: of outside services an adapter wraps)
 ADAPTER_TYPES = re.compile(r"\b(HostLike|PsqlLike|EndpointLike|SourceLike|ObjectStoreLike|AnchorStoreLike|CloudLike|"
-                           r"SecretStoreLike|Site|OutsiderRunner|LocalRunner)\b")
+                           r"SecretStoreLike|Site|OutsiderRunner|LocalRunner|EtcdCtl|PatroniApi)\b")
 
 #: pure function prefixes, at home only in pg/ and desired/
 PURE = ("render_", "parse_", "plan_")

@@ -16,13 +16,14 @@ RUNNER_PARAMS = {"env", "run_id", "run_dir", "dry_run"}
 
 
 def test_every_listed_step_has_its_notebook_and_every_notebook_is_listed():
-    steps = load_steps()
-    listed = {s.notebook for s in steps}
+    by_manager = {m: load_steps(manager=m) for m in ("manual", "patroni")}
+    listed = {s.notebook for steps in by_manager.values() for s in steps}
     present = {p.name for p in NOTEBOOKS}
     assert present <= listed, f"notebooks not in steps.yaml: {present - listed}"
     missing = listed - present
     assert not missing, f"steps.yaml lists notebooks that do not exist: {sorted(missing)}"
-    assert len({s.number for s in steps}) == len(steps), "step numbers must be unique"
+    for m, steps in by_manager.items():
+        assert len({s.number for s in steps}) == len(steps), f"step numbers must be unique ({m})"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

@@ -165,7 +165,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if plan_file is not None:  # the plan's steps (verified again by the runner before anything runs)
         keys = _plan_steps_said(plan_file)
     else:
-        keys = [s.key for s in catalogue.select(catalogue.load_steps(transfer=catalogue.transfer_of(params)),
+        keys = [s.key for s in catalogue.select(catalogue.load_steps_for(params),
                                                 start=args.start, until=args.until, only=args.only)]
     confirm.confirm_run(params, args.env, keys, what=f"hcbpg run {args.env}", yes=args.yes,
                         echo=_err if getattr(args, "json", False) else print)
@@ -236,7 +236,7 @@ def cmd_steps(args: argparse.Namespace) -> int:
 
     params = load_params(args.env, home())
     transfer = catalogue.transfer_of(params)
-    steps = sorted(catalogue.load_steps(transfer=transfer), key=lambda s: s.on_demand)  # the runbook's order first
+    steps = sorted(catalogue.load_steps_for(params), key=lambda s: s.on_demand)  # the runbook's order first
     order = {s.key: n for n, s in enumerate(steps, 1) if not s.on_demand}
     if getattr(args, "json", False):
         _print_json({"environment": args.env, "transfer": transfer,

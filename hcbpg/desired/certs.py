@@ -88,29 +88,55 @@ def render_ca(environment: str, *, now: dt.datetime | None = None) -> Ca:
     return Ca(cert.public_bytes(serialization.Encoding.PEM).decode(), key)
 
 
-def render_server_cert(ca: Ca, params: "Params", server: "Server", *,
-                       now: dt.datetime | None = None) -> tuple[str, str]:
-    """(certificate PEM, key PEM) for *server*: its private IP and name as SANs, signed by *ca*."""
+@dataclass(frozen=True)
+class CertSpec:
+    """What a certificate must say: its subject's CN (None: an empty subject, as etcd's gateway needs of
+    Patroni's client certificate), its IP and DNS names, and what it may be used for (EKU)."""
+
+    cn: str | None
+    ips: tuple[str, ...] = ()
+    dns: tuple[str, ...] = ()
+    server: bool = True
+    client: bool = False
+
+
+def server_cert_spec(server: "Server") -> CertSpec:
+    """PostgreSQL's certificate of *server*: its name and private IP, server authentication only."""
+    return CertSpec(server.name, (server.private_ip,), (server.name,))
+
+
+def render_cert(ca: Ca, spec: CertSpec, *, days: float, now: dt.datetime | None = None) -> tuple[str, str]:
+    """(certificate PEM, key PEM) as *spec* says, signed by *ca*, valid *days* from *now*."""
     now = now or _now()
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, server.name)]))
-            .issuer_name(ca.cert.subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=params.tls.cert_days))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(server.private_ip)),
-                                                        x509.DNSName(server.name)]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, spec.cn)] if spec.cn else [])
+    usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if spec.server else []) + (
+        [ExtendedKeyUsageOID.CLIENT_AUTH] if spec.client else [])
+    if not usages:
+        raise ValueError("a certificate for neither server nor client authentication")
+    builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(ca.cert.subject)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days)))
+    names: list[x509.GeneralName] = [x509.IPAddress(ipaddress.ip_address(a)) for a in spec.ips]
+    names += [x509.DNSName(d) for d in spec.dns]
+    if names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    cert = (builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
             .sign(ca.key, hashes.SHA256()))
     pem = hsecrets.register(key_pem(key))
     return cert.public_bytes(serialization.Encoding.PEM).decode(), pem
 
 
-def plan_server_cert(current_pem: str | None, ca: Ca | None, params: "Params", server: "Server", *,
-                     now: dt.datetime | None = None) -> str | None:
-    """Why *server*'s certificate must be (re)issued, or None when it is good."""
+def render_server_cert(ca: Ca, params: "Params", server: "Server", *,
+                       now: dt.datetime | None = None) -> tuple[str, str]:
+    """(certificate PEM, key PEM) for *server*: its private IP and name as SANs, signed by *ca*."""
+    return render_cert(ca, server_cert_spec(server), days=params.tls.cert_days, now=now)
+
+
+def plan_cert(current_pem: str | None, ca: Ca | None, spec: CertSpec, *, renew_days: float,
+              now: dt.datetime | None = None) -> str | None:
+    """Why a certificate that must say *spec* has to be (re)issued, or None when *current_pem* is good."""
     if current_pem is None:
         return "no certificate yet"
     if ca is None:
@@ -125,17 +151,36 @@ def plan_server_cert(current_pem: str | None, ca: Ca | None, params: "Params", s
         cert.verify_directly_issued_by(ca.cert)
     except (ValueError, TypeError, Exception):  # noqa: BLE001 - InvalidSignature and friends: not ours
         return "not signed by this environment's CA"
+    if spec.ips or spec.dns:
+        try:
+            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except x509.ExtensionNotFound:
+            return "no subject alternative names"
+        ips = {str(i) for i in san.get_values_for_type(x509.IPAddress)}
+        dns = set(san.get_values_for_type(x509.DNSName))
+        if not set(spec.ips) <= ips or not set(spec.dns) <= dns:
+            return f"names {sorted(ips)} do not include {' and '.join([*spec.ips, *spec.dns])}"
+    cns = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    if cns != ([spec.cn] if spec.cn else []):
+        return f"its subject names {cns or 'nobody'}, expected {spec.cn or 'an empty subject'}"
     try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        eku = set(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
     except x509.ExtensionNotFound:
-        return "no subject alternative names"
-    ips = {str(i) for i in san.get_values_for_type(x509.IPAddress)}
-    if server.private_ip not in ips or server.name not in san.get_values_for_type(x509.DNSName):
-        return f"names {sorted(ips)} do not include {server.private_ip} and {server.name}"
+        eku = set()
+    want = ({ExtendedKeyUsageOID.SERVER_AUTH} if spec.server else set()) | (
+        {ExtendedKeyUsageOID.CLIENT_AUTH} if spec.client else set())
+    if eku != want:
+        return "its key usages differ from what it is for"
     left = cert.not_valid_after_utc - (now or _now())
-    if left < dt.timedelta(days=params.tls.renew_days):
-        return f"expires in {left.days} day(s) (renewed {params.tls.renew_days} days before)"
+    if left < dt.timedelta(days=renew_days):
+        return f"expires in {left.days} day(s) (renewed {renew_days:g} days before)"
     return None
+
+
+def plan_server_cert(current_pem: str | None, ca: Ca | None, params: "Params", server: "Server", *,
+                     now: dt.datetime | None = None) -> str | None:
+    """Why *server*'s certificate must be (re)issued, or None when it is good."""
+    return plan_cert(current_pem, ca, server_cert_spec(server), renew_days=params.tls.renew_days, now=now)
 
 
 def cert_days_left(pem: str, *, now: dt.datetime | None = None) -> float:

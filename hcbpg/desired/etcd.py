@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from hcbpg.desired import tls
+from hcbpg.desired.certs import CertSpec
 from hcbpg.errors import HcbpgError, ParamsError
 from hcbpg.pg.conf import MANAGED_HEADER
 
@@ -64,6 +65,12 @@ def member(params: "Params", name: str) -> EtcdMember:
         if m.name == name:
             return m
     raise ValueError(f"{name} is not an etcd member; members: {', '.join(m.name for m in etcd_members(params))}")
+
+
+def member_cert_spec(params: "Params", name: str) -> CertSpec:
+    """A member's certificate: CN = its name, its private IP and 127.0.0.1, server and client (peers are both)."""
+    m = member(params, name)
+    return CertSpec(m.name, (m.private_ip, "127.0.0.1"), (m.name,), server=True, client=True)
 
 
 def peer_url(params: "Params", m: EtcdMember) -> str:

@@ -28,7 +28,9 @@ import yaml
 
 from hcbpg.desired import backups, capacity, tls
 from hcbpg.desired import etcd as desired_etcd
+from hcbpg.desired.certs import CertSpec
 from hcbpg.errors import HcbpgError, ParamsError
+from hcbpg.outcome import Check
 from hcbpg.params_ha import FAILSAFE_EXTRA_S, PATRONI_OWNED_SETTINGS
 from hcbpg.pg.conf import MANAGED_HEADER, SettingValue
 from hcbpg.secrets import register
@@ -268,6 +270,17 @@ def patroni_config(params: "Params", server: "Server", shape: capacity.ServerSha
                      {"mode": p.watchdog, "device": WATCHDOG_DEVICE, "safety_margin": WATCHDOG_SAFETY_MARGIN}),
         "tags": {"nofailover": False, "noloadbalance": False, "clonefrom": False, "nosync": False},
     }
+
+
+def rest_cert_spec(server: "Server") -> CertSpec:
+    """The REST API's certificate: the member's name, private IP and 127.0.0.1; server and client (members
+    call each other's API with it)."""
+    return CertSpec(server.name, (server.private_ip, "127.0.0.1"), (server.name,), server=True, client=True)
+
+
+#: Patroni's etcd client certificate: no subject at all (etcd's gateway refuses a certificate with a CN when
+#: auth is on; Patroni signs in with its user and password instead), client authentication only
+ETCD_CLIENT_SPEC = CertSpec(None, server=False, client=True)
 
 
 def _dump(data: Mapping[str, Any]) -> str:
@@ -704,3 +717,51 @@ def plan_after_failover(view: ClusterView, history: list[HistoryEntry], *, recor
         notes.append(f"{recorded_leader} does not answer: power it off through the cloud before anything else")
     return AfterFailover(True, action, recorded_leader, new_leader, recorded_timeline,
                          fork.lsn if fork else None, fork.timestamp if fork else None, lost, tuple(notes))
+
+
+def topology_record(view: ClusterView) -> dict[str, Any]:
+    """What steps 10 and 11 record as ``topology`` for later steps (the leader, its timeline, the replicas)."""
+    leader = view.leader
+    return {"primary": leader.name if leader else None, "timeline": leader.timeline if leader else None,
+            "replicas": [m.name for m in view.replicas], "manager": "patroni"}
+
+
+def check_cluster(view: ClusterView | None, params: "Params", *,
+                  statuses: Mapping[str, MemberStatus | None] | None = None) -> list[Check]:
+    """The cluster as the operator must see it: a leader, every member running on its timeline, the sync standby
+    in synchronous mode, not paused, failsafe not active (etcd reachable)."""
+    p = patroni_params(params)
+    if view is None:
+        rows = [Check("Patroni cluster", "fail", "no member's Patroni answers GET /cluster")]
+        for name, st in (statuses or {}).items():
+            if st is not None and st.failsafe_active:
+                rows.append(Check("failsafe active", "warn", f"{name} is {st.role} and keeps serving because every "
+                                  "member answers it (failsafe_mode); etcd is not reachable: no automatic failover "
+                                  "until it is back", name))
+        return rows
+    out: list[Check] = []
+    leader = view.leader
+    out.append(Check("leader present", "pass" if leader else "fail",
+                     f"{leader.name} (timeline {leader.timeline})" if leader else "no leader"))
+    for m in view.members:
+        if m.is_leader:
+            continue
+        ok = m.state in RUNNING_STATES and m.lag is not None and m.lag <= p.maximum_lag_on_failover
+        out.append(Check("member streaming", "pass" if ok else "fail",
+                         f"{m.role} {m.state}, lag {m.lag if m.lag is not None else 'unknown'} bytes, timeline "
+                         f"{m.timeline}", m.name))
+    missing = [s.name for s in params.servers if view.member(s.name) is None]
+    if missing:
+        out.append(Check("every server a member", "fail", f"not in the cluster: {', '.join(missing)}"))
+    if p.synchronous_mode:
+        sync = [m.name for m in view.members if m.is_sync_standby]
+        out.append(Check("sync standby", "pass" if sync else "warn",
+                         f"{', '.join(sync)}" if sync else "none: commits are acknowledged without a standby "
+                         "(synchronous_mode is not strict: writes go on, a failover may lose the newest)"))
+    if view.paused:
+        out.append(Check("maintenance mode", "warn", "paused: Patroni will not fail over (step 11b resumes)"))
+    for name, st in (statuses or {}).items():
+        if st is not None and st.failsafe_active:
+            out.append(Check("failsafe active", "warn", f"{name} keeps serving because every member answers it "
+                             "(failsafe_mode); etcd is not reachable", name))
+    return out

@@ -14,6 +14,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -56,16 +57,27 @@ def notebooks_dir() -> Path:
 DEFAULT_TRANSFER = "stream"
 
 
-def load_steps(directory: Path | None = None, *, transfer: str | None = None) -> list[Step]:
-    """The steps in order for *transfer* (``source.transfer``; None: the default transfer's order)."""
+#: who manages replication when params name nobody (``replication.manager``'s default)
+DEFAULT_MANAGER = "manual"
+
+
+def _listed(entry: dict[str, Any], key: str, want: str) -> bool:
+    only = entry.get(key)
+    return only is None or want in ([only] if isinstance(only, str) else only)
+
+
+def load_steps(directory: Path | None = None, *, transfer: str | None = None,
+               manager: str | None = None) -> list[Step]:
+    """The steps in order for *transfer* (``source.transfer``; None: the default transfer's order) and
+    *manager* (``replication.manager``: an entry with ``managers: [...]`` is there only for those)."""
     d = directory or notebooks_dir()
     path = d / "steps.yaml"
     data = yaml.safe_load(path.read_text())
     want = transfer or DEFAULT_TRANSFER
+    who = manager or DEFAULT_MANAGER
     steps: list[Step] = []
     for entry in data["steps"]:
-        only = entry.get("transfers")
-        if only is not None and want not in ([only] if isinstance(only, str) else only):
+        if not _listed(entry, "transfers", want) or not _listed(entry, "managers", who):
             continue
         nb = entry["notebook"]
         if any(s.notebook == nb for s in steps):
@@ -110,6 +122,16 @@ def parse_inputs(pairs: Sequence[str], steps: Sequence[Step]) -> dict[str, str]:
                              "(inputs are recorded in the run's record)")
         out[name] = value
     return out
+
+
+def load_steps_for(params: Params, directory: Path | None = None) -> list[Step]:
+    """The steps in order for *params*' transfer and replication manager."""
+    return load_steps(directory, transfer=transfer_of(params), manager=manager_of(params))
+
+
+def manager_of(params: Params) -> str:
+    """``replication.manager`` of *params* (the default when there is no replication section)."""
+    return params.replication.manager if params.replication is not None else DEFAULT_MANAGER
 
 
 def transfer_of(params: Params) -> str:

@@ -31,7 +31,7 @@ from pathlib import Path
 from hcbpg import secrets as hsecrets
 from hcbpg.engine import jupyter
 from hcbpg.engine import manifest as mf
-from hcbpg.engine.catalogue import load_steps, notebooks_dir, select, transfer_of
+from hcbpg.engine.catalogue import load_steps_for, notebooks_dir, select
 from hcbpg.engine.locks import env_lock
 from hcbpg.engine.runbook import AUTO_APPROVE_ENV, GUIDED_ENV, HEADLESS_ENV, scrub_file_for
 from hcbpg.engine.runner import (
@@ -86,7 +86,7 @@ def prepare(env: str, *, start: str | None = None, until: str | None = None,
     nbd = nb_dir or notebooks_dir()
     params = load_params(env, b)  # validates before anything is created
     refuse_if_open_in_jupyterlab(b, env)
-    steps = select(load_steps(nbd, transfer=transfer_of(params)), start=start, until=until)
+    steps = select(load_steps_for(params, nbd), start=start, until=until)
     if not steps:
         raise UsageError("no steps selected")
     for s in steps:

@@ -28,7 +28,7 @@ from hcbpg import progress as hprogress
 from hcbpg import secrets as hsecrets
 from hcbpg.engine import audit, chain, changes, jupyter, signing
 from hcbpg.engine import manifest as mf
-from hcbpg.engine.catalogue import load_steps, notebooks_dir, parse_inputs, select, step_inputs, transfer_of
+from hcbpg.engine.catalogue import load_steps_for, notebooks_dir, parse_inputs, select, step_inputs
 from hcbpg.engine.gates import AUTO_APPROVE_ENV, HEADLESS_ENV
 from hcbpg.engine.locks import env_lock
 from hcbpg.engine.manifest_model import StepEntry
@@ -238,7 +238,7 @@ class Runner:
         refuse_if_open_in_jupyterlab(self.home, env)
         if plan_file is not None and (start or until or only or inputs or dry_run):
             raise UsageError("--plan applies the plan's own steps and inputs: no --from/--until/--only/-p with it")
-        all_steps = load_steps(self.nb_dir, transfer=transfer_of(params))
+        all_steps = load_steps_for(params, self.nb_dir)
         saved = self._saved_plan(plan_file, env, params, all_steps) if plan_file is not None else None
         steps = select(all_steps, only=",".join(saved.steps)) if saved is not None else \
             select(all_steps, start=start, until=until, only=only)

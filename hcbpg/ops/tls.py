@@ -101,6 +101,11 @@ def _ca_for(host: "HostLike", params: "Params") -> tuple[Ca, bool]:
     return ca, False
 
 
+def get_signing_ca(host: "HostLike", params: "Params") -> tuple[Ca, bool]:
+    """The CA that signs certificates for *host* (made on a first real run), and whether it only stands in (dry run)."""
+    return _ca_for(host, params)
+
+
 def ensure_client_ca(host: "HostLike", params: "Params") -> Outcome:
     """The CA certificate where clients on *host* find it (``desired.tls.client_ca_path``)."""
     path = desired_tls.client_ca_path(params)

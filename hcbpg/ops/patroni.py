@@ -1,0 +1,196 @@
+"""Patroni on the database servers: its files, the daemon, the adoption of a running pair, and the operator's
+calls (switchover, pause, resume, restart) through its REST API (:class:`~hcbpg.adapters.patroni.PatroniApi`).
+
+    ensure_patroni_packages(host)                      patroni installed (its own unit never started by apt)
+    ensure_patroni_files(host, params, server, ...)    TLS (REST and etcd client), patroni.yml, secrets.yml, netrc
+    ensure_patroni_running(host, params)               the daemon (systemd, or detached with a pidfile)
+    get_member_status(host, params, server)            GET /patroni (None: Patroni does not answer)
+    get_cluster(hosts, params)                         GET /cluster from the first member that answers
+    ensure_dcs_config(host, params, server, shape)     PATCH /config with what differs from hcbpg's dynamic config
+    run_copy_slot(psql, source, target)                a physical slot copied under Patroni's name (no WAL gap)
+    run_restart_pending(host, params, server)          POST /restart {"restart_pending": true}
+    run_switchover(host, params, server, plan)         POST /switchover
+    ensure_paused(host, params, server, paused)        PATCH /config {"pause": ...}
+    wait_for_member(hosts, params, name, want)         GET /cluster until *name* is as *want* says
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
+
+from psycopg import sql
+
+from hcbpg.adapters.base import Changes
+from hcbpg.adapters.patroni import PatroniApi
+from hcbpg.adapters.services import ServiceControl
+from hcbpg.desired import patroni as dp
+from hcbpg.desired import tls as desired_tls
+from hcbpg.desired.capacity import ServerShape
+from hcbpg.desired.patroni import ClusterView, Member, MemberStatus, PatroniSecrets, SwitchoverPlan
+from hcbpg.desired.services import patroni_service
+from hcbpg.errors import HcbpgError, PatroniError
+from hcbpg.ops.ha_files import ensure_cert, ensure_daemon_packages, ensure_text
+from hcbpg.ops.replica import ensure_start_conf
+from hcbpg.ops.replication import get_slots
+from hcbpg.outcome import Outcome
+from hcbpg.wait import wait_until
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hcbpg.adapters.base import HostLike, PsqlLike
+    from hcbpg.params import Params, Server
+
+
+def get_api(host: "HostLike", params: "Params", server: "Server") -> PatroniApi:
+    """Member *server*'s REST API, called on *host* (the member itself)."""
+    return PatroniApi(host, server.name, dp.rest_url(params, server), ca=desired_tls.client_ca_path(params),
+                      cert=dp.REST_CERT, key=dp.REST_KEY, netrc=dp.rest_netrc_path(params))
+
+
+def ensure_patroni_packages(host: "HostLike", params: "Params") -> Outcome:
+    """patroni (and curl, which hcbpg's REST calls use) installed; apt starts no daemon."""
+    del params
+    return ensure_daemon_packages(host, ("patroni", "curl"), stop_units=("patroni",))
+
+
+def ensure_patroni_files(host: "HostLike", params: "Params", server: "Server", secrets: PatroniSecrets | None, *,
+                         shape: ServerShape) -> list[Outcome]:
+    """Everything Patroni reads on *server*: the TLS files, the config directory (``patroni.yml``, diffed;
+    ``secrets.yml``, never shown), the REST netrc hcbpg's curl reads, and ``start.conf`` manual (only Patroni
+    starts the cluster).  *secrets* None (a dry run without them): the secret files are planned, not written."""
+    what = server.name
+    out = ensure_cert(host, params, dp.rest_cert_spec(server), dp.REST_CERT, dp.REST_KEY, owner="postgres",
+                      what=f"Patroni REST certificate of {what}")
+    out += ensure_cert(host, params, dp.ETCD_CLIENT_SPEC, dp.ETCD_CLIENT_CERT, dp.ETCD_CLIENT_KEY, owner="postgres",
+                       what=f"Patroni's etcd client certificate on {what}")[1:]
+    out.append(ensure_text(host, dp.config_path(params), dp.render_patroni_yaml(params, server, shape=shape),
+                           mode=0o600, owner="postgres", what=f"patroni.yml on {what}"))
+    out.append(ensure_text(host, dp.secrets_path(params), dp.render_patroni_secrets(params, secrets), mode=0o600,
+                           owner="postgres", what=f"Patroni's secrets.yml on {what}", secret=True))
+    out.append(ensure_text(host, dp.rest_netrc_path(params),
+                           dp.render_rest_netrc(params, server, secrets.rest_password if secrets else None),
+                           mode=0o600, owner="root", what=f"REST netrc on {what}", secret=True))
+    out.append(ensure_start_conf(host, params, "manual"))
+    return out
+
+
+def get_patroni_running(host: "HostLike", params: "Params") -> bool:
+    """Whether Patroni's daemon runs on *host* (its pidfile or its unit: a read)."""
+    return ServiceControl.of(host).get_status(patroni_service(params)).running
+
+
+def ensure_patroni_running(host: "HostLike", params: "Params") -> Outcome:
+    seen = Changes(host)
+    ServiceControl.of(host).ensure_running(patroni_service(params), wait_s=20)
+    return seen.outcome(f"Patroni running on {host.name}")
+
+
+def run_reload(host: "HostLike", params: "Params", server: "Server") -> None:
+    """POST /reload: Patroni reads its config files again (and applies what needs no restart)."""
+    get_api(host, params, server).post("/reload", {}, ok=(200, 202))
+
+
+def get_member_status(host: "HostLike", params: "Params", server: "Server") -> MemberStatus | None:
+    """GET /patroni of *server*, None when its Patroni does not answer."""
+    try:
+        return dp.parse_member_status(get_api(host, params, server).get_json("/patroni", timeout_s=3))
+    except PatroniError:
+        return None
+
+
+def get_cluster(hosts: Mapping[str, "HostLike | None"], params: "Params") -> ClusterView | None:
+    """GET /cluster from the first member (params order) whose Patroni answers; None when none does."""
+    for s in params.servers:
+        host = hosts.get(s.name)
+        if host is None:
+            continue
+        try:
+            return dp.parse_cluster(get_api(host, params, s).get_json("/cluster", ok=(200,), timeout_s=3))
+        except (PatroniError, HcbpgError):
+            continue
+    return None
+
+
+def get_history(host: "HostLike", params: "Params", server: "Server") -> list[dp.HistoryEntry]:
+    return dp.parse_history(json.dumps(get_api(host, params, server).get_json("/history", ok=(200,))))
+
+
+def ensure_dcs_config(host: "HostLike", params: "Params", server: "Server", shape: ServerShape) -> Outcome:
+    """Patroni's dynamic configuration says what hcbpg wants (ttl, loop_wait, synchronous mode, failsafe, the
+    settings Patroni owns): GET /config, then PATCH only what differs.  ``bootstrap.dcs`` is read only when a
+    cluster is initialised, never when Patroni adopts a running one: this is how the values get there."""
+    api = get_api(host, params, server)
+    current = api.get_json("/config", ok=(200,)) if not host.dry_run or get_member_status(
+        host, params, server) is not None else {}
+    patch = dp.render_dcs_patch(current if isinstance(current, Mapping) else {}, params, shape)
+    seen = Changes(host)
+    if patch:
+        api.patch("/config", patch, display=f"PATCH /config on {server.name}: {json.dumps(patch, sort_keys=True)}")
+    return seen.outcome(f"Patroni's dynamic configuration (asked on {server.name})",
+                        diff="" if not patch else json.dumps(patch, indent=1, sort_keys=True))
+
+
+def run_copy_slot(psql: "PsqlLike", source: str, target: str) -> bool:
+    """Copy the physical slot *source* to *target* (same restart_lsn: no WAL the replica still needs is
+    released) unless *target* exists; True when it was copied.  Patroni drops slots it does not know at its
+    first loop, and keeps the one named after each member."""
+    names = set(get_slots(psql))
+    if target in names or source not in names:
+        return False
+    psql.execute(sql.SQL("SELECT pg_copy_physical_replication_slot({}, {})").format(sql.Literal(source),
+                                                                                     sql.Literal(target)))
+    return True
+
+
+def run_restart_pending(host: "HostLike", params: "Params", server: "Server") -> None:
+    """POST /restart ``{"restart_pending": true}``: Patroni restarts its PostgreSQL only if a restart is pending."""
+    get_api(host, params, server).post("/restart", {"restart_pending": True}, ok=(200, 202, 503), timeout_s=120)
+
+
+def run_switchover(host: "HostLike", params: "Params", plan: SwitchoverPlan) -> tuple[int, str]:
+    """POST /switchover with *plan*'s leader and candidate, asked on the leader (*host*)."""
+    body = plan.body()
+    leader = params.server(body["leader"])
+    return get_api(host, params, leader).post("/switchover", body, ok=(200,), timeout_s=90)
+
+
+def ensure_paused(host: "HostLike", params: "Params", server: "Server", paused: bool) -> Outcome:
+    """Maintenance mode (``patronictl pause``/``resume``): no automatic failover while paused."""
+    seen = Changes(host)
+    api = get_api(host, params, server)
+    current = api.get_json("/config", ok=(200,)) if not host.dry_run else {}
+    now = bool(current.get("pause")) if isinstance(current, Mapping) else False
+    if now != paused:
+        api.patch("/config", {"pause": True if paused else None},
+                  display=f"PATCH /config pause={'true' if paused else 'null'} on {server.name}")
+    return seen.outcome(f"Patroni {'paused' if paused else 'resumed'} (automatic failover "
+                        f"{'off' if paused else 'on'})")
+
+
+def wait_for_member(hosts: Mapping[str, "HostLike | None"], params: "Params", name: str,
+                    want: Callable[[Member], bool], *, what: str, timeout: float = 120.0) -> ClusterView:
+    """GET /cluster until member *name* satisfies *want*; the view then."""
+    def probe() -> ClusterView | None:
+        return get_cluster(hosts, params)
+
+    def done(v: ClusterView | None) -> bool:
+        m = v.member(name) if v is not None else None
+        return m is not None and want(m)
+
+    view = wait_until(probe, done, what=what, timeout=timeout, interval=0.5,
+                      describe=lambda v: "no member answers" if v is None else "; ".join(
+                          f"{r['Member']} {r['Role']} {r['State']} TL {r['TL']} lag {r['Lag in MB']}"
+                          for r in v.rows()),
+                      hint=f"Patroni's log on {name}: /var/log/patroni/patroni.log (or journalctl -u patroni@...).")
+    assert view is not None
+    return view
+
+
+def get_member_statuses(hosts: Mapping[str, "HostLike | None"], params: "Params") -> dict[str, MemberStatus | None]:
+    """GET /patroni of every server (None where it does not answer): it answers with etcd down too."""
+    out: dict[str, MemberStatus | None] = {}
+    for s in params.servers:
+        host = hosts.get(s.name)
+        out[s.name] = get_member_status(host, params, s) if host is not None else None
+    return out

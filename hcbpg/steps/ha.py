@@ -1,0 +1,312 @@
+"""Step 10 under ``replication.manager: patroni`` (notebook ``10_high_availability``): etcd on three members (both
+database servers and the jumpbox), then Patroni adopting the pair, so that a dead primary is replaced without a
+human.
+
+The pair is first what the manual step 10 makes (:func:`hcbpg.steps.replication.setup_replication`: the same
+code path builds or checks the replica, with its wipe safety), then Patroni adopts it without a dump or a
+restore: the replica's slot is copied under Patroni's name (no WAL gap), Patroni starts beside the running
+primary (it takes the leader key; writes go on), the replica is stopped and started again by Patroni (same
+system identifier: it streams again), and the primary restarts once under Patroni (``cluster_name`` becomes the
+scope), behind the gate ``restart-primary-under-patroni``.  Then Patroni's dynamic configuration is made what
+params say (ttl, loop_wait, synchronous mode, failsafe, the settings Patroni owns).  A second run changes nothing.
+
+Who owns what: hcbpg keeps ``pg_hba.conf`` and its conf.d files (they keep the values Patroni also passes on
+its command line, from the same capacity functions, so PostgreSQL starts the same without Patroni); Patroni owns
+``postgresql.conf`` (it moves Debian's to ``postgresql.base.conf`` and includes it), the recovery settings,
+``cluster_name`` and ``synchronous_standby_names``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from psycopg import sql
+
+from hcbpg.adapters import hostkeys
+from hcbpg.adapters.cluster import ClusterControl
+from hcbpg.adapters.dryrun import AbsentHost, dry_run_of
+from hcbpg.adapters.host import Host
+from hcbpg.desired import patroni as dp
+from hcbpg.desired.addresses import ssh_route
+from hcbpg.desired.capacity import ServerShape
+from hcbpg.desired.patroni import ClusterView, PatroniSecrets
+from hcbpg.desired.replication import slot_name as manual_slot_name
+from hcbpg.display import show_table
+from hcbpg.errors import HcbpgError, SafetyCheckFailed
+from hcbpg.ops import cluster as pg_cluster
+from hcbpg.ops import etcd as ops_etcd
+from hcbpg.ops import patroni as ops_patroni
+from hcbpg.ops import pgbackrest
+from hcbpg.outcome import Check, Outcome
+from hcbpg.steps import replication as manual
+from hcbpg.steps.targets import connect_servers, lock_environment, recorded_servers
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hcbpg.adapters.base import HostLike
+    from hcbpg.params import Params, Server
+    from hcbpg.steps.context import Run
+
+#: the gate before the one restart of the primary under Patroni
+RESTART_GATE = "restart-primary-under-patroni"
+
+
+@dataclass
+class HaHosts:
+    """The step's machines: each database server (None: unreachable) and the jumpbox (etcd's third voter)."""
+
+    servers: dict[str, "HostLike | None"]
+    jumpbox: "HostLike | None"
+    jumpbox_name: str
+
+    def members(self) -> dict[str, "HostLike | None"]:
+        """etcd's voters by name: both servers, then the jumpbox."""
+        return {**self.servers, self.jumpbox_name: self.jumpbox}
+
+
+def connect(rb: "Run") -> HaHosts:
+    """The environment's lock (this step restarts the primary), then an open Host per server and the jumpbox."""
+    params = rb.params
+    if params.jumpbox is None or not dp.managed(params):
+        raise HcbpgError("step 10_high_availability needs replication.manager: patroni and a jumpbox in params",
+                         hint="With replication.manager: manual the runbook runs 10_replication instead.")
+    lock_environment(rb)
+    servers: dict[str, HostLike | None] = dict(connect_servers(rb))
+    route = ssh_route(params, params.jumpbox.name, recorded_servers(rb))
+    jumpbox: HostLike | None = None
+    if route.address is not None:
+        jumpbox = Host.from_params(params, params.jumpbox.name, route.address).connect()
+    elif not rb.dry_run:
+        raise HcbpgError(f"the jumpbox {params.jumpbox.name} has no SSH address (jumpbox.ssh_host unset and step 01 "
+                         f"pinned none in {hostkeys.known_hosts_path(params)})", hint="Run step 01 first.")
+    return HaHosts(servers, jumpbox, params.jumpbox.name)
+
+
+def secrets(rb: "Run") -> PatroniSecrets:
+    """Patroni's passwords from params' references (never parameters, never printed)."""
+    return PatroniSecrets(rest_password=rb.secret("replication.patroni.rest_password"),
+                          etcd_password=rb.secret("replication.etcd.patroni_password"),
+                          replication_password=rb.secret("replication.password"))
+
+
+def _target(name: str, host: "HostLike | None", *, dry_run: bool) -> "HostLike":
+    if host is None:
+        if dry_run:
+            return AbsentHost(name)
+        raise SafetyCheckFailed(f"cannot reach {name} over SSH", target=name,
+                                hint="Bring it back (or fix SSH), then run the step again. Nothing was changed on it.")
+    return dry_run_of(host, dry_run)
+
+
+@dataclass
+class HaResult:
+    """What the step did or would do: outcomes in order, whether Patroni adopts the pair in this run (so the
+    primary restarts once), and what was measured."""
+
+    outcomes: list[Outcome] = field(default_factory=list)
+    adopting: bool = False
+    restart_pending: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
+    before: dict[str, Any] = field(default_factory=dict)
+
+
+def ensure_etcd(hosts: HaHosts, params: "Params", etcd_password: str, *, dry_run: bool) -> list[Outcome]:
+    """etcd on the three voters: packages, files, daemon (restarted where its config changed), healthy, auth."""
+    out: list[Outcome] = []
+    targets = {n: _target(n, h, dry_run=dry_run) for n, h in hosts.members().items()}
+    changed: dict[str, bool] = {}
+    for name, host in targets.items():
+        out.append(ops_etcd.ensure_etcd_packages(host, params))
+        files = ops_etcd.ensure_etcd_member(host, params, name)
+        out += files
+        changed[name] = any(o.changed for o in files)
+    for name, host in targets.items():
+        out.append(ops_etcd.ensure_etcd_running(host, params, restart=changed[name]))
+    first = next(iter(targets.values()))
+    if not dry_run:
+        ops_etcd.wait_for_etcd_healthy(first, params)
+    out.append(ops_etcd.ensure_etcd_auth(first, params, etcd_password))
+    return out
+
+
+def _sysid(host: "HostLike", params: "Params") -> str | None:
+    """The cluster's system identifier (None: not there or not running)."""
+    if isinstance(host, AbsentHost) or not pg_cluster.get_cluster_running(host, params):
+        return None
+    return str(pg_cluster.get_psql(host, params).value("SELECT system_identifier::text AS v FROM pg_control_system()"))
+
+
+def setup_ha(hosts: HaHosts, params: "Params", secrets: PatroniSecrets, shape: ServerShape, *,
+             allow_destructive: bool, dry_run: bool, restart_approved: Callable[[], bool] = lambda: True,
+             echo: Callable[[str], None] = print) -> HaResult:
+    """Step 10, whole (a plan when *dry_run*).  *restart_approved* is asked before the primary restarts under
+    Patroni (the notebook's gate); False stops the step there, with Patroni leading and the restart pending."""
+    res = HaResult()
+    res.outcomes += ensure_etcd(hosts, params, secrets.etcd_password, dry_run=dry_run)
+    servers = {n: _target(n, h, dry_run=dry_run) for n, h in hosts.servers.items()}
+    running = {n: (not isinstance(h, AbsentHost)) and ops_patroni.get_patroni_running(h, params)
+               for n, h in servers.items()}
+    res.adopting = not all(running.values())
+    for s in params.servers:
+        res.outcomes.append(ops_patroni.ensure_patroni_packages(servers[s.name], params))
+    if not res.adopting:
+        # adopted before: keep the files as params say (Patroni reads them again when they changed)
+        for s in params.servers:
+            files = ops_patroni.ensure_patroni_files(servers[s.name], params, s, secrets, shape=shape)
+            res.outcomes += files
+            if any(o.changed for o in files) and not dry_run:
+                ops_patroni.run_reload(servers[s.name], params, s)
+        leader = _leader(hosts, params)
+        return _finish(res, hosts, servers, params, leader, shape, dry_run=dry_run,
+                       restart_approved=restart_approved, echo=echo)
+    # the pair as the manual step makes it (the replica built or checked, with its wipe safety)
+    outcomes, topo, _ = manual.setup_replication(hosts.servers, params, secrets.replication_password,
+                                                 allow_destructive=allow_destructive, dry_run=dry_run, echo=echo)
+    res.outcomes += outcomes
+    primary = params.server(outcomes.primary)
+    replicas = [params.server(n) for n in topo.replicas]
+    for s in params.servers:
+        res.outcomes += ops_patroni.ensure_patroni_files(servers[s.name], params, s, secrets, shape=shape)
+    p_host = servers[primary.name]
+    res.before = {s.name: _sysid(servers[s.name], params) for s in params.servers}
+    if dry_run:
+        res.restart_pending = True
+        for name in (primary.name, *[r.name for r in replicas]):
+            res.outcomes.append(ops_patroni.ensure_patroni_running(servers[name], params))
+        res.outcomes.append(Outcome(f"restart of {primary.name} under Patroni (gate {RESTART_GATE})", True, True,
+                                    actions=["POST /restart {\"restart_pending\": true} on the leader"]))
+        return res
+    psql = pg_cluster.get_psql(p_host, params)
+    for r in replicas:
+        # the replica's slot under the name Patroni keeps for it, same restart_lsn: no WAL gap
+        if ops_patroni.run_copy_slot(psql, manual_slot_name(r.name), dp.slot_name(r.name)):
+            res.outcomes.append(Outcome(f"slot {dp.slot_name(r.name)} on {primary.name}", True, False,
+                                        actions=[f"copied from {manual_slot_name(r.name)} (same restart_lsn)"]))
+    t0 = time.monotonic()
+    res.outcomes.append(ops_patroni.ensure_patroni_running(p_host, params))
+    ops_patroni.wait_for_member(hosts.servers, params, primary.name, lambda m: m.is_leader,
+                                what=f"{primary.name} the leader under Patroni", timeout=60)
+    res.timings["leader_s"] = round(time.monotonic() - t0, 1)
+    for r in replicas:
+        r_host = servers[r.name]
+        t1 = time.monotonic()
+        # Patroni writes the recovery settings into its postgresql.conf; the manual ones in postgresql.auto.conf
+        # would win over them: reset, then stop (Patroni starts it again as its replica)
+        r_psql = pg_cluster.get_psql(r_host, params)
+        r_psql.execute(sql.SQL("ALTER SYSTEM RESET primary_conninfo"))
+        r_psql.execute(sql.SQL("ALTER SYSTEM RESET primary_slot_name"))
+        ClusterControl.of(r_host, params).stop("fast", timeout=180)
+        res.outcomes.append(Outcome(f"{r.name} handed to Patroni", True, False,
+                                    actions=["ALTER SYSTEM RESET primary_conninfo, primary_slot_name",
+                                             "pg_ctlcluster stop (Patroni starts it)"]))
+        res.outcomes.append(ops_patroni.ensure_patroni_running(r_host, params))
+        ops_patroni.wait_for_member(hosts.servers, params, r.name,
+                                    lambda m: m.state in dp.RUNNING_STATES and m.lag is not None,
+                                    what=f"{r.name} streaming under Patroni", timeout=120)
+        res.timings[f"{r.name}_streaming_s"] = round(time.monotonic() - t1, 1)
+    return _finish(res, hosts, servers, params, primary, shape, dry_run=dry_run, restart_approved=restart_approved,
+                   echo=echo)
+
+
+def _finish(res: HaResult, hosts: HaHosts, servers: Mapping[str, "HostLike"], params: "Params", leader: "Server",
+            shape: ServerShape, *, dry_run: bool, restart_approved: Callable[[], bool],
+            echo: Callable[[str], None]) -> HaResult:
+    """The leader's pending restart (behind the gate), then Patroni's dynamic configuration as params say."""
+    host = servers[leader.name]
+    status = ops_patroni.get_member_status(host, params, leader) if not isinstance(host, AbsentHost) else None
+    res.restart_pending = bool(status and status.pending_restart)
+    if res.restart_pending and dry_run:
+        res.outcomes.append(Outcome(f"restart of {leader.name} under Patroni (gate {RESTART_GATE})", True, True,
+                                    actions=["POST /restart {\"restart_pending\": true} on the leader"]))
+    elif res.restart_pending:
+        if not restart_approved():
+            echo(f"{leader.name} leads under Patroni; its restart waits for the gate {RESTART_GATE}")
+            return res
+        t2 = time.monotonic()
+        ops_patroni.run_restart_pending(host, params, leader)
+        ops_patroni.wait_for_member(hosts.servers, params, leader.name,
+                                    lambda m: m.is_leader and m.state in dp.RUNNING_STATES and not m.pending_restart,
+                                    what=f"{leader.name} running after its restart", timeout=120)
+        res.timings["restart_s"] = round(time.monotonic() - t2, 1)
+        res.outcomes.append(Outcome(f"{leader.name} restarted under Patroni", True, False,
+                                    actions=["POST /restart {\"restart_pending\": true}"]))
+    res.outcomes.append(ops_patroni.ensure_dcs_config(host, params, leader, shape))
+    return res
+
+
+def _leader(hosts: HaHosts, params: "Params") -> "Server":
+    view = ops_patroni.get_cluster(hosts.servers, params)
+    if view is None or view.leader is None:
+        raise SafetyCheckFailed("Patroni runs but the cluster has no leader", hint="`hcbpg status` shows each member; "
+                                "step 11 reports a failover.")
+    return params.server(view.leader.name)
+
+
+def get_plan(hosts: HaHosts, params: "Params", secrets: PatroniSecrets, shape: ServerShape) -> HaResult:
+    """What the step would change (nothing is changed)."""
+    return setup_ha(hosts, params, secrets, shape, allow_destructive=params.allow_destructive, dry_run=True)
+
+
+def apply(rb: "Run", hosts: HaHosts, secrets: PatroniSecrets, shape: ServerShape, plan: HaResult) -> HaResult:
+    """Set high availability up for real (a dry run tracks the plan); the restart of the primary is asked at
+    the gate only when Patroni adopts the pair in this run."""
+    if rb.dry_run:
+        rb.track(plan.outcomes, show=False)
+        return plan
+
+    def approved() -> bool:
+        rb.gate("restart-primary-under-patroni",
+                "Restart the primary once under Patroni (a few seconds without writes; the replica streams again "
+                "at once)?")
+        return True
+
+    with manual._bucardo_paused(hosts.servers, rb.params, manual.PlannedOutcomes(
+            rb.params.primary.name, [o for o in plan.outcomes if o.changed])):
+        result = setup_ha(hosts, rb.params, secrets, shape, allow_destructive=rb.params.allow_destructive,
+                          dry_run=False, restart_approved=approved)
+    rb.track(result.outcomes)
+    return result
+
+
+def get_cluster(hosts: HaHosts, params: "Params") -> ClusterView | None:
+    return ops_patroni.get_cluster(hosts.servers, params)
+
+
+def show_cluster(hosts: HaHosts, params: "Params") -> None:
+    """The cluster the way ``patronictl list`` shows it."""
+    view = ops_patroni.get_cluster(hosts.servers, params)
+    if view is None:
+        print("no member's Patroni answers")
+        return
+    show_table(view.rows())
+    if view.paused:
+        print("maintenance mode: paused (no automatic failover)")
+
+
+def check_all(hosts: HaHosts, params: "Params", before: Mapping[str, Any]) -> list[Check]:
+    """etcd's members and quorum; the cluster (a leader, the replica streaming, the sync standby); the system
+    identifiers unchanged by the adoption; pgBackRest's check on the leader."""
+    out: list[Check] = []
+    first = next((h for h in hosts.members().values() if h is not None), None)
+    if first is not None:
+        out += ops_etcd.check_etcd(first, params)
+    view = ops_patroni.get_cluster(hosts.servers, params)
+    out += dp.check_cluster(view, params, statuses=ops_patroni.get_member_statuses(hosts.servers, params))
+    ids = {n: _sysid(h, params) for n, h in hosts.servers.items() if h is not None}
+    same = len(set(ids.values())) == 1
+    unchanged = all(before.get(n) in (None, v) for n, v in ids.items())
+    out.append(Check("one system identifier, unchanged", "pass" if same and unchanged else "fail",
+                     ", ".join(f"{n} {v}" for n, v in ids.items())))
+    if view is not None and view.leader is not None and params.pgbackrest is not None:
+        leader_host = hosts.servers.get(view.leader.name)
+        if leader_host is not None:
+            leader = params.server(view.leader.name)
+            out.append(pgbackrest.check_stanza(leader_host, params, leader, archiving=True))
+    return out
+
+
+def get_topology_record(hosts: HaHosts, params: "Params") -> dict[str, Any]:
+    view = ops_patroni.get_cluster(hosts.servers, params)
+    return dp.topology_record(view) if view is not None else {"primary": None, "manager": "patroni"}
