@@ -332,3 +332,177 @@ def test_notebook_dry_run_on_a_fresh_lab_plans_and_changes_nothing(api, tmp_path
     assert not (home / "params" / "lab.known_hosts").exists()   # a plan pins nothing
     assert not (tmp_path / "hcloud.json").exists()   # the API's state was never written
     assert TOKEN not in out.read_text()
+
+
+# the jumpbox (issue 28): its firewall, the servers' public SSH, protection -----------------------------------
+
+def _with_jumpbox(tmp_path, endpoint: str = "http://127.0.0.1:9/v1", *, extra=(), weak=False, **hetzner):
+    d = lab_params(tmp_path, endpoint, weak=weak, **hetzner).model_dump(mode="json", exclude_none=True)
+    d["jumpbox"] = {"name": "hcb-jumpbox", "private_ip": "10.0.1.40", "ssh_extra_sources": list(extra)}
+    return parse_params(d)
+
+
+def test_jumpbox_and_database_firewall_rules_render_from_params(tmp_path):
+    plain = lab_params(tmp_path)
+    ssh = [desired_cloud.Rule("in", "tcp", "22", ("10.0.1.0/24",))]
+    assert desired_cloud.render_firewall_rules(plain) == ssh == desired_cloud.render_admin_ssh_rules(plain)
+    with pytest.raises(ValueError, match="no jumpbox"):
+        desired_cloud.render_firewall_rules(plain, "jumpbox")
+    params = _with_jumpbox(tmp_path, extra=["192.168.7.0/24", "10.0.1.0/24"])
+    assert desired_cloud.render_firewall_rules(params, "db") == []  # no public inbound: SSH through the jumpbox
+    assert desired_cloud.render_admin_ssh_rules(params) == ssh      # until the jumpbox path is proven
+    (rule,) = desired_cloud.render_firewall_rules(params, "jumpbox")
+    assert (rule.direction, rule.protocol, rule.port, rule.source_ips) == ("in", "tcp", "22",
+                                                                           ("10.0.1.0/24", "192.168.7.0/24"))
+    assert "jumpbox" in (rule.description or "")
+    no_ranges = _with_jumpbox(tmp_path, admin_source_ranges=[])
+    assert desired_cloud.render_firewall_rules(no_ranges, "jumpbox") == []
+    assert desired_cloud.describe_rules([]) == "no rules: no public inbound"
+
+
+def test_plan_with_a_jumpbox_on_an_empty_project_creates_it_first_and_closes_ssh_last(tmp_path):
+    params = _with_jumpbox(tmp_path, protection=True)
+    catalog = replace(CATALOG, jumpbox_server_type="cpx11", jumpbox_architecture="x86",
+                      jumpbox_type_locations=("ash", "fsn1"))
+    plan = desired_cloud.plan_provision(params, desired_cloud.Existing(catalog=catalog), ssh_public_key=public_key())
+    assert _actions(plan) == [
+        ("ssh_key", "hcb-lab", "create"), ("network", "hcb-private", "create"),
+        ("firewall", "hcb-jumpbox-ssh", "create"), ("firewall", "hcb-postgres-ssh-only", "create"),
+        ("firewall_ssh", "hcb-postgres-ssh-only", "update"), ("placement_group", "hcb-postgres-placement", "create"),
+        ("server", "hcb-jumpbox", "create"), ("server_protection", "hcb-jumpbox", "update"),
+        ("server", "server-postgres-1", "create"), ("server_protection", "server-postgres-1", "update"),
+        ("server", "server-postgres-2", "create"), ("server_protection", "server-postgres-2", "update")]
+    by = {(a.kind, a.name): a.detail for a in plan}
+    assert by[("firewall", "hcb-postgres-ssh-only")] == "in tcp port 22 from 10.0.1.0/24"  # SSH until proven
+    assert "once an SSH command through hcb-jumpbox succeeded on every server" in \
+        by[("firewall_ssh", "hcb-postgres-ssh-only")]
+    assert by[("server", "hcb-jumpbox")].startswith("cpx11, ubuntu-24.04, ash, private IP 10.0.1.40")
+    assert "firewall hcb-jumpbox-ssh" in by[("server", "hcb-jumpbox")]
+    assert "firewall hcb-postgres-ssh-only" in by[("server", "server-postgres-1")]
+
+
+def _locked_down(params) -> desired_cloud.Existing:
+    ex = _everything(params)
+    jb = desired_cloud.SeenServer(9, "hcb-jumpbox", "running", "cpx11", "ash", "ubuntu-24.04",
+                                  dict(params.hetzner.labels), {10: "10.0.1.40"}, "203.0.113.9", (21,), 30,
+                                  (True, True))
+    servers = {n: replace(s, protection=(True, True)) for n, s in ex.servers.items()}
+    return replace(ex, catalog=replace(CATALOG, jumpbox_server_type="cpx11", jumpbox_architecture="x86",
+                                       jumpbox_type_locations=("ash",)),
+                   firewall=replace(ex.firewall, rules=()), servers={"hcb-jumpbox": jb, **servers},
+                   jumpbox_firewall=desired_cloud.SeenFirewall(
+                       21, "hcb-jumpbox-ssh", tuple(desired_cloud.render_firewall_rules(params, "jumpbox")), (9,)))
+
+
+def test_plan_after_the_lockdown_changes_nothing_and_never_opens_ssh_again(tmp_path):
+    params = _with_jumpbox(tmp_path, protection=True)
+    ex = _locked_down(params)
+    assert [a for a in desired_cloud.plan_provision(params, ex, ssh_public_key=public_key()) if a.changes] == []
+    assert desired_cloud.rules_before_proof(params, ex.firewall) == []
+    # someone added SSH back by hand: the plan puts it back to SSH from the admin ranges, then closes it again
+    opened = replace(ex, firewall=replace(ex.firewall, rules=(desired_cloud.Rule("in", "tcp", "22", ("0.0.0.0/0",)),)))
+    got = {(a.kind, a.name): a.action for a in desired_cloud.plan_provision(params, opened)}
+    assert got[("firewall", "hcb-postgres-ssh-only")] == "update"
+    assert got[("firewall_ssh", "hcb-postgres-ssh-only")] == "update"
+    # protection lifted in the console: enabled again
+    unprotected = replace(ex, servers={**ex.servers, "hcb-jumpbox": replace(ex.servers["hcb-jumpbox"],
+                                                                            protection=(False, False))})
+    [row] = [a for a in desired_cloud.plan_provision(params, unprotected) if a.changes]
+    assert (row.kind, row.name, row.detail) == ("server_protection", "hcb-jumpbox",
+                                                "enable delete and rebuild protection (now delete off, rebuild off)")
+    # the jumpbox of another type, or without its firewall
+    other = replace(ex, servers={**ex.servers, "hcb-jumpbox": replace(ex.servers["hcb-jumpbox"], server_type="ccx13",
+                                                                      firewall_ids=())})
+    got = {(a.kind, a.name): (a.action, a.detail) for a in desired_cloud.plan_provision(params, other)}
+    assert got[("server", "hcb-jumpbox")][0] == "refuse" and "type ccx13 (params: cpx11)" in got[("server", "hcb-jumpbox")][1]
+
+
+def test_plan_refuses_a_jumpbox_type_the_location_does_not_offer(tmp_path):
+    d = _with_jumpbox(tmp_path).model_dump(mode="json", exclude_none=True)
+    d["jumpbox"]["server_type"] = "cx22"
+    params = parse_params(d)
+    catalog = replace(CATALOG, jumpbox_server_type="cx22", jumpbox_architecture="x86",
+                      jumpbox_type_locations=("fsn1", "nbg1", "hel1"))
+    plan = desired_cloud.plan_provision(params, desired_cloud.Existing(catalog=catalog))
+    [refused] = desired_cloud.refusals(plan)
+    assert (refused.kind, refused.name) == ("server_type", "cx22")
+    assert "not offered in ash" in refused.detail and "cpx11" in refused.detail
+    missing = desired_cloud.plan_provision(params, desired_cloud.Existing(catalog=CATALOG))
+    assert ["the API has no server type 'cx22' for the jumpbox" in a.detail for a in desired_cloud.refusals(missing)] \
+        == [True]
+
+
+def test_public_ssh_goes_only_when_every_server_answered_through_the_jumpbox(tmp_path):
+    params = _with_jumpbox(tmp_path)
+    ssh = tuple(desired_cloud.render_admin_ssh_rules(params))
+    done = desired_cloud.plan_public_ssh(params, ssh, {})
+    assert done.action == "update" and "succeeded on every server" in done.detail
+    assert "set them to [no rules: no public inbound]" in done.detail
+    refused = desired_cloud.plan_public_ssh(params, ssh, {"server-postgres-2": "Connection timed out"})
+    assert refused.action == "refuse"
+    assert refused.detail == ("rules stay [in tcp port 22 from 10.0.1.0/24]: SSH through hcb-jumpbox did not work on "
+                              "every server (server-postgres-2: Connection timed out)")
+    assert desired_cloud.plan_public_ssh(params, (), {"server-postgres-1": "down"}).action == "none"  # closed already
+    assert desired_cloud.plan_public_ssh(params, None, {"server-postgres-1": "not there"}).action == "refuse"
+    assert desired_cloud.plan_public_ssh(lab_params(tmp_path), ssh, {}).action == "none"  # no jumpbox
+
+
+def test_protection_check_rows():
+    row = desired_cloud.protection_row
+    assert row("s", (True, True), dry_run=False).status == "pass"
+    assert (row("s", (True, False), dry_run=False).status, row("s", (True, False), dry_run=False).detail) == (
+        "fail", "delete on, rebuild off")
+    assert row("s", None, dry_run=True).status == "warn" and row("s", None, dry_run=False).status == "fail"
+
+
+# the lab's firewalls: what the stand-in hands to the hook, what the host's iptables become ----------------
+
+def test_lab_firewall_renders_hetzner_semantics_as_iptables():
+    from hcbpg.lab.hosts import FIREWALL_CHAIN, render_firewall_restore
+    rules = [{"direction": "in", "protocol": "tcp", "port": "22", "source_ips": ["10.1.5.0/24", "::/0"]},
+             {"direction": "in", "protocol": "tcp", "port": "8000-8100", "source_ips": ["192.0.2.0/24"]},
+             {"direction": "in", "protocol": "icmp", "port": None, "source_ips": ["0.0.0.0/0"]},
+             {"direction": "out", "protocol": "tcp", "port": "any", "destination_ips": ["0.0.0.0/0"]}]
+    text = render_firewall_restore(rules, ["10.0.0.0/16"])
+    assert text.splitlines() == [
+        "*filter", f":{FIREWALL_CHAIN} - [0:0]",
+        f"-A {FIREWALL_CHAIN} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+        f"-A {FIREWALL_CHAIN} -s 10.0.0.0/16 -j ACCEPT",
+        f"-A {FIREWALL_CHAIN} -s 10.1.5.0/24 -p tcp -m tcp --dport 22 -j ACCEPT",
+        f"-A {FIREWALL_CHAIN} -s 192.0.2.0/24 -p tcp -m tcp --dport 8000:8100 -j ACCEPT",
+        f"-A {FIREWALL_CHAIN} -s 0.0.0.0/0 -p icmp -j ACCEPT",
+        f"-A {FIREWALL_CHAIN} -j DROP", "COMMIT"]
+    # a firewall without rules drops all public inbound; no firewall at all filters nothing
+    assert render_firewall_restore([], ["10.0.0.0/16"]).splitlines()[-2:] == [f"-A {FIREWALL_CHAIN} -j DROP", "COMMIT"]
+    assert render_firewall_restore(None).splitlines() == ["*filter", f":{FIREWALL_CHAIN} - [0:0]", "COMMIT"]
+
+
+def test_the_stand_in_tells_the_firewall_hook_what_filters_each_server(tmp_path):
+    from hcloud.firewalls.domain import FirewallResource
+
+    from hcbpg.lab.hcloud_api import HcloudStandin, RunningStandin
+    seen: list[tuple[str, list | None, list[str]]] = []
+    hooks = Hooks()
+    app = HcloudStandin(tmp_path / "hcloud.json", TOKEN, on_server_created=hooks.on_created,
+                        on_server_deleted=lambda name: None, reserved_ips=["10.0.1.1"],
+                        on_firewall_changed=lambda name, rules, ranges: seen.append((name, rules, ranges)))
+    with RunningStandin(app) as api:
+        params = _with_jumpbox(tmp_path, api.url)
+        client = cloud_api.make_client(params, TOKEN, poll_interval=0.01)
+        provision(client, params)
+
+        def last(name):
+            return next(((r, ranges) for n, r, ranges in reversed(seen) if n == name), None)
+
+        rules, ranges = last("hcb-jumpbox")
+        assert [(r["port"], r["source_ips"]) for r in rules] == [("22", ["10.0.1.0/24"])] and ranges == ["10.0.0.0/16"]
+        assert [(r["port"], r["source_ips"]) for r in last("server-postgres-1")[0]] == [("22", ["10.0.1.0/24"])]
+        fw = client.firewalls.get_by_name("hcb-postgres-ssh-only")
+        for a in client.firewalls.set_rules(fw, []):
+            a.wait_until_finished()  # the action ends once the hook applied it
+        assert last("server-postgres-1")[0] == [] and last("server-postgres-2")[0] == []
+        srv = client.servers.get_by_name("server-postgres-1")
+        for a in client.firewalls.remove_from_resources(fw, [FirewallResource(type="server", server=srv)]):
+            a.wait_until_finished()
+        assert last("server-postgres-1")[0] is None  # no firewall: nothing filtered
+        assert last("server-postgres-2")[0] == []
