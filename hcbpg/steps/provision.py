@@ -15,7 +15,7 @@ from hcbpg.adapters.dryrun import AbsentHost, dry_run_of
 from hcbpg.adapters.host import Host
 from hcbpg.desired.addresses import ssh_route
 from hcbpg.desired.cloud import PlannedAction, ServerRecord, plan_provision, ssh_key_fingerprint
-from hcbpg.errors import HostKeyError, HostUnreachable, ParamsError
+from hcbpg.errors import HostKeyError, HostUnreachable, ParamsError, SafetyCheckFailed
 from hcbpg.ops import provisioning as cloud
 from hcbpg.outcome import Check, Outcome
 
@@ -209,7 +209,11 @@ def close_public_ssh(rb: "Run", api: Api) -> list[Outcome]:
                 host = Host.from_params(params, s.name, route.address or s.private_ip).connect()
             except (HostUnreachable, HostKeyError) as exc:
                 if not rb.dry_run:
-                    raise
+                    raise SafetyCheckFailed(
+                        f"public SSH to the database servers not closed: SSH to {s.name} through {route.via} failed: "
+                        f"{exc.message}", target=params.hetzner.firewall, reasons=[f"{s.name}: {exc.message}"],
+                        hint=f"{params.hetzner.firewall} keeps SSH from the admin ranges. Fix the way through "
+                             f"{route.via} (its firewall, the pinned keys), then run step 01 again.") from exc
                 print(f"[{s.name}] not reachable through {route.via} ({exc.message.splitlines()[0][:160]}); "
                       "dry run: planned as a server not there yet")
                 hosts[s.name] = AbsentHost(s.name)
