@@ -512,6 +512,19 @@ class HcloudStandin:
         return [self._new_action(st, "apply_firewall", [("firewall", fw["id"]), ("server", sid)],
                                  work=self._firewall_work(st, sid), req=req) for sid in server_ids]
 
+    def _resource_action(self, st: dict[str, Any], req: Request, command: str, fw: dict[str, Any],
+                         res: dict[str, Any]) -> dict[str, Any]:
+        """The action of applying *fw* to (or removing it from) one resource, the API's one per resource; for a
+        server it runs until the hook applied what filters it now.  A label selector's servers get one
+        ``apply_firewall`` action each beside it (the stand-in's own: they carry the hook's work)."""
+        if res["type"] == "server":
+            return self._new_action(st, command, [("firewall", fw["id"]), ("server", res["server"]["id"])],
+                                    work=self._firewall_work(st, res["server"]["id"]), req=req)
+        action = self._new_action(st, command, [("firewall", fw["id"])])
+        match = parse_label_selector(res["label_selector"]["selector"])
+        self._firewall_actions(st, req, fw, [s["id"] for s in st["servers"] if match(s["labels"])])
+        return action
+
     # actions ----------------------------------------------------------------------------------------
     def _new_action(self, st: dict[str, Any], command: str, resources: list[tuple[str, int]], *,
                     effects: list[list[Any]] | None = None, work: dict[str, Any] | None = None,
@@ -735,8 +748,7 @@ class HcloudStandin:
         actions = []
         for res in apply_to:
             fw["applied_to"].append(res)
-            actions.append(self._new_action(st, "apply_firewall", [("firewall", fw["id"])] + _resource_ids(res)))
-        actions += self._firewall_actions(st, req, fw, [] if not apply_to else _firewall_server_ids(st, fw))
+            actions.append(self._resource_action(st, req, "apply_firewall", fw, res))
         return 201, {"firewall": _firewall(st, fw), "actions": [_public(a) for a in actions]}
 
     @route("PUT", r"/firewalls/(\d+)")
@@ -771,26 +783,20 @@ class HcloudStandin:
                 raise unprocessable("firewall_already_applied",
                                     f"firewall {fw['name']} is already applied to {json.dumps(res)}")
             fw["applied_to"].append(res)
-            actions.append(self._new_action(st, "apply_firewall", [("firewall", fw["id"])] + _resource_ids(res),
-                                            work=self._firewall_work(st, res["server"]["id"])
-                                            if res["type"] == "server" else None, req=req))
-        if any(r["type"] == "label_selector" for r in req.body.get("apply_to") or []):
-            actions += self._firewall_actions(st, req, fw, _firewall_server_ids(st, fw))
+            actions.append(self._resource_action(st, req, "apply_firewall", fw, res))
         return 201, {"actions": [_public(a) for a in actions]}
 
     @route("POST", r"/firewalls/(\d+)/actions/remove_from_resources")
     def remove_firewall(self, st: dict, req: Request, ident: str) -> tuple[int, dict]:
         fw = _get(st, "firewalls", ident, "firewall")
         actions = []
-        before = set(_firewall_server_ids(st, fw))
         for i, r in enumerate(req.body.get("remove_from") or []):
             res = _check_resource(st, r, f"remove_from[{i}]")
             if res not in fw["applied_to"]:
                 raise unprocessable("firewall_already_removed",
                                     f"firewall {fw['name']} is not applied to {json.dumps(res)}")
             fw["applied_to"].remove(res)
-            actions.append(self._new_action(st, "remove_firewall", [("firewall", fw["id"])] + _resource_ids(res)))
-        actions += self._firewall_actions(st, req, fw, sorted(before - set(_firewall_server_ids(st, fw))))
+            actions.append(self._resource_action(st, req, "remove_firewall", fw, res))
         return 201, {"actions": [_public(a) for a in actions]}
 
     # ---- placement groups -----------------------------------------------------------------------------
