@@ -435,15 +435,18 @@ def test_plan_refuses_a_jumpbox_type_the_location_does_not_offer(tmp_path):
 def test_public_ssh_goes_only_when_every_server_answered_through_the_jumpbox(tmp_path):
     params = _with_jumpbox(tmp_path)
     ssh = tuple(desired_cloud.render_admin_ssh_rules(params))
-    done = desired_cloud.plan_public_ssh(params, ssh, {})
+    both = {"server-postgres-1": None, "server-postgres-2": None}
+    done = desired_cloud.plan_public_ssh(params, ssh, both)
     assert done.action == "update" and "succeeded on every server" in done.detail
     assert "set them to [no rules: no public inbound]" in done.detail
-    refused = desired_cloud.plan_public_ssh(params, ssh, {"server-postgres-2": "Connection timed out"})
+    refused = desired_cloud.plan_public_ssh(params, ssh, {**both, "server-postgres-2": "Connection timed out"})
     assert refused.action == "refuse"
     assert refused.detail == ("rules stay [in tcp port 22 from 10.0.1.0/24]: SSH through hcb-jumpbox did not work on "
                               "every server (server-postgres-2: Connection timed out)")
+    # a server nobody tried is not proven
+    assert "server-postgres-1: not tried" in desired_cloud.plan_public_ssh(params, ssh, {"server-postgres-2": None}).detail
     assert desired_cloud.plan_public_ssh(params, (), {"server-postgres-1": "down"}).action == "none"  # closed already
-    assert desired_cloud.plan_public_ssh(params, None, {"server-postgres-1": "not there"}).action == "refuse"
+    assert desired_cloud.plan_public_ssh(params, None, {}).action == "refuse"
     assert desired_cloud.plan_public_ssh(lab_params(tmp_path), ssh, {}).action == "none"  # no jumpbox
 
 

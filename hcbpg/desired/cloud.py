@@ -241,13 +241,14 @@ def same_rules(a: Sequence[Rule], b: Sequence[Rule]) -> bool:
     return sorted(a, key=str) == sorted(b, key=str)
 
 
-def plan_public_ssh(params: Params, current: Sequence[Rule] | None, unproven: Mapping[str, str]) -> PlannedAction:
+def plan_public_ssh(params: Params, current: Sequence[Rule] | None,
+                    answers: Mapping[str, str | None]) -> PlannedAction:
     """Whether the database servers' firewall may lose its public SSH now (params with a jumpbox).
 
-    *current*: its rules now (None: it does not exist yet); *unproven*: server name -> why an SSH command through
-    the jumpbox did not succeed on it in this run (empty: it did on every server).  ``none`` when it has its final
-    rules already, ``update`` to them when every server answered through the jumpbox, else ``refuse`` naming each
-    server that did not: the operator is never locked out."""
+    *current*: its rules now (None: it does not exist yet); *answers*: server name -> None when an SSH command
+    through the jumpbox succeeded on it in this run, else why not (a server missing: not tried).  ``none`` when
+    the firewall has its final rules already, ``update`` to them when every server of params answered, else
+    ``refuse`` naming each server that did not: the operator is never locked out."""
     h, jb = params.hetzner, params.jumpbox
     if jb is None:
         return PlannedAction("firewall_ssh", h.firewall, "none", "no jumpbox in params: SSH stays open to the "
@@ -256,8 +257,10 @@ def plan_public_ssh(params: Params, current: Sequence[Rule] | None, unproven: Ma
     if current is not None and same_rules(current, final):
         return PlannedAction("firewall_ssh", h.firewall, "none", f"{describe_rules(final)}; SSH through {jb.name}")
     now = describe_rules(current) if current is not None else "not created yet"
+    unproven = {s.name: answers.get(s.name, "not tried") for s in params.servers if s.name not in answers
+                or answers[s.name] is not None}
     if unproven:
-        why = "; ".join(f"{name}: {reason}" for name, reason in sorted(unproven.items()))
+        why = "; ".join(f"{name}: {reason}" for name, reason in unproven.items())
         return PlannedAction("firewall_ssh", h.firewall, "refuse",
                              f"rules stay [{now}]: SSH through {jb.name} did not work on every server ({why})")
     return PlannedAction("firewall_ssh", h.firewall, "update",

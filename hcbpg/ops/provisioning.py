@@ -467,25 +467,24 @@ def ensure_public_ssh_closed(client: "CloudLike", params: "Params", hosts: Mappi
         fw: Any = client.firewalls.get_by_name(h.firewall)
     current = tuple(_rule_of(r) for r in fw.rules or []) if fw is not None else None
     final = render_firewall_rules(params, "db")
-    unproven: dict[str, str] = {}
+    answers: dict[str, str | None] = {}
     reached: list[str] = []
     if current is None or not same_rules(current, final):
         for s in params.servers:
             host = hosts.get(s.name)
             if host is None:
-                unproven[s.name] = "no SSH connection to it"
+                answers[s.name] = "no SSH connection to it"
                 continue
             try:
                 res = host.probe("true", timeout=max(10.0, params.ssh.connect_timeout))
             except HcbpgError as exc:
-                unproven[s.name] = exc.message.splitlines()[0][:200]
+                answers[s.name] = exc.message.splitlines()[0][:200]
                 continue
+            said = (res.stderr or res.stdout).strip()
+            answers[s.name] = None if res.ok else (said.splitlines()[-1][:200] if said else f"exit {res.exit_code}")
             if res.ok:
                 reached.append(f"`true` ran on {s.name} through {getattr(host, 'where', jb.name)}")
-            else:
-                unproven[s.name] = (res.stderr or res.stdout).strip().splitlines()[-1][:200] if (
-                    res.stderr or res.stdout).strip() else f"exit status {res.exit_code}"
-    plan = plan_public_ssh(params, current, unproven)
+    plan = plan_public_ssh(params, current, answers)
     if plan.action == "none":
         return [Outcome(what, False, dry_run, actions=[plan.detail])]
     if dry_run:
@@ -494,7 +493,7 @@ def ensure_public_ssh_closed(client: "CloudLike", params: "Params", hosts: Mappi
                                                    f"every server: {plan.detail}"])]
     if plan.action == "refuse":
         raise SafetyCheckFailed(f"public SSH to the database servers not closed: {plan.detail}", target=h.firewall,
-                                reasons=[f"{k}: {v}" for k, v in sorted(unproven.items())],
+                                reasons=[f"{k}: {v}" for k, v in answers.items() if v is not None],
                                 hint=f"Fix SSH through {jb.name} to each server (its firewall, its key, the "
                                      "jumpbox), then run step 01 again; the firewall keeps SSH from the admin ranges.")
     with map_cloud_errors(f"setting the rules of firewall {h.firewall}"):
