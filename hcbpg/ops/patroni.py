@@ -60,16 +60,18 @@ def ensure_patroni_files(host: "HostLike", params: "Params", server: "Server", s
     ``secrets.yml``, never shown), the REST netrc hcbpg's curl reads, and ``start.conf`` manual (only Patroni
     starts the cluster).  *secrets* None (a dry run without them): the secret files are planned, not written."""
     what = server.name
+    # rendered first: a password a file cannot carry is refused before anything is written
+    secrets_text = dp.render_patroni_secrets(params, secrets)
+    netrc_text = dp.render_rest_netrc(params, server, secrets.rest_password if secrets else None)
     out = ensure_cert(host, params, dp.rest_cert_spec(server), dp.REST_CERT, dp.REST_KEY, owner="postgres",
                       what=f"Patroni REST certificate of {what}")
     out += ensure_cert(host, params, dp.ETCD_CLIENT_SPEC, dp.ETCD_CLIENT_CERT, dp.ETCD_CLIENT_KEY, owner="postgres",
                        what=f"Patroni's etcd client certificate on {what}")[1:]
     out.append(ensure_text(host, dp.config_path(params), dp.render_patroni_yaml(params, server, shape=shape),
                            mode=0o600, owner="postgres", what=f"patroni.yml on {what}"))
-    out.append(ensure_text(host, dp.secrets_path(params), dp.render_patroni_secrets(params, secrets), mode=0o600,
+    out.append(ensure_text(host, dp.secrets_path(params), secrets_text, mode=0o600,
                            owner="postgres", what=f"Patroni's secrets.yml on {what}", secret=True))
-    out.append(ensure_text(host, dp.rest_netrc_path(params),
-                           dp.render_rest_netrc(params, server, secrets.rest_password if secrets else None),
+    out.append(ensure_text(host, dp.rest_netrc_path(params), netrc_text,
                            mode=0o600, owner="root", what=f"REST netrc on {what}", secret=True))
     out.append(ensure_start_conf(host, params, "manual"))
     return out
@@ -159,7 +161,9 @@ def ensure_paused(host: "HostLike", params: "Params", server: "Server", paused: 
     """Maintenance mode (``patronictl pause``/``resume``): no automatic failover while paused."""
     seen = Changes(host)
     api = get_api(host, params, server)
-    current = api.get_json("/config", ok=(200,)) if not host.dry_run else {}
+    # a plan reads it too (a GET changes nothing): else it would miss a resume and invent a pause
+    current = api.get_json("/config", ok=(200,)) if not host.dry_run or get_member_status(
+        host, params, server) is not None else {}
     now = bool(current.get("pause")) if isinstance(current, Mapping) else False
     if now != paused:
         api.patch("/config", {"pause": True if paused else None},
