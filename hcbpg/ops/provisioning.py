@@ -483,7 +483,9 @@ def ensure_public_ssh_closed(client: "CloudLike", params: "Params", hosts: Mappi
             said = (res.stderr or res.stdout).strip()
             answers[s.name] = None if res.ok else (said.splitlines()[-1][:200] if said else f"exit {res.exit_code}")
             if res.ok:
-                reached.append(f"`true` ran on {s.name} through {getattr(host, 'where', jb.name)}")
+                where = getattr(host, "where", None)  # a Host says "10.0.1.5 via hcb-jumpbox"
+                reached.append(f"`true` ran on {s.name} at {where}" if where else
+                               f"`true` ran on {s.name} through {jb.name}")
     plan = plan_public_ssh(params, current, answers)
     if plan.action == "none":
         return [Outcome(what, False, dry_run, actions=[plan.detail])]

@@ -38,7 +38,7 @@ from hcbpg.lab.lifecycle import LAB_SIGNER
 from hcbpg.params import Params, parse_params
 
 from nbutil import REPO
-from stages import cli
+from stages import cli, latest_run_dir
 
 pytestmark = pytest.mark.lab
 
@@ -180,6 +180,10 @@ def test_run_makes_the_jumpbox_first_pins_it_and_protects_all_three(jl):
         # the jumpbox at its public address (the lab's: its private IP), the servers at their private IP
         assert hostkeys.pinned_address(known, name) == jl.ips[name]
     assert read_state(jl.cfg)["hosts"][JUMPBOX]["ip"] == jl.ips[JUMPBOX]
+    # public SSH went only after `true` ran on each server through the jumpbox (the notebook says where)
+    said = (latest_run_dir(jl.home) / "01_provision.ipynb").read_text()
+    for name, _off, _role in SERVERS:
+        assert f"`true` ran on {name} at {jl.ips[name]} via {JUMPBOX}" in said, name
 
 
 def test_from_outside_the_servers_ssh_is_dropped_and_the_jumpboxs_answers(jl):
