@@ -1170,14 +1170,14 @@ def test_dcs_config_refused_by_patroni_or_with_patroni_down_changes_nothing(para
 def test_pause_then_resume_each_once(params):
     box = api_box(params, ADOPTED_DCS)
     out = ops_patroni.ensure_paused(box.host, params, params.primary, True)
-    assert box.host.journal == [f"PATCH /config pause=true on {NAME}"] and box.dcs["pause"] is True
+    assert box.host.journal == [f"PATCH /config pause=true on {NAME}"] and (box.dcs or {})["pause"] is True
     assert out.changed and "automatic failover off" in out.what
     assert json.loads(patch_calls(box)[0].stdin or "") == {"pause": True}
     assert not ops_patroni.ensure_paused(box.host, params, params.primary, True).changed
     assert len(box.host.journal) == 1
     back = ops_patroni.ensure_paused(box.host, params, params.primary, False)
     assert box.host.journal[1:] == [f"PATCH /config pause=null on {NAME}"] and back.changed
-    assert "pause" not in box.dcs and json.loads(patch_calls(box)[1].stdin or "") == {"pause": None}
+    assert "pause" not in (box.dcs or {}) and json.loads(patch_calls(box)[1].stdin or "") == {"pause": None}
     assert not ops_patroni.ensure_paused(box.host, params, params.primary, False).changed
     no_secret(REST_PW, box.host, [out, back])
 
@@ -1187,11 +1187,11 @@ def test_pause_and_resume_planned_from_what_patroni_says(params):
     box = api_box(params, ADOPTED_DCS)
     dry, _ = dry_over(box)
     assert ops_patroni.ensure_paused(dry, params, params.primary, True).verb == "would change"
-    assert dry.journal == [f"PATCH /config pause=true on {NAME}"] and "pause" not in box.dcs
+    assert dry.journal == [f"PATCH /config pause=true on {NAME}"] and "pause" not in (box.dcs or {})
     paused = api_box(params, {**ADOPTED_DCS, "pause": True})
     dry, _ = dry_over(paused)
     assert ops_patroni.ensure_paused(dry, params, params.primary, False).verb == "would change"
-    assert dry.journal == [f"PATCH /config pause=null on {NAME}"] and paused.dcs["pause"] is True
+    assert dry.journal == [f"PATCH /config pause=null on {NAME}"] and (paused.dcs or {})["pause"] is True
     dry, _ = dry_over(paused)
     assert ops_patroni.ensure_paused(dry, params, params.primary, True).verb == "unchanged" and dry.journal == []
     assert box.host.journal == [] and paused.host.journal == []
@@ -1207,4 +1207,4 @@ def test_pause_refused_by_patroni_or_without_it_changes_nothing(params):
     box.patch_status = 503
     with pytest.raises(PatroniError, match="PATCH /config answered 503"):
         ops_patroni.ensure_paused(box.host, params, params.primary, True)
-    assert "pause" not in box.dcs
+    assert "pause" not in (box.dcs or {})
