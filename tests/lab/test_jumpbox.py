@@ -10,8 +10,9 @@ The real notebook runs through the real CLI (``hcbpg plan`` / ``hcbpg run --only
 ``jumpbox`` and ``hetzner.protection``: the plan lists the jumpbox, its firewall, the public SSH change and the
 protection and creates nothing; the run makes the jumpbox first and pins it; from the outsider the servers' port 22
 is dropped while the jumpbox's answers; hcbpg runs commands on the servers through the jumpbox; a second run changes
-nothing; deleting a protected server through the hcloud client is refused (422 ``protected``).  The tests run in
-file order and build on each other.
+nothing; deleting a protected server through the hcloud client is refused (422 ``protected``); an unpinned server's
+key is read through the jumpbox behind the host-key gate; while the jumpbox cannot reach a server, public SSH stays
+open (the operator is never locked out).  The tests run in file order and build on each other.
 """
 
 from __future__ import annotations
@@ -266,3 +267,34 @@ def test_a_servers_unpinned_key_is_read_through_the_jumpbox_and_pinned_after_the
     assert step["status"] == "succeeded" and step["checks"]["fail"] == 0, step
     [pin] = hostkeys.pins_for(known, name)
     assert [pin.keytype, pin.key] == served
+
+
+def test_public_ssh_stays_while_the_jumpbox_cannot_reach_a_server(jl):
+    """The operator is never locked out: with SSH open again (by hand, in the API) and server-postgres-2 dropping
+    the jumpbox's SSH, step 01 fails naming that server and the servers' firewall keeps SSH from the admin ranges
+    (the outsider gets in); once the jumpbox reaches it again, the next run closes public SSH."""
+    from hcloud.firewalls.domain import FirewallRule
+
+    name = "server-postgres-2"
+    client = jl.client()
+    fw = client.firewalls.get_by_name("hcb-postgres-ssh-only")
+    for a in client.firewalls.set_rules(fw, [FirewallRule("in", "tcp", [jl.cfg.outsider_subnet], "22")]):
+        a.wait_until_finished()
+    assert jl.outsider_tcp(jl.ips[name]) == 0  # the stand-in applied it: public SSH is open
+    block = ["INPUT", "-s", jl.ips[JUMPBOX], "-p", "tcp", "--dport", "22", "-j", "DROP"]
+    run(["ip", "netns", "exec", jl.cfg.netns(name), "iptables", "-I", *block])
+    try:
+        failed = cli(jl.env, "run", "lab", "--only", "01", "--json")
+        assert failed.returncode == 1, failed.stdout[-3000:] + failed.stderr[-3000:]
+        doc = json.loads(failed.stdout)
+        assert "public SSH to the database servers not closed" in doc["message"], doc["message"]
+        assert f"SSH to {name} through {JUMPBOX} failed" in doc["message"], doc["message"]
+        rules = client.firewalls.get_by_name("hcb-postgres-ssh-only").rules
+        assert [(r.port, r.source_ips) for r in rules] == [("22", [jl.cfg.outsider_subnet])]
+        assert jl.outsider_tcp(jl.ips[name]) == 0, "public SSH was closed although the jumpbox could not reach a server"
+    finally:
+        run(["ip", "netns", "exec", jl.cfg.netns(name), "iptables", "-D", *block])
+    step = step_01(cli(jl.env, "run", "lab", "--only", "01", "--json"))
+    assert "public SSH closed on firewall hcb-postgres-ssh-only" in step["changed"], step
+    assert client.firewalls.get_by_name("hcb-postgres-ssh-only").rules == []
+    assert jl.outsider_tcp(jl.ips[name]) == 124
