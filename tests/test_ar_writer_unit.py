@@ -44,7 +44,8 @@ def test_the_ar_writer_gets_its_url_from_the_env_file_never_its_argv():
     argv = app_load.render_ar_command(w, var="BLAZER_DATABASE_URL", rate=20, mode="read")
     assert argv[:2] == ["/usr/bin/ruby", app_load.AR_SCRIPT]
     assert f"env_file={app_load.AR_ENV_FILE}" in argv and "var=BLAZER_DATABASE_URL" in argv
-    assert "rate=20" in argv and "mode=read" in argv and f"log={w.log}" in argv
+    assert "rate=20" in argv and "mode=read" in argv and f"log={w.log}" in argv and "pg_async=on" in argv
+    assert "pg_async=off" in app_load.render_ar_command(w, pg_async=False)
     assert not any("postgres" in a or "password" in a for a in argv)
     start = app_load.render_start_detached(w, argv)
     assert "setsid -f" in start and w.pidfile in start and "env -i" in start

@@ -223,12 +223,15 @@ def _rate(rate: float) -> float:
 
 
 def render_ar_command(writer: Writer, *, env_file: str = AR_ENV_FILE, var: str = "DATABASE_URL",
-                      rate: float = 50.0, users: int = 1000, mode: Literal["write", "read"] = "write") -> list[str]:
-    """The ActiveRecord writer's argv: the env file's path and the variable to read, never a URL."""
+                      rate: float = 50.0, users: int = 1000, mode: Literal["write", "read"] = "write",
+                      pg_async: bool = True) -> list[str]:
+    """The ActiveRecord writer's argv: the env file's path and the variable to read, never a URL.  *pg_async*
+    False: the pg gem connects with libpq's blocking call (``PG::Connection.async_api = false``), which moves
+    on from a host that times out; the default asynchronous connect of ruby-pg 1.4.5 does not (#618)."""
     if not var.isidentifier() or not var.isupper():
         raise ValueError(f"{var!r} is not an environment variable's name")
     return ["/usr/bin/ruby", AR_SCRIPT, f"env_file={env_file}", f"var={var}", f"log={writer.log}",
-            f"rate={_rate(rate):g}", f"users={int(users)}", f"mode={mode}"]
+            f"rate={_rate(rate):g}", f"users={int(users)}", f"mode={mode}", f"pg_async={'on' if pg_async else 'off'}"]
 
 
 _LOCAL = r"""
@@ -323,12 +326,13 @@ def _start(host: "HostLike", writer: Writer, argv: Sequence[str], *, user: str, 
 
 def start_ar_writer(host: "HostLike", *, name: str = "ar-load", env_file: str = AR_ENV_FILE,
                     var: str = "DATABASE_URL", rate: float = 50.0, users: int = 1000,
-                    mode: Literal["write", "read"] = "write") -> Writer:
+                    mode: Literal["write", "read"] = "write", pg_async: bool = True) -> Writer:
     """Put ``ar_load.rb`` on *host* and start it detached (as root), reading *var* from *env_file* (put it there
     first: :func:`put_env_file`); its pid is :func:`writer_pid`.  It writes ``INSERT INTO events`` (the table must
     exist) at *rate* a second until :func:`stop_writer`."""
     writer = Writer(name)
-    argv = render_ar_command(writer, env_file=env_file, var=var, rate=rate, users=users, mode=mode)
+    argv = render_ar_command(writer, env_file=env_file, var=var, rate=rate, users=users, mode=mode,
+                             pg_async=pg_async)
     script = resources.files("hcbpg.lab").joinpath("ar_load.rb").read_text()
     host.run(f"install -d -m 0755 {AR_SCRIPT.rsplit('/', 1)[0]}", quiet=True)
     host.put_text(AR_SCRIPT, script, mode=0o644)

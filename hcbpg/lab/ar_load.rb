@@ -5,7 +5,7 @@
 # The URL is read from a 0600 env file (NAME='value' lines, as hcbpg hands them out), never from the command
 # line, and set in this process's own environment only.
 #
-#   ruby ar_load.rb env_file=FILE var=DATABASE_URL log=FILE rate=50 users=1000 mode=write|read
+#   ruby ar_load.rb env_file=FILE var=DATABASE_URL log=FILE rate=50 users=1000 mode=write|read pg_async=on|off
 #
 # write: INSERT INTO events ... RETURNING id and the server's address, at *rate* a second; after each
 # acknowledged commit one line "i ID T_MS SERVER" (T_MS: wall-clock milliseconds at the ack).
@@ -13,6 +13,11 @@
 # An error: "e T_MS CLASS" (never the message: it names nothing secret, but a log keeps to what it needs),
 # then the pool is disconnected and the next try comes 50 ms later on a new connection (libpq walks the host
 # list again, target_session_attrs choosing the server).  SIGTERM ends the loop: "stopped" is the last line.
+#
+# pg_async=off sets PG::Connection.async_api = false: the gem then connects through libpq's blocking
+# PQconnectdb, where libpq itself moves to the next host when connect_timeout expires.  The default
+# asynchronous connect of pg 1.3 to (at least) 1.4.5 raises "timeout expired" on a first host that drops
+# packets and never tries the next one (ruby-pg issue #618).
 
 require "shellwords"
 
@@ -25,6 +30,8 @@ users = Integer(opts.fetch("users", "1000"))
 mode = opts.fetch("mode", "write")
 abort "ar_load: mode must be write or read" unless %w[write read].include?(mode)
 abort "ar_load: rate must be positive" unless rate.positive?
+pg_async = opts.fetch("pg_async", "on")
+abort "ar_load: pg_async must be on or off" unless %w[on off].include?(pg_async)
 
 url = nil
 File.foreach(env_file) do |line|
@@ -35,6 +42,9 @@ abort "ar_load: #{env_file} has no #{var}= line" if url.nil? || url.empty?
 ENV["DATABASE_URL"] = url
 
 require "active_record"
+require "pg"
+
+PG::Connection.async_api = false if pg_async == "off"
 
 ActiveRecord::Base.establish_connection # from DATABASE_URL, through ActiveRecord's own URL resolver
 
