@@ -300,11 +300,12 @@ def put_env_file(host: "HostLike", text: str, path: str = AR_ENV_FILE) -> None:
 
 def writer_pid(host: "HostLike", writer: Writer) -> int | None:
     """The writer's pid while it runs (its pidfile's pid, whose command line names its log), else None."""
-    res = host.probe(f"p=$(cat {writer.pidfile} 2>/dev/null) && [ -n \"$p\" ] && tr '\\0' ' ' < /proc/$p/cmdline "
-                     f"&& echo && echo \"$p\"")
-    lines = res.stdout.strip().splitlines() if res.ok else []
-    if len(lines) == 2 and lines[1].isdigit() and writer.log in lines[0]:
-        return int(lines[1])
+    res = host.probe(f"p=$(cat {writer.pidfile} 2>/dev/null) && [ -n \"$p\" ] && echo \"$p\" && "
+                     "tr '\\0\\n' '  ' < /proc/$p/cmdline")
+    first, _, cmdline = res.stdout.partition("\n") if res.ok else ("", "", "")
+    words = cmdline.split()
+    if first.strip().isdigit() and (writer.log in words or f"log={writer.log}" in words):
+        return int(first)
     return None
 
 

@@ -11,8 +11,11 @@ hostile planted one.
 Proven: the writer's acks come from the read-write server; Blazer's ``prefer-standby`` URL reads on the standby;
 the roles flip (the standby promoted, ``default_transaction_read_only`` on for the first server and reloaded):
 the same writer process, never restarted, acks on the second server; ``faults.cut_network`` on the writing
-server: errors, then writes again once healed; no secret in any process's arguments on the app host or the
-machine, nor in the writer's log or stderr.
+server: errors, then writes again once healed, while the local writer on that server (psql over its socket) shows
+what the cut-off server itself accepted; a first host that drops packets (``faults.partition``): ruby-pg 1.4.5's
+default asynchronous connect never reaches the second host (recorded, design R3), libpq's blocking connect does;
+``faults.kill_patroni_and_postgres`` ends every postgres process of one host only; no secret in any process's
+arguments on the app host or the machine, nor in any file the writers left.
 """
 
 from __future__ import annotations
@@ -231,6 +234,9 @@ def test_the_roles_flip_and_the_same_writer_acks_on_the_second_server(arlab):
 def test_a_cut_network_means_errors_then_writes_again_once_healed(arlab):
     app = arlab.hosts[APP]
     assert arlab.writer is not None
+    # the local writer on the writing server (psql over its socket): what the cut-off server itself accepts
+    local = app_load.start_local_writer(arlab.hosts[S2], label=arlab.ips[S2], database="hcb_production", rate=20)
+    until("the local writer's first ack", lambda: app_load.read_writer_log(arlab.hosts[S2], local).acks, 10)
     t_cut = now_ms()
     faults.cut_network(arlab.cfg, S2)
     try:
@@ -248,6 +254,11 @@ def test_a_cut_network_means_errors_then_writes_again_once_healed(arlab):
     assert during == [], f"acks while the writing server was cut: {during[:3]}"
     errors = [e for e in log.errors if t_cut <= e.t_ms <= t_heal]
     gap = app_load.longest_gap_ms(log.acks, since_ms=t_cut - 1000, until_ms=back[-1].t_ms)
+    local_log = app_load.stop_writer(arlab.hosts[S2], local)
+    assert local_log.stopped and local_log.errors == [], local_log.errors
+    isolated = [a for a in local_log.acks if t_cut < a.t_ms < t_heal]
+    assert len(isolated) >= 20 and {a.server for a in isolated} == {arlab.ips[S2]}
+    print(f"\nthe cut-off server itself accepted {len(isolated)} local writes while cut (no Patroni here to stop it)")
     print(f"\ncut {t_heal - t_cut} ms: {len(errors)} error(s) {sorted({e.cls for e in errors})}; first ack "
           f"{back[0].t_ms - t_heal} ms after the heal; longest gap without an ack {gap} ms")
 
@@ -286,7 +297,7 @@ def test_a_blackholed_first_host_ruby_pg_1_4_5_async_connect_never_tries_the_sec
         arlab.psql(S2, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'rails'")
         t_term = now_ms() + 300  # an insert already under way when the sessions were ended may still be acked
         sync_back = until("the blocking-connect writer back", lambda: [
-            a for a in app_load.read_writer_log(app, sync).acks if a.t_ms > t1], 20)[0]
+            a for a in app_load.read_writer_log(app, sync).acks if a.t_ms > t_term], 20)[0]
         time.sleep(max(0.0, 8 - (now_ms() - t1) / 1000))
         t2 = now_ms()
         default = [a for a in acks_since(arlab, t_term) if a.t_ms <= t2]
@@ -299,12 +310,12 @@ def test_a_blackholed_first_host_ruby_pg_1_4_5_async_connect_never_tries_the_sec
     assert f"{arlab.ips[APP]}/32" not in run(["ip", "netns", "exec", arlab.cfg.netns(S1), "iptables", "-S"]).stdout
     assert first_sync.server == sync_back.server == arlab.ips[S2]
     assert first_sync.t_ms - t0 >= 1500, "the first host was not tried (no connect_timeout waited)"
-    assert sync_back.t_ms - t1 < 8000
+    assert 1500 <= sync_back.t_ms - t_term < 8000, sync_back.t_ms - t_term
     t_heal = now_ms()
     healed = until("the default writer back after the heal", lambda: [a for a in acks_since(arlab, t_heal)
                                                                      if a.server == arlab.ips[S2]], 20)
     print(f"\nfirst host blackholed, ruby-pg {version}: blocking connect on {S2} {first_sync.t_ms - t0} ms after "
-          f"its start, {sync_back.t_ms - t1} ms after its session ended; the default (async) writer: {len(default)} "
+          f"its start, {sync_back.t_ms - t_term + 300} ms after its session ended; the default (async) writer: {len(default)} "
           f"acks and {len(errors)} errors in {(t2 - t_term) / 1000:.1f} s, back {healed[0].t_ms - t_heal} ms after the heal")
     if version == "1.4.5":
         assert default == [], f"ruby-pg 1.4.5's async connect reached {S2}: issue #618 no longer holds, update R3"
@@ -313,6 +324,27 @@ def test_a_blackholed_first_host_ruby_pg_1_4_5_async_connect_never_tries_the_sec
     else:
         assert default, (f"ruby-pg {version}: the default writer never reached {S2} past a blackholed first host "
                          "(#618); require a fixed gem or PG::Connection.async_api = false")
+
+
+def test_kill_patroni_and_postgres_ends_every_postgres_process_of_that_host_only(arlab):
+    assert arlab.writer is not None
+    mine = faults.find_pids(arlab.cfg, S1, comm="postgres")
+    theirs = faults.find_pids(arlab.cfg, S2, comm="postgres")
+    assert len(mine) >= 5 and len(theirs) >= 5 and not set(mine) & set(theirs)
+    postmaster = faults.find_pids(arlab.cfg, S1, cmdline="/usr/lib/postgresql/15/bin/postgres -D")
+    # the postmaster, and any child forked a moment ago that has not set its title yet
+    assert postmaster and set(postmaster) <= set(mine)
+    assert faults.kill_etcd(arlab.cfg, S1) == []  # nothing of the kind runs: nothing killed
+    t0 = now_ms()
+    killed = faults.kill_patroni_and_postgres(arlab.cfg, S1)
+    assert set(mine) <= set(killed), (mine, killed)
+    assert faults.find_pids(arlab.cfg, S1, comm="postgres") == []
+    assert set(theirs) <= set(faults.find_pids(arlab.cfg, S2, comm="postgres"))
+    # the app writes on on the other server; the killed one starts again from its stale pidfile
+    until("acks after the kill", lambda: [a for a in acks_since(arlab, t0) if a.server == arlab.ips[S2]], 10,
+          done=lambda a: len(a) >= 5)
+    arlab.hosts[S1].run("pg_ctlcluster 15 main start")
+    assert arlab.psql(S1, "SHOW default_transaction_read_only") == "on"
 
 
 def test_no_secret_in_any_process_arguments_nor_in_the_writers_files(arlab):
