@@ -32,12 +32,16 @@ class EtcdCtl:
     """etcdctl (API v3) on *host*, a member, against its own client URL (127.0.0.1: no other member needed to
     ask it), with *cert*/*key* as the client's certificate and *ca* to verify the member's."""
 
-    def __init__(self, host: "HostLike", *, port: int, ca: str, cert: str, key: str, timeout_s: float = 3.0) -> None:
+    def __init__(self, host: "HostLike", *, port: int, ca: str, cert: str, key: str, gateway_cert: str | None = None,
+                 gateway_key: str | None = None, timeout_s: float = 3.0) -> None:
         self.host = host
         self.port = port
         self.ca = ca
         self.cert = cert
         self.key = key
+        #: the client certificate for the JSON gateway (one without a CN: the gateway refuses others with auth on)
+        self.gateway_cert = gateway_cert or cert
+        self.gateway_key = gateway_key or key
         self.timeout_s = timeout_s
 
     def __repr__(self) -> str:
@@ -76,7 +80,7 @@ class EtcdCtl:
         """The gateway's answer to ``POST /v3/auth/authenticate`` for *user*/*password* (the body on stdin)."""
         url = f"{self.endpoint}/v3/auth/authenticate"
         cmd = shlex.join(["curl", "-sS", "--max-time", f"{self.timeout_s:g}", "--cacert", self.ca,
-                          "--cert", self.cert, "--key", self.key, "-X", "POST", url, "-d", "@-"])
+                          "--cert", self.gateway_cert, "--key", self.gateway_key, "-X", "POST", url, "-d", "@-"])
         res = self.host.probe(cmd, stdin=json.dumps({"name": user, "password": password}))
         if not res.ok:
             raise EtcdError(f"etcd's gateway on {self.host.name} does not answer: {res.output.strip()[-300:]}",

@@ -100,9 +100,17 @@ class CertSpec:
     client: bool = False
 
 
-def server_cert_spec(server: "Server") -> CertSpec:
-    """PostgreSQL's certificate of *server*: its name and private IP, server authentication only."""
+def server_cert_spec(server: "Server", *, local: bool = False) -> CertSpec:
+    """PostgreSQL's certificate of *server*: its name and private IP, server authentication only; with *local*
+    also ``localhost`` and the loopback addresses (under Patroni, which connects to its own PostgreSQL at
+    ``localhost`` with the replication role's ``sslmode=verify-full``)."""
+    if local:
+        return CertSpec(server.name, (server.private_ip, "127.0.0.1", "::1"), (server.name, "localhost"))
     return CertSpec(server.name, (server.private_ip,), (server.name,))
+
+
+def _local(params: "Params") -> bool:
+    return params.replication is not None and params.replication.manager == "patroni"
 
 
 def render_cert(ca: Ca, spec: CertSpec, *, days: float, now: dt.datetime | None = None) -> tuple[str, str]:
@@ -131,7 +139,7 @@ def render_cert(ca: Ca, spec: CertSpec, *, days: float, now: dt.datetime | None 
 def render_server_cert(ca: Ca, params: "Params", server: "Server", *,
                        now: dt.datetime | None = None) -> tuple[str, str]:
     """(certificate PEM, key PEM) for *server*: its private IP and name as SANs, signed by *ca*."""
-    return render_cert(ca, server_cert_spec(server), days=params.tls.cert_days, now=now)
+    return render_cert(ca, server_cert_spec(server, local=_local(params)), days=params.tls.cert_days, now=now)
 
 
 def plan_cert(current_pem: str | None, ca: Ca | None, spec: CertSpec, *, renew_days: float,
@@ -180,7 +188,8 @@ def plan_cert(current_pem: str | None, ca: Ca | None, spec: CertSpec, *, renew_d
 def plan_server_cert(current_pem: str | None, ca: Ca | None, params: "Params", server: "Server", *,
                      now: dt.datetime | None = None) -> str | None:
     """Why *server*'s certificate must be (re)issued, or None when it is good."""
-    return plan_cert(current_pem, ca, server_cert_spec(server), renew_days=params.tls.renew_days, now=now)
+    return plan_cert(current_pem, ca, server_cert_spec(server, local=_local(params)), renew_days=params.tls.renew_days,
+                     now=now)
 
 
 def cert_days_left(pem: str, *, now: dt.datetime | None = None) -> float:

@@ -32,6 +32,13 @@ TLS_DIR = "/etc/etcd/tls"
 #: each member's certificate: CN = member name, SAN = its private IP and 127.0.0.1, EKU server + client
 MEMBER_CERT = f"{TLS_DIR}/member.crt"
 MEMBER_KEY = f"{TLS_DIR}/member.key"
+#: a client certificate with no subject, for etcd's JSON gateway (it refuses a certificate with a CN once auth is
+#: on): hcbpg's probes of authentication use it, as Patroni uses its own
+#: (root's, in a directory only root may change: etcd's own TLS directory belongs to etcd)
+GATEWAY_CERT = "/etc/etcd/hcbpg-client/gateway.crt"
+GATEWAY_KEY = "/etc/etcd/hcbpg-client/gateway.key"
+#: what that certificate says: nobody, client authentication only
+GATEWAY_SPEC = CertSpec(None, server=False, client=True)
 
 #: TLS 1.2 suites of ECDSA keys (etcd 3.4 has no minimum-version option; these exclude TLS 1.0/1.1 suites)
 CIPHER_SUITES = ("TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256", "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384")

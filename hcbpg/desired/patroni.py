@@ -29,6 +29,7 @@ import yaml
 from hcbpg.desired import backups, capacity, tls
 from hcbpg.desired import etcd as desired_etcd
 from hcbpg.desired.certs import CertSpec
+from hcbpg.desired.replication import slot_name as manual_slot_name
 from hcbpg.errors import HcbpgError, ParamsError
 from hcbpg.outcome import Check
 from hcbpg.params_ha import FAILSAFE_EXTRA_S, PATRONI_OWNED_SETTINGS
@@ -147,6 +148,9 @@ def dcs_config(params: "Params", shape: capacity.ServerShape) -> dict[str, Any]:
         "synchronous_mode": p.synchronous_mode,
         "synchronous_mode_strict": p.synchronous_mode_strict,
         "failsafe_mode": p.failsafe_mode,
+        # the slots hcbpg's manual replication made: Patroni leaves them alone (it drops every slot it does not
+        # know at once), so a replica handed over keeps its WAL until it streams through Patroni's own slot
+        "ignore_slots": [{"name": manual_slot_name(s.name), "type": "physical"} for s in params.servers],
         "postgresql": {
             "use_pg_rewind": True,
             "use_slots": True,

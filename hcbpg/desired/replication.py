@@ -101,6 +101,11 @@ def hba_rules_for(params: "Params", server: "Server") -> list[HbaRule]:
                                  comment=f"streaming replication from {peer.name}"))
         out.append(HbaRule("hostssl", "postgres", role, "scram-sha-256", f"{peer.private_ip}/32",
                                  comment=f"pg_rewind from {peer.name} (reads files through SQL functions)"))
+    if params.replication.manager == "patroni":
+        # Patroni asks its own PostgreSQL for the timeline over a replication connection to localhost
+        for address in ("127.0.0.1/32", "::1/128"):
+            out.append(HbaRule("hostssl", "replication", role, "scram-sha-256", address,
+                               comment="Patroni's own replication connection (its timeline) on this server"))
     return out
 
 

@@ -58,7 +58,10 @@ def settings_for(params: "Params", server: "Server", part: str) -> dict[str, Set
     if part == "identity":
         # wal_log_hints needs a restart: set it before the first start so that step 10 (replication,
         # pg_rewind after a failover) never has to restart the primary for it
-        return {"cluster_name": server.name, "wal_log_hints": True}
+        # under Patroni its scope (Patroni passes it to PostgreSQL; the same value here keeps one truth)
+        rep = params.replication
+        name = rep.patroni.scope if rep is not None and rep.manager == "patroni" and rep.patroni else server.name
+        return {"cluster_name": name, "wal_log_hints": True}
     if part == "tls":
         return tls.ssl_settings(params)
     if part == "capacity":

@@ -174,6 +174,23 @@ def _open_hosts(params: Params, env: str, timeout: float) -> dict[str, Host]:
     return out
 
 
+def _high_availability(up: Mapping[str, Host], params: Params) -> tuple[list[dict[str, str]] | None, list[Check]]:
+    """Under Patroni: the cluster's rows (Member, Host, Role, State, TL, Lag) and its checks (a leader, the
+    replicas streaming, the sync standby, maintenance mode, failsafe active), and etcd's members and quorum as
+    the first reachable voter sees them.  (None, []) under the manual replication."""
+    from hcbpg.desired import patroni as dp  # noqa: PLC0415 - see above: imported when a report is made
+    if not dp.managed(params):
+        return None, []
+    from hcbpg.ops import etcd as ops_etcd  # noqa: PLC0415 - see above: imported when a report is made
+    from hcbpg.ops import patroni as ops_patroni  # noqa: PLC0415 - see above: imported when a report is made
+    view = ops_patroni.get_cluster(up, params)
+    checks = dp.check_cluster(view, params, statuses=ops_patroni.get_member_statuses(up, params))
+    first = next(iter(up.values()), None)
+    if first is not None:
+        checks += ops_etcd.check_etcd(first, params)
+    return (view.rows() if view is not None else []), checks
+
+
 def _status_once(args: argparse.Namespace) -> int:
     params = load_params(args.env, home())
     # paramiko logs a traceback for every unreachable host; the report says it in one line
@@ -196,6 +213,7 @@ def _status_once(args: argparse.Namespace) -> int:
         with ThreadPoolExecutor(max_workers=max(1, len(params.servers))) as pool:
             cert_checks = list(pool.map(lambda s: _cert_check(up.get(s.name), params, s),
                                         [s for s in params.servers if s.name in up]))
+        cluster_rows, ha_checks = _high_availability(up, params)
     finally:
         for h in up.values():
             h.close()
@@ -211,15 +229,20 @@ def _status_once(args: argparse.Namespace) -> int:
             checks.append(Check("unreachable", "fail", down[s.name], s.name))
         else:
             checks += [c for c in judged if c.target == s.name]
-    checks += [c for c in judged if c.target not in {s.name for s in params.servers}] + cert_checks
+    checks += [c for c in judged if c.target not in {s.name for s in params.servers}] + cert_checks + ha_checks
     code = health_report.exit_code(checks, strict=getattr(args, "strict", False))
     if args.json:
         json.dump({"environment": args.env, "exit_code": code,
                    "unreachable": down,
                    "checks": health_report.report_rows(checks),
+                   **({"cluster": cluster_rows} if cluster_rows is not None else {}),
                    "measurements": [m.as_dict() for m in measurements]}, sys.stdout, indent=2, default=str)
         print()
-    elif getattr(args, "all", False):
+        return code
+    if cluster_rows:
+        from hcbpg.display import render_table  # noqa: PLC0415 - see above: imported when a report is made
+        print("Patroni cluster (as patronictl list shows it):\n" + render_table(cluster_rows)[1] + "\n")
+    if getattr(args, "all", False):
         print(colour_report(health_report.render_text(checks), color=sys.stdout.isatty()))
     else:
         print(colour_report(health_report.render_compact(measurements, checks), color=sys.stdout.isatty()))

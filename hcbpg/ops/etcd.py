@@ -52,7 +52,7 @@ def get_etcdctl(host: "HostLike", params: "Params", *, cert: str = desired_etcd.
                 key: str = desired_etcd.MEMBER_KEY) -> EtcdCtl:
     """etcdctl on member *host* with the member's certificate (or *cert*/*key*)."""
     return EtcdCtl(host, port=desired_etcd.etcd_params(params).client_port, ca=desired_tls.client_ca_path(params),
-                   cert=cert, key=key)
+                   cert=cert, key=key, gateway_cert=desired_etcd.GATEWAY_CERT, gateway_key=desired_etcd.GATEWAY_KEY)
 
 
 def get_auth_enabled(ctl: EtcdCtl) -> bool:
@@ -85,6 +85,8 @@ def ensure_etcd_member(host: "HostLike", params: "Params", name: str) -> list[Ou
     out = ensure_cert(host, params, desired_etcd.member_cert_spec(params, name), desired_etcd.MEMBER_CERT,
                       desired_etcd.MEMBER_KEY, owner="etcd", what=f"etcd certificate of {name}",
                       dir_mode=0o750)
+    out += ensure_cert(host, params, desired_etcd.GATEWAY_SPEC, desired_etcd.GATEWAY_CERT, desired_etcd.GATEWAY_KEY,
+                       owner="root", what=f"etcd gateway client certificate on {name}", dir_mode=0o700)[1:]
     out.append(ensure_text(host, desired_etcd.CONF_PATH, desired_etcd.render_etcd_conf(params, name), mode=0o640,
                            owner="root", group="etcd", what=f"etcd config on {name}"))
     out.append(ensure_text(host, desired_etcd.DEFAULT_PATH, desired_etcd.render_etcd_default(params), mode=0o644,

@@ -7,8 +7,7 @@ calls (switchover, pause, resume, restart) through its REST API (:class:`~hcbpg.
     get_member_status(host, params, server)            GET /patroni (None: Patroni does not answer)
     get_cluster(hosts, params)                         GET /cluster from the first member that answers
     ensure_dcs_config(host, params, server, shape)     PATCH /config with what differs from hcbpg's dynamic config
-    run_copy_slot(psql, source, target)                a physical slot copied under Patroni's name (no WAL gap)
-    run_restart_pending(host, params, server)          POST /restart {"restart_pending": true}
+    run_restart(host, params, server)                  POST /restart
     run_switchover(host, params, server, plan)         POST /switchover
     ensure_paused(host, params, server, paused)        PATCH /config {"pause": ...}
     wait_for_member(hosts, params, name, want)         GET /cluster until *name* is as *want* says
@@ -19,8 +18,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
-
-from psycopg import sql
 
 from hcbpg.adapters.base import Changes
 from hcbpg.adapters.patroni import PatroniApi
@@ -33,12 +30,11 @@ from hcbpg.desired.services import patroni_service
 from hcbpg.errors import HcbpgError, PatroniError
 from hcbpg.ops.ha_files import ensure_cert, ensure_daemon_packages, ensure_text
 from hcbpg.ops.replica import ensure_start_conf
-from hcbpg.ops.replication import get_slots
 from hcbpg.outcome import Outcome
 from hcbpg.wait import wait_until
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hcbpg.adapters.base import HostLike, PsqlLike
+    from hcbpg.adapters.base import HostLike
     from hcbpg.params import Params, Server
 
 
@@ -133,21 +129,17 @@ def ensure_dcs_config(host: "HostLike", params: "Params", server: "Server", shap
                         diff="" if not patch else json.dumps(patch, indent=1, sort_keys=True))
 
 
-def run_copy_slot(psql: "PsqlLike", source: str, target: str) -> bool:
-    """Copy the physical slot *source* to *target* (same restart_lsn: no WAL the replica still needs is
-    released) unless *target* exists; True when it was copied.  Patroni drops slots it does not know at its
-    first loop, and keeps the one named after each member."""
-    names = set(get_slots(psql))
-    if target in names or source not in names:
-        return False
-    psql.execute(sql.SQL("SELECT pg_copy_physical_replication_slot({}, {})").format(sql.Literal(source),
-                                                                                     sql.Literal(target)))
-    return True
+def run_restart(host: "HostLike", params: "Params", server: "Server", *, only_pending: bool = True) -> None:
+    """POST /restart: Patroni restarts *server*'s PostgreSQL (with *only_pending*, only if a restart is pending:
+    ``{"restart_pending": true}``)."""
+    get_api(host, params, server).post("/restart", {"restart_pending": True} if only_pending else {},
+                                       ok=(200, 202), timeout_s=120)
 
 
-def run_restart_pending(host: "HostLike", params: "Params", server: "Server") -> None:
-    """POST /restart ``{"restart_pending": true}``: Patroni restarts its PostgreSQL only if a restart is pending."""
-    get_api(host, params, server).post("/restart", {"restart_pending": True}, ok=(200, 202, 503), timeout_s=120)
+def run_reinitialize(host: "HostLike", params: "Params", server: "Server") -> None:
+    """POST /reinitialize on *server* (a replica): its data directory replaced by Patroni's
+    create_replica_methods (pgBackRest from the repository first); refused by Patroni on the leader."""
+    get_api(host, params, server).post("/reinitialize", {"force": True}, ok=(200,), timeout_s=60)
 
 
 def run_switchover(host: "HostLike", params: "Params", plan: SwitchoverPlan) -> tuple[int, str]:
@@ -187,6 +179,19 @@ def wait_for_member(hosts: Mapping[str, "HostLike | None"], params: "Params", na
                           f"{r['Member']} {r['Role']} {r['State']} TL {r['TL']} lag {r['Lag in MB']}"
                           for r in v.rows()),
                       hint=f"Patroni's log on {name}: /var/log/patroni/patroni.log (or journalctl -u patroni@...).")
+    assert view is not None
+    return view
+
+
+def wait_for_sync_standby(hosts: Mapping[str, "HostLike | None"], params: "Params", *,
+                          timeout: float = 60.0) -> ClusterView:
+    """GET /cluster until a member is the sync standby (synchronous_mode: Patroni names one within a loop or two
+    of a replica streaming)."""
+    view = wait_until(lambda: get_cluster(hosts, params),
+                      lambda v: v is not None and any(m.is_sync_standby for m in v.members), what="a sync standby",
+                      timeout=timeout, interval=0.5,
+                      describe=lambda v: "no member answers" if v is None else "; ".join(
+                          f"{r['Member']} {r['Role']} {r['State']}" for r in v.rows()))
     assert view is not None
     return view
 

@@ -33,13 +33,13 @@ from hcbpg.desired import patroni as dp
 from hcbpg.desired.addresses import ssh_route
 from hcbpg.desired.capacity import ServerShape
 from hcbpg.desired.patroni import ClusterView, PatroniSecrets
-from hcbpg.desired.replication import slot_name as manual_slot_name
 from hcbpg.display import show_table
 from hcbpg.errors import HcbpgError, SafetyCheckFailed
 from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import etcd as ops_etcd
 from hcbpg.ops import patroni as ops_patroni
-from hcbpg.ops import pgbackrest
+from hcbpg.ops import pgbackrest, tls
+from hcbpg.ops import replication as rep
 from hcbpg.outcome import Check, Outcome
 from hcbpg.steps import replication as manual
 from hcbpg.steps.targets import connect_servers, lock_environment, recorded_servers
@@ -154,6 +154,7 @@ def setup_ha(hosts: HaHosts, params: "Params", secrets: PatroniSecrets, shape: S
     if not res.adopting:
         # adopted before: keep the files as params say (Patroni reads them again when they changed)
         for s in params.servers:
+            res.outcomes += tls.ensure_server_tls(servers[s.name], params, s)
             files = ops_patroni.ensure_patroni_files(servers[s.name], params, s, secrets, shape=shape)
             res.outcomes += files
             if any(o.changed for o in files) and not dry_run:
@@ -168,6 +169,8 @@ def setup_ha(hosts: HaHosts, params: "Params", secrets: PatroniSecrets, shape: S
     primary = params.server(outcomes.primary)
     replicas = [params.server(n) for n in topo.replicas]
     for s in params.servers:
+        # Patroni checks its own PostgreSQL at localhost with verify-full: the certificate names localhost too
+        res.outcomes += tls.ensure_server_tls(servers[s.name], params, s)
         res.outcomes += ops_patroni.ensure_patroni_files(servers[s.name], params, s, secrets, shape=shape)
     p_host = servers[primary.name]
     res.before = {s.name: _sysid(servers[s.name], params) for s in params.servers}
@@ -178,12 +181,6 @@ def setup_ha(hosts: HaHosts, params: "Params", secrets: PatroniSecrets, shape: S
         res.outcomes.append(Outcome(f"restart of {primary.name} under Patroni (gate {RESTART_GATE})", True, True,
                                     actions=["POST /restart {\"restart_pending\": true} on the leader"]))
         return res
-    psql = pg_cluster.get_psql(p_host, params)
-    for r in replicas:
-        # the replica's slot under the name Patroni keeps for it, same restart_lsn: no WAL gap
-        if ops_patroni.run_copy_slot(psql, manual_slot_name(r.name), dp.slot_name(r.name)):
-            res.outcomes.append(Outcome(f"slot {dp.slot_name(r.name)} on {primary.name}", True, False,
-                                        actions=[f"copied from {manual_slot_name(r.name)} (same restart_lsn)"]))
     t0 = time.monotonic()
     res.outcomes.append(ops_patroni.ensure_patroni_running(p_host, params))
     ops_patroni.wait_for_member(hosts.servers, params, primary.name, lambda m: m.is_leader,
@@ -206,6 +203,8 @@ def setup_ha(hosts: HaHosts, params: "Params", secrets: PatroniSecrets, shape: S
                                     lambda m: m.state in dp.RUNNING_STATES and m.lag is not None,
                                     what=f"{r.name} streaming under Patroni", timeout=120)
         res.timings[f"{r.name}_streaming_s"] = round(time.monotonic() - t1, 1)
+    # the manual slots held the replicas' WAL until they streamed through Patroni's (ignore_slots kept them)
+    res.outcomes.append(rep.ensure_no_stale_slots(pg_cluster.get_psql(p_host, params), params, keep=[]))
     return _finish(res, hosts, servers, params, primary, shape, dry_run=dry_run, restart_approved=restart_approved,
                    echo=echo)
 
@@ -216,7 +215,12 @@ def _finish(res: HaResult, hosts: HaHosts, servers: Mapping[str, "HostLike"], pa
     """The leader's pending restart (behind the gate), then Patroni's dynamic configuration as params say."""
     host = servers[leader.name]
     status = ops_patroni.get_member_status(host, params, leader) if not isinstance(host, AbsentHost) else None
-    res.restart_pending = bool(status and status.pending_restart)
+    # Patroni writes cluster_name (= its scope) into its postgresql.conf but shows the restart pending only
+    # after a reload: asked of PostgreSQL directly
+    scope = dp.patroni_params(params).scope
+    name_differs = status is not None and pg_cluster.get_psql(host, params).value(
+        "SELECT current_setting('cluster_name') AS v") != scope
+    res.restart_pending = bool(status and status.pending_restart) or name_differs
     if res.restart_pending and dry_run:
         res.outcomes.append(Outcome(f"restart of {leader.name} under Patroni (gate {RESTART_GATE})", True, True,
                                     actions=["POST /restart {\"restart_pending\": true} on the leader"]))
@@ -225,14 +229,18 @@ def _finish(res: HaResult, hosts: HaHosts, servers: Mapping[str, "HostLike"], pa
             echo(f"{leader.name} leads under Patroni; its restart waits for the gate {RESTART_GATE}")
             return res
         t2 = time.monotonic()
-        ops_patroni.run_restart_pending(host, params, leader)
+        ops_patroni.run_restart(host, params, leader, only_pending=not name_differs)
         ops_patroni.wait_for_member(hosts.servers, params, leader.name,
                                     lambda m: m.is_leader and m.state in dp.RUNNING_STATES and not m.pending_restart,
                                     what=f"{leader.name} running after its restart", timeout=120)
         res.timings["restart_s"] = round(time.monotonic() - t2, 1)
         res.outcomes.append(Outcome(f"{leader.name} restarted under Patroni", True, False,
-                                    actions=["POST /restart {\"restart_pending\": true}"]))
+                                    actions=["POST /restart"]))
     res.outcomes.append(ops_patroni.ensure_dcs_config(host, params, leader, shape))
+    if not dry_run and dp.patroni_params(params).synchronous_mode and len(params.servers) > 1:
+        t3 = time.monotonic()
+        ops_patroni.wait_for_sync_standby(hosts.servers, params, timeout=60)
+        res.timings["sync_standby_s"] = round(time.monotonic() - t3, 1)
     return res
 
 
