@@ -2,7 +2,7 @@
 
     EtcdCtl(host, port=, ca=, cert=, key=)  etcdctl v3 against this member's own client URL, authenticated by a
                                             certificate of the environment's CA (paths on the member)
-    .get_health_json()                   ``endpoint health --cluster -w json`` (every member, as this one lists them)
+    .get_health_json(endpoints)          ``endpoint health -w json`` of every member's client URL
     .get_member_list_json()              ``member list -w json``
     .run_ctl(*args, stdin=)              any other etcdctl command (user and role changes: passwords on stdin)
     .authenticate(user, password)        the gateway's answer to ``POST /v3/auth/authenticate`` (body on stdin)
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from hcbpg.errors import EtcdError, HcbpgError
@@ -51,18 +52,21 @@ class EtcdCtl:
     def endpoint(self) -> str:
         return f"https://127.0.0.1:{self.port}"
 
-    def command(self, *args: str) -> str:
-        """The etcdctl line for *args* (no secret in it: certificates are files, passwords go on stdin)."""
+    def command(self, *args: str, endpoints: Sequence[str] = ()) -> str:
+        """The etcdctl line for *args* (no secret in it: certificates are files, passwords go on stdin), against
+        *endpoints* (default: this member's own)."""
         t = f"{self.timeout_s:g}s"
-        return shlex.join(["env", "ETCDCTL_API=3", "etcdctl", f"--endpoints={self.endpoint}",
+        eps = ",".join(endpoints) or self.endpoint
+        return shlex.join(["env", "ETCDCTL_API=3", "etcdctl", f"--endpoints={eps}",
                            f"--cacert={self.ca}", f"--cert={self.cert}",
                            f"--key={self.key}", f"--dial-timeout={t}", f"--command-timeout={t}", *args])
 
     # reads ----------------------------------------------------------------------------------------------------
-    def get_health_json(self) -> str:
-        """``endpoint health --cluster -w json`` as etcdctl printed it (a member that does not answer is a row
-        with its error); EtcdError when this member itself does not answer."""
-        res = self.host.probe(self.command("endpoint", "health", "--cluster", "-w", "json"))
+    def get_health_json(self, endpoints: Sequence[str]) -> str:
+        """``endpoint health -w json`` of each of *endpoints* (every member's client URL: no member list needed,
+        which etcd cannot give without a quorum), as etcdctl printed it: a member that does not answer is a row
+        with its error; EtcdError when etcdctl printed no rows at all."""
+        res = self.host.probe(self.command("endpoint", "health", "-w", "json", endpoints=endpoints))
         text = res.stdout.strip()
         if not text.startswith("["):
             raise EtcdError(f"etcd on {self.host.name} does not answer: {res.output.strip()[-300:]}",

@@ -110,7 +110,7 @@ def ensure_etcd_running(host: "HostLike", params: "Params", *, restart: bool = F
 
 
 def get_etcd_health(host: "HostLike", params: "Params") -> list[EndpointHealth]:
-    return parse_endpoint_health(get_etcdctl(host, params).get_health_json())
+    return parse_endpoint_health(get_etcdctl(host, params).get_health_json(desired_etcd.client_endpoints(params)))
 
 
 def wait_for_etcd_healthy(host: "HostLike", params: "Params", *, timeout: float = 60.0) -> list[EndpointHealth]:
@@ -120,7 +120,7 @@ def wait_for_etcd_healthy(host: "HostLike", params: "Params", *, timeout: float 
 
     def probe() -> list[EndpointHealth]:
         try:
-            return parse_endpoint_health(ctl.get_health_json())
+            return parse_endpoint_health(ctl.get_health_json(desired_etcd.client_endpoints(params)))
         except EtcdError:
             return []
 
