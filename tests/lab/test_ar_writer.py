@@ -37,6 +37,7 @@ from hcbpg.desired.certs import render_ca, render_server_cert
 from hcbpg.lab import Lab, app_load, faults
 from hcbpg.lab.core import LabConfig, run, scratch_config
 from hcbpg.lab.hosts import create_host, ensure_bridge
+from hcbpg.ops.migration.app_checks import check_url_from_app
 from hcbpg.params import Params, parse_params
 from hcbpg.pg.conninfo import rails_url_value
 from hcbpg.pg.scram import scram_verifier
@@ -190,6 +191,11 @@ def test_the_handed_out_url_names_both_servers_and_the_app_file_is_0600(arlab):
     assert url.startswith(f"postgresql:hcb_production?host={arlab.ips[S1]},{arlab.ips[S2]}&port=5432,5432&")
     mode = arlab.hosts[APP].run(f"stat -c %a {app_load.AR_ENV_FILE}").stdout.strip()
     assert mode == "600"
+    # step 09's check from the app host (psql with every host and target_session_attrs, password on stdin)
+    check = check_url_from_app(arlab.hosts[APP], arlab.params, url)
+    assert check.status == "pass" and check.detail == "connected as rails|hcb_production|f", check
+    blazer = check_url_from_app(arlab.hosts[APP], arlab.params, arlab.urls.values["BLAZER_DATABASE_URL"])
+    assert blazer.status == "fail" and blazer.detail == "connected as blazer|hcb_production|t", blazer  # the standby
 
 
 def test_the_ar_writer_writes_on_the_read_write_server_and_blazer_reads_on_the_standby(arlab):
