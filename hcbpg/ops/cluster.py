@@ -13,7 +13,10 @@ from psycopg import sql
 
 from hcbpg.adapters.base import Changes
 from hcbpg.adapters.cluster import ClusterControl
+from hcbpg.adapters.dryrun import AbsentHost as _Absent
+from hcbpg.adapters.services import ServiceControl
 from hcbpg.desired.packages import packages
+from hcbpg.desired.services import patroni_service
 from hcbpg.errors import (
     DatabaseError,
     RemoteCommandError,
@@ -30,7 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["check_data_checksums", "check_psql_as_postgres", "ensure_cluster_exists",
            "ensure_cluster_running", "get_cluster", "get_cluster_running", "get_pending_restart", "get_psql",
-           "get_restart_contexts", "get_server_facts", "run_reload", "run_restart"]
+           "get_patroni_managed", "get_restart_contexts", "get_server_facts", "run_reload", "run_restart"]
 
 
 def get_psql(host: "HostLike", params: "Params") -> "PsqlLike":
@@ -41,6 +44,23 @@ def get_psql(host: "HostLike", params: "Params") -> "PsqlLike":
 def get_cluster(host: "HostLike", params: "Params") -> dict[str, Any] | None:
     """The cluster's entry from ``pg_lsclusters --json`` (None when it does not exist)."""
     return ClusterControl.of(host, params).get()
+
+
+def get_patroni_managed(host: "HostLike", params: "Params") -> bool:
+    """Whether Patroni runs for this cluster on *host* (replication.manager patroni and its daemon up): then only
+    Patroni starts, stops and restarts PostgreSQL (pg_ctlcluster's would be undone, or race its own)."""
+    if params.replication is None or params.replication.manager != "patroni" or isinstance(host, _Absent):
+        return False
+    return ServiceControl.of(host).get_status(patroni_service(params)).running
+
+
+def _refuse_under_patroni(host: "HostLike", params: "Params", action: str) -> None:
+    if get_patroni_managed(host, params):
+        raise SafetyCheckFailed(
+            f"on {host.name}: Patroni manages cluster {params.postgres.version}/{params.postgres.cluster}; "
+            f"hcbpg does not {action} it with pg_ctlcluster (Patroni would undo it or race it)", target=host.name,
+            hint="A restart goes through Patroni (POST /restart: steps do it themselves); to work on a member, pause "
+                 "Patroni first (step 11b, -p mode=pause). Nothing was changed.")
 
 
 def ensure_cluster_exists(host: "HostLike", params: "Params") -> Outcome:
@@ -68,6 +88,7 @@ def ensure_cluster_running(host: "HostLike", params: "Params") -> Outcome:
         raise SafetyCheckFailed(f"on {host.name}: cluster {v}/{c} does not exist",
                                 hint="ensure_cluster_exists creates it.")
     log = (cluster or {}).get("logfile") or f"/var/log/postgresql/postgresql-{v}-{c}.log"
+    _refuse_under_patroni(host, params, "start")
     try:
         control.start()
     except RemoteCommandError as exc:
@@ -106,7 +127,9 @@ def run_reload(host: "HostLike", params: "Params", *, timeout: float = 30.0,
 
 
 def run_restart(host: "HostLike", params: "Params") -> None:
-    """Restart the cluster (``pg_ctlcluster ... restart``)."""
+    """Restart the cluster (``pg_ctlcluster ... restart``); refused where Patroni runs it (its restart:
+    :func:`hcbpg.ops.patroni.run_cluster_restart`)."""
+    _refuse_under_patroni(host, params, "restart")
     ClusterControl.of(host, params).restart()
 
 

@@ -31,8 +31,8 @@ from hcbpg.ops.cluster import (
     get_psql,
     get_restart_contexts,
     run_reload,
-    run_restart,
 )
+from hcbpg.ops.patroni import run_cluster_restart
 from hcbpg.outcome import Check, Outcome, unified_diff
 from hcbpg.pg.conf import SettingValue, parse_settings, plan_settings
 from hcbpg.pg.hba import HbaRule, plan_pg_hba
@@ -99,7 +99,7 @@ def ensure_settings_file(host: "HostLike", params: "Params", server: "Server", p
         if pending and not restart:
             actions.append(f"restart left to the caller ({', '.join(pending)} need it)")
         elif pending:
-            run_restart(host, params)
+            run_cluster_restart(host, params)
             actions.append(f"restart the cluster ({', '.join(pending)} need it)")
     return seen.outcome(what, diff=unified_diff(current or "", desired, path), actions=actions)
 

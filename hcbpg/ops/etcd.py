@@ -86,7 +86,8 @@ def ensure_etcd_member(host: "HostLike", params: "Params", name: str) -> list[Ou
                       desired_etcd.MEMBER_KEY, owner="etcd", what=f"etcd certificate of {name}",
                       dir_mode=0o750)
     out += ensure_cert(host, params, desired_etcd.GATEWAY_SPEC, desired_etcd.GATEWAY_CERT, desired_etcd.GATEWAY_KEY,
-                       owner="root", what=f"etcd gateway client certificate on {name}", dir_mode=0o700)[1:]
+                       owner="root", what=f"etcd gateway client certificate on {name}", dir_mode=0o700,
+                       with_ca=False)
     out.append(ensure_text(host, desired_etcd.CONF_PATH, desired_etcd.render_etcd_conf(params, name), mode=0o640,
                            owner="root", group="etcd", what=f"etcd config on {name}"))
     out.append(ensure_text(host, desired_etcd.DEFAULT_PATH, desired_etcd.render_etcd_default(params), mode=0o644,

@@ -48,11 +48,13 @@ def ensure_text(host: "HostLike", path: str, text: str, *, mode: int = 0o644, ow
 
 
 def ensure_cert(host: "HostLike", params: "Params", spec: CertSpec, cert_path: str, key_path: str, *,
-                owner: str, what: str, days: float | None = None, dir_mode: int = 0o750) -> list[Outcome]:
-    """The environment's CA where clients find it, and a certificate saying *spec* at *cert_path* (key 0600 at
-    *key_path*, both *owner*'s), issued again when :func:`~hcbpg.desired.certs.plan_cert` says why."""
+                owner: str, what: str, days: float | None = None, dir_mode: int = 0o750,
+                with_ca: bool = True) -> list[Outcome]:
+    """The environment's CA where clients find it (unless *with_ca* is false: a second certificate on the same
+    machine), and a certificate saying *spec* at *cert_path* (key 0600 at *key_path*, both *owner*'s), issued
+    again when :func:`~hcbpg.desired.certs.plan_cert` says why."""
     ca, stand_in = get_signing_ca(host, params)
-    out = [ensure_client_ca(host, params)]
+    out = [ensure_client_ca(host, params)] if with_ca else []
     seen = Changes(host)
     why = plan_cert(host.read_text(cert_path), None if stand_in else ca, spec,
                     renew_days=min(params.tls.renew_days, (days or params.tls.cert_days) / 2))

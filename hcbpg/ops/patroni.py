@@ -27,7 +27,8 @@ from hcbpg.desired import tls as desired_tls
 from hcbpg.desired.capacity import ServerShape
 from hcbpg.desired.patroni import ClusterView, Member, MemberStatus, PatroniSecrets, SwitchoverPlan
 from hcbpg.desired.services import patroni_service
-from hcbpg.errors import HcbpgError, PatroniError
+from hcbpg.errors import HcbpgError, PatroniError, SafetyCheckFailed
+from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops.ha_files import ensure_cert, ensure_daemon_packages, ensure_text
 from hcbpg.ops.replica import ensure_start_conf
 from hcbpg.outcome import Outcome
@@ -62,7 +63,7 @@ def ensure_patroni_files(host: "HostLike", params: "Params", server: "Server", s
     out = ensure_cert(host, params, dp.rest_cert_spec(server), dp.REST_CERT, dp.REST_KEY, owner="postgres",
                       what=f"Patroni REST certificate of {what}")
     out += ensure_cert(host, params, dp.ETCD_CLIENT_SPEC, dp.ETCD_CLIENT_CERT, dp.ETCD_CLIENT_KEY, owner="postgres",
-                       what=f"Patroni's etcd client certificate on {what}")[1:]
+                       what=f"Patroni's etcd client certificate on {what}", with_ca=False)
     out.append(ensure_text(host, dp.config_path(params), dp.render_patroni_yaml(params, server, shape=shape),
                            mode=0o600, owner="postgres", what=f"patroni.yml on {what}"))
     out.append(ensure_text(host, dp.secrets_path(params), secrets_text, mode=0o600,
@@ -134,6 +135,22 @@ def run_restart(host: "HostLike", params: "Params", server: "Server", *, only_pe
     ``{"restart_pending": true}``)."""
     get_api(host, params, server).post("/restart", {"restart_pending": True} if only_pending else {},
                                        ok=(200, 202), timeout_s=120)
+
+
+def run_cluster_restart(host: "HostLike", params: "Params") -> None:
+    """Restart PostgreSQL on *host*: through Patroni (``POST /restart``, then the member running again with no
+    restart pending) where Patroni runs it, else ``pg_ctlcluster ... restart``."""
+    if not pg_cluster.get_patroni_managed(host, params):
+        pg_cluster.run_restart(host, params)
+        return
+    server = next((s for s in params.servers if s.name == host.name), None)
+    if server is None:
+        raise SafetyCheckFailed(f"{host.name} is not a server in params: Patroni cannot restart it")
+    run_restart(host, params, server, only_pending=False)
+    if not host.dry_run:
+        wait_for_member({host.name: host}, params, server.name,
+                        lambda m: m.state in dp.RUNNING_STATES and not m.pending_restart,
+                        what=f"{server.name} running after Patroni's restart", timeout=180)
 
 
 def run_reinitialize(host: "HostLike", params: "Params", server: "Server") -> None:

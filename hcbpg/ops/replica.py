@@ -43,9 +43,14 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def run_stop(host: "HostLike", params: "Params", *, mode: str = "fast") -> None:
-    """Stop the cluster (fast: clean shutdown; immediate if that does not finish)."""
+    """Stop the cluster (fast: clean shutdown; immediate if that does not finish); refused where Patroni runs it."""
     if not pg_cluster.get_cluster_running(host, params):
         return
+    if pg_cluster.get_patroni_managed(host, params):
+        raise SafetyCheckFailed(f"on {host.name}: Patroni manages this cluster; hcbpg does not stop it with "
+                                "pg_ctlcluster", target=host.name,
+                                hint="Step 11 rebuilds a member through Patroni (POST /reinitialize); step 11b pauses "
+                                     "Patroni. Nothing was changed.")
     control = ClusterControl.of(host, params)
     res = control.stop(mode, check=False, timeout=180)
     if not res.ok and pg_cluster.get_cluster_running(host, params):

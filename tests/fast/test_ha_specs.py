@@ -699,8 +699,9 @@ def test_the_install_script_refuses_starts_during_apt_and_leaves_no_policy_behin
 def member_journal(params: Params) -> list[str]:
     return ["directory /etc/hcbpg/tls (mode 0755, owner root:root)", f"write {desired_tls.client_ca_path(params)}",
             "directory /etc/etcd/tls (mode 0750, owner etcd:etcd)", f"write {detcd.MEMBER_KEY}",
-            f"write {detcd.MEMBER_CERT}", f"write {detcd.CONF_PATH}", f"write {detcd.DEFAULT_PATH}",
-            "directory /var/lib/etcd/hcbpg (mode 0700, owner etcd:etcd)"]
+            f"write {detcd.MEMBER_CERT}", "directory /etc/etcd/hcbpg-client (mode 0700, owner root:root)",
+            f"write {detcd.GATEWAY_KEY}", f"write {detcd.GATEWAY_CERT}", f"write {detcd.CONF_PATH}",
+            f"write {detcd.DEFAULT_PATH}", "directory /var/lib/etcd/hcbpg (mode 0700, owner etcd:etcd)"]
 
 
 @covers("hcbpg.ops.etcd.ensure_etcd_member", "fresh", "second run")
@@ -708,11 +709,11 @@ def test_member_files_certificate_config_and_data_directory_once(params):
     box = Box(params, JUMPBOX, installed=["etcd-server", "etcd-client"])
     out = ops_etcd.ensure_etcd_member(box.host, params, JUMPBOX)
     assert box.host.journal == member_journal(params)
-    assert [o.changed for o in out] == [True] * 5 and not any(o.dry_run for o in out)
+    assert [o.changed for o in out] == [True] * 6 and not any(o.dry_run for o in out)
     assert box.files[detcd.CONF_PATH] == detcd.render_etcd_conf(params, JUMPBOX)
     assert box.files[detcd.DEFAULT_PATH] == f"{detcd.render_etcd_default(params).splitlines()[0]}\n" \
         f"ETCD_CONFIG_FILE={detcd.CONF_PATH}\n"
-    assert "-## etcd(1) daemon options" in out[3].diff and f"+ETCD_CONFIG_FILE={detcd.CONF_PATH}" in out[3].diff
+    assert "-## etcd(1) daemon options" in out[4].diff and f"+ETCD_CONFIG_FILE={detcd.CONF_PATH}" in out[4].diff
     modes = {p: (m, o, g) for p, _, m, o, g in box.host.written}
     assert modes[detcd.CONF_PATH] == (0o640, "root", "etcd") and modes[detcd.DEFAULT_PATH] == (0o644, "root", "root")
     assert modes[detcd.MEMBER_KEY] == (0o600, "etcd", "etcd")
@@ -720,11 +721,16 @@ def test_member_files_certificate_config_and_data_directory_once(params):
     cert.verify_directly_issued_by(ca_of(params).cert)
     check_pair(box, detcd.MEMBER_CERT, detcd.MEMBER_KEY)
     assert cert.subject.rfc4514_string() == f"CN={JUMPBOX}"
+    # the gateway's client certificate: nobody (etcd's gateway refuses one with a CN once auth is on), root's
+    gateway = cert_of(box, detcd.GATEWAY_CERT)
+    check_pair(box, detcd.GATEWAY_CERT, detcd.GATEWAY_KEY)
+    assert gateway.subject.rfc4514_string() == "" and ekus(gateway) == {ExtendedKeyUsageOID.CLIENT_AUTH}
+    assert modes[detcd.GATEWAY_KEY] == (0o600, "root", "root")
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert sorted(map(str, san.get_values_for_type(x509.IPAddress))) == ["10.0.1.40", "127.0.0.1"]
     assert ekus(cert) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
     again = ops_etcd.ensure_etcd_member(box.host, params, JUMPBOX)
-    assert not any(o.changed for o in again) and len(box.host.journal) == 8
+    assert not any(o.changed for o in again) and len(box.host.journal) == 11
 
 
 @covers("hcbpg.ops.etcd.ensure_etcd_member", "dry run")
@@ -734,9 +740,9 @@ def test_member_files_planned_with_diffs_and_nothing_written(params):
     out = ops_etcd.ensure_etcd_member(dry, params, NAME)
     want = member_journal(params)
     # the plan cannot see that the certificate's directory made /etc/etcd: it lists that directory too
-    assert dry.journal == want[:5] + ["directory /etc/etcd (mode 0755, owner root:root)"] + want[5:]
-    assert [o.verb for o in out] == ["would change"] * 5
-    assert f"+name: {NAME}" in out[2].diff and "listen-peer-urls: https://10.0.1.5:2380" in out[2].diff
+    assert dry.journal == want[:8] + ["directory /etc/etcd (mode 0755, owner root:root)"] + want[8:]
+    assert [o.verb for o in out] == ["would change"] * 6
+    assert f"+name: {NAME}" in out[3].diff and "listen-peer-urls: https://10.0.1.5:2380" in out[3].diff
     assert box.host.journal == [] and box.host.written == [] and "/var/lib/etcd/hcbpg" not in box.dirs
     assert any("would write /etc/etcd/hcbpg.yml" in e and "mode 0640, owner root:etcd" in e for e in echoed)
 

@@ -11,6 +11,7 @@ from hcbpg.adapters.base import Changes
 from hcbpg.desired.migration import RESTORE_PART, render_reload_and_wait, render_restore_settings, restore_part_path
 from hcbpg.errors import RemoteCommandError
 from hcbpg.ops import cluster as pg_cluster
+from hcbpg.ops.patroni import run_cluster_restart
 from hcbpg.outcome import Check, Outcome, unified_diff
 from hcbpg.pg.restore import GIB
 
@@ -30,7 +31,7 @@ def _apply_config(host: "HostLike", params: "Params") -> None:
                    hint="Look at the server log under /var/log/postgresql/.")
     pending = [n for n in res.stdout.strip().split(",") if n]
     if pending:
-        pg_cluster.run_restart(host, params)
+        run_cluster_restart(host, params)
 
 
 def get_server_state(host: "HostLike", params: "Params") -> dict[str, Any]:
