@@ -37,7 +37,7 @@ from hcbpg.adapters.services import ServiceControl
 from hcbpg.desired import migration as dm
 from hcbpg.desired import patroni as dp
 from hcbpg.desired.schedule import JOB_PATH
-from hcbpg.desired.services import patroni_service
+from hcbpg.desired.services import PATRONI_LOG, patroni_service
 from hcbpg.lab import app_load, faults
 from hcbpg.ops import patroni as ops_patroni
 from hcbpg.ops import pgbackrest
@@ -160,8 +160,11 @@ def test_the_crashed_leader_rejoins_once_patroni_starts_again(params, cluster, a
     upto = [a for a in log.acks if a.t_ms < at - 2000]
     assert hs.missing_acks(cluster.servers[old], params, app_load.LoadLog(
         inserted=[a.id for a in upto], acks=upto)) == []
+    # what Patroni did to bring it back (pg_rewind only when its WAL went past the new timeline's fork)
+    plog = cluster.servers[old].read_text(PATRONI_LOG) or ""
+    rewind = [ln.split(": ", 1)[-1] for ln in plog.splitlines() if "rewind" in ln.lower()]
     print(f"\n{old} rejoined (streaming, lag 0, timeline {m.timeline}) {(at - t_start) / 1000:.1f} s after Patroni "
-          f"started again, {fig.rejoined_s:.1f} s after the kill")
+          f"started again, {fig.rejoined_s:.1f} s after the kill; Patroni's log on rewinding: {rewind[-3:] or 'none'}")
 
 
 def test_the_scheduled_backup_runs_on_the_new_leader_and_pgbackrest_check_passes_there(params, cluster):
