@@ -677,7 +677,7 @@ class AfterFailover:
 
 def plan_after_failover(view: ClusterView, history: list[HistoryEntry], *, recorded_leader: str,
                         recorded_timeline: int, old_leader_last_lsn: int | None = None,
-                        old_leader_reachable: bool = True) -> AfterFailover:
+                        old_leader_reachable: bool = True, old_patroni_running: bool | None = None) -> AfterFailover:
     """Compare the cluster now with the leader and timeline recorded before (pure): did a failover or switchover
     happen, when, from whom to whom, how much WAL the old leader had past the fork point, and what to do with it."""
     leader = view.leader
@@ -703,6 +703,10 @@ def plan_after_failover(view: ClusterView, history: list[HistoryEntry], *, recor
     if leader is not None and leader.name == recorded_leader:
         action = "rejoined"  # it leads again on a later timeline (switched over and back)
         notes.append(f"{recorded_leader} leads again, on timeline {leader.timeline}")
+    elif old_leader_reachable and old_patroni_running is False:
+        action = "start-patroni"
+        notes.append(f"{recorded_leader}'s host answers but its Patroni does not run: start it (it rewinds or rebuilds "
+                     "its data as a replica)")
     elif old is not None and not old.is_leader and old.state in RUNNING_STATES and old.lag is not None and (
             leader is None or old.timeline is None or old.timeline == leader.timeline):
         action = "rejoined"

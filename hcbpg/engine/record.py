@@ -155,9 +155,9 @@ class Record:
         if _in_ipython() is not None:
             glue(name, value)
 
-    def recall(self, name: str, default: Any = _MISSING) -> Any:
+    def recall(self, name: str, default: Any = _MISSING, *, own: bool = False) -> Any:
         """A value recorded by an earlier step: this run first, then earlier runs of this environment
-        (see :meth:`hcbpg.engine.runbook.Runbook.recall`)."""
+        (see :meth:`hcbpg.engine.runbook.Runbook.recall`); with *own*, this step's earlier runs count too."""
         if name in self.values:
             return self.values[name]
         self.verify()
@@ -170,7 +170,7 @@ class Record:
                 continue  # only sealed runs, whose signatures verify() checked, besides this open one
             recorded = recorded_notebooks(run)
             for nb in sorted(run.path.glob("[0-9]*.ipynb"), reverse=True):
-                if ".attempt-" in nb.name or nb.stem == self.step or nb.name not in recorded:
+                if ".attempt-" in nb.name or (nb.stem == self.step and not own) or nb.name not in recorded:
                     continue  # a file the manifest does not name was not written by hcbpg
                 if recorded[nb.name] is None and not current:
                     continue  # an earlier run's attempt without a hash is not read

@@ -228,14 +228,15 @@ class Runbook:
         """Glue a (non-secret) value into this notebook for later steps (scrapbook)."""
         self.values.record(name, value)
 
-    def recall(self, name: str, default: Any = _MISSING) -> Any:
+    def recall(self, name: str, default: Any = _MISSING, *, own: bool = False) -> Any:
         """A value recorded by an earlier step: this run first, then earlier runs of this environment.
 
         Only from a record that verifies: the environment's chain (every notebook's hash, signatures, head)
         is checked first, and only notebooks the manifests of sealed runs name are read (and this open run's,
         open meaning its runner holds the environment's lock now); a record edited outside hcbpg raises
-        AuditError instead of handing a planted value on."""
-        return self.values.recall(name, default)
+        AuditError instead of handing a planted value on.  With *own*, what this step recorded in an earlier
+        run counts too (step 11 reads the topology its last run left)."""
+        return self.values.recall(name, default, own=own)
 
     def note_downtime(self, downtime: Mapping[str, Any], *, merge: bool = False) -> None:
         """The migration's downtime into the run's manifest (``downtime``; *merge*: into what is there);

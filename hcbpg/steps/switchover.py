@@ -90,7 +90,9 @@ def get_plan(hosts: HaHosts, params: "Params", recorded: Mapping[str, Any], *, c
         leader is not None and leader_host is not None) else []
     after = dp.plan_after_failover(view, history, recorded_leader=old.name,
                                    recorded_timeline=int(recorded_tl or 0),
-                                   old_leader_reachable=old_host is not None)
+                                   old_leader_reachable=old_host is not None,
+                                   old_patroni_running=ops_patroni.get_patroni_running(old_host, params)
+                                   if old_host is not None else None)
     return Plan("after-failover", after=after)
 
 

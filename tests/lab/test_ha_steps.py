@@ -274,3 +274,37 @@ def test_etcd_losing_two_members_the_leader_keeps_serving_and_status_says_why(la
     view = ops_patroni.wait_for_member(hosts, params, others[0], lambda m: m.state in dp.RUNNING_STATES,
                                        what="the replica back", timeout=60)
     assert view.leader is not None and view.leader.name == leader
+
+
+def test_after_a_crash_patroni_fails_over_and_step_11_brings_the_old_leader_back(lab, params, hosts, run_home):
+    """kill -9 of the leader's Patroni and PostgreSQL: the sync standby is promoted without anyone; step 11 then
+    finds the failover (after-failover mode), starts Patroni on the old leader (as systemd's Restart would), which
+    rewinds it and streams from the new leader; the step's backup runs on the new leader, pgbackrest check passes."""
+    from hcbpg.lab import faults
+
+    home, env = run_home
+    before = ops_patroni.get_cluster(hosts, params)
+    old = before.leader.name
+    new = next(m.name for m in before.members if m.name != old)
+    pg_cluster.get_psql(hosts[old], params).execute("INSERT INTO ha_probe DEFAULT VALUES")
+    count = pg_cluster.get_psql(hosts[old], params).value("SELECT count(*) AS n FROM ha_probe")
+    t0 = time.monotonic()
+    killed = faults.kill_patroni_and_postgres(lab.cfg, old)
+    assert killed
+    view = ops_patroni.wait_for_member(hosts, params, new, lambda m: m.is_leader and m.state in dp.RUNNING_STATES,
+                                       what=f"{new} promoted by Patroni", timeout=60)
+    promoted = time.monotonic() - t0
+    assert pg_cluster.get_psql(hosts[new], params).value("SELECT count(*) AS n FROM ha_probe") == count  # sync: 0 lost
+    proc = cli(env, "run", "lab", "--only", "11_switchover")
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    result = _scrap(latest_run_dir(home) / "11_switchover.ipynb", "switchover")
+    assert result["mode"] == "after-failover" and result["old_leader"] == old and result["new_leader"] == new, result
+    assert result["action"] == "start-patroni", result
+    view = ops_patroni.get_cluster(hosts, params)
+    member = view.member(old)
+    assert view.leader.name == new and member is not None and member.state in dp.RUNNING_STATES, view
+    assert member.timeline == view.leader.timeline, view
+    info = hosts[new].run("pgbackrest --stanza=hcb_production check", sudo_user="postgres", check=False)
+    assert info.ok, info.output
+    print(f"\nkill -9 of {old}'s Patroni and PostgreSQL: {new} promoted {promoted:.1f} s later (ttl "
+          f"{dp.patroni_params(params).ttl}); step 11: {result}")
