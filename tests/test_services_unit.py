@@ -1,6 +1,6 @@
 """Daemons without and with systemd (issue 28): the pure command lines of hcbpg.pg.services, the specs of
 hcbpg.desired.services and ServiceControl on the recording double (state in → commands out).  The real processes:
-tests/lab/test_etcd_spike.py."""
+tests/lab/test_ha_steps.py (etcd and Patroni started and stopped by pid on lab hosts)."""
 
 from __future__ import annotations
 
