@@ -59,6 +59,18 @@ ETCD_CLIENT_CERT = f"{TLS_DIR}/etcd-client.crt"
 ETCD_CLIENT_KEY = f"{TLS_DIR}/etcd-client.key"
 SECRET_PLACEHOLDER = "<secret>"
 WATCHDOG_DEVICE = "/dev/watchdog"
+#: the softdog module loaded at boot, and /dev/watchdog given to Patroni's user (watchdog automatic or required)
+WATCHDOG_MODULES_LOAD = "/etc/modules-load.d/hcbpg-softdog.conf"
+WATCHDOG_UDEV_RULE = "/etc/udev/rules.d/61-hcbpg-watchdog.rules"
+
+
+def render_watchdog_files() -> dict[str, str]:
+    """The files that make the softdog watchdog Patroni's at every boot: the module, and the device's owner."""
+    return {WATCHDOG_MODULES_LOAD: f"{MANAGED_HEADER}\nsoftdog\n",
+            WATCHDOG_UDEV_RULE: f"{MANAGED_HEADER}\nKERNEL==\"watchdog\", OWNER=\"postgres\", GROUP=\"postgres\", "
+                                "MODE=\"0600\"\n"}
+
+
 #: seconds before the lease ends that the watchdog fires (Patroni's default)
 WATCHDOG_SAFETY_MARGIN = 5
 

@@ -74,6 +74,34 @@ def ensure_patroni_files(host: "HostLike", params: "Params", server: "Server", s
     return out
 
 
+def ensure_watchdog(host: "HostLike", params: "Params") -> Outcome:
+    """The softdog watchdog for Patroni where params ask for one (``watchdog: automatic`` or ``required``): the
+    module loaded now and at every boot, ``/dev/watchdog`` owned by postgres.  A leader whose Patroni hangs is then
+    reset before its lease ends, so it cannot write beside a new leader.  A kernel without softdog: ``required``
+    is refused (Patroni would not lead); ``automatic`` goes on without one, saying so (then only the lease guards
+    that case: a hung Patroni's PostgreSQL keeps accepting writes until something stops it)."""
+    p = dp.patroni_params(params)
+    seen = Changes(host)
+    if p.watchdog == "off":
+        return seen.outcome(f"watchdog on {host.name}: off in params (the lease alone guards a hung Patroni)")
+    has_device = host.probe(f"test -c {dp.WATCHDOG_DEVICE}").ok
+    if not has_device and not host.probe("modprobe -n -q softdog").ok:
+        if p.watchdog == "required":
+            raise SafetyCheckFailed(f"on {host.name}: no watchdog device and no softdog module in this kernel, but "
+                                    "replication.patroni.watchdog is required (Patroni would refuse to lead)",
+                                    target=host.name, hint="Install the kernel's extra modules (linux-modules-extra-"
+                                    "$(uname -r)) or set watchdog: automatic. Nothing was changed.")
+        return Outcome(f"watchdog on {host.name}", False, host.dry_run,
+                       actions=["no softdog in this kernel: Patroni runs without a watchdog (automatic)"])
+    for path, text in dp.render_watchdog_files().items():
+        ensure_text(host, path, text, mode=0o644, what=f"{path} on {host.name}")
+    if not has_device:
+        host.run("modprobe softdog", display="modprobe softdog (the kernel's software watchdog)")
+    if host.probe(f"stat -c '%U %a' {dp.WATCHDOG_DEVICE}").stdout.strip() != "postgres 600":
+        host.run(f"chown postgres:postgres {dp.WATCHDOG_DEVICE} && chmod 0600 {dp.WATCHDOG_DEVICE}")
+    return seen.outcome(f"watchdog on {host.name}: softdog, {dp.WATCHDOG_DEVICE} Patroni's")
+
+
 def get_patroni_running(host: "HostLike", params: "Params") -> bool:
     """Whether Patroni's daemon runs on *host* (its pidfile or its unit: a read)."""
     return ServiceControl.of(host).get_status(patroni_service(params)).running

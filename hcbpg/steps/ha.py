@@ -42,7 +42,7 @@ from hcbpg.ops import pgbackrest, tls
 from hcbpg.ops import replication as rep
 from hcbpg.outcome import Check, Outcome
 from hcbpg.steps import replication as manual
-from hcbpg.steps.targets import connect_servers, lock_environment, recorded_servers
+from hcbpg.steps.targets import connect_servers, lock_environment
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.base import HostLike
@@ -74,7 +74,9 @@ def connect(rb: "Run") -> HaHosts:
                          hint="With replication.manager: manual the runbook runs 10_replication instead.")
     lock_environment(rb)
     servers: dict[str, HostLike | None] = dict(connect_servers(rb))
-    route = ssh_route(params, params.jumpbox.name, recorded_servers(rb))
+    # the jumpbox's address as step 01 pinned it with its host key (recorded_servers lists the database servers only)
+    route = ssh_route(params, params.jumpbox.name, [{"name": params.jumpbox.name, "public_ip": hostkeys.pinned_address(
+        hostkeys.known_hosts_path(params), params.jumpbox.name)}])
     jumpbox: HostLike | None = None
     if route.address is not None:
         jumpbox = Host.from_params(params, params.jumpbox.name, route.address).connect()
@@ -151,6 +153,7 @@ def setup_ha(hosts: HaHosts, params: "Params", secrets: PatroniSecrets, shape: S
     res.adopting = not all(running.values())
     for s in params.servers:
         res.outcomes.append(ops_patroni.ensure_patroni_packages(servers[s.name], params))
+        res.outcomes.append(ops_patroni.ensure_watchdog(servers[s.name], params))
     if not res.adopting:
         # adopted before: keep the files as params say (Patroni reads them again when they changed)
         for s in params.servers:

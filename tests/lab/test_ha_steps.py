@@ -136,6 +136,22 @@ def test_a_pair_replicating_the_manual_way(params, hosts):
     psql.execute("INSERT INTO ha_probe SELECT FROM generate_series(1, 100)")
 
 
+def test_a_plan_of_notebook_10_lists_the_adoption_and_changes_nothing(params, hosts, run_home):
+    home, env = run_home
+    proc = cli(env, "plan", "lab", "--only", "10_high_availability")
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    [step] = latest_manifest(home)["steps"]
+    assert step["status"] == "succeeded" and step["changes"] > 0, step
+    text = (latest_run_dir(home) / "10_high_availability.ipynb").read_text()
+    for planned in ("etcd config on hcb-jumpbox", "patroni.yml on server-postgres-2", "restart of server-postgres-1 "
+                    "under Patroni"):
+        assert planned in text, planned
+    # nothing ran: no etcd, no Patroni, the manual pair as it was
+    assert not any(ops_patroni.get_patroni_running(h, params) for h in hosts.values())
+    assert pg_cluster.get_psql(hosts[REPLICA], params).value("SELECT pg_is_in_recovery() AS r") is True
+    assert hosts[STAGE_PRIMARY].read_text("/etc/etcd/hcbpg.yml") is None
+
+
 def test_notebook_10_adopts_the_pair_with_etcd_on_three_members(lab, params, hosts, run_home):
     home, env = run_home
     t0 = time.monotonic()
