@@ -12,13 +12,13 @@ from pathlib import Path
 
 import hcloud
 import pytest
-import yaml
 
 from hcbpg.adapters import cloud as cloud_api
 from hcbpg.lab.hcloud_api import HcloudStandin, RunningStandin, read_state
 from hcbpg.ops import provisioning as cloud
 from hcbpg.params import parse_params
 from hcbpg.steps.provision import read_ssh_public_key
+from tests.nbutil import manual_lab
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "lab-token-0123456789abcdef"
@@ -30,7 +30,7 @@ def public_key(seed: int = 1) -> str:
 
 
 def lab_params(tmp_path: Path, endpoint: str = "http://127.0.0.1:9/v1", weak: bool = False, **hetzner):
-    data = yaml.safe_load((REPO / "params" / "lab.yaml").read_text())
+    data = manual_lab()
     data["allow_weak_settings"] = weak  # SSH from anywhere (a firewall rendering test) needs it
     key_file = tmp_path / "id_ed25519.pub"
     key_file.write_text(public_key() + "\n")

@@ -19,6 +19,35 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 REPO = Path(__file__).resolve().parent.parent
 
 
+def manual_production() -> dict:
+    """The committed production params as they were before they switched to Patroni (issue 28): the manual
+    replication (steps 10_replication / 11_failover), no jumpbox, no protection -- the base of the tests of what
+    a manual environment does; params/production.yaml itself runs replication.manager patroni."""
+    import yaml
+    d = yaml.safe_load((REPO / "params" / "production.yaml").read_text())
+    for key in ("manager", "patroni", "etcd"):
+        d["replication"].pop(key, None)
+    d["replication"]["connection_limit"] = 2
+    d.pop("jumpbox", None)
+    d["hetzner"].pop("protection", None)
+    return d
+
+
+def manual_lab() -> dict:
+    """params/lab.yaml as it was before the rehearsal switched to Patroni (issue 28): the manual replication, no
+    jumpbox (Metabase's jumpbox_ip stays), no protection, Hetzner's default network range -- the base of the unit
+    tests of what a manual environment does."""
+    import yaml
+    d = yaml.safe_load((REPO / "params" / "lab.yaml").read_text())
+    for key in ("manager", "patroni", "etcd"):
+        d["replication"].pop(key, None)
+    d["replication"]["connection_limit"] = 2
+    d.pop("jumpbox", None)
+    d["hetzner"].pop("protection", None)
+    d["network"]["ip_range"] = "10.0.0.0/16"
+    return d
+
+
 def hcbpg(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run the real CLI in a subprocess (exit codes and stdout as an operator sees them).  ``run`` and
     ``resume`` get ``--yes`` unless the test asks for the question (``--ask``, removed before the call)."""

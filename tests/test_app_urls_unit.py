@@ -10,7 +10,6 @@ import shlex
 from typing import Any
 
 import pytest
-import yaml
 from psycopg.conninfo import conninfo_to_dict
 
 from hcbpg import secrets as hsecrets
@@ -23,13 +22,13 @@ from hcbpg.ops.migration.app_checks import check_url_from_app
 from hcbpg.params import Params, parse_params
 from hcbpg.pg import conninfo
 
-from nbutil import REPO
+from nbutil import REPO, manual_production
 
 HOSTILE = ["P&ss=w%rd#1", "a+b c", "'quoted\"", "?/,;:@$!*()~", "é€ñ日本", "=lead&trail=", "back\\slash"]
 
 
 def make_params(manager: str = "patroni") -> Params:
-    d: dict[str, Any] = yaml.safe_load((REPO / "params" / "production.yaml").read_text())
+    d: dict[str, Any] = manual_production()
     if manager == "patroni":
         d["replication"].update(
             manager="patroni", connection_limit=5,

@@ -17,6 +17,7 @@ from hcbpg.params import parse_params
 from hcbpg.pg.conf import parse_settings
 
 from goldenfile import golden
+from nbutil import manual_production
 
 REPO = Path(__file__).resolve().parent.parent
 CCX13 = capacity.ServerShape("ccx13", cores=2, memory_gb=8.0, disk_gb=80, cpu_type="dedicated")
@@ -24,7 +25,7 @@ CCX23 = capacity.ServerShape("ccx23", cores=4, memory_gb=16.0, disk_gb=160, cpu_
 
 
 def production():
-    return parse_params(yaml.safe_load((REPO / "params" / "production.yaml").read_text()))
+    return parse_params(manual_production())
 
 
 def lab():

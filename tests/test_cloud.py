@@ -31,6 +31,7 @@ from tests.cloudstandin import (  # noqa: F401 - api_fixture, client_fixture, ho
     public_key,
     state_ids,
 )
+from tests.nbutil import manual_lab
 
 # against the stand-in -----------------------------------------------------------------------------
 
@@ -81,7 +82,7 @@ def test_server_attached_with_another_private_ip_is_refused(api, params, client)
 
 def test_private_ip_outside_the_subnet_is_refused(api, params, client, tmp_path):
     # params never allow it ...
-    data = yaml.safe_load((REPO / "params" / "lab.yaml").read_text())
+    data = manual_lab()
     data["servers"][1]["private_ip"] = "10.0.2.6"
     with pytest.raises(ParamsError, match="outside the subnet 10.0.1.0/24"):
         parse_params(data)
@@ -312,7 +313,7 @@ def test_notebook_dry_run_on_a_fresh_lab_plans_and_changes_nothing(api, tmp_path
     home = tmp_path / "home"
     (home / "params").mkdir(parents=True)
     (home / "token").write_text(TOKEN + "\n")
-    data = yaml.safe_load((REPO / "params" / "lab.yaml").read_text())
+    data = manual_lab()
     key_file = tmp_path / "id.pub"
     key_file.write_text(public_key() + "\n")
     data["hetzner"].update(api_endpoint=api.url, token=f"file:{home / 'token'}", ssh_public_key_file=str(key_file))

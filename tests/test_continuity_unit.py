@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 
 from hcbpg.adapters.base import Result
 from hcbpg.adapters.host import TIMEOUT_EXIT
@@ -22,8 +21,10 @@ from hcbpg.ops.jobs import health_job
 from hcbpg.outcome import Check
 from hcbpg.params import parse_params
 
+from nbutil import manual_lab
+
 REPO = Path(__file__).resolve().parent.parent
-P = parse_params(yaml.safe_load((REPO / "params" / "lab.yaml").read_text()))
+P = parse_params(manual_lab())
 PGDATA = "/var/lib/postgresql/15/main"
 RUNNING = json.dumps([{"version": 15, "cluster": "main", "running": 1, "pgdata": PGDATA}])
 

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -28,7 +27,7 @@ from hcbpg.outcome import Check
 from hcbpg.params import Params, parse_params
 
 from goldenfile import GOLDEN
-from nbutil import REPO
+from nbutil import manual_production
 
 NOW = dt.datetime(2026, 12, 7, 3, 0, tzinfo=dt.timezone.utc)
 CA = render_ca("lab")
@@ -178,7 +177,7 @@ def test_renewed_inside_its_window_only():
 # check_cluster and topology_record ---------------------------------------------------------------------------
 
 def params(**patroni: Any) -> Params:
-    d = yaml.safe_load((REPO / "params" / "production.yaml").read_text())
+    d = manual_production()
     d["replication"].update(
         manager="patroni", connection_limit=5,
         patroni={"scope": "hcb-production", "rest_password": "op://HCB Engineering/Patroni REST/password", **patroni},
@@ -259,7 +258,7 @@ def test_no_member_answers():
 
 
 def test_check_cluster_needs_the_patroni_section():
-    manual = yaml.safe_load((REPO / "params" / "production.yaml").read_text())
+    manual = manual_production()
     with pytest.raises(ParamsError, match="replication.patroni"):
         dp.check_cluster(cluster("healthy-sync"), parse_params(manual))
 

@@ -9,7 +9,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-import yaml
 
 from hcbpg.adapters import hostkeys
 from hcbpg.adapters.host import Host
@@ -19,13 +18,13 @@ from hcbpg.errors import HostUnreachable, SafetyCheckFailed
 from hcbpg.params import Params, parse_params
 from hcbpg.steps import provision, targets
 
-from nbutil import REPO
+from nbutil import manual_lab
 
 PUB = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHhcYnBnLXRlc3Qta2V5LW5vdC1yZWFsLTAwMDAwMDAw"
 
 
 def params_with(known_hosts: Path, *, jumpbox: bool) -> Params:
-    d = yaml.safe_load((REPO / "params" / "lab.yaml").read_text())
+    d = manual_lab()
     d["ssh"]["known_hosts"] = str(known_hosts)
     if jumpbox:
         d["jumpbox"] = {"name": "hcb-jumpbox", "private_ip": "10.0.1.40"}

@@ -11,7 +11,6 @@ import stat
 from pathlib import Path
 
 import pytest
-import yaml
 
 from hcbpg.adapters.psql import JSON_MARK
 from hcbpg.errors import SafetyCheckFailed, SecretError, VerificationFailed
@@ -22,6 +21,8 @@ from hcbpg.outcome import Check
 from hcbpg.params import parse_params
 from hcbpg.secrets import REDACTED, register, scrub, write_private_file
 from hcbpg.steps import _migration as migration_steps
+
+from nbutil import manual_lab
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).parent / "golden"
@@ -37,7 +38,7 @@ def golden(name: str, text: str) -> None:
 
 @pytest.fixture
 def params():
-    return parse_params(yaml.safe_load((REPO / "params" / "lab.yaml").read_text()))
+    return parse_params(manual_lab())
 
 
 # URLs ------------------------------------------------------------------------------------
@@ -88,7 +89,7 @@ def url_params(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     monkeypatch.setenv("HCBPG_TEST_BLAZER_PW", BLAZER_PW)
     monkeypatch.setenv("HCBPG_TEST_MIGRATIONS_PW", MIGRATIONS_PW)
-    data = yaml.safe_load((REPO / "params" / "lab.yaml").read_text())
+    data = manual_lab()
     data["roles"]["blazer"]["password"] = "env:HCBPG_TEST_BLAZER_PW"
     data["roles"]["migrations"]["password"] = "env:HCBPG_TEST_MIGRATIONS_PW"
     return parse_params(data)
@@ -533,7 +534,7 @@ def test_stream_scripts_use_the_snapshot_the_service_file_and_no_secret(params):
 
 
 def test_the_transfer_is_streamed_by_default_and_directory_stays_selectable(params):
-    data = yaml.safe_load((REPO / "params" / "lab.yaml").read_text())
+    data = manual_lab()
     assert data["source"].pop("transfer") == "online"  # the lab rehearses the online cutover
     default = parse_params(data)
     assert default.source.transfer == "stream" and migration.transfer_method(default) == "stream"
@@ -765,4 +766,4 @@ def test_one_upload_carries_every_script(tmp_path):
 
 
 def migration_params():
-    return parse_params(yaml.safe_load((REPO / "params" / "lab.yaml").read_text()))
+    return parse_params(manual_lab())

@@ -16,11 +16,11 @@ import yaml
 from hcbpg.errors import HcbpgError, ParamsError, SafetyCheckFailed
 from hcbpg.params import load_params, parse_params
 
-from nbutil import REPO, hcbpg
+from nbutil import REPO, hcbpg, manual_production
 
 
 def prod() -> dict:
-    return yaml.safe_load((REPO / "params" / "production.yaml").read_text())
+    return manual_production()
 
 
 def problems(data: dict) -> list[str]:

@@ -3,7 +3,6 @@ problem naming its key."""
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import pytest
@@ -13,11 +12,12 @@ from hcbpg.errors import ParamsError
 from hcbpg.params import parse_params
 from hcbpg.params_ha import PATRONI_OWNED_SETTINGS
 
-from nbutil import REPO
+from nbutil import REPO, manual_production
 
 
 def prod() -> dict[str, Any]:
-    return yaml.safe_load((REPO / "params" / "production.yaml").read_text())
+    """Production without the high-availability sections (the committed file has them: see below)."""
+    return manual_production()
 
 
 def patroni_prod() -> dict[str, Any]:
@@ -44,28 +44,18 @@ def test_defaults_keep_manual_replication_and_no_jumpbox():
     assert (p.replication.patroni, p.replication.etcd, p.jumpbox, p.hetzner.protection) == (None, None, None, False)
 
 
-def test_the_commented_production_example_is_valid_params():
+def test_the_committed_production_params_run_patroni_with_the_jumpbox():
     text = (REPO / "params" / "production.yaml").read_text()
-    block = re.search(r"^  # manager: patroni.*?(?=^  # etcd:)", text, re.S | re.M)
-    assert block, "the commented example under replication: is gone"
-    uncommented = "\n".join(line.replace("  # ", "  ", 1).split("  #", 1)[0].rstrip()
-                            for line in block.group(0).splitlines())
-    example = yaml.safe_load("r:\n" + uncommented)["r"]
-    d = prod()
-    d["replication"].update(example)
-    etcd = re.search(r"^  # etcd:\n((?:  #   .*\n)+)", text, re.M)
-    assert etcd
-    d["replication"]["etcd"] = yaml.safe_load("\n".join(line.replace("  #   ", "", 1).split("  #", 1)[0]
-                                                         for line in etcd.group(1).splitlines()))
-    jb = re.search(r"^# jumpbox:.*\n((?:#   .*\n)+)", text, re.M)
-    assert jb
-    d["jumpbox"] = yaml.safe_load("\n".join(line.replace("#   ", "", 1).split("  #", 1)[0]
-                                            for line in jb.group(1).splitlines()))
-    p = parse_params(d)
-    assert p.replication and p.replication.patroni and p.replication.etcd and p.jumpbox
+    p = parse_params(yaml.safe_load(text))
+    assert p.replication and p.replication.manager == "patroni" and p.replication.patroni and p.replication.etcd
+    assert p.jumpbox and p.hetzner.protection
     assert (p.replication.patroni.ttl, p.replication.patroni.loop_wait, p.replication.patroni.retry_timeout) == (12, 2, 3)
     assert p.replication.patroni.create_replica_methods == ["pgbackrest", "basebackup"]
+    assert (p.replication.patroni.synchronous_mode, p.replication.patroni.watchdog) == (True, "automatic")
     assert (p.jumpbox.name, p.jumpbox.private_ip, p.jumpbox.server_type) == ("hcb-jumpbox", "10.0.1.40", "cpx11")
+    refs = p.secret_refs()
+    assert refs["replication.patroni.rest_password"].startswith("op://")
+    assert refs["replication.etcd.patroni_password"].startswith("op://")
 
 
 def test_patroni_params_parse_with_the_design_defaults():

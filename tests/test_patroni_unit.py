@@ -21,7 +21,7 @@ from hcbpg.errors import HcbpgError, ParamsError
 from hcbpg.params import Params, parse_params
 
 from goldenfile import GOLDEN, golden
-from nbutil import REPO
+from nbutil import manual_production
 
 CCX13 = ServerShape("ccx13", cores=2, memory_gb=8.0, disk_gb=80)
 SECRETS = dp.PatroniSecrets(rest_password="rest 'pw\"&", etcd_password="etcd:pw#1", replication_password="repl pw ü")
@@ -29,7 +29,7 @@ SYSTEM_PATRONI = Path("/usr/lib/python3/dist-packages/patroni/config.py")
 
 
 def data(**patroni: Any) -> dict[str, Any]:
-    d = yaml.safe_load((REPO / "params" / "production.yaml").read_text())
+    d = manual_production()
     d["replication"].update(
         manager="patroni", connection_limit=5,
         patroni={"scope": "hcb-production", "rest_password": "op://HCB Engineering/Patroni REST/password", **patroni},
@@ -163,7 +163,7 @@ def test_tuning_notes_say_the_derivation_and_patroni_3_2_s_floor():
 
 
 def test_missing_sections_are_params_errors():
-    d = yaml.safe_load((REPO / "params" / "production.yaml").read_text())
+    d = manual_production()
     p = parse_params(d)
     with pytest.raises(ParamsError):
         dp.patroni_params(p)

@@ -6,7 +6,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import yaml
 
 from hcbpg.adapters.psql import render
 from hcbpg.desired import failover as fo
@@ -21,12 +20,14 @@ from hcbpg.pg import conninfo as conninfo
 from hcbpg.pg.scram import scram_verifier
 from hcbpg.secrets import scrub
 
+from nbutil import manual_lab
+
 REPO = Path(__file__).resolve().parent.parent
 PASSWORD = "rep-Secret:pa\\ss-0123456789"
 
 
 def lab_params(**overrides):
-    data = yaml.safe_load((REPO / "params" / "lab.yaml").read_text())
+    data = manual_lab()
     for key, value in overrides.items():
         if key.startswith("replication."):
             data["replication"][key.split(".", 1)[1]] = value

@@ -9,7 +9,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-import yaml
 
 from hcbpg.adapters import hostkeys
 from hcbpg.engine.status import _open_hosts
@@ -18,13 +17,13 @@ from hcbpg.params import Params, parse_params
 from hcbpg.steps import preflight
 from hcbpg.steps.health import open_server_hosts
 
-from nbutil import REPO
+from nbutil import manual_production
 
 PUB = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHhcYnBnLXRlc3Qta2V5LW5vdC1yZWFsLTAwMDAwMDAw"
 
 
 def prod(known_hosts: Path, **jumpbox: Any) -> Params:
-    d = yaml.safe_load((REPO / "params" / "production.yaml").read_text())
+    d = manual_production()
     if jumpbox:
         d["jumpbox"] = jumpbox
     d["ssh"]["known_hosts"] = str(known_hosts)

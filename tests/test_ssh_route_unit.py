@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from hcbpg.adapters import hostkeys
 from hcbpg.adapters.host import Host
@@ -16,13 +15,13 @@ from hcbpg.desired.addresses import Route, ssh_address, ssh_route
 from hcbpg.errors import HostUnreachable, ParamsError
 from hcbpg.params import Params, parse_params
 
-from nbutil import REPO
+from nbutil import manual_production
 
 PUB = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHhcYnBnLXRlc3Qta2V5LW5vdC1yZWFsLTAwMDAwMDAw"
 
 
 def prod(known_hosts: Path | None = None, **jumpbox: Any) -> Params:
-    d = yaml.safe_load((REPO / "params" / "production.yaml").read_text())
+    d = manual_production()
     if jumpbox:
         d["jumpbox"] = jumpbox
     if known_hosts is not None:

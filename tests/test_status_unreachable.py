@@ -19,11 +19,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
 from hcbpg.adapters import hostkeys
 from hcbpg.params import load_params
 
-from nbutil import REPO
+from nbutil import REPO, manual_production
 
 TIMEOUT = 3.0  # --connect-timeout (s): the bound is this plus 2 s
 
@@ -97,7 +98,8 @@ def fresh(tmp_path_factory) -> tuple[Path, dict[str, str], dict[str, str]]:
     tmp = tmp_path_factory.mktemp("status")
     home, user = tmp / "home", tmp / "user"
     (home / "params").mkdir(parents=True)
-    shutil.copy(REPO / "params" / "production.yaml", home / "params")
+    # the manual replication's servers reached directly (status through the jumpbox: tests/test_ssh_callers_unit.py)
+    (home / "params" / "production.yaml").write_text(yaml.safe_dump(manual_production(), sort_keys=False))
     (user / ".ssh").mkdir(parents=True, mode=0o700)
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(user / ".ssh" / "id_ed25519")],
                    check=True)

@@ -24,11 +24,13 @@ from hcbpg.params import parse_params
 from hcbpg.pg import conninfo
 from hcbpg.secrets import scrub
 
+from nbutil import manual_lab
+
 REPO = Path(__file__).resolve().parent.parent
 
 
 def params(tmp_path: Path, **tls_section):
-    data = yaml.safe_load((REPO / "params" / "lab.yaml").read_text())
+    data = manual_lab()
     data["ssh"]["known_hosts"] = str(tmp_path / "lab.known_hosts")
     data["tls"] = {"ca_cert": str(tmp_path / "ca.crt"), "ca_key": f"file:{tmp_path / 'ca.key'}", **tls_section}
     return parse_params(data)

@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from hcbpg.engine import chain, signing
 from hcbpg.engine import manifest as mf
@@ -22,6 +23,9 @@ from hcbpg.engine.runbook import AUTO_ACTIONS_ENV
 from hcbpg.engine.runner import Runner, install_sigterm_as_interrupt
 from hcbpg.errors import HcbpgError
 from hcbpg.params import home, load_params
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hcbpg.lab import Lab
 
 APPROVER = "hcbpg rehearse (automatic)"
 #: the lab's app writes on the source this often (inserts and updates a second) until maintenance-on
@@ -56,6 +60,8 @@ def rehearse(*, keep: bool = False, source_rows: int | None = None, source_mb: i
         code = result.exit_code
         if code == 0 and result.run.read().get("downtime"):
             code = _check_app_writes(lab)
+        if code == 0 and until is None:
+            code = _check_high_availability(lab)
         return code
     finally:
         os.environ.pop(AUTO_ACTIONS_ENV, None)
@@ -102,6 +108,75 @@ def _check_app_writes(lab: "object") -> int:
     print(f"App writes before maintenance-on: {log.writes} ({len(log.inserted)} inserts, {len(log.updated)} rows "
           f"updated), {len(lost)} missing on {params.primary.name}" + "".join(f"\n  {x}" for x in lost[:20]))
     return 1 if lost or not log.stopped or not log.writes else 0
+
+
+def _check_high_availability(lab: "Lab") -> int:
+    """Under replication.manager patroni, after the whole runbook (issue 28's first "Done when"): Patroni leads
+    with every other server streaming (the sync standby in synchronous mode), etcd is healthy on its three
+    members, each database server's port 22 gives the lab's outsider (the internet) no answer, and hcbpg's
+    commands reach each server through the jumpbox.  0 when all of it holds, else 1 (each line says what)."""
+    from hcbpg.adapters import hostkeys  # noqa: PLC0415 - the rehearsal's own check, loaded only here
+    from hcbpg.desired import patroni as dp  # noqa: PLC0415 - as above
+    from hcbpg.ops import etcd as ops_etcd  # noqa: PLC0415 - as above
+    from hcbpg.ops import patroni as ops_patroni  # noqa: PLC0415 - as above
+    from hcbpg.steps.health import open_server_hosts  # noqa: PLC0415 - as above
+
+    params = load_params("lab")
+    if not dp.managed(params):
+        return 0
+    assert params.jumpbox is not None  # params refuse manager patroni without it
+    failed: list[str] = []
+    hosts = open_server_hosts(params, recorded=list(hostkeys.pinned_servers(params)))
+    try:
+        # the replica may still be catching up on the last step's writes: a short wait for the sync standby
+        deadline = time.monotonic() + 30
+        while True:
+            view = ops_patroni.get_cluster(dict(hosts), params)
+            checks = dp.check_cluster(view, params, statuses=ops_patroni.get_member_statuses(dict(hosts), params))
+            if all(c.status == "pass" for c in checks) or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        for row in (view.rows() if view is not None else []):
+            print("Patroni: " + "  ".join(f"{k} {v}" for k, v in row.items()))
+        leader = view.leader if view is not None else None
+        sync = [m for m in (view.members if view is not None else ()) if m.is_sync_standby
+                and m.state in dp.RUNNING_STATES]
+        if leader is None or (params.replication is not None and params.replication.patroni is not None
+                              and params.replication.patroni.synchronous_mode and not sync):
+            failed.append(f"Patroni: leader {leader.name if leader else 'none'}, sync standby streaming "
+                          f"{', '.join(m.name for m in sync) or 'none'}")
+        failed += [f"Patroni: {c.target} {c.name}: {c.detail}" for c in checks if c.status != "pass"]
+        etcd = ops_etcd.get_etcd_health(hosts[params.servers[0].name], params)
+        healthy = [e.endpoint for e in etcd if e.healthy]
+        print(f"etcd: {len(healthy)}/{len(etcd)} members healthy ({', '.join(healthy)})")
+        if len(etcd) != 3 or len(healthy) != 3:
+            failed.append(f"etcd: {len(healthy)}/{len(etcd)} members healthy")
+        outsider = lab.status()["outsider"]["ip"]
+        for s in params.servers:
+            # from the outsider (outside network.ip_range: the internet) the server's SSH gives no answer ...
+            t = time.monotonic()
+            cp = lab.outsider_exec(["timeout", "3", "bash", "-c", f"exec 3<>/dev/tcp/{s.private_ip}/22"], timeout=20)
+            dropped = cp.returncode == 124
+            print(f"SSH from the outsider {outsider} to {s.name} {s.private_ip}:22: "
+                  + (f"no answer in {time.monotonic() - t:.1f} s" if dropped else f"exit {cp.returncode} (answered)"))
+            # ... while hcbpg's commands reach it through the jumpbox (sshd there sees the jumpbox's address)
+            seen = hosts[s.name].run("echo $SSH_CONNECTION", quiet=True).stdout.split()
+            via = seen[0] if seen else "?"
+            print(f"hcbpg to {s.name}: {hosts[s.name].where}, its sshd saw the client {via}")
+            if not dropped:
+                failed.append(f"SSH: {s.name}:22 answered the outsider")
+            if via != params.jumpbox.private_ip:
+                failed.append(f"SSH: hcbpg reached {s.name} from {via}, not through the jumpbox "
+                              f"{params.jumpbox.private_ip}")
+    finally:
+        for h in hosts.values():
+            h.close()
+    for line in failed:
+        print("FAILED " + line)
+    print("High availability: " + ("Patroni leads with a sync standby streaming, etcd healthy on 3 members, public "
+                                   "SSH to the database servers dropped, the jumpbox path works"
+                                   if not failed else f"{len(failed)} problem(s)"))
+    return 1 if failed else 0
 
 
 def _print_summary(run: mf.Run, t_lab: float, total: float) -> None:

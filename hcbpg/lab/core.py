@@ -58,6 +58,8 @@ SECRET_FILES = {
     "cipher-pass": "CIPHER_PASS",
     "source-password": "SOURCE_PASSWORD",
     "source-url": "SOURCE_URL",
+    "patroni-rest-password": "PATRONI_REST_PASSWORD",
+    "etcd-patroni-password": "ETCD_PATRONI_PASSWORD",
 }
 
 _BRIDGE_RE = re.compile(r"^[a-z][a-z0-9]{0,9}$")
@@ -198,7 +200,8 @@ class LabConfig:
 
     @property
     def jumpbox_ip(self) -> str:
-        """The jumpbox Metabase reaches the database through (roles.metabase.jumpbox_ip)."""
+        """Where params/lab.yaml puts the jumpbox (jumpbox.private_ip = roles.metabase.jumpbox_ip): step 01 creates it
+        through the API stand-in; `lab up` no longer makes a host there."""
         return self.address(JUMPBOX_OFFSET)
 
     @property

@@ -7,6 +7,7 @@ import importlib.util
 import os
 import secrets
 import shlex
+import shutil
 import signal
 import string
 import subprocess
@@ -121,8 +122,12 @@ class Lab:
             key = [cfg.ssh_key.with_suffix(".pub").read_text()]
             h.create_host(cfg, "app", "app", cfg.app_ip, key)
             self._log(f"host app at {cfg.app_ip}")
-            h.create_host(cfg, "jumpbox", "jumpbox", cfg.jumpbox_ip, key)
-            self._log(f"host jumpbox at {cfg.jumpbox_ip}")
+            old_jumpbox = read_state(cfg)["hosts"].get("jumpbox")
+            if old_jumpbox and old_jumpbox.get("role") == "jumpbox":
+                # a lab brought up by an earlier hcbpg had a jumpbox host of its own at .40: step 01 creates the
+                # jumpbox now (params' jumpbox section, through the API stand-in), at that address
+                h.destroy_host(cfg, "jumpbox")
+                self._log(f"host jumpbox at {cfg.jumpbox_ip} removed: step 01 creates the jumpbox")
             state = read_state(cfg)
             src = state["hosts"].get("source")
             seeded = state.get("source") or {}
@@ -164,6 +169,9 @@ class Lab:
             "s3-key-secret": lambda: _rand(40),
             "cipher-pass": lambda: secrets.token_urlsafe(36),
             "source-password": lambda: secrets.token_hex(32),
+            # Patroni's REST API and its etcd user (replication.manager: patroni in params/lab.yaml)
+            "patroni-rest-password": lambda: secrets.token_urlsafe(24),
+            "etcd-patroni-password": lambda: secrets.token_urlsafe(24),
         }
         for name, make in gen.items():
             p = cfg.secret_path(name)
@@ -182,9 +190,11 @@ class Lab:
         return [sys.executable, "-m", "hcbpg.lab.hcloud_api", "--bind", c.gateway_ip,
                 "--port", str(HCLOUD_PORT), "--state", str(c.hcloud_state),
                 "--token-file", str(c.secret_path("hcloud-token")),
-                # addresses the stand-in must never hand to a new server
-                "--reserve-ip", c.app_ip, "--reserve-ip", c.source_ip,
-                "--reserve-ip", c.jumpbox_ip, "--reserve-ip", c.router_ip]
+                # addresses the stand-in must never hand to a new server (the jumpbox's, .40, is step 01's to take)
+                "--reserve-ip", c.app_ip, "--reserve-ip", c.source_ip, "--reserve-ip", c.router_ip,
+                # every firewall becomes iptables in its servers' namespaces, as Hetzner filters (the network's
+                # own ip_range never filtered): from the outsider, a server whose firewall has no SSH rule is dropped
+                *(["--enforce-firewalls"] if shutil.which("iptables-restore") else [])]
 
     def _deadman_argv(self) -> list[str]:
         """The dead-man's-switch receiver the scheduled backups ping (pgbackrest.deadman_url)."""
@@ -205,8 +215,10 @@ class Lab:
                        wait: bool = True) -> subprocess.Popen[bytes] | None:
         cfg = self.cfg
         state = read_state(cfg)
-        if self._service_running(name, port, state):
+        if self._service_running(name, port, state) and (state["services"][name].get("argv") == argv):
             return None
+        # not running, or started with other arguments (an earlier hcbpg's stand-in without --enforce-firewalls):
+        # started again (the stand-in's state is in its file; the S3 store's argv never changes)
         self._stop_service(name)
         env = dict(os.environ)
         env["HCBPG_LAB_DIR"] = str(cfg.lab_dir)

@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 from hcloud.images.domain import Image
 from hcloud.locations.domain import Location
 from hcloud.server_types.domain import ServerType
@@ -30,6 +29,7 @@ from tests.cloudstandin import (  # noqa: F401 - api_fixture, client_fixture, ho
     state_ids,
 )
 from tests.fast.specs import covers
+from tests.nbutil import manual_lab
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -100,7 +100,7 @@ def lab_server(client, name: str) -> None:
 
 @pytest.fixture
 def committed():
-    return parse_params(yaml.safe_load((REPO / "params" / "lab.yaml").read_text()))
+    return parse_params(manual_lab())
 
 
 @covers("hcbpg.ops.provisioning.ensure_powered_off", "fresh", "second run")

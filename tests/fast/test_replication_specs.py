@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from hcbpg.adapters.base import Result
 from hcbpg.adapters.dryrun import AbsentHost, DryRunHost
@@ -26,6 +25,7 @@ from hcbpg.ops import replica, replication
 from hcbpg.params import parse_params
 from hcbpg.pg.scram import scram_verifier
 from tests.fast.specs import covers
+from tests.nbutil import manual_lab
 
 REPO = Path(__file__).resolve().parents[2]
 PRIMARY, REPLICA = "server-postgres-1", "server-postgres-2"
@@ -38,7 +38,7 @@ PROBE_DDL = ('CREATE TABLE IF NOT EXISTS "hcbpg_replication_probe" (token text P
 
 @pytest.fixture(scope="module")
 def params():
-    return parse_params(yaml.safe_load((REPO / "params" / "lab.yaml").read_text()))
+    return parse_params(manual_lab())
 
 
 def repuser(password: str = PASSWORD, **kw: Any) -> dict[str, Any]:
