@@ -10,6 +10,7 @@ APT_PACKAGES=(
   pgcopydb prometheus-postgres-exporter chromium chromium-driver
   bucardo postgresql-plperl-15
   etcd-server etcd-client patroni iptables
+  prometheus prometheus-alertmanager prometheus-node-exporter prometheus-blackbox-exporter
   ruby ruby-pg ruby-activerecord
 )
 
@@ -34,11 +35,12 @@ if [ ${#missing[@]} -gt 0 ]; then
       "$VERSION_CODENAME" > /etc/apt/sources.list.d/pgdg.sources
     apt-get update -qq
   fi
-  # etcd and Patroni run only where hcbpg starts them (the lab's hosts, step 10): their packages' postinst
-  # would start a default member on this machine, so they are installed with starting refused
+  # etcd, Patroni and the monitor (Prometheus, Alertmanager, the exporters) run only where hcbpg starts them
+  # (the lab's hosts, step 10, the jumpbox): their packages' postinst would start a default daemon on this
+  # machine, so they are installed with starting refused
   daemons=() others=()
   for p in "${missing[@]}"; do
-    case "$p" in etcd-server|patroni) daemons+=("$p") ;; *) others+=("$p") ;; esac
+    case "$p" in etcd-server|patroni|prometheus|prometheus-*-exporter|prometheus-alertmanager) daemons+=("$p") ;; *) others+=("$p") ;; esac
   done
   [ ${#others[@]} -eq 0 ] || apt-get install -y -qq -o Dpkg::Options::=--force-confold "${others[@]}"
   if [ ${#daemons[@]} -gt 0 ]; then
@@ -48,7 +50,8 @@ if [ ${#missing[@]} -gt 0 ]; then
     fi
     apt-get install -y -qq -o Dpkg::Options::=--force-confold "${daemons[@]}" || { [ -z "$made_policy" ] || rm -f /usr/sbin/policy-rc.d; exit 1; }
     [ -z "$made_policy" ] || rm -f /usr/sbin/policy-rc.d
-    if [ -d /run/systemd/system ]; then systemctl disable --now etcd patroni >/dev/null 2>&1 || true; fi
+    if [ -d /run/systemd/system ]; then systemctl disable --now etcd patroni prometheus prometheus-alertmanager \
+      prometheus-node-exporter prometheus-blackbox-exporter >/dev/null 2>&1 || true; fi
   fi
 fi
 
