@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from psycopg import sql
 
 from hcbpg.adapters import hostkeys
+from hcbpg.adapters.base import Changes
 from hcbpg.adapters.cluster import ClusterControl
 from hcbpg.adapters.dryrun import AbsentHost, dry_run_of
 from hcbpg.adapters.host import Host
@@ -154,15 +155,18 @@ def setup_ha(hosts: HaHosts, params: "Params", secrets: PatroniSecrets, shape: S
     for s in params.servers:
         res.outcomes.append(ops_patroni.ensure_patroni_packages(servers[s.name], params))
         res.outcomes.append(ops_patroni.ensure_watchdog(servers[s.name], params))
-    if not res.adopting:
-        # adopted before: keep the files as params say (Patroni reads them again when they changed)
+    if any(running.values()):
+        # adopted before (or partly: a member whose Patroni is not running is handed over to the leader's)
+        leader = _leader(hosts, params)
         for s in params.servers:
             res.outcomes += tls.ensure_server_tls(servers[s.name], params, s)
             files = ops_patroni.ensure_patroni_files(servers[s.name], params, s, secrets, shape=shape)
             res.outcomes += files
-            if any(o.changed for o in files) and not dry_run:
+            if running[s.name] and any(o.changed for o in files) and not dry_run:
                 ops_patroni.run_reload(servers[s.name], params, s)
-        leader = _leader(hosts, params)
+        for s in params.servers:
+            if not running[s.name]:
+                _hand_over(res, hosts, servers[s.name], params, s, dry_run=dry_run)
         return _finish(res, hosts, servers, params, leader, shape, dry_run=dry_run,
                        restart_approved=restart_approved, echo=echo)
     # the pair as the manual step makes it (the replica built or checked, with its wipe safety)
@@ -177,39 +181,45 @@ def setup_ha(hosts: HaHosts, params: "Params", secrets: PatroniSecrets, shape: S
         res.outcomes += ops_patroni.ensure_patroni_files(servers[s.name], params, s, secrets, shape=shape)
     p_host = servers[primary.name]
     res.before = {s.name: _sysid(servers[s.name], params) for s in params.servers}
-    if dry_run:
-        res.restart_pending = True
-        for name in (primary.name, *[r.name for r in replicas]):
-            res.outcomes.append(ops_patroni.ensure_patroni_running(servers[name], params))
-        res.outcomes.append(Outcome(f"restart of {primary.name} under Patroni (gate {RESTART_GATE})", True, True,
-                                    actions=["POST /restart {\"restart_pending\": true} on the leader"]))
-        return res
     t0 = time.monotonic()
     res.outcomes.append(ops_patroni.ensure_patroni_running(p_host, params))
-    ops_patroni.wait_for_member(hosts.servers, params, primary.name, lambda m: m.is_leader,
-                                what=f"{primary.name} the leader under Patroni", timeout=60)
-    res.timings["leader_s"] = round(time.monotonic() - t0, 1)
+    if not dry_run:
+        ops_patroni.wait_for_member(hosts.servers, params, primary.name, lambda m: m.is_leader,
+                                    what=f"{primary.name} the leader under Patroni", timeout=60)
+        res.timings["leader_s"] = round(time.monotonic() - t0, 1)
     for r in replicas:
-        r_host = servers[r.name]
-        t1 = time.monotonic()
-        # Patroni writes the recovery settings into its postgresql.conf; the manual ones in postgresql.auto.conf
-        # would win over them: reset, then stop (Patroni starts it again as its replica)
-        r_psql = pg_cluster.get_psql(r_host, params)
-        r_psql.execute(sql.SQL("ALTER SYSTEM RESET primary_conninfo"))
-        r_psql.execute(sql.SQL("ALTER SYSTEM RESET primary_slot_name"))
-        ClusterControl.of(r_host, params).stop("fast", timeout=180)
-        res.outcomes.append(Outcome(f"{r.name} handed to Patroni", True, False,
-                                    actions=["ALTER SYSTEM RESET primary_conninfo, primary_slot_name",
-                                             "pg_ctlcluster stop (Patroni starts it)"]))
-        res.outcomes.append(ops_patroni.ensure_patroni_running(r_host, params))
-        ops_patroni.wait_for_member(hosts.servers, params, r.name,
-                                    lambda m: m.state in dp.RUNNING_STATES and m.lag is not None,
-                                    what=f"{r.name} streaming under Patroni", timeout=120)
-        res.timings[f"{r.name}_streaming_s"] = round(time.monotonic() - t1, 1)
+        _hand_over(res, hosts, servers[r.name], params, r, dry_run=dry_run)
+    if dry_run:
+        res.outcomes.append(Outcome(f"restart of {primary.name} under Patroni (gate {RESTART_GATE})", True, True,
+                                    actions=["POST /restart on the leader"]))
+        return res
     # the manual slots held the replicas' WAL until they streamed through Patroni's (ignore_slots kept them)
     res.outcomes.append(rep.ensure_no_stale_slots(pg_cluster.get_psql(p_host, params), params, keep=[]))
     return _finish(res, hosts, servers, params, primary, shape, dry_run=dry_run, restart_approved=restart_approved,
                    echo=echo)
+
+
+def _hand_over(res: HaResult, hosts: HaHosts, host: "HostLike", params: "Params", server: "Server", *,
+               dry_run: bool) -> None:
+    """A member that is not the leader handed to Patroni: its manual recovery settings reset (Patroni writes its
+    own into postgresql.conf; postgresql.auto.conf's would win over them), PostgreSQL stopped, Patroni started
+    (it starts the cluster again as its replica, rewinds it or rebuilds it), then streaming."""
+    t1 = time.monotonic()
+    if not isinstance(host, AbsentHost) and pg_cluster.get_cluster_running(host, params):
+        psql = pg_cluster.get_psql(host, params)
+        seen = Changes(host)
+        psql.execute(sql.SQL("ALTER SYSTEM RESET primary_conninfo"))
+        psql.execute(sql.SQL("ALTER SYSTEM RESET primary_slot_name"))
+        ClusterControl.of(host, params).stop("fast", timeout=180)
+        res.outcomes.append(seen.outcome(f"{server.name} handed to Patroni",
+                                         actions=["ALTER SYSTEM RESET primary_conninfo, primary_slot_name",
+                                                  "pg_ctlcluster stop (Patroni starts it)"]))
+    res.outcomes.append(ops_patroni.ensure_patroni_running(host, params))
+    if not dry_run:
+        ops_patroni.wait_for_member(hosts.servers, params, server.name,
+                                    lambda m: m.state in dp.RUNNING_STATES and m.lag is not None,
+                                    what=f"{server.name} streaming under Patroni", timeout=300)
+        res.timings[f"{server.name}_streaming_s"] = round(time.monotonic() - t1, 1)
 
 
 def _finish(res: HaResult, hosts: HaHosts, servers: Mapping[str, "HostLike"], params: "Params", leader: "Server",
@@ -226,7 +236,7 @@ def _finish(res: HaResult, hosts: HaHosts, servers: Mapping[str, "HostLike"], pa
     res.restart_pending = bool(status and status.pending_restart) or name_differs
     if res.restart_pending and dry_run:
         res.outcomes.append(Outcome(f"restart of {leader.name} under Patroni (gate {RESTART_GATE})", True, True,
-                                    actions=["POST /restart {\"restart_pending\": true} on the leader"]))
+                                    actions=["POST /restart on the leader"]))
     elif res.restart_pending:
         if not restart_approved():
             echo(f"{leader.name} leads under Patroni; its restart waits for the gate {RESTART_GATE}")
