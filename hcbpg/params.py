@@ -44,6 +44,7 @@ from hcbpg.param_types import (
     dotted_key,
     fields_at,
 )
+from hcbpg.params_alerting import AlertingParams
 from hcbpg.params_ha import PATRONI_OWNED_SETTINGS, EtcdParams, Jumpbox, PatroniParams
 from hcbpg.secrets import is_secret_ref
 from hcbpg.values import (
@@ -473,6 +474,8 @@ class Params(Model):
     drill: Drill | None = None
     roles: Roles | None = None
     health: Health = Health()
+    #: the monitor on the jumpbox and where its alerts go (hcbpg.params_alerting); None: no monitor
+    alerting: AlertingParams | None = None
     tls: Tls = Tls()
     #: steps that may run destructive actions (wipe a data directory, drop a database)
     allow_destructive: bool = False

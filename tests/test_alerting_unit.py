@@ -1,0 +1,348 @@
+"""The monitor's files (issue 25, pure): params' alerting section, Prometheus's config (``promtool check config``),
+the rules (``promtool test rules`` with tests/promtool/, every rule firing and quiet at least once), Alertmanager's
+config (``amtool check-config``) with secrets planted and scanned, and node exporter's textfile from a recorded
+``pgbackrest info --output=json``.  promtool and amtool come from scripts/install.sh (prometheus,
+prometheus-alertmanager); a missing one fails the test."""
+
+from __future__ import annotations
+
+import copy
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from hcbpg.desired import alerting as al
+from hcbpg.errors import ParamsError, PgBackRestError
+from hcbpg.params import Params, parse_params
+from hcbpg.params_alerting import duration_s
+
+from goldenfile import GOLDEN, golden
+from nbutil import REPO, manual_production
+
+PROMTOOL_DIR = Path(__file__).parent / "promtool"
+
+#: planted secrets: valid URLs and passwords with YAML's and Alertmanager's specials in them
+SECRETS = {
+    "op://HCB Engineering/Slack webhook/url": "https://hooks.slack.example/services/T0/B0/s3cr3t-slack'\"#",
+    "op://HCB Engineering/SMTP/password": "smtp pw: 'x' \"y\" #z {{ .Alerts }}",
+    "op://HCB Engineering/Pager/token": "pager-token-!@#$%^&*()",
+    "op://HCB Engineering/Dead man/url": "https://hc-ping.example/0f9a-dead-man-s3cr3t",
+}
+
+ALERTING: dict[str, Any] = {
+    "receivers": {
+        "slack": {"webhook_url": "op://HCB Engineering/Slack webhook/url", "channel": "#ops"},
+        "email": {"to": ["ops@example.org", "db@example.org"], "sender": "hcbpg@example.org",
+                  "smarthost": "smtp.example.org:587", "username": "hcbpg",
+                  "password": "op://HCB Engineering/SMTP/password"},
+        "webhook": {"url": "https://pager.example.org/integration", "bearer_token": "op://HCB Engineering/Pager/token"},
+    },
+    "heartbeat_url": "op://HCB Engineering/Dead man/url",
+    "thresholds": {"wal_bound_mb": 1024},
+}
+
+
+def production_data() -> dict[str, Any]:
+    d = yaml.safe_load((REPO / "params" / "production.yaml").read_text())
+    d["alerting"] = copy.deepcopy(ALERTING)
+    return d
+
+
+def production() -> Params:
+    return parse_params(production_data())
+
+
+def manual() -> Params:
+    d = manual_production()
+    d["alerting"] = copy.deepcopy(ALERTING)
+    return parse_params(d)
+
+
+def problems(alerting: dict[str, Any]) -> list[str]:
+    d = production_data()
+    d["alerting"] = alerting
+    with pytest.raises(ParamsError) as ei:
+        parse_params(d)
+    return ei.value.problems
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is not installed: run scripts/install.sh as root (it installs prometheus and "
+                    "prometheus-alertmanager, which ship promtool and amtool)")
+    return path
+
+
+def run(argv: list[str], cwd: Path) -> str:
+    p = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=60)
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, f"{' '.join(argv)} exited {p.returncode}:\n{out}"
+    return out
+
+
+# params -------------------------------------------------------------------------------------------------------
+
+def test_no_alerting_section_changes_nothing():
+    d = yaml.safe_load((REPO / "params" / "production.yaml").read_text())
+    d.pop("alerting", None)
+    p = parse_params(d)
+    assert p.alerting is None
+    with pytest.raises(ParamsError, match="alerting: required"):
+        al.render_prometheus_config(p)
+
+
+def test_defaults_and_durations():
+    a = production().alerting
+    assert a is not None
+    assert (a.retention, a.scrape_interval, a.thresholds.disk_pct, a.thresholds.connections_pct,
+            a.thresholds.certificate_days, a.thresholds.drill_max_age_days) == ("15d", "30s", 80.0, 80.0, 21, 8.0)
+    assert [duration_s(x) for x in ("15s", "2m", "15d", "500ms")] == [15, 120, 1296000, 0.5]
+
+
+def test_secrets_are_references_never_literals():
+    bad = copy.deepcopy(ALERTING)
+    bad["receivers"]["slack"]["webhook_url"] = "https://hooks.slack.com/services/T0/B0/literal"
+    bad["receivers"]["email"]["password"] = "hunter2"
+    out = problems(bad)
+    assert any("alerting.receivers.slack.webhook_url" in p and "not a secret reference" in p for p in out), out
+    assert any("alerting.receivers.email.password" in p and "not a secret reference" in p for p in out), out
+
+
+def test_validators_say_what_is_wrong():
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"receivers": {}}, "name at least one of slack, email, webhook"),
+        ({"heartbeat_url": "CHANGE-ME"}, "neither an http(s) URL nor a secret reference"),
+        ({"scrape_interval": "1m", "evaluation_interval": "30s"}, "shorter than scrape_interval"),
+        ({"for_duration": "30s"}, "below two scrapes"),
+        ({"retention": "12h"}, "below a day"),
+        ({"scrape_interval": "15 s"}, "String should match pattern"),
+        ({"thresholds": {"backup_diff_max_age_h": 300}}, "a differential is taken between two fulls"),
+        ({"thresholds": {"disk_pct": 120}}, "less than 100"),
+        ({"alertmanager_port": 9090}, "must differ"),
+        ({"warning_receivers": ["slack"], "receivers": {"email": ALERTING["receivers"]["email"]}},
+         "slack is not configured"),
+        ({"receivers": {"email": {**ALERTING["receivers"]["email"], "password": None}}},
+         "needs both username and password"),
+    ]
+    for change, words in cases:
+        a = copy.deepcopy(ALERTING)
+        a.update(change)
+        out = problems(a)
+        assert any(words in p for p in out), (change, out)
+
+
+# Prometheus -----------------------------------------------------------------------------------------------------
+
+def test_prometheus_config_golden_and_promtool(tmp_path: Path):
+    p = production()
+    text = al.render_prometheus_config(p)
+    golden("prometheus.production.yml", text)
+    cfg = yaml.safe_load(text)
+    jobs = {j["job_name"]: j for j in cfg["scrape_configs"]}
+    assert list(jobs) == ["prometheus", "alertmanager", "node", "postgres", "patroni", "etcd"]
+    servers = {s.name: s.private_ip for s in p.servers}
+    assert p.jumpbox is not None
+    assert [c["labels"]["server"] for c in jobs["node"]["static_configs"]] == [*servers, p.jumpbox.name]
+    assert [c["targets"] for c in jobs["postgres"]["static_configs"]] == [[f"{ip}:9187"] for ip in servers.values()]
+    assert jobs["patroni"]["scheme"] == jobs["etcd"]["scheme"] == "https"
+    assert jobs["etcd"]["tls_config"]["cert_file"] == al.ETCD_CLIENT_CERT
+    # promtool reads every file the config names: put them under tmp_path
+    for src in (al.RULES_PATH, al.ETCD_CLIENT_CERT, al.ETCD_CLIENT_KEY, "/etc/hcbpg/tls/production-postgres-ca.crt"):
+        assert src in text
+        dst = tmp_path / Path(src).name
+        text = text.replace(src, str(dst))
+        dst.write_text(al.render_rules(p) if src == al.RULES_PATH else "")
+    (tmp_path / "prometheus.yml").write_text(text)
+    out = run([tool("promtool"), "check", "config", "prometheus.yml"], tmp_path)
+    assert "SUCCESS: prometheus.yml is valid prometheus config file syntax" in out, out
+    assert f"SUCCESS: {len(al.rules(p))} rules found" in out, out
+
+
+def test_manual_params_scrape_no_patroni_or_etcd():
+    p = manual()
+    jobs = [j["job_name"] for j in al.prometheus_config(p)["scrape_configs"]]
+    assert jobs == ["prometheus", "alertmanager", "node", "postgres"]
+    names = [r.name for r in al.rules(p)]
+    assert "PrimaryUnreachable" in names
+    assert not {"PatroniNoLeader", "NoSyncStandby", "EtcdNoQuorum", "EtcdMemberDown", "PatroniPausedTooLong"} & set(names)
+
+
+# rules ------------------------------------------------------------------------------------------------------------
+
+def _strip_annotations(rules_text: str) -> str:
+    data = yaml.safe_load(rules_text)
+    for g in data["groups"]:
+        for r in g["rules"]:
+            r.pop("annotations", None)
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def _promtool_rules(p: Params, test_file: str, tmp_path: Path) -> str:
+    rendered = al.render_rules(p)
+    (tmp_path / "full.rules.yml").write_text(rendered)
+    run([tool("promtool"), "check", "rules", "full.rules.yml"], tmp_path)
+    (tmp_path / "hcbpg.rules.yml").write_text(_strip_annotations(rendered))
+    shutil.copy(PROMTOOL_DIR / test_file, tmp_path / test_file)
+    return run([tool("promtool"), "test", "rules", test_file], tmp_path)
+
+
+def test_rules_golden_and_every_rule_has_its_runbook_line():
+    p = production()
+    golden("prometheus.production.rules.yml", al.render_rules(p))
+    for r in al.rules(p) + al.rules(manual()):
+        assert r.summary and r.meaning and r.action and r.runbook, r.name
+    # every notebook a runbook line names exists
+    named = set(re.findall(r"\b(\d\d[a-z]?_[a-z_]+)", " ".join(r.runbook for r in al.rules(p) + al.rules(manual()))))
+    assert {"05_pgbackrest", "12_restore_drill", "11b_maintenance", "16_online_cleanup"} <= named
+    assert [nb for nb in sorted(named) if not (REPO / "notebooks" / f"{nb}.ipynb").is_file()] == []
+
+
+def test_thresholds_from_params_reach_the_rules():
+    d = production_data()
+    d["alerting"]["thresholds"] = {"disk_pct": 70, "certificate_days": 30, "long_transaction_minutes": 5,
+                                   "archive_timeout_s": 60, "archive_age_margin_s": 30, "paused_max_hours": 2}
+    d["replication"]["patroni"]["synchronous_mode"] = False
+    rules = {r.name: r for r in al.rules(parse_params(d))}
+    assert rules["DiskFull"].expr.endswith("> 70")
+    assert rules["CertificateExpiring"].expr.endswith(f"< {30 * 86400}")
+    assert rules["LongTransaction"].expr.endswith("> 300")
+    assert " > 90 " in rules["ArchiveStale"].expr
+    assert rules["PatroniPausedTooLong"].for_ == "120m"
+    assert "NoSyncStandby" not in rules
+
+
+def test_promtool_test_rules_patroni(tmp_path: Path):
+    out = _promtool_rules(production(), "hcbpg.rules.test.yml", tmp_path)
+    assert "SUCCESS" in out
+
+
+def test_promtool_test_rules_manual(tmp_path: Path):
+    out = _promtool_rules(manual(), "hcbpg.manual.rules.test.yml", tmp_path)
+    assert "SUCCESS" in out
+
+
+def test_promtool_fails_a_rule_that_watches_the_wrong_server(tmp_path: Path):
+    """The cases can fail: with the roles swapped, PrimaryUnreachable watches server-postgres-2 and its cases
+    (written for server-postgres-1) fail."""
+    d = manual_production()
+    d["alerting"] = copy.deepcopy(ALERTING)
+    for s in d["servers"]:
+        s["role"] = "replica" if s["role"] == "primary" else "primary"
+    with pytest.raises(AssertionError, match="PrimaryUnreachable"):
+        _promtool_rules(parse_params(d), "hcbpg.manual.rules.test.yml", tmp_path)
+
+
+def test_exporter_queries_give_the_metrics_the_rules_read():
+    queries = yaml.safe_load(al.EXPORTER_QUERIES)
+    emitted = {f"{q}_{name}" for q, spec in queries.items() for m in spec["metrics"]
+               for name, col in m.items() if col["usage"] == "GAUGE"}
+    assert emitted == {"hcbpg_xid_age", "hcbpg_wal_bytes"}
+    exprs = " ".join(r.expr for r in al.rules(production()))
+    assert all(m in exprs for m in emitted)
+
+
+def test_every_rule_has_a_firing_and_a_quiet_case():
+    firing: set[str] = set()
+    quiet: set[str] = set()
+    for f in PROMTOOL_DIR.glob("*.test.yml"):
+        for t in yaml.safe_load(f.read_text())["tests"]:
+            for case in t.get("alert_rule_test", []):
+                (firing if case.get("exp_alerts") else quiet).add(case["alertname"])
+    names = {r.name for r in al.rules(production())} | {r.name for r in al.rules(manual())}
+    assert not names - firing, f"rules without a firing case: {sorted(names - firing)}"
+    assert not names - quiet, f"rules without a quiet case: {sorted(names - quiet)}"
+    assert not (firing | quiet) - names, f"cases of no rule: {sorted((firing | quiet) - names)}"
+
+
+# Alertmanager -------------------------------------------------------------------------------------------------------
+
+def test_alertmanager_config_golden_without_secrets():
+    p = production()
+    text = al.render_alertmanager_config(p)
+    golden("alertmanager.production.yml", text)
+    for value in SECRETS.values():
+        assert value not in text
+    assert text.count(al.PLACEHOLDER) == 4
+    assert sorted(al.secret_refs(p)) == sorted(SECRETS)
+
+
+def test_amtool_checks_the_config_with_planted_secrets(tmp_path: Path):
+    p = production()
+    text = al.render_alertmanager_config(p, SECRETS)
+    cfg = yaml.safe_load(text)
+    am = {r["name"]: r for r in cfg["receivers"]}
+    assert am["all"]["slack_configs"][0]["api_url"] == SECRETS["op://HCB Engineering/Slack webhook/url"]
+    assert am["all"]["email_configs"][0]["auth_password"] == SECRETS["op://HCB Engineering/SMTP/password"]
+    assert am["all"]["webhook_configs"][0]["http_config"]["authorization"]["credentials"] == \
+        SECRETS["op://HCB Engineering/Pager/token"]
+    assert am["deadman"]["webhook_configs"][0]["url"] == SECRETS["op://HCB Engineering/Dead man/url"]
+    heartbeat = cfg["route"]["routes"][0]
+    assert (heartbeat["matchers"], heartbeat["receiver"], heartbeat["repeat_interval"]) == (
+        ['alertname="Heartbeat"'], "deadman", "1m")
+    assert al.PLACEHOLDER not in text
+    assert al.PLACEHOLDER in al.redact(text, SECRETS) and not any(v in al.redact(text, SECRETS)
+                                                                  for v in SECRETS.values())
+    (tmp_path / "alertmanager.yml").write_text(text)
+    out = run([tool("amtool"), "check-config", "alertmanager.yml"], tmp_path)
+    assert "SUCCESS" in out and "5 inhibit rules" in out
+
+
+def test_a_server_down_inhibits_its_lag_and_streaming():
+    cfg = al.alertmanager_config(production())
+    by_source: dict[str, list[dict[str, Any]]] = {}
+    for rule in cfg["inhibit_rules"]:
+        by_source.setdefault(rule["source_matchers"][0], []).append(rule)
+    down = by_source['alertname="ServerDown"']
+    assert "ReplicaLagging" in down[0]["target_matchers"][0] and down[0]["equal"] == ["environment", "server"]
+    assert "ReplicaNotStreaming" in down[1]["target_matchers"][0]
+
+
+def test_warning_receivers_route():
+    d = production_data()
+    d["alerting"]["warning_receivers"] = ["email"]
+    cfg = al.alertmanager_config(parse_params(d))
+    warnings = next(r for r in cfg["receivers"] if r["name"] == "warnings")
+    assert list(warnings) == ["name", "email_configs"]
+    assert cfg["route"]["routes"][-1] == {"receiver": "warnings", "matchers": ['severity="warning"']}
+
+
+# textfile metrics -------------------------------------------------------------------------------------------------------
+
+def test_textfile_from_recorded_pgbackrest_info(tmp_path: Path):
+    info = (GOLDEN / "pgbackrest.info.json").read_text()
+    text = al.render_textfile_metrics(
+        now=1795610000, info_json=info,
+        certificates=[al.CertFact("/etc/patroni/tls/rest.crt", 'CN=server-postgres-1 "x"', 1827138633),
+                      al.CertFact("/etc/postgresql/15/main/server.crt", "CN=server-postgres-1", 1829000000)],
+        drill_success=1795600000, wayback_until=1795700000)
+    golden("prometheus.textfile.prom", text)
+    assert 'hcbpg_pgbackrest_backup_last_timestamp_seconds{stanza="hcb_production",repo="1",type="full"} ' \
+           "1795602634" in text
+    assert 'type="diff"} 1795602645' in text
+    assert 'subject="CN=server-postgres-1 \\"x\\""' in text
+    # node exporter's own parser, through promtool
+    (tmp_path / "hcbpg.prom").write_text(text)
+    p = subprocess.run([tool("promtool"), "check", "metrics"], input=text, capture_output=True, text=True,
+                       timeout=30)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_textfile_leaves_out_what_is_unknown_and_refuses_bad_json():
+    assert al.render_textfile_metrics(now=1.0) == ""
+    only = al.render_textfile_metrics(now=5.0, drill_success=None, wayback_until=None,
+                                      info_json='[{"name": "s", "status": {"code": 2}, "backup": [], "repo": []}]')
+    assert "hcbpg_pgbackrest_stanza_status_code{stanza=\"s\"} 2" in only
+    assert "backup_last" not in only and "wayback" not in only
+    failed = ('[{"name": "s", "status": {"code": 0}, "repo": [{"key": 2, "status": {"code": 0}}], "backup": '
+              '[{"type": "full", "error": true, "database": {"repo-key": 2}, "timestamp": {"stop": 9}}]}]')
+    assert "backup_last" not in al.render_textfile_metrics(now=5.0, info_json=failed)
+    with pytest.raises(PgBackRestError):
+        al.render_textfile_metrics(now=1.0, info_json="ERROR: [056]")
+    with pytest.raises(ValueError):
+        al.render_textfile_metrics(now=1.0, drill_success=float("nan"))
