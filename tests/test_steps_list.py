@@ -58,13 +58,14 @@ def test_steps_lists_the_environments_order_with_changes_and_gates(tmp_path):
     assert keys.index("08_start_archiving") < keys.index("07_cutover")  # online: archiving while Bucardo syncs
     cut = next(line for line in lines if " 07_cutover " in line)
     assert "maintenance-on, processes-stopped" in cut and "sentinel row" in cut, cut
-    assert any(line.startswith("on demand (--only)") and "11_failover" in line for line in lines), r.stdout
+    # the lab runs Patroni (replication.manager patroni): its on-demand steps are switchover and maintenance
+    assert any(line.startswith("on demand (--only)") and "11_switchover" in line for line in lines), r.stdout
     r = hcbpg("steps", "lab", "--json")
     data = json.loads(r.stdout)
     assert data["transfer"] == "online"
     orders = [s["order"] for s in data["steps"] if not s["on_demand"]]
     assert orders == list(range(1, len(orders) + 1)) and all(isinstance(o, int) for o in orders)
-    assert {s["key"] for s in data["steps"] if s["on_demand"]} == {"11_failover", "14_password_rotation",
-                                                                    "16_online_cleanup"}
+    assert {s["key"] for s in data["steps"] if s["on_demand"]} == {"11_switchover", "11b_maintenance",
+                                                                    "14_password_rotation", "16_online_cleanup"}
     r = hcbpg("steps", "no-such-env")
     assert r.returncode == 2 and "no-such-env" in r.stderr, r.stdout + r.stderr

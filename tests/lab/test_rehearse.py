@@ -1,6 +1,7 @@
 """The README's main job: `hcbpg rehearse` brings up the default lab, runs every step of the
 runbook with params/lab.yaml (the online transfer, while the lab's app writes on the source until
-maintenance is on), prints the summary and takes the lab down again.
+maintenance is on; Patroni over etcd on both servers and the jumpbox step 01 makes, public SSH to the
+database servers closed), prints the summary and takes the lab down again.
 
 It uses the default lab (what params/lab.yaml points at), so it holds the machine's lab lock
 (tests on other workers that use that lab wait for it) and is skipped when that lab is already
@@ -79,6 +80,27 @@ def test_rehearse_runs_the_whole_runbook_in_a_fresh_lab_and_leaves_nothing(tmp_p
         writes = re.search(r"App writes before maintenance-on: (\d+) .*?, (\d+) missing", out)
         assert writes and int(writes.group(1)) > 50 and writes.group(2) == "0", out[-3000:]
         assert "approved automatically after: app-load stop" in json.dumps(approvals["maintenance-on"])
+        # issue 28: params/lab.yaml runs Patroni over etcd on both servers and the jumpbox step 01 made.  Step 10's
+        # gate is asked only when the leader has a restart pending under Patroni: in the rehearsal step 10 builds the
+        # pair itself with cluster_name already the scope, Patroni starts the primary with its own settings and
+        # none is pending; when asked, it is approved like every other gate (checked above)
+        keys = [s["key"] for s in steps]
+        assert "10_high_availability" in keys and "10_replication" not in keys, keys
+        gate = approvals.get("restart-primary-under-patroni")
+        assert gate is None or gate["approved_by"].startswith("hcbpg rehearse"), gate
+        # after the run, as the rehearsal measured it (its exit status depends on it): Patroni leads with the other
+        # server its sync standby, streaming; etcd healthy on its three members; from the lab's outsider (outside
+        # network.ip_range: the internet) each database server's port 22 gives no answer, while hcbpg's commands
+        # reach each server through the jumpbox (its sshd sees the jumpbox's address)
+        assert re.search(r"^Patroni: Member server-postgres-\d .*Role Leader  State running\b", out, re.M), out[-3000:]
+        assert re.search(r"^Patroni: Member server-postgres-\d .*Role Sync Standby  State (running|streaming)\b",
+                         out, re.M), out[-3000:]
+        assert "etcd: 3/3 members healthy" in out, out[-3000:]
+        for name, ip in (("server-postgres-1", "10.0.1.5"), ("server-postgres-2", "10.0.1.6")):
+            assert re.search(rf"SSH from the outsider \S+ to {name} {re.escape(ip)}:22: no answer in [3-9]", out), \
+                out[-3000:]
+            assert f"hcbpg to {name}: {ip} via hcb-jumpbox, its sshd saw the client 10.0.1.40" in out, out[-3000:]
+        assert "High availability: Patroni leads with a sync standby streaming, etcd healthy on 3 members" in out
         verify = subprocess.run([sys.executable, "-m", "hcbpg.cli", "audit", "verify", "lab"], capture_output=True,
                                 text=True, env=env, timeout=120, cwd=REPO)
         assert verify.returncode == 0, verify.stdout + verify.stderr
