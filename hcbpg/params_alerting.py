@@ -60,7 +60,8 @@ class Thresholds(Model):
     drill_max_age_days: Annotated[float, Field(gt=0)] = 8.0
     #: Patroni paused (maintenance, step 11b) longer than this (hours)
     paused_max_hours: Annotated[float, Field(gt=0)] = 4.0
-    #: the server's archive_timeout (s): the newest archived WAL may be this old on an idle database
+    #: how old the newest archived WAL may be on an idle database whose archive_timeout is off (0); a server
+    #: with archive_timeout set is held to its own value (the exporter's pg_settings_archive_timeout_seconds)
     archive_timeout_s: Annotated[int, Field(ge=1)] = 300
     #: margin on top of archive_timeout before the archive counts as stale (s)
     archive_age_margin_s: Annotated[int, Field(ge=0)] = 300

@@ -152,6 +152,7 @@ def test_prometheus_config_golden_and_promtool(tmp_path: Path):
     assert [c["targets"] for c in jobs["postgres"]["static_configs"]] == [[f"{ip}:9187"] for ip in servers.values()]
     assert jobs["patroni"]["scheme"] == jobs["etcd"]["scheme"] == "https"
     assert jobs["etcd"]["tls_config"]["cert_file"] == al.ETCD_CLIENT_CERT
+    assert jobs["postgres"]["metric_relabel_configs"] == [{"action": "labeldrop", "regex": "exported_server"}]
     # promtool reads every file the config names: put them under tmp_path
     for src in (al.RULES_PATH, al.ETCD_CLIENT_CERT, al.ETCD_CLIENT_KEY, "/etc/hcbpg/tls/production-postgres-ca.crt"):
         assert src in text
@@ -212,7 +213,7 @@ def test_thresholds_from_params_reach_the_rules():
     assert rules["DiskFull"].expr.endswith("> 70")
     assert rules["CertificateExpiring"].expr.endswith(f"< {30 * 86400}")
     assert rules["LongTransaction"].expr.endswith("> 300")
-    assert " > 90 " in rules["ArchiveStale"].expr
+    assert "* 0 + 60)) + 30 and" in rules["ArchiveStale"].expr
     assert rules["PatroniPausedTooLong"].for_ == "120m"
     assert "NoSyncStandby" not in rules
 

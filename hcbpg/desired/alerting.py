@@ -113,6 +113,10 @@ def prometheus_config(params: "Params") -> dict[str, Any]:
         elif job == "etcd":
             cfg.update(scheme="https", tls_config={"ca_file": ca, "cert_file": ETCD_CLIENT_CERT,
                                                    "key_file": ETCD_CLIENT_KEY})
+        if job == "postgres":
+            # postgres_exporter 0.11 labels its series server="host:port": Prometheus keeps hcbpg's server label
+            # and renames the exporter's to exported_server, which only repeats the address
+            cfg["metric_relabel_configs"] = [{"action": "labeldrop", "regex": "exported_server"}]
         cfg["static_configs"] = _static(pairs)
         jobs.append(cfg)
     return {
@@ -234,11 +238,14 @@ def rules(params: "Params") -> list[Rule]:
              "Run `pgbackrest check` on the server; check the repository (S3) answers and its credentials.",
              "hcbpg status; notebook 05_pgbackrest, 08_start_archiving", None),
         Rule("ArchiveStale",
-             f'pg_stat_archiver_last_archive_age{{job="postgres"}} > {t.archive_timeout_s + t.archive_age_margin_s} '
-             f'and pg_replication_is_replica{{job="postgres"}} == 0', "warning",
+             # the server's own archive_timeout; when it is off (0), alerting.thresholds.archive_timeout_s
+             f'pg_stat_archiver_last_archive_age{{job="postgres"}} > '
+             f'((pg_settings_archive_timeout_seconds{{job="postgres"}} > 0) or '
+             f'(pg_settings_archive_timeout_seconds{{job="postgres"}} * 0 + {t.archive_timeout_s})) '
+             f'+ {t.archive_age_margin_s} and pg_replication_is_replica{{job="postgres"}} == 0', "warning",
              "The newest archived WAL on {{ $labels.server }} is {{ $value | humanizeDuration }} old",
-             f"Nothing was archived for longer than archive_timeout ({t.archive_timeout_s} s) plus the margin "
-             f"({t.archive_age_margin_s} s): archiving is stuck or archive_timeout is not in force.",
+             "Nothing was archived for longer than the server's archive_timeout (or, with it off, "
+             f"{t.archive_timeout_s} s) plus the margin ({t.archive_age_margin_s} s): archiving is stuck.",
              "Run `pgbackrest check`; look at the archive-push log (async: the spool's queue).",
              "notebook 05_pgbackrest", f),
         Rule("BackupFullTooOld",
