@@ -29,7 +29,7 @@ from hcbpg.desired import etcd as desired_etcd
 from hcbpg.desired import monitoring
 from hcbpg.desired import patroni as desired_patroni
 from hcbpg.desired import tls as desired_tls
-from hcbpg.errors import ParamsError, PgBackRestError
+from hcbpg.errors import HcbpgError, ParamsError, PgBackRestError
 from hcbpg.params_alerting import duration_s
 from hcbpg.pg.conf import MANAGED_HEADER
 from hcbpg.secrets import is_secret_ref
@@ -146,8 +146,11 @@ def render_prometheus_config(params: "Params") -> str:
 def prometheus_args(params: "Params") -> list[str]:
     """Prometheus's command-line options (the Debian unit's ARGS)."""
     a = alerting_params(params)
+    # resend-delay: a firing alert is sent to Alertmanager every evaluation (default 1m) and valid there for 4
+    # times that; a stopped Prometheus's Heartbeat thus ends at Alertmanager within 4 evaluations, not 4 minutes
     return [f"--config.file={PROMETHEUS_CONFIG}", f"--storage.tsdb.retention.time={a.retention}",
-            f"--web.listen-address=127.0.0.1:{a.prometheus_port}"]
+            f"--web.listen-address=127.0.0.1:{a.prometheus_port}",
+            f"--rules.alert.resend-delay={a.evaluation_interval}"]
 
 
 # rules ----------------------------------------------------------------------------------------------------
@@ -647,3 +650,62 @@ def render_textfile_metrics(*, now: float, info_json: str | None = None, certifi
         if rows:
             lines += [f"# HELP {name} {_HELP[name]}", f"# TYPE {name} gauge", *rows]
     return "\n".join(lines) + "\n" if lines else ""
+
+
+# what the monitor says (its APIs' answers, parsed) ------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ActiveAlert:
+    """One alert Alertmanager holds (``GET /api/v2/alerts``): firing unless silenced or inhibited."""
+
+    name: str
+    severity: str
+    server: str
+    state: str
+    starts_at: str
+    summary: str
+
+
+@dataclass(frozen=True)
+class TargetHealth:
+    """One scrape target as Prometheus last saw it (``GET /api/v1/targets``)."""
+
+    job: str
+    server: str
+    url: str
+    health: str
+    error: str
+
+
+def parse_alerts(text: str) -> list[ActiveAlert]:
+    """Alertmanager's ``/api/v2/alerts`` answer; the Heartbeat (always firing: the monitor is alive) left out."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise HcbpgError(f"Alertmanager: GET /api/v2/alerts answered no JSON: {text[:200]!r}") from None
+    out = []
+    for a in data if isinstance(data, list) else []:
+        labels = a.get("labels") or {}
+        if labels.get("alertname") == "Heartbeat":
+            continue
+        out.append(ActiveAlert(name=str(labels.get("alertname", "?")), severity=str(labels.get("severity", "")),
+                               server=str(labels.get("server", "")),
+                               state=str((a.get("status") or {}).get("state", "")),
+                               starts_at=str(a.get("startsAt", "")),
+                               summary=str((a.get("annotations") or {}).get("summary", ""))))
+    return sorted(out, key=lambda x: (x.name, x.server))
+
+
+def parse_targets(text: str) -> list[TargetHealth]:
+    """Prometheus's ``/api/v1/targets`` answer (the active targets)."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise HcbpgError(f"Prometheus: GET /api/v1/targets answered no JSON: {text[:200]!r}") from None
+    out = []
+    for t in ((data.get("data") or {}).get("activeTargets") or []) if isinstance(data, dict) else []:
+        labels = t.get("labels") or {}
+        out.append(TargetHealth(job=str(labels.get("job", "")), server=str(labels.get("server", "")),
+                                url=str(t.get("scrapeUrl", "")), health=str(t.get("health", "")),
+                                error=str(t.get("lastError", ""))))
+    return sorted(out, key=lambda x: (x.job, x.server))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from hcbpg.desired import alerting as desired_alerting
 from hcbpg.desired import etcd as desired_etcd
 from hcbpg.desired import patroni as desired_patroni
 from hcbpg.pg.services import RuntimeDir, ServiceSpec
@@ -36,3 +37,46 @@ def patroni_service(params: "Params") -> ServiceSpec:
                        home="/var/lib/postgresql", argv=desired_patroni.patroni_argv(params), log_file=PATRONI_LOG,
                        runtime_dirs=(RuntimeDir("/run/postgresql", "postgres", "postgres", 0o2775),),
                        stop_timeout_s=60)
+
+
+# the monitor (issue 25): Prometheus and Alertmanager on the jumpbox, node exporter on every machine ------------
+
+#: where the monitor's daemons write when no journal takes their output (Debian's packages make the directory)
+PROMETHEUS_LOG = "/var/log/prometheus/prometheus.log"
+ALERTMANAGER_LOG = "/var/log/prometheus/alertmanager.log"
+NODE_EXPORTER_LOG = "/var/log/prometheus/node-exporter.log"
+PROMETHEUS_DATA = "/var/lib/prometheus/metrics2"
+ALERTMANAGER_DATA = "/var/lib/prometheus/alertmanager"
+
+
+def prometheus_service(params: "Params") -> ServiceSpec:
+    """Prometheus as Debian's ``prometheus.service`` runs it (user prometheus), with hcbpg's config, retention and
+    a loopback listener (:func:`hcbpg.desired.alerting.prometheus_args`)."""
+    return ServiceSpec(name="prometheus", user="prometheus", home="/var/lib/prometheus",
+                       argv=("/usr/bin/prometheus", *desired_alerting.prometheus_args(params),
+                             f"--storage.tsdb.path={PROMETHEUS_DATA}"),
+                       log_file=PROMETHEUS_LOG, stop_timeout_s=60)
+
+
+def alertmanager_service(params: "Params") -> ServiceSpec:
+    """Alertmanager as Debian's ``prometheus-alertmanager.service`` (user prometheus): hcbpg's config, loopback
+    only, no cluster (one Alertmanager: no gossip port opened)."""
+    a = params.alerting
+    port = a.alertmanager_port if a is not None else 9093
+    return ServiceSpec(name="prometheus-alertmanager", user="prometheus", home="/var/lib/prometheus",
+                       argv=("/usr/bin/prometheus-alertmanager",
+                             f"--config.file={desired_alerting.ALERTMANAGER_CONFIG}",
+                             f"--storage.path={ALERTMANAGER_DATA}", f"--web.listen-address=127.0.0.1:{port}",
+                             "--cluster.listen-address="),
+                       log_file=ALERTMANAGER_LOG)
+
+
+def node_exporter_service(params: "Params", listen_ip: str) -> ServiceSpec:
+    """Node exporter (Debian's ``prometheus-node-exporter``, user prometheus) on *listen_ip* (the machine's
+    private address: Prometheus on the jumpbox scrapes it), reading hcbpg's textfile directory."""
+    a = params.alerting
+    port = a.node_exporter_port if a is not None else 9100
+    return ServiceSpec(name="prometheus-node-exporter", user="prometheus", home="/var/lib/prometheus",
+                       argv=("/usr/bin/prometheus-node-exporter", f"--web.listen-address={listen_ip}:{port}",
+                             f"--collector.textfile.directory={desired_alerting.TEXTFILE_DIR}"),
+                       log_file=NODE_EXPORTER_LOG)
