@@ -46,7 +46,7 @@ from hcbpg.adapters.host import Host  # noqa: E402
 from hcbpg.adapters.services import ServiceControl  # noqa: E402
 from hcbpg.desired import migration as dm  # noqa: E402
 from hcbpg.desired import patroni as dp  # noqa: E402
-from hcbpg.desired.services import patroni_service  # noqa: E402
+from hcbpg.desired.services import PATRONI_LOG, patroni_service  # noqa: E402
 from hcbpg.lab import Lab, app_load, faults  # noqa: E402
 from hcbpg.lab.core import lab_unavailable_reason, scratch_config  # noqa: E402
 from hcbpg.lab.hosts import remove_tree  # noqa: E402
@@ -125,6 +125,23 @@ class Bench:
 
 
 def event(b: Bench, kind: str, *, sync: bool, lead: float, hold: float, restart_after: float) -> dict[str, Any]:
+    """One event from a healthy cluster; on a failure, Patroni's log of each server (read inside the lab host,
+    which works with its network cut too) before the error."""
+    try:
+        return _event(b, kind, sync=sync, lead=lead, hold=hold, restart_after=restart_after)
+    except BaseException:
+        try:
+            for name, st in ops_patroni.get_member_statuses(b.cluster.servers, b.params).items():
+                print(f"--- GET /patroni of {name}: {st}", flush=True)
+        except Exception as e:  # noqa: BLE001 - a diagnostic must not hide the failure
+            print(f"--- GET /patroni: {type(e).__name__}: {e}", flush=True)
+        for s in b.params.servers:
+            cp = b.lab.exec(s.name, f"tail -n 80 {PATRONI_LOG}", timeout=30)
+            print(f"--- {PATRONI_LOG} on {s.name} (last 80 lines) ---\n{cp.stdout}", flush=True)
+        raise
+
+
+def _event(b: Bench, kind: str, *, sync: bool, lead: float, hold: float, restart_after: float) -> dict[str, Any]:
     old, new = b.healthy(sync)
     time.sleep(lead)
     old_host, new_host = b.cluster.servers[old], b.cluster.servers[new]
