@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,9 +67,11 @@ def _listed(entry: dict[str, Any], key: str, want: str) -> bool:
 
 
 def load_steps(directory: Path | None = None, *, transfer: str | None = None,
-               manager: str | None = None) -> list[Step]:
+               manager: str | None = None, sections: Collection[str] | None = None) -> list[Step]:
     """The steps in order for *transfer* (``source.transfer``; None: the default transfer's order) and
-    *manager* (``replication.manager``: an entry with ``managers: [...]`` is there only for those)."""
+    *manager* (``replication.manager``: an entry with ``managers: [...]`` is there only for those); an entry with
+    ``sections: [...]`` is there only when params have each of those optional sections (*sections*: the ones
+    params have; None: every entry, as for a listing without params)."""
     d = directory or notebooks_dir()
     path = d / "steps.yaml"
     data = yaml.safe_load(path.read_text())
@@ -78,6 +80,8 @@ def load_steps(directory: Path | None = None, *, transfer: str | None = None,
     steps: list[Step] = []
     for entry in data["steps"]:
         if not _listed(entry, "transfers", want) or not _listed(entry, "managers", who):
+            continue
+        if sections is not None and not set(entry.get("sections") or ()) <= set(sections):
             continue
         nb = entry["notebook"]
         if any(s.notebook == nb for s in steps):
@@ -126,7 +130,8 @@ def parse_inputs(pairs: Sequence[str], steps: Sequence[Step]) -> dict[str, str]:
 
 def load_steps_for(params: Params, directory: Path | None = None) -> list[Step]:
     """The steps in order for *params*' transfer and replication manager."""
-    return load_steps(directory, transfer=transfer_of(params), manager=manager_of(params))
+    return load_steps(directory, transfer=transfer_of(params), manager=manager_of(params),
+                      sections=[name for name in ("alerting",) if getattr(params, name, None) is not None])
 
 
 def manager_of(params: Params) -> str:

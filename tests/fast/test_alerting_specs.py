@@ -228,3 +228,34 @@ def test_get_alerts_reads_alertmanager_on_the_jumpbox_without_the_heartbeat():
     alerts = ops_alerting.get_alerts(box.host, p)
     assert [(a.name, a.server, a.severity, a.state) for a in alerts] == [("PostgresDown", NAME, "critical", "active")]
     assert box.host.commands[-1] == "curl -sS --fail --max-time 10 http://127.0.0.1:9093/api/v2/alerts"
+
+
+# the step ------------------------------------------------------------------------------------------------------
+
+def test_step_15b_is_in_the_runbook_only_with_an_alerting_section():
+    from hcbpg.engine.catalogue import load_steps, load_steps_for
+    with_it = [s.key for s in load_steps_for(alerting_params())]
+    without = [s.key for s in load_steps_for(parse_params(ha_data()))]
+    assert "15b_alerting" not in without
+    assert with_it.index("15b_alerting") == with_it.index("15_health") + 1
+    assert [k for k in with_it if k != "15b_alerting"] == without
+    assert "15b_alerting" in [s.key for s in load_steps()]  # a listing without params shows every notebook
+
+
+def test_the_steps_plan_on_machines_not_there_yet_installs_and_starts_everything_with_placeholders():
+    from hcbpg.steps import alerting as step
+    p = alerting_params()
+    hosts = step.MonitorHosts({NAME: None, "server-postgres-2": None}, None, JUMPBOX)
+    plan = step.get_plan(hosts, p)
+    assert all(o.dry_run for o in plan)
+    whats = [o.what for o in plan]
+    assert whats[:6] == ["packages prometheus-node-exporter on server-postgres-1",
+                         "node exporter's textfile directory on server-postgres-1",
+                         "node exporter on server-postgres-1 (10.0.1.5:9100)",
+                         "packages prometheus-node-exporter on server-postgres-2",
+                         "node exporter's textfile directory on server-postgres-2",
+                         "node exporter on server-postgres-2 (10.0.1.6:9100)"], whats
+    assert whats[-2:] == [f"prometheus-alertmanager on {JUMPBOX}", f"prometheus on {JUMPBOX}"]
+    no_secret_in(plan)
+    with pytest.raises(SafetyCheckFailed, match="cannot reach server-postgres-1 over SSH"):
+        step.setup_alerting(hosts, p, SECRETS, dry_run=False)
