@@ -190,8 +190,10 @@ def setup_ha(hosts: HaHosts, params: "Params", secrets: PatroniSecrets, shape: S
     for r in replicas:
         _hand_over(res, hosts, servers[r.name], params, r, dry_run=dry_run)
     if dry_run:
-        res.outcomes.append(Outcome(f"restart of {primary.name} under Patroni (gate {RESTART_GATE})", True, True,
-                                    actions=["POST /restart on the leader"]))
+        if _name_differs(p_host, params):
+            res.restart_pending = True
+            res.outcomes.append(Outcome(f"restart of {primary.name} under Patroni (gate {RESTART_GATE})", True, True,
+                                        actions=["POST /restart on the leader: its cluster_name becomes the scope"]))
         return res
     # the manual slots held the replicas' WAL until they streamed through Patroni's (ignore_slots kept them)
     res.outcomes.append(rep.ensure_no_stale_slots(pg_cluster.get_psql(p_host, params), params, keep=[]))
@@ -230,9 +232,7 @@ def _finish(res: HaResult, hosts: HaHosts, servers: Mapping[str, "HostLike"], pa
     status = ops_patroni.get_member_status(host, params, leader) if not isinstance(host, AbsentHost) else None
     # Patroni writes cluster_name (= its scope) into its postgresql.conf but shows the restart pending only
     # after a reload: asked of PostgreSQL directly
-    scope = dp.patroni_params(params).scope
-    name_differs = status is not None and pg_cluster.get_psql(host, params).value(
-        "SELECT current_setting('cluster_name') AS v") != scope
+    name_differs = status is not None and _name_differs(host, params)
     res.restart_pending = bool(status and status.pending_restart) or name_differs
     if res.restart_pending and dry_run:
         res.outcomes.append(Outcome(f"restart of {leader.name} under Patroni (gate {RESTART_GATE})", True, True,
@@ -255,6 +255,15 @@ def _finish(res: HaResult, hosts: HaHosts, servers: Mapping[str, "HostLike"], pa
         ops_patroni.wait_for_sync_standby(hosts.servers, params, timeout=60)
         res.timings["sync_standby_s"] = round(time.monotonic() - t3, 1)
     return res
+
+
+def _name_differs(host: "HostLike", params: "Params") -> bool:
+    """Whether the running PostgreSQL on *host* has another ``cluster_name`` than Patroni's scope (a restart makes
+    it the scope; step 02 under Patroni writes the scope from the start, so a new pair never needs one)."""
+    if isinstance(host, AbsentHost) or not pg_cluster.get_cluster_running(host, params):
+        return False
+    current = pg_cluster.get_psql(host, params).value("SELECT current_setting('cluster_name') AS v")
+    return bool(current != dp.patroni_params(params).scope)
 
 
 def _leader(hosts: HaHosts, params: "Params") -> "Server":
