@@ -168,7 +168,14 @@ def wait_for_targets_up(host: "HostLike", params: "Params", *, timeout: float = 
                         sleep: Callable[[float], None] = time.sleep) -> list[TargetHealth]:
     """Every target up (each scraped once at least), else WaitTimeout naming the ones that are not."""
     def down(ts: list[TargetHealth]) -> str:
-        return "; ".join(f"{t.job}/{t.server} {t.health} {t.error}".strip() for t in ts if t.health != "up")
-    return wait_until(lambda: get_targets(host, params), lambda ts: bool(ts) and all(t.health == "up" for t in ts),
+        return "; ".join(f"{t.job}/{t.server} {t.health} {t.error}".strip() for t in ts if t.health != "up") or \
+            "no answer from Prometheus"
+    def probe() -> list[TargetHealth]:
+        try:
+            return get_targets(host, params)
+        except HcbpgError:
+            return []  # not listening yet (its first seconds: the TSDB opening)
+
+    return wait_until(probe, lambda ts: bool(ts) and all(t.health == "up" for t in ts),
                       timeout=timeout, interval=1.0, what=f"every scrape target up on {host.name}'s Prometheus",
                       describe=down, sleep=sleep)
