@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from hcbpg.adapters.host import Host
 from hcbpg.adapters.secretstore import SecretStore
@@ -36,9 +37,11 @@ from hcbpg.params import parse_params
 from hcbpg.steps import alerting as step
 
 from labparams import lab_params
-from stages import STAGE_PRIMARY, STAGE_PRIMARY_OFFSET
+from stages import STAGE_PRIMARY, STAGE_PRIMARY_OFFSET, cli, latest_manifest, latest_run_dir
 
 pytestmark = pytest.mark.lab
+
+REPO = Path(__file__).resolve().parents[2]
 
 JUMPBOX = "hcb-jumpbox"
 HEARTBEAT_S = 2.0
@@ -78,9 +81,7 @@ def receiver(lab, tmp_path_factory):
     proc.wait(timeout=10)
 
 
-@pytest.fixture(scope="module")
-def params(lab, primary_stage, receiver):
-    _log, refs = receiver
+def params_data(lab, refs: dict[str, str]) -> dict:
     cfg = lab.cfg
     jb_ip = cfg.address(58)
     data = lab_params(
@@ -89,7 +90,15 @@ def params(lab, primary_stage, receiver):
         alerting={"scrape_interval": "2s", "evaluation_interval": "2s", "for_duration": "4s", "group_wait": "1s",
                   "group_interval": "2s", "repeat_interval": "1m", "heartbeat_interval": f"{HEARTBEAT_S:g}s",
                   "receivers": {"webhook": {"url": refs["hook"]}}, "heartbeat_url": refs["deadman"]})
-    p = parse_params(data)
+    return data
+
+
+@pytest.fixture(scope="module")
+def params(lab, primary_stage, receiver):
+    _log, refs = receiver
+    p = parse_params(params_data(lab, refs))
+    assert p.jumpbox is not None
+    jb_ip = p.jumpbox.private_ip
     key = lab.ssh_key.with_suffix(".pub").read_text()
     primary_stage.clone()
     create_server_host(JUMPBOX, jb_ip, [key], lab_dir=str(lab.lab_dir))
@@ -108,6 +117,24 @@ def hosts(params):
     yield hs
     for h in hs.values():
         h.close()
+
+
+@pytest.fixture(scope="module")
+def run_home(lab, receiver, tmp_path_factory):
+    """An operator's home for the real CLI: params/lab.yaml as above, notebook 15b and a steps.yaml listing it."""
+    import shutil
+
+    home = tmp_path_factory.mktemp("alerting-home")
+    (home / "params").mkdir()
+    (home / "params" / "lab.yaml").write_text(yaml.safe_dump(params_data(lab, receiver[1]), sort_keys=False))
+    nbs = home / "notebooks"
+    nbs.mkdir()
+    shutil.copy(REPO / "notebooks" / "15b_alerting.ipynb", nbs / "15b_alerting.ipynb")
+    (nbs / "steps.yaml").write_text("steps:\n  - {notebook: 15b_alerting.ipynb, title: \"Alerting\", "
+                                    "sections: [alerting], changes: \"the monitor\"}\n")
+    env = {"HCBPG_HOME": str(home), "HCBPG_STATE_DIR": str(home / "state"), "HCBPG_LAB_DIR": str(lab.lab_dir),
+           "HCBPG_NOTEBOOKS": str(nbs), "HCBPG_OPERATOR": "lab-test"}
+    return home, env
 
 
 def monitor_hosts(hosts) -> step.MonitorHosts:
@@ -145,6 +172,20 @@ def test_the_exporter_of_step_13_on_the_primary(params, hosts):
     STATE["cfg"] = cfg
 
 
+def test_a_plan_of_notebook_15b_lists_the_monitor_and_starts_nothing(params, hosts, run_home):
+    home, env = run_home
+    proc = cli(env, "plan", "lab", "--only", "15b_alerting")
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    [st] = latest_manifest(home)["steps"]
+    assert st["status"] == "succeeded" and st["changes"] > 0, st
+    text = (latest_run_dir(home) / "15b_alerting.ipynb").read_text()
+    OUTPUT.append(text)
+    for planned in (f"prometheus on {JUMPBOX}", f"node exporter on {STAGE_PRIMARY}", "<secret>"):
+        assert planned in text, planned
+    assert hosts[JUMPBOX].read_text(al.ALERTMANAGER_CONFIG) is None
+    assert not ServiceControl.of(hosts[JUMPBOX]).get_status(prometheus_service(params)).running
+
+
 def test_step_15b_sets_the_monitor_up_every_target_up_and_a_second_run_changes_nothing(params, hosts, receiver):
     log, _refs = receiver
     mh = monitor_hosts(hosts)
@@ -175,6 +216,23 @@ def test_step_15b_sets_the_monitor_up_every_target_up_and_a_second_run_changes_n
     print("alerts firing on a healthy primary:", [(a.name, a.server) for a in alerts])
     assert not [a for a in alerts if a.name in ("PostgresDown", "PrimaryUnreachable", "TargetDown")], alerts
     STATE["up"] = True
+
+
+def test_notebook_15b_through_the_cli_finds_the_monitor_as_it_should_be(params, hosts, run_home):
+    home, env = run_home
+    t0 = time.monotonic()
+    proc = cli(env, "run", "lab", "--only", "15b_alerting")
+    TIMINGS["notebook_second_run_s"] = round(time.monotonic() - t0, 1)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    [st] = latest_manifest(home)["steps"]
+    assert st["status"] == "succeeded" and st["changes"] == 0, proc.stdout[-4000:]
+    text = (latest_run_dir(home) / "15b_alerting.ipynb").read_text()
+    OUTPUT.append(text + proc.stdout + proc.stderr)
+    assert "scrape postgres" in text and "scrape node" in text, text[-3000:]
+    firing = [(a.name, a.server) for a in ops_alerting.get_alerts(hosts[JUMPBOX], params)]
+    # no job writes node exporter's textfile yet (pgBackRest's info): BackupInfoStale may fire, a warning
+    print("alerts after notebook 15b:", firing)
+    assert not [a for a in firing if a[0] in ("PostgresDown", "PrimaryUnreachable", "TargetDown")], firing
 
 
 def test_postgresql_stopped_its_alert_delivered_to_the_receiver(params, hosts, receiver):
