@@ -11,6 +11,7 @@ Prometheus stopped -> the last Heartbeat at the dead-man, and when a dead-man wi
 
 from __future__ import annotations
 
+import json
 import os
 import secrets as pysecrets
 import socket
@@ -296,6 +297,30 @@ def test_prometheus_stopped_the_dead_man_hears_no_more_heartbeats(params, hosts,
     t1 = time.time()
     wait_received(log, t1, "deadman", "Heartbeat", timeout=60)
     TIMINGS["prometheus_started_to_heartbeat_s"] = round(time.time() - t1, 1)
+
+
+def test_a_changed_threshold_is_written_and_loaded_by_sighup_without_a_restart(lab, params, hosts, receiver):
+    assert STATE.get("up"), "the monitor is not up"
+    jb = hosts[JUMPBOX]
+    control = ServiceControl.of(jb)
+    pid = control.get_status(prometheus_service(params)).pid
+    data = params_data(lab, receiver[1])
+    data["alerting"]["thresholds"] = {"disk_pct": 87}
+    changed = parse_params(data)
+    out = step.setup_alerting(monitor_hosts(hosts), changed, step.resolve_secrets(changed), dry_run=False)
+    OUTPUT.extend(f"{o}\n{o.diff}" for o in out)
+    assert [o.what for o in out if o.changed] == [f"alerting rules on {JUMPBOX}", f"prometheus-alertmanager on "
+                                                  f"{JUMPBOX} (pidfile)", f"prometheus on {JUMPBOX} (pidfile)"], out
+    t0 = time.monotonic()
+    end = t0 + 30
+    while not any(r["query"].endswith("> 87") for g in json.loads(jb.probe(
+            "curl -sS --max-time 5 http://127.0.0.1:9090/api/v1/rules").stdout)["data"]["groups"] for r in g["rules"]):
+        assert time.monotonic() < end, "Prometheus did not load the new rules within 30 s of SIGHUP"
+        time.sleep(0.2)
+    TIMINGS["sighup_to_new_rules_s"] = round(time.monotonic() - t0, 1)
+    assert control.get_status(prometheus_service(params)).pid == pid  # reloaded, not restarted
+    out = step.setup_alerting(monitor_hosts(hosts), params, step.resolve_secrets(params), dry_run=False)
+    assert any(o.changed for o in out)
 
 
 def test_no_secret_url_in_any_output_or_command_line(params, hosts):
