@@ -89,8 +89,23 @@ def _ensure_daemon(host: "HostLike", spec: ServiceSpec, *, reload: bool, what: s
     status = control.get_status(spec)
     if status.running and reload:
         host.run(f"kill -HUP {status.pid}", display=f"reload {spec.name} (SIGHUP)")
+    elif not control.systemd and not status.running and status.pid is not None:
+        _stop_outdated(host, spec, status.pid)
     control.ensure_running(spec)
     return seen.outcome(f"{what} ({control.manager})")
+
+
+def _stop_outdated(host: "HostLike", spec: ServiceSpec, pid: int) -> None:
+    """Without systemd, the pidfile's process running the same daemon with other options (params changed its
+    port, address or retention) is not *spec* running, and holds its port: stopped (SIGTERM), so the spec's
+    starts.  A pid another program took is left alone."""
+    argv = host.probe(f"cat /proc/{pid}/cmdline").stdout.split("\0")
+    if argv[:1] != [spec.argv[0]]:
+        return
+    host.run(f"kill -TERM {pid}", display=f"stop {spec.name} (pid {pid}: started with other options)")
+    if not host.dry_run:
+        wait_until(lambda: host.probe(f"test -d /proc/{pid}").ok, lambda alive: not alive,
+                   timeout=spec.stop_timeout_s, interval=0.2, what=f"{spec.name} (pid {pid}) to stop on {host.name}")
 
 
 def _missing_secrets(params: "Params", secrets: Mapping[str, str]) -> list[str]:

@@ -63,6 +63,9 @@ class MonitorBox(Box):
             return ""
         if cmd.startswith("curl ") and "/api/v2/alerts" in cmd:
             return self.alerts_json
+        if cmd.startswith("cat /proc/") and cmd.endswith("/cmdline"):
+            argv = self.procs.get(int(cmd.split("/")[2]))
+            return "\0".join(argv) + "\0" if argv else ""
         return super().answer(call)
 
 
@@ -131,6 +134,22 @@ def test_node_exporter_plan_starts_nothing_and_an_unknown_machine_or_no_alerting
     with pytest.raises(ParamsError, match="alerting: required"):
         ops_alerting.ensure_node_exporter(box.host, parse_params(ha_data()), NAME)
     assert box.host.journal == []
+
+
+def test_node_exporter_started_with_other_options_is_stopped_and_started_with_the_specs():
+    p = alerting_params()
+    box = MonitorBox(p, NAME)
+    ops_alerting.ensure_node_exporter(box.host, p, NAME)
+    old = box.pidfiles["prometheus-node-exporter"]
+    box.procs[old] = ["/usr/bin/prometheus-node-exporter", "--web.listen-address=10.0.1.5:9200"]  # another port
+    other = box._new_pid(["/usr/bin/sleep", "100"])   # a pid another program took is left alone
+    out = ops_alerting.ensure_node_exporter(box.host, p, NAME)
+    assert out[-1].changed and old not in box.procs
+    assert f"stop prometheus-node-exporter (pid {old}: started with other options)" in box.host.journal
+    assert box.procs[box.pidfiles["prometheus-node-exporter"]][1] == "--web.listen-address=10.0.1.5:9100"
+    box.pidfiles["prometheus-node-exporter"] = other
+    ops_alerting.ensure_node_exporter(box.host, p, NAME)
+    assert other in box.procs
 
 
 # config --------------------------------------------------------------------------------------------------------
