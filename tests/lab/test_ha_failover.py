@@ -20,6 +20,14 @@ In file order, each building on the one before:
    write after its lease could have ended (t0 + ttl - loop_wait) nor after the new leader's first;
 5. healed: it rejoins.
 
+Known to fail now and then (2 of 17 cuts in the lab, each a cut after a crash): after the heal the cut old leader
+holds the leader key again ("starting as readonly because i had the session lock"), the promoted member follows it,
+and the old one cannot start on its forked timeline ("requested timeline 3 is not a child of this server's
+history"): no leader runs.  The likely cause, from Patroni 3.0.2's etcd3 code: it reads serializable (a healed etcd
+member that has not caught up answers with the old leader key) and puts the leader key unconditionally once its
+lease is renewed (patroni#2689, fixed after 3.0.2; patroni#3318 for the stale member).  ``wait_rejoined`` says so
+when it happens; the remedy is a Patroni with #2689 (and #3318), not a change to this test.
+
 The figures (gap, first ack, promotion, rejoin) are printed (run with ``-s``) beside the issue's targets; no
 timing is asserted (a loaded CI machine is not a benchmark: ``bench/failover.py`` asserts them).
 """
@@ -234,12 +242,17 @@ def test_the_leaders_network_cut_writes_resume_and_the_isolated_old_leader_accep
     late = [a for a in local_log.acks if a.t_ms > t0 + ttl - loop_wait]
     assert late == [], f"the isolated old leader acknowledged {len(late)} local write(s) after its lease: {late[:3]}"
     assert fig.split_brain == 0, fig
+    # synchronous mode: what the cut leader acknowledged to its own local writer is on the new leader too
+    local_lost = hs.missing_acks(cluster.servers[new], params, app_load.LoadLog(
+        inserted=[a.id for a in local_log.acks], acks=local_log.acks))
+    assert local_lost == [], f"{len(local_lost)} write(s) the old leader acknowledged locally are missing: {local_lost[:3]}"
     m = view.member(old)
     assert m is not None and view.leader is not None and m.timeline == view.leader.timeline, view
     print(f"\nnetwork cut of {old}: longest gap {fig.gap_s:.1f} s (target <= {TARGET_S}), first ack on {new} "
           f"{fig.first_ack_s:.1f} s, promoted {fig.promoted_s} s after the cut; 0 lost; the isolated leader's local "
           f"writer: {fig.isolated_acks} ack(s) after the cut, 0 after t0 + ttl - loop_wait "
-          f"({(ttl - loop_wait) / 1000:.0f} s), {len(local_log.errors)} errors; healed after "
+          f"({(ttl - loop_wait) / 1000:.0f} s), all {len(local_log.acks)} of its acks on {new}, {len(local_log.errors)} "
+          f"errors; healed after "
           f"{(t_heal - t0) / 1000:.0f} s, rejoined {(at - t_heal) / 1000:.1f} s after the heal")
     print("\n" + "\n".join(f"  {f.event:12} gap {f.gap_s:5.1f} s  first ack {f.first_ack_s:5.1f} s  promoted "
                            f"{f.promoted_s if f.promoted_s is not None else float('nan'):5.1f} s  lost {f.lost}  "
