@@ -77,7 +77,8 @@ def test_config_parses_as_yaml_with_what_the_design_says():
     cfg = yaml.safe_load(dp.render_patroni_yaml(p, p.servers[1], shape=CCX13))
     assert (cfg["scope"], cfg["name"], cfg["namespace"]) == ("hcb-production", "server-postgres-2", "/service/")
     assert cfg["restapi"]["listen"] == "10.0.1.6:8008" and cfg["restapi"]["allowlist"] == ["10.0.1.5", "10.0.1.6"]
-    assert cfg["etcd3"]["hosts"] == ["10.0.1.5:2379", "10.0.1.6:2379", "10.0.1.40:2379"]
+    # the two other voters only, as proxies: its own etcd member, stale after a cut heals, is never read
+    assert cfg["etcd3"]["hosts"] == ["10.0.1.5:2379", "10.0.1.40:2379"] and cfg["etcd3"]["use_proxies"] is True
     assert cfg["postgresql"]["listen"] == "localhost,10.0.1.6:5432"
     assert "pg_hba" not in cfg["postgresql"] and "parameters" not in cfg["postgresql"]  # hcbpg owns both
     assert cfg["bootstrap"]["dcs"]["ttl"] == 12 and cfg["bootstrap"]["dcs"]["failsafe_mode"] is True

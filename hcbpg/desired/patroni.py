@@ -247,8 +247,14 @@ def patroni_config(params: "Params", server: "Server", shape: capacity.ServerSha
         },
         "ctl": {"cacert": ca, "certfile": REST_CERT, "keyfile": REST_KEY},
         "etcd3": {
+            # the OTHER voters only, as proxies (no discovery of the member list): Patroni 3.0.2 reads etcd
+            # serializably ("we can tolerate stale reads", dcs/etcd3.py), so after a network cut heals, the cut
+            # member's own etcd, not caught up yet, still shows it the leader key it held, and it takes its
+            # leadership back over the member promoted meanwhile (bench/failover.py: 2 of 17 cuts left no leader
+            # running; patroni#2689, #3318). The two others held the quorum during the cut: they are current.
             "hosts": [f"{m.private_ip}:{desired_etcd.etcd_params(params).client_port}"
-                      for m in desired_etcd.etcd_members(params)],
+                      for m in desired_etcd.etcd_members(params) if m.name != server.name],
+            "use_proxies": True,
             "protocol": "https",
             "cacert": ca,
             "cert": ETCD_CLIENT_CERT,
