@@ -76,6 +76,9 @@ class PatroniParams(Model):
     #: Patroni's REST API (TLS, basic auth) on each member's private IP
     rest_port: Port = 8008
     rest_password: SecretRef
+    #: Patroni's program on the servers (the package's; the lab runs 3.0.4 from its own venv: Debian 12's 3.0.2
+    #: may take back leadership after a network cut heals)
+    bin: str = Field("/usr/bin/patroni", pattern=r"^/[A-Za-z0-9._/-]+$", max_length=200)
     #: how Patroni builds a new replica: pgBackRest restores from the repository (the primary is not read),
     #: basebackup streams from the leader through a slot
     create_replica_methods: list[ReplicaMethod] = Field(default_factory=lambda: list(REPLICA_METHODS), min_length=1)

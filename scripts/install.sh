@@ -55,6 +55,17 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
+# Patroni 3.0.4 for the lab beside Debian 12's 3.0.2 (whose etcd3 code puts the leader key unconditionally once
+# its lease is renewed: after a network cut healed, the cut leader took its leadership back over the member
+# promoted meanwhile and no leader could run; fixed in 3.0.4 by a compare-and-put). Debian's package stays
+# installed for its dependencies (psycopg2, urllib3, yaml, ...), which the venv sees; params/lab.yaml runs
+# /opt/hcbpg-patroni/bin/patroni (replication.patroni.bin). Ubuntu 24.04's servers have 3.2.2, which has the fix.
+PATRONI_LAB=3.0.4
+if [ "$(/opt/hcbpg-patroni/bin/patroni --version 2>/dev/null)" != "patroni $PATRONI_LAB" ]; then
+  rm -rf /opt/hcbpg-patroni && /usr/bin/python3 -m venv --system-site-packages /opt/hcbpg-patroni
+  /opt/hcbpg-patroni/bin/pip install -q --no-deps "patroni==$PATRONI_LAB"
+fi
+
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi

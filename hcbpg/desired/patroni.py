@@ -111,7 +111,7 @@ def secrets_path(params: "Params") -> str:
 
 def patroni_argv(params: "Params") -> tuple[str, ...]:
     """How Patroni is started: with its config directory (patroni.yml, then secrets.yml merged over it)."""
-    return ("/usr/bin/patroni", config_dir(params))
+    return (patroni_params(params).bin, config_dir(params))
 
 
 def pgpass_path(params: "Params") -> str:

@@ -40,7 +40,7 @@ from hcbpg.steps import allow_connections as allow_step
 from hcbpg.steps import ha
 from hcbpg.steps import install_postgres as install_step
 
-from labparams import ensure_secret_file, lab_params, pgbackrest_section, replication_section
+from labparams import LAB_PATRONI, ensure_secret_file, lab_params, pgbackrest_section, replication_section
 from stages import STAGE_PRIMARY, STAGE_PRIMARY_OFFSET, PrimaryStage
 
 REPLICA = "server-postgres-2"
@@ -65,7 +65,8 @@ def ha_params_data(lab: Lab, *, replica_offset: int, jumpbox_offset: int, scope:
                (REPLICA, cfg.address(replica_offset), "replica")]
     jb_ip = cfg.address(jumpbox_offset)
     patroni = {"scope": scope, "rest_password": f"file:{cfg.secret_path('patroni-rest-password')}",
-               "watchdog": "off", "create_replica_methods": ["pgbackrest", "basebackup"], **patroni_overrides}
+               "watchdog": "off", "create_replica_methods": ["pgbackrest", "basebackup"], "bin": LAB_PATRONI,
+               **patroni_overrides}
     return lab_params(
         lab, servers,
         pgbackrest=pgbackrest_section(lab, repo_path_prefix=repo_path_prefix or f"/pgbackrest-{scope}"),

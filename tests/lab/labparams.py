@@ -24,6 +24,10 @@ def ensure_secret_file(path) -> None:  # noqa: ANN001 - a Path
             os.close(fd)
 
 
+#: Patroni 3.0.4 from scripts/install.sh's venv (Debian 12's 3.0.2 may retake leadership after a network cut heals)
+LAB_PATRONI = "/opt/hcbpg-patroni/bin/patroni"
+
+
 def lab_params(lab, servers: Sequence[tuple[str, str, str]], **sections: Any) -> dict:  # noqa: ANN001
     """A params dict for *servers* ``(name, private_ip, role)`` in *lab*; *sections* add or replace keys."""
     cfg = lab.cfg

@@ -28,7 +28,7 @@ from hcbpg.secrets import resolve
 from hcbpg.steps import allow_connections as allow_step
 from hcbpg.steps import install_postgres as install_step
 
-from labparams import ensure_secret_file, lab_params, pgbackrest_section, replication_section
+from labparams import LAB_PATRONI, ensure_secret_file, lab_params, pgbackrest_section, replication_section
 from stages import STAGE_PRIMARY, STAGE_PRIMARY_OFFSET, cli, latest_manifest, latest_run_dir
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,7 +52,8 @@ def params_data(lab) -> dict:
         replication=replication_section(
             lab, manager="patroni", connection_limit=5,
             patroni={"scope": "hcb-lab", "rest_password": f"file:{cfg.secret_path('patroni-rest-password')}",
-                     "watchdog": "off", "create_replica_methods": ["pgbackrest", "basebackup"]},
+                     "watchdog": "off", "create_replica_methods": ["pgbackrest", "basebackup"],
+                     "bin": LAB_PATRONI},
             etcd={"patroni_password": f"file:{cfg.secret_path('etcd-patroni-password')}"}),
         jumpbox={"name": JUMPBOX, "private_ip": jb_ip, "ssh_host": jb_ip},
         allow_destructive=True)
@@ -172,8 +173,11 @@ def test_notebook_10_adopts_the_pair_with_etcd_on_three_members(lab, params, hos
     manifest = latest_manifest(home)
     [step] = manifest["steps"]
     assert step["key"] == "10_high_availability" and step["status"] == "succeeded" and step["changes"] > 0
-    view = ops_patroni.get_cluster(hosts, params)
-    assert view is not None and view.leader is not None and view.leader.name == STAGE_PRIMARY, view
+    # the lag Patroni shows is each member's position as of its last loop (every loop_wait): a WAL switch just
+    # before (pgbackrest check's) shows a segment behind for a loop or two
+    view = ops_patroni.wait_for_member(hosts, params, REPLICA, lambda m: m.state in dp.RUNNING_STATES and m.lag == 0,
+                                       what="the replica streaming, lag 0", timeout=30)
+    assert view.leader is not None and view.leader.name == STAGE_PRIMARY, view
     replica = view.member(REPLICA)
     assert replica is not None and replica.state in dp.RUNNING_STATES and replica.lag == 0, view
     assert replica.is_sync_standby, view  # synchronous_mode: on (the default)
