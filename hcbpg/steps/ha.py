@@ -254,6 +254,15 @@ def _finish(res: HaResult, hosts: HaHosts, servers: Mapping[str, "HostLike"], pa
         t3 = time.monotonic()
         ops_patroni.wait_for_sync_standby(hosts.servers, params, timeout=60)
         res.timings["sync_standby_s"] = round(time.monotonic() - t3, 1)
+    if not dry_run:
+        # after the leader's restart a replica reconnects within wal_retrieve_retry_interval, replaying from the
+        # archive meanwhile (Patroni 3.0.4 shows 'in archive recovery'): the step's checks want it streaming
+        max_lag = dp.patroni_params(params).maximum_lag_on_failover
+        for s in params.servers:
+            if s.name != leader.name:
+                ops_patroni.wait_for_member(hosts.servers, params, s.name,
+                                            lambda m: m.state in dp.RUNNING_STATES and m.lag is not None
+                                            and m.lag <= max_lag, what=f"{s.name} streaming", timeout=90)
     return res
 
 
