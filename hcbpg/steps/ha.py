@@ -250,12 +250,9 @@ def _finish(res: HaResult, hosts: HaHosts, servers: Mapping[str, "HostLike"], pa
         res.outcomes.append(Outcome(f"{leader.name} restarted under Patroni", True, False,
                                     actions=["POST /restart"]))
     res.outcomes.append(ops_patroni.ensure_dcs_config(host, params, leader, shape))
-    if not dry_run and dp.patroni_params(params).synchronous_mode and len(params.servers) > 1:
-        t3 = time.monotonic()
-        ops_patroni.wait_for_sync_standby(hosts.servers, params, timeout=60)
-        res.timings["sync_standby_s"] = round(time.monotonic() - t3, 1)
     if not dry_run:
-        # after the leader's restart a replica reconnects within wal_retrieve_retry_interval, replaying from the
+        # first streaming, then the sync standby (Patroni names it from pg_stat_replication). After the leader's
+        # restart a replica reconnects within wal_retrieve_retry_interval, replaying from the
         # archive meanwhile (Patroni 3.0.4 shows 'in archive recovery'): the step's checks want it streaming
         max_lag = dp.patroni_params(params).maximum_lag_on_failover
         for s in params.servers:
@@ -263,6 +260,10 @@ def _finish(res: HaResult, hosts: HaHosts, servers: Mapping[str, "HostLike"], pa
                 ops_patroni.wait_for_member(hosts.servers, params, s.name,
                                             lambda m: m.state in dp.RUNNING_STATES and m.lag is not None
                                             and m.lag <= max_lag, what=f"{s.name} streaming", timeout=90)
+    if not dry_run and dp.patroni_params(params).synchronous_mode and len(params.servers) > 1:
+        t3 = time.monotonic()
+        ops_patroni.wait_for_sync_standby(hosts.servers, params, timeout=90)
+        res.timings["sync_standby_s"] = round(time.monotonic() - t3, 1)
     return res
 
 

@@ -180,7 +180,8 @@ def test_notebook_10_adopts_the_pair_with_etcd_on_three_members(lab, params, hos
     assert view.leader is not None and view.leader.name == STAGE_PRIMARY, view
     replica = view.member(REPLICA)
     assert replica is not None and replica.state in dp.RUNNING_STATES and replica.lag == 0, view
-    assert replica.is_sync_standby, view  # synchronous_mode: on (the default)
+    view = ops_patroni.wait_for_sync_standby(hosts, params, timeout=30)  # synchronous_mode: on (the default)
+    assert view.member(REPLICA).is_sync_standby, view
     assert _sysid(hosts[STAGE_PRIMARY], params) == _sysid(hosts[REPLICA], params) == STATE["sysid"]
     assert psql.value("SELECT count(*) AS n FROM ha_probe") == 100
     assert psql.value("SELECT current_setting('cluster_name') AS v") == "hcb-lab"
