@@ -13,16 +13,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from hcbpg import secrets as hsecrets
-from hcbpg.adapters import hostkeys
 from hcbpg.adapters.dryrun import AbsentHost, dry_run_of
-from hcbpg.adapters.host import Host
 from hcbpg.desired import alerting as desired_alerting
-from hcbpg.desired.addresses import ssh_route
 from hcbpg.display import show_table
 from hcbpg.errors import HcbpgError, SafetyCheckFailed
 from hcbpg.ops import alerting as ops_alerting
 from hcbpg.outcome import Check, Outcome
-from hcbpg.steps.targets import connect_servers
+from hcbpg.steps.targets import connect_jumpbox, connect_servers
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.base import HostLike
@@ -52,14 +49,7 @@ def connect(rb: "Run") -> MonitorHosts:
         raise HcbpgError("step 15b_alerting runs the monitor on the jumpbox, and params name none",
                          hint="Add the jumpbox section (step 01 makes it), or remove the alerting section.")
     servers: dict[str, HostLike | None] = dict(connect_servers(rb))
-    route = ssh_route(params, params.jumpbox.name, [{"name": params.jumpbox.name, "public_ip": hostkeys.pinned_address(
-        hostkeys.known_hosts_path(params), params.jumpbox.name)}])
-    jumpbox: HostLike | None = None
-    if route.address is not None:
-        jumpbox = Host.from_params(params, params.jumpbox.name, route.address).connect()
-    elif not rb.dry_run:
-        raise HcbpgError(f"the jumpbox {params.jumpbox.name} has no SSH address (jumpbox.ssh_host unset and step 01 "
-                         f"pinned none in {hostkeys.known_hosts_path(params)})", hint="Run step 01 first.")
+    jumpbox: HostLike | None = connect_jumpbox(rb)
     return MonitorHosts(servers, jumpbox, params.jumpbox.name)
 
 

@@ -25,13 +25,10 @@ from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
 
-from hcbpg.adapters import hostkeys
 from hcbpg.adapters.base import Changes
 from hcbpg.adapters.cluster import ClusterControl
 from hcbpg.adapters.dryrun import AbsentHost, dry_run_of
-from hcbpg.adapters.host import Host
 from hcbpg.desired import patroni as dp
-from hcbpg.desired.addresses import ssh_route
 from hcbpg.desired.capacity import ServerShape
 from hcbpg.desired.patroni import ClusterView, PatroniSecrets
 from hcbpg.display import show_table
@@ -43,7 +40,7 @@ from hcbpg.ops import pgbackrest, tls
 from hcbpg.ops import replication as rep
 from hcbpg.outcome import Check, Outcome
 from hcbpg.steps import replication as manual
-from hcbpg.steps.targets import connect_servers, lock_environment
+from hcbpg.steps.targets import connect_jumpbox, connect_servers, lock_environment
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.base import HostLike
@@ -75,15 +72,7 @@ def connect(rb: "Run") -> HaHosts:
                          hint="With replication.manager: manual the runbook runs 10_replication instead.")
     lock_environment(rb)
     servers: dict[str, HostLike | None] = dict(connect_servers(rb))
-    # the jumpbox's address as step 01 pinned it with its host key (recorded_servers lists the database servers only)
-    route = ssh_route(params, params.jumpbox.name, [{"name": params.jumpbox.name, "public_ip": hostkeys.pinned_address(
-        hostkeys.known_hosts_path(params), params.jumpbox.name)}])
-    jumpbox: HostLike | None = None
-    if route.address is not None:
-        jumpbox = Host.from_params(params, params.jumpbox.name, route.address).connect()
-    elif not rb.dry_run:
-        raise HcbpgError(f"the jumpbox {params.jumpbox.name} has no SSH address (jumpbox.ssh_host unset and step 01 "
-                         f"pinned none in {hostkeys.known_hosts_path(params)})", hint="Run step 01 first.")
+    jumpbox: HostLike | None = connect_jumpbox(rb)
     return HaHosts(servers, jumpbox, params.jumpbox.name)
 
 

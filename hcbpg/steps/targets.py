@@ -104,14 +104,36 @@ def target_for(name: str, host: "HostLike | None", *, dry_run: bool) -> "HostLik
     return planning(host) if dry_run else host
 
 
+def jumpbox_address(params: "Params") -> str | None:
+    """Where SSH reaches params' jumpbox: ``jumpbox.ssh_host``, else the address step 01 pinned with its host key
+    (``recorded_servers`` lists the database servers only); None before step 01 made it."""
+    jb = params.jumpbox
+    if jb is None:
+        return None
+    return ssh_route(params, jb.name, [{"name": jb.name, "public_ip": hostkeys.pinned_address(
+        hostkeys.known_hosts_path(params), jb.name)}]).address
+
+
+def connect_jumpbox(rb: "Run") -> Host | None:
+    """An open Host for params' jumpbox; a dry run before step 01 made it gets None, a real run an error."""
+    params = rb.params
+    assert params.jumpbox is not None  # the callers refuse params without one first
+    address = jumpbox_address(params)
+    if address is not None:
+        return Host.from_params(params, params.jumpbox.name, address).connect()
+    if not rb.dry_run:
+        raise HcbpgError(f"the jumpbox {params.jumpbox.name} has no SSH address (jumpbox.ssh_host unset and step 01 "
+                         f"pinned none in {hostkeys.known_hosts_path(params)})", hint="Run step 01 first.")
+    return None
+
+
 def jumpbox_host(params: "Params", cfg: "RolesConfig") -> Host | None:
     """An open Host for the jumpbox; None when SSH cannot reach it.  With ``jumpbox`` in params: the machine step 01
     provisions, by its name and route (``jumpbox.ssh_host``, else the address pinned with its key); else Metabase's
     ``jumpbox`` (``jumpbox_ssh_host``, else its private IP)."""
     jb = params.jumpbox
     if jb is not None:
-        address = ssh_route(params, jb.name, [{"name": jb.name, "public_ip": hostkeys.pinned_address(
-            hostkeys.known_hosts_path(params), jb.name)}]).address
+        address = jumpbox_address(params)
         if address is None:
             return None
         host = Host.from_params(params, jb.name, address)
