@@ -116,6 +116,16 @@ def latest_run_dir(home: Path, env_name: str = "lab") -> Path:
     return sorted((home / "outputs" / env_name).glob("*_*/manifest.json"))[-1].parent
 
 
+def scrap(notebook: Path, name: str):
+    """The value an executed notebook recorded under *name* (rb.record: a scrapbook output of a cell)."""
+    for cell in json.loads(notebook.read_text())["cells"]:
+        for out in cell.get("outputs", []):
+            data = out.get("data", {}).get("application/scrapbook.scrap.json+json")
+            if data and data["name"] == name:
+                return data["data"]
+    raise AssertionError(f"{notebook.name} recorded no {name}")
+
+
 # -- a module's own source and run home (the online modules: test_online, test_online_shapes, test_online_heroku) --
 
 def load_source(lab: Lab, sql: str) -> None:

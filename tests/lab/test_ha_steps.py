@@ -29,7 +29,7 @@ from hcbpg.steps import allow_connections as allow_step
 from hcbpg.steps import install_postgres as install_step
 
 from labparams import LAB_PATRONI, ensure_secret_file, lab_params, pgbackrest_section, replication_section
-from stages import STAGE_PRIMARY, STAGE_PRIMARY_OFFSET, cli, latest_manifest, latest_run_dir
+from stages import STAGE_PRIMARY, STAGE_PRIMARY_OFFSET, cli, latest_manifest, latest_run_dir, scrap
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -104,15 +104,6 @@ def run_home(lab, tmp_path_factory):
     return home, env
 
 
-def _scrap(notebook: Path, name: str):
-    for cell in json.loads(notebook.read_text())["cells"]:
-        for out in cell.get("outputs", []):
-            scrap = out.get("data", {}).get("application/scrapbook.scrap.json+json")
-            if scrap and scrap["name"] == name:
-                return scrap["data"]
-    raise AssertionError(f"{notebook.name} recorded no {name}")
-
-
 def _sysid(host, params) -> str:
     return str(pg_cluster.get_psql(host, params).value("SELECT system_identifier::text AS v FROM pg_control_system()"))
 
@@ -185,7 +176,7 @@ def test_notebook_10_adopts_the_pair_with_etcd_on_three_members(lab, params, hos
     assert _sysid(hosts[STAGE_PRIMARY], params) == _sysid(hosts[REPLICA], params) == STATE["sysid"]
     assert psql.value("SELECT count(*) AS n FROM ha_probe") == 100
     assert psql.value("SELECT current_setting('cluster_name') AS v") == "hcb-lab"
-    timings = _scrap(latest_run_dir(home) / "10_high_availability.ipynb", "high_availability")
+    timings = scrap(latest_run_dir(home) / "10_high_availability.ipynb", "high_availability")
     print(f"\nstep 10 under Patroni: {took:.0f} s through the CLI; {timings}")
     STATE["timings"] = timings
 
@@ -232,7 +223,7 @@ def test_step_11_switches_over_through_its_gate(params, hosts, run_home):
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
     view = ops_patroni.get_cluster(hosts, params)
     assert view.leader.name == REPLICA and view.member(STAGE_PRIMARY).state in dp.RUNNING_STATES, view
-    result = _scrap(latest_run_dir(home) / "11_switchover.ipynb", "switchover")
+    result = scrap(latest_run_dir(home) / "11_switchover.ipynb", "switchover")
     assert result["from"] == STAGE_PRIMARY and result["to"] == REPLICA, result
     psql = pg_cluster.get_psql(hosts[REPLICA], params)
     assert psql.value("SELECT count(*) AS n FROM ha_probe") == 100
@@ -318,7 +309,7 @@ def test_after_a_crash_patroni_fails_over_and_step_11_brings_the_old_leader_back
     assert pg_cluster.get_psql(hosts[new], params).value("SELECT count(*) AS n FROM ha_probe") == count  # sync: 0 lost
     proc = cli(env, "run", "lab", "--only", "11_switchover")
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
-    result = _scrap(latest_run_dir(home) / "11_switchover.ipynb", "switchover")
+    result = scrap(latest_run_dir(home) / "11_switchover.ipynb", "switchover")
     assert result["mode"] == "after-failover" and result["old_leader"] == old and result["new_leader"] == new, result
     assert result["action"] == "start-patroni", result
     view = ops_patroni.get_cluster(hosts, params)

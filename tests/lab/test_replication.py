@@ -43,7 +43,7 @@ from hcbpg.steps import replication as rep_step
 from hcbpg.steps import restore_drill as step12
 
 from labparams import lab_params, pgbackrest_section, replication_section
-from stages import STAGE_PRIMARY, STAGE_PRIMARY_OFFSET, cli, latest_manifest, latest_run_dir
+from stages import STAGE_PRIMARY, STAGE_PRIMARY_OFFSET, cli, latest_manifest, latest_run_dir, scrap
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -264,16 +264,6 @@ def run_home(lab, tmp_path_factory):
     return home, env
 
 
-def _scrap(notebook: Path, name: str):
-    """The value a notebook recorded under *name* (rb.record: a scrapbook output of a cell)."""
-    for cell in json.loads(notebook.read_text())["cells"]:
-        for out in cell.get("outputs", []):
-            scrap = out.get("data", {}).get("application/scrapbook.scrap.json+json")
-            if scrap and scrap["name"] == name:
-                return scrap["data"]
-    raise AssertionError(f"{notebook.name} recorded no {name}")
-
-
 def test_dry_runs_of_notebooks_10_and_11_change_nothing(lab, params, hosts, run_home):
     home, env = run_home
     before = topology.get_topology(hosts, params)[0]
@@ -300,7 +290,7 @@ def test_notebook_10_on_a_streaming_pair_changes_nothing_then_notebook_11_waits_
     steps = {s["key"]: s["changes"] for s in manifest["steps"]}
     assert list(steps) == ["10_replication", "11_failover"] and steps["10_replication"] == 0, steps
     run_dir = latest_run_dir(home)
-    results = _scrap(run_dir / "10_replication.ipynb", "replication")["results"]
+    results = scrap(run_dir / "10_replication.ipynb", "replication")["results"]
     assert results["server-postgres-2"]["plan"] == "none", results
     for path in run_dir.rglob("*"):
         if path.is_file():
@@ -334,7 +324,7 @@ def test_notebook_11_switches_over_when_approved_losing_nothing_and_the_old_prim
     assert done.returncode == 0, done.stdout + done.stderr
     after = topology.get_topology(hosts, params)[0]
     assert (after.primary, after.replicas) == (new.name, [old.name])
-    result = _scrap(latest_run_dir(home) / "11_failover.ipynb", "failover")
+    result = scrap(latest_run_dir(home) / "11_failover.ipynb", "failover")
     assert "[secret]" in result["database_url"] and passwords["app"] not in json.dumps(result)
     assert result["rejoin"]["method"] == "rewind", result["rejoin"]
     TIMINGS.update({f"switchover_rejoin_{k}": v for k, v in result["rejoin"].items() if k.endswith("_s")})
