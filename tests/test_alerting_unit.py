@@ -17,7 +17,8 @@ import pytest
 import yaml
 
 from hcbpg.desired import alerting as al
-from hcbpg.errors import ParamsError, PgBackRestError
+from hcbpg.desired import textfile_metrics as tm
+from hcbpg.errors import ParamsError
 from hcbpg.params import Params, parse_params
 from hcbpg.params_alerting import duration_s
 
@@ -243,7 +244,7 @@ def test_exporter_queries_give_the_metrics_the_rules_read():
     queries = yaml.safe_load(al.EXPORTER_QUERIES)
     emitted = {f"{q}_{name}" for q, spec in queries.items() for m in spec["metrics"]
                for name, col in m.items() if col["usage"] == "GAUGE"}
-    assert emitted == {"hcbpg_xid_age", "hcbpg_wal_bytes"}
+    assert emitted == {"hcbpg_xid_age", "hcbpg_wal_bytes", "hcbpg_archiver_failing"}
     exprs = " ".join(r.expr for r in al.rules(production()))
     assert all(m in exprs for m in emitted)
 
@@ -317,10 +318,10 @@ def test_warning_receivers_route():
 
 def test_textfile_from_recorded_pgbackrest_info(tmp_path: Path):
     info = (GOLDEN / "pgbackrest.info.json").read_text()
-    text = al.render_textfile_metrics(
+    text = tm.render_textfile_metrics(
         now=1795610000, info_json=info,
-        certificates=[al.CertFact("/etc/patroni/tls/rest.crt", 'CN=server-postgres-1 "x"', 1827138633),
-                      al.CertFact("/etc/postgresql/15/main/server.crt", "CN=server-postgres-1", 1829000000)],
+        certificates=[tm.CertFact("/etc/patroni/tls/rest.crt", 'CN=server-postgres-1 "x"', 1827138633),
+                      tm.CertFact("/etc/postgresql/15/main/server.crt", "CN=server-postgres-1", 1829000000)],
         drill_success=1795600000, wayback_until=1795700000)
     golden("prometheus.textfile.prom", text)
     assert 'hcbpg_pgbackrest_backup_last_timestamp_seconds{stanza="hcb_production",repo="1",type="full"} ' \
@@ -335,15 +336,31 @@ def test_textfile_from_recorded_pgbackrest_info(tmp_path: Path):
 
 
 def test_textfile_leaves_out_what_is_unknown_and_refuses_bad_json():
-    assert al.render_textfile_metrics(now=1.0) == ""
-    only = al.render_textfile_metrics(now=5.0, drill_success=None, wayback_until=None,
+    assert tm.render_textfile_metrics(now=1.0) == ""
+    only = tm.render_textfile_metrics(now=5.0, drill_success=None, wayback_until=None,
                                       info_json='[{"name": "s", "status": {"code": 2}, "backup": [], "repo": []}]')
     assert "hcbpg_pgbackrest_stanza_status_code{stanza=\"s\"} 2" in only
     assert "backup_last" not in only and "wayback" not in only
     failed = ('[{"name": "s", "status": {"code": 0}, "repo": [{"key": 2, "status": {"code": 0}}], "backup": '
               '[{"type": "full", "error": true, "database": {"repo-key": 2}, "timestamp": {"stop": 9}}]}]')
-    assert "backup_last" not in al.render_textfile_metrics(now=5.0, info_json=failed)
-    with pytest.raises(PgBackRestError):
-        al.render_textfile_metrics(now=1.0, info_json="ERROR: [056]")
-    with pytest.raises(ValueError):
-        al.render_textfile_metrics(now=1.0, drill_success=float("nan"))
+    assert "backup_last" not in tm.render_textfile_metrics(now=5.0, info_json=failed)
+    with pytest.raises(tm.TextfileError):
+        tm.render_textfile_metrics(now=1.0, info_json="ERROR: [056]")
+    with pytest.raises(tm.TextfileError):
+        tm.render_textfile_metrics(now=1.0, drill_success=float("nan"))
+
+
+def test_textfile_module_is_standard_library_only_and_reads_openssls_dates():
+    import ast
+    import sys
+
+    src = Path(tm.__file__).read_text()
+    imported = {(n.module or "").split(".")[0] for n in ast.walk(ast.parse(src)) if isinstance(n, ast.ImportFrom)} | {
+        a.name.split(".")[0] for n in ast.walk(ast.parse(src)) if isinstance(n, ast.Import) for a in n.names}
+    assert imported <= set(sys.stdlib_module_names) | {"__future__"}, imported
+    fact = tm.parse_x509_enddate("/x.crt", "subject=CN=server-postgres-1\nnotAfter=Dec  7 06:05:33 2027 GMT\n")
+    assert fact == tm.CertFact("/x.crt", "CN=server-postgres-1", 1828159533.0)
+    with pytest.raises(tm.TextfileError):
+        tm.parse_x509_enddate("/x.crt", "unable to load certificate")
+    with pytest.raises(tm.TextfileError):
+        tm.parse_x509_enddate("/x.crt", "notAfter=tomorrow")

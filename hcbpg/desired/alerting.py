@@ -12,13 +12,13 @@ Metric names are the exporters' own: postgres_exporter 0.11 (``pg_up``, ``pg_sta
 ``pg_stat_activity_*``, ``pg_settings_*``, hcbpg's ``pg_replication_*`` of :mod:`hcbpg.desired.monitoring`),
 node_exporter 1.5 (``node_filesystem_*``), Patroni 3.0.2's ``/metrics`` (``patroni_primary``,
 ``patroni_sync_standby``, ``patroni_is_paused``), etcd 3.4's ``/metrics`` (``etcd_server_has_leader``); what no
-exporter has is ``hcbpg_*``, written by :func:`render_textfile_metrics` or the extra queries.
+exporter has is ``hcbpg_*``, written into node exporter's textfile directory by the health job on each server
+(:mod:`hcbpg.desired.textfile_metrics`, stdlib-only: shipped inside the job) or read by the extra queries.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -29,7 +29,9 @@ from hcbpg.desired import etcd as desired_etcd
 from hcbpg.desired import monitoring
 from hcbpg.desired import patroni as desired_patroni
 from hcbpg.desired import tls as desired_tls
-from hcbpg.errors import HcbpgError, ParamsError, PgBackRestError
+from hcbpg.desired.textfile_metrics import TEXTFILE as TEXTFILE  # its home is the stdlib-only renderer
+from hcbpg.desired.textfile_metrics import TEXTFILE_DIR as TEXTFILE_DIR
+from hcbpg.errors import HcbpgError, ParamsError
 from hcbpg.params_alerting import duration_s
 from hcbpg.pg.conf import MANAGED_HEADER
 from hcbpg.secrets import is_secret_ref
@@ -42,9 +44,6 @@ PLACEHOLDER = "<secret>"
 PROMETHEUS_CONFIG = "/etc/prometheus/hcbpg.yml"
 RULES_PATH = "/etc/prometheus/hcbpg.rules.yml"
 ALERTMANAGER_CONFIG = "/etc/prometheus/alertmanager-hcbpg.yml"
-#: Debian's prometheus-node-exporter reads ``*.prom`` here (--collector.textfile.directory)
-TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
-TEXTFILE = f"{TEXTFILE_DIR}/hcbpg.prom"
 NODE_EXPORTER_PORT = 9100
 #: Prometheus's own client certificate for etcd's /metrics (etcd has client-cert-auth on): no subject, client
 #: authentication only, like etcd's gateway certificate; apart from it because the prometheus user must read the
@@ -233,13 +232,18 @@ def rules(params: "Params") -> list[Rule]:
              "Look for a long query on the replica (recovery conflicts), its disk and network.",
              "hcbpg status; notebook 15_health", f),
         Rule("ArchivingFailing",
-             'increase(pg_stat_archiver_failed_count{job="postgres"}[10m]) > 0 '
-             'unless increase(pg_stat_archiver_archived_count{job="postgres"}[10m]) > 0', "critical",
+             # the newest attempt failed (pg_stat_archiver: last_failed_time after last_archived_time, hcbpg's
+             # exporter query): true from the first failure on, under WAL load too; held for `for` so one
+             # failure the next try mends does not page.  The counters' 10-minute window stays as a fallback
+             # (an exporter without hcbpg's query)
+             'hcbpg_archiver_failing{job="postgres"} == 1 or '
+             '(increase(pg_stat_archiver_failed_count{job="postgres"}[10m]) > 0 '
+             'unless increase(pg_stat_archiver_archived_count{job="postgres"}[10m]) > 0)', "critical",
              "WAL archiving fails on {{ $labels.server }}",
-             "archive_command failed and nothing was archived for 10 minutes: point-in-time recovery stops at the "
-             "last archived WAL and pg_wal grows.",
+             "archive_command's newest attempt failed (or it failed and nothing was archived for 10 minutes): "
+             "point-in-time recovery stops at the last archived WAL and pg_wal grows.",
              "Run `pgbackrest check` on the server; check the repository (S3) answers and its credentials.",
-             "hcbpg status; notebook 05_pgbackrest, 08_start_archiving", None),
+             "hcbpg status; notebook 05_pgbackrest, 08_start_archiving", f),
         Rule("ArchiveStale",
              # the server's own archive_timeout; when it is off (0), alerting.thresholds.archive_timeout_s
              f'pg_stat_archiver_last_archive_age{{job="postgres"}} > '
@@ -418,9 +422,10 @@ def render_rules(params: "Params") -> str:
 
 # the PostgreSQL exporter's extra queries -------------------------------------------------------------------
 
-#: what the rules read that postgres_exporter 0.11 has no collector for: transaction ID age per database and the
-#: size of pg_wal (pg_ls_waldir needs pg_monitor, which the exporter's role has); appended to
-#: :func:`hcbpg.desired.monitoring.render_exporter_queries`'s file
+#: what the rules read that postgres_exporter 0.11 has no collector for: transaction ID age per database, the
+#: size of pg_wal and whether archiving's newest attempt failed (the exporter has pg_stat_archiver's counters and
+#: the last archive's age, not the last failure's time); pg_ls_waldir needs pg_monitor, which the exporter's role
+#: has; appended to :func:`hcbpg.desired.monitoring.render_exporter_queries`'s file
 EXPORTER_QUERIES = """
 hcbpg_xid:
   query: "SELECT datname, age(datfrozenxid)::float8 AS age FROM pg_database WHERE datallowconn"
@@ -440,6 +445,16 @@ hcbpg_wal:
     - bytes:
         usage: "GAUGE"
         description: "Size of pg_wal in bytes"
+
+hcbpg_archiver:
+  query: >-
+    SELECT (last_failed_time IS NOT NULL AND last_failed_time >
+    COALESCE(last_archived_time, '-infinity'::timestamptz))::int AS failing FROM pg_stat_archiver
+  master: true
+  metrics:
+    - failing:
+        usage: "GAUGE"
+        description: "1 while archive_command's newest attempt failed (no success since the last failure)"
 """
 
 
@@ -560,96 +575,18 @@ def redact(text: str, secrets: Mapping[str, str]) -> str:
 
 # node exporter's textfile ----------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class CertFact:
-    """A certificate on a host: its path, subject (or ``-``) and end (epoch seconds)."""
-
-    path: str
-    subject: str
-    not_after: float
-
-
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _sample(name: str, labels: Mapping[str, str], value: float) -> str:
-    if not math.isfinite(value):
-        raise ValueError(f"{name}: {value} is not a finite number")
-    inner = ",".join(f'{k}="{_label(v)}"' for k, v in labels.items())
-    return f"{name}{{{inner}}} {value:.17g}" if inner else f"{name} {value:.17g}"
-
-
-_HELP = {
-    "hcbpg_pgbackrest_info_timestamp_seconds": "When pgbackrest info was read (epoch s)",
-    "hcbpg_pgbackrest_stanza_status_code": "pgbackrest info status code of the stanza (0 ok)",
-    "hcbpg_pgbackrest_repo_status_code": "pgbackrest info status code of the stanza in one repository (0 ok)",
-    "hcbpg_pgbackrest_backup_last_timestamp_seconds": "End of the newest good backup of that type (epoch s)",
-    "hcbpg_pgbackrest_backups": "Good backups of that type in the repository",
-    "hcbpg_certificate_expiry_timestamp_seconds": "notAfter of the certificate (epoch s)",
-    "hcbpg_drill_last_success_timestamp_seconds": "End of the newest successful restore drill (epoch s)",
-    "hcbpg_wayback_until_timestamp_seconds": "Planned end of the running way-back sync (epoch s)",
-}
-
-
-def parse_pgbackrest_info(text: str) -> list[dict[str, Any]]:
-    """``pgbackrest info --output=json``: the list of stanzas, or a PgBackRestError."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise PgBackRestError(f"pgbackrest info --output=json is not JSON: {exc}") from None
-    if not isinstance(data, list) or not all(isinstance(s, dict) for s in data):
-        raise PgBackRestError("pgbackrest info --output=json: expected a list of stanzas")
-    return data
-
-
-def render_textfile_metrics(*, now: float, info_json: str | None = None, certificates: Sequence[CertFact] = (),
-                            drill_success: float | None = None, wayback_until: float | None = None) -> str:
-    """Node exporter's textfile (``hcbpg.prom``) from ``pgbackrest info --output=json``, certificate ends, the
-    newest successful drill and the running way-back sync's end; what is None is left out (an absent series is
-    what the rules look for)."""
-    samples: dict[str, list[str]] = {name: [] for name in _HELP}
-    if info_json is not None:
-        samples["hcbpg_pgbackrest_info_timestamp_seconds"].append(
-            _sample("hcbpg_pgbackrest_info_timestamp_seconds", {}, now))
-        for stanza in parse_pgbackrest_info(info_json):
-            name = str(stanza.get("name", "?"))
-            status = stanza.get("status") or {}
-            samples["hcbpg_pgbackrest_stanza_status_code"].append(
-                _sample("hcbpg_pgbackrest_stanza_status_code", {"stanza": name}, float(status.get("code", -1))))
-            for repo in stanza.get("repo") or []:
-                samples["hcbpg_pgbackrest_repo_status_code"].append(_sample(
-                    "hcbpg_pgbackrest_repo_status_code", {"stanza": name, "repo": str(repo.get("key", "?"))},
-                    float((repo.get("status") or {}).get("code", -1))))
-            last: dict[tuple[str, str], float] = {}
-            count: dict[tuple[str, str], int] = {}
-            for b in stanza.get("backup") or []:
-                if b.get("error"):
-                    continue
-                key = (str((b.get("database") or {}).get("repo-key", 1)), str(b.get("type", "?")))
-                stop = float((b.get("timestamp") or {}).get("stop", 0))
-                last[key] = max(last.get(key, 0.0), stop)
-                count[key] = count.get(key, 0) + 1
-            for (repo_key, kind) in sorted(last):
-                labels = {"stanza": name, "repo": repo_key, "type": kind}
-                samples["hcbpg_pgbackrest_backup_last_timestamp_seconds"].append(
-                    _sample("hcbpg_pgbackrest_backup_last_timestamp_seconds", labels, last[(repo_key, kind)]))
-                samples["hcbpg_pgbackrest_backups"].append(
-                    _sample("hcbpg_pgbackrest_backups", labels, count[(repo_key, kind)]))
-    for c in sorted(certificates, key=lambda c: c.path):
-        samples["hcbpg_certificate_expiry_timestamp_seconds"].append(_sample(
-            "hcbpg_certificate_expiry_timestamp_seconds", {"path": c.path, "subject": c.subject}, c.not_after))
-    if drill_success is not None:
-        samples["hcbpg_drill_last_success_timestamp_seconds"].append(
-            _sample("hcbpg_drill_last_success_timestamp_seconds", {}, drill_success))
-    if wayback_until is not None:
-        samples["hcbpg_wayback_until_timestamp_seconds"].append(
-            _sample("hcbpg_wayback_until_timestamp_seconds", {}, wayback_until))
-    lines: list[str] = []
-    for name, rows in samples.items():
-        if rows:
-            lines += [f"# HELP {name} {_HELP[name]}", f"# TYPE {name} gauge", *rows]
-    return "\n".join(lines) + "\n" if lines else ""
+def textfile_certificates(params: "Params", server_name: str) -> list[str]:
+    """The TLS certificates hcbpg installs on database server *server_name* whose ends the health job reads as
+    postgres into its textfile: PostgreSQL's, the CA, Patroni's REST and etcd-client certificates under Patroni.
+    etcd's member certificate is not among them: its directory is etcd's (0750), postgres cannot read it; it is
+    issued by step 10 with Patroni's and ends with them."""
+    del server_name  # every database server has the same set (one day per server if that changes)
+    out = [desired_tls.server_cert_path(params), desired_tls.client_ca_path(params)]
+    if desired_patroni.managed(params):
+        out.append(desired_patroni.REST_CERT)
+        if params.replication is not None and params.replication.etcd is not None:
+            out.append(desired_patroni.ETCD_CLIENT_CERT)
+    return out
 
 
 # what the monitor says (its APIs' answers, parsed) ------------------------------------------------------------
