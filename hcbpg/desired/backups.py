@@ -104,6 +104,10 @@ def resolve_conf_secrets(params: "Params", *, read_only: bool = False) -> dict[s
         keys.update({"repo1-s3-key": "drill.s3_key", "repo1-s3-key-secret": "drill.s3_key_secret"})
     if pb.cipher_type != "none" and pb.cipher_pass:
         refs["repo1-cipher-pass"] = pb.cipher_pass
+    if pb.repo2 is not None:  # the second repository's own keys and passphrase
+        refs.update({"repo2-s3-key": pb.repo2.s3_key, "repo2-s3-key-secret": pb.repo2.s3_key_secret})
+        if pb.repo2.cipher_type != "none" and pb.repo2.cipher_pass:
+            refs["repo2-cipher-pass"] = pb.repo2.cipher_pass
     return {opt: hsecrets.resolve(ref, key=keys[opt]) for opt, ref in refs.items()}
 
 
@@ -122,6 +126,9 @@ def restore_command(params: "Params") -> str:
 def archiving_settings(params: "Params", *, archive_mode: bool) -> dict[str, Any]:
     """The settings of the archiving include file; archive_mode stays off until after the cutover restore.
 
+    ``archive_timeout`` (seconds, params ``pgbackrest.archive_timeout``; a reload applies it) switches to a new WAL
+    segment once that long has passed with something written, so the newest archived WAL is never older than that
+    (plus the push) and a server lost with its disk loses at most that much; 0 is off.
     ``restore_command`` is read only in recovery: on a standby it fetches from the repository
     the WAL its primary no longer holds (a slot invalidated by ``max_slot_wal_keep_size``, a
     replica down for hours), so it catches up without a rebuild; a primary ignores it.
@@ -129,6 +136,7 @@ def archiving_settings(params: "Params", *, archive_mode: bool) -> dict[str, Any
     return {
         "archive_command": archive_command(params),
         "archive_mode": bool(archive_mode),
+        "archive_timeout": pgbackrest_params(params).archive_timeout,
         "max_wal_senders": 10,
         "restore_command": restore_command(params),
         "wal_level": "replica",

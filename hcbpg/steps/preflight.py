@@ -67,6 +67,10 @@ def check_params(rb: "Run") -> list[Check]:
         out.append(Check(f"placeholder {key}", "fail" if real else "warn",
                          f"{key} is still the placeholder {value!r}: set it in {path.name} to {fix}",
                          f"params/{path.name}"))
+    if rb.params.pgbackrest is not None and rb.params.pgbackrest.archive_timeout == 0:
+        out.append(Check("pgbackrest.archive_timeout", "warn", "0: off, so nothing bounds the loss window (on a quiet "
+                         "database the newest WAL can wait hours to be archived): set it to 60 or so",
+                         f"params/{path.name}"))
     return out
 
 
