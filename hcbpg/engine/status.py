@@ -4,6 +4,10 @@ Runs on the operator machine and reaches every server over SSH, all at once (an 
 the connect timeout even with every server down).  Prints one row per server and item (``--json``: the checks and
 the measurements); a server that cannot be reached is one line saying why in plain words ("unreachable: no SSH
 answer in 5 s", "connection refused", "host key changed", "SSH key refused") instead of each of its items.
+Each server's archive age (the newest archived WAL, WARN past its ``archive_timeout`` plus a margin) is an item; with
+an ``alerting:`` section in params the alerts Alertmanager holds on the jumpbox (read there over SSH, as step 15b
+does) follow the table: "none firing", each one firing (a critical one an item that failed), or a WARN row saying
+the monitor cannot be reached.
 Exits 0 when nothing failed (warnings allowed), 1 when an item failed, 2 on bad input (unknown environment, bad
 params).
 """
@@ -11,6 +15,7 @@ params).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -191,32 +196,90 @@ def _high_availability(up: Mapping[str, Host], params: Params) -> tuple[list[dic
     return (view.rows() if view is not None else []), checks
 
 
+def _open_monitor(params: Params, timeout: float) -> tuple[str, Host | None, str | None]:
+    """(the jumpbox's name, a Host for it, None) when params have an ``alerting:`` section and a jumpbox with an
+    address; (name, None, why) when the monitor cannot be asked; ("", None, None) without the section (nothing
+    to show).  Its address as step 15b reaches it (:func:`hcbpg.steps.targets.jumpbox_address`)."""
+    if params.alerting is None:
+        return "", None, None
+    if params.jumpbox is None:
+        return "jumpbox", None, "params name no jumpbox, where the monitor runs"
+    from hcbpg.adapters.host import Host  # noqa: PLC0415 - see above: imported when a report is made
+    from hcbpg.steps.targets import jumpbox_address  # noqa: PLC0415 - see above: imported when a report is made
+    name = params.jumpbox.name
+    address = jumpbox_address(params)
+    if address is None:
+        return name, None, "the jumpbox has no SSH address (jumpbox.ssh_host unset, step 01 pinned none)"
+    host = Host.from_params(params, name, address, connect_timeout=timeout, command_timeout=30.0,
+                            echo=lambda line: None)
+    host.auth_retry_waits = ()
+    return name, host, None
+
+
+def _get_alerts(monitor: Host | None, params: Params) -> tuple[list | None, str | None]:
+    """(the alerts Alertmanager holds, None), or (None, why the monitor could not be asked)."""
+    from hcbpg.ops import alerting as ops_alerting  # noqa: PLC0415 - see above: imported when a report is made
+    if monitor is None:
+        return None, "no SSH connection to the jumpbox"
+    try:
+        return ops_alerting.get_alerts(monitor, params), None
+    except HcbpgError as exc:
+        return None, exc.message.splitlines()[0][:300]
+
+
+def _archive_checks(host: Host, params: Params) -> list[Check]:
+    """The server's archive age as a row (none where nothing archives); a read that fails is a WARN row."""
+    from hcbpg.desired import monitor_report  # noqa: PLC0415 - see above: imported when a report is made
+    from hcbpg.ops.archiver import get_archive_age  # noqa: PLC0415 - see above: imported when a report is made
+    from hcbpg.outcome import Check  # noqa: PLC0415 - see above: imported when a report is made
+    try:
+        row = monitor_report.check_archive_age(get_archive_age(host, params),
+                                               monitor_report.alerting_thresholds(params))
+    except HcbpgError as exc:
+        return [Check(monitor_report.ARCHIVE_AGE_ITEM, "warn", f"unknown: {exc.message.splitlines()[-1][:200]}",
+                      host.name)]
+    return [row] if row is not None else []
+
+
 def _status_once(args: argparse.Namespace) -> int:
     params = load_params(args.env, home())
     # paramiko logs a traceback for every unreachable host; the report says it in one line
     logging.getLogger("paramiko").setLevel(logging.CRITICAL)
     timeout = args.connect_timeout or params.ssh.connect_timeout
     hosts = _open_hosts(params, args.env, timeout)
+    monitor_name, monitor, monitor_error = _open_monitor(params, timeout)
     # every server at once: with all of them down the report comes within the connect timeout; the rest of the
     # report's stack is imported meanwhile
     wait_for_connections = start_connecting(hosts, timeout)
+    wait_for_monitor = start_connecting({monitor_name: monitor} if monitor is not None else {}, timeout)
     from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415 - see above: imported when a report is made
 
-    from hcbpg.desired import health_report  # noqa: PLC0415 - see above: imported when a report is made
+    from hcbpg.desired import health_report, monitor_report  # noqa: PLC0415 - see above: imported when a report is made
     from hcbpg.engine.terminal import colour_report  # noqa: PLC0415 - see above: imported when a report is made
     from hcbpg.ops import health, tls  # noqa: PLC0415, F401 - see above (tls: for _cert_check, imported now)
     from hcbpg.outcome import Check  # noqa: PLC0415 - see above: imported when a report is made
     down = wait_for_connections()
     up = {n: h for n, h in hosts.items() if n not in down}
+    if monitor is not None and (monitor_down := wait_for_monitor()):
+        monitor_error, monitor = f"the jumpbox {monitor_name}: {monitor_down[monitor_name]}", None
+    alerts: list | None = None
     try:
         measurements = health.get_measurements(up, params)
         with ThreadPoolExecutor(max_workers=max(1, len(params.servers))) as pool:
             cert_checks = list(pool.map(lambda s: _cert_check(up.get(s.name), params, s),
                                         [s for s in params.servers if s.name in up]))
+            archive_checks = [c for cs in pool.map(lambda h: _archive_checks(h, params),
+                                                   [up[m.server] for m in measurements
+                                                    if m.server in up and m.running]) for c in cs]
         cluster_rows, ha_checks = _high_availability(up, params)
+        if monitor_name and monitor_error is None:
+            alerts, monitor_error = _get_alerts(monitor, params)
     finally:
         for h in up.values():
             h.close()
+        if monitor is not None:
+            monitor.close()
+    alert_checks = (monitor_report.check_alerts(alerts, monitor_name, error=monitor_error) if monitor_name else [])
     for m in measurements:
         if m.server in down:
             m.error = f"unreachable: {down[m.server]}"
@@ -229,13 +292,16 @@ def _status_once(args: argparse.Namespace) -> int:
             checks.append(Check("unreachable", "fail", down[s.name], s.name))
         else:
             checks += [c for c in judged if c.target == s.name]
-    checks += [c for c in judged if c.target not in {s.name for s in params.servers}] + cert_checks + ha_checks
+    checks += ([c for c in judged if c.target not in {s.name for s in params.servers}] + cert_checks + ha_checks
+               + archive_checks + alert_checks)
     code = health_report.exit_code(checks, strict=getattr(args, "strict", False))
     if args.json:
         json.dump({"environment": args.env, "exit_code": code,
                    "unreachable": down,
                    "checks": health_report.report_rows(checks),
                    **({"cluster": cluster_rows} if cluster_rows is not None else {}),
+                   **({"alerts": None if alerts is None else [dataclasses.asdict(a) for a in alerts],
+                       "monitor": {"host": monitor_name, "error": monitor_error}} if monitor_name else {}),
                    "measurements": [m.as_dict() for m in measurements]}, sys.stdout, indent=2, default=str)
         print()
         return code
@@ -246,6 +312,8 @@ def _status_once(args: argparse.Namespace) -> int:
         print(colour_report(health_report.render_text(checks), color=sys.stdout.isatty()))
     else:
         print(colour_report(health_report.render_compact(measurements, checks), color=sys.stdout.isatty()))
+    if monitor_name:
+        print("\n" + monitor_report.render_alerts(alerts, monitor_name, error=monitor_error))
     return code
 
 
@@ -254,7 +322,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "status", help="health of every server: pass/warn/fail per item; exit 1 when an item failed",
         description="hcbpg status ENV: one line per server (role, state, timeline, lag, slot retention, last "
                     "backup age, archiving, connections used/max, disk), then the items that are not PASS, "
-                    "judged against params health: thresholds; a server that cannot be reached is one line saying why; "
+                    "judged against params health: thresholds (the archive's age against archive_timeout plus a "
+                    "margin); a server that cannot be reached is one line saying why; with params alerting: the "
+                    "alerts that fire on the jumpbox's Alertmanager (a critical one fails); "
                     "--all: every item. "
                     "Exit 0: nothing failed; 1: an item failed; 2: bad input.",
         epilog="examples:\n  hcbpg status lab\n  hcbpg status production --watch 5\n  hcbpg status staging --json",
