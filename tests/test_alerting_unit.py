@@ -364,3 +364,63 @@ def test_textfile_module_is_standard_library_only_and_reads_openssls_dates():
         tm.parse_x509_enddate("/x.crt", "unable to load certificate")
     with pytest.raises(tm.TextfileError):
         tm.parse_x509_enddate("/x.crt", "notAfter=tomorrow")
+
+
+def test_the_health_jobs_config_names_the_textfile_and_the_certificates_it_reads():
+    import json
+
+    from hcbpg.desired import schedule as desired_schedule
+    from hcbpg.desired import tls as desired_tls
+
+    p = production()
+    cfg = json.loads(desired_schedule.render_health_config(p, p.primary, None))
+    assert cfg["textfile"]["path"] == tm.TEXTFILE == f"{al.TEXTFILE_DIR}/hcbpg.prom"
+    assert cfg["textfile"]["certificates"] == [desired_tls.server_cert_path(p), desired_tls.client_ca_path(p),
+                                               "/etc/patroni/tls/rest.crt", "/etc/patroni/tls/etcd-client.crt"]
+    d = production_data()
+    del d["alerting"]
+    assert "textfile" not in json.loads(desired_schedule.render_health_config(parse_params(d), p.primary, None))
+
+
+def test_the_installed_health_job_writes_the_textfile_whole_from_info_and_certificates(tmp_path: Path):
+    """The program as installed (no hcbpg on its path): pgBackRest's info and a real certificate's end, written by
+    rename; an unreadable certificate is said on stderr and left out; node exporter's parser accepts the file."""
+    import json
+    import sys
+
+    from hcbpg.desired import schedule as desired_schedule
+
+    cert = tmp_path / "server.crt"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-keyout", str(tmp_path / "server.key"), "-out", str(cert), "-days", "10",
+                    "-subj", "/CN=server-postgres-1"], check=True, capture_output=True, timeout=60)
+    end = subprocess.run(["openssl", "x509", "-noout", "-enddate", "-in", str(cert)], check=True,
+                         capture_output=True, text=True).stdout
+    job = tmp_path / "hcbpg-health"
+    job.write_text(desired_schedule.render_health_job())
+    out = tmp_path / "textfile" / "hcbpg.prom"
+    out.parent.mkdir()
+    cfg = {"textfile": {"path": str(out), "certificates": [str(cert), str(tmp_path / "missing.crt")]}}
+    info = (GOLDEN / "pgbackrest.info.json").read_text()
+    probe = ("import json, runpy, sys; g = runpy.run_path(sys.argv[1], run_name='hcbpg_health'); "
+             "cfg, info = json.loads(sys.stdin.read()); t = g['textfile'](cfg, info, 1795610000.0); "
+             "g['write_textfile'](cfg['textfile']['path'], t)")
+    res = subprocess.run([sys.executable, "-I", "-c", probe, str(job)], input=json.dumps([cfg, info]),
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert "missing.crt" in res.stderr
+    text = out.read_text()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["hcbpg.prom"]  # no temporary file left
+    assert oct(out.stat().st_mode & 0o777) == "0o644"
+    assert "hcbpg_pgbackrest_info_timestamp_seconds 1795610000" in text
+    assert 'hcbpg_pgbackrest_backup_last_timestamp_seconds{stanza="hcb_production",repo="1",type="full"}' in text
+    not_after = tm.parse_x509_enddate(str(cert), end).not_after
+    assert f'hcbpg_certificate_expiry_timestamp_seconds{{path="{cert}",subject="CN=server-postgres-1"}} ' \
+           f"{not_after:.17g}" in text
+    assert "missing.crt" not in text
+    p = subprocess.run([tool("promtool"), "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0, p.stdout + p.stderr
+    # pgbackrest info failed (None): the certificates still go out, no info series (BackupInfoStale sees it)
+    res = subprocess.run([sys.executable, "-I", "-c", probe, str(job)], input=json.dumps([cfg, None]),
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and "pgbackrest" not in out.read_text() and "certificate_expiry" in out.read_text()

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING
 
+from hcbpg.desired.textfile_metrics import TEXTFILE
 from hcbpg.errors import ParamsError
 from hcbpg.pg.conf import MANAGED_HEADER
 
@@ -158,24 +159,38 @@ def render_health_config(params: "Params", server: "Server", url: str | None) ->
            "thresholds": {"replay_lag_fail_s": h.replay_lag_fail_s, "slot_retained_fail_mb": h.slot_retained_fail_mb,
                           "backup_age_fail_h": h.backup_age_fail_h, "disk_fail_pct": h.disk_fail_pct,
                           "wal_fail_mb": h.wal_fail_mb, "archive_ready_max": h.archive_ready_max}}
+    if params.alerting is not None:
+        # node exporter's textfile (issue 25): pgBackRest's info and these certificates' ends, every run
+        from hcbpg.desired.alerting import textfile_certificates  # noqa: PLC0415 - alerting imports much more
+        cfg["textfile"] = {"path": TEXTFILE, "certificates": textfile_certificates(params, server.name)}
     return json.dumps(cfg, indent=2, sort_keys=True) + "\n"
 
 
 #: the line of the job that imports the rules; the installed program holds the rules' source in its place
 RULES_IMPORT = "from hcbpg.desired.health import "
+#: the line of the job that imports the textfile renderer (stdlib-only too); its source goes in after the rules
+TEXTFILE_IMPORT = "from hcbpg.desired.textfile_metrics import "
+_FUTURE = "from __future__ import annotations"
 
 
 def render_health_job() -> str:
-    """The health job, as installed: one standard-library program, the rules (:mod:`hcbpg.desired.health`)
-    followed by :mod:`hcbpg.ops.jobs.health_job` without its import of them, with a shebang and our header."""
+    """The health job, as installed: one standard-library program, the rules (:mod:`hcbpg.desired.health`) and
+    node exporter's textfile renderer (:mod:`hcbpg.desired.textfile_metrics`) followed by
+    :mod:`hcbpg.ops.jobs.health_job` without its imports of them, with a shebang and our header."""
     rules = resources.files("hcbpg.desired").joinpath("health.py").read_text(encoding="utf-8")
+    textfile = resources.files("hcbpg.desired").joinpath("textfile_metrics.py").read_text(encoding="utf-8")
     job = resources.files("hcbpg.ops.jobs").joinpath("health_job.py").read_text(encoding="utf-8")
     kept = [line for line in job.splitlines(keepends=True)
-            if not line.startswith(RULES_IMPORT) and line.strip() != "from __future__ import annotations"]
-    if len(kept) != len(job.splitlines()) - 2:
+            if not line.startswith((RULES_IMPORT, TEXTFILE_IMPORT)) and line.strip() != _FUTURE]
+    if len(kept) != len(job.splitlines()) - 3:
         raise ValueError("hcbpg/ops/jobs/health_job.py must import the rules in one line "
-                         f"({RULES_IMPORT}...) after `from __future__ import annotations`")
-    return f"#!/usr/bin/python3\n{MANAGED_HEADER}\n{rules}\n\n# the job " + "-" * 90 + "\n\n" + "".join(kept)
+                         f"({RULES_IMPORT}...) and the textfile renderer in one line ({TEXTFILE_IMPORT}...) "
+                         f"after `{_FUTURE}`")
+    # one `from __future__` only, at the top of the program: the rules' (the second module's goes)
+    textfile = "".join(line for line in textfile.splitlines(keepends=True) if line.strip() != _FUTURE)
+    bar = "-" * 90
+    return (f"#!/usr/bin/python3\n{MANAGED_HEADER}\n{rules}\n\n# node exporter's textfile {bar}\n\n{textfile}"
+            f"\n\n# the job {bar}\n\n" + "".join(kept))
 
 
 def render_health_cron(params: "Params", url: str | None) -> str:

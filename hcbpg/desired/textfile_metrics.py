@@ -17,8 +17,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-#: Debian's prometheus-node-exporter reads ``*.prom`` here (--collector.textfile.directory)
-TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
+#: node exporter reads ``*.prom`` here (--collector.textfile.directory): on a database server postgres's (the
+#: health job writes as postgres), on the jumpbox root's; 0755, node exporter (user prometheus) reads as others.
+#: Not Debian's /var/lib/prometheus/node-exporter: that one lies in prometheus's directory, and a directory of
+#: postgres's there could not be made safely (hcbpg.adapters.files.ensure_dir runs as its parent's owner)
+TEXTFILE_DIR = "/var/lib/hcbpg-textfile"
 #: the health job's file (pgBackRest's info, the certificates), rewritten every run
 TEXTFILE = f"{TEXTFILE_DIR}/hcbpg.prom"
 #: the restore drill's file on the jumpbox (step 12 on success)

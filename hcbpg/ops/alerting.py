@@ -72,7 +72,10 @@ def ensure_node_exporter(host: "HostLike", params: "Params", name: str) -> list[
     out = [ensure_daemon_packages(host, NODE_PACKAGES, stop_units=NODE_PACKAGES)]
     seen = Changes(host)
     if not host.probe(f"test -d {desired_alerting.TEXTFILE_DIR}").ok:
-        ensure_dir(host, desired_alerting.TEXTFILE_DIR, mode=0o755, owner=USER)
+        # postgres's on a database server (the health job writes as postgres), root's on the jumpbox; 0755: node
+        # exporter reads as others
+        owner = "postgres" if any(s.name == name for s in params.servers) else "root"
+        ensure_dir(host, desired_alerting.TEXTFILE_DIR, mode=0o755, owner=owner)
     out.append(seen.outcome(f"node exporter's textfile directory on {name}"))
     out.append(_ensure_daemon(host, spec, reload=False, what=f"node exporter on {name} "
                                                             f"({spec.argv[1].split('=', 1)[1]})"))

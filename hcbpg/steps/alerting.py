@@ -4,7 +4,10 @@ in params (steps.yaml lists the step for such params only; run by name without o
 Node exporter on every database server and on the jumpbox (its textfile directory for hcbpg's own metrics);
 Prometheus and Alertmanager on the jumpbox with the rules and configs rendered from params
 (:mod:`hcbpg.desired.alerting`), the receivers' secrets resolved here and written only into Alertmanager's 0640 file;
-both daemons reloaded (SIGHUP) when their files changed.  Then every scrape target up, and the alerts that fire.
+both daemons reloaded (SIGHUP) when their files changed.  The health job's config on each server gains its
+textfile section (node exporter's textfile: pgBackRest's info, the certificates' ends) and the job runs once on
+each (as postgres, as cron would), so a fresh monitor has those facts at once.  Then every scrape target up, and
+the alerts that fire.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from hcbpg.desired import alerting as desired_alerting
 from hcbpg.display import show_table
 from hcbpg.errors import HcbpgError, SafetyCheckFailed
 from hcbpg.ops import alerting as ops_alerting
+from hcbpg.ops import schedule as ops_schedule
 from hcbpg.outcome import Check, Outcome
 from hcbpg.steps.targets import connect_jumpbox, connect_servers
 
@@ -76,6 +80,9 @@ def setup_alerting(hosts: MonitorHosts, params: "Params", secrets: dict[str, str
     for s in params.servers:
         out += ops_alerting.ensure_node_exporter(_target(s.name, hosts.servers.get(s.name), dry_run=dry_run), params,
                                                  s.name)
+    for s in params.servers:  # the health job writes node exporter's textfile once its config says so
+        out += ops_schedule.ensure_health_schedule(_target(s.name, hosts.servers.get(s.name), dry_run=dry_run),
+                                                   params, s)
     jb = _target(hosts.jumpbox_name, hosts.jumpbox, dry_run=dry_run)
     out.append(ops_alerting.ensure_monitor_packages(jb))
     out += ops_alerting.ensure_node_exporter(jb, params, hosts.jumpbox_name)
@@ -97,7 +104,19 @@ def apply(rb: "Run", hosts: MonitorHosts, plan: list[Outcome]) -> list[Outcome]:
         return plan
     result = setup_alerting(hosts, rb.params, resolve_secrets(rb.params), dry_run=False)
     rb.track(result)
+    run_health_jobs(hosts, rb.params)
     return result
+
+
+def run_health_jobs(hosts: MonitorHosts, params: "Params") -> dict[str, int]:
+    """The health job once on each reachable server (its textfile written now, not at cron's next run); each
+    server's exit status (1: a check failed, which its pings and ``hcbpg status`` say; not this step's failure)."""
+    out = {}
+    for s in params.servers:
+        host = hosts.servers.get(s.name)
+        if host is not None:
+            out[s.name] = ops_schedule.run_health_job(host, timeout=120).exit_code
+    return out
 
 
 def check_monitor(hosts: MonitorHosts, params: "Params", *, timeout: float = 90.0) -> list[Check]:

@@ -9,6 +9,12 @@ status``) in place of the one line that imports them here, then this file
 when it passes and ``<url>/<server>-<check>/fail`` with the reason when it does not, so the
 receiver shows what failed; a server that is down sends nothing, and the missing pings are the
 alert.  A check that does not apply to the server's current role (backups on a standby) passes.
+
+With a ``textfile`` section in its config (params with ``alerting``), the job also writes node exporter's
+textfile (:mod:`hcbpg.desired.textfile_metrics`, shipped inside the program too): ``pgbackrest info
+--output=json`` of every repository (on the primary; where it fails, no info series, which BackupInfoStale
+notices) and each listed certificate's notAfter (``openssl x509``), written to a temporary file in the same
+directory and renamed over the old one, so node exporter never reads half a file.  Nothing secret is in it.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from hcbpg.desired.health import CHECKS, Measurement, Thresholds, judge_measurement, last_dropped
+from hcbpg.desired.textfile_metrics import CertFact, TextfileError, parse_x509_enddate, render_textfile_metrics
 
 CONFIG = "/etc/hcbpg/health.json"
 
@@ -93,17 +100,22 @@ def _run(argv: list[str]) -> tuple[int, str]:
     return p.returncode, p.stdout if p.returncode == 0 else p.stderr
 
 
-def measure(cfg: dict[str, Any]) -> tuple[dict[str, Any] | None, str, float | None, list[dict[str, Any]] | None,
-                                         tuple[float, str] | None]:
+Measured = tuple[dict[str, Any] | None, str, float | None, list[dict[str, Any]] | None, tuple[float, str] | None]
+
+
+def measure_all(cfg: dict[str, Any]) -> tuple[Measured, str | None]:
+    """What :func:`judge` reads, and ``pgbackrest info --output=json`` as read (None: not read, or it failed)."""
     code, out = _run(["psql", "-X", "-A", "-t", "-q", "-p", str(cfg["port"]), "-d", "postgres", "-c", _QUERY])
     facts = json.loads(out) if code == 0 and out.strip() else None
     usage = shutil.disk_usage(facts["data_directory"] if facts else cfg["data_directory"])
     disk_pct = round(100.0 * usage.used / usage.total, 1) if usage.total else None
     backups: list[dict[str, Any]] | None = None
     dropped = None
+    info_json: str | None = None
     if facts is not None and not facts["in_recovery"]:
         code, info = _run(["pgbackrest", f"--stanza={cfg['stanza']}", "--output=json", "--io-timeout=5", "info"])
         if code == 0:
+            info_json = info
             backups = [{"start": b["timestamp"]["start"], "stop": b["timestamp"]["stop"], "error": b.get("error")}
                        for st in json.loads(info or "[]") if st.get("name") == cfg["stanza"]
                        for b in st.get("backup") or []]
@@ -115,7 +127,55 @@ def measure(cfg: dict[str, Any]) -> tuple[dict[str, Any] | None, str, float | No
             except OSError:
                 pass
         dropped = last_dropped(text)
-    return facts, (out.strip().splitlines() or ["?"])[-1], disk_pct, backups, dropped
+    return (facts, (out.strip().splitlines() or ["?"])[-1], disk_pct, backups, dropped), info_json
+
+
+def measure(cfg: dict[str, Any]) -> Measured:
+    return measure_all(cfg)[0]
+
+
+def read_certificates(paths: list[str]) -> list[CertFact]:
+    """Each readable certificate's subject and end; one that is missing or unreadable is said on stderr and left
+    out (no series: the rule cannot fire for it, so the job says so where cron mails it)."""
+    out = []
+    for path in paths:
+        code, text = _run(["openssl", "x509", "-noout", "-subject", "-enddate", "-nameopt", "RFC2253", "-in", path])
+        try:
+            if code != 0:
+                raise TextfileError(text.strip()[-200:])
+            out.append(parse_x509_enddate(path, text))
+        except TextfileError as exc:
+            print(f"hcbpg-health: certificate {path}: {exc}", file=sys.stderr)
+    return out
+
+
+def write_textfile(path: str, text: str) -> None:
+    """*text* into *path* whole: a temporary file in the same directory (mode 0644), then renamed over it."""
+    directory, name = os.path.split(path)
+    tmp = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def textfile(cfg: dict[str, Any], info: str | None, now: float) -> str | None:
+    """The textfile's text from what was measured (None: the config has no textfile section)."""
+    tf = cfg.get("textfile")
+    if not tf:
+        return None
+    try:
+        return render_textfile_metrics(now=now, info_json=info, certificates=read_certificates(tf["certificates"]))
+    except TextfileError as exc:  # pgbackrest info answered what is not JSON: the rest still goes out
+        print(f"hcbpg-health: pgbackrest info: {exc}", file=sys.stderr)
+        return render_textfile_metrics(now=now, certificates=read_certificates(tf["certificates"]))
 
 
 def ping(url: str, body: str) -> None:
@@ -133,7 +193,14 @@ def main(argv: list[str] | None = None, send: Callable[[str, str], None] = ping)
     cfg_path = (argv or sys.argv[1:] or [os.environ.get("HCBPG_HEALTH_CONFIG", CONFIG)])[0]
     with open(cfg_path) as f:
         cfg = json.load(f)
-    result = judge(cfg, *measure(cfg))
+    measured, info = measure_all(cfg)
+    result = judge(cfg, *measured)
+    text = textfile(cfg, info, time.time())
+    if text is not None:
+        try:
+            write_textfile(cfg["textfile"]["path"], text)
+        except OSError as exc:
+            print(f"hcbpg-health: writing {cfg['textfile']['path']} failed: {exc}", file=sys.stderr)
     base = cfg["url"].rstrip("/") + "/" + cfg["server"]
     for name in CHECKS:
         why = result[name]
