@@ -162,9 +162,17 @@ class S3Repo(Model):
     #: time, so two repositories' backups on one schedule run one after the other
     schedule_full: str = Field("30 6 * * 0", pattern=_CRON)
     schedule_diff: str = Field("30 6 * * 1-6", pattern=_CRON)
+    #: the repository's admin key: the only one that can delete object versions and change the bucket's
+    #: versioning, policy, lifecycle and object lock; never on a database server (the jumpbox's expiry and the
+    #: operator's recovery use it).  With it the servers do not expire (expire-auto=n): the jumpbox does
+    admin_s3_key: SecretRef | None = None
+    admin_s3_key_secret: SecretRef | None = None
 
     @model_validator(mode="after")
     def _repo_consistent(self) -> "S3Repo":
+        if (self.admin_s3_key is None) != (self.admin_s3_key_secret is None):
+            raise ValueError("admin_s3_key: the repository's admin key needs both admin_s3_key and "
+                             "admin_s3_key_secret")
         if self.cipher_type != "none" and self.cipher_pass is None:
             raise ValueError(f"cipher_pass: cipher_type {self.cipher_type} needs cipher_pass "
                              "(a secret reference)")
@@ -201,6 +209,8 @@ class PgBackRest(S3Repo):
     archive_timeout: Annotated[int, Field(ge=0, le=86400)] = 60
     #: a second repository (another provider or region): WAL goes to both, backups to each on its own schedule
     repo2: S3Repo | None = None
+    #: when the jumpbox runs ``pgbackrest expire`` (repositories with an admin key), in its time zone (UTC)
+    expire_schedule: str = Field("15 7 * * *", pattern=_CRON)
 
     @field_validator("archive_timeout", mode="before")
     @classmethod

@@ -81,6 +81,53 @@ class ObjectStore:
         return cls.from_params(params, hsecrets.resolve(pb.s3_key, key="pgbackrest.s3_key"),
                                hsecrets.resolve(pb.s3_key_secret, key="pgbackrest.s3_key_secret"))
 
+    @classmethod
+    def of_admin_key(cls, params: "Params") -> "ObjectStore":
+        """:meth:`from_params` with repo1's admin key (``pgbackrest.admin_s3_key``/``admin_s3_key_secret``): the
+        key that reads every version and can erase them, never on a database server."""
+        pb = params.pgbackrest
+        if pb is None or pb.admin_s3_key is None or pb.admin_s3_key_secret is None:
+            raise CloudError("params have no pgbackrest.admin_s3_key: the repository's admin key is needed here",
+                             hint="Add pgbackrest.admin_s3_key and admin_s3_key_secret (secret references).")
+        return cls.from_params(params, hsecrets.resolve(pb.admin_s3_key, key="pgbackrest.admin_s3_key"),
+                               hsecrets.resolve(pb.admin_s3_key_secret, key="pgbackrest.admin_s3_key_secret"))
+
+    def versions(self, prefix: str) -> list[dict[str, Any]]:
+        """Every version and delete marker under *prefix*: ``key, version_id, last_modified, is_latest,
+        delete_marker, size``, each key's newest first (S3's order)."""
+        out: list[dict[str, Any]] = []
+        token: dict[str, str] = {}
+        while True:
+            r = self._call("list the versions under", prefix, self.client.list_object_versions, Bucket=self.bucket,
+                           Prefix=prefix, **token)
+            page = [{"key": str(v["Key"]), "version_id": str(v["VersionId"]), "last_modified": v["LastModified"],
+                     "is_latest": bool(v.get("IsLatest")), "delete_marker": False, "size": int(v.get("Size", 0))}
+                    for v in r.get("Versions", [])]
+            page += [{"key": str(v["Key"]), "version_id": str(v["VersionId"]), "last_modified": v["LastModified"],
+                      "is_latest": bool(v.get("IsLatest")), "delete_marker": True, "size": 0}
+                     for v in r.get("DeleteMarkers", [])]
+            out += sorted(page, key=lambda v: v["key"])  # stable: each key's versions stay newest first
+            if not r.get("IsTruncated"):
+                return out
+            token = {k: str(r[n]) for k, n in (("KeyMarker", "NextKeyMarker"), ("VersionIdMarker", "NextVersionIdMarker"))
+                     if r.get(n)}
+
+    def copy_version(self, source_key: str, version_id: str, target_key: str) -> None:
+        """Copy one version of *source_key* to *target_key* in this bucket (multipart for large objects)."""
+        self._call("copy", f"{source_key} ({version_id}) to {target_key}", self.client.copy,
+                   CopySource={"Bucket": self.bucket, "Key": source_key, "VersionId": version_id},
+                   Bucket=self.bucket, Key=target_key)
+
+    def versioning(self) -> str | None:
+        """The bucket's versioning: ``Enabled``, ``Suspended``, or None when it was never enabled."""
+        r = self._call("read the versioning of", self.bucket, self.client.get_bucket_versioning, Bucket=self.bucket)
+        return str(r["Status"]) if r.get("Status") else None
+
+    def enable_versioning(self) -> None:
+        """Turn versioning on (an admin key's action)."""
+        self._call("enable versioning on", self.bucket, self.client.put_bucket_versioning, Bucket=self.bucket,
+                   VersioningConfiguration={"Status": "Enabled"})
+
     def create(self, key: str, body: bytes, *, lock: tuple[str, "_dt.datetime"] | None = None) -> str | None:
         """Write *key* only if it does not exist: its ETag, or None when it exists already.
 
