@@ -279,3 +279,15 @@ def test_copy_refuses_a_prefix_that_is_not_clean(s3):
     empty = plan_as_of([], T0, source_prefix=SRC, target_prefix=DST)
     with pytest.raises(SafetyCheckFailed, match="nothing under"):
         ops_rh.run_copy_as_of(store, empty, dry_run=False)
+
+
+def test_servers_do_not_expire_when_a_repository_has_an_admin_key():
+    from hcbpg.desired.pgbackrest import render_pgbackrest_conf
+
+    p = parse_params(params_data(pgbackrest={**PB, "admin_s3_key": "env:AK", "admin_s3_key_secret": "env:AS"},
+                                 jumpbox=JUMPBOX))
+    conf = render_pgbackrest_conf(p, p.primary, version=(2, 45, 0))
+    assert "[global:backup]\nexpire-auto=n\n" in conf
+    assert "env:AK" not in conf and "repo1-s3-key=<secret>" in conf  # the admin key never reaches a server
+    plain = parse_params(params_data(pgbackrest=PB))
+    assert "expire-auto" not in render_pgbackrest_conf(plain, plain.primary, version=(2, 45, 0))
