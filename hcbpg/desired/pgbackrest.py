@@ -152,6 +152,10 @@ def conf_options(params: "Params", server: "Server", *,
         # a short one (inactivity, not the whole upload; a failed push is only tried again) keeps the
         # overshoot past archive-push-queue-max to what is written in those seconds
         sections["global:archive-push"] = {"io-timeout": str(ARCHIVE_PUSH_IO_TIMEOUT_S)}
+    if any(r.admin_s3_key is not None for _, r in pb.repos()):
+        # a repository with an admin key: this server's key cannot erase history, so expiry runs on the jumpbox
+        # with the admin key (hcbpg.desired.repo_history); a backup here must not try to expire
+        sections["global:backup"] = {"expire-auto": "n"}
     return sections
 
 
