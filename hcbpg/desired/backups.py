@@ -104,6 +104,10 @@ def resolve_conf_secrets(params: "Params", *, read_only: bool = False) -> dict[s
         keys.update({"repo1-s3-key": "drill.s3_key", "repo1-s3-key-secret": "drill.s3_key_secret"})
     if pb.cipher_type != "none" and pb.cipher_pass:
         refs["repo1-cipher-pass"] = pb.cipher_pass
+    if pb.repo2 is not None:  # the second repository's own keys and passphrase
+        refs.update({"repo2-s3-key": pb.repo2.s3_key, "repo2-s3-key-secret": pb.repo2.s3_key_secret})
+        if pb.repo2.cipher_type != "none" and pb.repo2.cipher_pass:
+            refs["repo2-cipher-pass"] = pb.repo2.cipher_pass
     return {opt: hsecrets.resolve(ref, key=keys[opt]) for opt, ref in refs.items()}
 
 

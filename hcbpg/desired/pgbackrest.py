@@ -12,7 +12,7 @@ from hcbpg.errors import ParamsError, PgBackRestError, SafetyCheckFailed
 from hcbpg.pg.conf import MANAGED_HEADER, one_line
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hcbpg.params import Params, PgBackRest, Server
+    from hcbpg.params import Params, PgBackRest, S3Repo, Server
 
 
 CONF_PATH = "/etc/pgbackrest/pgbackrest.conf"
@@ -26,6 +26,9 @@ SECRET_OPTIONS = {
     "repo1-cipher-pass": "pgbackrest.cipher_pass",
     "repo1-s3-key": "pgbackrest.s3_key",
     "repo1-s3-key-secret": "pgbackrest.s3_key_secret",
+    "repo2-cipher-pass": "pgbackrest.repo2.cipher_pass",
+    "repo2-s3-key": "pgbackrest.repo2.s3_key",
+    "repo2-s3-key-secret": "pgbackrest.repo2.s3_key_secret",
 }
 
 
@@ -53,6 +56,51 @@ def repo_path(params: "Params", server: "Server | None" = None) -> str:
     del server
     pb = pgbackrest_params(params)
     return f"{pb.repo_path_prefix.rstrip('/')}/{pb.stanza}"
+
+
+def repo_index_path(params: "Params", repo: "S3Repo") -> str:
+    """*repo*'s path for the cluster: ``<its repo_path_prefix>/<stanza>`` (see :func:`repo_path`)."""
+    return f"{repo.repo_path_prefix.rstrip('/')}/{pgbackrest_params(params).stanza}"
+
+
+def repo_indexes(params: "Params") -> list[int]:
+    """The repositories' indexes in pgbackrest.conf: ``[1]``, or ``[1, 2]`` with ``pgbackrest.repo2``."""
+    return [n for n, _ in pgbackrest_params(params).repos()]
+
+
+def repo_options(params: "Params", n: int, repo: "S3Repo") -> dict[str, str]:
+    """The ``repo<n>-*`` options of one repository (secrets as ``<secret>``)."""
+    pb = pgbackrest_params(params)
+    key = "pgbackrest" if n == 1 else f"pgbackrest.repo{n}"
+    host, port = split_endpoint(repo.s3_endpoint, key=f"{key}.s3_endpoint")
+    yn = lambda b: "y" if b else "n"  # noqa: E731
+    r = f"repo{n}-"
+    o = {
+        r + "bundle": yn(pb.bundle),
+        r + "cipher-type": repo.cipher_type,
+        r + "path": repo_index_path(params, repo),
+        r + "retention-full": str(repo.retention_full),
+        r + "retention-full-type": repo.retention_full_type,
+        r + "s3-bucket": repo.s3_bucket,
+        r + "s3-endpoint": host,
+        r + "s3-key": SECRET_PLACEHOLDER,
+        r + "s3-key-secret": SECRET_PLACEHOLDER,
+        r + "s3-region": repo.s3_region,
+        r + "type": pb.repo_type,
+    }
+    if pb.block:
+        o[r + "block"] = "y"
+    if repo.cipher_type != "none":
+        o[r + "cipher-pass"] = SECRET_PLACEHOLDER
+    if port is not None:
+        o[r + "storage-port"] = str(port)
+    if repo.s3_uri_style != "host":
+        o[r + "s3-uri-style"] = repo.s3_uri_style
+    if repo.s3_ca_file:
+        o[r + "storage-ca-file"] = repo.s3_ca_file
+    if not repo.s3_verify_tls:
+        o[r + "storage-verify-tls"] = "n"
+    return o
 
 
 #: disk size (GB) of Hetzner Cloud server types, for the default archive-push-queue-max
@@ -106,42 +154,21 @@ def conf_options(params: "Params", server: "Server", *,
     if version is not None:
         check_block_incremental(params, version)
     pb = pgbackrest_params(params)
-    host, port = split_endpoint(pb.s3_endpoint)
     yn = lambda b: "y" if b else "n"  # noqa: E731
     g: dict[str, str] = {
         "compress-type": pb.compress_type,
         "process-max": str(pb.process_max),
-        "repo1-bundle": yn(pb.bundle),
-        "repo1-cipher-type": pb.cipher_type,
-        "repo1-path": repo_path(params, server),
-        "repo1-retention-full": str(pb.retention_full),
-        "repo1-retention-full-type": pb.retention_full_type,
-        "repo1-s3-bucket": pb.s3_bucket,
-        "repo1-s3-endpoint": host,
-        "repo1-s3-key": SECRET_PLACEHOLDER,
-        "repo1-s3-key-secret": SECRET_PLACEHOLDER,
-        "repo1-s3-region": pb.s3_region,
-        "repo1-type": pb.repo_type,
         "start-fast": yn(pb.start_fast),
     }
+    for n, repo in pb.repos():
+        # every repository gets the WAL (archive-push pushes to each); backups name theirs (--repo=N)
+        g.update(repo_options(params, n, repo))
     if pb.archive_async:
         # WAL is pushed by a background process from the spool; past the queue limit it is dropped
         # from the archive rather than filling the disk (see archive_push_queue_max)
         g["archive-async"] = "y"
         g["spool-path"] = pb.spool_path
         g["archive-push-queue-max"] = archive_push_queue_max(params)
-    if pb.block:
-        g["repo1-block"] = "y"
-    if pb.cipher_type != "none":
-        g["repo1-cipher-pass"] = SECRET_PLACEHOLDER
-    if port is not None:
-        g["repo1-storage-port"] = str(port)
-    if pb.s3_uri_style != "host":
-        g["repo1-s3-uri-style"] = pb.s3_uri_style
-    if pb.s3_ca_file:
-        g["repo1-storage-ca-file"] = pb.s3_ca_file
-    if not pb.s3_verify_tls:
-        g["repo1-storage-verify-tls"] = "n"
     stanza: dict[str, str] = {"pg1-path": pg_data_path(params)}
     if params.postgres.port != 5432:
         stanza["pg1-port"] = str(params.postgres.port)
@@ -264,14 +291,15 @@ def check_block_incremental(params: "Params", version: tuple[int, int, int]) -> 
         raise ParamsError("params", problems)
 
 
-def split_endpoint(endpoint: str) -> tuple[str, int | None]:
-    """``("10.0.1.1", 9443)`` from ``10.0.1.1:9443``; ``(host, None)`` when there is no port."""
+def split_endpoint(endpoint: str, *, key: str = "pgbackrest.s3_endpoint") -> tuple[str, int | None]:
+    """``("10.0.1.1", 9443)`` from ``10.0.1.1:9443``; ``(host, None)`` when there is no port (*key*: the params
+    key named in a problem)."""
     ep = re.sub(r"^https?://", "", endpoint.strip()).rstrip("/")
     m = re.fullmatch(r"(\[[0-9a-fA-F:]+\]|[^:/\s]+)(?::(\d{1,5}))?", ep)
     if not m:
-        raise ParamsError("params", [f"pgbackrest.s3_endpoint: {endpoint!r} is not host or host:port"])
+        raise ParamsError("params", [f"{key}: {endpoint!r} is not host or host:port"])
     if m.group(2) and not 1 <= int(m.group(2)) <= 65535:
-        raise ParamsError("params", [f"pgbackrest.s3_endpoint: port {m.group(2)} is not between 1 and 65535"])
+        raise ParamsError("params", [f"{key}: port {m.group(2)} is not between 1 and 65535"])
     return m.group(1), int(m.group(2)) if m.group(2) else None
 
 

@@ -43,6 +43,8 @@ class Schedule:
     full: str
     diff: str
     deadman_url: str | None
+    #: repo2's (full, diff) schedules when params have a second repository
+    repo2: tuple[str, str] | None = None
 
 
 def plan_schedule(params: "Params", site_url: str | None) -> Schedule:
@@ -52,9 +54,11 @@ def plan_schedule(params: "Params", site_url: str | None) -> Schedule:
     if pb is None:
         raise ParamsError("params", ["pgbackrest: required for this step (the backup repository)"])
     full, diff = pb.schedule_full or DEFAULT_FULL, pb.schedule_diff or DEFAULT_DIFF
+    repo2 = (pb.repo2.schedule_full, pb.repo2.schedule_diff) if pb.repo2 is not None else None
     url = pb.deadman_url if pb.deadman_url is not None else site_url
     problems = []  # checked again here: each value becomes a line of a cron file or a shell script
-    for key, value in (("schedule_full", full), ("schedule_diff", diff)):
+    for key, value in (("schedule_full", full), ("schedule_diff", diff),
+                       *((("repo2.schedule_full", repo2[0]), ("repo2.schedule_diff", repo2[1])) if repo2 else ())):
         if not _CRON_RE.match(value):
             problems.append(f"pgbackrest.{key}: {value!r} is not a cron schedule of five fields "
                             "(minute hour day-of-month month day-of-week), e.g. '30 6 * * 0'")
@@ -62,11 +66,13 @@ def plan_schedule(params: "Params", site_url: str | None) -> Schedule:
         problems.append(f"pgbackrest.deadman_url: {url!r} is not an http(s) URL without query or quotes")
     if problems:
         raise ParamsError("params", problems)
-    return Schedule(pb.stanza, full, diff, url.rstrip("/") if url else None)
+    return Schedule(pb.stanza, full, diff, url.rstrip("/") if url else None, repo2)
 
 
 def render_cron(s: Schedule) -> str:
-    """/etc/cron.d/hcbpg-backup: weekly full and daily differential backups, as postgres."""
+    """/etc/cron.d/hcbpg-backup: weekly full and daily differential backups, as postgres (into repo1; with a
+    second repository, into repo2 on its own schedule: the job's second argument)."""
+    repo2 = [f"{s.repo2[0]} postgres {JOB_PATH} full 2", f"{s.repo2[1]} postgres {JOB_PATH} diff 2"] if s.repo2 else []
     return "\n".join([
         MANAGED_HEADER,
         f"# pgBackRest backups of stanza {s.stanza}; each run pings the dead-man's switch (see {JOB_PATH}).",
@@ -76,35 +82,51 @@ def render_cron(s: Schedule) -> str:
         "",
         f"{s.full} postgres {JOB_PATH} full",
         f"{s.diff} postgres {JOB_PATH} diff",
+        *repo2,
         "",
     ])
 
 
 def render_backup_job_script(params: "Params", s: Schedule) -> str:
-    """The job script: backup as postgres, then a success or failure ping (curl, timeout and retries).
+    """The job script: backup as postgres into one repository, then a success or failure ping (curl, timeout
+    and retries).
 
-    Exits with pgBackRest's exit status, so a failed backup is a failed cron job too.
+    Exits with pgBackRest's exit status, so a failed backup is a failed cron job too.  One backup runs at a
+    time (``flock``): pgBackRest holds one backup lock per stanza, so repo2's backup on repo1's schedule waits
+    for repo1's to end instead of failing.
     """
+    repos = "1|2" if s.repo2 else "1"
     url = shlex.quote(s.deadman_url or "")
     return f"""#!/bin/sh
 {MANAGED_HEADER}
 # Scheduled pgBackRest backup of stanza {s.stanza} (cron: {CRON_PATH}), then a ping to the
 # dead-man's switch: URL/start before, URL on success, URL/fail?status=N on failure.
 # The outside service alerts when the pings stop: a failed backup, a stopped cron, a server
-# that is down.  Run by hand as postgres:  sudo -u postgres {JOB_PATH} diff
+# that is down.  Run by hand as postgres:  sudo -u postgres {JOB_PATH} diff [repository]
 set -u
 STANZA={shlex.quote(s.stanza)}
 PING_URL={url}
 LOG={JOB_LOG}
 
 type="${{1:-}}"
+repo="${{2:-1}}"
 case "$type" in
   full|diff|incr) ;;
-  *) echo "usage: $0 full|diff|incr" >&2; exit 64 ;;
+  *) echo "usage: $0 full|diff|incr [{repos}]" >&2; exit 64 ;;
+esac
+case "$repo" in
+  {repos}) ;;
+  *) echo "usage: $0 full|diff|incr [{repos}]: no repository $repo" >&2; exit 64 ;;
 esac
 if [ "$(id -un)" != postgres ]; then
-  echo "$0: run this as postgres (sudo -u postgres $0 $type)" >&2
+  echo "$0: run this as postgres (sudo -u postgres $0 $type $repo)" >&2
   exit 77
+fi
+# one backup at a time (pgBackRest's backup lock is one per stanza): wait for the one running
+exec 9>>"$LOG.lock"
+if ! flock -w 43200 9; then
+  echo "$0: another backup held the lock for 12 hours; no backup" >&2
+  exit 75
 fi
 # installed on every server: only the primary backs up (after a failover, the new one)
 if ! in_recovery=$(psql -X -A -t -q -p {params.postgres.port} -d postgres -c 'SELECT pg_is_in_recovery()' 2>&1); then
@@ -128,11 +150,11 @@ send_ping() {{
 
 out=$(mktemp) || exit 75
 trap 'rm -f "$out"' EXIT
-echo "hcbpg-backup $type starting" | send_ping "$PING_URL/start" || echo "$0: start ping failed" >&2
-pgbackrest --stanza="$STANZA" --type="$type" --log-level-console=info backup >"$out" 2>&1
+echo "hcbpg-backup $type repo$repo starting" | send_ping "$PING_URL/start" || echo "$0: start ping failed" >&2
+pgbackrest --stanza="$STANZA" --repo="$repo" --type="$type" --log-level-console=info backup >"$out" 2>&1
 status=$?
 cat "$out"
-{{ echo "$(date -u +%FT%TZ) $type exit $status"; tail -n 5 "$out"; }} >>"$LOG" 2>/dev/null
+{{ echo "$(date -u +%FT%TZ) $type repo$repo exit $status"; tail -n 5 "$out"; }} >>"$LOG" 2>/dev/null
 if [ "$status" -eq 0 ]; then
   tail -n 20 "$out" | send_ping "$PING_URL" || echo "$0: success ping failed" >&2
 else

@@ -144,13 +144,14 @@ def wait_for_promotion(psql: "PsqlLike", *, timeout: float, sleep: Callable[[flo
 
 def run_restore(host: "HostLike", params: "Params", target: DrillTarget, *, set_label: str | None = None,
                 target_time: str | None = None, target_xid: str | None = None, force: bool = False,
-                timeout: float = 3600) -> RestoreResult:
+                timeout: float = 3600, repo: int | None = None) -> RestoreResult:
     """Restore onto the scratch host: stop, empty the data directory, ``pgbackrest restore``, start, wait for promotion.
 
     When the scratch host already holds a finished restore of the same backup and target
-    (its marker says so) and the cluster runs, nothing is done again unless *force*.
+    (its marker says so) and the cluster runs, nothing is done again unless *force*.  *repo* (1, 2): restore
+    from that repository alone (its backups and WAL), e.g. with repo1's store lost.
     """
-    opts = restore_options(set_label=set_label, target_time=target_time, target_xid=target_xid)
+    opts = restore_options(set_label=set_label, target_time=target_time, target_xid=target_xid, repo=repo)
     result = RestoreResult(target.name, set_label, target_time or (f"xid {target_xid}" if target_xid else None), opts)
     if host.dry_run:
         # dry run: a restore is a one-shot whose steps read what the previous one did (the scratch host's name
@@ -160,7 +161,7 @@ def run_restore(host: "HostLike", params: "Params", target: DrillTarget, *, set_
     marker = get_marker(host)
     cluster = get_cluster(host, params)
     if (not force and marker and marker.get("backup_label") == set_label and marker.get("target_time") == result.target_time
-            and cluster and cluster.get("running")):
+            and marker.get("options") == opts and cluster and cluster.get("running")):
         done = RestoreResult(**{k: v for k, v in marker.items() if k in RestoreResult.__dataclass_fields__})
         done.restored_now = False
         return done

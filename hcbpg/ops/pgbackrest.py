@@ -58,6 +58,7 @@ from hcbpg.pg.pgbackrest import (
     parse_backup_percent,
     parse_info_json,
     parse_pgbackrest_error,
+    parse_repo_status,
     parse_stanza_status,
     pgbackrest_cmd,
 )
@@ -250,14 +251,20 @@ def get_info_json(host: "HostLike", params: "Params", *options: str) -> str:
 
 
 def ensure_stanza(host: "HostLike", params: "Params") -> Outcome:
-    """The stanza exists in the repository (``stanza-create`` only when info says it is missing)."""
+    """The stanza exists in every repository (``stanza-create``, which creates it in each, only when info says it
+    is missing from one)."""
     seen = Changes(host)
     pb = pgbackrest_params(params)
-    what = f"stanza {pb.stanza} on {host.name}"
+    what = f"stanza {pb.stanza} on {host.name}" + (f" in repo{', repo'.join(str(n) for n, _ in pb.repos())}"
+                                                   if pb.repo2 is not None else "")
     cmd = _cmd(params, "stanza-create", "--log-level-console=info")
     info = run_pgbackrest(host, params, "info", "--output=json", read_only=True, check=False)
     if info.ok:
         status = parse_stanza_status(info.stdout, pb.stanza)
+        repos = parse_repo_status(info.stdout, pb.stanza)
+        if status is not None and repos and any(repos.get(n, (1, ""))[0] in (1, 3) for n, _ in pb.repos()):
+            # one repository without the stanza (repo2 added to a cluster archiving into repo1): created there
+            status = (1, "; ".join(f"repo{n}: {repos[n][1] if n in repos else 'not listed'}" for n, _ in pb.repos()))
     elif host.dry_run:
         # dry run: pgBackRest's install and config are recorded, not done, so info cannot answer: the stanza
         # is planned as missing
@@ -289,17 +296,19 @@ def check_stanza(host: "HostLike", params: "Params", server: "Server", *, archiv
 # backups ---------------------------------------------------------------------------------------
 
 def get_backups(host: "HostLike", params: "Params") -> list[BackupRow]:
-    """The stanza's backups as ``info`` lists them, oldest first."""
+    """The stanza's backups as ``info`` lists them (of every repository: each row names its ``repo``), oldest first."""
     return parse_info_json(get_info_json(host, params), pgbackrest_params(params).stanza)
 
 
 def run_backup(host: "HostLike", params: "Params", *, type: str = "full", timeout: float = 3600,
-               reporter: Reporter | None = None) -> BackupRow:
-    """Take one backup (``--type=full|diff|incr``) and return its row from ``info``; while it runs,
-    its progress (the percentage ``info`` reports, pgBackRest 2.41+) goes to *reporter* (default: a new one)."""
+               reporter: Reporter | None = None, repo: int | None = None) -> BackupRow:
+    """Take one backup (``--type=full|diff|incr``; into repository *repo*, default repo1) and return its row
+    from ``info``; while it runs, its progress (the percentage ``info`` reports, pgBackRest 2.41+) goes to
+    *reporter* (default: a new one)."""
     if type not in ("full", "diff", "incr"):
         raise ValueError(f"backup type must be full, diff or incr, not {type!r}")
-    before = {b.label for b in get_backups(host, params)}
+    into = [f"--repo={int(repo)}"] if repo is not None else []
+    before = {(b.repo, b.label) for b in get_backups(host, params)}
     rep = reporter or Reporter()
     stanza = pgbackrest_params(params).stanza
 
@@ -310,8 +319,8 @@ def run_backup(host: "HostLike", params: "Params", *, type: str = "full", timeou
             rep.update("backup", f"{type} of stanza {stanza}", done=pct, total=100.0, unit="percent")
 
     with Watcher(sample, interval=2.0):  # info reads the repository: every 2 s, not faster
-        run_pgbackrest(host, params, "backup", f"--type={type}", "--log-level-console=info", timeout=timeout)
-    new = [b for b in get_backups(host, params) if b.label not in before]
+        run_pgbackrest(host, params, "backup", *into, f"--type={type}", "--log-level-console=info", timeout=timeout)
+    new = [b for b in get_backups(host, params) if (b.repo, b.label) not in before and b.repo == (repo or 1)]
     if not new:
         raise PgBackRestError(f"on {host.name}: the {type} backup finished but info lists no new backup",
                               host=host.name)
@@ -320,34 +329,50 @@ def run_backup(host: "HostLike", params: "Params", *, type: str = "full", timeou
 
 def ensure_full_backup(host: "HostLike", params: "Params", *, before: Callable[[], None] | None = None,
                        ) -> tuple[Outcome, BackupRow | None]:
-    """A full backup exists in the repository: take one only when there is none.
+    """A full backup exists in every repository: take one (``--repo=N``) only where there is none.
 
-    *before* (optional) is called just before the backup starts (the restore drill's
-    fingerprint of the primary is taken there).
+    *before* (optional) is called just before repo1's backup starts (the restore drill's
+    fingerprint of the primary is taken there).  Returns repo1's full backup (None on a dry run
+    that plans one).
     """
     seen = Changes(host)
-    what = f"first full backup on {host.name}"
-    cmd = _cmd(params, "backup", "--type=full", "--log-level-console=info")
+    pb = pgbackrest_params(params)
+    repos = [n for n, _ in pb.repos()]
+    what = f"first full backup on {host.name}" + (f" in repo{', repo'.join(map(str, repos))}" if len(repos) > 1 else "")
+
+    def cmd(n: int) -> str:
+        return _cmd(params, "backup", *([f"--repo={n}"] if len(repos) > 1 else []), "--type=full",
+                    "--log-level-console=info")
     info = run_pgbackrest(host, params, "info", "--output=json", read_only=True, check=False)
     if not info.ok and not host.dry_run:
         raise _pgbackrest_error(host, _cmd(params, "info", "--output=json"), info)
     if not info.ok:
         # dry run: pgBackRest is not configured yet (step 05 is recorded, not done): there is no repository
         # to ask, and a backup is planned
-        host.run(cmd, sudo_user="postgres")
-        return seen.outcome(what, actions=[cmd + " (pgBackRest is not configured yet)"]), None
-    fulls = [b for b in parse_info_json(info.stdout, pgbackrest_params(params).stanza)
-             if b.type == "full" and not b.error]
-    if fulls:
-        return Outcome(what, False, host.dry_run, actions=[f"{fulls[-1].label} exists"]), fulls[-1]
+        for n in repos:
+            host.run(cmd(n), sudo_user="postgres")
+        return seen.outcome(what, actions=[cmd(n) + " (pgBackRest is not configured yet)" for n in repos]), None
+    fulls = [b for b in parse_info_json(info.stdout, pb.stanza) if b.type == "full" and not b.error]
+    have = {n: [b for b in fulls if b.repo == n] for n in repos}
+    missing = [n for n in repos if not have[n]]
+    exists = [f"{have[n][-1].label} exists" + (f" in repo{n}" if len(repos) > 1 else "") for n in repos if have[n]]
+    first = have[1][-1] if have[1] else None
+    if not missing:
+        return Outcome(what, False, host.dry_run, actions=exists), first
     if host.dry_run:
         # dry run: the backup is recorded, not taken, so there is no new backup in info to return
-        host.run(cmd, sudo_user="postgres")
-        return seen.outcome(what, actions=[cmd]), None
-    if before is not None:
-        before()
-    row = run_backup(host, params, type="full")
-    return seen.outcome(what, actions=[cmd, f"took {row.label} in {row.duration_s}s"]), row
+        for n in missing:
+            host.run(cmd(n), sudo_user="postgres")
+        return seen.outcome(what, actions=exists + [cmd(n) for n in missing]), first
+    actions = list(exists)
+    for n in missing:
+        if n == 1 and before is not None:
+            before()
+        row = run_backup(host, params, type="full", repo=n if len(repos) > 1 else None)
+        actions += [cmd(n), f"took {row.label} in {row.duration_s}s"]
+        if n == 1:
+            first = row
+    return seen.outcome(what, actions=actions), first
 
 
 def get_repo_files(host: "HostLike", params: "Params") -> list[dict[str, Any]]:

@@ -81,10 +81,12 @@ class BackupRow:
     wal_stop: str
     prior: str | None
     error: bool = False
+    repo: int = 1         # the repository holding it (``database.repo-key``)
 
     def row(self) -> dict[str, Any]:
         """For a table: sizes human-readable, duration in seconds."""
-        return {"label": self.label, "type": self.type, "start": self.start, "duration": f"{self.duration_s}s",
+        return {"repo": f"repo{self.repo}", "label": self.label, "type": self.type, "start": self.start,
+                "duration": f"{self.duration_s}s",
                 "size": format_bytes(self.size), "delta": format_bytes(self.delta),
                 "repo size": format_bytes(self.repo_size), "WAL start": self.wal_start,
                 "WAL stop": self.wal_stop, "prior": self.prior or "", "error": "yes" if self.error else ""}
@@ -121,6 +123,7 @@ def parse_info_json(text: str, stanza: str | None = None) -> list[BackupRow]:
             info = b.get("info") or {}
             repo = info.get("repository") or {}
             arch = b.get("archive") or {}
+            db = b.get("database") or {}
             start, stop = ts.get("start"), ts.get("stop")
             out.append(BackupRow(
                 label=b["label"], type=b.get("type", ""), start=_iso(start), stop=_iso(stop),
@@ -128,8 +131,35 @@ def parse_info_json(text: str, stanza: str | None = None) -> list[BackupRow]:
                 size=int(info.get("size") or 0), delta=int(info.get("delta") or 0),
                 repo_size=int(repo.get("size") or 0), repo_delta=int(repo.get("delta") or 0),
                 wal_start=arch.get("start") or "", wal_stop=arch.get("stop") or "",
-                prior=b.get("prior"), error=bool(b.get("error", False))))
-    return sorted(out, key=lambda r: (r.start, r.label))
+                prior=b.get("prior"), error=bool(b.get("error", False)), repo=int(db.get("repo-key") or 1)))
+    return sorted(out, key=lambda r: (r.start, r.label, r.repo))
+
+
+def parse_repo_status(text: str, stanza: str) -> dict[int, tuple[int, str]]:
+    """Each repository's status (code, message) for *stanza* from ``info --output=json`` (``repo[].key``,
+    ``repo[].status``, pgBackRest 2.33+), by repository index; empty when the stanza is not listed."""
+    for st in json.loads(text or "[]"):
+        if st.get("name") == stanza:
+            return {int(r["key"]): (int((r.get("status") or {}).get("code", -1)),
+                                    str((r.get("status") or {}).get("message", "")))
+                    for r in st.get("repo") or [] if "key" in r}
+    return {}
+
+
+def parse_archive_ranges(text: str, stanza: str) -> dict[int, tuple[str, str]]:
+    """The WAL each repository holds for *stanza* (its newest database's archive: ``(min, max)`` segment names)
+    from ``info --output=json``, by repository index; a repository with no WAL is absent."""
+    out: dict[int, tuple[str, str]] = {}
+    for st in json.loads(text or "[]"):
+        if st.get("name") != stanza:
+            continue
+        for a in st.get("archive") or []:
+            repo = int((a.get("database") or {}).get("repo-key") or 1)
+            lo, hi = a.get("min"), a.get("max")
+            if lo and hi:
+                old = out.get(repo)
+                out[repo] = (min(old[0], lo), max(old[1], hi)) if old else (lo, hi)
+    return out
 
 
 def parse_backup_progress(text: str, stanza: str) -> tuple[int, int] | None:
@@ -165,7 +195,7 @@ def parse_backup_percent(text: str) -> float | None:
 # restore -----------------------------------------------------------------------------------------
 
 def restore_options(*, set_label: str | None = None, target_time: str | None = None,
-                    target_xid: str | None = None) -> list[str]:
+                    target_xid: str | None = None, repo: int | None = None) -> list[str]:
     """pgbackrest restore options: a backup (--set, stop at consistency), a point in time, a transaction, or the latest.
 
     Always ``--archive-mode=off``: the restored cluster must never push WAL into the
@@ -180,4 +210,7 @@ def restore_options(*, set_label: str | None = None, target_time: str | None = N
             opts.append(f"--set={set_label}")
     elif set_label:
         opts += [f"--set={set_label}", "--type=immediate", "--target-action=promote"]
+    if repo is not None:
+        # one repository only (its backups and its WAL): without it pgBackRest takes the first that has the set
+        opts.append(f"--repo={int(repo)}")
     return opts
