@@ -7,14 +7,15 @@ Regenerate the golden files after a deliberate change with ``HCBPG_UPDATE_GOLDEN
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 import tomllib
 import yaml
 
+from hcbpg.desired import alerting, monitoring
 from hcbpg.desired import health_report as health
-from hcbpg.desired import monitoring
 from hcbpg.desired import roles as desired_roles
 from hcbpg.params import parse_params
 
@@ -74,11 +75,54 @@ def test_exporter_env_golden(params, cfg, server_name):
 
 
 def test_exporter_queries_golden():
-    text = monitoring.render_exporter_queries()
+    text = monitoring.render_exporter_queries(alerting.EXPORTER_QUERIES)
     golden("exporter.queries.yaml", text)
     doc = yaml.safe_load(text)
-    assert set(doc) == {"pg_replication", "pg_replication_slots"}
+    assert {"pg_replication", "pg_replication_slots", "hcbpg_xid", "hcbpg_wal"} <= set(doc)
     assert [next(iter(m)) for m in doc["pg_replication"]["metrics"]] == ["is_replica", "lag"]
+
+
+def test_every_exporter_metric_the_rules_read_is_in_the_exporters_queries_file():
+    """The rules' hcbpg_* series of the postgres job come from the exporter's queries file, not only from
+    desired.alerting's text: a rule reading one the file lacks would never fire."""
+    doc = yaml.safe_load(monitoring.render_exporter_queries(alerting.EXPORTER_QUERIES))
+    emitted = {f"{q}_{name}" for q, spec in doc.items() for m in spec["metrics"] for name, col in m.items()
+               if col["usage"] in ("GAUGE", "COUNTER")}
+    prod = parse_params(yaml.safe_load((REPO / "params" / "production.yaml").read_text()))
+    read = {m for r in alerting.rules(prod) for m in re.findall(r'\b(hcbpg_\w+)\{job="postgres"', r.expr)}
+    assert {"hcbpg_xid_age", "hcbpg_wal_bytes"} <= read
+    assert read <= emitted, f"read by the rules, not exported: {sorted(read - emitted)}"
+
+
+def test_exporter_web_config_is_tls_only_with_the_machines_certificate(params):
+    text = monitoring.render_exporter_web_config(params)
+    golden("exporter.web.yml", text)
+    doc = yaml.safe_load(text)
+    assert doc == {"tls_server_config": {"cert_file": monitoring.EXPORTER_CERT, "key_file": monitoring.EXPORTER_KEY,
+                                         "min_version": "TLS13"}}
+    spec = monitoring.exporter_cert_spec("hcb-jumpbox", "10.0.1.40")
+    assert spec.ips == ("10.0.1.40",) and spec.server and not spec.client
+
+
+def test_vector_endpoint_verifies_the_server_as_vectors_driver_can(params, cfg):
+    """Vector's postgresql_metrics (tokio-postgres) refuses sslmode=verify-full and sslrootcert in the endpoint and
+    any tls key but ca_file: what hcbpg renders is what it parses; the CA file makes its OpenSSL connector verify
+    the chain and the name (verify-full's checks)."""
+    config = monitoring.render_vector_config(params, params.primary, cfg)
+    env = monitoring.render_vector_env(params, params.primary, cfg, FAKE_PASSWORD)
+    assert monitoring.check_vector_config(config, env) == []
+    assert tomllib.loads(config)["sources"]["hcbpg_postgresql"]["tls"] == {
+        "ca_file": "/etc/hcbpg/tls/lab-postgres-ca.crt"}
+    assert "sslmode=require" in env
+    # the validator can fail: what Vector would refuse
+    bad_tls = config.replace('[sources.hcbpg_postgresql.tls]\n', '[sources.hcbpg_postgresql.tls]\n'
+                                                                    'verify_hostname = true\n')
+    assert monitoring.check_vector_config(bad_tls, env) == [
+        "sources.hcbpg_postgresql.tls.verify_hostname: not a field (ca_file only)"]
+    full = env.replace("sslmode=require", "sslmode=verify-full&sslrootcert=%2Fetc%2Fx.crt")
+    assert monitoring.check_vector_config(config, full) == [
+        "endpoint: sslrootcert is not an option tokio-postgres knows",
+        "endpoint: sslmode=verify-full (tokio-postgres: disable, prefer or require)"]
 
 
 def test_env_file_refuses_values_that_break_quoting(params, cfg):

@@ -106,7 +106,10 @@ def prometheus_config(params: "Params") -> dict[str, Any]:
     jobs: list[dict[str, Any]] = []
     for job, pairs in targets.items():
         cfg: dict[str, Any] = {"job_name": job}
-        if job == "patroni":
+        if job in ("node", "postgres"):
+            # both exporters serve TLS only (exporter-toolkit's web config), with a certificate naming the private IP
+            cfg.update(scheme="https", tls_config={"ca_file": ca})
+        elif job == "patroni":
             # GET /metrics needs no client certificate (verify_client optional); the REST certificate names the IP
             cfg.update(scheme="https", tls_config={"ca_file": ca})
         elif job == "etcd":

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from hcbpg.desired import alerting as desired_alerting
 from hcbpg.desired import etcd as desired_etcd
+from hcbpg.desired import monitoring as desired_monitoring
 from hcbpg.desired import patroni as desired_patroni
 from hcbpg.pg.services import RuntimeDir, ServiceSpec
 
@@ -73,10 +74,12 @@ def alertmanager_service(params: "Params") -> ServiceSpec:
 
 def node_exporter_service(params: "Params", listen_ip: str) -> ServiceSpec:
     """Node exporter (Debian's ``prometheus-node-exporter``, user prometheus) on *listen_ip* (the machine's
-    private address: Prometheus on the jumpbox scrapes it), reading hcbpg's textfile directory."""
+    private address: Prometheus on the jumpbox scrapes it), reading hcbpg's textfile directory, serving TLS only
+    (exporter-toolkit's web config, :data:`hcbpg.desired.monitoring.EXPORTER_WEB_CONFIG`)."""
     a = params.alerting
     port = a.node_exporter_port if a is not None else 9100
     return ServiceSpec(name="prometheus-node-exporter", user="prometheus", home="/var/lib/prometheus",
                        argv=("/usr/bin/prometheus-node-exporter", f"--web.listen-address={listen_ip}:{port}",
-                             f"--collector.textfile.directory={desired_alerting.TEXTFILE_DIR}"),
+                             f"--collector.textfile.directory={desired_alerting.TEXTFILE_DIR}",
+                             f"--web.config.file={desired_monitoring.EXPORTER_WEB_CONFIG}"),
                        log_file=NODE_EXPORTER_LOG)

@@ -35,6 +35,7 @@ from hcbpg.desired.services import (
 )
 from hcbpg.errors import HcbpgError, ParamsError, SafetyCheckFailed
 from hcbpg.ops.ha_files import ensure_daemon_packages, ensure_text
+from hcbpg.ops.monitoring import ensure_exporter_tls
 from hcbpg.outcome import Outcome
 from hcbpg.pg.services import ServiceSpec, render_start_command
 from hcbpg.wait import wait_until
@@ -66,10 +67,14 @@ def ensure_monitor_packages(host: "HostLike") -> Outcome:
 
 def ensure_node_exporter(host: "HostLike", params: "Params", name: str) -> list[Outcome]:
     """Node exporter on machine *name* (a server or the jumpbox): installed, the textfile directory
-    (:data:`~hcbpg.desired.alerting.TEXTFILE_DIR`, the prometheus user's), running on the private IP."""
+    (:data:`~hcbpg.desired.alerting.TEXTFILE_DIR`, the prometheus user's), running on the private IP with TLS only
+    (:func:`hcbpg.ops.monitoring.ensure_exporter_tls`: exporter-toolkit reads the certificate at each handshake, so a
+    renewed one needs no restart)."""
     desired_alerting.alerting_params(params)
-    spec = node_exporter_service(params, _private_ip(params, name))
+    ip = _private_ip(params, name)
+    spec = node_exporter_service(params, ip)
     out = [ensure_daemon_packages(host, NODE_PACKAGES, stop_units=NODE_PACKAGES)]
+    out += ensure_exporter_tls(host, params, name, ip)
     seen = Changes(host)
     if not host.probe(f"test -d {desired_alerting.TEXTFILE_DIR}").ok:
         # postgres's on a database server (the health job writes as postgres), root's on the jumpbox; 0755: node

@@ -6,14 +6,17 @@ does)."""
 from __future__ import annotations
 
 import copy
+import ipaddress
 import json
 from typing import Any
 
 import pytest
+from cryptography import x509
 
 from hcbpg.adapters.dryrun import DryRunHost
 from hcbpg.adapters.recording import Call
 from hcbpg.desired import alerting as al
+from hcbpg.desired import monitoring
 from hcbpg.desired.services import alertmanager_service, node_exporter_service, prometheus_service
 from hcbpg.errors import ParamsError, RemoteCommandError, SafetyCheckFailed
 from hcbpg.ops import alerting as ops_alerting
@@ -32,6 +35,18 @@ SECRETS = {HOOK: "https://pager.example.org/hook/s3cr3t-hook-token",
 ALERTING: dict[str, Any] = {"receivers": {"webhook": {"url": HOOK, "bearer_token": TOKEN}}, "heartbeat_url": DEADMAN,
                             "scrape_interval": "2s", "evaluation_interval": "2s", "for_duration": "4s"}
 MONITOR = al.PROMETHEUS_CONFIG, al.RULES_PATH, al.ALERTMANAGER_CONFIG
+
+
+@pytest.fixture(autouse=True)
+def _own_ca(tmp_path, monkeypatch):
+    """The exporters' certificates (node exporter serves TLS) come from a CA made under *tmp_path*, never one beside
+    the repository's params."""
+    from hcbpg.ops import tls
+    monkeypatch.setenv("HCBPG_HOME", str(tmp_path))
+    monkeypatch.setenv("HCBPG_STATE_DIR", str(tmp_path / "state"))
+    tls._CA_CACHE.clear()
+    yield
+    tls._CA_CACHE.clear()
 
 
 def alerting_params() -> Params:
@@ -109,7 +124,13 @@ def test_node_exporter_on_a_server_listens_on_its_private_ip_with_the_textfile_d
     assert box.running("prometheus-node-exporter")
     argv = box.procs[box.pidfiles["prometheus-node-exporter"]]
     assert argv == ["/usr/bin/prometheus-node-exporter", "--web.listen-address=10.0.1.5:9100",
-                    f"--collector.textfile.directory={al.TEXTFILE_DIR}"]
+                    f"--collector.textfile.directory={al.TEXTFILE_DIR}",
+                    f"--web.config.file={monitoring.EXPORTER_WEB_CONFIG}"]
+    # TLS only: a certificate naming the private IP (key the exporters' user's), the web config pointing at it
+    assert "tls_server_config:" in box.files[monitoring.EXPORTER_WEB_CONFIG]
+    assert x509.load_pem_x509_certificate(box.files[monitoring.EXPORTER_CERT].encode()).extensions \
+        .get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.IPAddress) == \
+        [ipaddress.ip_address("10.0.1.5")]
     assert "node exporter on server-postgres-1 (10.0.1.5:9100) (pidfile)" == out[-1].what
     n = len(box.host.journal)
     again = ops_alerting.ensure_node_exporter(box.host, p, NAME)
@@ -268,12 +289,14 @@ def test_the_steps_plan_on_machines_not_there_yet_installs_and_starts_everything
     plan = step.get_plan(hosts, p)
     assert all(o.dry_run for o in plan)
     whats = [o.what for o in plan]
-    assert whats[:6] == ["packages prometheus-node-exporter on server-postgres-1",
-                         "node exporter's textfile directory on server-postgres-1",
-                         "node exporter on server-postgres-1 (10.0.1.5:9100)",
-                         "packages prometheus-node-exporter on server-postgres-2",
-                         "node exporter's textfile directory on server-postgres-2",
-                         "node exporter on server-postgres-2 (10.0.1.6:9100)"], whats
+    for n, ip in ((NAME, "10.0.1.5"), ("server-postgres-2", "10.0.1.6")):
+        i = whats.index(f"packages prometheus-node-exporter on {n}")
+        assert whats[i:i + 6] == [f"packages prometheus-node-exporter on {n}", f"PostgreSQL CA on {n}",
+                                  f"the exporters' TLS certificate on {n} ({ip})",
+                                  f"the exporters' web config on {n} (TLS only)",
+                                  f"node exporter's textfile directory on {n}", f"node exporter on {n} ({ip}:9100)"]
+    assert whats.index(f"packages prometheus-node-exporter on {NAME}") < \
+        whats.index("packages prometheus-node-exporter on server-postgres-2")
     assert whats[-2:] == [f"prometheus-alertmanager on {JUMPBOX}", f"prometheus on {JUMPBOX}"]
     no_secret_in(plan)
     with pytest.raises(SafetyCheckFailed, match="cannot reach server-postgres-1 over SSH"):
