@@ -174,13 +174,19 @@ def test_the_route_source_is_read_from_ip_route_get():
 
 # placeholders -----------------------------------------------------------------------------------------
 
+#: production's alerting section ships its receiver and its dead-man as placeholders (tests/test_preflight_alerting.py)
+ALERTING_PLACEHOLDERS = {"alerting.receivers.slack.webhook_url": "op://HCB Engineering/CHANGE-ME Alerting Slack webhook/url",
+                         "alerting.heartbeat_url": "op://HCB Engineering/CHANGE-ME Alerting heartbeat/url"}
+
+
 def test_placeholders_fail_outside_the_lab_and_warn_in_it(tmp_path):
     params = load_params("production", REPO)
     assert params.placeholders() == {"pgbackrest.deadman_url": "https://hc-ping.com/CHANGE-ME",
-                                     "hetzner.admin_source_ranges[0]": "203.0.113.0/24"}
+                                     "hetzner.admin_source_ranges[0]": "203.0.113.0/24", **ALERTING_PLACEHOLDERS}
     rows = [c for c in preflight.check_params(FakeRun(params)) if c.name.startswith("placeholder ")]
     assert {(c.name, c.status) for c in rows} == {("placeholder pgbackrest.deadman_url", "fail"),
-                                                  ("placeholder hetzner.admin_source_ranges[0]", "fail")}
+                                                  ("placeholder hetzner.admin_source_ranges[0]", "fail"),
+                                                  *((f"placeholder {k}", "fail") for k in ALERTING_PLACEHOLDERS)}
     assert all("set it in production.yaml to" in c.detail for c in rows)
     lab = params.model_copy(update={"site": "hcbpg.lab.site:LabSite"})
     assert {c.status for c in preflight.check_params(FakeRun(lab)) if c.name.startswith("placeholder ")} == {"warn"}
@@ -190,12 +196,12 @@ def test_params_check_names_the_placeholders_left(home):
     (home / "params" / "production.yaml").write_text((REPO / "params" / "production.yaml").read_text())
     r = hcbpg("params", "check", "production")
     assert r.returncode == 0 and "is valid" in r.stdout, r
-    assert "2 placeholder(s) are left" in r.stdout, r.stdout
+    assert "4 placeholder(s) are left" in r.stdout, r.stdout
     assert "pgbackrest.deadman_url: https://hc-ping.com/CHANGE-ME" in r.stdout
     assert "hetzner.admin_source_ranges[0]: 203.0.113.0/24" in r.stdout
     data = json.loads(hcbpg("params", "check", "production", "--json").stdout)
     assert data["placeholders"] == {"pgbackrest.deadman_url": "https://hc-ping.com/CHANGE-ME",
-                                    "hetzner.admin_source_ranges[0]": "203.0.113.0/24"}
+                                    "hetzner.admin_source_ranges[0]": "203.0.113.0/24", **ALERTING_PLACEHOLDERS}
 
 
 # the doctor itself ----------------------------------------------------------------------------------------
@@ -220,13 +226,17 @@ pgbackrest:
   cipher_pass: env:HCBPG_TEST_S3
   deadman_url: {deadman}
 audit: {{anchor: none}}
+alerting:                               # a real site without it is refused (nothing would page anyone)
+  receivers: {{webhook: {{url: env:HCBPG_TEST_HOOK}}}}
+  heartbeat_url: env:HCBPG_TEST_HOOK
 """)
 
 
 def test_doctor_exits_0_when_every_prerequisite_holds_and_2_naming_each_missing_one(home, api, monkeypatch):
     key = Path(__import__("os").environ["HCBPG_SIGNING_KEY"])
     env = {"HCBPG_TEST_TOKEN": TOKEN, "HCBPG_TEST_APP_PW": "app-password-0123456789",
-           "HCBPG_TEST_S3": "s3-secret-0123456789", "HCBPG_OPERATOR_ADDRESS": "100.64.10.7"}
+           "HCBPG_TEST_S3": "s3-secret-0123456789", "HCBPG_OPERATOR_ADDRESS": "100.64.10.7",
+           "HCBPG_TEST_HOOK": "https://hooks.hcb.test/alerts/0f1e2d3c4b5a"}
     _doctor_params(home, api.url, key, deadman="https://hc-ping.com/0f1e2d3c")
     ok = hcbpg("doctor", "doc", env=env)
     assert ok.returncode == 0, ok.stdout + ok.stderr

@@ -101,7 +101,8 @@ def test_plan_production_offline_names_only_unresolvable_secrets_and_unreachable
     secret_rows = {r[0].removeprefix("secret ") for r in failed if r[0].startswith("secret ")}
     assert secret_rows == op_refs, (secret_rows ^ op_refs)
     placeholders = {f"placeholder {k}" for k in params.placeholders()}
-    assert placeholders == {"placeholder pgbackrest.deadman_url", "placeholder hetzner.admin_source_ranges[0]"}
+    assert placeholders == {"placeholder pgbackrest.deadman_url", "placeholder hetzner.admin_source_ranges[0]",
+                            "placeholder alerting.receivers.slack.webhook_url", "placeholder alerting.heartbeat_url"}
     for name, target, _status, detail in failed:
         if name.startswith("secret "):
             assert "1Password CLI" in detail, (name, detail)

@@ -1,5 +1,6 @@
-"""Step 00 (notebook ``00_preflight``): params valid and edited (no placeholder left outside the lab), secrets
-resolvable, the operator's tools present (the Heroku CLI logged in with access to the app for method heroku),
+"""Step 00 (notebook ``00_preflight``): params valid and edited (no placeholder left outside the lab), alerts that
+reach a human (a real site's params have an ``alerting:`` section whose receivers and heartbeat are no placeholders),
+secrets resolvable, the operator's tools present (the Heroku CLI logged in with access to the app for method heroku),
 the Hetzner token read-write, the operator's address inside the admin ranges, every target reachable over SSH;
 and the table of what the run will touch.  Nothing here changes anything.
 
@@ -13,9 +14,11 @@ import importlib.metadata
 import importlib.util
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hcbpg import secrets as hsecrets
 from hcbpg.adapters.cloud import make_client
 from hcbpg.adapters.host import Host
 from hcbpg.adapters.hostkeys import known_hosts_path, pinned_address
@@ -32,9 +35,11 @@ from hcbpg.outcome import Check
 from hcbpg.params import params_path, params_sha256
 from hcbpg.pg import scram as scram
 from hcbpg.pg.conninfo import describe_source, parse_source_url
+from hcbpg.secrets import is_secret_ref
 from hcbpg.steps.targets import recorded_servers
 
 if TYPE_CHECKING:  # pragma: no cover
+    from hcbpg.params import Params
     from hcbpg.steps.context import Run
 
 #: Python packages the steps import on the operator's side (module name, what needs it)
@@ -53,6 +58,10 @@ PLACEHOLDER_FIX = {
     "pgbackrest.deadman_url": "the team's healthchecks.io ping URL (step 08 fails until then)",
     "hetzner.admin_source_ranges": "the office / VPN ranges SSH may come from (this one reaches nobody: step 01's "
                                    "firewall would lock every operator out)",
+    "alerting.receivers.slack.webhook_url": "the 1Password item holding the team's Slack webhook URL (no alert "
+                                            "reaches anyone until then)",
+    "alerting.heartbeat_url": "the 1Password item holding the dead-man's ping URL the Heartbeat goes to (a dead "
+                              "monitor goes unnoticed until then)",
 }
 
 
@@ -72,6 +81,83 @@ def check_params(rb: "Run") -> list[Check]:
                          "database the newest WAL can wait hours to be archived): set it to 60 or so",
                          f"params/{path.name}"))
     return out
+
+
+#: what marks a receiver's or the heartbeat's value as a placeholder (case-insensitive): params' CHANGE-ME, and the
+#: documentation domains and words an example ships with
+ALERTING_PLACEHOLDERS = ("change-me", "changeme", "replace", "example.com", "example.org", "example.net", ".example",
+                         "your-", "xxxxxxxx")
+
+
+def _placeholder_marker(text: str) -> str | None:
+    low = text.lower()
+    return next((m for m in ALERTING_PLACEHOLDERS if m in low), None)
+
+
+def _alerting_values(params: "Params") -> dict[str, str]:
+    """Every string of the receivers and the heartbeat, by dotted key (what a page goes to)."""
+    a = params.alerting
+    if a is None:
+        return {}
+    out = {"alerting.heartbeat_url": a.heartbeat_url}
+    for kind in ("slack", "email", "webhook"):
+        receiver = getattr(a.receivers, kind)
+        if receiver is None:
+            continue
+        for field, value in receiver.model_dump().items():
+            for i, v in enumerate(value if isinstance(value, list) else [value]):
+                if isinstance(v, str):
+                    out[f"alerting.receivers.{kind}.{field}" + (f"[{i}]" if isinstance(value, list) else "")] = v
+    return out
+
+
+def _resolve(ref: str, key: str) -> str:
+    return hsecrets.resolve(ref, key=key)
+
+
+def check_alerting(rb: "Run", *, resolve: Callable[[str, str], str] = _resolve) -> list[Check]:
+    """Alerts reach a human (issue 25): on a real site (production, staging) params without an ``alerting:``
+    section, or whose receivers or heartbeat URL are placeholders (in params, or in the value a secret reference
+    resolves to: never shown), fail; in the lab they warn.  Params always name a receiver at least (their model
+    refuses none).  *resolve* (ref, key) -> value: the secret backend."""
+    params = rb.params
+    real = site_for(params) is PRODUCTION
+    path = params_path(rb.env, rb.home)
+    if params.alerting is None:
+        if not real:
+            return []
+        return [Check("alerting", "fail", f"{path.name} has no alerting section: nothing would page anyone when the "
+                      "database fails at night (no Prometheus, no Alertmanager, no dead-man for the monitor). Add it "
+                      "as params/production.yaml shows: receivers and heartbeat_url as secret references",
+                      f"params/{path.name}")]
+    listed = params.placeholders()  # CHANGE-ME in params: check_params has a row for each already
+    rows: list[Check] = []
+    for key, value in _alerting_values(params).items():
+        if key in listed:
+            continue
+        marker = _placeholder_marker(value)
+        if marker is not None:
+            rows.append(Check(f"placeholder {key}", "fail" if real else "warn",
+                              f"{key} is still a placeholder ({marker!r} in {value!r}): set it in {path.name} to "
+                              "where this environment's alerts must go", f"params/{path.name}"))
+            continue
+        if not is_secret_ref(value):
+            continue
+        try:
+            resolved = resolve(value, key)
+        except HcbpgError:
+            continue  # its "secret" row says why it does not resolve
+        marker = _placeholder_marker(resolved)
+        if marker is not None:  # the value is never shown: only the marker found in it
+            rows.append(Check(f"placeholder {key}", "fail" if real else "warn",
+                              f"the secret {value} resolves to a placeholder (it contains {marker!r}): put the real "
+                              "URL or address in it", f"params/{path.name}"))
+    if rows or any(k.startswith("alerting.") for k in listed):
+        return rows
+    a = params.alerting
+    receivers = [k for k in ("slack", "email", "webhook") if getattr(a.receivers, k) is not None]
+    return [Check("alerting", "pass", f"alerts go to {', '.join(receivers)}; the heartbeat to the dead-man every "
+                  f"{a.heartbeat_interval} (step 15b sets the monitor up on the jumpbox)", f"params/{path.name}")]
 
 
 def check_heroku(rb: "Run", *, local: LocalRunner = run_local) -> list[Check]:
@@ -302,7 +388,8 @@ def preflight(rb: "Run", *, operator_address: str | None = None, local: LocalRun
     """Every preflight check, in this order: params (placeholders), secrets, the operator's tools (Heroku CLI),
     the Hetzner API and its token's rights, the operator's address against the admin ranges, reachability,
     the app role's password.  ``hcbpg doctor`` runs it too (*operator_address*: its ``--from``)."""
-    checks = check_params(rb) + rb.check_secrets() + check_tools(rb) + check_heroku(rb, local=local)
+    checks = check_params(rb) + check_alerting(rb) + rb.check_secrets() + check_tools(rb) + check_heroku(rb,
+                                                                                                      local=local)
     found, api_row, client = _cloud_servers(rb)
     if client is not None:
         checks.append(operator.check_token_rights(client, rb.params))
