@@ -27,7 +27,8 @@ _MISSING = ("NoSuchKey", "404", "NotFound")
 
 
 class ObjectStoreLike(Protocol):
-    """What the environment lock needs from a bucket (the real one, or moto's in tests)."""
+    """What operations need from a bucket (the real one, or moto's in tests): the environment lock's create,
+    replace, get and delete; the repository's history (:mod:`hcbpg.ops.repo_history`) its versions."""
 
     name: str
 
@@ -38,6 +39,16 @@ class ObjectStoreLike(Protocol):
     def get(self, key: str) -> tuple[bytes, str] | None: ...
 
     def delete(self, key: str) -> None: ...
+
+    def keys(self, prefix: str) -> list[str]: ...
+
+    def versions(self, prefix: str) -> list[dict[str, Any]]: ...
+
+    def copy_version(self, source_key: str, version_id: str, target_key: str) -> None: ...
+
+    def versioning(self) -> str | None: ...
+
+    def enable_versioning(self) -> None: ...
 
 
 class ObjectStore:

@@ -273,3 +273,10 @@ def admin_refs(repo: "S3Repo", where: str = "pgbackrest") -> tuple[Any, Any]:
         raise ParamsError("params", [f"{where}.admin_s3_key: the repository's admin key is needed here (it reads "
                                      "every version and writes the clean prefix); params have none"])
     return repo.admin_s3_key, repo.admin_s3_key_secret
+
+
+def parse_expire_output(text: str) -> list[str]:
+    """What an expiry run removed, from its console lines (2.45: ``repo1: expire full backup 20261207-061445F``,
+    ``repo1: remove archive, start = ..., stop = ...``)."""
+    return [ln.split("INFO: ", 1)[-1].strip() for ln in text.splitlines()
+            if re.search(r": expire \w+ backup|: remove archive", ln)]

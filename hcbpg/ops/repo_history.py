@@ -13,7 +13,7 @@ import json
 import shlex
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from hcbpg import secrets as hsecrets
 from hcbpg.adapters.base import Changes
@@ -34,7 +34,7 @@ from hcbpg.outcome import Outcome, unified_diff
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.base import HostLike, Result
-    from hcbpg.adapters.objectstore import ObjectStore
+    from hcbpg.adapters.objectstore import ObjectStoreLike
     from hcbpg.params import Params
 
 #: written last under the target prefix: the copy finished (a second run finds it and copies nothing)
@@ -43,7 +43,7 @@ DONE_MARKER = ".hcbpg-as-of.json"
 
 # versioning -------------------------------------------------------------------------------------------------
 
-def ensure_bucket_versioning(store: "ObjectStore", *, dry_run: bool) -> Outcome:
+def ensure_bucket_versioning(store: "ObjectStoreLike", *, dry_run: bool) -> Outcome:
     """The bucket keeps every version (the admin key turns it on when it is off or suspended).
 
     Turned on here rather than refused: versioning is the provider's one switch that makes a server's deletes
@@ -63,13 +63,13 @@ def ensure_bucket_versioning(store: "ObjectStore", *, dry_run: bool) -> Outcome:
 
 # the repository as of T ---------------------------------------------------------------------------------------
 
-def get_versions(store: "ObjectStore", prefix: str) -> list[ObjectVersion]:
+def get_versions(store: "ObjectStoreLike", prefix: str) -> list[ObjectVersion]:
     """Every version and delete marker under *prefix*."""
     return [ObjectVersion(v["key"], v["version_id"], v["last_modified"], v["is_latest"], v["delete_marker"], v["size"])
             for v in store.versions(prefix)]
 
 
-def run_copy_as_of(store: "ObjectStore", plan: AsOfPlan, *, dry_run: bool,
+def run_copy_as_of(store: "ObjectStoreLike", plan: AsOfPlan, *, dry_run: bool,
                    progress: Callable[[int, int], None] | None = None) -> Outcome:
     """Copy each planned version into the clean target prefix, then a marker saying the copy is whole.
 
@@ -158,10 +158,4 @@ def run_expire(host: "HostLike", params: "Params", *, timeout: float = 3600) -> 
                               hint="Check the admin key (params pgbackrest.admin_s3_key) and the jumpbox's "
                                    f"{EXPIRE_CONF_PATH}.")
     return res
-
-
-def expiry_record(res: "Result") -> dict[str, Any]:
-    """What an expiry run removed, from its console lines (``expire full backup set: ...``)."""
-    lines = [ln for ln in res.output.splitlines() if "expire" in ln and ("backup set" in ln or "remove archive" in ln)]
-    return {"expired": [hsecrets.scrub(ln.split(": ", 1)[-1]) for ln in lines], "lines": len(lines)}
 

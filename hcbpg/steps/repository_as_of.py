@@ -66,7 +66,7 @@ def connect(rb: "Run", as_of: str, target_prefix: str = "") -> AsOf:
     return AsOf(store, plan, asof)
 
 
-def plan_rows(a: AsOf) -> list[dict[str, Any]]:
+def table_of_plan(a: AsOf) -> list[dict[str, Any]]:
     """The plan as a table: what is copied, what did not exist at T, what changed after T."""
     s = a.plan.summary()
     backup_infos = [c for c in a.plan.copies if c.source_key.endswith("/backup.info")]
