@@ -81,8 +81,9 @@ def test_restart_settings_are_flagged():
     assert rows["work_mem"] == "reload"
 
 
-def test_a_cluster_without_data_checksums_is_a_warning_that_says_how_to_enable_them_offline():
-    """New clusters get checksums at initdb; an existing one without them is reported (warn, not fail) with the
+def test_a_cluster_without_data_checksums_fails_and_says_how_to_enable_them_offline():
+    """New clusters get checksums at initdb; an existing one without them fails the check (step 02 recreates an
+    empty one and refuses one holding data) with the
     pg_checksums procedure, and nothing on the host is changed by the check."""
     import json
 
@@ -91,7 +92,7 @@ def test_a_cluster_without_data_checksums_is_a_warning_that_says_how_to_enable_t
 
     pgdata = "/srv/pg/15/main"
     cluster = json.dumps([{"version": 15, "cluster": "main", "running": 1, "pgdata": pgdata}])
-    for setting, status in (("on", "pass"), ("off", "warn")):
+    for setting, status in (("on", "pass"), ("off", "fail")):
         host = RecordingHost("server-postgres-1", [(r"pg_lsclusters", cluster),
                                                    (r"^psql --cluster 15/main", json.dumps([{"v": setting}]))])
         check = check_data_checksums(host, lab())

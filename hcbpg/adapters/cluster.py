@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from hcbpg.adapters.psql import Psql
 from hcbpg.errors import RemoteCommandError
-from hcbpg.pg.cluster import CLUSTER_LOCALE, create_command, ctl_command
+from hcbpg.pg.cluster import CLUSTER_LOCALE, create_command, ctl_command, drop_command
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.base import HostLike, Result
@@ -77,6 +77,10 @@ class ClusterControl:
     def create(self) -> "Result":
         """``pg_createcluster`` (not started: the settings are written before the first start)."""
         return self.host.run(self.create_command())
+
+    def drop(self, *, timeout: float = 300) -> "Result":
+        """``pg_dropcluster --stop``: stopped, data directory and configuration removed (callers decide it may go)."""
+        return self.host.run(drop_command(self.version, self.name), timeout=timeout)
 
     def start(self, *args: str, timeout: float = 180, hint: str | None = None) -> "Result":
         """``pg_ctlcluster ... start [ARGS]``."""

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import shlex
 import shutil
 import stat
@@ -203,6 +204,63 @@ def prepare_upper(cfg: LabConfig, name: str, ip: str, upper: Path,
         os.chmod(tls / "ca.crt", 0o644)
 
 
+# packages a host does not have yet, as on a fresh server -------------------------------------
+
+#: sysvinit's answer at runlevel 2: invoke-rc.d starts an init script only in a known runlevel (the lab has no init)
+_RUNLEVEL = ("#!/bin/sh\n# hcbpg lab host installed like a real server: the runlevel a booted sysvinit server is in,\n"
+             "# so a package's postinst starts its service through invoke-rc.d as systemd would on Ubuntu\n"
+             "echo 'N 2'\n")
+#: the machine's policy-rc.d denies every start (a container's); a real server lets PostgreSQL's postinst start it
+_POLICY_RC_D = ("#!/bin/sh\n# hcbpg lab host installed like a real server: PostgreSQL's init script may start its\n"
+                "# clusters (as on a real server); anything else keeps the machine's policy (no start)\n"
+                'case "$1" in postgresql) exit 0 ;; esac\nexit 101\n')
+APT_ARCHIVES = Path("/var/cache/apt/archives")
+
+
+def _dpkg_stanzas(text: str) -> list[str]:
+    return [st for st in re.split(r"\n\n+", text.strip("\n")) if st.strip()]
+
+
+def cached_deb(package: str, status: str | None = None) -> Path:
+    """The machine's cached ``.deb`` of *package* at the version dpkg has installed (what ``apt-get install`` on a
+    lab host uses: the host has no network); LabError naming how to put it there when missing."""
+    text = status if status is not None else Path("/var/lib/dpkg/status").read_text()
+    for st in _dpkg_stanzas(text):
+        fields = dict(re.findall(r"^([A-Za-z-]+): (.*)$", st, flags=re.M))
+        if fields.get("Package") == package and fields.get("Status") == "install ok installed":
+            deb = APT_ARCHIVES / f"{package}_{fields['Version'].replace(':', '%3a')}_{fields['Architecture']}.deb"
+            if not deb.is_file():
+                raise LabError(f"the lab cannot install {package} like a real server: {deb} is missing",
+                               hint=f"As root on this machine: apt-get install --download-only --reinstall -y "
+                                    f"{package} (apt keeps the .deb there).")
+            return deb
+    raise LabError(f"{package} is not installed on this machine: lab hosts see the machine's packages",
+                   hint="scripts/install.sh installs what the lab needs.")
+
+
+def unpackage_upper(upper: Path, packages: Sequence[str]) -> None:
+    """Make *packages* not installed on the host whose upper layer is *upper*, as on a fresh server: dpkg's status
+    there lists them no more, so ``apt-get install`` (offline: the machine's package lists and cached ``.deb``,
+    :func:`cached_deb`) unpacks them and runs their maintainer scripts for real, as on a real server: the
+    postinst of postgresql-15 creates and starts ``15/main`` as createcluster.conf says.  The host also gets
+    a runlevel and a policy-rc.d that let PostgreSQL's init script start it (the lab has no init: the machine's
+    policy-rc.d denies every start).  The files stay visible through the overlay until dpkg writes its own."""
+    status = Path("/var/lib/dpkg/status").read_text()
+    for p in packages:
+        cached_deb(p, status)
+    keep = [st for st in _dpkg_stanzas(status)
+            if not any(st.startswith(f"Package: {p}\n") for p in packages)]
+    dpkg = _mkdir_like(upper, "var/lib/dpkg")
+    st = Path("/var/lib/dpkg/status").stat()
+    _put(dpkg / "status", "\n\n".join(keep) + "\n\n", stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
+    sbin = _mkdir_like(upper, "usr/sbin")
+    for name, text in (("runlevel", _RUNLEVEL), ("policy-rc.d", _POLICY_RC_D)):
+        target = sbin / name
+        if target.exists() or target.is_symlink():
+            target.unlink()
+        _put(target, text, 0o755)
+
+
 # network ------------------------------------------------------------------------------
 
 def ensure_bridge(cfg: LabConfig) -> None:
@@ -303,7 +361,7 @@ def _wait_for_chroot(pid: int, merged: Path, deadline: float) -> None:
 def create_host(cfg: LabConfig, name: str, role: str, ip: str,
                 authorized_keys: Sequence[str], *, sshd: bool = True,
                 host_keys: Mapping[str, str] | None = None, pin: bool = True,
-                snapshot: Path | None = None) -> dict[str, Any]:
+                snapshot: Path | None = None, fresh_packages: Sequence[str] = ()) -> dict[str, Any]:
     """Bring up one lab host (idempotent: a live host with the same IP is kept).
 
     *host_keys* (cloud-init ``ssh_keys:`` names: ``ed25519_private``, ``ed25519_public``) become
@@ -312,6 +370,8 @@ def create_host(cfg: LabConfig, name: str, role: str, ip: str,
     whoever created it, as on Hetzner.  *snapshot* (from :func:`snapshot_host`): the host starts
     with that upper layer (what an earlier host wrote: an installed cluster, its configuration),
     then gets its own hostname, machine id, host keys and authorized keys like any new host.
+    *fresh_packages* (e.g. ``("postgresql-15",)``): the host does not have them installed yet and installs them
+    like a real server, maintainer scripts included (:func:`unpackage_upper`).
     """
     check_host_name(name)
     addr = ipaddress.ip_address(ip)
@@ -346,6 +406,8 @@ def create_host(cfg: LabConfig, name: str, role: str, ip: str,
         state["hosts"][name] = record
         write_state(cfg, state)
         prepare_upper(cfg, name, ip, upper, authorized_keys, host_keys)
+        if fresh_packages:
+            unpackage_upper(upper, fresh_packages)
         run(["ip", "netns", "add", ns])
         _attach(cfg, ns, ip)
         if cfg.router_netns in netns_list():
@@ -576,16 +638,17 @@ def apply_firewall(cfg: LabConfig, name: str, rules: Sequence[Mapping[str, Any]]
 
 def create_server_host(name: str, private_ip: str, authorized_keys: list[str],
                        lab_dir: str | None = None, *, host_keys: Mapping[str, str] | None = None,
-                       pin: bool = True, snapshot: Path | None = None) -> dict:
+                       pin: bool = True, snapshot: Path | None = None, fresh_packages: Sequence[str] = ()) -> dict:
     """Bring up a lab host with role "server" (a fresh server: no PostgreSQL cluster; or, with
-    *snapshot*, what :func:`snapshot_host` copied of an earlier one).
+    *snapshot*, what :func:`snapshot_host` copied of an earlier one; with *fresh_packages*, without those
+    packages installed yet: :func:`unpackage_upper`).
 
     Returns {"name", "role", "ip", "public_ip", "netns"}; ``public_ip`` is the private IP
     because the lab has no public network.  Idempotent for the same name and IP.
     """
     cfg = LabConfig.load(lab_dir)
     return create_host(cfg, name, "server", private_ip, authorized_keys, host_keys=host_keys, pin=pin,
-                       snapshot=snapshot)
+                       snapshot=snapshot, fresh_packages=fresh_packages)
 
 
 def destroy_server_host(name: str, lab_dir: str | None = None) -> None:

@@ -16,6 +16,7 @@ from hcbpg.adapters.cluster import ClusterControl
 from hcbpg.adapters.dryrun import AbsentHost as _Absent
 from hcbpg.adapters.services import ServiceControl
 from hcbpg.desired.packages import packages
+from hcbpg.desired.replication import bin_path
 from hcbpg.desired.services import patroni_service
 from hcbpg.errors import (
     DatabaseError,
@@ -25,6 +26,14 @@ from hcbpg.errors import (
 )
 from hcbpg.ops.packages import get_installed_packages
 from hcbpg.outcome import Check, Outcome
+from hcbpg.pg.checksums import (
+    CLUSTER_CONTENTS_SQL,
+    DATABASE_OBJECTS_SQL,
+    ClusterContents,
+    checksum_enable_estimate,
+    parse_checksums_on,
+)
+from hcbpg.pg.controldata import parse_controldata
 from hcbpg.wait import polling_loop
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -32,7 +41,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.params import Params
 
 __all__ = ["check_data_checksums", "check_psql_as_postgres", "ensure_cluster_exists",
-           "ensure_cluster_running", "get_cluster", "get_cluster_running", "get_pending_restart", "get_psql",
+           "ensure_cluster_running", "get_cluster", "get_cluster_contents", "get_cluster_running",
+           "get_data_checksums", "get_pending_restart", "get_psql",
            "get_patroni_managed", "get_restart_contexts", "get_server_facts", "run_reload", "run_restart"]
 
 
@@ -63,13 +73,84 @@ def _refuse_under_patroni(host: "HostLike", params: "Params", action: str) -> No
                  "Patroni first (step 11b, -p mode=pause). Nothing was changed.")
 
 
+def _pgdata(control: ClusterControl, cluster: dict[str, Any] | None) -> str:
+    return str((cluster or {}).get("pgdata") or f"/var/lib/postgresql/{control.version}/{control.name}")
+
+
+def get_data_checksums(host: "HostLike", params: "Params") -> bool | None:
+    """Whether the cluster's data directory has data checksums (``pg_controldata``: stopped or running); None when
+    there is no cluster or pg_controldata does not say."""
+    control = ClusterControl.of(host, params)
+    cluster = control.get()
+    if cluster is None:
+        return None
+    res = host.probe(f"LC_ALL=C {bin_path(params, 'pg_controldata')} -D {shlex.quote(_pgdata(control, cluster))}")
+    return parse_checksums_on(parse_controldata(res.stdout)) if res.ok else None
+
+
+def get_cluster_contents(host: "HostLike", params: "Params") -> ClusterContents:
+    """What the running cluster holds beyond what initdb made (:mod:`hcbpg.pg.checksums`: "holds nothing")."""
+    psql = get_psql(host, params)
+    rows = psql.query(CLUSTER_CONTENTS_SQL)
+    cluster = rows[0] if rows else {}
+    objects = {db: psql.query(DATABASE_OBJECTS_SQL, dbname=db) for db in cluster.get("connectable") or []}
+    return ClusterContents.from_rows(cluster, objects)
+
+
+def _enable_checksums_how(control: ClusterControl, pgdata: str) -> str:
+    v = control.version
+    return (f"{control.command('stop')} && sudo -u postgres /usr/lib/postgresql/{v}/bin/pg_checksums --enable "
+            f"--progress -D {pgdata} && {control.command('start')} (on the primary, then rebuild the replica with "
+            "step 10)")
+
+
 def ensure_cluster_exists(host: "HostLike", params: "Params") -> Outcome:
-    """The cluster exists (``pg_createcluster``, not started: settings are written before the first start)."""
-    cluster = ClusterControl.of(host, params)
+    """The cluster exists with data checksums (``pg_createcluster``, not started: settings are written before the
+    first start).
+
+    One that exists without checksums (the automatic ``15/main`` of a postgresql-15 installed before hcbpg's
+    createcluster.d drop-in) is dropped and created again when it holds nothing (:mod:`hcbpg.pg.checksums`; a
+    stopped one is started to look), and refused when it holds data, with what ``pg_checksums --enable`` would
+    cost: nothing is changed then (one started to look is stopped again).
+    """
+    control = ClusterControl.of(host, params)
+    v, c = control.version, control.name
+    what = f"cluster {v}/{c} on {host.name}"
     seen = Changes(host)
-    if cluster.get() is None:
-        cluster.create()
-    return seen.outcome(f"cluster {cluster.version}/{cluster.name} on {host.name}")
+    cluster = control.get()
+    if cluster is None:
+        control.create()
+        return seen.outcome(what)
+    if get_data_checksums(host, params) is not False:
+        return seen.outcome(what)
+    _refuse_under_patroni(host, params, "drop and recreate")
+    why = f"{v}/{c} was created without data checksums"
+    if not cluster.get("running") and host.dry_run:
+        # a stopped cluster cannot be asked what it holds without starting it: the plan says what a run does
+        control.start()
+        control.drop()
+        control.create()
+        return seen.outcome(what, actions=[f"{why} and is stopped: start it to see what it holds; if nothing, drop it "
+                                           "and create it again with checksums (a run refuses one holding data)",
+                                           *seen.made])
+    started = False
+    if not cluster.get("running"):
+        control.start()
+        started = True
+    contents = get_cluster_contents(host, params)
+    if not contents.empty:
+        if started:
+            control.stop()
+        raise SafetyCheckFailed(
+            f"on {host.name}: cluster {why} and holds data ({contents.summary()}): hcbpg does not drop it",
+            target=host.name, reasons=[f"holds {contents.summary()}"],
+            hint=f"pg_checksums --enable turns them on in place: {checksum_enable_estimate(contents.bytes)} (on the "
+                 f"primary that is downtime): {_enable_checksums_how(control, _pgdata(control, cluster))}. If the "
+                 f"data is not needed: pg_dropcluster --stop {v} {c}, then run step 02 again. Nothing was changed.")
+    control.drop()
+    control.create()
+    return seen.outcome(what, actions=[f"{why} and holds nothing initdb did not make: dropped, created again "
+                                       "with checksums", *seen.made])
 
 
 def ensure_cluster_running(host: "HostLike", params: "Params") -> Outcome:
@@ -81,10 +162,12 @@ def ensure_cluster_running(host: "HostLike", params: "Params") -> Outcome:
     v, c = control.version, control.name
     seen = Changes(host)
     cluster = control.get()
-    if cluster is not None and cluster.get("running"):
+    # dry run: pg_createcluster was recorded, not run, so the cluster a dry run would start (a new one, or one
+    # dropped and made again with checksums) is not seen
+    planned = host.dry_run and control.create_command() in host.journal
+    if cluster is not None and cluster.get("running") and not planned:
         return seen.outcome(f"cluster {v}/{c} running on {host.name}")
-    # dry run: pg_createcluster was recorded, not run, so the cluster a dry run would start is not seen
-    if cluster is None and not (host.dry_run and control.create_command() in host.journal):
+    if cluster is None and not planned:
         raise SafetyCheckFailed(f"on {host.name}: cluster {v}/{c} does not exist",
                                 hint="ensure_cluster_exists creates it.")
     log = (cluster or {}).get("logfile") or f"/var/log/postgresql/postgresql-{v}-{c}.log"
@@ -151,21 +234,13 @@ def get_restart_contexts(psql: "PsqlLike", names: Iterable[str]) -> list[str]:
 
 
 def check_data_checksums(host: "HostLike", params: "Params") -> Check:
-    """Data checksums are on (new clusters get them at initdb; the replica inherits the primary's).
-
-    An existing cluster without them is a warning that says how to enable them offline.
-    """
+    """Data checksums are on (step 02 creates the cluster with them, or drops an empty one made without them;
+    the replica inherits the primary's): pass, else fail with how to enable them offline."""
     control = ClusterControl.of(host, params)
     on = control.psql().value("SELECT current_setting('data_checksums') AS v") == "on"
-    cluster = control.get() or {}
-    v, c = control.version, control.name
-    pgdata = cluster.get("pgdata") or f"/var/lib/postgresql/{v}/{c}"
-    how = (f"this cluster was created without them; to enable them offline (the server is down for a "
-           f"read of every page): {control.command('stop')} && sudo -u postgres "
-           f"/usr/lib/postgresql/{v}/bin/pg_checksums --enable --progress -D {pgdata} && "
-           f"{control.command('start')} (on the primary, then rebuild the replica with step 10)")
-    return Check("data checksums", "pass" if on else "warn", "on (initdb --data-checksums)" if on else how,
-                 host.name)
+    how = ("this cluster was created without them; to enable them offline (the server is down for a read and "
+           f"rewrite of every page): {_enable_checksums_how(control, _pgdata(control, control.get()))}")
+    return Check.of("data checksums", on, "on (initdb --data-checksums)" if on else how, host.name)
 
 
 def check_psql_as_postgres(host: "HostLike", params: "Params") -> Check:

@@ -24,6 +24,7 @@ from hcbpg.errors import (
     SafetyCheckFailed,
 )
 from hcbpg.outcome import Outcome, unified_diff
+from hcbpg.pg.checksums import CREATECLUSTER_CONF, CREATECLUSTER_DIR, CREATECLUSTER_DROPIN, render_createcluster_conf
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.base import HostLike
@@ -64,6 +65,39 @@ def ensure_pgdg_repo(host: "HostLike", params: "Params") -> Outcome:
                                     hint="Install postgresql-common first (ensure_packages does).")
         host.put_text(PGDG_SOURCES, desired, mode=0o644, owner="root")
     return seen.outcome(f"PGDG apt repository on {host.name}", diff=unified_diff(current or "", desired, PGDG_SOURCES))
+
+
+def ensure_createcluster_conf(host: "HostLike", params: "Params") -> Outcome:
+    """``createcluster.d/hcbpg.conf``: installing postgresql-NN creates no cluster, and any cluster pg_createcluster
+    makes gets data checksums (:mod:`hcbpg.pg.checksums` says why a drop-in and why both settings).  Written before
+    any package, so the postinst of postgresql-15 reads it.
+
+    Where postgresql-common is installed already, its own tool is asked what createcluster.conf now says; refused
+    (the file put back as it was) when the drop-in is not read: a postgresql-common whose createcluster.conf has no
+    ``include_dir`` for createcluster.d."""
+    seen = Changes(host)
+    desired = render_createcluster_conf()
+    current = host.read_text(CREATECLUSTER_DROPIN)
+    if current != desired:
+        if not host.exists(CREATECLUSTER_DIR):
+            host.run(f"install -d -m 0755 -o root -g root {CREATECLUSTER_DIR}", display=f"directory {CREATECLUSTER_DIR}")
+        host.put_text(CREATECLUSTER_DROPIN, desired, mode=0o644, owner="root")
+        if not host.dry_run and host.probe("command -v pg_conftool").ok:
+            res = host.probe(f"pg_conftool {CREATECLUSTER_CONF} show -bs create_main_cluster")
+            if res.stdout.strip() != "off":
+                if current is None:
+                    host.run(f"rm -f {CREATECLUSTER_DROPIN}")
+                else:
+                    host.put_text(CREATECLUSTER_DROPIN, current, mode=0o644, owner="root")
+                raise SafetyCheckFailed(
+                    f"on {host.name}: {CREATECLUSTER_CONF} does not read {CREATECLUSTER_DROPIN} (pg_conftool says "
+                    f"create_main_cluster is {res.stdout.strip() or res.output.strip()[-200:]!r}, not off)",
+                    target=host.name,
+                    hint=f"This postgresql-common's createcluster.conf has no include_dir '{CREATECLUSTER_DIR}': "
+                         "upgrade postgresql-common, or add that line to it, and run step 02 again. Nothing was "
+                         "changed.")
+    return seen.outcome(f"createcluster drop-in on {host.name} (no automatic cluster, data checksums)",
+                        diff=unified_diff(current or "", desired, CREATECLUSTER_DROPIN))
 
 
 def _install(host: "HostLike", pkgs: list[str], origin: str) -> Outcome:

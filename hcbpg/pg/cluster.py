@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import shlex
 
-__all__ = ["CLUSTER_LOCALE", "create_command", "ctl_command"]
+__all__ = ["CLUSTER_LOCALE", "create_command", "ctl_command", "drop_command"]
 
 #: the locale a new cluster gets: always present (Ubuntu cloud images, Debian) and UTF-8
 CLUSTER_LOCALE = "C.UTF-8"
@@ -25,3 +25,8 @@ def create_command(version: int, name: str, *, port: int, locale: str = CLUSTER_
     reported instead of read as data), not started."""
     return (f"pg_createcluster --port {int(port)} --locale {shlex.quote(locale)} "
             f"{int(version)} {shlex.quote(name)} -- --data-checksums")
+
+
+def drop_command(version: int, name: str) -> str:
+    """``pg_dropcluster --stop``: the cluster stopped, its data directory and configuration removed."""
+    return f"pg_dropcluster --stop {int(version)} {shlex.quote(name)}"

@@ -11,7 +11,7 @@ from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import server as pg_server
 from hcbpg.ops.cluster import ensure_cluster_exists, ensure_cluster_running
 from hcbpg.ops.config import ensure_settings
-from hcbpg.ops.packages import ensure_packages
+from hcbpg.ops.packages import ensure_createcluster_conf, ensure_packages
 from hcbpg.outcome import Check, Outcome
 from hcbpg.steps.targets import hostlike, planning, server_hosts, server_shape  # noqa: F401 - the notebook's call
 
@@ -39,13 +39,15 @@ def pgbouncer_note() -> str:
 
 def install_server(host: "HostLike", params: "Params", server: "Server", *,
                    shape: ServerShape | None = None) -> list[Outcome]:
-    """Step 02 on one server: packages (only what is missing), cluster (with data checksums),
-    cluster_name and, given the server type, the capacity settings; then running.
+    """Step 02 on one server: createcluster's drop-in (no automatic cluster, data checksums) before any package,
+    packages (only what is missing), cluster (with data checksums: an empty one made without them is made again,
+    one holding data refused), cluster_name and, given the server type, the capacity settings; then running.
 
     Both files are written before the first start, so a fresh cluster needs no restart for
     max_connections, shared_buffers or shared_preload_libraries (and none before data arrives).
     """
-    outcomes = ensure_packages(host, params)
+    outcomes = [ensure_createcluster_conf(host, params)]
+    outcomes += ensure_packages(host, params)
     outcomes.append(ensure_cluster_exists(host, params))
     outcomes.append(ensure_settings(host, params, server, "identity"))
     if shape is not None:

@@ -63,9 +63,10 @@ class Server:
                  files: dict[str, str] | None = None, start_fails: bool = False,
                  file_errors: list[dict[str, Any]] | tuple[()] = (), include_dir: bool = True,
                  hba_errors: list[dict[str, Any]] | tuple[()] = (), postmaster: tuple[str, ...] = (),
-                 pending_after_reload: tuple[str, ...] = ()) -> None:
+                 pending_after_reload: tuple[str, ...] = (), checksums: bool = True) -> None:
         self.installed = dict(ALL_PACKAGES if installed is None else installed)
         self.cluster = cluster            # None, "stopped" or "running"
+        self.checksums = checksums        # what pg_controldata says of the cluster's data directory
         self.start_fails = start_fails
         self.file_errors, self.include_dir, self.hba_errors = list(file_errors), include_dir, list(hba_errors)
         self.postmaster, self.pending_after_reload = set(postmaster), list(pending_after_reload)
@@ -93,6 +94,8 @@ class Server:
                 "pgdata": "/var/lib/postgresql/15/main", "logfile": "/var/log/postgresql/postgresql-15-main.log"}])
         if cmd.startswith("psql --cluster 15/main"):
             return self.sql(call, sql)
+        if "pg_controldata -D /var/lib/postgresql/15/main" in cmd and self.cluster is not None:
+            return f"Database cluster state:  shut down\nData page checksum version:  {int(self.checksums)}\n"
         if cmd.startswith("tail -n 20"):
             return "FATAL:  could not load server certificate file"
         if "apt-get update" in cmd:
@@ -104,7 +107,7 @@ class Server:
                     self.files[PGDG_KEY] = "the PGDG signing key"
             return ""
         if cmd == CREATE:
-            self.cluster = "stopped"
+            self.cluster, self.checksums = "stopped", True
             return ""
         if cmd == START:
             if self.start_fails:
