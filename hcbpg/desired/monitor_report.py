@@ -31,7 +31,10 @@ SELECT pg_is_in_recovery() AS in_recovery,
   current_setting('archive_mode') AS archive_mode,
   (SELECT setting::int FROM pg_settings WHERE name = 'archive_timeout') AS archive_timeout_s,
   last_archived_wal,
-  extract(epoch FROM now() - last_archived_time)::float AS age_s
+  extract(epoch FROM now() - last_archived_time)::float AS age_s,
+  CASE WHEN pg_is_in_recovery() THEN NULL  -- pg_current_wal_lsn() fails on a standby: CASE keeps it away
+       WHEN pg_current_wal_lsn() > '0/100000'::pg_lsn THEN pg_walfile_name(pg_current_wal_lsn() - 8192::numeric)
+  END AS current_wal
 FROM pg_stat_archiver
 """
 
@@ -46,11 +49,29 @@ class ArchiveAge:
     archive_timeout_s: int
     last_archived_wal: str | None
     age_s: float | None
+    #: the segment holding the WAL written up to a page (8 kB) before the newest (a primary's): the few records an
+    #: idle primary writes after a segment switch (a standby snapshot) are not a write waiting to be archived
+    current_wal: str | None = None
 
     @classmethod
     def from_row(cls, server: str, row: dict[str, Any]) -> "ArchiveAge":
         return cls(server, bool(row["in_recovery"]), str(row["archive_mode"]), int(row["archive_timeout_s"] or 0),
-                   row.get("last_archived_wal") or None, None if row.get("age_s") is None else float(row["age_s"]))
+                   row.get("last_archived_wal") or None, None if row.get("age_s") is None else float(row["age_s"]),
+                   row.get("current_wal") or None)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing written since the newest archived segment, with archive_timeout on: PostgreSQL switches no
+        segment that holds only a standby snapshot, so an idle primary's newest archived WAL grows old with nothing
+        to lose; a write would have been switched and archived within archive_timeout.  (With archive_timeout off a
+        write may wait unarchived for hours: never idle.)"""
+        done = (self.last_archived_wal or "")[:24]
+        return (self.archive_timeout_s > 0 and self.current_wal is not None and _is_segment(done)
+                and self.current_wal.upper() <= done.upper())
+
+
+def _is_segment(name: str) -> bool:
+    return len(name) == 24 and all(c in "0123456789ABCDEFabcdef" for c in name)
 
 
 def alerting_thresholds(params: "Params") -> Thresholds:
@@ -65,9 +86,9 @@ def archive_age_limit_s(a: ArchiveAge, t: Thresholds) -> float:
 
 
 def check_archive_age(a: ArchiveAge, t: Thresholds) -> Check | None:
-    """PASS while the newest archived WAL is younger than :func:`archive_age_limit_s`, WARN past it or with nothing
-    archived; None where nothing archives (a replica without ``archive_mode = always``, or archive_mode off: the
-    archiving item says so)."""
+    """PASS while the newest archived WAL is younger than :func:`archive_age_limit_s` (or older on an idle primary:
+    nothing written since it), WARN past it or with nothing archived; None where nothing archives (a replica without
+    ``archive_mode = always``, or archive_mode off: the archiving item says so)."""
     if a.archive_mode == "off" or (a.in_recovery and a.archive_mode != "always"):
         return None
     limit = archive_age_limit_s(a, t)
@@ -77,6 +98,8 @@ def check_archive_age(a: ArchiveAge, t: Thresholds) -> Check | None:
     if a.age_s is None or a.last_archived_wal is None:
         return Check(ARCHIVE_AGE_ITEM, "warn", f"no WAL archived yet ({bound})", a.server)
     seen = f"newest archived WAL {a.last_archived_wal} is {age(max(0.0, a.age_s))} old"
+    if a.age_s > limit and a.idle:
+        return Check(ARCHIVE_AGE_ITEM, "pass", f"{seen}: idle, nothing written since ({bound})", a.server)
     if a.age_s > limit:
         return Check(ARCHIVE_AGE_ITEM, "warn", f"{seen}, past the {bound}: archiving is stuck or the loss window "
                      "is unbounded (pgbackrest's archive-push log on the server; step 08)", a.server)

@@ -104,10 +104,12 @@ def test_the_alerts_are_read_on_the_jumpbox_with_curl_and_a_failed_read_becomes_
 
 # the archive's age ---------------------------------------------------------------------------------------------
 
-def _age(age_s: float | None, *, timeout: int = 60, recovery: bool = False, mode: str = "on") -> mr.ArchiveAge:
+def _age(age_s: float | None, *, timeout: int = 60, recovery: bool = False, mode: str = "on",
+         current: str | None = "00000001000000000000002B") -> mr.ArchiveAge:
     return mr.ArchiveAge.from_row("server-postgres-1", {
         "in_recovery": recovery, "archive_mode": mode, "archive_timeout_s": timeout,
-        "last_archived_wal": None if age_s is None else "00000001000000000000002A", "age_s": age_s})
+        "last_archived_wal": None if age_s is None else "00000001000000000000002A", "age_s": age_s,
+        "current_wal": None if recovery else current})
 
 
 def test_the_archive_age_passes_inside_archive_timeout_plus_the_margin_and_warns_past_it():
@@ -119,6 +121,28 @@ def test_the_archive_age_passes_inside_archive_timeout_plus_the_margin_and_warns
     old = mr.check_archive_age(_age(91.0), t)
     assert old is not None and old.status == "warn" and "past the limit 90s" in old.detail
     assert old.target == "server-postgres-1"
+
+
+def test_an_idle_primary_whose_newest_segment_is_archived_is_not_stale_however_old():
+    """archive_timeout switches no empty segment: with nothing written, the newest archived WAL only grows old."""
+    t = Thresholds(archive_age_margin_s=30)
+    idle = mr.check_archive_age(_age(3600.0, current="00000001000000000000002A"), t)
+    assert idle is not None and idle.status == "pass" and "idle, nothing written since" in idle.detail
+    # a backup's label file or a .partial names its segment first
+    label = mr.ArchiveAge("server-postgres-1", False, "on", 60, "00000001000000000000002A.00000028.backup", 3600.0,
+                          "00000001000000000000002A")
+    assert label.idle
+    # with archive_timeout off a write may wait unarchived in the current segment for hours: never idle
+    off = mr.check_archive_age(_age(3600.0, timeout=0, current="00000001000000000000002A"), t)
+    assert off is not None and off.status == "warn"
+    # WAL written since (the current segment is past the archived one): stale
+    busy = mr.check_archive_age(_age(3600.0, current="00000001000000000000002B"), t)
+    assert busy is not None and busy.status == "warn"
+    # a timeline's history file says nothing about the segments: judged by its age
+    history = mr.ArchiveAge("server-postgres-1", False, "on", 60, "00000002.history", 3600.0,
+                            "00000002000000000000002A")
+    judged = mr.check_archive_age(history, t)
+    assert not history.idle and judged is not None and judged.status == "warn"
 
 
 def test_with_archive_timeout_off_the_alerting_threshold_stands_in_for_it():
@@ -148,10 +172,12 @@ def test_the_archive_thresholds_are_params_alertings_or_their_defaults():
 def test_the_archive_age_is_read_with_one_query_on_the_server():
     params = parse_params(ha_data())
     row = json.dumps([{"in_recovery": False, "archive_mode": "on", "archive_timeout_s": 60,
-                       "last_archived_wal": "000000010000000000000003", "age_s": 12.5}])
+                       "last_archived_wal": "000000010000000000000003", "age_s": 12.5,
+                       "current_wal": "000000010000000000000004"}])
     host = RecordingHost("server-postgres-1",
                          handler=lambda call: row if "pg_stat_archiver" in (call.stdin or "") else None)
     from hcbpg.ops.archiver import get_archive_age
     got = get_archive_age(host, params)  # type: ignore[arg-type] - the double is a HostLike
-    assert got == mr.ArchiveAge("server-postgres-1", False, "on", 60, "000000010000000000000003", 12.5)
+    assert got == mr.ArchiveAge("server-postgres-1", False, "on", 60, "000000010000000000000003", 12.5,
+                                "000000010000000000000004")
     assert [c for c in host.commands if "psql" in c], host.commands
