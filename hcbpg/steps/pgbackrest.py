@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from hcbpg.adapters.dryrun import AbsentHost, dry_run_of
+from hcbpg.adapters.objectstore import ObjectStore
 from hcbpg.desired import pgbackrest as desired_pgbackrest
 from hcbpg.desired.backups import paths_for
 from hcbpg.desired.pgbackrest import check_block_incremental
+from hcbpg.desired.repo_history import expire_on_jumpbox
+from hcbpg.errors import ParamsError
 from hcbpg.ops import pgbackrest as pgb
+from hcbpg.ops import repo_history
 from hcbpg.ops.pgbackrest import check_configured  # noqa: F401 - the notebook's call
 from hcbpg.outcome import Outcome
-from hcbpg.steps.targets import hostlike, planning, server_host
+from hcbpg.steps.targets import connect_jumpbox, hostlike, planning, server_host
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.base import HostLike
@@ -54,3 +59,22 @@ def get_plan(host: "HostLike", params: "Params", server: "Server") -> list[Outco
 def get_conf_shown(host: "HostLike", params: "Params", server: "Server") -> str:
     """pgbackrest.conf as rendered for the version installed now, with ``<secret>`` placeholders."""
     return desired_pgbackrest.render_pgbackrest_conf(params, server, version=pgb.get_version(host))
+
+
+def protect_history(rb: "Run") -> list[Outcome]:
+    """With a repository admin key (``pgbackrest.admin_s3_key``): versioning on the bucket, turned on with the admin
+    key, and expiry on the jumpbox (:mod:`hcbpg.ops.repo_history`); the servers then do not expire.  Without one:
+    nothing (the servers' key expires, as before)."""
+    params = rb.params
+    if not expire_on_jumpbox(params):
+        print("no repository admin key (pgbackrest.admin_s3_key): the servers' key expires backups itself")
+        return []
+    if params.jumpbox is None:
+        raise ParamsError("params", ["jumpbox: pgbackrest.admin_s3_key moves expiry to the jumpbox; add the jumpbox "
+                                     "section (step 01 creates it)"])
+    store = ObjectStore.from_params(params, rb.secret("pgbackrest.admin_s3_key"),
+                                    rb.secret("pgbackrest.admin_s3_key_secret"))
+    outcomes = [repo_history.ensure_bucket_versioning(store, dry_run=rb.dry_run)]
+    jb = connect_jumpbox(rb)
+    host = dry_run_of(jb, rb.dry_run) if jb is not None else AbsentHost(params.jumpbox.name)
+    return outcomes + repo_history.ensure_expiry_on_jumpbox(host, params)
