@@ -196,3 +196,20 @@ def test_restore_from_one_repository():
     assert restore_options(repo=2)[-1] == "--repo=2"
     assert "--repo=2" in restore_options(set_label="20261125-103033F", repo=2)
     assert not any(o.startswith("--repo") for o in restore_options(set_label="20261125-103033F"))
+
+
+def test_the_health_job_judges_the_stalest_repository():
+    from hcbpg.desired.health import Thresholds, rule_backup  # noqa: PLC0415 - this test only
+    from hcbpg.ops.jobs import health_job  # noqa: PLC0415 - this test only
+    now = 1_800_000_000.0
+    cfg = {"server": "p"}
+    facts = {"in_recovery": False, "now": now, "data_directory": "/d", "archive_mode": "on", "archiver": {},
+             "ready": 0, "wal_bytes": 0, "slots": [], "replication": [], "receiver": None, "replay_lag": None}
+    backups = [{"start": now - 3700, "stop": now - 3600, "error": False, "repo": 1},
+               {"start": now - 90 * 3600, "stop": now - 80 * 3600, "error": False, "repo": 2}]
+    m = health_job.to_measurement(cfg, facts, "", 10.0, backups, None)
+    assert m.backup is not None and m.backup["stop"] == now - 80 * 3600 and m.backup["repo"] == 2
+    verdict = rule_backup(m, Thresholds())
+    assert "in repo2" in str(verdict) and "fail" in str(verdict)
+    one = health_job.to_measurement(cfg, facts, "", 10.0, backups[:1], None)
+    assert one.backup is not None and one.backup["stop"] == now - 3600 and "repo" not in one.backup

@@ -44,6 +44,11 @@ S3_PORT = 9443
 HCLOUD_PORT = 8780
 DEADMAN_PORT = 8781
 S3_BUCKET = "hcb-production-postgres"
+#: the second S3 store ("another provider": pgbackrest.repo2): another moto at another address of the bridge,
+#: with its own bucket and keys
+S3B_PORT = 9444
+S3B_BUCKET = "hcb-production-postgres-2"
+S3B_OFFSET = 250
 
 #: host offsets inside the lab subnet (10.0.1.<offset> by default)
 APP_OFFSET, SOURCE_OFFSET, JUMPBOX_OFFSET = 10, 20, 40
@@ -55,6 +60,9 @@ SECRET_FILES = {
     "repuser-password": "REPUSER_PASSWORD",
     "s3-key": "S3_KEY",
     "s3-key-secret": "S3_KEY_SECRET",
+    "s3b-key": "S3B_KEY",
+    "s3b-key-secret": "S3B_KEY_SECRET",
+    "cipher-pass-2": "CIPHER_PASS_2",
     "cipher-pass": "CIPHER_PASS",
     "source-password": "SOURCE_PASSWORD",
     "source-url": "SOURCE_URL",
@@ -207,6 +215,15 @@ class LabConfig:
     @property
     def s3_endpoint(self) -> str:
         return f"https://{self.gateway_ip}:{S3_PORT}"
+
+    @property
+    def s3b_ip(self) -> str:
+        """The second S3 store's address: a second address of the bridge (10.0.1.250 by default)."""
+        return self.address(S3B_OFFSET)
+
+    @property
+    def s3b_endpoint(self) -> str:
+        return f"https://{self.s3b_ip}:{S3B_PORT}"
 
     @property
     def hcloud_endpoint(self) -> str:

@@ -25,6 +25,8 @@ from hcbpg.lab.core import (
     HCLOUD_PORT,
     S3_BUCKET,
     S3_PORT,
+    S3B_BUCKET,
+    S3B_PORT,
     SECRET_FILES,
     LabConfig,
     atomic_write,
@@ -109,10 +111,13 @@ class Lab:
             self._ensure_secrets()
             s3.ensure_ca(cfg)
             s3.ensure_s3_cert(cfg)
+            s3.ensure_s3_cert(cfg, cfg.s3b_ip)
             h.ensure_bridge(cfg)
+            self._ensure_s3b_address()
             h.ensure_outsider(cfg)
             self._log(f"network: bridge {cfg.bridge} {cfg.gateway_ip}/{cfg.prefixlen}")
             s3_proc = self._start_service("s3", s3.s3_argv(cfg), S3_PORT, wait=False)
+            s3b_proc = self._start_service("s3b", self._s3b_argv(), S3B_PORT, wait=False)
             want_hcloud = hcloud if hcloud is not None else (
                 importlib.util.find_spec("hcbpg.lab.hcloud_api") is not None)
             dm_proc = self._start_service("deadman", self._deadman_argv(), DEADMAN_PORT, wait=False)
@@ -139,6 +144,7 @@ class Lab:
         self._ensure_source(size)
         with locked(cfg):
             self._wait_service("s3", s3_proc, S3_PORT)
+            self._wait_service("s3b", s3b_proc, S3B_PORT)
             self._wait_service("deadman", dm_proc, DEADMAN_PORT)
             if hc_proc is not None or want_hcloud:
                 self._wait_service("hcloud", hc_proc, HCLOUD_PORT)
@@ -167,6 +173,10 @@ class Lab:
             "repuser-password": lambda: secrets.token_urlsafe(24),
             "s3-key": lambda: _rand(20, string.ascii_uppercase + string.digits),
             "s3-key-secret": lambda: _rand(40),
+            # the second S3 store's own keys and repo2's own passphrase (pgbackrest.repo2 in params/lab.yaml)
+            "s3b-key": lambda: _rand(20, string.ascii_uppercase + string.digits),
+            "s3b-key-secret": lambda: _rand(40),
+            "cipher-pass-2": lambda: secrets.token_urlsafe(36),
             "cipher-pass": lambda: secrets.token_urlsafe(36),
             "source-password": lambda: secrets.token_hex(32),
             # Patroni's REST API and its etcd user (replication.manager: patroni in params/lab.yaml)
@@ -192,6 +202,7 @@ class Lab:
                 "--token-file", str(c.secret_path("hcloud-token")),
                 # addresses the stand-in must never hand to a new server (the jumpbox's, .40, is step 01's to take)
                 "--reserve-ip", c.app_ip, "--reserve-ip", c.source_ip, "--reserve-ip", c.router_ip,
+                "--reserve-ip", c.s3b_ip,
                 # every firewall becomes iptables in its servers' namespaces, as Hetzner filters (the network's
                 # own ip_range never filtered): from the outsider, a server whose firewall has no SSH rule is dropped
                 *(["--enforce-firewalls"] if shutil.which("iptables-restore") else [])]
@@ -202,14 +213,33 @@ class Lab:
         return [sys.executable, "-m", "hcbpg.lab.deadman", "--bind", c.gateway_ip,
                 "--port", str(DEADMAN_PORT), "--log", str(c.logs_dir / "deadman.jsonl")]
 
+    def _s3b_argv(self) -> list[str]:
+        """The second S3 store ("another provider", pgbackrest.repo2): the same stand-in at the bridge's second
+        address, its own port and bucket (its certificate names that address); ``--bind`` first, so that the
+        first store's marker does not match it."""
+        c = self.cfg
+        return [sys.executable, "-m", "hcbpg.lab.s3", "--bind", c.s3b_ip, "--lab-dir", str(c.lab_dir),
+                "--port", str(S3B_PORT), "--bucket", S3B_BUCKET]
+
+    def _ensure_s3b_address(self) -> None:
+        """The bridge's second address, where the second S3 store listens (idempotent)."""
+        c = self.cfg
+        addr = f"{c.s3b_ip}/{c.prefixlen}"
+        if addr not in run(["ip", "-o", "addr", "show", "dev", c.bridge]).stdout:
+            run(["ip", "addr", "add", addr, "dev", c.bridge])
+
+    def _service_ip(self, name: str) -> str:
+        return self.cfg.s3b_ip if name == "s3b" else self.cfg.gateway_ip
+
     def _service_markers(self) -> dict[str, list[str]]:
         return {"s3": ["hcbpg.lab.s3", "--lab-dir", str(self.cfg.lab_dir)],
+                "s3b": ["hcbpg.lab.s3", "--bind", self.cfg.s3b_ip, "--lab-dir", str(self.cfg.lab_dir)],
                 "hcloud": ["--state", str(self.cfg.hcloud_state)],
                 "deadman": ["hcbpg.lab.deadman", "--log", str(self.cfg.logs_dir / "deadman.jsonl")]}
 
     def _service_running(self, name: str, port: int, state: dict[str, Any]) -> bool:
         svc = state["services"].get(name) or {}
-        return pid_alive(svc.get("pid"), svc.get("starttime")) and tcp_open(self.cfg.gateway_ip, port)
+        return pid_alive(svc.get("pid"), svc.get("starttime")) and tcp_open(self._service_ip(name), port)
 
     def _start_service(self, name: str, argv: list[str], port: int,
                        wait: bool = True) -> subprocess.Popen[bytes] | None:
@@ -238,13 +268,14 @@ class Lab:
 
     def _wait_service(self, name: str, proc: subprocess.Popen[bytes] | None, port: int) -> None:
         end = time.monotonic() + 30
-        while not tcp_open(self.cfg.gateway_ip, port, 0.3):
+        ip = self._service_ip(name)
+        while not tcp_open(ip, port, 0.3):
             if (proc is not None and proc.poll() is not None) or time.monotonic() > end:
                 tail = (self.cfg.logs_dir / f"{name}.log").read_text(errors="replace")[-2000:]
-                raise LabError(f"lab service {name} did not start on {self.cfg.gateway_ip}:{port}:\n{tail}",
+                raise LabError(f"lab service {name} did not start on {ip}:{port}:\n{tail}",
                                hint=f"See {self.cfg.logs_dir / (name + '.log')}.")
             time.sleep(0.05)
-        self._log(f"service {name} on {self.cfg.gateway_ip}:{port}")
+        self._log(f"service {name} on {ip}:{port}")
 
     def _stop_service(self, name: str) -> None:
         state = read_state(self.cfg)
@@ -314,7 +345,7 @@ class Lab:
             hosts.append({"name": name, "role": hst["role"], "ip": hst["ip"], "netns": hst["netns"],
                           "pid": hst.get("pid"), "running": alive, "services": services})
         svcs = {}
-        for name, port in (("s3", S3_PORT), ("hcloud", HCLOUD_PORT), ("deadman", DEADMAN_PORT)):
+        for name, port in (("s3", S3_PORT), ("s3b", S3B_PORT), ("hcloud", HCLOUD_PORT), ("deadman", DEADMAN_PORT)):
             svc = state["services"].get(name)
             svcs[name] = {"running": bool(svc) and self._service_running(name, port, state),
                           "pid": (svc or {}).get("pid"), "port": port}
@@ -330,7 +361,7 @@ class Lab:
             "hcloud_endpoint": cfg.hcloud_endpoint, "s3_endpoint": cfg.s3_endpoint,
             "deadman_endpoint": f"http://{cfg.gateway_ip}:{DEADMAN_PORT}",
             "deadman_log": str(cfg.logs_dir / "deadman.jsonl"),
-            "s3_bucket": S3_BUCKET, "services": svcs,
+            "s3_bucket": S3_BUCKET, "s3b_endpoint": cfg.s3b_endpoint, "s3b_bucket": S3B_BUCKET, "services": svcs,
             "source": {"ip": cfg.source_ip, "database": source.SOURCE_DB, "user": source.SOURCE_USER,
                        "url_file": str(cfg.secret_path("source-url")),
                        "sentinel_user_id": source.SENTINEL_USER_ID,
@@ -374,7 +405,7 @@ class Lab:
         cfg = self.cfg
         removed: list[str] = []
         with locked(cfg):
-            for name in ("hcloud", "s3", "deadman"):  # hcloud first: no new servers while tearing down
+            for name in ("hcloud", "s3", "s3b", "deadman"):  # hcloud first: no new servers while tearing down
                 before = processes_with_args(self._service_markers()[name])
                 self._stop_service(name)
                 removed += [f"process {p} ({name})" for p in before]

@@ -93,11 +93,14 @@ def issue_cert(cfg: LabConfig, name: str, ips: list[str]) -> tuple[bytes, bytes]
     return cert.public_bytes(serialization.Encoding.PEM), _pem_key(key)
 
 
-def ensure_s3_cert(cfg: LabConfig) -> tuple[Path, Path]:
-    """``tls/s3.crt`` + ``tls/s3.key`` with SAN IP:<bridge address>."""
-    crt, key = cfg.tls_dir / "s3.crt", cfg.tls_dir / "s3.key"
-    if not (crt.is_file() and key.is_file() and _has_dns_san(crt, cfg.gateway_ip)):
-        c, k = issue_cert(cfg, "s3.lab", [cfg.gateway_ip])
+def ensure_s3_cert(cfg: LabConfig, ip: str | None = None) -> tuple[Path, Path]:
+    """``tls/s3.crt`` + ``tls/s3.key`` with SAN IP:<bridge address>; for another address *ip* (the second store,
+    "another provider"), ``tls/s3-<ip>.crt`` + ``.key`` with SAN IP:<ip>."""
+    ip = ip or cfg.gateway_ip
+    stem = "s3" if ip == cfg.gateway_ip else f"s3-{ip}"
+    crt, key = cfg.tls_dir / f"{stem}.crt", cfg.tls_dir / f"{stem}.key"
+    if not (crt.is_file() and key.is_file() and _has_dns_san(crt, ip)):
+        c, k = issue_cert(cfg, "s3.lab", [ip])
         atomic_write(key, k, 0o600)
         atomic_write(crt, c, 0o644)
     return crt, key
@@ -319,7 +322,7 @@ def serve(lab_dir: str, bind: str, port: int, bucket: str) -> None:
     from moto.server import DomainDispatcherApplication, create_backend_app  # noqa: PLC0415 - heavy, loaded by the S3 stand-in only
 
     cfg = LabConfig.load(lab_dir)
-    crt, key = ensure_s3_cert(cfg)
+    crt, key = ensure_s3_cert(cfg, bind)
     backend = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
     backend.create_bucket(bucket, "us-east-1")
     app = serialize_conditional_writes(enforce_iam(DomainDispatcherApplication(create_backend_app),

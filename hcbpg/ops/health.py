@@ -15,7 +15,7 @@ from hcbpg.desired.health import Measurement, last_dropped, parse_df
 from hcbpg.errors import DatabaseError, HcbpgError, HostUnreachable
 from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import pgbackrest
-from hcbpg.pg.pgbackrest import parse_info_json
+from hcbpg.pg.pgbackrest import BackupRow, parse_info_json
 from hcbpg.secrets import scrub
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -80,9 +80,15 @@ def _backup(host: "HostLike", params: "Params", m: Measurement) -> None:
     if not done:
         m.backup_error = "no backup in the repository (pgbackrest info lists none)"
         return
-    last = max(done, key=lambda r: r.stop)
+    newest: dict[int, BackupRow] = {}  # each repository's newest backup
+    for r in done:
+        if r.repo not in newest or r.stop > newest[r.repo].stop:
+            newest[r.repo] = r
+    # judged on the repository whose newest backup is the oldest: a second repository that stopped getting
+    # backups is not hidden by the first
+    last = min(newest.values(), key=lambda r: r.stop)
     epoch = lambda ts: datetime.strptime(ts, "%Y-%m-%d %H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()  # noqa: E731
-    m.backup = {"label": last.label, "type": last.type, "stop": epoch(last.stop), "error": last.error,
+    m.backup = {"label": last.label, "type": last.type, "stop": epoch(last.stop), "error": last.error, "repo": last.repo,
                 "start": max(epoch(r.start) for r in done if not r.error) if any(not r.error for r in done) else 0.0}
 
 

@@ -64,7 +64,13 @@ def to_measurement(cfg: dict[str, Any], facts: dict[str, Any] | None, error: str
         return m
     a = facts.get("archiver") or {}
     good = [b for b in backups or [] if not b.get("error")]
-    last = max(good, key=lambda b: b["stop"]) if good else None
+    newest: dict[int, dict[str, Any]] = {}  # each repository's newest good backup
+    for b in good:
+        if b.get("repo", 1) not in newest or b["stop"] > newest[b.get("repo", 1)]["stop"]:
+            newest[b.get("repo", 1)] = b
+    # judged on the repository whose newest backup is the oldest: a second repository that stopped getting
+    # backups is not hidden by the first
+    last = min(newest.values(), key=lambda b: b["stop"]) if newest else None
     m.now, m.in_recovery, m.archive_mode = float(facts["now"]), bool(facts["in_recovery"]), facts["archive_mode"]
     m.data_directory = facts["data_directory"]
     m.archiver = {"last_archived_time": a.get("ok"), "last_failed_time": a.get("failed"),
@@ -78,7 +84,8 @@ def to_measurement(cfg: dict[str, Any], facts: dict[str, Any] | None, error: str
     m.receiver = {"status": facts["receiver"]} if facts["receiver"] else None
     m.replay_lag_s = None if facts["replay_lag"] is None else float(facts["replay_lag"])
     m.backup = None if last is None else {"label": "", "type": "", "stop": last["stop"], "error": False,
-                                          "start": max(b["start"] for b in good)}
+                                          "start": max(b["start"] for b in good),
+                                          **({"repo": last["repo"]} if last.get("repo", 1) != 1 else {})}
     m.backup_error = "pgbackrest info failed" if backups is None else "no backup in the repository"
     m.wal_dropped = None if dropped is None else {"time": dropped[0], "segment": dropped[1]}
     return m
@@ -116,7 +123,8 @@ def measure_all(cfg: dict[str, Any]) -> tuple[Measured, str | None]:
         code, info = _run(["pgbackrest", f"--stanza={cfg['stanza']}", "--output=json", "--io-timeout=5", "info"])
         if code == 0:
             info_json = info
-            backups = [{"start": b["timestamp"]["start"], "stop": b["timestamp"]["stop"], "error": b.get("error")}
+            backups = [{"start": b["timestamp"]["start"], "stop": b["timestamp"]["stop"], "error": b.get("error"),
+                        "repo": int((b.get("database") or {}).get("repo-key") or 1)}
                        for st in json.loads(info or "[]") if st.get("name") == cfg["stanza"]
                        for b in st.get("backup") or []]
         text = ""
