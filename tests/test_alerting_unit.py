@@ -424,3 +424,23 @@ def test_the_installed_health_job_writes_the_textfile_whole_from_info_and_certif
     res = subprocess.run([sys.executable, "-I", "-c", probe, str(job)], input=json.dumps([cfg, None]),
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and "pgbackrest" not in out.read_text() and "certificate_expiry" in out.read_text()
+
+
+def test_the_way_back_writes_its_end_for_the_monitor_once_and_only_with_alerting():
+    from hcbpg.adapters.recording import RecordingHost
+    from hcbpg.ops.migration import wayback
+
+    until = "2026-12-08T06:00:00.000000Z"
+    host = RecordingHost("server-postgres-1", [(r"^test -d ", "")])
+    wayback._ensure_wayback_metric(host, production(), until)
+    assert host.files[tm.WAYBACK_TEXTFILE] == (
+        "# HELP hcbpg_wayback_until_timestamp_seconds Planned end of the running way-back sync (epoch s)\n"
+        "# TYPE hcbpg_wayback_until_timestamp_seconds gauge\nhcbpg_wayback_until_timestamp_seconds 1796709600\n")
+    assert host.written[0][2:4] == (0o644, "postgres")
+    wayback._ensure_wayback_metric(host, production(), until)
+    assert len(host.written) == 1  # the same end: not written again
+    d = production_data()
+    del d["alerting"]
+    quiet = RecordingHost("server-postgres-1")
+    wayback._ensure_wayback_metric(quiet, parse_params(d), until)
+    assert quiet.calls == []

@@ -3,15 +3,18 @@ compared with the primary's fingerprint; the primary is not contacted."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from hcbpg.adapters.dryrun import AbsentHost, dry_run_of
+from hcbpg.adapters.files import ensure_dir
 from hcbpg.adapters.host import Host
 from hcbpg.adapters.site import site_for
 from hcbpg.desired.backups import paths_for
 from hcbpg.desired.capacity import ServerShape
 from hcbpg.desired.drill import DrillTarget, RestoreResult, as_server, comparison_rows  # noqa: F401 - the notebook's
+from hcbpg.desired.textfile_metrics import DRILL_TEXTFILE, TEXTFILE_DIR, render_textfile_metrics
 from hcbpg.errors import HcbpgError, HostUnreachable, ParamsError, SafetyCheckFailed
 from hcbpg.ops import drill
 from hcbpg.ops import pgbackrest as pgb
@@ -19,7 +22,7 @@ from hcbpg.ops.drill import check_restore, get_auto_conf_text, run_restore  # no
 from hcbpg.outcome import Outcome
 from hcbpg.pg.pgbackrest import restore_options
 from hcbpg.steps.install_postgres import install_server
-from hcbpg.steps.targets import planning, server_shape  # noqa: F401 - the notebook's call
+from hcbpg.steps.targets import connect_jumpbox, planning, server_shape  # noqa: F401 - the notebook's call
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.base import HostLike
@@ -146,3 +149,22 @@ def get_record(result: RestoreResult, fingerprint: Mapping[str, Any]) -> dict[st
     """The backup used and the time to recover, as recorded (``restore_drill``)."""
     return result.record() | {"backup_type": fingerprint.get("backup_type"),
                               "backup_stop": fingerprint.get("backup_stop")}
+
+
+def run_mark_drill_success(rb: "Run") -> None:
+    """After a drill whose checks passed, with params' alerting and a jumpbox: the drill's end into the jumpbox's
+    node exporter textfile (``hcbpg-drill.prom``), which the DrillTooOld rule reads; else nothing."""
+    params = rb.params
+    if params.alerting is None or params.jumpbox is None or rb.dry_run:
+        return
+    jb = connect_jumpbox(rb)
+    if jb is None:
+        return
+    try:
+        if not jb.probe(f"test -d {TEXTFILE_DIR}").ok:  # before step 15b (the rehearsal's order): as 15b makes it
+            ensure_dir(jb, TEXTFILE_DIR, mode=0o755, owner="root")
+        now = time.time()
+        jb.put_text(DRILL_TEXTFILE, render_textfile_metrics(now=now, drill_success=now), mode=0o644, owner="root")
+        print(f"drill success written to {DRILL_TEXTFILE} on {params.jumpbox.name} (rule DrillTooOld)")
+    finally:
+        jb.close()

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 from hcbpg import clock
 from hcbpg.adapters.base import Changes
+from hcbpg.adapters.files import ensure_dir
+from hcbpg.desired.textfile_metrics import TEXTFILE_DIR, WAYBACK_TEXTFILE, render_textfile_metrics
 from hcbpg.errors import SafetyCheckFailed
 from hcbpg.ops.migration import bucardo_service as bs
 from hcbpg.ops.migration.bucardo import HOME, ensure_running, get_state, run_bucardo, run_stop
@@ -80,6 +82,7 @@ def ensure_way_back(host: "HostLike", params: "Params", source: "SourceLike", pl
     bs.ensure_service(host, source)  # tmpfs: gone if the primary restarted since 06b
     if back.get("status") == "active":
         ensure_running(host, params)
+        _ensure_wayback_metric(host, params, get_way_back(host))
         return seen.outcome(what, actions=[f"sync {bp.BACK_SYNC} runs, until {get_way_back(host)}", *seen.made])
     until = time.time() + src.online.way_back_hours * 3600
     until_s = datetime.datetime.fromtimestamp(until, datetime.timezone.utc).strftime(clock.FORMAT)
@@ -95,6 +98,7 @@ def ensure_way_back(host: "HostLike", params: "Params", source: "SourceLike", pl
     run_bucardo(host, f"validate {bp.BACK_SYNC}")
     run_bucardo(host, f"update sync {bp.BACK_SYNC} status=active")
     host.put_text(UNTIL_FILE, until_s + "\n", mode=0o600, owner="postgres")
+    _ensure_wayback_metric(host, params, until_s)
     ensure_running(host, params)
     actions = ["bucardo stop", f"bucardo remove sync {bp.FORWARD_SYNC}; its schema bucardo (delta tables, triggers) "
                "dropped on the source",
@@ -104,6 +108,19 @@ def ensure_way_back(host: "HostLike", params: "Params", source: "SourceLike", pl
     if plan.in_window:
         actions.append(f"NOT synced back (no key): {', '.join(plan.in_window)}")
     return seen.outcome(what, actions=actions)
+
+
+def _ensure_wayback_metric(host: "HostLike", params: "Params", until_s: str | None) -> None:
+    """With a monitor (params' alerting): the way back's end in node exporter's textfile on the primary, a file of
+    its own (rule WayBackPastEnd); the clean-up removes it."""
+    if params.alerting is None or not until_s:
+        return
+    text = render_textfile_metrics(now=0.0, wayback_until=clock.parse_time(until_s).timestamp())
+    if host.read_text(WAYBACK_TEXTFILE) == text:
+        return
+    if not host.probe(f"test -d {TEXTFILE_DIR}").ok:  # before step 15b: as 15b makes it on a database server
+        ensure_dir(host, TEXTFILE_DIR, mode=0o755, owner="postgres")
+    host.put_text(WAYBACK_TEXTFILE, text, mode=0o644, owner="postgres")
 
 
 # clean-up -----------------------------------------------------------------------------------------
@@ -150,6 +167,9 @@ def run_cleanup(host: "HostLike", params: "Params", source: "SourceLike") -> tup
         get_target(host, params, "postgres").execute([f"DROP DATABASE IF EXISTS {bp.CONTROL_DB} WITH (FORCE)",
                                                   "DROP ROLE IF EXISTS bucardo"])
         host.run(f"rm -rf {HOME} {bs.SERVICE_DIR} {bs.SERVICE_LINK}", quiet=True)
+    if params.alerting is not None and host.probe(f"test -e {WAYBACK_TEXTFILE}").ok:  # the monitor's WayBackPastEnd
+        removed.append({"where": host.name, "what": WAYBACK_TEXTFILE})
+        host.run(f"rm -f {WAYBACK_TEXTFILE}", quiet=True)
     # changed is what was found, not the journal: opening the source writes its service file on the primary
     return Outcome("Bucardo removed", bool(removed), host.dry_run,
                    actions=[f"{r['where']}: {r['what']}" for r in removed]), removed
