@@ -34,14 +34,16 @@ SERVER_DENIED_ACTIONS = (
     "s3:DeleteBucketPolicy",
     "s3:PutLifecycleConfiguration",
     "s3:PutBucketObjectLockConfiguration",
-    "s3:PutObjectRetention",
     "s3:PutObjectLegalHold",
     "s3:BypassGovernanceRetention",
     "s3:DeleteBucket",
 )
-#: what pgBackRest on a database server needs (archive-push, backup, info, stanza-create; the operator's lock)
+#: what pgBackRest on a database server needs (archive-push, backup, info, stanza-create), and the operator's
+#: environment lock and audit anchors with the same key: reading the bucket's versioning and object lock, and a
+#: retention on a version it writes (more protection, never less: shortening one needs the governance bypass)
 SERVER_ALLOWED_ACTIONS = ("s3:ListBucket", "s3:GetBucketLocation", "s3:GetObject", "s3:PutObject",
-                          "s3:DeleteObject")
+                          "s3:DeleteObject", "s3:PutObjectRetention", "s3:GetBucketVersioning",
+                          "s3:GetBucketObjectLockConfiguration")
 
 #: the jumpbox's files for expiry: a repository-only config with the admin key, and its cron file
 EXPIRE_CONF_PATH = "/etc/hcbpg/pgbackrest-expire.conf"

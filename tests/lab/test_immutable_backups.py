@@ -38,7 +38,7 @@ from hcbpg.steps import start_archiving as step08
 from hcbpg.wait import wait_until
 
 from labparams import lab_params, pgbackrest_section
-from stages import STAGE_PRIMARY
+from stages import STAGE_PRIMARY, cli, latest_manifest, latest_run_dir, run_home, scrap
 
 pytestmark = pytest.mark.lab
 
@@ -84,6 +84,7 @@ def params(lab, primary_stage, server_key, monkeypatch_module):
                       jumpbox={"name": JUMPBOX, "private_ip": jb_ip, "ssh_host": jb_ip},
                       drill={"name": SCRATCH, "private_ip": scratch_ip})
     p = parse_params(data)
+    STATE["data"] = data
     create_server_host(JUMPBOX, jb_ip, [lab.ssh_key.with_suffix(".pub").read_text()], lab_dir=str(lab.lab_dir))
     yield p
     for name in (STAGE_PRIMARY, JUMPBOX, SCRATCH):
@@ -254,3 +255,39 @@ def test_restore_from_the_copy_has_the_rows_of_before_the_attack(params):
         assert {r["phase"]: r["n"] for r in rows} == {"before": 500}
     finally:
         host.close()  # type: ignore[attr-defined]
+
+
+def test_notebook_21_through_the_cli_waits_at_its_gate_then_copies_and_restores(params, admin_store, tmp_path_factory,
+                                                                                   monkeypatch_module):
+    t = STATE["t"]
+    home = run_home(tmp_path_factory.mktemp("asof-home"), STATE["data"], ["21_repository_as_of"], monkeypatch_module,
+                    on_demand=("21_repository_as_of",))
+    prefix = "/pgbackrest-asof-cli"
+    args = ("run", "lab", "--only", "21_repository_as_of", "-p", f"as_of={t.isoformat()}", "-p",
+            f"target_prefix={prefix}")
+    proc = cli({}, *args)
+    assert proc.returncode == 3, proc.stdout[-6000:] + proc.stderr[-3000:]  # waiting at its gate
+    assert "copy-repository-as-of" in proc.stdout
+    assert admin_store.keys(prefix.lstrip("/") + "/") == []  # nothing written before the gate
+    run_id = latest_manifest(home)["run_id"]
+    ok = cli({}, "approve", run_id, "copy-repository-as-of", "--note", "lab test")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    t0 = time.monotonic()
+    proc = cli({}, "resume", run_id)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    rec = scrap(latest_run_dir(home) / "21_repository_as_of.ipynb", "repository_as_of")
+    assert rec["objects"] == len(admin_store.keys(prefix.lstrip("/") + "/")) - 1  # and the copy's marker
+    assert rec["restore"]["total_s"] > 0
+    print(f"notebook 21 through the CLI: {rec['objects']} objects, restore {rec['restore']['restore_s']}s, "
+          f"{time.monotonic() - t0:.1f}s after the approval")
+    asof = rh.repo_with_prefix(params, prefix)
+    with Host.from_params(asof, SCRATCH, asof.drill.private_ip) as host:  # type: ignore[union-attr]
+        rows = pg_cluster.get_psql(host, asof).query("SELECT phase, count(*) AS n FROM attack_probe GROUP BY phase",
+                                                     dbname="hcb_production")
+    assert {r["phase"]: r["n"] for r in rows} == {"before": 500}
+    secret = STATE["server_secret"]
+    admin_secret = resolve(params.pgbackrest.admin_s3_key_secret, key="admin")  # type: ignore[union-attr, arg-type]
+    for path in (home / "outputs").rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert secret.encode() not in data and admin_secret.encode() not in data, path
