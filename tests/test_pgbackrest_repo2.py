@@ -213,3 +213,24 @@ def test_the_health_job_judges_the_stalest_repository():
     assert "in repo2" in str(verdict) and "fail" in str(verdict)
     one = health_job.to_measurement(cfg, facts, "", 10.0, backups[:1], None)
     assert one.backup is not None and one.backup["stop"] == now - 3600 and "repo" not in one.backup
+
+
+def test_status_shows_each_repositorys_newest_backup_and_a_repository_without_one(p2):
+    from hcbpg.adapters.recording import RecordingHost  # noqa: PLC0415 - this test only
+    from hcbpg.desired.health import Measurement, Thresholds, rule_backup  # noqa: PLC0415 - this test only
+    from hcbpg.ops import health  # noqa: PLC0415 - this test only
+
+    def measured(info_json: str) -> Measurement:
+        host = RecordingHost("server-postgres-1", {r"pgbackrest .*info": info_json})
+        m = Measurement("server-postgres-1", "10.0.1.5", "primary", reachable=True, running=True, in_recovery=False,
+                        now=1_795_700_000.0)
+        health._backup(host, p2, m)
+        return m
+
+    m = measured(two_repo_info())
+    assert m.backup is not None and set(m.backup["repos"]) == {"repo1", "repo2"}
+    detail = str(rule_backup(m, Thresholds()))
+    assert "repo1: diff 20261125-103033F_20261125-103043D" in detail and "repo2: diff" in detail
+    only1 = measured((GOLDEN / "pgbackrest.info.json").read_text())
+    assert only1.backup is None and only1.backup_error is not None and "no backup in repo2" in only1.backup_error
+    assert "no backup in repo2" in str(rule_backup(only1, Thresholds()))

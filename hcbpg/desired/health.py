@@ -292,8 +292,10 @@ def rule_backup(m: Measurement, t: ThresholdsLike) -> Verdict:
         return _v(m, "last backup", "fail", f"{b.get('label')} ({b.get('type')}) finished with an error")
     age_h = (m.now - float(b["stop"])) / 3600
     where = f" in repo{b['repo']}" if b.get("repo", 1) != 1 else ""  # the stalest of two repositories
+    each = "; ".join(f"{k}: {v}" for k, v in (b.get("repos") or {}).items())  # every repository's newest
     return _v(m, "last backup", level(age_h, t.backup_age_warn_h, t.backup_age_fail_h),
-              f"{b.get('type')} {b.get('label')}{where} finished {ts(float(b['stop']))}, {age(age_h * 3600)} ago")
+              f"{b.get('type')} {b.get('label')}{where} finished {ts(float(b['stop']))}, {age(age_h * 3600)} ago"
+              + (f" ({each})" if each else ""))
 
 
 def rule_archiving(m: Measurement, t: ThresholdsLike) -> Verdict:

@@ -84,12 +84,19 @@ def _backup(host: "HostLike", params: "Params", m: Measurement) -> None:
     for r in done:
         if r.repo not in newest or r.stop > newest[r.repo].stop:
             newest[r.repo] = r
+    empty = [n for n, _ in params.pgbackrest.repos() if n not in newest]
+    if empty:
+        m.backup_error = (f"no backup in {', '.join(f'repo{n}' for n in empty)} (pgbackrest info lists none there; "
+                          f"{', '.join(f'repo{n}' for n in sorted(newest))} has one)")
+        return
     # judged on the repository whose newest backup is the oldest: a second repository that stopped getting
     # backups is not hidden by the first
     last = min(newest.values(), key=lambda r: r.stop)
     epoch = lambda ts: datetime.strptime(ts, "%Y-%m-%d %H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()  # noqa: E731
     m.backup = {"label": last.label, "type": last.type, "stop": epoch(last.stop), "error": last.error, "repo": last.repo,
                 "start": max(epoch(r.start) for r in done if not r.error) if any(not r.error for r in done) else 0.0}
+    if len(newest) > 1:  # each repository's newest, for the row (hcbpg status shows both)
+        m.backup["repos"] = {f"repo{n}": f"{r.type} {r.label} finished {r.stop}" for n, r in sorted(newest.items())}
 
 
 
