@@ -1,0 +1,83 @@
+"""What the alerting lab modules share: the receiver on the machine's lab bridge address (hcbpg.lab.deadman: every
+request a JSON line) taking the alerts (a webhook receiver) and the Heartbeat (the dead-man) at secret URLs
+(``file:`` references with a token in their path), the lab's alerting section (scrape and evaluation every 2 s,
+``for`` 4 s, group wait 1 s, heartbeat every 2 s), and waiting for a POST."""
+
+from __future__ import annotations
+
+import os
+import secrets as pysecrets
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hcbpg.lab import deadman
+
+HEARTBEAT_S = 2.0
+#: the lab's settings (issue 25's performance figures are taken with them)
+LAB_ALERTING: dict[str, Any] = {
+    "scrape_interval": "2s", "evaluation_interval": "2s", "for_duration": "4s", "group_wait": "1s",
+    "group_interval": "2s", "repeat_interval": "1m", "heartbeat_interval": f"{HEARTBEAT_S:g}s"}
+
+
+def free_port(ip: str) -> int:
+    with socket.socket() as s:
+        s.bind((ip, 0))
+        return int(s.getsockname()[1])
+
+
+def secret_file(path: Path, value: str) -> str:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value + "\n")
+    return f"file:{path}"
+
+
+@dataclass
+class Receiver:
+    """The receiver's log, the two secret references, their secret parts (to scan outputs for) and the process."""
+
+    log: Path
+    refs: dict[str, str]
+    values: list[str]
+    proc: subprocess.Popen[bytes]
+
+    def alerting_section(self, **overrides: Any) -> dict[str, Any]:
+        return {**LAB_ALERTING, "receivers": {"webhook": {"url": self.refs["hook"]}},
+                "heartbeat_url": self.refs["deadman"], **overrides}
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+def start_receiver(gateway_ip: str, where: Path) -> Receiver:
+    """The receiver on *gateway_ip* (the lab bridge's address: the jumpbox reaches it), its files under *where*."""
+    port = free_port(gateway_ip)
+    log = where / "received.jsonl"
+    proc = deadman.start(gateway_ip, port, log)
+    base = f"http://{gateway_ip}:{port}"
+    hook = f"{base}/alerts/{pysecrets.token_hex(12)}"
+    dead = f"{base}/deadman/{pysecrets.token_hex(12)}"
+    refs = {"hook": secret_file(where / "hook-url", hook), "deadman": secret_file(where / "deadman-url", dead)}
+    return Receiver(log, refs, [hook.rsplit("/", 1)[1], dead.rsplit("/", 1)[1]], proc)
+
+
+def received(log: Path, since: float, kind: str, *needles: str) -> list[dict]:
+    """The receiver's requests to /alerts/... or /deadman/... after *since* (whose body holds every needle)."""
+    return [p for p in deadman.read_pings(log) if p["time"] >= since and p["path"].startswith(f"/{kind}/")
+            and all(n in p["body"] for n in needles)]
+
+
+def wait_received(log: Path, since: float, kind: str, *needles: str, timeout: float = 120.0) -> dict:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        got = received(log, since, kind, *needles)
+        if got:
+            return got[0]
+        time.sleep(0.2)
+    raise AssertionError(f"no {kind} POST with {needles!r} within {timeout:g}s; last requests: "
+                         f"{[(p['path'][:9], p['body'][:160]) for p in deadman.read_pings(log)[-5:]]}")
