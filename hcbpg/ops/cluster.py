@@ -33,6 +33,7 @@ from hcbpg.pg.checksums import (
     checksum_enable_estimate,
     parse_checksums_on,
 )
+from hcbpg.pg.cluster import drop_command
 from hcbpg.pg.controldata import parse_controldata
 from hcbpg.wait import polling_loop
 
@@ -182,8 +183,15 @@ def ensure_cluster_running(host: "HostLike", params: "Params") -> Outcome:
 
 
 def get_cluster_running(host: "HostLike", params: "Params") -> bool:
-    """Whether the cluster exists and runs (False on a server not there yet)."""
-    return ClusterControl.of(host, params).running()
+    """Whether the cluster exists and runs (False on a server not there yet, and on a dry run that would drop it
+    and make it again, until that run would start it: settings are then read at its first start)."""
+    control = ClusterControl.of(host, params)
+    if host.dry_run:
+        journal = host.journal
+        drop = drop_command(control.version, control.name)
+        if drop in journal and control.command("start") not in journal[journal.index(drop):]:
+            return False
+    return control.running()
 
 
 def _conf_load_time(psql: "PsqlLike") -> str:

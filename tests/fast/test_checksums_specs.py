@@ -125,8 +125,10 @@ def test_an_empty_cluster_without_checksums_is_dropped_and_made_again(params):
     planned = cluster.ensure_cluster_exists(dry, params)
     assert dry.journal == [DROP, CREATE] and srv.cluster == "running" and not srv.checksums
     assert "holds nothing" in planned.actions[0] and planned.verb == "would change"
-    # the plan goes on to start the cluster it would make again
+    # the plan goes on to start the cluster it would make again (not running until then: settings need no reload)
+    assert not cluster.get_cluster_running(dry, params)
     assert cluster.ensure_cluster_running(dry, params).changed and dry.journal == [DROP, CREATE, START]
+    assert cluster.get_cluster_running(dry, params)
     out = cluster.ensure_cluster_exists(srv.host, params)
     assert out.changed and srv.host.journal == [DROP, CREATE] and srv.cluster == "stopped" and srv.checksums
     assert "dropped, created again with checksums" in out.actions[0]
@@ -176,3 +178,12 @@ def test_holds_nothing_is_every_kind_empty():
     assert checksum_enable_estimate(100 * 1024 ** 2) == "100.0 MB to read and rewrite with the cluster stopped, " \
                                                       "about 1 s at 100 MB/s"
     assert "about 17 min" in checksum_enable_estimate(100 * 1024 ** 3)
+
+
+def test_step_02_plans_the_remake_without_a_reload_or_restart_of_the_cluster_that_goes(params):
+    srv = Machine(cluster="running", checksums=False, files={CREATECLUSTER_DROPIN: render_createcluster_conf()})
+    dry = DryRunHost(srv.host)
+    outcomes = install_step.install_server(dry, params, params.primary)
+    assert [c for c in dry.journal if c.startswith("pg_")] == [DROP, CREATE, START], dry.journal
+    assert any("holds nothing" in a for o in outcomes for a in o.actions)
+    assert srv.host.journal == [] and srv.cluster == "running" and not srv.checksums

@@ -117,6 +117,8 @@ def test_an_automatic_cluster_without_checksums_that_holds_nothing_is_made_again
     planned = next(o for o in plan if o.what.startswith("cluster 15/main on"))
     assert planned.changed and planned.dry_run and "holds nothing" in planned.actions[0], planned.actions
     assert any(a.startswith("pg_dropcluster --stop 15 main") for a in planned.actions)
+    # the cluster made again is new: its settings are read at its first start, no reload or restart planned
+    assert not [a for o in plan for a in o.actions if "15 main reload" in a or "15 main restart" in a], plan
     assert s.system_identifier() == before and s.sql("SHOW data_checksums") == "off"  # the plan changed nothing
     outcomes = install_step.install_server(s.host, s.params, s.params.primary)
     made = next(o for o in outcomes if o.what.startswith("cluster 15/main on"))
