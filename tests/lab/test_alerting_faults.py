@@ -1,6 +1,6 @@
 """The faults that must page (issue 25), on real lab hosts: a primary (the worker's stage: steps 02-04) with
-pgBackRest against the lab's S3 store (steps 05 and 08: archiving on), step 13's exporter, node exporter and the
-health job writing node exporter's textfile; a jumpbox with Prometheus and Alertmanager (step 15b's code); the
+pgBackRest against the lab's S3 store (steps 05 and 08: archiving on, a full backup), step 13's exporter, node
+exporter and the health job writing node exporter's textfile; a jumpbox with Prometheus and Alertmanager (step 15b's code); the
 receiver on the lab bridge (tests/lab/alerting_stage.py).  Lab settings: scrape and evaluation every 2 s, ``for``
 4 s, group wait 1 s.
 
@@ -39,7 +39,7 @@ from hcbpg.lab import create_server_host, destroy_server_host, faults
 from hcbpg.ops import alerting as ops_alerting
 from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import config as pg_config
-from hcbpg.ops import monitoring, privileges
+from hcbpg.ops import drill, monitoring, privileges
 from hcbpg.ops import schedule as ops_schedule
 from hcbpg.params import parse_params
 from hcbpg.steps import alerting as step
@@ -93,11 +93,13 @@ def hosts(params):
 
 @pytest.fixture(scope="module")
 def monitor(params, hosts) -> step.MonitorHosts:
-    """Steps 05 and 08 (archiving on), step 13's exporter, then step 15b's code and the health job once."""
+    """Steps 05 and 08 (archiving on, the first full backup), step 13's exporter, then step 15b's code and the
+    health job once."""
     primary, s = hosts[STAGE_PRIMARY], params.primary
     t0 = time.monotonic()
     step05.configure(primary, params, s)
     step08.start_archiving(primary, params, s)
+    drill.ensure_baseline_backup(primary, params)  # as step 08 takes it: the repository is not empty
     cfg = desired_roles.roles_config(params)
     privileges.ensure_role_secrets(SecretStore(), cfg)
     pg_config.ensure_pg_hba(primary, params, s, extra=desired_server.all_hba_extra(params, s, cfg))
@@ -144,7 +146,9 @@ def test_the_health_job_writes_the_textfile_and_backup_info_stale_is_quiet(lab, 
     assert st[:2] == ["postgres 755", "postgres 644"], st
     text = primary.read_text(tm.TEXTFILE) or ""
     assert "hcbpg_pgbackrest_info_timestamp_seconds " in text, text
-    assert f'hcbpg_pgbackrest_stanza_status_code{{stanza="{params.pgbackrest.stanza}"}}' in text, text
+    assert f'hcbpg_pgbackrest_stanza_status_code{{stanza="{params.pgbackrest.stanza}"}} 0' in text, text
+    assert f'hcbpg_pgbackrest_backup_last_timestamp_seconds{{stanza="{params.pgbackrest.stanza}",repo="1",' \
+           'type="full"}' in text, text
     for path in (desired_tls.server_cert_path(params), desired_tls.client_ca_path(params)):
         assert f'hcbpg_certificate_expiry_timestamp_seconds{{path="{path}"' in text, (path, text)
     assert not any(v in text for v in desired_backups.resolve_conf_secrets(params).values() if v), "a secret"
@@ -154,7 +158,8 @@ def test_the_health_job_writes_the_textfile_and_backup_info_stale_is_quiet(lab, 
     firing = [(a["metric"]["alertname"], a["metric"].get("server", "")) for a in prom_query(jb, params, "ALERTS")
               if a["metric"].get("alertstate") == "firing"]
     print("alerts with the job's textfile:", firing)
-    assert not [a for a in firing if a[0] in ("BackupInfoStale", "CertificateExpiring", "ArchivingFailing",
+    assert not [a for a in firing if a[0] in ("BackupInfoStale", "BackupRepositoryError", "BackupFullTooOld",
+                                              "BackupDiffTooOld", "CertificateExpiring", "ArchivingFailing",
                                               "DiskFull", "PostgresDown", "TargetDown")], firing
 
 
