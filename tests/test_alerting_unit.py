@@ -444,3 +444,18 @@ def test_the_way_back_writes_its_end_for_the_monitor_once_and_only_with_alerting
     quiet = RecordingHost("server-postgres-1")
     wayback._ensure_wayback_metric(quiet, parse_params(d), until)
     assert quiet.calls == []
+
+
+def test_step_15b_plans_the_health_jobs_textfile_config_on_each_server_after_node_exporter():
+    from hcbpg.desired import schedule as desired_schedule
+    from hcbpg.steps import alerting as step
+
+    p = production()
+    assert p.jumpbox is not None
+    hosts = step.MonitorHosts({s.name: None for s in p.servers}, None, p.jumpbox.name)
+    whats = [o.what for o in step.get_plan(hosts, p)]
+    config = [f"{desired_schedule.HEALTH_CONFIG_PATH} on {s.name}" for s in p.servers]
+    assert all(w in whats for w in config), whats
+    last_exporter = max(i for i, w in enumerate(whats) if w.startswith("node exporter on server-"))
+    assert min(whats.index(w) for w in config) > last_exporter
+    assert step.run_health_jobs(hosts, p) == {}  # no server reachable: nothing run
