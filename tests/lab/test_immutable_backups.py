@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import secrets as pysecrets
 import time
+from pathlib import Path
 
 import pytest
 
@@ -41,6 +42,8 @@ from labparams import lab_params, pgbackrest_section
 from stages import STAGE_PRIMARY, cli, latest_manifest, latest_run_dir, run_home, scrap
 
 pytestmark = pytest.mark.lab
+
+REPO_NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 
 BUCKET = "hcb-immutable-test"
 JUMPBOX = "hcb-jumpbox"
@@ -262,6 +265,10 @@ def test_notebook_21_through_the_cli_waits_at_its_gate_then_copies_and_restores(
     t = STATE["t"]
     home = run_home(tmp_path_factory.mktemp("asof-home"), STATE["data"], ["21_repository_as_of"], monkeypatch_module,
                     on_demand=("21_repository_as_of",))
+    import yaml  # the step's entry as the repository lists it: its inputs and gate
+    repo_steps = yaml.safe_load((REPO_NOTEBOOKS / "steps.yaml").read_text())["steps"]
+    (home / "notebooks" / "steps.yaml").write_text(yaml.safe_dump({"steps": [
+        e for e in repo_steps if e["notebook"] == "21_repository_as_of.ipynb"]}))
     prefix = "/pgbackrest-asof-cli"
     args = ("run", "lab", "--only", "21_repository_as_of", "-p", f"as_of={t.isoformat()}", "-p",
             f"target_prefix={prefix}")
