@@ -12,9 +12,6 @@ Prometheus stopped -> the last Heartbeat at the dead-man, and when a dead-man wi
 from __future__ import annotations
 
 import json
-import os
-import secrets as pysecrets
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -29,7 +26,7 @@ from hcbpg.desired import alerting as al
 from hcbpg.desired import roles as desired_roles
 from hcbpg.desired import server as desired_server
 from hcbpg.desired.services import prometheus_service
-from hcbpg.lab import create_server_host, deadman, destroy_server_host
+from hcbpg.lab import create_server_host, destroy_server_host
 from hcbpg.ops import alerting as ops_alerting
 from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import config as pg_config
@@ -37,6 +34,7 @@ from hcbpg.ops import monitoring, privileges
 from hcbpg.params import parse_params
 from hcbpg.steps import alerting as step
 
+from alerting_stage import HEARTBEAT_S, LAB_ALERTING, received, start_receiver, wait_received
 from labparams import lab_params
 from stages import STAGE_PRIMARY, STAGE_PRIMARY_OFFSET, cli, latest_manifest, latest_run_dir
 
@@ -45,41 +43,18 @@ pytestmark = pytest.mark.lab
 REPO = Path(__file__).resolve().parents[2]
 
 JUMPBOX = "hcb-jumpbox"
-HEARTBEAT_S = 2.0
 STATE: dict = {}
 OUTPUT: list[str] = []
 TIMINGS: dict[str, float] = {}
 
 
-def _free_port(ip: str) -> int:
-    with socket.socket() as s:
-        s.bind((ip, 0))
-        return int(s.getsockname()[1])
-
-
-def _secret_file(path: Path, value: str) -> str:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(value + "\n")
-    return f"file:{path}"
-
-
 @pytest.fixture(scope="module")
 def receiver(lab, tmp_path_factory):
-    """The lab's receiver on the bridge address; (base URL, log file, the two secret URLs' references)."""
-    d = tmp_path_factory.mktemp("alerting")
-    ip = lab.cfg.gateway_ip
-    port = _free_port(ip)
-    log = d / "received.jsonl"
-    proc = deadman.start(ip, port, log)
-    base = f"http://{ip}:{port}"
-    hook = f"{base}/alerts/{pysecrets.token_hex(12)}"
-    dead = f"{base}/deadman/{pysecrets.token_hex(12)}"
-    STATE["values"] = [hook.rsplit("/", 1)[1], dead.rsplit("/", 1)[1]]
-    refs = {"hook": _secret_file(d / "hook-url", hook), "deadman": _secret_file(d / "deadman-url", dead)}
-    yield log, refs
-    proc.terminate()
-    proc.wait(timeout=10)
+    """The lab's receiver on the bridge address (tests/lab/alerting_stage.py): its log, the two secret references."""
+    r = start_receiver(lab.cfg.gateway_ip, tmp_path_factory.mktemp("alerting"))
+    STATE["values"] = r.values
+    yield r.log, r.refs
+    r.stop()
 
 
 def params_data(lab, refs: dict[str, str]) -> dict:
@@ -88,9 +63,7 @@ def params_data(lab, refs: dict[str, str]) -> dict:
     data = lab_params(
         lab, [(STAGE_PRIMARY, cfg.address(STAGE_PRIMARY_OFFSET), "primary")],
         jumpbox={"name": JUMPBOX, "private_ip": jb_ip, "ssh_host": jb_ip},
-        alerting={"scrape_interval": "2s", "evaluation_interval": "2s", "for_duration": "4s", "group_wait": "1s",
-                  "group_interval": "2s", "repeat_interval": "1m", "heartbeat_interval": f"{HEARTBEAT_S:g}s",
-                  "receivers": {"webhook": {"url": refs["hook"]}}, "heartbeat_url": refs["deadman"]})
+        alerting={**LAB_ALERTING, "receivers": {"webhook": {"url": refs["hook"]}}, "heartbeat_url": refs["deadman"]})
     return data
 
 
@@ -140,23 +113,6 @@ def run_home(lab, receiver, tmp_path_factory):
 
 def monitor_hosts(hosts) -> step.MonitorHosts:
     return step.MonitorHosts({STAGE_PRIMARY: hosts[STAGE_PRIMARY]}, hosts[JUMPBOX], JUMPBOX)
-
-
-def received(log: Path, since: float, kind: str, *needles: str) -> list[dict]:
-    """The receiver's requests to /alerts/... or /deadman/... after *since* (whose body holds every needle)."""
-    return [p for p in deadman.read_pings(log) if p["time"] >= since and p["path"].startswith(f"/{kind}/")
-            and all(n in p["body"] for n in needles)]
-
-
-def wait_received(log: Path, since: float, kind: str, *needles: str, timeout: float = 120.0) -> dict:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        got = received(log, since, kind, *needles)
-        if got:
-            return got[0]
-        time.sleep(0.2)
-    raise AssertionError(f"no {kind} POST with {needles!r} within {timeout:g}s; last requests: "
-                         f"{[(p['path'][:9], p['body'][:120]) for p in deadman.read_pings(log)[-5:]]}")
 
 
 def test_the_exporter_of_step_13_on_the_primary(params, hosts):
