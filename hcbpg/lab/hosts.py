@@ -238,18 +238,61 @@ def cached_deb(package: str, status: str | None = None) -> Path:
                    hint="scripts/install.sh installs what the lab needs.")
 
 
+def _fields(stanza: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    key = ""
+    for line in stanza.split("\n"):
+        if line[:1] in (" ", "\t") and key:
+            out[key] += " " + line.strip()
+            continue
+        key, _, value = line.partition(": ")
+        out[key] = value
+    return out
+
+
+def _names(relation: str) -> list[list[str]]:
+    """A Depends-style field as alternatives of package names (versions and architectures dropped)."""
+    return [[re.split(r"[\s(:]", o.strip())[0] for o in alt.split("|") if o.strip()]
+            for alt in relation.split(",") if alt.strip()]
+
+
+def broken_by(status: str, packages: Sequence[str]) -> set[str]:
+    """*packages* and every installed package whose dependencies they alone satisfy (directly, through what they
+    provide, or through another package of the set), as dpkg's status *status* says: what a fresh server without
+    *packages* would not have either (postgresql-15 takes postgresql, postgresql-contrib and plperl with it)."""
+    installed = [f for f in map(_fields, _dpkg_stanzas(status)) if f.get("Status") == "install ok installed"]
+
+    def providers(without: set[str]) -> set[str]:
+        return {name for f in installed if f["Package"] not in without
+                for name in [f["Package"], *[alts[0] for alts in _names(f.get("Provides", ""))]]}
+
+    before = providers(set())
+    gone = set(packages)
+    while True:
+        now = providers(gone)
+        # broken: a dependency satisfied before and not now (one unsatisfied already is not this removal's doing)
+        more = {f["Package"] for f in installed if f["Package"] not in gone and any(
+            any(o in before for o in alts) and not any(o in now for o in alts)
+            for alts in _names(f.get("Depends", "") + "," + f.get("Pre-Depends", "")))}
+        if not more:
+            return gone
+        gone |= more
+
+
 def unpackage_upper(upper: Path, packages: Sequence[str]) -> None:
     """Make *packages* not installed on the host whose upper layer is *upper*, as on a fresh server: dpkg's status
-    there lists them no more, so ``apt-get install`` (offline: the machine's package lists and cached ``.deb``,
-    :func:`cached_deb`) unpacks them and runs their maintainer scripts for real, as on a real server: the
-    postinst of postgresql-15 creates and starts ``15/main`` as createcluster.conf says.  The host also gets
-    a runlevel and a policy-rc.d that let PostgreSQL's init script start it (the lab has no init: the machine's
-    policy-rc.d denies every start).  The files stay visible through the overlay until dpkg writes its own."""
+    there lists them (and what needs them: :func:`broken_by`) no more, so ``apt-get install`` (offline: the
+    machine's package lists and cached ``.deb``, :func:`cached_deb`) unpacks them and runs their maintainer
+    scripts for real, as on a real server: the postinst of postgresql-15 creates and starts ``15/main`` as
+    createcluster.conf says.  The host also gets a runlevel and a policy-rc.d that let PostgreSQL's init script
+    start it (the lab has no init: the machine's policy-rc.d denies every start).  The files stay visible
+    through the overlay until dpkg writes its own."""
     status = Path("/var/lib/dpkg/status").read_text()
     for p in packages:
         cached_deb(p, status)
-    keep = [st for st in _dpkg_stanzas(status)
-            if not any(st.startswith(f"Package: {p}\n") for p in packages)]
+    # the packages that need them go too (apt refuses any install while a dependency is broken)
+    gone = broken_by(status, packages)
+    keep = [st for st in _dpkg_stanzas(status) if _fields(st).get("Package") not in gone]
     dpkg = _mkdir_like(upper, "var/lib/dpkg")
     st = Path("/var/lib/dpkg/status").stat()
     _put(dpkg / "status", "\n\n".join(keep) + "\n\n", stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)

@@ -92,6 +92,10 @@ def test_the_lab_host_has_no_postgresql_15_until_apt_installs_it(real_server):
     status = s.sh("dpkg-query -W -f '${db:Status-Abbrev}' postgresql-15 2>/dev/null || true")
     assert not status.startswith("ii"), status
     assert s.sh("pg_lsclusters -h").strip() == ""
+    # what needs postgresql-15 is not there either, and dpkg's state is consistent (apt installs other packages)
+    others = s.sh("dpkg-query -W -f '${Package} ${db:Status-Abbrev}\\n' postgresql postgresql-contrib 2>/dev/null || true")
+    assert " ii" not in others, others
+    s.sh("apt-get check -q")
     # step 02 on it: its drop-in first, then the real install (unpack + postinst), then hcbpg's own cluster
     t0 = time.monotonic()
     outcomes = install_step.install_server(s.host, s.params, s.params.primary)
