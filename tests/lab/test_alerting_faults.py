@@ -10,6 +10,8 @@ Each delivery's latency (the event -> the POST at the receiver) is measured and 
   PostgreSQL reads only at a reload, so nothing else sees it; the real one put back after) -> CertificateExpiring;
 - a disk past 80 % (a 64 MB loop-mounted ext4 in the lab host's own mount namespace, under /srv: node exporter
   as installed here did not report one under /mnt; filled to 90 % with fallocate) -> DiskFull;
+- step 12's success written on the jumpbox (its last cell) is scraped; 09b's way-back end already passed
+  -> WayBackPastEnd;
 - the S3 store frozen under WAL load (hcbpg.lab.faults.partition of the primary from the S3 address: the lab's
   moto is shared, never stopped) -> ArchivingFailing.
 A stopped replica is not here: the worker's stages have no replica (a pair costs a second server and a base
@@ -41,9 +43,11 @@ from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import config as pg_config
 from hcbpg.ops import drill, monitoring, privileges
 from hcbpg.ops import schedule as ops_schedule
+from hcbpg.ops.migration import wayback
 from hcbpg.params import parse_params
 from hcbpg.steps import alerting as step
 from hcbpg.steps import pgbackrest as step05
+from hcbpg.steps import restore_drill
 from hcbpg.steps import start_archiving as step08
 
 from alerting_stage import Receiver, received, start_receiver, wait_received
@@ -226,6 +230,44 @@ def test_a_disk_past_the_threshold_is_delivered(lab, params, hosts, monitor, rec
         TIMINGS["disk_freed_to_resolved_s"] = round(resolved["time"] - t1, 1)
     finally:
         lab.exec(STAGE_PRIMARY, f"umount {DISK_MNT}; rm -f {DISK_IMG}; rmdir {DISK_MNT}", timeout=60)
+
+
+class _Run:
+    """What steps.restore_drill.run_mark_drill_success reads of a step's run: its params, not a dry run."""
+
+    def __init__(self, params) -> None:  # noqa: ANN001
+        self.params, self.dry_run = params, False
+
+
+def test_the_drills_success_on_the_jumpbox_is_scraped(params, hosts, monitor):
+    """Step 12's last cell after its checks passed: the drill's end in hcbpg-drill.prom on the jumpbox."""
+    jb = hosts[JUMPBOX]
+    t0 = time.time()
+    restore_drill.run_mark_drill_success(_Run(params))  # type: ignore[arg-type]
+    assert jb.probe(f"stat -c '%U %a' {tm.DRILL_TEXTFILE}").stdout.strip() == "root 644"
+    got = prom_query(jb, params, f'hcbpg_drill_last_success_timestamp_seconds{{server="{JUMPBOX}"}}')
+    end = time.monotonic() + 60
+    while not got:
+        assert time.monotonic() < end, "the drill's success was not scraped within 60 s"
+        time.sleep(0.5)
+        got = prom_query(jb, params, f'hcbpg_drill_last_success_timestamp_seconds{{server="{JUMPBOX}"}}')
+    assert float(got[0]["value"][1]) >= t0 - 1
+
+
+def test_a_way_back_past_its_end_is_delivered(params, hosts, monitor, receiver):
+    """09b's textfile with an end already passed -> WayBackPastEnd (step 16 removes the file: resolved)."""
+    primary = hosts[STAGE_PRIMARY]
+    t0 = time.time()
+    wayback._ensure_wayback_metric(primary, params, "2026-01-01T00:00:00.000000Z")
+    try:
+        assert primary.probe(f"stat -c '%U %a' {tm.WAYBACK_TEXTFILE}").stdout.strip() == "postgres 644"
+        got = wait_received(receiver.log, t0, "alerts", '"alertname":"WayBackPastEnd"')
+        TIMINGS["wayback_file_to_alert_s"] = round(got["time"] - t0, 1)
+    finally:
+        primary.run(f"rm -f {tm.WAYBACK_TEXTFILE}")
+    t1 = time.time()
+    resolved = wait_received(receiver.log, t1, "alerts", '"status":"resolved"', '"alertname":"WayBackPastEnd"')
+    TIMINGS["wayback_file_removed_to_resolved_s"] = round(resolved["time"] - t1, 1)
 
 
 WAL_LOAD = ("while :; do psql -X -q -d postgres -c \"INSERT INTO hcbpg_alerting_walload SELECT repeat(md5(g::text), "
