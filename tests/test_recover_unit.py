@@ -191,3 +191,34 @@ def test_no_restore_point_on_a_dry_run_or_before_archiving():
     rb = _Run(_params())
     assert mark_restore_point(rb, host) is None and "restore_points" not in rb.values
     assert not any("pg_create_restore_point" in (c.stdin or "") for c in host.calls)
+
+
+def test_patroni_stopped_under_systemd_is_disabled_too_so_a_reboot_leaves_the_old_data_alone():
+    from hcbpg.adapters.base import Result
+    from hcbpg.adapters.recording import RecordingHost
+    from hcbpg.ops.recover import run_stop_patroni
+
+    state = {"patroni": True}
+
+    def reply(call):
+        cmd = call.command
+        if cmd == "test -d /run/systemd/system":
+            return ""
+        if cmd.startswith("systemctl is-active patroni@"):
+            return "active\n" if state["patroni"] else Result(3, "inactive\n", "")
+        if cmd.startswith("systemctl show --property=MainPID"):
+            return "4242\n" if state["patroni"] else "0\n"
+        if cmd.startswith("systemctl stop patroni@"):
+            state["patroni"] = False
+            return ""
+        if cmd.startswith("systemctl disable patroni@"):
+            return ""
+        if cmd.startswith("pg_lsclusters"):
+            return json.dumps([{"version": 15, "cluster": "main", "running": 0}])
+        return None
+
+    host = RecordingHost("server-postgres-1", handler=reply)
+    out = run_stop_patroni(host, _params())
+    assert out.changed
+    ran = [c for c in host.ran if c.startswith("systemctl")]
+    assert ran == ["systemctl stop patroni@15-main", "systemctl disable patroni@15-main"], host.ran

@@ -38,13 +38,14 @@ from hcbpg.desired import recover as dr
 from hcbpg.desired.certs import CertSpec
 from hcbpg.desired.services import patroni_service
 from hcbpg.errors import SafetyCheckFailed
-from hcbpg.ops import drill
+from hcbpg.ops import drill, failover
 from hcbpg.ops import etcd as ops_etcd
 from hcbpg.ops import patroni as ops_patroni
 from hcbpg.ops import pgbackrest as pgb
 from hcbpg.ops.cluster import get_psql
 from hcbpg.ops.ha_files import ensure_cert
 from hcbpg.outcome import Outcome
+from hcbpg.pg.services import systemd_command
 from hcbpg.wait import wait_until
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -104,13 +105,18 @@ def get_repo_reach(host: "HostLike", params: "Params") -> dr.RepoReach:
 # stopping, restoring, verifying ---------------------------------------------------------------------------------
 
 def run_stop_patroni(host: "HostLike", params: "Params") -> Outcome:
-    """Patroni stopped on *host* (it stops its PostgreSQL as it ends); PostgreSQL stopped too if it still runs.
-    The data directory is left as it is."""
+    """Patroni stopped on *host* (it stops its PostgreSQL as it ends) and, under systemd, not started at the next
+    boot (it would rewind or rebuild the data left intact; starting it again enables it); PostgreSQL stopped too if
+    it still runs.  The data directory is left as it is."""
     seen = Changes(host)
-    ServiceControl.of(host).ensure_stopped(patroni_service(params))
-    control = ClusterControl.of(host, params)
-    if not host.dry_run and control.running():
-        control.stop("fast", timeout=300)
+    control = ServiceControl.of(host)
+    spec = patroni_service(params)
+    control.ensure_stopped(spec)
+    if control.systemd:
+        host.run(systemd_command("disable", spec), display=f"systemctl disable {spec.name} (not at the next boot)")
+    cluster = ClusterControl.of(host, params)
+    if not host.dry_run and cluster.running():
+        cluster.stop("fast", timeout=300)
     return seen.outcome(f"Patroni and PostgreSQL stopped on {host.name}")
 
 
@@ -184,11 +190,25 @@ def get_dcs_config(host: "HostLike", params: "Params", server: "Server") -> dict
     return dict(data) if isinstance(data, Mapping) else {}
 
 
+def wait_for_dcs_config(host: "HostLike", params: "Params", server: "Server", *, timeout: float = 120) -> dict[str, Any]:
+    """GET /config until it answers 200: a member that has just initialised the scope has not written its
+    configuration yet (Patroni answers 502 until then)."""
+    api = ops_patroni.get_api(host, params, server)
+
+    def probe() -> tuple[int, str]:
+        return api.get("/config", timeout_s=5)
+
+    status, body = wait_until(probe, lambda r: r[0] == 200, what=f"Patroni's configuration on {server.name}",  # noqa: PLR2004
+                              timeout=timeout, interval=1.0, describe=lambda r: f"GET /config answered {r[0]}")
+    data = json.loads(body)
+    return dict(data) if isinstance(data, Mapping) else {}
+
+
 def run_put_dcs_config(host: "HostLike", params: "Params", server: "Server", config: Mapping[str, Any]) -> Outcome:
     """PATCH /config with what differs from *config* (kept from before the reset: a scope adopted anew starts
     from bootstrap's values only when Patroni initialises a cluster, never when it adopts one)."""
     seen = Changes(host)
-    current = get_dcs_config(host, params, server) if not host.dry_run else {}
+    current = wait_for_dcs_config(host, params, server) if not host.dry_run else {}
     patch = {k: v for k, v in config.items() if current.get(k) != v}
     if patch:
         ops_patroni.get_api(host, params, server).patch("/config", patch, display=f"PATCH /config on {server.name} "
@@ -229,6 +249,20 @@ def _as_root(host: "HostLike", params: "Params", *args: str, read: bool) -> str:
         return ctl.run_ctl(*args, display=f"etcdctl {' '.join(args)} (as root, by certificate)").stdout
     finally:
         host.run(f"rm -rf {_ROOT_DIR}", quiet=True, display=f"remove {_ROOT_DIR} (etcd's root certificate)")
+
+
+def run_timeline_backup(host: "HostLike", params: "Params", server: "Server") -> dict[str, Any]:
+    """A full backup on the recovered leader *host*, of its new timeline: a replica made from the repository
+    restores the newest backup, and a backup taken after the target on the old timeline is no ancestor of the new
+    one (PostgreSQL refuses it: 'requested timeline N is not a child of this server's history').  pgBackRest is
+    made ready there first (configuration, archiving, stanza, schedules, its check), as after a failover."""
+    outcomes, checks = failover.run_point_backups_at(host, params, server, archive_mode=True, full_backup=False)
+    bad = [c for c in checks if not c.ok]
+    if bad:
+        raise SafetyCheckFailed(f"pgBackRest on {server.name} before its full backup: "
+                                + "; ".join(f"{c.name}: {c.detail}" for c in bad), target=server.name)
+    row = pgb.run_backup(host, params, type="full")
+    return {"label": row.label, "stop": row.stop, "changed": [o.what for o in outcomes if o.changed]}
 
 
 # the old leader -------------------------------------------------------------------------------------------------

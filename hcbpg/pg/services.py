@@ -197,9 +197,11 @@ def render_unit_dropin(spec: ServiceSpec) -> str:
 
 def systemd_command(action: str, spec: ServiceSpec) -> str:
     """The ``systemctl`` line for *action* on *spec*'s unit: start (enable, and never block: a first etcd
-    member waits for its peers before it tells systemd it runs), stop, is-active, main-pid, daemon-reload."""
+    member waits for its peers before it tells systemd it runs), stop, disable (not started at the next boot),
+    is-active, main-pid, daemon-reload."""
     lines = {"start": f"systemctl enable --now --no-block {spec.name}",
              "stop": f"systemctl stop {spec.name}",
+             "disable": f"systemctl disable {spec.name}",
              "is-active": f"systemctl is-active {spec.name}",
              "main-pid": f"systemctl show --property=MainPID --value {spec.name}",
              "daemon-reload": "systemctl daemon-reload"}

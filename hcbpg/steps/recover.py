@@ -108,7 +108,12 @@ def mark_restore_point(rb: "Run", hosts: "Mapping[str, HostLike | None] | HostLi
         print(f"no restore point on {host.name}: it does not archive WAL yet (nothing to recover to before "
               f"{rb.step})")
         return None
-    point = {**ops_recover.run_restore_point(host, params, name), "step": rb.step, "run_id": rb.run_id}
+    try:
+        point = {**ops_recover.run_restore_point(host, params, name), "step": rb.step, "run_id": rb.run_id}
+    except HcbpgError as exc:
+        # the step goes on: a point in time before it stays reachable by its time (notebook 20, -p target=TIME)
+        print(f"WARNING: no restore point on {host.name}: {exc.message}")
+        return None
     points = [p for p in rb.recall(RESTORE_POINTS, [], own=True) if isinstance(p, Mapping)]
     rb.record(RESTORE_POINTS, [*points, point][-500:])
     print(f"restore point {name} on {host.name} at {point['lsn']} ({point['at']}): notebook 20 can recover to "
@@ -252,6 +257,9 @@ def run(rb: "Run", hosts: HaHosts, rec: Recovery) -> dict[str, Any]:
     if rb.dry_run:
         print("dry run: nothing stopped, nothing restored")
         return {}
+    if rec.mode == "done":
+        print(f"done already: {rec.server} leads, recovered to {rec.target}; nothing to do")
+        return {"target": str(rec.target), "server": rec.server, "old_leader": rec.old_leader, "done": True}
     server = params.server(rec.server)
     host = hosts.servers.get(server.name)
     if host is None:
@@ -306,9 +314,9 @@ def _adopt(rb: "Run", hosts: HaHosts, rec: Recovery) -> dict[str, Any]:
     host = hosts.servers[server.name]
     assert host is not None
     view = ops_patroni.get_cluster(hosts.servers, params)
-    if view is not None and view.leader is not None and view.leader.name == server.name:
-        return {"leader": server.name}
-    if not ops_patroni.get_patroni_running(host, params):
+    leads = view is not None and view.leader is not None and view.leader.name == server.name
+    t = datetime.now()
+    if not leads and not ops_patroni.get_patroni_running(host, params):
         for name, other in hosts.servers.items():
             if name != server.name and other is not None and ops_patroni.get_patroni_running(other, params):
                 raise SafetyCheckFailed(f"Patroni runs on {name}: the scope's state is not removed under it",
@@ -316,16 +324,15 @@ def _adopt(rb: "Run", hosts: HaHosts, rec: Recovery) -> dict[str, Any]:
         rb.track(ops_recover.run_reset_dcs(host, params))
         t = datetime.now()
         rb.track(ops_patroni.ensure_patroni_running(host, params))
-    else:
-        t = datetime.now()
     ops_patroni.wait_for_member(hosts.servers, params, server.name,
                                 lambda m: m.is_leader and m.state in dp.RUNNING_STATES,
                                 what=f"{server.name} Patroni's leader", timeout=300)
     led_s = round((datetime.now() - t).total_seconds(), 1)
     config = (rec.marker or {}).get("dcs_config") or {}
     if config:
+        # also on a rerun: only what differs is PATCHed (a rerun after success changes nothing)
         rb.track(ops_recover.run_put_dcs_config(host, params, server, config))
-    return {"leader": server.name, "patroni_led_s": led_s}
+    return {"leader": server.name} if leads else {"leader": server.name, "patroni_led_s": led_s}
 
 
 def rebuild_old(rb: "Run", hosts: HaHosts, rec: Recovery) -> dict[str, Any]:
@@ -350,6 +357,16 @@ def rebuild_old(rb: "Run", hosts: HaHosts, rec: Recovery) -> dict[str, Any]:
         raise SafetyCheckFailed(f"cannot reach {old_name}", target=old_name,
                                 hint="The recovered leader serves alone; run the step again once it answers.")
     t = datetime.now()
+    marker = dict(rec.marker or {})
+    leader_host = hosts.servers.get(rec.server)
+    if not marker.get("timeline_backup") and leader_host is not None:
+        # the replica is restored from the newest backup: one of the new timeline first
+        taken = ops_recover.run_timeline_backup(leader_host, params, params.server(rec.server))
+        rb.track(Outcome(f"full backup of the new timeline on {rec.server}", True, False,
+                         actions=[f"took {taken['label']} (the old leader's replica is restored from it)"]))
+        marker["timeline_backup"] = taken["label"]
+        ops_recover.run_put_marker(leader_host, marker)
+        rec.marker = marker
     rb.track(ops_recover.run_stop_patroni(old_host, params))
     suffix = f"before-recover-{(rec.marker or {}).get('run_id') or rb.run_id or 'adhoc'}"
     aside = ops_recover.run_move_aside(old_host, params, suffix)

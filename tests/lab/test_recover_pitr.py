@@ -71,9 +71,12 @@ def run_home(lab, data, tmp_path_factory):
     (home / "params" / "lab.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     nbs = home / "notebooks"
     nbs.mkdir()
-    shutil.copy(REPO / "notebooks" / f"{STEP}.ipynb", nbs / f"{STEP}.ipynb")
-    entry = next(line for line in (REPO / "notebooks" / "steps.yaml").read_text().splitlines() if STEP in line)
-    (nbs / "steps.yaml").write_text("steps:\n" + entry + "\n")
+    lines = (REPO / "notebooks" / "steps.yaml").read_text().splitlines()
+    entries = []
+    for key in ("11_switchover", STEP):
+        shutil.copy(REPO / "notebooks" / f"{key}.ipynb", nbs / f"{key}.ipynb")
+        entries.append(next(line for line in lines if f"notebook: {key}.ipynb" in line))
+    (nbs / "steps.yaml").write_text("steps:\n" + "\n".join(entries) + "\n")
     env = {"HCBPG_HOME": str(home), "HCBPG_STATE_DIR": str(home / "state"), "HCBPG_LAB_DIR": str(lab.lab_dir),
            "HCBPG_NOTEBOOKS": str(nbs), "HCBPG_OPERATOR": "lab-test"}
     return home, env
@@ -218,3 +221,49 @@ def test_a_rerun_says_it_is_done_and_changes_nothing(params, cluster, run_home):
     text = (latest_run_dir(home) / f"{STEP}.ipynb").read_text()
     assert "already" in text and "nothing left to do" in text
     assert hs.leader_name(cluster, params) == hs.REPLICA
+
+
+def test_back_to_before_a_step_by_its_restore_point(params, cluster, run_home, app):
+    """Step 11 (a switchover) creates hcbpg-before-11_switchover-<run> on the leader and records it; rows written
+    after it; notebook 20 lists the point and recovers to it: what was written before the point is there, what
+    was written after it is not.  An unknown restore point is refused."""
+    home, env = run_home
+    write_through_url(app, STATE["url"], "INSERT INTO public.events (user_id, name, created_at) "
+                                         "SELECT g, 'before-point', now() FROM generate_series(1, 7) g")
+    proc = cli(env, "run", "lab", "--only", "11_switchover")
+    assert proc.returncode == 3, proc.stdout[-6000:] + proc.stderr[-3000:]
+    run_id = latest_manifest(home)["run_id"]
+    ok = cli(env, "approve", run_id, "switchover", "--note", "lab test")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    proc = cli(env, "resume", run_id)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    assert hs.leader_name(cluster, params) == STAGE_PRIMARY
+    points = scrap(latest_run_dir(home) / "11_switchover.ipynb", "restore_points")
+    name = f"hcbpg-before-11_switchover-{run_id}"
+    assert [p["name"] for p in points] == [name], points
+    write_through_url(app, STATE["url"], "INSERT INTO public.events (user_id, name, created_at) "
+                                         "SELECT g, 'after-point', now() FROM generate_series(1, 9) g")
+    refused = cli(env, "run", "lab", "--only", STEP, "-p", "target=name:hcbpg-before-13_roles-nope")
+    assert refused.returncode == 1 and "not in the verified record" in refused.stdout, refused.stdout[-3000:]
+    proc = cli(env, "run", "lab", "--only", STEP, "-p", f"target=name:{name}")
+    assert proc.returncode == 3, proc.stdout[-6000:] + proc.stderr[-3000:]
+    assert name in (latest_run_dir(home) / f"{STEP}.ipynb").read_text()  # listed among the restore points
+    rid = latest_manifest(home)["run_id"]
+    assert cli(env, "approve", rid, f"recover-{hs.REPLICA}", "--note", "lab test").returncode == 0
+    proc = cli(env, "resume", rid)
+    assert proc.returncode == 3, proc.stdout[-8000:] + proc.stderr[-3000:]  # waiting at rebuild-server-postgres-1
+    new = cluster.servers[hs.REPLICA]
+    assert hs.leader_name(cluster, params) == hs.REPLICA
+    assert sql_on(new, params, "SELECT count(*) FROM public.events WHERE name = 'before-point'") == "7"
+    assert sql_on(new, params, "SELECT count(*) FROM public.events WHERE name = 'after-point'") == "0"
+    assert sql_on(new, params, "SELECT count(*) FROM public.ledger") == "250"
+    assert cli(env, "approve", rid, f"rebuild-{STAGE_PRIMARY}", "--note", "lab test").returncode == 0
+    proc = cli(env, "resume", rid)
+    assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-3000:]
+    view = ops_patroni.wait_for_member(cluster.servers, params, STAGE_PRIMARY,
+                                       lambda m: m.state in dp.RUNNING_STATES and m.lag == 0,
+                                       what="the old leader streaming, lag 0", timeout=120)
+    assert [m.name for m in view.members if m.is_leader] == [hs.REPLICA], view
+    got = write_through_url(app, STATE["url"], "INSERT INTO public.events (user_id, name, created_at) "
+                                               "VALUES (2, 'after-recovery', now()) RETURNING inet_server_addr()")
+    assert got.splitlines()[0] == params.server(hs.REPLICA).private_ip, got
