@@ -34,7 +34,7 @@ from hcbpg.desired.services import (
     prometheus_service,
 )
 from hcbpg.errors import HcbpgError, ParamsError, SafetyCheckFailed
-from hcbpg.ops.ha_files import ensure_daemon_packages, ensure_text
+from hcbpg.ops.ha_files import ensure_cert, ensure_daemon_packages, ensure_text
 from hcbpg.ops.monitoring import ensure_exporter_tls
 from hcbpg.outcome import Outcome
 from hcbpg.pg.services import ServiceSpec, render_start_command
@@ -150,6 +150,12 @@ def ensure_monitor_config(host: "HostLike", params: "Params", secrets: Mapping[s
         if not host.probe(f"test -d {shlex.quote(d)}").ok:
             ensure_dir(host, d, mode=0o750, owner=USER)
     out.append(seen.outcome(f"the monitor's data directories on {host.name}"))
+    if "etcd" in desired_alerting.scrape_targets(params):
+        # Prometheus's client certificate for etcd's /metrics (etcd asks every client for one), the prometheus user's:
+        # its config names it, and a scrape pool whose certificate is missing is never made (no target listed)
+        out += ensure_cert(host, params, desired_alerting.ETCD_CLIENT_SPEC, desired_alerting.ETCD_CLIENT_CERT,
+                           desired_alerting.ETCD_CLIENT_KEY, owner=USER, with_ca=False,
+                           what=f"Prometheus's etcd client certificate on {host.name}")
     return out
 
 
@@ -189,16 +195,22 @@ def get_targets(host: "HostLike", params: "Params") -> list[TargetHealth]:
 
 def wait_for_targets_up(host: "HostLike", params: "Params", *, timeout: float = 60.0,
                         sleep: Callable[[float], None] = time.sleep) -> list[TargetHealth]:
-    """Every target up (each scraped once at least), else WaitTimeout naming the ones that are not."""
-    def down(ts: list[TargetHealth]) -> str:
-        return "; ".join(f"{t.job}/{t.server} {t.health} {t.error}".strip() for t in ts if t.health != "up") or \
-            "no answer from Prometheus"
+    """Every target of every job the config names up (each scraped once at least), else WaitTimeout naming the ones
+    that are not."""
     def probe() -> list[TargetHealth]:
         try:
             return get_targets(host, params)
         except HcbpgError:
             return []  # not listening yet (its first seconds: the TSDB opening)
 
-    return wait_until(probe, lambda ts: bool(ts) and all(t.health == "up" for t in ts),
+    jobs = set(desired_alerting.scrape_targets(params))
+
+    def down(ts: list[TargetHealth]) -> str:
+        missing = sorted(jobs - {t.job for t in ts})
+        return "; ".join([f"{t.job}/{t.server} {t.health} {t.error}".strip() for t in ts if t.health != "up"]
+                         + [f"job {j}: no target (its scrape pool was not made: Prometheus's log)" for j in missing]
+                         ) or "no answer from Prometheus"
+
+    return wait_until(probe, lambda ts: bool(ts) and jobs <= {t.job for t in ts} and all(t.health == "up" for t in ts),
                       timeout=timeout, interval=1.0, what=f"every scrape target up on {host.name}'s Prometheus",
                       describe=down, sleep=sleep)

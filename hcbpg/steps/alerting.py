@@ -129,6 +129,9 @@ def check_monitor(hosts: MonitorHosts, params: "Params", *, timeout: float = 90.
     except HcbpgError:
         targets = ops_alerting.get_targets(jb, params)
     checks = [Check.of(f"scrape {t.job}", t.health == "up", t.error or t.url, t.server) for t in targets]
+    checks += [Check.of(f"scrape {job}", False, "no target: Prometheus made no scrape pool for it (its log says why)",
+                        hosts.jumpbox_name)
+               for job in desired_alerting.scrape_targets(params) if job not in {t.job for t in targets}]
     alerts = ops_alerting.get_alerts(jb, params)
     checks += [Check(f"alert {a.name}", "warn", f"{a.severity}: {a.summary}", a.server or hosts.jumpbox_name)
                for a in alerts]
