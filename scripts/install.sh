@@ -55,6 +55,16 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
+# The lab installs postgresql-15 on some of its hosts the way a real server does, offline (its postinst runs and
+# makes 15/main as createcluster.conf says: hcbpg.lab.hosts.unpackage_upper): from this machine's package lists
+# and apt's cached .deb of the installed version, both kept here
+pg_deb="/var/cache/apt/archives/postgresql-15_$(dpkg-query -W -f='${Version}_${Architecture}' postgresql-15 | sed 's/:/%3a/').deb"
+if [ ! -f "$pg_deb" ] || ! compgen -G "/var/lib/apt/lists/*_Packages*" >/dev/null; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install --download-only --reinstall -y -qq postgresql-15
+fi
+
 # Patroni 3.0.4 for the lab beside Debian 12's 3.0.2 (whose etcd3 code puts the leader key unconditionally once
 # its lease is renewed: after a network cut healed, the cut leader took its leadership back over the member
 # promoted meanwhile and no leader could run; fixed in 3.0.4 by a compare-and-put). Debian's package stays
