@@ -298,6 +298,14 @@ def rules(params: "Params") -> list[Rule]:
             f"No restore drill succeeded within {_pct(t.drill_max_age_days)} days",
             "Nobody has proved lately that the backups restore.",
             "Run the restore drill.", "notebook 12_restore_drill", None))
+    if params.jumpbox is not None and params.pgbackrest is not None:  # the weekly drill on the jumpbox
+        out.append(Rule(
+            "DrillFailing", "max by (repo) (hcbpg_drill_failed) > 0", "warning",
+            "The newest scheduled restore drill of repo{{ $labels.repo }} failed",
+            "The weekly drill on the jumpbox could not restore, read or verify that repository's newest backup: "
+            "a recovery from it may fail too.",
+            "Read /var/log/hcbpg-drill.log and /var/lib/hcbpg-drill/state.json on the jumpbox; run "
+            "`hcbpg-drill N` there again once mended.", "notebook 12_restore_drill", f))
     out += [
         Rule("DiskFull",
              f'100 * (1 - node_filesystem_avail_bytes{{job="node",fstype!~"tmpfs|devtmpfs|ramfs|squashfs"}} '
