@@ -41,12 +41,20 @@ class S3Repo(Model):
     #: operator's recovery use it).  With it the servers do not expire (expire-auto=n): the jumpbox does
     admin_s3_key: SecretRef | None = None
     admin_s3_key_secret: SecretRef | None = None
+    #: S3 Object Lock's default retention on every new version, in days (None: none), where the provider offers it
+    #: (the bucket made with Object Lock on; set with the admin key by step 05); GOVERNANCE: the admin key may
+    #: still delete with the bypass, COMPLIANCE: nobody can before the days are over
+    object_lock_days: int | None = Field(None, ge=1, le=36500)
+    object_lock_mode: Literal["GOVERNANCE", "COMPLIANCE"] = "GOVERNANCE"
 
     @model_validator(mode="after")
     def _repo_consistent(self) -> "S3Repo":
         if (self.admin_s3_key is None) != (self.admin_s3_key_secret is None):
             raise ValueError("admin_s3_key: the repository's admin key needs both admin_s3_key and "
                              "admin_s3_key_secret")
+        if self.object_lock_days is not None and self.admin_s3_key is None:
+            raise ValueError("object_lock_days: Object Lock is set with the repository's admin key: add "
+                             "admin_s3_key and admin_s3_key_secret")
         if self.cipher_type != "none" and self.cipher_pass is None:
             raise ValueError(f"cipher_pass: cipher_type {self.cipher_type} needs cipher_pass "
                              "(a secret reference)")

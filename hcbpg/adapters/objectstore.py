@@ -44,11 +44,15 @@ class ObjectStoreLike(Protocol):
 
     def versions(self, prefix: str) -> list[dict[str, Any]]: ...
 
-    def copy_version(self, source_key: str, version_id: str, target_key: str) -> None: ...
+    def copy_version(self, source_key: str, version_id: str, target_key: str, *, size: int = 0) -> None: ...
 
     def versioning(self) -> str | None: ...
 
     def enable_versioning(self) -> None: ...
+
+    def object_lock(self) -> tuple[str | None, int | None] | None: ...
+
+    def put_object_lock(self, mode: str, days: int) -> None: ...
 
 
 class ObjectStore:
@@ -123,16 +127,30 @@ class ObjectStore:
             token = {k: str(r[n]) for k, n in (("KeyMarker", "NextKeyMarker"), ("VersionIdMarker", "NextVersionIdMarker"))
                      if r.get(n)}
 
-    def copy_version(self, source_key: str, version_id: str, target_key: str) -> None:
-        """Copy one version of *source_key* to *target_key* in this bucket (multipart for large objects)."""
-        self._call("copy", f"{source_key} ({version_id}) to {target_key}", self.client.copy,
-                   CopySource={"Bucket": self.bucket, "Key": source_key, "VersionId": version_id},
-                   Bucket=self.bucket, Key=target_key)
+    def copy_version(self, source_key: str, version_id: str, target_key: str, *, size: int = 0) -> None:
+        """Copy one version of *source_key* (*size* bytes) to *target_key* in this bucket: CopyObject, whose empty
+        body's Content-MD5 goes along (stores that ask it of every write under Object Lock: moto); from 5 GB on,
+        boto3's multipart copy."""
+        source = {"Bucket": self.bucket, "Key": source_key, "VersionId": version_id}
+        what = f"{source_key} ({version_id}) to {target_key}"
+        if size >= _COPY_OBJECT_MAX:
+            self._call("copy", what, self.client.copy, CopySource=source, Bucket=self.bucket, Key=target_key)
+            return
+        events = self.client.meta.events
+        events.register("before-sign.s3.CopyObject", _empty_body_md5, unique_id="hcbpg-copy-md5")
+        self._call("copy", what, self.client.copy_object, CopySource=source, Bucket=self.bucket, Key=target_key)
 
     def versioning(self) -> str | None:
         """The bucket's versioning: ``Enabled``, ``Suspended``, or None when it was never enabled."""
         r = self._call("read the versioning of", self.bucket, self.client.get_bucket_versioning, Bucket=self.bucket)
         return str(r["Status"]) if r.get("Status") else None
+
+    def put_object_lock(self, mode: str, days: int) -> None:
+        """Object Lock on with a default retention of *days* in *mode* for every new version (an admin key's action;
+        the provider refuses it on a bucket made without Object Lock or without versioning)."""
+        self._call("set Object Lock on", self.bucket, self.client.put_object_lock_configuration, Bucket=self.bucket,
+                   ObjectLockConfiguration={"ObjectLockEnabled": "Enabled",
+                                            "Rule": {"DefaultRetention": {"Mode": mode, "Days": days}}})
 
     def enable_versioning(self) -> None:
         """Turn versioning on (an admin key's action)."""
@@ -144,10 +162,10 @@ class ObjectStore:
 
         *lock*: ``(mode, retain_until)``, S3 Object Lock retention of this version (GOVERNANCE or COMPLIANCE;
         the bucket must have Object Lock enabled), sent with the Content-MD5 S3 asks of such a write."""
-        extra: dict[str, Any] = {}
+        # Content-MD5 on every put: S3 asks it of any write into a bucket with Object Lock's default retention
+        extra: dict[str, Any] = {"ContentMD5": _md5(body)}
         if lock is not None:
-            extra = {"ObjectLockMode": lock[0], "ObjectLockRetainUntilDate": lock[1],
-                     "ContentMD5": base64.b64encode(hashlib.md5(body).digest()).decode()}  # noqa: S324 - S3's integrity header
+            extra.update(ObjectLockMode=lock[0], ObjectLockRetainUntilDate=lock[1])
         try:
             return str(self._call("create", key, self.client.put_object, Bucket=self.bucket, Key=key, Body=body,
                                   IfNoneMatch="*", **extra)["ETag"])
@@ -188,7 +206,7 @@ class ObjectStore:
         """Overwrite *key* only if its ETag is still *etag*: the new ETag, or None when it changed or is gone."""
         try:
             return str(self._call("replace", key, self.client.put_object, Bucket=self.bucket, Key=key, Body=body,
-                                  IfMatch=etag)["ETag"])
+                                  IfMatch=etag, ContentMD5=_md5(body))["ETag"])
         except (_Lost, _Missing):
             return None
 
@@ -223,6 +241,18 @@ class ObjectStore:
             raise CloudError(f"{self.name}: {what} {key} failed: {exc}",
                              hint="Check pgbackrest.s3_endpoint, s3_ca_file and that this machine reaches the "
                                   "bucket's endpoint.") from exc
+
+
+#: CopyObject copies up to 5 GB in one request
+_COPY_OBJECT_MAX = 5 * 1024 ** 3
+
+
+def _empty_body_md5(request: Any, **_: Any) -> None:
+    request.headers["Content-MD5"] = _md5(b"")
+
+
+def _md5(body: bytes) -> str:
+    return base64.b64encode(hashlib.md5(body).digest()).decode()  # noqa: S324 - S3's integrity header
 
 
 class _Lost(Exception):

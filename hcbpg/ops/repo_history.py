@@ -61,6 +61,33 @@ def ensure_bucket_versioning(store: "ObjectStoreLike", *, dry_run: bool) -> Outc
     return Outcome(what, True, dry_run, actions=[action])
 
 
+def ensure_bucket_object_lock(store: "ObjectStoreLike", mode: str, days: int, *, dry_run: bool) -> Outcome:
+    """Object Lock's default retention on the bucket: every new version kept *days* in *mode* (admin key).
+
+    Refused, with what to do, where the provider does not offer it on this bucket (made without Object Lock, or
+    without versioning): nothing else changes."""
+    what = f"Object Lock of {store.name}"
+    current = store.object_lock()
+    if current == (mode, days):
+        return Outcome(what, False, dry_run, actions=[f"{mode} {days} days"])
+    now = ("off" if current is None else "on, no default retention" if current[0] is None
+           else f"{current[0]} {current[1]} days")
+    action = f"default retention {mode} {days} days (now {now})"
+    if not dry_run:
+        try:
+            store.put_object_lock(mode, days)
+        except CloudError as exc:
+            raise CloudError(f"{store.name}: Object Lock could not be set: {exc.message}",
+                             hint="The provider offers Object Lock only on a bucket made with it (AWS also on a "
+                                  "versioned one): make the bucket with Object Lock on, or set "
+                                  "pgbackrest.object_lock_days to none.") from exc
+        if store.object_lock() != (mode, days):
+            raise CloudError(f"{store.name}: Object Lock reads {store.object_lock()!r} after it was set",
+                             hint="The provider does not keep Object Lock settings: set pgbackrest.object_lock_days "
+                                  "to none, or pick a provider that does (README, Backups).")
+    return Outcome(what, True, dry_run, actions=[action])
+
+
 # the repository as of T ---------------------------------------------------------------------------------------
 
 def get_versions(store: "ObjectStoreLike", prefix: str) -> list[ObjectVersion]:
@@ -101,7 +128,7 @@ def run_copy_as_of(store: "ObjectStoreLike", plan: AsOfPlan, *, dry_run: bool,
         return Outcome(what, True, True, actions=actions)
     t0 = time.monotonic()
     for i, c in enumerate(plan.copies, 1):
-        store.copy_version(c.source_key, c.version_id, c.target_key)
+        store.copy_version(c.source_key, c.version_id, c.target_key, size=c.size)
         if progress is not None:
             progress(i, len(plan.copies))
     summary["copy_s"] = round(time.monotonic() - t0, 2)

@@ -137,3 +137,50 @@ def test_a_store_that_does_not_keep_versions_is_refused(store, monkeypatch):
     monkeypatch.setattr(store, "enable_versioning", lambda: None)  # a provider that accepts and ignores it
     with pytest.raises(CloudError, match="does not keep object versions"):
         ops_rh.ensure_bucket_versioning(store, dry_run=False)
+
+
+# Object Lock's default retention ----------------------------------------------------------------------------
+
+@covers("hcbpg.ops.repo_history.ensure_bucket_object_lock", "fresh", "second run", "dry run")
+def test_object_lock_default_retention_set_once(moto_s3):
+    moto_s3.create_bucket(Bucket="hcb-locked", ObjectLockEnabledForBucket=True)
+    store = ObjectStore(moto_s3, "hcb-locked")
+    planned = ops_rh.ensure_bucket_object_lock(store, "GOVERNANCE", 14, dry_run=True)
+    assert planned.verb == "would change" and store.object_lock() == (None, None)
+    out = ops_rh.ensure_bucket_object_lock(store, "GOVERNANCE", 14, dry_run=False)
+    assert out.changed and out.actions == ["default retention GOVERNANCE 14 days (now on, no default retention)"]
+    assert store.object_lock() == ("GOVERNANCE", 14)
+    assert not ops_rh.ensure_bucket_object_lock(store, "GOVERNANCE", 14, dry_run=False).changed
+    assert ops_rh.ensure_bucket_object_lock(store, "COMPLIANCE", 30, dry_run=False).actions == [
+        "default retention COMPLIANCE 30 days (now GOVERNANCE 14 days)"]
+    # every new version is locked: not even the key that wrote it deletes that version
+    v = moto_s3.put_object(Bucket="hcb-locked", Key="pgbackrest/x", Body=b"1")["VersionId"]
+    from botocore.exceptions import ClientError
+    with pytest.raises(ClientError, match="AccessDenied"):
+        moto_s3.delete_object(Bucket="hcb-locked", Key="pgbackrest/x", VersionId=v)
+
+
+@covers("hcbpg.ops.repo_history.ensure_bucket_object_lock", "refusal")
+def test_object_lock_refused_on_a_bucket_made_without_it(store):
+    with pytest.raises(CloudError, match="Object Lock could not be set") as info:
+        ops_rh.ensure_bucket_object_lock(store, "GOVERNANCE", 14, dry_run=False)
+    assert "made with it" in (info.value.hint or "")
+    assert store.object_lock() is None
+
+
+def test_object_lock_days_need_the_admin_key():
+    with pytest.raises(ParamsError, match="object_lock_days"):
+        parse_params(params_data(pgbackrest={**{k: v for k, v in PB.items() if not k.startswith("admin")},
+                                             "object_lock_days": 7}))
+
+
+def test_copy_version_into_a_bucket_with_default_retention(moto_s3):
+    """S3 (and moto) ask a Content-MD5 of every write into a bucket with Object Lock's default retention: the copy
+    as of T sends its empty body's."""
+    moto_s3.create_bucket(Bucket="hcb-locked", ObjectLockEnabledForBucket=True)
+    store = ObjectStore(moto_s3, "hcb-locked")
+    ops_rh.ensure_bucket_object_lock(store, "GOVERNANCE", 1, dry_run=False)
+    assert store.create("src/a", b"payload") is not None  # a put with its Content-MD5
+    [v] = store.versions("src/")
+    store.copy_version("src/a", v["version_id"], "dst/a", size=v["size"])
+    assert store.get("dst/a")[0] == b"payload"  # type: ignore[index]

@@ -12,7 +12,9 @@ restore from it on a scratch host.  The tests run in file order and build on eac
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import hashlib
 import secrets as pysecrets
 import time
 from pathlib import Path
@@ -83,7 +85,7 @@ def params(lab, primary_stage, server_key, monkeypatch_module):
              "admin_s3_key_secret": f"file:{cfg.secret_path('s3-key-secret')}"}
     data = lab_params(lab, [(STAGE_PRIMARY, ip, "primary")],
                       pgbackrest=pgbackrest_section(lab, s3_bucket=BUCKET, retention_full_type="count", retention_full=1,
-                                                    **server_key, **admin),
+                                                    object_lock_days=1, **server_key, **admin),
                       jumpbox={"name": JUMPBOX, "private_ip": jb_ip, "ssh_host": jb_ip},
                       drill={"name": SCRATCH, "private_ip": scratch_ip})
     p = parse_params(data)
@@ -110,7 +112,7 @@ def hosts(params):
 def admin_store(params):
     store = ObjectStore.of_admin_key(params)
     if BUCKET not in [b["Name"] for b in store.client.list_buckets().get("Buckets", [])]:
-        store.client.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={
+        store.client.create_bucket(Bucket=BUCKET, ObjectLockEnabledForBucket=True, CreateBucketConfiguration={
             "LocationConstraint": params.pgbackrest.s3_region})
     return store
 
@@ -133,9 +135,12 @@ def _archived(host) -> str:  # noqa: ANN001
 
 
 def test_versioning_on_and_the_server_holds_only_its_own_key(params, hosts, admin_store):
-    assert ops_rh.ensure_bucket_versioning(admin_store, dry_run=True).changed
-    assert ops_rh.ensure_bucket_versioning(admin_store, dry_run=False).changed
+    # a bucket made with Object Lock has versioning on from the start (S3, moto): nothing to change
     assert not ops_rh.ensure_bucket_versioning(admin_store, dry_run=False).changed
+    assert admin_store.versioning() == "Enabled"
+    lock = ops_rh.ensure_bucket_object_lock(admin_store, "GOVERNANCE", 1, dry_run=False)
+    assert lock.changed and admin_store.object_lock() == ("GOVERNANCE", 1)
+    assert not ops_rh.ensure_bucket_object_lock(admin_store, "GOVERNANCE", 1, dry_run=False).changed
     primary = hosts["primary"]
     step05.configure(primary, params, params.primary)
     conf = desired_pgbackrest.parse_conf(primary.read_text(desired_pgbackrest.CONF_PATH) or "")
@@ -206,13 +211,18 @@ def test_the_servers_key_overwrites_and_deletes_all_it_can_but_not_history(param
         {"ID": "wipe", "Status": "Enabled", "Filter": {"Prefix": ""},
          "NoncurrentVersionExpiration": {"NoncurrentDays": 1}, "Expiration": {"Days": 1}}]})
     assert denied(c.put_bucket_policy, Policy='{"Version": "2012-10-17", "Statement": []}')
-    versions = admin_store.versions(prefix)  # the ids the attacker would need (its key cannot list them)
+    # the ids the attacker would need (its key cannot list them); expiry's delete markers left out
+    versions = [v for v in admin_store.versions(prefix) if not v["delete_marker"]]
     assert denied(c.delete_object, Key=versions[0]["key"], VersionId=versions[0]["version_id"])
+    # Object Lock (GOVERNANCE, 1 day): not even the admin key deletes a version without the governance bypass
+    assert denied(admin_store.client.delete_object, Key=versions[0]["key"], VersionId=versions[0]["version_id"])
     assert denied(c.delete_objects, Delete={"Objects": [{"Key": v["key"], "VersionId": v["version_id"]}
                                                         for v in versions[:50]]})
     # what it can do: overwrite every object, then delete every one; and pgBackRest's own repo-rm on the server
+    ransom = b"encrypted by the attacker"
+    md5 = base64.b64encode(hashlib.md5(ransom).digest()).decode()  # S3 asks it of writes under Object Lock
     for k in keys:
-        c.put_object(Bucket=BUCKET, Key=k, Body=b"encrypted by the attacker")
+        c.put_object(Bucket=BUCKET, Key=k, Body=ransom, ContentMD5=md5)
     primary.run("pgbackrest --recurse repo-rm backup", sudo_user="postgres")  # with the server's own config
     for k in attacker.keys(""):
         attacker.delete(k)
