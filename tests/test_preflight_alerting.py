@@ -75,6 +75,10 @@ def test_production_without_an_alerting_section_is_refused_and_the_lab_is_not():
     assert [(c.name, c.status) for c in rows] == [("alerting", "fail")]
     assert "no alerting section" in rows[0].detail and "nothing would page anyone" in rows[0].detail
     assert preflight.check_alerting(FakeRun(parse_params({**data, "site": LAB_SITE}))) == []
+    lab = load_params("lab", REPO)  # the lab rehearses the monitor, its receiver and dead-man the lab's receiver
+    assert lab.alerting is not None and lab.alerting.receivers.webhook is not None
+    assert [(c.name, c.status) for c in preflight.check_alerting(FakeRun(lab), resolve=_resolver({}))] == [
+        ("alerting", "pass")]
 
 
 def test_set_references_whose_items_hold_real_urls_pass_and_no_value_is_shown():

@@ -182,6 +182,11 @@ class Lab:
             # Patroni's REST API and its etcd user (replication.manager: patroni in params/lab.yaml)
             "patroni-rest-password": lambda: secrets.token_urlsafe(24),
             "etcd-patroni-password": lambda: secrets.token_urlsafe(24),
+            # params/lab.yaml alerting: the webhook receiver and the heartbeat's dead-man are the lab's receiver
+            # (hcbpg.lab.deadman) at URLs with a token in them, secret references as production's are
+            "alerting-webhook-url": lambda: f"http://{cfg.gateway_ip}:{DEADMAN_PORT}/alerts/{secrets.token_hex(12)}",
+            "alerting-heartbeat-url": lambda: f"http://{cfg.gateway_ip}:{DEADMAN_PORT}/heartbeat/"
+                                              f"{secrets.token_hex(12)}",
         }
         for name, make in gen.items():
             p = cfg.secret_path(name)

@@ -1,7 +1,8 @@
 """The README's main job: `hcbpg rehearse` brings up the default lab, runs every step of the
 runbook with params/lab.yaml (the online transfer, while the lab's app writes on the source until
 maintenance is on; Patroni over etcd on both servers and the jumpbox step 01 makes, public SSH to the
-database servers closed), prints the summary and takes the lab down again.
+database servers closed; the monitor on the jumpbox last, step 15b), prints the summary; kept (--keep) for
+`hcbpg status lab` to show no alert firing, then taken down.
 
 It uses the default lab (what params/lab.yaml points at), so it holds the machine's lab lock
 (tests on other workers that use that lab wait for it) and is skipped when that lab is already
@@ -48,13 +49,30 @@ def test_rehearse_runs_the_whole_runbook_in_a_fresh_lab_and_leaves_nothing(tmp_p
             # every process's command line is sampled while the whole runbook runs (the S3 keys, the cipher
             # passphrase, the source URL and the passwords travel in steps 00-15)
             with CmdlineWatch() as watch:
-                proc = subprocess.run([sys.executable, "-m", "hcbpg.cli", "rehearse"], capture_output=True,
+                # --keep: the monitor step 15b left on the jumpbox is read after the run (hcbpg status), then the
+                # lab is taken down here
+                proc = subprocess.run([sys.executable, "-m", "hcbpg.cli", "rehearse", "--keep"], capture_output=True,
                                       text=True, env=env, timeout=1500, cwd=REPO)
+                up_after = lab.status()["up"]
+                status = subprocess.run([sys.executable, "-m", "hcbpg.cli", "status", "lab"], capture_output=True,
+                                        text=True, env=env, timeout=300, cwd=REPO)
+                status_json = subprocess.run([sys.executable, "-m", "hcbpg.cli", "status", "lab", "--json"],
+                                             capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
         finally:
             if lab.status()["up"]:
                 lab.down()
         out = proc.stdout + proc.stderr
         assert proc.returncode == 0, out[-4000:]
+        # issue 25: the rehearsal ends with a quiet monitor: 15b set it up with every scrape target up (its checks,
+        # all passed below), and `hcbpg status lab`, read after the run, shows no alert firing
+        assert up_after and "lab kept (--keep)" in out, out[-2000:]
+        print(status.stdout[-3000:])
+        assert "Alerts (Alertmanager on hcb-jumpbox): none firing" in status.stdout, status.stdout + status.stderr
+        report = json.loads(status_json.stdout)
+        assert report["alerts"] == [] and report["monitor"] == {"host": "hcb-jumpbox", "error": None}, report
+        assert not [c for c in report["checks"] if c["item"] in ("alerts", "archive age") and c["status"] != "pass"]
+        assert {c["server"] for c in report["checks"] if c["item"] == "archive age"} == {
+            next(m["server"] for m in report["measurements"] if not m.get("in_recovery"))}
         (run,) = [p for p in (home / "outputs" / "lab").iterdir() if p.is_dir()]
         manifest = json.loads((run / "manifest.json").read_text())
         steps = manifest["steps"]
@@ -73,7 +91,7 @@ def test_rehearse_runs_the_whole_runbook_in_a_fresh_lab_and_leaves_nothing(tmp_p
             assert not checks.get("warn"), (s["key"], checks.get("not_passed"))
         approvals = manifest.get("gates", {})
         assert approvals and all(g.get("approved_by", "").startswith("hcbpg rehearse") for g in approvals.values())
-        assert "lab down in" in out and not lab.status()["up"]
+        assert not lab.status()["up"]
         # params/lab.yaml rehearses the online transfer: the lab's app wrote on the source from lab up until the
         # rehearsal turned maintenance on, and every write of it is on the new primary
         assert [s["key"] for s in steps].index("08_start_archiving") < [s["key"] for s in steps].index("07_cutover")
@@ -86,6 +104,7 @@ def test_rehearse_runs_the_whole_runbook_in_a_fresh_lab_and_leaves_nothing(tmp_p
         # none is pending; when asked, it is approved like every other gate (checked above)
         keys = [s["key"] for s in steps]
         assert "10_high_availability" in keys and "10_replication" not in keys, keys
+        assert keys[-1] == "15b_alerting", keys  # params/lab.yaml has alerting: the monitor is the last step
         gate = approvals.get("restart-primary-under-patroni")
         assert gate is None or gate["approved_by"].startswith("hcbpg rehearse"), gate
         # after the run, as the rehearsal measured it (its exit status depends on it): Patroni leads with the other
