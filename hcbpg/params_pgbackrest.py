@@ -93,6 +93,11 @@ class PgBackRest(S3Repo):
     repo2: S3Repo | None = None
     #: when the jumpbox runs ``pgbackrest expire`` (repositories with an admin key), in its time zone (UTC)
     expire_schedule: str = Field("15 7 * * *", pattern=_CRON)
+    #: backups copy the data files from the standby (pgBackRest's backup-standby; the leader's job still runs them
+    #: and reads only the start and stop from the primary): each server runs pgBackRest's TLS server on its private
+    #: address at tls_server_port and names the other as pg2 (hcbpg.desired.pgbackrest_server); needs a replica
+    backup_standby: bool = False
+    tls_server_port: int = Field(8432, ge=1, le=65535)
 
     @field_validator("archive_timeout", mode="before")
     @classmethod

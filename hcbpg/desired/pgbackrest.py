@@ -8,6 +8,7 @@ import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from hcbpg.desired import pgbackrest_server
 from hcbpg.errors import ParamsError, PgBackRestError, SafetyCheckFailed
 from hcbpg.pg.conf import MANAGED_HEADER, one_line
 
@@ -183,6 +184,9 @@ def conf_options(params: "Params", server: "Server", *,
         # a repository with an admin key: this server's key cannot erase history, so expiry runs on the jumpbox
         # with the admin key (hcbpg.desired.repo_history); a backup here must not try to expire
         sections["global:backup"] = {"expire-auto": "n"}
+    # backups from the standby (pgbackrest.backup_standby): pg2 over TLS, backup-standby, the TLS server
+    for name, options in pgbackrest_server.conf_sections(params, server, pg_path=pg_data_path(params)).items():
+        sections.setdefault(name, {}).update(options)
     return sections
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING
 
+from hcbpg.desired import pgbackrest_server
 from hcbpg.desired.textfile_metrics import TEXTFILE
 from hcbpg.errors import ParamsError
 from hcbpg.pg.conf import MANAGED_HEADER
@@ -45,6 +46,8 @@ class Schedule:
     deadman_url: str | None
     #: repo2's (full, diff) schedules when params have a second repository
     repo2: tuple[str, str] | None = None
+    #: backups copy from the standby (pgbackrest.backup_standby): when that fails the job takes one from the primary
+    backup_standby: bool = False
 
 
 def plan_schedule(params: "Params", site_url: str | None) -> Schedule:
@@ -66,7 +69,8 @@ def plan_schedule(params: "Params", site_url: str | None) -> Schedule:
         problems.append(f"pgbackrest.deadman_url: {url!r} is not an http(s) URL without query or quotes")
     if problems:
         raise ParamsError("params", problems)
-    return Schedule(pb.stanza, full, diff, url.rstrip("/") if url else None, repo2)
+    return Schedule(pb.stanza, full, diff, url.rstrip("/") if url else None, repo2,
+                    backup_standby=pgbackrest_server.enabled(params))
 
 
 def render_cron(s: Schedule) -> str:
@@ -153,7 +157,7 @@ trap 'rm -f "$out"' EXIT
 echo "hcbpg-backup $type repo$repo starting" | send_ping "$PING_URL/start" || echo "$0: start ping failed" >&2
 pgbackrest --stanza="$STANZA" --repo="$repo" --type="$type" --log-level-console=info backup >"$out" 2>&1
 status=$?
-cat "$out"
+{standby_fallback(s)}cat "$out"
 {{ echo "$(date -u +%FT%TZ) $type repo$repo exit $status"; tail -n 5 "$out"; }} >>"$LOG" 2>/dev/null
 if [ "$status" -eq 0 ]; then
   tail -n 20 "$out" | send_ping "$PING_URL" || echo "$0: success ping failed" >&2
@@ -161,6 +165,23 @@ else
   tail -n 20 "$out" | send_ping "$PING_URL/fail?status=$status" || echo "$0: failure ping failed" >&2
 fi
 exit "$status"
+"""
+
+
+def standby_fallback(s: Schedule) -> str:
+    """The job's lines after a failed backup from the standby (pgBackRest 2.45 fails one when no standby answers;
+    ``backup-standby=prefer`` came in 2.56): the same backup again from the primary, said in the output (and so in
+    the ping's body and the job's log).  Empty without backups from the standby."""
+    if not s.backup_standby:
+        return ""
+    return """if [ "$status" -ne 0 ]; then
+  why=$(grep -m1 ERROR "$out")
+  echo "$0: the $type backup from the standby failed (exit $status: $why);" \
+    "taking it from the primary (--no-backup-standby)" | tee -a "$out" >&2
+  echo "$(date -u +%FT%TZ) $type repo$repo from the standby: exit $status; again from the primary" >>"$LOG" 2>/dev/null
+  pgbackrest --stanza="$STANZA" --repo="$repo" --type="$type" --no-backup-standby --log-level-console=info backup >>"$out" 2>&1
+  status=$?
+fi
 """
 
 

@@ -1,0 +1,69 @@
+"""Backups from the standby (issue 24): pgBackRest's TLS server on a database server (its certificate from the
+environment's CA, pgbackrest.conf naming the other server as pg2, ``pgbackrest server`` running), and a check that
+the other server's TLS server answers.  What and why: :mod:`hcbpg.desired.pgbackrest_server`.
+
+    ensure_pgbackrest_server(host, params, server)   certificate, pgbackrest.conf, the daemon (restarted onto new files)
+    get_server_answers(host, params, address)        pgbackrest server-ping to a TLS server (a probe)
+"""
+
+from __future__ import annotations
+
+import shlex
+from typing import TYPE_CHECKING
+
+from hcbpg.adapters.services import ServiceControl
+from hcbpg.desired import pgbackrest_server as dps
+from hcbpg.errors import SafetyCheckFailed
+from hcbpg.ops.ha_files import ensure_cert
+from hcbpg.ops.pgbackrest import ensure_pgbackrest_conf, get_version
+from hcbpg.outcome import Outcome
+from hcbpg.wait import wait_until
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hcbpg.adapters.base import HostLike
+    from hcbpg.params import Params, Server
+
+
+def get_server_answers(host: "HostLike", params: "Params", address: str) -> bool:
+    """Whether a pgBackRest TLS server answers at *address* (``pgbackrest server-ping`` from *host*, as postgres)."""
+    pb = params.pgbackrest
+    port = pb.tls_server_port if pb is not None else 8432
+    res = host.probe(f"pgbackrest server-ping --tls-server-address={shlex.quote(address)} --tls-server-port={port}",
+                     sudo_user="postgres")
+    return res.ok
+
+
+def ensure_pgbackrest_server(host: "HostLike", params: "Params", server: "Server", *,
+                             wait_s: float = 60.0) -> list[Outcome]:
+    """*server* serves pgBackRest over TLS to the other database server: its certificate (the environment's CA, the
+    server's name), pgbackrest.conf with pg2 and backup-standby, ``pgbackrest server`` running (restarted when the
+    certificate or the file changed) and answering on its private address.  Nothing with ``backup_standby`` off;
+    refused, nothing changed, when *server* has no other database server to back up from."""
+    if not dps.enabled(params):
+        return [Outcome(f"pgBackRest TLS server on {server.name}", False, host.dry_run,
+                        actions=["pgbackrest.backup_standby off (or one server): backups from the primary"])]
+    other = dps.peer(params, server)
+    if other is None:
+        raise SafetyCheckFailed(f"pgBackRest TLS server: {server.name} is not one of params' database servers, so "
+                                "it has no standby to name", target=server.name,
+                                hint="Run it on the servers of params' servers list. Nothing was changed.")
+    out = ensure_cert(host, params, dps.cert_spec(server), dps.CERT, dps.KEY, owner="postgres",
+                      what=f"pgBackRest TLS certificate of {server.name}")
+    version = None if host.dry_run and not host.probe("command -v pgbackrest").ok else get_version(host)
+    out.append(ensure_pgbackrest_conf(host, params, server, version=version))
+    control = ServiceControl.of(host)
+    spec = dps.server_service(params)
+    changed = any(o.changed for o in out)
+    if changed and control.get_status(spec).running:
+        # the server reads its certificate and config at start: onto the new ones
+        out.append(control.ensure_stopped(spec))
+    out.append(control.ensure_running(spec, wait_s=20))
+    if not host.dry_run:
+        wait_until(lambda: get_server_answers(host, params, server.private_ip), bool,
+                   what=f"pgBackRest's TLS server on {server.name} ({server.private_ip}:"
+                        f"{params.pgbackrest.tls_server_port if params.pgbackrest else 8432})",
+                   timeout=wait_s, interval=1.0, hint=f"Read {dps.SERVER_LOG} on {server.name}.")
+    return out
+
+
+__all__ = ["ensure_pgbackrest_server", "get_server_answers"]

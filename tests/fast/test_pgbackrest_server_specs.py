@@ -1,0 +1,180 @@
+"""Specs of backups from the standby (issue 24, hcbpg.ops.pgbackrest_server) on the recording double: pgBackRest's
+TLS server on a database server (certificate from the environment's CA, pgbackrest.conf naming the other server as
+pg2 with backup-standby, ``pgbackrest server`` started, restarted onto new files), the rendered options, and the
+backup job's fall-back to the primary."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import pytest
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from hcbpg.adapters.base import Result
+from hcbpg.adapters.dryrun import DryRunHost
+from hcbpg.adapters.recording import Call, RecordingHost
+from hcbpg.desired import pgbackrest_server as dps
+from hcbpg.desired.pgbackrest import CONF_PATH, conf_options, parse_conf
+from hcbpg.desired.schedule import plan_schedule, render_backup_job_script
+from hcbpg.errors import SafetyCheckFailed
+from hcbpg.ops import pgbackrest_server as ops_dps
+from hcbpg.ops import tls
+from hcbpg.params import parse_params
+from tests.fast.specs import covers, params_data
+
+SERVERS = [{"name": "server-postgres-1", "private_ip": "10.0.1.5", "role": "primary"},
+           {"name": "server-postgres-2", "private_ip": "10.0.1.6", "role": "replica"}]
+SECRETS = {"HCBPG_TEST_S3_KEY": "SERVERkey0123456789", "HCBPG_TEST_S3_SECRET": "server-secret-of-the-specs-0123",
+           "HCBPG_TEST_CIPHER": "cipher-pass-of-the-specs-0123456789"}
+PB = {"s3_endpoint": "10.0.1.1:9443", "s3_uri_style": "path", "s3_key": "env:HCBPG_TEST_S3_KEY",
+      "s3_key_secret": "env:HCBPG_TEST_S3_SECRET", "cipher_pass": "env:HCBPG_TEST_CIPHER", "backup_standby": True}
+CA = "/etc/hcbpg/tls/lab-postgres-ca.crt"
+ARGV = "/usr/bin/pgbackrest\0server\0"
+
+
+def make_params(tmp_path, **pb):
+    data = params_data(servers=SERVERS, pgbackrest={**PB, **pb},
+                       tls={"ca_cert": str(tmp_path / "ca.crt"), "ca_key": f"file:{tmp_path / 'ca.key'}"})
+    return parse_params(data)
+
+
+@pytest.fixture
+def params(tmp_path, monkeypatch):
+    for k, v in SECRETS.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("HCBPG_STATE_DIR", str(tmp_path / "state"))
+    tls._CA_CACHE.clear()
+    yield make_params(tmp_path)
+    tls._CA_CACHE.clear()
+
+
+class Server:
+    """A database server without systemd: pgBackRest 2.45 installed, its TLS server's pidfile process, files."""
+
+    def __init__(self, name: str = "server-postgres-1", *, answers: bool = True) -> None:
+        self.name, self.answers = name, answers
+        self.pid: int | None = None
+        self.dirs: set[str] = set()
+        self.host = RecordingHost(name, handler=self.answer, files={})
+
+    def answer(self, call: Call) -> Result | str | None:
+        cmd, shown = call.command, call.options.get("display") or ""
+        no = Result(self.name, cmd, 1, "", "", 0.0)
+        if cmd == "test -d /run/systemd/system":
+            return no
+        if cmd.startswith("test -d "):
+            return "" if cmd.split()[-1].strip("'") in self.dirs else no
+        if shown.startswith("directory "):
+            self.dirs.add(shown.split()[1])
+            return ""
+        if cmd in ("pgbackrest version", "command -v pgbackrest"):
+            return "pgBackRest 2.45\n"
+        if cmd.startswith("if [ -r /run/hcbpg/pgbackrest.pid") or ("pgbackrest.pid" in cmd and "cmdline" in cmd):
+            return f"pid={self.pid}\n{ARGV}" if self.pid else ""
+        if shown.startswith("start pgbackrest detached"):
+            self.pid = 4242
+            return ""
+        if cmd.startswith("kill -TERM"):
+            self.pid = None
+            return ""
+        if cmd.startswith("pgbackrest server-ping"):
+            return "" if self.answers and self.pid else Result(self.name, cmd, 1, "", "ERROR: [104]", 0.0)
+        return None
+
+
+def test_rendered_options_name_the_other_server_and_authorise_only_it(params):
+    one, two = params.servers
+    c1, c2 = conf_options(params, one, version=None), conf_options(params, two, version=None)
+    st = c1["hcb_production"]
+    assert st["pg1-path"] == st["pg2-path"] == "/var/lib/postgresql/15/main"
+    assert (st["pg2-host"], st["pg2-host-type"], st["pg2-host-port"]) == ("10.0.1.6", "tls", "8432")
+    assert c2["hcb_production"]["pg2-host"] == "10.0.1.5"
+    assert c1["global:backup"] == {"backup-standby": "y"}
+    assert c1["global:server"]["tls-server-auth"] == "server-postgres-2=hcb_production"
+    assert c2["global:server"]["tls-server-auth"] == "server-postgres-1=hcb_production"
+    assert c1["global:server"]["tls-server-address"] == "10.0.1.5"
+    assert st["pg2-host-ca-file"] == c1["global:server"]["tls-server-ca-file"] == CA
+    # the drill's scratch host (none of params' servers): no pg2, and [global] (what the drill's config takes) unchanged
+    scratch = params.server("server-postgres-1").model_copy(update={"name": "restore-drill"})
+    assert "pg2-host" not in conf_options(params, scratch, version=None)["hcb_production"]
+    assert "backup-standby" not in str(c1["global"])
+
+
+def test_off_by_default_and_with_one_server(params, tmp_path):
+    off = make_params(tmp_path, backup_standby=False)
+    assert not dps.enabled(off)
+    c = conf_options(off, off.primary, version=None)
+    assert "global:server" not in c and "pg2-host" not in c["hcb_production"]
+    one = parse_params(params_data(pgbackrest=PB, tls={"ca_cert": str(tmp_path / "ca.crt"),
+                                                       "ca_key": f"file:{tmp_path / 'ca.key'}"}))
+    assert not dps.enabled(one)
+    srv = Server()
+    out = ops_dps.ensure_pgbackrest_server(srv.host, one, one.primary)
+    assert not out[0].changed and srv.host.journal == []
+
+
+@covers("hcbpg.ops.pgbackrest_server.ensure_pgbackrest_server", "fresh", "second run")
+def test_fresh_then_second_run(params):
+    srv = Server()
+    out = ops_dps.ensure_pgbackrest_server(srv.host, params, params.primary)
+    assert any(o.changed for o in out)
+    j = srv.host.journal
+    assert f"write {dps.KEY}" in j and f"write {dps.CERT}" in j and f"write {CONF_PATH}" in j
+    assert j.index(f"write {dps.KEY}") < j.index(f"write {dps.CERT}"), "key first"
+    assert any(e.startswith("start pgbackrest detached") for e in j) and srv.pid == 4242
+    key = next(w for w in srv.host.written if w[0] == dps.KEY)
+    assert key[2:4] == (0o600, "postgres")
+    cert = x509.load_pem_x509_certificate(srv.host.files[dps.CERT].encode())
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "server-postgres-1"
+    conf = parse_conf(srv.host.files[CONF_PATH])
+    assert conf["global:server"]["tls-server-auth"] == "server-postgres-2=hcb_production"
+    assert "server-secret-of-the-specs-0123" in srv.host.files[CONF_PATH]
+    assert not any("server-secret-of-the-specs-0123" in str(o) + o.diff for o in out)
+    n = len(j)
+    again = ops_dps.ensure_pgbackrest_server(srv.host, params, params.primary)
+    assert not any(o.changed for o in again)
+    assert [e for e in srv.host.journal[n:] if not e.startswith("pgbackrest server-ping")] == []
+
+
+def test_a_changed_file_restarts_the_server(params, tmp_path):
+    srv = Server()
+    ops_dps.ensure_pgbackrest_server(srv.host, params, params.primary)
+    n = len(srv.host.journal)
+    moved = make_params(tmp_path, tls_server_port=8532)
+    out = ops_dps.ensure_pgbackrest_server(srv.host, moved, moved.primary)
+    new = srv.host.journal[n:]
+    assert f"write {CONF_PATH}" in new and any(e.startswith("kill -TERM") for e in new)
+    assert any(e.startswith("start pgbackrest detached") for e in new) and any(o.changed for o in out)
+    assert "tls-server-port=8532" in srv.host.files[CONF_PATH]
+
+
+@covers("hcbpg.ops.pgbackrest_server.ensure_pgbackrest_server", "dry run")
+def test_dry_run(params):
+    srv = Server()
+    dry = DryRunHost(srv.host)
+    out = ops_dps.ensure_pgbackrest_server(dry, params, params.primary)
+    assert any(o.changed for o in out) and all(o.dry_run for o in out)
+    assert srv.host.written == [] and srv.pid is None
+    assert f"write {CONF_PATH}" in dry.journal and any(e.startswith("start pgbackrest") for e in dry.journal)
+
+
+@covers("hcbpg.ops.pgbackrest_server.ensure_pgbackrest_server", "refusal")
+def test_refused_on_a_host_that_is_no_database_server(params):
+    srv = Server("restore-drill")
+    scratch = params.primary.model_copy(update={"name": "restore-drill"})
+    with pytest.raises(SafetyCheckFailed, match="not one of params' database servers"):
+        ops_dps.ensure_pgbackrest_server(srv.host, params, scratch)
+    assert srv.host.journal == [] and srv.host.written == []
+
+
+def test_the_backup_job_falls_back_to_the_primary_and_says_so(params, tmp_path):
+    script = render_backup_job_script(params, plan_schedule(params, None))
+    assert "--no-backup-standby" in script and "from the standby failed" in script
+    off = make_params(tmp_path, backup_standby=False)
+    assert "--no-backup-standby" not in render_backup_job_script(off, plan_schedule(off, None))
+    # the script parses; the fall-back runs only after a failure
+    assert subprocess.run(["sh", "-n"], input=script, text=True).returncode == 0
+    fallback = script[script.index('if [ "$status" -ne 0 ]'):]
+    assert re.search(r'--no-backup-standby --log-level-console=info backup >>"\$out"', fallback)
