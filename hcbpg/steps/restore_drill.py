@@ -3,6 +3,7 @@ compared with the primary's fingerprint; the primary is not contacted."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -14,9 +15,10 @@ from hcbpg.adapters.site import site_for
 from hcbpg.desired.backups import paths_for
 from hcbpg.desired.capacity import ServerShape
 from hcbpg.desired.drill import DrillTarget, RestoreResult, as_server, comparison_rows  # noqa: F401 - the notebook's
+from hcbpg.desired.drill_schedule import DRILL_STATE
 from hcbpg.desired.textfile_metrics import DRILL_TEXTFILE, TEXTFILE_DIR, render_textfile_metrics
 from hcbpg.errors import HcbpgError, HostUnreachable, ParamsError, SafetyCheckFailed
-from hcbpg.ops import drill
+from hcbpg.ops import drill, drill_schedule
 from hcbpg.ops import pgbackrest as pgb
 from hcbpg.ops.drill import check_restore, get_auto_conf_text, run_restore  # noqa: F401 - the notebook's calls
 from hcbpg.outcome import Outcome
@@ -166,5 +168,31 @@ def run_mark_drill_success(rb: "Run") -> None:
         now = time.time()
         jb.put_text(DRILL_TEXTFILE, render_textfile_metrics(now=now, drill_success=now), mode=0o644, owner="root")
         print(f"drill success written to {DRILL_TEXTFILE} on {params.jumpbox.name} (rule DrillTooOld)")
+    finally:
+        jb.close()
+
+
+def run_scheduled_drill(rb: "Run") -> dict[str, Any] | None:
+    """With a jumpbox and pgBackRest in params: the weekly drill installed on the jumpbox
+    (:func:`hcbpg.ops.drill_schedule.ensure_drill_schedule`) and run once now, as its cron runs it (the newest
+    backup of the next repository in turn, read and verified; its metric written); a failed run fails the step.
+    Returns what the run found (None on a dry run or without a jumpbox)."""
+    params = rb.params
+    if params.jumpbox is None or params.pgbackrest is None:
+        print("no jumpbox in params: the weekly drill on the jumpbox is not installed")
+        return None
+    jb = connect_jumpbox(rb)
+    if jb is None:
+        print(f"{params.jumpbox.name} is not there yet (step 01): the plan installs the weekly drill there")
+        return None
+    try:
+        rb.track(drill_schedule.ensure_drill_schedule(dry_run_of(jb, rb.dry_run), params))
+        if rb.dry_run:
+            return None
+        res = drill_schedule.run_drill_job(jb)
+        print(res.output.strip()[-1500:])
+        state = json.loads(jb.read_text(DRILL_STATE) or "{}")
+        repo = state.get("last_repo")
+        return {"repo": repo, **(state.get("repos", {}).get(str(repo), {}))}
     finally:
         jb.close()

@@ -156,6 +156,11 @@ def test_the_newest_good_backup_of_the_repository_is_restored():
         job.newest_backup(json.dumps(INFO), "hcb_production", 3)
     with pytest.raises(job.DrillFailed, match="no stanza"):
         job.newest_backup("[]", "hcb_production", 1)
+    broken = [{**INFO[0], "repo": [{"key": 1, "status": {"code": 0, "message": "ok"}},
+                                    {"key": 2, "status": {"code": 99, "message": "[HostConnectError] unable to connect"}}]}]
+    assert job.newest_backup(json.dumps(broken), "hcb_production", 1)["label"] == "20261203-040000F"
+    with pytest.raises(job.DrillFailed, match=r"repo2 status 99: \[HostConnectError\] unable to connect"):
+        job.newest_backup(json.dumps(broken), "hcb_production", 2)
     with pytest.raises(job.DrillFailed, match="not JSON"):
         job.newest_backup("ERROR: [039]", "hcb_production", 1)
 

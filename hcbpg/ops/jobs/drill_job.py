@@ -79,6 +79,11 @@ def newest_backup(info_json: str, stanza: str, repo: int) -> dict[str, Any]:
     st = next((s for s in data if isinstance(s, dict) and s.get("name") == stanza), None)
     if st is None:
         raise DrillFailed(f"no stanza {stanza} in repo{repo}")
+    for r in st.get("repo") or []:  # an unreadable repository is listed with a status, not as an error exit
+        status = r.get("status") or {}
+        if int(r.get("key", 0)) == repo and int(status.get("code", 0)) != 0:
+            raise DrillFailed(f"pgbackrest info: repo{repo} status {status.get('code')}: "
+                              f"{str(status.get('message', '?')).strip()[-400:]}")
     good = [b for b in st.get("backup") or [] if not b.get("error")
             and int((b.get("database") or {}).get("repo-key", repo)) == repo]
     if not good:
