@@ -280,9 +280,11 @@ def test_notebook_21_through_the_cli_waits_at_its_gate_then_copies_and_restores(
     (home / "notebooks" / "steps.yaml").write_text(yaml.safe_dump({"steps": [
         e for e in repo_steps if e["notebook"] == "21_repository_as_of.ipynb"]}))
     prefix = "/pgbackrest-asof-cli"
-    args = ("run", "lab", "--only", "21_repository_as_of", "-p", f"as_of={t.isoformat()}", "-p",
-            f"target_prefix={prefix}")
-    proc = cli({}, *args)
+    args = ("--only", "21_repository_as_of", "-p", f"as_of={t.isoformat()}", "-p", f"target_prefix={prefix}")
+    plan = cli({}, "plan", "lab", *args)  # a dry run: reads the versions, shows the plan, writes nothing
+    assert plan.returncode == 0, plan.stdout[-6000:] + plan.stderr[-3000:]
+    assert admin_store.keys(prefix.lstrip("/") + "/") == []
+    proc = cli({}, "run", "lab", *args)
     assert proc.returncode == 3, proc.stdout[-6000:] + proc.stderr[-3000:]  # waiting at its gate
     assert "copy-repository-as-of" in proc.stdout
     assert admin_store.keys(prefix.lstrip("/") + "/") == []  # nothing written before the gate
