@@ -89,6 +89,11 @@ class PgBackRest(S3Repo):
     #: bounds what a server lost with its disk loses (the newest archived WAL at most this old, plus the push);
     #: seconds, or a duration (90s, 2min, 1h); 0: off (preflight warns: no bound on the loss window)
     archive_timeout: Annotated[int, Field(ge=0, le=86400)] = 60
+    #: how long PostgreSQL's archive_command (pgbackrest archive-push, asynchronous) waits for the background push
+    #: of a segment before it reports a failure (pgBackRest's archive-timeout, seconds; its default 60): a frozen
+    #: repository shows in pg_stat_archiver (and pages: ArchivingFailing) after about this long; shorter reports
+    #: sooner, but a push slower than it counts as a failure (retried at once, nothing lost)
+    archive_push_timeout: Annotated[int, Field(ge=5, le=3600)] = 60
     #: a second repository (another provider or region): WAL goes to both, backups to each on its own schedule
     repo2: S3Repo | None = None
     #: when the jumpbox runs ``pgbackrest expire`` (repositories with an admin key), in its time zone (UTC)

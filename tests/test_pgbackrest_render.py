@@ -313,3 +313,16 @@ def test_auto_conf_check_explains_extra_settings():
     assert rows["restore_command from pgBackRest"].status == "pass"
     assert rows["archive_mode off in postgresql.auto.conf"].status == "pass"
     assert rows["no other settings (ALTER SYSTEM on the primary)"].status == "warn"
+
+
+def test_archive_push_timeout_is_written_only_when_not_pgbackrests_default():
+    """pgbackrest.archive_push_timeout: how soon archive_command reports a push that did not finish (a frozen
+    repository); pgBackRest's own 60 s is not written, another value is, in [global:archive-push]."""
+    p = params(PRODUCTION_PB, "production")
+    push = desired_pgbackrest.conf_options(p, p.primary, version=None)["global:archive-push"]
+    assert "archive-timeout" not in push and push["io-timeout"] == "5"
+    short = params({**PRODUCTION_PB, "archive_push_timeout": 20}, "production")
+    assert desired_pgbackrest.conf_options(short, short.primary, version=None)["global:archive-push"][
+        "archive-timeout"] == "20"
+    with pytest.raises(ParamsError):
+        params({**PRODUCTION_PB, "archive_push_timeout": 1}, "production")

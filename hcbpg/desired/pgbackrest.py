@@ -117,6 +117,9 @@ QUEUE_SHARE_OF_DISK = 0.2
 #: io-timeout of archive-push (see conf_options): seconds without progress before a try fails
 ARCHIVE_PUSH_IO_TIMEOUT_S = 5
 
+#: pgBackRest's own default archive-timeout (pgbackrest.archive_push_timeout: written only when another)
+ARCHIVE_TIMEOUT_DEFAULT_S = 60
+
 _SIZE_RE = re.compile(r"^(\d+)(MB|GB|TB)$")
 
 
@@ -179,7 +182,11 @@ def conf_options(params: "Params", server: "Server", *,
         # repository retries about four times io-timeout (60 s by default: 4 minutes) before it gives up;
         # a short one (inactivity, not the whole upload; a failed push is only tried again) keeps the
         # overshoot past archive-push-queue-max to what is written in those seconds
-        sections["global:archive-push"] = {"io-timeout": str(ARCHIVE_PUSH_IO_TIMEOUT_S)}
+        push = {"io-timeout": str(ARCHIVE_PUSH_IO_TIMEOUT_S)}
+        if pb.archive_push_timeout != ARCHIVE_TIMEOUT_DEFAULT_S:
+            # archive_command waits this long for the background push of its segment, then fails (retried)
+            push["archive-timeout"] = str(pb.archive_push_timeout)
+        sections["global:archive-push"] = push
     if any(r.admin_s3_key is not None for _, r in pb.repos()):
         # a repository with an admin key: this server's key cannot erase history, so expiry runs on the jumpbox
         # with the admin key (hcbpg.desired.repo_history); a backup here must not try to expire
