@@ -178,7 +178,8 @@ def check_backups(rows: Sequence[BackupRow], server: "Server", *, types: Iterabl
 
 
 def check_repo_objects(files: Sequence[Mapping[str, Any]], rows: Sequence[BackupRow], server: "Server") -> list[Check]:
-    """The bucket holds the stanza's info files, WAL, and a directory of files for every backup."""
+    """The bucket holds the stanza's info files, WAL, and a directory of files for every backup of repo1 (*files* is
+    ``repo-ls`` of repo1, the default repository: repo2's backups are in its own store)."""
     paths = [str(f["path"]) for f in files]
     out = [
         Check.of("archive.info in the bucket", any(p.startswith("archive/") and p.endswith("archive.info") for p in paths),
@@ -188,7 +189,7 @@ def check_repo_objects(files: Sequence[Mapping[str, Any]], rows: Sequence[Backup
     ]
     wal = [p for p in paths if p.startswith("archive/") and re.search(r"/[0-9A-F]{24}", p)]
     out.append(Check.of("WAL segments in the bucket", bool(wal), f"{len(wal)} WAL file(s)", server.name))
-    for r in rows:
+    for r in (r for r in rows if r.repo == 1):
         n = sum(1 for p in paths if f"/{r.label}/" in p)
         out.append(Check.of(f"backup {r.label} in the bucket", n > 0, f"{n} object(s)", server.name))
     return out
