@@ -14,7 +14,12 @@ from hcbpg.desired import alerting as al
 from hcbpg.errors import WaitTimeout
 from hcbpg.ops import alerting as ops_alerting
 from hcbpg.steps import alerting as step
-from tests.fast.test_alerting_specs import SECRETS, MonitorBox, alerting_params
+from tests.fast.test_alerting_specs import (
+    SECRETS,
+    MonitorBox,
+    _own_ca,  # noqa: F401 - autouse: the CA under tmp_path, never in params/
+    alerting_params,
+)
 
 
 def test_the_monitors_files_include_prometheus_etcd_client_certificate_the_prometheus_users():
