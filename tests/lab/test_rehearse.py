@@ -104,7 +104,7 @@ def test_rehearse_runs_the_whole_runbook_in_a_fresh_lab_and_leaves_nothing(tmp_p
         # none is pending; when asked, it is approved like every other gate (checked above)
         keys = [s["key"] for s in steps]
         assert "10_high_availability" in keys and "10_replication" not in keys, keys
-        assert keys[-1] == "15b_alerting", keys  # params/lab.yaml has alerting: the monitor is the last step
+        assert "15b_alerting" in keys, keys  # params/lab.yaml has alerting: the monitor's step ran (and succeeded)
         gate = approvals.get("restart-primary-under-patroni")
         assert gate is None or gate["approved_by"].startswith("hcbpg rehearse"), gate
         # after the run, as the rehearsal measured it (its exit status depends on it): Patroni leads with the other
