@@ -134,13 +134,35 @@ def _archived(host) -> str:  # noqa: ANN001
     return seg
 
 
-def test_versioning_on_and_the_server_holds_only_its_own_key(params, hosts, admin_store):
-    # a bucket made with Object Lock has versioning on from the start (S3, moto): nothing to change
-    assert not ops_rh.ensure_bucket_versioning(admin_store, dry_run=False).changed
-    assert admin_store.versioning() == "Enabled"
-    lock = ops_rh.ensure_bucket_object_lock(admin_store, "GOVERNANCE", 1, dry_run=False)
-    assert lock.changed and admin_store.object_lock() == ("GOVERNANCE", 1)
-    assert not ops_rh.ensure_bucket_object_lock(admin_store, "GOVERNANCE", 1, dry_run=False).changed
+class _Run:
+    """What step 05's protect_history reads of a notebook's run: params, dry run, secrets by params key."""
+
+    def __init__(self, params, dry_run: bool = False) -> None:  # noqa: ANN001
+        self.params, self.dry_run = params, dry_run
+
+    def secret(self, key: str) -> str:
+        obj = self.params
+        for part in key.split("."):
+            obj = getattr(obj, part)
+        return resolve(obj, key=key)
+
+
+def test_step05_protects_history_and_the_server_holds_only_its_own_key(params, hosts, admin_store):
+    def changed(outcomes: list) -> set[str]:
+        return {o.what for o in outcomes if o.changed}
+    # a bucket made with Object Lock has versioning on from the start (S3, moto): nothing to change there; the lab
+    # jumpbox has pgbackrest installed already
+    expected = {f"Object Lock of s3://{BUCKET}", f"{rh.EXPIRE_CONF_PATH} on {JUMPBOX}",
+                f"{rh.EXPIRE_CRON_PATH} on {JUMPBOX}"}
+    planned = step05.protect_history(_Run(params, dry_run=True))
+    assert expected <= changed(planned) and f"versioning of s3://{BUCKET}" not in changed(planned)
+    assert all(o.dry_run for o in planned)
+    assert admin_store.object_lock() == (None, None) and hosts["jumpbox"].read_text(rh.EXPIRE_CONF_PATH) is None
+    outcomes = step05.protect_history(_Run(params))
+    print("\n".join(str(o) for o in outcomes))
+    assert changed(outcomes) == changed(planned)
+    assert admin_store.versioning() == "Enabled" and admin_store.object_lock() == ("GOVERNANCE", 1)
+    assert not any(o.changed for o in step05.protect_history(_Run(params)))
     primary = hosts["primary"]
     step05.configure(primary, params, params.primary)
     conf = desired_pgbackrest.parse_conf(primary.read_text(desired_pgbackrest.CONF_PATH) or "")
@@ -159,14 +181,12 @@ def test_servers_do_not_expire_and_the_jumpbox_does(params, hosts):
     labels = [b.label for b in _backups(primary, params)]
     assert len(labels) == 2, labels  # retention_full=1, and the server did not expire the first
     t0 = time.monotonic()
-    outcomes = ops_rh.ensure_expiry_on_jumpbox(jumpbox, params)
-    print("\n".join(str(o) for o in outcomes))
-    conf_out = next(o for o in outcomes if o.what.startswith(rh.EXPIRE_CONF_PATH))
+    outcomes = ops_rh.ensure_expiry_on_jumpbox(jumpbox, params)  # step 05 set it up: nothing to change
     admin_secret = resolve(params.pgbackrest.admin_s3_key_secret, key="admin")  # type: ignore[union-attr, arg-type]
-    assert conf_out.changed and admin_secret not in str(outcomes)
+    assert not any(o.changed for o in outcomes) and admin_secret not in str(outcomes)
+    assert admin_secret in (jumpbox.read_text(rh.EXPIRE_CONF_PATH) or "")
     assert jumpbox.probe(f"stat -c '%a %U' {rh.EXPIRE_CONF_PATH}").stdout.strip() == "600 root"
     assert "root pgbackrest --config=" in (jumpbox.read_text(rh.EXPIRE_CRON_PATH) or "")
-    assert not any(o.changed for o in ops_rh.ensure_expiry_on_jumpbox(jumpbox, params))
     res = ops_rh.run_expire(jumpbox, params)
     expired = rh.parse_expire_output(res.output)
     print(f"expiry on the jumpbox in {time.monotonic() - t0:.1f}s: {expired}")
