@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from hcbpg.desired import patroni as dp
 from hcbpg.desired import recover as dr
 from hcbpg.display import show_table
-from hcbpg.errors import HcbpgError, SafetyCheckFailed, UsageError
+from hcbpg.errors import HcbpgError, SafetyCheckFailed, UsageError, WaitTimeout
 from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import patroni as ops_patroni
 from hcbpg.ops import recover as ops_recover
@@ -386,6 +386,16 @@ def ensure_backups_follow(rb: "Run", hosts: HaHosts, rec: Recovery) -> list[Chec
 
 
 def check_all(rb: "Run", hosts: HaHosts, rec: Recovery, backup_checks: list[Check]) -> list[Check]:
+    """The recovered server leads, and the cluster as step 11 checks it.  Each replica is given a minute to show
+    lag 0 first: Patroni shows positions as of its last loop, and the backup just taken switched a WAL segment."""
+    view = ops_patroni.get_cluster(hosts.servers, rb.params)
+    for m in view.replicas if view is not None else []:
+        try:
+            ops_patroni.wait_for_member(hosts.servers, rb.params, m.name,
+                                        lambda x: x.state in dp.RUNNING_STATES and x.lag == 0,
+                                        what=f"{m.name} streaming, lag 0", timeout=60)
+        except WaitTimeout:
+            pass  # the check below says how far behind
     view = ops_patroni.get_cluster(hosts.servers, rb.params)
     checks = [Check.of("the recovered server leads", view is not None and view.leader is not None
                        and view.leader.name == rec.server,

@@ -145,6 +145,11 @@ def test_a_plan_changes_nothing_and_a_target_before_the_oldest_backup_is_refused
     proc = cli(env, "run", "lab", "--only", STEP, "-p", "target=2001-01-01T00:00:00Z")
     assert proc.returncode == 1, proc.stdout[-6000:] + proc.stderr[-3000:]
     assert "before the oldest backup" in proc.stdout + proc.stderr, proc.stdout[-3000:]
+    # after the newest archived WAL: the leader's WAL is switched and archived first, then a later time is refused
+    proc = cli(env, "run", "lab", "--only", STEP, "-p", "target=2999-01-01T00:00:00Z")
+    assert proc.returncode == 1 and "after the newest archived WAL" in proc.stdout, proc.stdout[-3000:]
+    proc = cli(env, "run", "lab", "--only", STEP, "-p", "target=xid:4000000000")
+    assert proc.returncode == 1 and "has not been assigned yet" in proc.stdout, proc.stdout[-3000:]
     # nothing stopped: Patroni on both, the same leader, the table still dropped
     assert all(ops_patroni.get_patroni_running(h, params) for h in cluster.servers.values())
     assert hs.leader_name(cluster, params) == STAGE_PRIMARY
