@@ -67,6 +67,7 @@ def test_steps_lists_the_environments_order_with_changes_and_gates(tmp_path):
     assert orders == list(range(1, len(orders) + 1)) and all(isinstance(o, int) for o in orders)
     assert {s["key"] for s in data["steps"] if s["on_demand"]} == {"11_switchover", "11b_maintenance",
                                                                     "14_password_rotation", "16_online_cleanup",
-                                                                    "20_recover_point_in_time", "21_repository_as_of"}
+                                                                    "20_recover_point_in_time", "21_repository_as_of",
+                                                                    "22_recover_everything"}
     r = hcbpg("steps", "no-such-env")
     assert r.returncode == 2 and "no-such-env" in r.stderr, r.stdout + r.stderr
