@@ -253,10 +253,12 @@ def etcd_samples(jb: Host) -> float | None:
     """Samples of one etcd member's /metrics: a throwaway single-member etcd (Debian's etcd-server, the one hcbpg
     runs) on the jumpbox's loopback, read once and stopped.  A lower bound for a member of three (per-peer series)."""
     d = "/tmp/hcbpg-bench-etcd"
-    res = jb.run(f"rm -rf {d} && setsid /usr/bin/etcd --name bench --data-dir {d} "
+    # only etcd goes to the background, every descriptor redirected: the SSH session ends with the echo
+    res = jb.run(f"rm -rf {d}; setsid /usr/bin/etcd --name bench --data-dir {d} "
                  "--listen-client-urls http://127.0.0.1:23790 --advertise-client-urls http://127.0.0.1:23790 "
                  "--listen-peer-urls http://127.0.0.1:23800 --initial-advertise-peer-urls http://127.0.0.1:23800 "
-                 f"--initial-cluster bench=http://127.0.0.1:23800 >{d}.log 2>&1 </dev/null & echo $!", quiet=True)
+                 f"--initial-cluster bench=http://127.0.0.1:23800 >{d}.log 2>&1 </dev/null & echo $!", quiet=True,
+                 timeout=60)
     pid = res.stdout.strip()
     try:
         for _ in range(60):
@@ -266,7 +268,8 @@ def etcd_samples(jb: Host) -> float | None:
             time.sleep(0.5)
         return None
     finally:
-        jb.run(f"kill {pid}; sleep 1; rm -rf {d} {d}.log", check=False, quiet=True)
+        if pid.isdigit():
+            jb.run(f"kill {pid}; sleep 1; rm -rf {d} {d}.log", check=False, quiet=True, timeout=60)
 
 
 def du(jb: Host, path: str) -> float:
@@ -373,9 +376,10 @@ def report(r: dict[str, Any]) -> None:
     est_series = sum(n * per_target[j] for j, n in prod.items() if j in per_target)
     rest = {j: n for j, n in prod.items() if j not in per_target}
     per_series = (rss - base_rss) / max(series, 1)
+    etcd_text = f"{r['etcd_samples']:.0f}" if r.get("etcd_samples") else "?"
     print(f"  production's targets ({', '.join(f'{j} x{n}' for j, n in prod.items())}): measured here per target, "
           f"patroni {PATRONI_SAMPLES} (Patroni 3.0.4's source), etcd "
-          f"{r.get('etcd_samples') or '?'} (one member alone: a lower bound) -> ~{est_series:.0f} series -> RSS "
+          f"{etcd_text} (one member alone: a lower bound) -> ~{est_series:.0f} series -> RSS "
           f"~{mib(base_rss + per_series * est_series)} ({(base_rss + per_series * est_series) / base_rss:.2f}x the "
           f"baseline), 15 days on disk ~{mib(est_series / interval * retention_s * 2.0)} at 2 bytes/sample"
           + (f"; not estimated: {', '.join(rest)}" if rest else ""))
