@@ -45,6 +45,7 @@ import json
 import os
 import secrets as pysecrets
 import shlex
+import shutil
 import socket
 import sys
 import tempfile
@@ -409,6 +410,7 @@ def main() -> int:
                 h.close()
             s.receiver.terminate()
             s.receiver.wait(timeout=10)
+        shutil.rmtree(tmp, ignore_errors=True)  # the stage's snapshot, the receiver's log and secret URLs
         if a.keep:
             print(f"lab kept: {lab.lab_dir}")
         else:
