@@ -244,7 +244,7 @@ def test_exporter_queries_give_the_metrics_the_rules_read():
     queries = yaml.safe_load(al.EXPORTER_QUERIES)
     emitted = {f"{q}_{name}" for q, spec in queries.items() for m in spec["metrics"]
                for name, col in m.items() if col["usage"] == "GAUGE"}
-    assert emitted == {"hcbpg_xid_age", "hcbpg_wal_bytes", "hcbpg_archiver_failing"}
+    assert emitted == {"hcbpg_xid_age", "hcbpg_wal_bytes", "hcbpg_archiver_failing", "hcbpg_archiver_idle"}
     exprs = " ".join(r.expr for r in al.rules(production()))
     assert all(m in exprs for m in emitted)
 

@@ -252,10 +252,13 @@ def rules(params: "Params") -> list[Rule]:
              f'pg_stat_archiver_last_archive_age{{job="postgres"}} > '
              f'((pg_settings_archive_timeout_seconds{{job="postgres"}} > 0) or '
              f'(pg_settings_archive_timeout_seconds{{job="postgres"}} * 0 + {t.archive_timeout_s})) '
-             f'+ {t.archive_age_margin_s} and pg_replication_is_replica{{job="postgres"}} == 0', "warning",
+             f'+ {t.archive_age_margin_s} and pg_replication_is_replica{{job="postgres"}} == 0 '
+             # an idle primary: archive_timeout never switches a segment holding only a standby snapshot
+             'unless on (server) hcbpg_archiver_idle{job="postgres"} == 1', "warning",
              "The newest archived WAL on {{ $labels.server }} is {{ $value | humanizeDuration }} old",
              "Nothing was archived for longer than the server's archive_timeout (or, with it off, "
-             f"{t.archive_timeout_s} s) plus the margin ({t.archive_age_margin_s} s): archiving is stuck.",
+             f"{t.archive_timeout_s} s) plus the margin ({t.archive_age_margin_s} s) while WAL was written "
+             "since: archiving is stuck.",
              "Run `pgbackrest check`; look at the archive-push log (async: the spool's queue).",
              "notebook 05_pgbackrest", f),
         Rule("BackupFullTooOld",
@@ -460,12 +463,18 @@ hcbpg_wal:
 hcbpg_archiver:
   query: >-
     SELECT (last_failed_time IS NOT NULL AND last_failed_time >
-    COALESCE(last_archived_time, '-infinity'::timestamptz))::int AS failing FROM pg_stat_archiver
+    COALESCE(last_archived_time, '-infinity'::timestamptz))::int AS failing,
+    CASE WHEN pg_is_in_recovery() OR last_archived_wal IS NULL THEN 0
+    ELSE (pg_walfile_name(pg_current_wal_lsn() - 8192) <= last_archived_wal)::int END AS idle
+    FROM pg_stat_archiver
   master: true
   metrics:
     - failing:
         usage: "GAUGE"
         description: "1 while archive_command's newest attempt failed (no success since the last failure)"
+    - idle:
+        usage: "GAUGE"
+        description: "1 on a primary that wrote under 8 kB of WAL since its newest archived segment (nothing to archive)"
 """
 
 
