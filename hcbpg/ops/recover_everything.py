@@ -44,16 +44,19 @@ def get_postgres_role(host: "HostLike", params: "Params") -> str:
     return "replica" if in_recovery else "primary"
 
 
-def get_repo_reaches(host: "HostLike", params: "Params") -> dict[int, "dr.RepoReach | str"]:
-    """``pgbackrest info --repo=N`` for each repository in params, as *host*'s pgbackrest.conf reaches it: its
-    backups and newest archived WAL, or the error it answered with (a store unreachable)."""
+def get_repo_reaches(host: "HostLike", params: "Params", *, config: str | None = None
+                     ) -> dict[int, "dr.RepoReach | str"]:
+    """``pgbackrest info --repo=N`` for each repository in params, as *host*'s pgbackrest.conf (or *config*: the
+    jumpbox's drill configuration) reaches it: its backups and newest archived WAL, or the error it answered
+    with (a store unreachable)."""
     pb = params.pgbackrest
     if pb is None:
         return {}
     out: dict[int, dr.RepoReach | str] = {}
     for idx, _repo in pb.repos():
         try:
-            out[idx] = dr.parse_repo_reach(pgb.get_info_json(host, params, f"--repo={idx}"), pb.stanza)
+            out[idx] = dr.parse_repo_reach(pgb.get_info_json(host, params, f"--repo={idx}",
+                                                                    *([f"--config={config}"] if config else [])), pb.stanza)
         except HcbpgError as exc:
             out[idx] = exc.message
     return out

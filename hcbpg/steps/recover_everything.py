@@ -7,7 +7,8 @@ source are this notebook's own:
    answers; refused while either answers as a running primary (never two primaries), answers at all (notebooks 20
    and 11 are for a server that answers), or still exists in the cloud (the operator deletes it, unprotecting it
    first: this notebook never deletes a server).  Each repository's ``pgbackrest info`` is read from the jumpbox
-   (the one machine left) when it has pgBackRest, else from the first server made again;
+   (the one machine left) with the weekly drill's configuration when step 12 installed it, else from the first
+   server made again;
 2. gate ``recover-everything``: the decision (the recovery time counts from here);
 3. step 01: the servers made again through the API (new host keys, generated and pinned as step 01 pins them;
    an existing server's key behind its ``host-key-SERVER-FINGERPRINT`` gate), public SSH closed, protection;
@@ -35,6 +36,7 @@ from hcbpg.adapters.dryrun import AbsentHost
 from hcbpg.adapters.secretstore import secret_store
 from hcbpg.desired import patroni as dp
 from hcbpg.desired import recover_everything as dre
+from hcbpg.desired.drill_schedule import DRILL_CONF_PATH
 from hcbpg.desired.roles import roles_config
 from hcbpg.display import show_table
 from hcbpg.errors import HcbpgError, SafetyCheckFailed, UsageError
@@ -119,13 +121,15 @@ def get_situation(rb: "Run", api: provision.Api, nearer: str = "") -> Situation:
     jumpbox = connect_jumpbox(rb)
     if jumpbox is not None:
         try:
-            if pgb.get_installed_version(jumpbox) is not None:
-                choice = dre.choose_repo(ops_re.get_repo_reaches(jumpbox, params), _nearer(nearer))
+            # the weekly drill's configuration (step 12): the servers' keys for every repository, read-only use
+            if jumpbox.exists(DRILL_CONF_PATH):
+                choice = dre.choose_repo(ops_re.get_repo_reaches(jumpbox, params, config=DRILL_CONF_PATH),
+                                         _nearer(nearer))
         finally:
             jumpbox.close()
     if choice is None:
-        print("the repositories are read from the first server once it is made again (no pgBackRest on the "
-              "jumpbox)")
+        print(f"the repositories are read from the first server once it is made again (no {DRILL_CONF_PATH} on "
+              "the jumpbox: step 12 installs it)")
     elif choice.refusals and resume is None:
         refusals += choice.refusals
     return Situation(api, seen, choice, refusals, resume, _marks(resume))
@@ -190,10 +194,10 @@ def install(rb: "Run", sit: Situation) -> None:
     hosts = install_postgres.connect(rb)
     shape = server_shape(rb)
     install_postgres.apply(rb, hosts, shape)
-    rb.verify(install_postgres.check_installed(hosts, params, shape), title="step 02's checks")
+    rb.verify_applied(install_postgres.check_installed, hosts, params, shape, title="step 02's checks")
     hosts3, app = allow_connections.connect(rb)
     allow_connections.apply(rb, hosts3, app)
-    rb.verify(allow_connections.check_allowed(hosts3, params, app), title="step 03's checks")
+    rb.verify_applied(allow_connections.check_allowed, hosts3, params, app, title="step 03's checks")
     for s in params.servers:
         host, _version = pgbackrest_step.connect(rb, s)
         rb.track(pgbackrest_step.configure(host, params, s))
@@ -271,7 +275,7 @@ def make_ha(rb: "Run", sit: Situation) -> ha.HaResult:
     res = ha.setup_ha(hosts, params, ha.secrets(rb), server_shape(rb), allow_destructive=params.allow_destructive,
                       dry_run=rb.dry_run)
     rb.track(res.outcomes)
-    rb.verify(ha.check_all(hosts, params, res.before), title="step 10's checks")
+    rb.verify_applied(ha.check_all, hosts, params, res.before, title="step 10's checks")
     _mark(sit, "leader")
     _mark(sit, "replica")
     sit.result.update({f"ha_{k}": v for k, v in res.timings.items()})
