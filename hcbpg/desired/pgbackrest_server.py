@@ -53,8 +53,10 @@ def peer(params: "Params", server: "Server") -> "Server | None":
 
 def cert_spec(server: "Server") -> CertSpec:
     """The TLS server's certificate of *server*: its name (the name the other server authorises) and private IP;
-    server and client authentication (it also connects to the other server's TLS server)."""
-    return CertSpec(server.name, (server.private_ip,), (server.name,), server=True, client=True)
+    server and client authentication (it also connects to the other server's TLS server).  The IP is a DNS name
+    too: pgBackRest 2.45 matches the host it connects to against the common name and the DNS names only ("unable
+    to find hostname '10.0.1.6' in certificate common name or subject alternative names", seen in the lab)."""
+    return CertSpec(server.name, (server.private_ip,), (server.name, server.private_ip), server=True, client=True)
 
 
 def server_service(params: "Params") -> ServiceSpec:

@@ -128,6 +128,9 @@ def test_fresh_then_second_run(params):
     assert key[2:4] == (0o600, "postgres")
     cert = x509.load_pem_x509_certificate(srv.host.files[dps.CERT].encode())
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "server-postgres-1"
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    # pgBackRest 2.45 matches the address it connects to against DNS names only: the IP is one too
+    assert {"server-postgres-1", "10.0.1.5"} <= set(san.get_values_for_type(x509.DNSName))
     conf = parse_conf(srv.host.files[CONF_PATH])
     assert conf["global:server"]["tls-server-auth"] == "server-postgres-2=hcb_production"
     assert "server-secret-of-the-specs-0123" in srv.host.files[CONF_PATH]
