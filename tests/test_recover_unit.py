@@ -222,3 +222,28 @@ def test_patroni_stopped_under_systemd_is_disabled_too_so_a_reboot_leaves_the_ol
     assert out.changed
     ran = [c for c in host.ran if c.startswith("systemctl")]
     assert ran == ["systemctl stop patroni@15-main", "systemctl disable patroni@15-main"], host.ran
+
+
+def test_a_backup_off_the_current_timelines_history_is_never_the_start():
+    """TL2 branched from TL1 at 0/7000100 (an earlier recovery); the old leader went on writing TL1 and a backup
+    was taken there after the branch: no ancestor of TL2 (PostgreSQL: 'not a child of this server's history')."""
+    def backup(label, stop, start_seg, lsn_start, lsn_stop):
+        return {"label": label, "type": "full", "error": False, "timestamp": {"start": stop - 5, "stop": stop},
+                "archive": {"start": start_seg, "stop": start_seg}, "lsn": {"start": lsn_start, "stop": lsn_stop}}
+    info = json.dumps([{"name": "hcb_production", "archive": [{"max": "00000002000000000000000C"}], "backup": [
+        backup("A", T1, "000000010000000000000002", "0/2000028", "0/2000100"),
+        backup("B", T1 + 600, "000000010000000000000009", "0/9000028", "0/9000100"),   # TL1 after the branch
+        backup("C", T1 + 1200, "00000002000000000000000A", "0/A000028", "0/A000100")]}])
+    reach = dr.parse_repo_reach(info, "hcb_production")
+    assert [(b.label, b.timeline) for b in reach.backups] == [("A", 1), ("B", 1), ("C", 2)]
+    ancestry = dr.parse_ancestry(2, '1\t0/7000100\tbefore 2027-01-15 08:05:00+00\n')
+    assert ancestry == {1: dr.parse_lsn("0/7000100"), 2: None}
+    t = dr.parse_target("0/9800000")
+    plan = dr.plan_restore(t, reach, server="s2", old_leader="s1", archived_through=None, current_xid=None,
+                           ancestry=ancestry)
+    assert plan.ok and plan.backup == "A" and any("left out" in n and "B" in n for n in plan.notes), plan
+    later = dr.plan_restore(dr.parse_target("0/B000000"), reach, server="s2", old_leader="s1", archived_through=None,
+                            current_xid=None, ancestry=ancestry)
+    assert later.ok and later.backup == "C"
+    blind = dr.plan_restore(t, reach, server="s2", old_leader="s1", archived_through=None, current_xid=None)
+    assert blind.backup == "B"  # without the history nothing is left out (a resume keeps the backup chosen before)

@@ -24,7 +24,7 @@ from hcbpg.errors import UsageError
 from hcbpg.outcome import Check
 
 __all__ = ["KINDS", "RESTORE_POINT_PREFIX", "RecoveryTarget", "RepoReach", "RestorePlan", "check_recovered",
-           "format_lsn", "parse_history_file", "parse_lsn", "parse_repo_reach", "parse_target", "plan_restore",
+           "format_lsn", "parse_ancestry", "parse_history_file", "parse_lsn", "parse_repo_reach", "parse_target", "plan_restore",
            "render_restore_options", "restore_point_name", "restore_points_listed"]
 
 #: what a target can be (pgBackRest's --type)
@@ -142,6 +142,9 @@ class Backup:
     type: str
     stop: datetime
     lsn_stop: int
+    #: the timeline the backup started on (its first WAL segment's), 0 when info does not say
+    timeline: int = 0
+    lsn_start: int = 0
 
 
 @dataclass(frozen=True)
@@ -174,7 +177,10 @@ def parse_repo_reach(info_json: str, stanza: str) -> RepoReach:
         if b.get("error"):
             continue
         stop = datetime.fromtimestamp(int(b["timestamp"]["stop"]), UTC)
-        backups.append(Backup(str(b["label"]), str(b.get("type", "")), stop, parse_lsn(str(b["lsn"]["stop"]))))
+        first = str((b.get("archive") or {}).get("start") or "")
+        backups.append(Backup(str(b["label"]), str(b.get("type", "")), stop, parse_lsn(str(b["lsn"]["stop"])),
+                              int(first[:8], 16) if len(first) == 24 else 0,  # noqa: PLR2004 - a segment's name
+                              parse_lsn(str(b["lsn"]["start"])) if b["lsn"].get("start") else 0))
     newest = None
     for a in entry.get("archive", []):
         mx = a.get("max")
@@ -228,9 +234,32 @@ def render_restore_options(target: RecoveryTarget, label: str | None) -> list[st
     return opts
 
 
+def parse_ancestry(timeline: int, history: str | None) -> dict[int, int | None]:
+    """The timelines the current one (*timeline*) descends from, each with the position it ended at (None: the
+    current one, still going), from the current timeline's history file (PostgreSQL lists every ancestor)."""
+    out: dict[int, int | None] = {timeline: None}
+    for line in (history or "").splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0].isdigit():  # noqa: PLR2004 - timeline and switch point
+            out[int(parts[0])] = parse_lsn(parts[1])
+    return out
+
+
+def _on_ancestry(b: Backup, ancestry: Mapping[int, int | None] | None) -> bool:
+    """Whether backup *b* lies on the current timeline's history: its timeline is an ancestor and it started before
+    that timeline ended (a backup of a timeline's branch that a later recovery left is no ancestor)."""
+    if ancestry is None or not b.timeline:
+        return True
+    if b.timeline not in ancestry:
+        return False
+    end = ancestry[b.timeline]
+    return end is None or b.lsn_stop <= end
+
+
 def plan_restore(target: RecoveryTarget, reach: RepoReach, *, server: str, old_leader: str | None,
                  archived_through: datetime | None, current_xid: int | None,
-                 points: Sequence[Mapping[str, Any]] = ()) -> RestorePlan:
+                 points: Sequence[Mapping[str, Any]] = (),
+                 ancestry: Mapping[int, int | None] | None = None) -> RestorePlan:
     """Which backup *target* starts from and why it is refused: a target before the oldest backup finished (no
     consistent state before it), after the newest archived WAL (*archived_through*: when the primary's WAL was
     last switched and archived; the archive's last segment for an LSN; the primary's next transaction for an
@@ -238,9 +267,13 @@ def plan_restore(target: RecoveryTarget, reach: RepoReach, *, server: str, old_l
     refusals: list[str] = []
     notes: list[str] = []
     point: dict[str, Any] | None = None
-    backups = list(reach.backups)
+    backups = [b for b in reach.backups if _on_ancestry(b, ancestry)]
+    left = [b.label for b in reach.backups if b not in backups]
+    if left:
+        notes.append(f"left out (on a timeline the current one does not descend from): {', '.join(left)}")
     if not backups:
-        refusals.append("the repository holds no backup to restore")
+        refusals.append("the repository holds no backup to restore" + (" on the current timeline's history"
+                                                                        if left else ""))
     end = reach.archive_end_lsn
     chosen: Backup | None = None
     if target.kind == "name":

@@ -97,6 +97,15 @@ def run_archive_now(host: "HostLike", params: "Params", *, timeout: float = 180)
     return {"archived_through": row["at"], "segment": seg, "next_xid": xid + 1}
 
 
+def get_ancestry(host: "HostLike", params: "Params") -> dict[int, int | None]:
+    """The timelines the primary *host*'s current one descends from, and where each ended (its history file)."""
+    psql = get_psql(host, params)
+    tl = int(str(psql.value("SELECT pg_walfile_name(pg_current_wal_lsn()) AS w"))[:8], 16)
+    text = psql.value(sql.SQL("SELECT pg_read_file({}) AS t").format(sql.Literal(f"pg_wal/{tl:08X}.history"))) \
+        if tl > 1 else ""
+    return dr.parse_ancestry(tl, str(text or ""))
+
+
 def get_repo_reach(host: "HostLike", params: "Params") -> dr.RepoReach:
     stanza = params.pgbackrest.stanza if params.pgbackrest else params.postgres.database
     return dr.parse_repo_reach(pgb.get_info_json(host, params), stanza)
@@ -213,6 +222,10 @@ def run_put_dcs_config(host: "HostLike", params: "Params", server: "Server", con
     if patch:
         ops_patroni.get_api(host, params, server).patch("/config", patch, display=f"PATCH /config on {server.name} "
                                                         f"(the dynamic configuration as before the recovery)")
+        if not host.dry_run:
+            # Patroni applies it in its next loop by rewriting postgresql.conf in place: a psql --cluster reading
+            # the file meanwhile fails ('Invalid data directory for cluster 15 main', seen in the lab)
+            time.sleep(2 * dp.patroni_params(params).loop_wait + 1)
     return seen.outcome(f"Patroni's dynamic configuration on {server.name}",
                         diff=json.dumps(patch, indent=1, sort_keys=True) if patch else "")
 

@@ -215,9 +215,14 @@ def get_plan(rb: "Run", hosts: HaHosts, target: str, where: str = "standby") -> 
                      f"{archived['segment']})")
     reach = ops_recover.get_repo_reach(target_host, params)
     through = archived.get("archived_through")
+    ancestry = ops_recover.get_ancestry(leader_host, params) if leader_host is not None and started is None else None
     plan = dr.plan_restore(t, reach, server=server, old_leader=leader,
                            archived_through=datetime.fromisoformat(_iso(through)) if through else None,
-                           current_xid=archived.get("next_xid"), points=get_restore_points(rb))
+                           current_xid=archived.get("next_xid"), points=get_restore_points(rb), ancestry=ancestry)
+    if started is not None and started.get("backup"):
+        # going on with a recovery that stopped the cluster: the backup it chose then (the leader is down now)
+        plan.backup = str(started["backup"])
+        plan.options = dr.render_restore_options(t, plan.backup)
     plan.notes[:0] = notes
     return Recovery("recover", t, server, leader, plan=plan)
 
@@ -375,6 +380,9 @@ def rebuild_old(rb: "Run", hosts: HaHosts, rec: Recovery) -> dict[str, Any]:
     ops_patroni.wait_for_member(hosts.servers, params, old_name,
                                 lambda x: not x.is_leader and x.state in dp.RUNNING_STATES and x.lag is not None,
                                 what=f"{old_name} streaming from {rec.server}", timeout=900)
+    if dp.patroni_params(params).synchronous_mode:
+        # Patroni names the sync standby by rewriting the leader's postgresql.conf: done before more psql there
+        ops_patroni.wait_for_sync_standby(hosts.servers, params, timeout=120)
     return {"rebuilt": old_name, "kept": aside, "rebuild_s": round((datetime.now() - t).total_seconds(), 1)}
 
 
