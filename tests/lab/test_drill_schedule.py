@@ -1,6 +1,7 @@
 """The weekly restore drill on the jumpbox (issue 24): on a stage primary with repo1 (the lab's S3 store) and repo2
 (the lab's second store), each at a path prefix of this module, steps 05 and 08 (the stanza in both, a full backup
-in each, WAL in both), then a differential backup into repo2 and rows after it; a lab jumpbox with step 15b's
+in each, WAL in both), then a differential backup into repo2 (its postgresql.auto.conf naming another port) and
+rows after it; a lab jumpbox with step 15b's
 monitor (Prometheus, Alertmanager, node exporter reading the textfile directory) and the receiver of
 tests/lab/alerting_stage.py.
 
@@ -105,7 +106,9 @@ def hosts(params):
 
 
 def sql(lab, text: str) -> str:  # noqa: ANN001
-    cp = lab.exec(STAGE_PRIMARY, ["psql", "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-d", "hcb_production"],
+    # the port named: Debian's psql (pg_wrapper) takes it from the cluster's config, postgresql.auto.conf included
+    cp = lab.exec(STAGE_PRIMARY, ["psql", "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-p", "5432",
+                                  "-d", "hcb_production"],
                   input=text, user="postgres", timeout=120)
     assert cp.returncode == 0, cp.stderr[-2000:]
     return cp.stdout.strip()
@@ -122,7 +125,13 @@ def stage(lab, params, hosts) -> step.MonitorHosts:
     step08.start_archiving(primary, params, s)
     drill.ensure_baseline_backup(primary, params)  # a full backup into each repository
     sql(lab, "INSERT INTO drill_marks (note) SELECT 'before the diff ' || g FROM generate_series(1, 50) g")
-    diff = pgb.run_backup(primary, params, type="diff", repo=2)
+    # the backup's postgresql.auto.conf names another port (ALTER SYSTEM, not applied here: no reload or restart);
+    # the drill's cluster must still listen where the job looks (its command line wins)
+    sql(lab, "ALTER SYSTEM SET port = 5439")
+    try:
+        diff = pgb.run_backup(primary, params, type="diff", repo=2)
+    finally:
+        sql(lab, "ALTER SYSTEM RESET port")
     sql(lab, "INSERT INTO drill_marks (note) SELECT 'after the diff ' || g FROM generate_series(1, 25) g")
     seg = sql(lab, "SELECT pg_walfile_name(pg_switch_wal())")
     wait_until(lambda: parse_archive_ranges(pgb.get_info_json(primary, params), STANZA),

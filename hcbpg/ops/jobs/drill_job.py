@@ -109,8 +109,7 @@ def render_scratch_conf(cfg: dict[str, Any], control: dict[str, str]) -> str:
     needs at least as high as the server that wrote the WAL had them (from the restored pg_control)."""
     lines = [f"port = {int(cfg['port'])}", "listen_addresses = ''",
              f"unix_socket_directories = '{cfg['socket_dir']}'", "archive_mode = off", "hot_standby = on",
-             f"shared_buffers = '{cfg['shared_buffers']}'", "max_wal_size = '1GB'", "logging_collector = off", "ssl = off",
-             "include_if_exists = 'postgresql.auto.conf'"]
+             f"shared_buffers = '{cfg['shared_buffers']}'", "max_wal_size = '1GB'", "logging_collector = off", "ssl = off"]
     for key, name in CONTROL_SETTINGS.items():
         if control.get(key, "").isdigit():
             lines.append(f"{name} = {int(control[key])}")
@@ -199,8 +198,10 @@ def drill(cfg: dict[str, Any], repo: int) -> dict[str, Any]:
     os.makedirs(cfg["socket_dir"], mode=0o700, exist_ok=True)
     shutil.chown(cfg["socket_dir"], "postgres", "postgres")
     t1 = time.monotonic()
+    # again on the command line: it wins over a postgresql.auto.conf the backup brought (ALTER SYSTEM on the primary)
     pg_ctl(cfg, "start", "-w", "-t", str(int(timeout)), "-l", os.path.join(cfg["data"], "drill-server.log"),
-           timeout=timeout + 60)
+           "-o", f"-c port={int(cfg['port'])} -c listen_addresses='' -c archive_mode=off -c ssl=off "
+                 f"-c unix_socket_directories={cfg['socket_dir']}", timeout=timeout + 60)
     wait_promoted(cfg, timeout)
     recovery_s = time.monotonic() - t1
     last_commit = psql(cfg, "SELECT coalesce(pg_last_xact_replay_timestamp()::text, '')")
