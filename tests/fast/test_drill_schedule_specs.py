@@ -187,3 +187,36 @@ def test_the_job_textfile_per_repository_passes_promtool_check_metrics():
         pytest.skip("promtool not installed (scripts/install.sh)")
     cp = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False)
     assert cp.returncode == 0, cp.stdout + cp.stderr
+
+
+class _Run:
+    """What step 12's run_scheduled_drill uses of a Run: params, dry_run, track."""
+
+    def __init__(self, params: Any, dry_run: bool) -> None:
+        self.params, self.dry_run, self.tracked = params, dry_run, []
+
+    def track(self, outcomes: Any) -> Any:
+        self.tracked += list(outcomes)
+        return outcomes
+
+
+def test_step_12_plans_the_weekly_drill_on_a_dry_run_and_skips_it_without_a_jumpbox(params, monkeypatch):
+    from hcbpg.errors import HostUnreachable
+    from hcbpg.steps import restore_drill
+
+    jb = Jumpbox()
+    monkeypatch.setattr(jb.host, "close", lambda: None, raising=False)
+    monkeypatch.setattr(restore_drill, "connect_jumpbox", lambda rb: jb.host)
+    rb = _Run(params, dry_run=True)
+    assert restore_drill.run_scheduled_drill(rb) is None  # type: ignore[arg-type]
+    assert len(rb.tracked) == 9 and all(o.changed and o.dry_run for o in rb.tracked)
+    assert jb.host.written == [] and not any(ds.DRILL_JOB_PATH in ln for ln in jb.host.journal)
+
+    def unreachable(rb: Any) -> Any:
+        raise HostUnreachable("hcb-jumpbox", "10.0.1.40", "no route")
+    monkeypatch.setattr(restore_drill, "connect_jumpbox", unreachable)
+    assert restore_drill.run_scheduled_drill(_Run(params, dry_run=True)) is None  # type: ignore[arg-type]
+    with pytest.raises(HostUnreachable):
+        restore_drill.run_scheduled_drill(_Run(params, dry_run=False))  # type: ignore[arg-type]
+    no_jumpbox = parse_params(params_data(pgbackrest=PB))
+    assert restore_drill.run_scheduled_drill(_Run(no_jumpbox, dry_run=False)) is None  # type: ignore[arg-type]
