@@ -263,17 +263,23 @@ def make_ha(rb: "Run", sit: Situation) -> ha.HaResult:
     adopts the recovered primary and makes the other server its replica (the restart under Patroni approved: the
     app has no database until it is done)."""
     params = rb.params
+    if rb.dry_run:
+        # step 10's plan needs the servers it would change: they are made by this run
+        print(f"dry run: etcd made again on {', '.join(s.name for s in params.servers)} and the jumpbox (its lost "
+              f"cluster's data moved aside), then step 10: Patroni leads {params.primary.name} (restored) and makes "
+              "the other server its replica")
+        return ha.HaResult()
     hosts = ha.HaHosts(dict(connect_servers(rb)), connect_jumpbox(rb), params.jumpbox.name if params.jumpbox else "")
     primary = hosts.servers.get(params.primary.name)
-    marker = ops_recover.get_marker(primary) if primary is not None and not rb.dry_run else None
-    if not rb.dry_run and marker is not None and not marker.get("etcd_fresh"):
+    marker = ops_recover.get_marker(primary) if primary is not None else None
+    if marker is not None and not marker.get("etcd_fresh"):
         if hosts.jumpbox is None:
             raise SafetyCheckFailed(f"cannot reach {hosts.jumpbox_name}: etcd's third member", target=hosts.jumpbox_name)
         rb.track(ops_re.run_etcd_fresh(hosts.jumpbox, params, suffix=rb.run_id or None))
         assert primary is not None
         ops_recover.run_put_marker(primary, {**marker, "etcd_fresh": True})
     res = ha.setup_ha(hosts, params, ha.secrets(rb), server_shape(rb), allow_destructive=params.allow_destructive,
-                      dry_run=rb.dry_run)
+                      dry_run=False)
     rb.track(res.outcomes)
     rb.verify_applied(ha.check_all, hosts, params, res.before, title="step 10's checks")
     _mark(sit, "leader")
