@@ -515,6 +515,9 @@ class Params(Model):
                     if port in seen:
                         problems.append(f"{key}: {port} is {seen[port]} too; each service needs its own port")
                     seen.setdefault(port, key)
+        if self.alerting is not None and jb is None:
+            problems.append("alerting: the monitor (Prometheus, Alertmanager) runs on the jumpbox, and these params "
+                            "name none: add the jumpbox section (step 01 makes it) or remove alerting")
         if problems:
             raise ValueError("\n".join(problems))  # one line each, naming its key (see format_validation_error)
         return self

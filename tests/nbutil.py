@@ -29,6 +29,7 @@ def manual_production() -> dict:
         d["replication"].pop(key, None)
     d["replication"]["connection_limit"] = 2
     d.pop("jumpbox", None)
+    d.pop("alerting", None)  # the monitor runs on the jumpbox
     d["hetzner"].pop("protection", None)
     return d
 
@@ -43,6 +44,7 @@ def manual_lab() -> dict:
         d["replication"].pop(key, None)
     d["replication"]["connection_limit"] = 2
     d.pop("jumpbox", None)
+    d.pop("alerting", None)  # the monitor runs on the jumpbox
     d["hetzner"].pop("protection", None)
     d["network"]["ip_range"] = "10.0.0.0/16"
     return d

@@ -58,10 +58,16 @@ def production() -> Params:
     return parse_params(production_data())
 
 
-def manual() -> Params:
+def manual_data() -> dict[str, Any]:
+    """The manual replication's params with a jumpbox (where the monitor runs) and the alerting section."""
     d = manual_production()
+    d["jumpbox"] = {"name": "hcb-jumpbox", "private_ip": "10.0.1.40"}
     d["alerting"] = copy.deepcopy(ALERTING)
-    return parse_params(d)
+    return d
+
+
+def manual() -> Params:
+    return parse_params(manual_data())
 
 
 def problems(alerting: dict[str, Any]) -> list[str]:
@@ -232,8 +238,7 @@ def test_promtool_test_rules_manual(tmp_path: Path):
 def test_promtool_fails_a_rule_that_watches_the_wrong_server(tmp_path: Path):
     """The cases can fail: with the roles swapped, PrimaryUnreachable watches server-postgres-2 and its cases
     (written for server-postgres-1) fail."""
-    d = manual_production()
-    d["alerting"] = copy.deepcopy(ALERTING)
+    d = manual_data()
     for s in d["servers"]:
         s["role"] = "replica" if s["role"] == "primary" else "primary"
     with pytest.raises(AssertionError, match="PrimaryUnreachable"):

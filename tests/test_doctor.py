@@ -226,6 +226,7 @@ pgbackrest:
   cipher_pass: env:HCBPG_TEST_S3
   deadman_url: {deadman}
 audit: {{anchor: none}}
+jumpbox: {{name: doc-jumpbox, private_ip: 10.0.1.40}}   # where the monitor runs
 alerting:                               # a real site without it is refused (nothing would page anyone)
   receivers: {{webhook: {{url: env:HCBPG_TEST_HOOK}}}}
   heartbeat_url: env:HCBPG_TEST_HOOK

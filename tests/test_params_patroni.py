@@ -212,3 +212,14 @@ def test_jumpbox_without_patroni_is_allowed_and_unknown_keys_named():
     assert parse_params(d).jumpbox.ssh_extra_sources == ["198.51.100.0/24"]  # type: ignore[union-attr]
     d["jumpbox"]["sever_type"] = "cpx11"
     assert problems(d) == ["jumpbox.sever_type: unknown key; did you mean 'server_type'?"]
+
+
+def test_alerting_without_a_jumpbox_is_refused_naming_both_keys():
+    """The monitor runs on the jumpbox: params with an alerting section and no jumpbox say so at load."""
+    d = manual_production()
+    d["alerting"] = yaml.safe_load((REPO / "params" / "production.yaml").read_text())["alerting"]
+    with pytest.raises(ParamsError) as info:
+        parse_params(d)
+    assert "alerting: the monitor" in str(info.value) and "jumpbox" in str(info.value)
+    d.pop("alerting")
+    parse_params(d)
