@@ -48,6 +48,8 @@ class Schedule:
     repo2: tuple[str, str] | None = None
     #: backups copy from the standby (pgbackrest.backup_standby): when that fails the job takes one from the primary
     backup_standby: bool = False
+    #: the pg2-* options that fall-back resets (``--reset-pg2-host`` ...), so it does not wait on the standby again
+    standby_options: tuple[str, ...] = ()
 
 
 def plan_schedule(params: "Params", site_url: str | None) -> Schedule:
@@ -69,8 +71,10 @@ def plan_schedule(params: "Params", site_url: str | None) -> Schedule:
         problems.append(f"pgbackrest.deadman_url: {url!r} is not an http(s) URL without query or quotes")
     if problems:
         raise ParamsError("params", problems)
-    return Schedule(pb.stanza, full, diff, url.rstrip("/") if url else None, repo2,
-                    backup_standby=pgbackrest_server.enabled(params))
+    standby = pgbackrest_server.enabled(params)
+    pg2 = pgbackrest_server.conf_sections(params, params.servers[0], pg_path="-").get(pb.stanza, {}) if standby else {}
+    return Schedule(pb.stanza, full, diff, url.rstrip("/") if url else None, repo2, backup_standby=standby,
+                    standby_options=tuple(sorted(k for k in pg2 if k.startswith("pg2-"))))
 
 
 def render_cron(s: Schedule) -> str:
@@ -171,15 +175,18 @@ exit "$status"
 def standby_fallback(s: Schedule) -> str:
     """The job's lines after a failed backup from the standby (pgBackRest 2.45 fails one when no standby answers;
     ``backup-standby=prefer`` came in 2.56): the same backup again from the primary, said in the output (and so in
-    the ping's body and the job's log).  Empty without backups from the standby."""
+    the ping's body and the job's log), with pg2's options reset (``--reset-pg2-host`` ...), so that it does not try
+    the standby again (its connects time out).  Empty without backups from the standby."""
     if not s.backup_standby:
         return ""
-    return """if [ "$status" -ne 0 ]; then
+    resets = " ".join(f"--reset-{o}" for o in s.standby_options)
+    return f"""if [ "$status" -ne 0 ]; then
   why=$(grep -m1 ERROR "$out")
-  echo "$0: the $type backup from the standby failed (exit $status: $why);" \
+  echo "$0: the $type backup from the standby failed (exit $status: $why);" \\
     "taking it from the primary (--no-backup-standby)" | tee -a "$out" >&2
   echo "$(date -u +%FT%TZ) $type repo$repo from the standby: exit $status; again from the primary" >>"$LOG" 2>/dev/null
-  pgbackrest --stanza="$STANZA" --repo="$repo" --type="$type" --no-backup-standby --log-level-console=info backup >>"$out" 2>&1
+  pgbackrest --stanza="$STANZA" --repo="$repo" --type="$type" --no-backup-standby {resets} \\
+    --log-level-console=info backup >>"$out" 2>&1
   status=$?
 fi
 """

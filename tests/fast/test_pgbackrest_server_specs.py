@@ -180,4 +180,8 @@ def test_the_backup_job_falls_back_to_the_primary_and_says_so(params, tmp_path):
     # the script parses; the fall-back runs only after a failure
     assert subprocess.run(["sh", "-n"], input=script, text=True).returncode == 0
     fallback = script[script.index('if [ "$status" -ne 0 ]'):]
-    assert re.search(r'--no-backup-standby --log-level-console=info backup >>"\$out"', fallback)
+    line = re.search(r"pgbackrest [^\n]*--no-backup-standby .*?backup >>\"\$out\"", fallback, re.S)
+    assert line, fallback
+    # pg2 left out of the fall-back whole: every pg2 option of pgbackrest.conf reset, so the standby is not tried again
+    pg2 = [k for k in conf_options(params, params.primary, version=None)["hcb_production"] if k.startswith("pg2-")]
+    assert len(pg2) >= 7 and all(f"--reset-{k}" in line[0] for k in pg2), line[0]

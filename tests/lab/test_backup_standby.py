@@ -168,9 +168,11 @@ def test_with_the_standby_unreachable_the_job_says_so_and_backs_up_from_the_prim
     try:
         assert not ops_dps.get_server_answers(leader, params, params.server(REPLICA).private_ip)
         # pgBackRest alone: the backup from the standby fails, and says why
+        t0 = time.monotonic()
         direct = pgb.run_pgbackrest(leader, params, "backup", "--type=incr", check=False, timeout=900)
         assert not direct.ok
-        print(f"\nbackup with the standby's TLS server down: exit {direct.exit_code}: "
+        print(f"\nbackup with the standby's TLS server down: exit {direct.exit_code} after "
+              f"{time.monotonic() - t0:.1f} s: "
               f"{[ln for ln in direct.output.splitlines() if 'ERROR' in ln][:2]}")
         before = {b.label for b in pgb.get_backups(leader, params)}
         t0 = time.monotonic()
@@ -180,6 +182,9 @@ def test_with_the_standby_unreachable_the_job_says_so_and_backs_up_from_the_prim
         assert "backup from the standby failed" in out and "--no-backup-standby" in out, out[-3000:]
         new = [b for b in pgb.get_backups(leader, params) if b.label not in before]
         assert len(new) == 1, new
+        begins = [ln for ln in out.splitlines() if "backup command begin" in ln]
+        assert len(begins) == 2 and "--pg2-host=" in begins[0], begins
+        assert "--pg2-host" not in begins[1] and "--no-backup-standby" in begins[1], begins[1]  # pg2 left out whole
         print(f"the job fell back to the primary: {new[0].label} in {time.monotonic() - t0:.1f} s")
         # the standby's job does nothing (it is a standby) whatever its TLS server does
         assert ops_schedule.run_backup_job(replica, "incr", timeout=600).ok
