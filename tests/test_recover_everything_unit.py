@@ -66,12 +66,13 @@ def test_the_restore_replays_to_the_archives_end_from_the_chosen_repository_and_
 
 def test_phases_are_timed_from_the_decision_with_provisioning_shown_apart():
     marks = {"decision": T0, "provisioned": T0 + timedelta(seconds=60), "installed": T0 + timedelta(seconds=90),
-             "restored": T0 + timedelta(seconds=100), "leader": T0 + timedelta(seconds=110),
-             "replica": T0 + timedelta(seconds=130), "handed out": T0 + timedelta(seconds=131),
+             "restored": T0 + timedelta(seconds=100),
+             "patroni (leader and replica)": T0 + timedelta(seconds=130), "handed out": T0 + timedelta(seconds=131),
              "first write": T0 + timedelta(seconds=132.5)}
     rows = {r["phase"]: r for r in dre.phase_rows(marks)}
     assert rows["provisioned"]["seconds"] == "60.0" and rows["restored"]["seconds"] == "10.0"
     assert rows["first write"]["since decision"] == "132.5"
+    assert rows["patroni (leader and replica)"]["seconds"] == "30.0"
     assert rows["total"]["seconds"] == "132.5" and rows["total without provisioning"]["seconds"] == "72.5"
     assert dre.phase_rows({}) == []
 

@@ -141,7 +141,8 @@ def restore_plan(choice: RepoChoice, server: str) -> dr.RestorePlan:
 
 
 #: the phases in the order they happen (each mark is when it ended)
-PHASES = ("decision", "provisioned", "installed", "restored", "leader", "replica", "handed out", "first write")
+PHASES = ("decision", "provisioned", "installed", "restored", "patroni (leader and replica)", "handed out",
+          "first write")
 
 
 def phase_rows(marks: Mapping[str, datetime]) -> list[dict[str, str]]:

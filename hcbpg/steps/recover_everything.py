@@ -282,8 +282,7 @@ def make_ha(rb: "Run", sit: Situation) -> ha.HaResult:
                       dry_run=False)
     rb.track(res.outcomes)
     rb.verify_applied(ha.check_all, hosts, params, res.before, title="step 10's checks")
-    _mark(sit, "leader")
-    _mark(sit, "replica")
+    _mark(sit, "patroni (leader and replica)")
     sit.result.update({f"ha_{k}": v for k, v in res.timings.items()})
     return res
 
