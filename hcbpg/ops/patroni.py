@@ -16,6 +16,7 @@ calls (switchover, pause, resume, restart) through its REST API (:class:`~hcbpg.
 from __future__ import annotations
 
 import json
+import shlex
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
@@ -71,7 +72,23 @@ def ensure_patroni_files(host: "HostLike", params: "Params", server: "Server", s
     out.append(ensure_text(host, dp.rest_netrc_path(params), netrc_text,
                            mode=0o600, owner="root", what=f"REST netrc on {what}", secret=True))
     out.append(ensure_start_conf(host, params, "manual"))
+    out.append(_ensure_pgdata_link(host, params))
     return out
+
+
+def _ensure_pgdata_link(host: "HostLike", params: "Params") -> Outcome:
+    """The ``pgdata`` symlink in the cluster's config directory.  Debian's pg_wrapper (``psql --cluster``,
+    ``pg_ctlcluster``) reads the data directory from postgresql.conf, which Patroni rewrites in place (truncated,
+    then written); a lookup in between failed with 'Invalid data directory for cluster 15 main' (in 2 of 11 lab
+    builds of a Patroni pair).  pg_wrapper's fallback, this link, answers while the file is being written."""
+    pg = params.postgres
+    link = f"/etc/postgresql/{pg.version}/{pg.cluster}/pgdata"
+    target = f"/var/lib/postgresql/{pg.version}/{pg.cluster}"
+    seen = Changes(host)
+    if host.probe(f"readlink {shlex.quote(link)}").stdout.strip() != target:
+        host.run(f"ln -sfn {shlex.quote(target)} {shlex.quote(link)}",
+                 display=f"link {link} -> {target}")
+    return seen.outcome(f"pgdata link on {host.name}")
 
 
 def ensure_watchdog(host: "HostLike", params: "Params") -> Outcome:

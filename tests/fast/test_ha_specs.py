@@ -132,6 +132,7 @@ class Box:
         if "etcd-server" in self.installed:
             self.dirs.add("/var/lib/etcd")
         self.meta: dict[str, tuple[str, str, int]] = {}
+        self.links: dict[str, str] = {}   # symbolic link -> target (ln -sfn, readlink)
         self.refuse, self.apt_fails = set(refuse), apt_fails
         # daemons: by pidfile (pid -> argv of the live processes) or by systemd unit (name -> main pid)
         self.pidfiles: dict[str, int] = {}
@@ -226,6 +227,12 @@ class Box:
             while path not in self.dirs:
                 self.dirs.add(path)
                 path = path.rsplit("/", 1)[0] or "/"
+            return ""
+        if cmd.startswith("readlink "):
+            link = self.links.get(words[1])
+            return Result(self.name, cmd, 0 if link else 1, f"{link}\n" if link else "", "", 0.0)
+        if cmd.startswith("ln -sfn "):
+            self.links[words[3]] = words[2]
             return ""
         if cmd.startswith("chown "):
             owner, _, group = words[1].partition(":")
@@ -1018,13 +1025,18 @@ def patroni_box(params: Params, **kw: Any) -> Box:
     return box
 
 
+#: pg_wrapper's fallback for the data directory while Patroni rewrites postgresql.conf (ops.patroni)
+PGDATA_LINK = "/etc/postgresql/15/main/pgdata"
+
+
 def patroni_journal(params: Params) -> list[str]:
     ca = desired_tls.client_ca_path(params)
     return ["directory /etc/hcbpg/tls (mode 0755, owner root:root)", f"write {ca}",
             "directory /etc/patroni/tls (mode 0750, owner postgres:postgres)", f"write {dp.REST_KEY}",
             f"write {dp.REST_CERT}", f"write {dp.ETCD_CLIENT_KEY}", f"write {dp.ETCD_CLIENT_CERT}",
             "directory /etc/patroni/15-main.d (mode 0755, owner root:root)", f"write {dp.config_path(params)}",
-            f"write {dp.secrets_path(params)}", f"write {dp.rest_netrc_path(params)}", f"write {START_CONF}"]
+            f"write {dp.secrets_path(params)}", f"write {dp.rest_netrc_path(params)}", f"write {START_CONF}",
+            f"link {PGDATA_LINK} -> /var/lib/postgresql/15/main"]
 
 
 @covers("hcbpg.ops.patroni.ensure_patroni_files", "fresh", "second run")
@@ -1032,7 +1044,8 @@ def test_patroni_files_config_diffed_secrets_never_shown(params):
     box = patroni_box(params)
     out = ops_patroni.ensure_patroni_files(box.host, params, params.primary, SECRETS, shape=CCX13)
     assert box.host.journal == patroni_journal(params)
-    assert [o.changed for o in out] == [True] * 7
+    assert [o.changed for o in out] == [True] * 8
+    assert box.links == {PGDATA_LINK: "/var/lib/postgresql/15/main"}
     cfg, sec, netrc = dp.config_path(params), dp.secrets_path(params), dp.rest_netrc_path(params)
     assert box.files[cfg] == dp.render_patroni_yaml(params, params.primary, shape=CCX13)
     assert box.files[sec] == dp.render_patroni_secrets(params, SECRETS)
@@ -1056,11 +1069,11 @@ def test_patroni_files_config_diffed_secrets_never_shown(params):
         no_secret(pw, box.host, out)
         assert pw not in box.files[cfg]
     again = ops_patroni.ensure_patroni_files(box.host, params, params.primary, SECRETS, shape=CCX13)
-    assert not any(o.changed for o in again) and len(box.host.journal) == 12
+    assert not any(o.changed for o in again) and len(box.host.journal) == 13
     # a new REST password: only the two secret files change, neither shown
     new = dp.PatroniSecrets(rest_password="N3w-rest-Planted", etcd_password=ETCD_PW, replication_password=REPL_PW)
     third = ops_patroni.ensure_patroni_files(box.host, params, params.primary, new, shape=CCX13)
-    assert box.host.journal[12:] == [f"write {sec}", f"write {netrc}"]
+    assert box.host.journal[13:] == [f"write {sec}", f"write {netrc}"]
     no_secret("N3w-rest-Planted", box.host, third)
 
 
