@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,8 @@ def test_rehearse_runs_the_whole_runbook_in_a_fresh_lab_and_leaves_nothing(tmp_p
                                         text=True, env=env, timeout=300, cwd=REPO)
                 status_json = subprocess.run([sys.executable, "-m", "hcbpg.cli", "status", "lab", "--json"],
                                              capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
+                replica_alert = _stop_the_replica_and_wait_for_its_alert(lab, status_json.stdout) \
+                    if up_after and status_json.returncode == 0 else None
         finally:
             if lab.status()["up"]:
                 lab.down()
@@ -73,6 +76,10 @@ def test_rehearse_runs_the_whole_runbook_in_a_fresh_lab_and_leaves_nothing(tmp_p
         assert not [c for c in report["checks"] if c["item"] in ("alerts", "archive age") and c["status"] != "pass"]
         assert {c["server"] for c in report["checks"] if c["item"] == "archive age"} == {
             next(m["server"] for m in report["measurements"] if not m.get("in_recovery"))}
+        # then the replica stopped (its Patroni and PostgreSQL killed): its PostgresDown reached the lab's receiver
+        assert replica_alert is not None and replica_alert["latency_s"] is not None, replica_alert
+        print(f"\nthe replica {replica_alert['server']} stopped -> PostgresDown at the lab's receiver in "
+              f"{replica_alert['latency_s']} s (scrape/eval 5 s, for 10 s, group_wait 2 s)")
         (run,) = [p for p in (home / "outputs" / "lab").iterdir() if p.is_dir()]
         manifest = json.loads((run / "manifest.json").read_text())
         steps = manifest["steps"]
@@ -136,3 +143,28 @@ def test_rehearse_runs_the_whole_runbook_in_a_fresh_lab_and_leaves_nothing(tmp_p
         assert watch.samples > 100, watch.samples
         assert not watch.found(secrets), watch.found(secrets)
         print(out[-1500:])
+
+
+def _stop_the_replica_and_wait_for_its_alert(lab: Lab, status_json: str, timeout: float = 180.0) -> dict:
+    """Issue 25: the replica stopped -> its alert delivered.  Kills the replica's Patroni and PostgreSQL (by pid,
+    in its own PID namespace: hcbpg.lab.faults) after the quiet status was read, and waits for the firing
+    PostgresDown naming it at the lab's receiver (params/lab.yaml's webhook is hcbpg.lab.deadman's /alerts/...).
+    Returns the server and the latency (event -> POST received; None: not within *timeout*)."""
+    from hcbpg.lab import deadman, faults
+
+    report = json.loads(status_json)
+    replica = next(m["server"] for m in report["measurements"] if m.get("in_recovery"))
+    log = lab.cfg.logs_dir / "deadman.jsonl"
+    t0 = time.time()
+    killed = faults.kill_patroni_and_postgres(lab.cfg, replica)
+    assert killed, f"nothing to kill on {replica}"
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        for p in deadman.read_pings(log):
+            body = p["body"]
+            if p["time"] >= t0 and p["path"].startswith("/alerts/") and '"alertname":"PostgresDown"' in body \
+                    and f'"server":"{replica}"' in body and '"status":"firing"' in body:
+                return {"server": replica, "latency_s": round(p["time"] - t0, 1)}
+        time.sleep(0.5)
+    return {"server": replica, "latency_s": None,
+            "last": [(p["path"][:9], p["body"][:200]) for p in deadman.read_pings(log)[-5:]]}
