@@ -4,6 +4,8 @@ changed on the machines besides what steps 01-05, 10 and notebook 20 do already.
     get_postgres_role(host, params)     'primary', 'replica' or 'down' (a server that still answers)
     get_repo_reaches(host, params)      each repository's backups and archive end (or the error it answered)
     run_stop_postgres(host, params)     PostgreSQL stopped (a fresh server's 15/main, before the restore over it)
+    get_decision / run_put_decision     the decision's marker on the jumpbox (survives the servers: a resume after a
+                                        failure before the restore is not refused for servers it made)
     run_etcd_fresh(host, params)        etcd stopped on a surviving member and its data directory moved aside
                                         (kept): with two of three voters lost the member has no quorum and holds
                                         only Patroni's state of a cluster that is gone
@@ -13,9 +15,11 @@ Everything takes the host first; :mod:`hcbpg.desired.recover_everything` decides
 
 from __future__ import annotations
 
+import json
 import shlex
+from collections.abc import Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hcbpg.adapters.base import Changes
 from hcbpg.adapters.cluster import ClusterControl
@@ -84,3 +88,22 @@ def run_stop_postgres(host: "HostLike", params: "Params") -> Outcome:
     if not host.dry_run and cluster.running():
         cluster.stop("fast", timeout=300)
     return seen.outcome(f"PostgreSQL stopped on {host.name}")
+
+
+#: the decision's marker on the jumpbox: its run, when, the phases so far, whether the recovery finished
+DECISION = "/var/lib/hcbpg/recover-everything.json"
+
+
+def get_decision(host: "HostLike") -> dict[str, Any] | None:
+    """The decision's marker on the jumpbox *host* (None: none, or unreadable)."""
+    text = host.read_text(DECISION)
+    try:
+        data = json.loads(text) if text else None
+    except ValueError:
+        return None
+    return dict(data) if isinstance(data, Mapping) else None
+
+
+def run_put_decision(host: "HostLike", decision: Mapping[str, Any]) -> None:
+    host.run(f"install -d -m 0755 {shlex.quote(DECISION.rsplit('/', 1)[0])}", quiet=True)
+    host.put_text(DECISION, json.dumps(dict(decision), indent=1) + "\n", mode=0o644, owner="root")

@@ -116,11 +116,16 @@ def get_situation(rb: "Run", api: provision.Api, nearer: str = "") -> Situation:
         for h in hosts.values():
             if h is not None:
                 h.close()
-    refusals = [] if resume is not None else dre.plan_decision(seen)
     choice = None
     jumpbox = connect_jumpbox(rb)
     if jumpbox is not None:
         try:
+            decided = ops_re.get_decision(jumpbox)
+            if decided is not None and decided.get("finished"):
+                resume = None  # recovered before: the servers that answer now are production (refused below)
+            elif resume is None and decided is not None:
+                # decided and not finished (a failure before the restore): the servers answering are this run's
+                resume = decided
             # the weekly drill's configuration (step 12): the servers' keys for every repository, read-only use
             if jumpbox.exists(DRILL_CONF_PATH):
                 choice = dre.choose_repo(ops_re.get_repo_reaches(jumpbox, params, config=DRILL_CONF_PATH),
@@ -130,7 +135,8 @@ def get_situation(rb: "Run", api: provision.Api, nearer: str = "") -> Situation:
     if choice is None:
         print(f"the repositories are read from the first server once it is made again (no {DRILL_CONF_PATH} on "
               "the jumpbox: step 12 installs it)")
-    elif choice.refusals and resume is None:
+    refusals = [] if resume is not None else dre.plan_decision(seen)
+    if choice is not None and choice.refusals and resume is None:
         refusals += choice.refusals
     return Situation(api, seen, choice, refusals, resume, _marks(resume))
 
@@ -167,6 +173,20 @@ def ask(rb: "Run", sit: Situation) -> None:
                   + ", and hand the app's URLs out again?",
             plan=[s.name for s in sit.seen] + ([f"repo{sit.choice.repo}"] if sit.choice is not None else []))
     sit.marks["decision"] = datetime.now().astimezone()
+    _put_decision(rb, sit, finished=False)
+
+
+def _put_decision(rb: "Run", sit: Situation, *, finished: bool) -> None:
+    """The decision's marker on the jumpbox (the one machine left): a resume after a failure goes on."""
+    if rb.dry_run:
+        return
+    jumpbox = connect_jumpbox(rb)
+    if jumpbox is None:
+        return
+    try:
+        ops_re.run_put_decision(jumpbox, {"run_id": rb.run_id, "marks": _iso_marks(sit), "finished": finished})
+    finally:
+        jumpbox.close()
 
 
 def _mark(sit: Situation, phase: str) -> None:
@@ -331,6 +351,8 @@ def show_times(rb: "Run", sit: Situation) -> dict[str, Any]:
     value = {**sit.result, "marks": _iso_marks(sit), "phases": rows}
     if not rb.dry_run:
         rb.record(RECORD, value)
+        if "first write" in sit.marks:
+            _put_decision(rb, sit, finished=True)
     return value
 
 
