@@ -149,11 +149,12 @@ def archive_push_queue_max(params: "Params") -> str:
 
 
 def conf_options(params: "Params", server: "Server", *,
-                 version: tuple[int, int, int] | None) -> dict[str, dict[str, str]]:
+                 version: tuple[int, int, int] | None, standby: bool = True) -> dict[str, dict[str, str]]:
     """The options of pgbackrest.conf by section (secrets as ``<secret>``), for *server*'s repository.
 
     *version* None (pgBackRest not installed yet, in a plan) skips the version rule; the
-    apply checks it once pgBackRest is installed.
+    apply checks it once pgBackRest is installed.  *standby* False: no pg2 (backups from the standby,
+    :func:`hcbpg.desired.pgbackrest_server.conf_sections`), while the other server's TLS server does not answer.
     """
     if version is not None:
         check_block_incremental(params, version)
@@ -192,20 +193,21 @@ def conf_options(params: "Params", server: "Server", *,
         # with the admin key (hcbpg.desired.repo_history); a backup here must not try to expire
         sections["global:backup"] = {"expire-auto": "n"}
     # backups from the standby (pgbackrest.backup_standby): pg2 over TLS, backup-standby, the TLS server
-    for name, options in pgbackrest_server.conf_sections(params, server, pg_path=pg_data_path(params)).items():
+    for name, options in pgbackrest_server.conf_sections(params, server, pg_path=pg_data_path(params),
+                                                         standby=standby).items():
         sections.setdefault(name, {}).update(options)
     return sections
 
 
 def render_pgbackrest_conf(params: "Params", server: "Server", *, version: tuple[int, int, int] | None,
-                           secrets: Mapping[str, str] | None = None) -> str:
+                           secrets: Mapping[str, str] | None = None, standby: bool = True) -> str:
     """pgbackrest.conf for *server*'s repository, whole: header, ``[stanza]``, ``[global]``, keys sorted.
 
     Without *secrets* the secret options read ``<secret>`` (for plans and diffs); with
     *secrets* (option name -> value, see :func:`resolve_conf_secrets`) they hold the values,
     for the bytes written to the server only.
     """
-    sections = conf_options(params, server, version=version)
+    sections = conf_options(params, server, version=version, standby=standby)
     lines = [
         MANAGED_HEADER,
         f"# pgBackRest for {server.name}, rendered from params ({params.environment}) for "

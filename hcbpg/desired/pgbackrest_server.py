@@ -67,9 +67,12 @@ def server_service(params: "Params") -> ServiceSpec:
                        argv=("/usr/bin/pgbackrest", "server"), log_file=SERVER_LOG)
 
 
-def conf_sections(params: "Params", server: "Server", *, pg_path: str) -> dict[str, dict[str, str]]:
+def conf_sections(params: "Params", server: "Server", *, pg_path: str,
+                  standby: bool = True) -> dict[str, dict[str, str]]:
     """pgbackrest.conf's sections for backups from the standby on *server* (empty when off or *server* has no
     peer): the stanza's pg2 over TLS, ``backup-standby=y`` for the backup command, the TLS server's options.
+    *standby* False: the TLS server's options only, no pg2 and no backup-standby (the other server's TLS server
+    does not answer yet, or no longer: ``pgbackrest check`` and ``backup`` would fail naming it).
     The caller merges them into its own (:func:`hcbpg.desired.pgbackrest.conf_options`)."""
     other = peer(params, server)
     if not enabled(params) or other is None:
@@ -85,6 +88,8 @@ def conf_sections(params: "Params", server: "Server", *, pg_path: str) -> dict[s
                   "tls-server-cert-file": CERT, "tls-server-key-file": KEY, "tls-server-ca-file": ca,
                   # only the other server's certificate (its CN) may run commands, and only for this stanza
                   "tls-server-auth": f"{other.name}={pb.stanza}"}
+    if not standby:
+        return {"global:server": tls_server}
     return {pb.stanza: stanza, "global:backup": {"backup-standby": "y"}, "global:server": tls_server}
 
 

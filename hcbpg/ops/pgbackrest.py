@@ -26,6 +26,7 @@ from psycopg import sql
 from hcbpg import secrets as hsecrets
 from hcbpg.adapters.base import Changes
 from hcbpg.adapters.files import ensure_dir
+from hcbpg.desired import pgbackrest_server
 from hcbpg.desired.backups import (
     ARCHIVING_FILE,
     PATHS,
@@ -183,22 +184,44 @@ def ensure_paths(host: "HostLike", *, specs: Iterable[PathSpec] = PATHS) -> Outc
     return seen.outcome(what, actions=cmds)
 
 
+def get_standby_answers(host: "HostLike", params: "Params", server: "Server") -> bool:
+    """Whether *server*'s pgbackrest.conf may name the other database server as pg2 (backups from the standby,
+    :mod:`hcbpg.desired.pgbackrest_server`): ``pgbackrest.backup_standby`` on, *server* one of params' servers,
+    and the other's TLS server answering ``pgbackrest server-ping`` from *host* (5 s of I/O at most).  Before
+    step 10 starts the TLS servers (steps 05/08), or with the other server gone, the file has no pg2, so
+    ``pgbackrest check`` and ``backup`` never name a pg2 that does not answer."""
+    if not pgbackrest_server.enabled(params):
+        return False
+    other = pgbackrest_server.peer(params, server)
+    if other is None:
+        return False
+    port = pgbackrest_params(params).tls_server_port
+    res = host.probe(f"timeout 20 pgbackrest server-ping --io-timeout=5 --tls-server-address="
+                     f"{shlex.quote(other.private_ip)} --tls-server-port={port}", sudo_user="postgres")
+    return res.ok
+
+
 def ensure_pgbackrest_conf(host: "HostLike", params: "Params", server: "Server", *,
                            version: tuple[int, int, int] | None,
-                           repo_server: "Server | None" = None, read_only: bool = False) -> Outcome:
+                           repo_server: "Server | None" = None, read_only: bool = False,
+                           standby: bool | None = None) -> Outcome:
     """pgbackrest.conf is ours (0640 postgres); the diff shows ``<secret>``, never a value.
 
     *repo_server* names whose repository the file points at (default: *server*; a restore
     drill host reads the primary's).  *read_only*: the drill's read-only S3 key (params
-    ``drill.s3_key``), when given, so that the scratch host cannot delete backups.
+    ``drill.s3_key``), when given, so that the scratch host cannot delete backups.  *standby*: whether the
+    file names the other database server as pg2 (backups from the standby); None: when its TLS server
+    answers (:func:`get_standby_answers`).
     """
     seen = Changes(host)
     repo_for = repo_server or server
+    if standby is None:
+        standby = repo_for is server and get_standby_answers(host, params, server)
 
     def titled(text: str) -> str:
         return text.replace(f"# pgBackRest for {repo_for.name},", f"# pgBackRest for {server.name} "
                             f"(repository of {repo_for.name}),") if repo_for is not server else text
-    shown = titled(render_pgbackrest_conf(params, repo_for, version=version))
+    shown = titled(render_pgbackrest_conf(params, repo_for, version=version, standby=standby))
     what = f"{CONF_PATH} on {server.name}"
     current = host.read_text(CONF_PATH)
     if current is None and host.dry_run:
@@ -206,7 +229,7 @@ def ensure_pgbackrest_conf(host: "HostLike", params: "Params", server: "Server",
         # there yet, too) records the file as shown and does not resolve the secret references
         real = shown
     else:
-        real = titled(render_pgbackrest_conf(params, repo_for, version=version,
+        real = titled(render_pgbackrest_conf(params, repo_for, version=version, standby=standby,
                                              secrets=resolve_conf_secrets(params, read_only=read_only)))
     if current == real:
         return Outcome(what, False, host.dry_run)
@@ -410,10 +433,12 @@ def ensure_standby_pgbackrest(host: "HostLike", params: "Params", server: "Serve
 
 def check_conf(host: "HostLike", params: "Params", server: "Server", *, repo_server: "Server | None" = None,
                read_only: bool = False) -> list[Check]:
-    """pgbackrest.conf on the server is what hcbpg renders (secrets compared, never shown) with mode 0640 postgres."""
+    """pgbackrest.conf on the server is what hcbpg renders (secrets compared, never shown) with mode 0640 postgres
+    (pg2 when the other server's TLS server answers, as :func:`ensure_pgbackrest_conf` writes it)."""
     version = get_version(host)
     repo_for = repo_server or server
-    real = render_pgbackrest_conf(params, repo_for, version=version,
+    standby = repo_for is server and get_standby_answers(host, params, server)
+    real = render_pgbackrest_conf(params, repo_for, version=version, standby=standby,
                                   secrets=resolve_conf_secrets(params, read_only=read_only))
     if repo_for is not server:
         real = real.replace(f"# pgBackRest for {repo_for.name},", f"# pgBackRest for {server.name} "

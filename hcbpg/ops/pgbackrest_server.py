@@ -4,6 +4,7 @@ the other server's TLS server answers.  What and why: :mod:`hcbpg.desired.pgback
 
     ensure_pgbackrest_server(host, params, server)   certificate, pgbackrest.conf, the daemon (restarted onto new files)
     get_server_answers(host, params, address)        pgbackrest server-ping to a TLS server (a probe)
+    ensure_backup_standby(hosts, params)             both servers' TLS servers, then both files with pg2 (step 10)
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from hcbpg.outcome import Outcome
 from hcbpg.wait import wait_until
 
 if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Mapping
+
     from hcbpg.adapters.base import HostLike
     from hcbpg.params import Params, Server
 
@@ -34,11 +37,13 @@ def get_server_answers(host: "HostLike", params: "Params", address: str) -> bool
 
 
 def ensure_pgbackrest_server(host: "HostLike", params: "Params", server: "Server", *,
-                             wait_s: float = 60.0) -> list[Outcome]:
+                             wait_s: float = 60.0, standby: bool | None = True) -> list[Outcome]:
     """*server* serves pgBackRest over TLS to the other database server: its certificate (the environment's CA, the
     server's name), pgbackrest.conf with pg2 and backup-standby, ``pgbackrest server`` running (restarted when the
     certificate or the file changed) and answering on its private address.  Nothing with ``backup_standby`` off;
-    refused, nothing changed, when *server* has no other database server to back up from."""
+    refused, nothing changed, when *server* has no other database server to back up from.  *standby*: whether the
+    file names pg2 (None: when the other's TLS server answers; step 10 then writes both files again,
+    :func:`ensure_backup_standby`)."""
     if not dps.enabled(params):
         return [Outcome(f"pgBackRest TLS server on {server.name}", False, host.dry_run,
                         actions=["pgbackrest.backup_standby off (or one server): backups from the primary"])]
@@ -50,7 +55,7 @@ def ensure_pgbackrest_server(host: "HostLike", params: "Params", server: "Server
     out = ensure_cert(host, params, dps.cert_spec(server), dps.CERT, dps.KEY, owner="postgres",
                       what=f"pgBackRest TLS certificate of {server.name}")
     version = None if host.dry_run and not host.probe("command -v pgbackrest").ok else get_version(host)
-    out.append(ensure_pgbackrest_conf(host, params, server, version=version))
+    out.append(ensure_pgbackrest_conf(host, params, server, version=version, standby=standby))
     control = ServiceControl.of(host)
     spec = dps.server_service(params)
     changed = any(o.changed for o in out)
@@ -66,4 +71,31 @@ def ensure_pgbackrest_server(host: "HostLike", params: "Params", server: "Server
     return out
 
 
-__all__ = ["ensure_pgbackrest_server", "get_server_answers"]
+def ensure_backup_standby(hosts: "Mapping[str, HostLike]", params: "Params") -> list[Outcome]:
+    """Backups from the standby on the pair (step 10, after the replica streams): each server's TLS server
+    (:func:`ensure_pgbackrest_server`, pg2 only where the other already answers), then each pgbackrest.conf
+    again, with pg2 now that both answer.  A dry run plans the files with pg2 (what the run ends with).
+    Nothing with ``backup_standby`` off or one server; refused, nothing changed, when *hosts* lacks one of
+    params' servers.  *hosts*: params' servers by name."""
+    if not dps.enabled(params):
+        return []
+    missing = [s.name for s in params.servers if s.name not in hosts]
+    if missing:
+        raise SafetyCheckFailed(f"backups from the standby need both database servers; no host for "
+                                f"{', '.join(missing)}", target=missing[0],
+                                hint="Reach every server of params (or set pgbackrest.backup_standby off). "
+                                     "Nothing was changed.")
+    dry_run = any(h.dry_run for h in hosts.values())
+    standby = True if dry_run else None
+    out: list[Outcome] = []
+    for s in params.servers:
+        out += ensure_pgbackrest_server(hosts[s.name], params, s, standby=standby)
+    if dry_run:
+        return out
+    for s in params.servers:
+        host = hosts[s.name]
+        out.append(ensure_pgbackrest_conf(host, params, s, version=get_version(host), standby=None))
+    return out
+
+
+__all__ = ["ensure_backup_standby", "ensure_pgbackrest_server", "get_server_answers"]

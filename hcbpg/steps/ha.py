@@ -8,7 +8,9 @@ restore: the replica's slot is copied under Patroni's name (no WAL gap), Patroni
 primary (it takes the leader key; writes go on), the replica is stopped and started again by Patroni (same
 system identifier: it streams again), and the primary restarts once under Patroni (``cluster_name`` becomes the
 scope), behind the gate ``restart-primary-under-patroni``.  Then Patroni's dynamic configuration is made what
-params say (ttl, loop_wait, synchronous mode, failsafe, the settings Patroni owns).  A second run changes nothing.
+params say (ttl, loop_wait, synchronous mode, failsafe, the settings Patroni owns).  With
+``pgbackrest.backup_standby``, pgBackRest's TLS server on both servers, then each pgbackrest.conf with the other as
+pg2 (:func:`hcbpg.ops.pgbackrest_server.ensure_backup_standby`).  A second run changes nothing.
 
 Who owns what: hcbpg keeps ``pg_hba.conf`` and its conf.d files (they keep the values Patroni also passes on
 its command line, from the same capacity functions, so PostgreSQL starts the same without Patroni); Patroni owns
@@ -37,6 +39,7 @@ from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import etcd as ops_etcd
 from hcbpg.ops import patroni as ops_patroni
 from hcbpg.ops import pgbackrest, tls
+from hcbpg.ops import pgbackrest_server as ops_pgbackrest_server
 from hcbpg.ops import replication as rep
 from hcbpg.outcome import Check, Outcome
 from hcbpg.steps import replication as manual
@@ -183,6 +186,7 @@ def setup_ha(hosts: HaHosts, params: "Params", secrets: PatroniSecrets, shape: S
             res.restart_pending = True
             res.outcomes.append(Outcome(f"restart of {primary.name} under Patroni (gate {RESTART_GATE})", True, True,
                                         actions=["POST /restart on the leader: its cluster_name becomes the scope"]))
+        res.outcomes += ops_pgbackrest_server.ensure_backup_standby(servers, params)
         return res
     # the manual slots held the replicas' WAL until they streamed through Patroni's (ignore_slots kept them)
     res.outcomes.append(rep.ensure_no_stale_slots(pg_cluster.get_psql(p_host, params), params, keep=[]))
@@ -253,6 +257,8 @@ def _finish(res: HaResult, hosts: HaHosts, servers: Mapping[str, "HostLike"], pa
         t3 = time.monotonic()
         ops_patroni.wait_for_sync_standby(hosts.servers, params, timeout=90)
         res.timings["sync_standby_s"] = round(time.monotonic() - t3, 1)
+    # backups from the standby (pgbackrest.backup_standby): both TLS servers, then pg2 in both files
+    res.outcomes += ops_pgbackrest_server.ensure_backup_standby(servers, params)
     return res
 
 
