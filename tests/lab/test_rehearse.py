@@ -59,6 +59,9 @@ def test_rehearse_runs_the_whole_runbook_in_a_fresh_lab_and_leaves_nothing(tmp_p
                                         text=True, env=env, timeout=300, cwd=REPO)
                 status_json = subprocess.run([sys.executable, "-m", "hcbpg.cli", "status", "lab", "--json"],
                                              capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
+                # issue 24: step 10 turned backups from the standby on (params/lab.yaml backup_standby)
+                standby_backup = _backup_on_the_leader(lab, status_json.stdout) \
+                    if up_after and status_json.returncode == 0 else None
                 replica_alert = _stop_the_replica_and_wait_for_its_alert(lab, status_json.stdout) \
                     if up_after and status_json.returncode == 0 else None
         finally:
@@ -76,6 +79,11 @@ def test_rehearse_runs_the_whole_runbook_in_a_fresh_lab_and_leaves_nothing(tmp_p
         assert not [c for c in report["checks"] if c["item"] in ("alerts", "archive age") and c["status"] != "pass"]
         assert {c["server"] for c in report["checks"] if c["item"] == "archive age"} == {
             next(m["server"] for m in report["measurements"] if not m.get("in_recovery"))}
+        # issue 24: a backup on the leader after the run waits for the standby's replay and copies from it
+        # (pgBackRest's backup-standby: step 10 started both TLS servers and wrote pg2 into both files)
+        assert standby_backup is not None and standby_backup.returncode == 0, standby_backup
+        assert "replay on the standby reached" in standby_backup.stdout + standby_backup.stderr, \
+            (standby_backup.stdout + standby_backup.stderr)[-3000:]
         # then the replica stopped (its Patroni and PostgreSQL killed): its PostgresDown reached the lab's receiver
         assert replica_alert is not None and replica_alert["latency_s"] is not None, replica_alert
         print(f"\nthe replica {replica_alert['server']} stopped -> PostgresDown at the lab's receiver in "
@@ -143,6 +151,19 @@ def test_rehearse_runs_the_whole_runbook_in_a_fresh_lab_and_leaves_nothing(tmp_p
         assert watch.samples > 100, watch.samples
         assert not watch.found(secrets), watch.found(secrets)
         print(out[-1500:])
+
+
+def _backup_on_the_leader(lab: Lab, status_json: str) -> subprocess.CompletedProcess[str]:
+    """An incremental backup on the leader (the server `hcbpg status` measured out of recovery), pgBackRest's
+    console at info: with backup-standby it logs waiting for the standby's replay, then 'replay on the standby
+    reached'."""
+    report = json.loads(status_json)
+    leader = next(m["server"] for m in report["measurements"] if not m.get("in_recovery"))
+    res = lab.exec(leader, ["pgbackrest", "--stanza=hcb_production", "--type=incr", "--log-level-console=info",
+                            "backup"], user="postgres", timeout=600)
+    print(f"\nbackup on the leader {leader}: exit {res.returncode}; "
+          + "; ".join(ln.split("INFO: ")[-1] for ln in res.stdout.splitlines() if "standby" in ln)[:600])
+    return res
 
 
 def _stop_the_replica_and_wait_for_its_alert(lab: Lab, status_json: str, timeout: float = 180.0) -> dict:
