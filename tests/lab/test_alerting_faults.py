@@ -78,7 +78,8 @@ def params(lab, primary_stage, receiver: Receiver):
     jb_ip = cfg.address(JUMPBOX_OFFSET)
     p = parse_params(lab_params(
         lab, [(STAGE_PRIMARY, cfg.address(STAGE_PRIMARY_OFFSET), "primary")],
-        pgbackrest=pgbackrest_section(lab, archive_push_timeout=ARCHIVE_PUSH_TIMEOUT_S),
+        pgbackrest=pgbackrest_section(lab, archive_push_timeout=ARCHIVE_PUSH_TIMEOUT_S,
+                                      repo_path_prefix="/pgbackrest-alerting-faults"),  # this module's own
         jumpbox={"name": JUMPBOX, "private_ip": jb_ip, "ssh_host": jb_ip}, alerting=receiver.alerting_section()))
     primary_stage.clone()
     create_server_host(JUMPBOX, jb_ip, [lab.ssh_key.with_suffix(".pub").read_text()], lab_dir=str(lab.lab_dir))

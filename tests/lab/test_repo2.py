@@ -55,7 +55,7 @@ def repo2_section(lab) -> dict:  # noqa: ANN001
     return {"s3_bucket": S3B_BUCKET, "s3_endpoint": cfg.s3b_endpoint.removeprefix("https://"),
             "s3_region": "us-east-1", "s3_uri_style": "path", "s3_ca_file": str(cfg.ca_cert),
             "s3_key": f"file:{cfg.secret_path('s3b-key')}", "s3_key_secret": f"file:{cfg.secret_path('s3b-key-secret')}",
-            "cipher_pass": f"file:{cfg.secret_path('cipher-pass-2')}", "repo_path_prefix": "/pgbackrest-2",
+            "cipher_pass": f"file:{cfg.secret_path('cipher-pass-2')}", "repo_path_prefix": "/pgbackrest-repo2-test-2",
             "retention_full_type": "count", "retention_full": 2,
             "schedule_full": "30 7 * * 0", "schedule_diff": "30 7 * * 1-6"}
 
@@ -73,7 +73,9 @@ def params(lab, monkeypatch_module, primary_stage):
     assert lab.status()["services"]["s3b"]["running"], lab.status()["services"]
     ip = primary_stage.clone()
     p = parse_params(lab_params(lab, [(NAME, ip, "primary")], pgbackrest=pgbackrest_section(
-        lab, archive_push_queue_max=QUEUE_MAX, repo2=repo2_section(lab))))
+        lab, archive_push_queue_max=QUEUE_MAX, repo2=repo2_section(lab),
+        # this module's own prefixes: a stanza another module's cluster left under the default one is not ours
+        repo_path_prefix="/pgbackrest-repo2-test")))
     yield p
     destroy_server_host(NAME, lab_dir=str(lab.lab_dir))
     destroy_server_host(LAB_DRILL_NAME, lab_dir=str(lab.lab_dir))
