@@ -5,18 +5,37 @@ request a JSON line) taking the alerts (a webhook receiver) and the Heartbeat (t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets as pysecrets
 import socket
 import subprocess
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hcbpg.adapters.host import Host
 from hcbpg.lab import deadman
+from hcbpg.params import Params
 
 HEARTBEAT_S = 2.0
+
+
+@contextlib.contextmanager
+def open_hosts(params: Params, echo: Callable[[str], None]) -> Iterator[dict[str, Host]]:
+    """An open Host for the params' primary and its jumpbox (what each prints goes to *echo*), closed after."""
+    assert params.jumpbox is not None
+    hs = {params.primary.name: Host.from_params(params, params.primary.name, params.primary.private_ip),
+          params.jumpbox.name: Host.from_params(params, params.jumpbox.name, params.jumpbox.private_ip)}
+    for h in hs.values():
+        h.echo = echo
+    try:
+        yield hs
+    finally:
+        for h in hs.values():
+            h.close()
 #: the lab's settings (issue 25's performance figures are taken with them)
 LAB_ALERTING: dict[str, Any] = {
     "scrape_interval": "2s", "evaluation_interval": "2s", "for_duration": "4s", "group_wait": "1s",

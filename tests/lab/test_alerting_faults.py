@@ -50,7 +50,7 @@ from hcbpg.steps import pgbackrest as step05
 from hcbpg.steps import restore_drill
 from hcbpg.steps import start_archiving as step08
 
-from alerting_stage import Receiver, received, start_receiver, wait_received
+from alerting_stage import Receiver, open_hosts, received, start_receiver, wait_received
 from labparams import lab_params, pgbackrest_section
 from stages import STAGE_PRIMARY, STAGE_PRIMARY_OFFSET
 
@@ -90,14 +90,8 @@ def params(lab, primary_stage, receiver: Receiver):
 
 @pytest.fixture(scope="module")
 def hosts(params):
-    assert params.jumpbox is not None
-    hs = {STAGE_PRIMARY: Host.from_params(params, STAGE_PRIMARY, params.primary.private_ip),
-          JUMPBOX: Host.from_params(params, JUMPBOX, params.jumpbox.private_ip)}
-    for h in hs.values():
-        h.echo = OUTPUT.append
-    yield hs
-    for h in hs.values():
-        h.close()
+    with open_hosts(params, OUTPUT.append) as hs:
+        yield hs
 
 
 @pytest.fixture(scope="module")

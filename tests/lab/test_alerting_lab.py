@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hcbpg.adapters.host import Host
 from hcbpg.adapters.secretstore import SecretStore
 from hcbpg.adapters.services import ServiceControl
 from hcbpg.desired import alerting as al
@@ -34,7 +33,7 @@ from hcbpg.ops import monitoring, privileges
 from hcbpg.params import parse_params
 from hcbpg.steps import alerting as step
 
-from alerting_stage import HEARTBEAT_S, LAB_ALERTING, received, start_receiver, wait_received
+from alerting_stage import HEARTBEAT_S, LAB_ALERTING, open_hosts, received, start_receiver, wait_received
 from labparams import lab_params
 from stages import STAGE_PRIMARY, STAGE_PRIMARY_OFFSET, cli, latest_manifest, latest_run_dir
 
@@ -83,14 +82,8 @@ def params(lab, primary_stage, receiver):
 
 @pytest.fixture(scope="module")
 def hosts(params):
-    assert params.jumpbox is not None
-    hs = {STAGE_PRIMARY: Host.from_params(params, STAGE_PRIMARY, params.primary.private_ip),
-          JUMPBOX: Host.from_params(params, JUMPBOX, params.jumpbox.private_ip)}
-    for h in hs.values():
-        h.echo = OUTPUT.append
-    yield hs
-    for h in hs.values():
-        h.close()
+    with open_hosts(params, OUTPUT.append) as hs:
+        yield hs
 
 
 @pytest.fixture(scope="module")
