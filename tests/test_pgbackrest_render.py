@@ -23,30 +23,7 @@ from hcbpg.pg.pgbackrest import restore_options
 from hcbpg.steps.restore_drill import drill_target
 
 from goldenfile import GOLDEN, golden
-
-BASE = {
-    "environment": "lab",
-    "hetzner": {"token": "env:HCBPG_TEST_TOKEN", "ssh_public_key_file": "/dev/null"},
-    "network": {"ip_range": "10.0.0.0/16", "subnet": "10.0.1.0/24"},
-    "servers": [{"name": "server-postgres-1", "private_ip": "10.0.1.5", "role": "primary"},
-                {"name": "server-postgres-2", "private_ip": "10.0.1.6", "role": "replica"}],
-    "postgres": {"app_role_password": "env:HCBPG_TEST_APP_PW"},
-}
-LAB_PB = {
-    "s3_endpoint": "10.0.1.1:9443", "s3_uri_style": "path", "s3_ca_file": "/var/lib/hcbpg-lab/tls/ca.crt",
-    "s3_key": "env:HCBPG_TEST_S3_KEY", "s3_key_secret": "env:HCBPG_TEST_S3_SECRET",
-    "cipher_pass": "env:HCBPG_TEST_CIPHER", "process_max": 2, "block": False,
-}
-PRODUCTION_PB = {
-    "s3_key": "op://HCB Engineering/Hetzner Object Storage pgbackrest/access key",
-    "s3_key_secret": "op://HCB Engineering/Hetzner Object Storage pgbackrest/secret key",
-    "cipher_pass": "op://HCB Engineering/pgBackRest repo cipher/password", "block": True,
-}
-
-
-def params(pb: dict, environment: str = "lab"):
-    return parse_params({**BASE, "environment": environment, "pgbackrest": pb})
-
+from pgbackrest_params import BASE, LAB_PB, PRODUCTION_PB, params
 
 # pgbackrest.conf ----------------------------------------------------------------------------
 

@@ -15,25 +15,13 @@ from hcbpg.desired import backups as pgb_paths
 from hcbpg.desired import pgbackrest as desired_pgbackrest
 from hcbpg.desired import schedule
 from hcbpg.errors import ParamsError
-from hcbpg.params import S3Repo, parse_params
+from hcbpg.params import S3Repo
 from hcbpg.pg import pgbackrest as pgb
 from hcbpg.pg.pgbackrest import restore_options
 
 from goldenfile import GOLDEN, golden
+from pgbackrest_params import LAB_PB, params
 
-BASE = {
-    "environment": "lab",
-    "hetzner": {"token": "env:HCBPG_TEST_TOKEN", "ssh_public_key_file": "/dev/null"},
-    "network": {"ip_range": "10.0.0.0/16", "subnet": "10.0.1.0/24"},
-    "servers": [{"name": "server-postgres-1", "private_ip": "10.0.1.5", "role": "primary"},
-                {"name": "server-postgres-2", "private_ip": "10.0.1.6", "role": "replica"}],
-    "postgres": {"app_role_password": "env:HCBPG_TEST_APP_PW"},
-}
-LAB_PB = {
-    "s3_endpoint": "10.0.1.1:9443", "s3_uri_style": "path", "s3_ca_file": "/var/lib/hcbpg-lab/tls/ca.crt",
-    "s3_key": "env:HCBPG_TEST_S3_KEY", "s3_key_secret": "env:HCBPG_TEST_S3_SECRET",
-    "cipher_pass": "env:HCBPG_TEST_CIPHER", "process_max": 2, "block": False,
-}
 REPO2 = {
     "s3_bucket": "hcb-production-postgres-2", "s3_endpoint": "10.0.1.250:9444", "s3_region": "us-east-1",
     "s3_uri_style": "path", "s3_ca_file": "/var/lib/hcbpg-lab/tls/ca.crt",
@@ -45,10 +33,6 @@ REPO2 = {
 SECRETS = {"HCBPG_TEST_S3_KEY": "AKIAREPO1KEY0000000", "HCBPG_TEST_S3_SECRET": "repo1-secret-value-planted-1",
            "HCBPG_TEST_CIPHER": "repo1-passphrase-planted", "HCBPG_TEST_S3B_KEY": "AKIAREPO2KEY0000000",
            "HCBPG_TEST_S3B_SECRET": "repo2-secret-value-planted-2", "HCBPG_TEST_CIPHER2": "repo2-passphrase-planted"}
-
-
-def params(pb: dict, environment: str = "lab"):
-    return parse_params({**BASE, "environment": environment, "pgbackrest": pb})
 
 
 @pytest.fixture
