@@ -7,8 +7,11 @@ share a server; the rest (API token, SSH key, app host, secrets) is the lab's.
 from __future__ import annotations
 
 import os
+import re
 import secrets as stdlib_secrets
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from hcbpg.lab.core import S3_BUCKET
@@ -57,9 +60,39 @@ def tls_section(lab) -> dict:  # noqa: ANN001
             "ca_key": f"file:{lab.cfg.secret_path('postgres-ca-key')}"}
 
 
+#: the shared helpers a lab module calls pgbackrest_section through: the module that owns a repository is the first
+#: caller outside them
+_HELPER_FILES = frozenset({"labparams.py", "ha_stage.py", "stages.py", "alerting_stage.py"})
+
+
+def calling_module(skip: int = 1) -> str:
+    """The file stem of the first caller outside this module's helpers (a test module, a bench script): whose
+    repository a section is.  *skip* frames are this function's own callers inside labparams."""
+    frame = sys._getframe(skip + 1)
+    while frame is not None:
+        path = Path(frame.f_code.co_filename)
+        if path.name not in _HELPER_FILES and not path.name.startswith("<") and "_pytest" not in path.parts \
+                and "pluggy" not in path.parts:
+            return path.stem
+        frame = frame.f_back  # type: ignore[assignment]
+    raise RuntimeError("pgbackrest_section: no calling module outside the lab's helpers")
+
+
+def default_repo_path_prefix(module: str) -> str:
+    """The repository prefix of *module* in the worker's shared S3 store: ``/pgbackrest-<module>`` (its stem,
+    ``_`` as ``-``), so that two modules never share a stanza there unless one names the other's prefix."""
+    return "/pgbackrest-" + re.sub(r"[^a-z0-9-]", "-", module.lower().replace("_", "-")).strip("-")
+
+
 def pgbackrest_section(lab, **overrides: Any) -> dict:  # noqa: ANN001
-    """pgBackRest against the lab's S3 store (TLS with the lab CA, path-style), secrets from the lab."""
+    """pgBackRest against the lab's S3 store (TLS with the lab CA, path-style), secrets from the lab.
+
+    The lab modules of a worker share its S3 store: the repository's prefix is the calling module's own
+    (:func:`default_repo_path_prefix` of the first caller outside the helpers, e.g. ``/pgbackrest-test-backups``)
+    unless *overrides* name one (``repo_path_prefix=...``): a module that forgets cannot use another's stanza (two
+    did in CI: 'stanza hcb_production: different across repos', archiving that never went on)."""
     cfg = lab.cfg
+    overrides.setdefault("repo_path_prefix", default_repo_path_prefix(calling_module()))
     return {"s3_bucket": S3_BUCKET, "s3_endpoint": cfg.s3_endpoint.removeprefix("https://"),
             "s3_region": "fsn1", "s3_uri_style": "path", "s3_ca_file": str(cfg.ca_cert),
             "s3_key": f"file:{cfg.secret_path('s3-key')}",

@@ -171,7 +171,8 @@ def _bucket_keys(lab, params):
                       aws_access_key_id=resolve(pb.s3_key), aws_secret_access_key=resolve(pb.s3_key_secret),
                       verify=str(lab.cfg.ca_cert), config=Config(s3={"addressing_style": "path"}))
     keys = []
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=pb.s3_bucket, Prefix="pgbackrest/hcb_production/"):
+    prefix = f"{pb.repo_path_prefix.strip('/')}/hcb_production/"  # the module's own (labparams.pgbackrest_section)
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=pb.s3_bucket, Prefix=prefix):
         keys += [o["Key"] for o in page.get("Contents", [])]
     return keys
 
