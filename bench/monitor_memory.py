@@ -42,11 +42,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import secrets as pysecrets
 import shlex
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -59,6 +56,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "lab"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from _report import log_line  # noqa: E402
 
 from hcbpg.adapters.host import Host  # noqa: E402
 from hcbpg.adapters.secretstore import SecretStore  # noqa: E402
@@ -95,26 +94,9 @@ PATRONI_SAMPLES = 21
 HEAD_HOURS = 3.0
 
 
-def log_line(text: str) -> None:
-    print(f"{time.strftime('%H:%M:%S')} {text}", flush=True)
-
-
 def production_alerting() -> dict[str, Any]:
     """params/production.yaml's alerting section (its intervals and retention are what is measured)."""
     return dict(yaml.safe_load((REPO / "params" / "production.yaml").read_text())["alerting"])
-
-
-def _free_port(ip: str) -> int:
-    with socket.socket() as s:
-        s.bind((ip, 0))
-        return int(s.getsockname()[1])
-
-
-def _secret_file(path: Path, value: str) -> str:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(value + "\n")
-    return f"file:{path}"
 
 
 @dataclass
@@ -122,7 +104,7 @@ class Setup:
     lab: Lab
     params: Params
     hosts: dict[str, Host]
-    receiver: Any
+    receiver: deadman.Receiver
     tmp: Path
 
 
@@ -135,18 +117,13 @@ def build(lab: Lab, tmp: Path, prod: dict[str, Any]) -> Setup:
     cfg = lab.cfg
     jb_ip = cfg.address(JUMPBOX_OFFSET)
     create_server_host(JUMPBOX, jb_ip, [lab.ssh_key.with_suffix(".pub").read_text()], lab_dir=str(lab.lab_dir))
-    port = _free_port(cfg.gateway_ip)
-    receiver = deadman.start(cfg.gateway_ip, port, tmp / "received.jsonl")
-    base = f"http://{cfg.gateway_ip}:{port}"
-    refs = {"hook": _secret_file(tmp / "hook-url", f"{base}/alerts/{pysecrets.token_hex(12)}"),
-            "deadman": _secret_file(tmp / "deadman-url", f"{base}/deadman/{pysecrets.token_hex(12)}")}
-    alerting: dict[str, Any] = {k: prod[k] for k in ("scrape_interval", "evaluation_interval", "retention", "for_duration",
-                                     "group_wait", "group_interval", "repeat_interval", "heartbeat_interval")
-                if k in prod}
-    alerting.update(receivers={"webhook": {"url": refs["hook"]}}, heartbeat_url=refs["deadman"])
+    # the lab's receiver (hcbpg.lab.deadman, as the alerting lab modules start it) with production's settings
+    receiver = deadman.start_receiver(cfg.gateway_ip, tmp, settings={
+        k: prod[k] for k in ("scrape_interval", "evaluation_interval", "retention", "for_duration", "group_wait",
+                             "group_interval", "repeat_interval", "heartbeat_interval") if k in prod})
     params = parse_params(lab_params(lab, [(STAGE_PRIMARY, cfg.address(STAGE_PRIMARY_OFFSET), "primary")],
                                      jumpbox={"name": JUMPBOX, "private_ip": jb_ip, "ssh_host": jb_ip},
-                                     alerting=alerting))
+                                     alerting=receiver.alerting_section()))
     hosts = {STAGE_PRIMARY: Host.from_params(params, STAGE_PRIMARY, params.primary.private_ip),
              JUMPBOX: Host.from_params(params, JUMPBOX, jb_ip)}
     for h in hosts.values():
@@ -408,8 +385,7 @@ def main() -> int:
         if s is not None:
             for h in s.hosts.values():
                 h.close()
-            s.receiver.terminate()
-            s.receiver.wait(timeout=10)
+            s.receiver.stop()
         shutil.rmtree(tmp, ignore_errors=True)  # the stage's snapshot, the receiver's log and secret URLs
         if a.keep:
             print(f"lab kept: {lab.lab_dir}")

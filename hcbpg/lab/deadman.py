@@ -4,6 +4,10 @@ style URLs) as one JSON line, so tests can see what the scheduled backup job rep
 Run as ``python -m hcbpg.lab.deadman --bind 10.0.1.1 --port 8781 --log FILE``; any path is
 accepted: ``.../start`` is a start ping, ``.../fail`` or ``.../<non-zero number>`` (or
 ``?status=N`` with N > 0) a failure, anything else a success.
+
+:func:`start_receiver` starts it as Alertmanager's webhook receiver and the Heartbeat's dead-man together, at two
+secret URLs (a token in each path, written to 0600 files and handed to params as ``file:`` references): what the
+alerting lab modules (tests/lab/alerting_stage.py) and bench/monitor_memory.py point a monitor at.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -18,9 +23,13 @@ import sys
 import threading
 import time
 import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+from hcbpg.lab.core import atomic_write
 
 MAX_BODY = 10_000
 
@@ -117,6 +126,55 @@ def start(bind: str, port: int, log: str | os.PathLike[str], *, timeout: float =
             time.sleep(0.05)
     proc.terminate()
     raise RuntimeError(f"dead-man receiver did not listen on {bind}:{port} within {timeout}s")
+
+
+def free_port(ip: str) -> int:
+    """A TCP port free on *ip* now (the kernel's pick)."""
+    with socket.socket() as s:
+        s.bind((ip, 0))
+        return int(s.getsockname()[1])
+
+
+def secret_file(path: Path, value: str) -> str:
+    """*value* in a 0600 file at *path*; its ``file:`` reference, for params."""
+    atomic_write(path, value + "\n", 0o600)
+    return f"file:{path}"
+
+
+@dataclass
+class Receiver:
+    """A running receiver: its log (a JSON line a request), the secret references of its two URLs (``hook``: the
+    alerts, ``deadman``: the Heartbeat), their secret parts (to scan outputs for), its process, and the alerting
+    settings its :meth:`alerting_section` starts from."""
+
+    log: Path
+    refs: dict[str, str]
+    values: list[str]
+    proc: subprocess.Popen[bytes]
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+    def alerting_section(self, **overrides: Any) -> dict[str, Any]:
+        """params' ``alerting`` section: the settings, the webhook receiver and the heartbeat URL, *overrides*."""
+        return {**self.settings, "receivers": {"webhook": {"url": self.refs["hook"]}},
+                "heartbeat_url": self.refs["deadman"], **overrides}
+
+    def stop(self) -> None:
+        """End the receiver (SIGTERM, by its own process)."""
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+def start_receiver(bind: str, where: Path, *, settings: Mapping[str, Any] | None = None) -> Receiver:
+    """The receiver on *bind* (the lab bridge's address: the jumpbox reaches it) on a free port, its log and the
+    0600 files of its two URLs under *where*; *settings*: the alerting section's other keys."""
+    port = free_port(bind)
+    log = where / "received.jsonl"
+    proc = start(bind, port, log)
+    base = f"http://{bind}:{port}"
+    hook = f"{base}/alerts/{secrets.token_hex(12)}"
+    dead = f"{base}/deadman/{secrets.token_hex(12)}"
+    refs = {"hook": secret_file(where / "hook-url", hook), "deadman": secret_file(where / "deadman-url", dead)}
+    return Receiver(log, refs, [hook.rsplit("/", 1)[1], dead.rsplit("/", 1)[1]], proc, dict(settings or {}))
 
 
 def main(argv: list[str] | None = None) -> int:

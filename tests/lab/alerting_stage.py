@@ -6,18 +6,14 @@ request a JSON line) taking the alerts (a webhook receiver) and the Heartbeat (t
 from __future__ import annotations
 
 import contextlib
-import os
-import secrets as pysecrets
-import socket
-import subprocess
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hcbpg.adapters.host import Host
 from hcbpg.lab import deadman
+from hcbpg.lab.deadman import Receiver
 from hcbpg.params import Params
 
 HEARTBEAT_S = 2.0
@@ -42,47 +38,9 @@ LAB_ALERTING: dict[str, Any] = {
     "group_interval": "2s", "repeat_interval": "1m", "heartbeat_interval": f"{HEARTBEAT_S:g}s"}
 
 
-def free_port(ip: str) -> int:
-    with socket.socket() as s:
-        s.bind((ip, 0))
-        return int(s.getsockname()[1])
-
-
-def secret_file(path: Path, value: str) -> str:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(value + "\n")
-    return f"file:{path}"
-
-
-@dataclass
-class Receiver:
-    """The receiver's log, the two secret references, their secret parts (to scan outputs for) and the process."""
-
-    log: Path
-    refs: dict[str, str]
-    values: list[str]
-    proc: subprocess.Popen[bytes]
-
-    def alerting_section(self, **overrides: Any) -> dict[str, Any]:
-        return {**LAB_ALERTING, "receivers": {"webhook": {"url": self.refs["hook"]}},
-                "heartbeat_url": self.refs["deadman"], **overrides}
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
-
-
 def start_receiver(gateway_ip: str, where: Path) -> Receiver:
-    """The receiver on *gateway_ip* (the lab bridge's address: the jumpbox reaches it), its files under *where*."""
-    port = free_port(gateway_ip)
-    log = where / "received.jsonl"
-    proc = deadman.start(gateway_ip, port, log)
-    base = f"http://{gateway_ip}:{port}"
-    hook = f"{base}/alerts/{pysecrets.token_hex(12)}"
-    dead = f"{base}/deadman/{pysecrets.token_hex(12)}"
-    refs = {"hook": secret_file(where / "hook-url", hook), "deadman": secret_file(where / "deadman-url", dead)}
-    return Receiver(log, refs, [hook.rsplit("/", 1)[1], dead.rsplit("/", 1)[1]], proc)
+    """The receiver (hcbpg.lab.deadman.start_receiver) on *gateway_ip*, its files under *where*, the lab's settings."""
+    return deadman.start_receiver(gateway_ip, where, settings=LAB_ALERTING)
 
 
 def received(log: Path, since: float, kind: str, *needles: str) -> list[dict]:
