@@ -5,8 +5,8 @@ The cluster is what step 10 makes (``tests/lab/ha_stage.build_ha_cluster``), wit
 then turned on (``ensure_pgbackrest_server`` on both servers: pgBackRest's TLS server, pg2 in each
 pgbackrest.conf).  The database is grown with ``pgbench -i -s SCALE`` on the leader (``--scale``, 15 MB a step) so
 that a full backup lasts long enough to be measured.  The app is the lab's app host writing through the handed-out
-``DATABASE_URL`` (the lab app's ActiveRecord insert, ``bench/backup_latency_writer.rb``: each insert timed from
-sending to its answer), at ``--rate`` a second, all through the run.  Phases, one after the other in the same run:
+``DATABASE_URL`` (the lab's ActiveRecord writer, ``hcbpg/lab/ar_load.rb`` with ``latency=on``: each insert timed
+from sending to its answer), at ``--rate`` a second, all through the run.  Phases, one after the other in the same run:
 
 * ``none-N``: ``--quiet`` seconds without a backup, before and after every backup (the references);
 * ``primary-R``: a full backup with ``--no-backup-standby`` (every file read on the primary);
@@ -35,13 +35,15 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "lab"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from _report import log_line, percentile, print_table, quiet  # noqa: E402
 
 from hcbpg.adapters.host import Host  # noqa: E402
 from hcbpg.desired import backups as desired_backups  # noqa: E402
@@ -58,52 +60,15 @@ from hcbpg.secrets import resolve  # noqa: E402
 import ha_stage as hs  # noqa: E402
 from stages import build_primary_stage  # noqa: E402
 
-WRITER_SCRIPT = "/opt/hcbpg-bench/backup_latency_writer.rb"
 PGBENCH = "/usr/lib/postgresql/15/bin/pgbench"
 
 
-def quiet(_: str) -> None:
-    pass
-
-
-def log_line(text: str) -> None:
-    print(f"{time.strftime('%H:%M:%S')} {text}", flush=True)
-
-
-@dataclass(frozen=True)
-class Write:
-    t_ms: int
-    latency_us: int
-    server: str
-
-
-def parse_writes(text: str) -> tuple[list[Write], list[int]]:
-    """The writer's ``w T_MS LATENCY_US SERVER`` lines and the times of its ``e`` lines."""
-    writes, errors = [], []
-    for line in text.splitlines():
-        f = line.split()
-        if len(f) == 4 and f[0] == "w" and f[1].isdigit() and f[2].isdigit():
-            writes.append(Write(int(f[1]), int(f[2]), f[3]))
-        elif len(f) >= 2 and f[0] == "e" and f[1].isdigit():
-            errors.append(int(f[1]))
-    return writes, errors
-
-
-def percentile(values: list[float], q: float) -> float:
-    """The *q* quantile (0..1) by linear interpolation between the nearest ranks."""
-    s = sorted(values)
-    if not s:
-        return float("nan")
-    k = (len(s) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
-
-
-def phase_row(name: str, writes: list[Write], errors: list[int], start_ms: int, end_ms: int,
-              backup_s: float | None) -> dict[str, Any]:
-    lat = [w.latency_us / 1000 for w in writes if start_ms <= w.t_ms < end_ms]
+def phase_row(name: str, writes: Sequence[app_load.Ack], errors: Sequence[app_load.WriteError], start_ms: int,
+              end_ms: int, backup_s: float | None) -> dict[str, Any]:
+    """The writes sent within [*start_ms*, *end_ms*): how many, their latency's percentiles (ms), the errors."""
+    lat = [w.latency_us / 1000 for w in writes if w.latency_us is not None and start_ms <= w.sent_ms < end_ms]
     return {"phase": name, "seconds": round((end_ms - start_ms) / 1000, 1), "writes": len(lat),
-            "errors": len([e for e in errors if start_ms <= e < end_ms]),
+            "errors": len([e for e in errors if start_ms <= e.t_ms < end_ms]),
             "p50_ms": round(percentile(lat, 0.5), 2), "p95_ms": round(percentile(lat, 0.95), 2),
             "p99_ms": round(percentile(lat, 0.99), 2), "max_ms": round(max(lat), 2) if lat else float("nan"),
             "mean_ms": round(statistics.fmean(lat), 2) if lat else float("nan"), "backup_s": backup_s}
@@ -132,24 +97,8 @@ class Bench:
             raise RuntimeError(f"the backup with backup-standby did not use the standby: {said}")
         return took, "; ".join(s.split("INFO: ", 1)[-1] for s in said)
 
-    def writes(self) -> tuple[list[Write], list[int]]:
-        return parse_writes(self.app.read_text(self.writer.log) or "")
-
-
-def start_writer(app: Host, rate: float) -> app_load.Writer:
-    writer = app_load.Writer("bench-backup-latency")
-    script = (Path(__file__).resolve().parent / "backup_latency_writer.rb").read_text()
-    app.run(f"install -d -m 0755 {WRITER_SCRIPT.rsplit('/', 1)[0]}", quiet=True)
-    app.put_text(WRITER_SCRIPT, script, mode=0o644)
-    argv = ["/usr/bin/ruby", WRITER_SCRIPT, f"env_file={app_load.AR_ENV_FILE}", "var=DATABASE_URL",
-            f"log={writer.log}", f"rate={rate:g}"]
-    app.run(app_load.render_start_detached(writer, argv), display=f"start {writer.name} on {app.name}")
-    deadline = time.monotonic() + 15
-    while app_load.writer_pid(app, writer) is None:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the writer did not start: {(app.read_text(writer.stderr) or '')[-300:]}")
-        time.sleep(0.1)
-    return writer
+    def writes(self) -> app_load.LoadLog:
+        return app_load.read_writer_log(self.app, self.writer)
 
 
 def build(lab: Lab, rate: float, scale: int) -> Bench:
@@ -185,7 +134,7 @@ def build(lab: Lab, rate: float, scale: int) -> Bench:
     urls = dm.render_role_urls(params, {"DATABASE_URL": ("rails", password)},
                                path=lab.lab_dir / "bench-app-database-urls.env", target="the lab app")
     app_load.put_env_file(app, urls.text)
-    writer = start_writer(app, rate)
+    writer = app_load.start_ar_writer(app, name="bench-backup-latency", rate=rate, pg_async=False, latency=True)
     return Bench(lab, params, cluster, app, writer)
 
 
@@ -212,14 +161,15 @@ def run_phases(b: Bench, *, quiet_s: float, rounds: int) -> list[dict[str, Any]]
             log_line(f"full backup from the {name}: {took:.1f} s ({said})")
             time.sleep(1)
             quiet_phase(f"none-{r * 2 + i + 2}")
-    writes, errors = b.writes()
+    log = b.writes()
+    writes, errors = log.acks, log.errors
     rows = [phase_row(name, writes, errors, s, e, took) for name, s, e, took in marks]
     for i, row in enumerate(rows):
         if row["backup_s"] is None:
             continue
         # the quiet phases just before and after this backup, their writes together
-        before = [w for w in writes if marks[i - 1][1] <= w.t_ms < marks[i - 1][2]]
-        after = [w for w in writes if marks[i + 1][1] <= w.t_ms < marks[i + 1][2]]
+        before = [w for w in writes if marks[i - 1][1] <= w.sent_ms < marks[i - 1][2]]
+        after = [w for w in writes if marks[i + 1][1] <= w.sent_ms < marks[i + 1][2]]
         ref = phase_row("ref", before + after, [], 0, 2 ** 62, None)
         row["ref_p50_ms"], row["ref_p95_ms"] = ref["p50_ms"], ref["p95_ms"]
         row["p50_x"] = round(row["p50_ms"] / ref["p50_ms"], 2) if ref["p50_ms"] else None
@@ -235,14 +185,10 @@ def run_phases(b: Bench, *, quiet_s: float, rounds: int) -> list[dict[str, Any]]
 
 
 def report(rows: list[dict[str, Any]]) -> None:
-    cols = ["phase", "backup_s", "seconds", "writes", "errors", "p50_ms", "p95_ms", "p99_ms", "max_ms", "ref_p50_ms",
-            "ref_p95_ms", "p50_x", "p95_x"]
-    print()
-    print(" | ".join(f"{c:>10}" for c in cols))
-    for r in rows:
-        print(" | ".join(f"{'-' if r.get(c) is None else r[c]!s:>10}" for c in cols))
-    print("p50_x, p95_x: a backup's p50 and p95 against ref_p50_ms and ref_p95_ms, the writes of the phases without a "
-          "backup just before and after it, in the same run")
+    print_table(rows, ["phase", "backup_s", "seconds", "writes", "errors", "p50_ms", "p95_ms", "p99_ms", "max_ms",
+                       "ref_p50_ms", "ref_p95_ms", "p50_x", "p95_x"],
+                note="p50_x, p95_x: a backup's p50 and p95 against ref_p50_ms and ref_p95_ms, the writes of the phases "
+                     "without a backup just before and after it, in the same run")
 
 
 def main() -> int:

@@ -12,7 +12,8 @@ Issue 28 adds two writers that run detached on a host, started and stopped by th
 
 * the **ActiveRecord writer** (:func:`start_ar_writer`, ``ar_load.rb``): what HCB's Rails app does with the
   handed-out ``DATABASE_URL`` (the opaque multi-host form), read from a 0600 env file on the app host, never
-  from a command line.  Each acknowledged insert is logged ``i ID T_MS SERVER``; an error ``e T_MS CLASS``,
+  from a command line.  Each acknowledged insert is logged ``i ID T_MS SERVER`` (``latency=True``: then its latency
+  in microseconds, what bench/backup_latency.py measures); an error ``e T_MS CLASS``,
   after which it disconnects and tries again 50 ms later; ``mode="read"`` logs ``r T_MS SERVER`` per answer
   (Blazer's ``prefer-standby`` URL);
 * the **local writer** (:func:`start_local_writer`): ``psql`` over a database server's unix socket, same log
@@ -76,11 +77,18 @@ STOP_COMMAND = (f"touch {STOP}; for i in $(seq 300); do tail -1 {LOG} 2>/dev/nul
 
 @dataclass(frozen=True)
 class Ack:
-    """One acknowledged insert: the row's id, the wall-clock milliseconds at the ack, the server's address."""
+    """One acknowledged insert: the row's id, the wall-clock milliseconds at the ack, the server's address, and
+    (the ActiveRecord writer with ``latency=True``) microseconds from sending it to its answer."""
 
     id: int
     t_ms: int
     server: str
+    latency_us: int | None = None
+
+    @property
+    def sent_ms(self) -> int:
+        """When the insert was sent: the ack's time less its latency (the ack's time when it was not timed)."""
+        return self.t_ms - (self.latency_us or 0) // 1000
 
 
 @dataclass(frozen=True)
@@ -124,7 +132,7 @@ class LoadLog:
 
 
 def parse_log(text: str) -> LoadLog:
-    """The log of either load: ``i ID`` / ``u ID MEMO`` (the shell load), ``i ID T_MS SERVER``, ``e T_MS CLASS``,
+    """The log of either load: ``i ID`` / ``u ID MEMO`` (the shell load), ``i ID T_MS SERVER [LATENCY_US]``, ``e T_MS CLASS``,
     ``r T_MS SERVER`` (the timed writers), ``stopped``.  A torn last line (the writer killed mid-write) is skipped."""
     log = LoadLog()
     for line in text.splitlines():
@@ -132,8 +140,8 @@ def parse_log(text: str) -> LoadLog:
         try:
             if words[:1] == ["i"] and len(words) == 2:
                 log.inserted.append(int(words[1]))
-            elif words[:1] == ["i"] and len(words) == 4:
-                ack = Ack(int(words[1]), int(words[2]), words[3])
+            elif words[:1] == ["i"] and len(words) in (4, 5):
+                ack = Ack(int(words[1]), int(words[2]), words[3], int(words[4]) if len(words) == 5 else None)
                 log.inserted.append(ack.id)
                 log.acks.append(ack)
             elif line.startswith("u "):
@@ -224,14 +232,16 @@ def _rate(rate: float) -> float:
 
 def render_ar_command(writer: Writer, *, env_file: str = AR_ENV_FILE, var: str = "DATABASE_URL",
                       rate: float = 50.0, users: int = 1000, mode: Literal["write", "read"] = "write",
-                      pg_async: bool = True) -> list[str]:
+                      pg_async: bool = True, latency: bool = False) -> list[str]:
     """The ActiveRecord writer's argv: the env file's path and the variable to read, never a URL.  *pg_async*
     False: the pg gem connects with libpq's blocking call (``PG::Connection.async_api = false``), which moves
-    on from a host that times out; the default asynchronous connect of ruby-pg 1.4.5 does not (#618)."""
+    on from a host that times out; the default asynchronous connect of ruby-pg 1.4.5 does not (#618).  *latency*:
+    each ack's line also has the insert's latency (``Ack.latency_us``; write mode)."""
     if not var.isidentifier() or not var.isupper():
         raise ValueError(f"{var!r} is not an environment variable's name")
     return ["/usr/bin/ruby", AR_SCRIPT, f"env_file={env_file}", f"var={var}", f"log={writer.log}",
-            f"rate={_rate(rate):g}", f"users={int(users)}", f"mode={mode}", f"pg_async={'on' if pg_async else 'off'}"]
+            f"rate={_rate(rate):g}", f"users={int(users)}", f"mode={mode}", f"pg_async={'on' if pg_async else 'off'}",
+            *(["latency=on"] if latency else [])]
 
 
 _LOCAL = r"""
@@ -327,13 +337,14 @@ def _start(host: "HostLike", writer: Writer, argv: Sequence[str], *, user: str, 
 
 def start_ar_writer(host: "HostLike", *, name: str = "ar-load", env_file: str = AR_ENV_FILE,
                     var: str = "DATABASE_URL", rate: float = 50.0, users: int = 1000,
-                    mode: Literal["write", "read"] = "write", pg_async: bool = True) -> Writer:
+                    mode: Literal["write", "read"] = "write", pg_async: bool = True,
+                    latency: bool = False) -> Writer:
     """Put ``ar_load.rb`` on *host* and start it detached (as root), reading *var* from *env_file* (put it there
     first: :func:`put_env_file`); its pid is :func:`writer_pid`.  It writes ``INSERT INTO events`` (the table must
-    exist) at *rate* a second until :func:`stop_writer`."""
+    exist) at *rate* a second until :func:`stop_writer`; *latency*: each ack with its latency (``Ack.latency_us``)."""
     writer = Writer(name)
     argv = render_ar_command(writer, env_file=env_file, var=var, rate=rate, users=users, mode=mode,
-                             pg_async=pg_async)
+                             pg_async=pg_async, latency=latency)
     script = resources.files("hcbpg.lab").joinpath("ar_load.rb").read_text()
     host.run(f"install -d -m 0755 {AR_SCRIPT.rsplit('/', 1)[0]}", quiet=True)
     host.put_text(AR_SCRIPT, script, mode=0o644)

@@ -5,10 +5,12 @@
 # The URL is read from a 0600 env file (NAME='value' lines, as hcbpg hands them out), never from the command
 # line, and set in this process's own environment only.
 #
-#   ruby ar_load.rb env_file=FILE var=DATABASE_URL log=FILE rate=50 users=1000 mode=write|read pg_async=on|off
+#   ruby ar_load.rb env_file=FILE var=DATABASE_URL log=FILE rate=50 users=1000 mode=write|read pg_async=on|off \
+#                   [latency=on|off]
 #
 # write: INSERT INTO events ... RETURNING id and the server's address, at *rate* a second; after each
-# acknowledged commit one line "i ID T_MS SERVER" (T_MS: wall-clock milliseconds at the ack).
+# acknowledged commit one line "i ID T_MS SERVER" (T_MS: wall-clock milliseconds at the ack); latency=on adds
+# the insert's latency: "i ID T_MS SERVER LATENCY_US" (from sending it to its answer, monotonic clock).
 # read:  SELECT the server's address; "r T_MS SERVER" per answer.
 # An error: "e T_MS CLASS" (never the message: it names nothing secret, but a log keeps to what it needs),
 # then the pool is disconnected and the next try comes 50 ms later on a new connection (libpq walks the host
@@ -32,6 +34,8 @@ abort "ar_load: mode must be write or read" unless %w[write read].include?(mode)
 abort "ar_load: rate must be positive" unless rate.positive?
 pg_async = opts.fetch("pg_async", "on")
 abort "ar_load: pg_async must be on or off" unless %w[on off].include?(pg_async)
+latency = opts.fetch("latency", "off")
+abort "ar_load: latency must be on or off" unless %w[on off].include?(latency)
 
 url = nil
 File.foreach(env_file) do |line|
@@ -59,6 +63,10 @@ def now_ms
   Process.clock_gettime(Process::CLOCK_REALTIME, :millisecond)
 end
 
+def mono_us
+  Process.clock_gettime(Process::CLOCK_MONOTONIC, :microsecond)
+end
+
 # the only value in the statement is this loop's own integer
 insert = "INSERT INTO events (user_id, name, properties, created_at) VALUES (%d, 'ar-load', '{}', now()) " \
          "RETURNING id, host(inet_server_addr())"
@@ -69,8 +77,10 @@ until $stop
   n += 1
   begin
     if mode == "write"
+      t0 = mono_us
       row = ActiveRecord::Base.connection.select_rows(format(insert, 1 + (n % users)), "ar-load").first
-      log.puts "i #{row[0]} #{now_ms} #{row[1] || 'local'}"
+      took = mono_us - t0
+      log.puts "i #{row[0]} #{now_ms} #{row[1] || 'local'}#{latency == 'on' ? " #{took}" : ''}"
     else
       addr = ActiveRecord::Base.connection.select_value("SELECT host(inet_server_addr())")
       log.puts "r #{now_ms} #{addr || 'local'}"
