@@ -13,13 +13,16 @@ configuration names); test_server_steps still builds its servers from nothing, a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -58,6 +61,32 @@ class PrimaryStage:
                            input=f"ALTER ROLE rails PASSWORD {quoted};\n", user="postgres", timeout=60)
         assert cp.returncode == 0, cp.stderr[-2000:]
         return self.ip
+
+
+@contextlib.contextmanager
+def primary_and_jumpbox(lab: Lab, primary_stage: PrimaryStage, jumpbox: str, jumpbox_ip: str) -> Iterator[None]:
+    """The stage's clone (PostgreSQL running) and a jumpbox host *jumpbox* at *jumpbox_ip*, made for a module and
+    destroyed at its end (what test_exporters_tls_lab and test_alerting_faults each wrote for themselves)."""
+    try:
+        primary_stage.clone()
+        create_server_host(jumpbox, jumpbox_ip, [lab.ssh_key.with_suffix(".pub").read_text()],
+                           lab_dir=str(lab.lab_dir))
+        yield
+    finally:
+        for name in (primary_stage.name, jumpbox):
+            destroy_server_host(name, lab_dir=str(lab.lab_dir))
+
+
+def start_archiving_with_a_backup(host: Any, params: Any) -> None:
+    """Steps 05 and 08 on the params' primary by their code (pgBackRest, archiving on) and the first full backup
+    as step 08 takes it (the repository is not empty): what a module needing an archiving primary runs first."""
+    from hcbpg.ops import drill
+    from hcbpg.steps import pgbackrest as step05
+    from hcbpg.steps import start_archiving as step08
+
+    step05.configure(host, params, params.primary)
+    step08.start_archiving(host, params, params.primary)
+    drill.ensure_baseline_backup(host, params)
 
 
 def build_primary_stage(lab: Lab, where: Path) -> PrimaryStage:

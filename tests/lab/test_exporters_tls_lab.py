@@ -25,7 +25,6 @@ from hcbpg.desired import roles as desired_roles
 from hcbpg.desired import server as desired_server
 from hcbpg.desired import tls as desired_tls
 from hcbpg.desired.certs import render_ca
-from hcbpg.lab import create_server_host, destroy_server_host
 from hcbpg.ops import alerting as ops_alerting
 from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import config as pg_config
@@ -33,7 +32,7 @@ from hcbpg.ops import monitoring, privileges
 from hcbpg.params import parse_params
 
 from labparams import lab_params
-from stages import STAGE_PRIMARY, STAGE_PRIMARY_OFFSET
+from stages import STAGE_PRIMARY, STAGE_PRIMARY_OFFSET, primary_and_jumpbox
 
 pytestmark = pytest.mark.lab
 
@@ -53,11 +52,8 @@ def params(lab, primary_stage):
         # node exporter is the monitor's (step 15b): its section; the receivers are never used here
         alerting={"receivers": {"webhook": {"url": "https://alerts.lab.invalid/hook"}},
                   "heartbeat_url": "https://deadman.lab.invalid/ping"}))
-    primary_stage.clone()
-    create_server_host(JUMPBOX, jb_ip, [lab.ssh_key.with_suffix(".pub").read_text()], lab_dir=str(lab.lab_dir))
-    yield p
-    for name in (STAGE_PRIMARY, JUMPBOX):
-        destroy_server_host(name, lab_dir=str(lab.lab_dir))
+    with primary_and_jumpbox(lab, primary_stage, JUMPBOX, jb_ip):
+        yield p
 
 
 @pytest.fixture(scope="module")
