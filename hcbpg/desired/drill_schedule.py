@@ -49,6 +49,11 @@ DRILL_SCHEDULE = "17 4 * * 6"
 SHARED_BUFFERS = "128MB"
 #: free space needed: the backup's database size times this
 DISK_FACTOR = 1.2
+#: io-timeout of the job's ``pgbackrest info`` (seconds without progress before a try fails): with the default 60 s
+#: an unreachable repository held the drill about 240 s (pgBackRest retries each file it reads for io-timeout, and
+#: info reads about four) before it failed; 5 s answers in about 20 s, as ``hcbpg status`` and the health job do.
+#: The restore and verify keep pgBackRest's default (a large file may pause longer on a slow link).
+INFO_IO_TIMEOUT_S = 5
 #: Ubuntu's postgresql-common: no automatic 15/main on the jumpbox (its only cluster is the drill's, made by restore)
 NO_MAIN_CLUSTER_PATH = "/etc/postgresql-common/createcluster.d/hcbpg-no-main-cluster.conf"
 BINDIR = "/usr/lib/postgresql/15/bin"
@@ -122,7 +127,8 @@ def render_drill_job_config(params: "Params") -> str:
     cfg = {"stanza": pgbackrest_params(params).stanza, "repos": drill_repos(params),
            "pgbackrest_conf": DRILL_CONF_PATH, "data": DRILL_DATA, "state": DRILL_STATE,
            "socket_dir": DRILL_SOCKET_DIR, "port": DRILL_PORT, "bindir": BINDIR, "textfile": DRILL_JOB_TEXTFILE,
-           "shared_buffers": SHARED_BUFFERS, "disk_factor": DISK_FACTOR, "timeout_s": 6 * 3600, "amcheck": True}
+           "shared_buffers": SHARED_BUFFERS, "disk_factor": DISK_FACTOR, "timeout_s": 6 * 3600, "amcheck": True,
+           "info_io_timeout_s": INFO_IO_TIMEOUT_S}
     return json.dumps(cfg, indent=2, sort_keys=True) + "\n"
 
 

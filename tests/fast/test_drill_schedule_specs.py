@@ -220,3 +220,23 @@ def test_step_12_plans_the_weekly_drill_on_a_dry_run_and_skips_it_without_a_jump
         restore_drill.run_scheduled_drill(_Run(params, dry_run=False))  # type: ignore[arg-type]
     no_jumpbox = parse_params(params_data(pgbackrest=PB))
     assert restore_drill.run_scheduled_drill(_Run(no_jumpbox, dry_run=False)) is None  # type: ignore[arg-type]
+
+
+def test_the_jobs_info_has_a_short_io_timeout_and_an_unreachable_repository_fails_the_drill(monkeypatch):
+    """``pgbackrest info`` with the config's io-timeout (5 s, not pgBackRest's 60: an unreachable repository held the
+    drill about 240 s in the lab before it failed); a repository listed with an error status fails the drill, naming
+    it, before anything is restored; the restore keeps pgBackRest's default."""
+    cfg = json.loads(ds.render_drill_job_config(parse_params(BASE)))
+    assert cfg["info_io_timeout_s"] == ds.INFO_IO_TIMEOUT_S == 5
+    calls: list[list[str]] = []
+    unreachable = json.dumps([{"name": "hcb_production", "backup": [], "db": [], "repo": [
+        {"key": 2, "status": {"code": 99, "message": "[HostConnectError] unable to connect to '10.0.1.250:9444'"}}]}])
+
+    def as_postgres(argv: list[str], *, timeout: float, check: bool = True) -> subprocess.CompletedProcess[str]:
+        calls.append(argv)
+        return subprocess.CompletedProcess(argv, 0, unreachable if "info" in argv else "", "")
+
+    monkeypatch.setattr(job, "as_postgres", as_postgres)
+    with pytest.raises(job.DrillFailed, match="repo2 status 99"):
+        job.drill(cfg, 2)
+    assert len(calls) == 1 and calls[0][-2:] == ["--io-timeout=5", "info"], calls

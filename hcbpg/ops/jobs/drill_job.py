@@ -171,7 +171,10 @@ def read_every_table(cfg: dict[str, Any]) -> dict[str, dict[str, int]]:
 def drill(cfg: dict[str, Any], repo: int) -> dict[str, Any]:
     """One drill of *repo*; raises DrillFailed.  Returns what it found (the state file keeps it)."""
     timeout = float(cfg["timeout_s"])
-    info = newest_backup(pgbackrest(cfg, repo, "--output=json", "info", timeout=600).stdout, cfg["stanza"], repo)
+    # a short io-timeout: an unreachable repository fails the drill in seconds, not after minutes of retries
+    io_timeout = int(cfg.get("info_io_timeout_s", 5))
+    info = newest_backup(pgbackrest(cfg, repo, "--output=json", f"--io-timeout={io_timeout}", "info",
+                                    timeout=600).stdout, cfg["stanza"], repo)
     log(f"repo{repo}: newest backup {info['label']} ({info['type']}, {info['size']} bytes)")
     stop_scratch(cfg)
     empty_data(cfg)
