@@ -29,8 +29,10 @@ if TYPE_CHECKING:  # pragma: no cover
 TLS_DIR = "/etc/pgbackrest/tls"
 CERT = f"{TLS_DIR}/server.crt"
 KEY = f"{TLS_DIR}/server.key"
-#: the server's log when no journal takes its output (pgBackRest also logs under /var/log/pgbackrest)
-SERVER_LOG = "/var/log/pgbackrest/tls-server.log"
+#: the server's log when no journal takes its output (pgBackRest also logs under /var/log/pgbackrest); a directory of
+#: its own: the detached start makes its log's directory postgres's 0750, which /var/log/pgbackrest (0770, step 05's
+#: paths) must not become, or every later run of steps 05/10 "changes" it back
+SERVER_LOG = "/var/log/pgbackrest-server/tls-server.log"
 #: the first pgBackRest with backup-standby=prefer (a backup from the primary when no standby answers)
 STANDBY_PREFER_SINCE = (2, 56, 0)
 

@@ -7,6 +7,11 @@ recovery (on the highest timeline, because a promotion starts a new one); every 
 should be its replica.  This module composes the operations: on the primary the replication
 settings, pg_hba, passfile, role, slots and probe table; on each replica its settings, pg_hba,
 passfile (and pgBackRest with its schedules), then the rebuild (:func:`~hcbpg.ops.replica.ensure_replica`).
+With ``pgbackrest.backup_standby`` the notebook's run then turns backups from the standby on, as step 10 under
+Patroni does (:func:`~hcbpg.ops.pgbackrest_server.ensure_backup_standby`: pgBackRest's TLS server on both servers,
+then each pgbackrest.conf with the other as pg2).  pg2 is always "the other server", so the files are the same
+whichever of the two is primary: after step 11 each still names the other, and a file written while the other's TLS
+server did not answer (a failover with the old primary gone) gets its pg2 back from the next run of this step.
 
 A dry run is the same composition on :class:`~hcbpg.adapters.dryrun.DryRunHost` s (an
 :class:`~hcbpg.adapters.dryrun.AbsentHost` for a server not there yet): what would change is what
@@ -19,7 +24,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from hcbpg.adapters.dryrun import AbsentHost, dry_run_of
+from hcbpg.desired import pgbackrest_server as desired_pgbackrest_server
 from hcbpg.desired import server as desired_server
+from hcbpg.desired.pgbackrest import CONF_PATH, parse_conf
 from hcbpg.desired.replication import slot_name
 from hcbpg.desired.topology import ServerState, topology_rows
 from hcbpg.display import show_table
@@ -27,6 +34,7 @@ from hcbpg.errors import SafetyCheckFailed
 from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import config as pg_config
 from hcbpg.ops import pgbackrest, schedule, topology
+from hcbpg.ops import pgbackrest_server as ops_pgbackrest_server
 from hcbpg.ops import replication as rep
 from hcbpg.ops.replica import ensure_replica
 from hcbpg.ops.topology import Topology, get_topology  # noqa: F401 - the notebook's calls
@@ -42,10 +50,12 @@ if TYPE_CHECKING:  # pragma: no cover
 
 class PlannedOutcomes(list[Outcome]):
     """Step 10's outcomes in order, knowing which server is the primary and which of them are its own:
-    whether Bucardo's daemon must pause is decided from these, not from their text."""
+    whether Bucardo's daemon must pause is decided from these, not from their text.  *after* (backups from the
+    standby: pgBackRest's TLS servers and files, never PostgreSQL) come last and pause nothing."""
 
-    def __init__(self, primary: str, on_primary: Sequence[Outcome], on_replicas: Sequence[Outcome] = ()) -> None:
-        super().__init__([*on_primary, *on_replicas])
+    def __init__(self, primary: str, on_primary: Sequence[Outcome], on_replicas: Sequence[Outcome] = (),
+                 after: Sequence[Outcome] = ()) -> None:
+        super().__init__([*on_primary, *on_replicas, *after])
         self.primary = primary
         self.on_primary = list(on_primary)
 
@@ -108,9 +118,13 @@ def replica_config_outcomes(host: "HostLike", params: "Params", standby: "Server
 
 
 def setup_replication(hosts: Mapping[str, "HostLike | None"], params: "Params", password: str, *,
-                      allow_destructive: bool, dry_run: bool, echo: Callable[[str], None] = print
-                      ) -> tuple[PlannedOutcomes, Topology, dict[str, Any]]:
+                      allow_destructive: bool, dry_run: bool, echo: Callable[[str], None] = print,
+                      backup_standby: bool = False) -> tuple[PlannedOutcomes, Topology, dict[str, Any]]:
     """Step 10, whole: discover the current primary, set it up, make every other server its streaming replica.
+
+    *backup_standby* (the manual step's own run; step 10 under Patroni does it after Patroni took the pair over):
+    then, once every replica streams, backups from the standby as params say (nothing with
+    ``pgbackrest.backup_standby`` off).
 
     Returns the outcomes, the topology found before any change, and per replica its plan
     (as text) and timings.
@@ -149,14 +163,20 @@ def setup_replication(hosts: Mapping[str, "HostLike | None"], params: "Params", 
             # inactive hcbpg slots it carried over from an earlier life (it streams now, so it is running)
             on_replicas.append(rep.ensure_no_stale_slots(pg_cluster.get_psql(host, params), params, keep=[]))
         results[r.name] = {"plan": plan.action, "method": plan.method, **result}
-    return PlannedOutcomes(primary.name, on_primary, on_replicas), topo, results
+    after: list[Outcome] = []
+    if backup_standby:
+        # after the replicas stream: pgBackRest's backup-standby needs a standby replaying WAL; every server of
+        # params is a replica or the primary here, so each has a target (a dry run plans an AbsentHost's too)
+        servers = {s.name: _target(hosts, s.name, dry_run=dry_run) for s in params.servers}
+        after = ops_pgbackrest_server.ensure_backup_standby(servers, params)
+    return PlannedOutcomes(primary.name, on_primary, on_replicas, after), topo, results
 
 
 def get_plan(hosts: Mapping[str, "HostLike | None"], params: "Params", password: str
              ) -> tuple[PlannedOutcomes, dict[str, Any]]:
     """What would change on each server, and per replica its plan (as text)."""
     plan, _, planned = setup_replication(hosts, params, password, allow_destructive=params.allow_destructive,
-                                         dry_run=True)
+                                         dry_run=True, backup_standby=True)
     return plan, planned
 
 
@@ -169,7 +189,8 @@ def apply(rb: "Run", hosts: Mapping[str, "HostLike | None"], password: str, plan
     params = rb.params
     with _bucardo_paused(hosts, params, plan):
         outcomes, _, results = setup_replication(hosts, params, password,
-                                                 allow_destructive=params.allow_destructive, dry_run=False)
+                                                 allow_destructive=params.allow_destructive, dry_run=False,
+                                                 backup_standby=True)
     rb.track(outcomes)
     return results
 
@@ -191,8 +212,40 @@ def show_auto_conf(hosts: Mapping[str, "HostLike | None"], params: "Params") -> 
             print(f"postgresql.auto.conf on {name}:\n" + rep.get_auto_conf_text(host, params))
 
 
+def check_backup_standby(hosts: Mapping[str, "HostLike | None"], params: "Params") -> list[Check]:
+    """With ``pgbackrest.backup_standby``, per reachable server: its pgbackrest.conf names the other server as pg2
+    and that server's TLS server answers (nothing otherwise).  A warning, never a failure, when not: the backup job
+    then falls back to the primary (slower: pgBackRest 2.45 first retries the standby for about two minutes), and
+    the next run of step 10 with both servers back writes pg2 again."""
+    if not desired_pgbackrest_server.enabled(params):
+        return []
+    pb = params.pgbackrest
+    assert pb is not None  # enabled() says so
+    out: list[Check] = []
+    for s in params.servers:
+        host = hosts.get(s.name)
+        other = desired_pgbackrest_server.peer(params, s)
+        if host is None or other is None:
+            continue  # an unreachable server has its own row (check_all)
+        named = parse_conf(host.read_text(CONF_PATH) or "").get(pb.stanza, {}).get("pg2-host")
+        if named != other.private_ip:
+            out.append(Check("backups from the standby", "warn",
+                             f"pgbackrest.conf names no pg2 ({other.name}'s TLS server did not answer when it was "
+                             f"written): backups are taken from the primary; run step 10 with {other.name} back",
+                             s.name))
+        elif not pgbackrest.get_standby_answers(host, params, s):  # server-ping, 5 s of I/O at most
+            out.append(Check("backups from the standby", "warn",
+                             f"pg2 is {other.name} ({other.private_ip}) but its pgBackRest TLS server does not answer: "
+                             "the backup job falls back to the primary; run step 10 again", s.name))
+        else:
+            out.append(Check("backups from the standby", "pass",
+                             f"pg2 {other.name} ({other.private_ip}:{pb.tls_server_port}, TLS) answers", s.name))
+    return out
+
+
 def check_all(hosts: Mapping[str, "HostLike | None"], params: "Params", password: str) -> list[Check]:
-    """Step 10's checks for every replica of the current primary (a failing row per unreachable one)."""
+    """Step 10's checks for every replica of the current primary (a failing row per unreachable one), and backups
+    from the standby (:func:`check_backup_standby`)."""
     topo, states = get_topology(hosts, params)
     primary_host = hosts.get(topo.primary) if topo.primary is not None else None
     if topo.primary is None or primary_host is None:
@@ -208,7 +261,7 @@ def check_all(hosts: Mapping[str, "HostLike | None"], params: "Params", password
                              "yet; run step 10 when it is back (or replace it)", name))
             continue
         out += rep.check_replication(primary_host, host, params, params.server(name), primary, password)
-    return out
+    return out + check_backup_standby(hosts, params)
 
 
 def get_topology_record(hosts: Mapping[str, "HostLike | None"], params: "Params") -> dict[str, Any]:
