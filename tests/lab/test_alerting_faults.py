@@ -37,22 +37,20 @@ from hcbpg.desired import textfile_metrics as tm
 from hcbpg.desired import tls as desired_tls
 from hcbpg.desired.pgbackrest import ARCHIVE_PUSH_IO_TIMEOUT_S
 from hcbpg.desired.services import NODE_EXPORTER_LOG
-from hcbpg.lab import create_server_host, destroy_server_host, faults
+from hcbpg.lab import faults
 from hcbpg.ops import alerting as ops_alerting
 from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops import config as pg_config
-from hcbpg.ops import drill, monitoring, privileges
+from hcbpg.ops import monitoring, privileges
 from hcbpg.ops import schedule as ops_schedule
 from hcbpg.ops.migration import wayback
 from hcbpg.params import parse_params
 from hcbpg.steps import alerting as step
-from hcbpg.steps import pgbackrest as step05
 from hcbpg.steps import restore_drill
-from hcbpg.steps import start_archiving as step08
 
 from alerting_stage import Receiver, open_hosts, received, start_receiver, wait_received
 from labparams import lab_params, pgbackrest_section
-from stages import STAGE_PRIMARY, STAGE_PRIMARY_OFFSET
+from stages import STAGE_PRIMARY, STAGE_PRIMARY_OFFSET, primary_and_jumpbox, start_archiving_with_a_backup
 
 pytestmark = pytest.mark.lab
 
@@ -81,11 +79,8 @@ def params(lab, primary_stage, receiver: Receiver):
         pgbackrest=pgbackrest_section(lab, archive_push_timeout=ARCHIVE_PUSH_TIMEOUT_S,
                                       repo_path_prefix="/pgbackrest-alerting-faults"),  # this module's own
         jumpbox={"name": JUMPBOX, "private_ip": jb_ip, "ssh_host": jb_ip}, alerting=receiver.alerting_section()))
-    primary_stage.clone()
-    create_server_host(JUMPBOX, jb_ip, [lab.ssh_key.with_suffix(".pub").read_text()], lab_dir=str(lab.lab_dir))
-    yield p
-    for name in (STAGE_PRIMARY, JUMPBOX):
-        destroy_server_host(name, lab_dir=str(lab.lab_dir))
+    with primary_and_jumpbox(lab, primary_stage, JUMPBOX, jb_ip):
+        yield p
 
 
 @pytest.fixture(scope="module")
@@ -100,9 +95,7 @@ def monitor(params, hosts) -> step.MonitorHosts:
     health job once."""
     primary, s = hosts[STAGE_PRIMARY], params.primary
     t0 = time.monotonic()
-    step05.configure(primary, params, s)
-    step08.start_archiving(primary, params, s)
-    drill.ensure_baseline_backup(primary, params)  # as step 08 takes it: the repository is not empty
+    start_archiving_with_a_backup(primary, params)  # steps 05 and 08, the first full backup (stages.py)
     cfg = desired_roles.roles_config(params)
     privileges.ensure_role_secrets(SecretStore(), cfg)
     pg_config.ensure_pg_hba(primary, params, s, extra=desired_server.all_hba_extra(params, s, cfg))
