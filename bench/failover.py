@@ -42,6 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "lab"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from _report import log_line, print_table, pyplot, quiet, save_figure  # noqa: E402
+
 from hcbpg.adapters.host import Host  # noqa: E402
 from hcbpg.adapters.services import ServiceControl  # noqa: E402
 from hcbpg.desired import migration as dm  # noqa: E402
@@ -61,14 +63,6 @@ from stages import build_primary_stage  # noqa: E402
 
 TARGETS = {"switchover": 5.0, "crash": 20.0, "cut": 20.0}
 EVENTS = ("switchover", "crash", "cut")
-
-
-def quiet(_: str) -> None:
-    pass
-
-
-def log_line(text: str) -> None:
-    print(f"{time.strftime('%H:%M:%S')} {text}", flush=True)
 
 
 class Bench:
@@ -237,14 +231,16 @@ def build(lab: Lab, rate: float) -> Bench:
 
 def report(rows: list[dict[str, Any]], plot: str | None) -> list[str]:
     """The table on stdout, the plot; the targets missed."""
-    print()
-    print(f"{'event':10} {'sync':4} {'from':>17} {'to':>17} {'gap s':>6} {'target':>6} {'1st ack s':>9} "
-          f"{'promoted s':>10} {'lost':>4} {'split':>5} {'rejoined s':>10} {'errors':>6}")
+    print_table([{**r, "sync": "on" if r["sync"] else "off"} for r in rows],
+                ["event", "sync", "old_leader", "new_leader", "gap_s", "target_gap_s", "first_ack_s", "promoted_s",
+                 "lost", "split_brain", "rejoined_s", "errors"],
+                formats={"gap_s": ".1f", "target_gap_s": ".0f", "first_ack_s": ".1f", "promoted_s": ".1f",
+                         "rejoined_s": ".1f"},
+                headers={"old_leader": "from", "new_leader": "to", "gap_s": "gap s", "target_gap_s": "target",
+                         "first_ack_s": "1st ack s", "promoted_s": "promoted s", "split_brain": "split",
+                         "rejoined_s": "rejoined s"})
     missed = []
     for r in rows:
-        print(f"{r['event']:10} {'on' if r['sync'] else 'off':4} {r['old_leader']:>17} {r['new_leader']:>17} "
-              f"{r['gap_s']:6.1f} {r['target_gap_s']:6.0f} {r['first_ack_s']:9.1f} {fmt(r['promoted_s']):>10} "
-              f"{r['lost']:4d} {r['split_brain']:5d} {fmt(r['rejoined_s']):>10} {r['errors']:6d}")
         if r["gap_s"] > r["target_gap_s"]:
             missed.append(f"{r['event']} (sync {r['sync']}): gap {r['gap_s']:.1f} s > {r['target_gap_s']:.0f} s")
         if r["sync"] and r["lost"]:
@@ -262,9 +258,9 @@ def report(rows: list[dict[str, Any]], plot: str | None) -> list[str]:
 
 
 def plot_bins(rows: list[dict[str, Any]], plot: str) -> None:
-    import matplotlib  # noqa: PLC0415 - only the benchmark plots
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415 - only the benchmark plots
+    plt = pyplot()
+    if plt is None:
+        return
     fig, axes = plt.subplots(len(rows), 1, figsize=(8, 2.2 * len(rows)), squeeze=False)
     for ax, r in zip(axes[:, 0], rows, strict=True):
         b = r["bins"]
@@ -281,9 +277,7 @@ def plot_bins(rows: list[dict[str, Any]], plot: str) -> None:
         ax.grid(True, alpha=0.3)
     axes[-1, 0].set_xlabel("seconds from t0")
     axes[0, 0].legend(fontsize=7, loc="upper right")
-    fig.tight_layout()
-    fig.savefig(plot, dpi=110)
-    print(f"plot: {plot}")
+    save_figure(fig, plot)
 
 
 def main() -> int:
