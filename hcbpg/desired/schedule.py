@@ -15,6 +15,7 @@ from importlib import resources
 from typing import TYPE_CHECKING
 
 from hcbpg.desired import pgbackrest_server
+from hcbpg.desired.pgbackrest import CONF_PATH
 from hcbpg.desired.textfile_metrics import TEXTFILE
 from hcbpg.errors import ParamsError
 from hcbpg.pg.conf import MANAGED_HEADER
@@ -50,6 +51,8 @@ class Schedule:
     backup_standby: bool = False
     #: the pg2-* options that fall-back resets (``--reset-pg2-host`` ...), so it does not wait on the standby again
     standby_options: tuple[str, ...] = ()
+    #: the port of the standby's pgBackRest TLS server (pgbackrest.tls_server_port), which the job asks first
+    tls_server_port: int = 8432
 
 
 def plan_schedule(params: "Params", site_url: str | None) -> Schedule:
@@ -74,7 +77,8 @@ def plan_schedule(params: "Params", site_url: str | None) -> Schedule:
     standby = pgbackrest_server.enabled(params)
     pg2 = pgbackrest_server.conf_sections(params, params.servers[0], pg_path="-").get(pb.stanza, {}) if standby else {}
     return Schedule(pb.stanza, full, diff, url.rstrip("/") if url else None, repo2, backup_standby=standby,
-                    standby_options=tuple(sorted(k for k in pg2 if k.startswith("pg2-"))))
+                    standby_options=tuple(sorted(k for k in pg2 if k.startswith("pg2-"))),
+                    tls_server_port=pb.tls_server_port)
 
 
 def render_cron(s: Schedule) -> str:
@@ -159,9 +163,7 @@ send_ping() {{
 out=$(mktemp) || exit 75
 trap 'rm -f "$out"' EXIT
 echo "hcbpg-backup $type repo$repo starting" | send_ping "$PING_URL/start" || echo "$0: start ping failed" >&2
-pgbackrest --stanza="$STANZA" --repo="$repo" --type="$type" --log-level-console=info backup >"$out" 2>&1
-status=$?
-{standby_fallback(s)}cat "$out"
+{backup_lines(s)}cat "$out"
 {{ echo "$(date -u +%FT%TZ) $type repo$repo exit $status"; tail -n 5 "$out"; }} >>"$LOG" 2>/dev/null
 if [ "$status" -eq 0 ]; then
   tail -n 20 "$out" | send_ping "$PING_URL" || echo "$0: success ping failed" >&2
@@ -172,6 +174,48 @@ exit "$status"
 """
 
 
+#: io-timeout (s) of the job's probe of the standby's TLS server; ``timeout`` ends the probe after STANDBY_PROBE_S
+STANDBY_PROBE_IO_TIMEOUT_S = 5
+STANDBY_PROBE_S = 20
+
+
+def backup_lines(s: Schedule) -> str:
+    """The job's backup: pgBackRest into the repository, its exit status in ``$status``.
+
+    With backups from the standby, the standby's pgBackRest TLS server (pg2 in pgbackrest.conf) is asked first
+    (``pgbackrest server-ping``, 5 s of I/O at most): when it does not answer, the backup is taken from the primary at
+    once (``--no-backup-standby``), said in the output.  pgBackRest 2.45 itself retries the connection to pg2 for
+    io-timeout (60 s by default) before it fails the backup (measured in the lab: the job took minutes to fall back);
+    the io-timeout of the backup itself is not shortened (it bounds every read and write of the copy, to S3 too).
+    A standby that answers but cannot serve the backup (its PostgreSQL down, ...) still fails the first try in
+    seconds, and :func:`standby_fallback` takes it again from the primary."""
+    plain = ('pgbackrest --stanza="$STANZA" --repo="$repo" --type="$type" --log-level-console=info backup >"$out" 2>&1\n'
+             'status=$?\n')
+    if not s.backup_standby:
+        return plain
+    fallback = "".join(f"  {line}\n" if line else "\n" for line in standby_fallback(s).splitlines())
+    return f"""# backups from the standby: does the standby's pgBackRest TLS server (pg2 in {CONF_PATH}) answer?
+pg2=$(sed -n 's/^pg2-host=//p' {CONF_PATH} 2>/dev/null | head -n 1)
+if [ -n "$pg2" ] && ! timeout {STANDBY_PROBE_S} pgbackrest server-ping --io-timeout={STANDBY_PROBE_IO_TIMEOUT_S} \\
+    --tls-server-address="$pg2" --tls-server-port={s.tls_server_port} >/dev/null 2>&1; then
+  echo "$0: the $type backup cannot copy from the standby: its pgBackRest TLS server $pg2:{s.tls_server_port}" \\
+    "does not answer; taking it from the primary (--no-backup-standby)" | tee "$out" >&2
+  echo "$(date -u +%FT%TZ) $type repo$repo: the standby's TLS server does not answer; from the primary" >>"$LOG" 2>/dev/null
+  {primary_backup(s)} >>"$out" 2>&1
+  status=$?
+else
+  {plain.replace(chr(10), chr(10) + "  ", 1)}{fallback}fi
+"""
+
+
+def primary_backup(s: Schedule) -> str:
+    """The backup command from the primary alone: ``--no-backup-standby`` and every pg2 option reset, so that
+    pgBackRest does not connect to the standby at all."""
+    resets = " ".join(f"--reset-{o}" for o in s.standby_options)
+    return (f'pgbackrest --stanza="$STANZA" --repo="$repo" --type="$type" --no-backup-standby {resets} \\\n'
+            '    --log-level-console=info backup')
+
+
 def standby_fallback(s: Schedule) -> str:
     """The job's lines after a failed backup from the standby (pgBackRest 2.45 fails one when no standby answers;
     ``backup-standby=prefer`` came in 2.56): the same backup again from the primary, said in the output (and so in
@@ -179,14 +223,12 @@ def standby_fallback(s: Schedule) -> str:
     the standby again (its connects time out).  Empty without backups from the standby."""
     if not s.backup_standby:
         return ""
-    resets = " ".join(f"--reset-{o}" for o in s.standby_options)
     return f"""if [ "$status" -ne 0 ]; then
   why=$(grep -m1 ERROR "$out")
   echo "$0: the $type backup from the standby failed (exit $status: $why);" \\
     "taking it from the primary (--no-backup-standby)" | tee -a "$out" >&2
   echo "$(date -u +%FT%TZ) $type repo$repo from the standby: exit $status; again from the primary" >>"$LOG" 2>/dev/null
-  pgbackrest --stanza="$STANZA" --repo="$repo" --type="$type" --no-backup-standby {resets} \\
-    --log-level-console=info backup >>"$out" 2>&1
+  {primary_backup(s)} >>"$out" 2>&1
   status=$?
 fi
 """

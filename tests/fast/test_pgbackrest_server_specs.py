@@ -185,3 +185,74 @@ def test_the_backup_job_falls_back_to_the_primary_and_says_so(params, tmp_path):
     # pg2 left out of the fall-back whole: every pg2 option of pgbackrest.conf reset, so the standby is not tried again
     pg2 = [k for k in conf_options(params, params.primary, version=None)["hcb_production"] if k.startswith("pg2-")]
     assert len(pg2) >= 7 and all(f"--reset-{k}" in line[0] for k in pg2), line[0]
+
+
+def run_job(params, tmp_path, *, ping: int, first_backup: int, conf_pg2: bool = True) -> tuple[int, str, list[str]]:
+    """The rendered backup job run by sh with stand-ins on PATH (id: postgres; psql: a primary; pgbackrest: records
+    its arguments, ``server-ping`` exits *ping*, the first ``backup`` exits *first_backup*, the others 0), its
+    pgbackrest.conf and log under *tmp_path*: (exit status, output, the pgbackrest command lines)."""
+    conf = tmp_path / "pgbackrest.conf"
+    conf.write_text("[hcb_production]\npg1-path=/var/lib/postgresql/15/main\n"
+                    + ("pg2-host=10.0.1.6\npg2-host-port=8432\n" if conf_pg2 else ""))
+    script = render_backup_job_script(params, plan_schedule(params, None))
+    assert script.count(CONF_PATH) >= 1 and script.count("LOG=/var/log/pgbackrest/hcbpg-backup.log") == 1
+    script = script.replace(CONF_PATH, str(conf)).replace("LOG=/var/log/pgbackrest/hcbpg-backup.log",
+                                                          f"LOG={tmp_path / 'job.log'}")
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls"
+    bin_dir.mkdir()
+    stand_ins = {
+        "id": "#!/bin/sh\necho postgres\n",
+        "psql": "#!/bin/sh\necho f\n",
+        "pgbackrest": f"""#!/bin/sh
+echo "$*" >>{calls}
+case "$*" in
+  *server-ping*) exit {ping} ;;
+esac
+n=$(grep -c ' backup$' {calls})
+echo "INFO: backup command begin 2.45: $*"
+if [ "$n" -eq 1 ] && [ {first_backup} -ne 0 ]; then
+  echo "ERROR: [056]: unable to find standby cluster - cannot proceed"; exit {first_backup}
+fi
+echo "INFO: backup command end: completed successfully"
+""",
+    }
+    for name, text in stand_ins.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    job = tmp_path / "hcbpg-backup"
+    job.write_text(script)
+    cp = subprocess.run(["sh", str(job), "incr"], capture_output=True, text=True, timeout=60,
+                        env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+    lines = calls.read_text().splitlines() if calls.exists() else []
+    return cp.returncode, cp.stdout + cp.stderr, lines
+
+
+def test_the_backup_job_asks_the_standbys_tls_server_first_and_goes_to_the_primary_when_it_does_not_answer(
+        params, tmp_path):
+    """No answer from the standby's TLS server (server-ping, 5 s of I/O): one backup, from the primary, pg2 left
+    out, said in the output; pgBackRest 2.45 alone would retry the connection to pg2 for minutes first."""
+    code, out, calls = run_job(params, tmp_path, ping=1, first_backup=0)
+    assert code == 0, out
+    ping, *backups = calls
+    assert "server-ping" in ping and "--io-timeout=5" in ping and "--tls-server-address=10.0.1.6" in ping, ping
+    assert "--tls-server-port=8432" in ping
+    assert len(backups) == 1 and "--no-backup-standby" in backups[0] and "--reset-pg2-host " in backups[0], calls
+    assert "TLS server 10.0.1.6:8432 does not answer" in out and "--no-backup-standby" in out, out
+    assert "from the standby failed" not in out
+
+
+def test_the_backup_job_backs_up_from_the_standby_when_it_answers_and_falls_back_when_that_fails(params, tmp_path):
+    (tmp_path / "ok").mkdir()
+    code, out, calls = run_job(params, tmp_path / "ok", ping=0, first_backup=0)
+    assert code == 0 and len(calls) == 2 and "--no-backup-standby" not in calls[1], (out, calls)
+    assert "does not answer" not in out and "from the standby failed" not in out
+    # the standby answers but the backup from it fails (its PostgreSQL down): again from the primary, said
+    (tmp_path / "fails").mkdir()
+    code, out, calls = run_job(params, tmp_path / "fails", ping=0, first_backup=56)
+    assert code == 0, out
+    assert len(calls) == 3 and "--no-backup-standby" not in calls[1] and "--no-backup-standby" in calls[2], calls
+    assert "from the standby failed (exit 56: ERROR: [056]: unable to find standby cluster" in out, out
+    # a pgbackrest.conf without pg2 (the other's TLS server did not answer when it was written): no probe at all
+    (tmp_path / "nopg2").mkdir()
+    code, out, calls = run_job(params, tmp_path / "nopg2", ping=1, first_backup=0, conf_pg2=False)
+    assert code == 0 and len(calls) == 1 and "server-ping" not in calls[0], calls

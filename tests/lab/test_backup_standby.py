@@ -11,8 +11,13 @@ again.  In file order:
    data files from the standby (its ``backup file <standby>:...`` lines; only what must come from the primary is
    read there);
 3. that backup restored onto the drill's scratch host holds a row written before it;
-4. the standby's TLS server stopped: pgBackRest 2.45 fails the backup ("backup-standby=prefer" is 2.56+), and the
-   backup job says so and takes it from the primary (--no-backup-standby): a new backup, exit 0.
+4. the standby's TLS server stopped: pgBackRest 2.45 fails the backup ("backup-standby=prefer" is 2.56+, and 2.45
+   retries the connection to pg2 for io-timeout, 60 s by default, twice: two minutes before it fails, measured),
+   while the backup job asks the standby's TLS server first (server-ping, 5 s of I/O), says it does not answer and
+   takes the backup from the primary at once (--no-backup-standby, pg2 left out): a new backup, exit 0;
+5. the standby's TLS server answering but its PostgreSQL down (Patroni and PostgreSQL killed; the last test: the
+   module's teardown destroys the servers): the backup from the standby fails in seconds, and the job says so and
+   takes it again from the primary.
 
 Figures are printed (``-s``), never asserted.
 """
@@ -29,7 +34,7 @@ from hcbpg.adapters.services import ServiceControl
 from hcbpg.desired import backups as desired_backups
 from hcbpg.desired import pgbackrest_server as dps
 from hcbpg.desired.pgbackrest import parse_conf
-from hcbpg.lab import destroy_server_host
+from hcbpg.lab import destroy_server_host, faults
 from hcbpg.ops import drill
 from hcbpg.ops import pgbackrest as pgb
 from hcbpg.ops import pgbackrest_server as ops_dps
@@ -166,27 +171,57 @@ def test_with_the_standby_unreachable_the_job_says_so_and_backs_up_from_the_prim
     spec = dps.server_service(params)
     control.ensure_stopped(spec)
     try:
-        assert not ops_dps.get_server_answers(leader, params, params.server(REPLICA).private_ip)
-        # pgBackRest alone: the backup from the standby fails, and says why
+        # the leader's probe of the standby's TLS server (server-ping, 5 s of I/O: the job's own question)
+        assert not pgb.get_standby_answers(leader, params, params.server(STAGE_PRIMARY))
+        # pgBackRest alone: the backup from the standby fails, and says why (io-timeout 5 s here: 2.45 retries the
+        # connection to pg2 for io-timeout, twice, and its default 60 s only makes the same failure two minutes late)
         t0 = time.monotonic()
-        direct = pgb.run_pgbackrest(leader, params, "backup", "--type=incr", check=False, timeout=900)
+        direct = pgb.run_pgbackrest(leader, params, "backup", "--type=incr", "--io-timeout=5", check=False,
+                                    timeout=900)
+        errors = [ln for ln in direct.output.splitlines() if "ERROR" in ln]
         assert not direct.ok
+        assert any("unable to find standby cluster" in ln for ln in errors), direct.output[-3000:]
         print(f"\nbackup with the standby's TLS server down: exit {direct.exit_code} after "
-              f"{time.monotonic() - t0:.1f} s: "
-              f"{[ln for ln in direct.output.splitlines() if 'ERROR' in ln][:2]}")
+              f"{time.monotonic() - t0:.1f} s: {errors[:2]}")
         before = {b.label for b in pgb.get_backups(leader, params)}
         t0 = time.monotonic()
         res = ops_schedule.run_backup_job(leader, "incr", timeout=1800)
         out = res.stdout + res.stderr
         assert res.ok, out[-3000:]
-        assert "backup from the standby failed" in out and "--no-backup-standby" in out, out[-3000:]
+        assert "TLS server" in out and "does not answer" in out and "--no-backup-standby" in out, out[-3000:]
         new = [b for b in pgb.get_backups(leader, params) if b.label not in before]
         assert len(new) == 1, new
         begins = [ln for ln in out.splitlines() if "backup command begin" in ln]
-        assert len(begins) == 2 and "--pg2-host=" in begins[0], begins
-        assert "--pg2-host" not in begins[1] and "--no-backup-standby" in begins[1], begins[1]  # pg2 left out whole
-        print(f"the job fell back to the primary: {new[0].label} in {time.monotonic() - t0:.1f} s")
+        # the standby not tried at all: one backup, from the primary, pg2 left out whole
+        assert len(begins) == 1, begins
+        assert "--pg2-host" not in begins[0] and "--no-backup-standby" in begins[0], begins[0]
+        print(f"the job went to the primary: {new[0].label} in {time.monotonic() - t0:.1f} s")
         # the standby's job does nothing (it is a standby) whatever its TLS server does
         assert ops_schedule.run_backup_job(replica, "incr", timeout=600).ok
     finally:
         ops_dps.ensure_pgbackrest_server(replica, params, params.server(REPLICA))
+
+
+def test_with_the_standbys_postgresql_down_the_backup_from_it_fails_and_the_job_takes_it_from_the_primary(
+        lab, params, cluster):
+    """The standby's TLS server answers (the job's probe passes) but its PostgreSQL is down: pgBackRest fails the
+    backup from the standby, and the job says so and takes it again from the primary.  The last test of the
+    module: the replica stays down (the module's teardown destroys the servers)."""
+    leader = cluster.servers[STAGE_PRIMARY]
+    assert pgb.get_standby_answers(leader, params, params.server(STAGE_PRIMARY))
+    assert faults.kill_patroni_and_postgres(lab.cfg, REPLICA)
+    assert hs.leader_name(cluster, params) == STAGE_PRIMARY
+    before = {b.label for b in pgb.get_backups(leader, params)}
+    t0 = time.monotonic()
+    res = ops_schedule.run_backup_job(leader, "incr", timeout=1800)
+    out = res.stdout + res.stderr
+    assert res.ok, out[-3000:]
+    assert "backup from the standby failed" in out and "--no-backup-standby" in out, out[-3000:]
+    new = [b for b in pgb.get_backups(leader, params) if b.label not in before]
+    assert len(new) == 1, new
+    begins = [ln for ln in out.splitlines() if "backup command begin" in ln]
+    assert len(begins) == 2 and "--pg2-host=" in begins[0], begins
+    assert "--pg2-host" not in begins[1] and "--no-backup-standby" in begins[1], begins[1]  # pg2 left out whole
+    print(f"\nthe standby's PostgreSQL down: "
+          f"{[ln for ln in out.splitlines() if 'ERROR' in ln][:1]}; the job fell back to the primary: "
+          f"{new[0].label} in {time.monotonic() - t0:.1f} s")
