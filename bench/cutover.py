@@ -60,10 +60,6 @@ from hcbpg.steps import _migration as migration_steps  # noqa: E402
 BYTES_PER_ROW = 200
 
 
-def quiet(_: str) -> None:
-    pass
-
-
 def counts(tgt: migration.PsqlEndpoint) -> dict[str, int]:
     return {k: int(v) for k, v in tgt.json(migration.COUNTS_SQL).items()}
 

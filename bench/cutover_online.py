@@ -33,6 +33,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "lab"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _report import print_table, pyplot, quiet, save_figure  # noqa: E402
 
 from hcbpg.adapters.host import Host  # noqa: E402
 from hcbpg.lab import Lab, app_load, create_server_host  # noqa: E402
@@ -53,9 +56,6 @@ from hcbpg.steps import online  # noqa: E402
 from labparams import lab_params  # noqa: E402
 
 BYTES_PER_ROW = 200  # pg_database_size / rows of the lab source, measured (as bench/cutover.py)
-
-def quiet(_: str) -> None:
-    pass
 
 
 def prepare(lab: Lab, rows: int, *, reuse: bool = False) -> tuple[Any, Host, Host, str, str]:
@@ -211,19 +211,21 @@ def run(sizes: list[float], *, rate: float, sync_s: float, plot: str, out_json: 
 def report(results: list[dict[str, Any]], plot: str) -> None:
     """The table (ratios, slopes) and the PNG plot of downtime against size."""
     results = sorted(results, key=lambda r: r["mb"])
-    print()
-    print(f"{'source MB':>9} {'offline s':>9} {'online s':>8} {'on/off':>6} {'lag rows':>8} {'lag s':>6} "
-          f"{'drain s':>7} {'writes':>6} {'lost':>4} {'exact count after traffic-on s':>30}")
-    for r in results:
-        print(f"{r['mb']:9.0f} {r['offline_s']:9.1f} {r['downtime_s']:8.1f} {r['downtime_s'] / r['offline_s']:6.2f} "
-              f"{int(r['lag_rows']):8d} {r['lag_s']:6.1f} {r['drain_s']:7.2f} {r['writes']:6d} {r['lost']:4d} "
-              f"{r.get('exact_after_traffic_s', float('nan')):30.1f}")
+    print_table([{**r, "on_off": r["downtime_s"] / r["offline_s"], "lag_rows": int(r["lag_rows"]),
+                  "exact_after_traffic_s": r.get("exact_after_traffic_s", float("nan"))} for r in results],
+                ["mb", "offline_s", "downtime_s", "on_off", "lag_rows", "lag_s", "drain_s", "writes", "lost",
+                 "exact_after_traffic_s"],
+                formats={"mb": ".0f", "offline_s": ".1f", "downtime_s": ".1f", "on_off": ".2f", "lag_s": ".1f",
+                         "drain_s": ".2f", "exact_after_traffic_s": ".1f"},
+                headers={"mb": "source MB", "offline_s": "offline s", "downtime_s": "online s", "on_off": "on/off",
+                         "lag_rows": "lag rows", "lag_s": "lag s", "drain_s": "drain s",
+                         "exact_after_traffic_s": "exact count after traffic-on s"})
     gb = [r["mb"] / 1024 for r in results]
     print(f"slope: offline {slope(gb, [r['offline_s'] for r in results]):.1f} s/GB, "
           f"online {slope(gb, [r['downtime_s'] for r in results]):.2f} s/GB (target: online <= 10 s, flat)")
-    import matplotlib  # noqa: PLC0415 - only the benchmark plots
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415 - only the benchmark plots
+    plt = pyplot()
+    if plt is None:
+        return
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot([r["mb"] for r in results], [r["offline_s"] for r in results], "o-", label="offline (stream, default)")
     ax.plot([r["mb"] for r in results], [r["downtime_s"] for r in results], "s-", label="online (Bucardo)")
@@ -232,9 +234,7 @@ def report(results: list[dict[str, Any]], plot: str) -> None:
     ax.set_ylim(bottom=0)
     ax.grid(True, alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(plot, dpi=110)
-    print(f"plot: {plot}")
+    save_figure(fig, plot)
 
 
 def report_files(paths: list[str], plot: str) -> None:
