@@ -15,15 +15,9 @@ from hcbpg.params import load_params, parse_params
 from hcbpg.pg.conf import parse_settings
 from hcbpg.steps import preflight
 
+from pgbackrest_params import BASE
+
 REPO = Path(__file__).resolve().parents[1]
-BASE = {
-    "environment": "lab",
-    "hetzner": {"token": "env:HCBPG_TEST_TOKEN", "ssh_public_key_file": "/dev/null"},
-    "network": {"ip_range": "10.0.0.0/16", "subnet": "10.0.1.0/24"},
-    "servers": [{"name": "server-postgres-1", "private_ip": "10.0.1.5", "role": "primary"},
-                {"name": "server-postgres-2", "private_ip": "10.0.1.6", "role": "replica"}],
-    "postgres": {"app_role_password": "env:HCBPG_TEST_APP_PW"},
-}
 PB = {"s3_key": "env:HCBPG_TEST_S3_KEY", "s3_key_secret": "env:HCBPG_TEST_S3_SECRET",
       "cipher_pass": "env:HCBPG_TEST_CIPHER"}
 
