@@ -94,6 +94,10 @@ class PgBackRest(S3Repo):
     #: repository shows in pg_stat_archiver (and pages: ArchivingFailing) after about this long; shorter reports
     #: sooner, but a push slower than it counts as a failure (retried at once, nothing lost)
     archive_push_timeout: Annotated[int, Field(ge=5, le=3600)] = 60
+    #: archive-push's io-timeout (seconds without progress before a try fails; pgBackRest's default 60): against an
+    #: unreachable repository an asynchronous run stalls about 16 times it (80 s at 5, measured with 2.45) before
+    #: the next run can drop WAL past archive_push_queue_max (hcbpg.desired.pgbackrest)
+    archive_push_io_timeout: Annotated[int, Field(ge=1, le=600)] = 5
     #: a second repository (another provider or region): WAL goes to both, backups to each on its own schedule
     repo2: S3Repo | None = None
     #: when the jumpbox runs ``pgbackrest expire`` (repositories with an admin key), in its time zone (UTC)

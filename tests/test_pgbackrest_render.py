@@ -303,3 +303,20 @@ def test_archive_push_timeout_is_written_only_when_not_pgbackrests_default():
         "archive-timeout"] == "20"
     with pytest.raises(ParamsError):
         params({**PRODUCTION_PB, "archive_push_timeout": 1}, "production")
+
+
+def test_archive_push_io_timeout_comes_from_params_and_defaults_to_5_s():
+    """pgbackrest.archive_push_io_timeout: how long an asynchronous push against an unreachable repository stalls
+    (about 16 times it) before the next run can drop WAL past the queue bound; 5 s unless params say otherwise (the
+    lab test of repo1's outage sets 2)."""
+    p = params(PRODUCTION_PB, "production")
+    assert p.pgbackrest is not None and p.pgbackrest.archive_push_io_timeout == 5
+    assert desired_pgbackrest.conf_options(p, p.primary, version=None)["global:archive-push"]["io-timeout"] == "5"
+    short = params({**PRODUCTION_PB, "archive_push_io_timeout": 2}, "production")
+    assert desired_pgbackrest.conf_options(short, short.primary, version=None)["global:archive-push"][
+        "io-timeout"] == "2"
+    assert "\n[global:archive-push]\nio-timeout=2\n" in desired_pgbackrest.render_pgbackrest_conf(
+        short, short.primary, version=None)
+    for bad in (0, 601):
+        with pytest.raises(ParamsError):
+            params({**PRODUCTION_PB, "archive_push_io_timeout": bad}, "production")

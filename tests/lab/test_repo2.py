@@ -39,6 +39,10 @@ NAME = "server-postgres-1"
 STANZA = "hcb_production"
 #: a small archive-push queue (16 segments), so that an outage of repo1 reaches it within the test
 QUEUE_MAX = "256MB"
+#: archive-push's io-timeout here (params pgbackrest.archive_push_io_timeout; production's 5 s): with repo1's packets
+#: dropped each asynchronous run stalls about 16 times it (82 s at 5 s, measured) and the outage test waits for
+#: three or four runs; the lab's stores are on the machine's bridge
+ARCHIVE_PUSH_IO_TIMEOUT_S = 2
 SEED_SQL = """
 CREATE TABLE IF NOT EXISTS repo2_marks (id bigserial PRIMARY KEY, note text NOT NULL,
                                         at timestamptz NOT NULL DEFAULT now());
@@ -73,7 +77,8 @@ def params(lab, monkeypatch_module, primary_stage):
     assert lab.status()["services"]["s3b"]["running"], lab.status()["services"]
     ip = primary_stage.clone()
     p = parse_params(lab_params(lab, [(NAME, ip, "primary")], pgbackrest=pgbackrest_section(
-        lab, archive_push_queue_max=QUEUE_MAX, repo2=repo2_section(lab),
+        lab, archive_push_queue_max=QUEUE_MAX, archive_push_io_timeout=ARCHIVE_PUSH_IO_TIMEOUT_S,
+        repo2=repo2_section(lab),
         # this module's own prefixes: a stanza another module's cluster left under the default one is not ours
         repo_path_prefix="/pgbackrest-repo2-test")))
     yield p
@@ -192,8 +197,9 @@ def dropped_segments(lab, host: str) -> list[str]:  # noqa: ANN001
 
 def test_with_repo1_unreachable_archiving_goes_on_into_repo2_until_the_queue_bound(params, primary, lab):
     """pgBackRest 2.45, measured: with repo1's store silently unreachable each push of a segment still goes to
-    repo2 but fails as a whole (PostgreSQL keeps the segment .ready and tries again), after a stall of about
-    80 s on repo1's connection; so the segments stay in pg_wal, repo2 holds them, repo1 not.  Once what waits
+    repo2 but fails as a whole (PostgreSQL keeps the segment .ready and tries again), after a stall on repo1's
+    connection of about 16 times archive-push's io-timeout (82 s at production's 5 s, about 33 s at this module's
+    2 s); so the segments stay in pg_wal, repo2 holds them, repo1 not.  Once what waits
     passes archive-push-queue-max, pgBackRest drops the waiting segments from the archive: from both
     repositories (the queue bound holds; repo2 has a gap too, which the next backup closes)."""
     t0 = time.monotonic()
@@ -208,20 +214,20 @@ def test_with_repo1_unreachable_archiving_goes_on_into_repo2_until_the_queue_bou
         STATE["outage_note"] = "outage 1"
         r2 = wait_until(lambda: parse_archive_ranges(info(lab, NAME, "--repo=2"), STANZA).get(2, ("", "")),
                         lambda r: r[1] >= segs[-1], what=f"WAL {segs[-1]} in repo2 with repo1 unreachable",
-                        timeout=900, interval=5)
+                        timeout=900, interval=2)
         t_repo2 = time.monotonic() - t0
         waiting = ready_count(lab, NAME)
         archiver = json.loads(sql(lab, NAME, "SELECT row_to_json(a) FROM pg_stat_archiver a"))
         assert waiting >= 1, "PostgreSQL was told a segment repo1 lacks is archived"
         assert archiver["last_failed_wal"] is not None
-        # past the queue: pgBackRest drops what waits, and pg_wal stops growing
-        more = []
-        for i in range(20):
-            sql(lab, NAME, f"INSERT INTO repo2_marks (note) VALUES ('past the queue {i}')")
-            more.append(switch_wal(lab, NAME))
+        # past the queue: pgBackRest drops what waits, and pg_wal stops growing (the 20 segments in one psql, so
+        # that they wait before the next asynchronous run starts, which then finds the queue past its bound)
+        more = sql(lab, NAME, "".join(f"INSERT INTO repo2_marks (note) VALUES ('past the queue {i}'); "
+                                      "SELECT pg_walfile_name(pg_switch_wal());\n" for i in range(20))).split()
+        assert len(more) == 20 and len(set(more)) == 20, more
         dropped = wait_until(lambda: dropped_segments(lab, NAME), lambda d: more[-1] in d,
                              what=f"{more[-1]} dropped past archive-push-queue-max {QUEUE_MAX}", timeout=900,
-                             interval=5)
+                             interval=2)
         queue_segments = desired_pgbackrest.size_bytes(QUEUE_MAX) // (16 * 1024 ** 2)
         # PostgreSQL's archiver reads the dropped segments' statuses one archive_command at a time
         after = wait_until(lambda: ready_count(lab, NAME), lambda n: n <= queue_segments,
