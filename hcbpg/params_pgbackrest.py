@@ -46,6 +46,10 @@ class S3Repo(Model):
     #: still delete with the bypass, COMPLIANCE: nobody can before the days are over
     object_lock_days: int | None = Field(None, ge=1, le=36500)
     object_lock_mode: Literal["GOVERNANCE", "COMPLIANCE"] = "GOVERNANCE"
+    #: the bucket's lifecycle rule (set with the admin key by step 05): a version overwritten or deleted (a delete
+    #: marker made it noncurrent) is removed this many days later; how far back the way back (notebook 21) can
+    #: reach after an attack, so longer than the time to notice one; None: every version kept for ever
+    noncurrent_version_expiry_days: int | None = Field(30, ge=1, le=36500)
 
     @model_validator(mode="after")
     def _repo_consistent(self) -> "S3Repo":

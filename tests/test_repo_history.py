@@ -291,3 +291,120 @@ def test_servers_do_not_expire_when_a_repository_has_an_admin_key():
     assert "env:AK" not in conf and "repo1-s3-key=<secret>" in conf  # the admin key never reaches a server
     plain = parse_params(params_data(pgbackrest=PB))
     assert "expire-auto" not in render_pgbackrest_conf(plain, plain.primary, version=(2, 45, 0))
+
+
+# old versions' expiry: the lifecycle rule -----------------------------------------------------------------------
+
+def test_the_rule_removes_noncurrent_versions_of_the_whole_bucket_after_n_days():
+    assert rh.render_noncurrent_expiry_rule(30) == {
+        "ID": "hcbpg-noncurrent-versions", "Status": "Enabled", "Filter": {"Prefix": ""},
+        "NoncurrentVersionExpiration": {"NoncurrentDays": 30}}
+    with pytest.raises(SafetyCheckFailed, match="1 or more"):
+        rh.render_noncurrent_expiry_rule(0)
+    # params: 30 days by default, none keeps every version, 0 refused
+    assert parse_params(params_data(pgbackrest=PB)).pgbackrest.noncurrent_version_expiry_days == 30
+    assert parse_params(params_data(pgbackrest={**PB, "noncurrent_version_expiry_days": None})
+                        ).pgbackrest.noncurrent_version_expiry_days is None
+    with pytest.raises(ParamsError, match="noncurrent_version_expiry_days"):
+        parse_params(params_data(pgbackrest={**PB, "noncurrent_version_expiry_days": 0}))
+
+
+def test_the_rule_as_stores_give_it_back_is_recognised():
+    ours = rh.render_noncurrent_expiry_rule(30)
+    assert rh.parse_noncurrent_expiry_days(ours) == 30
+    # the older top-level Prefix (Hetzner's how-to writes it so), and days as the XML's text
+    assert rh.parse_noncurrent_expiry_days({"ID": ours["ID"], "Status": "Enabled", "Prefix": "",
+                                            "NoncurrentVersionExpiration": {"NoncurrentDays": "30"}}) == 30
+    for other in ({**ours, "Status": "Disabled"}, {**ours, "Filter": {"Prefix": "pgbackrest/"}},
+                  {**ours, "Filter": {"Tag": {"Key": "k", "Value": "v"}}},
+                  {**ours, "Expiration": {"Days": 30}},
+                  {**ours, "NoncurrentVersionExpiration": {"NoncurrentDays": 30, "NewerNoncurrentVersions": 3}}):
+        assert rh.parse_noncurrent_expiry_days(other) is None, other
+
+
+def test_plan_puts_ours_beside_the_others_and_only_when_it_differs():
+    theirs = {"ID": "abort-uploads", "Status": "Enabled", "Filter": {"Prefix": ""},
+              "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 7}}
+    rules, what = rh.plan_noncurrent_expiry([], 30)
+    assert rules == [rh.render_noncurrent_expiry_rule(30)] and what == "noncurrent versions removed after 30 days (now no rule)"
+    rules, what = rh.plan_noncurrent_expiry([theirs, rh.render_noncurrent_expiry_rule(14)], 30)
+    assert rules == [theirs, rh.render_noncurrent_expiry_rule(30)]
+    assert what == "noncurrent versions removed after 30 days (now noncurrent versions removed after 14 days)"
+    assert rh.plan_noncurrent_expiry([rh.render_noncurrent_expiry_rule(30), theirs], 30) == (
+        None, "noncurrent versions removed after 30 days")
+    # two rules of ours (a hand edit): one again
+    twice = [rh.render_noncurrent_expiry_rule(30), rh.render_noncurrent_expiry_rule(30)]
+    assert rh.plan_noncurrent_expiry(twice, 30)[0] == [rh.render_noncurrent_expiry_rule(30)]
+    # none: ours removed (an empty list deletes the configuration), nothing when there is none
+    assert rh.plan_noncurrent_expiry([theirs, rh.render_noncurrent_expiry_rule(30)], None)[0] == [theirs]
+    assert rh.plan_noncurrent_expiry([rh.render_noncurrent_expiry_rule(30)], None)[0] == []
+    assert rh.plan_noncurrent_expiry([theirs], None)[0] is None
+    assert rh.other_expiring_rules([theirs, rh.render_noncurrent_expiry_rule(30),
+                                    {"ID": "wipe", "Status": "Enabled", "Expiration": {"Days": 1}},
+                                    {"ID": "off", "Status": "Disabled", "Expiration": {"Days": 1}},
+                                    {"ID": "markers", "Status": "Enabled", "Expiration": {"ExpiredObjectDeleteMarker": True}}
+                                    ]) == ["wipe"]
+
+
+# notebook 21's inputs: which repository ------------------------------------------------------------------------
+
+REPO2 = {"s3_bucket": "hcb-second", "s3_endpoint": "s3.eu-central-003.backblazeb2.com", "s3_region": "eu-central-003",
+         "s3_key": "env:K2", "s3_key_secret": "env:S2", "cipher_pass": "env:C2", "repo_path_prefix": "/pgbackrest-b2",
+         "admin_s3_key": "env:AK2", "admin_s3_key_secret": "env:AS2"}
+ADMIN = {"admin_s3_key": "env:AK", "admin_s3_key_secret": "env:AS"}
+DRILL = {"name": "drill-1", "private_ip": "10.0.1.30", "s3_key": "env:RO", "s3_key_secret": "env:ROS"}
+
+
+def test_the_repository_input_is_1_or_2():
+    assert [rh.parse_repo(v) for v in (1, 2, "1", " 2 ", "repo2", "REPO1")] == [1, 2, 1, 2, 2, 1]
+    for bad in (0, 3, "", "two", "repo3", None):
+        with pytest.raises(ParamsError, match="repo"):
+            rh.parse_repo(bad)
+
+
+def test_plan_inputs_for_repo2_read_its_bucket_path_and_admin_key_and_restore_as_repo1():
+    from hcbpg.desired.pgbackrest import render_pgbackrest_conf, repo_path
+
+    p = parse_params(params_data(pgbackrest={**PB, **ADMIN, "repo2": REPO2}, drill=DRILL))
+    i = rh.plan_as_of_inputs(p, "2026-12-07 07:00:00+00", "", "2")
+    assert (i.repo, i.as_of, i.admin_keys) == (2, T0, ("pgbackrest.repo2.admin_s3_key",
+                                                        "pgbackrest.repo2.admin_s3_key_secret"))
+    src, dst = i.source.pgbackrest, i.target.pgbackrest
+    assert (src.s3_bucket, src.s3_endpoint, src.s3_key, src.cipher_pass, src.admin_s3_key, src.repo2) == (
+        "hcb-second", "s3.eu-central-003.backblazeb2.com", "env:K2", "env:C2", "env:AK2", None)
+    assert repo_path(i.source) == "/pgbackrest-b2/hcb_production"
+    assert repo_path(i.target) == "/pgbackrest-asof-20261207T070000Z/hcb_production"
+    assert dst.s3_bucket == "hcb-second" and dst.stanza == p.pgbackrest.stanza
+    # the scratch host restores from the copy in repo2's bucket as its one repository, with repo2's keys (the
+    # drill's read-only key is repo1's: dropped)
+    assert i.target.drill is not None and i.target.drill.s3_key is None and i.target.drill.name == "drill-1"
+    conf = render_pgbackrest_conf(i.target, i.target.primary, version=(2, 45, 0))
+    assert "repo1-s3-bucket=hcb-second" in conf and "repo1-path=/pgbackrest-asof-20261207T070000Z" in conf
+    assert "repo2-" not in conf
+    # repo 1 (the default): the params as they are, at the clean prefix
+    one = rh.plan_as_of_inputs(p, "2026-12-07 07:00:00+00", "/pgbackrest-asof-1")
+    assert one.source is p and one.admin_keys == ("pgbackrest.admin_s3_key", "pgbackrest.admin_s3_key_secret")
+    assert one.target.pgbackrest.s3_bucket == p.pgbackrest.s3_bucket and one.target.drill.s3_key == "env:RO"
+    assert repo_path(one.target) == "/pgbackrest-asof-1/hcb_production"
+
+
+def test_a_repository_params_do_not_define_or_without_an_admin_key_is_refused_before_anything_is_read():
+    from hcbpg.steps import repository_as_of as step21
+
+    only1 = parse_params(params_data(pgbackrest={**PB, **ADMIN}))
+    with pytest.raises(ParamsError, match="no pgbackrest.repo2") as info:
+        rh.plan_as_of_inputs(only1, "2026-12-07 07:00:00+00", "", 2)
+    assert "repositories: repo1" in str(info.value)
+    no_admin2 = parse_params(params_data(pgbackrest={**PB, **ADMIN, "repo2": {
+        k: v for k, v in REPO2.items() if not k.startswith("admin")}}))
+    with pytest.raises(ParamsError, match="pgbackrest.repo2.admin_s3_key"):
+        rh.plan_as_of_inputs(no_admin2, "2026-12-07 07:00:00+00", "", 2)
+    assert rh.plan_as_of_inputs(no_admin2, "2026-12-07 07:00:00+00", "", 1).repo == 1
+
+    class NoSecrets:  # connect refuses before it asks for a key or opens the bucket
+        params = only1
+
+        def secret(self, key: str) -> str:
+            raise AssertionError(f"asked for {key}")
+    with pytest.raises(ParamsError, match="no pgbackrest.repo2"):
+        step21.connect(NoSecrets(), "2026-12-07 07:00:00+00", "", "2")  # type: ignore[arg-type]

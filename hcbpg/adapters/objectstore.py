@@ -54,6 +54,10 @@ class ObjectStoreLike(Protocol):
 
     def put_object_lock(self, mode: str, days: int) -> None: ...
 
+    def lifecycle_rules(self) -> list[dict[str, Any]]: ...
+
+    def put_lifecycle_rules(self, rules: list[dict[str, Any]]) -> None: ...
+
 
 class ObjectStore:
     """One bucket through a boto3 S3 client; *name* (``s3://bucket``) is what errors call it."""
@@ -156,6 +160,25 @@ class ObjectStore:
         """Turn versioning on (an admin key's action)."""
         self._call("enable versioning on", self.bucket, self.client.put_bucket_versioning, Bucket=self.bucket,
                    VersioningConfiguration={"Status": "Enabled"})
+
+    def lifecycle_rules(self) -> list[dict[str, Any]]:
+        """The bucket's lifecycle rules as S3 gives them (GetBucketLifecycleConfiguration); ``[]`` when it has none."""
+        try:
+            r = self._call("read the lifecycle configuration of", self.bucket,
+                           self.client.get_bucket_lifecycle_configuration, Bucket=self.bucket)
+        except _Missing:  # NoSuchLifecycleConfiguration: 404
+            return []
+        return [dict(rule) for rule in r.get("Rules") or []]
+
+    def put_lifecycle_rules(self, rules: list[dict[str, Any]]) -> None:
+        """The bucket's lifecycle configuration replaced by *rules* (S3 keeps one configuration per bucket: every rule
+        to keep goes along); none: the configuration deleted.  An admin key's action."""
+        if not rules:
+            self._call("delete the lifecycle configuration of", self.bucket, self.client.delete_bucket_lifecycle,
+                       Bucket=self.bucket)
+            return
+        self._call("set the lifecycle configuration of", self.bucket, self.client.put_bucket_lifecycle_configuration,
+                   Bucket=self.bucket, LifecycleConfiguration={"Rules": rules})
 
     def create(self, key: str, body: bytes, *, lock: tuple[str, "_dt.datetime"] | None = None) -> str | None:
         """Write *key* only if it does not exist: its ETag, or None when it exists already.

@@ -68,6 +68,101 @@ def render_admin_key_policy(bucket: str) -> dict[str, Any]:
          "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"]}]}
 
 
+# old versions' expiry (a lifecycle rule) ---------------------------------------------------------------------
+#
+# Versioning keeps every version a delete or an overwrite made noncurrent, so without a rule the bucket only grows
+# (pgBackRest's expiry under versioning adds delete markers).  One rule of ours, over the whole bucket, removes a
+# version N days after it became noncurrent (S3's NoncurrentVersionExpiration; a version still under Object Lock's
+# retention stays until that ends).  N is how far back the way back (notebook 21) reaches after an attack.
+# Where it is honoured (README, Backups): AWS S3; Hetzner Object Storage (its how-to "manage lifecycle",
+# docs.hetzner.com/de/storage/object-storage/howto-protect-objects/manage-lifecycle/, sets NoncurrentVersionExpiration;
+# Ceph RGW underneath); Backblaze B2 through its S3 API's Put/Get Lifecycle Configuration (a versioned bucket, which B2
+# always is; www.backblaze.com/apidocs/s3-put-lifecycle-configuration: NoncurrentVersionExpiration is its "delete").  moto
+# 5.2.6 (the lab) stores the rule and gives it back (Put/Get/DeleteBucketLifecycle) but never applies it: nothing
+# expires in the lab, so a lab test can check the rule, not its effect.
+
+#: the ID of hcbpg's rule in the bucket's lifecycle configuration; other rules are kept as they are
+LIFECYCLE_RULE_ID = "hcbpg-noncurrent-versions"
+
+
+def render_noncurrent_expiry_rule(days: int) -> dict[str, Any]:
+    """hcbpg's lifecycle rule: every noncurrent version in the bucket removed *days* after it became noncurrent."""
+    if days < 1:
+        raise SafetyCheckFailed(f"noncurrent version expiry of {days} days: S3 asks for 1 or more")
+    return {"ID": LIFECYCLE_RULE_ID, "Status": "Enabled", "Filter": {"Prefix": ""},
+            "NoncurrentVersionExpiration": {"NoncurrentDays": days}}
+
+
+def _rule_prefix(rule: Mapping[str, Any]) -> str | None:
+    """The key prefix a rule applies to (``""``: the whole bucket); None when it filters on more than a prefix."""
+    flt = rule.get("Filter")
+    if flt is None:
+        return str(rule.get("Prefix") or "")
+    if set(flt) - {"Prefix"}:
+        return None
+    return str(flt.get("Prefix") or "")
+
+
+#: a lifecycle rule's actions (S3's names)
+_ACTIONS = ("Expiration", "Transitions", "NoncurrentVersionTransitions", "NoncurrentVersionExpiration",
+            "AbortIncompleteMultipartUpload")
+
+
+def parse_noncurrent_expiry_days(rule: Mapping[str, Any]) -> int | None:
+    """The days of a rule that is exactly hcbpg's (enabled, the whole bucket, only NoncurrentVersionExpiration by
+    days, no count of versions kept); None for any other rule."""
+    nve = rule.get("NoncurrentVersionExpiration") or {}
+    if (rule.get("Status") != "Enabled" or _rule_prefix(rule) != "" or set(nve) != {"NoncurrentDays"}
+            or any(rule.get(a) for a in _ACTIONS if a != "NoncurrentVersionExpiration")):
+        return None
+    return int(nve["NoncurrentDays"])
+
+
+def describe_noncurrent_expiry(rules: Iterable[Mapping[str, Any]]) -> str:
+    """hcbpg's rule among *rules*, as the operator reads it."""
+    ours = [r for r in rules if r.get("ID") == LIFECYCLE_RULE_ID]
+    if not ours:
+        return "no rule"
+    days = [parse_noncurrent_expiry_days(r) for r in ours]
+    if len(ours) == 1 and days[0] is not None:
+        return f"noncurrent versions removed after {days[0]} days"
+    return f"rule {LIFECYCLE_RULE_ID} differs from hcbpg's"
+
+
+def plan_noncurrent_expiry(rules: Iterable[Mapping[str, Any]], days: int | None
+                           ) -> tuple[list[dict[str, Any]] | None, str]:
+    """The bucket's lifecycle rules to put so that hcbpg's rule says *days* (None: no rule of ours), and what
+    changes; ``(None, what it is)`` when nothing does.  Every other rule is kept as it was read (S3 replaces the
+    whole configuration on a put); an empty list deletes the configuration."""
+    current = [dict(r) for r in rules]
+    others = [r for r in current if r.get("ID") != LIFECYCLE_RULE_ID]
+    now = describe_noncurrent_expiry(current)
+    if days is None:
+        if len(others) == len(current):
+            return None, "no rule: every version kept (pgbackrest.noncurrent_version_expiry_days none)"
+        return others, f"remove rule {LIFECYCLE_RULE_ID} (now {now})"
+    want = render_noncurrent_expiry_rule(days)
+    ours = [r for r in current if r.get("ID") == LIFECYCLE_RULE_ID]
+    if len(ours) == 1 and parse_noncurrent_expiry_days(ours[0]) == days:
+        return None, f"noncurrent versions removed after {days} days"
+    return others + [want], f"noncurrent versions removed after {days} days (now {now})"
+
+
+def other_expiring_rules(rules: Iterable[Mapping[str, Any]]) -> list[str]:
+    """IDs of enabled rules besides hcbpg's that remove or move objects (an ``Expiration`` by days or date removes
+    *current* objects, backups among them; a shorter noncurrent expiry shortens the way back): the operator's to
+    judge.  Cleaning incomplete uploads and expired delete markers is harmless and not listed."""
+    out: list[str] = []
+    for r in rules:
+        if r.get("ID") == LIFECYCLE_RULE_ID or r.get("Status") != "Enabled":
+            continue
+        exp = r.get("Expiration") or {}
+        if exp.get("Days") or exp.get("Date") or any(r.get(a) for a in ("Transitions", "NoncurrentVersionTransitions",
+                                                                         "NoncurrentVersionExpiration")):
+            out.append(str(r.get("ID") or "(no ID)"))
+    return out
+
+
 # the repository as of a time ----------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -261,6 +356,39 @@ def render_expire_cron(params: "Params") -> str:
     ])
 
 
+def parse_repo(value: object) -> int:
+    """The repository an input names: 1 or 2 (``2``, ``"2"``, ``"repo2"``); anything else refused."""
+    text = str(value).strip().lower().removeprefix("repo")
+    if text not in ("1", "2"):
+        raise ParamsError("repo", [f"{value!r} is not a repository: 1 (pgbackrest) or 2 (pgbackrest.repo2)"])
+    return int(text)
+
+
+def repo_as_repo1(params: "Params", repo: int) -> "Params":
+    """*params* whose repo1 is repository *repo* (its bucket, endpoint, keys, cipher, path; no repo2): what the copy
+    as of T reads and the scratch host restores from, through the code that knows repo1.  Repository 2 also drops
+    the drill's read-only key (``drill.s3_key`` is repo1's).  Refused when params define no repository *repo*."""
+    pb = pgbackrest_params(params)
+    repos = dict(pb.repos())
+    if repo not in repos:
+        raise ParamsError("repo", [f"repository {repo}: params define no pgbackrest.repo{repo} "
+                                   f"(repositories: {', '.join(f'repo{n}' for n in sorted(repos))})"])
+    if repo == 1:
+        return params
+    chosen = repos[repo]
+    fields = {name: getattr(chosen, name) for name in type(chosen).model_fields}
+    update: dict[str, Any] = {"pgbackrest": pb.model_copy(update={**fields, "repo2": None})}
+    if params.drill is not None:
+        update["drill"] = params.drill.model_copy(update={"s3_key": None, "s3_key_secret": None})
+    return params.model_copy(update=update)
+
+
+def admin_secret_keys(repo: int) -> tuple[str, str]:
+    """The params keys of repository *repo*'s admin key (what ``rb.secret`` resolves)."""
+    base = "pgbackrest" if repo == 1 else f"pgbackrest.repo{repo}"
+    return f"{base}.admin_s3_key", f"{base}.admin_s3_key_secret"
+
+
 def repo_with_prefix(params: "Params", prefix: str) -> "Params":
     """*params* with repo1 at another path prefix (a restore from the copy as of T reads it)."""
     if not prefix.startswith("/") or "//" in prefix or prefix.rstrip("/") == "":
@@ -275,6 +403,32 @@ def admin_refs(repo: "S3Repo", where: str = "pgbackrest") -> tuple[Any, Any]:
         raise ParamsError("params", [f"{where}.admin_s3_key: the repository's admin key is needed here (it reads "
                                      "every version and writes the clean prefix); params have none"])
     return repo.admin_s3_key, repo.admin_s3_key_secret
+
+
+@dataclass(frozen=True)
+class AsOfInputs:
+    """Notebook 21's inputs, checked: T, the repository, params of that repository as repo1 (the source) and
+    at the clean prefix (the copy), the params keys of its admin key."""
+
+    as_of: dt.datetime
+    repo: int
+    source: "Params"
+    target: "Params"
+    admin_keys: tuple[str, str]
+
+
+def plan_as_of_inputs(params: "Params", as_of: str, target_prefix: str = "", repo: object = 1) -> AsOfInputs:
+    """Notebook 21's inputs checked before anything is read: a time with its zone, a repository params define (1 or
+    2) with an admin key, a clean prefix that is an absolute path (default ``/pgbackrest-asof-<T>``)."""
+    if not as_of.strip():
+        raise ParamsError("as_of", ["the time to go back to is required: -p as_of='2026-12-07 07:00:00+00' "
+                                    "(UTC; before the attack, after the last backup you want)"])
+    n = parse_repo(repo)
+    source = repo_as_repo1(params, n)
+    admin_refs(pgbackrest_params(source), "pgbackrest" if n == 1 else f"pgbackrest.repo{n}")
+    t = parse_as_of(as_of)
+    target = repo_with_prefix(source, target_prefix.strip() or as_of_path_prefix(t))
+    return AsOfInputs(t, n, source, target, admin_secret_keys(n))
 
 
 def parse_expire_output(text: str) -> list[str]:

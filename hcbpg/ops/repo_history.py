@@ -2,6 +2,7 @@
 from the jumpbox with the admin key, and the repository as of a time T copied version by version into a clean
 prefix, from which a scratch host restores (:func:`hcbpg.ops.drill.run_restore`).
 
+Old versions expire by the bucket's lifecycle rule (:func:`ensure_noncurrent_version_expiry`, admin key).
 The plan of the copy is pure (:func:`hcbpg.desired.repo_history.plan_as_of`); the bucket is read and written
 through :class:`hcbpg.adapters.objectstore.ObjectStore` with the admin key, from the operator's machine or the
 jumpbox, never from a database server.
@@ -21,16 +22,20 @@ from hcbpg.adapters.files import ensure_dir
 from hcbpg.desired.repo_history import (
     EXPIRE_CONF_PATH,
     EXPIRE_CRON_PATH,
+    LIFECYCLE_RULE_ID,
     AsOfPlan,
     ObjectVersion,
+    describe_noncurrent_expiry,
     expire_secret_refs,
+    other_expiring_rules,
+    plan_noncurrent_expiry,
     render_expire_command,
     render_expire_conf,
     render_expire_cron,
 )
 from hcbpg.errors import CloudError, PgBackRestError, SafetyCheckFailed
 from hcbpg.ops.pgbackrest import ensure_installed
-from hcbpg.outcome import Outcome, unified_diff
+from hcbpg.outcome import Check, Outcome, unified_diff
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.base import HostLike, Result
@@ -86,6 +91,52 @@ def ensure_bucket_object_lock(store: "ObjectStoreLike", mode: str, days: int, *,
                              hint="The provider does not keep Object Lock settings: set pgbackrest.object_lock_days "
                                   "to none, or pick a provider that does (README, Backups).")
     return Outcome(what, True, dry_run, actions=[action])
+
+
+# old versions' expiry ------------------------------------------------------------------------------------------
+
+def ensure_noncurrent_version_expiry(store: "ObjectStoreLike", days: int | None, *, dry_run: bool) -> Outcome:
+    """The bucket's lifecycle rule removing noncurrent versions *days* after they became noncurrent (None: no rule
+    of ours, every version kept), with the admin key; read first, put only when it differs, other rules kept
+    (:func:`hcbpg.desired.repo_history.plan_noncurrent_expiry`).
+
+    Refused, nothing changed, where the provider refuses lifecycle rules; refused when the rule does not read back
+    after the put (a store that accepts and ignores it)."""
+    what = f"lifecycle of {store.name} ({LIFECYCLE_RULE_ID})"
+    rules, action = plan_noncurrent_expiry(store.lifecycle_rules(), days)
+    if rules is None:
+        return Outcome(what, False, dry_run, actions=[action])
+    if not dry_run:
+        try:
+            store.put_lifecycle_rules(rules)
+        except CloudError as exc:
+            raise CloudError(f"{store.name}: the lifecycle rule could not be set: {exc.message}",
+                             hint="Set it in the provider's console (noncurrent versions removed after "
+                                  f"{days} days) and pgbackrest.noncurrent_version_expiry_days to none, or use the "
+                                  "repository's admin key (the servers' key may not change lifecycle).") from exc
+        again, _ = plan_noncurrent_expiry(store.lifecycle_rules(), days)
+        if again is not None:
+            raise CloudError(f"{store.name}: the lifecycle reads {describe_noncurrent_expiry(store.lifecycle_rules())!r}"
+                             " after it was set",
+                             hint="The provider does not keep lifecycle rules through its S3 API: set the rule in "
+                                  "its console (README, Backups).")
+    return Outcome(what, True, dry_run, actions=[action])
+
+
+def check_noncurrent_version_expiry(store: "ObjectStoreLike", days: int | None) -> list[Check]:
+    """hcbpg's lifecycle rule is what params say, and no other rule removes objects (a warning naming it)."""
+    rules = store.lifecycle_rules()
+    pending, _ = plan_noncurrent_expiry(rules, days)
+    want = "no rule of hcbpg" if days is None else f"noncurrent versions removed after {days} days"
+    out = [Check.of("old versions' expiry", pending is None,
+                    f"{describe_noncurrent_expiry(rules)}" + ("" if pending is None else f", expected {want}"),
+                    store.name)]
+    others = other_expiring_rules(rules)
+    if others:
+        out.append(Check("other lifecycle rules", "warn",
+                         f"{', '.join(others)} also expire or move objects: an Expiration by days removes current "
+                         "backups, a shorter noncurrent expiry shortens the way back", store.name))
+    return out
 
 
 # the repository as of T ---------------------------------------------------------------------------------------

@@ -63,7 +63,8 @@ def get_conf_shown(host: "HostLike", params: "Params", server: "Server") -> str:
 
 def protect_history(rb: "Run") -> list[Outcome]:
     """With a repository admin key (``pgbackrest.admin_s3_key``): versioning on the bucket, turned on with the admin
-    key (and Object Lock's default retention with ``object_lock_days``), and expiry on the jumpbox
+    key (and Object Lock's default retention with ``object_lock_days``), the lifecycle rule that removes noncurrent
+    versions (``noncurrent_version_expiry_days``), and expiry on the jumpbox
     (:mod:`hcbpg.ops.repo_history`); the servers then do not expire.  Without one:
     nothing (the servers' key expires, as before)."""
     params = rb.params
@@ -80,6 +81,9 @@ def protect_history(rb: "Run") -> list[Outcome]:
     if pb.object_lock_days is not None:
         outcomes.append(repo_history.ensure_bucket_object_lock(store, pb.object_lock_mode, pb.object_lock_days,
                                                                dry_run=rb.dry_run))
+    # versioning keeps every version: the lifecycle rule removes them pgbackrest.noncurrent_version_expiry_days after
+    outcomes.append(repo_history.ensure_noncurrent_version_expiry(store, pb.noncurrent_version_expiry_days,
+                                                                  dry_run=rb.dry_run))
     jb = connect_jumpbox(rb)
     host = dry_run_of(jb, rb.dry_run) if jb is not None else AbsentHost(params.jumpbox.name)
     return outcomes + repo_history.ensure_expiry_on_jumpbox(host, params)

@@ -215,8 +215,7 @@ def show_auto_conf(hosts: Mapping[str, "HostLike | None"], params: "Params") -> 
 def check_backup_standby(hosts: Mapping[str, "HostLike | None"], params: "Params") -> list[Check]:
     """With ``pgbackrest.backup_standby``, per reachable server: its pgbackrest.conf names the other server as pg2
     and that server's TLS server answers (nothing otherwise).  A warning, never a failure, when not: the backup job
-    then falls back to the primary (slower: pgBackRest 2.45 first retries the standby for about two minutes), and
-    the next run of step 10 with both servers back writes pg2 again."""
+    then takes its backups from the primary, and the next run of step 10 with both servers back writes pg2 again."""
     if not desired_pgbackrest_server.enabled(params):
         return []
     pb = params.pgbackrest

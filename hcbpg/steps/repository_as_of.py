@@ -4,6 +4,10 @@ The repository as it was at a time T (before the attack) is copied, version by v
 the same bucket with the repository's admin key (pgBackRest 2.45 has no ``--repo-target-time``), then restored
 from there onto the drill's scratch host (the drill's code path) and checked: what was committed and archived
 before T is there.  Nothing is written before the gate; the live repository is never changed.
+
+Either repository (input ``repo``: 1, the default, or 2): its bucket, path, admin key and cipher passphrase; the
+copy goes into a clean prefix of that repository's bucket, and the scratch host restores from it as its repo1
+(:func:`hcbpg.desired.repo_history.repo_as_repo1`).
 """
 
 from __future__ import annotations
@@ -15,16 +19,7 @@ from typing import TYPE_CHECKING, Any
 from hcbpg.adapters.objectstore import ObjectStore
 from hcbpg.desired import pgbackrest as desired_pgbackrest
 from hcbpg.desired.drill import DrillTarget, RestoreResult
-from hcbpg.desired.repo_history import (
-    AsOfPlan,
-    admin_refs,
-    as_of_path_prefix,
-    key_prefix,
-    parse_as_of,
-    plan_as_of,
-    repo_with_prefix,
-)
-from hcbpg.errors import ParamsError
+from hcbpg.desired.repo_history import AsOfPlan, key_prefix, plan_as_of, plan_as_of_inputs
 from hcbpg.ops import drill
 from hcbpg.ops import repo_history as ops_rh
 from hcbpg.outcome import Check, Outcome
@@ -35,8 +30,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.params import Params
     from hcbpg.steps.context import Run
 
-#: the step's inputs (``-p as_of=... -p target_prefix=...``)
-AS_OF_INPUT, PREFIX_INPUT = "as_of", "target_prefix"
+#: the step's inputs (``-p as_of=... -p target_prefix=... -p repo=2``)
+AS_OF_INPUT, PREFIX_INPUT, REPO_INPUT = "as_of", "target_prefix", "repo"
 
 
 @dataclass
@@ -45,25 +40,19 @@ class AsOf:
 
     store: ObjectStore
     plan: AsOfPlan
-    params: "Params"   # repo1 at the clean prefix: what the restore reads
+    params: "Params"   # repo1 at the clean prefix (the chosen repository's bucket and keys): what the restore reads
+    repo: int = 1      # which repository of params it goes back in
 
 
-def connect(rb: "Run", as_of: str, target_prefix: str = "") -> AsOf:
-    """Read every version under the repository with the admin key and plan the copy as of *as_of* (read only)."""
-    if not as_of.strip():
-        raise ParamsError(AS_OF_INPUT, ["the time to go back to is required: -p as_of='2026-12-07 07:00:00+00' "
-                                        "(UTC; before the attack, after the last backup you want)"])
-    params = rb.params
-    pb = desired_pgbackrest.pgbackrest_params(params)
-    admin_refs(pb)
-    t = parse_as_of(as_of)
-    asof = repo_with_prefix(params, target_prefix.strip() or as_of_path_prefix(t))
-    store = ObjectStore.from_params(params, rb.secret("pgbackrest.admin_s3_key"),
-                                    rb.secret("pgbackrest.admin_s3_key_secret"))
-    src = key_prefix(desired_pgbackrest.repo_path(params))
-    dst = key_prefix(desired_pgbackrest.repo_path(asof))
-    plan = plan_as_of(ops_rh.get_versions(store, src), t, source_prefix=src, target_prefix=dst)
-    return AsOf(store, plan, asof)
+def connect(rb: "Run", as_of: str, target_prefix: str = "", repo: object = 1) -> AsOf:
+    """Read every version under the repository (*repo*: 1 or 2) with its admin key and plan the copy as of *as_of*
+    (read only)."""
+    i = plan_as_of_inputs(rb.params, as_of, target_prefix, repo)
+    store = ObjectStore.from_params(i.source, rb.secret(i.admin_keys[0]), rb.secret(i.admin_keys[1]))
+    src = key_prefix(desired_pgbackrest.repo_path(i.source))
+    dst = key_prefix(desired_pgbackrest.repo_path(i.target))
+    plan = plan_as_of(ops_rh.get_versions(store, src), i.as_of, source_prefix=src, target_prefix=dst)
+    return AsOf(store, plan, i.target, i.repo)
 
 
 def table_of_plan(a: AsOf) -> list[dict[str, Any]]:
@@ -72,6 +61,7 @@ def table_of_plan(a: AsOf) -> list[dict[str, Any]]:
     backup_infos = [c for c in a.plan.copies if c.source_key.endswith("/backup.info")]
     return [
         {"what": "as of (T)", "value": s["as_of"]},
+        {"what": "repository", "value": f"repo{a.repo}"},
         {"what": "from", "value": f"{a.store.name}/{s['source_prefix']}"},
         {"what": "to (clean prefix)", "value": f"{a.store.name}/{s['target_prefix']}"},
         {"what": "object versions copied", "value": f"{s['objects']} ({s['bytes']} bytes)"},
@@ -107,4 +97,4 @@ def check_restored(host: "HostLike", a: AsOf, result: RestoreResult) -> list[Che
 
 
 def get_record(a: AsOf, result: RestoreResult | None) -> dict[str, Any]:
-    return {**a.plan.summary(), "restore": result.record() if result is not None else None}
+    return {**a.plan.summary(), "repo": a.repo, "restore": result.record() if result is not None else None}

@@ -153,15 +153,19 @@ def test_step05_protects_history_and_the_server_holds_only_its_own_key(params, h
     # a bucket made with Object Lock has versioning on from the start (S3, moto): nothing to change there; the lab
     # jumpbox has pgbackrest installed already
     expected = {f"Object Lock of s3://{BUCKET}", f"{rh.EXPIRE_CONF_PATH} on {JUMPBOX}",
-                f"{rh.EXPIRE_CRON_PATH} on {JUMPBOX}"}
+                f"{rh.EXPIRE_CRON_PATH} on {JUMPBOX}", f"lifecycle of s3://{BUCKET} ({rh.LIFECYCLE_RULE_ID})"}
     planned = step05.protect_history(_Run(params, dry_run=True))
     assert expected <= changed(planned) and f"versioning of s3://{BUCKET}" not in changed(planned)
     assert all(o.dry_run for o in planned)
     assert admin_store.object_lock() == (None, None) and hosts["jumpbox"].read_text(rh.EXPIRE_CONF_PATH) is None
+    assert admin_store.lifecycle_rules() == []
     outcomes = step05.protect_history(_Run(params))
     print("\n".join(str(o) for o in outcomes))
     assert changed(outcomes) == changed(planned)
     assert admin_store.versioning() == "Enabled" and admin_store.object_lock() == ("GOVERNANCE", 1)
+    # old versions expire: the lifecycle rule (params' default, 30 days) is in place (moto stores it, never applies it)
+    assert [(c.status, c.detail) for c in ops_rh.check_noncurrent_version_expiry(admin_store, 30)] == [
+        ("pass", "noncurrent versions removed after 30 days")]
     assert not any(o.changed for o in step05.protect_history(_Run(params)))
     primary = hosts["primary"]
     step05.configure(primary, params, params.primary)
@@ -330,3 +334,47 @@ def test_notebook_21_through_the_cli_waits_at_its_gate_then_copies_and_restores(
         if path.is_file():
             data = path.read_bytes()
             assert secret.encode() not in data and admin_secret.encode() not in data, path
+
+
+def test_the_way_back_in_repo2_reads_that_repositorys_bucket_path_and_keys(params, admin_store):
+    """Notebook 21's ``repo=2`` on params whose repo2 is the attacked repository and whose repo1 points at an empty
+    prefix: the plan, the copy and the restore read repo2's bucket, path and admin key (the copy in repo2's bucket,
+    restored there as the scratch host's only repository)."""
+    import copy as _copy
+
+    from hcbpg.params import S3Repo
+
+    data = _copy.deepcopy(STATE["data"])
+    pb = data["pgbackrest"]
+    pb["repo2"] = {k: v for k, v in pb.items() if k in S3Repo.model_fields}  # the attacked repository, as repo2
+    pb["repo_path_prefix"] = "/pgbackrest-immutable-nothing-here"
+    two = parse_params(data)
+    prefix = "/pgbackrest-asof-repo2"
+    i = rh.plan_as_of_inputs(two, STATE["t"].isoformat(), prefix, "2")
+    assert i.source.pgbackrest.repo_path_prefix == params.pgbackrest.repo_path_prefix
+    src_pb = i.source.pgbackrest  # repo2's fields as repo1: its admin key, as rb.secret(i.admin_keys) resolves it
+    assert (src_pb.admin_s3_key, src_pb.admin_s3_key_secret) == (two.pgbackrest.repo2.admin_s3_key,
+                                                                 two.pgbackrest.repo2.admin_s3_key_secret)
+    store = ObjectStore.from_params(i.source, resolve(src_pb.admin_s3_key, key=i.admin_keys[0]),
+                                    resolve(src_pb.admin_s3_key_secret, key=i.admin_keys[1]))
+    src = rh.key_prefix(desired_pgbackrest.repo_path(i.source))
+    plan = rh.plan_as_of(ops_rh.get_versions(store, src), i.as_of, source_prefix=src,
+                         target_prefix=rh.key_prefix(desired_pgbackrest.repo_path(i.target)))
+    assert any(STATE["before_wal"] in c.source_key for c in plan.copies)
+    t0 = time.monotonic()
+    assert ops_rh.run_copy_as_of(store, plan, dry_run=False).changed
+    assert admin_store.keys(prefix.lstrip("/") + "/")  # in the repository's bucket
+    target = step12.drill_target(i.target)
+    host = step12.scratch_host(i.target, target, dry_run=False)
+    try:
+        step12.prepare_scratch(host, i.target, target)
+        conf = desired_pgbackrest.parse_conf(host.read_text(desired_pgbackrest.CONF_PATH) or "")["global"]
+        assert conf["repo1-path"] == f"{prefix}/{params.pgbackrest.stanza}" and "repo2-path" not in conf
+        result = drill.run_restore(host, i.target, target, force=True)
+        rows = pg_cluster.get_psql(host, i.target).query(
+            "SELECT phase, count(*) AS n FROM attack_probe GROUP BY phase", dbname="hcb_production")
+        assert {r["phase"]: r["n"] for r in rows} == {"before": 500}
+        print(f"repo2 as of T: {len(plan.copies)} versions copied and restored in {time.monotonic() - t0:.1f}s "
+              f"(restore {result.restore_s}s, recovery {result.recovery_s}s)")
+    finally:
+        host.close()  # type: ignore[attr-defined]
