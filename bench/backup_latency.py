@@ -33,7 +33,6 @@ import json
 import shlex
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,22 +42,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "lab"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from _report import log_line, percentile, print_table, quiet  # noqa: E402
+import _ha  # noqa: E402
+from _report import log_line, percentile, print_table  # noqa: E402
 
 from hcbpg.adapters.host import Host  # noqa: E402
 from hcbpg.desired import backups as desired_backups  # noqa: E402
-from hcbpg.desired import migration as dm  # noqa: E402
 from hcbpg.lab import Lab, app_load  # noqa: E402
-from hcbpg.lab.core import lab_unavailable_reason, scratch_config  # noqa: E402
-from hcbpg.lab.hosts import remove_tree  # noqa: E402
 from hcbpg.ops import pgbackrest as pgb  # noqa: E402
 from hcbpg.ops import pgbackrest_server as ops_dps  # noqa: E402
-from hcbpg.ops import tls as tls_ops  # noqa: E402
-from hcbpg.params import Params, parse_params  # noqa: E402
-from hcbpg.secrets import resolve  # noqa: E402
+from hcbpg.params import parse_params  # noqa: E402
 
 import ha_stage as hs  # noqa: E402
-from stages import build_primary_stage  # noqa: E402
 
 PGBENCH = "/usr/lib/postgresql/15/bin/pgbench"
 
@@ -74,9 +68,8 @@ def phase_row(name: str, writes: Sequence[app_load.Ack], errors: Sequence[app_lo
             "mean_ms": round(statistics.fmean(lat), 2) if lat else float("nan"), "backup_s": backup_s}
 
 
-class Bench:
-    def __init__(self, lab: Lab, params: Params, cluster: hs.HaCluster, app: Host, writer: app_load.Writer) -> None:
-        self.lab, self.params, self.cluster, self.app, self.writer = lab, params, cluster, app, writer
+class Bench(_ha.HaBench):
+    """The scratch lab, the cluster with backup-standby on, the app host and its timed writer."""
 
     @property
     def leader(self) -> Host:
@@ -102,17 +95,7 @@ class Bench:
 
 
 def build(lab: Lab, rate: float, scale: int) -> Bench:
-    t = time.monotonic()
-    lab.up(source_rows=1000)
-    log_line(f"lab up in {time.monotonic() - t:.0f} s ({lab.lab_dir})")
-    where = Path(tempfile.mkdtemp(prefix="hcbpg-bench-backup-latency-"))
-    try:
-        stage = build_primary_stage(lab, where)
-        data = hs.ha_params_data(lab, replica_offset=71, jumpbox_offset=72, scope="hcb-bench-backup")
-        cluster = hs.build_ha_cluster(lab, stage, parse_params(data))
-    finally:
-        remove_tree(where)
-    log_line(f"HA cluster in {cluster.timings['total_s']:.0f} s")
+    data, cluster = _ha.build_cluster(lab, scope="hcb-bench-backup")
     d = copy.deepcopy(data)
     d["pgbackrest"]["backup_standby"] = True
     params = parse_params(d)
@@ -128,13 +111,7 @@ def build(lab: Lab, rate: float, scale: int) -> Bench:
         f"psql -X -At -d {db} -c 'SELECT pg_size_pretty(pg_database_size(current_database()))'",
         sudo_user="postgres", quiet=True).stdout.strip()
     log_line(f"pgbench -i -s {scale}: {size} in {time.monotonic() - t:.0f} s")
-    app = Host.from_params(params, "app", lab.cfg.app_ip, echo=quiet).connect()
-    tls_ops.ensure_client_ca(app, params)
-    password = resolve(params.postgres.app_role_password, key="postgres.app_role_password")
-    urls = dm.render_role_urls(params, {"DATABASE_URL": ("rails", password)},
-                               path=lab.lab_dir / "bench-app-database-urls.env", target="the lab app")
-    app_load.put_env_file(app, urls.text)
-    writer = app_load.start_ar_writer(app, name="bench-backup-latency", rate=rate, pg_async=False, latency=True)
+    app, writer = _ha.start_app_writer(lab, params, name="bench-backup-latency", rate=rate, latency=True)
     return Bench(lab, params, cluster, app, writer)
 
 
@@ -200,12 +177,9 @@ def main() -> int:
     ap.add_argument("--json", default=None, help="the rows as JSON")
     ap.add_argument("--keep", action="store_true", help="leave the scratch lab up (its dir is printed)")
     a = ap.parse_args()
-    reason = lab_unavailable_reason()
-    if reason:
-        print(f"bench/backup_latency.py: cannot run here: {reason}")
+    lab = _ha.scratch_lab("hcbpg-lab-bench-backup-latency-", "bench/backup_latency.py")
+    if lab is None:
         return 2
-    Lab.sweep_scratch()
-    lab = Lab(scratch_config("hcbpg-lab-bench-backup-latency-").lab_dir)
     b: Bench | None = None
     rows: list[dict[str, Any]] = []
     try:
@@ -213,14 +187,7 @@ def main() -> int:
         rows = run_phases(b, quiet_s=a.quiet, rounds=a.rounds)
         app_load.stop_writer(b.app, b.writer)
     finally:
-        if b is not None:
-            b.app.close()
-        if a.keep:
-            print(f"lab kept: {lab.lab_dir}")
-        else:
-            if b is not None:
-                hs.destroy_ha_cluster(lab, b.params, b.cluster)
-            lab.down(purge=True)
+        _ha.end(lab, b, keep=a.keep)
     report(rows)
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=1))

@@ -33,8 +33,8 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,35 +42,29 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "lab"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+import _ha  # noqa: E402
 from _report import log_line, print_table, pyplot, quiet, save_figure  # noqa: E402
 
 from hcbpg.adapters.host import Host  # noqa: E402
 from hcbpg.adapters.services import ServiceControl  # noqa: E402
-from hcbpg.desired import migration as dm  # noqa: E402
 from hcbpg.desired import patroni as dp  # noqa: E402
 from hcbpg.desired.services import PATRONI_LOG, patroni_service  # noqa: E402
 from hcbpg.lab import Lab, app_load, faults  # noqa: E402
-from hcbpg.lab.core import lab_unavailable_reason, scratch_config  # noqa: E402
-from hcbpg.lab.hosts import remove_tree  # noqa: E402
 from hcbpg.ops import cluster as pg_cluster  # noqa: E402
 from hcbpg.ops import patroni as ops_patroni  # noqa: E402
-from hcbpg.ops import tls as tls_ops  # noqa: E402
-from hcbpg.params import Params, parse_params  # noqa: E402
-from hcbpg.secrets import resolve  # noqa: E402
+from hcbpg.params import parse_params  # noqa: E402
 
 import ha_stage as hs  # noqa: E402
-from stages import build_primary_stage  # noqa: E402
 
 TARGETS = {"switchover": 5.0, "crash": 20.0, "cut": 20.0}
 EVENTS = ("switchover", "crash", "cut")
 
 
-class Bench:
-    """The scratch lab, the cluster, the app host and its writer."""
+@dataclass
+class Bench(_ha.HaBench):
+    """The scratch lab, the cluster, the app host and its writer (*rate* inserts a second)."""
 
-    def __init__(self, lab: Lab, params: Params, cluster: hs.HaCluster, app: Host, writer: app_load.Writer,
-                 rate: float):
-        self.lab, self.params, self.cluster, self.app, self.writer, self.rate = lab, params, cluster, app, writer, rate
+    rate: float
 
     def ip(self, name: str) -> str:
         return self.params.server(name).private_ip
@@ -206,26 +200,9 @@ def fmt(v: float | None) -> str:
 
 
 def build(lab: Lab, rate: float) -> Bench:
-    t = time.monotonic()
-    lab.up(source_rows=1000)
-    log_line(f"lab up in {time.monotonic() - t:.0f} s ({lab.lab_dir})")
-    where = Path(tempfile.mkdtemp(prefix="hcbpg-bench-failover-"))
-    try:
-        stage = build_primary_stage(lab, where)
-        log_line(f"primary through steps 02-04 in {stage.seconds:.0f} s")
-        params = parse_params(hs.ha_params_data(lab, replica_offset=71, jumpbox_offset=72, scope="hcb-bench"))
-        cluster = hs.build_ha_cluster(lab, stage, params)
-    finally:
-        remove_tree(where)
-    log_line(f"HA cluster (etcd x3, Patroni adopting the pair) in {cluster.timings['total_s']:.0f} s: "
-             f"{cluster.timings}")
-    app = Host.from_params(params, "app", lab.cfg.app_ip, echo=quiet).connect()
-    tls_ops.ensure_client_ca(app, params)
-    password = resolve(params.postgres.app_role_password, key="postgres.app_role_password")
-    urls = dm.render_role_urls(params, {"DATABASE_URL": ("rails", password)},
-                               path=lab.lab_dir / "bench-app-database-urls.env", target="the lab app")
-    app_load.put_env_file(app, urls.text)
-    writer = app_load.start_ar_writer(app, name="bench-failover", rate=rate, pg_async=False)
+    data, cluster = _ha.build_cluster(lab, scope="hcb-bench")
+    params = parse_params(data)
+    app, writer = _ha.start_app_writer(lab, params, name="bench-failover", rate=rate)
     return Bench(lab, params, cluster, app, writer, rate)
 
 
@@ -296,12 +273,9 @@ def main() -> int:
     events = [e.strip() for e in a.events.split(",") if e.strip()]
     if not events or any(e not in EVENTS for e in events):
         ap.error(f"--events: some of {', '.join(EVENTS)}")
-    reason = lab_unavailable_reason()
-    if reason:
-        print(f"bench/failover.py: cannot run here: {reason}")
+    lab = _ha.scratch_lab("hcbpg-lab-bench-failover-", "bench/failover.py")
+    if lab is None:
         return 2
-    Lab.sweep_scratch()
-    lab = Lab(scratch_config("hcbpg-lab-bench-failover-").lab_dir)
     rows: list[dict[str, Any]] = []
     b: Bench | None = None
     try:
@@ -319,14 +293,7 @@ def main() -> int:
         print(f"\nthe app: {len(log.acks)} acknowledged writes, {len(log.errors)} errors; missing on the leader "
               f"{leader.name} at the end: {len(total_lost)}")
     finally:
-        if b is not None:
-            b.app.close()
-        if a.keep:
-            print(f"lab kept: {lab.lab_dir}")
-        else:
-            if b is not None:
-                hs.destroy_ha_cluster(lab, b.params, b.cluster)
-            lab.down(purge=True)
+        _ha.end(lab, b, keep=a.keep)
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=1))
         print(f"json: {a.json}")
