@@ -18,21 +18,25 @@ of one worker run one after another and destroy their hosts at their end).  No t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from hcbpg.adapters.cloud import make_client
 from hcbpg.adapters.host import Host
+from hcbpg.desired import migration as dm
 from hcbpg.desired import patroni as dp
 from hcbpg.desired.capacity import ServerShape
 from hcbpg.desired.patroni import ClusterView, PatroniSecrets
 from hcbpg.lab import Lab, app_load, create_server_host, destroy_server_host
 from hcbpg.ops import failover as fo
 from hcbpg.ops import patroni as ops_patroni
+from hcbpg.ops import tls as tls_ops
 from hcbpg.ops.provisioning import get_server_shape
 from hcbpg.params import Params
 from hcbpg.secrets import resolve
@@ -165,6 +169,34 @@ def build_ha_cluster(lab: Lab, primary_stage: PrimaryStage, params: Params, *,
         for name in made:
             destroy_server_host(name, lab_dir=str(lab.lab_dir))
         raise
+
+
+@contextlib.contextmanager
+def running_ha_cluster(lab: Lab, primary_stage: PrimaryStage, params: Params) -> Iterator[HaCluster]:
+    """:func:`build_ha_cluster` for a module (what it took printed), destroyed at its end: the body of each HA
+    module's ``cluster`` fixture."""
+    t0 = time.monotonic()
+    c = build_ha_cluster(lab, primary_stage, params)
+    print(f"\nHA cluster built in {time.monotonic() - t0:.0f} s: {c.timings}")
+    try:
+        yield c
+    finally:
+        destroy_ha_cluster(lab, params, c)
+
+
+def open_app_host(lab: Lab, params: Params, where: Path) -> tuple[Host, dm.AppUrls]:
+    """The lab's app host (connected) with the CA where the handed-out URL says, and the handed-out URLs (rendered
+    under *where*: ``DATABASE_URL`` for the app role, both servers, target_session_attrs=read-write)."""
+    host = Host.from_params(params, "app", lab.cfg.app_ip, echo=lambda _s: None).connect()
+    try:
+        tls_ops.ensure_client_ca(host, params)
+        password = resolve(params.postgres.app_role_password, key="postgres.app_role_password")
+        urls = dm.render_role_urls(params, {"DATABASE_URL": ("rails", password)},
+                                   path=where / "app-database-urls.env", target="the lab app")
+    except BaseException:
+        host.close()
+        raise
+    return host, urls
 
 
 def destroy_ha_cluster(lab: Lab, params: Params, cluster: HaCluster | None) -> None:
@@ -310,5 +342,5 @@ def measure(event: str, *, t0_ms: int, log: app_load.LoadLog, old: tuple[str, st
 
 __all__ = ["EVENTS_SQL", "JUMPBOX", "REPLICA", "STAGE_PRIMARY", "STAGE_PRIMARY_OFFSET", "EventFigures", "HaCluster",
            "build_ha_cluster", "destroy_ha_cluster", "ha_params_data", "lab_shape", "leader_name", "measure",
-           "missing_acks", "now_ms", "patroni_secrets", "promoted_ms", "query_json", "wait_for_acks_on",
-           "wait_rejoined"]
+           "missing_acks", "now_ms", "open_app_host", "patroni_secrets", "promoted_ms", "query_json",
+           "running_ha_cluster", "wait_for_acks_on", "wait_rejoined"]

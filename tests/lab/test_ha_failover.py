@@ -42,7 +42,6 @@ import pytest
 
 from hcbpg.adapters.host import Host
 from hcbpg.adapters.services import ServiceControl
-from hcbpg.desired import migration as dm
 from hcbpg.desired import patroni as dp
 from hcbpg.desired.schedule import JOB_PATH
 from hcbpg.desired.services import PATRONI_LOG, patroni_service
@@ -50,9 +49,7 @@ from hcbpg.lab import app_load, faults
 from hcbpg.ops import patroni as ops_patroni
 from hcbpg.ops import pgbackrest
 from hcbpg.ops import schedule as ops_schedule
-from hcbpg.ops import tls as tls_ops
 from hcbpg.params import Params, parse_params
-from hcbpg.secrets import resolve
 
 import ha_stage as hs
 from ha_stage import REPLICA, STAGE_PRIMARY
@@ -75,23 +72,14 @@ def params(lab) -> Params:
 
 @pytest.fixture(scope="module")
 def cluster(lab, primary_stage, params):
-    t0 = time.monotonic()
-    c = hs.build_ha_cluster(lab, primary_stage, params)
-    print(f"\nHA cluster built in {time.monotonic() - t0:.0f} s: {c.timings}")
-    try:
+    with hs.running_ha_cluster(lab, primary_stage, params) as c:
         yield c
-    finally:
-        hs.destroy_ha_cluster(lab, params, c)
 
 
 @pytest.fixture(scope="module")
 def app(lab, params, cluster, tmp_path_factory):
     """The lab's app host with the handed-out URLs file (0600) and the CA, the ActiveRecord writer running."""
-    host = Host.from_params(params, "app", lab.cfg.app_ip, echo=lambda _s: None).connect()
-    tls_ops.ensure_client_ca(host, params)
-    password = resolve(params.postgres.app_role_password, key="postgres.app_role_password")
-    urls = dm.render_role_urls(params, {"DATABASE_URL": ("rails", password)},
-                               path=tmp_path_factory.mktemp("urls") / "app-database-urls.env", target="the lab app")
+    host, urls = hs.open_app_host(lab, params, tmp_path_factory.mktemp("urls"))
     app_load.put_env_file(host, urls.text)
     STATE["url"] = urls.values["DATABASE_URL"]
     writer = app_load.start_ar_writer(host, name="ha-failover", rate=RATE, pg_async=False)
