@@ -36,6 +36,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -243,6 +244,7 @@ def main() -> None:
                                                    "figures": figures, "median": med}, indent=2))
         host.close()
         app.close()
+        shutil.rmtree(work, ignore_errors=True)  # the dump's folder (each dump is deleted after its restore)
     finally:
         if args.keep_lab:
             print(f"lab kept: {lab.lab_dir} (again with --lab-dir {lab.lab_dir}; a test session may sweep it once "
