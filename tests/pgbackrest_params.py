@@ -1,6 +1,7 @@
-"""The params the pure pgBackRest tests build (tests/test_pgbackrest_render.py, tests/test_pgbackrest_repo2.py):
-two servers in the lab's network, repo1 as the lab's S3 store has it or as production's, secrets as ``env:``
-references the tests plant."""
+"""The params the pure pgBackRest tests build (tests/test_pgbackrest_render.py, tests/test_pgbackrest_repo2.py,
+tests/test_archive_timeout_unit.py): two servers in the lab's network (``BASE``, which tests/test_render_postgres.py
+starts from too), repo1 as the lab's S3 store has it or as production's, secrets as ``env:`` references the tests
+plant."""
 
 from __future__ import annotations
 

@@ -18,15 +18,9 @@ from hcbpg.steps import allow_connections as allow_step
 from hcbpg.steps import install_postgres as install_step
 
 from goldenfile import golden
+from pgbackrest_params import BASE
 
-PARAMS = {
-    "environment": "lab",
-    "hetzner": {"token": "env:HCBPG_TEST_TOKEN", "ssh_public_key_file": "/dev/null"},
-    "network": {"ip_range": "10.0.0.0/16", "subnet": "10.0.1.0/24"},
-    "servers": [{"name": "server-postgres-1", "private_ip": "10.0.1.5", "role": "primary"},
-                {"name": "server-postgres-2", "private_ip": "10.0.1.6", "role": "replica"}],
-    "postgres": {"app_role_password": "env:HCBPG_TEST_APP_PW"},
-}
+PARAMS = BASE  # two servers in the lab's network (tests/pgbackrest_params.py), copied before any change
 
 DEBIAN_DEFAULT_HBA = """\
 # Database administrative login by Unix domain socket
