@@ -21,13 +21,10 @@ import pytest
 import yaml
 
 from hcbpg.adapters.host import Host
-from hcbpg.desired import migration as dm
 from hcbpg.desired import patroni as dp
 from hcbpg.ops import patroni as ops_patroni
-from hcbpg.ops import tls as tls_ops
 from hcbpg.params import parse_params
 from hcbpg.pg.conninfo import conninfo_quote, parse_app_url
-from hcbpg.secrets import resolve
 
 import ha_stage as hs
 from stages import STAGE_PRIMARY, cli, latest_manifest, latest_run_dir, scrap
@@ -55,13 +52,8 @@ def params(data):
 
 @pytest.fixture(scope="module")
 def cluster(lab, primary_stage, params):
-    t0 = time.monotonic()
-    c = hs.build_ha_cluster(lab, primary_stage, params)
-    print(f"\nHA cluster built in {time.monotonic() - t0:.0f} s: {c.timings}")
-    try:
+    with hs.running_ha_cluster(lab, primary_stage, params) as c:
         yield c
-    finally:
-        hs.destroy_ha_cluster(lab, params, c)
 
 
 @pytest.fixture(scope="module")
@@ -85,11 +77,7 @@ def run_home(lab, data, tmp_path_factory):
 @pytest.fixture(scope="module")
 def app(lab, params, cluster, tmp_path_factory):
     """The lab's app host with the handed-out URL (both servers, target_session_attrs=read-write) and the CA."""
-    host = Host.from_params(params, "app", lab.cfg.app_ip, echo=lambda _s: None).connect()
-    tls_ops.ensure_client_ca(host, params)
-    password = resolve(params.postgres.app_role_password, key="postgres.app_role_password")
-    urls = dm.render_role_urls(params, {"DATABASE_URL": ("rails", password)},
-                               path=tmp_path_factory.mktemp("urls") / "app-database-urls.env", target="the lab app")
+    host, urls = hs.open_app_host(lab, params, tmp_path_factory.mktemp("urls"))
     STATE["url"] = urls.values["DATABASE_URL"]
     try:
         yield host
