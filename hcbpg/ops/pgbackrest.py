@@ -189,15 +189,21 @@ def get_standby_answers(host: "HostLike", params: "Params", server: "Server") ->
     :mod:`hcbpg.desired.pgbackrest_server`): ``pgbackrest.backup_standby`` on, *server* one of params' servers,
     and the other's TLS server answering ``pgbackrest server-ping`` from *host* (5 s of I/O at most).  Before
     step 10 starts the TLS servers (steps 05/08), or with the other server gone, the file has no pg2, so
-    ``pgbackrest check`` and ``backup`` never name a pg2 that does not answer."""
+    ``pgbackrest check`` and ``backup`` never name a pg2 that does not answer.
+
+    The port is tried first (a TCP connect, 5 s at most): pgBackRest 2.45's server-ping retries a refused
+    connection until its I/O timeout runs out twice (10 s), and steps 05 and 08 ask four times before step 10
+    starts any TLS server (40 s of a rehearsal); a port that accepts still gets the server-ping (TLS, auth)."""
     if not pgbackrest_server.enabled(params):
         return False
     other = pgbackrest_server.peer(params, server)
     if other is None:
         return False
     port = pgbackrest_params(params).tls_server_port
-    res = host.probe(f"timeout 20 pgbackrest server-ping --io-timeout=5 --tls-server-address="
-                     f"{shlex.quote(other.private_ip)} --tls-server-port={port}", sudo_user="postgres")
+    ip = shlex.quote(other.private_ip)
+    connect = shlex.quote(f": </dev/tcp/{other.private_ip}/{port}")
+    res = host.probe(f"timeout 5 bash -c {connect} 2>/dev/null && timeout 20 pgbackrest server-ping --io-timeout=5 "
+                     f"--tls-server-address={ip} --tls-server-port={port}", sudo_user="postgres")
     return res.ok
 
 
