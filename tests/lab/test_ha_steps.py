@@ -28,8 +28,8 @@ from hcbpg.secrets import resolve
 from hcbpg.steps import allow_connections as allow_step
 from hcbpg.steps import install_postgres as install_step
 
-from labparams import LAB_PATRONI, ensure_secret_file, lab_params, pgbackrest_section, replication_section
-from stages import STAGE_PRIMARY, STAGE_PRIMARY_OFFSET, cli, latest_manifest, latest_run_dir, scrap
+import ha_stage
+from stages import STAGE_PRIMARY, cli, latest_manifest, latest_run_dir, scrap
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -41,22 +41,10 @@ STATE: dict = {}
 
 
 def params_data(lab) -> dict:
-    cfg = lab.cfg
-    for name in ("patroni-rest-password", "etcd-patroni-password"):
-        ensure_secret_file(cfg.secret_path(name))
-    servers = [(STAGE_PRIMARY, cfg.address(STAGE_PRIMARY_OFFSET), "primary"), (REPLICA, cfg.address(56), "replica")]
-    jb_ip = cfg.address(57)
-    return lab_params(
-        lab, servers,
-        pgbackrest=pgbackrest_section(lab, repo_path_prefix="/pgbackrest-ha-test"),
-        replication=replication_section(
-            lab, manager="patroni", connection_limit=5,
-            patroni={"scope": "hcb-lab", "rest_password": f"file:{cfg.secret_path('patroni-rest-password')}",
-                     "watchdog": "off", "create_replica_methods": ["pgbackrest", "basebackup"],
-                     "bin": LAB_PATRONI},
-            etcd={"patroni_password": f"file:{cfg.secret_path('etcd-patroni-password')}"}),
-        jumpbox={"name": JUMPBOX, "private_ip": jb_ip, "ssh_host": jb_ip},
-        allow_destructive=True)
+    """The stage's primary, a replica at offset 56 and the jumpbox at 57, Patroni's scope ``hcb-lab`` (as
+    params/lab.yaml), the params every HA module builds (ha_stage.ha_params_data)."""
+    return ha_stage.ha_params_data(lab, replica_offset=56, jumpbox_offset=57, scope="hcb-lab",
+                                   repo_path_prefix="/pgbackrest-ha-test")
 
 
 @pytest.fixture(scope="module")
