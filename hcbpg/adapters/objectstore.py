@@ -19,7 +19,7 @@ from hcbpg.errors import CloudError
 if TYPE_CHECKING:  # pragma: no cover
     import datetime as _dt
 
-    from hcbpg.params import Params
+    from hcbpg.params import Params, S3Repo
 
 #: S3 answers a conditional write that lost with 412; AWS answers one racing another write with 409
 _LOST = ("PreconditionFailed", "ConditionalRequestConflict", "412", "409")
@@ -60,23 +60,30 @@ class ObjectStoreLike(Protocol):
 
 
 class ObjectStore:
-    """One bucket through a boto3 S3 client; *name* (``s3://bucket``) is what errors call it."""
+    """One bucket through a boto3 S3 client; *name* (``s3://bucket``, or ``repo2 s3://bucket`` with a *label*
+    naming the repository) is what errors, outcomes and checks call it."""
 
-    def __init__(self, client: Any, bucket: str) -> None:
+    def __init__(self, client: Any, bucket: str, *, label: str | None = None) -> None:
         self.client = client
         self.bucket = bucket
-        self.name = f"s3://{bucket}"
+        self.name = f"{label} s3://{bucket}" if label else f"s3://{bucket}"
 
     @classmethod
     def from_params(cls, params: "Params", key_id: str, key_secret: str) -> "ObjectStore":
-        """The bucket of params ``pgbackrest`` (endpoint, region, URI style, CA) with the given S3 key."""
-        import boto3  # noqa: PLC0415 - heavy; loaded by the steps and commands that use the bucket only
-        from botocore.config import Config  # noqa: PLC0415 - heavy, with boto3 above
-
+        """The bucket of params ``pgbackrest`` (repo1: endpoint, region, URI style, CA) with the given S3 key."""
         pb = params.pgbackrest
         if pb is None:
             raise CloudError("params have no pgbackrest section: there is no backup bucket to use",
                              hint="Add the pgbackrest section (bucket, endpoint, keys) to params.")
+        return cls.of_repo(pb, key_id, key_secret)
+
+    @classmethod
+    def of_repo(cls, pb: "S3Repo", key_id: str, key_secret: str, *, label: str | None = None) -> "ObjectStore":
+        """The bucket of one repository (``pgbackrest`` for repo1, ``pgbackrest.repo2``: its endpoint, region, URI
+        style and CA) with the given S3 key; *label* names the repository in :attr:`name` (``repo2``)."""
+        import boto3  # noqa: PLC0415 - heavy; loaded by the steps and commands that use the bucket only
+        from botocore.config import Config  # noqa: PLC0415 - heavy, with boto3 above
+
         verify: bool | str = (pb.s3_ca_file or True) if pb.s3_verify_tls else False
         endpoint = pb.s3_endpoint if "://" in pb.s3_endpoint else f"https://{pb.s3_endpoint}"
         # checksums only when an operation needs them: boto3's default CRC headers are refused by some
@@ -88,7 +95,7 @@ class ObjectStore:
         client = boto3.session.Session().client("s3", endpoint_url=endpoint, aws_access_key_id=key_id.strip(),
                                                 aws_secret_access_key=key_secret.strip(), verify=verify,
                                                 config=config)
-        return cls(client, pb.s3_bucket)
+        return cls(client, pb.s3_bucket, label=label)
 
     @classmethod
     def of_backup_bucket(cls, params: "Params") -> "ObjectStore":

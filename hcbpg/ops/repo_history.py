@@ -93,6 +93,23 @@ def ensure_bucket_object_lock(store: "ObjectStoreLike", mode: str, days: int, *,
     return Outcome(what, True, dry_run, actions=[action])
 
 
+def check_bucket_versioning(store: "ObjectStoreLike") -> list[Check]:
+    """The bucket keeps every version (versioning Enabled)."""
+    status = store.versioning()
+    return [Check.of("versioning", status == "Enabled", status or "never enabled", store.name)]
+
+
+def check_bucket_object_lock(store: "ObjectStoreLike", mode: str, days: int | None) -> list[Check]:
+    """Object Lock's default retention is *mode* for *days* (None: not asked for, nothing checked)."""
+    if days is None:
+        return []
+    current = store.object_lock()
+    seen = ("off" if current is None else "on, no default retention" if current[0] is None
+            else f"{current[0]} {current[1]} days")
+    return [Check.of("Object Lock", current == (mode, days),
+                     seen + ("" if current == (mode, days) else f", expected {mode} {days} days"), store.name)]
+
+
 # old versions' expiry ------------------------------------------------------------------------------------------
 
 def ensure_noncurrent_version_expiry(store: "ObjectStoreLike", days: int | None, *, dry_run: bool) -> Outcome:
@@ -224,6 +241,27 @@ def ensure_expiry_on_jumpbox(host: "HostLike", params: "Params") -> list[Outcome
     cron = render_expire_cron(params)
     outcomes.append(_ensure_root_file(host, EXPIRE_CRON_PATH, cron, cron, mode=0o644))
     return outcomes
+
+
+def check_expiry_on_jumpbox(host: "HostLike", params: "Params") -> list[Check]:
+    """The jumpbox's repository-only config (every repository with its admin key, byte for byte: the keys compared,
+    not shown; 0600 root) and its cron file (0644 root) are what :func:`ensure_expiry_on_jumpbox` writes."""
+    out: list[Check] = []
+    files = ((EXPIRE_CONF_PATH, render_expire_conf(params, secrets=_resolved_expire_secrets(params)), 0o600),
+             (EXPIRE_CRON_PATH, render_expire_cron(params), 0o644))
+    for path, want, mode in files:
+        current = host.read_text(path)
+        st = host.probe(f"stat -c '%a %U' {shlex.quote(path)}").stdout.strip() if current is not None else ""
+        if current is None:
+            detail = "missing"
+        elif current != want:
+            detail = "differs from hcbpg's (step 05 writes it)"
+        elif st != f"{mode:o} root":
+            detail = f"mode and owner {st}, expected {mode:o} root"
+        else:
+            detail = f"as rendered, {st}"
+        out.append(Check.of(f"expiry {path}", detail.startswith("as rendered"), detail, host.name))
+    return out
 
 
 def run_expire(host: "HostLike", params: "Params", *, timeout: float = 3600) -> "Result":

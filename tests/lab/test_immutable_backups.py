@@ -152,10 +152,10 @@ def test_step05_protects_history_and_the_server_holds_only_its_own_key(params, h
         return {o.what for o in outcomes if o.changed}
     # a bucket made with Object Lock has versioning on from the start (S3, moto): nothing to change there; the lab
     # jumpbox has pgbackrest installed already
-    expected = {f"Object Lock of s3://{BUCKET}", f"{rh.EXPIRE_CONF_PATH} on {JUMPBOX}",
-                f"{rh.EXPIRE_CRON_PATH} on {JUMPBOX}", f"lifecycle of s3://{BUCKET} ({rh.LIFECYCLE_RULE_ID})"}
+    expected = {f"Object Lock of repo1 s3://{BUCKET}", f"{rh.EXPIRE_CONF_PATH} on {JUMPBOX}",
+                f"{rh.EXPIRE_CRON_PATH} on {JUMPBOX}", f"lifecycle of repo1 s3://{BUCKET} ({rh.LIFECYCLE_RULE_ID})"}
     planned = step05.protect_history(_Run(params, dry_run=True))
-    assert expected <= changed(planned) and f"versioning of s3://{BUCKET}" not in changed(planned)
+    assert expected <= changed(planned) and f"versioning of repo1 s3://{BUCKET}" not in changed(planned)
     assert all(o.dry_run for o in planned)
     assert admin_store.object_lock() == (None, None) and hosts["jumpbox"].read_text(rh.EXPIRE_CONF_PATH) is None
     assert admin_store.lifecycle_rules() == []
