@@ -64,17 +64,38 @@ def test_the_restore_replays_to_the_archives_end_from_the_chosen_repository_and_
     assert not any(o.startswith(("--target", "--type=time")) for o in plan.options)
 
 
-def test_phases_are_timed_from_the_decision_with_provisioning_shown_apart():
+def test_phases_are_timed_from_the_decision_with_provisioning_shown_apart_and_the_clock_ending_at_the_commit():
     marks = {"decision": T0, "provisioned": T0 + timedelta(seconds=60), "installed": T0 + timedelta(seconds=90),
-             "restored": T0 + timedelta(seconds=100),
-             "patroni (leader and replica)": T0 + timedelta(seconds=130), "handed out": T0 + timedelta(seconds=131),
-             "first write": T0 + timedelta(seconds=132.5)}
+             "ha prepared": T0 + timedelta(seconds=95), "restored": T0 + timedelta(seconds=105),
+             "patroni leads": T0 + timedelta(seconds=107), "handed out": T0 + timedelta(seconds=108),
+             "first write": T0 + timedelta(seconds=108.5), "replica streaming": T0 + timedelta(seconds=130),
+             "ha checked": T0 + timedelta(seconds=131), "timeline backup": T0 + timedelta(seconds=150)}
     rows = {r["phase"]: r for r in dre.phase_rows(marks)}
+    assert [r["phase"] for r in dre.phase_rows(marks)][:10] == list(dre.PHASES[1:])
     assert rows["provisioned"]["seconds"] == "60.0" and rows["restored"]["seconds"] == "10.0"
-    assert rows["first write"]["since decision"] == "132.5"
-    assert rows["patroni (leader and replica)"]["seconds"] == "30.0"
-    assert rows["total"]["seconds"] == "132.5" and rows["total without provisioning"]["seconds"] == "72.5"
+    assert {rows[p]["counts"] for p in ("provisioned", "installed", "ha prepared")} == {"provisioning"}
+    assert {rows[p]["counts"] for p in dre.RECOVERY} == {"recovery"}
+    assert {rows[p]["counts"] for p in dre.AFTER_CLOCK} == {"after the clock"}
+    assert rows["first write"]["since decision"] == "108.5"
+    # the recovery time ends at the app's first commit: the replica and the backup are after the clock
+    assert rows["total"]["seconds"] == "108.5" and rows["total without provisioning"]["seconds"] == "13.5"
+    assert rows["after the clock"]["seconds"] == "41.5" and rows["after the clock"]["since decision"] == "150.0"
     assert dre.phase_rows({}) == []
+
+
+def test_a_recovery_not_done_yet_has_its_phases_but_no_total():
+    rows = dre.phase_rows({"decision": T0, "provisioned": T0 + timedelta(seconds=6),
+                           "installed": T0 + timedelta(seconds=20), "restored": T0 + timedelta(seconds=27)})
+    assert [r["phase"] for r in rows] == ["provisioned", "installed", "restored"]
+    assert rows[2]["seconds"] == "7.0" and rows[2]["counts"] == "recovery"
+
+
+def test_without_the_ha_prepared_mark_provisioning_ends_at_installed():
+    rows = {r["phase"]: r for r in dre.phase_rows({
+        "decision": T0, "provisioned": T0 + timedelta(seconds=6), "installed": T0 + timedelta(seconds=20),
+        "restored": T0 + timedelta(seconds=27), "first write": T0 + timedelta(seconds=30)})}
+    assert rows["total"]["seconds"] == "30.0" and rows["total without provisioning"]["seconds"] == "10.0"
+    assert "after the clock" not in rows
 
 
 def test_the_newest_commit_recovered_is_said():

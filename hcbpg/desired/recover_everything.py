@@ -5,7 +5,8 @@
     choose_repo(reaches, nearer)          the repository to restore from: the one whose archive reaches furthest,
                                           the nearer one (the operator's) among equals
     render_latest_options(repo, label)    ``pgbackrest restore`` options: the newest state (the archive's end)
-    phase_rows(marks)                     the recovery's phases in seconds, from the decision on
+    phase_rows(marks)                     the recovery's phases in seconds, from the decision on: provisioning,
+                                          the recovery (to the app's first write), after the clock
     newest_recovered_note(recovered)      what the restored server says it replayed last
 
 Nothing here reads or changes anything; :mod:`hcbpg.steps.recover_everything` combines.
@@ -140,31 +141,53 @@ def restore_plan(choice: RepoChoice, server: str) -> dr.RestorePlan:
                           list(choice.refusals), list(choice.notes))
 
 
-#: the phases in the order they happen (each mark is when it ended)
-PHASES = ("decision", "provisioned", "installed", "restored", "patroni (leader and replica)", "handed out",
-          "first write")
+#: the phases in the order they happen (each mark is when it ended): provisioning (the same whatever the data: the
+#: servers, their packages and configuration, etcd and Patroni's files, nothing started under Patroni), then the
+#: recovery on the clock (it ends at the app's first write through the handed-out URL), then what comes after the
+#: clock (the replica, the cluster's checks, a backup of the new timeline: the notebook is not done without them)
+PROVISIONING = ("provisioned", "installed", "ha prepared")
+RECOVERY = ("restored", "patroni leads", "handed out", "first write")
+AFTER_CLOCK = ("replica streaming", "ha checked", "timeline backup")
+PHASES = ("decision", *PROVISIONING, *RECOVERY, *AFTER_CLOCK)
+#: the mark that ends the recovery time
+RECOVERED = RECOVERY[-1]
+
+
+def phase_kind(phase: str) -> str:
+    """What a phase counts as: ``provisioning``, ``recovery`` (on the clock) or ``after the clock``."""
+    return "provisioning" if phase in PROVISIONING else "after the clock" if phase in AFTER_CLOCK else "recovery"
 
 
 def phase_rows(marks: Mapping[str, datetime]) -> list[dict[str, str]]:
-    """Each phase's seconds (from the previous mark) and the total since the decision; provisioning shown apart
-    (the recovery time without it is what the repository and the servers cost)."""
+    """Each phase's seconds (from the previous mark), the time since the decision and what it counts as; then the
+    recovery time (decision -> the app's first write), the same without provisioning (what the repository and the
+    data cost: the bench's ratio), and the time after the clock (the replica, the checks, the backup)."""
     rows = []
     start = marks.get("decision")
     prev = start
+    ends: dict[str, datetime] = {}
     for name in PHASES[1:]:
         at = marks.get(name)
         if at is None or prev is None or start is None:
             continue
-        rows.append({"phase": name, "seconds": f"{(at - prev).total_seconds():.1f}",
+        rows.append({"phase": name, "counts": phase_kind(name), "seconds": f"{(at - prev).total_seconds():.1f}",
                      "since decision": f"{(at - start).total_seconds():.1f}"})
+        ends[phase_kind(name)] = at
         prev = at
-    if start is not None and prev is not None and prev != start:
-        total = (prev - start).total_seconds()
-        prov = marks.get("provisioned")
-        rows.append({"phase": "total", "seconds": f"{total:.1f}", "since decision": f"{total:.1f}"})
-        if prov is not None:
-            rows.append({"phase": "total without provisioning", "seconds": f"{total - (prov - start).total_seconds():.1f}",
-                         "since decision": ""})
+    end = marks.get(RECOVERED)
+    if start is not None and end is not None:
+        total = (end - start).total_seconds()
+        prov_end = ends.get("provisioning")
+        prov = (prov_end - start).total_seconds() if prov_end is not None else 0.0
+        rows.append({"phase": "total", "counts": "decision -> first write", "seconds": f"{total:.1f}",
+                     "since decision": f"{total:.1f}"})
+        rows.append({"phase": "total without provisioning", "counts": "recovery",
+                     "seconds": f"{total - prov:.1f}", "since decision": ""})
+        after = ends.get("after the clock")
+        if after is not None:
+            rows.append({"phase": "after the clock", "counts": "after the clock",
+                         "seconds": f"{(after - end).total_seconds():.1f}",
+                         "since decision": f"{(after - start).total_seconds():.1f}"})
     return rows
 
 

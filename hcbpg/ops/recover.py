@@ -139,10 +139,13 @@ def get_marker(host: "HostLike", path: str = MARKER) -> dict[str, Any] | None:
 
 
 def run_restore_promoted(host: "HostLike", params: "Params", plan: dr.RestorePlan, *, run_id: str | None,
-                         extra: Mapping[str, Any] | None = None, timeout: float = 3600) -> dict[str, Any]:
+                         extra: Mapping[str, Any] | None = None, timeout: float = 3600,
+                         archive_now: bool = True) -> dict[str, Any]:
     """On *host* (Patroni and PostgreSQL stopped): ``pgbackrest restore`` with *plan*'s options (the data
     directory reused), PostgreSQL started outside Patroni and waited for until promoted at the target, the target's
-    settings reset in postgresql.auto.conf, the marker written.  Refused while Patroni or PostgreSQL runs."""
+    settings reset in postgresql.auto.conf, the marker written.  Refused while Patroni or PostgreSQL runs.
+    *archive_now* False: the new timeline's first segment is not archived here (the caller does it with
+    :func:`run_archive_now` before anything restores from the archive; notebook 22 after its clock)."""
     control = ClusterControl.of(host, params)
     if ops_patroni.get_patroni_running(host, params) or control.running():
         raise SafetyCheckFailed(f"on {host.name}: Patroni or PostgreSQL still runs; the restore replaces its data",
@@ -160,7 +163,7 @@ def run_restore_promoted(host: "HostLike", params: "Params", plan: dr.RestorePla
     # the new timeline's first segment (the one it branched in) archived before anything restores from the archive:
     # else a replica restoring it finds only the old timeline's segment there, replays the old leader's WAL past the
     # target (PostgreSQL tries the older timeline for a segment the newer one has not archived yet, and stays on it)
-    archived = run_archive_now(host, params)
+    archived = run_archive_now(host, params) if archive_now else {"segment": None}
     marker = {"target": str(plan.target), "server": host.name, "backup": plan.backup, "run_id": run_id,
               "restore_s": round(restore_s, 1), "recovery_s": round(recovery_s, 1),
               "finished_at": datetime.now().astimezone().isoformat(),

@@ -3,12 +3,20 @@ changed on the machines besides what steps 01-05, 10 and notebook 20 do already.
 
     get_postgres_role(host, params)     'primary', 'replica' or 'down' (a server that still answers)
     get_repo_reaches(host, params)      each repository's backups and archive end (or the error it answered)
+    get_promoted(host, params)          the restored server, cheaply: in recovery?, timeline, the last replayed
+                                        commit's time (the row counts come after the clock)
     run_stop_postgres(host, params)     PostgreSQL stopped (a fresh server's 15/main, before the restore over it)
     get_decision / run_put_decision     the decision's marker on the jumpbox (survives the servers: a resume after a
                                         failure before the restore is not refused for servers it made)
     run_etcd_fresh(host, params)        etcd stopped on a surviving member and its data directory moved aside
                                         (kept): with two of three voters lost the member has no quorum and holds
                                         only Patroni's state of a cluster that is gone
+    run_make_room(host, params, sysid)  a server made again, not the restored one: the cluster step 02 made there
+                                        (none of production's) stopped and moved aside (kept), so that Patroni
+                                        creates the restored leader's replica in an empty directory
+    check_commit_from_app(app, params, url)
+                                        a transaction committed through the handed-out URL from the app host (an
+                                        xid and its commit record: synchronous replication would hold it)
 
 Everything takes the host first; :mod:`hcbpg.desired.recover_everything` decides.
 """
@@ -21,16 +29,22 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from hcbpg import secrets as hsecrets
 from hcbpg.adapters.base import Changes
 from hcbpg.adapters.cluster import ClusterControl
 from hcbpg.adapters.services import ServiceControl
 from hcbpg.desired import recover as dr
 from hcbpg.desired.etcd import etcd_params
+from hcbpg.desired.pgbackrest import pg_data_path
 from hcbpg.desired.services import etcd_service
 from hcbpg.errors import HcbpgError
+from hcbpg.ops import patroni as ops_patroni
 from hcbpg.ops import pgbackrest as pgb
+from hcbpg.ops import recover as ops_recover
 from hcbpg.ops.cluster import get_cluster_running, get_psql
-from hcbpg.outcome import Outcome
+from hcbpg.ops.topology import get_controldata
+from hcbpg.outcome import Check, Outcome
+from hcbpg.pg.conninfo import conninfo_quote, parse_app_url, redact_url
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.base import HostLike
@@ -46,6 +60,15 @@ def get_postgres_role(host: "HostLike", params: "Params") -> str:
     except HcbpgError:
         return "down"
     return "replica" if in_recovery else "primary"
+
+
+def get_promoted(host: "HostLike", params: "Params") -> dict[str, Any]:
+    """One query, whatever the database's size: whether the restored server is still in recovery, its timeline and
+    the last commit it replayed (:func:`hcbpg.ops.recover.get_recovered` also counts every table's rows)."""
+    row = get_psql(host, params).query(
+        "SELECT pg_is_in_recovery() AS in_recovery, pg_last_xact_replay_timestamp()::text AS last_commit, "
+        "(SELECT timeline_id FROM pg_control_checkpoint()) AS timeline")[0]
+    return dict(row)
 
 
 def get_repo_reaches(host: "HostLike", params: "Params", *, config: str | None = None
@@ -107,3 +130,50 @@ def get_decision(host: "HostLike") -> dict[str, Any] | None:
 def run_put_decision(host: "HostLike", decision: Mapping[str, Any]) -> None:
     host.run(f"install -d -m 0755 {shlex.quote(DECISION.rsplit('/', 1)[0])}", quiet=True)
     host.put_text(DECISION, json.dumps(dict(decision), indent=1) + "\n", mode=0o644, owner="root")
+
+
+def run_make_room(host: "HostLike", params: "Params", leader_sysid: str | None, *, suffix: str) -> Outcome:
+    """On a server made again that is not the restored leader: the cluster step 02 made there (another system
+    identifier: none of production's data) stopped and its data directory moved aside (kept), an empty one in its
+    place, so that Patroni, started there, creates the leader's replica (create_replica_methods) instead of exiting
+    on the system identifier's mismatch.  Nothing when Patroni runs there already, when the directory holds no
+    cluster, or when it holds the leader's system (a replica already).  Refused without the leader's identifier."""
+    seen = Changes(host)
+    if ops_patroni.get_patroni_running(host, params):
+        return seen.outcome(f"{host.name}'s data directory: Patroni runs there already")
+    sysid = get_controldata(host, params, pg_data_path(params)).get("Database system identifier")
+    if not sysid:
+        return seen.outcome(f"{host.name}'s data directory: empty already (Patroni creates the replica in it)")
+    if not leader_sysid:
+        raise HcbpgError(f"the restored leader's system identifier is unknown: {host.name}'s cluster is not moved",
+                         hint="Run the notebook again once the leader answers.")
+    if sysid == leader_sysid:
+        return seen.outcome(f"{host.name}'s data directory holds the leader's system {sysid} already")
+    control = ClusterControl.of(host, params)
+    if not host.dry_run and control.running():
+        control.stop("fast", timeout=180)
+    aside = ops_recover.run_move_aside(host, params, suffix)
+    return seen.outcome(f"{host.name}'s own cluster (system {sysid}, made by step 02) moved aside",
+                        actions=[f"PostgreSQL stopped, kept as {aside}: Patroni creates the replica of {leader_sysid}"])
+
+
+def check_commit_from_app(app: "HostLike", params: "Params", url: str, *, wait_s: int = 10) -> Check:
+    """A transaction committed through *url* (every host of a multi-host URL with its ``target_session_attrs``;
+    the password on stdin) from the app host: ``txid_current()`` gives it an xid, so its commit writes a record
+    that synchronous replication would wait for; a wait longer than *wait_s* is cancelled and fails the check
+    (PostgreSQL then warns 'canceling wait for synchronous replication')."""
+    conn = parse_app_url(url)
+    conninfo = " ".join(f"{k}={conninfo_quote(v)}" for k, v in {"connect_timeout": "10", **conn}.items()
+                        if k != "password")
+    cmd = ("IFS= read -r PGPASSWORD && export PGPASSWORD && exec psql -X -q -A -t -v ON_ERROR_STOP=1 "
+           f"-d {shlex.quote(conninfo)} -c {shlex.quote(f'SET statement_timeout = {int(wait_s * 1000)}')} "
+           "-c 'SELECT current_user, current_database(), pg_is_in_recovery(), txid_current()'")
+    res = app.run(cmd, stdin=conn.get("password", "") + "\n", check=False,
+                  display=f"psql {redact_url(url)} from the app host: a commit")
+    out = res.stdout.strip()
+    blocked = "synchronous replication" in res.output
+    ok = res.ok and not blocked and out.startswith(f"{params.postgres.app_role}|{params.postgres.database}|f|")
+    detail = (f"committed xid {out.rsplit('|', 1)[-1]} as {params.postgres.app_role}" if ok else
+              f"the commit waited over {wait_s} s for synchronous replication" if blocked else
+              hsecrets.scrub(res.output.strip())[-200:])
+    return Check.of("a commit through the handed-out DATABASE_URL from the app host", ok, detail, app.name)

@@ -133,6 +133,11 @@ def _sysid(host: "HostLike", params: "Params") -> str | None:
     return str(pg_cluster.get_psql(host, params).value("SELECT system_identifier::text AS v FROM pg_control_system()"))
 
 
+def get_system_identifier(host: "HostLike", params: "Params") -> str | None:
+    """The running cluster's system identifier on *host* (None: no cluster running there)."""
+    return _sysid(host, params)
+
+
 def setup_ha(hosts: HaHosts, params: "Params", secrets: PatroniSecrets, shape: ServerShape, *,
              allow_destructive: bool, dry_run: bool, restart_approved: Callable[[], bool] = lambda: True,
              echo: Callable[[str], None] = print) -> HaResult:
@@ -192,6 +197,68 @@ def setup_ha(hosts: HaHosts, params: "Params", secrets: PatroniSecrets, shape: S
     res.outcomes.append(rep.ensure_no_stale_slots(pg_cluster.get_psql(p_host, params), params, keep=[]))
     return _finish(res, hosts, servers, params, primary, shape, dry_run=dry_run, restart_approved=restart_approved,
                    echo=echo)
+
+
+def prepare_ha(hosts: HaHosts, params: "Params", secrets: PatroniSecrets, shape: ServerShape, *,
+               dry_run: bool) -> HaResult:
+    """What of step 10 does not need the data (notebook 22 makes it before its restore): etcd on the three voters,
+    Patroni's packages and watchdog, each server's TLS and Patroni's files (``start.conf`` manual).  Nothing is
+    started under Patroni; :func:`lead_restored` then only starts it.  A second run changes nothing."""
+    res = HaResult()
+    res.outcomes += ensure_etcd(hosts, params, secrets.etcd_password, dry_run=dry_run)
+    servers = {n: _target(n, h, dry_run=dry_run) for n, h in hosts.servers.items()}
+    for s in params.servers:
+        res.outcomes.append(ops_patroni.ensure_patroni_packages(servers[s.name], params))
+        res.outcomes.append(ops_patroni.ensure_watchdog(servers[s.name], params))
+        # Patroni checks its own PostgreSQL at localhost with verify-full: the certificate names localhost too
+        res.outcomes += tls.ensure_server_tls(servers[s.name], params, s)
+        res.outcomes += ops_patroni.ensure_patroni_files(servers[s.name], params, s, secrets, shape=shape)
+    return res
+
+
+def lead_restored(hosts: HaHosts, params: "Params", leader: "Server", *, stop_first: bool = False,
+                  dry_run: bool) -> HaResult:
+    """Patroni started on *leader*, a primary restored outside Patroni (its files written by :func:`prepare_ha`;
+    the scope empty in etcd), waited for until it leads and runs.  PostgreSQL running (*stop_first* False):
+    Patroni adopts it: it initialises the scope with its system identifier and takes the leader key, PostgreSQL
+    goes on (no promotion, no new timeline).  *stop_first*: PostgreSQL stopped (fast) first and started by Patroni
+    with its own postgresql.conf (Patroni 3.0.2 starts it as a replica, then promotes it on a new timeline in a
+    later loop).  A restart left pending (a restart-only setting Patroni's postgresql.conf changes, cluster_name
+    among them) is made at once, before the app has its URL, so nothing interrupts it later."""
+    res = HaResult()
+    host = _target(leader.name, hosts.servers.get(leader.name), dry_run=dry_run)
+    res.before = {leader.name: _sysid(host, params)}
+    if dry_run:
+        res.outcomes.append(Outcome(f"Patroni leads {leader.name}", True, True, actions=[
+            "pg_ctlcluster stop -m fast, then Patroni started" if stop_first else
+            "Patroni started beside the running primary (it adopts it)"]))
+        return res
+    t0 = time.monotonic()
+    if not ops_patroni.get_patroni_running(host, params):
+        if stop_first and pg_cluster.get_cluster_running(host, params):
+            seen = Changes(host)
+            ClusterControl.of(host, params).stop("fast", timeout=180)
+            res.outcomes.append(seen.outcome(f"PostgreSQL stopped on {leader.name} (Patroni starts it)",
+                                             actions=["pg_ctlcluster stop -m fast"]))
+        res.outcomes.append(ops_patroni.ensure_patroni_running(host, params))
+    res.timings["patroni_started_s"] = round(time.monotonic() - t0, 1)
+    ops_patroni.wait_for_member(hosts.servers, params, leader.name,
+                                lambda m: m.is_leader and m.state in dp.RUNNING_STATES,
+                                what=f"{leader.name} the leader under Patroni, running", timeout=300)
+    res.timings["leader_s"] = round(time.monotonic() - t0, 1)
+    status = ops_patroni.get_member_status(host, params, leader)
+    name_differs = _name_differs(host, params)
+    res.restart_pending = bool(status and status.pending_restart) or name_differs
+    if res.restart_pending:
+        t2 = time.monotonic()
+        ops_patroni.run_restart(host, params, leader, only_pending=not name_differs)
+        ops_patroni.wait_for_member(hosts.servers, params, leader.name,
+                                    lambda m: m.is_leader and m.state in dp.RUNNING_STATES and not m.pending_restart,
+                                    what=f"{leader.name} running after its restart", timeout=120)
+        res.timings["restart_s"] = round(time.monotonic() - t2, 1)
+        res.outcomes.append(Outcome(f"{leader.name} restarted under Patroni (a restart was pending)", True, False,
+                                    actions=["POST /restart"]))
+    return res
 
 
 def _hand_over(res: HaResult, hosts: HaHosts, host: "HostLike", params: "Params", server: "Server", *,

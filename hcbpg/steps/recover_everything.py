@@ -1,7 +1,8 @@
 """Production back after losing both database servers (notebook ``22_recover_everything``, on demand, issue 24).
 
-Each phase is another step's code, in the order the runbook ran them; only the decision and the restore's
-source are this notebook's own:
+Each phase is another step's code; only the decision, the restore's source and the order are this notebook's own.
+The order puts on the clock only what depends on the data: everything else is provisioning, made before the
+restore, and the replica comes after the clock.
 
 1. what is left: each server in the cloud (step 01's reading of the API), over SSH, and what its PostgreSQL
    answers; refused while either answers as a running primary (never two primaries), answers at all (notebooks 20
@@ -13,20 +14,32 @@ source are this notebook's own:
 3. step 01: the servers made again through the API (new host keys, generated and pinned as step 01 pins them;
    an existing server's key behind its ``host-key-SERVER-FINGERPRINT`` gate), public SSH closed, protection;
 4. steps 02 and 03 on both, step 05's pgBackRest configuration with archiving on (step 08's setting);
-5. the restore on the params' primary: the newest backup of the repository whose archive reaches furthest (the
-   nearer one among equals: ``-p nearer=N``), replayed to the archive's end and promoted (notebook 20's
+5. what of step 10 does not need the data (:func:`hcbpg.steps.ha.prepare_ha`): etcd made again on the three
+   members (the jumpbox's surviving member has no quorum and only a lost cluster's state: its data moved aside,
+   kept, once: the decision's marker says so), Patroni's packages, watchdog, TLS and files on both servers,
+   start.conf manual; nothing started under Patroni.  Steps 3-5 are provisioning (the same whatever the data);
+6. the restore on the params' primary (on the clock): the newest backup of the repository chosen before the gate
+   from the jumpbox (both servers are gone: nothing archives, the choice cannot have changed; read on the server
+   only when the jumpbox could not), replayed to the archive's end and promoted (notebook 20's
    :func:`hcbpg.ops.recover.run_restore_promoted`, its marker), verified;
-6. etcd made again (its surviving member on the jumpbox has no quorum and only a lost cluster's state: its data
-   moved aside, kept), then step 10: Patroni adopts the recovered primary and makes the other server its replica;
-7. the app's URLs handed out again (step 09's file: the same URL when the servers keep their private IPs), the
-   URL checked from the app host read-write (the phase ends at the first answer as a primary): the recovery time;
-8. after the clock: a full backup of the new timeline (and the backup schedules) on the leader.
+7. Patroni leads it (:func:`hcbpg.steps.ha.lead_restored`): started beside the running primary, it adopts it
+   (``-p lead=adopt``, the default and the faster: no restart, no new timeline) or, with ``-p lead=restart``,
+   starts it itself after a fast stop; a restart left pending is made before the URL is handed out;
+8. the app's URLs handed out again (step 09's file: the same URL when the servers keep their private IPs), then a
+   transaction committed through the URL from the app host: the end of the recovery time;
+9. after the clock (each phase marked, the notebook not done without them): the other server's own cluster moved
+   aside and Patroni started there (it creates the replica from the repository, create_replica_methods), a commit
+   through the URL while it is being built (synchronous mode, not strict: the leader writes without a sync
+   standby), then step 10 as its second run (dynamic configuration, streaming, the sync standby, backups from
+   the standby) and its checks; a full backup of the new timeline on the leader.
 
-A rerun after a failure finds the recovered server's marker and goes on from there without asking again.
+A rerun after a failure finds the decision's marker (before the restore) or the recovered server's (after it) and
+goes on from there without asking again.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -41,24 +54,32 @@ from hcbpg.desired.roles import roles_config
 from hcbpg.display import show_table
 from hcbpg.errors import HcbpgError, SafetyCheckFailed, UsageError
 from hcbpg.ops import handout, privileges
+from hcbpg.ops import patroni as ops_patroni
 from hcbpg.ops import pgbackrest as pgb
 from hcbpg.ops import provisioning as cloud
 from hcbpg.ops import recover as ops_recover
 from hcbpg.ops import recover_everything as ops_re
 from hcbpg.ops.cluster import get_psql
-from hcbpg.ops.migration.app_checks import check_url_from_app
 from hcbpg.outcome import Check, Outcome
 from hcbpg.steps import allow_connections, ha, install_postgres, provision
 from hcbpg.steps import pgbackrest as pgbackrest_step
 from hcbpg.steps._migration import hand_out_urls
-from hcbpg.steps.targets import app_host, connect_jumpbox, connect_servers, lock_environment, server_shape
+from hcbpg.steps.targets import (
+    app_host,
+    connect_jumpbox,
+    connect_servers,
+    lock_environment,
+    server_host,
+    server_shape,
+)
 from hcbpg.wait import wait_until
 
 if TYPE_CHECKING:  # pragma: no cover
+    from hcbpg.adapters.base import HostLike
     from hcbpg.steps.context import Run
 
-__all__ = ["Situation", "ask", "connect", "get_situation", "hand_out_again", "install", "make_ha", "provision_again",
-           "restore_newest", "show_situation", "show_times", "take_backup"]
+__all__ = ["Situation", "ask", "complete_ha", "connect", "get_situation", "hand_out_again", "install", "lead",
+           "prepare_ha", "provision_again", "restore_newest", "show_situation", "show_times", "take_backup"]
 
 #: the record's name for this notebook's result (the phases' marks, the repository, the newest commit)
 RECORD = "recover_everything"
@@ -75,6 +96,17 @@ class Situation:
     resume: dict[str, Any] | None = None
     marks: dict[str, datetime] = field(default_factory=dict)
     result: dict[str, Any] = field(default_factory=dict)
+    #: the handed-out DATABASE_URL (holds the password: never recorded or shown)
+    app_url: str | None = field(default=None, repr=False)
+    #: the params' primary, opened once for the phases on the clock (each SSH connection through the jumpbox costs)
+    primary_host: Any = field(default=None, repr=False)
+
+
+def _primary_host(rb: "Run", sit: Situation) -> Any:
+    """The params' primary over SSH, opened once per kernel (a resume opens it again)."""
+    if sit.primary_host is None:
+        sit.primary_host = server_host(rb, rb.params.primary)
+    return sit.primary_host
 
 
 def connect(rb: "Run") -> provision.Api:
@@ -173,18 +205,21 @@ def ask(rb: "Run", sit: Situation) -> None:
                   + ", and hand the app's URLs out again?",
             plan=[s.name for s in sit.seen] + ([f"repo{sit.choice.repo}"] if sit.choice is not None else []))
     sit.marks["decision"] = datetime.now().astimezone()
-    _put_decision(rb, sit, finished=False)
+    _put_decision(rb, sit, finished=False, new=True)
 
 
-def _put_decision(rb: "Run", sit: Situation, *, finished: bool) -> None:
-    """The decision's marker on the jumpbox (the one machine left): a resume after a failure goes on."""
+def _put_decision(rb: "Run", sit: Situation, *, finished: bool, new: bool = False, **extra: Any) -> None:
+    """The decision's marker on the jumpbox (the one machine left): a resume after a failure goes on.  A *new*
+    decision starts a marker afresh; else what it holds (etcd made again) is kept."""
     if rb.dry_run:
         return
     jumpbox = connect_jumpbox(rb)
     if jumpbox is None:
         return
     try:
-        ops_re.run_put_decision(jumpbox, {"run_id": rb.run_id, "marks": _iso_marks(sit), "finished": finished})
+        kept = {} if new else (ops_re.get_decision(jumpbox) or {})
+        ops_re.run_put_decision(jumpbox, {**kept, **extra, "run_id": rb.run_id, "marks": _iso_marks(sit),
+                                          "finished": finished})
     finally:
         jumpbox.close()
 
@@ -233,44 +268,51 @@ def restore_newest(rb: "Run", sit: Situation, nearer: str = "") -> dict[str, Any
     if rb.dry_run:
         print(f"dry run: {server.name} would be restored from the repository whose archive reaches furthest")
         return {}
-    hosts = connect_servers(rb)
-    host = hosts.get(server.name)
+    host = _primary_host(rb, sit)
     if host is None:
         raise SafetyCheckFailed(f"cannot reach {server.name} over SSH after step 01", target=server.name)
+    parts: dict[str, float] = {}
+    t = time.monotonic()
     marker = ops_recover.get_marker(host)
     if marker is None or marker.get("target") != str(dre.LATEST):
-        choice = dre.choose_repo(ops_re.get_repo_reaches(host, params), _nearer(nearer))
-        show_table(choice.rows)
+        # chosen before the gate from the jumpbox: both servers are gone, nothing archives since, it holds
+        choice = sit.choice
+        if choice is None or choice.repo is None:
+            choice = dre.choose_repo(ops_re.get_repo_reaches(host, params), _nearer(nearer))
+            show_table(choice.rows)
         print(choice)
         if choice.repo is None or choice.refusals:
             raise SafetyCheckFailed("no repository to restore from: " + "; ".join(choice.refusals),
                                     target=server.name, hint="pgbackrest info --repo=N on the jumpbox shows why.")
         sit.choice = choice
         plan = dre.restore_plan(choice, server.name)
-        rb.track(ops_re.run_stop_postgres(host, params))  # step 02 started 15/main; no Patroni here yet
-        marker = ops_recover.run_restore_promoted(host, params, plan, run_id=rb.run_id, extra={
+        rb.track(ops_re.run_stop_postgres(host, params))  # stopped in provisioning already (prepare_ha)
+        parts["before_restore_s"] = round(time.monotonic() - t, 2)
+        t = time.monotonic()
+        # the new timeline's first segment is archived after the clock, before the replica restores from the archive
+        marker = ops_recover.run_restore_promoted(host, params, plan, run_id=rb.run_id, archive_now=False, extra={
             "repo": choice.repo, "archive_max": choice.archive_max, "marks": _iso_marks(sit)})
+        parts["restore_promoted_s"] = round(time.monotonic() - t, 2)
         rb.track(Outcome(f"{server.name} restored from repo{choice.repo} to the archive's end and promoted", True,
                          False, actions=[f"pgbackrest restore {' '.join(plan.options)}",
                                          f"promoted on timeline {marker['timeline']} ({marker['restore_s']} s "
                                          f"restore, {marker['recovery_s']} s recovery)"]))
-    recovered = ops_recover.get_recovered(host, params)
+    t = time.monotonic()
+    recovered = ops_re.get_promoted(host, params)  # the row counts after the clock: they grow with the data
+    parts["verify_s"] = round(time.monotonic() - t, 2)
     rb.verify([Check.of("recovered server promoted", recovered.get("in_recovery") is False,
                         "accepting writes" if recovered.get("in_recovery") is False else "still in recovery",
                         server.name),
-               Check("tables and rows", "pass", f"{len(recovered.get('tables') or {})} table(s), "
-                     f"{sum(int(v) for v in (recovered.get('tables') or {}).values())} row(s)", server.name)],
+               Check("timeline", "pass", f"{recovered.get('timeline')} (the restore's own)", server.name)],
               title="the recovered server, before Patroni leads it")
     print(dre.newest_recovered_note(recovered))
     _mark(sit, "restored")
     marker = {**marker, "marks": _iso_marks(sit)}
     ops_recover.run_put_marker(host, marker)
-    for h in hosts.values():
-        if h is not None:
-            h.close()
     sit.result.update(server=server.name, repo=marker.get("repo"), backup=marker.get("backup"),
                       restore_s=marker.get("restore_s"), recovery_s=marker.get("recovery_s"),
-                      last_commit=recovered.get("last_commit"), timeline=marker.get("timeline"))
+                      last_commit=recovered.get("last_commit"), timeline=marker.get("timeline"),
+                      **{f"restored_{k}": v for k, v in parts.items()})
     return sit.result
 
 
@@ -278,45 +320,90 @@ def _iso_marks(sit: Situation) -> dict[str, str]:
     return {k: v.isoformat() for k, v in sit.marks.items()}
 
 
-def make_ha(rb: "Run", sit: Situation) -> ha.HaResult:
-    """etcd made again on all three members (the jumpbox's lost cluster moved aside once), then step 10: Patroni
-    adopts the recovered primary and makes the other server its replica (the restart under Patroni approved: the
-    app has no database until it is done)."""
+def _ha_hosts(rb: "Run") -> ha.HaHosts:
+    params = rb.params
+    return ha.HaHosts(dict(connect_servers(rb)), connect_jumpbox(rb), params.jumpbox.name if params.jumpbox else "")
+
+
+def _close(hosts: ha.HaHosts) -> None:
+    for h in [*hosts.servers.values(), hosts.jumpbox]:
+        close = getattr(h, "close", None)  # the Hosts connect_servers and connect_jumpbox opened
+        if close is not None:
+            close()
+
+
+def prepare_ha(rb: "Run", sit: Situation) -> ha.HaResult:
+    """Provisioning still (nothing of it needs the data): etcd made again on all three members (the jumpbox's lost
+    cluster moved aside once: the decision's marker says so), then what of step 10 does not need the data
+    (Patroni's packages, watchdog, TLS, files; start.conf manual); nothing started under Patroni."""
     params = rb.params
     if rb.dry_run:
-        # step 10's plan needs the servers it would change: they are made by this run
+        # the servers are made by this run: step 10's plan needs them
         print(f"dry run: etcd made again on {', '.join(s.name for s in params.servers)} and the jumpbox (its lost "
-              f"cluster's data moved aside), then step 10: Patroni leads {params.primary.name} (restored) and makes "
-              "the other server its replica")
+              "cluster's data moved aside), Patroni's packages and files on both servers; nothing started")
         return ha.HaResult()
-    hosts = ha.HaHosts(dict(connect_servers(rb)), connect_jumpbox(rb), params.jumpbox.name if params.jumpbox else "")
-    primary = hosts.servers.get(params.primary.name)
-    marker = ops_recover.get_marker(primary) if primary is not None else None
-    if marker is not None and not marker.get("etcd_fresh"):
+    hosts = _ha_hosts(rb)
+    try:
         if hosts.jumpbox is None:
             raise SafetyCheckFailed(f"cannot reach {hosts.jumpbox_name}: etcd's third member", target=hosts.jumpbox_name)
-        rb.track(ops_re.run_etcd_fresh(hosts.jumpbox, params, suffix=rb.run_id or None))
-        assert primary is not None
-        ops_recover.run_put_marker(primary, {**marker, "etcd_fresh": True})
-    res = ha.setup_ha(hosts, params, ha.secrets(rb), server_shape(rb), allow_destructive=params.allow_destructive,
-                      dry_run=False)
+        primary = hosts.servers.get(params.primary.name)
+        old = ops_recover.get_marker(primary) if primary is not None else None  # a run before this order kept it there
+        if not (ops_re.get_decision(hosts.jumpbox) or {}).get("etcd_fresh") and not (old or {}).get("etcd_fresh"):
+            rb.track(ops_re.run_etcd_fresh(hosts.jumpbox, params, suffix=rb.run_id or None))
+            _put_decision(rb, sit, finished=False, etcd_fresh=True)
+        res = ha.prepare_ha(hosts, params, ha.secrets(rb), server_shape(rb), dry_run=False)
+        rb.track(res.outcomes)
+        if primary is not None and (old or {}).get("target") != str(dre.LATEST):
+            # step 02's fresh cluster on the primary: the restore replaces it (not yet restored: no marker)
+            rb.track(ops_re.run_stop_postgres(primary, params))
+    finally:
+        _close(hosts)
+    _mark(sit, "ha prepared")
+    return res
+
+
+#: how Patroni is handed the restored primary (-p lead=...): adopt it running, or start it after a fast stop
+LEAD_MODES = ("adopt", "restart")
+
+
+def lead(rb: "Run", sit: Situation, how: str = "adopt") -> ha.HaResult:
+    """On the clock: Patroni started on the restored primary and waited for until it leads, running, with no
+    restart pending (:func:`hcbpg.steps.ha.lead_restored`); ``how``: ``adopt`` (PostgreSQL running: no restart, no
+    new timeline) or ``restart`` (stopped fast, started by Patroni)."""
+    params = rb.params
+    if how not in LEAD_MODES:
+        raise UsageError(f"-p lead={how}: one of {', '.join(LEAD_MODES)}")
+    if rb.dry_run:
+        print(f"dry run: Patroni started on {params.primary.name} "
+              + ("beside the running restored primary (it adopts it)" if how == "adopt" else
+                 "after a fast stop (it starts the restored primary itself)") + ", waited for as the leader")
+        return ha.HaResult()
+    # only the primary: Patroni's API answers there (the other server is not under Patroni yet)
+    hosts = ha.HaHosts({params.primary.name: _primary_host(rb, sit)}, None, params.jumpbox.name if params.jumpbox
+                       else "")
+    res = ha.lead_restored(hosts, params, params.primary, stop_first=how == "restart", dry_run=False)
     rb.track(res.outcomes)
-    rb.verify_applied(ha.check_all, hosts, params, res.before, title="step 10's checks")
-    _mark(sit, "patroni (leader and replica)")
-    sit.result.update({f"ha_{k}": v for k, v in res.timings.items()})
+    _mark(sit, "patroni leads")
+    ha.show_cluster(hosts, params)
+    sit.result.update({f"lead_{k}": v for k, v in res.timings.items()}, lead=how,
+                      restart_pending=res.restart_pending)
+    if res.before.get(params.primary.name):
+        sit.result["system_identifier"] = res.before[params.primary.name]
     return res
 
 
 def hand_out_again(rb: "Run", sit: Situation) -> None:
-    """The app's URLs handed out as step 09 wrote them (the login the recovered database's roles name), then the
-    URL from the app host until it answers as a primary: the end of the recovery time."""
+    """The app's URLs handed out as step 09 wrote them (the login the recovered database's roles name), then a
+    transaction committed through the URL from the app host (retried until it commits): the end of the recovery
+    time."""
     params = rb.params
     cfg = roles_config(params)
-    hosts = connect_servers(rb)
-    host = hosts.get(params.primary.name)
-    if rb.dry_run or host is None:
-        print("dry run: the app's URLs would be handed out again" if rb.dry_run else
-              f"cannot reach {params.primary.name}: the URLs are not handed out")
+    if rb.dry_run:
+        print("dry run: the app's URLs would be handed out again")
+        return
+    host = _primary_host(rb, sit)
+    if host is None:
+        print(f"cannot reach {params.primary.name}: the URLs are not handed out")
         return
     login, password = privileges.get_app_login(get_psql(host, params), cfg)
     urls = hand_out_urls(rb, lambda: handout.get_app_urls(secret_store(False), params, cfg, login=login,
@@ -327,17 +414,15 @@ def hand_out_again(rb: "Run", sit: Situation) -> None:
         return
     app = app_host(rb)
     url = urls.values["DATABASE_URL"]
+    sit.app_url = url
     try:
-        check = wait_until(lambda: check_url_from_app(app, params, url), lambda c: c.ok,
-                           what="the handed-out DATABASE_URL answering read-write from the app host", timeout=300,
-                           interval=1.0, describe=lambda c: c.detail)
+        check = wait_until(lambda: ops_re.check_commit_from_app(app, params, url), lambda c: c.ok,
+                           what="a commit through the handed-out DATABASE_URL from the app host", timeout=300,
+                           interval=0.5, describe=lambda c: c.detail)
     finally:
         app.close()
-    _mark(sit, "first write")
+    _mark(sit, dre.RECOVERED)
     rb.verify([check], title="the app's URL")
-    for h in hosts.values():
-        if h is not None:
-            h.close()
 
 
 def show_times(rb: "Run", sit: Situation) -> dict[str, Any]:
@@ -351,9 +436,87 @@ def show_times(rb: "Run", sit: Situation) -> dict[str, Any]:
     value = {**sit.result, "marks": _iso_marks(sit), "phases": rows}
     if not rb.dry_run:
         rb.record(RECORD, value)
-        if "first write" in sit.marks:
+        if dre.RECOVERED in sit.marks:
             _put_decision(rb, sit, finished=True)
     return value
+
+
+def _after_restore(rb: "Run", sit: Situation, host: "HostLike") -> None:
+    """After the clock, before the replica: the new timeline's first segment archived (a replica restoring from the
+    archive must find it there, else it replays the lost leader's WAL past the branch), once (the marker says so);
+    the rows of every table counted (what the restore brought back, grows with the data: off the clock)."""
+    params = rb.params
+    marker = ops_recover.get_marker(host) or {}
+    if marker.get("target") == str(dre.LATEST) and not marker.get("archived_segment"):
+        archived = ops_recover.run_archive_now(host, params)
+        rb.track(Outcome(f"the new timeline's WAL archived on {host.name}", True, False,
+                         actions=[f"pg_switch_wal: {archived['segment']} archived"]))
+        ops_recover.run_put_marker(host, {**marker, "archived_segment": archived["segment"]})
+    recovered = ops_recover.get_recovered(host, params)
+    tables = recovered.get("tables") or {}
+    rb.verify([Check("tables and rows", "pass", f"{len(tables)} table(s), {sum(int(v) for v in tables.values())} "
+                     "row(s)", host.name)], title="what the restore brought back")
+    sit.result["tables"] = len(tables)
+
+
+def complete_ha(rb: "Run", sit: Situation) -> ha.HaResult:
+    """After the clock: the other server's own cluster (step 02's) moved aside, kept, and Patroni started there: it
+    creates the leader's replica (create_replica_methods: from the repository, else pg_basebackup); a commit through
+    the handed-out URL while the replica is being built (synchronous mode is not strict: the leader writes without
+    a sync standby); the replica streaming; then step 10 as its second run (dynamic configuration, the sync
+    standby, backups from the standby) and step 10's checks."""
+    params = rb.params
+    if rb.dry_run:
+        print(f"dry run: {', '.join(s.name for s in params.servers if s.name != params.primary.name)} made the "
+              f"replica of {params.primary.name} under Patroni, then step 10's second run and its checks")
+        return ha.HaResult()
+    hosts = _ha_hosts(rb)
+    try:
+        leader = ha.get_cluster(hosts, params)
+        name = leader.leader.name if leader is not None and leader.leader is not None else params.primary.name
+        leader_host = hosts.servers.get(name)
+        if leader_host is None:
+            raise SafetyCheckFailed(f"cannot reach the leader {name}", target=name)
+        sysid = ha.get_system_identifier(leader_host, params)
+        before = {name: sysid}
+        _after_restore(rb, sit, leader_host)
+        t0 = time.monotonic()
+        others = [s for s in params.servers if s.name != name]
+        for s in others:
+            host = hosts.servers.get(s.name)
+            if host is None:
+                raise SafetyCheckFailed(f"cannot reach {s.name}: its replica is not made", target=s.name)
+            rb.track(ops_re.run_make_room(host, params, sysid, suffix=f"fresh-{rb.run_id or 'adhoc'}"))
+            rb.track(ops_patroni.ensure_patroni_running(host, params))
+        checks = []
+        if sit.app_url is not None and params.app_host is not None:
+            view = ha.get_cluster(hosts, params)
+            states = ", ".join(f"{s.name} {m.state if m else 'not listed yet'}" for s in others
+                               for m in [view.member(s.name) if view else None])
+            app = app_host(rb)
+            try:
+                c = ops_re.check_commit_from_app(app, params, sit.app_url)
+            finally:
+                app.close()
+            checks.append(Check(c.name + " while the replica is being built", c.status,
+                                f"{c.detail}; then: {states}", c.target))
+        for s in others:
+            ops_patroni.wait_for_member(hosts.servers, params, s.name,
+                                        lambda m: m.state in dp.RUNNING_STATES and m.lag is not None,
+                                        what=f"{s.name} streaming under Patroni", timeout=1800)
+        sit.result["ha_replica_s"] = round(time.monotonic() - t0, 1)
+        res = ha.setup_ha(hosts, params, ha.secrets(rb), server_shape(rb), allow_destructive=params.allow_destructive,
+                          dry_run=False)
+        rb.track(res.outcomes)
+        if checks:
+            rb.verify(checks, title="the app writes while the replica is being built")
+        _mark(sit, "replica streaming")
+        rb.verify_applied(ha.check_all, hosts, params, before, title="step 10's checks")
+        _mark(sit, "ha checked")
+    finally:
+        _close(hosts)
+    sit.result.update({f"ha_{k}": v for k, v in res.timings.items()})
+    return res
 
 
 def take_backup(rb: "Run", sit: Situation) -> dict[str, Any]:
@@ -376,4 +539,8 @@ def take_backup(rb: "Run", sit: Situation) -> dict[str, Any]:
                 h.close()
     rb.track(Outcome(f"full backup of the new timeline on {leader}", True, False, actions=[f"took {taken['label']}"]))
     sit.result["timeline_backup"] = taken["label"]
+    _mark(sit, "timeline backup")
+    if sit.primary_host is not None:
+        sit.primary_host.close()
+        sit.primary_host = None
     return taken

@@ -7,8 +7,11 @@ code, called directly like ``ha_stage``): pgBackRest with archiving (archive_tim
 Patroni over etcd on three members.  The app host's ActiveRecord writer writes through the handed-out URL; it is
 stopped at a known id; both servers are unprotected and deleted through the API (their lab hosts go with them);
 the notebook is refused nothing (both gone), stops at gate ``recover-everything``, and after the approval makes
-both again, restores the newest state, leads it under Patroni with its replica and hands the URL out again.  The
-writer then writes again through the same URL.  Every recovered row was acknowledged (none invented); the newest
+both again with etcd and Patroni's files (provisioning), restores the newest state, has Patroni adopt it (no restart
+pending, no new timeline), hands the URL out again and commits through it (the recovery time ends there), then
+after the clock makes the other server its replica (a commit through the URL while it is built), step 10's checks
+and a backup.  A second run is refused (the servers answer as production) and changes nothing.  The writer then
+writes again through the same URL.  Every recovered row was acknowledged (none invented); the newest
 recovered id and the last acknowledged one are printed with the time between them (the bound: archive_timeout +
 5 s, printed, not asserted).
 """
@@ -24,6 +27,8 @@ import yaml
 
 from hcbpg.adapters.host import Host
 from hcbpg.desired import migration as dm
+from hcbpg.desired import patroni as dp
+from hcbpg.desired import recover_everything as dre
 from hcbpg.lab import app_load, destroy_server_host
 from hcbpg.ops import failover as fo
 from hcbpg.ops import patroni as ops_patroni
@@ -35,7 +40,7 @@ from hcbpg.steps import ha
 
 import ha_stage as hs
 from labparams import LAB_PATRONI, ensure_secret_file, lab_params, pgbackrest_section, replication_section
-from stages import cli, latest_manifest, latest_run_dir, scrap
+from stages import cli, latest_manifest, latest_run_dir
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -159,6 +164,16 @@ def app(lab, params, cloud, tmp_path_factory):
         host.close()
 
 
+def scrap_last(notebook: Path, name: str) -> dict:
+    """The LAST value an executed notebook recorded under *name* (notebook 22 records its phases at the end of the
+    recovery time, then again with the phases after the clock)."""
+    found = [out["data"]["application/scrapbook.scrap.json+json"]["data"]
+             for cell in json.loads(notebook.read_text())["cells"] for out in cell.get("outputs", [])
+             if (out.get("data", {}).get("application/scrapbook.scrap.json+json") or {}).get("name") == name]
+    assert found, f"{notebook.name} recorded no {name}"
+    return found[-1]
+
+
 def newest_ids(params, sql: str) -> list[int]:  # noqa: ANN001
     h = connect(params, params.primary.name)
     try:
@@ -225,12 +240,45 @@ def test_the_notebook_recovers_everything_behind_its_gate(params, app, run_home)
     proc = cli(env, "resume", run_id, timeout=3000)
     took = time.monotonic() - t0
     assert proc.returncode == 0, proc.stdout[-12000:] + proc.stderr[-3000:] + server_logs(params)
-    rec = scrap(latest_run_dir(home) / f"{STEP}.ipynb", "recover_everything")
+    rec = scrap_last(latest_run_dir(home) / f"{STEP}.ipynb", "recover_everything")
     STATE["record"] = rec
-    print(f"\nresumed after the gate to the end in {took:.0f} s; phases: "
-          + json.dumps(rec.get("phases"), indent=None))
-    view = ops_patroni.get_cluster({s.name: connect(params, s.name) for s in params.servers}, params)
-    assert view is not None and view.leader is not None and view.replicas, view
+    print(f"\nresumed after the gate to the end in {took:.0f} s; phases:")
+    for row in rec.get("phases") or []:
+        print(f"  {row['phase']:<28} {row.get('counts', ''):<24} {row['seconds']:>7} s  {row['since decision']:>7}")
+    print("lead: " + json.dumps({k: v for k, v in rec.items() if k.startswith(("lead", "ha_", "restart"))}))
+    phases = [r["phase"] for r in rec.get("phases") or []]
+    assert phases[:10] == list(dre.PHASES[1:]), phases
+    # Patroni adopted the restored primary: no restart pending, no timeline after the restore's own
+    assert rec.get("lead") == "adopt" and rec.get("restart_pending") is False, rec
+    hosts = {s.name: connect(params, s.name) for s in params.servers}
+    try:
+        view = ops_patroni.get_cluster(hosts, params)
+        assert view is not None and view.leader is not None and view.leader.name == params.primary.name, view
+        assert view.leader.timeline == rec["timeline"], (view.rows(), rec["timeline"])
+        assert view.replicas and all(m.state in dp.RUNNING_STATES and m.lag is not None for m in view.replicas), view
+        assert any(m.is_sync_standby for m in view.members), view.rows()
+        STATE["sysid"] = ha.get_system_identifier(hosts[params.primary.name], params)
+        assert STATE["sysid"] == rec.get("system_identifier"), rec
+    finally:
+        for h in hosts.values():
+            h.close()
+    text = (latest_run_dir(home) / f"{STEP}.ipynb").read_text()
+    assert "while the replica is being built" in text and "committed xid" in text
+
+
+def test_a_second_run_is_refused_and_changes_nothing(params, run_home):
+    home, env = run_home
+    proc = cli(env, "run", "lab", "--only", STEP)
+    assert proc.returncode not in (0, 3), proc.stdout[-6000:]
+    assert "answers as a running primary" in proc.stdout + proc.stderr, proc.stdout[-6000:]
+    hosts = {s.name: connect(params, s.name) for s in params.servers}
+    try:
+        view = ops_patroni.get_cluster(hosts, params)
+        assert view is not None and view.leader is not None and view.leader.name == params.primary.name, view
+        assert ha.get_system_identifier(hosts[params.primary.name], params) == STATE["sysid"]
+    finally:
+        for h in hosts.values():
+            h.close()
 
 
 def test_the_app_writes_again_and_every_recovered_row_was_acknowledged(params, app):
