@@ -28,11 +28,13 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def get_server_answers(host: "HostLike", params: "Params", address: str) -> bool:
-    """Whether a pgBackRest TLS server answers at *address* (``pgbackrest server-ping`` from *host*, as postgres)."""
+    """Whether a pgBackRest TLS server answers at *address* (``pgbackrest server-ping`` from *host*, as postgres),
+    within seconds: pgBackRest 2.45 retries a connection that is not answered until io-timeout (60 s by default)
+    runs out, twice, so a stopped server would hold each probe two minutes."""
     pb = params.pgbackrest
     port = pb.tls_server_port if pb is not None else 8432
-    res = host.probe(f"pgbackrest server-ping --tls-server-address={shlex.quote(address)} --tls-server-port={port}",
-                     sudo_user="postgres")
+    res = host.probe(f"timeout 20 pgbackrest server-ping --io-timeout=5 --tls-server-address={shlex.quote(address)} "
+                     f"--tls-server-port={port}", sudo_user="postgres")
     return res.ok
 
 
