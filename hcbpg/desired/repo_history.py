@@ -285,6 +285,26 @@ def expire_on_jumpbox(params: "Params") -> bool:
     return pb is not None and any(r.admin_s3_key is not None for _, r in pb.repos())
 
 
+def shared_bucket_conflicts(params: "Params") -> list[str]:
+    """Repositories with an admin key in one bucket (same endpoint and bucket, other paths) whose bucket-wide settings
+    differ (object lock, lifecycle days): step 05 would put one and then the other on every run.  One line each."""
+    pb = pgbackrest_params(params)
+    seen: dict[tuple[str, str], tuple[int, tuple[Any, ...]]] = {}
+    out: list[str] = []
+    for n, repo in pb.repos():
+        if repo.admin_s3_key is None:
+            continue
+        where = (repo.s3_endpoint, repo.s3_bucket)
+        settings = (repo.object_lock_mode if repo.object_lock_days else None, repo.object_lock_days,
+                    repo.noncurrent_version_expiry_days)
+        if where in seen and seen[where][1] != settings:
+            out.append(f"pgbackrest.repo{n}: bucket {repo.s3_bucket} at {repo.s3_endpoint} is repo{seen[where][0]}'s "
+                       "too, with other object_lock_* or noncurrent_version_expiry_days (one bucket has one of each): "
+                       "make them the same")
+        seen.setdefault(where, (n, settings))
+    return out
+
+
 def expire_secret_refs(params: "Params") -> dict[str, tuple[str, Any]]:
     """The jumpbox config's secret options -> (params key, secret reference): each repository's admin key where
     it has one (else its own key), and its cipher passphrase."""

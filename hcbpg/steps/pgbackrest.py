@@ -9,7 +9,7 @@ from hcbpg.adapters.objectstore import ObjectStore
 from hcbpg.desired import pgbackrest as desired_pgbackrest
 from hcbpg.desired.backups import paths_for
 from hcbpg.desired.pgbackrest import check_block_incremental
-from hcbpg.desired.repo_history import admin_secret_keys, expire_on_jumpbox
+from hcbpg.desired.repo_history import admin_secret_keys, expire_on_jumpbox, shared_bucket_conflicts
 from hcbpg.errors import ParamsError
 from hcbpg.ops import pgbackrest as pgb
 from hcbpg.ops import repo_history
@@ -89,6 +89,9 @@ def protect_history(rb: "Run") -> list[Outcome]:
     if params.jumpbox is None:
         raise ParamsError("params", ["jumpbox: pgbackrest.admin_s3_key moves expiry to the jumpbox; add the jumpbox "
                                      "section (step 01 creates it)"])
+    conflicts = shared_bucket_conflicts(params)
+    if conflicts:
+        raise ParamsError("params", conflicts)
     outcomes: list[Outcome] = []
     protected = admin_stores(rb)
     for n in _unprotected(params, protected):

@@ -11,6 +11,7 @@ import pytest
 
 from hcbpg.adapters.objectstore import ObjectStore
 from hcbpg.desired.repo_history import EXPIRE_CONF_PATH, LIFECYCLE_RULE_ID
+from hcbpg.errors import ParamsError
 from hcbpg.params import parse_params
 from hcbpg.secrets import resolve
 from hcbpg.steps import pgbackrest as step05
@@ -141,3 +142,15 @@ def test_without_any_admin_key_nothing_is_touched_or_checked(world):
     params = _params(strip(REPO1), strip(REPO2))
     assert step05.protect_history(_Run(params)) == [] and step05.check_history(_Run(params)) == []
     assert world["opened"] == [] and world["jumpbox"].host.journal == []
+
+
+def test_two_repositories_in_one_bucket_with_other_settings_are_refused_before_anything(world):
+    same = {**REPO2, "s3_bucket": BUCKET1, "s3_endpoint": REPO1["s3_endpoint"], "repo_path_prefix": "/other"}
+    with pytest.raises(ParamsError, match="pgbackrest.repo2: bucket hcb-repo-one at 10.0.1.1:9443 is repo1's too"):
+        step05.protect_history(_Run(_params(REPO1, same)))
+    assert world["opened"] == [] and world["jumpbox"].host.journal == []
+    # the same settings in one bucket: protected once, nothing to change the second time
+    alike = {**same, "object_lock_days": None, "noncurrent_version_expiry_days": 30}
+    params = _params(REPO1, alike)
+    step05.protect_history(_Run(params))
+    assert not any(o.changed for o in step05.protect_history(_Run(params)))
