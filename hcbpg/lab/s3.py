@@ -139,7 +139,9 @@ def serialize_conditional_writes(app: Callable[..., Any]) -> Callable[..., Any]:
 
 # per-key IAM policies: the lab's stand-in for the provider's ---------------------------------------------------
 
-#: in the lab directory: ``{"keys": {access key id: {"policy": IAM policy JSON}}}``; a key not listed is not limited
+#: in the lab directory: ``{"keys": {access key id: {"policy": IAM policy JSON}}}``; a key not listed is not limited.
+#: Both stores (``s3`` and the second provider's ``s3b``) run with the same ``--lab-dir`` and so enforce the same
+#: file: a key registered for repo2's bucket is limited on the second store (tests/lab/test_repo2_history.py)
 IAM_FILE = "s3-iam.json"
 _IAM_LOCK = threading.Lock()
 
