@@ -87,7 +87,7 @@ def test_rehearse_runs_the_whole_runbook_in_a_fresh_lab_and_leaves_nothing(tmp_p
         # then the replica stopped (its Patroni and PostgreSQL killed): its PostgresDown reached the lab's receiver
         assert replica_alert is not None and replica_alert["latency_s"] is not None, replica_alert
         print(f"\nthe replica {replica_alert['server']} stopped -> PostgresDown at the lab's receiver in "
-              f"{replica_alert['latency_s']} s (scrape/eval 2 s, for 4 s, group_wait 1 s: params/lab.yaml)")
+              f"{replica_alert['latency_s']} s (scrape/eval 5 s, for 10 s, group_wait 2 s)")
         (run,) = [p for p in (home / "outputs" / "lab").iterdir() if p.is_dir()]
         manifest = json.loads((run / "manifest.json").read_text())
         steps = manifest["steps"]
