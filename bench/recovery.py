@@ -341,16 +341,17 @@ def plot(rows: list[dict[str, Any]], path: str) -> None:
         return
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415 - only the benchmark plots
-    fig, ax = plt.subplots(figsize=(9, 1.6 + 1.2 * len(rows)))
-    colors = plt.get_cmap("tab10")
+    fig, ax = plt.subplots(figsize=(11, 1.8 + 1.2 * len(rows)))
+    palette = plt.get_cmap("tab20").colors
+    colors = [c for i, c in enumerate(palette) if i not in (14, 15)]  # tab20's greys: the bare restore's
     labels: list[str] = []
     for i, r in enumerate(rows):
         left = 0.0
         prov = summarise(r)["provisioning_s"]
         for name, sec in [*phase_seconds(r).items(), *phase_seconds(r, after=True).items()]:
             after = name in AFTER_CLOCK
-            ax.barh(2 * i + 1, sec, left=left, color=colors(dre.PHASES.index(name) % 10), alpha=0.45 if after else 1.0,
-                    hatch="//" if after else None,
+            ax.barh(2 * i + 1, sec, left=left, color=colors[2 * dre.PHASES.index(name) % len(colors)],
+                    alpha=0.45 if after else 1.0, hatch="//" if after else None,
                     label=(f"{name} (after the clock)" if after else name) if name not in labels else None)
             labels.append(name)
             left += sec
@@ -362,9 +363,10 @@ def plot(rows: list[dict[str, Any]], path: str) -> None:
                                                   f"{r['db_bytes'] / 1024 ** 2:.0f} MB notebook 22 "
                                                   f"({r['summary']['ratio']}x)")])
     ax.set_xlabel("seconds from the decision")
-    ax.set_title("after losing everything: notebook 22's phases vs a bare restore (ratio without provisioning; "
-                 "hatched: after the clock)", fontsize=9)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title("after losing everything: notebook 22's phases vs a bare restore + start (drawn from the end of "
+                 "provisioning)\nratio = (decision -> first write - provisioning) / bare; hatched: after the clock",
+                 fontsize=9)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(True, axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -380,10 +382,17 @@ def main() -> int:
                          "less, the segment creating its table may not be archived yet)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--plot", default=None)
+    ap.add_argument("--replot", action="store_true", help="only print and plot the rows of --json again (no lab)")
     ap.add_argument("--keep", action="store_true", help="leave each scratch lab up (its dir is printed)")
     ap.add_argument("--lead", default="adopt", choices=("adopt", "restart"),
                     help="how Patroni is handed the restored primary (notebook 22's -p lead=)")
     a = ap.parse_args()
+    if a.replot:
+        rows = json.loads(Path(a.json).read_text())
+        report(rows)
+        if a.plot:
+            plot(rows, a.plot)
+        return 0
     reason = lab_unavailable_reason()
     if reason:
         print(f"bench/recovery.py: cannot run here: {reason}")
