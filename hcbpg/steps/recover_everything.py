@@ -149,15 +149,18 @@ def get_situation(rb: "Run", api: provision.Api, nearer: str = "") -> Situation:
             if h is not None:
                 h.close()
     choice = None
+    marks: dict[str, datetime] = {}
     jumpbox = connect_jumpbox(rb)
     if jumpbox is not None:
         try:
             decided = ops_re.get_decision(jumpbox)
             if decided is not None and decided.get("finished"):
                 resume = None  # recovered before: the servers that answer now are production (refused below)
-            elif resume is None and decided is not None:
-                # decided and not finished (a failure before the restore): the servers answering are this run's
-                resume = decided
+            elif decided is not None:
+                # decided and not finished (a failure before the restore, or after the clock): the servers
+                # answering are this run's; the marks written after the clock ended are kept
+                marks = _marks(decided)
+                resume = resume if resume is not None else decided
             # the weekly drill's configuration (step 12): the servers' keys for every repository, read-only use
             if jumpbox.exists(DRILL_CONF_PATH):
                 choice = dre.choose_repo(ops_re.get_repo_reaches(jumpbox, params, config=DRILL_CONF_PATH),
@@ -170,7 +173,7 @@ def get_situation(rb: "Run", api: provision.Api, nearer: str = "") -> Situation:
     refusals = [] if resume is not None else dre.plan_decision(seen)
     if choice is not None and choice.refusals and resume is None:
         refusals += choice.refusals
-    return Situation(api, seen, choice, refusals, resume, _marks(resume))
+    return Situation(api, seen, choice, refusals, resume, {**marks, **_marks(resume)} if resume is not None else {})
 
 
 def _marks(resume: Mapping[str, Any] | None) -> dict[str, datetime]:
@@ -437,7 +440,8 @@ def show_times(rb: "Run", sit: Situation) -> dict[str, Any]:
     if not rb.dry_run:
         rb.record(RECORD, value)
         if dre.RECOVERED in sit.marks:
-            _put_decision(rb, sit, finished=True)
+            # finished once the last phase after the clock is done: a failure before it resumes (not refused)
+            _put_decision(rb, sit, finished=dre.AFTER_CLOCK[-1] in sit.marks)
     return value
 
 
