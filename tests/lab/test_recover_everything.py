@@ -259,6 +259,12 @@ def test_the_notebook_recovers_everything_behind_its_gate(params, app, run_home)
         assert any(m.is_sync_standby for m in view.members), view.rows()
         STATE["sysid"] = ha.get_system_identifier(hosts[params.primary.name], params)
         assert STATE["sysid"] == rec.get("system_identifier"), rec
+        # where "patroni leads" goes: Patroni's own first lines on the primary (its start-up, the scope initialised,
+        # the leader key taken) against the notebook's marks
+        head = hosts[params.primary.name].run("head -n 12 /var/log/patroni/patroni.log", check=False,
+                                              quiet=True).stdout
+        print("marks: " + json.dumps({k: v for k, v in rec["marks"].items() if k in ("restored", "patroni leads")})
+              + "\nPatroni's log on the primary, first lines:\n" + head)
     finally:
         for h in hosts.values():
             h.close()
