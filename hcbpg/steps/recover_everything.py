@@ -494,8 +494,14 @@ def complete_ha(rb: "Run", sit: Situation) -> ha.HaResult:
             rb.track(ops_patroni.ensure_patroni_running(host, params))
         checks = []
         if sit.app_url is not None and params.app_host is not None:
-            view = ha.get_cluster(hosts, params)
-            states = ", ".join(f"{s.name} {m.state if m else 'not listed yet'}" for s in others
+            # the replica's member listed first (Patroni shows it 'creating replica' while it restores), so the
+            # commit below is made while it is being built; its state then is said with the check
+            view = wait_until(lambda: ha.get_cluster(hosts, params),
+                              lambda v: v is not None and all(v.member(s.name) is not None for s in others),
+                              what="the replica's member listed by Patroni", timeout=120, interval=0.3,
+                              describe=lambda v: "no member answers" if v is None else
+                              ", ".join(m.name for m in v.members))
+            states = ", ".join(f"{s.name} {m.state if m else 'not listed'}" for s in others
                                for m in [view.member(s.name) if view else None])
             app = app_host(rb)
             try:
