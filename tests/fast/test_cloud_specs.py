@@ -74,6 +74,24 @@ def test_dry_run_on_a_fresh_project_lists_changes_and_changes_nothing(api, param
     assert hooks.created == []
 
 
+def test_a_firewall_whose_rules_drifted_is_planned_as_set_and_set_by_the_run(api, params, client, tmp_path):
+    """A firewall of that name left with other rules (another environment's with a jumpbox: none) is no failed
+    plan: the dry run warns and says what its rules become (step 01 sets them), the run sets them, then it passes."""
+    from hcloud.firewalls.domain import Firewall
+    provision(client, params)
+    fw = client.firewalls.get_by_name(params.hetzner.firewall)
+    client.firewalls.set_rules(Firewall(id=fw.id), [])
+    [row] = [c for c in cloud.get_provision_checks(client, params, dry_run=True)
+             if c.name == "firewall allows only SSH inbound"]
+    assert row.status == "warn" and "no rules: no public inbound" in row.detail and "would be set to" in row.detail
+    assert "22" in row.detail.split("would be set to", 1)[1], row.detail
+    [failed] = [c for c in cloud.get_provision_checks(client, params) if c.name == "firewall allows only SSH inbound"]
+    assert failed.status == "fail" and "no rules" in failed.detail  # a real run's check names what it found
+    outcomes, _ = provision(client, params)
+    assert [o.what for o in outcomes if o.changed] == [f"firewall {params.hetzner.firewall}"]
+    assert [c for c in cloud.get_provision_checks(client, params) if c.status != "pass"] == []
+
+
 @covers("hcbpg.ops.provisioning.ensure_provisioned", "refusal")
 def test_existing_server_of_another_type_is_refused_before_any_change(api, params, client, tmp_path):
     client.servers.create(name="server-postgres-2", server_type=ServerType(name="cpx11"),
