@@ -28,7 +28,7 @@ from hcbpg.desired import tls as desired_tls
 from hcbpg.desired.capacity import ServerShape
 from hcbpg.desired.patroni import ClusterView, Member, MemberStatus, PatroniSecrets, SwitchoverPlan
 from hcbpg.desired.services import patroni_service
-from hcbpg.errors import HcbpgError, PatroniError, SafetyCheckFailed
+from hcbpg.errors import HcbpgError, PatroniError, SafetyCheckFailed, WaitTimeout
 from hcbpg.ops import cluster as pg_cluster
 from hcbpg.ops.ha_files import ensure_cert, ensure_daemon_packages, ensure_text
 from hcbpg.ops.replica import ensure_start_conf
@@ -243,6 +243,26 @@ def wait_for_member(hosts: Mapping[str, "HostLike | None"], params: "Params", na
                       hint=f"Patroni's log on {name}: /var/log/patroni/patroni.log (or journalctl -u patroni@...).")
     assert view is not None
     return view
+
+
+def get_settled_cluster(hosts: Mapping[str, "HostLike | None"], params: "Params", *,
+                        timeout: float = 30.0) -> ClusterView | None:
+    """GET /cluster until every replica runs within ``maximum_lag_on_failover`` (at most *timeout* seconds), the
+    last view either way, for a step's checks to judge.  Patroni publishes a member's WAL position once a loop: right
+    after a WAL switch (a backup's start and stop) a streaming replica shows a segment or two behind for a moment
+    (a step 11 after a failover read 32 MiB once and failed its check in a fresh-clone run); a replica really
+    lagging still shows so at the deadline."""
+    max_lag = dp.patroni_params(params).maximum_lag_on_failover
+
+    def settled(v: ClusterView | None) -> bool:
+        return v is not None and v.leader is not None and all(
+            m.is_leader or (m.state in dp.RUNNING_STATES and m.lag is not None and m.lag <= max_lag)
+            for m in v.members)
+    try:
+        return wait_until(lambda: get_cluster(hosts, params), settled, what="every replica within the lag bound",
+                          timeout=timeout, interval=0.5)
+    except WaitTimeout:
+        return get_cluster(hosts, params)
 
 
 def wait_for_sync_standby(hosts: Mapping[str, "HostLike | None"], params: "Params", *,

@@ -394,7 +394,7 @@ def check_all(hosts: HaHosts, params: "Params", before: Mapping[str, Any]) -> li
     first = next((h for h in hosts.members().values() if h is not None), None)
     if first is not None:
         out += ops_etcd.check_etcd(first, params)
-    view = ops_patroni.get_cluster(hosts.servers, params)
+    view = ops_patroni.get_settled_cluster(hosts.servers, params)
     out += dp.check_cluster(view, params, statuses=ops_patroni.get_member_statuses(hosts.servers, params))
     ids = {n: _sysid(h, params) for n, h in hosts.servers.items() if h is not None}
     same = len(set(ids.values())) == 1

@@ -185,7 +185,7 @@ def ensure_backups_follow(rb: "Run", hosts: HaHosts) -> list[Check]:
 
 
 def check_all(rb: "Run", hosts: HaHosts, backup_checks: list[Check]) -> list[Check]:
-    view = ops_patroni.get_cluster(hosts.servers, rb.params)
+    view = ops_patroni.get_settled_cluster(hosts.servers, rb.params)
     return dp.check_cluster(view, rb.params, statuses=ops_patroni.get_member_statuses(hosts.servers, rb.params)) + [
         *backup_checks]
 
