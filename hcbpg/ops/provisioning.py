@@ -406,21 +406,17 @@ def get_provision_checks(client: "CloudLike", params: "Params", *, dry_run: bool
     jb = params.jumpbox
     if jb is None:
         name = "firewall allows only SSH inbound"
-        if fw is not None and dry_run and not same_rules(fw.rules, want):
-            # step 01 sets the rules params say (ensure_provisioned: 'update'): a plan shows that, it does not fail
-            checks.append(Check(name, "warn", f"{describe_rules(fw.rules)} (dry run: its rules would be set to "
-                                f"{describe_rules(want)})", h.firewall))
-        else:
-            check(name, bool(fw) and same_rules(fw.rules, want),  # type: ignore[union-attr]
-                  describe_rules(fw.rules) if fw else "missing", h.firewall, missing=fw is None)
+        # step 01 sets the rules params say (ensure_provisioned: 'update'): a plan shows that, it does not fail
+        planned = f"its rules would be set to {describe_rules(want)}"
     else:
         name = f"firewall allows no public inbound (SSH through {jb.name})"
-        if fw is not None and dry_run and not same_rules(fw.rules, want):
-            checks.append(Check(name, "warn", f"{describe_rules(fw.rules)} (dry run: public SSH is closed once SSH "
-                                f"through {jb.name} works on every server)", h.firewall))
-        else:
-            check(name, bool(fw) and same_rules(fw.rules, want),  # type: ignore[union-attr]
-                  describe_rules(fw.rules) if fw else "missing", h.firewall, missing=fw is None)
+        planned = f"public SSH is closed once SSH through {jb.name} works on every server"
+    if fw is not None and dry_run and not same_rules(fw.rules, want):
+        checks.append(Check(name, "warn", f"{describe_rules(fw.rules)} (dry run: {planned})", h.firewall))
+    else:
+        check(name, bool(fw) and same_rules(fw.rules, want),  # type: ignore[union-attr]
+              describe_rules(fw.rules) if fw else "missing", h.firewall, missing=fw is None)
+    if jb is not None:
         jfw = ex.jumpbox_firewall
         check("jumpbox firewall allows only SSH inbound",
               bool(jfw) and same_rules(jfw.rules, render_firewall_rules(params, "jumpbox")),  # type: ignore[union-attr]
