@@ -250,15 +250,22 @@ def lead_restored(hosts: HaHosts, params: "Params", leader: "Server", *, stop_fi
     name_differs = _name_differs(host, params)
     res.restart_pending = bool(status and status.pending_restart) or name_differs
     if res.restart_pending:
-        t2 = time.monotonic()
-        ops_patroni.run_restart(host, params, leader, only_pending=not name_differs)
-        ops_patroni.wait_for_member(hosts.servers, params, leader.name,
-                                    lambda m: m.is_leader and m.state in dp.RUNNING_STATES and not m.pending_restart,
-                                    what=f"{leader.name} running after its restart", timeout=120)
-        res.timings["restart_s"] = round(time.monotonic() - t2, 1)
-        res.outcomes.append(Outcome(f"{leader.name} restarted under Patroni (a restart was pending)", True, False,
-                                    actions=["POST /restart"]))
+        _restart_leader(res, hosts, host, params, leader, name_differs=name_differs,
+                        what=f"{leader.name} restarted under Patroni (a restart was pending)")
     return res
+
+
+def _restart_leader(res: HaResult, hosts: HaHosts, host: "HostLike", params: "Params", leader: "Server", *,
+                    name_differs: bool, what: str) -> None:
+    """The leader's pending restart (POST /restart; all of it when cluster_name differs), waited for until it
+    leads and runs with nothing pending; its time in ``restart_s``."""
+    t2 = time.monotonic()
+    ops_patroni.run_restart(host, params, leader, only_pending=not name_differs)
+    ops_patroni.wait_for_member(hosts.servers, params, leader.name,
+                                lambda m: m.is_leader and m.state in dp.RUNNING_STATES and not m.pending_restart,
+                                what=f"{leader.name} running after its restart", timeout=120)
+    res.timings["restart_s"] = round(time.monotonic() - t2, 1)
+    res.outcomes.append(Outcome(what, True, False, actions=["POST /restart"]))
 
 
 def _hand_over(res: HaResult, hosts: HaHosts, host: "HostLike", params: "Params", server: "Server", *,
@@ -301,14 +308,8 @@ def _finish(res: HaResult, hosts: HaHosts, servers: Mapping[str, "HostLike"], pa
         if not restart_approved():
             echo(f"{leader.name} leads under Patroni; its restart waits for the gate {RESTART_GATE}")
             return res
-        t2 = time.monotonic()
-        ops_patroni.run_restart(host, params, leader, only_pending=not name_differs)
-        ops_patroni.wait_for_member(hosts.servers, params, leader.name,
-                                    lambda m: m.is_leader and m.state in dp.RUNNING_STATES and not m.pending_restart,
-                                    what=f"{leader.name} running after its restart", timeout=120)
-        res.timings["restart_s"] = round(time.monotonic() - t2, 1)
-        res.outcomes.append(Outcome(f"{leader.name} restarted under Patroni", True, False,
-                                    actions=["POST /restart"]))
+        _restart_leader(res, hosts, host, params, leader, name_differs=name_differs,
+                        what=f"{leader.name} restarted under Patroni")
     res.outcomes.append(ops_patroni.ensure_dcs_config(host, params, leader, shape))
     if not dry_run:
         # first streaming, then the sync standby (Patroni names it from pg_stat_replication). After the leader's
