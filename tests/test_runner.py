@@ -234,7 +234,14 @@ def test_ctrl_c_marks_the_step_interrupted_and_keeps_the_record(home, env):
         proc.kill()
         pytest.fail("the step never started")
     proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=60)
+    try:
+        out, _ = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGUSR1)  # the CLI prints where each thread waits (hcbpg.cli.main), then it goes
+        time.sleep(2)
+        proc.kill()
+        out, _ = proc.communicate()
+        pytest.fail(f"the run did not end within 60 s of Ctrl-C; its threads then:\n{out[-6000:]}")
     assert proc.returncode == 130, out
     assert "hcbpg resume" in out
     m = manifest(only_run(home, env))

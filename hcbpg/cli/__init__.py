@@ -9,9 +9,11 @@ SIGTERM: the step is recorded as interrupted; ``hcbpg resume`` continues).
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import importlib
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -488,6 +490,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--complete"] and len(argv) == 2:  # the completion script asks for values (hidden)
         return completion.print_values(argv[1])
+    # `kill -USR1 PID` of an hcbpg that seems stuck prints where each of its threads waits (file, line and
+    # function names only: no value, so no secret) on its stderr, and it goes on
+    try:
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+    except (AttributeError, OSError, ValueError):  # stderr without a file descriptor (called in-process, captured)
+        pass
     try:
         ap = build_parser()
         args = ap.parse_args(argv)

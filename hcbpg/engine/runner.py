@@ -154,8 +154,12 @@ def run_interruptible(execute: Callable[[type], Any]) -> Any:
             pass
     except KeyboardInterrupt:
         for km in made:
+            # the kernel's process (group) killed, nothing more: shutdown_kernel() would also destroy the
+            # manager's zmq context from this thread while the worker's client still polls sockets of it,
+            # and zmq's term waits for those sockets (a runner that never ended after a Ctrl-C, seen once
+            # under load); the worker sees the kernel dead and closes its own sockets
             with contextlib.suppress(Exception):
-                km.shutdown_kernel(now=True)
+                km.signal_kernel(signal.SIGKILL)
         # nbclient waits for the dead kernel's reply without a deadline; the notebook it saved so far
         # stays as the record, and the worker (a daemon thread) ends with the process
         done.wait(5)

@@ -41,8 +41,8 @@ STANZA = "hcb_production"
 QUEUE_MAX = "256MB"
 #: archive-push's io-timeout here (params pgbackrest.archive_push_io_timeout; production's 5 s): with repo1's packets
 #: dropped each asynchronous run stalls about 16 times it (82 s at 5 s, measured) and the outage test waits for
-#: three or four runs; the lab's stores are on the machine's bridge
-ARCHIVE_PUSH_IO_TIMEOUT_S = 2
+#: three or four runs; the lab's stores are on the machine's bridge (1 s: the params' minimum)
+ARCHIVE_PUSH_IO_TIMEOUT_S = 1
 SEED_SQL = """
 CREATE TABLE IF NOT EXISTS repo2_marks (id bigserial PRIMARY KEY, note text NOT NULL,
                                         at timestamptz NOT NULL DEFAULT now());
@@ -198,8 +198,8 @@ def dropped_segments(lab, host: str) -> list[str]:  # noqa: ANN001
 def test_with_repo1_unreachable_archiving_goes_on_into_repo2_until_the_queue_bound(params, primary, lab):
     """pgBackRest 2.45, measured: with repo1's store silently unreachable each push of a segment still goes to
     repo2 but fails as a whole (PostgreSQL keeps the segment .ready and tries again), after a stall on repo1's
-    connection of about 16 times archive-push's io-timeout (82 s at production's 5 s, about 33 s at this module's
-    2 s); so the segments stay in pg_wal, repo2 holds them, repo1 not.  Once what waits
+    connection of about 16 times archive-push's io-timeout (82 s at production's 5 s, about 16 s at this module's
+    1 s); so the segments stay in pg_wal, repo2 holds them, repo1 not.  Once what waits
     passes archive-push-queue-max, pgBackRest drops the waiting segments from the archive: from both
     repositories (the queue bound holds; repo2 has a gap too, which the next backup closes)."""
     t0 = time.monotonic()
