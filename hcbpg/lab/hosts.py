@@ -85,6 +85,8 @@ exec chroot "$M" /bin/sh -c 'trap "" HUP INT TERM; while :; do sleep 86400 & wai
 """
 
 # machine paths a fresh server does not have (hidden by an empty opaque directory)
+#: a lab host's apt configuration (in /etc/apt/apt.conf.d): no retries of fetches that cannot succeed
+APT_OFFLINE_CONF = "99hcbpg-lab-offline"
 _FRESH_DIRS = ("etc/postgresql", "var/lib/postgresql", "var/log/postgresql",
                "var/lib/pgbackrest", "var/log/pgbackrest", "var/spool/pgbackrest",
                "root/.ssh")
@@ -139,6 +141,10 @@ def prepare_upper(cfg: LabConfig, name: str, ip: str, upper: Path,
     _put(etc / "hosts", f"127.0.0.1\tlocalhost\n127.0.1.1\t{name}\n{ip}\t{name}\n"
          "::1\tlocalhost ip6-localhost ip6-loopback\n")
     _put(etc / "machine-id", os.urandom(16).hex() + "\n", 0o444)
+    # the lab has no network: each `apt-get update` tries every source once and fails at once (no route), and apt's
+    # retries of those fetches (backoff 1 + 2 + 4 s) only waited, 7.4 s an update; apt then installs from the
+    # machine's lists and cached .debs as before (measured in a lab host: 7,366 ms -> 31 ms)
+    _put(_mkdir_like(upper, "etc/apt/apt.conf.d") / APT_OFFLINE_CONF, 'Acquire::Retries "0";\n')
     # root's home is a fresh server's (base-files' dotfiles), not the machine's: sshd runs every command
     # through root's bash, which reads ~/.bashrc, and a developer's (pyenv init: 70 ms) ran before each one
     home = _opaque(upper, "root")
