@@ -107,6 +107,7 @@ def test_recovery_settings_replace_earlier_lines_and_keep_others():
 def test_settings_file_caps_slot_wal_and_enables_rewind():
     text = desired_replication.render_replication_settings(P, S1)
     assert "max_slot_wal_keep_size = '1GB'" in text and "wal_keep_size = '512MB'" in text
+    assert "wal_retrieve_retry_interval = '1s'" in text  # a replica whose slot is not there yet tries again soon
     assert "wal_log_hints" not in text            # step 02's identity part owns it (one owner per setting)
     assert "wal_log_hints = on" in desired_server.render_settings(P, S1, "identity")
     assert text.startswith("# Managed by hcbpg")
