@@ -282,3 +282,23 @@ def test_a_runtime_dir_too_deep_for_a_unix_socket_still_runs_kernels(home, env, 
     assert "kernel answered" in (only_run(home, env) / "00_only.ipynb").read_text()
     from hcbpg.engine.runner import _IPC_PATH_MAX, _ipc_base
     assert len(os.fsencode(_ipc_base("0" * 12))) < _IPC_PATH_MAX
+
+
+def test_a_cell_whose_error_never_reached_the_notebook_is_a_failure_not_a_success(home, env):
+    """The kernel says the cell failed (its execute reply) while its error output never arrives (as when the
+    kernel's output channel breaks): papermill (2.6) still raises, from its own mark on the cell, and the step
+    is failed, never a success with the cells after it skipped."""
+    nb = home / "notebooks"
+    write_notebook(nb / "00_lost.ipynb", "00_lost",
+                   "get_ipython()._showtraceback = lambda *a, **k: None  # the error output is never sent\n"
+                   "raise RuntimeError('failed, and nobody is told')",
+                   "print('must not run after the failed cell')")
+    write_steps(nb, [("00_lost.ipynb", "lost")])
+    r = hcbpg("run", env)
+    assert r.returncode == 1, r.stdout + r.stderr
+    m = manifest(only_run(home, env))
+    att = m["steps"][0]["attempts"][0]
+    assert att["status"] == "failed" and att["error"]["ename"] == "CellExecutionError", att
+    assert "must not run" not in (only_run(home, env) / "00_lost.ipynb").read_text().replace(
+        "print('must not run", "")
+
