@@ -8,6 +8,7 @@ import html
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import urllib.parse
@@ -60,6 +61,30 @@ def hcbpg(*args: str, env: dict | None = None, timeout: float = 300) -> subproce
     args = tuple(a for a in args if a != "--ask")
     return subprocess.run([sys.executable, "-m", "hcbpg.cli", *args], capture_output=True, text=True,
                           env=e, timeout=timeout)
+
+
+def _sigint_as_an_operator_has_it() -> None:  # runs in the child, between fork and exec
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+def popen_for_ctrl_c(args: list[str], **kw) -> subprocess.Popen:  # noqa: ANN003
+    """*args* started with SIGINT as an operator's terminal gives it (default action, not blocked), whatever this
+    test process inherited or was left with: a child inherits an ignored or blocked SIGINT, and then Ctrl-C
+    (the tests' SIGINT) never reaches the runner (seen in fresh-clone runs: a run that ignored the Ctrl-C)."""
+    return subprocess.Popen(args, preexec_fn=_sigint_as_an_operator_has_it, **kw)  # noqa: PLW1509
+
+
+def sigint_state(pid: int) -> str:
+    """What /proc says of SIGINT in process *pid* (ignored, blocked, caught), and this process's handler."""
+    bit = 1 << (signal.SIGINT - 1)
+    try:
+        status = dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                      if ":\t" in line)
+    except OSError as exc:
+        return f"pid {pid}: {exc}"
+    flags = {k: bool(int(status[k].strip(), 16) & bit) for k in ("SigIgn", "SigBlk", "SigCgt") if k in status}
+    return f"pid {pid} SIGINT {flags}; the test process's handler {signal.getsignal(signal.SIGINT)!r}"
 
 
 def past_newest_run(env_dir: Path) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from nbutil import hcbpg, past_newest_run, write_notebook, write_steps
+from nbutil import hcbpg, past_newest_run, popen_for_ctrl_c, sigint_state, write_notebook, write_steps
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -160,7 +160,7 @@ def test_a_second_run_of_the_environment_is_refused_while_one_runs(home, env, tm
                    "while not os.path.exists(os.environ['HCBPG_TEST_STOP']):\n    time.sleep(0.2)")
     write_steps(nb, [("00_slow.ipynb", "slow")])
     stop = tmp_path / "stop"
-    first = subprocess.Popen([sys.executable, "-m", "hcbpg.cli", "run", env, "--yes"], stdout=subprocess.PIPE,
+    first = popen_for_ctrl_c([sys.executable, "-m", "hcbpg.cli", "run", env, "--yes"], stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True, env={**os.environ, "HCBPG_TEST_STOP": str(stop)})
     try:
         deadline = time.time() + 120
@@ -180,12 +180,13 @@ def test_a_second_run_of_the_environment_is_refused_while_one_runs(home, env, tm
             assert " since 20" in r.stderr
         assert len(runs_of(home, env)) == 1  # nothing was created
     finally:
+        state = sigint_state(first.pid)
         first.send_signal(signal.SIGINT)
         stop.touch()  # the kernel runs in a session of its own: let its cell end
         out, _ = first.communicate(timeout=120)
     # seen once in a fresh-clone run: the step "succeeded" 1.6 s after it began, before the Ctrl-C; the executed
     # notebook (its cells' outputs and papermill's marks) and the stop file then say how its loop ended
-    assert first.returncode == 130, (out, stop.exists(), [
+    assert first.returncode == 130, (out, state, stop.exists(), [
         (c.get("outputs"), c.get("metadata")) for c in
         json.loads(next((home / "outputs" / env).glob("*_*/00_slow.ipynb")).read_text())["cells"]])
     # the lock went with its process; the interrupted run was sealed and verifies

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from nbutil import hcbpg, write_notebook, write_steps
+from nbutil import hcbpg, popen_for_ctrl_c, sigint_state, write_notebook, write_steps
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -222,7 +222,7 @@ def test_ctrl_c_marks_the_step_interrupted_and_keeps_the_record(home, env):
     write_notebook(nb / "00_slow.ipynb", "00_slow",
                    "import time\nprint('slow step started', flush=True)\ntime.sleep(120)")
     write_steps(nb, [("00_slow.ipynb", "slow")])
-    proc = subprocess.Popen([sys.executable, "-m", "hcbpg.cli", "run", env, "--yes"],
+    proc = popen_for_ctrl_c([sys.executable, "-m", "hcbpg.cli", "run", env, "--yes"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -233,6 +233,7 @@ def test_ctrl_c_marks_the_step_interrupted_and_keeps_the_record(home, env):
     else:
         proc.kill()
         pytest.fail("the step never started")
+    state = sigint_state(proc.pid)
     proc.send_signal(signal.SIGINT)
     try:
         out, _ = proc.communicate(timeout=60)
@@ -241,7 +242,7 @@ def test_ctrl_c_marks_the_step_interrupted_and_keeps_the_record(home, env):
         time.sleep(2)
         proc.kill()
         out, _ = proc.communicate()
-        pytest.fail(f"the run did not end within 60 s of Ctrl-C; its threads then:\n{out[-6000:]}")
+        pytest.fail(f"the run did not end within 60 s of Ctrl-C ({state}); its threads then:\n{out[-6000:]}")
     assert proc.returncode == 130, out
     assert "hcbpg resume" in out
     m = manifest(only_run(home, env))
