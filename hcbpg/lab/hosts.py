@@ -84,9 +84,9 @@ hostname "$N"
 exec chroot "$M" /bin/sh -c 'trap "" HUP INT TERM; while :; do sleep 86400 & wait; done' hcbpg-lab-host "$U"
 """
 
-# machine paths a fresh server does not have (hidden by an empty opaque directory)
 #: a lab host's apt configuration (in /etc/apt/apt.conf.d): no retries of fetches that cannot succeed
 APT_OFFLINE_CONF = "99hcbpg-lab-offline"
+# machine paths a fresh server does not have (hidden by an empty opaque directory)
 _FRESH_DIRS = ("etc/postgresql", "var/lib/postgresql", "var/log/postgresql",
                "var/lib/pgbackrest", "var/log/pgbackrest", "var/spool/pgbackrest",
                "root/.ssh")
