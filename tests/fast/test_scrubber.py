@@ -1,0 +1,71 @@
+"""The scrubber's regex (a trie of every spelling of every secret) matches what the plain alternation of the
+spellings, longest first, matches: at the leftmost place, and there the longest; the hex letters of a %XX escape in
+either case.  The trie is how a process holding hundreds of spellings scrubs megabytes in a fraction of a second
+(``bench/scrub.py`` measures it against the alternation); these tests pin that nothing matches differently."""
+
+from __future__ import annotations
+
+import random
+import re
+import sys
+
+from hcbpg.secrets import REDACTED, Scrubber, _scrub_pattern
+
+
+def _reference(values: set[str]) -> re.Pattern[str]:
+    """The scrubber's regex as it was: every value, longest first, its %XX escapes' hex letters in either case."""
+    def either_case(pattern: str) -> str:
+        return re.sub(r"%([0-9A-F])([0-9A-F])",
+                      lambda m: "%" + "".join(f"[{c}{c.lower()}]" if c.isalpha() else c for c in m.groups()), pattern)
+    return re.compile("|".join(either_case(re.escape(v)) for v in sorted(values, key=len, reverse=True)))
+
+
+def test_the_trie_matches_exactly_what_the_longest_first_alternation_matches():
+    rng = random.Random(20261207)
+    # few characters, so values share prefixes, are prefixes of each other and escapes meet literal letters
+    alphabet = "ab%AF2f1 '\"\\&<>x.*"
+    for _ in range(3000):
+        values: set[str] = set()
+        for _ in range(rng.randint(1, 7)):
+            values.add("".join(rng.choice(alphabet) for _ in range(rng.randint(1, 8))))
+            if rng.random() < 0.5:
+                values.add(rng.choice(sorted(values)) + "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 4))))
+        ours, reference = _scrub_pattern(values), _reference(values)
+        for _ in range(15):
+            text = "".join(rng.choice(alphabet + "Bc%") for _ in range(rng.randint(0, 40)))
+            if rng.random() < 0.6:
+                value, at = rng.choice(sorted(values)), rng.randint(0, len(text))
+                text = text[:at] + value + text[at:]
+            assert ours.sub("#", text) == reference.sub("#", text), (values, text)
+
+
+def test_a_value_is_scrubbed_whole_when_a_shorter_one_is_its_prefix_and_an_escape_in_either_case():
+    s = Scrubber()
+    s.add("hunter2-long")
+    s.add("hunter2-long/and/longer")
+    s.add("pass/word:99")
+    text = ("x hunter2-long/and/longer y hunter2-long z pass%2Fword%3A99 pass%2fword%3a99 pass%2fword%3A99 "
+            "pass%2Fword%3a99")
+    out = s.scrub(text)
+    assert out == f"x {REDACTED} y {REDACTED} z {REDACTED} {REDACTED} {REDACTED} {REDACTED}", out
+
+
+def test_a_value_longer_than_the_recursion_limit_and_hundreds_of_values():
+    s = Scrubber()
+    pem = "".join(random.Random(1).choice("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
+                  for _ in range(sys.getrecursionlimit() * 3))
+    s.add(pem)
+    tokens = [f"tok-{i:04d}-{random.Random(i).getrandbits(64):016x}" for i in range(300)]
+    for t in tokens:
+        s.add(t)
+    text = f"key {pem} end " + " ".join(tokens[::7]) + " tok-0000-nothing"
+    out = s.scrub(text)
+    assert pem[:40] not in out and not any(t in out for t in tokens), out[:200]
+    assert out.startswith(f"key {REDACTED} end ") and out.endswith(" tok-0000-nothing")
+
+
+def test_values_each_the_prefix_of_the_next_nested_deeper_than_python_recurses():
+    values = {"s" * n + "!" for n in range(8, 1500)} | {"s" * n for n in range(8, 1500)}
+    pattern = _scrub_pattern(values)
+    text = "x" + "s" * 1600 + "y"
+    assert pattern.sub("#", text) == _reference(values).sub("#", text) == "x##y"
