@@ -1,4 +1,4 @@
-"""Scrubbing time: the scrubber's trie regex against the plain alternation of the same spellings (longest first,
+"""Scrubbing time: the scrubber's radix-tree regex against the plain alternation of the same spellings (longest first,
 what it replaced), in the same run, on the same text.
 
 Each process registers every secret it resolves, in about 15 spellings each (URL-quoted, JSON, HTML, base64 ...),

@@ -59,98 +59,72 @@ def _base64_cores(data: bytes) -> set[str]:
 _PCT_ESCAPE = re.compile(r"%([0-9A-F])([0-9A-F])")
 
 
-class _TrieNode:
-    """A node of the scrubber's trie: edges by the set of characters that may come next; ``end``: a value ends here."""
-
-    __slots__ = ("edges", "end")
-
-    def __init__(self) -> None:
-        self.edges: dict[frozenset[str], _TrieNode] = {}
-        self.end = False
+#: a hex letter of a %XX escape, which matches in either case, is this far into Unicode's private use planes
+_EITHER_CASE = 0xF0000
 
 
-def _atoms(value: str) -> list[frozenset[str]]:
-    """*value* as the characters each position may hold: one, or both cases of a hex letter of a %XX escape."""
-    either: dict[int, frozenset[str]] = {}
+def _encode(value: str) -> str:
+    """*value* with each hex letter of its %XX escapes as a private-use character standing for both its cases."""
+    chars = list(value)
     for m in _PCT_ESCAPE.finditer(value):
         for g in (1, 2):
             if m.group(g).isalpha():
-                either[m.start(g)] = frozenset((m.group(g), m.group(g).lower()))
-    return [either.get(i, frozenset(ch)) for i, ch in enumerate(value)]
+                chars[m.start(g)] = chr(_EITHER_CASE + ord(m.group(g)))
+    return "".join(chars)
 
 
-def _union(nodes: list[_TrieNode]) -> _TrieNode:
-    """One node for what any of *nodes* accepts (iterative: a value may be longer than Python's recursion limit)."""
-    root = _TrieNode()
-    todo = [(root, nodes)]
-    while todo:
-        new, sources = todo.pop()
-        new.end = any(n.end for n in sources)
-        by_key: dict[frozenset[str], list[_TrieNode]] = {}
-        for n in sources:
-            for key, child in n.edges.items():
-                by_key.setdefault(key, []).append(child)
-        for key, kids in by_key.items():
-            if len(kids) == 1:
-                new.edges[key] = kids[0]
-            else:
-                new.edges[key] = merged = _TrieNode()
-                todo.append((merged, kids))
-    return root
-
-
-def _branches(node: _TrieNode) -> list[tuple[frozenset[str], _TrieNode]]:
-    """*node*'s edges made disjoint (``[Aa]`` beside ``a``: ``a`` leads to both subtries, ``A`` to one), so
-    that at most one branch can take the next character and the regex never has to choose."""
-    keys = list(node.edges)
-    chars = frozenset().union(*keys)
-    if len(chars) == sum(len(k) for k in keys):
-        return list(node.edges.items())
-    by_signature: dict[tuple[int, ...], set[str]] = {}
-    for c in chars:
-        by_signature.setdefault(tuple(i for i, k in enumerate(keys) if c in k), set()).add(c)
-    out = []
-    for signature, cs in by_signature.items():
-        kids = [node.edges[keys[i]] for i in signature]
-        out.append((frozenset(cs), kids[0] if len(kids) == 1 else _union(kids)))
-    return out
+def _matches(c: str) -> frozenset[str]:
+    """The characters an encoded character *c* matches in a text."""
+    if ord(c) < _EITHER_CASE:
+        return frozenset(c)
+    letter = chr(ord(c) - _EITHER_CASE)
+    return frozenset((letter, letter.lower()))
 
 
 def _char_class(cs: frozenset[str]) -> str:
     return re.escape(next(iter(cs))) if len(cs) == 1 else "[" + "".join(re.escape(c) for c in sorted(cs)) + "]"
 
 
-def _trie_regex(node: _TrieNode) -> str:
-    """A regex for what may follow *node*, the longest first: a run without a choice is plain text, and each
-    choice (a value ending here, or disjoint next characters) a group; recursion only at choices."""
-    run: list[str] = []
-    while True:
-        branches = _branches(node)
-        if len(branches) != 1 or node.end:
-            break
-        cs, node = branches[0]
-        run.append(_char_class(cs))
-    if not branches:
-        return "".join(run)
-    alts = [_char_class(cs) + _trie_regex(child) for cs, child in sorted(branches, key=lambda b: sorted(b[0]))]
+def _radix_regex(strings: list[str]) -> str:
+    """A regex for *strings* (encoded, sorted, distinct; ``""`` among them: a value may end here) that matches
+    the longest it can: what all share is plain text, and each choice (a value ending here, or the next
+    character) a group whose branches never take the same character (``[Aa]`` beside ``a``: ``a`` leads to both
+    branches' strings, ``A`` to one), so the regex never has to choose.  Recursion only at choices."""
+    ends = strings[0] == ""
+    rest = strings[1:] if ends else strings
+    if not rest:
+        return ""
+    if not ends:
+        first, last = rest[0], rest[-1]  # sorted: what these two share, all share
+        n = len(os.path.commonprefix([first, last]))
+        if n:
+            return "".join(_char_class(_matches(c)) for c in first[:n]) + _radix_regex([s[n:] for s in rest])
+    by_first: dict[str, list[str]] = {}
+    for s in rest:
+        by_first.setdefault(s[0], []).append(s[1:])
+    sets = {c: _matches(c) for c in by_first}
+    chars = frozenset().union(*sets.values())
+    if len(chars) == sum(len(v) for v in sets.values()):
+        branches = [(sets[c], tails) for c, tails in by_first.items()]
+    else:
+        by_signature: dict[tuple[str, ...], set[str]] = {}
+        for ch in chars:
+            by_signature.setdefault(tuple(c for c in by_first if ch in sets[c]), set()).add(ch)
+        branches = [(frozenset(cs), sorted(set().union(*(by_first[c] for c in signature))))
+                    for signature, cs in by_signature.items()]
+    alts = [_char_class(cs) + _radix_regex(tails) for cs, tails in sorted(branches, key=lambda b: sorted(b[0]))]
     body = alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
-    return "".join(run) + (f"(?:{body})?" if node.end else body)
+    return f"(?:{body})?" if ends else body
 
 
 def _scrub_pattern(values: Iterable[str]) -> re.Pattern[str]:
     """One regex matching any of *values* (the hex letters of their %XX escapes in either case), at the leftmost
-    place and there the longest: what ``"|".join`` of the values sorted longest first matches, but through a
-    trie, so that each place of the text costs one step per character matched, not one try per value (with
-    a few hundred values, as a test process collects, 24 MB of output took a minute to scrub that way)."""
+    place and there the longest: what ``"|".join`` of the values sorted longest first matches, but shaped as
+    a radix tree of them, so that each place of the text costs one step per character matched, not one try per
+    value (with a few hundred values, as a test process collected, 24 MB of output took a minute that way)."""
     values = list(values)
-    root = _TrieNode()
-    for value in values:
-        node = root
-        for atom in _atoms(value):
-            node = node.edges.get(atom) or node.edges.setdefault(atom, _TrieNode())
-        node.end = True
     try:
-        return re.compile(_trie_regex(root))
+        return re.compile(_radix_regex(sorted({_encode(v) for v in values})))
     except RecursionError:
         # hundreds of values each the prefix of the next nest that many groups: the plain alternation then
         return re.compile("|".join(_PCT_ESCAPE.sub(
