@@ -18,6 +18,7 @@ of one worker run one after another and destroy their hosts at their end).  No t
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import time
@@ -142,9 +143,17 @@ def build_ha_cluster(lab: Lab, primary_stage: PrimaryStage, params: Params, *,
         jumpbox = Host.from_params(params, JUMPBOX, params.jumpbox.private_ip, echo=echo).connect()
         hosts[JUMPBOX] = jumpbox
         t1 = time.monotonic()
-        install_step.install_server(hosts[replica.name], params, replica)
-        allow_step.allow_connections(hosts[replica.name], params, replica)
-        _, checks = fo.run_point_backups_at(hosts[STAGE_PRIMARY], params, params.primary, archive_mode=True)
+
+        def replica_02_03() -> None:
+            install_step.install_server(hosts[replica.name], params, replica)
+            allow_step.allow_connections(hosts[replica.name], params, replica)
+
+        # the replica's steps 02-03 and the primary's pgBackRest with its first backup touch different machines
+        # (each through its own SSH connection): side by side, as two operators' shells would run them
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            replica_done = pool.submit(replica_02_03)
+            _, checks = fo.run_point_backups_at(hosts[STAGE_PRIMARY], params, params.primary, archive_mode=True)
+            replica_done.result()
         bad = [c for c in checks if not c.ok]
         if bad:
             raise AssertionError(f"pgBackRest on the primary: {bad}")
