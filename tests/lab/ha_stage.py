@@ -18,7 +18,6 @@ of one worker run one after another and destroy their hosts at their end).  No t
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import json
 import time
@@ -46,7 +45,7 @@ from hcbpg.steps import ha
 from hcbpg.steps import install_postgres as install_step
 
 from labparams import LAB_PATRONI, ensure_secret_file, lab_params, pgbackrest_section, replication_section
-from stages import STAGE_PRIMARY, STAGE_PRIMARY_OFFSET, PrimaryStage
+from stages import STAGE_PRIMARY, STAGE_PRIMARY_OFFSET, PrimaryStage, side_by_side
 
 REPLICA = "server-postgres-2"
 JUMPBOX = "hcb-jumpbox"
@@ -148,12 +147,10 @@ def build_ha_cluster(lab: Lab, primary_stage: PrimaryStage, params: Params, *,
             install_step.install_server(hosts[replica.name], params, replica)
             allow_step.allow_connections(hosts[replica.name], params, replica)
 
-        # the replica's steps 02-03 and the primary's pgBackRest with its first backup touch different machines
-        # (each through its own SSH connection): side by side, as two operators' shells would run them
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            replica_done = pool.submit(replica_02_03)
-            _, checks = fo.run_point_backups_at(hosts[STAGE_PRIMARY], params, params.primary, archive_mode=True)
-            replica_done.result()
+        # the replica's steps 02-03 beside the primary's pgBackRest with its first backup (different machines)
+        _, (_, checks) = side_by_side(
+            replica_02_03,
+            lambda: fo.run_point_backups_at(hosts[STAGE_PRIMARY], params, params.primary, archive_mode=True))
         bad = [c for c in checks if not c.ok]
         if bad:
             raise AssertionError(f"pgBackRest on the primary: {bad}")

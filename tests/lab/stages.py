@@ -13,13 +13,14 @@ configuration names); test_server_steps still builds its servers from nothing, a
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,16 @@ def primary_and_jumpbox(lab: Lab, primary_stage: PrimaryStage, jumpbox: str, jum
     finally:
         for name in (primary_stage.name, jumpbox):
             destroy_server_host(name, lab_dir=str(lab.lab_dir))
+
+
+def side_by_side(*calls: Callable[[], Any]) -> list[Any]:
+    """Each of *calls* in a thread of its own, all at once; their results in order (the first failure raised once
+    all ended).  For setups on different machines, each through its own SSH connection (a replica's steps 02-03
+    beside the primary's pgBackRest), as two operators' shells would run them."""
+    with concurrent.futures.ThreadPoolExecutor(len(calls)) as pool:
+        futures = [pool.submit(c) for c in calls]
+        concurrent.futures.wait(futures)
+    return [f.result() for f in futures]
 
 
 def start_archiving_with_a_backup(host: Any, params: Any) -> None:

@@ -59,7 +59,7 @@ from hcbpg.steps.roles import planning_psql
 
 from labparams import lab_params, pgbackrest_section, replication_section
 from nbutil import CmdlineWatch, read_env_file
-from stages import STAGE_PRIMARY, STAGE_PRIMARY_OFFSET
+from stages import STAGE_PRIMARY, STAGE_PRIMARY_OFFSET, side_by_side
 
 pytestmark = pytest.mark.lab
 
@@ -170,19 +170,28 @@ INSERT INTO public.transactions (event_id, amount) SELECT g, g * 1.5 FROM genera
 def test_setup_servers_restored_objects_backups_and_replica(params, hosts, shape):
     """Steps 02-04, a Heroku-like restore as rails, pgBackRest (05/08) and the replica (10), from their modules."""
     t0 = time.monotonic()
-    for s in params.servers:
+    primary = params.primary
+
+    def steps_02_03(s) -> None:  # noqa: ANN001 - a params Server
         install_step.install_server(hosts[s.name], params, s, shape=shape)
         allow_step.allow_connections(hosts[s.name], params, s,
                                      extra_rules=desired_server.all_hba_extra(params, s))
-    primary = params.primary
-    ppsql = primary_psql(hosts, params)
-    role_step.app_role_database(ppsql, params, app_password(params))
-    # what pg_restore --no-owner as rails leaves behind, plus an untrusted extension made by a superuser
-    res = roles._psql_on(hosts["app"], params, app_password(params), RESTORED_AS_RAILS, server_ip=primary.private_ip)
-    assert res.ok, res.output
-    ppsql.execute("CREATE EXTENSION pg_stat_statements WITH SCHEMA heroku_ext", dbname=params.postgres.database)
-    pg_config.ensure_settings(hosts[primary.name], params, primary, "replication")
-    outcomes, checks = fo.run_point_backups_at(hosts[primary.name], params, primary, archive_mode=True)
+
+    def the_primary() -> list:
+        steps_02_03(primary)
+        ppsql = primary_psql(hosts, params)
+        role_step.app_role_database(ppsql, params, app_password(params))
+        # what pg_restore --no-owner as rails leaves behind, plus an untrusted extension made by a superuser
+        res = roles._psql_on(hosts["app"], params, app_password(params), RESTORED_AS_RAILS,
+                             server_ip=primary.private_ip)
+        assert res.ok, res.output
+        ppsql.execute("CREATE EXTENSION pg_stat_statements WITH SCHEMA heroku_ext", dbname=params.postgres.database)
+        pg_config.ensure_settings(hosts[primary.name], params, primary, "replication")
+        _, checks = fo.run_point_backups_at(hosts[primary.name], params, primary, archive_mode=True)
+        return checks
+
+    # the replica's steps 02-03 beside the primary's setup (different machines, each its own SSH connection)
+    _, checks = side_by_side(lambda: [steps_02_03(s) for s in params.replicas], the_primary)
     assert not [c for c in checks if not c.ok], [f"{c.name}: {c.detail}" for c in checks if not c.ok]
     TIMINGS["setup_primary_s"] = round(time.monotonic() - t0, 1)
     t1 = time.monotonic()

@@ -29,7 +29,7 @@ from hcbpg.steps import allow_connections as allow_step
 from hcbpg.steps import install_postgres as install_step
 
 import ha_stage
-from stages import STAGE_PRIMARY, cli, latest_manifest, latest_run_dir, scrap
+from stages import STAGE_PRIMARY, cli, latest_manifest, latest_run_dir, scrap, side_by_side
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -102,10 +102,15 @@ def test_a_pair_replicating_the_manual_way(params, hosts):
     from hcbpg.steps import replication as manual
 
     primary = params.primary
-    for s in params.replicas:
-        install_step.install_server(hosts[s.name], params, s)
-        allow_step.allow_connections(hosts[s.name], params, s)
-    _, checks = fo.run_point_backups_at(hosts[primary.name], params, primary, archive_mode=True)
+
+    def replicas_02_03() -> None:
+        for s in params.replicas:
+            install_step.install_server(hosts[s.name], params, s)
+            allow_step.allow_connections(hosts[s.name], params, s)
+
+    # the replica's steps 02-03 beside the primary's pgBackRest (different machines, each its own SSH connection)
+    _, (_, checks) = side_by_side(
+        replicas_02_03, lambda: fo.run_point_backups_at(hosts[primary.name], params, primary, archive_mode=True))
     assert not [c for c in checks if not c.ok], checks
     password = resolve(params.replication.password, key="replication.password")
     manual.setup_replication(hosts, params, password, allow_destructive=True, dry_run=False, echo=lambda _s: None)

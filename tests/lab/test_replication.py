@@ -43,7 +43,7 @@ from hcbpg.steps import replication as rep_step
 from hcbpg.steps import restore_drill as step12
 
 from labparams import lab_params, pgbackrest_section, replication_section
-from stages import STAGE_PRIMARY, STAGE_PRIMARY_OFFSET, cli, latest_manifest, latest_run_dir, scrap
+from stages import STAGE_PRIMARY, STAGE_PRIMARY_OFFSET, cli, latest_manifest, latest_run_dir, scrap, side_by_side
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -149,17 +149,24 @@ def test_servers_set_up_with_steps_02_to_04_and_pgbackrest_on_the_primary(params
     primary = params.primary
     # the primary is the stage's clone, through steps 02-04 (running them again here asserted nothing; step 10
     # writes its pg_hba with the replication rules); the replica gets 02 and 03 from nothing
-    for s in params.replicas:
-        install_step.install_server(hosts[s.name], params, s)
-        allow_step.allow_connections(hosts[s.name], params, s)
-    ppsql = psql(hosts, params, primary.name)
-    # the restart wal_log_hints needs happens here, before the load starts (see the report: step 02 should own it)
-    pg_config.ensure_settings(hosts[primary.name], params, primary, "replication")
-    ppsql.execute(f"CREATE DATABASE {BENCH_DB}")
-    # scale 1 (100k accounts; was 5): no test reads its size, and every base backup, backup, restore and row count
-    # of the module copies or counts it
-    hosts[primary.name].run(f"{PGBENCH} -h /var/run/postgresql -i -s 1 -q {BENCH_DB}", sudo_user="postgres")
-    outcomes, checks = fo.run_point_backups_at(hosts[primary.name], params, primary, archive_mode=True)
+    def replicas_02_03() -> None:
+        for s in params.replicas:
+            install_step.install_server(hosts[s.name], params, s)
+            allow_step.allow_connections(hosts[s.name], params, s)
+
+    def primary_load_and_backups() -> list:
+        ppsql = psql(hosts, params, primary.name)
+        # the restart wal_log_hints needs happens here, before the load starts (see the report: step 02 should own it)
+        pg_config.ensure_settings(hosts[primary.name], params, primary, "replication")
+        ppsql.execute(f"CREATE DATABASE {BENCH_DB}")
+        # scale 1 (100k accounts; was 5): no test reads its size, and every base backup, backup, restore and row
+        # count of the module copies or counts it
+        hosts[primary.name].run(f"{PGBENCH} -h /var/run/postgresql -i -s 1 -q {BENCH_DB}", sudo_user="postgres")
+        _, checks = fo.run_point_backups_at(hosts[primary.name], params, primary, archive_mode=True)
+        return checks
+
+    # the replica's steps 02-03 beside the primary's (different machines, each its own SSH connection)
+    _, checks = side_by_side(replicas_02_03, primary_load_and_backups)
     failed = [f"{c.name}: {c.detail}" for c in checks if not c.ok]
     assert not failed, failed
     TIMINGS["setup_s"] = round(time.monotonic() - t0, 1)

@@ -44,7 +44,7 @@ from hcbpg.steps import install_postgres as install_step
 from hcbpg.steps import replication as rep_step
 
 from labparams import lab_params, pgbackrest_section, replication_section
-from stages import STAGE_PRIMARY, STAGE_PRIMARY_OFFSET
+from stages import STAGE_PRIMARY, STAGE_PRIMARY_OFFSET, side_by_side
 
 pytestmark = pytest.mark.lab
 
@@ -108,11 +108,18 @@ def copied_from_the_standby(out: str, standby_ip: str) -> None:
 def test_the_primary_backs_up_before_any_replica_and_names_no_pg2(params, hosts):
     t0 = time.monotonic()
     primary = params.primary
-    for s in params.replicas:
-        install_step.install_server(hosts[s.name], params, s)
-        allow_step.allow_connections(hosts[s.name], params, s)
-    pg_config.ensure_settings(hosts[primary.name], params, primary, "replication")
-    _, checks = fo.run_point_backups_at(hosts[primary.name], params, primary, archive_mode=True)
+
+    def replicas_02_03() -> None:
+        for s in params.replicas:
+            install_step.install_server(hosts[s.name], params, s)
+            allow_step.allow_connections(hosts[s.name], params, s)
+
+    def the_primary() -> list:
+        pg_config.ensure_settings(hosts[primary.name], params, primary, "replication")
+        return fo.run_point_backups_at(hosts[primary.name], params, primary, archive_mode=True)[1]
+
+    # the replica's steps 02-03 (no replica yet: nothing streams) beside the primary's (different machines)
+    _, checks = side_by_side(replicas_02_03, the_primary)
     assert [f"{c.name}: {c.detail}" for c in checks if not c.ok] == []
     assert pg2(hosts[primary.name], params) is None
     print(f"\nprimary with pgBackRest and a full backup in {time.monotonic() - t0:.1f} s")
