@@ -15,14 +15,25 @@ from nbutil import MOTO_BUCKET, REPO, allowed_signer_line, hcbpg, make_params, m
 
 @pytest.fixture(scope="module", autouse=True)
 def _scrubber_of_the_module():
-    """The test process's scrubber forgets at each module's end what the module registered.  A process of hcbpg
-    scrubs one run's few dozen secrets; a test worker would otherwise collect every module's (3,000 spellings by
-    the end of tests/fast alone), and it compiles its regex again after each new secret: the fast tier took 190 s
-    instead of 87 s.  Every secret a module resolves is registered again when resolved (``resolve`` keeps nothing)."""
+    """The test process's scrubber forgets at each module's end what the module registered, and the run's variables
+    a runner in this process set (``HCBPG_SCRUB_FILE``, ``HCBPG_HEADLESS``, ``HCBPG_AUTO_APPROVE``) are put back.
+    A process of hcbpg scrubs one run's few dozen secrets; a test worker collected every module's (3,357 spellings by
+    the end of tests/fast alone) and compiled its regex again after each new secret: the fast tier took 190 s
+    instead of 87 s.  And a module that ran the Runner in this process (test_online, test_migration) left
+    HCBPG_SCRUB_FILE naming its last run's registry: every later module appended its secrets there and scrubbed with
+    all of them (the fast tier 150 s again when it ran after such a module).  Every secret a module resolves is
+    registered again when resolved (``resolve`` keeps nothing)."""
     from hcbpg.secrets import SCRUBBER
+    names = ("HCBPG_SCRUB_FILE", "HCBPG_HEADLESS", "HCBPG_AUTO_APPROVE")
+    env = {n: os.environ.get(n) for n in names}
     with SCRUBBER._lock:
         kept = set(SCRUBBER._values)
     yield
+    for n, v in env.items():
+        if v is None:
+            os.environ.pop(n, None)
+        else:
+            os.environ[n] = v
     with SCRUBBER._lock:
         SCRUBBER._values, SCRUBBER._pattern, SCRUBBER._file_state = kept, None, None
 
