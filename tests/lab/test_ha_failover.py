@@ -194,6 +194,13 @@ def test_the_leaders_network_cut_writes_resume_and_the_isolated_old_leader_accep
     old, new = REPLICA, STAGE_PRIMARY
     writer = STATE["writer"]
     old_host = cluster.servers[old]
+    # the pair is whole before the cut: the other member streams as the sync standby (with synchronous_mode, Patroni
+    # hands the lease only to it); once a fresh-clone run cut the leader while the other still replayed from the
+    # archive, and it stayed a replica for the 90 s below
+    before = ops_patroni.wait_for_member(cluster.servers, params, new,
+                                         lambda m: m.is_sync_standby and m.state == "streaming" and m.lag == 0,
+                                         what=f"{new} the sync standby, streaming, lag 0", timeout=60)
+    print(f"\nbefore the cut: {[(m.name, m.role, m.state, m.lag) for m in before.members]}")
     local = app_load.start_local_writer(old_host, label=ip(params, old), database=params.postgres.database,
                                         name="ha-isolated", rate=RATE)
     deadline = time.monotonic() + 15
