@@ -127,9 +127,15 @@ def _scrub_pattern(values: Iterable[str]) -> re.Pattern[str]:
         return re.compile(_radix_regex(sorted({_encode(v) for v in values})))
     except RecursionError:
         # hundreds of values each the prefix of the next nest that many groups: the plain alternation then
-        return re.compile("|".join(_PCT_ESCAPE.sub(
-            lambda m: "%" + "".join(f"[{c}{c.lower()}]" if c.isalpha() else c for c in m.groups()), re.escape(v))
-            for v in sorted(values, key=len, reverse=True)))
+        return _alternation_pattern(values)
+
+
+def _alternation_pattern(values: Iterable[str]) -> re.Pattern[str]:
+    """The same matches as one alternation of *values*, longest first: a try per value at each place of the text
+    (the scrubber's regex before the radix tree; its fallback, and the baseline of tests and bench/scrub.py)."""
+    return re.compile("|".join(_PCT_ESCAPE.sub(
+        lambda m: "%" + "".join(f"[{c}{c.lower()}]" if c.isalpha() else c for c in m.groups()), re.escape(v))
+        for v in sorted(values, key=len, reverse=True)))
 
 
 def _lower_pct(text: str) -> str:

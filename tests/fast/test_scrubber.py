@@ -11,15 +11,12 @@ import sys
 
 import pytest
 
-from hcbpg.secrets import REDACTED, Scrubber, _radix_regex, _scrub_pattern
+from hcbpg.secrets import REDACTED, Scrubber, _alternation_pattern, _radix_regex, _scrub_pattern
 
 
 def _reference(values: set[str]) -> re.Pattern[str]:
     """The scrubber's regex as it was: every value, longest first, its %XX escapes' hex letters in either case."""
-    def either_case(pattern: str) -> str:
-        return re.sub(r"%([0-9A-F])([0-9A-F])",
-                      lambda m: "%" + "".join(f"[{c}{c.lower()}]" if c.isalpha() else c for c in m.groups()), pattern)
-    return re.compile("|".join(either_case(re.escape(v)) for v in sorted(values, key=len, reverse=True)))
+    return _alternation_pattern(values)
 
 
 def test_the_trie_matches_exactly_what_the_longest_first_alternation_matches():
