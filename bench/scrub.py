@@ -5,7 +5,13 @@ Each process registers every secret it resolves, in about 15 spellings each (URL
 and scrubs every output, log line and file it writes with all of them: a production run holds a few dozen
 secrets, a test worker a few hundred by its end.  For each number of secrets the bench scrubs a text of --mb MB
 (base64, the worst case: every character may start a secret) with a few secrets planted, checks both give the
-same result, and prints the times and the ratio trie/alternation.  Needs nothing but the virtualenv:
+same result, and prints the times and the ratio trie/alternation.
+
+Then the arrival of secrets: a step registers them one at a time with a scrub between each (a certificate's key
+issued, the next command's output scrubbed).  For the same numbers of secrets (a dozen PEM-sized keys among them)
+it times the scrubber as it is (generations: a new secret compiles only its own spellings, merged when one is half
+the size of the one before) against one regex of every spelling compiled again after each secret (the scrubber
+before), checks both scrub alike, and prints the ratio generations/one regex.  Needs nothing but the virtualenv:
 
     .venv/bin/python bench/scrub.py [--secrets 10,50,200] [--mb 2] [--rounds 3]
 """
@@ -49,7 +55,7 @@ def main() -> int:
         scrubber = Scrubber()
         planted = [secrets.token_urlsafe(24) for _ in range(n)]
         scrubber.add_many(planted)
-        values = set(scrubber._values)
+        values = set(scrubber.spellings)
         noise = base64.b64encode(secrets.token_bytes(int(args.mb * 1024 * 1024 * 3 / 4))).decode()
         step = max(1, len(noise) // 8)
         text = "".join(noise[i:i + step] + " " + planted[i // step % n] + " " for i in range(0, len(noise), step))
@@ -70,6 +76,34 @@ def main() -> int:
                      "trie/alternation": f"{trie_s / plain_s:.3f}"})
     print_table(rows, ["secrets", "spellings", "MB", "alternation s", "trie s", "compile s (alt/trie)",
                        "trie/alternation"])
+    print()
+    rows = []
+    for n in (int(x) for x in args.secrets.split(",")):
+        arrivals = [secrets.token_urlsafe(24) for _ in range(n - min(12, n // 2))]
+        arrivals += ["-----BEGIN PRIVATE KEY-----\n" + base64.b64encode(secrets.token_bytes(180)).decode()
+                     + "\n-----END PRIVATE KEY-----\n" for _ in range(min(12, n // 2))]
+        outputs = [f"line {i} of a command's output\n" * 20 for i in range(n)]
+        t0 = time.perf_counter()
+        scrubber = Scrubber()
+        ours = []
+        for value, output in zip(arrivals, outputs, strict=True):
+            scrubber.add(value)
+            ours.append(scrubber.scrub(output + value))
+        ours_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        before = Scrubber()  # the baseline: every spelling compiled again into one regex after each secret
+        theirs = []
+        for value, output in zip(arrivals, outputs, strict=True):
+            before.add(value)
+            theirs.append(_scrub_pattern(before.spellings).sub(REDACTED, output + value))
+        before_s = time.perf_counter() - t0
+        if ours != theirs or any(v in o for v, o in zip(arrivals, ours, strict=True)):
+            print(f"{n} secrets arriving: the generations and the one regex differ, or a secret is left",
+                  file=sys.stderr)
+            return 1
+        rows.append({"secrets arriving": n, "spellings": len(scrubber), "one regex s": f"{before_s:.3f}",
+                     "generations s": f"{ours_s:.3f}", "generations/one regex": f"{ours_s / before_s:.3f}"})
+    print_table(rows, ["secrets arriving", "spellings", "one regex s", "generations s", "generations/one regex"])
     return 0
 
 

@@ -26,16 +26,14 @@ def _scrubber_of_the_module():
     from hcbpg.secrets import SCRUBBER
     names = ("HCBPG_SCRUB_FILE", "HCBPG_HEADLESS", "HCBPG_AUTO_APPROVE")
     env = {n: os.environ.get(n) for n in names}
-    with SCRUBBER._lock:
-        kept = set(SCRUBBER._values)
+    kept = SCRUBBER.spellings
     yield
     for n, v in env.items():
         if v is None:
             os.environ.pop(n, None)
         else:
             os.environ[n] = v
-    with SCRUBBER._lock:
-        SCRUBBER._values, SCRUBBER._pattern, SCRUBBER._file_state = kept, None, None
+    SCRUBBER.reset(kept)
 
 
 @pytest.fixture

@@ -70,3 +70,56 @@ def test_values_each_the_prefix_of_the_next_nested_deeper_than_python_recurses()
     pattern = _scrub_pattern(values)
     text = "x" + "s" * 600 + "y"
     assert pattern.sub("#", text) == _reference(values).sub("#", text) == "x##y"
+
+
+def test_secrets_added_one_at_a_time_between_scrubs_match_as_one_regex_of_all_of_them():
+    """The scrubber holds its spellings in generations (a new secret compiles only its own) and scrubs with all of
+    them at once: at each step the leftmost match of any, there the longest.  Fed in random batches, scrubbing
+    between them, it must scrub exactly as one alternation of every spelling so far."""
+    rng = random.Random(20261208)
+    alphabet = "ab%AF2f1 'x.-"
+    for _ in range(400):
+        s, spellings = Scrubber(), set()
+        generations = set()
+        for _ in range(rng.randint(1, 12)):
+            value = "".join(rng.choice(alphabet) for _ in range(rng.randint(8, 14)))
+            if spellings and rng.random() < 0.4:  # a value that extends or overlaps one known
+                base = rng.choice(sorted(spellings))
+                value = (base + value[:rng.randint(1, 5)]) if rng.random() < 0.5 else (base[rng.randint(1, 6):] + value)
+            s.add(value)
+            spellings = set(s.spellings)
+            reference = _reference(spellings)
+            for _ in range(4):
+                text = "".join(rng.choice(alphabet + "Bc") for _ in range(rng.randint(0, 30)))
+                for _ in range(rng.randint(0, 3)):
+                    v, at = rng.choice(sorted(spellings)), rng.randint(0, len(text))
+                    text = text[:at] + v + text[at:]
+                assert s.scrub(text) == reference.sub(REDACTED, text), (sorted(spellings), text)
+            generations.add(len(s._gens))
+        assert all(g <= 1 + len(spellings).bit_length() for g in generations)
+
+
+def test_a_dozen_keys_registered_between_scrubs_compile_each_spelling_a_few_times_not_a_dozen():
+    """What step 10 does: a certificate's key registered, a probe's output scrubbed, the next key."""
+    import hcbpg.secrets as hsecrets
+    compiled: list[int] = []
+    real = hsecrets._scrub_pattern
+
+    def counting(values):  # noqa: ANN001, ANN202
+        compiled.append(len(values))
+        return real(values)
+
+    s = Scrubber()
+    for i in range(30):
+        s.add(f"token-{i:02d}-{random.Random(i).getrandbits(96):024x}")
+    s.scrub("warm")
+    hsecrets._scrub_pattern = counting
+    try:
+        for i in range(12):
+            s.add(f"-----BEGIN PRIVATE KEY-----{random.Random(100 + i).getrandbits(900):0225x}-----END")
+            assert s.scrub("probe output") == "probe output"
+    finally:
+        hsecrets._scrub_pattern = real
+    total = len(s.spellings)
+    # one regex of everything after each key would compile about 12 * total spellings
+    assert sum(compiled) < 3 * total, (compiled, total)
