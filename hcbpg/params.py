@@ -74,6 +74,9 @@ class Hetzner(Model):
     labels: dict[str, str] = Field(default_factory=lambda: {"app": "hcb", "service": "postgres"})
     #: delete and rebuild protection on every server hcbpg creates (the API refuses both until it is lifted)
     protection: bool = False
+    #: how often a running action (a server created, protection set) is polled: Hetzner's API allows 3,600
+    #: requests an hour; the lab's stand-in answers on the same machine
+    poll_interval_s: Annotated[float, Field(ge=0.05, le=30)] = 1.0
 
 
 class NetworkParams(Model):

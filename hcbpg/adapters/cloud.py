@@ -47,13 +47,16 @@ class CloudLike(Protocol):
         ...
 
 
-def make_client(params: "Params", token: str, *, poll_interval: float = 1.0, timeout: float = 30.0) -> hcloud.Client:
-    """An hcloud client for the params' API endpoint (the real API or the lab's stand-in)."""
+def make_client(params: "Params", token: str, *, poll_interval: float | None = None,
+                timeout: float = 30.0) -> hcloud.Client:
+    """An hcloud client for the params' API endpoint (the real API or the lab's stand-in), polling actions every
+    *poll_interval* seconds (params hetzner.poll_interval_s unless given)."""
     if not token or not token.strip():
         raise CloudError("the Hetzner Cloud API token is empty",
                          hint=f"Put a read-write API token where params hetzner.token points ({params.hetzner.token}).")
     return hcloud.Client(token=token.strip(), api_endpoint=params.hetzner.api_endpoint,
-                         poll_interval=poll_interval, timeout=timeout, application_name="hcbpg")
+                         poll_interval=params.hetzner.poll_interval_s if poll_interval is None else poll_interval,
+                         timeout=timeout, application_name="hcbpg")
 
 
 #: what to do next, by the API's error code
