@@ -18,6 +18,7 @@ from hcbpg.desired.cloud import PlannedAction, ServerRecord, plan_provision, ssh
 from hcbpg.errors import HostKeyError, HostUnreachable, ParamsError, SafetyCheckFailed
 from hcbpg.ops import provisioning as cloud
 from hcbpg.outcome import Check, Outcome
+from hcbpg.steps.targets import open_server
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.base import HostLike
@@ -206,7 +207,7 @@ def close_public_ssh(rb: "Run", api: Api) -> list[Outcome]:
         for s in params.servers:
             route = ssh_route(params, s.name)
             try:
-                host = Host.from_params(params, s.name, route.address or s.private_ip).connect()
+                host = open_server(rb, s.name, route.address or s.private_ip)
             except (HostUnreachable, HostKeyError) as exc:
                 if not rb.dry_run:
                     raise SafetyCheckFailed(

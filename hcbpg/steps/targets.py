@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import getpass
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from hcbpg.adapters import hostkeys
@@ -48,14 +49,63 @@ def recorded_servers(rb: "Run") -> list[dict[str, Any]]:
     return list(hostkeys.pinned_servers(rb.params))
 
 
-def server_host(rb: "Run", server: "Server") -> Host | None:
-    """An open Host for *server*; in a dry run None when the server is not there yet.
+#: what a dry run found unreachable, by (run, server, address): nothing a dry run does brings a server up, so
+#: the plan's later parts do not wait for the same connect to fail again (each attempt through the jumpbox
+#: waits for its ARP to fail, 3 s in the lab; a dropped SYN waits the whole ssh.connect_timeout). A real run
+#: tries every time: the server may have come up meanwhile
+_DRY_RUN_UNREACHABLE: dict[tuple[str, str, str], str] = {}
 
-    A dry run before provisioning (``hcbpg plan`` on a fresh lab) cannot reach servers that
-    step 01 would create; the steps then plan for a fresh server instead of failing.
-    """
-    route = ssh_route(rb.params, server.name, recorded_servers(rb))
-    address = route.address
+
+def open_server(rb: "Run", name: str, address: str) -> Host:
+    """An open Host for the server *name* at *address* (HostUnreachable naming it); in a dry run, one already
+    found unreachable in this run is refused again at once, saying so."""
+    key = (rb.run_id or "", name, address)
+    if rb.dry_run and key in _DRY_RUN_UNREACHABLE:
+        raise HostUnreachable(name, address, f"{_DRY_RUN_UNREACHABLE[key]} (found so earlier in this dry run)")
+    try:
+        return Host.from_params(rb.params, name, address).connect()
+    except HostUnreachable as exc:
+        if rb.dry_run:
+            _DRY_RUN_UNREACHABLE[key] = exc.message.split(": ", 1)[-1]
+        raise
+
+
+def open_servers(rb: "Run", addresses: Mapping[str, str]) -> dict[str, Host | HostUnreachable]:
+    """:func:`open_server` for each server name -> address, all at once (a thread each): a server that does not
+    answer costs its connect timeout once, not once per server behind it.  What could not be reached is its
+    HostUnreachable; any other error (a changed host key) is raised, in params' order, once every attempt ended
+    and what opened was closed."""
+    if len(addresses) <= 1:
+        tried: dict[str, Host | HostUnreachable] = {}
+        for name, address in addresses.items():
+            try:
+                tried[name] = open_server(rb, name, address)
+            except HostUnreachable as exc:
+                tried[name] = exc
+        return tried
+    with ThreadPoolExecutor(max_workers=len(addresses), thread_name_prefix="hcbpg-connect") as pool:
+        futures = {name: pool.submit(open_server, rb, name, address) for name, address in addresses.items()}
+    out: dict[str, Host | HostUnreachable] = {}
+    failed: BaseException | None = None
+    for name, future in futures.items():
+        error = future.exception()
+        if error is None:
+            out[name] = future.result()
+        elif isinstance(error, HostUnreachable):
+            out[name] = error
+        elif failed is None:
+            failed = error
+    if failed is not None:
+        for h in out.values():
+            if isinstance(h, Host):
+                h.close()
+        raise failed
+    return out
+
+
+def _server_address(rb: "Run", server: "Server", recorded: list[dict[str, Any]]) -> str | None:
+    """Where SSH reaches *server*; None (said) in a dry run before step 01 recorded it, else refused."""
+    address = ssh_route(rb.params, server.name, recorded).address
     if address is None:
         if rb.dry_run:
             print(f"[{server.name}] not provisioned yet: the plan assumes a fresh server (step 01 creates it)")
@@ -64,20 +114,35 @@ def server_host(rb: "Run", server: "Server") -> Host | None:
             f"server {server.name}: no address to reach it over SSH (servers[].ssh_host is not set and "
             "step 01 recorded no public IP for it)",
             hint="Run step 01 (provision) first, or set ssh_host for this server in params.")
-    try:
-        # with a jumpbox in params: at its private IP through the jumpbox (refused naming it when the jumpbox has
-        # no address yet)
-        host = Host.from_params(rb.params, server.name, address).connect()
-    except HostUnreachable as exc:
+    return address
+
+
+def _opened(rb: "Run", server: "Server", opened: Host | HostUnreachable, address: str,
+            recorded: list[dict[str, Any]]) -> Host | None:
+    """The Host :func:`open_servers` opened for *server*, its primary lock taken; unreachable: None (said) in a
+    dry run, else raised."""
+    if isinstance(opened, HostUnreachable):
         if rb.dry_run:
-            where = f"{address} via {route.via}" if route.via else address
-            print(f"[{server.name}] unreachable at {where} ({exc.message.split(': ', 1)[-1]}); "
+            via = ssh_route(rb.params, server.name, recorded).via
+            where = f"{address} via {via}" if via else address
+            print(f"[{server.name}] unreachable at {where} ({opened.message.split(': ', 1)[-1]}); "
                   "dry run: the plan assumes a fresh server (step 01 would create it)")
             return None
-        raise
+        raise opened
     if server.role == "primary" and not rb.dry_run:
-        lock_primary(rb, host)
-    return host
+        lock_primary(rb, opened)
+    return opened
+
+
+def server_host(rb: "Run", server: "Server") -> Host | None:
+    """An open Host for *server*; in a dry run None when the server is not there yet.
+
+    A dry run before provisioning (``hcbpg plan`` on a fresh lab) cannot reach servers that
+    step 01 would create; the steps then plan for a fresh server instead of failing.
+    With a jumpbox in params: at its private IP through the jumpbox (refused naming it when the
+    jumpbox has no address yet).
+    """
+    return server_hosts(rb, [server])[server.name]
 
 
 def hostlike(rb: "Run", name: str, host: "HostLike | None") -> "HostLike":
@@ -184,26 +249,43 @@ def lock_environment(rb: "Run") -> None:
     rb.at_finish(release)
 
 
-def server_hosts(rb: "Run") -> dict[str, Host | None]:
-    """:func:`server_host` for every server in params, by name."""
-    return {s.name: server_host(rb, s) for s in rb.params.servers}
+def server_hosts(rb: "Run", servers: "Sequence[Server] | None" = None) -> dict[str, Host | None]:
+    """:func:`server_host` for every server in params (or *servers*), by name: connected side by side."""
+    recorded = recorded_servers(rb)
+    wanted = list(rb.params.servers if servers is None else servers)
+    addresses = {s.name: _server_address(rb, s, recorded) for s in wanted}
+    opened = open_servers(rb, {n: a for n, a in addresses.items() if a is not None})
+    out: dict[str, Host | None] = {}
+    try:
+        for s in wanted:
+            address = addresses[s.name]
+            out[s.name] = None if address is None else _opened(rb, s, opened[s.name], address, recorded)
+    except BaseException:
+        for h in opened.values():
+            if isinstance(h, Host):
+                h.close()
+        raise
+    return out
 
 
 def connect_servers(rb: "Run") -> dict[str, Host | None]:
-    """An open Host per server, None for a server SSH cannot reach (a failover must go on without it)."""
+    """An open Host per server, None for a server SSH cannot reach (a failover must go on without it); connected
+    side by side, so a dead server costs its connect timeout once."""
     out: dict[str, Host | None] = {}
     recorded = recorded_servers(rb)
+    addresses: dict[str, str] = {}
     for s in rb.params.servers:
         address = ssh_route(rb.params, s.name, recorded).address
         if address is None:
             print(f"[{s.name}] no SSH address (ssh_host unset and step 01 recorded none)")
-            out[s.name] = None
-            continue
-        try:
-            out[s.name] = Host.from_params(rb.params, s.name, address).connect()
-        except HostUnreachable as exc:
-            print(f"[{s.name}] unreachable: {exc.message}")
-            out[s.name] = None
+        else:
+            addresses[s.name] = address
+    opened = open_servers(rb, addresses)
+    for s in rb.params.servers:
+        h = opened.get(s.name)
+        if isinstance(h, HostUnreachable):
+            print(f"[{s.name}] unreachable: {h.message}")
+        out[s.name] = h if isinstance(h, Host) else None
     return out
 
 
