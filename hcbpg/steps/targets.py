@@ -49,24 +49,25 @@ def recorded_servers(rb: "Run") -> list[dict[str, Any]]:
     return list(hostkeys.pinned_servers(rb.params))
 
 
-#: what a dry run found unreachable, by (run, server, address): nothing a dry run does brings a server up, so
-#: the plan's later parts do not wait for the same connect to fail again (each attempt through the jumpbox
+#: what a dry run found unreachable, by (run object, server, address): nothing a dry run does brings a server up,
+#: so the plan's later parts do not wait for the same connect to fail again (each attempt through the jumpbox
 #: waits for its ARP to fail, 3 s in the lab; a dropped SYN waits the whole ssh.connect_timeout). A real run
-#: tries every time: the server may have come up meanwhile
-_DRY_RUN_UNREACHABLE: dict[tuple[str, str, str], str] = {}
+#: tries every time: the server may have come up meanwhile.  Keyed by the run object's id, which the entry keeps
+#: alive (so the id is never another run's): a dry run started again (a notebook run anew in the guide) tries again
+_DRY_RUN_UNREACHABLE: dict[tuple[int, str, str], tuple[object, str]] = {}
 
 
 def open_server(rb: "Run", name: str, address: str) -> Host:
     """An open Host for the server *name* at *address* (HostUnreachable naming it); in a dry run, one already
-    found unreachable in this run is refused again at once, saying so."""
-    key = (rb.run_id or "", name, address)
+    found unreachable by this run is refused again at once, saying so."""
+    key = (id(rb), name, address)
     if rb.dry_run and key in _DRY_RUN_UNREACHABLE:
-        raise HostUnreachable(name, address, f"{_DRY_RUN_UNREACHABLE[key]} (found so earlier in this dry run)")
+        raise HostUnreachable(name, address, f"{_DRY_RUN_UNREACHABLE[key][1]} (found so earlier in this dry run)")
     try:
         return Host.from_params(rb.params, name, address).connect()
     except HostUnreachable as exc:
         if rb.dry_run:
-            _DRY_RUN_UNREACHABLE[key] = exc.message.split(": ", 1)[-1]
+            _DRY_RUN_UNREACHABLE[key] = (rb, exc.message.split(": ", 1)[-1])
         raise
 
 

@@ -26,8 +26,8 @@ def attempts(monkeypatch):
     return tried
 
 
-def _rb(dry_run: bool, run_id: str = "r1") -> SimpleNamespace:
-    return SimpleNamespace(params=None, dry_run=dry_run, run_id=run_id)
+def _rb(dry_run: bool) -> SimpleNamespace:
+    return SimpleNamespace(params=None, dry_run=dry_run)
 
 
 def test_a_dry_run_tries_an_unreachable_server_once_and_says_why_again(attempts):
@@ -37,10 +37,10 @@ def test_a_dry_run_tries_an_unreachable_server_once_and_says_why_again(attempts)
             targets.open_server(rb, "server-postgres-1", "10.0.1.5")
     assert attempts == [("server-postgres-1", "10.0.1.5")]
     assert "No route to host" in caught.value.message and "earlier in this dry run" in caught.value.message
-    with pytest.raises(HostUnreachable):  # another server, another run: tried
+    with pytest.raises(HostUnreachable):  # another server, another run (the notebook run anew): tried
         targets.open_server(rb, "server-postgres-2", "10.0.1.6")
     with pytest.raises(HostUnreachable):
-        targets.open_server(_rb(True, "r2"), "server-postgres-1", "10.0.1.5")
+        targets.open_server(_rb(True), "server-postgres-1", "10.0.1.5")
     assert len(attempts) == 3
 
 
