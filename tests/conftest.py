@@ -3,6 +3,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -11,6 +12,18 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from nbutil import MOTO_BUCKET, REPO, allowed_signer_line, hcbpg, make_params, make_signing_key  # noqa: E402,F401 - REPO, hcbpg re-exported for older imports
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_packet_to_lab_addresses_beyond_the_gateway():
+    """The labs' address space is routed nowhere but to a lab's bridge (hcbpg.lab.hosts.ensure_address_guard), from
+    the first test on: tests that aim at params/lab.yaml's addresses with no lab up (an unreachable server, `status`
+    of a lab that is down) sent them through the machine's default gateway, where something answered (strace of the
+    tests outside tests/lab: connect() to 10.0.1.10:22, 10.0.1.20:5432, 10.0.1.1:8780 and 9443, 10.0.1.250:9444)."""
+    if sys.platform.startswith("linux") and os.geteuid() == 0 and shutil.which("ip"):
+        from hcbpg.lab.hosts import ensure_address_guard
+        ensure_address_guard()
+    yield
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -312,6 +312,38 @@ def unpackage_upper(upper: Path, packages: Sequence[str]) -> None:
 
 # network ------------------------------------------------------------------------------
 
+#: every lab's addresses: the default lab's 10.0.1.0/24 and its outsider 10.0.2.0/24, scratch labs' 10.0.N.0/24 and
+#: 10.1.N.0/24 (see :func:`hcbpg.lab.core.scratch_config`)
+LAB_SPACE = "10.0.0.0/15"
+
+
+def _via(route: str) -> tuple[str, str] | None:
+    """The gateway and device of one ``ip -o route`` line (None: no gateway, or not a route at all)."""
+    gw, dev = re.search(r"\bvia (\S+)", route), re.search(r"\bdev (\S+)", route)
+    return (gw.group(1), dev.group(1)) if gw and dev else None
+
+
+def ensure_address_guard(space: str = LAB_SPACE) -> bool:
+    """An ``unreachable`` route for the labs' address space where it would otherwise leave through the default
+    gateway, so that a command aimed at a lab host that is not up (params/lab.yaml's addresses with no lab, a
+    test of an unreachable server) fails at once with "No route to host" and no packet leaves the machine (on a
+    CI machine something beyond the gateway accepted a connection to 10.0.1.5:8008).  A lab's bridge route (a /24)
+    is more specific and wins over it.  Nothing is added where the space is routed some other way (a network of
+    the machine's own: a VPN), nor without root.  It stays after ``lab down``: the space is the labs'.
+    True when the guard is in place."""
+    net = ipaddress.ip_network(space)
+    if run(["ip", "-o", "route", "show", "exact", str(net)], check=False).stdout.startswith("unreachable"):
+        return True
+    default = run(["ip", "-o", "route", "show", "default"], check=False).stdout.splitlines()
+    probe = run(["ip", "-o", "route", "get", str(net[-2])], check=False)  # an address no lab gives out
+    if probe.returncode != 0 or not default or _via(probe.stdout) is None or _via(probe.stdout) != _via(default[0]):
+        return False
+    if os.geteuid() != 0:
+        return False
+    added = run(["ip", "route", "add", "unreachable", str(net)], check=False)
+    return added.returncode == 0 or "File exists" in added.stderr
+
+
 def ensure_bridge(cfg: LabConfig) -> None:
     """The lab bridge with the operator's address (idempotent)."""
     if run(["ip", "link", "show", cfg.bridge], check=False).returncode != 0:

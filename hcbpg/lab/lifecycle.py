@@ -112,6 +112,7 @@ class Lab:
             s3.ensure_ca(cfg)
             s3.ensure_s3_cert(cfg)
             s3.ensure_s3_cert(cfg, cfg.s3b_ip)
+            h.ensure_address_guard()
             h.ensure_bridge(cfg)
             self._ensure_s3b_address()
             h.ensure_outsider(cfg)
