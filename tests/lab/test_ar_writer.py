@@ -343,8 +343,10 @@ def test_kill_patroni_and_postgres_ends_every_postgres_process_of_that_host_only
     assert faults.kill_etcd(arlab.cfg, S1) == []  # nothing of the kind runs: nothing killed
     t0 = now_ms()
     killed = faults.kill_patroni_and_postgres(arlab.cfg, S1)
-    assert set(mine) <= set(killed), (mine, killed)
+    # none survives; what was listed and not killed had ended by itself in between (a backend of a connection that
+    # closed: the fresh-clone run at 20418ae listed one that was gone by the kill)
     assert faults.find_pids(arlab.cfg, S1, comm="postgres") == []
+    assert set(postmaster) & set(killed) and len(set(mine) & set(killed)) >= 5, (postmaster, mine, killed)
     assert set(theirs) <= set(faults.find_pids(arlab.cfg, S2, comm="postgres"))
     # the app writes on on the other server; the killed one starts again from its stale pidfile
     until("acks after the kill", lambda: [a for a in acks_since(arlab, t0) if a.server == arlab.ips[S2]], 10,
