@@ -98,6 +98,7 @@ class HostUnreachable(HcbpgError):
     def __init__(self, host: str, address: str, reason: str) -> None:
         self.host = host
         self.address = address
+        self.reason = reason
         super().__init__(
             f"cannot reach host {host} ({address}) over SSH: {reason}",
             hint="Check that the server is up, that its address in params is right and that "

@@ -336,7 +336,8 @@ def ensure_address_guard(space: str = LAB_SPACE) -> bool:
         return True
     default = run(["ip", "-o", "route", "show", "default"], check=False).stdout.splitlines()
     probe = run(["ip", "-o", "route", "get", str(net[-2])], check=False)  # an address no lab gives out
-    if probe.returncode != 0 or not default or _via(probe.stdout) is None or _via(probe.stdout) != _via(default[0]):
+    gateway = _via(probe.stdout) if probe.returncode == 0 else None
+    if gateway is None or not default or gateway != _via(default[0]):
         return False
     if os.geteuid() != 0:
         return False

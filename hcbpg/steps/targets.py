@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import getpass
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +20,7 @@ from hcbpg.adapters.dryrun import AbsentHost, DryRunHost, dry_run_of
 from hcbpg.adapters.host import Host
 from hcbpg.adapters.objectstore import ObjectStore
 from hcbpg.adapters.site import OutsiderRunner, site_for
-from hcbpg.desired.addresses import app_ssh_address, ssh_route
+from hcbpg.desired.addresses import Route, app_ssh_address, ssh_route
 from hcbpg.desired.capacity import ServerShape
 from hcbpg.desired.locks import holder_for, lock_key
 from hcbpg.errors import HcbpgError, HostUnreachable, SafetyCheckFailed
@@ -67,8 +67,14 @@ def open_server(rb: "Run", name: str, address: str) -> Host:
         return Host.from_params(rb.params, name, address).connect()
     except HostUnreachable as exc:
         if rb.dry_run:
-            _DRY_RUN_UNREACHABLE[key] = (rb, exc.message.split(": ", 1)[-1])
+            _DRY_RUN_UNREACHABLE[key] = (rb, exc.reason)
         raise
+
+
+def _close_opened(opened: Iterable[Host | HostUnreachable]) -> None:
+    for h in opened:
+        if isinstance(h, Host):
+            h.close()
 
 
 def open_servers(rb: "Run", addresses: Mapping[str, str]) -> dict[str, Host | HostUnreachable]:
@@ -76,15 +82,7 @@ def open_servers(rb: "Run", addresses: Mapping[str, str]) -> dict[str, Host | Ho
     answer costs its connect timeout once, not once per server behind it.  What could not be reached is its
     HostUnreachable; any other error (a changed host key) is raised, in params' order, once every attempt ended
     and what opened was closed."""
-    if len(addresses) <= 1:
-        tried: dict[str, Host | HostUnreachable] = {}
-        for name, address in addresses.items():
-            try:
-                tried[name] = open_server(rb, name, address)
-            except HostUnreachable as exc:
-                tried[name] = exc
-        return tried
-    with ThreadPoolExecutor(max_workers=len(addresses), thread_name_prefix="hcbpg-connect") as pool:
+    with ThreadPoolExecutor(max_workers=max(1, len(addresses)), thread_name_prefix="hcbpg-connect") as pool:
         futures = {name: pool.submit(open_server, rb, name, address) for name, address in addresses.items()}
     out: dict[str, Host | HostUnreachable] = {}
     failed: BaseException | None = None
@@ -97,17 +95,15 @@ def open_servers(rb: "Run", addresses: Mapping[str, str]) -> dict[str, Host | Ho
         elif failed is None:
             failed = error
     if failed is not None:
-        for h in out.values():
-            if isinstance(h, Host):
-                h.close()
+        _close_opened(out.values())
         raise failed
     return out
 
 
-def _server_address(rb: "Run", server: "Server", recorded: list[dict[str, Any]]) -> str | None:
-    """Where SSH reaches *server*; None (said) in a dry run before step 01 recorded it, else refused."""
-    address = ssh_route(rb.params, server.name, recorded).address
-    if address is None:
+def _server_route(rb: "Run", server: "Server", recorded: list[dict[str, Any]]) -> "Route | None":
+    """How SSH reaches *server*; None (said) in a dry run before step 01 recorded its address, else refused."""
+    route = ssh_route(rb.params, server.name, recorded)
+    if route.address is None:
         if rb.dry_run:
             print(f"[{server.name}] not provisioned yet: the plan assumes a fresh server (step 01 creates it)")
             return None
@@ -115,18 +111,16 @@ def _server_address(rb: "Run", server: "Server", recorded: list[dict[str, Any]])
             f"server {server.name}: no address to reach it over SSH (servers[].ssh_host is not set and "
             "step 01 recorded no public IP for it)",
             hint="Run step 01 (provision) first, or set ssh_host for this server in params.")
-    return address
+    return route
 
 
-def _opened(rb: "Run", server: "Server", opened: Host | HostUnreachable, address: str,
-            recorded: list[dict[str, Any]]) -> Host | None:
+def _opened(rb: "Run", server: "Server", opened: Host | HostUnreachable, route: "Route") -> Host | None:
     """The Host :func:`open_servers` opened for *server*, its primary lock taken; unreachable: None (said) in a
     dry run, else raised."""
     if isinstance(opened, HostUnreachable):
         if rb.dry_run:
-            via = ssh_route(rb.params, server.name, recorded).via
-            where = f"{address} via {via}" if via else address
-            print(f"[{server.name}] unreachable at {where} ({opened.message.split(': ', 1)[-1]}); "
+            where = f"{route.address} via {route.via}" if route.via else route.address
+            print(f"[{server.name}] unreachable at {where} ({opened.reason}); "
                   "dry run: the plan assumes a fresh server (step 01 would create it)")
             return None
         raise opened
@@ -254,17 +248,15 @@ def server_hosts(rb: "Run", servers: "Sequence[Server] | None" = None) -> dict[s
     """:func:`server_host` for every server in params (or *servers*), by name: connected side by side."""
     recorded = recorded_servers(rb)
     wanted = list(rb.params.servers if servers is None else servers)
-    addresses = {s.name: _server_address(rb, s, recorded) for s in wanted}
-    opened = open_servers(rb, {n: a for n, a in addresses.items() if a is not None})
+    routes = {s.name: _server_route(rb, s, recorded) for s in wanted}
+    opened = open_servers(rb, {n: r.address for n, r in routes.items() if r is not None and r.address is not None})
     out: dict[str, Host | None] = {}
     try:
         for s in wanted:
-            address = addresses[s.name]
-            out[s.name] = None if address is None else _opened(rb, s, opened[s.name], address, recorded)
+            route = routes[s.name]
+            out[s.name] = None if route is None else _opened(rb, s, opened[s.name], route)
     except BaseException:
-        for h in opened.values():
-            if isinstance(h, Host):
-                h.close()
+        _close_opened(opened.values())
         raise
     return out
 
