@@ -94,7 +94,7 @@ def test_a_cluster_without_data_checksums_fails_and_says_how_to_enable_them_offl
     cluster = json.dumps([{"version": 15, "cluster": "main", "running": 1, "pgdata": pgdata}])
     for setting, status in (("on", "pass"), ("off", "fail")):
         host = RecordingHost("server-postgres-1", [(r"pg_lsclusters", cluster),
-                                                   (r"^psql --cluster 15/main", json.dumps([{"v": setting}]))])
+                                                   (r"^/usr/lib/postgresql/15/bin/psql -p 5432", json.dumps([{"v": setting}]))])
         check = check_data_checksums(host, lab())
         assert (check.name, check.status, check.target) == ("data checksums", status, "server-postgres-1")
         assert all(c.kind in ("run", "probe") for c in host.calls) and host.written == []

@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import shlex
 
-__all__ = ["CLUSTER_LOCALE", "create_command", "ctl_command", "drop_command"]
+__all__ = ["CLUSTER_LOCALE", "bin_path", "create_command", "ctl_command", "drop_command"]
 
 #: the locale a new cluster gets: always present (Ubuntu cloud images, Debian) and UTF-8
 CLUSTER_LOCALE = "C.UTF-8"
+
+
+def bin_path(version: int, tool: str) -> str:
+    """A PostgreSQL program of *version* where Debian and Ubuntu install it (``/usr/lib/postgresql/V/bin``)."""
+    return f"/usr/lib/postgresql/{int(version)}/bin/{tool}"
 
 
 def ctl_command(version: int, name: str, action: str, *args: str) -> str:

@@ -119,7 +119,7 @@ class Primary:
         if cmd == "pg_lsclusters --json":
             return json.dumps([{"version": 15, "cluster": "main", "port": 5432, "running": int(self.cluster),
                                 "pgdata": "/var/lib/postgresql/15/main"}])
-        if cmd.startswith("psql --cluster 15/main"):
+        if cmd.startswith("/usr/lib/postgresql/15/bin/psql -p 5432"):
             return self.sql(call.stdin or "")
         if cmd == RELOAD:
             self.load_time += 1

@@ -68,9 +68,9 @@ class Machine(Server):
         if cmd == STOP:
             self.cluster = "stopped"
             return ""
-        if cmd.startswith("psql --cluster 15/main") and "pg_authid" in (call.stdin or ""):
+        if cmd.startswith("/usr/lib/postgresql/15/bin/psql -p 5432") and "pg_authid" in (call.stdin or ""):
             return json.dumps([self.holds])
-        if cmd.startswith("psql --cluster 15/main") and "pg_largeobject_metadata" in (call.stdin or ""):
+        if cmd.startswith("/usr/lib/postgresql/15/bin/psql -p 5432") and "pg_largeobject_metadata" in (call.stdin or ""):
             db = re.search(r" -d (\S+)", cmd)[1]
             return json.dumps([{"object": o} for o in self.objects.get(db, [])])
         return super().answer(call)

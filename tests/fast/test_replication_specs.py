@@ -289,18 +289,22 @@ def test_a_read_only_server_refuses_the_probe_table(params):
 
 # the probe row and the refused write: a public adapter method, SQL composed --------------------------------------
 
+#: the cluster's psql on its port, as the SQL adapter runs it
+PSQL = r"^/usr/lib/postgresql/15/bin/psql -p 5432 "
+
+
 def test_the_probe_row_and_the_refused_write_go_through_psql_attempt_quietly():
     primary = Primary()
     token = replication.run_write_probe_row(Psql(primary.host))
     (call,) = [c for c in primary.host.calls if c.kind == "run"]
     assert call.stdin == f"INSERT INTO \"hcbpg_replication_probe\" (token) VALUES ('{token}');\n"
     assert call.options["quiet"] and not call.options["check"] and call.sudo_user == "postgres"
-    refusing = RecordingHost(REPLICA, [(r"^psql", Result(REPLICA, "psql", 1, "", "ERROR:  cannot execute INSERT "
-                                                         "in a read-only transaction", 0.0))])
+    refusing = RecordingHost(REPLICA, [(PSQL, Result(REPLICA, "psql", 1, "", "ERROR:  cannot execute INSERT "
+                                                     "in a read-only transaction", 0.0))])
     check = replication.check_refuses_writes(Psql(refusing))
     assert check.status == "pass"
     assert refusing.calls[0].stdin == "INSERT INTO \"hcbpg_replication_probe\" (token) VALUES ('refused');\n"
-    accepting = RecordingHost(REPLICA, [(r"^psql", "")])
+    accepting = RecordingHost(REPLICA, [(PSQL, "")])
     assert replication.check_refuses_writes(Psql(accepting)).status == "fail"
 
 

@@ -64,7 +64,7 @@ class Primary:
         self.psql = Psql(self.host)
 
     def answer(self, call: Call) -> Result | str | None:
-        if not call.command.startswith("psql --cluster 15/main"):
+        if not call.command.startswith("/usr/lib/postgresql/15/bin/psql -p 5432"):
             return None
         text = (call.stdin or "").strip()
         if call.kind == "run":

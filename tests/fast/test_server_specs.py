@@ -92,7 +92,7 @@ class Server:
             return json.dumps([] if self.cluster is None else [{
                 "version": 15, "cluster": "main", "port": 5432, "running": int(self.cluster == "running"),
                 "pgdata": "/var/lib/postgresql/15/main", "logfile": "/var/log/postgresql/postgresql-15-main.log"}])
-        if cmd.startswith("psql --cluster 15/main"):
+        if cmd.startswith("/usr/lib/postgresql/15/bin/psql -p 5432"):
             return self.sql(call, sql)
         if "pg_controldata -D /var/lib/postgresql/15/main" in cmd and self.cluster is not None:
             return f"Database cluster state:  shut down\nData page checksum version:  {int(self.checksums)}\n"
