@@ -116,8 +116,15 @@ def _kernel_manager_class(made: list[Any] | None = None):  # noqa: ANN202
             kw.setdefault("transport", "ipc")
             kw.setdefault("ip", str(_ipc_base(_secrets.token_hex(6))))
             super().__init__(**kw)
+            #: the clients nbclient made of this kernel (their channels are closed with it: :func:`_shut_down`)
+            self.clients: list[Any] = []
             if made is not None:
                 made.append(self)
+
+        def client(self, **kw: Any) -> Any:
+            kc = super().client(**kw)
+            self.clients.append(kc)
+            return kc
 
         async def _async_finish_shutdown(self, waittime: float | None = None, pollinterval: float = 0.1,
                                          restart: bool = False) -> None:
@@ -128,21 +135,20 @@ def _kernel_manager_class(made: list[Any] | None = None):  # noqa: ANN202
     return IpcKernelManager
 
 
-def run_interruptible(execute: Callable[[type], Any]) -> Any:
-    """``execute(kernel_manager_class)`` (papermill) in a worker thread, while this (main) thread
-    waits: Ctrl-C or SIGTERM always reaches the runner as KeyboardInterrupt, which shuts the step's
-    kernel down and is raised here.
+def run_interruptible(execute: Callable[[], Any], kernels: Sequence[Any] = ()) -> Any:
+    """``execute()`` (papermill) in a worker thread, while this (main) thread waits: Ctrl-C or
+    SIGTERM always reaches the runner as KeyboardInterrupt, which kills the *kernels* (their
+    managers) and is raised here.
 
     Run in the main thread, nbclient puts its own SIGINT handler on the event loop, which only
     schedules the kernel's clean-up: whether the step then ended as interrupted or ran on to
     success depended on timing (seen under load: a Ctrl-C that did nothing)."""
-    made: list[Any] = []
     box: dict[str, Any] = {}
     done = threading.Event()
 
     def work() -> None:
         try:
-            box["result"] = execute(_kernel_manager_class(made))
+            box["result"] = execute()
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread, raised there
             box["exc"] = exc
         finally:
@@ -153,7 +159,7 @@ def run_interruptible(execute: Callable[[type], Any]) -> Any:
         while not done.wait(0.2):
             pass
     except KeyboardInterrupt:
-        for km in made:
+        for km in list(kernels):
             # the kernel's process (group) killed, nothing more: shutdown_kernel() would also destroy the
             # manager's zmq context from this thread while the worker's client still polls sockets of it,
             # and zmq's term waits for those sockets (a runner that never ended after a Ctrl-C, seen once
@@ -167,6 +173,89 @@ def run_interruptible(execute: Callable[[type], Any]) -> Any:
     if "exc" in box:
         raise box["exc"]
     return box.get("result")
+
+
+def _shut_down(km: Any) -> None:
+    """What nbclient does with a kernel it started, once its notebook ran: shut down (the kernel is asked,
+    then killed if it does not end in time), its files removed, the clients' channels closed."""
+    try:
+        if km.has_kernel and km.is_alive():
+            km.shutdown_kernel(now=False)
+    except RuntimeError as exc:  # it ended meanwhile
+        if "No kernel is running" not in str(exc):
+            raise
+    finally:
+        km.cleanup_resources()
+        for kc in km.clients:
+            with contextlib.suppress(Exception):
+                kc.stop_channels()
+
+
+class StepKernels:
+    """Each step's kernel, started while the step before it runs.
+
+    A kernel takes about 0.4 s to start (Python, ipykernel, IPython): every step waited for it, ~10 s of a
+    rehearsal.  Now, as a step begins, the next step's kernel is started beside it, with that step's
+    progress file in its environment (:class:`ProgressFollower`), in the run's directory like every step's.
+    A kernel still runs one notebook, and is shut down after it (:func:`_shut_down`); the one started for a
+    step that does not run (the run stopped: a gate, a failure, Ctrl-C) is shut down unused by :meth:`close`.
+    """
+
+    def __init__(self, kernel_name: str, cwd: Path, live: Callable[[hprogress.Sample, bool], None]) -> None:
+        self.kernel_name = kernel_name
+        self.cwd = cwd
+        self.live = live
+        #: every kernel manager made (Ctrl-C kills their kernels: :func:`run_interruptible`)
+        self.made: list[Any] = []
+        self._next: tuple[Any, ProgressFollower] | None = None
+        self.interrupted = False
+
+    def _start(self) -> tuple[Any, ProgressFollower]:
+        follower = ProgressFollower(self.live)
+        try:
+            km = _kernel_manager_class(self.made)(kernel_name=self.kernel_name)
+            km.start_kernel(cwd=str(self.cwd), env=follower.kernel_env())
+        except BaseException:
+            follower.close()
+            raise
+        return km, follower
+
+    def take(self, *, more: bool) -> tuple[Any, ProgressFollower]:
+        """This step's kernel (started beside the step before, or now) and its progress follower; when *more*
+        steps follow, the next one's kernel starts now."""
+        this, self._next = self._next, None
+        if this is None or not this[0].is_alive():
+            if this is not None:
+                self._discard(this)
+            this = self._start()
+        if more:
+            try:
+                self._next = self._start()
+            except Exception as exc:  # noqa: BLE001 - the next step starts its own kernel then (and says why)
+                log.warning("the next step's kernel did not start ahead: %s", exc)
+        return this
+
+    def _discard(self, pair: tuple[Any, ProgressFollower]) -> None:
+        km, follower = pair
+        try:
+            if not self.interrupted:
+                _shut_down(km)
+        finally:
+            follower.close()
+
+    def done(self, pair: tuple[Any, ProgressFollower], *, interrupted: bool = False) -> None:
+        """The step ran: its kernel shut down, its follower closed.  After a Ctrl-C the kernels were killed
+        (:func:`run_interruptible`) and nothing more is done with them: the worker thread may still poll the
+        step's client, and destroying what it polls from here could hang the runner on its way out."""
+        self.interrupted = self.interrupted or interrupted
+        self._discard(pair)
+
+    def close(self) -> None:
+        """The kernel started for a step that did not run, shut down unused."""
+        if self._next is not None:
+            pair, self._next = self._next, None
+            with contextlib.suppress(Exception):
+                self._discard(pair)
 
 
 @dataclass
@@ -399,13 +488,19 @@ class Runner:
             done = len(steps) - len(todo)
             if done:
                 self.progress(f"  {done} step(s) already succeeded or skipped, not run again")
-            for i, s in enumerate(steps, 1):
-                if s.status in mf.DONE:
-                    continue
-                result = self._run_step(run, s, i, len(steps))
-                if result is not None:  # why it stopped (each failed check's reason), the recap, what next
-                    result.message = "\n".join([*result.report, "Recap:", *render_recap(run.read()), result.message])
-                    return result
+            kernels = StepKernels(self.kernel_name, run.path, self.live)
+            try:
+                for i, s in enumerate(steps, 1):
+                    if s.status in mf.DONE:
+                        continue
+                    more = s is not todo[-1]
+                    result = self._run_step(run, s, i, len(steps), kernels, more=more)
+                    if result is not None:  # why it stopped (each failed check's reason), the recap, what next
+                        result.message = "\n".join([*result.report, "Recap:", *render_recap(run.read()),
+                                                    result.message])
+                        return result
+            finally:
+                kernels.close()
             with run.update() as data:
                 data.status = "succeeded"
                 data.finished = mf.utcnow()
@@ -414,7 +509,8 @@ class Runner:
             pm_logger.removeHandler(handler)
             handler.close()
 
-    def _run_step(self, run: mf.Run, s: StepEntry, i: int, n: int) -> RunResult | None:
+    def _run_step(self, run: mf.Run, s: StepEntry, i: int, n: int, kernels: StepKernels, *,
+                  more: bool) -> RunResult | None:
         jupyter.load_papermill()
         import papermill as pm  # noqa: PLC0415 - jupyter stack is heavy, loaded when a notebook runs
         from papermill.exceptions import PapermillExecutionError  # noqa: PLC0415 - jupyter stack is heavy, loaded when a notebook runs
@@ -446,15 +542,18 @@ class Runner:
         skipped: str | None = None  # why the step ended itself early (rb.skip)
         interrupted = False
         cells = CellOutput(self.progress) if self.stream_cells else None
-        follower = ProgressFollower(self.live).start()  # the kernel's progress samples, for the live view
+        kernel = None
         try:
-            run_interruptible(lambda manager_class: pm.execute_notebook(
+            kernel = kernels.take(more=more)  # the kernel and its progress file (the live view of the step's work)
+            km, follower = kernel
+            follower.start()
+            run_interruptible(lambda: pm.execute_notebook(
                 str(self.nb_dir / s.notebook), SCHEME + str(out),
                 parameters={**inputs, "env": env, "run_id": run.run_id, "run_dir": str(run.path), "dry_run": dry_run},
                 kernel_name=self.kernel_name, progress_bar=self.progress_bar,
                 log_output=self.log_output, cwd=str(run.path), request_save_on_cell_execute=True,
-                kernel_manager_class=manager_class, stdout_file=cells, stderr_file=cells,
-            ))
+                km=km, stdout_file=cells, stderr_file=cells,
+            ), kernels.made)
         except PapermillExecutionError as exc:
             error = {"ename": exc.ename, "evalue": hsecrets.scrub(str(exc.evalue))[:mf.MAX_EVALUE],
                      "cell_index": exc.cell_index}
@@ -472,7 +571,9 @@ class Runner:
             status, exit_code = "failed", EXIT_FAILED
             error = {"ename": type(exc).__name__, "evalue": hsecrets.scrub(str(exc))[:mf.MAX_EVALUE]}
         finally:
-            follower.close()
+            if kernel is not None:
+                with contextlib.suppress(Exception):  # a kernel that will not end does not change the step's record
+                    kernels.done(kernel, interrupted=interrupted)
             if cells is not None:
                 cells.close()
         duration = round(time.monotonic() - t0, 3)

@@ -110,10 +110,16 @@ class ProgressFollower:
         self.live = live
         self.interval = interval
         self.stop = threading.Event()
-        self.dir = ""
-        self.path = ""
+        self.dir = tempfile.mkdtemp(prefix="hcbpg-progress-")  # 0700, ours alone
+        #: the file the step's kernel appends its samples to: named in the kernel's environment
+        #: (``hprogress.PROGRESS_FILE_ENV``) by whoever starts that kernel (see :meth:`kernel_env`)
+        self.path = os.path.join(self.dir, "samples.jsonl")
+        open(self.path, "w").close()
         self.thread = threading.Thread(target=self._loop, name="hcbpg-progress-follower", daemon=True)
-        self.previous: str | None = None
+
+    def kernel_env(self) -> dict[str, str]:
+        """The environment for the kernel whose samples this follows: this process's, and the samples' file."""
+        return {**os.environ, hprogress.PROGRESS_FILE_ENV: self.path}
 
     def start(self) -> "ProgressFollower":
         return self.__enter__()
@@ -122,11 +128,6 @@ class ProgressFollower:
         self.__exit__()
 
     def __enter__(self) -> "ProgressFollower":
-        self.dir = tempfile.mkdtemp(prefix="hcbpg-progress-")  # 0700, ours alone
-        self.path = os.path.join(self.dir, "samples.jsonl")
-        open(self.path, "w").close()
-        self.previous = os.environ.get(hprogress.PROGRESS_FILE_ENV)
-        os.environ[hprogress.PROGRESS_FILE_ENV] = self.path
         self.thread.start()
         return self
 
@@ -144,12 +145,10 @@ class ProgressFollower:
                 return
 
     def __exit__(self, *exc: object) -> None:
+        """Stop following (the last samples shown first) and remove the file; also for one never started."""
         self.stop.set()
-        self.thread.join(timeout=10)
-        if self.previous is None:
-            os.environ.pop(hprogress.PROGRESS_FILE_ENV, None)
-        else:
-            os.environ[hprogress.PROGRESS_FILE_ENV] = self.previous
+        if self.thread.is_alive():
+            self.thread.join(timeout=10)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
