@@ -191,11 +191,20 @@ def _shut_down(km: Any) -> None:
                 kc.stop_channels()
 
 
+#: what every step's notebook imports first (the runbook, and what connects to servers: params, pydantic,
+#: paramiko, psycopg, hcloud): a kernel imports them as it starts (IPython's ``exec_lines``, before the kernel
+#: is ready and outside the notebook's history: its first cell is still number 1), so a step started ahead finds
+#: them loaded.  Importing them changes nothing: no module of hcbpg reads the environment, a file or the
+#: clock when imported (the run's secrets registry is read when a scrub needs it)
+PRELOADED = ("hcbpg.engine.runbook", "hcbpg.steps.targets")
+
+
 class StepKernels:
     """Each step's kernel, started while the step before it runs.
 
-    A kernel takes about 0.4 s to start (Python, ipykernel, IPython): every step waited for it, ~10 s of a
-    rehearsal.  Now, as a step begins, the next step's kernel is started beside it, with that step's
+    A kernel takes about 0.4 s to start (Python, ipykernel, IPython), and about 0.5 s more to import what the
+    notebook's first cell imports (:data:`PRELOADED`): every step waited for both, ~20 s of a rehearsal.  Now,
+    as a step begins, the next step's kernel is started beside it, with that step's
     progress file in its environment (:class:`ProgressFollower`), in the run's directory like every step's.
     A kernel still runs one notebook, and is shut down after it (:func:`_shut_down`); the one started for a
     step that does not run (the run stopped: a gate, a failure, Ctrl-C) is shut down unused by :meth:`close`.
@@ -214,7 +223,8 @@ class StepKernels:
         follower = ProgressFollower(self.live)
         try:
             km = _kernel_manager_class(self.made)(kernel_name=self.kernel_name)
-            km.start_kernel(cwd=str(self.cwd), env=follower.kernel_env())
+            km.start_kernel(cwd=str(self.cwd), env=follower.kernel_env(),
+                            extra_arguments=[f"--IPKernelApp.exec_lines=import {', '.join(PRELOADED)}"])
         except BaseException:
             follower.close()
             raise
