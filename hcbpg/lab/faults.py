@@ -87,7 +87,8 @@ def _host(cfg: LabConfig, host: str) -> Mapping[str, str]:
     return h
 
 
-def _procs(cfg: LabConfig, host: str) -> list[Proc]:
+def host_procs(cfg: LabConfig, host: str) -> list[Proc]:
+    """The processes of lab host *host*, as one look at them (each test of one look sees the same processes)."""
     ns = _host(cfg, host)["netns"]
     me = os.getpid()
     return [p for p in (read_proc(pid) for pid in netns_pids(ns) if pid != me) if p is not None]
@@ -96,7 +97,7 @@ def _procs(cfg: LabConfig, host: str) -> list[Proc]:
 def find_pids(cfg: LabConfig, host: str, *, comm: str | None = None, cmdline: str | None = None) -> list[int]:
     """Pids (machine-side) of the processes in lab host *host* with name *comm* and/or a command line
     containing *cmdline* (see :func:`matches`)."""
-    return select(_procs(cfg, host), lambda p: matches(p, comm=comm, cmdline=cmdline))
+    return select(host_procs(cfg, host), lambda p: matches(p, comm=comm, cmdline=cmdline))
 
 
 def _kill(pids: Sequence[int]) -> list[int]:
@@ -108,12 +109,12 @@ def _kill(pids: Sequence[int]) -> list[int]:
 def kill_patroni_and_postgres(cfg: LabConfig, host: str) -> list[int]:
     """SIGKILL, in one pass, to Patroni and every postgres process of *host* (a crash of the machine's
     database side); the pids killed (empty when none ran)."""
-    return _kill(select(_procs(cfg, host), is_patroni, is_postgres))
+    return _kill(select(host_procs(cfg, host), is_patroni, is_postgres))
 
 
 def kill_etcd(cfg: LabConfig, host: str) -> list[int]:
     """SIGKILL to etcd on *host*; the pids killed."""
-    return _kill(select(_procs(cfg, host), is_etcd))
+    return _kill(select(host_procs(cfg, host), is_etcd))
 
 
 # the network ---------------------------------------------------------------------------------------------------
