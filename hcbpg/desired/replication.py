@@ -11,6 +11,7 @@ from psycopg import sql
 
 from hcbpg.desired import tls as desired_tls
 from hcbpg.errors import ParamsError, SafetyCheckFailed, SecretError
+from hcbpg.pg.cluster import bin_path as pg_bin_path
 from hcbpg.pg.conf import MANAGED_HEADER, SettingValue, quote_setting
 from hcbpg.pg.conninfo import conninfo_quote, pgpass_field
 from hcbpg.pg.hba import HbaRule, hba_name
@@ -39,7 +40,7 @@ def replication_params(params: "Params") -> "Replication":
 
 def bin_path(params: "Params", tool: str) -> str:
     """The versioned binary (pg_wrapper in /usr/bin might pick another major version)."""
-    return f"/usr/lib/postgresql/{params.postgres.version}/bin/{tool}"
+    return pg_bin_path(params.postgres.version, tool)
 
 
 def postgres_home() -> str:
