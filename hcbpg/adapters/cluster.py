@@ -71,7 +71,7 @@ class ClusterControl:
 
     def psql(self) -> Psql:
         """psql as the postgres OS user on this cluster."""
-        return Psql(self.host, version=self.version, cluster=self.name, port=self.port)
+        return Psql(self.host, version=self.version, port=self.port)
 
     # changes ------------------------------------------------------------------------------------
     def create(self) -> "Result":

@@ -80,15 +80,13 @@ def map_psql_errors(*, host: str, message: str, database: str | None = None, sta
 
 
 class Psql:
-    """psql as the postgres OS user on one server, for one cluster."""
+    """psql as the postgres OS user on one server, for the cluster of PostgreSQL *version* on *port*."""
 
-    def __init__(self, host: "HostLike", *, version: int = 15, cluster: str = "main", os_user: str = "postgres",
-                 port: int = 5432) -> None:
+    def __init__(self, host: "HostLike", *, version: int = 15, port: int = 5432, os_user: str = "postgres") -> None:
         self.host = host
         self.version = version
-        self.cluster = cluster
-        self.os_user = os_user
         self.port = port
+        self.os_user = os_user
 
     def _cmd(self, dbname: str, extra: str = "") -> str:
         # the cluster's own psql on its port (params), not pg_wrapper's ``psql --cluster V/NAME``: the wrapper (Perl)

@@ -42,9 +42,8 @@ def planning_psql(psql: "Psql | None", params: "Params") -> Psql:
     """psql for a plan: reads the primary and records what it would change (a primary not there yet:
     nothing is there, everything would be made)."""
     if psql is None:
-        return Psql(AbsentHost(params.primary.name), version=params.postgres.version, cluster=params.postgres.cluster,
-                    port=params.postgres.port)
-    return Psql(DryRunHost(psql.host), version=psql.version, cluster=psql.cluster, port=psql.port)
+        return Psql(AbsentHost(params.primary.name), version=params.postgres.version, port=params.postgres.port)
+    return Psql(DryRunHost(psql.host), version=psql.version, port=psql.port)
 
 
 def _real(psql: "Psql | None") -> Psql:
