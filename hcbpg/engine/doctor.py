@@ -18,12 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from hcbpg import secrets as hsecrets
-from hcbpg.engine import runbook, signing
+from hcbpg.engine import signing
 from hcbpg.engine.runner import refuse_unless_verified
 from hcbpg.errors import HcbpgError
 from hcbpg.outcome import Check
 from hcbpg.params import Params, home, load_params
-from hcbpg.steps import preflight
 
 #: ``hcbpg doctor``'s exit code when a prerequisite is missing (bad input or setup, as the CLI's 2)
 EXIT_MISSING = 2
@@ -52,6 +51,10 @@ def check_signing(params: Params, env: str, base: Path) -> list[Check]:
 
 def run_doctor(env: str, *, base: Path | None = None, operator_address: str | None = None) -> list[Check]:
     """Every prerequisite of a run of *env*, as check rows (see the module's docstring).  Read-only."""
+    # step 00's code and the runbook (paramiko, psycopg, hcloud) are imported when the doctor runs, not each time
+    # the CLI builds its parser (every command registers this one)
+    from hcbpg.engine import runbook  # noqa: PLC0415 - see above
+    from hcbpg.steps import preflight  # noqa: PLC0415 - see above
     b = base or home()
     params = load_params(env, b)  # invalid params: ParamsError, exit 2 with each key
     rb = runbook.Runbook(env, run_id="", run_dir="", dry_run=True, step="doctor", params=params, base=b)

@@ -230,6 +230,15 @@ class StepKernels:
             raise
         return km, follower
 
+    def prestart(self) -> None:
+        """The first step's kernel, started now (while the runner imports papermill and opens the record); a
+        kernel that does not start here is started, or fails to, when the step takes it."""
+        if self._next is None:
+            try:
+                self._next = self._start()
+            except Exception as exc:  # noqa: BLE001 - the step starts its own kernel then (and says why)
+                log.warning("the first step's kernel did not start ahead: %s", exc)
+
     def take(self, *, more: bool) -> tuple[Any, ProgressFollower]:
         """This step's kernel (started beside the step before, or now) and its progress follower; when *more*
         steps follow, the next one's kernel starts now."""
@@ -461,7 +470,6 @@ class Runner:
             self._stop(run, sealer)
 
     def _execute_steps(self, run: mf.Run, params: Params) -> RunResult:
-        _register_writer()
         scrub_file = scrub_file_for(run.path)
         os.environ[hsecrets.SCRUB_FILE_ENV] = str(scrub_file)
         os.environ[HEADLESS_ENV] = "1"
@@ -469,16 +477,23 @@ class Runner:
             os.environ[AUTO_APPROVE_ENV] = self.auto_approve
         else:
             os.environ.pop(AUTO_APPROVE_ENV, None)
-        _resolve_param_secrets(params)
-        handler = logging.FileHandler(run.path / "run.log")
-        handler.addFilter(_ScrubFilter())
-        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        # the environment every kernel inherits is set: the first step's kernel starts now, and boots (~0.4 s,
+        # then PRELOADED) while papermill is imported and the record opened
+        kernels = StepKernels(self.kernel_name, run.path, self.live)
+        if any(s["status"] not in mf.DONE for s in run.read()["steps"]):
+            kernels.prestart()
+        handler: logging.FileHandler | None = None
         pm_logger = logging.getLogger("papermill")
-        pm_logger.addHandler(handler)
-        pm_logger.setLevel(logging.INFO)
-        for h in logging.getLogger().handlers:
-            h.addFilter(_ScrubFilter())
         try:
+            _register_writer()
+            _resolve_param_secrets(params)
+            handler = logging.FileHandler(run.path / "run.log")
+            handler.addFilter(_ScrubFilter())
+            handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+            pm_logger.addHandler(handler)
+            pm_logger.setLevel(logging.INFO)
+            for h in logging.getLogger().handlers:
+                h.addFilter(_ScrubFilter())
             with run.update() as data:
                 # attempts left "running" by a runner that died (SIGKILL, power loss)
                 for s in data.steps:
@@ -498,26 +513,25 @@ class Runner:
             done = len(steps) - len(todo)
             if done:
                 self.progress(f"  {done} step(s) already succeeded or skipped, not run again")
-            kernels = StepKernels(self.kernel_name, run.path, self.live)
-            try:
-                for i, s in enumerate(steps, 1):
-                    if s.status in mf.DONE:
-                        continue
-                    more = s is not todo[-1]
-                    result = self._run_step(run, s, i, len(steps), kernels, more=more)
-                    if result is not None:  # why it stopped (each failed check's reason), the recap, what next
-                        result.message = "\n".join([*result.report, "Recap:", *render_recap(run.read()),
-                                                    result.message])
-                        return result
-            finally:
-                kernels.close()
+            for i, s in enumerate(steps, 1):
+                if s.status in mf.DONE:
+                    continue
+                more = s is not todo[-1]
+                result = self._run_step(run, s, i, len(steps), kernels, more=more)
+                if result is not None:  # why it stopped (each failed check's reason), the recap, what next
+                    result.message = "\n".join([*result.report, "Recap:", *render_recap(run.read()),
+                                                result.message])
+                    return result
+            kernels.close()
             with run.update() as data:
                 data.status = "succeeded"
                 data.finished = mf.utcnow()
             return RunResult(run, "succeeded", EXIT_OK, self._summary(run))
         finally:
-            pm_logger.removeHandler(handler)
-            handler.close()
+            kernels.close()
+            if handler is not None:
+                pm_logger.removeHandler(handler)
+                handler.close()
 
     def _run_step(self, run: mf.Run, s: StepEntry, i: int, n: int, kernels: StepKernels, *,
                   more: bool) -> RunResult | None:
