@@ -504,7 +504,7 @@ def test_stream_scripts_use_the_snapshot_the_service_file_and_no_secret(params):
     assert worker.index('$1.keys') < worker.index('ANALYZE $2') < worker.index("stamp built")
     assert worker.count('SET ROLE rails') == 5 and "--role=rails" in worker
     # every session at normal priority, without parallel workers (the pool fills the cores); no renice
-    assert 'on_target() { PGOPTIONS="-c max_parallel_maintenance_workers=0" psql --cluster 15/main' in worker
+    assert 'on_target() { PGOPTIONS="-c max_parallel_maintenance_workers=0" /usr/lib/postgresql/15/bin/psql -p 5432 -X' in worker
     assert "nice" not in worker and "autogroup" not in worker
     assert '-f - "$W/schema.dump" | on_target -f -' in worker
     # a failed job stops the others before their next job
@@ -515,7 +515,7 @@ def test_stream_scripts_use_the_snapshot_the_service_file_and_no_secret(params):
     # foreign keys: each queued (f-RANK, after builds and copies) once both of its tables are done, added
     # NOT VALID one at a time (a lock file), then validated; what the pool left is checked before post-data
     assert worker.index('stamp built "$1"') < worker.index(': > "$W/done/$1"') < worker.index('mv "$f" "$W/q/f-${base%%.*}"')
-    assert 'flock "$W/fk.lock" psql --cluster 15/main' in worker and '*/f-*) foreign_key "$job" ;;' in worker
+    assert 'flock "$W/fk.lock" /usr/lib/postgresql/15/bin/psql -p 5432' in worker and '*/f-*) foreign_key "$job" ;;' in worker
     assert worker.index('-c "$add"') < worker.index('-c "$validate"')
     assert main.index('[ "$ok" = 1 ]') < main.index("for f in /var/tmp/hcbpg-dump/r1-07_cutover/fk/*; do") \
         < main.index("stamp foreign-keys") < main.index("post.list --section=post-data")
@@ -661,7 +661,8 @@ def test_a_table_name_reaches_psql_whole_or_is_refused_never_as_shell_or_extra_s
     (bin_dir / "psql").write_text(FAKE_PSQL)
     (bin_dir / "psql").chmod(0o755)
     main, worker = stream_scripts(params, str(work), [])
-    (work / "work.sh").write_text(worker)
+    # the target's psql is the cluster's own binary (an absolute path): the fake stands in for it too
+    (work / "work.sh").write_text(worker.replace("/usr/lib/postgresql/15/bin/psql ", f"{bin_dir / 'psql'} "))
     semicolons = 'public."a;COPY(SELECT 1)TO PROGRAM\'id>x\';--"'
     newline = 'public."t\n1 text users;COPY(SELECT 1)TO PROGRAM\'id>x\';--"'
     (work / "tables").write_text("\0".join(["16400", "binary", semicolons, "16401", "text", newline, ""]))

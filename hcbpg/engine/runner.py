@@ -191,11 +191,11 @@ def _shut_down(km: Any) -> None:
                 kc.stop_channels()
 
 
-#: what every step's notebook imports first (the runbook, and what connects to servers: params, pydantic,
-#: paramiko, psycopg, hcloud): a kernel imports them as it starts (IPython's ``exec_lines``, before the kernel
-#: is ready and outside the notebook's history: its first cell is still number 1), so a step started ahead finds
-#: them loaded.  Importing them changes nothing: no module of hcbpg reads the environment, a file or the
-#: clock when imported (the run's secrets registry is read when a scrub needs it)
+#: what every step's notebook imports first (the runbook, params, pydantic, the SQL adapter, psycopg; paramiko loads
+#: on a step's first SSH command, hcloud in a step that asks the cloud): a kernel imports them as it starts (IPython's
+#: ``exec_lines``, before the kernel is ready, outside the notebook's history), so a step started ahead finds them
+#: loaded.  Importing them changes nothing: no module of hcbpg reads the environment, a file or the clock when
+#: imported (the run's secrets registry is read when a scrub needs it)
 PRELOADED = ("hcbpg.engine.runbook", "hcbpg.steps.targets")
 
 

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from hcbpg.pg import templates
+from hcbpg.pg.cluster import bin_path
 from hcbpg.pg.conninfo import SERVICE_NAME
 from hcbpg.pg.dump import REFUSED_NAMES_SQL, TRANSFER_NS, render_toc_filter
 from hcbpg.pg.inventory import COUNTS_SQL, INVENTORY_SQL, USER_NS, newest_event_sql, not_ext_member
@@ -151,10 +152,18 @@ def plan_stream_actions(params: "Params") -> list[str]:
 SPLIT_AWK = templates.read_script("split.awk")
 
 
+def _local(params: "Params", tool: str) -> str:
+    """*tool* (psql, pg_restore) of the cluster's version on its port, as the scripts run it on the primary (as
+    postgres, through the default socket directory): not pg_wrapper's ``TOOL --cluster V/NAME``, a Perl program
+    that reads the cluster's configuration each time (~20 ms of CPU a call, some 40 calls a transfer, on the
+    cores the load itself is using; the SQL adapter does the same: :class:`hcbpg.adapters.psql.Psql`)."""
+    pg = params.postgres
+    return f"{bin_path(pg.version, tool)} -p {int(pg.port)}"
+
+
 def _target_psql(params: "Params") -> str:
     """psql against the target database on the primary, as the scripts run it (as postgres)."""
-    pg = params.postgres
-    return f"psql --cluster {pg.version}/{shlex.quote(pg.cluster)} -X -q -v ON_ERROR_STOP=1 -d {shlex.quote(pg.database)}"
+    return f"{_local(params, 'psql')} -X -q -v ON_ERROR_STOP=1 -d {shlex.quote(params.postgres.database)}"
 
 
 def render_counts_select(params: "Params", mark: str) -> str:
@@ -193,18 +202,17 @@ def render_stream_scripts(params: "Params", work: str, schemas: Iterable[str], *
     and ``work.sh.tmpl``; every value that a shell must read as one word is quoted here.
     """
     pg = params.postgres
-    cl = f"--cluster {pg.version}/{shlex.quote(pg.cluster)}"
     common = {
         "HEAD": templates.render_script("head.sh.tmpl", {"SERVICE_FILE": service_file}).rstrip("\n"),
         "W": shlex.quote(work),
         "ROLE": pg.app_role,
-        "RESTORE": f"pg_restore {cl} --no-owner --no-acl --role={shlex.quote(pg.app_role)} --exit-on-error",
+        "RESTORE": f"{_local(params, 'pg_restore')} --no-owner --no-acl --role={shlex.quote(pg.app_role)} --exit-on-error",
         "TARGET_PSQL": _target_psql(params),
     }
     src_jobs = str(params.source.jobs if params.source is not None else 2)
     main = templates.render_script("stream.sh.tmpl", {
         **common,
-        "CLUSTER": cl,
+        "LOCAL_PSQL": _local(params, "psql"),
         "SERVICE": SERVICE_NAME,
         "DATABASE": shlex.quote(pg.database),
         "PREPARE_SQL": (prepare or "").rstrip("\n"),

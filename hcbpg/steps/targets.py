@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 
 from hcbpg.adapters import hostkeys
 from hcbpg.adapters.base import HostLike
-from hcbpg.adapters.cloud import make_client
 from hcbpg.adapters.cluster import ClusterControl
 from hcbpg.adapters.dryrun import AbsentHost, DryRunHost, dry_run_of
 from hcbpg.adapters.host import Host
@@ -25,7 +24,6 @@ from hcbpg.desired.capacity import ServerShape
 from hcbpg.desired.locks import holder_for, lock_key
 from hcbpg.errors import HcbpgError, HostUnreachable, SafetyCheckFailed
 from hcbpg.ops import env_lock, server_lock
-from hcbpg.ops import provisioning as cloud
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcbpg.adapters.psql import Psql
@@ -37,6 +35,10 @@ if TYPE_CHECKING:  # pragma: no cover
 def server_shape(rb: "Run") -> ServerShape:
     """The database servers' type (params ``hetzner.server_type``) as the Hetzner API reports it (cores,
     RAM, disk): the capacity settings follow it."""
+    # the Hetzner client (hcloud, ~60 ms to import) only for the steps that ask: every step's kernel imports this
+    # module as it starts (hcbpg.engine.runner.PRELOADED), most of them never talk to the cloud
+    from hcbpg.adapters.cloud import make_client  # noqa: PLC0415 - see above
+    from hcbpg.ops import provisioning as cloud  # noqa: PLC0415 - see above
     return cloud.get_server_shape(make_client(rb.params, rb.secret("hetzner.token")), rb.params)
 
 

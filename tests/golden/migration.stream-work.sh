@@ -15,7 +15,7 @@ if [ "${1:-}" = seed ]; then
 fi
 trap '[ $? = 0 ] || : > "$W/failed"' EXIT
 exec 9> "$W/q.lock"
-on_target() { PGOPTIONS="-c max_parallel_maintenance_workers=0" psql --cluster 15/main -X -q -v ON_ERROR_STOP=1 -d hcb_production "$@"; }
+on_target() { PGOPTIONS="-c max_parallel_maintenance_workers=0" /usr/lib/postgresql/15/bin/psql -p 5432 -X -q -v ON_ERROR_STOP=1 -d hcb_production "$@"; }
 check_table() {
   case "$1" in ''|*[!0-9]*) echo "work.sh: not a table oid: $1" >&2; exit 2 ;; esac
   case "$2" in ''|*[[:cntrl:]]*) echo "work.sh: table $1: no name, or one with control characters" >&2; exit 2 ;; esac
@@ -38,7 +38,7 @@ finish_table() {
 foreign_key() {
   local add validate
   { IFS= read -r -d '' add && IFS= read -r -d '' validate; } < "$1"
-  flock "$W/fk.lock" psql --cluster 15/main -X -q -v ON_ERROR_STOP=1 -d hcb_production -c "SET ROLE rails" -c "$add"
+  flock "$W/fk.lock" /usr/lib/postgresql/15/bin/psql -p 5432 -X -q -v ON_ERROR_STOP=1 -d hcb_production -c "SET ROLE rails" -c "$add"
   on_target -c "SET ROLE rails" -c "$validate"
   flock 9
   rm -f "$1"
@@ -68,7 +68,7 @@ build() {
   { IFS= read -r -d '' oid && IFS= read -r -d '' t && IFS= read -r -d '' f; } < "$1"
   check_table "$oid" "$t"
   case "$f" in
-    "$W/build/$oid".*.list) pg_restore --cluster 15/main --no-owner --no-acl --role=rails --exit-on-error -L "$f" -f - "$W/schema.dump" | on_target -f - ;;
+    "$W/build/$oid".*.list) /usr/lib/postgresql/15/bin/pg_restore -p 5432 --no-owner --no-acl --role=rails --exit-on-error -L "$f" -f - "$W/schema.dump" | on_target -f - ;;
     "$W/build/$oid".*.sql) on_target -c "SET ROLE rails" -f "$f" ;;
     *) echo "work.sh: what is $f?" >&2; exit 2 ;;
   esac

@@ -7,7 +7,7 @@ pg_dump -d service=hcbpg_source --schema-only --exclude-schema=bucardo -Fc --loc
 pg_restore -l /var/tmp/hcbpg-dump/r1-07_cutover/schema.dump | sed -E 's/^([0-9]+; [0-9]+ [0-9]+ (EXTENSION - |COMMENT - EXTENSION |TRIGGER [^ ]+ [^ ]+ bucardo_|SCHEMA - heroku_ext |COMMENT - SCHEMA heroku_ext ))/;\1/' > /var/tmp/hcbpg-dump/r1-07_cutover/schema.list
 mkdir -p /var/tmp/hcbpg-dump/r1-07_cutover/build /var/tmp/hcbpg-dump/r1-07_cutover/fk
 awk -v W=/var/tmp/hcbpg-dump/r1-07_cutover -f /var/tmp/hcbpg-dump/r1-07_cutover/split.awk /var/tmp/hcbpg-dump/r1-07_cutover/builds /var/tmp/hcbpg-dump/r1-07_cutover/schema.list > /var/tmp/hcbpg-dump/r1-07_cutover/post.list
-pg_restore --cluster 15/main --no-owner --no-acl --role=rails --exit-on-error -L /var/tmp/hcbpg-dump/r1-07_cutover/schema.list --section=pre-data -d hcb_production /var/tmp/hcbpg-dump/r1-07_cutover/schema.dump
+/usr/lib/postgresql/15/bin/pg_restore -p 5432 --no-owner --no-acl --role=rails --exit-on-error -L /var/tmp/hcbpg-dump/r1-07_cutover/schema.list --section=pre-data -d hcb_production /var/tmp/hcbpg-dump/r1-07_cutover/schema.dump
 stamp pre-data
 bash /var/tmp/hcbpg-dump/r1-07_cutover/work.sh seed < /var/tmp/hcbpg-dump/r1-07_cutover/tables
 pids=()
@@ -68,17 +68,17 @@ SELECT coalesce(json_object_agg(name, n), '{}') FROM (
   ORDER BY 1) q), 'newest_event', (SELECT CASE WHEN to_regclass('public.events') IS NOT NULL THEN (xpath('/row/n/text()', query_to_xml('SELECT max(id) AS n FROM public."events"', false, true, '')))[1]::text::bigint END))::text;
 HCBPG_COUNTS_SQL
 psql -X -q -A -t -v ON_ERROR_STOP=1 -d service=hcbpg_source -c "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY" -c "SET TRANSACTION SNAPSHOT '$HCBPG_SNAPSHOT'" -f /var/tmp/hcbpg-dump/r1-07_cutover/counts.sql -c "COMMIT" > /var/tmp/hcbpg-dump/r1-07_cutover/counts.out & countspid=$!
-psql --cluster 15/main -X -q -v ON_ERROR_STOP=1 -d hcb_production -f /var/tmp/hcbpg-dump/r1-07_cutover/sequences.sql
+/usr/lib/postgresql/15/bin/psql -p 5432 -X -q -v ON_ERROR_STOP=1 -d hcb_production -f /var/tmp/hcbpg-dump/r1-07_cutover/sequences.sql
 for f in /var/tmp/hcbpg-dump/r1-07_cutover/fk/*; do
   [ -e "$f" ] || continue
   { IFS= read -r -d '' add && IFS= read -r -d '' validate; } < "$f"
-  psql --cluster 15/main -X -q -v ON_ERROR_STOP=1 -d hcb_production -c "SET ROLE rails" -c "$add" -c "$validate"
+  /usr/lib/postgresql/15/bin/psql -p 5432 -X -q -v ON_ERROR_STOP=1 -d hcb_production -c "SET ROLE rails" -c "$add" -c "$validate"
 done
 stamp foreign-keys
-pg_restore --cluster 15/main --no-owner --no-acl --role=rails --exit-on-error -L /var/tmp/hcbpg-dump/r1-07_cutover/post.list --section=post-data -j 4 -d hcb_production /var/tmp/hcbpg-dump/r1-07_cutover/schema.dump
+/usr/lib/postgresql/15/bin/pg_restore -p 5432 --no-owner --no-acl --role=rails --exit-on-error -L /var/tmp/hcbpg-dump/r1-07_cutover/post.list --section=post-data -j 4 -d hcb_production /var/tmp/hcbpg-dump/r1-07_cutover/schema.dump
 stamp post-data
-psql --cluster 15/main -X -q -v ON_ERROR_STOP=1 -d hcb_production -c "SET ROLE rails" -At -c "SELECT format('ANALYZE %I.%I;', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('p', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_toast' AND n.nspname !~ '^pg_temp'" > /var/tmp/hcbpg-dump/r1-07_cutover/analyze.sql
-psql --cluster 15/main -X -q -v ON_ERROR_STOP=1 -d hcb_production -c "SET ROLE rails" -f /var/tmp/hcbpg-dump/r1-07_cutover/analyze.sql
+/usr/lib/postgresql/15/bin/psql -p 5432 -X -q -v ON_ERROR_STOP=1 -d hcb_production -c "SET ROLE rails" -At -c "SELECT format('ANALYZE %I.%I;', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('p', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_toast' AND n.nspname !~ '^pg_temp'" > /var/tmp/hcbpg-dump/r1-07_cutover/analyze.sql
+/usr/lib/postgresql/15/bin/psql -p 5432 -X -q -v ON_ERROR_STOP=1 -d hcb_production -c "SET ROLE rails" -f /var/tmp/hcbpg-dump/r1-07_cutover/analyze.sql
 stamp end
 wait "$countspid"
 stamp counted
