@@ -27,7 +27,7 @@ from psycopg import sql
 from hcbpg.adapters.dryrun import NOTHING_THERE_EXIT
 from hcbpg.adapters.files import ensure_dir
 from hcbpg.errors import DatabaseError, RemoteCommandError
-from hcbpg.pg.cluster import bin_path
+from hcbpg.pg.cluster import psql_command
 from hcbpg.pg.psql_output import JSON_MARK, parse_marked_json, parse_sqlstate
 from hcbpg.secrets import scrub
 
@@ -89,11 +89,8 @@ class Psql:
         self.os_user = os_user
 
     def _cmd(self, dbname: str, extra: str = "") -> str:
-        # the cluster's own psql on its port (params), not pg_wrapper's ``psql --cluster V/NAME``: the wrapper (Perl)
-        # reads the cluster's configuration on every call (~20 ms of each ~35 ms statement), and read it half
-        # written while Patroni rewrote postgresql.conf ("Invalid data directory"); the socket is Debian's default
-        return (f"{bin_path(self.version, 'psql')} -p {int(self.port)} -X -q -v ON_ERROR_STOP=1 "
-                f"-d {shlex.quote(dbname)}{extra}")
+        # the cluster's own psql on its port (params), not pg_wrapper's: see hcbpg.pg.cluster.local_tool
+        return psql_command(self.version, self.port, dbname) + extra
 
     def query(self, statement: "Composable | str", *, dbname: str = "postgres") -> list[dict[str, Any]]:
         """Rows of a read-only query as dicts (quiet: reads are not printed)."""

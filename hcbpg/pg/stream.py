@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from hcbpg.pg import templates
-from hcbpg.pg.cluster import bin_path
+from hcbpg.pg.cluster import local_tool, psql_command
 from hcbpg.pg.conninfo import SERVICE_NAME
 from hcbpg.pg.dump import REFUSED_NAMES_SQL, TRANSFER_NS, render_toc_filter
 from hcbpg.pg.inventory import COUNTS_SQL, INVENTORY_SQL, USER_NS, newest_event_sql, not_ext_member
@@ -153,17 +153,14 @@ SPLIT_AWK = templates.read_script("split.awk")
 
 
 def _local(params: "Params", tool: str) -> str:
-    """*tool* (psql, pg_restore) of the cluster's version on its port, as the scripts run it on the primary (as
-    postgres, through the default socket directory): not pg_wrapper's ``TOOL --cluster V/NAME``, a Perl program
-    that reads the cluster's configuration each time (~20 ms of CPU a call, some 40 calls a transfer, on the
-    cores the load itself is using; the SQL adapter does the same: :class:`hcbpg.adapters.psql.Psql`)."""
-    pg = params.postgres
-    return f"{bin_path(pg.version, tool)} -p {int(pg.port)}"
+    """*tool* of the cluster params name, as the scripts run it on the primary (as postgres): its own binary on
+    its port (:func:`hcbpg.pg.cluster.local_tool`; some 40 calls a transfer, on the cores the load is using)."""
+    return local_tool(params.postgres.version, params.postgres.port, tool)
 
 
 def _target_psql(params: "Params") -> str:
     """psql against the target database on the primary, as the scripts run it (as postgres)."""
-    return f"{_local(params, 'psql')} -X -q -v ON_ERROR_STOP=1 -d {shlex.quote(params.postgres.database)}"
+    return psql_command(params.postgres.version, params.postgres.port, params.postgres.database)
 
 
 def render_counts_select(params: "Params", mark: str) -> str:
