@@ -477,23 +477,10 @@ class Runner:
             os.environ[AUTO_APPROVE_ENV] = self.auto_approve
         else:
             os.environ.pop(AUTO_APPROVE_ENV, None)
-        # the environment every kernel inherits is set: the first step's kernel starts now, and boots (~0.4 s,
-        # then PRELOADED) while papermill is imported and the record opened
         kernels = StepKernels(self.kernel_name, run.path, self.live)
-        if any(s["status"] not in mf.DONE for s in run.read()["steps"]):
-            kernels.prestart()
         handler: logging.FileHandler | None = None
         pm_logger = logging.getLogger("papermill")
         try:
-            _register_writer()
-            _resolve_param_secrets(params)
-            handler = logging.FileHandler(run.path / "run.log")
-            handler.addFilter(_ScrubFilter())
-            handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-            pm_logger.addHandler(handler)
-            pm_logger.setLevel(logging.INFO)
-            for h in logging.getLogger().handlers:
-                h.addFilter(_ScrubFilter())
             with run.update() as data:
                 # attempts left "running" by a runner that died (SIGKILL, power loss)
                 for s in data.steps:
@@ -510,6 +497,19 @@ class Runner:
                 data.sessions = [*data.sessions, dict(data.runner)]
                 steps = [s.model_copy() for s in data.steps]
             todo = [s for s in steps if s.status not in mf.DONE]
+            if todo:
+                # the environment every kernel inherits is set: the first step's kernel starts now, and boots
+                # (~0.4 s, then PRELOADED) while papermill is imported
+                kernels.prestart()
+            _register_writer()
+            _resolve_param_secrets(params)
+            handler = logging.FileHandler(run.path / "run.log")
+            handler.addFilter(_ScrubFilter())
+            handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+            pm_logger.addHandler(handler)
+            pm_logger.setLevel(logging.INFO)
+            for h in logging.getLogger().handlers:
+                h.addFilter(_ScrubFilter())
             done = len(steps) - len(todo)
             if done:
                 self.progress(f"  {done} step(s) already succeeded or skipped, not run again")
@@ -522,7 +522,6 @@ class Runner:
                     result.message = "\n".join([*result.report, "Recap:", *render_recap(run.read()),
                                                 result.message])
                     return result
-            kernels.close()
             with run.update() as data:
                 data.status = "succeeded"
                 data.finished = mf.utcnow()
