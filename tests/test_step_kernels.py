@@ -66,3 +66,24 @@ def test_the_next_kernel_starts_ahead_with_its_own_progress_file_and_each_is_shu
         for km in kernels.made:
             if km.has_kernel and km.is_alive():
                 km.shutdown_kernel(now=True)
+
+
+def test_the_first_kernel_started_as_the_run_opens_is_the_one_its_step_takes(tmp_path: Path):
+    kernels = StepKernels("python3", tmp_path, lambda sample, end: None)
+    try:
+        kernels.prestart()
+        early = kernels._next
+        assert early is not None and early[0].is_alive(), "the first step's kernel was not started ahead"
+        kernels.prestart()
+        assert kernels._next is early, "a second prestart started another kernel"
+        this = kernels.take(more=False)
+        assert this is early and kernels._next is None and len(kernels.made) == 1
+        out, _ = _ask(this[0], "import os; print(os.getcwd())")
+        assert Path(out.strip()) == tmp_path
+        kernels.done(this)
+        assert not this[0].is_alive() and not Path(this[1].dir).exists()
+    finally:
+        kernels.close()
+        for km in kernels.made:
+            if km.has_kernel and km.is_alive():
+                km.shutdown_kernel(now=True)
